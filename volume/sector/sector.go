@@ -1,0 +1,119 @@
+package sector
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+)
+
+// IVUnit is the size in bytes of the unit in which sector numbers (and so XTS tweaks) count,
+// whatever the sector size: the plain64 IV of LUKS2 is always a 512-byte sector number.
+const IVUnit = 512
+
+// MaxSectorSize is the largest sector size [New] accepts.
+const MaxSectorSize = 4096
+
+// Errors returned by [New]; test for them with errors.Is.
+var (
+	// ErrKeySize reports a key that is neither 32 nor 64 bytes long.
+	ErrKeySize = errors.New("sector: invalid key size")
+	// ErrWeakKey reports an XTS key whose two halves are equal.
+	ErrWeakKey = errors.New("sector: weak key")
+	// ErrSectorSize reports a sector size other than 512, 1024, 2048 or 4096.
+	ErrSectorSize = errors.New("sector: unsupported sector size")
+)
+
+// Cipher encrypts and decrypts whole sectors with aes-xts-plain64. It is safe for concurrent
+// use by multiple goroutines.
+type Cipher struct {
+	data  cipher.Block // first key half: encrypts the data blocks
+	tweak cipher.Block // second key half: encrypts the tweak
+	size  int          // sector size in bytes
+	step  uint64       // IV units (512-byte sectors) per sector
+}
+
+// New returns a Cipher for aes-xts-plain64 with the given key and sector size.
+//
+// The key is the whole XTS key as LUKS2 stores it: 32 bytes for AES-128-XTS or 64 bytes for
+// AES-256-XTS, data-key half first. A key whose two halves are equal is refused, as
+// IEEE 1619 and FIPS require. The sector size must be 512, 1024, 2048 or 4096.
+// New keeps no reference to key.
+func New(key []byte, sectorSize int) (*Cipher, error) {
+	switch len(key) {
+	case 32, 64:
+	default:
+		return nil, fmt.Errorf("%w: %d bytes, want 32 (AES-128-XTS) or 64 (AES-256-XTS)", ErrKeySize, len(key))
+	}
+	switch sectorSize {
+	case 512, 1024, 2048, 4096:
+	default:
+		return nil, fmt.Errorf("%w: %d bytes, want 512, 1024, 2048 or 4096", ErrSectorSize, sectorSize)
+	}
+	half := len(key) / 2
+	if subtle.ConstantTimeCompare(key[:half], key[half:]) == 1 {
+		return nil, fmt.Errorf("%w: the two halves of the %d-byte XTS key are equal", ErrWeakKey, len(key))
+	}
+	data, err := aes.NewCipher(key[:half])
+	if err != nil {
+		return nil, fmt.Errorf("sector: data key: %w", err)
+	}
+	tweak, err := aes.NewCipher(key[half:])
+	if err != nil {
+		return nil, fmt.Errorf("sector: tweak key: %w", err)
+	}
+	return &Cipher{data: data, tweak: tweak, size: sectorSize, step: uint64(sectorSize / IVUnit)}, nil
+}
+
+// SectorSize returns the sector (XTS data unit) size in bytes.
+func (c *Cipher) SectorSize() int { return c.size }
+
+// SectorOf returns the 512-byte sector number of a byte offset within the encrypted segment,
+// the value the firstSector arguments take. It panics if offset is not a multiple of
+// SectorSize().
+func (c *Cipher) SectorOf(offset uint64) uint64 {
+	if offset%uint64(c.size) != 0 {
+		panic(fmt.Sprintf("sector: offset %d is not a multiple of the %d-byte sector size", offset, c.size))
+	}
+	return offset / IVUnit
+}
+
+// EncryptSectors encrypts src into dst, one XTS data unit per sector.
+//
+// firstSector is the 512-byte sector number of src[0] within the segment (byte offset ÷ 512),
+// whatever the sector size; the sector at src[k*SectorSize():] uses tweak
+// firstSector + k*SectorSize()/512. So with 4096-byte sectors the second sector of the segment
+// is sector 8, not 1. See [Cipher.SectorOf].
+//
+// Preconditions, whose violation is a programming error and panics: len(src) is a whole
+// number of sectors; len(dst) >= len(src); dst and src overlap entirely or not at all;
+// firstSector is a multiple of SectorSize()/512. dst and src may be the same slice.
+// EncryptSectors does not allocate.
+func (c *Cipher) EncryptSectors(dst, src []byte, firstSector uint64) {
+	c.check(dst, src, firstSector)
+	c.encrypt(dst[:len(src)], src, firstSector)
+}
+
+// DecryptSectors decrypts src into dst; it is the inverse of [Cipher.EncryptSectors] and has
+// the same sector numbering and preconditions.
+func (c *Cipher) DecryptSectors(dst, src []byte, firstSector uint64) {
+	c.check(dst, src, firstSector)
+	c.decrypt(dst[:len(src)], src, firstSector)
+}
+
+func (c *Cipher) check(dst, src []byte, firstSector uint64) {
+	if len(src)%c.size != 0 {
+		panic(fmt.Sprintf("sector: input of %d bytes is not a whole number of %d-byte sectors", len(src), c.size))
+	}
+	if len(dst) < len(src) {
+		panic(fmt.Sprintf("sector: output of %d bytes is smaller than input of %d bytes", len(dst), len(src)))
+	}
+	if firstSector%c.step != 0 {
+		panic(fmt.Sprintf("sector: first sector %d is not a multiple of %d: sector numbers count 512-byte units, and a %d-byte sector starts on every %dth",
+			firstSector, c.step, c.size, c.step))
+	}
+	if inexactOverlap(dst[:len(src)], src) {
+		panic("sector: invalid buffer overlap")
+	}
+}
