@@ -1,0 +1,113 @@
+package keyslot
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/binary"
+	"fmt"
+	"hash"
+	"io"
+)
+
+// The anti-forensic (AF) splitter of LUKS (lib/luks1/af.c in cryptsetup). A key of n bytes is
+// expanded to stripes × n bytes such that losing any part of the expansion makes the key
+// unrecoverable; LUKS2 always uses 4000 stripes.
+
+// afSize returns the bytes of split key material for a key of keySize bytes, rounded up to
+// whole 512-byte sectors: what a keyslot reads and writes of its area.
+func afSize(keySize int) uint64 {
+	n := uint64(keySize) * afStripes
+	return (n + 511) / 512 * 512
+}
+
+// afAreaSize returns the size cryptsetup allocates for a keyslot area: the split material
+// rounded up to 4096 bytes (258048 for a 64-byte key).
+func afAreaSize(keySize int) uint64 {
+	n := uint64(keySize) * afStripes
+	return (n + 4095) / 4096 * 4096
+}
+
+// diffuser computes the AF diffusion function with one hash instance and scratch space, so
+// the 3999 rounds of a merge or split allocate nothing.
+type diffuser struct {
+	h      hashInfo
+	hh     hash.Hash
+	sum    []byte
+	sha256 bool
+	in     [4 + sha256.Size]byte
+}
+
+func newDiffuser(h hashInfo) *diffuser {
+	d := &diffuser{h: h, sum: make([]byte, 0, h.size)}
+	if h.size == sha256.Size && h.isSHA256 {
+		d.sha256 = true
+	} else {
+		d.hh = h.new()
+	}
+	return d
+}
+
+// diffuse replaces buf with its diffusion: each hash-sized block i becomes the first
+// len(block) bytes of H(BE32(i) || block).
+func (d *diffuser) diffuse(buf []byte) {
+	size := d.h.size
+	for i, off := uint32(0), 0; off < len(buf); i, off = i+1, off+size {
+		end := min(off+size, len(buf))
+		if d.sha256 {
+			// The common case, without the hash.Hash interface.
+			binary.BigEndian.PutUint32(d.in[:4], i)
+			n := copy(d.in[4:], buf[off:end])
+			sum := sha256.Sum256(d.in[:4+n])
+			copy(buf[off:end], sum[:])
+			continue
+		}
+		var iv [4]byte
+		binary.BigEndian.PutUint32(iv[:], i)
+		d.hh.Reset()
+		d.hh.Write(iv[:])
+		d.hh.Write(buf[off:end])
+		d.sum = d.hh.Sum(d.sum[:0])
+		copy(buf[off:end], d.sum)
+	}
+}
+
+// afMerge recovers a key of keySize bytes from stripes × keySize bytes of split material.
+func afMerge(material []byte, keySize int, hashName string) ([]byte, error) {
+	h, err := hashByName(hashName)
+	if err != nil {
+		return nil, err
+	}
+	if keySize <= 0 || len(material) < keySize*afStripes {
+		return nil, fmt.Errorf("%w: %d bytes of AF material for a %d-byte key", ErrInvalidMetadata, len(material), keySize)
+	}
+	d := make([]byte, keySize)
+	df := newDiffuser(h)
+	for j := 0; j < afStripes-1; j++ {
+		subtle.XORBytes(d, d, material[j*keySize:(j+1)*keySize])
+		df.diffuse(d)
+	}
+	subtle.XORBytes(d, d, material[(afStripes-1)*keySize:afStripes*keySize])
+	return d, nil
+}
+
+// afSplit expands key into stripes × len(key) bytes, drawing the random stripes from rand.
+func afSplit(key []byte, hashName string, rand io.Reader) ([]byte, error) {
+	h, err := hashByName(hashName)
+	if err != nil {
+		return nil, err
+	}
+	n := len(key)
+	material := make([]byte, n*afStripes)
+	if _, err := io.ReadFull(rand, material[:n*(afStripes-1)]); err != nil {
+		return nil, fmt.Errorf("keyslot: reading random AF stripes: %w", err)
+	}
+	d := make([]byte, n)
+	df := newDiffuser(h)
+	for j := 0; j < afStripes-1; j++ {
+		subtle.XORBytes(d, d, material[j*n:(j+1)*n])
+		df.diffuse(d)
+	}
+	subtle.XORBytes(material[(afStripes-1)*n:], d, key)
+	clear(d)
+	return material, nil
+}

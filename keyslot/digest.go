@@ -1,0 +1,75 @@
+package keyslot
+
+import (
+	"crypto/subtle"
+	"fmt"
+	"io"
+
+	"golang.org/x/crypto/pbkdf2"
+)
+
+// digestIterations is the PBKDF2 iteration count of new volume key digests: cryptsetup's
+// minimum. The volume key is random and as long as the hash, so iterations add no strength;
+// they only slow every unlock.
+const digestIterations = 1000
+
+// newDigest makes the pbkdf2 digest of a volume key for keyslots and segments.
+func newDigest(volumeKey []byte, keyslots, segments []int, rand io.Reader) (*digestMeta, error) {
+	d := &digestMeta{
+		typ:        "pbkdf2",
+		keyslots:   keyslots,
+		segments:   segments,
+		hash:       "sha256",
+		iterations: digestIterations,
+		salt:       make([]byte, saltSize),
+	}
+	if _, err := io.ReadFull(rand, d.salt); err != nil {
+		return nil, fmt.Errorf("keyslot: reading random digest salt: %w", err)
+	}
+	var err error
+	if d.digest, err = d.compute(volumeKey, 32); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *digestMeta) compute(volumeKey []byte, n int) ([]byte, error) {
+	h, err := hashByName(d.hash)
+	if err != nil {
+		return nil, err
+	}
+	return pbkdf2.Key(volumeKey, d.salt, d.iterations, n, h.new), nil
+}
+
+// verify reports whether volumeKey matches the digest, in constant time.
+func (d *digestMeta) verify(volumeKey []byte) (bool, error) {
+	got, err := d.compute(volumeKey, len(d.digest))
+	if err != nil {
+		return false, err
+	}
+	return subtle.ConstantTimeCompare(got, d.digest) == 1, nil
+}
+
+// digestOfKeyslot returns the digest that lists keyslot id.
+func (m *metadata) digestOfKeyslot(id int) (int, *digestMeta) {
+	for _, did := range sortedKeys(m.digests) {
+		for _, k := range m.digests[did].keyslots {
+			if k == id {
+				return did, m.digests[did]
+			}
+		}
+	}
+	return -1, nil
+}
+
+// segmentDigest returns the digest that covers segment 0, the data segment.
+func (m *metadata) segmentDigest() (int, *digestMeta) {
+	for _, did := range sortedKeys(m.digests) {
+		for _, s := range m.digests[did].segments {
+			if s == 0 {
+				return did, m.digests[did]
+			}
+		}
+	}
+	return -1, nil
+}

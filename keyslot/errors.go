@@ -1,0 +1,39 @@
+package keyslot
+
+import "errors"
+
+// Sentinel errors. Every error the package returns wraps at most one of these with context
+// (which copy, which keyslot, which field); test for them with errors.Is.
+var (
+	// ErrNotLUKS2 means neither header copy is a valid LUKS2 header.
+	ErrNotLUKS2 = errors.New("not a valid LUKS2 device")
+	// ErrHeaderCorrupt means one header copy fails validation (bad magic, offset, size,
+	// checksum or metadata). Open reports it per copy in [Health] and still opens the image
+	// when the other copy is good.
+	ErrHeaderCorrupt = errors.New("LUKS2 header corrupt")
+	// ErrInvalidMetadata means the JSON metadata breaks a LUKS2 rule.
+	ErrInvalidMetadata = errors.New("invalid LUKS2 metadata")
+	// ErrUnsupported means the metadata names a keyslot, KDF, hash or cipher type this
+	// package does not implement; the message names it.
+	ErrUnsupported = errors.New("unsupported")
+	// ErrKDFLimits means KDF cost parameters are outside the accepted range.
+	ErrKDFLimits = errors.New("KDF parameters out of range")
+	// ErrWrongPassphrase means no keyslot that was tried opens with the passphrase.
+	ErrWrongPassphrase = errors.New("no keyslot opens with this passphrase")
+	// ErrWrongVolumeKey means a volume key does not match the image's digest.
+	ErrWrongVolumeKey = errors.New("volume key does not match the digest")
+	// ErrKeyslotNotFound means the named keyslot does not exist.
+	ErrKeyslotNotFound = errors.New("keyslot not found")
+	// ErrKeyslotInUse means a new keyslot was asked for at an id that is taken.
+	ErrKeyslotInUse = errors.New("keyslot already in use")
+	// ErrLastKeyslot means the change would remove the last keyslot, making the data
+	// unrecoverable; use [Image.Erase] for that.
+	ErrLastKeyslot = errors.New("refusing to remove the last keyslot")
+	// ErrTokenNotFound means the named token does not exist.
+	ErrTokenNotFound = errors.New("token not found")
+	// ErrNoSpace means the keyslots area, the JSON area or the id space is full.
+	ErrNoSpace = errors.New("no space in LUKS2 metadata")
+	// ErrUnmetRequirement means the image carries mandatory requirements this package does
+	// not know; it still unlocks, but its metadata may not be changed (as in cryptsetup).
+	ErrUnmetRequirement = errors.New("unmet LUKS2 requirements")
+)

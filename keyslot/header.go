@@ -1,0 +1,173 @@
+package keyslot
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+)
+
+// The binary header of one LUKS2 header copy (struct luks2_hdr_disk in cryptsetup's
+// lib/luks2/luks2.h). All integers are big-endian.
+const (
+	binHeaderSize = 4096
+
+	offMagic     = 0
+	offVersion   = 6
+	offHdrSize   = 8
+	offSeqID     = 16
+	offLabel     = 24
+	offCsumAlg   = 72
+	offSalt      = 104
+	offUUID      = 168
+	offSubsystem = 208
+	offHdrOffset = 256
+	offCsum      = 448
+
+	labelLen   = 48
+	csumAlgLen = 32
+	saltLen    = 64
+	uuidLen    = 40
+	csumLen    = 64
+
+	// MaxLabelLen is the longest label or subsystem string, in bytes.
+	MaxLabelLen = labelLen - 1
+)
+
+var (
+	magicPrimary   = []byte{'L', 'U', 'K', 'S', 0xba, 0xbe}
+	magicSecondary = []byte{'S', 'K', 'U', 'L', 0xba, 0xbe}
+)
+
+// hdrSizes lists the header sizes (binary header plus JSON area) LUKS2 allows, smallest first.
+var hdrSizes = []uint64{16 << 10, 32 << 10, 64 << 10, 128 << 10, 256 << 10, 512 << 10, 1 << 20, 2 << 20, 4 << 20}
+
+func validHdrSize(n uint64) bool {
+	for _, s := range hdrSizes {
+		if n == s {
+			return true
+		}
+	}
+	return false
+}
+
+// binHeader holds the fields of a binary header.
+type binHeader struct {
+	secondary bool
+	hdrSize   uint64
+	seqID     uint64
+	label     string
+	csumAlg   string
+	salt      [saltLen]byte
+	uuid      string
+	subsystem string
+	hdrOffset uint64
+	csum      [csumLen]byte
+}
+
+// parseBinHeader decodes and checks the fixed fields of a 4096-byte binary header: magic,
+// version, header size, offset and the text fields. The checksum is checked by the caller,
+// which has the JSON area.
+func parseBinHeader(b []byte) (*binHeader, error) {
+	if len(b) < binHeaderSize {
+		return nil, fmt.Errorf("%w: binary header is %d bytes, want %d", ErrHeaderCorrupt, len(b), binHeaderSize)
+	}
+	h := &binHeader{}
+	switch {
+	case bytes.Equal(b[offMagic:offMagic+6], magicPrimary):
+	case bytes.Equal(b[offMagic:offMagic+6], magicSecondary):
+		h.secondary = true
+	default:
+		return nil, fmt.Errorf("%w: bad magic %x", ErrHeaderCorrupt, b[offMagic:offMagic+6])
+	}
+	if v := binary.BigEndian.Uint16(b[offVersion:]); v != 2 {
+		return nil, fmt.Errorf("%w: version %d, want 2", ErrHeaderCorrupt, v)
+	}
+	h.hdrSize = binary.BigEndian.Uint64(b[offHdrSize:])
+	if !validHdrSize(h.hdrSize) {
+		return nil, fmt.Errorf("%w: header size %d is not one LUKS2 allows (16 KiB to 4 MiB, a power of two)", ErrHeaderCorrupt, h.hdrSize)
+	}
+	h.seqID = binary.BigEndian.Uint64(b[offSeqID:])
+	h.hdrOffset = binary.BigEndian.Uint64(b[offHdrOffset:])
+	var err error
+	if h.label, err = cString(b[offLabel:offLabel+labelLen], "label"); err != nil {
+		return nil, err
+	}
+	if h.csumAlg, err = cString(b[offCsumAlg:offCsumAlg+csumAlgLen], "checksum_alg"); err != nil {
+		return nil, err
+	}
+	if h.uuid, err = cString(b[offUUID:offUUID+uuidLen], "uuid"); err != nil {
+		return nil, err
+	}
+	if h.subsystem, err = cString(b[offSubsystem:offSubsystem+labelLen], "subsystem"); err != nil {
+		return nil, err
+	}
+	copy(h.salt[:], b[offSalt:])
+	copy(h.csum[:], b[offCsum:])
+	return h, nil
+}
+
+// cString returns a NUL-terminated string field; a field with no NUL is corrupt.
+func cString(b []byte, name string) (string, error) {
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return "", fmt.Errorf("%w: %s field is not NUL-terminated", ErrHeaderCorrupt, name)
+	}
+	return string(b[:i]), nil
+}
+
+// marshal encodes the binary header. With withCsum false the checksum field is zero, which is
+// also the form the checksum is computed over.
+func (h *binHeader) marshal(withCsum bool) []byte {
+	b := make([]byte, binHeaderSize)
+	if h.secondary {
+		copy(b[offMagic:], magicSecondary)
+	} else {
+		copy(b[offMagic:], magicPrimary)
+	}
+	binary.BigEndian.PutUint16(b[offVersion:], 2)
+	binary.BigEndian.PutUint64(b[offHdrSize:], h.hdrSize)
+	binary.BigEndian.PutUint64(b[offSeqID:], h.seqID)
+	copy(b[offLabel:offLabel+labelLen-1], h.label)
+	copy(b[offCsumAlg:offCsumAlg+csumAlgLen-1], h.csumAlg)
+	copy(b[offSalt:offSalt+saltLen], h.salt[:])
+	copy(b[offUUID:offUUID+uuidLen-1], h.uuid)
+	copy(b[offSubsystem:offSubsystem+labelLen-1], h.subsystem)
+	binary.BigEndian.PutUint64(b[offHdrOffset:], h.hdrOffset)
+	if withCsum {
+		copy(b[offCsum:offCsum+csumLen], h.csum[:])
+	}
+	return b
+}
+
+// checksum computes the header checksum: the hash of the binary header with a zeroed checksum
+// field followed by the whole JSON area.
+func (h *binHeader) checksum(jsonArea []byte) ([csumLen]byte, error) {
+	var out [csumLen]byte
+	hi, err := hashByName(h.csumAlg)
+	if err != nil {
+		return out, fmt.Errorf("%w: checksum algorithm: %w", ErrHeaderCorrupt, err)
+	}
+	hh := hi.new()
+	hh.Write(h.marshal(false))
+	hh.Write(jsonArea)
+	copy(out[:], hh.Sum(nil))
+	return out, nil
+}
+
+// jsonText returns the JSON text of a JSON area: the bytes before the first NUL. The area must
+// start with '{', and every byte after the text must be NUL, with at least one NUL.
+func jsonText(area []byte) ([]byte, error) {
+	if len(area) == 0 || area[0] != '{' {
+		return nil, fmt.Errorf("%w: JSON area does not start with '{'", ErrHeaderCorrupt)
+	}
+	n := bytes.IndexByte(area, 0)
+	if n < 0 {
+		return nil, fmt.Errorf("%w: JSON area has no terminating NUL", ErrHeaderCorrupt)
+	}
+	for _, c := range area[n:] {
+		if c != 0 {
+			return nil, fmt.Errorf("%w: non-NUL bytes after the JSON text", ErrHeaderCorrupt)
+		}
+	}
+	return area[:n], nil
+}

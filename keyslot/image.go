@@ -1,0 +1,385 @@
+package keyslot
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Device is the storage a LUKS2 image lives on: an *os.File, or anything else with positioned
+// reads and writes. When the device also has a Sync() error method (as *os.File does), every
+// header copy is made durable before the next one is written. When it has an Fd() uintptr
+// method, reads take a shared and updates an exclusive flock(2) on it, so processes never
+// interleave metadata updates. flock belongs to the open file, so give each Image its own
+// open file: two Images sharing one *os.File do not exclude each other across processes.
+type Device interface {
+	io.ReaderAt
+	io.WriterAt
+}
+
+// Options tune how an image is opened. The zero value is ready to use.
+type Options struct {
+	// Rand is the source of salts, keys and random keyslot padding; crypto/rand if nil.
+	Rand io.Reader
+}
+
+// Image is an open LUKS2 image. Its methods are safe for concurrent use; metadata updates are
+// serialised within the process by a mutex and across processes by flock on the device.
+//
+// An Image caches the metadata it last read or wrote. Every update re-reads the metadata from
+// the device under the exclusive lock and applies its change to that, so changes made by
+// other processes are never lost; [Image.Reload] refreshes the cache for readers.
+type Image struct {
+	dev  Device
+	rand io.Reader
+
+	mu     sync.Mutex // guards st and health, and serialises updates in this process
+	st     *state
+	health Health
+}
+
+// state is one consistent view of the header: the binary fields and the metadata.
+type state struct {
+	bin  binHeader // from the copy in use; secondary/hdrOffset/salt/csum are per copy
+	meta *metadata
+}
+
+// CopyHealth describes one header copy as last read.
+type CopyHealth struct {
+	// Offset is where the copy was looked for (the secondary's offset is the header size).
+	Offset uint64
+	// SeqID is the copy's sequence number, when its binary header could be read.
+	SeqID uint64
+	// Err is nil for a good, current copy; otherwise why the copy is unusable or stale.
+	Err error
+}
+
+// Health reports the state of both header copies. A damaged or stale copy is rewritten from
+// the good one by the next metadata update, or by [Image.Repair].
+type Health struct {
+	Primary, Secondary CopyHealth
+}
+
+// OK reports whether both copies are good and current.
+func (h Health) OK() bool { return h.Primary.Err == nil && h.Secondary.Err == nil }
+
+// Open reads the LUKS2 header of dev. It uses the valid copy with the higher sequence number,
+// and never writes: a damaged copy is reported by [Image.Health].
+func Open(dev Device, opts *Options) (*Image, error) {
+	img := &Image{dev: dev, rand: rand.Reader}
+	if opts != nil && opts.Rand != nil {
+		img.rand = opts.Rand
+	}
+	if err := img.Reload(); err != nil {
+		return nil, err
+	}
+	return img, nil
+}
+
+// Reload re-reads the header from the device.
+func (img *Image) Reload() error {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	unlock, err := lockDevice(img.dev, unix.LOCK_SH)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	st, health, err := load(img.dev)
+	if err != nil {
+		return err
+	}
+	img.st, img.health = st, health
+	return nil
+}
+
+// Health returns the state of the header copies as last read or written.
+func (img *Image) Health() Health {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	return img.health
+}
+
+// Repair rewrites both header copies from the good one, with the next sequence number. It is
+// a no-op when both copies are good and current.
+func (img *Image) Repair() error {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	unlock, err := lockDevice(img.dev, unix.LOCK_EX)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	st, health, err := load(img.dev)
+	if err != nil {
+		return err
+	}
+	img.st, img.health = st, health
+	if health.OK() {
+		return nil
+	}
+	return img.commitLocked(st, st.meta)
+}
+
+// update applies fn to a fresh copy of the on-disk metadata and commits the result: the
+// exclusive lock is held from the read to the last write, so no other process's update can
+// come in between.
+func (img *Image) update(fn func(st *state, m *metadata) error) error {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	unlock, err := lockDevice(img.dev, unix.LOCK_EX)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	st, health, err := load(img.dev)
+	if err != nil {
+		return err
+	}
+	img.st, img.health = st, health
+	if req := st.meta.config.mandatory; len(req) > 0 {
+		return fmt.Errorf("%w: the image requires %q; metadata changes are refused", ErrUnmetRequirement, req)
+	}
+	m, err := st.meta.clone(st.bin.hdrSize)
+	if err != nil {
+		return err
+	}
+	if err := fn(st, m); err != nil {
+		return err
+	}
+	return img.commitLocked(st, m)
+}
+
+// commitLocked writes m to both header copies with the next sequence number, primary first,
+// each as binary header without checksum, JSON area, binary header with checksum, then a sync
+// (cryptsetup's hdr_write_disk order). A crash at any point leaves at least one copy that is
+// whole: the old primary or secondary until the new primary is complete, the new primary
+// after. The caller holds img.mu and the exclusive device lock.
+func (img *Image) commitLocked(st *state, m *metadata) error {
+	hdrSize := st.bin.hdrSize
+	text := m.marshal()
+	// Never write what we could not read back.
+	if _, err := parseMetadata(text, hdrSize); err != nil {
+		return fmt.Errorf("keyslot: refusing to write invalid metadata: %w", err)
+	}
+	jsonSize := hdrSize - binHeaderSize
+	if uint64(len(text)) >= jsonSize {
+		return fmt.Errorf("%w: metadata is %d bytes, the JSON area holds %d", ErrNoSpace, len(text), jsonSize-1)
+	}
+	area := make([]byte, jsonSize)
+	copy(area, text)
+
+	next := st.bin
+	next.seqID++
+	for _, secondary := range []bool{false, true} {
+		h := next
+		h.secondary = secondary
+		h.hdrOffset = 0
+		if secondary {
+			h.hdrOffset = hdrSize
+		}
+		if _, err := io.ReadFull(img.rand, h.salt[:]); err != nil {
+			return fmt.Errorf("keyslot: reading random header salt: %w", err)
+		}
+		if err := writeCopy(img.dev, &h, area); err != nil {
+			return err
+		}
+	}
+	img.st = &state{bin: next, meta: m}
+	img.health = Health{
+		Primary:   CopyHealth{Offset: 0, SeqID: next.seqID},
+		Secondary: CopyHealth{Offset: hdrSize, SeqID: next.seqID},
+	}
+	return nil
+}
+
+// writeCopy writes one header copy at h.hdrOffset and syncs it.
+func writeCopy(dev Device, h *binHeader, area []byte) error {
+	which := "primary"
+	if h.secondary {
+		which = "secondary"
+	}
+	off := int64(h.hdrOffset)
+	if _, err := dev.WriteAt(h.marshal(false), off); err != nil {
+		return fmt.Errorf("keyslot: writing %s binary header: %w", which, err)
+	}
+	if _, err := dev.WriteAt(area, off+binHeaderSize); err != nil {
+		return fmt.Errorf("keyslot: writing %s JSON area: %w", which, err)
+	}
+	csum, err := h.checksum(area)
+	if err != nil {
+		return err
+	}
+	h.csum = csum
+	if _, err := dev.WriteAt(h.marshal(true), off); err != nil {
+		return fmt.Errorf("keyslot: writing %s header checksum: %w", which, err)
+	}
+	if err := syncDevice(dev); err != nil {
+		return fmt.Errorf("keyslot: syncing %s header: %w", which, err)
+	}
+	return nil
+}
+
+// load reads both header copies and picks the one to use.
+func load(dev Device) (*state, Health, error) {
+	var health Health
+	primary, perr := readCopy(dev, 0, false)
+	health.Primary.Err = perr
+	if primary != nil {
+		health.Primary.SeqID = primary.bin.seqID
+	}
+
+	// The secondary sits at the header size: take it from the primary when that much of
+	// the primary is readable, else probe every allowed size, smallest first.
+	var candidates []uint64
+	if h, err := readBinHeader(dev, 0); err == nil {
+		candidates = append(candidates, h.hdrSize)
+	}
+	for _, s := range hdrSizes {
+		if len(candidates) == 0 || s != candidates[0] {
+			candidates = append(candidates, s)
+		}
+	}
+	var secondary *copyState
+	var serr error
+	for i, off := range candidates {
+		c, err := readCopy(dev, off, true)
+		if err == nil {
+			secondary, serr = c, nil
+			health.Secondary = CopyHealth{Offset: off, SeqID: c.bin.seqID}
+			break
+		}
+		if i == 0 {
+			serr = err
+			health.Secondary = CopyHealth{Offset: off, Err: err}
+		}
+	}
+
+	switch {
+	case primary == nil && secondary == nil:
+		return nil, health, fmt.Errorf("%w: primary header: %w; secondary header: %w", ErrNotLUKS2, perr, serr)
+	case secondary == nil:
+		return primary.state(), health, nil
+	case primary == nil:
+		return secondary.state(), health, nil
+	}
+	if primary.bin.hdrSize != secondary.bin.hdrSize || primary.bin.uuid != secondary.bin.uuid {
+		// Two unrelated headers: trust the primary, report the other.
+		health.Secondary.Err = fmt.Errorf("%w: secondary header (size %d, uuid %q) does not belong to the primary (size %d, uuid %q)",
+			ErrHeaderCorrupt, secondary.bin.hdrSize, secondary.bin.uuid, primary.bin.hdrSize, primary.bin.uuid)
+		return primary.state(), health, nil
+	}
+	switch {
+	case primary.bin.seqID > secondary.bin.seqID:
+		health.Secondary.Err = fmt.Errorf("%w: secondary header is stale (seqid %d, primary %d)", ErrHeaderCorrupt, secondary.bin.seqID, primary.bin.seqID)
+		return primary.state(), health, nil
+	case primary.bin.seqID < secondary.bin.seqID:
+		health.Primary.Err = fmt.Errorf("%w: primary header is stale (seqid %d, secondary %d)", ErrHeaderCorrupt, primary.bin.seqID, secondary.bin.seqID)
+		return secondary.state(), health, nil
+	}
+	if !bytes.Equal(primary.text, secondary.text) {
+		health.Secondary.Err = fmt.Errorf("%w: secondary header has the same seqid %d but different metadata", ErrHeaderCorrupt, primary.bin.seqID)
+	}
+	return primary.state(), health, nil
+}
+
+// copyState is one fully validated header copy.
+type copyState struct {
+	bin  *binHeader
+	text []byte
+	meta *metadata
+}
+
+func (c *copyState) state() *state {
+	return &state{bin: *c.bin, meta: c.meta}
+}
+
+func readBinHeader(dev Device, off uint64) (*binHeader, error) {
+	buf := make([]byte, binHeaderSize)
+	if _, err := dev.ReadAt(buf, int64(off)); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%w: device too small for a header at %d", ErrHeaderCorrupt, off)
+		}
+		return nil, fmt.Errorf("keyslot: reading header at %d: %w", off, err)
+	}
+	return parseBinHeader(buf)
+}
+
+// readCopy reads and fully validates the header copy at off.
+func readCopy(dev Device, off uint64, secondary bool) (*copyState, error) {
+	h, err := readBinHeader(dev, off)
+	if err != nil {
+		return nil, err
+	}
+	if h.secondary != secondary {
+		return nil, fmt.Errorf("%w: wrong magic for the %s header at %d", ErrHeaderCorrupt, copyName(secondary), off)
+	}
+	if h.hdrOffset != off {
+		return nil, fmt.Errorf("%w: header at %d says it belongs at %d", ErrHeaderCorrupt, off, h.hdrOffset)
+	}
+	if secondary && h.hdrSize != off {
+		return nil, fmt.Errorf("%w: secondary header at %d has header size %d", ErrHeaderCorrupt, off, h.hdrSize)
+	}
+	area := make([]byte, h.hdrSize-binHeaderSize)
+	if _, err := dev.ReadAt(area, int64(off)+binHeaderSize); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%w: device too small for the JSON area at %d", ErrHeaderCorrupt, off+binHeaderSize)
+		}
+		return nil, fmt.Errorf("keyslot: reading JSON area at %d: %w", off+binHeaderSize, err)
+	}
+	csum, err := h.checksum(area)
+	if err != nil {
+		return nil, err
+	}
+	if csum != h.csum {
+		return nil, fmt.Errorf("%w: %s header checksum mismatch", ErrHeaderCorrupt, copyName(secondary))
+	}
+	text, err := jsonText(area)
+	if err != nil {
+		return nil, err
+	}
+	meta, err := parseMetadata(text, h.hdrSize)
+	if err != nil {
+		return nil, fmt.Errorf("%s header: %w", copyName(secondary), err)
+	}
+	return &copyState{bin: h, text: text, meta: meta}, nil
+}
+
+func copyName(secondary bool) string {
+	if secondary {
+		return "secondary"
+	}
+	return "primary"
+}
+
+// lockDevice takes flock(2) on devices that have a file descriptor.
+func lockDevice(dev Device, how int) (func(), error) {
+	f, ok := dev.(interface{ Fd() uintptr })
+	if !ok {
+		return func() {}, nil
+	}
+	fd := int(f.Fd())
+	for {
+		err := unix.Flock(fd, how)
+		if err == nil {
+			break
+		}
+		if err != unix.EINTR {
+			return nil, fmt.Errorf("keyslot: locking the image: %w", err)
+		}
+	}
+	return func() { _ = unix.Flock(fd, unix.LOCK_UN) }, nil
+}
+
+// syncDevice makes written data durable on devices that can.
+func syncDevice(dev Device) error {
+	if s, ok := dev.(interface{ Sync() error }); ok {
+		return s.Sync()
+	}
+	return nil
+}

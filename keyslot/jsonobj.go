@@ -1,0 +1,381 @@
+package keyslot
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"unicode/utf8"
+)
+
+// member is one name/value pair of a JSON object, kept in document order so that members this
+// package does not interpret are written back where and as they were.
+type member struct {
+	name  string
+	value json.RawMessage
+}
+
+// object is a decoded JSON object with typed, strict accessors. path names the object in
+// error messages ("keyslots.1.kdf").
+type object struct {
+	path    string
+	members []member
+}
+
+// parseObject decodes raw as one JSON object. Duplicate member names are refused.
+func parseObject(path string, raw []byte) (*object, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || raw[0] != '{' {
+		return nil, fmt.Errorf("%w: %s: not a JSON object", ErrInvalidMetadata, path)
+	}
+	if !utf8.Valid(raw) {
+		return nil, fmt.Errorf("%w: %s: invalid UTF-8", ErrInvalidMetadata, path)
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	if _, err := dec.Token(); err != nil { // '{'
+		return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
+	}
+	o := &object{path: path}
+	seen := make(map[string]bool)
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
+		}
+		name, ok := tok.(string)
+		if !ok {
+			return nil, fmt.Errorf("%w: %s: member name is not a string", ErrInvalidMetadata, path)
+		}
+		if seen[name] {
+			return nil, fmt.Errorf("%w: %s: duplicate member %q", ErrInvalidMetadata, path, name)
+		}
+		seen[name] = true
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, fmt.Errorf("%w: %s.%s: %v", ErrInvalidMetadata, path, name, err)
+		}
+		o.members = append(o.members, member{name, v})
+	}
+	if _, err := dec.Token(); err != nil { // '}'
+		return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
+	}
+	if dec.More() || int(dec.InputOffset()) != len(raw) {
+		return nil, fmt.Errorf("%w: %s: data after the object", ErrInvalidMetadata, path)
+	}
+	return o, nil
+}
+
+func (o *object) errorf(name, format string, args ...any) error {
+	return fmt.Errorf("%w: %s.%s: %s", ErrInvalidMetadata, o.path, name, fmt.Sprintf(format, args...))
+}
+
+// get returns the raw value of a member.
+func (o *object) get(name string) (json.RawMessage, bool) {
+	for _, m := range o.members {
+		if m.name == name {
+			return m.value, true
+		}
+	}
+	return nil, false
+}
+
+func (o *object) has(name string) bool {
+	_, ok := o.get(name)
+	return ok
+}
+
+func (o *object) required(name string) (json.RawMessage, error) {
+	v, ok := o.get(name)
+	if !ok {
+		return nil, fmt.Errorf("%w: %s: missing member %q", ErrInvalidMetadata, o.path, name)
+	}
+	return v, nil
+}
+
+// str returns a required string member.
+func (o *object) str(name string) (string, error) {
+	v, err := o.required(name)
+	if err != nil {
+		return "", err
+	}
+	if len(v) == 0 || v[0] != '"' {
+		return "", o.errorf(name, "want a string")
+	}
+	var s string
+	if err := json.Unmarshal(v, &s); err != nil {
+		return "", o.errorf(name, "%v", err)
+	}
+	return s, nil
+}
+
+// integer returns a required member that must be a plain JSON integer in [lo, hi].
+func (o *object) integer(name string, lo, hi int64) (int64, error) {
+	v, err := o.required(name)
+	if err != nil {
+		return 0, err
+	}
+	return o.parseInteger(name, v, lo, hi)
+}
+
+func (o *object) parseInteger(name string, v json.RawMessage, lo, hi int64) (int64, error) {
+	if len(v) == 0 || !(v[0] == '-' || v[0] >= '0' && v[0] <= '9') {
+		return 0, o.errorf(name, "want a JSON integer")
+	}
+	n, err := strconv.ParseInt(string(v), 10, 64)
+	if err != nil {
+		return 0, o.errorf(name, "want a JSON integer, got %.20s", v)
+	}
+	if n < lo || n > hi {
+		return 0, o.errorf(name, "%d out of range [%d, %d]", n, lo, hi)
+	}
+	return n, nil
+}
+
+// u64 returns a required member holding a uint64 as a decimal string, LUKS2's encoding of
+// offsets and sizes.
+func (o *object) u64(name string) (uint64, error) {
+	s, err := o.str(name)
+	if err != nil {
+		return 0, err
+	}
+	return parseU64(s, func(format string, args ...any) error { return o.errorf(name, format, args...) })
+}
+
+func parseU64(s string, errf func(string, ...any) error) (uint64, error) {
+	if s == "" || len(s) > 20 {
+		return 0, errf("want a decimal number string, got %q", truncate(s))
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, errf("want a decimal number string, got %q", truncate(s))
+		}
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, errf("%q does not fit in 64 bits", truncate(s))
+	}
+	return n, nil
+}
+
+// obj returns a required member that is an object.
+func (o *object) obj(name string) (*object, error) {
+	v, err := o.required(name)
+	if err != nil {
+		return nil, err
+	}
+	return parseObject(o.path+"."+name, v)
+}
+
+// strings returns a required member that is an array of strings.
+func (o *object) strings(name string, maxLen int) ([]string, error) {
+	v, err := o.required(name)
+	if err != nil {
+		return nil, err
+	}
+	if len(v) == 0 || v[0] != '[' {
+		return nil, o.errorf(name, "want an array of strings")
+	}
+	var out []string
+	if err := json.Unmarshal(v, &out); err != nil {
+		return nil, o.errorf(name, "want an array of strings")
+	}
+	if len(out) > maxLen {
+		return nil, o.errorf(name, "%d entries, at most %d allowed", len(out), maxLen)
+	}
+	return out, nil
+}
+
+// ids returns a required array of object id strings, each in [0, max).
+func (o *object) ids(name string, limit int) ([]int, error) {
+	ss, err := o.strings(name, limit)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]int, 0, len(ss))
+	seen := make(map[int]bool, len(ss))
+	for _, s := range ss {
+		id, err := parseID(s, limit)
+		if err != nil {
+			return nil, o.errorf(name, "%v", err)
+		}
+		if seen[id] {
+			return nil, o.errorf(name, "id %d listed twice", id)
+		}
+		seen[id] = true
+		out = append(out, id)
+	}
+	return out, nil
+}
+
+// b64 returns a required standard-base64 member decoding to between lo and hi bytes.
+func (o *object) b64(name string, lo, hi int) ([]byte, error) {
+	s, err := o.str(name)
+	if err != nil {
+		return nil, err
+	}
+	if base64.StdEncoding.DecodedLen(len(s)) > hi+3 {
+		return nil, o.errorf(name, "base64 value too long (%d characters)", len(s))
+	}
+	b, err := base64.StdEncoding.Strict().DecodeString(s)
+	if err != nil {
+		return nil, o.errorf(name, "invalid base64: %v", err)
+	}
+	if len(b) < lo || len(b) > hi {
+		return nil, o.errorf(name, "decodes to %d bytes, want %d to %d", len(b), lo, hi)
+	}
+	return b, nil
+}
+
+// rest returns the members not named in known, in document order.
+func (o *object) rest(known ...string) []member {
+	var out []member
+outer:
+	for _, m := range o.members {
+		for _, k := range known {
+			if m.name == k {
+				continue outer
+			}
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// parseID parses a LUKS2 object id: a decimal string in [0, limit).
+func parseID(s string, limit int) (int, error) {
+	if s == "" || len(s) > 3 || (len(s) > 1 && s[0] == '0') {
+		return 0, fmt.Errorf("invalid id %q", truncate(s))
+	}
+	n := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, fmt.Errorf("invalid id %q", truncate(s))
+		}
+		n = n*10 + int(s[i]-'0')
+	}
+	if n >= limit {
+		return 0, fmt.Errorf("id %d out of range [0, %d)", n, limit)
+	}
+	return n, nil
+}
+
+func truncate(s string) string {
+	if len(s) > 32 {
+		return s[:32] + "…"
+	}
+	return s
+}
+
+// writer builds compact JSON in a fixed member order, as cryptsetup writes it: no spaces, no
+// escaping of '/', and non-ASCII UTF-8 kept as is.
+type writer struct {
+	b     []byte
+	first []bool // per open object/array: no member written yet
+}
+
+func (w *writer) open(c byte) {
+	w.b = append(w.b, c)
+	w.first = append(w.first, true)
+}
+
+func (w *writer) close(c byte) {
+	w.b = append(w.b, c)
+	w.first = w.first[:len(w.first)-1]
+}
+
+func (w *writer) sep() {
+	if n := len(w.first); n > 0 {
+		if !w.first[n-1] {
+			w.b = append(w.b, ',')
+		}
+		w.first[n-1] = false
+	}
+}
+
+func (w *writer) key(name string) {
+	w.sep()
+	w.b = appendString(w.b, name)
+	w.b = append(w.b, ':')
+}
+
+func (w *writer) keyObj(name string) { w.key(name); w.open('{') }
+func (w *writer) keyArr(name string) { w.key(name); w.open('[') }
+
+func (w *writer) str(name, v string) { w.key(name); w.b = appendString(w.b, v) }
+
+func (w *writer) u64(name string, v uint64) {
+	w.key(name)
+	w.b = append(w.b, '"')
+	w.b = strconv.AppendUint(w.b, v, 10)
+	w.b = append(w.b, '"')
+}
+
+func (w *writer) int(name string, v int64) { w.key(name); w.b = strconv.AppendInt(w.b, v, 10) }
+
+func (w *writer) b64(name string, v []byte) { w.str(name, base64.StdEncoding.EncodeToString(v)) }
+
+func (w *writer) raw(name string, v json.RawMessage) {
+	w.key(name)
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, v); err != nil {
+		// Values reach the writer only after parsing; keep them as they are.
+		w.b = append(w.b, v...)
+		return
+	}
+	w.b = append(w.b, buf.Bytes()...)
+}
+
+func (w *writer) members(ms []member) {
+	for _, m := range ms {
+		w.raw(m.name, m.value)
+	}
+}
+
+// idArray writes an array of id strings.
+func (w *writer) idArray(name string, ids []int) {
+	w.keyArr(name)
+	for _, id := range ids {
+		w.sep()
+		w.b = append(w.b, '"')
+		w.b = strconv.AppendInt(w.b, int64(id), 10)
+		w.b = append(w.b, '"')
+	}
+	w.close(']')
+}
+
+// strArray writes an array of strings.
+func (w *writer) strArray(name string, ss []string) {
+	w.keyArr(name)
+	for _, s := range ss {
+		w.sep()
+		w.b = appendString(w.b, s)
+	}
+	w.close(']')
+}
+
+// appendString appends s as a JSON string: quotes, backslashes and control characters are
+// escaped, everything else (including '/' and non-ASCII) is written as is.
+func appendString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c == '\n':
+			b = append(b, '\\', 'n')
+		case c == '\r':
+			b = append(b, '\\', 'r')
+		case c == '\t':
+			b = append(b, '\\', 't')
+		case c < 0x20:
+			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		default:
+			b = append(b, c)
+		}
+	}
+	return append(b, '"')
+}

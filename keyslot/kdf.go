@@ -1,0 +1,223 @@
+package keyslot
+
+import (
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/sha512"
+	"fmt"
+	"hash"
+	"math"
+
+	"golang.org/x/crypto/argon2"
+	"golang.org/x/crypto/pbkdf2"
+)
+
+// KDF types.
+const (
+	KDFPBKDF2   = "pbkdf2"
+	KDFArgon2i  = "argon2i"
+	KDFArgon2id = "argon2id"
+)
+
+// Limits on KDF costs: cryptsetup's (lib/utils_pbkdf.c, crypt_pbkdf_get_limits). Values read
+// from disk outside them are refused before any work is done, so a crafted header cannot make
+// an unlock run for days or allocate without bound.
+const (
+	MinPBKDF2Iterations = 1000
+	MaxPBKDF2Iterations = math.MaxUint32
+	MinArgon2Time       = 4
+	MaxArgon2Time       = math.MaxUint32
+	MinArgon2Memory     = 32      // KiB
+	MaxArgon2Memory     = 4 << 20 // KiB (4 GiB)
+	MaxArgon2Threads    = 4
+	saltSize            = 32
+)
+
+// KDF describes how a keyslot turns a passphrase into the key that encrypts its area.
+type KDF struct {
+	// Type is KDFPBKDF2, KDFArgon2i or KDFArgon2id.
+	Type string
+	// Hash is the PBKDF2 hash: "sha1", "sha256" or "sha512".
+	Hash string
+	// Iterations is the PBKDF2 iteration count.
+	Iterations int
+	// Time, Memory (KiB) and Threads are the Argon2 costs.
+	Time, Memory, Threads int
+	// Salt is filled in from the random source when a keyslot is made.
+	Salt []byte
+}
+
+// Priority is a keyslot's unlock priority, as cryptsetup's --priority. The zero value means
+// normal.
+type Priority string
+
+// Keyslot priorities. On disk LUKS2 stores them as the integers 0 (ignore), 1 (normal, or the
+// member omitted) and 2 (prefer).
+const (
+	PriorityNormal Priority = "normal"
+	// PriorityIgnore keyslots are only tried when named.
+	PriorityIgnore Priority = "ignore"
+	// PriorityPrefer keyslots are tried before normal ones.
+	PriorityPrefer Priority = "prefer"
+)
+
+// priorityFromDisk maps the LUKS2 integer to a Priority.
+func priorityFromDisk(n int64) Priority {
+	switch n {
+	case 0:
+		return PriorityIgnore
+	case 2:
+		return PriorityPrefer
+	}
+	return PriorityNormal
+}
+
+// disk returns the LUKS2 integer for p, and whether p is valid.
+func (p Priority) disk() (int64, bool) {
+	switch p {
+	case PriorityIgnore:
+		return 0, true
+	case "", PriorityNormal:
+		return 1, true
+	case PriorityPrefer:
+		return 2, true
+	}
+	return 0, false
+}
+
+// PBKDF2 returns PBKDF2 parameters with the given hash and iteration count.
+func PBKDF2(hash string, iterations int) KDF {
+	return KDF{Type: KDFPBKDF2, Hash: hash, Iterations: iterations}
+}
+
+// Argon2id returns Argon2id parameters: time cost, memory in KiB and threads.
+func Argon2id(time, memoryKiB, threads int) KDF {
+	return KDF{Type: KDFArgon2id, Time: time, Memory: memoryKiB, Threads: threads}
+}
+
+// hashByName returns a constructor for a hash LUKS2 names. Only the hashes cryptsetup
+// commonly uses are implemented; others are refused by name.
+func hashByName(name string) (hashInfo, error) {
+	switch name {
+	case "sha1":
+		return hashInfo{new: sha1.New, size: sha1.Size}, nil
+	case "sha256":
+		return hashInfo{sha256.New, sha256.Size, true}, nil
+	case "sha512":
+		return hashInfo{new: sha512.New, size: sha512.Size}, nil
+	}
+	return hashInfo{}, fmt.Errorf("%w: hash %q", ErrUnsupported, truncate(name))
+}
+
+type hashInfo struct {
+	new      func() hash.Hash
+	size     int
+	isSHA256 bool
+}
+
+func (h hashInfo) Size() int { return h.size }
+
+// parseKDF reads a keyslot's kdf object, checking costs against the limits above. Unknown
+// members are dropped, as cryptsetup does.
+func parseKDF(o *object) (KDF, error) {
+	var k KDF
+	var err error
+	if k.Type, err = o.str("type"); err != nil {
+		return k, err
+	}
+	switch k.Type {
+	case KDFPBKDF2:
+		if k.Hash, err = o.str("hash"); err != nil {
+			return k, err
+		}
+		if _, err := hashByName(k.Hash); err != nil {
+			return k, fmt.Errorf("%s: %w", o.path, err)
+		}
+		n, err := o.integer("iterations", 1, MaxPBKDF2Iterations)
+		if err != nil {
+			return k, fmt.Errorf("%w (%w)", err, ErrKDFLimits)
+		}
+		k.Iterations = int(n)
+	case KDFArgon2i, KDFArgon2id:
+		t, err := o.integer("time", 1, MaxArgon2Time)
+		if err != nil {
+			return k, fmt.Errorf("%w (%w)", err, ErrKDFLimits)
+		}
+		m, err := o.integer("memory", 8, MaxArgon2Memory)
+		if err != nil {
+			return k, fmt.Errorf("%w (%w)", err, ErrKDFLimits)
+		}
+		p, err := o.integer("cpus", 1, MaxArgon2Threads)
+		if err != nil {
+			return k, fmt.Errorf("%w (%w)", err, ErrKDFLimits)
+		}
+		if m < 8*p {
+			return k, fmt.Errorf("%w: %s: argon2 memory %d KiB is below 8 KiB per thread (%d threads)", ErrKDFLimits, o.path, m, p)
+		}
+		k.Time, k.Memory, k.Threads = int(t), int(m), int(p)
+	default:
+		return k, fmt.Errorf("%w: %s: KDF type %q", ErrUnsupported, o.path, truncate(k.Type))
+	}
+	if k.Salt, err = o.b64("salt", saltSize, saltSize); err != nil {
+		return k, err
+	}
+	return k, nil
+}
+
+// checkNew checks parameters for a new keyslot against cryptsetup's creation minimums.
+func (k KDF) checkNew() error {
+	switch k.Type {
+	case KDFPBKDF2:
+		if _, err := hashByName(k.Hash); err != nil {
+			return err
+		}
+		if k.Iterations < MinPBKDF2Iterations || k.Iterations > MaxPBKDF2Iterations {
+			return fmt.Errorf("%w: pbkdf2 iterations %d, want %d to %d", ErrKDFLimits, k.Iterations, MinPBKDF2Iterations, uint64(MaxPBKDF2Iterations))
+		}
+	case KDFArgon2i, KDFArgon2id:
+		if k.Time < MinArgon2Time || k.Time > MaxArgon2Time {
+			return fmt.Errorf("%w: %s time %d, want %d to %d", ErrKDFLimits, k.Type, k.Time, MinArgon2Time, uint64(MaxArgon2Time))
+		}
+		if k.Memory < MinArgon2Memory || k.Memory > MaxArgon2Memory {
+			return fmt.Errorf("%w: %s memory %d KiB, want %d to %d", ErrKDFLimits, k.Type, k.Memory, MinArgon2Memory, MaxArgon2Memory)
+		}
+		if k.Threads < 1 || k.Threads > MaxArgon2Threads {
+			return fmt.Errorf("%w: %s threads %d, want 1 to %d", ErrKDFLimits, k.Type, k.Threads, MaxArgon2Threads)
+		}
+	default:
+		return fmt.Errorf("%w: KDF type %q", ErrUnsupported, truncate(k.Type))
+	}
+	return nil
+}
+
+// derive runs the KDF over the passphrase, producing keyLen bytes.
+func (k KDF) derive(passphrase []byte, keyLen int) ([]byte, error) {
+	switch k.Type {
+	case KDFPBKDF2:
+		h, err := hashByName(k.Hash)
+		if err != nil {
+			return nil, err
+		}
+		return pbkdf2.Key(passphrase, k.Salt, k.Iterations, keyLen, h.new), nil
+	case KDFArgon2i:
+		return argon2.Key(passphrase, k.Salt, uint32(k.Time), uint32(k.Memory), uint8(k.Threads), uint32(keyLen)), nil
+	case KDFArgon2id:
+		return argon2.IDKey(passphrase, k.Salt, uint32(k.Time), uint32(k.Memory), uint8(k.Threads), uint32(keyLen)), nil
+	}
+	return nil, fmt.Errorf("%w: KDF type %q", ErrUnsupported, truncate(k.Type))
+}
+
+// write encodes the KDF as the members of a kdf object, in cryptsetup's order.
+func (k KDF) write(w *writer) {
+	w.str("type", k.Type)
+	switch k.Type {
+	case KDFPBKDF2:
+		w.str("hash", k.Hash)
+		w.int("iterations", int64(k.Iterations))
+	default:
+		w.int("time", int64(k.Time))
+		w.int("memory", int64(k.Memory))
+		w.int("cpus", int64(k.Threads))
+	}
+	w.b64("salt", k.Salt)
+}
