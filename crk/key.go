@@ -1,0 +1,127 @@
+package crk
+
+import (
+	"fmt"
+	"time"
+)
+
+// State is a key's lifecycle state, with Key Protect's numbering (it is part of the API).
+type State int
+
+// Key states.
+const (
+	StatePreActivation State = 0
+	StateActive        State = 1
+	StateSuspended     State = 2
+	StateDeactivated   State = 3
+	StateDestroyed     State = 5
+)
+
+// String returns the state's name.
+func (s State) String() string {
+	switch s {
+	case StatePreActivation:
+		return "pre-activation"
+	case StateActive:
+		return "active"
+	case StateSuspended:
+		return "suspended"
+	case StateDeactivated:
+		return "deactivated"
+	case StateDestroyed:
+		return "destroyed"
+	}
+	return fmt.Sprintf("state(%d)", int(s))
+}
+
+// KeyType tells root keys (wrap-capable, never extractable, rotatable) from standard keys
+// (extractable, no wrap or rotation).
+type KeyType string
+
+// Key types.
+const (
+	RootKey     KeyType = "root"
+	StandardKey KeyType = "standard"
+)
+
+// Version identifies one version of a key's material.
+type Version struct {
+	ID           string
+	CreationDate time.Time
+}
+
+// RotationPolicy rotates a generated root key every IntervalMonths months.
+type RotationPolicy struct {
+	Enabled        bool
+	IntervalMonths int
+	CreationDate   time.Time
+	LastUpdateDate time.Time
+}
+
+// Key is a key's metadata as the service reports it. It never carries root key material.
+type Key struct {
+	ID          string
+	Name        string
+	Description string
+	CRN         string
+	Type        KeyType
+	// Imported keys were created from caller material and rotate only with new material.
+	Imported bool
+	// Extractable is true for standard keys, whose Payload GetKey returns.
+	Extractable bool
+	State       State
+	CreatedBy   string
+
+	CreationDate   time.Time
+	LastUpdateDate time.Time
+	// LastRotateDate is zero until the first rotation.
+	LastRotateDate time.Time
+	// KeyVersion is the latest version: the one wraps use.
+	KeyVersion Version
+	// ExpirationDate, when set, moves the key to Deactivated once passed.
+	ExpirationDate time.Time
+	// RotationPolicy is nil when none is set.
+	RotationPolicy *RotationPolicy
+
+	Deleted      bool
+	DeletionDate time.Time
+	DeletedBy    string
+
+	// Payload is the material of a standard key, returned by GetKey only.
+	Payload []byte
+}
+
+// VersionInfo describes one version in a listing.
+type VersionInfo struct {
+	Version
+	// Registrations is the number of registrations whose keyVersion is this version.
+	Registrations int
+	// Destroyed is true once Prune has destroyed the version's material.
+	Destroyed bool
+}
+
+// Registration records that a resource (by CRN) is protected by a key, and with which
+// version its data key is currently wrapped.
+type Registration struct {
+	KeyID              string
+	ResourceCRN        string
+	KeyVersion         Version
+	Description        string
+	PreventKeyDeletion bool
+	CreatedBy          string
+	UpdatedBy          string
+	CreationDate       time.Time
+	LastUpdated        time.Time
+}
+
+// Time rules of the service, as Key Protect applies them.
+const (
+	// RotationInterval is the least time between two rotations of a key.
+	RotationInterval = time.Hour
+	// ActionCooldown is the least time between an action and an enable or restore.
+	ActionCooldown = 30 * time.Second
+	// SyncInterval is the least time between two syncs of a key.
+	SyncInterval = time.Hour
+	// RestoreWindow is how long a deleted key can be restored; Purge is allowed after it.
+	RestoreWindow = 30 * 24 * time.Hour
+)

@@ -1,0 +1,522 @@
+package crk
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// CreateOptions describe a new key.
+type CreateOptions struct {
+	// Name is required: 2 to 90 characters.
+	Name        string
+	Description string
+	// Type is RootKey (the default) or StandardKey.
+	Type KeyType
+	// Material imports the key: 16, 24 or 32 bytes for a root key (AES-128/192/256), 1 to
+	// 7168 bytes for a standard key. Nil makes the service generate a 256-bit key.
+	Material []byte
+	// ExpirationDate, if set, deactivates the key once passed.
+	ExpirationDate time.Time
+}
+
+// maxStandardPayload is the largest standard key payload Key Protect accepts.
+const maxStandardPayload = 7168
+
+// CreateKey creates a root or standard key, generated or imported, with one version.
+func (s *Service) CreateKey(ctx context.Context, opts CreateOptions) (*Key, error) {
+	if opts.Type == "" {
+		opts.Type = RootKey
+	}
+	if err := checkCreate(opts); err != nil {
+		return nil, s.refuse(ctx, ActionCreate, "", err)
+	}
+	now := s.clock.Now()
+	id, err := newUUID(s.rand)
+	if err != nil {
+		return nil, err
+	}
+	material := opts.Material
+	if material == nil {
+		material = make([]byte, 32)
+		if _, err := io.ReadFull(s.rand, material); err != nil {
+			return nil, fmt.Errorf("crk: reading random key material: %w", err)
+		}
+	} else {
+		material = slices.Clone(material)
+	}
+	defer clear(material)
+
+	r := &keyRecord{
+		ID:          id,
+		Name:        opts.Name,
+		Description: opts.Description,
+		CRN:         s.crn(id),
+		Type:        opts.Type,
+		Imported:    opts.Material != nil,
+		State:       StateActive,
+		CreatedBy:   s.who(ctx),
+		Created:     now,
+		LastUpdate:  now,
+		LastAction:  now,
+		Expiration:  opts.ExpirationDate.UTC(),
+	}
+	if opts.ExpirationDate.IsZero() {
+		r.Expiration = time.Time{}
+	}
+	v, err := s.newVersion(id, material, now)
+	if err != nil {
+		return nil, err
+	}
+	r.Versions = []versionRecord{*v}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		if err := putKey(tx, r); err != nil {
+			return err
+		}
+		ev := s.newEvent(ctx, ActionCreate, r, id, nil)
+		ev.KeyVersion = v.ID
+		return appendEvent(tx, ev)
+	})
+	if err != nil {
+		return nil, s.refuse(ctx, ActionCreate, id, err)
+	}
+	s.log.Info("crk: key created", "key", id, "type", r.Type, "imported", r.Imported)
+	return r.toKey(now, nil), nil
+}
+
+// CreateRootKey creates a generated 256-bit root key.
+func (s *Service) CreateRootKey(ctx context.Context, name string) (*Key, error) {
+	return s.CreateKey(ctx, CreateOptions{Name: name})
+}
+
+// ImportRootKey creates a root key from 128, 192 or 256 bits of caller material.
+func (s *Service) ImportRootKey(ctx context.Context, name string, material []byte) (*Key, error) {
+	if material == nil {
+		material = []byte{}
+	}
+	return s.CreateKey(ctx, CreateOptions{Name: name, Material: material})
+}
+
+func checkCreate(o CreateOptions) error {
+	if n := len(strings.TrimSpace(o.Name)); n < 2 || len(o.Name) > 90 {
+		return fmt.Errorf("%w: key name must be 2 to 90 characters", ErrInvalidArgument)
+	}
+	if len(o.Description) > 240 {
+		return fmt.Errorf("%w: description longer than 240 characters", ErrInvalidArgument)
+	}
+	switch o.Type {
+	case RootKey:
+		if o.Material != nil {
+			if err := checkRootMaterial(o.Material); err != nil {
+				return err
+			}
+		}
+	case StandardKey:
+		if o.Material != nil && (len(o.Material) == 0 || len(o.Material) > maxStandardPayload) {
+			return fmt.Errorf("%w: standard key payload is %d bytes, want 1 to %d", ErrInvalidMaterial, len(o.Material), maxStandardPayload)
+		}
+	default:
+		return fmt.Errorf("%w: key type %q", ErrInvalidArgument, o.Type)
+	}
+	return nil
+}
+
+func checkRootMaterial(m []byte) error {
+	switch len(m) {
+	case 16, 24, 32:
+	default:
+		return fmt.Errorf("%w: %d bits, want 128, 192 or 256", ErrInvalidMaterial, 8*len(m))
+	}
+	half := len(m) / 2
+	if subtle.ConstantTimeCompare(m, make([]byte, len(m))) == 1 || subtle.ConstantTimeCompare(m[:half], m[half:]) == 1 {
+		return fmt.Errorf("%w: key material is a trivial pattern", ErrInvalidMaterial)
+	}
+	return nil
+}
+
+// newVersion seals material as a new version of key keyID.
+func (s *Service) newVersion(keyID string, material []byte, now time.Time) (*versionRecord, error) {
+	vid, err := newUUID(s.rand)
+	if err != nil {
+		return nil, err
+	}
+	s.mkMu.RLock()
+	sealed, err := s.sealer.seal(s.rand, material, materialAAD(keyID, vid))
+	s.mkMu.RUnlock()
+	if err != nil {
+		return nil, err
+	}
+	return &versionRecord{ID: vid, Created: now, Material: sealed}, nil
+}
+
+// GetKey returns a key's metadata and, for a standard key, its payload.
+func (s *Service) GetKey(ctx context.Context, id string) (*Key, error) {
+	k, err := s.getKey(ctx, id, true)
+	if err != nil {
+		return nil, s.refuse(ctx, ActionRead, id, err)
+	}
+	return k, nil
+}
+
+// GetKeyMetadata returns a key's metadata, never its material.
+func (s *Service) GetKeyMetadata(ctx context.Context, id string) (*Key, error) {
+	return s.getKey(ctx, id, false)
+}
+
+func (s *Service) getKey(ctx context.Context, id string, payload bool) (*Key, error) {
+	var k *Key
+	err := s.db.View(func(tx *bolt.Tx) error {
+		r, err := getKey(tx, id)
+		if err != nil {
+			return err
+		}
+		var material []byte
+		if payload && r.Type == StandardKey && r.State != StateDestroyed {
+			material, err = s.openVersion(r, r.latest())
+			if err != nil {
+				return err
+			}
+		}
+		k = r.toKey(s.clock.Now(), material)
+		return nil
+	})
+	if err == nil && payload {
+		s.record(s.newEvent(ctx, ActionRead, nil, id, nil))
+	}
+	return k, err
+}
+
+// ListOptions select keys for ListKeys.
+type ListOptions struct {
+	// States to include; by default every state but Destroyed.
+	States []State
+	// Offset and Limit page through the keys in creation order; Limit 0 means all.
+	Offset, Limit int
+}
+
+// ListKeys returns key metadata in creation order.
+func (s *Service) ListKeys(ctx context.Context, opts ListOptions) ([]Key, error) {
+	states := opts.States
+	if len(states) == 0 {
+		states = []State{StateActive, StateSuspended, StateDeactivated}
+	}
+	var out []Key
+	now := s.clock.Now()
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketKeys).ForEach(func(_, v []byte) error {
+			r, err := decodeKey(v)
+			if err != nil {
+				return err
+			}
+			if slices.Contains(states, r.effectiveState(now)) {
+				out = append(out, *r.toKey(now, nil))
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.SortStableFunc(out, func(a, b Key) int {
+		if c := a.CreationDate.Compare(b.CreationDate); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	if opts.Offset > 0 {
+		out = out[min(opts.Offset, len(out)):]
+	}
+	if opts.Limit > 0 && len(out) > opts.Limit {
+		out = out[:opts.Limit]
+	}
+	return out, nil
+}
+
+// mutate runs fn on key id inside one write transaction, stores the key and a success event
+// (which fn may amend), and records a failure event if anything fails.
+func (s *Service) mutate(ctx context.Context, action, id string, fn func(tx *bolt.Tx, r *keyRecord, now time.Time, ev *Event) error) (*keyRecord, error) {
+	return s.mutateWith(s.db.Update, ctx, action, id, fn)
+}
+
+// mutateBatched is mutate for high-rate changes (registration updates during a fleet
+// rotation): concurrent calls share one transaction and one fsync. fn may run more than once.
+func (s *Service) mutateBatched(ctx context.Context, action, id string, fn func(tx *bolt.Tx, r *keyRecord, now time.Time, ev *Event) error) (*keyRecord, error) {
+	return s.mutateWith(s.db.Batch, ctx, action, id, fn)
+}
+
+func (s *Service) mutateWith(run func(func(*bolt.Tx) error) error, ctx context.Context, action, id string, fn func(tx *bolt.Tx, r *keyRecord, now time.Time, ev *Event) error) (*keyRecord, error) {
+	var out *keyRecord
+	err := run(func(tx *bolt.Tx) error {
+		r, err := getKey(tx, id)
+		if err != nil {
+			return err
+		}
+		now := s.clock.Now()
+		r.State = r.effectiveState(now)
+		ev := s.newEvent(ctx, action, r, id, nil)
+		if err := fn(tx, r, now, ev); err != nil {
+			return err
+		}
+		r.LastUpdate = now
+		if err := putKey(tx, r); err != nil {
+			return err
+		}
+		out = r
+		return appendEvent(tx, ev)
+	})
+	if err != nil {
+		return nil, s.refuse(ctx, action, id, err)
+	}
+	return out, nil
+}
+
+// allowed checks the state table of Key Protect for an action.
+func allowed(r *keyRecord, action string) error {
+	var ok []State
+	switch action {
+	case ActionRotate, ActionUnwrap, ActionRewrap:
+		ok = []State{StateActive, StateDeactivated}
+	case ActionWrap, ActionDisable:
+		ok = []State{StateActive}
+	case ActionEnable:
+		ok = []State{StateSuspended}
+	case ActionDelete:
+		ok = []State{StateActive, StateSuspended, StateDeactivated}
+	case ActionRestore, ActionPurge:
+		ok = []State{StateDestroyed}
+	default:
+		ok = []State{StateActive, StateSuspended, StateDeactivated}
+	}
+	if slices.Contains(ok, r.State) {
+		if r.Purged && action == ActionRestore {
+			return fmt.Errorf("%w: key %s", ErrKeyPurged, r.ID)
+		}
+		return nil
+	}
+	switch r.State {
+	case StateSuspended:
+		return fmt.Errorf("%w: key %s cannot %s", ErrKeySuspended, r.ID, verb(action))
+	case StateDeactivated:
+		return fmt.Errorf("%w: key %s cannot %s", ErrKeyDeactivated, r.ID, verb(action))
+	case StateDestroyed:
+		if r.Purged {
+			return fmt.Errorf("%w: key %s", ErrKeyPurged, r.ID)
+		}
+		return fmt.Errorf("%w: key %s", ErrKeyDestroyed, r.ID)
+	}
+	return fmt.Errorf("%w: key %s is %s and cannot %s", ErrInvalidState, r.ID, r.State, verb(action))
+}
+
+func verb(action string) string {
+	return strings.TrimPrefix(action, "kms.secrets.")
+}
+
+func requireRoot(r *keyRecord) error {
+	if r.Type != RootKey {
+		return fmt.Errorf("%w: key %s is a standard key", ErrNotRootKey, r.ID)
+	}
+	return nil
+}
+
+// DisableKey suspends a root key: it can no longer wrap or unwrap until enabled.
+func (s *Service) DisableKey(ctx context.Context, id string) (*Key, error) {
+	r, err := s.mutate(ctx, ActionDisable, id, func(_ *bolt.Tx, r *keyRecord, now time.Time, _ *Event) error {
+		if err := requireRoot(r); err != nil {
+			return err
+		}
+		if err := allowed(r, ActionDisable); err != nil {
+			return err
+		}
+		r.State, r.LastAction = StateSuspended, now
+		return nil
+	})
+	return s.keyOf(r, err)
+}
+
+// EnableKey reactivates a suspended root key; refused within 30 s of the last action.
+func (s *Service) EnableKey(ctx context.Context, id string) (*Key, error) {
+	r, err := s.mutate(ctx, ActionEnable, id, func(_ *bolt.Tx, r *keyRecord, now time.Time, _ *Event) error {
+		if err := requireRoot(r); err != nil {
+			return err
+		}
+		if err := allowed(r, ActionEnable); err != nil {
+			return err
+		}
+		if now.Before(r.LastAction.Add(ActionCooldown)) {
+			return fmt.Errorf("%w: key %s can be enabled from %s", ErrTooEarly, id, r.LastAction.Add(ActionCooldown).Format(time.RFC3339))
+		}
+		r.State, r.LastAction = StateActive, now
+		r.State = r.effectiveState(now)
+		return nil
+	})
+	return s.keyOf(r, err)
+}
+
+// DeleteOptions tune DeleteKey.
+type DeleteOptions struct {
+	// Force deletes a key that still has registrations, unless one of them has
+	// preventKeyDeletion.
+	Force bool
+}
+
+// DeleteKey moves a key to Destroyed: every use fails, it can be restored for 30 days, and
+// Purge destroys its material after that.
+func (s *Service) DeleteKey(ctx context.Context, id string, opts DeleteOptions) (*Key, error) {
+	r, err := s.mutate(ctx, ActionDelete, id, func(tx *bolt.Tx, r *keyRecord, now time.Time, _ *Event) error {
+		if err := allowed(r, ActionDelete); err != nil {
+			return err
+		}
+		regs, err := keyRegs(tx, id)
+		if err != nil {
+			return err
+		}
+		if len(regs) > 0 && !opts.Force {
+			return fmt.Errorf("%w: key %s has %d registrations; delete them or force", ErrProtectedResource, id, len(regs))
+		}
+		for _, reg := range regs {
+			if reg.PreventKeyDeletion {
+				return fmt.Errorf("%w: resource %s", ErrPreventKeyDeletion, reg.ResourceCRN)
+			}
+		}
+		r.State, r.Deleted, r.DeletedBy, r.LastAction = StateDestroyed, now, s.who(ctx), now
+		return nil
+	})
+	return s.keyOf(r, err)
+}
+
+// RestoreKey brings a deleted key back within 30 days of its deletion, and not within 30 s
+// of the delete.
+func (s *Service) RestoreKey(ctx context.Context, id string) (*Key, error) {
+	r, err := s.mutate(ctx, ActionRestore, id, func(_ *bolt.Tx, r *keyRecord, now time.Time, _ *Event) error {
+		if err := allowed(r, ActionRestore); err != nil {
+			return err
+		}
+		if !now.Before(r.Deleted.Add(RestoreWindow)) {
+			return fmt.Errorf("%w: key %s was deleted on %s, more than 30 days ago", ErrRestoreExpired, id, r.Deleted.Format(time.RFC3339))
+		}
+		if now.Before(r.LastAction.Add(ActionCooldown)) {
+			return fmt.Errorf("%w: key %s can be restored from %s", ErrTooEarly, id, r.LastAction.Add(ActionCooldown).Format(time.RFC3339))
+		}
+		r.State, r.Deleted, r.DeletedBy, r.LastAction = StateActive, time.Time{}, "", now
+		r.State = r.effectiveState(now)
+		return nil
+	})
+	return s.keyOf(r, err)
+}
+
+// PurgeKey destroys the material of every version of a deleted key, for good
+// (crypto-shredding). It is refused until 30 days after the deletion.
+func (s *Service) PurgeKey(ctx context.Context, id string) (*Key, error) {
+	r, err := s.mutate(ctx, ActionPurge, id, func(_ *bolt.Tx, r *keyRecord, now time.Time, _ *Event) error {
+		if r.State != StateDestroyed {
+			return fmt.Errorf("%w: key %s must be deleted before it is purged", ErrInvalidState, id)
+		}
+		if r.Purged {
+			return fmt.Errorf("%w: key %s", ErrKeyPurged, id)
+		}
+		if now.Before(r.Deleted.Add(RestoreWindow)) {
+			return fmt.Errorf("%w: key %s can be purged from %s", ErrTooEarly, id, r.Deleted.Add(RestoreWindow).Format(time.RFC3339))
+		}
+		for i := range r.Versions {
+			r.Versions[i].Material, r.Versions[i].Destroyed = nil, true
+		}
+		r.Purged = true
+		return nil
+	})
+	return s.keyOf(r, err)
+}
+
+// SetRotationPolicy sets (months 1 to 12) a rotation policy on a generated root key, or
+// disables it (enabled false).
+func (s *Service) SetRotationPolicy(ctx context.Context, id string, months int, enabled bool) (*Key, error) {
+	r, err := s.mutate(ctx, ActionPolicyWrite, id, func(_ *bolt.Tx, r *keyRecord, now time.Time, _ *Event) error {
+		if err := requireRoot(r); err != nil {
+			return err
+		}
+		if r.Imported {
+			return fmt.Errorf("%w: key %s is imported", ErrPolicyNotAllowed, id)
+		}
+		if r.State == StateDestroyed {
+			return allowed(r, ActionPolicyWrite)
+		}
+		if months < 1 || months > 12 {
+			return fmt.Errorf("%w: got %d", ErrInvalidPolicy, months)
+		}
+		p := &RotationPolicy{Enabled: enabled, IntervalMonths: months, CreationDate: now, LastUpdateDate: now}
+		if r.Policy != nil {
+			p.CreationDate = r.Policy.CreationDate
+		}
+		r.Policy = p
+		return nil
+	})
+	return s.keyOf(r, err)
+}
+
+func (s *Service) keyOf(r *keyRecord, err error) (*Key, error) {
+	if err != nil {
+		return nil, err
+	}
+	return r.toKey(s.clock.Now(), nil), nil
+}
+
+// toKey converts a record to the API view.
+func (r *keyRecord) toKey(now time.Time, payload []byte) *Key {
+	k := &Key{
+		ID: r.ID, Name: r.Name, Description: r.Description, CRN: r.CRN, Type: r.Type,
+		Imported: r.Imported, Extractable: r.Type == StandardKey, State: r.effectiveState(now),
+		CreatedBy: r.CreatedBy, CreationDate: r.Created, LastUpdateDate: r.LastUpdate,
+		LastRotateDate: r.LastRotate, ExpirationDate: r.Expiration,
+		KeyVersion: Version{ID: r.latest().ID, CreationDate: r.latest().Created},
+		Deleted:    r.State == StateDestroyed, DeletionDate: r.Deleted, DeletedBy: r.DeletedBy,
+		Payload: payload,
+	}
+	if r.Policy != nil {
+		p := *r.Policy
+		k.RotationPolicy = &p
+	}
+	return k
+}
+
+// openVersion returns the plaintext material of a version.
+func (s *Service) openVersion(r *keyRecord, v *versionRecord) ([]byte, error) {
+	if v.Destroyed || v.Material == nil {
+		return nil, fmt.Errorf("%w: key %s version %s", ErrVersionDestroyed, r.ID, v.ID)
+	}
+	s.mkMu.RLock()
+	defer s.mkMu.RUnlock()
+	return s.sealer.open(v.Material, materialAAD(r.ID, v.ID))
+}
+
+// newUUID returns a random (version 4) UUID.
+func newUUID(rand io.Reader) (string, error) {
+	var b [16]byte
+	if _, err := io.ReadFull(rand, b[:]); err != nil {
+		return "", fmt.Errorf("crk: reading random id: %w", err)
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return formatUUID(b), nil
+}
+
+func formatUUID(b [16]byte) string {
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
+
+// parseUUID parses a canonical UUID.
+func parseUUID(s string) ([16]byte, bool) {
+	var b [16]byte
+	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
+		return b, false
+	}
+	h := s[0:8] + s[9:13] + s[14:18] + s[19:23] + s[24:36]
+	n, err := hex.Decode(b[:], []byte(h))
+	return b, err == nil && n == 16
+}

@@ -1,0 +1,195 @@
+package crk
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"slices"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// loadMasterKey returns the master key from the options, the environment or the key file
+// (creating the file with a random key on first use), and the key file path if one is used.
+func loadMasterKey(path string, opts Options) ([]byte, string, error) {
+	if opts.MasterKey != nil {
+		if len(opts.MasterKey) != 32 {
+			return nil, "", fmt.Errorf("%w: master key is %d bytes, want 32", ErrMasterKey, len(opts.MasterKey))
+		}
+		return opts.MasterKey, "", nil
+	}
+	if env := os.Getenv(MasterKeyEnv); env != "" {
+		k, err := base64.StdEncoding.DecodeString(env)
+		if err != nil || len(k) != 32 {
+			return nil, "", fmt.Errorf("%w: %s must be 32 bytes in standard base64", ErrMasterKey, MasterKeyEnv)
+		}
+		return k, "", nil
+	}
+	file := opts.MasterKeyFile
+	if file == "" {
+		file = path + ".masterkey"
+	}
+	k, err := readKeyFile(file)
+	if err == nil {
+		return k, file, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return nil, "", err
+	}
+	if _, err := os.Stat(path); err == nil {
+		return nil, "", fmt.Errorf("%w: store %s exists but its key file %s does not", ErrMasterKey, path, file)
+	}
+	rnd := opts.Rand
+	if rnd == nil {
+		rnd = rand.Reader
+	}
+	k = make([]byte, 32)
+	if _, err := io.ReadFull(rnd, k); err != nil {
+		return nil, "", fmt.Errorf("crk: reading random master key: %w", err)
+	}
+	if err := writeKeyFile(file, k); err != nil {
+		return nil, "", err
+	}
+	return k, file, nil
+}
+
+// readKeyFile reads a base64 master key file, refusing one readable by others.
+func readKeyFile(file string) ([]byte, error) {
+	st, err := os.Stat(file)
+	if err != nil {
+		return nil, err
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("%w: key file %s has mode %v; it must be 0600", ErrMasterKey, file, st.Mode().Perm())
+	}
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	k, err := base64.StdEncoding.DecodeString(string(trimNewline(raw)))
+	if err != nil || len(k) != 32 {
+		return nil, fmt.Errorf("%w: key file %s does not hold 32 bytes of base64", ErrMasterKey, file)
+	}
+	return k, nil
+}
+
+// writeKeyFile writes a master key file atomically with mode 0600.
+func writeKeyFile(file string, k []byte) error {
+	tmp := file + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("crk: writing key file: %w", err)
+	}
+	if _, err := f.WriteString(base64.StdEncoding.EncodeToString(k) + "\n"); err != nil {
+		f.Close()
+		return fmt.Errorf("crk: writing key file: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("crk: writing key file: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("crk: writing key file: %w", err)
+	}
+	if err := os.Rename(tmp, file); err != nil {
+		return fmt.Errorf("crk: writing key file: %w", err)
+	}
+	return nil
+}
+
+func trimNewline(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// RotateMasterKey re-encrypts all key material under a new service master key in one
+// transaction. With newKey nil a random key is made; that requires a key file, which is then
+// replaced (a crash at any point leaves a store that opens with the old or the new file). When
+// the master key came from Options or the environment, pass the new key and update its source
+// after this returns.
+func (s *Service) RotateMasterKey(ctx context.Context, newKey []byte) error {
+	if newKey == nil {
+		if s.keyFile == "" {
+			return s.refuse(ctx, ActionMasterKeyRotate, "", fmt.Errorf("%w: the master key was given directly; pass the new key", ErrInvalidArgument))
+		}
+		newKey = make([]byte, 32)
+		if _, err := io.ReadFull(s.rand, newKey); err != nil {
+			return fmt.Errorf("crk: reading random master key: %w", err)
+		}
+	}
+	next, err := newSealer(newKey)
+	if err != nil {
+		return s.refuse(ctx, ActionMasterKeyRotate, "", err)
+	}
+	if s.keyFile != "" {
+		if err := writeKeyFile(s.keyFile+".new", newKey); err != nil {
+			return err
+		}
+	}
+	s.mkMu.Lock()
+	defer s.mkMu.Unlock()
+	n := 0
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketKeys)
+		var ids [][]byte
+		if err := b.ForEach(func(k, _ []byte) error { ids = append(ids, slices.Clone(k)); return nil }); err != nil {
+			return err
+		}
+		for _, id := range ids {
+			r, err := getKey(tx, string(id))
+			if err != nil {
+				return err
+			}
+			for i := range r.Versions {
+				v := &r.Versions[i]
+				if v.Material == nil {
+					continue
+				}
+				aad := materialAAD(r.ID, v.ID)
+				m, err := s.sealer.open(v.Material, aad)
+				if err != nil {
+					return err
+				}
+				v.Material, err = next.seal(s.rand, m, aad)
+				clear(m)
+				if err != nil {
+					return err
+				}
+				n++
+			}
+			if err := putKey(tx, r); err != nil {
+				return err
+			}
+		}
+		check, err := next.seal(s.rand, []byte(checkText), nil)
+		if err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketMeta).Put(metaCheck, check); err != nil {
+			return err
+		}
+		ev := s.newEvent(ctx, ActionMasterKeyRotate, nil, "", nil)
+		ev.Reason = fmt.Sprintf("re-encrypted %d versions", n)
+		return appendEvent(tx, ev)
+	})
+	if err != nil {
+		if s.keyFile != "" {
+			_ = os.Remove(s.keyFile + ".new")
+		}
+		return s.refuse(ctx, ActionMasterKeyRotate, "", err)
+	}
+	s.sealer = next
+	if s.keyFile != "" {
+		if err := os.Rename(s.keyFile+".new", s.keyFile); err != nil {
+			return fmt.Errorf("crk: the store now uses the new master key in %s.new, but renaming it failed: %w", s.keyFile, err)
+		}
+	}
+	return nil
+}

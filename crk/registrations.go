@@ -1,0 +1,192 @@
+package crk
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// RegisterOptions describe a new registration.
+type RegisterOptions struct {
+	Description string
+	// PreventKeyDeletion blocks deleting the key, even forced (a retention policy).
+	PreventKeyDeletion bool
+	// VersionID is the key version the resource's data key is wrapped with; the latest if
+	// empty.
+	VersionID string
+}
+
+// RegistrationUpdate changes a registration; nil fields are left as they are.
+type RegistrationUpdate struct {
+	VersionID          *string
+	Description        *string
+	PreventKeyDeletion *bool
+}
+
+func checkCRN(crn string) error {
+	if !strings.HasPrefix(crn, "crn:") || len(crn) > 512 || strings.ContainsAny(crn, "\x00\n") {
+		return fmt.Errorf("%w: resource CRN %q must start with \"crn:\" and be at most 512 characters", ErrInvalidArgument, crn)
+	}
+	return nil
+}
+
+// Register records that resource crn is protected by root key keyID.
+func (s *Service) Register(ctx context.Context, keyID, crn string, opts RegisterOptions) (*Registration, error) {
+	if err := checkCRN(crn); err != nil {
+		return nil, s.refuse(ctx, ActionRegister, keyID, err)
+	}
+	var out Registration
+	_, err := s.mutate(ctx, ActionRegister, keyID, func(tx *bolt.Tx, r *keyRecord, now time.Time, ev *Event) error {
+		if err := requireRoot(r); err != nil {
+			return err
+		}
+		if r.State == StateDestroyed {
+			return allowed(r, ActionWrap)
+		}
+		if _, err := getReg(tx, keyID, crn); err == nil {
+			return fmt.Errorf("%w: key %s, resource %s", ErrRegistrationExists, keyID, crn)
+		}
+		vid := opts.VersionID
+		if vid == "" {
+			vid = r.latest().ID
+		}
+		if err := checkVersion(r, vid); err != nil {
+			return err
+		}
+		reg := &regRecord{
+			KeyID: keyID, ResourceCRN: crn, VersionID: vid, Description: opts.Description,
+			PreventKeyDeletion: opts.PreventKeyDeletion, CreatedBy: s.who(ctx), UpdatedBy: s.who(ctx),
+			Created: now, Updated: now,
+		}
+		ev.ResourceCRN, ev.KeyVersion = crn, vid
+		out = reg.toRegistration(r)
+		return putReg(tx, reg)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+func checkVersion(r *keyRecord, vid string) error {
+	v := r.version(vid)
+	if v == nil {
+		return fmt.Errorf("%w: key %s has no version %s", ErrVersionNotFound, r.ID, vid)
+	}
+	if v.Destroyed {
+		return fmt.Errorf("%w: key %s version %s", ErrVersionDestroyed, r.ID, vid)
+	}
+	return nil
+}
+
+// UpdateRegistration changes a registration, typically its key version after the resource
+// was rewrapped.
+func (s *Service) UpdateRegistration(ctx context.Context, keyID, crn string, u RegistrationUpdate) (*Registration, error) {
+	var out Registration
+	_, err := s.mutateBatched(ctx, ActionRegUpdate, keyID, func(tx *bolt.Tx, r *keyRecord, now time.Time, ev *Event) error {
+		reg, err := getReg(tx, keyID, crn)
+		if err != nil {
+			return err
+		}
+		if u.VersionID != nil {
+			if err := checkVersion(r, *u.VersionID); err != nil {
+				return err
+			}
+			reg.VersionID = *u.VersionID
+		}
+		if u.Description != nil {
+			reg.Description = *u.Description
+		}
+		if u.PreventKeyDeletion != nil {
+			reg.PreventKeyDeletion = *u.PreventKeyDeletion
+		}
+		reg.Updated, reg.UpdatedBy = now, s.who(ctx)
+		ev.ResourceCRN, ev.KeyVersion = crn, reg.VersionID
+		out = reg.toRegistration(r)
+		return putReg(tx, reg)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// DeleteRegistration removes a registration.
+func (s *Service) DeleteRegistration(ctx context.Context, keyID, crn string) error {
+	_, err := s.mutate(ctx, ActionRegDelete, keyID, func(tx *bolt.Tx, _ *keyRecord, _ time.Time, ev *Event) error {
+		if _, err := getReg(tx, keyID, crn); err != nil {
+			return err
+		}
+		ev.ResourceCRN = crn
+		return tx.Bucket(bucketRegistrations).Delete(regKey(keyID, crn))
+	})
+	return err
+}
+
+// RegistrationFilter selects registrations; empty fields match all.
+type RegistrationFilter struct {
+	KeyID string
+	CRN   string
+}
+
+// ListRegistrations returns registrations by key, by resource CRN, or all, ordered by key id
+// then CRN.
+func (s *Service) ListRegistrations(ctx context.Context, f RegistrationFilter) ([]Registration, error) {
+	var out []Registration
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if f.KeyID != "" {
+			r, err := getKey(tx, f.KeyID)
+			if err != nil {
+				return err
+			}
+			regs, err := keyRegs(tx, f.KeyID)
+			if err != nil {
+				return err
+			}
+			for _, reg := range regs {
+				if f.CRN == "" || reg.ResourceCRN == f.CRN {
+					out = append(out, reg.toRegistration(r))
+				}
+			}
+			return nil
+		}
+		keys := map[string]*keyRecord{}
+		return tx.Bucket(bucketRegistrations).ForEach(func(_, v []byte) error {
+			var reg regRecord
+			if err := json.Unmarshal(v, &reg); err != nil {
+				return fmt.Errorf("crk: store: registration: %w", err)
+			}
+			if f.CRN != "" && reg.ResourceCRN != f.CRN {
+				return nil
+			}
+			r, ok := keys[reg.KeyID]
+			if !ok {
+				var err error
+				if r, err = getKey(tx, reg.KeyID); err != nil {
+					return err
+				}
+				keys[reg.KeyID] = r
+			}
+			out = append(out, reg.toRegistration(r))
+			return nil
+		})
+	})
+	return out, err
+}
+
+func (reg *regRecord) toRegistration(r *keyRecord) Registration {
+	out := Registration{
+		KeyID: reg.KeyID, ResourceCRN: reg.ResourceCRN, Description: reg.Description,
+		PreventKeyDeletion: reg.PreventKeyDeletion, CreatedBy: reg.CreatedBy, UpdatedBy: reg.UpdatedBy,
+		CreationDate: reg.Created, LastUpdated: reg.Updated,
+		KeyVersion: Version{ID: reg.VersionID},
+	}
+	if v := r.version(reg.VersionID); v != nil {
+		out.KeyVersion.CreationDate = v.Created
+	}
+	return out
+}

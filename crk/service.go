@@ -1,0 +1,209 @@
+package crk
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// MasterKeyEnv names the environment variable that may hold the service master key (32 bytes,
+// standard base64) instead of a key file.
+const MasterKeyEnv = "CRKVOL_MASTER_KEY"
+
+// Options configure a Service. The zero value is ready to use.
+type Options struct {
+	// Clock is the service clock; the system clock if nil.
+	Clock Clock
+	// Rand is the source of key material, ids and nonces; crypto/rand if nil.
+	Rand io.Reader
+	// MasterKey is the 32-byte service master key (the HSM's role). If nil, the key comes
+	// from the MasterKeyEnv environment variable, else from MasterKeyFile.
+	MasterKey []byte
+	// MasterKeyFile holds the master key, created (mode 0600) on first use; default: the
+	// store path with ".masterkey" appended.
+	MasterKeyFile string
+	// Region and Account go into key CRNs; defaults "local" and "crkvol".
+	Region, Account string
+	// Initiator names who acts in events when the context does not (see WithInitiator);
+	// default "crkvol".
+	Initiator string
+	// Logger receives operational messages (never key material); discarded if nil.
+	Logger *slog.Logger
+	// NoSync skips fsync on commits: faster, but a machine crash may lose acknowledged
+	// changes. For simulations only.
+	NoSync bool
+}
+
+// Service is a customer-root-key service backed by one bbolt file. It is safe for concurrent
+// use. Every state change is one bbolt transaction, fsynced before the call returns.
+type Service struct {
+	db        *bolt.DB
+	clock     Clock
+	rand      io.Reader
+	log       *slog.Logger
+	keyFile   string // "" when the master key was given directly
+	region    string
+	account   string
+	instance  string
+	initiator string
+
+	mkMu   sync.RWMutex // guards sealer (RotateMasterKey takes it exclusively)
+	sealer *sealer
+
+	hookMu sync.Mutex
+	hooks  map[int]RotationHook
+	nextID int
+}
+
+// Open opens (creating if needed) the store at path.
+func Open(path string, opts Options) (*Service, error) {
+	s := &Service{
+		clock:     opts.Clock,
+		rand:      opts.Rand,
+		log:       opts.Logger,
+		region:    opts.Region,
+		account:   opts.Account,
+		initiator: opts.Initiator,
+		hooks:     make(map[int]RotationHook),
+	}
+	if s.clock == nil {
+		s.clock = SystemClock{}
+	}
+	if s.rand == nil {
+		s.rand = rand.Reader
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.region == "" {
+		s.region = "local"
+	}
+	if s.account == "" {
+		s.account = "crkvol"
+	}
+	if s.initiator == "" {
+		s.initiator = "crkvol"
+	}
+
+	master, keyFile, err := loadMasterKey(path, opts)
+	if err != nil {
+		return nil, err
+	}
+	s.keyFile = keyFile
+
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, NoSync: opts.NoSync})
+	if err != nil {
+		return nil, fmt.Errorf("crk: opening store %s: %w", path, err)
+	}
+	s.db = db
+	if err := s.init(master); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// init creates the buckets on first use and checks the master key against the store. A key
+// file left by an interrupted RotateMasterKey is resolved here.
+func (s *Service) init(master []byte) error {
+	candidates := [][]byte{master}
+	var pending []byte
+	if s.keyFile != "" {
+		if b, err := readKeyFile(s.keyFile + ".new"); err == nil {
+			pending = b
+			candidates = append(candidates, b)
+		}
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bucketMeta, bucketKeys, bucketRegistrations, bucketEvents} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		if v := meta.Get(metaSchema); v != nil && string(v) != schemaVersion {
+			return fmt.Errorf("crk: store schema %q, this build reads %q", v, schemaVersion)
+		}
+		if err := meta.Put(metaSchema, []byte(schemaVersion)); err != nil {
+			return err
+		}
+		if meta.Get([]byte("instance")) == nil {
+			id, err := newUUID(s.rand)
+			if err != nil {
+				return err
+			}
+			if err := meta.Put([]byte("instance"), []byte(id)); err != nil {
+				return err
+			}
+		}
+		s.instance = string(meta.Get([]byte("instance")))
+
+		check := meta.Get(metaCheck)
+		if check == nil {
+			sl, err := newSealer(master)
+			if err != nil {
+				return err
+			}
+			sealed, err := sl.seal(s.rand, []byte(checkText), nil)
+			if err != nil {
+				return err
+			}
+			s.sealer = sl
+			return meta.Put(metaCheck, sealed)
+		}
+		for i, k := range candidates {
+			sl, err := newSealer(k)
+			if err != nil {
+				continue
+			}
+			if _, err := sl.open(check, nil); err == nil {
+				s.sealer = sl
+				if i == 1 {
+					// RotateMasterKey committed but did not get to rename the new key
+					// file into place: finish its work.
+					if err := writeKeyFile(s.keyFile, pending); err != nil {
+						return err
+					}
+					_ = os.Remove(s.keyFile + ".new")
+				} else if pending != nil {
+					// It never committed: the pending key is unused.
+					_ = os.Remove(s.keyFile + ".new")
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("%w (is %s or the key file the one this store was made with?)", ErrMasterKey, MasterKeyEnv)
+	})
+}
+
+// Close closes the store.
+func (s *Service) Close() error { return s.db.Close() }
+
+// Instance returns the service instance id (a UUID, part of every key CRN).
+func (s *Service) Instance() string { return s.instance }
+
+// crn returns the CRN of a key.
+func (s *Service) crn(keyID string) string {
+	return fmt.Sprintf("crn:v1:local:public:kms:%s:a/%s:%s:key:%s", s.region, s.account, s.instance, keyID)
+}
+
+type initiatorKey struct{}
+
+// WithInitiator returns a context whose operations are recorded as done by who.
+func WithInitiator(ctx context.Context, who string) context.Context {
+	return context.WithValue(ctx, initiatorKey{}, who)
+}
+
+func (s *Service) who(ctx context.Context) string {
+	if v, ok := ctx.Value(initiatorKey{}).(string); ok && v != "" {
+		return v
+	}
+	return s.initiator
+}
