@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -697,4 +698,71 @@ func TestConcurrentWrapAndRotate(t *testing.T) {
 	vs, err := f.svc.ListVersions(f.ctx, k.ID)
 	require.NoError(t, err)
 	assert.Len(t, vs, 11)
+}
+
+// TestMasterKeyRotationUnderLoad rotates the master key while keys are created, rotated and
+// used: nothing deadlocks, and every key created in between is still usable afterwards.
+func TestMasterKeyRotationUnderLoad(t *testing.T) {
+	f := newFixture(t)
+	base := f.root(t, "base")
+	done := make(chan struct{})
+	var created []string
+	var mu sync.Mutex
+	errs := make(chan error, 8)
+	var wg sync.WaitGroup
+	for w := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 30 {
+				k, err := f.svc.CreateRootKey(f.ctx, fmt.Sprintf("load-%d-%d", w, i))
+				if err != nil {
+					errs <- err
+					return
+				}
+				mu.Lock()
+				created = append(created, k.ID)
+				mu.Unlock()
+				if _, err := f.svc.RotateKey(f.ctx, k.ID, nil); err != nil {
+					errs <- err
+					return
+				}
+				if _, err := f.svc.Wrap(f.ctx, base.ID, []byte("x"), nil); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	go func() {
+		defer close(done)
+		for range 10 {
+			if err := f.svc.RotateMasterKey(f.ctx, nil); err != nil {
+				errs <- err
+				return
+			}
+		}
+	}()
+	finished := make(chan struct{})
+	go func() { wg.Wait(); <-done; close(finished) }()
+	select {
+	case <-finished:
+	case <-time.After(60 * time.Second):
+		t.Fatal("deadlock: master key rotation and key operations did not finish")
+	}
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	require.Len(t, created, 90)
+	for _, id := range created {
+		_, err := f.svc.Wrap(f.ctx, id, []byte("dek"), nil)
+		require.NoError(t, err, "key %s", id)
+	}
+	require.NoError(t, f.svc.Close())
+	svc, err := Open(f.path, Options{Clock: f.clock})
+	require.NoError(t, err)
+	defer svc.Close()
+	_, err = svc.Wrap(f.ctx, created[len(created)-1], []byte("dek"), nil)
+	require.NoError(t, err)
 }

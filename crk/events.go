@@ -14,6 +14,10 @@ import (
 const (
 	ActionCreate          = "kms.secrets.create"
 	ActionRead            = "kms.secrets.read"
+	ActionReadMetadata    = "kms.secrets-metadata.read"
+	ActionList            = "kms.secrets.list"
+	ActionListVersions    = "kms.secrets-key-versions.list"
+	ActionListRegs        = "kms.registrations.list"
 	ActionRotate          = "kms.secrets.rotate"
 	ActionWrap            = "kms.secrets.wrap"
 	ActionUnwrap          = "kms.secrets.unwrap"

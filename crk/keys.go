@@ -71,6 +71,8 @@ func (s *Service) CreateKey(ctx context.Context, opts CreateOptions) (*Key, erro
 	if opts.ExpirationDate.IsZero() {
 		r.Expiration = time.Time{}
 	}
+	s.mkMu.RLock()
+	defer s.mkMu.RUnlock()
 	v, err := s.newVersion(id, material, now)
 	if err != nil {
 		return nil, err
@@ -141,15 +143,14 @@ func checkRootMaterial(m []byte) error {
 	return nil
 }
 
-// newVersion seals material as a new version of key keyID.
+// newVersion seals material as a new version of key keyID. The caller holds mkMu (read) from
+// before its transaction begins until it ends: the lock order is mkMu, then bbolt.
 func (s *Service) newVersion(keyID string, material []byte, now time.Time) (*versionRecord, error) {
 	vid, err := newUUID(s.rand)
 	if err != nil {
 		return nil, err
 	}
-	s.mkMu.RLock()
 	sealed, err := s.sealer.seal(s.rand, material, materialAAD(keyID, vid))
-	s.mkMu.RUnlock()
 	if err != nil {
 		return nil, err
 	}
@@ -167,10 +168,17 @@ func (s *Service) GetKey(ctx context.Context, id string) (*Key, error) {
 
 // GetKeyMetadata returns a key's metadata, never its material.
 func (s *Service) GetKeyMetadata(ctx context.Context, id string) (*Key, error) {
-	return s.getKey(ctx, id, false)
+	k, err := s.getKey(ctx, id, false)
+	if err != nil {
+		return nil, s.refuse(ctx, ActionReadMetadata, id, err)
+	}
+	s.record(s.newEvent(ctx, ActionReadMetadata, nil, id, nil))
+	return k, nil
 }
 
 func (s *Service) getKey(ctx context.Context, id string, payload bool) (*Key, error) {
+	s.mkMu.RLock()
+	defer s.mkMu.RUnlock()
 	var k *Key
 	err := s.db.View(func(tx *bolt.Tx) error {
 		r, err := getKey(tx, id)
@@ -222,8 +230,9 @@ func (s *Service) ListKeys(ctx context.Context, opts ListOptions) ([]Key, error)
 		})
 	})
 	if err != nil {
-		return nil, err
+		return nil, s.refuse(ctx, ActionList, "", err)
 	}
+	s.record(s.newEvent(ctx, ActionList, nil, "", nil))
 	slices.SortStableFunc(out, func(a, b Key) int {
 		if c := a.CreationDate.Compare(b.CreationDate); c != 0 {
 			return c
@@ -252,6 +261,7 @@ func (s *Service) mutateBatched(ctx context.Context, action, id string, fn func(
 }
 
 func (s *Service) mutateWith(run func(func(*bolt.Tx) error) error, ctx context.Context, action, id string, fn func(tx *bolt.Tx, r *keyRecord, now time.Time, ev *Event) error) (*keyRecord, error) {
+	s.mkMu.RLock()
 	var out *keyRecord
 	err := run(func(tx *bolt.Tx) error {
 		r, err := getKey(tx, id)
@@ -271,6 +281,7 @@ func (s *Service) mutateWith(run func(func(*bolt.Tx) error) error, ctx context.C
 		out = r
 		return appendEvent(tx, ev)
 	})
+	s.mkMu.RUnlock()
 	if err != nil {
 		return nil, s.refuse(ctx, action, id, err)
 	}
@@ -484,13 +495,11 @@ func (r *keyRecord) toKey(now time.Time, payload []byte) *Key {
 	return k
 }
 
-// openVersion returns the plaintext material of a version.
+// openVersion returns the plaintext material of a version. The caller holds mkMu (read).
 func (s *Service) openVersion(r *keyRecord, v *versionRecord) ([]byte, error) {
 	if v.Destroyed || v.Material == nil {
 		return nil, fmt.Errorf("%w: key %s version %s", ErrVersionDestroyed, r.ID, v.ID)
 	}
-	s.mkMu.RLock()
-	defer s.mkMu.RUnlock()
 	return s.sealer.open(v.Material, materialAAD(r.ID, v.ID))
 }
 

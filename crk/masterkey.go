@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"slices"
 
 	bolt "go.etcd.io/bbolt"
@@ -99,6 +100,19 @@ func writeKeyFile(file string, k []byte) error {
 	if err := os.Rename(tmp, file); err != nil {
 		return fmt.Errorf("crk: writing key file: %w", err)
 	}
+	return syncDir(filepath.Dir(file))
+}
+
+// syncDir makes a rename in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("crk: syncing %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("crk: syncing %s: %w", dir, err)
+	}
 	return nil
 }
 
@@ -128,13 +142,15 @@ func (s *Service) RotateMasterKey(ctx context.Context, newKey []byte) error {
 	if err != nil {
 		return s.refuse(ctx, ActionMasterKeyRotate, "", err)
 	}
+	// Exclusive from here: no seal or open is in flight, and concurrent master key
+	// rotations cannot interleave their key files.
+	s.mkMu.Lock()
+	defer s.mkMu.Unlock()
 	if s.keyFile != "" {
 		if err := writeKeyFile(s.keyFile+".new", newKey); err != nil {
 			return err
 		}
 	}
-	s.mkMu.Lock()
-	defer s.mkMu.Unlock()
 	n := 0
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketKeys)
@@ -190,6 +206,7 @@ func (s *Service) RotateMasterKey(ctx context.Context, newKey []byte) error {
 		if err := os.Rename(s.keyFile+".new", s.keyFile); err != nil {
 			return fmt.Errorf("crk: the store now uses the new master key in %s.new, but renaming it failed: %w", s.keyFile, err)
 		}
+		return syncDir(filepath.Dir(s.keyFile))
 	}
 	return nil
 }

@@ -88,6 +88,9 @@ func checkVersion(r *keyRecord, vid string) error {
 func (s *Service) UpdateRegistration(ctx context.Context, keyID, crn string, u RegistrationUpdate) (*Registration, error) {
 	var out Registration
 	_, err := s.mutateBatched(ctx, ActionRegUpdate, keyID, func(tx *bolt.Tx, r *keyRecord, now time.Time, ev *Event) error {
+		if err := allowed(r, ActionRegUpdate); err != nil {
+			return err
+		}
 		reg, err := getReg(tx, keyID, crn)
 		if err != nil {
 			return err
@@ -175,7 +178,11 @@ func (s *Service) ListRegistrations(ctx context.Context, f RegistrationFilter) (
 			return nil
 		})
 	})
-	return out, err
+	if err != nil {
+		return nil, s.refuse(ctx, ActionListRegs, f.KeyID, err)
+	}
+	s.record(s.newEvent(ctx, ActionListRegs, nil, f.KeyID, nil))
+	return out, nil
 }
 
 func (reg *regRecord) toRegistration(r *keyRecord) Registration {

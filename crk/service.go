@@ -102,6 +102,10 @@ func Open(path string, opts Options) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("crk: opening store %s: %w", path, err)
 	}
+	// Batched transactions (audit events of reads and wraps, registration updates) wait at
+	// most this long for company: concurrent callers share an fsync, a lone caller is not
+	// held up long.
+	db.MaxBatchDelay = 2 * time.Millisecond
 	s.db = db
 	if err := s.init(master); err != nil {
 		db.Close()

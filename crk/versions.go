@@ -30,7 +30,11 @@ func (s *Service) ListVersions(ctx context.Context, keyID string) ([]VersionInfo
 		}
 		return nil
 	})
-	return out, err
+	if err != nil {
+		return nil, s.refuse(ctx, ActionListVersions, keyID, err)
+	}
+	s.record(s.newEvent(ctx, ActionListVersions, nil, keyID, nil))
+	return out, nil
 }
 
 func versionRefs(tx *bolt.Tx, keyID string) (map[string]int, error) {

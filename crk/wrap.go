@@ -81,6 +81,8 @@ func (s *Service) WrapCreateDEK(ctx context.Context, keyID string, aad []string)
 }
 
 func (s *Service) wrap(ctx context.Context, keyID string, plaintext []byte, aad []string) (*WrapResult, error) {
+	s.mkMu.RLock()
+	defer s.mkMu.RUnlock()
 	var res *WrapResult
 	var rec *keyRecord
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -110,6 +112,8 @@ func (s *Service) wrap(ctx context.Context, keyID string, plaintext []byte, aad 
 // aad. When that version is not the latest, the result also carries the plaintext rewrapped
 // under the latest version.
 func (s *Service) Unwrap(ctx context.Context, keyID string, ciphertext []byte, aad []string) (*UnwrapResult, error) {
+	s.mkMu.RLock()
+	defer s.mkMu.RUnlock()
 	var res *UnwrapResult
 	var rec *keyRecord
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -145,6 +149,8 @@ func (s *Service) Unwrap(ctx context.Context, keyID string, ciphertext []byte, a
 // Rewrap converts a ciphertext of root key keyID to its latest version without returning the
 // plaintext. A ciphertext already on the latest version is re-encrypted all the same.
 func (s *Service) Rewrap(ctx context.Context, keyID string, ciphertext []byte, aad []string) (*RewrapResult, error) {
+	s.mkMu.RLock()
+	defer s.mkMu.RUnlock()
 	var res *RewrapResult
 	var rec *keyRecord
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -258,7 +264,7 @@ func (s *Service) unseal(r *keyRecord, ct []byte, aad []string) ([]byte, *versio
 	}
 	v := r.version(vid)
 	if v == nil {
-		return nil, nil, fmt.Errorf("%w: the ciphertext names version %s, which key %s never had", ErrAuth, vid, r.ID)
+		return nil, nil, fmt.Errorf("%w: %w: the ciphertext names version %s, which key %s never had", ErrAuth, ErrVersionNotFound, vid, r.ID)
 	}
 	aead, err := s.versionAEAD(r, v)
 	if err != nil {

@@ -57,66 +57,88 @@ func TestCrashAtEveryWrite(t *testing.T) {
 		{"remove keyslot", "first", func(img *Image) error { return img.RemoveKeyslot(1) }},
 		{"repair", "first", func(img *Image) error { return img.commitAfterLoad() }},
 	}
-	for _, op := range ops {
-		t.Run(op.name, func(t *testing.T) {
-			oldText := metadataText(t, base)
+	// The image an update starts from: healthy, or with one copy damaged or stale (as a
+	// crash or bit rot leaves it). Each opens with metadata oldText.
+	starts := map[string]*memDevice{"healthy": base}
+	for _, which := range []string{"primary", "secondary"} {
+		d := base.clone()
+		off := 0
+		if which == "secondary" {
+			off = DefaultMetadataSize
+		}
+		d.buf[off+offCsum] ^= 1
+		starts[which+" corrupt"] = d
+	}
+	stale := base.clone()
+	simg, err := Open(&crashDevice{dev: stale, allow: 3}, nil) // the primary's three writes land
+	require.NoError(t, err)
+	_, err = simg.AddToken(AnyToken, []byte(`{"type":"stale-maker","keyslots":[]}`))
+	require.ErrorIs(t, err, errCrash)
+	starts["secondary stale"] = stale
 
-			// Count the writes of a clean run, and record the new metadata.
-			clean := &countingDevice{memDevice: base.clone()}
-			cimg, err := Open(clean, seeded())
-			require.NoError(t, err)
-			require.NoError(t, op.fn(cimg))
-			newText := metadataText(t, clean.memDevice)
-			require.NotEqual(t, oldText, newText)
-			n := clean.writes
-			require.GreaterOrEqual(t, n, 6, "two header copies take three writes each")
+	for startName, start := range starts {
+		for _, op := range ops {
+			t.Run(startName+"/"+op.name, func(t *testing.T) {
+				base := start
+				oldText := metadataText(t, base)
 
-			outcomes := map[string]int{}
-			for allow := 0; allow <= n; allow++ {
-				for _, torn := range []int{0, 1, 100, 4000} {
-					if allow == n && torn > 0 {
-						continue
-					}
-					name := fmt.Sprintf("crash after %d of %d writes, torn %d", allow, n, torn)
-					dev := base.clone()
-					crash := &crashDevice{dev: dev, allow: allow, torn: torn}
-					cimg, err := Open(crash, seeded())
-					require.NoError(t, err, name)
-					err = op.fn(cimg)
-					if allow < n {
-						require.ErrorIs(t, err, errCrash, name)
-					} else {
+				// Count the writes of a clean run, and record the new metadata.
+				clean := &countingDevice{memDevice: base.clone()}
+				cimg, err := Open(clean, seeded())
+				require.NoError(t, err)
+				require.NoError(t, op.fn(cimg))
+				newText := metadataText(t, clean.memDevice)
+				require.NotEqual(t, oldText, newText)
+				n := clean.writes
+				require.GreaterOrEqual(t, n, 6, "two header copies take three writes each")
+
+				outcomes := map[string]int{}
+				for allow := 0; allow <= n; allow++ {
+					for _, torn := range []int{0, 1, 100, 4000} {
+						if allow == n && torn > 0 {
+							continue
+						}
+						name := fmt.Sprintf("crash after %d of %d writes, torn %d", allow, n, torn)
+						dev := base.clone()
+						crash := &crashDevice{dev: dev, allow: allow, torn: torn}
+						cimg, err := Open(crash, seeded())
 						require.NoError(t, err, name)
-					}
+						err = op.fn(cimg)
+						if allow < n {
+							require.ErrorIs(t, err, errCrash, name)
+						} else {
+							require.NoError(t, err, name)
+						}
 
-					got := metadataText(t, dev)
-					switch got {
-					case oldText:
-						outcomes["old"]++
-					case newText:
-						outcomes["new"]++
-					default:
-						t.Fatalf("%s: image opens with neither the old nor the new metadata:\n%s", name, got)
-					}
-					after, err := Open(dev, nil)
-					require.NoError(t, err, name)
-					key, _, err := after.Unlock([]byte(op.pass), AnyKeyslot)
-					require.NoError(t, err, name)
-					require.Equal(t, vk, key, name)
+						got := metadataText(t, dev)
+						switch got {
+						case oldText:
+							outcomes["old"]++
+						case newText:
+							outcomes["new"]++
+						default:
+							t.Fatalf("%s: image opens with neither the old nor the new metadata:\n%s", name, got)
+						}
+						after, err := Open(dev, nil)
+						require.NoError(t, err, name)
+						key, _, err := after.Unlock([]byte(op.pass), AnyKeyslot)
+						require.NoError(t, err, name)
+						require.Equal(t, vk, key, name)
 
-					// The next update repairs whatever copy the crash left behind.
-					_, err = after.AddToken(AnyToken, []byte(`{"type":"after-crash","keyslots":[]}`))
-					require.NoError(t, err, name)
-					again, err := Open(dev, nil)
-					require.NoError(t, err, name)
-					require.True(t, again.Health().OK(), "%s: %+v", name, again.Health())
+						// The next update repairs whatever copy the crash left behind.
+						_, err = after.AddToken(AnyToken, []byte(`{"type":"after-crash","keyslots":[]}`))
+						require.NoError(t, err, name)
+						again, err := Open(dev, nil)
+						require.NoError(t, err, name)
+						require.True(t, again.Health().OK(), "%s: %+v", name, again.Health())
+					}
 				}
-			}
-			// Crashes before the primary is complete keep the old state; after, the new.
-			assert.Positive(t, outcomes["old"])
-			assert.Positive(t, outcomes["new"])
-			t.Logf("%d writes; outcomes %v", n, outcomes)
-		})
+				// Crashes before the primary is complete keep the old state; after, the new.
+				assert.Positive(t, outcomes["old"])
+				assert.Positive(t, outcomes["new"])
+				t.Logf("%d writes; outcomes %v", n, outcomes)
+			})
+		}
 	}
 }
 

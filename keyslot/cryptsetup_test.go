@@ -210,6 +210,21 @@ func TestTokenRoundTripCryptsetup(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, ours, string(got), "our token survives cryptsetup's rewrite byte for byte")
 
+	// Escapes, slashes and large integers are stored in the form json-c writes them, so the
+	// export is byte-identical to what we store; numbers json-c would rewrite are refused.
+	odd := `{"type":"escapes","keyslots":[],"e":"\u00e9\/\t\u0001","big":18446744073709551615,"neg":-9223372036854775808}`
+	oddID, err := img.AddToken(AnyToken, []byte(odd))
+	require.NoError(t, err)
+	stored, err := img.Token(oddID)
+	require.NoError(t, err)
+	assert.JSONEq(t, odd, string(stored))
+	exported = run(t, cs, "token", "export", "--token-id", fmt.Sprint(oddID), path)
+	assert.Equal(t, string(stored), strings.TrimSpace(string(exported)))
+	for _, bad := range []string{`{"type":"f","keyslots":[],"x":1.5}`, `{"type":"f","keyslots":[],"x":1e3}`, `{"type":"f","keyslots":[],"x":18446744073709551616}`} {
+		_, err := img.AddToken(AnyToken, []byte(bad))
+		assert.ErrorIs(t, err, ErrInvalidMetadata, bad)
+	}
+
 	// Replace ours; cryptsetup sees the new one.
 	replaced := strings.Replace(ours, `"v2"`, `"v3"`, 1)
 	require.NoError(t, img.ReplaceToken(0, []byte(replaced)))

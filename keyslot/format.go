@@ -75,7 +75,7 @@ func Format(dev Device, size uint64, passphrase []byte, opts FormatOptions) (*Im
 	if opts.MetadataSize == 0 {
 		opts.MetadataSize = DefaultMetadataSize
 	}
-	if opts.KeyslotsSize == 0 && opts.MetadataSize < defaultMetadataAndKeyslots/4 {
+	if opts.KeyslotsSize == 0 && 2*opts.MetadataSize < defaultMetadataAndKeyslots {
 		opts.KeyslotsSize = defaultMetadataAndKeyslots - 2*opts.MetadataSize
 	}
 	if err := checkFormat(size, &opts); err != nil {

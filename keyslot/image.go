@@ -47,6 +47,7 @@ type Image struct {
 type state struct {
 	bin  binHeader // from the copy in use; secondary/hdrOffset/salt/csum are per copy
 	meta *metadata
+	text []byte // the JSON text exactly as read or written
 }
 
 // CopyHealth describes one header copy as last read.
@@ -105,8 +106,8 @@ func (img *Image) Health() Health {
 	return img.health
 }
 
-// Repair rewrites both header copies from the good one, with the next sequence number. It is
-// a no-op when both copies are good and current.
+// Repair rewrites a damaged or stale header copy from the good one, keeping its sequence
+// number. It is a no-op when both copies are good and current.
 func (img *Image) Repair() error {
 	img.mu.Lock()
 	defer img.mu.Unlock()
@@ -120,10 +121,51 @@ func (img *Image) Repair() error {
 		return err
 	}
 	img.st, img.health = st, health
+	return img.repairLocked(st, health)
+}
+
+// repairLocked copies the good header copy over a damaged or stale one, with the same
+// sequence number and metadata, and syncs. It must run before any commit that starts from a
+// damaged image: a commit writes the primary first, and if the secondary were not whole, a
+// crash in the middle of the primary would leave no valid copy — or, with a stale secondary,
+// roll back past the last committed change. A crash during the repair itself only touches the
+// copy that was already bad. The caller holds img.mu and the exclusive device lock.
+func (img *Image) repairLocked(st *state, health Health) error {
 	if health.OK() {
 		return nil
 	}
-	return img.commitLocked(st, st.meta)
+	hdrSize := st.bin.hdrSize
+	area := make([]byte, hdrSize-binHeaderSize)
+	if len(st.text) >= len(area) {
+		return fmt.Errorf("%w: metadata does not fit its JSON area", ErrHeaderCorrupt)
+	}
+	copy(area, st.text)
+	for _, secondary := range []bool{false, true} {
+		bad := health.Primary.Err
+		if secondary {
+			bad = health.Secondary.Err
+		}
+		if bad == nil {
+			continue
+		}
+		h := st.bin
+		h.secondary = secondary
+		h.hdrOffset = 0
+		if secondary {
+			h.hdrOffset = hdrSize
+		}
+		if _, err := io.ReadFull(img.rand, h.salt[:]); err != nil {
+			return fmt.Errorf("keyslot: reading random header salt: %w", err)
+		}
+		if err := writeCopy(img.dev, &h, area); err != nil {
+			return fmt.Errorf("keyslot: repairing the %s header: %w", copyName(secondary), err)
+		}
+	}
+	img.health = Health{
+		Primary:   CopyHealth{Offset: 0, SeqID: st.bin.seqID},
+		Secondary: CopyHealth{Offset: hdrSize, SeqID: st.bin.seqID},
+	}
+	return nil
 }
 
 // update applies fn to a fresh copy of the on-disk metadata and commits the result: the
@@ -142,6 +184,9 @@ func (img *Image) update(fn func(st *state, m *metadata) error) error {
 		return err
 	}
 	img.st, img.health = st, health
+	if err := img.repairLocked(st, health); err != nil {
+		return err
+	}
 	if req := st.meta.config.mandatory; len(req) > 0 {
 		return fmt.Errorf("%w: the image requires %q; metadata changes are refused", ErrUnmetRequirement, req)
 	}
@@ -190,7 +235,7 @@ func (img *Image) commitLocked(st *state, m *metadata) error {
 			return err
 		}
 	}
-	img.st = &state{bin: next, meta: m}
+	img.st = &state{bin: next, meta: m, text: text}
 	img.health = Health{
 		Primary:   CopyHealth{Offset: 0, SeqID: next.seqID},
 		Secondary: CopyHealth{Offset: hdrSize, SeqID: next.seqID},
@@ -296,7 +341,7 @@ type copyState struct {
 }
 
 func (c *copyState) state() *state {
-	return &state{bin: *c.bin, meta: c.meta}
+	return &state{bin: *c.bin, meta: c.meta, text: c.text}
 }
 
 func readBinHeader(dev Device, off uint64) (*binHeader, error) {

@@ -335,11 +335,16 @@ func parseDigest(o *object) (*digestMeta, error) {
 		return nil, err
 	}
 	d.iterations = int(n)
-	if d.salt, err = o.b64("salt", 1, 64); err != nil {
+	// cryptsetup's PBKDF2_digest_verify: a 32-byte salt, and a digest of 20 bytes or the
+	// hash's full output; a shorter digest would let wrong keys through.
+	if d.salt, err = o.b64("salt", saltSize, saltSize); err != nil {
 		return nil, err
 	}
-	if d.digest, err = o.b64("digest", 1, h.Size()); err != nil {
+	if d.digest, err = o.b64("digest", 20, h.Size()); err != nil {
 		return nil, err
+	}
+	if len(d.digest) != 20 && len(d.digest) != h.Size() {
+		return nil, o.errorf("digest", "%d bytes, want 20 or %d", len(d.digest), h.Size())
 	}
 	d.extra = o.rest("type", "keyslots", "segments", "hash", "iterations", "salt", "digest")
 	return d, nil

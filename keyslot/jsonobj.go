@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -355,6 +356,80 @@ func (w *writer) strArray(name string, ss []string) {
 	w.close(']')
 }
 
+// canonical re-encodes a JSON value the way cryptsetup's json-c writes it back, so that a
+// token stored here comes out of `cryptsetup token export` byte for byte: compact, member
+// order kept, string escapes decoded and re-encoded minimally ('/' and non-ASCII as is).
+// Numbers must be integers that json-c keeps exactly (within int64, or up to 2^64-1);
+// fractions and exponents are refused because json-c rewrites them.
+func canonical(path string, raw json.RawMessage, depth int) ([]byte, error) {
+	if depth > 64 {
+		return nil, fmt.Errorf("%w: %s: nested more than 64 levels", ErrInvalidMetadata, path)
+	}
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 {
+		return nil, fmt.Errorf("%w: %s: empty value", ErrInvalidMetadata, path)
+	}
+	switch c := raw[0]; {
+	case c == '{':
+		o, err := parseObject(path, raw)
+		if err != nil {
+			return nil, err
+		}
+		var w writer
+		w.open('{')
+		for _, m := range o.members {
+			v, err := canonical(path+"."+m.name, m.value, depth+1)
+			if err != nil {
+				return nil, err
+			}
+			w.key(m.name)
+			w.b = append(w.b, v...)
+		}
+		w.close('}')
+		return w.b, nil
+	case c == '[':
+		var elems []json.RawMessage
+		if err := json.Unmarshal(raw, &elems); err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
+		}
+		var w writer
+		w.open('[')
+		for i, e := range elems {
+			v, err := canonical(fmt.Sprintf("%s[%d]", path, i), e, depth+1)
+			if err != nil {
+				return nil, err
+			}
+			w.sep()
+			w.b = append(w.b, v...)
+		}
+		w.close(']')
+		return w.b, nil
+	case c == '"':
+		var str string
+		if err := json.Unmarshal(raw, &str); err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
+		}
+		if !utf8.ValidString(str) || strings.ContainsRune(str, utf8.RuneError) {
+			return nil, fmt.Errorf("%w: %s: invalid UTF-8", ErrInvalidMetadata, path)
+		}
+		return appendString(nil, str), nil
+	case c == '-' || c >= '0' && c <= '9':
+		text := string(raw)
+		if _, err := strconv.ParseInt(text, 10, 64); err != nil {
+			if _, err := strconv.ParseUint(text, 10, 64); err != nil {
+				return nil, fmt.Errorf("%w: %s: number %.30s must be an integer within 64 bits", ErrInvalidMetadata, path, text)
+			}
+		}
+		if text == "-0" {
+			return []byte("0"), nil
+		}
+		return []byte(text), nil
+	case bytes.Equal(raw, []byte("true")), bytes.Equal(raw, []byte("false")), bytes.Equal(raw, []byte("null")):
+		return raw, nil
+	}
+	return nil, fmt.Errorf("%w: %s: invalid JSON value", ErrInvalidMetadata, path)
+}
+
 // appendString appends s as a JSON string: quotes, backslashes and control characters are
 // escaped, everything else (including '/' and non-ASCII) is written as is.
 func appendString(b []byte, s string) []byte {
@@ -371,6 +446,10 @@ func appendString(b []byte, s string) []byte {
 			b = append(b, '\\', 'r')
 		case c == '\t':
 			b = append(b, '\\', 't')
+		case c == '\b':
+			b = append(b, '\\', 'b')
+		case c == '\f':
+			b = append(b, '\\', 'f')
 		case c < 0x20:
 			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
 		default:

@@ -222,6 +222,12 @@ func TestFormatOptions(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, vk, got)
 
+	// A 4 MiB header gets cryptsetup's default 8 MiB keyslots area.
+	huge := newMemDevice(17 << 20)
+	img, _, err = Format(huge, 17<<20, []byte("p"), FormatOptions{KDF: testKDF, MetadataSize: 4 << 20})
+	require.NoError(t, err)
+	assert.Equal(t, uint64(8<<20), img.KeyslotsSize())
+
 	// Defaults: cryptsetup's 16 KiB metadata, 16 MiB - 32 KiB keyslots, data at 16 MiB.
 	big := newMemDevice(17 << 20)
 	img, _, err = Format(big, 17<<20, []byte("p"), FormatOptions{KDF: testKDF})

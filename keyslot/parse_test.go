@@ -92,6 +92,8 @@ func TestStrictParsing(t *testing.T) {
 		{"keyslot id out of range", false, `"keyslots":{"0":`, `"keyslots":{"32":`, ErrInvalidMetadata, "out of range"},
 		{"keyslot id leading zero", false, `"keyslots":{"0":`, `"keyslots":{"00":`, ErrInvalidMetadata, "invalid id"},
 		{"keyslot not in digest", false, `"keyslots":["0"],"segments"`, `"keyslots":[],"segments"`, ErrInvalidMetadata, "keyslot 0 is not in any digest"},
+		{"short digest", false, `"digest":"`, `"digest":"AAAA","x":"`, ErrInvalidMetadata, "digest"},
+		{"short digest salt", false, `"segments":["0"],"hash":"sha256","iterations":1000,"salt":"`, `"segments":["0"],"hash":"sha256","iterations":1000,"salt":"AAAA","y":"`, ErrInvalidMetadata, "salt"},
 		{"digest names missing segment", false, `"segments":["0"]`, `"segments":["3"]`, ErrInvalidMetadata, "segment 3"},
 		{"priority", false, `"kdf":{`, `"priority":3,"kdf":{`, ErrInvalidMetadata, "priority"},
 		{"missing config", false, `,"config":{"json_size":"12288","keyslots_size":"786432"}`, ``, ErrInvalidMetadata, `missing member "config"`},

@@ -1,6 +1,7 @@
 package keyslot
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -85,6 +86,7 @@ func (img *Image) ReplaceToken(id int, token []byte) error {
 // UpdateToken replaces token id with fn(current) in one atomic metadata update. fn sees the
 // token as it is on disk at that moment, under the image's exclusive lock, so concurrent
 // updaters in other processes are serialised rather than lost. If fn fails nothing is written.
+// fn runs while the Image is locked: it must not call methods of the same Image.
 func (img *Image) UpdateToken(id int, fn func(current json.RawMessage) ([]byte, error)) error {
 	return img.update(func(_ *state, m *metadata) error {
 		cur, ok := m.tokens[id]
@@ -115,9 +117,17 @@ func (img *Image) RemoveToken(id int) error {
 	})
 }
 
-// checkNewToken validates a token given by a caller and returns it compacted.
+// checkNewToken validates a token given by a caller and returns it in cryptsetup's canonical
+// form.
 func checkNewToken(token []byte) (json.RawMessage, error) {
-	o, err := parseObject("token", token)
+	if t := bytes.TrimSpace(token); len(t) == 0 || t[0] != '{' {
+		return nil, fmt.Errorf("%w: token: not a JSON object", ErrInvalidMetadata)
+	}
+	canon, err := canonical("token", token, 0)
+	if err != nil {
+		return nil, err
+	}
+	o, err := parseObject("token", canon)
 	if err != nil {
 		return nil, err
 	}
