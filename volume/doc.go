@@ -1,0 +1,45 @@
+// Package volume is the heart of crkvol: file-backed block volumes in real LUKS2 format whose
+// data is encrypted with aes-xts-plain64 under a random master key, whose LUKS passphrase is
+// wrapped by a customer root key (CRK) in a key management service, and whose passphrase is
+// rewrapped — never the data — when that key rotates.
+//
+// # The three keys of a volume
+//
+//   - The master (volume) key, 64 random bytes, encrypts the data sector by sector
+//     (crkvol/volume/sector). It lives only in memory while a volume is attached and in
+//     keyslot 0, AF-split and encrypted under the passphrase (crkvol/keyslot).
+//   - The LUKS passphrase, 32 random bytes, opens that keyslot. It is never stored: the
+//     crkvol-crk LUKS2 token holds it wrapped by the root key, with the volume's UUID as
+//     AAD, so a token copied to another volume does not unwrap.
+//   - The root key version, held by the key service ([KeyService]); rotating the root key
+//     adds a version.
+//
+// # Flows
+//
+// [Manager.Create] formats an image, wraps its passphrase, stores the token and registers the
+// volume's CRN with the key (preventKeyDeletion) and in the [Registry] (CRN → image path).
+// [Manager.Open] unwraps, unlocks and returns a [Volume] — an io.ReaderAt and io.WriterAt at
+// any offset and length, safe for concurrent use — storing a rewrapped ciphertext if the key
+// service hands one back. [Manager.Adopt] brings a cryptsetup-made image under a root key by
+// adding a keyslot, leaving data and existing keyslots alone. [Manager.Delete] deregisters a
+// volume, optionally crypto-erasing it.
+//
+// When a root key rotates, the Manager's hook rewraps every registered volume of that key on
+// a bounded worker pool: per volume one atomic LUKS2 token commit (a few KiB, whatever the
+// volume's size) and a registration update, with retries and backoff. A failure at any point
+// leaves the old ciphertext — still valid, since old key versions keep unwrapping — in place;
+// [Manager.Sync] later brings every lagging volume up to date. Rotation runs while volumes are
+// attached and busy in this or another process: it only touches header metadata, under the
+// image lock.
+//
+// # Interoperability
+//
+// Images open with cryptsetup 2.6 (with the unwrapped passphrase), cryptsetup's offline
+// decryption recovers the plaintext written here, and images cryptsetup encrypted can be
+// adopted. Never-written sectors read as whatever zeros decrypt to, as with cryptsetup.
+//
+// # Non-goals
+//
+// Re-encryption of the data under a new master key, integrity protection (XTS has none),
+// online resize and detached headers.
+package volume

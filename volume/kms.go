@@ -1,0 +1,60 @@
+package volume
+
+import "context"
+
+// KeyService is what a volume needs from a key management service: envelope encryption of
+// the LUKS passphrase under a customer root key, registrations of the volumes each key
+// protects, and notice of rotations. Package crkvol/volume/kms implements it over the
+// in-process crk service; a remote Key Protect–compatible service implements it too.
+type KeyService interface {
+	// Wrap encrypts plaintext with the latest version of root key keyID, binding aad.
+	Wrap(ctx context.Context, keyID string, plaintext []byte, aad []string) (Wrapped, error)
+	// Unwrap decrypts a ciphertext; when it was made with an older version, the result
+	// also carries it rewrapped under the latest version.
+	Unwrap(ctx context.Context, keyID string, ciphertext []byte, aad []string) (Unwrapped, error)
+	// Rewrap converts a ciphertext to the latest version without revealing the plaintext.
+	Rewrap(ctx context.Context, keyID string, ciphertext []byte, aad []string) (Wrapped, error)
+	// KeyCRN returns the CRN of a key.
+	KeyCRN(ctx context.Context, keyID string) (string, error)
+	// Register records that resource crn is protected by keyID, wrapped with versionID.
+	Register(ctx context.Context, keyID, crn, versionID string, preventKeyDeletion bool) error
+	// UpdateRegistration records the version a resource is now wrapped with.
+	UpdateRegistration(ctx context.Context, keyID, crn, versionID string) error
+	// DeleteRegistration removes a registration.
+	DeleteRegistration(ctx context.Context, keyID, crn string) error
+	// Registrations lists the registrations of a key and returns its latest version.
+	Registrations(ctx context.Context, keyID string) (regs []Registration, latest string, err error)
+	// OnRotate subscribes to rotations of every key; the returned function unsubscribes.
+	OnRotate(hook func(ctx context.Context, n RotationNotice) error) (unsubscribe func())
+}
+
+// Wrapped is a ciphertext and the key version that made it.
+type Wrapped struct {
+	Ciphertext []byte
+	VersionID  string
+}
+
+// Unwrapped is the result of an unwrap.
+type Unwrapped struct {
+	Plaintext []byte
+	// VersionID is the version that made the ciphertext.
+	VersionID string
+	// Rewrapped is set when VersionID is not the latest: the plaintext under the latest
+	// version, to be stored in place of the old ciphertext.
+	Rewrapped *Wrapped
+}
+
+// Registration is a resource protected by a key.
+type Registration struct {
+	CRN       string
+	VersionID string
+}
+
+// RotationNotice tells a subscriber that a key's latest version changed, or (from a sync)
+// that resources are still on older versions.
+type RotationNotice struct {
+	KeyID      string
+	NewVersion string
+	// Stale are the CRNs of the registrations not on NewVersion.
+	Stale []string
+}

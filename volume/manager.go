@@ -1,0 +1,486 @@
+package volume
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"crkvol/keyslot"
+)
+
+// Errors of volume management.
+var (
+	// ErrBadToken means the crkvol-crk token is missing fields or malformed.
+	ErrBadToken = errors.New("invalid crkvol-crk token")
+	// ErrNoToken means the image has no crkvol-crk token: it was not made or adopted by
+	// crkvol.
+	ErrNoToken = errors.New("image has no crkvol-crk token")
+	// ErrAlreadyAdopted means the image already has a crkvol-crk token.
+	ErrAlreadyAdopted = errors.New("image already has a crkvol-crk token")
+	// ErrErased means the volume was crypto-erased: no keyslot is left.
+	ErrErased = errors.New("volume has been crypto-erased")
+	// ErrBadSize means a volume size is not a positive multiple of the sector size.
+	ErrBadSize = errors.New("invalid volume size")
+)
+
+// passphraseSize is the size of a volume's random LUKS passphrase.
+const passphraseSize = 32
+
+// passphraseKDF protects keyslots holding random passphrases: the passphrase has 256 bits of
+// entropy, so the KDF adds nothing but time (as systemd-cryptenroll does for tokens).
+var passphraseKDF = keyslot.PBKDF2("sha256", 1000)
+
+// CRN returns the CRN of the volume with LUKS2 UUID uuid.
+func CRN(uuid string) string {
+	return "crn:v1:local:public:is:local:a/crkvol::volume:" + uuid
+}
+
+// Options configure a Manager. The zero value is ready to use.
+type Options struct {
+	// Workers bounds the rewraps a rotation runs at once; default 16.
+	Workers int
+	// Attempts is how many times a volume's rewrap is tried; default 4.
+	Attempts int
+	// Backoff returns the wait before retry n (1-based); default 50 ms doubling, at most 2 s.
+	Backoff func(n int) time.Duration
+	// Sleep waits; default a timer that honours ctx. The simulator replaces it.
+	Sleep func(ctx context.Context, d time.Duration) error
+	// Rand is the source of passphrases and LUKS randomness; crypto/rand if nil.
+	Rand io.Reader
+	// Now is the clock for token timestamps; time.Now if nil.
+	Now func() time.Time
+	// Logger receives progress and failures (never secrets); discarded if nil.
+	Logger *slog.Logger
+	// OnReport, if set, receives the report of every rotation the Manager carries out.
+	OnReport func(*Report)
+}
+
+// Manager creates, opens, adopts and deletes volumes against a key service, and rewraps them
+// when their root key rotates. It is safe for concurrent use.
+type Manager struct {
+	kms   KeyService
+	reg   *Registry
+	opts  Options
+	unsub func()
+}
+
+// NewManager returns a Manager using kms and the registry reg, subscribed to rotations.
+// Close unsubscribes it.
+func NewManager(kms KeyService, reg *Registry, opts Options) *Manager {
+	if opts.Workers <= 0 {
+		opts.Workers = 16
+	}
+	if opts.Attempts <= 0 {
+		opts.Attempts = 4
+	}
+	if opts.Backoff == nil {
+		opts.Backoff = func(n int) time.Duration {
+			return min(50*time.Millisecond<<(n-1), 2*time.Second)
+		}
+	}
+	if opts.Sleep == nil {
+		opts.Sleep = func(ctx context.Context, d time.Duration) error {
+			t := time.NewTimer(d)
+			defer t.Stop()
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-t.C:
+				return nil
+			}
+		}
+	}
+	if opts.Rand == nil {
+		opts.Rand = rand.Reader
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	m := &Manager{kms: kms, reg: reg, opts: opts}
+	m.unsub = kms.OnRotate(m.onRotate)
+	return m
+}
+
+// Close unsubscribes the Manager from rotations.
+func (m *Manager) Close() { m.unsub() }
+
+// Info describes a volume.
+type Info struct {
+	Path       string
+	UUID       string
+	CRN        string
+	KeyID      string
+	KeyVersion string
+	Size       int64
+	SectorSize int
+	DataOffset int64
+}
+
+// CreateOptions describe a new volume.
+type CreateOptions struct {
+	// KeyID is the root key that wraps the volume's passphrase. Required.
+	KeyID string
+	// Size is the data size in bytes, a multiple of the sector size. Required.
+	Size int64
+	// SectorSize is 512, 1024, 2048 or 4096 (default).
+	SectorSize int
+	// MetadataSize and KeyslotsSize are the LUKS2 header areas (cryptsetup's defaults if
+	// zero; small values keep simulated fleets small).
+	MetadataSize, KeyslotsSize uint64
+	// AllowKeyDeletion registers the volume without preventKeyDeletion.
+	AllowKeyDeletion bool
+	// Label is the LUKS2 label.
+	Label string
+}
+
+// Create makes a sparse volume image at path (which must not exist): a LUKS2 header with a
+// random 32-byte passphrase in keyslot 0, the passphrase wrapped by the root key (AAD: the
+// volume UUID) in a crkvol-crk token, and a registration of the volume's CRN with the key.
+// The plaintext passphrase is never written anywhere.
+func (m *Manager) Create(ctx context.Context, path string, opts CreateOptions) (*Info, error) {
+	if opts.KeyID == "" {
+		return nil, fmt.Errorf("volume: create %s: a root key id is required", path)
+	}
+	if opts.SectorSize == 0 {
+		opts.SectorSize = keyslot.DefaultSectorSize
+	}
+	if opts.Size <= 0 || opts.Size%int64(opts.SectorSize) != 0 {
+		return nil, fmt.Errorf("%w: %d bytes is not a positive multiple of the %d-byte sector size", ErrBadSize, opts.Size, opts.SectorSize)
+	}
+	meta := opts.MetadataSize
+	if meta == 0 {
+		meta = keyslot.DefaultMetadataSize
+	}
+	ks := opts.KeyslotsSize
+	if ks == 0 {
+		ks = 16<<20 - 2*meta
+	}
+	dataOff := roundUp(int64(2*meta+ks), 1<<20)
+
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("volume: create: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(path)
+		}
+	}()
+	if err := f.Truncate(dataOff + opts.Size); err != nil {
+		return nil, fmt.Errorf("volume: create %s: %w", path, err)
+	}
+	pass := make([]byte, passphraseSize)
+	defer clear(pass)
+	if _, err := io.ReadFull(m.opts.Rand, pass); err != nil {
+		return nil, fmt.Errorf("volume: reading random passphrase: %w", err)
+	}
+	img, vk, err := keyslot.Format(f, uint64(dataOff+opts.Size), pass, keyslot.FormatOptions{
+		KDF: passphraseKDF, SectorSize: opts.SectorSize, MetadataSize: meta, KeyslotsSize: ks,
+		DataOffset: uint64(dataOff), Label: opts.Label, Rand: m.opts.Rand,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("volume: create %s: %w", path, err)
+	}
+	clear(vk)
+	info, err := m.enroll(ctx, img, path, opts.KeyID, 0, pass, !opts.AllowKeyDeletion)
+	if err != nil {
+		return nil, fmt.Errorf("volume: create %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, err
+	}
+	ok = true
+	m.opts.Logger.Info("volume created", "path", path, "crn", info.CRN, "key", info.KeyID)
+	return info, nil
+}
+
+// enroll wraps pass (which opens keyslot slot of img), stores the token, registers the volume
+// with the key service and in the registry.
+func (m *Manager) enroll(ctx context.Context, img *keyslot.Image, path, keyID string, slot int, pass []byte, prevent bool) (*Info, error) {
+	uuid := img.UUID()
+	crn := CRN(uuid)
+	w, err := m.kms.Wrap(ctx, keyID, pass, []string{uuid})
+	if err != nil {
+		return nil, fmt.Errorf("wrapping the passphrase with key %s: %w", keyID, err)
+	}
+	keyCRN, err := m.kms.KeyCRN(ctx, keyID)
+	if err != nil {
+		return nil, err
+	}
+	tok := token{
+		Type: TokenType, Keyslots: []string{fmt.Sprint(slot)}, KeyID: keyID, KeyCRN: keyCRN,
+		KeyVersion: w.VersionID, Ciphertext: base64.StdEncoding.EncodeToString(w.Ciphertext),
+		WrappedAt: m.opts.Now().UTC().Truncate(time.Second), VolumeCRN: crn,
+	}
+	raw, err := tok.marshal()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := img.AddToken(keyslot.AnyToken, raw); err != nil {
+		return nil, err
+	}
+	if err := m.kms.Register(ctx, keyID, crn, w.VersionID, prevent); err != nil {
+		return nil, fmt.Errorf("registering %s with key %s: %w", crn, keyID, err)
+	}
+	if err := m.reg.Put(Entry{CRN: crn, Path: path, UUID: uuid, KeyID: keyID, Created: m.opts.Now().UTC()}); err != nil {
+		return nil, err
+	}
+	seg := img.Segment()
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	return &Info{
+		Path: path, UUID: uuid, CRN: crn, KeyID: keyID, KeyVersion: w.VersionID,
+		Size: st.Size() - int64(seg.Offset), SectorSize: seg.SectorSize, DataOffset: int64(seg.Offset),
+	}, nil
+}
+
+// findToken returns the crkvol-crk token of an image.
+func findToken(img *keyslot.Image) (int, *token, error) {
+	for _, t := range img.Tokens() {
+		if t.Type != TokenType {
+			continue
+		}
+		raw, err := img.Token(t.ID)
+		if err != nil {
+			return 0, nil, err
+		}
+		tok, err := parseToken(raw)
+		if err != nil {
+			return 0, nil, fmt.Errorf("token %d: %w", t.ID, err)
+		}
+		return t.ID, tok, nil
+	}
+	return 0, nil, ErrNoToken
+}
+
+// Open attaches a volume: the token's ciphertext is unwrapped by the key service, the
+// passphrase unlocks its keyslot, and the master key serves the data. If the key service
+// hands back a ciphertext rewrapped to a newer key version, it is stored in the token and the
+// registration is updated (lazy rewrap).
+func (m *Manager) Open(ctx context.Context, path string) (*Volume, error) {
+	f, img, err := openImage(path)
+	if err != nil {
+		return nil, err
+	}
+	v, err := m.open(ctx, f, img)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("volume: open %s: %w", path, err)
+	}
+	return v, nil
+}
+
+func (m *Manager) open(ctx context.Context, f *os.File, img *keyslot.Image) (*Volume, error) {
+	id, tok, err := findToken(img)
+	if err != nil {
+		return nil, err
+	}
+	if len(tok.Keyslots) == 0 || len(img.Keyslots()) == 0 {
+		return nil, fmt.Errorf("%w: no keyslot left", ErrErased)
+	}
+	ct, err := tok.ciphertext()
+	if err != nil {
+		return nil, err
+	}
+	u, err := m.kms.Unwrap(ctx, tok.KeyID, ct, []string{img.UUID()})
+	if err != nil {
+		return nil, fmt.Errorf("unwrapping the passphrase with key %s: %w", tok.KeyID, err)
+	}
+	defer clear(u.Plaintext)
+	var slot int
+	fmt.Sscan(tok.Keyslots[0], &slot)
+	key, _, err := img.Unlock(u.Plaintext, slot)
+	if err != nil {
+		return nil, err
+	}
+	if u.Rewrapped != nil {
+		if err := m.storeRewrapped(ctx, img, id, tok, u.Rewrapped); err != nil {
+			// The old wrapping still works; a later rotation or sync retries.
+			m.opts.Logger.Warn("lazy rewrap failed", "crn", tok.VolumeCRN, "err", err)
+		}
+	}
+	v, err := newVolume(f, img, key)
+	if err != nil {
+		clear(key)
+		return nil, err
+	}
+	return v, nil
+}
+
+// storeRewrapped replaces the token's ciphertext with w, unless another writer changed the
+// token meanwhile, and updates the registration.
+func (m *Manager) storeRewrapped(ctx context.Context, img *keyslot.Image, id int, old *token, w *Wrapped) error {
+	err := img.UpdateToken(id, func(cur json.RawMessage) ([]byte, error) {
+		t, err := parseToken(cur)
+		if err != nil {
+			return nil, err
+		}
+		if t.Ciphertext != old.Ciphertext {
+			return nil, errTokenChanged
+		}
+		t.Ciphertext = base64.StdEncoding.EncodeToString(w.Ciphertext)
+		t.KeyVersion = w.VersionID
+		t.WrappedAt = m.opts.Now().UTC().Truncate(time.Second)
+		return t.marshal()
+	})
+	if errors.Is(err, errTokenChanged) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return m.kms.UpdateRegistration(ctx, old.KeyID, old.VolumeCRN, w.VersionID)
+}
+
+var errTokenChanged = errors.New("token changed concurrently")
+
+// OpenWithPassphrase attaches a volume with one of its LUKS passphrases, without a key
+// service (recovery, or an image not adopted).
+func OpenWithPassphrase(path string, passphrase []byte) (*Volume, error) {
+	f, img, err := openImage(path)
+	if err != nil {
+		return nil, err
+	}
+	key, _, err := img.Unlock(passphrase, keyslot.AnyKeyslot)
+	if err == nil {
+		var v *Volume
+		if v, err = newVolume(f, img, key); err == nil {
+			return v, nil
+		}
+		clear(key)
+	}
+	f.Close()
+	return nil, fmt.Errorf("volume: open %s: %w", path, err)
+}
+
+func openImage(path string) (*os.File, *keyslot.Image, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("volume: %w", err)
+	}
+	img, err := keyslot.Open(f, nil)
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("volume: %s: %w", path, err)
+	}
+	return f, img, nil
+}
+
+// AdoptOptions tune Adopt.
+type AdoptOptions struct {
+	// AllowKeyDeletion registers the volume without preventKeyDeletion.
+	AllowKeyDeletion bool
+}
+
+// Adopt brings an existing LUKS2 image (made by cryptsetup, say) under a root key: with one of
+// its passphrases it adds a keyslot with a random passphrase, wraps that into a crkvol-crk
+// token and registers the volume. The data and the existing keyslots are untouched, so the
+// original passphrase keeps working.
+func (m *Manager) Adopt(ctx context.Context, path string, passphrase []byte, keyID string, opts AdoptOptions) (*Info, error) {
+	f, img, err := openImage(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if _, _, err := findToken(img); err == nil {
+		return nil, fmt.Errorf("volume: adopt %s: %w", path, ErrAlreadyAdopted)
+	}
+	if seg := img.Segment(); seg.Encryption != keyslot.SegmentEncryption {
+		return nil, fmt.Errorf("volume: adopt %s: %w: data cipher %q", path, ErrUnsupportedImage, seg.Encryption)
+	}
+	vk, _, err := img.Unlock(passphrase, keyslot.AnyKeyslot)
+	if err != nil {
+		return nil, fmt.Errorf("volume: adopt %s: %w", path, err)
+	}
+	defer clear(vk)
+	pass := make([]byte, passphraseSize)
+	defer clear(pass)
+	if _, err := io.ReadFull(m.opts.Rand, pass); err != nil {
+		return nil, fmt.Errorf("volume: reading random passphrase: %w", err)
+	}
+	slot, err := img.AddKeyslot(vk, pass, keyslot.KeyslotOptions{ID: keyslot.AnyKeyslot, KDF: passphraseKDF})
+	if err != nil {
+		return nil, fmt.Errorf("volume: adopt %s: adding a keyslot: %w", path, err)
+	}
+	info, err := m.enroll(ctx, img, path, keyID, slot, pass, !opts.AllowKeyDeletion)
+	if err != nil {
+		return nil, fmt.Errorf("volume: adopt %s: %w", path, err)
+	}
+	return info, nil
+}
+
+// Describe reads a volume's public facts (no key service needed).
+func Describe(path string) (*Info, error) {
+	f, img, err := openImage(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	_, tok, err := findToken(img)
+	if err != nil {
+		return nil, fmt.Errorf("volume: %s: %w", path, err)
+	}
+	seg := img.Segment()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	return &Info{
+		Path: path, UUID: img.UUID(), CRN: CRN(img.UUID()), KeyID: tok.KeyID, KeyVersion: tok.KeyVersion,
+		Size: st.Size() - int64(seg.Offset), SectorSize: seg.SectorSize, DataOffset: int64(seg.Offset),
+	}, nil
+}
+
+// DeleteOptions tune Delete.
+type DeleteOptions struct {
+	// CryptoErase destroys every keyslot first: the data becomes unrecoverable even with
+	// the key service.
+	CryptoErase bool
+	// RemoveImage deletes the image file.
+	RemoveImage bool
+}
+
+// Delete deregisters a volume from its key and the registry, optionally crypto-erasing it and
+// removing its image.
+func (m *Manager) Delete(ctx context.Context, path string, opts DeleteOptions) error {
+	f, img, err := openImage(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, tok, err := findToken(img)
+	if err != nil {
+		return fmt.Errorf("volume: delete %s: %w", path, err)
+	}
+	if opts.CryptoErase {
+		if err := img.Erase(); err != nil {
+			return fmt.Errorf("volume: crypto-erase %s: %w", path, err)
+		}
+	}
+	if err := m.kms.DeleteRegistration(ctx, tok.KeyID, tok.VolumeCRN); err != nil {
+		return fmt.Errorf("volume: delete %s: deregistering from key %s: %w", path, tok.KeyID, err)
+	}
+	if err := m.reg.Delete(tok.VolumeCRN); err != nil {
+		return err
+	}
+	if opts.RemoveImage {
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("volume: delete %s: %w", path, err)
+		}
+	}
+	return nil
+}

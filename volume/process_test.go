@@ -1,0 +1,98 @@
+package volume_test
+
+import (
+	"bytes"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"crkvol/volume"
+)
+
+const ioHelperEnv = "CRKVOL_IO_HELPER"
+
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(ioHelperEnv); spec != "" {
+		os.Exit(ioHelper(spec))
+	}
+	os.Exit(m.Run())
+}
+
+// ioHelper runs in a child process: it attaches a volume with its passphrase and writes and
+// verifies patterns until its stdin closes, then reports.
+func ioHelper(spec string) int {
+	var path, passHex string
+	fmt.Sscan(spec, &path, &passHex)
+	pass, err := hex.DecodeString(passHex)
+	if err != nil {
+		fmt.Println("bad spec")
+		return 2
+	}
+	v, err := volume.OpenWithPassphrase(path, pass)
+	if err != nil {
+		fmt.Println("open:", err)
+		return 1
+	}
+	defer v.Close()
+	fmt.Println("ready")
+	stop := make(chan struct{})
+	go func() {
+		buf := make([]byte, 1)
+		os.Stdin.Read(buf)
+		close(stop)
+	}()
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			fmt.Println("ok", i)
+			return 0
+		default:
+		}
+		off := int64(i%200) * 4096
+		p := pattern(4096+i%700, uint64(i))
+		if _, err := v.WriteAt(p, off+int64(i%13)); err != nil {
+			fmt.Println("write:", err)
+			return 1
+		}
+		got := make([]byte, len(p))
+		if _, err := v.ReadAt(got, off+int64(i%13)); err != nil {
+			fmt.Println("read:", err)
+			return 1
+		}
+		if !bytes.Equal(got, p) {
+			fmt.Println("mismatch at iteration", i)
+			return 1
+		}
+	}
+}
+
+// TestRotationWhileAnotherProcessDoesIO: a separate process keeps writing and reading an
+// attached volume while this one rotates the key five times; its I/O sees no error.
+func TestRotationWhileAnotherProcessDoesIO(t *testing.T) {
+	f := newFixture(t)
+	info := f.create(t, "shared.img", 2<<20)
+	pass := unwrapPassphrase(t, f, info.Path)
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	cmd := exec.Command(exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), ioHelperEnv+"="+info.Path+" "+hex.EncodeToString(pass))
+	stdin, err := cmd.StdinPipe()
+	require.NoError(t, err)
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	require.NoError(t, cmd.Start())
+	for range 5 {
+		f.rotate(t)
+		require.NoError(t, f.lastReport().Err())
+		require.Equal(t, 1, f.lastReport().Rewrapped)
+	}
+	stdin.Close()
+	err = cmd.Wait()
+	require.NoError(t, err, "helper: %s", out.String())
+	require.Contains(t, out.String(), "ready")
+	require.Contains(t, out.String(), "ok")
+}

@@ -1,0 +1,106 @@
+package volume
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Registry maps volume CRNs to their image files, so that a rotation can find every volume a
+// key protects. It is one bbolt file kept beside the key service's store; it holds no secrets.
+type Registry struct {
+	db *bolt.DB
+}
+
+// Entry is one registered volume.
+type Entry struct {
+	CRN     string    `json:"crn"`
+	Path    string    `json:"path"`
+	UUID    string    `json:"uuid"`
+	KeyID   string    `json:"key_id"`
+	Created time.Time `json:"created"`
+}
+
+var bucketVolumes = []byte("volumes")
+
+// ErrNotRegistered means no volume with that CRN is in the registry.
+var ErrNotRegistered = errors.New("volume not registered")
+
+// OpenRegistry opens (creating if needed) the registry at path.
+func OpenRegistry(path string) (*Registry, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("volume: opening registry %s: %w", path, err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(bucketVolumes)
+		return err
+	}); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return &Registry{db: db}, nil
+}
+
+// Close closes the registry.
+func (r *Registry) Close() error { return r.db.Close() }
+
+// Put adds or replaces an entry.
+func (r *Registry) Put(e Entry) error {
+	raw, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	return r.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketVolumes).Put([]byte(e.CRN), raw)
+	})
+}
+
+// Get returns the entry for a CRN.
+func (r *Registry) Get(crn string) (Entry, error) {
+	var e Entry
+	err := r.db.View(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(bucketVolumes).Get([]byte(crn))
+		if raw == nil {
+			return fmt.Errorf("%w: %s", ErrNotRegistered, crn)
+		}
+		return json.Unmarshal(raw, &e)
+	})
+	return e, err
+}
+
+// Delete removes the entry for a CRN; deleting a missing entry is not an error.
+func (r *Registry) Delete(crn string) error {
+	return r.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketVolumes).Delete([]byte(crn))
+	})
+}
+
+// List returns every entry, ordered by CRN.
+func (r *Registry) List() ([]Entry, error) {
+	var out []Entry
+	err := r.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketVolumes).ForEach(func(_, v []byte) error {
+			var e Entry
+			if err := json.Unmarshal(v, &e); err != nil {
+				return err
+			}
+			out = append(out, e)
+			return nil
+		})
+	})
+	slices.SortFunc(out, func(a, b Entry) int {
+		switch {
+		case a.CRN < b.CRN:
+			return -1
+		case a.CRN > b.CRN:
+			return 1
+		}
+		return 0
+	})
+	return out, err
+}

@@ -1,0 +1,258 @@
+package volume
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"crkvol/keyslot"
+)
+
+// Report describes one rewrap pass over the volumes of a key: after a rotation, a sync, or a
+// lazy-rewrap catch-up.
+type Report struct {
+	KeyID string
+	// NewVersion is the key version the volumes were brought to.
+	NewVersion string
+	// Volumes is the number of volumes the pass looked at.
+	Volumes int
+	// Rewrapped volumes got a new ciphertext; AlreadyCurrent ones had it already.
+	Rewrapped, AlreadyCurrent int
+	// Retries counts attempts beyond the first.
+	Retries int
+	// Failed maps CRNs to the error of their last attempt. A failed volume keeps its old,
+	// still valid wrapping.
+	Failed map[string]error
+	// BytesWritten is the total written to images, all header metadata.
+	BytesWritten int64
+	// Elapsed is the wall time of the pass; Latencies the per-volume times, sorted.
+	Elapsed   time.Duration
+	Latencies []time.Duration
+}
+
+// Percentile returns the q-th (0-1) per-volume latency.
+func (r *Report) Percentile(q float64) time.Duration {
+	if len(r.Latencies) == 0 {
+		return 0
+	}
+	i := int(q * float64(len(r.Latencies)-1))
+	return r.Latencies[i]
+}
+
+// Err summarises the failures, or returns nil.
+func (r *Report) Err() error {
+	if len(r.Failed) == 0 {
+		return nil
+	}
+	crns := make([]string, 0, len(r.Failed))
+	for c := range r.Failed {
+		crns = append(crns, c)
+	}
+	slices.Sort(crns)
+	errs := make([]error, 0, len(crns))
+	for _, c := range crns {
+		errs = append(errs, fmt.Errorf("%s: %w", c, r.Failed[c]))
+	}
+	return fmt.Errorf("volume: %d of %d volumes of key %s not rewrapped: %w", len(r.Failed), r.Volumes, r.KeyID, errors.Join(errs...))
+}
+
+// onRotate is the rotation hook: it rewraps the stale volumes of the rotated key.
+func (m *Manager) onRotate(ctx context.Context, n RotationNotice) error {
+	rep := m.Rewrap(ctx, n.KeyID, n.NewVersion, n.Stale)
+	if m.opts.OnReport != nil {
+		m.opts.OnReport(rep)
+	}
+	return rep.Err()
+}
+
+// Sync rewraps every volume of keyID whose registration is not on the key's latest version:
+// what a crash, a failure or an unreachable volume left behind.
+func (m *Manager) Sync(ctx context.Context, keyID string) (*Report, error) {
+	regs, latest, err := m.kms.Registrations(ctx, keyID)
+	if err != nil {
+		return nil, fmt.Errorf("volume: sync key %s: %w", keyID, err)
+	}
+	var stale []string
+	for _, r := range regs {
+		if r.VersionID != latest {
+			stale = append(stale, r.CRN)
+		}
+	}
+	// Registrations may be current while a token is not (a crash between the two writes
+	// is repaired by rewrapping every volume whose token lags; reading tokens is cheap).
+	for _, r := range regs {
+		if r.VersionID == latest {
+			if e, err := m.reg.Get(r.CRN); err == nil {
+				if info, err := Describe(e.Path); err == nil && info.KeyVersion != latest {
+					stale = append(stale, r.CRN)
+				}
+			}
+		}
+	}
+	rep := m.Rewrap(ctx, keyID, latest, stale)
+	if m.opts.OnReport != nil {
+		m.opts.OnReport(rep)
+	}
+	return rep, nil
+}
+
+// Rewrap brings the passphrase ciphertexts of the given volumes (by CRN) of key keyID to
+// version latest, on a pool of Workers goroutines, retrying failures with backoff. Each
+// volume is one atomic LUKS2 token update followed by its registration update; the data is
+// never touched.
+func (m *Manager) Rewrap(ctx context.Context, keyID, latest string, crns []string) *Report {
+	start := time.Now()
+	rep := &Report{KeyID: keyID, NewVersion: latest, Volumes: len(crns), Failed: map[string]error{}}
+	var mu sync.Mutex
+	jobs := make(chan string)
+	var wg sync.WaitGroup
+	for range min(m.opts.Workers, max(len(crns), 1)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for crn := range jobs {
+				t0 := time.Now()
+				res, attempts, err := m.rewrapWithRetry(ctx, keyID, latest, crn)
+				d := time.Since(t0)
+				mu.Lock()
+				rep.Retries += attempts - 1
+				rep.Latencies = append(rep.Latencies, d)
+				rep.BytesWritten += res.bytes
+				switch {
+				case err != nil:
+					rep.Failed[crn] = err
+				case res.changed:
+					rep.Rewrapped++
+				default:
+					rep.AlreadyCurrent++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, crn := range crns {
+		jobs <- crn
+	}
+	close(jobs)
+	wg.Wait()
+	sort.Slice(rep.Latencies, func(i, j int) bool { return rep.Latencies[i] < rep.Latencies[j] })
+	rep.Elapsed = time.Since(start)
+	m.opts.Logger.Info("rewrap pass done", "key", keyID, "version", latest, "volumes", rep.Volumes,
+		"rewrapped", rep.Rewrapped, "current", rep.AlreadyCurrent, "failed", len(rep.Failed), "retries", rep.Retries)
+	return rep
+}
+
+type rewrapResult struct {
+	changed bool
+	bytes   int64
+}
+
+// permanent marks errors not worth retrying.
+type permanent struct{ error }
+
+func (p permanent) Unwrap() error { return p.error }
+
+func (m *Manager) rewrapWithRetry(ctx context.Context, keyID, latest, crn string) (rewrapResult, int, error) {
+	var total rewrapResult
+	for attempt := 1; ; attempt++ {
+		res, err := m.rewrapOne(ctx, keyID, latest, crn)
+		total.bytes += res.bytes
+		total.changed = total.changed || res.changed
+		if err == nil {
+			return total, attempt, nil
+		}
+		var p permanent
+		if errors.As(err, &p) || attempt >= m.opts.Attempts || ctx.Err() != nil {
+			m.opts.Logger.Warn("rewrap failed", "crn", crn, "attempts", attempt, "err", err)
+			return total, attempt, err
+		}
+		if err := m.opts.Sleep(ctx, m.opts.Backoff(attempt)); err != nil {
+			return total, attempt, err
+		}
+	}
+}
+
+// rewrapOne rewraps one volume: under the image's exclusive lock it reads the token, has the
+// key service rewrap the ciphertext and commits the new token; then it updates the
+// registration. A failure at any point leaves the old ciphertext, still valid, in place.
+func (m *Manager) rewrapOne(ctx context.Context, keyID, latest, crn string) (res rewrapResult, err error) {
+	e, err := m.reg.Get(crn)
+	if err != nil {
+		return res, permanent{err}
+	}
+	f, err := os.OpenFile(e.Path, os.O_RDWR, 0)
+	if err != nil {
+		return res, fmt.Errorf("opening %s: %w", e.Path, err)
+	}
+	defer f.Close()
+	cf := &countingFile{File: f}
+	defer func() { res.bytes = cf.written }()
+	img, err := keyslot.Open(cf, nil)
+	if err != nil {
+		return res, err
+	}
+	id, tok, err := findToken(img)
+	if err != nil {
+		return res, permanent{err}
+	}
+	if tok.KeyID != keyID {
+		return res, permanent{fmt.Errorf("volume %s is protected by key %s, not %s", crn, tok.KeyID, keyID)}
+	}
+	version := tok.KeyVersion
+	uuid := img.UUID() // fn below runs under the image's lock: no Image methods in it
+	if version != latest || latest == "" {
+		err = img.UpdateToken(id, func(cur json.RawMessage) ([]byte, error) {
+			t, err := parseToken(cur)
+			if err != nil {
+				return nil, err
+			}
+			if t.KeyVersion == latest && latest != "" {
+				version = t.KeyVersion
+				return nil, errTokenChanged // someone else got there first
+			}
+			ct, err := t.ciphertext()
+			if err != nil {
+				return nil, err
+			}
+			w, err := m.kms.Rewrap(ctx, keyID, ct, []string{uuid})
+			if err != nil {
+				return nil, fmt.Errorf("rewrapping with key %s: %w", keyID, err)
+			}
+			t.Ciphertext = base64.StdEncoding.EncodeToString(w.Ciphertext)
+			t.KeyVersion, version = w.VersionID, w.VersionID
+			t.WrappedAt = m.opts.Now().UTC().Truncate(time.Second)
+			return t.marshal()
+		})
+		switch {
+		case errors.Is(err, errTokenChanged):
+		case err != nil:
+			return res, err
+		default:
+			res.changed = true
+		}
+	}
+	if err := m.kms.UpdateRegistration(ctx, keyID, crn, version); err != nil {
+		return res, fmt.Errorf("updating the registration: %w", err)
+	}
+	return res, nil
+}
+
+// countingFile counts the bytes written through it; it keeps *os.File's Fd and Sync so the
+// keyslot package still locks and syncs.
+type countingFile struct {
+	*os.File
+	written int64
+}
+
+func (c *countingFile) WriteAt(p []byte, off int64) (int, error) {
+	n, err := c.File.WriteAt(p, off)
+	c.written += int64(n)
+	return n, err
+}

@@ -1,0 +1,257 @@
+package volume
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+
+	"crkvol/keyslot"
+	"crkvol/volume/sector"
+)
+
+// Errors of volume I/O.
+var (
+	// ErrClosed means the volume has been closed.
+	ErrClosed = errors.New("volume is closed")
+	// ErrOutOfRange means a write or a negative offset falls outside the volume.
+	ErrOutOfRange = errors.New("offset out of range")
+	// ErrUnsupportedImage means the image's data segment is not one this package serves.
+	ErrUnsupportedImage = errors.New("unsupported volume image")
+)
+
+const (
+	lockStripes = 1024    // per-sector locks, striped
+	chunkSize   = 1 << 20 // bytes encrypted per buffer
+)
+
+// Volume is an attached (unlocked) volume: its data reads and writes through aes-xts-plain64
+// at any offset and length. It implements io.ReaderAt and io.WriterAt and is safe for use by
+// many goroutines at once; writes that share a sector are serialised so a sector is never torn.
+// The master key lives only in memory and is cleared by Close.
+type Volume struct {
+	f       *os.File
+	img     *keyslot.Image
+	c       *sector.Cipher
+	key     []byte
+	uuid    string
+	dataOff int64
+	size    int64
+	ss      int64
+
+	mu     sync.RWMutex // I/O holds it shared, Close exclusively
+	closed bool
+	locks  [lockStripes]sync.Mutex
+	bufs   sync.Pool
+}
+
+// newVolume serves the data segment of an unlocked image. It takes ownership of f and key.
+func newVolume(f *os.File, img *keyslot.Image, key []byte) (*Volume, error) {
+	seg := img.Segment()
+	if seg.Encryption != keyslot.SegmentEncryption {
+		return nil, fmt.Errorf("%w: data cipher %q, want %s", ErrUnsupportedImage, seg.Encryption, keyslot.SegmentEncryption)
+	}
+	if len(seg.Extra) > 0 {
+		return nil, fmt.Errorf("%w: data segment has %v, which this package does not implement", ErrUnsupportedImage, seg.Extra)
+	}
+	if len(img.Requirements()) > 0 {
+		return nil, fmt.Errorf("%w: image requires %v", ErrUnsupportedImage, img.Requirements())
+	}
+	c, err := sector.New(key, seg.SectorSize)
+	if err != nil {
+		return nil, fmt.Errorf("volume: %w", err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	size := int64(seg.Size)
+	if seg.Dynamic {
+		size = st.Size() - int64(seg.Offset)
+	} else if st.Size() < int64(seg.Offset)+size {
+		return nil, fmt.Errorf("%w: image is %d bytes, its segment ends at %d", ErrUnsupportedImage, st.Size(), int64(seg.Offset)+size)
+	}
+	ss := int64(seg.SectorSize)
+	if size <= 0 || size%ss != 0 {
+		return nil, fmt.Errorf("%w: data area of %d bytes is not a positive multiple of the %d-byte sector size", ErrUnsupportedImage, size, ss)
+	}
+	v := &Volume{f: f, img: img, c: c, key: key, uuid: img.UUID(), dataOff: int64(seg.Offset), size: size, ss: ss}
+	v.bufs.New = func() any { b := make([]byte, chunkSize+2*ss); return &b }
+	return v, nil
+}
+
+// Size returns the data size in bytes.
+func (v *Volume) Size() int64 { return v.size }
+
+// SectorSize returns the encryption sector size in bytes.
+func (v *Volume) SectorSize() int { return int(v.ss) }
+
+// UUID returns the LUKS2 header UUID.
+func (v *Volume) UUID() string { return v.uuid }
+
+// CRN returns the volume's CRN.
+func (v *Volume) CRN() string { return CRN(v.uuid) }
+
+// Path returns the image file's path.
+func (v *Volume) Path() string { return v.f.Name() }
+
+// ReadAt reads len(p) bytes of data from offset off. Past the end it returns io.EOF, as
+// io.ReaderAt requires.
+func (v *Volume) ReadAt(p []byte, off int64) (int, error) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	if v.closed {
+		return 0, ErrClosed
+	}
+	if off < 0 {
+		return 0, fmt.Errorf("volume: read at %d: %w", off, ErrOutOfRange)
+	}
+	if off >= v.size {
+		return 0, io.EOF
+	}
+	want := len(p)
+	if int64(want) > v.size-off {
+		p = p[:v.size-off]
+	}
+	done := 0
+	for done < len(p) {
+		pos := off + int64(done)
+		start := pos - pos%v.ss
+		n := min(len(p)-done, chunkSize-int(pos-start))
+		if pos == start && int64(n)%v.ss == 0 {
+			// Whole sectors: read and decrypt in the caller's buffer.
+			dst := p[done : done+n]
+			if err := v.readSectors(dst, start); err != nil {
+				return done, err
+			}
+		} else {
+			end := roundUp(pos+int64(n), v.ss)
+			bp := v.bufs.Get().(*[]byte)
+			buf := (*bp)[:end-start]
+			err := v.readSectors(buf, start)
+			if err == nil {
+				copy(p[done:done+n], buf[pos-start:])
+			}
+			v.bufs.Put(bp)
+			if err != nil {
+				return done, err
+			}
+		}
+		done += n
+	}
+	if done < want {
+		return done, io.EOF
+	}
+	return done, nil
+}
+
+// readSectors reads and decrypts whole sectors starting at data offset start.
+func (v *Volume) readSectors(buf []byte, start int64) error {
+	if _, err := v.f.ReadAt(buf, v.dataOff+start); err != nil {
+		return fmt.Errorf("volume: reading %d bytes at %d: %w", len(buf), start, err)
+	}
+	v.c.DecryptSectors(buf, buf, uint64(start)/sector.IVUnit)
+	return nil
+}
+
+// WriteAt writes len(p) bytes at offset off. Writes must lie within the volume; partial
+// sectors are read, merged and rewritten under the sector's lock.
+func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	if v.closed {
+		return 0, ErrClosed
+	}
+	if off < 0 || off > v.size || int64(len(p)) > v.size-off {
+		return 0, fmt.Errorf("volume: write of %d bytes at %d past the %d-byte volume: %w", len(p), off, v.size, ErrOutOfRange)
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	unlock := v.lockSectors(off/v.ss, (off+int64(len(p))-1)/v.ss)
+	defer unlock()
+
+	bp := v.bufs.Get().(*[]byte)
+	defer v.bufs.Put(bp)
+	done := 0
+	for done < len(p) {
+		pos := off + int64(done)
+		start := pos - pos%v.ss
+		n := min(len(p)-done, chunkSize-int(pos-start))
+		end := roundUp(pos+int64(n), v.ss)
+		buf := (*bp)[:end-start]
+		// Partial first or last sector: start from the current contents.
+		if pos != start {
+			if err := v.readSectors(buf[:v.ss], start); err != nil {
+				return done, err
+			}
+		}
+		if last := end - v.ss; pos+int64(n) != end && (last != start || pos == start) {
+			if err := v.readSectors(buf[last-start:], last); err != nil {
+				return done, err
+			}
+		}
+		copy(buf[pos-start:], p[done:done+n])
+		v.c.EncryptSectors(buf, buf, uint64(start)/sector.IVUnit)
+		if _, err := v.f.WriteAt(buf, v.dataOff+start); err != nil {
+			return done, fmt.Errorf("volume: writing %d bytes at %d: %w", len(buf), start, err)
+		}
+		done += n
+	}
+	return done, nil
+}
+
+// lockSectors locks the stripes of sectors first..last in ascending stripe order.
+func (v *Volume) lockSectors(first, last int64) func() {
+	n := last - first + 1
+	var lo [2][2]int64 // up to two ascending runs of stripe indices
+	runs := 1
+	if n >= lockStripes {
+		lo[0] = [2]int64{0, lockStripes - 1}
+	} else {
+		a, b := first%lockStripes, last%lockStripes
+		if a <= b {
+			lo[0] = [2]int64{a, b}
+		} else {
+			lo[0], lo[1] = [2]int64{0, b}, [2]int64{a, lockStripes - 1}
+			runs = 2
+		}
+	}
+	for r := 0; r < runs; r++ {
+		for i := lo[r][0]; i <= lo[r][1]; i++ {
+			v.locks[i].Lock()
+		}
+	}
+	return func() {
+		for r := 0; r < runs; r++ {
+			for i := lo[r][0]; i <= lo[r][1]; i++ {
+				v.locks[i].Unlock()
+			}
+		}
+	}
+}
+
+// Sync flushes written data to stable storage.
+func (v *Volume) Sync() error {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	if v.closed {
+		return ErrClosed
+	}
+	return v.f.Sync()
+}
+
+// Close clears the master key and closes the image. Later calls return ErrClosed.
+func (v *Volume) Close() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return ErrClosed
+	}
+	v.closed = true
+	clear(v.key)
+	return v.f.Close()
+}
+
+func roundUp(n, m int64) int64 { return (n + m - 1) / m * m }
