@@ -120,7 +120,10 @@ type Info struct {
 	UUID       string
 	CRN        string
 	KeyID      string
+	KeyCRN     string
 	KeyVersion string
+	// WrappedAt is when the passphrase ciphertext was last made.
+	WrappedAt  time.Time
 	Size       int64
 	SectorSize int
 	DataOffset int64
@@ -134,6 +137,8 @@ type CreateOptions struct {
 	Size int64
 	// SectorSize is 512, 1024, 2048 or 4096 (default).
 	SectorSize int
+	// KeySize is the master key size in bytes: 64 (AES-256-XTS, default) or 32.
+	KeySize int
 	// MetadataSize and KeyslotsSize are the LUKS2 header areas (cryptsetup's defaults if
 	// zero; small values keep simulated fleets small).
 	MetadataSize, KeyslotsSize uint64
@@ -187,7 +192,7 @@ func (m *Manager) Create(ctx context.Context, path string, opts CreateOptions) (
 		return nil, fmt.Errorf("volume: reading random passphrase: %w", err)
 	}
 	img, vk, err := keyslot.Format(f, uint64(dataOff+opts.Size), pass, keyslot.FormatOptions{
-		KDF: passphraseKDF, SectorSize: opts.SectorSize, MetadataSize: meta, KeyslotsSize: ks,
+		KDF: passphraseKDF, SectorSize: opts.SectorSize, KeySize: opts.KeySize, MetadataSize: meta, KeyslotsSize: ks,
 		DataOffset: uint64(dataOff), Label: opts.Label, Rand: m.opts.Rand,
 	})
 	if err != nil {
@@ -243,7 +248,7 @@ func (m *Manager) enroll(ctx context.Context, img *keyslot.Image, path, keyID st
 		return nil, err
 	}
 	return &Info{
-		Path: path, UUID: uuid, CRN: crn, KeyID: keyID, KeyVersion: w.VersionID,
+		Path: path, UUID: uuid, CRN: crn, KeyID: keyID, KeyCRN: keyCRN, KeyVersion: w.VersionID, WrappedAt: tok.WrappedAt,
 		Size: st.Size() - int64(seg.Offset), SectorSize: seg.SectorSize, DataOffset: int64(seg.Offset),
 	}, nil
 }
@@ -440,7 +445,8 @@ func Describe(path string) (*Info, error) {
 		return nil, err
 	}
 	return &Info{
-		Path: path, UUID: img.UUID(), CRN: CRN(img.UUID()), KeyID: tok.KeyID, KeyVersion: tok.KeyVersion,
+		Path: path, UUID: img.UUID(), CRN: CRN(img.UUID()), KeyID: tok.KeyID, KeyCRN: tok.KeyCRN,
+		KeyVersion: tok.KeyVersion, WrappedAt: tok.WrappedAt,
 		Size: st.Size() - int64(seg.Offset), SectorSize: seg.SectorSize, DataOffset: int64(seg.Offset),
 	}, nil
 }
@@ -483,4 +489,39 @@ func (m *Manager) Delete(ctx context.Context, path string, opts DeleteOptions) e
 		}
 	}
 	return nil
+}
+
+// UnwrapPassphrase returns a volume's LUKS passphrase, unwrapped by the key service and
+// checked against its keyslot — for handing to cryptsetup --key-file. The caller must clear
+// it and must never log or display it.
+func (m *Manager) UnwrapPassphrase(ctx context.Context, path string) ([]byte, error) {
+	f, img, err := openImage(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	_, tok, err := findToken(img)
+	if err != nil {
+		return nil, fmt.Errorf("volume: %s: %w", path, err)
+	}
+	if len(tok.Keyslots) == 0 {
+		return nil, fmt.Errorf("volume: %s: %w", path, ErrErased)
+	}
+	ct, err := tok.ciphertext()
+	if err != nil {
+		return nil, err
+	}
+	u, err := m.kms.Unwrap(ctx, tok.KeyID, ct, []string{img.UUID()})
+	if err != nil {
+		return nil, fmt.Errorf("volume: %s: unwrapping the passphrase with key %s: %w", path, tok.KeyID, err)
+	}
+	var slot int
+	fmt.Sscan(tok.Keyslots[0], &slot)
+	key, _, err := img.Unlock(u.Plaintext, slot)
+	if err != nil {
+		clear(u.Plaintext)
+		return nil, fmt.Errorf("volume: %s: %w", path, err)
+	}
+	clear(key)
+	return u.Plaintext, nil
 }

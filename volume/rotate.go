@@ -103,6 +103,23 @@ func (m *Manager) Sync(ctx context.Context, keyID string) (*Report, error) {
 	return rep, nil
 }
 
+// RewrapVolume brings one volume to its key's latest version.
+func (m *Manager) RewrapVolume(ctx context.Context, path string) (*Report, error) {
+	info, err := Describe(path)
+	if err != nil {
+		return nil, err
+	}
+	_, latest, err := m.kms.Registrations(ctx, info.KeyID)
+	if err != nil {
+		return nil, fmt.Errorf("volume: rewrap %s: %w", path, err)
+	}
+	if _, err := m.reg.Get(info.CRN); err != nil {
+		return nil, fmt.Errorf("volume: rewrap %s: %w", path, err)
+	}
+	rep := m.Rewrap(ctx, info.KeyID, latest, []string{info.CRN})
+	return rep, rep.Err()
+}
+
 // Rewrap brings the passphrase ciphertexts of the given volumes (by CRN) of key keyID to
 // version latest, on a pool of Workers goroutines, retrying failures with backoff. Each
 // volume is one atomic LUKS2 token update followed by its registration update; the data is

@@ -1,0 +1,218 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"crkvol/crk"
+	"crkvol/volume"
+	"crkvol/volume/kms"
+)
+
+// usageError marks errors in how the command was called (exit status 2).
+type usageError struct{ error }
+
+func (u usageError) Unwrap() error { return u.error }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+// app carries one invocation's settings and, once opened, its services.
+type app struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	getenv         func(string) string
+
+	stateDir string
+	asJSON   bool
+	now      string
+
+	svc     *crk.Service
+	reg     *volume.Registry
+	mgr     *volume.Manager
+	reports []*volume.Report
+}
+
+// run executes one command line and returns the exit status.
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
+	a := &app{stdin: stdin, stdout: stdout, stderr: stderr, getenv: getenv}
+	root := a.rootCommand()
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.Execute()
+	a.close()
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintf(stderr, "crkvol: %s\n", err)
+	var u usageError
+	if errors.As(err, &u) || isCobraUsage(err) {
+		return 2
+	}
+	return 1
+}
+
+// isCobraUsage recognises cobra's own usage errors (unknown command or flag, bad arguments).
+func isCobraUsage(err error) bool {
+	msg := err.Error()
+	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand", "accepts ", "requires ", "flag needs", "invalid argument", "required flag", "if any flags in the group"} {
+		if strings.Contains(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// group returns a command that only holds subcommands: run alone it is a usage error.
+func group(use, short string) *cobra.Command {
+	return &cobra.Command{Use: use, Short: short, Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usagef("unknown command %q for %q", args[0], cmd.CommandPath())
+			}
+			return usagef("%s: missing subcommand (see %s --help)", cmd.CommandPath(), cmd.CommandPath())
+		}}
+}
+
+func (a *app) rootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "crkvol",
+		Short: "Encrypted volume images protected by customer root keys",
+		Long: `crkvol creates, attaches and rotates LUKS2 volume images whose passphrase is wrapped by a
+customer root key (CRK) in an embedded Key Protect-style key service.`,
+		SilenceErrors: true,
+		SilenceUsage:  true,
+	}
+	root.PersistentFlags().StringVar(&a.stateDir, "state", "", "state directory: KMS store, master key file, volume registry (env CRKVOL_STATE)")
+	root.PersistentFlags().BoolVar(&a.asJSON, "json", false, "machine-readable JSON output")
+	root.PersistentFlags().StringVar(&a.now, "now", "", "service clock start, RFC 3339 (env CRKVOL_NOW); it advances in real time")
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(a.keyCommand(), a.volumeCommand(), a.eventsCommand(), a.demoCommand())
+	return root
+}
+
+// stateDirectory resolves --state, $CRKVOL_STATE, $XDG_DATA_HOME/crkvol, ~/.local/share/crkvol.
+func (a *app) stateDirectory() (string, error) {
+	switch {
+	case a.stateDir != "":
+		return a.stateDir, nil
+	case a.getenv("CRKVOL_STATE") != "":
+		return a.getenv("CRKVOL_STATE"), nil
+	case a.getenv("XDG_DATA_HOME") != "":
+		return filepath.Join(a.getenv("XDG_DATA_HOME"), "crkvol"), nil
+	}
+	home := a.getenv("HOME")
+	if home == "" {
+		return "", errors.New("no state directory: set --state, CRKVOL_STATE or HOME")
+	}
+	return filepath.Join(home, ".local", "share", "crkvol"), nil
+}
+
+// clock returns the service clock: --now / CRKVOL_NOW advancing in real time, or the wall
+// clock.
+func (a *app) clock() (crk.Clock, error) {
+	now := a.now
+	if now == "" {
+		now = a.getenv("CRKVOL_NOW")
+	}
+	if now == "" {
+		return crk.SystemClock{}, nil
+	}
+	t, err := time.Parse(time.RFC3339, now)
+	if err != nil {
+		return nil, usagef("--now %q: want an RFC 3339 time such as 2026-01-02T15:04:05Z", now)
+	}
+	return &offsetClock{base: t.UTC(), start: time.Now()}, nil
+}
+
+// offsetClock starts at base and advances in real time.
+type offsetClock struct {
+	base, start time.Time
+}
+
+func (c *offsetClock) Now() time.Time { return c.base.Add(time.Since(c.start)) }
+
+// open opens the key service, the registry and the volume manager, then runs the policy
+// rotations that came due on the service clock (with their rewraps).
+func (a *app) open(ctx context.Context) error {
+	if a.svc != nil {
+		return nil
+	}
+	dir, err := a.stateDirectory()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	clock, err := a.clock()
+	if err != nil {
+		return err
+	}
+	svc, err := crk.Open(filepath.Join(dir, "crk.db"), crk.Options{Clock: clock, Initiator: "crkvol-cli"})
+	if err != nil {
+		return err
+	}
+	reg, err := volume.OpenRegistry(filepath.Join(dir, "volumes.db"))
+	if err != nil {
+		svc.Close()
+		return err
+	}
+	a.svc, a.reg = svc, reg
+	a.mgr = volume.NewManager(kms.NewLocal(svc), reg, volume.Options{
+		Now:      clock.Now,
+		OnReport: func(r *volume.Report) { a.reports = append(a.reports, r) },
+	})
+	res, err := svc.RunDue(ctx)
+	if err != nil {
+		return fmt.Errorf("running due rotations: %w", err)
+	}
+	for _, id := range res.Rotated {
+		fmt.Fprintf(a.stderr, "crkvol: rotation policy rotated key %s\n", id)
+	}
+	return nil
+}
+
+func (a *app) close() {
+	if a.mgr != nil {
+		a.mgr.Close()
+	}
+	if a.reg != nil {
+		a.reg.Close()
+	}
+	if a.svc != nil {
+		a.svc.Close()
+	}
+}
+
+// emit prints v as indented JSON.
+func (a *app) emit(v any) error {
+	enc := json.NewEncoder(a.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w any) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// rfc3339 formats a time, or "" for the zero time.
+func rfc3339(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
+}

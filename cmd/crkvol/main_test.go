@@ -1,0 +1,163 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rogpeppe/go-internal/testscript"
+
+	"crkvol/volume"
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(testscript.RunMain(m, map[string]func() int{
+		"crkvol": func() int { return run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Getenv) },
+	}))
+}
+
+// TestScripts runs the CLI scripts in testdata/*.txtar. Scripts that need cryptsetup are
+// skipped without it, except under CI=true, where it is required.
+func TestScripts(t *testing.T) {
+	if _, err := exec.LookPath("cryptsetup"); err != nil && os.Getenv("CI") == "true" {
+		t.Fatal("cryptsetup is required in CI but not installed (apt-get install cryptsetup-bin)")
+	}
+	testscript.Run(t, testscript.Params{
+		Dir: "testdata",
+		Setup: func(env *testscript.Env) error {
+			env.Setenv("CRKVOL_STATE", env.WorkDir+"/state")
+			env.Setenv("CRKVOL_NOW", "2026-06-01T12:00:00Z")
+			env.Setenv("CRKVOL_MASTER_KEY", "")
+			return nil
+		},
+		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+			"setjson":            cmdSetJSON,
+			"exitcode":           cmdExitCode,
+			"cmpprefix":          cmdCmpPrefix,
+			"mode":               cmdMode,
+			"later":              cmdLater,
+			"truncate-to-header": cmdTruncateToHeader,
+			"zerofile":           cmdZeroFile,
+		},
+	})
+}
+
+// setjson VAR PATH: set $VAR to the field at dotted PATH (e.g. keyVersion.id or
+// resources.0.id) of the JSON on the last command's stdout.
+func cmdSetJSON(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: setjson VAR PATH")
+	}
+	var v any
+	if err := json.Unmarshal([]byte(ts.ReadFile("stdout")), &v); err != nil {
+		ts.Fatalf("stdout is not JSON: %v", err)
+	}
+	for _, p := range strings.Split(args[1], ".") {
+		switch x := v.(type) {
+		case map[string]any:
+			v = x[p]
+		case []any:
+			i, err := strconv.Atoi(p)
+			if err != nil || i >= len(x) {
+				ts.Fatalf("no element %s", p)
+			}
+			v = x[i]
+		default:
+			ts.Fatalf("cannot index %T with %s", v, p)
+		}
+	}
+	if v == nil {
+		ts.Fatalf("no field %s in stdout", args[1])
+	}
+	ts.Setenv(args[0], fmt.Sprint(v))
+}
+
+// exitcode N CMD ARGS...: run a command and check its exit status.
+func cmdExitCode(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 2 {
+		ts.Fatalf("usage: exitcode N command args...")
+	}
+	want, err := strconv.Atoi(args[0])
+	if err != nil {
+		ts.Fatalf("bad exit code %q", args[0])
+	}
+	err = ts.Exec(args[1], args[2:]...)
+	got := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		got = ee.ExitCode()
+	} else if err != nil {
+		ts.Fatalf("%v", err)
+	}
+	if got != want {
+		ts.Fatalf("exit status %d, want %d", got, want)
+	}
+}
+
+// cmpprefix A B: file A equals the first len(A) bytes of file B.
+func cmdCmpPrefix(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 2 {
+		ts.Fatalf("usage: cmpprefix A B")
+	}
+	a, err := os.ReadFile(ts.MkAbs(args[0]))
+	ts.Check(err)
+	b, err := os.ReadFile(ts.MkAbs(args[1]))
+	ts.Check(err)
+	ok := len(b) >= len(a) && bytes.Equal(a, b[:len(a)])
+	if ok == neg {
+		ts.Fatalf("%s prefix of %s: %v", args[0], args[1], ok)
+	}
+}
+
+// mode FILE PERM: check a file's permission bits, e.g. mode key.bin 0600.
+func cmdMode(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: mode FILE PERM")
+	}
+	st, err := os.Stat(ts.MkAbs(args[0]))
+	ts.Check(err)
+	want, err := strconv.ParseUint(args[1], 8, 32)
+	ts.Check(err)
+	if got := uint64(st.Mode().Perm()); got != want {
+		ts.Fatalf("%s has mode %o, want %o", args[0], got, want)
+	}
+}
+
+// later DURATION: move $CRKVOL_NOW forward.
+func cmdLater(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: later DURATION")
+	}
+	d, err := time.ParseDuration(args[0])
+	ts.Check(err)
+	t, err := time.Parse(time.RFC3339, ts.Getenv("CRKVOL_NOW"))
+	ts.Check(err)
+	ts.Setenv("CRKVOL_NOW", t.Add(d).Format(time.RFC3339))
+}
+
+// truncate-to-header IMG: cut an image off at its data offset, as a failed copy would.
+func cmdTruncateToHeader(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: truncate-to-header IMG")
+	}
+	info, err := volume.Describe(ts.MkAbs(args[0]))
+	ts.Check(err)
+	ts.Check(os.Truncate(ts.MkAbs(args[0]), info.DataOffset))
+}
+
+// zerofile FILE N: write a file of N zero bytes.
+func cmdZeroFile(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: zerofile FILE N")
+	}
+	n, err := strconv.Atoi(args[1])
+	ts.Check(err)
+	ts.Check(os.WriteFile(ts.MkAbs(args[0]), make([]byte, n), 0o600))
+}

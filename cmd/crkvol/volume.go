@@ -1,0 +1,406 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"text/tabwriter"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+
+	"crkvol/keyslot"
+	"crkvol/volume"
+)
+
+func (a *app) volumeCommand() *cobra.Command {
+	vol := group("volume", "Create, attach, rotate and delete volume images")
+
+	var sizeStr, keyID string
+	var sectorSize, keyBits int
+	var wipe bool
+	create := &cobra.Command{Use: "create IMG", Short: "Create a volume image protected by a root key", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			size, err := volume.ParseSize(sizeStr)
+			if err != nil {
+				return usageError{err}
+			}
+			if keyBits != 256 && keyBits != 512 {
+				return usagef("volume create: --cipher-key-bits %d: want 256 (AES-128-XTS) or 512 (AES-256-XTS)", keyBits)
+			}
+			if err := a.open(cmd.Context()); err != nil {
+				return err
+			}
+			info, err := a.mgr.Create(cmd.Context(), args[0], volume.CreateOptions{
+				KeyID: keyID, Size: size, SectorSize: sectorSize, KeySize: keyBits / 8,
+			})
+			if err != nil {
+				return err
+			}
+			if wipe {
+				if err := a.wipe(cmd.Context(), info.Path, size); err != nil {
+					return err
+				}
+			}
+			return a.printStatus(info.Path)
+		}}
+	create.Flags().StringVar(&sizeStr, "size", "", "data size, such as 64MiB or 10GiB (required)")
+	create.Flags().StringVar(&keyID, "key", "", "root key id (required)")
+	create.Flags().IntVar(&sectorSize, "sector-size", 4096, "encryption sector size: 512, 1024, 2048 or 4096")
+	create.Flags().IntVar(&keyBits, "cipher-key-bits", 512, "aes-xts-plain64 key size: 512 or 256")
+	create.Flags().BoolVar(&wipe, "wipe", false, "write zeros through the encryption so the volume reads as zeros")
+	create.MarkFlagRequired("size")
+	create.MarkFlagRequired("key")
+
+	var passFile string
+	adopt := &cobra.Command{Use: "adopt IMG", Short: "Bring an existing LUKS2 image under a root key", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pass, err := os.ReadFile(passFile)
+			if err != nil {
+				return fmt.Errorf("volume adopt: passphrase file: %w", err)
+			}
+			defer clear(pass)
+			if err := a.open(cmd.Context()); err != nil {
+				return err
+			}
+			info, err := a.mgr.Adopt(cmd.Context(), args[0], pass, keyID, volume.AdoptOptions{})
+			if err != nil {
+				return err
+			}
+			return a.printStatus(info.Path)
+		}}
+	adopt.Flags().StringVar(&keyID, "key", "", "root key id (required)")
+	adopt.Flags().StringVar(&passFile, "passphrase-file", "", "file holding one of the image's passphrases (required)")
+	adopt.MarkFlagRequired("key")
+	adopt.MarkFlagRequired("passphrase-file")
+
+	status := &cobra.Command{Use: "status IMG", Short: "Show a volume's header, key and wrapping", Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error { return a.printStatus(args[0]) }}
+
+	list := &cobra.Command{Use: "list", Short: "List registered volumes", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := a.open(cmd.Context()); err != nil {
+				return err
+			}
+			entries, err := a.reg.List()
+			if err != nil {
+				return err
+			}
+			type row struct {
+				Path       string `json:"path"`
+				CRN        string `json:"crn"`
+				KeyID      string `json:"keyId"`
+				KeyVersion string `json:"keyVersion"`
+				Error      string `json:"error,omitempty"`
+			}
+			rows := []row{}
+			for _, e := range entries {
+				r := row{Path: e.Path, CRN: e.CRN, KeyID: e.KeyID}
+				if info, err := volume.Describe(e.Path); err != nil {
+					r.Error = err.Error()
+				} else {
+					r.KeyVersion = info.KeyVersion
+				}
+				rows = append(rows, r)
+			}
+			if a.asJSON {
+				return a.emit(rows)
+			}
+			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "PATH\tKEY ID\tKEY VERSION\tCRN")
+			for _, r := range rows {
+				v := r.KeyVersion
+				if r.Error != "" {
+					v = "error: " + r.Error
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", r.Path, r.KeyID, v, r.CRN)
+			}
+			return w.Flush()
+		}}
+
+	var offset, length int64
+	var input, output string
+	write := &cobra.Command{Use: "write IMG", Short: "Write data (stdin or --input) into a volume", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			in := a.stdin
+			var total int64 = -1
+			if input != "" {
+				f, err := os.Open(input)
+				if err != nil {
+					return fmt.Errorf("volume write: %w", err)
+				}
+				defer f.Close()
+				if st, err := f.Stat(); err == nil {
+					total = st.Size()
+				}
+				in = f
+			}
+			v, err := a.attach(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			defer v.Close()
+			if total >= 0 && offset+total > v.Size() {
+				return fmt.Errorf("volume write: %d bytes at offset %d do not fit the %d-byte volume", total, offset, v.Size())
+			}
+			n, err := copyWithProgress(a, io.NewOffsetWriter(v, offset), in, total, "writing")
+			if err != nil {
+				return fmt.Errorf("volume write: after %d bytes: %w", n, err)
+			}
+			if err := v.Sync(); err != nil {
+				return fmt.Errorf("volume write: %w", err)
+			}
+			if a.asJSON {
+				return a.emit(map[string]any{"path": args[0], "offset": offset, "bytes": n})
+			}
+			fmt.Fprintf(a.stderr, "wrote %d bytes at offset %d\n", n, offset)
+			return nil
+		}}
+	write.Flags().Int64Var(&offset, "offset", 0, "byte offset in the volume")
+	write.Flags().StringVar(&input, "input", "", "read the data from this file instead of stdin")
+
+	read := &cobra.Command{Use: "read IMG", Short: "Read data from a volume (to stdout or --output)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			v, err := a.attach(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			defer v.Close()
+			if offset < 0 || offset > v.Size() {
+				return fmt.Errorf("volume read: offset %d is past the end of the %d-byte volume", offset, v.Size())
+			}
+			n := length
+			if n < 0 {
+				n = v.Size() - offset
+			}
+			if offset+n > v.Size() {
+				return fmt.Errorf("volume read: %d bytes at offset %d run past the end of the %d-byte volume", n, offset, v.Size())
+			}
+			out := a.stdout
+			if output != "" {
+				f, err := os.OpenFile(output, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+				if err != nil {
+					return fmt.Errorf("volume read: %w", err)
+				}
+				defer f.Close()
+				out = f
+			}
+			bw := bufio.NewWriterSize(out, 1<<20)
+			if _, err := copyWithProgress(a, bw, io.NewSectionReader(v, offset, n), n, "reading"); err != nil {
+				return fmt.Errorf("volume read: %w", err)
+			}
+			return bw.Flush()
+		}}
+	read.Flags().Int64Var(&offset, "offset", 0, "byte offset in the volume")
+	read.Flags().Int64Var(&length, "length", -1, "bytes to read (default: to the end)")
+	read.Flags().StringVar(&output, "output", "", "write the data to this file instead of stdout")
+
+	passphrase := &cobra.Command{Use: "passphrase IMG", Short: "Write the unwrapped LUKS passphrase to a new 0600 file (for cryptsetup --key-file)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if output == "" {
+				return usagef("volume passphrase: --output FILE is required (the passphrase is never printed)")
+			}
+			if err := a.open(cmd.Context()); err != nil {
+				return err
+			}
+			pass, err := a.mgr.UnwrapPassphrase(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			defer clear(pass)
+			var w io.Writer
+			if output == "-" {
+				if isTerminal(a.stdout) {
+					return errors.New("volume passphrase: refusing to print the passphrase to a terminal; use --output FILE")
+				}
+				w = a.stdout
+			} else {
+				f, err := os.OpenFile(output, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+				if err != nil {
+					return fmt.Errorf("volume passphrase: %w", err)
+				}
+				defer f.Close()
+				w = f
+			}
+			if _, err := w.Write(pass); err != nil {
+				return fmt.Errorf("volume passphrase: %w", err)
+			}
+			if output != "-" {
+				fmt.Fprintf(a.stderr, "wrote the %d-byte passphrase of %s to %s (mode 0600)\n", len(pass), args[0], output)
+			}
+			return nil
+		}}
+	passphrase.Flags().StringVar(&output, "output", "", "new file to write the passphrase to (mode 0600)")
+
+	rewrap := &cobra.Command{Use: "rewrap IMG", Short: "Rewrap a volume's passphrase to its key's latest version", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.open(cmd.Context()); err != nil {
+				return err
+			}
+			rep, err := a.mgr.RewrapVolume(cmd.Context(), args[0])
+			if rep != nil {
+				a.reports = append(a.reports, rep)
+			}
+			if err != nil {
+				return err
+			}
+			if a.asJSON {
+				return a.emit(map[string]any{"rewraps": reportsJSON(a.reports)})
+			}
+			return a.printReports()
+		}}
+
+	var erase, keepImage bool
+	del := &cobra.Command{Use: "delete IMG", Short: "Deregister a volume and remove its image", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.open(cmd.Context()); err != nil {
+				return err
+			}
+			if err := a.mgr.Delete(cmd.Context(), args[0], volume.DeleteOptions{CryptoErase: erase, RemoveImage: !keepImage}); err != nil {
+				return err
+			}
+			if a.asJSON {
+				return a.emit(map[string]any{"path": args[0], "deleted": true, "erased": erase})
+			}
+			fmt.Fprintf(a.stdout, "deleted %s (crypto-erased: %v)\n", args[0], erase)
+			return nil
+		}}
+	del.Flags().BoolVar(&erase, "erase", false, "destroy every keyslot first (crypto-erase)")
+	del.Flags().BoolVar(&keepImage, "keep-image", false, "keep the image file")
+
+	vol.AddCommand(create, adopt, status, list, write, read, passphrase, rewrap, del)
+	return vol
+}
+
+// attach opens a volume through the key service.
+func (a *app) attach(ctx context.Context, path string) (*volume.Volume, error) {
+	if err := a.open(ctx); err != nil {
+		return nil, err
+	}
+	return a.mgr.Open(ctx, path)
+}
+
+// wipe writes zeros over a new volume's whole data area.
+func (a *app) wipe(ctx context.Context, path string, size int64) error {
+	v, err := a.attach(ctx, path)
+	if err != nil {
+		return err
+	}
+	defer v.Close()
+	if _, err := copyWithProgress(a, io.NewOffsetWriter(v, 0), io.LimitReader(zeroReader{}, size), size, "wiping"); err != nil {
+		return fmt.Errorf("volume create: wiping: %w", err)
+	}
+	return v.Sync()
+}
+
+type zeroReader struct{}
+
+func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+// copyWithProgress copies in 1 MiB pieces, with a progress bar when stderr is a terminal.
+func copyWithProgress(a *app, dst io.Writer, src io.Reader, total int64, what string) (int64, error) {
+	if isTerminal(a.stderr) && (total < 0 || total > 4<<20) {
+		bar := progressbar.DefaultBytes(total, what)
+		defer bar.Finish()
+		dst = io.MultiWriter(dst, bar)
+	}
+	return io.CopyBuffer(dst, src, make([]byte, 1<<20))
+}
+
+// statusJSON is `volume status --json`.
+type statusJSON struct {
+	Path       string        `json:"path"`
+	UUID       string        `json:"uuid"`
+	CRN        string        `json:"crn"`
+	Size       int64         `json:"size"`
+	DataOffset int64         `json:"dataOffset"`
+	SectorSize int           `json:"sectorSize"`
+	Cipher     string        `json:"cipher"`
+	KeyBits    int           `json:"cipherKeyBits"`
+	KeyID      string        `json:"keyId"`
+	KeyCRN     string        `json:"keyCrn"`
+	KeyVersion string        `json:"keyVersion"`
+	WrappedAt  string        `json:"wrappedAt"`
+	Keyslots   []keyslotJSON `json:"keyslots"`
+	Tokens     []tokenJSON   `json:"tokens"`
+	Health     string        `json:"headerHealth"`
+}
+
+type keyslotJSON struct {
+	ID       int    `json:"id"`
+	Type     string `json:"type"`
+	KDF      string `json:"kdf"`
+	Priority string `json:"priority"`
+}
+
+type tokenJSON struct {
+	ID       int      `json:"id"`
+	Type     string   `json:"type"`
+	Keyslots []string `json:"keyslots"`
+}
+
+func (a *app) printStatus(path string) error {
+	info, err := volume.Describe(path)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	img, err := keyslot.Open(f, nil)
+	if err != nil {
+		return err
+	}
+	seg := img.Segment()
+	st := statusJSON{
+		Path: path, UUID: info.UUID, CRN: info.CRN, Size: info.Size, DataOffset: info.DataOffset,
+		SectorSize: info.SectorSize, Cipher: seg.Encryption, KeyBits: 8 * img.VolumeKeySize(), KeyID: info.KeyID,
+		KeyCRN: info.KeyCRN, KeyVersion: info.KeyVersion, WrappedAt: rfc3339(info.WrappedAt),
+		Keyslots: []keyslotJSON{}, Tokens: []tokenJSON{}, Health: "ok",
+	}
+	if h := img.Health(); !h.OK() {
+		st.Health = fmt.Sprintf("primary: %v; secondary: %v", h.Primary.Err, h.Secondary.Err)
+	}
+	for _, ks := range img.Keyslots() {
+		kdf := ks.KDF.Type
+		switch ks.KDF.Type {
+		case keyslot.KDFPBKDF2:
+			kdf += "-" + ks.KDF.Hash + "/" + strconv.Itoa(ks.KDF.Iterations)
+		case keyslot.KDFArgon2i, keyslot.KDFArgon2id:
+			kdf += fmt.Sprintf("/t=%d,m=%dKiB,p=%d", ks.KDF.Time, ks.KDF.Memory, ks.KDF.Threads)
+		}
+		st.Keyslots = append(st.Keyslots, keyslotJSON{ID: ks.ID, Type: ks.Type, KDF: kdf, Priority: string(ks.Priority)})
+	}
+	for _, t := range img.Tokens() {
+		ids := []string{}
+		for _, k := range t.Keyslots {
+			ids = append(ids, strconv.Itoa(k))
+		}
+		st.Tokens = append(st.Tokens, tokenJSON{ID: t.ID, Type: t.Type, Keyslots: ids})
+	}
+	if a.asJSON {
+		return a.emit(st)
+	}
+	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "Path\t%s\n", st.Path)
+	fmt.Fprintf(w, "UUID\t%s\n", st.UUID)
+	fmt.Fprintf(w, "CRN\t%s\n", st.CRN)
+	fmt.Fprintf(w, "Size\t%s (%d bytes), data at %d\n", volume.FormatSize(st.Size), st.Size, st.DataOffset)
+	fmt.Fprintf(w, "Cipher\t%s, %d-bit key, %d-byte sectors\n", st.Cipher, st.KeyBits, st.SectorSize)
+	fmt.Fprintf(w, "Root key\t%s\n", st.KeyID)
+	fmt.Fprintf(w, "Key version\t%s (wrapped %s)\n", st.KeyVersion, st.WrappedAt)
+	for _, ks := range st.Keyslots {
+		fmt.Fprintf(w, "Keyslot %d\t%s, %s, priority %s\n", ks.ID, ks.Type, ks.KDF, ks.Priority)
+	}
+	for _, t := range st.Tokens {
+		fmt.Fprintf(w, "Token %d\t%s, keyslots %v\n", t.ID, t.Type, t.Keyslots)
+	}
+	fmt.Fprintf(w, "Header\t%s\n", st.Health)
+	return w.Flush()
+}
