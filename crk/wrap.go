@@ -117,15 +117,11 @@ func (s *Service) Unwrap(ctx context.Context, keyID string, ciphertext []byte, a
 	var res *UnwrapResult
 	var rec *keyRecord
 	err := s.db.View(func(tx *bolt.Tx) error {
-		r, err := s.usableKey(tx, keyID, ActionUnwrap)
+		r, pt, v, err := s.open(tx, keyID, ActionUnwrap, ciphertext, aad)
 		if err != nil {
 			return err
 		}
 		rec = r
-		pt, v, err := s.unseal(r, ciphertext, aad)
-		if err != nil {
-			return err
-		}
 		res = &UnwrapResult{Plaintext: pt, KeyVersion: Version{ID: v.ID, CreationDate: v.Created}}
 		if latest := r.latest(); latest.ID != v.ID {
 			ct, err := s.seal(r, latest, pt, aad)
@@ -154,15 +150,11 @@ func (s *Service) Rewrap(ctx context.Context, keyID string, ciphertext []byte, a
 	var res *RewrapResult
 	var rec *keyRecord
 	err := s.db.View(func(tx *bolt.Tx) error {
-		r, err := s.usableKey(tx, keyID, ActionRewrap)
+		r, pt, v, err := s.open(tx, keyID, ActionRewrap, ciphertext, aad)
 		if err != nil {
 			return err
 		}
 		rec = r
-		pt, v, err := s.unseal(r, ciphertext, aad)
-		if err != nil {
-			return err
-		}
 		defer clear(pt)
 		latest := r.latest()
 		ct, err := s.seal(r, latest, pt, aad)
@@ -193,6 +185,19 @@ func CiphertextVersion(ciphertext []byte) (string, error) {
 	var id [16]byte
 	copy(id[:], ciphertext[4:20])
 	return formatUUID(id), nil
+}
+
+// open loads root key keyID, checks that its state allows action, and decrypts ciphertext.
+func (s *Service) open(tx *bolt.Tx, keyID, action string, ciphertext []byte, aad []string) (*keyRecord, []byte, *versionRecord, error) {
+	r, err := s.usableKey(tx, keyID, action)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	pt, v, err := s.unseal(r, ciphertext, aad)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return r, pt, v, nil
 }
 
 // usableKey loads a root key and checks that its state allows action.

@@ -290,28 +290,11 @@ func (m *Manager) Open(ctx context.Context, path string) (*Volume, error) {
 }
 
 func (m *Manager) open(ctx context.Context, f *os.File, img *keyslot.Image) (*Volume, error) {
-	id, tok, err := findToken(img)
+	key, id, tok, u, err := m.unlock(ctx, img)
 	if err != nil {
 		return nil, err
 	}
-	if len(tok.Keyslots) == 0 || len(img.Keyslots()) == 0 {
-		return nil, fmt.Errorf("%w: no keyslot left", ErrErased)
-	}
-	ct, err := tok.ciphertext()
-	if err != nil {
-		return nil, err
-	}
-	u, err := m.kms.Unwrap(ctx, tok.KeyID, ct, []string{img.UUID()})
-	if err != nil {
-		return nil, fmt.Errorf("unwrapping the passphrase with key %s: %w", tok.KeyID, err)
-	}
-	defer clear(u.Plaintext)
-	var slot int
-	fmt.Sscan(tok.Keyslots[0], &slot)
-	key, _, err := img.Unlock(u.Plaintext, slot)
-	if err != nil {
-		return nil, err
-	}
+	clear(u.Plaintext)
 	if u.Rewrapped != nil {
 		if err := m.storeRewrapped(ctx, img, id, tok, u.Rewrapped); err != nil {
 			// The old wrapping still works; a later rotation or sync retries.
@@ -324,6 +307,36 @@ func (m *Manager) open(ctx context.Context, f *os.File, img *keyslot.Image) (*Vo
 		return nil, err
 	}
 	return v, nil
+}
+
+// unlock unwraps the passphrase in the image's crkvol-crk token with the key service and
+// opens the token's keyslot with it. It returns the volume key, the token (and its id) and
+// the unwrap result, whose Plaintext (the passphrase) the caller must clear.
+func (m *Manager) unlock(ctx context.Context, img *keyslot.Image) ([]byte, int, *token, Unwrapped, error) {
+	var u Unwrapped
+	id, tok, err := findToken(img)
+	if err != nil {
+		return nil, 0, nil, u, err
+	}
+	if len(tok.Keyslots) == 0 || len(img.Keyslots()) == 0 {
+		return nil, 0, nil, u, fmt.Errorf("%w: no keyslot left", ErrErased)
+	}
+	ct, err := tok.ciphertext()
+	if err != nil {
+		return nil, 0, nil, u, err
+	}
+	u, err = m.kms.Unwrap(ctx, tok.KeyID, ct, []string{img.UUID()})
+	if err != nil {
+		return nil, 0, nil, u, fmt.Errorf("unwrapping the passphrase with key %s: %w", tok.KeyID, err)
+	}
+	var slot int
+	fmt.Sscan(tok.Keyslots[0], &slot)
+	key, _, err := img.Unlock(u.Plaintext, slot)
+	if err != nil {
+		clear(u.Plaintext)
+		return nil, 0, nil, u, err
+	}
+	return key, id, tok, u, nil
 }
 
 // storeRewrapped replaces the token's ciphertext with w, unless another writer changed the
@@ -500,26 +513,8 @@ func (m *Manager) UnwrapPassphrase(ctx context.Context, path string) ([]byte, er
 		return nil, err
 	}
 	defer f.Close()
-	_, tok, err := findToken(img)
+	key, _, _, u, err := m.unlock(ctx, img)
 	if err != nil {
-		return nil, fmt.Errorf("volume: %s: %w", path, err)
-	}
-	if len(tok.Keyslots) == 0 {
-		return nil, fmt.Errorf("volume: %s: %w", path, ErrErased)
-	}
-	ct, err := tok.ciphertext()
-	if err != nil {
-		return nil, err
-	}
-	u, err := m.kms.Unwrap(ctx, tok.KeyID, ct, []string{img.UUID()})
-	if err != nil {
-		return nil, fmt.Errorf("volume: %s: unwrapping the passphrase with key %s: %w", path, tok.KeyID, err)
-	}
-	var slot int
-	fmt.Sscan(tok.Keyslots[0], &slot)
-	key, _, err := img.Unlock(u.Plaintext, slot)
-	if err != nil {
-		clear(u.Plaintext)
 		return nil, fmt.Errorf("volume: %s: %w", path, err)
 	}
 	clear(key)
