@@ -766,3 +766,24 @@ func TestMasterKeyRotationUnderLoad(t *testing.T) {
 	_, err = svc.Wrap(f.ctx, created[len(created)-1], []byte("dek"), nil)
 	require.NoError(t, err)
 }
+
+// TestRegistrationNoDowngrade: a late update naming an older version does not move a
+// registration back when NoDowngrade is set.
+func TestRegistrationNoDowngrade(t *testing.T) {
+	f := newFixture(t)
+	k := f.root(t, "nodown")
+	crn := "crn:v1:local:public:is:local:a/crkvol::volume:nd"
+	_, err := f.svc.Register(f.ctx, k.ID, crn, RegisterOptions{})
+	require.NoError(t, err)
+	r2, err := f.svc.RotateKey(f.ctx, k.ID, nil)
+	require.NoError(t, err)
+	v1, v2 := k.KeyVersion.ID, r2.KeyVersion.ID
+	_, err = f.svc.UpdateRegistration(f.ctx, k.ID, crn, RegistrationUpdate{VersionID: &v2, NoDowngrade: true})
+	require.NoError(t, err)
+	reg, err := f.svc.UpdateRegistration(f.ctx, k.ID, crn, RegistrationUpdate{VersionID: &v1, NoDowngrade: true})
+	require.NoError(t, err)
+	assert.Equal(t, v2, reg.KeyVersion.ID)
+	reg, err = f.svc.UpdateRegistration(f.ctx, k.ID, crn, RegistrationUpdate{VersionID: &v1})
+	require.NoError(t, err)
+	assert.Equal(t, v1, reg.KeyVersion.ID, "an explicit move back is still possible")
+}

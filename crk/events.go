@@ -118,11 +118,59 @@ func appendEvent(tx *bolt.Tx, ev *Event) error {
 	return b.Put(k, raw)
 }
 
-// record stores an event in its own transaction, batched with concurrent ones so that many
-// wraps share one fsync. Used for operations that change no state and for refusals.
+// record stores an event durably before returning. Used for operations that change no state
+// (wraps, reads) and for refusals. Events go through one writer goroutine that commits
+// everything queued in a single transaction (group commit): a lone caller waits for one
+// commit, concurrent callers share one.
 func (s *Service) record(ev *Event) {
-	if err := s.db.Batch(func(tx *bolt.Tx) error { return appendEvent(tx, ev) }); err != nil {
+	done := make(chan error, 1)
+	select {
+	case s.events <- eventReq{ev: ev, done: done}:
+	case <-s.closing:
+		s.log.Error("crk: event dropped: service closing", "action", ev.Action, "key", ev.KeyID)
+		return
+	}
+	if err := <-done; err != nil {
 		s.log.Error("crk: recording event failed", "action", ev.Action, "key", ev.KeyID, "err", err)
+	}
+}
+
+type eventReq struct {
+	ev   *Event
+	done chan error
+}
+
+// eventWriter commits queued events until the service closes.
+func (s *Service) eventWriter() {
+	defer close(s.writerDone)
+	for {
+		var batch []eventReq
+		select {
+		case r := <-s.events:
+			batch = append(batch, r)
+		case <-s.closing:
+			return
+		}
+	drain:
+		for len(batch) < 1000 {
+			select {
+			case r := <-s.events:
+				batch = append(batch, r)
+			default:
+				break drain
+			}
+		}
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			for _, r := range batch {
+				if err := appendEvent(tx, r.ev); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		for _, r := range batch {
+			r.done <- err
+		}
 	}
 }
 
@@ -159,4 +207,14 @@ func (s *Service) Events(ctx context.Context, f EventFilter) ([]Event, error) {
 		return nil
 	})
 	return out, err
+}
+
+// ActionDefault is the event action for requests that were refused before naming an
+// operation (malformed bodies, unknown actions).
+const ActionDefault = "kms.secrets.default"
+
+// RecordFailure audits a request refused outside the service (for example by the HTTP
+// layer, for a malformed body): it stores a failure event for action on keyID.
+func (s *Service) RecordFailure(ctx context.Context, action, keyID string, err error) {
+	s.record(s.newEvent(ctx, action, nil, keyID, err))
 }

@@ -22,7 +22,10 @@ type RegisterOptions struct {
 
 // RegistrationUpdate changes a registration; nil fields are left as they are.
 type RegistrationUpdate struct {
-	VersionID          *string
+	VersionID *string
+	// NoDowngrade keeps the registration's version when VersionID is older than it (so a
+	// late writer cannot move a resource back after a newer rewrap was recorded).
+	NoDowngrade        bool
 	Description        *string
 	PreventKeyDeletion *bool
 }
@@ -99,7 +102,9 @@ func (s *Service) UpdateRegistration(ctx context.Context, keyID, crn string, u R
 			if err := checkVersion(r, *u.VersionID); err != nil {
 				return err
 			}
-			reg.VersionID = *u.VersionID
+			if !u.NoDowngrade || versionIndex(r, *u.VersionID) >= versionIndex(r, reg.VersionID) {
+				reg.VersionID = *u.VersionID
+			}
 		}
 		if u.Description != nil {
 			reg.Description = *u.Description
@@ -196,4 +201,14 @@ func (reg *regRecord) toRegistration(r *keyRecord) Registration {
 		out.KeyVersion.CreationDate = v.Created
 	}
 	return out
+}
+
+// versionIndex returns the position of a version in the key's history (-1 if unknown).
+func versionIndex(r *keyRecord, id string) int {
+	for i := range r.Versions {
+		if r.Versions[i].ID == id {
+			return i
+		}
+	}
+	return -1
 }

@@ -31,6 +31,9 @@ type Options struct {
 	MasterKeyFile string
 	// Region and Account go into key CRNs; defaults "local" and "crkvol".
 	Region, Account string
+	// Instance is the service instance id (a UUID) given to a new store; a random one if
+	// empty. Opening an existing store with a different id fails.
+	Instance string
 	// Initiator names who acts in events when the context does not (see WithInitiator);
 	// default "crkvol".
 	Initiator string
@@ -60,18 +63,27 @@ type Service struct {
 	hookMu sync.Mutex
 	hooks  map[int]RotationHook
 	nextID int
+
+	events     chan eventReq
+	closing    chan struct{}
+	writerDone chan struct{}
+	closeOnce  sync.Once
 }
 
 // Open opens (creating if needed) the store at path.
 func Open(path string, opts Options) (*Service, error) {
 	s := &Service{
-		clock:     opts.Clock,
-		rand:      opts.Rand,
-		log:       opts.Logger,
-		region:    opts.Region,
-		account:   opts.Account,
-		initiator: opts.Initiator,
-		hooks:     make(map[int]RotationHook),
+		instance:   opts.Instance,
+		clock:      opts.Clock,
+		rand:       opts.Rand,
+		log:        opts.Logger,
+		region:     opts.Region,
+		account:    opts.Account,
+		initiator:  opts.Initiator,
+		hooks:      make(map[int]RotationHook),
+		events:     make(chan eventReq),
+		closing:    make(chan struct{}),
+		writerDone: make(chan struct{}),
 	}
 	if s.clock == nil {
 		s.clock = SystemClock{}
@@ -111,6 +123,7 @@ func Open(path string, opts Options) (*Service, error) {
 		db.Close()
 		return nil, err
 	}
+	go s.eventWriter()
 	return s, nil
 }
 
@@ -139,15 +152,22 @@ func (s *Service) init(master []byte) error {
 			return err
 		}
 		if meta.Get([]byte("instance")) == nil {
-			id, err := newUUID(s.rand)
-			if err != nil {
-				return err
+			id := s.instance
+			if id == "" {
+				var err error
+				if id, err = newUUID(s.rand); err != nil {
+					return err
+				}
 			}
 			if err := meta.Put([]byte("instance"), []byte(id)); err != nil {
 				return err
 			}
 		}
-		s.instance = string(meta.Get([]byte("instance")))
+		stored := string(meta.Get([]byte("instance")))
+		if s.instance != "" && s.instance != stored {
+			return fmt.Errorf("%w: store belongs to instance %s, not %s", ErrInvalidArgument, stored, s.instance)
+		}
+		s.instance = stored
 
 		check := meta.Get(metaCheck)
 		if check == nil {
@@ -188,7 +208,13 @@ func (s *Service) init(master []byte) error {
 }
 
 // Close closes the store.
-func (s *Service) Close() error { return s.db.Close() }
+func (s *Service) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.closing)
+		<-s.writerDone
+	})
+	return s.db.Close()
+}
 
 // Instance returns the service instance id (a UUID, part of every key CRN).
 func (s *Service) Instance() string { return s.instance }

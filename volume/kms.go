@@ -18,7 +18,9 @@ type KeyService interface {
 	KeyCRN(ctx context.Context, keyID string) (string, error)
 	// Register records that resource crn is protected by keyID, wrapped with versionID.
 	Register(ctx context.Context, keyID, crn, versionID string, preventKeyDeletion bool) error
-	// UpdateRegistration records the version a resource is now wrapped with.
+	// UpdateRegistration records the version a resource is now wrapped with. It should never
+	// move a registration back to an older version than it names (a late update racing a
+	// newer rewrap); the in-process service guarantees it.
 	UpdateRegistration(ctx context.Context, keyID, crn, versionID string) error
 	// DeleteRegistration removes a registration.
 	DeleteRegistration(ctx context.Context, keyID, crn string) error

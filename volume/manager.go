@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"crkvol/keyslot"
@@ -153,6 +154,10 @@ type CreateOptions struct {
 // volume UUID) in a crkvol-crk token, and a registration of the volume's CRN with the key.
 // The plaintext passphrase is never written anywhere.
 func (m *Manager) Create(ctx context.Context, path string, opts CreateOptions) (*Info, error) {
+	path, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("volume: create: %w", err)
+	}
 	if opts.KeyID == "" {
 		return nil, fmt.Errorf("volume: create %s: a root key id is required", path)
 	}
@@ -203,17 +208,20 @@ func (m *Manager) Create(ctx context.Context, path string, opts CreateOptions) (
 	if err != nil {
 		return nil, fmt.Errorf("volume: create %s: %w", path, err)
 	}
-	if err := f.Close(); err != nil {
-		return nil, err
+	if err := f.Sync(); err != nil {
+		m.unenroll(ctx, info)
+		return nil, fmt.Errorf("volume: create %s: %w", path, err)
 	}
 	ok = true
+	f.Close()
 	m.opts.Logger.Info("volume created", "path", path, "crn", info.CRN, "key", info.KeyID)
 	return info, nil
 }
 
 // enroll wraps pass (which opens keyslot slot of img), stores the token, registers the volume
-// with the key service and in the registry.
-func (m *Manager) enroll(ctx context.Context, img *keyslot.Image, path, keyID string, slot int, pass []byte, prevent bool) (*Info, error) {
+// with the key service and in the registry. If a step fails, the steps before it are undone
+// (registration, token), so a retry starts clean.
+func (m *Manager) enroll(ctx context.Context, img *keyslot.Image, path, keyID string, slot int, pass []byte, prevent bool) (_ *Info, err error) {
 	uuid := img.UUID()
 	crn := CRN(uuid)
 	w, err := m.kms.Wrap(ctx, keyID, pass, []string{uuid})
@@ -233,18 +241,34 @@ func (m *Manager) enroll(ctx context.Context, img *keyslot.Image, path, keyID st
 	if err != nil {
 		return nil, err
 	}
-	if _, err := img.AddToken(keyslot.AnyToken, raw); err != nil {
+	tokID, err := img.AddToken(keyslot.AnyToken, raw)
+	if err != nil {
 		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			if rerr := img.RemoveToken(tokID); rerr != nil {
+				m.opts.Logger.Warn("undoing a failed enrolment: removing the token failed", "path", path, "err", rerr)
+			}
+		}
+	}()
 	if err := m.kms.Register(ctx, keyID, crn, w.VersionID, prevent); err != nil {
 		return nil, fmt.Errorf("registering %s with key %s: %w", crn, keyID, err)
 	}
+	defer func() {
+		if err != nil {
+			if rerr := m.kms.DeleteRegistration(ctx, keyID, crn); rerr != nil {
+				m.opts.Logger.Warn("undoing a failed enrolment: deregistering failed", "crn", crn, "err", rerr)
+			}
+		}
+	}()
 	if err := m.reg.Put(Entry{CRN: crn, Path: path, UUID: uuid, KeyID: keyID, Created: m.opts.Now().UTC()}); err != nil {
 		return nil, err
 	}
 	seg := img.Segment()
 	st, err := os.Stat(path)
 	if err != nil {
+		m.reg.Delete(crn)
 		return nil, err
 	}
 	return &Info{
@@ -409,6 +433,10 @@ type AdoptOptions struct {
 // token and registers the volume. The data and the existing keyslots are untouched, so the
 // original passphrase keeps working.
 func (m *Manager) Adopt(ctx context.Context, path string, passphrase []byte, keyID string, opts AdoptOptions) (*Info, error) {
+	path, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("volume: adopt: %w", err)
+	}
 	f, img, err := openImage(path)
 	if err != nil {
 		return nil, err
@@ -430,12 +458,20 @@ func (m *Manager) Adopt(ctx context.Context, path string, passphrase []byte, key
 	if _, err := io.ReadFull(m.opts.Rand, pass); err != nil {
 		return nil, fmt.Errorf("volume: reading random passphrase: %w", err)
 	}
+	// Check the key first, so that a wrong key id costs no keyslot.
+	if _, err := m.kms.KeyCRN(ctx, keyID); err != nil {
+		return nil, fmt.Errorf("volume: adopt %s: %w", path, err)
+	}
 	slot, err := img.AddKeyslot(vk, pass, keyslot.KeyslotOptions{ID: keyslot.AnyKeyslot, KDF: passphraseKDF})
 	if err != nil {
 		return nil, fmt.Errorf("volume: adopt %s: adding a keyslot: %w", path, err)
 	}
 	info, err := m.enroll(ctx, img, path, keyID, slot, pass, !opts.AllowKeyDeletion)
 	if err != nil {
+		// The new keyslot's passphrase would be lost: destroy it.
+		if rerr := img.RemoveKeyslot(slot); rerr != nil {
+			m.opts.Logger.Warn("undoing a failed adoption: removing the keyslot failed", "path", path, "err", rerr)
+		}
 		return nil, fmt.Errorf("volume: adopt %s: %w", path, err)
 	}
 	return info, nil
@@ -476,9 +512,19 @@ type DeleteOptions struct {
 // Delete deregisters a volume from its key and the registry, optionally crypto-erasing it and
 // removing its image.
 func (m *Manager) Delete(ctx context.Context, path string, opts DeleteOptions) error {
-	f, img, err := openImage(path)
+	abs, err := filepath.Abs(path)
 	if err != nil {
-		return err
+		return fmt.Errorf("volume: delete: %w", err)
+	}
+	f, img, err := openImage(abs)
+	if err != nil {
+		// A lost or unreadable image must not pin its key forever: deregister what the
+		// registry knows of that path.
+		e, rerr := m.entryByPath(abs)
+		if rerr != nil {
+			return fmt.Errorf("volume: delete %s: %w (and no registry entry has that path)", path, err)
+		}
+		return m.deregister(ctx, e.KeyID, e.CRN, path)
 	}
 	defer f.Close()
 	_, tok, err := findToken(img)
@@ -490,18 +536,44 @@ func (m *Manager) Delete(ctx context.Context, path string, opts DeleteOptions) e
 			return fmt.Errorf("volume: crypto-erase %s: %w", path, err)
 		}
 	}
-	if err := m.kms.DeleteRegistration(ctx, tok.KeyID, tok.VolumeCRN); err != nil {
-		return fmt.Errorf("volume: delete %s: deregistering from key %s: %w", path, tok.KeyID, err)
-	}
-	if err := m.reg.Delete(tok.VolumeCRN); err != nil {
+	if err := m.deregister(ctx, tok.KeyID, tok.VolumeCRN, path); err != nil {
 		return err
 	}
 	if opts.RemoveImage {
-		if err := os.Remove(path); err != nil {
+		if err := os.Remove(abs); err != nil {
 			return fmt.Errorf("volume: delete %s: %w", path, err)
 		}
 	}
 	return nil
+}
+
+func (m *Manager) deregister(ctx context.Context, keyID, crn, path string) error {
+	if err := m.kms.DeleteRegistration(ctx, keyID, crn); err != nil {
+		return fmt.Errorf("volume: delete %s: deregistering from key %s: %w", path, keyID, err)
+	}
+	return m.reg.Delete(crn)
+}
+
+// unenroll undoes a completed enrolment (best effort).
+func (m *Manager) unenroll(ctx context.Context, info *Info) {
+	if err := m.kms.DeleteRegistration(ctx, info.KeyID, info.CRN); err != nil {
+		m.opts.Logger.Warn("undoing a failed create: deregistering failed", "crn", info.CRN, "err", err)
+	}
+	m.reg.Delete(info.CRN)
+}
+
+// entryByPath finds the registry entry of an image path.
+func (m *Manager) entryByPath(abs string) (Entry, error) {
+	entries, err := m.reg.List()
+	if err != nil {
+		return Entry{}, err
+	}
+	for _, e := range entries {
+		if e.Path == abs {
+			return e, nil
+		}
+	}
+	return Entry{}, fmt.Errorf("%w: no volume at %s", ErrNotRegistered, abs)
 }
 
 // UnwrapPassphrase returns a volume's LUKS passphrase, unwrapped by the key service and

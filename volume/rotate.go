@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"sync"
@@ -90,7 +91,8 @@ func (m *Manager) Sync(ctx context.Context, keyID string) (*Report, error) {
 	for _, r := range regs {
 		if r.VersionID == latest {
 			if e, err := m.reg.Get(r.CRN); err == nil {
-				if info, err := Describe(e.Path); err == nil && info.KeyVersion != latest {
+				if info, err := Describe(e.Path); err != nil || info.UUID != e.UUID || info.KeyVersion != latest {
+					// Lagging, or unreadable: let the rewrap report what is wrong.
 					stale = append(stale, r.CRN)
 				}
 			}
@@ -105,6 +107,10 @@ func (m *Manager) Sync(ctx context.Context, keyID string) (*Report, error) {
 
 // RewrapVolume brings one volume to its key's latest version.
 func (m *Manager) RewrapVolume(ctx context.Context, path string) (*Report, error) {
+	path, err := filepath.Abs(path)
+	if err != nil {
+		return nil, err
+	}
 	info, err := Describe(path)
 	if err != nil {
 		return nil, err
@@ -214,6 +220,9 @@ func (m *Manager) rewrapOne(ctx context.Context, keyID, latest, crn string) (res
 	img, err := keyslot.Open(cf, nil)
 	if err != nil {
 		return res, err
+	}
+	if img.UUID() != e.UUID || CRN(img.UUID()) != crn {
+		return res, permanent{fmt.Errorf("%s holds volume %s, not the registered %s (moved or replaced?)", e.Path, img.UUID(), e.UUID)}
 	}
 	id, tok, err := findToken(img)
 	if err != nil {

@@ -42,7 +42,7 @@ type Volume struct {
 
 	mu     sync.RWMutex // I/O holds it shared, Close exclusively
 	closed bool
-	locks  [lockStripes]sync.Mutex
+	locks  [lockStripes]sync.RWMutex
 	bufs   sync.Pool
 }
 
@@ -114,6 +114,11 @@ func (v *Volume) ReadAt(p []byte, off int64) (int, error) {
 	if int64(want) > v.size-off {
 		p = p[:v.size-off]
 	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	unlock := v.lockSectors(off/v.ss, (off+int64(len(p))-1)/v.ss, false)
+	defer unlock()
 	done := 0
 	for done < len(p) {
 		pos := off + int64(done)
@@ -169,7 +174,7 @@ func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	unlock := v.lockSectors(off/v.ss, (off+int64(len(p))-1)/v.ss)
+	unlock := v.lockSectors(off/v.ss, (off+int64(len(p))-1)/v.ss, true)
 	defer unlock()
 
 	bp := v.bufs.Get().(*[]byte)
@@ -202,8 +207,9 @@ func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 	return done, nil
 }
 
-// lockSectors locks the stripes of sectors first..last in ascending stripe order.
-func (v *Volume) lockSectors(first, last int64) func() {
+// lockSectors locks the stripes of sectors first..last in ascending stripe order: exclusively
+// for a write, shared for a read (so a read never sees a sector half rewritten).
+func (v *Volume) lockSectors(first, last int64, write bool) func() {
 	n := last - first + 1
 	var lo [2][2]int64 // up to two ascending runs of stripe indices
 	runs := 1
@@ -220,13 +226,21 @@ func (v *Volume) lockSectors(first, last int64) func() {
 	}
 	for r := 0; r < runs; r++ {
 		for i := lo[r][0]; i <= lo[r][1]; i++ {
-			v.locks[i].Lock()
+			if write {
+				v.locks[i].Lock()
+			} else {
+				v.locks[i].RLock()
+			}
 		}
 	}
 	return func() {
 		for r := 0; r < runs; r++ {
 			for i := lo[r][0]; i <= lo[r][1]; i++ {
-				v.locks[i].Unlock()
+				if write {
+					v.locks[i].Unlock()
+				} else {
+					v.locks[i].RUnlock()
+				}
 			}
 		}
 	}
@@ -251,6 +265,7 @@ func (v *Volume) Close() error {
 	}
 	v.closed = true
 	clear(v.key)
+	v.c = nil // drop the expanded key schedule (crypto/aes offers no way to wipe it)
 	return v.f.Close()
 }
 

@@ -35,8 +35,12 @@ type app struct {
 	stateDir string
 	asJSON   bool
 	now      string
+	kmsURL   string
+	kmsInst  string
+	local    bool // force the embedded key service (the demo)
 
-	svc     *crk.Service
+	svc     *crk.Service // the embedded key service, or nil with --kms-url
+	remote  *kms.Remote  // the remote key service with --kms-url
 	reg     *volume.Registry
 	mgr     *volume.Manager
 	reports []*volume.Report
@@ -66,12 +70,22 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(s
 // isCobraUsage recognises cobra's own usage errors (unknown command or flag, bad arguments).
 func isCobraUsage(err error) bool {
 	msg := err.Error()
-	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand", "accepts ", "requires ", "flag needs", "invalid argument", "required flag", "if any flags in the group"} {
-		if strings.Contains(msg, p) {
+	for _, p := range []string{"unknown command ", "required flag(s) "} {
+		if strings.HasPrefix(msg, p) {
 			return true
 		}
 	}
 	return false
+}
+
+// args wraps a cobra argument check so that its errors are usage errors (exit status 2).
+func args(check cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, a []string) error {
+		if err := check(cmd, a); err != nil {
+			return usageError{fmt.Errorf("%s: %w", cmd.CommandPath(), err)}
+		}
+		return nil
+	}
 }
 
 // group returns a command that only holds subcommands: run alone it is a usage error.
@@ -97,8 +111,10 @@ customer root key (CRK) in an embedded Key Protect-style key service.`,
 	root.PersistentFlags().StringVar(&a.stateDir, "state", "", "state directory: KMS store, master key file, volume registry (env CRKVOL_STATE)")
 	root.PersistentFlags().BoolVar(&a.asJSON, "json", false, "machine-readable JSON output")
 	root.PersistentFlags().StringVar(&a.now, "now", "", "service clock start, RFC 3339 (env CRKVOL_NOW); it advances in real time")
+	root.PersistentFlags().StringVar(&a.kmsURL, "kms-url", "", "use a remote Key Protect-compatible service at this URL (env CRKVOL_KMS_URL; API key in CRKVOL_KMS_APIKEY or token in CRKVOL_KMS_TOKEN)")
+	root.PersistentFlags().StringVar(&a.kmsInst, "kms-instance", "", "the remote service instance id (env CRKVOL_KMS_INSTANCE)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(a.keyCommand(), a.volumeCommand(), a.eventsCommand(), a.demoCommand())
+	root.AddCommand(a.keyCommand(), a.volumeCommand(), a.eventsCommand(), a.demoCommand(), a.kmsCommand())
 	return root
 }
 
@@ -160,7 +176,10 @@ func (a *app) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	svc, err := crk.Open(filepath.Join(dir, "crk.db"), crk.Options{Clock: clock, Initiator: "crkvol-cli"})
+	if url := a.remoteURL(); url != "" {
+		return a.openRemote(dir, url, clock)
+	}
+	svc, err := crk.Open(filepath.Join(dir, "crk.db"), crkOptions(clock))
 	if err != nil {
 		return err
 	}
@@ -180,6 +199,54 @@ func (a *app) open(ctx context.Context) error {
 	}
 	for _, id := range res.Rotated {
 		fmt.Fprintf(a.stderr, "crkvol: rotation policy rotated key %s\n", id)
+	}
+	return nil
+}
+
+// crkOptions configures the embedded key service.
+func crkOptions(clock crk.Clock) crk.Options {
+	return crk.Options{Clock: clock, Initiator: "crkvol-cli"}
+}
+
+func (a *app) remoteURL() string {
+	if a.local {
+		return ""
+	}
+	if a.kmsURL != "" {
+		return a.kmsURL
+	}
+	return a.getenv("CRKVOL_KMS_URL")
+}
+
+// openRemote uses a remote key service; the volume registry stays in the state directory.
+func (a *app) openRemote(dir, url string, clock crk.Clock) error {
+	inst := a.kmsInst
+	if inst == "" {
+		inst = a.getenv("CRKVOL_KMS_INSTANCE")
+	}
+	if inst == "" {
+		return usagef("--kms-url needs --kms-instance (or CRKVOL_KMS_INSTANCE)")
+	}
+	remote, err := kms.NewRemote(kms.RemoteConfig{
+		URL: url, Instance: inst, APIKey: a.getenv("CRKVOL_KMS_APIKEY"), Token: a.getenv("CRKVOL_KMS_TOKEN"),
+		TokenURL: a.getenv("CRKVOL_KMS_TOKEN_URL"),
+	})
+	if err != nil {
+		return usageError{err}
+	}
+	reg, err := volume.OpenRegistry(filepath.Join(dir, "volumes.db"))
+	if err != nil {
+		return err
+	}
+	a.remote, a.reg = remote, reg
+	a.mgr = volume.NewManager(remote, reg, volume.Options{Now: clock.Now})
+	return nil
+}
+
+// needLocal refuses commands that need the embedded key service in remote mode.
+func (a *app) needLocal(what string) error {
+	if a.svc == nil {
+		return fmt.Errorf("%s: not available with --kms-url; use the service's own API or CLI", what)
 	}
 	return nil
 }

@@ -16,7 +16,7 @@ import (
 
 func (a *app) demoCommand() *cobra.Command {
 	var dir string
-	cmd := &cobra.Command{Use: "demo", Short: "Create a key and three volumes, rotate the key, and verify nothing was lost", Args: cobra.NoArgs,
+	cmd := &cobra.Command{Use: "demo", Short: "Create a key and three volumes, rotate the key, and verify nothing was lost", Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if dir == "" {
 				d, err := os.MkdirTemp("", "crkvol-demo-")
@@ -29,6 +29,7 @@ func (a *app) demoCommand() *cobra.Command {
 				return err
 			}
 			a.stateDir = filepath.Join(dir, "state")
+			a.local = true
 			return a.demo(cmd.Context(), dir)
 		}}
 	cmd.Flags().StringVar(&dir, "dir", "", "directory for the demo's state and images (default: a temporary one, removed after)")
@@ -73,7 +74,11 @@ func (a *app) demo(ctx context.Context, dir string) error {
 		if err := v.Close(); err != nil {
 			return err
 		}
-		vols = append(vols, vol{path: path, info: info, data: data, sum: dataAreaSum(path, info.DataOffset)})
+		sum, err := dataAreaSum(path, info.DataOffset)
+		if err != nil {
+			return fmt.Errorf("demo: %w", err)
+		}
+		vols = append(vols, vol{path: path, info: info, data: data, sum: sum})
 		say("2. created %s: %s, LUKS2 UUID %s, wrote %d bytes", filepath.Base(path), volume.FormatSize(info.Size), info.UUID, len(data))
 	}
 
@@ -96,7 +101,11 @@ func (a *app) demo(ctx context.Context, dir string) error {
 			return err
 		}
 		reencrypted := 0
-		if dataAreaSum(v.path, v.info.DataOffset) != v.sum {
+		sum, err := dataAreaSum(v.path, v.info.DataOffset)
+		if err != nil {
+			return fmt.Errorf("demo: %w", err)
+		}
+		if sum != v.sum {
 			reencrypted = -1
 			failed++
 		}
@@ -153,10 +162,13 @@ func short(id string) string {
 }
 
 // dataAreaSum hashes an image from its data offset to the end.
-func dataAreaSum(path string, off int64) [32]byte {
+func dataAreaSum(path string, off int64) ([32]byte, error) {
 	b, err := os.ReadFile(path)
-	if err != nil || int64(len(b)) < off {
-		return [32]byte{}
+	if err != nil {
+		return [32]byte{}, err
 	}
-	return sha256.Sum256(b[off:])
+	if int64(len(b)) < off {
+		return [32]byte{}, fmt.Errorf("%s is shorter than its data offset %d", path, off)
+	}
+	return sha256.Sum256(b[off:]), nil
 }

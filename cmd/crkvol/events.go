@@ -13,7 +13,7 @@ import (
 func (a *app) eventsCommand() *cobra.Command {
 	var keyID, action, since string
 	var limit int
-	cmd := &cobra.Command{Use: "events", Short: "Show the audit events of the key service", Args: cobra.NoArgs,
+	cmd := &cobra.Command{Use: "events", Short: "Show the audit events of the key service", Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			f := crk.EventFilter{KeyID: keyID, Action: action, Limit: limit}
 			if since != "" {
@@ -24,6 +24,9 @@ func (a *app) eventsCommand() *cobra.Command {
 				f.From = t
 			}
 			if err := a.open(cmd.Context()); err != nil {
+				return err
+			}
+			if err := a.needLocal("events"); err != nil {
 				return err
 			}
 			evs, err := a.svc.Events(cmd.Context(), f)

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"os"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -27,7 +28,7 @@ type keyJSON struct {
 	CreatedBy      string        `json:"createdBy"`
 	CreationDate   string        `json:"creationDate"`
 	LastUpdateDate string        `json:"lastUpdateDate"`
-	LastRotateDate string        `json:"lastRotateDate,omitempty"`
+	LastRotateDate string        `json:"lastRotateDate"`
 	KeyVersion     versionJSON   `json:"keyVersion"`
 	Rotation       *rotationJSON `json:"rotation,omitempty"`
 	ExpirationDate string        `json:"expirationDate,omitempty"`
@@ -127,11 +128,34 @@ func reportsJSON(reps []*volume.Report) []map[string]any {
 
 func (a *app) keyCommand() *cobra.Command {
 	key := group("key", "Manage root and standard keys")
+	var material string
 	withKey := func(use, short string, fn func(ctx context.Context, id string) error) *cobra.Command {
-		return &cobra.Command{Use: use, Short: short, Args: cobra.ExactArgs(1),
+		name := strings.Fields(use)[0]
+		return &cobra.Command{Use: use, Short: short, Args: args(cobra.ExactArgs(1)),
 			RunE: func(cmd *cobra.Command, args []string) error {
 				if err := a.open(cmd.Context()); err != nil {
 					return err
+				}
+				if a.remote != nil {
+					ctx, id := cmd.Context(), args[0]
+					switch name {
+					case "show":
+						return a.remoteShow(ctx, id)
+					case "versions":
+						return a.remoteVersions(ctx, id)
+					case "rotate":
+						var m []byte
+						if material != "" {
+							var err error
+							if m, err = base64.StdEncoding.DecodeString(material); err != nil {
+								return usagef("key rotate: --material is not standard base64")
+							}
+						}
+						return a.remoteRotate(ctx, id, m)
+					case "sync":
+						return a.remoteSync(ctx, id, "key sync")
+					}
+					return a.needLocal("key " + name)
 				}
 				return fn(cmd.Context(), args[0])
 			}}
@@ -139,7 +163,7 @@ func (a *app) keyCommand() *cobra.Command {
 
 	var importB64, materialFile, description string
 	var standard bool
-	create := &cobra.Command{Use: "create NAME", Short: "Create a root key (or, with --standard, a standard key)", Args: cobra.ExactArgs(1),
+	create := &cobra.Command{Use: "create NAME", Short: "Create a root key (or, with --standard, a standard key)", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts := crk.CreateOptions{Name: args[0], Description: description, Type: crk.RootKey}
 			if standard {
@@ -164,6 +188,9 @@ func (a *app) keyCommand() *cobra.Command {
 			if err := a.open(cmd.Context()); err != nil {
 				return err
 			}
+			if a.remote != nil {
+				return a.remoteCreate(cmd.Context(), args[0], opts.Material, standard)
+			}
 			k, err := a.svc.CreateKey(cmd.Context(), opts)
 			if err != nil {
 				return fmt.Errorf("key create: %w", err)
@@ -175,10 +202,13 @@ func (a *app) keyCommand() *cobra.Command {
 	create.Flags().BoolVar(&standard, "standard", false, "create a standard (extractable, non-wrapping) key")
 	create.Flags().StringVar(&description, "description", "", "key description")
 
-	list := &cobra.Command{Use: "list", Short: "List keys", Args: cobra.NoArgs,
+	list := &cobra.Command{Use: "list", Short: "List keys", Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := a.open(cmd.Context()); err != nil {
 				return err
+			}
+			if a.remote != nil {
+				return a.remoteList(cmd.Context())
 			}
 			keys, err := a.svc.ListKeys(cmd.Context(), crk.ListOptions{})
 			if err != nil {
@@ -246,7 +276,6 @@ func (a *app) keyCommand() *cobra.Command {
 		return w.Flush()
 	})
 
-	var material string
 	rotate := withKey("rotate ID", "Rotate a root key and rewrap every volume it protects", func(ctx context.Context, id string) error {
 		var m []byte
 		if material != "" {
@@ -261,10 +290,16 @@ func (a *app) keyCommand() *cobra.Command {
 		}
 		if a.asJSON {
 			j := toKeyJSON(k)
-			return a.emit(map[string]any{"key": j, "rewraps": reportsJSON(a.reports)})
+			if err := a.emit(map[string]any{"key": j, "rewraps": reportsJSON(a.reports)}); err != nil {
+				return err
+			}
+		} else {
+			fmt.Fprintf(a.stdout, "rotated key %s to version %s\n", k.ID, k.KeyVersion.ID)
+			if err := a.printReports(); err != nil {
+				return err
+			}
 		}
-		fmt.Fprintf(a.stdout, "rotated key %s to version %s\n", k.ID, k.KeyVersion.ID)
-		return a.printReports()
+		return a.rewrapErr("key rotate")
 	})
 	rotate.Flags().StringVar(&material, "material", "", "new base64 key material (imported keys only)")
 
@@ -362,12 +397,27 @@ func (a *app) keyCommand() *cobra.Command {
 		}
 		_ = rep
 		if a.asJSON {
-			return a.emit(map[string]any{"rewraps": reportsJSON(a.reports)})
+			if err := a.emit(map[string]any{"rewraps": reportsJSON(a.reports)}); err != nil {
+				return err
+			}
+		} else if err := a.printReports(); err != nil {
+			return err
 		}
-		return a.printReports()
+		return a.rewrapErr("key sync")
 	})
 	key.AddCommand(create, list, show, versions, rotate, policy, disableCmd, enable, del, prune, regs, sync)
 	return key
+}
+
+// rewrapErr fails a command whose rotation left volumes on the old version (their old
+// wrapping still works; `key sync` retries).
+func (a *app) rewrapErr(what string) error {
+	for _, r := range a.reports {
+		if err := r.Err(); err != nil {
+			return fmt.Errorf("%s: the key rotated, but %w; run crkvol key sync %s to retry", what, err, r.KeyID)
+		}
+	}
+	return nil
 }
 
 func nonNil(s []string) []string {

@@ -45,6 +45,8 @@ func TestScripts(t *testing.T) {
 			"later":              cmdLater,
 			"truncate-to-header": cmdTruncateToHeader,
 			"zerofile":           cmdZeroFile,
+			"setout":             cmdSetOut,
+			"waitfile":           cmdWaitFile,
 		},
 	})
 }
@@ -160,4 +162,28 @@ func cmdZeroFile(ts *testscript.TestScript, neg bool, args []string) {
 	n, err := strconv.Atoi(args[1])
 	ts.Check(err)
 	ts.Check(os.WriteFile(ts.MkAbs(args[0]), make([]byte, n), 0o600))
+}
+
+// setout VAR: set $VAR to the last command's stdout, trimmed.
+func cmdSetOut(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: setout VAR")
+	}
+	ts.Setenv(args[0], strings.TrimSpace(ts.ReadFile("stdout")))
+}
+
+// waitfile FILE VAR: wait up to 20 s for FILE to hold a line, then set $VAR to it.
+func cmdWaitFile(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: waitfile FILE VAR")
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if b, err := os.ReadFile(ts.MkAbs(args[0])); err == nil && strings.HasSuffix(string(b), "\n") {
+			ts.Setenv(args[1], strings.TrimSpace(string(b)))
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	ts.Fatalf("%s did not appear", args[0])
 }

@@ -23,7 +23,7 @@ func (a *app) volumeCommand() *cobra.Command {
 	var sizeStr, keyID string
 	var sectorSize, keyBits int
 	var wipe bool
-	create := &cobra.Command{Use: "create IMG", Short: "Create a volume image protected by a root key", Args: cobra.ExactArgs(1),
+	create := &cobra.Command{Use: "create IMG", Short: "Create a volume image protected by a root key", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			size, err := volume.ParseSize(sizeStr)
 			if err != nil {
@@ -46,7 +46,7 @@ func (a *app) volumeCommand() *cobra.Command {
 					return err
 				}
 			}
-			return a.printStatus(info.Path)
+			return a.printStatus(args[0])
 		}}
 	create.Flags().StringVar(&sizeStr, "size", "", "data size, such as 64MiB or 10GiB (required)")
 	create.Flags().StringVar(&keyID, "key", "", "root key id (required)")
@@ -57,7 +57,7 @@ func (a *app) volumeCommand() *cobra.Command {
 	create.MarkFlagRequired("key")
 
 	var passFile string
-	adopt := &cobra.Command{Use: "adopt IMG", Short: "Bring an existing LUKS2 image under a root key", Args: cobra.ExactArgs(1),
+	adopt := &cobra.Command{Use: "adopt IMG", Short: "Bring an existing LUKS2 image under a root key", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pass, err := os.ReadFile(passFile)
 			if err != nil {
@@ -67,21 +67,20 @@ func (a *app) volumeCommand() *cobra.Command {
 			if err := a.open(cmd.Context()); err != nil {
 				return err
 			}
-			info, err := a.mgr.Adopt(cmd.Context(), args[0], pass, keyID, volume.AdoptOptions{})
-			if err != nil {
+			if _, err := a.mgr.Adopt(cmd.Context(), args[0], pass, keyID, volume.AdoptOptions{}); err != nil {
 				return err
 			}
-			return a.printStatus(info.Path)
+			return a.printStatus(args[0])
 		}}
 	adopt.Flags().StringVar(&keyID, "key", "", "root key id (required)")
 	adopt.Flags().StringVar(&passFile, "passphrase-file", "", "file holding one of the image's passphrases (required)")
 	adopt.MarkFlagRequired("key")
 	adopt.MarkFlagRequired("passphrase-file")
 
-	status := &cobra.Command{Use: "status IMG", Short: "Show a volume's header, key and wrapping", Args: cobra.ExactArgs(1),
+	status := &cobra.Command{Use: "status IMG", Short: "Show a volume's header, key and wrapping", Args: args(cobra.ExactArgs(1)),
 		RunE: func(_ *cobra.Command, args []string) error { return a.printStatus(args[0]) }}
 
-	list := &cobra.Command{Use: "list", Short: "List registered volumes", Args: cobra.NoArgs,
+	list := &cobra.Command{Use: "list", Short: "List registered volumes", Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := a.open(cmd.Context()); err != nil {
 				return err
@@ -124,7 +123,7 @@ func (a *app) volumeCommand() *cobra.Command {
 
 	var offset, length int64
 	var input, output string
-	write := &cobra.Command{Use: "write IMG", Short: "Write data (stdin or --input) into a volume", Args: cobra.ExactArgs(1),
+	write := &cobra.Command{Use: "write IMG", Short: "Write data (stdin or --input) into a volume", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			in := a.stdin
 			var total int64 = -1
@@ -144,7 +143,7 @@ func (a *app) volumeCommand() *cobra.Command {
 				return err
 			}
 			defer v.Close()
-			if total >= 0 && offset+total > v.Size() {
+			if offset < 0 || offset > v.Size() || (total >= 0 && total > v.Size()-offset) {
 				return fmt.Errorf("volume write: %d bytes at offset %d do not fit the %d-byte volume", total, offset, v.Size())
 			}
 			n, err := copyWithProgress(a, io.NewOffsetWriter(v, offset), in, total, "writing")
@@ -163,7 +162,7 @@ func (a *app) volumeCommand() *cobra.Command {
 	write.Flags().Int64Var(&offset, "offset", 0, "byte offset in the volume")
 	write.Flags().StringVar(&input, "input", "", "read the data from this file instead of stdin")
 
-	read := &cobra.Command{Use: "read IMG", Short: "Read data from a volume (to stdout or --output)", Args: cobra.ExactArgs(1),
+	read := &cobra.Command{Use: "read IMG", Short: "Read data from a volume (to stdout or --output)", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			v, err := a.attach(cmd.Context(), args[0])
 			if err != nil {
@@ -171,13 +170,15 @@ func (a *app) volumeCommand() *cobra.Command {
 			}
 			defer v.Close()
 			if offset < 0 || offset > v.Size() {
-				return fmt.Errorf("volume read: offset %d is past the end of the %d-byte volume", offset, v.Size())
+				return fmt.Errorf("volume read: offset %d is outside the %d-byte volume", offset, v.Size())
 			}
 			n := length
-			if n < 0 {
+			if !cmd.Flags().Changed("length") {
 				n = v.Size() - offset
+			} else if n < 0 {
+				return usagef("volume read: --length %d: want a non-negative byte count", n)
 			}
-			if offset+n > v.Size() {
+			if n > v.Size()-offset {
 				return fmt.Errorf("volume read: %d bytes at offset %d run past the end of the %d-byte volume", n, offset, v.Size())
 			}
 			out := a.stdout
@@ -196,10 +197,10 @@ func (a *app) volumeCommand() *cobra.Command {
 			return bw.Flush()
 		}}
 	read.Flags().Int64Var(&offset, "offset", 0, "byte offset in the volume")
-	read.Flags().Int64Var(&length, "length", -1, "bytes to read (default: to the end)")
+	read.Flags().Int64Var(&length, "length", 0, "bytes to read (default: to the end)")
 	read.Flags().StringVar(&output, "output", "", "write the data to this file instead of stdout")
 
-	passphrase := &cobra.Command{Use: "passphrase IMG", Short: "Write the unwrapped LUKS passphrase to a new 0600 file (for cryptsetup --key-file)", Args: cobra.ExactArgs(1),
+	passphrase := &cobra.Command{Use: "passphrase IMG", Short: "Write the unwrapped LUKS passphrase to a new 0600 file (for cryptsetup --key-file)", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if output == "" {
 				return usagef("volume passphrase: --output FILE is required (the passphrase is never printed)")
@@ -236,7 +237,7 @@ func (a *app) volumeCommand() *cobra.Command {
 		}}
 	passphrase.Flags().StringVar(&output, "output", "", "new file to write the passphrase to (mode 0600)")
 
-	rewrap := &cobra.Command{Use: "rewrap IMG", Short: "Rewrap a volume's passphrase to its key's latest version", Args: cobra.ExactArgs(1),
+	rewrap := &cobra.Command{Use: "rewrap IMG", Short: "Rewrap a volume's passphrase to its key's latest version", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := a.open(cmd.Context()); err != nil {
 				return err
@@ -255,7 +256,7 @@ func (a *app) volumeCommand() *cobra.Command {
 		}}
 
 	var erase, keepImage bool
-	del := &cobra.Command{Use: "delete IMG", Short: "Deregister a volume and remove its image", Args: cobra.ExactArgs(1),
+	del := &cobra.Command{Use: "delete IMG", Short: "Deregister a volume and remove its image", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := a.open(cmd.Context()); err != nil {
 				return err

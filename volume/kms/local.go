@@ -67,7 +67,7 @@ func (l *Local) Register(ctx context.Context, keyID, crn, versionID string, prev
 
 // UpdateRegistration implements volume.KeyService.
 func (l *Local) UpdateRegistration(ctx context.Context, keyID, crn, versionID string) error {
-	_, err := l.svc.UpdateRegistration(ctx, keyID, crn, crk.RegistrationUpdate{VersionID: &versionID})
+	_, err := l.svc.UpdateRegistration(ctx, keyID, crn, crk.RegistrationUpdate{VersionID: &versionID, NoDowngrade: true})
 	return err
 }
 

@@ -1,0 +1,591 @@
+package kpapi
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"crkvol/crk"
+)
+
+// MaxBody caps request bodies; Key Protect's largest (a 7168-byte DEK in base64) fits well.
+const MaxBody = 64 << 10
+
+// Server serves the Key Protect API v2 for the instances of a Tenants.
+type Server struct {
+	tenants *Tenants
+	mux     *http.ServeMux
+}
+
+// NewServer returns a server for t.
+func NewServer(t *Tenants) *Server {
+	s := &Server{tenants: t, mux: http.NewServeMux()}
+	s.routes()
+	return s
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// request is one authorised API call.
+type request struct {
+	w   http.ResponseWriter
+	r   *http.Request
+	ctx context.Context
+	svc *crk.Service
+	id  string // the {id} path value, when the route has one
+}
+
+func (s *Server) routes() {
+	s.mux.HandleFunc("POST /identity/token", s.token)
+	s.mux.HandleFunc("POST /oidc/token", s.token)
+	api := func(pattern string, h func(*request) error) {
+		s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) { s.serveAPI(w, r, h) })
+	}
+	api("POST /api/v2/keys", s.createKey)
+	api("GET /api/v2/keys", s.listKeys)
+	api("GET /api/v2/keys/metadata", s.listKeys)
+	api("GET /api/v2/keys/registrations", s.listRegistrations)
+	api("GET /api/v2/keys/{id}", func(q *request) error { return s.getKey(q, true) })
+	api("GET /api/v2/keys/{id}/metadata", func(q *request) error { return s.getKey(q, false) })
+	api("POST /api/v2/keys/{id}", func(q *request) error { return s.action(q, q.r.URL.Query().Get("action")) })
+	api("POST /api/v2/keys/{id}/actions/{action}", func(q *request) error { return s.action(q, q.r.PathValue("action")) })
+	api("DELETE /api/v2/keys/{id}", s.deleteKey)
+	api("POST /api/v2/keys/{id}/restore", s.restoreKey)
+	api("GET /api/v2/keys/{id}/versions", s.versions)
+	api("GET /api/v2/keys/{id}/policies", s.getPolicies)
+	api("PUT /api/v2/keys/{id}/policies", s.putPolicy)
+	api("GET /api/v2/keys/{id}/registrations", s.listRegistrations)
+	api("POST /api/v2/keys/{id}/registrations/{crn...}", s.register)
+	api("PATCH /api/v2/keys/{id}/registrations/{crn...}", s.updateRegistration)
+	api("DELETE /api/v2/keys/{id}/registrations/{crn...}", s.deleteRegistration)
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/api/v2/keys") {
+			// The path exists for other methods (every /api/v2/keys path this server
+			// knows is routed above by method).
+			writeError(w, &apiError{status: http.StatusMethodNotAllowed, code: "METHOD_NOT_ALLOWED_ERR", msg: fmt.Sprintf("method %s is not allowed on %s", r.Method, r.URL.Path)})
+			return
+		}
+		writeError(w, &apiError{status: http.StatusNotFound, code: "NOT_FOUND_ERR", msg: fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path)})
+	})
+}
+
+// serveAPI authenticates a request and runs h; failures become the error envelope and an
+// audit event.
+func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*request) error) {
+	r.Body = http.MaxBytesReader(w, r.Body, MaxBody)
+	instance := r.Header.Get("bluemix-instance")
+	if !isUUID(instance) {
+		writeError(w, badRequest("BAD_REQUEST_ERR", "Bad Request: Request requires valid Bluemix-Instance Header containing a valid UUID", ""))
+		return
+	}
+	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	svc, err := s.tenants.Authorize(strings.TrimSpace(tok), instance)
+	if err != nil {
+		writeError(w, &apiError{status: http.StatusUnauthorized, code: "UNAUTHORIZED_ERR",
+			msg: "Unauthorized: The user does not have access to the specified resource"})
+		return
+	}
+	q := &request{w: w, r: r, svc: svc, id: r.PathValue("id"),
+		ctx: crk.WithInitiator(r.Context(), "kpapi:"+instance)}
+	if err := h(q); err != nil {
+		// The service audits its own refusals; requests refused here before reaching it
+		// (malformed bodies, unknown actions) are audited as kms.secrets.default.
+		var ae *apiError
+		if errors.As(err, &ae) {
+			svc.RecordFailure(q.ctx, crk.ActionDefault, q.id, err)
+		}
+		writeError(w, err)
+	}
+}
+
+// decode reads a JSON body into v strictly by type; an empty body, {} and null leave v as is.
+func decode(r *http.Request, v any) error {
+	raw, err := io.ReadAll(r.Body)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return &apiError{status: http.StatusRequestEntityTooLarge, code: "BAD_BODY_ERR", msg: fmt.Sprintf("request body larger than %d bytes", MaxBody)}
+		}
+		return badRequest("BAD_BODY_ERR", "reading the request body: "+err.Error(), "")
+	}
+	t := strings.TrimSpace(string(raw))
+	if t == "" || t == "null" || t == "{}" {
+		return nil
+	}
+	dec := json.NewDecoder(strings.NewReader(t))
+	if err := dec.Decode(v); err != nil {
+		return badRequest("BAD_BODY_ERR", "invalid JSON body: "+err.Error(), "")
+	}
+	if dec.More() {
+		return badRequest("BAD_BODY_ERR", "invalid JSON body: data after the value", "")
+	}
+	return nil
+}
+
+func b64(field, s string) ([]byte, error) {
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		return nil, badRequest("INVALID_FIELD_ERR", fmt.Sprintf("the field %q must be a base64 encoded string", field), field)
+	}
+	return b, nil
+}
+
+func keys(q *request, status int, ks ...crk.Key) error {
+	res := make([]Key, 0, len(ks))
+	for i := range ks {
+		res = append(res, FromKey(&ks[i]))
+	}
+	writeJSON(q.w, status, map[string]any{"metadata": Metadata{CollectionType: TypeKey, CollectionTotal: len(res)}, "resources": res})
+	return nil
+}
+
+type createBody struct {
+	Metadata  *Metadata `json:"metadata"`
+	Resources []struct {
+		Name           string  `json:"name"`
+		Description    string  `json:"description"`
+		Extractable    bool    `json:"extractable"`
+		Payload        *string `json:"payload"`
+		ExpirationDate string  `json:"expirationDate"`
+	} `json:"resources"`
+}
+
+func (s *Server) createKey(q *request) error {
+	var body createBody
+	if err := decode(q.r, &body); err != nil {
+		return err
+	}
+	if len(body.Resources) != 1 {
+		return badRequest("BAD_BODY_ERR", "the request must create exactly one key", "resources")
+	}
+	if body.Metadata != nil && body.Metadata.CollectionTotal != len(body.Resources) {
+		return badRequest("COLLECTION_TOTAL_MISMATCH_ERR", "collectionTotal does not match the number of resources", "collectionTotal")
+	}
+	res := body.Resources[0]
+	opts := crk.CreateOptions{Name: res.Name, Description: res.Description, Type: crk.RootKey}
+	if res.Extractable {
+		opts.Type = crk.StandardKey
+	}
+	if res.Payload != nil {
+		m, err := b64("payload", *res.Payload)
+		if err != nil {
+			return err
+		}
+		opts.Material = m
+	}
+	if res.ExpirationDate != "" {
+		t, err := time.Parse(time.RFC3339, res.ExpirationDate)
+		if err != nil {
+			return badRequest("INVALID_FIELD_ERR", "expirationDate must be an RFC 3339 time", "expirationDate")
+		}
+		opts.ExpirationDate = t
+	}
+	k, err := q.svc.CreateKey(q.ctx, opts)
+	if err != nil {
+		return err
+	}
+	return keys(q, http.StatusCreated, *k)
+}
+
+func (s *Server) listKeys(q *request) error {
+	v := q.r.URL.Query()
+	limit, offset := 200, 0
+	var err error
+	if l := v.Get("limit"); l != "" {
+		if limit, err = strconv.Atoi(l); err != nil || limit < 1 || limit > 5000 {
+			return badRequest("INVALID_QUERY_PARAM_ERR", "limit must be an integer from 1 to 5000", "limit")
+		}
+	}
+	if o := v.Get("offset"); o != "" {
+		if offset, err = strconv.Atoi(o); err != nil || offset < 0 {
+			return badRequest("INVALID_QUERY_PARAM_ERR", "offset must be a non-negative integer", "offset")
+		}
+	}
+	var states []crk.State
+	if st := v.Get("state"); st != "" {
+		for _, p := range strings.Split(st, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(p))
+			if err != nil || (n != 0 && n != 1 && n != 2 && n != 3 && n != 5) {
+				return badRequest("INVALID_QUERY_PARAM_ERR", "state must list key states (0, 1, 2, 3, 5)", "state")
+			}
+			states = append(states, crk.State(n))
+		}
+	}
+	all, err := q.svc.ListKeys(q.ctx, crk.ListOptions{States: states})
+	if err != nil {
+		return err
+	}
+	total := len(all)
+	page := all[min(offset, total):]
+	page = page[:min(limit, len(page))]
+	res := make([]Key, 0, len(page))
+	for i := range page {
+		res = append(res, FromKey(&page[i]))
+	}
+	writeJSON(q.w, http.StatusOK, map[string]any{
+		"metadata":  Metadata{CollectionType: TypeKey, CollectionTotal: len(res), TotalCount: &total},
+		"resources": res,
+	})
+	return nil
+}
+
+func (s *Server) getKey(q *request, withPayload bool) error {
+	var k *crk.Key
+	var err error
+	if withPayload {
+		k, err = q.svc.GetKey(q.ctx, q.id)
+	} else {
+		k, err = q.svc.GetKeyMetadata(q.ctx, q.id)
+	}
+	if err != nil {
+		return err
+	}
+	j := FromKey(k)
+	if withPayload && k.Payload != nil {
+		j.Payload = base64.StdEncoding.EncodeToString(k.Payload)
+	}
+	writeJSON(q.w, http.StatusOK, map[string]any{"metadata": Metadata{CollectionType: TypeKey, CollectionTotal: 1}, "resources": []Key{j}})
+	return nil
+}
+
+type actionBody struct {
+	Plaintext  *string  `json:"plaintext"`
+	Ciphertext *string  `json:"ciphertext"`
+	AAD        []string `json:"aad"`
+	Payload    *string  `json:"payload"`
+}
+
+func version(v crk.Version) *KeyVersion {
+	return &KeyVersion{ID: v.ID, CreationDate: RFC3339(v.CreationDate)}
+}
+
+func (s *Server) action(q *request, action string) error {
+	var body actionBody
+	if err := decode(q.r, &body); err != nil {
+		return err
+	}
+	switch action {
+	case "rotate":
+		var material []byte
+		if body.Payload != nil {
+			m, err := b64("payload", *body.Payload)
+			if err != nil {
+				return err
+			}
+			material = m
+		}
+		if _, err := q.svc.RotateKey(q.ctx, q.id, material); err != nil {
+			return err
+		}
+		q.w.WriteHeader(http.StatusNoContent)
+	case "wrap":
+		var res *crk.WrapResult
+		var err error
+		if body.Plaintext == nil {
+			res, err = q.svc.WrapCreateDEK(q.ctx, q.id, body.AAD)
+		} else {
+			var pt []byte
+			if pt, err = b64("plaintext", *body.Plaintext); err != nil {
+				return err
+			}
+			res, err = q.svc.Wrap(q.ctx, q.id, pt, body.AAD)
+		}
+		if err != nil {
+			return err
+		}
+		out := map[string]any{"ciphertext": base64.StdEncoding.EncodeToString(res.Ciphertext), "keyVersion": version(res.KeyVersion)}
+		if res.Plaintext != nil {
+			out["plaintext"] = base64.StdEncoding.EncodeToString(res.Plaintext)
+		}
+		writeJSON(q.w, http.StatusOK, out)
+	case "unwrap", "rewrap":
+		if body.Ciphertext == nil {
+			return badRequest("BAD_BODY_ERR", "ciphertext is required", "ciphertext")
+		}
+		ct, err := b64("ciphertext", *body.Ciphertext)
+		if err != nil {
+			return err
+		}
+		if action == "rewrap" {
+			res, err := q.svc.Rewrap(q.ctx, q.id, ct, body.AAD)
+			if err != nil {
+				return err
+			}
+			writeJSON(q.w, http.StatusOK, map[string]any{
+				"ciphertext": base64.StdEncoding.EncodeToString(res.Ciphertext),
+				"keyVersion": version(res.OldVersion), "rewrappedKeyVersion": version(res.KeyVersion),
+			})
+			return nil
+		}
+		res, err := q.svc.Unwrap(q.ctx, q.id, ct, body.AAD)
+		if err != nil {
+			return err
+		}
+		out := map[string]any{"plaintext": base64.StdEncoding.EncodeToString(res.Plaintext), "keyVersion": version(res.KeyVersion)}
+		if res.Rewrapped != nil {
+			out["ciphertext"] = base64.StdEncoding.EncodeToString(res.Rewrapped)
+			out["rewrappedKeyVersion"] = version(res.RewrappedVersion)
+		}
+		clear(res.Plaintext)
+		writeJSON(q.w, http.StatusOK, out)
+	case "disable":
+		if _, err := q.svc.DisableKey(q.ctx, q.id); err != nil {
+			return err
+		}
+		q.w.WriteHeader(http.StatusNoContent)
+	case "enable":
+		if _, err := q.svc.EnableKey(q.ctx, q.id); err != nil {
+			return err
+		}
+		q.w.WriteHeader(http.StatusNoContent)
+	case "sync":
+		if err := q.svc.SyncKey(q.ctx, q.id); err != nil {
+			return err
+		}
+		q.w.WriteHeader(http.StatusNoContent)
+	default:
+		return badRequest("INVALID_QUERY_PARAM_ERR", fmt.Sprintf("unknown key action %q", action), "action")
+	}
+	return nil
+}
+
+func (s *Server) deleteKey(q *request) error {
+	force := q.r.URL.Query().Get("force") == "true"
+	k, err := q.svc.DeleteKey(q.ctx, q.id, crk.DeleteOptions{Force: force})
+	if err != nil {
+		return err
+	}
+	if strings.Contains(q.r.Header.Get("Prefer"), "return=representation") {
+		return keys(q, http.StatusOK, *k)
+	}
+	q.w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) restoreKey(q *request) error {
+	k, err := q.svc.RestoreKey(q.ctx, q.id)
+	if err != nil {
+		return err
+	}
+	return keys(q, http.StatusCreated, *k)
+}
+
+func (s *Server) versions(q *request) error {
+	vs, err := q.svc.ListVersions(q.ctx, q.id)
+	if err != nil {
+		return err
+	}
+	res := make([]KeyVersion, 0, len(vs))
+	for _, v := range vs {
+		res = append(res, KeyVersion{ID: v.ID, CreationDate: RFC3339(v.CreationDate)})
+	}
+	total := len(res)
+	writeJSON(q.w, http.StatusOK, map[string]any{"metadata": Metadata{CollectionType: TypeKeyVersion, CollectionTotal: total, TotalCount: &total}, "resources": res})
+	return nil
+}
+
+func policyOf(k *crk.Key) []any {
+	if k.RotationPolicy == nil {
+		return []any{}
+	}
+	p := k.RotationPolicy
+	return []any{map[string]any{
+		"type": TypePolicy, "crn": k.CRN, "createdBy": k.CreatedBy,
+		"creationDate": RFC3339(p.CreationDate), "updatedBy": k.CreatedBy, "lastUpdateDate": RFC3339(p.LastUpdateDate),
+		"rotation": Rotation{Enabled: p.Enabled, IntervalMonth: p.IntervalMonths},
+	}}
+}
+
+func (s *Server) getPolicies(q *request) error {
+	if p := q.r.URL.Query().Get("policy"); p != "" && p != "rotation" && p != "dualAuthDelete" {
+		return badRequest("INVALID_QUERY_PARAM_ERR", fmt.Sprintf("unknown policy %q", p), "policy")
+	}
+	k, err := q.svc.GetKeyMetadata(q.ctx, q.id)
+	if err != nil {
+		return err
+	}
+	res := policyOf(k)
+	if q.r.URL.Query().Get("policy") == "dualAuthDelete" {
+		res = []any{}
+	}
+	writeJSON(q.w, http.StatusOK, map[string]any{"metadata": Metadata{CollectionType: TypePolicy, CollectionTotal: len(res)}, "resources": res})
+	return nil
+}
+
+type policyBody struct {
+	Resources []struct {
+		Rotation *struct {
+			Enabled       *bool `json:"enabled"`
+			IntervalMonth int   `json:"interval_month"`
+		} `json:"rotation"`
+	} `json:"resources"`
+}
+
+func (s *Server) putPolicy(q *request) error {
+	if p := q.r.URL.Query().Get("policy"); p != "" && p != "rotation" {
+		return badRequest("INVALID_QUERY_PARAM_ERR", fmt.Sprintf("policy %q is not supported", p), "policy")
+	}
+	var body policyBody
+	if err := decode(q.r, &body); err != nil {
+		return err
+	}
+	if len(body.Resources) != 1 || body.Resources[0].Rotation == nil {
+		return badRequest("BAD_BODY_ERR", "the request must set exactly one rotation policy", "resources")
+	}
+	rot := body.Resources[0].Rotation
+	enabled := rot.Enabled == nil || *rot.Enabled
+	months := rot.IntervalMonth
+	if months == -1 || (!enabled && months == 0) { // the client sends -1 for "no interval"
+		k, err := q.svc.GetKeyMetadata(q.ctx, q.id)
+		if err != nil {
+			return err
+		}
+		months, enabled = 1, false
+		if k.RotationPolicy != nil {
+			months = k.RotationPolicy.IntervalMonths
+		}
+	}
+	k, err := q.svc.SetRotationPolicy(q.ctx, q.id, months, enabled)
+	if err != nil {
+		return err
+	}
+	res := policyOf(k)
+	writeJSON(q.w, http.StatusOK, map[string]any{"metadata": Metadata{CollectionType: TypePolicy, CollectionTotal: len(res)}, "resources": res})
+	return nil
+}
+
+func (s *Server) listRegistrations(q *request) error {
+	crn := q.r.URL.Query().Get("urlEncodedResourceCRNQuery")
+	regs, err := q.svc.ListRegistrations(q.ctx, crk.RegistrationFilter{KeyID: q.id, CRN: crn})
+	if err != nil {
+		return err
+	}
+	res := make([]Registration, 0, len(regs))
+	for _, r := range regs {
+		res = append(res, FromRegistration(r))
+	}
+	total := len(res)
+	writeJSON(q.w, http.StatusOK, map[string]any{"metadata": Metadata{CollectionType: TypeRegistration, CollectionTotal: total, TotalCount: &total}, "resources": res})
+	return nil
+}
+
+type registrationBody struct {
+	Description        *string     `json:"description"`
+	PreventKeyDeletion *bool       `json:"preventKeyDeletion"`
+	KeyVersion         *KeyVersion `json:"keyVersion"`
+}
+
+func pathCRN(q *request) (string, error) {
+	crn, err := url.PathUnescape(q.r.PathValue("crn"))
+	if err != nil || crn == "" {
+		return "", badRequest("INVALID_FIELD_ERR", "the resource CRN in the path is not URL-encoded", "urlEncodedResourceCRN")
+	}
+	return crn, nil
+}
+
+func (s *Server) register(q *request) error {
+	crn, err := pathCRN(q)
+	if err != nil {
+		return err
+	}
+	var body registrationBody
+	if err := decode(q.r, &body); err != nil {
+		return err
+	}
+	opts := crk.RegisterOptions{}
+	if body.Description != nil {
+		opts.Description = *body.Description
+	}
+	if body.PreventKeyDeletion != nil {
+		opts.PreventKeyDeletion = *body.PreventKeyDeletion
+	}
+	if body.KeyVersion != nil {
+		opts.VersionID = body.KeyVersion.ID
+	}
+	reg, err := q.svc.Register(q.ctx, q.id, crn, opts)
+	if err != nil {
+		return err
+	}
+	writeJSON(q.w, http.StatusCreated, map[string]any{"metadata": Metadata{CollectionType: TypeRegistration, CollectionTotal: 1}, "resources": []Registration{FromRegistration(*reg)}})
+	return nil
+}
+
+func (s *Server) updateRegistration(q *request) error {
+	crn, err := pathCRN(q)
+	if err != nil {
+		return err
+	}
+	var body registrationBody
+	if err := decode(q.r, &body); err != nil {
+		return err
+	}
+	u := crk.RegistrationUpdate{Description: body.Description, PreventKeyDeletion: body.PreventKeyDeletion}
+	if body.KeyVersion != nil {
+		u.VersionID = &body.KeyVersion.ID
+	}
+	reg, err := q.svc.UpdateRegistration(q.ctx, q.id, crn, u)
+	if err != nil {
+		return err
+	}
+	writeJSON(q.w, http.StatusOK, map[string]any{"metadata": Metadata{CollectionType: TypeRegistration, CollectionTotal: 1}, "resources": []Registration{FromRegistration(*reg)}})
+	return nil
+}
+
+func (s *Server) deleteRegistration(q *request) error {
+	crn, err := pathCRN(q)
+	if err != nil {
+		return err
+	}
+	if err := q.svc.DeleteRegistration(q.ctx, q.id, crn); err != nil {
+		return err
+	}
+	q.w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// token exchanges an API key for a bearer token, as IAM's token endpoint does.
+func (s *Server) token(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, MaxBody)
+	if err := r.ParseForm(); err != nil || r.PostForm.Get("grant_type") != "urn:ibm:params:oauth:grant-type:apikey" {
+		writeJSON(w, http.StatusBadRequest, map[string]any{"errorCode": "BXNIM0109E", "errorMessage": "Property missing or empty: grant_type must be urn:ibm:params:oauth:grant-type:apikey"})
+		return
+	}
+	tok, life, err := s.tenants.Exchange(r.PostForm.Get("apikey"))
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]any{"errorCode": "BXNIM0415E", "errorMessage": "Provided API key could not be found."})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"access_token": tok, "refresh_token": "not_supported", "token_type": "Bearer",
+		"expires_in": int(life.Seconds()), "expiration": time.Now().Add(life).Unix(),
+	})
+}
+
+func isUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+				return false
+			}
+		}
+	}
+	return true
+}

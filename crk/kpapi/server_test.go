@@ -1,0 +1,408 @@
+package kpapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	kp "github.com/IBM/keyprotect-go-client"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"crkvol/crk"
+)
+
+const staticToken = "test-token"
+
+type env struct {
+	tenants *Tenants
+	srv     *httptest.Server
+	clock   *crk.ManualClock
+	inst    string
+	client  *kp.Client
+	ctx     context.Context
+}
+
+func newEnv(t testing.TB) *env {
+	t.Helper()
+	clock := crk.NewManualClock(time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC))
+	tenants, err := OpenTenants(t.TempDir(), crk.Options{Clock: clock, MasterKey: bytes.Repeat([]byte{3}, 32)})
+	require.NoError(t, err)
+	t.Cleanup(func() { tenants.Close() })
+	tenants.SetStaticToken(staticToken)
+	srv := httptest.NewServer(NewServer(tenants))
+	t.Cleanup(srv.Close)
+	inst, _ := tenants.Default()
+	e := &env{tenants: tenants, srv: srv, clock: clock, inst: inst, ctx: context.Background()}
+	e.client = e.newClient(t, kp.ClientConfig{Authorization: "Bearer " + staticToken, InstanceID: inst})
+	return e
+}
+
+func (e *env) newClient(t testing.TB, cfg kp.ClientConfig) *kp.Client {
+	t.Helper()
+	cfg.BaseURL = e.srv.URL
+	cfg.Verbose = kp.VerboseNone
+	c, err := kp.New(cfg, kp.DefaultTransport())
+	require.NoError(t, err)
+	return c
+}
+
+// reason returns the Key Protect reason code and HTTP status of a client error.
+func reason(t testing.TB, err error) (string, int) {
+	t.Helper()
+	require.Error(t, err)
+	var kerr *kp.Error
+	require.True(t, errors.As(err, &kerr), "%T: %v", err, err)
+	code := ""
+	if len(kerr.Reasons) > 0 {
+		code = kerr.Reasons[0].Code
+	}
+	return code, kerr.StatusCode
+}
+
+func TestOfficialClient(t *testing.T) {
+	e := newEnv(t)
+	c, ctx := e.client, e.ctx
+
+	root, err := c.CreateRootKey(ctx, "root", nil)
+	require.NoError(t, err)
+	assert.False(t, root.Extractable)
+	assert.Equal(t, 1, root.State)
+	imported, err := c.CreateImportedRootKey(ctx, "imported", nil, base64.StdEncoding.EncodeToString(mat(32, 1)), "", "")
+	require.NoError(t, err)
+	assert.True(t, imported.Imported)
+	std, err := c.CreateStandardKey(ctx, "standard", nil)
+	require.NoError(t, err)
+	assert.True(t, std.Extractable)
+
+	// Listing with paging.
+	page, err := c.GetKeys(ctx, 2, 0)
+	require.NoError(t, err)
+	assert.Len(t, page.Keys, 2)
+	page, err = c.GetKeys(ctx, 2, 2)
+	require.NoError(t, err)
+	assert.Len(t, page.Keys, 1)
+
+	got, err := c.GetKey(ctx, std.ID)
+	require.NoError(t, err)
+	assert.NotEmpty(t, got.Payload, "standard keys return their payload")
+	meta, err := c.GetKeyMetadata(ctx, root.ID)
+	require.NoError(t, err)
+	assert.Equal(t, root.CRN, meta.CRN)
+	assert.Empty(t, meta.Payload)
+
+	// Wrap and unwrap, with and without AAD; WrapCreateDEK.
+	dek := base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))
+	aad := []string{"volume-1"}
+	ct, err := c.Wrap(ctx, root.ID, []byte(dek), &aad)
+	require.NoError(t, err)
+	pt, err := c.Unwrap(ctx, root.ID, ct, &aad)
+	require.NoError(t, err)
+	assert.Equal(t, dek, string(pt))
+	_, err = c.Unwrap(ctx, root.ID, ct, nil)
+	code, status := reason(t, err)
+	assert.Equal(t, "UNPROCESSABLE_CIPHERTEXT_ERR", code)
+	assert.Equal(t, http.StatusUnprocessableEntity, status)
+	ct2, err := c.Wrap(ctx, root.ID, []byte(dek), nil)
+	require.NoError(t, err)
+	genPT, genCT, err := c.WrapCreateDEK(ctx, root.ID, nil)
+	require.NoError(t, err)
+	pt, err = c.Unwrap(ctx, root.ID, genCT, nil)
+	require.NoError(t, err)
+	assert.Equal(t, genPT, pt)
+
+	// Rotation: the first at once, a second within the hour refused, allowed an hour later.
+	require.NoError(t, c.Rotate(ctx, root.ID, ""))
+	code, status = reason(t, c.Rotate(ctx, root.ID, ""))
+	assert.Equal(t, "KEY_ROTATION_NOT_PERMITTED", code)
+	assert.Equal(t, http.StatusConflict, status)
+	e.clock.Advance(time.Hour)
+	require.NoError(t, c.Rotate(ctx, root.ID, ""))
+	code, status = reason(t, c.Rotate(ctx, imported.ID, ""))
+	assert.Equal(t, "KEY_PAYLOAD_REQ_ERR", code)
+	assert.Equal(t, http.StatusBadRequest, status)
+	code, _ = reason(t, c.Rotate(ctx, root.ID, base64.StdEncoding.EncodeToString(mat(32, 5))))
+	assert.Equal(t, "INVALID_QUERY_PARAM_ERR", code)
+	require.NoError(t, c.Rotate(ctx, imported.ID, base64.StdEncoding.EncodeToString(mat(32, 2))))
+	code, _ = reason(t, c.Rotate(ctx, std.ID, ""))
+	assert.Equal(t, "KEY_ROOT_REQ_ERR", code)
+
+	versions, err := c.ListKeyVersions(ctx, root.ID, nil)
+	require.NoError(t, err)
+	assert.Len(t, versions.KeyVersion, 3)
+
+	// An old ciphertext unwraps and comes back rewrapped.
+	pt, rewrapped, err := c.UnwrapV2(ctx, root.ID, ct2, nil)
+	require.NoError(t, err)
+	assert.Equal(t, dek, string(pt))
+	require.NotEmpty(t, rewrapped)
+	res, err := c.WrapV2(ctx, root.ID, []byte(dek), nil)
+	require.NoError(t, err)
+	assert.Equal(t, versions.KeyVersion[0].ID, res.KeyVersion.ID)
+
+	// Rotation policies.
+	p, err := c.SetRotationPolicy(ctx, root.ID, 12)
+	require.NoError(t, err)
+	assert.Equal(t, 12, p.Rotation.Interval)
+	_, err = c.SetRotationPolicy(ctx, root.ID, 13)
+	code, status = reason(t, err)
+	assert.Equal(t, "INVALID_FIELD_ERR", code)
+	assert.Equal(t, http.StatusBadRequest, status)
+	_, err = c.SetRotationPolicy(ctx, imported.ID, 3)
+	_, status = reason(t, err)
+	assert.Equal(t, http.StatusBadRequest, status)
+	p, err = c.GetRotationPolicy(ctx, root.ID)
+	require.NoError(t, err)
+	assert.Equal(t, 12, p.Rotation.Interval)
+
+	// Disable and enable.
+	require.NoError(t, c.DisableKey(ctx, root.ID))
+	_, err = c.Wrap(ctx, root.ID, []byte(dek), nil)
+	code, status = reason(t, err)
+	assert.Equal(t, "KEY_ACTION_INVALID_STATE_ERR", code)
+	assert.Equal(t, http.StatusConflict, status)
+	code, _ = reason(t, c.EnableKey(ctx, root.ID))
+	assert.Equal(t, "REQ_TOO_EARLY_ERR", code)
+	e.clock.Advance(31 * time.Second)
+	require.NoError(t, c.EnableKey(ctx, root.ID))
+
+	// Registrations protect the key; delete, restore.
+	regURL := e.srv.URL + "/api/v2/keys/" + root.ID + "/registrations/" + "crn%3Av1%3Alocal%3Apublic%3Ais%3Alocal%3Aa%2Fcrkvol%3A%3Avolume%3Av1"
+	resp := e.do(t, http.MethodPost, regURL, `{"preventKeyDeletion":false,"description":"vol"}`, nil)
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	regs, err := c.ListRegistrations(ctx, root.ID, "")
+	require.NoError(t, err)
+	require.Len(t, regs.Registrations, 1)
+	assert.Equal(t, "crn:v1:local:public:is:local:a/crkvol::volume:v1", regs.Registrations[0].ResourceCrn)
+	_, err = c.DeleteKey(ctx, root.ID, kp.ReturnMinimal)
+	code, status = reason(t, err)
+	assert.Equal(t, "PROTECTED_RESOURCE_ERR", code)
+	assert.Equal(t, http.StatusConflict, status)
+	require.Equal(t, http.StatusNoContent, e.do(t, http.MethodDelete, regURL, "", nil).StatusCode)
+	deleted, err := c.DeleteKey(ctx, root.ID, kp.ReturnRepresentation)
+	require.NoError(t, err)
+	assert.Equal(t, 5, deleted.State)
+	_, err = c.Unwrap(ctx, root.ID, ct, &aad)
+	_, status = reason(t, err)
+	assert.Equal(t, http.StatusGone, status)
+	e.clock.Advance(31 * time.Second)
+	restored, err := c.RestoreKey(ctx, root.ID)
+	require.NoError(t, err)
+	assert.Equal(t, 1, restored.State)
+	pt, err = c.Unwrap(ctx, root.ID, ct, &aad)
+	require.NoError(t, err)
+	assert.Equal(t, dek, string(pt))
+
+	_, err = c.GetKey(ctx, "00000000-0000-4000-8000-000000000000")
+	code, status = reason(t, err)
+	assert.Equal(t, "KEY_NOT_FOUND_ERR", code)
+	assert.Equal(t, http.StatusNotFound, status)
+}
+
+// do sends a raw request with the static token and the default instance.
+func (e *env) do(t testing.TB, method, url, body string, hdr http.Header) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+staticToken)
+	req.Header.Set("bluemix-instance", e.inst)
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
+func TestAPIKeysAndInstances(t *testing.T) {
+	e := newEnv(t)
+	inst, err := e.tenants.CreateInstance("team-a")
+	require.NoError(t, err)
+	apiKey, err := e.tenants.CreateAPIKey(inst)
+	require.NoError(t, err)
+	c := e.newClient(t, kp.ClientConfig{APIKey: apiKey, TokenURL: e.srv.URL + "/identity/token", InstanceID: inst})
+	k, err := c.CreateRootKey(e.ctx, "team-a-key", nil)
+	require.NoError(t, err)
+	assert.Contains(t, k.CRN, ":"+inst+":key:")
+
+	// The default instance sees none of team-a's keys, and team-a's token is no good there.
+	keys, err := e.client.GetKeys(e.ctx, 0, 0)
+	require.NoError(t, err)
+	assert.Empty(t, keys.Keys)
+	_, err = e.client.GetKey(e.ctx, k.ID)
+	_, status := reason(t, err)
+	assert.Equal(t, http.StatusNotFound, status)
+	other := e.newClient(t, kp.ClientConfig{APIKey: apiKey, TokenURL: e.srv.URL + "/oidc/token", InstanceID: e.inst})
+	_, err = other.GetKeys(e.ctx, 0, 0)
+	_, status = reason(t, err)
+	assert.Equal(t, http.StatusUnauthorized, status)
+
+	bad := e.newClient(t, kp.ClientConfig{APIKey: "nope", TokenURL: e.srv.URL + "/identity/token", InstanceID: inst})
+	_, err = bad.GetKeys(e.ctx, 0, 0)
+	assert.Error(t, err)
+
+	// Missing token, unknown instance, malformed instance header.
+	for _, tc := range []struct {
+		auth, instance string
+		status         int
+	}{
+		{"", inst, http.StatusUnauthorized},
+		{"Bearer wrong", inst, http.StatusUnauthorized},
+		{"Bearer " + staticToken, "11111111-1111-4111-8111-111111111111", http.StatusUnauthorized},
+		{"Bearer " + staticToken, "", http.StatusBadRequest},
+		{"Bearer " + staticToken, "not-a-uuid", http.StatusBadRequest},
+	} {
+		req, _ := http.NewRequest(http.MethodGet, e.srv.URL+"/api/v2/keys", nil)
+		req.Header.Set("Authorization", tc.auth)
+		req.Header.Set("bluemix-instance", tc.instance)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		assert.Equal(t, tc.status, resp.StatusCode, "%+v", tc)
+	}
+}
+
+// TestCurlExamples runs the seed document's curl examples as written.
+func TestCurlExamples(t *testing.T) {
+	e := newEnv(t)
+	k, err := e.client.CreateImportedRootKey(e.ctx, "imported", nil, base64.StdEncoding.EncodeToString(mat(32, 3)), "", "")
+	require.NoError(t, err)
+	ct := http.Header{"Content-Type": {"application/vnd.ibm.kms.key_action+json"}}
+	resp := e.do(t, http.MethodPost, e.srv.URL+"/api/v2/keys/"+k.ID+"?action=rotate",
+		`{"payload":"`+base64.StdEncoding.EncodeToString(mat(32, 4))+`"}`, ct)
+	assert.Equal(t, http.StatusNoContent, resp.StatusCode)
+	for _, path := range []string{"/keys/" + k.ID + "/registrations", "/keys/metadata", "/keys/" + k.ID + "/versions"} {
+		resp := e.do(t, http.MethodGet, e.srv.URL+"/api/v2"+path, "", http.Header{"Accept": {"application/vnd.ibm.collection+json"}})
+		require.Equal(t, http.StatusOK, resp.StatusCode, path)
+		var body struct {
+			Metadata  Metadata          `json:"metadata"`
+			Resources []json.RawMessage `json:"resources"`
+		}
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&body), path)
+		assert.NotEmpty(t, body.Metadata.CollectionType, path)
+	}
+	resp = e.do(t, http.MethodGet, e.srv.URL+"/api/v2/keys/metadata", "", nil)
+	var list struct {
+		Resources []Key `json:"resources"`
+	}
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&list))
+	require.Len(t, list.Resources, 1)
+	assert.NotEmpty(t, list.Resources[0].LastRotateDate)
+	assert.NotNil(t, list.Resources[0].KeyVersion)
+}
+
+// TestMalformedRequests: each gets its 4xx and the error envelope, and none changes state.
+func TestMalformedRequests(t *testing.T) {
+	e := newEnv(t)
+	k, err := e.client.CreateRootKey(e.ctx, "key1", nil)
+	require.NoError(t, err)
+	before, err := e.client.GetKeys(e.ctx, 0, 0)
+	require.NoError(t, err)
+	keys := e.srv.URL + "/api/v2/keys"
+	for _, tc := range []struct {
+		name, method, url, body string
+		status                  int
+		code                    string
+	}{
+		{"bad json", http.MethodPost, keys, `{"resources":[`, 400, "BAD_BODY_ERR"},
+		{"wrong type", http.MethodPost, keys, `{"resources":[{"name":5}]}`, 400, "BAD_BODY_ERR"},
+		{"two keys", http.MethodPost, keys, `{"metadata":{"collectionTotal":2},"resources":[{"name":"a"},{"name":"b"}]}`, 400, "BAD_BODY_ERR"},
+		{"total mismatch", http.MethodPost, keys, `{"metadata":{"collectionTotal":2},"resources":[{"name":"a"}]}`, 400, "COLLECTION_TOTAL_MISMATCH_ERR"},
+		{"huge body", http.MethodPost, keys, `{"resources":[{"name":"` + strings.Repeat("x", MaxBody) + `"}]}`, 413, "BAD_BODY_ERR"},
+		{"bad base64", http.MethodPost, keys + "/" + k.ID + "/actions/wrap", `{"plaintext":"!!!"}`, 400, "INVALID_FIELD_ERR"},
+		{"wrong key size", http.MethodPost, keys, `{"resources":[{"name":"imp","payload":"AAECAw=="}]}`, 400, "INVALID_FIELD_ERR"},
+		{"unknown action", http.MethodPost, keys + "/" + k.ID + "/actions/explode", ``, 400, "INVALID_QUERY_PARAM_ERR"},
+		{"wrong method", http.MethodPut, keys + "/" + k.ID, ``, 405, "METHOD_NOT_ALLOWED_ERR"},
+		{"limit", http.MethodGet, keys + "?limit=0", ``, 400, "INVALID_QUERY_PARAM_ERR"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := e.do(t, tc.method, tc.url, tc.body, nil)
+			assert.Equal(t, tc.status, resp.StatusCode)
+			raw, _ := io.ReadAll(resp.Body)
+			var env struct {
+				Resources []struct {
+					ErrorMsg string `json:"errorMsg"`
+					Reasons  []struct {
+						Code string `json:"code"`
+					} `json:"reasons"`
+				} `json:"resources"`
+			}
+			require.NoError(t, json.Unmarshal(raw, &env), "%s", raw)
+			require.Len(t, env.Resources, 1)
+			assert.NotEmpty(t, env.Resources[0].ErrorMsg)
+			assert.Equal(t, tc.code, env.Resources[0].Reasons[0].Code)
+		})
+	}
+	after, err := e.client.GetKeys(e.ctx, 0, 0)
+	require.NoError(t, err)
+	assert.Equal(t, len(before.Keys), len(after.Keys), "no state changed")
+	vs, err := e.client.ListKeyVersions(e.ctx, k.ID, nil)
+	require.NoError(t, err)
+	assert.Len(t, vs.KeyVersion, 1)
+	_, svc := e.tenants.Default()
+	evs, err := svc.Events(e.ctx, crk.EventFilter{Action: crk.ActionDefault})
+	require.NoError(t, err)
+	assert.NotEmpty(t, evs, "refused requests are audited")
+}
+
+// BenchmarkServerWrapUnwrap measures a wrap and an unwrap through the official client over
+// loopback, with keep-alive, against the in-process figure of BenchmarkInProcessWrapUnwrap.
+func BenchmarkServerWrapUnwrap(b *testing.B) {
+	e := newEnv(b)
+	transport := kp.DefaultTransport().(*http.Transport)
+	transport.DisableKeepAlives = false
+	c, err := kp.New(kp.ClientConfig{BaseURL: e.srv.URL, Authorization: "Bearer " + staticToken, InstanceID: e.inst, Verbose: kp.VerboseNone}, transport)
+	require.NoError(b, err)
+	k, err := c.CreateRootKey(e.ctx, "bench", nil)
+	require.NoError(b, err)
+	dek := []byte(base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{1}, 32)))
+	b.ReportAllocs()
+	for b.Loop() {
+		ct, err := c.Wrap(e.ctx, k.ID, dek, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.Unwrap(e.ctx, k.ID, ct, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "wrap+unwrap/s")
+}
+
+// BenchmarkInProcessWrapUnwrap is the in-process reference for BenchmarkServerWrapUnwrap.
+func BenchmarkInProcessWrapUnwrap(b *testing.B) {
+	e := newEnv(b)
+	_, svc := e.tenants.Default()
+	k, err := svc.CreateRootKey(e.ctx, "bench")
+	require.NoError(b, err)
+	dek := bytes.Repeat([]byte{1}, 32)
+	b.ReportAllocs()
+	for b.Loop() {
+		w, err := svc.Wrap(e.ctx, k.ID, dek, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := svc.Unwrap(e.ctx, k.ID, w.Ciphertext, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "wrap+unwrap/s")
+}
+
+// mat returns n bytes of non-trivial key material.
+func mat(n int, seed byte) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = seed*31 + byte(i*i+7*i)
+	}
+	return b
+}

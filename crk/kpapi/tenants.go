@@ -1,0 +1,284 @@
+package kpapi
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"crkvol/crk"
+)
+
+// TokenLifetime is how long a bearer token from the token endpoint is valid.
+const TokenLifetime = time.Hour
+
+// Tenants holds the service instances of a state directory — the default one (the CLI's
+// embedded store, dir/crk.db) and those made by CreateInstance (dir/instances/ID/crk.db) —
+// their API keys (only sha256 hashes are stored, in dir/tenants.json, mode 0600) and the
+// bearer tokens issued for them (in memory). It is safe for concurrent use.
+type Tenants struct {
+	dir  string
+	opts crk.Options
+
+	mu       sync.Mutex
+	services map[string]*crk.Service
+	def      string
+	tokens   map[string]tokenEntry
+	static   string
+}
+
+type tokenEntry struct {
+	instance string
+	expires  time.Time
+}
+
+type tenantsFile struct {
+	Instances []instanceEntry `json:"instances"`
+	APIKeys   []apiKeyEntry   `json:"apiKeys"`
+}
+
+type instanceEntry struct {
+	ID      string    `json:"id"`
+	Name    string    `json:"name"`
+	Created time.Time `json:"created"`
+}
+
+type apiKeyEntry struct {
+	Hash     string    `json:"hash"`
+	Instance string    `json:"instance"`
+	Created  time.Time `json:"created"`
+}
+
+// ErrUnauthorized means a missing, unknown or expired credential, or one for another
+// instance.
+var ErrUnauthorized = errors.New("unauthorized")
+
+// OpenTenants opens the state directory dir; opts configure every instance's crk service.
+func OpenTenants(dir string, opts crk.Options) (*Tenants, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	t := &Tenants{dir: dir, opts: opts, services: map[string]*crk.Service{}, tokens: map[string]tokenEntry{}}
+	svc, err := crk.Open(filepath.Join(dir, "crk.db"), opts)
+	if err != nil {
+		return nil, err
+	}
+	t.def = svc.Instance()
+	t.services[t.def] = svc
+	return t, nil
+}
+
+// Default returns the default instance's id and service.
+func (t *Tenants) Default() (string, *crk.Service) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.def, t.services[t.def]
+}
+
+// SetStaticToken makes tok valid for every instance (for tests).
+func (t *Tenants) SetStaticToken(tok string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.static = tok
+}
+
+// Close closes every open service.
+func (t *Tenants) Close() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var errs []error
+	for _, s := range t.services {
+		errs = append(errs, s.Close())
+	}
+	t.services = map[string]*crk.Service{}
+	return errors.Join(errs...)
+}
+
+func (t *Tenants) load() (*tenantsFile, error) {
+	var tf tenantsFile
+	raw, err := os.ReadFile(filepath.Join(t.dir, "tenants.json"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return &tf, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(raw, &tf); err != nil {
+		return nil, fmt.Errorf("kpapi: %s: %w", filepath.Join(t.dir, "tenants.json"), err)
+	}
+	return &tf, nil
+}
+
+func (t *Tenants) save(tf *tenantsFile) error {
+	raw, err := json.MarshalIndent(tf, "", "  ")
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(t.dir, "tenants.json")
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, raw, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// CreateInstance makes a new, empty instance and returns its id.
+func (t *Tenants) CreateInstance(name string) (string, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	tf, err := t.load()
+	if err != nil {
+		return "", err
+	}
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b[:])
+	id := h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+	opts := t.opts
+	opts.Instance = id
+	svc, err := crk.Open(t.instancePath(id), opts)
+	if err != nil {
+		return "", err
+	}
+	t.services[id] = svc
+	tf.Instances = append(tf.Instances, instanceEntry{ID: id, Name: name, Created: time.Now().UTC()})
+	return id, t.save(tf)
+}
+
+func (t *Tenants) instancePath(id string) string {
+	dir := filepath.Join(t.dir, "instances", id)
+	_ = os.MkdirAll(dir, 0o700)
+	return filepath.Join(dir, "crk.db")
+}
+
+// Service returns the crk service of an instance.
+func (t *Tenants) Service(id string) (*crk.Service, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if s, ok := t.services[id]; ok {
+		return s, nil
+	}
+	tf, err := t.load()
+	if err != nil {
+		return nil, err
+	}
+	for _, in := range tf.Instances {
+		if in.ID == id {
+			opts := t.opts
+			opts.Instance = id
+			s, err := crk.Open(t.instancePath(id), opts)
+			if err != nil {
+				return nil, err
+			}
+			t.services[id] = s
+			return s, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: unknown instance %s", ErrUnauthorized, id)
+}
+
+// CreateAPIKey makes an API key for an instance and returns it; only its hash is kept.
+func (t *Tenants) CreateAPIKey(instance string) (string, error) {
+	if _, err := t.Service(instance); err != nil {
+		return "", err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	tf, err := t.load()
+	if err != nil {
+		return "", err
+	}
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	key := "crkvol-" + base64.RawURLEncoding.EncodeToString(b[:])
+	sum := sha256.Sum256([]byte(key))
+	tf.APIKeys = append(tf.APIKeys, apiKeyEntry{Hash: hex.EncodeToString(sum[:]), Instance: instance, Created: time.Now().UTC()})
+	return key, t.save(tf)
+}
+
+// Exchange trades an API key for a bearer token valid for TokenLifetime.
+func (t *Tenants) Exchange(apiKey string) (string, time.Duration, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	tf, err := t.load()
+	if err != nil {
+		return "", 0, err
+	}
+	sum := sha256.Sum256([]byte(apiKey))
+	want := hex.EncodeToString(sum[:])
+	for _, k := range tf.APIKeys {
+		if subtle.ConstantTimeCompare([]byte(k.Hash), []byte(want)) == 1 {
+			var b [32]byte
+			if _, err := rand.Read(b[:]); err != nil {
+				return "", 0, err
+			}
+			tok := base64.RawURLEncoding.EncodeToString(b[:])
+			t.tokens[tok] = tokenEntry{instance: k.Instance, expires: time.Now().Add(TokenLifetime)}
+			return tok, TokenLifetime, nil
+		}
+	}
+	return "", 0, fmt.Errorf("%w: unknown API key", ErrUnauthorized)
+}
+
+// Authorize checks a bearer token for an instance and returns the instance's service.
+func (t *Tenants) Authorize(token, instance string) (*crk.Service, error) {
+	t.mu.Lock()
+	static := t.static
+	e, ok := t.tokens[token]
+	t.mu.Unlock()
+	switch {
+	case token == "":
+		return nil, fmt.Errorf("%w: no bearer token", ErrUnauthorized)
+	case static != "" && subtle.ConstantTimeCompare([]byte(token), []byte(static)) == 1:
+	case !ok || time.Now().After(e.expires):
+		return nil, fmt.Errorf("%w: unknown or expired token", ErrUnauthorized)
+	case e.instance != instance:
+		return nil, fmt.Errorf("%w: the token is not for instance %s", ErrUnauthorized, instance)
+	}
+	return t.Service(instance)
+}
+
+// RunDue carries out the due policy rotations and expiries of every instance.
+func (t *Tenants) RunDue(ctx context.Context) (map[string]crk.RunDueResult, error) {
+	t.mu.Lock()
+	tf, err := t.load()
+	ids := []string{t.def}
+	t.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	for _, in := range tf.Instances {
+		ids = append(ids, in.ID)
+	}
+	out := map[string]crk.RunDueResult{}
+	var errs []error
+	for _, id := range ids {
+		svc, err := t.Service(id)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		res, err := svc.RunDue(ctx)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("instance %s: %w", id, err))
+		}
+		out[id] = res
+	}
+	return out, errors.Join(errs...)
+}

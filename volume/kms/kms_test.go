@@ -1,0 +1,102 @@
+package kms_test
+
+import (
+	"bytes"
+	"context"
+	"net/http/httptest"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"crkvol/crk"
+	"crkvol/crk/kpapi"
+	"crkvol/volume"
+	"crkvol/volume/kms"
+)
+
+// TestVolumeLifecycle runs create, write, rotate, reopen and verify with the embedded key
+// service and with the remote one (the official Key Protect client against kpapi on
+// loopback, authenticated with an API key).
+func TestVolumeLifecycle(t *testing.T) {
+	for _, mode := range []string{"embedded", "remote"} {
+		t.Run(mode, func(t *testing.T) {
+			ctx := context.Background()
+			dir := t.TempDir()
+			clock := crk.NewManualClock(time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC))
+			tenants, err := kpapi.OpenTenants(filepath.Join(dir, "state"), crk.Options{Clock: clock, MasterKey: bytes.Repeat([]byte{4}, 32)})
+			require.NoError(t, err)
+			defer tenants.Close()
+			inst, svc := tenants.Default()
+
+			var ks volume.KeyService = kms.NewLocal(svc)
+			if mode == "remote" {
+				srv := httptest.NewServer(kpapi.NewServer(tenants))
+				defer srv.Close()
+				apiKey, err := tenants.CreateAPIKey(inst)
+				require.NoError(t, err)
+				ks, err = kms.NewRemote(kms.RemoteConfig{URL: srv.URL, Instance: inst, APIKey: apiKey})
+				require.NoError(t, err)
+			}
+			reg, err := volume.OpenRegistry(filepath.Join(dir, "volumes.db"))
+			require.NoError(t, err)
+			defer reg.Close()
+			mgr := volume.NewManager(ks, reg, volume.Options{})
+			defer mgr.Close()
+
+			key, err := svc.CreateRootKey(ctx, "lifecycle")
+			require.NoError(t, err)
+			path := filepath.Join(dir, "vol.img")
+			info, err := mgr.Create(ctx, path, volume.CreateOptions{KeyID: key.ID, Size: 2 << 20, KeyslotsSize: 512 << 10})
+			require.NoError(t, err)
+			assert.Equal(t, key.CRN, info.KeyCRN)
+			regs, err := svc.ListRegistrations(ctx, crk.RegistrationFilter{KeyID: key.ID})
+			require.NoError(t, err)
+			require.Len(t, regs, 1, "registered through the %s key service", mode)
+			assert.Equal(t, info.CRN, regs[0].ResourceCRN)
+			if r, ok := ks.(*kms.Remote); ok {
+				// The official client lists the registration too.
+				list, err := r.Client().ListRegistrations(ctx, key.ID, "")
+				require.NoError(t, err)
+				require.Len(t, list.Registrations, 1)
+				assert.Equal(t, info.CRN, list.Registrations[0].ResourceCrn)
+				assert.True(t, list.Registrations[0].PreventKeyDeletion)
+			}
+
+			v, err := mgr.Open(ctx, path)
+			require.NoError(t, err)
+			data := bytes.Repeat([]byte("lifecycle "), 10000)
+			_, err = v.WriteAt(data, 12345)
+			require.NoError(t, err)
+			require.NoError(t, v.Close())
+
+			rotated, err := svc.RotateKey(ctx, key.ID, nil)
+			require.NoError(t, err)
+			// The embedded service calls the hook; a remote one cannot, so sync.
+			rep, err := mgr.Sync(ctx, key.ID)
+			require.NoError(t, err)
+			require.NoError(t, rep.Err())
+			d, err := volume.Describe(path)
+			require.NoError(t, err)
+			assert.Equal(t, rotated.KeyVersion.ID, d.KeyVersion)
+			regs, err = svc.ListRegistrations(ctx, crk.RegistrationFilter{KeyID: key.ID})
+			require.NoError(t, err)
+			assert.Equal(t, rotated.KeyVersion.ID, regs[0].KeyVersion.ID)
+
+			v, err = mgr.Open(ctx, path)
+			require.NoError(t, err)
+			got := make([]byte, len(data))
+			_, err = v.ReadAt(got, 12345)
+			require.NoError(t, err)
+			require.NoError(t, v.Close())
+			assert.True(t, bytes.Equal(data, got))
+
+			require.NoError(t, mgr.Delete(ctx, path, volume.DeleteOptions{RemoveImage: true}))
+			regs, err = svc.ListRegistrations(ctx, crk.RegistrationFilter{KeyID: key.ID})
+			require.NoError(t, err)
+			assert.Empty(t, regs)
+		})
+	}
+}

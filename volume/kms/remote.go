@@ -1,0 +1,315 @@
+package kms
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	kp "github.com/IBM/keyprotect-go-client"
+
+	"crkvol/volume"
+)
+
+// RemoteConfig locates a Key Protect–compatible service: Key Protect, Hyper Protect Crypto
+// Services, or `crkvol kms serve`.
+type RemoteConfig struct {
+	// URL is the service's base URL, such as https://us-south.kms.cloud.ibm.com.
+	URL string
+	// Instance is the service instance id (the bluemix-instance header).
+	Instance string
+	// APIKey is exchanged for bearer tokens at TokenURL; or give Token directly.
+	APIKey string
+	// TokenURL is the IAM token endpoint; default URL + "/identity/token".
+	TokenURL string
+	// Token is a bearer token used as is (without "Bearer ").
+	Token string
+	// Timeout bounds each request; default 30 s.
+	Timeout time.Duration
+}
+
+// Remote is a volume.KeyService over the Key Protect API v2, through the official
+// keyprotect-go-client. A remote service cannot call back on rotation, so OnRotate hooks
+// never fire: after rotating a key, run volume.Manager.Sync for it (the CLI does).
+type Remote struct {
+	cfg    RemoteConfig
+	client *kp.Client
+	http   *http.Client
+
+	mu      sync.Mutex
+	token   string
+	expires time.Time
+}
+
+// NewRemote returns a key service for volumes at cfg.
+func NewRemote(cfg RemoteConfig) (*Remote, error) {
+	if cfg.URL == "" || cfg.Instance == "" {
+		return nil, fmt.Errorf("kms: a remote key service needs a URL and an instance id")
+	}
+	if cfg.APIKey == "" && cfg.Token == "" {
+		return nil, fmt.Errorf("kms: a remote key service needs an API key or a token")
+	}
+	cfg.URL = strings.TrimRight(cfg.URL, "/")
+	if cfg.TokenURL == "" {
+		cfg.TokenURL = cfg.URL + "/identity/token"
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 30 * time.Second
+	}
+	kcfg := kp.ClientConfig{BaseURL: cfg.URL, InstanceID: cfg.Instance, TokenURL: cfg.TokenURL, Timeout: cfg.Timeout.Seconds(), Verbose: kp.VerboseNone}
+	if cfg.Token != "" {
+		kcfg.Authorization = "Bearer " + cfg.Token
+	} else {
+		kcfg.APIKey = cfg.APIKey
+	}
+	transport := kp.DefaultTransport()
+	if t, ok := transport.(*http.Transport); ok {
+		t.DisableKeepAlives = false
+	}
+	c, err := kp.New(kcfg, transport)
+	if err != nil {
+		return nil, fmt.Errorf("kms: %w", err)
+	}
+	return &Remote{cfg: cfg, client: c, http: &http.Client{Timeout: cfg.Timeout}}, nil
+}
+
+// Client returns the underlying Key Protect client, for key management calls.
+func (r *Remote) Client() *kp.Client { return r.client }
+
+// Wrap implements volume.KeyService.
+func (r *Remote) Wrap(ctx context.Context, keyID string, plaintext []byte, aad []string) (volume.Wrapped, error) {
+	pt := []byte(base64.StdEncoding.EncodeToString(plaintext))
+	res, err := r.client.WrapV2(ctx, keyID, pt, aadPtr(aad))
+	clear(pt)
+	if err != nil {
+		return volume.Wrapped{}, fmt.Errorf("kms: wrap: %w", err)
+	}
+	w := volume.Wrapped{Ciphertext: []byte(res.CipherText)}
+	if res.KeyVersion != nil {
+		w.VersionID = res.KeyVersion.ID
+	}
+	if w.VersionID == "" {
+		if w.VersionID, err = r.latest(ctx, keyID); err != nil {
+			return volume.Wrapped{}, err
+		}
+	}
+	return w, nil
+}
+
+// Unwrap implements volume.KeyService. The service returns a rewrapped ciphertext when an
+// older version made the input; it is under the latest version.
+func (r *Remote) Unwrap(ctx context.Context, keyID string, ciphertext []byte, aad []string) (volume.Unwrapped, error) {
+	pt64, rewrapped, err := r.client.UnwrapV2(ctx, keyID, ciphertext, aadPtr(aad))
+	if err != nil {
+		return volume.Unwrapped{}, fmt.Errorf("kms: unwrap: %w", err)
+	}
+	pt, err := base64.StdEncoding.DecodeString(string(pt64))
+	clear(pt64)
+	if err != nil {
+		return volume.Unwrapped{}, fmt.Errorf("kms: unwrap: the service returned a plaintext that is not base64")
+	}
+	latest, err := r.latest(ctx, keyID)
+	if err != nil {
+		clear(pt)
+		return volume.Unwrapped{}, err
+	}
+	u := volume.Unwrapped{Plaintext: pt, VersionID: latest}
+	if len(rewrapped) > 0 {
+		u.VersionID = "" // an older version; the API does not name it
+		u.Rewrapped = &volume.Wrapped{Ciphertext: rewrapped, VersionID: latest}
+	}
+	return u, nil
+}
+
+// Rewrap implements volume.KeyService with the API's rewrap action.
+func (r *Remote) Rewrap(ctx context.Context, keyID string, ciphertext []byte, aad []string) (volume.Wrapped, error) {
+	body := map[string]any{"ciphertext": string(ciphertext)}
+	if aad != nil {
+		body["aad"] = aad
+	}
+	var res struct {
+		Ciphertext          string `json:"ciphertext"`
+		RewrappedKeyVersion struct {
+			ID string `json:"id"`
+		} `json:"rewrappedKeyVersion"`
+	}
+	if err := r.call(ctx, http.MethodPost, "keys/"+url.PathEscape(keyID)+"/actions/rewrap", body, &res); err != nil {
+		return volume.Wrapped{}, fmt.Errorf("kms: rewrap: %w", err)
+	}
+	return volume.Wrapped{Ciphertext: []byte(res.Ciphertext), VersionID: res.RewrappedKeyVersion.ID}, nil
+}
+
+// KeyCRN implements volume.KeyService.
+func (r *Remote) KeyCRN(ctx context.Context, keyID string) (string, error) {
+	k, err := r.client.GetKeyMetadata(ctx, keyID)
+	if err != nil {
+		return "", fmt.Errorf("kms: %w", err)
+	}
+	return k.CRN, nil
+}
+
+func (r *Remote) latest(ctx context.Context, keyID string) (string, error) {
+	k, err := r.client.GetKeyMetadata(ctx, keyID)
+	if err != nil {
+		return "", fmt.Errorf("kms: %w", err)
+	}
+	if k.KeyVersion == nil {
+		return "", fmt.Errorf("kms: key %s has no keyVersion", keyID)
+	}
+	return k.KeyVersion.ID, nil
+}
+
+// Register implements volume.KeyService (Key Protect's service-to-service registration API).
+func (r *Remote) Register(ctx context.Context, keyID, crn, versionID string, prevent bool) error {
+	body := map[string]any{"description": "crkvol volume", "preventKeyDeletion": prevent, "keyVersion": map[string]string{"id": versionID}}
+	return r.call(ctx, http.MethodPost, regPath(keyID, crn), body, nil)
+}
+
+// UpdateRegistration implements volume.KeyService.
+func (r *Remote) UpdateRegistration(ctx context.Context, keyID, crn, versionID string) error {
+	return r.call(ctx, http.MethodPatch, regPath(keyID, crn), map[string]any{"keyVersion": map[string]string{"id": versionID}}, nil)
+}
+
+// DeleteRegistration implements volume.KeyService.
+func (r *Remote) DeleteRegistration(ctx context.Context, keyID, crn string) error {
+	return r.call(ctx, http.MethodDelete, regPath(keyID, crn), nil, nil)
+}
+
+func regPath(keyID, crn string) string {
+	return "keys/" + url.PathEscape(keyID) + "/registrations/" + url.PathEscape(crn)
+}
+
+// Registrations implements volume.KeyService.
+func (r *Remote) Registrations(ctx context.Context, keyID string) ([]volume.Registration, string, error) {
+	latest, err := r.latest(ctx, keyID)
+	if err != nil {
+		return nil, "", err
+	}
+	var res struct {
+		Resources []struct {
+			ResourceCRN string `json:"resourceCrn"`
+			KeyVersion  struct {
+				ID string `json:"id"`
+			} `json:"keyVersion"`
+		} `json:"resources"`
+	}
+	if err := r.call(ctx, http.MethodGet, "keys/"+url.PathEscape(keyID)+"/registrations", nil, &res); err != nil {
+		return nil, "", fmt.Errorf("kms: registrations: %w", err)
+	}
+	out := make([]volume.Registration, 0, len(res.Resources))
+	for _, x := range res.Resources {
+		out = append(out, volume.Registration{CRN: x.ResourceCRN, VersionID: x.KeyVersion.ID})
+	}
+	return out, latest, nil
+}
+
+// OnRotate implements volume.KeyService; a remote service never calls back.
+func (r *Remote) OnRotate(func(context.Context, volume.RotationNotice) error) func() {
+	return func() {}
+}
+
+// call makes an API request the client has no method for.
+func (r *Remote) call(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, r.cfg.URL+"/api/v2/"+path, rd)
+	if err != nil {
+		return err
+	}
+	tok, err := r.bearer(ctx)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("bluemix-instance", r.cfg.Instance)
+	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := r.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode >= 300 {
+		var env struct {
+			Resources []struct {
+				ErrorMsg string `json:"errorMsg"`
+				Reasons  []struct {
+					Code string `json:"code"`
+				} `json:"reasons"`
+			} `json:"resources"`
+		}
+		msg := resp.Status
+		if json.Unmarshal(raw, &env) == nil && len(env.Resources) > 0 {
+			msg = env.Resources[0].ErrorMsg
+			if len(env.Resources[0].Reasons) > 0 {
+				msg += " (" + env.Resources[0].Reasons[0].Code + ")"
+			}
+		}
+		return fmt.Errorf("%s %s: %s", method, path, msg)
+	}
+	if out != nil && len(raw) > 0 {
+		return json.Unmarshal(raw, out)
+	}
+	return nil
+}
+
+// bearer returns a token: the configured one, or one exchanged for the API key and cached
+// until a minute before it expires.
+func (r *Remote) bearer(ctx context.Context) (string, error) {
+	if r.cfg.Token != "" {
+		return r.cfg.Token, nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.token != "" && time.Now().Before(r.expires) {
+		return r.token, nil
+	}
+	form := url.Values{"grant_type": {"urn:ibm:params:oauth:grant-type:apikey"}, "apikey": {r.cfg.APIKey}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.cfg.TokenURL, strings.NewReader(form.Encode()))
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := r.http.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("kms: token: %w", err)
+	}
+	defer resp.Body.Close()
+	var tok struct {
+		AccessToken string `json:"access_token"`
+		ExpiresIn   int    `json:"expires_in"`
+	}
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&tok) != nil || tok.AccessToken == "" {
+		return "", fmt.Errorf("kms: token: the token endpoint refused the API key (%s)", resp.Status)
+	}
+	r.token, r.expires = tok.AccessToken, time.Now().Add(time.Duration(tok.ExpiresIn-60)*time.Second)
+	return r.token, nil
+}
+
+func aadPtr(aad []string) *[]string {
+	if aad == nil {
+		return nil
+	}
+	return &aad
+}
+
+var _ volume.KeyService = (*Remote)(nil)
