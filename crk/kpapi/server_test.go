@@ -290,6 +290,24 @@ func TestCurlExamples(t *testing.T) {
 		require.NoError(t, json.NewDecoder(resp.Body).Decode(&body), path)
 		assert.NotEmpty(t, body.Metadata.CollectionType, path)
 	}
+	// State filters: deleted keys are listed only on request.
+	countState := func(q string) int {
+		resp := e.do(t, http.MethodGet, e.srv.URL+"/api/v2/keys"+q, "", nil)
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		var body struct {
+			Metadata Metadata `json:"metadata"`
+		}
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&body))
+		return body.Metadata.CollectionTotal
+	}
+	gone, err := e.client.CreateRootKey(e.ctx, "gone", nil)
+	require.NoError(t, err)
+	_, err = e.client.DeleteKey(e.ctx, gone.ID, kp.ReturnMinimal)
+	require.NoError(t, err)
+	assert.Equal(t, 1, countState(""))
+	assert.Equal(t, 1, countState("?state=5"))
+	assert.Equal(t, 2, countState("?state=1,5"))
+
 	resp = e.do(t, http.MethodGet, e.srv.URL+"/api/v2/keys/metadata", "", nil)
 	var list struct {
 		Resources []Key `json:"resources"`
