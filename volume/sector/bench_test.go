@@ -67,3 +67,32 @@ func BenchmarkXCryptoXTS(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkPaths measures every implementation available here, encrypt and decrypt, one
+// sector per call.
+func BenchmarkPaths(b *testing.B) {
+	for _, path := range Paths() {
+		for _, dir := range []string{"encrypt", "decrypt"} {
+			for _, size := range benchSizes {
+				b.Run(fmt.Sprintf("path=%s/%s/sector=%d", path, dir, size), func(b *testing.B) {
+					c, err := NewPath(benchKey(), size, path)
+					if err != nil {
+						b.Fatal(err)
+					}
+					buf := make([]byte, size)
+					b.SetBytes(int64(size))
+					b.ReportAllocs()
+					var s uint64
+					for b.Loop() {
+						if dir == "decrypt" {
+							c.DecryptSectors(buf, buf, s)
+						} else {
+							c.EncryptSectors(buf, buf, s)
+						}
+						s += c.step
+					}
+				})
+			}
+		}
+	}
+}

@@ -13,7 +13,8 @@ func FuzzSector(f *testing.F) {
 	f.Add(bytes.Repeat([]byte{9}, 64), uint8(1), ^uint64(0), make([]byte, 1024), false)
 	f.Fuzz(func(t *testing.T, key []byte, sizeSel uint8, first uint64, data []byte, inPlace bool) {
 		size := 512 << (sizeSel % 4)
-		c, err := New(key, size)
+		paths := Paths()
+		c, err := NewPath(key, size, paths[int(sizeSel/4)%len(paths)])
 		if err != nil {
 			if c != nil {
 				t.Fatal("New returned a Cipher with an error")

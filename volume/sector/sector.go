@@ -25,6 +25,21 @@ var (
 	ErrSectorSize = errors.New("sector: unsupported sector size")
 )
 
+// Path names an implementation of the sector engine.
+type Path string
+
+// Implementations. New picks the fastest this CPU runs; NewPath forces one (for tests and
+// benchmarks).
+const (
+	// PathGeneric is the portable Go implementation over crypto/aes.
+	PathGeneric Path = "generic"
+	// PathAESNI is amd64 assembly with AES-NI, eight blocks in flight.
+	PathAESNI Path = "aesni"
+)
+
+// Paths lists the implementations available on this machine and build, fastest first.
+func Paths() []Path { return available() }
+
 // Cipher encrypts and decrypts whole sectors with aes-xts-plain64. It is safe for concurrent
 // use by multiple goroutines.
 type Cipher struct {
@@ -32,6 +47,9 @@ type Cipher struct {
 	tweak cipher.Block // second key half: encrypts the tweak
 	size  int          // sector size in bytes
 	step  uint64       // IV units (512-byte sectors) per sector
+	path  Path
+	k1    schedule // data key schedule, for the assembly paths
+	k2    schedule // tweak key schedule, for the assembly paths
 }
 
 // New returns a Cipher for aes-xts-plain64 with the given key and sector size.
@@ -41,6 +59,18 @@ type Cipher struct {
 // IEEE 1619 and FIPS require. The sector size must be 512, 1024, 2048 or 4096.
 // New keeps no reference to key.
 func New(key []byte, sectorSize int) (*Cipher, error) {
+	return NewPath(key, sectorSize, available()[0])
+}
+
+// NewPath is New with a chosen implementation, which must be one of Paths().
+func NewPath(key []byte, sectorSize int, path Path) (*Cipher, error) {
+	ok := false
+	for _, p := range available() {
+		ok = ok || p == path
+	}
+	if !ok {
+		return nil, fmt.Errorf("sector: implementation %q is not available here (have %v)", path, available())
+	}
 	switch len(key) {
 	case 32, 64:
 	default:
@@ -63,7 +93,22 @@ func New(key []byte, sectorSize int) (*Cipher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sector: tweak key: %w", err)
 	}
-	return &Cipher{data: data, tweak: tweak, size: sectorSize, step: uint64(sectorSize / IVUnit)}, nil
+	c := &Cipher{data: data, tweak: tweak, size: sectorSize, step: uint64(sectorSize / IVUnit), path: path}
+	if path != PathGeneric {
+		c.k1.expand(key[:half])
+		c.k2.expand(key[half:])
+	}
+	return c, nil
+}
+
+// Path returns the implementation this Cipher runs.
+func (c *Cipher) Path() Path { return c.path }
+
+// Wipe zeroes the round keys this package holds. The crypto/aes schedules behind the
+// portable path cannot be wiped; drop the Cipher too. A wiped Cipher must not be used.
+func (c *Cipher) Wipe() {
+	c.k1.wipe()
+	c.k2.wipe()
 }
 
 // SectorSize returns the sector (XTS data unit) size in bytes.

@@ -1,13 +1,11 @@
+//go:build !amd64 || purego
+
 package sector
 
-// The dispatch point for the sector engine. An architecture-specific implementation slots in
-// by giving this file the constraint "!amd64 || purego" and providing encrypt and decrypt in a
-// "amd64 && !purego" pair of files; until then every build runs the portable code.
+// available lists the implementations this build can run: only the portable one.
+func available() []Path { return []Path{PathGeneric} }
 
-func (c *Cipher) encrypt(dst, src []byte, firstSector uint64) {
-	xtsGeneric(c.data, c.tweak, dst, src, c.size, firstSector, c.step, false)
-}
-
-func (c *Cipher) decrypt(dst, src []byte, firstSector uint64) {
-	xtsGeneric(c.data, c.tweak, dst, src, c.size, firstSector, c.step, true)
+// xtsAsm is never reached: available offers no assembly path in this build.
+func (c *Cipher) xtsAsm(dst, src []byte, seq uint64, decrypt bool) {
+	xtsGeneric(c.data, c.tweak, dst, src, c.size, seq, c.step, decrypt)
 }

@@ -101,13 +101,15 @@ func TestKnownAnswers(t *testing.T) {
 			if len(v.pt) != 512 {
 				return
 			}
-			c, err := New(v.key, 512)
-			require.NoError(t, err)
-			c.EncryptSectors(got, v.pt, v.dus)
-			assert.Equal(t, v.ct, got, "EncryptSectors")
-			copy(got, v.ct)
-			c.DecryptSectors(got, got, v.dus)
-			assert.Equal(t, v.pt, got, "DecryptSectors in place")
+			for _, path := range Paths() {
+				c, err := NewPath(v.key, 512, path)
+				require.NoError(t, err)
+				c.EncryptSectors(got, v.pt, v.dus)
+				assert.Equal(t, v.ct, got, "%s: EncryptSectors", path)
+				copy(got, v.ct)
+				c.DecryptSectors(got, got, v.dus)
+				assert.Equal(t, v.pt, got, "%s: DecryptSectors in place", path)
+			}
 		})
 	}
 	assert.Equal(t, 9, n128, "AES-128 vectors")
@@ -130,6 +132,12 @@ func reference(t testing.TB, key []byte, size int, dst, src []byte, first uint64
 }
 
 func TestCrossCheckXCrypto(t *testing.T) {
+	for _, path := range Paths() {
+		t.Run(string(path), func(t *testing.T) { crossCheck(t, path) })
+	}
+}
+
+func crossCheck(t *testing.T, path Path) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	sizes := []int{512, 1024, 2048, 4096}
 	for i := range 400 {
@@ -137,20 +145,28 @@ func TestCrossCheckXCrypto(t *testing.T) {
 		size := sizes[(i/2)%len(sizes)]
 		key := make([]byte, keyLen)
 		fillRand(rng, key)
-		c, err := New(key, size)
+		c, err := NewPath(key, size, path)
 		require.NoError(t, err)
+		require.Equal(t, path, c.Path())
 		step := uint64(size / IVUnit)
 		first := rng.Uint64() / step * step
 		if i%4 == 0 {
 			first = rng.Uint64N(1<<20) * step // small numbers, as real volumes have
 		}
 		n := 1 + rng.IntN(6)
-		if i%50 == 0 {
+		switch {
+		case i%50 == 0:
 			n = 0
+		case i%97 == 1:
+			n = (1 << 20) / size // a 1 MiB request
+		case i%7 == 3:
+			n = 1 + rng.IntN(40)
 		}
+		// Unaligned buffer addresses.
+		shift := rng.IntN(16)
 		name := fmt.Sprintf("%d/key=%d/sector=%d/n=%d", i, keyLen, size, n)
 
-		src := make([]byte, n*size)
+		src := make([]byte, n*size+shift)[shift:]
 		fillRand(rng, src)
 		want := make([]byte, len(src))
 		reference(t, key, size, want, src, first, false)
@@ -163,8 +179,8 @@ func TestCrossCheckXCrypto(t *testing.T) {
 		require.Equal(t, want, got[:len(src)], "%s: encrypt out of place", name)
 		require.Equal(t, tail, got[len(src):], "%s: encrypt wrote past len(src)", name)
 
-		// In place.
-		buf := bytes.Clone(src)
+		// In place, at another alignment.
+		buf := append(make([]byte, 0, len(src)+15)[:(shift+5)%16], src...)[(shift+5)%16:]
 		c.EncryptSectors(buf, buf, first)
 		require.Equal(t, want, buf, "%s: encrypt in place", name)
 
@@ -310,16 +326,18 @@ func TestNoAllocations(t *testing.T) {
 	for i := range key {
 		key[i] = byte(i + 1)
 	}
-	for _, size := range []int{512, 4096} {
-		c, err := New(key, size)
-		require.NoError(t, err)
-		buf := make([]byte, 4*size)
-		out := make([]byte, 4*size)
-		allocs := testing.AllocsPerRun(50, func() {
-			c.EncryptSectors(buf, buf, 0)
-			c.DecryptSectors(out, buf, 8)
-		})
-		assert.Zero(t, allocs, "sector=%d", size)
+	for _, path := range Paths() {
+		for _, size := range []int{512, 4096} {
+			c, err := NewPath(key, size, path)
+			require.NoError(t, err)
+			buf := make([]byte, 4*size)
+			out := make([]byte, 4*size)
+			allocs := testing.AllocsPerRun(50, func() {
+				c.EncryptSectors(buf, buf, 0)
+				c.DecryptSectors(out, buf, 8)
+			})
+			assert.Zero(t, allocs, "%s sector=%d", path, size)
+		}
 	}
 }
 
@@ -365,4 +383,18 @@ func TestConcurrentUse(t *testing.T) {
 	for range workers {
 		require.NoError(t, <-errs)
 	}
+}
+
+func TestNewPath(t *testing.T) {
+	key := make([]byte, 64)
+	for i := range key {
+		key[i] = byte(i)
+	}
+	_, err := NewPath(key, 512, "quantum")
+	assert.ErrorContains(t, err, "not available")
+	c, err := New(key, 512)
+	require.NoError(t, err)
+	assert.Equal(t, Paths()[0], c.Path(), "New takes the fastest path")
+	c.Wipe()
+	assert.Equal(t, [(maxRounds + 1) * 16]byte{}, c.k1.enc)
 }

@@ -1,0 +1,3 @@
+module crkvol/volume/sector/_asm
+
+go 1.26
