@@ -33,8 +33,11 @@ type Path string
 const (
 	// PathGeneric is the portable Go implementation over crypto/aes.
 	PathGeneric Path = "generic"
-	// PathAESNI is amd64 assembly with AES-NI, eight blocks in flight.
+	// PathAESNI is amd64 assembly with AES-NI (and AVX), eight blocks in flight.
 	PathAESNI Path = "aesni"
+	// PathVAES is amd64 assembly with VAES and AVX-512, sixteen blocks in flight in four
+	// 512-bit registers.
+	PathVAES Path = "vaes"
 )
 
 // Paths lists the implementations available on this machine and build, fastest first.

@@ -19,12 +19,23 @@ func xtsDecAESNI(nr int, rk *byte, dst, src *byte, n int, tweak *[16]byte)
 //go:noescape
 func encryptBlockAESNI(nr int, rk *byte, dst, src *byte)
 
+//go:noescape
+func xtsEncVAES(nr int, rk *byte, dst, src *byte, n int, tweaks *[64]byte)
+
+//go:noescape
+func xtsDecVAES(nr int, rk *byte, dst, src *byte, n int, tweaks *[64]byte)
+
 // available lists the implementations this CPU can run, fastest first.
 func available() []Path {
-	if cpu.X86.HasAES && cpu.X86.HasAVX {
-		return []Path{PathAESNI, PathGeneric}
+	var out []Path
+	x := cpu.X86
+	if x.HasAES && x.HasAVX && x.HasAVX512F && x.HasAVX512VL && x.HasAVX512VAES && x.HasAVX512VPCLMULQDQ {
+		out = append(out, PathVAES)
 	}
-	return []Path{PathGeneric}
+	if x.HasAES && x.HasAVX {
+		out = append(out, PathAESNI)
+	}
+	return append(out, PathGeneric)
 }
 
 // xtsAsm runs an assembly path over whole units of c.size bytes.
@@ -35,10 +46,29 @@ func (c *Cipher) xtsAsm(dst, src []byte, seq uint64, decrypt bool) {
 		rk = &c.k1.dec[0]
 	}
 	var iv, t [16]byte
+	var tw [64]byte
 	blocks := c.size / 16
 	for off := 0; off < len(src); off += c.size {
 		binary.LittleEndian.PutUint64(iv[:8], seq)
 		encryptBlockAESNI(nr, &c.k2.enc[0], &t[0], &iv[0])
+		if c.path == PathVAES {
+			// The first four tweaks, one per 128-bit lane: t, tα, tα², tα³.
+			lo, hi := binary.LittleEndian.Uint64(t[:8]), binary.LittleEndian.Uint64(t[8:])
+			for j := range 4 {
+				binary.LittleEndian.PutUint64(tw[16*j:], lo)
+				binary.LittleEndian.PutUint64(tw[16*j+8:], hi)
+				carry := hi >> 63
+				hi = hi<<1 | lo>>63
+				lo = lo<<1 ^ (0x87 & -carry)
+			}
+			if decrypt {
+				xtsDecVAES(nr, rk, &dst[off], &src[off], blocks, &tw)
+			} else {
+				xtsEncVAES(nr, rk, &dst[off], &src[off], blocks, &tw)
+			}
+			seq += c.step
+			continue
+		}
 		if decrypt {
 			xtsDecAESNI(nr, rk, &dst[off], &src[off], blocks, &t)
 		} else {
