@@ -33,7 +33,7 @@ const (
 type Volume struct {
 	f       *os.File
 	img     *keyslot.Image
-	c       *sector.Cipher
+	c       *sector.Parallel // the cipher, with large requests spread over the cores
 	key     []byte
 	uuid    string
 	dataOff int64
@@ -76,7 +76,7 @@ func newVolume(f *os.File, img *keyslot.Image, key []byte) (*Volume, error) {
 	if size <= 0 || size%ss != 0 {
 		return nil, fmt.Errorf("%w: data area of %d bytes is not a positive multiple of the %d-byte sector size", ErrUnsupportedImage, size, ss)
 	}
-	v := &Volume{f: f, img: img, c: c, key: key, uuid: img.UUID(), dataOff: int64(seg.Offset), size: size, ss: ss}
+	v := &Volume{f: f, img: img, c: sector.NewParallel(c, 0, 0), key: key, uuid: img.UUID(), dataOff: int64(seg.Offset), size: size, ss: ss}
 	v.bufs.New = func() any { b := make([]byte, chunkSize+2*ss); return &b }
 	return v, nil
 }
@@ -265,7 +265,9 @@ func (v *Volume) Close() error {
 	}
 	v.closed = true
 	clear(v.key)
-	v.c = nil // drop the expanded key schedule (crypto/aes offers no way to wipe it)
+	v.c.Close()
+	v.c.Cipher().Wipe()
+	v.c = nil // drop the crypto/aes key schedules too (they cannot be wiped)
 	return v.f.Close()
 }
 

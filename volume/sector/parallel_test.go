@@ -1,0 +1,75 @@
+package sector
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestParallelMatchesSerial(t *testing.T) {
+	key := make([]byte, 64)
+	fillRand(rand.New(rand.NewPCG(4, 4)), key)
+	for _, path := range Paths() {
+		for _, size := range []int{512, 4096} {
+			c, err := NewPath(key, size, path)
+			require.NoError(t, err)
+			p := NewParallel(c, 3, 8<<10)
+			rng := rand.New(rand.NewPCG(uint64(size), 1))
+			for _, n := range []int{1, 2, 15, 16, 17, 64, 256, 1 << 20 / size} {
+				src := make([]byte, n*size)
+				fillRand(rng, src)
+				first := uint64(rng.IntN(1<<20)) * uint64(size/IVUnit)
+				want := make([]byte, len(src))
+				c.EncryptSectors(want, src, first)
+				got := make([]byte, len(src))
+				p.EncryptSectors(got, src, first)
+				require.True(t, bytes.Equal(want, got), "%s %d x %d", path, n, size)
+				p.DecryptSectors(got, got, first) // in place
+				require.True(t, bytes.Equal(src, got), "%s %d x %d decrypt", path, n, size)
+			}
+			p.Close()
+		}
+	}
+}
+
+func TestParallelNoAllocations(t *testing.T) {
+	key := make([]byte, 64)
+	fillRand(rand.New(rand.NewPCG(5, 5)), key)
+	c, err := New(key, 4096)
+	require.NoError(t, err)
+	p := NewParallel(c, 2, 0)
+	defer p.Close()
+	buf := make([]byte, 1<<20)
+	p.EncryptSectors(buf, buf, 0) // warm the WaitGroup pool
+	allocs := testing.AllocsPerRun(20, func() { p.EncryptSectors(buf, buf, 0) })
+	assert.Zero(t, allocs)
+}
+
+// BenchmarkParallel compares one 1 MiB request on one goroutine with the same request split
+// over GOMAXPROCS workers.
+func BenchmarkParallel(b *testing.B) {
+	c, err := New(benchKey(), 4096)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, workers := range []int{1, 0} {
+		name := "workers=1"
+		if workers == 0 {
+			name = "workers=GOMAXPROCS"
+		}
+		b.Run(fmt.Sprintf("%s/size=1MiB", name), func(b *testing.B) {
+			p := NewParallel(c, workers, 0)
+			defer p.Close()
+			buf := make([]byte, 1<<20)
+			b.SetBytes(int64(len(buf)))
+			b.ReportAllocs()
+			for b.Loop() {
+				p.EncryptSectors(buf, buf, 0)
+			}
+		})
+	}
+}
