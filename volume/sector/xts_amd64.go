@@ -20,10 +20,14 @@ func xtsDecAESNI(nr int, rk *byte, dst, src *byte, n int, tweak *[16]byte)
 func encryptBlockAESNI(nr int, rk *byte, dst, src *byte)
 
 //go:noescape
-func xtsEncVAES(nr int, rk *byte, dst, src *byte, n int, tweaks *[64]byte)
+func xtsEncVAES(nr int, rk *byte, dst, src *byte, sectors, blocks int, tweaks *byte)
 
 //go:noescape
-func xtsDecVAES(nr int, rk *byte, dst, src *byte, n int, tweaks *[64]byte)
+func xtsDecVAES(nr int, rk *byte, dst, src *byte, sectors, blocks int, tweaks *byte)
+
+// vaesBatch is how many sectors the VAES path handles per assembly call: their initial
+// tweaks are encrypted together (eight at a time with AES-NI) instead of one by one.
+const vaesBatch = 16
 
 // available lists the implementations this CPU can run, fastest first.
 func available() []Path {
@@ -45,30 +49,37 @@ func (c *Cipher) xtsAsm(dst, src []byte, seq uint64, decrypt bool) {
 	if decrypt {
 		rk = &c.k1.dec[0]
 	}
-	var iv, t [16]byte
-	var tw [64]byte
 	blocks := c.size / 16
+	if c.path == PathVAES {
+		// Encrypt a batch of sector numbers into initial tweaks (XTS with a zero tweak is
+		// plain AES, eight blocks in flight), then let the VAES routine run the batch.
+		var ivs, tws [vaesBatch * 16]byte
+		var zero [16]byte
+		for len(src) > 0 {
+			n := min(len(src)/c.size, vaesBatch)
+			for j := range n {
+				binary.LittleEndian.PutUint64(ivs[16*j:], seq+uint64(j)*c.step)
+			}
+			if n == 1 {
+				encryptBlockAESNI(nr, &c.k2.enc[0], &tws[0], &ivs[0])
+			} else {
+				zero = [16]byte{}
+				xtsEncAESNI(nr, &c.k2.enc[0], &tws[0], &ivs[0], n, &zero)
+			}
+			if decrypt {
+				xtsDecVAES(nr, rk, &dst[0], &src[0], n, blocks, &tws[0])
+			} else {
+				xtsEncVAES(nr, rk, &dst[0], &src[0], n, blocks, &tws[0])
+			}
+			dst, src = dst[n*c.size:], src[n*c.size:]
+			seq += uint64(n) * c.step
+		}
+		return
+	}
+	var iv, t [16]byte
 	for off := 0; off < len(src); off += c.size {
 		binary.LittleEndian.PutUint64(iv[:8], seq)
 		encryptBlockAESNI(nr, &c.k2.enc[0], &t[0], &iv[0])
-		if c.path == PathVAES {
-			// The first four tweaks, one per 128-bit lane: t, tα, tα², tα³.
-			lo, hi := binary.LittleEndian.Uint64(t[:8]), binary.LittleEndian.Uint64(t[8:])
-			for j := range 4 {
-				binary.LittleEndian.PutUint64(tw[16*j:], lo)
-				binary.LittleEndian.PutUint64(tw[16*j+8:], hi)
-				carry := hi >> 63
-				hi = hi<<1 | lo>>63
-				lo = lo<<1 ^ (0x87 & -carry)
-			}
-			if decrypt {
-				xtsDecVAES(nr, rk, &dst[off], &src[off], blocks, &tw)
-			} else {
-				xtsEncVAES(nr, rk, &dst[off], &src[off], blocks, &tw)
-			}
-			seq += c.step
-			continue
-		}
 		if decrypt {
 			xtsDecAESNI(nr, rk, &dst[off], &src[off], blocks, &t)
 		} else {

@@ -15,6 +15,27 @@ DATA gfpoly<>+0(SB)/8, $0x87
 DATA gfpoly<>+8(SB)/8, $0
 GLOBL gfpoly<>(SB), RODATA|NOPTR, $16
 
+// Per-lane shift counts that make [t, tα, tα², tα³] from a broadcast t: left shifts
+// 0, 1, 2, 3 and the matching right shifts 64, 63, 62, 61 (a count of 64 gives 0).
+DATA lanesl<>+0(SB)/8, $0
+DATA lanesl<>+8(SB)/8, $0
+DATA lanesr<>+0(SB)/8, $64
+DATA lanesr<>+8(SB)/8, $64
+DATA lanesl<>+16(SB)/8, $1
+DATA lanesl<>+24(SB)/8, $1
+DATA lanesr<>+16(SB)/8, $63
+DATA lanesr<>+24(SB)/8, $63
+DATA lanesl<>+32(SB)/8, $2
+DATA lanesl<>+40(SB)/8, $2
+DATA lanesr<>+32(SB)/8, $62
+DATA lanesr<>+40(SB)/8, $62
+DATA lanesl<>+48(SB)/8, $3
+DATA lanesl<>+56(SB)/8, $3
+DATA lanesr<>+48(SB)/8, $61
+DATA lanesr<>+56(SB)/8, $61
+GLOBL lanesl<>(SB), RODATA|NOPTR, $64
+GLOBL lanesr<>(SB), RODATA|NOPTR, $64
+
 // func xtsEncAESNI(nr int, rk *byte, dst, src *byte, n int, tweak *[16]byte)
 TEXT ·xtsEncAESNI(SB),NOSPLIT,$0-48
 	MOVQ nr+0(FP), CX
@@ -503,15 +524,18 @@ xtsDecAESNI_done:
 	VMOVDQU X8, (AX)
 	RET
 
-// func xtsEncVAES(nr int, rk *byte, dst, src *byte, n int, tweaks *[64]byte)
-TEXT ·xtsEncVAES(SB),NOSPLIT,$0-48
+// func xtsEncVAES(nr int, rk *byte, dst, src *byte, sectors, blocks int, tweaks *byte)
+TEXT ·xtsEncVAES(SB),NOSPLIT,$0-56
 	MOVQ nr+0(FP), CX
 	MOVQ rk+8(FP), R8
 	MOVQ dst+16(FP), DI
 	MOVQ src+24(FP), SI
-	MOVQ n+32(FP), DX
-	MOVQ tweaks+40(FP), AX
+	MOVQ sectors+32(FP), BX
+	MOVQ blocks+40(FP), R10
+	MOVQ tweaks+48(FP), AX
 	VBROADCASTI32X4 gfpoly<>(SB), Z8
+	VMOVDQU64 lanesl<>(SB), Z11
+	VMOVDQU64 lanesr<>(SB), Z12
 	VBROADCASTI32X4 0(R8), Z16
 	VBROADCASTI32X4 16(R8), Z17
 	VBROADCASTI32X4 32(R8), Z18
@@ -534,25 +558,32 @@ xtsEncVAES_keysdone:
 	SHLQ $4, R9
 	ADDQ R8, R9
 	VBROADCASTI32X4 (R9), Z31
-	VMOVDQU64 (AX), Z4
+xtsEncVAES_sector:
+	TESTQ BX, BX
+	JEQ xtsEncVAES_done
+	VBROADCASTI32X4 (AX), Z4
+	VPSRLVQ Z12, Z4, Z9
+	VPSLLVQ Z11, Z4, Z4
+	VPSLLDQ $8, Z9, Z10
+	VPCLMULQDQ $0x01, Z8, Z9, Z9
+	VPTERNLOGQ $0x96, Z10, Z9, Z4
 	VPSRLQ $60, Z4, Z9
 	VPSLLQ $4, Z4, Z5
 	VPSLLDQ $8, Z9, Z10
 	VPCLMULQDQ $0x01, Z8, Z9, Z9
 	VPTERNLOGQ $0x96, Z10, Z9, Z5
-	VPSRLQ $60, Z5, Z9
-	VPSLLQ $4, Z5, Z6
+	VPSRLQ $56, Z4, Z9
+	VPSLLQ $8, Z4, Z6
 	VPSLLDQ $8, Z9, Z10
 	VPCLMULQDQ $0x01, Z8, Z9, Z9
 	VPTERNLOGQ $0x96, Z10, Z9, Z6
-	VPSRLQ $60, Z6, Z9
-	VPSLLQ $4, Z6, Z7
+	VPSRLQ $52, Z4, Z9
+	VPSLLQ $12, Z4, Z7
 	VPSLLDQ $8, Z9, Z10
 	VPCLMULQDQ $0x01, Z8, Z9, Z9
 	VPTERNLOGQ $0x96, Z10, Z9, Z7
+	MOVQ R10, DX
 xtsEncVAES_loop:
-	TESTQ DX, DX
-	JEQ xtsEncVAES_done
 	VMOVDQU64 0(SI), Z0
 	VPTERNLOGQ $0x96, Z16, Z4, Z0
 	VMOVDQU64 64(SI), Z1
@@ -628,6 +659,10 @@ xtsEncVAES_last:
 	VAESENCLAST Z31, Z3, Z3
 	VPXORQ Z7, Z3, Z3
 	VMOVDQU64 Z3, 192(DI)
+	ADDQ $256, SI
+	ADDQ $256, DI
+	SUBQ $16, DX
+	JEQ xtsEncVAES_next
 	VPSRLQ $48, Z4, Z9
 	VPSLLQ $16, Z4, Z4
 	VPSLLDQ $8, Z9, Z10
@@ -648,23 +683,27 @@ xtsEncVAES_last:
 	VPSLLDQ $8, Z9, Z10
 	VPCLMULQDQ $0x01, Z8, Z9, Z9
 	VPTERNLOGQ $0x96, Z10, Z9, Z7
-	ADDQ $256, SI
-	ADDQ $256, DI
-	SUBQ $16, DX
 	JMP xtsEncVAES_loop
+xtsEncVAES_next:
+	ADDQ $16, AX
+	DECQ BX
+	JMP xtsEncVAES_sector
 xtsEncVAES_done:
 	VZEROUPPER
 	RET
 
-// func xtsDecVAES(nr int, rk *byte, dst, src *byte, n int, tweaks *[64]byte)
-TEXT ·xtsDecVAES(SB),NOSPLIT,$0-48
+// func xtsDecVAES(nr int, rk *byte, dst, src *byte, sectors, blocks int, tweaks *byte)
+TEXT ·xtsDecVAES(SB),NOSPLIT,$0-56
 	MOVQ nr+0(FP), CX
 	MOVQ rk+8(FP), R8
 	MOVQ dst+16(FP), DI
 	MOVQ src+24(FP), SI
-	MOVQ n+32(FP), DX
-	MOVQ tweaks+40(FP), AX
+	MOVQ sectors+32(FP), BX
+	MOVQ blocks+40(FP), R10
+	MOVQ tweaks+48(FP), AX
 	VBROADCASTI32X4 gfpoly<>(SB), Z8
+	VMOVDQU64 lanesl<>(SB), Z11
+	VMOVDQU64 lanesr<>(SB), Z12
 	VBROADCASTI32X4 0(R8), Z16
 	VBROADCASTI32X4 16(R8), Z17
 	VBROADCASTI32X4 32(R8), Z18
@@ -687,25 +726,32 @@ xtsDecVAES_keysdone:
 	SHLQ $4, R9
 	ADDQ R8, R9
 	VBROADCASTI32X4 (R9), Z31
-	VMOVDQU64 (AX), Z4
+xtsDecVAES_sector:
+	TESTQ BX, BX
+	JEQ xtsDecVAES_done
+	VBROADCASTI32X4 (AX), Z4
+	VPSRLVQ Z12, Z4, Z9
+	VPSLLVQ Z11, Z4, Z4
+	VPSLLDQ $8, Z9, Z10
+	VPCLMULQDQ $0x01, Z8, Z9, Z9
+	VPTERNLOGQ $0x96, Z10, Z9, Z4
 	VPSRLQ $60, Z4, Z9
 	VPSLLQ $4, Z4, Z5
 	VPSLLDQ $8, Z9, Z10
 	VPCLMULQDQ $0x01, Z8, Z9, Z9
 	VPTERNLOGQ $0x96, Z10, Z9, Z5
-	VPSRLQ $60, Z5, Z9
-	VPSLLQ $4, Z5, Z6
+	VPSRLQ $56, Z4, Z9
+	VPSLLQ $8, Z4, Z6
 	VPSLLDQ $8, Z9, Z10
 	VPCLMULQDQ $0x01, Z8, Z9, Z9
 	VPTERNLOGQ $0x96, Z10, Z9, Z6
-	VPSRLQ $60, Z6, Z9
-	VPSLLQ $4, Z6, Z7
+	VPSRLQ $52, Z4, Z9
+	VPSLLQ $12, Z4, Z7
 	VPSLLDQ $8, Z9, Z10
 	VPCLMULQDQ $0x01, Z8, Z9, Z9
 	VPTERNLOGQ $0x96, Z10, Z9, Z7
+	MOVQ R10, DX
 xtsDecVAES_loop:
-	TESTQ DX, DX
-	JEQ xtsDecVAES_done
 	VMOVDQU64 0(SI), Z0
 	VPTERNLOGQ $0x96, Z16, Z4, Z0
 	VMOVDQU64 64(SI), Z1
@@ -781,6 +827,10 @@ xtsDecVAES_last:
 	VAESDECLAST Z31, Z3, Z3
 	VPXORQ Z7, Z3, Z3
 	VMOVDQU64 Z3, 192(DI)
+	ADDQ $256, SI
+	ADDQ $256, DI
+	SUBQ $16, DX
+	JEQ xtsDecVAES_next
 	VPSRLQ $48, Z4, Z9
 	VPSLLQ $16, Z4, Z4
 	VPSLLDQ $8, Z9, Z10
@@ -801,10 +851,11 @@ xtsDecVAES_last:
 	VPSLLDQ $8, Z9, Z10
 	VPCLMULQDQ $0x01, Z8, Z9, Z9
 	VPTERNLOGQ $0x96, Z10, Z9, Z7
-	ADDQ $256, SI
-	ADDQ $256, DI
-	SUBQ $16, DX
 	JMP xtsDecVAES_loop
+xtsDecVAES_next:
+	ADDQ $16, AX
+	DECQ BX
+	JMP xtsDecVAES_sector
 xtsDecVAES_done:
 	VZEROUPPER
 	RET

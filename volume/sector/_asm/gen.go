@@ -102,22 +102,28 @@ func bulk(name, op string) {
 	p("\tRET")
 }
 
-// vaes writes func name(nr int, rk *byte, dst, src *byte, n int, tweaks *[64]byte): XTS over
-// n blocks (a multiple of 16) with VAES on 512-bit registers. Z0-Z3 hold sixteen blocks,
-// Z4-Z7 their tweaks (tweaks holds the first four: t, tα, tα², tα³), Z16-Z30 the round keys
-// broadcast to every lane, Z8 the reduction constant. Whitening and round key 0 are one
-// VPTERNLOGQ; tweaks advance by α^16 per lane with shifts and one VPCLMULQDQ.
+// vaes writes func name(nr int, rk *byte, dst, src *byte, sectors, blocks int, tweaks *byte):
+// XTS over `sectors` data units of `blocks` 16-byte blocks each (a multiple of 16), whose
+// encrypted initial tweaks are the consecutive 16-byte entries of tweaks. It runs on 512-bit
+// registers with VAES: Z0-Z3 hold sixteen blocks, Z4-Z7 their tweaks, Z16-Z31 the round keys
+// broadcast to every lane, Z8 the reduction constant, Z11/Z12 the per-lane shift counts that
+// turn a broadcast tweak t into [t, tα, tα², tα³]. Whitening and round key 0 are one
+// VPTERNLOGQ; tweaks advance by α^16 per lane with shifts and one VPCLMULQDQ. Looping over
+// sectors here, rather than in Go, keeps the round keys in registers across sectors.
 func vaes(name, op string) {
 	p("")
-	p("// func %s(nr int, rk *byte, dst, src *byte, n int, tweaks *[64]byte)", name)
-	p("TEXT ·%s(SB),NOSPLIT,$0-48", name)
+	p("// func %s(nr int, rk *byte, dst, src *byte, sectors, blocks int, tweaks *byte)", name)
+	p("TEXT ·%s(SB),NOSPLIT,$0-56", name)
 	p("\tMOVQ nr+0(FP), CX")
 	p("\tMOVQ rk+8(FP), R8")
 	p("\tMOVQ dst+16(FP), DI")
 	p("\tMOVQ src+24(FP), SI")
-	p("\tMOVQ n+32(FP), DX")
-	p("\tMOVQ tweaks+40(FP), AX")
+	p("\tMOVQ sectors+32(FP), BX")
+	p("\tMOVQ blocks+40(FP), R10")
+	p("\tMOVQ tweaks+48(FP), AX")
 	p("\tVBROADCASTI32X4 gfpoly<>(SB), Z8")
+	p("\tVMOVDQU64 lanesl<>(SB), Z11")
+	p("\tVMOVDQU64 lanesr<>(SB), Z12")
 	for r := 0; r <= 10; r++ {
 		p("\tVBROADCASTI32X4 %d(R8), Z%d", 16*r, 16+r)
 	}
@@ -132,13 +138,21 @@ func vaes(name, op string) {
 	p("\tSHLQ $4, R9")
 	p("\tADDQ R8, R9")
 	p("\tVBROADCASTI32X4 (R9), Z31")
-	p("\tVMOVDQU64 (AX), Z4")
-	for i := 5; i <= 7; i++ {
-		mulAlpha(i, i-1, 4)
-	}
-	p("%s_loop:", name)
-	p("\tTESTQ DX, DX")
+	p("%s_sector:", name)
+	p("\tTESTQ BX, BX")
 	p("\tJEQ %s_done", name)
+	// Z4 = [t, tα, tα², tα³]: per-lane shifts by 0..3 bits.
+	p("\tVBROADCASTI32X4 (AX), Z4")
+	p("\tVPSRLVQ Z12, Z4, Z9")
+	p("\tVPSLLVQ Z11, Z4, Z4")
+	p("\tVPSLLDQ $8, Z9, Z10")
+	p("\tVPCLMULQDQ $0x01, Z8, Z9, Z9")
+	p("\tVPTERNLOGQ $0x96, Z10, Z9, Z4")
+	mulAlpha(5, 4, 4)
+	mulAlpha(6, 4, 8)
+	mulAlpha(7, 4, 12)
+	p("\tMOVQ R10, DX")
+	p("%s_loop:", name)
 	for i := 0; i < 4; i++ {
 		p("\tVMOVDQU64 %d(SI), Z%d", 64*i, i)
 		p("\tVPTERNLOGQ $0x96, Z16, Z%d, Z%d", 4+i, i)
@@ -161,13 +175,18 @@ func vaes(name, op string) {
 		p("\tVPXORQ Z%d, Z%d, Z%d", 4+i, i, i)
 		p("\tVMOVDQU64 Z%d, %d(DI)", i, 64*i)
 	}
-	for i := 4; i <= 7; i++ {
-		mulAlpha(i, i, 16)
-	}
 	p("\tADDQ $256, SI")
 	p("\tADDQ $256, DI")
 	p("\tSUBQ $16, DX")
+	p("\tJEQ %s_next", name)
+	for i := 4; i <= 7; i++ {
+		mulAlpha(i, i, 16)
+	}
 	p("\tJMP %s_loop", name)
+	p("%s_next:", name)
+	p("\tADDQ $16, AX")
+	p("\tDECQ BX")
+	p("\tJMP %s_sector", name)
 	p("%s_done:", name)
 	p("\tVZEROUPPER")
 	p("\tRET")
@@ -199,6 +218,17 @@ func main() {
 	p("DATA gfpoly<>+0(SB)/8, $0x87")
 	p("DATA gfpoly<>+8(SB)/8, $0")
 	p("GLOBL gfpoly<>(SB), RODATA|NOPTR, $16")
+	p("")
+	p("// Per-lane shift counts that make [t, tα, tα², tα³] from a broadcast t: left shifts")
+	p("// 0, 1, 2, 3 and the matching right shifts 64, 63, 62, 61 (a count of 64 gives 0).")
+	for i := 0; i < 4; i++ {
+		p("DATA lanesl<>+%d(SB)/8, $%d", 16*i, i)
+		p("DATA lanesl<>+%d(SB)/8, $%d", 16*i+8, i)
+		p("DATA lanesr<>+%d(SB)/8, $%d", 16*i, 64-i)
+		p("DATA lanesr<>+%d(SB)/8, $%d", 16*i+8, 64-i)
+	}
+	p("GLOBL lanesl<>(SB), RODATA|NOPTR, $64")
+	p("GLOBL lanesr<>(SB), RODATA|NOPTR, $64")
 	bulk("xtsEncAESNI", "AESENC")
 	bulk("xtsDecAESNI", "AESDEC")
 	vaes("xtsEncVAES", "AESENC")
