@@ -27,6 +27,17 @@ func double(dst, src, tmp int) {
 	p("\tVPXOR X%d, X%d, X%d", tmp, dst, dst)
 }
 
+// mulAlphaX sets X(dst) = X(src)·α^k (0 < k < 57) with X0 and X1 as scratch: the seven
+// tweaks of a group of eight are computed independently from the first, not as a chain.
+func mulAlphaX(dst, src, k int) {
+	p("\tVPSRLQ $%d, X%d, X0", 64-k, src)
+	p("\tVPSLLQ $%d, X%d, X%d", k, src, dst)
+	p("\tVPSLLDQ $8, X0, X1")
+	p("\tVPCLMULQDQ $0x01, gfpoly<>(SB), X0, X0")
+	p("\tVPXOR X1, X%d, X%d", dst, dst)
+	p("\tVPXOR X0, X%d, X%d", dst, dst)
+}
+
 // rounds applies rounds 1..nr-1 and the last round to X0..X(n-1). R8 points at the round
 // keys, R9 at the last one, CX holds nr (10 or 14).
 func rounds(op string, n int, label string) {
@@ -67,7 +78,7 @@ func bulk(name, op string) {
 	p("\tCMPQ DX, $8")
 	p("\tJB %s_tail", name)
 	for i := 9; i <= 15; i++ {
-		double(i, i-1, 0)
+		mulAlphaX(i, 8, i-8)
 	}
 	for i := 0; i < 8; i++ {
 		p("\tVPXOR %d(SI), X%d, X%d", 16*i, 8+i, i)
@@ -78,7 +89,7 @@ func bulk(name, op string) {
 		p("\tVPXOR X%d, X%d, X%d", 8+i, i, i)
 		p("\tVMOVDQU X%d, %d(DI)", i, 16*i)
 	}
-	double(8, 15, 0)
+	mulAlphaX(8, 8, 8)
 	p("\tADDQ $128, SI")
 	p("\tADDQ $128, DI")
 	p("\tSUBQ $8, DX")
