@@ -4,6 +4,7 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/subtle"
+	"encoding/binary"
 	"errors"
 	"fmt"
 )
@@ -53,6 +54,9 @@ type Cipher struct {
 	path  Path
 	k1    schedule // data key schedule, for the assembly paths
 	k2    schedule // tweak key schedule, for the assembly paths
+	// laneOffs holds 0, step, 2·step, 3·step in the low quadwords of four 128-bit lanes,
+	// then 4·step: the VAES path's sector numbering.
+	laneOffs [80]byte
 }
 
 // New returns a Cipher for aes-xts-plain64 with the given key and sector size.
@@ -100,6 +104,10 @@ func NewPath(key []byte, sectorSize int, path Path) (*Cipher, error) {
 	if path != PathGeneric {
 		c.k1.expand(key[:half])
 		c.k2.expand(key[half:])
+		for j := range 4 {
+			binary.LittleEndian.PutUint64(c.laneOffs[16*j:], uint64(j)*c.step)
+		}
+		binary.LittleEndian.PutUint64(c.laneOffs[64:], 4*c.step)
 	}
 	return c, nil
 }

@@ -20,14 +20,10 @@ func xtsDecAESNI(nr int, rk *byte, dst, src *byte, n int, tweak *[16]byte)
 func encryptBlockAESNI(nr int, rk *byte, dst, src *byte)
 
 //go:noescape
-func xtsEncVAES(nr int, rk *byte, dst, src *byte, sectors, blocks int, tweaks *byte)
+func xtsEncVAES(nr int, rk, tk *byte, dst, src *byte, sectors, blocks int, seq uint64, offs *[80]byte)
 
 //go:noescape
-func xtsDecVAES(nr int, rk *byte, dst, src *byte, sectors, blocks int, tweaks *byte)
-
-// vaesBatch is how many sectors the VAES path handles per assembly call: their initial
-// tweaks are encrypted together (eight at a time with AES-NI) instead of one by one.
-const vaesBatch = 16
+func xtsDecVAES(nr int, rk, tk *byte, dst, src *byte, sectors, blocks int, seq uint64, offs *[80]byte)
 
 // available lists the implementations this CPU can run, fastest first.
 func available() []Path {
@@ -51,28 +47,15 @@ func (c *Cipher) xtsAsm(dst, src []byte, seq uint64, decrypt bool) {
 	}
 	blocks := c.size / 16
 	if c.path == PathVAES {
-		// Encrypt a batch of sector numbers into initial tweaks (XTS with a zero tweak is
-		// plain AES, eight blocks in flight), then let the VAES routine run the batch.
-		var ivs, tws [vaesBatch * 16]byte
-		var zero [16]byte
-		for len(src) > 0 {
-			n := min(len(src)/c.size, vaesBatch)
-			for j := range n {
-				binary.LittleEndian.PutUint64(ivs[16*j:], seq+uint64(j)*c.step)
-			}
-			if n == 1 {
-				encryptBlockAESNI(nr, &c.k2.enc[0], &tws[0], &ivs[0])
-			} else {
-				zero = [16]byte{}
-				xtsEncAESNI(nr, &c.k2.enc[0], &tws[0], &ivs[0], n, &zero)
-			}
-			if decrypt {
-				xtsDecVAES(nr, rk, &dst[0], &src[0], n, blocks, &tws[0])
-			} else {
-				xtsEncVAES(nr, rk, &dst[0], &src[0], n, blocks, &tws[0])
-			}
-			dst, src = dst[n*c.size:], src[n*c.size:]
-			seq += uint64(n) * c.step
+		// The routine makes the sectors' tweaks itself, four at a time.
+		n := len(src) / c.size
+		if n == 0 {
+			return
+		}
+		if decrypt {
+			xtsDecVAES(nr, rk, &c.k2.enc[0], &dst[0], &src[0], n, blocks, seq, &c.laneOffs)
+		} else {
+			xtsEncVAES(nr, rk, &c.k2.enc[0], &dst[0], &src[0], n, blocks, seq, &c.laneOffs)
 		}
 		return
 	}

@@ -113,25 +113,33 @@ func bulk(name, op string) {
 	p("\tRET")
 }
 
-// vaes writes func name(nr int, rk *byte, dst, src *byte, sectors, blocks int, tweaks *byte):
-// XTS over `sectors` data units of `blocks` 16-byte blocks each (a multiple of 16), whose
-// encrypted initial tweaks are the consecutive 16-byte entries of tweaks. It runs on 512-bit
-// registers with VAES: Z0-Z3 hold sixteen blocks, Z4-Z7 their tweaks, Z16-Z31 the round keys
-// broadcast to every lane, Z8 the reduction constant, Z11/Z12 the per-lane shift counts that
-// turn a broadcast tweak t into [t, tα, tα², tα³]. Whitening and round key 0 are one
-// VPTERNLOGQ; tweaks advance by α^16 per lane with shifts and one VPCLMULQDQ. Looping over
-// sectors here, rather than in Go, keeps the round keys in registers across sectors.
+// vaes writes func name(nr int, rk, tk *byte, dst, src *byte, sectors, blocks int, seq uint64,
+// offs *[64]byte): XTS over `sectors` data units of `blocks` 16-byte blocks each (a multiple
+// of 16), the first with sector number seq, each next one offs[16..] further (offs holds the
+// lane offsets 0, step, 2·step, 3·step in the low quadword of each 128-bit lane, and 4·step
+// after them). rk are the data round keys (encryption or decryption), tk the tweak key's
+// encryption round keys.
+//
+// Everything runs on 512-bit registers with VAES: Z0-Z3 hold sixteen blocks, Z4-Z7 their
+// tweaks, Z16-Z31 the data round keys broadcast to every lane, Z8 the reduction constant,
+// Z11/Z12 the per-lane shift counts that turn a broadcast tweak t into [t, tα, tα², tα³].
+// The initial tweaks of four sectors at a time are made together in Z13 (their sector
+// numbers encrypted with the tweak key, read from memory round by round into Z14), so no
+// sector waits alone for its tweak. Whitening and round key 0 are one VPTERNLOGQ; tweaks
+// advance by α^16 per lane with shifts and one VPCLMULQDQ.
 func vaes(name, op string) {
 	p("")
-	p("// func %s(nr int, rk *byte, dst, src *byte, sectors, blocks int, tweaks *byte)", name)
-	p("TEXT ·%s(SB),NOSPLIT,$0-56", name)
+	p("// func %s(nr int, rk, tk *byte, dst, src *byte, sectors, blocks int, seq uint64, offs *[80]byte)", name)
+	p("TEXT ·%s(SB),NOSPLIT,$0-72", name)
 	p("\tMOVQ nr+0(FP), CX")
 	p("\tMOVQ rk+8(FP), R8")
-	p("\tMOVQ dst+16(FP), DI")
-	p("\tMOVQ src+24(FP), SI")
-	p("\tMOVQ sectors+32(FP), BX")
-	p("\tMOVQ blocks+40(FP), R10")
-	p("\tMOVQ tweaks+48(FP), AX")
+	p("\tMOVQ tk+16(FP), R13")
+	p("\tMOVQ dst+24(FP), DI")
+	p("\tMOVQ src+32(FP), SI")
+	p("\tMOVQ sectors+40(FP), BX")
+	p("\tMOVQ blocks+48(FP), R10")
+	p("\tMOVQ seq+56(FP), R11")
+	p("\tMOVQ offs+64(FP), R12")
 	p("\tVBROADCASTI32X4 gfpoly<>(SB), Z8")
 	p("\tVMOVDQU64 lanesl<>(SB), Z11")
 	p("\tVMOVDQU64 lanesr<>(SB), Z12")
@@ -144,16 +152,46 @@ func vaes(name, op string) {
 		p("\tVBROADCASTI32X4 %d(R8), Z%d", 16*r, 16+r)
 	}
 	p("%s_keysdone:", name)
-	// Last round key in Z31 whatever nr is.
 	p("\tMOVQ CX, R9")
 	p("\tSHLQ $4, R9")
+	p("\tMOVQ R9, R14")
 	p("\tADDQ R8, R9")
+	p("\tADDQ R13, R14") // last tweak-key round
 	p("\tVBROADCASTI32X4 (R9), Z31")
+	p("\tVMOVDQU64 (R12), Z15") // lane offsets
+	p("\tMOVQ 64(R12), R15")    // 4·step
+	p("\tXORQ AX, AX")          // sectors left in the current group of four tweaks
 	p("%s_sector:", name)
 	p("\tTESTQ BX, BX")
 	p("\tJEQ %s_done", name)
-	// Z4 = [t, tα, tα², tα³]: per-lane shifts by 0..3 bits.
-	p("\tVBROADCASTI32X4 (AX), Z4")
+	p("\tTESTQ AX, AX")
+	p("\tJNE %s_havetweak", name)
+	// Four sector numbers: seq + offs in each lane's low quadword, zero high quadwords.
+	p("\tVPBROADCASTQ R11, Z13")
+	p("\tVPANDQ lomask<>(SB), Z13, Z13")
+	p("\tVPADDQ Z15, Z13, Z13")
+	p("\tADDQ R15, R11")
+	p("\tVBROADCASTI32X4 (R13), Z14")
+	p("\tVPXORQ Z14, Z13, Z13")
+	for r := 1; r <= 9; r++ {
+		p("\tVBROADCASTI32X4 %d(R13), Z14", 16*r)
+		p("\tVAESENC Z14, Z13, Z13")
+	}
+	p("\tCMPQ CX, $10")
+	p("\tJEQ %s_tlast", name)
+	for r := 10; r <= 13; r++ {
+		p("\tVBROADCASTI32X4 %d(R13), Z14", 16*r)
+		p("\tVAESENC Z14, Z13, Z13")
+	}
+	p("%s_tlast:", name)
+	p("\tVBROADCASTI32X4 (R14), Z14")
+	p("\tVAESENCLAST Z14, Z13, Z13")
+	p("\tMOVQ $4, AX")
+	p("%s_havetweak:", name)
+	// This sector's tweak is lane 0 of Z13: broadcast it, then rotate the lanes for the next.
+	p("\tVSHUFI64X2 $0x00, Z13, Z13, Z4")
+	p("\tVSHUFI64X2 $0x39, Z13, Z13, Z13")
+	p("\tDECQ AX")
 	p("\tVPSRLVQ Z12, Z4, Z9")
 	p("\tVPSLLVQ Z11, Z4, Z4")
 	p("\tVPSLLDQ $8, Z9, Z10")
@@ -195,7 +233,6 @@ func vaes(name, op string) {
 	}
 	p("\tJMP %s_loop", name)
 	p("%s_next:", name)
-	p("\tADDQ $16, AX")
 	p("\tDECQ BX")
 	p("\tJMP %s_sector", name)
 	p("%s_done:", name)
@@ -239,6 +276,13 @@ func main() {
 		p("DATA lanesr<>+%d(SB)/8, $%d", 16*i+8, 64-i)
 	}
 	p("GLOBL lanesl<>(SB), RODATA|NOPTR, $64")
+	p("")
+	p("// Keeps the low quadword of every 128-bit lane.")
+	for i := 0; i < 4; i++ {
+		p("DATA lomask<>+%d(SB)/8, $-1", 16*i)
+		p("DATA lomask<>+%d(SB)/8, $0", 16*i+8)
+	}
+	p("GLOBL lomask<>(SB), RODATA|NOPTR, $64")
 	p("GLOBL lanesr<>(SB), RODATA|NOPTR, $64")
 	bulk("xtsEncAESNI", "AESENC")
 	bulk("xtsDecAESNI", "AESDEC")
