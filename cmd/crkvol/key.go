@@ -11,30 +11,15 @@ import (
 	"github.com/spf13/cobra"
 
 	"crkvol/crk"
+	"crkvol/crk/kpapi"
 	"crkvol/volume"
 )
 
-// keyJSON is a key as Key Protect's API shows it.
+// keyJSON is a key as Key Protect's API shows it, with lastRotateDate always present (empty
+// before the first rotation).
 type keyJSON struct {
-	ID             string        `json:"id"`
-	Name           string        `json:"name"`
-	Description    string        `json:"description,omitempty"`
-	Type           string        `json:"type"`
-	State          int           `json:"state"`
-	Extractable    bool          `json:"extractable"`
-	Imported       bool          `json:"imported"`
-	CRN            string        `json:"crn"`
-	AlgorithmType  string        `json:"algorithmType"`
-	CreatedBy      string        `json:"createdBy"`
-	CreationDate   string        `json:"creationDate"`
-	LastUpdateDate string        `json:"lastUpdateDate"`
-	LastRotateDate string        `json:"lastRotateDate"`
-	KeyVersion     versionJSON   `json:"keyVersion"`
-	Rotation       *rotationJSON `json:"rotation,omitempty"`
-	ExpirationDate string        `json:"expirationDate,omitempty"`
-	Deleted        bool          `json:"deleted"`
-	DeletionDate   string        `json:"deletionDate,omitempty"`
-	Payload        string        `json:"payload,omitempty"`
+	kpapi.Key
+	LastRotateDate string `json:"lastRotateDate"`
 }
 
 type versionJSON struct {
@@ -44,24 +29,8 @@ type versionJSON struct {
 	Destroyed     *bool  `json:"destroyed,omitempty"`
 }
 
-type rotationJSON struct {
-	Enabled       bool `json:"enabled"`
-	IntervalMonth int  `json:"interval_month"`
-}
-
 func toKeyJSON(k *crk.Key) keyJSON {
-	j := keyJSON{
-		ID: k.ID, Name: k.Name, Description: k.Description, Type: "application/vnd.ibm.kms.key+json",
-		State: int(k.State), Extractable: k.Extractable, Imported: k.Imported, CRN: k.CRN,
-		AlgorithmType: "AES", CreatedBy: k.CreatedBy, CreationDate: rfc3339(k.CreationDate),
-		LastUpdateDate: rfc3339(k.LastUpdateDate), LastRotateDate: rfc3339(k.LastRotateDate),
-		KeyVersion:     versionJSON{ID: k.KeyVersion.ID, CreationDate: rfc3339(k.KeyVersion.CreationDate)},
-		ExpirationDate: rfc3339(k.ExpirationDate), Deleted: k.Deleted, DeletionDate: rfc3339(k.DeletionDate),
-	}
-	if p := k.RotationPolicy; p != nil {
-		j.Rotation = &rotationJSON{Enabled: p.Enabled, IntervalMonth: p.IntervalMonths}
-	}
-	return j
+	return keyJSON{Key: kpapi.FromKey(k), LastRotateDate: rfc3339(k.LastRotateDate)}
 }
 
 func (a *app) printKey(k *crk.Key) error {
