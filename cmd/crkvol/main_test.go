@@ -26,8 +26,10 @@ func TestMain(m *testing.M) {
 // TestScripts runs the CLI scripts in testdata/*.txtar. Scripts that need cryptsetup are
 // skipped without it, except under CI=true, where it is required.
 func TestScripts(t *testing.T) {
-	if _, err := exec.LookPath("cryptsetup"); err != nil && os.Getenv("CI") == "true" {
-		t.Fatal("cryptsetup is required in CI but not installed (apt-get install cryptsetup-bin)")
+	for _, tool := range []string{"cryptsetup", "openssl"} {
+		if _, err := exec.LookPath(tool); err != nil && os.Getenv("CI") == "true" {
+			t.Fatalf("%s is required in CI but not installed (apt-get install cryptsetup-bin openssl)", tool)
+		}
 	}
 	testscript.Run(t, testscript.Params{
 		Dir: "testdata",
