@@ -19,7 +19,10 @@ type Parallel struct {
 	threshold int
 	jobs      chan job
 	wgs       sync.Pool
-	closeOnce sync.Once
+	running   sync.WaitGroup // the helper goroutines
+
+	mu     sync.RWMutex // dispatching holds it shared; Close exclusively
+	closed bool
 }
 
 type job struct {
@@ -40,8 +43,10 @@ func NewParallel(c *Cipher, workers, threshold int) *Parallel {
 	}
 	p := &Parallel{c: c, workers: workers, threshold: threshold, jobs: make(chan job)}
 	p.wgs.New = func() any { return new(sync.WaitGroup) }
+	p.running.Add(workers - 1)
 	for range workers - 1 {
 		go func() {
+			defer p.running.Done()
 			for j := range p.jobs {
 				if j.decrypt {
 					p.c.decrypt(j.dst, j.src, j.first)
@@ -73,7 +78,9 @@ func (p *Parallel) DecryptSectors(dst, src []byte, firstSector uint64) {
 func (p *Parallel) run(dst, src []byte, first uint64, decrypt bool) {
 	n := len(src) / p.c.size // sectors
 	parts := min(p.workers, n)
-	if len(src) < p.threshold || parts < 2 {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if len(src) < p.threshold || parts < 2 || p.closed {
 		if decrypt {
 			p.c.decrypt(dst, src, first)
 		} else {
@@ -102,7 +109,14 @@ func (p *Parallel) run(dst, src []byte, first uint64, decrypt bool) {
 	p.wgs.Put(wg)
 }
 
-// Close stops the helper goroutines. p must not be used afterwards.
+// Close stops the helper goroutines and waits for them; later requests run in the caller.
 func (p *Parallel) Close() {
-	p.closeOnce.Do(func() { close(p.jobs) })
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return
+	}
+	p.closed = true
+	close(p.jobs)
+	p.running.Wait()
 }

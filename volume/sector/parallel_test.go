@@ -73,3 +73,33 @@ func BenchmarkParallel(b *testing.B) {
 		})
 	}
 }
+
+// TestParallelClose: requests after (or racing) Close run in the caller instead of panicking.
+func TestParallelClose(t *testing.T) {
+	key := make([]byte, 64)
+	fillRand(rand.New(rand.NewPCG(6, 6)), key)
+	c, err := New(key, 4096)
+	require.NoError(t, err)
+	p := NewParallel(c, 4, 4096)
+	buf := make([]byte, 64<<10)
+	want := make([]byte, len(buf))
+	c.EncryptSectors(want, buf, 0)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 200 {
+			out := make([]byte, len(buf))
+			p.EncryptSectors(out, buf, 0)
+			if !bytes.Equal(out, want) {
+				t.Error("wrong output")
+				return
+			}
+		}
+	}()
+	p.Close()
+	p.Close()
+	<-done
+	out := make([]byte, len(buf))
+	p.EncryptSectors(out, buf, 0)
+	assert.Equal(t, want, out)
+}

@@ -54,6 +54,7 @@ type Cipher struct {
 	path  Path
 	k1    schedule // data key schedule, for the assembly paths
 	k2    schedule // tweak key schedule, for the assembly paths
+	wiped bool
 	// laneOffs holds 0, step, 2·step, 3·step in the low quadwords of four 128-bit lanes,
 	// then 4·step: the VAES path's sector numbering.
 	laneOffs [80]byte
@@ -92,16 +93,16 @@ func NewPath(key []byte, sectorSize int, path Path) (*Cipher, error) {
 	if subtle.ConstantTimeCompare(key[:half], key[half:]) == 1 {
 		return nil, fmt.Errorf("%w: the two halves of the %d-byte XTS key are equal", ErrWeakKey, len(key))
 	}
-	data, err := aes.NewCipher(key[:half])
-	if err != nil {
-		return nil, fmt.Errorf("sector: data key: %w", err)
-	}
-	tweak, err := aes.NewCipher(key[half:])
-	if err != nil {
-		return nil, fmt.Errorf("sector: tweak key: %w", err)
-	}
-	c := &Cipher{data: data, tweak: tweak, size: sectorSize, step: uint64(sectorSize / IVUnit), path: path}
-	if path != PathGeneric {
+	c := &Cipher{size: sectorSize, step: uint64(sectorSize / IVUnit), path: path}
+	if path == PathGeneric {
+		var err error
+		if c.data, err = aes.NewCipher(key[:half]); err != nil {
+			return nil, fmt.Errorf("sector: data key: %w", err)
+		}
+		if c.tweak, err = aes.NewCipher(key[half:]); err != nil {
+			return nil, fmt.Errorf("sector: tweak key: %w", err)
+		}
+	} else {
 		c.k1.expand(key[:half])
 		c.k2.expand(key[half:])
 		for j := range 4 {
@@ -115,11 +116,14 @@ func NewPath(key []byte, sectorSize int, path Path) (*Cipher, error) {
 // Path returns the implementation this Cipher runs.
 func (c *Cipher) Path() Path { return c.path }
 
-// Wipe zeroes the round keys this package holds. The crypto/aes schedules behind the
-// portable path cannot be wiped; drop the Cipher too. A wiped Cipher must not be used.
+// Wipe zeroes the round keys of the assembly paths (the crypto/aes schedules behind the
+// portable path cannot be wiped: they are only dropped) and makes the Cipher unusable: any
+// later call panics, rather than encrypting with zero keys.
 func (c *Cipher) Wipe() {
 	c.k1.wipe()
 	c.k2.wipe()
+	c.data, c.tweak = nil, nil
+	c.wiped = true
 }
 
 // SectorSize returns the sector (XTS data unit) size in bytes.
@@ -159,6 +163,9 @@ func (c *Cipher) DecryptSectors(dst, src []byte, firstSector uint64) {
 }
 
 func (c *Cipher) check(dst, src []byte, firstSector uint64) {
+	if c.wiped {
+		panic("sector: Cipher used after Wipe")
+	}
 	if len(src)%c.size != 0 {
 		panic(fmt.Sprintf("sector: input of %d bytes is not a whole number of %d-byte sectors", len(src), c.size))
 	}

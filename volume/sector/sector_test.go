@@ -397,4 +397,5 @@ func TestNewPath(t *testing.T) {
 	assert.Equal(t, Paths()[0], c.Path(), "New takes the fastest path")
 	c.Wipe()
 	assert.Equal(t, [(maxRounds + 1) * 16]byte{}, c.k1.enc)
+	assert.PanicsWithValue(t, "sector: Cipher used after Wipe", func() { c.EncryptSectors(make([]byte, 512), make([]byte, 512), 0) })
 }

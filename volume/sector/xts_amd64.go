@@ -29,10 +29,11 @@ func xtsDecVAES(nr int, rk, tk *byte, dst, src *byte, sectors, blocks int, seq u
 func available() []Path {
 	var out []Path
 	x := cpu.X86
-	if x.HasAES && x.HasAVX && x.HasAVX512F && x.HasAVX512VL && x.HasAVX512VAES && x.HasAVX512VPCLMULQDQ {
+	aesni := x.HasAES && x.HasAVX && x.HasPCLMULQDQ
+	if aesni && x.HasAVX512F && x.HasAVX512VL && x.HasAVX512BW && x.HasAVX512VAES && x.HasAVX512VPCLMULQDQ {
 		out = append(out, PathVAES)
 	}
-	if x.HasAES && x.HasAVX {
+	if aesni {
 		out = append(out, PathAESNI)
 	}
 	return append(out, PathGeneric)
