@@ -58,8 +58,12 @@ func (a *app) kmsCommand() *cobra.Command {
 					return err
 				}
 			}
-			// Rotation policies: run what is due now and then every 10 seconds.
+			// Rotation policies: run what is due now and then every 10 seconds. The loop is
+			// joined before the stores close.
+			dueDone := make(chan struct{})
+			defer func() { stop(); <-dueDone }()
 			go func() {
+				defer close(dueDone)
 				t := time.NewTicker(10 * time.Second)
 				defer t.Stop()
 				for {

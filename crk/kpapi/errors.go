@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strings"
 
 	"crkvol/crk"
 )
@@ -80,7 +81,7 @@ func writeError(w http.ResponseWriter, err error) {
 	}
 	body := map[string]any{
 		"metadata":  Metadata{CollectionType: TypeError, CollectionTotal: 1},
-		"resources": []any{map[string]any{"errorMsg": http.StatusText(ae.status) + ": " + ae.msg, "reasons": []any{reason}}},
+		"resources": []any{map[string]any{"errorMsg": http.StatusText(ae.status) + ": " + strings.TrimPrefix(ae.msg, http.StatusText(ae.status)+": "), "reasons": []any{reason}}},
 	}
 	writeJSON(w, ae.status, body)
 }

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -68,11 +67,17 @@ func (s *Server) routes() {
 	api("PATCH /api/v2/keys/{id}/registrations/{crn...}", s.updateRegistration)
 	api("DELETE /api/v2/keys/{id}/registrations/{crn...}", s.deleteRegistration)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasPrefix(r.URL.Path, "/api/v2/keys") {
-			// The path exists for other methods (every /api/v2/keys path this server
-			// knows is routed above by method).
-			writeError(w, &apiError{status: http.StatusMethodNotAllowed, code: "METHOD_NOT_ALLOWED_ERR", msg: fmt.Sprintf("method %s is not allowed on %s", r.Method, r.URL.Path)})
-			return
+		// A path routed for another method gets 405; anything else 404.
+		for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+			if m == r.Method {
+				continue
+			}
+			probe := r.Clone(r.Context())
+			probe.Method = m
+			if _, pattern := s.mux.Handler(probe); pattern != "/" && pattern != "" {
+				writeError(w, &apiError{status: http.StatusMethodNotAllowed, code: "METHOD_NOT_ALLOWED_ERR", msg: fmt.Sprintf("method %s is not allowed on %s", r.Method, r.URL.Path)})
+				return
+			}
 		}
 		writeError(w, &apiError{status: http.StatusNotFound, code: "NOT_FOUND_ERR", msg: fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path)})
 	})
@@ -82,16 +87,24 @@ func (s *Server) routes() {
 // audit event.
 func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*request) error) {
 	r.Body = http.MaxBytesReader(w, r.Body, MaxBody)
-	instance := r.Header.Get("bluemix-instance")
+	instance := strings.ToLower(r.Header.Get("bluemix-instance"))
 	if !isUUID(instance) {
-		writeError(w, badRequest("BAD_REQUEST_ERR", "Bad Request: Request requires valid Bluemix-Instance Header containing a valid UUID", ""))
+		writeError(w, badRequest("BAD_REQUEST_ERR", "Request requires valid Bluemix-Instance Header containing a valid UUID", ""))
 		return
 	}
-	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	auth := r.Header.Get("Authorization")
+	tok, ok := strings.CutPrefix(auth, "Bearer ")
+	if auth != "" && (!ok || strings.TrimSpace(tok) == "") {
+		writeError(w, badRequest("BEARER_SUB_EXTRACTION_ERR", "the Authorization header must be \"Bearer <token>\"", "authorization"))
+		return
+	}
 	svc, err := s.tenants.Authorize(strings.TrimSpace(tok), instance)
 	if err != nil {
-		writeError(w, &apiError{status: http.StatusUnauthorized, code: "UNAUTHORIZED_ERR",
-			msg: "Unauthorized: The user does not have access to the specified resource"})
+		msg := "The user does not have access to the specified resource"
+		if strings.Contains(err.Error(), "unknown instance") {
+			msg = "Either the user does not have access to the specified resource, the resource does not exist, or the region is incorrectly set"
+		}
+		writeError(w, &apiError{status: http.StatusUnauthorized, code: "UNAUTHORIZED_ERR", msg: msg})
 		return
 	}
 	q := &request{w: w, r: r, svc: svc, id: r.PathValue("id"),
@@ -125,7 +138,7 @@ func decode(r *http.Request, v any) error {
 	if err := dec.Decode(v); err != nil {
 		return badRequest("BAD_BODY_ERR", "invalid JSON body: "+err.Error(), "")
 	}
-	if dec.More() {
+	if err := dec.Decode(&struct{}{}); err != io.EOF {
 		return badRequest("BAD_BODY_ERR", "invalid JSON body: data after the value", "")
 	}
 	return nil
@@ -196,19 +209,28 @@ func (s *Server) createKey(q *request) error {
 	return keys(q, http.StatusCreated, *k)
 }
 
-func (s *Server) listKeys(q *request) error {
-	v := q.r.URL.Query()
-	limit, offset := 200, 0
-	var err error
+// paging reads the limit (1 to 5000) and offset query parameters.
+func paging(r *http.Request, defLimit int) (limit, offset int, err error) {
+	v := r.URL.Query()
+	limit = defLimit
 	if l := v.Get("limit"); l != "" {
 		if limit, err = strconv.Atoi(l); err != nil || limit < 1 || limit > 5000 {
-			return badRequest("INVALID_QUERY_PARAM_ERR", "limit must be an integer from 1 to 5000", "limit")
+			return 0, 0, badRequest("INVALID_QUERY_PARAM_ERR", "limit must be an integer from 1 to 5000", "limit")
 		}
 	}
 	if o := v.Get("offset"); o != "" {
 		if offset, err = strconv.Atoi(o); err != nil || offset < 0 {
-			return badRequest("INVALID_QUERY_PARAM_ERR", "offset must be a non-negative integer", "offset")
+			return 0, 0, badRequest("INVALID_QUERY_PARAM_ERR", "offset must be a non-negative integer", "offset")
 		}
+	}
+	return limit, offset, nil
+}
+
+func (s *Server) listKeys(q *request) error {
+	v := q.r.URL.Query()
+	limit, offset, err := paging(q.r, 200)
+	if err != nil {
+		return err
 	}
 	var states []crk.State
 	if st := v.Get("state"); st != "" {
@@ -298,6 +320,7 @@ func (s *Server) action(q *request, action string) error {
 				return err
 			}
 			res, err = q.svc.Wrap(q.ctx, q.id, pt, body.AAD)
+			clear(pt)
 		}
 		if err != nil {
 			return err
@@ -305,6 +328,7 @@ func (s *Server) action(q *request, action string) error {
 		out := map[string]any{"ciphertext": base64.StdEncoding.EncodeToString(res.Ciphertext), "keyVersion": version(res.KeyVersion)}
 		if res.Plaintext != nil {
 			out["plaintext"] = base64.StdEncoding.EncodeToString(res.Plaintext)
+			clear(res.Plaintext)
 		}
 		writeJSON(q.w, http.StatusOK, out)
 	case "unwrap", "rewrap":
@@ -380,16 +404,22 @@ func (s *Server) restoreKey(q *request) error {
 }
 
 func (s *Server) versions(q *request) error {
+	limit, offset, err := paging(q.r, 200)
+	if err != nil {
+		return err
+	}
 	vs, err := q.svc.ListVersions(q.ctx, q.id)
 	if err != nil {
 		return err
 	}
+	total := len(vs)
+	vs = vs[min(offset, total):]
+	vs = vs[:min(limit, len(vs))]
 	res := make([]KeyVersion, 0, len(vs))
 	for _, v := range vs {
 		res = append(res, KeyVersion{ID: v.ID, CreationDate: RFC3339(v.CreationDate)})
 	}
-	total := len(res)
-	writeJSON(q.w, http.StatusOK, map[string]any{"metadata": Metadata{CollectionType: TypeKeyVersion, CollectionTotal: total, TotalCount: &total}, "resources": res})
+	writeJSON(q.w, http.StatusOK, map[string]any{"metadata": Metadata{CollectionType: TypeKeyVersion, CollectionTotal: len(res), TotalCount: &total}, "resources": res})
 	return nil
 }
 
@@ -485,8 +515,8 @@ type registrationBody struct {
 }
 
 func pathCRN(q *request) (string, error) {
-	crn, err := url.PathUnescape(q.r.PathValue("crn"))
-	if err != nil || crn == "" {
+	crn := q.r.PathValue("crn") // already unescaped by the router
+	if crn == "" {
 		return "", badRequest("INVALID_FIELD_ERR", "the resource CRN in the path is not URL-encoded", "urlEncodedResourceCRN")
 	}
 	return crn, nil

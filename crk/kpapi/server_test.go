@@ -260,6 +260,8 @@ func TestAPIKeysAndInstances(t *testing.T) {
 		{"Bearer " + staticToken, "11111111-1111-4111-8111-111111111111", http.StatusUnauthorized},
 		{"Bearer " + staticToken, "", http.StatusBadRequest},
 		{"Bearer " + staticToken, "not-a-uuid", http.StatusBadRequest},
+		{staticToken, inst, http.StatusBadRequest}, // no "Bearer "
+		{"Bearer " + staticToken, strings.ToUpper(inst), http.StatusOK},
 	} {
 		req, _ := http.NewRequest(http.MethodGet, e.srv.URL+"/api/v2/keys", nil)
 		req.Header.Set("Authorization", tc.auth)
@@ -332,6 +334,9 @@ func TestMalformedRequests(t *testing.T) {
 		code                    string
 	}{
 		{"bad json", http.MethodPost, keys, `{"resources":[`, 400, "BAD_BODY_ERR"},
+		{"trailing junk", http.MethodPost, keys, `{"resources":[{"name":"abc"}]}}}`, 400, "BAD_BODY_ERR"},
+		{"versions limit", http.MethodGet, keys + "/" + k.ID + "/versions?limit=0", ``, 400, "INVALID_QUERY_PARAM_ERR"},
+		{"unknown path", http.MethodGet, e.srv.URL + "/api/v2/nothing", ``, 404, "NOT_FOUND_ERR"},
 		{"wrong type", http.MethodPost, keys, `{"resources":[{"name":5}]}`, 400, "BAD_BODY_ERR"},
 		{"two keys", http.MethodPost, keys, `{"metadata":{"collectionTotal":2},"resources":[{"name":"a"},{"name":"b"}]}`, 400, "BAD_BODY_ERR"},
 		{"total mismatch", http.MethodPost, keys, `{"metadata":{"collectionTotal":2},"resources":[{"name":"a"}]}`, 400, "COLLECTION_TOTAL_MISMATCH_ERR"},
@@ -378,6 +383,7 @@ func BenchmarkServerWrapUnwrap(b *testing.B) {
 	e := newEnv(b)
 	transport := kp.DefaultTransport().(*http.Transport)
 	transport.DisableKeepAlives = false
+	transport.MaxIdleConnsPerHost = 16 // the client's default pools no idle connection
 	c, err := kp.New(kp.ClientConfig{BaseURL: e.srv.URL, Authorization: "Bearer " + staticToken, InstanceID: e.inst, Verbose: kp.VerboseNone}, transport)
 	require.NoError(b, err)
 	k, err := c.CreateRootKey(e.ctx, "bench", nil)

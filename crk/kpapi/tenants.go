@@ -16,6 +16,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"crkvol/crk"
 )
 
@@ -35,6 +37,7 @@ type Tenants struct {
 	def      string
 	tokens   map[string]tokenEntry
 	static   string
+	closed   bool
 }
 
 type tokenEntry struct {
@@ -43,6 +46,7 @@ type tokenEntry struct {
 }
 
 type tenantsFile struct {
+	Default   string          `json:"default"`
 	Instances []instanceEntry `json:"instances"`
 	APIKeys   []apiKeyEntry   `json:"apiKeys"`
 }
@@ -64,25 +68,41 @@ type apiKeyEntry struct {
 var ErrUnauthorized = errors.New("unauthorized")
 
 // OpenTenants opens the state directory dir; opts configure every instance's crk service.
+// Services are opened when first needed, so managing instances and API keys (which only
+// touches tenants.json) works while a server holds the stores; only the very first call
+// opens the default store to learn its instance id.
 func OpenTenants(dir string, opts crk.Options) (*Tenants, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
 	t := &Tenants{dir: dir, opts: opts, services: map[string]*crk.Service{}, tokens: map[string]tokenEntry{}}
-	svc, err := crk.Open(filepath.Join(dir, "crk.db"), opts)
+	err := t.modify(func(tf *tenantsFile) error {
+		if tf.Default != "" {
+			t.def = tf.Default
+			return nil
+		}
+		svc, err := crk.Open(filepath.Join(dir, "crk.db"), opts)
+		if err != nil {
+			return err
+		}
+		t.def, tf.Default = svc.Instance(), svc.Instance()
+		t.services[t.def] = svc
+		return nil
+	})
 	if err != nil {
+		t.Close()
 		return nil, err
 	}
-	t.def = svc.Instance()
-	t.services[t.def] = svc
 	return t, nil
 }
 
 // Default returns the default instance's id and service.
 func (t *Tenants) Default() (string, *crk.Service) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.def, t.services[t.def]
+	svc, err := t.Service(t.def)
+	if err != nil {
+		return t.def, nil
+	}
+	return t.def, svc
 }
 
 // SetStaticToken makes tok valid for every instance (for tests).
@@ -92,10 +112,11 @@ func (t *Tenants) SetStaticToken(tok string) {
 	t.static = tok
 }
 
-// Close closes every open service.
+// Close closes every open service; the Tenants cannot be used afterwards.
 func (t *Tenants) Close() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.closed = true
 	var errs []error
 	for _, s := range t.services {
 		errs = append(errs, s.Close())
@@ -119,27 +140,58 @@ func (t *Tenants) load() (*tenantsFile, error) {
 	return &tf, nil
 }
 
-func (t *Tenants) save(tf *tenantsFile) error {
+// modify applies fn to tenants.json under an exclusive flock on tenants.lock (other
+// processes, such as a running server and the CLI, may change it too) and writes it back
+// atomically and durably.
+func (t *Tenants) modify(fn func(tf *tenantsFile) error) error {
+	lock, err := os.OpenFile(filepath.Join(t.dir, "tenants.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		return fmt.Errorf("kpapi: locking tenants.json: %w", err)
+	}
+	tf, err := t.load()
+	if err != nil {
+		return err
+	}
+	if err := fn(tf); err != nil {
+		return err
+	}
 	raw, err := json.MarshalIndent(tf, "", "  ")
 	if err != nil {
 		return err
 	}
 	path := filepath.Join(t.dir, "tenants.json")
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, raw, 0o600); err != nil {
+	f, err := os.CreateTemp(t.dir, "tenants-*.json")
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	defer os.Remove(f.Name())
+	if _, err := f.Write(raw); err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("kpapi: writing tenants.json: %w", err)
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	d, err := os.Open(t.dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
-// CreateInstance makes a new, empty instance and returns its id.
+// CreateInstance records a new, empty instance and returns its id; its store is made when
+// first used.
 func (t *Tenants) CreateInstance(name string) (string, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	tf, err := t.load()
-	if err != nil {
-		return "", err
-	}
 	var b [16]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", err
@@ -148,15 +200,11 @@ func (t *Tenants) CreateInstance(name string) (string, error) {
 	b[8] = b[8]&0x3f | 0x80
 	h := hex.EncodeToString(b[:])
 	id := h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
-	opts := t.opts
-	opts.Instance = id
-	svc, err := crk.Open(t.instancePath(id), opts)
-	if err != nil {
-		return "", err
-	}
-	t.services[id] = svc
-	tf.Instances = append(tf.Instances, instanceEntry{ID: id, Name: name, Created: time.Now().UTC()})
-	return id, t.save(tf)
+	err := t.modify(func(tf *tenantsFile) error {
+		tf.Instances = append(tf.Instances, instanceEntry{ID: id, Name: name, Created: time.Now().UTC()})
+		return nil
+	})
+	return id, err
 }
 
 func (t *Tenants) instancePath(id string) string {
@@ -165,10 +213,26 @@ func (t *Tenants) instancePath(id string) string {
 	return filepath.Join(dir, "crk.db")
 }
 
-// Service returns the crk service of an instance.
+// known reports whether id is the default instance or a recorded one.
+func (t *Tenants) known(tf *tenantsFile, id string) bool {
+	if id == t.def {
+		return true
+	}
+	for _, in := range tf.Instances {
+		if in.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// Service returns the crk service of an instance, opening it on first use.
 func (t *Tenants) Service(id string) (*crk.Service, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.closed {
+		return nil, errors.New("kpapi: tenants are closed")
+	}
 	if s, ok := t.services[id]; ok {
 		return s, nil
 	}
@@ -176,40 +240,42 @@ func (t *Tenants) Service(id string) (*crk.Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, in := range tf.Instances {
-		if in.ID == id {
-			opts := t.opts
-			opts.Instance = id
-			s, err := crk.Open(t.instancePath(id), opts)
-			if err != nil {
-				return nil, err
-			}
-			t.services[id] = s
-			return s, nil
-		}
+	if !t.known(tf, id) {
+		return nil, fmt.Errorf("%w: unknown instance %s", ErrUnauthorized, id)
 	}
-	return nil, fmt.Errorf("%w: unknown instance %s", ErrUnauthorized, id)
+	path := filepath.Join(t.dir, "crk.db")
+	opts := t.opts
+	if id != t.def {
+		path = t.instancePath(id)
+		opts.Instance = id
+	}
+	s, err := crk.Open(path, opts)
+	if err != nil {
+		return nil, err
+	}
+	t.services[id] = s
+	return s, nil
 }
 
 // CreateAPIKey makes an API key for an instance and returns it; only its hash is kept.
 func (t *Tenants) CreateAPIKey(instance string) (string, error) {
-	if _, err := t.Service(instance); err != nil {
-		return "", err
-	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	tf, err := t.load()
-	if err != nil {
-		return "", err
-	}
 	var b [32]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", err
 	}
 	key := "crkvol-" + base64.RawURLEncoding.EncodeToString(b[:])
 	sum := sha256.Sum256([]byte(key))
-	tf.APIKeys = append(tf.APIKeys, apiKeyEntry{Hash: hex.EncodeToString(sum[:]), Instance: instance, Created: time.Now().UTC()})
-	return key, t.save(tf)
+	err := t.modify(func(tf *tenantsFile) error {
+		if !t.known(tf, instance) {
+			return fmt.Errorf("%w: unknown instance %s", ErrUnauthorized, instance)
+		}
+		tf.APIKeys = append(tf.APIKeys, apiKeyEntry{Hash: hex.EncodeToString(sum[:]), Instance: instance, Created: time.Now().UTC()})
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	return key, nil
 }
 
 // Exchange trades an API key for a bearer token valid for TokenLifetime.
@@ -229,7 +295,13 @@ func (t *Tenants) Exchange(apiKey string) (string, time.Duration, error) {
 				return "", 0, err
 			}
 			tok := base64.RawURLEncoding.EncodeToString(b[:])
-			t.tokens[tok] = tokenEntry{instance: k.Instance, expires: time.Now().Add(TokenLifetime)}
+			now := time.Now()
+			for old, e := range t.tokens { // forget expired tokens
+				if now.After(e.expires) {
+					delete(t.tokens, old)
+				}
+			}
+			t.tokens[tok] = tokenEntry{instance: k.Instance, expires: now.Add(TokenLifetime)}
 			return tok, TokenLifetime, nil
 		}
 	}

@@ -71,7 +71,10 @@ func NewRemote(cfg RemoteConfig) (*Remote, error) {
 	}
 	transport := kp.DefaultTransport()
 	if t, ok := transport.(*http.Transport); ok {
+		// The client's default closes every connection; a volume fleet rewraps over many
+		// calls, so keep connections alive.
 		t.DisableKeepAlives = false
+		t.MaxIdleConnsPerHost = 16
 	}
 	c, err := kp.New(kcfg, transport)
 	if err != nil {
@@ -103,27 +106,38 @@ func (r *Remote) Wrap(ctx context.Context, keyID string, plaintext []byte, aad [
 	return w, nil
 }
 
-// Unwrap implements volume.KeyService. The service returns a rewrapped ciphertext when an
-// older version made the input; it is under the latest version.
+// Unwrap implements volume.KeyService with the API's unwrap action, whose response names the
+// version that made the ciphertext and, when that is not the latest, carries the ciphertext
+// rewrapped under the latest version with that version's id.
 func (r *Remote) Unwrap(ctx context.Context, keyID string, ciphertext []byte, aad []string) (volume.Unwrapped, error) {
-	pt64, rewrapped, err := r.client.UnwrapV2(ctx, keyID, ciphertext, aadPtr(aad))
-	if err != nil {
+	body := map[string]any{"ciphertext": string(ciphertext)}
+	if aad != nil {
+		body["aad"] = aad
+	}
+	var res struct {
+		Plaintext  string `json:"plaintext"`
+		Ciphertext string `json:"ciphertext"`
+		KeyVersion struct {
+			ID string `json:"id"`
+		} `json:"keyVersion"`
+		RewrappedKeyVersion struct {
+			ID string `json:"id"`
+		} `json:"rewrappedKeyVersion"`
+	}
+	if err := r.call(ctx, http.MethodPost, "keys/"+url.PathEscape(keyID)+"/actions/unwrap", body, &res); err != nil {
 		return volume.Unwrapped{}, fmt.Errorf("kms: unwrap: %w", err)
 	}
-	pt, err := base64.StdEncoding.DecodeString(string(pt64))
-	clear(pt64)
+	pt, err := base64.StdEncoding.DecodeString(res.Plaintext)
 	if err != nil {
 		return volume.Unwrapped{}, fmt.Errorf("kms: unwrap: the service returned a plaintext that is not base64")
 	}
-	latest, err := r.latest(ctx, keyID)
-	if err != nil {
-		clear(pt)
-		return volume.Unwrapped{}, err
-	}
-	u := volume.Unwrapped{Plaintext: pt, VersionID: latest}
-	if len(rewrapped) > 0 {
-		u.VersionID = "" // an older version; the API does not name it
-		u.Rewrapped = &volume.Wrapped{Ciphertext: rewrapped, VersionID: latest}
+	u := volume.Unwrapped{Plaintext: pt, VersionID: res.KeyVersion.ID}
+	if res.Ciphertext != "" {
+		if res.RewrappedKeyVersion.ID == "" {
+			clear(pt)
+			return volume.Unwrapped{}, fmt.Errorf("kms: unwrap: a rewrapped ciphertext without its key version")
+		}
+		u.Rewrapped = &volume.Wrapped{Ciphertext: []byte(res.Ciphertext), VersionID: res.RewrappedKeyVersion.ID}
 	}
 	return u, nil
 }
