@@ -84,9 +84,15 @@ func Open(dev Device, opts *Options) (*Image, error) {
 
 // Reload re-reads the header from the device.
 func (img *Image) Reload() error {
+	return img.locked(unix.LOCK_SH, func(*state, Health) error { return nil })
+}
+
+// locked loads the header afresh and runs fn while holding img.mu and the device lock
+// (shared or exclusive), so no other process's update can come in between.
+func (img *Image) locked(how int, fn func(st *state, health Health) error) error {
 	img.mu.Lock()
 	defer img.mu.Unlock()
-	unlock, err := lockDevice(img.dev, unix.LOCK_SH)
+	unlock, err := lockDevice(img.dev, how)
 	if err != nil {
 		return err
 	}
@@ -96,7 +102,7 @@ func (img *Image) Reload() error {
 		return err
 	}
 	img.st, img.health = st, health
-	return nil
+	return fn(st, health)
 }
 
 // Health returns the state of the header copies as last read or written.
@@ -109,19 +115,7 @@ func (img *Image) Health() Health {
 // Repair rewrites a damaged or stale header copy from the good one, keeping its sequence
 // number. It is a no-op when both copies are good and current.
 func (img *Image) Repair() error {
-	img.mu.Lock()
-	defer img.mu.Unlock()
-	unlock, err := lockDevice(img.dev, unix.LOCK_EX)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	st, health, err := load(img.dev)
-	if err != nil {
-		return err
-	}
-	img.st, img.health = st, health
-	return img.repairLocked(st, health)
+	return img.locked(unix.LOCK_EX, img.repairLocked)
 }
 
 // repairLocked copies the good header copy over a damaged or stale one, with the same
@@ -172,32 +166,22 @@ func (img *Image) repairLocked(st *state, health Health) error {
 // exclusive lock is held from the read to the last write, so no other process's update can
 // come in between.
 func (img *Image) update(fn func(st *state, m *metadata) error) error {
-	img.mu.Lock()
-	defer img.mu.Unlock()
-	unlock, err := lockDevice(img.dev, unix.LOCK_EX)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	st, health, err := load(img.dev)
-	if err != nil {
-		return err
-	}
-	img.st, img.health = st, health
-	if err := img.repairLocked(st, health); err != nil {
-		return err
-	}
-	if req := st.meta.config.mandatory; len(req) > 0 {
-		return fmt.Errorf("%w: the image requires %q; metadata changes are refused", ErrUnmetRequirement, req)
-	}
-	m, err := st.meta.clone(st.bin.hdrSize)
-	if err != nil {
-		return err
-	}
-	if err := fn(st, m); err != nil {
-		return err
-	}
-	return img.commitLocked(st, m)
+	return img.locked(unix.LOCK_EX, func(st *state, health Health) error {
+		if err := img.repairLocked(st, health); err != nil {
+			return err
+		}
+		if req := st.meta.config.mandatory; len(req) > 0 {
+			return fmt.Errorf("%w: the image requires %q; metadata changes are refused", ErrUnmetRequirement, req)
+		}
+		m, err := st.meta.clone(st.bin.hdrSize)
+		if err != nil {
+			return err
+		}
+		if err := fn(st, m); err != nil {
+			return err
+		}
+		return img.commitLocked(st, m)
+	})
 }
 
 // commitLocked writes m to both header copies with the next sequence number, primary first,
