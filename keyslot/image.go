@@ -173,7 +173,8 @@ func (img *Image) update(fn func(st *state, m *metadata) error) error {
 		if req := st.meta.config.mandatory; len(req) > 0 {
 			return fmt.Errorf("%w: the image requires %q; metadata changes are refused", ErrUnmetRequirement, req)
 		}
-		m, err := st.meta.clone(st.bin.hdrSize)
+		// A private copy to change: parse the text it came from again.
+		m, err := parseMetadata(st.text, st.bin.hdrSize)
 		if err != nil {
 			return err
 		}
@@ -257,7 +258,7 @@ func writeCopy(dev Device, h *binHeader, area []byte) error {
 // load reads both header copies and picks the one to use.
 func load(dev Device) (*state, Health, error) {
 	var health Health
-	primary, perr := readCopy(dev, 0, false)
+	primary, perr := readCopy(dev, 0, false, nil)
 	health.Primary.Err = perr
 	if primary != nil {
 		health.Primary.SeqID = primary.bin.seqID
@@ -277,7 +278,7 @@ func load(dev Device) (*state, Health, error) {
 	var secondary *copyState
 	var serr error
 	for i, off := range candidates {
-		c, err := readCopy(dev, off, true)
+		c, err := readCopy(dev, off, true, primary)
 		if err == nil {
 			secondary, serr = c, nil
 			health.Secondary = CopyHealth{Offset: off, SeqID: c.bin.seqID}
@@ -339,8 +340,10 @@ func readBinHeader(dev Device, off uint64) (*binHeader, error) {
 	return parseBinHeader(buf)
 }
 
-// readCopy reads and fully validates the header copy at off.
-func readCopy(dev Device, off uint64, secondary bool) (*copyState, error) {
+// readCopy reads and fully validates the header copy at off. When its JSON text is byte for
+// byte that of same (the other copy, already validated), the parsed metadata is shared
+// instead of parsed again.
+func readCopy(dev Device, off uint64, secondary bool, same *copyState) (*copyState, error) {
 	h, err := readBinHeader(dev, off)
 	if err != nil {
 		return nil, err
@@ -371,6 +374,9 @@ func readCopy(dev Device, off uint64, secondary bool) (*copyState, error) {
 	text, err := jsonText(area)
 	if err != nil {
 		return nil, err
+	}
+	if same != nil && same.bin.hdrSize == h.hdrSize && bytes.Equal(same.text, text) {
+		return &copyState{bin: h, text: text, meta: same.meta}, nil
 	}
 	meta, err := parseMetadata(text, h.hdrSize)
 	if err != nil {

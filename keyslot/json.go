@@ -610,14 +610,6 @@ func (m *metadata) marshal() []byte {
 	return w.b
 }
 
-// clone returns a deep copy, by a marshal/parse round trip.
-func (m *metadata) clone(hdrSize uint64) (*metadata, error) {
-	c, err := parseMetadata(m.marshal(), hdrSize)
-	if err != nil {
-		return nil, fmt.Errorf("keyslot: metadata does not survive a round trip: %w", err)
-	}
-	return c, nil
-}
 
 func sortedKeys[V any](m map[int]V) []int {
 	keys := make([]int, 0, len(m))
