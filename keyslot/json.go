@@ -610,7 +610,6 @@ func (m *metadata) marshal() []byte {
 	return w.b
 }
 
-
 func sortedKeys[V any](m map[int]V) []int {
 	keys := make([]int, 0, len(m))
 	for k := range m {
