@@ -11,14 +11,15 @@ import (
 // unit's is step more. decrypt selects the direction. dst and src have equal lengths, a whole
 // number of units, and overlap exactly or not at all.
 //
-// Per unit it makes one tweak-key AES call, derives every block tweak of the unit in one pass
-// into a stack buffer, then makes three passes over the unit: XOR the tweaks in (crypto/subtle,
-// vectorised), run the block cipher over each block in place in dst, XOR the tweaks out. The
-// tweak buffer is never handed to the cipher.Block interface, so it stays on the stack and
-// nothing is allocated.
+// Per unit it makes one tweak-key AES call; then, 512 bytes at a time, it derives the block
+// tweaks in one pass into a stack buffer and makes three passes over the piece: XOR the
+// tweaks in (crypto/subtle, vectorised), run the block cipher over each block in place in
+// dst, XOR the tweaks out. The tweak buffer is never handed to the cipher.Block interface, so
+// it stays on the stack and nothing is allocated.
 func xtsGeneric(data, tweak cipher.Block, dst, src []byte, unit int, seq, step uint64, decrypt bool) {
-	var tw [MaxSectorSize]byte
-	t := tw[:unit:unit]
+	// Tweaks are made 32 at a time (512 bytes), so a small sector does not pay for zeroing
+	// and filling a whole 4096-byte tweak buffer.
+	var tw [512]byte
 	for len(src) > 0 {
 		d, s := dst[:unit:unit], src[:unit:unit]
 
@@ -30,36 +31,43 @@ func xtsGeneric(data, tweak cipher.Block, dst, src []byte, unit int, seq, step u
 		tweak.Encrypt(d[:16], d[:16])
 		lo, hi := binary.LittleEndian.Uint64(d[0:8]), binary.LittleEndian.Uint64(d[8:16])
 
-		// Every block tweak of the unit: T(j+1) = T(j)·α in GF(2^128), with the IEEE 1619
-		// little-endian bit order (reduction polynomial x^128 + x^7 + x^2 + x + 1).
-		for off := 0; off < len(t); off += 16 {
-			binary.LittleEndian.PutUint64(t[off:], lo)
-			binary.LittleEndian.PutUint64(t[off+8:], hi)
-			carry := hi >> 63
-			hi = hi<<1 | lo>>63
-			lo = lo<<1 ^ (0x87 & -carry)
-		}
-
-		// Whitening in; block 0 of s may have been overwritten by the scratch use above.
-		subtle.XORBytes(d, s, t)
-		binary.LittleEndian.PutUint64(d[0:8], s0^binary.LittleEndian.Uint64(t[0:8]))
-		binary.LittleEndian.PutUint64(d[8:16], s1^binary.LittleEndian.Uint64(t[8:16]))
-
-		// The block cipher over every block, in place.
-		if decrypt {
-			for off := 0; off < unit; off += 16 {
-				b := d[off : off+16 : off+16]
-				data.Decrypt(b, b)
+		for off := 0; off < unit; off += len(tw) {
+			n := min(len(tw), unit-off)
+			t := tw[:n:n]
+			// The block tweaks: T(j+1) = T(j)·α in GF(2^128), with the IEEE 1619
+			// little-endian bit order (reduction polynomial x^128 + x^7 + x^2 + x + 1).
+			for b := 0; b < n; b += 16 {
+				binary.LittleEndian.PutUint64(t[b:], lo)
+				binary.LittleEndian.PutUint64(t[b+8:], hi)
+				carry := hi >> 63
+				hi = hi<<1 | lo>>63
+				lo = lo<<1 ^ (0x87 & -carry)
 			}
-		} else {
-			for off := 0; off < unit; off += 16 {
-				b := d[off : off+16 : off+16]
-				data.Encrypt(b, b)
-			}
-		}
+			dd, ss := d[off:off+n:off+n], s[off:off+n:off+n]
 
-		// Whitening out.
-		subtle.XORBytes(d, d, t)
+			// Whitening in; block 0 of s may have been overwritten by the scratch use.
+			subtle.XORBytes(dd, ss, t)
+			if off == 0 {
+				binary.LittleEndian.PutUint64(dd[0:8], s0^binary.LittleEndian.Uint64(t[0:8]))
+				binary.LittleEndian.PutUint64(dd[8:16], s1^binary.LittleEndian.Uint64(t[8:16]))
+			}
+
+			// The block cipher over every block, in place.
+			if decrypt {
+				for b := 0; b < n; b += 16 {
+					blk := dd[b : b+16 : b+16]
+					data.Decrypt(blk, blk)
+				}
+			} else {
+				for b := 0; b < n; b += 16 {
+					blk := dd[b : b+16 : b+16]
+					data.Encrypt(blk, blk)
+				}
+			}
+
+			// Whitening out.
+			subtle.XORBytes(dd, dd, t)
+		}
 
 		dst, src = dst[unit:], src[unit:]
 		seq += step
