@@ -142,24 +142,34 @@ func (img *Image) repairLocked(st *state, health Health) error {
 		if bad == nil {
 			continue
 		}
-		h := st.bin
-		h.secondary = secondary
-		h.hdrOffset = 0
-		if secondary {
-			h.hdrOffset = hdrSize
-		}
-		if _, err := io.ReadFull(img.rand, h.salt[:]); err != nil {
-			return fmt.Errorf("keyslot: reading random header salt: %w", err)
-		}
-		if err := writeCopy(img.dev, &h, area); err != nil {
+		if err := img.writeCopyOf(st.bin, secondary, area); err != nil {
 			return fmt.Errorf("keyslot: repairing the %s header: %w", copyName(secondary), err)
 		}
 	}
-	img.health = Health{
-		Primary:   CopyHealth{Offset: 0, SeqID: st.bin.seqID},
-		Secondary: CopyHealth{Offset: hdrSize, SeqID: st.bin.seqID},
-	}
+	img.health = healthy(st.bin)
 	return nil
+}
+
+// writeCopyOf writes the primary or secondary copy of header bin (fresh salt, its own magic
+// and offset) with the given JSON area, and syncs it.
+func (img *Image) writeCopyOf(bin binHeader, secondary bool, area []byte) error {
+	bin.secondary = secondary
+	bin.hdrOffset = 0
+	if secondary {
+		bin.hdrOffset = bin.hdrSize
+	}
+	if _, err := io.ReadFull(img.rand, bin.salt[:]); err != nil {
+		return fmt.Errorf("keyslot: reading random header salt: %w", err)
+	}
+	return writeCopy(img.dev, &bin, area)
+}
+
+// healthy is the Health of an image whose two copies both hold bin's metadata.
+func healthy(bin binHeader) Health {
+	return Health{
+		Primary:   CopyHealth{Offset: 0, SeqID: bin.seqID},
+		Secondary: CopyHealth{Offset: bin.hdrSize, SeqID: bin.seqID},
+	}
 }
 
 // update applies fn to a fresh copy of the on-disk metadata and commits the result: the
@@ -207,24 +217,12 @@ func (img *Image) commitLocked(st *state, m *metadata) error {
 	next := st.bin
 	next.seqID++
 	for _, secondary := range []bool{false, true} {
-		h := next
-		h.secondary = secondary
-		h.hdrOffset = 0
-		if secondary {
-			h.hdrOffset = hdrSize
-		}
-		if _, err := io.ReadFull(img.rand, h.salt[:]); err != nil {
-			return fmt.Errorf("keyslot: reading random header salt: %w", err)
-		}
-		if err := writeCopy(img.dev, &h, area); err != nil {
+		if err := img.writeCopyOf(next, secondary, area); err != nil {
 			return err
 		}
 	}
 	img.st = &state{bin: next, meta: m, text: text}
-	img.health = Health{
-		Primary:   CopyHealth{Offset: 0, SeqID: next.seqID},
-		Secondary: CopyHealth{Offset: hdrSize, SeqID: next.seqID},
-	}
+	img.health = healthy(next)
 	return nil
 }
 

@@ -208,6 +208,7 @@ func TestFormatOptions(t *testing.T) {
 	img, key, err := Format(dev, 4<<20, []byte("p"), opts)
 	require.NoError(t, err)
 	assert.Equal(t, vk, key)
+	assert.Equal(t, opts.UUID, img.UUID(), "the image Format returns is the one it wrote")
 	img, err = Open(dev, nil)
 	require.NoError(t, err)
 	assert.Equal(t, "lbl", img.Label())

@@ -169,7 +169,8 @@ func (t *Tenants) modify(fn func(tf *tenantsFile) error) error {
 		return err
 	}
 	defer os.Remove(f.Name())
-	if _, err := f.Write(raw); err == nil {
+	_, err = f.Write(raw)
+	if err == nil {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {

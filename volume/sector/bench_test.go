@@ -21,23 +21,28 @@ func benchKey() []byte {
 func benchSector(b *testing.B, decrypt bool) {
 	for _, size := range benchSizes {
 		b.Run(fmt.Sprintf("sector=%d", size), func(b *testing.B) {
-			c, err := New(benchKey(), size)
-			if err != nil {
-				b.Fatal(err)
-			}
-			buf := make([]byte, size)
-			b.SetBytes(int64(size))
-			b.ReportAllocs()
-			var s uint64
-			for b.Loop() {
-				if decrypt {
-					c.DecryptSectors(buf, buf, s)
-				} else {
-					c.EncryptSectors(buf, buf, s)
-				}
-				s += c.step
-			}
+			benchOne(b, Paths()[0], size, decrypt)
 		})
+	}
+}
+
+// benchOne measures one sector per call, in place, on path.
+func benchOne(b *testing.B, path Path, size int, decrypt bool) {
+	c, err := NewPath(benchKey(), size, path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, size)
+	b.SetBytes(int64(size))
+	b.ReportAllocs()
+	var s uint64
+	for b.Loop() {
+		if decrypt {
+			c.DecryptSectors(buf, buf, s)
+		} else {
+			c.EncryptSectors(buf, buf, s)
+		}
+		s += c.step
 	}
 }
 
@@ -75,22 +80,7 @@ func BenchmarkPaths(b *testing.B) {
 		for _, dir := range []string{"encrypt", "decrypt"} {
 			for _, size := range benchSizes {
 				b.Run(fmt.Sprintf("path=%s/%s/sector=%d", path, dir, size), func(b *testing.B) {
-					c, err := NewPath(benchKey(), size, path)
-					if err != nil {
-						b.Fatal(err)
-					}
-					buf := make([]byte, size)
-					b.SetBytes(int64(size))
-					b.ReportAllocs()
-					var s uint64
-					for b.Loop() {
-						if dir == "decrypt" {
-							c.DecryptSectors(buf, buf, s)
-						} else {
-							c.EncryptSectors(buf, buf, s)
-						}
-						s += c.step
-					}
+					benchOne(b, path, size, dir == "decrypt")
 				})
 			}
 		}
