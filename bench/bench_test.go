@@ -29,6 +29,11 @@ func TestRunReportsEveryCase(t *testing.T) {
 			assert.Positive(t, r.find("x/crypto/xts", op, size))
 		}
 	}
+	require.NotNil(t, r.Parallel)
+	assert.Positive(t, r.Parallel.OneCoreMBps)
+	if r.Parallel.Workers > 1 {
+		assert.Positive(t, r.Parallel.AllMBps)
+	}
 	var b bytes.Buffer
 	require.NoError(t, r.WriteTable(&b))
 	assert.Contains(t, b.String(), "vs x/crypto/xts")
