@@ -55,6 +55,8 @@ type Report struct {
 	// Parallel compares 1 MiB requests (4096-byte sectors, encrypt, default path) on one
 	// core with the same requests split over every core by sector.Parallel.
 	Parallel *ParallelResult `json:"parallel,omitempty"`
+	// NBD is the NBD comparison (RunNBD), when it was asked for.
+	NBD *NBDReport `json:"nbd,omitempty"`
 	// OpenSSLError says why OpenSSL was not measured, if it was not.
 	OpenSSLError string `json:"opensslError,omitempty"`
 }
@@ -300,9 +302,14 @@ func (r *Report) WriteTable(w io.Writer) error {
 		return err
 	}
 	if p := r.Parallel; p != nil && p.Workers > 1 && p.OneCoreMBps > 0 {
-		_, err := fmt.Fprintf(w, "\nMulti-core (sector.Parallel, %s, 1 MiB requests of 4096-byte sectors): 1 core %.0f MB/s, %d cores %.0f MB/s, %.2fx\n",
-			p.Path, p.OneCoreMBps, p.Workers, p.AllMBps, p.AllMBps/p.OneCoreMBps)
-		return err
+		if _, err := fmt.Fprintf(w, "\nMulti-core (sector.Parallel, %s, 1 MiB requests of 4096-byte sectors): 1 core %.0f MB/s, %d cores %.0f MB/s, %.2fx\n",
+			p.Path, p.OneCoreMBps, p.Workers, p.AllMBps, p.AllMBps/p.OneCoreMBps); err != nil {
+			return err
+		}
+	}
+	if r.NBD != nil {
+		fmt.Fprintln(w)
+		return r.NBD.WriteTable(w)
 	}
 	return nil
 }

@@ -53,3 +53,52 @@ func TestOpenSSLSpeed(t *testing.T) {
 	_, err = openSSLSpeed(context.Background(), "false", 4096, false, 0)
 	assert.True(t, err != nil && strings.Contains(err.Error(), "openssl speed"))
 }
+
+// needTools skips without the NBD tools, except under CI=true.
+func needTools(t testing.TB) {
+	for _, tool := range []string{"nbdcopy", "qemu-nbd"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("%s is required in CI (apt-get install libnbd-bin qemu-utils)", tool)
+			}
+			t.Skipf("%s is not installed (apt-get install libnbd-bin qemu-utils)", tool)
+		}
+	}
+}
+
+// TestRunNBD runs the NBD comparison small (no timing claims): every server, both directions,
+// and the table with its ratios.
+func TestRunNBD(t *testing.T) {
+	needTools(t)
+	r, err := RunNBD(context.Background(), NBDOptions{Size: 8 << 20, Rounds: 1, Dir: t.TempDir()})
+	require.NoError(t, err)
+	require.Len(t, r.Results, 6)
+	for _, x := range r.Results {
+		assert.Positive(t, x.MiBps, "%s %s", x.Server, x.Op)
+	}
+	var b bytes.Buffer
+	require.NoError(t, r.WriteTable(&b))
+	assert.Contains(t, b.String(), "vs qemu-nbd")
+	assert.Contains(t, b.String(), "1.00x")
+}
+
+// BenchmarkNBD reports sequential write and read MiB/s through NBD (nbdcopy over a unix
+// socket) for crkvol serving an encrypted volume, crkvol's server on a raw file, and qemu-nbd
+// on a raw file, plus each crkvol case's ratio to qemu-nbd, measured in the same run.
+func BenchmarkNBD(b *testing.B) {
+	needTools(b)
+	const size = 256 << 20
+	var r *NBDReport
+	for b.Loop() {
+		var err error
+		if r, err = RunNBD(context.Background(), NBDOptions{Size: size, Rounds: 1, Dir: b.TempDir()}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, x := range r.Results {
+		b.ReportMetric(x.MiBps, x.Server+"-"+x.Op+"-MiB/s")
+		if q := r.find("qemu-nbd", x.Op); q > 0 && x.Server != "qemu-nbd" {
+			b.ReportMetric(x.MiBps/q, x.Server+"-"+x.Op+"-vs-qemu-nbd")
+		}
+	}
+}

@@ -301,11 +301,21 @@ func findToken(img *keyslot.Image) (int, *token, error) {
 // hands back a ciphertext rewrapped to a newer key version, it is stored in the token and the
 // registration is updated (lazy rewrap).
 func (m *Manager) Open(ctx context.Context, path string) (*Volume, error) {
+	return m.OpenWith(ctx, path, OpenOptions{})
+}
+
+// OpenWith is Open with options: read-only, or an exclusive attachment. A conflicting open
+// elsewhere (an attachment, or a writer) fails at once with ErrInUse.
+func (m *Manager) OpenWith(ctx context.Context, path string, opts OpenOptions) (*Volume, error) {
 	f, img, err := openImage(path)
 	if err != nil {
 		return nil, err
 	}
-	v, err := m.open(ctx, f, img)
+	if err := lockImage(f, img, opts); err != nil {
+		f.Close()
+		return nil, err
+	}
+	v, err := m.open(ctx, f, img, opts)
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("volume: open %s: %w", path, err)
@@ -313,7 +323,7 @@ func (m *Manager) Open(ctx context.Context, path string) (*Volume, error) {
 	return v, nil
 }
 
-func (m *Manager) open(ctx context.Context, f *os.File, img *keyslot.Image) (*Volume, error) {
+func (m *Manager) open(ctx context.Context, f *os.File, img *keyslot.Image, opts OpenOptions) (*Volume, error) {
 	key, id, tok, u, err := m.unlock(ctx, img)
 	if err != nil {
 		return nil, err
@@ -325,7 +335,7 @@ func (m *Manager) open(ctx context.Context, f *os.File, img *keyslot.Image) (*Vo
 			m.opts.Logger.Warn("lazy rewrap failed", "crn", tok.VolumeCRN, "err", err)
 		}
 	}
-	v, err := newVolume(f, img, key)
+	v, err := newVolume(f, img, key, opts)
 	if err != nil {
 		clear(key)
 		return nil, err
@@ -397,10 +407,14 @@ func OpenWithPassphrase(path string, passphrase []byte) (*Volume, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := lockImage(f, img, OpenOptions{}); err != nil {
+		f.Close()
+		return nil, err
+	}
 	key, _, err := img.Unlock(passphrase, keyslot.AnyKeyslot)
 	if err == nil {
 		var v *Volume
-		if v, err = newVolume(f, img, key); err == nil {
+		if v, err = newVolume(f, img, key, OpenOptions{}); err == nil {
 			return v, nil
 		}
 		clear(key)
@@ -527,6 +541,9 @@ func (m *Manager) Delete(ctx context.Context, path string, opts DeleteOptions) e
 		return m.deregister(ctx, e.KeyID, e.CRN, path)
 	}
 	defer f.Close()
+	if err := lockImage(f, img, OpenOptions{}); err != nil {
+		return fmt.Errorf("volume: delete %s: %w", path, err)
+	}
 	_, tok, err := findToken(img)
 	if err != nil {
 		return fmt.Errorf("volume: delete %s: %w", path, err)

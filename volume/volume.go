@@ -7,6 +7,8 @@ import (
 	"os"
 	"sync"
 
+	"golang.org/x/sys/unix"
+
 	"crkvol/keyslot"
 	"crkvol/volume/sector"
 )
@@ -19,7 +21,22 @@ var (
 	ErrOutOfRange = errors.New("offset out of range")
 	// ErrUnsupportedImage means the image's data segment is not one this package serves.
 	ErrUnsupportedImage = errors.New("unsupported volume image")
+	// ErrInUse means another open of the image holds a conflicting lock on its data area: it
+	// is attached, or open for writing, elsewhere.
+	ErrInUse = errors.New("volume is in use (attached or open for writing elsewhere)")
+	// ErrReadOnly means a write to a volume opened read-only.
+	ErrReadOnly = errors.New("volume is open read-only")
 )
+
+// OpenOptions tune how a volume is opened.
+type OpenOptions struct {
+	// ReadOnly refuses writes (ErrReadOnly) and, unless Exclusive, locks the data area shared,
+	// so that several readers can open the volume at once.
+	ReadOnly bool
+	// Exclusive locks the data area exclusively even when ReadOnly, as an attachment does.
+	// A read-write open is always exclusive.
+	Exclusive bool
+}
 
 const (
 	lockStripes = 1024    // per-sector locks, striped
@@ -39,6 +56,7 @@ type Volume struct {
 	dataOff int64
 	size    int64
 	ss      int64
+	ro      bool
 
 	mu     sync.RWMutex // I/O holds it shared, Close exclusively
 	closed bool
@@ -46,8 +64,9 @@ type Volume struct {
 	bufs   sync.Pool
 }
 
-// newVolume serves the data segment of an unlocked image. It takes ownership of f and key.
-func newVolume(f *os.File, img *keyslot.Image, key []byte) (*Volume, error) {
+// newVolume serves the data segment of an unlocked image, whose data area the caller has
+// locked (lockImage). It takes ownership of f and key.
+func newVolume(f *os.File, img *keyslot.Image, key []byte, opts OpenOptions) (*Volume, error) {
 	seg := img.Segment()
 	if seg.Encryption != keyslot.SegmentEncryption {
 		return nil, fmt.Errorf("%w: data cipher %q, want %s", ErrUnsupportedImage, seg.Encryption, keyslot.SegmentEncryption)
@@ -76,7 +95,7 @@ func newVolume(f *os.File, img *keyslot.Image, key []byte) (*Volume, error) {
 	if size <= 0 || size%ss != 0 {
 		return nil, fmt.Errorf("%w: data area of %d bytes is not a positive multiple of the %d-byte sector size", ErrUnsupportedImage, size, ss)
 	}
-	v := &Volume{f: f, img: img, c: sector.NewParallel(c, 0, 0), key: key, uuid: img.UUID(), dataOff: int64(seg.Offset), size: size, ss: ss}
+	v := &Volume{f: f, img: img, c: sector.NewParallel(c, 0, 0), key: key, uuid: img.UUID(), dataOff: int64(seg.Offset), size: size, ss: ss, ro: opts.ReadOnly}
 	v.bufs.New = func() any { b := make([]byte, chunkSize+2*ss); return &b }
 	return v, nil
 }
@@ -167,6 +186,9 @@ func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 	defer v.mu.RUnlock()
 	if v.closed {
 		return 0, ErrClosed
+	}
+	if v.ro {
+		return 0, fmt.Errorf("volume: write at %d: %w", off, ErrReadOnly)
 	}
 	if off < 0 || off > v.size || int64(len(p)) > v.size-off {
 		return 0, fmt.Errorf("volume: write of %d bytes at %d past the %d-byte volume: %w", len(p), off, v.size, ErrOutOfRange)
@@ -269,6 +291,44 @@ func (v *Volume) Close() error {
 	v.c.Cipher().Wipe()
 	v.c = nil // drop the crypto/aes key schedules too (they cannot be wiped)
 	return v.f.Close()
+}
+
+// ReadOnly reports whether the volume was opened read-only.
+func (v *Volume) ReadOnly() bool { return v.ro }
+
+// InUse reports whether an image's data area is locked by an exclusive open elsewhere: the
+// volume is attached, or open for writing.
+func InUse(path string) (bool, error) {
+	f, img, err := openImage(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	err = lockImage(f, img, OpenOptions{ReadOnly: true})
+	if errors.Is(err, ErrInUse) {
+		return true, nil
+	}
+	return false, err
+}
+
+// lockImage takes an open-file-description lock on the image's data area, from the data
+// offset to the end of the file: exclusive (a write lock) for a read-write or exclusive open,
+// shared otherwise. It fails at once with ErrInUse on a conflict. The lock lasts until f is
+// closed, and ends with the process if it dies. The header commits of keyslot lock the whole
+// file with flock, which never conflicts with it: rotation still rewraps an attached volume.
+func lockImage(f *os.File, img *keyslot.Image, opts OpenOptions) error {
+	lk := unix.Flock_t{Type: unix.F_RDLCK, Whence: io.SeekStart, Start: int64(img.Segment().Offset), Len: 0}
+	if !opts.ReadOnly || opts.Exclusive {
+		lk.Type = unix.F_WRLCK
+	}
+	err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk)
+	if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
+		return fmt.Errorf("volume: %s: %w", f.Name(), ErrInUse)
+	}
+	if err != nil {
+		return fmt.Errorf("volume: locking the data area of %s: %w", f.Name(), err)
+	}
+	return nil
 }
 
 func roundUp(n, m int64) int64 { return (n + m - 1) / m * m }

@@ -617,3 +617,50 @@ func TestSyncRepairsLaggingRegistration(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, k.KeyVersion.ID, regs[0].KeyVersion.ID)
 }
+
+// TestDataAreaLock: an exclusive open (read-write, or an attachment) excludes every other
+// open of the data area; shared read-only opens coexist; rotation rewraps a volume that is
+// open, and delete refuses one.
+func TestDataAreaLock(t *testing.T) {
+	f := newFixture(t)
+	info := f.create(t, "lock.img", 1<<20)
+
+	rw, err := f.mgr.Open(f.ctx, info.Path)
+	require.NoError(t, err)
+	for _, opts := range []volume.OpenOptions{{}, {ReadOnly: true}, {ReadOnly: true, Exclusive: true}} {
+		_, err := f.mgr.OpenWith(f.ctx, info.Path, opts)
+		require.ErrorIs(t, err, volume.ErrInUse, "%+v", opts)
+		assert.Contains(t, err.Error(), "lock.img")
+	}
+	_, err = volume.OpenWithPassphrase(info.Path, unwrapPassphrase(t, f, info.Path))
+	require.ErrorIs(t, err, volume.ErrInUse)
+	require.ErrorIs(t, f.mgr.Delete(f.ctx, info.Path, volume.DeleteOptions{RemoveImage: true}), volume.ErrInUse)
+
+	// Rotation still rewraps the open volume's header.
+	k := f.rotate(t)
+	require.NoError(t, f.lastReport().Err())
+	assert.Equal(t, k.KeyVersion.ID, mustDescribe(t, info.Path).KeyVersion)
+	data := pattern(8192, 5)
+	_, err = rw.WriteAt(data, 4096)
+	require.NoError(t, err)
+	require.NoError(t, rw.Close())
+
+	r1, err := f.mgr.OpenWith(f.ctx, info.Path, volume.OpenOptions{ReadOnly: true})
+	require.NoError(t, err)
+	r2, err := f.mgr.OpenWith(f.ctx, info.Path, volume.OpenOptions{ReadOnly: true})
+	require.NoError(t, err, "shared readers coexist")
+	_, err = f.mgr.OpenWith(f.ctx, info.Path, volume.OpenOptions{ReadOnly: true, Exclusive: true})
+	require.ErrorIs(t, err, volume.ErrInUse)
+	_, err = r1.WriteAt([]byte{1}, 0)
+	require.ErrorIs(t, err, volume.ErrReadOnly)
+	got := make([]byte, len(data))
+	_, err = r2.ReadAt(got, 4096)
+	require.NoError(t, err)
+	assert.Equal(t, data, got)
+	require.NoError(t, r1.Close())
+	require.NoError(t, r2.Close())
+
+	v, err := f.mgr.OpenWith(f.ctx, info.Path, volume.OpenOptions{ReadOnly: true, Exclusive: true})
+	require.NoError(t, err, "free again once every open is closed")
+	require.NoError(t, v.Close())
+}

@@ -251,6 +251,8 @@ func (a *app) needLocal(what string) error {
 	return nil
 }
 
+// close releases the key service, the registry and the manager (and their file locks); a
+// later open opens them again.
 func (a *app) close() {
 	if a.mgr != nil {
 		a.mgr.Close()
@@ -261,6 +263,7 @@ func (a *app) close() {
 	if a.svc != nil {
 		a.svc.Close()
 	}
+	a.mgr, a.reg, a.svc, a.remote = nil, nil, nil, nil
 }
 
 // emit prints v as indented JSON.

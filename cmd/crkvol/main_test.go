@@ -2,11 +2,15 @@ package main
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -26,9 +30,9 @@ func TestMain(m *testing.M) {
 // TestScripts runs the CLI scripts in testdata/*.txtar. Scripts that need cryptsetup are
 // skipped without it, except under CI=true, where it is required.
 func TestScripts(t *testing.T) {
-	for _, tool := range []string{"cryptsetup", "openssl"} {
+	for _, tool := range []string{"cryptsetup", "openssl", "nbdinfo", "nbdcopy", "qemu-img"} {
 		if _, err := exec.LookPath(tool); err != nil && os.Getenv("CI") == "true" {
-			t.Fatalf("%s is required in CI but not installed (apt-get install cryptsetup-bin openssl)", tool)
+			t.Fatalf("%s is required in CI but not installed (apt-get install cryptsetup-bin openssl libnbd-bin qemu-utils)", tool)
 		}
 	}
 	testscript.Run(t, testscript.Params{
@@ -49,6 +53,9 @@ func TestScripts(t *testing.T) {
 			"zerofile":           cmdZeroFile,
 			"setout":             cmdSetOut,
 			"waitfile":           cmdWaitFile,
+			"waitsock":           cmdWaitSock,
+			"waitattached":       cmdWaitAttached,
+			"randfile":           cmdRandFile,
 		},
 	})
 }
@@ -188,4 +195,62 @@ func cmdWaitFile(ts *testscript.TestScript, neg bool, args []string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	ts.Fatalf("%s did not appear", args[0])
+}
+
+// waitsock PATH: wait up to 20 s for a unix socket to accept connections.
+func cmdWaitSock(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: waitsock PATH")
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.Dial("unix", ts.MkAbs(args[0])); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	ts.Fatalf("nothing listens on %s", args[0])
+}
+
+// waitattached IMG VAR: wait up to 20 s for IMG's attachment record, then set $VAR to its
+// NBD URI.
+func cmdWaitAttached(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: waitattached IMG VAR")
+	}
+	info, err := volume.Describe(ts.MkAbs(args[0]))
+	ts.Check(err)
+	rec := filepath.Join(ts.Getenv("CRKVOL_STATE"), "attached", info.UUID+".json")
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		var a attachment
+		if b, err := os.ReadFile(rec); err == nil && json.Unmarshal(b, &a) == nil && a.URI != "" {
+			ts.Setenv(args[1], a.URI)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	ts.Fatalf("%s was not attached", args[0])
+}
+
+// randfile FILE N SEED: write N pseudo-random bytes.
+func cmdRandFile(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 3 {
+		ts.Fatalf("usage: randfile FILE N SEED")
+	}
+	n, err := strconv.Atoi(args[1])
+	ts.Check(err)
+	seed, err := strconv.ParseUint(args[2], 10, 64)
+	ts.Check(err)
+	ts.Check(os.WriteFile(ts.MkAbs(args[0]), randBytes(n, seed), 0o600))
+}
+
+func randBytes(n int, seed uint64) []byte {
+	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	b := make([]byte, n+7)
+	for i := 0; i < n; i += 8 {
+		binary.LittleEndian.PutUint64(b[i:], r.Uint64())
+	}
+	return b[:n]
 }

@@ -138,7 +138,7 @@ func (a *app) volumeCommand() *cobra.Command {
 				}
 				in = f
 			}
-			v, err := a.attach(cmd.Context(), args[0])
+			v, err := a.attach(cmd.Context(), args[0], volume.OpenOptions{})
 			if err != nil {
 				return err
 			}
@@ -164,7 +164,7 @@ func (a *app) volumeCommand() *cobra.Command {
 
 	read := &cobra.Command{Use: "read IMG", Short: "Read data from a volume (to stdout or --output)", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			v, err := a.attach(cmd.Context(), args[0])
+			v, err := a.attach(cmd.Context(), args[0], volume.OpenOptions{ReadOnly: true})
 			if err != nil {
 				return err
 			}
@@ -273,21 +273,22 @@ func (a *app) volumeCommand() *cobra.Command {
 	del.Flags().BoolVar(&erase, "erase", false, "destroy every keyslot first (crypto-erase)")
 	del.Flags().BoolVar(&keepImage, "keep-image", false, "keep the image file")
 
-	vol.AddCommand(create, adopt, status, list, write, read, passphrase, rewrap, del)
+	attach, detach := a.attachCommands()
+	vol.AddCommand(create, adopt, status, list, write, read, attach, detach, passphrase, rewrap, del)
 	return vol
 }
 
 // attach opens a volume through the key service.
-func (a *app) attach(ctx context.Context, path string) (*volume.Volume, error) {
+func (a *app) attach(ctx context.Context, path string, opts volume.OpenOptions) (*volume.Volume, error) {
 	if err := a.open(ctx); err != nil {
 		return nil, err
 	}
-	return a.mgr.Open(ctx, path)
+	return a.mgr.OpenWith(ctx, path, opts)
 }
 
 // wipe writes zeros over a new volume's whole data area.
 func (a *app) wipe(ctx context.Context, path string, size int64) error {
-	v, err := a.attach(ctx, path)
+	v, err := a.attach(ctx, path, volume.OpenOptions{})
 	if err != nil {
 		return err
 	}

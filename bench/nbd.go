@@ -1,0 +1,259 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"crkvol/keyslot"
+	"crkvol/volume"
+	"crkvol/volume/nbd"
+)
+
+// NBDOptions tune RunNBD.
+type NBDOptions struct {
+	// Size is the bytes copied per measurement; 256 MiB if zero.
+	Size int64
+	// Rounds is how many times each case is measured (best kept); 3 if zero.
+	Rounds int
+	// Dir holds the images and sockets; a new temporary directory if empty.
+	Dir string
+}
+
+// NBDResult is one measured case of RunNBD.
+type NBDResult struct {
+	Server string  `json:"server"` // "crkvol", "crkvol-raw" or "qemu-nbd"
+	Op     string  `json:"op"`     // "write" or "read"
+	MiBps  float64 `json:"mibps"`  // 2^20 bytes per second
+}
+
+// NBDReport is a whole RunNBD run.
+type NBDReport struct {
+	Size    int64       `json:"size"`
+	Rounds  int         `json:"rounds"`
+	Results []NBDResult `json:"results"`
+}
+
+// nbdServers names the servers RunNBD compares, in table order.
+var nbdServers = []struct{ name, what string }{
+	{"crkvol", "crkvol attach: encrypted LUKS2 volume (aes-xts-plain64)"},
+	{"crkvol-raw", "crkvol's NBD server on the raw file (no encryption)"},
+	{"qemu-nbd", "qemu-nbd -f raw on the raw file (the reference)"},
+}
+
+// RunNBD measures sequential writes and reads through NBD on a unix socket, with nbdcopy as
+// the client, against three servers on this machine: crkvol serving an encrypted volume,
+// crkvol's server on a raw file, and qemu-nbd serving the raw file. It needs nbdcopy
+// (libnbd-bin) and qemu-nbd (qemu-utils).
+func RunNBD(ctx context.Context, opts NBDOptions) (*NBDReport, error) {
+	if opts.Size <= 0 {
+		opts.Size = 256 << 20
+	}
+	if opts.Rounds <= 0 {
+		opts.Rounds = 3
+	}
+	nbdcopy, err := exec.LookPath("nbdcopy")
+	if err != nil {
+		return nil, fmt.Errorf("bench nbd: nbdcopy (libnbd-bin) is needed: %w", err)
+	}
+	qemuNBD, err := exec.LookPath("qemu-nbd")
+	if err != nil {
+		return nil, fmt.Errorf("bench nbd: qemu-nbd (qemu-utils) is needed: %w", err)
+	}
+	dir := opts.Dir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "crkvol-bench-nbd"); err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dir)
+	}
+	src := filepath.Join(dir, "src.bin")
+	if err := writeRandom(src, opts.Size); err != nil {
+		return nil, err
+	}
+
+	// crkvol on an encrypted volume.
+	vol, err := newBenchVolume(filepath.Join(dir, "vol.img"), opts.Size)
+	if err != nil {
+		return nil, err
+	}
+	defer vol.Close()
+	stopVol, err := serveNBD(filepath.Join(dir, "vol.sock"), vol)
+	if err != nil {
+		return nil, err
+	}
+	defer stopVol()
+
+	// crkvol's server and qemu-nbd on raw files.
+	raw := map[string]string{}
+	for _, name := range []string{"crkvol-raw", "qemu-nbd"} {
+		raw[name] = filepath.Join(dir, name+".raw")
+		if err := os.WriteFile(raw[name], nil, 0o600); err != nil {
+			return nil, err
+		}
+		if err := os.Truncate(raw[name], opts.Size); err != nil {
+			return nil, err
+		}
+	}
+	rf, err := os.OpenFile(raw["crkvol-raw"], os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer rf.Close()
+	fdev, err := nbd.NewFile(rf)
+	if err != nil {
+		return nil, err
+	}
+	stopRaw, err := serveNBD(filepath.Join(dir, "raw.sock"), fdev)
+	if err != nil {
+		return nil, err
+	}
+	defer stopRaw()
+	qsock := filepath.Join(dir, "qemu.sock")
+	qemu := exec.CommandContext(ctx, qemuNBD, "--format=raw", "--socket="+qsock, "--persistent", "--shared=16", "--cache=writeback", raw["qemu-nbd"])
+	var qemuErr bytes.Buffer
+	qemu.Stderr = &qemuErr
+	if err := qemu.Start(); err != nil {
+		return nil, fmt.Errorf("bench nbd: qemu-nbd: %w", err)
+	}
+	defer func() { _ = qemu.Process.Kill(); _ = qemu.Wait() }()
+	if err := waitSocket(ctx, qsock); err != nil {
+		return nil, fmt.Errorf("bench nbd: qemu-nbd did not start: %w: %s", err, qemuErr.String())
+	}
+
+	uris := map[string]string{
+		"crkvol":     "nbd+unix:///?socket=" + filepath.Join(dir, "vol.sock"),
+		"crkvol-raw": "nbd+unix:///?socket=" + filepath.Join(dir, "raw.sock"),
+		"qemu-nbd":   "nbd+unix:///?socket=" + qsock,
+	}
+	r := &NBDReport{Size: opts.Size, Rounds: opts.Rounds}
+	best := map[[2]string]float64{}
+	for range opts.Rounds {
+		for _, s := range nbdServers {
+			for _, op := range []string{"write", "read"} {
+				args := []string{src, uris[s.name]}
+				if op == "read" {
+					args = []string{uris[s.name], "null:"}
+				}
+				start := time.Now()
+				out, err := exec.CommandContext(ctx, nbdcopy, args...).CombinedOutput()
+				if err != nil {
+					return nil, fmt.Errorf("bench nbd: nbdcopy %s (%s): %w: %s", op, s.name, err, out)
+				}
+				mibps := float64(opts.Size) / (1 << 20) / time.Since(start).Seconds()
+				k := [2]string{s.name, op}
+				best[k] = max(best[k], mibps)
+			}
+		}
+	}
+	for _, s := range nbdServers {
+		for _, op := range []string{"write", "read"} {
+			r.Results = append(r.Results, NBDResult{Server: s.name, Op: op, MiBps: best[[2]string{s.name, op}]})
+		}
+	}
+	return r, ctx.Err()
+}
+
+// newBenchVolume formats a LUKS2 image with a random passphrase (PBKDF2, cheap: the benchmark
+// measures I/O, not unlocking) and opens it.
+func newBenchVolume(path string, size int64) (*volume.Volume, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	const dataOff = 16 << 20
+	if err := f.Truncate(dataOff + size); err != nil {
+		return nil, err
+	}
+	pass := make([]byte, 32)
+	if _, err := rand.Read(pass); err != nil {
+		return nil, err
+	}
+	defer clear(pass)
+	_, vk, err := keyslot.Format(f, uint64(dataOff+size), pass, keyslot.FormatOptions{KDF: keyslot.PBKDF2("sha256", 1000)})
+	if err != nil {
+		return nil, fmt.Errorf("bench nbd: formatting %s: %w", path, err)
+	}
+	clear(vk)
+	return volume.OpenWithPassphrase(path, pass)
+}
+
+// serveNBD serves dev on a unix socket until the returned function is called.
+func serveNBD(sock string, dev nbd.Device) (func(), error) {
+	srv, err := nbd.NewServer(nbd.Export{Device: dev}, nbd.Options{})
+	if err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		return nil, err
+	}
+	go srv.Serve(l)
+	return func() { _ = srv.Shutdown(context.Background()) }, nil
+}
+
+func waitSocket(ctx context.Context, path string) error {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := net.Dial("unix", path)
+		if err == nil {
+			return c.Close()
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return errors.Join(err, ctx.Err())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// writeRandom writes n random bytes to path.
+func writeRandom(path string, n int64) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.CopyN(f, rand.Reader, n); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func (r *NBDReport) find(server, op string) float64 {
+	for _, x := range r.Results {
+		if x.Server == server && x.Op == op {
+			return x.MiBps
+		}
+	}
+	return 0
+}
+
+// WriteTable prints the NBD report: MiB/s per server and operation, and the ratio to
+// qemu-nbd on the raw file.
+func (r *NBDReport) WriteTable(w io.Writer) error {
+	fmt.Fprintf(w, "NBD on a unix socket, nbdcopy as the client, %d MiB sequential, best of %d:\n", r.Size>>20, r.Rounds)
+	for _, s := range nbdServers {
+		fmt.Fprintf(w, "  %-10s  %s\n", s.name, s.what)
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "server\top\tMiB/s\tvs qemu-nbd\t")
+	for _, x := range r.Results {
+		ratio := "-"
+		if q := r.find("qemu-nbd", x.Op); q > 0 {
+			ratio = fmt.Sprintf("%.2fx", x.MiBps/q)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%s\t\n", x.Server, x.Op, x.MiBps, ratio)
+	}
+	return tw.Flush()
+}

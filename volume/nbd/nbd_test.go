@@ -1,0 +1,509 @@
+package nbd
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// memDevice is an in-memory Device. A read at blockOff waits for release to be closed.
+type memDevice struct {
+	mu       sync.Mutex
+	data     []byte
+	syncs    int
+	blockOff int64
+	release  chan struct{}
+	blocked  chan struct{} // closed when a read starts waiting for release
+}
+
+func newMem(size int) *memDevice {
+	return &memDevice{data: make([]byte, size), blockOff: -1, blocked: make(chan struct{})}
+}
+
+func (m *memDevice) ReadAt(p []byte, off int64) (int, error) {
+	if off == m.blockOff && m.release != nil {
+		close(m.blocked)
+		<-m.release
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return copy(p, m.data[off:]), nil
+}
+
+func (m *memDevice) WriteAt(p []byte, off int64) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return copy(m.data[off:], p), nil
+}
+
+func (m *memDevice) Size() int64 { return int64(len(m.data)) }
+
+func (m *memDevice) Sync() error {
+	m.mu.Lock()
+	m.syncs++
+	m.mu.Unlock()
+	return nil
+}
+
+func (m *memDevice) syncCount() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.syncs
+}
+
+func (m *memDevice) snapshot() []byte {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return bytes.Clone(m.data)
+}
+
+// client is a minimal NBD client for the tests.
+type client struct {
+	t  *testing.T
+	nc net.Conn
+}
+
+func startServer(t *testing.T, exp Export, opts Options) (*Server, string) {
+	t.Helper()
+	s, err := NewServer(exp, opts)
+	require.NoError(t, err)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go s.Serve(l)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+	})
+	return s, l.Addr().String()
+}
+
+// dial connects and reads the greeting; it sends the client flags.
+func dial(t *testing.T, addr string, clientFlags uint32) *client {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	t.Cleanup(func() { nc.Close() })
+	require.NoError(t, nc.SetDeadline(time.Now().Add(10*time.Second)))
+	var hello [18]byte
+	_, err = io.ReadFull(nc, hello[:])
+	require.NoError(t, err)
+	require.Equal(t, uint64(magicInit), binary.BigEndian.Uint64(hello[0:]))
+	require.Equal(t, uint64(magicOpt), binary.BigEndian.Uint64(hello[8:]))
+	require.Equal(t, uint16(flagFixedNewstyle|flagNoZeroes), binary.BigEndian.Uint16(hello[16:]))
+	c := &client{t: t, nc: nc}
+	c.write(binary.BigEndian.AppendUint32(nil, clientFlags))
+	return c
+}
+
+func (c *client) write(b []byte) {
+	c.t.Helper()
+	_, err := c.nc.Write(b)
+	require.NoError(c.t, err)
+}
+
+func (c *client) option(opt uint32, data []byte) {
+	b := binary.BigEndian.AppendUint64(nil, magicOpt)
+	b = binary.BigEndian.AppendUint32(b, opt)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
+	c.write(append(b, data...))
+}
+
+type optReply struct {
+	opt, typ uint32
+	data     []byte
+}
+
+func (c *client) optReply() optReply {
+	c.t.Helper()
+	var h [20]byte
+	_, err := io.ReadFull(c.nc, h[:])
+	require.NoError(c.t, err)
+	require.Equal(c.t, uint64(magicOptReply), binary.BigEndian.Uint64(h[0:]))
+	r := optReply{opt: binary.BigEndian.Uint32(h[8:]), typ: binary.BigEndian.Uint32(h[12:])}
+	r.data = make([]byte, binary.BigEndian.Uint32(h[16:]))
+	_, err = io.ReadFull(c.nc, r.data)
+	require.NoError(c.t, err)
+	return r
+}
+
+func goData(name string, infos ...uint16) []byte {
+	b := binary.BigEndian.AppendUint32(nil, uint32(len(name)))
+	b = append(b, name...)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(infos)))
+	for _, i := range infos {
+		b = binary.BigEndian.AppendUint16(b, i)
+	}
+	return b
+}
+
+// goExport negotiates with NBD_OPT_GO and returns the size and transmission flags.
+func (c *client) goExport(name string) (uint64, uint16) {
+	c.t.Helper()
+	c.option(optGo, goData(name))
+	r := c.optReply()
+	require.Equal(c.t, uint32(repInfo), r.typ, "%s", r.data)
+	require.Equal(c.t, uint16(infoExport), binary.BigEndian.Uint16(r.data))
+	size, flags := binary.BigEndian.Uint64(r.data[2:]), binary.BigEndian.Uint16(r.data[10:])
+	require.Equal(c.t, uint32(repAck), c.optReply().typ)
+	return size, flags
+}
+
+func (c *client) request(typ, flags uint16, cookie, off uint64, length uint32, payload []byte) {
+	b := binary.BigEndian.AppendUint32(nil, magicRequest)
+	b = binary.BigEndian.AppendUint16(b, flags)
+	b = binary.BigEndian.AppendUint16(b, typ)
+	b = binary.BigEndian.AppendUint64(b, cookie)
+	b = binary.BigEndian.AppendUint64(b, off)
+	b = binary.BigEndian.AppendUint32(b, length)
+	c.write(append(b, payload...))
+}
+
+// simpleReply reads a reply header: the cookie and the error.
+func (c *client) simpleReply() (uint64, uint32) {
+	c.t.Helper()
+	var h [16]byte
+	_, err := io.ReadFull(c.nc, h[:])
+	require.NoError(c.t, err)
+	require.Equal(c.t, uint32(magicSimpleRep), binary.BigEndian.Uint32(h[0:]))
+	return binary.BigEndian.Uint64(h[8:]), binary.BigEndian.Uint32(h[4:])
+}
+
+func (c *client) read(cookie, off uint64, n int) []byte {
+	c.t.Helper()
+	c.request(cmdRead, 0, cookie, off, uint32(n), nil)
+	got, errno := c.simpleReply()
+	require.Equal(c.t, cookie, got)
+	require.Zero(c.t, errno)
+	buf := make([]byte, n)
+	_, err := io.ReadFull(c.nc, buf)
+	require.NoError(c.t, err)
+	return buf
+}
+
+func (c *client) expect(cookie uint64, errno uint32) {
+	c.t.Helper()
+	got, e := c.simpleReply()
+	require.Equal(c.t, cookie, got)
+	require.Equal(c.t, errno, e)
+}
+
+// closed reports whether the server has closed the connection.
+func (c *client) closed() bool {
+	_ = c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := c.nc.Read(make([]byte, 1))
+	return errors.Is(err, io.EOF)
+}
+
+func randBytes(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, seed))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+func TestGoReadWriteFlushDisc(t *testing.T) {
+	dev := newMem(1 << 20)
+	_, addr := startServer(t, Export{Name: "vol", Description: "a test volume", Device: dev, PreferredBlockSize: 512}, Options{})
+	c := dial(t, addr, flagFixedNewstyle|flagNoZeroes)
+
+	c.option(optGo, goData("vol", infoName, infoDescription, infoBlockSize))
+	infos := map[uint16][]byte{}
+	for {
+		r := c.optReply()
+		if r.typ == repAck {
+			break
+		}
+		require.Equal(t, uint32(repInfo), r.typ)
+		infos[binary.BigEndian.Uint16(r.data)] = r.data[2:]
+	}
+	require.Len(t, infos, 4)
+	assert.Equal(t, uint64(1<<20), binary.BigEndian.Uint64(infos[infoExport]))
+	flags := binary.BigEndian.Uint16(infos[infoExport][8:])
+	assert.NotZero(t, flags&tflagSendFlush)
+	assert.NotZero(t, flags&tflagSendFUA)
+	assert.NotZero(t, flags&tflagWriteZeroes)
+	assert.Zero(t, flags&tflagReadOnly)
+	assert.Zero(t, flags&(1<<5), "TRIM must not be offered on an encrypted volume")
+	assert.Equal(t, "vol", string(infos[infoName]))
+	assert.Equal(t, "a test volume", string(infos[infoDescription]))
+	bs := infos[infoBlockSize]
+	assert.Equal(t, []uint32{1, 512, 32 << 20}, []uint32{binary.BigEndian.Uint32(bs), binary.BigEndian.Uint32(bs[4:]), binary.BigEndian.Uint32(bs[8:])})
+
+	data := randBytes(1, 8192+100)
+	c.request(cmdWrite, 0, 1, 4000, uint32(len(data)), data)
+	c.expect(1, 0)
+	assert.Equal(t, data, c.read(2, 4000, len(data)))
+	assert.Equal(t, data, dev.snapshot()[4000:4000+len(data)])
+
+	syncs := dev.syncCount()
+	c.request(cmdWrite, cmdFlagFUA, 3, 0, 512, data[:512])
+	c.expect(3, 0)
+	assert.Equal(t, syncs+1, dev.syncCount(), "FUA syncs before the reply")
+	c.request(cmdFlush, 0, 4, 0, 0, nil)
+	c.expect(4, 0)
+	assert.Equal(t, syncs+2, dev.syncCount())
+
+	c.request(cmdWriteZeroes, 0, 5, 4000, 5000, nil)
+	c.expect(5, 0)
+	assert.Equal(t, make([]byte, 5000), c.read(6, 4000, 5000))
+	assert.Equal(t, data[5000:], c.read(7, 9000, len(data)-5000))
+
+	c.request(cmdDisc, 0, 8, 0, 0, nil)
+	assert.True(t, c.closed(), "the server closes after DISC")
+}
+
+func TestExportNameOption(t *testing.T) {
+	dev := newMem(64 << 10)
+	_, addr := startServer(t, Export{Name: "vol", Device: dev}, Options{})
+	for _, noZeroes := range []bool{true, false} {
+		flags := uint32(flagFixedNewstyle)
+		if noZeroes {
+			flags |= flagNoZeroes
+		}
+		c := dial(t, addr, flags)
+		c.option(optExportName, []byte("vol"))
+		n := 10
+		if !noZeroes {
+			n += 124
+		}
+		b := make([]byte, n)
+		_, err := io.ReadFull(c.nc, b)
+		require.NoError(t, err)
+		assert.Equal(t, uint64(64<<10), binary.BigEndian.Uint64(b))
+		assert.Equal(t, make([]byte, 16), c.read(1, 0, 16))
+	}
+	// An unknown name has no error reply: the connection closes.
+	c := dial(t, addr, flagFixedNewstyle|flagNoZeroes)
+	c.option(optExportName, []byte("other"))
+	assert.True(t, c.closed())
+}
+
+func TestNegotiationOptions(t *testing.T) {
+	dev := newMem(64 << 10)
+	_, addr := startServer(t, Export{Name: "vol", Device: dev}, Options{})
+	c := dial(t, addr, flagFixedNewstyle|flagNoZeroes)
+
+	c.option(optList, nil)
+	r := c.optReply()
+	require.Equal(t, uint32(repServer), r.typ)
+	assert.Equal(t, append([]byte{0, 0, 0, 3}, "vol"...), r.data)
+	assert.Equal(t, uint32(repAck), c.optReply().typ)
+
+	c.option(optList, []byte("x"))
+	assert.Equal(t, uint32(repErrInvalid), c.optReply().typ)
+
+	for _, opt := range []uint32{optStructuredReply, optStartTLS, 9, 10, 99} {
+		c.option(opt, nil)
+		r := c.optReply()
+		assert.Equal(t, opt, r.opt)
+		assert.Equal(t, uint32(repErrUnsup), r.typ, "option %d", opt)
+	}
+
+	c.option(optInfo, goData("nope"))
+	assert.Equal(t, uint32(repErrUnknown), c.optReply().typ)
+	c.option(optGo, []byte{0, 0, 0, 9, 'a'}) // name runs past the data
+	assert.Equal(t, uint32(repErrInvalid), c.optReply().typ)
+	c.option(optGo, append(goData("vol"), 0, 1)) // count does not match
+	assert.Equal(t, uint32(repErrInvalid), c.optReply().typ)
+
+	c.option(optInfo, goData(""))
+	r = c.optReply()
+	require.Equal(t, uint32(repInfo), r.typ)
+	assert.Equal(t, uint32(repAck), c.optReply().typ)
+
+	// Still negotiating after all that: GO works.
+	size, _ := c.goExport("")
+	assert.Equal(t, uint64(64<<10), size)
+	assert.Equal(t, make([]byte, 8), c.read(1, 0, 8))
+
+	c2 := dial(t, addr, flagFixedNewstyle|flagNoZeroes)
+	c2.option(optAbort, nil)
+	assert.Equal(t, uint32(repAck), c2.optReply().typ)
+	assert.True(t, c2.closed())
+}
+
+func TestProtocolErrorsCloseOnlyThatConnection(t *testing.T) {
+	dev := newMem(64 << 10)
+	copy(dev.data, randBytes(2, len(dev.data)))
+	want := dev.snapshot()
+	s, addr := startServer(t, Export{Name: "vol", Device: dev}, Options{})
+
+	cases := map[string]func(c *client){
+		"old-style client flags": func(c *client) {},
+		"bad option magic": func(c *client) {
+			c.write(bytes.Repeat([]byte{0xEE}, 16))
+		},
+		"bad request magic": func(c *client) {
+			c.goExport("vol")
+			c.write(bytes.Repeat([]byte{0xEE}, 28))
+		},
+		"vanishing mid-write": func(c *client) {
+			c.goExport("vol")
+			c.request(cmdWrite, 0, 1, 0, 4096, bytes.Repeat([]byte{0xAB}, 2048))
+			c.nc.Close()
+		},
+		"vanishing mid-header": func(c *client) {
+			c.goExport("vol")
+			c.write([]byte{0x25, 0x60})
+			c.nc.Close()
+		},
+	}
+	for name, f := range cases {
+		t.Run(name, func(t *testing.T) {
+			flags := uint32(flagFixedNewstyle | flagNoZeroes)
+			if name == "old-style client flags" {
+				flags = 0
+			}
+			c := dial(t, addr, flags)
+			f(c)
+			if name != "vanishing mid-write" && name != "vanishing mid-header" {
+				assert.True(t, c.closed())
+			}
+			// The server and the data survive.
+			c2 := dial(t, addr, flagFixedNewstyle|flagNoZeroes)
+			c2.goExport("vol")
+			assert.Equal(t, want[:4096], c2.read(9, 0, 4096))
+		})
+	}
+	assert.Equal(t, want, dev.snapshot(), "no partial write was applied")
+	require.Eventually(t, func() bool { return s.Connections() <= 1 }, 5*time.Second, 10*time.Millisecond)
+}
+
+func TestRequestErrorsAnswered(t *testing.T) {
+	dev := newMem(64 << 10)
+	_, addr := startServer(t, Export{Name: "vol", Device: dev}, Options{MaxPayload: 16 << 10})
+	c := dial(t, addr, flagFixedNewstyle|flagNoZeroes)
+	c.goExport("vol")
+
+	c.request(cmdRead, 0, 1, 64<<10-10, 20, nil)
+	c.expect(1, errInval)
+	c.request(cmdRead, 0, 2, 1<<62, 1, nil)
+	c.expect(2, errInval)
+	c.request(cmdWrite, 0, 3, 64<<10-10, 20, make([]byte, 20))
+	c.expect(3, errNoSpc)
+	c.request(cmdWriteZeroes, 0, 4, 64<<10, 1, nil)
+	c.expect(4, errNoSpc)
+	c.request(cmdRead, 0, 5, 0, 32<<10, nil)
+	c.expect(5, errOverflow)
+	c.request(cmdWrite, 0, 6, 0, 32<<10, bytes.Repeat([]byte{1}, 32<<10)) // payload skipped
+	c.expect(6, errOverflow)
+	c.request(cmdTrim, 0, 7, 0, 4096, nil)
+	c.expect(7, errInval)
+	c.request(42, 0, 8, 0, 0, nil)
+	c.expect(8, errInval)
+	c.request(cmdRead, 1<<7, 9, 0, 16, nil)
+	c.expect(9, errInval)
+	// The stream is still in step, and nothing was written.
+	assert.Equal(t, make([]byte, 64<<10), dev.snapshot())
+	assert.Equal(t, make([]byte, 16), c.read(10, 0, 16))
+}
+
+func TestReadOnly(t *testing.T) {
+	dev := newMem(64 << 10)
+	_, addr := startServer(t, Export{Name: "vol", Device: dev, ReadOnly: true}, Options{})
+	c := dial(t, addr, flagFixedNewstyle|flagNoZeroes)
+	_, flags := c.goExport("vol")
+	assert.NotZero(t, flags&tflagReadOnly)
+	assert.Zero(t, flags&tflagWriteZeroes)
+	c.request(cmdWrite, 0, 1, 0, 4, []byte{1, 2, 3, 4})
+	c.expect(1, errPerm)
+	c.request(cmdWriteZeroes, 0, 2, 0, 4, nil)
+	c.expect(2, errPerm)
+	c.request(cmdFlush, 0, 3, 0, 0, nil)
+	c.expect(3, 0)
+	assert.Equal(t, make([]byte, 4), c.read(4, 0, 4))
+}
+
+// TestRepliesOutOfOrder: a slow request does not hold back the ones after it.
+func TestRepliesOutOfOrder(t *testing.T) {
+	dev := newMem(1 << 20)
+	copy(dev.data, randBytes(3, len(dev.data)))
+	dev.blockOff, dev.release = 0, make(chan struct{})
+	_, addr := startServer(t, Export{Name: "vol", Device: dev}, Options{})
+	c := dial(t, addr, flagFixedNewstyle|flagNoZeroes)
+	c.goExport("vol")
+	c.request(cmdRead, 0, 100, 0, 4096, nil) // blocks in the device
+	// Many more requests in flight at once, answered before the first.
+	for i := range 32 {
+		c.request(cmdRead, 0, uint64(i), uint64(4096*(i+1)), 4096, nil)
+	}
+	seen := map[uint64]bool{}
+	for range 32 {
+		cookie, errno := c.simpleReply()
+		require.Zero(t, errno)
+		require.Less(t, cookie, uint64(32))
+		buf := make([]byte, 4096)
+		_, err := io.ReadFull(c.nc, buf)
+		require.NoError(t, err)
+		off := 4096 * (cookie + 1)
+		require.Equal(t, dev.data[off:off+4096], buf)
+		seen[cookie] = true
+	}
+	assert.Len(t, seen, 32)
+	close(dev.release)
+	cookie, errno := c.simpleReply()
+	assert.Equal(t, uint64(100), cookie)
+	assert.Zero(t, errno)
+}
+
+// TestShutdownAnswersInFlight: Shutdown lets a request already read finish and be answered.
+func TestShutdownAnswersInFlight(t *testing.T) {
+	dev := newMem(64 << 10)
+	dev.blockOff, dev.release = 0, make(chan struct{})
+	s, addr := startServer(t, Export{Name: "vol", Device: dev}, Options{})
+	c := dial(t, addr, flagFixedNewstyle|flagNoZeroes)
+	c.goExport("vol")
+	c.request(cmdRead, 0, 7, 0, 512, nil)
+	<-dev.blocked // the request is being served
+	done := make(chan error)
+	go func() { done <- s.Shutdown(context.Background()) }()
+	time.Sleep(50 * time.Millisecond)
+	close(dev.release)
+	require.NoError(t, <-done)
+	c.expect(7, 0)
+	_, err := io.ReadFull(c.nc, make([]byte, 512))
+	require.NoError(t, err)
+	assert.True(t, c.closed())
+	_, err = net.Dial("tcp", addr)
+	assert.Error(t, err, "the listener is closed")
+}
+
+func TestNewServerRejectsBadExport(t *testing.T) {
+	_, err := NewServer(Export{}, Options{})
+	assert.Error(t, err)
+	_, err = NewServer(Export{Device: newMem(0)}, Options{})
+	assert.Error(t, err)
+}
+
+// FuzzNegotiation feeds arbitrary client bytes to the handshake: the server must answer or
+// close, never panic or hang.
+func FuzzNegotiation(f *testing.F) {
+	f.Add(append([]byte{0, 0, 0, 3}, append(binary.BigEndian.AppendUint64(nil, magicOpt), append([]byte{0, 0, 0, 7, 0, 0, 0, 6}, goData("")...)...)...))
+	f.Add([]byte{0, 0, 0, 1})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		s, err := NewServer(Export{Name: "vol", Device: newMem(4096)}, Options{MaxPayload: 4096})
+		require.NoError(t, err)
+		a, b := net.Pipe()
+		s.ServeConn(a)
+		go io.Copy(io.Discard, b)
+		_ = b.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = b.Write(in)
+		b.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		require.NoError(t, s.Shutdown(ctx))
+	})
+}
