@@ -206,6 +206,9 @@ func listenNBD(network, addr string) (net.Listener, error) {
 	if network != "unix" {
 		return net.Listen(network, addr)
 	}
+	if len(addr) > 107 { // sun_path holds 108 bytes with the terminating NUL
+		return nil, fmt.Errorf("unix socket path %s is %d bytes, more than the 107 the kernel allows; pass a shorter --listen unix:PATH", addr, len(addr))
+	}
 	if _, err := os.Lstat(addr); err == nil {
 		if c, err := net.Dial("unix", addr); err == nil {
 			c.Close()
@@ -292,4 +295,21 @@ func (a *app) runDetach(ctx context.Context, path string, timeout time.Duration)
 	}
 	fmt.Fprintf(a.stderr, "detached %s (process %d)\n", path, rec.PID)
 	return nil
+}
+
+// attachmentOf reads the attachment record of the volume with this UUID, or nil.
+func (a *app) attachmentOf(uuid string) *attachment {
+	dir, err := a.stateDirectory()
+	if err != nil {
+		return nil
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "attached", uuid+".json"))
+	if err != nil {
+		return nil
+	}
+	var rec attachment
+	if json.Unmarshal(b, &rec) != nil {
+		return nil
+	}
+	return &rec
 }

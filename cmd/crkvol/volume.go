@@ -330,6 +330,10 @@ type statusJSON struct {
 	Keyslots   []keyslotJSON `json:"keyslots"`
 	Tokens     []tokenJSON   `json:"tokens"`
 	Health     string        `json:"headerHealth"`
+	// Attached is the attachment serving the volume, if any (see volume attach).
+	Attached *attachment `json:"attached,omitempty"`
+	// InUse says another process holds the data area (attached, or writing).
+	InUse bool `json:"inUse"`
 }
 
 type keyslotJSON struct {
@@ -386,6 +390,10 @@ func (a *app) printStatus(path string) error {
 		}
 		st.Tokens = append(st.Tokens, tokenJSON{ID: t.ID, Type: t.Type, Keyslots: ids})
 	}
+	st.InUse, _ = volume.InUse(path)
+	if st.InUse {
+		st.Attached = a.attachmentOf(info.UUID)
+	}
 	if a.asJSON {
 		return a.emit(st)
 	}
@@ -404,5 +412,17 @@ func (a *app) printStatus(path string) error {
 		fmt.Fprintf(w, "Token %d\t%s, keyslots %v\n", t.ID, t.Type, t.Keyslots)
 	}
 	fmt.Fprintf(w, "Header\t%s\n", st.Health)
+	switch {
+	case st.Attached != nil:
+		ro := ""
+		if st.Attached.ReadOnly {
+			ro = " read-only"
+		}
+		fmt.Fprintf(w, "Attached\t%s%s by process %d since %s\n", st.Attached.URI, ro, st.Attached.PID, rfc3339(st.Attached.Since))
+	case st.InUse:
+		fmt.Fprintf(w, "Attached\tin use by another process (no attachment record in this state directory)\n")
+	default:
+		fmt.Fprintf(w, "Attached\tno\n")
+	}
 	return w.Flush()
 }

@@ -250,6 +250,10 @@ func (c *conn) optReply(opt, typ uint32, data []byte) error {
 	return err
 }
 
+// requestCost is what any request counts against the connection's budget besides its data,
+// so that a flood of small requests (FLUSH, say) is bounded too.
+const requestCost = 4096
+
 // request is one transmission-phase request.
 type request struct {
 	flags  uint16
@@ -295,7 +299,7 @@ func (c *conn) transmit() error {
 					return fmt.Errorf("skipping a refused write's payload: %w", err)
 				}
 			} else {
-				r.cost = int(r.length)
+				r.cost = requestCost + int(r.length)
 				if !c.budget.acquire(r.cost) {
 					return nil // stopped while waiting
 				}
@@ -317,8 +321,11 @@ func (c *conn) transmit() error {
 			}
 			continue
 		}
-		if r.typ == cmdRead {
-			r.cost = int(r.length)
+		if r.typ != cmdWrite { // a write reserved its cost before its payload was read
+			r.cost = requestCost
+			if r.typ == cmdRead {
+				r.cost += int(r.length)
+			}
 			if !c.budget.acquire(r.cost) {
 				return nil
 			}
@@ -500,9 +507,6 @@ func (b *budget) acquire(n int) bool {
 }
 
 func (b *budget) release(n int) {
-	if n == 0 {
-		return
-	}
 	b.mu.Lock()
 	b.used -= min(n, b.max)
 	if b.cond != nil {

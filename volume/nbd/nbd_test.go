@@ -24,6 +24,9 @@ type memDevice struct {
 	blockOff int64
 	release  chan struct{}
 	blocked  chan struct{} // closed when a read starts waiting for release
+	delay    time.Duration // each read takes this long
+	active   int           // reads in progress
+	peak     int           // the most reads in progress at once
 }
 
 func newMem(size int) *memDevice {
@@ -34,6 +37,14 @@ func (m *memDevice) ReadAt(p []byte, off int64) (int, error) {
 	if off == m.blockOff && m.release != nil {
 		close(m.blocked)
 		<-m.release
+	}
+	if m.delay > 0 {
+		m.mu.Lock()
+		m.active++
+		m.peak = max(m.peak, m.active)
+		m.mu.Unlock()
+		time.Sleep(m.delay)
+		defer func() { m.mu.Lock(); m.active--; m.mu.Unlock() }()
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -479,6 +490,32 @@ func TestShutdownAnswersInFlight(t *testing.T) {
 	assert.True(t, c.closed())
 	_, err = net.Dial("tcp", addr)
 	assert.Error(t, err, "the listener is closed")
+}
+
+// TestBudgetBoundsRequestsInFlight: a client pipelining far more than the connection's
+// budget gets every answer, but the server never holds more than the budget at once.
+func TestBudgetBoundsRequestsInFlight(t *testing.T) {
+	dev := newMem(1 << 20)
+	dev.delay = 5 * time.Millisecond
+	// Each 4 KiB read costs 8 KiB (4 KiB of data and the per-request cost): four at a time.
+	_, addr := startServer(t, Export{Name: "vol", Device: dev}, Options{MaxPayload: 16 << 10, MaxBytesInFlight: 32 << 10})
+	c := dial(t, addr, flagFixedNewstyle|flagNoZeroes)
+	c.goExport("vol")
+	go func() {
+		for i := range 40 {
+			c.request(cmdRead, 0, uint64(i), uint64(4096*i), 4096, nil)
+		}
+	}()
+	for range 40 {
+		_, errno := c.simpleReply()
+		require.Zero(t, errno)
+		_, err := io.ReadFull(c.nc, make([]byte, 4096))
+		require.NoError(t, err)
+	}
+	dev.mu.Lock()
+	defer dev.mu.Unlock()
+	assert.LessOrEqual(t, dev.peak, 4)
+	assert.GreaterOrEqual(t, dev.peak, 2, "requests do run concurrently")
 }
 
 func TestNewServerRejectsBadExport(t *testing.T) {
