@@ -61,6 +61,10 @@ type Options struct {
 	Logger *slog.Logger
 	// OnReport, if set, receives the report of every rotation the Manager carries out.
 	OnReport func(*Report)
+	// RewrapDevice, if set, wraps the image file a rewrap reads and writes the header
+	// through (the simulator tears writes with it, as a crash would). The device it returns
+	// must pass I/O on to dev; flock and fsync still go to the file.
+	RewrapDevice func(ctx context.Context, crn string, dev keyslot.Device) keyslot.Device
 }
 
 // Manager creates, opens, adopts and deletes volumes against a key service, and rewraps them
@@ -147,6 +151,9 @@ type CreateOptions struct {
 	AllowKeyDeletion bool
 	// Label is the LUKS2 label.
 	Label string
+	// Rand, if set, replaces the Manager's random source for this volume (its passphrase,
+	// UUID, salts and master key). The simulator derives it from a seed so that runs repeat.
+	Rand io.Reader
 }
 
 // Create makes a sparse volume image at path (which must not exist): a LUKS2 header with a
@@ -191,14 +198,18 @@ func (m *Manager) Create(ctx context.Context, path string, opts CreateOptions) (
 	if err := f.Truncate(dataOff + opts.Size); err != nil {
 		return nil, fmt.Errorf("volume: create %s: %w", path, err)
 	}
+	rnd := m.opts.Rand
+	if opts.Rand != nil {
+		rnd = opts.Rand
+	}
 	pass := make([]byte, passphraseSize)
 	defer clear(pass)
-	if _, err := io.ReadFull(m.opts.Rand, pass); err != nil {
+	if _, err := io.ReadFull(rnd, pass); err != nil {
 		return nil, fmt.Errorf("volume: reading random passphrase: %w", err)
 	}
 	img, vk, err := keyslot.Format(f, uint64(dataOff+opts.Size), pass, keyslot.FormatOptions{
 		KDF: passphraseKDF, SectorSize: opts.SectorSize, KeySize: opts.KeySize, MetadataSize: meta, KeyslotsSize: ks,
-		DataOffset: uint64(dataOff), Label: opts.Label, Rand: m.opts.Rand,
+		DataOffset: uint64(dataOff), Label: opts.Label, Rand: rnd,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("volume: create %s: %w", path, err)

@@ -36,6 +36,8 @@ type Report struct {
 	// Elapsed is the wall time of the pass; Latencies the per-volume times, sorted.
 	Elapsed   time.Duration
 	Latencies []time.Duration
+	// VolumeLatency is each volume's time (with retries), by CRN.
+	VolumeLatency map[string]time.Duration
 }
 
 // Percentile returns the q-th (0-1) per-volume latency.
@@ -132,7 +134,7 @@ func (m *Manager) RewrapVolume(ctx context.Context, path string) (*Report, error
 // never touched.
 func (m *Manager) Rewrap(ctx context.Context, keyID, latest string, crns []string) *Report {
 	start := time.Now()
-	rep := &Report{KeyID: keyID, NewVersion: latest, Volumes: len(crns), Failed: map[string]error{}}
+	rep := &Report{KeyID: keyID, NewVersion: latest, Volumes: len(crns), Failed: map[string]error{}, VolumeLatency: map[string]time.Duration{}}
 	var mu sync.Mutex
 	jobs := make(chan string)
 	var wg sync.WaitGroup
@@ -147,6 +149,7 @@ func (m *Manager) Rewrap(ctx context.Context, keyID, latest string, crns []strin
 				mu.Lock()
 				rep.Retries += attempts - 1
 				rep.Latencies = append(rep.Latencies, d)
+				rep.VolumeLatency[crn] = d
 				rep.BytesWritten += res.bytes
 				switch {
 				case err != nil:
@@ -215,7 +218,10 @@ func (m *Manager) rewrapOne(ctx context.Context, keyID, latest, crn string) (res
 		return res, fmt.Errorf("opening %s: %w", e.Path, err)
 	}
 	defer f.Close()
-	cf := &countingFile{File: f}
+	cf := &countingFile{File: f, dev: f}
+	if m.opts.RewrapDevice != nil {
+		cf.dev = m.opts.RewrapDevice(ctx, crn, f)
+	}
 	defer func() { res.bytes = cf.written }()
 	img, err := keyslot.Open(cf, nil)
 	if err != nil {
@@ -270,15 +276,18 @@ func (m *Manager) rewrapOne(ctx context.Context, keyID, latest, crn string) (res
 	return res, nil
 }
 
-// countingFile counts the bytes written through it; it keeps *os.File's Fd and Sync so the
-// keyslot package still locks and syncs.
+// countingFile counts the bytes written through it to dev; it keeps *os.File's Fd and Sync
+// so the keyslot package still locks and syncs.
 type countingFile struct {
 	*os.File
+	dev     keyslot.Device
 	written int64
 }
 
+func (c *countingFile) ReadAt(p []byte, off int64) (int, error) { return c.dev.ReadAt(p, off) }
+
 func (c *countingFile) WriteAt(p []byte, off int64) (int, error) {
-	n, err := c.File.WriteAt(p, off)
+	n, err := c.dev.WriteAt(p, off)
 	c.written += int64(n)
 	return n, err
 }

@@ -114,7 +114,7 @@ customer root key (CRK) in an embedded Key Protect-style key service.`,
 	root.PersistentFlags().StringVar(&a.kmsURL, "kms-url", "", "use a remote Key Protect-compatible service at this URL (env CRKVOL_KMS_URL; API key in CRKVOL_KMS_APIKEY or token in CRKVOL_KMS_TOKEN)")
 	root.PersistentFlags().StringVar(&a.kmsInst, "kms-instance", "", "the remote service instance id (env CRKVOL_KMS_INSTANCE)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(a.keyCommand(), a.volumeCommand(), a.eventsCommand(), a.demoCommand(), a.kmsCommand(), a.benchCommand())
+	root.AddCommand(a.keyCommand(), a.volumeCommand(), a.eventsCommand(), a.demoCommand(), a.kmsCommand(), a.benchCommand(), a.simCommand())
 	return root
 }
 

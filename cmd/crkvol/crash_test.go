@@ -1,0 +1,36 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"strconv"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"crkvol/sim"
+)
+
+// TestCrashTest kills `crkvol key rotate` with SIGKILL at random moments and checks that
+// `crkvol key sync` repairs every volume (sim.CrashTest). CI runs 12 trials over 100
+// volumes; CRKVOL_CRASH_TRIALS and CRKVOL_CRASH_VOLUMES set more (the issue's full run is
+// 50 over 500: crkvol sim crash).
+func TestCrashTest(t *testing.T) {
+	bin, err := exec.LookPath("crkvol")
+	require.NoError(t, err, "testscript puts crkvol in PATH")
+	trials, volumes := 12, 100
+	if n, err := strconv.Atoi(os.Getenv("CRKVOL_CRASH_TRIALS")); err == nil {
+		trials = n
+	}
+	if n, err := strconv.Atoi(os.Getenv("CRKVOL_CRASH_VOLUMES")); err == nil {
+		volumes = n
+	}
+	rep, err := sim.CrashTest(context.Background(), sim.CrashOptions{Binary: bin, Dir: t.TempDir(), Volumes: volumes, Trials: trials, Seed: 1, Log: t.Logf})
+	require.NoError(t, err)
+	assert.Empty(t, rep.Failures)
+	assert.Equal(t, trials, rep.Killed+rep.Finished)
+	assert.Positive(t, rep.Killed, "some kills landed while the rotation ran")
+	assert.Positive(t, rep.Repaired, "key sync had volumes to repair")
+}

@@ -1,0 +1,227 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+
+	"crkvol/sim"
+)
+
+func (a *app) simCommand() *cobra.Command {
+	cmd := group("sim", "Simulate fleets of real volumes through months of rotations and faults")
+
+	var (
+		scenarioFile, reportFile, chartFile, dir, volumeSize, latency string
+		sc                                                            sim.Scenario
+		keep                                                          bool
+	)
+	run := &cobra.Command{Use: "run", Short: "Run a scenario over real volume images and audit the result", Args: args(cobra.NoArgs),
+		Long: `run drives the real key service and real LUKS2 volume images (small sparse files) through
+months of virtual time: rotation policies and manual rotations rewrap the volumes, attaches open
+them and check their data, volumes come and go, and faults hit the key service (errors, outages,
+latency) and the process (crashes inside rewraps, recovered by key sync). It then reconciles,
+opens every volume and checks every byte written. It exits non-zero if any volume does not
+attach or its data differs.
+
+A scenario file (YAML or JSON, see the sim package's Scenario) sets everything; flags given on
+the command line override it.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s := sim.Scenario{}
+			if scenarioFile != "" {
+				var err error
+				if s, err = sim.LoadScenario(scenarioFile); err != nil {
+					return usageError{err}
+				}
+			} else {
+				s = sim.Scenario{Volumes: 1000, Keys: 10, Months: 12, PolicyMonths: 3, Seed: 1}
+			}
+			f := cmd.Flags()
+			if f.Changed("volumes") {
+				s.Volumes = sc.Volumes
+			}
+			if f.Changed("keys") {
+				s.Keys = sc.Keys
+			}
+			if f.Changed("months") {
+				s.Months = sc.Months
+			}
+			if f.Changed("policy-months") {
+				s.PolicyMonths = sc.PolicyMonths
+			}
+			if f.Changed("manual-rotations") {
+				s.ManualRotationsPerMonth = sc.ManualRotationsPerMonth
+			}
+			if f.Changed("attaches") {
+				s.AttachesPerMonth = sc.AttachesPerMonth
+			}
+			if f.Changed("creates") {
+				s.CreatesPerMonth = sc.CreatesPerMonth
+			}
+			if f.Changed("deletes") {
+				s.DeletesPerMonth = sc.DeletesPerMonth
+			}
+			if f.Changed("mapping") {
+				s.Mapping = sc.Mapping
+			}
+			if f.Changed("volume-size") {
+				s.VolumeSize = volumeSize
+			}
+			if f.Changed("kms-fail-rate") {
+				s.Faults.FailRate = sc.Faults.FailRate
+			}
+			if f.Changed("crash-rate") {
+				s.Faults.CrashRate = sc.Faults.CrashRate
+			}
+			if f.Changed("outages") {
+				s.Faults.RandomOutages = sc.Faults.RandomOutages
+			}
+			if f.Changed("corrupt") {
+				s.Faults.CorruptData = sc.Faults.CorruptData
+			}
+			if f.Changed("kms-latency") {
+				d, err := time.ParseDuration(latency)
+				if err != nil {
+					return usagef("--kms-latency %q: %v", latency, err)
+				}
+				s.Faults.Latency = sim.Duration(d)
+			}
+			if f.Changed("seed") {
+				s.Seed = sc.Seed
+			}
+			workDir := dir
+			if workDir == "" {
+				var err error
+				if workDir, err = os.MkdirTemp("", "crkvol-sim-"); err != nil {
+					return err
+				}
+				if !keep {
+					defer os.RemoveAll(workDir)
+				}
+			} else if entries, err := os.ReadDir(workDir); err == nil && len(entries) > 0 {
+				return usagef("sim run: --dir %s is not empty (a run needs a fresh directory)", workDir)
+			}
+			opts := sim.Options{Dir: workDir, Logger: slog.New(slog.DiscardHandler)}
+			var bar *progressbar.ProgressBar
+			if isTerminal(a.stderr) {
+				bar = progressbar.NewOptions64(1000, progressbar.OptionSetWriter(a.stderr),
+					progressbar.OptionSetDescription("virtual time"), progressbar.OptionShowElapsedTimeOnFinish(),
+					progressbar.OptionThrottle(100*time.Millisecond))
+				opts.Progress = func(done, total time.Duration) {
+					if total > 0 {
+						_ = bar.Set64(int64(1000 * done / total))
+					}
+				}
+			}
+			rep, err := sim.Run(cmd.Context(), s, opts)
+			if bar != nil {
+				_ = bar.Finish()
+				fmt.Fprintln(a.stderr)
+			}
+			if errors.Is(err, sim.ErrScenario) {
+				return usageError{fmt.Errorf("sim run: %w", err)}
+			}
+			if err != nil {
+				return fmt.Errorf("sim run: %w", err)
+			}
+			if reportFile != "" {
+				b, err := json.MarshalIndent(rep, "", "  ")
+				if err != nil {
+					return err
+				}
+				if err := os.WriteFile(reportFile, append(b, '\n'), 0o644); err != nil {
+					return fmt.Errorf("sim run: %w", err)
+				}
+			}
+			if chartFile != "" {
+				out, err := os.Create(chartFile)
+				if err != nil {
+					return fmt.Errorf("sim run: %w", err)
+				}
+				err = rep.WriteChart(out)
+				if cerr := out.Close(); err == nil {
+					err = cerr
+				}
+				if err != nil {
+					return fmt.Errorf("sim run: chart: %w", err)
+				}
+			}
+			if a.asJSON {
+				if err := a.emit(rep); err != nil {
+					return err
+				}
+			} else if err := rep.WriteSummary(a.stdout); err != nil {
+				return err
+			}
+			if dir != "" || keep {
+				fmt.Fprintf(a.stderr, "images and stores kept in %s\n", workDir)
+			}
+			return rep.Err()
+		}}
+	f := run.Flags()
+	f.StringVar(&scenarioFile, "scenario", "", "scenario file (YAML or JSON); flags override it")
+	f.IntVar(&sc.Volumes, "volumes", 1000, "volumes at the start")
+	f.IntVar(&sc.Keys, "keys", 10, "root keys")
+	f.IntVar(&sc.Months, "months", 12, "months of virtual time")
+	f.IntVar(&sc.PolicyMonths, "policy-months", 3, "rotation policy of every key, 1-12 (0: none)")
+	f.Float64Var(&sc.ManualRotationsPerMonth, "manual-rotations", 0, "on-demand rotations per key per month")
+	f.IntVar(&sc.AttachesPerMonth, "attaches", 0, "attaches per month across the fleet (default min(volumes, 500); -1 none)")
+	f.IntVar(&sc.CreatesPerMonth, "creates", 0, "volumes created per month during the run")
+	f.IntVar(&sc.DeletesPerMonth, "deletes", 0, "volumes deleted per month during the run")
+	f.StringVar(&sc.Mapping, "mapping", "round-robin", "volumes to keys: round-robin, random or skewed")
+	f.StringVar(&volumeSize, "volume-size", "1MiB", "data size of each (sparse) volume")
+	f.Float64Var(&sc.Faults.FailRate, "kms-fail-rate", 0, "probability that a key-service call fails")
+	f.Float64Var(&sc.Faults.CrashRate, "crash-rate", 0, "probability that a volume's rewrap crashes the process")
+	f.IntVar(&sc.Faults.RandomOutages, "outages", 0, "key-service outages (6 h each) at random times")
+	f.StringVar(&latency, "kms-latency", "0s", "virtual latency added to every key-service call")
+	f.IntVar(&sc.Faults.CorruptData, "corrupt", 0, "overwrite this many volumes' stored data behind crkvol's back (the audit must fail)")
+	f.Uint64Var(&sc.Seed, "seed", 1, "seed: the same seed gives the same run")
+	f.StringVar(&reportFile, "report", "", "write the full report as JSON to this file")
+	f.StringVar(&chartFile, "chart", "", "write an SVG chart of volumes per key version over time")
+	f.StringVar(&dir, "dir", "", "work in this (new or empty) directory and keep it (default: a temporary one, removed)")
+	f.BoolVar(&keep, "keep", false, "keep the temporary directory")
+
+	var crashOpts sim.CrashOptions
+	crash := &cobra.Command{Use: "crash", Short: "Kill `crkvol key rotate` with SIGKILL at random moments, then check key sync repairs every volume", Args: args(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			bin, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			crashOpts.Binary = bin
+			if crashOpts.Dir == "" {
+				d, err := os.MkdirTemp("", "crkvol-crash-")
+				if err != nil {
+					return err
+				}
+				defer os.RemoveAll(d)
+				crashOpts.Dir = d
+			}
+			crashOpts.Log = func(format string, args ...any) { fmt.Fprintf(a.stderr, format+"\n", args...) }
+			rep, err := sim.CrashTest(cmd.Context(), crashOpts)
+			if rep != nil {
+				if a.asJSON {
+					if eerr := a.emit(rep); eerr != nil {
+						return eerr
+					}
+				} else {
+					rep.WriteSummary(a.stdout)
+				}
+			}
+			return err
+		}}
+	cf := crash.Flags()
+	cf.IntVar(&crashOpts.Volumes, "volumes", 500, "registered volumes")
+	cf.IntVar(&crashOpts.Trials, "trials", 50, "rotations killed with SIGKILL")
+	cf.Uint64Var(&crashOpts.Seed, "seed", 1, "seed of the kill times")
+	cf.StringVar(&crashOpts.Dir, "dir", "", "work directory (default: a temporary one, removed)")
+
+	cmd.AddCommand(run, crash)
+	return cmd
+}

@@ -1,0 +1,307 @@
+package sim
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	mrand "math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"crkvol/crk"
+	"crkvol/volume"
+	"crkvol/volume/kms"
+)
+
+// CrashOptions tune CrashTest.
+type CrashOptions struct {
+	// Binary is the crkvol executable the trials run and kill. Required.
+	Binary string
+	// Dir is the work directory (state and images); it should be empty. Required.
+	Dir string
+	// Volumes is the number of registered volumes; 500 if zero.
+	Volumes int
+	// Trials is the number of rotations killed with SIGKILL; 50 if zero.
+	Trials int
+	// Seed chooses the kill moments.
+	Seed uint64
+	// Log, if set, receives one line per trial.
+	Log func(format string, args ...any)
+}
+
+// CrashReport is what CrashTest found.
+type CrashReport struct {
+	Volumes int `json:"volumes"`
+	Trials  int `json:"trials"`
+	// Killed counts trials whose rotation was still running when SIGKILL came; Finished
+	// those that completed first.
+	Killed   int `json:"killed"`
+	Finished int `json:"finished"`
+	// MidRewrap counts killed trials that left some, but not all, volumes on the old version:
+	// the kill landed inside the rewrap pass.
+	MidRewrap int `json:"midRewrap"`
+	// Repaired is the number of volumes `key sync` brought to the latest version, over all
+	// trials.
+	Repaired int `json:"repaired"`
+	// FullRotateMs is how long an unkilled `crkvol key rotate` took (the calibration run).
+	FullRotateMs float64  `json:"fullRotateMs"`
+	Failures     []string `json:"failures,omitempty"`
+	WallSeconds  float64  `json:"wallSeconds"`
+}
+
+// WriteSummary prints the crash test's result.
+func (r *CrashReport) WriteSummary(w io.Writer) {
+	status := "PASSED"
+	if len(r.Failures) > 0 {
+		status = "FAILED"
+	}
+	fmt.Fprintf(w, "crash test %s: %d volumes, %d trials of `crkvol key rotate` killed with SIGKILL (%d mid-rewrap, %d before or after it, %d finished first); `key sync` repaired %d volumes; every volume attached and read back its data after every trial (%.1f s; one full rotation %.0f ms)\n",
+		status, r.Volumes, r.Trials, r.MidRewrap, r.Killed-r.MidRewrap, r.Finished, r.Repaired, r.WallSeconds, r.FullRotateMs)
+	for _, f := range r.Failures {
+		fmt.Fprintf(w, "  %s\n", f)
+	}
+}
+
+// crashFixture is the state of a crash test: registered volumes with known data.
+type crashFixture struct {
+	opts  CrashOptions
+	state string
+	mk    []byte
+	keyID string
+	t0    time.Time
+	vols  []*vol
+}
+
+// CrashTest runs a real crash test: it creates opts.Volumes registered volumes with data,
+// then, opts.Trials times, starts `crkvol key rotate` in a child process, kills it with
+// SIGKILL at a random moment, runs `crkvol key sync`, and checks that every volume attaches
+// and reads back its data, that its token is on the key's latest version, and that its
+// registration matches its token. It returns an error if any check failed.
+func CrashTest(ctx context.Context, opts CrashOptions) (*CrashReport, error) {
+	if opts.Binary == "" || opts.Dir == "" {
+		return nil, errors.New("sim: CrashTest needs Binary and Dir")
+	}
+	if opts.Volumes <= 0 {
+		opts.Volumes = 500
+	}
+	if opts.Trials <= 0 {
+		opts.Trials = 50
+	}
+	if opts.Log == nil {
+		opts.Log = func(string, ...any) {}
+	}
+	start := time.Now()
+	fx := &crashFixture{opts: opts, state: filepath.Join(opts.Dir, "state"), t0: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)}
+	if err := fx.setup(ctx); err != nil {
+		return nil, err
+	}
+	rep := &CrashReport{Volumes: opts.Volumes, Trials: opts.Trials}
+	rng := mrand.New(mrand.NewPCG(opts.Seed, 0xc4a54))
+
+	// Calibration: one rotation left to finish tells how long a whole one takes.
+	now := fx.t0.Add(2 * time.Hour)
+	t := time.Now()
+	if out, err := fx.cli(ctx, now, "key", "rotate", fx.keyID).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("sim: calibration rotation: %w: %s", err, out)
+	}
+	full := time.Since(t)
+	rep.FullRotateMs = ms(full)
+
+	for trial := 1; trial <= opts.Trials; trial++ {
+		if err := ctx.Err(); err != nil {
+			return rep, err
+		}
+		now = now.Add(2 * time.Hour) // past the hourly rotation limit
+		delay := time.Duration(rng.Float64() * 1.1 * float64(full))
+		cmd := fx.cli(ctx, now, "key", "rotate", fx.keyID)
+		if err := cmd.Start(); err != nil {
+			return rep, err
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		killed := false
+		select {
+		case err := <-exited:
+			if err != nil {
+				rep.Failures = append(rep.Failures, fmt.Sprintf("trial %d: rotate failed on its own: %v", trial, err))
+			}
+			rep.Finished++
+		case <-time.After(delay):
+			_ = cmd.Process.Signal(syscall.SIGKILL)
+			err := <-exited
+			var ee *exec.ExitError
+			if errors.As(err, &ee) && ee.ProcessState.Sys().(syscall.WaitStatus).Signaled() {
+				killed = true
+				rep.Killed++
+			} else {
+				rep.Finished++
+			}
+		}
+		stale, total, err := fx.staleCount(ctx, now)
+		if err != nil {
+			return rep, err
+		}
+		if killed && stale > 0 && stale < total {
+			rep.MidRewrap++
+		}
+		if out, err := fx.cli(ctx, now.Add(time.Minute), "key", "sync", fx.keyID).CombinedOutput(); err != nil {
+			rep.Failures = append(rep.Failures, fmt.Sprintf("trial %d: key sync: %v: %s", trial, err, out))
+		}
+		rep.Repaired += stale
+		fails := fx.check(ctx, now.Add(2*time.Minute))
+		for _, f := range fails {
+			rep.Failures = appendCapped(rep.Failures, fmt.Sprintf("trial %d: %s", trial, f))
+		}
+		opts.Log("trial %d/%d: kill after %s (%s), %d of %d volumes left stale, repaired by sync; %d problems", trial, opts.Trials,
+			delay.Round(time.Millisecond), map[bool]string{true: "killed", false: "had finished"}[killed], stale, total, len(fails))
+	}
+	rep.WallSeconds = time.Since(start).Seconds()
+	if len(rep.Failures) > 0 {
+		return rep, fmt.Errorf("sim: crash test: %d problems (first: %s)", len(rep.Failures), rep.Failures[0])
+	}
+	return rep, nil
+}
+
+// cli prepares a crkvol command on the fixture's state, at virtual time now.
+func (fx *crashFixture) cli(ctx context.Context, now time.Time, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, fx.opts.Binary, args...)
+	cmd.Env = append(os.Environ(), "CRKVOL_STATE="+fx.state, "CRKVOL_NOW="+now.Format(time.RFC3339), crk.MasterKeyEnv+"=")
+	return cmd
+}
+
+// open opens the fixture's key service, registry and manager at virtual time now.
+func (fx *crashFixture) open(now time.Time) (*crk.Service, *volume.Registry, *volume.Manager, error) {
+	svc, err := crk.Open(filepath.Join(fx.state, "crk.db"), crk.Options{Clock: crk.NewManualClock(now), MasterKey: fx.mk, Initiator: "crkvol-crash-test"})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	reg, err := volume.OpenRegistry(filepath.Join(fx.state, "volumes.db"))
+	if err != nil {
+		svc.Close()
+		return nil, nil, nil, err
+	}
+	mgr := volume.NewManager(kms.NewLocal(svc), reg, volume.Options{Now: func() time.Time { return now }})
+	return svc, reg, mgr, nil
+}
+
+func closeAll(svc *crk.Service, reg *volume.Registry, mgr *volume.Manager) {
+	mgr.Close()
+	reg.Close()
+	svc.Close()
+}
+
+// setup writes the master key file as the CLI would, creates the key and the volumes and
+// writes their data.
+func (fx *crashFixture) setup(ctx context.Context) error {
+	if err := os.MkdirAll(filepath.Join(fx.opts.Dir, "volumes"), 0o700); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(fx.state, 0o700); err != nil {
+		return err
+	}
+	fx.mk = make([]byte, 32)
+	if _, err := rand.Read(fx.mk); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(fx.state, "crk.db.masterkey"), []byte(base64.StdEncoding.EncodeToString(fx.mk)+"\n"), 0o600); err != nil {
+		return err
+	}
+	svc, reg, mgr, err := fx.open(fx.t0)
+	if err != nil {
+		return err
+	}
+	defer closeAll(svc, reg, mgr)
+	k, err := svc.CreateRootKey(ctx, "crash-test")
+	if err != nil {
+		return err
+	}
+	fx.keyID = k.ID
+	r := &runner{sc: Scenario{Seed: fx.opts.Seed}, mgr: mgr, size: 1 << 20, keys: []*simKey{{id: k.ID}}, opts: Options{Dir: fx.opts.Dir}}
+	for i := range fx.opts.Volumes {
+		v, err := r.createVolume(ctx, i, 0)
+		if err != nil {
+			return fmt.Errorf("sim: crash test: creating volume %d: %w", i, err)
+		}
+		if !v.written {
+			return fmt.Errorf("sim: crash test: writing volume %d failed", i)
+		}
+		fx.vols = append(fx.vols, v)
+	}
+	return nil
+}
+
+// staleCount counts registrations not on the key's latest version.
+func (fx *crashFixture) staleCount(ctx context.Context, now time.Time) (stale, total int, err error) {
+	svc, reg, mgr, err := fx.open(now)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer closeAll(svc, reg, mgr)
+	k, err := svc.GetKey(ctx, fx.keyID)
+	if err != nil {
+		return 0, 0, err
+	}
+	regs, err := svc.ListRegistrations(ctx, crk.RegistrationFilter{KeyID: fx.keyID})
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, r := range regs {
+		if r.KeyVersion.ID != k.KeyVersion.ID {
+			stale++
+		}
+	}
+	return stale, len(regs), nil
+}
+
+// check verifies every volume: registration = token = latest version, and its data.
+func (fx *crashFixture) check(ctx context.Context, now time.Time) []string {
+	svc, reg, mgr, err := fx.open(now)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	defer closeAll(svc, reg, mgr)
+	k, err := svc.GetKey(ctx, fx.keyID)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	regs, err := svc.ListRegistrations(ctx, crk.RegistrationFilter{KeyID: fx.keyID})
+	if err != nil {
+		return []string{err.Error()}
+	}
+	regVersion := map[string]string{}
+	for _, r := range regs {
+		regVersion[r.ResourceCRN] = r.KeyVersion.ID
+	}
+	var fails []string
+	if len(regs) != len(fx.vols) {
+		fails = append(fails, fmt.Sprintf("%d registrations for %d volumes", len(regs), len(fx.vols)))
+	}
+	for _, v := range fx.vols {
+		info, err := volume.Describe(v.path)
+		switch {
+		case err != nil:
+			fails = append(fails, err.Error())
+			continue
+		case info.KeyVersion != k.KeyVersion.ID:
+			fails = append(fails, fmt.Sprintf("%s: token on %s, latest is %s", filepath.Base(v.path), info.KeyVersion, k.KeyVersion.ID))
+		case regVersion[v.crn] != info.KeyVersion:
+			fails = append(fails, fmt.Sprintf("%s: registration on %q, token on %s", filepath.Base(v.path), regVersion[v.crn], info.KeyVersion))
+		}
+		h, err := mgr.Open(ctx, v.path)
+		if err != nil {
+			fails = append(fails, fmt.Sprintf("%s does not attach: %v", filepath.Base(v.path), err))
+			continue
+		}
+		if err := verify(h, v); err != nil {
+			fails = append(fails, err.Error())
+		}
+		h.Close()
+	}
+	return fails
+}

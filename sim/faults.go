@@ -1,0 +1,369 @@
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"crkvol/crk"
+	"crkvol/keyslot"
+	"crkvol/volume"
+)
+
+// Injected faults. They are retryable errors for the volume manager, except a crash, which
+// cancels the whole rewrap pass it happens in.
+var (
+	ErrInjectedFailure = errors.New("sim: injected key-service failure")
+	ErrKMSUnavailable  = errors.New("sim: key service unavailable (injected outage)")
+	ErrCrash           = errors.New("sim: injected process crash")
+)
+
+// Crash points inside a volume's rewrap.
+const (
+	CrashBeforeRewrap  = "before-kms-rewrap"
+	CrashAfterRewrap   = "after-kms-rewrap"
+	CrashTornWrite     = "torn-header-write"
+	CrashBeforeRegUpd  = "after-commit-before-registration"
+	crashPointsCount   = 4
+	crashTornWriteFrac = 2 // a torn write keeps 1/crashTornWriteFrac of the bytes
+)
+
+var crashPoints = [crashPointsCount]string{CrashBeforeRewrap, CrashAfterRewrap, CrashTornWrite, CrashBeforeRegUpd}
+
+// FaultCounts are the faults a run injected.
+type FaultCounts struct {
+	KMSErrors   int            `json:"kmsErrors"`   // calls failed at random
+	Unavailable int            `json:"unavailable"` // calls refused during outages
+	Crashes     map[string]int `json:"crashes"`     // by crash point
+	// LatencyAdded is the virtual latency added to key-service calls.
+	LatencyAdded time.Duration `json:"latencyAddedNs"`
+	// Corruptions counts volumes whose stored data was overwritten behind crkvol's back.
+	Corruptions int `json:"corruptions"`
+}
+
+// Total is the number of injected faults.
+func (f FaultCounts) Total() int {
+	n := f.KMSErrors + f.Unavailable + f.Corruptions
+	for _, c := range f.Crashes {
+		n += c
+	}
+	return n
+}
+
+// passKey carries a rewrap pass's crash switch in its context.
+type passKey struct{}
+
+// pass is one rewrap pass (a rotation hook or a sync) that a crash can abort.
+type pass struct {
+	cancel  context.CancelCauseFunc
+	mu      sync.Mutex
+	crashed string                   // the crash point, once crashed
+	virtual map[string]time.Duration // injected latency per volume CRN
+	pending map[string]string        // CRN -> crash point planned for a later step
+}
+
+// faultyKMS is the key service as the volume manager sees it, with faults injected between
+// the two. It decides every fault from its own seeded generator.
+type faultyKMS struct {
+	inner volume.KeyService
+	clock *crk.ManualClock
+	sc    *Scenario
+	out   []Outage // absolute windows, as offsets from sc.Start
+
+	// onPassDone, if set, receives every rotation-hook pass when it ends.
+	onPassDone func(*pass)
+
+	mu      sync.Mutex
+	names   map[string]string // volume CRN -> "vol-<index>", the tag of its fault draws
+	seed    uint64
+	draws   map[string]uint64 // per-tag draw counters: decisions do not depend on goroutine order
+	enabled bool
+	counts  FaultCounts
+}
+
+func newFaultyKMS(inner volume.KeyService, clock *crk.ManualClock, sc *Scenario, rng *rand.Rand) *faultyKMS {
+	// rng only places random outages (at setup, in order); per-call decisions use draw.
+	f := &faultyKMS{inner: inner, clock: clock, sc: sc, seed: sc.Seed, draws: map[string]uint64{}, names: map[string]string{}, enabled: true, counts: FaultCounts{Crashes: map[string]int{}}}
+	f.out = append(f.out, sc.Faults.Outages...)
+	total := sc.end().Sub(sc.Start)
+	for range sc.Faults.RandomOutages {
+		at := time.Duration(rng.Int64N(int64(total)))
+		f.out = append(f.out, Outage{After: Duration(at), Duration: sc.Faults.OutageLength})
+	}
+	return f
+}
+
+// setEnabled turns fault injection on or off (the final reconciliation and the audit run
+// without faults).
+func (f *faultyKMS) setEnabled(on bool) {
+	f.mu.Lock()
+	f.enabled = on
+	f.mu.Unlock()
+}
+
+func (f *faultyKMS) snapshot() FaultCounts {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := f.counts
+	c.Crashes = map[string]int{}
+	for k, v := range f.counts.Crashes {
+		c.Crashes[k] = v
+	}
+	return c
+}
+
+// name records the index of a volume, so that the faults drawn for it repeat from run to
+// run.
+func (f *faultyKMS) name(crn string, idx int) {
+	f.mu.Lock()
+	f.names[crn] = fmt.Sprintf("vol-%d", idx)
+	f.mu.Unlock()
+}
+
+// tag is the draw sequence of a call about crn (f.mu held): the volume's, or the main
+// goroutine's for calls about no known volume (those are made one at a time, in order).
+func (f *faultyKMS) tag(crn string) string {
+	if n, ok := f.names[crn]; ok {
+		return n
+	}
+	return "main"
+}
+
+// draw returns the next uniform number in [0, 1) of a tag's sequence (f.mu held). A volume's
+// calls are made in order by one goroutine, so tagging by CRN keeps every decision the same
+// from run to run whatever the scheduling of the others.
+func (f *faultyKMS) draw(tag string) float64 {
+	n := f.draws[tag]
+	f.draws[tag] = n + 1
+	return hash01(f.seed, tag, n)
+}
+
+// inOutage reports whether the virtual clock is inside an outage window.
+func (f *faultyKMS) inOutage() bool {
+	off := f.clock.Now().Sub(f.sc.Start)
+	for _, o := range f.out {
+		if off >= time.Duration(o.After) && off < time.Duration(o.After)+time.Duration(o.Duration) {
+			return true
+		}
+	}
+	return false
+}
+
+// call decides the fate of one key-service call made for volume crn ("" if none): it adds
+// latency, and returns an injected error or nil.
+func (f *faultyKMS) call(ctx context.Context, op, crn string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.enabled {
+		return nil
+	}
+	if lat := time.Duration(f.sc.Faults.Latency); lat > 0 {
+		d := lat + time.Duration(f.draw("latency "+f.tag(crn))*float64(lat))
+		f.counts.LatencyAdded += d
+		if p, ok := ctx.Value(passKey{}).(*pass); ok && crn != "" {
+			p.mu.Lock()
+			p.virtual[crn] += d
+			p.mu.Unlock()
+		}
+	}
+	if f.inOutage() {
+		f.counts.Unavailable++
+		return fmt.Errorf("%s: %w", op, ErrKMSUnavailable)
+	}
+	if f.sc.Faults.FailRate > 0 && f.draw(op+" "+f.tag(crn)) < f.sc.Faults.FailRate {
+		f.counts.KMSErrors++
+		return fmt.Errorf("%s: %w", op, ErrInjectedFailure)
+	}
+	return nil
+}
+
+// crashAt decides whether the rewrap of one volume crashes, and where ("" for no crash).
+// Only rewraps inside a pass can crash.
+func (f *faultyKMS) crashAt(ctx context.Context, crn string) string {
+	if _, ok := ctx.Value(passKey{}).(*pass); !ok {
+		return ""
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.enabled || f.sc.Faults.CrashRate == 0 {
+		return ""
+	}
+	if x := f.draw("crash " + f.tag(crn)); x >= f.sc.Faults.CrashRate {
+		return ""
+	} else {
+		return crashPoints[int(x/f.sc.Faults.CrashRate*crashPointsCount)%crashPointsCount]
+	}
+}
+
+// crash aborts the pass of ctx at point and returns the error to fail the call with.
+func (f *faultyKMS) crash(ctx context.Context, point string) error {
+	p := ctx.Value(passKey{}).(*pass)
+	p.mu.Lock()
+	first := p.crashed == ""
+	if first {
+		p.crashed = point
+	}
+	p.mu.Unlock()
+	if first {
+		f.mu.Lock()
+		f.counts.Crashes[point]++
+		f.mu.Unlock()
+	}
+	err := fmt.Errorf("%w at %s", ErrCrash, point)
+	p.cancel(err)
+	return err
+}
+
+func (f *faultyKMS) Wrap(ctx context.Context, keyID string, pt []byte, aad []string) (volume.Wrapped, error) {
+	if err := f.call(ctx, "wrap", crnOf(aad)); err != nil {
+		return volume.Wrapped{}, err
+	}
+	return f.inner.Wrap(ctx, keyID, pt, aad)
+}
+
+func (f *faultyKMS) Unwrap(ctx context.Context, keyID string, ct []byte, aad []string) (volume.Unwrapped, error) {
+	if err := f.call(ctx, "unwrap", crnOf(aad)); err != nil {
+		return volume.Unwrapped{}, err
+	}
+	return f.inner.Unwrap(ctx, keyID, ct, aad)
+}
+
+func (f *faultyKMS) Rewrap(ctx context.Context, keyID string, ct []byte, aad []string) (volume.Wrapped, error) {
+	crn := crnOf(aad)
+	point := f.crashAt(ctx, crn)
+	if point == CrashBeforeRewrap {
+		return volume.Wrapped{}, f.crash(ctx, point)
+	}
+	if err := f.call(ctx, "rewrap", crn); err != nil {
+		return volume.Wrapped{}, err
+	}
+	w, err := f.inner.Rewrap(ctx, keyID, ct, aad)
+	if err != nil {
+		return w, err
+	}
+	switch point {
+	case CrashAfterRewrap:
+		return volume.Wrapped{}, f.crash(ctx, point)
+	case CrashTornWrite, CrashBeforeRegUpd:
+		if p, ok := ctx.Value(passKey{}).(*pass); ok {
+			p.mu.Lock()
+			if p.pending == nil {
+				p.pending = map[string]string{}
+			}
+			p.pending[crn] = point
+			p.mu.Unlock()
+		}
+	}
+	return w, nil
+}
+
+func (f *faultyKMS) KeyCRN(ctx context.Context, keyID string) (string, error) {
+	if err := f.call(ctx, "key", ""); err != nil {
+		return "", err
+	}
+	return f.inner.KeyCRN(ctx, keyID)
+}
+
+func (f *faultyKMS) Register(ctx context.Context, keyID, crn, versionID string, prevent bool) error {
+	if err := f.call(ctx, "register", crn); err != nil {
+		return err
+	}
+	return f.inner.Register(ctx, keyID, crn, versionID, prevent)
+}
+
+func (f *faultyKMS) UpdateRegistration(ctx context.Context, keyID, crn, versionID string) error {
+	if p, ok := ctx.Value(passKey{}).(*pass); ok && p.take(crn) == CrashBeforeRegUpd {
+		return f.crash(ctx, CrashBeforeRegUpd)
+	}
+	if err := f.call(ctx, "update registration", crn); err != nil {
+		return err
+	}
+	return f.inner.UpdateRegistration(ctx, keyID, crn, versionID)
+}
+
+func (f *faultyKMS) DeleteRegistration(ctx context.Context, keyID, crn string) error {
+	if err := f.call(ctx, "delete registration", crn); err != nil {
+		return err
+	}
+	return f.inner.DeleteRegistration(ctx, keyID, crn)
+}
+
+func (f *faultyKMS) Registrations(ctx context.Context, keyID string) ([]volume.Registration, string, error) {
+	if err := f.call(ctx, "registrations", ""); err != nil {
+		return nil, "", err
+	}
+	return f.inner.Registrations(ctx, keyID)
+}
+
+// OnRotate runs every rotation hook inside a pass, so a crash can abort it.
+func (f *faultyKMS) OnRotate(hook func(ctx context.Context, n volume.RotationNotice) error) func() {
+	return f.inner.OnRotate(func(ctx context.Context, n volume.RotationNotice) error {
+		ctx, p := newPass(ctx)
+		err := hook(ctx, n)
+		p.cancel(nil)
+		if f.onPassDone != nil {
+			f.onPassDone(p)
+		}
+		return err
+	})
+}
+
+// newPass starts a rewrap pass that a crash can abort.
+func newPass(ctx context.Context) (context.Context, *pass) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	p := &pass{cancel: cancel, virtual: map[string]time.Duration{}}
+	return context.WithValue(ctx, passKey{}, p), p
+}
+
+// take removes and returns the crash point planned for crn's later steps.
+func (p *pass) take(crn string) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	point := p.pending[crn]
+	delete(p.pending, crn)
+	return point
+}
+
+// device returns the header device of a rewrap: for a planned torn write, it keeps half of the
+// first write and then fails, as a process killed in the middle of a header commit would.
+func (f *faultyKMS) device(ctx context.Context, crn string, dev keyslot.Device) keyslot.Device {
+	p, ok := ctx.Value(passKey{}).(*pass)
+	if !ok {
+		return dev
+	}
+	return &tornDevice{Device: dev, f: f, ctx: ctx, p: p, crn: crn}
+}
+
+type tornDevice struct {
+	keyslot.Device
+	f   *faultyKMS
+	ctx context.Context
+	p   *pass
+	crn string
+}
+
+func (t *tornDevice) WriteAt(b []byte, off int64) (int, error) {
+	if t.p.peek(t.crn) != CrashTornWrite {
+		return t.Device.WriteAt(b, off)
+	}
+	t.p.take(t.crn)
+	n, _ := t.Device.WriteAt(b[:len(b)/crashTornWriteFrac], off)
+	return n, t.f.crash(t.ctx, CrashTornWrite)
+}
+
+func (p *pass) peek(crn string) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.pending[crn]
+}
+
+// crnOf maps the AAD of a volume's wrap (its UUID) to its CRN.
+func crnOf(aad []string) string {
+	if len(aad) == 0 {
+		return ""
+	}
+	return volume.CRN(aad[0])
+}

@@ -1,0 +1,319 @@
+package sim
+
+import (
+	"fmt"
+	"html"
+	"io"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Report is what a run found. Its JSON form is the `--report` file.
+type Report struct {
+	Scenario    Scenario `json:"scenario"`
+	WallSeconds float64  `json:"wallSeconds"`
+
+	// Rotations counts key rotations (policy and manual).
+	Rotations       int `json:"rotations"`
+	PolicyRotations int `json:"policyRotations"`
+	ManualRotations int `json:"manualRotations"`
+	// Rewraps counts volumes rewrapped to a new version, over every pass.
+	Rewraps int `json:"rewraps"`
+	// RewrapFailures counts volumes a pass could not rewrap (they kept their old, valid
+	// wrapping until a later pass).
+	RewrapFailures int `json:"rewrapFailures"`
+	// Retries counts rewrap attempts beyond the first.
+	Retries int `json:"retries"`
+	// BytesWritten is the header metadata written by rewraps (data is never touched).
+	BytesWritten int64 `json:"bytesWritten"`
+	// BytesPerRewrap is BytesWritten / Rewraps.
+	BytesPerRewrap float64 `json:"bytesPerRewrap"`
+	// Restarts counts simulated process restarts after crashes; SyncFailures the
+	// reconciliation passes that could not start (the key service refused to list).
+	Restarts     int `json:"restarts"`
+	SyncFailures int `json:"syncFailures"`
+
+	FaultsInjected int         `json:"faultsInjected"`
+	Faults         FaultCounts `json:"faults"`
+
+	Attaches Attaches `json:"attaches"`
+	Fleet    Fleet    `json:"fleet"`
+	// MaxOnOldVersions is the most volumes seen on an older key version at one sample.
+	MaxOnOldVersions int `json:"maxOnOldVersions"`
+
+	Keys    []KeyReport  `json:"keys"`
+	Passes  []PassReport `json:"passes"`
+	Samples []Sample     `json:"samples"`
+	Audit   Audit        `json:"audit"`
+}
+
+// Attaches are the attaches of a run.
+type Attaches struct {
+	Total int `json:"total"`
+	// UnwrapFailures are attaches refused because the key service failed (injected faults).
+	UnwrapFailures int `json:"unwrapFailures"`
+	// OtherFailures and DataMismatches are defects: they fail the audit.
+	OtherFailures  int      `json:"otherFailures"`
+	DataMismatches int      `json:"dataMismatches"`
+	Writes         int      `json:"writes"`
+	Errors         []string `json:"errors,omitempty"`
+}
+
+// Fleet counts volumes created and deleted during the run.
+type Fleet struct {
+	Created        int `json:"created"`
+	CreateFailures int `json:"createFailures"`
+	Deleted        int `json:"deleted"`
+	DeleteRetries  int `json:"deleteRetries"`
+}
+
+// KeyReport describes one root key over the run.
+type KeyReport struct {
+	Name                     string `json:"name"`
+	ID                       string `json:"id"`
+	PolicyMonths             int    `json:"policyMonths"`
+	Rotations                int    `json:"rotations"`
+	Versions                 int    `json:"versions"`
+	Volumes                  int    `json:"volumes"`
+	MaxVersionsOutstanding   int    `json:"maxVersionsOutstanding"`
+	FinalVersionsOutstanding int    `json:"finalVersionsOutstanding"`
+}
+
+// PassReport is one rewrap pass: the rewrap of a rotation, or a sync.
+type PassReport struct {
+	At time.Time `json:"at"`
+	// Trigger is "policy", "manual" (rotations), "sync" (the reconciliation job), "restart"
+	// (after a crash), "final" (the fault-free reconciliation before the audit) or "lazy".
+	Trigger        string  `json:"trigger"`
+	Key            string  `json:"key"`
+	Generation     int     `json:"generation"` // the key version the pass brought volumes to, 1 = first
+	Volumes        int     `json:"volumes"`
+	Rewrapped      int     `json:"rewrapped"`
+	AlreadyCurrent int     `json:"alreadyCurrent"`
+	Retries        int     `json:"retries"`
+	Failed         int     `json:"failed"`
+	Crashed        string  `json:"crashed,omitempty"` // the crash point that aborted the pass
+	FirstFailure   string  `json:"firstFailure,omitempty"`
+	BytesWritten   int64   `json:"bytesWritten"`
+	WallMs         float64 `json:"wallMs"`
+	// FleetMs is the time to rewrap the pass's volumes: wall time plus the injected
+	// key-service latency, spread over the workers.
+	FleetMs float64 `json:"fleetMs"`
+	// P50Ms and P99Ms are per-volume rewrap latencies (wall time with retries, plus injected
+	// latency).
+	P50Ms float64 `json:"p50Ms"`
+	P99Ms float64 `json:"p99Ms"`
+}
+
+// Sample is the fleet's registrations at one moment.
+type Sample struct {
+	At            time.Time   `json:"at"`
+	Volumes       int         `json:"volumes"`
+	OnOldVersions int         `json:"onOldVersions"`
+	ByGeneration  map[int]int `json:"byGeneration"` // key version generation (1 = first) -> volumes
+}
+
+// Audit is the final check of every volume.
+type Audit struct {
+	// Passed is true when every volume attached and its data matched.
+	Passed             bool     `json:"passed"`
+	Volumes            int      `json:"volumes"`
+	Attached           int      `json:"attached"`
+	DataVerified       int      `json:"dataVerified"`
+	Failed             int      `json:"failed"`
+	StrayRegistrations int      `json:"strayRegistrations"`
+	Failures           []string `json:"failures,omitempty"`
+}
+
+func newReport(sc Scenario) *Report { return &Report{Scenario: sc} }
+
+func (r *Report) addPass(p PassReport) {
+	r.Passes = append(r.Passes, p)
+	r.Rewraps += p.Rewrapped
+	r.RewrapFailures += p.Failed
+	r.Retries += p.Retries
+	r.BytesWritten += p.BytesWritten
+	if r.Rewraps > 0 {
+		r.BytesPerRewrap = float64(r.BytesWritten) / float64(r.Rewraps)
+	}
+}
+
+// Err returns an error when the audit failed, or when attaches found defects.
+func (r *Report) Err() error {
+	if !r.Audit.Passed || r.Attaches.OtherFailures > 0 || r.Attaches.DataMismatches > 0 {
+		return fmt.Errorf("sim: audit failed: %d of %d volumes failed, %d attach failures, %d data mismatches",
+			r.Audit.Failed, r.Audit.Volumes, r.Attaches.OtherFailures, r.Attaches.DataMismatches)
+	}
+	return nil
+}
+
+// WriteSummary prints the human summary.
+func (r *Report) WriteSummary(w io.Writer) error {
+	sc := r.Scenario
+	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+	p("crkvol sim: %d volumes (%s, sparse) on %d keys, %d months from %s, seed %d; wall time %.1f s",
+		sc.Volumes, sc.VolumeSize, sc.Keys, sc.Months, sc.Start.Format("2006-01-02"), sc.Seed, r.WallSeconds)
+	p("")
+	p("Rotations       %d (%d by policy, %d manual)", r.Rotations, r.PolicyRotations, r.ManualRotations)
+	p("Rewraps         %d volumes rewrapped, %d retries, %d per-pass failures (kept their old wrapping)", r.Rewraps, r.Retries, r.RewrapFailures)
+	p("Bytes written   %d of header metadata (%.0f per rewrap), 0 bytes of data", r.BytesWritten, r.BytesPerRewrap)
+	var rot []PassReport
+	for _, ps := range r.Passes {
+		if ps.Trigger == "policy" || ps.Trigger == "manual" {
+			rot = append(rot, ps)
+		}
+	}
+	if len(rot) > 0 {
+		fleet := make([]float64, len(rot))
+		p50 := make([]float64, len(rot))
+		p99 := make([]float64, len(rot))
+		for i, ps := range rot {
+			fleet[i], p50[i], p99[i] = ps.FleetMs, ps.P50Ms, ps.P99Ms
+		}
+		p("Per rotation    fleet rewrap time median %.0f ms (max %.0f ms); per-volume p50 %.1f ms, p99 %.1f ms (medians over rotations)",
+			median(fleet), slices.Max(fleet), median(p50), median(p99))
+	}
+	p("Faults          %d injected: %d KMS errors, %d calls during outages, %d crashes %s, %d data corruptions, %s of added latency",
+		r.FaultsInjected, r.Faults.KMSErrors, r.Faults.Unavailable, sumCrashes(r.Faults.Crashes), crashList(r.Faults.Crashes), r.Faults.Corruptions, r.Faults.LatencyAdded.Round(time.Millisecond))
+	p("Recovery        %d restarts after crashes, %d sync passes, %d syncs refused", r.Restarts, countTrigger(r.Passes, "sync", "restart"), r.SyncFailures)
+	p("Attaches        %d (%d refused by KMS faults, %d other failures, %d data mismatches, %d with writes)",
+		r.Attaches.Total, r.Attaches.UnwrapFailures, r.Attaches.OtherFailures, r.Attaches.DataMismatches, r.Attaches.Writes)
+	p("Fleet changes   %d created (%d failed), %d deleted (%d delete retries)", r.Fleet.Created, r.Fleet.CreateFailures, r.Fleet.Deleted, r.Fleet.DeleteRetries)
+	p("Old versions    at most %d volumes on an older key version at a sample", r.MaxOnOldVersions)
+	p("")
+	p("%-8s %6s %9s %8s %8s %12s %12s", "key", "policy", "rotations", "versions", "volumes", "max outst.", "final outst.")
+	for _, k := range r.Keys {
+		pol := "-"
+		if k.PolicyMonths > 0 {
+			pol = fmt.Sprintf("%dmo", k.PolicyMonths)
+		}
+		p("%-8s %6s %9d %8d %8d %12d %12d", k.Name, pol, k.Rotations, k.Versions, k.Volumes, k.MaxVersionsOutstanding, k.FinalVersionsOutstanding)
+	}
+	p("")
+	status := "PASSED"
+	if r.Err() != nil {
+		status = "FAILED"
+	}
+	p("Audit %s: %d volumes, %d attach and verify, %d failed, %d stray registrations", status, r.Audit.Volumes, r.Audit.DataVerified, r.Audit.Failed, r.Audit.StrayRegistrations)
+	for _, f := range r.Audit.Failures {
+		p("  %s", f)
+	}
+	for _, e := range r.Attaches.Errors {
+		p("  attach: %s", e)
+	}
+	return nil
+}
+
+func countTrigger(ps []PassReport, triggers ...string) int {
+	n := 0
+	for _, p := range ps {
+		if slices.Contains(triggers, p.Trigger) {
+			n++
+		}
+	}
+	return n
+}
+
+func sumCrashes(m map[string]int) int {
+	n := 0
+	for _, c := range m {
+		n += c
+	}
+	return n
+}
+
+func crashList(m map[string]int) string {
+	if len(m) == 0 {
+		return ""
+	}
+	var parts []string
+	for _, k := range crashPoints {
+		if m[k] > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
+		}
+	}
+	return "(" + strings.Join(parts, ", ") + ")"
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+// WriteChart draws an SVG stacked-area chart of volumes per key version generation over
+// time (generation 1 is each key's first version, 2 its second, …; all keys together).
+func (r *Report) WriteChart(w io.Writer) error {
+	const (
+		width, height            = 900, 420
+		left, right, top, bottom = 70, 170, 40, 50
+	)
+	samples := r.Samples
+	if len(samples) == 0 {
+		return fmt.Errorf("sim: no samples to chart")
+	}
+	maxGen, maxVol := 1, 1
+	for _, s := range samples {
+		for g := range s.ByGeneration {
+			maxGen = max(maxGen, g)
+		}
+		maxVol = max(maxVol, s.Volumes)
+	}
+	t0, t1 := samples[0].At, samples[len(samples)-1].At
+	span := max(t1.Sub(t0), time.Hour)
+	pw, ph := float64(width-left-right), float64(height-top-bottom)
+	x := func(t time.Time) float64 { return float64(left) + pw*float64(t.Sub(t0))/float64(span) }
+	y := func(v float64) float64 { return float64(top) + ph*(1-v/float64(maxVol)) }
+	var b strings.Builder
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", width, height, width, height)
+	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
+	fmt.Fprintf(&b, `<text x="%d" y="22" font-size="15">%s</text>`+"\n", left, html.EscapeString(fmt.Sprintf(
+		"Volumes per key version over time (%d volumes, %d keys, seed %d)", r.Scenario.Volumes, r.Scenario.Keys, r.Scenario.Seed)))
+	// Stacked areas, oldest generation at the bottom.
+	lower := make([]float64, len(samples))
+	for g := 1; g <= maxGen; g++ {
+		upper := make([]float64, len(samples))
+		for i, s := range samples {
+			upper[i] = lower[i] + float64(s.ByGeneration[g])
+		}
+		var pts []string
+		for i, s := range samples {
+			pts = append(pts, fmt.Sprintf("%.1f,%.1f", x(s.At), y(upper[i])))
+		}
+		for i := len(samples) - 1; i >= 0; i-- {
+			pts = append(pts, fmt.Sprintf("%.1f,%.1f", x(samples[i].At), y(lower[i])))
+		}
+		color := palette[(g-1)%len(palette)]
+		fmt.Fprintf(&b, `<polygon points="%s" fill="%s" stroke="%s" stroke-width="0.5"><title>version %d</title></polygon>`+"\n", strings.Join(pts, " "), color, color, g)
+		ly := top + 18*(g-1)
+		if ly < height-bottom {
+			fmt.Fprintf(&b, `<rect x="%d" y="%d" width="12" height="12" fill="%s"/><text x="%d" y="%d">version %d</text>`+"\n", width-right+20, ly, color, width-right+38, ly+11, g)
+		}
+		lower = upper
+	}
+	// Axes: volumes on the left, months along the bottom.
+	fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>`+"\n", left, top, left, height-bottom)
+	fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>`+"\n", left, height-bottom, width-right, height-bottom)
+	for i := 0; i <= 4; i++ {
+		v := float64(maxVol) * float64(i) / 4
+		fmt.Fprintf(&b, `<text x="%d" y="%.1f" text-anchor="end">%.0f</text>`+"\n", left-6, y(v)+4, v)
+	}
+	months := int(span.Hours()/24/30) + 1
+	step := max(1, months/12)
+	for m := 0; m <= months; m += step {
+		t := t0.AddDate(0, m, 0)
+		if t.After(t1) {
+			break
+		}
+		fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle">%s</text>`+"\n", x(t), height-bottom+18, t.Format("2006-01"))
+	}
+	fmt.Fprintf(&b, `<text x="%d" y="%d" text-anchor="middle">virtual time</text>`+"\n", left+int(pw/2), height-10)
+	fmt.Fprintf(&b, `<text x="16" y="%d" transform="rotate(-90 16 %d)" text-anchor="middle">volumes</text>`+"\n", top+int(ph/2), top+int(ph/2))
+	b.WriteString("</svg>\n")
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+var palette = []string{"#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac", "#1f77b4", "#2ca02c", "#d62728"}

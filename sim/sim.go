@@ -1,0 +1,958 @@
+package sim
+
+import (
+	"container/heap"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"crkvol/crk"
+	"crkvol/volume"
+	"crkvol/volume/kms"
+)
+
+// Options tune a run.
+type Options struct {
+	// Dir holds the key store, the registry and the volume images; it is created if needed
+	// and should be empty.
+	Dir string
+	// Progress, if set, is called as virtual time advances, with the time done and the
+	// whole run's duration.
+	Progress func(done, total time.Duration)
+	// Logger receives progress messages (never key material); discarded if nil.
+	Logger *slog.Logger
+}
+
+// extent is data written to a volume, to be read back.
+const extentSize = 4096
+
+// vol is one simulated volume.
+type vol struct {
+	idx      int
+	path     string
+	crn      string
+	key      int      // index into keys
+	extents  [2]int64 // offsets of the written data
+	sum      [32]byte // SHA-256 of the extents' contents
+	written  bool     // false until the first data write succeeded
+	deleting bool     // a delete failed half way; retried
+}
+
+// simKey is one root key.
+type simKey struct {
+	name, id   string
+	policy     int
+	versions   []string // oldest first, as the sim saw them appear
+	rotations  int
+	maxOutst   int
+	lastRotate time.Time
+}
+
+type event struct {
+	at   time.Time
+	seq  int
+	kind int
+	key  int
+}
+
+const (
+	evAttach = iota
+	evCreate
+	evDelete
+	evManualRotate
+	evSync
+	evSample
+	evRestart
+	evCorrupt
+)
+
+type eventQueue []event
+
+func (q eventQueue) Len() int { return len(q) }
+func (q eventQueue) Less(i, j int) bool {
+	if !q[i].at.Equal(q[j].at) {
+		return q[i].at.Before(q[j].at)
+	}
+	return q[i].seq < q[j].seq
+}
+func (q eventQueue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
+func (q *eventQueue) Push(x any)   { *q = append(*q, x.(event)) }
+func (q *eventQueue) Pop() any {
+	old := *q
+	e := old[len(old)-1]
+	*q = old[:len(old)-1]
+	return e
+}
+
+// restartDelay is how long a crashed process takes to come back and run `key sync`.
+const restartDelay = 2 * time.Minute
+
+// runner is one run's state.
+type runner struct {
+	sc    Scenario
+	opts  Options
+	log   *slog.Logger
+	rng   *rand.Rand
+	size  int64
+	clock *crk.ManualClock
+	svc   *crk.Service
+	reg   *volume.Registry
+	mgr   *volume.Manager
+	kms   *faultyKMS
+	keys  []*simKey
+	vols  map[string]*vol // by CRN
+	order []string        // CRNs in creation order (for deterministic picks)
+	next  int             // next volume index
+	q     eventQueue
+	seq   int
+
+	mu      sync.Mutex
+	reports []*volume.Report // delivered by the manager, drained after each operation
+	passes  []*pass          // rotation-hook passes, in the same order
+
+	rep         *Report
+	restartDue  bool
+	wallStarted time.Time
+}
+
+// Run carries out a scenario and returns its report; the report's Audit says whether every
+// volume survived. An error means the run itself could not proceed (bad scenario, disk).
+func Run(ctx context.Context, sc Scenario, opts Options) (*Report, error) {
+	if err := sc.normalize(); err != nil {
+		return nil, err
+	}
+	if opts.Dir == "" {
+		return nil, errors.New("sim: Options.Dir is required")
+	}
+	if err := os.MkdirAll(filepath.Join(opts.Dir, "volumes"), 0o700); err != nil {
+		return nil, fmt.Errorf("sim: %w", err)
+	}
+	size, _ := volume.ParseSize(sc.VolumeSize)
+	r := &runner{sc: sc, opts: opts, log: opts.Logger, rng: rand.New(rand.NewPCG(sc.Seed, sc.Seed^0x5eed)),
+		size: size, clock: crk.NewManualClock(sc.Start), vols: map[string]*vol{}, wallStarted: time.Now()}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	r.rep = newReport(sc)
+	mk := sha256.Sum256(fmt.Appendf(nil, "crkvol sim master key %d", sc.Seed))
+	var kseed [32]byte
+	binary.LittleEndian.PutUint64(kseed[:], sc.Seed)
+	copy(kseed[8:], "crk")
+	svc, err := crk.Open(filepath.Join(opts.Dir, "crk.db"), crk.Options{Clock: r.clock, MasterKey: mk[:], Initiator: "crkvol-sim", Logger: r.log,
+		Rand: &lockedReader{r: rand.NewChaCha8(kseed)}})
+	if err != nil {
+		return nil, err
+	}
+	defer svc.Close()
+	r.svc = svc
+	if r.reg, err = volume.OpenRegistry(filepath.Join(opts.Dir, "volumes.db")); err != nil {
+		return nil, err
+	}
+	defer r.reg.Close()
+	r.kms = newFaultyKMS(kms.NewLocal(svc), r.clock, &r.sc, r.rng)
+	r.mgr = volume.NewManager(r.kms, r.reg, volume.Options{
+		Workers:      sc.Workers,
+		Backoff:      func(n int) time.Duration { return time.Duration(50<<min(n-1, 5)) * time.Millisecond },
+		Sleep:        func(ctx context.Context, _ time.Duration) error { return ctx.Err() }, // virtual backoff
+		Now:          r.clock.Now,
+		Logger:       r.log,
+		OnReport:     func(rep *volume.Report) { r.mu.Lock(); r.reports = append(r.reports, rep); r.mu.Unlock() },
+		RewrapDevice: r.kms.device,
+	})
+	defer r.mgr.Close()
+	r.kms.onPassDone = func(p *pass) { r.mu.Lock(); r.passes = append(r.passes, p); r.mu.Unlock() }
+
+	if err := r.setup(ctx); err != nil {
+		return nil, err
+	}
+	if err := r.loop(ctx); err != nil {
+		return nil, err
+	}
+	if err := r.finish(ctx); err != nil {
+		return nil, err
+	}
+	r.rep.WallSeconds = time.Since(r.wallStarted).Seconds()
+	return r.rep, nil
+}
+
+// setup creates the keys, their policies and the initial fleet (without faults), and plans
+// the run's events.
+func (r *runner) setup(ctx context.Context) error {
+	r.kms.setEnabled(false)
+	defer r.kms.setEnabled(true)
+	for i := range r.sc.Keys {
+		name := fmt.Sprintf("key-%02d", i)
+		k, err := r.svc.CreateRootKey(ctx, name)
+		if err != nil {
+			return fmt.Errorf("sim: creating %s: %w", name, err)
+		}
+		sk := &simKey{name: name, id: k.ID, policy: r.sc.policyOf(i), versions: []string{k.KeyVersion.ID}}
+		if sk.policy > 0 {
+			if _, err := r.svc.SetRotationPolicy(ctx, k.ID, sk.policy, true); err != nil {
+				return fmt.Errorf("sim: policy of %s: %w", name, err)
+			}
+		}
+		r.keys = append(r.keys, sk)
+		r.rep.Keys = append(r.rep.Keys, KeyReport{Name: name, ID: k.ID, PolicyMonths: sk.policy})
+	}
+	// The initial fleet, created on a few goroutines: each volume's key and data come from
+	// its index, so the order of completion does not matter.
+	assign := r.assignments(r.sc.Volumes)
+	vols := make([]*vol, r.sc.Volumes)
+	errs := make([]error, r.sc.Volumes)
+	var wg sync.WaitGroup
+	jobs := make(chan int)
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				vols[i], errs[i] = r.createVolume(ctx, i, assign[i])
+			}
+		}()
+	}
+	for i := range r.sc.Volumes {
+		jobs <- i
+		if r.opts.Progress != nil && i%100 == 0 {
+			r.opts.Progress(0, r.sc.end().Sub(r.sc.Start))
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("sim: creating the fleet: %w", err)
+	}
+	for _, v := range vols {
+		r.addVol(v)
+	}
+	r.next = r.sc.Volumes
+	r.drain("setup", -1)
+	r.plan()
+	return nil
+}
+
+// assignments maps n new volumes to keys.
+func (r *runner) assignments(n int) []int {
+	out := make([]int, n)
+	weights := make([]float64, r.sc.Keys)
+	total := 0.0
+	for i := range weights {
+		weights[i] = 1 / float64(i+1)
+		total += weights[i]
+	}
+	for i := range out {
+		switch r.sc.Mapping {
+		case "random":
+			out[i] = r.rng.IntN(r.sc.Keys)
+		case "skewed":
+			x := r.rng.Float64() * total
+			for k, w := range weights {
+				if x < w || k == len(weights)-1 {
+					out[i] = k
+					break
+				}
+				x -= w
+			}
+		default:
+			out[i] = i % r.sc.Keys
+		}
+	}
+	return out
+}
+
+// extentData is the deterministic content of a volume's extent for a given generation.
+func extentData(seed uint64, idx, gen, which int) []byte {
+	rng := rand.New(rand.NewPCG(seed^uint64(idx)*0x9e3779b97f4a7c15, uint64(gen)<<8|uint64(which)))
+	b := make([]byte, extentSize)
+	for i := 0; i < len(b); i += 8 {
+		x := rng.Uint64()
+		for j := range 8 {
+			b[i+j] = byte(x >> (8 * j))
+		}
+	}
+	return b
+}
+
+func sumOf(a, b []byte) [32]byte { return sha256.Sum256(append(slices.Clone(a), b...)) }
+
+// createVolume creates volume idx under key k and writes its first data.
+func (r *runner) createVolume(ctx context.Context, idx, k int) (*vol, error) {
+	path := filepath.Join(r.opts.Dir, "volumes", fmt.Sprintf("vol-%06d.img", idx))
+	// The volume's randomness (UUID, passphrase, master key) comes from the seed and its
+	// index, so runs repeat. Simulated volumes are test fixtures, never for real data.
+	var seed [32]byte
+	binary.LittleEndian.PutUint64(seed[:], r.sc.Seed)
+	binary.LittleEndian.PutUint64(seed[8:], uint64(idx))
+	info, err := r.mgr.Create(ctx, path, volume.CreateOptions{KeyID: r.keys[k].id, Size: r.size, KeyslotsSize: 512 << 10, Rand: rand.NewChaCha8(seed)})
+	if err != nil {
+		return nil, err
+	}
+	v := &vol{idx: idx, path: info.Path, crn: info.CRN, key: k}
+	if r.kms != nil {
+		r.kms.name(info.CRN, idx)
+	}
+	blocks := r.size / extentSize
+	v.extents = [2]int64{0, (1 + int64(idx*7919)%max(blocks-1, 1)) * extentSize}
+	// The volume exists from here on. If the key service refuses the attach that writes its
+	// first data, a later attach writes it.
+	if err := r.writeData(ctx, v, 0); err != nil {
+		r.log.Info("first write failed", "volume", v.path, "err", err)
+	}
+	return v, nil
+}
+
+// writeData opens v, writes generation gen of its second extent (and, for gen 0, its
+// first), and closes it.
+func (r *runner) writeData(ctx context.Context, v *vol, gen int) error {
+	h, err := r.mgr.Open(ctx, v.path)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	a := extentData(r.sc.Seed, v.idx, 0, 0)
+	b := extentData(r.sc.Seed, v.idx, gen, 1)
+	if gen == 0 {
+		if _, err := h.WriteAt(a, v.extents[0]); err != nil {
+			return err
+		}
+	}
+	if _, err := h.WriteAt(b, v.extents[1]); err != nil {
+		return err
+	}
+	if err := h.Sync(); err != nil {
+		return err
+	}
+	v.sum = sumOf(a, b)
+	v.written = true
+	return nil
+}
+
+// verify reads v's extents through an open volume and compares them with what was written.
+func verify(h *volume.Volume, v *vol) error {
+	a := make([]byte, extentSize)
+	b := make([]byte, extentSize)
+	if _, err := h.ReadAt(a, v.extents[0]); err != nil {
+		return err
+	}
+	if _, err := h.ReadAt(b, v.extents[1]); err != nil {
+		return err
+	}
+	if sumOf(a, b) != v.sum {
+		return fmt.Errorf("data of %s differs from what was written", v.path)
+	}
+	return nil
+}
+
+func (r *runner) addVol(v *vol) {
+	r.vols[v.crn] = v
+	r.order = append(r.order, v.crn)
+}
+
+func (r *runner) removeVol(crn string) {
+	delete(r.vols, crn)
+	r.order = slices.DeleteFunc(r.order, func(c string) bool { return c == crn })
+}
+
+// pick returns a random live volume (not being deleted), or nil.
+func (r *runner) pick() *vol {
+	for range 8 {
+		if len(r.order) == 0 {
+			return nil
+		}
+		v := r.vols[r.order[r.rng.IntN(len(r.order))]]
+		if !v.deleting {
+			return v
+		}
+	}
+	return nil
+}
+
+func (r *runner) push(at time.Time, kind, key int) {
+	r.seq++
+	heap.Push(&r.q, event{at: at, seq: r.seq, kind: kind, key: key})
+}
+
+// poisson schedules a Poisson process of rate perMonth (per 30 days) over the run.
+func (r *runner) poisson(perMonth float64, kind, key int) {
+	if perMonth <= 0 {
+		return
+	}
+	mean := float64(30*24*time.Hour) / perMonth
+	t := r.sc.Start
+	for {
+		t = t.Add(time.Duration(r.rng.ExpFloat64() * mean))
+		if !t.Before(r.sc.end()) {
+			return
+		}
+		r.push(t, kind, key)
+	}
+}
+
+// plan schedules the run's events.
+func (r *runner) plan() {
+	if r.sc.AttachesPerMonth > 0 {
+		r.poisson(float64(r.sc.AttachesPerMonth), evAttach, -1)
+	}
+	r.poisson(float64(r.sc.CreatesPerMonth), evCreate, -1)
+	r.poisson(float64(r.sc.DeletesPerMonth), evDelete, -1)
+	for k := range r.keys {
+		r.poisson(r.sc.ManualRotationsPerMonth, evManualRotate, k)
+	}
+	for t := r.sc.Start.Add(time.Duration(r.sc.SyncEvery)); t.Before(r.sc.end()); t = t.Add(time.Duration(r.sc.SyncEvery)) {
+		r.push(t, evSync, -1)
+	}
+	for t := r.sc.Start; t.Before(r.sc.end()); t = t.Add(time.Duration(r.sc.SampleEvery)) {
+		r.push(t, evSample, -1)
+	}
+	for range r.sc.Faults.CorruptData {
+		r.push(r.sc.Start.Add(time.Duration(r.rng.Int64N(int64(r.sc.end().Sub(r.sc.Start))))), evCorrupt, -1)
+	}
+}
+
+// corrupt overwrites a random volume's first extent in the image file, bypassing crkvol.
+func (r *runner) corrupt() error {
+	v := r.pick()
+	if v == nil {
+		return nil
+	}
+	info, err := volume.Describe(v.path)
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(v.path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	junk := extentData(r.sc.Seed^0xbad, v.idx, r.rng.IntN(1<<20), 2)[:512]
+	if _, err := f.WriteAt(junk, info.DataOffset+v.extents[0]); err != nil {
+		return err
+	}
+	r.rep.Faults.Corruptions++
+	return nil
+}
+
+// loop runs events and due policy rotations in time order until the end of the run.
+func (r *runner) loop(ctx context.Context) error {
+	total := r.sc.end().Sub(r.sc.Start)
+	lastProgress := time.Time{}
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var nextEv time.Time
+		if len(r.q) > 0 {
+			nextEv = r.q[0].at
+		} else {
+			nextEv = r.sc.end()
+		}
+		due, ok, err := r.svc.NextDue(ctx)
+		if err != nil {
+			return err
+		}
+		if ok && !due.After(nextEv) && due.Before(r.sc.end()) {
+			r.clock.Set(due)
+			res, err := r.svc.RunDue(ctx)
+			if err != nil {
+				return err
+			}
+			for _, id := range res.Rotated {
+				r.rotated(r.keyIndex(id), "policy")
+			}
+			for id, ferr := range res.Failed {
+				r.log.Warn("policy rotation failed", "key", id, "err", ferr)
+			}
+			continue
+		}
+		if len(r.q) == 0 {
+			break
+		}
+		e := heap.Pop(&r.q).(event)
+		r.clock.Set(e.at)
+		if err := r.handle(ctx, e); err != nil {
+			return err
+		}
+		if r.restartDue {
+			r.restartDue = false
+			r.push(r.clock.Now().Add(restartDelay), evRestart, -1)
+		}
+		if r.opts.Progress != nil && e.at.Sub(lastProgress) >= 12*time.Hour {
+			lastProgress = e.at
+			r.opts.Progress(e.at.Sub(r.sc.Start), total)
+		}
+	}
+	r.clock.Set(r.sc.end())
+	if r.opts.Progress != nil {
+		r.opts.Progress(total, total)
+	}
+	return nil
+}
+
+func (r *runner) keyIndex(id string) int {
+	for i, k := range r.keys {
+		if k.id == id {
+			return i
+		}
+	}
+	return -1
+}
+
+// rotated records a rotation of key k (its hooks have run) and the passes it caused.
+func (r *runner) rotated(k int, trigger string) {
+	sk := r.keys[k]
+	sk.rotations++
+	sk.lastRotate = r.clock.Now()
+	if vs, err := r.svc.ListVersions(context.Background(), sk.id); err == nil && len(vs) > 0 {
+		sk.versions = sk.versions[:0]
+		for i := len(vs) - 1; i >= 0; i-- { // newest first -> oldest first
+			sk.versions = append(sk.versions, vs[i].ID)
+		}
+	}
+	r.rep.Rotations++
+	r.rep.Keys[k].Rotations++
+	if trigger == "manual" {
+		r.rep.ManualRotations++
+	} else {
+		r.rep.PolicyRotations++
+	}
+	r.drain(trigger, k)
+}
+
+// drain records the passes the manager reported since the last drain.
+func (r *runner) drain(trigger string, k int) {
+	r.mu.Lock()
+	reports, passes := r.reports, r.passes
+	r.reports, r.passes = nil, nil
+	r.mu.Unlock()
+	for i, rep := range reports {
+		var p *pass
+		if i < len(passes) {
+			p = passes[i]
+		}
+		r.record(rep, p, trigger)
+	}
+}
+
+// record adds one rewrap pass to the report.
+func (r *runner) record(rep *volume.Report, p *pass, trigger string) {
+	k := r.keyIndex(rep.KeyID)
+	pr := PassReport{
+		At: r.clock.Now(), Trigger: trigger, Volumes: rep.Volumes, Rewrapped: rep.Rewrapped,
+		AlreadyCurrent: rep.AlreadyCurrent, Retries: rep.Retries, Failed: len(rep.Failed),
+		BytesWritten: rep.BytesWritten, WallMs: ms(rep.Elapsed),
+	}
+	if err := rep.Err(); err != nil {
+		pr.FirstFailure = firstFailure(rep)
+	}
+	if k >= 0 {
+		pr.Key = r.keys[k].name
+		pr.Generation = slices.Index(r.keys[k].versions, rep.NewVersion) + 1
+	}
+	lat := make([]time.Duration, 0, len(rep.VolumeLatency))
+	var virtual time.Duration
+	for crn, d := range rep.VolumeLatency {
+		if p != nil {
+			p.mu.Lock()
+			d += p.virtual[crn]
+			virtual += p.virtual[crn]
+			p.mu.Unlock()
+		}
+		lat = append(lat, d)
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	if len(lat) > 0 {
+		pr.P50Ms = ms(lat[len(lat)/2])
+		pr.P99Ms = ms(lat[min(len(lat)-1, int(math.Ceil(0.99*float64(len(lat))))-1)])
+	}
+	// Virtual latency spreads over the workers that ran the pass in parallel.
+	pr.FleetMs = ms(rep.Elapsed + virtual/time.Duration(max(1, min(r.sc.Workers, len(lat)))))
+	if p != nil {
+		p.mu.Lock()
+		pr.Crashed = p.crashed
+		p.mu.Unlock()
+		if pr.Crashed != "" {
+			r.restartDue = true
+		}
+	}
+	r.rep.addPass(pr)
+}
+
+// handle runs one event.
+func (r *runner) handle(ctx context.Context, e event) error {
+	switch e.kind {
+	case evAttach:
+		r.attach(ctx)
+	case evCreate:
+		k := r.assignments(1)[0]
+		idx := r.next
+		r.next++
+		v, err := r.createVolume(ctx, idx, k)
+		if err != nil {
+			r.rep.Fleet.CreateFailures++
+			r.log.Info("create failed", "err", err)
+			// A failed create leaves no registration; a half-made image is removed.
+			os.Remove(filepath.Join(r.opts.Dir, "volumes", fmt.Sprintf("vol-%06d.img", idx)))
+		} else {
+			r.addVol(v)
+			r.rep.Fleet.Created++
+		}
+		r.drain("lazy", -1)
+	case evDelete:
+		v := r.pick()
+		if v == nil {
+			return nil
+		}
+		r.deleteVol(ctx, v)
+	case evManualRotate:
+		sk := r.keys[e.key]
+		if next := sk.lastRotate.Add(crk.RotationInterval); !sk.lastRotate.IsZero() && r.clock.Now().Before(next) {
+			r.push(next, evManualRotate, e.key) // the hourly limit: come back when allowed
+			return nil
+		}
+		if _, err := r.svc.RotateKey(ctx, sk.id, nil); err != nil {
+			if errors.Is(err, crk.ErrRotationTooSoon) {
+				r.push(r.clock.Now().Add(crk.RotationInterval), evManualRotate, e.key)
+				return nil
+			}
+			return fmt.Errorf("sim: manual rotation of %s: %w", sk.name, err)
+		}
+		r.rotated(e.key, "manual")
+	case evSync:
+		r.syncStale(ctx, "sync")
+	case evRestart:
+		r.rep.Restarts++
+		r.syncStale(ctx, "restart")
+	case evSample:
+		return r.sample(ctx)
+	case evCorrupt:
+		return r.corrupt()
+	}
+	return nil
+}
+
+// attach opens a random volume through the key service, checks its data, sometimes writes
+// new data, and closes it.
+func (r *runner) attach(ctx context.Context) {
+	v := r.pick()
+	if v == nil {
+		return
+	}
+	r.rep.Attaches.Total++
+	h, err := r.mgr.Open(ctx, v.path)
+	r.drain("lazy", -1)
+	if err != nil {
+		if errors.Is(err, ErrKMSUnavailable) || errors.Is(err, ErrInjectedFailure) {
+			r.rep.Attaches.UnwrapFailures++
+		} else {
+			r.rep.Attaches.Errors = appendCapped(r.rep.Attaches.Errors, err.Error())
+			r.rep.Attaches.OtherFailures++
+		}
+		return
+	}
+	defer h.Close()
+	if !v.written {
+		h.Close()
+		if err := r.writeData(ctx, v, 0); err != nil {
+			r.rep.Attaches.UnwrapFailures++
+		}
+		return
+	}
+	if err := verify(h, v); err != nil {
+		r.rep.Attaches.DataMismatches++
+		r.rep.Attaches.Errors = appendCapped(r.rep.Attaches.Errors, err.Error())
+		return
+	}
+	if r.rng.IntN(2) == 0 {
+		gen := 1 + r.rng.IntN(1<<20)
+		b := extentData(r.sc.Seed, v.idx, gen, 1)
+		if _, err := h.WriteAt(b, v.extents[1]); err == nil && h.Sync() == nil {
+			v.sum = sumOf(extentData(r.sc.Seed, v.idx, 0, 0), b)
+			r.rep.Attaches.Writes++
+		} else {
+			r.rep.Attaches.Errors = appendCapped(r.rep.Attaches.Errors, fmt.Sprint("write: ", err))
+		}
+	}
+}
+
+func (r *runner) deleteVol(ctx context.Context, v *vol) {
+	err := r.mgr.Delete(ctx, v.path, volume.DeleteOptions{CryptoErase: true, RemoveImage: true})
+	if err == nil {
+		r.removeVol(v.crn)
+		r.rep.Fleet.Deleted++
+		return
+	}
+	if _, serr := os.Stat(v.path); errors.Is(serr, os.ErrNotExist) {
+		r.removeVol(v.crn)
+		r.rep.Fleet.Deleted++
+		return
+	}
+	// The image may be erased already: the volume is going, whatever happens next; the
+	// reconciliation retries the delete.
+	v.deleting = true
+	r.rep.Fleet.DeleteRetries++
+}
+
+// syncStale runs `key sync` (a pass that faults and crashes can hit) on every key with
+// registrations not on its latest version, and retries unfinished deletes.
+func (r *runner) syncStale(ctx context.Context, trigger string) {
+	for _, crn := range slices.Clone(r.order) {
+		if v := r.vols[crn]; v != nil && v.deleting {
+			r.deleteVol(ctx, v)
+		}
+	}
+	for k, sk := range r.keys {
+		stale, err := r.staleCount(ctx, sk.id)
+		if err != nil || stale == 0 {
+			continue
+		}
+		pctx, p := newPass(ctx)
+		rep, err := r.mgr.Sync(pctx, sk.id)
+		p.cancel(nil)
+		r.mu.Lock()
+		reports := r.reports
+		r.reports = nil
+		r.mu.Unlock()
+		if err != nil || rep == nil {
+			r.rep.SyncFailures++
+			continue
+		}
+		for _, rp := range reports {
+			r.record(rp, p, trigger)
+		}
+		_ = k
+	}
+}
+
+// staleCount counts a key's registrations not on its latest version (asking the service
+// directly: this is the reconciliation job's own view, not a faulty client's).
+func (r *runner) staleCount(ctx context.Context, keyID string) (int, error) {
+	regs, err := r.svc.ListRegistrations(ctx, crk.RegistrationFilter{KeyID: keyID})
+	if err != nil {
+		return 0, err
+	}
+	k, err := r.svc.GetKey(ctx, keyID)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, reg := range regs {
+		if reg.KeyVersion.ID != k.KeyVersion.ID {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// sample records the fleet's registrations by key version generation.
+func (r *runner) sample(ctx context.Context) error {
+	s := Sample{At: r.clock.Now(), ByGeneration: map[int]int{}}
+	for i, sk := range r.keys {
+		regs, err := r.svc.ListRegistrations(ctx, crk.RegistrationFilter{KeyID: sk.id})
+		if err != nil {
+			return err
+		}
+		latest := sk.versions[len(sk.versions)-1]
+		outstanding := map[string]bool{}
+		for _, reg := range regs {
+			g := slices.Index(sk.versions, reg.KeyVersion.ID) + 1
+			s.ByGeneration[g]++
+			outstanding[reg.KeyVersion.ID] = true
+			if reg.KeyVersion.ID != latest {
+				s.OnOldVersions++
+			}
+		}
+		s.Volumes += len(regs)
+		r.rep.Keys[i].MaxVersionsOutstanding = max(r.rep.Keys[i].MaxVersionsOutstanding, len(outstanding))
+	}
+	r.rep.Samples = append(r.rep.Samples, s)
+	r.rep.MaxOnOldVersions = max(r.rep.MaxOnOldVersions, s.OnOldVersions)
+	return nil
+}
+
+// finish reconciles without faults (as an operator would after the incident window), then
+// audits every volume.
+func (r *runner) finish(ctx context.Context) error {
+	corruptions := r.rep.Faults.Corruptions
+	r.rep.Faults = r.kms.snapshot()
+	r.rep.Faults.Corruptions = corruptions
+	r.rep.FaultsInjected = r.rep.Faults.Total()
+	r.kms.setEnabled(false)
+	for range 3 {
+		r.syncStale(ctx, "final")
+		stale := 0
+		for _, sk := range r.keys {
+			n, err := r.staleCount(ctx, sk.id)
+			if err != nil {
+				return err
+			}
+			stale += n
+		}
+		if stale == 0 {
+			break
+		}
+	}
+	if err := r.sample(ctx); err != nil {
+		return err
+	}
+	r.audit(ctx)
+	for i, sk := range r.keys {
+		r.rep.Keys[i].Versions = len(sk.versions)
+		regs, _ := r.svc.ListRegistrations(ctx, crk.RegistrationFilter{KeyID: sk.id})
+		outstanding := map[string]bool{}
+		for _, reg := range regs {
+			outstanding[reg.KeyVersion.ID] = true
+		}
+		r.rep.Keys[i].FinalVersionsOutstanding = len(outstanding)
+		r.rep.Keys[i].Volumes = len(regs)
+	}
+	return nil
+}
+
+// audit opens every volume through the key service, checks its data, its token's version
+// against its key's latest, and its registration against its token.
+func (r *runner) audit(ctx context.Context) {
+	a := &r.rep.Audit
+	latest := map[string]string{}
+	regVersion := map[string]string{}
+	for _, sk := range r.keys {
+		latest[sk.id] = sk.versions[len(sk.versions)-1]
+		if k, err := r.svc.GetKey(ctx, sk.id); err == nil {
+			latest[sk.id] = k.KeyVersion.ID
+		}
+		regs, _ := r.svc.ListRegistrations(ctx, crk.RegistrationFilter{KeyID: sk.id})
+		for _, reg := range regs {
+			regVersion[reg.ResourceCRN] = reg.KeyVersion.ID
+		}
+	}
+	var mu sync.Mutex
+	fail := func(v *vol, err error) {
+		mu.Lock()
+		a.Failed++
+		a.Failures = appendCapped(a.Failures, fmt.Sprintf("%s: %v", filepath.Base(v.path), err))
+		mu.Unlock()
+	}
+	jobs := make(chan *vol)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for v := range jobs {
+				info, err := volume.Describe(v.path)
+				if err != nil {
+					fail(v, err)
+					continue
+				}
+				switch {
+				case info.KeyVersion != latest[info.KeyID]:
+					fail(v, fmt.Errorf("token on version %s, key's latest is %s", info.KeyVersion, latest[info.KeyID]))
+					continue
+				case regVersion[info.CRN] != info.KeyVersion:
+					fail(v, fmt.Errorf("registration on version %q, token on %s", regVersion[info.CRN], info.KeyVersion))
+					continue
+				}
+				if !v.written { // its first write never got through: write it now
+					if err := r.writeData(ctx, v, 0); err != nil {
+						fail(v, fmt.Errorf("does not attach: %w", err))
+						continue
+					}
+				}
+				h, err := r.mgr.Open(ctx, v.path)
+				if err != nil {
+					fail(v, fmt.Errorf("does not attach: %w", err))
+					continue
+				}
+				err = verify(h, v)
+				h.Close()
+				if err != nil {
+					fail(v, err)
+					continue
+				}
+				mu.Lock()
+				a.Attached++
+				a.DataVerified++
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, crn := range r.order {
+		v := r.vols[crn]
+		if v.deleting {
+			a.Failed++
+			a.Failures = appendCapped(a.Failures, fmt.Sprintf("%s: delete never completed", filepath.Base(v.path)))
+			continue
+		}
+		a.Volumes++
+		jobs <- v
+	}
+	close(jobs)
+	wg.Wait()
+	// Registrations without a live volume would pin keys forever.
+	for crn := range regVersion {
+		if _, ok := r.vols[crn]; !ok {
+			a.Failed++
+			a.StrayRegistrations++
+			a.Failures = appendCapped(a.Failures, fmt.Sprintf("registration %s has no volume", crn))
+		}
+	}
+	a.Passed = a.Failed == 0 && a.Volumes == a.DataVerified
+}
+
+// firstFailure is the error of the pass's first failed volume (by CRN), for the report.
+func firstFailure(rep *volume.Report) string {
+	crns := make([]string, 0, len(rep.Failed))
+	for c := range rep.Failed {
+		crns = append(crns, c)
+	}
+	if len(crns) == 0 {
+		return ""
+	}
+	slices.Sort(crns)
+	return rep.Failed[crns[0]].Error()
+}
+
+func appendCapped(list []string, s string) []string {
+	if len(list) >= 20 {
+		return list
+	}
+	return append(list, s)
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// lockedReader makes a random source safe for concurrent use.
+type lockedReader struct {
+	mu sync.Mutex
+	r  *rand.ChaCha8
+}
+
+func (l *lockedReader) Read(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.r.Read(p)
+}
+
+// hash01 maps its inputs to a uniform number in [0, 1).
+func hash01(seed uint64, tag string, n uint64) float64 {
+	h := fnv.New64a()
+	h.Write([]byte(tag))
+	x := seed ^ h.Sum64() ^ (n * 0x9e3779b97f4a7c15)
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return float64(x>>11) / (1 << 53)
+}

@@ -1,0 +1,182 @@
+package sim
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func smallScenario() Scenario {
+	return Scenario{
+		Seed: 3, Months: 6, Keys: 3, Volumes: 40, PolicyMonths: 1, ManualRotationsPerMonth: 1,
+		AttachesPerMonth: 30, CreatesPerMonth: 3, DeletesPerMonth: 3,
+		Faults: Faults{FailRate: 0.05, CrashRate: 0.02, Latency: Duration(5 * time.Millisecond), RandomOutages: 2},
+	}
+}
+
+// TestRunWithFaults: a small fleet through six months of rotations, attaches, creates,
+// deletes, KMS errors, outages and crashes; the audit passes and the faults are counted.
+func TestRunWithFaults(t *testing.T) {
+	rep, err := Run(context.Background(), smallScenario(), Options{Dir: t.TempDir()})
+	require.NoError(t, err)
+	var sum bytes.Buffer
+	require.NoError(t, rep.WriteSummary(&sum))
+	t.Log(sum.String())
+	require.NoError(t, rep.Err())
+	assert.True(t, rep.Audit.Passed)
+	assert.Equal(t, rep.Audit.Volumes, rep.Audit.DataVerified)
+	assert.Positive(t, rep.Rotations)
+	assert.Positive(t, rep.Rewraps)
+	assert.Positive(t, rep.FaultsInjected)
+	assert.Positive(t, rep.Faults.KMSErrors)
+	assert.Positive(t, rep.Attaches.Total)
+	for _, k := range rep.Keys {
+		assert.Equal(t, 1, k.FinalVersionsOutstanding, "every volume of %s on its latest version", k.Name)
+	}
+	b, err := json.Marshal(rep)
+	require.NoError(t, err)
+	var m map[string]any
+	require.NoError(t, json.Unmarshal(b, &m))
+	for _, f := range []string{"rotations", "rewraps", "rewrapFailures", "bytesWritten", "faultsInjected"} {
+		assert.Contains(t, m, f)
+	}
+	audit := m["audit"].(map[string]any)
+	assert.Contains(t, audit, "volumes")
+	assert.Contains(t, audit, "failed")
+	var svg bytes.Buffer
+	require.NoError(t, rep.WriteChart(&svg))
+	assert.Contains(t, svg.String(), "<svg")
+	assert.Contains(t, svg.String(), "version 2")
+}
+
+// TestSameSeedSameRun: with one rewrap worker, two runs of a scenario with faults and crashes
+// give the same counts, passes and samples.
+func TestSameSeedSameRun(t *testing.T) {
+	sc := smallScenario()
+	sc.Workers = 1
+	a, err := Run(context.Background(), sc, Options{Dir: t.TempDir()})
+	require.NoError(t, err)
+	b, err := Run(context.Background(), sc, Options{Dir: t.TempDir()})
+	require.NoError(t, err)
+	type digest struct {
+		Rotations, Rewraps, Failures, Retries, Faults, Restarts int
+		Bytes                                                   int64
+		Attaches                                                Attaches
+		Fleet                                                   Fleet
+		Crashes                                                 map[string]int
+		Triggers, Keys                                          []string
+		Samples                                                 []map[int]int
+	}
+	d := func(r *Report) digest {
+		x := digest{r.Rotations, r.Rewraps, r.RewrapFailures, r.Retries, r.FaultsInjected, r.Restarts, r.BytesWritten, r.Attaches, r.Fleet, r.Faults.Crashes, nil, nil, nil}
+		for _, p := range r.Passes {
+			x.Triggers = append(x.Triggers, p.Trigger+"@"+p.At.Format(time.RFC3339))
+			x.Keys = append(x.Keys, p.Key)
+		}
+		for _, s := range r.Samples {
+			x.Samples = append(x.Samples, s.ByGeneration)
+		}
+		return x
+	}
+	assert.Equal(t, d(a), d(b))
+	assert.Positive(t, a.FaultsInjected)
+}
+
+// TestRotationCostIndependentOfSize: the same scenario on 1 MiB and 1 GiB (sparse) volumes
+// writes the same header bytes per rewrap, and no data.
+func TestRotationCostIndependentOfSize(t *testing.T) {
+	var reps []*Report
+	for _, size := range []string{"1MiB", "1GiB"} {
+		sc := Scenario{Seed: 5, Months: 3, Keys: 2, Volumes: 12, PolicyMonths: 1, AttachesPerMonth: -1, VolumeSize: size}
+		rep, err := Run(context.Background(), sc, Options{Dir: t.TempDir()})
+		require.NoError(t, err)
+		require.NoError(t, rep.Err())
+		reps = append(reps, rep)
+	}
+	require.Positive(t, reps[0].Rewraps)
+	assert.Equal(t, reps[0].Rewraps, reps[1].Rewraps)
+	assert.Equal(t, reps[0].BytesWritten, reps[1].BytesWritten)
+	assert.Equal(t, 40960.0, reps[0].BytesPerRewrap, "two 16 KiB header copies and their binary headers, per rewrap")
+}
+
+// TestCorruptionFailsAudit: data overwritten behind crkvol's back is found, and the run fails.
+func TestCorruptionFailsAudit(t *testing.T) {
+	sc := Scenario{Seed: 9, Months: 2, Keys: 1, Volumes: 10, PolicyMonths: 1, AttachesPerMonth: -1, Faults: Faults{CorruptData: 2}}
+	rep, err := Run(context.Background(), sc, Options{Dir: t.TempDir()})
+	require.NoError(t, err)
+	require.Error(t, rep.Err())
+	assert.False(t, rep.Audit.Passed)
+	assert.GreaterOrEqual(t, rep.Audit.Failed, 1)
+	assert.Equal(t, 2, rep.Faults.Corruptions)
+	assert.Contains(t, strings.Join(rep.Audit.Failures, "\n"), "differs from what was written")
+	var sum bytes.Buffer
+	require.NoError(t, rep.WriteSummary(&sum))
+	assert.Contains(t, sum.String(), "Audit FAILED")
+}
+
+func TestScenarioFiles(t *testing.T) {
+	dir := t.TempDir()
+	yml := filepath.Join(dir, "s.yaml")
+	require.NoError(t, os.WriteFile(yml, []byte(`seed: 7
+months: 24
+keys: 10
+volumes: 100
+mapping: skewed
+volumeSize: 1GiB
+policyMonths: 3
+keyPolicyMonths: [1, 12]
+manualRotationsPerMonth: 0.5
+faults:
+  failRate: 0.05
+  crashRate: 0.01
+  latency: 20ms
+  outages:
+    - after: 30d
+      duration: 6h
+syncEvery: 12h
+`), 0o600))
+	s, err := LoadScenario(yml)
+	require.NoError(t, err)
+	require.NoError(t, s.normalize())
+	assert.Equal(t, uint64(7), s.Seed)
+	assert.Equal(t, "skewed", s.Mapping)
+	assert.Equal(t, 1, s.policyOf(0))
+	assert.Equal(t, 12, s.policyOf(1))
+	assert.Equal(t, 3, s.policyOf(2))
+	assert.Equal(t, Duration(20*time.Millisecond), s.Faults.Latency)
+	assert.Equal(t, Duration(30*24*time.Hour), s.Faults.Outages[0].After)
+	assert.Equal(t, Duration(12*time.Hour), s.SyncEvery)
+	assert.Equal(t, 100, s.AttachesPerMonth, "default min(volumes, 500)")
+
+	js := filepath.Join(dir, "s.json")
+	require.NoError(t, os.WriteFile(js, []byte(`{"seed": 1, "months": 3, "keys": 2, "volumes": 5, "faults": {"latency": "1s"}}`), 0o600))
+	s, err = LoadScenario(js)
+	require.NoError(t, err)
+	require.NoError(t, s.normalize())
+	assert.Equal(t, Duration(time.Second), s.Faults.Latency)
+
+	for name, bad := range map[string]Scenario{
+		"months":   {Months: 0, Keys: 1, Volumes: 1},
+		"keys":     {Months: 1, Keys: 0, Volumes: 1},
+		"policy":   {Months: 1, Keys: 1, Volumes: 1, PolicyMonths: 13},
+		"failrate": {Months: 1, Keys: 1, Volumes: 1, Faults: Faults{FailRate: 1}},
+		"mapping":  {Months: 1, Keys: 1, Volumes: 1, Mapping: "zipf"},
+		"size":     {Months: 1, Keys: 1, Volumes: 1, VolumeSize: "1KiB"},
+	} {
+		err := bad.normalize()
+		assert.ErrorIs(t, err, ErrScenario, name)
+	}
+	require.NoError(t, os.WriteFile(yml, []byte("months: [\n"), 0o600))
+	_, err = LoadScenario(yml)
+	assert.ErrorIs(t, err, ErrScenario)
+	_, err = Run(context.Background(), Scenario{Months: 1, Keys: 1, Volumes: 1}, Options{})
+	assert.Error(t, err, "Dir is required")
+}
