@@ -296,19 +296,21 @@ func (v *Volume) Close() error {
 // ReadOnly reports whether the volume was opened read-only.
 func (v *Volume) ReadOnly() bool { return v.ro }
 
-// InUse reports whether an image's data area is locked by an exclusive open elsewhere: the
-// volume is attached, or open for writing.
+// InUse reports whether an image's data area is locked exclusively by another open: the
+// volume is attached, or open for writing. Shared (read-only) opens do not count.
 func InUse(path string) (bool, error) {
 	f, img, err := openImage(path)
 	if err != nil {
 		return false, err
 	}
 	defer f.Close()
-	err = lockImage(f, img, OpenOptions{ReadOnly: true})
-	if errors.Is(err, ErrInUse) {
-		return true, nil
+	// Ask (F_OFD_GETLK) rather than take a lock: a probe must never make a concurrent
+	// attach or writer fail.
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart, Start: int64(img.Segment().Offset), Len: 0}
+	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &lk); err != nil {
+		return false, fmt.Errorf("volume: probing the lock of %s: %w", path, err)
 	}
-	return false, err
+	return lk.Type == unix.F_WRLCK, nil
 }
 
 // lockImage takes an open-file-description lock on the image's data area, from the data

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -21,16 +24,17 @@ import (
 	"crkvol/volume/nbd"
 )
 
-// attachment is the record an attach process keeps in <state>/attached/<uuid>.json while it
-// serves, so that detach can find it.
+// attachment is the record an attach process keeps in <state>/attached/ while it serves, so
+// that detach and status can find it.
 type attachment struct {
-	PID      int       `json:"pid"`
-	Image    string    `json:"image"`
-	CRN      string    `json:"crn"`
-	Listen   string    `json:"listen"`
-	URI      string    `json:"uri"`
-	ReadOnly bool      `json:"readOnly"`
-	Since    time.Time `json:"since"`
+	PID       int       `json:"pid"`
+	StartTime uint64    `json:"startTime"` // the process's start, in clock ticks since boot
+	Image     string    `json:"image"`
+	CRN       string    `json:"crn"`
+	Listen    string    `json:"listen"`
+	URI       string    `json:"uri"`
+	ReadOnly  bool      `json:"readOnly"`
+	Since     time.Time `json:"since"`
 }
 
 func (a *app) attachCommands() (*cobra.Command, *cobra.Command) {
@@ -44,12 +48,14 @@ It serves until SIGINT or SIGTERM, or until "crkvol volume detach IMG"; then it 
 flight finish, flushes, closes the image and clears the key. The volume stays attached to one
 process at a time; its key can still be rotated (the header is rewrapped) while it is attached.
 
---listen takes unix:PATH (default: a socket in the state directory) or tcp:HOST:PORT on a
-loopback address: NBD has no authentication, so plaintext is never served to the network.`,
+--listen takes unix:PATH (default: a 0600 socket in the state directory) or tcp:HOST:PORT on a
+loopback address: NBD has no authentication, so plaintext is never served to the network. Note
+that a loopback TCP port is open to every local user and to containers sharing the network
+namespace; the unix socket is not.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.runAttach(cmd.Context(), args[0], listen, readOnly)
 		}}
-	attach.Flags().StringVar(&listen, "listen", "", "unix:PATH or tcp:127.0.0.1:PORT (default unix:<state>/attached/<uuid>.sock)")
+	attach.Flags().StringVar(&listen, "listen", "", "unix:PATH or tcp:127.0.0.1:PORT (default: a unix socket in <state>/attached/)")
 	attach.Flags().BoolVar(&readOnly, "read-only", false, "refuse writes (the export is read-only)")
 
 	var timeout time.Duration
@@ -105,22 +111,56 @@ func (a *app) attachDir() (string, error) {
 	return d, nil
 }
 
+// recordPath is where the attachment record of the image at abs lives: named by a hash of
+// the path, so copies of an image (which share its LUKS UUID) have records of their own.
+func recordPath(dir, abs string) string {
+	h := sha256.Sum256([]byte(abs))
+	return filepath.Join(dir, hex.EncodeToString(h[:8])+".json")
+}
+
+// processStart returns a process's start time in clock ticks since boot (field 22 of
+// /proc/PID/stat), which tells a live process from a later one that reused its PID.
+func processStart(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')') // the command name may hold spaces and parentheses
+	if i < 0 {
+		return 0, fmt.Errorf("unexpected /proc/%d/stat", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 {
+		return 0, fmt.Errorf("unexpected /proc/%d/stat", pid)
+	}
+	return strconv.ParseUint(f[19], 10, 64) // field 22 is the 20th after the name
+}
+
 func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool) error {
+	// Signals first: from the moment the record exists, SIGTERM must mean a clean detach.
+	sigctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return err
 	}
-	info, err := volume.Describe(abs)
-	if err != nil {
+	if _, err := volume.Describe(abs); err != nil {
 		return err
 	}
 	dir, err := a.attachDir()
 	if err != nil {
 		return err
 	}
-	network, addr, err := listenAddr(listen, filepath.Join(dir, info.UUID+".sock"))
+	recPath := recordPath(dir, abs)
+	network, addr, err := listenAddr(listen, strings.TrimSuffix(recPath, ".json")+".sock")
 	if err != nil {
 		return err
+	}
+	if network == "unix" {
+		if sockAbs, err := filepath.Abs(addr); err == nil && sockAbs == abs {
+			return usagef("--listen %q is the image itself", listen)
+		}
 	}
 	if err := a.open(ctx); err != nil {
 		return err
@@ -133,61 +173,81 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool)
 	// The key service and registry are not needed while serving: release their locks so that
 	// other commands (a rotation, say) run meanwhile.
 	a.close()
+	volumeOpen := true
 	closeVolume := func() error {
+		if !volumeOpen {
+			return nil
+		}
+		volumeOpen = false
 		serr := v.Sync()
 		cerr := v.Close() // clears the master key
 		return errors.Join(serr, cerr)
 	}
+	defer closeVolume()
 
 	l, err := listenNBD(network, addr)
 	if err != nil {
-		closeVolume()
 		return fmt.Errorf("volume attach: %w", err)
 	}
 	if network == "tcp" {
 		addr = l.Addr().String() // the port chosen for :0
 	}
-	export := filepath.Base(abs)
-	rec := attachment{PID: os.Getpid(), Image: abs, CRN: v.CRN(), Listen: network + ":" + addr,
-		URI: nbdURI(network, addr, ""), ReadOnly: readOnly, Since: time.Now().UTC()}
-	recPath := filepath.Join(dir, info.UUID+".json")
-	srv, err := nbd.NewServer(nbd.Export{Name: export, Description: v.CRN(), Device: v, ReadOnly: readOnly,
+	srv, err := nbd.NewServer(nbd.Export{Name: filepath.Base(abs), Description: v.CRN(), Device: v, ReadOnly: readOnly,
 		PreferredBlockSize: v.SectorSize()}, nbd.Options{Logger: slog.New(slog.NewTextHandler(a.stderr, nil))})
-	if err == nil {
-		err = writeRecord(recPath, rec)
-	}
 	if err != nil {
 		l.Close()
-		closeVolume()
 		return fmt.Errorf("volume attach: %w", err)
 	}
-	defer os.Remove(recPath)
-	if network == "unix" {
-		defer os.Remove(addr)
+	start, err := processStart(os.Getpid())
+	if err != nil {
+		l.Close()
+		return fmt.Errorf("volume attach: %w", err)
+	}
+	rec := attachment{PID: os.Getpid(), StartTime: start, Image: abs, CRN: v.CRN(), Listen: network + ":" + addr,
+		URI: nbdURI(network, addr, ""), ReadOnly: readOnly, Since: time.Now().UTC()}
+	// Cleanup order matters: the record and the socket go before the volume's lock is
+	// released, because detach returns as soon as the lock is free and a new attach may
+	// follow at once.
+	cleanup := func() {
+		os.Remove(recPath)
+		if network == "unix" {
+			os.Remove(addr)
+		}
+	}
+	if err := writeRecord(recPath, rec); err != nil {
+		l.Close()
+		cleanup()
+		return fmt.Errorf("volume attach: %w", err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	shutdown := func() error {
+		shctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		err := srv.Shutdown(shctx)
+		cleanup()
+		return err
 	}
 
 	if a.asJSON {
-		if err := a.emit(rec); err != nil {
-			return err
-		}
+		err = a.emit(rec)
 	} else {
-		fmt.Fprintln(a.stdout, rec.URI)
+		_, err = fmt.Fprintln(a.stdout, rec.URI)
+	}
+	if err != nil {
+		shutdown()
+		return err
 	}
 	fmt.Fprintf(a.stderr, "attached %s (%d bytes%s) at %s; stop with SIGINT, SIGTERM or crkvol volume detach\n",
 		path, v.Size(), map[bool]string{true: ", read-only"}[readOnly], rec.URI)
 
-	sigctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(l) }()
 	var serveErr error
 	select {
 	case <-sigctx.Done():
 	case serveErr = <-served:
 	}
-	shctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	shErr := srv.Shutdown(shctx)
+	stop() // a second SIGINT or SIGTERM now ends the process at once
+	shErr := shutdown()
 	if err := closeVolume(); err != nil {
 		return fmt.Errorf("volume attach: closing %s: %w", path, err)
 	}
@@ -201,7 +261,8 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool)
 	return nil
 }
 
-// listenNBD listens on a unix socket (mode 0600, replacing a stale socket file) or on TCP.
+// listenNBD listens on a unix socket (mode 0600) or on TCP. An existing socket file nobody
+// listens on is replaced; any other file is refused, never removed.
 func listenNBD(network, addr string) (net.Listener, error) {
 	if network != "unix" {
 		return net.Listen(network, addr)
@@ -209,10 +270,17 @@ func listenNBD(network, addr string) (net.Listener, error) {
 	if len(addr) > 107 { // sun_path holds 108 bytes with the terminating NUL
 		return nil, fmt.Errorf("unix socket path %s is %d bytes, more than the 107 the kernel allows; pass a shorter --listen unix:PATH", addr, len(addr))
 	}
-	if _, err := os.Lstat(addr); err == nil {
-		if c, err := net.Dial("unix", addr); err == nil {
+	if fi, err := os.Lstat(addr); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("%s exists and is not a socket; choose another --listen path", addr)
+		}
+		c, err := net.Dial("unix", addr)
+		if err == nil {
 			c.Close()
 			return nil, fmt.Errorf("%s: a server is already listening there", addr)
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("%s: %w", addr, err)
 		}
 		if err := os.Remove(addr); err != nil {
 			return nil, fmt.Errorf("removing stale socket: %w", err)
@@ -224,7 +292,7 @@ func listenNBD(network, addr string) (net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	l.(*net.UnixListener).SetUnlinkOnClose(false) // removed by the caller, after shutdown
+	l.(*net.UnixListener).SetUnlinkOnClose(false) // removed by the caller, before the volume closes
 	return l, nil
 }
 
@@ -242,39 +310,39 @@ func writeRecord(path string, rec attachment) error {
 }
 
 func (a *app) runDetach(ctx context.Context, path string, timeout time.Duration) error {
-	info, err := volume.Describe(path)
+	abs, err := filepath.Abs(path)
 	if err != nil {
+		return err
+	}
+	if _, err := volume.Describe(abs); err != nil {
 		return err
 	}
 	dir, err := a.attachDir()
 	if err != nil {
 		return err
 	}
-	recPath := filepath.Join(dir, info.UUID+".json")
-	b, err := os.ReadFile(recPath)
-	if errors.Is(err, os.ErrNotExist) {
-		if busy, _ := volume.InUse(path); busy {
-			return fmt.Errorf("volume detach: %s is in use by a process this state directory has no record of (another --state, or a writer)", path)
-		}
-		return fmt.Errorf("volume detach: %s is not attached", path)
-	}
+	recPath := recordPath(dir, abs)
+	busy, err := volume.InUse(abs)
 	if err != nil {
 		return fmt.Errorf("volume detach: %w", err)
 	}
-	var rec attachment
-	if err := json.Unmarshal(b, &rec); err != nil || rec.PID <= 0 {
-		return fmt.Errorf("volume detach: %s: unreadable attachment record", recPath)
-	}
-	if busy, err := volume.InUse(path); err == nil && !busy {
+	rec := readRecord(recPath)
+	if rec != nil && (rec.Image != abs || !alive(rec)) {
 		os.Remove(recPath) // the attach process died without cleaning up
-		return fmt.Errorf("volume detach: %s is not attached (removed the stale record of process %d)", path, rec.PID)
+		rec = nil
+	}
+	switch {
+	case rec == nil && busy:
+		return fmt.Errorf("volume detach: %s is in use by a process this state directory has no attachment record of (another --state, or a writer)", path)
+	case rec == nil:
+		return fmt.Errorf("volume detach: %s is not attached", path)
 	}
 	if err := syscall.Kill(rec.PID, syscall.SIGTERM); err != nil {
 		return fmt.Errorf("volume detach: signalling process %d: %w", rec.PID, err)
 	}
 	deadline := time.Now().Add(timeout)
 	for {
-		busy, err := volume.InUse(path)
+		busy, err := volume.InUse(abs)
 		if err != nil {
 			return fmt.Errorf("volume detach: %w", err)
 		}
@@ -297,19 +365,38 @@ func (a *app) runDetach(ctx context.Context, path string, timeout time.Duration)
 	return nil
 }
 
-// attachmentOf reads the attachment record of the volume with this UUID, or nil.
-func (a *app) attachmentOf(uuid string) *attachment {
-	dir, err := a.stateDirectory()
-	if err != nil {
-		return nil
-	}
-	b, err := os.ReadFile(filepath.Join(dir, "attached", uuid+".json"))
+// alive reports whether the process that wrote rec still runs (and is not a later process
+// that reused its PID).
+func alive(rec *attachment) bool {
+	start, err := processStart(rec.PID)
+	return err == nil && start == rec.StartTime
+}
+
+func readRecord(path string) *attachment {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil
 	}
 	var rec attachment
-	if json.Unmarshal(b, &rec) != nil {
+	if json.Unmarshal(b, &rec) != nil || rec.PID <= 0 {
 		return nil
 	}
 	return &rec
+}
+
+// attachmentOf returns the live attachment record of the image at path, or nil.
+func (a *app) attachmentOf(path string) *attachment {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil
+	}
+	dir, err := a.stateDirectory()
+	if err != nil {
+		return nil
+	}
+	rec := readRecord(recordPath(filepath.Join(dir, "attached"), abs))
+	if rec == nil || rec.Image != abs || !alive(rec) {
+		return nil
+	}
+	return rec
 }

@@ -219,9 +219,7 @@ func cmdWaitAttached(ts *testscript.TestScript, neg bool, args []string) {
 	if neg || len(args) != 2 {
 		ts.Fatalf("usage: waitattached IMG VAR")
 	}
-	info, err := volume.Describe(ts.MkAbs(args[0]))
-	ts.Check(err)
-	rec := filepath.Join(ts.Getenv("CRKVOL_STATE"), "attached", info.UUID+".json")
+	rec := recordPath(filepath.Join(ts.Getenv("CRKVOL_STATE"), "attached"), ts.MkAbs(args[0]))
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
 		var a attachment

@@ -392,7 +392,7 @@ func (a *app) printStatus(path string) error {
 	}
 	st.InUse, _ = volume.InUse(path)
 	if st.InUse {
-		st.Attached = a.attachmentOf(info.UUID)
+		st.Attached = a.attachmentOf(path)
 	}
 	if a.asJSON {
 		return a.emit(st)

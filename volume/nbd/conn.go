@@ -20,8 +20,9 @@ type conn struct {
 
 	wmu sync.Mutex // one reply at a time
 
-	budget budget         // request bytes buffered or being served
-	wg     sync.WaitGroup // requests being served
+	budget   budget         // request bytes buffered or being served
+	handlers chan struct{}  // a slot per request being served
+	wg       sync.WaitGroup // requests being served
 
 	stopOnce sync.Once
 	stopped  chan struct{}
@@ -29,7 +30,7 @@ type conn struct {
 
 func newConn(s *Server, nc net.Conn) *conn {
 	return &conn{s: s, nc: nc, br: bufio.NewReaderSize(nc, 64<<10),
-		budget: budget{max: s.opts.MaxBytesInFlight}, stopped: make(chan struct{})}
+		budget: budget{max: s.opts.MaxBytesInFlight}, handlers: make(chan struct{}, maxHandlers), stopped: make(chan struct{})}
 }
 
 // stop makes the connection stop reading requests; those already read are answered.
@@ -110,6 +111,10 @@ func (c *conn) negotiate() (bool, error) {
 		opt := binary.BigEndian.Uint32(h[8:])
 		n := binary.BigEndian.Uint32(h[12:])
 		if n > maxOptionData {
+			if opt == optExportName {
+				// NBD_OPT_EXPORT_NAME gets no option reply, only the session's end.
+				return false, fmt.Errorf("%w: export name of %d bytes", errProtocol, n)
+			}
 			// Too long to be a real option: skip it without buffering, then refuse it.
 			if _, err := io.CopyN(io.Discard, c.br, int64(n)); err != nil {
 				return false, err
@@ -124,7 +129,13 @@ func (c *conn) negotiate() (bool, error) {
 			return false, err
 		}
 		if c.isStopped() {
-			_ = c.optReply(opt, repErrShutdown, []byte("server shutting down"))
+			switch opt {
+			case optExportName: // no reply is possible: end the session
+			case optAbort:
+				_ = c.optReply(opt, repAck, nil)
+			default:
+				_ = c.optReply(opt, repErrShutdown, []byte("server shutting down"))
+			}
 			return false, nil
 		}
 		switch opt {
@@ -210,17 +221,21 @@ func (c *conn) infoOrGo(opt uint32, data []byte) (bool, error) {
 			b = append(binary.BigEndian.AppendUint16(nil, infoName), c.s.exp.Name...)
 		case infoDescription:
 			b = append(binary.BigEndian.AppendUint16(nil, infoDescription), c.s.exp.Description...)
-		case infoBlockSize:
-			b = binary.BigEndian.AppendUint16(nil, infoBlockSize)
-			b = binary.BigEndian.AppendUint32(b, 1) // any alignment: partial sectors are merged
-			b = binary.BigEndian.AppendUint32(b, uint32(c.s.exp.PreferredBlockSize))
-			b = binary.BigEndian.AppendUint32(b, uint32(c.s.opts.MaxPayload))
 		default:
-			continue // unknown information requests are ignored
+			continue // block size is always sent below; unknown requests are ignored
 		}
 		if err := c.optReply(opt, repInfo, b); err != nil {
 			return false, err
 		}
+	}
+	// The size constraints, whether asked for or not: the maximum payload may be below the
+	// protocol's default of 32 MiB.
+	b := binary.BigEndian.AppendUint16(nil, infoBlockSize)
+	b = binary.BigEndian.AppendUint32(b, 1) // any alignment: partial sectors are merged
+	b = binary.BigEndian.AppendUint32(b, uint32(c.s.exp.PreferredBlockSize))
+	b = binary.BigEndian.AppendUint32(b, uint32(c.s.opts.MaxPayload))
+	if err := c.optReply(opt, repInfo, b); err != nil {
+		return false, err
 	}
 	if err := c.optReply(opt, repAck, nil); err != nil {
 		return false, err
@@ -249,6 +264,9 @@ func (c *conn) optReply(opt, typ uint32, data []byte) error {
 	_, err := c.nc.Write(append(b, data...))
 	return err
 }
+
+// maxHandlers bounds the requests of one connection served at once.
+const maxHandlers = 128
 
 // requestCost is what any request counts against the connection's budget besides its data,
 // so that a flood of small requests (FLUSH, say) is bounded too.
@@ -327,8 +345,19 @@ func (c *conn) transmit() error {
 				r.cost += int(r.length)
 			}
 			if !c.budget.acquire(r.cost) {
+				_ = c.reply(r.cookie, errShutdown, nil)
 				return nil
 			}
+		}
+		// At most maxHandlers requests are served at once: each may hold an OS thread in a
+		// blocked pread, pwrite or fsync.
+		select {
+		case c.handlers <- struct{}{}:
+		case <-c.stopped:
+			c.budget.release(r.cost)
+			c.s.bufs.put(r.data)
+			_ = c.reply(r.cookie, errShutdown, nil)
+			return nil
 		}
 		c.wg.Add(1)
 		go c.handle(r)
@@ -342,14 +371,14 @@ func (c *conn) check(r *request, size uint64) uint32 {
 	default: // TRIM is not advertised; CACHE, BLOCK_STATUS and unknown commands neither
 		return errInval
 	}
-	if r.flags&^cmdFlagsKnown != 0 {
-		return errInval
+	if r.flags&^cmdFlagFUA != 0 && !(r.typ == cmdWriteZeroes && r.flags&^(cmdFlagFUA|cmdFlagNoHole) == 0) {
+		return errInval // NO_HOLE is for WRITE_ZEROES only; other flags are not offered
 	}
 	if r.typ == cmdFlush {
 		return 0
 	}
 	if (r.typ == cmdRead || r.typ == cmdWrite) && r.length > uint32(c.s.opts.MaxPayload) {
-		return errOverflow
+		return errInval // over the advertised maximum payload
 	}
 	if c.s.exp.ReadOnly && r.typ != cmdRead {
 		return errPerm
@@ -366,6 +395,7 @@ func (c *conn) check(r *request, size uint64) uint32 {
 // handle serves one valid request and answers it.
 func (c *conn) handle(r *request) {
 	defer c.wg.Done()
+	defer func() { <-c.handlers }()
 	defer c.budget.release(r.cost)
 	dev := c.s.exp.Device
 	var errno uint32
@@ -384,7 +414,7 @@ func (c *conn) handle(r *request) {
 	case cmdWriteZeroes:
 		errno = c.writeZeroes(r)
 	case cmdFlush:
-		if err := dev.Sync(); err != nil {
+		if err := c.s.sync(); err != nil {
 			c.s.log.Warn("nbd flush failed", "err", err)
 			errno = errIO
 		}
@@ -402,7 +432,7 @@ func (c *conn) write(r *request, p []byte) uint32 {
 		return errIO
 	}
 	if r.flags&cmdFlagFUA != 0 {
-		if err := dev.Sync(); err != nil {
+		if err := c.s.sync(); err != nil {
 			c.s.log.Warn("nbd FUA sync failed", "err", err)
 			return errIO
 		}
@@ -413,7 +443,7 @@ func (c *conn) write(r *request, p []byte) uint32 {
 // writeZeroes writes zeros (encrypted, on a volume: the range must read back as zeros, so it
 // cannot be punched) in pieces of at most 1 MiB.
 func (c *conn) writeZeroes(r *request) uint32 {
-	zero := make([]byte, min(int(r.length), 1<<20))
+	zero := c.s.zeros[:min(int(r.length), len(c.s.zeros))] // never written to (io.WriterAt)
 	dev := c.s.exp.Device
 	for done := uint64(0); done < uint64(r.length); {
 		n := min(uint64(len(zero)), uint64(r.length)-done)
@@ -424,7 +454,7 @@ func (c *conn) writeZeroes(r *request) uint32 {
 		done += n
 	}
 	if r.flags&cmdFlagFUA != 0 {
-		if err := dev.Sync(); err != nil {
+		if err := c.s.sync(); err != nil {
 			return errIO
 		}
 	}

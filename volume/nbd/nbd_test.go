@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -166,8 +167,13 @@ func (c *client) goExport(name string) (uint64, uint16) {
 	require.Equal(c.t, uint32(repInfo), r.typ, "%s", r.data)
 	require.Equal(c.t, uint16(infoExport), binary.BigEndian.Uint16(r.data))
 	size, flags := binary.BigEndian.Uint64(r.data[2:]), binary.BigEndian.Uint16(r.data[10:])
-	require.Equal(c.t, uint32(repAck), c.optReply().typ)
-	return size, flags
+	for {
+		r := c.optReply()
+		if r.typ == repAck {
+			return size, flags
+		}
+		require.Equal(c.t, uint32(repInfo), r.typ)
+	}
 }
 
 func (c *client) request(typ, flags uint16, cookie, off uint64, length uint32, payload []byte) {
@@ -333,6 +339,9 @@ func TestNegotiationOptions(t *testing.T) {
 	c.option(optInfo, goData(""))
 	r = c.optReply()
 	require.Equal(t, uint32(repInfo), r.typ)
+	r = c.optReply() // the size constraints come unasked
+	require.Equal(t, uint32(repInfo), r.typ)
+	assert.Equal(t, uint16(infoBlockSize), binary.BigEndian.Uint16(r.data))
 	assert.Equal(t, uint32(repAck), c.optReply().typ)
 
 	// Still negotiating after all that: GO works.
@@ -408,9 +417,13 @@ func TestRequestErrorsAnswered(t *testing.T) {
 	c.request(cmdWriteZeroes, 0, 4, 64<<10, 1, nil)
 	c.expect(4, errNoSpc)
 	c.request(cmdRead, 0, 5, 0, 32<<10, nil)
-	c.expect(5, errOverflow)
+	c.expect(5, errInval)
 	c.request(cmdWrite, 0, 6, 0, 32<<10, bytes.Repeat([]byte{1}, 32<<10)) // payload skipped
-	c.expect(6, errOverflow)
+	c.expect(6, errInval)
+	c.request(cmdRead, cmdFlagNoHole, 11, 0, 16, nil) // NO_HOLE is for WRITE_ZEROES only
+	c.expect(11, errInval)
+	c.request(cmdWriteZeroes, cmdFlagNoHole|cmdFlagFUA, 12, 0, 16, nil)
+	c.expect(12, 0)
 	c.request(cmdTrim, 0, 7, 0, 4096, nil)
 	c.expect(7, errInval)
 	c.request(42, 0, 8, 0, 0, nil)
@@ -482,6 +495,11 @@ func TestShutdownAnswersInFlight(t *testing.T) {
 	done := make(chan error)
 	go func() { done <- s.Shutdown(context.Background()) }()
 	time.Sleep(50 * time.Millisecond)
+	select {
+	case <-done:
+		t.Fatal("Shutdown returned while a request was still being served")
+	default:
+	}
 	close(dev.release)
 	require.NoError(t, <-done)
 	c.expect(7, 0)
@@ -523,6 +541,69 @@ func TestNewServerRejectsBadExport(t *testing.T) {
 	assert.Error(t, err)
 	_, err = NewServer(Export{Device: newMem(0)}, Options{})
 	assert.Error(t, err)
+	_, err = NewServer(Export{Device: newMem(4096), PreferredBlockSize: 1000}, Options{})
+	assert.ErrorContains(t, err, "power of two")
+	_, err = NewServer(Export{Device: newMem(4096)}, Options{MaxPayload: 1024})
+	assert.ErrorContains(t, err, "maximum payload")
+}
+
+// TestHandlersBounded: however many requests a client pipelines, a connection serves at most
+// maxHandlers at once (each may hold an OS thread in a blocked system call).
+func TestHandlersBounded(t *testing.T) {
+	dev := newMem(1 << 20)
+	dev.delay = 2 * time.Millisecond
+	_, addr := startServer(t, Export{Name: "vol", Device: dev}, Options{MaxBytesInFlight: 1 << 30})
+	c := dial(t, addr, flagFixedNewstyle|flagNoZeroes)
+	c.goExport("vol")
+	const n = 600
+	var b []byte
+	for i := range n {
+		b = binary.BigEndian.AppendUint32(b, magicRequest)
+		b = binary.BigEndian.AppendUint16(b, 0)
+		b = binary.BigEndian.AppendUint16(b, cmdRead)
+		b = binary.BigEndian.AppendUint64(b, uint64(i))
+		b = binary.BigEndian.AppendUint64(b, 0)
+		b = binary.BigEndian.AppendUint32(b, 16)
+	}
+	c.write(b)
+	for range n {
+		_, errno := c.simpleReply()
+		require.Zero(t, errno)
+		_, err := io.ReadFull(c.nc, make([]byte, 16))
+		require.NoError(t, err)
+	}
+	dev.mu.Lock()
+	defer dev.mu.Unlock()
+	assert.LessOrEqual(t, dev.peak, maxHandlers)
+	assert.Greater(t, dev.peak, 8)
+}
+
+// TestFailedSyncIsSticky: after one failed fsync, later flushes fail too.
+func TestFailedSyncIsSticky(t *testing.T) {
+	dev := &failSyncDevice{memDevice: newMem(64 << 10)}
+	_, addr := startServer(t, Export{Name: "vol", Device: dev}, Options{})
+	c := dial(t, addr, flagFixedNewstyle|flagNoZeroes)
+	c.goExport("vol")
+	c.request(cmdFlush, 0, 1, 0, 0, nil)
+	c.expect(1, 0)
+	dev.fail.Store(true)
+	c.request(cmdWrite, cmdFlagFUA, 2, 0, 4, []byte{1, 2, 3, 4})
+	c.expect(2, errIO)
+	dev.fail.Store(false) // the device recovers, but the lost pages stay lost
+	c.request(cmdFlush, 0, 3, 0, 0, nil)
+	c.expect(3, errIO)
+}
+
+type failSyncDevice struct {
+	*memDevice
+	fail atomic.Bool
+}
+
+func (d *failSyncDevice) Sync() error {
+	if d.fail.Load() {
+		return errors.New("EIO")
+	}
+	return d.memDevice.Sync()
 }
 
 // FuzzNegotiation feeds arbitrary client bytes to the handshake: the server must answer or

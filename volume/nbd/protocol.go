@@ -56,14 +56,13 @@ const (
 	// Command flags.
 	cmdFlagFUA    = 1 << 0
 	cmdFlagNoHole = 1 << 1
-	cmdFlagsKnown = cmdFlagFUA | cmdFlagNoHole
 
 	// Error values of replies (Linux errno numbers, as the protocol fixes them).
 	errPerm     = 1
 	errIO       = 5
 	errInval    = 22
 	errNoSpc    = 28
-	errOverflow = 75
+	errShutdown = 108
 )
 
 // maxOptionData bounds the data of one negotiation option; real options are a few hundred

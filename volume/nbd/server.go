@@ -24,6 +24,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"time"
 )
 
 // Device is what an export serves: a fixed-size block device. *volume.Volume (an attached,
@@ -68,10 +69,14 @@ var ErrServerClosed = errors.New("nbd: server closed")
 
 // Server serves one Export on any number of listeners and connections.
 type Server struct {
-	exp  Export
-	opts Options
-	log  *slog.Logger
-	bufs bufPools
+	exp   Export
+	opts  Options
+	log   *slog.Logger
+	bufs  bufPools
+	zeros []byte // 1 MiB of zeros for WRITE_ZEROES, shared, never written to
+
+	syncMu     sync.Mutex
+	syncFailed error // once an fsync fails, every later flush fails: the lost writes stay lost
 
 	mu        sync.Mutex
 	closed    bool
@@ -94,6 +99,13 @@ func NewServer(exp Export, opts Options) (*Server, error) {
 	if opts.MaxPayload <= 0 {
 		opts.MaxPayload = 32 << 20
 	}
+	pb := exp.PreferredBlockSize
+	switch {
+	case pb < 512 || pb&(pb-1) != 0:
+		return nil, fmt.Errorf("nbd: preferred block size %d is not a power of two of at least 512", pb)
+	case opts.MaxPayload < pb || int64(opts.MaxPayload) > 1<<31:
+		return nil, fmt.Errorf("nbd: maximum payload %d is not between the preferred block size %d and 2 GiB", opts.MaxPayload, pb)
+	}
 	if opts.MaxBytesInFlight <= 0 {
 		opts.MaxBytesInFlight = 64 << 20
 	}
@@ -102,7 +114,25 @@ func NewServer(exp Export, opts Options) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{exp: exp, opts: opts, log: log, listeners: map[net.Listener]struct{}{}, conns: map[*conn]struct{}{}}, nil
+	return &Server{exp: exp, opts: opts, log: log, zeros: make([]byte, 1<<20), listeners: map[net.Listener]struct{}{}, conns: map[*conn]struct{}{}}, nil
+}
+
+// sync makes completed writes durable. After a failed fsync the kernel may have dropped the
+// dirty pages, so every later flush reports the failure too.
+func (s *Server) sync() error {
+	s.syncMu.Lock()
+	failed := s.syncFailed
+	s.syncMu.Unlock()
+	if failed != nil {
+		return failed
+	}
+	if err := s.exp.Device.Sync(); err != nil {
+		s.syncMu.Lock()
+		s.syncFailed = fmt.Errorf("an earlier flush failed, writes may be lost: %w", err)
+		s.syncMu.Unlock()
+		return err
+	}
+	return nil
 }
 
 // Serve accepts connections on l until Shutdown (then it returns ErrServerClosed) or until
@@ -120,6 +150,7 @@ func (s *Server) Serve(l net.Listener) error {
 		delete(s.listeners, l)
 		s.mu.Unlock()
 	}()
+	var delay time.Duration
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -129,12 +160,16 @@ func (s *Server) Serve(l net.Listener) error {
 			if closed {
 				return ErrServerClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("nbd: accept: %w", err)
 			}
-			return fmt.Errorf("nbd: accept: %w", err)
+			// Out of descriptors, say: wait and try again, as net/http does.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.Warn("nbd accept failed; retrying", "err", err, "in", delay)
+			time.Sleep(delay)
+			continue
 		}
+		delay = 0
 		s.ServeConn(c)
 	}
 }
