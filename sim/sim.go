@@ -712,7 +712,7 @@ func (r *runner) syncStale(ctx context.Context, trigger string) {
 			r.deleteVol(ctx, v)
 		}
 	}
-	for k, sk := range r.keys {
+	for _, sk := range r.keys {
 		stale, err := r.staleCount(ctx, sk.id)
 		if err != nil || stale == 0 {
 			continue
@@ -731,7 +731,6 @@ func (r *runner) syncStale(ctx context.Context, trigger string) {
 		for _, rp := range reports {
 			r.record(rp, p, trigger)
 		}
-		_ = k
 	}
 }
 

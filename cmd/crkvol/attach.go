@@ -137,22 +137,30 @@ func processStart(pid int) (uint64, error) {
 	return strconv.ParseUint(f[19], 10, 64) // field 22 is the 20th after the name
 }
 
+// attachTarget resolves the image path of attach or detach, checks it is a volume image, and
+// returns its attachment record's path.
+func (a *app) attachTarget(path string) (abs, recPath string, err error) {
+	if abs, err = filepath.Abs(path); err != nil {
+		return "", "", err
+	}
+	if _, err := volume.Describe(abs); err != nil {
+		return "", "", err
+	}
+	dir, err := a.attachDir()
+	if err != nil {
+		return "", "", err
+	}
+	return abs, recordPath(dir, abs), nil
+}
+
 func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool) error {
 	// Signals first: from the moment the record exists, SIGTERM must mean a clean detach.
 	sigctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	abs, err := filepath.Abs(path)
+	abs, recPath, err := a.attachTarget(path)
 	if err != nil {
 		return err
 	}
-	if _, err := volume.Describe(abs); err != nil {
-		return err
-	}
-	dir, err := a.attachDir()
-	if err != nil {
-		return err
-	}
-	recPath := recordPath(dir, abs)
 	network, addr, err := listenAddr(listen, strings.TrimSuffix(recPath, ".json")+".sock")
 	if err != nil {
 		return err
@@ -310,18 +318,10 @@ func writeRecord(path string, rec attachment) error {
 }
 
 func (a *app) runDetach(ctx context.Context, path string, timeout time.Duration) error {
-	abs, err := filepath.Abs(path)
+	abs, recPath, err := a.attachTarget(path)
 	if err != nil {
 		return err
 	}
-	if _, err := volume.Describe(abs); err != nil {
-		return err
-	}
-	dir, err := a.attachDir()
-	if err != nil {
-		return err
-	}
-	recPath := recordPath(dir, abs)
 	busy, err := volume.InUse(abs)
 	if err != nil {
 		return fmt.Errorf("volume detach: %w", err)

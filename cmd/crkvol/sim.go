@@ -42,48 +42,29 @@ the command line override it.`,
 			} else {
 				s = sim.Scenario{Volumes: 1000, Keys: 10, Months: 12, PolicyMonths: 3, Seed: 1}
 			}
+			// Flags given on the command line override the scenario.
 			f := cmd.Flags()
-			if f.Changed("volumes") {
-				s.Volumes = sc.Volumes
+			overrides := map[string]func(){
+				"volumes":          func() { s.Volumes = sc.Volumes },
+				"keys":             func() { s.Keys = sc.Keys },
+				"months":           func() { s.Months = sc.Months },
+				"policy-months":    func() { s.PolicyMonths = sc.PolicyMonths },
+				"manual-rotations": func() { s.ManualRotationsPerMonth = sc.ManualRotationsPerMonth },
+				"attaches":         func() { s.AttachesPerMonth = sc.AttachesPerMonth },
+				"creates":          func() { s.CreatesPerMonth = sc.CreatesPerMonth },
+				"deletes":          func() { s.DeletesPerMonth = sc.DeletesPerMonth },
+				"mapping":          func() { s.Mapping = sc.Mapping },
+				"volume-size":      func() { s.VolumeSize = volumeSize },
+				"kms-fail-rate":    func() { s.Faults.FailRate = sc.Faults.FailRate },
+				"crash-rate":       func() { s.Faults.CrashRate = sc.Faults.CrashRate },
+				"outages":          func() { s.Faults.RandomOutages = sc.Faults.RandomOutages },
+				"corrupt":          func() { s.Faults.CorruptData = sc.Faults.CorruptData },
+				"seed":             func() { s.Seed = sc.Seed },
 			}
-			if f.Changed("keys") {
-				s.Keys = sc.Keys
-			}
-			if f.Changed("months") {
-				s.Months = sc.Months
-			}
-			if f.Changed("policy-months") {
-				s.PolicyMonths = sc.PolicyMonths
-			}
-			if f.Changed("manual-rotations") {
-				s.ManualRotationsPerMonth = sc.ManualRotationsPerMonth
-			}
-			if f.Changed("attaches") {
-				s.AttachesPerMonth = sc.AttachesPerMonth
-			}
-			if f.Changed("creates") {
-				s.CreatesPerMonth = sc.CreatesPerMonth
-			}
-			if f.Changed("deletes") {
-				s.DeletesPerMonth = sc.DeletesPerMonth
-			}
-			if f.Changed("mapping") {
-				s.Mapping = sc.Mapping
-			}
-			if f.Changed("volume-size") {
-				s.VolumeSize = volumeSize
-			}
-			if f.Changed("kms-fail-rate") {
-				s.Faults.FailRate = sc.Faults.FailRate
-			}
-			if f.Changed("crash-rate") {
-				s.Faults.CrashRate = sc.Faults.CrashRate
-			}
-			if f.Changed("outages") {
-				s.Faults.RandomOutages = sc.Faults.RandomOutages
-			}
-			if f.Changed("corrupt") {
-				s.Faults.CorruptData = sc.Faults.CorruptData
+			for name, apply := range overrides {
+				if f.Changed(name) {
+					apply()
+				}
 			}
 			if f.Changed("kms-latency") {
 				d, err := time.ParseDuration(latency)
@@ -91,9 +72,6 @@ the command line override it.`,
 					return usagef("--kms-latency %q: %v", latency, err)
 				}
 				s.Faults.Latency = sim.Duration(d)
-			}
-			if f.Changed("seed") {
-				s.Seed = sc.Seed
 			}
 			workDir := dir
 			if workDir == "" {
