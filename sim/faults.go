@@ -155,6 +155,10 @@ func (f *faultyKMS) inOutage() bool {
 // call decides the fate of one key-service call made for volume crn ("" if none): it adds
 // latency, and returns an injected error or nil.
 func (f *faultyKMS) call(ctx context.Context, op, crn string) error {
+	if ctx.Err() != nil {
+		// The pass crashed: a dead process makes no more calls.
+		return fmt.Errorf("%s: %w", op, context.Cause(ctx))
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.enabled {
@@ -346,6 +350,9 @@ type tornDevice struct {
 }
 
 func (t *tornDevice) WriteAt(b []byte, off int64) (int, error) {
+	if t.ctx.Err() != nil {
+		return 0, context.Cause(t.ctx) // the process is dead: nothing more reaches the disk
+	}
 	if t.p.peek(t.crn) != CrashTornWrite {
 		return t.Device.WriteAt(b, off)
 	}

@@ -471,6 +471,7 @@ func (r *runner) loop(ctx context.Context) error {
 			for _, id := range res.Rotated {
 				r.rotated(r.keyIndex(id), "policy")
 			}
+			r.drain("policy", -1)
 			for id, ferr := range res.Failed {
 				r.log.Warn("policy rotation failed", "key", id, "err", ferr)
 			}
@@ -509,7 +510,7 @@ func (r *runner) keyIndex(id string) int {
 	return -1
 }
 
-// rotated records a rotation of key k (its hooks have run) and the passes it caused.
+// rotated records a rotation of key k (its hooks have run); drain then records its passes.
 func (r *runner) rotated(k int, trigger string) {
 	sk := r.keys[k]
 	sk.rotations++
@@ -527,7 +528,6 @@ func (r *runner) rotated(k int, trigger string) {
 	} else {
 		r.rep.PolicyRotations++
 	}
-	r.drain(trigger, k)
 }
 
 // drain records the passes the manager reported since the last drain.
@@ -629,6 +629,7 @@ func (r *runner) handle(ctx context.Context, e event) error {
 			return fmt.Errorf("sim: manual rotation of %s: %w", sk.name, err)
 		}
 		r.rotated(e.key, "manual")
+		r.drain("manual", e.key)
 	case evSync:
 		r.syncStale(ctx, "sync")
 	case evRestart:
