@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"crkvol/crk"
@@ -19,16 +20,17 @@ var (
 	ErrInjectedFailure = errors.New("sim: injected key-service failure")
 	ErrKMSUnavailable  = errors.New("sim: key service unavailable (injected outage)")
 	ErrCrash           = errors.New("sim: injected process crash")
+	// ErrServiceDown is what the crashed volume service "does" until its restart: nothing.
+	ErrServiceDown = errors.New("sim: volume service down (crashed, not yet restarted)")
 )
 
 // Crash points inside a volume's rewrap.
 const (
-	CrashBeforeRewrap  = "before-kms-rewrap"
-	CrashAfterRewrap   = "after-kms-rewrap"
-	CrashTornWrite     = "torn-header-write"
-	CrashBeforeRegUpd  = "after-commit-before-registration"
-	crashPointsCount   = 4
-	crashTornWriteFrac = 2 // a torn write keeps 1/crashTornWriteFrac of the bytes
+	CrashBeforeRewrap = "before-kms-rewrap"
+	CrashAfterRewrap  = "after-kms-rewrap"
+	CrashTornWrite    = "torn-header-write"
+	CrashBeforeRegUpd = "after-commit-before-registration"
+	crashPointsCount  = 4
 )
 
 var crashPoints = [crashPointsCount]string{CrashBeforeRewrap, CrashAfterRewrap, CrashTornWrite, CrashBeforeRegUpd}
@@ -62,7 +64,16 @@ type pass struct {
 	mu      sync.Mutex
 	crashed string                   // the crash point, once crashed
 	virtual map[string]time.Duration // injected latency per volume CRN
-	pending map[string]string        // CRN -> crash point planned for a later step
+	pending map[string]tornPlan      // CRN -> crash planned for a later step of its rewrap
+}
+
+// tornPlan is a crash planned after the key-service rewrap: at the header commit's write
+// number write (cut after n bytes), or, if the commit has fewer writes, at the registration
+// update.
+type tornPlan struct {
+	point  string
+	write  int
+	cutMax float64 // fraction of the first 512 bytes of the write that reach the disk
 }
 
 // faultyKMS is the key service as the volume manager sees it, with faults injected between
@@ -75,6 +86,10 @@ type faultyKMS struct {
 
 	// onPassDone, if set, receives every rotation-hook pass when it ends.
 	onPassDone func(*pass)
+
+	// down is set by a crash and cleared by the runner at the simulated restart: while it is
+	// set every call fails, as the process making them is dead.
+	down atomic.Bool
 
 	mu      sync.Mutex
 	names   map[string]string // volume CRN -> "vol-<index>", the tag of its fault draws
@@ -159,6 +174,9 @@ func (f *faultyKMS) call(ctx context.Context, op, crn string) error {
 		// The pass crashed: a dead process makes no more calls.
 		return fmt.Errorf("%s: %w", op, context.Cause(ctx))
 	}
+	if f.down.Load() {
+		return fmt.Errorf("%s: %w", op, ErrServiceDown)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.enabled {
@@ -217,6 +235,7 @@ func (f *faultyKMS) crash(ctx context.Context, point string) error {
 		f.mu.Unlock()
 	}
 	err := fmt.Errorf("%w at %s", ErrCrash, point)
+	f.down.Store(true)
 	p.cancel(err)
 	return err
 }
@@ -252,12 +271,19 @@ func (f *faultyKMS) Rewrap(ctx context.Context, keyID string, ct []byte, aad []s
 	case CrashAfterRewrap:
 		return volume.Wrapped{}, f.crash(ctx, point)
 	case CrashTornWrite, CrashBeforeRegUpd:
+		plan := tornPlan{point: point}
+		if point == CrashTornWrite {
+			f.mu.Lock()
+			plan.write = int(f.draw("tear "+f.tag(crn)) * headerCommitWrites)
+			plan.cutMax = f.draw("tear " + f.tag(crn))
+			f.mu.Unlock()
+		}
 		if p, ok := ctx.Value(passKey{}).(*pass); ok {
 			p.mu.Lock()
 			if p.pending == nil {
-				p.pending = map[string]string{}
+				p.pending = map[string]tornPlan{}
 			}
-			p.pending[crn] = point
+			p.pending[crn] = plan
 			p.mu.Unlock()
 		}
 	}
@@ -279,7 +305,8 @@ func (f *faultyKMS) Register(ctx context.Context, keyID, crn, versionID string, 
 }
 
 func (f *faultyKMS) UpdateRegistration(ctx context.Context, keyID, crn, versionID string) error {
-	if p, ok := ctx.Value(passKey{}).(*pass); ok && p.take(crn) == CrashBeforeRegUpd {
+	if p, ok := ctx.Value(passKey{}).(*pass); ok && p.take(crn).point != "" {
+		// A planned crash the header commit did not reach (or one planned for here).
 		return f.crash(ctx, CrashBeforeRegUpd)
 	}
 	if err := f.call(ctx, "update registration", crn); err != nil {
@@ -305,6 +332,9 @@ func (f *faultyKMS) Registrations(ctx context.Context, keyID string) ([]volume.R
 // OnRotate runs every rotation hook inside a pass, so a crash can abort it.
 func (f *faultyKMS) OnRotate(hook func(ctx context.Context, n volume.RotationNotice) error) func() {
 	return f.inner.OnRotate(func(ctx context.Context, n volume.RotationNotice) error {
+		if f.down.Load() {
+			return ErrServiceDown // the notice reaches a dead process: lost; the restart syncs
+		}
 		ctx, p := newPass(ctx)
 		err := hook(ctx, n)
 		p.cancel(nil)
@@ -322,13 +352,13 @@ func newPass(ctx context.Context) (context.Context, *pass) {
 	return context.WithValue(ctx, passKey{}, p), p
 }
 
-// take removes and returns the crash point planned for crn's later steps.
-func (p *pass) take(crn string) string {
+// take removes and returns the crash planned for crn's later steps.
+func (p *pass) take(crn string) tornPlan {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	point := p.pending[crn]
+	plan := p.pending[crn]
 	delete(p.pending, crn)
-	return point
+	return plan
 }
 
 // device returns the header device of a rewrap: for a planned torn write, it keeps half of the
@@ -341,27 +371,39 @@ func (f *faultyKMS) device(ctx context.Context, crn string, dev keyslot.Device) 
 	return &tornDevice{Device: dev, f: f, ctx: ctx, p: p, crn: crn}
 }
 
+// headerCommitWrites is how many writes a LUKS2 metadata commit makes: for each of the two
+// header copies, the binary header, the JSON area and the checksum.
+const headerCommitWrites = 6
+
+// tornDevice cuts the planned write of a header commit short and crashes the pass.
 type tornDevice struct {
 	keyslot.Device
-	f   *faultyKMS
-	ctx context.Context
-	p   *pass
-	crn string
+	f      *faultyKMS
+	ctx    context.Context
+	p      *pass
+	crn    string
+	writes int
 }
 
 func (t *tornDevice) WriteAt(b []byte, off int64) (int, error) {
 	if t.ctx.Err() != nil {
 		return 0, context.Cause(t.ctx) // the process is dead: nothing more reaches the disk
 	}
-	if t.p.peek(t.crn) != CrashTornWrite {
+	n := t.writes
+	t.writes++
+	plan := t.p.peek(t.crn)
+	if plan.point != CrashTornWrite || plan.write != n || len(b) < 2 {
 		return t.Device.WriteAt(b, off)
 	}
 	t.p.take(t.crn)
-	n, _ := t.Device.WriteAt(b[:len(b)/crashTornWriteFrac], off)
-	return n, t.f.crash(t.ctx, CrashTornWrite)
+	// The bytes that matter sit at the start of each write (the rest is padding): cut
+	// somewhere in the first 512.
+	cut := 1 + int(plan.cutMax*float64(min(len(b)-1, 511)))
+	w, _ := t.Device.WriteAt(b[:cut], off)
+	return w, t.f.crash(t.ctx, CrashTornWrite)
 }
 
-func (p *pass) peek(crn string) string {
+func (p *pass) peek(crn string) tornPlan {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.pending[crn]

@@ -21,9 +21,13 @@ type Report struct {
 	ManualRotations int `json:"manualRotations"`
 	// Rewraps counts volumes rewrapped to a new version, over every pass.
 	Rewraps int `json:"rewraps"`
-	// RewrapFailures counts volumes a pass could not rewrap (they kept their old, valid
-	// wrapping until a later pass).
+	// RewrapFailures counts volumes a pass could not rewrap after its retries (they kept
+	// their old, valid wrapping until a later pass); RewrapsAborted those a crash cut off.
 	RewrapFailures int `json:"rewrapFailures"`
+	RewrapsAborted int `json:"rewrapsAborted"`
+	// StaleAtEnd counts volumes still on an older version when the run ended, before the
+	// fault-free reconciliation that precedes the audit.
+	StaleAtEnd int `json:"staleAtEnd"`
 	// Retries counts rewrap attempts beyond the first.
 	Retries int `json:"retries"`
 	// BytesWritten is the header metadata written by rewraps (data is never touched).
@@ -55,10 +59,16 @@ type Attaches struct {
 	// UnwrapFailures are attaches refused because the key service failed (injected faults).
 	UnwrapFailures int `json:"unwrapFailures"`
 	// OtherFailures and DataMismatches are defects: they fail the audit.
-	OtherFailures  int      `json:"otherFailures"`
-	DataMismatches int      `json:"dataMismatches"`
-	Writes         int      `json:"writes"`
-	Errors         []string `json:"errors,omitempty"`
+	OtherFailures  int `json:"otherFailures"`
+	DataMismatches int `json:"dataMismatches"`
+	Writes         int `json:"writes"`
+	// Detached counts attachments closed at their detach event (data checked again);
+	// Dropped those lost when the volume service crashed; WhileDown attaches not tried
+	// because it was down.
+	Detached  int      `json:"detached"`
+	Dropped   int      `json:"dropped"`
+	WhileDown int      `json:"whileDown"`
+	Errors    []string `json:"errors,omitempty"`
 }
 
 // Fleet counts volumes created and deleted during the run.
@@ -67,6 +77,8 @@ type Fleet struct {
 	CreateFailures int `json:"createFailures"`
 	Deleted        int `json:"deleted"`
 	DeleteRetries  int `json:"deleteRetries"`
+	// SkippedWhileDown counts creates and deletes not tried while the service was down.
+	SkippedWhileDown int `json:"skippedWhileDown"`
 }
 
 // KeyReport describes one root key over the run.
@@ -93,7 +105,8 @@ type PassReport struct {
 	Rewrapped      int     `json:"rewrapped"`
 	AlreadyCurrent int     `json:"alreadyCurrent"`
 	Retries        int     `json:"retries"`
-	Failed         int     `json:"failed"`
+	Failed         int     `json:"failed"`            // failed after their retries (faults)
+	Aborted        int     `json:"aborted"`           // cut off by a crash of the pass
 	Crashed        string  `json:"crashed,omitempty"` // the crash point that aborted the pass
 	FirstFailure   string  `json:"firstFailure,omitempty"`
 	BytesWritten   int64   `json:"bytesWritten"`
@@ -133,6 +146,7 @@ func (r *Report) addPass(p PassReport) {
 	r.Passes = append(r.Passes, p)
 	r.Rewraps += p.Rewrapped
 	r.RewrapFailures += p.Failed
+	r.RewrapsAborted += p.Aborted
 	r.Retries += p.Retries
 	r.BytesWritten += p.BytesWritten
 	if r.Rewraps > 0 {
@@ -157,7 +171,7 @@ func (r *Report) WriteSummary(w io.Writer) error {
 		sc.Volumes, sc.VolumeSize, sc.Keys, sc.Months, sc.Start.Format("2006-01-02"), sc.Seed, r.WallSeconds)
 	p("")
 	p("Rotations       %d (%d by policy, %d manual)", r.Rotations, r.PolicyRotations, r.ManualRotations)
-	p("Rewraps         %d volumes rewrapped, %d retries, %d per-pass failures (kept their old wrapping)", r.Rewraps, r.Retries, r.RewrapFailures)
+	p("Rewraps         %d volumes rewrapped, %d retries, %d failed after retries and %d cut off by crashes (all kept their old wrapping until a later pass)", r.Rewraps, r.Retries, r.RewrapFailures, r.RewrapsAborted)
 	p("Bytes written   %d of header metadata (%.0f per rewrap), 0 bytes of data", r.BytesWritten, r.BytesPerRewrap)
 	var rot []PassReport
 	for _, ps := range r.Passes {
@@ -178,10 +192,10 @@ func (r *Report) WriteSummary(w io.Writer) error {
 	p("Faults          %d injected: %d KMS errors, %d calls during outages, %d crashes %s, %d data corruptions, %s of added latency",
 		r.FaultsInjected, r.Faults.KMSErrors, r.Faults.Unavailable, sumCrashes(r.Faults.Crashes), crashList(r.Faults.Crashes), r.Faults.Corruptions, r.Faults.LatencyAdded.Round(time.Millisecond))
 	p("Recovery        %d restarts after crashes, %d sync passes, %d syncs refused", r.Restarts, countTrigger(r.Passes, "sync", "restart"), r.SyncFailures)
-	p("Attaches        %d (%d refused by KMS faults, %d other failures, %d data mismatches, %d with writes)",
-		r.Attaches.Total, r.Attaches.UnwrapFailures, r.Attaches.OtherFailures, r.Attaches.DataMismatches, r.Attaches.Writes)
-	p("Fleet changes   %d created (%d failed), %d deleted (%d delete retries)", r.Fleet.Created, r.Fleet.CreateFailures, r.Fleet.Deleted, r.Fleet.DeleteRetries)
-	p("Old versions    at most %d volumes on an older key version at a sample", r.MaxOnOldVersions)
+	p("Attaches        %d (%d refused by KMS faults, %d other failures, %d data mismatches, %d with writes; %d detached, %d dropped by crashes, %d not tried while down)",
+		r.Attaches.Total, r.Attaches.UnwrapFailures, r.Attaches.OtherFailures, r.Attaches.DataMismatches, r.Attaches.Writes, r.Attaches.Detached, r.Attaches.Dropped, r.Attaches.WhileDown)
+	p("Fleet changes   %d created (%d failed), %d deleted (%d delete retries), %d skipped while down", r.Fleet.Created, r.Fleet.CreateFailures, r.Fleet.Deleted, r.Fleet.DeleteRetries, r.Fleet.SkippedWhileDown)
+	p("Old versions    at most %d volumes on an older key version at a sample (after every rotation, restart and sync, and weekly); %d at the end, before the final reconciliation", r.MaxOnOldVersions, r.StaleAtEnd)
 	p("")
 	p("%-8s %6s %9s %8s %8s %12s %12s", "key", "policy", "rotations", "versions", "volumes", "max outst.", "final outst.")
 	for _, k := range r.Keys {

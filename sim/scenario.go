@@ -7,8 +7,10 @@
 package sim
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -137,7 +139,9 @@ func LoadScenario(path string) (Scenario, error) {
 	if err != nil {
 		return s, fmt.Errorf("sim: %w", err)
 	}
-	if err := yaml.Unmarshal(b, &s); err != nil {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true) // a misspelt field is an error, not a silent default
+	if err := dec.Decode(&s); err != nil && !errors.Is(err, io.EOF) {
 		return s, fmt.Errorf("%w: %s: %v", ErrScenario, path, err)
 	}
 	return s, nil

@@ -40,14 +40,16 @@ const extentSize = 4096
 
 // vol is one simulated volume.
 type vol struct {
-	idx      int
-	path     string
-	crn      string
-	key      int      // index into keys
-	extents  [2]int64 // offsets of the written data
-	sum      [32]byte // SHA-256 of the extents' contents
-	written  bool     // false until the first data write succeeded
-	deleting bool     // a delete failed half way; retried
+	idx       int
+	path      string
+	crn       string
+	key       int            // index into keys
+	extents   [2]int64       // offsets of the written data
+	sum       [32]byte       // SHA-256 of the extents' contents
+	written   bool           // false until the first data write succeeded
+	deleting  bool           // a delete failed half way; retried
+	corrupted bool           // its stored data was overwritten behind crkvol's back
+	open      *volume.Volume // attached: open until its detach event
 }
 
 // simKey is one root key.
@@ -65,6 +67,7 @@ type event struct {
 	seq  int
 	kind int
 	key  int
+	crn  string // evDetach: the volume
 }
 
 const (
@@ -76,6 +79,7 @@ const (
 	evSample
 	evRestart
 	evCorrupt
+	evDetach
 )
 
 type eventQueue []event
@@ -122,10 +126,13 @@ type runner struct {
 	reports []*volume.Report // delivered by the manager, drained after each operation
 	passes  []*pass          // rotation-hook passes, in the same order
 
-	rep         *Report
-	restartDue  bool
-	wallStarted time.Time
+	rep            *Report
+	restartPending bool
+	wallStarted    time.Time
 }
+
+// meanAttach is the mean time a volume stays attached.
+const meanAttach = 48 * time.Hour
 
 // Run carries out a scenario and returns its report; the report's Audit says whether every
 // volume survived. An error means the run itself could not proceed (bad scenario, disk).
@@ -209,7 +216,7 @@ func (r *runner) setup(ctx context.Context) error {
 	}
 	// The initial fleet, created on a few goroutines: each volume's key and data come from
 	// its index, so the order of completion does not matter.
-	assign := r.assignments(r.sc.Volumes)
+	assign := r.assignments(0, r.sc.Volumes)
 	vols := make([]*vol, r.sc.Volumes)
 	errs := make([]error, r.sc.Volumes)
 	var wg sync.WaitGroup
@@ -243,8 +250,8 @@ func (r *runner) setup(ctx context.Context) error {
 	return nil
 }
 
-// assignments maps n new volumes to keys.
-func (r *runner) assignments(n int) []int {
+// assignments maps the n new volumes numbered from first to keys.
+func (r *runner) assignments(first, n int) []int {
 	out := make([]int, n)
 	weights := make([]float64, r.sc.Keys)
 	total := 0.0
@@ -266,7 +273,7 @@ func (r *runner) assignments(n int) []int {
 				x -= w
 			}
 		default:
-			out[i] = i % r.sc.Keys
+			out[i] = (first + i) % r.sc.Keys
 		}
 	}
 	return out
@@ -365,23 +372,34 @@ func (r *runner) removeVol(crn string) {
 	r.order = slices.DeleteFunc(r.order, func(c string) bool { return c == crn })
 }
 
-// pick returns a random live volume (not being deleted), or nil.
-func (r *runner) pick() *vol {
+// pick returns a random live volume (not being deleted) that ok accepts, or nil.
+func (r *runner) pick(ok func(*vol) bool) *vol {
 	for range 8 {
 		if len(r.order) == 0 {
 			return nil
 		}
 		v := r.vols[r.order[r.rng.IntN(len(r.order))]]
-		if !v.deleting {
+		if !v.deleting && ok(v) {
 			return v
 		}
 	}
 	return nil
 }
 
+func detached(v *vol) bool { return v.open == nil }
+
+// push schedules an event; none is run at or after the end of the run.
 func (r *runner) push(at time.Time, kind, key int) {
+	r.pushEvent(event{at: at, kind: kind, key: key})
+}
+
+func (r *runner) pushEvent(e event) {
+	if !e.at.Before(r.sc.end()) {
+		return
+	}
 	r.seq++
-	heap.Push(&r.q, event{at: at, seq: r.seq, kind: kind, key: key})
+	e.seq = r.seq
+	heap.Push(&r.q, e)
 }
 
 // poisson schedules a Poisson process of rate perMonth (per 30 days) over the run.
@@ -423,10 +441,11 @@ func (r *runner) plan() {
 
 // corrupt overwrites a random volume's first extent in the image file, bypassing crkvol.
 func (r *runner) corrupt() error {
-	v := r.pick()
+	v := r.pick(func(v *vol) bool { return v.written && !v.corrupted && v.open == nil })
 	if v == nil {
 		return nil
 	}
+	v.corrupted = true
 	info, err := volume.Describe(v.path)
 	if err != nil {
 		return err
@@ -468,13 +487,16 @@ func (r *runner) loop(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
+			if len(res.Failed) > 0 {
+				for id, ferr := range res.Failed {
+					return fmt.Errorf("sim: policy rotation of key %s failed: %w", id, ferr)
+				}
+			}
 			for _, id := range res.Rotated {
 				r.rotated(r.keyIndex(id), "policy")
 			}
 			r.drain("policy", -1)
-			for id, ferr := range res.Failed {
-				r.log.Warn("policy rotation failed", "key", id, "err", ferr)
-			}
+			r.afterPasses(ctx)
 			continue
 		}
 		if len(r.q) == 0 {
@@ -485,10 +507,7 @@ func (r *runner) loop(ctx context.Context) error {
 		if err := r.handle(ctx, e); err != nil {
 			return err
 		}
-		if r.restartDue {
-			r.restartDue = false
-			r.push(r.clock.Now().Add(restartDelay), evRestart, -1)
-		}
+		r.scheduleRestart()
 		if r.opts.Progress != nil && e.at.Sub(lastProgress) >= 12*time.Hour {
 			lastProgress = e.at
 			r.opts.Progress(e.at.Sub(r.sc.Start), total)
@@ -508,6 +527,32 @@ func (r *runner) keyIndex(id string) int {
 		}
 	}
 	return -1
+}
+
+// scheduleRestart plans the restart of a crashed volume service. At a crash every open
+// attachment is lost with the process (its data was flushed when written).
+func (r *runner) scheduleRestart() {
+	if !r.kms.down.Load() || r.restartPending {
+		return
+	}
+	r.restartPending = true
+	for _, crn := range r.order {
+		if v := r.vols[crn]; v.open != nil {
+			v.open.Close()
+			v.open = nil
+			r.rep.Attaches.Dropped++
+		}
+	}
+	r.pushEvent(event{at: r.clock.Now().Add(restartDelay), kind: evRestart, key: -1})
+}
+
+// afterPasses runs after rewrap passes: it schedules a restart if one crashed, and samples
+// the fleet so that short-lived staleness shows in the report.
+func (r *runner) afterPasses(ctx context.Context) {
+	r.scheduleRestart()
+	if err := r.sample(ctx); err != nil {
+		r.log.Warn("sample failed", "err", err)
+	}
 }
 
 // rotated records a rotation of key k (its hooks have run); drain then records its passes.
@@ -560,9 +605,20 @@ func (r *runner) record(rep *volume.Report, p *pass, trigger string) {
 		pr.Key = r.keys[k].name
 		pr.Generation = slices.Index(r.keys[k].versions, rep.NewVersion) + 1
 	}
+	pr.Failed = 0
+	for _, err := range rep.Failed {
+		if errors.Is(err, ErrCrash) || errors.Is(err, ErrServiceDown) || errors.Is(err, context.Canceled) {
+			pr.Aborted++ // cut off by the crash: the restart picks it up
+		} else {
+			pr.Failed++
+		}
+	}
 	lat := make([]time.Duration, 0, len(rep.VolumeLatency))
 	var virtual time.Duration
 	for crn, d := range rep.VolumeLatency {
+		if _, failed := rep.Failed[crn]; failed {
+			continue // percentiles describe the volumes rewrapped
+		}
 		if p != nil {
 			p.mu.Lock()
 			d += p.virtual[crn]
@@ -582,9 +638,6 @@ func (r *runner) record(rep *volume.Report, p *pass, trigger string) {
 		p.mu.Lock()
 		pr.Crashed = p.crashed
 		p.mu.Unlock()
-		if pr.Crashed != "" {
-			r.restartDue = true
-		}
 	}
 	r.rep.addPass(pr)
 }
@@ -595,8 +648,12 @@ func (r *runner) handle(ctx context.Context, e event) error {
 	case evAttach:
 		r.attach(ctx)
 	case evCreate:
-		k := r.assignments(1)[0]
+		if r.kms.down.Load() {
+			r.rep.Fleet.SkippedWhileDown++
+			return nil
+		}
 		idx := r.next
+		k := r.assignments(idx, 1)[0]
 		r.next++
 		v, err := r.createVolume(ctx, idx, k)
 		if err != nil {
@@ -610,7 +667,11 @@ func (r *runner) handle(ctx context.Context, e event) error {
 		}
 		r.drain("lazy", -1)
 	case evDelete:
-		v := r.pick()
+		if r.kms.down.Load() {
+			r.rep.Fleet.SkippedWhileDown++
+			return nil
+		}
+		v := r.pick(func(v *vol) bool { return v.open == nil && !v.corrupted })
 		if v == nil {
 			return nil
 		}
@@ -630,11 +691,22 @@ func (r *runner) handle(ctx context.Context, e event) error {
 		}
 		r.rotated(e.key, "manual")
 		r.drain("manual", e.key)
+		r.afterPasses(ctx)
 	case evSync:
-		r.syncStale(ctx, "sync")
+		if r.kms.down.Load() {
+			return nil // the job runs in the volume service, which is down
+		}
+		if r.syncStale(ctx, "sync") {
+			r.afterPasses(ctx)
+		}
 	case evRestart:
+		r.restartPending = false
+		r.kms.down.Store(false)
 		r.rep.Restarts++
 		r.syncStale(ctx, "restart")
+		r.afterPasses(ctx)
+	case evDetach:
+		r.detach(e.crn)
 	case evSample:
 		return r.sample(ctx)
 	case evCorrupt:
@@ -643,36 +715,37 @@ func (r *runner) handle(ctx context.Context, e event) error {
 	return nil
 }
 
-// attach opens a random volume through the key service, checks its data, sometimes writes
-// new data, and closes it.
+// attach opens a random detached volume through the key service, checks its data, sometimes
+// writes new data, and keeps it open (attached) until its detach event: rotations meanwhile
+// rewrap the header of a volume in use.
 func (r *runner) attach(ctx context.Context) {
-	v := r.pick()
+	if r.kms.down.Load() {
+		r.rep.Attaches.WhileDown++
+		return
+	}
+	v := r.pick(detached)
 	if v == nil {
 		return
 	}
 	r.rep.Attaches.Total++
-	h, err := r.mgr.Open(ctx, v.path)
-	r.drain("lazy", -1)
-	if err != nil {
-		if errors.Is(err, ErrKMSUnavailable) || errors.Is(err, ErrInjectedFailure) {
-			r.rep.Attaches.UnwrapFailures++
-		} else {
-			r.rep.Attaches.Errors = appendCapped(r.rep.Attaches.Errors, err.Error())
-			r.rep.Attaches.OtherFailures++
+	if !v.written { // its first write never got through: this attach writes it
+		err := r.writeData(ctx, v, 0)
+		r.drain("lazy", -1)
+		if err != nil {
+			r.attachFailed(v, err)
 		}
 		return
 	}
-	defer h.Close()
-	if !v.written {
-		h.Close()
-		if err := r.writeData(ctx, v, 0); err != nil {
-			r.rep.Attaches.UnwrapFailures++
-		}
+	h, err := r.mgr.Open(ctx, v.path)
+	r.drain("lazy", -1)
+	if err != nil {
+		r.attachFailed(v, err)
 		return
 	}
 	if err := verify(h, v); err != nil {
 		r.rep.Attaches.DataMismatches++
 		r.rep.Attaches.Errors = appendCapped(r.rep.Attaches.Errors, err.Error())
+		h.Close()
 		return
 	}
 	if r.rng.IntN(2) == 0 {
@@ -682,9 +755,41 @@ func (r *runner) attach(ctx context.Context) {
 			v.sum = sumOf(extentData(r.sc.Seed, v.idx, 0, 0), b)
 			r.rep.Attaches.Writes++
 		} else {
+			r.rep.Attaches.OtherFailures++
 			r.rep.Attaches.Errors = appendCapped(r.rep.Attaches.Errors, fmt.Sprint("write: ", err))
 		}
 	}
+	v.open = h
+	r.pushEvent(event{at: r.clock.Now().Add(time.Duration(r.rng.ExpFloat64() * float64(meanAttach))), kind: evDetach, crn: v.crn})
+}
+
+// attachFailed counts an attach the key service refused (an injected fault: expected) or
+// one that failed otherwise (a defect).
+func (r *runner) attachFailed(v *vol, err error) {
+	if errors.Is(err, ErrKMSUnavailable) || errors.Is(err, ErrInjectedFailure) || errors.Is(err, ErrServiceDown) {
+		r.rep.Attaches.UnwrapFailures++
+		return
+	}
+	r.rep.Attaches.OtherFailures++
+	r.rep.Attaches.Errors = appendCapped(r.rep.Attaches.Errors, fmt.Sprintf("%s: %v", filepath.Base(v.path), err))
+}
+
+// detach checks an attached volume's data once more and closes it.
+func (r *runner) detach(crn string) {
+	v := r.vols[crn]
+	if v == nil || v.open == nil {
+		return // lost in a crash, or already closed
+	}
+	if err := verify(v.open, v); err != nil {
+		r.rep.Attaches.DataMismatches++
+		r.rep.Attaches.Errors = appendCapped(r.rep.Attaches.Errors, err.Error())
+	}
+	if err := v.open.Close(); err != nil {
+		r.rep.Attaches.OtherFailures++
+		r.rep.Attaches.Errors = appendCapped(r.rep.Attaches.Errors, fmt.Sprint("detach: ", err))
+	}
+	v.open = nil
+	r.rep.Attaches.Detached++
 }
 
 func (r *runner) deleteVol(ctx context.Context, v *vol) {
@@ -705,19 +810,25 @@ func (r *runner) deleteVol(ctx context.Context, v *vol) {
 	r.rep.Fleet.DeleteRetries++
 }
 
-// syncStale runs `key sync` (a pass that faults and crashes can hit) on every key with
-// registrations not on its latest version, and retries unfinished deletes.
-func (r *runner) syncStale(ctx context.Context, trigger string) {
+// syncStale runs the rewrap half of `key sync` (a pass that faults and crashes can hit) on
+// every key with registrations not on its latest version, and retries unfinished deletes. It
+// reports whether any pass ran.
+func (r *runner) syncStale(ctx context.Context, trigger string) bool {
+	ran := false
 	for _, crn := range slices.Clone(r.order) {
 		if v := r.vols[crn]; v != nil && v.deleting {
 			r.deleteVol(ctx, v)
 		}
 	}
 	for _, sk := range r.keys {
+		if r.kms.down.Load() {
+			break // crashed during an earlier key's pass
+		}
 		stale, err := r.staleCount(ctx, sk.id)
 		if err != nil || stale == 0 {
 			continue
 		}
+		ran = true
 		pctx, p := newPass(ctx)
 		rep, err := r.mgr.Sync(pctx, sk.id)
 		p.cancel(nil)
@@ -733,6 +844,7 @@ func (r *runner) syncStale(ctx context.Context, trigger string) {
 			r.record(rp, p, trigger)
 		}
 	}
+	return ran
 }
 
 // staleCount counts a key's registrations not on its latest version (asking the service
@@ -789,6 +901,17 @@ func (r *runner) finish(ctx context.Context) error {
 	r.rep.Faults.Corruptions = corruptions
 	r.rep.FaultsInjected = r.rep.Faults.Total()
 	r.kms.setEnabled(false)
+	r.kms.down.Store(false) // the operator's reconciliation runs on a live service
+	for _, crn := range r.order {
+		r.detach(crn)
+	}
+	for _, sk := range r.keys {
+		n, err := r.staleCount(ctx, sk.id)
+		if err != nil {
+			return err
+		}
+		r.rep.StaleAtEnd += n
+	}
 	for range 3 {
 		r.syncStale(ctx, "final")
 		stale := 0
@@ -890,8 +1013,7 @@ func (r *runner) audit(ctx context.Context) {
 	for _, crn := range r.order {
 		v := r.vols[crn]
 		if v.deleting {
-			a.Failed++
-			a.Failures = appendCapped(a.Failures, fmt.Sprintf("%s: delete never completed", filepath.Base(v.path)))
+			fail(v, errors.New("delete never completed"))
 			continue
 		}
 		a.Volumes++

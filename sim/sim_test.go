@@ -37,7 +37,10 @@ func TestRunWithFaults(t *testing.T) {
 	assert.Positive(t, rep.Rewraps)
 	assert.Positive(t, rep.FaultsInjected)
 	assert.Positive(t, rep.Faults.KMSErrors)
+	assert.Positive(t, sumCrashes(rep.Faults.Crashes), "crashes were injected")
+	assert.Positive(t, rep.Restarts, "and the service restarted after them")
 	assert.Positive(t, rep.Attaches.Total)
+	assert.Positive(t, rep.Attaches.Detached, "attachments stayed open across events")
 	for _, k := range rep.Keys {
 		assert.Equal(t, 1, k.FinalVersionsOutstanding, "every volume of %s on its latest version", k.Name)
 	}
@@ -88,6 +91,40 @@ func TestSameSeedSameRun(t *testing.T) {
 	}
 	assert.Equal(t, d(a), d(b))
 	assert.Positive(t, a.FaultsInjected)
+	assert.Positive(t, sumCrashes(a.Faults.Crashes))
+}
+
+// TestIssueFaultRates: the issue's fault configuration (5% KMS failures, 1% crashes per
+// rewrap) on a small fleet: the audit passes, every volume ends on its key's latest version,
+// and the faults are counted.
+func TestIssueFaultRates(t *testing.T) {
+	sc := Scenario{Seed: 1, Months: 12, Keys: 3, Volumes: 150, PolicyMonths: 3, AttachesPerMonth: 40,
+		Faults: Faults{FailRate: 0.05, CrashRate: 0.01}}
+	rep, err := Run(context.Background(), sc, Options{Dir: t.TempDir()})
+	require.NoError(t, err)
+	require.NoError(t, rep.Err())
+	assert.Equal(t, 150, rep.Audit.DataVerified)
+	assert.Positive(t, rep.Faults.KMSErrors)
+	assert.Positive(t, sumCrashes(rep.Faults.Crashes))
+	assert.Equal(t, rep.Faults.KMSErrors+sumCrashes(rep.Faults.Crashes), rep.FaultsInjected)
+	for _, k := range rep.Keys {
+		assert.Equal(t, 1, k.FinalVersionsOutstanding, k.Name)
+	}
+	assert.Positive(t, rep.MaxOnOldVersions, "the crashes left volumes behind for a while")
+}
+
+// TestCrashPointsLeaveRecoverableState: with a high crash rate every crash point is hit,
+// including torn header writes, and the fleet still audits clean.
+func TestCrashPointsLeaveRecoverableState(t *testing.T) {
+	sc := Scenario{Seed: 21, Months: 6, Keys: 2, Volumes: 40, PolicyMonths: 1, ManualRotationsPerMonth: 2,
+		AttachesPerMonth: -1, Faults: Faults{CrashRate: 0.1}}
+	rep, err := Run(context.Background(), sc, Options{Dir: t.TempDir()})
+	require.NoError(t, err)
+	require.NoError(t, rep.Err())
+	for _, p := range crashPoints {
+		assert.Positive(t, rep.Faults.Crashes[p], p)
+	}
+	assert.Positive(t, rep.RewrapsAborted)
 }
 
 // TestRotationCostIndependentOfSize: the same scenario on 1 MiB and 1 GiB (sparse) volumes

@@ -31,6 +31,6 @@ func TestCrashTest(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, rep.Failures)
 	assert.Equal(t, trials, rep.Killed+rep.Finished)
-	assert.Positive(t, rep.Killed, "some kills landed while the rotation ran")
+	assert.GreaterOrEqual(t, rep.MidRewrap, trials/4, "kills landed inside the rewrap pass, leaving some volumes rewrapped and some not")
 	assert.Positive(t, rep.Repaired, "key sync had volumes to repair")
 }

@@ -60,6 +60,7 @@ the command line override it.`,
 				"outages":          func() { s.Faults.RandomOutages = sc.Faults.RandomOutages },
 				"corrupt":          func() { s.Faults.CorruptData = sc.Faults.CorruptData },
 				"seed":             func() { s.Seed = sc.Seed },
+				"workers":          func() { s.Workers = sc.Workers },
 			}
 			for name, apply := range overrides {
 				if f.Changed(name) {
@@ -67,11 +68,9 @@ the command line override it.`,
 				}
 			}
 			if f.Changed("kms-latency") {
-				d, err := time.ParseDuration(latency)
-				if err != nil {
+				if err := s.Faults.Latency.UnmarshalText([]byte(latency)); err != nil {
 					return usagef("--kms-latency %q: %v", latency, err)
 				}
-				s.Faults.Latency = sim.Duration(d)
 			}
 			workDir := dir
 			if workDir == "" {
@@ -159,7 +158,8 @@ the command line override it.`,
 	f.IntVar(&sc.Faults.RandomOutages, "outages", 0, "key-service outages (6 h each) at random times")
 	f.StringVar(&latency, "kms-latency", "0s", "virtual latency added to every key-service call")
 	f.IntVar(&sc.Faults.CorruptData, "corrupt", 0, "overwrite this many volumes' stored data behind crkvol's back (the audit must fail)")
-	f.Uint64Var(&sc.Seed, "seed", 1, "seed: the same seed gives the same run")
+	f.Uint64Var(&sc.Seed, "seed", 1, "seed: the same seed gives the same events and fault draws")
+	f.IntVar(&sc.Workers, "workers", 16, "concurrent rewraps per pass (1: counts repeat exactly from run to run, even with crashes)")
 	f.StringVar(&reportFile, "report", "", "write the full report as JSON to this file")
 	f.StringVar(&chartFile, "chart", "", "write an SVG chart of volumes per key version over time")
 	f.StringVar(&dir, "dir", "", "work in this (new or empty) directory and keep it (default: a temporary one, removed)")
