@@ -58,7 +58,6 @@ type simKey struct {
 	policy     int
 	versions   []string // oldest first, as the sim saw them appear
 	rotations  int
-	maxOutst   int
 	lastRotate time.Time
 }
 

@@ -22,9 +22,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(testscript.RunMain(m, map[string]func() int{
-		"crkvol": func() int { return run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Getenv) },
-	}))
+	testscript.Main(m, map[string]func(){
+		"crkvol": func() { os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Getenv)) },
+	})
 }
 
 // TestScripts runs the CLI scripts in testdata/*.txtar. Scripts that need cryptsetup are
