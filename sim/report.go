@@ -189,7 +189,7 @@ func (r *Report) WriteSummary(w io.Writer) error {
 		p("Per rotation    fleet rewrap time median %.0f ms (max %.0f ms); per-volume p50 %.1f ms, p99 %.1f ms (medians over rotations)",
 			median(fleet), slices.Max(fleet), median(p50), median(p99))
 	}
-	p("Faults          %d injected: %d KMS errors, %d calls during outages, %d crashes %s, %d data corruptions, %s of added latency",
+	p("Faults          %d injected: %d KMS errors, %d calls during outages, %d crashes%s, %d data corruptions, %s of added latency",
 		r.FaultsInjected, r.Faults.KMSErrors, r.Faults.Unavailable, sumCrashes(r.Faults.Crashes), crashList(r.Faults.Crashes), r.Faults.Corruptions, r.Faults.LatencyAdded.Round(time.Millisecond))
 	p("Recovery        %d restarts after crashes, %d sync passes, %d syncs refused", r.Restarts, countTrigger(r.Passes, "sync", "restart"), r.SyncFailures)
 	p("Attaches        %d (%d refused by KMS faults, %d other failures, %d data mismatches, %d with writes; %d detached, %d dropped by crashes, %d not tried while down)",
@@ -248,7 +248,7 @@ func crashList(m map[string]int) string {
 			parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
 		}
 	}
-	return "(" + strings.Join(parts, ", ") + ")"
+	return " (" + strings.Join(parts, ", ") + ")"
 }
 
 func median(xs []float64) float64 {
