@@ -54,7 +54,11 @@ func (c *conn) isStopped() bool {
 func (c *conn) serve() {
 	defer c.nc.Close()
 	log := c.s.log.With("remote", c.nc.RemoteAddr().String())
+	_ = c.nc.SetDeadline(time.Now().Add(c.s.opts.NegotiationTimeout))
 	ok, err := c.negotiate()
+	if ok && err == nil && !c.isStopped() {
+		_ = c.nc.SetDeadline(time.Time{}) // transmission has no deadline
+	}
 	if err != nil {
 		switch {
 		case c.isStopped():

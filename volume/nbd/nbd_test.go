@@ -625,3 +625,37 @@ func FuzzNegotiation(f *testing.F) {
 		require.NoError(t, s.Shutdown(ctx))
 	})
 }
+
+// TestConnectionLimitAndNegotiationTimeout: clients beyond MaxConnections are disconnected at
+// once, and a client that stalls in the handshake is dropped after NegotiationTimeout.
+func TestConnectionLimitAndNegotiationTimeout(t *testing.T) {
+	dev := newMem(64 << 10)
+	s, addr := startServer(t, Export{Name: "vol", Device: dev}, Options{MaxConnections: 1, NegotiationTimeout: 200 * time.Millisecond})
+	c := dial(t, addr, flagFixedNewstyle|flagNoZeroes)
+	c.goExport("vol")
+	require.Eventually(t, func() bool { return s.Connections() == 1 }, time.Second, time.Millisecond)
+	extra, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer extra.Close()
+	_ = extra.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = io.ReadFull(extra, make([]byte, 18))
+	assert.Error(t, err, "a second client gets no greeting")
+	assert.Equal(t, make([]byte, 16), c.read(1, 0, 16), "the first one is served")
+	c.request(cmdDisc, 0, 2, 0, 0, nil)
+	require.Eventually(t, func() bool { return s.Connections() == 0 }, 5*time.Second, 10*time.Millisecond)
+
+	// A client that reads the greeting and then says nothing.
+	stall, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer stall.Close()
+	_, err = io.ReadFull(stall, make([]byte, 18))
+	require.NoError(t, err)
+	_ = stall.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = stall.Read(make([]byte, 1))
+	assert.ErrorIs(t, err, io.EOF, "dropped after the negotiation timeout")
+	// Transmission has no deadline: a served client may idle longer than the timeout.
+	c2 := dial(t, addr, flagFixedNewstyle|flagNoZeroes)
+	c2.goExport("vol")
+	time.Sleep(400 * time.Millisecond)
+	assert.Equal(t, make([]byte, 16), c2.read(3, 0, 16))
+}

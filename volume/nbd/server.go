@@ -60,6 +60,11 @@ type Options struct {
 	MaxPayload int
 	// MaxBytesInFlight bounds the buffered request data of one connection; 64 MiB if zero.
 	MaxBytesInFlight int
+	// MaxConnections bounds the connections served at once; 64 if zero. Further clients
+	// are disconnected at once.
+	MaxConnections int
+	// NegotiationTimeout bounds the handshake of a connection; 30 s if zero.
+	NegotiationTimeout time.Duration
 	// Logger receives connection-level events (never data or keys); discarded if nil.
 	Logger *slog.Logger
 }
@@ -110,6 +115,12 @@ func NewServer(exp Export, opts Options) (*Server, error) {
 		opts.MaxBytesInFlight = 64 << 20
 	}
 	opts.MaxBytesInFlight = max(opts.MaxBytesInFlight, opts.MaxPayload)
+	if opts.MaxConnections <= 0 {
+		opts.MaxConnections = 64
+	}
+	if opts.NegotiationTimeout <= 0 {
+		opts.NegotiationTimeout = 30 * time.Second
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -179,9 +190,13 @@ func (s *Server) Serve(l net.Listener) error {
 func (s *Server) ServeConn(nc net.Conn) {
 	c := newConn(s, nc)
 	s.mu.Lock()
-	if s.closed {
+	if s.closed || len(s.conns) >= s.opts.MaxConnections {
+		full := !s.closed
 		s.mu.Unlock()
 		nc.Close()
+		if full {
+			s.log.Warn("nbd connection refused: too many connections", "remote", nc.RemoteAddr().String(), "max", s.opts.MaxConnections)
+		}
 		return
 	}
 	s.conns[c] = struct{}{}
