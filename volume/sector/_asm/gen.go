@@ -144,7 +144,9 @@ func bulk(name, op string) {
 // encryption round keys.
 //
 // Everything runs on 512-bit registers with VAES: Z0-Z3 hold sixteen blocks, Z4-Z7 their
-// tweaks, Z16-Z31 the data round keys broadcast to every lane, Z11/Z12 the per-lane shift counts that turn a broadcast tweak t into [t, tα, tα², tα³].
+// tweaks (and Z8, Z11, Z12, Z14 the next 16 blocks'), Z16-Z31 the data round keys broadcast
+// to every lane; per-lane shift counts in memory turn a broadcast tweak t into [t, tα, tα²,
+// tα³].
 // The initial tweaks of four sectors at a time are made together in Z13 (their sector
 // numbers encrypted with the tweak key, read from memory round by round into Z14), so no
 // sector waits alone for its tweak. Whitening and round key 0 are one VPTERNLOGQ; tweaks
@@ -162,8 +164,6 @@ func vaes(name, op string) {
 	p("\tMOVQ blocks+48(FP), R10")
 	p("\tMOVQ seq+56(FP), R11")
 	p("\tMOVQ offs+64(FP), R12")
-	p("\tVMOVDQU64 lanesl<>(SB), Z11")
-	p("\tVMOVDQU64 lanesr<>(SB), Z12")
 	for r := 0; r <= 10; r++ {
 		p("\tVBROADCASTI32X4 %d(R8), Z%d", 16*r, 16+r)
 	}
@@ -231,50 +231,72 @@ func vaes(name, op string) {
 	p("\tVSHUFI64X2 $0x00, Z13, Z13, Z4")
 	p("\tVSHUFI64X2 $0x39, Z13, Z13, Z13")
 	p("\tDECQ AX")
-	p("\tVPSRLVQ Z12, Z4, Z9")
-	p("\tVPSLLVQ Z11, Z4, Z4")
+	p("\tVPSRLVQ lanesr<>(SB), Z4, Z9")
+	p("\tVPSLLVQ lanesl<>(SB), Z4, Z4")
 	carry(4)
 	mulAlpha(5, 4, 4)
 	mulAlpha(6, 4, 8)
 	mulAlpha(7, 4, 12)
 	p("\tMOVQ R10, DX")
+	// Unrolled twice (a sector has a multiple of 32 blocks): the first half's tweaks are
+	// Z4-Z7 and it makes the second half's in Z8, Z11, Z12, Z14 early, between its rounds,
+	// and the second half makes the next first half's back in Z4-Z7. The next blocks' tweaks
+	// are then ready when their loads issue.
+	setA := [4]int{4, 5, 6, 7}
+	setB := [4]int{8, 11, 12, 14}
 	p("%s_loop:", name)
-	for i := 0; i < 4; i++ {
-		p("\tVMOVDQU64 %d(SI), Z%d", 64*i, i)
-		p("\tVPTERNLOGQ $0x96, Z16, Z%d, Z%d", 4+i, i)
-	}
-	for r := 1; r <= 9; r++ {
-		for i := 0; i < 4; i++ {
-			p("\tV%s Z%d, Z%d, Z%d", op, 16+r, i, i)
-		}
-	}
-	p("\tCMPQ CX, $10")
-	p("\tJEQ %s_last", name)
-	for r := 10; r <= 13; r++ {
-		for i := 0; i < 4; i++ {
-			p("\tV%s Z%d, Z%d, Z%d", op, 16+r, i, i)
-		}
-	}
-	p("%s_last:", name)
-	for i := 0; i < 4; i++ {
-		p("\tV%sLAST Z31, Z%d, Z%d", op, i, i)
-		p("\tVPXORQ Z%d, Z%d, Z%d", 4+i, i, i)
-		p("\tVMOVDQU64 Z%d, %d(DI)", i, 64*i)
-	}
-	p("\tADDQ $256, SI")
-	p("\tADDQ $256, DI")
-	p("\tSUBQ $16, DX")
-	p("\tJEQ %s_next", name)
-	for i := 4; i <= 7; i++ {
-		mulAlpha(i, i, 16)
-	}
-	p("\tJMP %s_loop", name)
+	vaesHalf(name+"_a", op, setA, setB, false)
+	vaesHalf(name+"_b", op, setB, setA, true)
+	p("\tSUBQ $32, DX")
+	p("\tJNE %s_loop", name)
 	p("%s_next:", name)
 	p("\tDECQ BX")
 	p("\tJMP %s_sector", name)
 	p("%s_done:", name)
 	p("\tVZEROUPPER")
 	p("\tRET")
+}
+
+// vaesHalf writes 16 blocks of the VAES loop with tweaks in registers t, making the next 16
+// blocks' tweaks (t·α^16) in registers n after round 4 (unless, when last is set, these are
+// the sector's last 16 blocks: DX is then 32).
+func vaesHalf(label, op string, t, n [4]int, last bool) {
+	for i := 0; i < 4; i++ {
+		p("\tVMOVDQU64 %d(SI), Z%d", 64*i, i)
+		p("\tVPTERNLOGQ $0x96, Z16, Z%d, Z%d", t[i], i)
+	}
+	for r := 1; r <= 9; r++ {
+		for i := 0; i < 4; i++ {
+			p("\tV%s Z%d, Z%d, Z%d", op, 16+r, i, i)
+		}
+		if r == 4 {
+			if last {
+				p("\tCMPQ DX, $32")
+				p("\tJEQ %s_lastgroup", label)
+			}
+			for i := 0; i < 4; i++ {
+				mulAlpha(n[i], t[i], 16)
+			}
+			if last {
+				p("%s_lastgroup:", label)
+			}
+		}
+	}
+	p("\tCMPQ CX, $10")
+	p("\tJEQ %s_last", label)
+	for r := 10; r <= 13; r++ {
+		for i := 0; i < 4; i++ {
+			p("\tV%s Z%d, Z%d, Z%d", op, 16+r, i, i)
+		}
+	}
+	p("%s_last:", label)
+	for i := 0; i < 4; i++ {
+		p("\tV%sLAST Z31, Z%d, Z%d", op, i, i)
+		p("\tVPXORQ Z%d, Z%d, Z%d", t[i], i, i)
+		p("\tVMOVDQU64 Z%d, %d(DI)", i, 64*i)
+	}
+	p("\tADDQ $256, SI")
+	p("\tADDQ $256, DI")
 }
 
 // mulAlpha sets Z(dst) = Z(src)·α^k in every 128-bit lane (0 < k < 57), using Z9 and Z10.
