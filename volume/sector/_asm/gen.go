@@ -50,15 +50,19 @@ func rounds(op string, n int, label string) {
 
 // bulk writes func name(nr int, rk *byte, dst, src *byte, n int, tweak *[16]byte).
 //
-// Eight blocks are in flight in X0-X7. Their tweaks are made one by one in X9 by doubling
-// (a short chain that runs ahead of the AES rounds, and keeps PCLMULQDQ off the ports the
-// rounds use), and parked in the frame already XORed into the last round key (the last
-// round's key addition and the tweak XOR are one), so the round keys can be loaded once per
-// round into X11/X12 and used from registers by all eight blocks.
+// Eight blocks are in flight in X0-X7, with the round keys loaded once per round into
+// X11/X12. Their tweaks are made ahead, a group of eight at a time, by doubling (a chain of
+// shifts, adds and XORs that keeps PCLMULQDQ off the ports the rounds use), and parked in the
+// frame twice: XORed with round key 0 (whitening and the first key addition are one XOR) and
+// with the last round key (the last key addition and the tweak XOR are one). The next group's
+// tweaks are made between the current group's rounds, into the other half of the frame, so
+// the loads of the next group never wait for a doubling chain. X8 is the tweak of the first
+// block not yet made, X13 round key 0, X14 the last round key; R10 and R11 point at the
+// current and the next half of the frame.
 func bulk(name, op string) {
 	p("")
 	p("// func %s(nr int, rk *byte, dst, src *byte, n int, tweak *[16]byte)", name)
-	p("TEXT ·%s(SB),NOSPLIT,$128-48", name)
+	p("TEXT ·%s(SB),NOSPLIT,$512-48", name)
 	p("\tMOVQ nr+0(FP), CX")
 	p("\tMOVQ rk+8(FP), R8")
 	p("\tMOVQ dst+16(FP), DI")
@@ -69,26 +73,18 @@ func bulk(name, op string) {
 	p("\tSHLQ $4, R9")
 	p("\tADDQ R8, R9")
 	p("\tVMOVDQU (AX), X8")
-	p("%s_loop8:", name)
 	p("\tCMPQ DX, $8")
 	p("\tJB %s_tail", name)
-	p("\tVMOVDQU (R8), X11")
+	p("\tVMOVDQU (R8), X13")
 	p("\tVMOVDQU (R9), X14")
+	p("\tLEAQ 0(SP), R10")
+	p("\tLEAQ 256(SP), R11")
+	makeTweaks("R10")
+	p("%s_loop8:", name)
 	for i := 0; i < 8; i++ {
-		t := 8
-		if i == 1 {
-			t = 9
-			double(9, 8, 10)
-		} else if i > 1 {
-			t = 9
-			double(9, 9, 10)
-		}
-		p("\tVPXOR X%d, X14, X15", t)
-		p("\tVMOVDQU X15, %d(SP)", 16*i)
-		p("\tVPXOR %d(SI), X%d, X%d", 16*i, t, i)
-		p("\tVPXOR X11, X%d, X%d", i, i)
+		p("\tVMOVDQU %d(SI), X%d", 16*i, i)
+		p("\tVPXOR %d(R10), X%d, X%d", 16*i, i, i)
 	}
-	double(8, 9, 10)
 	key := func(r int) int {
 		reg := 11 + r%2
 		p("\tVMOVDQU %d(R8), X%d", 16*r, reg)
@@ -98,6 +94,12 @@ func bulk(name, op string) {
 		k := key(r)
 		for i := 0; i < 8; i++ {
 			p("\tV%s X%d, X%d, X%d", op, k, i, i)
+		}
+		if r == 2 { // the next group's tweaks, if another whole group follows
+			p("\tCMPQ DX, $16")
+			p("\tJB %s_nogen", name)
+			makeTweaks("R11")
+			p("%s_nogen:", name)
 		}
 	}
 	p("\tCMPQ CX, $10")
@@ -110,13 +112,15 @@ func bulk(name, op string) {
 	}
 	p("%s_last8:", name)
 	for i := 0; i < 8; i++ {
-		p("\tV%sLAST %d(SP), X%d, X%d", op, 16*i, i, i)
+		p("\tV%sLAST %d(R10), X%d, X%d", op, 128+16*i, i, i)
 		p("\tVMOVDQU X%d, %d(DI)", i, 16*i)
 	}
 	p("\tADDQ $128, SI")
 	p("\tADDQ $128, DI")
 	p("\tSUBQ $8, DX")
-	p("\tJMP %s_loop8", name)
+	p("\tXCHGQ R10, R11")
+	p("\tCMPQ DX, $8")
+	p("\tJAE %s_loop8", name)
 	p("%s_tail:", name)
 	p("\tTESTQ DX, DX")
 	p("\tJEQ %s_done", name)
@@ -134,6 +138,27 @@ func bulk(name, op string) {
 	p("%s_done:", name)
 	p("\tVMOVDQU X8, (AX)")
 	p("\tRET")
+}
+
+// makeTweaks writes the eight tweaks from X8 on, XORed with round key 0 (X13) at 0-127(buf)
+// and with the last round key (X14) at 128-255(buf), and advances X8 by eight blocks. It uses
+// X9, X10 and X15.
+func makeTweaks(buf string) {
+	for i := 0; i < 8; i++ {
+		t := 8
+		if i == 1 {
+			t = 9
+			double(9, 8, 10)
+		} else if i > 1 {
+			t = 9
+			double(9, 9, 10)
+		}
+		p("\tVPXOR X%d, X13, X15", t)
+		p("\tVMOVDQU X15, %d(%s)", 16*i, buf)
+		p("\tVPXOR X%d, X14, X15", t)
+		p("\tVMOVDQU X15, %d(%s)", 128+16*i, buf)
+	}
+	double(8, 9, 10)
 }
 
 // vaes writes func name(nr int, rk, tk *byte, dst, src *byte, sectors, blocks int, seq uint64,
