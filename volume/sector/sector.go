@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 )
 
 // IVUnit is the size in bytes of the unit in which sector numbers (and so XTS tweaks) count,
@@ -49,8 +50,9 @@ func Paths() []Path { return available() }
 type Cipher struct {
 	data  cipher.Block // first key half: encrypts the data blocks
 	tweak cipher.Block // second key half: encrypts the tweak
-	size  int          // sector size in bytes
-	step  uint64       // IV units (512-byte sectors) per sector
+	size  int          // sector size in bytes (a power of two)
+	shift uint         // log2(size): the hot path divides by shifting, not with DIV
+	step  uint64       // IV units (512-byte sectors) per sector (a power of two)
 	path  Path
 	k1    schedule // data key schedule, for the assembly paths
 	k2    schedule // tweak key schedule, for the assembly paths
@@ -93,7 +95,7 @@ func NewPath(key []byte, sectorSize int, path Path) (*Cipher, error) {
 	if subtle.ConstantTimeCompare(key[:half], key[half:]) == 1 {
 		return nil, fmt.Errorf("%w: the two halves of the %d-byte XTS key are equal", ErrWeakKey, len(key))
 	}
-	c := &Cipher{size: sectorSize, step: uint64(sectorSize / IVUnit), path: path}
+	c := &Cipher{size: sectorSize, shift: uint(bits.TrailingZeros(uint(sectorSize))), step: uint64(sectorSize / IVUnit), path: path}
 	if path == PathGeneric {
 		var err error
 		if c.data, err = aes.NewCipher(key[:half]); err != nil {
@@ -166,13 +168,13 @@ func (c *Cipher) check(dst, src []byte, firstSector uint64) {
 	if c.wiped {
 		panic("sector: Cipher used after Wipe")
 	}
-	if len(src)%c.size != 0 {
+	if len(src)&(c.size-1) != 0 {
 		panic(fmt.Sprintf("sector: input of %d bytes is not a whole number of %d-byte sectors", len(src), c.size))
 	}
 	if len(dst) < len(src) {
 		panic(fmt.Sprintf("sector: output of %d bytes is smaller than input of %d bytes", len(dst), len(src)))
 	}
-	if firstSector%c.step != 0 {
+	if firstSector&(c.step-1) != 0 {
 		panic(fmt.Sprintf("sector: first sector %d is not a multiple of %d: sector numbers count 512-byte units, and a %d-byte sector starts on every %dth",
 			firstSector, c.step, c.size, c.step))
 	}

@@ -46,10 +46,10 @@ func (c *Cipher) xtsAsm(dst, src []byte, seq uint64, decrypt bool) {
 	if decrypt {
 		rk = &c.k1.dec[0]
 	}
-	blocks := c.size / 16
+	blocks := c.size >> 4
 	if c.path == PathVAES {
 		// The routine makes the sectors' tweaks itself, four at a time.
-		n := len(src) / c.size
+		n := len(src) >> c.shift
 		if n == 0 {
 			return
 		}
