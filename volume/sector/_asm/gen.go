@@ -189,23 +189,14 @@ func vaes(name, op string) {
 	p("\tMOVQ blocks+48(FP), R10")
 	p("\tMOVQ seq+56(FP), R11")
 	p("\tMOVQ offs+64(FP), R12")
-	for r := 0; r <= 10; r++ {
-		p("\tVBROADCASTI32X4 %d(R8), Z%d", 16*r, 16+r)
-	}
-	p("\tCMPQ CX, $10")
-	p("\tJEQ %s_keysdone", name)
-	for r := 11; r <= 14; r++ {
-		p("\tVBROADCASTI32X4 %d(R8), Z%d", 16*r, 16+r)
-	}
-	p("%s_keysdone:", name)
 	p("\tMOVQ CX, R9")
 	p("\tSHLQ $4, R9")
 	p("\tMOVQ R9, R14")
 	p("\tADDQ R8, R9")
 	p("\tADDQ R13, R14") // last tweak-key round
-	p("\tVBROADCASTI32X4 (R9), Z31")
 	p("\tVMOVDQU64 (R12), Z15") // lane offsets
 	p("\tMOVQ 64(R12), R15")    // 4·step
+	p("\tXORQ R12, R12")        // the data round keys are not in registers yet
 	p("\tXORQ AX, AX")          // sectors left in the current group of four tweaks
 	p("%s_sector:", name)
 	p("\tTESTQ BX, BX")
@@ -252,6 +243,22 @@ func vaes(name, op string) {
 	p("\tVAESENCLAST Z14, Z13, Z13")
 	p("\tMOVQ $4, AX")
 	p("%s_havetweak:", name)
+	// The data round keys are broadcast after the first tweak is under way, so that the
+	// tweak's dependent rounds enter the scheduler first.
+	p("\tTESTQ R12, R12")
+	p("\tJNE %s_keysready", name)
+	for r := 0; r <= 10; r++ {
+		p("\tVBROADCASTI32X4 %d(R8), Z%d", 16*r, 16+r)
+	}
+	p("\tCMPQ CX, $10")
+	p("\tJEQ %s_keysdone", name)
+	for r := 11; r <= 14; r++ {
+		p("\tVBROADCASTI32X4 %d(R8), Z%d", 16*r, 16+r)
+	}
+	p("%s_keysdone:", name)
+	p("\tVBROADCASTI32X4 (R9), Z31")
+	p("\tMOVQ $1, R12")
+	p("%s_keysready:", name)
 	// This sector's tweak is lane 0 of Z13: broadcast it, then rotate the lanes for the next.
 	p("\tVSHUFI64X2 $0x00, Z13, Z13, Z4")
 	p("\tVSHUFI64X2 $0x39, Z13, Z13, Z13")
