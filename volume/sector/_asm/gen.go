@@ -193,7 +193,7 @@ func vaes(name, op string) {
 	p("\tSHLQ $4, R9")
 	p("\tMOVQ R9, R14")
 	p("\tADDQ R8, R9")
-	p("\tADDQ R13, R14") // last tweak-key round
+	p("\tADDQ R13, R14")        // last tweak-key round
 	p("\tVMOVDQU64 (R12), Z15") // lane offsets
 	p("\tMOVQ 64(R12), R15")    // 4·step
 	p("\tXORQ R12, R12")        // the data round keys are not in registers yet
