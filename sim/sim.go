@@ -1020,6 +1020,26 @@ func (r *runner) audit(ctx context.Context) {
 	}
 	close(jobs)
 	wg.Wait()
+	// The volume registry (CRN -> image) must list exactly the live volumes.
+	if entries, err := r.reg.List(); err != nil {
+		a.Failed++
+		a.Failures = appendCapped(a.Failures, fmt.Sprintf("volume registry: %v", err))
+	} else {
+		listed := map[string]bool{}
+		for _, e := range entries {
+			listed[e.CRN] = true
+			if _, ok := r.vols[e.CRN]; !ok {
+				a.Failed++
+				a.Failures = appendCapped(a.Failures, fmt.Sprintf("volume registry lists %s, which is not a live volume", e.Path))
+			}
+		}
+		for crn, v := range r.vols {
+			if !listed[crn] {
+				a.Failed++
+				a.Failures = appendCapped(a.Failures, fmt.Sprintf("%s is missing from the volume registry", filepath.Base(v.path)))
+			}
+		}
+	}
 	// Registrations without a live volume would pin keys forever.
 	for crn := range regVersion {
 		if _, ok := r.vols[crn]; !ok {
