@@ -654,6 +654,7 @@ func TestConnectionLimitAndNegotiationTimeout(t *testing.T) {
 	_, err = stall.Read(make([]byte, 1))
 	assert.ErrorIs(t, err, io.EOF, "dropped after the negotiation timeout")
 	// Transmission has no deadline: a served client may idle longer than the timeout.
+	require.Eventually(t, func() bool { return s.Connections() == 0 }, 5*time.Second, 10*time.Millisecond)
 	c2 := dial(t, addr, flagFixedNewstyle|flagNoZeroes)
 	c2.goExport("vol")
 	time.Sleep(400 * time.Millisecond)
