@@ -10,8 +10,9 @@ DATA gfmask<>+0(SB)/8, $0x87
 DATA gfmask<>+8(SB)/8, $1
 GLOBL gfmask<>(SB), RODATA|NOPTR, $16
 
-// Per-lane shift counts that make [t, tα, tα², tα³] from a broadcast t: left shifts
-// 0, 1, 2, 3 and the matching right shifts 64, 63, 62, 61 (a count of 64 gives 0).
+// Per-lane shift counts that make [tα^4k, tα^(4k+1), tα^(4k+2), tα^(4k+3)] from a
+// broadcast t, for k = 0..3 (64 bytes each): left shifts 4k+j and the matching right
+// shifts 64-(4k+j) (a count of 64 gives 0).
 DATA lanesl<>+0(SB)/8, $0
 DATA lanesl<>+8(SB)/8, $0
 DATA lanesr<>+0(SB)/8, $64
@@ -28,7 +29,55 @@ DATA lanesl<>+48(SB)/8, $3
 DATA lanesl<>+56(SB)/8, $3
 DATA lanesr<>+48(SB)/8, $61
 DATA lanesr<>+56(SB)/8, $61
-GLOBL lanesl<>(SB), RODATA|NOPTR, $64
+DATA lanesl<>+64(SB)/8, $4
+DATA lanesl<>+72(SB)/8, $4
+DATA lanesr<>+64(SB)/8, $60
+DATA lanesr<>+72(SB)/8, $60
+DATA lanesl<>+80(SB)/8, $5
+DATA lanesl<>+88(SB)/8, $5
+DATA lanesr<>+80(SB)/8, $59
+DATA lanesr<>+88(SB)/8, $59
+DATA lanesl<>+96(SB)/8, $6
+DATA lanesl<>+104(SB)/8, $6
+DATA lanesr<>+96(SB)/8, $58
+DATA lanesr<>+104(SB)/8, $58
+DATA lanesl<>+112(SB)/8, $7
+DATA lanesl<>+120(SB)/8, $7
+DATA lanesr<>+112(SB)/8, $57
+DATA lanesr<>+120(SB)/8, $57
+DATA lanesl<>+128(SB)/8, $8
+DATA lanesl<>+136(SB)/8, $8
+DATA lanesr<>+128(SB)/8, $56
+DATA lanesr<>+136(SB)/8, $56
+DATA lanesl<>+144(SB)/8, $9
+DATA lanesl<>+152(SB)/8, $9
+DATA lanesr<>+144(SB)/8, $55
+DATA lanesr<>+152(SB)/8, $55
+DATA lanesl<>+160(SB)/8, $10
+DATA lanesl<>+168(SB)/8, $10
+DATA lanesr<>+160(SB)/8, $54
+DATA lanesr<>+168(SB)/8, $54
+DATA lanesl<>+176(SB)/8, $11
+DATA lanesl<>+184(SB)/8, $11
+DATA lanesr<>+176(SB)/8, $53
+DATA lanesr<>+184(SB)/8, $53
+DATA lanesl<>+192(SB)/8, $12
+DATA lanesl<>+200(SB)/8, $12
+DATA lanesr<>+192(SB)/8, $52
+DATA lanesr<>+200(SB)/8, $52
+DATA lanesl<>+208(SB)/8, $13
+DATA lanesl<>+216(SB)/8, $13
+DATA lanesr<>+208(SB)/8, $51
+DATA lanesr<>+216(SB)/8, $51
+DATA lanesl<>+224(SB)/8, $14
+DATA lanesl<>+232(SB)/8, $14
+DATA lanesr<>+224(SB)/8, $50
+DATA lanesr<>+232(SB)/8, $50
+DATA lanesl<>+240(SB)/8, $15
+DATA lanesl<>+248(SB)/8, $15
+DATA lanesr<>+240(SB)/8, $49
+DATA lanesr<>+248(SB)/8, $49
+GLOBL lanesl<>(SB), RODATA|NOPTR, $256
 
 // Keeps the low quadword of every 128-bit lane.
 DATA lomask<>+0(SB)/8, $-1
@@ -40,7 +89,7 @@ DATA lomask<>+40(SB)/8, $0
 DATA lomask<>+48(SB)/8, $-1
 DATA lomask<>+56(SB)/8, $0
 GLOBL lomask<>(SB), RODATA|NOPTR, $64
-GLOBL lanesr<>(SB), RODATA|NOPTR, $64
+GLOBL lanesr<>(SB), RODATA|NOPTR, $256
 
 // func xtsEncAESNI(nr int, rk *byte, dst, src *byte, n int, tweak *[16]byte)
 TEXT ·xtsEncAESNI(SB),NOSPLIT,$512-48
@@ -877,11 +926,11 @@ xtsEncVAES_keysdone:
 	VBROADCASTI32X4 (R9), Z31
 	MOVQ $1, R12
 xtsEncVAES_keysready:
-	VSHUFI64X2 $0x00, Z13, Z13, Z4
+	VSHUFI64X2 $0x00, Z13, Z13, Z8
 	VSHUFI64X2 $0x39, Z13, Z13, Z13
 	DECQ AX
-	VPSRLVQ lanesr<>(SB), Z4, Z9
-	VPSLLVQ lanesl<>(SB), Z4, Z4
+	VPSRLVQ lanesr<>+0(SB), Z8, Z9
+	VPSLLVQ lanesl<>+0(SB), Z8, Z4
 	VPSLLDQ $8, Z9, Z10
 	VPSRLDQ $8, Z9, Z9
 	VPTERNLOGQ $0x96, Z10, Z9, Z4
@@ -890,8 +939,8 @@ xtsEncVAES_keysready:
 	VPTERNLOGQ $0x96, Z10, Z9, Z4
 	VPSLLQ $6, Z9, Z9
 	VPXORQ Z9, Z4, Z4
-	VPSRLQ $60, Z4, Z9
-	VPSLLQ $4, Z4, Z5
+	VPSRLVQ lanesr<>+64(SB), Z8, Z9
+	VPSLLVQ lanesl<>+64(SB), Z8, Z5
 	VPSLLDQ $8, Z9, Z10
 	VPSRLDQ $8, Z9, Z9
 	VPTERNLOGQ $0x96, Z10, Z9, Z5
@@ -900,16 +949,18 @@ xtsEncVAES_keysready:
 	VPTERNLOGQ $0x96, Z10, Z9, Z5
 	VPSLLQ $6, Z9, Z9
 	VPXORQ Z9, Z5, Z5
-	VPSRLDQ $15, Z4, Z9
-	VPSLLDQ $1, Z4, Z6
-	VPXORQ Z9, Z6, Z6
+	VPSRLVQ lanesr<>+128(SB), Z8, Z9
+	VPSLLVQ lanesl<>+128(SB), Z8, Z6
+	VPSLLDQ $8, Z9, Z10
+	VPSRLDQ $8, Z9, Z9
+	VPTERNLOGQ $0x96, Z10, Z9, Z6
 	VPSLLQ $2, Z9, Z10
 	VPSLLQ $1, Z9, Z9
 	VPTERNLOGQ $0x96, Z10, Z9, Z6
 	VPSLLQ $6, Z9, Z9
 	VPXORQ Z9, Z6, Z6
-	VPSRLQ $52, Z4, Z9
-	VPSLLQ $12, Z4, Z7
+	VPSRLVQ lanesr<>+192(SB), Z8, Z9
+	VPSLLVQ lanesl<>+192(SB), Z8, Z7
 	VPSLLDQ $8, Z9, Z10
 	VPSRLDQ $8, Z9, Z9
 	VPTERNLOGQ $0x96, Z10, Z9, Z7
@@ -1261,11 +1312,11 @@ xtsDecVAES_keysdone:
 	VBROADCASTI32X4 (R9), Z31
 	MOVQ $1, R12
 xtsDecVAES_keysready:
-	VSHUFI64X2 $0x00, Z13, Z13, Z4
+	VSHUFI64X2 $0x00, Z13, Z13, Z8
 	VSHUFI64X2 $0x39, Z13, Z13, Z13
 	DECQ AX
-	VPSRLVQ lanesr<>(SB), Z4, Z9
-	VPSLLVQ lanesl<>(SB), Z4, Z4
+	VPSRLVQ lanesr<>+0(SB), Z8, Z9
+	VPSLLVQ lanesl<>+0(SB), Z8, Z4
 	VPSLLDQ $8, Z9, Z10
 	VPSRLDQ $8, Z9, Z9
 	VPTERNLOGQ $0x96, Z10, Z9, Z4
@@ -1274,8 +1325,8 @@ xtsDecVAES_keysready:
 	VPTERNLOGQ $0x96, Z10, Z9, Z4
 	VPSLLQ $6, Z9, Z9
 	VPXORQ Z9, Z4, Z4
-	VPSRLQ $60, Z4, Z9
-	VPSLLQ $4, Z4, Z5
+	VPSRLVQ lanesr<>+64(SB), Z8, Z9
+	VPSLLVQ lanesl<>+64(SB), Z8, Z5
 	VPSLLDQ $8, Z9, Z10
 	VPSRLDQ $8, Z9, Z9
 	VPTERNLOGQ $0x96, Z10, Z9, Z5
@@ -1284,16 +1335,18 @@ xtsDecVAES_keysready:
 	VPTERNLOGQ $0x96, Z10, Z9, Z5
 	VPSLLQ $6, Z9, Z9
 	VPXORQ Z9, Z5, Z5
-	VPSRLDQ $15, Z4, Z9
-	VPSLLDQ $1, Z4, Z6
-	VPXORQ Z9, Z6, Z6
+	VPSRLVQ lanesr<>+128(SB), Z8, Z9
+	VPSLLVQ lanesl<>+128(SB), Z8, Z6
+	VPSLLDQ $8, Z9, Z10
+	VPSRLDQ $8, Z9, Z9
+	VPTERNLOGQ $0x96, Z10, Z9, Z6
 	VPSLLQ $2, Z9, Z10
 	VPSLLQ $1, Z9, Z9
 	VPTERNLOGQ $0x96, Z10, Z9, Z6
 	VPSLLQ $6, Z9, Z9
 	VPXORQ Z9, Z6, Z6
-	VPSRLQ $52, Z4, Z9
-	VPSLLQ $12, Z4, Z7
+	VPSRLVQ lanesr<>+192(SB), Z8, Z9
+	VPSLLVQ lanesl<>+192(SB), Z8, Z7
 	VPSLLDQ $8, Z9, Z10
 	VPSRLDQ $8, Z9, Z9
 	VPTERNLOGQ $0x96, Z10, Z9, Z7

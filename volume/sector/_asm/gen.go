@@ -260,15 +260,16 @@ func vaes(name, op string) {
 	p("\tMOVQ $1, R12")
 	p("%s_keysready:", name)
 	// This sector's tweak is lane 0 of Z13: broadcast it, then rotate the lanes for the next.
-	p("\tVSHUFI64X2 $0x00, Z13, Z13, Z4")
+	// The sixteen first tweaks t·α^0..15 are made side by side from the broadcast t in Z8,
+	// each vector with its own per-lane shift counts, not one from another.
+	p("\tVSHUFI64X2 $0x00, Z13, Z13, Z8")
 	p("\tVSHUFI64X2 $0x39, Z13, Z13, Z13")
 	p("\tDECQ AX")
-	p("\tVPSRLVQ lanesr<>(SB), Z4, Z9")
-	p("\tVPSLLVQ lanesl<>(SB), Z4, Z4")
-	carry(4)
-	mulAlpha(5, 4, 4)
-	mulAlpha(6, 4, 8)
-	mulAlpha(7, 4, 12)
+	for k := 0; k < 4; k++ {
+		p("\tVPSRLVQ lanesr<>+%d(SB), Z8, Z9", 64*k)
+		p("\tVPSLLVQ lanesl<>+%d(SB), Z8, Z%d", 64*k, 4+k)
+		carry(4 + k)
+	}
 	p("\tMOVQ R10, DX")
 	// Unrolled twice (a sector has a multiple of 32 blocks): the first half's tweaks are
 	// Z4-Z7 and it makes the second half's in Z8, Z11, Z12, Z14 early, between its rounds,
@@ -384,15 +385,16 @@ func main() {
 	p("DATA gfmask<>+8(SB)/8, $1")
 	p("GLOBL gfmask<>(SB), RODATA|NOPTR, $16")
 	p("")
-	p("// Per-lane shift counts that make [t, tα, tα², tα³] from a broadcast t: left shifts")
-	p("// 0, 1, 2, 3 and the matching right shifts 64, 63, 62, 61 (a count of 64 gives 0).")
-	for i := 0; i < 4; i++ {
+	p("// Per-lane shift counts that make [tα^4k, tα^(4k+1), tα^(4k+2), tα^(4k+3)] from a")
+	p("// broadcast t, for k = 0..3 (64 bytes each): left shifts 4k+j and the matching right")
+	p("// shifts 64-(4k+j) (a count of 64 gives 0).")
+	for i := 0; i < 16; i++ {
 		p("DATA lanesl<>+%d(SB)/8, $%d", 16*i, i)
 		p("DATA lanesl<>+%d(SB)/8, $%d", 16*i+8, i)
 		p("DATA lanesr<>+%d(SB)/8, $%d", 16*i, 64-i)
 		p("DATA lanesr<>+%d(SB)/8, $%d", 16*i+8, 64-i)
 	}
-	p("GLOBL lanesl<>(SB), RODATA|NOPTR, $64")
+	p("GLOBL lanesl<>(SB), RODATA|NOPTR, $256")
 	p("")
 	p("// Keeps the low quadword of every 128-bit lane.")
 	for i := 0; i < 4; i++ {
@@ -400,7 +402,7 @@ func main() {
 		p("DATA lomask<>+%d(SB)/8, $0", 16*i+8)
 	}
 	p("GLOBL lomask<>(SB), RODATA|NOPTR, $64")
-	p("GLOBL lanesr<>(SB), RODATA|NOPTR, $64")
+	p("GLOBL lanesr<>(SB), RODATA|NOPTR, $256")
 	bulk("xtsEncAESNI", "AESENC")
 	bulk("xtsDecAESNI", "AESDEC")
 	vaes("xtsEncVAES", "AESENC")
