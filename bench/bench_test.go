@@ -70,9 +70,16 @@ func needTools(t testing.TB) {
 // and the table with its ratios.
 func TestRunNBD(t *testing.T) {
 	needTools(t)
-	r, err := RunNBD(context.Background(), NBDOptions{Size: 8 << 20, Rounds: 1, Dir: t.TempDir()})
-	require.NoError(t, err)
-	require.Len(t, r.Results, 6)
+	for _, unix := range []bool{false, true} {
+		r, err := RunNBD(context.Background(), NBDOptions{Size: 8 << 20, Rounds: 1, Dir: t.TempDir(), Unix: unix})
+		require.NoError(t, err)
+		require.Len(t, r.Results, 6)
+		checkNBDReport(t, r)
+	}
+}
+
+func checkNBDReport(t *testing.T, r *NBDReport) {
+	t.Helper()
 	for _, x := range r.Results {
 		assert.Positive(t, x.MiBps, "%s %s", x.Server, x.Op)
 	}
@@ -80,6 +87,7 @@ func TestRunNBD(t *testing.T) {
 	require.NoError(t, r.WriteTable(&b))
 	assert.Contains(t, b.String(), "vs qemu-nbd")
 	assert.Contains(t, b.String(), "1.00x")
+	assert.Contains(t, b.String(), r.Transport)
 }
 
 // BenchmarkNBD reports sequential write and read MiB/s through NBD (nbdcopy over a unix

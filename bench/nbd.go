@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -27,6 +28,8 @@ type NBDOptions struct {
 	Rounds int
 	// Dir holds the images and sockets; a new temporary directory if empty.
 	Dir string
+	// Unix serves on unix sockets instead of TCP on 127.0.0.1.
+	Unix bool
 }
 
 // NBDResult is one measured case of RunNBD.
@@ -38,9 +41,10 @@ type NBDResult struct {
 
 // NBDReport is a whole RunNBD run.
 type NBDReport struct {
-	Size    int64       `json:"size"`
-	Rounds  int         `json:"rounds"`
-	Results []NBDResult `json:"results"`
+	Transport string      `json:"transport"` // "tcp 127.0.0.1" or "unix socket"
+	Size      int64       `json:"size"`
+	Rounds    int         `json:"rounds"`
+	Results   []NBDResult `json:"results"`
 }
 
 // nbdServers names the servers RunNBD compares, in table order.
@@ -50,7 +54,7 @@ var nbdServers = []struct{ name, what string }{
 	{"qemu-nbd", "qemu-nbd -f raw on the raw file (the reference)"},
 }
 
-// RunNBD measures sequential writes and reads through NBD on a unix socket, with nbdcopy as
+// RunNBD measures sequential writes and reads through NBD on loopback TCP (or unix sockets), with nbdcopy as
 // the client, against three servers on this machine: crkvol serving an encrypted volume,
 // crkvol's server on a raw file, and qemu-nbd serving the raw file. It needs nbdcopy
 // (libnbd-bin) and qemu-nbd (qemu-utils).
@@ -87,7 +91,7 @@ func RunNBD(ctx context.Context, opts NBDOptions) (*NBDReport, error) {
 		return nil, err
 	}
 	defer vol.Close()
-	stopVol, err := serveNBD(filepath.Join(dir, "vol.sock"), vol)
+	volURI, stopVol, err := serveNBD(opts.Unix, filepath.Join(dir, "vol.sock"), vol)
 	if err != nil {
 		return nil, err
 	}
@@ -113,29 +117,40 @@ func RunNBD(ctx context.Context, opts NBDOptions) (*NBDReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	stopRaw, err := serveNBD(filepath.Join(dir, "raw.sock"), fdev)
+	rawURI, stopRaw, err := serveNBD(opts.Unix, filepath.Join(dir, "raw.sock"), fdev)
 	if err != nil {
 		return nil, err
 	}
 	defer stopRaw()
 	qsock := filepath.Join(dir, "qemu.sock")
-	qemu := exec.CommandContext(ctx, qemuNBD, "--format=raw", "--socket="+qsock, "--persistent", "--shared=16", "--cache=writeback", raw["qemu-nbd"])
+	qargs := []string{"--format=raw", "--persistent", "--shared=16", "--cache=writeback"}
+	qemuURI := "nbd+unix:///?socket=" + qsock
+	if opts.Unix {
+		qargs = append(qargs, "--socket="+qsock)
+	} else {
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		qargs = append(qargs, "--bind=127.0.0.1", fmt.Sprintf("--port=%d", port))
+		qemuURI = fmt.Sprintf("nbd://127.0.0.1:%d/", port)
+	}
+	qemu := exec.CommandContext(ctx, qemuNBD, append(qargs, raw["qemu-nbd"])...)
 	var qemuErr bytes.Buffer
 	qemu.Stderr = &qemuErr
 	if err := qemu.Start(); err != nil {
 		return nil, fmt.Errorf("bench nbd: qemu-nbd: %w", err)
 	}
 	defer func() { _ = qemu.Process.Kill(); _ = qemu.Wait() }()
-	if err := waitSocket(ctx, qsock); err != nil {
+	if err := waitListening(ctx, qemuURI, qsock); err != nil {
 		return nil, fmt.Errorf("bench nbd: qemu-nbd did not start: %w: %s", err, qemuErr.String())
 	}
 
-	uris := map[string]string{
-		"crkvol":     "nbd+unix:///?socket=" + filepath.Join(dir, "vol.sock"),
-		"crkvol-raw": "nbd+unix:///?socket=" + filepath.Join(dir, "raw.sock"),
-		"qemu-nbd":   "nbd+unix:///?socket=" + qsock,
+	uris := map[string]string{"crkvol": volURI, "crkvol-raw": rawURI, "qemu-nbd": qemuURI}
+	r := &NBDReport{Transport: "tcp 127.0.0.1", Size: opts.Size, Rounds: opts.Rounds}
+	if opts.Unix {
+		r.Transport = "unix socket"
 	}
-	r := &NBDReport{Size: opts.Size, Rounds: opts.Rounds}
 	best := map[[2]string]float64{}
 	for range opts.Rounds {
 		for _, s := range nbdServers {
@@ -188,24 +203,46 @@ func newBenchVolume(path string, size int64) (*volume.Volume, error) {
 	return volume.OpenWithPassphrase(path, pass)
 }
 
-// serveNBD serves dev on a unix socket until the returned function is called.
-func serveNBD(sock string, dev nbd.Device) (func(), error) {
+// serveNBD serves dev on a unix socket (or TCP on 127.0.0.1) until the returned function is
+// called, and returns its URI.
+func serveNBD(unix bool, sock string, dev nbd.Device) (string, func(), error) {
 	srv, err := nbd.NewServer(nbd.Export{Device: dev}, nbd.Options{})
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
-	l, err := net.Listen("unix", sock)
+	var l net.Listener
+	uri := "nbd+unix:///?socket=" + sock
+	if unix {
+		l, err = net.Listen("unix", sock)
+	} else if l, err = net.Listen("tcp", "127.0.0.1:0"); err == nil {
+		uri = "nbd://" + l.Addr().String() + "/"
+	}
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	go srv.Serve(l)
-	return func() { _ = srv.Shutdown(context.Background()) }, nil
+	return uri, func() { _ = srv.Shutdown(context.Background()) }, nil
 }
 
-func waitSocket(ctx context.Context, path string) error {
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// waitListening waits for the server at uri (a unix socket at sock, or nbd://host:port/).
+func waitListening(ctx context.Context, uri, sock string) error {
+	network, addr := "unix", sock
+	if strings.HasPrefix(uri, "nbd://") {
+		network, addr = "tcp", strings.TrimSuffix(strings.TrimPrefix(uri, "nbd://"), "/")
+	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		c, err := net.Dial("unix", path)
+		c, err := net.Dial(network, addr)
 		if err == nil {
 			return c.Close()
 		}
@@ -241,7 +278,7 @@ func (r *NBDReport) find(server, op string) float64 {
 // WriteTable prints the NBD report: MiB/s per server and operation, and the ratio to
 // qemu-nbd on the raw file.
 func (r *NBDReport) WriteTable(w io.Writer) error {
-	fmt.Fprintf(w, "NBD on a unix socket, nbdcopy as the client, %d MiB sequential, best of %d:\n", r.Size>>20, r.Rounds)
+	fmt.Fprintf(w, "NBD over %s, nbdcopy as the client, %d MiB sequential, best of %d:\n", r.Transport, r.Size>>20, r.Rounds)
 	for _, s := range nbdServers {
 		fmt.Fprintf(w, "  %-10s  %s\n", s.name, s.what)
 	}

@@ -45,7 +45,7 @@ func (a *app) benchCommand() *cobra.Command {
 			return r.WriteTable(a.stdout)
 		}}
 	cmd.Flags().BoolVar(&quick, "quick", false, "measure each case once, briefly")
-	cmd.Flags().BoolVar(&withNBD, "nbd", false, "also compare NBD throughput with qemu-nbd (needs nbdcopy and qemu-nbd)")
+	cmd.Flags().BoolVar(&withNBD, "nbd", false, "also compare NBD throughput with qemu-nbd over TCP loopback (needs nbdcopy and qemu-nbd)")
 	cmd.Flags().StringVar(&jsonFile, "json", "", "also write the report as JSON to this file")
 	return cmd
 }
