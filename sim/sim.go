@@ -57,7 +57,6 @@ type simKey struct {
 	name, id   string
 	policy     int
 	versions   []string // oldest first, as the sim saw them appear
-	rotations  int
 	lastRotate time.Time
 }
 
@@ -244,7 +243,7 @@ func (r *runner) setup(ctx context.Context) error {
 		r.addVol(v)
 	}
 	r.next = r.sc.Volumes
-	r.drain("setup", -1)
+	r.drain("setup")
 	r.plan()
 	return nil
 }
@@ -494,7 +493,7 @@ func (r *runner) loop(ctx context.Context) error {
 			for _, id := range res.Rotated {
 				r.rotated(r.keyIndex(id), "policy")
 			}
-			r.drain("policy", -1)
+			r.drain("policy")
 			r.afterPasses(ctx)
 			continue
 		}
@@ -557,7 +556,6 @@ func (r *runner) afterPasses(ctx context.Context) {
 // rotated records a rotation of key k (its hooks have run); drain then records its passes.
 func (r *runner) rotated(k int, trigger string) {
 	sk := r.keys[k]
-	sk.rotations++
 	sk.lastRotate = r.clock.Now()
 	if vs, err := r.svc.ListVersions(context.Background(), sk.id); err == nil && len(vs) > 0 {
 		sk.versions = sk.versions[:0]
@@ -575,7 +573,7 @@ func (r *runner) rotated(k int, trigger string) {
 }
 
 // drain records the passes the manager reported since the last drain.
-func (r *runner) drain(trigger string, k int) {
+func (r *runner) drain(trigger string) {
 	r.mu.Lock()
 	reports, passes := r.reports, r.passes
 	r.reports, r.passes = nil, nil
@@ -594,7 +592,7 @@ func (r *runner) record(rep *volume.Report, p *pass, trigger string) {
 	k := r.keyIndex(rep.KeyID)
 	pr := PassReport{
 		At: r.clock.Now(), Trigger: trigger, Volumes: rep.Volumes, Rewrapped: rep.Rewrapped,
-		AlreadyCurrent: rep.AlreadyCurrent, Retries: rep.Retries, Failed: len(rep.Failed),
+		AlreadyCurrent: rep.AlreadyCurrent, Retries: rep.Retries,
 		BytesWritten: rep.BytesWritten, WallMs: ms(rep.Elapsed),
 	}
 	if err := rep.Err(); err != nil {
@@ -604,7 +602,6 @@ func (r *runner) record(rep *volume.Report, p *pass, trigger string) {
 		pr.Key = r.keys[k].name
 		pr.Generation = slices.Index(r.keys[k].versions, rep.NewVersion) + 1
 	}
-	pr.Failed = 0
 	for _, err := range rep.Failed {
 		if errors.Is(err, ErrCrash) || errors.Is(err, ErrServiceDown) || errors.Is(err, context.Canceled) {
 			pr.Aborted++ // cut off by the crash: the restart picks it up
@@ -664,7 +661,7 @@ func (r *runner) handle(ctx context.Context, e event) error {
 			r.addVol(v)
 			r.rep.Fleet.Created++
 		}
-		r.drain("lazy", -1)
+		r.drain("lazy")
 	case evDelete:
 		if r.kms.down.Load() {
 			r.rep.Fleet.SkippedWhileDown++
@@ -689,7 +686,7 @@ func (r *runner) handle(ctx context.Context, e event) error {
 			return fmt.Errorf("sim: manual rotation of %s: %w", sk.name, err)
 		}
 		r.rotated(e.key, "manual")
-		r.drain("manual", e.key)
+		r.drain("manual")
 		r.afterPasses(ctx)
 	case evSync:
 		if r.kms.down.Load() {
@@ -729,14 +726,14 @@ func (r *runner) attach(ctx context.Context) {
 	r.rep.Attaches.Total++
 	if !v.written { // its first write never got through: this attach writes it
 		err := r.writeData(ctx, v, 0)
-		r.drain("lazy", -1)
+		r.drain("lazy")
 		if err != nil {
 			r.attachFailed(v, err)
 		}
 		return
 	}
 	h, err := r.mgr.Open(ctx, v.path)
-	r.drain("lazy", -1)
+	r.drain("lazy")
 	if err != nil {
 		r.attachFailed(v, err)
 		return

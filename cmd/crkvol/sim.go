@@ -39,10 +39,9 @@ the command line override it.`,
 				if s, err = sim.LoadScenario(scenarioFile); err != nil {
 					return usageError{err}
 				}
-			} else {
-				s = sim.Scenario{Volumes: 1000, Keys: 10, Months: 12, PolicyMonths: 3, Seed: 1}
 			}
-			// Flags given on the command line override the scenario.
+			// Flags given on the command line override the scenario file; without one, every
+			// flag (with its default) makes the scenario.
 			f := cmd.Flags()
 			overrides := map[string]func(){
 				"volumes":          func() { s.Volumes = sc.Volumes },
@@ -63,11 +62,11 @@ the command line override it.`,
 				"workers":          func() { s.Workers = sc.Workers },
 			}
 			for name, apply := range overrides {
-				if f.Changed(name) {
+				if scenarioFile == "" || f.Changed(name) {
 					apply()
 				}
 			}
-			if f.Changed("kms-latency") {
+			if scenarioFile == "" || f.Changed("kms-latency") {
 				if err := s.Faults.Latency.UnmarshalText([]byte(latency)); err != nil {
 					return usagef("--kms-latency %q: %v", latency, err)
 				}
