@@ -203,23 +203,30 @@ func vaes(name, op string) {
 	p("\tJEQ %s_done", name)
 	p("\tTESTQ AX, AX")
 	p("\tJNE %s_havetweak", name)
-	// A lone sector encrypts its tweak on a 128-bit register, half the AES work of four.
+	// A lone sector encrypts its sector number in all four lanes of Z8 at once (the AES
+	// units are idle while this dependent chain runs), so its tweak t arrives broadcast,
+	// ready for the expansion without a lane shuffle.
 	p("\tCMPQ BX, $1")
 	p("\tJNE %s_tweak4", name)
-	p("\tVMOVQ R11, X13")
-	p("\tVPXOR (R13), X13, X13")
-	for r := 1; r <= 9; r++ {
-		p("\tVAESENC %d(R13), X13, X13", 16*r)
-	}
-	p("\tCMPQ CX, $10")
-	p("\tJEQ %s_tlast1", name)
-	for r := 10; r <= 13; r++ {
-		p("\tVAESENC %d(R13), X13, X13", 16*r)
+	p("\tVPBROADCASTQ R11, Z8")
+	p("\tVPANDQ lomask<>(SB), Z8, Z8")
+	p("\tVBROADCASTI32X4 (R13), Z14")
+	p("\tVPXORQ Z14, Z8, Z8")
+	for r := 1; r <= 13; r++ {
+		if r == 10 {
+			p("\tCMPQ CX, $10")
+			p("\tJEQ %s_tlast1", name)
+		}
+		p("\tVBROADCASTI32X4 %d(R13), Z14", 16*r)
+		p("\tVAESENC Z14, Z8, Z8")
 	}
 	p("%s_tlast1:", name)
-	p("\tVAESENCLAST (R14), X13, X13")
-	p("\tMOVQ $1, AX")
-	p("\tJMP %s_havetweak", name)
+	p("\tVBROADCASTI32X4 (R14), Z14")
+	p("\tVAESENCLAST Z14, Z8, Z8")
+	p("\tTESTQ R12, R12")
+	p("\tJNE %s_expand", name)
+	broadcastKeys(name + "_lone")
+	p("\tJMP %s_expand", name)
 	p("%s_tweak4:", name)
 	// Four sector numbers: seq + offs in each lane's low quadword, zero high quadwords.
 	p("\tVPBROADCASTQ R11, Z13")
@@ -247,17 +254,7 @@ func vaes(name, op string) {
 	// tweak's dependent rounds enter the scheduler first.
 	p("\tTESTQ R12, R12")
 	p("\tJNE %s_keysready", name)
-	for r := 0; r <= 10; r++ {
-		p("\tVBROADCASTI32X4 %d(R8), Z%d", 16*r, 16+r)
-	}
-	p("\tCMPQ CX, $10")
-	p("\tJEQ %s_keysdone", name)
-	for r := 11; r <= 14; r++ {
-		p("\tVBROADCASTI32X4 %d(R8), Z%d", 16*r, 16+r)
-	}
-	p("%s_keysdone:", name)
-	p("\tVBROADCASTI32X4 (R9), Z31")
-	p("\tMOVQ $1, R12")
+	broadcastKeys(name)
 	p("%s_keysready:", name)
 	// This sector's tweak is lane 0 of Z13: broadcast it, then rotate the lanes for the next.
 	// The sixteen first tweaks t·α^0..15 are made side by side from the broadcast t in Z8,
@@ -265,11 +262,18 @@ func vaes(name, op string) {
 	p("\tVSHUFI64X2 $0x00, Z13, Z13, Z8")
 	p("\tVSHUFI64X2 $0x39, Z13, Z13, Z13")
 	p("\tDECQ AX")
+	p("%s_expand:", name)
 	for k := 0; k < 4; k++ {
-		p("\tVPSRLVQ lanesr<>+%d(SB), Z8, Z9", 64*k)
-		p("\tVPSLLVQ lanesl<>+%d(SB), Z8, Z%d", 64*k, 4+k)
-		carry(4 + k)
+		expand(k, 4+k)
 	}
+	// A 512-byte sector is one pass of the loop: its second half's tweaks are made here too,
+	// rather than from the first half's between its rounds.
+	p("\tCMPQ R10, $32")
+	p("\tJNE %s_expanded", name)
+	for _, v := range [][2]int{{5, 11}, {6, 12}, {7, 14}, {4, 8}} { // Z8, the broadcast t, last
+		expand(v[0], v[1])
+	}
+	p("%s_expanded:", name)
 	p("\tMOVQ R10, DX")
 	// Unrolled twice (a sector has a multiple of 32 blocks): the first half's tweaks are
 	// Z4-Z7 and it makes the second half's in Z8, Z11, Z12, Z14 early, between its rounds,
@@ -306,13 +310,14 @@ func vaesHalf(label, op string, t, n [4]int, last bool) {
 			if last {
 				p("\tCMPQ DX, $32")
 				p("\tJEQ %s_lastgroup", label)
+			} else {
+				p("\tCMPQ R10, $32") // made with the first half's, at the start
+				p("\tJEQ %s_lastgroup", label)
 			}
 			for i := 0; i < 4; i++ {
 				mulAlpha(n[i], t[i], 16)
 			}
-			if last {
-				p("%s_lastgroup:", label)
-			}
+			p("%s_lastgroup:", label)
 		}
 	}
 	p("\tCMPQ CX, $10")
@@ -330,6 +335,36 @@ func vaesHalf(label, op string, t, n [4]int, last bool) {
 	}
 	p("\tADDQ $256, SI")
 	p("\tADDQ $256, DI")
+}
+
+// broadcastKeys loads the data round keys into Z16-Z30 (round r in Z16+r) and the last one
+// into Z31, and sets R12 to say so.
+func broadcastKeys(label string) {
+	for r := 0; r <= 10; r++ {
+		p("\tVBROADCASTI32X4 %d(R8), Z%d", 16*r, 16+r)
+	}
+	p("\tCMPQ CX, $10")
+	p("\tJEQ %s_keysdone", label)
+	for r := 11; r <= 14; r++ {
+		p("\tVBROADCASTI32X4 %d(R8), Z%d", 16*r, 16+r)
+	}
+	p("%s_keysdone:", label)
+	p("\tVBROADCASTI32X4 (R9), Z31")
+	p("\tMOVQ $1, R12")
+}
+
+// expand sets Z(dst) = [tα^4k, tα^(4k+1), tα^(4k+2), tα^(4k+3)] (k < 8) from t broadcast in
+// Z8, using Z9 and Z10: each lane shifts t left by its own count (the bits leaving the low
+// quadword move into the high one), and the bits leaving the high quadword, at most 31, are
+// reduced with one carry-less multiply by 0x87. This is five instructions a vector where
+// shifts alone take ten; it runs where the AES units wait for these tweaks anyway, so the
+// multiply costs them nothing.
+func expand(k, dst int) {
+	p("\tVPSRLVQ lanesr<>+%d(SB), Z8, Z9", 64*k)
+	p("\tVPSLLVQ lanesl<>+%d(SB), Z8, Z%d", 64*k, dst)
+	p("\tVPSLLDQ $8, Z9, Z10")
+	p("\tVPCLMULQDQ $0x01, gf87<>(SB), Z9, Z9")
+	p("\tVPTERNLOGQ $0x96, Z10, Z9, Z%d", dst)
 }
 
 // mulAlpha sets Z(dst) = Z(src)·α^k in every 128-bit lane (0 < k < 57), using Z9 and Z10.
@@ -385,16 +420,23 @@ func main() {
 	p("DATA gfmask<>+8(SB)/8, $1")
 	p("GLOBL gfmask<>(SB), RODATA|NOPTR, $16")
 	p("")
+	p("// 0x87 in the low quadword of every 128-bit lane: the reduction multiplier of expand.")
+	for i := 0; i < 4; i++ {
+		p("DATA gf87<>+%d(SB)/8, $0x87", 16*i)
+		p("DATA gf87<>+%d(SB)/8, $0", 16*i+8)
+	}
+	p("GLOBL gf87<>(SB), RODATA|NOPTR, $64")
+	p("")
 	p("// Per-lane shift counts that make [tα^4k, tα^(4k+1), tα^(4k+2), tα^(4k+3)] from a")
-	p("// broadcast t, for k = 0..3 (64 bytes each): left shifts 4k+j and the matching right")
+	p("// broadcast t, for k = 0..7 (64 bytes each): left shifts 4k+j and the matching right")
 	p("// shifts 64-(4k+j) (a count of 64 gives 0).")
-	for i := 0; i < 16; i++ {
+	for i := 0; i < 32; i++ {
 		p("DATA lanesl<>+%d(SB)/8, $%d", 16*i, i)
 		p("DATA lanesl<>+%d(SB)/8, $%d", 16*i+8, i)
 		p("DATA lanesr<>+%d(SB)/8, $%d", 16*i, 64-i)
 		p("DATA lanesr<>+%d(SB)/8, $%d", 16*i+8, 64-i)
 	}
-	p("GLOBL lanesl<>(SB), RODATA|NOPTR, $256")
+	p("GLOBL lanesl<>(SB), RODATA|NOPTR, $512")
 	p("")
 	p("// Keeps the low quadword of every 128-bit lane.")
 	for i := 0; i < 4; i++ {
@@ -402,7 +444,7 @@ func main() {
 		p("DATA lomask<>+%d(SB)/8, $0", 16*i+8)
 	}
 	p("GLOBL lomask<>(SB), RODATA|NOPTR, $64")
-	p("GLOBL lanesr<>(SB), RODATA|NOPTR, $256")
+	p("GLOBL lanesr<>(SB), RODATA|NOPTR, $512")
 	bulk("xtsEncAESNI", "AESENC")
 	bulk("xtsDecAESNI", "AESDEC")
 	vaes("xtsEncVAES", "AESENC")
