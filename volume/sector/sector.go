@@ -54,7 +54,7 @@ type Cipher struct {
 	shift uint         // log2(size): the hot path divides by shifting, not with DIV
 	step  uint64       // IV units (512-byte sectors) per sector (a power of two)
 	path  Path
-	vaes  bool         // path == PathVAES, tested without comparing strings
+	vaes  bool     // path == PathVAES, tested without comparing strings
 	k1    schedule // data key schedule, for the assembly paths
 	k2    schedule // tweak key schedule, for the assembly paths
 	wiped bool
