@@ -266,14 +266,6 @@ func vaes(name, op string) {
 	for k := 0; k < 4; k++ {
 		expand(k, 4+k)
 	}
-	// A 512-byte sector is one pass of the loop: its second half's tweaks are made here too,
-	// rather than from the first half's between its rounds.
-	p("\tCMPQ R10, $32")
-	p("\tJNE %s_expanded", name)
-	for _, v := range [][2]int{{5, 11}, {6, 12}, {7, 14}, {4, 8}} { // Z8, the broadcast t, last
-		expand(v[0], v[1])
-	}
-	p("%s_expanded:", name)
 	p("\tMOVQ R10, DX")
 	// Unrolled twice (a sector has a multiple of 32 blocks): the first half's tweaks are
 	// Z4-Z7 and it makes the second half's in Z8, Z11, Z12, Z14 early, between its rounds,
@@ -306,12 +298,23 @@ func vaesHalf(label, op string, t, n [4]int, last bool) {
 		for i := 0; i < 4; i++ {
 			p("\tV%s Z%d, Z%d, Z%d", op, 16+r, i, i)
 		}
+		if r == 8 && !last {
+			// A 512-byte sector is one pass of the loop: its second half's tweaks are made
+			// from t like the first half's, late in the first half so that these
+			// multiplies do not hold up its first rounds.
+			p("\tCMPQ R10, $32")
+			p("\tJNE %s_not512", label)
+			for _, v := range [][2]int{{5, 11}, {6, 12}, {7, 14}, {4, 8}} { // Z8, t, last
+				expand(v[0], v[1])
+			}
+			p("%s_not512:", label)
+		}
 		if r == 4 {
 			if last {
 				p("\tCMPQ DX, $32")
 				p("\tJEQ %s_lastgroup", label)
 			} else {
-				p("\tCMPQ R10, $32") // made with the first half's, at the start
+				p("\tCMPQ R10, $32") // made from t after round 8 instead
 				p("\tJEQ %s_lastgroup", label)
 			}
 			for i := 0; i < 4; i++ {
