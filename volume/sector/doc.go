@@ -36,9 +36,11 @@
 //
 //   - [PathVAES]: amd64 assembly with VAES and AVX-512, sixteen blocks in flight in four
 //     512-bit registers, round keys held in registers, the next sixteen blocks' tweaks made
-//     between the rounds with shifts and VPTERNLOGQ (on AMD Zen 4 a 512-bit VPCLMULQDQ would
-//     compete with VAESENC for the same pipes); a call with many sectors encrypts four
-//     sectors' tweaks at once.
+//     between the rounds with shifts and VPTERNLOGQ (on AMD Zen 4 a 512-bit VPCLMULQDQ
+//     competes with VAESENC for the same pipes, so it is used only where those wait: to make
+//     a sector's first tweaks from its encrypted sector number, each lane its own power of
+//     α); a call with many sectors encrypts four sectors' tweaks at once, and a lone sector
+//     encrypts its tweak already broadcast to all four lanes.
 //   - [PathAESNI]: amd64 assembly with AES-NI and AVX, eight blocks in flight, round keys
 //     loaded once per round, the next group's tweaks made a group ahead between the rounds.
 //   - [PathGeneric]: portable Go over crypto/aes. Per sector it encrypts the tweak once,

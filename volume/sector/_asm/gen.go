@@ -170,12 +170,13 @@ func makeTweaks(buf string) {
 //
 // Everything runs on 512-bit registers with VAES: Z0-Z3 hold sixteen blocks, Z4-Z7 their
 // tweaks (and Z8, Z11, Z12, Z14 the next 16 blocks'), Z16-Z31 the data round keys broadcast
-// to every lane; per-lane shift counts in memory turn a broadcast tweak t into [t, tα, tα²,
-// tα³].
+// to every lane; per-lane shift counts in memory and one carry-less multiply turn a broadcast
+// tweak t into [tα^4k, …, tα^(4k+3)] (see expand).
 // The initial tweaks of four sectors at a time are made together in Z13 (their sector
 // numbers encrypted with the tweak key, read from memory round by round into Z14), so no
-// sector waits alone for its tweak. Whitening and round key 0 are one VPTERNLOGQ; tweaks
-// advance by α^16 per lane with byte shifts and VPTERNLOGQ (see mulAlpha).
+// sector waits alone for its tweak; a lone sector encrypts its number in all four lanes of
+// Z8. Whitening and round key 0 are one VPTERNLOGQ; tweaks advance by α^16 per lane with
+// byte shifts and VPTERNLOGQ (see mulAlpha).
 func vaes(name, op string) {
 	p("")
 	p("// func %s(nr int, rk, tk *byte, dst, src *byte, sectors, blocks int, seq uint64, offs *[80]byte)", name)
