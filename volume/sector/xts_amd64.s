@@ -11,13 +11,13 @@ DATA gfmask<>+8(SB)/8, $1
 GLOBL gfmask<>(SB), RODATA|NOPTR, $16
 
 // 0x87 in the low quadword of every 128-bit lane: the reduction multiplier of expand.
-DATA gf87<>+0(SB)/8, $0x87
+DATA gf87<>+0(SB)/8, $135
 DATA gf87<>+8(SB)/8, $0
-DATA gf87<>+16(SB)/8, $0x87
+DATA gf87<>+16(SB)/8, $135
 DATA gf87<>+24(SB)/8, $0
-DATA gf87<>+32(SB)/8, $0x87
+DATA gf87<>+32(SB)/8, $135
 DATA gf87<>+40(SB)/8, $0
-DATA gf87<>+48(SB)/8, $0x87
+DATA gf87<>+48(SB)/8, $135
 DATA gf87<>+56(SB)/8, $0
 GLOBL gf87<>(SB), RODATA|NOPTR, $64
 
@@ -153,6 +153,7 @@ DATA lanesl<>+504(SB)/8, $31
 DATA lanesr<>+496(SB)/8, $33
 DATA lanesr<>+504(SB)/8, $33
 GLOBL lanesl<>(SB), RODATA|NOPTR, $512
+GLOBL lanesr<>(SB), RODATA|NOPTR, $512
 
 // Keeps the low quadword of every 128-bit lane.
 DATA lomask<>+0(SB)/8, $-1
@@ -164,7 +165,7 @@ DATA lomask<>+40(SB)/8, $0
 DATA lomask<>+48(SB)/8, $-1
 DATA lomask<>+56(SB)/8, $0
 GLOBL lomask<>(SB), RODATA|NOPTR, $64
-GLOBL lanesr<>(SB), RODATA|NOPTR, $512
+
 
 // func xtsEncAESNI(nr int, rk *byte, dst, src *byte, n int, tweak *[16]byte)
 TEXT ·xtsEncAESNI(SB),NOSPLIT,$512-48
