@@ -125,17 +125,13 @@ func (p *Parallel) Cipher() *Cipher { return p.c }
 
 // EncryptSectors is [Cipher.EncryptSectors], split over the workers for large requests.
 func (p *Parallel) EncryptSectors(dst, src []byte, firstSector uint64) {
-	if !p.c.valid(dst, src, firstSector) {
-		p.c.invalid(dst, src, firstSector)
-	}
+	p.c.check(dst, src, firstSector)
 	p.run(dst[:len(src)], src, firstSector, false)
 }
 
 // DecryptSectors is [Cipher.DecryptSectors], split over the workers for large requests.
 func (p *Parallel) DecryptSectors(dst, src []byte, firstSector uint64) {
-	if !p.c.valid(dst, src, firstSector) {
-		p.c.invalid(dst, src, firstSector)
-	}
+	p.c.check(dst, src, firstSector)
 	p.run(dst[:len(src)], src, firstSector, true)
 }
 

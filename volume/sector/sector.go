@@ -54,7 +54,6 @@ type Cipher struct {
 	shift uint         // log2(size): the hot path divides by shifting, not with DIV
 	step  uint64       // IV units (512-byte sectors) per sector (a power of two)
 	path  Path
-	vaes  bool     // path == PathVAES, tested without comparing strings
 	k1    schedule // data key schedule, for the assembly paths
 	k2    schedule // tweak key schedule, for the assembly paths
 	wiped bool
@@ -96,7 +95,7 @@ func NewPath(key []byte, sectorSize int, path Path) (*Cipher, error) {
 	if subtle.ConstantTimeCompare(key[:half], key[half:]) == 1 {
 		return nil, fmt.Errorf("%w: the two halves of the %d-byte XTS key are equal", ErrWeakKey, len(key))
 	}
-	c := &Cipher{size: sectorSize, shift: uint(bits.TrailingZeros(uint(sectorSize))), step: uint64(sectorSize / IVUnit), path: path, vaes: path == PathVAES}
+	c := &Cipher{size: sectorSize, shift: uint(bits.TrailingZeros(uint(sectorSize))), step: uint64(sectorSize / IVUnit), path: path}
 	if path == PathGeneric {
 		var err error
 		if c.data, err = aes.NewCipher(key[:half]); err != nil {
@@ -154,41 +153,18 @@ func (c *Cipher) SectorOf(offset uint64) uint64 {
 // firstSector is a multiple of SectorSize()/512. dst and src may be the same slice.
 // EncryptSectors does not allocate.
 func (c *Cipher) EncryptSectors(dst, src []byte, firstSector uint64) {
-	if !c.valid(dst, src, firstSector) {
-		c.invalid(dst, src, firstSector)
-	}
-	if c.vaes {
-		c.vaesSectors(dst, src, firstSector, false)
-		return
-	}
+	c.check(dst, src, firstSector)
 	c.encrypt(dst[:len(src)], src, firstSector)
 }
 
 // DecryptSectors decrypts src into dst; it is the inverse of [Cipher.EncryptSectors] and has
 // the same sector numbering and preconditions.
 func (c *Cipher) DecryptSectors(dst, src []byte, firstSector uint64) {
-	if !c.valid(dst, src, firstSector) {
-		c.invalid(dst, src, firstSector)
-	}
-	if c.vaes {
-		c.vaesSectors(dst, src, firstSector, true)
-		return
-	}
+	c.check(dst, src, firstSector)
 	c.decrypt(dst[:len(src)], src, firstSector)
 }
 
-// valid reports whether a call meets the preconditions of [Cipher.EncryptSectors]. It is
-// small enough to be inlined, so a call of one sector pays a few compares for it; invalid
-// says what is wrong.
-func (c *Cipher) valid(dst, src []byte, firstSector uint64) bool {
-	return !c.wiped && len(src)&(c.size-1) == 0 && len(dst) >= len(src) &&
-		firstSector&(c.step-1) == 0 && !inexactOverlap(dst[:len(src)], src)
-}
-
-// invalid panics with the reason valid refused a call.
-//
-//go:noinline
-func (c *Cipher) invalid(dst, src []byte, firstSector uint64) {
+func (c *Cipher) check(dst, src []byte, firstSector uint64) {
 	if c.wiped {
 		panic("sector: Cipher used after Wipe")
 	}
@@ -205,5 +181,4 @@ func (c *Cipher) invalid(dst, src []byte, firstSector uint64) {
 	if inexactOverlap(dst[:len(src)], src) {
 		panic("sector: invalid buffer overlap")
 	}
-	panic("sector: invalid call")
 }

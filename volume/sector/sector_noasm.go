@@ -9,8 +9,3 @@ func available() []Path { return []Path{PathGeneric} }
 func (c *Cipher) xtsAsm(dst, src []byte, seq uint64, decrypt bool) {
 	xtsGeneric(c.data, c.tweak, dst, src, c.size, seq, c.step, decrypt)
 }
-
-// vaesSectors is never reached: c.vaes is false in this build.
-func (c *Cipher) vaesSectors(dst, src []byte, seq uint64, decrypt bool) {
-	c.xtsAsm(dst, src, seq, decrypt)
-}

@@ -39,21 +39,6 @@ func available() []Path {
 	return append(out, PathGeneric)
 }
 
-// vaesSectors runs the VAES path over src, whose length is a whole number of sectors, into
-// dst. It is kept small so that it inlines into EncryptSectors and DecryptSectors: a call of
-// one 512-byte sector takes about 60 ns, and each further Go call level costs a few.
-func (c *Cipher) vaesSectors(dst, src []byte, seq uint64, decrypt bool) {
-	n := len(src) >> c.shift
-	if n == 0 {
-		return
-	}
-	if decrypt {
-		xtsDecVAES(c.k1.rounds, &c.k1.dec[0], &c.k2.enc[0], &dst[0], &src[0], n, c.size>>4, seq, &c.laneOffs)
-	} else {
-		xtsEncVAES(c.k1.rounds, &c.k1.enc[0], &c.k2.enc[0], &dst[0], &src[0], n, c.size>>4, seq, &c.laneOffs)
-	}
-}
-
 // xtsAsm runs an assembly path over whole units of c.size bytes.
 func (c *Cipher) xtsAsm(dst, src []byte, seq uint64, decrypt bool) {
 	nr := c.k1.rounds

@@ -361,8 +361,9 @@ func broadcastKeys(label string) {
 // Z8, using Z9 and Z10: each lane shifts t left by its own count (the bits leaving the low
 // quadword move into the high one), and the bits leaving the high quadword, at most 31, are
 // reduced with one carry-less multiply by 0x87. This is five instructions a vector where
-// shifts alone take ten; it runs where the AES units wait for these tweaks anyway, so the
-// multiply costs them nothing.
+// shifts alone take ten. The multiply issues on the pipes VAESENC uses, so it is placed
+// where those wait for these tweaks, or (a 512-byte sector's second half) late enough in
+// the first half not to hold up its first rounds.
 func expand(k, dst int) {
 	p("\tVPSRLVQ lanesr<>+%d(SB), Z8, Z9", 64*k)
 	p("\tVPSLLVQ lanesl<>+%d(SB), Z8, Z%d", 64*k, dst)
@@ -371,39 +372,24 @@ func expand(k, dst int) {
 	p("\tVPTERNLOGQ $0x96, Z10, Z9, Z%d", dst)
 }
 
-// mulAlpha sets Z(dst) = Z(src)·α^k in every 128-bit lane (0 < k < 57), using Z9 and Z10.
+// mulAlpha sets Z(dst) = Z(src)·α^k in every 128-bit lane (k a multiple of 8, 0 < k < 57),
+// using Z9 and Z10: a whole-byte shift of the lane carries between its quadwords by itself.
 // It uses only shifts and VPTERNLOGQ: on AMD Zen 4 a 512-bit VPCLMULQDQ occupies the pipes
 // that run VAESENC, and one per tweak vector cost the bulk loop about a tenth of its speed.
 func mulAlpha(dst, src, k int) {
-	if k%8 == 0 { // a whole-byte shift of the 128-bit lane carries between the quadwords
-		p("\tVPSRLDQ $%d, Z%d, Z9", 16-k/8, src)
-		p("\tVPSLLDQ $%d, Z%d, Z%d", k/8, src, dst)
-		reduce(dst)
-		return
+	if k%8 != 0 || k <= 0 || k >= 57 {
+		panic(fmt.Sprintf("mulAlpha: unsupported power %d", k))
 	}
-	p("\tVPSRLQ $%d, Z%d, Z9", 64-k, src)
-	p("\tVPSLLQ $%d, Z%d, Z%d", k, src, dst)
-	carry(dst)
-}
-
-// carry finishes a per-quadword left shift of Z(dst): Z9 holds the bits shifted out of each
-// quadword, [lo, hi] per lane. lo moves into the high quadword; hi is reduced into the low one.
-func carry(dst int) {
-	p("\tVPSLLDQ $8, Z9, Z10")
-	p("\tVPSRLDQ $8, Z9, Z9")
-	p("\tVPTERNLOGQ $0x96, Z10, Z9, Z%d", dst)
-	reduceRest(dst)
+	p("\tVPSRLDQ $%d, Z%d, Z9", 16-k/8, src)
+	p("\tVPSLLDQ $%d, Z%d, Z%d", k/8, src, dst)
+	reduce(dst)
 }
 
 // reduce XORs c·0x87 into the low quadword of each lane of Z(dst), where c < 2^57 is in the
-// low quadword of Z9 (and zero is in the high one): x^128 = x^7 + x^2 + x + 1.
+// low quadword of Z9 (and zero is in the high one): x^128 = x^7 + x^2 + x + 1. It clobbers
+// Z9 and Z10.
 func reduce(dst int) {
 	p("\tVPXORQ Z9, Z%d, Z%d", dst, dst)
-	reduceRest(dst)
-}
-
-// reduceRest XORs c·0x86 (the x^7 + x^2 + x terms) into Z(dst), clobbering Z9 and Z10.
-func reduceRest(dst int) {
 	p("\tVPSLLQ $2, Z9, Z10")
 	p("\tVPSLLQ $1, Z9, Z9")
 	p("\tVPTERNLOGQ $0x96, Z10, Z9, Z%d", dst)
