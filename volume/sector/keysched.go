@@ -1,5 +1,7 @@
 package sector
 
+import "unsafe"
+
 // The AES key schedule in Go, for the assembly paths (crypto/aes does not expose its round
 // keys). Round keys are kept as bytes in the order AES-NI loads them.
 
@@ -91,6 +93,28 @@ func (s *schedule) expand(key []byte) {
 			dst[4*c+1] = gmul(a0, 9) ^ gmul(a1, 14) ^ gmul(a2, 11) ^ gmul(a3, 13)
 			dst[4*c+2] = gmul(a0, 13) ^ gmul(a1, 9) ^ gmul(a2, 14) ^ gmul(a3, 11)
 			dst[4*c+3] = gmul(a0, 11) ^ gmul(a1, 13) ^ gmul(a2, 9) ^ gmul(a3, 14)
+		}
+	}
+}
+
+// wideKeys is the size of one key schedule with every round key broadcast to four 128-bit
+// lanes, as the VAES assembly reads it.
+const wideKeys = (maxRounds + 1) * 64
+
+// alignedWide returns three zeroed wideKeys-byte schedules, contiguous and starting on a
+// 64-byte boundary, so that no 512-bit load of a round key splits a cache line. (The Go heap
+// does not move objects.)
+func alignedWide() []byte {
+	b := make([]byte, 3*wideKeys+63)
+	off := int(-uintptr(unsafe.Pointer(&b[0])) & 63)
+	return b[off : off+3*wideKeys : off+3*wideKeys]
+}
+
+// broadcastRounds writes each 16-byte round key of keys four times into dst.
+func broadcastRounds(dst, keys []byte) {
+	for r := range len(keys) / 16 {
+		for l := range 4 {
+			copy(dst[64*r+16*l:64*r+16*l+16], keys[16*r:16*r+16])
 		}
 	}
 }

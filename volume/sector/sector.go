@@ -56,6 +56,10 @@ type Cipher struct {
 	path  Path
 	k1    schedule // data key schedule, for the assembly paths
 	k2    schedule // tweak key schedule, for the assembly paths
+	// wide holds, for the VAES path, each round key of k1.enc, k1.dec and k2.enc (in that
+	// order, wideKeys bytes each) broadcast to the four lanes of a 512-bit register, so the
+	// assembly reads them with plain loads; it starts on a 64-byte boundary.
+	wide  []byte
 	wiped bool
 	// laneOffs holds 0, step, 2·step, 3·step in the low quadwords of four 128-bit lanes,
 	// then 4·step: the VAES path's sector numbering.
@@ -107,6 +111,12 @@ func NewPath(key []byte, sectorSize int, path Path) (*Cipher, error) {
 	} else {
 		c.k1.expand(key[:half])
 		c.k2.expand(key[half:])
+		if path == PathVAES {
+			c.wide = alignedWide()
+			broadcastRounds(c.wide[:wideKeys], c.k1.enc[:])
+			broadcastRounds(c.wide[wideKeys:2*wideKeys], c.k1.dec[:])
+			broadcastRounds(c.wide[2*wideKeys:], c.k2.enc[:])
+		}
 		for j := range 4 {
 			binary.LittleEndian.PutUint64(c.laneOffs[16*j:], uint64(j)*c.step)
 		}
@@ -124,6 +134,7 @@ func (c *Cipher) Path() Path { return c.path }
 func (c *Cipher) Wipe() {
 	c.k1.wipe()
 	c.k2.wipe()
+	clear(c.wide)
 	c.data, c.tweak = nil, nil
 	c.wiped = true
 }

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -395,7 +396,14 @@ func TestNewPath(t *testing.T) {
 	c, err := New(key, 512)
 	require.NoError(t, err)
 	assert.Equal(t, Paths()[0], c.Path(), "New takes the fastest path")
+	if c.Path() == PathVAES {
+		assert.Len(t, c.wide, 3*wideKeys)
+		assert.Zero(t, uintptr(unsafe.Pointer(&c.wide[0]))%64, "broadcast round keys start a cache line")
+		assert.Equal(t, c.k1.enc[16:32], c.wide[64+48:64+64], "round 1, lane 3")
+		assert.Equal(t, c.k2.enc[:16], c.wide[2*wideKeys+16:2*wideKeys+32], "tweak round 0, lane 1")
+	}
 	c.Wipe()
 	assert.Equal(t, [(maxRounds + 1) * 16]byte{}, c.k1.enc)
+	assert.Zero(t, bytes.Count(c.wide, []byte{0})-len(c.wide), "broadcast round keys wiped")
 	assert.PanicsWithValue(t, "sector: Cipher used after Wipe", func() { c.EncryptSectors(make([]byte, 512), make([]byte, 512), 0) })
 }

@@ -30,7 +30,7 @@ func available() []Path {
 	var out []Path
 	x := cpu.X86
 	aesni := x.HasAES && x.HasAVX && x.HasPCLMULQDQ
-	if aesni && x.HasAVX512F && x.HasAVX512VL && x.HasAVX512BW && x.HasAVX512VAES && x.HasAVX512VPCLMULQDQ {
+	if aesni && x.HasAVX512F && x.HasAVX512VL && x.HasAVX512BW && x.HasAVX512VBMI2 && x.HasAVX512VAES && x.HasAVX512VPCLMULQDQ {
 		out = append(out, PathVAES)
 	}
 	if aesni {
@@ -53,10 +53,11 @@ func (c *Cipher) xtsAsm(dst, src []byte, seq uint64, decrypt bool) {
 		if n == 0 {
 			return
 		}
+		tk := &c.wide[2*wideKeys]
 		if decrypt {
-			xtsDecVAES(nr, rk, &c.k2.enc[0], &dst[0], &src[0], n, blocks, seq, &c.laneOffs)
+			xtsDecVAES(nr, &c.wide[wideKeys], tk, &dst[0], &src[0], n, blocks, seq, &c.laneOffs)
 		} else {
-			xtsEncVAES(nr, rk, &c.k2.enc[0], &dst[0], &src[0], n, blocks, seq, &c.laneOffs)
+			xtsEncVAES(nr, &c.wide[0], tk, &dst[0], &src[0], n, blocks, seq, &c.laneOffs)
 		}
 		return
 	}

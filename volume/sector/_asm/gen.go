@@ -162,21 +162,21 @@ func makeTweaks(buf string) {
 }
 
 // vaes writes func name(nr int, rk, tk *byte, dst, src *byte, sectors, blocks int, seq uint64,
-// offs *[64]byte): XTS over `sectors` data units of `blocks` 16-byte blocks each (a multiple
+// offs *[80]byte): XTS over `sectors` data units of `blocks` 16-byte blocks each (a multiple
 // of 16), the first with sector number seq, each next one offs[16..] further (offs holds the
 // lane offsets 0, step, 2·step, 3·step in the low quadword of each 128-bit lane, and 4·step
 // after them). rk are the data round keys (encryption or decryption), tk the tweak key's
-// encryption round keys.
+// encryption round keys, each round key stored broadcast to four lanes (64 bytes).
 //
 // Everything runs on 512-bit registers with VAES: Z0-Z3 hold sixteen blocks, Z4-Z7 their
-// tweaks (and Z8, Z11, Z12, Z14 the next 16 blocks'), Z16-Z31 the data round keys broadcast
-// to every lane; per-lane shift counts in memory and one carry-less multiply turn a broadcast
-// tweak t into [tα^4k, …, tα^(4k+3)] (see expand).
+// tweaks (and Z8, Z11, Z12, Z14 the next 16 blocks'), Z16-Z31 the data round keys; per-lane
+// shift counts in memory and one carry-less multiply turn a broadcast tweak t into
+// [tα^4k, …, tα^(4k+3)] (see expand and expandLone).
 // The initial tweaks of four sectors at a time are made together in Z13 (their sector
-// numbers encrypted with the tweak key, read from memory round by round into Z14), so no
-// sector waits alone for its tweak; a lone sector encrypts its number in all four lanes of
-// Z8. Whitening and round key 0 are one VPTERNLOGQ; tweaks advance by α^16 per lane with
-// byte shifts and VPTERNLOGQ (see mulAlpha).
+// numbers encrypted with the tweak key, read from memory round by round), so no sector waits
+// alone for its tweak; a lone sector encrypts its number in all four lanes of Z8. Whitening
+// and round key 0 are one VPTERNLOGQ; tweaks advance by α^16 per lane with byte shifts and
+// VPTERNLOGQ (see mulAlpha).
 func vaes(name, op string) {
 	p("")
 	p("// func %s(nr int, rk, tk *byte, dst, src *byte, sectors, blocks int, seq uint64, offs *[80]byte)", name)
@@ -191,7 +191,7 @@ func vaes(name, op string) {
 	p("\tMOVQ seq+56(FP), R11")
 	p("\tMOVQ offs+64(FP), R12")
 	p("\tMOVQ CX, R9")
-	p("\tSHLQ $4, R9")
+	p("\tSHLQ $6, R9") // 64 bytes a round key
 	p("\tMOVQ R9, R14")
 	p("\tADDQ R8, R9")
 	p("\tADDQ R13, R14")        // last tweak-key round
@@ -211,44 +211,20 @@ func vaes(name, op string) {
 	p("\tJNE %s_tweak4", name)
 	p("\tVPBROADCASTQ R11, Z8")
 	p("\tVPANDQ lomask<>(SB), Z8, Z8")
-	p("\tVBROADCASTI32X4 (R13), Z14")
-	p("\tVPXORQ Z14, Z8, Z8")
-	for r := 1; r <= 13; r++ {
-		if r == 10 {
-			p("\tCMPQ CX, $10")
-			p("\tJEQ %s_tlast1", name)
-		}
-		p("\tVBROADCASTI32X4 %d(R13), Z14", 16*r)
-		p("\tVAESENC Z14, Z8, Z8")
-	}
-	p("%s_tlast1:", name)
-	p("\tVBROADCASTI32X4 (R14), Z14")
-	p("\tVAESENCLAST Z14, Z8, Z8")
+	tweakRounds(name+"_tlast1", 8)
 	p("\tTESTQ R12, R12")
-	p("\tJNE %s_expand", name)
+	p("\tJNE %s_lonekeys", name)
 	broadcastKeys(name + "_lone")
-	p("\tJMP %s_expand", name)
+	p("%s_lonekeys:", name)
+	expandLone()
+	p("\tJMP %s_expanded", name)
 	p("%s_tweak4:", name)
 	// Four sector numbers: seq + offs in each lane's low quadword, zero high quadwords.
 	p("\tVPBROADCASTQ R11, Z13")
 	p("\tVPANDQ lomask<>(SB), Z13, Z13")
 	p("\tVPADDQ Z15, Z13, Z13")
 	p("\tADDQ R15, R11")
-	p("\tVBROADCASTI32X4 (R13), Z14")
-	p("\tVPXORQ Z14, Z13, Z13")
-	for r := 1; r <= 9; r++ {
-		p("\tVBROADCASTI32X4 %d(R13), Z14", 16*r)
-		p("\tVAESENC Z14, Z13, Z13")
-	}
-	p("\tCMPQ CX, $10")
-	p("\tJEQ %s_tlast", name)
-	for r := 10; r <= 13; r++ {
-		p("\tVBROADCASTI32X4 %d(R13), Z14", 16*r)
-		p("\tVAESENC Z14, Z13, Z13")
-	}
-	p("%s_tlast:", name)
-	p("\tVBROADCASTI32X4 (R14), Z14")
-	p("\tVAESENCLAST Z14, Z13, Z13")
+	tweakRounds(name+"_tlast", 13)
 	p("\tMOVQ $4, AX")
 	p("%s_havetweak:", name)
 	// The data round keys are broadcast after the first tweak is under way, so that the
@@ -267,6 +243,7 @@ func vaes(name, op string) {
 	for k := 0; k < 4; k++ {
 		expand(k, 4+k)
 	}
+	p("%s_expanded:", name)
 	p("\tMOVQ R10, DX")
 	// Unrolled twice (a sector has a multiple of 32 blocks): the first half's tweaks are
 	// Z4-Z7 and it makes the second half's in Z8, Z11, Z12, Z14 early, between its rounds,
@@ -341,20 +318,57 @@ func vaesHalf(label, op string, t, n [4]int, last bool) {
 	p("\tADDQ $256, DI")
 }
 
-// broadcastKeys loads the data round keys into Z16-Z30 (round r in Z16+r) and the last one
-// into Z31, and sets R12 to say so.
+// broadcastKeys loads the data round keys, stored already broadcast, into Z16-Z30 (round r
+// in Z16+r) and the last one into Z31, and sets R12 to say so. These are plain loads: a
+// broadcast load from a 16-byte key also takes a shuffle pipe on Zen 4, which the tweak
+// expansion that follows needs.
 func broadcastKeys(label string) {
 	for r := 0; r <= 10; r++ {
-		p("\tVBROADCASTI32X4 %d(R8), Z%d", 16*r, 16+r)
+		p("\tVMOVDQU64 %d(R8), Z%d", 64*r, 16+r)
 	}
 	p("\tCMPQ CX, $10")
 	p("\tJEQ %s_keysdone", label)
 	for r := 11; r <= 14; r++ {
-		p("\tVBROADCASTI32X4 %d(R8), Z%d", 16*r, 16+r)
+		p("\tVMOVDQU64 %d(R8), Z%d", 64*r, 16+r)
 	}
 	p("%s_keysdone:", label)
-	p("\tVBROADCASTI32X4 (R9), Z31")
+	p("\tVMOVDQU64 (R9), Z31")
 	p("\tMOVQ $1, R12")
+}
+
+// tweakRounds encrypts Z(z) with the tweak key, whose round keys are stored broadcast at
+// R13 (64 bytes each, the last at R14) and read straight into VAESENC.
+func tweakRounds(label string, z int) {
+	p("\tVPXORQ (R13), Z%d, Z%d", z, z)
+	for r := 1; r <= 13; r++ {
+		if r == 10 {
+			p("\tCMPQ CX, $10")
+			p("\tJEQ %s", label)
+		}
+		p("\tVAESENC %d(R13), Z%d, Z%d", 64*r, z, z)
+	}
+	p("%s:", label)
+	p("\tVAESENCLAST (R14), Z%d, Z%d", z, z)
+}
+
+// expandLone is expand for the four vectors of a lone sector's first sixteen tweaks, made
+// with fewer instructions on the shift and shuffle pipes, where this waiting sector's first
+// rounds are held up (on a stream of sectors, expand measured faster). With s = [0, t.lo]
+// and h = [t.hi, t.hi] made once, VPSHLDVQ shifts each lane of t left by its count with the
+// low quadword's bits carried into the high one, in one instruction, and one VPSRLVQ of h
+// makes the carries out of two vectors' lanes (one in each quadword) for their carry-less
+// multiplies by 0x87. It uses Z0-Z1 and Z9-Z10.
+func expandLone() {
+	p("\tVPSLLDQ $8, Z8, Z10")
+	p("\tVPUNPCKHQDQ Z8, Z8, Z9")
+	p("\tVPSRLVQ lanespair<>+0(SB), Z9, Z0")
+	p("\tVPSRLVQ lanespair<>+64(SB), Z9, Z1")
+	for k := 0; k < 4; k++ {
+		p("\tVMOVDQA64 Z8, Z%d", 4+k)
+		p("\tVPSHLDVQ lanesl<>+%d(SB), Z10, Z%d", 64*k, 4+k)
+		p("\tVPCLMULQDQ $0x%02x, gf87<>(SB), Z%d, Z%d", k%2*0x01, k/2, 2+k%2)
+		p("\tVPXORQ Z%d, Z%d, Z%d", 2+k%2, 4+k, 4+k)
+	}
 }
 
 // expand sets Z(dst) = [tα^4k, tα^(4k+1), tα^(4k+2), tα^(4k+3)] (k < 8) from t broadcast in
@@ -433,6 +447,16 @@ func main() {
 	}
 	p("GLOBL lanesl<>(SB), RODATA|NOPTR, $512")
 	p("GLOBL lanesr<>(SB), RODATA|NOPTR, $512")
+	p("")
+	p("// The right shifts of expandLone: for the vector pairs (0, 1) and (2, 3), lane j holds")
+	p("// 64-(8m+j) in its low quadword and 64-(8m+4+j) in its high one.")
+	for m := 0; m < 2; m++ {
+		for l := 0; l < 4; l++ {
+			p("DATA lanespair<>+%d(SB)/8, $%d", 64*m+16*l, 64-(8*m+l))
+			p("DATA lanespair<>+%d(SB)/8, $%d", 64*m+16*l+8, 64-(8*m+4+l))
+		}
+	}
+	p("GLOBL lanespair<>(SB), RODATA|NOPTR, $128")
 	p("")
 	perLane("lomask", -1, 0, "Keeps the low quadword of every 128-bit lane.")
 	bulk("xtsEncAESNI", "AESENC")
