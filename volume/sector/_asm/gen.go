@@ -274,6 +274,12 @@ func vaes(name, op string) {
 	setA := [4]int{4, 5, 6, 7}
 	setB := [4]int{8, 11, 12, 14}
 	p("%s_loop:", name)
+	// The call's last 32 blocks end it in their own shape (see final).
+	p("\tCMPQ BX, $1")
+	p("\tJNE %s_notfinal", name)
+	p("\tCMPQ DX, $32")
+	p("\tJEQ %s_final", name)
+	p("%s_notfinal:", name)
 	vaesHalf(name+"_a", op, setA, setB, false)
 	vaesHalf(name+"_b", op, setB, setA, true)
 	p("\tSUBQ $32, DX")
@@ -281,9 +287,63 @@ func vaes(name, op string) {
 	p("%s_next:", name)
 	p("\tDECQ BX")
 	p("\tJMP %s_sector", name)
+	p("%s_final:", name)
+	final(name, op)
 	p("%s_done:", name)
 	p("\tVZEROUPPER")
 	p("\tRET")
+}
+
+// final writes the call's last 32 blocks (the end of its last sector), whose first 16
+// tweaks are in Z4-Z7, and returns. It runs five vectors' rounds side by side, then the
+// last three: while those three dependent chains leave one AES slot in four free, the
+// caller's next call, already decoded, can run the 15 dependent rounds of its own tweak in
+// them, instead of starting them only after this call's last round (the scheduler takes the
+// oldest ready instruction, so a full pipe would keep them waiting). One sector per call ran
+// 11% faster at 512 bytes and 2.5% at 4096 on Zen 4; the other 16 blocks' tweaks come from
+// Z4-Z7 by α^16 (the fifth vector's before the rounds, in Z11, the rest after round 8).
+func final(name, op string) {
+	mulAlpha(11, 4, 16)
+	five := [][2]int{{0, 4}, {1, 5}, {2, 6}, {3, 7}, {13, 11}} // data, tweak
+	three := [][2]int{{0, 12}, {1, 14}, {2, 8}}
+	start := func(set [][2]int, first int) {
+		for v, d := range set {
+			p("\tVMOVDQU64 %d(SI), Z%d", 64*(first+v), d[0])
+			p("\tVPTERNLOGQ $0x96, Z16, Z%d, Z%d", d[1], d[0])
+		}
+	}
+	rounds := func(set [][2]int, label string, after8 func()) {
+		for r := 1; r <= 13; r++ {
+			if r == 10 {
+				p("\tCMPQ CX, $10")
+				p("\tJEQ %s", label)
+			}
+			for _, d := range set {
+				p("\tV%s Z%d, Z%d, Z%d", op, 16+r, d[0], d[0])
+			}
+			if r == 8 && after8 != nil {
+				after8()
+			}
+		}
+		p("%s:", label)
+	}
+	end := func(set [][2]int, first int) {
+		for v, d := range set {
+			p("\tV%sLAST Z31, Z%d, Z%d", op, d[0], d[0])
+			p("\tVPXORQ Z%d, Z%d, Z%d", d[1], d[0], d[0])
+			p("\tVMOVDQU64 Z%d, %d(DI)", d[0], 64*(first+v))
+		}
+	}
+	start(five, 0)
+	rounds(five, name+"_last5", func() {
+		mulAlpha(12, 5, 16)
+		mulAlpha(14, 6, 16)
+		mulAlpha(8, 7, 16)
+	})
+	end(five, 0)
+	start(three, 5)
+	rounds(three, name+"_last3", nil)
+	end(three, 5)
 }
 
 // vaesHalf writes 16 blocks of the VAES loop with tweaks in registers t, making the next 16
