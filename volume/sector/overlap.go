@@ -2,13 +2,11 @@ package sector
 
 import "unsafe"
 
-// inexactOverlap reports whether x and y share memory without starting at the same address,
-// the one aliasing that in-place encryption cannot support.
-func inexactOverlap(x, y []byte) bool {
-	if len(x) == 0 || len(y) == 0 || &x[0] == &y[0] {
-		return false
-	}
-	xs, xe := uintptr(unsafe.Pointer(&x[0])), uintptr(unsafe.Pointer(&x[len(x)-1]))
-	ys, ye := uintptr(unsafe.Pointer(&y[0])), uintptr(unsafe.Pointer(&y[len(y)-1]))
-	return xs <= ye && ys <= xe
+// inexactOverlap reports whether the first len(src) bytes of dst (len(dst) >= len(src)) share
+// memory with src without starting at the same address, the one aliasing that in-place
+// encryption cannot support. It is written to be cheap enough for check to be inlined.
+func inexactOverlap(dst, src []byte) bool {
+	n := uintptr(len(src))
+	d := uintptr(unsafe.Pointer(unsafe.SliceData(dst))) - uintptr(unsafe.Pointer(unsafe.SliceData(src)))
+	return d != 0 && (d < n || -d < n)
 }

@@ -164,18 +164,50 @@ func (c *Cipher) SectorOf(offset uint64) uint64 {
 // firstSector is a multiple of SectorSize()/512. dst and src may be the same slice.
 // EncryptSectors does not allocate.
 func (c *Cipher) EncryptSectors(dst, src []byte, firstSector uint64) {
-	c.check(dst, src, firstSector)
+	if !c.valid(dst, src, firstSector) {
+		c.fail(dst, src, firstSector)
+	}
+	if c.path != PathGeneric {
+		// Straight to the assembly: with one sector per call, the fewer instructions
+		// between two calls, the more of the next call's tweak rounds run while this
+		// call's last blocks are still in flight (see _asm/gen.go, func final).
+		c.xtsAsm(dst[:len(src)], src, firstSector, false)
+		return
+	}
 	c.encrypt(dst[:len(src)], src, firstSector)
 }
 
 // DecryptSectors decrypts src into dst; it is the inverse of [Cipher.EncryptSectors] and has
 // the same sector numbering and preconditions.
 func (c *Cipher) DecryptSectors(dst, src []byte, firstSector uint64) {
-	c.check(dst, src, firstSector)
+	if !c.valid(dst, src, firstSector) {
+		c.fail(dst, src, firstSector)
+	}
+	if c.path != PathGeneric {
+		c.xtsAsm(dst[:len(src)], src, firstSector, true)
+		return
+	}
 	c.decrypt(dst[:len(src)], src, firstSector)
 }
 
+// valid reports whether a call meets the preconditions of EncryptSectors. It is inlined: a
+// valid call costs a few compares and no call.
+func (c *Cipher) valid(dst, src []byte, firstSector uint64) bool {
+	return !c.wiped && len(src)&(c.size-1) == 0 && len(dst) >= len(src) &&
+		firstSector&(c.step-1) == 0 && !inexactOverlap(dst, src)
+}
+
+// check panics (in fail) unless a call meets the preconditions of EncryptSectors.
 func (c *Cipher) check(dst, src []byte, firstSector uint64) {
+	if !c.valid(dst, src, firstSector) {
+		c.fail(dst, src, firstSector)
+	}
+}
+
+// fail panics with the reason check refused a call.
+//
+//go:noinline
+func (c *Cipher) fail(dst, src []byte, firstSector uint64) {
 	if c.wiped {
 		panic("sector: Cipher used after Wipe")
 	}
@@ -189,7 +221,7 @@ func (c *Cipher) check(dst, src []byte, firstSector uint64) {
 		panic(fmt.Sprintf("sector: first sector %d is not a multiple of %d: sector numbers count 512-byte units, and a %d-byte sector starts on every %dth",
 			firstSector, c.step, c.size, c.step))
 	}
-	if inexactOverlap(dst[:len(src)], src) {
+	if inexactOverlap(dst, src) {
 		panic("sector: invalid buffer overlap")
 	}
 }

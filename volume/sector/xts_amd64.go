@@ -41,12 +41,6 @@ func available() []Path {
 
 // xtsAsm runs an assembly path over whole units of c.size bytes.
 func (c *Cipher) xtsAsm(dst, src []byte, seq uint64, decrypt bool) {
-	nr := c.k1.rounds
-	rk := &c.k1.enc[0]
-	if decrypt {
-		rk = &c.k1.dec[0]
-	}
-	blocks := c.size >> 4
 	if c.path == PathVAES {
 		// The routine makes the sectors' tweaks itself, four at a time.
 		n := len(src) >> c.shift
@@ -55,12 +49,23 @@ func (c *Cipher) xtsAsm(dst, src []byte, seq uint64, decrypt bool) {
 		}
 		tk := &c.wide[2*wideKeys]
 		if decrypt {
-			xtsDecVAES(nr, &c.wide[wideKeys], tk, &dst[0], &src[0], n, blocks, seq, &c.laneOffs)
+			xtsDecVAES(c.k1.rounds, &c.wide[wideKeys], tk, &dst[0], &src[0], n, c.size>>4, seq, &c.laneOffs)
 		} else {
-			xtsEncVAES(nr, &c.wide[0], tk, &dst[0], &src[0], n, blocks, seq, &c.laneOffs)
+			xtsEncVAES(c.k1.rounds, &c.wide[0], tk, &dst[0], &src[0], n, c.size>>4, seq, &c.laneOffs)
 		}
 		return
 	}
+	c.xtsAESNI(dst, src, seq, decrypt)
+}
+
+// xtsAESNI runs the AES-NI path: per sector, one tweak encryption and one bulk call.
+func (c *Cipher) xtsAESNI(dst, src []byte, seq uint64, decrypt bool) {
+	nr := c.k1.rounds
+	rk := &c.k1.enc[0]
+	if decrypt {
+		rk = &c.k1.dec[0]
+	}
+	blocks := c.size >> 4
 	var iv, t [16]byte
 	for off := 0; off < len(src); off += c.size {
 		binary.LittleEndian.PutUint64(iv[:8], seq)
