@@ -34,15 +34,18 @@
 //
 // [New] picks the fastest implementation the CPU runs, once; [NewPath] forces one of [Paths]:
 //
-//   - [PathVAES]: amd64 assembly with VAES and AVX-512, sixteen blocks in flight in four
-//     512-bit registers, round keys held in registers, the next sixteen blocks' tweaks made
+//   - [PathVAES]: amd64 assembly with VAES and AVX-512 (F, VL, BW, VBMI2), sixteen blocks in
+//     flight in four 512-bit registers, round keys held in registers (and stored already
+//     broadcast, so loading them takes plain loads), the next sixteen blocks' tweaks made
 //     between the rounds with shifts and VPTERNLOGQ (on AMD Zen 4 a 512-bit VPCLMULQDQ
 //     competes with VAESENC for the same pipes, so it is used only where those wait: to make
 //     a sector's first tweaks from its encrypted sector number, each lane its own power of
-//     α); a call with many sectors encrypts four sectors' tweaks at once, and a lone sector
-//     encrypts its tweak already broadcast to all four lanes.
+//     α); a call with many sectors encrypts four sectors' tweaks at once, a lone sector
+//     encrypts its tweak already broadcast to all four lanes, and a call ends with three
+//     dependent chains of rounds, which leave AES slots for the next call's tweak.
 //   - [PathAESNI]: amd64 assembly with AES-NI and AVX, eight blocks in flight, round keys
-//     loaded once per round, the next group's tweaks made a group ahead between the rounds.
+//     loaded once per round, the next group's tweaks made a group ahead between the rounds in
+//     general-purpose registers.
 //   - [PathGeneric]: portable Go over crypto/aes. Per sector it encrypts the tweak once,
 //     derives the block tweaks 32 at a time over two 64-bit words, applies them with
 //     vectorised XORs and runs the AES block function in a tight loop, with no allocation.

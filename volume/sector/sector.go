@@ -37,8 +37,8 @@ const (
 	PathGeneric Path = "generic"
 	// PathAESNI is amd64 assembly with AES-NI (and AVX), eight blocks in flight.
 	PathAESNI Path = "aesni"
-	// PathVAES is amd64 assembly with VAES and AVX-512, sixteen blocks in flight in four
-	// 512-bit registers.
+	// PathVAES is amd64 assembly with VAES and AVX-512 (F, VL, BW and VBMI2), sixteen blocks
+	// in flight in four 512-bit registers.
 	PathVAES Path = "vaes"
 )
 
