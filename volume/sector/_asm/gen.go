@@ -216,16 +216,17 @@ func vaes(name, op string) {
 	p("\tSHLQ $6, R9") // 64 bytes a round key
 	p("\tMOVQ R9, R14")
 	p("\tADDQ R8, R9")
-	p("\tADDQ R13, R14")        // last tweak-key round
-	p("\tVMOVDQU64 (R12), Z15") // lane offsets
-	p("\tMOVQ 64(R12), R15")    // 4·step
-	p("\tXORQ R12, R12")        // the data round keys are not in registers yet
-	p("\tXORQ AX, AX")          // sectors left in the current group of four tweaks
+	p("\tADDQ R13, R14")     // last tweak-key round
+	p("\tMOVQ 64(R12), R15") // 4·step
+	p("\tXORQ AX, AX")       // sectors left in the current group of four tweaks
+	p("\tKXORW K1, K1, K1")  // no next group's tweaks in Z15 yet
 	p("%s_sector:", name)
 	p("\tTESTQ BX, BX")
 	p("\tJEQ %s_done", name)
 	p("\tTESTQ AX, AX")
 	p("\tJNE %s_havetweak", name)
+	p("\tKORTESTW K1, K1")
+	p("\tJNE %s_pipelined", name)
 	// A lone sector encrypts its sector number in all four lanes of Z8 at once (the AES
 	// units are idle while this dependent chain runs), so its tweak t arrives broadcast,
 	// ready for the expansion without a lane shuffle.
@@ -234,27 +235,27 @@ func vaes(name, op string) {
 	p("\tVPBROADCASTQ R11, Z8")
 	p("\tVPANDQ lomask<>(SB), Z8, Z8")
 	tweakRounds(name+"_tlast1", 8)
-	p("\tTESTQ R12, R12")
-	p("\tJNE %s_lonekeys", name)
 	broadcastKeys(name + "_lone")
-	p("%s_lonekeys:", name)
 	expandLone()
 	p("\tJMP %s_expanded", name)
 	p("%s_tweak4:", name)
 	// Four sector numbers: seq + offs in each lane's low quadword, zero high quadwords.
 	p("\tVPBROADCASTQ R11, Z13")
 	p("\tVPANDQ lomask<>(SB), Z13, Z13")
-	p("\tVPADDQ Z15, Z13, Z13")
+	p("\tVPADDQ (R12), Z13, Z13")
 	p("\tADDQ R15, R11")
 	tweakRounds(name+"_tlast", 13)
 	p("\tMOVQ $4, AX")
-	p("%s_havetweak:", name)
-	// The data round keys are broadcast after the first tweak is under way, so that the
+	// The data round keys are loaded after the first tweak is under way, so that the
 	// tweak's dependent rounds enter the scheduler first.
-	p("\tTESTQ R12, R12")
-	p("\tJNE %s_keysready", name)
 	broadcastKeys(name)
-	p("%s_keysready:", name)
+	p("\tJMP %s_havetweak", name)
+	// Every later group's tweaks were made in Z15 during its previous group (see vaesHalf).
+	p("%s_pipelined:", name)
+	p("\tVMOVDQA64 Z15, Z13")
+	p("\tKXORW K1, K1, K1")
+	p("\tMOVQ $4, AX")
+	p("%s_havetweak:", name)
 	// This sector's tweak is lane 0 of Z13: broadcast it, then rotate the lanes for the next.
 	// The sixteen first tweaks t·α^0..15 are made side by side from the broadcast t in Z8,
 	// each vector with its own per-lane shift counts, not one from another.
@@ -280,13 +281,26 @@ func vaes(name, op string) {
 	p("\tCMPQ DX, $32")
 	p("\tJEQ %s_final", name)
 	p("%s_notfinal:", name)
-	vaesHalf(name+"_a", op, setA, setB, false)
-	vaesHalf(name+"_b", op, setB, setA, true)
+	// The first half of a group's first sector also encrypts the next group's sector
+	// numbers, if another group follows.
+	p("\tCMPQ AX, $3")
+	p("\tJNE %s_plain", name)
+	p("\tCMPQ DX, R10")
+	p("\tJNE %s_plain", name)
+	p("\tCMPQ BX, $4")
+	p("\tJA %s_chain", name)
+	p("%s_plain:", name)
+	vaesHalf(name+"_a", op, setA, setB, false, false)
+	p("%s_half2:", name)
+	vaesHalf(name+"_b", op, setB, setA, true, false)
 	p("\tSUBQ $32, DX")
 	p("\tJNE %s_loop", name)
 	p("%s_next:", name)
 	p("\tDECQ BX")
 	p("\tJMP %s_sector", name)
+	p("%s_chain:", name)
+	vaesHalf(name+"_c", op, setA, setB, false, true)
+	p("\tJMP %s_half2", name)
 	p("%s_final:", name)
 	final(name, op)
 	p("%s_done:", name)
@@ -349,15 +363,31 @@ func final(name, op string) {
 // vaesHalf writes 16 blocks of the VAES loop with tweaks in registers t, making the next 16
 // blocks' tweaks (t·α^16) in registers n after round 4 (unless, when last is set, these are
 // the sector's last 16 blocks: DX is then 32).
-func vaesHalf(label, op string, t, n [4]int, last bool) {
+func vaesHalf(label, op string, t, n [4]int, last, chain bool) {
 	for i := 0; i < 4; i++ {
 		p("\tVMOVDQU64 %d(SI), Z%d", 64*i, i)
 		p("\tVPTERNLOGQ $0x96, Z16, Z%d, Z%d", t[i], i)
+	}
+	if chain {
+		// The next group's four sector numbers, encrypted a round at a time between
+		// these rounds: their 15 dependent rounds take 15 AES slots instead of making
+		// the next group wait about 60 cycles for them.
+		p("\tVPBROADCASTQ R11, Z15")
+		p("\tVPANDQ lomask<>(SB), Z15, Z15")
+		p("\tVPADDQ (R12), Z15, Z15")
+		p("\tADDQ R15, R11")
+		p("\tVPXORQ (R13), Z15, Z15")
+	}
+	tweakRound := func(r int) {
+		if chain {
+			p("\tVAESENC %d(R13), Z15, Z15", 64*r)
+		}
 	}
 	for r := 1; r <= 9; r++ {
 		for i := 0; i < 4; i++ {
 			p("\tV%s Z%d, Z%d, Z%d", op, 16+r, i, i)
 		}
+		tweakRound(r)
 		if r == 8 && !last {
 			// A 512-byte sector is one pass of the loop: its second half's tweaks are made
 			// from t like the first half's, late in the first half so that these
@@ -389,8 +419,13 @@ func vaesHalf(label, op string, t, n [4]int, last bool) {
 		for i := 0; i < 4; i++ {
 			p("\tV%s Z%d, Z%d, Z%d", op, 16+r, i, i)
 		}
+		tweakRound(r)
 	}
 	p("%s_last:", label)
+	if chain {
+		p("\tVAESENCLAST (R14), Z15, Z15")
+		p("\tKXNORW K1, K1, K1") // Z15 holds the next group's tweaks
+	}
 	for i := 0; i < 4; i++ {
 		p("\tV%sLAST Z31, Z%d, Z%d", op, i, i)
 		p("\tVPXORQ Z%d, Z%d, Z%d", t[i], i, i)
@@ -401,7 +436,7 @@ func vaesHalf(label, op string, t, n [4]int, last bool) {
 }
 
 // broadcastKeys loads the data round keys, stored already broadcast, into Z16-Z30 (round r
-// in Z16+r) and the last one into Z31, and sets R12 to say so. These are plain loads: a
+// in Z16+r) and the last one into Z31. These are plain loads: a
 // broadcast load from a 16-byte key also takes a shuffle pipe on Zen 4, which the tweak
 // expansion that follows needs.
 func broadcastKeys(label string) {
@@ -415,7 +450,6 @@ func broadcastKeys(label string) {
 	}
 	p("%s_keysdone:", label)
 	p("\tVMOVDQU64 (R9), Z31")
-	p("\tMOVQ $1, R12")
 }
 
 // tweakRounds encrypts Z(z) with the tweak key, whose round keys are stored broadcast at
