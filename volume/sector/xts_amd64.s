@@ -187,18 +187,38 @@ DATA lomask<>+56(SB)/8, $0
 GLOBL lomask<>(SB), RODATA|NOPTR, $64
 
 
-// func xtsEncAESNI(nr int, rk *byte, dst, src *byte, n int, tweak *[16]byte)
-TEXT ·xtsEncAESNI(SB),NOSPLIT,$256-48
+// func xtsEncAESNI(nr int, rk, tk *byte, dst, src *byte, n int, seq uint64)
+TEXT ·xtsEncAESNI(SB),NOSPLIT,$256-56
 	MOVQ nr+0(FP), CX
 	MOVQ rk+8(FP), R8
-	MOVQ dst+16(FP), DI
-	MOVQ src+24(FP), SI
-	MOVQ n+32(FP), DX
-	MOVQ tweak+40(FP), AX
+	MOVQ tk+16(FP), AX
+	MOVQ dst+24(FP), DI
+	MOVQ src+32(FP), SI
+	MOVQ n+40(FP), DX
+	VMOVQ seq+48(FP), X8
 	MOVQ CX, R9
 	SHLQ $4, R9
+	MOVQ R9, BX
 	ADDQ R8, R9
-	VMOVDQU (AX), X8
+	ADDQ AX, BX
+	VPXOR (AX), X8, X8
+	VAESENC 16(AX), X8, X8
+	VAESENC 32(AX), X8, X8
+	VAESENC 48(AX), X8, X8
+	VAESENC 64(AX), X8, X8
+	VAESENC 80(AX), X8, X8
+	VAESENC 96(AX), X8, X8
+	VAESENC 112(AX), X8, X8
+	VAESENC 128(AX), X8, X8
+	VAESENC 144(AX), X8, X8
+	CMPQ CX, $10
+	JEQ xtsEncAESNI_tlast
+	VAESENC 160(AX), X8, X8
+	VAESENC 176(AX), X8, X8
+	VAESENC 192(AX), X8, X8
+	VAESENC 208(AX), X8, X8
+xtsEncAESNI_tlast:
+	VAESENCLAST (BX), X8, X8
 	CMPQ DX, $8
 	JB xtsEncAESNI_tail
 	VMOVDQU (R8), X13
@@ -489,9 +509,8 @@ xtsEncAESNI_last8:
 	XCHGQ R10, R11
 	CMPQ DX, $8
 	JAE xtsEncAESNI_loop8
-	MOVQ R12, (AX)
-	MOVQ R13, 8(AX)
-	VMOVDQU (AX), X8
+	VMOVQ R12, X8
+	VPINSRQ $1, R13, X8, X8
 xtsEncAESNI_tail:
 	TESTQ DX, DX
 	JEQ xtsEncAESNI_done
@@ -527,21 +546,40 @@ xtsEncAESNI_last1:
 	DECQ DX
 	JNE xtsEncAESNI_loop1
 xtsEncAESNI_done:
-	VMOVDQU X8, (AX)
 	RET
 
-// func xtsDecAESNI(nr int, rk *byte, dst, src *byte, n int, tweak *[16]byte)
-TEXT ·xtsDecAESNI(SB),NOSPLIT,$256-48
+// func xtsDecAESNI(nr int, rk, tk *byte, dst, src *byte, n int, seq uint64)
+TEXT ·xtsDecAESNI(SB),NOSPLIT,$256-56
 	MOVQ nr+0(FP), CX
 	MOVQ rk+8(FP), R8
-	MOVQ dst+16(FP), DI
-	MOVQ src+24(FP), SI
-	MOVQ n+32(FP), DX
-	MOVQ tweak+40(FP), AX
+	MOVQ tk+16(FP), AX
+	MOVQ dst+24(FP), DI
+	MOVQ src+32(FP), SI
+	MOVQ n+40(FP), DX
+	VMOVQ seq+48(FP), X8
 	MOVQ CX, R9
 	SHLQ $4, R9
+	MOVQ R9, BX
 	ADDQ R8, R9
-	VMOVDQU (AX), X8
+	ADDQ AX, BX
+	VPXOR (AX), X8, X8
+	VAESENC 16(AX), X8, X8
+	VAESENC 32(AX), X8, X8
+	VAESENC 48(AX), X8, X8
+	VAESENC 64(AX), X8, X8
+	VAESENC 80(AX), X8, X8
+	VAESENC 96(AX), X8, X8
+	VAESENC 112(AX), X8, X8
+	VAESENC 128(AX), X8, X8
+	VAESENC 144(AX), X8, X8
+	CMPQ CX, $10
+	JEQ xtsDecAESNI_tlast
+	VAESENC 160(AX), X8, X8
+	VAESENC 176(AX), X8, X8
+	VAESENC 192(AX), X8, X8
+	VAESENC 208(AX), X8, X8
+xtsDecAESNI_tlast:
+	VAESENCLAST (BX), X8, X8
 	CMPQ DX, $8
 	JB xtsDecAESNI_tail
 	VMOVDQU (R8), X13
@@ -832,9 +870,8 @@ xtsDecAESNI_last8:
 	XCHGQ R10, R11
 	CMPQ DX, $8
 	JAE xtsDecAESNI_loop8
-	MOVQ R12, (AX)
-	MOVQ R13, 8(AX)
-	VMOVDQU (AX), X8
+	VMOVQ R12, X8
+	VPINSRQ $1, R13, X8, X8
 xtsDecAESNI_tail:
 	TESTQ DX, DX
 	JEQ xtsDecAESNI_done
@@ -870,7 +907,6 @@ xtsDecAESNI_last1:
 	DECQ DX
 	JNE xtsDecAESNI_loop1
 xtsDecAESNI_done:
-	VMOVDQU X8, (AX)
 	RET
 
 // func xtsEncVAES(nr int, rk, tk *byte, dst, src *byte, sectors, blocks int, seq uint64, offs *[80]byte)
