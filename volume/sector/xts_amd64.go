@@ -13,9 +13,6 @@ func xtsEncAESNI(nr int, rk, tk *byte, dst, src *byte, n int, seq uint64)
 func xtsDecAESNI(nr int, rk, tk *byte, dst, src *byte, n int, seq uint64)
 
 //go:noescape
-func encryptBlockAESNI(nr int, rk *byte, dst, src *byte)
-
-//go:noescape
 func xtsEncVAES(nr int, rk, tk *byte, dst, src *byte, sectors, blocks int, seq uint64, offs *[80]byte)
 
 //go:noescape

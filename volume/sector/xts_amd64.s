@@ -2422,34 +2422,3 @@ xtsDecVAES_last3:
 xtsDecVAES_done:
 	VZEROUPPER
 	RET
-
-// func encryptBlockAESNI(nr int, rk *byte, dst, src *byte)
-TEXT ·encryptBlockAESNI(SB),NOSPLIT,$0-32
-	MOVQ nr+0(FP), CX
-	MOVQ rk+8(FP), R8
-	MOVQ dst+16(FP), DI
-	MOVQ src+24(FP), SI
-	MOVQ CX, R9
-	SHLQ $4, R9
-	ADDQ R8, R9
-	VMOVDQU (SI), X0
-	VPXOR (R8), X0, X0
-	VAESENC 16(R8), X0, X0
-	VAESENC 32(R8), X0, X0
-	VAESENC 48(R8), X0, X0
-	VAESENC 64(R8), X0, X0
-	VAESENC 80(R8), X0, X0
-	VAESENC 96(R8), X0, X0
-	VAESENC 112(R8), X0, X0
-	VAESENC 128(R8), X0, X0
-	VAESENC 144(R8), X0, X0
-	CMPQ CX, $10
-	JEQ encblock_last
-	VAESENC 160(R8), X0, X0
-	VAESENC 176(R8), X0, X0
-	VAESENC 192(R8), X0, X0
-	VAESENC 208(R8), X0, X0
-encblock_last:
-	VAESENCLAST (R9), X0, X0
-	VMOVDQU X0, (DI)
-	RET

@@ -11,8 +11,9 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestKeySchedule checks the Go key schedule through the assembly single-block encryption
-// and the bulk decryption against crypto/aes.
+// TestKeySchedule checks the Go key schedule, encryption and decryption round keys, through
+// the AES-NI routine against crypto/aes: one XTS block of sector 0 whose tweak key is the
+// same key has the tweak T = AES(0) and the ciphertext AES(in ⊕ T) ⊕ T.
 func TestKeySchedule(t *testing.T) {
 	if !hasPath(PathAESNI) {
 		t.Skip("no AES-NI on this CPU")
@@ -25,19 +26,15 @@ func TestKeySchedule(t *testing.T) {
 		s.expand(key)
 		ref, err := aes.NewCipher(key)
 		require.NoError(t, err)
-		var in, got, want [16]byte
+		var in, zero, tw, want, got [16]byte
 		fillRand(rng, in[:])
-		encryptBlockAESNI(s.rounds, &s.enc[0], &got[0], &in[0])
-		ref.Encrypt(want[:], in[:])
-		require.Equal(t, want, got, "encrypt, key %d bytes", len(key))
-		// Decryption keys: one XTS block of sector 0 whose tweak key is the same key, so
-		// its tweak is T = AES(0) and the block is AES(in ⊕ T) ⊕ T.
-		var zero, tw, ct [16]byte
 		ref.Encrypt(tw[:], zero[:])
-		subtle.XORBytes(ct[:], in[:], tw[:])
-		ref.Encrypt(ct[:], ct[:])
-		subtle.XORBytes(ct[:], ct[:], tw[:])
-		xtsDecAESNI(s.rounds, &s.dec[0], &s.enc[0], &got[0], &ct[0], 1, 0)
+		subtle.XORBytes(want[:], in[:], tw[:])
+		ref.Encrypt(want[:], want[:])
+		subtle.XORBytes(want[:], want[:], tw[:])
+		xtsEncAESNI(s.rounds, &s.enc[0], &s.enc[0], &got[0], &in[0], 1, 0)
+		require.Equal(t, want, got, "encrypt, key %d bytes", len(key))
+		xtsDecAESNI(s.rounds, &s.dec[0], &s.enc[0], &got[0], &want[0], 1, 0)
 		require.Equal(t, in, got, "decrypt, key %d bytes", len(key))
 	}
 }
