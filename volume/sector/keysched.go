@@ -1,7 +1,5 @@
 package sector
 
-import "unsafe"
-
 // The AES key schedule in Go, for the assembly paths (crypto/aes does not expose its round
 // keys). Round keys are kept as bytes in the order AES-NI loads them.
 
@@ -100,15 +98,6 @@ func (s *schedule) expand(key []byte) {
 // wideKeys is the size of one key schedule with every round key broadcast to four 128-bit
 // lanes, as the VAES assembly reads it.
 const wideKeys = (maxRounds + 1) * 64
-
-// alignedWide returns three zeroed wideKeys-byte schedules, contiguous and starting on a
-// 64-byte boundary, so that no 512-bit load of a round key splits a cache line. (The Go heap
-// does not move objects.)
-func alignedWide() []byte {
-	b := make([]byte, 3*wideKeys+63)
-	off := int(-uintptr(unsafe.Pointer(&b[0])) & 63)
-	return b[off : off+3*wideKeys : off+3*wideKeys]
-}
 
 // broadcastRounds writes each 16-byte round key of keys four times into dst.
 func broadcastRounds(dst, keys []byte) {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"unsafe"
 )
 
 // IVUnit is the size in bytes of the unit in which sector numbers (and so XTS tweaks) count,
@@ -56,11 +57,14 @@ type Cipher struct {
 	path  Path
 	k1    schedule // data key schedule, for the assembly paths
 	k2    schedule // tweak key schedule, for the assembly paths
-	// wide holds, for the VAES path, each round key of k1.enc, k1.dec and k2.enc (in that
-	// order, wideKeys bytes each) broadcast to the four lanes of a 512-bit register, so the
-	// assembly reads them with plain loads; it starts on a 64-byte boundary.
-	wide  []byte
-	wiped bool
+	// wide holds, for the VAES path, from wideOff on, each round key of k1.enc, k1.dec and
+	// k2.enc (in that order, wideKeys bytes each) broadcast to the four lanes of a 512-bit
+	// register, so the assembly reads them with plain loads. wideOff puts them on a 64-byte
+	// boundary (the Go heap does not move objects); a copied Cipher keeps the offset, so it
+	// reads the same keys, perhaps unaligned, and wiping it leaves the original intact.
+	wide    [3*wideKeys + 63]byte
+	wideOff int
+	wiped   bool
 	// laneOffs holds 0, step, 2·step, 3·step in the low quadwords of four 128-bit lanes,
 	// then 4·step: the VAES path's sector numbering.
 	laneOffs [80]byte
@@ -112,10 +116,11 @@ func NewPath(key []byte, sectorSize int, path Path) (*Cipher, error) {
 		c.k1.expand(key[:half])
 		c.k2.expand(key[half:])
 		if path == PathVAES {
-			c.wide = alignedWide()
-			broadcastRounds(c.wide[:wideKeys], c.k1.enc[:])
-			broadcastRounds(c.wide[wideKeys:2*wideKeys], c.k1.dec[:])
-			broadcastRounds(c.wide[2*wideKeys:], c.k2.enc[:])
+			c.wideOff = int(-uintptr(unsafe.Pointer(&c.wide[0])) & 63)
+			w := c.wide[c.wideOff:]
+			broadcastRounds(w[:wideKeys], c.k1.enc[:])
+			broadcastRounds(w[wideKeys:2*wideKeys], c.k1.dec[:])
+			broadcastRounds(w[2*wideKeys:3*wideKeys], c.k2.enc[:])
 		}
 		for j := range 4 {
 			binary.LittleEndian.PutUint64(c.laneOffs[16*j:], uint64(j)*c.step)
@@ -134,7 +139,7 @@ func (c *Cipher) Path() Path { return c.path }
 func (c *Cipher) Wipe() {
 	c.k1.wipe()
 	c.k2.wipe()
-	clear(c.wide)
+	clear(c.wide[:])
 	c.data, c.tweak = nil, nil
 	c.wiped = true
 }
@@ -197,14 +202,15 @@ func (c *Cipher) valid(dst, src []byte, firstSector uint64) bool {
 		firstSector&(c.step-1) == 0 && !inexactOverlap(dst, src)
 }
 
-// check panics (in fail) unless a call meets the preconditions of EncryptSectors.
+// check panics (in fail) unless a call meets the preconditions of EncryptSectors (Parallel
+// uses it; EncryptSectors and DecryptSectors test valid themselves).
 func (c *Cipher) check(dst, src []byte, firstSector uint64) {
 	if !c.valid(dst, src, firstSector) {
 		c.fail(dst, src, firstSector)
 	}
 }
 
-// fail panics with the reason check refused a call.
+// fail panics with the reason valid refused a call.
 //
 //go:noinline
 func (c *Cipher) fail(dst, src []byte, firstSector uint64) {
@@ -224,4 +230,5 @@ func (c *Cipher) fail(dst, src []byte, firstSector uint64) {
 	if inexactOverlap(dst, src) {
 		panic("sector: invalid buffer overlap")
 	}
+	panic("sector: internal error: valid refused a call that fail accepts")
 }

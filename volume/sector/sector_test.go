@@ -397,13 +397,24 @@ func TestNewPath(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, Paths()[0], c.Path(), "New takes the fastest path")
 	if c.Path() == PathVAES {
-		assert.Len(t, c.wide, 3*wideKeys)
-		assert.Zero(t, uintptr(unsafe.Pointer(&c.wide[0]))%64, "broadcast round keys start a cache line")
-		assert.Equal(t, c.k1.enc[16:32], c.wide[64+48:64+64], "round 1, lane 3")
-		assert.Equal(t, c.k2.enc[:16], c.wide[2*wideKeys+16:2*wideKeys+32], "tweak round 0, lane 1")
+		w := c.wide[c.wideOff:]
+		assert.Zero(t, uintptr(unsafe.Pointer(&w[0]))%64, "broadcast round keys start a cache line")
+		assert.Equal(t, c.k1.enc[16:32], w[64+48:64+64], "round 1, lane 3")
+		assert.Equal(t, c.k1.dec[32:48], w[wideKeys+128:wideKeys+144], "decryption round 2, lane 0")
+		assert.Equal(t, c.k2.enc[:16], w[2*wideKeys+16:2*wideKeys+32], "tweak round 0, lane 1")
 	}
+	d := *c
+	d.Wipe()
+	assert.Equal(t, [len(c.wide)]byte{}, d.wide, "the copy's broadcast round keys are wiped")
+	ref, err := New(key, 512)
+	require.NoError(t, err)
+	want, got := make([]byte, 4096), make([]byte, 4096)
+	ref.EncryptSectors(want, make([]byte, 4096), 8)
+	c.EncryptSectors(got, make([]byte, 4096), 8)
+	assert.Equal(t, want, got, "wiping a copy leaves the original working")
 	c.Wipe()
-	assert.Equal(t, [(maxRounds + 1) * 16]byte{}, c.k1.enc)
-	assert.Zero(t, bytes.Count(c.wide, []byte{0})-len(c.wide), "broadcast round keys wiped")
+	for _, k := range [][]byte{c.k1.enc[:], c.k1.dec[:], c.k2.enc[:], c.k2.dec[:], c.wide[:]} {
+		assert.Equal(t, make([]byte, len(k)), k, "round keys wiped")
+	}
 	assert.PanicsWithValue(t, "sector: Cipher used after Wipe", func() { c.EncryptSectors(make([]byte, 512), make([]byte, 512), 0) })
 }

@@ -40,11 +40,12 @@ func (c *Cipher) xtsAsm(dst, src []byte, seq uint64, decrypt bool) {
 		if n == 0 {
 			return
 		}
-		tk := &c.wide[2*wideKeys]
+		w := c.wideOff
+		tk := &c.wide[w+2*wideKeys]
 		if decrypt {
-			xtsDecVAES(c.k1.rounds, &c.wide[wideKeys], tk, &dst[0], &src[0], n, c.size>>4, seq, &c.laneOffs)
+			xtsDecVAES(c.k1.rounds, &c.wide[w+wideKeys], tk, &dst[0], &src[0], n, c.size>>4, seq, &c.laneOffs)
 		} else {
-			xtsEncVAES(c.k1.rounds, &c.wide[0], tk, &dst[0], &src[0], n, c.size>>4, seq, &c.laneOffs)
+			xtsEncVAES(c.k1.rounds, &c.wide[w], tk, &dst[0], &src[0], n, c.size>>4, seq, &c.laneOffs)
 		}
 		return
 	}

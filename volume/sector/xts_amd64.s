@@ -1049,7 +1049,6 @@ xtsEncVAES_havetweak:
 	VSHUFI64X2 $0x00, Z13, Z13, Z8
 	VSHUFI64X2 $0x39, Z13, Z13, Z13
 	DECQ AX
-xtsEncVAES_expand:
 	VPSRLVQ lanesr<>+0(SB), Z8, Z9
 	VPSLLVQ lanesl<>+0(SB), Z8, Z4
 	VPSLLDQ $8, Z9, Z10
@@ -1327,7 +1326,6 @@ xtsEncVAES_b_last:
 	ADDQ $256, DI
 	SUBQ $32, DX
 	JNE xtsEncVAES_loop
-xtsEncVAES_next:
 	DECQ BX
 	JMP xtsEncVAES_sector
 xtsEncVAES_chain:
@@ -1806,7 +1804,6 @@ xtsDecVAES_havetweak:
 	VSHUFI64X2 $0x00, Z13, Z13, Z8
 	VSHUFI64X2 $0x39, Z13, Z13, Z13
 	DECQ AX
-xtsDecVAES_expand:
 	VPSRLVQ lanesr<>+0(SB), Z8, Z9
 	VPSLLVQ lanesl<>+0(SB), Z8, Z4
 	VPSLLDQ $8, Z9, Z10
@@ -2084,7 +2081,6 @@ xtsDecVAES_b_last:
 	ADDQ $256, DI
 	SUBQ $32, DX
 	JNE xtsDecVAES_loop
-xtsDecVAES_next:
 	DECQ BX
 	JMP xtsDecVAES_sector
 xtsDecVAES_chain:

@@ -197,7 +197,7 @@ func makeTweaksGPR(buf string) {
 
 // vaes writes func name(nr int, rk, tk *byte, dst, src *byte, sectors, blocks int, seq uint64,
 // offs *[80]byte): XTS over `sectors` data units of `blocks` 16-byte blocks each (a multiple
-// of 16), the first with sector number seq, each next one offs[16..] further (offs holds the
+// of 32), the first with sector number seq, each next one offs[16..] further (offs holds the
 // lane offsets 0, step, 2·step, 3·step in the low quadword of each 128-bit lane, and 4·step
 // after them). rk are the data round keys (encryption or decryption), tk the tweak key's
 // encryption round keys, each round key stored broadcast to four lanes (64 bytes).
@@ -208,9 +208,12 @@ func makeTweaksGPR(buf string) {
 // [tα^4k, …, tα^(4k+3)] (see expand and expandLone).
 // The initial tweaks of four sectors at a time are made together in Z13 (their sector
 // numbers encrypted with the tweak key, read from memory round by round), so no sector waits
-// alone for its tweak; a lone sector encrypts its number in all four lanes of Z8. Whitening
-// and round key 0 are one VPTERNLOGQ; tweaks advance by α^16 per lane with byte shifts and
-// VPTERNLOGQ (see mulAlpha).
+// alone for its tweak; a lone sector encrypts its number in all four lanes of Z8. AX counts
+// the sectors whose tweaks are left in Z13; the next group's tweaks are made in Z15 during
+// the current group's first half-sector, and mask register K1 says they are there (see
+// vaesHalf). R11 is the next group's first sector number, R12 points at offs, R15 holds
+// 4·step. Whitening and round key 0 are one VPTERNLOGQ; tweaks advance by α^16 per lane
+// with byte shifts and VPTERNLOGQ (see mulAlpha). The call's last 32 blocks are final's.
 func vaes(name, op string) {
 	p("")
 	p("// func %s(nr int, rk, tk *byte, dst, src *byte, sectors, blocks int, seq uint64, offs *[80]byte)", name)
@@ -274,7 +277,6 @@ func vaes(name, op string) {
 	p("\tVSHUFI64X2 $0x00, Z13, Z13, Z8")
 	p("\tVSHUFI64X2 $0x39, Z13, Z13, Z13")
 	p("\tDECQ AX")
-	p("%s_expand:", name)
 	for k := 0; k < 4; k++ {
 		expand(k, 4+k)
 	}
@@ -307,7 +309,6 @@ func vaes(name, op string) {
 	vaesHalf(name+"_b", op, setB, setA, true, false)
 	p("\tSUBQ $32, DX")
 	p("\tJNE %s_loop", name)
-	p("%s_next:", name)
 	p("\tDECQ BX")
 	p("\tJMP %s_sector", name)
 	p("%s_chain:", name)
@@ -338,7 +339,7 @@ func final(name, op string) {
 			p("\tVPTERNLOGQ $0x96, Z16, Z%d, Z%d", d[1], d[0])
 		}
 	}
-	rounds := func(set [][2]int, label string, after8 func()) {
+	run := func(set [][2]int, label string, after8 func()) {
 		for r := 1; r <= 13; r++ {
 			if r == 10 {
 				p("\tCMPQ CX, $10")
@@ -361,20 +362,23 @@ func final(name, op string) {
 		}
 	}
 	start(five, 0)
-	rounds(five, name+"_last5", func() {
+	run(five, name+"_last5", func() {
 		mulAlpha(12, 5, 16)
 		mulAlpha(14, 6, 16)
 		mulAlpha(8, 7, 16)
 	})
 	end(five, 0)
 	start(three, 5)
-	rounds(three, name+"_last3", nil)
+	run(three, name+"_last3", nil)
 	end(three, 5)
 }
 
 // vaesHalf writes 16 blocks of the VAES loop with tweaks in registers t, making the next 16
 // blocks' tweaks (t·α^16) in registers n after round 4 (unless, when last is set, these are
-// the sector's last 16 blocks: DX is then 32).
+// the sector's last 16 blocks: DX is then 32). In a first half (last unset) of a 512-byte
+// sector, the second half's tweaks are made from t in Z8 after round 8 instead. With chain
+// set it also encrypts the next group's four sector numbers (R11 + offs) into Z15, one round
+// between each of its own, advances R11 by 4·step and sets K1.
 func vaesHalf(label, op string, t, n [4]int, last, chain bool) {
 	for i := 0; i < 4; i++ {
 		p("\tVMOVDQU64 %d(SI), Z%d", 64*i, i)
@@ -485,7 +489,7 @@ func tweakRounds(label string, z int) {
 // and h = [t.hi, t.hi] made once, VPSHLDVQ shifts each lane of t left by its count with the
 // low quadword's bits carried into the high one, in one instruction, and one VPSRLVQ of h
 // makes the carries out of two vectors' lanes (one in each quadword) for their carry-less
-// multiplies by 0x87. It uses Z0-Z1 and Z9-Z10.
+// multiplies by 0x87. It uses Z0-Z3 and Z9-Z10.
 func expandLone() {
 	p("\tVPSLLDQ $8, Z8, Z10")
 	p("\tVPUNPCKHQDQ Z8, Z8, Z9")
