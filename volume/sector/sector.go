@@ -173,9 +173,9 @@ func (c *Cipher) EncryptSectors(dst, src []byte, firstSector uint64) {
 		c.fail(dst, src, firstSector)
 	}
 	if c.path != PathGeneric {
-		// Straight to the assembly: with one sector per call, the fewer instructions
-		// between two calls, the more of the next call's tweak rounds run while this
-		// call's last blocks are still in flight (see _asm/gen.go, func final).
+		// One Go call down to the assembly: with one sector per call, the fewer
+		// instructions between two calls, the more of the next call's tweak rounds run
+		// while this call's last blocks are still in flight (see _asm/gen.go, func final).
 		c.xtsAsm(dst[:len(src)], src, firstSector, false)
 		return
 	}
