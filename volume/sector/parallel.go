@@ -111,11 +111,7 @@ func (p *Parallel) work(r *request) {
 		off := int(i) * r.chunk
 		end := min(off+r.chunk, len(r.src))
 		first := r.first + uint64(off/IVUnit)
-		if r.decrypt {
-			p.c.decrypt(r.dst[off:end], r.src[off:end], first)
-		} else {
-			p.c.encrypt(r.dst[off:end], r.src[off:end], first)
-		}
+		p.c.xts(r.dst[off:end], r.src[off:end], first, r.decrypt)
 		r.pending.Add(-1)
 	}
 }
@@ -140,11 +136,7 @@ func (p *Parallel) run(dst, src []byte, first uint64, decrypt bool) {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	if len(src) < p.threshold || p.workers < 2 || n < 2 || p.closed {
-		if decrypt {
-			p.c.decrypt(dst, src, first)
-		} else {
-			p.c.encrypt(dst, src, first)
-		}
+		p.c.xts(dst, src, first, decrypt)
 		return
 	}
 	// Four chunks a worker balance the load when a helper starts late or is descheduled,

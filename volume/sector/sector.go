@@ -172,14 +172,10 @@ func (c *Cipher) EncryptSectors(dst, src []byte, firstSector uint64) {
 	if !c.valid(dst, src, firstSector) {
 		c.fail(dst, src, firstSector)
 	}
-	if c.path != PathGeneric {
-		// One Go call down to the assembly: with one sector per call, the fewer
-		// instructions between two calls, the more of the next call's tweak rounds run
-		// while this call's last blocks are still in flight (see _asm/gen.go, func final).
-		c.xtsAsm(dst[:len(src)], src, firstSector, false)
-		return
-	}
-	c.encrypt(dst[:len(src)], src, firstSector)
+	// One Go call down to the assembly: with one sector per call, the fewer instructions
+	// between two calls, the more of the next call's tweak rounds run while this call's
+	// last blocks are still in flight (see _asm/gen.go, func final).
+	c.xts(dst[:len(src)], src, firstSector, false)
 }
 
 // DecryptSectors decrypts src into dst; it is the inverse of [Cipher.EncryptSectors] and has
@@ -188,11 +184,7 @@ func (c *Cipher) DecryptSectors(dst, src []byte, firstSector uint64) {
 	if !c.valid(dst, src, firstSector) {
 		c.fail(dst, src, firstSector)
 	}
-	if c.path != PathGeneric {
-		c.xtsAsm(dst[:len(src)], src, firstSector, true)
-		return
-	}
-	c.decrypt(dst[:len(src)], src, firstSector)
+	c.xts(dst[:len(src)], src, firstSector, true)
 }
 
 // valid reports whether a call meets the preconditions of EncryptSectors. It is inlined: a

@@ -32,8 +32,9 @@ func available() []Path {
 	return append(out, PathGeneric)
 }
 
-// xtsAsm runs an assembly path over whole units of c.size bytes.
-func (c *Cipher) xtsAsm(dst, src []byte, seq uint64, decrypt bool) {
+// xts runs c's implementation over whole units of c.size bytes (dst and src of equal
+// length): the one place a call picks its path.
+func (c *Cipher) xts(dst, src []byte, seq uint64, decrypt bool) {
 	if c.path == PathVAES {
 		// The routine makes the sectors' tweaks itself, four at a time.
 		n := len(src) >> c.shift
@@ -49,7 +50,17 @@ func (c *Cipher) xtsAsm(dst, src []byte, seq uint64, decrypt bool) {
 		}
 		return
 	}
-	c.xtsAESNI(dst, src, seq, decrypt)
+	c.xtsOther(dst, src, seq, decrypt)
+}
+
+// xtsOther runs the AES-NI or the portable path; it is kept out of xts so that the VAES
+// call, the hot one, stays a small function with a small frame.
+func (c *Cipher) xtsOther(dst, src []byte, seq uint64, decrypt bool) {
+	if c.path == PathAESNI {
+		c.xtsAESNI(dst, src, seq, decrypt)
+		return
+	}
+	xtsGeneric(c.data, c.tweak, dst, src, c.size, seq, c.step, decrypt)
 }
 
 // xtsAESNI runs the AES-NI path, one assembly call a sector (which encrypts its own tweak).

@@ -333,44 +333,53 @@ func final(name, op string) {
 	mulAlpha(11, 4, 16)
 	five := [][2]int{{0, 4}, {1, 5}, {2, 6}, {3, 7}, {13, 11}} // data, tweak
 	three := [][2]int{{0, 12}, {1, 14}, {2, 8}}
-	start := func(set [][2]int, first int) {
-		for v, d := range set {
-			p("\tVMOVDQU64 %d(SI), Z%d", 64*(first+v), d[0])
-			p("\tVPTERNLOGQ $0x96, Z16, Z%d, Z%d", d[1], d[0])
+	loadBlocks(five, 0)
+	dataRounds(op, five, name+"_last5", func(r int) {
+		if r == 8 {
+			mulAlpha(12, 5, 16)
+			mulAlpha(14, 6, 16)
+			mulAlpha(8, 7, 16)
 		}
-	}
-	run := func(set [][2]int, label string, after8 func()) {
-		for r := 1; r <= 13; r++ {
-			if r == 10 {
-				p("\tCMPQ CX, $10")
-				p("\tJEQ %s", label)
-			}
-			for _, d := range set {
-				p("\tV%s Z%d, Z%d, Z%d", op, 16+r, d[0], d[0])
-			}
-			if r == 8 && after8 != nil {
-				after8()
-			}
-		}
-		p("%s:", label)
-	}
-	end := func(set [][2]int, first int) {
-		for v, d := range set {
-			p("\tV%sLAST Z31, Z%d, Z%d", op, d[0], d[0])
-			p("\tVPXORQ Z%d, Z%d, Z%d", d[1], d[0], d[0])
-			p("\tVMOVDQU64 Z%d, %d(DI)", d[0], 64*(first+v))
-		}
-	}
-	start(five, 0)
-	run(five, name+"_last5", func() {
-		mulAlpha(12, 5, 16)
-		mulAlpha(14, 6, 16)
-		mulAlpha(8, 7, 16)
 	})
-	end(five, 0)
-	start(three, 5)
-	run(three, name+"_last3", nil)
-	end(three, 5)
+	storeBlocks(op, five, 0)
+	loadBlocks(three, 5)
+	dataRounds(op, three, name+"_last3", func(int) {})
+	storeBlocks(op, three, 5)
+}
+
+// loadBlocks loads the vectors of set (data register, tweak register), from vector first of
+// (SI) on, each XORed with its tweak and round key 0.
+func loadBlocks(set [][2]int, first int) {
+	for v, d := range set {
+		p("\tVMOVDQU64 %d(SI), Z%d", 64*(first+v), d[0])
+		p("\tVPTERNLOGQ $0x96, Z16, Z%d, Z%d", d[1], d[0])
+	}
+}
+
+// dataRounds runs rounds 1 to 13 (9 for AES-128, jumping to label) on the data registers of
+// set, calling after(r) after each round r, and writes label.
+func dataRounds(op string, set [][2]int, label string, after func(r int)) {
+	for r := 1; r <= 13; r++ {
+		if r == 10 {
+			p("\tCMPQ CX, $10")
+			p("\tJEQ %s", label)
+		}
+		for _, d := range set {
+			p("\tV%s Z%d, Z%d, Z%d", op, 16+r, d[0], d[0])
+		}
+		after(r)
+	}
+	p("%s:", label)
+}
+
+// storeBlocks runs the last round on the vectors of set, XORs their tweaks and stores them
+// from vector first of (DI) on.
+func storeBlocks(op string, set [][2]int, first int) {
+	for v, d := range set {
+		p("\tV%sLAST Z31, Z%d, Z%d", op, d[0], d[0])
+		p("\tVPXORQ Z%d, Z%d, Z%d", d[1], d[0], d[0])
+		p("\tVMOVDQU64 Z%d, %d(DI)", d[0], 64*(first+v))
+	}
 }
 
 // vaesHalf writes 16 blocks of the VAES loop with tweaks in registers t, making the next 16
@@ -380,10 +389,8 @@ func final(name, op string) {
 // set it also encrypts the next group's four sector numbers (R11 + offs) into Z15, one round
 // between each of its own, advances R11 by 4·step and sets K1.
 func vaesHalf(label, op string, t, n [4]int, last, chain bool) {
-	for i := 0; i < 4; i++ {
-		p("\tVMOVDQU64 %d(SI), Z%d", 64*i, i)
-		p("\tVPTERNLOGQ $0x96, Z16, Z%d, Z%d", t[i], i)
-	}
+	set := [][2]int{{0, t[0]}, {1, t[1]}, {2, t[2]}, {3, t[3]}}
+	loadBlocks(set, 0)
 	if chain {
 		// The next group's four sector numbers, encrypted a round at a time between
 		// these rounds: their 15 dependent rounds take 15 AES slots instead of making
@@ -394,16 +401,10 @@ func vaesHalf(label, op string, t, n [4]int, last, chain bool) {
 		p("\tADDQ R15, R11")
 		p("\tVPXORQ (R13), Z15, Z15")
 	}
-	tweakRound := func(r int) {
+	dataRounds(op, set, label+"_last", func(r int) {
 		if chain {
 			p("\tVAESENC %d(R13), Z15, Z15", 64*r)
 		}
-	}
-	for r := 1; r <= 9; r++ {
-		for i := 0; i < 4; i++ {
-			p("\tV%s Z%d, Z%d, Z%d", op, 16+r, i, i)
-		}
-		tweakRound(r)
 		if r == 8 && !last {
 			// A 512-byte sector is one pass of the loop: its second half's tweaks are made
 			// from t like the first half's, late in the first half so that these
@@ -428,25 +429,12 @@ func vaesHalf(label, op string, t, n [4]int, last, chain bool) {
 			}
 			p("%s_lastgroup:", label)
 		}
-	}
-	p("\tCMPQ CX, $10")
-	p("\tJEQ %s_last", label)
-	for r := 10; r <= 13; r++ {
-		for i := 0; i < 4; i++ {
-			p("\tV%s Z%d, Z%d, Z%d", op, 16+r, i, i)
-		}
-		tweakRound(r)
-	}
-	p("%s_last:", label)
+	})
 	if chain {
 		p("\tVAESENCLAST (R14), Z15, Z15")
 		p("\tKXNORW K1, K1, K1") // Z15 holds the next group's tweaks
 	}
-	for i := 0; i < 4; i++ {
-		p("\tV%sLAST Z31, Z%d, Z%d", op, i, i)
-		p("\tVPXORQ Z%d, Z%d, Z%d", t[i], i, i)
-		p("\tVMOVDQU64 Z%d, %d(DI)", i, 64*i)
-	}
+	storeBlocks(op, set, 0)
 	p("\tADDQ $256, SI")
 	p("\tADDQ $256, DI")
 }
