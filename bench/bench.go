@@ -23,7 +23,8 @@ import (
 	"golang.org/x/crypto/xts"
 	"golang.org/x/sys/cpu"
 
-	"crkvol/volume/sector"
+	"crkvol/sector"
+	"crkvol/volume"
 )
 
 // Options tune a run.
@@ -53,7 +54,7 @@ type Report struct {
 	Rounds    int      `json:"rounds"` // each result is the best of this many interleaved rounds
 	Results   []Result `json:"results"`
 	// Parallel compares 1 MiB requests (4096-byte sectors, encrypt, default path) on one
-	// core with the same requests split over every core by sector.Parallel.
+	// core with the same requests split over every core by volume.Parallel.
 	Parallel *ParallelResult `json:"parallel,omitempty"`
 	// NBD is the NBD comparison (RunNBD), when it was asked for.
 	NBD *NBDReport `json:"nbd,omitempty"`
@@ -179,9 +180,9 @@ func parallel(ctx context.Context, key []byte, d time.Duration, rounds int) (*Pa
 	defer c.Wipe()
 	buf := make([]byte, 1<<20)
 	res := &ParallelResult{Path: string(c.Path()), Workers: runtime.GOMAXPROCS(0)}
-	one := sector.NewParallel(c, 1, 0)
+	one := volume.NewParallel(c, 1, 0)
 	defer one.Close()
-	all := sector.NewParallel(c, res.Workers, 0)
+	all := volume.NewParallel(c, res.Workers, 0)
 	defer all.Close()
 	for range rounds {
 		res.OneCoreMBps = max(res.OneCoreMBps, measure(ctx, d, len(buf), func() { one.EncryptSectors(buf, buf, 0) }))
@@ -312,7 +313,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 		return err
 	}
 	if p := r.Parallel; p != nil && p.Workers > 1 && p.OneCoreMBps > 0 {
-		if _, err := fmt.Fprintf(w, "\nMulti-core (sector.Parallel, %s, 1 MiB requests of 4096-byte sectors): 1 core %.0f MB/s, %d cores %.0f MB/s, %.2fx\n",
+		if _, err := fmt.Fprintf(w, "\nMulti-core (volume.Parallel, %s, 1 MiB requests of 4096-byte sectors): 1 core %.0f MB/s, %d cores %.0f MB/s, %.2fx\n",
 			p.Path, p.OneCoreMBps, p.Workers, p.AllMBps, p.AllMBps/p.OneCoreMBps); err != nil {
 			return err
 		}

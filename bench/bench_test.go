@@ -11,7 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"crkvol/volume/sector"
+	"crkvol/sector"
 )
 
 // TestRunReportsEveryCase runs the harness briefly (no timing claims) and checks the report's

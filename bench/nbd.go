@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"crkvol/keyslot"
+	"crkvol/nbd"
 	"crkvol/volume"
-	"crkvol/volume/nbd"
 )
 
 // NBDOptions tune RunNBD.

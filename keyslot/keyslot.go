@@ -7,7 +7,7 @@ import (
 	"io"
 	"slices"
 
-	"crkvol/volume/sector"
+	"crkvol/sector"
 )
 
 // AnyKeyslot asks Unlock to try every keyslot, and AddKeyslot to take the lowest free id.

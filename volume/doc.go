@@ -6,7 +6,7 @@
 // # The three keys of a volume
 //
 //   - The master (volume) key, 64 random bytes, encrypts the data sector by sector
-//     (crkvol/volume/sector). It lives only in memory while a volume is attached and in
+//     (crkvol/sector). It lives only in memory while a volume is attached and in
 //     keyslot 0, AF-split and encrypted under the passphrase (crkvol/keyslot).
 //   - The LUKS passphrase, 32 random bytes, opens that keyslot. It is never stored: the
 //     crkvol-crk LUKS2 token holds it wrapped by the root key, with the volume's UUID as

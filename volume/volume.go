@@ -10,7 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crkvol/keyslot"
-	"crkvol/volume/sector"
+	"crkvol/sector"
 )
 
 // Errors of volume I/O.
@@ -50,7 +50,7 @@ const (
 type Volume struct {
 	f       *os.File
 	img     *keyslot.Image
-	c       *sector.Parallel // the cipher, with large requests spread over the cores
+	c       *Parallel // the cipher, with large requests spread over the cores
 	key     []byte
 	uuid    string
 	dataOff int64
@@ -95,7 +95,7 @@ func newVolume(f *os.File, img *keyslot.Image, key []byte, opts OpenOptions) (*V
 	if size <= 0 || size%ss != 0 {
 		return nil, fmt.Errorf("%w: data area of %d bytes is not a positive multiple of the %d-byte sector size", ErrUnsupportedImage, size, ss)
 	}
-	v := &Volume{f: f, img: img, c: sector.NewParallel(c, 0, 0), key: key, uuid: img.UUID(), dataOff: int64(seg.Offset), size: size, ss: ss, ro: opts.ReadOnly}
+	v := &Volume{f: f, img: img, c: NewParallel(c, 0, 0), key: key, uuid: img.UUID(), dataOff: int64(seg.Offset), size: size, ss: ss, ro: opts.ReadOnly}
 	v.bufs.New = func() any { b := make([]byte, chunkSize+2*ss); return &b }
 	return v, nil
 }

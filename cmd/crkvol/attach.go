@@ -20,8 +20,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"crkvol/nbd"
 	"crkvol/volume"
-	"crkvol/volume/nbd"
 )
 
 // attachment is the record an attach process keeps in <state>/attached/ while it serves, so

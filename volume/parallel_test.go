@@ -1,10 +1,12 @@
-package sector
+package volume
 
 import (
 	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"testing"
+
+	"crkvol/sector"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -13,16 +15,16 @@ import (
 func TestParallelMatchesSerial(t *testing.T) {
 	key := make([]byte, 64)
 	fillRand(rand.New(rand.NewPCG(4, 4)), key)
-	for _, path := range Paths() {
+	for _, path := range sector.Paths() {
 		for _, size := range []int{512, 4096} {
-			c, err := NewPath(key, size, path)
+			c, err := sector.NewPath(key, size, path)
 			require.NoError(t, err)
 			p := NewParallel(c, 3, 8<<10)
 			rng := rand.New(rand.NewPCG(uint64(size), 1))
 			for _, n := range []int{1, 2, 15, 16, 17, 64, 256, 1 << 20 / size} {
 				src := make([]byte, n*size)
 				fillRand(rng, src)
-				first := uint64(rng.IntN(1<<20)) * uint64(size/IVUnit)
+				first := uint64(rng.IntN(1<<20)) * uint64(size/sector.IVUnit)
 				want := make([]byte, len(src))
 				c.EncryptSectors(want, src, first)
 				got := make([]byte, len(src))
@@ -39,7 +41,7 @@ func TestParallelMatchesSerial(t *testing.T) {
 func TestParallelNoAllocations(t *testing.T) {
 	key := make([]byte, 64)
 	fillRand(rand.New(rand.NewPCG(5, 5)), key)
-	c, err := New(key, 4096)
+	c, err := sector.New(key, 4096)
 	require.NoError(t, err)
 	p := NewParallel(c, 2, 0)
 	defer p.Close()
@@ -52,7 +54,7 @@ func TestParallelNoAllocations(t *testing.T) {
 // BenchmarkParallel compares one 1 MiB request on one goroutine with the same request split
 // over GOMAXPROCS workers.
 func BenchmarkParallel(b *testing.B) {
-	c, err := New(benchKey(), 4096)
+	c, err := sector.New(benchKey(), 4096)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -78,7 +80,7 @@ func BenchmarkParallel(b *testing.B) {
 func TestParallelClose(t *testing.T) {
 	key := make([]byte, 64)
 	fillRand(rand.New(rand.NewPCG(6, 6)), key)
-	c, err := New(key, 4096)
+	c, err := sector.New(key, 4096)
 	require.NoError(t, err)
 	p := NewParallel(c, 4, 4096)
 	buf := make([]byte, 64<<10)
@@ -102,4 +104,18 @@ func TestParallelClose(t *testing.T) {
 	out := make([]byte, len(buf))
 	p.EncryptSectors(out, buf, 0)
 	assert.Equal(t, want, out)
+}
+
+func fillRand(rng *rand.Rand, b []byte) {
+	for i := range b {
+		b[i] = byte(rng.Uint32())
+	}
+}
+
+func benchKey() []byte {
+	key := make([]byte, 64)
+	for i := range key {
+		key[i] = byte(i*7 + 1)
+	}
+	return key
 }

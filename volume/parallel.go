@@ -1,10 +1,12 @@
-package sector
+package volume
 
 import (
 	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"crkvol/sector"
 )
 
 // DefaultParallelThreshold is the request size from which Parallel splits work.
@@ -23,7 +25,8 @@ const helperSpin = 50 * time.Microsecond
 // NewParallel, so a call allocates nothing. A Parallel is safe for concurrent use; Close stops
 // its helpers.
 type Parallel struct {
-	c         *Cipher
+	c         *sector.Cipher
+	size      int // c's sector size
 	workers   int
 	threshold int
 	jobs      chan *request // requests offered to idle helpers
@@ -53,14 +56,14 @@ type request struct {
 
 // NewParallel starts workers-1 helper goroutines for c (workers <= 0 means GOMAXPROCS) that
 // take requests of at least threshold bytes (<= 0 means DefaultParallelThreshold).
-func NewParallel(c *Cipher, workers, threshold int) *Parallel {
+func NewParallel(c *sector.Cipher, workers, threshold int) *Parallel {
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
 	if threshold <= 0 {
 		threshold = DefaultParallelThreshold
 	}
-	p := &Parallel{c: c, workers: workers, threshold: threshold, jobs: make(chan *request, workers)}
+	p := &Parallel{c: c, size: c.SectorSize(), workers: workers, threshold: threshold, jobs: make(chan *request, workers)}
 	p.reqs.New = func() any { return new(request) }
 	p.running.Add(workers - 1)
 	for range workers - 1 {
@@ -110,41 +113,41 @@ func (p *Parallel) work(r *request) {
 		}
 		off := int(i) * r.chunk
 		end := min(off+r.chunk, len(r.src))
-		first := r.first + uint64(off/IVUnit)
-		p.c.xts(r.dst[off:end], r.src[off:end], first, r.decrypt)
+		first := r.first + uint64(off/sector.IVUnit)
+		p.xts(r.dst[off:end], r.src[off:end], first, r.decrypt)
 		r.pending.Add(-1)
 	}
 }
 
-// Cipher returns the Cipher p runs.
-func (p *Parallel) Cipher() *Cipher { return p.c }
+// Cipher returns the cipher p runs.
+func (p *Parallel) Cipher() *sector.Cipher { return p.c }
 
-// EncryptSectors is [Cipher.EncryptSectors], split over the workers for large requests.
+// EncryptSectors is [sector.Cipher.EncryptSectors], split over the workers for large requests.
 func (p *Parallel) EncryptSectors(dst, src []byte, firstSector uint64) {
-	p.c.check(dst, src, firstSector)
+	p.c.Check(dst, src, firstSector)
 	p.run(dst[:len(src)], src, firstSector, false)
 }
 
-// DecryptSectors is [Cipher.DecryptSectors], split over the workers for large requests.
+// DecryptSectors is [sector.Cipher.DecryptSectors], split over the workers for large requests.
 func (p *Parallel) DecryptSectors(dst, src []byte, firstSector uint64) {
-	p.c.check(dst, src, firstSector)
+	p.c.Check(dst, src, firstSector)
 	p.run(dst[:len(src)], src, firstSector, true)
 }
 
 func (p *Parallel) run(dst, src []byte, first uint64, decrypt bool) {
-	n := len(src) / p.c.size // sectors
+	n := len(src) / p.size // sectors
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	if len(src) < p.threshold || p.workers < 2 || n < 2 || p.closed {
-		p.c.xts(dst, src, first, decrypt)
+		p.xts(dst, src, first, decrypt)
 		return
 	}
 	// Four chunks a worker balance the load when a helper starts late or is descheduled,
 	// while each chunk stays long enough (at least 16 KiB) to amortise claiming it.
-	per := max(n/(4*p.workers), (16<<10)/p.c.size, 1)
+	per := max(n/(4*p.workers), (16<<10)/p.size, 1)
 	r := p.reqs.Get().(*request)
 	r.dst, r.src, r.first, r.decrypt = dst, src, first, decrypt
-	r.chunk = per * p.c.size
+	r.chunk = per * p.size
 	r.chunks = int64((n + per - 1) / per)
 	r.next.Store(0)
 	r.pending.Store(r.chunks)
@@ -177,4 +180,13 @@ func (p *Parallel) Close() {
 	p.closed = true
 	close(p.jobs)
 	p.running.Wait()
+}
+
+// xts runs one part of a request, whose preconditions the caller has checked.
+func (p *Parallel) xts(dst, src []byte, first uint64, decrypt bool) {
+	if decrypt {
+		p.c.DecryptSectors(dst, src, first)
+	} else {
+		p.c.EncryptSectors(dst, src, first)
+	}
 }

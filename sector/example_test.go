@@ -5,7 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 
-	"crkvol/volume/sector"
+	"crkvol/sector"
 )
 
 // A 4096-byte-sector volume: the sector at byte offset 8192 of the segment is 512-byte

@@ -27,10 +27,10 @@ type kat struct {
 	pt, ct []byte
 }
 
-// loadKATs reads ../../testdata/xts-aes-ieee1619.txt.
+// loadKATs reads ../testdata/xts-aes-ieee1619.txt.
 func loadKATs(t *testing.T) []kat {
 	t.Helper()
-	f, err := os.Open("../../testdata/xts-aes-ieee1619.txt")
+	f, err := os.Open("../testdata/xts-aes-ieee1619.txt")
 	require.NoError(t, err)
 	defer f.Close()
 	var (

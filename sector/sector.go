@@ -194,9 +194,11 @@ func (c *Cipher) valid(dst, src []byte, firstSector uint64) bool {
 		firstSector&(c.step-1) == 0 && !inexactOverlap(dst, src)
 }
 
-// check panics (in fail) unless a call meets the preconditions of EncryptSectors (Parallel
-// uses it; EncryptSectors and DecryptSectors test valid themselves).
-func (c *Cipher) check(dst, src []byte, firstSector uint64) {
+// Check panics, with the reason, unless a call of EncryptSectors or DecryptSectors with these
+// arguments meets their preconditions. It is for schedulers that split one call into several
+// (crkvol/volume's Parallel), so a bad call panics in its caller before any part of it runs
+// elsewhere. EncryptSectors and DecryptSectors check for themselves.
+func (c *Cipher) Check(dst, src []byte, firstSector uint64) {
 	if !c.valid(dst, src, firstSector) {
 		c.fail(dst, src, firstSector)
 	}

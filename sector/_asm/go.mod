@@ -1,0 +1,3 @@
+module crkvol/sector/_asm
+
+go 1.26

@@ -1,3 +1,0 @@
-module crkvol/volume/sector/_asm
-
-go 1.26
