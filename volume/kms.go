@@ -1,6 +1,16 @@
 package volume
 
-import "context"
+import (
+	"context"
+	"errors"
+)
+
+// ErrKeyRefused marks an error of a [KeyService] that is a refusal of the request (the key is
+// suspended, destroyed or unknown, the ciphertext does not authenticate, the caller may not
+// ...), not a failure to reach or run the service: trying again cannot change the answer, so
+// the rewrap retry loop gives up at once. Implementations wrap every refusal in it beside the
+// service's own error, so errors.Is finds both.
+var ErrKeyRefused = errors.New("key service refused the request")
 
 // KeyService is what a volume needs from a key management service: envelope encryption of
 // the LUKS passphrase under a customer root key, registrations of the volumes each key
