@@ -1,0 +1,20 @@
+// Package layout holds no code: its test enforces the one-way import direction of crkvol's
+// packages, which this comment states in one place.
+//
+// Every import points down this list, never up or sideways within a level:
+//
+//	5  crkvol/cmd/crkvol                  the CLI; nothing imports it
+//	4  crkvol/sim, crkvol/bench           the fleet simulator, the benchmark harness
+//	3  crkvol/volume/kms                  key services for volumes: in-process crk, remote Key Protect
+//	2  crkvol/volume                      encrypted volume images (declares the KeyService it needs)
+//	   crkvol/crk/kpapi                   the Key Protect API v2 server over crk
+//	1  crkvol/keyslot                     LUKS2 metadata and keyslots
+//	   crkvol/crk                         customer root keys, their store, events
+//	0  crkvol/sector                      the aes-xts-plain64 sector engine
+//	   crkvol/nbd                         the NBD server
+//	   crkvol/internal/...                helpers not meant for users
+//
+// Two rules beside the levels: crkvol/volume reaches crk only through its own KeyService
+// interface (crkvol/volume/kms is the adapter), so it imports neither crk nor crk/kpapi; and
+// the packages of level 0 import nothing of crkvol's but other internal helpers.
+package layout
