@@ -33,14 +33,15 @@ type errFixture struct {
 	svc    *crk.Service
 	local  *kms.Local
 	remote *kms.Remote
+	// remoteURL and instance configure more Remote clients.
+	remoteURL, instance string
 
-	mu       sync.Mutex
-	inject   error
-	calls    int
-	status   int
-	body     []byte
-	respond  func(w http.ResponseWriter) bool // answers instead of the server when it returns true
-	injected bool
+	mu      sync.Mutex
+	inject  error
+	calls   int
+	status  int
+	body    []byte
+	respond func(w http.ResponseWriter) bool // answers instead of the server when it returns true
 }
 
 func newErrFixture(t *testing.T) *errFixture {
@@ -80,6 +81,7 @@ func newErrFixture(t *testing.T) *errFixture {
 	t.Cleanup(srv.Close)
 	apiKey, err := tenants.CreateAPIKey(inst)
 	require.NoError(t, err)
+	f.remoteURL, f.instance = srv.URL, inst
 	f.remote, err = kms.NewRemote(kms.RemoteConfig{URL: srv.URL, Instance: inst, APIKey: apiKey})
 	require.NoError(t, err)
 	return f
@@ -438,4 +440,21 @@ func TestRemoteRetriesOnlyTransient(t *testing.T) {
 			assert.Equal(t, tc.wantCalls, f.calls)
 		})
 	}
+}
+
+// TestRemoteBadAPIKeyIsRefused: the token endpoint refusing the API key is a refusal on
+// both of Remote's paths, the official client's (Wrap) and its own (Rewrap).
+func TestRemoteBadAPIKeyIsRefused(t *testing.T) {
+	f := newErrFixture(t)
+	k := f.root(t, "locked out")
+	ct := f.wrap(t, k.ID)
+	bad, err := kms.NewRemote(kms.RemoteConfig{URL: f.remoteURL, Instance: f.instance, APIKey: "crkvol-not-a-key"})
+	require.NoError(t, err)
+	_, err = bad.Wrap(f.ctx, k.ID, []byte("0123456789abcdef"), nil)
+	require.Error(t, err)
+	assert.ErrorIs(t, err, volume.ErrKeyRefused, "wrap: %v", err)
+	_, err = bad.Rewrap(f.ctx, k.ID, ct[f.remote], []string{"vol"})
+	require.Error(t, err)
+	assert.ErrorIs(t, err, volume.ErrKeyRefused, "rewrap: %v", err)
+	assert.NotContains(t, err.Error(), "crkvol-not-a-key", "the API key stays out of errors")
 }
