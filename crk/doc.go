@@ -33,6 +33,15 @@
 // the registrations still on older versions; [Service.SyncKey] runs them again.
 // [Service.Prune] destroys older versions no registration uses (beyond Key Protect).
 //
+// # Errors
+//
+// Every refusal wraps one of the sentinels declared in errors.go ([ErrKeySuspended],
+// [ErrAuth], ...), with context; test for them with errors.Is. [Errors] is the one table of
+// them: for each, its class (a [Refusal] of the request or a [Failure] of the service), the HTTP
+// status and Key Protect reason code the API answers with, and a stable id. [IsUserError] and
+// [LookupError] read it, as do package crkvol/crk/kpapi (the responses and their mapping back
+// to sentinels) and the volume key services, so errors.Is works on both sides of the network.
+//
 // # Store, durability and secrets
 //
 // One bbolt file. Every state change — with its audit [Event] — is one transaction, fsynced

@@ -1,10 +1,14 @@
 package crk
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors. Every error the service returns for a refused request wraps one of these,
-// with context; test for them with errors.Is. [IsUserError] tells refusals (the caller's
-// request cannot be served: HTTP 4xx) from internal failures (5xx).
+// with context; test for them with errors.Is. [Errors] is the table that says, for each, whether
+// it is a refusal (the caller's request cannot be served: HTTP 4xx) or an internal failure (5xx),
+// and how the Key Protect API reports it; [IsUserError] and [LookupError] read it.
 var (
 	// ErrKeyNotFound: no key with that id.
 	ErrKeyNotFound = errors.New("key does not exist")
@@ -60,23 +64,149 @@ var (
 	ErrMasterKey = errors.New("service master key does not match the store")
 )
 
-// userErrors are the sentinels that mean the request was refused, not that the service
-// failed.
-var userErrors = []error{
-	ErrKeyNotFound, ErrNotRootKey, ErrInvalidMaterial, ErrMaterialRequired, ErrMaterialNotAllowed,
-	ErrRotationTooSoon, ErrInvalidPolicy, ErrPolicyNotAllowed, ErrKeySuspended, ErrKeyDeactivated,
-	ErrKeyDestroyed, ErrKeyPurged, ErrInvalidState, ErrTooEarly, ErrRestoreExpired,
-	ErrProtectedResource, ErrPreventKeyDeletion, ErrAuth, ErrVersionNotFound, ErrVersionDestroyed,
-	ErrVersionInUse, ErrRegistrationNotFound, ErrRegistrationExists, ErrInvalidArgument,
+// Class says what an error means for the caller: a refusal of the request or a failure of the
+// service.
+type Class int
+
+// The classes of [ErrorInfo].
+const (
+	// Refusal: the request cannot be served as asked (4xx in HTTP terms); trying it again
+	// unchanged gets the same answer.
+	Refusal Class = iota + 1
+	// Failure: the service could not run the request (5xx); it may succeed later.
+	Failure
+)
+
+// String returns "refusal" or "failure".
+func (c Class) String() string {
+	switch c {
+	case Refusal:
+		return "refusal"
+	case Failure:
+		return "failure"
+	}
+	return fmt.Sprintf("class(%d)", int(c))
+}
+
+// ErrorInfo is one row of the error table: what a sentinel means and how the Key Protect API
+// reports it. Package crkvol/crk/kpapi derives its HTTP responses and its client-side mapping
+// from these rows; the core itself never imports net/http, so the status is a plain int.
+type ErrorInfo struct {
+	// Err is the sentinel.
+	Err error
+	// ID is a stable identifier of the sentinel, unique in the table. It travels in the error
+	// envelope beside Code, so that a client can tell apart sentinels that share a reason code
+	// (suspended and deactivated are both KEY_ACTION_INVALID_STATE_ERR). Never change one.
+	ID string
+	// Class tells a refusal from a failure.
+	Class Class
+	// Status is the HTTP status code of the response.
+	Status int
+	// Code is the Key Protect reason code.
+	Code string
+	// Target is the request field the reason names ("payload", "ciphertext"), or "".
+	Target string
+}
+
+// errorTable is the one list of the sentinels, their class, HTTP status and reason code. A
+// sentinel without a row here is a bug (a test parses this file to check).
+func errorTable() []ErrorInfo {
+	const (
+		badRequest  = 400
+		notFound    = 404
+		conflict    = 409
+		gone        = 410
+		unprocessed = 422
+		internal    = 500
+	)
+	return []ErrorInfo{
+		{ErrKeyNotFound, "key_not_found", Refusal, notFound, "KEY_NOT_FOUND_ERR", ""},
+		{ErrNotRootKey, "not_root_key", Refusal, badRequest, "KEY_ROOT_REQ_ERR", ""},
+		{ErrInvalidMaterial, "invalid_material", Refusal, badRequest, "INVALID_FIELD_ERR", "payload"},
+		{ErrMaterialRequired, "material_required", Refusal, badRequest, "KEY_PAYLOAD_REQ_ERR", "payload"},
+		{ErrMaterialNotAllowed, "material_not_allowed", Refusal, badRequest, "INVALID_QUERY_PARAM_ERR", "payload"},
+		{ErrRotationTooSoon, "rotation_too_soon", Refusal, conflict, "KEY_ROTATION_NOT_PERMITTED", ""},
+		{ErrInvalidPolicy, "invalid_policy", Refusal, badRequest, "INVALID_FIELD_ERR", "interval_month"},
+		{ErrPolicyNotAllowed, "policy_not_allowed", Refusal, badRequest, "KEY_IMPORTED_ROTATION_POLICY_ERR", "rotation"},
+		{ErrKeySuspended, "key_suspended", Refusal, conflict, "KEY_ACTION_INVALID_STATE_ERR", ""},
+		{ErrKeyDeactivated, "key_deactivated", Refusal, conflict, "KEY_ACTION_INVALID_STATE_ERR", ""},
+		{ErrKeyDestroyed, "key_destroyed", Refusal, gone, "KEY_DELETED_ERR", ""},
+		{ErrKeyPurged, "key_purged", Refusal, gone, "KEY_DELETED_ERR", ""},
+		{ErrInvalidState, "invalid_state", Refusal, conflict, "KEY_ACTION_INVALID_STATE_ERR", ""},
+		{ErrTooEarly, "too_early", Refusal, conflict, "REQ_TOO_EARLY_ERR", ""},
+		{ErrRestoreExpired, "restore_expired", Refusal, conflict, "KEY_RESTORE_EXPIRED_ERR", ""},
+		{ErrProtectedResource, "protected_resource", Refusal, conflict, "PROTECTED_RESOURCE_ERR", ""},
+		{ErrPreventKeyDeletion, "prevent_key_deletion", Refusal, conflict, "PREV_KEY_DEL_ERR", ""},
+		{ErrAuth, "ciphertext_invalid", Refusal, unprocessed, "UNPROCESSABLE_CIPHERTEXT_ERR", "ciphertext"},
+		{ErrVersionNotFound, "version_not_found", Refusal, notFound, "NOT_FOUND_ERR", ""},
+		{ErrVersionDestroyed, "version_destroyed", Refusal, gone, "KEY_VERSION_DELETED_ERR", ""},
+		{ErrVersionInUse, "version_in_use", Refusal, conflict, "KEY_VERSION_IN_USE_ERR", ""},
+		{ErrRegistrationNotFound, "registration_not_found", Refusal, notFound, "NOT_FOUND_ERR", ""},
+		{ErrRegistrationExists, "registration_exists", Refusal, conflict, "CONFLICT_ERR", ""},
+		{ErrInvalidArgument, "invalid_argument", Refusal, badRequest, "INVALID_FIELD_ERR", ""},
+		{ErrMasterKey, "master_key", Failure, internal, "INTERNAL_SERVER_ERR", ""},
+	}
+}
+
+// Errors returns the error table: one row per sentinel of this package, in the order of their
+// declaration. The slice is the caller's to keep.
+func Errors() []ErrorInfo { return errorTable() }
+
+// LookupError returns the row of the sentinel err wraps. When err wraps several sentinels
+// (an unauthentic ciphertext that names an unknown version is both [ErrAuth] and
+// [ErrVersionNotFound]) the first one met in the error tree, walked depth first as
+// errors.Is does, decides: the order in which the error was built, not the table's.
+func LookupError(err error) (ErrorInfo, bool) {
+	table := errorTable()
+	if info, ok := lookupTree(table, err); ok {
+		return info, true
+	}
+	// An error with its own Is method can match a sentinel that is not in its tree.
+	for _, info := range table {
+		if errors.Is(err, info.Err) {
+			return info, true
+		}
+	}
+	return ErrorInfo{}, false
+}
+
+func lookupTree(table []ErrorInfo, err error) (ErrorInfo, bool) {
+	for err != nil {
+		for _, info := range table {
+			if err == info.Err {
+				return info, true
+			}
+		}
+		switch u := err.(type) {
+		case interface{ Unwrap() error }:
+			err = u.Unwrap()
+		case interface{ Unwrap() []error }:
+			for _, e := range u.Unwrap() {
+				if info, ok := lookupTree(table, e); ok {
+					return info, true
+				}
+			}
+			return ErrorInfo{}, false
+		default:
+			return ErrorInfo{}, false
+		}
+	}
+	return ErrorInfo{}, false
+}
+
+// ErrorByID returns the row with the given [ErrorInfo.ID].
+func ErrorByID(id string) (ErrorInfo, bool) {
+	for _, info := range errorTable() {
+		if info.ID == id {
+			return info, true
+		}
+	}
+	return ErrorInfo{}, false
 }
 
 // IsUserError reports whether err is a refusal of the request (a 4xx in HTTP terms) rather
 // than an internal failure.
 func IsUserError(err error) bool {
-	for _, u := range userErrors {
-		if errors.Is(err, u) {
-			return true
-		}
-	}
-	return false
+	info, ok := LookupError(err)
+	return ok && info.Class == Refusal
 }

@@ -7,4 +7,12 @@
 // instances are isolated tenants, each with its own crk store. API keys are exchanged for
 // short-lived tokens at POST /identity/token (and /oidc/token), as IAM does. The crk core never
 // imports net/http; this package is the only HTTP layer.
+//
+// Errors use Key Protect's envelope ([ErrorBody]); the status and reason code of each crk
+// sentinel come from crk's error table ([crk.Errors]). Because several sentinels share a reason
+// code (suspended, deactivated and any other wrong state are all KEY_ACTION_INVALID_STATE_ERR),
+// each reason also carries the sentinel's stable id in a member Key Protect clients ignore,
+// "crkvolError"; [ParseError] maps a response back to the sentinel by that id, or by the reason
+// code when only one sentinel has it, so a remote client's errors match the same sentinels as
+// the in-process service's.
 package kpapi

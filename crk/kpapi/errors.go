@@ -3,18 +3,24 @@ package kpapi
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 
 	"crkvol/crk"
 )
 
-// apiError is a refusal with its HTTP status, Key Protect reason code and target field.
+// moreInfo is the documentation link every reason carries.
+const moreInfo = "https://cloud.ibm.com/apidocs/key-protect"
+
+// apiError is a response with its HTTP status, Key Protect reason code, target field and, for
+// crk's sentinels, the sentinel's stable id.
 type apiError struct {
 	status int
 	code   string
 	msg    string
 	target string
+	id     string
 }
 
 func (e *apiError) Error() string { return e.msg }
@@ -23,65 +29,45 @@ func badRequest(code, msg, target string) *apiError {
 	return &apiError{status: http.StatusBadRequest, code: code, msg: msg, target: target}
 }
 
-// statusOf maps a service error to its status and reason code: the one place where crk's
-// sentinels meet HTTP.
+// statusOf maps an error to its response: the errors of this package as they are, crk's
+// sentinels by the error table ([crk.Errors]), anything else as an internal error whose text
+// stays in the server.
 func statusOf(err error) *apiError {
 	var ae *apiError
 	if errors.As(err, &ae) {
 		return ae
 	}
-	msg := err.Error()
-	for _, m := range []struct {
-		err    error
-		status int
-		code   string
-		target string
-	}{
-		{crk.ErrKeyNotFound, http.StatusNotFound, "KEY_NOT_FOUND_ERR", ""},
-		{crk.ErrRegistrationNotFound, http.StatusNotFound, "NOT_FOUND_ERR", ""},
-		{crk.ErrKeyPurged, http.StatusGone, "KEY_DELETED_ERR", ""},
-		{crk.ErrKeyDestroyed, http.StatusGone, "KEY_DELETED_ERR", ""},
-		{crk.ErrVersionDestroyed, http.StatusGone, "KEY_VERSION_DELETED_ERR", ""},
-		{crk.ErrRotationTooSoon, http.StatusConflict, "KEY_ROTATION_NOT_PERMITTED", ""},
-		{crk.ErrMaterialRequired, http.StatusBadRequest, "KEY_PAYLOAD_REQ_ERR", "payload"},
-		{crk.ErrMaterialNotAllowed, http.StatusBadRequest, "INVALID_QUERY_PARAM_ERR", "payload"},
-		{crk.ErrInvalidMaterial, http.StatusBadRequest, "INVALID_FIELD_ERR", "payload"},
-		{crk.ErrNotRootKey, http.StatusBadRequest, "KEY_ROOT_REQ_ERR", ""},
-		{crk.ErrPolicyNotAllowed, http.StatusBadRequest, "KEY_IMPORTED_ROTATION_POLICY_ERR", "rotation"},
-		{crk.ErrInvalidPolicy, http.StatusBadRequest, "INVALID_FIELD_ERR", "interval_month"},
-		{crk.ErrKeySuspended, http.StatusConflict, "KEY_ACTION_INVALID_STATE_ERR", ""},
-		{crk.ErrKeyDeactivated, http.StatusConflict, "KEY_ACTION_INVALID_STATE_ERR", ""},
-		{crk.ErrInvalidState, http.StatusConflict, "KEY_ACTION_INVALID_STATE_ERR", ""},
-		{crk.ErrTooEarly, http.StatusConflict, "REQ_TOO_EARLY_ERR", ""},
-		{crk.ErrRestoreExpired, http.StatusConflict, "KEY_RESTORE_EXPIRED_ERR", ""},
-		{crk.ErrProtectedResource, http.StatusConflict, "PROTECTED_RESOURCE_ERR", ""},
-		{crk.ErrPreventKeyDeletion, http.StatusConflict, "PREV_KEY_DEL_ERR", ""},
-		{crk.ErrAuth, http.StatusUnprocessableEntity, "UNPROCESSABLE_CIPHERTEXT_ERR", "ciphertext"},
-		{crk.ErrVersionNotFound, http.StatusNotFound, "NOT_FOUND_ERR", ""},
-		{crk.ErrVersionInUse, http.StatusConflict, "KEY_VERSION_IN_USE_ERR", ""},
-		{crk.ErrRegistrationExists, http.StatusConflict, "CONFLICT_ERR", ""},
-		{crk.ErrInvalidArgument, http.StatusBadRequest, "INVALID_FIELD_ERR", ""},
-	} {
-		if errors.Is(err, m.err) {
-			return &apiError{status: m.status, code: m.code, msg: msg, target: m.target}
-		}
+	info, ok := crk.LookupError(err)
+	if !ok {
+		return &apiError{status: http.StatusInternalServerError, code: "INTERNAL_SERVER_ERR", msg: "internal error"}
 	}
-	return &apiError{status: http.StatusInternalServerError, code: "INTERNAL_SERVER_ERR", msg: "internal error"}
+	msg := err.Error()
+	if info.Class != crk.Refusal {
+		msg = "internal error"
+	}
+	return &apiError{status: info.Status, code: info.Code, msg: msg, target: info.Target, id: info.ID}
 }
+
+// WriteError writes err as the Key Protect error envelope ([ErrorBody]), as [Server] does for
+// every failed request: crk's sentinels get the status, reason code and id of their row in
+// [crk.Errors]; any other error is a 500 whose text is not sent. For handlers that sit beside
+// a Server (middleware, a proxy).
+func WriteError(w http.ResponseWriter, err error) { writeError(w, err) }
 
 // writeError writes the Key Protect error envelope.
 func writeError(w http.ResponseWriter, err error) {
 	ae := statusOf(err)
-	reason := map[string]any{
-		"code": ae.code, "message": ae.msg, "status": ae.status,
-		"moreInfo": "https://cloud.ibm.com/apidocs/key-protect",
-	}
+	reason := ErrorReason{Code: ae.code, Message: ae.msg, Status: ae.status, MoreInfo: moreInfo, CrkvolError: ae.id}
 	if ae.target != "" {
-		reason["target"] = map[string]string{"type": "field", "name": ae.target}
+		reason.Target = &ErrorTarget{Type: "field", Name: ae.target}
 	}
-	body := map[string]any{
-		"metadata":  Metadata{CollectionType: TypeError, CollectionTotal: 1},
-		"resources": []any{map[string]any{"errorMsg": http.StatusText(ae.status) + ": " + strings.TrimPrefix(ae.msg, http.StatusText(ae.status)+": "), "reasons": []any{reason}}},
+	text := http.StatusText(ae.status)
+	body := ErrorBody{
+		Metadata: Metadata{CollectionType: TypeError, CollectionTotal: 1},
+		Resources: []ErrorResource{{
+			ErrorMsg: text + ": " + strings.TrimPrefix(ae.msg, text+": "),
+			Reasons:  []ErrorReason{reason},
+		}},
 	}
 	writeJSON(w, ae.status, body)
 }
@@ -90,4 +76,99 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// maxMessage caps the message a ResponseError keeps from a response body.
+const maxMessage = 1024
+
+// ResponseError is an error response of a Key Protect–compatible service, as a client sees
+// it. It wraps the crk sentinel the response stands for, when one can be told, so errors.Is
+// works the same whether the service is in-process or remote.
+type ResponseError struct {
+	// Status is the HTTP status code.
+	Status int
+	// Code is the Key Protect reason code, or "" when the body carried none.
+	Code string
+	// Message is the service's message (at most 1 KiB of it).
+	Message string
+	// Sentinel is the crk sentinel the response maps to, or nil when none can be told.
+	Sentinel error
+}
+
+// Error returns the status, reason code and message.
+func (e *ResponseError) Error() string {
+	code := e.Code
+	if code == "" {
+		code = "no reason code"
+	}
+	return fmt.Sprintf("%d %s: %s", e.Status, code, e.Message)
+}
+
+// Unwrap returns the sentinel.
+func (e *ResponseError) Unwrap() error { return e.Sentinel }
+
+// Refused reports whether the response refuses the request rather than reporting a failure:
+// the class of its sentinel in [crk.Errors], or without one, any 4xx except 429 (rate
+// limiting, which passes).
+func (e *ResponseError) Refused() bool {
+	if info, ok := crk.LookupError(e.Sentinel); ok {
+		return info.Class == crk.Refusal
+	}
+	return e.Status >= 400 && e.Status < 500 && e.Status != http.StatusTooManyRequests
+}
+
+// ParseError reads an error response. The sentinel comes from the reason's crkvolError id
+// when the service sends one (crkvol's does); otherwise from the reason code, status and target
+// when exactly one refusal of [crk.Errors] has them (KEY_NOT_FOUND_ERR, 404 is
+// [crk.ErrKeyNotFound]; KEY_ACTION_INVALID_STATE_ERR, 409 could be three sentinels and maps to
+// none). An error with no sentinel keeps its status and code in its message.
+func ParseError(status int, body []byte) *ResponseError {
+	e := &ResponseError{Status: status, Message: http.StatusText(status)}
+	var env ErrorBody
+	if json.Unmarshal(body, &env) != nil || len(env.Resources) == 0 {
+		if e.Message == "" {
+			e.Message = "unexpected status"
+		}
+		return e
+	}
+	res := env.Resources[0]
+	if res.ErrorMsg != "" {
+		e.Message = res.ErrorMsg
+	}
+	if len(res.Reasons) > 0 {
+		r := res.Reasons[0]
+		e.Code = r.Code
+		if r.Message != "" {
+			e.Message = r.Message
+		}
+		target := ""
+		if r.Target != nil {
+			target = r.Target.Name
+		}
+		e.Sentinel = sentinelOf(r.CrkvolError, r.Code, status, target)
+	}
+	if len(e.Message) > maxMessage {
+		e.Message = strings.ToValidUTF8(e.Message[:maxMessage], "") + "..."
+	}
+	return e
+}
+
+// sentinelOf finds the sentinel of a reason: by id, else by the only row with its code,
+// status and target.
+func sentinelOf(id, code string, status int, target string) error {
+	if info, ok := crk.ErrorByID(id); ok && id != "" {
+		return info.Err
+	}
+	var found error
+	for _, info := range crk.Errors() {
+		// An internal failure is told by its id only: a 500 from another service is no
+		// statement about crk's master key.
+		if info.Class == crk.Refusal && info.Code == code && info.Status == status && info.Target == target {
+			if found != nil {
+				return nil
+			}
+			found = info.Err
+		}
+	}
+	return found
 }

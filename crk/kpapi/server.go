@@ -100,8 +100,13 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 	}
 	svc, err := s.tenants.Authorize(strings.TrimSpace(tok), instance)
 	if err != nil {
+		if !errors.Is(err, ErrUnauthorized) {
+			// The instance exists but its store did not open: a failure, not a refusal.
+			writeError(w, err)
+			return
+		}
 		msg := "The user does not have access to the specified resource"
-		if strings.Contains(err.Error(), "unknown instance") {
+		if errors.Is(err, errUnknownInstance) {
 			msg = "Either the user does not have access to the specified resource, the resource does not exist, or the region is incorrectly set"
 		}
 		writeError(w, &apiError{status: http.StatusUnauthorized, code: "UNAUTHORIZED_ERR", msg: msg})

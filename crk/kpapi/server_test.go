@@ -351,14 +351,7 @@ func TestMalformedRequests(t *testing.T) {
 			resp := e.do(t, tc.method, tc.url, tc.body, nil)
 			assert.Equal(t, tc.status, resp.StatusCode)
 			raw, _ := io.ReadAll(resp.Body)
-			var env struct {
-				Resources []struct {
-					ErrorMsg string `json:"errorMsg"`
-					Reasons  []struct {
-						Code string `json:"code"`
-					} `json:"reasons"`
-				} `json:"resources"`
-			}
+			var env ErrorBody
 			require.NoError(t, json.Unmarshal(raw, &env), "%s", raw)
 			require.Len(t, env.Resources, 1)
 			assert.NotEmpty(t, env.Resources[0].ErrorMsg)

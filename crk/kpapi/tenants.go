@@ -67,6 +67,10 @@ type apiKeyEntry struct {
 // instance.
 var ErrUnauthorized = errors.New("unauthorized")
 
+// errUnknownInstance is the ErrUnauthorized of an instance that does not exist, which the API
+// words differently.
+var errUnknownInstance = errors.New("unknown instance")
+
 // OpenTenants opens the state directory dir; opts configure every instance's crk service.
 // Services are opened when first needed, so managing instances and API keys (which only
 // touches tenants.json) works while a server holds the stores; only the very first call
@@ -242,7 +246,7 @@ func (t *Tenants) Service(id string) (*crk.Service, error) {
 		return nil, err
 	}
 	if !t.known(tf, id) {
-		return nil, fmt.Errorf("%w: unknown instance %s", ErrUnauthorized, id)
+		return nil, fmt.Errorf("%w: %w %s", ErrUnauthorized, errUnknownInstance, id)
 	}
 	path := filepath.Join(t.dir, "crk.db")
 	opts := t.opts
@@ -268,7 +272,7 @@ func (t *Tenants) CreateAPIKey(instance string) (string, error) {
 	sum := sha256.Sum256([]byte(key))
 	err := t.modify(func(tf *tenantsFile) error {
 		if !t.known(tf, instance) {
-			return fmt.Errorf("%w: unknown instance %s", ErrUnauthorized, instance)
+			return fmt.Errorf("%w: %w %s", ErrUnauthorized, errUnknownInstance, instance)
 		}
 		tf.APIKeys = append(tf.APIKeys, apiKeyEntry{Hash: hex.EncodeToString(sum[:]), Instance: instance, Created: time.Now().UTC()})
 		return nil

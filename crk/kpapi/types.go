@@ -106,3 +106,41 @@ func FromRegistration(r crk.Registration) Registration {
 		KeyVersion:         KeyVersion{ID: r.KeyVersion.ID, CreationDate: RFC3339(r.KeyVersion.CreationDate)},
 	}
 }
+
+// ErrorBody is the Key Protect error envelope, the body of every error response:
+//
+//	{"metadata":{"collectionType":"application/vnd.ibm.kms.error+json","collectionTotal":1},
+//	 "resources":[{"errorMsg":"Conflict: ...","reasons":[{"code":"KEY_ACTION_INVALID_STATE_ERR",
+//	   "message":"...","status":409,"moreInfo":"...","crkvolError":"key_suspended"}]}]}
+type ErrorBody struct {
+	Metadata  Metadata        `json:"metadata"`
+	Resources []ErrorResource `json:"resources"`
+}
+
+// ErrorResource is the one resource of an [ErrorBody].
+type ErrorResource struct {
+	// ErrorMsg is the HTTP status text and the message, such as "Not Found: key does not exist".
+	ErrorMsg string        `json:"errorMsg"`
+	Reasons  []ErrorReason `json:"reasons"`
+}
+
+// ErrorReason is a reason of an [ErrorResource]: the Key Protect reason code and, as an
+// extension, the stable id of the crk sentinel behind it.
+type ErrorReason struct {
+	Code     string       `json:"code"`
+	Message  string       `json:"message"`
+	Status   int          `json:"status"`
+	MoreInfo string       `json:"moreInfo,omitempty"`
+	Target   *ErrorTarget `json:"target,omitempty"`
+	// CrkvolError is the [crk.ErrorInfo.ID] of the sentinel the error wraps, so that a client
+	// can map a reason code that several sentinels share back to the right one. Key Protect
+	// does not send it and its clients ignore it (keyprotect-go-client reads code, message,
+	// status and moreInfo only).
+	CrkvolError string `json:"crkvolError,omitempty"`
+}
+
+// ErrorTarget names the request field an [ErrorReason] is about.
+type ErrorTarget struct {
+	Type string `json:"type"`
+	Name string `json:"name"`
+}

@@ -9,7 +9,9 @@ import (
 	"crkvol/volume"
 )
 
-// Local is a volume.KeyService backed by an in-process *crk.Service.
+// Local is a volume.KeyService backed by an in-process *crk.Service. Its errors are the
+// service's; every refusal (a sentinel of class refusal in [crk.Errors]) also matches
+// volume.ErrKeyRefused.
 type Local struct {
 	svc *crk.Service
 }
@@ -21,7 +23,7 @@ func NewLocal(svc *crk.Service) *Local { return &Local{svc: svc} }
 func (l *Local) Wrap(ctx context.Context, keyID string, plaintext []byte, aad []string) (volume.Wrapped, error) {
 	w, err := l.svc.Wrap(ctx, keyID, plaintext, aad)
 	if err != nil {
-		return volume.Wrapped{}, err
+		return volume.Wrapped{}, localError(err)
 	}
 	return volume.Wrapped{Ciphertext: w.Ciphertext, VersionID: w.KeyVersion.ID}, nil
 }
@@ -30,7 +32,7 @@ func (l *Local) Wrap(ctx context.Context, keyID string, plaintext []byte, aad []
 func (l *Local) Unwrap(ctx context.Context, keyID string, ciphertext []byte, aad []string) (volume.Unwrapped, error) {
 	u, err := l.svc.Unwrap(ctx, keyID, ciphertext, aad)
 	if err != nil {
-		return volume.Unwrapped{}, err
+		return volume.Unwrapped{}, localError(err)
 	}
 	out := volume.Unwrapped{Plaintext: u.Plaintext, VersionID: u.KeyVersion.ID}
 	if u.Rewrapped != nil {
@@ -43,7 +45,7 @@ func (l *Local) Unwrap(ctx context.Context, keyID string, ciphertext []byte, aad
 func (l *Local) Rewrap(ctx context.Context, keyID string, ciphertext []byte, aad []string) (volume.Wrapped, error) {
 	r, err := l.svc.Rewrap(ctx, keyID, ciphertext, aad)
 	if err != nil {
-		return volume.Wrapped{}, err
+		return volume.Wrapped{}, localError(err)
 	}
 	return volume.Wrapped{Ciphertext: r.Ciphertext, VersionID: r.KeyVersion.ID}, nil
 }
@@ -52,7 +54,7 @@ func (l *Local) Rewrap(ctx context.Context, keyID string, ciphertext []byte, aad
 func (l *Local) KeyCRN(ctx context.Context, keyID string) (string, error) {
 	k, err := l.svc.GetKeyMetadata(ctx, keyID)
 	if err != nil {
-		return "", err
+		return "", localError(err)
 	}
 	return k.CRN, nil
 }
@@ -62,29 +64,29 @@ func (l *Local) Register(ctx context.Context, keyID, crn, versionID string, prev
 	_, err := l.svc.Register(ctx, keyID, crn, crk.RegisterOptions{
 		Description: "crkvol volume", PreventKeyDeletion: prevent, VersionID: versionID,
 	})
-	return err
+	return localError(err)
 }
 
 // UpdateRegistration implements volume.KeyService.
 func (l *Local) UpdateRegistration(ctx context.Context, keyID, crn, versionID string) error {
 	_, err := l.svc.UpdateRegistration(ctx, keyID, crn, crk.RegistrationUpdate{VersionID: &versionID, NoDowngrade: true})
-	return err
+	return localError(err)
 }
 
 // DeleteRegistration implements volume.KeyService.
 func (l *Local) DeleteRegistration(ctx context.Context, keyID, crn string) error {
-	return l.svc.DeleteRegistration(ctx, keyID, crn)
+	return localError(l.svc.DeleteRegistration(ctx, keyID, crn))
 }
 
 // Registrations implements volume.KeyService.
 func (l *Local) Registrations(ctx context.Context, keyID string) ([]volume.Registration, string, error) {
 	k, err := l.svc.GetKeyMetadata(ctx, keyID)
 	if err != nil {
-		return nil, "", err
+		return nil, "", localError(err)
 	}
 	regs, err := l.svc.ListRegistrations(ctx, crk.RegistrationFilter{KeyID: keyID})
 	if err != nil {
-		return nil, "", err
+		return nil, "", localError(err)
 	}
 	out := make([]volume.Registration, 0, len(regs))
 	for _, r := range regs {

@@ -38,6 +38,13 @@ type RemoteConfig struct {
 // Remote is a volume.KeyService over the Key Protect API v2, through the official
 // keyprotect-go-client. A remote service cannot call back on rotation, so OnRotate hooks
 // never fire: after rotating a key, run volume.Manager.Sync for it (the CLI does).
+//
+// An error response maps back to the crk sentinel the service had ([kpapi.ParseError]), so
+// errors.Is(err, crk.ErrKeySuspended) holds as it does with [Local]; every refusal (a 4xx
+// other than 429) also matches volume.ErrKeyRefused, while network errors and 5xx do not.
+// Remote retries nothing itself: the official client, which Wrap and KeyCRN go through,
+// retries network errors, 429 and 5xx (but 501) and never a refusal; the other calls make one
+// attempt and leave retrying to the caller.
 type Remote struct {
 	cfg    RemoteConfig
 	client *kp.Client
@@ -92,7 +99,7 @@ func (r *Remote) Wrap(ctx context.Context, keyID string, plaintext []byte, aad [
 	res, err := r.client.WrapV2(ctx, keyID, pt, aadPtr(aad))
 	clear(pt)
 	if err != nil {
-		return volume.Wrapped{}, fmt.Errorf("kms: wrap: %w", err)
+		return volume.Wrapped{}, fmt.Errorf("kms: wrap: %w", clientError(err))
 	}
 	w := volume.Wrapped{Ciphertext: []byte(res.CipherText)}
 	if res.KeyVersion != nil {
@@ -164,7 +171,7 @@ func (r *Remote) Rewrap(ctx context.Context, keyID string, ciphertext []byte, aa
 func (r *Remote) KeyCRN(ctx context.Context, keyID string) (string, error) {
 	k, err := r.client.GetKeyMetadata(ctx, keyID)
 	if err != nil {
-		return "", fmt.Errorf("kms: %w", err)
+		return "", fmt.Errorf("kms: key metadata: %w", clientError(err))
 	}
 	return k.CRN, nil
 }
@@ -172,7 +179,7 @@ func (r *Remote) KeyCRN(ctx context.Context, keyID string) (string, error) {
 func (r *Remote) latest(ctx context.Context, keyID string) (string, error) {
 	k, err := r.client.GetKeyMetadata(ctx, keyID)
 	if err != nil {
-		return "", fmt.Errorf("kms: %w", err)
+		return "", fmt.Errorf("kms: key metadata: %w", clientError(err))
 	}
 	if k.KeyVersion == nil {
 		return "", fmt.Errorf("kms: key %s has no keyVersion", keyID)
@@ -183,17 +190,26 @@ func (r *Remote) latest(ctx context.Context, keyID string) (string, error) {
 // Register implements volume.KeyService (Key Protect's service-to-service registration API).
 func (r *Remote) Register(ctx context.Context, keyID, crn, versionID string, prevent bool) error {
 	body := map[string]any{"description": "crkvol volume", "preventKeyDeletion": prevent, "keyVersion": map[string]string{"id": versionID}}
-	return r.call(ctx, http.MethodPost, regPath(keyID, crn), body, nil)
+	if err := r.call(ctx, http.MethodPost, regPath(keyID, crn), body, nil); err != nil {
+		return fmt.Errorf("kms: register: %w", err)
+	}
+	return nil
 }
 
 // UpdateRegistration implements volume.KeyService.
 func (r *Remote) UpdateRegistration(ctx context.Context, keyID, crn, versionID string) error {
-	return r.call(ctx, http.MethodPatch, regPath(keyID, crn), map[string]any{"keyVersion": map[string]string{"id": versionID}}, nil)
+	if err := r.call(ctx, http.MethodPatch, regPath(keyID, crn), map[string]any{"keyVersion": map[string]string{"id": versionID}}, nil); err != nil {
+		return fmt.Errorf("kms: update registration: %w", err)
+	}
+	return nil
 }
 
 // DeleteRegistration implements volume.KeyService.
 func (r *Remote) DeleteRegistration(ctx context.Context, keyID, crn string) error {
-	return r.call(ctx, http.MethodDelete, regPath(keyID, crn), nil, nil)
+	if err := r.call(ctx, http.MethodDelete, regPath(keyID, crn), nil, nil); err != nil {
+		return fmt.Errorf("kms: delete registration: %w", err)
+	}
+	return nil
 }
 
 func regPath(keyID, crn string) string {
@@ -263,22 +279,7 @@ func (r *Remote) call(ctx context.Context, method, path string, body, out any) e
 		return err
 	}
 	if resp.StatusCode >= 300 {
-		var env struct {
-			Resources []struct {
-				ErrorMsg string `json:"errorMsg"`
-				Reasons  []struct {
-					Code string `json:"code"`
-				} `json:"reasons"`
-			} `json:"resources"`
-		}
-		msg := resp.Status
-		if json.Unmarshal(raw, &env) == nil && len(env.Resources) > 0 {
-			msg = env.Resources[0].ErrorMsg
-			if len(env.Resources[0].Reasons) > 0 {
-				msg += " (" + env.Resources[0].Reasons[0].Code + ")"
-			}
-		}
-		return fmt.Errorf("%s %s: %s", method, path, msg)
+		return fmt.Errorf("%s %s: %w", method, path, responseError(resp.StatusCode, raw, nil))
 	}
 	if out != nil && len(raw) > 0 {
 		return json.Unmarshal(raw, out)
@@ -313,7 +314,11 @@ func (r *Remote) bearer(ctx context.Context) (string, error) {
 		ExpiresIn   int    `json:"expires_in"`
 	}
 	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&tok) != nil || tok.AccessToken == "" {
-		return "", fmt.Errorf("kms: token: the token endpoint refused the API key (%s)", resp.Status)
+		err := fmt.Errorf("kms: token: the token endpoint refused the API key (%s)", resp.Status)
+		if refusedStatus(resp.StatusCode) {
+			return "", &serviceError{err: err, refused: true}
+		}
+		return "", err
 	}
 	r.token, r.expires = tok.AccessToken, time.Now().Add(time.Duration(tok.ExpiresIn-60)*time.Second)
 	return r.token, nil

@@ -1,0 +1,209 @@
+package kpapi
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	kp "github.com/IBM/keyprotect-go-client"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"crkvol/crk"
+)
+
+// TestErrorEnvelopeEveryRow writes every sentinel of the error table as the server does and
+// reads it back as a client does: the status, reason code, target and id on the wire are the
+// row's, and the parsed error is the same sentinel with the same class. Without the id (a
+// server that does not send it), a reason code shared by several sentinels maps to none of
+// them but keeps the class.
+func TestErrorEnvelopeEveryRow(t *testing.T) {
+	shared := map[string]int{}
+	for _, info := range crk.Errors() {
+		if info.Class == crk.Refusal {
+			shared[fmt.Sprint(info.Code, info.Status, info.Target)]++
+		}
+	}
+	for _, info := range crk.Errors() {
+		t.Run(info.ID, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			writeError(rec, fmt.Errorf("wrap key k1: %w", info.Err))
+			require.Equal(t, info.Status, rec.Code)
+			var env ErrorBody
+			require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &env))
+			assert.Equal(t, TypeError, env.Metadata.CollectionType)
+			require.Len(t, env.Resources, 1)
+			require.Len(t, env.Resources[0].Reasons, 1)
+			r := env.Resources[0].Reasons[0]
+			assert.Equal(t, info.Code, r.Code)
+			assert.Equal(t, info.Status, r.Status)
+			assert.Equal(t, info.ID, r.CrkvolError)
+			if info.Target != "" {
+				require.NotNil(t, r.Target)
+				assert.Equal(t, info.Target, r.Target.Name)
+			} else {
+				assert.Nil(t, r.Target)
+			}
+			if info.Class == crk.Refusal {
+				assert.Contains(t, r.Message, info.Err.Error())
+			} else {
+				assert.Equal(t, "internal error", r.Message, "an internal failure keeps its text in the server")
+			}
+
+			got := ParseError(rec.Code, rec.Body.Bytes())
+			assert.ErrorIs(t, got, info.Err)
+			assert.Equal(t, info.Class == crk.Refusal, got.Refused())
+			assert.Equal(t, info.Status, got.Status)
+			assert.Equal(t, info.Code, got.Code)
+
+			// The same response from a server that sends no id.
+			env.Resources[0].Reasons[0].CrkvolError = ""
+			raw, err := json.Marshal(env)
+			require.NoError(t, err)
+			got = ParseError(rec.Code, raw)
+			if info.Class == crk.Refusal && shared[fmt.Sprint(info.Code, info.Status, info.Target)] == 1 {
+				assert.ErrorIs(t, got, info.Err, "a reason code of one refusal maps to it")
+			} else {
+				assert.Nil(t, got.Sentinel, "a shared reason code, or a failure's, maps to no sentinel")
+			}
+			assert.Equal(t, info.Class == crk.Refusal, got.Refused())
+		})
+	}
+}
+
+// TestParseErrorWithoutSentinel: responses that name no known sentinel still carry their
+// status and code in the message, and 4xx other than 429 are refusals.
+func TestParseErrorWithoutSentinel(t *testing.T) {
+	reasonBody := func(code, id string, status int) string {
+		return fmt.Sprintf(`{"metadata":{"collectionType":%q,"collectionTotal":1},"resources":[{"errorMsg":"some text","reasons":[{"code":%q,"message":"why","status":%d,"crkvolError":%q}]}]}`,
+			TypeError, code, status, id)
+	}
+	for _, tc := range []struct {
+		name     string
+		status   int
+		body     string
+		sentinel error
+		refused  bool
+		inMsg    []string
+	}{
+		{"unknown code", 418, reasonBody("TEAPOT_ERR", "", 418), nil, true, []string{"418", "TEAPOT_ERR", "why"}},
+		{"unauthorized", 401, reasonBody("UNAUTHORIZED_ERR", "", 401), nil, true, []string{"401", "UNAUTHORIZED_ERR"}},
+		{"rate limited", 429, reasonBody("TOO_MANY_REQUESTS_ERR", "", 429), nil, false, []string{"429"}},
+		{"internal", 500, reasonBody("INTERNAL_SERVER_ERR", "", 500), nil, false, []string{"500", "INTERNAL_SERVER_ERR"}},
+		{"not json", 502, "<html>bad gateway</html>", nil, false, []string{"502", "Bad Gateway"}},
+		{"empty body", 404, "", nil, true, []string{"404", "Not Found"}},
+		{"unknown id, unique code", 404, reasonBody("KEY_NOT_FOUND_ERR", "from_a_newer_server", 404), crk.ErrKeyNotFound, true, []string{"KEY_NOT_FOUND_ERR"}},
+		{"id wins over code", 409, reasonBody("KEY_ACTION_INVALID_STATE_ERR", "key_deactivated", 409), crk.ErrKeyDeactivated, true, nil},
+		{"huge message", 400, `{"resources":[{"errorMsg":"` + strings.Repeat("é", 4000) + `"}]}`, nil, true, []string{"400"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := ParseError(tc.status, []byte(tc.body))
+			assert.Equal(t, tc.status, got.Status)
+			if tc.sentinel != nil {
+				assert.ErrorIs(t, got, tc.sentinel)
+			} else {
+				assert.Nil(t, got.Sentinel)
+				_, ok := crk.LookupError(got)
+				assert.False(t, ok)
+			}
+			assert.Equal(t, tc.refused, got.Refused())
+			for _, s := range tc.inMsg {
+				assert.Contains(t, got.Error(), s)
+			}
+			assert.LessOrEqual(t, len(got.Message), maxMessage+3)
+		})
+	}
+}
+
+// TestOfficialClientReadsExtendedReason: keyprotect-go-client parses an envelope that carries
+// the crkvolError member like any other, and the raw body it keeps maps back to the sentinel.
+func TestOfficialClientReadsExtendedReason(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		WriteError(w, fmt.Errorf("key k1 cannot wrap: %w", crk.ErrKeySuspended))
+	}))
+	defer srv.Close()
+	c, err := kp.New(kp.ClientConfig{BaseURL: srv.URL, Authorization: "Bearer x", InstanceID: "11111111-1111-4111-8111-111111111111", Verbose: kp.VerboseNone}, kp.DefaultTransport())
+	require.NoError(t, err)
+	_, err = c.GetKey(t.Context(), "k1")
+	var kerr *kp.Error
+	require.True(t, errors.As(err, &kerr), "%T: %v", err, err)
+	assert.Equal(t, http.StatusConflict, kerr.StatusCode)
+	require.Len(t, kerr.Reasons, 1)
+	assert.Equal(t, "KEY_ACTION_INVALID_STATE_ERR", kerr.Reasons[0].Code)
+	assert.Equal(t, http.StatusConflict, kerr.Reasons[0].Status)
+	assert.Contains(t, kerr.Message, "key is suspended")
+	got := ParseError(kerr.StatusCode, kerr.BodyContent)
+	assert.ErrorIs(t, got, crk.ErrKeySuspended)
+	assert.NotErrorIs(t, got, crk.ErrKeyDeactivated)
+	assert.True(t, got.Refused())
+}
+
+// TestAuthorizationErrors: the envelope of requests refused or failed before reaching a
+// service. An instance whose store does not open is an internal failure (500, the
+// master key's id, no detail), not an authorisation refusal.
+func TestAuthorizationErrors(t *testing.T) {
+	e := newEnv(t)
+	sealed, err := e.tenants.CreateInstance("sealed elsewhere")
+	require.NoError(t, err)
+	other, err := crk.Open(e.tenants.instancePath(sealed), crk.Options{Clock: e.clock, MasterKey: mat(32, 9), Instance: sealed})
+	require.NoError(t, err)
+	require.NoError(t, other.Close())
+	apiKey, err := e.tenants.CreateAPIKey(sealed)
+	require.NoError(t, err)
+	tok, _, err := e.tenants.Exchange(apiKey)
+	require.NoError(t, err)
+
+	for _, tc := range []struct {
+		name, token, instance string
+		status                int
+		code, id              string
+		inMsg, notInMsg       string
+		sentinel              error
+		refused               bool
+	}{
+		{"unknown instance", staticToken, "11111111-1111-4111-8111-111111111111", 401, "UNAUTHORIZED_ERR", "",
+			"the resource does not exist", "", nil, true},
+		{"token for another instance", tok, e.inst, 401, "UNAUTHORIZED_ERR", "",
+			"does not have access", "does not exist", nil, true},
+		{"store sealed under another master key", tok, sealed, 500, "INTERNAL_SERVER_ERR", "master_key",
+			"internal error", "master key", crk.ErrMasterKey, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := http.NewRequest(http.MethodGet, e.srv.URL+"/api/v2/keys", nil)
+			require.NoError(t, err)
+			req.Header.Set("Authorization", "Bearer "+tc.token)
+			req.Header.Set("bluemix-instance", tc.instance)
+			resp, err := http.DefaultClient.Do(req)
+			require.NoError(t, err)
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			require.NoError(t, err)
+			require.Equal(t, tc.status, resp.StatusCode, "%s", body)
+			var env ErrorBody
+			require.NoError(t, json.Unmarshal(body, &env))
+			require.Len(t, env.Resources, 1)
+			require.Len(t, env.Resources[0].Reasons, 1)
+			r := env.Resources[0].Reasons[0]
+			assert.Equal(t, tc.code, r.Code)
+			assert.Equal(t, tc.id, r.CrkvolError)
+			assert.Contains(t, r.Message, tc.inMsg)
+			if tc.notInMsg != "" {
+				assert.NotContains(t, r.Message, tc.notInMsg)
+			}
+			raw, err := json.Marshal(env)
+			require.NoError(t, err)
+			got := ParseError(resp.StatusCode, raw)
+			if tc.sentinel != nil {
+				assert.ErrorIs(t, got, tc.sentinel)
+			} else {
+				assert.Nil(t, got.Sentinel)
+			}
+			assert.Equal(t, tc.refused, got.Refused())
+		})
+	}
+}

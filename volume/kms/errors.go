@@ -1,0 +1,71 @@
+package kms
+
+import (
+	"errors"
+	"net/http"
+
+	kp "github.com/IBM/keyprotect-go-client"
+	"github.com/IBM/keyprotect-go-client/iam"
+
+	"crkvol/crk"
+	"crkvol/crk/kpapi"
+	"crkvol/volume"
+)
+
+// serviceError is an error of a key service, marked with volume.ErrKeyRefused when it refuses
+// the request. Its text is the service's error's; errors.Is and errors.As find the service's
+// error (and so its crk sentinel), the client's own error type when there is one, and the mark.
+type serviceError struct {
+	err     error
+	cause   error // the official client's error, or nil
+	refused bool
+}
+
+func (e *serviceError) Error() string { return e.err.Error() }
+
+func (e *serviceError) Unwrap() []error {
+	out := []error{e.err}
+	if e.cause != nil {
+		out = append(out, e.cause)
+	}
+	if e.refused {
+		out = append(out, volume.ErrKeyRefused)
+	}
+	return out
+}
+
+// localError marks the refusals of the in-process service: the class of their sentinel in
+// crk's error table.
+func localError(err error) error {
+	if err == nil || !crk.IsUserError(err) {
+		return err
+	}
+	return &serviceError{err: err, refused: true}
+}
+
+// responseError maps an error response of the API to its crk sentinel and class.
+func responseError(status int, body []byte, cause error) error {
+	re := kpapi.ParseError(status, body)
+	return &serviceError{err: re, cause: cause, refused: re.Refused()}
+}
+
+// clientError maps an error of the official client: an API error response as responseError
+// does, a token endpoint's 4xx (but 429) as a refusal, anything else (the network, a 5xx
+// the client gave up retrying) as it is.
+func clientError(err error) error {
+	var kerr *kp.Error
+	if errors.As(err, &kerr) {
+		return responseError(kerr.StatusCode, kerr.BodyContent, kerr)
+	}
+	var ierr iam.Error
+	if errors.As(err, &ierr) && ierr.HTTPResponse != nil && refusedStatus(ierr.HTTPResponse.StatusCode) {
+		return &serviceError{err: err, refused: true}
+	}
+	return err
+}
+
+// refusedStatus reports whether a status without an error table row refuses the request: a
+// 4xx other than 429, which asks to come back later.
+func refusedStatus(status int) bool {
+	return status >= 400 && status < 500 && status != http.StatusTooManyRequests
+}

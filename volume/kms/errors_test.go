@@ -1,0 +1,460 @@
+package kms_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"crkvol/crk"
+	"crkvol/crk/kpapi"
+	"crkvol/volume"
+	"crkvol/volume/kms"
+)
+
+// errFixture is one crk service seen in-process (Local) and over HTTP (Remote through the
+// real kpapi server), with a middleware that records the last error response, counts API
+// calls and can answer a request for the key "inject" with a given error through
+// kpapi.WriteError, the path the server writes every error with.
+type errFixture struct {
+	ctx    context.Context
+	dir    string
+	clock  *crk.ManualClock
+	svc    *crk.Service
+	local  *kms.Local
+	remote *kms.Remote
+	// remoteURL and instance configure more Remote clients.
+	remoteURL, instance string
+
+	mu      sync.Mutex
+	inject  error
+	calls   int
+	status  int
+	body    []byte
+	respond func(w http.ResponseWriter) bool // answers instead of the server when it returns true
+}
+
+func newErrFixture(t *testing.T) *errFixture {
+	t.Helper()
+	f := &errFixture{ctx: context.Background(), dir: t.TempDir(),
+		clock: crk.NewManualClock(time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC))}
+	tenants, err := kpapi.OpenTenants(filepath.Join(f.dir, "state"), crk.Options{Clock: f.clock, MasterKey: bytes.Repeat([]byte{4}, 32)})
+	require.NoError(t, err)
+	t.Cleanup(func() { tenants.Close() })
+	inst, svc := tenants.Default()
+	f.svc, f.local = svc, kms.NewLocal(svc)
+	api := kpapi.NewServer(tenants)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.URL.Path, "/api/") {
+			api.ServeHTTP(w, r)
+			return
+		}
+		f.mu.Lock()
+		f.calls++
+		inject, respond := f.inject, f.respond
+		f.mu.Unlock()
+		rec := &recorder{ResponseWriter: w}
+		switch {
+		case respond != nil && respond(w):
+			return
+		case inject != nil && strings.HasPrefix(r.URL.Path, "/api/v2/keys/inject/"):
+			kpapi.WriteError(rec, inject)
+		default:
+			api.ServeHTTP(rec, r)
+		}
+		if rec.status >= 400 {
+			f.mu.Lock()
+			f.status, f.body = rec.status, rec.body.Bytes()
+			f.mu.Unlock()
+		}
+	}))
+	t.Cleanup(srv.Close)
+	apiKey, err := tenants.CreateAPIKey(inst)
+	require.NoError(t, err)
+	f.remoteURL, f.instance = srv.URL, inst
+	f.remote, err = kms.NewRemote(kms.RemoteConfig{URL: srv.URL, Instance: inst, APIKey: apiKey})
+	require.NoError(t, err)
+	return f
+}
+
+// reset forgets the last error response and the call count.
+func (f *errFixture) reset() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls, f.status, f.body = 0, 0, nil
+}
+
+// wire returns the last error response's status and first reason.
+func (f *errFixture) wire(t *testing.T) (int, kpapi.ErrorReason, int) {
+	t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var env kpapi.ErrorBody
+	require.NoError(t, json.Unmarshal(f.body, &env), "%s", f.body)
+	require.Len(t, env.Resources, 1)
+	require.NotEmpty(t, env.Resources[0].Reasons)
+	return f.status, env.Resources[0].Reasons[0], f.calls
+}
+
+type recorder struct {
+	http.ResponseWriter
+	status int
+	body   bytes.Buffer
+}
+
+func (r *recorder) WriteHeader(s int) { r.status = s; r.ResponseWriter.WriteHeader(s) }
+
+func (r *recorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	r.body.Write(b)
+	return r.ResponseWriter.Write(b)
+}
+
+func (f *errFixture) root(t *testing.T, name string) *crk.Key {
+	t.Helper()
+	k, err := f.svc.CreateRootKey(f.ctx, name)
+	require.NoError(t, err)
+	return k
+}
+
+func (f *errFixture) imported(t *testing.T) *crk.Key {
+	t.Helper()
+	k, err := f.svc.ImportRootKey(f.ctx, "imported", material())
+	require.NoError(t, err)
+	return k
+}
+
+// wrap wraps a secret on both sides (the in-process service's ciphertext is binary, the API's
+// base64 text) and returns each side's ciphertext.
+func (f *errFixture) wrap(t *testing.T, keyID string) map[volume.KeyService][]byte {
+	t.Helper()
+	out := map[volume.KeyService][]byte{}
+	for _, ks := range []volume.KeyService{f.local, f.remote} {
+		w, err := ks.Wrap(f.ctx, keyID, bytes.Repeat([]byte{1}, 32), []string{"vol"})
+		require.NoError(t, err)
+		out[ks] = w.Ciphertext
+	}
+	return out
+}
+
+// material returns 256 bits of non-trivial key material.
+func material() []byte {
+	b := make([]byte, 32)
+	for i := range b {
+		b[i] = byte(i*i + 7*i + 3)
+	}
+	return b
+}
+
+const crn = "crn:v1:local:public:is:local:a/crkvol::volume:v1"
+
+// TestErrorTableBothSides makes every sentinel of crk's error table happen and checks that
+// the in-process key service (Local) and the remote one (Remote over the kpapi server)
+// return the same sentinel, that both mark refusals (and only refusals) with
+// volume.ErrKeyRefused, that the wire carries the table's status, reason code and id, and
+// that the remote client sent the request once: a refusal is never retried.
+//
+// A row with a volume.KeyService trigger runs it on both sides. The others are refusals of
+// calls a volume never makes (rotate, delete, policies); their trigger runs on the in-process
+// service, and the remote side gets that very error written by kpapi.WriteError.
+func TestErrorTableBothSides(t *testing.T) {
+	pt := bytes.Repeat([]byte{7}, 32)
+	type trigger struct {
+		// ks runs a KeyService call on either side, after setup on f.
+		ks func(t *testing.T, f *errFixture) func(volume.KeyService) error
+		// svc produces the error on the in-process service.
+		svc func(t *testing.T, f *errFixture) error
+	}
+	triggers := map[error]trigger{
+		crk.ErrKeyNotFound: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+			return func(ks volume.KeyService) error {
+				_, err := ks.Wrap(f.ctx, "00000000-0000-4000-8000-000000000000", pt, nil)
+				return err
+			}
+		}},
+		crk.ErrNotRootKey: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+			k, err := f.svc.CreateKey(f.ctx, crk.CreateOptions{Name: "standard", Type: crk.StandardKey})
+			require.NoError(t, err)
+			return func(ks volume.KeyService) error { _, err := ks.Wrap(f.ctx, k.ID, pt, nil); return err }
+		}},
+		crk.ErrInvalidMaterial: {svc: func(t *testing.T, f *errFixture) error {
+			_, err := f.svc.ImportRootKey(f.ctx, "short", []byte{1, 2, 3})
+			return err
+		}},
+		crk.ErrMaterialRequired: {svc: func(t *testing.T, f *errFixture) error {
+			_, err := f.svc.RotateKey(f.ctx, f.imported(t).ID, nil)
+			return err
+		}},
+		crk.ErrMaterialNotAllowed: {svc: func(t *testing.T, f *errFixture) error {
+			_, err := f.svc.RotateKey(f.ctx, f.root(t, "gen").ID, material())
+			return err
+		}},
+		crk.ErrRotationTooSoon: {svc: func(t *testing.T, f *errFixture) error {
+			k := f.root(t, "twice")
+			_, err := f.svc.RotateKey(f.ctx, k.ID, nil)
+			require.NoError(t, err)
+			_, err = f.svc.RotateKey(f.ctx, k.ID, nil)
+			return err
+		}},
+		crk.ErrInvalidPolicy: {svc: func(t *testing.T, f *errFixture) error {
+			_, err := f.svc.SetRotationPolicy(f.ctx, f.root(t, "policy").ID, 13, true)
+			return err
+		}},
+		crk.ErrPolicyNotAllowed: {svc: func(t *testing.T, f *errFixture) error {
+			_, err := f.svc.SetRotationPolicy(f.ctx, f.imported(t).ID, 3, true)
+			return err
+		}},
+		crk.ErrKeySuspended: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+			k := f.root(t, "suspended")
+			_, err := f.svc.DisableKey(f.ctx, k.ID)
+			require.NoError(t, err)
+			return func(ks volume.KeyService) error { _, err := ks.Wrap(f.ctx, k.ID, pt, nil); return err }
+		}},
+		crk.ErrKeyDeactivated: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+			k, err := f.svc.CreateKey(f.ctx, crk.CreateOptions{Name: "expiring", ExpirationDate: f.clock.Now().Add(time.Hour)})
+			require.NoError(t, err)
+			f.clock.Advance(2 * time.Hour)
+			return func(ks volume.KeyService) error { _, err := ks.Wrap(f.ctx, k.ID, pt, nil); return err }
+		}},
+		crk.ErrKeyDestroyed: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+			k := f.root(t, "deleted")
+			ct := f.wrap(t, k.ID)
+			_, err := f.svc.DeleteKey(f.ctx, k.ID, crk.DeleteOptions{})
+			require.NoError(t, err)
+			return func(ks volume.KeyService) error {
+				_, err := ks.Unwrap(f.ctx, k.ID, ct[ks], []string{"vol"})
+				return err
+			}
+		}},
+		crk.ErrKeyPurged: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+			k := f.root(t, "purged")
+			ct := f.wrap(t, k.ID)
+			_, err := f.svc.DeleteKey(f.ctx, k.ID, crk.DeleteOptions{})
+			require.NoError(t, err)
+			f.clock.Advance(crk.RestoreWindow + time.Hour)
+			_, err = f.svc.PurgeKey(f.ctx, k.ID)
+			require.NoError(t, err)
+			return func(ks volume.KeyService) error {
+				_, err := ks.Rewrap(f.ctx, k.ID, ct[ks], []string{"vol"})
+				return err
+			}
+		}},
+		crk.ErrInvalidState: {svc: func(t *testing.T, f *errFixture) error {
+			_, err := f.svc.PurgeKey(f.ctx, f.root(t, "active").ID)
+			return err
+		}},
+		crk.ErrTooEarly: {svc: func(t *testing.T, f *errFixture) error {
+			k := f.root(t, "flapping")
+			_, err := f.svc.DisableKey(f.ctx, k.ID)
+			require.NoError(t, err)
+			_, err = f.svc.EnableKey(f.ctx, k.ID)
+			return err
+		}},
+		crk.ErrRestoreExpired: {svc: func(t *testing.T, f *errFixture) error {
+			k := f.root(t, "late")
+			_, err := f.svc.DeleteKey(f.ctx, k.ID, crk.DeleteOptions{})
+			require.NoError(t, err)
+			f.clock.Advance(crk.RestoreWindow + time.Hour)
+			_, err = f.svc.RestoreKey(f.ctx, k.ID)
+			return err
+		}},
+		crk.ErrProtectedResource: {svc: func(t *testing.T, f *errFixture) error {
+			k := f.root(t, "protected")
+			_, err := f.svc.Register(f.ctx, k.ID, crn, crk.RegisterOptions{})
+			require.NoError(t, err)
+			_, err = f.svc.DeleteKey(f.ctx, k.ID, crk.DeleteOptions{})
+			return err
+		}},
+		crk.ErrPreventKeyDeletion: {svc: func(t *testing.T, f *errFixture) error {
+			k := f.root(t, "retained")
+			_, err := f.svc.Register(f.ctx, k.ID, crn, crk.RegisterOptions{PreventKeyDeletion: true})
+			require.NoError(t, err)
+			_, err = f.svc.DeleteKey(f.ctx, k.ID, crk.DeleteOptions{Force: true})
+			return err
+		}},
+		crk.ErrAuth: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+			k := f.root(t, "aad")
+			ct := f.wrap(t, k.ID)
+			return func(ks volume.KeyService) error {
+				_, err := ks.Unwrap(f.ctx, k.ID, ct[ks], []string{"other volume"})
+				return err
+			}
+		}},
+		crk.ErrVersionNotFound: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+			k := f.root(t, "versions")
+			return func(ks volume.KeyService) error {
+				return ks.Register(f.ctx, k.ID, crn, "00000000-0000-4000-8000-00000000000f", false)
+			}
+		}},
+		crk.ErrVersionDestroyed: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+			k := f.root(t, "pruned")
+			ct := f.wrap(t, k.ID)
+			_, err := f.svc.RotateKey(f.ctx, k.ID, nil)
+			require.NoError(t, err)
+			res, err := f.svc.Prune(f.ctx, k.ID)
+			require.NoError(t, err)
+			require.Len(t, res.Destroyed, 1)
+			return func(ks volume.KeyService) error {
+				_, err := ks.Unwrap(f.ctx, k.ID, ct[ks], []string{"vol"})
+				return err
+			}
+		}},
+		crk.ErrVersionInUse: {svc: func(t *testing.T, f *errFixture) error {
+			k := f.root(t, "in use")
+			_, err := f.svc.Register(f.ctx, k.ID, crn, crk.RegisterOptions{})
+			require.NoError(t, err)
+			_, err = f.svc.RotateKey(f.ctx, k.ID, nil)
+			require.NoError(t, err)
+			return f.svc.PruneVersion(f.ctx, k.ID, k.KeyVersion.ID)
+		}},
+		crk.ErrRegistrationNotFound: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+			k := f.root(t, "unregistered")
+			return func(ks volume.KeyService) error { return ks.DeleteRegistration(f.ctx, k.ID, crn) }
+		}},
+		crk.ErrRegistrationExists: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+			k := f.root(t, "registered")
+			_, err := f.svc.Register(f.ctx, k.ID, crn, crk.RegisterOptions{})
+			require.NoError(t, err)
+			return func(ks volume.KeyService) error { return ks.Register(f.ctx, k.ID, crn, k.KeyVersion.ID, false) }
+		}},
+		crk.ErrInvalidArgument: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+			k := f.root(t, "bad crn")
+			return func(ks volume.KeyService) error { return ks.Register(f.ctx, k.ID, "not-a-crn", k.KeyVersion.ID, false) }
+		}},
+		crk.ErrMasterKey: {svc: func(t *testing.T, f *errFixture) error {
+			_, err := crk.Open(filepath.Join(f.dir, "other.db"), crk.Options{Clock: f.clock, MasterKey: []byte("short")})
+			return err
+		}},
+	}
+
+	for _, info := range crk.Errors() {
+		t.Run(info.ID, func(t *testing.T) {
+			tr, ok := triggers[info.Err]
+			require.True(t, ok, "no trigger for %v: add one", info.Err)
+			refusal := info.Class == crk.Refusal
+			f := newErrFixture(t)
+
+			var localErr, remoteErr error
+			if tr.ks != nil {
+				call := tr.ks(t, f)
+				localErr = call(f.local)
+				f.reset()
+				remoteErr = call(f.remote)
+			} else {
+				svcErr := tr.svc(t, f)
+				require.ErrorIs(t, svcErr, info.Err, "the in-process service")
+				localErr = kms.LocalError(svcErr)
+				f.mu.Lock()
+				f.inject = svcErr
+				f.mu.Unlock()
+				f.reset()
+				_, remoteErr = f.remote.Unwrap(f.ctx, "inject", []byte("ct"), nil)
+			}
+
+			for side, err := range map[string]error{"local": localErr, "remote": remoteErr} {
+				require.Error(t, err, side)
+				assert.ErrorIs(t, err, info.Err, side)
+				assert.Equal(t, refusal, errors.Is(err, volume.ErrKeyRefused), "%s: refused mark on %v", side, err)
+				for _, other := range crk.Errors() {
+					if other.Err != info.Err && !errors.Is(info.Err, other.Err) && !(info.Err == crk.ErrAuth && other.Err == crk.ErrVersionNotFound) {
+						assert.NotErrorIs(t, err, other.Err, "%s: %s", side, other.ID)
+					}
+				}
+			}
+			status, reason, calls := f.wire(t)
+			assert.Equal(t, info.Status, status)
+			assert.Equal(t, info.Status, reason.Status)
+			assert.Equal(t, info.Code, reason.Code)
+			assert.Equal(t, info.ID, reason.CrkvolError)
+			assert.Equal(t, 1, calls, "one request: the remote client does not retry")
+		})
+	}
+	assert.Len(t, triggers, len(crk.Errors()), "a trigger for a sentinel the table does not have")
+}
+
+// TestRemoteRetriesOnlyTransient: the remote client's calls through the official client
+// retry 429 and 503 (honouring Retry-After) and succeed; a refusal is sent once; a 5xx on a
+// call of its own is an error without the refused mark, sent once.
+func TestRemoteRetriesOnlyTransient(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		status    int
+		failures  int // responses with status before the server answers normally
+		call      string
+		wantErr   bool
+		refused   bool
+		wantCalls int
+	}{
+		{"429 retried", http.StatusTooManyRequests, 2, "wrap", false, false, 3},
+		{"503 retried", http.StatusServiceUnavailable, 1, "wrap", false, false, 2},
+		{"409 not retried", http.StatusConflict, 1, "wrap", true, true, 1},
+		{"401 not retried", http.StatusUnauthorized, 1, "wrap", true, true, 1},
+		{"503 on rewrap", http.StatusServiceUnavailable, 1, "rewrap", true, false, 1},
+		{"429 on rewrap", http.StatusTooManyRequests, 1, "rewrap", true, false, 1},
+		{"400 on rewrap", http.StatusBadRequest, 1, "rewrap", true, true, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newErrFixture(t)
+			k := f.root(t, "retry")
+			ct := f.wrap(t, k.ID)
+			left := tc.failures
+			f.mu.Lock()
+			f.respond = func(w http.ResponseWriter) bool {
+				if left == 0 {
+					return false
+				}
+				left--
+				w.Header().Set("Retry-After", "0")
+				w.WriteHeader(tc.status)
+				return true
+			}
+			f.mu.Unlock()
+			f.reset()
+			var err error
+			if tc.call == "wrap" {
+				_, err = f.remote.Wrap(f.ctx, k.ID, []byte("0123456789abcdef"), nil)
+			} else {
+				_, err = f.remote.Rewrap(f.ctx, k.ID, ct[f.remote], []string{"vol"})
+			}
+			if tc.wantErr {
+				require.Error(t, err)
+				assert.Equal(t, tc.refused, errors.Is(err, volume.ErrKeyRefused), "%v", err)
+				assert.Contains(t, err.Error(), http.StatusText(tc.status))
+			} else {
+				require.NoError(t, err)
+			}
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			assert.Equal(t, tc.wantCalls, f.calls)
+		})
+	}
+}
+
+// TestRemoteBadAPIKeyIsRefused: the token endpoint refusing the API key is a refusal on
+// both of Remote's paths, the official client's (Wrap) and its own (Rewrap).
+func TestRemoteBadAPIKeyIsRefused(t *testing.T) {
+	f := newErrFixture(t)
+	k := f.root(t, "locked out")
+	ct := f.wrap(t, k.ID)
+	bad, err := kms.NewRemote(kms.RemoteConfig{URL: f.remoteURL, Instance: f.instance, APIKey: "crkvol-not-a-key"})
+	require.NoError(t, err)
+	_, err = bad.Wrap(f.ctx, k.ID, []byte("0123456789abcdef"), nil)
+	require.Error(t, err)
+	assert.ErrorIs(t, err, volume.ErrKeyRefused, "wrap: %v", err)
+	_, err = bad.Rewrap(f.ctx, k.ID, ct[f.remote], []string{"vol"})
+	require.Error(t, err)
+	assert.ErrorIs(t, err, volume.ErrKeyRefused, "rewrap: %v", err)
+	assert.NotContains(t, err.Error(), "crkvol-not-a-key", "the API key stays out of errors")
+}
