@@ -3,7 +3,6 @@ package crk
 import (
 	"context"
 	"crypto/subtle"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"slices"
@@ -11,6 +10,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"crkvol/internal/ident"
 )
 
 // CreateOptions describe a new key.
@@ -503,29 +504,11 @@ func (s *Service) openVersion(r *keyRecord, v *versionRecord) ([]byte, error) {
 	return s.sealer.open(v.Material, materialAAD(r.ID, v.ID))
 }
 
-// newUUID returns a random (version 4) UUID.
+// newUUID returns a random (version 4) UUID in lower case.
 func newUUID(rand io.Reader) (string, error) {
-	var b [16]byte
-	if _, err := io.ReadFull(rand, b[:]); err != nil {
-		return "", fmt.Errorf("crk: reading random id: %w", err)
+	id, err := ident.NewUUID(rand)
+	if err != nil {
+		return "", fmt.Errorf("crk: %w", err)
 	}
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return formatUUID(b), nil
-}
-
-func formatUUID(b [16]byte) string {
-	h := hex.EncodeToString(b[:])
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
-}
-
-// parseUUID parses a canonical UUID.
-func parseUUID(s string) ([16]byte, bool) {
-	var b [16]byte
-	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
-		return b, false
-	}
-	h := s[0:8] + s[9:13] + s[14:18] + s[19:23] + s[24:36]
-	n, err := hex.Decode(b[:], []byte(h))
-	return b, err == nil && n == 16
+	return id, nil
 }

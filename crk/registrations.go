@@ -4,10 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"crkvol/internal/ident"
 )
 
 // RegisterOptions describe a new registration.
@@ -30,11 +31,20 @@ type RegistrationUpdate struct {
 	PreventKeyDeletion *bool
 }
 
+// checkCRN checks a resource CRN: "crn:v1:" and ten segments, at most 512 bytes.
 func checkCRN(crn string) error {
-	if !strings.HasPrefix(crn, "crn:") || len(crn) > 512 || strings.ContainsAny(crn, "\x00\n") {
-		return fmt.Errorf("%w: resource CRN %q must start with \"crn:\" and be at most 512 characters", ErrInvalidArgument, crn)
+	if _, err := ident.ParseCRN(crn); err != nil {
+		return fmt.Errorf("%w: resource CRN %q: %w", ErrInvalidArgument, truncateCRN(crn), err)
 	}
 	return nil
+}
+
+// truncateCRN shortens a refused CRN for an error message.
+func truncateCRN(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
 }
 
 // Register records that resource crn is protected by root key keyID.

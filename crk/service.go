@@ -7,10 +7,13 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"crkvol/internal/ident"
 )
 
 // MasterKeyEnv names the environment variable that may hold the service master key (32 bytes,
@@ -31,8 +34,9 @@ type Options struct {
 	MasterKeyFile string
 	// Region and Account go into key CRNs; defaults "local" and "crkvol".
 	Region, Account string
-	// Instance is the service instance id (a UUID) given to a new store; a random one if
-	// empty. Opening an existing store with a different id fails.
+	// Instance is the service instance id (a UUID, either case, kept in lower case) given to
+	// a new store; a random one if empty. Opening an existing store with a different id
+	// fails.
 	Instance string
 	// Initiator names who acts in events when the context does not (see WithInitiator);
 	// default "crkvol".
@@ -85,6 +89,13 @@ func Open(path string, opts Options) (*Service, error) {
 		closing:    make(chan struct{}),
 		writerDone: make(chan struct{}),
 	}
+	if s.instance != "" {
+		id, err := ident.CanonicalUUID(s.instance)
+		if err != nil {
+			return nil, fmt.Errorf("%w: instance id: %w", ErrInvalidArgument, err)
+		}
+		s.instance = id
+	}
 	if s.clock == nil {
 		s.clock = SystemClock{}
 	}
@@ -95,10 +106,10 @@ func Open(path string, opts Options) (*Service, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	if s.region == "" {
-		s.region = "local"
+		s.region = ident.DefaultLocation
 	}
 	if s.account == "" {
-		s.account = "crkvol"
+		s.account = ident.DefaultAccount
 	}
 	if s.initiator == "" {
 		s.initiator = "crkvol"
@@ -164,7 +175,7 @@ func (s *Service) init(master []byte) error {
 			}
 		}
 		stored := string(meta.Get([]byte("instance")))
-		if s.instance != "" && s.instance != stored {
+		if s.instance != "" && !strings.EqualFold(s.instance, stored) {
 			return fmt.Errorf("%w: store belongs to instance %s, not %s", ErrInvalidArgument, stored, s.instance)
 		}
 		s.instance = stored
@@ -221,7 +232,7 @@ func (s *Service) Instance() string { return s.instance }
 
 // crn returns the CRN of a key.
 func (s *Service) crn(keyID string) string {
-	return fmt.Sprintf("crn:v1:local:public:kms:%s:a/%s:%s:key:%s", s.region, s.account, s.instance, keyID)
+	return ident.KeyCRN(s.region, s.account, s.instance, keyID).String()
 }
 
 type initiatorKey struct{}

@@ -10,6 +10,8 @@ import (
 	"io"
 
 	bolt "go.etcd.io/bbolt"
+
+	"crkvol/internal/ident"
 )
 
 // Ciphertext format (opaque to callers, base64 in the HTTP API):
@@ -182,9 +184,7 @@ func CiphertextVersion(ciphertext []byte) (string, error) {
 	if len(ciphertext) < ctHeader+16 || string(ciphertext[:4]) != ctMagic {
 		return "", fmt.Errorf("%w: not a crk ciphertext", ErrAuth)
 	}
-	var id [16]byte
-	copy(id[:], ciphertext[4:20])
-	return formatUUID(id), nil
+	return ident.FormatUUID([16]byte(ciphertext[4:20])), nil
 }
 
 // open loads root key keyID, checks that its state allows action, and decrypts ciphertext.
@@ -249,9 +249,9 @@ func (s *Service) seal(r *keyRecord, v *versionRecord, plaintext []byte, aad []s
 	if err != nil {
 		return nil, err
 	}
-	vid, ok := parseUUID(v.ID)
-	if !ok {
-		return nil, fmt.Errorf("crk: internal error: version id %q", v.ID)
+	vid, err := ident.ParseUUID(v.ID)
+	if err != nil {
+		return nil, fmt.Errorf("crk: internal error: version id %q: %w", v.ID, err)
 	}
 	out := make([]byte, ctHeader, ctHeader+len(plaintext)+aead.Overhead())
 	copy(out, ctMagic)
