@@ -85,7 +85,7 @@ func (s *Service) CreateKey(ctx context.Context, opts CreateOptions) (*Key, erro
 		}
 		ev := s.newEvent(ctx, ActionCreate, r, id, nil)
 		ev.KeyVersion = v.ID
-		return appendEvent(tx, ev)
+		return s.appendEvent(tx, ev)
 	})
 	if err != nil {
 		return nil, s.refuse(ctx, ActionCreate, id, err)
@@ -173,7 +173,9 @@ func (s *Service) GetKeyMetadata(ctx context.Context, id string) (*Key, error) {
 	if err != nil {
 		return nil, s.refuse(ctx, ActionReadMetadata, id, err)
 	}
-	s.record(s.newEvent(ctx, ActionReadMetadata, nil, id, nil))
+	if err := s.record(s.newEvent(ctx, ActionReadMetadata, nil, id, nil)); err != nil {
+		return nil, err
+	}
 	return k, nil
 }
 
@@ -197,7 +199,10 @@ func (s *Service) getKey(ctx context.Context, id string, payload bool) (*Key, er
 		return nil
 	})
 	if err == nil && payload {
-		s.record(s.newEvent(ctx, ActionRead, nil, id, nil))
+		if err := s.record(s.newEvent(ctx, ActionRead, nil, id, nil)); err != nil {
+			clear(k.Payload)
+			return nil, err
+		}
 	}
 	return k, err
 }
@@ -233,7 +238,9 @@ func (s *Service) ListKeys(ctx context.Context, opts ListOptions) ([]Key, error)
 	if err != nil {
 		return nil, s.refuse(ctx, ActionList, "", err)
 	}
-	s.record(s.newEvent(ctx, ActionList, nil, "", nil))
+	if err := s.record(s.newEvent(ctx, ActionList, nil, "", nil)); err != nil {
+		return nil, err
+	}
 	slices.SortStableFunc(out, func(a, b Key) int {
 		if c := a.CreationDate.Compare(b.CreationDate); c != 0 {
 			return c
@@ -280,7 +287,7 @@ func (s *Service) mutateWith(run func(func(*bolt.Tx) error) error, ctx context.C
 			return err
 		}
 		out = r
-		return appendEvent(tx, ev)
+		return s.appendEvent(tx, ev)
 	})
 	s.mkMu.RUnlock()
 	if err != nil {

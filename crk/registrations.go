@@ -34,13 +34,13 @@ type RegistrationUpdate struct {
 // checkCRN checks a resource CRN: "crn:v1:" and ten segments, at most 512 bytes.
 func checkCRN(crn string) error {
 	if _, err := ident.ParseCRN(crn); err != nil {
-		return fmt.Errorf("%w: resource CRN %q: %w", ErrInvalidArgument, truncateCRN(crn), err)
+		return fmt.Errorf("%w: resource CRN %q: %w", ErrInvalidArgument, shorten(crn), err)
 	}
 	return nil
 }
 
-// truncateCRN shortens a refused CRN for an error message.
-func truncateCRN(s string) string {
+// shorten shortens a refused value (a CRN, a cursor) for an error message.
+func shorten(s string) string {
 	if len(s) > 80 {
 		return s[:80] + "..."
 	}
@@ -196,7 +196,9 @@ func (s *Service) ListRegistrations(ctx context.Context, f RegistrationFilter) (
 	if err != nil {
 		return nil, s.refuse(ctx, ActionListRegs, f.KeyID, err)
 	}
-	s.record(s.newEvent(ctx, ActionListRegs, nil, f.KeyID, nil))
+	if err := s.record(s.newEvent(ctx, ActionListRegs, nil, f.KeyID, nil)); err != nil {
+		return nil, err
+	}
 	return out, nil
 }
 

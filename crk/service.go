@@ -16,10 +16,6 @@ import (
 	"crkvol/internal/ident"
 )
 
-// MasterKeyEnv names the environment variable that may hold the service master key (32 bytes,
-// standard base64) instead of a key file.
-const MasterKeyEnv = "CRKVOL_MASTER_KEY"
-
 // Options configure a Service. The zero value is ready to use.
 type Options struct {
 	// Clock is the service clock; the system clock if nil.
@@ -27,7 +23,7 @@ type Options struct {
 	// Rand is the source of key material, ids and nonces; crypto/rand if nil.
 	Rand io.Reader
 	// MasterKey is the 32-byte service master key (the HSM's role). If nil, the key comes
-	// from the MasterKeyEnv environment variable, else from MasterKeyFile.
+	// from MasterKeyFile. The caller keeps it and may clear it once Open returns.
 	MasterKey []byte
 	// MasterKeyFile holds the master key, created (mode 0600) on first use; default: the
 	// store path with ".masterkey" appended.
@@ -46,6 +42,8 @@ type Options struct {
 	// NoSync skips fsync on commits: faster, but a machine crash may lose acknowledged
 	// changes. For simulations only.
 	NoSync bool
+	// EventRetention bounds the audit log; by default it keeps DefaultEventMaxCount events.
+	EventRetention EventRetention
 }
 
 // Service is a customer-root-key service backed by one bbolt file. It is safe for concurrent
@@ -60,6 +58,10 @@ type Service struct {
 	account   string
 	instance  string
 	initiator string
+	retention EventRetention
+
+	// testOnlyAuditFault, set by tests, makes storing an event fail with its error.
+	testOnlyAuditFault func(*Event) error
 
 	mkMu   sync.RWMutex // guards sealer (RotateMasterKey takes it exclusively)
 	sealer *sealer
@@ -84,6 +86,7 @@ func Open(path string, opts Options) (*Service, error) {
 		region:     opts.Region,
 		account:    opts.Account,
 		initiator:  opts.Initiator,
+		retention:  opts.EventRetention,
 		hooks:      make(map[int]RotationHook),
 		events:     make(chan eventReq),
 		closing:    make(chan struct{}),
@@ -156,11 +159,24 @@ func (s *Service) init(master []byte) error {
 			}
 		}
 		meta := tx.Bucket(bucketMeta)
-		if v := meta.Get(metaSchema); v != nil && string(v) != schemaVersion {
+		switch v := string(meta.Get(metaSchema)); v {
+		case "", schemaVersion:
+		case schemaSeqEvents:
+			n, err := migrateEvents(tx)
+			if err != nil {
+				return err
+			}
+			s.log.Info("crk: store migrated to schema "+schemaVersion, "events", n)
+		default:
 			return fmt.Errorf("crk: store schema %q, this build reads %q", v, schemaVersion)
 		}
 		if err := meta.Put(metaSchema, []byte(schemaVersion)); err != nil {
 			return err
+		}
+		if n, err := s.pruneEvents(tx, 0); err != nil {
+			return fmt.Errorf("crk: store: applying the event retention: %w", err)
+		} else if n > 0 {
+			s.log.Info("crk: events beyond the retention deleted", "events", n)
 		}
 		if meta.Get([]byte("instance")) == nil {
 			id := s.instance
@@ -214,7 +230,7 @@ func (s *Service) init(master []byte) error {
 				return nil
 			}
 		}
-		return fmt.Errorf("%w (is %s or the key file the one this store was made with?)", ErrMasterKey, MasterKeyEnv)
+		return fmt.Errorf("%w (is the master key or key file the one this store was made with?)", ErrMasterKey)
 	})
 }
 

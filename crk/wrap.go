@@ -106,7 +106,9 @@ func (s *Service) wrap(ctx context.Context, keyID string, plaintext []byte, aad 
 	}
 	ev := s.newEvent(ctx, ActionWrap, rec, keyID, nil)
 	ev.KeyVersion = res.KeyVersion.ID
-	s.record(ev)
+	if err := s.record(ev); err != nil {
+		return nil, err
+	}
 	return res, nil
 }
 
@@ -140,7 +142,10 @@ func (s *Service) Unwrap(ctx context.Context, keyID string, ciphertext []byte, a
 	}
 	ev := s.newEvent(ctx, ActionUnwrap, rec, keyID, nil)
 	ev.KeyVersion = res.KeyVersion.ID
-	s.record(ev)
+	if err := s.record(ev); err != nil {
+		clear(res.Plaintext)
+		return nil, s.refuse(ctx, ActionUnwrap, keyID, err)
+	}
 	return res, nil
 }
 
@@ -175,7 +180,9 @@ func (s *Service) Rewrap(ctx context.Context, keyID string, ciphertext []byte, a
 	}
 	ev := s.newEvent(ctx, ActionRewrap, rec, keyID, nil)
 	ev.KeyVersion = res.KeyVersion.ID
-	s.record(ev)
+	if err := s.record(ev); err != nil {
+		return nil, s.refuse(ctx, ActionRewrap, keyID, err)
+	}
 	return res, nil
 }
 

@@ -116,7 +116,9 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 		// (malformed bodies, unknown actions) are audited as kms.secrets.default.
 		var ae *apiError
 		if errors.As(err, &ae) {
-			svc.RecordFailure(q.ctx, crk.ActionDefault, q.id, err)
+			if aerr := svc.RecordFailure(q.ctx, crk.ActionDefault, q.id, err); aerr != nil {
+				err = aerr // a refusal without its audit record is an internal failure
+			}
 		}
 		writeError(w, err)
 	}
