@@ -40,7 +40,7 @@ const (
 	schemaVersion = "2"
 	// schemaSeqEvents is the schema whose events are keyed by sequence number only.
 	schemaSeqEvents = "1"
-	checkText     = "crkvol service master key check v1"
+	checkText       = "crkvol service master key check v1"
 )
 
 // keyRecord is a key as stored. Times are UTC; zero means unset.
