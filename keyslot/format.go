@@ -146,7 +146,7 @@ func Format(dev Device, size uint64, passphrase []byte, opts FormatOptions) (*Im
 			keyslotsSize: opts.KeyslotsSize,
 		},
 	}
-	ks, err := img.writeKeyslot(st, m, volumeKey, passphrase, KeyslotOptions{KDF: opts.KDF, AFHash: "sha256", Priority: PriorityNormal})
+	ks, err := img.writeKeyslot(st, m, volumeKey, passphrase, SlotOptions{KDF: opts.KDF, AFHash: "sha256", Priority: PriorityNormal})
 	if err != nil {
 		clear(volumeKey)
 		return nil, nil, err

@@ -494,7 +494,7 @@ func (m *Manager) Adopt(ctx context.Context, path string, passphrase []byte, key
 	if _, err := m.kms.KeyCRN(ctx, keyID); err != nil {
 		return nil, fmt.Errorf("volume: adopt %s: %w", path, err)
 	}
-	slot, err := img.AddKeyslot(vk, pass, keyslot.KeyslotOptions{ID: keyslot.AnyKeyslot, KDF: passphraseKDF})
+	slot, err := img.AddKeyslot(vk, pass, keyslot.SlotOptions{ID: keyslot.AnyKeyslot, KDF: passphraseKDF})
 	if err != nil {
 		return nil, fmt.Errorf("volume: adopt %s: adding a keyslot: %w", path, err)
 	}
