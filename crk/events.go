@@ -296,6 +296,13 @@ func (s *Service) eventWriter() {
 			}
 			return nil
 		})
+		if err != nil && len(batch) > 1 {
+			// One bad event must not fail the others: store each alone.
+			for _, r := range batch {
+				r.done <- s.db.Update(func(tx *bolt.Tx) error { return s.appendEvent(tx, r.ev) })
+			}
+			continue
+		}
 		for _, r := range batch {
 			r.done <- err
 		}

@@ -376,3 +376,39 @@ func TestMigrateSchema1Events(t *testing.T) {
 	_, err = Open(path, Options{Clock: clock, MasterKey: material(32, 3)})
 	assert.ErrorContains(t, err, "schema")
 }
+
+// TestAuditFailureIsolated: events are group-committed, but one event that cannot be stored
+// fails only its own request, not the requests that shared its transaction.
+func TestAuditFailureIsolated(t *testing.T) {
+	f := newFixture(t)
+	bad, good := f.root(t, "bad"), f.root(t, "good")
+	f.svc.testOnlyAuditFault = func(ev *Event) error {
+		if ev.KeyID == bad.ID {
+			return errInjected
+		}
+		return nil
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, 40)
+	for i := range errs {
+		wg.Go(func() {
+			k := good
+			if i%2 == 0 {
+				k = bad
+			}
+			_, errs[i] = f.svc.Wrap(f.ctx, k.ID, []byte("dek"), nil)
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if i%2 == 0 {
+			assert.ErrorIs(t, err, ErrAudit, "wrap %d", i)
+		} else {
+			assert.NoError(t, err, "wrap %d", i)
+		}
+	}
+	f.svc.testOnlyAuditFault = nil
+	evs, err := f.svc.Events(f.ctx, EventFilter{KeyID: good.ID, Action: ActionWrap})
+	require.NoError(t, err)
+	assert.Len(t, evs, 20)
+}
