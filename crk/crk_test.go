@@ -29,7 +29,6 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	t.Setenv(MasterKeyEnv, "")
 	clock := NewManualClock(t0)
 	path := filepath.Join(t.TempDir(), "crk.db")
 	svc, err := Open(path, Options{Clock: clock})
@@ -146,7 +145,7 @@ func TestRotation(t *testing.T) {
 	require.NoError(t, err)
 
 	// Refusals are audited.
-	evs, err := f.svc.Events(f.ctx, EventFilter{KeyID: k.ID, Action: ActionRotate})
+	evs, err := f.svc.Events(f.ctx, EventFilter{KeyID: k.ID, Action: ActionRotate, OldestFirst: true})
 	require.NoError(t, err)
 	var outcomes []string
 	for _, e := range evs {
@@ -370,7 +369,7 @@ func TestExpiration(t *testing.T) {
 	res, err := f.svc.RunDue(f.ctx)
 	require.NoError(t, err)
 	assert.Empty(t, res.Expired, "already persisted by the rotation")
-	evs, err := f.svc.Events(f.ctx, EventFilter{KeyID: k.ID, Action: ActionWrap})
+	evs, err := f.svc.Events(f.ctx, EventFilter{KeyID: k.ID, Action: ActionWrap, OldestFirst: true})
 	require.NoError(t, err)
 	assert.Equal(t, OutcomeFailure, evs[len(evs)-1].Outcome)
 }
@@ -443,7 +442,7 @@ func TestRotationPolicy(t *testing.T) {
 	vs, err := f.svc.ListVersions(f.ctx, k.ID)
 	require.NoError(t, err)
 	assert.Len(t, vs, 15)
-	evs, err := f.svc.Events(f.ctx, EventFilter{KeyID: k.ID, Action: ActionRotate})
+	evs, err := f.svc.Events(f.ctx, EventFilter{KeyID: k.ID, Action: ActionRotate, OldestFirst: true})
 	require.NoError(t, err)
 	assert.Equal(t, "crk-rotation-policy", evs[0].Initiator)
 
@@ -612,7 +611,7 @@ func TestEvents(t *testing.T) {
 	_, err = f.svc.Unwrap(f.ctx, k.ID, w.Ciphertext, []string{"wrong"})
 	require.Error(t, err)
 
-	all, err := f.svc.Events(f.ctx, EventFilter{KeyID: k.ID})
+	all, err := f.svc.Events(f.ctx, EventFilter{KeyID: k.ID, OldestFirst: true})
 	require.NoError(t, err)
 	var actions []string
 	for _, e := range all {
@@ -626,7 +625,7 @@ func TestEvents(t *testing.T) {
 	later, err := f.svc.Events(f.ctx, EventFilter{From: t0.Add(time.Second)})
 	require.NoError(t, err)
 	assert.Len(t, later, 2)
-	early, err := f.svc.Events(f.ctx, EventFilter{To: t0.Add(time.Second), Limit: 1})
+	early, err := f.svc.Events(f.ctx, EventFilter{To: t0.Add(time.Second), Limit: 1, OldestFirst: true})
 	require.NoError(t, err)
 	require.Len(t, early, 1)
 	assert.Equal(t, ActionCreate, early[0].Action)

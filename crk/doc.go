@@ -47,9 +47,26 @@
 // One bbolt file. Every state change — with its audit [Event] — is one transaction, fsynced
 // before the call returns, so a crash loses nothing acknowledged and leaves nothing half done.
 // Key material is stored only encrypted under a 32-byte service master key (the HSM's role),
-// given in [Options], in the CRKVOL_MASTER_KEY environment variable, or in a 0600 key file made
-// on first use; [Service.RotateMasterKey] re-encrypts all material in one transaction. Events
-// and errors never contain key material, DEKs or ciphertexts.
+// given in [Options] or kept in a 0600 key file made on first use; the library reads no
+// environment variable (the crkvol command takes the key from CRKVOL_MASTER_KEY and passes it
+// in). [Service.RotateMasterKey] re-encrypts all material in one transaction. Events and
+// errors never contain key material, DEKs or ciphertexts.
+//
+// # Audit events
+//
+// Every operation, allowed or refused, stores an [Event], and Key Protect's rule applies: an
+// operation without its audit record did not happen. A state change and its event are written
+// in the same transaction, so both commit or neither; reads and wraps, which change nothing,
+// store their event (group-committed with concurrent callers') before returning a result.
+// When the event cannot be stored the call fails with an error wrapping [ErrAudit] and
+// returns nothing. The one exception is the outcome of a rotation hook, recorded after the
+// rotation committed with its own event: failing to store it is logged.
+//
+// [Service.ListEvents] pages through the log with a cursor, newest first by default; keys are
+// time-ordered, so a page costs its own size, and paging is stable while events arrive.
+// [Options].EventRetention bounds the log by age and count (by default
+// [DefaultEventMaxCount] events); older events are deleted in the transactions that append
+// new ones and when the store opens.
 //
 // # Time and concurrency
 //

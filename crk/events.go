@@ -1,10 +1,14 @@
 package crk
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -60,15 +64,55 @@ type Event struct {
 	Reason      string    `json:"reason,omitempty"`
 }
 
-// EventFilter selects events. Zero fields match everything.
+// EventFilter selects events and pages through them. Zero fields match everything.
 type EventFilter struct {
 	KeyID  string
 	Action string
 	// From and To bound the event time: From <= t < To.
 	From, To time.Time
-	// Limit caps the result at the first Limit matches, oldest first; 0 means no limit.
+	// Limit caps a page at Limit events; 0 means no limit (one page with every match).
 	Limit int
+	// OldestFirst lists the oldest events first; by default the newest come first.
+	OldestFirst bool
+	// Cursor continues a listing after the last event of a previous page: pass the Next of
+	// that page, with the same order and filter. Empty starts at the newest (or oldest)
+	// event.
+	Cursor string
 }
+
+// EventPage is one page of events.
+type EventPage struct {
+	Events []Event
+	// Next is the cursor of the following page (for EventFilter.Cursor) when the page is
+	// full; the following page may be empty. It is empty when there is no more.
+	Next string
+}
+
+// EventRetention bounds the audit log. Events beyond it are deleted, oldest first, in the
+// transactions that append events (at most pruneBatch per transaction) and when the store
+// opens (all of them).
+type EventRetention struct {
+	// MaxAge deletes events older than this, by the service clock; 0 keeps events of any
+	// age.
+	MaxAge time.Duration
+	// MaxCount keeps at most this many events; 0 means DefaultEventMaxCount, a negative
+	// value no limit.
+	MaxCount int
+}
+
+// DefaultEventMaxCount is the number of events kept when EventRetention.MaxCount is 0:
+// about 300 MiB of store at typical event sizes.
+const DefaultEventMaxCount = 1 << 20
+
+// pruneBatch is the most events one appending transaction deletes, so that tightening the
+// retention of a large store does not make one request slow: the backlog is deleted at open,
+// or over the following appends.
+const pruneBatch = 64
+
+// ErrAudit means an audit event could not be stored. The operation it records did not take
+// effect: a state change is committed in the same transaction as its event, and a read or a
+// wrap returns nothing. It is an internal failure, not a refusal of the request.
+var ErrAudit = errors.New("audit event could not be stored")
 
 func severity(action string) string {
 	switch action {
@@ -103,36 +147,120 @@ func (s *Service) newEvent(ctx context.Context, action string, r *keyRecord, key
 	return ev
 }
 
-// appendEvent stores an event in tx.
-func appendEvent(tx *bolt.Tx, ev *Event) error {
+// The events bucket is keyed by time, then sequence: 8 bytes of big-endian Unix time in
+// nanoseconds and the 8-byte big-endian sequence number of the event. The time part never
+// goes backwards (a new event whose clock reads earlier than the last key takes the last
+// key's time), so keys grow with the sequence: paging by key is stable while events arrive,
+// and the oldest events are the first keys.
+const eventKeyLen = 16
+
+func eventKey(nanos, seq uint64) []byte {
+	k := make([]byte, eventKeyLen)
+	binary.BigEndian.PutUint64(k, nanos)
+	binary.BigEndian.PutUint64(k[8:], seq)
+	return k
+}
+
+// eventNanos returns the Unix time in nanoseconds a key is filed under: t, clamped to the
+// range a key can hold.
+func eventNanos(t time.Time) uint64 {
+	switch {
+	case t.Before(time.Unix(0, 0)):
+		return 0
+	case t.After(time.Unix(0, math.MaxInt64)):
+		return math.MaxInt64
+	}
+	return uint64(t.UnixNano())
+}
+
+// appendEvent stores an event in tx, then applies the retention. Every error wraps ErrAudit.
+func (s *Service) appendEvent(tx *bolt.Tx, ev *Event) error {
+	if err := s.putEvent(tx, ev); err != nil {
+		return fmt.Errorf("crk: %w: %s: %w", ErrAudit, ev.Action, err)
+	}
+	if _, err := s.pruneEvents(tx, pruneBatch); err != nil {
+		return fmt.Errorf("crk: %w: pruning: %w", ErrAudit, err)
+	}
+	return nil
+}
+
+func (s *Service) putEvent(tx *bolt.Tx, ev *Event) error {
+	if s.testOnlyAuditFault != nil {
+		if err := s.testOnlyAuditFault(ev); err != nil {
+			return err
+		}
+	}
 	b := tx.Bucket(bucketEvents)
-	k, err := nextSeq(b)
+	seq, err := b.NextSequence()
 	if err != nil {
 		return err
 	}
-	ev.Seq = binary.BigEndian.Uint64(k)
+	ev.Seq = seq
+	nanos := eventNanos(ev.Time)
+	if last, _ := b.Cursor().Last(); len(last) == eventKeyLen {
+		nanos = max(nanos, binary.BigEndian.Uint64(last))
+	}
 	raw, err := json.Marshal(ev)
 	if err != nil {
 		return err
 	}
-	return b.Put(k, raw)
+	return b.Put(eventKey(nanos, seq), raw)
 }
 
-// record stores an event durably before returning. Used for operations that change no state
-// (wraps, reads) and for refusals. Events go through one writer goroutine that commits
-// everything queued in a single transaction (group commit): a lone caller waits for one
-// commit, concurrent callers share one.
-func (s *Service) record(ev *Event) {
+// pruneEvents deletes the oldest events beyond the retention, at most limit of them (no limit
+// if limit <= 0), and returns how many it deleted. Keys are contiguous in sequence (events
+// are deleted oldest first only), so the count is the span of the first and last sequence.
+func (s *Service) pruneEvents(tx *bolt.Tx, limit int) (int, error) {
+	maxCount := s.retention.MaxCount
+	if maxCount == 0 {
+		maxCount = DefaultEventMaxCount
+	}
+	var cutoff uint64
+	if s.retention.MaxAge > 0 {
+		cutoff = eventNanos(s.clock.Now().Add(-s.retention.MaxAge))
+	}
+	b := tx.Bucket(bucketEvents)
+	c := b.Cursor()
+	last, _ := c.Last()
+	if last == nil {
+		return 0, nil
+	}
+	lastSeq := binary.BigEndian.Uint64(last[8:])
+	n := 0
+	for k, _ := c.First(); k != nil && (limit <= 0 || n < limit); k, _ = c.First() {
+		count := lastSeq - binary.BigEndian.Uint64(k[8:]) + 1
+		overCount := maxCount > 0 && count > uint64(maxCount)
+		tooOld := binary.BigEndian.Uint64(k) < cutoff
+		if !overCount && !tooOld {
+			break
+		}
+		if err := c.Delete(); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+// record stores an event durably before returning, and returns an error wrapping ErrAudit
+// if it could not. Used for operations that change no state (wraps, reads) and for refusals.
+// Events go through one writer goroutine that commits everything queued in a single
+// transaction (group commit): a lone caller waits for one commit, concurrent callers share
+// one.
+func (s *Service) record(ev *Event) error {
 	done := make(chan error, 1)
 	select {
 	case s.events <- eventReq{ev: ev, done: done}:
 	case <-s.closing:
-		s.log.Error("crk: event dropped: service closing", "action", ev.Action, "key", ev.KeyID)
-		return
+		return fmt.Errorf("crk: %w: %s: the service is closing", ErrAudit, ev.Action)
 	}
 	if err := <-done; err != nil {
-		s.log.Error("crk: recording event failed", "action", ev.Action, "key", ev.KeyID, "err", err)
+		if errors.Is(err, ErrAudit) {
+			return err
+		}
+		return fmt.Errorf("crk: %w: %s: %w", ErrAudit, ev.Action, err)
 	}
+	return nil
 }
 
 type eventReq struct {
@@ -162,36 +290,94 @@ func (s *Service) eventWriter() {
 		}
 		err := s.db.Update(func(tx *bolt.Tx) error {
 			for _, r := range batch {
-				if err := appendEvent(tx, r.ev); err != nil {
+				if err := s.appendEvent(tx, r.ev); err != nil {
 					return err
 				}
 			}
 			return nil
 		})
+		if err != nil && len(batch) > 1 {
+			// One bad event must not fail the others: store each alone.
+			for _, r := range batch {
+				r.done <- s.db.Update(func(tx *bolt.Tx) error { return s.appendEvent(tx, r.ev) })
+			}
+			continue
+		}
 		for _, r := range batch {
 			r.done <- err
 		}
 	}
 }
 
-// refuse records a failure event for a refused or failed request and returns err.
+// refuse records a failure event for a refused or failed request and returns err, joined
+// with the audit error if the event could not be stored.
 func (s *Service) refuse(ctx context.Context, action, keyID string, err error) error {
 	if err == nil {
 		return nil
 	}
-	s.record(s.newEvent(ctx, action, nil, keyID, err))
+	if aerr := s.record(s.newEvent(ctx, action, nil, keyID, err)); aerr != nil {
+		return fmt.Errorf("%w; recording the refusal: %w", err, aerr)
+	}
 	return err
 }
 
-// Events returns the events matching f, oldest first.
+// Events returns the events matching f: the first page of [Service.ListEvents], newest first
+// unless f.OldestFirst.
 func (s *Service) Events(ctx context.Context, f EventFilter) ([]Event, error) {
-	var out []Event
+	p, err := s.ListEvents(ctx, f)
+	return p.Events, err
+}
+
+// ListEvents returns a page of the events matching f, newest first unless f.OldestFirst. The
+// listing is stable: events stored after the first page never appear in the later pages of
+// a newest-first listing, and appear at the end of an oldest-first one.
+func (s *Service) ListEvents(_ context.Context, f EventFilter) (EventPage, error) {
+	var page EventPage
+	if f.Limit < 0 {
+		return page, fmt.Errorf("%w: event limit %d", ErrInvalidArgument, f.Limit)
+	}
+	var after []byte
+	if f.Cursor != "" {
+		k, err := hex.DecodeString(f.Cursor)
+		if err != nil || len(k) != eventKeyLen {
+			return page, fmt.Errorf("%w: event cursor %q", ErrInvalidArgument, shorten(f.Cursor))
+		}
+		after = k
+	}
+	from := eventNanos(f.From)
 	err := s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketEvents).Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
+		var k, v []byte
+		next := c.Next
+		switch {
+		case f.OldestFirst && after != nil:
+			if k, v = c.Seek(after); k != nil && bytes.Equal(k, after) {
+				k, v = c.Next()
+			}
+		case f.OldestFirst && !f.From.IsZero():
+			// A key's time is at least its event's time: nothing before From's key matches.
+			k, v = c.Seek(eventKey(from, 0))
+		case f.OldestFirst:
+			k, v = c.First()
+		case after != nil:
+			next = c.Prev
+			if k, v = c.Seek(after); k == nil {
+				k, v = c.Last()
+			}
+			if k != nil && bytes.Compare(k, after) >= 0 {
+				k, v = c.Prev()
+			}
+		default:
+			next = c.Prev
+			k, v = c.Last()
+		}
+		for ; k != nil; k, v = next() {
+			if !f.OldestFirst && !f.From.IsZero() && binary.BigEndian.Uint64(k) < from {
+				break // this key and every earlier one are before From
+			}
 			var ev Event
 			if err := json.Unmarshal(v, &ev); err != nil {
-				return fmt.Errorf("crk: store: event: %w", err)
+				return fmt.Errorf("crk: store: event %x: %w", k, err)
 			}
 			if f.KeyID != "" && ev.KeyID != f.KeyID ||
 				f.Action != "" && ev.Action != f.Action ||
@@ -199,14 +385,18 @@ func (s *Service) Events(ctx context.Context, f EventFilter) ([]Event, error) {
 				!f.To.IsZero() && !ev.Time.Before(f.To) {
 				continue
 			}
-			out = append(out, ev)
-			if f.Limit > 0 && len(out) >= f.Limit {
+			page.Events = append(page.Events, ev)
+			if f.Limit > 0 && len(page.Events) >= f.Limit {
+				page.Next = hex.EncodeToString(k)
 				break
 			}
 		}
 		return nil
 	})
-	return out, err
+	if err != nil {
+		return EventPage{}, err
+	}
+	return page, nil
 }
 
 // ActionDefault is the event action for requests that were refused before naming an
@@ -214,7 +404,8 @@ func (s *Service) Events(ctx context.Context, f EventFilter) ([]Event, error) {
 const ActionDefault = "kms.secrets.default"
 
 // RecordFailure audits a request refused outside the service (for example by the HTTP
-// layer, for a malformed body): it stores a failure event for action on keyID.
-func (s *Service) RecordFailure(ctx context.Context, action, keyID string, err error) {
-	s.record(s.newEvent(ctx, action, nil, keyID, err))
+// layer, for a malformed body): it stores a failure event for action on keyID. The error
+// wraps ErrAudit if the event could not be stored.
+func (s *Service) RecordFailure(ctx context.Context, action, keyID string, err error) error {
+	return s.record(s.newEvent(ctx, action, nil, keyID, err))
 }

@@ -3,7 +3,6 @@ package crk
 import (
 	"context"
 	"crypto/subtle"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"slices"
@@ -11,6 +10,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"crkvol/internal/ident"
 )
 
 // CreateOptions describe a new key.
@@ -84,7 +85,7 @@ func (s *Service) CreateKey(ctx context.Context, opts CreateOptions) (*Key, erro
 		}
 		ev := s.newEvent(ctx, ActionCreate, r, id, nil)
 		ev.KeyVersion = v.ID
-		return appendEvent(tx, ev)
+		return s.appendEvent(tx, ev)
 	})
 	if err != nil {
 		return nil, s.refuse(ctx, ActionCreate, id, err)
@@ -172,7 +173,9 @@ func (s *Service) GetKeyMetadata(ctx context.Context, id string) (*Key, error) {
 	if err != nil {
 		return nil, s.refuse(ctx, ActionReadMetadata, id, err)
 	}
-	s.record(s.newEvent(ctx, ActionReadMetadata, nil, id, nil))
+	if err := s.record(s.newEvent(ctx, ActionReadMetadata, nil, id, nil)); err != nil {
+		return nil, err
+	}
 	return k, nil
 }
 
@@ -196,7 +199,10 @@ func (s *Service) getKey(ctx context.Context, id string, payload bool) (*Key, er
 		return nil
 	})
 	if err == nil && payload {
-		s.record(s.newEvent(ctx, ActionRead, nil, id, nil))
+		if err := s.record(s.newEvent(ctx, ActionRead, nil, id, nil)); err != nil {
+			clear(k.Payload)
+			return nil, err
+		}
 	}
 	return k, err
 }
@@ -232,7 +238,9 @@ func (s *Service) ListKeys(ctx context.Context, opts ListOptions) ([]Key, error)
 	if err != nil {
 		return nil, s.refuse(ctx, ActionList, "", err)
 	}
-	s.record(s.newEvent(ctx, ActionList, nil, "", nil))
+	if err := s.record(s.newEvent(ctx, ActionList, nil, "", nil)); err != nil {
+		return nil, err
+	}
 	slices.SortStableFunc(out, func(a, b Key) int {
 		if c := a.CreationDate.Compare(b.CreationDate); c != 0 {
 			return c
@@ -279,7 +287,7 @@ func (s *Service) mutateWith(run func(func(*bolt.Tx) error) error, ctx context.C
 			return err
 		}
 		out = r
-		return appendEvent(tx, ev)
+		return s.appendEvent(tx, ev)
 	})
 	s.mkMu.RUnlock()
 	if err != nil {
@@ -503,29 +511,11 @@ func (s *Service) openVersion(r *keyRecord, v *versionRecord) ([]byte, error) {
 	return s.sealer.open(v.Material, materialAAD(r.ID, v.ID))
 }
 
-// newUUID returns a random (version 4) UUID.
+// newUUID returns a random (version 4) UUID in lower case.
 func newUUID(rand io.Reader) (string, error) {
-	var b [16]byte
-	if _, err := io.ReadFull(rand, b[:]); err != nil {
-		return "", fmt.Errorf("crk: reading random id: %w", err)
+	id, err := ident.NewUUID(rand)
+	if err != nil {
+		return "", fmt.Errorf("crk: %w", err)
 	}
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return formatUUID(b), nil
-}
-
-func formatUUID(b [16]byte) string {
-	h := hex.EncodeToString(b[:])
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
-}
-
-// parseUUID parses a canonical UUID.
-func parseUUID(s string) ([16]byte, bool) {
-	var b [16]byte
-	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
-		return b, false
-	}
-	h := s[0:8] + s[9:13] + s[14:18] + s[19:23] + s[24:36]
-	n, err := hex.Decode(b[:], []byte(h))
-	return b, err == nil && n == 16
+	return id, nil
 }

@@ -15,21 +15,14 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// loadMasterKey returns the master key from the options, the environment or the key file
-// (creating the file with a random key on first use), and the key file path if one is used.
+// loadMasterKey returns the master key from the options or the key file (creating the file
+// with a random key on first use), and the key file path if one is used.
 func loadMasterKey(path string, opts Options) ([]byte, string, error) {
 	if opts.MasterKey != nil {
 		if len(opts.MasterKey) != 32 {
 			return nil, "", fmt.Errorf("%w: master key is %d bytes, want 32", ErrMasterKey, len(opts.MasterKey))
 		}
 		return opts.MasterKey, "", nil
-	}
-	if env := os.Getenv(MasterKeyEnv); env != "" {
-		k, err := base64.StdEncoding.DecodeString(env)
-		if err != nil || len(k) != 32 {
-			return nil, "", fmt.Errorf("%w: %s must be 32 bytes in standard base64", ErrMasterKey, MasterKeyEnv)
-		}
-		return k, "", nil
 	}
 	file := opts.MasterKeyFile
 	if file == "" {
@@ -126,8 +119,8 @@ func trimNewline(b []byte) []byte {
 // RotateMasterKey re-encrypts all key material under a new service master key in one
 // transaction. With newKey nil a random key is made; that requires a key file, which is then
 // replaced (a crash at any point leaves a store that opens with the old or the new file). When
-// the master key came from Options or the environment, pass the new key and update its source
-// after this returns.
+// the master key came from Options, pass the new key and update its source after this
+// returns.
 func (s *Service) RotateMasterKey(ctx context.Context, newKey []byte) error {
 	if newKey == nil {
 		if s.keyFile == "" {
@@ -193,7 +186,7 @@ func (s *Service) RotateMasterKey(ctx context.Context, newKey []byte) error {
 		}
 		ev := s.newEvent(ctx, ActionMasterKeyRotate, nil, "", nil)
 		ev.Reason = fmt.Sprintf("re-encrypted %d versions", n)
-		return appendEvent(tx, ev)
+		return s.appendEvent(tx, ev)
 	})
 	if err != nil {
 		if s.keyFile != "" {

@@ -209,7 +209,6 @@ func verifyAfterCrash(t *testing.T, path string, acked []string) {
 }
 
 func TestReopenAndMasterKey(t *testing.T) {
-	t.Setenv(MasterKeyEnv, "")
 	dir := t.TempDir()
 	path := filepath.Join(dir, "crk.db")
 	ctx := context.Background()
@@ -262,10 +261,9 @@ func TestReopenAndMasterKey(t *testing.T) {
 	require.NoError(t, os.Chmod(path+".masterkey", 0o600))
 	_, err = Open(path, Options{Clock: clock, MasterKey: material(32, 1)})
 	assert.ErrorIs(t, err, ErrMasterKey)
-	t.Setenv(MasterKeyEnv, "not base64!")
-	_, err = Open(path, Options{Clock: clock})
+	// (A CRKVOL_MASTER_KEY that is not base64 is the CLI's to refuse: TestMasterKeyEnv.)
+	_, err = Open(path, Options{Clock: clock, MasterKey: []byte("not 32 bytes")})
 	assert.ErrorIs(t, err, ErrMasterKey)
-	t.Setenv(MasterKeyEnv, "")
 	other := filepath.Join(dir, "missing.db")
 	require.NoError(t, os.WriteFile(other, nil, 0o600))
 	_, err = Open(other, Options{Clock: clock})
@@ -293,8 +291,7 @@ func TestReopenAndMasterKey(t *testing.T) {
 	third := material(32, 77)
 	require.NoError(t, svc.RotateMasterKey(ctx, third))
 	require.NoError(t, svc.Close())
-	t.Setenv(MasterKeyEnv, base64.StdEncoding.EncodeToString(third))
-	svc, err = Open(path, Options{Clock: clock})
+	svc, err = Open(path, Options{Clock: clock, MasterKey: third})
 	require.NoError(t, err)
 	unwrap(svc)
 	require.NoError(t, svc.Close())
@@ -303,7 +300,6 @@ func TestReopenAndMasterKey(t *testing.T) {
 // TestInterruptedMasterKeyRotation: a crash after the new key file is written (before or
 // after the commit) leaves a store that opens.
 func TestInterruptedMasterKeyRotation(t *testing.T) {
-	t.Setenv(MasterKeyEnv, "")
 	path := filepath.Join(t.TempDir(), "crk.db")
 	ctx := context.Background()
 	svc, err := Open(path, Options{})

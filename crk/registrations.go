@@ -4,10 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"crkvol/internal/ident"
 )
 
 // RegisterOptions describe a new registration.
@@ -30,11 +31,20 @@ type RegistrationUpdate struct {
 	PreventKeyDeletion *bool
 }
 
+// checkCRN checks a resource CRN: "crn:v1:" and ten segments, at most 512 bytes.
 func checkCRN(crn string) error {
-	if !strings.HasPrefix(crn, "crn:") || len(crn) > 512 || strings.ContainsAny(crn, "\x00\n") {
-		return fmt.Errorf("%w: resource CRN %q must start with \"crn:\" and be at most 512 characters", ErrInvalidArgument, crn)
+	if _, err := ident.ParseCRN(crn); err != nil {
+		return fmt.Errorf("%w: resource CRN %q: %w", ErrInvalidArgument, shorten(crn), err)
 	}
 	return nil
+}
+
+// shorten shortens a refused value (a CRN, a cursor) for an error message.
+func shorten(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
 }
 
 // Register records that resource crn is protected by root key keyID.
@@ -186,7 +196,9 @@ func (s *Service) ListRegistrations(ctx context.Context, f RegistrationFilter) (
 	if err != nil {
 		return nil, s.refuse(ctx, ActionListRegs, f.KeyID, err)
 	}
-	s.record(s.newEvent(ctx, ActionListRegs, nil, f.KeyID, nil))
+	if err := s.record(s.newEvent(ctx, ActionListRegs, nil, f.KeyID, nil)); err != nil {
+		return nil, err
+	}
 	return out, nil
 }
 

@@ -126,7 +126,7 @@ func (s *Service) runHooks(ctx context.Context, r *keyRecord, old Version) {
 	latest := Version{ID: r.latest().ID, CreationDate: r.latest().Created}
 	stale, err := s.staleRegistrations(r.ID, latest.ID)
 	if err != nil {
-		s.record(s.newEvent(ctx, ActionRotationHook, r, r.ID, err))
+		s.recordHook(s.newEvent(ctx, ActionRotationHook, r, r.ID, err))
 		return
 	}
 	ev := RotationEvent{KeyID: r.ID, OldVersion: old, NewVersion: latest, Stale: stale}
@@ -134,10 +134,19 @@ func (s *Service) runHooks(ctx context.Context, r *keyRecord, old Version) {
 		herr := h(ctx, ev)
 		rec := s.newEvent(ctx, ActionRotationHook, r, r.ID, herr)
 		rec.KeyVersion = latest.ID
-		s.record(rec)
+		s.recordHook(rec)
 		if herr != nil {
 			s.log.Warn("crk: rotation hook failed", "key", r.ID, "err", herr)
 		}
+	}
+}
+
+// recordHook stores the outcome of a rotation hook. The rotation it follows has committed
+// with its own event, and the hook has acted; a failure to store the outcome is logged, not
+// returned, so that callers do not take a committed rotation for a failed one.
+func (s *Service) recordHook(ev *Event) {
+	if err := s.record(ev); err != nil {
+		s.log.Error("crk: recording a rotation hook outcome failed", "key", ev.KeyID, "err", err)
 	}
 }
 

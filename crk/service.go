@@ -7,15 +7,14 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-)
 
-// MasterKeyEnv names the environment variable that may hold the service master key (32 bytes,
-// standard base64) instead of a key file.
-const MasterKeyEnv = "CRKVOL_MASTER_KEY"
+	"crkvol/internal/ident"
+)
 
 // Options configure a Service. The zero value is ready to use.
 type Options struct {
@@ -24,15 +23,16 @@ type Options struct {
 	// Rand is the source of key material, ids and nonces; crypto/rand if nil.
 	Rand io.Reader
 	// MasterKey is the 32-byte service master key (the HSM's role). If nil, the key comes
-	// from the MasterKeyEnv environment variable, else from MasterKeyFile.
+	// from MasterKeyFile. The caller keeps it and may clear it once Open returns.
 	MasterKey []byte
 	// MasterKeyFile holds the master key, created (mode 0600) on first use; default: the
 	// store path with ".masterkey" appended.
 	MasterKeyFile string
 	// Region and Account go into key CRNs; defaults "local" and "crkvol".
 	Region, Account string
-	// Instance is the service instance id (a UUID) given to a new store; a random one if
-	// empty. Opening an existing store with a different id fails.
+	// Instance is the service instance id (a UUID, either case, kept in lower case) given to
+	// a new store; a random one if empty. Opening an existing store with a different id
+	// fails.
 	Instance string
 	// Initiator names who acts in events when the context does not (see WithInitiator);
 	// default "crkvol".
@@ -42,6 +42,8 @@ type Options struct {
 	// NoSync skips fsync on commits: faster, but a machine crash may lose acknowledged
 	// changes. For simulations only.
 	NoSync bool
+	// EventRetention bounds the audit log; by default it keeps DefaultEventMaxCount events.
+	EventRetention EventRetention
 }
 
 // Service is a customer-root-key service backed by one bbolt file. It is safe for concurrent
@@ -56,6 +58,10 @@ type Service struct {
 	account   string
 	instance  string
 	initiator string
+	retention EventRetention
+
+	// testOnlyAuditFault, set by tests, makes storing an event fail with its error.
+	testOnlyAuditFault func(*Event) error
 
 	mkMu   sync.RWMutex // guards sealer (RotateMasterKey takes it exclusively)
 	sealer *sealer
@@ -80,10 +86,18 @@ func Open(path string, opts Options) (*Service, error) {
 		region:     opts.Region,
 		account:    opts.Account,
 		initiator:  opts.Initiator,
+		retention:  opts.EventRetention,
 		hooks:      make(map[int]RotationHook),
 		events:     make(chan eventReq),
 		closing:    make(chan struct{}),
 		writerDone: make(chan struct{}),
+	}
+	if s.instance != "" {
+		id, err := ident.CanonicalUUID(s.instance)
+		if err != nil {
+			return nil, fmt.Errorf("%w: instance id: %w", ErrInvalidArgument, err)
+		}
+		s.instance = id
 	}
 	if s.clock == nil {
 		s.clock = SystemClock{}
@@ -95,10 +109,10 @@ func Open(path string, opts Options) (*Service, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	if s.region == "" {
-		s.region = "local"
+		s.region = ident.DefaultLocation
 	}
 	if s.account == "" {
-		s.account = "crkvol"
+		s.account = ident.DefaultAccount
 	}
 	if s.initiator == "" {
 		s.initiator = "crkvol"
@@ -145,11 +159,24 @@ func (s *Service) init(master []byte) error {
 			}
 		}
 		meta := tx.Bucket(bucketMeta)
-		if v := meta.Get(metaSchema); v != nil && string(v) != schemaVersion {
+		switch v := string(meta.Get(metaSchema)); v {
+		case "", schemaVersion:
+		case schemaSeqEvents:
+			n, err := migrateEvents(tx)
+			if err != nil {
+				return err
+			}
+			s.log.Info("crk: store migrated to schema "+schemaVersion, "events", n)
+		default:
 			return fmt.Errorf("crk: store schema %q, this build reads %q", v, schemaVersion)
 		}
 		if err := meta.Put(metaSchema, []byte(schemaVersion)); err != nil {
 			return err
+		}
+		if n, err := s.pruneEvents(tx, 0); err != nil {
+			return fmt.Errorf("crk: store: applying the event retention: %w", err)
+		} else if n > 0 {
+			s.log.Info("crk: events beyond the retention deleted", "events", n)
 		}
 		if meta.Get([]byte("instance")) == nil {
 			id := s.instance
@@ -164,7 +191,7 @@ func (s *Service) init(master []byte) error {
 			}
 		}
 		stored := string(meta.Get([]byte("instance")))
-		if s.instance != "" && s.instance != stored {
+		if s.instance != "" && !strings.EqualFold(s.instance, stored) {
 			return fmt.Errorf("%w: store belongs to instance %s, not %s", ErrInvalidArgument, stored, s.instance)
 		}
 		s.instance = stored
@@ -203,7 +230,7 @@ func (s *Service) init(master []byte) error {
 				return nil
 			}
 		}
-		return fmt.Errorf("%w (is %s or the key file the one this store was made with?)", ErrMasterKey, MasterKeyEnv)
+		return fmt.Errorf("%w (is the master key or key file the one this store was made with?)", ErrMasterKey)
 	})
 }
 
@@ -221,7 +248,7 @@ func (s *Service) Instance() string { return s.instance }
 
 // crn returns the CRN of a key.
 func (s *Service) crn(keyID string) string {
-	return fmt.Sprintf("crn:v1:local:public:kms:%s:a/%s:%s:key:%s", s.region, s.account, s.instance, keyID)
+	return ident.KeyCRN(s.region, s.account, s.instance, keyID).String()
 }
 
 type initiatorKey struct{}

@@ -1,6 +1,7 @@
 package crk
 
 import (
+	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
 	"encoding/binary"
@@ -14,10 +15,14 @@ import (
 
 // The store is one bbolt file. Buckets:
 //
-//	meta           "check": the master key check value; "schema": "1"
+//	meta           "check": the master key check value; "schema": "2"; "instance": the id
 //	keys           key id -> keyRecord (JSON)
 //	registrations  key id + "\x00" + resource CRN -> regRecord (JSON)
-//	events         big-endian sequence number -> Event (JSON)
+//	events         big-endian Unix nanoseconds + big-endian sequence number -> Event (JSON)
+//
+// Schema 1 keyed events by the sequence number alone; opening such a store rekeys them
+// (migrateEvents) in the transaction that sets schema 2, so an older build refuses the
+// migrated store instead of appending keys of the old kind to it.
 //
 // Root and standard key material is kept only encrypted under the service master key
 // (AES-256-GCM, with the key and version ids as additional data).
@@ -32,8 +37,10 @@ var (
 )
 
 const (
-	schemaVersion = "1"
-	checkText     = "crkvol service master key check v1"
+	schemaVersion = "2"
+	// schemaSeqEvents is the schema whose events are keyed by sequence number only.
+	schemaSeqEvents = "1"
+	checkText       = "crkvol service master key check v1"
 )
 
 // keyRecord is a key as stored. Times are UTC; zero means unset.
@@ -239,13 +246,46 @@ func (s *sealer) open(sealed, aad []byte) ([]byte, error) {
 	return out, nil
 }
 
-// nextSeq returns the next event sequence number as a bucket key.
-func nextSeq(b *bolt.Bucket) ([]byte, error) {
-	seq, err := b.NextSequence()
-	if err != nil {
-		return nil, err
+// migrateEvents rekeys the events of a schema 1 store to time-ordered keys in tx and returns
+// how many it moved. Keys take the event's time, never going backwards in sequence order.
+func migrateEvents(tx *bolt.Tx) (int, error) {
+	old := tx.Bucket(bucketEvents)
+	seq := old.Sequence()
+	type entry struct {
+		seq uint64
+		raw []byte
 	}
-	var k [8]byte
-	binary.BigEndian.PutUint64(k[:], seq)
-	return k[:], nil
+	var evs []entry
+	err := old.ForEach(func(k, v []byte) error {
+		if len(k) != 8 {
+			return fmt.Errorf("crk: store: schema 1 event key %x is not a sequence number", k)
+		}
+		evs = append(evs, entry{seq: binary.BigEndian.Uint64(k), raw: bytes.Clone(v)})
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	if err := tx.DeleteBucket(bucketEvents); err != nil {
+		return 0, fmt.Errorf("crk: store: migrating events: %w", err)
+	}
+	b, err := tx.CreateBucket(bucketEvents)
+	if err != nil {
+		return 0, fmt.Errorf("crk: store: migrating events: %w", err)
+	}
+	if err := b.SetSequence(seq); err != nil {
+		return 0, fmt.Errorf("crk: store: migrating events: %w", err)
+	}
+	var last uint64
+	for _, e := range evs {
+		var ev Event
+		if err := json.Unmarshal(e.raw, &ev); err != nil {
+			return 0, fmt.Errorf("crk: store: event %d: %w", e.seq, err)
+		}
+		last = max(last, eventNanos(ev.Time))
+		if err := b.Put(eventKey(last, e.seq), e.raw); err != nil {
+			return 0, fmt.Errorf("crk: store: migrating events: %w", err)
+		}
+	}
+	return len(evs), nil
 }

@@ -33,7 +33,9 @@ func (s *Service) ListVersions(ctx context.Context, keyID string) ([]VersionInfo
 	if err != nil {
 		return nil, s.refuse(ctx, ActionListVersions, keyID, err)
 	}
-	s.record(s.newEvent(ctx, ActionListVersions, nil, keyID, nil))
+	if err := s.record(s.newEvent(ctx, ActionListVersions, nil, keyID, nil)); err != nil {
+		return nil, err
+	}
 	return out, nil
 }
 

@@ -10,6 +10,8 @@ import (
 	"io"
 
 	bolt "go.etcd.io/bbolt"
+
+	"crkvol/internal/ident"
 )
 
 // Ciphertext format (opaque to callers, base64 in the HTTP API):
@@ -104,7 +106,9 @@ func (s *Service) wrap(ctx context.Context, keyID string, plaintext []byte, aad 
 	}
 	ev := s.newEvent(ctx, ActionWrap, rec, keyID, nil)
 	ev.KeyVersion = res.KeyVersion.ID
-	s.record(ev)
+	if err := s.record(ev); err != nil {
+		return nil, err
+	}
 	return res, nil
 }
 
@@ -138,7 +142,10 @@ func (s *Service) Unwrap(ctx context.Context, keyID string, ciphertext []byte, a
 	}
 	ev := s.newEvent(ctx, ActionUnwrap, rec, keyID, nil)
 	ev.KeyVersion = res.KeyVersion.ID
-	s.record(ev)
+	if err := s.record(ev); err != nil {
+		clear(res.Plaintext)
+		return nil, s.refuse(ctx, ActionUnwrap, keyID, err)
+	}
 	return res, nil
 }
 
@@ -173,7 +180,9 @@ func (s *Service) Rewrap(ctx context.Context, keyID string, ciphertext []byte, a
 	}
 	ev := s.newEvent(ctx, ActionRewrap, rec, keyID, nil)
 	ev.KeyVersion = res.KeyVersion.ID
-	s.record(ev)
+	if err := s.record(ev); err != nil {
+		return nil, s.refuse(ctx, ActionRewrap, keyID, err)
+	}
 	return res, nil
 }
 
@@ -182,9 +191,7 @@ func CiphertextVersion(ciphertext []byte) (string, error) {
 	if len(ciphertext) < ctHeader+16 || string(ciphertext[:4]) != ctMagic {
 		return "", fmt.Errorf("%w: not a crk ciphertext", ErrAuth)
 	}
-	var id [16]byte
-	copy(id[:], ciphertext[4:20])
-	return formatUUID(id), nil
+	return ident.FormatUUID([16]byte(ciphertext[4:20])), nil
 }
 
 // open loads root key keyID, checks that its state allows action, and decrypts ciphertext.
@@ -249,9 +256,9 @@ func (s *Service) seal(r *keyRecord, v *versionRecord, plaintext []byte, aad []s
 	if err != nil {
 		return nil, err
 	}
-	vid, ok := parseUUID(v.ID)
-	if !ok {
-		return nil, fmt.Errorf("crk: internal error: version id %q", v.ID)
+	vid, err := ident.ParseUUID(v.ID)
+	if err != nil {
+		return nil, fmt.Errorf("crk: internal error: version id %q: %w", v.ID, err)
 	}
 	out := make([]byte, ctHeader, ctHeader+len(plaintext)+aead.Overhead())
 	copy(out, ctMagic)

@@ -34,7 +34,7 @@ func TestCrashAtEveryWrite(t *testing.T) {
 	base, img, vk := newMemImage(t, "first")
 	_, err := img.AddToken(AnyToken, []byte(`{"type":"crkvol-crk","keyslots":["0"],"ciphertext":"djE="}`))
 	require.NoError(t, err)
-	_, err = img.AddKeyslot(vk, []byte("second"), KeyslotOptions{ID: 1, KDF: testKDF})
+	_, err = img.AddKeyslot(vk, []byte("second"), SlotOptions{ID: 1, KDF: testKDF})
 	require.NoError(t, err)
 
 	ops := []struct {
@@ -51,7 +51,7 @@ func TestCrashAtEveryWrite(t *testing.T) {
 		}},
 		{"remove token", "first", func(img *Image) error { return img.RemoveToken(0) }},
 		{"add keyslot", "first", func(img *Image) error {
-			_, err := img.AddKeyslot(vk, []byte("third"), KeyslotOptions{ID: AnyKeyslot, KDF: testKDF})
+			_, err := img.AddKeyslot(vk, []byte("third"), SlotOptions{ID: AnyKeyslot, KDF: testKDF})
 			return err
 		}},
 		{"remove keyslot", "first", func(img *Image) error { return img.RemoveKeyslot(1) }},

@@ -168,7 +168,7 @@ func dumpedKey(t *testing.T, out string) string {
 func TestAddedKeyslotOpensInCryptsetup(t *testing.T) {
 	cs := requireTool(t, "cryptsetup")
 	path, img, vk := newFileImage(t, "first", smallFormat())
-	slot, err := img.AddKeyslot(vk, []byte("second"), KeyslotOptions{ID: AnyKeyslot, KDF: Argon2id(4, 32, 1), Priority: PriorityPrefer})
+	slot, err := img.AddKeyslot(vk, []byte("second"), SlotOptions{ID: AnyKeyslot, KDF: Argon2id(4, 32, 1), Priority: PriorityPrefer})
 	require.NoError(t, err)
 	require.Equal(t, 1, slot)
 	require.NoError(t, img.RemoveKeyslot(0))

@@ -21,7 +21,10 @@
 // LUKS2 as cryptsetup 2.6.1 implements it (lib/luks2 in its source): the binary header pair
 // with sha256 checksums and sequence numbers, the JSON area with u64 values as decimal
 // strings, cryptsetup's member order and compact encoding on write, and its validation rules
-// on read. The facts used are collected in shared/notes/luks2-format.md of this project.
+// on read. Each fact is stated where it is used: the binary header layout in header.go, the
+// JSON schema and its limits in json.go, the keyslot and anti-forensic split arithmetic in
+// keyslot.go and af.go, with comments naming the cryptsetup code they mirror; testdata/luks2 holds
+// images cryptsetup made, with the script that made them.
 //
 // # Durability and concurrency
 //

@@ -3,13 +3,14 @@ package keyslot
 import (
 	"bytes"
 	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"crkvol/internal/ident"
 )
 
 // Defaults of cryptsetup 2.6 luksFormat.
@@ -49,7 +50,9 @@ type FormatOptions struct {
 	KDF KDF
 	// Label and Subsystem are optional header strings of at most 47 bytes.
 	Label, Subsystem string
-	// UUID is the header UUID in canonical lowercase form; random (version 4) if empty.
+	// UUID is the header UUID in the canonical 8-4-4-4-12 form, with hex digits of either
+	// case; it is written in lower case, as cryptsetup's --uuid does. Random (version 4) if
+	// empty.
 	UUID string
 	// VolumeKey is the volume (master) key; KeySize random bytes if nil.
 	VolumeKey []byte
@@ -143,7 +146,7 @@ func Format(dev Device, size uint64, passphrase []byte, opts FormatOptions) (*Im
 			keyslotsSize: opts.KeyslotsSize,
 		},
 	}
-	ks, err := img.writeKeyslot(st, m, volumeKey, passphrase, KeyslotOptions{KDF: opts.KDF, AFHash: "sha256", Priority: PriorityNormal})
+	ks, err := img.writeKeyslot(st, m, volumeKey, passphrase, SlotOptions{KDF: opts.KDF, AFHash: "sha256", Priority: PriorityNormal})
 	if err != nil {
 		clear(volumeKey)
 		return nil, nil, err
@@ -208,42 +211,23 @@ func checkFormat(size uint64, o *FormatOptions) error {
 	if len(o.Subsystem) > MaxLabelLen || strings.IndexByte(o.Subsystem, 0) >= 0 {
 		return fmt.Errorf("keyslot: subsystem must be at most %d bytes without NUL", MaxLabelLen)
 	}
-	if o.UUID != "" && !validUUID(o.UUID) {
-		return fmt.Errorf("keyslot: UUID %q is not in canonical lowercase form", truncate(o.UUID))
+	if o.UUID != "" {
+		u, err := ident.CanonicalUUID(o.UUID)
+		if err != nil {
+			return fmt.Errorf("keyslot: UUID %q: %w", truncate(o.UUID), err)
+		}
+		o.UUID = u
 	}
 	return nil
 }
 
-// newUUID returns a random (version 4) UUID.
+// newUUID returns a random (version 4) UUID in lower case.
 func newUUID(rand io.Reader) (string, error) {
-	var b [16]byte
-	if _, err := io.ReadFull(rand, b[:]); err != nil {
-		return "", fmt.Errorf("keyslot: reading random UUID: %w", err)
+	u, err := ident.NewUUID(rand)
+	if err != nil {
+		return "", fmt.Errorf("keyslot: %w", err)
 	}
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	h := hex.EncodeToString(b[:])
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32], nil
-}
-
-func validUUID(s string) bool {
-	if len(s) != 36 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch i {
-		case 8, 13, 18, 23:
-			if c != '-' {
-				return false
-			}
-		default:
-			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-				return false
-			}
-		}
-	}
-	return true
+	return u, nil
 }
 
 // zeroRange makes [off, off+n) read as zeros: a hole punched in a file keeps it sparse;

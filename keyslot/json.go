@@ -178,7 +178,7 @@ func parseKeyslot(o *object) (*keyslotMeta, error) {
 	case keyslotReencrypt:
 		// Online reencryption state; never used to unlock. Kept as it is.
 		var buf bytes.Buffer
-		if err := json.Compact(&buf, mustMarshalObject(o)); err != nil {
+		if err := json.Compact(&buf, marshalObject(o)); err != nil {
 			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, o.path, err)
 		}
 		ks.raw = buf.Bytes()
@@ -254,8 +254,9 @@ func parseKeyslot(o *object) (*keyslotMeta, error) {
 	return ks, nil
 }
 
-// mustMarshalObject re-serialises a parsed object's members.
-func mustMarshalObject(o *object) []byte {
+// marshalObject re-serialises a parsed object's members. It cannot fail: the members were
+// parsed from valid JSON and are written back as they were read.
+func marshalObject(o *object) []byte {
 	var w writer
 	w.open('{')
 	w.members(o.members)
@@ -375,7 +376,7 @@ func parseConfig(o *object) (configMeta, error) {
 				return c, err
 			}
 		}
-		c.requirements = mustMarshalObject(req)
+		c.requirements = marshalObject(req)
 	}
 	c.extra = o.rest("json_size", "keyslots_size", "flags", "requirements")
 	return c, nil
@@ -393,7 +394,7 @@ func validateToken(o *object) (json.RawMessage, error) {
 	if _, err := o.ids("keyslots", MaxKeyslots); err != nil {
 		return nil, err
 	}
-	return mustMarshalObject(o), nil
+	return marshalObject(o), nil
 }
 
 // tokenKeyslots returns the keyslots a (validated) token names.

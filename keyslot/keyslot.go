@@ -17,8 +17,8 @@ const AnyKeyslot = -1
 // default for LUKS2.
 const areaEncryption = "aes-xts-plain64"
 
-// KeyslotInfo describes a keyslot, without any secret.
-type KeyslotInfo struct {
+// SlotInfo describes a keyslot, without any secret.
+type SlotInfo struct {
 	ID       int
 	Type     string // "luks2", or "reencrypt" for online-reencryption state
 	KeySize  int    // volume key bytes
@@ -32,8 +32,8 @@ type KeyslotInfo struct {
 	AFHash               string
 }
 
-// KeyslotOptions describe a new keyslot.
-type KeyslotOptions struct {
+// SlotOptions describe a new keyslot.
+type SlotOptions struct {
 	// ID is the keyslot id to use, or AnyKeyslot for the lowest free one.
 	ID int
 	// KDF is required: for example PBKDF2("sha256", 1000) for a random, high-entropy
@@ -46,12 +46,12 @@ type KeyslotOptions struct {
 }
 
 // Keyslots lists the keyslots in id order.
-func (img *Image) Keyslots() []KeyslotInfo {
+func (img *Image) Keyslots() []SlotInfo {
 	m := img.snapshot().meta
-	out := make([]KeyslotInfo, 0, len(m.keyslots))
+	out := make([]SlotInfo, 0, len(m.keyslots))
 	for _, id := range sortedKeys(m.keyslots) {
 		ks := m.keyslots[id]
-		info := KeyslotInfo{ID: id, Type: ks.typ}
+		info := SlotInfo{ID: id, Type: ks.typ}
 		if ks.typ == keyslotLUKS2 {
 			kdf := ks.kdf
 			kdf.Salt = nil
@@ -189,7 +189,7 @@ func (img *Image) VerifyVolumeKey(volumeKey []byte) error {
 // key must match the image's digest (unlock an existing keyslot to get it). The keyslot
 // material is written to a free part of the keyslots area before the metadata commit, so a
 // crash leaves either no new keyslot or a complete one.
-func (img *Image) AddKeyslot(volumeKey, passphrase []byte, opts KeyslotOptions) (int, error) {
+func (img *Image) AddKeyslot(volumeKey, passphrase []byte, opts SlotOptions) (int, error) {
 	if err := opts.KDF.checkNew(); err != nil {
 		return -1, err
 	}
@@ -256,7 +256,7 @@ func (m *metadata) pickKeyslotID(want int) (int, error) {
 
 // writeKeyslot allocates an area, writes the encrypted AF-split volume key into it and returns
 // the keyslot's metadata.
-func (img *Image) writeKeyslot(st *state, m *metadata, volumeKey, passphrase []byte, opts KeyslotOptions) (*keyslotMeta, error) {
+func (img *Image) writeKeyslot(st *state, m *metadata, volumeKey, passphrase []byte, opts SlotOptions) (*keyslotMeta, error) {
 	const areaKeySize = 64 // aes-xts-plain64 with a 512-bit key, as cryptsetup
 	offset, size, err := m.allocArea(st.bin.hdrSize, len(volumeKey))
 	if err != nil {

@@ -16,25 +16,25 @@ func TestKeyslotLifecycle(t *testing.T) {
 	dev, img, vk := newMemImage(t, "zero")
 
 	// Wrong volume key, taken id, bad KDF.
-	_, err := img.AddKeyslot(bytes.Repeat([]byte{1}, 64), []byte("x"), KeyslotOptions{ID: AnyKeyslot, KDF: testKDF})
+	_, err := img.AddKeyslot(bytes.Repeat([]byte{1}, 64), []byte("x"), SlotOptions{ID: AnyKeyslot, KDF: testKDF})
 	assert.ErrorIs(t, err, ErrWrongVolumeKey)
-	_, err = img.AddKeyslot(vk, []byte("x"), KeyslotOptions{ID: 0, KDF: testKDF})
+	_, err = img.AddKeyslot(vk, []byte("x"), SlotOptions{ID: 0, KDF: testKDF})
 	assert.ErrorIs(t, err, ErrKeyslotInUse)
-	_, err = img.AddKeyslot(vk, []byte("x"), KeyslotOptions{ID: 40, KDF: testKDF})
+	_, err = img.AddKeyslot(vk, []byte("x"), SlotOptions{ID: 40, KDF: testKDF})
 	assert.ErrorIs(t, err, ErrKeyslotNotFound)
-	_, err = img.AddKeyslot(vk, []byte("x"), KeyslotOptions{ID: AnyKeyslot})
+	_, err = img.AddKeyslot(vk, []byte("x"), SlotOptions{ID: AnyKeyslot})
 	assert.ErrorIs(t, err, ErrUnsupported)
-	_, err = img.AddKeyslot(vk, []byte("x"), KeyslotOptions{ID: AnyKeyslot, KDF: testKDF, Priority: "urgent"})
+	_, err = img.AddKeyslot(vk, []byte("x"), SlotOptions{ID: AnyKeyslot, KDF: testKDF, Priority: "urgent"})
 	assert.ErrorContains(t, err, "priority")
 
 	// Slot 1 ignored unless named; slot 2 preferred.
-	one, err := img.AddKeyslot(vk, []byte("one"), KeyslotOptions{ID: AnyKeyslot, KDF: testKDF, Priority: PriorityIgnore})
+	one, err := img.AddKeyslot(vk, []byte("one"), SlotOptions{ID: AnyKeyslot, KDF: testKDF, Priority: PriorityIgnore})
 	require.NoError(t, err)
 	require.Equal(t, 1, one)
-	two, err := img.AddKeyslot(vk, []byte("two"), KeyslotOptions{ID: AnyKeyslot, KDF: Argon2id(4, 32, 1), Priority: PriorityPrefer})
+	two, err := img.AddKeyslot(vk, []byte("two"), SlotOptions{ID: AnyKeyslot, KDF: Argon2id(4, 32, 1), Priority: PriorityPrefer})
 	require.NoError(t, err)
 	require.Equal(t, 2, two)
-	_, err = img.AddKeyslot(vk, []byte("three"), KeyslotOptions{ID: AnyKeyslot, KDF: testKDF})
+	_, err = img.AddKeyslot(vk, []byte("three"), SlotOptions{ID: AnyKeyslot, KDF: testKDF})
 	assert.ErrorIs(t, err, ErrNoSpace, "three 512-bit keyslots fill 768 KiB")
 
 	_, _, err = img.Unlock([]byte("one"), AnyKeyslot)
@@ -73,7 +73,7 @@ func TestKeyslotLifecycle(t *testing.T) {
 	assert.ErrorIs(t, img.RemoveKeyslot(2), ErrKeyslotNotFound)
 
 	// The freed area is reused.
-	three, err := img.AddKeyslot(vk, []byte("three"), KeyslotOptions{ID: AnyKeyslot, KDF: testKDF})
+	three, err := img.AddKeyslot(vk, []byte("three"), SlotOptions{ID: AnyKeyslot, KDF: testKDF})
 	require.NoError(t, err)
 	assert.Equal(t, 2, three)
 	assert.Equal(t, infos[2].AreaOffset, img.Keyslots()[2].AreaOffset)

@@ -158,7 +158,7 @@ func TestUnknownRequirements(t *testing.T) {
 	assert.Contains(t, err.Error(), "future-feature")
 	assert.ErrorIs(t, img.ReplaceToken(0, []byte(`{"type":"t","keyslots":[]}`)), ErrUnmetRequirement)
 	assert.ErrorIs(t, img.RemoveToken(0), ErrUnmetRequirement)
-	_, err = img.AddKeyslot(vk, []byte("new"), KeyslotOptions{ID: AnyKeyslot, KDF: testKDF})
+	_, err = img.AddKeyslot(vk, []byte("new"), SlotOptions{ID: AnyKeyslot, KDF: testKDF})
 	assert.ErrorIs(t, err, ErrUnmetRequirement)
 	assert.ErrorIs(t, img.Erase(), ErrUnmetRequirement)
 	require.NoError(t, img.Reload())

@@ -186,7 +186,7 @@ func (fx *crashFixture) cli(ctx context.Context, now time.Time, args ...string) 
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
-	cmd.Env = append(cmd.Env, "CRKVOL_STATE="+fx.state, "CRKVOL_NOW="+now.Format(time.RFC3339), crk.MasterKeyEnv+"=")
+	cmd.Env = append(cmd.Env, "CRKVOL_STATE="+fx.state, "CRKVOL_NOW="+now.Format(time.RFC3339))
 	return cmd
 }
 

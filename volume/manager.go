@@ -11,8 +11,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
+	"crkvol/internal/ident"
 	"crkvol/keyslot"
 )
 
@@ -40,7 +42,7 @@ var passphraseKDF = keyslot.PBKDF2("sha256", 1000)
 
 // CRN returns the CRN of the volume with LUKS2 UUID uuid.
 func CRN(uuid string) string {
-	return "crn:v1:local:public:is:local:a/crkvol::volume:" + uuid
+	return ident.VolumeCRN(uuid).String()
 }
 
 // Options configure a Manager. The zero value is ready to use.
@@ -279,7 +281,9 @@ func (m *Manager) enroll(ctx context.Context, img *keyslot.Image, path, keyID st
 	seg := img.Segment()
 	st, err := os.Stat(path)
 	if err != nil {
-		m.reg.Delete(crn)
+		if derr := m.reg.Delete(crn); derr != nil {
+			return nil, errors.Join(err, fmt.Errorf("undoing the registry entry of %s: %w", path, derr))
+		}
 		return nil, err
 	}
 	return &Info{
@@ -374,8 +378,11 @@ func (m *Manager) unlock(ctx context.Context, img *keyslot.Image) ([]byte, int, 
 	if err != nil {
 		return nil, 0, nil, u, fmt.Errorf("unwrapping the passphrase with key %s: %w", tok.KeyID, err)
 	}
-	var slot int
-	fmt.Sscan(tok.Keyslots[0], &slot)
+	slot, err := strconv.Atoi(tok.Keyslots[0])
+	if err != nil {
+		clear(u.Plaintext)
+		return nil, 0, nil, u, fmt.Errorf("%w: keyslot id %q: %w", ErrBadToken, tok.Keyslots[0], err)
+	}
 	key, _, err := img.Unlock(u.Plaintext, slot)
 	if err != nil {
 		clear(u.Plaintext)
@@ -487,7 +494,7 @@ func (m *Manager) Adopt(ctx context.Context, path string, passphrase []byte, key
 	if _, err := m.kms.KeyCRN(ctx, keyID); err != nil {
 		return nil, fmt.Errorf("volume: adopt %s: %w", path, err)
 	}
-	slot, err := img.AddKeyslot(vk, pass, keyslot.KeyslotOptions{ID: keyslot.AnyKeyslot, KDF: passphraseKDF})
+	slot, err := img.AddKeyslot(vk, pass, keyslot.SlotOptions{ID: keyslot.AnyKeyslot, KDF: passphraseKDF})
 	if err != nil {
 		return nil, fmt.Errorf("volume: adopt %s: adding a keyslot: %w", path, err)
 	}
@@ -587,7 +594,9 @@ func (m *Manager) unenroll(ctx context.Context, info *Info) {
 	if err := m.kms.DeleteRegistration(ctx, info.KeyID, info.CRN); err != nil {
 		m.opts.Logger.Warn("undoing a failed create: deregistering failed", "crn", info.CRN, "err", err)
 	}
-	m.reg.Delete(info.CRN)
+	if err := m.reg.Delete(info.CRN); err != nil {
+		m.opts.Logger.Warn("undoing a failed create: removing the registry entry failed", "crn", info.CRN, "err", err)
+	}
 }
 
 // entryByPath finds the registry entry of an image path.

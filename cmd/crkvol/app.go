@@ -38,6 +38,9 @@ type app struct {
 	kmsURL   string
 	kmsInst  string
 	local    bool // force the embedded key service (the demo)
+	// eventMaxAge and eventMaxCount are the audit log retention flags, parsed by
+	// eventRetention.
+	eventMaxAge, eventMaxCount string
 
 	svc     *crk.Service // the embedded key service, or nil with --kms-url
 	remote  *kms.Remote  // the remote key service with --kms-url
@@ -113,6 +116,8 @@ customer root key (CRK) in an embedded Key Protect-style key service.`,
 	root.PersistentFlags().StringVar(&a.now, "now", "", "service clock start, RFC 3339 (env CRKVOL_NOW); it advances in real time")
 	root.PersistentFlags().StringVar(&a.kmsURL, "kms-url", "", "use a remote Key Protect-compatible service at this URL (env CRKVOL_KMS_URL; API key in CRKVOL_KMS_APIKEY or token in CRKVOL_KMS_TOKEN)")
 	root.PersistentFlags().StringVar(&a.kmsInst, "kms-instance", "", "the remote service instance id (env CRKVOL_KMS_INSTANCE)")
+	root.PersistentFlags().StringVar(&a.eventMaxAge, "event-max-age", "", "embedded key service: delete audit events older than this, such as 2160h or 90d (env CRKVOL_EVENT_MAX_AGE; default: any age)")
+	root.PersistentFlags().StringVar(&a.eventMaxCount, "event-max-count", "", "embedded key service: keep at most this many audit events, -1 for no limit (env CRKVOL_EVENT_MAX_COUNT; default 1048576)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(a.keyCommand(), a.volumeCommand(), a.eventsCommand(), a.demoCommand(), a.kmsCommand(), a.benchCommand(), a.simCommand())
 	return root
@@ -179,7 +184,11 @@ func (a *app) open(ctx context.Context) error {
 	if url := a.remoteURL(); url != "" {
 		return a.openRemote(dir, url, clock)
 	}
-	svc, err := crk.Open(filepath.Join(dir, "crk.db"), crkOptions(clock))
+	opts, err := a.crkOptions(clock)
+	if err != nil {
+		return err
+	}
+	svc, err := crk.Open(filepath.Join(dir, "crk.db"), opts)
 	if err != nil {
 		return err
 	}
@@ -201,11 +210,6 @@ func (a *app) open(ctx context.Context) error {
 		fmt.Fprintf(a.stderr, "crkvol: rotation policy rotated key %s\n", id)
 	}
 	return nil
-}
-
-// crkOptions configures the embedded key service.
-func crkOptions(clock crk.Clock) crk.Options {
-	return crk.Options{Clock: clock, Initiator: "crkvol-cli"}
 }
 
 func (a *app) remoteURL() string {

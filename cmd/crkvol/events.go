@@ -10,12 +10,23 @@ import (
 	"crkvol/crk"
 )
 
+// defaultEventLimit is the page size of the events command.
+const defaultEventLimit = 100
+
 func (a *app) eventsCommand() *cobra.Command {
-	var keyID, action, since string
+	var keyID, action, since, cursor string
 	var limit int
-	cmd := &cobra.Command{Use: "events", Short: "Show the audit events of the key service", Args: args(cobra.NoArgs),
+	var oldestFirst bool
+	cmd := &cobra.Command{Use: "events", Short: "Show the audit events of the key service, newest first", Args: args(cobra.NoArgs),
+		Long: `Show the audit events of the embedded key service, newest first, a page at a time. When more
+events remain, the cursor of the next page is printed on stderr; pass it with --cursor (and the
+same filters and order) to continue. The retention of the log is set where the service is
+opened: --event-max-age and --event-max-count.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			f := crk.EventFilter{KeyID: keyID, Action: action, Limit: limit}
+			if limit < 0 {
+				return usagef("events: --limit %d: want 0 (all) or more", limit)
+			}
+			f := crk.EventFilter{KeyID: keyID, Action: action, Limit: limit, OldestFirst: oldestFirst, Cursor: cursor}
 			if since != "" {
 				t, err := time.Parse(time.RFC3339, since)
 				if err != nil {
@@ -29,10 +40,14 @@ func (a *app) eventsCommand() *cobra.Command {
 			if err := a.needLocal("events"); err != nil {
 				return err
 			}
-			evs, err := a.svc.Events(cmd.Context(), f)
+			page, err := a.svc.ListEvents(cmd.Context(), f)
 			if err != nil {
 				return fmt.Errorf("events: %w", err)
 			}
+			if page.Next != "" {
+				fmt.Fprintf(a.stderr, "crkvol: more events: --cursor %s\n", page.Next)
+			}
+			evs := page.Events
 			if a.asJSON {
 				if evs == nil {
 					evs = []crk.Event{}
@@ -49,6 +64,8 @@ func (a *app) eventsCommand() *cobra.Command {
 	cmd.Flags().StringVar(&keyID, "key", "", "only events of this key")
 	cmd.Flags().StringVar(&action, "action", "", "only this action, such as kms.secrets.rotate")
 	cmd.Flags().StringVar(&since, "since", "", "only events at or after this RFC 3339 time")
-	cmd.Flags().IntVar(&limit, "limit", 0, "at most this many events (oldest first)")
+	cmd.Flags().IntVar(&limit, "limit", defaultEventLimit, "at most this many events per page; 0 for all")
+	cmd.Flags().StringVar(&cursor, "cursor", "", "continue after the page that printed this cursor")
+	cmd.Flags().BoolVar(&oldestFirst, "oldest-first", false, "list the oldest events first")
 	return cmd
 }

@@ -163,5 +163,9 @@ func (a *app) tenants() (*kpapi.Tenants, error) {
 	if err != nil {
 		return nil, err
 	}
-	return kpapi.OpenTenants(dir, crkOptions(clock))
+	opts, err := a.crkOptions(clock)
+	if err != nil {
+		return nil, err
+	}
+	return kpapi.OpenTenants(dir, opts)
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"crkvol/crk"
+	"crkvol/internal/ident"
 )
 
 // MaxBody caps request bodies; Key Protect's largest (a 7168-byte DEK in base64) fits well.
@@ -87,8 +88,9 @@ func (s *Server) routes() {
 // audit event.
 func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*request) error) {
 	r.Body = http.MaxBytesReader(w, r.Body, MaxBody)
-	instance := strings.ToLower(r.Header.Get("bluemix-instance"))
-	if !isUUID(instance) {
+	// Instance ids are UUIDs: accepted in either case, used in lower case.
+	instance, err := ident.CanonicalUUID(r.Header.Get("bluemix-instance"))
+	if err != nil {
 		writeError(w, badRequest("BAD_REQUEST_ERR", "Request requires valid Bluemix-Instance Header containing a valid UUID", ""))
 		return
 	}
@@ -119,7 +121,9 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 		// (malformed bodies, unknown actions) are audited as kms.secrets.default.
 		var ae *apiError
 		if errors.As(err, &ae) {
-			svc.RecordFailure(q.ctx, crk.ActionDefault, q.id, err)
+			if aerr := svc.RecordFailure(q.ctx, crk.ActionDefault, q.id, err); aerr != nil {
+				err = aerr // a refusal without its audit record is an internal failure
+			}
 		}
 		writeError(w, err)
 	}
@@ -603,24 +607,4 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		"access_token": tok, "refresh_token": "not_supported", "token_type": "Bearer",
 		"expires_in": int(life.Seconds()), "expiration": time.Now().Add(life).Unix(),
 	})
-}
-
-func isUUID(s string) bool {
-	if len(s) != 36 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch i {
-		case 8, 13, 18, 23:
-			if c != '-' {
-				return false
-			}
-		default:
-			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
-				return false
-			}
-		}
-	}
-	return true
 }

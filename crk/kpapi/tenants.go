@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crkvol/crk"
+	"crkvol/internal/ident"
 )
 
 // TokenLifetime is how long a bearer token from the token endpoint is valid.
@@ -197,15 +198,11 @@ func (t *Tenants) modify(fn func(tf *tenantsFile) error) error {
 // CreateInstance records a new, empty instance and returns its id; its store is made when
 // first used.
 func (t *Tenants) CreateInstance(name string) (string, error) {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", err
+	id, err := ident.NewUUID(rand.Reader)
+	if err != nil {
+		return "", fmt.Errorf("kpapi: %w", err)
 	}
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	h := hex.EncodeToString(b[:])
-	id := h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
-	err := t.modify(func(tf *tenantsFile) error {
+	err = t.modify(func(tf *tenantsFile) error {
 		tf.Instances = append(tf.Instances, instanceEntry{ID: id, Name: name, Created: time.Now().UTC()})
 		return nil
 	})

@@ -1,0 +1,185 @@
+package main
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// runCLI runs one command line with the given environment and returns its exit status, stdout
+// and stderr.
+func runCLI(t *testing.T, env map[string]string, args ...string) (int, string, string) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	code := run(args, strings.NewReader(""), &stdout, &stderr, func(k string) string { return env[k] })
+	return code, stdout.String(), stderr.String()
+}
+
+func testEnv(t *testing.T) map[string]string {
+	return map[string]string{"CRKVOL_STATE": filepath.Join(t.TempDir(), "state"), "CRKVOL_NOW": "2026-06-01T12:00:00Z"}
+}
+
+var cursorLine = regexp.MustCompile(`(?m)^crkvol: more events: --cursor ([0-9a-f]{32})$`)
+
+func eventSeqs(t *testing.T, stdout string) []uint64 {
+	t.Helper()
+	var evs []struct{ Seq uint64 }
+	if err := json.Unmarshal([]byte(stdout), &evs); err != nil {
+		t.Fatalf("events output is not a JSON array: %v\n%s", err, stdout)
+	}
+	out := make([]uint64, len(evs))
+	for i, e := range evs {
+		out[i] = e.Seq
+	}
+	return out
+}
+
+// TestEventsPaging: `crkvol events` lists newest first a page at a time, printing the cursor
+// of the next page, and the pages continue where they stopped while new events arrive.
+func TestEventsPaging(t *testing.T) {
+	env := testEnv(t)
+	code, out, stderr := runCLI(t, env, "--json", "key", "create", "paged")
+	if code != 0 {
+		t.Fatalf("key create: %d %s", code, stderr)
+	}
+	var key struct{ ID string }
+	if err := json.Unmarshal([]byte(out), &key); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		if code, _, stderr := runCLI(t, env, "key", "show", key.ID); code != 0 {
+			t.Fatalf("key show: %s", stderr)
+		}
+	}
+	code, out, _ = runCLI(t, env, "--json", "events", "--key", key.ID, "--limit", "0")
+	if code != 0 {
+		t.Fatal("events failed")
+	}
+	all := eventSeqs(t, out)
+	if len(all) != 6 || all[0] < all[5] {
+		t.Fatalf("want 6 events newest first, got seqs %v", all)
+	}
+
+	var got []uint64
+	args := []string{"--json", "events", "--key", key.ID, "--limit", "4"}
+	for page := 0; ; page++ {
+		code, out, stderr := runCLI(t, env, args...)
+		if code != 0 {
+			t.Fatalf("events page %d: %s", page, stderr)
+		}
+		got = append(got, eventSeqs(t, out)...)
+		m := cursorLine.FindStringSubmatch(stderr)
+		if m == nil {
+			break
+		}
+		if page > 3 {
+			t.Fatal("paging does not end")
+		}
+		runCLI(t, env, "key", "show", key.ID) // a new event between pages
+		args = []string{"--json", "events", "--key", key.ID, "--limit", "4", "--cursor", m[1]}
+	}
+	if !equalSeqs(got, all) {
+		t.Errorf("pages gave %v, want %v", got, all)
+	}
+
+	code, out, _ = runCLI(t, env, "--json", "events", "--key", key.ID, "--limit", "1", "--oldest-first")
+	if code != 0 || !equalSeqs(eventSeqs(t, out), all[len(all)-1:]) {
+		t.Errorf("--oldest-first --limit 1: %s", out)
+	}
+}
+
+func equalSeqs(a, b []uint64) bool {
+	return len(a) == len(b) && (len(a) == 0 || string(seqBytes(a)) == string(seqBytes(b)))
+}
+
+func seqBytes(s []uint64) []byte {
+	b, _ := json.Marshal(s)
+	return b
+}
+
+// TestEventRetentionFlags: the retention flags and variables configure the embedded service,
+// which applies them when it opens; bad values are usage errors.
+func TestEventRetentionFlags(t *testing.T) {
+	env := testEnv(t)
+	for _, name := range []string{"a", "b", "c", "d"} {
+		if code, _, stderr := runCLI(t, env, "key", "create", "kept-"+name); code != 0 {
+			t.Fatalf("key create: %s", stderr)
+		}
+	}
+	tests := []struct {
+		name string
+		env  map[string]string
+		args []string
+		code int
+		n    int // events listed
+	}{
+		{"default keeps all", nil, nil, 0, 4},
+		{"count flag", nil, []string{"--event-max-count", "3"}, 0, 3},
+		{"count variable", map[string]string{"CRKVOL_EVENT_MAX_COUNT": "2"}, nil, 0, 2},
+		{"age flag", nil, []string{"--now", "2026-09-01T12:00:00Z", "--event-max-age", "30d"}, 0, 0},
+		{"bad count", nil, []string{"--event-max-count", "many"}, 2, 0},
+		{"negative age", nil, []string{"--event-max-age", "-1h"}, 2, 0},
+		{"bad limit", nil, []string{"--limit", "-1"}, 2, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := map[string]string{}
+			for k, v := range env {
+				e[k] = v
+			}
+			for k, v := range tc.env {
+				e[k] = v
+			}
+			args := append([]string{"--json", "events", "--limit", "0", "--action", "kms.secrets.create"}, tc.args...)
+			code, out, stderr := runCLI(t, e, args...)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d: %s", code, tc.code, stderr)
+			}
+			if code == 0 && len(eventSeqs(t, out)) != tc.n {
+				t.Errorf("%d events, want %d: %s", len(eventSeqs(t, out)), tc.n, out)
+			}
+		})
+	}
+}
+
+// TestMasterKeyEnv: CRKVOL_MASTER_KEY (read by the command, passed to the library) holds the
+// key service's master key instead of the key file; a malformed or wrong one is refused.
+func TestMasterKeyEnv(t *testing.T) {
+	key := func(b byte) string { return base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{b}, 32)) }
+	env := testEnv(t)
+	env[masterKeyEnv] = key(1)
+	if code, _, stderr := runCLI(t, env, "key", "create", "env-key"); code != 0 {
+		t.Fatalf("key create: %s", stderr)
+	}
+	if _, err := os.Stat(filepath.Join(env["CRKVOL_STATE"], "crk.db.masterkey")); !os.IsNotExist(err) {
+		t.Fatalf("a key file was made although the key came from %s: %v", masterKeyEnv, err)
+	}
+	tests := []struct {
+		name, value string
+		code        int
+		stderr      string
+	}{
+		{"same key", key(1), 0, ""},
+		{"not base64", "not base64!", 1, "CRKVOL_MASTER_KEY must be 32 bytes in standard base64"},
+		{"short", base64.StdEncoding.EncodeToString([]byte("short")), 1, "CRKVOL_MASTER_KEY must be 32 bytes in standard base64"},
+		{"another key", key(2), 1, "service master key does not match the store"},
+		{"unset: no key file for this store", "", 1, "service master key does not match the store"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := map[string]string{"CRKVOL_STATE": env["CRKVOL_STATE"], "CRKVOL_NOW": env["CRKVOL_NOW"], masterKeyEnv: tc.value}
+			code, _, stderr := runCLI(t, e, "key", "list")
+			if code != tc.code || !strings.Contains(stderr, tc.stderr) {
+				t.Fatalf("exit %d, stderr %q; want %d with %q", code, stderr, tc.code, tc.stderr)
+			}
+			if strings.Contains(stderr, tc.value) && tc.value != "" {
+				t.Errorf("the key's value is echoed: %q", stderr)
+			}
+		})
+	}
+}
