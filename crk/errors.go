@@ -62,6 +62,10 @@ var (
 	ErrInvalidArgument = errors.New("invalid argument")
 	// ErrMasterKey: the service master key does not open the store.
 	ErrMasterKey = errors.New("service master key does not match the store")
+	// ErrAudit: an audit event could not be stored. The operation it records did not take
+	// effect: a state change is committed in the same transaction as its event, and a read or
+	// a wrap returns nothing. It is an internal failure, not a refusal of the request.
+	ErrAudit = errors.New("audit event could not be stored")
 )
 
 // Class says what an error means for the caller: a refusal of the request or a failure of the
@@ -145,6 +149,7 @@ func errorTable() []ErrorInfo {
 		{ErrRegistrationExists, "registration_exists", Refusal, conflict, "CONFLICT_ERR", ""},
 		{ErrInvalidArgument, "invalid_argument", Refusal, badRequest, "INVALID_FIELD_ERR", ""},
 		{ErrMasterKey, "master_key", Failure, internal, "INTERNAL_SERVER_ERR", ""},
+		{ErrAudit, "audit", Failure, internal, "INTERNAL_SERVER_ERR", ""},
 	}
 }
 

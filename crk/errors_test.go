@@ -47,7 +47,7 @@ func TestErrorTableCoversEverySentinel(t *testing.T) {
 		"ErrPreventKeyDeletion": ErrPreventKeyDeletion, "ErrAuth": ErrAuth, "ErrVersionNotFound": ErrVersionNotFound,
 		"ErrVersionDestroyed": ErrVersionDestroyed, "ErrVersionInUse": ErrVersionInUse,
 		"ErrRegistrationNotFound": ErrRegistrationNotFound, "ErrRegistrationExists": ErrRegistrationExists,
-		"ErrInvalidArgument": ErrInvalidArgument, "ErrMasterKey": ErrMasterKey,
+		"ErrInvalidArgument": ErrInvalidArgument, "ErrMasterKey": ErrMasterKey, "ErrAudit": ErrAudit,
 	}
 	table := Errors()
 	require.Len(t, table, len(declared), "one row per sentinel declared in errors.go")

@@ -109,11 +109,6 @@ const DefaultEventMaxCount = 1 << 20
 // or over the following appends.
 const pruneBatch = 64
 
-// ErrAudit means an audit event could not be stored. The operation it records did not take
-// effect: a state change is committed in the same transaction as its event, and a read or a
-// wrap returns nothing. It is an internal failure, not a refusal of the request.
-var ErrAudit = errors.New("audit event could not be stored")
-
 func severity(action string) string {
 	switch action {
 	case ActionDelete, ActionPurge, ActionMasterKeyRotate:
