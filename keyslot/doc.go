@@ -32,10 +32,10 @@
 // that, and a complete new JSON area with the next sequence number written to the primary copy
 // (binary header without checksum, JSON area, binary header with checksum, sync) and then to
 // the secondary the same way. Readers take the valid copy with the higher sequence number, so
-// a crash at any write leaves an image that opens with either the old or the new metadata. Open never writes: a damaged or stale copy is reported by
-// [Image.Health] and rewritten by the next change or by [Image.Repair]. Keyslot material is
-// written (and, on removal, wiped) before the commit that references (or forgets) it, as in
-// cryptsetup.
+// a crash at any write leaves an image that opens with either the old or the new metadata.
+// Open never writes: a damaged or stale copy is reported by [Image.Health] and rewritten by the
+// next change or by [Image.Repair]. Keyslot material is written (and, on removal, wiped)
+// before the commit that references (or forgets) it, as in cryptsetup.
 //
 // # Hostile input
 //
