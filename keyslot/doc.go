@@ -29,15 +29,16 @@
 // # Durability and concurrency
 //
 // Every metadata change is one commit: under an exclusive flock on the device (for devices
-// with a file descriptor) and a mutex in the process, the header is re-read from disk, the
-// change applied to that, and a complete new JSON area with the next sequence number written
-// to the primary copy (binary header without checksum, JSON area, binary header with
-// checksum, sync) and then to the secondary the same way. Readers take the valid copy with the
-// higher sequence number, so a crash at any write leaves an image that opens with either the
-// old or the new metadata. Open never writes: a damaged or stale copy is reported by
-// [Image.Health] and rewritten by the next change or by [Image.Repair]. Keyslot material is
-// written (and, on removal, wiped) before the commit that references (or forgets) it, as in
-// cryptsetup.
+// with a file descriptor) and a mutex in the process — both waited for only as long as the
+// context of [OpenContext], [Image.ReloadContext] or [Image.UpdateTokenContext] allows, in
+// non-blocking attempts with backoff — the header is re-read from disk, the change applied to
+// that, and a complete new JSON area with the next sequence number written to the primary copy
+// (binary header without checksum, JSON area, binary header with checksum, sync) and then to
+// the secondary the same way. Readers take the valid copy with the higher sequence number, so
+// a crash at any write leaves an image that opens with either the old or the new metadata.
+// Open never writes: a damaged or stale copy is reported by [Image.Health] and rewritten by the
+// next change or by [Image.Repair]. Keyslot material is written (and, on removal, wiped)
+// before the commit that references (or forgets) it, as in cryptsetup.
 //
 // # Hostile input
 //

@@ -2,6 +2,7 @@ package keyslot
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
@@ -104,7 +105,7 @@ func Format(dev Device, size uint64, passphrase []byte, opts FormatOptions) (*Im
 	img := &Image{dev: dev, rand: opts.Rand}
 	img.mu.Lock()
 	defer img.mu.Unlock()
-	unlock, err := lockDevice(dev, unix.LOCK_EX)
+	unlock, err := lockDevice(context.Background(), dev, unix.LOCK_EX)
 	if err != nil {
 		return nil, nil, err
 	}

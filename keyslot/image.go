@@ -2,11 +2,13 @@ package keyslot
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -72,11 +74,18 @@ func (h Health) OK() bool { return h.Primary.Err == nil && h.Secondary.Err == ni
 // Open reads the LUKS2 header of dev. It uses the valid copy with the higher sequence number,
 // and never writes: a damaged copy is reported by [Image.Health].
 func Open(dev Device, opts *Options) (*Image, error) {
+	return OpenContext(context.Background(), dev, opts)
+}
+
+// OpenContext is [Open] with a context that bounds the wait for the device lock: when ctx
+// ends while another process holds the image's exclusive lock, it returns an error wrapping
+// ctx.Err().
+func OpenContext(ctx context.Context, dev Device, opts *Options) (*Image, error) {
 	img := &Image{dev: dev, rand: rand.Reader}
 	if opts != nil && opts.Rand != nil {
 		img.rand = opts.Rand
 	}
-	if err := img.Reload(); err != nil {
+	if err := img.ReloadContext(ctx); err != nil {
 		return nil, err
 	}
 	return img, nil
@@ -84,15 +93,24 @@ func Open(dev Device, opts *Options) (*Image, error) {
 
 // Reload re-reads the header from the device.
 func (img *Image) Reload() error {
-	return img.locked(unix.LOCK_SH, func(*state, Health) error { return nil })
+	return img.ReloadContext(context.Background())
+}
+
+// ReloadContext is [Image.Reload] with a context that bounds the wait for the locks: when
+// ctx ends first, it returns an error wrapping ctx.Err().
+func (img *Image) ReloadContext(ctx context.Context) error {
+	return img.locked(ctx, unix.LOCK_SH, func(*state, Health) error { return nil })
 }
 
 // locked loads the header afresh and runs fn while holding img.mu and the device lock
-// (shared or exclusive), so no other process's update can come in between.
-func (img *Image) locked(how int, fn func(st *state, health Health) error) error {
-	img.mu.Lock()
+// (shared or exclusive), so no other process's update can come in between. Waiting for
+// either lock ends with an error wrapping ctx.Err() when ctx ends.
+func (img *Image) locked(ctx context.Context, how int, fn func(st *state, health Health) error) error {
+	if err := lockMutex(ctx, &img.mu); err != nil {
+		return err
+	}
 	defer img.mu.Unlock()
-	unlock, err := lockDevice(img.dev, how)
+	unlock, err := lockDevice(ctx, img.dev, how)
 	if err != nil {
 		return err
 	}
@@ -115,7 +133,7 @@ func (img *Image) Health() Health {
 // Repair rewrites a damaged or stale header copy from the good one, keeping its sequence
 // number. It is a no-op when both copies are good and current.
 func (img *Image) Repair() error {
-	return img.locked(unix.LOCK_EX, img.repairLocked)
+	return img.locked(context.Background(), unix.LOCK_EX, img.repairLocked)
 }
 
 // repairLocked copies the good header copy over a damaged or stale one, with the same
@@ -176,7 +194,13 @@ func healthy(bin binHeader) Health {
 // exclusive lock is held from the read to the last write, so no other process's update can
 // come in between.
 func (img *Image) update(fn func(st *state, m *metadata) error) error {
-	return img.locked(unix.LOCK_EX, func(st *state, health Health) error {
+	return img.updateContext(context.Background(), fn)
+}
+
+// updateContext is update with a context: waiting for the lock ends with an error wrapping
+// ctx.Err() when ctx ends.
+func (img *Image) updateContext(ctx context.Context, fn func(st *state, m *metadata) error) error {
+	return img.locked(ctx, unix.LOCK_EX, func(st *state, health Health) error {
 		if err := img.repairLocked(st, health); err != nil {
 			return err
 		}
@@ -390,21 +414,81 @@ func copyName(secondary bool) string {
 	return "primary"
 }
 
-// lockDevice takes flock(2) on devices that have a file descriptor.
-func lockDevice(dev Device, how int) (func(), error) {
+// Lock waits: a context that can end makes every lock a series of non-blocking attempts,
+// lockFirstWait apart at first and doubling up to lockMaxWait, so that a caller can give up on
+// a lock another process holds (across a slow operation, or forever if it hangs).
+const (
+	lockFirstWait = time.Millisecond
+	lockMaxWait   = 50 * time.Millisecond
+)
+
+// acquire calls try until it succeeds or fails, waiting between attempts, and returns an error
+// wrapping ctx.Err() when ctx ends first.
+func acquire(ctx context.Context, try func() (bool, error)) error {
+	wait := lockFirstWait
+	var t *time.Timer
+	for {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("keyslot: waiting for the image lock: %w", err)
+		}
+		ok, err := try()
+		if err != nil || ok {
+			return err
+		}
+		if t == nil {
+			t = time.NewTimer(wait)
+			defer t.Stop()
+		} else {
+			t.Reset(wait)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("keyslot: waiting for the image lock: %w", ctx.Err())
+		case <-t.C:
+		}
+		wait = min(2*wait, lockMaxWait)
+	}
+}
+
+// lockMutex locks mu, giving up when ctx ends. A context that never ends waits as mu.Lock.
+func lockMutex(ctx context.Context, mu *sync.Mutex) error {
+	if ctx.Done() == nil {
+		mu.Lock()
+		return nil
+	}
+	return acquire(ctx, func() (bool, error) { return mu.TryLock(), nil })
+}
+
+// lockDevice takes flock(2) on devices that have a file descriptor. With a context that can
+// end, it makes non-blocking attempts until the lock is free or ctx ends; with one that never
+// ends, it blocks in flock.
+func lockDevice(ctx context.Context, dev Device, how int) (func(), error) {
 	f, ok := dev.(interface{ Fd() uintptr })
 	if !ok {
 		return func() {}, nil
 	}
 	fd := int(f.Fd())
-	for {
-		err := unix.Flock(fd, how)
-		if err == nil {
-			break
+	flock := func(how int) (bool, error) {
+		for {
+			err := unix.Flock(fd, how)
+			switch {
+			case err == nil:
+				return true, nil
+			case err == unix.EWOULDBLOCK && how&unix.LOCK_NB != 0:
+				return false, nil
+			case err != unix.EINTR:
+				return false, fmt.Errorf("keyslot: locking the image: %w", err)
+			}
 		}
-		if err != unix.EINTR {
-			return nil, fmt.Errorf("keyslot: locking the image: %w", err)
-		}
+	}
+	var err error
+	if ctx.Done() == nil {
+		_, err = flock(how)
+	} else {
+		err = acquire(ctx, func() (bool, error) { return flock(how | unix.LOCK_NB) })
+	}
+	if err != nil {
+		return nil, err
 	}
 	return func() { _ = unix.Flock(fd, unix.LOCK_UN) }, nil
 }

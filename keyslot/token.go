@@ -2,6 +2,7 @@ package keyslot
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -86,9 +87,16 @@ func (img *Image) ReplaceToken(id int, token []byte) error {
 // UpdateToken replaces token id with fn(current) in one atomic metadata update. fn sees the
 // token as it is on disk at that moment, under the image's exclusive lock, so concurrent
 // updaters in other processes are serialised rather than lost. If fn fails nothing is written.
-// fn runs while the Image is locked: it must not call methods of the same Image.
+// fn runs while the Image is locked: it must not call methods of the same Image, and it should
+// be quick (no network round trip: do that first, then compare and swap in fn).
 func (img *Image) UpdateToken(id int, fn func(current json.RawMessage) ([]byte, error)) error {
-	return img.update(func(_ *state, m *metadata) error {
+	return img.UpdateTokenContext(context.Background(), id, fn)
+}
+
+// UpdateTokenContext is [Image.UpdateToken] with a context that bounds the wait for the
+// image's locks: when ctx ends first, nothing is written and the error wraps ctx.Err().
+func (img *Image) UpdateTokenContext(ctx context.Context, id int, fn func(current json.RawMessage) ([]byte, error)) error {
+	return img.updateContext(ctx, func(_ *state, m *metadata) error {
 		cur, ok := m.tokens[id]
 		if !ok {
 			return fmt.Errorf("%w: token %d", ErrTokenNotFound, id)

@@ -10,7 +10,9 @@
 //     keyslot 0, AF-split and encrypted under the passphrase (crkvol/keyslot).
 //   - The LUKS passphrase, 32 random bytes, opens that keyslot. It is never stored: the
 //     crkvol-crk LUKS2 token holds it wrapped by the root key, with the volume's UUID as
-//     AAD, so a token copied to another volume does not unwrap.
+//     AAD, so a token copied to another volume does not unwrap (and one whose volume_crn is
+//     not the volume's is refused before any unwrap). crkvol changes only the token members
+//     it owns; members another tool added keep their place and bytes.
 //   - The root key version, held by the key service ([KeyService]); rotating the root key
 //     adds a version.
 //
@@ -26,11 +28,21 @@
 //
 // When a root key rotates, the Manager's hook rewraps every registered volume of that key on
 // a bounded worker pool: per volume one atomic LUKS2 token commit (a few KiB, whatever the
-// volume's size) and a registration update, with retries and backoff. A failure at any point
-// leaves the old ciphertext — still valid, since old key versions keep unwrapping — in place;
+// volume's size) and a registration update, with retries and backoff for transient failures;
+// a refusal of the key service ([ErrKeyRefused]) is not retried. The key service is called
+// with no lock held; the token is then committed under the image's header lock only if its
+// ciphertext is still the one rewrapped (compare and swap), so a concurrent rewrap elsewhere
+// is never overwritten with an older answer. A failure at any point leaves the old
+// ciphertext — still valid, since old key versions keep unwrapping — in place;
 // [Manager.Sync] later brings every lagging volume up to date. Rotation runs while volumes are
-// attached and busy in this or another process: it only touches header metadata, under the
-// image lock.
+// attached and busy in this or another process: it only touches header metadata. Waits for
+// the header lock end with the caller's context.
+//
+// # Secrets
+//
+// The unwrapped passphrase is cleared as soon as its keyslot is open, and on every error path
+// after the key service returned it; the master key and the cipher built from it are cleared
+// when an open fails after unlocking, and by [Volume.Close] otherwise.
 //
 // # Interoperability
 //

@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"crkvol/internal/ident"
@@ -213,10 +212,10 @@ func (m *Manager) Create(ctx context.Context, path string, opts CreateOptions) (
 		KDF: passphraseKDF, SectorSize: opts.SectorSize, KeySize: opts.KeySize, MetadataSize: meta, KeyslotsSize: ks,
 		DataOffset: uint64(dataOff), Label: opts.Label, Rand: rnd,
 	})
+	clear(vk) // the keyslot holds it; crkvol needs only the passphrase
 	if err != nil {
 		return nil, fmt.Errorf("volume: create %s: %w", path, err)
 	}
-	clear(vk)
 	info, err := m.enroll(ctx, img, path, opts.KeyID, 0, pass, !opts.AllowKeyDeletion)
 	if err != nil {
 		return nil, fmt.Errorf("volume: create %s: %w", path, err)
@@ -246,7 +245,7 @@ func (m *Manager) enroll(ctx context.Context, img *keyslot.Image, path, keyID st
 		return nil, err
 	}
 	tok := token{
-		Type: TokenType, Keyslots: []string{fmt.Sprint(slot)}, KeyID: keyID, KeyCRN: keyCRN,
+		Keyslots: []string{fmt.Sprint(slot)}, KeyID: keyID, KeyCRN: keyCRN,
 		KeyVersion: w.VersionID, Ciphertext: base64.StdEncoding.EncodeToString(w.Ciphertext),
 		WrappedAt: m.opts.Now().UTC().Truncate(time.Second), VolumeCRN: crn,
 	}
@@ -292,8 +291,10 @@ func (m *Manager) enroll(ctx context.Context, img *keyslot.Image, path, keyID st
 	}, nil
 }
 
-// findToken returns the crkvol-crk token of an image.
+// findToken returns the crkvol-crk token of an image, checked (parseToken) against the image:
+// its volume_crn must be the image's, and the keyslot it names must exist.
 func findToken(img *keyslot.Image) (int, *token, error) {
+	uuid := img.UUID()
 	for _, t := range img.Tokens() {
 		if t.Type != TokenType {
 			continue
@@ -302,13 +303,26 @@ func findToken(img *keyslot.Image) (int, *token, error) {
 		if err != nil {
 			return 0, nil, err
 		}
-		tok, err := parseToken(raw)
+		tok, err := parseToken(raw, uuid)
 		if err != nil {
 			return 0, nil, fmt.Errorf("token %d: %w", t.ID, err)
+		}
+		if slot, ok := tok.slot(); ok && !hasKeyslot(img, slot) {
+			return 0, nil, fmt.Errorf("token %d: %w: keyslots: keyslot %d does not exist", t.ID, ErrBadToken, slot)
 		}
 		return t.ID, tok, nil
 	}
 	return 0, nil, ErrNoToken
+}
+
+// hasKeyslot reports whether img has keyslot id.
+func hasKeyslot(img *keyslot.Image, id int) bool {
+	for _, ks := range img.Keyslots() {
+		if ks.ID == id {
+			return true
+		}
+	}
+	return false
 }
 
 // Open attaches a volume: the token's ciphertext is unwrapped by the key service, the
@@ -322,7 +336,7 @@ func (m *Manager) Open(ctx context.Context, path string) (*Volume, error) {
 // OpenWith is Open with options: read-only, or an exclusive attachment. A conflicting open
 // elsewhere (an attachment, or a writer) fails at once with ErrInUse.
 func (m *Manager) OpenWith(ctx context.Context, path string, opts OpenOptions) (*Volume, error) {
-	f, img, err := openImage(path)
+	f, img, err := openImage(ctx, path)
 	if err != nil {
 		return nil, err
 	}
@@ -338,36 +352,47 @@ func (m *Manager) OpenWith(ctx context.Context, path string, opts OpenOptions) (
 	return v, nil
 }
 
-func (m *Manager) open(ctx context.Context, f *os.File, img *keyslot.Image, opts OpenOptions) (*Volume, error) {
+// open unlocks the image and serves its data. Whatever fails, the passphrase is cleared as
+// soon as the keyslot is open, and the volume key unless a Volume took it.
+func (m *Manager) open(ctx context.Context, f *os.File, img *keyslot.Image, opts OpenOptions) (_ *Volume, err error) {
 	key, id, tok, u, err := m.unlock(ctx, img)
 	if err != nil {
 		return nil, err
 	}
 	clear(u.Plaintext)
+	defer func() {
+		if err != nil {
+			clear(key)
+		}
+	}()
 	if u.Rewrapped != nil {
 		if err := m.storeRewrapped(ctx, img, id, tok, u.Rewrapped); err != nil {
 			// The old wrapping still works; a later rotation or sync retries.
 			m.opts.Logger.Warn("lazy rewrap failed", "crn", tok.VolumeCRN, "err", err)
 		}
 	}
-	v, err := newVolume(f, img, key, opts)
-	if err != nil {
-		clear(key)
-		return nil, err
-	}
-	return v, nil
+	return newVolume(f, img, key, opts)
 }
 
 // unlock unwraps the passphrase in the image's crkvol-crk token with the key service and
 // opens the token's keyslot with it. It returns the volume key, the token (and its id) and
-// the unwrap result, whose Plaintext (the passphrase) the caller must clear.
-func (m *Manager) unlock(ctx context.Context, img *keyslot.Image) ([]byte, int, *token, Unwrapped, error) {
-	var u Unwrapped
-	id, tok, err := findToken(img)
+// the unwrap result, whose Plaintext (the passphrase) the caller must clear with the key. On
+// error it returns no secret: whatever it obtained (a passphrase even from a failed unwrap, a
+// key) is cleared.
+func (m *Manager) unlock(ctx context.Context, img *keyslot.Image) (key []byte, id int, tok *token, u Unwrapped, err error) {
+	defer func() {
+		if err != nil {
+			clear(u.Plaintext)
+			clear(key)
+			key, u = nil, Unwrapped{}
+		}
+	}()
+	id, tok, err = findToken(img)
 	if err != nil {
 		return nil, 0, nil, u, err
 	}
-	if len(tok.Keyslots) == 0 || len(img.Keyslots()) == 0 {
+	slot, ok := tok.slot()
+	if !ok || len(img.Keyslots()) == 0 {
 		return nil, 0, nil, u, fmt.Errorf("%w: no keyslot left", ErrErased)
 	}
 	ct, err := tok.ciphertext()
@@ -378,24 +403,20 @@ func (m *Manager) unlock(ctx context.Context, img *keyslot.Image) ([]byte, int, 
 	if err != nil {
 		return nil, 0, nil, u, fmt.Errorf("unwrapping the passphrase with key %s: %w", tok.KeyID, err)
 	}
-	slot, err := strconv.Atoi(tok.Keyslots[0])
+	key, _, err = img.Unlock(u.Plaintext, slot)
 	if err != nil {
-		clear(u.Plaintext)
-		return nil, 0, nil, u, fmt.Errorf("%w: keyslot id %q: %w", ErrBadToken, tok.Keyslots[0], err)
-	}
-	key, _, err := img.Unlock(u.Plaintext, slot)
-	if err != nil {
-		clear(u.Plaintext)
-		return nil, 0, nil, u, err
+		return key, 0, nil, u, fmt.Errorf("opening keyslot %d: %w", slot, err)
 	}
 	return key, id, tok, u, nil
 }
 
 // storeRewrapped replaces the token's ciphertext with w, unless another writer changed the
-// token meanwhile, and updates the registration.
+// ciphertext meanwhile (theirs is then as new as w or newer, and is kept), and updates the
+// registration. No key service call happens under the image's lock.
 func (m *Manager) storeRewrapped(ctx context.Context, img *keyslot.Image, id int, old *token, w *Wrapped) error {
-	err := img.UpdateToken(id, func(cur json.RawMessage) ([]byte, error) {
-		t, err := parseToken(cur)
+	uuid := img.UUID() // fn below runs under the image's lock: no Image methods in it
+	err := img.UpdateTokenContext(ctx, id, func(cur json.RawMessage) ([]byte, error) {
+		t, err := parseToken(cur, uuid)
 		if err != nil {
 			return nil, err
 		}
@@ -421,7 +442,7 @@ var errTokenChanged = errors.New("token changed concurrently")
 // OpenWithPassphrase attaches a volume with one of its LUKS passphrases, without a key
 // service (recovery, or an image not adopted).
 func OpenWithPassphrase(path string, passphrase []byte) (*Volume, error) {
-	f, img, err := openImage(path)
+	f, img, err := openImage(context.Background(), path)
 	if err != nil {
 		return nil, err
 	}
@@ -441,12 +462,14 @@ func OpenWithPassphrase(path string, passphrase []byte) (*Volume, error) {
 	return nil, fmt.Errorf("volume: open %s: %w", path, err)
 }
 
-func openImage(path string) (*os.File, *keyslot.Image, error) {
+// openImage opens an image file and reads its header; waiting for the header lock ends when
+// ctx does.
+func openImage(ctx context.Context, path string) (*os.File, *keyslot.Image, error) {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("volume: %w", err)
 	}
-	img, err := keyslot.Open(f, nil)
+	img, err := keyslot.OpenContext(ctx, f, nil)
 	if err != nil {
 		f.Close()
 		return nil, nil, fmt.Errorf("volume: %s: %w", path, err)
@@ -469,13 +492,17 @@ func (m *Manager) Adopt(ctx context.Context, path string, passphrase []byte, key
 	if err != nil {
 		return nil, fmt.Errorf("volume: adopt: %w", err)
 	}
-	f, img, err := openImage(path)
+	f, img, err := openImage(ctx, path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	if _, _, err := findToken(img); err == nil {
+	switch _, _, err := findToken(img); {
+	case err == nil:
 		return nil, fmt.Errorf("volume: adopt %s: %w", path, ErrAlreadyAdopted)
+	case !errors.Is(err, ErrNoToken):
+		// A damaged crkvol-crk token: adopting again would leave two.
+		return nil, fmt.Errorf("volume: adopt %s: %w", path, err)
 	}
 	if seg := img.Segment(); seg.Encryption != keyslot.SegmentEncryption {
 		return nil, fmt.Errorf("volume: adopt %s: %w: data cipher %q", path, ErrUnsupportedImage, seg.Encryption)
@@ -511,7 +538,12 @@ func (m *Manager) Adopt(ctx context.Context, path string, passphrase []byte, key
 
 // Describe reads a volume's public facts (no key service needed).
 func Describe(path string) (*Info, error) {
-	f, img, err := openImage(path)
+	return describe(context.Background(), path)
+}
+
+// describe is Describe with a context bounding the wait for the header lock.
+func describe(ctx context.Context, path string) (*Info, error) {
+	f, img, err := openImage(ctx, path)
 	if err != nil {
 		return nil, err
 	}
@@ -548,7 +580,7 @@ func (m *Manager) Delete(ctx context.Context, path string, opts DeleteOptions) e
 	if err != nil {
 		return fmt.Errorf("volume: delete: %w", err)
 	}
-	f, img, err := openImage(abs)
+	f, img, err := openImage(ctx, abs)
 	if err != nil {
 		// A lost or unreadable image must not pin its key forever: deregister what the
 		// registry knows of that path.
@@ -617,7 +649,7 @@ func (m *Manager) entryByPath(abs string) (Entry, error) {
 // checked against its keyslot — for handing to cryptsetup --key-file. The caller must clear
 // it and must never log or display it.
 func (m *Manager) UnwrapPassphrase(ctx context.Context, path string) ([]byte, error) {
-	f, img, err := openImage(path)
+	f, img, err := openImage(ctx, path)
 	if err != nil {
 		return nil, err
 	}

@@ -4,22 +4,49 @@ import (
 	"bytes"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"crkvol/volume"
 )
 
-const ioHelperEnv = "CRKVOL_IO_HELPER"
+const (
+	ioHelperEnv   = "CRKVOL_IO_HELPER"
+	lockHelperEnv = "CRKVOL_LOCK_HELPER"
+)
 
 func TestMain(m *testing.M) {
 	if spec := os.Getenv(ioHelperEnv); spec != "" {
 		os.Exit(ioHelper(spec))
 	}
+	if path := os.Getenv(lockHelperEnv); path != "" {
+		os.Exit(lockHelper(path))
+	}
 	os.Exit(m.Run())
+}
+
+// lockHelper runs in a child process: it takes the exclusive header lock (flock) of the image
+// at path, as a crkvol or cryptsetup updating the header would, says "locked" and holds it
+// until its stdin closes.
+func lockHelper(path string) int {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		fmt.Println("open:", err)
+		return 1
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		fmt.Println("flock:", err)
+		return 1
+	}
+	fmt.Println("locked")
+	io.Copy(io.Discard, os.Stdin)
+	return 0
 }
 
 // ioHelper runs in a child process: it attaches a volume with its passphrase and writes and

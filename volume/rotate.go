@@ -93,7 +93,7 @@ func (m *Manager) Sync(ctx context.Context, keyID string) (*Report, error) {
 	for _, r := range regs {
 		if r.VersionID == latest {
 			if e, err := m.reg.Get(r.CRN); err == nil {
-				if info, err := Describe(e.Path); err != nil || info.UUID != e.UUID || info.KeyVersion != latest {
+				if info, err := describe(ctx, e.Path); err != nil || info.UUID != e.UUID || info.KeyVersion != latest {
 					// Lagging, or unreadable: let the rewrap report what is wrong.
 					stale = append(stale, r.CRN)
 				}
@@ -113,7 +113,7 @@ func (m *Manager) RewrapVolume(ctx context.Context, path string) (*Report, error
 	if err != nil {
 		return nil, err
 	}
-	info, err := Describe(path)
+	info, err := describe(ctx, path)
 	if err != nil {
 		return nil, err
 	}
@@ -194,8 +194,10 @@ func (m *Manager) rewrapWithRetry(ctx context.Context, keyID, latest, crn string
 		if err == nil {
 			return total, attempt, nil
 		}
+		// Permanent errors and refusals of the key service (suspended, destroyed or unknown
+		// key, failed authentication, ...) cannot change by trying again.
 		var p permanent
-		if errors.As(err, &p) || attempt >= m.opts.Attempts || ctx.Err() != nil {
+		if errors.As(err, &p) || errors.Is(err, ErrKeyRefused) || attempt >= m.opts.Attempts || ctx.Err() != nil {
 			m.opts.Logger.Warn("rewrap failed", "crn", crn, "attempts", attempt, "err", err)
 			return total, attempt, err
 		}
@@ -205,9 +207,18 @@ func (m *Manager) rewrapWithRetry(ctx context.Context, keyID, latest, crn string
 	}
 }
 
-// rewrapOne rewraps one volume: under the image's exclusive lock it reads the token, has the
-// key service rewrap the ciphertext and commits the new token; then it updates the
-// registration. A failure at any point leaves the old ciphertext, still valid, in place.
+// maxCASRounds bounds how many times in a row rewrapOne starts over because another writer
+// changed the token between its read and its commit.
+const maxCASRounds = 3
+
+// rewrapOne rewraps one volume. It reads the token (under the image's shared lock, briefly),
+// has the key service rewrap the ciphertext with no lock held, and commits the new token
+// under the exclusive lock only if the ciphertext is still the one it rewrapped (compare and
+// swap); then it updates the registration. If another writer (a rewrap elsewhere, a lazy
+// rewrap on open) changed the ciphertext meanwhile, theirs is never overwritten with ours:
+// the volume is looked at again from what they wrote, which is normally on latest (or on the
+// version ours had) already, and otherwise rewrapped from theirs. A failure at any point
+// leaves the old, still valid ciphertext in place.
 func (m *Manager) rewrapOne(ctx context.Context, keyID, latest, crn string) (res rewrapResult, err error) {
 	e, err := m.reg.Get(crn)
 	if err != nil {
@@ -223,51 +234,64 @@ func (m *Manager) rewrapOne(ctx context.Context, keyID, latest, crn string) (res
 		cf.dev = m.opts.RewrapDevice(ctx, crn, f)
 	}
 	defer func() { res.bytes = cf.written }()
-	img, err := keyslot.Open(cf, nil)
+	img, err := keyslot.OpenContext(ctx, cf, nil)
 	if err != nil {
 		return res, err
 	}
 	if img.UUID() != e.UUID || CRN(img.UUID()) != crn {
 		return res, permanent{fmt.Errorf("%s holds volume %s, not the registered %s (moved or replaced?)", e.Path, img.UUID(), e.UUID)}
 	}
-	id, tok, err := findToken(img)
-	if err != nil {
-		return res, permanent{err}
-	}
-	if tok.KeyID != keyID {
-		return res, permanent{fmt.Errorf("volume %s is protected by key %s, not %s", crn, tok.KeyID, keyID)}
-	}
-	version := tok.KeyVersion
 	uuid := img.UUID() // fn below runs under the image's lock: no Image methods in it
-	if version != latest || latest == "" {
-		err = img.UpdateToken(id, func(cur json.RawMessage) ([]byte, error) {
-			t, err := parseToken(cur)
+	// version is the token's version; lost the version of a rewrap whose commit lost the
+	// race to another writer.
+	var version, lost string
+	for round := 1; ; round++ {
+		id, tok, err := findToken(img)
+		if err != nil {
+			return res, permanent{err}
+		}
+		if tok.KeyID != keyID {
+			return res, permanent{fmt.Errorf("volume %s is protected by key %s, not %s", crn, tok.KeyID, keyID)}
+		}
+		version = tok.KeyVersion
+		if (version == latest && latest != "") || (version == lost && lost != "") {
+			break // current, or the other writer's ciphertext is as new as ours was
+		}
+		ct, err := tok.ciphertext()
+		if err != nil {
+			return res, permanent{err}
+		}
+		// The network round trip, with no lock held.
+		w, err := m.kms.Rewrap(ctx, keyID, ct, []string{uuid})
+		if err != nil {
+			return res, fmt.Errorf("rewrapping with key %s: %w", keyID, err)
+		}
+		err = img.UpdateTokenContext(ctx, id, func(cur json.RawMessage) ([]byte, error) {
+			t, err := parseToken(cur, uuid)
 			if err != nil {
 				return nil, err
 			}
-			if t.KeyVersion == latest && latest != "" {
-				version = t.KeyVersion
-				return nil, errTokenChanged // someone else got there first
-			}
-			ct, err := t.ciphertext()
-			if err != nil {
-				return nil, err
-			}
-			w, err := m.kms.Rewrap(ctx, keyID, ct, []string{uuid})
-			if err != nil {
-				return nil, fmt.Errorf("rewrapping with key %s: %w", keyID, err)
+			if t.Ciphertext != tok.Ciphertext {
+				return nil, errTokenChanged // someone else rewrapped first: never overwrite theirs
 			}
 			t.Ciphertext = base64.StdEncoding.EncodeToString(w.Ciphertext)
-			t.KeyVersion, version = w.VersionID, w.VersionID
+			t.KeyVersion = w.VersionID
 			t.WrappedAt = m.opts.Now().UTC().Truncate(time.Second)
 			return t.marshal()
 		})
-		switch {
-		case errors.Is(err, errTokenChanged):
-		case err != nil:
+		if err == nil {
+			version, res.changed = w.VersionID, true
+			break
+		}
+		if !errors.Is(err, errTokenChanged) {
 			return res, err
-		default:
-			res.changed = true
+		}
+		if round == maxCASRounds {
+			return res, fmt.Errorf("volume %s: %w %d times during a rewrap", crn, errTokenChanged, round)
+		}
+		lost = w.VersionID
+		if err := img.ReloadContext(ctx); err != nil {
+			return res, err
 		}
 	}
 	if err := m.kms.UpdateRegistration(ctx, keyID, crn, version); err != nil {

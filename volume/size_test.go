@@ -25,21 +25,3 @@ func TestParseSize(t *testing.T) {
 	assert.Equal(t, "1536KiB", FormatSize(1536<<10))
 	assert.Equal(t, "1000B", FormatSize(1000))
 }
-
-func TestTokenParsing(t *testing.T) {
-	for _, bad := range []string{
-		`nope`,
-		`{"type":"other","keyslots":["0"],"key_id":"k","key_version":"v","ciphertext":"AA=="}`,
-		`{"type":"crkvol-crk","keyslots":["0"],"key_version":"v","ciphertext":"AA=="}`,
-		`{"type":"crkvol-crk","keyslots":["0","1"],"key_id":"k","key_version":"v","ciphertext":"AA=="}`,
-		`{"type":"crkvol-crk","keyslots":["0"],"key_id":"k","key_version":"v","ciphertext":"!!"}`,
-	} {
-		_, err := parseToken([]byte(bad))
-		assert.ErrorIs(t, err, ErrBadToken, bad)
-	}
-	tok, err := parseToken([]byte(`{"type":"crkvol-crk","keyslots":["0"],"key_id":"k","key_version":"v","ciphertext":"AAEC"}`))
-	require.NoError(t, err)
-	ct, err := tok.ciphertext()
-	require.NoError(t, err)
-	assert.Equal(t, []byte{0, 1, 2}, ct)
-}

@@ -1,6 +1,7 @@
 package volume
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -65,8 +66,9 @@ type Volume struct {
 }
 
 // newVolume serves the data segment of an unlocked image, whose data area the caller has
-// locked (lockImage). It takes ownership of f and key.
-func newVolume(f *os.File, img *keyslot.Image, key []byte, opts OpenOptions) (*Volume, error) {
+// locked (lockImage). It takes ownership of f and key when it succeeds; when it fails, the
+// caller still owns them (and clears key), and the cipher it built is wiped.
+func newVolume(f *os.File, img *keyslot.Image, key []byte, opts OpenOptions) (_ *Volume, err error) {
 	seg := img.Segment()
 	if seg.Encryption != keyslot.SegmentEncryption {
 		return nil, fmt.Errorf("%w: data cipher %q, want %s", ErrUnsupportedImage, seg.Encryption, keyslot.SegmentEncryption)
@@ -81,6 +83,11 @@ func newVolume(f *os.File, img *keyslot.Image, key []byte, opts OpenOptions) (*V
 	if err != nil {
 		return nil, fmt.Errorf("volume: %w", err)
 	}
+	defer func() {
+		if err != nil {
+			c.Wipe()
+		}
+	}()
 	st, err := f.Stat()
 	if err != nil {
 		return nil, err
@@ -299,7 +306,7 @@ func (v *Volume) ReadOnly() bool { return v.ro }
 // InUse reports whether an image's data area is locked exclusively by another open: the
 // volume is attached, or open for writing. Shared (read-only) opens do not count.
 func InUse(path string) (bool, error) {
-	f, img, err := openImage(path)
+	f, img, err := openImage(context.Background(), path)
 	if err != nil {
 		return false, err
 	}

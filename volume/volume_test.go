@@ -251,12 +251,15 @@ func TestRandomIO(t *testing.T) {
 	}
 }
 
-// TestAADBindsToken: a token copied into another volume's header does not unwrap there.
+// TestAADBindsToken: a token copied into another volume's header does not unwrap there, even
+// with its public volume_crn member edited to pass for the other volume's (a verbatim copy is
+// refused before any unwrap: TestTokenCheckedAgainstImage).
 func TestAADBindsToken(t *testing.T) {
 	f := newFixture(t)
 	a := f.create(t, "a.img", 1<<20)
 	b := f.create(t, "b.img", 1<<20)
-	tokA := readToken(t, a.Path)
+	tokA := bytes.Replace(readToken(t, a.Path), []byte(a.CRN), []byte(b.CRN), 1)
+	require.Contains(t, string(tokA), b.CRN)
 	fb, err := os.OpenFile(b.Path, os.O_RDWR, 0)
 	require.NoError(t, err)
 	img, err := keyslot.Open(fb, nil)

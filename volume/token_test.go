@@ -1,0 +1,127 @@
+package volume
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+const testUUID = "5b3ae5d6-6a4c-4b8e-9f0e-2f4c1d7a9b10"
+
+func TestTokenParsing(t *testing.T) {
+	for _, bad := range []string{
+		`nope`,
+		`{"type":"other","keyslots":["0"],"key_id":"k","key_version":"v","ciphertext":"AA=="}`,
+		`{"type":"crkvol-crk","keyslots":["0"],"key_version":"v","ciphertext":"AA=="}`,
+		`{"type":"crkvol-crk","keyslots":["0","1"],"key_id":"k","key_version":"v","ciphertext":"AA=="}`,
+		`{"type":"crkvol-crk","keyslots":["0"],"key_id":"k","key_version":"v","ciphertext":"!!"}`,
+	} {
+		_, err := parseToken([]byte(bad), testUUID)
+		assert.ErrorIs(t, err, ErrBadToken, bad)
+	}
+	tok, err := parseToken([]byte(`{"type":"crkvol-crk","keyslots":["0"],"key_id":"k","key_version":"v","ciphertext":"AAEC"}`), testUUID)
+	require.NoError(t, err)
+	ct, err := tok.ciphertext()
+	require.NoError(t, err)
+	assert.Equal(t, []byte{0, 1, 2}, ct)
+}
+
+// TestTokenRefusesBadMembers: a token whose members crkvol owns are malformed is refused with
+// ErrBadToken, and the error names the member at fault.
+func TestTokenRefusesBadMembers(t *testing.T) {
+	const rest = `"key_id":"k","key_version":"v","ciphertext":"AAEC"`
+	crn := CRN(testUUID)
+	cases := []struct {
+		name, token, member string
+	}{
+		{"volume_crn of another volume", `{"type":"crkvol-crk","keyslots":["0"],` + rest + `,"volume_crn":"` + CRN("0f9e4a55-1c1e-4f5e-8d1a-6b2f0b9e8a11") + `"}`, "volume_crn"},
+		{"volume_crn empty", `{"type":"crkvol-crk","keyslots":["0"],` + rest + `,"volume_crn":""}`, "volume_crn"},
+		{"volume_crn not a string", `{"type":"crkvol-crk","keyslots":["0"],` + rest + `,"volume_crn":7}`, "volume_crn"},
+		{"keyslot id with a leading zero", `{"type":"crkvol-crk","keyslots":["01"],` + rest + `,"volume_crn":"` + crn + `"}`, "keyslots"},
+		{"keyslot id 32", `{"type":"crkvol-crk","keyslots":["32"],` + rest + `,"volume_crn":"` + crn + `"}`, "keyslots"},
+		{"negative keyslot id", `{"type":"crkvol-crk","keyslots":["-1"],` + rest + `,"volume_crn":"` + crn + `"}`, "keyslots"},
+		{"keyslot id with a sign", `{"type":"crkvol-crk","keyslots":["+1"],` + rest + `,"volume_crn":"` + crn + `"}`, "keyslots"},
+		{"keyslot id not decimal", `{"type":"crkvol-crk","keyslots":["a"],` + rest + `,"volume_crn":"` + crn + `"}`, "keyslots"},
+		{"keyslot id with a space", `{"type":"crkvol-crk","keyslots":[" 1"],` + rest + `,"volume_crn":"` + crn + `"}`, "keyslots"},
+		{"keyslot id a number", `{"type":"crkvol-crk","keyslots":[1],` + rest + `,"volume_crn":"` + crn + `"}`, "keyslots"},
+		{"keyslots not an array", `{"type":"crkvol-crk","keyslots":"0",` + rest + `,"volume_crn":"` + crn + `"}`, "keyslots"},
+		{"wrapped_at not a time", `{"type":"crkvol-crk","keyslots":["0"],` + rest + `,"wrapped_at":"yesterday","volume_crn":"` + crn + `"}`, "wrapped_at"},
+		{"duplicate member", `{"type":"crkvol-crk","keyslots":["0"],` + rest + `,"key_id":"k2","volume_crn":"` + crn + `"}`, "key_id"},
+		{"type", `{"type":"crkvol-other","keyslots":["0"],` + rest + `}`, "type"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := parseToken([]byte(c.token), testUUID)
+			require.ErrorIs(t, err, ErrBadToken)
+			assert.Contains(t, err.Error(), c.member)
+		})
+	}
+}
+
+// TestTokenKeepsUnknownMembers: marshalling a parsed token changes only the members crkvol
+// owns: every other member keeps its place and its bytes, wherever it sits.
+func TestTokenKeepsUnknownMembers(t *testing.T) {
+	crn := CRN(testUUID)
+	const extra = `{"by":"ops","n":[1,-2,18446744073709551615],"s":"é/\"x\"","o":{}}`
+	cases := []struct {
+		name, token string
+		want        []string // member names, in order, after marshal
+	}{
+		{"first", `{"x-first":` + extra + `,"type":"crkvol-crk","keyslots":["0"],"key_id":"k","key_crn":"c","key_version":"v1","ciphertext":"AAEC","wrapped_at":"2026-01-02T03:04:05Z","volume_crn":"` + crn + `"}`,
+			[]string{"x-first", "type", "keyslots", "key_id", "key_crn", "key_version", "ciphertext", "wrapped_at", "volume_crn"}},
+		{"between", `{"type":"crkvol-crk","keyslots":["0"],"key_id":"k","x-mid":` + extra + `,"key_crn":"c","key_version":"v1","ciphertext":"AAEC","wrapped_at":"2026-01-02T03:04:05Z","volume_crn":"` + crn + `"}`,
+			[]string{"type", "keyslots", "key_id", "x-mid", "key_crn", "key_version", "ciphertext", "wrapped_at", "volume_crn"}},
+		{"last, and two of them", `{"type":"crkvol-crk","keyslots":["0"],"key_id":"k","key_crn":"c","key_version":"v1","ciphertext":"AAEC","wrapped_at":"2026-01-02T03:04:05Z","volume_crn":"` + crn + `","x-a":` + extra + `,"x-b":null}`,
+			[]string{"type", "keyslots", "key_id", "key_crn", "key_version", "ciphertext", "wrapped_at", "volume_crn", "x-a", "x-b"}},
+		{"old token without volume_crn gains it at the end", `{"type":"crkvol-crk","keyslots":["0"],"key_id":"k","key_version":"v1","ciphertext":"AAEC","x-old":` + extra + `}`,
+			[]string{"type", "keyslots", "key_id", "key_version", "ciphertext", "x-old", "key_crn", "wrapped_at", "volume_crn"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			tok, err := parseToken([]byte(c.token), testUUID)
+			require.NoError(t, err)
+			before, err := splitObject([]byte(c.token))
+			require.NoError(t, err)
+			tok.Ciphertext, tok.KeyVersion = "BAUG", "v2"
+			out, err := tok.marshal()
+			require.NoError(t, err)
+			after, err := splitObject(out)
+			require.NoError(t, err, "%s", out)
+			names := make([]string, len(after))
+			got := map[string]string{}
+			for i, m := range after {
+				names[i] = m.name
+				got[m.name] = string(m.value)
+			}
+			assert.Equal(t, c.want, names)
+			for _, m := range before {
+				if m.name[:2] == "x-" {
+					assert.Equal(t, string(m.value), got[m.name], "member %s byte for byte", m.name)
+				}
+			}
+			assert.Equal(t, `"BAUG"`, got["ciphertext"])
+			assert.Equal(t, `"v2"`, got["key_version"])
+			assert.Equal(t, `"`+crn+`"`, got["volume_crn"])
+			again, err := parseToken(out, testUUID)
+			require.NoError(t, err)
+			assert.Equal(t, "v2", again.KeyVersion)
+		})
+	}
+}
+
+// TestNewTokenMemberOrder: a token made by crkvol has its members in the documented order.
+func TestNewTokenMemberOrder(t *testing.T) {
+	tok := &token{Keyslots: []string{"0"}, KeyID: "k", KeyCRN: "c", KeyVersion: "v", Ciphertext: "AAEC", VolumeCRN: CRN(testUUID)}
+	out, err := tok.marshal()
+	require.NoError(t, err)
+	ms, err := splitObject(out)
+	require.NoError(t, err)
+	var names []string
+	for _, m := range ms {
+		names = append(names, m.name)
+	}
+	assert.Equal(t, ownedTokenMembers(), names)
+	_, err = parseToken(out, testUUID)
+	require.NoError(t, err)
+}
