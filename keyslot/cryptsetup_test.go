@@ -13,6 +13,8 @@ import (
 	luks "github.com/anatol/luks.go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"crkvol/internal/tooltest"
 )
 
 // testImage is one entry of testdata/luks2/images.json.
@@ -125,7 +127,7 @@ func formatCases() []formatCase {
 
 // TestFormatOpensInCryptsetup formats images and has cryptsetup dump, test and reveal them.
 func TestFormatOpensInCryptsetup(t *testing.T) {
-	cs := requireTool(t, "cryptsetup")
+	cs := tooltest.Require(t, "cryptsetup")["cryptsetup"]
 	for _, tc := range formatCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			const pass = "format passphrase"
@@ -166,7 +168,7 @@ func dumpedKey(t *testing.T, out string) string {
 // TestAddedKeyslotOpensInCryptsetup adds an argon2id keyslot, removes slot 0, and checks
 // cryptsetup agrees.
 func TestAddedKeyslotOpensInCryptsetup(t *testing.T) {
-	cs := requireTool(t, "cryptsetup")
+	cs := tooltest.Require(t, "cryptsetup")["cryptsetup"]
 	path, img, vk := newFileImage(t, "first", smallFormat())
 	slot, err := img.AddKeyslot(vk, []byte("second"), KeyslotOptions{ID: AnyKeyslot, KDF: Argon2id(4, 32, 1), Priority: PriorityPrefer})
 	require.NoError(t, err)
@@ -186,7 +188,7 @@ func TestAddedKeyslotOpensInCryptsetup(t *testing.T) {
 // TestTokenRoundTripCryptsetup: a token written here comes back unchanged from cryptsetup
 // token export, and one imported by cryptsetup is read back here.
 func TestTokenRoundTripCryptsetup(t *testing.T) {
-	cs := requireTool(t, "cryptsetup")
+	cs := tooltest.Require(t, "cryptsetup")["cryptsetup"]
 	path, img, _ := newFileImage(t, "tokens", smallFormat())
 	ours := `{"type":"crkvol-crk","keyslots":["0"],"key_id":"0f3c1e7a-2b4d-4e6f-8a9b-1c2d3e4f5a6b","crn":"crn:v1:bluemix:public:kms:us-south:a/acct:inst:key:0f3c1e7a","key_version":"v2","ciphertext":"q83vEjRWeJA=","wrapped_at":"2026-11-27T19:00:00Z","n":42,"nested":{"a":[1,2,{"b":null}],"s":"x/y é"}}`
 	id, err := img.AddToken(AnyToken, []byte(ours))

@@ -567,18 +567,6 @@ func unwrapPassphrase(t testing.TB, f *fixture, path string) []byte {
 	return u.Plaintext
 }
 
-func requireTool(t testing.TB, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is required in CI but not installed", name)
-		}
-		t.Skipf("%s not installed; install cryptsetup-bin to run this interoperability test", name)
-	}
-	return p
-}
-
 func run(t testing.TB, name string, args ...string) {
 	t.Helper()
 	out, err := exec.Command(name, args...).CombinedOutput()

@@ -18,6 +18,7 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 
+	"crkvol/internal/tooltest"
 	"crkvol/volume"
 )
 
@@ -30,11 +31,7 @@ func TestMain(m *testing.M) {
 // TestScripts runs the CLI scripts in testdata/*.txtar. Scripts that need cryptsetup are
 // skipped without it, except under CI=true, where it is required.
 func TestScripts(t *testing.T) {
-	for _, tool := range []string{"cryptsetup", "openssl", "nbdinfo", "nbdcopy", "qemu-img"} {
-		if _, err := exec.LookPath(tool); err != nil && os.Getenv("CI") == "true" {
-			t.Fatalf("%s is required in CI but not installed (apt-get install cryptsetup-bin openssl libnbd-bin qemu-utils)", tool)
-		}
-	}
+	tooltest.Available(t, "cryptsetup", "openssl", "nbdinfo", "nbdcopy", "qemu-img")
 	testscript.Run(t, testscript.Params{
 		Dir: "testdata",
 		Setup: func(env *testscript.Env) error {
