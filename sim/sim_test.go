@@ -94,10 +94,10 @@ func TestSameSeedSameRun(t *testing.T) {
 	assert.Positive(t, sumCrashes(a.Faults.Crashes))
 }
 
-// TestIssueFaultRates: the issue's fault configuration (5% KMS failures, 1% crashes per
-// rewrap) on a small fleet: the audit passes, every volume ends on its key's latest version,
+// TestKMSFailuresAndCrashesConverge: 5% KMS failures and 1% crashes per rewrap on a small
+// fleet: the audit passes, every volume ends on its key's latest version,
 // and the faults are counted.
-func TestIssueFaultRates(t *testing.T) {
+func TestKMSFailuresAndCrashesConverge(t *testing.T) {
 	sc := Scenario{Seed: 1, Months: 12, Keys: 3, Volumes: 150, PolicyMonths: 3, AttachesPerMonth: 40,
 		Faults: Faults{FailRate: 0.05, CrashRate: 0.01}}
 	rep, err := Run(context.Background(), sc, Options{Dir: t.TempDir()})

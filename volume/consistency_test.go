@@ -1,3 +1,6 @@
+// Tests that the manager keeps data, images and the registry consistent: under racing I/O,
+// when an image is replaced or removed behind its back, and when an enrolment fails halfway.
+
 package volume_test
 
 import (
