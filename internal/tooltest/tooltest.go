@@ -1,10 +1,20 @@
-// Package tooltest finds the external programs that crkvol's interoperability tests drive
-// (cryptsetup, openssl, nbdinfo, nbdcopy, qemu-img, qemu-nbd).
+// Package tooltest holds what crkvol's tests share about their environment: the external
+// programs the interoperability tests drive (cryptsetup, openssl, nbdinfo, nbdcopy, qemu-img,
+// qemu-nbd) and the switch between quick and full-length runs.
+//
+// # Tools
 //
 // A developer without a tool gets a skipped test and the Debian package to install; CI, which
 // sets CI=true, gets a failure instead, so an interoperability test can never be skipped
 // silently there. It is the one place that rule is written; test files call [Require] or
 // [Available] instead of exec.LookPath.
+//
+// # Long runs
+//
+// A plain `go test ./...` runs a shorter but still meaningful version of each simulation and
+// crash trial (fewer months, volumes and kills), so that it finishes in well under a minute on
+// two cores. CI sets CRKVOL_LONG_TESTS=1 and gets the full lengths; [Long] tells a test which
+// to run, and [Scale] picks its sizes.
 //
 // The package is meant for tests only and imports nothing of crkvol's.
 package tooltest
@@ -62,6 +72,25 @@ func Available(t testing.TB, tools ...string) map[string]string {
 		t.Fatalf("%s required in CI but not installed (apt-get install %s)", strings.Join(missing, ", "), packages(missing))
 	}
 	return found
+}
+
+// LongEnv is the environment variable that, set to "1" or "true", asks for the full-length
+// simulations and crash trials. .ci/run sets it.
+const LongEnv = "CRKVOL_LONG_TESTS"
+
+// Long reports whether LongEnv asks for full-length runs.
+func Long() bool {
+	v := os.Getenv(LongEnv)
+	return v == "1" || v == "true"
+}
+
+// Scale returns long when [Long] reports true, and short otherwise: the size of a simulation
+// or the number of crash trials.
+func Scale(long, short int) int {
+	if Long() {
+		return long
+	}
+	return short
 }
 
 func inCI() bool { return os.Getenv(CIEnv) == "true" }

@@ -107,3 +107,21 @@ func TestPackage(t *testing.T) {
 	}
 	assert.False(t, strings.Contains(packages([]string{"nbdinfo", "nbdcopy"}), "libnbd-bin libnbd-bin"), "each package once")
 }
+
+// TestLongAndScale: only "1" and "true" ask for long runs.
+func TestLongAndScale(t *testing.T) {
+	for _, tc := range []struct {
+		env  string
+		long bool
+	}{{"", false}, {"0", false}, {"false", false}, {"yes", false}, {"1", true}, {"true", true}} {
+		t.Run("env="+tc.env, func(t *testing.T) {
+			t.Setenv(LongEnv, tc.env)
+			assert.Equal(t, tc.long, Long())
+			want := 3
+			if tc.long {
+				want = 50
+			}
+			assert.Equal(t, want, Scale(50, 3))
+		})
+	}
+}
