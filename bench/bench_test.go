@@ -16,6 +16,7 @@ import (
 // TestRunReportsEveryCase runs the harness briefly (no timing claims) and checks the report's
 // shape: every path, both sizes and directions, the references, and the table.
 func TestRunReportsEveryCase(t *testing.T) {
+	t.Parallel()
 	r, err := Run(context.Background(), Options{Quick: true, OpenSSL: "/nonexistent/openssl"})
 	require.NoError(t, err)
 	assert.NotEmpty(t, r.CPU)
@@ -40,6 +41,7 @@ func TestRunReportsEveryCase(t *testing.T) {
 }
 
 func TestOpenSSLSpeed(t *testing.T) {
+	t.Parallel()
 	tooltest.Require(t, "openssl")
 	mbps, err := openSSLSpeed(context.Background(), "", 4096, false, 0)
 	require.NoError(t, err)
@@ -51,6 +53,7 @@ func TestOpenSSLSpeed(t *testing.T) {
 // TestRunNBD runs the NBD comparison small (no timing claims): every server, both directions,
 // and the table with its ratios.
 func TestRunNBD(t *testing.T) {
+	t.Parallel()
 	tooltest.Require(t, "nbdcopy", "qemu-nbd")
 	for _, unix := range []bool{false, true} {
 		r, err := RunNBD(context.Background(), NBDOptions{Size: 8 << 20, Rounds: 1, Dir: t.TempDir(), Unix: unix})

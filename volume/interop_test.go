@@ -17,6 +17,7 @@ import (
 // TestCryptsetupReadsCrkvolVolume: cryptsetup accepts the unwrapped passphrase, and its own
 // offline decryption turns the data written through crkvol back into the same plaintext.
 func TestCryptsetupReadsCrkvolVolume(t *testing.T) {
+	t.Parallel()
 	cs := tooltest.Require(t, "cryptsetup")["cryptsetup"]
 	f := newFixture(t)
 	const size = 4 << 20
@@ -48,6 +49,7 @@ func TestCryptsetupReadsCrkvolVolume(t *testing.T) {
 // adopted, reads back identical through crkvol; the original passphrase still works in
 // cryptsetup, and the volume follows key rotations.
 func TestAdoptCryptsetupEncryptedFile(t *testing.T) {
+	t.Parallel()
 	cs := tooltest.Require(t, "cryptsetup")["cryptsetup"]
 	f := newFixture(t)
 	const fileSize, kept = 8 << 20, 6 << 20 // --reduce-device-size 2M gives up the last 2 MiB

@@ -73,6 +73,7 @@ func ioHelper(spec string) int {
 // TestRotationWhileAnotherProcessDoesIO: a separate process keeps writing and reading an
 // attached volume while this one rotates the key five times; its I/O sees no error.
 func TestRotationWhileAnotherProcessDoesIO(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	info := f.create(t, "shared.img", 2<<20)
 	pass := unwrapPassphrase(t, f, info.Path)

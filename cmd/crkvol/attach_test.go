@@ -43,6 +43,7 @@ func jsonField(t *testing.T, s, field string) string {
 // volume, the volume's root key is rotated; the rotation rewraps the attached volume's header,
 // the copy finishes without error, and the data verifies through NBD and after detach.
 func TestRotateWhileAttachedAndCopying(t *testing.T) {
+	t.Parallel()
 	nbdcopy := tooltest.Require(t, "nbdcopy")["nbdcopy"]
 	dir := t.TempDir()
 	key := jsonField(t, cli(t, dir, "--json", "key", "create", "live"), "id")

@@ -31,6 +31,7 @@ func TestMain(m *testing.M) {
 // TestScripts runs the CLI scripts in testdata/*.txtar. Scripts that need cryptsetup are
 // skipped without it, except under CI=true, where it is required.
 func TestScripts(t *testing.T) {
+	t.Parallel()
 	tooltest.Available(t, "cryptsetup", "openssl", "nbdinfo", "nbdcopy", "qemu-img")
 	testscript.Run(t, testscript.Params{
 		Dir: "testdata",
