@@ -151,13 +151,19 @@ func TestCrashPointsLeaveRecoverableState(t *testing.T) {
 // writes the same header bytes per rewrap, and no data.
 func TestRotationCostIndependentOfSize(t *testing.T) {
 	t.Parallel()
-	var reps []*Report
-	for _, size := range []string{"1MiB", "1GiB"} {
+	sizes := []string{"1MiB", "1GiB"}
+	reps := make([]*Report, len(sizes))
+	errs := make([]error, len(sizes))
+	var wg sync.WaitGroup
+	for i, size := range sizes { // independent runs: side by side
 		sc := Scenario{Seed: 5, Months: 3, Keys: 2, Volumes: 12, PolicyMonths: 1, AttachesPerMonth: -1, VolumeSize: size}
-		rep, err := Run(context.Background(), sc, Options{Dir: t.TempDir()})
-		require.NoError(t, err)
-		require.NoError(t, rep.Err())
-		reps = append(reps, rep)
+		dir := t.TempDir()
+		wg.Go(func() { reps[i], errs[i] = Run(context.Background(), sc, Options{Dir: dir}) })
+	}
+	wg.Wait()
+	for i := range sizes {
+		require.NoError(t, errs[i])
+		require.NoError(t, reps[i].Err())
 	}
 	require.Positive(t, reps[0].Rewraps)
 	assert.Equal(t, reps[0].Rewraps, reps[1].Rewraps)
