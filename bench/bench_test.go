@@ -3,20 +3,20 @@ package bench
 import (
 	"bytes"
 	"context"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"crkvol/internal/tooltest"
 	"crkvol/sector"
 )
 
 // TestRunReportsEveryCase runs the harness briefly (no timing claims) and checks the report's
 // shape: every path, both sizes and directions, the references, and the table.
 func TestRunReportsEveryCase(t *testing.T) {
+	t.Parallel()
 	r, err := Run(context.Background(), Options{Quick: true, OpenSSL: "/nonexistent/openssl"})
 	require.NoError(t, err)
 	assert.NotEmpty(t, r.CPU)
@@ -41,12 +41,8 @@ func TestRunReportsEveryCase(t *testing.T) {
 }
 
 func TestOpenSSLSpeed(t *testing.T) {
-	if _, err := exec.LookPath("openssl"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("openssl is required in CI but not installed (apt-get install openssl)")
-		}
-		t.Skip("openssl not installed; apt-get install openssl to run this test")
-	}
+	t.Parallel()
+	tooltest.Require(t, "openssl")
 	mbps, err := openSSLSpeed(context.Background(), "", 4096, false, 0)
 	require.NoError(t, err)
 	assert.Positive(t, mbps)
@@ -54,22 +50,11 @@ func TestOpenSSLSpeed(t *testing.T) {
 	assert.True(t, err != nil && strings.Contains(err.Error(), "openssl speed"))
 }
 
-// needTools skips without the NBD tools, except under CI=true.
-func needTools(t testing.TB) {
-	for _, tool := range []string{"nbdcopy", "qemu-nbd"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("%s is required in CI (apt-get install libnbd-bin qemu-utils)", tool)
-			}
-			t.Skipf("%s is not installed (apt-get install libnbd-bin qemu-utils)", tool)
-		}
-	}
-}
-
 // TestRunNBD runs the NBD comparison small (no timing claims): every server, both directions,
 // and the table with its ratios.
 func TestRunNBD(t *testing.T) {
-	needTools(t)
+	t.Parallel()
+	tooltest.Require(t, "nbdcopy", "qemu-nbd")
 	for _, unix := range []bool{false, true} {
 		r, err := RunNBD(context.Background(), NBDOptions{Size: 8 << 20, Rounds: 1, Dir: t.TempDir(), Unix: unix})
 		require.NoError(t, err)
@@ -94,7 +79,7 @@ func checkNBDReport(t *testing.T, r *NBDReport) {
 // socket) for crkvol serving an encrypted volume, crkvol's server on a raw file, and qemu-nbd
 // on a raw file, plus each crkvol case's ratio to qemu-nbd, measured in the same run.
 func BenchmarkNBD(b *testing.B) {
-	needTools(b)
+	tooltest.Require(b, "nbdcopy", "qemu-nbd")
 	const size = 256 << 20
 	var r *NBDReport
 	for b.Loop() {

@@ -77,6 +77,10 @@ func crashHelper(path string) {
 	}
 }
 
+// maxAcksBeforeKill bounds how far into its burst TestCrashMidBurst lets the helper get: five
+// acknowledgements are one pass of create, wrap, register, rotate and update.
+const maxAcksBeforeKill = 40
+
 // TestCrashMidBurst kills a process at random moments of a burst of operations and checks
 // that the reopened store has every acknowledged operation and nothing half-done.
 func TestCrashMidBurst(t *testing.T) {
@@ -101,9 +105,14 @@ func TestCrashMidBurst(t *testing.T) {
 			}
 			close(lines)
 		}()
-		// Let it get going, then kill it without warning.
-		deadline := time.After(time.Duration(150+rng.IntN(400)) * time.Millisecond)
+		// Kill it without warning a random number of acknowledgements into the burst, plus a
+		// random fraction of an operation. The kill moment counts acknowledgements, not wall
+		// time, so a slow start on a loaded machine cannot leave a trial with nothing to verify.
+		killAfter := 1 + rng.IntN(maxAcksBeforeKill)
+		killDelay := time.Duration(rng.IntN(3000)) * time.Microsecond
 		var acked []string
+		var kill <-chan time.Time
+		killed := false
 	collect:
 		for {
 			select {
@@ -112,9 +121,12 @@ func TestCrashMidBurst(t *testing.T) {
 					break collect
 				}
 				acked = append(acked, l)
-			case <-deadline:
+				if len(acked) == killAfter && !killed {
+					kill = time.After(killDelay)
+				}
+			case <-kill:
 				require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
-				deadline = nil
+				kill, killed = nil, true
 			}
 		}
 		_ = cmd.Wait()

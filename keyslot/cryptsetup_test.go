@@ -13,6 +13,8 @@ import (
 	luks "github.com/anatol/luks.go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"crkvol/internal/tooltest"
 )
 
 // testImage is one entry of testdata/luks2/images.json.
@@ -41,6 +43,7 @@ func loadTestImages(t *testing.T) []testImage {
 // TestCryptsetupImages unlocks every image cryptsetup made and checks the volume key, the
 // layout and the tokens.
 func TestCryptsetupImages(t *testing.T) {
+	t.Parallel()
 	kdfs := map[string]bool{}
 	for _, ti := range loadTestImages(t) {
 		t.Run(ti.Image, func(t *testing.T) {
@@ -90,6 +93,7 @@ func TestCryptsetupImages(t *testing.T) {
 
 // TestCryptsetupPriority: the two-slot image prefers keyslot 1.
 func TestCryptsetupPriority(t *testing.T) {
+	t.Parallel()
 	f, err := os.Open(filepath.Join(imagesDir, "argon2i-aes128-two-slots.img"))
 	require.NoError(t, err)
 	defer f.Close()
@@ -125,7 +129,8 @@ func formatCases() []formatCase {
 
 // TestFormatOpensInCryptsetup formats images and has cryptsetup dump, test and reveal them.
 func TestFormatOpensInCryptsetup(t *testing.T) {
-	cs := requireTool(t, "cryptsetup")
+	t.Parallel()
+	cs := tooltest.Require(t, "cryptsetup")["cryptsetup"]
 	for _, tc := range formatCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			const pass = "format passphrase"
@@ -166,7 +171,8 @@ func dumpedKey(t *testing.T, out string) string {
 // TestAddedKeyslotOpensInCryptsetup adds an argon2id keyslot, removes slot 0, and checks
 // cryptsetup agrees.
 func TestAddedKeyslotOpensInCryptsetup(t *testing.T) {
-	cs := requireTool(t, "cryptsetup")
+	t.Parallel()
+	cs := tooltest.Require(t, "cryptsetup")["cryptsetup"]
 	path, img, vk := newFileImage(t, "first", smallFormat())
 	slot, err := img.AddKeyslot(vk, []byte("second"), SlotOptions{ID: AnyKeyslot, KDF: Argon2id(4, 32, 1), Priority: PriorityPrefer})
 	require.NoError(t, err)
@@ -186,7 +192,8 @@ func TestAddedKeyslotOpensInCryptsetup(t *testing.T) {
 // TestTokenRoundTripCryptsetup: a token written here comes back unchanged from cryptsetup
 // token export, and one imported by cryptsetup is read back here.
 func TestTokenRoundTripCryptsetup(t *testing.T) {
-	cs := requireTool(t, "cryptsetup")
+	t.Parallel()
+	cs := tooltest.Require(t, "cryptsetup")["cryptsetup"]
 	path, img, _ := newFileImage(t, "tokens", smallFormat())
 	ours := `{"type":"crkvol-crk","keyslots":["0"],"key_id":"0f3c1e7a-2b4d-4e6f-8a9b-1c2d3e4f5a6b","crn":"crn:v1:bluemix:public:kms:us-south:a/acct:inst:key:0f3c1e7a","key_version":"v2","ciphertext":"q83vEjRWeJA=","wrapped_at":"2026-11-27T19:00:00Z","n":42,"nested":{"a":[1,2,{"b":null}],"s":"x/y é"}}`
 	id, err := img.AddToken(AnyToken, []byte(ours))
@@ -237,6 +244,7 @@ func TestTokenRoundTripCryptsetup(t *testing.T) {
 // TestLuksGoOracle: an independent pure-Go LUKS implementation unseals our images and lists
 // our tokens.
 func TestLuksGoOracle(t *testing.T) {
+	t.Parallel()
 	for _, tc := range formatCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			path, img, _ := newFileImage(t, "oracle", tc.opts)

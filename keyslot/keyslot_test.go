@@ -13,6 +13,7 @@ import (
 )
 
 func TestKeyslotLifecycle(t *testing.T) {
+	t.Parallel()
 	dev, img, vk := newMemImage(t, "zero")
 
 	// Wrong volume key, taken id, bad KDF.
@@ -95,6 +96,7 @@ func TestKeyslotLifecycle(t *testing.T) {
 }
 
 func TestTokens(t *testing.T) {
+	t.Parallel()
 	_, img, _ := newMemImage(t, "tok")
 	tests := []struct {
 		name, token, msg string
@@ -154,6 +156,7 @@ func TestTokens(t *testing.T) {
 }
 
 func TestFormatErrors(t *testing.T) {
+	t.Parallel()
 	good := smallFormat
 	tests := []struct {
 		name string
@@ -196,6 +199,7 @@ func TestFormatErrors(t *testing.T) {
 }
 
 func TestFormatOptions(t *testing.T) {
+	t.Parallel()
 	vk := make([]byte, 32)
 	_, err := rand.Read(vk)
 	require.NoError(t, err)
@@ -242,6 +246,7 @@ func TestFormatOptions(t *testing.T) {
 }
 
 func TestAFRoundTrip(t *testing.T) {
+	t.Parallel()
 	for _, h := range []string{"sha1", "sha256", "sha512"} {
 		for _, n := range []int{16, 32, 64, 65} {
 			t.Run(fmt.Sprintf("%s/%d", h, n), func(t *testing.T) {

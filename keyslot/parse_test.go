@@ -46,6 +46,7 @@ func baseImage(t *testing.T, kdf KDF) (*memDevice, string) {
 }
 
 func TestStrictParsing(t *testing.T) {
+	t.Parallel()
 	_, pbkdf2Text := baseImage(t, testKDF)
 	_, argonText := baseImage(t, Argon2id(4, 32, 1))
 	require.Contains(t, pbkdf2Text, `"offset":"32768"`)
@@ -131,6 +132,7 @@ func TestStrictParsing(t *testing.T) {
 // TestUnsupportedAreaCipher: a keyslot whose area cipher is not implemented opens, lists,
 // and refuses to unlock with an error naming the cipher.
 func TestUnsupportedAreaCipher(t *testing.T) {
+	t.Parallel()
 	dev, text := baseImage(t, testKDF)
 	writeRawMetadata(t, dev, strings.Replace(text, `"encryption":"aes-xts-plain64","key_size":64}`, `"encryption":"serpent-xts-plain64","key_size":64}`, 1))
 	img, err := Open(dev, nil)
@@ -144,6 +146,7 @@ func TestUnsupportedAreaCipher(t *testing.T) {
 // TestUnknownRequirements: an unknown mandatory requirement still unlocks, but every
 // metadata change is refused, as cryptsetup does.
 func TestUnknownRequirements(t *testing.T) {
+	t.Parallel()
 	dev, text := baseImage(t, testKDF)
 	writeRawMetadata(t, dev, strings.Replace(text, `"keyslots_size":"786432"}`, `"keyslots_size":"786432","requirements":{"mandatory":["future-feature"]}}`, 1))
 	img, err := Open(dev, nil)
@@ -167,6 +170,7 @@ func TestUnknownRequirements(t *testing.T) {
 
 // TestUnknownMembersSurvive: members this package does not interpret are written back.
 func TestUnknownMembersSurvive(t *testing.T) {
+	t.Parallel()
 	dev, text := baseImage(t, testKDF)
 	text = strings.Replace(text, `{"keyslots":{"0":{"type":"luks2",`, `{"keyslots":{"0":{"type":"luks2","x-slot":{"a":[1]},`, 1)
 	text = strings.Replace(text, `"sector_size":4096}`, `"sector_size":4096,"flags":["x-seg"]}`, 1)

@@ -85,20 +85,6 @@ func (c *countingDevice) WriteAt(p []byte, off int64) (int, error) {
 	return c.memDevice.WriteAt(p, off)
 }
 
-// requireTool returns the path of an external tool, skipping the test when it is missing —
-// except under CI=true, where a missing tool is a failure.
-func requireTool(t testing.TB, name string) string {
-	t.Helper()
-	path, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is required in CI but not installed (apt-get install cryptsetup-bin)", name)
-		}
-		t.Skipf("%s not installed; install cryptsetup-bin to run this interoperability test", name)
-	}
-	return path
-}
-
 // run runs a command and returns its stdout, failing the test with stderr on error.
 func run(t testing.TB, name string, args ...string) []byte {
 	t.Helper()

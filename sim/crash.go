@@ -122,23 +122,36 @@ func CrashTest(ctx context.Context, opts CrashOptions) (*CrashReport, error) {
 			return rep, err
 		}
 		now = now.Add(2 * time.Hour) // past the hourly rotation limit
-		// Most of a rotation's first fifth is process start and opening the stores: aim the
-		// kills at the rest, where the rewraps run, with some landing after the end.
+		// Three kills in four follow the rotation's progress: they wait until a third to two
+		// thirds of the volumes' headers have been rewritten, so they land inside the rewrap
+		// pass however slowly a loaded machine starts the process. The rest are timed from the
+		// calibration run: most of a rotation's first fifth is process start and opening the
+		// stores, so they aim at the rest, with some landing after the end.
+		byProgress := rng.IntN(4) != 0
+		target := opts.Volumes/3 + rng.IntN(opts.Volumes/3+1)
 		delay := time.Duration((0.2 + 0.85*rng.Float64()) * float64(full))
+		moment := fmt.Sprintf("after %s", delay.Round(time.Millisecond))
+		var before []time.Time
+		if byProgress {
+			before = fx.mtimes()
+			moment = fmt.Sprintf("once %d of %d headers were rewritten", target, opts.Volumes)
+		}
 		cmd := fx.cli(ctx, now, "key", "rotate", fx.keyID)
 		if err := cmd.Start(); err != nil {
 			return rep, err
 		}
 		exited := make(chan error, 1)
 		go func() { exited <- cmd.Wait() }()
+		var timer <-chan time.Time
+		var progressed <-chan struct{}
+		stop := make(chan struct{})
+		if byProgress {
+			progressed = fx.watch(stop, before, target)
+		} else {
+			timer = time.After(delay)
+		}
 		killed := false
-		select {
-		case err := <-exited:
-			if err != nil {
-				rep.Failures = append(rep.Failures, fmt.Sprintf("trial %d: rotate failed on its own: %v", trial, err))
-			}
-			rep.Finished++
-		case <-time.After(delay):
+		kill := func() {
 			_ = cmd.Process.Signal(syscall.SIGKILL)
 			err := <-exited
 			var ee *exec.ExitError
@@ -149,6 +162,18 @@ func CrashTest(ctx context.Context, opts CrashOptions) (*CrashReport, error) {
 				rep.Finished++
 			}
 		}
+		select {
+		case err := <-exited:
+			if err != nil {
+				rep.Failures = append(rep.Failures, fmt.Sprintf("trial %d: rotate failed on its own: %v", trial, err))
+			}
+			rep.Finished++
+		case <-timer:
+			kill()
+		case <-progressed:
+			kill()
+		}
+		close(stop)
 		stale, total, err := fx.staleCount(ctx, now)
 		if err != nil {
 			return rep, err
@@ -168,8 +193,8 @@ func CrashTest(ctx context.Context, opts CrashOptions) (*CrashReport, error) {
 		for _, f := range fails {
 			rep.Failures = appendCapped(rep.Failures, fmt.Sprintf("trial %d: %s", trial, f))
 		}
-		opts.Log("trial %d/%d: kill after %s (%s), %d of %d volumes left stale, repaired by sync; %d problems", trial, opts.Trials,
-			delay.Round(time.Millisecond), map[bool]string{true: "killed", false: "had finished"}[killed], stale, total, len(fails))
+		opts.Log("trial %d/%d: kill %s (%s), %d of %d volumes left stale, repaired by sync; %d problems", trial, opts.Trials,
+			moment, map[bool]string{true: "killed", false: "had finished"}[killed], stale, total, len(fails))
 	}
 	rep.WallSeconds = time.Since(start).Seconds()
 	if len(rep.Failures) > 0 {
@@ -249,6 +274,45 @@ func (fx *crashFixture) setup(ctx context.Context) error {
 		fx.vols = append(fx.vols, v)
 	}
 	return nil
+}
+
+// mtimes returns the modification time of every volume's image (zero if it cannot be read).
+func (fx *crashFixture) mtimes() []time.Time {
+	ts := make([]time.Time, len(fx.vols))
+	for i, v := range fx.vols {
+		if fi, err := os.Stat(v.path); err == nil {
+			ts[i] = fi.ModTime()
+		}
+	}
+	return ts
+}
+
+// watch polls the images every millisecond and closes the returned channel once at least
+// target of them were modified since before was taken; it gives up when stop closes.
+func (fx *crashFixture) watch(stop <-chan struct{}, before []time.Time, target int) <-chan struct{} {
+	reached := make(chan struct{})
+	go func() {
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			changed := 0
+			for i, t := range fx.mtimes() {
+				if !t.Equal(before[i]) {
+					changed++
+				}
+			}
+			if changed >= target {
+				close(reached)
+				return
+			}
+		}
+	}()
+	return reached
 }
 
 // staleCount counts registrations not on the key's latest version.

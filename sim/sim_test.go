@@ -7,24 +7,30 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"crkvol/internal/tooltest"
 )
 
+// smallScenario is a small fleet with every kind of event and fault: six months of 40 volumes
+// with CRKVOL_LONG_TESTS=1, three months of 20 otherwise.
 func smallScenario() Scenario {
 	return Scenario{
-		Seed: 3, Months: 6, Keys: 3, Volumes: 40, PolicyMonths: 1, ManualRotationsPerMonth: 1,
-		AttachesPerMonth: 30, CreatesPerMonth: 3, DeletesPerMonth: 3,
+		Seed: 3, Months: tooltest.Scale(6, 3), Keys: 3, Volumes: tooltest.Scale(40, 20), PolicyMonths: 1, ManualRotationsPerMonth: 1,
+		AttachesPerMonth: tooltest.Scale(30, 15), CreatesPerMonth: 3, DeletesPerMonth: 3,
 		Faults: Faults{FailRate: 0.05, CrashRate: 0.02, Latency: Duration(5 * time.Millisecond), RandomOutages: 2},
 	}
 }
 
-// TestRunWithFaults: a small fleet through six months of rotations, attaches, creates,
+// TestRunWithFaults: a small fleet through months of rotations, attaches, creates,
 // deletes, KMS errors, outages and crashes; the audit passes and the faults are counted.
 func TestRunWithFaults(t *testing.T) {
+	t.Parallel()
 	rep, err := Run(context.Background(), smallScenario(), Options{Dir: t.TempDir()})
 	require.NoError(t, err)
 	var sum bytes.Buffer
@@ -63,12 +69,21 @@ func TestRunWithFaults(t *testing.T) {
 // TestSameSeedSameRun: with one rewrap worker, two runs of a scenario with faults and crashes
 // give the same counts, passes and samples.
 func TestSameSeedSameRun(t *testing.T) {
+	t.Parallel()
 	sc := smallScenario()
 	sc.Workers = 1
-	a, err := Run(context.Background(), sc, Options{Dir: t.TempDir()})
-	require.NoError(t, err)
-	b, err := Run(context.Background(), sc, Options{Dir: t.TempDir()})
-	require.NoError(t, err)
+	// The two runs share nothing but the scenario: run them side by side.
+	var (
+		a, b       *Report
+		errA, errB error
+		wg         sync.WaitGroup
+	)
+	dirA, dirB := t.TempDir(), t.TempDir()
+	wg.Go(func() { a, errA = Run(context.Background(), sc, Options{Dir: dirA}) })
+	wg.Go(func() { b, errB = Run(context.Background(), sc, Options{Dir: dirB}) })
+	wg.Wait()
+	require.NoError(t, errA)
+	require.NoError(t, errB)
 	type digest struct {
 		Rotations, Rewraps, Failures, Retries, Faults, Restarts int
 		Bytes                                                   int64
@@ -94,16 +109,20 @@ func TestSameSeedSameRun(t *testing.T) {
 	assert.Positive(t, sumCrashes(a.Faults.Crashes))
 }
 
-// TestIssueFaultRates: the issue's fault configuration (5% KMS failures, 1% crashes per
-// rewrap) on a small fleet: the audit passes, every volume ends on its key's latest version,
+// TestKMSFailuresAndCrashesConverge: 5% KMS failures and 1% crashes per rewrap on a small
+// fleet: the audit passes, every volume ends on its key's latest version,
 // and the faults are counted.
-func TestIssueFaultRates(t *testing.T) {
-	sc := Scenario{Seed: 1, Months: 12, Keys: 3, Volumes: 150, PolicyMonths: 3, AttachesPerMonth: 40,
+func TestKMSFailuresAndCrashesConverge(t *testing.T) {
+	t.Parallel()
+	// A year of 150 volumes rotated quarterly with CRKVOL_LONG_TESTS=1; otherwise half a year
+	// of 60 rotated monthly, which rewraps about as often per volume in a third of the time.
+	volumes := tooltest.Scale(150, 60)
+	sc := Scenario{Seed: 1, Months: tooltest.Scale(12, 6), Keys: 3, Volumes: volumes, PolicyMonths: tooltest.Scale(3, 1), AttachesPerMonth: 40,
 		Faults: Faults{FailRate: 0.05, CrashRate: 0.01}}
 	rep, err := Run(context.Background(), sc, Options{Dir: t.TempDir()})
 	require.NoError(t, err)
 	require.NoError(t, rep.Err())
-	assert.Equal(t, 150, rep.Audit.DataVerified)
+	assert.Equal(t, volumes, rep.Audit.DataVerified)
 	assert.Positive(t, rep.Faults.KMSErrors)
 	assert.Positive(t, sumCrashes(rep.Faults.Crashes))
 	assert.Equal(t, rep.Faults.KMSErrors+sumCrashes(rep.Faults.Crashes), rep.FaultsInjected)
@@ -116,7 +135,8 @@ func TestIssueFaultRates(t *testing.T) {
 // TestCrashPointsLeaveRecoverableState: with a high crash rate every crash point is hit,
 // including torn header writes, and the fleet still audits clean.
 func TestCrashPointsLeaveRecoverableState(t *testing.T) {
-	sc := Scenario{Seed: 21, Months: 6, Keys: 2, Volumes: 40, PolicyMonths: 1, ManualRotationsPerMonth: 2,
+	t.Parallel()
+	sc := Scenario{Seed: 21, Months: tooltest.Scale(6, 3), Keys: 2, Volumes: tooltest.Scale(40, 20), PolicyMonths: 1, ManualRotationsPerMonth: 2,
 		AttachesPerMonth: -1, Faults: Faults{CrashRate: 0.1}}
 	rep, err := Run(context.Background(), sc, Options{Dir: t.TempDir()})
 	require.NoError(t, err)
@@ -130,13 +150,20 @@ func TestCrashPointsLeaveRecoverableState(t *testing.T) {
 // TestRotationCostIndependentOfSize: the same scenario on 1 MiB and 1 GiB (sparse) volumes
 // writes the same header bytes per rewrap, and no data.
 func TestRotationCostIndependentOfSize(t *testing.T) {
-	var reps []*Report
-	for _, size := range []string{"1MiB", "1GiB"} {
+	t.Parallel()
+	sizes := []string{"1MiB", "1GiB"}
+	reps := make([]*Report, len(sizes))
+	errs := make([]error, len(sizes))
+	var wg sync.WaitGroup
+	for i, size := range sizes { // independent runs: side by side
 		sc := Scenario{Seed: 5, Months: 3, Keys: 2, Volumes: 12, PolicyMonths: 1, AttachesPerMonth: -1, VolumeSize: size}
-		rep, err := Run(context.Background(), sc, Options{Dir: t.TempDir()})
-		require.NoError(t, err)
-		require.NoError(t, rep.Err())
-		reps = append(reps, rep)
+		dir := t.TempDir()
+		wg.Go(func() { reps[i], errs[i] = Run(context.Background(), sc, Options{Dir: dir}) })
+	}
+	wg.Wait()
+	for i := range sizes {
+		require.NoError(t, errs[i])
+		require.NoError(t, reps[i].Err())
 	}
 	require.Positive(t, reps[0].Rewraps)
 	assert.Equal(t, reps[0].Rewraps, reps[1].Rewraps)
@@ -146,6 +173,7 @@ func TestRotationCostIndependentOfSize(t *testing.T) {
 
 // TestCorruptionFailsAudit: data overwritten behind crkvol's back is found, and the run fails.
 func TestCorruptionFailsAudit(t *testing.T) {
+	t.Parallel()
 	sc := Scenario{Seed: 9, Months: 2, Keys: 1, Volumes: 10, PolicyMonths: 1, AttachesPerMonth: -1, Faults: Faults{CorruptData: 2}}
 	rep, err := Run(context.Background(), sc, Options{Dir: t.TempDir()})
 	require.NoError(t, err)
@@ -160,6 +188,7 @@ func TestCorruptionFailsAudit(t *testing.T) {
 }
 
 func TestScenarioFiles(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	yml := filepath.Join(dir, "s.yaml")
 	require.NoError(t, os.WriteFile(yml, []byte(`seed: 7

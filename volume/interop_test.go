@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"crkvol/internal/tooltest"
 	"crkvol/keyslot"
 	"crkvol/volume"
 )
@@ -16,7 +17,8 @@ import (
 // TestCryptsetupReadsCrkvolVolume: cryptsetup accepts the unwrapped passphrase, and its own
 // offline decryption turns the data written through crkvol back into the same plaintext.
 func TestCryptsetupReadsCrkvolVolume(t *testing.T) {
-	cs := requireTool(t, "cryptsetup")
+	t.Parallel()
+	cs := tooltest.Require(t, "cryptsetup")["cryptsetup"]
 	f := newFixture(t)
 	const size = 4 << 20
 	info := f.create(t, "interop.img", size)
@@ -47,7 +49,8 @@ func TestCryptsetupReadsCrkvolVolume(t *testing.T) {
 // adopted, reads back identical through crkvol; the original passphrase still works in
 // cryptsetup, and the volume follows key rotations.
 func TestAdoptCryptsetupEncryptedFile(t *testing.T) {
-	cs := requireTool(t, "cryptsetup")
+	t.Parallel()
+	cs := tooltest.Require(t, "cryptsetup")["cryptsetup"]
 	f := newFixture(t)
 	const fileSize, kept = 8 << 20, 6 << 20 // --reduce-device-size 2M gives up the last 2 MiB
 	plain := pattern(fileSize, 7)

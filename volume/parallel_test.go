@@ -13,6 +13,7 @@ import (
 )
 
 func TestParallelMatchesSerial(t *testing.T) {
+	t.Parallel()
 	key := make([]byte, 64)
 	fillRand(rand.New(rand.NewPCG(4, 4)), key)
 	for _, path := range sector.Paths() {
@@ -78,6 +79,7 @@ func BenchmarkParallel(b *testing.B) {
 
 // TestParallelClose: requests after (or racing) Close run in the caller instead of panicking.
 func TestParallelClose(t *testing.T) {
+	t.Parallel()
 	key := make([]byte, 64)
 	fillRand(rand.New(rand.NewPCG(6, 6)), key)
 	c, err := sector.New(key, 4096)

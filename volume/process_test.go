@@ -1,6 +1,7 @@
 package volume_test
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/hex"
 	"fmt"
@@ -100,6 +101,7 @@ func ioHelper(spec string) int {
 // TestRotationWhileAnotherProcessDoesIO: a separate process keeps writing and reading an
 // attached volume while this one rotates the key five times; its I/O sees no error.
 func TestRotationWhileAnotherProcessDoesIO(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	info := f.create(t, "shared.img", 2<<20)
 	pass := unwrapPassphrase(t, f, info.Path)
@@ -109,15 +111,33 @@ func TestRotationWhileAnotherProcessDoesIO(t *testing.T) {
 	cmd.Env = append(os.Environ(), ioHelperEnv+"="+info.Path+" "+hex.EncodeToString(pass))
 	stdin, err := cmd.StdinPipe()
 	require.NoError(t, err)
-	var out bytes.Buffer
-	cmd.Stdout = &out
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill() }) // if the test stops early; harmless after Wait
+	// Rotate only once the helper has the volume open and is doing I/O: on a loaded machine
+	// its start can take longer than the five rotations.
+	var out bytes.Buffer // written by the reader below until copied delivers
+	copied := make(chan error, 1)
+	first := make(chan string, 1)
+	go func() {
+		r := bufio.NewReader(stdout)
+		line, err := r.ReadString('\n')
+		first <- line
+		out.WriteString(line)
+		if err == nil {
+			_, err = out.ReadFrom(r)
+		}
+		copied <- err
+	}()
+	require.Equal(t, "ready\n", <-first, "the helper could not open the volume")
 	for range 5 {
 		f.rotate(t)
 		require.NoError(t, f.lastReport().Err())
 		require.Equal(t, 1, f.lastReport().Rewrapped)
 	}
 	stdin.Close()
+	require.NoError(t, <-copied)
 	err = cmd.Wait()
 	require.NoError(t, err, "helper: %s", out.String())
 	require.Contains(t, out.String(), "ready")

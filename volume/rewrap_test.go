@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"crkvol/crk"
+	"crkvol/internal/tooltest"
 	"crkvol/keyslot"
 	"crkvol/volume"
 )
@@ -87,7 +88,7 @@ func TestUnknownTokenMemberSurvivesRewrap(t *testing.T) {
 			}))
 		}},
 		{"cryptsetup token import", func(t *testing.T, f *fixture, path string) {
-			cs := requireTool(t, "cryptsetup")
+			cs := tooltest.Require(t, "cryptsetup")["cryptsetup"]
 			out, err := exec.Command(cs, "token", "export", "--token-id", "0", path).Output()
 			require.NoError(t, err)
 			file := filepath.Join(f.dir, "token.json")

@@ -8,6 +8,7 @@ import (
 )
 
 func TestParseSize(t *testing.T) {
+	t.Parallel()
 	good := map[string]int64{
 		"4096": 4096, "1KiB": 1024, "1k": 1024, "10MiB": 10 << 20, "10m": 10 << 20, "2GiB": 2 << 30,
 		"2G": 2 << 30, "1TiB": 1 << 40, " 3 MiB ": 3 << 20, "512B": 512,

@@ -114,6 +114,7 @@ func fileHash(t testing.TB, path string, from int64) [32]byte {
 // TestRotateNeverTouchesData writes a pattern, rotates three times and reopens: every byte
 // reads back, the data area's hash is unchanged and only header bytes differ.
 func TestRotateNeverTouchesData(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	const size = 8 << 20
 	info := f.create(t, "vol.img", size)
@@ -194,6 +195,7 @@ func TestRotateNeverTouchesData(t *testing.T) {
 
 // TestRandomIO checks reads and writes at random offsets and lengths against a model.
 func TestRandomIO(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	for _, ss := range []int{512, 4096} {
 		t.Run(fmt.Sprint(ss), func(t *testing.T) {
@@ -255,6 +257,7 @@ func TestRandomIO(t *testing.T) {
 // with its public volume_crn member edited to pass for the other volume's (a verbatim copy is
 // refused before any unwrap: TestTokenCheckedAgainstImage).
 func TestAADBindsToken(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	a := f.create(t, "a.img", 1<<20)
 	b := f.create(t, "b.img", 1<<20)
@@ -287,6 +290,7 @@ func readToken(t testing.TB, path string) []byte {
 // TestDisabledKeyRefusesOpen: a suspended key makes attach fail with a clear error;
 // enabling it makes attach work again.
 func TestDisabledKeyRefusesOpen(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	info := f.create(t, "v.img", 1<<20)
 	_, err := f.svc.DisableKey(f.ctx, f.key.ID)
@@ -305,6 +309,7 @@ func TestDisabledKeyRefusesOpen(t *testing.T) {
 // TestLazyRewrapOnOpen: when no hook rewrapped a volume, attaching stores the rewrapped
 // ciphertext and updates the registration.
 func TestLazyRewrapOnOpen(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	info := f.create(t, "lazy.img", 1<<20)
 	f.mgr.Close() // no rotation hook
@@ -355,6 +360,7 @@ func (k *flakyKMS) Rewrap(ctx context.Context, keyID string, ct []byte, aad []st
 // TestFailedRewrapKeepsOldWrapping: transient failures are retried; a volume that keeps
 // failing keeps its old, working wrapping, and Sync brings it up to date later.
 func TestFailedRewrapKeepsOldWrapping(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	f.mgr.Close()
 	flaky := &flakyKMS{KeyService: f.ks, failures: map[string]int{}}
@@ -401,6 +407,7 @@ func TestFailedRewrapKeepsOldWrapping(t *testing.T) {
 // TestBytesPerRewrapIndependentOfSize: rewrapping a 1 MiB and a 1 GiB (sparse) volume writes
 // the same number of bytes: header metadata only.
 func TestBytesPerRewrapIndependentOfSize(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	f.create(t, "small.img", 1<<20)
 	f.create(t, "large.img", 1<<30)
@@ -422,6 +429,7 @@ func TestBytesPerRewrapIndependentOfSize(t *testing.T) {
 
 // TestDelete: crypto-erase makes the data unrecoverable, and the volume is deregistered.
 func TestDelete(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	info := f.create(t, "del.img", 1<<20)
 	keep := f.create(t, "keep.img", 1<<20)
@@ -444,6 +452,7 @@ func TestDelete(t *testing.T) {
 // TestConcurrentIOWhileRotating: 8 goroutines read and write at random while the key rotates
 // 20 times; no error, no torn sector, no lost write.
 func TestConcurrentIOWhileRotating(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	const size = 4 << 20
 	info := f.create(t, "busy.img", size)
@@ -531,6 +540,7 @@ func TestConcurrentIOWhileRotating(t *testing.T) {
 }
 
 func TestOpenWithPassphraseAndErrors(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	info := f.create(t, "p.img", 1<<20)
 	pass := unwrapPassphrase(t, f, info.Path)
@@ -570,18 +580,6 @@ func unwrapPassphrase(t testing.TB, f *fixture, path string) []byte {
 	return u.Plaintext
 }
 
-func requireTool(t testing.TB, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is required in CI but not installed", name)
-		}
-		t.Skipf("%s not installed; install cryptsetup-bin to run this interoperability test", name)
-	}
-	return p
-}
-
 func run(t testing.TB, name string, args ...string) {
 	t.Helper()
 	out, err := exec.Command(name, args...).CombinedOutput()
@@ -599,6 +597,7 @@ func (noRegUpdateKMS) UpdateRegistration(context.Context, string, string, string
 // TestSyncRepairsLaggingRegistration: a token already on the new version with its
 // registration left behind is caught up by Sync, and the registration then matches.
 func TestSyncRepairsLaggingRegistration(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	f.mgr.Close()
 	broken := volume.NewManager(noRegUpdateKMS{f.ks}, f.reg, volume.Options{Attempts: 1})
@@ -625,6 +624,7 @@ func TestSyncRepairsLaggingRegistration(t *testing.T) {
 // open of the data area; shared read-only opens coexist; rotation rewraps a volume that is
 // open, and delete refuses one.
 func TestDataAreaLock(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	info := f.create(t, "lock.img", 1<<20)
 

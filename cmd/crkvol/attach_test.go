@@ -14,20 +14,9 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-)
 
-// needTool finds a tool, skipping the test without it, except under CI=true.
-func needTool(t *testing.T, name, pkg string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is required in CI (apt-get install %s)", name, pkg)
-		}
-		t.Skipf("%s is not installed (apt-get install %s)", name, pkg)
-	}
-	return p
-}
+	"crkvol/internal/tooltest"
+)
 
 // cli runs the crkvol under test (the test binary, put in $PATH by testscript) in dir.
 func cli(t *testing.T, dir string, args ...string) string {
@@ -54,7 +43,8 @@ func jsonField(t *testing.T, s, field string) string {
 // volume, the volume's root key is rotated; the rotation rewraps the attached volume's header,
 // the copy finishes without error, and the data verifies through NBD and after detach.
 func TestRotateWhileAttachedAndCopying(t *testing.T) {
-	nbdcopy := needTool(t, "nbdcopy", "libnbd-bin")
+	t.Parallel()
+	nbdcopy := tooltest.Require(t, "nbdcopy")["nbdcopy"]
 	dir := t.TempDir()
 	key := jsonField(t, cli(t, dir, "--json", "key", "create", "live"), "id")
 	cli(t, dir, "volume", "create", "live.img", "--size", "32MiB", "--key", key)

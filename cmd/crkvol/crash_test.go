@@ -10,17 +10,19 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"crkvol/internal/tooltest"
 	"crkvol/sim"
 )
 
 // TestCrashTest kills `crkvol key rotate` with SIGKILL at random moments and checks that
-// `crkvol key sync` repairs every volume (sim.CrashTest). CI runs 12 trials over 100
-// volumes; CRKVOL_CRASH_TRIALS and CRKVOL_CRASH_VOLUMES set more (the issue's full run is
-// 50 over 500: crkvol sim crash).
+// `crkvol key sync` repairs every volume (sim.CrashTest). CI (CRKVOL_LONG_TESTS=1) runs 12
+// trials over 100 volumes, a plain `go test` 4 over 50; CRKVOL_CRASH_TRIALS and
+// CRKVOL_CRASH_VOLUMES set more (the full run is 50 over 500: crkvol sim crash).
 func TestCrashTest(t *testing.T) {
+	t.Parallel()
 	bin, err := exec.LookPath("crkvol")
 	require.NoError(t, err, "testscript puts crkvol in PATH")
-	trials, volumes := 12, 100
+	trials, volumes := tooltest.Scale(12, 4), tooltest.Scale(100, 50)
 	if n, err := strconv.Atoi(os.Getenv("CRKVOL_CRASH_TRIALS")); err == nil {
 		trials = n
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 
+	"crkvol/internal/tooltest"
 	"crkvol/volume"
 )
 
@@ -30,17 +31,17 @@ func TestMain(m *testing.M) {
 // TestScripts runs the CLI scripts in testdata/*.txtar. Scripts that need cryptsetup are
 // skipped without it, except under CI=true, where it is required.
 func TestScripts(t *testing.T) {
-	for _, tool := range []string{"cryptsetup", "openssl", "nbdinfo", "nbdcopy", "qemu-img"} {
-		if _, err := exec.LookPath(tool); err != nil && os.Getenv("CI") == "true" {
-			t.Fatalf("%s is required in CI but not installed (apt-get install cryptsetup-bin openssl libnbd-bin qemu-utils)", tool)
-		}
-	}
+	t.Parallel()
+	tooltest.Available(t, "cryptsetup", "openssl", "nbdinfo", "nbdcopy", "qemu-img")
 	testscript.Run(t, testscript.Params{
 		Dir: "testdata",
 		Setup: func(env *testscript.Env) error {
 			env.Setenv("CRKVOL_STATE", env.WorkDir+"/state")
 			env.Setenv("CRKVOL_NOW", "2026-06-01T12:00:00Z")
 			env.Setenv("CRKVOL_MASTER_KEY", "")
+			// The fleet sim.txtar simulates: full size in CI (CRKVOL_LONG_TESTS=1).
+			env.Setenv("SIM_VOLUMES", strconv.Itoa(tooltest.Scale(30, 12)))
+			env.Setenv("SIM_MONTHS", strconv.Itoa(tooltest.Scale(4, 2)))
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){

@@ -1,3 +1,6 @@
+// Tests that the manager keeps data, images and the registry consistent: under racing I/O,
+// when an image is replaced or removed behind its back, and when an enrolment fails halfway.
+
 package volume_test
 
 import (
@@ -20,6 +23,7 @@ import (
 // TestReadsNeverTorn: a reader racing a writer that rewrites one sector whole sees one
 // version or the other, never a mix.
 func TestReadsNeverTorn(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	info := f.create(t, "torn.img", 1<<20)
 	v, err := f.mgr.Open(f.ctx, info.Path)
@@ -66,6 +70,7 @@ func TestReadsNeverTorn(t *testing.T) {
 // TestRewrapChecksTheImage: an image replaced at a registered path is not mistaken for the
 // registered volume; the replaced volume's rewrap fails, the new one's succeeds.
 func TestRewrapChecksTheImage(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	path := filepath.Join(f.dir, "disk.img")
 	old, err := f.mgr.Create(f.ctx, path, volume.CreateOptions{KeyID: f.key.ID, Size: 1 << 20, KeyslotsSize: 512 << 10})
@@ -93,6 +98,7 @@ func TestRewrapChecksTheImage(t *testing.T) {
 // TestDeleteLostImage: an image removed by hand can still be deregistered, so it does not
 // pin its key.
 func TestDeleteLostImage(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	info := f.create(t, "lost.img", 1<<20)
 	require.NoError(t, os.Remove(info.Path))
@@ -114,6 +120,7 @@ func (failRegisterKMS) Register(context.Context, string, string, string, bool) e
 // TestFailedEnrolmentRollsBack: a create or adopt whose registration fails leaves no image,
 // no token and no extra keyslot behind, so a retry starts clean.
 func TestFailedEnrolmentRollsBack(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	broken := volume.NewManager(failRegisterKMS{f.ks}, f.reg, volume.Options{})
 	defer broken.Close()
