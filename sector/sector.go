@@ -1,14 +1,11 @@
 package sector
 
 import (
-	"crypto/aes"
 	"crypto/cipher"
 	"crypto/subtle"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/bits"
-	"unsafe"
 )
 
 // IVUnit is the size in bytes of the unit in which sector numbers (and so XTS tweaks) count,
@@ -104,28 +101,8 @@ func NewPath(key []byte, sectorSize int, path Path) (*Cipher, error) {
 		return nil, fmt.Errorf("%w: the two halves of the %d-byte XTS key are equal", ErrWeakKey, len(key))
 	}
 	c := &Cipher{size: sectorSize, shift: uint(bits.TrailingZeros(uint(sectorSize))), step: uint64(sectorSize / IVUnit), path: path}
-	if path == PathGeneric {
-		var err error
-		if c.data, err = aes.NewCipher(key[:half]); err != nil {
-			return nil, fmt.Errorf("sector: data key: %w", err)
-		}
-		if c.tweak, err = aes.NewCipher(key[half:]); err != nil {
-			return nil, fmt.Errorf("sector: tweak key: %w", err)
-		}
-	} else {
-		c.k1.expand(key[:half])
-		c.k2.expand(key[half:])
-		if path == PathVAES {
-			c.wideOff = int(-uintptr(unsafe.Pointer(&c.wide[0])) & 63)
-			w := c.wide[c.wideOff:]
-			broadcastRounds(w[:wideKeys], c.k1.enc[:])
-			broadcastRounds(w[wideKeys:2*wideKeys], c.k1.dec[:])
-			broadcastRounds(w[2*wideKeys:3*wideKeys], c.k2.enc[:])
-		}
-		for j := range 4 {
-			binary.LittleEndian.PutUint64(c.laneOffs[16*j:], uint64(j)*c.step)
-		}
-		binary.LittleEndian.PutUint64(c.laneOffs[64:], 4*c.step)
+	if err := c.setKeys(key[:half], key[half:]); err != nil {
+		return nil, err
 	}
 	return c, nil
 }
