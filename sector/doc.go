@@ -67,4 +67,7 @@
 // # Concurrency
 //
 // A Cipher is immutable after [New] and safe for concurrent use by multiple goroutines.
+// [Cipher.Wipe] may run concurrently with them: a call it overlaps either completes with the
+// keys intact or panics, with its output cleared; it never returns output made with
+// half-wiped keys. The check costs a call one plain load of a flag it has just read.
 package sector

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"sync/atomic"
 )
 
 // IVUnit is the size in bytes of the unit in which sector numbers (and so XTS tweaks) count,
@@ -44,7 +45,7 @@ const (
 func Paths() []Path { return available() }
 
 // Cipher encrypts and decrypts whole sectors with aes-xts-plain64. It is safe for concurrent
-// use by multiple goroutines.
+// use by multiple goroutines, [Cipher.Wipe] included.
 type Cipher struct {
 	data  cipher.Block // first key half: encrypts the data blocks
 	tweak cipher.Block // second key half: encrypts the tweak
@@ -61,7 +62,11 @@ type Cipher struct {
 	// reads the same keys, perhaps unaligned, and wiping it leaves the original intact.
 	wide    [3*wideKeys + 63]byte
 	wideOff int
-	wiped   bool
+	// wiped is set (to 1, atomically) by Wipe before it clears any key. A call checks it
+	// before and after its work, so a call that overlapped Wipe, and may have read cleared
+	// keys, panics instead of returning (see Wipe). It is a plain uint32 with the
+	// sync/atomic functions, not an atomic.Uint32, so that copying a Cipher stays legal.
+	wiped uint32
 	// laneOffs holds 0, step, 2·step, 3·step in the low quadwords of four 128-bit lanes,
 	// then 4·step: the VAES path's sector numbering.
 	laneOffs [80]byte
@@ -110,15 +115,25 @@ func NewPath(key []byte, sectorSize int, path Path) (*Cipher, error) {
 // Path returns the implementation this Cipher runs.
 func (c *Cipher) Path() Path { return c.path }
 
-// Wipe zeroes the round keys of the assembly paths (the crypto/aes schedules behind the
-// portable path cannot be wiped: they are only dropped) and makes the Cipher unusable: any
-// later call panics, rather than encrypting with zero keys.
+// Wipe zeroes the round keys of the assembly paths and makes the Cipher unusable: any later
+// call panics with "sector: Cipher used after Wipe", rather than encrypting with zero keys.
+// The crypto/aes schedules behind the portable path cannot be wiped: they are released with
+// the Cipher.
+//
+// Wipe may run while other goroutines are inside EncryptSectors or DecryptSectors on c.
+// Such a call either completes with the keys intact (it read them all before Wipe began) or
+// panics with "sector: Cipher wiped during use" after clearing dst[:len(src)], so
+// no call returns output made with half-wiped keys. Wipe does not wait for those calls: the
+// caller who wants them to succeed stops issuing them first. Calling Wipe more than once,
+// even concurrently, is harmless. The check costs each call one more load of a flag it has
+// just read, and no atomic read-modify-write.
 func (c *Cipher) Wipe() {
+	if !atomic.CompareAndSwapUint32(&c.wiped, 0, 1) {
+		return
+	}
 	c.k1.wipe()
 	c.k2.wipe()
 	clear(c.wide[:])
-	c.data, c.tweak = nil, nil
-	c.wiped = true
 }
 
 // SectorSize returns the sector (XTS data unit) size in bytes.
@@ -153,6 +168,9 @@ func (c *Cipher) EncryptSectors(dst, src []byte, firstSector uint64) {
 	// between two calls, the more of the next call's tweak rounds run while this call's
 	// last blocks are still in flight (see _asm/gen.go, func final).
 	c.xts(dst[:len(src)], src, firstSector, false)
+	if atomic.LoadUint32(&c.wiped) != 0 {
+		c.failWiped(dst[:len(src)])
+	}
 }
 
 // DecryptSectors decrypts src into dst; it is the inverse of [Cipher.EncryptSectors] and has
@@ -162,12 +180,15 @@ func (c *Cipher) DecryptSectors(dst, src []byte, firstSector uint64) {
 		c.fail(dst, src, firstSector)
 	}
 	c.xts(dst[:len(src)], src, firstSector, true)
+	if atomic.LoadUint32(&c.wiped) != 0 {
+		c.failWiped(dst[:len(src)])
+	}
 }
 
 // valid reports whether a call meets the preconditions of EncryptSectors. It is inlined: a
 // valid call costs a few compares and no call.
 func (c *Cipher) valid(dst, src []byte, firstSector uint64) bool {
-	return !c.wiped && len(src)&(c.size-1) == 0 && len(dst) >= len(src) &&
+	return atomic.LoadUint32(&c.wiped) == 0 && len(src)&(c.size-1) == 0 && len(dst) >= len(src) &&
 		firstSector&(c.step-1) == 0 && !inexactOverlap(dst, src)
 }
 
@@ -181,11 +202,20 @@ func (c *Cipher) Check(dst, src []byte, firstSector uint64) {
 	}
 }
 
+// failWiped clears out, the output of a call that Wipe overlapped (made, in part, perhaps with
+// cleared keys), and panics.
+//
+//go:noinline
+func (c *Cipher) failWiped(out []byte) {
+	clear(out)
+	panic("sector: Cipher wiped during use")
+}
+
 // fail panics with the reason valid refused a call.
 //
 //go:noinline
 func (c *Cipher) fail(dst, src []byte, firstSector uint64) {
-	if c.wiped {
+	if atomic.LoadUint32(&c.wiped) != 0 {
 		panic("sector: Cipher used after Wipe")
 	}
 	if len(src)&(c.size-1) != 0 {
