@@ -4,27 +4,28 @@ import (
 	"bytes"
 	"fmt"
 	"math/rand/v2"
-	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
-// TestWipeConcurrent wipes a Cipher while goroutines encrypt and decrypt with it, on every
-// path (run it with -race): every call must either return the right output or panic with
-// one of Wipe's two messages, never return output made with half-wiped keys; a call that
-// panics for an overlap leaves its output cleared.
+// TestWipeConcurrent wipes a Cipher while another goroutine encrypts or decrypts a large
+// buffer with it, on every path (run it with -race): each call must either return the right
+// output or panic with one of Wipe's two messages, never return output made with half-wiped
+// keys, and a call that Wipe overlapped must leave its output cleared. Wipe is called a few
+// microseconds after the call starts, so on a machine with two free cores most trials
+// overlap.
 func TestWipeConcurrent(t *testing.T) {
 	const (
-		size    = 4096
-		calls   = 64 // sectors per call, so a call lasts long enough to overlap Wipe
-		workers = 3
-		trials  = 10
+		size   = 4096
+		length = 256 * size // 1 MiB: a call lasts tens of microseconds or more
+		trials = 20
 	)
 	key := make([]byte, 64)
 	fillRand(rand.New(rand.NewPCG(1, 2)), key)
-	src := make([]byte, calls*size)
+	src := make([]byte, length)
 	fillRand(rand.New(rand.NewPCG(3, 4)), src)
 	for _, path := range Paths() {
 		t.Run(string(path), func(t *testing.T) {
@@ -33,65 +34,48 @@ func TestWipeConcurrent(t *testing.T) {
 			want := make([]byte, len(src))
 			ref.EncryptSectors(want, src, 0)
 			overlapped := 0
-			for range trials {
+			buf := make([]byte, len(src))
+			for trial := range trials {
 				c, err := NewPath(key, size, path)
 				require.NoError(t, err)
-				var (
-					wg      sync.WaitGroup
-					started sync.WaitGroup
-					mu      sync.Mutex
-					errs    []error
-					panics  = map[string]int{}
-				)
-				started.Add(workers)
-				for w := range workers {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						buf := make([]byte, len(src))
-						for i := 0; ; i++ {
-							decrypt := i%2 == 1
-							msg, err := wipeCall(c, buf, src, want, decrypt)
-							if i == 0 {
-								started.Done()
-							}
-							if err != nil {
-								mu.Lock()
-								errs = append(errs, fmt.Errorf("worker %d call %d: %w", w, i, err))
-								mu.Unlock()
-							}
-							if msg != "" {
-								mu.Lock()
-								panics[msg]++
-								mu.Unlock()
-								return
-							}
-						}
-					}()
+				starting := make(chan struct{})
+				result := make(chan [2]string)
+				go func() {
+					msg, err := wipeCall(c, buf, src, want, trial%2 == 1, func() { close(starting) })
+					e := ""
+					if err != nil {
+						e = err.Error()
+					}
+					result <- [2]string{msg, e}
+				}()
+				<-starting
+				for t0 := time.Now(); time.Since(t0) < 5*time.Microsecond; {
 				}
-				started.Wait()
 				c.Wipe()
-				wg.Wait()
-				require.Empty(t, errs)
-				for msg := range panics {
-					assert.Contains(t, []string{"sector: Cipher used after Wipe", "sector: Cipher wiped during use"}, msg)
+				r := <-result
+				require.Empty(t, r[1], "trial %d", trial)
+				if r[0] != "" {
+					assert.Contains(t, []string{"sector: Cipher used after Wipe", "sector: Cipher wiped during use"}, r[0])
 				}
-				overlapped += panics["sector: Cipher wiped during use"]
+				if r[0] == "sector: Cipher wiped during use" {
+					overlapped++
+				}
 			}
-			t.Logf("%s: %d of %d calls cut short by Wipe overlapped it", path, overlapped, workers*trials)
+			t.Logf("%s: Wipe overlapped %d of %d calls", path, overlapped, trials)
 		})
 	}
 }
 
 // wipeCall runs one encryption of src (or decryption of want) into buf and checks it: it
-// returns the panic message if the call panicked, and an error if the call returned wrong
-// output or panicked for an overlap without clearing its output.
-func wipeCall(c *Cipher, buf, src, want []byte, decrypt bool) (msg string, err error) {
+// calls starting just before the call, and returns the panic message if the call panicked,
+// and an error if the call returned wrong output, or panicked for an overlap without
+// clearing its output, or after writing it.
+func wipeCall(c *Cipher, buf, src, want []byte, decrypt bool, starting func()) (msg string, err error) {
 	in, out := src, want
 	if decrypt {
 		in, out = want, src
 	}
-	fill := byte(0xa5)
+	const fill = 0xa5
 	for i := range buf {
 		buf[i] = fill
 	}
@@ -112,6 +96,7 @@ func wipeCall(c *Cipher, buf, src, want []byte, decrypt bool) (msg string, err e
 			}
 		}
 	}()
+	starting()
 	if decrypt {
 		c.DecryptSectors(buf, in, 0)
 	} else {
