@@ -122,11 +122,12 @@ func (c *Cipher) Path() Path { return c.path }
 //
 // Wipe may run while other goroutines are inside EncryptSectors or DecryptSectors on c.
 // Such a call either completes with the keys intact (it read them all before Wipe began) or
-// panics with "sector: Cipher wiped during use" after clearing dst[:len(src)], so
-// no call returns output made with half-wiped keys. Wipe does not wait for those calls: the
-// caller who wants them to succeed stops issuing them first. Calling Wipe more than once,
-// even concurrently, is harmless. The check costs each call one more load of a flag it has
-// just read, and no atomic read-modify-write.
+// panics with "sector: Cipher wiped during use" after clearing dst[:len(src)], so no call
+// returns output made with half-wiped keys. Wipe does not wait for those calls: a caller
+// who wants them to succeed stops issuing them first, and must if they run on goroutines
+// that do not recover (a scheduler's helpers, say), where the panic would end the program.
+// Calling Wipe more than once, even concurrently, is harmless. The check costs each call
+// one more load of a flag it has just read, and no atomic read-modify-write.
 func (c *Cipher) Wipe() {
 	if !atomic.CompareAndSwapUint32(&c.wiped, 0, 1) {
 		return
@@ -202,8 +203,8 @@ func (c *Cipher) Check(dst, src []byte, firstSector uint64) {
 	}
 }
 
-// failWiped clears out, the output of a call that Wipe overlapped (made, in part, perhaps with
-// cleared keys), and panics.
+// failWiped clears out (the output of a call that Wipe overlapped, made perhaps in part with
+// cleared keys) and panics.
 //
 //go:noinline
 func (c *Cipher) failWiped(out []byte) {
