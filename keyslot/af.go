@@ -47,6 +47,15 @@ func newDiffuser(h hashInfo) *diffuser {
 	return d
 }
 
+// wipe clears the scratch space, which held key-derived material.
+func (d *diffuser) wipe() {
+	clear(d.in[:])
+	clear(d.sum[:cap(d.sum)])
+	if d.hh != nil {
+		d.hh.Reset()
+	}
+}
+
 // diffuse replaces buf with its diffusion: each hash-sized block i becomes the first
 // len(block) bytes of H(BE32(i) || block).
 func (d *diffuser) diffuse(buf []byte) {
@@ -82,6 +91,7 @@ func afMerge(material []byte, keySize int, hashName string) ([]byte, error) {
 	}
 	d := make([]byte, keySize)
 	df := newDiffuser(h)
+	defer df.wipe()
 	for j := 0; j < afStripes-1; j++ {
 		subtle.XORBytes(d, d, material[j*keySize:(j+1)*keySize])
 		df.diffuse(d)
@@ -103,6 +113,7 @@ func afSplit(key []byte, hashName string, rand io.Reader) ([]byte, error) {
 	}
 	d := make([]byte, n)
 	df := newDiffuser(h)
+	defer df.wipe()
 	for j := 0; j < afStripes-1; j++ {
 		subtle.XORBytes(d, d, material[j*n:(j+1)*n])
 		df.diffuse(d)

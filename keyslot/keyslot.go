@@ -144,13 +144,10 @@ func (img *Image) openKeyslot(m *metadata, id int, passphrase []byte) ([]byte, e
 	if err != nil {
 		return nil, err
 	}
-	c, err := sector.New(areaKey, 512)
-	clear(areaKey)
-	if err != nil {
+	if err := withAreaCipher(areaKey, func(c *sector.Cipher) { c.DecryptSectors(material, material, 0) }); err != nil {
 		// Only a KDF output with equal halves, as likely as guessing the key.
 		return nil, fmt.Errorf("%w: %v", ErrWrongPassphrase, err)
 	}
-	c.DecryptSectors(material, material, 0)
 	key, err := afMerge(material, ks.keySize, ks.afHash)
 	if err != nil {
 		return nil, err
@@ -165,6 +162,20 @@ func (img *Image) openKeyslot(m *metadata, id int, passphrase []byte) ([]byte, e
 		return nil, ErrWrongPassphrase
 	}
 	return key, nil
+}
+
+// withAreaCipher runs f with the keyslot-area cipher (aes-xts-plain64, 512-byte sectors) of
+// areaKey, then wipes the cipher. It clears areaKey once the cipher has its schedule, on
+// every path.
+func withAreaCipher(areaKey []byte, f func(c *sector.Cipher)) error {
+	c, err := sector.New(areaKey, 512)
+	clear(areaKey)
+	if err != nil {
+		return err
+	}
+	defer c.Wipe()
+	f(c)
+	return nil
 }
 
 // VerifyVolumeKey reports whether volumeKey is the image's volume key (matches the digest of
@@ -271,11 +282,7 @@ func (img *Image) writeKeyslot(st *state, m *metadata, volumeKey, passphrase []b
 	if err != nil {
 		return nil, err
 	}
-	c, err := sector.New(areaKey, 512)
-	clear(areaKey)
-	if err != nil {
-		return nil, fmt.Errorf("keyslot: keyslot key: %w", err)
-	}
+	defer clear(areaKey)
 	split, err := afSplit(volumeKey, opts.AFHash, img.rand)
 	if err != nil {
 		return nil, err
@@ -285,9 +292,14 @@ func (img *Image) writeKeyslot(st *state, m *metadata, volumeKey, passphrase []b
 	n := copy(buf, split)
 	clear(split)
 	if _, err := io.ReadFull(img.rand, buf[n:]); err != nil {
+		clear(buf[:n]) // the split volume key, not yet encrypted
 		return nil, fmt.Errorf("keyslot: reading random keyslot filler: %w", err)
 	}
-	c.EncryptSectors(buf[:afSize(len(volumeKey))], buf[:afSize(len(volumeKey))], 0)
+	material := buf[:afSize(len(volumeKey))]
+	if err := withAreaCipher(areaKey, func(c *sector.Cipher) { c.EncryptSectors(material, material, 0) }); err != nil {
+		clear(buf[:n])
+		return nil, fmt.Errorf("keyslot: keyslot key: %w", err)
+	}
 	if _, err := img.dev.WriteAt(buf, int64(offset)); err != nil {
 		return nil, fmt.Errorf("keyslot: writing keyslot area at %d: %w", offset, err)
 	}

@@ -493,7 +493,7 @@ func sizeClass(n int) int {
 	return c
 }
 
-// getBuf returns a buffer of n bytes whose contents are undefined.
+// get returns a buffer of n bytes whose contents are undefined.
 func (p *bufPools) get(n int) []byte {
 	c := sizeClass(n)
 	if c >= len(p) {
@@ -505,7 +505,12 @@ func (p *bufPools) get(n int) []byte {
 	return make([]byte, n, 4096<<c)
 }
 
+// put clears b, which held a request's plaintext, and recycles it if it is of a size
+// class (a buffer too large for the pools is cleared and dropped). Only b's length is
+// cleared: every buffer is cleared to its length before it returns to a pool, and a fresh
+// one is zero, so the rest of its capacity holds nothing.
 func (p *bufPools) put(b []byte) {
+	clear(b)
 	c := sizeClass(cap(b))
 	if c < len(p) && cap(b) == 4096<<c {
 		p[c].Put(&b)

@@ -1,14 +1,12 @@
 package sector
 
 import (
-	"crypto/aes"
 	"crypto/cipher"
 	"crypto/subtle"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/bits"
-	"unsafe"
+	"sync/atomic"
 )
 
 // IVUnit is the size in bytes of the unit in which sector numbers (and so XTS tweaks) count,
@@ -47,7 +45,7 @@ const (
 func Paths() []Path { return available() }
 
 // Cipher encrypts and decrypts whole sectors with aes-xts-plain64. It is safe for concurrent
-// use by multiple goroutines.
+// use by multiple goroutines, [Cipher.Wipe] included.
 type Cipher struct {
 	data  cipher.Block // first key half: encrypts the data blocks
 	tweak cipher.Block // second key half: encrypts the tweak
@@ -64,7 +62,11 @@ type Cipher struct {
 	// reads the same keys, perhaps unaligned, and wiping it leaves the original intact.
 	wide    [3*wideKeys + 63]byte
 	wideOff int
-	wiped   bool
+	// wiped is set (to 1, atomically) by Wipe before it clears any key. A call checks it
+	// before and after its work, so a call that overlapped Wipe, and may have read cleared
+	// keys, panics instead of returning (see Wipe). It is a plain uint32 with the
+	// sync/atomic functions, not an atomic.Uint32, so that copying a Cipher stays legal.
+	wiped uint32
 	// laneOffs holds 0, step, 2·step, 3·step in the low quadwords of four 128-bit lanes,
 	// then 4·step: the VAES path's sector numbering.
 	laneOffs [80]byte
@@ -104,28 +106,8 @@ func NewPath(key []byte, sectorSize int, path Path) (*Cipher, error) {
 		return nil, fmt.Errorf("%w: the two halves of the %d-byte XTS key are equal", ErrWeakKey, len(key))
 	}
 	c := &Cipher{size: sectorSize, shift: uint(bits.TrailingZeros(uint(sectorSize))), step: uint64(sectorSize / IVUnit), path: path}
-	if path == PathGeneric {
-		var err error
-		if c.data, err = aes.NewCipher(key[:half]); err != nil {
-			return nil, fmt.Errorf("sector: data key: %w", err)
-		}
-		if c.tweak, err = aes.NewCipher(key[half:]); err != nil {
-			return nil, fmt.Errorf("sector: tweak key: %w", err)
-		}
-	} else {
-		c.k1.expand(key[:half])
-		c.k2.expand(key[half:])
-		if path == PathVAES {
-			c.wideOff = int(-uintptr(unsafe.Pointer(&c.wide[0])) & 63)
-			w := c.wide[c.wideOff:]
-			broadcastRounds(w[:wideKeys], c.k1.enc[:])
-			broadcastRounds(w[wideKeys:2*wideKeys], c.k1.dec[:])
-			broadcastRounds(w[2*wideKeys:3*wideKeys], c.k2.enc[:])
-		}
-		for j := range 4 {
-			binary.LittleEndian.PutUint64(c.laneOffs[16*j:], uint64(j)*c.step)
-		}
-		binary.LittleEndian.PutUint64(c.laneOffs[64:], 4*c.step)
+	if err := c.setKeys(key[:half], key[half:]); err != nil {
+		return nil, err
 	}
 	return c, nil
 }
@@ -133,15 +115,26 @@ func NewPath(key []byte, sectorSize int, path Path) (*Cipher, error) {
 // Path returns the implementation this Cipher runs.
 func (c *Cipher) Path() Path { return c.path }
 
-// Wipe zeroes the round keys of the assembly paths (the crypto/aes schedules behind the
-// portable path cannot be wiped: they are only dropped) and makes the Cipher unusable: any
-// later call panics, rather than encrypting with zero keys.
+// Wipe zeroes the round keys of the assembly paths and makes the Cipher unusable: any later
+// call panics with "sector: Cipher used after Wipe", rather than encrypting with zero keys.
+// The crypto/aes schedules behind the portable path cannot be wiped: they are released with
+// the Cipher.
+//
+// Wipe may run while other goroutines are inside EncryptSectors or DecryptSectors on c.
+// Such a call either completes with the keys intact (it read them all before Wipe began) or
+// panics with "sector: Cipher wiped during use" after clearing dst[:len(src)], so no call
+// returns output made with half-wiped keys. Wipe does not wait for those calls: a caller
+// who wants them to succeed stops issuing them first, and must if they run on goroutines
+// that do not recover (a scheduler's helpers, say), where the panic would end the program.
+// Calling Wipe more than once, even concurrently, is harmless. The check costs each call
+// one more load of a flag it has just read, and no atomic read-modify-write.
 func (c *Cipher) Wipe() {
+	if !atomic.CompareAndSwapUint32(&c.wiped, 0, 1) {
+		return
+	}
 	c.k1.wipe()
 	c.k2.wipe()
 	clear(c.wide[:])
-	c.data, c.tweak = nil, nil
-	c.wiped = true
 }
 
 // SectorSize returns the sector (XTS data unit) size in bytes.
@@ -176,6 +169,9 @@ func (c *Cipher) EncryptSectors(dst, src []byte, firstSector uint64) {
 	// between two calls, the more of the next call's tweak rounds run while this call's
 	// last blocks are still in flight (see _asm/gen.go, func final).
 	c.xts(dst[:len(src)], src, firstSector, false)
+	if atomic.LoadUint32(&c.wiped) != 0 {
+		c.failWiped(dst[:len(src)])
+	}
 }
 
 // DecryptSectors decrypts src into dst; it is the inverse of [Cipher.EncryptSectors] and has
@@ -185,12 +181,15 @@ func (c *Cipher) DecryptSectors(dst, src []byte, firstSector uint64) {
 		c.fail(dst, src, firstSector)
 	}
 	c.xts(dst[:len(src)], src, firstSector, true)
+	if atomic.LoadUint32(&c.wiped) != 0 {
+		c.failWiped(dst[:len(src)])
+	}
 }
 
 // valid reports whether a call meets the preconditions of EncryptSectors. It is inlined: a
 // valid call costs a few compares and no call.
 func (c *Cipher) valid(dst, src []byte, firstSector uint64) bool {
-	return !c.wiped && len(src)&(c.size-1) == 0 && len(dst) >= len(src) &&
+	return atomic.LoadUint32(&c.wiped) == 0 && len(src)&(c.size-1) == 0 && len(dst) >= len(src) &&
 		firstSector&(c.step-1) == 0 && !inexactOverlap(dst, src)
 }
 
@@ -204,11 +203,20 @@ func (c *Cipher) Check(dst, src []byte, firstSector uint64) {
 	}
 }
 
+// failWiped clears out (the output of a call that Wipe overlapped, made perhaps in part with
+// cleared keys) and panics.
+//
+//go:noinline
+func (c *Cipher) failWiped(out []byte) {
+	clear(out)
+	panic("sector: Cipher wiped during use")
+}
+
 // fail panics with the reason valid refused a call.
 //
 //go:noinline
 func (c *Cipher) fail(dst, src []byte, firstSector uint64) {
-	if c.wiped {
+	if atomic.LoadUint32(&c.wiped) != 0 {
 		panic("sector: Cipher used after Wipe")
 	}
 	if len(src)&(c.size-1) != 0 {

@@ -1,10 +1,24 @@
 package sector
 
 import (
+	"crypto/aes"
 	"crypto/cipher"
 	"crypto/subtle"
 	"encoding/binary"
+	"fmt"
 )
+
+// setGenericKeys sets up the portable path's crypto/aes ciphers from the two XTS key halves.
+func (c *Cipher) setGenericKeys(dataKey, tweakKey []byte) error {
+	var err error
+	if c.data, err = aes.NewCipher(dataKey); err != nil {
+		return fmt.Errorf("sector: data key: %w", err)
+	}
+	if c.tweak, err = aes.NewCipher(tweakKey); err != nil {
+		return fmt.Errorf("sector: tweak key: %w", err)
+	}
+	return nil
+}
 
 // xtsGeneric runs XTS over consecutive data units of unit bytes each (a multiple of 16, at most
 // MaxSectorSize). The first unit's tweak is the data unit sequence number seq; each following

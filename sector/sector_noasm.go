@@ -1,9 +1,14 @@
-//go:build !amd64 || purego
+//go:build !amd64 || !gc || purego
 
 package sector
 
 // available lists the implementations this build can run: only the portable one.
 func available() []Path { return []Path{PathGeneric} }
+
+// setKeys sets up the portable path's ciphers, the only ones in this build.
+func (c *Cipher) setKeys(dataKey, tweakKey []byte) error {
+	return c.setGenericKeys(dataKey, tweakKey)
+}
 
 // xts runs the portable implementation, the only one in this build, over whole units of
 // c.size bytes.

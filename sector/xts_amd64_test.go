@@ -1,4 +1,4 @@
-//go:build amd64 && !purego
+//go:build gc && !purego
 
 package sector
 
@@ -12,7 +12,7 @@ import (
 	"golang.org/x/crypto/xts"
 )
 
-// TestKeySchedule checks the Go key schedule, encryption and decryption round keys, through
+// TestKeySchedule checks the AES-NI key schedule, encryption and decryption round keys, through
 // the AES-NI routine against crypto/aes: one XTS block of sector 0 whose tweak key is the
 // same key has the tweak T = AES(0) and the ciphertext AES(in ⊕ T) ⊕ T.
 func TestKeySchedule(t *testing.T) {

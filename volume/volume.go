@@ -62,7 +62,9 @@ type Volume struct {
 	mu     sync.RWMutex // I/O holds it shared, Close exclusively
 	closed bool
 	locks  [lockStripes]sync.RWMutex
-	bufs   sync.Pool
+	// bufs recycles the staging buffers of partial-sector reads and of writes. A buffer goes
+	// back cleared of any plaintext it held (ciphertext needs no clearing).
+	bufs sync.Pool
 }
 
 // newVolume serves the data segment of an unlocked image, whose data area the caller has
@@ -164,6 +166,7 @@ func (v *Volume) ReadAt(p []byte, off int64) (int, error) {
 			if err == nil {
 				copy(p[done:done+n], buf[pos-start:])
 			}
+			clear(buf) // decrypted sectors
 			v.bufs.Put(bp)
 			if err != nil {
 				return done, err
@@ -207,7 +210,11 @@ func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 	defer unlock()
 
 	bp := v.bufs.Get().(*[]byte)
-	defer v.bufs.Put(bp)
+	plain := 0 // leading bytes of *bp that may hold plaintext
+	defer func() {
+		clear((*bp)[:plain])
+		v.bufs.Put(bp)
+	}()
 	done := 0
 	for done < len(p) {
 		pos := off + int64(done)
@@ -215,6 +222,7 @@ func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 		n := min(len(p)-done, chunkSize-int(pos-start))
 		end := roundUp(pos+int64(n), v.ss)
 		buf := (*bp)[:end-start]
+		plain = len(buf)
 		// Partial first or last sector: start from the current contents.
 		if pos != start {
 			if err := v.readSectors(buf[:v.ss], start); err != nil {
@@ -228,6 +236,7 @@ func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 		}
 		copy(buf[pos-start:], p[done:done+n])
 		v.c.EncryptSectors(buf, buf, uint64(start)/sector.IVUnit)
+		plain = 0 // encrypted in place
 		if _, err := v.f.WriteAt(buf, v.dataOff+start); err != nil {
 			return done, fmt.Errorf("volume: writing %d bytes at %d: %w", len(buf), start, err)
 		}

@@ -1,5 +1,13 @@
 // Command gen writes ../xts_amd64.s, the AES-NI and VAES implementations of aes-xts-plain64
-// for package sector. Run it from this directory: go run . > ../xts_amd64.s
+// and the AES-NI key schedule for package sector. go generate in package sector runs it
+// (see the //go:generate line in ../xts_amd64.go); by hand, from this directory:
+//
+//	go run . -out ../xts_amd64.s
+//
+// Without -out it writes to standard output. .ci/check-generated regenerates the file and
+// fails if it differs from the committed one. Each routine is preceded by a "// Requires:"
+// line listing the CPU features its instructions need (as avo writes it), computed from the
+// instructions emitted (see requires).
 //
 // The AES-NI bulk routines keep eight blocks in flight (X0-X7); their tweaks wait in the frame,
 // so two registers can hold round keys loaded once per round. Tweaks are multiplied by α in
@@ -10,8 +18,12 @@
 package main
 
 import (
+	"flag"
 	"fmt"
+	"log"
 	"os"
+	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -59,7 +71,7 @@ func rounds(op string, n int, label string) {
 // the rounds wait for them; every later group's between the current group's rounds with
 // general-purpose registers (makeTweaksGPR), which keeps them off the vector pipes: on Zen 4
 // these issue only a few instructions a cycle beside two AESENC, and the vector doublings
-// cost the bulk loop about 5%. R12:R13 hold the tweak of the first block not yet parked; R10
+// slowed the bulk loop. R12:R13 hold the tweak of the first block not yet parked; R10
 // and R11 point at the current and the next half of the frame.
 func bulk(name, op string) {
 	p("")
@@ -326,8 +338,8 @@ func vaes(name, op string) {
 // last three: while those three dependent chains leave one AES slot in four free, the
 // caller's next call, already decoded, can run the 15 dependent rounds of its own tweak in
 // them, instead of starting them only after this call's last round (the scheduler takes the
-// oldest ready instruction, so a full pipe would keep them waiting). One sector per call ran
-// 11% faster at 512 bytes and 2.5% at 4096 on Zen 4; the other 16 blocks' tweaks come from
+// oldest ready instruction, so a full pipe would keep them waiting); one sector per call ran
+// faster this way on Zen 4, most at 512 bytes. The other 16 blocks' tweaks come from
 // Z4-Z7 by α^16 (the fifth vector's before the rounds, in Z11, the rest after round 8).
 func final(name, op string) {
 	mulAlpha(11, 4, 16)
@@ -394,7 +406,7 @@ func vaesHalf(label, op string, t, n [4]int, last, chain bool) {
 	if chain {
 		// The next group's four sector numbers, encrypted a round at a time between
 		// these rounds: their 15 dependent rounds take 15 AES slots instead of making
-		// the next group wait about 60 cycles for them.
+		// the next group wait for their whole dependent chain.
 		p("\tVPBROADCASTQ R11, Z15")
 		p("\tVPANDQ lomask<>(SB), Z15, Z15")
 		p("\tVPADDQ (R12), Z15, Z15")
@@ -509,7 +521,7 @@ func expand(k, dst int) {
 // mulAlpha sets Z(dst) = Z(src)·α^k in every 128-bit lane (k a multiple of 8, 0 < k < 57),
 // using Z9 and Z10: a whole-byte shift of the lane carries between its quadwords by itself.
 // It uses only shifts and VPTERNLOGQ: on AMD Zen 4 a 512-bit VPCLMULQDQ occupies the pipes
-// that run VAESENC, and one per tweak vector cost the bulk loop about a tenth of its speed.
+// that run VAESENC, and one per tweak vector slowed the bulk loop markedly.
 func mulAlpha(dst, src, k int) {
 	if k%8 != 0 || k <= 0 || k >= 57 {
 		panic(fmt.Sprintf("mulAlpha: unsupported power %d", k))
@@ -523,13 +535,179 @@ func mulAlpha(dst, src, k int) {
 // low quadword of Z9 (and zero is in the high one): x^128 = x^7 + x^2 + x + 1. It clobbers
 // Z9 and Z10. Seven instructions a vector with mulAlpha's two byte shifts: on Zen 4 the bulk
 // loop issues about two 512-bit instructions a cycle, one of them VAESENC, so every
-// instruction here counts (eight, with one more XOR, measured 2% slower at 4096 bytes).
+// instruction here counts (a variant with one more XOR measured slower at 4096 bytes).
 func reduce(dst int) {
 	p("\tVPSLLQ $1, Z9, Z10")
 	p("\tVPTERNLOGQ $0x96, Z10, Z9, Z%d", dst)
 	p("\tVPSLLQ $2, Z9, Z10")
 	p("\tVPSLLQ $7, Z9, Z9")
 	p("\tVPTERNLOGQ $0x96, Z10, Z9, Z%d", dst)
+}
+
+// expandKey writes func name(key, enc, dec *byte): the AES key schedule (FIPS-197 section
+// 5.2) of a key of nk 32-bit words (4 for AES-128, 8 for AES-256) with AESKEYGENASSIST, so
+// that no secret key byte indexes a table. It stores the nk+7 encryption round keys at enc
+// and the decryption round keys for AESDEC (the equivalent inverse cipher: the encryption
+// keys in reverse order, all but the first and last through AESIMC) at dec, 16 bytes each,
+// and clears the registers that held key material before it returns.
+//
+// AESKEYGENASSIST applies SubWord to words 1 and 3 of its source, and RotWord and the round
+// constant to copies: word 3 of its result is RotWord(SubWord(w)) ^ rcon for the last word w
+// of the previous round key (the step of every nk-th word), and word 2 is SubWord(w) alone
+// (the extra step of AES-256 in the middle of each eight words). Broadcast to four words and
+// XORed into the prefix XOR of the previous round key of the same half, it gives the next
+// round key. X0 holds the round key being made (and, for AES-256, X2 the other half), X1 the
+// assist result, X3 the prefix XOR's shifted copies.
+func expandKey(name string, nk int) {
+	nr := nk + 6
+	p("")
+	p("// func %s(key, enc, dec *byte)", name)
+	p("TEXT ·%s(SB),NOSPLIT,$0-24", name)
+	p("\tMOVQ key+0(FP), AX")
+	p("\tMOVQ enc+8(FP), BX")
+	p("\tMOVQ dec+16(FP), DX")
+	p("\tVMOVDQU (AX), X0")
+	p("\tVMOVDQU X0, (BX)")
+	// next sets X(dst) to the next round key from X(dst) and word sel of the assist result.
+	next := func(dst, src, rcon int, sel string, r int) {
+		p("\tVAESKEYGENASSIST $0x%02x, X%d, X1", rcon, src)
+		p("\tVPSHUFD $%s, X1, X1", sel)
+		p("\tVPSLLDQ $4, X%d, X3", dst)
+		p("\tVPXOR X3, X%d, X%d", dst, dst)
+		p("\tVPSLLDQ $4, X3, X3")
+		p("\tVPXOR X3, X%d, X%d", dst, dst)
+		p("\tVPSLLDQ $4, X3, X3")
+		p("\tVPXOR X3, X%d, X%d", dst, dst)
+		p("\tVPXOR X1, X%d, X%d", dst, dst)
+		p("\tVMOVDQU X%d, %d(BX)", dst, 16*r)
+	}
+	rcon := 1
+	nextRcon := func() {
+		rcon <<= 1
+		if rcon&0x100 != 0 {
+			rcon ^= 0x11b
+		}
+	}
+	if nk == 4 {
+		for r := 1; r <= nr; r++ {
+			next(0, 0, rcon, "0xff", r)
+			nextRcon()
+		}
+	} else {
+		p("\tVMOVDQU 16(AX), X2")
+		p("\tVMOVDQU X2, 16(BX)")
+		for r := 2; r <= nr; r += 2 {
+			next(0, 2, rcon, "0xff", r)
+			nextRcon()
+			if r+1 <= nr {
+				next(2, 0, 0, "0xaa", r+1)
+			}
+		}
+	}
+	// The decryption keys.
+	p("\tVMOVDQU X0, (DX)")
+	for r := 1; r < nr; r++ {
+		p("\tVAESIMC %d(BX), X1", 16*(nr-r))
+		p("\tVMOVDQU X1, %d(DX)", 16*r)
+	}
+	p("\tVMOVDQU (BX), X1")
+	p("\tVMOVDQU X1, %d(DX)", 16*nr)
+	for _, x := range []int{0, 1, 2, 3} {
+		p("\tVPXOR X%d, X%d, X%d", x, x, x)
+	}
+	p("\tRET")
+}
+
+// requires maps an instruction, and whether it has a 512-bit (Z) operand, to the CPU
+// features it needs, named as avo names them. Base amd64 (general-purpose) instructions
+// need none. A mnemonic missing here stops the generator, so a new instruction cannot
+// leave a routine's Requires line short.
+func requires(op string, zmm bool) ([]string, bool) {
+	switch op {
+	case "ADCQ", "ADDQ", "ANDQ", "CMPQ", "DECQ", "JA", "JAE", "JB", "JEQ", "JMP", "JNE",
+		"LEAQ", "MOVQ", "RET", "SBBQ", "SHLQ", "SUBQ", "TESTQ", "XCHGQ", "XORQ":
+		return nil, true
+	case "VZEROUPPER":
+		return []string{"AVX"}, true
+	case "KORTESTW", "KXNORW", "KXORW":
+		return []string{"AVX512F"}, true
+	case "VAESENC", "VAESENCLAST", "VAESDEC", "VAESDECLAST":
+		if zmm {
+			return []string{"AVX512F", "VAES"}, true
+		}
+		return []string{"AES", "AVX"}, true
+	case "VAESIMC", "VAESKEYGENASSIST":
+		if zmm {
+			return nil, false
+		}
+		return []string{"AES", "AVX"}, true
+	case "VPCLMULQDQ":
+		if zmm {
+			return []string{"AVX512F", "VPCLMULQDQ"}, true
+		}
+		return []string{"AVX", "PCLMULQDQ"}, true
+	case "VPSLLDQ", "VPSRLDQ":
+		if zmm {
+			return []string{"AVX512BW"}, true
+		}
+		return []string{"AVX"}, true
+	case "VPSHLDVQ":
+		if zmm {
+			return []string{"AVX512VBMI2"}, true
+		}
+		return nil, false
+	case "VMOVDQA64", "VMOVDQU64", "VPANDQ", "VPBROADCASTQ", "VPSLLVQ", "VPSRLVQ",
+		"VPTERNLOGQ", "VPXORQ", "VSHUFI64X2":
+		if zmm {
+			return []string{"AVX512F"}, true
+		}
+		return nil, false
+	case "VMOVDQU", "VMOVQ", "VPADDQ", "VPAND", "VPEXTRQ", "VPINSRQ", "VPSHUFD", "VPSLLQ",
+		"VPSRAD", "VPUNPCKHQDQ", "VPXOR":
+		if zmm {
+			return []string{"AVX512F"}, true
+		}
+		return []string{"AVX"}, true
+	}
+	return nil, false
+}
+
+var zmmOperand = regexp.MustCompile(`\bZ[0-9]+\b`)
+
+// addRequires inserts, after the "// func" line of each routine in text, a "// Requires:"
+// line naming the CPU features of the routine's instructions, sorted.
+func addRequires(text string) (string, error) {
+	lines := strings.Split(text, "\n")
+	var out []string
+	for i := 0; i < len(lines); i++ {
+		line := lines[i]
+		if !strings.HasPrefix(line, "TEXT ") {
+			out = append(out, line)
+			continue
+		}
+		var feats []string
+		for _, body := range lines[i+1:] {
+			if strings.HasPrefix(body, "TEXT ") || strings.HasPrefix(body, "// func ") {
+				break
+			}
+			if !strings.HasPrefix(body, "\t") {
+				continue // a label, a blank line or a comment
+			}
+			op, _, _ := strings.Cut(strings.TrimSpace(body), " ")
+			f, ok := requires(op, zmmOperand.MatchString(body))
+			if !ok {
+				return "", fmt.Errorf("%s: no CPU features known for %q", line, strings.TrimSpace(body))
+			}
+			feats = append(feats, f...)
+		}
+		slices.Sort(feats)
+		feats = slices.Compact(feats)
+		if len(feats) > 0 {
+			out = append(out, "// Requires: "+strings.Join(feats, ", "))
+		}
+		out = append(out, line)
+	}
+	return strings.Join(out, "\n"), nil
 }
 
 // perLane writes a 64-byte constant name<> holding lo, hi in each of the four 128-bit lanes.
@@ -544,9 +722,11 @@ func perLane(name string, lo, hi int64, comment string) {
 }
 
 func main() {
+	out := flag.String("out", "", "write the assembly to this file instead of standard output")
+	flag.Parse()
 	p("// Code generated by sector/_asm/gen.go; DO NOT EDIT.")
 	p("")
-	p("//go:build amd64 && !purego")
+	p("//go:build gc && !purego")
 	p("")
 	p("#include \"textflag.h\"")
 	p("")
@@ -584,5 +764,18 @@ func main() {
 	bulk("xtsDecAESNI", "AESDEC")
 	vaes("xtsEncVAES", "AESENC")
 	vaes("xtsDecVAES", "AESDEC")
-	os.Stdout.WriteString(b.String())
+	expandKey("expandKey128", 4)
+	expandKey("expandKey256", 8)
+	text, err := addRequires(b.String())
+	if err != nil {
+		log.Fatalf("gen: %v", err)
+	}
+	if *out == "" {
+		_, err = os.Stdout.WriteString(text)
+	} else {
+		err = os.WriteFile(*out, []byte(text), 0o644)
+	}
+	if err != nil {
+		log.Fatalf("gen: %v", err)
+	}
 }
