@@ -15,24 +15,6 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// stepClock is a clock a test may also move backwards (as a wall clock can be stepped).
-type stepClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *stepClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *stepClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 func openEvents(t *testing.T, path string, clock Clock, ret EventRetention) *Service {
 	t.Helper()
 	svc, err := Open(path, Options{Clock: clock, MasterKey: material(32, 3), EventRetention: ret})
@@ -55,7 +37,7 @@ func seqs(evs []Event) []uint64 {
 func TestEventPaging(t *testing.T) {
 	for _, oldestFirst := range []bool{false, true} {
 		t.Run(fmt.Sprintf("oldestFirst=%v", oldestFirst), func(t *testing.T) {
-			clock := &stepClock{now: t0}
+			clock := NewManualClock(t0)
 			svc := openEvents(t, filepath.Join(t.TempDir(), "crk.db"), clock, EventRetention{})
 			ctx := t.Context()
 			k, err := svc.CreateRootKey(ctx, "paging")
@@ -63,9 +45,9 @@ func TestEventPaging(t *testing.T) {
 			wrap := func(n int) {
 				for i := range n {
 					if i%3 == 2 {
-						clock.Add(-time.Minute) // a stepped-back clock
+						clock.Advance(-time.Minute) // a stepped-back clock
 					} else if i%3 == 0 {
-						clock.Add(time.Minute) // and two events at one time
+						clock.Advance(time.Minute) // and two events at one time
 					}
 					_, err := svc.Wrap(ctx, k.ID, []byte("dek"), nil)
 					require.NoError(t, err)
@@ -145,13 +127,13 @@ func TestEventRetention(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			clock := &stepClock{now: t0}
+			clock := NewManualClock(t0)
 			svc := openEvents(t, filepath.Join(t.TempDir(), "crk.db"), clock, tc.ret)
 			ctx := t.Context()
 			k, err := svc.CreateRootKey(ctx, "retention")
 			require.NoError(t, err)
 			for range tc.events {
-				clock.Add(tc.step)
+				clock.Advance(tc.step)
 				_, err := svc.Wrap(ctx, k.ID, []byte("dek"), nil)
 				require.NoError(t, err)
 			}
@@ -300,14 +282,14 @@ func countEvents(t *testing.T, svc *Service) int {
 // event in order, and new events follow them.
 func TestMigrateSchema1Events(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "crk.db")
-	clock := &stepClock{now: t0}
+	clock := NewManualClock(t0)
 	svc, err := Open(path, Options{Clock: clock, MasterKey: material(32, 3)})
 	require.NoError(t, err)
 	ctx := t.Context()
 	k, err := svc.CreateRootKey(ctx, "old")
 	require.NoError(t, err)
 	for i := range 6 {
-		clock.Add(time.Duration(1-i%2*2) * time.Minute) // forwards, backwards, ...
+		clock.Advance(time.Duration(1-i%2*2) * time.Minute) // forwards, backwards, ...
 		_, err := svc.Wrap(ctx, k.ID, []byte("dek"), nil)
 		require.NoError(t, err)
 	}
