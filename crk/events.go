@@ -307,8 +307,8 @@ func (s *Service) eventWriter() {
 // refuse records a failure event for a refused or failed request and returns err, joined
 // with the audit error if the event could not be stored.
 func (s *Service) refuse(ctx context.Context, action, keyID string, err error) error {
-	if err == nil {
-		return nil
+	if err == nil || errors.Is(err, ErrAudit) {
+		return err // nothing to record, or the audit log itself failed: do not write to it again
 	}
 	if aerr := s.record(s.newEvent(ctx, action, nil, keyID, err)); aerr != nil {
 		return fmt.Errorf("%w; recording the refusal: %w", err, aerr)

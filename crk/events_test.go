@@ -245,13 +245,18 @@ func TestAuditFailureFailsOperation(t *testing.T) {
 			before := snapshot()
 			nEvents := countEvents(t, f.svc)
 
+			var failedEvents []*Event
 			f.svc.testOnlyAuditFault = func(ev *Event) error {
 				if ev.Action == tc.action {
+					failedEvents = append(failedEvents, ev)
 					return errInjected
 				}
 				return nil
 			}
 			secret, err := tc.op(f, k, w.Ciphertext)
+			for _, ev := range failedEvents {
+				assert.Equal(t, OutcomeSuccess, ev.Outcome, "no failure event is written after the audit log failed")
+			}
 			require.ErrorIs(t, err, ErrAudit)
 			require.ErrorIs(t, err, errInjected)
 			assert.Nil(t, secret, "nothing returned")

@@ -143,8 +143,10 @@ func (s *Service) Unwrap(ctx context.Context, keyID string, ciphertext []byte, a
 	ev := s.newEvent(ctx, ActionUnwrap, rec, keyID, nil)
 	ev.KeyVersion = res.KeyVersion.ID
 	if err := s.record(ev); err != nil {
+		// The audit log just failed: the error is ErrAudit, not a refusal to record.
 		clear(res.Plaintext)
-		return nil, s.refuse(ctx, ActionUnwrap, keyID, err)
+		clear(res.Rewrapped)
+		return nil, err
 	}
 	return res, nil
 }
@@ -181,7 +183,7 @@ func (s *Service) Rewrap(ctx context.Context, keyID string, ciphertext []byte, a
 	ev := s.newEvent(ctx, ActionRewrap, rec, keyID, nil)
 	ev.KeyVersion = res.KeyVersion.ID
 	if err := s.record(ev); err != nil {
-		return nil, s.refuse(ctx, ActionRewrap, keyID, err)
+		return nil, err // ErrAudit, as for Wrap and Unwrap
 	}
 	return res, nil
 }
