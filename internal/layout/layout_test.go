@@ -33,6 +33,9 @@ var forbidden = map[string][]string{
 	"crkvol/volume": {"crkvol/crk", "crkvol/crk/kpapi"},
 }
 
+// testOnly are packages only tests may import.
+var testOnly = []string{"crkvol/internal/tooltest"}
+
 func levelOf(pkg string) (int, bool) {
 	if l, ok := level[pkg]; ok {
 		return l, true
@@ -73,7 +76,11 @@ func packages(t *testing.T) []listed {
 		if path != root && (strings.HasPrefix(name, ".") || strings.HasPrefix(name, "_") || name == "testdata") {
 			return filepath.SkipDir
 		}
-		bp, err := build.ImportDir(path, 0)
+		// Every file counts, whatever its build constraints (purego, other
+		// architectures): an import behind a tag still points somewhere.
+		ctx := build.Default
+		ctx.UseAllFiles = true
+		bp, err := ctx.ImportDir(path, 0)
 		var noGo *build.NoGoError
 		if errors.As(err, &noGo) {
 			return nil
@@ -147,6 +154,11 @@ func TestImportsPointDown(t *testing.T) {
 			}
 			if to >= from && !(from == 0 && to == 0 && strings.HasPrefix(imp, "crkvol/internal/")) {
 				t.Errorf("%s (level %d) imports %s (level %d): imports must point down", p.ImportPath, from, imp, to)
+			}
+			for _, f := range testOnly {
+				if imp == f {
+					t.Errorf("%s imports %s outside its tests: that package is for tests only", p.ImportPath, imp)
+				}
 			}
 			for _, f := range forbidden[p.ImportPath] {
 				if imp == f {
