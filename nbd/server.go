@@ -1,18 +1,3 @@
-// Package nbd serves a block device over the Network Block Device protocol, so that qemu,
-// nbdcopy, nbdinfo, nbd-client or a virtual machine can use an attached crkvol volume as a
-// disk.
-//
-// The server speaks fixed newstyle negotiation (NBD_OPT_GO, NBD_OPT_INFO, NBD_OPT_EXPORT_NAME,
-// NBD_OPT_LIST, NBD_OPT_ABORT; other options get NBD_REP_ERR_UNSUP) and simple replies. It
-// serves READ, WRITE, FLUSH, WRITE_ZEROES and DISC, honours FUA, and handles many requests of
-// a connection at once, replying in whatever order they finish. TRIM is not offered: on an
-// encrypted volume a discarded range would read back as garbage, and discards reveal to the
-// storage which blocks are in use (cryptsetup leaves them off by default for the same reason).
-//
-// A protocol error of a client (bad magic, a request that cannot be parsed, the client
-// vanishing in the middle of a request) closes that connection only; a request that can be
-// answered (past the end, too large, unknown command or flag, a write to a read-only export)
-// gets its NBD error code. A write is applied only once its whole payload has arrived.
 package nbd
 
 import (
