@@ -93,7 +93,9 @@ type EventPage struct {
 // opens (all of them).
 type EventRetention struct {
 	// MaxAge deletes events older than this, by the service clock; 0 keeps events of any
-	// age.
+	// age. Age counts from the time an event is filed under: its own time, or a later one
+	// when the clock was stepped back (keys never go back in time), so after a clock that ran
+	// ahead is corrected, the events written meanwhile are kept that much longer, never less.
 	MaxAge time.Duration
 	// MaxCount keeps at most this many events; 0 means DefaultEventMaxCount, a negative
 	// value no limit.
