@@ -47,6 +47,14 @@ func responseError(status int, body []byte, cause error) error {
 	return &serviceError{err: re, cause: cause, refused: re.Refused()}
 }
 
+// ClientError maps an error of the official client, such as one of a key management call
+// through [Remote.Client], as Remote maps its own: an error response becomes a
+// [kpapi.ResponseError] (the crk sentinel it stands for, the server's text escaped and
+// capped: print this rather than the client's error, whose text is the server's as sent),
+// marked with volume.ErrKeyRefused when it refuses the request; the client's error stays
+// reachable with errors.As. Any other error is returned as it is.
+func ClientError(err error) error { return clientError(err) }
+
 // clientError maps an error of the official client: an API error response as responseError
 // does, anything else (the network, a 5xx the client gave up retrying, an error of Remote's
 // own token handling, which marks its refusals itself) as it is. Remote hands the client its

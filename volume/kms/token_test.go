@@ -306,3 +306,47 @@ func TestRemoteErrorTextEscaped(t *testing.T) {
 		})
 	}
 }
+
+// TestClientErrorEscapes: an error of a key management call through Remote.Client, mapped by
+// kms.ClientError as the CLI does, keeps the crk sentinel and refusal mark and prints the
+// server's text escaped, while the official client's own error carries it as sent.
+func TestClientErrorEscapes(t *testing.T) {
+	const evil = "\x1b[31m\nfake line"
+	body, err := json.Marshal(kpapi.ErrorBody{Resources: []kpapi.ErrorResource{{ErrorMsg: evil,
+		Reasons: []kpapi.ErrorReason{{Code: "KEY_NOT_FOUND_ERR", Message: evil, Status: 404}}}}})
+	require.NoError(t, err)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write(body)
+	}))
+	defer srv.Close()
+	r, err := kms.NewRemote(kms.RemoteConfig{URL: srv.URL, Instance: "11111111-1111-4111-8111-111111111111", Token: "t"})
+	require.NoError(t, err)
+	_, raw := r.Client().GetKeyMetadata(t.Context(), "k1")
+	require.Error(t, raw)
+	require.Contains(t, raw.Error(), "\x1b", "the official client's text is the server's")
+
+	for _, tc := range []struct {
+		name    string
+		in      error
+		refused bool
+		escaped bool
+	}{
+		{"error response", raw, true, true},
+		{"other error", errors.New("dial tcp: connection refused"), false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := kms.ClientError(tc.in)
+			assert.Equal(t, tc.refused, errors.Is(got, volume.ErrKeyRefused))
+			if tc.escaped {
+				assert.ErrorIs(t, got, crk.ErrKeyNotFound)
+				assert.NotContains(t, got.Error(), "\x1b")
+				assert.NotContains(t, got.Error(), "\n")
+				assert.Contains(t, got.Error(), `\x1b[31m\nfake line`)
+			} else {
+				assert.Equal(t, tc.in, got)
+			}
+		})
+	}
+}
