@@ -7,6 +7,8 @@ import (
 	"text/tabwriter"
 
 	kp "github.com/IBM/keyprotect-go-client"
+
+	"crkvol/volume/kms"
 )
 
 // Key commands against a remote Key Protect-compatible service (--kms-url).
@@ -42,7 +44,7 @@ func (a *app) remoteCreate(ctx context.Context, name string, material []byte, st
 		k, err = c.CreateRootKey(ctx, name, nil)
 	}
 	if err != nil {
-		return fmt.Errorf("key create: %w", err)
+		return fmt.Errorf("key create: %w", kms.ClientError(err))
 	}
 	return a.printRemoteKey(k)
 }
@@ -50,7 +52,7 @@ func (a *app) remoteCreate(ctx context.Context, name string, material []byte, st
 func (a *app) remoteList(ctx context.Context) error {
 	keys, err := a.remote.Client().GetKeys(ctx, 0, 0)
 	if err != nil {
-		return fmt.Errorf("key list: %w", err)
+		return fmt.Errorf("key list: %w", kms.ClientError(err))
 	}
 	if a.asJSON {
 		return a.emit(keys)
@@ -66,7 +68,7 @@ func (a *app) remoteList(ctx context.Context) error {
 func (a *app) remoteShow(ctx context.Context, id string) error {
 	k, err := a.remote.Client().GetKeyMetadata(ctx, id)
 	if err != nil {
-		return fmt.Errorf("key show: %w", err)
+		return fmt.Errorf("key show: %w", kms.ClientError(err))
 	}
 	return a.printRemoteKey(k)
 }
@@ -74,7 +76,7 @@ func (a *app) remoteShow(ctx context.Context, id string) error {
 func (a *app) remoteVersions(ctx context.Context, id string) error {
 	vs, err := a.remote.Client().ListKeyVersions(ctx, id, nil)
 	if err != nil {
-		return fmt.Errorf("key versions: %w", err)
+		return fmt.Errorf("key versions: %w", kms.ClientError(err))
 	}
 	if a.asJSON {
 		return a.emit(vs)
@@ -93,7 +95,7 @@ func (a *app) remoteRotate(ctx context.Context, id string, material []byte) erro
 		payload = base64.StdEncoding.EncodeToString(material)
 	}
 	if err := a.remote.Client().Rotate(ctx, id, payload); err != nil {
-		return fmt.Errorf("key rotate: %w", err)
+		return fmt.Errorf("key rotate: %w", kms.ClientError(err))
 	}
 	return a.remoteSync(ctx, id, "key rotate")
 }

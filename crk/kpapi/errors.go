@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"unicode"
 
 	"crkvol/crk"
 )
@@ -87,9 +88,11 @@ const maxMessage = 1024
 type ResponseError struct {
 	// Status is the HTTP status code.
 	Status int
-	// Code is the Key Protect reason code, or "" when the body carried none.
+	// Code is the Key Protect reason code, or "" when the body carried none (escaped and
+	// capped as Message is).
 	Code string
-	// Message is the service's message (at most 1 KiB of it).
+	// Message is the service's message (at most 1 KiB of it, control characters escaped: see
+	// [Printable]).
 	Message string
 	// Sentinel is the crk sentinel the response maps to, or nil when none can be told.
 	Sentinel error
@@ -108,20 +111,45 @@ func (e *ResponseError) Error() string {
 func (e *ResponseError) Unwrap() error { return e.Sentinel }
 
 // Refused reports whether the response refuses the request rather than reporting a failure:
-// the class of its sentinel in [crk.Errors], or without one, any 4xx except 429 (rate
-// limiting, which passes).
+// the class of its sentinel in [crk.Errors], or without one, [RefusedStatus] of its status.
 func (e *ResponseError) Refused() bool {
 	if info, ok := crk.LookupError(e.Sentinel); ok {
 		return info.Class == crk.Refusal
 	}
-	return e.Status >= 400 && e.Status < 500 && e.Status != http.StatusTooManyRequests
+	return RefusedStatus(e.Status)
+}
+
+// RefusedStatus reports whether an HTTP status refuses the request, for a response with no
+// row of [crk.Errors] behind it: any 4xx except those that ask the client to come back
+// later (408 Request Timeout, 425 Too Early, 429 Too Many Requests; see [TransientStatus]).
+// This is the one rule; the remote key service and its token handling use it too.
+func RefusedStatus(status int) bool {
+	return status >= 400 && status < 500 && !TransientStatus(status)
+}
+
+// TransientStatus reports whether an HTTP status is a failure that may pass when the request
+// is sent again: 408, 425, 429, and any 5xx except 501 Not Implemented.
+func TransientStatus(status int) bool {
+	switch status {
+	case http.StatusRequestTimeout, http.StatusTooEarly, http.StatusTooManyRequests:
+		return true
+	case http.StatusNotImplemented:
+		return false
+	}
+	return status >= 500 && status < 600
 }
 
 // ParseError reads an error response. The sentinel comes from the reason's crkvolError id
-// when the service sends one (crkvol's does); otherwise from the reason code, status and target
-// when exactly one refusal of [crk.Errors] has them (KEY_NOT_FOUND_ERR, 404 is
-// [crk.ErrKeyNotFound]; KEY_ACTION_INVALID_STATE_ERR, 409 could be three sentinels and maps to
-// none). An error with no sentinel keeps its status and code in its message.
+// when the service sends one (crkvol's does) and that id's row has the response's status (so
+// a server cannot make a 503 a refusal, or a 410 a failure, by naming another row); otherwise
+// from the reason code, status and target when exactly one refusal of [crk.Errors] has them
+// (KEY_NOT_FOUND_ERR, 404 is [crk.ErrKeyNotFound]; KEY_ACTION_INVALID_STATE_ERR, 409 could be
+// three sentinels and maps to none). An error with no sentinel keeps its status and code in
+// its message.
+//
+// The message and reason code are the server's text, shown to people: control characters
+// (escape sequences, line breaks, bidirectional overrides) are escaped, invalid UTF-8 is
+// replaced, and each is capped at 1 KiB.
 func ParseError(status int, body []byte) *ResponseError {
 	e := &ResponseError{Status: status, Message: http.StatusText(status)}
 	var env ErrorBody
@@ -147,16 +175,52 @@ func ParseError(status int, body []byte) *ResponseError {
 		}
 		e.Sentinel = sentinelOf(r.CrkvolError, r.Code, status, target)
 	}
-	if len(e.Message) > maxMessage {
-		e.Message = strings.ToValidUTF8(e.Message[:maxMessage], "") + "..."
-	}
+	e.Message = Printable(e.Message, maxMessage)
+	e.Code = Printable(e.Code, maxMessage)
 	return e
 }
 
-// sentinelOf finds the sentinel of a reason: by id, else by the only row with its code,
-// status and target.
+// Printable returns a server's text s fit for a terminal or a log line: control characters
+// (C0, DEL, C1) and bidirectional formatting characters escaped as \n, \x1b, \u202e and the
+// like, invalid UTF-8 replaced by U+FFFD, and at most max bytes kept before a "..." that marks
+// a cut (an escape is never cut in half).
+func Printable(s string, max int) string {
+	var b strings.Builder
+	for _, r := range strings.ToValidUTF8(s, "\uFFFD") {
+		piece := string(r)
+		if unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r) {
+			piece = escapeRune(r)
+		}
+		if b.Len()+len(piece) > max {
+			b.WriteString("...")
+			return b.String()
+		}
+		b.WriteString(piece)
+	}
+	return b.String()
+}
+
+// escapeRune writes a control character as Go source would.
+func escapeRune(r rune) string {
+	switch r {
+	case '\n':
+		return `\n`
+	case '\r':
+		return `\r`
+	case '\t':
+		return `\t`
+	}
+	if r < 0x80 {
+		return fmt.Sprintf(`\x%02x`, r)
+	}
+	return fmt.Sprintf(`\u%04x`, r)
+}
+
+// sentinelOf finds the sentinel of a reason: by id when that row's status and class agree
+// with the response's, else by the only refusal with its code, status and target.
 func sentinelOf(id, code string, status int, target string) error {
-	if info, ok := crk.ErrorByID(id); ok && id != "" {
+	if info, ok := crk.ErrorByID(id); ok && id != "" && info.Status == status &&
+		(info.Class == crk.Refusal) == RefusedStatus(status) {
 		return info.Err
 	}
 	var found error

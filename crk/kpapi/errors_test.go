@@ -207,3 +207,115 @@ func TestAuthorizationErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestParseErrorIDMustAgreeWithStatus: a crkvolError id is believed only when its row's
+// status and class agree with the response's status, so a server cannot turn a transient
+// failure into a refusal (or the reverse) by naming another row's id; a disagreeing id is
+// read as if the server had sent none.
+func TestParseErrorIDMustAgreeWithStatus(t *testing.T) {
+	body := func(code, id string, status int) []byte {
+		return fmt.Appendf(nil, `{"metadata":{"collectionType":%q,"collectionTotal":1},"resources":[{"errorMsg":"text","reasons":[{"code":%q,"message":"why","status":%d,"crkvolError":%q}]}]}`,
+			TypeError, code, status, id)
+	}
+	for _, tc := range []struct {
+		name     string
+		status   int
+		code, id string
+		sentinel error // nil: none
+		refused  bool
+	}{
+		{"refusal id on a 503", 503, "KEY_DELETED_ERR", "key_destroyed", nil, false},
+		{"refusal id on a 500", 500, "INTERNAL_SERVER_ERR", "key_suspended", nil, false},
+		{"refusal id on a 429", 429, "TOO_MANY_REQUESTS_ERR", "key_not_found", nil, false},
+		{"failure id on a 410", 410, "INTERNAL_SERVER_ERR", "master_key", nil, true},
+		{"failure id on a 410, code of two rows", 410, "KEY_DELETED_ERR", "master_key", nil, true},
+		{"failure id on a 404, code of one row", 404, "KEY_NOT_FOUND_ERR", "audit", crk.ErrKeyNotFound, true},
+		{"refusal id of another status", 409, "KEY_DELETED_ERR", "key_destroyed", nil, true},
+		{"refusal id of its status", 410, "KEY_DELETED_ERR", "key_destroyed", crk.ErrKeyDestroyed, true},
+		{"failure id of its status", 500, "INTERNAL_SERVER_ERR", "master_key", crk.ErrMasterKey, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := ParseError(tc.status, body(tc.code, tc.id, tc.status))
+			if tc.sentinel != nil {
+				assert.ErrorIs(t, got, tc.sentinel)
+			} else {
+				assert.Nil(t, got.Sentinel, "%v", got.Sentinel)
+			}
+			for _, info := range crk.Errors() {
+				if info.Err != tc.sentinel {
+					assert.NotErrorIs(t, got, info.Err, info.ID)
+				}
+			}
+			assert.Equal(t, tc.refused, got.Refused())
+		})
+	}
+}
+
+// TestRefusedStatus: the one rule for statuses without an error table row. 4xx refuse, except
+// those that ask to come back later (408, 425, 429); 5xx and the rest do not.
+func TestRefusedStatus(t *testing.T) {
+	for _, tc := range []struct {
+		status    int
+		refused   bool
+		transient bool
+	}{
+		{200, false, false}, {301, false, false},
+		{400, true, false}, {401, true, false}, {403, true, false}, {404, true, false},
+		{408, false, true}, {409, true, false}, {410, true, false}, {422, true, false},
+		{425, false, true}, {429, false, true}, {499, true, false},
+		{500, false, true}, {501, false, false}, {502, false, true}, {503, false, true}, {504, false, true},
+	} {
+		t.Run(fmt.Sprint(tc.status), func(t *testing.T) {
+			assert.Equal(t, tc.refused, RefusedStatus(tc.status))
+			assert.Equal(t, tc.transient, TransientStatus(tc.status))
+			assert.Equal(t, tc.refused, ParseError(tc.status, nil).Refused())
+		})
+	}
+}
+
+// TestParseErrorEscapesControls: text from a response body reaches a terminal, so control
+// characters (escape sequences, line breaks, bidirectional overrides) in the message and
+// reason code are escaped, invalid UTF-8 is replaced, and the result stays capped.
+func TestParseErrorEscapesControls(t *testing.T) {
+	reason := func(code, msg string) []byte {
+		b, err := json.Marshal(ErrorBody{Resources: []ErrorResource{{ErrorMsg: "x", Reasons: []ErrorReason{{Code: code, Message: msg, Status: 400}}}}})
+		require.NoError(t, err)
+		return b
+	}
+	for _, tc := range []struct {
+		name   string
+		body   []byte
+		want   string // Message
+		inText []string
+	}{
+		{"escape sequence and newline", reason("BAD_ERR", "\x1b[31m\nfake line"), `\x1b[31m\nfake line`, []string{`\x1b[31m\nfake line`}},
+		{"carriage return, tab, bell, nul", reason("BAD_ERR", "a\rb\tc\ad\x00e"), `a\rb\tc\x07d\x00e`, nil},
+		{"C1 control and DEL", reason("BAD_ERR", "a\u009bb\x7fc"), `a\u009bb\x7fc`, nil},
+		{"bidi override", reason("BAD_ERR", "abc\u202edef"), `abc\u202edef`, nil},
+		{"control in the code", reason("BAD\x1b]0;title\x07_ERR", "why"), "why", []string{`BAD\x1b]0;title\x07_ERR`}},
+		{"control in errorMsg", []byte(`{"resources":[{"errorMsg":"bad\u001b[2Jthing"}]}`), `bad\x1b[2Jthing`, nil},
+		{"invalid utf-8", []byte("{\"resources\":[{\"errorMsg\":\"a\xffb\"}]}"), "a\ufffdb", nil},
+		{"plain text kept", reason("BAD_ERR", "the key is suspended: é ✓"), "the key is suspended: é ✓", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := ParseError(400, tc.body)
+			assert.Equal(t, tc.want, got.Message)
+			text := got.Error()
+			for _, r := range text {
+				assert.False(t, r < 0x20 || (r >= 0x7f && r < 0xa0) || r == '\u202e', "control %U in %q", r, text)
+			}
+			for _, s := range tc.inText {
+				assert.Contains(t, text, s)
+			}
+		})
+	}
+
+	t.Run("escaping stays within the cap", func(t *testing.T) {
+		got := ParseError(400, reason("BAD_ERR", strings.Repeat("\x1b", 4000)))
+		assert.LessOrEqual(t, len(got.Message), maxMessage+3)
+		assert.True(t, strings.HasPrefix(got.Message, `\x1b\x1b`))
+		assert.True(t, strings.HasSuffix(got.Message, `\x1b...`), "no escape cut in half: %q", got.Message[len(got.Message)-8:])
+		got = ParseError(400, reason(strings.Repeat("C", 4000), "why"))
+		assert.LessOrEqual(t, len(got.Code), maxMessage+3)
+	})
+}

@@ -2,10 +2,8 @@ package kms
 
 import (
 	"errors"
-	"net/http"
 
 	kp "github.com/IBM/keyprotect-go-client"
-	"github.com/IBM/keyprotect-go-client/iam"
 
 	"crkvol/crk"
 	"crkvol/crk/kpapi"
@@ -49,23 +47,22 @@ func responseError(status int, body []byte, cause error) error {
 	return &serviceError{err: re, cause: cause, refused: re.Refused()}
 }
 
+// ClientError maps an error of the official client, such as one of a key management call
+// through [Remote.Client], as Remote maps its own: an error response becomes a
+// [kpapi.ResponseError] (the crk sentinel it stands for, the server's text escaped and
+// capped: print this rather than the client's error, whose text is the server's as sent),
+// marked with volume.ErrKeyRefused when it refuses the request; the client's error stays
+// reachable with errors.As. Any other error is returned as it is.
+func ClientError(err error) error { return clientError(err) }
+
 // clientError maps an error of the official client: an API error response as responseError
-// does, a token endpoint's 4xx (but 429) as a refusal, anything else (the network, a 5xx
-// the client gave up retrying) as it is.
+// does, anything else (the network, a 5xx the client gave up retrying, an error of Remote's
+// own token handling, which marks its refusals itself) as it is. Remote hands the client its
+// bearer tokens, so the client's own token source (and its iam.Error) is never used.
 func clientError(err error) error {
 	var kerr *kp.Error
 	if errors.As(err, &kerr) {
 		return responseError(kerr.StatusCode, kerr.BodyContent, kerr)
 	}
-	var ierr iam.Error
-	if errors.As(err, &ierr) && ierr.HTTPResponse != nil && refusedStatus(ierr.HTTPResponse.StatusCode) {
-		return &serviceError{err: err, refused: true}
-	}
 	return err
-}
-
-// refusedStatus reports whether a status without an error table row refuses the request: a
-// 4xx other than 429, which asks to come back later.
-func refusedStatus(status int) bool {
-	return status >= 400 && status < 500 && status != http.StatusTooManyRequests
 }

@@ -34,8 +34,9 @@ type errFixture struct {
 	svc    *crk.Service
 	local  *kms.Local
 	remote *kms.Remote
-	// remoteURL and instance configure more Remote clients.
-	remoteURL, instance string
+	// remoteURL, instance and apiKey configure more Remote clients.
+	remoteURL, instance, apiKey string
+	tenants                     *kpapi.Tenants
 
 	mu      sync.Mutex
 	inject  error
@@ -82,7 +83,7 @@ func newErrFixture(t *testing.T) *errFixture {
 	t.Cleanup(srv.Close)
 	apiKey, err := tenants.CreateAPIKey(inst)
 	require.NoError(t, err)
-	f.remoteURL, f.instance = srv.URL, inst
+	f.remoteURL, f.instance, f.apiKey, f.tenants = srv.URL, inst, apiKey, tenants
 	f.remote, err = kms.NewRemote(kms.RemoteConfig{URL: srv.URL, Instance: inst, APIKey: apiKey})
 	require.NoError(t, err)
 	return f
@@ -391,30 +392,49 @@ func TestErrorTableBothSides(t *testing.T) {
 }
 
 // TestRemoteRetriesOnlyTransient: the remote client's calls through the official client
-// retry 429 and 503 (honouring Retry-After) and succeed; a refusal is sent once; a 5xx on a
-// call of its own is an error without the refused mark, sent once.
+// retry 429, 503, 408 and 425 (honouring Retry-After) and succeed; a refusal is sent once; a
+// transient status on a call of its own is an error without the refused mark, sent once. A
+// 401 is sent once with a fixed token, and once more with a fresh token when the client
+// exchanges an API key, on both paths; a second 401 is the refusal.
 func TestRemoteRetriesOnlyTransient(t *testing.T) {
 	for _, tc := range []struct {
-		name      string
-		status    int
-		failures  int // responses with status before the server answers normally
-		call      string
-		wantErr   bool
-		refused   bool
-		wantCalls int
+		name       string
+		status     int
+		failures   int // responses with status before the server answers normally
+		call       string
+		wantErr    bool
+		refused    bool
+		wantCalls  int
+		fixedToken bool // a Remote configured with a Token instead of the API key
 	}{
-		{"429 retried", http.StatusTooManyRequests, 2, "wrap", false, false, 3},
-		{"503 retried", http.StatusServiceUnavailable, 1, "wrap", false, false, 2},
-		{"409 not retried", http.StatusConflict, 1, "wrap", true, true, 1},
-		{"401 not retried", http.StatusUnauthorized, 1, "wrap", true, true, 1},
-		{"503 on rewrap", http.StatusServiceUnavailable, 1, "rewrap", true, false, 1},
-		{"429 on rewrap", http.StatusTooManyRequests, 1, "rewrap", true, false, 1},
-		{"400 on rewrap", http.StatusBadRequest, 1, "rewrap", true, true, 1},
+		{"429 retried", http.StatusTooManyRequests, 2, "wrap", false, false, 3, false},
+		{"503 retried", http.StatusServiceUnavailable, 1, "wrap", false, false, 2, false},
+		{"408 retried", http.StatusRequestTimeout, 2, "wrap", false, false, 3, false},
+		{"425 retried", http.StatusTooEarly, 1, "wrap", false, false, 2, false},
+		{"409 not retried", http.StatusConflict, 1, "wrap", true, true, 1, false},
+		{"401 not retried", http.StatusUnauthorized, 1, "wrap", true, true, 1, true},
+		{"401 on rewrap, fixed token", http.StatusUnauthorized, 1, "rewrap", true, true, 1, true},
+		{"401 once more with a fresh token", http.StatusUnauthorized, 1, "wrap", false, false, 2, false},
+		{"401 on rewrap, once more with a fresh token", http.StatusUnauthorized, 1, "rewrap", false, false, 2, false},
+		{"401 twice", http.StatusUnauthorized, 2, "wrap", true, true, 2, false},
+		{"401 twice on rewrap", http.StatusUnauthorized, 2, "rewrap", true, true, 2, false},
+		{"503 on rewrap", http.StatusServiceUnavailable, 1, "rewrap", true, false, 1, false},
+		{"429 on rewrap", http.StatusTooManyRequests, 1, "rewrap", true, false, 1, false},
+		{"408 on rewrap", http.StatusRequestTimeout, 1, "rewrap", true, false, 1, false},
+		{"425 on rewrap", http.StatusTooEarly, 1, "rewrap", true, false, 1, false},
+		{"400 on rewrap", http.StatusBadRequest, 1, "rewrap", true, true, 1, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newErrFixture(t)
 			k := f.root(t, "retry")
 			ct := f.wrap(t, k.ID)
+			remote := f.remote
+			if tc.fixedToken {
+				tok, _, err := f.tenants.Exchange(f.apiKey)
+				require.NoError(t, err)
+				remote, err = kms.NewRemote(kms.RemoteConfig{URL: f.remoteURL, Instance: f.instance, Token: tok})
+				require.NoError(t, err)
+			}
 			left := tc.failures
 			f.mu.Lock()
 			f.respond = func(w http.ResponseWriter) bool {
@@ -430,9 +450,9 @@ func TestRemoteRetriesOnlyTransient(t *testing.T) {
 			f.reset()
 			var err error
 			if tc.call == "wrap" {
-				_, err = f.remote.Wrap(f.ctx, k.ID, []byte("0123456789abcdef"), nil)
+				_, err = remote.Wrap(f.ctx, k.ID, []byte("0123456789abcdef"), nil)
 			} else {
-				_, err = f.remote.Rewrap(f.ctx, k.ID, ct[f.remote], []string{"vol"})
+				_, err = remote.Rewrap(f.ctx, k.ID, ct[f.remote], []string{"vol"})
 			}
 			if tc.wantErr {
 				require.Error(t, err)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 
 	kp "github.com/IBM/keyprotect-go-client"
 
+	"crkvol/crk/kpapi"
 	"crkvol/volume"
 )
 
@@ -40,15 +42,27 @@ type RemoteConfig struct {
 // never fire: after rotating a key, run volume.Manager.Sync for it (the CLI does).
 //
 // An error response maps back to the crk sentinel the service had ([kpapi.ParseError]), so
-// errors.Is(err, crk.ErrKeySuspended) holds as it does with [Local]; every refusal (a 4xx
-// other than 429) also matches volume.ErrKeyRefused, while network errors and 5xx do not.
-// Remote retries nothing itself: the official client, which Wrap and KeyCRN go through,
-// retries network errors, 429 and 5xx (but 501) and never a refusal; the other calls make one
-// attempt and leave retrying to the caller.
+// errors.Is(err, crk.ErrKeySuspended) holds as it does with [Local]; every refusal
+// ([kpapi.RefusedStatus]: a 4xx other than 408, 425 and 429) also matches
+// volume.ErrKeyRefused, while network errors, transient statuses and 5xx do not.
+//
+// The official client, which Wrap and KeyCRN go through, retries network errors and
+// transient statuses ([kpapi.TransientStatus]: 408, 425, 429, 5xx but 501) and never a
+// refusal; the other calls make one attempt and leave retrying to the caller. A request to
+// the token endpoint is retried on transient statuses, as the official client's own token
+// source does.
+//
+// With an API key, Remote exchanges it for a bearer token that it caches until shortly
+// before it expires; when the service answers 401 to a call (the token was revoked, or the
+// service rotated its tokens), Remote drops the token and makes the call once more with a
+// fresh one. A second 401, or a 401 to a configured Token, which cannot be renewed, is the
+// refusal.
 type Remote struct {
 	cfg    RemoteConfig
 	client *kp.Client
 	http   *http.Client
+	// tokens talks to the token endpoint.
+	tokens *http.Client
 
 	mu      sync.Mutex
 	token   string
@@ -83,20 +97,30 @@ func NewRemote(cfg RemoteConfig) (*Remote, error) {
 		t.DisableKeepAlives = false
 		t.MaxIdleConnsPerHost = 16
 	}
-	c, err := kp.New(kcfg, transport)
+	// The official client retries 429 and 5xx itself; the transient statuses it does not
+	// know (408, 425) are retried below it, with the same policy.
+	c, err := kp.New(kcfg, &retrying{next: transport, retry: func(status int) bool {
+		return kpapi.TransientStatus(status) && status != http.StatusTooManyRequests && status < 500
+	}})
 	if err != nil {
 		return nil, fmt.Errorf("kms: %w", err)
 	}
-	return &Remote{cfg: cfg, client: c, http: &http.Client{Timeout: cfg.Timeout}}, nil
+	tokens := &http.Client{Timeout: cfg.Timeout, Transport: &retrying{next: http.DefaultTransport, retry: kpapi.TransientStatus}}
+	return &Remote{cfg: cfg, client: c, http: &http.Client{Timeout: cfg.Timeout}, tokens: tokens}, nil
 }
 
-// Client returns the underlying Key Protect client, for key management calls.
+// Client returns the underlying Key Protect client, for key management calls. Those calls
+// use the client's own token source, not Remote's token cache and its renewal on 401.
 func (r *Remote) Client() *kp.Client { return r.client }
 
 // Wrap implements volume.KeyService.
 func (r *Remote) Wrap(ctx context.Context, keyID string, plaintext []byte, aad []string) (volume.Wrapped, error) {
 	pt := []byte(base64.StdEncoding.EncodeToString(plaintext))
-	res, err := r.client.WrapV2(ctx, keyID, pt, aadPtr(aad))
+	var res *kp.KeyActionResponse
+	err := r.authorized(ctx, func(auth string) (err error) {
+		res, err = r.client.WrapV2(kp.NewContextWithAuth(ctx, auth), keyID, pt, aadPtr(aad))
+		return err
+	})
 	clear(pt)
 	if err != nil {
 		return volume.Wrapped{}, fmt.Errorf("kms: wrap: %w", clientError(err))
@@ -169,15 +193,24 @@ func (r *Remote) Rewrap(ctx context.Context, keyID string, ciphertext []byte, aa
 
 // KeyCRN implements volume.KeyService.
 func (r *Remote) KeyCRN(ctx context.Context, keyID string) (string, error) {
-	k, err := r.client.GetKeyMetadata(ctx, keyID)
+	k, err := r.keyMetadata(ctx, keyID)
 	if err != nil {
 		return "", fmt.Errorf("kms: key metadata: %w", clientError(err))
 	}
 	return k.CRN, nil
 }
 
+// keyMetadata reads a key's metadata through the official client.
+func (r *Remote) keyMetadata(ctx context.Context, keyID string) (k *kp.Key, err error) {
+	err = r.authorized(ctx, func(auth string) (err error) {
+		k, err = r.client.GetKeyMetadata(kp.NewContextWithAuth(ctx, auth), keyID)
+		return err
+	})
+	return k, err
+}
+
 func (r *Remote) latest(ctx context.Context, keyID string) (string, error) {
-	k, err := r.client.GetKeyMetadata(ctx, keyID)
+	k, err := r.keyMetadata(ctx, keyID)
 	if err != nil {
 		return "", fmt.Errorf("kms: key metadata: %w", clientError(err))
 	}
@@ -245,25 +278,65 @@ func (r *Remote) OnRotate(func(context.Context, volume.RotationNotice) error) fu
 	return func() {}
 }
 
-// call makes an API request the client has no method for.
-func (r *Remote) call(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
+// authorized runs an API call with the Authorization header value auth ("Bearer " and a
+// token), which the official client takes from its context ([kp.NewContextWithAuth]); see
+// [Remote] for what a 401 does.
+func (r *Remote) authorized(ctx context.Context, call func(auth string) error) error {
+	for attempt := 0; ; attempt++ {
+		tok, err := r.bearer(ctx)
 		if err != nil {
 			return err
 		}
-		rd = bytes.NewReader(b)
+		err = call("Bearer " + tok)
+		if err == nil || r.cfg.Token != "" || attempt > 0 || !unauthorized(err) {
+			return err
+		}
+		r.forget(tok)
+	}
+}
+
+// unauthorized reports whether err is a 401 response, of the official client or of call.
+func unauthorized(err error) bool {
+	var kerr *kp.Error
+	if errors.As(err, &kerr) {
+		return kerr.StatusCode == http.StatusUnauthorized
+	}
+	var re *kpapi.ResponseError
+	return errors.As(err, &re) && re.Status == http.StatusUnauthorized
+}
+
+// forget drops the cached token tok, unless another call has already replaced it.
+func (r *Remote) forget(tok string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.token == tok {
+		r.token, r.expires = "", time.Time{}
+	}
+}
+
+// call makes an API request the client has no method for.
+func (r *Remote) call(ctx context.Context, method, path string, body, out any) error {
+	var b []byte
+	if body != nil {
+		var err error
+		if b, err = json.Marshal(body); err != nil {
+			return err
+		}
+	}
+	return r.authorized(ctx, func(auth string) error { return r.send(ctx, auth, method, path, b, out) })
+}
+
+// send makes one API request with the Authorization header value auth.
+func (r *Remote) send(ctx context.Context, auth, method, path string, body []byte, out any) error {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, r.cfg.URL+"/api/v2/"+path, rd)
 	if err != nil {
 		return err
 	}
-	tok, err := r.bearer(ctx)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Authorization", auth)
 	req.Header.Set("bluemix-instance", r.cfg.Instance)
 	req.Header.Set("Accept", "application/json")
 	if body != nil {
@@ -304,7 +377,7 @@ func (r *Remote) bearer(ctx context.Context) (string, error) {
 		return "", err
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	resp, err := r.http.Do(req)
+	resp, err := r.tokens.Do(req)
 	if err != nil {
 		return "", fmt.Errorf("kms: token: %w", err)
 	}
@@ -314,8 +387,9 @@ func (r *Remote) bearer(ctx context.Context) (string, error) {
 		ExpiresIn   int    `json:"expires_in"`
 	}
 	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&tok) != nil || tok.AccessToken == "" {
-		err := fmt.Errorf("kms: token: the token endpoint refused the API key (%s)", resp.Status)
-		if refusedStatus(resp.StatusCode) {
+		// The status code and its standard text: the reason phrase is the server's text.
+		err := fmt.Errorf("kms: token: the token endpoint refused the API key (%d %s)", resp.StatusCode, http.StatusText(resp.StatusCode))
+		if kpapi.RefusedStatus(resp.StatusCode) {
 			return "", &serviceError{err: err, refused: true}
 		}
 		return "", err
