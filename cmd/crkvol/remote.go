@@ -8,23 +8,28 @@ import (
 
 	kp "github.com/IBM/keyprotect-go-client"
 
+	"crkvol/crk/kpapi"
 	"crkvol/volume/kms"
 )
 
 // Key commands against a remote Key Protect-compatible service (--kms-url).
+
+// shown is a server's text as a terminal may show it: control characters escaped (a remote
+// service must not move the cursor or forge lines), capped at 1 KiB.
+func shown(s string) string { return kpapi.Printable(s, 1<<10) }
 
 func (a *app) printRemoteKey(k *kp.Key) error {
 	if a.asJSON {
 		return a.emit(k)
 	}
 	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "Key ID\t%s\n", k.ID)
-	fmt.Fprintf(w, "Name\t%s\n", k.Name)
+	fmt.Fprintf(w, "Key ID\t%s\n", shown(k.ID))
+	fmt.Fprintf(w, "Name\t%s\n", shown(k.Name))
 	fmt.Fprintf(w, "Extractable\t%v\n", k.Extractable)
 	fmt.Fprintf(w, "State\t%d\n", k.State)
-	fmt.Fprintf(w, "CRN\t%s\n", k.CRN)
+	fmt.Fprintf(w, "CRN\t%s\n", shown(k.CRN))
 	if k.KeyVersion != nil {
-		fmt.Fprintf(w, "Version\t%s\n", k.KeyVersion.ID)
+		fmt.Fprintf(w, "Version\t%s\n", shown(k.KeyVersion.ID))
 	}
 	return w.Flush()
 }
@@ -60,7 +65,7 @@ func (a *app) remoteList(ctx context.Context) error {
 	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "KEY ID\tNAME\tSTATE")
 	for _, k := range keys.Keys {
-		fmt.Fprintf(w, "%s\t%s\t%d\n", k.ID, k.Name, k.State)
+		fmt.Fprintf(w, "%s\t%s\t%d\n", shown(k.ID), shown(k.Name), k.State)
 	}
 	return w.Flush()
 }
