@@ -169,6 +169,25 @@ func (t *token) marshal() ([]byte, error) {
 	return b.Bytes(), nil
 }
 
+// marshalChecked is marshal for a token about to be written to the image of the volume with
+// LUKS2 UUID uuid: the encoding must read back (parseToken) as a token of that volume with
+// the same key, version and ciphertext. The token may hold the only wrapped copy of the
+// passphrase, so nothing crkvol could not read again is ever written.
+func (t *token) marshalChecked(uuid string) ([]byte, error) {
+	raw, err := t.marshal()
+	if err != nil {
+		return nil, err
+	}
+	back, err := parseToken(raw, uuid)
+	if err != nil {
+		return nil, fmt.Errorf("volume: refusing to write a token that does not read back: %w", err)
+	}
+	if back.KeyID != t.KeyID || back.KeyVersion != t.KeyVersion || back.Ciphertext != t.Ciphertext {
+		return nil, fmt.Errorf("volume: refusing to write a token that does not read back: %w: key, version or ciphertext changed in encoding", ErrBadToken)
+	}
+	return raw, nil
+}
+
 // parseToken decodes and checks the crkvol-crk token of the volume with LUKS2 UUID uuid:
 // its type, the members crkvol needs, that its keyslot ids are LUKS2 ids (decimal strings 0
 // to 31, at most one) and that volume_crn, if present, is this volume's CRN. Each error matches

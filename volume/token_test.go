@@ -158,3 +158,34 @@ func TestNewTokenMemberOrder(t *testing.T) {
 	_, err = parseToken(out, testUUID)
 	require.NoError(t, err)
 }
+
+// TestMarshalCheckedRefusesUnreadableToken: a token that would not read back as this
+// volume's (empty ciphertext or version, another volume's CRN, bad base64) is never encoded
+// for writing, while a sound one is.
+func TestMarshalCheckedRefusesUnreadableToken(t *testing.T) {
+	good := func() *token {
+		return &token{Keyslots: []string{"0"}, KeyID: "k", KeyCRN: "c", KeyVersion: "v", Ciphertext: "AAEC", VolumeCRN: CRN(testUUID)}
+	}
+	cases := []struct {
+		name   string
+		change func(t *token)
+	}{
+		{"empty ciphertext", func(t *token) { t.Ciphertext = "" }},
+		{"empty key version", func(t *token) { t.KeyVersion = "" }},
+		{"ciphertext not base64", func(t *token) { t.Ciphertext = "!!" }},
+		{"another volume's CRN", func(t *token) { t.VolumeCRN = CRN("0f9e4a55-1c1e-4f5e-8d1a-6b2f0b9e8a11") }},
+		{"keyslot id out of range", func(t *token) { t.Keyslots = []string{"32"} }},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			tok := good()
+			c.change(tok)
+			_, err := tok.marshalChecked(testUUID)
+			require.ErrorIs(t, err, ErrBadToken)
+		})
+	}
+	out, err := good().marshalChecked(testUUID)
+	require.NoError(t, err)
+	_, err = parseToken(out, testUUID)
+	require.NoError(t, err)
+}
