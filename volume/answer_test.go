@@ -278,3 +278,65 @@ func TestHandEditedWrappedAtStillOpens(t *testing.T) {
 	assert.False(t, strings.Contains(values["wrapped_at"], "tuesday"))
 	openAndClose(t, f, f.mgr, info.Path)
 }
+
+// heldRegUpdateKMS holds its first UpdateRegistration until released, as a slow network
+// round trip would.
+type heldRegUpdateKMS struct {
+	volume.KeyService
+	entered, release chan struct{}
+	once             sync.Once
+}
+
+func (k *heldRegUpdateKMS) UpdateRegistration(ctx context.Context, keyID, crn, versionID string) error {
+	first := false
+	k.once.Do(func() { first = true })
+	if first {
+		close(k.entered)
+		<-k.release
+	}
+	return k.KeyService.UpdateRegistration(ctx, keyID, crn, versionID)
+}
+
+// TestLateLazyRegistrationUpdateIsIgnored: a lazy rewrap on open commits v2 and its
+// registration update is delayed; meanwhile a rotation rewraps the volume to v3 and records
+// v3. When the lazy path's update to v2 finally lands, the crk service (through kms.Local)
+// ignores it: the registration stays on v3, matching the token.
+func TestLateLazyRegistrationUpdateIsIgnored(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	info := f.create(t, "v.img", 1<<20)
+	f.mgr.Close()
+	v2 := f.rotate(t).KeyVersion.ID
+
+	held := &heldRegUpdateKMS{KeyService: f.ks, entered: make(chan struct{}), release: make(chan struct{})}
+	lazy := volume.NewManager(held, f.reg, volume.Options{})
+	lazy.Close()
+	opened := make(chan error, 1)
+	go func() {
+		v, err := lazy.Open(f.ctx, info.Path)
+		if err == nil {
+			err = v.Close()
+		}
+		opened <- err
+	}()
+	<-held.entered
+	require.Equal(t, v2, mustDescribe(t, info.Path).KeyVersion, "the lazy rewrap committed v2")
+
+	var reports []*volume.Report
+	var mu sync.Mutex
+	hook := volume.NewManager(f.ks, f.reg, volume.Options{OnReport: func(r *volume.Report) { mu.Lock(); reports = append(reports, r); mu.Unlock() }})
+	v3 := f.rotate(t).KeyVersion.ID
+	hook.Close()
+	mu.Lock()
+	require.Len(t, reports, 1)
+	require.NoError(t, reports[0].Err())
+	assert.Equal(t, 1, reports[0].Rewrapped)
+	mu.Unlock()
+	require.Equal(t, v3, registeredVersion(t, f, info.CRN))
+
+	close(held.release) // the late update to v2 lands now
+	require.NoError(t, <-opened)
+	assert.Equal(t, v3, registeredVersion(t, f, info.CRN), "not moved back to v2")
+	assert.Equal(t, v3, mustDescribe(t, info.Path).KeyVersion)
+	openAndClose(t, f, f.mgr, info.Path)
+}
