@@ -249,8 +249,9 @@ func parseKeyslotID(s string) (int, error) {
 	return n, nil
 }
 
-// slot returns the keyslot the token names, or ok false if it names none (the volume was
-// crypto-erased). The token must have been checked by parseToken.
+// slot returns the keyslot the token names, or ok false if it names none: the volume was
+// crypto-erased if the image has no keyslot left, and the token is bad otherwise. The token
+// must have been checked by parseToken.
 func (t *token) slot() (n int, ok bool) {
 	if len(t.Keyslots) == 0 {
 		return 0, false
