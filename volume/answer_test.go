@@ -56,15 +56,20 @@ func (k *incompleteKMS) Unwrap(ctx context.Context, keyID string, ct []byte, aad
 	return u, nil
 }
 
-// incompleteAnswers are the wrap results crkvol must never store.
-var incompleteAnswers = []struct {
+// incompleteAnswer is a wrap result crkvol must never store.
+type incompleteAnswer struct {
 	name string
 	w    volume.Wrapped
-}{
-	{"empty", volume.Wrapped{}},
-	{"no key version", volume.Wrapped{Ciphertext: []byte("c2VjcmV0")}},
-	{"no ciphertext", volume.Wrapped{VersionID: "0f9e4a55-1c1e-4f5e-8d1a-6b2f0b9e8a11"}},
-	{"empty ciphertext", volume.Wrapped{Ciphertext: []byte{}, VersionID: "0f9e4a55-1c1e-4f5e-8d1a-6b2f0b9e8a11"}},
+}
+
+// incompleteAnswers lists the wrap results crkvol must never store.
+func incompleteAnswers() []incompleteAnswer {
+	return []incompleteAnswer{
+		{"empty", volume.Wrapped{}},
+		{"no key version", volume.Wrapped{Ciphertext: []byte("c2VjcmV0")}},
+		{"no ciphertext", volume.Wrapped{VersionID: "0f9e4a55-1c1e-4f5e-8d1a-6b2f0b9e8a11"}},
+		{"empty ciphertext", volume.Wrapped{Ciphertext: []byte{}, VersionID: "0f9e4a55-1c1e-4f5e-8d1a-6b2f0b9e8a11"}},
+	}
 }
 
 // registeredVersion returns the key version the key service has for crn.
@@ -91,7 +96,7 @@ func openAndClose(t testing.TB, f *fixture, mgr *volume.Manager, path string) {
 // not a refusal.
 func TestIncompleteRewrapAnswerKeepsToken(t *testing.T) {
 	t.Parallel()
-	for _, c := range incompleteAnswers {
+	for _, c := range incompleteAnswers() {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			f := newFixture(t)
@@ -140,7 +145,7 @@ func (l *logBuffer) String() string {
 // byte and the registration where it was, and logs the lazy rewrap as failed.
 func TestIncompleteLazyRewrapKeepsToken(t *testing.T) {
 	t.Parallel()
-	for _, c := range incompleteAnswers {
+	for _, c := range incompleteAnswers() {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			f := newFixture(t)
@@ -167,7 +172,7 @@ func TestIncompleteLazyRewrapKeepsToken(t *testing.T) {
 // fails Create with ErrIncompleteAnswer and leaves nothing behind (no image, no registration).
 func TestIncompleteWrapAnswerFailsCreate(t *testing.T) {
 	t.Parallel()
-	for _, c := range incompleteAnswers {
+	for _, c := range incompleteAnswers() {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			f := newFixture(t)
