@@ -30,7 +30,21 @@ var (
 	ErrErased = errors.New("volume has been crypto-erased")
 	// ErrBadSize means a volume size is not a positive multiple of the sector size.
 	ErrBadSize = errors.New("invalid volume size")
+	// ErrIncompleteAnswer means the key service answered a wrap, unwrap or rewrap as a
+	// success but without a ciphertext, a plaintext or a key version. It is a failure of the
+	// service, not a refusal (it does not match ErrKeyRefused), and nothing of such an answer
+	// is stored: the token keeps its old, still valid ciphertext.
+	ErrIncompleteAnswer = errors.New("incomplete answer from the key service")
 )
+
+// checkWrapped refuses a wrap or rewrap answer that crkvol could not store: one without a
+// ciphertext or without a key version. op names the call.
+func checkWrapped(op string, w Wrapped) error {
+	if len(w.Ciphertext) == 0 || w.VersionID == "" {
+		return fmt.Errorf("%w: the %s answer has no ciphertext or no key version", ErrIncompleteAnswer, op)
+	}
+	return nil
+}
 
 // passphraseSize is the size of a volume's random LUKS passphrase.
 const passphraseSize = 32
@@ -237,6 +251,9 @@ func (m *Manager) enroll(ctx context.Context, img *keyslot.Image, path, keyID st
 	uuid := img.UUID()
 	crn := CRN(uuid)
 	w, err := m.kms.Wrap(ctx, keyID, pass, []string{uuid})
+	if err == nil {
+		err = checkWrapped("wrap", w)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("wrapping the passphrase with key %s: %w", keyID, err)
 	}
@@ -249,7 +266,7 @@ func (m *Manager) enroll(ctx context.Context, img *keyslot.Image, path, keyID st
 		KeyVersion: w.VersionID, Ciphertext: base64.StdEncoding.EncodeToString(w.Ciphertext),
 		WrappedAt: m.opts.Now().UTC().Truncate(time.Second), VolumeCRN: crn,
 	}
-	raw, err := tok.marshal()
+	raw, err := tok.marshalChecked(uuid)
 	if err != nil {
 		return nil, err
 	}
@@ -391,15 +408,23 @@ func (m *Manager) unlock(ctx context.Context, img *keyslot.Image) (key []byte, i
 	if err != nil {
 		return nil, 0, nil, u, err
 	}
-	slot, ok := tok.slot()
-	if !ok || len(img.Keyslots()) == 0 {
+	if len(img.Keyslots()) == 0 {
 		return nil, 0, nil, u, fmt.Errorf("%w: no keyslot left", ErrErased)
+	}
+	slot, ok := tok.slot()
+	if !ok {
+		// Keyslots remain, so this is not a crypto-erase: the token lost its keyslot (a hand
+		// edit, or its keyslot was killed while others were kept).
+		return nil, 0, nil, u, fmt.Errorf("token %d: %w: keyslots: names no keyslot, but the image has %d", id, ErrBadToken, len(img.Keyslots()))
 	}
 	ct, err := tok.ciphertext()
 	if err != nil {
 		return nil, 0, nil, u, err
 	}
 	u, err = m.kms.Unwrap(ctx, tok.KeyID, ct, []string{img.UUID()})
+	if err == nil && len(u.Plaintext) == 0 {
+		err = fmt.Errorf("%w: the unwrap answer has no plaintext", ErrIncompleteAnswer)
+	}
 	if err != nil {
 		return nil, 0, nil, u, fmt.Errorf("unwrapping the passphrase with key %s: %w", tok.KeyID, err)
 	}
@@ -412,8 +437,12 @@ func (m *Manager) unlock(ctx context.Context, img *keyslot.Image) (key []byte, i
 
 // storeRewrapped replaces the token's ciphertext with w, unless another writer changed the
 // ciphertext meanwhile (theirs is then as new as w or newer, and is kept), and updates the
-// registration. No key service call happens under the image's lock.
+// registration. No key service call happens under the image's lock. An incomplete w (no
+// ciphertext or no key version) is refused and the token left as it is.
 func (m *Manager) storeRewrapped(ctx context.Context, img *keyslot.Image, id int, old *token, w *Wrapped) error {
+	if err := checkWrapped("unwrap's rewrapped", *w); err != nil {
+		return err
+	}
 	uuid := img.UUID() // fn below runs under the image's lock: no Image methods in it
 	err := img.UpdateTokenContext(ctx, id, func(cur json.RawMessage) ([]byte, error) {
 		t, err := parseToken(cur, uuid)
@@ -426,7 +455,7 @@ func (m *Manager) storeRewrapped(ctx context.Context, img *keyslot.Image, id int
 		t.Ciphertext = base64.StdEncoding.EncodeToString(w.Ciphertext)
 		t.KeyVersion = w.VersionID
 		t.WrappedAt = m.opts.Now().UTC().Truncate(time.Second)
-		return t.marshal()
+		return t.marshalChecked(uuid)
 	})
 	if errors.Is(err, errTokenChanged) {
 		return nil

@@ -218,7 +218,8 @@ const maxCASRounds = 3
 // rewrap on open) changed the ciphertext meanwhile, theirs is never overwritten with ours:
 // the volume is looked at again from what they wrote, which is normally on latest (or on the
 // version ours had) already, and otherwise rewrapped from theirs. A failure at any point
-// leaves the old, still valid ciphertext in place.
+// leaves the old, still valid ciphertext in place: an incomplete answer of the key service
+// (ErrIncompleteAnswer) is never committed, nor any token that would not read back.
 func (m *Manager) rewrapOne(ctx context.Context, keyID, latest, crn string) (res rewrapResult, err error) {
 	e, err := m.reg.Get(crn)
 	if err != nil {
@@ -263,6 +264,9 @@ func (m *Manager) rewrapOne(ctx context.Context, keyID, latest, crn string) (res
 		}
 		// The network round trip, with no lock held.
 		w, err := m.kms.Rewrap(ctx, keyID, ct, []string{uuid})
+		if err == nil {
+			err = checkWrapped("rewrap", w)
+		}
 		if err != nil {
 			return res, fmt.Errorf("rewrapping with key %s: %w", keyID, err)
 		}
@@ -277,7 +281,7 @@ func (m *Manager) rewrapOne(ctx context.Context, keyID, latest, crn string) (res
 			t.Ciphertext = base64.StdEncoding.EncodeToString(w.Ciphertext)
 			t.KeyVersion = w.VersionID
 			t.WrappedAt = m.opts.Now().UTC().Truncate(time.Second)
-			return t.marshal()
+			return t.marshalChecked(uuid)
 		})
 		if err == nil {
 			version, res.changed = w.VersionID, true

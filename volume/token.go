@@ -18,20 +18,26 @@ const TokenType = "crkvol-crk"
 // token is the crkvol-crk LUKS2 token. Everything in it is public: the passphrase is only
 // there wrapped by the root key.
 //
-// The fields are the members crkvol owns. A token read from an image also keeps its whole
-// JSON object, member by member in document order: marshal writes the owned members from the
-// fields and every other member (added by another version of crkvol, or by a person with
-// `cryptsetup token import`) exactly as read, so no rewrap drops or reorders them.
+// The exported fields are the members crkvol owns ([tokenFields] lists them). A token read
+// from an image also keeps its whole JSON object, member by member in document order: marshal
+// writes the owned members from the fields and every other member (added by another version
+// of crkvol, or by a person with `cryptsetup token import`) exactly as read, so no rewrap drops
+// or reorders them.
 type token struct {
 	Keyslots   []string
 	KeyID      string
 	KeyCRN     string
 	KeyVersion string
 	Ciphertext string
-	WrappedAt  time.Time
-	VolumeCRN  string
+	// WrappedAt is when the ciphertext was made. Opening does not need it, so a wrapped_at
+	// that is not an RFC 3339 time (a hand edit, another tool) is tolerated: WrappedAt is
+	// then zero, and the member is written back as read until the next rewrap sets it.
+	WrappedAt time.Time
+	VolumeCRN string
 
-	members []tokenMember // as read; nil for a new token
+	typ          string          // the type member as read; marshal always writes TokenType
+	wrappedAtRaw json.RawMessage // wrapped_at as read, when it is not an RFC 3339 time
+	members      []tokenMember   // as read; nil for a new token
 }
 
 // tokenMember is one name/value pair of a token's JSON object.
@@ -40,48 +46,92 @@ type tokenMember struct {
 	value json.RawMessage
 }
 
-// ownedTokenMembers lists the members crkvol owns, in the order a new token has them.
-func ownedTokenMembers() []string {
-	return []string{"type", "keyslots", "key_id", "key_crn", "key_version", "ciphertext", "wrapped_at", "volume_crn"}
+// tokenField is a member crkvol owns: its name, and the token field holding it, as a pointer
+// that encoding/json decodes into and encodes from.
+type tokenField struct {
+	name  string
+	field func(t *token) any
 }
 
-// value returns the JSON encoding of owned member name, or ok false if crkvol does not own it.
-func (t *token) value(name string) (v []byte, ok bool, err error) {
-	var x any
-	switch name {
-	case "type":
-		x = TokenType
-	case "keyslots":
-		x = t.Keyslots
-		if t.Keyslots == nil {
-			x = []string{}
+// tokenFields is the one list of the members crkvol owns, in the order a new token has them.
+// Reading (parseToken) and writing (marshal) both go through it, so a member is added in one
+// place.
+func tokenFields() []tokenField {
+	return []tokenField{
+		{"type", func(t *token) any { return &t.typ }},
+		{"keyslots", func(t *token) any { return &t.Keyslots }},
+		{"key_id", func(t *token) any { return &t.KeyID }},
+		{"key_crn", func(t *token) any { return &t.KeyCRN }},
+		{"key_version", func(t *token) any { return &t.KeyVersion }},
+		{"ciphertext", func(t *token) any { return &t.Ciphertext }},
+		{"wrapped_at", func(t *token) any { return (*tokenTime)(t) }},
+		{"volume_crn", func(t *token) any { return &t.VolumeCRN }},
+	}
+}
+
+// tokenFieldNamed returns the owned member called name, or ok false if crkvol does not own it.
+func tokenFieldNamed(name string) (f tokenField, ok bool) {
+	for _, f := range tokenFields() {
+		if f.name == name {
+			return f, true
 		}
-	case "key_id":
-		x = t.KeyID
-	case "key_crn":
-		x = t.KeyCRN
-	case "key_version":
-		x = t.KeyVersion
-	case "ciphertext":
-		x = t.Ciphertext
-	case "wrapped_at":
-		x = t.WrappedAt
-	case "volume_crn":
-		x = t.VolumeCRN
-	default:
-		return nil, false, nil
 	}
-	v, err = json.Marshal(x)
+	return tokenField{}, false
+}
+
+// ownedTokenMembers lists the names of the members crkvol owns, in the order a new token has
+// them.
+func ownedTokenMembers() []string {
+	fields := tokenFields()
+	names := make([]string, len(fields))
+	for i, f := range fields {
+		names[i] = f.name
+	}
+	return names
+}
+
+// tokenTime is the wrapped_at member of a token: its WrappedAt, or the member as read when
+// that was not an RFC 3339 time (see [token.WrappedAt]).
+type tokenTime token
+
+// MarshalJSON writes WrappedAt, or the member as read while WrappedAt is zero.
+func (t *tokenTime) MarshalJSON() ([]byte, error) {
+	if t.WrappedAt.IsZero() && t.wrappedAtRaw != nil {
+		return t.wrappedAtRaw, nil
+	}
+	return json.Marshal(t.WrappedAt)
+}
+
+// UnmarshalJSON reads an RFC 3339 time into WrappedAt, and keeps anything else as read with
+// WrappedAt zero: it never fails.
+func (t *tokenTime) UnmarshalJSON(b []byte) error {
+	var at time.Time
+	if err := json.Unmarshal(b, &at); err != nil || at.IsZero() {
+		t.WrappedAt, t.wrappedAtRaw = time.Time{}, bytes.Clone(b)
+		return nil
+	}
+	t.WrappedAt, t.wrappedAtRaw = at, nil
+	return nil
+}
+
+// encodeMember returns the JSON encoding of owned member f of t.
+func encodeMember(t *token, f tokenField) ([]byte, error) {
+	v, err := json.Marshal(f.field(t))
 	if err != nil {
-		return nil, true, fmt.Errorf("volume: encoding token member %s: %w", name, err)
+		return nil, fmt.Errorf("volume: encoding token member %s: %w", f.name, err)
 	}
-	return v, true, nil
+	return v, nil
 }
 
 // marshal encodes the token: the members of the token as read, in their order, with the owned
 // ones replaced by the fields' values and the others unchanged; then any owned member the
 // token did not have.
 func (t *token) marshal() ([]byte, error) {
+	out := *t // what is written: the type is always crkvol's, keyslots always an array
+	out.typ = TokenType
+	if out.Keyslots == nil {
+		out.Keyslots = []string{}
+	}
 	var b bytes.Buffer
 	b.WriteByte('{')
 	write := func(name string, v []byte) {
@@ -96,71 +146,73 @@ func (t *token) marshal() ([]byte, error) {
 	seen := make(map[string]bool, len(t.members))
 	for _, m := range t.members {
 		seen[m.name] = true
-		v, owned, err := t.value(m.name)
-		if err != nil {
-			return nil, err
-		}
-		if !owned {
-			v = m.value
+		v := []byte(m.value)
+		if f, owned := tokenFieldNamed(m.name); owned {
+			var err error
+			if v, err = encodeMember(&out, f); err != nil {
+				return nil, err
+			}
 		}
 		write(m.name, v)
 	}
-	for _, name := range ownedTokenMembers() {
-		if seen[name] {
+	for _, f := range tokenFields() {
+		if seen[f.name] {
 			continue
 		}
-		v, _, err := t.value(name)
+		v, err := encodeMember(&out, f)
 		if err != nil {
 			return nil, err
 		}
-		write(name, v)
+		write(f.name, v)
 	}
 	b.WriteByte('}')
 	return b.Bytes(), nil
+}
+
+// marshalChecked is marshal for a token about to be written to the image of the volume with
+// LUKS2 UUID uuid: the encoding must read back (parseToken) as a token of that volume with
+// the same key, version and ciphertext. The token may hold the only wrapped copy of the
+// passphrase, so nothing crkvol could not read again is ever written.
+func (t *token) marshalChecked(uuid string) ([]byte, error) {
+	raw, err := t.marshal()
+	if err != nil {
+		return nil, err
+	}
+	back, err := parseToken(raw, uuid)
+	if err != nil {
+		return nil, fmt.Errorf("volume: refusing to write a token that does not read back: %w", err)
+	}
+	if back.KeyID != t.KeyID || back.KeyVersion != t.KeyVersion || back.Ciphertext != t.Ciphertext {
+		return nil, fmt.Errorf("volume: refusing to write a token that does not read back: %w: key, version or ciphertext changed in encoding", ErrBadToken)
+	}
+	return raw, nil
 }
 
 // parseToken decodes and checks the crkvol-crk token of the volume with LUKS2 UUID uuid:
 // its type, the members crkvol needs, that its keyslot ids are LUKS2 ids (decimal strings 0
 // to 31, at most one) and that volume_crn, if present, is this volume's CRN. Each error matches
 // ErrBadToken and names the member at fault. Whether the named keyslot exists is for the
-// caller, which has the image, to check.
+// caller, which has the image, to check. A wrapped_at that is not an RFC 3339 time is not an
+// error (opening does not need it): it is kept as read, with WrappedAt zero.
 func parseToken(raw []byte, uuid string) (*token, error) {
 	members, err := splitObject(raw)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadToken, err)
 	}
 	t := &token{members: members}
-	var typ string
 	found := map[string]bool{}
 	for _, m := range members {
-		var dst any
-		switch m.name {
-		case "type":
-			dst = &typ
-		case "keyslots":
-			dst = &t.Keyslots
-		case "key_id":
-			dst = &t.KeyID
-		case "key_crn":
-			dst = &t.KeyCRN
-		case "key_version":
-			dst = &t.KeyVersion
-		case "ciphertext":
-			dst = &t.Ciphertext
-		case "wrapped_at":
-			dst = &t.WrappedAt
-		case "volume_crn":
-			dst = &t.VolumeCRN
-		default:
+		f, owned := tokenFieldNamed(m.name)
+		if !owned {
 			continue
 		}
-		if err := json.Unmarshal(m.value, dst); err != nil {
+		if err := json.Unmarshal(m.value, f.field(t)); err != nil {
 			return nil, fmt.Errorf("%w: member %s: %w", ErrBadToken, m.name, err)
 		}
 		found[m.name] = true
 	}
-	if typ != TokenType {
-		return nil, fmt.Errorf("%w: type %.64q, want %q", ErrBadToken, typ, TokenType)
+	if t.typ != TokenType {
+		return nil, fmt.Errorf("%w: type %.64q, want %q", ErrBadToken, t.typ, TokenType)
 	}
 	switch {
 	case t.KeyID == "" || t.Ciphertext == "" || t.KeyVersion == "":
@@ -197,8 +249,9 @@ func parseKeyslotID(s string) (int, error) {
 	return n, nil
 }
 
-// slot returns the keyslot the token names, or ok false if it names none (the volume was
-// crypto-erased). The token must have been checked by parseToken.
+// slot returns the keyslot the token names, or ok false if it names none: the volume was
+// crypto-erased if the image has no keyslot left, and the token is bad otherwise. The token
+// must have been checked by parseToken.
 func (t *token) slot() (n int, ok bool) {
 	if len(t.Keyslots) == 0 {
 		return 0, false

@@ -2,6 +2,7 @@ package volume
 
 import (
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -46,7 +47,6 @@ func TestTokenRefusesBadMembers(t *testing.T) {
 		{"keyslot id with a space", `{"type":"crkvol-crk","keyslots":[" 1"],` + rest + `,"volume_crn":"` + crn + `"}`, "keyslots"},
 		{"keyslot id a number", `{"type":"crkvol-crk","keyslots":[1],` + rest + `,"volume_crn":"` + crn + `"}`, "keyslots"},
 		{"keyslots not an array", `{"type":"crkvol-crk","keyslots":"0",` + rest + `,"volume_crn":"` + crn + `"}`, "keyslots"},
-		{"wrapped_at not a time", `{"type":"crkvol-crk","keyslots":["0"],` + rest + `,"wrapped_at":"yesterday","volume_crn":"` + crn + `"}`, "wrapped_at"},
 		{"duplicate member", `{"type":"crkvol-crk","keyslots":["0"],` + rest + `,"key_id":"k2","volume_crn":"` + crn + `"}`, "key_id"},
 		{"type", `{"type":"crkvol-other","keyslots":["0"],` + rest + `}`, "type"},
 	}
@@ -55,6 +55,39 @@ func TestTokenRefusesBadMembers(t *testing.T) {
 			_, err := parseToken([]byte(c.token), testUUID)
 			require.ErrorIs(t, err, ErrBadToken)
 			assert.Contains(t, err.Error(), c.member)
+		})
+	}
+}
+
+// TestTokenToleratesBadWrappedAt: a wrapped_at that is not an RFC 3339 time (a hand edit,
+// another tool) does not make the token unreadable, since opening does not need it: it reads
+// as a zero WrappedAt, is written back byte for byte while WrappedAt stays zero, and is
+// replaced once a rewrap sets WrappedAt.
+func TestTokenToleratesBadWrappedAt(t *testing.T) {
+	const rest = `"key_id":"k","key_crn":"c","key_version":"v","ciphertext":"AAEC"`
+	now := time.Date(2026, 5, 6, 7, 8, 9, 0, time.UTC)
+	for _, c := range []struct{ name, value string }{
+		{"not a time", `"yesterday"`},
+		{"a date only", `"2026-01-02"`},
+		{"a number", `1767322800`},
+		{"null", `null`},
+		{"an object", `{"at":"noon"}`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			raw := `{"type":"crkvol-crk","keyslots":["0"],` + rest + `,"wrapped_at":` + c.value + `,"volume_crn":"` + CRN(testUUID) + `"}`
+			tok, err := parseToken([]byte(raw), testUUID)
+			require.NoError(t, err)
+			assert.True(t, tok.WrappedAt.IsZero())
+			out, err := tok.marshal()
+			require.NoError(t, err)
+			assert.Equal(t, raw, string(out), "written back as read")
+
+			tok.WrappedAt = now
+			out, err = tok.marshal()
+			require.NoError(t, err)
+			again, err := parseToken(out, testUUID)
+			require.NoError(t, err)
+			assert.Equal(t, now, again.WrappedAt, "a rewrap replaces it")
 		})
 	}
 }
@@ -122,6 +155,37 @@ func TestNewTokenMemberOrder(t *testing.T) {
 		names = append(names, m.name)
 	}
 	assert.Equal(t, ownedTokenMembers(), names)
+	_, err = parseToken(out, testUUID)
+	require.NoError(t, err)
+}
+
+// TestMarshalCheckedRefusesUnreadableToken: a token that would not read back as this
+// volume's (empty ciphertext or version, another volume's CRN, bad base64) is never encoded
+// for writing, while a sound one is.
+func TestMarshalCheckedRefusesUnreadableToken(t *testing.T) {
+	good := func() *token {
+		return &token{Keyslots: []string{"0"}, KeyID: "k", KeyCRN: "c", KeyVersion: "v", Ciphertext: "AAEC", VolumeCRN: CRN(testUUID)}
+	}
+	cases := []struct {
+		name   string
+		change func(t *token)
+	}{
+		{"empty ciphertext", func(t *token) { t.Ciphertext = "" }},
+		{"empty key version", func(t *token) { t.KeyVersion = "" }},
+		{"ciphertext not base64", func(t *token) { t.Ciphertext = "!!" }},
+		{"another volume's CRN", func(t *token) { t.VolumeCRN = CRN("0f9e4a55-1c1e-4f5e-8d1a-6b2f0b9e8a11") }},
+		{"keyslot id out of range", func(t *token) { t.Keyslots = []string{"32"} }},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			tok := good()
+			c.change(tok)
+			_, err := tok.marshalChecked(testUUID)
+			require.ErrorIs(t, err, ErrBadToken)
+		})
+	}
+	out, err := good().marshalChecked(testUUID)
+	require.NoError(t, err)
 	_, err = parseToken(out, testUUID)
 	require.NoError(t, err)
 }

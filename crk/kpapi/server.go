@@ -558,6 +558,10 @@ func (s *Server) register(q *request) error {
 	return nil
 }
 
+// updateRegistration changes a registration. A keyVersion older than the one the registration
+// has is ignored (crk's NoDowngrade): resources rewrap only forwards, so an older version can
+// only come from a late update racing a newer rewrap, which must not move the registration
+// back (the volume.KeyService contract, kept the same in-process and over the API).
 func (s *Server) updateRegistration(q *request) error {
 	crn, err := pathCRN(q)
 	if err != nil {
@@ -567,7 +571,7 @@ func (s *Server) updateRegistration(q *request) error {
 	if err := decode(q.r, &body); err != nil {
 		return err
 	}
-	u := crk.RegistrationUpdate{Description: body.Description, PreventKeyDeletion: body.PreventKeyDeletion}
+	u := crk.RegistrationUpdate{Description: body.Description, PreventKeyDeletion: body.PreventKeyDeletion, NoDowngrade: true}
 	if body.KeyVersion != nil {
 		u.VersionID = &body.KeyVersion.ID
 	}

@@ -45,6 +45,9 @@ type RemoteConfig struct {
 // errors.Is(err, crk.ErrKeySuspended) holds as it does with [Local]; every refusal
 // ([kpapi.RefusedStatus]: a 4xx other than 408, 425 and 429) also matches
 // volume.ErrKeyRefused, while network errors, transient statuses and 5xx do not.
+// A success (2xx) answer to a wrap, unwrap or rewrap without its ciphertext or plaintext and
+// key version (an empty body, `{}`) is an error matching volume.ErrIncompleteAnswer: a failure
+// of the service, not a refusal, and never a result to store.
 //
 // The official client, which Wrap and KeyCRN go through, retries network errors and
 // transient statuses ([kpapi.TransientStatus]: 408, 425, 429, 5xx but 501) and never a
@@ -125,6 +128,9 @@ func (r *Remote) Wrap(ctx context.Context, keyID string, plaintext []byte, aad [
 	if err != nil {
 		return volume.Wrapped{}, fmt.Errorf("kms: wrap: %w", clientError(err))
 	}
+	if res.CipherText == "" {
+		return volume.Wrapped{}, fmt.Errorf("kms: wrap: %w: the answer has no ciphertext", volume.ErrIncompleteAnswer)
+	}
 	w := volume.Wrapped{Ciphertext: []byte(res.CipherText)}
 	if res.KeyVersion != nil {
 		w.VersionID = res.KeyVersion.ID
@@ -158,6 +164,9 @@ func (r *Remote) Unwrap(ctx context.Context, keyID string, ciphertext []byte, aa
 	if err := r.call(ctx, http.MethodPost, "keys/"+url.PathEscape(keyID)+"/actions/unwrap", body, &res); err != nil {
 		return volume.Unwrapped{}, fmt.Errorf("kms: unwrap: %w", err)
 	}
+	if res.Plaintext == "" || res.KeyVersion.ID == "" {
+		return volume.Unwrapped{}, fmt.Errorf("kms: unwrap: %w: the answer has no plaintext or no key version", volume.ErrIncompleteAnswer)
+	}
 	pt, err := base64.StdEncoding.DecodeString(res.Plaintext)
 	if err != nil {
 		return volume.Unwrapped{}, fmt.Errorf("kms: unwrap: the service returned a plaintext that is not base64")
@@ -187,6 +196,9 @@ func (r *Remote) Rewrap(ctx context.Context, keyID string, ciphertext []byte, aa
 	}
 	if err := r.call(ctx, http.MethodPost, "keys/"+url.PathEscape(keyID)+"/actions/rewrap", body, &res); err != nil {
 		return volume.Wrapped{}, fmt.Errorf("kms: rewrap: %w", err)
+	}
+	if res.Ciphertext == "" || res.RewrappedKeyVersion.ID == "" {
+		return volume.Wrapped{}, fmt.Errorf("kms: rewrap: %w: the answer has no ciphertext or no key version", volume.ErrIncompleteAnswer)
 	}
 	return volume.Wrapped{Ciphertext: []byte(res.Ciphertext), VersionID: res.RewrappedKeyVersion.ID}, nil
 }
