@@ -37,27 +37,33 @@ func (a *app) printRemoteKey(k *kp.Key) error {
 func (a *app) remoteCreate(ctx context.Context, name string, material []byte, standard bool) error {
 	c := a.remote.Client()
 	var k *kp.Key
-	var err error
-	switch {
-	case standard && material != nil:
-		k, err = c.CreateImportedStandardKey(ctx, name, nil, base64.StdEncoding.EncodeToString(material))
-	case standard:
-		k, err = c.CreateStandardKey(ctx, name, nil)
-	case material != nil:
-		k, err = c.CreateImportedRootKey(ctx, name, nil, base64.StdEncoding.EncodeToString(material), "", "")
-	default:
-		k, err = c.CreateRootKey(ctx, name, nil)
-	}
+	err := kms.ClientCall(func() (err error) {
+		switch {
+		case standard && material != nil:
+			k, err = c.CreateImportedStandardKey(ctx, name, nil, base64.StdEncoding.EncodeToString(material))
+		case standard:
+			k, err = c.CreateStandardKey(ctx, name, nil)
+		case material != nil:
+			k, err = c.CreateImportedRootKey(ctx, name, nil, base64.StdEncoding.EncodeToString(material), "", "")
+		default:
+			k, err = c.CreateRootKey(ctx, name, nil)
+		}
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("key create: %w", kms.ClientError(err))
+		return fmt.Errorf("key create: %w", err)
 	}
 	return a.printRemoteKey(k)
 }
 
 func (a *app) remoteList(ctx context.Context) error {
-	keys, err := a.remote.Client().GetKeys(ctx, 0, 0)
+	var keys *kp.Keys
+	err := kms.ClientCall(func() (err error) {
+		keys, err = a.remote.Client().GetKeys(ctx, 0, 0)
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("key list: %w", kms.ClientError(err))
+		return fmt.Errorf("key list: %w", err)
 	}
 	if a.asJSON {
 		return a.emit(keys)
@@ -71,17 +77,25 @@ func (a *app) remoteList(ctx context.Context) error {
 }
 
 func (a *app) remoteShow(ctx context.Context, id string) error {
-	k, err := a.remote.Client().GetKeyMetadata(ctx, id)
+	var k *kp.Key
+	err := kms.ClientCall(func() (err error) {
+		k, err = a.remote.Client().GetKeyMetadata(ctx, id)
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("key show: %w", kms.ClientError(err))
+		return fmt.Errorf("key show: %w", err)
 	}
 	return a.printRemoteKey(k)
 }
 
 func (a *app) remoteVersions(ctx context.Context, id string) error {
-	vs, err := a.remote.Client().ListKeyVersions(ctx, id, nil)
+	var vs *kp.KeyVersions
+	err := kms.ClientCall(func() (err error) {
+		vs, err = a.remote.Client().ListKeyVersions(ctx, id, nil)
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("key versions: %w", kms.ClientError(err))
+		return fmt.Errorf("key versions: %w", err)
 	}
 	if a.asJSON {
 		return a.emit(vs)
@@ -99,8 +113,8 @@ func (a *app) remoteRotate(ctx context.Context, id string, material []byte) erro
 	if material != nil {
 		payload = base64.StdEncoding.EncodeToString(material)
 	}
-	if err := a.remote.Client().Rotate(ctx, id, payload); err != nil {
-		return fmt.Errorf("key rotate: %w", kms.ClientError(err))
+	if err := kms.ClientCall(func() error { return a.remote.Client().Rotate(ctx, id, payload) }); err != nil {
+		return fmt.Errorf("key rotate: %w", err)
 	}
 	return a.remoteSync(ctx, id, "key rotate")
 }

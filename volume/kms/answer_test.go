@@ -24,6 +24,11 @@ func TestRemoteRefusesIncompleteAnswer(t *testing.T) {
 	}{
 		{"wrap", `{}`},
 		{"wrap", `{"keyVersion":` + v + `}`},
+		// A ciphertext without its version sends Wrap to the key's metadata, whose answer
+		// (the same body) has no resources: the official client panics on that.
+		{"wrap", `{"ciphertext":"c2VjcmV0"}`},
+		{"keycrn", `{"metadata":{"collectionType":"application/vnd.ibm.kms.key+json","collectionTotal":0},"resources":[]}`},
+		{"keycrn", `{}`},
 		{"unwrap", ``},
 		{"unwrap", `{}`},
 		{"unwrap", `{"plaintext":"c2VjcmV0"}`},
@@ -49,6 +54,10 @@ func TestRemoteRefusesIncompleteAnswer(t *testing.T) {
 			case "wrap":
 				w, err := r.Wrap(ctx, "k", []byte("secret"), []string{"vol"})
 				require.ErrorIs(t, err, volume.ErrIncompleteAnswer, "%+v", w)
+				assert.NotErrorIs(t, err, volume.ErrKeyRefused)
+			case "keycrn":
+				crn, err := r.KeyCRN(ctx, "k")
+				require.ErrorIs(t, err, volume.ErrIncompleteAnswer, "%q", crn)
 				assert.NotErrorIs(t, err, volume.ErrKeyRefused)
 			case "unwrap":
 				u, err := r.Unwrap(ctx, "k", []byte("c2VjcmV0"), []string{"vol"})

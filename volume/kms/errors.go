@@ -2,6 +2,7 @@ package kms
 
 import (
 	"errors"
+	"fmt"
 
 	kp "github.com/IBM/keyprotect-go-client"
 
@@ -54,6 +55,25 @@ func responseError(status int, body []byte, cause error) error {
 // marked with volume.ErrKeyRefused when it refuses the request; the client's error stays
 // reachable with errors.As. Any other error is returned as it is.
 func ClientError(err error) error { return clientError(err) }
+
+// ClientCall runs fn, a call of the official Key Protect client, and returns its error as
+// [ClientError] maps it. keyprotect-go-client v0.15.1 takes the first resource of a success
+// answer without checking that there is one, so a service answering 2xx with no resources
+// makes it panic; ClientCall turns that panic into an error matching
+// volume.ErrIncompleteAnswer (a failure of the service, not a refusal), so a broken or
+// hostile service cannot crash the caller.
+func ClientCall(fn func() error) error { return clientError(recovered(fn)) }
+
+// recovered runs fn, a call of the official client, turning its panic into an error (see
+// [ClientCall]); the error is otherwise fn's, unmapped.
+func recovered(fn func() error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: the Key Protect client could not read the service's answer (%v)", volume.ErrIncompleteAnswer, p)
+		}
+	}()
+	return fn()
+}
 
 // clientError maps an error of the official client: an API error response as responseError
 // does, anything else (the network, a 5xx the client gave up retrying, an error of Remote's

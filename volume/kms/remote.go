@@ -121,8 +121,10 @@ func (r *Remote) Wrap(ctx context.Context, keyID string, plaintext []byte, aad [
 	pt := []byte(base64.StdEncoding.EncodeToString(plaintext))
 	var res *kp.KeyActionResponse
 	err := r.authorized(ctx, func(auth string) (err error) {
-		res, err = r.client.WrapV2(kp.NewContextWithAuth(ctx, auth), keyID, pt, aadPtr(aad))
-		return err
+		return recovered(func() (err error) {
+			res, err = r.client.WrapV2(kp.NewContextWithAuth(ctx, auth), keyID, pt, aadPtr(aad))
+			return err
+		})
 	})
 	clear(pt)
 	if err != nil {
@@ -215,8 +217,10 @@ func (r *Remote) KeyCRN(ctx context.Context, keyID string) (string, error) {
 // keyMetadata reads a key's metadata through the official client.
 func (r *Remote) keyMetadata(ctx context.Context, keyID string) (k *kp.Key, err error) {
 	err = r.authorized(ctx, func(auth string) (err error) {
-		k, err = r.client.GetKeyMetadata(kp.NewContextWithAuth(ctx, auth), keyID)
-		return err
+		return recovered(func() (err error) {
+			k, err = r.client.GetKeyMetadata(kp.NewContextWithAuth(ctx, auth), keyID)
+			return err
+		})
 	})
 	return k, err
 }
