@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"go/build"
+	"go/build/constraint"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -78,8 +79,11 @@ func packages(t *testing.T) []listed {
 		}
 		// Every file counts, whatever its build constraints (purego, other
 		// architectures): an import behind a tag still points somewhere.
+		// Files built only with the ignore tag (go:generate helpers, often package main)
+		// are not part of the package.
 		ctx := build.Default
 		ctx.UseAllFiles = true
+		ctx.ReadDir = readDirWithoutIgnored
 		bp, err := ctx.ImportDir(path, 0)
 		var noGo *build.NoGoError
 		if errors.As(err, &noGo) {
@@ -133,6 +137,72 @@ func packages(t *testing.T) []listed {
 	}
 	sort.Slice(pkgs, func(i, j int) bool { return pkgs[i].ImportPath < pkgs[j].ImportPath })
 	return pkgs
+}
+
+// readDirWithoutIgnored lists dir without the Go files whose build constraint names the
+// ignore tag.
+func readDirWithoutIgnored(dir string) ([]fs.FileInfo, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var infos []fs.FileInfo
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".go") {
+			ignored, err := ignoredFile(filepath.Join(dir, e.Name()))
+			if err != nil {
+				return nil, err
+			}
+			if ignored {
+				continue
+			}
+		}
+		info, err := e.Info()
+		if err != nil {
+			return nil, err
+		}
+		infos = append(infos, info)
+	}
+	return infos, nil
+}
+
+// ignoredFile reports whether the //go:build line of a Go file (before its package clause)
+// names the ignore tag.
+func ignoredFile(path string) (bool, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return false, err
+	}
+	for _, line := range strings.Split(string(src), "\n") {
+		line = strings.TrimSpace(line)
+		if strings.HasPrefix(line, "package ") {
+			return false, nil
+		}
+		if constraint.IsGoBuild(line) {
+			expr, err := constraint.Parse(line)
+			if err != nil {
+				return false, fmt.Errorf("%s: %w", path, err)
+			}
+			return namesTag(expr, "ignore"), nil
+		}
+	}
+	return false, nil
+}
+
+// namesTag reports whether expr mentions tag anywhere (Eval would stop at the first operand
+// that decides an || or &&).
+func namesTag(expr constraint.Expr, tag string) bool {
+	switch e := expr.(type) {
+	case *constraint.TagExpr:
+		return e.Tag == tag
+	case *constraint.NotExpr:
+		return namesTag(e.X, tag)
+	case *constraint.AndExpr:
+		return namesTag(e.X, tag) || namesTag(e.Y, tag)
+	case *constraint.OrExpr:
+		return namesTag(e.X, tag) || namesTag(e.Y, tag)
+	}
+	return false
 }
 
 // TestImportsPointDown fails on any import that points up or sideways in the layering, and
