@@ -181,14 +181,14 @@ func ParseError(status int, body []byte) *ResponseError {
 }
 
 // Printable returns a server's text s fit for a terminal or a log line: control characters
-// (C0, DEL, C1) and bidirectional formatting characters escaped as \n, \x1b, \u202e and the
-// like, invalid UTF-8 replaced by U+FFFD, and at most max bytes kept before a "..." that marks
+// (C0, DEL, C1), format characters (bidirectional controls, zero-width characters) and line
+// and paragraph separators escaped as \n, \x1b, \u202e and the like, invalid UTF-8 replaced by U+FFFD, and at most max bytes kept before a "..." that marks
 // a cut (an escape is never cut in half).
 func Printable(s string, max int) string {
 	var b strings.Builder
 	for _, r := range strings.ToValidUTF8(s, "\uFFFD") {
 		piece := string(r)
-		if unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r) {
+		if unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp) {
 			piece = escapeRune(r)
 		}
 		if b.Len()+len(piece) > max {
@@ -210,8 +210,11 @@ func escapeRune(r rune) string {
 	case '\t':
 		return `\t`
 	}
-	if r < 0x80 {
+	switch {
+	case r < 0x80:
 		return fmt.Sprintf(`\x%02x`, r)
+	case r > 0xffff:
+		return fmt.Sprintf(`\U%08x`, r)
 	}
 	return fmt.Sprintf(`\u%04x`, r)
 }

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"unicode"
 
 	kp "github.com/IBM/keyprotect-go-client"
 	"github.com/stretchr/testify/assert"
@@ -292,6 +293,8 @@ func TestParseErrorEscapesControls(t *testing.T) {
 		{"carriage return, tab, bell, nul", reason("BAD_ERR", "a\rb\tc\ad\x00e"), `a\rb\tc\x07d\x00e`, nil},
 		{"C1 control and DEL", reason("BAD_ERR", "a\u009bb\x7fc"), `a\u009bb\x7fc`, nil},
 		{"bidi override", reason("BAD_ERR", "abc\u202edef"), `abc\u202edef`, nil},
+		{"line and paragraph separators", reason("BAD_ERR", "a\u2028b\u2029c"), `a\u2028b\u2029c`, nil},
+		{"zero-width and format characters", reason("BAD_ERR", "a\u200bb\ufeffc\u00add\U000e0041e"), `a\u200bb\ufeffc\u00add\U000e0041e`, nil},
 		{"control in the code", reason("BAD\x1b]0;title\x07_ERR", "why"), "why", []string{`BAD\x1b]0;title\x07_ERR`}},
 		{"control in errorMsg", []byte(`{"resources":[{"errorMsg":"bad\u001b[2Jthing"}]}`), `bad\x1b[2Jthing`, nil},
 		{"invalid utf-8", []byte("{\"resources\":[{\"errorMsg\":\"a\xffb\"}]}"), "a\ufffdb", nil},
@@ -302,7 +305,7 @@ func TestParseErrorEscapesControls(t *testing.T) {
 			assert.Equal(t, tc.want, got.Message)
 			text := got.Error()
 			for _, r := range text {
-				assert.False(t, r < 0x20 || (r >= 0x7f && r < 0xa0) || r == '\u202e', "control %U in %q", r, text)
+				assert.False(t, unicode.IsControl(r) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp), "control or format character %U in %q", r, text)
 			}
 			for _, s := range tc.inText {
 				assert.Contains(t, text, s)
