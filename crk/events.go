@@ -83,8 +83,9 @@ type EventFilter struct {
 // EventPage is one page of events.
 type EventPage struct {
 	Events []Event
-	// Next is the cursor of the following page (for EventFilter.Cursor) when the page is
-	// full; the following page may be empty. It is empty when there is no more.
+	// Next is the cursor of the following page (for EventFilter.Cursor) when more events
+	// matched than the page holds, and empty when there is no more. Events stored after the
+	// listing may still follow an oldest-first listing whose Next was empty.
 	Next string
 }
 
@@ -368,6 +369,7 @@ func (s *Service) ListEvents(_ context.Context, f EventFilter) (EventPage, error
 			next = c.Prev
 			k, v = c.Last()
 		}
+		var full []byte // the key of the page's last event, once the page is full
 		for ; k != nil; k, v = next() {
 			if !f.OldestFirst && !f.From.IsZero() && binary.BigEndian.Uint64(k) < from {
 				break // this key and every earlier one are before From
@@ -382,10 +384,13 @@ func (s *Service) ListEvents(_ context.Context, f EventFilter) (EventPage, error
 				!f.To.IsZero() && !ev.Time.Before(f.To) {
 				continue
 			}
+			if full != nil { // a match beyond a full page: there is a next page
+				page.Next = hex.EncodeToString(full)
+				break
+			}
 			page.Events = append(page.Events, ev)
 			if f.Limit > 0 && len(page.Events) >= f.Limit {
-				page.Next = hex.EncodeToString(k)
-				break
+				full = bytes.Clone(k)
 			}
 		}
 		return nil

@@ -91,6 +91,41 @@ func TestEventPaging(t *testing.T) {
 	}
 }
 
+// TestEventPageExactFit: a page holding exactly the matching events left offers no next
+// page, in either order and with a filter that skips events beyond it.
+func TestEventPageExactFit(t *testing.T) {
+	t.Parallel()
+	svc := openEvents(t, filepath.Join(t.TempDir(), "crk.db"), NewManualClock(t0), EventRetention{})
+	ctx := t.Context()
+	a, err := svc.CreateRootKey(ctx, "key-a")
+	require.NoError(t, err)
+	b, err := svc.CreateRootKey(ctx, "key-b")
+	require.NoError(t, err)
+	for range 2 {
+		_, err = svc.GetKeyMetadata(ctx, a.ID)
+		require.NoError(t, err)
+	}
+	_, err = svc.GetKeyMetadata(ctx, b.ID) // beyond a's last event, and filtered out
+	require.NoError(t, err)
+	all, err := svc.ListEvents(ctx, EventFilter{KeyID: a.ID})
+	require.NoError(t, err)
+	n := len(all.Events)
+	require.GreaterOrEqual(t, n, 3)
+	for _, oldest := range []bool{false, true} {
+		page, err := svc.ListEvents(ctx, EventFilter{KeyID: a.ID, Limit: n, OldestFirst: oldest})
+		require.NoError(t, err)
+		assert.Len(t, page.Events, n)
+		assert.Empty(t, page.Next, "oldest first %v: no next page after an exact fit", oldest)
+		page, err = svc.ListEvents(ctx, EventFilter{KeyID: a.ID, Limit: n - 1, OldestFirst: oldest})
+		require.NoError(t, err)
+		require.NotEmpty(t, page.Next, "oldest first %v: one more event", oldest)
+		rest, err := svc.ListEvents(ctx, EventFilter{KeyID: a.ID, Limit: n, OldestFirst: oldest, Cursor: page.Next})
+		require.NoError(t, err)
+		assert.Len(t, rest.Events, 1)
+		assert.Empty(t, rest.Next)
+	}
+}
+
 func TestEventFilterErrors(t *testing.T) {
 	f := newFixture(t)
 	tests := []struct {

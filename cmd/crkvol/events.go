@@ -45,7 +45,7 @@ opened: --event-max-age and --event-max-count.`,
 				return fmt.Errorf("events: %w", err)
 			}
 			if page.Next != "" {
-				fmt.Fprintf(a.stderr, "crkvol: more events: --cursor %s\n", page.Next)
+				fmt.Fprintf(a.stderr, "more events: next page with --cursor %s\n", page.Next)
 			}
 			evs := page.Events
 			if a.asJSON {

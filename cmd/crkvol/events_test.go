@@ -24,7 +24,7 @@ func testEnv(t *testing.T) map[string]string {
 	return map[string]string{"CRKVOL_STATE": filepath.Join(t.TempDir(), "state"), "CRKVOL_NOW": "2026-06-01T12:00:00Z"}
 }
 
-var cursorLine = regexp.MustCompile(`(?m)^crkvol: more events: --cursor ([0-9a-f]{32})$`)
+var cursorLine = regexp.MustCompile(`(?m)^more events: next page with --cursor ([0-9a-f]{32})$`)
 
 func eventSeqs(t *testing.T, stdout string) []uint64 {
 	t.Helper()
@@ -63,6 +63,12 @@ func TestEventsPaging(t *testing.T) {
 	all := eventSeqs(t, out)
 	if len(all) != 6 || all[0] < all[5] {
 		t.Fatalf("want 6 events newest first, got seqs %v", all)
+	}
+
+	// A page that holds exactly what is left offers no next page.
+	code, _, stderr = runCLI(t, env, "--json", "events", "--key", key.ID, "--limit", "6")
+	if code != 0 || cursorLine.MatchString(stderr) || strings.Contains(stderr, "cursor") {
+		t.Fatalf("events --limit 6 of 6: exit %d, stderr %q", code, stderr)
 	}
 
 	var got []uint64
