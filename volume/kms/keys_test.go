@@ -117,7 +117,7 @@ func TestRemoteKeyChangesSentOnce(t *testing.T) {
 				assert.Equal(t, tc.refused, errors.Is(err, volume.ErrKeyRefused), "%v", err)
 				if tc.unknown {
 					assert.Contains(t, err.Error(), "outcome unknown")
-					assert.Contains(t, err.Error(), "may have acted")
+					assert.Contains(t, err.Error(), "the service may have")
 				}
 			})
 		}

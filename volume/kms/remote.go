@@ -385,7 +385,7 @@ func (r *Remote) CreateKey(ctx context.Context, opts KeyOptions) (*kp.Key, error
 	}
 	defer clear(body)
 	var out kp.Keys
-	if err := r.callOnce(ctx, http.MethodPost, "keys", body, &out); err != nil {
+	if err := r.callOnce(ctx, "created the key", http.MethodPost, "keys", body, &out); err != nil {
 		return nil, fmt.Errorf("kms: create key: %w", err)
 	}
 	if len(out.Keys) != 1 {
@@ -408,7 +408,7 @@ func (r *Remote) RotateKey(ctx context.Context, keyID string, material []byte) e
 		}
 		defer clear(body)
 	}
-	if err := r.callOnce(ctx, http.MethodPost, "keys/"+url.PathEscape(keyID)+"/actions/rotate", body, nil); err != nil {
+	if err := r.callOnce(ctx, "rotated the key", http.MethodPost, "keys/"+url.PathEscape(keyID)+"/actions/rotate", body, nil); err != nil {
 		return fmt.Errorf("kms: rotate key: %w", err)
 	}
 	return nil
@@ -424,8 +424,9 @@ func base64JSON(b []byte) json.RawMessage {
 
 // callOnce makes a request that changes the service's state, as call does (one attempt, once
 // more with a fresh token after a 401), and marks a failure after which the service may have
-// acted with ErrOutcomeUnknown: a 5xx, or an error once the request was written.
-func (r *Remote) callOnce(ctx context.Context, method, path string, body []byte, out any) error {
+// acted with ErrOutcomeUnknown: a 5xx, or an error once the request was written. acted says
+// what the service may have done, as in "may have created the key".
+func (r *Remote) callOnce(ctx context.Context, acted, method, path string, body []byte, out any) error {
 	var wrote atomic.Bool
 	traced := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
 		WroteRequest: func(httptrace.WroteRequestInfo) { wrote.Store(true) },
@@ -446,7 +447,7 @@ func (r *Remote) callOnce(ctx context.Context, method, path string, body []byte,
 	case !wrote.Load():
 		return err
 	}
-	return fmt.Errorf("%w: the service may have acted on the request (%w); check its state before sending it again", ErrOutcomeUnknown, err)
+	return fmt.Errorf("%w: the service may have %s (%w)", ErrOutcomeUnknown, acted, err)
 }
 
 // Register implements volume.KeyService (Key Protect's service-to-service registration API).
