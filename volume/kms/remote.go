@@ -429,7 +429,8 @@ func base64JSON(b []byte) json.RawMessage {
 func (r *Remote) callOnce(ctx context.Context, acted, method, path string, body []byte, out any) error {
 	var wrote atomic.Bool
 	traced := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
-		WroteRequest: func(httptrace.WroteRequestInfo) { wrote.Store(true) },
+		// A request that could not be written whole was not acted on.
+		WroteRequest: func(info httptrace.WroteRequestInfo) { wrote.Store(info.Err == nil) },
 	})
 	err := r.authorized(ctx, func(auth string) error {
 		wrote.Store(false)
