@@ -65,7 +65,7 @@ type RemoteConfig struct {
 // Every other call makes one attempt and leaves retrying to the caller: Unwrap, Rewrap and
 // the registration calls, and the calls that change keys, [Remote.CreateKey] and
 // [Remote.RotateKey], which must never be sent twice: a proxy answering 502 after the
-// service acted would otherwise make several keys or several rotations. When such a call
+// service acted would otherwise make several keys or several rotations. When one of these two
 // meets a 5xx, or loses its connection after sending the request, the service may have acted:
 // the error matches [ErrOutcomeUnknown].
 //
@@ -79,8 +79,9 @@ type RemoteConfig struct {
 // service rotated its tokens), Remote drops the token and makes the call once more with a
 // fresh one. A second 401, or a 401 to a configured Token, which cannot be renewed, is the
 // refusal. One exchange runs at a time, and calls that need a token meanwhile wait for it
-// until their ctx is done. Every call of Remote, including the key management calls, uses
-// these tokens: the official client's own token source is never used.
+// until their ctx is done. Every method of Remote, the key management ones included, uses
+// these tokens: the official client's own token source serves only calls made through
+// [Remote.Client].
 //
 // A Remote is safe for concurrent use.
 type Remote struct {
