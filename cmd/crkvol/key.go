@@ -64,14 +64,15 @@ func (a *app) printKey(k *crk.Key) error {
 	return w.Flush()
 }
 
-// printReports reports the rewrap passes a command triggered.
+// printReports reports the rewrap passes a command triggered. The new version is a key
+// service's answer (a remote one's, checked to be a UUID), escaped all the same.
 func (a *app) printReports() error {
 	if a.asJSON {
 		return nil
 	}
 	for _, r := range a.reports {
 		fmt.Fprintf(a.stdout, "rewrapped %d of %d volumes to version %s (already current %d, failed %d, %d bytes of headers written, 0 bytes of data re-encrypted)\n",
-			r.Rewrapped, r.Volumes, r.NewVersion, r.AlreadyCurrent, len(r.Failed), r.BytesWritten)
+			r.Rewrapped, r.Volumes, shown(r.NewVersion), r.AlreadyCurrent, len(r.Failed), r.BytesWritten)
 		for crn, err := range r.Failed {
 			fmt.Fprintf(a.stdout, "  failed %s: %v\n", crn, err)
 		}

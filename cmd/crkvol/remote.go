@@ -2,7 +2,7 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
+	"errors"
 	"fmt"
 	"text/tabwriter"
 
@@ -35,21 +35,10 @@ func (a *app) printRemoteKey(k *kp.Key) error {
 }
 
 func (a *app) remoteCreate(ctx context.Context, name string, material []byte, standard bool) error {
-	c := a.remote.Client()
-	var k *kp.Key
-	err := kms.ClientCall(func() (err error) {
-		switch {
-		case standard && material != nil:
-			k, err = c.CreateImportedStandardKey(ctx, name, nil, base64.StdEncoding.EncodeToString(material))
-		case standard:
-			k, err = c.CreateStandardKey(ctx, name, nil)
-		case material != nil:
-			k, err = c.CreateImportedRootKey(ctx, name, nil, base64.StdEncoding.EncodeToString(material), "", "")
-		default:
-			k, err = c.CreateRootKey(ctx, name, nil)
-		}
-		return err
-	})
+	k, err := a.remote.CreateKey(ctx, kms.KeyOptions{Name: name, Standard: standard, Material: material})
+	if errors.Is(err, kms.ErrOutcomeUnknown) {
+		return fmt.Errorf("key create: %w; run crkvol key list to see whether it was before trying again", err)
+	}
 	if err != nil {
 		return fmt.Errorf("key create: %w", err)
 	}
@@ -57,11 +46,7 @@ func (a *app) remoteCreate(ctx context.Context, name string, material []byte, st
 }
 
 func (a *app) remoteList(ctx context.Context) error {
-	var keys *kp.Keys
-	err := kms.ClientCall(func() (err error) {
-		keys, err = a.remote.Client().GetKeys(ctx, 0, 0)
-		return err
-	})
+	keys, err := a.remote.ListKeys(ctx)
 	if err != nil {
 		return fmt.Errorf("key list: %w", err)
 	}
@@ -77,11 +62,7 @@ func (a *app) remoteList(ctx context.Context) error {
 }
 
 func (a *app) remoteShow(ctx context.Context, id string) error {
-	var k *kp.Key
-	err := kms.ClientCall(func() (err error) {
-		k, err = a.remote.Client().GetKeyMetadata(ctx, id)
-		return err
-	})
+	k, err := a.remote.KeyMetadata(ctx, id)
 	if err != nil {
 		return fmt.Errorf("key show: %w", err)
 	}
@@ -89,11 +70,7 @@ func (a *app) remoteShow(ctx context.Context, id string) error {
 }
 
 func (a *app) remoteVersions(ctx context.Context, id string) error {
-	var vs *kp.KeyVersions
-	err := kms.ClientCall(func() (err error) {
-		vs, err = a.remote.Client().ListKeyVersions(ctx, id, nil)
-		return err
-	})
+	vs, err := a.remote.KeyVersions(ctx, id)
 	if err != nil {
 		return fmt.Errorf("key versions: %w", err)
 	}
@@ -101,7 +78,7 @@ func (a *app) remoteVersions(ctx context.Context, id string) error {
 		return a.emit(vs)
 	}
 	for _, v := range vs.KeyVersion {
-		fmt.Fprintln(a.stdout, v.ID)
+		fmt.Fprintln(a.stdout, shown(v.ID))
 	}
 	return nil
 }
@@ -109,11 +86,11 @@ func (a *app) remoteVersions(ctx context.Context, id string) error {
 // remoteRotate rotates on the service, then rewraps this machine's registered volumes of
 // the key (a remote service cannot call a hook).
 func (a *app) remoteRotate(ctx context.Context, id string, material []byte) error {
-	payload := ""
-	if material != nil {
-		payload = base64.StdEncoding.EncodeToString(material)
+	err := a.remote.RotateKey(ctx, id, material)
+	if errors.Is(err, kms.ErrOutcomeUnknown) {
+		return fmt.Errorf("key rotate: %w; run crkvol key versions %s to see whether it did: if so, crkvol key sync %s rewraps the volumes", err, id, id)
 	}
-	if err := kms.ClientCall(func() error { return a.remote.Client().Rotate(ctx, id, payload) }); err != nil {
+	if err != nil {
 		return fmt.Errorf("key rotate: %w", err)
 	}
 	return a.remoteSync(ctx, id, "key rotate")

@@ -3,8 +3,11 @@ package kms
 import (
 	"errors"
 	"fmt"
+	"net/http"
+	"strings"
 
 	kp "github.com/IBM/keyprotect-go-client"
+	"github.com/IBM/keyprotect-go-client/iam"
 
 	"crkvol/crk"
 	"crkvol/crk/kpapi"
@@ -76,13 +79,25 @@ func recovered(fn func() error) (err error) {
 }
 
 // clientError maps an error of the official client: an API error response as responseError
-// does, anything else (the network, a 5xx the client gave up retrying, an error of Remote's
-// own token handling, which marks its refusals itself) as it is. Remote hands the client its
-// bearer tokens, so the client's own token source (and its iam.Error) is never used.
+// does; an error of the client's own token source (iam.Error, whose text is the token
+// endpoint's as sent) to its status and escaped text, a refusal when its status is one;
+// anything else (the network, a 5xx the client gave up retrying, an error of Remote's own
+// token handling, which marks its refusals itself) as it is. Remote hands the client its
+// bearer tokens, so only a call through [Remote.Client] meets an iam.Error.
 func clientError(err error) error {
 	var kerr *kp.Error
 	if errors.As(err, &kerr) {
 		return responseError(kerr.StatusCode, kerr.BodyContent, kerr)
+	}
+	var ierr iam.Error
+	if errors.As(err, &ierr) {
+		status := 0
+		if ierr.HTTPResponse != nil {
+			status = ierr.HTTPResponse.StatusCode
+		}
+		text := kpapi.Printable(strings.TrimSpace(ierr.ErrorCode+" "+ierr.ErrorMessage), 1<<10)
+		return &serviceError{err: fmt.Errorf("token endpoint: %d %s: %s", status, http.StatusText(status), text),
+			cause: ierr, refused: kpapi.RefusedStatus(status)}
 	}
 	return err
 }

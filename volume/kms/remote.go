@@ -9,14 +9,17 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	kp "github.com/IBM/keyprotect-go-client"
 
 	"crkvol/crk/kpapi"
+	"crkvol/internal/ident"
 	"crkvol/volume"
 )
 
@@ -46,20 +49,41 @@ type RemoteConfig struct {
 // ([kpapi.RefusedStatus]: a 4xx other than 408, 425 and 429) also matches
 // volume.ErrKeyRefused, while network errors, transient statuses and 5xx do not.
 // A success (2xx) answer to a wrap, unwrap or rewrap without its ciphertext or plaintext and
-// key version (an empty body, `{}`) is an error matching volume.ErrIncompleteAnswer: a failure
-// of the service, not a refusal, and never a result to store.
+// key version (an empty body, `{}`), or whose key id or key version id is not a well-formed
+// UUID, or whose key CRN is not a CRN, is an error matching volume.ErrIncompleteAnswer: a
+// failure of the service, not a refusal, and never a result to store (nor text to print).
 //
-// The official client, which Wrap and KeyCRN go through, retries network errors and
-// transient statuses ([kpapi.TransientStatus]: 408, 425, 429, 5xx but 501) and never a
-// refusal; the other calls make one attempt and leave retrying to the caller. A request to
-// the token endpoint is retried on transient statuses, as the official client's own token
-// source does.
+// # Retries
+//
+// The stateless calls and the reads go through the official client, which retries network
+// errors and transient statuses ([kpapi.TransientStatus]: 408, 425, 429, 5xx but 501) and
+// never a refusal: Wrap, KeyCRN, [Remote.KeyMetadata], [Remote.ListKeys] and
+// [Remote.KeyVersions]. The waits between the attempts of one request stay well inside
+// RemoteConfig.Timeout (a Retry-After beyond them hands the status to the official client,
+// which applies its own policy), and every call returns when its ctx is done.
+//
+// Every other call makes one attempt and leaves retrying to the caller: Unwrap, Rewrap and
+// the registration calls, and the calls that change keys, [Remote.CreateKey] and
+// [Remote.RotateKey], which must never be sent twice: a proxy answering 502 after the
+// service acted would otherwise make several keys or several rotations. When one of these two
+// meets a 5xx, or loses its connection after sending the request, the service may have acted:
+// the error matches [ErrOutcomeUnknown].
+//
+// A request to the token endpoint is retried on transient statuses, as the official
+// client's own token source does.
+//
+// # Tokens
 //
 // With an API key, Remote exchanges it for a bearer token that it caches until shortly
 // before it expires; when the service answers 401 to a call (the token was revoked, or the
 // service rotated its tokens), Remote drops the token and makes the call once more with a
 // fresh one. A second 401, or a 401 to a configured Token, which cannot be renewed, is the
-// refusal.
+// refusal. One exchange runs at a time, and calls that need a token meanwhile wait for it
+// until their ctx is done. Every method of Remote, the key management ones included, uses
+// these tokens: the official client's own token source serves only calls made through
+// [Remote.Client].
+//
+// A Remote is safe for concurrent use.
 type Remote struct {
 	cfg    RemoteConfig
 	client *kp.Client
@@ -70,7 +94,23 @@ type Remote struct {
 	mu      sync.Mutex
 	token   string
 	expires time.Time
+	// exchange is the token exchange in flight, or nil.
+	exchange *tokenExchange
 }
+
+// tokenExchange is one exchange of the API key for a token, which every call that needs a
+// token while it runs shares; done is closed when token or err is set.
+type tokenExchange struct {
+	done  chan struct{}
+	token string
+	err   error
+}
+
+// ErrOutcomeUnknown means a request that changes the service's state (creating or rotating a
+// key) failed in a way that does not tell whether the service acted on it: a 5xx answer
+// (perhaps a proxy's, after the service acted) or a connection lost after the request was
+// sent. The request is not retried; look at the service's state before sending it again.
+var ErrOutcomeUnknown = errors.New("outcome unknown")
 
 // NewRemote returns a key service for volumes at cfg.
 func NewRemote(cfg RemoteConfig) (*Remote, error) {
@@ -101,19 +141,22 @@ func NewRemote(cfg RemoteConfig) (*Remote, error) {
 		t.MaxIdleConnsPerHost = 16
 	}
 	// The official client retries 429 and 5xx itself; the transient statuses it does not
-	// know (408, 425) are retried below it, with the same policy.
-	c, err := kp.New(kcfg, &retrying{next: transport, retry: func(status int) bool {
+	// know (408, 425) are retried below it, with the same policy, inside the Timeout.
+	c, err := kp.New(kcfg, &retrying{next: transport, budget: retryBudget(cfg.Timeout), retry: func(status int) bool {
 		return kpapi.TransientStatus(status) && status != http.StatusTooManyRequests && status < 500
 	}})
 	if err != nil {
 		return nil, fmt.Errorf("kms: %w", err)
 	}
-	tokens := &http.Client{Timeout: cfg.Timeout, Transport: &retrying{next: http.DefaultTransport, retry: kpapi.TransientStatus}}
+	tokens := &http.Client{Timeout: cfg.Timeout, Transport: &retrying{next: http.DefaultTransport, retry: kpapi.TransientStatus, budget: retryBudget(cfg.Timeout)}}
 	return &Remote{cfg: cfg, client: c, http: &http.Client{Timeout: cfg.Timeout}, tokens: tokens}, nil
 }
 
-// Client returns the underlying Key Protect client, for key management calls. Those calls
-// use the client's own token source, not Remote's token cache and its renewal on 401.
+// Client returns the underlying Key Protect client, for calls Remote has no method for.
+// Those calls use the client's own token source, not Remote's token cache and its renewal on
+// 401, and its errors carry the server's text as sent (map them with [ClientError] before
+// printing them); the client retries every request on 5xx, which is unsafe for a request
+// that changes state: prefer Remote's methods.
 func (r *Remote) Client() *kp.Client { return r.client }
 
 // Wrap implements volume.KeyService.
@@ -142,6 +185,9 @@ func (r *Remote) Wrap(ctx context.Context, keyID string, plaintext []byte, aad [
 			return volume.Wrapped{}, err
 		}
 	}
+	if err := checkID("key version", w.VersionID); err != nil {
+		return volume.Wrapped{}, fmt.Errorf("kms: wrap: %w", err)
+	}
 	return w, nil
 }
 
@@ -154,8 +200,8 @@ func (r *Remote) Unwrap(ctx context.Context, keyID string, ciphertext []byte, aa
 		body["aad"] = aad
 	}
 	var res struct {
-		Plaintext  string `json:"plaintext"`
-		Ciphertext string `json:"ciphertext"`
+		Plaintext  secretBase64 `json:"plaintext"`
+		Ciphertext string       `json:"ciphertext"`
 		KeyVersion struct {
 			ID string `json:"id"`
 		} `json:"keyVersion"`
@@ -163,21 +209,28 @@ func (r *Remote) Unwrap(ctx context.Context, keyID string, ciphertext []byte, aa
 			ID string `json:"id"`
 		} `json:"rewrappedKeyVersion"`
 	}
-	if err := r.call(ctx, http.MethodPost, "keys/"+url.PathEscape(keyID)+"/actions/unwrap", body, &res); err != nil {
+	err := r.call(ctx, http.MethodPost, "keys/"+url.PathEscape(keyID)+"/actions/unwrap", body, &res)
+	pt := []byte(res.Plaintext)
+	fail := func(err error) (volume.Unwrapped, error) {
+		clear(pt)
 		return volume.Unwrapped{}, fmt.Errorf("kms: unwrap: %w", err)
 	}
-	if res.Plaintext == "" || res.KeyVersion.ID == "" {
-		return volume.Unwrapped{}, fmt.Errorf("kms: unwrap: %w: the answer has no plaintext or no key version", volume.ErrIncompleteAnswer)
-	}
-	pt, err := base64.StdEncoding.DecodeString(res.Plaintext)
 	if err != nil {
-		return volume.Unwrapped{}, fmt.Errorf("kms: unwrap: the service returned a plaintext that is not base64")
+		return fail(err)
+	}
+	if len(pt) == 0 || res.KeyVersion.ID == "" {
+		return fail(fmt.Errorf("%w: the answer has no plaintext or no key version", volume.ErrIncompleteAnswer))
+	}
+	if err := checkID("key version", res.KeyVersion.ID); err != nil {
+		return fail(err)
 	}
 	u := volume.Unwrapped{Plaintext: pt, VersionID: res.KeyVersion.ID}
 	if res.Ciphertext != "" {
 		if res.RewrappedKeyVersion.ID == "" {
-			clear(pt)
-			return volume.Unwrapped{}, fmt.Errorf("kms: unwrap: a rewrapped ciphertext without its key version")
+			return fail(errors.New("a rewrapped ciphertext without its key version"))
+		}
+		if err := checkID("rewrapped key version", res.RewrappedKeyVersion.ID); err != nil {
+			return fail(err)
 		}
 		u.Rewrapped = &volume.Wrapped{Ciphertext: []byte(res.Ciphertext), VersionID: res.RewrappedKeyVersion.ID}
 	}
@@ -202,38 +255,201 @@ func (r *Remote) Rewrap(ctx context.Context, keyID string, ciphertext []byte, aa
 	if res.Ciphertext == "" || res.RewrappedKeyVersion.ID == "" {
 		return volume.Wrapped{}, fmt.Errorf("kms: rewrap: %w: the answer has no ciphertext or no key version", volume.ErrIncompleteAnswer)
 	}
+	if err := checkID("rewrapped key version", res.RewrappedKeyVersion.ID); err != nil {
+		return volume.Wrapped{}, fmt.Errorf("kms: rewrap: %w", err)
+	}
 	return volume.Wrapped{Ciphertext: []byte(res.Ciphertext), VersionID: res.RewrappedKeyVersion.ID}, nil
 }
 
 // KeyCRN implements volume.KeyService.
 func (r *Remote) KeyCRN(ctx context.Context, keyID string) (string, error) {
-	k, err := r.keyMetadata(ctx, keyID)
+	k, err := r.KeyMetadata(ctx, keyID)
 	if err != nil {
-		return "", fmt.Errorf("kms: key metadata: %w", clientError(err))
+		return "", err
+	}
+	if _, err := ident.ParseCRN(k.CRN); err != nil {
+		return "", fmt.Errorf("kms: key metadata: %w: the key's CRN: %w", volume.ErrIncompleteAnswer, err)
 	}
 	return k.CRN, nil
 }
 
-// keyMetadata reads a key's metadata through the official client.
-func (r *Remote) keyMetadata(ctx context.Context, keyID string) (k *kp.Key, err error) {
-	err = r.authorized(ctx, func(auth string) (err error) {
+// KeyMetadata returns a key's metadata. A key whose id or key version id is not a
+// well-formed UUID is an error matching volume.ErrIncompleteAnswer.
+func (r *Remote) KeyMetadata(ctx context.Context, keyID string) (*kp.Key, error) {
+	var k *kp.Key
+	err := r.authorized(ctx, func(auth string) (err error) {
 		return recovered(func() (err error) {
 			k, err = r.client.GetKeyMetadata(kp.NewContextWithAuth(ctx, auth), keyID)
 			return err
 		})
 	})
-	return k, err
+	if err != nil {
+		return nil, fmt.Errorf("kms: key metadata: %w", clientError(err))
+	}
+	if err := checkID("key id", k.ID); err != nil {
+		return nil, fmt.Errorf("kms: key metadata: %w", err)
+	}
+	if k.KeyVersion != nil {
+		if err := checkID("key version", k.KeyVersion.ID); err != nil {
+			return nil, fmt.Errorf("kms: key metadata: %w", err)
+		}
+	}
+	return k, nil
 }
 
+// latest returns the id of a key's latest version.
 func (r *Remote) latest(ctx context.Context, keyID string) (string, error) {
-	k, err := r.keyMetadata(ctx, keyID)
+	k, err := r.KeyMetadata(ctx, keyID)
 	if err != nil {
-		return "", fmt.Errorf("kms: key metadata: %w", clientError(err))
+		return "", err
 	}
 	if k.KeyVersion == nil {
-		return "", fmt.Errorf("kms: key %s has no keyVersion", keyID)
+		return "", fmt.Errorf("kms: key metadata: %w: the key has no keyVersion", volume.ErrIncompleteAnswer)
 	}
 	return k.KeyVersion.ID, nil
+}
+
+// checkID refuses an id from the service that is not a well-formed UUID (Key Protect's key and
+// version ids are): such an answer is never stored nor printed. what names the id.
+func checkID(what, id string) error {
+	if _, err := ident.ParseUUID(id); err != nil {
+		return fmt.Errorf("%w: the %s is malformed: %w", volume.ErrIncompleteAnswer, what, err)
+	}
+	return nil
+}
+
+// ListKeys lists the instance's keys (the first page of the service's default size). The
+// key names and other text in the answer are the service's, unchecked: escape them
+// ([kpapi.Printable]) before printing them.
+func (r *Remote) ListKeys(ctx context.Context) (*kp.Keys, error) {
+	var keys *kp.Keys
+	err := r.authorized(ctx, func(auth string) error {
+		return recovered(func() (err error) {
+			keys, err = r.client.GetKeys(kp.NewContextWithAuth(ctx, auth), 0, 0)
+			return err
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kms: list keys: %w", clientError(err))
+	}
+	return keys, nil
+}
+
+// KeyVersions lists a key's versions. The ids in the answer are the service's, unchecked:
+// escape them ([kpapi.Printable]) before printing them.
+func (r *Remote) KeyVersions(ctx context.Context, keyID string) (*kp.KeyVersions, error) {
+	var vs *kp.KeyVersions
+	err := r.authorized(ctx, func(auth string) error {
+		return recovered(func() (err error) {
+			vs, err = r.client.ListKeyVersions(kp.NewContextWithAuth(ctx, auth), keyID, nil)
+			return err
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kms: key versions: %w", clientError(err))
+	}
+	return vs, nil
+}
+
+// KeyOptions describes a key for [Remote.CreateKey].
+type KeyOptions struct {
+	// Name is the key's name.
+	Name string
+	// Standard makes an extractable standard key instead of a root key.
+	Standard bool
+	// Material is the key material to import, or nil for the service to generate it.
+	// CreateKey clears its base64 copies after sending; Material is the caller's.
+	Material []byte
+}
+
+// CreateKey creates a key with one request, never retried but once with a fresh token after
+// a 401; see [Remote] for why, and [ErrOutcomeUnknown] for a failure that may have created
+// the key.
+func (r *Remote) CreateKey(ctx context.Context, opts KeyOptions) (*kp.Key, error) {
+	type resource struct {
+		Type        string          `json:"type"`
+		Name        string          `json:"name"`
+		Extractable bool            `json:"extractable"`
+		Payload     json.RawMessage `json:"payload,omitempty"`
+	}
+	res := resource{Type: kpapi.TypeKey, Name: opts.Name, Extractable: opts.Standard}
+	if opts.Material != nil {
+		res.Payload = base64JSON(opts.Material)
+		defer clear(res.Payload)
+	}
+	body, err := json.Marshal(map[string]any{
+		"metadata":  map[string]any{"collectionType": kpapi.TypeKey, "collectionTotal": 1},
+		"resources": []resource{res},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kms: create key: %w", err)
+	}
+	defer clear(body)
+	var out kp.Keys
+	if err := r.callOnce(ctx, "created the key", http.MethodPost, "keys", body, &out); err != nil {
+		return nil, fmt.Errorf("kms: create key: %w", err)
+	}
+	if len(out.Keys) != 1 {
+		return nil, fmt.Errorf("kms: create key: %w: the service created the key but its answer does not show it", volume.ErrIncompleteAnswer)
+	}
+	return &out.Keys[0], nil
+}
+
+// RotateKey rotates a root key with one request, never retried but once with a fresh token
+// after a 401; see [Remote] for why, and [ErrOutcomeUnknown] for a failure that may have
+// rotated the key. material is new key material for an imported key, or nil.
+func (r *Remote) RotateKey(ctx context.Context, keyID string, material []byte) error {
+	body := []byte("{}")
+	if material != nil {
+		p := base64JSON(material)
+		defer clear(p)
+		var err error
+		if body, err = json.Marshal(map[string]json.RawMessage{"payload": p}); err != nil {
+			return fmt.Errorf("kms: rotate key: %w", err)
+		}
+		defer clear(body)
+	}
+	if err := r.callOnce(ctx, "rotated the key", http.MethodPost, "keys/"+url.PathEscape(keyID)+"/actions/rotate", body, nil); err != nil {
+		return fmt.Errorf("kms: rotate key: %w", err)
+	}
+	return nil
+}
+
+// base64JSON returns b in standard base64 as a JSON string.
+func base64JSON(b []byte) json.RawMessage {
+	out := make([]byte, base64.StdEncoding.EncodedLen(len(b))+2)
+	out[0], out[len(out)-1] = '"', '"'
+	base64.StdEncoding.Encode(out[1:len(out)-1], b)
+	return out
+}
+
+// callOnce makes a request that changes the service's state, as call does (one attempt, once
+// more with a fresh token after a 401), and marks a failure after which the service may have
+// acted with ErrOutcomeUnknown: a 5xx, or an error once the request was written. acted says
+// what the service may have done, as in "may have created the key".
+func (r *Remote) callOnce(ctx context.Context, acted, method, path string, body []byte, out any) error {
+	var wrote atomic.Bool
+	traced := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		// A request that could not be written whole was not acted on.
+		WroteRequest: func(info httptrace.WroteRequestInfo) { wrote.Store(info.Err == nil) },
+	})
+	err := r.authorized(ctx, func(auth string) error {
+		wrote.Store(false)
+		return r.send(traced, auth, method, path, body, out)
+	})
+	if err == nil {
+		return nil
+	}
+	var re *kpapi.ResponseError
+	switch {
+	case errors.As(err, &re):
+		if re.Status < 500 {
+			return err
+		}
+	case !wrote.Load():
+		return err
+	}
+	return fmt.Errorf("%w: the service may have %s (%w)", ErrOutcomeUnknown, acted, err)
 }
 
 // Register implements volume.KeyService (Key Protect's service-to-service registration API).
@@ -363,55 +579,154 @@ func (r *Remote) send(ctx context.Context, auth, method, path string, body []byt
 		return err
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	raw, err := readBody(resp.Body, 1<<20)
 	if err != nil {
 		return err
 	}
 	if resp.StatusCode >= 300 {
 		return fmt.Errorf("%s %s: %w", method, path, responseError(resp.StatusCode, raw, nil))
 	}
+	// A success answer may carry a plaintext (unwrap): clear it once decoded.
+	defer clear(raw)
 	if out != nil && len(raw) > 0 {
-		return json.Unmarshal(raw, out)
+		if err := json.Unmarshal(raw, out); err != nil {
+			return fmt.Errorf("%s %s: %w: the answer is not the JSON expected: %w", method, path, volume.ErrIncompleteAnswer, err)
+		}
 	}
 	return nil
 }
 
+// readBody reads at most limit bytes of r, clearing every buffer it outgrows: the body of a
+// success answer may hold a plaintext.
+func readBody(r io.Reader, limit int) ([]byte, error) {
+	buf := make([]byte, 0, 4<<10)
+	for {
+		if len(buf) == cap(buf) {
+			if len(buf) >= limit {
+				return buf, nil
+			}
+			bigger := make([]byte, len(buf), min(2*cap(buf), limit))
+			copy(bigger, buf)
+			clear(buf)
+			buf = bigger
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			clear(buf)
+			return nil, err
+		}
+	}
+}
+
 // bearer returns a token: the configured one, or one exchanged for the API key and cached
-// until a minute before it expires.
+// until a minute before it expires. A call that needs a new token while an exchange is in
+// flight waits for that exchange's token, or until ctx is done.
 func (r *Remote) bearer(ctx context.Context) (string, error) {
 	if r.cfg.Token != "" {
 		return r.cfg.Token, nil
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.token != "" && time.Now().Before(r.expires) {
-		return r.token, nil
+		tok := r.token
+		r.mu.Unlock()
+		return tok, nil
 	}
+	x := r.exchange
+	if x == nil {
+		x = &tokenExchange{done: make(chan struct{})}
+		r.exchange = x
+		// The exchange serves every call waiting for it, so the first caller's cancellation
+		// does not end it; the token client's Timeout bounds it.
+		go r.exchangeToken(context.WithoutCancel(ctx), x)
+	}
+	r.mu.Unlock()
+	select {
+	case <-x.done:
+		return x.token, x.err
+	case <-ctx.Done():
+		return "", fmt.Errorf("kms: token: %w", context.Cause(ctx))
+	}
+}
+
+// exchangeToken runs the exchange x, caches its token and ends it.
+func (r *Remote) exchangeToken(ctx context.Context, x *tokenExchange) {
+	tok, expires, err := r.requestToken(ctx)
+	r.mu.Lock()
+	if err == nil {
+		r.token, r.expires = tok, expires
+	}
+	r.exchange = nil
+	r.mu.Unlock()
+	x.token, x.err = tok, err
+	close(x.done)
+}
+
+// requestToken exchanges the API key for a token at the token endpoint.
+func (r *Remote) requestToken(ctx context.Context) (string, time.Time, error) {
 	form := url.Values{"grant_type": {"urn:ibm:params:oauth:grant-type:apikey"}, "apikey": {r.cfg.APIKey}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.cfg.TokenURL, strings.NewReader(form.Encode()))
 	if err != nil {
-		return "", err
+		return "", time.Time{}, fmt.Errorf("kms: token: %w", err)
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	resp, err := r.tokens.Do(req)
 	if err != nil {
-		return "", fmt.Errorf("kms: token: %w", err)
+		return "", time.Time{}, fmt.Errorf("kms: token: %w", err)
 	}
 	defer resp.Body.Close()
 	var tok struct {
 		AccessToken string `json:"access_token"`
 		ExpiresIn   int    `json:"expires_in"`
 	}
-	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&tok) != nil || tok.AccessToken == "" {
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&tok) != nil || tok.AccessToken == "" {
 		// The status code and its standard text: the reason phrase is the server's text.
 		err := fmt.Errorf("kms: token: the token endpoint refused the API key (%d %s)", resp.StatusCode, http.StatusText(resp.StatusCode))
 		if kpapi.RefusedStatus(resp.StatusCode) {
-			return "", &serviceError{err: err, refused: true}
+			return "", time.Time{}, &serviceError{err: err, refused: true}
 		}
-		return "", err
+		return "", time.Time{}, err
 	}
-	r.token, r.expires = tok.AccessToken, time.Now().Add(time.Duration(tok.ExpiresIn-60)*time.Second)
-	return r.token, nil
+	return tok.AccessToken, time.Now().Add(time.Duration(tok.ExpiresIn-60) * time.Second), nil
+}
+
+// secretBase64 is a base64 JSON string decoded without a copy that could not be cleared: the
+// decoded bytes, cleared again when the text is not base64. Only the escape "\/" is
+// accepted inside the string (base64 needs no other).
+type secretBase64 []byte
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (s *secretBase64) UnmarshalJSON(data []byte) error {
+	if string(data) == "null" {
+		return nil
+	}
+	if len(data) < 2 || data[0] != '"' || data[len(data)-1] != '"' {
+		return errors.New("a secret that is not a JSON string")
+	}
+	text := make([]byte, 0, len(data)-2)
+	defer func() { clear(text) }()
+	for i := 1; i < len(data)-1; i++ {
+		c := data[i]
+		if c == '\\' {
+			if i+1 >= len(data)-1 || data[i+1] != '/' {
+				return errors.New("a secret that is not base64")
+			}
+			i++
+			c = '/'
+		}
+		text = append(text, c)
+	}
+	out := make([]byte, base64.StdEncoding.DecodedLen(len(text)))
+	n, err := base64.StdEncoding.Decode(out, text)
+	if err != nil {
+		clear(out)
+		return errors.New("a secret that is not base64")
+	}
+	*s = out[:n]
+	return nil
 }
 
 func aadPtr(aad []string) *[]string {

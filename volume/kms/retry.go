@@ -14,25 +14,46 @@ import (
 // its response: at most kp.RetryMax more times, after the response's Retry-After (capped at
 // kp.RetryWaitMax) or an exponential backoff from one second to kp.RetryWaitMax, the policy
 // of the official client. A request whose body cannot be replayed is sent once.
+//
+// The waits of one request add up to at most budget: a wait that would go past it is not
+// slept, and the response is handed to the caller as it is. The budget keeps the retries
+// inside the http.Client's Timeout, which covers them: a wait the Timeout cut short would
+// reach the official client as a connection error, which it retries in turn.
 type retrying struct {
-	next  http.RoundTripper
-	retry func(status int) bool
+	next   http.RoundTripper
+	retry  func(status int) bool
+	budget time.Duration
+	// sleep waits; nil means sleep. Tests record the waits instead.
+	sleep func(ctx context.Context, d time.Duration) error
 }
+
+// retryBudget is the time the retrying transport of a client with the per-request timeout
+// may spend waiting between the attempts of one request: a quarter of it.
+func retryBudget(timeout time.Duration) time.Duration { return timeout / 4 }
 
 // RoundTrip implements http.RoundTripper.
 func (t *retrying) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
+	wait := t.sleep
+	if wait == nil {
+		wait = sleep
+	}
+	var waited time.Duration
 	for attempt := 0; ; attempt++ {
 		resp, err := t.next.RoundTrip(req)
 		if err != nil || !t.retry(resp.StatusCode) || attempt >= kp.RetryMax ||
 			(req.Body != nil && req.Body != http.NoBody && req.GetBody == nil) {
 			return resp, err
 		}
-		wait := retryWait(attempt, resp.Header.Get("Retry-After"))
+		d := retryWait(attempt, resp.Header.Get("Retry-After"))
+		if waited+d > t.budget {
+			return resp, nil
+		}
+		waited += d
 		// Drain a little of the body so the connection can be reused.
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		resp.Body.Close()
-		if err := sleep(ctx, wait); err != nil {
+		if err := wait(ctx, d); err != nil {
 			return nil, err
 		}
 		next := req.Clone(ctx)

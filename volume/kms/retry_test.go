@@ -1,6 +1,7 @@
 package kms
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -78,5 +79,89 @@ func TestRetryingReplaysBody(t *testing.T) {
 				assert.Equal(t, "payload", b)
 			}
 		})
+	}
+}
+
+// TestRetryingBudget: the waits of one request add up to at most the budget; a wait that would
+// go past it is not slept and the response goes to the caller as it is.
+func TestRetryingBudget(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		retryAfter string
+		budget     time.Duration
+		waits      []time.Duration
+	}{
+		{"Retry-After beyond the budget: handed back at once", "86400", 7 * time.Second, nil},
+		{"Retry-After inside the budget", "1", 2500 * time.Millisecond, []time.Duration{time.Second, time.Second}},
+		{"backoff stops at the budget", "", 2500 * time.Millisecond, []time.Duration{time.Second}},
+		{"no waits: every retry", "0", 0, []time.Duration{0, 0, 0, 0}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var mu sync.Mutex
+			requests := 0
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				requests++
+				mu.Unlock()
+				if tc.retryAfter != "" {
+					w.Header().Set("Retry-After", tc.retryAfter)
+				}
+				w.WriteHeader(http.StatusTooEarly)
+			}))
+			defer srv.Close()
+			var waits []time.Duration
+			tr := &retrying{next: http.DefaultTransport, retry: func(s int) bool { return s == http.StatusTooEarly }, budget: tc.budget,
+				sleep: func(_ context.Context, d time.Duration) error { waits = append(waits, d); return nil }}
+			resp, err := (&http.Client{Transport: tr}).Get(srv.URL)
+			require.NoError(t, err)
+			resp.Body.Close()
+			assert.Equal(t, http.StatusTooEarly, resp.StatusCode)
+			assert.Equal(t, tc.waits, waits)
+			mu.Lock()
+			defer mu.Unlock()
+			assert.Equal(t, len(tc.waits)+1, requests)
+		})
+	}
+}
+
+// TestRemoteRetriesInsideTimeout: a Retry-After longer than the retry budget, a part of the
+// per-request Timeout, is not slept: the status reaches the caller after one request. Were
+// it slept, the Timeout would cut the wait short, and the official client would retry that
+// as a connection error, RetryMax times more.
+func TestRemoteRetriesInsideTimeout(t *testing.T) {
+	var mu sync.Mutex
+	requests := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		requests++
+		mu.Unlock()
+		w.Header().Set("Retry-After", "1")
+		w.WriteHeader(http.StatusRequestTimeout)
+	}))
+	defer srv.Close()
+	const timeout = 400 * time.Millisecond
+	require.Less(t, retryBudget(timeout), time.Second)
+	r, err := NewRemote(RemoteConfig{URL: srv.URL, Instance: "inst", Token: "t", Timeout: timeout})
+	require.NoError(t, err)
+	_, err = r.Wrap(t.Context(), "k1", []byte("0123456789abcdef"), nil)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "408", "the service's status, not a timeout: %v", err)
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, 1, requests)
+}
+
+// TestRemoteTimeoutBudget: the retry budget of NewRemote's transports is well inside the
+// per-request timeout, for the default and a configured one.
+func TestRemoteTimeoutBudget(t *testing.T) {
+	for _, timeout := range []time.Duration{0, 2 * time.Second, time.Minute} {
+		r, err := NewRemote(RemoteConfig{URL: "http://127.0.0.1:1", Instance: "inst", APIKey: "k", Timeout: timeout})
+		require.NoError(t, err)
+		for name, tr := range map[string]http.RoundTripper{"api": r.client.HttpClient.Transport, "tokens": r.tokens.Transport} {
+			rt, ok := tr.(*retrying)
+			require.True(t, ok, name)
+			assert.LessOrEqual(t, rt.budget, r.cfg.Timeout/4, name)
+			assert.Positive(t, rt.budget, name)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package kms_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -37,6 +38,8 @@ type tokenServer struct {
 	exchanges, calls  int
 	// key is the root key the test made.
 	key string
+	// hold, when set, runs on each API request before the server answers it.
+	hold func(r *http.Request)
 }
 
 func newTokenServer(t *testing.T) *tokenServer {
@@ -78,7 +81,11 @@ func newTokenServer(t *testing.T) *tokenServer {
 		if ts.revoked[tok] {
 			r.Header.Set("Authorization", "Bearer revoked")
 		}
+		hold := ts.hold
 		ts.mu.Unlock()
+		if hold != nil {
+			hold(r)
+		}
 		api.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
@@ -347,6 +354,147 @@ func TestClientErrorEscapes(t *testing.T) {
 			} else {
 				assert.Equal(t, tc.in, got)
 			}
+		})
+	}
+}
+
+// TestRemoteKeepsAnotherCallsToken: call A meets a 401 with the revoked token after call B
+// met its own 401 and renewed the token. A must not drop B's fresh token: it makes its second
+// attempt with it, and there is exactly one token exchange. Dropping the token whatever it
+// is now would make a second exchange.
+func TestRemoteKeepsAnotherCallsToken(t *testing.T) {
+	ts := newTokenServer(t)
+	k, err := ts.svc.CreateRootKey(t.Context(), "shared")
+	require.NoError(t, err)
+	r, err := kms.NewRemote(kms.RemoteConfig{URL: ts.url, Instance: ts.instance, APIKey: ts.apiKey})
+	require.NoError(t, err)
+	w, err := r.Wrap(t.Context(), k.ID, bytes.Repeat([]byte{1}, 32), []string{"vol"})
+	require.NoError(t, err)
+	ts.revokeIssued()
+
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	ts.mu.Lock()
+	ts.hold = func(req *http.Request) {
+		if strings.HasSuffix(req.URL.Path, "/actions/rewrap") {
+			once.Do(func() {
+				close(held)
+				<-release
+			})
+		}
+	}
+	ts.mu.Unlock()
+	ts.counts()
+
+	errA := make(chan error, 1)
+	go func() {
+		_, err := r.Rewrap(t.Context(), k.ID, w.Ciphertext, []string{"vol"})
+		errA <- err
+	}()
+	<-held // A's request, with the revoked token, is at the server
+	_, err = r.KeyCRN(t.Context(), k.ID)
+	require.NoError(t, err, "call B renews the token")
+	close(release) // A's request is answered 401 now
+	require.NoError(t, <-errA, "call A, once more with B's token")
+	exchanges, calls := ts.counts()
+	assert.Equal(t, 1, exchanges, "B's exchange only: A kept B's token")
+	assert.Equal(t, 4, calls, "A and B each: a 401, then the call with the fresh token")
+}
+
+// TestRemoteTokenWaitHonoursContext: while a token exchange is blocked at the token endpoint,
+// a second call that needs a token returns when its own ctx is done, with
+// context.DeadlineExceeded, and does not start an exchange of its own; the first call gets
+// the token once the endpoint answers.
+func TestRemoteTokenWaitHonoursContext(t *testing.T) {
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	var mu sync.Mutex
+	exchanges := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/identity/token" {
+			mu.Lock()
+			exchanges++
+			mu.Unlock()
+			select {
+			case entered <- struct{}{}:
+			default:
+			}
+			<-release
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte(`{"access_token":"tok","token_type":"Bearer","expires_in":3600}`))
+			return
+		}
+		if r.Header.Get("Authorization") != "Bearer tok" {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"ciphertext":"Y3Q=","keyVersion":{"id":"0f9e4a55-1c1e-4f5e-8d1a-6b2f0b9e8a11"},"rewrappedKeyVersion":{"id":"0f9e4a55-1c1e-4f5e-8d1a-6b2f0b9e8a11"}}`))
+	}))
+	defer srv.Close()
+	var releaseOnce sync.Once
+	defer releaseOnce.Do(func() { close(release) })
+	r, err := kms.NewRemote(kms.RemoteConfig{URL: srv.URL, Instance: "inst", APIKey: "k"})
+	require.NoError(t, err)
+
+	first := make(chan error, 1)
+	go func() {
+		_, err := r.Rewrap(context.Background(), "k1", []byte("ct"), nil)
+		first <- err
+	}()
+	<-entered
+
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
+	defer cancel()
+	second := make(chan error, 1)
+	go func() {
+		_, err := r.Rewrap(ctx, "k1", []byte("ct"), nil)
+		second <- err
+	}()
+	select {
+	case err := <-second:
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second call still waits for the first call's token exchange, past its own deadline")
+	}
+	releaseOnce.Do(func() { close(release) })
+	require.NoError(t, <-first)
+	_, err = r.Rewrap(t.Context(), "k1", []byte("ct"), nil)
+	require.NoError(t, err, "the token is cached")
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, 1, exchanges)
+}
+
+// TestClientErrorEscapesTokenEndpoint: the official client's own token source returns the
+// token endpoint's error text raw (iam.Error); kms.ClientError keeps its status, marks a
+// refusal and escapes the text.
+func TestClientErrorEscapesTokenEndpoint(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		status  int
+		refused bool
+	}{
+		{"400", http.StatusBadRequest, true},
+		{"501", http.StatusNotImplemented, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(tc.status)
+				_, _ = w.Write([]byte(`{"errorCode":"BXNIM0415E\u001b]0;x\u0007","errorMessage":"bad key\u001b[31m\nforged"}`))
+			}))
+			defer srv.Close()
+			r, err := kms.NewRemote(kms.RemoteConfig{URL: srv.URL, Instance: "inst", APIKey: "k", Timeout: 2 * time.Second})
+			require.NoError(t, err)
+			_, raw := r.Client().GetKeys(t.Context(), 0, 0)
+			require.Error(t, raw)
+			require.Contains(t, raw.Error(), "\x1b", "the official client's text is the server's")
+			got := kms.ClientError(raw)
+			text := got.Error()
+			assert.False(t, strings.ContainsFunc(text, func(r rune) bool { return r < 0x20 || r == 0x7f }), "%q", text)
+			assert.Contains(t, text, `BXNIM0415E\x1b]0;x\x07`)
+			assert.Contains(t, text, http.StatusText(tc.status))
+			assert.Equal(t, tc.refused, errors.Is(got, volume.ErrKeyRefused))
 		})
 	}
 }
