@@ -31,10 +31,11 @@ var (
 	// ErrBadSize means a volume size is not a positive multiple of the sector size.
 	ErrBadSize = errors.New("invalid volume size")
 	// ErrIncompleteAnswer means the key service answered a wrap, unwrap or rewrap as a
-	// success but without a ciphertext, a plaintext or a key version. It is a failure of the
-	// service, not a refusal (it does not match ErrKeyRefused), and nothing of such an answer
-	// is stored: the token keeps its old, still valid ciphertext.
-	ErrIncompleteAnswer = errors.New("incomplete answer from the key service")
+	// success but without a ciphertext, a plaintext or a key version, or with a key or version
+	// id that is not well-formed. It is a failure of the service, not a refusal (it does not
+	// match ErrKeyRefused), and nothing of such an answer is stored: the token keeps its old,
+	// still valid ciphertext.
+	ErrIncompleteAnswer = errors.New("incomplete or malformed answer from the key service")
 )
 
 // checkWrapped refuses a wrap or rewrap answer that crkvol could not store: one without a
