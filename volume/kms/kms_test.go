@@ -17,6 +17,30 @@ import (
 	"crkvol/volume/kms"
 )
 
+// newKeyService opens the embedded key service in a new directory and returns it with a
+// volume.KeyService over it: in process ("embedded"), or ("remote") the official Key Protect
+// client against kpapi on loopback, authenticated with an API key. Everything is closed when
+// the test ends.
+func newKeyService(t *testing.T, mode string) (dir string, clock *crk.ManualClock, svc *crk.Service, ks volume.KeyService) {
+	t.Helper()
+	dir = t.TempDir()
+	clock = crk.NewManualClock(time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC))
+	tenants, err := kpapi.OpenTenants(filepath.Join(dir, "state"), crk.Options{Clock: clock, MasterKey: bytes.Repeat([]byte{4}, 32)})
+	require.NoError(t, err)
+	t.Cleanup(func() { tenants.Close() })
+	inst, svc := tenants.Default()
+	ks = kms.NewLocal(svc)
+	if mode == "remote" {
+		srv := httptest.NewServer(kpapi.NewServer(tenants))
+		t.Cleanup(srv.Close)
+		apiKey, err := tenants.CreateAPIKey(inst)
+		require.NoError(t, err)
+		ks, err = kms.NewRemote(kms.RemoteConfig{URL: srv.URL, Instance: inst, APIKey: apiKey})
+		require.NoError(t, err)
+	}
+	return dir, clock, svc, ks
+}
+
 // TestVolumeLifecycle runs create, write, rotate, reopen and verify with the embedded key
 // service and with the remote one (the official Key Protect client against kpapi on
 // loopback, authenticated with an API key).
@@ -24,22 +48,7 @@ func TestVolumeLifecycle(t *testing.T) {
 	for _, mode := range []string{"embedded", "remote"} {
 		t.Run(mode, func(t *testing.T) {
 			ctx := context.Background()
-			dir := t.TempDir()
-			clock := crk.NewManualClock(time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC))
-			tenants, err := kpapi.OpenTenants(filepath.Join(dir, "state"), crk.Options{Clock: clock, MasterKey: bytes.Repeat([]byte{4}, 32)})
-			require.NoError(t, err)
-			defer tenants.Close()
-			inst, svc := tenants.Default()
-
-			var ks volume.KeyService = kms.NewLocal(svc)
-			if mode == "remote" {
-				srv := httptest.NewServer(kpapi.NewServer(tenants))
-				defer srv.Close()
-				apiKey, err := tenants.CreateAPIKey(inst)
-				require.NoError(t, err)
-				ks, err = kms.NewRemote(kms.RemoteConfig{URL: srv.URL, Instance: inst, APIKey: apiKey})
-				require.NoError(t, err)
-			}
+			dir, _, svc, ks := newKeyService(t, mode)
 			reg, err := volume.OpenRegistry(filepath.Join(dir, "volumes.db"))
 			require.NoError(t, err)
 			defer reg.Close()

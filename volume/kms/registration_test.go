@@ -1,20 +1,12 @@
 package kms_test
 
 import (
-	"bytes"
 	"context"
-	"net/http/httptest"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"crkvol/crk"
-	"crkvol/crk/kpapi"
-	"crkvol/volume"
-	"crkvol/volume/kms"
 )
 
 // TestUpdateRegistrationNeverMovesBack: as the volume.KeyService contract says, a late
@@ -25,21 +17,7 @@ func TestUpdateRegistrationNeverMovesBack(t *testing.T) {
 	for _, mode := range []string{"embedded", "remote"} {
 		t.Run(mode, func(t *testing.T) {
 			ctx := context.Background()
-			dir := t.TempDir()
-			clock := crk.NewManualClock(time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC))
-			tenants, err := kpapi.OpenTenants(filepath.Join(dir, "state"), crk.Options{Clock: clock, MasterKey: bytes.Repeat([]byte{5}, 32)})
-			require.NoError(t, err)
-			defer tenants.Close()
-			inst, svc := tenants.Default()
-			var ks volume.KeyService = kms.NewLocal(svc)
-			if mode == "remote" {
-				srv := httptest.NewServer(kpapi.NewServer(tenants))
-				defer srv.Close()
-				apiKey, err := tenants.CreateAPIKey(inst)
-				require.NoError(t, err)
-				ks, err = kms.NewRemote(kms.RemoteConfig{URL: srv.URL, Instance: inst, APIKey: apiKey})
-				require.NoError(t, err)
-			}
+			_, clock, svc, ks := newKeyService(t, mode)
 			k, err := svc.CreateRootKey(ctx, "monotonic")
 			require.NoError(t, err)
 			v1 := k.KeyVersion.ID
