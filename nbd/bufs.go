@@ -69,35 +69,42 @@ func (p *bufPools) get(n int) []byte {
 	return b[:n]
 }
 
-// put clears b, which held a request's plaintext, and recycles it or returns it to the OS.
-// Only b's length is cleared: every buffer is cleared to its length before it returns to a
-// pool, and a fresh one is zero, so the rest of its capacity holds nothing. A buffer put
-// twice is recycled once.
+// put recycles b, which held a request's plaintext, cleared, or returns it to the OS. Only
+// b's length is cleared: every buffer is cleared to its length before it returns to a pool,
+// and a fresh one is zero, so the rest of its capacity holds nothing. A buffer of the Go heap
+// (not from get) is cleared and dropped. Putting a buffer that is already free again is
+// ignored; once put has returned a buffer to the OS, nothing may touch it, nor put it again.
 func (p *bufPools) put(b []byte) {
 	if cap(b) == 0 {
 		return
 	}
-	clear(b)
-	b = b[:cap(b)]
+	key := unsafe.SliceData(b[:cap(b)])
 	p.mu.Lock()
-	inUse, ours := p.owned[unsafe.SliceData(b)]
-	if !ours || !inUse {
-		p.mu.Unlock()
-		return // the Go heap's (cleared, left to the collector), or already put back
+	inUse, ours := p.owned[key]
+	p.mu.Unlock()
+	switch {
+	case !ours:
+		clear(b) // the Go heap's: left to the collector
+		return
+	case !inUse:
+		return // already free, and cleared then
 	}
+	clear(b) // b is still ours alone: the lock is not needed for that
+	b = b[:cap(b)]
 	maxIdle := p.maxIdle
 	if maxIdle <= 0 {
 		maxIdle = defaultMaxIdleBytes
 	}
+	p.mu.Lock()
 	if p.idle+cap(b) <= maxIdle {
 		c := sizeClass(cap(b))
 		p.free[c] = append(p.free[c], b)
 		p.idle += cap(b)
-		p.owned[unsafe.SliceData(b)] = false
+		p.owned[key] = false
 		p.mu.Unlock()
 		return
 	}
-	delete(p.owned, unsafe.SliceData(b))
+	delete(p.owned, key)
 	p.mu.Unlock()
 	osFree(b)
 }

@@ -536,6 +536,83 @@ func TestBudgetBoundsRequestsInFlight(t *testing.T) {
 	assert.GreaterOrEqual(t, dev.peak, 2, "requests do run concurrently")
 }
 
+// TestServerBudgetAcrossConnections: clients on several connections, each with a generous
+// budget of its own, together never hold more than the server-wide budget.
+func TestServerBudgetAcrossConnections(t *testing.T) {
+	dev := newMem(1 << 20)
+	dev.delay = 5 * time.Millisecond
+	// Each 4 KiB read costs 8 KiB; the server holds 32 KiB: four at a time in all.
+	_, addr := startServer(t, Export{Name: "vol", Device: dev}, Options{MaxPayload: 16 << 10, MaxBytesInFlight: 1 << 20, MaxBufferedBytes: 32 << 10})
+	const conns, reqs = 3, 20
+	var wg sync.WaitGroup
+	for range conns {
+		c := dial(t, addr, flagFixedNewstyle|flagNoZeroes)
+		c.goExport("vol")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var b []byte
+			for i := range reqs {
+				b = binary.BigEndian.AppendUint32(b, magicRequest)
+				b = binary.BigEndian.AppendUint16(b, 0)
+				b = binary.BigEndian.AppendUint16(b, cmdRead)
+				b = binary.BigEndian.AppendUint64(b, uint64(i))
+				b = binary.BigEndian.AppendUint64(b, uint64(4096*i))
+				b = binary.BigEndian.AppendUint32(b, 4096)
+			}
+			if _, err := c.nc.Write(b); err != nil {
+				t.Error(err)
+				return
+			}
+			for range reqs {
+				var h [16]byte
+				if _, err := io.ReadFull(c.nc, h[:]); err != nil || binary.BigEndian.Uint32(h[4:]) != 0 {
+					t.Error("reply", err, h)
+					return
+				}
+				if _, err := io.ReadFull(c.nc, make([]byte, 4096)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	dev.mu.Lock()
+	defer dev.mu.Unlock()
+	assert.LessOrEqual(t, dev.peak, 4, "reads in progress across all connections")
+	assert.GreaterOrEqual(t, dev.peak, 2, "requests do run concurrently")
+}
+
+// TestOptionDefaults: the limits a zero Options gets, and how they are adjusted.
+func TestOptionDefaults(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		in   Options
+		want Options
+	}{
+		{"zero", Options{}, Options{MaxPayload: 32 << 20, MaxBytesInFlight: 64 << 20, MaxBufferedBytes: 256 << 20,
+			MaxConnections: 64, NegotiationTimeout: 10 * time.Second}},
+		{"budgets raised to one maximal request", Options{MaxPayload: 1 << 20, MaxBytesInFlight: 1, MaxBufferedBytes: 1},
+			Options{MaxPayload: 1 << 20, MaxBytesInFlight: 1 << 20, MaxBufferedBytes: 1<<20 + requestCost,
+				MaxConnections: 64, NegotiationTimeout: 10 * time.Second}},
+		{"set", Options{MaxConnections: 3, NegotiationTimeout: time.Second, MaxBufferedBytes: 100 << 20},
+			Options{MaxPayload: 32 << 20, MaxBytesInFlight: 64 << 20, MaxBufferedBytes: 100 << 20,
+				MaxConnections: 3, NegotiationTimeout: time.Second}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := NewServer(Export{Device: newMem(4096)}, tc.in)
+			require.NoError(t, err)
+			got := s.opts
+			got.Logger = nil
+			assert.Equal(t, tc.want, got)
+			assert.Equal(t, got.MaxBufferedBytes, s.budget.max)
+		})
+	}
+	assert.Equal(t, 64, DefaultMaxConnections)
+	assert.LessOrEqual(t, DefaultNegotiationTimeout, 10*time.Second, "idle clients that never negotiate are dropped soon")
+}
+
 func TestNewServerRejectsBadExport(t *testing.T) {
 	_, err := NewServer(Export{}, Options{})
 	assert.Error(t, err)
