@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -445,7 +446,11 @@ func (c *conn) handle(r *request) {
 		}
 	}
 	if err := c.reply(r.cookie, errno, data); err != nil {
-		// The client is gone; closing the connection stops the reader too.
+		// The client is gone, or reads no replies: closing the connection stops the reader
+		// too, and the other requests' replies fail at once.
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			c.s.log.Warn("nbd client reads no replies; disconnecting", "remote", c.nc.RemoteAddr().String(), "after", c.s.opts.ReplyTimeout)
+		}
 		c.nc.Close()
 	}
 }
@@ -498,6 +503,9 @@ func (c *conn) reply(cookie uint64, errno uint32, data []byte) error {
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	// A client that reads no reply for so long is stalled, or pipelining without reading on
+	// purpose: what its requests hold is freed by ending the connection.
+	_ = c.nc.SetWriteDeadline(time.Now().Add(c.s.opts.ReplyTimeout))
 	_, err := bufs.WriteTo(c.nc)
 	return err
 }

@@ -22,10 +22,12 @@
 // server's (Options.MaxBufferedBytes, 256 MiB by default) before the request is read any
 // further. When either is spent the connection is simply not read from until earlier requests
 // have been answered, so a client that pipelines requests without reading the replies is held
-// back by flow control instead of growing the server. Such a client still holds its
-// reservations, and others wait for them, until it reads its replies or leaves; the
-// connection limit (Options.MaxConnections, 64 by default) and the handshake limit
-// (Options.NegotiationTimeout, 10 s by default) bound how many clients can do that.
+// back by flow control instead of growing the server. Such a client holds its reservations,
+// and others wait for them, until it reads its replies, leaves, or has left a reply unread
+// for Options.ReplyTimeout (a minute by default): then it is disconnected. The connection
+// limit (Options.MaxConnections, 64 by default) and the handshake limit
+// (Options.NegotiationTimeout, 10 s by default: clients that never finish negotiating are
+// disconnected) bound how many connections idle clients can take.
 //
 // Request buffers are reused while clients are connected, up to 16 MiB of free ones; the
 // rest, and all of them when the last client leaves, go back to the operating system at once

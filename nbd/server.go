@@ -47,6 +47,9 @@ const (
 	// DefaultNegotiationTimeout is how long a client has to finish the handshake unless
 	// Options.NegotiationTimeout says otherwise: real clients need milliseconds.
 	DefaultNegotiationTimeout = 10 * time.Second
+	// DefaultReplyTimeout is how long a reply may wait for the client to read it unless
+	// Options.ReplyTimeout says otherwise.
+	DefaultReplyTimeout = time.Minute
 	// DefaultMaxBufferedBytes bounds the request and reply data the server holds across all
 	// connections unless Options.MaxBufferedBytes says otherwise.
 	DefaultMaxBufferedBytes = defaultMaxBufferedBytes
@@ -72,6 +75,10 @@ type Options struct {
 	// NegotiationTimeout bounds the handshake of a connection; a client that has not started
 	// transmission by then is disconnected. DefaultNegotiationTimeout if zero.
 	NegotiationTimeout time.Duration
+	// ReplyTimeout bounds how long one reply may wait for the client to read it; a client
+	// that reads nothing for that long while replies are pending is disconnected, which frees
+	// what its requests held. DefaultReplyTimeout if zero.
+	ReplyTimeout time.Duration
 	// Logger receives connection-level events (never data or keys); discarded if nil.
 	Logger *slog.Logger
 }
@@ -134,6 +141,9 @@ func NewServer(exp Export, opts Options) (*Server, error) {
 	}
 	if opts.NegotiationTimeout <= 0 {
 		opts.NegotiationTimeout = DefaultNegotiationTimeout
+	}
+	if opts.ReplyTimeout <= 0 {
+		opts.ReplyTimeout = DefaultReplyTimeout
 	}
 	log := opts.Logger
 	if log == nil {

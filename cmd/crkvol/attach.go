@@ -58,7 +58,8 @@ namespace; the unix socket is not.
 one to four each); further clients are disconnected at once. A client that has not finished
 the NBD handshake within %s is disconnected, and the requests of all clients together
 hold at most %d MiB of buffers: a client that sends requests without reading the replies is
-simply not read from until it does.`, nbd.DefaultMaxConnections, nbd.DefaultNegotiationTimeout, nbd.DefaultMaxBufferedBytes>>20),
+not read from until it does, and is disconnected once a reply has waited %s.`,
+			nbd.DefaultMaxConnections, nbd.DefaultNegotiationTimeout, nbd.DefaultMaxBufferedBytes>>20, nbd.DefaultReplyTimeout),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.runAttach(cmd.Context(), args[0], listen, readOnly, maxConns)
 		}}
