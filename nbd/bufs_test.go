@@ -3,6 +3,7 @@ package nbd
 import (
 	"bytes"
 	"testing"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 )
@@ -34,6 +35,56 @@ func TestBufPoolsClearOnPut(t *testing.T) {
 			}
 			p.put(b)
 			assert.True(t, bytes.Equal(b, make([]byte, tc.n)), "buffer of %d bytes cleared", tc.n)
+		})
+	}
+}
+
+// TestBufPoolsBounded checks that at most maxIdle bytes of free buffers are kept, that a
+// buffer kept free and put back again is kept once, and that release gives every free
+// buffer back.
+func TestBufPoolsBounded(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		maxIdle  int
+		sizes    []int
+		wantIdle int
+	}{
+		{"all kept", 64 << 10, []int{4096, 4096, 8192}, 16 << 10},
+		{"bound reached", 8192, []int{4096, 4096, 4096}, 8192},
+		{"too large to keep", 8192, []int{1 << 20}, 0},
+		{"mixed", 12 << 10, []int{100, 8000, 5000, 4096}, 12 << 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := bufPools{maxIdle: tc.maxIdle}
+			var bufs [][]byte
+			for _, n := range tc.sizes {
+				bufs = append(bufs, p.get(n))
+			}
+			assert.Len(t, p.owned, len(tc.sizes), "every buffer is tracked while in use")
+			for _, b := range bufs {
+				p.put(b)
+				if _, free := p.owned[unsafe.SliceData(b[:cap(b)])]; free {
+					p.put(b) // kept free: a second put is ignored (one returned to the OS is gone)
+				}
+			}
+			assert.Equal(t, tc.wantIdle, p.idle)
+			kept := 0
+			for c := range p.free {
+				for _, b := range p.free[c] {
+					kept += cap(b)
+				}
+			}
+			assert.Equal(t, tc.wantIdle, kept)
+			assert.LessOrEqual(t, p.idle, tc.maxIdle)
+			p.release()
+			assert.Zero(t, p.idle)
+			assert.Empty(t, p.owned, "nothing is held after release")
+			for c := range p.free {
+				assert.Empty(t, p.free[c])
+			}
+			b := p.get(4096) // still usable after release
+			assert.Equal(t, make([]byte, 4096), b)
+			p.put(b)
 		})
 	}
 }

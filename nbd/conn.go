@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -20,7 +21,7 @@ type conn struct {
 
 	wmu sync.Mutex // one reply at a time
 
-	budget   budget         // request bytes buffered or being served
+	budget   budget         // request bytes buffered or being served; counted in s.budget too
 	handlers chan struct{}  // a slot per request being served
 	wg       sync.WaitGroup // requests being served
 
@@ -38,7 +39,8 @@ func (c *conn) stop() {
 	c.stopOnce.Do(func() {
 		close(c.stopped)
 		_ = c.nc.SetReadDeadline(time.Now())
-		c.budget.cancel()
+		c.budget.wake()
+		c.s.budget.wake()
 	})
 }
 
@@ -322,13 +324,13 @@ func (c *conn) transmit() error {
 				}
 			} else {
 				r.cost = requestCost + int(r.length)
-				if !c.budget.acquire(r.cost) {
+				if !c.acquire(r.cost) {
 					return nil // stopped while waiting
 				}
 				r.data = c.s.bufs.get(int(r.length))
 				if _, err := io.ReadFull(c.br, r.data); err != nil {
 					c.s.bufs.put(r.data)
-					c.budget.release(r.cost)
+					c.release(r.cost)
 					if c.isStopped() {
 						return nil
 					}
@@ -348,7 +350,7 @@ func (c *conn) transmit() error {
 			if r.typ == cmdRead {
 				r.cost += int(r.length)
 			}
-			if !c.budget.acquire(r.cost) {
+			if !c.acquire(r.cost) {
 				_ = c.reply(r.cookie, errShutdown, nil)
 				return nil
 			}
@@ -358,7 +360,7 @@ func (c *conn) transmit() error {
 		select {
 		case c.handlers <- struct{}{}:
 		case <-c.stopped:
-			c.budget.release(r.cost)
+			c.release(r.cost)
 			c.s.bufs.put(r.data)
 			_ = c.reply(r.cookie, errShutdown, nil)
 			return nil
@@ -366,6 +368,26 @@ func (c *conn) transmit() error {
 		c.wg.Add(1)
 		go c.handle(r)
 	}
+}
+
+// acquire reserves n bytes from the connection's budget and then from the server's, waiting
+// while either is spent: until then no further request is read, which holds the client back
+// through TCP (or the unix socket's) flow control. False if the connection stops meanwhile.
+func (c *conn) acquire(n int) bool {
+	if !c.budget.acquire(n, c.stopped) {
+		return false
+	}
+	if !c.s.budget.acquire(n, c.stopped) {
+		c.budget.release(n)
+		return false
+	}
+	return true
+}
+
+// release gives back what acquire reserved.
+func (c *conn) release(n int) {
+	c.s.budget.release(n)
+	c.budget.release(n)
 }
 
 // check validates a request; it returns the NBD error to answer, or 0.
@@ -400,7 +422,7 @@ func (c *conn) check(r *request, size uint64) uint32 {
 func (c *conn) handle(r *request) {
 	defer c.wg.Done()
 	defer func() { <-c.handlers }()
-	defer c.budget.release(r.cost)
+	defer c.release(r.cost)
 	dev := c.s.exp.Device
 	var errno uint32
 	var data []byte
@@ -424,7 +446,11 @@ func (c *conn) handle(r *request) {
 		}
 	}
 	if err := c.reply(r.cookie, errno, data); err != nil {
-		// The client is gone; closing the connection stops the reader too.
+		// The client is gone, or reads no replies: closing the connection stops the reader
+		// too, and the other requests' replies fail at once.
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			c.s.log.Warn("nbd client reads no replies; disconnecting", "remote", c.nc.RemoteAddr().String(), "after", c.s.opts.ReplyTimeout)
+		}
 		c.nc.Close()
 	}
 }
@@ -477,74 +503,44 @@ func (c *conn) reply(cookie uint64, errno uint32, data []byte) error {
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	// A client that reads no reply for so long is stalled, or pipelining without reading on
+	// purpose: what its requests hold is freed by ending the connection.
+	_ = c.nc.SetWriteDeadline(time.Now().Add(c.s.opts.ReplyTimeout))
 	_, err := bufs.WriteTo(c.nc)
 	return err
 }
 
-// bufPools recycle request buffers by size class (powers of two from 4 KiB), so streaming
-// I/O does not allocate and zero a buffer per request.
-type bufPools [24]sync.Pool
-
-func sizeClass(n int) int {
-	c := 0
-	for 4096<<c < n {
-		c++
-	}
-	return c
-}
-
-// get returns a buffer of n bytes whose contents are undefined.
-func (p *bufPools) get(n int) []byte {
-	c := sizeClass(n)
-	if c >= len(p) {
-		return make([]byte, n)
-	}
-	if b, ok := p[c].Get().(*[]byte); ok {
-		return (*b)[:n]
-	}
-	return make([]byte, n, 4096<<c)
-}
-
-// put clears b, which held a request's plaintext, and recycles it if it is of a size
-// class (a buffer too large for the pools is cleared and dropped). Only b's length is
-// cleared: every buffer is cleared to its length before it returns to a pool, and a fresh
-// one is zero, so the rest of its capacity holds nothing.
-func (p *bufPools) put(b []byte) {
-	clear(b)
-	c := sizeClass(cap(b))
-	if c < len(p) && cap(b) == 4096<<c {
-		p[c].Put(&b)
-	}
-}
-
-// budget bounds the request bytes a connection holds at once, so a client cannot make the
-// server buffer without limit.
+// budget bounds request bytes held at once: a connection's, so that one client cannot make
+// the server buffer without limit, and the server's, across all connections.
 type budget struct {
-	mu       sync.Mutex
-	cond     *sync.Cond
-	used     int
-	max      int
-	canceled bool
+	mu   sync.Mutex
+	cond *sync.Cond
+	used int
+	max  int
 }
 
-// acquire reserves n bytes, waiting while the budget is spent; false if canceled.
-func (b *budget) acquire(n int) bool {
+// acquire reserves n bytes (at most max), waiting while the budget is spent; false if stop
+// is closed first. Whoever closes stop must then call wake.
+func (b *budget) acquire(n int, stop <-chan struct{}) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.cond == nil {
 		b.cond = sync.NewCond(&b.mu)
 	}
 	n = min(n, b.max)
-	for b.used+n > b.max && !b.canceled {
+	for b.used+n > b.max {
+		select {
+		case <-stop:
+			return false
+		default:
+		}
 		b.cond.Wait()
-	}
-	if b.canceled {
-		return false
 	}
 	b.used += n
 	return true
 }
 
+// release gives back n bytes of an acquire.
 func (b *budget) release(n int) {
 	b.mu.Lock()
 	b.used -= min(n, b.max)
@@ -554,11 +550,18 @@ func (b *budget) release(n int) {
 	b.mu.Unlock()
 }
 
-func (b *budget) cancel() {
+// wake makes waiting acquires check their stop channel.
+func (b *budget) wake() {
 	b.mu.Lock()
-	b.canceled = true
 	if b.cond != nil {
 		b.cond.Broadcast()
 	}
 	b.mu.Unlock()
+}
+
+// inUse returns the bytes reserved.
+func (b *budget) inUse() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.used
 }

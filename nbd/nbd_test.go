@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -100,10 +101,16 @@ func startServer(t *testing.T, exp Export, opts Options) (*Server, string) {
 	return s, l.Addr().String()
 }
 
-// dial connects and reads the greeting; it sends the client flags.
+// dial connects over TCP and reads the greeting; it sends the client flags.
 func dial(t *testing.T, addr string, clientFlags uint32) *client {
 	t.Helper()
-	nc, err := net.Dial("tcp", addr)
+	return dialNet(t, "tcp", addr, clientFlags)
+}
+
+// dialNet is dial on any network.
+func dialNet(t *testing.T, network, addr string, clientFlags uint32) *client {
+	t.Helper()
+	nc, err := net.Dial(network, addr)
 	require.NoError(t, err)
 	t.Cleanup(func() { nc.Close() })
 	require.NoError(t, nc.SetDeadline(time.Now().Add(10*time.Second)))
@@ -534,6 +541,125 @@ func TestBudgetBoundsRequestsInFlight(t *testing.T) {
 	defer dev.mu.Unlock()
 	assert.LessOrEqual(t, dev.peak, 4)
 	assert.GreaterOrEqual(t, dev.peak, 2, "requests do run concurrently")
+}
+
+// TestServerBudgetAcrossConnections: clients on several connections, each with a generous
+// budget of its own, together never hold more than the server-wide budget.
+func TestServerBudgetAcrossConnections(t *testing.T) {
+	dev := newMem(1 << 20)
+	dev.delay = 5 * time.Millisecond
+	// Each 4 KiB read costs 8 KiB; the server holds 32 KiB: four at a time in all.
+	_, addr := startServer(t, Export{Name: "vol", Device: dev}, Options{MaxPayload: 16 << 10, MaxBytesInFlight: 1 << 20, MaxBufferedBytes: 32 << 10})
+	const conns, reqs = 3, 20
+	var wg sync.WaitGroup
+	for range conns {
+		c := dial(t, addr, flagFixedNewstyle|flagNoZeroes)
+		c.goExport("vol")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var b []byte
+			for i := range reqs {
+				b = binary.BigEndian.AppendUint32(b, magicRequest)
+				b = binary.BigEndian.AppendUint16(b, 0)
+				b = binary.BigEndian.AppendUint16(b, cmdRead)
+				b = binary.BigEndian.AppendUint64(b, uint64(i))
+				b = binary.BigEndian.AppendUint64(b, uint64(4096*i))
+				b = binary.BigEndian.AppendUint32(b, 4096)
+			}
+			if _, err := c.nc.Write(b); err != nil {
+				t.Error(err)
+				return
+			}
+			for range reqs {
+				var h [16]byte
+				if _, err := io.ReadFull(c.nc, h[:]); err != nil || binary.BigEndian.Uint32(h[4:]) != 0 {
+					t.Error("reply", err, h)
+					return
+				}
+				if _, err := io.ReadFull(c.nc, make([]byte, 4096)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	dev.mu.Lock()
+	defer dev.mu.Unlock()
+	assert.LessOrEqual(t, dev.peak, 4, "reads in progress across all connections")
+	assert.GreaterOrEqual(t, dev.peak, 2, "requests do run concurrently")
+}
+
+// TestStalledReaderDisconnected: a client that pipelines reads and never reads the replies
+// holds the server-wide budget only until a reply has waited ReplyTimeout; then it is
+// disconnected and other clients are served again.
+func TestStalledReaderDisconnected(t *testing.T) {
+	dev := newMem(4 << 20)
+	s, err := NewServer(Export{Name: "vol", Device: dev},
+		Options{MaxPayload: 1 << 20, MaxBufferedBytes: 2 << 20, ReplyTimeout: 300 * time.Millisecond})
+	require.NoError(t, err)
+	// A unix socket: its kernel buffers are small and fixed (loopback TCP's grow to many MiB).
+	addr := filepath.Join(t.TempDir(), "s")
+	l, err := net.Listen("unix", addr)
+	require.NoError(t, err)
+	go s.Serve(l)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+	})
+	greedy := dialNet(t, "unix", addr, flagFixedNewstyle|flagNoZeroes)
+	greedy.goExport("vol")
+	for i := range 64 { // 32 MiB of replies: more than the kernel's socket buffers hold
+		greedy.request(cmdRead, 0, uint64(i), uint64(i%8)<<19, 1<<19, nil)
+	}
+	// The server is full: the greedy client's replies fill its socket and hold the budget.
+	require.Eventually(t, func() bool { return s.budget.inUse() > 1<<20 }, 5*time.Second, 5*time.Millisecond)
+
+	good := dialNet(t, "unix", addr, flagFixedNewstyle|flagNoZeroes)
+	good.goExport("vol")
+	require.NoError(t, good.nc.SetDeadline(time.Now().Add(10*time.Second)))
+	assert.Equal(t, make([]byte, 1<<20), good.read(1, 0, 1<<20), "served once the stalled client is dropped")
+	// What the kernel had buffered can still be read; then the connection ends.
+	require.NoError(t, greedy.nc.SetReadDeadline(time.Now().Add(5*time.Second)))
+	n, err := io.Copy(io.Discard, greedy.nc)
+	var ne net.Error
+	assert.False(t, errors.As(err, &ne) && ne.Timeout(), "the stalled client is disconnected (%v)", err)
+	assert.Less(t, n, int64(64*(16+1<<19)), "not every reply was sent")
+
+	// A client that idles with no reply pending is not affected.
+	time.Sleep(400 * time.Millisecond)
+	assert.Equal(t, make([]byte, 16), good.read(2, 0, 16))
+}
+
+// TestOptionDefaults: the limits a zero Options gets, and how they are adjusted.
+func TestOptionDefaults(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		in   Options
+		want Options
+	}{
+		{"zero", Options{}, Options{MaxPayload: 32 << 20, MaxBytesInFlight: 64 << 20, MaxBufferedBytes: 256 << 20,
+			MaxConnections: 64, NegotiationTimeout: 10 * time.Second, ReplyTimeout: time.Minute}},
+		{"budgets raised to one maximal request", Options{MaxPayload: 1 << 20, MaxBytesInFlight: 1, MaxBufferedBytes: 1},
+			Options{MaxPayload: 1 << 20, MaxBytesInFlight: 1 << 20, MaxBufferedBytes: 1<<20 + requestCost,
+				MaxConnections: 64, NegotiationTimeout: 10 * time.Second, ReplyTimeout: time.Minute}},
+		{"set", Options{MaxConnections: 3, NegotiationTimeout: time.Second, MaxBufferedBytes: 100 << 20, ReplyTimeout: time.Second},
+			Options{MaxPayload: 32 << 20, MaxBytesInFlight: 64 << 20, MaxBufferedBytes: 100 << 20,
+				MaxConnections: 3, NegotiationTimeout: time.Second, ReplyTimeout: time.Second}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := NewServer(Export{Device: newMem(4096)}, tc.in)
+			require.NoError(t, err)
+			got := s.opts
+			got.Logger = nil
+			assert.Equal(t, tc.want, got)
+			assert.Equal(t, got.MaxBufferedBytes, s.budget.max)
+		})
+	}
+	assert.Equal(t, 64, DefaultMaxConnections)
+	assert.LessOrEqual(t, DefaultNegotiationTimeout, 10*time.Second, "idle clients that never negotiate are dropped soon")
 }
 
 func TestNewServerRejectsBadExport(t *testing.T) {

@@ -39,17 +39,46 @@ type Export struct {
 	PreferredBlockSize int
 }
 
+// Defaults of [Options].
+const (
+	// DefaultMaxConnections is the number of connections served at once unless
+	// Options.MaxConnections says otherwise.
+	DefaultMaxConnections = 64
+	// DefaultNegotiationTimeout is how long a client has to finish the handshake unless
+	// Options.NegotiationTimeout says otherwise: real clients need milliseconds.
+	DefaultNegotiationTimeout = 10 * time.Second
+	// DefaultReplyTimeout is how long a reply may wait for the client to read it unless
+	// Options.ReplyTimeout says otherwise.
+	DefaultReplyTimeout = time.Minute
+	// DefaultMaxBufferedBytes bounds the request and reply data the server holds across all
+	// connections unless Options.MaxBufferedBytes says otherwise.
+	DefaultMaxBufferedBytes = defaultMaxBufferedBytes
+)
+
+// defaultMaxBufferedBytes is DefaultMaxBufferedBytes as an untyped constant for the tests.
+const defaultMaxBufferedBytes = 256 << 20
+
 // Options tune a Server.
 type Options struct {
 	// MaxPayload is the largest READ or WRITE accepted; 32 MiB if zero.
 	MaxPayload int
 	// MaxBytesInFlight bounds the buffered request data of one connection; 64 MiB if zero.
 	MaxBytesInFlight int
-	// MaxConnections bounds the connections served at once; 64 if zero. Further clients
-	// are disconnected at once.
+	// MaxBufferedBytes bounds the request and reply data buffered across all connections
+	// together (a request's data and a fixed cost per request); DefaultMaxBufferedBytes if
+	// zero. It is raised to one maximal request if below. A connection whose next request
+	// would exceed it is not read from until enough earlier requests have been answered.
+	MaxBufferedBytes int
+	// MaxConnections bounds the connections served at once, negotiating or not;
+	// DefaultMaxConnections if zero. Further clients are disconnected at once.
 	MaxConnections int
-	// NegotiationTimeout bounds the handshake of a connection; 30 s if zero.
+	// NegotiationTimeout bounds the handshake of a connection; a client that has not started
+	// transmission by then is disconnected. DefaultNegotiationTimeout if zero.
 	NegotiationTimeout time.Duration
+	// ReplyTimeout bounds how long one reply may wait for the client to read it; a client
+	// that reads nothing for that long while replies are pending is disconnected, which frees
+	// what its requests held. DefaultReplyTimeout if zero.
+	ReplyTimeout time.Duration
 	// Logger receives connection-level events (never data or keys); discarded if nil.
 	Logger *slog.Logger
 }
@@ -59,11 +88,14 @@ var ErrServerClosed = errors.New("nbd: server closed")
 
 // Server serves one Export on any number of listeners and connections.
 type Server struct {
-	exp   Export
-	opts  Options
-	log   *slog.Logger
-	bufs  bufPools
-	zeros []byte // 1 MiB of zeros for WRITE_ZEROES, shared, never written to
+	exp  Export
+	opts Options
+	log  *slog.Logger
+	bufs bufPools // request buffers; the free ones are returned to the OS when the last client leaves
+	// budget is the request and reply data held across all connections: each request's
+	// reservation is taken from its connection's budget and from this one.
+	budget budget
+	zeros  []byte // 1 MiB of zeros for WRITE_ZEROES, shared, never written to
 
 	syncMu     sync.Mutex
 	syncFailed error // once an fsync fails, every later flush fails: the lost writes stay lost
@@ -100,17 +132,27 @@ func NewServer(exp Export, opts Options) (*Server, error) {
 		opts.MaxBytesInFlight = 64 << 20
 	}
 	opts.MaxBytesInFlight = max(opts.MaxBytesInFlight, opts.MaxPayload)
+	if opts.MaxBufferedBytes <= 0 {
+		opts.MaxBufferedBytes = DefaultMaxBufferedBytes
+	}
+	opts.MaxBufferedBytes = max(opts.MaxBufferedBytes, opts.MaxPayload+requestCost)
 	if opts.MaxConnections <= 0 {
-		opts.MaxConnections = 64
+		opts.MaxConnections = DefaultMaxConnections
 	}
 	if opts.NegotiationTimeout <= 0 {
-		opts.NegotiationTimeout = 30 * time.Second
+		opts.NegotiationTimeout = DefaultNegotiationTimeout
+	}
+	if opts.ReplyTimeout <= 0 {
+		opts.ReplyTimeout = DefaultReplyTimeout
 	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{exp: exp, opts: opts, log: log, zeros: make([]byte, 1<<20), listeners: map[net.Listener]struct{}{}, conns: map[*conn]struct{}{}}, nil
+	s := &Server{exp: exp, opts: opts, log: log, zeros: make([]byte, 1<<20), listeners: map[net.Listener]struct{}{}, conns: map[*conn]struct{}{}}
+	s.budget.max = opts.MaxBufferedBytes
+	s.bufs.maxIdle = min(defaultMaxIdleBytes, opts.MaxBufferedBytes)
+	return s, nil
 }
 
 // sync makes completed writes durable. After a failed fsync the kernel may have dropped the
@@ -192,6 +234,11 @@ func (s *Server) ServeConn(nc net.Conn) {
 		c.serve()
 		s.mu.Lock()
 		delete(s.conns, c)
+		if len(s.conns) == 0 {
+			// The last client left: give the free buffers back to the OS. A new client
+			// meanwhile only finds fewer buffers to reuse.
+			s.bufs.release()
+		}
 		s.mu.Unlock()
 	}()
 }

@@ -40,8 +40,9 @@ type attachment struct {
 func (a *app) attachCommands() (*cobra.Command, *cobra.Command) {
 	var listen string
 	var readOnly bool
+	var maxConns int
 	attach := &cobra.Command{Use: "attach IMG", Short: "Serve a volume's plaintext as a block device over NBD until SIGINT/SIGTERM or detach", Args: args(cobra.ExactArgs(1)),
-		Long: `attach unwraps the volume's passphrase, opens the volume and serves it with the Network Block
+		Long: fmt.Sprintf(`attach unwraps the volume's passphrase, opens the volume and serves it with the Network Block
 Device protocol, so that qemu-img, nbdcopy, nbd-client or a VM can use it as a disk, for example
   nbdinfo 'nbd+unix:///?socket=/path/to/socket'
 It serves until SIGINT or SIGTERM, or until "crkvol volume detach IMG"; then it lets requests in
@@ -51,12 +52,20 @@ process at a time; its key can still be rotated (the header is rewrapped) while 
 --listen takes unix:PATH (default: a 0600 socket in the state directory) or tcp:HOST:PORT on a
 loopback address: NBD has no authentication, so plaintext is never served to the network. Note
 that a loopback TCP port is open to every local user and to containers sharing the network
-namespace; the unix socket is not.`,
+namespace; the unix socket is not.
+
+--max-connections bounds the NBD clients served at once (%d by default; nbdcopy and qemu open
+one to four each); further clients are disconnected at once. A client that has not finished
+the NBD handshake within %s is disconnected, and the requests of all clients together
+hold at most %d MiB of buffers: a client that sends requests without reading the replies is
+not read from until it does, and is disconnected once a reply has waited %s.`,
+			nbd.DefaultMaxConnections, nbd.DefaultNegotiationTimeout, nbd.DefaultMaxBufferedBytes>>20, nbd.DefaultReplyTimeout),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.runAttach(cmd.Context(), args[0], listen, readOnly)
+			return a.runAttach(cmd.Context(), args[0], listen, readOnly, maxConns)
 		}}
 	attach.Flags().StringVar(&listen, "listen", "", "unix:PATH or tcp:127.0.0.1:PORT (default: a unix socket in <state>/attached/)")
 	attach.Flags().BoolVar(&readOnly, "read-only", false, "refuse writes (the export is read-only)")
+	attach.Flags().IntVar(&maxConns, "max-connections", nbd.DefaultMaxConnections, "NBD clients served at once; further ones are disconnected")
 
 	var timeout time.Duration
 	detach := &cobra.Command{Use: "detach IMG", Short: "Stop the process that serves an attached volume, and wait for it", Args: args(cobra.ExactArgs(1)),
@@ -153,7 +162,10 @@ func (a *app) attachTarget(path string) (abs, recPath string, err error) {
 	return abs, recordPath(dir, abs), nil
 }
 
-func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool) error {
+func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool, maxConns int) error {
+	if maxConns < 1 {
+		return usagef("--max-connections %d: want at least 1", maxConns)
+	}
 	// Signals first: from the moment the record exists, SIGTERM must mean a clean detach.
 	sigctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -201,7 +213,7 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool)
 		addr = l.Addr().String() // the port chosen for :0
 	}
 	srv, err := nbd.NewServer(nbd.Export{Name: filepath.Base(abs), Description: v.CRN(), Device: v, ReadOnly: readOnly,
-		PreferredBlockSize: v.SectorSize()}, nbd.Options{Logger: slog.New(slog.NewTextHandler(a.stderr, nil))})
+		PreferredBlockSize: v.SectorSize()}, nbd.Options{MaxConnections: maxConns, Logger: slog.New(slog.NewTextHandler(a.stderr, nil))})
 	if err != nil {
 		l.Close()
 		return fmt.Errorf("volume attach: %w", err)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -106,4 +107,79 @@ func TestRotateWhileAttachedAndCopying(t *testing.T) {
 	require.True(t, bytes.Equal(src, got), "data read after detach differs")
 	// Opening it did not need the old version again: the header keeps the new wrapping.
 	assert.Equal(t, v2, jsonField(t, cli(t, dir, "--json", "volume", "status", "live.img"), "keyVersion"))
+}
+
+// TestAttachMaxConnections: --max-connections bounds the NBD clients served at once (further
+// ones are disconnected without a greeting, and a place frees up when one leaves), and a
+// value below 1 is a usage error.
+func TestAttachMaxConnections(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	key := jsonField(t, cli(t, dir, "--json", "key", "create", "conns"), "id")
+	cli(t, dir, "volume", "create", "c.img", "--size", "4MiB", "--key", key)
+
+	for _, bad := range []string{"0", "-3"} {
+		cmd := exec.Command("crkvol", "volume", "attach", "c.img", "--max-connections", bad)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "CRKVOL_STATE="+filepath.Join(dir, "state"), "CRKVOL_MASTER_KEY=")
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		require.ErrorAs(t, err, &ee, "--max-connections %s: %s", bad, out)
+		assert.Equal(t, 2, ee.ExitCode(), "--max-connections %s is a usage error: %s", bad, out)
+		assert.Contains(t, string(out), "--max-connections "+bad+": want at least 1")
+	}
+	help := cli(t, dir, "volume", "attach", "--help")
+	assert.Regexp(t, `--max-connections int +.*\(default 64\)`, help)
+
+	sock := filepath.Join(dir, "c.sock")
+	attach := exec.Command("crkvol", "volume", "attach", "c.img", "--listen", "unix:"+sock, "--max-connections", "2")
+	attach.Dir = dir
+	attach.Env = append(os.Environ(), "CRKVOL_STATE="+filepath.Join(dir, "state"), "CRKVOL_MASTER_KEY=")
+	var attachErr bytes.Buffer
+	attach.Stderr = &attachErr
+	require.NoError(t, attach.Start())
+	t.Cleanup(func() { _ = attach.Process.Kill(); _ = attach.Wait() })
+
+	// greeted dials and reports whether the server greets the client.
+	greeted := func() (net.Conn, bool) {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			return nil, false
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, _ := io.ReadFull(c, make([]byte, 18))
+		return c, n == 18
+	}
+	var first net.Conn
+	require.Eventually(t, func() bool {
+		c, ok := greeted()
+		if ok {
+			first = c
+		} else if c != nil {
+			c.Close()
+		}
+		return ok
+	}, 20*time.Second, 20*time.Millisecond)
+	defer first.Close()
+	second, ok := greeted()
+	require.True(t, ok, "a second client is served")
+	defer second.Close()
+	third, ok := greeted()
+	assert.False(t, ok, "a third client is disconnected at once")
+	if third != nil {
+		third.Close()
+	}
+	first.Close()
+	require.Eventually(t, func() bool {
+		c, ok := greeted()
+		if c != nil {
+			c.Close()
+		}
+		return ok
+	}, 10*time.Second, 20*time.Millisecond, "a place frees up when a client leaves")
+
+	require.NoError(t, attach.Process.Signal(syscall.SIGTERM))
+	require.NoError(t, attach.Wait(), attachErr.String())
+	assert.Contains(t, attachErr.String(), "too many connections")
+	assert.Contains(t, attachErr.String(), "max=2")
 }
