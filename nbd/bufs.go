@@ -81,15 +81,20 @@ func (p *bufPools) put(b []byte) {
 	key := unsafe.SliceData(b[:cap(b)])
 	p.mu.Lock()
 	inUse, ours := p.owned[key]
+	if ours && inUse {
+		// Marked free at once, under the lock, so a second put racing this one returns
+		// here instead of adding b to a free list twice (two requests would then share it).
+		p.owned[key] = false
+	}
 	p.mu.Unlock()
 	switch {
 	case !ours:
 		clear(b) // the Go heap's: left to the collector
 		return
 	case !inUse:
-		return // already free, and cleared then
+		return // already free (or being freed), and cleared then
 	}
-	clear(b) // b is still ours alone: the lock is not needed for that
+	clear(b) // b is still ours alone: no get hands it out until it is on a free list
 	b = b[:cap(b)]
 	maxIdle := p.maxIdle
 	if maxIdle <= 0 {
@@ -100,7 +105,6 @@ func (p *bufPools) put(b []byte) {
 		c := sizeClass(cap(b))
 		p.free[c] = append(p.free[c], b)
 		p.idle += cap(b)
-		p.owned[key] = false
 		p.mu.Unlock()
 		return
 	}

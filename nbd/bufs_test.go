@@ -88,3 +88,32 @@ func TestBufPoolsBounded(t *testing.T) {
 		})
 	}
 }
+
+// TestBufPoolsRacingDoublePut: two puts of one buffer racing each other put it on a free list
+// once, so two later gets never hand the same memory to two requests.
+func TestBufPoolsRacingDoublePut(t *testing.T) {
+	t.Parallel()
+	for range 200 {
+		var p bufPools
+		b := p.get(4096)
+		start := make(chan struct{})
+		done := make(chan struct{}, 2)
+		for range 2 {
+			go func() {
+				<-start
+				p.put(b)
+				done <- struct{}{}
+			}()
+		}
+		close(start)
+		<-done
+		<-done
+		x, y := p.get(4096), p.get(4096)
+		if unsafe.SliceData(x) == unsafe.SliceData(y) {
+			t.Fatal("one buffer handed out twice after a racing double put")
+		}
+		p.put(x)
+		p.put(y)
+		p.release()
+	}
+}
