@@ -4,6 +4,7 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"io"
+	"slices"
 
 	"golang.org/x/crypto/pbkdf2"
 )
@@ -72,4 +73,12 @@ func (m *metadata) segmentDigest() (int, *digestMeta) {
 		}
 	}
 	return -1, nil
+}
+
+// boundToData reports whether keyslot id is listed in the digest of the data segment
+// (segment 0), so that the key it holds is the volume key. A keyslot whose digest covers
+// no segment is unbound (cryptsetup luksAddKey --unbound).
+func (m *metadata) boundToData(id int) bool {
+	_, d := m.segmentDigest()
+	return d != nil && slices.Contains(d.keyslots, id)
 }

@@ -30,6 +30,10 @@ type SlotInfo struct {
 	AreaEncryption       string
 	AreaKeySize          int
 	AFHash               string
+	// Unbound reports a keyslot whose digest covers no segment (cryptsetup luksAddKey
+	// --unbound): the key it holds is not the volume key, and Unlock tries it only when it
+	// is named.
+	Unbound bool
 }
 
 // SlotOptions describe a new keyslot.
@@ -59,6 +63,7 @@ func (img *Image) Keyslots() []SlotInfo {
 			info.AreaOffset, info.AreaSize = ks.area.offset, ks.area.size
 			info.AreaEncryption, info.AreaKeySize = ks.area.encryption, ks.area.keySize
 			info.AFHash = ks.afHash
+			info.Unbound = !m.boundToData(id)
 		}
 		out = append(out, info)
 	}
@@ -66,10 +71,13 @@ func (img *Image) Keyslots() []SlotInfo {
 }
 
 // Unlock returns the volume key and the id of the keyslot that opened with passphrase. With
-// slot AnyKeyslot it tries keyslots of priority prefer, then normal, each in id order, and
-// never those of priority ignore; a named slot is tried whatever its priority. A passphrase
-// that opens no keyslot gives an error matching ErrWrongPassphrase. The caller should clear
-// the returned key when done with it.
+// slot AnyKeyslot it tries the keyslots bound to the data segment (those whose digest covers
+// segment 0, so the key they give is checked against the data segment's digest) of priority
+// prefer, then normal, each in id order, and never those of priority ignore nor unbound ones.
+// A named slot is tried whatever its priority; a named unbound keyslot (see
+// [SlotInfo.Unbound]) gives the key it holds, checked against its own digest, which is not
+// the volume key. A passphrase that opens no keyslot gives an error matching
+// ErrWrongPassphrase. The caller should clear the returned key when done with it.
 func (img *Image) Unlock(passphrase []byte, slot int) ([]byte, int, error) {
 	m := img.snapshot().meta
 
@@ -85,7 +93,7 @@ func (img *Image) Unlock(passphrase []byte, slot int) ([]byte, int, error) {
 		order = []int{slot}
 	} else {
 		for _, id := range sortedKeys(m.keyslots) {
-			if ks := m.keyslots[id]; ks.typ == keyslotLUKS2 && ks.priority != PriorityIgnore {
+			if ks := m.keyslots[id]; ks.typ == keyslotLUKS2 && ks.priority != PriorityIgnore && m.boundToData(id) {
 				order = append(order, id)
 			}
 		}
@@ -353,20 +361,22 @@ func (m *metadata) allocArea(hdrSize uint64, keySize int) (uint64, uint64, error
 
 // RemoveKeyslot destroys a keyslot: its area is overwritten with random bytes and synced,
 // then it is removed from the metadata, its digest and any token that names it (cryptsetup's
-// order). Removing the last keyslot is refused with ErrLastKeyslot; [Image.Erase] does that.
+// order). Removing the last keyslot bound to the data segment is refused with ErrLastKeyslot
+// (unbound keyslots do not open the data); [Image.Erase] does that.
 func (img *Image) RemoveKeyslot(slot int) error {
 	return img.update(func(st *state, m *metadata) error {
 		ks, ok := m.keyslots[slot]
 		if !ok {
 			return fmt.Errorf("%w: keyslot %d", ErrKeyslotNotFound, slot)
 		}
-		luks2 := 0
-		for _, k := range m.keyslots {
-			if k.typ == keyslotLUKS2 {
-				luks2++
+		// Only keyslots bound to the data segment open the data; unbound ones do not count.
+		bound := 0
+		for id, k := range m.keyslots {
+			if k.typ == keyslotLUKS2 && m.boundToData(id) {
+				bound++
 			}
 		}
-		if ks.typ == keyslotLUKS2 && luks2 == 1 {
+		if ks.typ == keyslotLUKS2 && m.boundToData(slot) && bound == 1 {
 			return fmt.Errorf("%w: keyslot %d", ErrLastKeyslot, slot)
 		}
 		return img.destroyKeyslot(m, slot)
