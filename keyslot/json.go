@@ -433,6 +433,24 @@ func (m *metadata) validate(hdrSize uint64) error {
 	}
 	dataStart := m.segments[0].offset
 
+	// Segments start after the keyslots area. The header is always in the image here
+	// (detached headers are not supported), so a segment before the end of the keyslots
+	// area would overwrite the header or keyslots with the first data write. cryptsetup's
+	// validate_keyslots_size refuses keyslots_size running past the first segment; offset
+	// 0 means a detached header to cryptsetup, which such an image cannot have.
+	for _, id := range sortedKeys(m.segments) {
+		off := m.segments[id].offset
+		switch {
+		case off >= areaEnd:
+		case off == 0:
+			return bad("segment %d at offset 0 means a detached header, but the header is in the image: the first data write would destroy it", id)
+		case off >= areaStart:
+			return bad("segment %d at offset %d starts before the end of the keyslots area at %d: config.keyslots_size %d runs past the data segment", id, off, areaEnd, c.keyslotsSize)
+		default:
+			return bad("segment %d at offset %d starts before the end of the keyslots area at %d", id, off, areaEnd)
+		}
+	}
+
 	// Keyslot areas: inside the keyslots area, sector aligned, large enough, disjoint.
 	type span struct {
 		id         int

@@ -100,6 +100,10 @@ func TestStrictParsing(t *testing.T) {
 		{"missing config", false, `,"config":{"json_size":"12288","keyslots_size":"786432"}`, ``, ErrInvalidMetadata, `missing member "config"`},
 		{"trailing data", false, `"keyslots_size":"786432"}}`, `"keyslots_size":"786432"}}x`, ErrInvalidMetadata, "after the object"},
 		{"truncated", false, `"keyslots_size":"786432"}}`, `"keyslots_size":"786432"`, ErrInvalidMetadata, ""},
+		{"data segment at offset 0", false, `"offset":"1048576"`, `"offset":"0"`, ErrInvalidMetadata, "segment 0 at offset 0"},
+		{"data segment inside keyslots area", false, `"offset":"1048576"`, `"offset":"524288"`, ErrInvalidMetadata, "starts before the end of the keyslots area"},
+		{"data segment inside header", false, `"offset":"1048576"`, `"offset":"4096"`, ErrInvalidMetadata, "starts before the end of the keyslots area"},
+		{"keyslots_size past data", false, `"keyslots_size":"786432"`, `"keyslots_size":"1044480"`, ErrInvalidMetadata, "config.keyslots_size 1044480 runs past the data segment"},
 		{"not an object", false, `{"keyslots"`, `["keyslots"`, ErrHeaderCorrupt, "does not start with '{'"},
 	}
 	for _, tt := range tests {
