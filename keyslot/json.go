@@ -226,7 +226,7 @@ func parseKeyslot(o *object) (*keyslotMeta, error) {
 	if ks.area.size, err = ar.u64("size"); err != nil {
 		return nil, err
 	}
-	if ks.area.encryption, err = ar.str("encryption"); err != nil {
+	if ks.area.encryption, err = ar.nonEmptyStr("encryption"); err != nil {
 		return nil, err
 	}
 	if n, err = ar.integer("key_size", 1, maxKeySize); err != nil {
@@ -288,8 +288,15 @@ func parseSegment(o *object) (*segmentMeta, error) {
 	if s.ivTweak, err = o.u64("iv_tweak"); err != nil {
 		return nil, err
 	}
-	if s.encryption, err = o.str("encryption"); err != nil {
+	if s.encryption, err = o.nonEmptyStr("encryption"); err != nil {
 		return nil, err
+	}
+	// flags is optional; cryptsetup requires an array of strings (hdr_validate_segments).
+	// It is kept among the extra members.
+	if o.has("flags") {
+		if _, err := o.strings("flags", 64); err != nil {
+			return nil, err
+		}
 	}
 	n, err := o.integer("sector_size", 512, 4096)
 	if err != nil {

@@ -104,6 +104,13 @@ func TestStrictParsing(t *testing.T) {
 		{"data segment inside keyslots area", false, `"offset":"1048576"`, `"offset":"524288"`, ErrInvalidMetadata, "starts before the end of the keyslots area"},
 		{"data segment inside header", false, `"offset":"1048576"`, `"offset":"4096"`, ErrInvalidMetadata, "starts before the end of the keyslots area"},
 		{"keyslots_size past data", false, `"keyslots_size":"786432"`, `"keyslots_size":"1044480"`, ErrInvalidMetadata, "config.keyslots_size 1044480 runs past the data segment"},
+		{"segment encryption empty", false, `"encryption":"aes-xts-plain64","sector_size"`, `"encryption":"","sector_size"`, ErrInvalidMetadata, "segments.0.encryption: empty"},
+		{"keyslot area encryption empty", false, `"encryption":"aes-xts-plain64","key_size":64}`, `"encryption":"","key_size":64}`, ErrInvalidMetadata, "keyslots.0.area.encryption: empty"},
+		{"segment flags not an array", false, `"sector_size":4096}`, `"sector_size":4096,"flags":"allow-discards"}`, ErrInvalidMetadata, "segments.0.flags: want an array of strings"},
+		{"segment flags null", false, `"sector_size":4096}`, `"sector_size":4096,"flags":null}`, ErrInvalidMetadata, "segments.0.flags: want an array of strings"},
+		{"segment flags number", false, `"sector_size":4096}`, `"sector_size":4096,"flags":[1]}`, ErrInvalidMetadata, "segments.0.flags: want an array of strings"},
+		{"segment flags null member", false, `"sector_size":4096}`, `"sector_size":4096,"flags":["x",null]}`, ErrInvalidMetadata, "segments.0.flags: want an array of strings"},
+		{"config flags null member", false, `"keyslots_size":"786432"}`, `"keyslots_size":"786432","flags":[null]}`, ErrInvalidMetadata, "config.flags: want an array of strings"},
 		{"not an object", false, `{"keyslots"`, `["keyslots"`, ErrHeaderCorrupt, "does not start with '{'"},
 	}
 	for _, tt := range tests {
