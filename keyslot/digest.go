@@ -1,12 +1,11 @@
 package keyslot
 
 import (
+	"context"
 	"crypto/subtle"
 	"fmt"
 	"io"
 	"slices"
-
-	"golang.org/x/crypto/pbkdf2"
 )
 
 // digestIterations is the PBKDF2 iteration count of new volume key digests: cryptsetup's
@@ -28,23 +27,25 @@ func newDigest(volumeKey []byte, keyslots, segments []int, rand io.Reader) (*dig
 		return nil, fmt.Errorf("keyslot: reading random digest salt: %w", err)
 	}
 	var err error
-	if d.digest, err = d.compute(volumeKey, 32); err != nil {
+	if d.digest, err = d.compute(context.Background(), volumeKey, 32); err != nil {
 		return nil, err
 	}
 	return d, nil
 }
 
-func (d *digestMeta) compute(volumeKey []byte, n int) ([]byte, error) {
+// compute is the n-byte pbkdf2 digest of volumeKey; it stops when ctx ends.
+func (d *digestMeta) compute(ctx context.Context, volumeKey []byte, n int) ([]byte, error) {
 	h, err := hashByName(d.hash)
 	if err != nil {
 		return nil, err
 	}
-	return pbkdf2.Key(volumeKey, d.salt, d.iterations, n, h.new), nil
+	return pbkdf2Key(ctx, volumeKey, d.salt, d.iterations, n, h.new)
 }
 
-// verify reports whether volumeKey matches the digest, in constant time.
-func (d *digestMeta) verify(volumeKey []byte) (bool, error) {
-	got, err := d.compute(volumeKey, len(d.digest))
+// verify reports whether volumeKey matches the digest, in constant time. It stops with an
+// error wrapping ctx.Err() when ctx ends.
+func (d *digestMeta) verify(ctx context.Context, volumeKey []byte) (bool, error) {
+	got, err := d.compute(ctx, volumeKey, len(d.digest))
 	if err != nil {
 		return false, err
 	}

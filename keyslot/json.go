@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"math"
 	"slices"
 )
 
@@ -338,9 +337,9 @@ func parseDigest(o *object) (*digestMeta, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", o.path, err)
 	}
-	n, err := o.integer("iterations", 1, math.MaxUint32)
+	n, err := o.integer("iterations", 1, MaxPBKDF2Iterations)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w (%w)", err, ErrKDFLimits)
 	}
 	d.iterations = int(n)
 	// cryptsetup's PBKDF2_digest_verify: a 32-byte salt, and a digest of 20 bytes or the

@@ -2,6 +2,7 @@ package keyslot
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -79,6 +80,15 @@ func (img *Image) Keyslots() []SlotInfo {
 // the volume key. A passphrase that opens no keyslot gives an error matching
 // ErrWrongPassphrase. The caller should clear the returned key when done with it.
 func (img *Image) Unlock(passphrase []byte, slot int) ([]byte, int, error) {
+	return img.UnlockContext(context.Background(), passphrase, slot)
+}
+
+// UnlockContext is [Image.Unlock] with a context: key derivation and the digest check stop
+// when ctx ends (pbkdf2 within about a millisecond; argon2 is not interrupted once started),
+// and the error then wraps ctx.Err() instead of ErrWrongPassphrase. A header may ask for up
+// to MaxPBKDF2Iterations, which takes many minutes; give a context with a deadline, or one
+// cancelled on an interrupt, when the image may come from someone else.
+func (img *Image) UnlockContext(ctx context.Context, passphrase []byte, slot int) ([]byte, int, error) {
 	m := img.snapshot().meta
 
 	var order []int
@@ -110,9 +120,12 @@ func (img *Image) Unlock(passphrase []byte, slot int) ([]byte, int, error) {
 	var errs []error
 	allWrong := true
 	for _, id := range order {
-		key, err := img.openKeyslot(m, id, passphrase)
+		key, err := img.openKeyslot(ctx, m, id, passphrase)
 		if err == nil {
 			return key, id, nil
+		}
+		if ctx.Err() != nil {
+			return nil, -1, fmt.Errorf("keyslot %d: %w", id, err)
 		}
 		if !errors.Is(err, ErrWrongPassphrase) {
 			allWrong = false
@@ -130,7 +143,7 @@ func (img *Image) Unlock(passphrase []byte, slot int) ([]byte, int, error) {
 
 // openKeyslot derives the keyslot key, decrypts and merges the keyslot material and checks
 // the result against the digest.
-func (img *Image) openKeyslot(m *metadata, id int, passphrase []byte) ([]byte, error) {
+func (img *Image) openKeyslot(ctx context.Context, m *metadata, id int, passphrase []byte) ([]byte, error) {
 	ks := m.keyslots[id]
 	_, d := m.digestOfKeyslot(id)
 	if d == nil {
@@ -148,7 +161,7 @@ func (img *Image) openKeyslot(m *metadata, id int, passphrase []byte) ([]byte, e
 	}
 	defer clear(material)
 
-	areaKey, err := ks.kdf.derive(passphrase, ks.area.keySize)
+	areaKey, err := ks.kdf.derive(ctx, passphrase, ks.area.keySize)
 	if err != nil {
 		return nil, err
 	}
@@ -160,7 +173,7 @@ func (img *Image) openKeyslot(m *metadata, id int, passphrase []byte) ([]byte, e
 	if err != nil {
 		return nil, err
 	}
-	ok, err := d.verify(key)
+	ok, err := d.verify(ctx, key)
 	if err != nil {
 		clear(key)
 		return nil, err
@@ -194,7 +207,7 @@ func (img *Image) VerifyVolumeKey(volumeKey []byte) error {
 	if d == nil {
 		return fmt.Errorf("%w: no digest covers segment 0", ErrInvalidMetadata)
 	}
-	ok, err := d.verify(volumeKey)
+	ok, err := d.verify(context.Background(), volumeKey)
 	if err != nil {
 		return err
 	}
@@ -230,7 +243,7 @@ func (img *Image) AddKeyslot(volumeKey, passphrase []byte, opts SlotOptions) (in
 		if d == nil {
 			return fmt.Errorf("%w: no digest covers segment 0", ErrInvalidMetadata)
 		}
-		if ok, err := d.verify(volumeKey); err != nil {
+		if ok, err := d.verify(context.Background(), volumeKey); err != nil {
 			return err
 		} else if !ok {
 			return ErrWrongVolumeKey
@@ -286,7 +299,7 @@ func (img *Image) writeKeyslot(st *state, m *metadata, volumeKey, passphrase []b
 	if _, err := io.ReadFull(img.rand, kdf.Salt); err != nil {
 		return nil, fmt.Errorf("keyslot: reading random KDF salt: %w", err)
 	}
-	areaKey, err := kdf.derive(passphrase, areaKeySize)
+	areaKey, err := kdf.derive(context.Background(), passphrase, areaKeySize)
 	if err != nil {
 		return nil, err
 	}
