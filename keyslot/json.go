@@ -14,6 +14,12 @@ const (
 	maxSegments = 32
 	maxDigests  = 8
 
+	// MaxJSONDepth is the deepest nesting of objects and arrays LUKS2 JSON metadata may
+	// have, the top-level object being level 1: json-c's JSON_TOKENER_DEFAULT_DEPTH, the
+	// limit of the json_tokener_new that cryptsetup 2.6.1 reads metadata with (luksDump
+	// opens 32 levels and refuses 33). Deeper metadata is refused before it is decoded.
+	MaxJSONDepth = 32
+
 	afStripes       = 4000      // cryptsetup always splits into 4000 stripes
 	maxKeyslotsSize = 128 << 20 // config.keyslots_size upper bound
 	maxKeySize      = 512       // bytes; LUKS2 key_size upper bound
@@ -92,6 +98,9 @@ type metadata struct {
 
 // parseMetadata decodes and validates the JSON text of a header whose hdr_size is hdrSize.
 func parseMetadata(text []byte, hdrSize uint64) (*metadata, error) {
+	if err := checkDepth("metadata", text, MaxJSONDepth); err != nil {
+		return nil, err
+	}
 	top, err := parseObject("metadata", text)
 	if err != nil {
 		return nil, err

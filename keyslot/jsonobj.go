@@ -24,6 +24,37 @@ type object struct {
 	members []member
 }
 
+// checkDepth refuses JSON text whose objects and arrays nest more than limit levels. It is
+// one pass over the bytes, run before any decoding, so a deeply nested document costs no
+// more than its length.
+func checkDepth(path string, text []byte, limit int) error {
+	depth := 0
+	inString, escaped := false, false
+	for _, c := range text {
+		switch {
+		case inString:
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '{' || c == '[':
+			depth++
+			if depth > limit {
+				return fmt.Errorf("%w: %s: nested more than %d levels", ErrInvalidMetadata, path, limit)
+			}
+		case c == '}' || c == ']':
+			depth--
+		}
+	}
+	return nil
+}
+
 // parseObject decodes raw as one JSON object. Duplicate member names are refused.
 func parseObject(path string, raw []byte) (*object, error) {
 	raw = bytes.TrimSpace(raw)
