@@ -280,7 +280,7 @@ func writeCopy(dev Device, h *binHeader, area []byte) error {
 // load reads both header copies and picks the one to use.
 func load(dev Device) (*state, Health, error) {
 	var health Health
-	primary, perr := readCopy(dev, 0, false, nil)
+	primary, _, perr := readCopy(dev, 0, false, nil)
 	health.Primary.Err = perr
 	if primary != nil {
 		health.Primary.SeqID = primary.bin.seqID
@@ -297,17 +297,21 @@ func load(dev Device) (*state, Health, error) {
 			candidates = append(candidates, s)
 		}
 	}
+	// When no candidate holds a good secondary, report the error of the one that got
+	// furthest (a secondary header found but refused, say for its metadata) rather than the
+	// "bad magic" of sizes where there is none; on a tie, the first candidate's.
 	var secondary *copyState
 	var serr error
-	for i, off := range candidates {
-		c, err := readCopy(dev, off, true, primary)
+	best := -1
+	for _, off := range candidates {
+		c, stage, err := readCopy(dev, off, true, primary)
 		if err == nil {
 			secondary, serr = c, nil
 			health.Secondary = CopyHealth{Offset: off, SeqID: c.bin.seqID}
 			break
 		}
-		if i == 0 {
-			serr = err
+		if stage > best {
+			best, serr = stage, err
 			health.Secondary = CopyHealth{Offset: off, Err: err}
 		}
 	}
@@ -362,49 +366,57 @@ func readBinHeader(dev Device, off uint64) (*binHeader, error) {
 	return parseBinHeader(buf)
 }
 
+// How far readCopy got before it refused a copy; a higher stage is a more specific error.
+const (
+	stageNoHeader  = iota // no binary header of this version here (bad magic, short device)
+	stageWrongCopy        // a binary header, but not the copy expected at this offset
+	stageChecksum         // the copy expected here, with a bad checksum
+	stageMetadata         // a whole copy whose JSON metadata is refused
+)
+
 // readCopy reads and fully validates the header copy at off. When its JSON text is byte for
 // byte that of same (the other copy, already validated), the parsed metadata is shared
-// instead of parsed again.
-func readCopy(dev Device, off uint64, secondary bool, same *copyState) (*copyState, error) {
+// instead of parsed again. On error it also returns how far it got (a stage… constant).
+func readCopy(dev Device, off uint64, secondary bool, same *copyState) (*copyState, int, error) {
 	h, err := readBinHeader(dev, off)
 	if err != nil {
-		return nil, err
+		return nil, stageNoHeader, err
 	}
 	if h.secondary != secondary {
-		return nil, fmt.Errorf("%w: wrong magic for the %s header at %d", ErrHeaderCorrupt, copyName(secondary), off)
+		return nil, stageWrongCopy, fmt.Errorf("%w: wrong magic for the %s header at %d", ErrHeaderCorrupt, copyName(secondary), off)
 	}
 	if h.hdrOffset != off {
-		return nil, fmt.Errorf("%w: header at %d says it belongs at %d", ErrHeaderCorrupt, off, h.hdrOffset)
+		return nil, stageWrongCopy, fmt.Errorf("%w: header at %d says it belongs at %d", ErrHeaderCorrupt, off, h.hdrOffset)
 	}
 	if secondary && h.hdrSize != off {
-		return nil, fmt.Errorf("%w: secondary header at %d has header size %d", ErrHeaderCorrupt, off, h.hdrSize)
+		return nil, stageWrongCopy, fmt.Errorf("%w: secondary header at %d has header size %d", ErrHeaderCorrupt, off, h.hdrSize)
 	}
 	area := make([]byte, h.hdrSize-binHeaderSize)
 	if _, err := dev.ReadAt(area, int64(off)+binHeaderSize); err != nil {
 		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("%w: device too small for the JSON area at %d", ErrHeaderCorrupt, off+binHeaderSize)
+			return nil, stageWrongCopy, fmt.Errorf("%w: device too small for the JSON area at %d", ErrHeaderCorrupt, off+binHeaderSize)
 		}
-		return nil, fmt.Errorf("keyslot: reading JSON area at %d: %w", off+binHeaderSize, err)
+		return nil, stageWrongCopy, fmt.Errorf("keyslot: reading JSON area at %d: %w", off+binHeaderSize, err)
 	}
 	csum, err := h.checksum(area)
 	if err != nil {
-		return nil, err
+		return nil, stageChecksum, err
 	}
 	if csum != h.csum {
-		return nil, fmt.Errorf("%w: %s header checksum mismatch", ErrHeaderCorrupt, copyName(secondary))
+		return nil, stageChecksum, fmt.Errorf("%w: %s header checksum mismatch", ErrHeaderCorrupt, copyName(secondary))
 	}
 	text, err := jsonText(area)
 	if err != nil {
-		return nil, err
+		return nil, stageMetadata, err
 	}
 	if same != nil && same.bin.hdrSize == h.hdrSize && bytes.Equal(same.text, text) {
-		return &copyState{bin: h, text: text, meta: same.meta}, nil
+		return &copyState{bin: h, text: text, meta: same.meta}, 0, nil
 	}
 	meta, err := parseMetadata(text, h.hdrSize)
 	if err != nil {
-		return nil, fmt.Errorf("%s header: %w", copyName(secondary), err)
+		return nil, stageMetadata, fmt.Errorf("%s header: %w", copyName(secondary), err)
 	}
-	return &copyState{bin: h, text: text, meta: meta}, nil
+	return &copyState{bin: h, text: text, meta: meta}, 0, nil
 }
 
 func copyName(secondary bool) string {
