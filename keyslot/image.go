@@ -289,7 +289,7 @@ func load(dev Device) (*state, Health, error) {
 	// The secondary sits at the header size: take it from the primary when that much of
 	// the primary is readable, else probe every allowed size, smallest first.
 	var candidates []uint64
-	if h, err := readBinHeader(dev, 0); err == nil {
+	if h, _, err := readBinHeader(dev, 0); err == nil {
 		candidates = append(candidates, h.hdrSize)
 	}
 	for _, s := range hdrSizes {
@@ -355,15 +355,18 @@ func (c *copyState) state() *state {
 	return &state{bin: *c.bin, meta: c.meta, text: c.text}
 }
 
-func readBinHeader(dev Device, off uint64) (*binHeader, error) {
+// readBinHeader reads and parses the binary header at off, and returns it with its bytes as
+// read, over which the checksum is verified.
+func readBinHeader(dev Device, off uint64) (*binHeader, []byte, error) {
 	buf := make([]byte, binHeaderSize)
 	if _, err := dev.ReadAt(buf, int64(off)); err != nil {
 		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("%w: device too small for a header at %d", ErrHeaderCorrupt, off)
+			return nil, nil, fmt.Errorf("%w: device too small for a header at %d", ErrHeaderCorrupt, off)
 		}
-		return nil, fmt.Errorf("keyslot: reading header at %d: %w", off, err)
+		return nil, nil, fmt.Errorf("keyslot: reading header at %d: %w", off, err)
 	}
-	return parseBinHeader(buf)
+	h, err := parseBinHeader(buf)
+	return h, buf, err
 }
 
 // How far readCopy got before it refused a copy; a higher stage is a more specific error.
@@ -378,7 +381,7 @@ const (
 // byte that of same (the other copy, already validated), the parsed metadata is shared
 // instead of parsed again. On error it also returns how far it got (a stage… constant).
 func readCopy(dev Device, off uint64, secondary bool, same *copyState) (*copyState, int, error) {
-	h, err := readBinHeader(dev, off)
+	h, raw, err := readBinHeader(dev, off)
 	if err != nil {
 		return nil, stageNoHeader, err
 	}
@@ -398,7 +401,7 @@ func readCopy(dev Device, off uint64, secondary bool, same *copyState) (*copySta
 		}
 		return nil, stageWrongCopy, fmt.Errorf("keyslot: reading JSON area at %d: %w", off+binHeaderSize, err)
 	}
-	csum, err := h.checksum(area)
+	csum, err := diskChecksum(h.csumAlg, raw, area)
 	if err != nil {
 		return nil, stageChecksum, err
 	}
