@@ -37,7 +37,9 @@
 // the secondary the same way. Readers take the valid copy with the higher sequence number, so
 // a crash at any write leaves an image that opens with either the old or the new metadata.
 // Open never writes: a damaged or stale copy is reported by [Image.Health] and rewritten by the
-// next change or by [Image.Repair]. Keyslot material is written (and, on removal, wiped)
+// next change or by [Image.Repair]. When the device also carries another format's signature
+// (an LVM2 physical volume label), changes are refused with [ErrAmbiguousSignature] instead,
+// since the repair would overwrite it; only an explicit Repair goes ahead, as with cryptsetup. Keyslot material is written (and, on removal, wiped)
 // before the commit that references (or forgets) it, as in cryptsetup.
 //
 // # Hostile input

@@ -36,4 +36,9 @@ var (
 	// ErrUnmetRequirement means the image carries mandatory requirements this package does
 	// not know; it still unlocks, but its metadata may not be changed (as in cryptsetup).
 	ErrUnmetRequirement = errors.New("unmet LUKS2 requirements")
+	// ErrAmbiguousSignature means a header copy needs repair, but the device also carries
+	// another format's signature (such as an LVM2 physical volume label) that the repair
+	// would overwrite; metadata changes are refused until [Image.Repair] is called
+	// explicitly, as cryptsetup refuses until `cryptsetup repair`.
+	ErrAmbiguousSignature = errors.New("device contains ambiguous signatures")
 )

@@ -131,7 +131,10 @@ func (img *Image) Health() Health {
 }
 
 // Repair rewrites a damaged or stale header copy from the good one, keeping its sequence
-// number. It is a no-op when both copies are good and current.
+// number. It is a no-op when both copies are good and current. Unlike the repair every
+// metadata change makes first, it goes ahead even when the device also carries another
+// format's signature ([ErrAmbiguousSignature]), which it may overwrite, as `cryptsetup
+// repair` does.
 func (img *Image) Repair() error {
 	return img.locked(context.Background(), unix.LOCK_EX, img.repairLocked)
 }
@@ -201,6 +204,17 @@ func (img *Image) update(fn func(st *state, m *metadata) error) error {
 // ctx.Err() when ctx ends.
 func (img *Image) updateContext(ctx context.Context, fn func(st *state, m *metadata) error) error {
 	return img.locked(ctx, unix.LOCK_EX, func(st *state, health Health) error {
+		if !health.OK() {
+			// The repair below would overwrite what is where the bad copy was: refuse when
+			// that is another format's signature (cryptsetup's "ambiguous signatures").
+			sig, err := foreignSignature(img.dev)
+			if err != nil {
+				return err
+			}
+			if sig != "" {
+				return fmt.Errorf("%w: a header copy needs repair, but the device also holds %s, which the repair would overwrite; metadata changes are refused until an explicit Repair", ErrAmbiguousSignature, sig)
+			}
+		}
 		if err := img.repairLocked(st, health); err != nil {
 			return err
 		}
