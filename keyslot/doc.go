@@ -53,8 +53,8 @@
 // the keyslots area, since the header is always in the image.
 // Unknown keyslot, KDF, digest, segment, hash and cipher types are refused with errors naming
 // them ([ErrUnsupported]); unknown members are kept and written back. An image with unknown
-// mandatory requirements unlocks but refuses changes ([ErrUnmetRequirement]), as cryptsetup
-// does. Nothing read from disk can cause a panic.
+// mandatory requirements unlocks but refuses changes ([ErrUnmetRequirement]) other than
+// removing a luks2 keyslot, as cryptsetup does. Nothing read from disk can cause a panic.
 //
 // # Secrets
 //

@@ -34,7 +34,8 @@ var (
 	// ErrNoSpace means the keyslots area, the JSON area or the id space is full.
 	ErrNoSpace = errors.New("no space in LUKS2 metadata")
 	// ErrUnmetRequirement means the image carries mandatory requirements this package does
-	// not know; it still unlocks, but its metadata may not be changed (as in cryptsetup).
+	// not know; it still unlocks, but its metadata may not be changed beyond removing a luks2
+	// keyslot (as in cryptsetup).
 	ErrUnmetRequirement = errors.New("unmet LUKS2 requirements")
 	// ErrAmbiguousSignature means a header copy needs repair, but the device also carries
 	// another format's signature (such as an LVM2 physical volume label) that the repair

@@ -203,6 +203,12 @@ func (img *Image) update(fn func(st *state, m *metadata) error) error {
 // updateContext is update with a context: waiting for the lock ends with an error wrapping
 // ctx.Err() when ctx ends.
 func (img *Image) updateContext(ctx context.Context, fn func(st *state, m *metadata) error) error {
+	return img.updateWith(ctx, false, fn)
+}
+
+// updateWith is updateContext; with allowUnmet, it runs even when the image has unmet
+// mandatory requirements (for the one change cryptsetup allows then, destroying a keyslot).
+func (img *Image) updateWith(ctx context.Context, allowUnmet bool, fn func(st *state, m *metadata) error) error {
 	return img.locked(ctx, unix.LOCK_EX, func(st *state, health Health) error {
 		if !health.OK() {
 			// The repair below would overwrite what is where the bad copy was: refuse when
@@ -218,7 +224,7 @@ func (img *Image) updateContext(ctx context.Context, fn func(st *state, m *metad
 		if err := img.repairLocked(st, health); err != nil {
 			return err
 		}
-		if req := st.meta.config.mandatory; len(req) > 0 {
+		if req := st.meta.config.mandatory; len(req) > 0 && !allowUnmet {
 			return fmt.Errorf("%w: the image requires %q; metadata changes are refused", ErrUnmetRequirement, req)
 		}
 		// A private copy to change: parse the text it came from again.

@@ -376,11 +376,19 @@ func (m *metadata) allocArea(hdrSize uint64, keySize int) (uint64, uint64, error
 // then it is removed from the metadata, its digest and any token that names it (cryptsetup's
 // order). Removing the last keyslot bound to the data segment is refused with ErrLastKeyslot
 // (unbound keyslots do not open the data); [Image.Erase] does that.
+//
+// Unlike every other change, removing a luks2 keyslot is allowed on an image with unmet
+// requirements, as cryptsetup's luksKillSlot allows it; the requirements are kept.
 func (img *Image) RemoveKeyslot(slot int) error {
-	return img.update(func(st *state, m *metadata) error {
+	return img.updateWith(context.Background(), true, func(st *state, m *metadata) error {
 		ks, ok := m.keyslots[slot]
 		if !ok {
 			return fmt.Errorf("%w: keyslot %d", ErrKeyslotNotFound, slot)
+		}
+		if req := m.config.mandatory; len(req) > 0 && ks.typ != keyslotLUKS2 {
+			// Keyslots of other types hold the state of a feature this package does not
+			// know (online reencryption): leave them alone.
+			return fmt.Errorf("%w: the image requires %q; keyslot %d of type %q may not be removed", ErrUnmetRequirement, req, slot, ks.typ)
 		}
 		// Only keyslots bound to the data segment open the data; unbound ones do not count.
 		bound := 0
@@ -398,6 +406,10 @@ func (img *Image) RemoveKeyslot(slot int) error {
 
 // Erase destroys every keyslot (cryptsetup luksErase): the data becomes unrecoverable by
 // anyone without a copy of the volume key. Tokens are kept, with their keyslot lists emptied.
+// An image with unmet requirements is refused with ErrUnmetRequirement, although cryptsetup
+// 2.6.1 erases it: Erase would also remove keyslots of types this package does not know,
+// which hold the state of the unknown feature; remove the luks2 keyslots one by one with
+// [Image.RemoveKeyslot] instead.
 func (img *Image) Erase() error {
 	return img.update(func(st *state, m *metadata) error {
 		for _, id := range sortedKeys(m.keyslots) {
