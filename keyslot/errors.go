@@ -22,6 +22,10 @@ var (
 	ErrWrongPassphrase = errors.New("no keyslot opens with this passphrase")
 	// ErrWrongVolumeKey means a volume key does not match the image's digest.
 	ErrWrongVolumeKey = errors.New("volume key does not match the digest")
+	// ErrUnboundKeyslot means a keyslot named to [Image.Unlock] opens with the passphrase but
+	// is unbound (its digest covers no segment, cryptsetup luksAddKey --unbound): the key it
+	// holds is not the volume key. [Image.KeyslotKey] returns such a key.
+	ErrUnboundKeyslot = errors.New("keyslot is unbound: its key is not the volume key")
 	// ErrKeyslotNotFound means the named keyslot does not exist.
 	ErrKeyslotNotFound = errors.New("keyslot not found")
 	// ErrKeyslotInUse means a new keyslot was asked for at an id that is taken.

@@ -32,8 +32,8 @@ type SlotInfo struct {
 	AreaKeySize          int
 	AFHash               string
 	// Unbound reports a keyslot whose digest covers no segment (cryptsetup luksAddKey
-	// --unbound): the key it holds is not the volume key, and Unlock tries it only when it
-	// is named.
+	// --unbound): the key it holds is not the volume key. Unlock never returns it (with
+	// AnyKeyslot it is not tried; named, it gives ErrUnboundKeyslot); KeyslotKey does.
 	Unbound bool
 }
 
@@ -71,14 +71,14 @@ func (img *Image) Keyslots() []SlotInfo {
 	return out
 }
 
-// Unlock returns the volume key and the id of the keyslot that opened with passphrase. With
-// slot AnyKeyslot it tries the keyslots bound to the data segment (those whose digest covers
-// segment 0, so the key they give is checked against the data segment's digest) of priority
-// prefer, then normal, each in id order, and never those of priority ignore nor unbound ones.
-// A named slot is tried whatever its priority; a named unbound keyslot (see
-// [SlotInfo.Unbound]) gives the key it holds, checked against its own digest, which is not
-// the volume key. A passphrase that opens no keyslot gives an error matching
-// ErrWrongPassphrase. The caller should clear the returned key when done with it.
+// Unlock returns the volume key and the id of the keyslot that opened with passphrase. The
+// key is always checked against the digest of the data segment (segment 0). With slot
+// AnyKeyslot it tries the keyslots bound to the data segment, of priority prefer, then
+// normal, each in id order, and never those of priority ignore nor unbound ones (see
+// [SlotInfo.Unbound]). A named slot is tried whatever its priority; a named unbound keyslot
+// that opens gives an error matching ErrUnboundKeyslot and no key ([Image.KeyslotKey] returns
+// its key). A passphrase that opens no keyslot gives an error matching ErrWrongPassphrase.
+// The caller should clear the returned key when done with it.
 func (img *Image) Unlock(passphrase []byte, slot int) ([]byte, int, error) {
 	return img.UnlockContext(context.Background(), passphrase, slot)
 }
@@ -122,9 +122,13 @@ func (img *Image) UnlockContext(ctx context.Context, passphrase []byte, slot int
 	for _, id := range order {
 		key, err := img.openKeyslot(ctx, m, id, passphrase)
 		if err == nil {
+			if !m.boundToData(id) {
+				clear(key)
+				return nil, -1, fmt.Errorf("keyslot %d: %w", id, ErrUnboundKeyslot)
+			}
 			return key, id, nil
 		}
-		if ctx.Err() != nil {
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			return nil, -1, fmt.Errorf("keyslot %d: %w", id, err)
 		}
 		if !errors.Is(err, ErrWrongPassphrase) {
@@ -139,6 +143,26 @@ func (img *Image) UnlockContext(ctx context.Context, passphrase []byte, slot int
 		return nil, -1, fmt.Errorf("%w (tried keyslots %v)", ErrWrongPassphrase, order)
 	}
 	return nil, -1, fmt.Errorf("keyslot: no keyslot opened: %w", errors.Join(errs...))
+}
+
+// KeyslotKey returns the key keyslot slot holds when passphrase opens it, checked against
+// that keyslot's own digest: the volume key for a keyslot bound to the data segment, another
+// key for an unbound one (cryptsetup luksAddKey --unbound). Key derivation stops when ctx
+// ends, as in [Image.UnlockContext]. The caller should clear the returned key.
+func (img *Image) KeyslotKey(ctx context.Context, passphrase []byte, slot int) ([]byte, error) {
+	m := img.snapshot().meta
+	ks, ok := m.keyslots[slot]
+	if !ok {
+		return nil, fmt.Errorf("%w: keyslot %d", ErrKeyslotNotFound, slot)
+	}
+	if ks.typ != keyslotLUKS2 {
+		return nil, fmt.Errorf("%w: keyslot %d is of type %q and holds no key", ErrUnsupported, slot, ks.typ)
+	}
+	key, err := img.openKeyslot(ctx, m, slot, passphrase)
+	if err != nil {
+		return nil, fmt.Errorf("keyslot %d: %w", slot, err)
+	}
+	return key, nil
 }
 
 // openKeyslot derives the keyslot key, decrypts and merges the keyslot material and checks

@@ -2,6 +2,7 @@ package keyslot
 
 import (
 	"bytes"
+	"context"
 	"encoding/hex"
 	"os"
 	"path/filepath"
@@ -102,14 +103,28 @@ func TestUnboundKeyslot(t *testing.T) {
 			assert.Equal(t, tc.volumeKey, key)
 			require.NoError(t, tc.img.VerifyVolumeKey(key))
 
+			// Named, the unbound keyslot is tried, but Unlock returns only the volume key:
+			// a caller that names a keyslot (a token's) never gets another key.
 			key, slot, err = tc.img.Unlock([]byte("same passphrase"), tc.unbound)
-			require.NoError(t, err, "a named unbound keyslot opens")
-			assert.Equal(t, tc.unbound, slot)
+			require.ErrorIs(t, err, ErrUnboundKeyslot)
+			assert.Nil(t, key)
+			assert.Equal(t, -1, slot)
+			_, _, err = tc.img.Unlock([]byte("wrong"), tc.unbound)
+			require.ErrorIs(t, err, ErrWrongPassphrase)
+
+			// KeyslotKey gives the key an unbound keyslot holds.
+			key, err = tc.img.KeyslotKey(context.Background(), []byte("same passphrase"), tc.unbound)
+			require.NoError(t, err)
 			assert.NotEqual(t, tc.volumeKey, key)
 			if tc.unboundKey != nil {
 				assert.Equal(t, tc.unboundKey, key)
 			}
 			assert.ErrorIs(t, tc.img.VerifyVolumeKey(key), ErrWrongVolumeKey)
+			key, err = tc.img.KeyslotKey(context.Background(), []byte("same passphrase"), tc.bound)
+			require.NoError(t, err)
+			assert.Equal(t, tc.volumeKey, key)
+			_, err = tc.img.KeyslotKey(context.Background(), []byte("wrong"), tc.unbound)
+			assert.ErrorIs(t, err, ErrWrongPassphrase)
 
 			slots := tc.img.Keyslots()
 			i := slices.IndexFunc(slots, func(s SlotInfo) bool { return s.ID == tc.unbound })
@@ -130,9 +145,8 @@ func TestUnboundKeyslotOnly(t *testing.T) {
 	addUnboundKeyslot(t, img, 1, "unbound only")
 	_, _, err := img.Unlock([]byte("unbound only"), AnyKeyslot)
 	require.ErrorIs(t, err, ErrWrongPassphrase)
-	_, slot, err := img.Unlock([]byte("unbound only"), 1)
-	require.NoError(t, err)
-	assert.Equal(t, 1, slot)
+	_, _, err = img.Unlock([]byte("unbound only"), 1)
+	require.ErrorIs(t, err, ErrUnboundKeyslot)
 }
 
 // TestRemoveLastBoundKeyslot: an unbound keyslot does not count as a way into the data, so
