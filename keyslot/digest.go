@@ -1,11 +1,11 @@
 package keyslot
 
 import (
+	"context"
 	"crypto/subtle"
 	"fmt"
 	"io"
-
-	"golang.org/x/crypto/pbkdf2"
+	"slices"
 )
 
 // digestIterations is the PBKDF2 iteration count of new volume key digests: cryptsetup's
@@ -27,23 +27,25 @@ func newDigest(volumeKey []byte, keyslots, segments []int, rand io.Reader) (*dig
 		return nil, fmt.Errorf("keyslot: reading random digest salt: %w", err)
 	}
 	var err error
-	if d.digest, err = d.compute(volumeKey, 32); err != nil {
+	if d.digest, err = d.compute(context.Background(), volumeKey, 32); err != nil {
 		return nil, err
 	}
 	return d, nil
 }
 
-func (d *digestMeta) compute(volumeKey []byte, n int) ([]byte, error) {
+// compute is the n-byte pbkdf2 digest of volumeKey; it stops when ctx ends.
+func (d *digestMeta) compute(ctx context.Context, volumeKey []byte, n int) ([]byte, error) {
 	h, err := hashByName(d.hash)
 	if err != nil {
 		return nil, err
 	}
-	return pbkdf2.Key(volumeKey, d.salt, d.iterations, n, h.new), nil
+	return pbkdf2Key(ctx, volumeKey, d.salt, d.iterations, n, h.new)
 }
 
-// verify reports whether volumeKey matches the digest, in constant time.
-func (d *digestMeta) verify(volumeKey []byte) (bool, error) {
-	got, err := d.compute(volumeKey, len(d.digest))
+// verify reports whether volumeKey matches the digest, in constant time. It stops with an
+// error wrapping ctx.Err() when ctx ends.
+func (d *digestMeta) verify(ctx context.Context, volumeKey []byte) (bool, error) {
+	got, err := d.compute(ctx, volumeKey, len(d.digest))
 	if err != nil {
 		return false, err
 	}
@@ -72,4 +74,12 @@ func (m *metadata) segmentDigest() (int, *digestMeta) {
 		}
 	}
 	return -1, nil
+}
+
+// boundToData reports whether keyslot id is listed in the digest of the data segment
+// (segment 0), so that the key it holds is the volume key. A keyslot whose digest covers
+// no segment is unbound (cryptsetup luksAddKey --unbound).
+func (m *metadata) boundToData(id int) bool {
+	_, d := m.segmentDigest()
+	return d != nil && slices.Contains(d.keyslots, id)
 }

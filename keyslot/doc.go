@@ -37,19 +37,24 @@
 // the secondary the same way. Readers take the valid copy with the higher sequence number, so
 // a crash at any write leaves an image that opens with either the old or the new metadata.
 // Open never writes: a damaged or stale copy is reported by [Image.Health] and rewritten by the
-// next change or by [Image.Repair]. Keyslot material is written (and, on removal, wiped)
+// next change or by [Image.Repair]. When the device also carries another format's signature
+// (an LVM2 physical volume label), changes are refused with [ErrAmbiguousSignature] instead,
+// since the repair would overwrite it; only an explicit Repair goes ahead, as with cryptsetup. Keyslot material is written (and, on removal, wiped)
 // before the commit that references (or forgets) it, as in cryptsetup.
 //
 // # Hostile input
 //
 // Every length, offset, id, count and base64 field is checked before use; the JSON area is
 // bounded by the header size (at most 4 MiB); KDF costs read from disk are capped at
-// cryptsetup's limits (pbkdf2 iterations and argon2 time below 2^32, argon2 memory at most
-// 4 GiB, at most 4 threads) so a crafted header cannot allocate or compute without bound.
+// cryptsetup's limits (pbkdf2 iterations of keyslots and digests at most 2^31-1, argon2 time
+// below 2^32, argon2 memory at most 4 GiB, at most 4 threads) so a crafted header cannot
+// allocate without bound; as even the allowed pbkdf2 counts take many minutes,
+// [Image.UnlockContext] stops the derivation when its context ends. Segments must start after
+// the keyslots area, since the header is always in the image.
 // Unknown keyslot, KDF, digest, segment, hash and cipher types are refused with errors naming
 // them ([ErrUnsupported]); unknown members are kept and written back. An image with unknown
-// mandatory requirements unlocks but refuses changes ([ErrUnmetRequirement]), as cryptsetup
-// does. Nothing read from disk can cause a panic.
+// mandatory requirements unlocks but refuses changes ([ErrUnmetRequirement]) other than
+// removing a luks2 keyslot, as cryptsetup does. Nothing read from disk can cause a panic.
 //
 // # Secrets
 //

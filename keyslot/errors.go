@@ -22,6 +22,10 @@ var (
 	ErrWrongPassphrase = errors.New("no keyslot opens with this passphrase")
 	// ErrWrongVolumeKey means a volume key does not match the image's digest.
 	ErrWrongVolumeKey = errors.New("volume key does not match the digest")
+	// ErrUnboundKeyslot means a keyslot named to [Image.Unlock] opens with the passphrase but
+	// is unbound (its digest covers no segment, cryptsetup luksAddKey --unbound): the key it
+	// holds is not the volume key. [Image.KeyslotKey] returns such a key.
+	ErrUnboundKeyslot = errors.New("keyslot is unbound: its key is not the volume key")
 	// ErrKeyslotNotFound means the named keyslot does not exist.
 	ErrKeyslotNotFound = errors.New("keyslot not found")
 	// ErrKeyslotInUse means a new keyslot was asked for at an id that is taken.
@@ -34,6 +38,12 @@ var (
 	// ErrNoSpace means the keyslots area, the JSON area or the id space is full.
 	ErrNoSpace = errors.New("no space in LUKS2 metadata")
 	// ErrUnmetRequirement means the image carries mandatory requirements this package does
-	// not know; it still unlocks, but its metadata may not be changed (as in cryptsetup).
+	// not know; it still unlocks, but its metadata may not be changed beyond removing a luks2
+	// keyslot (as in cryptsetup).
 	ErrUnmetRequirement = errors.New("unmet LUKS2 requirements")
+	// ErrAmbiguousSignature means a header copy needs repair, but the device also carries
+	// another format's signature (such as an LVM2 physical volume label) that the repair
+	// would overwrite; metadata changes are refused until [Image.Repair] is called
+	// explicitly, as cryptsetup refuses until `cryptsetup repair`.
+	ErrAmbiguousSignature = errors.New("device contains ambiguous signatures")
 )

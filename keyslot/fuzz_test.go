@@ -34,7 +34,7 @@ func fixPrimaryChecksum(data []byte) {
 	if err != nil || uint64(len(data)) < h.hdrSize {
 		return
 	}
-	sum, err := h.checksum(data[binHeaderSize:h.hdrSize])
+	sum, err := diskChecksum(h.csumAlg, data[:binHeaderSize], data[binHeaderSize:h.hdrSize])
 	if err != nil {
 		return
 	}

@@ -154,6 +154,26 @@ func (h *binHeader) checksum(jsonArea []byte) ([csumLen]byte, error) {
 	return out, nil
 }
 
+// diskChecksum computes the checksum of a header copy as read: the hash of the 4096 bytes of
+// its binary header exactly as on disk, with the checksum field zeroed, then the whole JSON
+// area (cryptsetup's hdr_checksum_check). Padding and bytes after a text field's NUL are
+// covered, so a change there makes the copy bad, as it does for cryptsetup.
+func diskChecksum(alg string, raw, jsonArea []byte) ([csumLen]byte, error) {
+	var out [csumLen]byte
+	hi, err := hashByName(alg)
+	if err != nil {
+		return out, fmt.Errorf("%w: checksum algorithm: %w", ErrHeaderCorrupt, err)
+	}
+	var zero [csumLen]byte
+	hh := hi.new()
+	hh.Write(raw[:offCsum])
+	hh.Write(zero[:])
+	hh.Write(raw[offCsum+csumLen : binHeaderSize])
+	hh.Write(jsonArea)
+	copy(out[:], hh.Sum(nil))
+	return out, nil
+}
+
 // jsonText returns the JSON text of a JSON area: the bytes before the first NUL. The area must
 // start with '{', and every byte after the text must be NUL, with at least one NUL.
 func jsonText(area []byte) ([]byte, error) {

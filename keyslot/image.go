@@ -131,7 +131,10 @@ func (img *Image) Health() Health {
 }
 
 // Repair rewrites a damaged or stale header copy from the good one, keeping its sequence
-// number. It is a no-op when both copies are good and current.
+// number. It is a no-op when both copies are good and current. Unlike the repair every
+// metadata change makes first, it goes ahead even when the device also carries another
+// format's signature ([ErrAmbiguousSignature]), which it may overwrite, as `cryptsetup
+// repair` does.
 func (img *Image) Repair() error {
 	return img.locked(context.Background(), unix.LOCK_EX, img.repairLocked)
 }
@@ -200,11 +203,28 @@ func (img *Image) update(fn func(st *state, m *metadata) error) error {
 // updateContext is update with a context: waiting for the lock ends with an error wrapping
 // ctx.Err() when ctx ends.
 func (img *Image) updateContext(ctx context.Context, fn func(st *state, m *metadata) error) error {
+	return img.updateWith(ctx, false, fn)
+}
+
+// updateWith is updateContext; with allowUnmet, it runs even when the image has unmet
+// mandatory requirements (for the one change cryptsetup allows then, destroying a keyslot).
+func (img *Image) updateWith(ctx context.Context, allowUnmet bool, fn func(st *state, m *metadata) error) error {
 	return img.locked(ctx, unix.LOCK_EX, func(st *state, health Health) error {
+		if !health.OK() {
+			// The repair below would overwrite what is where the bad copy was: refuse when
+			// that is another format's signature (cryptsetup's "ambiguous signatures").
+			sig, err := foreignSignature(img.dev)
+			if err != nil {
+				return err
+			}
+			if sig != "" {
+				return fmt.Errorf("%w: a header copy needs repair, but the device also holds %s, which the repair would overwrite; metadata changes are refused until an explicit Repair", ErrAmbiguousSignature, sig)
+			}
+		}
 		if err := img.repairLocked(st, health); err != nil {
 			return err
 		}
-		if req := st.meta.config.mandatory; len(req) > 0 {
+		if req := st.meta.config.mandatory; len(req) > 0 && !allowUnmet {
 			return fmt.Errorf("%w: the image requires %q; metadata changes are refused", ErrUnmetRequirement, req)
 		}
 		// A private copy to change: parse the text it came from again.
@@ -280,7 +300,7 @@ func writeCopy(dev Device, h *binHeader, area []byte) error {
 // load reads both header copies and picks the one to use.
 func load(dev Device) (*state, Health, error) {
 	var health Health
-	primary, perr := readCopy(dev, 0, false, nil)
+	primary, _, perr := readCopy(dev, 0, false, nil)
 	health.Primary.Err = perr
 	if primary != nil {
 		health.Primary.SeqID = primary.bin.seqID
@@ -289,7 +309,7 @@ func load(dev Device) (*state, Health, error) {
 	// The secondary sits at the header size: take it from the primary when that much of
 	// the primary is readable, else probe every allowed size, smallest first.
 	var candidates []uint64
-	if h, err := readBinHeader(dev, 0); err == nil {
+	if h, _, err := readBinHeader(dev, 0); err == nil {
 		candidates = append(candidates, h.hdrSize)
 	}
 	for _, s := range hdrSizes {
@@ -297,17 +317,21 @@ func load(dev Device) (*state, Health, error) {
 			candidates = append(candidates, s)
 		}
 	}
+	// When no candidate holds a good secondary, report the error of the one that got
+	// furthest (a secondary header found but refused, say for its metadata) rather than the
+	// "bad magic" of sizes where there is none; on a tie, the first candidate's.
 	var secondary *copyState
 	var serr error
-	for i, off := range candidates {
-		c, err := readCopy(dev, off, true, primary)
+	best := -1
+	for _, off := range candidates {
+		c, stage, err := readCopy(dev, off, true, primary)
 		if err == nil {
 			secondary, serr = c, nil
 			health.Secondary = CopyHealth{Offset: off, SeqID: c.bin.seqID}
 			break
 		}
-		if i == 0 {
-			serr = err
+		if stage > best {
+			best, serr = stage, err
 			health.Secondary = CopyHealth{Offset: off, Err: err}
 		}
 	}
@@ -351,60 +375,71 @@ func (c *copyState) state() *state {
 	return &state{bin: *c.bin, meta: c.meta, text: c.text}
 }
 
-func readBinHeader(dev Device, off uint64) (*binHeader, error) {
+// readBinHeader reads and parses the binary header at off, and returns it with its bytes as
+// read, over which the checksum is verified.
+func readBinHeader(dev Device, off uint64) (*binHeader, []byte, error) {
 	buf := make([]byte, binHeaderSize)
 	if _, err := dev.ReadAt(buf, int64(off)); err != nil {
 		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("%w: device too small for a header at %d", ErrHeaderCorrupt, off)
+			return nil, nil, fmt.Errorf("%w: device too small for a header at %d", ErrHeaderCorrupt, off)
 		}
-		return nil, fmt.Errorf("keyslot: reading header at %d: %w", off, err)
+		return nil, nil, fmt.Errorf("keyslot: reading header at %d: %w", off, err)
 	}
-	return parseBinHeader(buf)
+	h, err := parseBinHeader(buf)
+	return h, buf, err
 }
+
+// How far readCopy got before it refused a copy; a higher stage is a more specific error.
+const (
+	stageNoHeader  = iota // no binary header of this version here (bad magic, short device)
+	stageWrongCopy        // a binary header, but not the copy expected at this offset
+	stageChecksum         // the copy expected here, with a bad checksum
+	stageMetadata         // a whole copy whose JSON metadata is refused
+)
 
 // readCopy reads and fully validates the header copy at off. When its JSON text is byte for
 // byte that of same (the other copy, already validated), the parsed metadata is shared
-// instead of parsed again.
-func readCopy(dev Device, off uint64, secondary bool, same *copyState) (*copyState, error) {
-	h, err := readBinHeader(dev, off)
+// instead of parsed again. On error it also returns how far it got (a stage… constant).
+func readCopy(dev Device, off uint64, secondary bool, same *copyState) (*copyState, int, error) {
+	h, raw, err := readBinHeader(dev, off)
 	if err != nil {
-		return nil, err
+		return nil, stageNoHeader, err
 	}
 	if h.secondary != secondary {
-		return nil, fmt.Errorf("%w: wrong magic for the %s header at %d", ErrHeaderCorrupt, copyName(secondary), off)
+		return nil, stageWrongCopy, fmt.Errorf("%w: wrong magic for the %s header at %d", ErrHeaderCorrupt, copyName(secondary), off)
 	}
 	if h.hdrOffset != off {
-		return nil, fmt.Errorf("%w: header at %d says it belongs at %d", ErrHeaderCorrupt, off, h.hdrOffset)
+		return nil, stageWrongCopy, fmt.Errorf("%w: header at %d says it belongs at %d", ErrHeaderCorrupt, off, h.hdrOffset)
 	}
 	if secondary && h.hdrSize != off {
-		return nil, fmt.Errorf("%w: secondary header at %d has header size %d", ErrHeaderCorrupt, off, h.hdrSize)
+		return nil, stageWrongCopy, fmt.Errorf("%w: secondary header at %d has header size %d", ErrHeaderCorrupt, off, h.hdrSize)
 	}
 	area := make([]byte, h.hdrSize-binHeaderSize)
 	if _, err := dev.ReadAt(area, int64(off)+binHeaderSize); err != nil {
 		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("%w: device too small for the JSON area at %d", ErrHeaderCorrupt, off+binHeaderSize)
+			return nil, stageWrongCopy, fmt.Errorf("%w: device too small for the JSON area at %d", ErrHeaderCorrupt, off+binHeaderSize)
 		}
-		return nil, fmt.Errorf("keyslot: reading JSON area at %d: %w", off+binHeaderSize, err)
+		return nil, stageWrongCopy, fmt.Errorf("keyslot: reading JSON area at %d: %w", off+binHeaderSize, err)
 	}
-	csum, err := h.checksum(area)
+	csum, err := diskChecksum(h.csumAlg, raw, area)
 	if err != nil {
-		return nil, err
+		return nil, stageChecksum, err
 	}
 	if csum != h.csum {
-		return nil, fmt.Errorf("%w: %s header checksum mismatch", ErrHeaderCorrupt, copyName(secondary))
+		return nil, stageChecksum, fmt.Errorf("%w: %s header checksum mismatch", ErrHeaderCorrupt, copyName(secondary))
 	}
 	text, err := jsonText(area)
 	if err != nil {
-		return nil, err
+		return nil, stageMetadata, err
 	}
 	if same != nil && same.bin.hdrSize == h.hdrSize && bytes.Equal(same.text, text) {
-		return &copyState{bin: h, text: text, meta: same.meta}, nil
+		return &copyState{bin: h, text: text, meta: same.meta}, 0, nil
 	}
 	meta, err := parseMetadata(text, h.hdrSize)
 	if err != nil {
-		return nil, fmt.Errorf("%s header: %w", copyName(secondary), err)
+		return nil, stageMetadata, fmt.Errorf("%s header: %w", copyName(secondary), err)
 	}
-	return &copyState{bin: h, text: text, meta: meta}, nil
+	return &copyState{bin: h, text: text, meta: meta}, 0, nil
 }
 
 func copyName(secondary bool) string {

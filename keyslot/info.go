@@ -52,11 +52,12 @@ func (img *Image) Segment() SegmentInfo {
 	return info
 }
 
-// VolumeKeySize returns the volume key size in bytes, from the keyslots (0 if there are none).
+// VolumeKeySize returns the volume key size in bytes, from the keyslots bound to the data
+// segment (0 if there are none).
 func (img *Image) VolumeKeySize() int {
 	m := img.snapshot().meta
 	for _, id := range sortedKeys(m.keyslots) {
-		if ks := m.keyslots[id]; ks.typ == keyslotLUKS2 {
+		if ks := m.keyslots[id]; ks.typ == keyslotLUKS2 && m.boundToData(id) {
 			return ks.keySize
 		}
 	}

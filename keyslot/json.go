@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"math"
 	"slices"
 )
 
@@ -14,6 +13,12 @@ const (
 	MaxTokens   = 32 // token ids 0-31
 	maxSegments = 32
 	maxDigests  = 8
+
+	// MaxJSONDepth is the deepest nesting of objects and arrays LUKS2 JSON metadata may
+	// have, the top-level object being level 1: json-c's JSON_TOKENER_DEFAULT_DEPTH, the
+	// limit of the json_tokener_new that cryptsetup 2.6.1 reads metadata with (luksDump
+	// opens 32 levels and refuses 33). Deeper metadata is refused before it is decoded.
+	MaxJSONDepth = 32
 
 	afStripes       = 4000      // cryptsetup always splits into 4000 stripes
 	maxKeyslotsSize = 128 << 20 // config.keyslots_size upper bound
@@ -93,6 +98,9 @@ type metadata struct {
 
 // parseMetadata decodes and validates the JSON text of a header whose hdr_size is hdrSize.
 func parseMetadata(text []byte, hdrSize uint64) (*metadata, error) {
+	if err := checkDepth("metadata", text, MaxJSONDepth); err != nil {
+		return nil, err
+	}
 	top, err := parseObject("metadata", text)
 	if err != nil {
 		return nil, err
@@ -226,7 +234,7 @@ func parseKeyslot(o *object) (*keyslotMeta, error) {
 	if ks.area.size, err = ar.u64("size"); err != nil {
 		return nil, err
 	}
-	if ks.area.encryption, err = ar.str("encryption"); err != nil {
+	if ks.area.encryption, err = ar.nonEmptyStr("encryption"); err != nil {
 		return nil, err
 	}
 	if n, err = ar.integer("key_size", 1, maxKeySize); err != nil {
@@ -288,8 +296,15 @@ func parseSegment(o *object) (*segmentMeta, error) {
 	if s.ivTweak, err = o.u64("iv_tweak"); err != nil {
 		return nil, err
 	}
-	if s.encryption, err = o.str("encryption"); err != nil {
+	if s.encryption, err = o.nonEmptyStr("encryption"); err != nil {
 		return nil, err
+	}
+	// flags is optional; cryptsetup requires an array of strings (hdr_validate_segments).
+	// It is kept among the extra members.
+	if o.has("flags") {
+		if _, err := o.strings("flags", 64); err != nil {
+			return nil, err
+		}
 	}
 	n, err := o.integer("sector_size", 512, 4096)
 	if err != nil {
@@ -331,9 +346,9 @@ func parseDigest(o *object) (*digestMeta, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", o.path, err)
 	}
-	n, err := o.integer("iterations", 1, math.MaxUint32)
+	n, err := o.integer("iterations", 1, MaxPBKDF2Iterations)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w (%w)", err, ErrKDFLimits)
 	}
 	d.iterations = int(n)
 	// cryptsetup's PBKDF2_digest_verify: a 32-byte salt, and a digest of 20 bytes or the
@@ -432,6 +447,24 @@ func (m *metadata) validate(hdrSize uint64) error {
 		}
 	}
 	dataStart := m.segments[0].offset
+
+	// Segments start after the keyslots area. The header is always in the image here
+	// (detached headers are not supported), so a segment before the end of the keyslots
+	// area would overwrite the header or keyslots with the first data write. cryptsetup's
+	// validate_keyslots_size refuses keyslots_size running past the first segment; offset
+	// 0 means a detached header to cryptsetup, which such an image cannot have.
+	for _, id := range sortedKeys(m.segments) {
+		off := m.segments[id].offset
+		switch {
+		case off >= areaEnd:
+		case off == 0:
+			return bad("segment %d at offset 0 means a detached header, but the header is in the image: the first data write would destroy it", id)
+		case off >= areaStart:
+			return bad("segment %d at offset %d starts before the end of the keyslots area at %d: config.keyslots_size %d runs past the data segment", id, off, areaEnd, c.keyslotsSize)
+		default:
+			return bad("segment %d at offset %d starts before the end of the keyslots area at %d", id, off, areaEnd)
+		}
+	}
 
 	// Keyslot areas: inside the keyslots area, sector aligned, large enough, disjoint.
 	type span struct {

@@ -24,6 +24,37 @@ type object struct {
 	members []member
 }
 
+// checkDepth refuses JSON text whose objects and arrays nest more than limit levels. It is
+// one pass over the bytes, run before any decoding, so a deeply nested document costs no
+// more than its length.
+func checkDepth(path string, text []byte, limit int) error {
+	depth := 0
+	inString, escaped := false, false
+	for _, c := range text {
+		switch {
+		case inString:
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '{' || c == '[':
+			depth++
+			if depth > limit {
+				return fmt.Errorf("%w: %s: nested more than %d levels", ErrInvalidMetadata, path, limit)
+			}
+		case c == '}' || c == ']':
+			depth--
+		}
+	}
+	return nil
+}
+
 // parseObject decodes raw as one JSON object. Duplicate member names are refused.
 func parseObject(path string, raw []byte) (*object, error) {
 	raw = bytes.TrimSpace(raw)
@@ -111,6 +142,19 @@ func (o *object) str(name string) (string, error) {
 	return s, nil
 }
 
+// nonEmptyStr returns a required string member that must not be empty (cryptsetup's
+// json_contains_string).
+func (o *object) nonEmptyStr(name string) (string, error) {
+	s, err := o.str(name)
+	if err != nil {
+		return "", err
+	}
+	if s == "" {
+		return "", o.errorf(name, "empty string")
+	}
+	return s, nil
+}
+
 // integer returns a required member that must be a plain JSON integer in [lo, hi].
 func (o *object) integer(name string, lo, hi int64) (int64, error) {
 	v, err := o.required(name)
@@ -178,12 +222,21 @@ func (o *object) strings(name string, maxLen int) ([]string, error) {
 	if len(v) == 0 || v[0] != '[' {
 		return nil, o.errorf(name, "want an array of strings")
 	}
-	var out []string
-	if err := json.Unmarshal(v, &out); err != nil {
+	// Elements are checked one by one: json.Unmarshal would turn a null element into "".
+	var elems []json.RawMessage
+	if err := json.Unmarshal(v, &elems); err != nil {
 		return nil, o.errorf(name, "want an array of strings")
 	}
-	if len(out) > maxLen {
-		return nil, o.errorf(name, "%d entries, at most %d allowed", len(out), maxLen)
+	if len(elems) > maxLen {
+		return nil, o.errorf(name, "%d entries, at most %d allowed", len(elems), maxLen)
+	}
+	out := make([]string, 0, len(elems))
+	for _, e := range elems {
+		var s string
+		if len(e) == 0 || e[0] != '"' || json.Unmarshal(e, &s) != nil {
+			return nil, o.errorf(name, "want an array of strings")
+		}
+		out = append(out, s)
 	}
 	return out, nil
 }

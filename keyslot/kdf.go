@@ -1,6 +1,7 @@
 package keyslot
 
 import (
+	"context"
 	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/sha512"
@@ -9,7 +10,6 @@ import (
 	"math"
 
 	"golang.org/x/crypto/argon2"
-	"golang.org/x/crypto/pbkdf2"
 )
 
 // KDF types.
@@ -21,10 +21,17 @@ const (
 
 // Limits on KDF costs: cryptsetup's (lib/utils_pbkdf.c, crypt_pbkdf_get_limits). Values read
 // from disk outside them are refused before any work is done, so a crafted header cannot make
-// an unlock run for days or allocate without bound.
+// an unlock run for days or allocate without bound; within them, [Image.UnlockContext] stops
+// a long derivation when its context ends.
+//
+// MaxPBKDF2Iterations, for keyslots and digests, is 2^31-1 rather than the 2^32-1 of
+// crypt_pbkdf_get_limits: cryptsetup 2.6.1 writes iteration counts with json_object_new_int
+// (a 32-bit int), reads a keyslot's with json_object_get_int (which saturates at 2^31-1), and
+// its OpenSSL backend refuses more than INT_MAX ("PBKDF2 iteration value overflow"); a larger
+// count is one cryptsetup can neither make nor open as written.
 const (
 	MinPBKDF2Iterations = 1000
-	MaxPBKDF2Iterations = math.MaxUint32
+	MaxPBKDF2Iterations = math.MaxInt32
 	MinArgon2Time       = 4
 	MaxArgon2Time       = math.MaxUint32
 	MinArgon2Memory     = 32      // KiB
@@ -190,15 +197,20 @@ func (k KDF) checkNew() error {
 	return nil
 }
 
-// derive runs the KDF over the passphrase, producing keyLen bytes.
-func (k KDF) derive(passphrase []byte, keyLen int) ([]byte, error) {
+// derive runs the KDF over the passphrase, producing keyLen bytes. PBKDF2 stops with an error
+// wrapping ctx.Err() when ctx ends; Argon2, whose costs are capped in memory and threads,
+// looks at ctx only before it starts.
+func (k KDF) derive(ctx context.Context, passphrase []byte, keyLen int) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("keyslot: key derivation: %w", err)
+	}
 	switch k.Type {
 	case KDFPBKDF2:
 		h, err := hashByName(k.Hash)
 		if err != nil {
 			return nil, err
 		}
-		return pbkdf2.Key(passphrase, k.Salt, k.Iterations, keyLen, h.new), nil
+		return pbkdf2Key(ctx, passphrase, k.Salt, k.Iterations, keyLen, h.new)
 	case KDFArgon2i:
 		return argon2.Key(passphrase, k.Salt, uint32(k.Time), uint32(k.Memory), uint8(k.Threads), uint32(keyLen)), nil
 	case KDFArgon2id:

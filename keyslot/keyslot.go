@@ -2,6 +2,7 @@ package keyslot
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -30,6 +31,10 @@ type SlotInfo struct {
 	AreaEncryption       string
 	AreaKeySize          int
 	AFHash               string
+	// Unbound reports a keyslot whose digest covers no segment (cryptsetup luksAddKey
+	// --unbound): the key it holds is not the volume key. Unlock never returns it (with
+	// AnyKeyslot it is not tried; named, it gives ErrUnboundKeyslot); KeyslotKey does.
+	Unbound bool
 }
 
 // SlotOptions describe a new keyslot.
@@ -59,18 +64,31 @@ func (img *Image) Keyslots() []SlotInfo {
 			info.AreaOffset, info.AreaSize = ks.area.offset, ks.area.size
 			info.AreaEncryption, info.AreaKeySize = ks.area.encryption, ks.area.keySize
 			info.AFHash = ks.afHash
+			info.Unbound = !m.boundToData(id)
 		}
 		out = append(out, info)
 	}
 	return out
 }
 
-// Unlock returns the volume key and the id of the keyslot that opened with passphrase. With
-// slot AnyKeyslot it tries keyslots of priority prefer, then normal, each in id order, and
-// never those of priority ignore; a named slot is tried whatever its priority. A passphrase
-// that opens no keyslot gives an error matching ErrWrongPassphrase. The caller should clear
-// the returned key when done with it.
+// Unlock returns the volume key and the id of the keyslot that opened with passphrase. The
+// key is always checked against the digest of the data segment (segment 0). With slot
+// AnyKeyslot it tries the keyslots bound to the data segment, of priority prefer, then
+// normal, each in id order, and never those of priority ignore nor unbound ones (see
+// [SlotInfo.Unbound]). A named slot is tried whatever its priority; a named unbound keyslot
+// that opens gives an error matching ErrUnboundKeyslot and no key ([Image.KeyslotKey] returns
+// its key). A passphrase that opens no keyslot gives an error matching ErrWrongPassphrase.
+// The caller should clear the returned key when done with it.
 func (img *Image) Unlock(passphrase []byte, slot int) ([]byte, int, error) {
+	return img.UnlockContext(context.Background(), passphrase, slot)
+}
+
+// UnlockContext is [Image.Unlock] with a context: key derivation and the digest check stop
+// when ctx ends (pbkdf2 within about a millisecond; argon2 is not interrupted once started),
+// and the error then wraps ctx.Err() instead of ErrWrongPassphrase. A header may ask for up
+// to MaxPBKDF2Iterations, which takes many minutes; give a context with a deadline, or one
+// cancelled on an interrupt, when the image may come from someone else.
+func (img *Image) UnlockContext(ctx context.Context, passphrase []byte, slot int) ([]byte, int, error) {
 	m := img.snapshot().meta
 
 	var order []int
@@ -85,7 +103,7 @@ func (img *Image) Unlock(passphrase []byte, slot int) ([]byte, int, error) {
 		order = []int{slot}
 	} else {
 		for _, id := range sortedKeys(m.keyslots) {
-			if ks := m.keyslots[id]; ks.typ == keyslotLUKS2 && ks.priority != PriorityIgnore {
+			if ks := m.keyslots[id]; ks.typ == keyslotLUKS2 && ks.priority != PriorityIgnore && m.boundToData(id) {
 				order = append(order, id)
 			}
 		}
@@ -102,9 +120,16 @@ func (img *Image) Unlock(passphrase []byte, slot int) ([]byte, int, error) {
 	var errs []error
 	allWrong := true
 	for _, id := range order {
-		key, err := img.openKeyslot(m, id, passphrase)
+		key, err := img.openKeyslot(ctx, m, id, passphrase)
 		if err == nil {
+			if !m.boundToData(id) {
+				clear(key)
+				return nil, -1, fmt.Errorf("keyslot %d: %w", id, ErrUnboundKeyslot)
+			}
 			return key, id, nil
+		}
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return nil, -1, fmt.Errorf("keyslot %d: %w", id, err)
 		}
 		if !errors.Is(err, ErrWrongPassphrase) {
 			allWrong = false
@@ -120,9 +145,29 @@ func (img *Image) Unlock(passphrase []byte, slot int) ([]byte, int, error) {
 	return nil, -1, fmt.Errorf("keyslot: no keyslot opened: %w", errors.Join(errs...))
 }
 
+// KeyslotKey returns the key keyslot slot holds when passphrase opens it, checked against
+// that keyslot's own digest: the volume key for a keyslot bound to the data segment, another
+// key for an unbound one (cryptsetup luksAddKey --unbound). Key derivation stops when ctx
+// ends, as in [Image.UnlockContext]. The caller should clear the returned key.
+func (img *Image) KeyslotKey(ctx context.Context, passphrase []byte, slot int) ([]byte, error) {
+	m := img.snapshot().meta
+	ks, ok := m.keyslots[slot]
+	if !ok {
+		return nil, fmt.Errorf("%w: keyslot %d", ErrKeyslotNotFound, slot)
+	}
+	if ks.typ != keyslotLUKS2 {
+		return nil, fmt.Errorf("%w: keyslot %d is of type %q and holds no key", ErrUnsupported, slot, ks.typ)
+	}
+	key, err := img.openKeyslot(ctx, m, slot, passphrase)
+	if err != nil {
+		return nil, fmt.Errorf("keyslot %d: %w", slot, err)
+	}
+	return key, nil
+}
+
 // openKeyslot derives the keyslot key, decrypts and merges the keyslot material and checks
 // the result against the digest.
-func (img *Image) openKeyslot(m *metadata, id int, passphrase []byte) ([]byte, error) {
+func (img *Image) openKeyslot(ctx context.Context, m *metadata, id int, passphrase []byte) ([]byte, error) {
 	ks := m.keyslots[id]
 	_, d := m.digestOfKeyslot(id)
 	if d == nil {
@@ -140,7 +185,7 @@ func (img *Image) openKeyslot(m *metadata, id int, passphrase []byte) ([]byte, e
 	}
 	defer clear(material)
 
-	areaKey, err := ks.kdf.derive(passphrase, ks.area.keySize)
+	areaKey, err := ks.kdf.derive(ctx, passphrase, ks.area.keySize)
 	if err != nil {
 		return nil, err
 	}
@@ -152,7 +197,7 @@ func (img *Image) openKeyslot(m *metadata, id int, passphrase []byte) ([]byte, e
 	if err != nil {
 		return nil, err
 	}
-	ok, err := d.verify(key)
+	ok, err := d.verify(ctx, key)
 	if err != nil {
 		clear(key)
 		return nil, err
@@ -186,7 +231,7 @@ func (img *Image) VerifyVolumeKey(volumeKey []byte) error {
 	if d == nil {
 		return fmt.Errorf("%w: no digest covers segment 0", ErrInvalidMetadata)
 	}
-	ok, err := d.verify(volumeKey)
+	ok, err := d.verify(context.Background(), volumeKey)
 	if err != nil {
 		return err
 	}
@@ -222,7 +267,7 @@ func (img *Image) AddKeyslot(volumeKey, passphrase []byte, opts SlotOptions) (in
 		if d == nil {
 			return fmt.Errorf("%w: no digest covers segment 0", ErrInvalidMetadata)
 		}
-		if ok, err := d.verify(volumeKey); err != nil {
+		if ok, err := d.verify(context.Background(), volumeKey); err != nil {
 			return err
 		} else if !ok {
 			return ErrWrongVolumeKey
@@ -278,7 +323,7 @@ func (img *Image) writeKeyslot(st *state, m *metadata, volumeKey, passphrase []b
 	if _, err := io.ReadFull(img.rand, kdf.Salt); err != nil {
 		return nil, fmt.Errorf("keyslot: reading random KDF salt: %w", err)
 	}
-	areaKey, err := kdf.derive(passphrase, areaKeySize)
+	areaKey, err := kdf.derive(context.Background(), passphrase, areaKeySize)
 	if err != nil {
 		return nil, err
 	}
@@ -353,20 +398,30 @@ func (m *metadata) allocArea(hdrSize uint64, keySize int) (uint64, uint64, error
 
 // RemoveKeyslot destroys a keyslot: its area is overwritten with random bytes and synced,
 // then it is removed from the metadata, its digest and any token that names it (cryptsetup's
-// order). Removing the last keyslot is refused with ErrLastKeyslot; [Image.Erase] does that.
+// order). Removing the last keyslot bound to the data segment is refused with ErrLastKeyslot
+// (unbound keyslots do not open the data); [Image.Erase] does that.
+//
+// Unlike every other change, removing a luks2 keyslot is allowed on an image with unmet
+// requirements, as cryptsetup's luksKillSlot allows it; the requirements are kept.
 func (img *Image) RemoveKeyslot(slot int) error {
-	return img.update(func(st *state, m *metadata) error {
+	return img.updateWith(context.Background(), true, func(st *state, m *metadata) error {
 		ks, ok := m.keyslots[slot]
 		if !ok {
 			return fmt.Errorf("%w: keyslot %d", ErrKeyslotNotFound, slot)
 		}
-		luks2 := 0
-		for _, k := range m.keyslots {
-			if k.typ == keyslotLUKS2 {
-				luks2++
+		if req := m.config.mandatory; len(req) > 0 && ks.typ != keyslotLUKS2 {
+			// Keyslots of other types hold the state of a feature this package does not
+			// know (online reencryption): leave them alone.
+			return fmt.Errorf("%w: the image requires %q; keyslot %d of type %q may not be removed", ErrUnmetRequirement, req, slot, ks.typ)
+		}
+		// Only keyslots bound to the data segment open the data; unbound ones do not count.
+		bound := 0
+		for id, k := range m.keyslots {
+			if k.typ == keyslotLUKS2 && m.boundToData(id) {
+				bound++
 			}
 		}
-		if ks.typ == keyslotLUKS2 && luks2 == 1 {
+		if ks.typ == keyslotLUKS2 && m.boundToData(slot) && bound == 1 {
 			return fmt.Errorf("%w: keyslot %d", ErrLastKeyslot, slot)
 		}
 		return img.destroyKeyslot(m, slot)
@@ -375,6 +430,10 @@ func (img *Image) RemoveKeyslot(slot int) error {
 
 // Erase destroys every keyslot (cryptsetup luksErase): the data becomes unrecoverable by
 // anyone without a copy of the volume key. Tokens are kept, with their keyslot lists emptied.
+// An image with unmet requirements is refused with ErrUnmetRequirement, although cryptsetup
+// 2.6.1 erases it: Erase would also remove keyslots of types this package does not know,
+// which hold the state of the unknown feature; remove the luks2 keyslots one by one with
+// [Image.RemoveKeyslot] instead.
 func (img *Image) Erase() error {
 	return img.update(func(st *state, m *metadata) error {
 		for _, id := range sortedKeys(m.keyslots) {

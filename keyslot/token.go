@@ -131,6 +131,10 @@ func checkNewToken(token []byte) (json.RawMessage, error) {
 	if t := bytes.TrimSpace(token); len(t) == 0 || t[0] != '{' {
 		return nil, fmt.Errorf("%w: token: not a JSON object", ErrInvalidMetadata)
 	}
+	// A token is at level 3 of the metadata (document, "tokens", the token).
+	if err := checkDepth("token", token, MaxJSONDepth-2); err != nil {
+		return nil, err
+	}
 	canon, err := canonical("token", token, 0)
 	if err != nil {
 		return nil, err

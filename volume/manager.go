@@ -429,7 +429,7 @@ func (m *Manager) unlock(ctx context.Context, img *keyslot.Image) (key []byte, i
 	if err != nil {
 		return nil, 0, nil, u, fmt.Errorf("unwrapping the passphrase with key %s: %w", tok.KeyID, err)
 	}
-	key, _, err = img.Unlock(u.Plaintext, slot)
+	key, _, err = img.UnlockContext(ctx, u.Plaintext, slot)
 	if err != nil {
 		return key, 0, nil, u, fmt.Errorf("opening keyslot %d: %w", slot, err)
 	}
@@ -537,7 +537,7 @@ func (m *Manager) Adopt(ctx context.Context, path string, passphrase []byte, key
 	if seg := img.Segment(); seg.Encryption != keyslot.SegmentEncryption {
 		return nil, fmt.Errorf("volume: adopt %s: %w: data cipher %q", path, ErrUnsupportedImage, seg.Encryption)
 	}
-	vk, _, err := img.Unlock(passphrase, keyslot.AnyKeyslot)
+	vk, _, err := img.UnlockContext(ctx, passphrase, keyslot.AnyKeyslot)
 	if err != nil {
 		return nil, fmt.Errorf("volume: adopt %s: %w", path, err)
 	}
