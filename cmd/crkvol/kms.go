@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -20,10 +21,30 @@ func (a *app) kmsCommand() *cobra.Command {
 	k := group("kms", "Serve the Key Protect API v2, and manage its instances and API keys")
 
 	var listen, cert, keyFile, static, addrFile string
+	var insecure bool
 	serve := &cobra.Command{Use: "serve", Short: "Serve the Key Protect API v2 on HTTP(S)", Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if (cert == "") != (keyFile == "") {
 				return usagef("kms serve: give both --tls-cert and --tls-key, or neither")
+			}
+			loopback := loopbackAddress(listen)
+			if err := checkListen(listen, loopback, cert != "", insecure, static != ""); err != nil {
+				return err
+			}
+			ln, err := net.Listen("tcp", listen)
+			if err != nil {
+				return fmt.Errorf("kms serve: %w", err)
+			}
+			defer ln.Close()
+			// A name such as localhost is taken as loopback before listening; check what was
+			// actually bound too.
+			if tcp, ok := ln.Addr().(*net.TCPAddr); ok && loopback && !tcp.IP.IsLoopback() {
+				if err := checkListen(listen, false, cert != "", insecure, static != ""); err != nil {
+					return err
+				}
+			}
+			if !loopback && cert == "" {
+				fmt.Fprintf(a.stderr, "crkvol: kms serve: warning: serving plain HTTP on non-loopback address %s (--insecure): tokens, API keys and key material cross the network unencrypted\n", listen)
 			}
 			tenants, err := a.tenants()
 			if err != nil {
@@ -32,10 +53,6 @@ func (a *app) kmsCommand() *cobra.Command {
 			defer tenants.Close()
 			if static != "" {
 				tenants.SetStaticToken(static)
-			}
-			ln, err := net.Listen("tcp", listen)
-			if err != nil {
-				return fmt.Errorf("kms serve: %w", err)
 			}
 			srv := &http.Server{
 				Handler:           kpapi.NewServer(tenants),
@@ -104,7 +121,8 @@ func (a *app) kmsCommand() *cobra.Command {
 	serve.Flags().StringVar(&listen, "listen", "127.0.0.1:8410", "address to listen on")
 	serve.Flags().StringVar(&cert, "tls-cert", "", "TLS certificate file")
 	serve.Flags().StringVar(&keyFile, "tls-key", "", "TLS private key file")
-	serve.Flags().StringVar(&static, "static-token", "", "also accept this bearer token for every instance (tests only)")
+	serve.Flags().StringVar(&static, "static-token", "", "also accept this bearer token for every instance (tests only; loopback addresses only)")
+	serve.Flags().BoolVar(&insecure, "insecure", false, "allow plain HTTP on a non-loopback address (tokens and key material cross the network unencrypted)")
 	serve.Flags().StringVar(&addrFile, "addr-file", "", "write the serving URL to this file once listening")
 
 	instance := group("instance", "Manage service instances")
@@ -151,6 +169,37 @@ func (a *app) kmsCommand() *cobra.Command {
 	apikey.AddCommand(create)
 	k.AddCommand(serve, instance, apikey)
 	return k
+}
+
+// loopbackAddress reports whether the listen address addr (host:port) names only loopback
+// interfaces: a loopback IP address, or localhost. An empty host (every interface), any other
+// IP address and any other host name count as non-loopback; names are not resolved.
+func loopbackAddress(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") || strings.HasSuffix(strings.ToLower(host), ".localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// checkListen refuses what kms serve must not do on a network: plain HTTP on a non-loopback
+// address without --insecure (bearer tokens, API keys and unwrapped key material would cross
+// the network in clear text), and a static token on a non-loopback address at all (it never
+// expires, cannot be revoked and is valid for every instance).
+func checkListen(addr string, loopback, tls, insecure, static bool) error {
+	switch {
+	case loopback:
+		return nil
+	case static:
+		return usagef("kms serve: --static-token is only allowed on a loopback address, not %s", addr)
+	case !tls && !insecure:
+		return usagef("kms serve: refusing to serve plain HTTP on non-loopback address %s\ncrkvol: hint: use --tls-cert and --tls-key, or --insecure to serve plain HTTP anyway", addr)
+	}
+	return nil
 }
 
 // tenants opens the state directory's instances.
