@@ -129,7 +129,8 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 	}
 }
 
-// decode reads a JSON body into v strictly by type; an empty body, {} and null leave v as is.
+// decode reads a JSON body into v strictly: by type, with no member given twice in any object
+// (see checkMembers) and nothing after the value; an empty body, {} and null leave v as is.
 func decode(r *http.Request, v any) error {
 	raw, err := io.ReadAll(r.Body)
 	if err != nil {
@@ -143,8 +144,15 @@ func decode(r *http.Request, v any) error {
 	if t == "" || t == "null" || t == "{}" {
 		return nil
 	}
+	if err := checkMembers([]byte(t)); err != nil {
+		return err
+	}
 	dec := json.NewDecoder(strings.NewReader(t))
 	if err := dec.Decode(v); err != nil {
+		var ae *apiError
+		if errors.As(err, &ae) {
+			return ae
+		}
 		return badRequest("BAD_BODY_ERR", "invalid JSON body: "+err.Error(), "")
 	}
 	if err := dec.Decode(&struct{}{}); err != io.EOF {
@@ -289,10 +297,10 @@ func (s *Server) getKey(q *request, withPayload bool) error {
 }
 
 type actionBody struct {
-	Plaintext  *string  `json:"plaintext"`
-	Ciphertext *string  `json:"ciphertext"`
-	AAD        []string `json:"aad"`
-	Payload    *string  `json:"payload"`
+	Plaintext  *string `json:"plaintext"`
+	Ciphertext *string `json:"ciphertext"`
+	AAD        aadList `json:"aad"`
+	Payload    *string `json:"payload"`
 }
 
 func version(v crk.Version) *KeyVersion {

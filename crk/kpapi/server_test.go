@@ -423,3 +423,50 @@ func mat(n int, seed byte) []byte {
 	}
 	return b
 }
+
+// TestStrictBodies: a member given twice (in any letter case, at any depth) and a null inside
+// aad are refused with 400 and a reason naming the member, instead of the last value winning
+// or null becoming "".
+func TestStrictBodies(t *testing.T) {
+	e := newEnv(t)
+	k, err := e.client.CreateRootKey(e.ctx, "key1", nil)
+	require.NoError(t, err)
+	keys := e.srv.URL + "/api/v2/keys"
+	wrap := keys + "/" + k.ID + "/actions/wrap"
+	p1 := base64.StdEncoding.EncodeToString(mat(32, 1))
+	p2 := base64.StdEncoding.EncodeToString(mat(32, 2))
+	for _, tc := range []struct {
+		name, url, body string
+		status          int
+		code, msg       string
+	}{
+		{"duplicate plaintext", wrap, `{"plaintext":"` + p1 + `","plaintext":"` + p2 + `"}`, 400, "BAD_BODY_ERR", `duplicate member "plaintext"`},
+		{"duplicate aad", wrap, `{"plaintext":"` + p1 + `","aad":["a"],"aad":["b"]}`, 400, "BAD_BODY_ERR", `duplicate member "aad"`},
+		{"duplicate in another case", wrap, `{"plaintext":"` + p1 + `","PlainText":"` + p2 + `"}`, 400, "BAD_BODY_ERR", `duplicate member "PlainText"`},
+		{"duplicate with escapes", wrap, `{"plaintext":"` + p1 + `","pl\u0061intext":"` + p2 + `"}`, 400, "BAD_BODY_ERR", `duplicate member "plaintext"`},
+		{"duplicate nested", keys, `{"resources":[{"name":"a","name":"b"}]}`, 400, "BAD_BODY_ERR", `duplicate member "name" in resources[0]`},
+		{"duplicate top level of create", keys, `{"resources":[{"name":"a"}],"resources":[{"name":"b"}]}`, 400, "BAD_BODY_ERR", `duplicate member "resources"`},
+		{"duplicate ciphertext", keys + "/" + k.ID + "/actions/unwrap", `{"ciphertext":"AAAA","ciphertext":"BBBB"}`, 400, "BAD_BODY_ERR", `duplicate member "ciphertext"`},
+		{"null in aad", wrap, `{"plaintext":"` + p1 + `","aad":["a",null]}`, 400, "INVALID_FIELD_ERR", `aad[1] is null`},
+		{"null only in aad", wrap, `{"aad":[null]}`, 400, "INVALID_FIELD_ERR", `aad[0] is null`},
+		{"number in aad", wrap, `{"aad":[1]}`, 400, "BAD_BODY_ERR", `aad`},
+		{"same name in different objects", keys, `{"metadata":{"collectionTotal":1},"resources":[{"name":"ok","description":"metadata"}]}`, 201, "", ""},
+		{"aad null as a whole", wrap, `{"plaintext":"` + p1 + `","aad":null}`, 200, "", ""},
+		{"empty aad", wrap, `{"plaintext":"` + p1 + `","aad":[]}`, 200, "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := e.do(t, http.MethodPost, tc.url, tc.body, nil)
+			raw, _ := io.ReadAll(resp.Body)
+			require.Equal(t, tc.status, resp.StatusCode, "%s", raw)
+			if tc.code == "" {
+				return
+			}
+			var env ErrorBody
+			require.NoError(t, json.Unmarshal(raw, &env), "%s", raw)
+			require.Len(t, env.Resources, 1)
+			require.NotEmpty(t, env.Resources[0].Reasons)
+			assert.Equal(t, tc.code, env.Resources[0].Reasons[0].Code)
+			assert.Contains(t, env.Resources[0].Reasons[0].Message, tc.msg)
+		})
+	}
+}
