@@ -95,12 +95,12 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 		return
 	}
 	auth := r.Header.Get("Authorization")
-	tok, ok := strings.CutPrefix(auth, "Bearer ")
-	if auth != "" && (!ok || strings.TrimSpace(tok) == "") {
+	tok, ok := bearerToken(auth)
+	if auth != "" && !ok {
 		writeError(w, badRequest("BEARER_SUB_EXTRACTION_ERR", "the Authorization header must be \"Bearer <token>\"", "authorization"))
 		return
 	}
-	svc, err := s.tenants.Authorize(strings.TrimSpace(tok), instance)
+	svc, err := s.tenants.Authorize(tok, instance)
 	if err != nil {
 		if !errors.Is(err, ErrUnauthorized) {
 			// The instance exists but its store did not open: a failure, not a refusal.
@@ -127,6 +127,19 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 		}
 		writeError(w, err)
 	}
+}
+
+// bearerToken returns the token of an Authorization header value "Bearer <token>". The scheme
+// is matched without regard to letter case (RFC 7235 section 2.1: "bearer", "BEARER") and
+// may be followed by any run of spaces or tabs; ok is false for another scheme or no token.
+func bearerToken(auth string) (tok string, ok bool) {
+	auth = strings.Trim(auth, " \t")
+	i := strings.IndexAny(auth, " \t")
+	if i < 0 || !strings.EqualFold(auth[:i], "Bearer") {
+		return "", false
+	}
+	tok = strings.Trim(auth[i:], " \t")
+	return tok, tok != ""
 }
 
 // decode reads a JSON body into v strictly: by type, with no member given twice in any object

@@ -470,3 +470,31 @@ func TestStrictBodies(t *testing.T) {
 		})
 	}
 }
+
+// TestAuthorizationScheme: the auth scheme is case-insensitive (RFC 7235 section 2.1), so
+// "bearer", "BEARER" and "Bearer" all work; other schemes and a missing token do not.
+func TestAuthorizationScheme(t *testing.T) {
+	e := newEnv(t)
+	for _, tc := range []struct {
+		name, auth string
+		status     int
+	}{
+		{"canonical", "Bearer " + staticToken, http.StatusOK},
+		{"lower case", "bearer " + staticToken, http.StatusOK},
+		{"upper case", "BEARER " + staticToken, http.StatusOK},
+		{"mixed case", "bEaReR " + staticToken, http.StatusOK},
+		{"several spaces", "Bearer   " + staticToken, http.StatusOK},
+		{"tab", "bearer\t" + staticToken, http.StatusOK},
+		{"wrong token", "bearer wrong", http.StatusUnauthorized},
+		{"no separator", "bearer" + staticToken, http.StatusBadRequest},
+		{"no token", "bearer", http.StatusBadRequest},
+		{"blank token", "BEARER   ", http.StatusBadRequest},
+		{"other scheme", "Basic " + staticToken, http.StatusBadRequest},
+		{"prefix of bearer", "Bear " + staticToken, http.StatusBadRequest},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := e.do(t, http.MethodGet, e.srv.URL+"/api/v2/keys", "", http.Header{"Authorization": {tc.auth}})
+			assert.Equal(t, tc.status, resp.StatusCode)
+		})
+	}
+}
