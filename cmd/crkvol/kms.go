@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -75,8 +76,8 @@ func (a *app) kmsCommand() *cobra.Command {
 					return err
 				}
 			}
-			// Rotation policies: run what is due now and then every 10 seconds. The loop is
-			// joined before the stores close.
+			// Rotation policies: run what is due now and then every 10 seconds, dropping expired
+			// bearer tokens on the way. The loop is joined before the stores close.
 			dueDone := make(chan struct{})
 			defer func() { stop(); <-dueDone }()
 			go func() {
@@ -84,6 +85,7 @@ func (a *app) kmsCommand() *cobra.Command {
 				t := time.NewTicker(10 * time.Second)
 				defer t.Stop()
 				for {
+					tenants.ExpireTokens()
 					if _, err := tenants.RunDue(ctx); err != nil {
 						fmt.Fprintf(a.stderr, "crkvol: kms serve: due rotations: %v\n", err)
 					}
@@ -160,13 +162,63 @@ func (a *app) kmsCommand() *cobra.Command {
 				return fmt.Errorf("kms apikey create: %w", err)
 			}
 			if a.asJSON {
-				return a.emit(map[string]string{"apikey": key, "instance": inst})
+				return a.emit(map[string]string{"apikey": key, "id": kpapi.APIKeyID(key), "instance": inst})
 			}
 			fmt.Fprintln(a.stdout, key)
 			return nil
 		}}
 	create.Flags().StringVar(&inst, "instance", "", "instance id (default: the default instance)")
-	apikey.AddCommand(create)
+	var listInst string
+	list := &cobra.Command{Use: "list", Short: "List API keys by id, instance and creation time (never the keys)", Args: args(cobra.NoArgs),
+		RunE: func(_ *cobra.Command, _ []string) error {
+			tenants, err := a.tenants()
+			if err != nil {
+				return err
+			}
+			defer tenants.Close()
+			all, err := tenants.ListAPIKeys()
+			if err != nil {
+				return fmt.Errorf("kms apikey list: %w", err)
+			}
+			type row struct {
+				ID       string    `json:"id"`
+				Instance string    `json:"instance"`
+				Created  time.Time `json:"created"`
+			}
+			rows := []row{}
+			for _, k := range all {
+				if listInst == "" || strings.EqualFold(k.Instance, listInst) {
+					rows = append(rows, row{k.ID, k.Instance, k.Created})
+				}
+			}
+			if a.asJSON {
+				return a.emit(rows)
+			}
+			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "ID\tINSTANCE\tCREATED")
+			for _, r := range rows {
+				fmt.Fprintf(w, "%s\t%s\t%s\n", r.ID, r.Instance, r.Created.UTC().Format(time.RFC3339))
+			}
+			return w.Flush()
+		}}
+	list.Flags().StringVar(&listInst, "instance", "", "list only this instance's keys")
+	revoke := &cobra.Command{Use: "revoke ID", Short: "Revoke an API key by its id (see list); its tokens stop working at once", Args: args(cobra.ExactArgs(1)),
+		RunE: func(_ *cobra.Command, args []string) error {
+			tenants, err := a.tenants()
+			if err != nil {
+				return err
+			}
+			defer tenants.Close()
+			if err := tenants.RevokeAPIKey(args[0]); err != nil {
+				return fmt.Errorf("kms apikey revoke: %w", err)
+			}
+			if a.asJSON {
+				return a.emit(map[string]string{"revoked": args[0]})
+			}
+			fmt.Fprintf(a.stdout, "revoked API key %s\n", args[0])
+			return nil
+		}}
+	apikey.AddCommand(create, list, revoke)
 	k.AddCommand(serve, instance, apikey)
 	return k
 }

@@ -479,6 +479,13 @@ type APIKeyInfo struct {
 // keyID is the id of the API key whose hex sha256 is hash.
 func keyID(hash string) string { return hash[:min(16, len(hash))] }
 
+// APIKeyID returns the id by which [Tenants.ListAPIKeys] shows an API key and
+// [Tenants.RevokeAPIKey] takes it.
+func APIKeyID(apiKey string) string {
+	sum := sha256.Sum256([]byte(apiKey))
+	return keyID(hex.EncodeToString(sum[:]))
+}
+
 // ListAPIKeys returns the API keys of every instance, oldest first.
 func (t *Tenants) ListAPIKeys() ([]APIKeyInfo, error) {
 	t.mu.Lock()

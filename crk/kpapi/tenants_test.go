@@ -140,6 +140,7 @@ func TestAPIKeyListRevoke(t *testing.T) {
 	}
 	assert.Len(t, ids, 3, "ids are distinct")
 	assert.Equal(t, inst, list[0].Instance)
+	assert.Equal(t, []string{APIKeyID(k1), APIKeyID(k2), APIKeyID(k3)}, []string{list[0].ID, list[1].ID, list[2].ID})
 	assert.Equal(t, other, list[2].Instance)
 
 	t1, _, err := tenants.Exchange(k1)
