@@ -498,3 +498,42 @@ func TestAuthorizationScheme(t *testing.T) {
 		})
 	}
 }
+
+// FuzzCheckMembers: the duplicate-member check never panics, and what it accepts as one JSON
+// value has no object with two members that encoding/json would put in the same field.
+func FuzzCheckMembers(f *testing.F) {
+	for _, s := range []string{
+		`{"plaintext":"AA==","aad":["a","b"]}`, `{"a":1,"A":2}`, `{"a":{"a":{"a":[{"a":1},{"a":2}]}}}`,
+		`[{"x":1,"x":2}]`, `{"\u212a":1,"k":2}`, `{"a":[1,{"b":null}],"b":"}"}`, `{`, `[]`, `"s"`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		err := checkMembers(raw)
+		if err != nil || !json.Valid(raw) {
+			return
+		}
+		var walk func(v any)
+		walk = func(v any) {
+			switch x := v.(type) {
+			case map[string]any:
+				seen := map[string]string{}
+				for k, e := range x {
+					if prev, dup := seen[foldName(k)]; dup {
+						t.Fatalf("accepted members %q and %q in %s", prev, k, raw)
+					}
+					seen[foldName(k)] = k
+					walk(e)
+				}
+			case []any:
+				for _, e := range x {
+					walk(e)
+				}
+			}
+		}
+		var v any
+		if json.Unmarshal(raw, &v) == nil {
+			walk(v)
+		}
+	})
+}
