@@ -25,8 +25,10 @@ import (
 	"crkvol/internal/ident"
 )
 
-// TokenLifetime is how long a bearer token from the token endpoint is valid, on the service
-// clock (crk.Options.Clock).
+// TokenLifetime is how long a bearer token from the token endpoint is valid. It runs on the
+// wall clock, not the service clock (crk.Options.Clock): clients cache tokens by wall-clock
+// time (expires_in), so a service clock moved ahead by a test or simulation must not expire
+// them.
 const TokenLifetime = time.Hour
 
 // MaxTokens is the most bearer tokens a Tenants holds at once. Expired tokens are dropped
@@ -47,15 +49,16 @@ type Tenants struct {
 	dir  string
 	opts crk.Options
 
-	mu        sync.Mutex
-	services  map[string]*crk.Service
-	def       string
-	tokens    map[[sha256.Size]byte]*list.Element // of *tokenEntry
-	order     *list.List                          // tokens, oldest first
-	maxTokens int
-	keys      keySet
-	static    string
-	closed    bool
+	mu         sync.Mutex
+	services   map[string]*crk.Service
+	def        string
+	tokens     map[[sha256.Size]byte]*list.Element // of *tokenEntry
+	order      *list.List                          // tokens, oldest first
+	maxTokens  int
+	tokenClock crk.Clock // the wall clock; tests in this package set a manual one
+	keys       keySet
+	static     string
+	closed     bool
 }
 
 type tokenEntry struct {
@@ -120,7 +123,8 @@ func OpenTenants(dir string, opts crk.Options) (*Tenants, error) {
 		return nil, err
 	}
 	t := &Tenants{dir: dir, opts: opts, services: map[string]*crk.Service{},
-		tokens: map[[sha256.Size]byte]*list.Element{}, order: list.New(), maxTokens: MaxTokens}
+		tokens: map[[sha256.Size]byte]*list.Element{}, order: list.New(), maxTokens: MaxTokens,
+		tokenClock: crk.SystemClock{}}
 	err := t.modify(func(tf *tenantsFile) error {
 		if tf.Default != "" {
 			t.def = tf.Default
@@ -320,13 +324,8 @@ func (t *Tenants) CreateAPIKey(instance string) (string, error) {
 	return key, nil
 }
 
-// now is the service clock's time, by which tokens expire.
-func (t *Tenants) now() time.Time {
-	if t.opts.Clock != nil {
-		return t.opts.Clock.Now()
-	}
-	return time.Now()
-}
+// now is the wall-clock time by which tokens expire.
+func (t *Tenants) now() time.Time { return t.tokenClock.Now() }
 
 // Exchange trades an API key for a bearer token valid for TokenLifetime.
 func (t *Tenants) Exchange(apiKey string) (string, time.Duration, error) {

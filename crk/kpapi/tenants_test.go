@@ -20,11 +20,12 @@ func newTenants(t *testing.T) (*Tenants, *crk.ManualClock, string) {
 	tenants, err := OpenTenants(dir, crk.Options{Clock: clock, MasterKey: bytes.Repeat([]byte{3}, 32)})
 	require.NoError(t, err)
 	t.Cleanup(func() { tenants.Close() })
+	tenants.tokenClock = clock
 	return tenants, clock, dir
 }
 
-// TestTokenExpiry: a token works until its lifetime on the service clock has passed; then it
-// is refused and dropped from the table.
+// TestTokenExpiry: a token works until its lifetime (on the wall clock, here a manual one) has
+// passed; then it is refused and dropped from the table.
 func TestTokenExpiry(t *testing.T) {
 	tenants, clock, _ := newTenants(t)
 	inst, _ := tenants.Default()
