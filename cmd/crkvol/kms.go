@@ -8,7 +8,9 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -20,10 +22,30 @@ func (a *app) kmsCommand() *cobra.Command {
 	k := group("kms", "Serve the Key Protect API v2, and manage its instances and API keys")
 
 	var listen, cert, keyFile, static, addrFile string
+	var insecure bool
 	serve := &cobra.Command{Use: "serve", Short: "Serve the Key Protect API v2 on HTTP(S)", Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if (cert == "") != (keyFile == "") {
 				return usagef("kms serve: give both --tls-cert and --tls-key, or neither")
+			}
+			loopback := loopbackAddress(listen)
+			if err := checkListen(listen, loopback, cert != "", insecure, static != ""); err != nil {
+				return err
+			}
+			ln, err := net.Listen("tcp", listen)
+			if err != nil {
+				return fmt.Errorf("kms serve: %w", err)
+			}
+			defer ln.Close()
+			// A name such as localhost is taken as loopback before listening; check what was
+			// actually bound too.
+			if tcp, ok := ln.Addr().(*net.TCPAddr); ok && loopback && !tcp.IP.IsLoopback() {
+				if err := checkListen(listen, false, cert != "", insecure, static != ""); err != nil {
+					return err
+				}
+			}
+			if !loopback && cert == "" {
+				fmt.Fprintf(a.stderr, "crkvol: kms serve: warning: serving plain HTTP on non-loopback address %s (--insecure): tokens, API keys and key material cross the network unencrypted\n", listen)
 			}
 			tenants, err := a.tenants()
 			if err != nil {
@@ -32,10 +54,6 @@ func (a *app) kmsCommand() *cobra.Command {
 			defer tenants.Close()
 			if static != "" {
 				tenants.SetStaticToken(static)
-			}
-			ln, err := net.Listen("tcp", listen)
-			if err != nil {
-				return fmt.Errorf("kms serve: %w", err)
 			}
 			srv := &http.Server{
 				Handler:           kpapi.NewServer(tenants),
@@ -58,8 +76,8 @@ func (a *app) kmsCommand() *cobra.Command {
 					return err
 				}
 			}
-			// Rotation policies: run what is due now and then every 10 seconds. The loop is
-			// joined before the stores close.
+			// Rotation policies: run what is due now and then every 10 seconds, dropping expired
+			// bearer tokens on the way. The loop is joined before the stores close.
 			dueDone := make(chan struct{})
 			defer func() { stop(); <-dueDone }()
 			go func() {
@@ -67,6 +85,7 @@ func (a *app) kmsCommand() *cobra.Command {
 				t := time.NewTicker(10 * time.Second)
 				defer t.Stop()
 				for {
+					tenants.ExpireTokens()
 					if _, err := tenants.RunDue(ctx); err != nil {
 						fmt.Fprintf(a.stderr, "crkvol: kms serve: due rotations: %v\n", err)
 					}
@@ -104,7 +123,8 @@ func (a *app) kmsCommand() *cobra.Command {
 	serve.Flags().StringVar(&listen, "listen", "127.0.0.1:8410", "address to listen on")
 	serve.Flags().StringVar(&cert, "tls-cert", "", "TLS certificate file")
 	serve.Flags().StringVar(&keyFile, "tls-key", "", "TLS private key file")
-	serve.Flags().StringVar(&static, "static-token", "", "also accept this bearer token for every instance (tests only)")
+	serve.Flags().StringVar(&static, "static-token", "", "also accept this bearer token for every instance (tests only; loopback addresses only)")
+	serve.Flags().BoolVar(&insecure, "insecure", false, "allow plain HTTP on a non-loopback address (tokens and key material cross the network unencrypted)")
 	serve.Flags().StringVar(&addrFile, "addr-file", "", "write the serving URL to this file once listening")
 
 	instance := group("instance", "Manage service instances")
@@ -142,15 +162,96 @@ func (a *app) kmsCommand() *cobra.Command {
 				return fmt.Errorf("kms apikey create: %w", err)
 			}
 			if a.asJSON {
-				return a.emit(map[string]string{"apikey": key, "instance": inst})
+				return a.emit(map[string]string{"apikey": key, "id": kpapi.APIKeyID(key), "instance": inst})
 			}
 			fmt.Fprintln(a.stdout, key)
 			return nil
 		}}
 	create.Flags().StringVar(&inst, "instance", "", "instance id (default: the default instance)")
-	apikey.AddCommand(create)
+	var listInst string
+	list := &cobra.Command{Use: "list", Short: "List API keys by id, instance and creation time (never the keys)", Args: args(cobra.NoArgs),
+		RunE: func(_ *cobra.Command, _ []string) error {
+			tenants, err := a.tenants()
+			if err != nil {
+				return err
+			}
+			defer tenants.Close()
+			all, err := tenants.ListAPIKeys()
+			if err != nil {
+				return fmt.Errorf("kms apikey list: %w", err)
+			}
+			type row struct {
+				ID       string    `json:"id"`
+				Instance string    `json:"instance"`
+				Created  time.Time `json:"created"`
+			}
+			rows := []row{}
+			for _, k := range all {
+				if listInst == "" || strings.EqualFold(k.Instance, listInst) {
+					rows = append(rows, row{k.ID, k.Instance, k.Created})
+				}
+			}
+			if a.asJSON {
+				return a.emit(rows)
+			}
+			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "ID\tINSTANCE\tCREATED")
+			for _, r := range rows {
+				fmt.Fprintf(w, "%s\t%s\t%s\n", r.ID, r.Instance, r.Created.UTC().Format(time.RFC3339))
+			}
+			return w.Flush()
+		}}
+	list.Flags().StringVar(&listInst, "instance", "", "list only this instance's keys")
+	revoke := &cobra.Command{Use: "revoke ID", Short: "Revoke an API key by its id (see list); its tokens stop working at once", Args: args(cobra.ExactArgs(1)),
+		RunE: func(_ *cobra.Command, args []string) error {
+			tenants, err := a.tenants()
+			if err != nil {
+				return err
+			}
+			defer tenants.Close()
+			if err := tenants.RevokeAPIKey(args[0]); err != nil {
+				return fmt.Errorf("kms apikey revoke: %w", err)
+			}
+			if a.asJSON {
+				return a.emit(map[string]string{"revoked": args[0]})
+			}
+			fmt.Fprintf(a.stdout, "revoked API key %s\n", args[0])
+			return nil
+		}}
+	apikey.AddCommand(create, list, revoke)
 	k.AddCommand(serve, instance, apikey)
 	return k
+}
+
+// loopbackAddress reports whether the listen address addr (host:port) names only loopback
+// interfaces: a loopback IP address, or localhost. An empty host (every interface), any other
+// IP address and any other host name count as non-loopback; names are not resolved.
+func loopbackAddress(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") || strings.HasSuffix(strings.ToLower(host), ".localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// checkListen refuses what kms serve must not do on a network: plain HTTP on a non-loopback
+// address without --insecure (bearer tokens, API keys and unwrapped key material would cross
+// the network in clear text), and a static token on a non-loopback address at all (it never
+// expires, cannot be revoked and is valid for every instance).
+func checkListen(addr string, loopback, tls, insecure, static bool) error {
+	switch {
+	case loopback:
+		return nil
+	case static:
+		return usagef("kms serve: --static-token is only allowed on a loopback address, not %s", addr)
+	case !tls && !insecure:
+		return usagef("kms serve: refusing to serve plain HTTP on non-loopback address %s\ncrkvol: hint: use --tls-cert and --tls-key, or --insecure to serve plain HTTP anyway", addr)
+	}
+	return nil
 }
 
 // tenants opens the state directory's instances.

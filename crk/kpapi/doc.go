@@ -3,10 +3,17 @@
 // keyprotect-go-client (v0.15.1) sends and expects, so storage prototypes can test their Key
 // Protect code offline against real key semantics.
 //
-// Every request needs a bearer token and a bluemix-instance header naming a service instance;
+// Every request needs a bearer token ("Authorization: Bearer <token>", the scheme in any
+// letter case as RFC 7235 has it) and a bluemix-instance header naming a service instance;
 // instances are isolated tenants, each with its own crk store. API keys are exchanged for
-// short-lived tokens at POST /identity/token (and /oidc/token), as IAM does. The crk core never
-// imports net/http; this package is the only HTTP layer.
+// short-lived tokens at POST /identity/token (and /oidc/token), as IAM does. Tokens expire on
+// the wall clock after [TokenLifetime], at most [MaxTokens] are held (the oldest is evicted
+// when the table is full), and revoking an API key ([Tenants.RevokeAPIKey]) ends its tokens at
+// once. The crk core never imports net/http; this package is the only HTTP layer.
+//
+// Request bodies are decoded strictly: by type, with nothing after the value, no object
+// member given twice (compared without regard to letter case, as encoding/json matches
+// fields), and no null inside aad; each is refused with 400 and a reason naming the member.
 //
 // Errors use Key Protect's envelope ([ErrorBody]); the status and reason code of each crk
 // sentinel come from crk's error table ([crk.Errors]). Because several sentinels share a reason

@@ -95,12 +95,12 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 		return
 	}
 	auth := r.Header.Get("Authorization")
-	tok, ok := strings.CutPrefix(auth, "Bearer ")
-	if auth != "" && (!ok || strings.TrimSpace(tok) == "") {
+	tok, ok := bearerToken(auth)
+	if auth != "" && !ok {
 		writeError(w, badRequest("BEARER_SUB_EXTRACTION_ERR", "the Authorization header must be \"Bearer <token>\"", "authorization"))
 		return
 	}
-	svc, err := s.tenants.Authorize(strings.TrimSpace(tok), instance)
+	svc, err := s.tenants.Authorize(tok, instance)
 	if err != nil {
 		if !errors.Is(err, ErrUnauthorized) {
 			// The instance exists but its store did not open: a failure, not a refusal.
@@ -129,7 +129,21 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 	}
 }
 
-// decode reads a JSON body into v strictly by type; an empty body, {} and null leave v as is.
+// bearerToken returns the token of an Authorization header value "Bearer <token>". The scheme
+// is matched without regard to letter case (RFC 7235 section 2.1: "bearer", "BEARER") and
+// may be followed by any run of spaces or tabs; ok is false for another scheme or no token.
+func bearerToken(auth string) (tok string, ok bool) {
+	auth = strings.Trim(auth, " \t")
+	i := strings.IndexAny(auth, " \t")
+	if i < 0 || !strings.EqualFold(auth[:i], "Bearer") {
+		return "", false
+	}
+	tok = strings.Trim(auth[i:], " \t")
+	return tok, tok != ""
+}
+
+// decode reads a JSON body into v strictly: by type, with no member given twice in any object
+// (see checkMembers) and nothing after the value; an empty body, {} and null leave v as is.
 func decode(r *http.Request, v any) error {
 	raw, err := io.ReadAll(r.Body)
 	if err != nil {
@@ -143,8 +157,15 @@ func decode(r *http.Request, v any) error {
 	if t == "" || t == "null" || t == "{}" {
 		return nil
 	}
+	if err := checkMembers([]byte(t)); err != nil {
+		return err
+	}
 	dec := json.NewDecoder(strings.NewReader(t))
 	if err := dec.Decode(v); err != nil {
+		var ae *apiError
+		if errors.As(err, &ae) {
+			return ae
+		}
 		return badRequest("BAD_BODY_ERR", "invalid JSON body: "+err.Error(), "")
 	}
 	if err := dec.Decode(&struct{}{}); err != io.EOF {
@@ -289,10 +310,10 @@ func (s *Server) getKey(q *request, withPayload bool) error {
 }
 
 type actionBody struct {
-	Plaintext  *string  `json:"plaintext"`
-	Ciphertext *string  `json:"ciphertext"`
-	AAD        []string `json:"aad"`
-	Payload    *string  `json:"payload"`
+	Plaintext  *string `json:"plaintext"`
+	Ciphertext *string `json:"ciphertext"`
+	AAD        aadList `json:"aad"`
+	Payload    *string `json:"payload"`
 }
 
 func version(v crk.Version) *KeyVersion {

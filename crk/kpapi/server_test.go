@@ -423,3 +423,117 @@ func mat(n int, seed byte) []byte {
 	}
 	return b
 }
+
+// TestStrictBodies: a member given twice (in any letter case, at any depth) and a null inside
+// aad are refused with 400 and a reason naming the member, instead of the last value winning
+// or null becoming "".
+func TestStrictBodies(t *testing.T) {
+	e := newEnv(t)
+	k, err := e.client.CreateRootKey(e.ctx, "key1", nil)
+	require.NoError(t, err)
+	keys := e.srv.URL + "/api/v2/keys"
+	wrap := keys + "/" + k.ID + "/actions/wrap"
+	p1 := base64.StdEncoding.EncodeToString(mat(32, 1))
+	p2 := base64.StdEncoding.EncodeToString(mat(32, 2))
+	for _, tc := range []struct {
+		name, url, body string
+		status          int
+		code, msg       string
+	}{
+		{"duplicate plaintext", wrap, `{"plaintext":"` + p1 + `","plaintext":"` + p2 + `"}`, 400, "BAD_BODY_ERR", `duplicate member "plaintext"`},
+		{"duplicate aad", wrap, `{"plaintext":"` + p1 + `","aad":["a"],"aad":["b"]}`, 400, "BAD_BODY_ERR", `duplicate member "aad"`},
+		{"duplicate in another case", wrap, `{"plaintext":"` + p1 + `","PlainText":"` + p2 + `"}`, 400, "BAD_BODY_ERR", `duplicate member "PlainText"`},
+		{"duplicate with escapes", wrap, `{"plaintext":"` + p1 + `","pl\u0061intext":"` + p2 + `"}`, 400, "BAD_BODY_ERR", `duplicate member "plaintext"`},
+		{"duplicate nested", keys, `{"resources":[{"name":"a","name":"b"}]}`, 400, "BAD_BODY_ERR", `duplicate member "name" in resources[0]`},
+		{"duplicate top level of create", keys, `{"resources":[{"name":"a"}],"resources":[{"name":"b"}]}`, 400, "BAD_BODY_ERR", `duplicate member "resources"`},
+		{"duplicate ciphertext", keys + "/" + k.ID + "/actions/unwrap", `{"ciphertext":"AAAA","ciphertext":"BBBB"}`, 400, "BAD_BODY_ERR", `duplicate member "ciphertext"`},
+		{"null in aad", wrap, `{"plaintext":"` + p1 + `","aad":["a",null]}`, 400, "INVALID_FIELD_ERR", `aad[1] is null`},
+		{"null only in aad", wrap, `{"aad":[null]}`, 400, "INVALID_FIELD_ERR", `aad[0] is null`},
+		{"number in aad", wrap, `{"aad":[1]}`, 400, "BAD_BODY_ERR", `aad`},
+		{"same name in different objects", keys, `{"metadata":{"collectionTotal":1},"resources":[{"name":"ok","description":"metadata"}]}`, 201, "", ""},
+		{"aad null as a whole", wrap, `{"plaintext":"` + p1 + `","aad":null}`, 200, "", ""},
+		{"empty aad", wrap, `{"plaintext":"` + p1 + `","aad":[]}`, 200, "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := e.do(t, http.MethodPost, tc.url, tc.body, nil)
+			raw, _ := io.ReadAll(resp.Body)
+			require.Equal(t, tc.status, resp.StatusCode, "%s", raw)
+			if tc.code == "" {
+				return
+			}
+			var env ErrorBody
+			require.NoError(t, json.Unmarshal(raw, &env), "%s", raw)
+			require.Len(t, env.Resources, 1)
+			require.NotEmpty(t, env.Resources[0].Reasons)
+			assert.Equal(t, tc.code, env.Resources[0].Reasons[0].Code)
+			assert.Contains(t, env.Resources[0].Reasons[0].Message, tc.msg)
+		})
+	}
+}
+
+// TestAuthorizationScheme: the auth scheme is case-insensitive (RFC 7235 section 2.1), so
+// "bearer", "BEARER" and "Bearer" all work; other schemes and a missing token do not.
+func TestAuthorizationScheme(t *testing.T) {
+	e := newEnv(t)
+	for _, tc := range []struct {
+		name, auth string
+		status     int
+	}{
+		{"canonical", "Bearer " + staticToken, http.StatusOK},
+		{"lower case", "bearer " + staticToken, http.StatusOK},
+		{"upper case", "BEARER " + staticToken, http.StatusOK},
+		{"mixed case", "bEaReR " + staticToken, http.StatusOK},
+		{"several spaces", "Bearer   " + staticToken, http.StatusOK},
+		{"tab", "bearer\t" + staticToken, http.StatusOK},
+		{"wrong token", "bearer wrong", http.StatusUnauthorized},
+		{"no separator", "bearer" + staticToken, http.StatusBadRequest},
+		{"no token", "bearer", http.StatusBadRequest},
+		{"blank token", "BEARER   ", http.StatusBadRequest},
+		{"other scheme", "Basic " + staticToken, http.StatusBadRequest},
+		{"prefix of bearer", "Bear " + staticToken, http.StatusBadRequest},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := e.do(t, http.MethodGet, e.srv.URL+"/api/v2/keys", "", http.Header{"Authorization": {tc.auth}})
+			assert.Equal(t, tc.status, resp.StatusCode)
+		})
+	}
+}
+
+// FuzzCheckMembers: the duplicate-member check never panics, and what it accepts as one JSON
+// value has no object with two members that encoding/json would put in the same field.
+func FuzzCheckMembers(f *testing.F) {
+	for _, s := range []string{
+		`{"plaintext":"AA==","aad":["a","b"]}`, `{"a":1,"A":2}`, `{"a":{"a":{"a":[{"a":1},{"a":2}]}}}`,
+		`[{"x":1,"x":2}]`, `{"\u212a":1,"k":2}`, `{"a":[1,{"b":null}],"b":"}"}`, `{`, `[]`, `"s"`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		err := checkMembers(raw)
+		if err != nil || !json.Valid(raw) {
+			return
+		}
+		var walk func(v any)
+		walk = func(v any) {
+			switch x := v.(type) {
+			case map[string]any:
+				seen := map[string]string{}
+				for k, e := range x {
+					if prev, dup := seen[foldName(k)]; dup {
+						t.Fatalf("accepted members %q and %q in %s", prev, k, raw)
+					}
+					seen[foldName(k)] = k
+					walk(e)
+				}
+			case []any:
+				for _, e := range x {
+					walk(e)
+				}
+			}
+		}
+		var v any
+		if json.Unmarshal(raw, &v) == nil {
+			walk(v)
+		}
+	})
+}

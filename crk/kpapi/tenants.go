@@ -1,6 +1,7 @@
 package kpapi
 
 import (
+	"container/list"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -13,7 +14,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -22,28 +25,64 @@ import (
 	"crkvol/internal/ident"
 )
 
-// TokenLifetime is how long a bearer token from the token endpoint is valid.
+// TokenLifetime is how long a bearer token from the token endpoint is valid. It runs on the
+// wall clock, not the service clock (crk.Options.Clock): clients cache tokens by wall-clock
+// time (expires_in), so a service clock moved ahead by a test or simulation must not expire
+// them.
 const TokenLifetime = time.Hour
+
+// MaxTokens is the most bearer tokens a Tenants holds at once. Expired tokens are dropped
+// first; when the table is still full, a new token evicts the oldest one, whose holder gets
+// 401 and fetches another (as keyprotect-go-client does after its cached token's lifetime).
+// 10000 tokens of one hour allow a new token every 0.36 s, sustained, before any live one is
+// evicted, in about 1.5 MB.
+const MaxTokens = 10000
 
 // Tenants holds the service instances of a state directory — the default one (the CLI's
 // embedded store, dir/crk.db) and those made by CreateInstance (dir/instances/ID/crk.db) —
 // their API keys (only sha256 hashes are stored, in dir/tenants.json, mode 0600) and the
-// bearer tokens issued for them (in memory). It is safe for concurrent use.
+// bearer tokens issued for them (in memory, at most [MaxTokens], by sha256 hash). A token is
+// valid for [TokenLifetime] and only while its API key exists: revoking the key, from this
+// process or another one sharing the directory, ends its tokens at once. It is safe for
+// concurrent use.
 type Tenants struct {
 	dir  string
 	opts crk.Options
 
-	mu       sync.Mutex
-	services map[string]*crk.Service
-	def      string
-	tokens   map[string]tokenEntry
-	static   string
-	closed   bool
+	mu         sync.Mutex
+	services   map[string]*crk.Service
+	def        string
+	tokens     map[[sha256.Size]byte]*list.Element // of *tokenEntry
+	order      *list.List                          // tokens, oldest first
+	maxTokens  int
+	tokenClock crk.Clock // the wall clock; tests in this package set a manual one
+	keys       keySet
+	static     string
+	closed     bool
 }
 
 type tokenEntry struct {
+	sum      [sha256.Size]byte // of the token
 	instance string
+	keyHash  string // the hex sha256 of the API key it was issued for
 	expires  time.Time
+}
+
+// keySet caches the API key hashes of tenants.json, with the identity of the file they were
+// read from, so that a revocation by another process is seen at the next request for the
+// cost of a stat.
+type keySet struct {
+	stamp  fileStamp
+	hashes map[string]bool
+}
+
+// fileStamp identifies one version of tenants.json: every change replaces the file by
+// rename, so a new version always has another inode than the one it replaces.
+type fileStamp struct {
+	dev, ino uint64
+	size     int64
+	mtime    time.Time
+	ok       bool
 }
 
 type tenantsFile struct {
@@ -68,6 +107,9 @@ type apiKeyEntry struct {
 // instance.
 var ErrUnauthorized = errors.New("unauthorized")
 
+// ErrAPIKeyNotFound means no API key has the id given.
+var ErrAPIKeyNotFound = errors.New("api key not found")
+
 // errUnknownInstance is the ErrUnauthorized of an instance that does not exist, which the API
 // words differently.
 var errUnknownInstance = errors.New("unknown instance")
@@ -80,7 +122,9 @@ func OpenTenants(dir string, opts crk.Options) (*Tenants, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	t := &Tenants{dir: dir, opts: opts, services: map[string]*crk.Service{}, tokens: map[string]tokenEntry{}}
+	t := &Tenants{dir: dir, opts: opts, services: map[string]*crk.Service{},
+		tokens: map[[sha256.Size]byte]*list.Element{}, order: list.New(), maxTokens: MaxTokens,
+		tokenClock: crk.SystemClock{}}
 	err := t.modify(func(tf *tenantsFile) error {
 		if tf.Default != "" {
 			t.def = tf.Default
@@ -280,6 +324,9 @@ func (t *Tenants) CreateAPIKey(instance string) (string, error) {
 	return key, nil
 }
 
+// now is the wall-clock time by which tokens expire.
+func (t *Tenants) now() time.Time { return t.tokenClock.Now() }
+
 // Exchange trades an API key for a bearer token valid for TokenLifetime.
 func (t *Tenants) Exchange(apiKey string) (string, time.Duration, error) {
 	t.mu.Lock()
@@ -297,35 +344,211 @@ func (t *Tenants) Exchange(apiKey string) (string, time.Duration, error) {
 				return "", 0, err
 			}
 			tok := base64.RawURLEncoding.EncodeToString(b[:])
-			now := time.Now()
-			for old, e := range t.tokens { // forget expired tokens
-				if now.After(e.expires) {
-					delete(t.tokens, old)
-				}
+			now := t.now()
+			t.expireLocked(now)
+			for t.order.Len() >= max(t.maxTokens, 1) {
+				t.removeLocked(t.order.Front())
 			}
-			t.tokens[tok] = tokenEntry{instance: k.Instance, expires: now.Add(TokenLifetime)}
+			e := &tokenEntry{sum: sha256.Sum256([]byte(tok)), instance: k.Instance, keyHash: k.Hash, expires: now.Add(TokenLifetime)}
+			t.tokens[e.sum] = t.order.PushBack(e)
 			return tok, TokenLifetime, nil
 		}
 	}
 	return "", 0, fmt.Errorf("%w: unknown API key", ErrUnauthorized)
 }
 
+// removeLocked forgets one token; t.mu is held.
+func (t *Tenants) removeLocked(el *list.Element) {
+	delete(t.tokens, el.Value.(*tokenEntry).sum)
+	t.order.Remove(el)
+}
+
+// expireLocked drops the tokens expired at now; t.mu is held. Tokens are kept in the order
+// they were issued, all with the same lifetime, so the expired ones are at the front (a clock
+// stepped back may leave some behind the first live one; Authorize still checks each token's
+// expiry, and the table stays bounded).
+func (t *Tenants) expireLocked(now time.Time) {
+	for el := t.order.Front(); el != nil && !now.Before(el.Value.(*tokenEntry).expires); el = t.order.Front() {
+		t.removeLocked(el)
+	}
+}
+
+// ExpireTokens drops the tokens whose lifetime has passed. Exchange and Authorize do it too;
+// a server calls it on a timer so that an idle table empties.
+func (t *Tenants) ExpireTokens() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.expireLocked(t.now())
+}
+
+// TokenCount returns how many bearer tokens are held.
+func (t *Tenants) TokenCount() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.order.Len()
+}
+
+// keyExistsLocked reports whether the API key with this hash is still in tenants.json,
+// re-reading the file only when it has changed since last read; t.mu is held.
+func (t *Tenants) keyExistsLocked(hash string) (bool, error) {
+	st, err := stampOf(filepath.Join(t.dir, "tenants.json"))
+	if err != nil {
+		return false, err
+	}
+	if !st.ok || st != t.keys.stamp || t.keys.hashes == nil {
+		tf, err := t.load()
+		if err != nil {
+			return false, err
+		}
+		hashes := make(map[string]bool, len(tf.APIKeys))
+		for _, k := range tf.APIKeys {
+			hashes[k.Hash] = true
+		}
+		t.keys = keySet{stamp: st, hashes: hashes}
+	}
+	return t.keys.hashes[hash], nil
+}
+
+func stampOf(path string) (fileStamp, error) {
+	fi, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fileStamp{}, nil
+	}
+	if err != nil {
+		return fileStamp{}, err
+	}
+	st := fileStamp{size: fi.Size(), mtime: fi.ModTime(), ok: true}
+	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		st.dev, st.ino = uint64(sys.Dev), sys.Ino
+	} else {
+		st.ok = false // no inode: re-read every time
+	}
+	return st, nil
+}
+
 // Authorize checks a bearer token for an instance and returns the instance's service.
 func (t *Tenants) Authorize(token, instance string) (*crk.Service, error) {
+	if token == "" {
+		return nil, fmt.Errorf("%w: no bearer token", ErrUnauthorized)
+	}
 	t.mu.Lock()
 	static := t.static
-	e, ok := t.tokens[token]
-	t.mu.Unlock()
+	if static != "" && subtle.ConstantTimeCompare([]byte(token), []byte(static)) == 1 {
+		t.mu.Unlock()
+		return t.Service(instance)
+	}
+	now := t.now()
+	t.expireLocked(now)
+	el, ok := t.tokens[sha256.Sum256([]byte(token))]
+	var e *tokenEntry
+	if ok {
+		e = el.Value.(*tokenEntry)
+	}
 	switch {
-	case token == "":
-		return nil, fmt.Errorf("%w: no bearer token", ErrUnauthorized)
-	case static != "" && subtle.ConstantTimeCompare([]byte(token), []byte(static)) == 1:
-	case !ok || time.Now().After(e.expires):
+	case !ok || !now.Before(e.expires):
+		t.mu.Unlock()
 		return nil, fmt.Errorf("%w: unknown or expired token", ErrUnauthorized)
 	case e.instance != instance:
+		t.mu.Unlock()
 		return nil, fmt.Errorf("%w: the token is not for instance %s", ErrUnauthorized, instance)
 	}
+	exists, err := t.keyExistsLocked(e.keyHash)
+	if err == nil && !exists {
+		t.removeLocked(el)
+	}
+	t.mu.Unlock()
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("kpapi: checking the token's API key: %w", err)
+	case !exists:
+		return nil, fmt.Errorf("%w: the token's API key was revoked", ErrUnauthorized)
+	}
 	return t.Service(instance)
+}
+
+// APIKeyInfo describes an API key without the key itself.
+type APIKeyInfo struct {
+	// ID names the key for RevokeAPIKey: the first 16 hex digits of its sha256 hash, which
+	// tells nothing about the key.
+	ID       string
+	Instance string
+	Created  time.Time
+}
+
+// keyID is the id of the API key whose hex sha256 is hash.
+func keyID(hash string) string { return hash[:min(16, len(hash))] }
+
+// APIKeyID returns the id by which [Tenants.ListAPIKeys] shows an API key and
+// [Tenants.RevokeAPIKey] takes it.
+func APIKeyID(apiKey string) string {
+	sum := sha256.Sum256([]byte(apiKey))
+	return keyID(hex.EncodeToString(sum[:]))
+}
+
+// ListAPIKeys returns the API keys of every instance, oldest first.
+func (t *Tenants) ListAPIKeys() ([]APIKeyInfo, error) {
+	t.mu.Lock()
+	tf, err := t.load()
+	t.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]APIKeyInfo, 0, len(tf.APIKeys))
+	for _, k := range tf.APIKeys {
+		out = append(out, APIKeyInfo{ID: keyID(k.Hash), Instance: k.Instance, Created: k.Created})
+	}
+	return out, nil
+}
+
+// RevokeAPIKey deletes the API key with this id (see [APIKeyInfo]); it can no longer be
+// exchanged, and the tokens issued for it stop working at once, in this process and in any
+// other serving the same directory. An id no key has gives [ErrAPIKeyNotFound].
+func (t *Tenants) RevokeAPIKey(id string) error {
+	var revoked []string
+	err := t.modify(func(tf *tenantsFile) error {
+		kept := tf.APIKeys[:0]
+		for _, k := range tf.APIKeys {
+			if len(id) == 16 && keyID(k.Hash) == id {
+				revoked = append(revoked, k.Hash)
+				continue
+			}
+			kept = append(kept, k)
+		}
+		if len(revoked) == 0 {
+			if validKeyID(id) {
+				return fmt.Errorf("%w: %s", ErrAPIKeyNotFound, id)
+			}
+			return fmt.Errorf("%w: an id is 16 hex digits (see kms apikey list)", ErrAPIKeyNotFound)
+		}
+		tf.APIKeys = kept
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for el := t.order.Front(); el != nil; {
+		next := el.Next()
+		for _, h := range revoked {
+			if el.Value.(*tokenEntry).keyHash == h {
+				t.removeLocked(el)
+				break
+			}
+		}
+		el = next
+	}
+	return nil
+}
+
+// validKeyID reports whether s has the form of an API key id, so that an error may show it
+// (a mistyped argument could be a key itself).
+func validKeyID(s string) bool {
+	if len(s) != 16 {
+		return false
+	}
+	_, err := hex.DecodeString(s)
+	return err == nil && strings.ToLower(s) == s
 }
 
 // RunDue carries out the due policy rotations and expiries of every instance.
