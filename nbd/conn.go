@@ -27,6 +27,9 @@ type conn struct {
 
 	stopOnce sync.Once
 	stopped  chan struct{}
+	// readMu orders stop's past read deadline with serve's own deadline changes, so serve
+	// never lifts the deadline that stopped a connection.
+	readMu sync.Mutex
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -37,8 +40,10 @@ func newConn(s *Server, nc net.Conn) *conn {
 // stop makes the connection stop reading requests; those already read are answered.
 func (c *conn) stop() {
 	c.stopOnce.Do(func() {
+		c.readMu.Lock()
 		close(c.stopped)
 		_ = c.nc.SetReadDeadline(time.Now())
+		c.readMu.Unlock()
 		c.budget.wake()
 		c.s.budget.wake()
 	})
@@ -53,13 +58,23 @@ func (c *conn) isStopped() bool {
 	}
 }
 
+// setDeadline sets the connection's read and write deadline unless it has been stopped
+// (stop's past read deadline then stays).
+func (c *conn) setDeadline(t time.Time) {
+	c.readMu.Lock()
+	defer c.readMu.Unlock()
+	if !c.isStopped() {
+		_ = c.nc.SetDeadline(t)
+	}
+}
+
 func (c *conn) serve() {
 	defer c.nc.Close()
 	log := c.s.log.With("remote", c.nc.RemoteAddr().String())
-	_ = c.nc.SetDeadline(time.Now().Add(c.s.opts.NegotiationTimeout))
+	c.setDeadline(time.Now().Add(c.s.opts.NegotiationTimeout))
 	ok, err := c.negotiate()
-	if ok && err == nil && !c.isStopped() {
-		_ = c.nc.SetDeadline(time.Time{}) // transmission has no deadline
+	if ok && err == nil {
+		c.setDeadline(time.Time{}) // transmission has no deadline
 	}
 	if err != nil {
 		switch {

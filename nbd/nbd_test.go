@@ -789,3 +789,24 @@ func TestConnectionLimitAndNegotiationTimeout(t *testing.T) {
 	time.Sleep(negotiationTimeout + negotiationTimeout/5)
 	assert.Equal(t, make([]byte, 16), c2.read(3, 0, 16))
 }
+
+// TestStoppedBeforeServeEndsAtOnce: a connection stopped (by Shutdown) before serve sets its
+// handshake deadline must not have that deadline lift the stop: serve returns at once instead
+// of negotiating and serving for the handshake limit (an hour here).
+func TestStoppedBeforeServeEndsAtOnce(t *testing.T) {
+	t.Parallel()
+	s, err := NewServer(Export{Name: "vol", Device: newMem(1 << 20)}, Options{NegotiationTimeout: time.Hour})
+	require.NoError(t, err)
+	server, client := net.Pipe()
+	defer client.Close()
+	c := newConn(s, server)
+	c.stop()
+	done := make(chan struct{})
+	go func() { defer close(done); c.serve() }()
+	go func() { _, _ = io.Copy(io.Discard, client) }() // a client that reads and never speaks
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second): // a failure bound; the fixed code returns at once
+		t.Fatal("a stopped connection kept waiting for its handshake")
+	}
+}
