@@ -47,7 +47,7 @@ const (
 	// DefaultNegotiationTimeout is how long a client has to finish the handshake unless
 	// Options.NegotiationTimeout says otherwise: real clients need milliseconds.
 	DefaultNegotiationTimeout = 10 * time.Second
-	// DefaultReplyTimeout is how long a reply may wait for the client to read it unless
+	// DefaultReplyTimeout is how long the client may take to read a whole reply unless
 	// Options.ReplyTimeout says otherwise.
 	DefaultReplyTimeout = time.Minute
 	// DefaultMaxBufferedBytes bounds the request and reply data the server holds across all
@@ -75,9 +75,9 @@ type Options struct {
 	// NegotiationTimeout bounds the handshake of a connection; a client that has not started
 	// transmission by then is disconnected. DefaultNegotiationTimeout if zero.
 	NegotiationTimeout time.Duration
-	// ReplyTimeout bounds how long one reply may wait for the client to read it; a client
-	// that reads nothing for that long while replies are pending is disconnected, which frees
-	// what its requests held. DefaultReplyTimeout if zero.
+	// ReplyTimeout bounds how long writing one reply may take: a client that has not read a
+	// whole reply within it (one that reads nothing, or reads a large reply very slowly) is
+	// disconnected, which frees what its requests held. DefaultReplyTimeout if zero.
 	ReplyTimeout time.Duration
 	// Logger receives connection-level events (never data or keys); discarded if nil.
 	Logger *slog.Logger
