@@ -437,7 +437,7 @@ func readCopy(dev Device, off uint64, secondary bool, same *copyState) (*copySta
 	}
 	meta, err := parseMetadata(text, h.hdrSize)
 	if err != nil {
-		return nil, stageMetadata, fmt.Errorf("%s header: %w", copyName(secondary), err)
+		return nil, stageMetadata, err // the caller names the copy
 	}
 	return &copyState{bin: h, text: text, meta: meta}, 0, nil
 }

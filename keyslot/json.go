@@ -458,7 +458,7 @@ func (m *metadata) validate(hdrSize uint64) error {
 		switch {
 		case off >= areaEnd:
 		case off == 0:
-			return bad("segment %d at offset 0 means a detached header, but the header is in the image: the first data write would destroy it", id)
+			return bad("segment %d at offset 0 means a detached header, which is not supported (with the header in the image, the first data write would destroy it)", id)
 		case off >= areaStart:
 			return bad("segment %d at offset %d starts before the end of the keyslots area at %d: config.keyslots_size %d runs past the data segment", id, off, areaEnd, c.keyslotsSize)
 		default:
