@@ -38,6 +38,11 @@ const TokenLifetime = time.Hour
 // evicted, in about 1.5 MB.
 const MaxTokens = 10000
 
+// MaxTokensPerKey is the most bearer tokens one API key holds at once: a new token beyond it
+// evicts that key's own oldest, so one key exchanged in a loop cannot push the tokens of
+// other keys (other tenants) out of the table.
+const MaxTokensPerKey = 1000
+
 // Tenants holds the service instances of a state directory — the default one (the CLI's
 // embedded store, dir/crk.db) and those made by CreateInstance (dir/instances/ID/crk.db) —
 // their API keys (only sha256 hashes are stored, in dir/tenants.json, mode 0600) and the
@@ -54,7 +59,9 @@ type Tenants struct {
 	def        string
 	tokens     map[[sha256.Size]byte]*list.Element // of *tokenEntry
 	order      *list.List                          // tokens, oldest first
+	byKey      map[string]*list.List               // per API key hash: its tokens' elements of order, oldest first
 	maxTokens  int
+	maxPerKey  int
 	tokenClock crk.Clock // the wall clock; tests in this package set a manual one
 	keys       keySet
 	static     string
@@ -66,6 +73,7 @@ type tokenEntry struct {
 	instance string
 	keyHash  string // the hex sha256 of the API key it was issued for
 	expires  time.Time
+	keyEl    *list.Element // its element in byKey[keyHash]
 }
 
 // keySet caches the API key hashes of tenants.json, with the identity of the file they were
@@ -123,7 +131,7 @@ func OpenTenants(dir string, opts crk.Options) (*Tenants, error) {
 		return nil, err
 	}
 	t := &Tenants{dir: dir, opts: opts, services: map[string]*crk.Service{},
-		tokens: map[[sha256.Size]byte]*list.Element{}, order: list.New(), maxTokens: MaxTokens,
+		tokens: map[[sha256.Size]byte]*list.Element{}, order: list.New(), byKey: map[string]*list.List{}, maxTokens: MaxTokens, maxPerKey: MaxTokensPerKey,
 		tokenClock: crk.SystemClock{}}
 	err := t.modify(func(tf *tenantsFile) error {
 		if tf.Default != "" {
@@ -346,11 +354,21 @@ func (t *Tenants) Exchange(apiKey string) (string, time.Duration, error) {
 			tok := base64.RawURLEncoding.EncodeToString(b[:])
 			now := t.now()
 			t.expireLocked(now)
+			for own := t.byKey[k.Hash]; own != nil && own.Len() >= max(t.maxPerKey, 1); own = t.byKey[k.Hash] {
+				t.removeLocked(own.Front().Value.(*list.Element))
+			}
 			for t.order.Len() >= max(t.maxTokens, 1) {
 				t.removeLocked(t.order.Front())
 			}
+			own := t.byKey[k.Hash] // after the evictions, which drop an emptied list
+			if own == nil {
+				own = list.New()
+				t.byKey[k.Hash] = own
+			}
 			e := &tokenEntry{sum: sha256.Sum256([]byte(tok)), instance: k.Instance, keyHash: k.Hash, expires: now.Add(TokenLifetime)}
-			t.tokens[e.sum] = t.order.PushBack(e)
+			el := t.order.PushBack(e)
+			e.keyEl = own.PushBack(el)
+			t.tokens[e.sum] = el
 			return tok, TokenLifetime, nil
 		}
 	}
@@ -359,8 +377,15 @@ func (t *Tenants) Exchange(apiKey string) (string, time.Duration, error) {
 
 // removeLocked forgets one token; t.mu is held.
 func (t *Tenants) removeLocked(el *list.Element) {
-	delete(t.tokens, el.Value.(*tokenEntry).sum)
+	e := el.Value.(*tokenEntry)
+	delete(t.tokens, e.sum)
 	t.order.Remove(el)
+	if own := t.byKey[e.keyHash]; own != nil {
+		own.Remove(e.keyEl)
+		if own.Len() == 0 {
+			delete(t.byKey, e.keyHash)
+		}
+	}
 }
 
 // expireLocked drops the tokens expired at now; t.mu is held. Tokens are kept in the order

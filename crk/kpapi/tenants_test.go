@@ -191,3 +191,50 @@ func TestAPIKeyListRevoke(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, list)
 }
+
+// TestTokenTablePerKey: one API key exchanged in a loop evicts only its own oldest tokens,
+// never another key's (another tenant's), and the table's bookkeeping stays exact.
+func TestTokenTablePerKey(t *testing.T) {
+	tenants, clock, _ := newTenants(t)
+	tenants.maxTokens = 8
+	tenants.maxPerKey = 3
+	inst, _ := tenants.Default()
+	victim, err := tenants.CreateAPIKey(inst)
+	require.NoError(t, err)
+	greedy, err := tenants.CreateAPIKey(inst)
+	require.NoError(t, err)
+	var kept []string
+	for range 2 {
+		tok, _, err := tenants.Exchange(victim)
+		require.NoError(t, err)
+		kept = append(kept, tok)
+	}
+	var greedyToks []string
+	for range 50 {
+		tok, _, err := tenants.Exchange(greedy)
+		require.NoError(t, err)
+		greedyToks = append(greedyToks, tok)
+		clock.Advance(time.Second)
+	}
+	assert.Equal(t, 5, tenants.TokenCount(), "2 of the victim's and the greedy key's 3 newest")
+	for _, tok := range kept {
+		_, err := tenants.Authorize(tok, inst)
+		assert.NoError(t, err, "another key's token survives a greedy key")
+	}
+	for i, tok := range greedyToks {
+		_, err := tenants.Authorize(tok, inst)
+		if i < len(greedyToks)-3 {
+			assert.ErrorIs(t, err, ErrUnauthorized, "greedy token %d was evicted by its own key", i)
+		} else {
+			assert.NoError(t, err, "greedy token %d is among its key's newest", i)
+		}
+	}
+	assert.Equal(t, MaxTokensPerKey, mustOpen(t).maxPerKey, "the documented maximum is the default")
+	// Expiry empties the per-key lists too.
+	clock.Advance(2 * TokenLifetime)
+	tenants.ExpireTokens()
+	assert.Zero(t, tenants.TokenCount())
+	tenants.mu.Lock()
+	assert.Empty(t, tenants.byKey)
+	tenants.mu.Unlock()
+}
