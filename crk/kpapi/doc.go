@@ -7,8 +7,9 @@
 // letter case as RFC 7235 has it) and a bluemix-instance header naming a service instance;
 // instances are isolated tenants, each with its own crk store. API keys are exchanged for
 // short-lived tokens at POST /identity/token (and /oidc/token), as IAM does. Tokens expire on
-// the wall clock after [TokenLifetime], at most [MaxTokens] are held (the oldest is evicted
-// when the table is full), and revoking an API key ([Tenants.RevokeAPIKey]) ends its tokens at
+// the wall clock after [TokenLifetime], at most [MaxTokens] are held, [MaxTokensPerKey] per API
+// key (a key past its share evicts its own oldest; the oldest overall is evicted when the
+// table is full), and revoking an API key ([Tenants.RevokeAPIKey]) ends its tokens at
 // once. The crk core never imports net/http; this package is the only HTTP layer.
 //
 // Request bodies are decoded strictly: by type, with nothing after the value, no object
