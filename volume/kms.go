@@ -16,6 +16,13 @@ var ErrKeyRefused = errors.New("key service refused the request")
 // the LUKS passphrase under a customer root key, registrations of the volumes each key
 // protects, and notice of rotations. Package crkvol/volume/kms implements it over the
 // in-process crk service; a remote Key Protect–compatible service implements it too.
+//
+// Every ciphertext crossing this interface (in [Wrapped], [Unwrapped] and the ciphertext
+// arguments) is binary: the bytes a Key Protect ciphertext string, standard base64, stands for.
+// An implementation over the HTTP API encodes and decodes that string at the wire, so a
+// ciphertext made through one implementation is accepted by every other over the same store,
+// and a volume's token (which holds the Key Protect ciphertext string) opens whichever way
+// the service is reached.
 type KeyService interface {
 	// Wrap encrypts plaintext with the latest version of root key keyID, binding aad.
 	Wrap(ctx context.Context, keyID string, plaintext []byte, aad []string) (Wrapped, error)
@@ -42,6 +49,7 @@ type KeyService interface {
 
 // Wrapped is a ciphertext and the key version that made it.
 type Wrapped struct {
+	// Ciphertext is binary (see [KeyService]), not the base64 text of the API.
 	Ciphertext []byte
 	VersionID  string
 }

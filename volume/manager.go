@@ -3,7 +3,6 @@ package volume
 import (
 	"context"
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -262,9 +261,13 @@ func (m *Manager) enroll(ctx context.Context, img *keyslot.Image, path, keyID st
 	if err != nil {
 		return nil, err
 	}
+	member, err := ciphertextMember(w.Ciphertext)
+	if err != nil {
+		return nil, fmt.Errorf("wrapping the passphrase with key %s: %w", keyID, err)
+	}
 	tok := token{
 		Keyslots: []string{fmt.Sprint(slot)}, KeyID: keyID, KeyCRN: keyCRN,
-		KeyVersion: w.VersionID, Ciphertext: base64.StdEncoding.EncodeToString(w.Ciphertext),
+		KeyVersion: w.VersionID, Ciphertext: member,
 		WrappedAt: m.opts.Now().UTC().Truncate(time.Second), VolumeCRN: crn,
 	}
 	raw, err := tok.marshalChecked(uuid)
@@ -453,7 +456,9 @@ func (m *Manager) storeRewrapped(ctx context.Context, img *keyslot.Image, id int
 		if t.Ciphertext != old.Ciphertext {
 			return nil, errTokenChanged
 		}
-		t.Ciphertext = base64.StdEncoding.EncodeToString(w.Ciphertext)
+		if t.Ciphertext, err = ciphertextMember(w.Ciphertext); err != nil {
+			return nil, err
+		}
 		t.KeyVersion = w.VersionID
 		t.WrappedAt = m.opts.Now().UTC().Truncate(time.Second)
 		return t.marshalChecked(uuid)

@@ -2,7 +2,6 @@ package volume
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -278,7 +277,9 @@ func (m *Manager) rewrapOne(ctx context.Context, keyID, latest, crn string) (res
 			if t.Ciphertext != tok.Ciphertext {
 				return nil, errTokenChanged // someone else rewrapped first: never overwrite theirs
 			}
-			t.Ciphertext = base64.StdEncoding.EncodeToString(w.Ciphertext)
+			if t.Ciphertext, err = ciphertextMember(w.Ciphertext); err != nil {
+				return nil, err
+			}
 			t.KeyVersion = w.VersionID
 			t.WrappedAt = m.opts.Now().UTC().Truncate(time.Second)
 			return t.marshalChecked(uuid)

@@ -260,12 +260,57 @@ func (t *token) slot() (n int, ok bool) {
 	return n, err == nil
 }
 
+// ciphertext returns the binary ciphertext ([KeyService] takes) the token holds.
+//
+// The ciphertext member is the Key Protect ciphertext string: standard base64 of the binary
+// ciphertext, the form of the key service API. crkvol writes only that form. Earlier
+// versions wrote it in local mode too, but in --kms-url mode wrote base64 of that string;
+// such a member is recognised (it decodes to base64 text) and read as the same ciphertext,
+// and the next rewrap writes the member in the one form. A binary ciphertext is never taken
+// for that old form by mistake in practice: that needs every one of its bytes (a random nonce
+// and an authentication tag among them) to be a base64 character, with a valid padding.
 func (t *token) ciphertext() ([]byte, error) {
 	b, err := base64.StdEncoding.DecodeString(t.Ciphertext)
 	if err != nil {
 		return nil, fmt.Errorf("%w: ciphertext is not base64", ErrBadToken)
 	}
+	if inner, ok := base64Text(b); ok {
+		clear(b)
+		return inner, nil // the old --kms-url form: base64 of the Key Protect string
+	}
 	return b, nil
+}
+
+// ciphertextMember returns the ciphertext member for binary ciphertext ct: the Key Protect
+// ciphertext string. A ciphertext that would read back as another ([token.ciphertext] would
+// take it for the old --kms-url form) is refused with ErrBadToken: such a token could not be
+// opened.
+func ciphertextMember(ct []byte) (string, error) {
+	if _, ok := base64Text(ct); ok {
+		return "", fmt.Errorf("%w: refusing to write a token that does not read back: the key service's ciphertext is base64 text (an encoded ciphertext where a binary one is expected)", ErrBadToken)
+	}
+	return base64.StdEncoding.EncodeToString(ct), nil
+}
+
+// base64Text decodes b if it is standard base64 text, with padding and nothing else (no
+// line breaks, which the decoder would skip), and reports whether it was.
+func base64Text(b []byte) ([]byte, bool) {
+	if len(b) == 0 || len(b)%4 != 0 {
+		return nil, false
+	}
+	for _, c := range b {
+		switch {
+		case 'A' <= c && c <= 'Z', 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '+', c == '/', c == '=':
+		default:
+			return nil, false
+		}
+	}
+	out := make([]byte, base64.StdEncoding.DecodedLen(len(b)))
+	n, err := base64.StdEncoding.Decode(out, b)
+	if err != nil || n == 0 {
+		return nil, false
+	}
+	return out[:n], true
 }
 
 // splitObject decodes raw as one JSON object and returns its members in document order, each

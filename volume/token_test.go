@@ -189,3 +189,59 @@ func TestMarshalCheckedRefusesUnreadableToken(t *testing.T) {
 	_, err = parseToken(out, testUUID)
 	require.NoError(t, err)
 }
+
+// TestTokenCiphertextForms: the ciphertext member is the Key Protect ciphertext string (base64
+// of the binary ciphertext, as crkvol has always written it in local mode); the form written
+// by crkvol in --kms-url mode before, base64 of that string, reads as the same ciphertext.
+func TestTokenCiphertextForms(t *testing.T) {
+	cases := []struct {
+		name, member string
+		want         []byte
+	}{
+		{"key protect string", "AAEC", []byte{0, 1, 2}},
+		{"old remote form", "QUFFQw==", []byte{0, 1, 2}},
+		{"key protect string of text", "eyJpdiI6IngifQ==", []byte(`{"iv":"x"}`)},
+		{"old remote form of text", "ZXlKcGRpSTZJbmdpZlE9PQ==", []byte(`{"iv":"x"}`)},
+		{"binary whose bytes are not base64 text", "Q1JLMf8A", []byte("CRK1\xff\x00")},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			tok, err := parseToken([]byte(`{"type":"crkvol-crk","keyslots":["0"],"key_id":"k","key_version":"v","ciphertext":"`+c.member+`"}`), testUUID)
+			require.NoError(t, err)
+			ct, err := tok.ciphertext()
+			require.NoError(t, err)
+			assert.Equal(t, c.want, ct)
+		})
+	}
+}
+
+// TestCiphertextMember: a binary ciphertext is written as its Key Protect ciphertext string,
+// and one that would read back as another ciphertext (base64 text handed over where binary is
+// expected) is refused.
+func TestCiphertextMember(t *testing.T) {
+	cases := []struct {
+		name string
+		ct   []byte
+		want string
+		err  error
+	}{
+		{"binary", []byte{0, 1, 2}, "AAEC", nil},
+		{"binary with base64 characters only in part", []byte("CRK1\xff\x00"), "Q1JLMf8A", nil},
+		{"base64 text", []byte("AAEC"), "", ErrBadToken},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := ciphertextMember(c.ct)
+			if c.err != nil {
+				require.ErrorIs(t, err, c.err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, c.want, got)
+			tok := &token{Ciphertext: got}
+			back, err := tok.ciphertext()
+			require.NoError(t, err)
+			assert.Equal(t, c.ct, back, "reads back")
+		})
+	}
+}
