@@ -138,8 +138,7 @@ func (f *errFixture) imported(t *testing.T) *crk.Key {
 	return k
 }
 
-// wrap wraps a secret on both sides (the in-process service's ciphertext is binary, the API's
-// base64 text) and returns each side's ciphertext.
+// wrap wraps a secret on both sides and returns each side's ciphertext (binary on both).
 func (f *errFixture) wrap(t *testing.T, keyID string) map[volume.KeyService][]byte {
 	t.Helper()
 	out := map[volume.KeyService][]byte{}

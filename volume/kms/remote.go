@@ -159,7 +159,10 @@ func NewRemote(cfg RemoteConfig) (*Remote, error) {
 // that changes state: prefer Remote's methods.
 func (r *Remote) Client() *kp.Client { return r.client }
 
-// Wrap implements volume.KeyService.
+// Wrap implements volume.KeyService. Like Unwrap and Rewrap it takes and returns binary
+// ciphertexts, as volume.KeyService says: the API's ciphertext strings are their standard
+// base64, encoded and decoded here, so a ciphertext made through Remote is one the in-process
+// service ([Local]) accepts over the same store, and the reverse.
 func (r *Remote) Wrap(ctx context.Context, keyID string, plaintext []byte, aad []string) (volume.Wrapped, error) {
 	pt := []byte(base64.StdEncoding.EncodeToString(plaintext))
 	var res *kp.KeyActionResponse
@@ -176,7 +179,11 @@ func (r *Remote) Wrap(ctx context.Context, keyID string, plaintext []byte, aad [
 	if res.CipherText == "" {
 		return volume.Wrapped{}, fmt.Errorf("kms: wrap: %w: the answer has no ciphertext", volume.ErrIncompleteAnswer)
 	}
-	w := volume.Wrapped{Ciphertext: []byte(res.CipherText)}
+	ct, err := decodeCiphertext(res.CipherText)
+	if err != nil {
+		return volume.Wrapped{}, fmt.Errorf("kms: wrap: %w", err)
+	}
+	w := volume.Wrapped{Ciphertext: ct}
 	if res.KeyVersion != nil {
 		w.VersionID = res.KeyVersion.ID
 	}
@@ -195,7 +202,7 @@ func (r *Remote) Wrap(ctx context.Context, keyID string, plaintext []byte, aad [
 // version that made the ciphertext and, when that is not the latest, carries the ciphertext
 // rewrapped under the latest version with that version's id.
 func (r *Remote) Unwrap(ctx context.Context, keyID string, ciphertext []byte, aad []string) (volume.Unwrapped, error) {
-	body := map[string]any{"ciphertext": string(ciphertext)}
+	body := map[string]any{"ciphertext": base64.StdEncoding.EncodeToString(ciphertext)}
 	if aad != nil {
 		body["aad"] = aad
 	}
@@ -232,14 +239,18 @@ func (r *Remote) Unwrap(ctx context.Context, keyID string, ciphertext []byte, aa
 		if err := checkID("rewrapped key version", res.RewrappedKeyVersion.ID); err != nil {
 			return fail(err)
 		}
-		u.Rewrapped = &volume.Wrapped{Ciphertext: []byte(res.Ciphertext), VersionID: res.RewrappedKeyVersion.ID}
+		ct, err := decodeCiphertext(res.Ciphertext)
+		if err != nil {
+			return fail(err)
+		}
+		u.Rewrapped = &volume.Wrapped{Ciphertext: ct, VersionID: res.RewrappedKeyVersion.ID}
 	}
 	return u, nil
 }
 
 // Rewrap implements volume.KeyService with the API's rewrap action.
 func (r *Remote) Rewrap(ctx context.Context, keyID string, ciphertext []byte, aad []string) (volume.Wrapped, error) {
-	body := map[string]any{"ciphertext": string(ciphertext)}
+	body := map[string]any{"ciphertext": base64.StdEncoding.EncodeToString(ciphertext)}
 	if aad != nil {
 		body["aad"] = aad
 	}
@@ -258,7 +269,23 @@ func (r *Remote) Rewrap(ctx context.Context, keyID string, ciphertext []byte, aa
 	if err := checkID("rewrapped key version", res.RewrappedKeyVersion.ID); err != nil {
 		return volume.Wrapped{}, fmt.Errorf("kms: rewrap: %w", err)
 	}
-	return volume.Wrapped{Ciphertext: []byte(res.Ciphertext), VersionID: res.RewrappedKeyVersion.ID}, nil
+	ct, err := decodeCiphertext(res.Ciphertext)
+	if err != nil {
+		return volume.Wrapped{}, fmt.Errorf("kms: rewrap: %w", err)
+	}
+	return volume.Wrapped{Ciphertext: ct, VersionID: res.RewrappedKeyVersion.ID}, nil
+}
+
+// decodeCiphertext returns the binary ciphertext (what volume.KeyService carries) of the Key
+// Protect ciphertext string s. The string must be standard base64 that encodes back to
+// exactly s, so that the string a volume's token then holds is the one the service gave.
+// Anything else is an answer crkvol cannot store: volume.ErrIncompleteAnswer.
+func decodeCiphertext(s string) ([]byte, error) {
+	ct, err := base64.StdEncoding.DecodeString(s)
+	if err != nil || base64.StdEncoding.EncodeToString(ct) != s {
+		return nil, fmt.Errorf("%w: the answer's ciphertext is not standard base64", volume.ErrIncompleteAnswer)
+	}
+	return ct, nil
 }
 
 // KeyCRN implements volume.KeyService.
