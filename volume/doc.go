@@ -12,7 +12,11 @@
 //     crkvol-crk LUKS2 token holds it wrapped by the root key, with the volume's UUID as
 //     AAD, so a token copied to another volume does not unwrap (and one whose volume_crn is
 //     not the volume's is refused before any unwrap). crkvol changes only the token members
-//     it owns; members another tool added keep their place and bytes.
+//     it owns; members another tool added keep their place and bytes. Its ciphertext
+//     member is the Key Protect ciphertext string (standard base64 of the binary
+//     ciphertext), whichever way the key service is reached, so a volume opens and rewraps
+//     in process and through the API alike; the form earlier versions wrote through the API
+//     (base64 of that string) still reads, and the next rewrap replaces it.
 //   - The root key version, held by the key service ([KeyService]); rotating the root key
 //     adds a version.
 //
