@@ -47,9 +47,8 @@ func checkURL(what, raw string, insecure bool) error {
 	}
 	if u.Scheme == "http" && !insecure && !loopback(u.Hostname()) {
 		return fmt.Errorf("kms: the %s: %w: %q; the API key, the tokens and the wrapped keys would "+
-			"cross the network in clear: use https (trusting a private CA with RemoteConfig.CAFile, "+
-			"crkvol --kms-ca), or allow plain http explicitly (RemoteConfig.Insecure, crkvol --kms-insecure)",
-			what, ErrInsecureURL, u.Host)
+			"cross the network in clear: use https (RemoteConfig.CAFile to trust a private CA), "+
+			"or allow plain http explicitly (RemoteConfig.Insecure)", what, ErrInsecureURL, u.Host)
 	}
 	return nil
 }
