@@ -121,7 +121,7 @@ type certGuard struct{ next http.RoundTripper }
 func (g certGuard) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := g.next.RoundTrip(req)
 	if err != nil && certificateError(err) {
-		err = fmt.Errorf("%w: %w", ErrCertificate, err)
+		err = fmt.Errorf("%w: %s: %w", ErrCertificate, req.URL.Host, err)
 		if stop, ok := req.Context().Value(stopKey{}).(context.CancelCauseFunc); ok && stop != nil {
 			stop(err)
 		}

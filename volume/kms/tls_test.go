@@ -227,6 +227,7 @@ func TestRemoteCertificateErrorsNotRetried(t *testing.T) {
 				require.ErrorIs(t, err, kms.ErrCertificate)
 				assert.NotErrorIs(t, err, kms.ErrOutcomeUnknown)
 				assert.Contains(t, err.Error(), "certificate")
+				assert.Contains(t, err.Error(), strings.TrimPrefix(cfg.URL, "https://"), "the error names the host")
 				assert.EqualValues(t, 1, k.conns.Load(), "connections: a certificate error is not retried")
 				assert.Less(t, elapsed, 900*time.Millisecond, "the call failed at once, without a retry's wait")
 			})
