@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -37,7 +38,11 @@ type app struct {
 	now      string
 	kmsURL   string
 	kmsInst  string
-	local    bool // force the embedded key service (the demo)
+	// kmsCA and kmsInsecure are --kms-ca and --kms-insecure, read with their environment
+	// variables by remoteTLS.
+	kmsCA       string
+	kmsInsecure bool
+	local       bool // force the embedded key service (the demo)
 	// eventMaxAge and eventMaxCount are the audit log retention flags, parsed by
 	// eventRetention.
 	eventMaxAge, eventMaxCount string
@@ -63,6 +68,12 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(s
 		return 0
 	}
 	fmt.Fprintf(stderr, "crkvol: %s\n", err)
+	switch {
+	case errors.Is(err, kms.ErrCertificate):
+		fmt.Fprintln(stderr, "crkvol: hint: to trust a private CA, give its certificate with --kms-ca FILE (env CRKVOL_KMS_CA)")
+	case errors.Is(err, kms.ErrInsecureURL):
+		fmt.Fprintln(stderr, "crkvol: hint: use an https URL (--kms-ca FILE to trust a private CA), or --kms-insecure to allow plain http")
+	}
 	var u usageError
 	if errors.As(err, &u) || isCobraUsage(err) {
 		return 2
@@ -116,6 +127,8 @@ customer root key (CRK) in an embedded Key Protect-style key service.`,
 	root.PersistentFlags().StringVar(&a.now, "now", "", "service clock start, RFC 3339 (env CRKVOL_NOW); it advances in real time")
 	root.PersistentFlags().StringVar(&a.kmsURL, "kms-url", "", "use a remote Key Protect-compatible service at this URL (env CRKVOL_KMS_URL; API key in CRKVOL_KMS_APIKEY or token in CRKVOL_KMS_TOKEN)")
 	root.PersistentFlags().StringVar(&a.kmsInst, "kms-instance", "", "the remote service instance id (env CRKVOL_KMS_INSTANCE)")
+	root.PersistentFlags().StringVar(&a.kmsCA, "kms-ca", "", "trust the CA certificates of this PEM file (instead of the system's) for the remote service (env CRKVOL_KMS_CA)")
+	root.PersistentFlags().BoolVar(&a.kmsInsecure, "kms-insecure", false, "allow a plain http --kms-url to a host that is not loopback: the API key and wrapped keys cross the network in clear (env CRKVOL_KMS_INSECURE=1)")
 	root.PersistentFlags().StringVar(&a.eventMaxAge, "event-max-age", "", "embedded key service: delete audit events older than this, such as 2160h or 90d (env CRKVOL_EVENT_MAX_AGE; default: any age)")
 	root.PersistentFlags().StringVar(&a.eventMaxCount, "event-max-count", "", "embedded key service: keep at most this many audit events, -1 for no limit (env CRKVOL_EVENT_MAX_COUNT; default 1048576)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
@@ -231,12 +244,19 @@ func (a *app) openRemote(dir, url string, clock crk.Clock) error {
 	if inst == "" {
 		return usagef("--kms-url needs --kms-instance (or CRKVOL_KMS_INSTANCE)")
 	}
+	ca, insecure, err := a.remoteTLS()
+	if err != nil {
+		return err
+	}
 	remote, err := kms.NewRemote(kms.RemoteConfig{
 		URL: url, Instance: inst, APIKey: a.getenv("CRKVOL_KMS_APIKEY"), Token: a.getenv("CRKVOL_KMS_TOKEN"),
-		TokenURL: a.getenv("CRKVOL_KMS_TOKEN_URL"),
+		TokenURL: a.getenv("CRKVOL_KMS_TOKEN_URL"), CAFile: ca, Insecure: insecure,
 	})
 	if err != nil {
 		return usageError{err}
+	}
+	if insecure {
+		fmt.Fprintln(a.stderr, "crkvol: warning: --kms-insecure: plain http to a remote key service is allowed; the API key, tokens and wrapped keys may cross the network in clear")
 	}
 	reg, err := volume.OpenRegistry(filepath.Join(dir, "volumes.db"))
 	if err != nil {
@@ -245,6 +265,22 @@ func (a *app) openRemote(dir, url string, clock crk.Clock) error {
 	a.remote, a.reg = remote, reg
 	a.mgr = volume.NewManager(remote, reg, volume.Options{Now: clock.Now})
 	return nil
+}
+
+// remoteTLS returns the CA file (--kms-ca, else CRKVOL_KMS_CA) and whether plain http off
+// loopback is allowed (--kms-insecure, else CRKVOL_KMS_INSECURE, a boolean such as 1).
+func (a *app) remoteTLS() (caFile string, insecure bool, err error) {
+	caFile = a.kmsCA
+	if caFile == "" {
+		caFile = a.getenv("CRKVOL_KMS_CA")
+	}
+	insecure = a.kmsInsecure
+	if v := a.getenv("CRKVOL_KMS_INSECURE"); !insecure && v != "" {
+		if insecure, err = strconv.ParseBool(v); err != nil {
+			return "", false, usagef("CRKVOL_KMS_INSECURE=%q: want 1 or 0", v)
+		}
+	}
+	return caFile, insecure, nil
 }
 
 // needLocal refuses commands that need the embedded key service in remote mode.

@@ -3,6 +3,7 @@ package kms
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -38,6 +39,16 @@ type RemoteConfig struct {
 	Token string
 	// Timeout bounds each request; default 30 s.
 	Timeout time.Duration
+	// RootCAs are the certificate authorities trusted for the service's TLS certificate (and
+	// the token endpoint's); nil means the system's.
+	RootCAs *x509.CertPool
+	// CAFile names a PEM file of certificate authorities to trust, such as a private CA's
+	// certificate: they are added to RootCAs, or replace the system's when RootCAs is nil.
+	CAFile string
+	// Insecure allows a URL or TokenURL of plain http to a host that is not loopback, which
+	// NewRemote otherwise refuses ([ErrInsecureURL]): the API key, the bearer tokens and the
+	// wrapped keys would cross the network in clear.
+	Insecure bool
 }
 
 // Remote is a volume.KeyService over the Key Protect API v2, through the official
@@ -71,6 +82,17 @@ type RemoteConfig struct {
 //
 // A request to the token endpoint is retried on transient statuses, as the official
 // client's own token source does.
+//
+// A certificate error (the service's certificate signed by an authority not trusted, for
+// another host, or expired) is never retried, by any of these: the call fails at once with
+// an error matching [ErrCertificate]. Trust a private CA with RemoteConfig.CAFile or RootCAs.
+//
+// # Plain http
+//
+// NewRemote refuses a URL or TokenURL of plain http to a host that is not loopback (a
+// loopback address or the name localhost, never resolved) with [ErrInsecureURL], unless
+// RemoteConfig.Insecure: the API key, the bearer tokens and the wrapped keys would cross the
+// network in clear.
 //
 // # Tokens
 //
@@ -124,6 +146,16 @@ func NewRemote(cfg RemoteConfig) (*Remote, error) {
 	if cfg.TokenURL == "" {
 		cfg.TokenURL = cfg.URL + "/identity/token"
 	}
+	if err := checkURL("service URL", cfg.URL, cfg.Insecure); err != nil {
+		return nil, err
+	}
+	if err := checkURL("token URL", cfg.TokenURL, cfg.Insecure); err != nil {
+		return nil, err
+	}
+	tc, err := tlsConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 30 * time.Second
 	}
@@ -139,24 +171,30 @@ func NewRemote(cfg RemoteConfig) (*Remote, error) {
 		// calls, so keep connections alive.
 		t.DisableKeepAlives = false
 		t.MaxIdleConnsPerHost = 16
+		t.TLSClientConfig = tc.Clone()
 	}
 	// The official client retries 429 and 5xx itself; the transient statuses it does not
-	// know (408, 425) are retried below it, with the same policy, inside the Timeout.
-	c, err := kp.New(kcfg, &retrying{next: transport, budget: retryBudget(cfg.Timeout), retry: func(status int) bool {
+	// know (408, 425) are retried below it, with the same policy, inside the Timeout. A
+	// certificate error ends the call at once (certGuard).
+	c, err := kp.New(kcfg, &retrying{next: certGuard{next: transport}, budget: retryBudget(cfg.Timeout), retry: func(status int) bool {
 		return kpapi.TransientStatus(status) && status != http.StatusTooManyRequests && status < 500
 	}})
 	if err != nil {
 		return nil, fmt.Errorf("kms: %w", err)
 	}
-	tokens := &http.Client{Timeout: cfg.Timeout, Transport: &retrying{next: http.DefaultTransport, retry: kpapi.TransientStatus, budget: retryBudget(cfg.Timeout)}}
-	return &Remote{cfg: cfg, client: c, http: &http.Client{Timeout: cfg.Timeout}, tokens: tokens}, nil
+	// Remote's own calls and the token exchange share a transport of their own.
+	plain := http.DefaultTransport.(*http.Transport).Clone()
+	plain.TLSClientConfig = tc
+	tokens := &http.Client{Timeout: cfg.Timeout, Transport: &retrying{next: certGuard{next: plain}, retry: kpapi.TransientStatus, budget: retryBudget(cfg.Timeout)}}
+	return &Remote{cfg: cfg, client: c, http: &http.Client{Timeout: cfg.Timeout, Transport: certGuard{next: plain}}, tokens: tokens}, nil
 }
 
 // Client returns the underlying Key Protect client, for calls Remote has no method for.
 // Those calls use the client's own token source, not Remote's token cache and its renewal on
 // 401, and its errors carry the server's text as sent (map them with [ClientError] before
 // printing them); the client retries every request on 5xx, which is unsafe for a request
-// that changes state: prefer Remote's methods.
+// that changes state, and on a certificate error (after waits of seconds), which Remote's
+// methods never do: prefer Remote's methods.
 func (r *Remote) Client() *kp.Client { return r.client }
 
 // Wrap implements volume.KeyService. Like Unwrap and Rewrap it takes and returns binary
@@ -166,7 +204,7 @@ func (r *Remote) Client() *kp.Client { return r.client }
 func (r *Remote) Wrap(ctx context.Context, keyID string, plaintext []byte, aad []string) (volume.Wrapped, error) {
 	pt := []byte(base64.StdEncoding.EncodeToString(plaintext))
 	var res *kp.KeyActionResponse
-	err := r.authorized(ctx, func(auth string) (err error) {
+	err := r.authorized(ctx, func(ctx context.Context, auth string) (err error) {
 		return recovered(func() (err error) {
 			res, err = r.client.WrapV2(kp.NewContextWithAuth(ctx, auth), keyID, pt, aadPtr(aad))
 			return err
@@ -304,7 +342,7 @@ func (r *Remote) KeyCRN(ctx context.Context, keyID string) (string, error) {
 // well-formed UUID is an error matching volume.ErrIncompleteAnswer.
 func (r *Remote) KeyMetadata(ctx context.Context, keyID string) (*kp.Key, error) {
 	var k *kp.Key
-	err := r.authorized(ctx, func(auth string) (err error) {
+	err := r.authorized(ctx, func(ctx context.Context, auth string) (err error) {
 		return recovered(func() (err error) {
 			k, err = r.client.GetKeyMetadata(kp.NewContextWithAuth(ctx, auth), keyID)
 			return err
@@ -350,7 +388,7 @@ func checkID(what, id string) error {
 // ([kpapi.Printable]) before printing them.
 func (r *Remote) ListKeys(ctx context.Context) (*kp.Keys, error) {
 	var keys *kp.Keys
-	err := r.authorized(ctx, func(auth string) error {
+	err := r.authorized(ctx, func(ctx context.Context, auth string) error {
 		return recovered(func() (err error) {
 			keys, err = r.client.GetKeys(kp.NewContextWithAuth(ctx, auth), 0, 0)
 			return err
@@ -366,7 +404,7 @@ func (r *Remote) ListKeys(ctx context.Context) (*kp.Keys, error) {
 // escape them ([kpapi.Printable]) before printing them.
 func (r *Remote) KeyVersions(ctx context.Context, keyID string) (*kp.KeyVersions, error) {
 	var vs *kp.KeyVersions
-	err := r.authorized(ctx, func(auth string) error {
+	err := r.authorized(ctx, func(ctx context.Context, auth string) error {
 		return recovered(func() (err error) {
 			vs, err = r.client.ListKeyVersions(kp.NewContextWithAuth(ctx, auth), keyID, nil)
 			return err
@@ -456,13 +494,13 @@ func base64JSON(b []byte) json.RawMessage {
 // what the service may have done, as in "may have created the key".
 func (r *Remote) callOnce(ctx context.Context, acted, method, path string, body []byte, out any) error {
 	var wrote atomic.Bool
-	traced := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+	trace := &httptrace.ClientTrace{
 		// A request that could not be written whole was not acted on.
 		WroteRequest: func(info httptrace.WroteRequestInfo) { wrote.Store(info.Err == nil) },
-	})
-	err := r.authorized(ctx, func(auth string) error {
+	}
+	err := r.authorized(ctx, func(ctx context.Context, auth string) error {
 		wrote.Store(false)
-		return r.send(traced, auth, method, path, body, out)
+		return r.send(httptrace.WithClientTrace(ctx, trace), auth, method, path, body, out)
 	})
 	if err == nil {
 		return nil
@@ -540,13 +578,24 @@ func (r *Remote) OnRotate(func(context.Context, volume.RotationNotice) error) fu
 // authorized runs an API call with the Authorization header value auth ("Bearer " and a
 // token), which the official client takes from its context ([kp.NewContextWithAuth]); see
 // [Remote] for what a 401 does.
-func (r *Remote) authorized(ctx context.Context, call func(auth string) error) error {
+//
+// call gets a context derived from ctx to make its requests with: a certificate error ends it
+// (see certGuard), and authorized then returns that error, which matches ErrCertificate.
+func (r *Remote) authorized(ctx context.Context, call func(ctx context.Context, auth string) error) error {
+	ctx, stop := withStop(ctx)
+	defer stop(nil)
 	for attempt := 0; ; attempt++ {
 		tok, err := r.bearer(ctx)
+		if cerr := stopped(ctx); cerr != nil {
+			return cerr
+		}
 		if err != nil {
 			return err
 		}
-		err = call("Bearer " + tok)
+		err = call(ctx, "Bearer "+tok)
+		if cerr := stopped(ctx); cerr != nil {
+			return cerr
+		}
 		if err == nil || r.cfg.Token != "" || attempt > 0 || !unauthorized(err) {
 			return err
 		}
@@ -582,7 +631,7 @@ func (r *Remote) call(ctx context.Context, method, path string, body, out any) e
 			return err
 		}
 	}
-	return r.authorized(ctx, func(auth string) error { return r.send(ctx, auth, method, path, b, out) })
+	return r.authorized(ctx, func(ctx context.Context, auth string) error { return r.send(ctx, auth, method, path, b, out) })
 }
 
 // send makes one API request with the Authorization header value auth.
@@ -667,8 +716,9 @@ func (r *Remote) bearer(ctx context.Context) (string, error) {
 		x = &tokenExchange{done: make(chan struct{})}
 		r.exchange = x
 		// The exchange serves every call waiting for it, so the first caller's cancellation
-		// does not end it; the token client's Timeout bounds it.
-		go r.exchangeToken(context.WithoutCancel(ctx), x)
+		// does not end it; the token client's Timeout bounds it. Nor does a certificate
+		// error of the exchange end that caller's call (certGuard): it reaches every waiter.
+		go r.exchangeToken(context.WithValue(context.WithoutCancel(ctx), stopKey{}, nil), x)
 	}
 	r.mu.Unlock()
 	select {

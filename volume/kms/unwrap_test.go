@@ -59,7 +59,7 @@ func TestUnwrapClearsAnswer(t *testing.T) {
 		{"not a string", `{"plaintext":12,"keyVersion":` + v + `}`, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r, err := NewRemote(RemoteConfig{URL: "http://kms.invalid", Instance: "inst", Token: "t"})
+			r, err := NewRemote(RemoteConfig{URL: "http://kms.invalid", Instance: "inst", Token: "t", Insecure: true})
 			require.NoError(t, err)
 			tr := &bodyTransport{body: tc.body}
 			r.http = &http.Client{Transport: tr}
