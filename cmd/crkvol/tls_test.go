@@ -86,7 +86,6 @@ func TestRemoteTLSFlags(t *testing.T) {
 			}
 			before := conns.Load()
 			var stdout, stderr bytes.Buffer
-			start := time.Now()
 			code := run(tc.args, strings.NewReader(""), &stdout, &stderr, func(k string) string { return env[k] })
 			out := stdout.String() + stderr.String()
 			assert.Equal(t, tc.code, code, out)
@@ -99,7 +98,6 @@ func TestRemoteTLSFlags(t *testing.T) {
 			if tc.conns >= 0 {
 				assert.Equal(t, tc.conns, conns.Load()-before, "connections")
 			}
-			assert.Less(t, time.Since(start), 900*time.Millisecond, "no retry's wait")
 		})
 	}
 }

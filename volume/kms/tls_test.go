@@ -221,15 +221,12 @@ func TestRemoteCertificateErrorsNotRetried(t *testing.T) {
 				}
 				r, err := kms.NewRemote(cfg)
 				require.NoError(t, err)
-				start := time.Now()
 				err = c.call(t, r, k.keyID)
-				elapsed := time.Since(start)
 				require.ErrorIs(t, err, kms.ErrCertificate)
 				assert.NotErrorIs(t, err, kms.ErrOutcomeUnknown)
 				assert.Contains(t, err.Error(), "certificate")
 				assert.Contains(t, err.Error(), strings.TrimPrefix(cfg.URL, "https://"), "the error names the host")
 				assert.EqualValues(t, 1, k.conns.Load(), "connections: a certificate error is not retried")
-				assert.Less(t, elapsed, 900*time.Millisecond, "the call failed at once, without a retry's wait")
 			})
 		}
 	}
