@@ -40,7 +40,7 @@ func TestUnlockContextHighIterations(t *testing.T) {
 			_, _, err = img.UnlockContext(ctx, []byte("pass"), AnyKeyslot)
 			assert.ErrorIs(t, err, context.DeadlineExceeded)
 			assert.NotErrorIs(t, err, ErrWrongPassphrase)
-			assert.Less(t, time.Since(start), 5*time.Second, "the KDF stops when the context ends")
+			assert.Less(t, time.Since(start), 20*time.Second, "the KDF stops when the context ends (it would run for minutes; a failure bound, not a speed target)")
 
 			ctx, cancel = context.WithCancel(context.Background())
 			cancel()

@@ -73,7 +73,7 @@ func TestLockHonoursContext(t *testing.T) {
 				err := c.fn(ctx)
 				require.ErrorIs(t, err, e.want)
 				assert.Contains(t, err.Error(), "waiting for the image lock")
-				assert.Less(t, time.Since(start), 2*time.Second, "gave up promptly")
+				assert.Less(t, time.Since(start), 20*time.Second, "gave up, not waited for the holder (a failure bound, not a speed target)")
 			})
 		}
 	}

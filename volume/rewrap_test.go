@@ -294,7 +294,7 @@ func TestRewrapHoldsNoLockAcrossKeyService(t *testing.T) {
 	require.NoError(t, updateToken(t, info.Path, func(cur json.RawMessage) ([]byte, error) {
 		return withExtraMember(t, cur), nil
 	}), "the header lock is free while the key service works")
-	assert.Less(t, time.Since(start), 2*time.Second)
+	assert.Less(t, time.Since(start), 20*time.Second, "not held up by the key service (a failure bound, not a speed target)")
 	_, values := tokenMembers(t, readToken(t, info.Path))
 	assert.Equal(t, `"`+info.KeyVersion+`"`, values["key_version"], "not committed yet")
 
@@ -423,7 +423,7 @@ func TestGivesUpOnLockHeldByAnotherProcess(t *testing.T) {
 			start := time.Now()
 			err := c.fn(ctx)
 			require.ErrorIs(t, err, context.Canceled)
-			assert.Less(t, time.Since(start), 2*time.Second, "returned promptly")
+			assert.Less(t, time.Since(start), 20*time.Second, "returned, not waited for the lock holder (a failure bound, not a speed target)")
 		})
 	}
 	stop()
