@@ -59,16 +59,11 @@ func responseError(status int, body []byte, cause error) error {
 // reachable with errors.As. Any other error is returned as it is.
 func ClientError(err error) error { return clientError(err) }
 
-// ClientCall runs fn, a call of the official Key Protect client, and returns its error as
-// [ClientError] maps it. keyprotect-go-client v0.15.1 takes the first resource of a success
-// answer without checking that there is one, so a service answering 2xx with no resources
-// makes it panic; ClientCall turns that panic into an error matching
-// volume.ErrIncompleteAnswer (a failure of the service, not a refusal), so a broken or
-// hostile service cannot crash the caller.
-func ClientCall(fn func() error) error { return clientError(recovered(fn)) }
-
-// recovered runs fn, a call of the official client, turning its panic into an error (see
-// [ClientCall]); the error is otherwise fn's, unmapped.
+// recovered runs fn, a call of the official client, turning its panic into an error; the
+// error is otherwise fn's, unmapped. keyprotect-go-client v0.15.1 takes the first resource of
+// a success answer without checking that there is one, so a service answering 2xx with no
+// resources makes it panic; Remote's calls report that as volume.ErrIncompleteAnswer (a
+// failure of the service, not a refusal), so a broken or hostile service cannot crash them.
 func recovered(fn func() error) (err error) {
 	defer func() {
 		if p := recover(); p != nil {

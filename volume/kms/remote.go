@@ -193,8 +193,8 @@ func NewRemote(cfg RemoteConfig) (*Remote, error) {
 // Those calls use the client's own token source, not Remote's token cache and its renewal on
 // 401, and its errors carry the server's text as sent (map them with [ClientError] before
 // printing them); the client retries every request on 5xx, which is unsafe for a request
-// that changes state, and on a certificate error (after waits of seconds), which Remote's
-// methods never do: prefer Remote's methods.
+// that changes state, and on a certificate error (after waits of seconds), and it panics on a
+// success answer without resources, which Remote's methods never do: prefer Remote's methods.
 func (r *Remote) Client() *kp.Client { return r.client }
 
 // Wrap implements volume.KeyService. Like Unwrap and Rewrap it takes and returns binary
