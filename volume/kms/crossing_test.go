@@ -2,6 +2,7 @@ package kms_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
@@ -79,6 +80,22 @@ func readBack(t *testing.T, mgr *volume.Manager, path string, data []byte, off i
 	require.NoError(t, err)
 	require.NoError(t, v.Close())
 	assert.True(t, bytes.Equal(data, got), "data read back")
+}
+
+// createWithData creates a volume at path through the key service of mode, writes data at
+// off, and closes its manager (which so has no rotation hook left).
+func createWithData(t *testing.T, f *crossFixture, mode, keyID, path string, data []byte, off int64) {
+	t.Helper()
+	ctx := context.Background()
+	creator := volume.NewManager(f.ks(mode), f.reg, volume.Options{})
+	defer creator.Close()
+	_, err := creator.Create(ctx, path, volume.CreateOptions{KeyID: keyID, Size: 2 << 20, KeyslotsSize: 512 << 10})
+	require.NoError(t, err)
+	v, err := creator.Open(ctx, path)
+	require.NoError(t, err)
+	_, err = v.WriteAt(data, off)
+	require.NoError(t, err)
+	require.NoError(t, v.Close())
 }
 
 // tokenCiphertext returns the ciphertext member of the volume's crkvol token.
@@ -161,16 +178,8 @@ func TestVolumeCrossesModes(t *testing.T) {
 			require.NoError(t, err)
 			path := filepath.Join(f.dir, "vol.img")
 
-			creator := volume.NewManager(f.ks(c.create), f.reg, volume.Options{})
-			_, err = creator.Create(ctx, path, volume.CreateOptions{KeyID: key.ID, Size: 2 << 20, KeyslotsSize: 512 << 10})
-			require.NoError(t, err)
 			data := bytes.Repeat([]byte("crossing "), 1000)
-			v, err := creator.Open(ctx, path)
-			require.NoError(t, err)
-			_, err = v.WriteAt(data, 4096)
-			require.NoError(t, err)
-			require.NoError(t, v.Close())
-			creator.Close() // no rotation hook of its own: the sync below does the rewrap
+			createWithData(t, f, c.create, key.ID, path, data, 4096) // the sync below does the rewrap
 			assertKeyProtectForm(t, tokenCiphertext(t, path))
 
 			opener := volume.NewManager(f.ks(c.open), f.reg, volume.Options{})
@@ -225,16 +234,8 @@ func TestOldTokenFormsOpenBothWays(t *testing.T) {
 			key, err := f.svc.CreateRootKey(ctx, "old forms")
 			require.NoError(t, err)
 			path := filepath.Join(f.dir, "vol.img")
-			creator := volume.NewManager(f.ks("local"), f.reg, volume.Options{})
-			_, err = creator.Create(ctx, path, volume.CreateOptions{KeyID: key.ID, Size: 2 << 20, KeyslotsSize: 512 << 10})
-			require.NoError(t, err)
 			data := bytes.Repeat([]byte("old form "), 1000)
-			v, err := creator.Open(ctx, path)
-			require.NoError(t, err)
-			_, err = v.WriteAt(data, 8192)
-			require.NoError(t, err)
-			require.NoError(t, v.Close())
-			creator.Close()
+			createWithData(t, f, "local", key.ID, path, data, 8192)
 			kp := tokenCiphertext(t, path)
 			old := oldForms[c.form](kp)
 			setTokenCiphertext(t, path, old)
