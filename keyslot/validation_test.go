@@ -416,6 +416,15 @@ func crkvolDefectCases() []validationCase {
 				delete(k, "cpus")
 				k["type"], k["hash"], k["iterations"] = "pbkdf2", "sha256", 4294967295
 			})},
+		{name: "crkvol-argon2-time-over-int32", verdict: unsupported, msg: "keyslots.1.kdf.time",
+			reason: "cryptsetup 2.6.1 reads an argon2 time cost with json_object_get_int, which saturates at 2^31-1, so it would derive with another cost than the one written",
+			gen:    edit0(func(c *genCase, m map[string]any) { c.obj(m, "keyslots", "1", "kdf")["time"] = 2147483648 })},
+		{name: "crkvol-argon2-memory-over-4gib", verdict: unsupported, msg: "keyslots.1.kdf.memory",
+			reason: "above cryptsetup's argon2 limit of 4 GiB (crypt_pbkdf_get_limits), which 2.6.1 checks when it makes a keyslot but not when it reads one; crkvol bounds what a crafted header can allocate",
+			gen:    edit0(func(c *genCase, m map[string]any) { c.obj(m, "keyslots", "1", "kdf")["memory"] = MaxArgon2Memory + 1 })},
+		{name: "crkvol-argon2-cpus-over-4", verdict: unsupported, msg: "keyslots.1.kdf.cpus",
+			reason: "above cryptsetup's argon2 limit of 4 threads (crypt_pbkdf_get_limits), which 2.6.1 checks when it makes a keyslot but not when it reads one",
+			gen:    edit0(func(c *genCase, m map[string]any) { c.obj(m, "keyslots", "1", "kdf")["cpus"] = MaxArgon2Threads + 1 })},
 		{name: "crkvol-json-depth-3000", verdict: invalid, msg: "nested",
 			gen: edit0(func(c *genCase, m map[string]any) {
 				var deep any = map[string]any{}
