@@ -3,6 +3,8 @@ package keyslot
 import (
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -80,5 +82,71 @@ func TestPBKDF2MatchesXCrypto(t *testing.T) {
 				})
 			}
 		}
+	}
+}
+
+// argon2ChildEnv marks the child process TestUnlockContextArgon2HugeTime runs itself in.
+const argon2ChildEnv = "CRKVOL_TEST_ARGON2_CHILD"
+
+// TestUnlockContextArgon2HugeTime: x/crypto's argon2 takes no context, so a crafted keyslot
+// with the highest time cost crkvol accepts (hours of work at 32 KiB) must still let
+// UnlockContext return promptly, with ctx.Err() wrapped, when the context ends — whether it
+// ends by deadline or by cancel during the derivation.
+//
+// The abandoned derivations run on for hours, which would take the CPU from every other test
+// of the package; so the test runs in a child process of the test binary, whose exit ends
+// them.
+func TestUnlockContextArgon2HugeTime(t *testing.T) {
+	if os.Getenv(argon2ChildEnv) == "" {
+		t.Parallel()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run", "^TestUnlockContextArgon2HugeTime$", "-test.v", "-test.count", "1")
+		cmd.Env = append(os.Environ(), argon2ChildEnv+"=1")
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "child test:\n%s", out)
+		assert.Contains(t, string(out), "--- PASS: TestUnlockContextArgon2HugeTime/deadline")
+		assert.Contains(t, string(out), "--- PASS: TestUnlockContextArgon2HugeTime/cancel")
+		return
+	}
+	huge := fmt.Sprint(MaxArgon2Time)
+	tests := []struct {
+		name    string
+		ctx     func() (context.Context, context.CancelFunc)
+		wantErr error
+	}{
+		{"deadline", func() (context.Context, context.CancelFunc) {
+			return context.WithTimeout(context.Background(), 100*time.Millisecond)
+		}, context.DeadlineExceeded},
+		{"cancel", func() (context.Context, context.CancelFunc) {
+			ctx, cancel := context.WithCancel(context.Background())
+			time.AfterFunc(100*time.Millisecond, cancel)
+			return ctx, cancel
+		}, context.Canceled},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			dev, text := baseImage(t, Argon2id(4, 32, 1))
+			require.Contains(t, text, `"time":4,`)
+			writeRawMetadata(t, dev, strings.Replace(text, `"time":4,`, `"time":`+huge+`,`, 1))
+			img, err := Open(dev, nil)
+			require.NoError(t, err, "the highest allowed time cost opens")
+
+			ctx, cancel := tt.ctx()
+			defer cancel()
+			done := make(chan error, 1)
+			go func() {
+				_, _, err := img.UnlockContext(ctx, []byte("pass"), AnyKeyslot)
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				assert.ErrorIs(t, err, tt.wantErr)
+				assert.NotErrorIs(t, err, ErrWrongPassphrase)
+			case <-time.After(20 * time.Second):
+				t.Fatal("UnlockContext did not return within 20 s of a context ending after 100 ms (a hang guard, not a speed target)")
+			}
+		})
 	}
 }

@@ -46,10 +46,11 @@
 //
 // Every length, offset, id, count and base64 field is checked before use; the JSON area is
 // bounded by the header size (at most 4 MiB); KDF costs read from disk are capped at
-// cryptsetup's limits (pbkdf2 iterations of keyslots and digests at most 2^31-1, argon2 time
-// below 2^32, argon2 memory at most 4 GiB, at most 4 threads) so a crafted header cannot
-// allocate without bound; as even the allowed pbkdf2 counts take many minutes,
-// [Image.UnlockContext] stops the derivation when its context ends. Segments must start after
+// cryptsetup's limits (pbkdf2 iterations of keyslots and digests and argon2 time at most
+// 2^31-1, argon2 memory at most 4 GiB, at most 4 threads) so a crafted header cannot
+// allocate without bound; as even the allowed costs take minutes to hours,
+// [Image.UnlockContext] returns when its context ends (stopping pbkdf2, and leaving an argon2
+// derivation, which cannot be interrupted, to finish in the background). Segments must start after
 // the keyslots area, since the header is always in the image.
 // Unknown keyslot, KDF, digest, segment, hash and cipher types are refused with errors naming
 // them ([ErrUnsupported]); unknown members are kept and written back. An image with unknown

@@ -2,6 +2,8 @@ package keyslot
 
 import (
 	"bytes"
+	"encoding/binary"
+	"flag"
 	"os"
 	"path/filepath"
 	"testing"
@@ -24,38 +26,95 @@ func headerSeeds(f *testing.F) [][]byte {
 	return seeds
 }
 
-// fixPrimaryChecksum recomputes the primary copy's checksum so that mutations reach the JSON
-// parser instead of stopping at the checksum.
-func fixPrimaryChecksum(data []byte) {
-	if len(data) < binHeaderSize {
+// binHeaderUsed is the part of a binary header that holds fields (up to and including the
+// checksum); the rest of its 4096 bytes is zero padding, only hashed by the checksum.
+const binHeaderUsed = offCsum + csumLen
+
+// compactCopy encodes one 16 KiB header copy of a seed image for FuzzParseHeader: the used
+// part of its binary header followed by its JSON area without the trailing zero padding.
+func compactCopy(f *testing.F, c []byte) []byte {
+	if !allZero(c[binHeaderUsed:binHeaderSize]) {
+		f.Fatal("seed binary header has data past the checksum")
+	}
+	area := bytes.TrimRight(c[binHeaderSize:], "\x00")
+	return append(bytes.Clone(c[:binHeaderUsed]), area...)
+}
+
+// fuzzDevice assembles a device from two compact copies (see compactCopy): the primary at 0
+// and the secondary at the offset the loader looks at first — the primary's hdr_size when
+// that is a size LUKS2 allows, else 16 KiB — or, when at is not 0, at the at-th allowed size,
+// so that the probe over every size is fuzzed too. Each copy's first binHeaderUsed bytes go
+// to its binary header, the rest to its JSON area; whatever does not fit before the next copy
+// or the device end is dropped. With fix, each copy gets a correct checksum so that mutations
+// reach the JSON parser.
+func fuzzDevice(primary, secondary []byte, at uint8, fix bool) []byte {
+	primarySize := uint64(16 << 10)
+	if len(primary) >= offHdrSize+8 {
+		if n := binary.BigEndian.Uint64(primary[offHdrSize:]); validHdrSize(n) {
+			primarySize = n
+		}
+	}
+	off := primarySize
+	if at != 0 {
+		off = hdrSizes[int(at-1)%len(hdrSizes)]
+	}
+	data := make([]byte, max(2*off, primarySize))
+	place := func(c []byte, at, end uint64) {
+		n := min(len(c), binHeaderUsed)
+		copy(data[at:at+binHeaderSize], c[:n])
+		if uint64(len(c)) > binHeaderUsed && at+binHeaderSize < end {
+			copy(data[at+binHeaderSize:end], c[binHeaderUsed:])
+		}
+	}
+	place(primary, 0, min(off, uint64(len(data))))
+	place(secondary, off, uint64(len(data)))
+	if fix {
+		fixChecksum(data, 0)
+		fixChecksum(data, off)
+	}
+	return data
+}
+
+// fixChecksum recomputes the checksum of the copy at off when its binary header parses and
+// its area fits the device.
+func fixChecksum(data []byte, off uint64) {
+	if uint64(len(data)) < off+binHeaderSize {
 		return
 	}
-	h, err := parseBinHeader(data)
-	if err != nil || uint64(len(data)) < h.hdrSize {
+	h, err := parseBinHeader(data[off:])
+	if err != nil || uint64(len(data))-off < h.hdrSize {
 		return
 	}
-	sum, err := diskChecksum(h.csumAlg, data[:binHeaderSize], data[binHeaderSize:h.hdrSize])
+	sum, err := diskChecksum(h.csumAlg, data[off:off+binHeaderSize], data[off+binHeaderSize:off+h.hdrSize])
 	if err != nil {
 		return
 	}
-	copy(data[offCsum:offCsum+csumLen], sum[:])
+	copy(data[off+offCsum:off+offCsum+csumLen], sum[:])
 }
 
-// FuzzParseHeader opens arbitrary bytes as a LUKS2 device. It must never panic, and metadata
-// that parses must survive a marshal/parse round trip unchanged.
+// FuzzParseHeader opens a device made of two fuzzed header copies (see fuzzDevice). It must
+// never panic, and metadata that parses must survive a marshal/parse round trip unchanged.
+//
+// Speed: the fuzzer minimizes every input that finds new coverage, and minimizing a byte
+// slice takes a number of runs quadratic in its length (Go's internal/fuzz minimizeBytes
+// removes every sub-range). For the raw 32 KiB of a device, mostly zero padding, each new
+// input used the whole default budget of 60 s, so a 30 s run showed 9 execs (0/s). The inputs
+// are therefore the two copies in compact form (about 3 KiB: minimization is ~100 times
+// cheaper), and unless -fuzzminimizetime is given the budget is fuzzMinimizeRuns runs per
+// input, which still shortens the tail of an input and minimizes crashers a good deal.
 func FuzzParseHeader(f *testing.F) {
+	limitMinimization(f)
 	for _, s := range headerSeeds(f) {
-		f.Add(s, false)
-		f.Add(s, true)
+		p, sec := compactCopy(f, s[:DefaultMetadataSize]), compactCopy(f, s[DefaultMetadataSize:])
+		if d := fuzzDevice(p, sec, 0, false); !bytes.Equal(d, s) {
+			f.Fatal("the compact form of a seed does not give back its header region")
+		}
+		f.Add(p, sec, uint8(0), false)
+		f.Add(p, sec, uint8(0), true)
+		f.Add(p, sec, uint8(2), true) // secondary at 32 KiB, where it is not
 	}
-	f.Fuzz(func(t *testing.T, data []byte, fix bool) {
-		if len(data) > 8<<20 {
-			return
-		}
-		data = bytes.Clone(data)
-		if fix {
-			fixPrimaryChecksum(data)
-		}
+	f.Fuzz(func(t *testing.T, primary, secondary []byte, at uint8, fix bool) {
+		data := fuzzDevice(primary, secondary, at, fix)
 		img, err := Open(&memDevice{buf: data}, nil)
 		if err != nil {
 			return
@@ -74,6 +133,23 @@ func FuzzParseHeader(f *testing.F) {
 		_ = img.Segment()
 		_ = img.Health()
 	})
+}
+
+// fuzzMinimizeRuns is the default minimization budget of FuzzParseHeader, in runs.
+const fuzzMinimizeRuns = "2000x"
+
+// limitMinimization sets -test.fuzzminimizetime to fuzzMinimizeRuns unless the command line
+// gave it; the coordinator reads it when f.Fuzz starts fuzzing.
+func limitMinimization(f *testing.F) {
+	const name = "test.fuzzminimizetime"
+	given := false
+	flag.Visit(func(fl *flag.Flag) { given = given || fl.Name == name })
+	if given || flag.Lookup(name) == nil {
+		return
+	}
+	if err := flag.Set(name, fuzzMinimizeRuns); err != nil {
+		f.Fatalf("setting -%s: %v", name, err)
+	}
 }
 
 // FuzzParseMetadata feeds arbitrary JSON text straight to the metadata parser.

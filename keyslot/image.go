@@ -391,7 +391,8 @@ func readBinHeader(dev Device, off uint64) (*binHeader, []byte, error) {
 
 // How far readCopy got before it refused a copy; a higher stage is a more specific error.
 const (
-	stageNoHeader  = iota // no binary header of this version here (bad magic, short device)
+	stageNoHeader  = iota // no binary header here (bad magic, short device)
+	stageBadHeader        // a LUKS magic, but a binary header with a bad field (version, size, strings)
 	stageWrongCopy        // a binary header, but not the copy expected at this offset
 	stageChecksum         // the copy expected here, with a bad checksum
 	stageMetadata         // a whole copy whose JSON metadata is refused
@@ -403,6 +404,9 @@ const (
 func readCopy(dev Device, off uint64, secondary bool, same *copyState) (*copyState, int, error) {
 	h, raw, err := readBinHeader(dev, off)
 	if err != nil {
+		if len(raw) >= len(magicPrimary) && (bytes.HasPrefix(raw, magicPrimary) || bytes.HasPrefix(raw, magicSecondary)) {
+			return nil, stageBadHeader, err
+		}
 		return nil, stageNoHeader, err
 	}
 	if h.secondary != secondary {

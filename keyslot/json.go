@@ -126,6 +126,22 @@ func parseMetadata(text []byte, hdrSize uint64) (*metadata, error) {
 	}); err != nil {
 		return nil, err
 	}
+	// Segment ids are checked before any segment's type: a gap (cryptsetup's "gap in
+	// backup segments") makes the header invalid whatever the types, and is reported as
+	// such rather than as an unsupported segment type.
+	var segIDs []int
+	if err := eachEntry(top, "segments", maxSegments, func(id int, _ *object) error {
+		segIDs = append(segIDs, id)
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	slices.Sort(segIDs)
+	for i, id := range segIDs {
+		if id != i {
+			return nil, fmt.Errorf("%w: segment ids are not contiguous from 0 (missing %d)", ErrInvalidMetadata, i)
+		}
+	}
 	if err := eachEntry(top, "segments", maxSegments, func(id int, o *object) error {
 		s, err := parseSegment(o)
 		m.segments[id] = s

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash"
 	"math"
+	"slices"
 
 	"golang.org/x/crypto/argon2"
 )
@@ -29,11 +30,18 @@ const (
 // (a 32-bit int), reads a keyslot's with json_object_get_int (which saturates at 2^31-1), and
 // its OpenSSL backend refuses more than INT_MAX ("PBKDF2 iteration value overflow"); a larger
 // count is one cryptsetup can neither make nor open as written.
+//
+// MaxArgon2Time is 2^31-1 rather than the 2^32-1 of crypt_pbkdf_get_limits for the same
+// reason: cryptsetup 2.6.1 reads a keyslot's argon2 time with json_object_get_int, so a larger
+// cost would be derived with 2^31-1 passes instead of those written. Memory (4 GiB) and threads
+// (4) are crypt_pbkdf_get_limits' argon2 limits; 2.6.1 enforces them when it makes a keyslot
+// but not when it reads one, and crkvol refuses headers beyond them so that a crafted header
+// cannot make an unlock allocate more, or (with [Image.UnlockContext]) leave more running.
 const (
 	MinPBKDF2Iterations = 1000
 	MaxPBKDF2Iterations = math.MaxInt32
 	MinArgon2Time       = 4
-	MaxArgon2Time       = math.MaxUint32
+	MaxArgon2Time       = math.MaxInt32
 	MinArgon2Memory     = 32      // KiB
 	MaxArgon2Memory     = 4 << 20 // KiB (4 GiB)
 	MaxArgon2Threads    = 4
@@ -197,9 +205,9 @@ func (k KDF) checkNew() error {
 	return nil
 }
 
-// derive runs the KDF over the passphrase, producing keyLen bytes. PBKDF2 stops with an error
-// wrapping ctx.Err() when ctx ends; Argon2, whose costs are capped in memory and threads,
-// looks at ctx only before it starts.
+// derive runs the KDF over the passphrase, producing keyLen bytes, and returns an error
+// wrapping ctx.Err() as soon as ctx ends: PBKDF2 stops itself; Argon2 (see argon2Key) is
+// abandoned to finish in the background.
 func (k KDF) derive(ctx context.Context, passphrase []byte, keyLen int) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("keyslot: key derivation: %w", err)
@@ -212,11 +220,44 @@ func (k KDF) derive(ctx context.Context, passphrase []byte, keyLen int) ([]byte,
 		}
 		return pbkdf2Key(ctx, passphrase, k.Salt, k.Iterations, keyLen, h.new)
 	case KDFArgon2i:
-		return argon2.Key(passphrase, k.Salt, uint32(k.Time), uint32(k.Memory), uint8(k.Threads), uint32(keyLen)), nil
+		return argon2Key(ctx, argon2.Key, passphrase, k.Salt, uint32(k.Time), uint32(k.Memory), uint8(k.Threads), uint32(keyLen))
 	case KDFArgon2id:
-		return argon2.IDKey(passphrase, k.Salt, uint32(k.Time), uint32(k.Memory), uint8(k.Threads), uint32(keyLen)), nil
+		return argon2Key(ctx, argon2.IDKey, passphrase, k.Salt, uint32(k.Time), uint32(k.Memory), uint8(k.Threads), uint32(keyLen))
 	}
 	return nil, fmt.Errorf("%w: KDF type %q", ErrUnsupported, truncate(k.Type))
+}
+
+// argon2Key runs an x/crypto argon2 function (argon2.Key or argon2.IDKey), which takes no
+// context, so that the caller is not held past the end of ctx. With a context that can end,
+// the derivation runs in its own goroutine on copies of the passphrase and salt, and
+// argon2Key returns an error wrapping ctx.Err() as soon as ctx ends. The abandoned
+// computation cannot be stopped: it still runs to completion in the background and then
+// clears its result. What it can cost is bounded by the limits parseKDF enforces — at most
+// MaxArgon2Memory KiB and MaxArgon2Threads threads, for at most MaxArgon2Time passes — and
+// each unlock abandons at most one derivation, since the keyslot loop stops on the context's
+// error.
+func argon2Key(ctx context.Context, f func(password, salt []byte, time, memory uint32, threads uint8, keyLen uint32) []byte,
+	passphrase, salt []byte, time, memory uint32, threads uint8, keyLen uint32) ([]byte, error) {
+	if ctx.Done() == nil {
+		return f(passphrase, salt, time, memory, threads, keyLen), nil
+	}
+	pass, s := slices.Clone(passphrase), slices.Clone(salt)
+	result := make(chan []byte)
+	go func() {
+		key := f(pass, s, time, memory, threads, keyLen)
+		clear(pass)
+		select {
+		case result <- key:
+		case <-ctx.Done():
+			clear(key)
+		}
+	}()
+	select {
+	case key := <-result:
+		return key, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("keyslot: key derivation: %w", ctx.Err())
+	}
 }
 
 // write encodes the KDF as the members of a kdf object, in cryptsetup's order.

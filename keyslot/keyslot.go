@@ -83,11 +83,13 @@ func (img *Image) Unlock(passphrase []byte, slot int) ([]byte, int, error) {
 	return img.UnlockContext(context.Background(), passphrase, slot)
 }
 
-// UnlockContext is [Image.Unlock] with a context: key derivation and the digest check stop
-// when ctx ends (pbkdf2 within about a millisecond; argon2 is not interrupted once started),
-// and the error then wraps ctx.Err() instead of ErrWrongPassphrase. A header may ask for up
-// to MaxPBKDF2Iterations, which takes many minutes; give a context with a deadline, or one
-// cancelled on an interrupt, when the image may come from someone else.
+// UnlockContext is [Image.Unlock] with a context: it returns as soon as ctx ends, with an
+// error wrapping ctx.Err() instead of ErrWrongPassphrase. pbkdf2 (keyslot or digest) stops
+// within about a millisecond; an argon2 derivation, which cannot be interrupted, is abandoned
+// and still finishes in the background, bounded by the argon2 limits read headers are held
+// to (MaxArgon2Memory, MaxArgon2Threads, MaxArgon2Time). A header may ask for up to
+// MaxPBKDF2Iterations or MaxArgon2Time, which take minutes to hours; give a context with a
+// deadline, or one cancelled on an interrupt, when the image may come from someone else.
 func (img *Image) UnlockContext(ctx context.Context, passphrase []byte, slot int) ([]byte, int, error) {
 	m := img.snapshot().meta
 
