@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/spf13/cobra"
+
 	"crkvol/volume"
 )
 
@@ -51,4 +53,57 @@ func (a *app) noteCopy(path string, v *volume.Volume) {
 	if reg, ok := v.CopyOf(); ok {
 		fmt.Fprintf(a.stderr, "crkvol: %s is an unregistered copy of %s (read-only)\n", path, reg)
 	}
+}
+
+// identityCommands are the volume commands for images whose identity is not their
+// registration: register (a moved or restored image), erase (a copy, or an image whose
+// registration is gone) and reidentify (a copy that is to become a volume of its own).
+func (a *app) identityCommands() []*cobra.Command {
+	var force bool
+	register := &cobra.Command{Use: "register IMG", Short: "Make a moved or restored image the registered image of its volume", Args: args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.open(cmd.Context()); err != nil {
+				return err
+			}
+			res, err := a.mgr.Reregister(cmd.Context(), args[0], volume.RegisterOptions{Force: force})
+			if err != nil {
+				return err
+			}
+			if res.Forced {
+				fmt.Fprintf(a.stderr, "crkvol: warning: --force: %s still held the volume; it is now an unregistered copy (read-only, no longer rewrapped)\n", res.Previous.Path)
+			}
+			if a.asJSON {
+				return a.emit(map[string]any{"path": res.Entry.Path, "crn": res.Entry.CRN, "previousPath": res.Previous.Path, "forced": res.Forced, "unchanged": res.Unchanged})
+			}
+			if res.Unchanged {
+				fmt.Fprintf(a.stdout, "%s is the registered image of %s already\n", args[0], res.Entry.CRN)
+				return nil
+			}
+			fmt.Fprintf(a.stdout, "registered %s as the image of %s (was %s)\n", res.Entry.Path, res.Entry.CRN, res.Previous.Path)
+			return nil
+		}}
+	register.Flags().BoolVar(&force, "force", false, "take the registration over even though the registered path still holds the volume")
+
+	var yes, forceErase bool
+	erase := &cobra.Command{Use: "erase IMG", Short: "Crypto-erase an unregistered copy or an image whose registration is gone", Args: args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !yes {
+				return usagef("volume erase: destroys every keyslot of %s for good; add --yes to confirm", args[0])
+			}
+			if err := a.open(cmd.Context()); err != nil {
+				return err
+			}
+			if err := a.mgr.Erase(cmd.Context(), args[0], volume.EraseOptions{Force: forceErase}); err != nil {
+				return err
+			}
+			if a.asJSON {
+				return a.emit(map[string]any{"path": args[0], "erased": true})
+			}
+			fmt.Fprintf(a.stdout, "crypto-erased %s: no keyslot is left\n", args[0])
+			return nil
+		}}
+	erase.Flags().BoolVar(&yes, "yes", false, "confirm: the image's keyslots are destroyed for good")
+	erase.Flags().BoolVar(&forceErase, "force", false, "erase the registered image of a volume too, and deregister it")
+
+	return []*cobra.Command{register, erase}
 }

@@ -276,6 +276,7 @@ func (a *app) volumeCommand() *cobra.Command {
 
 	attach, detach := a.attachCommands()
 	vol.AddCommand(create, adopt, status, list, write, read, attach, detach, passphrase, rewrap, del)
+	vol.AddCommand(a.identityCommands()...)
 	return vol
 }
 
