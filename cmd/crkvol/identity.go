@@ -105,5 +105,31 @@ func (a *app) identityCommands() []*cobra.Command {
 	erase.Flags().BoolVar(&yes, "yes", false, "confirm: the image's keyslots are destroyed for good")
 	erase.Flags().BoolVar(&forceErase, "force", false, "erase the registered image of a volume too, and deregister it")
 
-	return []*cobra.Command{register, erase}
+	var keyID string
+	reidentify := &cobra.Command{Use: "reidentify IMG", Short: "Give a copy of a volume its own UUID, passphrase and registration",
+		Long: `Give a copy of a volume (or an image whose registration is gone) an identity of its own,
+as cryptsetup luksUUID --uuid with luksChangeKey would: a new LUKS2 UUID and so a new volume
+CRN, a new random passphrase in a new keyslot wrapped by the root key (--key, or the copy's
+key), and a new registration. The old crkvol keyslot and token are removed.
+
+The volume key that encrypts the data stays the original's: the copy is registered and rotated
+on its own, but it is not cryptographically independent of the original. Making it so needs a
+re-encryption of the data (cryptsetup reencrypt), which crkvol does not do.`,
+		Args: args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.open(cmd.Context()); err != nil {
+				return err
+			}
+			info, err := a.mgr.Reidentify(cmd.Context(), args[0], volume.ReidentifyOptions{KeyID: keyID})
+			if err != nil {
+				return err
+			}
+			if !a.asJSON {
+				fmt.Fprintf(a.stderr, "reidentified %s as volume %s (its volume key is still the original's)\n", args[0], info.CRN)
+			}
+			return a.printStatus(args[0])
+		}}
+	reidentify.Flags().StringVar(&keyID, "key", "", "root key id to wrap the new passphrase (default: the copy's key)")
+
+	return []*cobra.Command{register, erase, reidentify}
 }
