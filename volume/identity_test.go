@@ -213,3 +213,28 @@ func TestRotationSkipsReplacedFile(t *testing.T) {
 	assert.Equal(t, before, readToken(t, info.Path))
 	assert.Equal(t, info.KeyVersion, registeredVersion(t, f, info.CRN))
 }
+
+// TestAdoptRefusesCopyOfRegisteredVolume: a copy whose crkvol-crk token was removed cannot be
+// adopted over the registration of the volume it copies.
+func TestAdoptRefusesCopyOfRegisteredVolume(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	info := f.create(t, "vol.img", 1<<20)
+	pass := unwrapPassphrase(t, f, info.Path)
+	backup := filepath.Join(f.dir, "backup.img")
+	copyFile(t, info.Path, backup)
+	fh, err := os.OpenFile(backup, os.O_RDWR, 0)
+	require.NoError(t, err)
+	img, err := keyslot.Open(fh, nil)
+	require.NoError(t, err)
+	require.NoError(t, img.RemoveToken(0))
+	require.NoError(t, fh.Close())
+
+	_, err = f.mgr.Adopt(f.ctx, backup, pass, f.key.ID, volume.AdoptOptions{})
+	require.ErrorIs(t, err, volume.ErrNotRegisteredImage)
+	assert.Contains(t, err.Error(), info.Path)
+	e, err := f.reg.Get(info.CRN)
+	require.NoError(t, err)
+	assert.Equal(t, info.Path, e.Path)
+	assert.Equal(t, 1, keyslotCount(t, backup), "no keyslot added")
+}

@@ -397,11 +397,11 @@ func (a *app) printStatus(path string) error {
 		st.Tokens = append(st.Tokens, tokenJSON{ID: t.ID, Type: t.Type, Keyslots: ids})
 	}
 	ident, err := a.identify(context.Background(), path)
-	if err != nil {
-		return err
-	}
 	var regLine string
 	st.Registration, regLine = registrationLine(ident)
+	if err != nil {
+		regLine = "unknown: " + err.Error()
+	}
 	if ident != nil && ident.Known {
 		st.RegisteredPath = ident.RegisteredPath
 	}
