@@ -42,6 +42,22 @@
 // attached and busy in this or another process: it only touches header metadata. Waits for
 // the header lock end with the caller's context.
 //
+// # Identity: an image is its registration
+//
+// A byte copy of an image carries the volume's UUID and token, so the UUID alone cannot say
+// which file is the volume. The [Registry] records, per volume, the image's resolved path
+// (symbolic links followed) and its file identity (device and inode, from the stat at
+// registration); entries of older registries, without the identity, match by path until the
+// next registration change on that image records it. Every operation that changes a
+// registration or a token — [Manager.Delete], a rewrap (manual, rotation, sync), the lazy
+// rewrap of an open, [Manager.Adopt] — acts only on the registered image and refuses any
+// other file with the volume's UUID with [ErrNotRegisteredImage], naming the registered path.
+// A copy still opens read-only ([Volume.CopyOf] says so) and is never rewrapped; a rotation
+// that finds another file at the registered path reports a failure. [Manager.Reregister] lets
+// a moved or restored image take over its registration, [Manager.Reidentify] gives a copy an
+// identity of its own (its volume key stays the original's), and [Manager.Erase]
+// crypto-erases a copy or an image whose registration is gone.
+//
 // # Secrets
 //
 // The unwrapped passphrase is cleared as soon as its keyslot is open, and on every error path

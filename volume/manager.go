@@ -230,7 +230,7 @@ func (m *Manager) Create(ctx context.Context, path string, opts CreateOptions) (
 	if err != nil {
 		return nil, fmt.Errorf("volume: create %s: %w", path, err)
 	}
-	info, err := m.enroll(ctx, img, path, opts.KeyID, 0, pass, !opts.AllowKeyDeletion)
+	info, err := m.enroll(ctx, img, f, path, opts.KeyID, 0, pass, !opts.AllowKeyDeletion)
 	if err != nil {
 		return nil, fmt.Errorf("volume: create %s: %w", path, err)
 	}
@@ -244,10 +244,11 @@ func (m *Manager) Create(ctx context.Context, path string, opts CreateOptions) (
 	return info, nil
 }
 
-// enroll wraps pass (which opens keyslot slot of img), stores the token, registers the volume
-// with the key service and in the registry. If a step fails, the steps before it are undone
+// enroll wraps pass (which opens keyslot slot of img, the image in file f at path), stores the
+// token, registers the volume with the key service and in the registry (with the image's
+// resolved path and file identity). If a step fails, the steps before it are undone
 // (registration, token), so a retry starts clean.
-func (m *Manager) enroll(ctx context.Context, img *keyslot.Image, path, keyID string, slot int, pass []byte, prevent bool) (_ *Info, err error) {
+func (m *Manager) enroll(ctx context.Context, img *keyslot.Image, f *os.File, path, keyID string, slot int, pass []byte, prevent bool) (_ *Info, err error) {
 	uuid := img.UUID()
 	crn := CRN(uuid)
 	w, err := m.kms.Wrap(ctx, keyID, pass, []string{uuid})
@@ -295,17 +296,19 @@ func (m *Manager) enroll(ctx context.Context, img *keyslot.Image, path, keyID st
 			}
 		}
 	}()
-	if err := m.reg.Put(Entry{CRN: crn, Path: path, UUID: uuid, KeyID: keyID, Created: m.opts.Now().UTC()}); err != nil {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	resolved, err := resolvePath(path)
+	if err != nil {
+		return nil, err
+	}
+	e := Entry{CRN: crn, UUID: uuid, KeyID: keyID, Created: m.opts.Now().UTC()}
+	if err := m.reg.Put(e.withIdentity(resolved, st)); err != nil {
 		return nil, err
 	}
 	seg := img.Segment()
-	st, err := os.Stat(path)
-	if err != nil {
-		if derr := m.reg.Delete(crn); derr != nil {
-			return nil, errors.Join(err, fmt.Errorf("undoing the registry entry of %s: %w", path, derr))
-		}
-		return nil, err
-	}
 	return &Info{
 		Path: path, UUID: uuid, CRN: crn, KeyID: keyID, KeyCRN: keyCRN, KeyVersion: w.VersionID, WrappedAt: tok.WrappedAt,
 		Size: st.Size() - int64(seg.Offset), SectorSize: seg.SectorSize, DataOffset: int64(seg.Offset),
@@ -313,9 +316,11 @@ func (m *Manager) enroll(ctx context.Context, img *keyslot.Image, path, keyID st
 }
 
 // findToken returns the crkvol-crk token of an image, checked (parseToken) against the image:
-// its volume_crn must be the image's, and the keyslot it names must exist.
+// its volume_crn must be the image's, and the keyslot it names must exist. A token whose
+// volume_crn names another volume is skipped when a token of this volume follows it.
 func findToken(img *keyslot.Image) (int, *token, error) {
 	uuid := img.UUID()
+	var other error
 	for _, t := range img.Tokens() {
 		if t.Type != TokenType {
 			continue
@@ -325,6 +330,14 @@ func findToken(img *keyslot.Image) (int, *token, error) {
 			return 0, nil, err
 		}
 		tok, err := parseToken(raw, uuid)
+		if ov := (*otherVolumeError)(nil); errors.As(err, &ov) {
+			// A token naming another volume (copied, or left by an interrupted
+			// reidentification): refused unless a token of this volume follows.
+			if other == nil {
+				other = fmt.Errorf("token %d: %w", t.ID, err)
+			}
+			continue
+		}
 		if err != nil {
 			return 0, nil, fmt.Errorf("token %d: %w", t.ID, err)
 		}
@@ -332,6 +345,9 @@ func findToken(img *keyslot.Image) (int, *token, error) {
 			return 0, nil, fmt.Errorf("token %d: %w: keyslots: keyslot %d does not exist", t.ID, ErrBadToken, slot)
 		}
 		return t.ID, tok, nil
+	}
+	if other != nil {
+		return 0, nil, other
 	}
 	return 0, nil, ErrNoToken
 }
@@ -365,7 +381,15 @@ func (m *Manager) OpenWith(ctx context.Context, path string, opts OpenOptions) (
 		f.Close()
 		return nil, err
 	}
-	v, err := m.open(ctx, f, img, opts)
+	r, err := m.imageRegistration(path, f, img)
+	if errors.Is(err, ErrNotRegisteredImage) && opts.ReadOnly {
+		err = nil // a copy opens read-only
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("volume: open %s: %w", path, err)
+	}
+	v, err := m.open(ctx, f, img, opts, r)
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("volume: open %s: %w", path, err)
@@ -374,8 +398,10 @@ func (m *Manager) OpenWith(ctx context.Context, path string, opts OpenOptions) (
 }
 
 // open unlocks the image and serves its data. Whatever fails, the passphrase is cleared as
-// soon as the keyslot is open, and the volume key unless a Volume took it.
-func (m *Manager) open(ctx context.Context, f *os.File, img *keyslot.Image, opts OpenOptions) (_ *Volume, err error) {
+// soon as the keyslot is open, and the volume key unless a Volume took it. An unregistered
+// copy (r, from imageRegistration, names another image) is served read-only and never
+// lazily rewrapped: its registration belongs to the registered image.
+func (m *Manager) open(ctx context.Context, f *os.File, img *keyslot.Image, opts OpenOptions, r registration) (_ *Volume, err error) {
 	key, id, tok, u, err := m.unlock(ctx, img)
 	if err != nil {
 		return nil, err
@@ -386,13 +412,21 @@ func (m *Manager) open(ctx context.Context, f *os.File, img *keyslot.Image, opts
 			clear(key)
 		}
 	}()
-	if u.Rewrapped != nil {
+	copyOf := r.copyOf()
+	if u.Rewrapped != nil && copyOf == "" {
 		if err := m.storeRewrapped(ctx, img, id, tok, u.Rewrapped); err != nil {
 			// The old wrapping still works; a later rotation or sync retries.
 			m.opts.Logger.Warn("lazy rewrap failed", "crn", tok.VolumeCRN, "err", err)
+		} else {
+			m.fillIdentity(r)
 		}
 	}
-	return newVolume(f, img, key, opts)
+	v, err := newVolume(f, img, key, opts)
+	if err != nil {
+		return nil, err
+	}
+	v.copyOf = copyOf
+	return v, nil
 }
 
 // unlock unwraps the passphrase in the image's crkvol-crk token with the key service and
@@ -539,6 +573,11 @@ func (m *Manager) Adopt(ctx context.Context, path string, passphrase []byte, key
 		// A damaged crkvol-crk token: adopting again would leave two.
 		return nil, fmt.Errorf("volume: adopt %s: %w", path, err)
 	}
+	// An image with the UUID of a registered volume (a copy of a cryptsetup image adopted
+	// before, its token removed) must not take over that volume's registration.
+	if _, err := m.imageRegistration(path, f, img); err != nil {
+		return nil, fmt.Errorf("volume: adopt %s: %w", path, err)
+	}
 	if seg := img.Segment(); seg.Encryption != keyslot.SegmentEncryption {
 		return nil, fmt.Errorf("volume: adopt %s: %w: data cipher %q", path, ErrUnsupportedImage, seg.Encryption)
 	}
@@ -560,7 +599,7 @@ func (m *Manager) Adopt(ctx context.Context, path string, passphrase []byte, key
 	if err != nil {
 		return nil, fmt.Errorf("volume: adopt %s: adding a keyslot: %w", path, err)
 	}
-	info, err := m.enroll(ctx, img, path, keyID, slot, pass, !opts.AllowKeyDeletion)
+	info, err := m.enroll(ctx, img, f, path, keyID, slot, pass, !opts.AllowKeyDeletion)
 	if err != nil {
 		// The new keyslot's passphrase would be lost: destroy it.
 		if rerr := img.RemoveKeyslot(slot); rerr != nil {
@@ -615,11 +654,15 @@ func (m *Manager) Delete(ctx context.Context, path string, opts DeleteOptions) e
 	if err != nil {
 		return fmt.Errorf("volume: delete: %w", err)
 	}
+	resolved, err := resolvePath(abs)
+	if err != nil {
+		return fmt.Errorf("volume: delete: %w", err)
+	}
 	f, img, err := openImage(ctx, abs)
 	if err != nil {
 		// A lost or unreadable image must not pin its key forever: deregister what the
 		// registry knows of that path.
-		e, rerr := m.entryByPath(abs)
+		e, rerr := m.entryByPath(resolved)
 		if rerr != nil {
 			return fmt.Errorf("volume: delete %s: %w (and no registry entry has that path)", path, err)
 		}
@@ -631,6 +674,11 @@ func (m *Manager) Delete(ctx context.Context, path string, opts DeleteOptions) e
 	}
 	_, tok, err := findToken(img)
 	if err != nil {
+		return fmt.Errorf("volume: delete %s: %w", path, err)
+	}
+	// Only the registered image gives up its registration: deleting a copy must not
+	// deregister the original.
+	if _, err := m.imageRegistration(abs, f, img); err != nil {
 		return fmt.Errorf("volume: delete %s: %w", path, err)
 	}
 	if opts.CryptoErase {
@@ -666,14 +714,14 @@ func (m *Manager) unenroll(ctx context.Context, info *Info) {
 	}
 }
 
-// entryByPath finds the registry entry of an image path.
+// entryByPath finds the registry entry of a resolved image path.
 func (m *Manager) entryByPath(abs string) (Entry, error) {
 	entries, err := m.reg.List()
 	if err != nil {
 		return Entry{}, err
 	}
 	for _, e := range entries {
-		if e.Path == abs {
+		if samePath(e.Path, abs) {
 			return e, nil
 		}
 	}

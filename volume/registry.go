@@ -18,11 +18,19 @@ type Registry struct {
 
 // Entry is one registered volume.
 type Entry struct {
-	CRN     string    `json:"crn"`
+	CRN string `json:"crn"`
+	// Path is the registered image's absolute path, symbolic links resolved when it was
+	// registered (older registries hold the absolute path as given).
 	Path    string    `json:"path"`
 	UUID    string    `json:"uuid"`
 	KeyID   string    `json:"key_id"`
 	Created time.Time `json:"created"`
+	// Device and Inode identify the registered image file (from its stat when it was
+	// registered): a copy of the image at another path, or another file put at the
+	// registered path, is not the registered image. Zero in entries of older registries,
+	// which match by path only until the next registration change on that image fills them.
+	Device uint64 `json:"device,omitempty"`
+	Inode  uint64 `json:"inode,omitempty"`
 }
 
 var bucketVolumes = []byte("volumes")

@@ -116,6 +116,10 @@ func (m *Manager) RewrapVolume(ctx context.Context, path string) (*Report, error
 	if err != nil {
 		return nil, err
 	}
+	// Only the registered image is rewrapped: a copy's token is not its registration's.
+	if err := m.checkRegisteredFile(path, info.CRN); err != nil {
+		return nil, fmt.Errorf("volume: rewrap %s: %w", path, err)
+	}
 	_, latest, err := m.kms.Registrations(ctx, info.KeyID)
 	if err != nil {
 		return nil, fmt.Errorf("volume: rewrap %s: %w", path, err)
@@ -229,6 +233,12 @@ func (m *Manager) rewrapOne(ctx context.Context, keyID, latest, crn string) (res
 		return res, fmt.Errorf("opening %s: %w", e.Path, err)
 	}
 	defer f.Close()
+	// The file at the registered path must be the registered file: one put there since
+	// (a restored backup, another copy) is not rewrapped in its place.
+	reg, err := m.registeredFile(e, f)
+	if err != nil {
+		return res, permanent{err}
+	}
 	cf := &countingFile{File: f, dev: f}
 	if m.opts.RewrapDevice != nil {
 		cf.dev = m.opts.RewrapDevice(ctx, crn, f)
@@ -302,6 +312,7 @@ func (m *Manager) rewrapOne(ctx context.Context, keyID, latest, crn string) (res
 	if err := m.kms.UpdateRegistration(ctx, keyID, crn, version); err != nil {
 		return res, fmt.Errorf("updating the registration: %w", err)
 	}
+	m.fillIdentity(reg)
 	return res, nil
 }
 

@@ -231,13 +231,24 @@ func parseToken(raw []byte, uuid string) (*token, error) {
 	if want := CRN(uuid); !found["volume_crn"] {
 		t.VolumeCRN = want
 	} else if t.VolumeCRN != want {
-		return nil, fmt.Errorf("%w: volume_crn %.200q is not this volume's CRN %s (token copied from another volume?)", ErrBadToken, t.VolumeCRN, want)
+		return nil, &otherVolumeError{got: t.VolumeCRN, want: want}
 	}
 	if _, err := t.ciphertext(); err != nil {
 		return nil, err
 	}
 	return t, nil
 }
+
+// otherVolumeError is the ErrBadToken of a token whose volume_crn names another volume than
+// the image's UUID: copied from another volume, or the pending token of an interrupted
+// [Manager.Reidentify].
+type otherVolumeError struct{ got, want string }
+
+func (e *otherVolumeError) Error() string {
+	return fmt.Sprintf("%v: volume_crn %.200q is not this volume's CRN %s (token copied from another volume?)", ErrBadToken, e.got, e.want)
+}
+
+func (e *otherVolumeError) Unwrap() error { return ErrBadToken }
 
 // parseKeyslotID parses a LUKS2 keyslot id: a decimal string from 0 to 31, without sign or
 // leading zeros.

@@ -58,6 +58,9 @@ type Volume struct {
 	size    int64
 	ss      int64
 	ro      bool
+	// copyOf is the registered path of the volume when this image is an unregistered copy
+	// of it (see [Volume.CopyOf]); empty otherwise.
+	copyOf string
 
 	mu     sync.RWMutex // I/O holds it shared, Close exclusively
 	closed bool

@@ -169,6 +169,7 @@ func (a *app) volumeCommand() *cobra.Command {
 				return err
 			}
 			defer v.Close()
+			a.noteCopy(args[0], v)
 			if offset < 0 || offset > v.Size() {
 				return fmt.Errorf("volume read: offset %d is outside the %d-byte volume", offset, v.Size())
 			}
@@ -275,6 +276,7 @@ func (a *app) volumeCommand() *cobra.Command {
 
 	attach, detach := a.attachCommands()
 	vol.AddCommand(create, adopt, status, list, write, read, attach, detach, passphrase, rewrap, del)
+	vol.AddCommand(a.identityCommands()...)
 	return vol
 }
 
@@ -334,6 +336,10 @@ type statusJSON struct {
 	Attached *attachment `json:"attached,omitempty"`
 	// InUse says another process holds the data area (attached, or writing).
 	InUse bool `json:"inUse"`
+	// Registration is registered, copy (an unregistered copy of the volume at
+	// RegisteredPath), unregistered or unknown (no registry).
+	Registration   string `json:"registration"`
+	RegisteredPath string `json:"registeredPath,omitempty"`
 }
 
 type keyslotJSON struct {
@@ -390,6 +396,15 @@ func (a *app) printStatus(path string) error {
 		}
 		st.Tokens = append(st.Tokens, tokenJSON{ID: t.ID, Type: t.Type, Keyslots: ids})
 	}
+	ident, err := a.identify(context.Background(), path)
+	var regLine string
+	st.Registration, regLine = registrationLine(ident)
+	if err != nil {
+		regLine = "unknown: " + err.Error()
+	}
+	if ident != nil && ident.Known {
+		st.RegisteredPath = ident.RegisteredPath
+	}
 	st.InUse, _ = volume.InUse(path)
 	if st.InUse {
 		st.Attached = a.attachmentOf(path)
@@ -412,6 +427,7 @@ func (a *app) printStatus(path string) error {
 		fmt.Fprintf(w, "Token %d\t%s, keyslots %v\n", t.ID, t.Type, t.Keyslots)
 	}
 	fmt.Fprintf(w, "Header\t%s\n", st.Health)
+	fmt.Fprintf(w, "Registration\t%s\n", regLine)
 	switch {
 	case st.Attached != nil:
 		ro := ""
