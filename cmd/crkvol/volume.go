@@ -36,13 +36,16 @@ func (a *app) volumeCommand() *cobra.Command {
 				return err
 			}
 			info, err := a.mgr.Create(cmd.Context(), args[0], volume.CreateOptions{
-				KeyID: keyID, Size: size, SectorSize: sectorSize, KeySize: keyBits / 8,
+				KeyID: keyID, Size: size, SectorSize: sectorSize, KeySize: keyBits / 8, Wipe: wipe,
 			})
 			if err != nil {
+				if wipe {
+					return existingWipe(args[0], err)
+				}
 				return err
 			}
 			if wipe {
-				if err := a.wipe(cmd.Context(), info.Path, size); err != nil {
+				if err := a.runWipe(cmd.Context(), "volume create", info.Path, false); err != nil {
 					return err
 				}
 			}
@@ -146,7 +149,10 @@ func (a *app) volumeCommand() *cobra.Command {
 			if offset < 0 || offset > v.Size() || (total >= 0 && total > v.Size()-offset) {
 				return fmt.Errorf("volume write: %d bytes at offset %d do not fit the %d-byte volume", total, offset, v.Size())
 			}
-			n, err := copyWithProgress(a, io.NewOffsetWriter(v, offset), in, total, "writing")
+			n, err := copyWithProgress(a, io.NewOffsetWriter(v, offset), newCtxReader(cmd.Context(), in), total, "writing")
+			if err != nil && cmd.Context().Err() != nil {
+				return writeInterrupted(v, args[0], input, offset, n)
+			}
 			if err != nil {
 				return fmt.Errorf("volume write: after %d bytes: %w", n, err)
 			}
@@ -191,7 +197,10 @@ func (a *app) volumeCommand() *cobra.Command {
 				out = f
 			}
 			bw := bufio.NewWriterSize(out, 1<<20)
-			if _, err := copyWithProgress(a, bw, io.NewSectionReader(v, offset, n), n, "reading"); err != nil {
+			if got, err := copyWithProgress(a, bw, newCtxReader(cmd.Context(), io.NewSectionReader(v, offset, n)), n, "reading"); err != nil {
+				if cmd.Context().Err() != nil {
+					return readInterrupted(bw, args[0], output, offset, got, n)
+				}
 				return fmt.Errorf("volume read: %w", err)
 			}
 			return bw.Flush()
@@ -274,7 +283,7 @@ func (a *app) volumeCommand() *cobra.Command {
 	del.Flags().BoolVar(&keepImage, "keep-image", false, "keep the image file")
 
 	attach, detach := a.attachCommands()
-	vol.AddCommand(create, adopt, status, list, write, read, attach, detach, passphrase, rewrap, del)
+	vol.AddCommand(create, adopt, status, list, write, read, attach, detach, passphrase, rewrap, del, a.wipeCommand())
 	return vol
 }
 
@@ -285,23 +294,6 @@ func (a *app) attach(ctx context.Context, path string, opts volume.OpenOptions) 
 	}
 	return a.mgr.OpenWith(ctx, path, opts)
 }
-
-// wipe writes zeros over a new volume's whole data area.
-func (a *app) wipe(ctx context.Context, path string, size int64) error {
-	v, err := a.attach(ctx, path, volume.OpenOptions{})
-	if err != nil {
-		return err
-	}
-	defer v.Close()
-	if _, err := copyWithProgress(a, io.NewOffsetWriter(v, 0), io.LimitReader(zeroReader{}, size), size, "wiping"); err != nil {
-		return fmt.Errorf("volume create: wiping: %w", err)
-	}
-	return v.Sync()
-}
-
-type zeroReader struct{}
-
-func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 
 // copyWithProgress copies in 1 MiB pieces, with a progress bar when stderr is a terminal.
 func copyWithProgress(a *app, dst io.Writer, src io.Reader, total int64, what string) (int64, error) {
@@ -330,6 +322,8 @@ type statusJSON struct {
 	Keyslots   []keyslotJSON `json:"keyslots"`
 	Tokens     []tokenJSON   `json:"tokens"`
 	Health     string        `json:"headerHealth"`
+	// Wipe is an incomplete wipe of the data area (volume wipe finishes it), if any.
+	Wipe *volume.WipeProgress `json:"wipe,omitempty"`
 	// Attached is the attachment serving the volume, if any (see volume attach).
 	Attached *attachment `json:"attached,omitempty"`
 	// InUse says another process holds the data area (attached, or writing).
@@ -368,7 +362,7 @@ func (a *app) printStatus(path string) error {
 		Path: path, UUID: info.UUID, CRN: info.CRN, Size: info.Size, DataOffset: info.DataOffset,
 		SectorSize: info.SectorSize, Cipher: seg.Encryption, KeyBits: 8 * img.VolumeKeySize(), KeyID: info.KeyID,
 		KeyCRN: info.KeyCRN, KeyVersion: info.KeyVersion, WrappedAt: rfc3339(info.WrappedAt),
-		Keyslots: []keyslotJSON{}, Tokens: []tokenJSON{}, Health: "ok",
+		Keyslots: []keyslotJSON{}, Tokens: []tokenJSON{}, Health: "ok", Wipe: info.Wipe,
 	}
 	if h := img.Health(); !h.OK() {
 		st.Health = fmt.Sprintf("primary: %v; secondary: %v", h.Primary.Err, h.Secondary.Err)
@@ -412,6 +406,9 @@ func (a *app) printStatus(path string) error {
 		fmt.Fprintf(w, "Token %d\t%s, keyslots %v\n", t.ID, t.Type, t.Keyslots)
 	}
 	fmt.Fprintf(w, "Header\t%s\n", st.Health)
+	if st.Wipe != nil {
+		fmt.Fprintf(w, "Wipe\t%s\n", wipeLine(st.Wipe, path))
+	}
 	switch {
 	case st.Attached != nil:
 		ro := ""
