@@ -49,7 +49,7 @@ func (a *app) volumeCommand() *cobra.Command {
 					return err
 				}
 			}
-			return a.printStatus(args[0])
+			return a.printStatus(cmd.Context(), args[0])
 		}}
 	create.Flags().StringVar(&sizeStr, "size", "", "data size, such as 64MiB or 10GiB (required)")
 	create.Flags().StringVar(&keyID, "key", "", "root key id (required)")
@@ -73,15 +73,15 @@ func (a *app) volumeCommand() *cobra.Command {
 			if _, err := a.mgr.Adopt(cmd.Context(), args[0], pass, keyID, volume.AdoptOptions{}); err != nil {
 				return err
 			}
-			return a.printStatus(args[0])
+			return a.printStatus(cmd.Context(), args[0])
 		}}
 	adopt.Flags().StringVar(&keyID, "key", "", "root key id (required)")
 	adopt.Flags().StringVar(&passFile, "passphrase-file", "", "file holding one of the image's passphrases (required)")
 	adopt.MarkFlagRequired("key")
 	adopt.MarkFlagRequired("passphrase-file")
 
-	status := &cobra.Command{Use: "status IMG", Short: "Show a volume's header, key and wrapping", Args: args(cobra.ExactArgs(1)),
-		RunE: func(_ *cobra.Command, args []string) error { return a.printStatus(args[0]) }}
+	status := &cobra.Command{Use: "status IMG", Short: "Show a volume's header, key and wrapping; fails if the volume cannot be opened", Args: args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error { return a.printStatus(cmd.Context(), args[0]) }}
 
 	list := &cobra.Command{Use: "list", Short: "List registered volumes", Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -322,6 +322,9 @@ type statusJSON struct {
 	Keyslots   []keyslotJSON `json:"keyslots"`
 	Tokens     []tokenJSON   `json:"tokens"`
 	Health     string        `json:"headerHealth"`
+	// Problems lists what keeps the volume from opening (each "area: reason"); the
+	// command then exits 1.
+	Problems []string `json:"problems,omitempty"`
 	// Wipe is an incomplete wipe of the data area (volume wipe finishes it), if any.
 	Wipe *volume.WipeProgress `json:"wipe,omitempty"`
 	// Attached is the attachment serving the volume, if any (see volume attach).
@@ -343,7 +346,7 @@ type tokenJSON struct {
 	Keyslots []string `json:"keyslots"`
 }
 
-func (a *app) printStatus(path string) error {
+func (a *app) printStatus(ctx context.Context, path string) error {
 	info, err := volume.Describe(path)
 	if err != nil {
 		return err
@@ -384,12 +387,19 @@ func (a *app) printStatus(path string) error {
 		}
 		st.Tokens = append(st.Tokens, tokenJSON{ID: t.ID, Type: t.Type, Keyslots: ids})
 	}
+	st.Problems = a.checkVolume(ctx, path)
+	if len(st.Problems) > 0 && st.Health == "ok" {
+		st.Health = "unhealthy"
+	}
 	st.InUse, _ = volume.InUse(path)
 	if st.InUse {
 		st.Attached = a.attachmentOf(path)
 	}
 	if a.asJSON {
-		return a.emit(st)
+		if err := a.emit(st); err != nil {
+			return err
+		}
+		return statusErr(path, st.Problems)
 	}
 	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "Path\t%s\n", st.Path)
@@ -406,6 +416,9 @@ func (a *app) printStatus(path string) error {
 		fmt.Fprintf(w, "Token %d\t%s, keyslots %v\n", t.ID, t.Type, t.Keyslots)
 	}
 	fmt.Fprintf(w, "Header\t%s\n", st.Health)
+	for _, p := range st.Problems {
+		fmt.Fprintf(w, "Problem\t%s\n", p)
+	}
 	if st.Wipe != nil {
 		fmt.Fprintf(w, "Wipe\t%s\n", wipeLine(st.Wipe, path))
 	}
@@ -421,5 +434,8 @@ func (a *app) printStatus(path string) error {
 	default:
 		fmt.Fprintf(w, "Attached\tno\n")
 	}
-	return w.Flush()
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	return statusErr(path, st.Problems)
 }
