@@ -75,6 +75,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(s
 		var in interrupted
 		if !errors.As(err, &in) {
 			in = interrupted{err.Error()}
+			if msg, ok := rewrapInterrupted(a.reports); ok {
+				in = interrupted{msg}
+			}
 		}
 		fmt.Fprintf(stderr, "crkvol: interrupted: %s\n", in.msg)
 		return sig.exitCode()

@@ -7,7 +7,10 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+
+	"crkvol/volume"
 )
 
 // signalCause is the cause of the root context's cancellation when a signal arrives.
@@ -133,4 +136,16 @@ func readInterrupted(w interface{ Flush() error }, img, output string, offset, g
 	}
 	return interruptedf("volume read %s: read %d of %d bytes from offset %d to %s, which is incomplete; to read the rest: crkvol volume read %s --offset %d --length %d",
 		img, got, want, offset, to, img, offset+got, want-got)
+}
+
+// rewrapInterrupted describes rewrap passes stopped by a signal (key rotate, key sync,
+// volume rewrap): what each did, what remains and how to resume. ok is false if there were
+// none.
+func rewrapInterrupted(reps []*volume.Report) (msg string, ok bool) {
+	var parts []string
+	for _, r := range reps {
+		parts = append(parts, fmt.Sprintf("rewrapped %d of %d volumes of key %s to version %s (already current %d); %d not done keep their old, still valid wrapping; run crkvol key sync %s to rewrap them",
+			r.Rewrapped, r.Volumes, r.KeyID, shown(r.NewVersion), r.AlreadyCurrent, len(r.Failed), r.KeyID))
+	}
+	return strings.Join(parts, "; "), len(parts) > 0
 }

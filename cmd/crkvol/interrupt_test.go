@@ -2,11 +2,14 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -123,4 +126,52 @@ func TestInterruptedWrite(t *testing.T) {
 	back, err := os.ReadFile(out)
 	require.NoError(t, err)
 	assert.True(t, bytes.Equal(src, back), "the written bytes read back")
+}
+
+// TestRewrapInterruptedMessage: an interrupted rewrap pass says what it did, what remains and
+// that key sync finishes it.
+func TestRewrapInterruptedMessage(t *testing.T) {
+	cases := []struct {
+		name string
+		reps []*volume.Report
+		want string
+	}{
+		{"none", nil, ""},
+		{"one pass", []*volume.Report{{KeyID: "k1", NewVersion: "v2", Volumes: 10, Rewrapped: 3, AlreadyCurrent: 1,
+			Failed: map[string]error{"a": context.Canceled, "b": context.Canceled, "c": context.Canceled, "d": context.Canceled, "e": context.Canceled, "f": context.Canceled}}},
+			"rewrapped 3 of 10 volumes of key k1 to version v2 (already current 1); 6 not done keep their old, still valid wrapping; run crkvol key sync k1 to rewrap them"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			msg, ok := rewrapInterrupted(c.reps)
+			assert.Equal(t, c.want != "", ok)
+			assert.Equal(t, c.want, msg)
+		})
+	}
+}
+
+// TestInterruptedRead: SIGINT stops `volume read` between chunks: exit status 130 and one
+// line saying how much of the output was written and how to read the rest.
+func TestInterruptedRead(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	key := jsonField(t, cli(t, dir, "--json", "key", "create", "reads"), "id")
+	cli(t, dir, "volume", "create", "r.img", "--size", "1GiB", "--key", key)
+	out := filepath.Join(dir, "out.bin")
+	cmd, wait := startCLI(t, dir, nil, "volume", "read", "r.img", "--output", out)
+	require.Eventually(t, func() bool {
+		st, err := os.Stat(out)
+		return err == nil && st.Size() > 0
+	}, 20*time.Second, 2*time.Millisecond)
+	require.NoError(t, cmd.Process.Signal(os.Interrupt))
+	code, stderr := wait()
+	assert.Equal(t, 130, code, stderr)
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	require.Len(t, lines, 1, stderr)
+	m := regexp.MustCompile(`^crkvol: interrupted: volume read r\.img: read (\d+) of 1073741824 bytes from offset 0 to .*out\.bin, which is incomplete; to read the rest: crkvol volume read r\.img --offset (\d+) --length (\d+)$`).FindStringSubmatch(lines[0])
+	require.NotNil(t, m, lines[0])
+	assert.Equal(t, m[1], m[2])
+	st, err := os.Stat(out)
+	require.NoError(t, err)
+	assert.Equal(t, m[1], strconv.FormatInt(st.Size(), 10), "the output holds what the message says")
 }

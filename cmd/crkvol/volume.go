@@ -196,8 +196,10 @@ func (a *app) volumeCommand() *cobra.Command {
 				defer f.Close()
 				out = f
 			}
+			// bw is hidden behind a plain Writer so that its ReadFrom, which keeps a read error
+			// (an interrupt) and fails Flush with it, is not used.
 			bw := bufio.NewWriterSize(out, 1<<20)
-			if got, err := copyWithProgress(a, bw, newCtxReader(cmd.Context(), io.NewSectionReader(v, offset, n)), n, "reading"); err != nil {
+			if got, err := copyWithProgress(a, struct{ io.Writer }{bw}, newCtxReader(cmd.Context(), io.NewSectionReader(v, offset, n)), n, "reading"); err != nil {
 				if cmd.Context().Err() != nil {
 					return readInterrupted(bw, args[0], output, offset, got, n)
 				}
