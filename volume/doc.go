@@ -58,6 +58,17 @@
 // identity of its own (its volume key stays the original's), and [Manager.Erase]
 // crypto-erases a copy or an image whose registration is gone.
 //
+// # Interrupted and unhealthy states
+//
+// [Manager.Wipe] writes zeros over the data area and records how far it got in the token
+// (member "wipe", {"next", "size"}): at the start, every 16 MiB after syncing the data, and
+// when its context ends (an interrupt); it removes the record when done. [Describe] shows an
+// incomplete wipe in [Info.Wipe], and Wipe resumes it. [Manager.Check] finds what keeps a
+// volume from opening — a keyslot area missing or damaged (the crkvol keyslot must open with
+// the unwrapped passphrase), a data area the file does not hold, a key service that refuses —
+// and reports each [Problem] with its reason. A rewrap runs the same check first: a damaged
+// image is a failure matching [ErrUnhealthy] in the [Report], and its token is left as it is.
+//
 // # Secrets
 //
 // The unwrapped passphrase is cleared as soon as its keyslot is open, and on every error path

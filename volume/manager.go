@@ -147,6 +147,8 @@ type Info struct {
 	Size       int64
 	SectorSize int
 	DataOffset int64
+	// Wipe is the record of an incomplete wipe of the data area ([Manager.Wipe]), or nil.
+	Wipe *WipeProgress
 }
 
 // CreateOptions describe a new volume.
@@ -169,6 +171,9 @@ type CreateOptions struct {
 	// Rand, if set, replaces the Manager's random source for this volume (its passphrase,
 	// UUID, salts and master key). The simulator derives it from a seed so that runs repeat.
 	Rand io.Reader
+	// Wipe records a wipe of the whole data area in the new token, to be carried out by
+	// [Manager.Wipe] (without All): until it completes, the volume shows it as incomplete.
+	Wipe bool
 }
 
 // Create makes a sparse volume image at path (which must not exist): a LUKS2 header with a
@@ -230,7 +235,11 @@ func (m *Manager) Create(ctx context.Context, path string, opts CreateOptions) (
 	if err != nil {
 		return nil, fmt.Errorf("volume: create %s: %w", path, err)
 	}
-	info, err := m.enroll(ctx, img, f, path, opts.KeyID, 0, pass, !opts.AllowKeyDeletion)
+	var wipe *WipeProgress
+	if opts.Wipe {
+		wipe = &WipeProgress{Size: opts.Size}
+	}
+	info, err := m.enroll(ctx, img, f, path, opts.KeyID, 0, pass, !opts.AllowKeyDeletion, wipe)
 	if err != nil {
 		return nil, fmt.Errorf("volume: create %s: %w", path, err)
 	}
@@ -246,9 +255,9 @@ func (m *Manager) Create(ctx context.Context, path string, opts CreateOptions) (
 
 // enroll wraps pass (which opens keyslot slot of img, the image in file f at path), stores the
 // token, registers the volume with the key service and in the registry (with the image's
-// resolved path and file identity). If a step fails, the steps before it are undone
-// (registration, token), so a retry starts clean.
-func (m *Manager) enroll(ctx context.Context, img *keyslot.Image, f *os.File, path, keyID string, slot int, pass []byte, prevent bool) (_ *Info, err error) {
+// resolved path and file identity); wipe, if set, is recorded in the token. If a step fails,
+// the steps before it are undone (registration, token), so a retry starts clean.
+func (m *Manager) enroll(ctx context.Context, img *keyslot.Image, f *os.File, path, keyID string, slot int, pass []byte, prevent bool, wipe *WipeProgress) (_ *Info, err error) {
 	uuid := img.UUID()
 	crn := CRN(uuid)
 	w, err := m.kms.Wrap(ctx, keyID, pass, []string{uuid})
@@ -269,7 +278,7 @@ func (m *Manager) enroll(ctx context.Context, img *keyslot.Image, f *os.File, pa
 	tok := token{
 		Keyslots: []string{fmt.Sprint(slot)}, KeyID: keyID, KeyCRN: keyCRN,
 		KeyVersion: w.VersionID, Ciphertext: member,
-		WrappedAt: m.opts.Now().UTC().Truncate(time.Second), VolumeCRN: crn,
+		WrappedAt: m.opts.Now().UTC().Truncate(time.Second), VolumeCRN: crn, Wipe: wipe,
 	}
 	raw, err := tok.marshalChecked(uuid)
 	if err != nil {
@@ -311,7 +320,7 @@ func (m *Manager) enroll(ctx context.Context, img *keyslot.Image, f *os.File, pa
 	seg := img.Segment()
 	return &Info{
 		Path: path, UUID: uuid, CRN: crn, KeyID: keyID, KeyCRN: keyCRN, KeyVersion: w.VersionID, WrappedAt: tok.WrappedAt,
-		Size: st.Size() - int64(seg.Offset), SectorSize: seg.SectorSize, DataOffset: int64(seg.Offset),
+		Size: st.Size() - int64(seg.Offset), SectorSize: seg.SectorSize, DataOffset: int64(seg.Offset), Wipe: wipe,
 	}, nil
 }
 
@@ -599,7 +608,7 @@ func (m *Manager) Adopt(ctx context.Context, path string, passphrase []byte, key
 	if err != nil {
 		return nil, fmt.Errorf("volume: adopt %s: adding a keyslot: %w", path, err)
 	}
-	info, err := m.enroll(ctx, img, f, path, keyID, slot, pass, !opts.AllowKeyDeletion)
+	info, err := m.enroll(ctx, img, f, path, keyID, slot, pass, !opts.AllowKeyDeletion, nil)
 	if err != nil {
 		// The new keyslot's passphrase would be lost: destroy it.
 		if rerr := img.RemoveKeyslot(slot); rerr != nil {
@@ -634,7 +643,7 @@ func describe(ctx context.Context, path string) (*Info, error) {
 	return &Info{
 		Path: path, UUID: img.UUID(), CRN: CRN(img.UUID()), KeyID: tok.KeyID, KeyCRN: tok.KeyCRN,
 		KeyVersion: tok.KeyVersion, WrappedAt: tok.WrappedAt,
-		Size: st.Size() - int64(seg.Offset), SectorSize: seg.SectorSize, DataOffset: int64(seg.Offset),
+		Size: st.Size() - int64(seg.Offset), SectorSize: seg.SectorSize, DataOffset: int64(seg.Offset), Wipe: tok.Wipe,
 	}, nil
 }
 

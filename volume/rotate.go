@@ -263,6 +263,14 @@ func (m *Manager) rewrapOne(ctx context.Context, keyID, latest, crn string) (res
 		if tok.KeyID != keyID {
 			return res, permanent{fmt.Errorf("volume %s is protected by key %s, not %s", crn, tok.KeyID, keyID)}
 		}
+		if round == 1 {
+			// A volume that cannot be opened is not rewrapped, nor reported current: that would
+			// report a success for a volume that is lost. The check needs the key service (an
+			// unwrap, to open the keyslot); its failures are retried as a rewrap's are.
+			if err := m.checkForRewrap(ctx, f, img); err != nil {
+				return res, err
+			}
+		}
 		version = tok.KeyVersion
 		if (version == latest && latest != "") || (version == lost && lost != "") {
 			break // current, or the other writer's ciphertext is as new as ours was

@@ -34,6 +34,9 @@ type token struct {
 	// then zero, and the member is written back as read until the next rewrap sets it.
 	WrappedAt time.Time
 	VolumeCRN string
+	// Wipe is the record of an incomplete wipe of the data area, or nil: the member is
+	// written while a wipe runs and removed when it completes (see [Manager.Wipe]).
+	Wipe *WipeProgress
 
 	typ          string          // the type member as read; marshal always writes TokenType
 	wrappedAtRaw json.RawMessage // wrapped_at as read, when it is not an RFC 3339 time
@@ -51,6 +54,10 @@ type tokenMember struct {
 type tokenField struct {
 	name  string
 	field func(t *token) any
+	// absent, if set, reports that t has no value for this member: marshal then leaves the
+	// member out (and drops it if the token as read had it). Members without it are always
+	// written.
+	absent func(t *token) bool
 }
 
 // tokenFields is the one list of the members crkvol owns, in the order a new token has them.
@@ -58,14 +65,15 @@ type tokenField struct {
 // place.
 func tokenFields() []tokenField {
 	return []tokenField{
-		{"type", func(t *token) any { return &t.typ }},
-		{"keyslots", func(t *token) any { return &t.Keyslots }},
-		{"key_id", func(t *token) any { return &t.KeyID }},
-		{"key_crn", func(t *token) any { return &t.KeyCRN }},
-		{"key_version", func(t *token) any { return &t.KeyVersion }},
-		{"ciphertext", func(t *token) any { return &t.Ciphertext }},
-		{"wrapped_at", func(t *token) any { return (*tokenTime)(t) }},
-		{"volume_crn", func(t *token) any { return &t.VolumeCRN }},
+		{"type", func(t *token) any { return &t.typ }, nil},
+		{"keyslots", func(t *token) any { return &t.Keyslots }, nil},
+		{"key_id", func(t *token) any { return &t.KeyID }, nil},
+		{"key_crn", func(t *token) any { return &t.KeyCRN }, nil},
+		{"key_version", func(t *token) any { return &t.KeyVersion }, nil},
+		{"ciphertext", func(t *token) any { return &t.Ciphertext }, nil},
+		{"wrapped_at", func(t *token) any { return (*tokenTime)(t) }, nil},
+		{"volume_crn", func(t *token) any { return &t.VolumeCRN }, nil},
+		{"wipe", func(t *token) any { return &t.Wipe }, func(t *token) bool { return t.Wipe == nil }},
 	}
 }
 
@@ -79,13 +87,14 @@ func tokenFieldNamed(name string) (f tokenField, ok bool) {
 	return tokenField{}, false
 }
 
-// ownedTokenMembers lists the names of the members crkvol owns, in the order a new token has
-// them.
+// ownedTokenMembers lists the names of the members crkvol owns that every token has, in the
+// order a new token has them (the optional ones, such as wipe, follow when present).
 func ownedTokenMembers() []string {
-	fields := tokenFields()
-	names := make([]string, len(fields))
-	for i, f := range fields {
-		names[i] = f.name
+	var names []string
+	for _, f := range tokenFields() {
+		if f.absent == nil {
+			names = append(names, f.name)
+		}
 	}
 	return names
 }
@@ -148,6 +157,9 @@ func (t *token) marshal() ([]byte, error) {
 		seen[m.name] = true
 		v := []byte(m.value)
 		if f, owned := tokenFieldNamed(m.name); owned {
+			if f.absent != nil && f.absent(&out) {
+				continue
+			}
 			var err error
 			if v, err = encodeMember(&out, f); err != nil {
 				return nil, err
@@ -156,7 +168,7 @@ func (t *token) marshal() ([]byte, error) {
 		write(m.name, v)
 	}
 	for _, f := range tokenFields() {
-		if seen[f.name] {
+		if seen[f.name] || (f.absent != nil && f.absent(&out)) {
 			continue
 		}
 		v, err := encodeMember(&out, f)
@@ -235,6 +247,11 @@ func parseToken(raw []byte, uuid string) (*token, error) {
 	}
 	if _, err := t.ciphertext(); err != nil {
 		return nil, err
+	}
+	if t.Wipe != nil {
+		if err := t.Wipe.check(); err != nil {
+			return nil, fmt.Errorf("%w: member wipe: %w", ErrBadToken, err)
+		}
 	}
 	return t, nil
 }

@@ -62,10 +62,25 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(s
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	err := root.Execute()
+	// Long commands stop at a clean point on SIGINT or SIGTERM: their loops check ctx
+	// between chunks, record their state and return an interrupted error.
+	ctx, stop := interruptContext(context.Background())
+	defer stop()
+	err := root.ExecuteContext(ctx)
 	a.close()
 	if err == nil {
 		return 0
+	}
+	if sig, ok := interruption(ctx); ok {
+		var in interrupted
+		if !errors.As(err, &in) {
+			in = interrupted{err.Error()}
+			if msg, ok := rewrapInterrupted(a.reports); ok {
+				in = interrupted{msg}
+			}
+		}
+		fmt.Fprintf(stderr, "crkvol: interrupted: %s\n", in.msg)
+		return sig.exitCode()
 	}
 	fmt.Fprintf(stderr, "crkvol: %s\n", err)
 	switch {

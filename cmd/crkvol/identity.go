@@ -127,7 +127,7 @@ re-encryption of the data (cryptsetup reencrypt), which crkvol does not do.`,
 			if !a.asJSON {
 				fmt.Fprintf(a.stderr, "reidentified %s as volume %s (its volume key is still the original's)\n", args[0], info.CRN)
 			}
-			return a.printStatus(args[0])
+			return a.printStatus(cmd.Context(), args[0])
 		}}
 	reidentify.Flags().StringVar(&keyID, "key", "", "root key id to wrap the new passphrase (default: the copy's key)")
 

@@ -36,17 +36,20 @@ func (a *app) volumeCommand() *cobra.Command {
 				return err
 			}
 			info, err := a.mgr.Create(cmd.Context(), args[0], volume.CreateOptions{
-				KeyID: keyID, Size: size, SectorSize: sectorSize, KeySize: keyBits / 8,
+				KeyID: keyID, Size: size, SectorSize: sectorSize, KeySize: keyBits / 8, Wipe: wipe,
 			})
 			if err != nil {
+				if wipe {
+					return existingWipe(args[0], err)
+				}
 				return err
 			}
 			if wipe {
-				if err := a.wipe(cmd.Context(), info.Path, size); err != nil {
+				if err := a.runWipe(cmd.Context(), "volume create", info.Path, false); err != nil {
 					return err
 				}
 			}
-			return a.printStatus(args[0])
+			return a.printStatus(cmd.Context(), args[0])
 		}}
 	create.Flags().StringVar(&sizeStr, "size", "", "data size, such as 64MiB or 10GiB (required)")
 	create.Flags().StringVar(&keyID, "key", "", "root key id (required)")
@@ -70,15 +73,15 @@ func (a *app) volumeCommand() *cobra.Command {
 			if _, err := a.mgr.Adopt(cmd.Context(), args[0], pass, keyID, volume.AdoptOptions{}); err != nil {
 				return err
 			}
-			return a.printStatus(args[0])
+			return a.printStatus(cmd.Context(), args[0])
 		}}
 	adopt.Flags().StringVar(&keyID, "key", "", "root key id (required)")
 	adopt.Flags().StringVar(&passFile, "passphrase-file", "", "file holding one of the image's passphrases (required)")
 	adopt.MarkFlagRequired("key")
 	adopt.MarkFlagRequired("passphrase-file")
 
-	status := &cobra.Command{Use: "status IMG", Short: "Show a volume's header, key and wrapping", Args: args(cobra.ExactArgs(1)),
-		RunE: func(_ *cobra.Command, args []string) error { return a.printStatus(args[0]) }}
+	status := &cobra.Command{Use: "status IMG", Short: "Show a volume's header, key and wrapping; fails if the volume cannot be opened", Args: args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error { return a.printStatus(cmd.Context(), args[0]) }}
 
 	list := &cobra.Command{Use: "list", Short: "List registered volumes", Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -146,7 +149,10 @@ func (a *app) volumeCommand() *cobra.Command {
 			if offset < 0 || offset > v.Size() || (total >= 0 && total > v.Size()-offset) {
 				return fmt.Errorf("volume write: %d bytes at offset %d do not fit the %d-byte volume", total, offset, v.Size())
 			}
-			n, err := copyWithProgress(a, io.NewOffsetWriter(v, offset), in, total, "writing")
+			n, err := copyWithProgress(a, io.NewOffsetWriter(v, offset), newCtxReader(cmd.Context(), in), total, "writing")
+			if err != nil && cmd.Context().Err() != nil {
+				return writeInterrupted(v, args[0], input, offset, n)
+			}
 			if err != nil {
 				return fmt.Errorf("volume write: after %d bytes: %w", n, err)
 			}
@@ -191,8 +197,13 @@ func (a *app) volumeCommand() *cobra.Command {
 				defer f.Close()
 				out = f
 			}
+			// bw is hidden behind a plain Writer so that its ReadFrom, which keeps a read error
+			// (an interrupt) and fails Flush with it, is not used.
 			bw := bufio.NewWriterSize(out, 1<<20)
-			if _, err := copyWithProgress(a, bw, io.NewSectionReader(v, offset, n), n, "reading"); err != nil {
+			if got, err := copyWithProgress(a, struct{ io.Writer }{bw}, newCtxReader(cmd.Context(), io.NewSectionReader(v, offset, n)), n, "reading"); err != nil {
+				if cmd.Context().Err() != nil {
+					return readInterrupted(bw, args[0], output, offset, got, n)
+				}
 				return fmt.Errorf("volume read: %w", err)
 			}
 			return bw.Flush()
@@ -275,7 +286,7 @@ func (a *app) volumeCommand() *cobra.Command {
 	del.Flags().BoolVar(&keepImage, "keep-image", false, "keep the image file")
 
 	attach, detach := a.attachCommands()
-	vol.AddCommand(create, adopt, status, list, write, read, attach, detach, passphrase, rewrap, del)
+	vol.AddCommand(create, adopt, status, list, write, read, attach, detach, passphrase, rewrap, del, a.wipeCommand())
 	vol.AddCommand(a.identityCommands()...)
 	return vol
 }
@@ -287,23 +298,6 @@ func (a *app) attach(ctx context.Context, path string, opts volume.OpenOptions) 
 	}
 	return a.mgr.OpenWith(ctx, path, opts)
 }
-
-// wipe writes zeros over a new volume's whole data area.
-func (a *app) wipe(ctx context.Context, path string, size int64) error {
-	v, err := a.attach(ctx, path, volume.OpenOptions{})
-	if err != nil {
-		return err
-	}
-	defer v.Close()
-	if _, err := copyWithProgress(a, io.NewOffsetWriter(v, 0), io.LimitReader(zeroReader{}, size), size, "wiping"); err != nil {
-		return fmt.Errorf("volume create: wiping: %w", err)
-	}
-	return v.Sync()
-}
-
-type zeroReader struct{}
-
-func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 
 // copyWithProgress copies in 1 MiB pieces, with a progress bar when stderr is a terminal.
 func copyWithProgress(a *app, dst io.Writer, src io.Reader, total int64, what string) (int64, error) {
@@ -332,6 +326,11 @@ type statusJSON struct {
 	Keyslots   []keyslotJSON `json:"keyslots"`
 	Tokens     []tokenJSON   `json:"tokens"`
 	Health     string        `json:"headerHealth"`
+	// Problems lists what keeps the volume from opening (each "area: reason"); the
+	// command then exits 1.
+	Problems []string `json:"problems,omitempty"`
+	// Wipe is an incomplete wipe of the data area (volume wipe finishes it), if any.
+	Wipe *volume.WipeProgress `json:"wipe,omitempty"`
 	// Attached is the attachment serving the volume, if any (see volume attach).
 	Attached *attachment `json:"attached,omitempty"`
 	// InUse says another process holds the data area (attached, or writing).
@@ -355,7 +354,7 @@ type tokenJSON struct {
 	Keyslots []string `json:"keyslots"`
 }
 
-func (a *app) printStatus(path string) error {
+func (a *app) printStatus(ctx context.Context, path string) error {
 	info, err := volume.Describe(path)
 	if err != nil {
 		return err
@@ -374,7 +373,7 @@ func (a *app) printStatus(path string) error {
 		Path: path, UUID: info.UUID, CRN: info.CRN, Size: info.Size, DataOffset: info.DataOffset,
 		SectorSize: info.SectorSize, Cipher: seg.Encryption, KeyBits: 8 * img.VolumeKeySize(), KeyID: info.KeyID,
 		KeyCRN: info.KeyCRN, KeyVersion: info.KeyVersion, WrappedAt: rfc3339(info.WrappedAt),
-		Keyslots: []keyslotJSON{}, Tokens: []tokenJSON{}, Health: "ok",
+		Keyslots: []keyslotJSON{}, Tokens: []tokenJSON{}, Health: "ok", Wipe: info.Wipe,
 	}
 	if h := img.Health(); !h.OK() {
 		st.Health = fmt.Sprintf("primary: %v; secondary: %v", h.Primary.Err, h.Secondary.Err)
@@ -396,7 +395,7 @@ func (a *app) printStatus(path string) error {
 		}
 		st.Tokens = append(st.Tokens, tokenJSON{ID: t.ID, Type: t.Type, Keyslots: ids})
 	}
-	ident, err := a.identify(context.Background(), path)
+	ident, err := a.identify(ctx, path)
 	var regLine string
 	st.Registration, regLine = registrationLine(ident)
 	if err != nil {
@@ -405,12 +404,19 @@ func (a *app) printStatus(path string) error {
 	if ident != nil && ident.Known {
 		st.RegisteredPath = ident.RegisteredPath
 	}
+	st.Problems = a.checkVolume(ctx, path)
+	if len(st.Problems) > 0 && st.Health == "ok" {
+		st.Health = "unhealthy"
+	}
 	st.InUse, _ = volume.InUse(path)
 	if st.InUse {
 		st.Attached = a.attachmentOf(path)
 	}
 	if a.asJSON {
-		return a.emit(st)
+		if err := a.emit(st); err != nil {
+			return err
+		}
+		return statusErr(path, st.Problems)
 	}
 	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "Path\t%s\n", st.Path)
@@ -428,6 +434,12 @@ func (a *app) printStatus(path string) error {
 	}
 	fmt.Fprintf(w, "Header\t%s\n", st.Health)
 	fmt.Fprintf(w, "Registration\t%s\n", regLine)
+	for _, p := range st.Problems {
+		fmt.Fprintf(w, "Problem\t%s\n", p)
+	}
+	if st.Wipe != nil {
+		fmt.Fprintf(w, "Wipe\t%s\n", wipeLine(st.Wipe, path))
+	}
 	switch {
 	case st.Attached != nil:
 		ro := ""
@@ -440,5 +452,8 @@ func (a *app) printStatus(path string) error {
 	default:
 		fmt.Fprintf(w, "Attached\tno\n")
 	}
-	return w.Flush()
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	return statusErr(path, st.Problems)
 }

@@ -1,0 +1,35 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"crkvol/volume"
+)
+
+// checkVolume returns what keeps the volume at path from opening, each as "area: reason"
+// (volume.Manager.Check); a key service that cannot be opened is one such problem.
+func (a *app) checkVolume(ctx context.Context, path string) []string {
+	if a.mgr == nil { // open returns early only for the embedded service
+		if err := a.open(ctx); err != nil {
+			return []string{"key service: " + err.Error()}
+		}
+	}
+	problems, err := a.mgr.Check(ctx, path)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	out := make([]string, len(problems))
+	for i, p := range problems {
+		out[i] = p.Error()
+	}
+	return out
+}
+
+// statusErr is the error of `volume status` for an unhealthy volume (exit status 1), or nil.
+func statusErr(path string, problems []string) error {
+	if len(problems) == 0 {
+		return nil
+	}
+	return fmt.Errorf("volume status %s: %w (%d problems, listed above)", path, volume.ErrUnhealthy, len(problems))
+}

@@ -1,0 +1,145 @@
+package volume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"crkvol/keyslot"
+)
+
+// ErrUnhealthy means an image's keyslot area or data area is missing or inconsistent, so the
+// volume cannot be opened: a rewrap of it is a failure, and nothing is written to it.
+var ErrUnhealthy = errors.New("volume image is unhealthy")
+
+// Problem is one thing wrong with an image, found by [Manager.Check].
+type Problem struct {
+	// Area names the part at fault: "keyslot N", "data area", "token" or "key service".
+	Area string
+	// Err is the reason.
+	Err error
+}
+
+// Error returns the problem as "area: reason".
+func (p Problem) Error() string { return p.Area + ": " + p.Err.Error() }
+
+// Check checks that a volume can be opened: that each keyslot's area and the data area are
+// present in the image file (a dynamic data segment needs at least one whole sector, and a
+// whole number of them), and that the crkvol keyslot opens with the passphrase the key
+// service unwraps from the token, the volume key verifying against the digest. It returns
+// the problems found, each with its area and reason, none for a healthy image; a key service
+// that refuses or cannot be reached is a problem ("key service") too, since the volume cannot
+// be opened then either. The error is for an image whose header cannot be read at all.
+// No secret leaves Check: the passphrase and key are cleared before it returns.
+func (m *Manager) Check(ctx context.Context, path string) ([]Problem, error) {
+	f, img, err := openImage(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return m.check(ctx, f, img)
+}
+
+// check is Check on an open image.
+func (m *Manager) check(ctx context.Context, f *os.File, img *keyslot.Image) ([]Problem, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("volume: %s: %w", f.Name(), err)
+	}
+	problems := layoutProblems(img, st.Size())
+	return append(problems, m.unlockProblems(ctx, img)...), nil
+}
+
+// layoutProblems finds keyslot areas and a data area that the file of fileSize bytes does not
+// hold: what needs no key to see.
+func layoutProblems(img *keyslot.Image, fileSize int64) []Problem {
+	var out []Problem
+	for _, ks := range img.Keyslots() {
+		if ks.Type != "luks2" {
+			continue
+		}
+		if end := int64(ks.AreaOffset + ks.AreaSize); end > fileSize {
+			out = append(out, Problem{fmt.Sprintf("keyslot %d", ks.ID),
+				fmt.Errorf("area at byte %d (%d bytes) runs past the end of the %d-byte file (truncated?)", ks.AreaOffset, ks.AreaSize, fileSize)})
+		}
+	}
+	seg := img.Segment()
+	off, ss := int64(seg.Offset), int64(seg.SectorSize)
+	switch {
+	case !seg.Dynamic && off+int64(seg.Size) > fileSize:
+		out = append(out, Problem{"data area", fmt.Errorf("segment runs to byte %d, past the end of the %d-byte file", off+int64(seg.Size), fileSize)})
+	case seg.Dynamic && fileSize < off+ss:
+		out = append(out, Problem{"data area", fmt.Errorf("the %d-byte file ends before the first %d-byte sector of the data at byte %d (truncated?)", fileSize, ss, off)})
+	case seg.Dynamic && ss > 0 && (fileSize-off)%ss != 0:
+		out = append(out, Problem{"data area", fmt.Errorf("%d bytes of data from byte %d are not a whole number of %d-byte sectors (truncated?)", fileSize-off, off, ss)})
+	}
+	return out
+}
+
+// unlockProblems unwraps the token's passphrase and opens its keyslot with it, as opening
+// the volume does, and reports what fails.
+func (m *Manager) unlockProblems(ctx context.Context, img *keyslot.Image) []Problem {
+	id, tok, err := findToken(img)
+	if err != nil {
+		return []Problem{{"token", err}}
+	}
+	if len(img.Keyslots()) == 0 {
+		return []Problem{{"keyslots", fmt.Errorf("%w: no keyslot left", ErrErased)}}
+	}
+	slot, ok := tok.slot()
+	if !ok {
+		return []Problem{{"token", fmt.Errorf("token %d: %w: keyslots: names no keyslot", id, ErrBadToken)}}
+	}
+	ct, err := tok.ciphertext()
+	if err != nil {
+		return []Problem{{"token", err}}
+	}
+	u, err := m.kms.Unwrap(ctx, tok.KeyID, ct, []string{img.UUID()})
+	defer clear(u.Plaintext)
+	if err == nil && len(u.Plaintext) == 0 {
+		err = fmt.Errorf("%w: the unwrap answer has no plaintext", ErrIncompleteAnswer)
+	}
+	if err != nil {
+		return []Problem{{"key service", fmt.Errorf("unwrapping the passphrase with key %s: %w", tok.KeyID, err)}}
+	}
+	key, _, err := img.UnlockContext(ctx, u.Plaintext, slot)
+	clear(key)
+	if err != nil {
+		return []Problem{{fmt.Sprintf("keyslot %d", slot), fmt.Errorf("does not open with the unwrapped passphrase: %w", err)}}
+	}
+	return nil
+}
+
+// unhealthy joins problems into one error matching ErrUnhealthy, or returns nil.
+func unhealthy(problems []Problem) error {
+	if len(problems) == 0 {
+		return nil
+	}
+	errs := make([]error, len(problems))
+	for i, p := range problems {
+		errs[i] = p
+	}
+	return fmt.Errorf("%w: %w", ErrUnhealthy, errors.Join(errs...))
+}
+
+// checkForRewrap checks an image before its rewrap: damage to it is a permanent failure
+// matching ErrUnhealthy; a key service failure during the check is returned as it is (and
+// retried, or not, as the rewrap's own would be).
+func (m *Manager) checkForRewrap(ctx context.Context, f *os.File, img *keyslot.Image) error {
+	problems, err := m.check(ctx, f, img)
+	if err != nil {
+		return err
+	}
+	var damage []Problem
+	for _, p := range problems {
+		if p.Area == "key service" {
+			return p.Err
+		}
+		damage = append(damage, p)
+	}
+	if err := unhealthy(damage); err != nil {
+		return permanent{err}
+	}
+	return nil
+}
