@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -32,6 +33,11 @@ type CrashOptions struct {
 	Trials int
 	// Seed chooses the kill moments.
 	Seed uint64
+	// Signal is the signal sent to the rotation; SIGKILL if zero. With SIGINT or SIGTERM a
+	// rotation still running must stop at a clean point: exit 128+signal after one line
+	// "crkvol: interrupted: ..." on stderr (anything else is a failure), leaving every volume
+	// on the old or the new version for `key sync` to finish.
+	Signal syscall.Signal
 	// Log, if set, receives one line per trial.
 	Log func(format string, args ...any)
 }
@@ -44,6 +50,9 @@ type CrashReport struct {
 	// those that completed first.
 	Killed   int `json:"killed"`
 	Finished int `json:"finished"`
+	// Interrupted counts killed trials (with SIGINT or SIGTERM) that stopped at a clean point
+	// and said so.
+	Interrupted int `json:"interrupted,omitempty"`
 	// MidRewrap counts killed trials that left some, but not all, volumes on the old version:
 	// the kill landed inside the rewrap pass.
 	MidRewrap int `json:"midRewrap"`
@@ -80,13 +89,17 @@ type crashFixture struct {
 }
 
 // CrashTest runs a real crash test: it creates opts.Volumes registered volumes with data,
-// then, opts.Trials times, starts `crkvol key rotate` in a child process, kills it with
-// SIGKILL at a random moment, runs `crkvol key sync`, and checks that every volume attaches
+// then, opts.Trials times, starts `crkvol key rotate` in a child process, stops it with
+// SIGKILL (or opts.Signal) at a random moment, runs `crkvol key sync`, and checks that every volume attaches
 // and reads back its data, that its token is on the key's latest version, and that its
 // registration matches its token. It returns an error if any check failed.
 func CrashTest(ctx context.Context, opts CrashOptions) (*CrashReport, error) {
 	if opts.Binary == "" || opts.Dir == "" {
 		return nil, errors.New("sim: CrashTest needs Binary and Dir")
+	}
+	sig := opts.Signal
+	if sig == 0 {
+		sig = syscall.SIGKILL
 	}
 	if opts.Volumes <= 0 {
 		opts.Volumes = 500
@@ -137,6 +150,8 @@ func CrashTest(ctx context.Context, opts CrashOptions) (*CrashReport, error) {
 			moment = fmt.Sprintf("once %d of %d headers were rewritten", target, opts.Volumes)
 		}
 		cmd := fx.cli(ctx, now, "key", "rotate", fx.keyID)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
 		if err := cmd.Start(); err != nil {
 			return rep, err
 		}
@@ -152,14 +167,25 @@ func CrashTest(ctx context.Context, opts CrashOptions) (*CrashReport, error) {
 		}
 		killed := false
 		kill := func() {
-			_ = cmd.Process.Signal(syscall.SIGKILL)
+			_ = cmd.Process.Signal(sig)
 			err := <-exited
 			var ee *exec.ExitError
-			if errors.As(err, &ee) && ee.ProcessState.Sys().(syscall.WaitStatus).Signaled() {
+			switch {
+			case err == nil:
+				rep.Finished++
+			case errors.As(err, &ee) && ee.ProcessState.Sys().(syscall.WaitStatus).Signaled():
+				// SIGKILL; or SIGINT/SIGTERM before the process installed its handler.
 				killed = true
 				rep.Killed++
-			} else {
-				rep.Finished++
+			case sig != syscall.SIGKILL && errors.As(err, &ee) && ee.ExitCode() == 128+int(sig) &&
+				strings.HasPrefix(stderr.String(), "crkvol: interrupted: ") && strings.Count(stderr.String(), "\n") == 1:
+				killed = true
+				rep.Killed++
+				rep.Interrupted++
+			default:
+				killed = true // the volumes may be left mid-rewrap all the same
+				rep.Killed++
+				rep.Failures = append(rep.Failures, fmt.Sprintf("trial %d: rotate after %v: want exit 0, or %d with one line \"crkvol: interrupted: ...\"; got %v: %q", trial, sig, 128+int(sig), err, stderr.String()))
 			}
 		}
 		select {
