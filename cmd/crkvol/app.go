@@ -195,7 +195,7 @@ func (c *offsetClock) Now() time.Time { return c.base.Add(time.Since(c.start)) }
 // open opens the key service, the registry and the volume manager, then runs the policy
 // rotations that came due on the service clock (with their rewraps).
 func (a *app) open(ctx context.Context) error {
-	if a.svc != nil {
+	if a.mgr != nil { // already open, embedded or remote
 		return nil
 	}
 	dir, err := a.stateDirectory()

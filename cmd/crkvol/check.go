@@ -10,10 +10,8 @@ import (
 // checkVolume returns what keeps the volume at path from opening, each as "area: reason"
 // (volume.Manager.Check); a key service that cannot be opened is one such problem.
 func (a *app) checkVolume(ctx context.Context, path string) []string {
-	if a.mgr == nil { // open returns early only for the embedded service
-		if err := a.open(ctx); err != nil {
-			return []string{"key service: " + err.Error()}
-		}
+	if err := a.open(ctx); err != nil {
+		return []string{"key service: " + err.Error()}
 	}
 	problems, err := a.mgr.Check(ctx, path)
 	if err != nil {
