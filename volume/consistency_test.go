@@ -157,3 +157,22 @@ func TestFailedEnrolmentRollsBack(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, v.Close())
 }
+
+// TestDeleteThroughSymlink: deleting a volume through a symbolic link to its image removes
+// the image itself (and the link), not only the link: an image left on disk, deregistered,
+// would no longer keep its key from being deleted.
+func TestDeleteThroughSymlink(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	info := f.create(t, "vol.img", 1<<20)
+	link := filepath.Join(f.dir, "sym.img")
+	require.NoError(t, os.Symlink(info.Path, link))
+	require.NoError(t, f.mgr.Delete(f.ctx, link, volume.DeleteOptions{RemoveImage: true}))
+	_, err := os.Lstat(info.Path)
+	assert.ErrorIs(t, err, os.ErrNotExist, "the image is removed")
+	_, err = os.Lstat(link)
+	assert.ErrorIs(t, err, os.ErrNotExist, "the link is removed")
+	regs, err := f.svc.ListRegistrations(f.ctx, crk.RegistrationFilter{CRN: info.CRN})
+	require.NoError(t, err)
+	assert.Empty(t, regs)
+}

@@ -34,12 +34,12 @@ func (m *Manager) Erase(ctx context.Context, path string, opts EraseOptions) err
 		return fmt.Errorf("volume: erase %s: %w", path, err)
 	}
 	r, err := m.imageRegistration(path, f, img)
-	registered := err == nil && r.known
+	registered := (err == nil || r.sameFile) && r.isVolume()
 	switch {
 	case err != nil && !errors.Is(err, ErrNotRegisteredImage):
 		return fmt.Errorf("volume: erase %s: %w", path, err)
 	case registered && !opts.Force:
-		return fmt.Errorf("volume: erase %s: %w %s; use volume delete (with its erase option) to crypto-erase and deregister it", path, ErrRegisteredImage, r.entry.CRN)
+		return fmt.Errorf("volume: erase %s: %w %s (registered at %s); use volume delete (with its erase option) to crypto-erase and deregister it", path, ErrRegisteredImage, r.entry.CRN, r.entry.Path)
 	}
 	if err := img.Erase(); err != nil {
 		return fmt.Errorf("volume: erase %s: %w", path, err)

@@ -1,6 +1,7 @@
 package volume_test
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -42,6 +43,17 @@ func TestErase(t *testing.T) {
 		{"registered image", func(t *testing.T, f *fixture, info *volume.Info) string {
 			return info.Path
 		}, false, volume.ErrRegisteredImage, false},
+		{"hard link to the registered image", func(t *testing.T, f *fixture, info *volume.Info) string {
+			link := filepath.Join(f.dir, "hard.img")
+			require.NoError(t, os.Link(info.Path, link))
+			return link
+		}, false, volume.ErrRegisteredImage, false},
+		{"registered image moved", func(t *testing.T, f *fixture, info *volume.Info) string {
+			moved := filepath.Join(f.dir, "moved.img")
+			require.NoError(t, os.Rename(info.Path, moved))
+			t.Cleanup(func() { _ = os.Rename(moved, info.Path) }) // the checks below read the registered path
+			return moved
+		}, false, volume.ErrRegisteredImage, false},
 		{"registered image forced", func(t *testing.T, f *fixture, info *volume.Info) string {
 			return info.Path
 		}, true, nil, true},
@@ -58,7 +70,9 @@ func TestErase(t *testing.T) {
 			if tc.wantErr != nil {
 				require.ErrorIs(t, err, tc.wantErr)
 				assert.Contains(t, err.Error(), "volume delete")
-				openAndClose(t, f, f.mgr, img)
+				v, err := f.mgr.OpenWith(f.ctx, img, volume.OpenOptions{ReadOnly: true})
+				require.NoError(t, err, "the refused image still opens")
+				require.NoError(t, v.Close())
 				return
 			}
 			require.NoError(t, err)

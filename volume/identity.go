@@ -107,7 +107,16 @@ type registration struct {
 	fill bool
 	// copy says the image is not the registered one.
 	copy bool
+	// sameFile says the image, reached by another path than the registered one, is the
+	// registered file itself (a hard link to it, or the image moved from the registered
+	// path): not a copy to erase or reidentify, but the volume, which `volume register`
+	// brings back to its registration.
+	sameFile bool
 }
+
+// isVolume reports whether the image is the volume's registered file, whatever path reached
+// it: destructive operations meant for copies (Erase, Reidentify) refuse it.
+func (r registration) isVolume() bool { return r.known && (!r.copy || r.sameFile) }
 
 // copyOf returns the registered path when the image is an unregistered copy, else "".
 func (r registration) copyOf() string {
@@ -152,6 +161,10 @@ func (reg *Registry) registrationOf(path string, fi os.FileInfo, crn string) (re
 	r.entry, r.known = e, true
 	id, hasID := idOf(fi)
 	switch {
+	case !samePath(e.Path, path) && e.hasIdentity() && hasID && id == e.id():
+		r.copy, r.sameFile = true, true
+		return r, fmt.Errorf("%w: %s is the registered file of volume %s reached by another path (a hard link to %s, or moved from there); "+
+			"if it has moved, register it at its new path (volume register)", ErrNotRegisteredImage, path, e.CRN, e.Path)
 	case !samePath(e.Path, path):
 		r.copy = true
 		return r, notRegisteredError(path, e, "a copy or a moved image")
@@ -233,6 +246,10 @@ type Identity struct {
 	// image); Reason is then the ErrNotRegisteredImage error saying why and what to do.
 	Copy   bool
 	Reason error
+	// SameFile says the image is the registered file itself reached by another path (a hard
+	// link, or the image moved from the registered path); Copy is then true too, since the
+	// path is not the registered one.
+	SameFile bool
 }
 
 // Identify reads the image at path (its header only; no key service needed) and says
@@ -253,7 +270,7 @@ func (r *Registry) Identify(ctx context.Context, path string) (*Identity, error)
 	}
 	crn := CRN(img.UUID())
 	reg, err := r.registrationOf(resolved, fi, crn)
-	id := &Identity{CRN: crn, Known: reg.known, RegisteredPath: reg.entry.Path, Copy: reg.copy}
+	id := &Identity{CRN: crn, Known: reg.known, RegisteredPath: reg.entry.Path, Copy: reg.copy, SameFile: reg.sameFile}
 	switch {
 	case reg.copy:
 		id.Reason = err

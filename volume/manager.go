@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -398,6 +399,15 @@ func (m *Manager) OpenWith(ctx context.Context, path string, opts OpenOptions) (
 		f.Close()
 		return nil, fmt.Errorf("volume: open %s: %w", path, err)
 	}
+	if !opts.ReadOnly && !opts.wiping {
+		// A resumed wipe zeroes everything from where it stopped: data written before then
+		// would be lost, so nothing else writes until the wipe is done.
+		if _, tok, terr := findToken(img); terr == nil && tok.Wipe != nil {
+			f.Close()
+			return nil, fmt.Errorf("volume: open %s: %w: %d%% of the data area zeroed; finish it first (volume wipe), "+
+				"since resuming it zeroes everything past that point", path, ErrWipeIncomplete, tok.Wipe.Percent())
+		}
+	}
 	v, err := m.open(ctx, f, img, opts, r)
 	if err != nil {
 		f.Close()
@@ -699,8 +709,15 @@ func (m *Manager) Delete(ctx context.Context, path string, opts DeleteOptions) e
 		return err
 	}
 	if opts.RemoveImage {
-		if err := os.Remove(abs); err != nil {
+		// The image itself, not a symbolic link to it (which would leave the image on disk,
+		// deregistered); a link at path then dangles, and is removed as well.
+		if err := os.Remove(resolved); err != nil {
 			return fmt.Errorf("volume: delete %s: %w", path, err)
+		}
+		if resolved != abs {
+			if err := os.Remove(abs); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("volume: delete %s: removing the link: %w", path, err)
+			}
 		}
 	}
 	return nil

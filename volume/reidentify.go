@@ -70,6 +70,8 @@ func (m *Manager) Reidentify(ctx context.Context, path string, opts ReidentifyOp
 	}
 	r, err := m.registrationOf(resolved, fi, CRN(img.UUID()))
 	switch {
+	case r.sameFile:
+		return nil, fmt.Errorf("volume: reidentify %s: %w %s (registered at %s; this path reaches the same file); reidentify gives a copy its own identity", path, ErrRegisteredImage, r.entry.CRN, r.entry.Path)
 	case err == nil && r.known:
 		// The registered image: an interrupted reidentification left the old identity's
 		// token and keyslot behind, or this is a plain refusal.

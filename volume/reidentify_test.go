@@ -138,10 +138,15 @@ func TestReidentifyRefusesRegisteredImage(t *testing.T) {
 	f := newFixture(t)
 	info := f.create(t, "vol.img", 1<<20)
 	before := readToken(t, info.Path)
-	_, err := f.mgr.Reidentify(f.ctx, info.Path, volume.ReidentifyOptions{})
-	require.ErrorIs(t, err, volume.ErrRegisteredImage)
-	assert.Equal(t, before, readToken(t, info.Path))
-	assert.Equal(t, info.UUID, mustDescribe(t, info.Path).UUID)
+	link := filepath.Join(f.dir, "hard.img")
+	require.NoError(t, os.Link(info.Path, link))
+	for _, p := range []string{info.Path, link} { // a hard link reaches the registered file too
+		_, err := f.mgr.Reidentify(f.ctx, p, volume.ReidentifyOptions{})
+		require.ErrorIs(t, err, volume.ErrRegisteredImage, p)
+		assert.Equal(t, before, readToken(t, info.Path))
+		assert.Equal(t, info.UUID, mustDescribe(t, info.Path).UUID)
+	}
+	openAndClose(t, f, f.mgr, info.Path)
 }
 
 // TestReidentifyRollsBack: a reidentification whose registration fails leaves the copy as

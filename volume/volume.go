@@ -37,6 +37,8 @@ type OpenOptions struct {
 	// Exclusive locks the data area exclusively even when ReadOnly, as an attachment does.
 	// A read-write open is always exclusive.
 	Exclusive bool
+	// wiping is set by Manager.Wipe, the one writer allowed while a wipe is incomplete.
+	wiping bool
 }
 
 const (

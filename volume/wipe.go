@@ -12,6 +12,11 @@ import (
 // its data, so that is never done without being asked.
 var ErrNoWipe = errors.New("no incomplete wipe recorded")
 
+// ErrWipeIncomplete means a volume was opened for writing while a wipe of its data area is
+// recorded as incomplete: resuming the wipe would zero what was written, so writes wait
+// until [Manager.Wipe] has finished it. Read-only opens are allowed.
+var ErrWipeIncomplete = errors.New("wipe of the data area is incomplete")
+
 // WipeProgress is how far a wipe of a volume's data area got: every byte before Next reads as
 // zeros, the bytes from Next to Size may not. A volume's token holds it (member "wipe", as
 // {"next": N, "size": S}) from the start of a wipe until it completes, so an interrupted wipe
@@ -73,7 +78,7 @@ const (
 // The volume is opened read-write, so a wipe fails with ErrInUse while it is attached or
 // written elsewhere. The returned progress is the last one recorded (Next == Size when done).
 func (m *Manager) Wipe(ctx context.Context, path string, opts WipeOptions) (WipeProgress, error) {
-	v, err := m.OpenWith(ctx, path, OpenOptions{})
+	v, err := m.OpenWith(ctx, path, OpenOptions{wiping: true})
 	if err != nil {
 		return WipeProgress{}, err
 	}

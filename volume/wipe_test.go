@@ -67,7 +67,9 @@ func TestWipeInterruptedIsRecordedAndResumes(t *testing.T) {
 	assert.Equal(t, p, *d.Wipe)
 	assert.Equal(t, int(100*p.Next/size), d.Wipe.Percent())
 
-	data := readAll(t, f, info.Path) // opening still works
+	_, err = f.mgr.Open(f.ctx, info.Path)
+	require.ErrorIs(t, err, volume.ErrWipeIncomplete, "no writer until the wipe is done: resuming it would zero what was written")
+	data := readAll(t, f, info.Path) // opening read-only still works
 	assert.Equal(t, make([]byte, p.Next), data[:p.Next])
 	assert.NotEqual(t, make([]byte, size-p.Next), data[p.Next:], "the rest is not wiped yet")
 

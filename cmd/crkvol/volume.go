@@ -376,7 +376,7 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 		Keyslots: []keyslotJSON{}, Tokens: []tokenJSON{}, Health: "ok", Wipe: info.Wipe,
 	}
 	if h := img.Health(); !h.OK() {
-		st.Health = fmt.Sprintf("primary: %v; secondary: %v", h.Primary.Err, h.Secondary.Err)
+		st.Health = fmt.Sprintf("primary: %s; secondary: %s (the next change rewrites the bad copy from the good one)", copyHealth(h.Primary), copyHealth(h.Secondary))
 	}
 	for _, ks := range img.Keyslots() {
 		kdf := ks.KDF.Type
@@ -397,7 +397,7 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 	}
 	ident, err := a.identify(ctx, path)
 	var regLine string
-	st.Registration, regLine = registrationLine(ident)
+	st.Registration, regLine = registrationLine(path, ident)
 	if err != nil {
 		regLine = "unknown: " + err.Error()
 	}
@@ -456,4 +456,12 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 		return err
 	}
 	return statusErr(path, st.Problems)
+}
+
+// copyHealth is the status text of one header copy: "ok", or why it is unusable or stale.
+func copyHealth(c keyslot.CopyHealth) string {
+	if c.Err == nil {
+		return "ok"
+	}
+	return c.Err.Error()
 }
