@@ -322,7 +322,21 @@ func (a *app) keyCommand() *cobra.Command {
 		return a.printKey(k)
 	})
 	del.Flags().BoolVar(&force, "force", false, "delete even if volumes are registered (never past preventKeyDeletion)")
+	var forcePrune bool
 	prune := withKey("prune ID", "Destroy older versions no volume uses", func(ctx context.Context, id string) error {
+		// Registrations say which versions are in use, but an image restored in place from a
+		// backup carries an older token than its registration: bring every registered image's
+		// token to the latest version first, and refuse if any could not be checked.
+		if !forcePrune {
+			rep, err := a.mgr.Sync(ctx, id)
+			if err != nil {
+				return fmt.Errorf("key prune: checking the volumes' tokens first: %w", err)
+			}
+			if err := rep.Err(); err != nil {
+				return fmt.Errorf("key prune: refused: %d volumes could not be brought to the latest version, and their images may still need an older one "+
+					"(fix them and run key sync, or prune with --force to trust the registrations): %w", len(rep.Failed), err)
+			}
+		}
 		res, err := a.svc.Prune(ctx, id)
 		if err != nil {
 			return fmt.Errorf("key prune: %w", err)
@@ -333,6 +347,7 @@ func (a *app) keyCommand() *cobra.Command {
 		fmt.Fprintf(a.stdout, "destroyed %d versions; %d older versions still in use\n", len(res.Destroyed), len(res.Referenced))
 		return nil
 	})
+	prune.Flags().BoolVar(&forcePrune, "force", false, "trust the registrations: do not first bring every registered image's token to the latest version")
 	regs := withKey("registrations ID", "List the resources a key protects", func(ctx context.Context, id string) error {
 		rs, err := a.svc.ListRegistrations(ctx, crk.RegistrationFilter{KeyID: id})
 		if err != nil {
