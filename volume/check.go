@@ -48,6 +48,12 @@ func (m *Manager) check(ctx context.Context, f *os.File, img *keyslot.Image) ([]
 		return nil, fmt.Errorf("volume: %s: %w", f.Name(), err)
 	}
 	problems := layoutProblems(img, st.Size())
+	if _, tok, terr := findToken(img); terr == nil && tok.DataSize > 0 && len(problems) == 0 {
+		if seg := img.Segment(); seg.Dynamic && st.Size()-int64(seg.Offset) < tok.DataSize {
+			problems = append(problems, Problem{"data area", fmt.Errorf("the file holds %d bytes of data, less than the %d the volume was created with (truncated?)",
+				st.Size()-int64(seg.Offset), tok.DataSize)})
+		}
+	}
 	return append(problems, m.unlockProblems(ctx, img)...), nil
 }
 

@@ -48,6 +48,9 @@ var damages = []struct {
 	{"file truncated inside the data area", func(t *testing.T, path string, info *volume.Info, _ keyslot.SlotInfo) {
 		require.NoError(t, os.Truncate(path, info.DataOffset+info.Size/2+1000))
 	}, "data area", "not a whole number of 4096-byte sectors"},
+	{"file truncated at a sector boundary inside the data area", func(t *testing.T, path string, info *volume.Info, _ keyslot.SlotInfo) {
+		require.NoError(t, os.Truncate(path, info.DataOffset+4096))
+	}, "data area", "less than the 1048576 the volume was created with"},
 }
 
 // TestCheckFindsDamage: Check reports each kind of damage with its area and reason (and a

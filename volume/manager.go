@@ -281,6 +281,11 @@ func (m *Manager) enroll(ctx context.Context, img *keyslot.Image, f *os.File, pa
 		KeyVersion: w.VersionID, Ciphertext: member,
 		WrappedAt: m.opts.Now().UTC().Truncate(time.Second), VolumeCRN: crn, Wipe: wipe,
 	}
+	if fi, serr := f.Stat(); serr == nil {
+		if seg := img.Segment(); seg.Dynamic && fi.Size() > int64(seg.Offset) {
+			tok.DataSize = fi.Size() - int64(seg.Offset)
+		}
+	}
 	raw, err := tok.marshalChecked(uuid)
 	if err != nil {
 		return nil, err
@@ -400,12 +405,23 @@ func (m *Manager) OpenWith(ctx context.Context, path string, opts OpenOptions) (
 		return nil, fmt.Errorf("volume: open %s: %w", path, err)
 	}
 	if !opts.ReadOnly && !opts.wiping {
+		_, tok, terr := findToken(img)
 		// A resumed wipe zeroes everything from where it stopped: data written before then
 		// would be lost, so nothing else writes until the wipe is done.
-		if _, tok, terr := findToken(img); terr == nil && tok.Wipe != nil {
+		if terr == nil && tok.Wipe != nil {
 			f.Close()
 			return nil, fmt.Errorf("volume: open %s: %w: %d%% of the data area zeroed; finish it first (volume wipe), "+
 				"since resuming it zeroes everything past that point", path, ErrWipeIncomplete, tok.Wipe.Percent())
+		}
+		// A file cut short at a sector boundary still looks like a (smaller) volume: it opens
+		// read-only, to recover what is left, but nothing writes to it.
+		if seg := img.Segment(); terr == nil && seg.Dynamic && tok.DataSize > 0 {
+			// (A file without one whole sector of data is refused by the open itself.)
+			if fi, serr := f.Stat(); serr == nil && fi.Size()-int64(seg.Offset) >= int64(seg.SectorSize) && fi.Size()-int64(seg.Offset) < tok.DataSize {
+				f.Close()
+				return nil, fmt.Errorf("volume: open %s: %w: data area: the file holds %d bytes of data, less than the %d the volume was created with (truncated?); it opens read-only",
+					path, ErrUnhealthy, fi.Size()-int64(seg.Offset), tok.DataSize)
+			}
 		}
 	}
 	v, err := m.open(ctx, f, img, opts, r)

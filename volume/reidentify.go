@@ -172,6 +172,7 @@ func (m *Manager) reidentify(ctx context.Context, img *keyslot.Image, path strin
 	tok := token{
 		Keyslots: []string{strconv.Itoa(slot)}, KeyID: keyID, KeyCRN: keyCRN, KeyVersion: w.VersionID,
 		Ciphertext: member, WrappedAt: m.opts.Now().UTC().Truncate(time.Second), VolumeCRN: crn,
+		DataSize: oldTok.DataSize,
 	}
 	raw, err := tok.marshalChecked(uuid)
 	if err != nil {

@@ -37,6 +37,10 @@ type token struct {
 	// Wipe is the record of an incomplete wipe of the data area, or nil: the member is
 	// written while a wipe runs and removed when it completes (see [Manager.Wipe]).
 	Wipe *WipeProgress
+	// DataSize is the size in bytes of the data area when the volume was enrolled, or 0 for
+	// tokens written before crkvol recorded it: [Manager.Check] reports a file that no longer
+	// holds it (truncated at a sector boundary, which the layout alone cannot show).
+	DataSize int64
 
 	typ          string          // the type member as read; marshal always writes TokenType
 	wrappedAtRaw json.RawMessage // wrapped_at as read, when it is not an RFC 3339 time
@@ -74,6 +78,7 @@ func tokenFields() []tokenField {
 		{"wrapped_at", func(t *token) any { return (*tokenTime)(t) }, nil},
 		{"volume_crn", func(t *token) any { return &t.VolumeCRN }, nil},
 		{"wipe", func(t *token) any { return &t.Wipe }, func(t *token) bool { return t.Wipe == nil }},
+		{"data_size", func(t *token) any { return &t.DataSize }, func(t *token) bool { return t.DataSize == 0 }},
 	}
 }
 
