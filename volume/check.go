@@ -48,13 +48,25 @@ func (m *Manager) check(ctx context.Context, f *os.File, img *keyslot.Image) ([]
 		return nil, fmt.Errorf("volume: %s: %w", f.Name(), err)
 	}
 	problems := layoutProblems(img, st.Size())
-	if _, tok, terr := findToken(img); terr == nil && tok.DataSize > 0 && len(problems) == 0 {
-		if seg := img.Segment(); seg.Dynamic && st.Size()-int64(seg.Offset) < tok.DataSize {
-			problems = append(problems, Problem{"data area", fmt.Errorf("the file holds %d bytes of data, less than the %d the volume was created with (truncated?)",
-				st.Size()-int64(seg.Offset), tok.DataSize)})
+	if _, tok, terr := findToken(img); terr == nil && len(problems) == 0 {
+		if err := truncatedData(img, tok, st.Size()); err != nil {
+			problems = append(problems, Problem{"data area", err})
 		}
 	}
 	return append(problems, m.unlockProblems(ctx, img)...), nil
+}
+
+// truncatedData reports a dynamic data area of which the file of fileSize bytes holds less
+// than the data_size the token recorded at creation: a file cut short at a sector boundary,
+// which the layout alone cannot show. It is nil when the token records no size, and when
+// the file lacks even one whole sector of data (the layout check and the open report that).
+func truncatedData(img *keyslot.Image, tok *token, fileSize int64) error {
+	seg := img.Segment()
+	data := fileSize - int64(seg.Offset)
+	if !seg.Dynamic || tok.DataSize == 0 || data < int64(seg.SectorSize) || data >= tok.DataSize {
+		return nil
+	}
+	return fmt.Errorf("the file holds %d bytes of data, less than the %d the volume was created with (truncated?)", data, tok.DataSize)
 }
 
 // layoutProblems finds keyslot areas and a data area that the file of fileSize bytes does not

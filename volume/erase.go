@@ -34,7 +34,7 @@ func (m *Manager) Erase(ctx context.Context, path string, opts EraseOptions) err
 		return fmt.Errorf("volume: erase %s: %w", path, err)
 	}
 	r, err := m.imageRegistration(path, f, img)
-	registered := (err == nil || r.sameFile) && r.isVolume()
+	registered := r.isVolume() // the registered file, whatever path reached it
 	switch {
 	case err != nil && !errors.Is(err, ErrNotRegisteredImage):
 		return fmt.Errorf("volume: erase %s: %w", path, err)

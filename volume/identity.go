@@ -112,6 +112,9 @@ type registration struct {
 	// path): not a copy to erase or reidentify, but the volume, which `volume register`
 	// brings back to its registration.
 	sameFile bool
+	// replaced says the image is at the registered path but is another file than the one
+	// registered there (replaced, or restored from a copy).
+	replaced bool
 }
 
 // isVolume reports whether the image is the volume's registered file, whatever path reached
@@ -169,7 +172,7 @@ func (reg *Registry) registrationOf(path string, fi os.FileInfo, crn string) (re
 		r.copy = true
 		return r, notRegisteredError(path, e, "a copy or a moved image")
 	case e.hasIdentity() && hasID && id != e.id():
-		r.copy = true
+		r.copy, r.replaced = true, true
 		return r, notRegisteredError(path, e, "a different file than the one registered at that path (replaced or restored?)")
 	case !e.hasIdentity() && hasID:
 		r.fill = true
@@ -250,6 +253,9 @@ type Identity struct {
 	// link, or the image moved from the registered path); Copy is then true too, since the
 	// path is not the registered one.
 	SameFile bool
+	// Replaced says the image is at the registered path but is not the file registered there
+	// (replaced, or restored from a copy); Copy is then true too.
+	Replaced bool
 }
 
 // Identify reads the image at path (its header only; no key service needed) and says
@@ -270,7 +276,7 @@ func (r *Registry) Identify(ctx context.Context, path string) (*Identity, error)
 	}
 	crn := CRN(img.UUID())
 	reg, err := r.registrationOf(resolved, fi, crn)
-	id := &Identity{CRN: crn, Known: reg.known, RegisteredPath: reg.entry.Path, Copy: reg.copy, SameFile: reg.sameFile}
+	id := &Identity{CRN: crn, Known: reg.known, RegisteredPath: reg.entry.Path, Copy: reg.copy, SameFile: reg.sameFile, Replaced: reg.replaced}
 	switch {
 	case reg.copy:
 		id.Reason = err

@@ -415,12 +415,10 @@ func (m *Manager) OpenWith(ctx context.Context, path string, opts OpenOptions) (
 		}
 		// A file cut short at a sector boundary still looks like a (smaller) volume: it opens
 		// read-only, to recover what is left, but nothing writes to it.
-		if seg := img.Segment(); terr == nil && seg.Dynamic && tok.DataSize > 0 {
-			// (A file without one whole sector of data is refused by the open itself.)
-			if fi, serr := f.Stat(); serr == nil && fi.Size()-int64(seg.Offset) >= int64(seg.SectorSize) && fi.Size()-int64(seg.Offset) < tok.DataSize {
+		if fi, serr := f.Stat(); terr == nil && serr == nil {
+			if err := truncatedData(img, tok, fi.Size()); err != nil {
 				f.Close()
-				return nil, fmt.Errorf("volume: open %s: %w: data area: the file holds %d bytes of data, less than the %d the volume was created with (truncated?); it opens read-only",
-					path, ErrUnhealthy, fi.Size()-int64(seg.Offset), tok.DataSize)
+				return nil, fmt.Errorf("volume: open %s: %w: data area: %w; it opens read-only", path, ErrUnhealthy, err)
 			}
 		}
 	}

@@ -36,13 +36,13 @@ func (a *app) identify(ctx context.Context, path string) (*volume.Identity, erro
 }
 
 // registrationLine is the status line (and JSON value) of an image's registration.
-func registrationLine(path string, id *volume.Identity) (state, line string) {
+func registrationLine(id *volume.Identity) (state, line string) {
 	switch {
 	case id == nil:
 		return "unknown", "unknown (no registry in the state directory)"
 	case id.SameFile:
 		return "moved", fmt.Sprintf("the registered file of this volume reached by another path (a hard link to %s, or moved from there; volume register records the new path)", id.RegisteredPath)
-	case id.Copy && sameResolved(path, id.RegisteredPath):
+	case id.Replaced:
 		return "replaced", "a different file than the one registered at this path (replaced or restored from a copy; read-only; volume register makes it the volume)"
 	case id.Copy:
 		return "copy", fmt.Sprintf("unregistered copy of %s (read-only; volume register makes it the volume, volume reidentify gives it its own identity)", id.RegisteredPath)
@@ -136,16 +136,4 @@ re-encryption of the data (cryptsetup reencrypt), which crkvol does not do.`,
 	reidentify.Flags().StringVar(&keyID, "key", "", "root key id to wrap the new passphrase (default: the copy's key)")
 
 	return []*cobra.Command{register, erase, reidentify}
-}
-
-// sameResolved reports whether path, with symbolic links resolved, is registered.
-func sameResolved(path, registered string) bool {
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return false
-	}
-	if r, err := filepath.EvalSymlinks(abs); err == nil {
-		abs = r
-	}
-	return abs == registered
 }

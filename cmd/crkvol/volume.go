@@ -397,7 +397,7 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 	}
 	ident, err := a.identify(ctx, path)
 	var regLine string
-	st.Registration, regLine = registrationLine(path, ident)
+	st.Registration, regLine = registrationLine(ident)
 	if err != nil {
 		regLine = "unknown: " + err.Error()
 	}
