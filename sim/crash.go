@@ -35,7 +35,7 @@ type CrashOptions struct {
 	Seed uint64
 	// Signal is the signal sent to the rotation; SIGKILL if zero. With SIGINT or SIGTERM a
 	// rotation still running must stop at a clean point: exit 128+signal after one line
-	// "crkvol: interrupted: ..." on stderr (anything else is a failure), leaving every volume
+	// "crkvol: key rotate: interrupted: ..." on stderr (anything else is a failure), leaving every volume
 	// on the old or the new version for `key sync` to finish.
 	Signal syscall.Signal
 	// Log, if set, receives one line per trial.
@@ -178,14 +178,14 @@ func CrashTest(ctx context.Context, opts CrashOptions) (*CrashReport, error) {
 				killed = true
 				rep.Killed++
 			case sig != syscall.SIGKILL && errors.As(err, &ee) && ee.ExitCode() == 128+int(sig) &&
-				strings.HasPrefix(stderr.String(), "crkvol: interrupted: ") && strings.Count(stderr.String(), "\n") == 1:
+				strings.HasPrefix(stderr.String(), "crkvol: key rotate: interrupted: ") && strings.Count(stderr.String(), "\n") == 1:
 				killed = true
 				rep.Killed++
 				rep.Interrupted++
 			default:
 				killed = true // the volumes may be left mid-rewrap all the same
 				rep.Killed++
-				rep.Failures = append(rep.Failures, fmt.Sprintf("trial %d: rotate after %v: want exit 0, or %d with one line \"crkvol: interrupted: ...\"; got %v: %q", trial, sig, 128+int(sig), err, stderr.String()))
+				rep.Failures = append(rep.Failures, fmt.Sprintf("trial %d: rotate after %v: want exit 0, or %d with one line \"crkvol: key rotate: interrupted: ...\"; got %v: %q", trial, sig, 128+int(sig), err, stderr.String()))
 			}
 		}
 		select {

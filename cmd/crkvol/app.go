@@ -20,13 +20,6 @@ import (
 	"crkvol/volume/kms"
 )
 
-// usageError marks errors in how the command was called (exit status 2).
-type usageError struct{ error }
-
-func (u usageError) Unwrap() error { return u.error }
-
-func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
-
 // app carries one invocation's settings and, once opened, its services.
 type app struct {
 	stdin          io.Reader
@@ -66,55 +59,59 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(s
 	// between chunks, record their state and return an interrupted error.
 	ctx, stop := interruptContext(context.Background())
 	defer stop()
-	err := root.ExecuteContext(ctx)
+	cmd, err := root.ExecuteContextC(ctx)
 	a.close()
 	if err == nil {
 		return 0
 	}
+	f := failureBody{Command: commandName(cmd), Message: errorText(err), ExitCode: 1, Hints: hintsOf(err)}
 	if sig, ok := interruption(ctx); ok {
 		var in interrupted
 		if !errors.As(err, &in) {
-			in = interrupted{err.Error()}
+			in = interrupted{f.Message}
 			if msg, ok := rewrapInterrupted(a.reports); ok {
 				in = interrupted{msg}
 			}
 		}
-		fmt.Fprintf(stderr, "crkvol: interrupted: %s\n", in.msg)
-		return sig.exitCode()
+		f.Message, f.ExitCode, f.Signal, f.Hints = "interrupted: "+in.msg, sig.exitCode(), sig.name(), nil
+		report(stderr, a.asJSON || wantsJSON(args), f)
+		return f.ExitCode
 	}
-	fmt.Fprintf(stderr, "crkvol: %s\n", err)
 	switch {
 	case errors.Is(err, kms.ErrCertificate):
-		fmt.Fprintln(stderr, "crkvol: hint: to trust a private CA, give its certificate with --kms-ca FILE (env CRKVOL_KMS_CA)")
+		f.Hints = append(f.Hints, "to trust a private CA, give its certificate with --kms-ca FILE (env CRKVOL_KMS_CA)")
 	case errors.Is(err, kms.ErrInsecureURL):
-		fmt.Fprintln(stderr, "crkvol: hint: use an https URL (--kms-ca FILE to trust a private CA), or --kms-insecure to allow plain http")
+		f.Hints = append(f.Hints, "use an https URL (--kms-ca FILE to trust a private CA), or --kms-insecure to allow plain http")
 	}
 	var u usageError
-	if errors.As(err, &u) || isCobraUsage(err) {
-		return 2
-	}
-	return 1
-}
-
-// isCobraUsage recognises cobra's own usage errors (unknown command or flag, bad arguments).
-func isCobraUsage(err error) bool {
-	msg := err.Error()
-	for _, p := range []string{"unknown command ", "required flag(s) "} {
-		if strings.HasPrefix(msg, p) {
-			return true
+	if errors.As(err, &u) {
+		f.ExitCode, f.Usage = 2, true
+		if cmd != nil {
+			f.Hints = append(f.Hints, "see "+cmd.CommandPath()+" --help")
 		}
 	}
-	return false
+	report(stderr, a.asJSON || wantsJSON(args), f)
+	return f.ExitCode
 }
 
 // args wraps a cobra argument check so that its errors are usage errors (exit status 2).
 func args(check cobra.PositionalArgs) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, a []string) error {
 		if err := check(cmd, a); err != nil {
-			return usageError{fmt.Errorf("%s: %w", cmd.CommandPath(), err)}
+			return usageError{err}
 		}
 		return nil
 	}
+}
+
+// unknownCommand is the usage error for an unknown subcommand name, with cobra's
+// suggestions of similar names.
+func unknownCommand(cmd *cobra.Command, name string) error {
+	err := usagef("unknown command %q", name)
+	if s := cmd.SuggestionsFor(name); len(s) > 0 {
+		return withHint(err, "did you mean "+strings.Join(s, " or ")+"?")
+	}
+	return err
 }
 
 // group returns a command that only holds subcommands: run alone it is a usage error.
@@ -122,9 +119,9 @@ func group(use, short string) *cobra.Command {
 	return &cobra.Command{Use: use, Short: short, Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 {
-				return usagef("unknown command %q for %q", args[0], cmd.CommandPath())
+				return unknownCommand(cmd, args[0])
 			}
-			return usagef("%s: missing subcommand (see %s --help)", cmd.CommandPath(), cmd.CommandPath())
+			return usagef("missing subcommand")
 		}}
 }
 
@@ -136,6 +133,13 @@ func (a *app) rootCommand() *cobra.Command {
 customer root key (CRK) in an embedded Key Protect-style key service.`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
+		Args:          cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return unknownCommand(cmd, args[0])
+			}
+			return cmd.Help()
+		},
 	}
 	root.PersistentFlags().StringVar(&a.stateDir, "state", "", "state directory: KMS store, master key file, volume registry (env CRKVOL_STATE)")
 	root.PersistentFlags().BoolVar(&a.asJSON, "json", false, "machine-readable JSON output")

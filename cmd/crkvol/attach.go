@@ -92,7 +92,7 @@ func listenAddr(spec, defaultSock string) (network, addr string, err error) {
 			return "", "", usagef("--listen %q: %v", spec, err)
 		}
 		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-			return "", "", usagef("--listen %q: NBD has no authentication or encryption, so crkvol serves plaintext only on a loopback address (127.0.0.1, ::1) or a unix socket", spec)
+			return "", "", fmt.Errorf("--listen %q: NBD has no authentication or encryption, so crkvol serves plaintext only on a loopback address (127.0.0.1, ::1) or a unix socket", spec)
 		}
 		return network, addr, nil
 	}
@@ -164,7 +164,7 @@ func (a *app) attachTarget(path string) (abs, recPath string, err error) {
 
 func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool, maxConns int) error {
 	if maxConns < 1 {
-		return usagef("--max-connections %d: want at least 1", maxConns)
+		return fmt.Errorf("--max-connections %d: want at least 1", maxConns)
 	}
 	// Signals first: from the moment the record exists, SIGTERM must mean a clean detach.
 	sigctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
@@ -179,7 +179,7 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 	}
 	if network == "unix" {
 		if sockAbs, err := filepath.Abs(addr); err == nil && sockAbs == abs {
-			return usagef("--listen %q is the image itself", listen)
+			return fmt.Errorf("--listen %q is the image itself", listen)
 		}
 	}
 	if err := a.open(ctx); err != nil {
@@ -188,7 +188,7 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 	// An exclusive lock on the data area: a second attach (or a writer) fails here, at once.
 	v, err := a.mgr.OpenWith(ctx, abs, volume.OpenOptions{ReadOnly: readOnly, Exclusive: true})
 	if err != nil {
-		return fmt.Errorf("volume attach: %w", err)
+		return err
 	}
 	// The key service and registry are not needed while serving: release their locks so that
 	// other commands (a rotation, say) run meanwhile.
@@ -207,7 +207,7 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 
 	l, err := listenNBD(network, addr)
 	if err != nil {
-		return fmt.Errorf("volume attach: %w", err)
+		return err
 	}
 	if network == "tcp" {
 		addr = l.Addr().String() // the port chosen for :0
@@ -216,12 +216,12 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 		PreferredBlockSize: v.SectorSize()}, nbd.Options{MaxConnections: maxConns, Logger: slog.New(slog.NewTextHandler(a.stderr, nil))})
 	if err != nil {
 		l.Close()
-		return fmt.Errorf("volume attach: %w", err)
+		return err
 	}
 	start, err := processStart(os.Getpid())
 	if err != nil {
 		l.Close()
-		return fmt.Errorf("volume attach: %w", err)
+		return err
 	}
 	rec := attachment{PID: os.Getpid(), StartTime: start, Image: abs, CRN: v.CRN(), Listen: network + ":" + addr,
 		URI: nbdURI(network, addr, ""), ReadOnly: readOnly, Since: time.Now().UTC()}
@@ -237,7 +237,7 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 	if err := writeRecord(recPath, rec); err != nil {
 		l.Close()
 		cleanup()
-		return fmt.Errorf("volume attach: %w", err)
+		return err
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
@@ -269,10 +269,10 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 	stop() // a second SIGINT or SIGTERM now ends the process at once
 	shErr := shutdown()
 	if err := closeVolume(); err != nil {
-		return fmt.Errorf("volume attach: closing %s: %w", path, err)
+		return fmt.Errorf("closing %s: %w", path, err)
 	}
 	if serveErr != nil && !errors.Is(serveErr, nbd.ErrServerClosed) {
-		return fmt.Errorf("volume attach: %w", serveErr)
+		return serveErr
 	}
 	if shErr != nil {
 		fmt.Fprintf(a.stderr, "crkvol: some NBD clients were cut off after 30 s: %v\n", shErr)
@@ -336,7 +336,7 @@ func (a *app) runDetach(ctx context.Context, path string, timeout time.Duration)
 	}
 	busy, err := volume.InUse(abs)
 	if err != nil {
-		return fmt.Errorf("volume detach: %w", err)
+		return err
 	}
 	rec := readRecord(recPath)
 	if rec != nil && (rec.Image != abs || !alive(rec)) {
@@ -345,24 +345,24 @@ func (a *app) runDetach(ctx context.Context, path string, timeout time.Duration)
 	}
 	switch {
 	case rec == nil && busy:
-		return fmt.Errorf("volume detach: %s is in use by a process this state directory has no attachment record of (another --state, or a writer)", path)
+		return fmt.Errorf("%s is in use by a process this state directory has no attachment record of (another --state, or a writer)", path)
 	case rec == nil:
-		return fmt.Errorf("volume detach: %s is not attached", path)
+		return fmt.Errorf("%s is not attached", path)
 	}
 	if err := syscall.Kill(rec.PID, syscall.SIGTERM); err != nil {
-		return fmt.Errorf("volume detach: signalling process %d: %w", rec.PID, err)
+		return fmt.Errorf("signalling process %d: %w", rec.PID, err)
 	}
 	deadline := time.Now().Add(timeout)
 	for {
 		busy, err := volume.InUse(abs)
 		if err != nil {
-			return fmt.Errorf("volume detach: %w", err)
+			return err
 		}
 		if !busy {
 			break
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("volume detach: process %d still holds %s after %s", rec.PID, path, timeout)
+			return fmt.Errorf("process %d still holds %s after %s", rec.PID, path, timeout)
 		}
 		select {
 		case <-ctx.Done():

@@ -125,7 +125,7 @@ func TestAttachMaxConnections(t *testing.T) {
 		out, err := cmd.CombinedOutput()
 		var ee *exec.ExitError
 		require.ErrorAs(t, err, &ee, "--max-connections %s: %s", bad, out)
-		assert.Equal(t, 2, ee.ExitCode(), "--max-connections %s is a usage error: %s", bad, out)
+		assert.Equal(t, 1, ee.ExitCode(), "--max-connections %s parses but is out of range (exit 1): %s", bad, out)
 		assert.Contains(t, string(out), "--max-connections "+bad+": want at least 1")
 	}
 	help := cli(t, dir, "volume", "attach", "--help")

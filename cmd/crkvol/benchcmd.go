@@ -18,7 +18,7 @@ func (a *app) benchCommand() *cobra.Command {
 			fmt.Fprintln(a.stderr, "crkvol: measuring every sector implementation this CPU runs, x/crypto/xts and openssl speed...")
 			r, err := bench.Run(cmd.Context(), bench.Options{Quick: quick})
 			if err != nil {
-				return fmt.Errorf("bench: %w", err)
+				return err
 			}
 			if withNBD {
 				fmt.Fprintln(a.stderr, "crkvol: measuring NBD: crkvol attach, crkvol's server on a raw file, qemu-nbd...")
@@ -27,7 +27,7 @@ func (a *app) benchCommand() *cobra.Command {
 					o = bench.NBDOptions{Size: 64 << 20, Rounds: 1}
 				}
 				if r.NBD, err = bench.RunNBD(cmd.Context(), o); err != nil {
-					return fmt.Errorf("bench: %w", err)
+					return err
 				}
 			}
 			if jsonFile != "" {
@@ -36,7 +36,7 @@ func (a *app) benchCommand() *cobra.Command {
 					return err
 				}
 				if err := os.WriteFile(jsonFile, append(b, '\n'), 0o644); err != nil {
-					return fmt.Errorf("bench: %w", err)
+					return err
 				}
 			}
 			if a.asJSON {

@@ -29,5 +29,5 @@ func statusErr(path string, problems []string) error {
 	if len(problems) == 0 {
 		return nil
 	}
-	return fmt.Errorf("volume status %s: %w (%d problems, listed above)", path, volume.ErrUnhealthy, len(problems))
+	return fmt.Errorf("%s: %w (%d problems, listed above)", path, volume.ErrUnhealthy, len(problems))
 }

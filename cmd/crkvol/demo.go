@@ -45,7 +45,7 @@ func (a *app) demo(ctx context.Context, dir string) error {
 	}
 	key, err := a.svc.CreateRootKey(ctx, "demo-root-key")
 	if err != nil {
-		return fmt.Errorf("demo: creating a root key: %w", err)
+		return fmt.Errorf("creating a root key: %w", err)
 	}
 	say("1. created root key %s (version %s) in %s", key.ID, short(key.KeyVersion.ID), a.stateDir)
 
@@ -60,23 +60,23 @@ func (a *app) demo(ctx context.Context, dir string) error {
 		path := filepath.Join(dir, fmt.Sprintf("volume-%d.img", i+1))
 		info, err := a.mgr.Create(ctx, path, volume.CreateOptions{KeyID: key.ID, Size: 16 << 20, KeyslotsSize: 1 << 20})
 		if err != nil {
-			return fmt.Errorf("demo: %w", err)
+			return err
 		}
 		data := bytes.Repeat([]byte(fmt.Sprintf("crkvol demo file %d: data encrypted with aes-xts-plain64 under a CRK-protected key.\n", i+1)), 2000)
 		v, err := a.mgr.Open(ctx, path)
 		if err != nil {
-			return fmt.Errorf("demo: %w", err)
+			return err
 		}
 		if _, err := v.WriteAt(data, 4096); err != nil {
 			v.Close()
-			return fmt.Errorf("demo: writing %s: %w", path, err)
+			return fmt.Errorf("writing %s: %w", path, err)
 		}
 		if err := v.Close(); err != nil {
 			return err
 		}
 		sum, err := dataAreaSum(path, info.DataOffset)
 		if err != nil {
-			return fmt.Errorf("demo: %w", err)
+			return err
 		}
 		vols = append(vols, vol{path: path, info: info, data: data, sum: sum})
 		say("2. created %s: %s, LUKS2 UUID %s, wrote %d bytes", filepath.Base(path), volume.FormatSize(info.Size), info.UUID, len(data))
@@ -84,15 +84,15 @@ func (a *app) demo(ctx context.Context, dir string) error {
 
 	rotated, err := a.svc.RotateKey(ctx, key.ID, nil)
 	if err != nil {
-		return fmt.Errorf("demo: rotating: %w", err)
+		return fmt.Errorf("rotating: %w", err)
 	}
 	say("3. rotated the root key: version %s -> %s", short(key.KeyVersion.ID), short(rotated.KeyVersion.ID))
 	if len(a.reports) != 1 {
-		return fmt.Errorf("demo: check failed: the rotation hook ran %d times, want 1", len(a.reports))
+		return fmt.Errorf("check failed: the rotation hook ran %d times, want 1", len(a.reports))
 	}
 	rep := a.reports[0]
 	if err := rep.Err(); err != nil {
-		return fmt.Errorf("demo: check failed: %w", err)
+		return fmt.Errorf("check failed: %w", err)
 	}
 	failed := 0
 	for _, v := range vols {
@@ -103,7 +103,7 @@ func (a *app) demo(ctx context.Context, dir string) error {
 		reencrypted := 0
 		sum, err := dataAreaSum(v.path, v.info.DataOffset)
 		if err != nil {
-			return fmt.Errorf("demo: %w", err)
+			return err
 		}
 		if sum != v.sum {
 			reencrypted = -1
@@ -124,13 +124,13 @@ func (a *app) demo(ctx context.Context, dir string) error {
 	for _, v := range vols {
 		vv, err := a.mgr.Open(ctx, v.path)
 		if err != nil {
-			return fmt.Errorf("demo: reattaching %s: %w", v.path, err)
+			return fmt.Errorf("reattaching %s: %w", v.path, err)
 		}
 		got := make([]byte, len(v.data))
 		_, err = vv.ReadAt(got, 4096)
 		vv.Close()
 		if err != nil {
-			return fmt.Errorf("demo: reading %s: %w", v.path, err)
+			return fmt.Errorf("reading %s: %w", v.path, err)
 		}
 		if !bytes.Equal(got, v.data) {
 			failed++
@@ -148,7 +148,7 @@ func (a *app) demo(ctx context.Context, dir string) error {
 		failed++
 	}
 	if failed > 0 {
-		return fmt.Errorf("demo: %d checks failed", failed)
+		return fmt.Errorf("%d checks failed", failed)
 	}
 	say("demo passed: 3 volumes, 1 rotation, every volume rewrapped without re-encrypting data, all data verified (%.1fs)", time.Since(start).Seconds())
 	return nil

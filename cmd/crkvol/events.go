@@ -24,13 +24,13 @@ same filters and order) to continue. The retention of the log is set where the s
 opened: --event-max-age and --event-max-count.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if limit < 0 {
-				return usagef("events: --limit %d: want 0 (all) or more", limit)
+				return fmt.Errorf("--limit %d: want 0 (all) or more", limit)
 			}
 			f := crk.EventFilter{KeyID: keyID, Action: action, Limit: limit, OldestFirst: oldestFirst, Cursor: cursor}
 			if since != "" {
 				t, err := time.Parse(time.RFC3339, since)
 				if err != nil {
-					return usagef("events: --since %q: want an RFC 3339 time", since)
+					return usagef("--since %q: want an RFC 3339 time", since)
 				}
 				f.From = t
 			}
@@ -42,7 +42,7 @@ opened: --event-max-age and --event-max-count.`,
 			}
 			page, err := a.svc.ListEvents(cmd.Context(), f)
 			if err != nil {
-				return fmt.Errorf("events: %w", err)
+				return err
 			}
 			if page.Next != "" {
 				fmt.Fprintf(a.stderr, "more events: next page with --cursor %s\n", page.Next)

@@ -130,7 +130,7 @@ func TestEventRetentionFlags(t *testing.T) {
 		{"age flag", nil, []string{"--now", "2026-09-01T12:00:00Z", "--event-max-age", "30d"}, 0, 0},
 		{"bad count", nil, []string{"--event-max-count", "many"}, 2, 0},
 		{"negative age", nil, []string{"--event-max-age", "-1h"}, 2, 0},
-		{"bad limit", nil, []string{"--limit", "-1"}, 2, 0},
+		{"bad limit", nil, []string{"--limit", "-1"}, 1, 0},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -92,7 +92,7 @@ func (a *app) identityCommands() []*cobra.Command {
 	erase := &cobra.Command{Use: "erase IMG", Short: "Crypto-erase an unregistered copy or an image whose registration is gone", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !yes {
-				return usagef("volume erase: destroys every keyslot of %s for good; add --yes to confirm", args[0])
+				return usagef("destroys every keyslot of %s for good; add --yes to confirm", args[0])
 			}
 			if err := a.open(cmd.Context()); err != nil {
 				return err

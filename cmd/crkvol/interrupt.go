@@ -27,6 +27,17 @@ func (s signalCause) exitCode() int {
 	return 1
 }
 
+// name is the signal's conventional name, SIGINT or SIGTERM.
+func (s signalCause) name() string {
+	switch s.sig {
+	case os.Interrupt:
+		return "SIGINT"
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	}
+	return s.sig.String()
+}
+
 // interruptContext returns a context cancelled (with a signalCause) at the first SIGINT or
 // SIGTERM. After that first signal the handler is removed, so a second one stops the
 // process the default way, at once. stop releases the handler.
@@ -113,13 +124,13 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 // says how to write the rest.
 func writeInterrupted(v interface{ Sync() error }, img, input string, offset, n int64) error {
 	if err := v.Sync(); err != nil {
-		return fmt.Errorf("volume write: interrupted after %d bytes at offset %d, and syncing them failed: %w", n, offset, err)
+		return fmt.Errorf("interrupted after %d bytes at offset %d, and syncing them failed: %w", n, offset, err)
 	}
 	from := "stdin"
 	if input != "" {
 		from = input
 	}
-	return interruptedf("volume write %s: wrote %d bytes at offset %d (synced); the rest of the input was not written; to resume, write the input from its byte %d with --offset %d (for example: tail -c +%d %s | crkvol volume write %s --offset %d)",
+	return interruptedf("%s: wrote %d bytes at offset %d (synced); the rest of the input was not written; to resume, write the input from its byte %d with --offset %d (for example: tail -c +%d %s | crkvol volume write %s --offset %d)",
 		img, n, offset, n, offset+n, n+1, from, img, offset+n)
 }
 
@@ -132,9 +143,9 @@ func readInterrupted(w interface{ Flush() error }, img, output string, offset, g
 		to = output
 	}
 	if ferr != nil {
-		return fmt.Errorf("volume read: interrupted after %d bytes, and writing them to %s failed: %w", got, to, ferr)
+		return fmt.Errorf("interrupted after %d bytes, and writing them to %s failed: %w", got, to, ferr)
 	}
-	return interruptedf("volume read %s: read %d of %d bytes from offset %d to %s, which is incomplete; to read the rest: crkvol volume read %s --offset %d --length %d",
+	return interruptedf("%s: read %d of %d bytes from offset %d to %s, which is incomplete; to read the rest: crkvol volume read %s --offset %d --length %d",
 		img, got, want, offset, to, img, offset+got, want-got)
 }
 

@@ -118,7 +118,7 @@ func (a *app) keyCommand() *cobra.Command {
 						if material != "" {
 							var err error
 							if m, err = base64.StdEncoding.DecodeString(material); err != nil {
-								return usagef("key rotate: --material is not standard base64")
+								return usagef("--material is not standard base64")
 							}
 						}
 						return a.remoteRotate(ctx, id, m)
@@ -141,17 +141,17 @@ func (a *app) keyCommand() *cobra.Command {
 			}
 			switch {
 			case importB64 != "" && materialFile != "":
-				return usagef("key create: give --import-material or --material-file, not both")
+				return usagef("give --import-material or --material-file, not both")
 			case importB64 != "":
 				m, err := base64.StdEncoding.DecodeString(importB64)
 				if err != nil {
-					return usagef("key create: --import-material is not standard base64")
+					return usagef("--import-material is not standard base64")
 				}
 				opts.Material = m
 			case materialFile != "":
 				m, err := os.ReadFile(materialFile)
 				if err != nil {
-					return fmt.Errorf("key create: %w", err)
+					return err
 				}
 				opts.Material = m
 			}
@@ -163,7 +163,7 @@ func (a *app) keyCommand() *cobra.Command {
 			}
 			k, err := a.svc.CreateKey(cmd.Context(), opts)
 			if err != nil {
-				return fmt.Errorf("key create: %w", err)
+				return err
 			}
 			return a.printKey(k)
 		}}
@@ -182,7 +182,7 @@ func (a *app) keyCommand() *cobra.Command {
 			}
 			keys, err := a.svc.ListKeys(cmd.Context(), crk.ListOptions{})
 			if err != nil {
-				return fmt.Errorf("key list: %w", err)
+				return err
 			}
 			if a.asJSON {
 				out := []keyJSON{}
@@ -204,16 +204,16 @@ func (a *app) keyCommand() *cobra.Command {
 		if !reveal {
 			k, err := a.svc.GetKeyMetadata(ctx, id)
 			if err != nil {
-				return fmt.Errorf("key show: %w", err)
+				return err
 			}
 			return a.printKey(k)
 		}
 		k, err := a.svc.GetKey(ctx, id)
 		if err != nil {
-			return fmt.Errorf("key show: %w", err)
+			return err
 		}
 		if k.Payload == nil {
-			return fmt.Errorf("key show: key %s is a root key: its material is never extractable", id)
+			return fmt.Errorf("key %s is a root key: its material is never extractable", id)
 		}
 		j := toKeyJSON(k)
 		j.Payload = base64.StdEncoding.EncodeToString(k.Payload)
@@ -224,7 +224,7 @@ func (a *app) keyCommand() *cobra.Command {
 	versions := withKey("versions ID", "List a key's versions, newest first, with their registrations", func(ctx context.Context, id string) error {
 		vs, err := a.svc.ListVersions(ctx, id)
 		if err != nil {
-			return fmt.Errorf("key versions: %w", err)
+			return err
 		}
 		if a.asJSON {
 			out := []versionJSON{}
@@ -251,12 +251,12 @@ func (a *app) keyCommand() *cobra.Command {
 		if material != "" {
 			var err error
 			if m, err = base64.StdEncoding.DecodeString(material); err != nil {
-				return usagef("key rotate: --material is not standard base64")
+				return usagef("--material is not standard base64")
 			}
 		}
 		k, err := a.svc.RotateKey(ctx, id, m)
 		if err != nil {
-			return fmt.Errorf("key rotate: %w", err)
+			return err
 		}
 		if a.asJSON {
 			j := toKeyJSON(k)
@@ -277,13 +277,13 @@ func (a *app) keyCommand() *cobra.Command {
 	var disable bool
 	policy := withKey("policy ID", "Set or disable a key's rotation policy", func(ctx context.Context, id string) error {
 		if disable == (months != 0) {
-			return usagef("key policy: give --rotation-months N or --disable")
+			return usagef("give --rotation-months N or --disable")
 		}
 		n := months
 		if disable {
 			k, err := a.svc.GetKeyMetadata(ctx, id)
 			if err != nil {
-				return fmt.Errorf("key policy: %w", err)
+				return err
 			}
 			n = 1
 			if k.RotationPolicy != nil {
@@ -292,7 +292,7 @@ func (a *app) keyCommand() *cobra.Command {
 		}
 		k, err := a.svc.SetRotationPolicy(ctx, id, n, !disable)
 		if err != nil {
-			return fmt.Errorf("key policy: %w", err)
+			return err
 		}
 		return a.printKey(k)
 	})
@@ -302,14 +302,14 @@ func (a *app) keyCommand() *cobra.Command {
 	disableCmd := withKey("disable ID", "Suspend a root key", func(ctx context.Context, id string) error {
 		k, err := a.svc.DisableKey(ctx, id)
 		if err != nil {
-			return fmt.Errorf("key disable: %w", err)
+			return err
 		}
 		return a.printKey(k)
 	})
 	enable := withKey("enable ID", "Re-enable a suspended root key", func(ctx context.Context, id string) error {
 		k, err := a.svc.EnableKey(ctx, id)
 		if err != nil {
-			return fmt.Errorf("key enable: %w", err)
+			return err
 		}
 		return a.printKey(k)
 	})
@@ -317,7 +317,7 @@ func (a *app) keyCommand() *cobra.Command {
 	del := withKey("delete ID", "Delete a key (restorable for 30 days)", func(ctx context.Context, id string) error {
 		k, err := a.svc.DeleteKey(ctx, id, crk.DeleteOptions{Force: force})
 		if err != nil {
-			return fmt.Errorf("key delete: %w", err)
+			return err
 		}
 		return a.printKey(k)
 	})
@@ -330,16 +330,16 @@ func (a *app) keyCommand() *cobra.Command {
 		if !forcePrune {
 			rep, err := a.mgr.Sync(ctx, id)
 			if err != nil {
-				return fmt.Errorf("key prune: checking the volumes' tokens first: %w", err)
+				return fmt.Errorf("checking the volumes' tokens first: %w", err)
 			}
 			if err := rep.Err(); err != nil {
-				return fmt.Errorf("key prune: refused: %d volumes could not be brought to the latest version, and their images may still need an older one "+
+				return fmt.Errorf("refused: %d volumes could not be brought to the latest version, and their images may still need an older one "+
 					"(fix them and run key sync, or prune with --force to trust the registrations): %w", len(rep.Failed), err)
 			}
 		}
 		res, err := a.svc.Prune(ctx, id)
 		if err != nil {
-			return fmt.Errorf("key prune: %w", err)
+			return err
 		}
 		if a.asJSON {
 			return a.emit(map[string]any{"destroyed": nonNil(res.Destroyed), "referenced": nonNil(res.Referenced)})
@@ -351,7 +351,7 @@ func (a *app) keyCommand() *cobra.Command {
 	regs := withKey("registrations ID", "List the resources a key protects", func(ctx context.Context, id string) error {
 		rs, err := a.svc.ListRegistrations(ctx, crk.RegistrationFilter{KeyID: id})
 		if err != nil {
-			return fmt.Errorf("key registrations: %w", err)
+			return err
 		}
 		if a.asJSON {
 			out := []map[string]any{}
@@ -374,11 +374,11 @@ func (a *app) keyCommand() *cobra.Command {
 	})
 	sync := withKey("sync ID", "Rewrap every volume of a key still on an older version", func(ctx context.Context, id string) error {
 		if err := a.svc.SyncKey(ctx, id); err != nil {
-			return fmt.Errorf("key sync: %w", err)
+			return err
 		}
 		rep, err := a.mgr.Sync(ctx, id) // also catches tokens that lag behind their registration
 		if err != nil {
-			return fmt.Errorf("key sync: %w", err)
+			return err
 		}
 		_ = rep
 		if a.asJSON {

@@ -26,7 +26,7 @@ func (a *app) kmsCommand() *cobra.Command {
 	serve := &cobra.Command{Use: "serve", Short: "Serve the Key Protect API v2 on HTTP(S)", Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if (cert == "") != (keyFile == "") {
-				return usagef("kms serve: give both --tls-cert and --tls-key, or neither")
+				return usagef("give both --tls-cert and --tls-key, or neither")
 			}
 			loopback := loopbackAddress(listen)
 			if err := checkListen(listen, loopback, cert != "", insecure, static != ""); err != nil {
@@ -34,7 +34,7 @@ func (a *app) kmsCommand() *cobra.Command {
 			}
 			ln, err := net.Listen("tcp", listen)
 			if err != nil {
-				return fmt.Errorf("kms serve: %w", err)
+				return err
 			}
 			defer ln.Close()
 			// A name such as localhost is taken as loopback before listening; check what was
@@ -106,16 +106,16 @@ func (a *app) kmsCommand() *cobra.Command {
 			}()
 			select {
 			case err := <-errc:
-				return fmt.Errorf("kms serve: %w", err)
+				return err
 			case <-ctx.Done():
 			}
 			shutdown, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			if err := srv.Shutdown(shutdown); err != nil {
-				return fmt.Errorf("kms serve: shutting down: %w", err)
+				return fmt.Errorf("shutting down: %w", err)
 			}
 			if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("kms serve: %w", err)
+				return err
 			}
 			fmt.Fprintln(a.stderr, "crkvol: kms serve: shut down after finishing in-flight requests")
 			return nil
@@ -137,7 +137,7 @@ func (a *app) kmsCommand() *cobra.Command {
 			defer tenants.Close()
 			id, err := tenants.CreateInstance(args[0])
 			if err != nil {
-				return fmt.Errorf("kms instance create: %w", err)
+				return err
 			}
 			if a.asJSON {
 				return a.emit(map[string]string{"id": id, "name": args[0]})
@@ -159,7 +159,7 @@ func (a *app) kmsCommand() *cobra.Command {
 			}
 			key, err := tenants.CreateAPIKey(inst)
 			if err != nil {
-				return fmt.Errorf("kms apikey create: %w", err)
+				return err
 			}
 			if a.asJSON {
 				return a.emit(map[string]string{"apikey": key, "id": kpapi.APIKeyID(key), "instance": inst})
@@ -178,7 +178,7 @@ func (a *app) kmsCommand() *cobra.Command {
 			defer tenants.Close()
 			all, err := tenants.ListAPIKeys()
 			if err != nil {
-				return fmt.Errorf("kms apikey list: %w", err)
+				return err
 			}
 			type row struct {
 				ID       string    `json:"id"`
@@ -210,7 +210,7 @@ func (a *app) kmsCommand() *cobra.Command {
 			}
 			defer tenants.Close()
 			if err := tenants.RevokeAPIKey(args[0]); err != nil {
-				return fmt.Errorf("kms apikey revoke: %w", err)
+				return err
 			}
 			if a.asJSON {
 				return a.emit(map[string]string{"revoked": args[0]})
@@ -247,9 +247,9 @@ func checkListen(addr string, loopback, tls, insecure, static bool) error {
 	case loopback:
 		return nil
 	case static:
-		return usagef("kms serve: --static-token is only allowed on a loopback address, not %s", addr)
+		return fmt.Errorf("--static-token is only allowed on a loopback address, not %s", addr)
 	case !tls && !insecure:
-		return usagef("kms serve: refusing to serve plain HTTP on non-loopback address %s\ncrkvol: hint: use --tls-cert and --tls-key, or --insecure to serve plain HTTP anyway", addr)
+		return withHint(fmt.Errorf("refusing to serve plain HTTP on non-loopback address %s", addr), "use --tls-cert and --tls-key, or --insecure to serve plain HTTP anyway")
 	}
 	return nil
 }

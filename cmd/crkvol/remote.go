@@ -37,10 +37,10 @@ func (a *app) printRemoteKey(k *kp.Key) error {
 func (a *app) remoteCreate(ctx context.Context, name string, material []byte, standard bool) error {
 	k, err := a.remote.CreateKey(ctx, kms.KeyOptions{Name: name, Standard: standard, Material: material})
 	if errors.Is(err, kms.ErrOutcomeUnknown) {
-		return fmt.Errorf("key create: %w; run crkvol key list to see whether it was before trying again", err)
+		return fmt.Errorf("%w; run crkvol key list to see whether it was before trying again", err)
 	}
 	if err != nil {
-		return fmt.Errorf("key create: %w", err)
+		return err
 	}
 	return a.printRemoteKey(k)
 }
@@ -48,7 +48,7 @@ func (a *app) remoteCreate(ctx context.Context, name string, material []byte, st
 func (a *app) remoteList(ctx context.Context) error {
 	keys, err := a.remote.ListKeys(ctx)
 	if err != nil {
-		return fmt.Errorf("key list: %w", err)
+		return err
 	}
 	if a.asJSON {
 		return a.emit(keys)
@@ -64,7 +64,7 @@ func (a *app) remoteList(ctx context.Context) error {
 func (a *app) remoteShow(ctx context.Context, id string) error {
 	k, err := a.remote.KeyMetadata(ctx, id)
 	if err != nil {
-		return fmt.Errorf("key show: %w", err)
+		return err
 	}
 	return a.printRemoteKey(k)
 }
@@ -72,7 +72,7 @@ func (a *app) remoteShow(ctx context.Context, id string) error {
 func (a *app) remoteVersions(ctx context.Context, id string) error {
 	vs, err := a.remote.KeyVersions(ctx, id)
 	if err != nil {
-		return fmt.Errorf("key versions: %w", err)
+		return err
 	}
 	if a.asJSON {
 		return a.emit(vs)
@@ -88,10 +88,10 @@ func (a *app) remoteVersions(ctx context.Context, id string) error {
 func (a *app) remoteRotate(ctx context.Context, id string, material []byte) error {
 	err := a.remote.RotateKey(ctx, id, material)
 	if errors.Is(err, kms.ErrOutcomeUnknown) {
-		return fmt.Errorf("key rotate: %w; run crkvol key versions %s to see whether it did: if so, crkvol key sync %s rewraps the volumes", err, id, id)
+		return fmt.Errorf("%w; run crkvol key versions %s to see whether it did: if so, crkvol key sync %s rewraps the volumes", err, id, id)
 	}
 	if err != nil {
-		return fmt.Errorf("key rotate: %w", err)
+		return err
 	}
 	return a.remoteSync(ctx, id, "key rotate")
 }

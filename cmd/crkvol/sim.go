@@ -81,7 +81,7 @@ the command line override it.`,
 					defer os.RemoveAll(workDir)
 				}
 			} else if entries, err := os.ReadDir(workDir); err == nil && len(entries) > 0 {
-				return usagef("sim run: --dir %s is not empty (a run needs a fresh directory)", workDir)
+				return fmt.Errorf("--dir %s is not empty (a run needs a fresh directory)", workDir)
 			}
 			opts := sim.Options{Dir: workDir, Logger: slog.New(slog.DiscardHandler)}
 			var bar *progressbar.ProgressBar
@@ -101,10 +101,10 @@ the command line override it.`,
 				fmt.Fprintln(a.stderr)
 			}
 			if errors.Is(err, sim.ErrScenario) {
-				return usageError{fmt.Errorf("sim run: %w", err)}
+				return usageError{err}
 			}
 			if err != nil {
-				return fmt.Errorf("sim run: %w", err)
+				return err
 			}
 			if reportFile != "" {
 				b, err := json.MarshalIndent(rep, "", "  ")
@@ -112,20 +112,20 @@ the command line override it.`,
 					return err
 				}
 				if err := os.WriteFile(reportFile, append(b, '\n'), 0o644); err != nil {
-					return fmt.Errorf("sim run: %w", err)
+					return err
 				}
 			}
 			if chartFile != "" {
 				out, err := os.Create(chartFile)
 				if err != nil {
-					return fmt.Errorf("sim run: %w", err)
+					return err
 				}
 				err = rep.WriteChart(out)
 				if cerr := out.Close(); err == nil {
 					err = cerr
 				}
 				if err != nil {
-					return fmt.Errorf("sim run: chart: %w", err)
+					return fmt.Errorf("chart: %w", err)
 				}
 			}
 			if a.asJSON {

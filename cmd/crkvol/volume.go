@@ -30,7 +30,7 @@ func (a *app) volumeCommand() *cobra.Command {
 				return usageError{err}
 			}
 			if keyBits != 256 && keyBits != 512 {
-				return usagef("volume create: --cipher-key-bits %d: want 256 (AES-128-XTS) or 512 (AES-256-XTS)", keyBits)
+				return fmt.Errorf("--cipher-key-bits %d: want 256 (AES-128-XTS) or 512 (AES-256-XTS)", keyBits)
 			}
 			if err := a.open(cmd.Context()); err != nil {
 				return err
@@ -45,7 +45,7 @@ func (a *app) volumeCommand() *cobra.Command {
 				return err
 			}
 			if wipe {
-				if err := a.runWipe(cmd.Context(), "volume create", info.Path, false); err != nil {
+				if err := a.runWipe(cmd.Context(), info.Path, false); err != nil {
 					return err
 				}
 			}
@@ -56,15 +56,14 @@ func (a *app) volumeCommand() *cobra.Command {
 	create.Flags().IntVar(&sectorSize, "sector-size", 4096, "encryption sector size: 512, 1024, 2048 or 4096")
 	create.Flags().IntVar(&keyBits, "cipher-key-bits", 512, "aes-xts-plain64 key size: 512 or 256")
 	create.Flags().BoolVar(&wipe, "wipe", false, "write zeros through the encryption so the volume reads as zeros")
-	create.MarkFlagRequired("size")
-	create.MarkFlagRequired("key")
+	requireFlags(create, "size", "key")
 
 	var passFile string
 	adopt := &cobra.Command{Use: "adopt IMG", Short: "Bring an existing LUKS2 image under a root key", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pass, err := os.ReadFile(passFile)
 			if err != nil {
-				return fmt.Errorf("volume adopt: passphrase file: %w", err)
+				return fmt.Errorf("passphrase file: %w", err)
 			}
 			defer clear(pass)
 			if err := a.open(cmd.Context()); err != nil {
@@ -77,8 +76,7 @@ func (a *app) volumeCommand() *cobra.Command {
 		}}
 	adopt.Flags().StringVar(&keyID, "key", "", "root key id (required)")
 	adopt.Flags().StringVar(&passFile, "passphrase-file", "", "file holding one of the image's passphrases (required)")
-	adopt.MarkFlagRequired("key")
-	adopt.MarkFlagRequired("passphrase-file")
+	requireFlags(adopt, "key", "passphrase-file")
 
 	status := &cobra.Command{Use: "status IMG", Short: "Show a volume's header, key and wrapping; fails if the volume cannot be opened", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error { return a.printStatus(cmd.Context(), args[0]) }}
@@ -133,7 +131,7 @@ func (a *app) volumeCommand() *cobra.Command {
 			if input != "" {
 				f, err := os.Open(input)
 				if err != nil {
-					return fmt.Errorf("volume write: %w", err)
+					return err
 				}
 				defer f.Close()
 				if st, err := f.Stat(); err == nil {
@@ -147,17 +145,17 @@ func (a *app) volumeCommand() *cobra.Command {
 			}
 			defer v.Close()
 			if offset < 0 || offset > v.Size() || (total >= 0 && total > v.Size()-offset) {
-				return fmt.Errorf("volume write: %d bytes at offset %d do not fit the %d-byte volume", total, offset, v.Size())
+				return fmt.Errorf("%d bytes at offset %d do not fit the %d-byte volume", total, offset, v.Size())
 			}
 			n, err := copyWithProgress(a, io.NewOffsetWriter(v, offset), newCtxReader(cmd.Context(), in), total, "writing")
 			if err != nil && cmd.Context().Err() != nil {
 				return writeInterrupted(v, args[0], input, offset, n)
 			}
 			if err != nil {
-				return fmt.Errorf("volume write: after %d bytes: %w", n, err)
+				return fmt.Errorf("after %d bytes: %w", n, err)
 			}
 			if err := v.Sync(); err != nil {
-				return fmt.Errorf("volume write: %w", err)
+				return err
 			}
 			if a.asJSON {
 				return a.emit(map[string]any{"path": args[0], "offset": offset, "bytes": n})
@@ -177,22 +175,22 @@ func (a *app) volumeCommand() *cobra.Command {
 			defer v.Close()
 			a.noteCopy(args[0], v)
 			if offset < 0 || offset > v.Size() {
-				return fmt.Errorf("volume read: offset %d is outside the %d-byte volume", offset, v.Size())
+				return fmt.Errorf("offset %d is outside the %d-byte volume", offset, v.Size())
 			}
 			n := length
 			if !cmd.Flags().Changed("length") {
 				n = v.Size() - offset
 			} else if n < 0 {
-				return usagef("volume read: --length %d: want a non-negative byte count", n)
+				return fmt.Errorf("--length %d: want a non-negative byte count", n)
 			}
 			if n > v.Size()-offset {
-				return fmt.Errorf("volume read: %d bytes at offset %d run past the end of the %d-byte volume", n, offset, v.Size())
+				return fmt.Errorf("%d bytes at offset %d run past the end of the %d-byte volume", n, offset, v.Size())
 			}
 			out := a.stdout
 			if output != "" {
 				f, err := os.OpenFile(output, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 				if err != nil {
-					return fmt.Errorf("volume read: %w", err)
+					return err
 				}
 				defer f.Close()
 				out = f
@@ -204,7 +202,7 @@ func (a *app) volumeCommand() *cobra.Command {
 				if cmd.Context().Err() != nil {
 					return readInterrupted(bw, args[0], output, offset, got, n)
 				}
-				return fmt.Errorf("volume read: %w", err)
+				return err
 			}
 			return bw.Flush()
 		}}
@@ -215,7 +213,7 @@ func (a *app) volumeCommand() *cobra.Command {
 	passphrase := &cobra.Command{Use: "passphrase IMG", Short: "Write the unwrapped LUKS passphrase to a new 0600 file (for cryptsetup --key-file)", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if output == "" {
-				return usagef("volume passphrase: --output FILE is required (the passphrase is never printed)")
+				return usagef("--output FILE is required (the passphrase is never printed)")
 			}
 			if err := a.open(cmd.Context()); err != nil {
 				return err
@@ -234,13 +232,13 @@ func (a *app) volumeCommand() *cobra.Command {
 			} else {
 				f, err := os.OpenFile(output, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 				if err != nil {
-					return fmt.Errorf("volume passphrase: %w", err)
+					return err
 				}
 				defer f.Close()
 				w = f
 			}
 			if _, err := w.Write(pass); err != nil {
-				return fmt.Errorf("volume passphrase: %w", err)
+				return err
 			}
 			if output != "-" {
 				fmt.Fprintf(a.stderr, "wrote the %d-byte passphrase of %s to %s (mode 0600)\n", len(pass), args[0], output)

@@ -20,7 +20,7 @@ func (a *app) wipeCommand() *cobra.Command {
 			if err := a.open(cmd.Context()); err != nil {
 				return err
 			}
-			if err := a.runWipe(cmd.Context(), "volume wipe", args[0], all); err != nil {
+			if err := a.runWipe(cmd.Context(), args[0], all); err != nil {
 				return err
 			}
 			if a.asJSON {
@@ -36,7 +36,7 @@ func (a *app) wipeCommand() *cobra.Command {
 // runWipe carries out (all: starts over) the wipe recorded in the volume at path, with a
 // progress bar on a terminal. Interrupted, it returns an interrupted error saying how far the
 // recorded wipe got and how to finish it.
-func (a *app) runWipe(ctx context.Context, what, path string, all bool) error {
+func (a *app) runWipe(ctx context.Context, path string, all bool) error {
 	var bar *progressbar.ProgressBar
 	opts := volume.WipeOptions{All: all}
 	if isTerminal(a.stderr) {
@@ -55,12 +55,12 @@ func (a *app) runWipe(ctx context.Context, what, path string, all bool) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, volume.ErrNoWipe):
-		return fmt.Errorf("%s: %w\ncrkvol: hint: crkvol volume wipe --all %s wipes the whole volume, destroying its data", what, err, path)
+		return withHint(fmt.Errorf("%s: %w", path, err), "crkvol volume wipe --all "+path+" wipes the whole volume, destroying its data")
 	case ctx.Err() != nil && p.Size > 0:
-		return interruptedf("%s %s: wiped %d%% (%d of %d bytes, synced and recorded); the rest is not wiped yet; run crkvol volume wipe %s to finish",
-			what, path, p.Percent(), p.Next, p.Size, path)
+		return interruptedf("%s: wiped %d%% (%d of %d bytes, synced and recorded); the rest is not wiped yet; run crkvol volume wipe %s to finish",
+			path, p.Percent(), p.Next, p.Size, path)
 	}
-	return fmt.Errorf("%s: %w", what, err)
+	return err
 }
 
 // existingWipe explains a `volume create --wipe` refused because path exists: if the image
@@ -73,7 +73,7 @@ func existingWipe(path string, err error) error {
 	if derr != nil || info.Wipe == nil {
 		return err
 	}
-	return fmt.Errorf("volume create: %s exists, with an incomplete wipe (%d%%); run crkvol volume wipe %s to finish it: %w",
+	return fmt.Errorf("%s exists, with an incomplete wipe (%d%%); run crkvol volume wipe %s to finish it: %w",
 		path, info.Wipe.Percent(), path, err)
 }
 
