@@ -89,6 +89,11 @@ func TestResize(t *testing.T) {
 				require.NotNil(t, mustDescribe(t, path).Wipe)
 				return nil
 			}},
+		{name: "fixed-size segment refused", size: 2 << 20, wantErr: volume.ErrUnsupportedImage,
+			prepare: func(t *testing.T, f *fixture, path string) func() {
+				fixSegment(t, path, oldSize)
+				return nil
+			}},
 		{name: "truncated refused", size: 2 << 20, wantErr: volume.ErrUnhealthy,
 			prepare: func(t *testing.T, f *fixture, path string) func() {
 				st, err := os.Stat(path)
