@@ -68,6 +68,10 @@
 // the unwrapped passphrase), a data area the file does not hold, a key service that refuses —
 // and reports each [Problem] with its reason. A rewrap runs the same check first: a damaged
 // image is a failure matching [ErrUnhealthy] in the [Report], and its token is left as it is.
+// [Manager.Resize] grows a volume that is not in use: it extends the file, then records the
+// new data size in the token; a crash in between leaves the longer file with the old record,
+// which opens and checks healthy, and running it again finishes it. The dynamic LUKS2
+// segment runs to the end of the file, so the header's segment is not rewritten.
 //
 // # Secrets
 //
@@ -84,5 +88,5 @@
 // # Non-goals
 //
 // Re-encryption of the data under a new master key, integrity protection (XTS has none),
-// online resize and detached headers.
+// online resize (of an attached volume), shrinking, and detached headers.
 package volume

@@ -90,6 +90,9 @@ type Manager struct {
 	reg   *Registry
 	opts  Options
 	unsub func()
+	// testOnlyResizeStep, if set (by tests, before use), is called after each step of a
+	// resize; an error it returns stops the resize there, as a crash would.
+	testOnlyResizeStep func(step string) error
 }
 
 // NewManager returns a Manager using kms and the registry reg, subscribed to rotations.

@@ -17,8 +17,9 @@ var ErrNoWipe = errors.New("no incomplete wipe recorded")
 // until [Manager.Wipe] has finished it. Read-only opens are allowed.
 var ErrWipeIncomplete = errors.New("wipe of the data area is incomplete")
 
-// WipeProgress is how far a wipe of a volume's data area got: every byte before Next reads as
-// zeros, the bytes from Next to Size may not. A volume's token holds it (member "wipe", as
+// WipeProgress is how far a wipe of a volume's data area got: the bytes from Next to Size may
+// not read as zeros yet; those before Next were zeroed by the wipe, or, for the wipe of the
+// area a resize added ([ResizeOptions.Wipe]), which starts at the old size, hold the data. A volume's token holds it (member "wipe", as
 // {"next": N, "size": S}) from the start of a wipe until it completes, so an interrupted wipe
 // is visible ([Info.Wipe]) and resumable ([Manager.Wipe]).
 type WipeProgress struct {

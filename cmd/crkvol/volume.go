@@ -284,7 +284,7 @@ func (a *app) volumeCommand() *cobra.Command {
 	del.Flags().BoolVar(&keepImage, "keep-image", false, "keep the image file")
 
 	attach, detach := a.attachCommands()
-	vol.AddCommand(create, adopt, status, list, write, read, attach, detach, passphrase, rewrap, del, a.wipeCommand())
+	vol.AddCommand(create, adopt, status, list, write, read, attach, detach, passphrase, rewrap, del, a.wipeCommand(), a.resizeCommand())
 	vol.AddCommand(a.identityCommands()...)
 	return vol
 }

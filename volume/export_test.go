@@ -1,0 +1,5 @@
+package volume
+
+// SetResizeHook sets the function [Manager.Resize] calls after each of its steps ("extended",
+// "recorded"); an error it returns stops the resize there, as a crash would. nil removes it.
+func SetResizeHook(m *Manager, fn func(step string) error) { m.testOnlyResizeStep = fn }
