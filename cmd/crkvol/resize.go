@@ -77,7 +77,7 @@ interrupted, volume wipe finishes it. The volume must not be attached or open el
 		}}
 	cmd.Flags().StringVar(&sizeStr, "size", "", "new data size, such as 128MiB or 20GiB, larger than the current one (required)")
 	cmd.Flags().BoolVar(&wipe, "wipe", false, "write zeros through the encryption over the new part so it reads as zeros")
-	cmd.MarkFlagRequired("size")
+	requireFlags(cmd, "size")
 	return cmd
 }
 
