@@ -42,7 +42,8 @@ type app struct {
 	// variables by remoteTLS.
 	kmsCA       string
 	kmsInsecure bool
-	local       bool // force the embedded key service (the demo)
+	local       bool        // force the embedded key service (the demo)
+	config      configState // the config file (config.go)
 	// eventMaxAge and eventMaxCount are the audit log retention flags, parsed by
 	// eventRetention.
 	eventMaxAge, eventMaxCount string
@@ -149,6 +150,7 @@ customer root key (CRK) in an embedded Key Protect-style key service.`,
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(a.keyCommand(), a.volumeCommand(), a.eventsCommand(), a.demoCommand(), a.kmsCommand(), a.benchCommand(), a.simCommand())
 	a.addVersion(root)
+	a.addConfig(root) // last: it makes every command above read the config file
 	return root
 }
 
