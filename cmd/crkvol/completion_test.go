@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -59,5 +61,36 @@ func TestCompletionStoreInUse(t *testing.T) {
 	}
 	if strings.Contains(stderr.String(), "crkvol:") {
 		t.Errorf("stderr: %s", stderr.String())
+	}
+}
+
+// TestCompletionRemoteKeys: with --kms-url, key completion lists the remote service's keys,
+// and a service that fails gives no candidates and no error.
+func TestCompletionRemoteKeys(t *testing.T) {
+	t.Parallel()
+	const id = "0f9e4a55-1c1e-4f5e-8d1a-6b2f0b9e8a11"
+	for _, tc := range []struct {
+		name   string
+		status int
+		want   string
+	}{
+		{"listed", http.StatusOK, id + "\tvols\nvols\t" + id + "\n:4\n"},
+		{"service fails", http.StatusForbidden, ":4\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			f := newFakeKMS(t, func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(tc.status)
+				_ = json.NewEncoder(w).Encode(map[string]any{"resources": []any{map[string]any{"id": id, "name": "vols", "state": 1}}})
+			})
+			code, stdout, stderr := f.run("__complete", "key", "show", "")
+			if code != 0 || strings.Contains(stderr, "crkvol:") {
+				t.Fatalf("exit status %d: %s", code, stderr)
+			}
+			if stdout != tc.want {
+				t.Errorf("stdout %q, want %q", stdout, tc.want)
+			}
+		})
 	}
 }
