@@ -150,6 +150,7 @@ customer root key (CRK) in an embedded Key Protect-style key service.`,
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(a.keyCommand(), a.volumeCommand(), a.eventsCommand(), a.demoCommand(), a.kmsCommand(), a.benchCommand(), a.simCommand())
 	a.addVersion(root)
+	root.AddCommand(a.manCommand())
 	a.addConfig(root)     // after every command: it makes each read the config file
 	a.addCompletion(root) // after every command: it completes their keys and images
 	return root
