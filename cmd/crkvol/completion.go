@@ -32,7 +32,8 @@ const (
 // addCompletion gives every command that takes a key or an image its completion: the ID
 // argument of key subcommands and every --key flag complete key ids and names; IMG
 // arguments complete registered volumes and files (volume create's new IMG, the shell's own
-// file completion); commands without arguments complete nothing.
+// file completion); DIR arguments complete directories; other arguments (names, API key ids)
+// and commands without arguments complete nothing.
 func (a *app) addCompletion(root *cobra.Command) {
 	var walk func(c *cobra.Command)
 	walk = func(c *cobra.Command) {
@@ -61,6 +62,12 @@ func (a *app) addCompletion(root *cobra.Command) {
 					}
 					return a.completeImages(toComplete)
 				}
+			case fields[1] == "DIR":
+				c.ValidArgsFunction = func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+					return nil, cobra.ShellCompDirectiveFilterDirs
+				}
+			case fields[1] != "IMG":
+				c.ValidArgsFunction = cobra.NoFileCompletions
 			}
 		}
 		for _, sub := range c.Commands() {
