@@ -35,7 +35,8 @@ type app struct {
 	// variables by remoteTLS.
 	kmsCA       string
 	kmsInsecure bool
-	local       bool // force the embedded key service (the demo)
+	local       bool        // force the embedded key service (the demo)
+	config      configState // the config file (config.go)
 	// eventMaxAge and eventMaxCount are the audit log retention flags, parsed by
 	// eventRetention.
 	eventMaxAge, eventMaxCount string
@@ -152,6 +153,10 @@ customer root key (CRK) in an embedded Key Protect-style key service.`,
 	root.PersistentFlags().StringVar(&a.eventMaxCount, "event-max-count", "", "embedded key service: keep at most this many audit events, -1 for no limit (env CRKVOL_EVENT_MAX_COUNT; default 1048576)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(a.keyCommand(), a.volumeCommand(), a.eventsCommand(), a.demoCommand(), a.kmsCommand(), a.benchCommand(), a.simCommand())
+	a.addVersion(root)
+	root.AddCommand(a.manCommand())
+	a.addConfig(root)     // after every command: it makes each read the config file
+	a.addCompletion(root) // after every command: it completes their keys and images
 	return root
 }
 

@@ -1,0 +1,48 @@
+package crk
+
+import (
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// KeyName is a key's id, name and state as [ListKeyNames] reads them.
+type KeyName struct {
+	ID   string
+	Name string
+	// Deleted is true for a deleted key, restorable or not.
+	Deleted bool
+}
+
+// ListKeyNames returns the id and name of every key in the store at path, in id order,
+// without the master key and without starting a service: it opens the store read-only,
+// waiting at most timeout for another process's lock, and holds it only while it reads.
+// It is for shell completion, which must neither block nor change anything; a missing
+// store is an error.
+func ListKeyNames(path string, timeout time.Duration) ([]KeyName, error) {
+	db, err := bolt.Open(path, 0, &bolt.Options{ReadOnly: true, Timeout: timeout})
+	if err != nil {
+		return nil, fmt.Errorf("crk: opening store %s read-only: %w", path, err)
+	}
+	defer db.Close()
+	var out []KeyName
+	err = db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketKeys)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(_, v []byte) error {
+			r, err := decodeKey(v)
+			if err != nil {
+				return err
+			}
+			out = append(out, KeyName{ID: r.ID, Name: r.Name, Deleted: !r.Deleted.IsZero() || r.Purged})
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}

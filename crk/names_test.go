@@ -1,0 +1,54 @@
+package crk
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+func TestListKeyNames(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "crk.db")
+	if _, err := ListKeyNames(path, 50*time.Millisecond); err == nil {
+		t.Fatal("a missing store listed without error")
+	}
+	svc, err := Open(path, Options{MasterKey: make([]byte, 32)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	a, err := svc.CreateKey(ctx, CreateOptions{Name: "alpha", Type: RootKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := svc.CreateKey(ctx, CreateOptions{Name: "beta", Type: RootKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.DeleteKey(ctx, b.ID, DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The service holds the store's lock: a read-only open times out rather than wait.
+	if _, err := ListKeyNames(path, 50*time.Millisecond); !errors.Is(err, bolt.ErrTimeout) {
+		t.Fatalf("listing a store in use: %v, want a timeout", err)
+	}
+	svc.Close()
+
+	got, err := ListKeyNames(path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]KeyName{a.ID: {ID: a.ID, Name: "alpha"}, b.ID: {ID: b.ID, Name: "beta", Deleted: true}}
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for _, k := range got {
+		if want[k.ID] != k {
+			t.Errorf("got %+v, want %+v", k, want[k.ID])
+		}
+	}
+}
