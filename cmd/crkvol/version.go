@@ -98,11 +98,12 @@ func (a *app) versionCommand() *cobra.Command {
 func (a *app) addVersion(root *cobra.Command) {
 	var show bool
 	root.Flags().BoolVar(&show, "version", false, "show the build, as the version command does")
-	root.RunE = func(cmd *cobra.Command, _ []string) error {
-		if show {
+	run := root.RunE // unknown commands and help
+	root.RunE = func(cmd *cobra.Command, args []string) error {
+		if show && len(args) == 0 {
 			return a.printVersion()
 		}
-		return cmd.Help()
+		return run(cmd, args)
 	}
 	root.AddCommand(a.versionCommand())
 }
