@@ -441,7 +441,8 @@ func (s *Service) PurgeKey(ctx context.Context, id string) (*Key, error) {
 			return fmt.Errorf("%w: key %s", ErrKeyPurged, id)
 		}
 		if now.Before(r.Deleted.Add(RestoreWindow)) {
-			return fmt.Errorf("%w: key %s can be purged from %s", ErrTooEarly, id, r.Deleted.Add(RestoreWindow).Format(time.RFC3339))
+			return fmt.Errorf("%w: key %s was deleted on %s, less than 30 days ago; it can be purged from %s",
+				ErrTooEarly, id, r.Deleted.UTC().Format(time.RFC3339), r.Deleted.Add(RestoreWindow).UTC().Format(time.RFC3339))
 		}
 		for i := range r.Versions {
 			r.Versions[i].Material, r.Versions[i].Destroyed = nil, true

@@ -40,6 +40,13 @@ opened: --event-max-age and --event-max-count.`,
 			if err := a.needLocal("events"); err != nil {
 				return err
 			}
+			if keyID != "" {
+				id, err := a.resolveKey(cmd.Context(), keyID, false)
+				if err != nil {
+					return err
+				}
+				f.KeyID = id
+			}
 			page, err := a.svc.ListEvents(cmd.Context(), f)
 			if err != nil {
 				return err
@@ -61,7 +68,7 @@ opened: --event-max-age and --event-max-count.`,
 			}
 			return w.Flush()
 		}}
-	cmd.Flags().StringVar(&keyID, "key", "", "only events of this key")
+	cmd.Flags().StringVar(&keyID, "key", "", "only events of this key (id or unique name)")
 	cmd.Flags().StringVar(&action, "action", "", "only this action, such as kms.secrets.rotate")
 	cmd.Flags().StringVar(&since, "since", "", "only events at or after this RFC 3339 time")
 	cmd.Flags().IntVar(&limit, "limit", defaultEventLimit, "at most this many events per page; 0 for all")

@@ -3,10 +3,11 @@ package main
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -15,54 +16,8 @@ import (
 	"crkvol/volume"
 )
 
-// keyJSON is a key as Key Protect's API shows it, with lastRotateDate always present (empty
-// before the first rotation).
-type keyJSON struct {
-	kpapi.Key
-	LastRotateDate string `json:"lastRotateDate"`
-}
-
-type versionJSON struct {
-	ID            string `json:"id"`
-	CreationDate  string `json:"creationDate"`
-	Registrations *int   `json:"registrations,omitempty"`
-	Destroyed     *bool  `json:"destroyed,omitempty"`
-}
-
-func toKeyJSON(k *crk.Key) keyJSON {
-	return keyJSON{Key: kpapi.FromKey(k), LastRotateDate: rfc3339(k.LastRotateDate)}
-}
-
-func (a *app) printKey(k *crk.Key) error {
-	if a.asJSON {
-		return a.emit(toKeyJSON(k))
-	}
-	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "Key ID\t%s\n", k.ID)
-	fmt.Fprintf(w, "Name\t%s\n", k.Name)
-	kind := "root"
-	if k.Type == crk.StandardKey {
-		kind = "standard"
-	}
-	if k.Imported {
-		kind += ", imported"
-	}
-	fmt.Fprintf(w, "Type\t%s\n", kind)
-	fmt.Fprintf(w, "State\t%s (%d)\n", k.State, int(k.State))
-	fmt.Fprintf(w, "CRN\t%s\n", k.CRN)
-	fmt.Fprintf(w, "Version\t%s\n", k.KeyVersion.ID)
-	fmt.Fprintf(w, "Created\t%s\n", rfc3339(k.CreationDate))
-	if !k.LastRotateDate.IsZero() {
-		fmt.Fprintf(w, "Last rotated\t%s\n", rfc3339(k.LastRotateDate))
-	}
-	if p := k.RotationPolicy; p != nil {
-		fmt.Fprintf(w, "Rotation policy\tevery %d months (enabled: %v)\n", p.IntervalMonths, p.Enabled)
-	}
-	if k.Deleted {
-		fmt.Fprintf(w, "Deleted\t%s\n", rfc3339(k.DeletionDate))
-	}
-	return w.Flush()
-}
+// printKey prints a key of the embedded service (see showKey).
+func (a *app) printKey(k *crk.Key) error { return a.showKey(kpapi.FromKey(k)) }
 
 // printReports reports the rewrap passes a command triggered. The new version is a key
 // service's answer (a remote one's, checked to be a UUID), escaped all the same.
@@ -99,6 +54,8 @@ func reportsJSON(reps []*volume.Report) []map[string]any {
 func (a *app) keyCommand() *cobra.Command {
 	key := group("key", "Manage root and standard keys")
 	var material string
+	// withKey makes a command on one key, named by id or name (resolveKey): fn runs in
+	// either mode unless the command is local only.
 	withKey := func(use, short string, fn func(ctx context.Context, id string) error) *cobra.Command {
 		name := strings.Fields(use)[0]
 		return &cobra.Command{Use: use, Short: short, Args: args(cobra.ExactArgs(1)),
@@ -106,28 +63,20 @@ func (a *app) keyCommand() *cobra.Command {
 				if err := a.open(cmd.Context()); err != nil {
 					return err
 				}
+				ctx := cmd.Context()
+				id, err := a.resolveKey(ctx, args[0], name == "restore" || name == "purge")
+				if err != nil {
+					return err
+				}
 				if a.remote != nil {
-					ctx, id := cmd.Context(), args[0]
 					switch name {
-					case "show":
-						return a.remoteShow(ctx, id)
-					case "versions":
-						return a.remoteVersions(ctx, id)
-					case "rotate":
-						var m []byte
-						if material != "" {
-							var err error
-							if m, err = base64.StdEncoding.DecodeString(material); err != nil {
-								return usagef("--material is not standard base64")
-							}
-						}
-						return a.remoteRotate(ctx, id, m)
 					case "sync":
 						return a.remoteSync(ctx, id, "key sync")
+					case "prune":
+						return a.needLocal("key " + name)
 					}
-					return a.needLocal("key " + name)
 				}
-				return fn(cmd.Context(), args[0])
+				return fn(ctx, id)
 			}}
 	}
 
@@ -159,7 +108,7 @@ func (a *app) keyCommand() *cobra.Command {
 				return err
 			}
 			if a.remote != nil {
-				return a.remoteCreate(cmd.Context(), args[0], opts.Material, standard)
+				return a.remoteCreate(cmd.Context(), opts)
 			}
 			k, err := a.svc.CreateKey(cmd.Context(), opts)
 			if err != nil {
@@ -177,36 +126,24 @@ func (a *app) keyCommand() *cobra.Command {
 			if err := a.open(cmd.Context()); err != nil {
 				return err
 			}
-			if a.remote != nil {
-				return a.remoteList(cmd.Context())
-			}
-			keys, err := a.svc.ListKeys(cmd.Context(), crk.ListOptions{})
+			keys, err := a.listKeys(cmd.Context())
 			if err != nil {
 				return err
 			}
-			if a.asJSON {
-				out := []keyJSON{}
-				for i := range keys {
-					out = append(out, toKeyJSON(&keys[i]))
-				}
-				return a.emit(map[string]any{"metadata": map[string]any{"collectionType": "application/vnd.ibm.kms.key+json", "collectionTotal": len(out)}, "resources": out})
-			}
-			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "KEY ID\tNAME\tTYPE\tSTATE\tVERSION")
-			for _, k := range keys {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", k.ID, k.Name, k.Type, k.State, k.KeyVersion.ID)
-			}
-			return w.Flush()
+			return a.showKeys(keys)
 		}}
 
 	var reveal bool
 	show := withKey("show ID", "Show a key", func(ctx context.Context, id string) error {
 		if !reveal {
-			k, err := a.svc.GetKeyMetadata(ctx, id)
+			k, err := a.keyMetadata(ctx, id)
 			if err != nil {
 				return err
 			}
-			return a.printKey(k)
+			return a.showKey(k)
+		}
+		if err := a.needLocal("key show --reveal"); err != nil {
+			return err
 		}
 		k, err := a.svc.GetKey(ctx, id)
 		if err != nil {
@@ -215,35 +152,18 @@ func (a *app) keyCommand() *cobra.Command {
 		if k.Payload == nil {
 			return fmt.Errorf("key %s is a root key: its material is never extractable", id)
 		}
-		j := toKeyJSON(k)
+		j := toKeyJSON(kpapi.FromKey(k))
 		j.Payload = base64.StdEncoding.EncodeToString(k.Payload)
 		return a.emit(j)
 	})
 	show.Flags().BoolVar(&reveal, "reveal", false, "include a standard key's payload (as JSON)")
 
 	versions := withKey("versions ID", "List a key's versions, newest first, with their registrations", func(ctx context.Context, id string) error {
-		vs, err := a.svc.ListVersions(ctx, id)
+		vs, err := a.keyVersions(ctx, id)
 		if err != nil {
 			return err
 		}
-		if a.asJSON {
-			out := []versionJSON{}
-			for _, v := range vs {
-				n, d := v.Registrations, v.Destroyed
-				out = append(out, versionJSON{ID: v.ID, CreationDate: rfc3339(v.CreationDate), Registrations: &n, Destroyed: &d})
-			}
-			return a.emit(map[string]any{"metadata": map[string]any{"collectionType": "application/vnd.ibm.kms.key_version+json", "collectionTotal": len(out)}, "resources": out})
-		}
-		w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "VERSION\tCREATED\tREGISTRATIONS\tMATERIAL")
-		for _, v := range vs {
-			m := "kept"
-			if v.Destroyed {
-				m = "destroyed"
-			}
-			fmt.Fprintf(w, "%s\t%s\t%d\t%s\n", v.ID, rfc3339(v.CreationDate), v.Registrations, m)
-		}
-		return w.Flush()
+		return a.showVersions(vs)
 	})
 
 	rotate := withKey("rotate ID", "Rotate a root key and rewrap every volume it protects", func(ctx context.Context, id string) error {
@@ -254,74 +174,110 @@ func (a *app) keyCommand() *cobra.Command {
 				return usagef("--material is not standard base64")
 			}
 		}
+		if a.remote != nil {
+			return a.remoteRotate(ctx, id, m)
+		}
 		k, err := a.svc.RotateKey(ctx, id, m)
 		if err != nil {
 			return err
 		}
-		if a.asJSON {
-			j := toKeyJSON(k)
-			if err := a.emit(map[string]any{"key": j, "rewraps": reportsJSON(a.reports)}); err != nil {
-				return err
-			}
-		} else {
-			fmt.Fprintf(a.stdout, "rotated key %s to version %s\n", k.ID, k.KeyVersion.ID)
-			if err := a.printReports(); err != nil {
-				return err
-			}
+		if err := a.showRotated(kpapi.FromKey(k)); err != nil {
+			return err
 		}
 		return a.rewrapErr("key rotate")
 	})
 	rotate.Flags().StringVar(&material, "material", "", "new base64 key material (imported keys only)")
 
-	var months int
+	var everyMonths optionalInt
 	var disable bool
 	policy := withKey("policy ID", "Set or disable a key's rotation policy", func(ctx context.Context, id string) error {
-		if disable == (months != 0) {
+		if disable == everyMonths.set {
 			return usagef("give --rotation-months N or --disable")
 		}
-		n := months
+		n := everyMonths.n
+		if everyMonths.set && (n < 1 || n > 12) {
+			return fmt.Errorf("%w: got %d", crk.ErrInvalidPolicy, n)
+		}
 		if disable {
-			k, err := a.svc.GetKeyMetadata(ctx, id)
+			k, err := a.keyMetadata(ctx, id)
 			if err != nil {
 				return err
 			}
-			n = 1
-			if k.RotationPolicy != nil {
-				n = k.RotationPolicy.IntervalMonths
+			if k.Rotation == nil {
+				if a.asJSON {
+					return a.showKey(k)
+				}
+				fmt.Fprintf(a.stdout, "key %s has no rotation policy; nothing changed\n", shown(k.ID))
+				return nil
 			}
+			n = k.Rotation.IntervalMonth
 		}
-		k, err := a.svc.SetRotationPolicy(ctx, id, n, !disable)
+		k, err := a.keyOp(func() (*crk.Key, error) { return a.svc.SetRotationPolicy(ctx, id, n, !disable) },
+			func() (kpapi.Key, error) { return a.remote.SetRotationPolicy(ctx, id, n, !disable) })
 		if err != nil {
 			return err
 		}
-		return a.printKey(k)
+		return a.showKey(k)
 	})
-	policy.Flags().IntVar(&months, "rotation-months", 0, "rotate every N months (1-12)")
+	policy.Flags().Var(&everyMonths, "rotation-months", "rotate every N months (1-12)")
 	policy.Flags().BoolVar(&disable, "disable", false, "disable the rotation policy")
 
 	disableCmd := withKey("disable ID", "Suspend a root key", func(ctx context.Context, id string) error {
-		k, err := a.svc.DisableKey(ctx, id)
+		k, err := a.keyOp(func() (*crk.Key, error) { return a.svc.DisableKey(ctx, id) },
+			func() (kpapi.Key, error) { return a.remote.DisableKey(ctx, id) })
 		if err != nil {
 			return err
 		}
-		return a.printKey(k)
+		return a.showKey(k)
 	})
 	enable := withKey("enable ID", "Re-enable a suspended root key", func(ctx context.Context, id string) error {
-		k, err := a.svc.EnableKey(ctx, id)
+		k, err := a.keyOp(func() (*crk.Key, error) { return a.svc.EnableKey(ctx, id) },
+			func() (kpapi.Key, error) { return a.remote.EnableKey(ctx, id) })
 		if err != nil {
 			return err
 		}
-		return a.printKey(k)
+		return a.showKey(k)
 	})
 	var force bool
-	del := withKey("delete ID", "Delete a key (restorable for 30 days)", func(ctx context.Context, id string) error {
-		k, err := a.svc.DeleteKey(ctx, id, crk.DeleteOptions{Force: force})
+	del := withKey("delete ID", "Delete a key (restorable for 30 days with key restore)", func(ctx context.Context, id string) error {
+		k, err := a.keyOp(func() (*crk.Key, error) { return a.svc.DeleteKey(ctx, id, crk.DeleteOptions{Force: force}) },
+			func() (kpapi.Key, error) { return a.remote.DeleteKey(ctx, id, force) })
 		if err != nil {
+			return a.protectedKey(ctx, id, err)
+		}
+		return a.showKey(k)
+	})
+	del.Flags().BoolVar(&force, "force", false, "delete even if resources are registered, unless one has preventKeyDeletion (crkvol's volumes do)")
+	restore := withKey("restore ID", "Restore a deleted key, within 30 days of its deletion", func(ctx context.Context, id string) error {
+		k, err := a.keyOp(func() (*crk.Key, error) { return a.svc.RestoreKey(ctx, id) },
+			func() (kpapi.Key, error) { return a.remote.RestoreKey(ctx, id) })
+		switch {
+		case errors.Is(err, crk.ErrInvalidState):
+			return withHint(err, "only a deleted key can be restored")
+		case errors.Is(err, crk.ErrRestoreExpired):
+			return withHint(err, "its restore window is over; it can only be purged: crkvol key purge "+id)
+		case err != nil:
 			return err
 		}
-		return a.printKey(k)
+		return a.showKey(k)
 	})
-	del.Flags().BoolVar(&force, "force", false, "delete even if volumes are registered (never past preventKeyDeletion)")
+	purge := withKey("purge ID", "Destroy a deleted key's material for good, once its 30-day restore window is over", func(ctx context.Context, id string) error {
+		k, err := a.keyOp(func() (*crk.Key, error) { return a.svc.PurgeKey(ctx, id) },
+			func() (kpapi.Key, error) { return a.remote.PurgeKey(ctx, id) })
+		switch {
+		case errors.Is(err, crk.ErrInvalidState):
+			return withHint(err, "delete it first: crkvol key delete "+id)
+		case errors.Is(err, crk.ErrTooEarly):
+			return withHint(err, "until then it can be restored: crkvol key restore "+id)
+		case err != nil:
+			return err
+		}
+		if a.asJSON {
+			return a.showKey(k)
+		}
+		fmt.Fprintf(a.stdout, "purged key %s\n", shown(k.ID))
+		return nil
+	})
 	var forcePrune bool
 	prune := withKey("prune ID", "Destroy older versions no volume uses", func(ctx context.Context, id string) error {
 		// Registrations say which versions are in use, but an image restored in place from a
@@ -349,28 +305,11 @@ func (a *app) keyCommand() *cobra.Command {
 	})
 	prune.Flags().BoolVar(&forcePrune, "force", false, "trust the registrations: do not first bring every registered image's token to the latest version")
 	regs := withKey("registrations ID", "List the resources a key protects", func(ctx context.Context, id string) error {
-		rs, err := a.svc.ListRegistrations(ctx, crk.RegistrationFilter{KeyID: id})
+		rs, err := a.keyRegistrations(ctx, id)
 		if err != nil {
 			return err
 		}
-		if a.asJSON {
-			out := []map[string]any{}
-			for _, r := range rs {
-				out = append(out, map[string]any{
-					"keyId": r.KeyID, "resourceCrn": r.ResourceCRN, "description": r.Description,
-					"preventKeyDeletion": r.PreventKeyDeletion, "createdBy": r.CreatedBy, "updatedBy": r.UpdatedBy,
-					"creationDate": rfc3339(r.CreationDate), "lastUpdated": rfc3339(r.LastUpdated),
-					"keyVersion": versionJSON{ID: r.KeyVersion.ID, CreationDate: rfc3339(r.KeyVersion.CreationDate)},
-				})
-			}
-			return a.emit(map[string]any{"metadata": map[string]any{"collectionType": "application/vnd.ibm.kms.registration+json", "collectionTotal": len(out)}, "resources": out})
-		}
-		w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "RESOURCE CRN\tKEY VERSION\tPREVENT DELETION")
-		for _, r := range rs {
-			fmt.Fprintf(w, "%s\t%s\t%v\n", r.ResourceCRN, r.KeyVersion.ID, r.PreventKeyDeletion)
-		}
-		return w.Flush()
+		return a.showRegistrations(rs)
 	})
 	sync := withKey("sync ID", "Rewrap every volume of a key still on an older version", func(ctx context.Context, id string) error {
 		if err := a.svc.SyncKey(ctx, id); err != nil {
@@ -390,7 +329,7 @@ func (a *app) keyCommand() *cobra.Command {
 		}
 		return a.rewrapErr("key sync")
 	})
-	key.AddCommand(create, list, show, versions, rotate, policy, disableCmd, enable, del, prune, regs, sync)
+	key.AddCommand(create, list, show, versions, rotate, policy, disableCmd, enable, del, restore, purge, prune, regs, sync)
 	return key
 }
 
@@ -403,6 +342,54 @@ func (a *app) rewrapErr(what string) error {
 		}
 	}
 	return nil
+}
+
+// optionalInt is an int flag that records whether it was given.
+type optionalInt struct {
+	n   int
+	set bool
+}
+
+func (o *optionalInt) String() string {
+	if !o.set {
+		return ""
+	}
+	return strconv.Itoa(o.n)
+}
+
+func (o *optionalInt) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return fmt.Errorf("%q is not an integer", s)
+	}
+	o.n, o.set = n, true
+	return nil
+}
+
+func (o *optionalInt) Type() string { return "int" }
+
+// protectedKey explains a delete refused because the key protects registered resources:
+// crkvol registers its volumes with preventKeyDeletion, so --force cannot help; the volumes
+// must go first. Other errors are returned as they are.
+func (a *app) protectedKey(ctx context.Context, id string, err error) error {
+	for _, sentinel := range []error{crk.ErrPreventKeyDeletion, crk.ErrProtectedResource} {
+		if !errors.Is(err, sentinel) {
+			continue
+		}
+		what := "registered volumes"
+		if regs, cerr := a.keyRegistrations(ctx, id); cerr == nil {
+			n := len(regs)
+			what = fmt.Sprintf("%d registered volume", n)
+			if n != 1 {
+				what += "s"
+			}
+		}
+		return withHint(fmt.Errorf("key %s protects %s: %w", id, what, sentinel),
+			"crkvol registers its volumes with preventKeyDeletion, so --force cannot delete the key either",
+			"list them with: crkvol key registrations "+id,
+			"delete each volume (crkvol volume delete IMG), or copy its data to a volume of another key and delete it; then delete the key")
+	}
+	return err
 }
 
 func nonNil(s []string) []string {

@@ -145,6 +145,44 @@ func (a *app) kmsCommand() *cobra.Command {
 			fmt.Fprintln(a.stdout, id)
 			return nil
 		}})
+	instance.AddCommand(&cobra.Command{Use: "list", Short: "List the instances: ids, names and creation times, the default first", Args: args(cobra.NoArgs),
+		RunE: func(_ *cobra.Command, _ []string) error {
+			tenants, err := a.tenants()
+			if err != nil {
+				return err
+			}
+			defer tenants.Close()
+			all, err := tenants.ListInstances()
+			if err != nil {
+				return err
+			}
+			type row struct {
+				ID      string `json:"id"`
+				Name    string `json:"name"`
+				Created string `json:"created,omitempty"`
+				Default bool   `json:"default"`
+			}
+			rows := []row{}
+			for _, in := range all {
+				rows = append(rows, row{in.ID, in.Name, rfc3339(in.Created), in.Default})
+			}
+			if a.asJSON {
+				return a.emit(rows)
+			}
+			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "ID\tNAME\tCREATED\tDEFAULT")
+			for _, r := range rows {
+				created, def := r.Created, ""
+				if created == "" {
+					created = "-"
+				}
+				if r.Default {
+					def = "yes"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", r.ID, shown(r.Name), created, def)
+			}
+			return w.Flush()
+		}})
 	var inst string
 	apikey := group("apikey", "Manage API keys")
 	create := &cobra.Command{Use: "create", Short: "Create an API key for an instance and print it (once)", Args: args(cobra.NoArgs),

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -57,6 +58,7 @@ func TestScripts(t *testing.T) {
 			"waitsock":           cmdWaitSock,
 			"waitattached":       cmdWaitAttached,
 			"randfile":           cmdRandFile,
+			"cmpmasked":          cmdCmpMasked,
 		},
 	})
 }
@@ -252,4 +254,33 @@ func randBytes(n int, seed uint64) []byte {
 		binary.LittleEndian.PutUint64(b[i:], r.Uint64())
 	}
 	return b[:n]
+}
+
+// maskPatterns are what cmpmasked hides: values that differ between two runs of the same
+// commands (ids, CRNs holding them, times, initiators), not the shape around them.
+var maskPatterns = []struct {
+	re   *regexp.Regexp
+	with string
+}{
+	{regexp.MustCompile(`[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}`), "<uuid>"},
+	{regexp.MustCompile(`\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})`), "<time>"},
+	{regexp.MustCompile(`"(createdBy|deletedBy|updatedBy)": "[^"]*"`), `"$1": "<who>"`},
+}
+
+// cmpmasked FILE1 FILE2: compare two files after masking ids, times and initiators.
+func cmdCmpMasked(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: cmpmasked FILE1 FILE2")
+	}
+	mask := func(s string) string {
+		for _, p := range maskPatterns {
+			s = p.re.ReplaceAllString(s, p.with)
+		}
+		return s
+	}
+	a, b := mask(ts.ReadFile(args[0])), mask(ts.ReadFile(args[1]))
+	if a != b {
+		ts.Logf("%s (masked):\n%s\n%s (masked):\n%s", args[0], a, args[1], b)
+		ts.Fatalf("%s and %s differ", args[0], args[1])
+	}
 }

@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"text/tabwriter"
 
-	kp "github.com/IBM/keyprotect-go-client"
-
+	"crkvol/crk"
 	"crkvol/crk/kpapi"
 	"crkvol/volume/kms"
 )
@@ -18,69 +16,15 @@ import (
 // service must not move the cursor or forge lines), capped at 1 KiB.
 func shown(s string) string { return kpapi.Printable(s, 1<<10) }
 
-func (a *app) printRemoteKey(k *kp.Key) error {
-	if a.asJSON {
-		return a.emit(k)
-	}
-	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "Key ID\t%s\n", shown(k.ID))
-	fmt.Fprintf(w, "Name\t%s\n", shown(k.Name))
-	fmt.Fprintf(w, "Extractable\t%v\n", k.Extractable)
-	fmt.Fprintf(w, "State\t%d\n", k.State)
-	fmt.Fprintf(w, "CRN\t%s\n", shown(k.CRN))
-	if k.KeyVersion != nil {
-		fmt.Fprintf(w, "Version\t%s\n", shown(k.KeyVersion.ID))
-	}
-	return w.Flush()
-}
-
-func (a *app) remoteCreate(ctx context.Context, name string, material []byte, standard bool) error {
-	k, err := a.remote.CreateKey(ctx, kms.KeyOptions{Name: name, Standard: standard, Material: material})
+func (a *app) remoteCreate(ctx context.Context, opts crk.CreateOptions) error {
+	k, err := a.remote.CreateKey(ctx, kms.KeyOptions{Name: opts.Name, Description: opts.Description, Standard: opts.Type == crk.StandardKey, Material: opts.Material})
 	if errors.Is(err, kms.ErrOutcomeUnknown) {
 		return fmt.Errorf("%w; run crkvol key list to see whether it was before trying again", err)
 	}
 	if err != nil {
 		return err
 	}
-	return a.printRemoteKey(k)
-}
-
-func (a *app) remoteList(ctx context.Context) error {
-	keys, err := a.remote.ListKeys(ctx)
-	if err != nil {
-		return err
-	}
-	if a.asJSON {
-		return a.emit(keys)
-	}
-	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "KEY ID\tNAME\tSTATE")
-	for _, k := range keys.Keys {
-		fmt.Fprintf(w, "%s\t%s\t%d\n", shown(k.ID), shown(k.Name), k.State)
-	}
-	return w.Flush()
-}
-
-func (a *app) remoteShow(ctx context.Context, id string) error {
-	k, err := a.remote.KeyMetadata(ctx, id)
-	if err != nil {
-		return err
-	}
-	return a.printRemoteKey(k)
-}
-
-func (a *app) remoteVersions(ctx context.Context, id string) error {
-	vs, err := a.remote.KeyVersions(ctx, id)
-	if err != nil {
-		return err
-	}
-	if a.asJSON {
-		return a.emit(vs)
-	}
-	for _, v := range vs.KeyVersion {
-		fmt.Fprintln(a.stdout, shown(v.ID))
-	}
-	return nil
+	return a.showKey(kms.APIKey(k))
 }
 
 // remoteRotate rotates on the service, then rewraps this machine's registered volumes of
@@ -93,7 +37,19 @@ func (a *app) remoteRotate(ctx context.Context, id string, material []byte) erro
 	if err != nil {
 		return err
 	}
-	return a.remoteSync(ctx, id, "key rotate")
+	k, err := a.keyMetadata(ctx, id)
+	if err != nil {
+		return fmt.Errorf("the key rotated, but reading its new version failed: %w; crkvol key sync %s rewraps the volumes", err, id)
+	}
+	rep, err := a.mgr.Sync(ctx, id)
+	if err != nil {
+		return fmt.Errorf("the key rotated, but rewrapping its volumes failed: %w; crkvol key sync %s retries", err, id)
+	}
+	a.reports = append(a.reports, rep)
+	if err := a.showRotated(k); err != nil {
+		return err
+	}
+	return a.rewrapErr("key rotate")
 }
 
 func (a *app) remoteSync(ctx context.Context, id, what string) error {

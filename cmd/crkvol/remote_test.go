@@ -14,6 +14,8 @@ import (
 	kp "github.com/IBM/keyprotect-go-client"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"crkvol/volume/kms"
 )
 
 // TestRemoteKeyTextEscaped: key fields a remote service sends are printed with their control
@@ -24,7 +26,7 @@ func TestRemoteKeyTextEscaped(t *testing.T) {
 	a := &app{stdout: &out}
 	evil := "\x1b[31mred\nVersion\tforged\u202e"
 	k := &kp.Key{ID: "k1", Name: evil, CRN: "crn\r", KeyVersion: &kp.KeyVersion{ID: "v\x07"}}
-	require.NoError(t, a.printRemoteKey(k))
+	require.NoError(t, a.showKey(kms.APIKey(k)))
 	text := out.String()
 	assert.NotContains(t, text, "\x1b")
 	assert.NotContains(t, text, "\r")
@@ -92,6 +94,10 @@ func controls(s string) bool {
 	return strings.ContainsFunc(s, func(r rune) bool { return (r < 0x20 && r != '\n') || r == 0x7f || (r >= 0x80 && r < 0xa0) })
 }
 
+// remoteKeyID is the key the remote tests name: by id, since a key argument that is not
+// shaped like an id is a name, looked up in the key list first.
+const remoteKeyID = "0f9e4a55-1c1e-4f5e-8d1a-6b2f0b9e8a11"
+
 // TestRemoteKeyChangesSentOnceCLI: `key create` and `key rotate` against a service answering
 // 503 or 502 send their request once, and fail saying that the outcome is unknown and how to
 // find out.
@@ -105,7 +111,7 @@ func TestRemoteKeyChangesSentOnceCLI(t *testing.T) {
 		}{
 			{[]string{"key", "create", "x"}, "POST /api/v2/keys", "crkvol key list"},
 			{[]string{"key", "create", "--standard", "--import-material", "AAECAwQFBgcICQoLDA0ODw==", "x"}, "POST /api/v2/keys", "crkvol key list"},
-			{[]string{"key", "rotate", "k1"}, "POST /api/v2/keys/k1/actions/rotate", "crkvol key versions k1"},
+			{[]string{"key", "rotate", remoteKeyID}, "POST /api/v2/keys/" + remoteKeyID + "/actions/rotate", "crkvol key versions " + remoteKeyID},
 		} {
 			t.Run(fmt.Sprint(status, tc.args), func(t *testing.T) {
 				t.Parallel()
@@ -141,10 +147,10 @@ func TestRemoteKeyCommandsEscaped(t *testing.T) {
 		showing string
 	}{
 		{"list", []string{"key", "list"}, map[string]any{"resources": []any{key(evil, evil), key(id, id)}}, 0, `v\x1b]0;x\x07\r\nforged`},
-		{"show", []string{"key", "show", "k1"}, map[string]any{"resources": []any{key(id, id)}}, 0, `v\x1b]0;x\x07\r\nforged`},
-		{"show, malformed version", []string{"key", "show", "k1"}, map[string]any{"resources": []any{key(id, evil)}}, 1, "malformed"},
-		{"show, malformed id", []string{"key", "show", "k1"}, map[string]any{"resources": []any{key(evil, id)}}, 1, "malformed"},
-		{"versions", []string{"key", "versions", "k1"}, map[string]any{"resources": []any{map[string]string{"id": evil}, map[string]string{"id": id}}}, 0, `v\x1b]0;x\x07\r\nforged`},
+		{"show", []string{"key", "show", remoteKeyID}, map[string]any{"resources": []any{key(id, id)}}, 0, `v\x1b]0;x\x07\r\nforged`},
+		{"show, malformed version", []string{"key", "show", remoteKeyID}, map[string]any{"resources": []any{key(id, evil)}}, 1, "malformed"},
+		{"show, malformed id", []string{"key", "show", remoteKeyID}, map[string]any{"resources": []any{key(evil, id)}}, 1, "malformed"},
+		{"versions", []string{"key", "versions", remoteKeyID}, map[string]any{"resources": []any{map[string]string{"id": evil}, map[string]string{"id": id}}}, 0, `v\x1b]0;x\x07\r\nforged`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -166,7 +172,7 @@ func TestRemoteKeyCommandsEscaped(t *testing.T) {
 // the terminal raw, whichever key command meets it.
 func TestRemoteTokenErrorEscaped(t *testing.T) {
 	t.Parallel()
-	for _, args := range [][]string{{"key", "list"}, {"key", "show", "k1"}, {"key", "versions", "k1"}, {"key", "create", "x"}, {"key", "rotate", "k1"}} {
+	for _, args := range [][]string{{"key", "list"}, {"key", "show", remoteKeyID}, {"key", "versions", remoteKeyID}, {"key", "create", "x"}, {"key", "rotate", remoteKeyID}} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			t.Parallel()
 			f := newFakeKMS(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusUnauthorized) })
@@ -177,7 +183,7 @@ func TestRemoteTokenErrorEscaped(t *testing.T) {
 			assert.False(t, controls(stdout+stderr), "%q", stdout+stderr)
 			assert.Contains(t, stderr, "400")
 			assert.NotContains(t, stderr, "\nforged")
-			assert.Zero(t, f.count("POST /api/v2/keys")+f.count("POST /api/v2/keys/k1/actions/rotate"), "nothing sent without a token")
+			assert.Zero(t, f.count("POST /api/v2/keys")+f.count("POST /api/v2/keys/"+remoteKeyID+"/actions/rotate"), "nothing sent without a token")
 		})
 	}
 }

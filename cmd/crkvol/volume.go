@@ -35,8 +35,12 @@ func (a *app) volumeCommand() *cobra.Command {
 			if err := a.open(cmd.Context()); err != nil {
 				return err
 			}
+			id, err := a.resolveKey(cmd.Context(), keyID, false)
+			if err != nil {
+				return err
+			}
 			info, err := a.mgr.Create(cmd.Context(), args[0], volume.CreateOptions{
-				KeyID: keyID, Size: size, SectorSize: sectorSize, KeySize: keyBits / 8, Wipe: wipe,
+				KeyID: id, Size: size, SectorSize: sectorSize, KeySize: keyBits / 8, Wipe: wipe,
 			})
 			if err != nil {
 				if wipe {
@@ -52,7 +56,7 @@ func (a *app) volumeCommand() *cobra.Command {
 			return a.printStatus(cmd.Context(), args[0])
 		}}
 	create.Flags().StringVar(&sizeStr, "size", "", "data size, such as 64MiB or 10GiB (required)")
-	create.Flags().StringVar(&keyID, "key", "", "root key id (required)")
+	create.Flags().StringVar(&keyID, "key", "", "root key id or unique name (required)")
 	create.Flags().IntVar(&sectorSize, "sector-size", 4096, "encryption sector size: 512, 1024, 2048 or 4096")
 	create.Flags().IntVar(&keyBits, "cipher-key-bits", 512, "aes-xts-plain64 key size: 512 or 256")
 	create.Flags().BoolVar(&wipe, "wipe", false, "write zeros through the encryption so the volume reads as zeros")
@@ -69,12 +73,16 @@ func (a *app) volumeCommand() *cobra.Command {
 			if err := a.open(cmd.Context()); err != nil {
 				return err
 			}
-			if _, err := a.mgr.Adopt(cmd.Context(), args[0], pass, keyID, volume.AdoptOptions{}); err != nil {
+			id, err := a.resolveKey(cmd.Context(), keyID, false)
+			if err != nil {
+				return err
+			}
+			if _, err := a.mgr.Adopt(cmd.Context(), args[0], pass, id, volume.AdoptOptions{}); err != nil {
 				return err
 			}
 			return a.printStatus(cmd.Context(), args[0])
 		}}
-	adopt.Flags().StringVar(&keyID, "key", "", "root key id (required)")
+	adopt.Flags().StringVar(&keyID, "key", "", "root key id or unique name (required)")
 	adopt.Flags().StringVar(&passFile, "passphrase-file", "", "file holding one of the image's passphrases (required)")
 	requireFlags(adopt, "key", "passphrase-file")
 

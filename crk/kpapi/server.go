@@ -60,6 +60,7 @@ func (s *Server) routes() {
 	api("POST /api/v2/keys/{id}/actions/{action}", func(q *request) error { return s.action(q, q.r.PathValue("action")) })
 	api("DELETE /api/v2/keys/{id}", s.deleteKey)
 	api("POST /api/v2/keys/{id}/restore", s.restoreKey)
+	api("DELETE /api/v2/keys/{id}/purge", s.purgeKey)
 	api("GET /api/v2/keys/{id}/versions", s.versions)
 	api("GET /api/v2/keys/{id}/policies", s.getPolicies)
 	api("PUT /api/v2/keys/{id}/policies", s.putPolicy)
@@ -433,6 +434,20 @@ func (s *Server) restoreKey(q *request) error {
 	return keys(q, http.StatusCreated, *k)
 }
 
+// purgeKey destroys a deleted key's material: 204, or 200 with the key for Prefer:
+// return=representation (as Key Protect answers).
+func (s *Server) purgeKey(q *request) error {
+	k, err := q.svc.PurgeKey(q.ctx, q.id)
+	if err != nil {
+		return err
+	}
+	if strings.Contains(q.r.Header.Get("Prefer"), "return=representation") {
+		return keys(q, http.StatusOK, *k)
+	}
+	q.w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
 func (s *Server) versions(q *request) error {
 	limit, offset, err := paging(q.r, 200)
 	if err != nil {
@@ -447,7 +462,7 @@ func (s *Server) versions(q *request) error {
 	vs = vs[:min(limit, len(vs))]
 	res := make([]KeyVersion, 0, len(vs))
 	for _, v := range vs {
-		res = append(res, KeyVersion{ID: v.ID, CreationDate: RFC3339(v.CreationDate)})
+		res = append(res, KeyVersion{ID: v.ID, CreationDate: RFC3339(v.CreationDate), Destroyed: &v.Destroyed})
 	}
 	writeJSON(q.w, http.StatusOK, map[string]any{"metadata": Metadata{CollectionType: TypeKeyVersion, CollectionTotal: len(res), TotalCount: &total}, "resources": res})
 	return nil

@@ -491,6 +491,34 @@ func (t *Tenants) Authorize(token, instance string) (*crk.Service, error) {
 	return t.Service(instance)
 }
 
+// InstanceInfo describes an instance.
+type InstanceInfo struct {
+	ID   string
+	Name string // "default" for the default instance
+	// Created is when the instance was created; zero for the default instance, which is the
+	// state directory's own store.
+	Created time.Time
+	// Default marks the default instance.
+	Default bool
+}
+
+// ListInstances returns the default instance, then the others, oldest first.
+func (t *Tenants) ListInstances() ([]InstanceInfo, error) {
+	t.mu.Lock()
+	tf, err := t.load()
+	t.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	out := []InstanceInfo{{ID: t.def, Name: "default", Default: true}}
+	for _, in := range tf.Instances {
+		if in.ID != t.def {
+			out = append(out, InstanceInfo{ID: in.ID, Name: in.Name, Created: in.Created})
+		}
+	}
+	return out, nil
+}
+
 // APIKeyInfo describes an API key without the key itself.
 type APIKeyInfo struct {
 	// ID names the key for RevokeAPIKey: the first 16 hex digits of its sha256 hash, which

@@ -27,6 +27,10 @@ type Metadata struct {
 type KeyVersion struct {
 	ID           string `json:"id"`
 	CreationDate string `json:"creationDate,omitempty"`
+	// Destroyed, in a version listing only, says whether the version's material has been
+	// destroyed (pruned or purged). It is crkvol's extension: Key Protect does not send it
+	// and its clients ignore it.
+	Destroyed *bool `json:"destroyed,omitempty"`
 }
 
 // Rotation is a key's rotation settings.

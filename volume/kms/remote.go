@@ -420,6 +420,8 @@ func (r *Remote) KeyVersions(ctx context.Context, keyID string) (*kp.KeyVersions
 type KeyOptions struct {
 	// Name is the key's name.
 	Name string
+	// Description is the key's description, or "".
+	Description string
 	// Standard makes an extractable standard key instead of a root key.
 	Standard bool
 	// Material is the key material to import, or nil for the service to generate it.
@@ -434,10 +436,11 @@ func (r *Remote) CreateKey(ctx context.Context, opts KeyOptions) (*kp.Key, error
 	type resource struct {
 		Type        string          `json:"type"`
 		Name        string          `json:"name"`
+		Description string          `json:"description,omitempty"`
 		Extractable bool            `json:"extractable"`
 		Payload     json.RawMessage `json:"payload,omitempty"`
 	}
-	res := resource{Type: kpapi.TypeKey, Name: opts.Name, Extractable: opts.Standard}
+	res := resource{Type: kpapi.TypeKey, Name: opts.Name, Description: opts.Description, Extractable: opts.Standard}
 	if opts.Material != nil {
 		res.Payload = base64JSON(opts.Material)
 		defer clear(res.Payload)
