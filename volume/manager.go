@@ -132,7 +132,9 @@ func NewManager(kms KeyService, reg *Registry, opts Options) *Manager {
 	return m
 }
 
-// Close unsubscribes the Manager from rotations.
+// Close unsubscribes the Manager from rotations. Its other methods keep working: a caller
+// that rewraps with Sync itself closes the Manager first so that a renotification it sends
+// (a key service's sync) does not also start a rewrap pass of its own.
 func (m *Manager) Close() { m.unsub() }
 
 // Info describes a volume.

@@ -249,7 +249,7 @@ func (m *Manager) rewrapOne(ctx context.Context, keyID, latest, crn string) (res
 		return res, err
 	}
 	if img.UUID() != e.UUID || CRN(img.UUID()) != crn {
-		return res, permanent{fmt.Errorf("%s holds volume %s, not the registered %s (moved or replaced?)", e.Path, img.UUID(), e.UUID)}
+		return res, permanent{fmt.Errorf("%w: %s holds volume %s, not the registered %s (moved or replaced?)", ErrNotRegisteredImage, e.Path, img.UUID(), e.UUID)}
 	}
 	uuid := img.UUID() // fn below runs under the image's lock: no Image methods in it
 	// version is the token's version; lost the version of a rewrap whose commit lost the

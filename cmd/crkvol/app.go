@@ -222,12 +222,12 @@ func (a *app) open(ctx context.Context) error {
 	}
 	svc, err := crk.Open(filepath.Join(dir, "crk.db"), opts)
 	if err != nil {
-		return err
+		return storeHeld(err, filepath.Join(dir, "crk.db"), dir)
 	}
 	reg, err := volume.OpenRegistry(filepath.Join(dir, "volumes.db"))
 	if err != nil {
 		svc.Close()
-		return err
+		return registryHeld(err, filepath.Join(dir, "volumes.db"))
 	}
 	a.svc, a.reg = svc, reg
 	a.mgr = volume.NewManager(kms.NewLocal(svc), reg, volume.Options{
@@ -279,7 +279,7 @@ func (a *app) openRemote(dir, url string, clock crk.Clock) error {
 	}
 	reg, err := volume.OpenRegistry(filepath.Join(dir, "volumes.db"))
 	if err != nil {
-		return err
+		return registryHeld(err, filepath.Join(dir, "volumes.db"))
 	}
 	a.remote, a.reg = remote, reg
 	a.mgr = volume.NewManager(remote, reg, volume.Options{Now: clock.Now})

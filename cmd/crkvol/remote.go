@@ -99,7 +99,7 @@ func (a *app) remoteRotate(ctx context.Context, id string, material []byte) erro
 func (a *app) remoteSync(ctx context.Context, id, what string) error {
 	rep, err := a.mgr.Sync(ctx, id)
 	if err != nil {
-		return fmt.Errorf("%s: %w", what, err)
+		return err
 	}
 	a.reports = append(a.reports, rep)
 	if a.asJSON {
@@ -109,5 +109,5 @@ func (a *app) remoteSync(ctx context.Context, id, what string) error {
 	if err := a.printReports(); err != nil {
 		return err
 	}
-	return rep.Err()
+	return rewrapFailed("the key rotated", a.reg, rep)
 }
