@@ -33,15 +33,20 @@ attach or its data differs.
 A scenario file (YAML or JSON, see the sim package's Scenario) sets everything; flags given on
 the command line override it.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s := sim.Scenario{}
+			// Every flag, with its default, makes the scenario; a scenario file overrides them
+			// with the fields it sets, and flags given on the command line override the file.
+			base := sc
+			base.VolumeSize = volumeSize
+			if err := base.Faults.Latency.UnmarshalText([]byte(latency)); err != nil {
+				return usagef("--kms-latency %q: %v", latency, err)
+			}
+			s := base
 			if scenarioFile != "" {
 				var err error
-				if s, err = sim.LoadScenario(scenarioFile); err != nil {
+				if s, err = sim.LoadScenarioOver(scenarioFile, base); err != nil {
 					return usageError{err}
 				}
 			}
-			// Flags given on the command line override the scenario file; without one, every
-			// flag (with its default) makes the scenario.
 			f := cmd.Flags()
 			overrides := map[string]func(){
 				"volumes":          func() { s.Volumes = sc.Volumes },
@@ -62,14 +67,12 @@ the command line override it.`,
 				"workers":          func() { s.Workers = sc.Workers },
 			}
 			for name, apply := range overrides {
-				if scenarioFile == "" || f.Changed(name) {
+				if f.Changed(name) {
 					apply()
 				}
 			}
-			if scenarioFile == "" || f.Changed("kms-latency") {
-				if err := s.Faults.Latency.UnmarshalText([]byte(latency)); err != nil {
-					return usagef("--kms-latency %q: %v", latency, err)
-				}
+			if f.Changed("kms-latency") {
+				s.Faults.Latency = base.Faults.Latency
 			}
 			workDir := dir
 			if workDir == "" {
