@@ -233,6 +233,7 @@ func (a *app) open(ctx context.Context) error {
 	a.mgr = volume.NewManager(kms.NewLocal(svc), reg, volume.Options{
 		Now:      clock.Now,
 		OnReport: func(r *volume.Report) { a.reports = append(a.reports, r) },
+		Progress: a.rewrapProgress(),
 	})
 	res, err := svc.RunDue(ctx)
 	if err != nil {
@@ -282,7 +283,7 @@ func (a *app) openRemote(dir, url string, clock crk.Clock) error {
 		return registryHeld(err, filepath.Join(dir, "volumes.db"))
 	}
 	a.remote, a.reg = remote, reg
-	a.mgr = volume.NewManager(remote, reg, volume.Options{Now: clock.Now})
+	a.mgr = volume.NewManager(remote, reg, volume.Options{Now: clock.Now, Progress: a.rewrapProgress()})
 	return nil
 }
 

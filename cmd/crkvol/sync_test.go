@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -46,4 +47,25 @@ func TestRewrapFailedNamesCause(t *testing.T) {
 		})
 	}
 	assert.NoError(t, rewrapFailed("", nil, &volume.Report{KeyID: "K", Volumes: 1, Rewrapped: 1}))
+}
+
+// TestRewrapBars: a pass of at least the minimum gets a bar with the counts so far; a
+// smaller one draws nothing.
+func TestRewrapBars(t *testing.T) {
+	t.Parallel()
+	var out strings.Builder
+	b := &rewrapBars{w: &out, min: 3}
+	b.update(volume.RewrapProgress{KeyID: "K", Volumes: 2})
+	b.update(volume.RewrapProgress{KeyID: "K", Volumes: 2, Done: 2, Rewrapped: 2})
+	assert.Empty(t, out.String())
+	for i, p := range []volume.RewrapProgress{{}, {Done: 1, Rewrapped: 1}, {Done: 2, Rewrapped: 1, Failed: 1}, {Done: 3, Rewrapped: 2, Failed: 1}} {
+		p.KeyID, p.Volumes = "K", 3
+		b.update(p)
+		if i == 0 {
+			assert.Contains(t, out.String(), "key K: rewrapped 0, failed 0")
+		}
+	}
+	assert.Contains(t, out.String(), "key K: rewrapped 2, failed 1")
+	assert.Contains(t, out.String(), "3/3")
+	assert.Nil(t, b.bar, "finished")
 }
