@@ -7,6 +7,7 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 
+	"crkvol/sim"
 	"crkvol/volume"
 )
 
@@ -50,4 +51,39 @@ func (b *rewrapBars) update(p volume.RewrapProgress) {
 		fmt.Fprintln(b.w)
 		b.bar = nil
 	}
+}
+
+// simBars draws `sim run`'s progress: a bar per phase (creating the fleet, simulating,
+// auditing) with the month of virtual time simulated and the fleet's size. Its update
+// method is a sim.Options.Progress.
+type simBars struct {
+	w     io.Writer
+	phase string
+	bar   *progressbar.ProgressBar
+}
+
+func (b *simBars) update(p sim.Progress) {
+	desc := fmt.Sprintf("%s: month %d of %d, %d volumes", p.Phase, p.Month, p.Months, p.Volumes)
+	if p.Phase != sim.PhaseSimulate {
+		desc = fmt.Sprintf("%s: %d of %d volumes", p.Phase, p.Done, p.Total)
+	}
+	if b.bar == nil || p.Phase != b.phase {
+		b.finish()
+		b.phase = p.Phase
+		b.bar = progressbar.NewOptions64(max(p.Total, 1), progressbar.OptionSetWriter(b.w), progressbar.OptionSetDescription(desc),
+			progressbar.OptionThrottle(100*time.Millisecond), progressbar.OptionSetElapsedTime(true), progressbar.OptionShowElapsedTimeOnFinish(),
+			progressbar.OptionSetRenderBlankState(true))
+	}
+	b.bar.Describe(desc)
+	_ = b.bar.Set64(p.Done)
+}
+
+// finish ends the current bar, if any (b may be nil).
+func (b *simBars) finish() {
+	if b == nil || b.bar == nil {
+		return
+	}
+	_ = b.bar.Finish()
+	fmt.Fprintln(b.w)
+	b.bar = nil
 }

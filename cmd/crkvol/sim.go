@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"time"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	"crkvol/sim"
@@ -87,22 +85,13 @@ the command line override it.`,
 				return fmt.Errorf("--dir %s is not empty (a run needs a fresh directory)", workDir)
 			}
 			opts := sim.Options{Dir: workDir, Logger: slog.New(slog.DiscardHandler)}
-			var bar *progressbar.ProgressBar
-			if isTerminal(a.stderr) {
-				bar = progressbar.NewOptions64(1000, progressbar.OptionSetWriter(a.stderr),
-					progressbar.OptionSetDescription("virtual time"), progressbar.OptionShowElapsedTimeOnFinish(),
-					progressbar.OptionThrottle(100*time.Millisecond))
-				opts.Progress = func(done, total time.Duration) {
-					if total > 0 {
-						_ = bar.Set64(int64(1000 * done / total))
-					}
-				}
+			var bars *simBars
+			if !a.asJSON && isTerminal(a.stderr) {
+				bars = &simBars{w: a.stderr}
+				opts.Progress = bars.update
 			}
 			rep, err := sim.Run(cmd.Context(), s, opts)
-			if bar != nil {
-				_ = bar.Finish()
-				fmt.Fprintln(a.stderr)
-			}
+			bars.finish()
 			if errors.Is(err, sim.ErrScenario) {
 				return usageError{err}
 			}
