@@ -62,6 +62,11 @@
 // returns nothing. The one exception is the outcome of a rotation hook, recorded after the
 // rotation committed with its own event: failing to store it is logged.
 //
+// A store opened read-only ([Options].ReadOnly, for a state directory that cannot be
+// written) stores no events: its reads and wraps return results unaudited, and every change
+// fails. This gives its reader nothing new: opening the store needs its master key, with
+// which the stored key material could be decrypted offline, unaudited, anyway.
+//
 // [Service.ListEvents] pages through the log with a cursor, newest first by default; keys are
 // time-ordered, so a page costs its own size, and paging is stable while events arrive.
 // [Options].EventRetention bounds the log by age and count (by default

@@ -246,6 +246,9 @@ func (s *Service) pruneEvents(tx *bolt.Tx, limit int) (int, error) {
 // transaction (group commit): a lone caller waits for one commit, concurrent callers share
 // one.
 func (s *Service) record(ev *Event) error {
+	if s.readOnly {
+		return nil // a read-only store cannot record events (see Options.ReadOnly)
+	}
 	done := make(chan error, 1)
 	select {
 	case s.events <- eventReq{ev: ev, done: done}:

@@ -38,6 +38,9 @@ func loadMasterKey(path string, opts Options) ([]byte, string, error) {
 	if _, err := os.Stat(path); err == nil {
 		return nil, "", fmt.Errorf("%w: store %s exists but its key file %s does not", ErrMasterKey, path, file)
 	}
+	if opts.ReadOnly {
+		return nil, "", fmt.Errorf("crk: opening store %s read-only: %w", path, fs.ErrNotExist)
+	}
 	rnd := opts.Rand
 	if rnd == nil {
 		rnd = rand.Reader

@@ -181,12 +181,17 @@ type RunDueResult struct {
 	Failed map[string]error
 }
 
-// RunDue performs the time-driven work due at the service clock's current time: it rotates
-// every generated root key whose policy interval has passed since its last rotation (or
-// creation), and deactivates keys past their expiration date. Call it whenever the clock
-// moves; it never sleeps.
-func (s *Service) RunDue(ctx context.Context) (RunDueResult, error) {
-	res := RunDueResult{Failed: map[string]error{}}
+// DueWork is the time-driven work due at the service clock's current time (see
+// [Service.Due]).
+type DueWork struct {
+	// Rotations are the keys whose rotation policy is due; Expiries the keys past their
+	// expiration date, still active.
+	Rotations, Expiries []string
+}
+
+// Due reports the work RunDue would do now, doing none of it (a read-only store can only
+// report it).
+func (s *Service) Due(ctx context.Context) (DueWork, error) {
 	now := s.clock.Now()
 	var due, expired []string
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -216,8 +221,22 @@ func (s *Service) RunDue(ctx context.Context) (RunDueResult, error) {
 		})
 	})
 	if err != nil {
+		return DueWork{}, err
+	}
+	return DueWork{Rotations: due, Expiries: expired}, nil
+}
+
+// RunDue performs the time-driven work due at the service clock's current time: it rotates
+// every generated root key whose policy interval has passed since its last rotation (or
+// creation), and deactivates keys past their expiration date. Call it whenever the clock
+// moves; it never sleeps.
+func (s *Service) RunDue(ctx context.Context) (RunDueResult, error) {
+	res := RunDueResult{Failed: map[string]error{}}
+	work, err := s.Due(ctx)
+	if err != nil {
 		return res, err
 	}
+	due, expired := work.Rotations, work.Expiries
 	for _, id := range expired {
 		_, err := s.mutate(ctx, ActionExpire, id, func(*bolt.Tx, *keyRecord, time.Time, *Event) error { return nil })
 		if err != nil {

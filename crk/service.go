@@ -44,6 +44,13 @@ type Options struct {
 	NoSync bool
 	// EventRetention bounds the audit log; by default it keeps DefaultEventMaxCount events.
 	EventRetention EventRetention
+	// ReadOnly opens an existing store for reading only, as a read-only state directory
+	// allows: bbolt's shared lock (other readers may open the store, a writer holding it
+	// makes Open time out), and nothing is created or written. The store and its key file
+	// must exist and its schema must be current; the event retention is not applied; reads
+	// are not audited, since their events cannot be stored; every change fails with
+	// bbolt's ErrDatabaseReadOnly.
+	ReadOnly bool
 }
 
 // Service is a customer-root-key service backed by one bbolt file. It is safe for concurrent
@@ -59,6 +66,8 @@ type Service struct {
 	instance  string
 	initiator string
 	retention EventRetention
+
+	readOnly bool
 
 	// testOnlyAuditFault, set by tests, makes storing an event fail with its error.
 	testOnlyAuditFault func(*Event) error
@@ -87,6 +96,7 @@ func Open(path string, opts Options) (*Service, error) {
 		account:    opts.Account,
 		initiator:  opts.Initiator,
 		retention:  opts.EventRetention,
+		readOnly:   opts.ReadOnly,
 		hooks:      make(map[int]RotationHook),
 		events:     make(chan eventReq),
 		closing:    make(chan struct{}),
@@ -124,7 +134,7 @@ func Open(path string, opts Options) (*Service, error) {
 	}
 	s.keyFile = keyFile
 
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, NoSync: opts.NoSync})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, NoSync: opts.NoSync, ReadOnly: opts.ReadOnly})
 	if err != nil {
 		return nil, fmt.Errorf("crk: opening store %s: %w", path, err)
 	}
@@ -133,12 +143,59 @@ func Open(path string, opts Options) (*Service, error) {
 	// held up long.
 	db.MaxBatchDelay = 2 * time.Millisecond
 	s.db = db
+	if s.readOnly {
+		if err := s.initReadOnly(master); err != nil {
+			db.Close()
+			return nil, err
+		}
+		close(s.writerDone) // no event writer: nothing is recorded
+		return s, nil
+	}
 	if err := s.init(master); err != nil {
 		db.Close()
 		return nil, err
 	}
 	go s.eventWriter()
 	return s, nil
+}
+
+// initReadOnly checks a store opened read-only: its schema is current, and the master key
+// (or a pending one of an interrupted RotateMasterKey, left as it is) opens its check value.
+func (s *Service) initReadOnly(master []byte) error {
+	candidates := [][]byte{master}
+	if s.keyFile != "" {
+		if b, err := readKeyFile(s.keyFile + ".new"); err == nil {
+			candidates = append(candidates, b)
+		}
+	}
+	return s.db.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		for _, name := range [][]byte{bucketMeta, bucketKeys, bucketRegistrations, bucketEvents} {
+			if tx.Bucket(name) == nil {
+				return fmt.Errorf("crk: store has no %s bucket: open it once read-write", name)
+			}
+		}
+		if v := string(meta.Get(metaSchema)); v != schemaVersion {
+			return fmt.Errorf("crk: store schema %q, this build reads %q: open it once read-write to migrate it", v, schemaVersion)
+		}
+		stored := string(meta.Get([]byte("instance")))
+		if stored == "" || (s.instance != "" && !strings.EqualFold(s.instance, stored)) {
+			return fmt.Errorf("%w: store belongs to instance %q, not %s", ErrInvalidArgument, stored, s.instance)
+		}
+		s.instance = stored
+		check := meta.Get(metaCheck)
+		for _, k := range candidates {
+			sl, err := newSealer(k)
+			if err != nil {
+				continue
+			}
+			if _, err := sl.open(check, nil); err == nil {
+				s.sealer = sl
+				return nil
+			}
+		}
+		return fmt.Errorf("%w (is the master key or key file the one this store was made with?)", ErrMasterKey)
+	})
 }
 
 // init creates the buckets on first use and checks the master key against the store. A key

@@ -134,7 +134,13 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d)
 
 // LoadScenario reads a YAML or JSON scenario file.
 func LoadScenario(path string) (Scenario, error) {
-	var s Scenario
+	return LoadScenarioOver(path, Scenario{})
+}
+
+// LoadScenarioOver reads a YAML or JSON scenario file over base: the fields the file does not
+// set keep base's values (a command line's defaults, say).
+func LoadScenarioOver(path string, base Scenario) (Scenario, error) {
+	s := base
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return s, fmt.Errorf("sim: %w", err)

@@ -28,11 +28,68 @@ type Options struct {
 	// Dir holds the key store, the registry and the volume images; it is created if needed
 	// and should be empty.
 	Dir string
-	// Progress, if set, is called as virtual time advances, with the time done and the
-	// whole run's duration.
-	Progress func(done, total time.Duration)
+	// Progress, if set, is called as the run goes: while it creates the fleet, as virtual
+	// time advances (every 12 hours or so of it) and while it audits. Calls are serialised
+	// and hold the run up: keep them short.
+	Progress func(Progress)
 	// Logger receives progress messages (never key material); discarded if nil.
 	Logger *slog.Logger
+}
+
+// The phases of a run, as [Progress] names them.
+const (
+	// PhaseCreate creates the initial fleet: Done and Total count volumes.
+	PhaseCreate = "creating the fleet"
+	// PhaseSimulate runs the months of virtual time: Done and Total count its seconds.
+	PhaseSimulate = "simulating"
+	// PhaseAudit reconciles, then opens and checks every volume: Done and Total count the
+	// volumes checked.
+	PhaseAudit = "auditing"
+)
+
+// Progress is how far a run has got (see Options.Progress).
+type Progress struct {
+	// Phase is PhaseCreate, PhaseSimulate or PhaseAudit; Done of Total steps of it are done.
+	Phase       string
+	Done, Total int64
+	// Month is the month of virtual time being simulated, 1 to Months.
+	Month, Months int
+	// Volumes is the size of the fleet.
+	Volumes int
+}
+
+// progress reports p (with the month and the run's months filled in) to Options.Progress,
+// one call at a time.
+func (r *runner) progress(p Progress) {
+	r.progressMu.Lock()
+	defer r.progressMu.Unlock()
+	r.progressLocked(p)
+}
+
+// progressStep counts one more step done of total in phase (under the progress lock, so the
+// counts reported only grow) and reports it; volumes, if not negative, is the fleet's size,
+// else the steps done.
+func (r *runner) progressStep(phase string, done *int64, total int64, volumes int) {
+	r.progressMu.Lock()
+	defer r.progressMu.Unlock()
+	*done++
+	if volumes < 0 {
+		volumes = int(*done)
+	}
+	r.progressLocked(Progress{Phase: phase, Done: *done, Total: total, Volumes: volumes})
+}
+
+// progressLocked is progress with progressMu held.
+func (r *runner) progressLocked(p Progress) {
+	if r.opts.Progress == nil {
+		return
+	}
+	p.Months, p.Month = r.sc.Months, 1
+	now := r.clock.Now()
+	for p.Month < r.sc.Months && !now.Before(r.sc.Start.AddDate(0, p.Month, 0)) {
+		p.Month++
+	}
+	r.opts.Progress(p)
 }
 
 // extent is data written to a volume, to be read back.
@@ -103,22 +160,24 @@ const restartDelay = 2 * time.Minute
 
 // runner is one run's state.
 type runner struct {
-	sc    Scenario
-	opts  Options
-	log   *slog.Logger
-	rng   *rand.Rand
-	size  int64
-	clock *crk.ManualClock
-	svc   *crk.Service
-	reg   *volume.Registry
-	mgr   *volume.Manager
-	kms   *faultyKMS
-	keys  []*simKey
-	vols  map[string]*vol // by CRN
-	order []string        // CRNs in creation order (for deterministic picks)
-	next  int             // next volume index
-	q     eventQueue
-	seq   int
+	// progressMu serialises the calls of Options.Progress and guards the counts they report.
+	progressMu sync.Mutex
+	sc         Scenario
+	opts       Options
+	log        *slog.Logger
+	rng        *rand.Rand
+	size       int64
+	clock      *crk.ManualClock
+	svc        *crk.Service
+	reg        *volume.Registry
+	mgr        *volume.Manager
+	kms        *faultyKMS
+	keys       []*simKey
+	vols       map[string]*vol // by CRN
+	order      []string        // CRNs in creation order (for deterministic picks)
+	next       int             // next volume index
+	q          eventQueue
+	seq        int
 
 	mu      sync.Mutex
 	reports []*volume.Report // delivered by the manager, drained after each operation
@@ -218,6 +277,9 @@ func (r *runner) setup(ctx context.Context) error {
 	vols := make([]*vol, r.sc.Volumes)
 	errs := make([]error, r.sc.Volumes)
 	var wg sync.WaitGroup
+	var created int64 // guarded by progressMu
+	total := int64(r.sc.Volumes)
+	r.progress(Progress{Phase: PhaseCreate, Total: total})
 	jobs := make(chan int)
 	for range 4 {
 		wg.Add(1)
@@ -225,14 +287,12 @@ func (r *runner) setup(ctx context.Context) error {
 			defer wg.Done()
 			for i := range jobs {
 				vols[i], errs[i] = r.createVolume(ctx, i, assign[i])
+				r.progressStep(PhaseCreate, &created, total, -1)
 			}
 		}()
 	}
 	for i := range r.sc.Volumes {
 		jobs <- i
-		if r.opts.Progress != nil && i%100 == 0 {
-			r.opts.Progress(0, r.sc.end().Sub(r.sc.Start))
-		}
 	}
 	close(jobs)
 	wg.Wait()
@@ -506,15 +566,13 @@ func (r *runner) loop(ctx context.Context) error {
 			return err
 		}
 		r.scheduleRestart()
-		if r.opts.Progress != nil && e.at.Sub(lastProgress) >= 12*time.Hour {
+		if e.at.Sub(lastProgress) >= 12*time.Hour {
 			lastProgress = e.at
-			r.opts.Progress(e.at.Sub(r.sc.Start), total)
+			r.progress(Progress{Phase: PhaseSimulate, Done: int64(e.at.Sub(r.sc.Start) / time.Second), Total: int64(total / time.Second), Volumes: len(r.vols)})
 		}
 	}
 	r.clock.Set(r.sc.end())
-	if r.opts.Progress != nil {
-		r.opts.Progress(total, total)
-	}
+	r.progress(Progress{Phase: PhaseSimulate, Done: int64(total / time.Second), Total: int64(total / time.Second), Volumes: len(r.vols)})
 	return nil
 }
 
@@ -962,6 +1020,52 @@ func (r *runner) audit(ctx context.Context) {
 		a.Failures = appendCapped(a.Failures, fmt.Sprintf("%s: %v", filepath.Base(v.path), err))
 		mu.Unlock()
 	}
+	// check audits one volume.
+	check := func(v *vol) {
+		info, err := volume.Describe(v.path)
+		if err != nil {
+			fail(v, err)
+			return
+		}
+		switch {
+		case info.KeyVersion != latest[info.KeyID]:
+			fail(v, fmt.Errorf("token on version %s, key's latest is %s", info.KeyVersion, latest[info.KeyID]))
+			return
+		case regVersion[info.CRN] != info.KeyVersion:
+			fail(v, fmt.Errorf("registration on version %q, token on %s", regVersion[info.CRN], info.KeyVersion))
+			return
+		}
+		if !v.written { // its first write never got through: write it now
+			if err := r.writeData(ctx, v, 0); err != nil {
+				fail(v, fmt.Errorf("does not attach: %w", err))
+				return
+			}
+		}
+		h, err := r.mgr.Open(ctx, v.path)
+		if err != nil {
+			fail(v, fmt.Errorf("does not attach: %w", err))
+			return
+		}
+		err = verify(h, v)
+		h.Close()
+		if err != nil {
+			fail(v, err)
+			return
+		}
+		mu.Lock()
+		a.Attached++
+		a.DataVerified++
+		mu.Unlock()
+	}
+	var audited int64 // guarded by progressMu
+	total := int64(0)
+	for _, crn := range r.order {
+		if !r.vols[crn].deleting {
+			total++
+		}
+	}
+	fleet := len(r.vols)
+	r.progress(Progress{Phase: PhaseAudit, Total: total, Volumes: fleet})
 	jobs := make(chan *vol)
 	var wg sync.WaitGroup
 	for range 4 {
@@ -969,40 +1073,8 @@ func (r *runner) audit(ctx context.Context) {
 		go func() {
 			defer wg.Done()
 			for v := range jobs {
-				info, err := volume.Describe(v.path)
-				if err != nil {
-					fail(v, err)
-					continue
-				}
-				switch {
-				case info.KeyVersion != latest[info.KeyID]:
-					fail(v, fmt.Errorf("token on version %s, key's latest is %s", info.KeyVersion, latest[info.KeyID]))
-					continue
-				case regVersion[info.CRN] != info.KeyVersion:
-					fail(v, fmt.Errorf("registration on version %q, token on %s", regVersion[info.CRN], info.KeyVersion))
-					continue
-				}
-				if !v.written { // its first write never got through: write it now
-					if err := r.writeData(ctx, v, 0); err != nil {
-						fail(v, fmt.Errorf("does not attach: %w", err))
-						continue
-					}
-				}
-				h, err := r.mgr.Open(ctx, v.path)
-				if err != nil {
-					fail(v, fmt.Errorf("does not attach: %w", err))
-					continue
-				}
-				err = verify(h, v)
-				h.Close()
-				if err != nil {
-					fail(v, err)
-					continue
-				}
-				mu.Lock()
-				a.Attached++
-				a.DataVerified++
-				mu.Unlock()
+				check(v)
+				r.progressStep(PhaseAudit, &audited, total, fleet)
 			}
 		}()
 	}

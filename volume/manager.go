@@ -77,6 +77,10 @@ type Options struct {
 	Logger *slog.Logger
 	// OnReport, if set, receives the report of every rotation the Manager carries out.
 	OnReport func(*Report)
+	// Progress, if set, is called as a rewrap pass goes: once at its start and once after
+	// each volume, with counts that only grow. Calls are serialised (never two at once) and
+	// hold up the pass while they run: keep them short.
+	Progress func(RewrapProgress)
 	// RewrapDevice, if set, wraps the image file a rewrap reads and writes the header
 	// through (the simulator tears writes with it, as a crash would). The device it returns
 	// must pass I/O on to dev; flock and fsync still go to the file.
@@ -135,7 +139,9 @@ func NewManager(kms KeyService, reg *Registry, opts Options) *Manager {
 	return m
 }
 
-// Close unsubscribes the Manager from rotations.
+// Close unsubscribes the Manager from rotations. Its other methods keep working: a caller
+// that rewraps with Sync itself closes the Manager first so that a renotification it sends
+// (a key service's sync) does not also start a rewrap pass of its own.
 func (m *Manager) Close() { m.unsub() }
 
 // Info describes a volume.

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"slices"
 	"time"
 
@@ -54,14 +56,40 @@ func OpenRegistry(path string) (*Registry, error) {
 	return &Registry{db: db}, nil
 }
 
+// errEmptyReadOnly refuses a change to the empty registry OpenRegistryReadOnly returns for a
+// file that does not exist.
+var errEmptyReadOnly = fmt.Errorf("volume: registry: %w", bolt.ErrDatabaseReadOnly)
+
+// OpenRegistryReadOnly opens the registry at path for reading only (bbolt's shared lock;
+// nothing is created or written: Put and Delete fail). A registry that does not exist yet
+// reads as empty.
+func OpenRegistryReadOnly(path string) (*Registry, error) {
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return &Registry{}, nil
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, ReadOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("volume: opening registry %s: %w", path, err)
+	}
+	return &Registry{db: db}, nil
+}
+
 // Close closes the registry.
-func (r *Registry) Close() error { return r.db.Close() }
+func (r *Registry) Close() error {
+	if r.db == nil {
+		return nil
+	}
+	return r.db.Close()
+}
 
 // Put adds or replaces an entry.
 func (r *Registry) Put(e Entry) error {
 	raw, err := json.Marshal(e)
 	if err != nil {
 		return err
+	}
+	if r.db == nil {
+		return errEmptyReadOnly
 	}
 	return r.db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketVolumes).Put([]byte(e.CRN), raw)
@@ -71,8 +99,14 @@ func (r *Registry) Put(e Entry) error {
 // Get returns the entry for a CRN.
 func (r *Registry) Get(crn string) (Entry, error) {
 	var e Entry
+	if r.db == nil {
+		return e, fmt.Errorf("%w: %s", ErrNotRegistered, crn)
+	}
 	err := r.db.View(func(tx *bolt.Tx) error {
-		raw := tx.Bucket(bucketVolumes).Get([]byte(crn))
+		var raw []byte
+		if b := tx.Bucket(bucketVolumes); b != nil {
+			raw = b.Get([]byte(crn))
+		}
 		if raw == nil {
 			return fmt.Errorf("%w: %s", ErrNotRegistered, crn)
 		}
@@ -83,6 +117,9 @@ func (r *Registry) Get(crn string) (Entry, error) {
 
 // Delete removes the entry for a CRN; deleting a missing entry is not an error.
 func (r *Registry) Delete(crn string) error {
+	if r.db == nil {
+		return errEmptyReadOnly
+	}
 	return r.db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketVolumes).Delete([]byte(crn))
 	})
@@ -91,8 +128,15 @@ func (r *Registry) Delete(crn string) error {
 // List returns every entry, ordered by CRN.
 func (r *Registry) List() ([]Entry, error) {
 	var out []Entry
+	if r.db == nil {
+		return nil, nil
+	}
 	err := r.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketVolumes).ForEach(func(_, v []byte) error {
+		b := tx.Bucket(bucketVolumes)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(_, v []byte) error {
 			var e Entry
 			if err := json.Unmarshal(v, &e); err != nil {
 				return err

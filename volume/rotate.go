@@ -39,6 +39,17 @@ type Report struct {
 	VolumeLatency map[string]time.Duration
 }
 
+// RewrapProgress is how far a rewrap pass has got (see Options.Progress).
+type RewrapProgress struct {
+	KeyID string
+	// Volumes is the number of volumes the pass looks at; Done of them are finished:
+	// Rewrapped, AlreadyCurrent or Failed.
+	Volumes, Done                     int
+	Rewrapped, AlreadyCurrent, Failed int
+	// Elapsed is the wall time since the pass started.
+	Elapsed time.Duration
+}
+
 // Percentile returns the q-th (0-1) per-volume latency.
 func (r *Report) Percentile(q float64) time.Duration {
 	if len(r.Latencies) == 0 {
@@ -139,6 +150,13 @@ func (m *Manager) Rewrap(ctx context.Context, keyID, latest string, crns []strin
 	start := time.Now()
 	rep := &Report{KeyID: keyID, NewVersion: latest, Volumes: len(crns), Failed: map[string]error{}, VolumeLatency: map[string]time.Duration{}}
 	var mu sync.Mutex
+	progress := func() {
+		if m.opts.Progress != nil {
+			m.opts.Progress(RewrapProgress{KeyID: keyID, Volumes: rep.Volumes, Done: rep.Rewrapped + rep.AlreadyCurrent + len(rep.Failed),
+				Rewrapped: rep.Rewrapped, AlreadyCurrent: rep.AlreadyCurrent, Failed: len(rep.Failed), Elapsed: time.Since(start)})
+		}
+	}
+	progress()
 	jobs := make(chan string)
 	var wg sync.WaitGroup
 	for range min(m.opts.Workers, max(len(crns), 1)) {
@@ -162,6 +180,7 @@ func (m *Manager) Rewrap(ctx context.Context, keyID, latest string, crns []strin
 				default:
 					rep.AlreadyCurrent++
 				}
+				progress()
 				mu.Unlock()
 			}
 		}()
@@ -249,7 +268,7 @@ func (m *Manager) rewrapOne(ctx context.Context, keyID, latest, crn string) (res
 		return res, err
 	}
 	if img.UUID() != e.UUID || CRN(img.UUID()) != crn {
-		return res, permanent{fmt.Errorf("%s holds volume %s, not the registered %s (moved or replaced?)", e.Path, img.UUID(), e.UUID)}
+		return res, permanent{fmt.Errorf("%w: %s holds volume %s, not the registered %s (moved or replaced?)", ErrNotRegisteredImage, e.Path, img.UUID(), e.UUID)}
 	}
 	uuid := img.UUID() // fn below runs under the image's lock: no Image methods in it
 	// version is the token's version; lost the version of a rewrap whose commit lost the

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -37,6 +39,9 @@ type app struct {
 	kmsInsecure bool
 	local       bool        // force the embedded key service (the demo)
 	config      configState // the config file (config.go)
+	// readOnly marks a command that only reads (readOnlyCommands): on a state directory that
+	// cannot be written it opens the store and the registry read-only.
+	readOnly bool
 	// eventMaxAge and eventMaxCount are the audit log retention flags, parsed by
 	// eventRetention.
 	eventMaxAge, eventMaxCount string
@@ -153,11 +158,25 @@ customer root key (CRK) in an embedded Key Protect-style key service.`,
 	root.PersistentFlags().StringVar(&a.eventMaxCount, "event-max-count", "", "embedded key service: keep at most this many audit events, -1 for no limit (env CRKVOL_EVENT_MAX_COUNT; default 1048576)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(a.keyCommand(), a.volumeCommand(), a.eventsCommand(), a.demoCommand(), a.kmsCommand(), a.benchCommand(), a.simCommand())
+	root.PersistentPreRun = func(cmd *cobra.Command, _ []string) { a.readOnly = readOnlyCommands[commandName(cmd)] }
 	a.addVersion(root)
 	root.AddCommand(a.manCommand())
 	a.addConfig(root)     // after every command: it makes each read the config file
 	a.addCompletion(root) // after every command: it completes their keys and images
 	return root
+}
+
+// readOnlyCommands are the commands that only read the state directory: they work on one
+// that cannot be written.
+var readOnlyCommands = map[string]bool{
+	"key list": true, "key show": true, "key versions": true, "key registrations": true,
+	"volume list": true, "volume status": true, "events": true,
+}
+
+// unwritable reports whether err is a failure to open a file for writing: a read-only file
+// system, or no write permission.
+func unwritable(err error) bool {
+	return errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EROFS)
 }
 
 // stateDirectory resolves --state, $CRKVOL_STATE, $XDG_DATA_HOME/crkvol, ~/.local/share/crkvol.
@@ -225,20 +244,47 @@ func (a *app) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// A command that only reads falls back to reading the store and the registry when the
+	// state directory cannot be written (a read-only mount, a directory of another user).
+	readOnly := false
 	svc, err := crk.Open(filepath.Join(dir, "crk.db"), opts)
-	if err != nil {
-		return err
+	if err != nil && a.readOnly && unwritable(err) {
+		opts.ReadOnly, readOnly = true, true
+		svc, err = crk.Open(filepath.Join(dir, "crk.db"), opts)
 	}
-	reg, err := volume.OpenRegistry(filepath.Join(dir, "volumes.db"))
+	if err != nil {
+		return storeHeld(err, filepath.Join(dir, "crk.db"), dir)
+	}
+	openReg := volume.OpenRegistry
+	if readOnly {
+		openReg = volume.OpenRegistryReadOnly
+	}
+	reg, err := openReg(filepath.Join(dir, "volumes.db"))
+	if err != nil && a.readOnly && !readOnly && unwritable(err) {
+		readOnly = true
+		reg, err = volume.OpenRegistryReadOnly(filepath.Join(dir, "volumes.db"))
+	}
 	if err != nil {
 		svc.Close()
-		return err
+		return registryHeld(err, filepath.Join(dir, "volumes.db"))
 	}
 	a.svc, a.reg = svc, reg
 	a.mgr = volume.NewManager(kms.NewLocal(svc), reg, volume.Options{
 		Now:      clock.Now,
 		OnReport: func(r *volume.Report) { a.reports = append(a.reports, r) },
+		Progress: a.rewrapProgress(),
 	})
+	if readOnly {
+		// Nothing can be written: report the policy rotations that are due instead.
+		work, err := svc.Due(ctx)
+		if err != nil {
+			return fmt.Errorf("looking for due rotations: %w", err)
+		}
+		for _, id := range work.Rotations {
+			fmt.Fprintf(a.stderr, "crkvol: rotation policy: key %s is due for rotation; the state directory is read-only, so it runs with the next command that can write it\n", id)
+		}
+		return nil
+	}
 	res, err := svc.RunDue(ctx)
 	if err != nil {
 		return fmt.Errorf("running due rotations: %w", err)
@@ -283,11 +329,14 @@ func (a *app) openRemote(dir, url string, clock crk.Clock) error {
 		fmt.Fprintln(a.stderr, "crkvol: warning: --kms-insecure: plain http to a remote key service is allowed; the API key, tokens and wrapped keys may cross the network in clear")
 	}
 	reg, err := volume.OpenRegistry(filepath.Join(dir, "volumes.db"))
+	if err != nil && a.readOnly && unwritable(err) {
+		reg, err = volume.OpenRegistryReadOnly(filepath.Join(dir, "volumes.db"))
+	}
 	if err != nil {
-		return err
+		return registryHeld(err, filepath.Join(dir, "volumes.db"))
 	}
 	a.remote, a.reg = remote, reg
-	a.mgr = volume.NewManager(remote, reg, volume.Options{Now: clock.Now})
+	a.mgr = volume.NewManager(remote, reg, volume.Options{Now: clock.Now, Progress: a.rewrapProgress()})
 	return nil
 }
 

@@ -26,10 +26,8 @@ func (a *app) printReports() error {
 		return nil
 	}
 	for _, r := range a.reports {
-		fmt.Fprintf(a.stdout, "rewrapped %d of %d volumes to version %s (already current %d, failed %d, %d bytes of headers written, 0 bytes of data re-encrypted)\n",
-			r.Rewrapped, r.Volumes, shown(r.NewVersion), r.AlreadyCurrent, len(r.Failed), r.BytesWritten)
-		for crn, err := range r.Failed {
-			fmt.Fprintf(a.stdout, "  failed %s: %v\n", crn, err)
+		if err := a.printReport(r); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -71,7 +69,7 @@ func (a *app) keyCommand() *cobra.Command {
 				if a.remote != nil {
 					switch name {
 					case "sync":
-						return a.remoteSync(ctx, id, "key sync")
+						return a.keySync(ctx, id)
 					case "prune":
 						return a.needLocal("key " + name)
 					}
@@ -184,7 +182,7 @@ func (a *app) keyCommand() *cobra.Command {
 		if err := a.showRotated(kpapi.FromKey(k)); err != nil {
 			return err
 		}
-		return a.rewrapErr("key rotate")
+		return a.rewrapErr()
 	})
 	rotate.Flags().StringVar(&material, "material", "", "new base64 key material (imported keys only)")
 
@@ -311,37 +309,24 @@ func (a *app) keyCommand() *cobra.Command {
 		}
 		return a.showRegistrations(rs)
 	})
-	sync := withKey("sync ID", "Rewrap every volume of a key still on an older version", func(ctx context.Context, id string) error {
-		if err := a.svc.SyncKey(ctx, id); err != nil {
-			return err
-		}
-		rep, err := a.mgr.Sync(ctx, id) // also catches tokens that lag behind their registration
-		if err != nil {
-			return err
-		}
-		_ = rep
-		if a.asJSON {
-			if err := a.emit(map[string]any{"rewraps": reportsJSON(a.reports)}); err != nil {
-				return err
-			}
-		} else if err := a.printReports(); err != nil {
-			return err
-		}
-		return a.rewrapErr("key sync")
-	})
+	sync := withKey("sync ID", "Rewrap every volume of a key still on an older version", a.keySync)
 	key.AddCommand(create, list, show, versions, rotate, policy, disableCmd, enable, del, restore, purge, prune, regs, sync)
 	return key
 }
 
 // rewrapErr fails a command whose rotation left volumes on the old version (their old
-// wrapping still works; `key sync` retries).
-func (a *app) rewrapErr(what string) error {
+// wrapping still works), naming the causes and what fixes each.
+func (a *app) rewrapErr() error {
+	var errs []error
 	for _, r := range a.reports {
-		if err := r.Err(); err != nil {
-			return fmt.Errorf("%s: the key rotated, but %w; run crkvol key sync %s to retry", what, err, r.KeyID)
+		if err := rewrapFailed("the key rotated", a.reg, r); err != nil {
+			errs = append(errs, err)
 		}
 	}
-	return nil
+	if len(errs) == 1 {
+		return errs[0]
+	}
+	return errors.Join(errs...)
 }
 
 // optionalInt is an int flag that records whether it was given.

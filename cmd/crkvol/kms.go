@@ -71,6 +71,17 @@ func (a *app) kmsCommand() *cobra.Command {
 			}
 			addr := scheme + "://" + ln.Addr().String()
 			fmt.Fprintf(a.stderr, "crkvol: serving the Key Protect API v2 at %s (default instance %s)\n", addr, def)
+			// While serving, say who holds the stores to the commands that find them locked
+			// (the default store is open already: Default opened it).
+			dir, err := a.stateDirectory()
+			if err != nil {
+				return err
+			}
+			removeRecord, err := writeServeRecord(dir, addr)
+			if err != nil {
+				return err
+			}
+			defer removeRecord()
 			if addrFile != "" {
 				if err := os.WriteFile(addrFile, []byte(addr+"\n"), 0o600); err != nil {
 					return err

@@ -49,21 +49,5 @@ func (a *app) remoteRotate(ctx context.Context, id string, material []byte) erro
 	if err := a.showRotated(k); err != nil {
 		return err
 	}
-	return a.rewrapErr("key rotate")
-}
-
-func (a *app) remoteSync(ctx context.Context, id, what string) error {
-	rep, err := a.mgr.Sync(ctx, id)
-	if err != nil {
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	a.reports = append(a.reports, rep)
-	if a.asJSON {
-		return a.emit(map[string]any{"rewraps": reportsJSON(a.reports)})
-	}
-	fmt.Fprintf(a.stdout, "%s: key %s done\n", what, id)
-	if err := a.printReports(); err != nil {
-		return err
-	}
-	return rep.Err()
+	return a.rewrapErr()
 }

@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"time"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	"crkvol/sim"
@@ -33,15 +31,20 @@ attach or its data differs.
 A scenario file (YAML or JSON, see the sim package's Scenario) sets everything; flags given on
 the command line override it.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s := sim.Scenario{}
+			// Every flag, with its default, makes the scenario; a scenario file overrides them
+			// with the fields it sets, and flags given on the command line override the file.
+			base := sc
+			base.VolumeSize = volumeSize
+			if err := base.Faults.Latency.UnmarshalText([]byte(latency)); err != nil {
+				return usagef("--kms-latency %q: %v", latency, err)
+			}
+			s := base
 			if scenarioFile != "" {
 				var err error
-				if s, err = sim.LoadScenario(scenarioFile); err != nil {
+				if s, err = sim.LoadScenarioOver(scenarioFile, base); err != nil {
 					return usageError{err}
 				}
 			}
-			// Flags given on the command line override the scenario file; without one, every
-			// flag (with its default) makes the scenario.
 			f := cmd.Flags()
 			overrides := map[string]func(){
 				"volumes":          func() { s.Volumes = sc.Volumes },
@@ -62,14 +65,12 @@ the command line override it.`,
 				"workers":          func() { s.Workers = sc.Workers },
 			}
 			for name, apply := range overrides {
-				if scenarioFile == "" || f.Changed(name) {
+				if f.Changed(name) {
 					apply()
 				}
 			}
-			if scenarioFile == "" || f.Changed("kms-latency") {
-				if err := s.Faults.Latency.UnmarshalText([]byte(latency)); err != nil {
-					return usagef("--kms-latency %q: %v", latency, err)
-				}
+			if f.Changed("kms-latency") {
+				s.Faults.Latency = base.Faults.Latency
 			}
 			workDir := dir
 			if workDir == "" {
@@ -84,22 +85,13 @@ the command line override it.`,
 				return fmt.Errorf("--dir %s is not empty (a run needs a fresh directory)", workDir)
 			}
 			opts := sim.Options{Dir: workDir, Logger: slog.New(slog.DiscardHandler)}
-			var bar *progressbar.ProgressBar
-			if isTerminal(a.stderr) {
-				bar = progressbar.NewOptions64(1000, progressbar.OptionSetWriter(a.stderr),
-					progressbar.OptionSetDescription("virtual time"), progressbar.OptionShowElapsedTimeOnFinish(),
-					progressbar.OptionThrottle(100*time.Millisecond))
-				opts.Progress = func(done, total time.Duration) {
-					if total > 0 {
-						_ = bar.Set64(int64(1000 * done / total))
-					}
-				}
+			var bars *simBars
+			if !a.asJSON && isTerminal(a.stderr) {
+				bars = &simBars{w: a.stderr}
+				opts.Progress = bars.update
 			}
 			rep, err := sim.Run(cmd.Context(), s, opts)
-			if bar != nil {
-				_ = bar.Finish()
-				fmt.Fprintln(a.stderr)
-			}
+			bars.finish()
 			if errors.Is(err, sim.ErrScenario) {
 				return usageError{err}
 			}

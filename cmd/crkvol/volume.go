@@ -297,12 +297,16 @@ func (a *app) volumeCommand() *cobra.Command {
 	return vol
 }
 
-// attach opens a volume through the key service.
+// attach opens a volume through the key service, then releases the key service and the
+// registry (and their file locks), as volume attach does: an open volume needs neither, and
+// other commands (a rotation, say) run while a long read or write goes on.
 func (a *app) attach(ctx context.Context, path string, opts volume.OpenOptions) (*volume.Volume, error) {
 	if err := a.open(ctx); err != nil {
 		return nil, err
 	}
-	return a.mgr.OpenWith(ctx, path, opts)
+	v, err := a.mgr.OpenWith(ctx, path, opts)
+	a.close()
+	return v, err
 }
 
 // copyWithProgress copies in 1 MiB pieces, with a progress bar when stderr is a terminal.

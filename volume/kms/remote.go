@@ -483,6 +483,18 @@ func (r *Remote) RotateKey(ctx context.Context, keyID string, material []byte) e
 	return nil
 }
 
+// SyncKey asks the service to renotify the resources registered with a root key that are
+// still on an older version (Key Protect's "sync associated resources"). Key Protect refuses
+// it within an hour of the previous sync: the error then matches crk.ErrTooEarly. The
+// renotification reaches the services subscribed to the key's events, not this machine's
+// volumes: volume.Manager.Sync rewraps those.
+func (r *Remote) SyncKey(ctx context.Context, keyID string) error {
+	if err := r.call(ctx, http.MethodPost, "keys/"+url.PathEscape(keyID)+"/actions/sync", nil, nil); err != nil {
+		return fmt.Errorf("kms: sync key: %w", err)
+	}
+	return nil
+}
+
 // base64JSON returns b in standard base64 as a JSON string.
 func base64JSON(b []byte) json.RawMessage {
 	out := make([]byte, base64.StdEncoding.EncodedLen(len(b))+2)
