@@ -18,9 +18,10 @@ func (a *app) simCommand() *cobra.Command {
 	cmd := group("sim", "Simulate fleets of real volumes through months of rotations and faults")
 
 	var (
-		scenarioFile, reportFile, chartFile, dir, volumeSize, latency string
-		sc                                                            sim.Scenario
-		keep                                                          bool
+		scenarioFile, reportFile, chartFile, dir, latency string
+		volumeSize                                        = sizeFlag{}
+		sc                                                sim.Scenario
+		keep                                              bool
 	)
 	run := &cobra.Command{Use: "run", Short: "Run a scenario over real volume images and audit the result", Args: args(cobra.NoArgs),
 		Long: `run drives the real key service and real LUKS2 volume images (small sparse files) through
@@ -53,7 +54,7 @@ the command line override it.`,
 				"creates":          func() { s.CreatesPerMonth = sc.CreatesPerMonth },
 				"deletes":          func() { s.DeletesPerMonth = sc.DeletesPerMonth },
 				"mapping":          func() { s.Mapping = sc.Mapping },
-				"volume-size":      func() { s.VolumeSize = volumeSize },
+				"volume-size":      func() { s.VolumeSize = volumeSize.String() },
 				"kms-fail-rate":    func() { s.Faults.FailRate = sc.Faults.FailRate },
 				"crash-rate":       func() { s.Faults.CrashRate = sc.Faults.CrashRate },
 				"outages":          func() { s.Faults.RandomOutages = sc.Faults.RandomOutages },
@@ -151,7 +152,7 @@ the command line override it.`,
 	f.IntVar(&sc.CreatesPerMonth, "creates", 0, "volumes created per month during the run")
 	f.IntVar(&sc.DeletesPerMonth, "deletes", 0, "volumes deleted per month during the run")
 	f.StringVar(&sc.Mapping, "mapping", "round-robin", "volumes to keys: round-robin, random or skewed")
-	f.StringVar(&volumeSize, "volume-size", "1MiB", "data size of each (sparse) volume")
+	f.Var(&volumeSize, "volume-size", "data size of each (sparse) volume, such as 64KiB or 1GiB (default 1MiB)")
 	f.Float64Var(&sc.Faults.FailRate, "kms-fail-rate", 0, "probability that a key-service call fails")
 	f.Float64Var(&sc.Faults.CrashRate, "crash-rate", 0, "probability that a volume's rewrap crashes the process")
 	f.IntVar(&sc.Faults.RandomOutages, "outages", 0, "key-service outages (6 h each) at random times")

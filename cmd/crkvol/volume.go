@@ -19,15 +19,25 @@ import (
 
 func (a *app) volumeCommand() *cobra.Command {
 	vol := group("volume", "Create, attach, rotate and delete volume images")
+	vol.Long = `Create, attach, rotate and delete volume images.
 
-	var sizeStr, keyID string
+Sizes (--size), offsets (--offset) and lengths (--length) take ` + volume.SizeForms + `.
+The single letters K, M, G, T and P are powers of 1024, as in qemu-img and cryptsetup; add B
+(KB, MB, GB, TB, PB) for powers of 1000. A fraction must land on a whole byte, and a --size on
+a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
+
+	var size sizeFlag
+	var keyID string
 	var sectorSize, keyBits int
 	var wipe bool
 	create := &cobra.Command{Use: "create IMG", Short: "Create a volume image protected by a root key", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			size, err := volume.ParseSize(sizeStr)
+			if err := checkSectorSize(sectorSize); err != nil {
+				return err
+			}
+			size, err := size.volumeSize("size", sectorSize)
 			if err != nil {
-				return usageError{err}
+				return err
 			}
 			if keyBits != 256 && keyBits != 512 {
 				return fmt.Errorf("--cipher-key-bits %d: want 256 (AES-128-XTS) or 512 (AES-256-XTS)", keyBits)
@@ -51,7 +61,7 @@ func (a *app) volumeCommand() *cobra.Command {
 			}
 			return a.printStatus(cmd.Context(), args[0])
 		}}
-	create.Flags().StringVar(&sizeStr, "size", "", "data size, such as 64MiB or 10GiB (required)")
+	create.Flags().Var(&size, "size", "data size, a whole number of sectors, such as 64MiB, 1.5GiB or 10GB (required)")
 	create.Flags().StringVar(&keyID, "key", "", "root key id (required)")
 	create.Flags().IntVar(&sectorSize, "sector-size", 4096, "encryption sector size: 512, 1024, 2048 or 4096")
 	create.Flags().IntVar(&keyBits, "cipher-key-bits", 512, "aes-xts-plain64 key size: 512 or 256")
@@ -122,10 +132,14 @@ func (a *app) volumeCommand() *cobra.Command {
 			return w.Flush()
 		}}
 
-	var offset, length int64
+	var offsetFlag, lengthFlag sizeFlag
 	var input, output string
 	write := &cobra.Command{Use: "write IMG", Short: "Write data (stdin or --input) into a volume", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			offset, err := offsetFlag.offset("offset")
+			if err != nil {
+				return err
+			}
 			in := a.stdin
 			var total int64 = -1
 			if input != "" {
@@ -144,7 +158,7 @@ func (a *app) volumeCommand() *cobra.Command {
 				return err
 			}
 			defer v.Close()
-			if offset < 0 || offset > v.Size() || (total >= 0 && total > v.Size()-offset) {
+			if offset > v.Size() || (total >= 0 && total > v.Size()-offset) {
 				return fmt.Errorf("%d bytes at offset %d do not fit the %d-byte volume", total, offset, v.Size())
 			}
 			n, err := copyWithProgress(a, io.NewOffsetWriter(v, offset), newCtxReader(cmd.Context(), in), total, "writing")
@@ -163,25 +177,31 @@ func (a *app) volumeCommand() *cobra.Command {
 			fmt.Fprintf(a.stderr, "wrote %d bytes at offset %d\n", n, offset)
 			return nil
 		}}
-	write.Flags().Int64Var(&offset, "offset", 0, "byte offset in the volume")
+	write.Flags().Var(&offsetFlag, "offset", "byte offset in the volume, such as 4096 or 1MiB (default 0)")
 	write.Flags().StringVar(&input, "input", "", "read the data from this file instead of stdin")
 
 	read := &cobra.Command{Use: "read IMG", Short: "Read data from a volume (to stdout or --output)", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			offset, err := offsetFlag.offset("offset")
+			if err != nil {
+				return err
+			}
+			length, err := lengthFlag.count("length")
+			if err != nil {
+				return err
+			}
 			v, err := a.attach(cmd.Context(), args[0], volume.OpenOptions{ReadOnly: true})
 			if err != nil {
 				return err
 			}
 			defer v.Close()
 			a.noteCopy(args[0], v)
-			if offset < 0 || offset > v.Size() {
+			if offset > v.Size() {
 				return fmt.Errorf("offset %d is outside the %d-byte volume", offset, v.Size())
 			}
 			n := length
 			if !cmd.Flags().Changed("length") {
 				n = v.Size() - offset
-			} else if n < 0 {
-				return fmt.Errorf("--length %d: want a non-negative byte count", n)
 			}
 			if n > v.Size()-offset {
 				return fmt.Errorf("%d bytes at offset %d run past the end of the %d-byte volume", n, offset, v.Size())
@@ -206,8 +226,8 @@ func (a *app) volumeCommand() *cobra.Command {
 			}
 			return bw.Flush()
 		}}
-	read.Flags().Int64Var(&offset, "offset", 0, "byte offset in the volume")
-	read.Flags().Int64Var(&length, "length", 0, "bytes to read (default: to the end)")
+	read.Flags().Var(&offsetFlag, "offset", "byte offset in the volume, such as 4096 or 1MiB (default 0)")
+	read.Flags().Var(&lengthFlag, "length", "bytes to read, such as 512 or 1.5KiB (default: to the end)")
 	read.Flags().StringVar(&output, "output", "", "write the data to this file instead of stdout")
 
 	passphrase := &cobra.Command{Use: "passphrase IMG", Short: "Write the unwrapped LUKS passphrase to a new 0600 file (for cryptsetup --key-file)", Args: args(cobra.ExactArgs(1)),
