@@ -22,6 +22,8 @@ var (
 	ErrSizeRange = errors.New("size out of range")
 	// errTooLarge is the ErrSizeRange of a size beyond maxSize.
 	errTooLarge = fmt.Errorf("%w: more than 4 EiB (2^62 bytes)", ErrSizeRange)
+	// errBeyondInt64 is the ErrSizeRange of a byte count beyond the int64 range.
+	errBeyondInt64 = fmt.Errorf("%w: more than 2^63-1 bytes", ErrSizeRange)
 )
 
 // maxSize is the largest size accepted (4 EiB), far below the int64 limit so that offsets
@@ -125,7 +127,8 @@ func (q Quantity) Sign() int {
 }
 
 // Bytes returns the quantity as a whole number of bytes. A fraction of a byte, or a
-// magnitude beyond 2^62, is an error wrapping [ErrSizeRange].
+// magnitude beyond the int64 range, is an error wrapping [ErrSizeRange]; callers compare the
+// result with their own limits.
 func (q Quantity) Bytes() (int64, error) {
 	n, err := q.bytes()
 	if err != nil {
@@ -142,7 +145,10 @@ func (q Quantity) bytes() (int64, error) {
 	if !q.v.IsInt() {
 		return 0, fmt.Errorf("%w: %s bytes is not a whole number of bytes", ErrSizeRange, approx(q.v))
 	}
-	return checkMagnitude(q.v.Num())
+	if !q.v.Num().IsInt64() {
+		return 0, errBeyondInt64
+	}
+	return q.v.Num().Int64(), nil
 }
 
 // Sectors returns the quantity in bytes if it is a whole number of sectorSize-byte sectors,
@@ -197,6 +203,9 @@ func ParseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("volume: size %q: %w: want a positive size", s, ErrSizeRange)
 	}
 	n, err := q.bytes()
+	if err == nil && n > maxSize {
+		err = errTooLarge
+	}
 	if err != nil {
 		return 0, fmt.Errorf("volume: size %q: %w", s, err)
 	}

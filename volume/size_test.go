@@ -78,7 +78,9 @@ func TestQuantity(t *testing.T) {
 		{in: "1.0000001GiB", sign: 1, bytesErr: true, sectorsErr: true},
 		{in: "4097", sign: 1, bytes: 4097, sectorsErr: true},
 		{in: "8KiB", sign: 1, bytes: 8192, sectors4096: 8192},
-		{in: "5000PB", sign: 1, bytesErr: true, sectorsErr: true},
+		{in: "5000PB", sign: 1, bytes: 5e18, sectorsErr: true},
+		{in: "10000PB", sign: 1, bytesErr: true, sectorsErr: true},
+		{in: "-10000PB", sign: -1, bytesErr: true, sectorsErr: true},
 	} {
 		t.Run(tc.in, func(t *testing.T) {
 			q, err := ParseQuantity(tc.in)

@@ -21,7 +21,7 @@ func (a *app) simCommand() *cobra.Command {
 		scenarioFile, reportFile, chartFile, dir, latency string
 		volumeSize                                        = sizeFlag{}
 		sc                                                sim.Scenario
-		keep                                              bool
+		keep, force                                       bool
 	)
 	run := &cobra.Command{Use: "run", Short: "Run a scenario over real volume images and audit the result", Args: args(cobra.NoArgs),
 		Long: `run drives the real key service and real LUKS2 volume images (small sparse files) through
@@ -72,6 +72,14 @@ the command line override it.`,
 					return usagef("--kms-latency %q: %v", latency, err)
 				}
 			}
+			// The output files are checked before the run, which may take minutes, and
+			// created after it.
+			if err := checkOutputFree("report", reportFile, force); err != nil {
+				return err
+			}
+			if err := checkOutputFree("chart", chartFile, force); err != nil {
+				return err
+			}
 			workDir := dir
 			if workDir == "" {
 				var err error
@@ -112,12 +120,20 @@ the command line override it.`,
 				if err != nil {
 					return err
 				}
-				if err := os.WriteFile(reportFile, append(b, '\n'), 0o644); err != nil {
+				out, err := createOutput("report", reportFile, force, 0o644)
+				if err != nil {
 					return err
+				}
+				_, err = out.Write(append(b, '\n'))
+				if cerr := out.Close(); err == nil {
+					err = cerr
+				}
+				if err != nil {
+					return fmt.Errorf("--report %s: %w", absPath(reportFile), err)
 				}
 			}
 			if chartFile != "" {
-				out, err := os.Create(chartFile)
+				out, err := createOutput("chart", chartFile, force, 0o644)
 				if err != nil {
 					return err
 				}
@@ -164,6 +180,7 @@ the command line override it.`,
 	f.StringVar(&chartFile, "chart", "", "write an SVG chart of volumes per key version over time")
 	f.StringVar(&dir, "dir", "", "work in this (new or empty) directory and keep it (default: a temporary one, removed)")
 	f.BoolVar(&keep, "keep", false, "keep the temporary directory")
+	f.BoolVar(&force, "force", false, "overwrite the --report and --chart files if they exist")
 
 	var crashOpts sim.CrashOptions
 	crash := &cobra.Command{Use: "crash", Short: "Kill `crkvol key rotate` with SIGKILL at random moments, then check key sync repairs every volume", Args: args(cobra.NoArgs),

@@ -134,6 +134,7 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 
 	var offsetFlag, lengthFlag sizeFlag
 	var input, output string
+	var force bool
 	write := &cobra.Command{Use: "write IMG", Short: "Write data (stdin or --input) into a volume", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			offset, err := offsetFlag.offset("offset")
@@ -208,7 +209,7 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 			}
 			out := a.stdout
 			if output != "" {
-				f, err := os.OpenFile(output, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+				f, err := createOutput("output", output, force, 0o600)
 				if err != nil {
 					return err
 				}
@@ -228,7 +229,8 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 		}}
 	read.Flags().Var(&offsetFlag, "offset", "byte offset in the volume, such as 4096 or 1MiB (default 0)")
 	read.Flags().Var(&lengthFlag, "length", "bytes to read, such as 512 or 1.5KiB (default: to the end)")
-	read.Flags().StringVar(&output, "output", "", "write the data to this file instead of stdout")
+	read.Flags().StringVar(&output, "output", "", "write the data to this new file (mode 0600) instead of stdout")
+	read.Flags().BoolVar(&force, "force", false, "overwrite the --output file if it exists")
 
 	passphrase := &cobra.Command{Use: "passphrase IMG", Short: "Write the unwrapped LUKS passphrase to a new 0600 file (for cryptsetup --key-file)", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -243,29 +245,21 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 				return err
 			}
 			defer clear(pass)
-			var w io.Writer
 			if output == "-" {
 				if isTerminal(a.stdout) {
-					return errors.New("volume passphrase: refusing to print the passphrase to a terminal; use --output FILE")
+					return errors.New("refusing to print the passphrase to a terminal; use --output FILE")
 				}
-				w = a.stdout
-			} else {
-				f, err := os.OpenFile(output, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				w = f
-			}
-			if _, err := w.Write(pass); err != nil {
+				_, err := a.stdout.Write(pass)
 				return err
 			}
-			if output != "-" {
-				fmt.Fprintf(a.stderr, "wrote the %d-byte passphrase of %s to %s (mode 0600)\n", len(pass), args[0], output)
+			if err := writeSecretFile("output", output, pass, force); err != nil {
+				return err
 			}
+			fmt.Fprintf(a.stderr, "wrote the %d-byte passphrase of %s to %s (mode 0600)\n", len(pass), absPath(args[0]), absPath(output))
 			return nil
 		}}
-	passphrase.Flags().StringVar(&output, "output", "", "new file to write the passphrase to (mode 0600)")
+	passphrase.Flags().StringVar(&output, "output", "", "new file to write the passphrase to (mode 0600); - for stdout if it is not a terminal")
+	passphrase.Flags().BoolVar(&force, "force", false, "replace the --output file if it exists (with a new 0600 file)")
 
 	rewrap := &cobra.Command{Use: "rewrap IMG", Short: "Rewrap a volume's passphrase to its key's latest version", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
