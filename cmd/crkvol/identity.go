@@ -101,7 +101,7 @@ func (a *app) identityCommands() []*cobra.Command {
 				return err
 			}
 			if a.asJSON {
-				return a.emit(map[string]any{"path": args[0], "erased": true})
+				return a.emit(map[string]any{"path": absPath(args[0]), "erased": true})
 			}
 			fmt.Fprintf(a.stdout, "crypto-erased %s: no keyslot is left\n", args[0])
 			return nil

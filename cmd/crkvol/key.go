@@ -15,11 +15,10 @@ import (
 	"crkvol/volume"
 )
 
-// keyJSON is a key as Key Protect's API shows it, with lastRotateDate always present (empty
-// before the first rotation).
+// keyJSON is a key as Key Protect's API shows it (lastRotateDate absent before the first
+// rotation).
 type keyJSON struct {
 	kpapi.Key
-	LastRotateDate string `json:"lastRotateDate"`
 }
 
 type versionJSON struct {
@@ -30,7 +29,7 @@ type versionJSON struct {
 }
 
 func toKeyJSON(k *crk.Key) keyJSON {
-	return keyJSON{Key: kpapi.FromKey(k), LastRotateDate: rfc3339(k.LastRotateDate)}
+	return keyJSON{Key: kpapi.FromKey(k)}
 }
 
 func (a *app) printKey(k *crk.Key) error {

@@ -173,7 +173,7 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 				return err
 			}
 			if a.asJSON {
-				return a.emit(map[string]any{"path": args[0], "offset": offset, "bytes": n})
+				return a.emit(map[string]any{"path": absPath(args[0]), "offset": offset, "bytes": n})
 			}
 			fmt.Fprintf(a.stderr, "wrote %d bytes at offset %d\n", n, offset)
 			return nil
@@ -190,6 +190,9 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 			length, err := lengthFlag.count("length")
 			if err != nil {
 				return err
+			}
+			if a.asJSON && output == "" {
+				return usagef("--json needs --output FILE: the data would go to stdout with the JSON")
 			}
 			v, err := a.attach(cmd.Context(), args[0], volume.OpenOptions{ReadOnly: true})
 			if err != nil {
@@ -225,7 +228,13 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 				}
 				return err
 			}
-			return bw.Flush()
+			if err := bw.Flush(); err != nil {
+				return err
+			}
+			if a.asJSON {
+				return a.emit(map[string]any{"path": absPath(args[0]), "output": absPath(output), "offset": offset, "bytes": n})
+			}
+			return nil
 		}}
 	read.Flags().Var(&offsetFlag, "offset", "byte offset in the volume, such as 4096 or 1MiB (default 0)")
 	read.Flags().Var(&lengthFlag, "length", "bytes to read, such as 512 or 1.5KiB (default: to the end)")
@@ -246,6 +255,9 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 			}
 			defer clear(pass)
 			if output == "-" {
+				if a.asJSON {
+					return usagef("--json needs --output FILE: the passphrase would go to stdout with the JSON")
+				}
 				if isTerminal(a.stdout) {
 					return errors.New("refusing to print the passphrase to a terminal; use --output FILE")
 				}
@@ -254,6 +266,9 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 			}
 			if err := writeSecretFile("output", output, pass, force); err != nil {
 				return err
+			}
+			if a.asJSON {
+				return a.emit(map[string]any{"path": absPath(args[0]), "output": absPath(output), "mode": "0600", "bytes": len(pass)})
 			}
 			fmt.Fprintf(a.stderr, "wrote the %d-byte passphrase of %s to %s (mode 0600)\n", len(pass), absPath(args[0]), absPath(output))
 			return nil
@@ -289,7 +304,7 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 				return err
 			}
 			if a.asJSON {
-				return a.emit(map[string]any{"path": args[0], "deleted": true, "erased": erase})
+				return a.emit(map[string]any{"path": absPath(args[0]), "deleted": true, "erased": erase})
 			}
 			fmt.Fprintf(a.stdout, "deleted %s (crypto-erased: %v)\n", args[0], erase)
 			return nil
@@ -334,7 +349,7 @@ type statusJSON struct {
 	KeyID      string        `json:"keyId"`
 	KeyCRN     string        `json:"keyCrn"`
 	KeyVersion string        `json:"keyVersion"`
-	WrappedAt  string        `json:"wrappedAt"`
+	WrappedAt  jsonTime      `json:"wrappedAt,omitzero"`
 	Keyslots   []keyslotJSON `json:"keyslots"`
 	Tokens     []tokenJSON   `json:"tokens"`
 	Health     string        `json:"headerHealth"`
@@ -344,7 +359,7 @@ type statusJSON struct {
 	// Wipe is an incomplete wipe of the data area (volume wipe finishes it), if any.
 	Wipe *volume.WipeProgress `json:"wipe,omitempty"`
 	// Attached is the attachment serving the volume, if any (see volume attach).
-	Attached *attachment `json:"attached,omitempty"`
+	Attached *attachmentJSON `json:"attached,omitempty"`
 	// InUse says another process holds the data area (attached, or writing).
 	InUse bool `json:"inUse"`
 	// Registration is registered, copy (an unregistered copy of the volume at
@@ -382,9 +397,9 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 	}
 	seg := img.Segment()
 	st := statusJSON{
-		Path: path, UUID: info.UUID, CRN: info.CRN, Size: info.Size, DataOffset: info.DataOffset,
+		Path: absPath(path), UUID: info.UUID, CRN: info.CRN, Size: info.Size, DataOffset: info.DataOffset,
 		SectorSize: info.SectorSize, Cipher: seg.Encryption, KeyBits: 8 * img.VolumeKeySize(), KeyID: info.KeyID,
-		KeyCRN: info.KeyCRN, KeyVersion: info.KeyVersion, WrappedAt: rfc3339(info.WrappedAt),
+		KeyCRN: info.KeyCRN, KeyVersion: info.KeyVersion, WrappedAt: jsonTime{info.WrappedAt},
 		Keyslots: []keyslotJSON{}, Tokens: []tokenJSON{}, Health: "ok", Wipe: info.Wipe,
 	}
 	if h := img.Health(); !h.OK() {
@@ -422,7 +437,7 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 	}
 	st.InUse, _ = volume.InUse(path)
 	if st.InUse {
-		st.Attached = a.attachmentOf(path)
+		st.Attached = attachmentView(a.attachmentOf(path))
 	}
 	if a.asJSON {
 		if err := a.emit(st); err != nil {
@@ -437,7 +452,7 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 	fmt.Fprintf(w, "Size\t%s (%d bytes), data at %d\n", volume.FormatSize(st.Size), st.Size, st.DataOffset)
 	fmt.Fprintf(w, "Cipher\t%s, %d-bit key, %d-byte sectors\n", st.Cipher, st.KeyBits, st.SectorSize)
 	fmt.Fprintf(w, "Root key\t%s\n", st.KeyID)
-	fmt.Fprintf(w, "Key version\t%s (wrapped %s)\n", st.KeyVersion, st.WrappedAt)
+	fmt.Fprintf(w, "Key version\t%s (wrapped %s)\n", st.KeyVersion, rfc3339(st.WrappedAt.Time))
 	for _, ks := range st.Keyslots {
 		fmt.Fprintf(w, "Keyslot %d\t%s, %s, priority %s\n", ks.ID, ks.Type, ks.KDF, ks.Priority)
 	}
@@ -458,7 +473,7 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 		if st.Attached.ReadOnly {
 			ro = " read-only"
 		}
-		fmt.Fprintf(w, "Attached\t%s%s by process %d since %s\n", st.Attached.URI, ro, st.Attached.PID, rfc3339(st.Attached.Since))
+		fmt.Fprintf(w, "Attached\t%s%s by process %d since %s\n", st.Attached.URI, ro, st.Attached.PID, rfc3339(st.Attached.Since.Time))
 	case st.InUse:
 		fmt.Fprintf(w, "Attached\tin use by another process (no attachment record in this state directory)\n")
 	default:

@@ -24,7 +24,7 @@ func (a *app) wipeCommand() *cobra.Command {
 				return err
 			}
 			if a.asJSON {
-				return a.emit(map[string]any{"path": args[0], "wiped": true})
+				return a.emit(map[string]any{"path": absPath(args[0]), "wiped": true})
 			}
 			fmt.Fprintf(a.stderr, "wiped %s\n", args[0])
 			return nil
