@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -109,9 +108,8 @@ the command line override it.`,
 				_ = bar.Finish()
 				fmt.Fprintln(a.stderr)
 			}
-			if errors.Is(err, sim.ErrScenario) {
-				return usageError{err}
-			}
+			// A scenario out of range (sim.ErrScenario from Run) is an ordinary error: the
+			// values parsed.
 			if err != nil {
 				return err
 			}
@@ -153,7 +151,7 @@ the command line override it.`,
 				return err
 			}
 			if dir != "" || keep {
-				fmt.Fprintf(a.stderr, "images and stores kept in %s\n", workDir)
+				fmt.Fprintf(a.stderr, "images and stores kept in %s\n", absPath(workDir))
 			}
 			return rep.Err()
 		}}
