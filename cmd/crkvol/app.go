@@ -338,7 +338,7 @@ func isTerminal(w any) bool {
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
-// rfc3339 formats a time in RFC 3339 UTC to the second, or "" for the zero time.
+// rfc3339 formats a time, or "" for the zero time.
 func rfc3339(t time.Time) string {
 	if t.IsZero() {
 		return ""
