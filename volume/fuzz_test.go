@@ -47,18 +47,30 @@ func FuzzParseToken(f *testing.F) {
 	})
 }
 
-// FuzzParseSize: ParseSize never panics and accepts only positive sizes within its range.
+// FuzzParseSize: ParseSize never panics, accepts only positive sizes within its range, and
+// agrees with ParseQuantity's whole number of bytes; every error is a syntax or a range error.
 func FuzzParseSize(f *testing.F) {
-	for _, s := range []string{"1", "4096", "1K", "1 MiB", "3g", "2TiB", "0", "-1", "9223372036854775807", "4611686018427387904b", " 12 kib ", "1.5G", "b", ""} {
+	for _, s := range []string{"1", "4096", "1K", "1 MiB", "3g", "2TiB", "0", "-1", "9223372036854775807", "4611686018427387904b", " 12 kib ", "1.5G", "b", "",
+		"1.0000001GiB", "10GB", "1PiB", "+0.5KiB", "1.", ".5"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		n, err := ParseSize(s)
 		if err != nil {
+			if !errors.Is(err, ErrSizeSyntax) && !errors.Is(err, ErrSizeRange) {
+				t.Fatalf("ParseSize(%q): %v is neither a syntax nor a range error", s, err)
+			}
 			return
 		}
 		if n <= 0 || n > 1<<62 {
 			t.Fatalf("ParseSize(%q) = %d, outside (0, 2^62]", s, n)
+		}
+		q, err := ParseQuantity(s)
+		if err != nil {
+			t.Fatalf("ParseQuantity(%q): %v, but ParseSize accepts it", s, err)
+		}
+		if b, err := q.Bytes(); err != nil || b != n {
+			t.Fatalf("ParseQuantity(%q).Bytes() = %d, %v; ParseSize = %d", s, b, err, n)
 		}
 	})
 }

@@ -250,7 +250,7 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 	}
 
 	if a.asJSON {
-		err = a.emit(rec)
+		err = a.emit(attachmentView(&rec))
 	} else {
 		_, err = fmt.Fprintln(a.stdout, rec.URI)
 	}
@@ -371,7 +371,7 @@ func (a *app) runDetach(ctx context.Context, path string, timeout time.Duration)
 		}
 	}
 	if a.asJSON {
-		return a.emit(map[string]any{"path": path, "detached": true, "pid": rec.PID})
+		return a.emit(map[string]any{"path": absPath(path), "detached": true, "pid": rec.PID})
 	}
 	fmt.Fprintf(a.stderr, "detached %s (process %d)\n", path, rec.PID)
 	return nil

@@ -15,7 +15,7 @@ import (
 )
 
 func (a *app) demoCommand() *cobra.Command {
-	var dir string
+	var dir, kept string
 	cmd := &cobra.Command{Use: "demo", Short: "Create a key and three volumes, rotate the key, and verify nothing was lost", Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if dir == "" {
@@ -27,19 +27,64 @@ func (a *app) demoCommand() *cobra.Command {
 				dir = d
 			} else if err := os.MkdirAll(dir, 0o700); err != nil {
 				return err
+			} else {
+				dir = absPath(dir)
+				kept = dir
 			}
 			a.stateDir = filepath.Join(dir, "state")
 			a.local = true
-			return a.demo(cmd.Context(), dir)
+			res := &demoJSON{Dir: kept, Volumes: []demoVolumeJSON{}}
+			err := a.demo(cmd.Context(), dir, res)
+			if a.asJSON && res.KeyID != "" {
+				if eerr := a.emit(res); eerr != nil && err == nil {
+					err = eerr
+				}
+			}
+			return err
 		}}
 	cmd.Flags().StringVar(&dir, "dir", "", "directory for the demo's state and images (default: a temporary one, removed after)")
 	return cmd
 }
 
-// demo runs the tour; every check that fails makes it return an error.
-func (a *app) demo(ctx context.Context, dir string) error {
+// demoJSON is `demo --json`: what the tour did and found.
+type demoJSON struct {
+	// Dir is the demo's directory, if kept (--dir).
+	Dir                  string           `json:"dir,omitempty"`
+	KeyID                string           `json:"keyId"`
+	OldVersion           string           `json:"oldVersion"`
+	NewVersion           string           `json:"newVersion,omitempty"`
+	Volumes              []demoVolumeJSON `json:"volumes"`
+	Rewrapped            int              `json:"rewrapped"`
+	HeaderBytesWritten   int64            `json:"headerBytesWritten"`
+	DataBytesReencrypted int64            `json:"dataBytesReencrypted"`
+	ChecksFailed         int              `json:"checksFailed"`
+	Passed               bool             `json:"passed"`
+	Seconds              float64          `json:"seconds"`
+}
+
+// demoVolumeJSON is one volume of the demo.
+type demoVolumeJSON struct {
+	// Path is the image's path while the demo runs (a temporary directory is removed after).
+	Path              string `json:"path"`
+	UUID              string `json:"uuid"`
+	Size              int64  `json:"size"`
+	BytesWritten      int    `json:"bytesWritten"`
+	OldVersion        string `json:"oldVersion"`
+	NewVersion        string `json:"newVersion,omitempty"`
+	DataAreaUnchanged bool   `json:"dataAreaUnchanged"`
+	Verified          bool   `json:"verified"`
+}
+
+// demo runs the tour, filling res; every check that fails makes it return an error. With
+// --json the tour's lines are not printed: the caller prints res.
+func (a *app) demo(ctx context.Context, dir string, res *demoJSON) error {
 	start := time.Now()
-	say := func(format string, args ...any) { fmt.Fprintf(a.stdout, format+"\n", args...) }
+	defer func() { res.Seconds = time.Since(start).Seconds() }()
+	say := func(format string, args ...any) {
+		if !a.asJSON {
+			fmt.Fprintf(a.stdout, format+"\n", args...)
+		}
+	}
 	if err := a.open(ctx); err != nil {
 		return err
 	}
@@ -47,6 +92,7 @@ func (a *app) demo(ctx context.Context, dir string) error {
 	if err != nil {
 		return fmt.Errorf("creating a root key: %w", err)
 	}
+	res.KeyID, res.OldVersion = key.ID, key.KeyVersion.ID
 	say("1. created root key %s (version %s) in %s", key.ID, short(key.KeyVersion.ID), a.stateDir)
 
 	type vol struct {
@@ -79,6 +125,7 @@ func (a *app) demo(ctx context.Context, dir string) error {
 			return err
 		}
 		vols = append(vols, vol{path: path, info: info, data: data, sum: sum})
+		res.Volumes = append(res.Volumes, demoVolumeJSON{Path: path, UUID: info.UUID, Size: info.Size, BytesWritten: len(data), OldVersion: info.KeyVersion})
 		say("2. created %s: %s, LUKS2 UUID %s, wrote %d bytes", filepath.Base(path), volume.FormatSize(info.Size), info.UUID, len(data))
 	}
 
@@ -86,6 +133,7 @@ func (a *app) demo(ctx context.Context, dir string) error {
 	if err != nil {
 		return fmt.Errorf("rotating: %w", err)
 	}
+	res.NewVersion = rotated.KeyVersion.ID
 	say("3. rotated the root key: version %s -> %s", short(key.KeyVersion.ID), short(rotated.KeyVersion.ID))
 	if len(a.reports) != 1 {
 		return fmt.Errorf("check failed: the rotation hook ran %d times, want 1", len(a.reports))
@@ -95,7 +143,7 @@ func (a *app) demo(ctx context.Context, dir string) error {
 		return fmt.Errorf("check failed: %w", err)
 	}
 	failed := 0
-	for _, v := range vols {
+	for i, v := range vols {
 		info, err := volume.Describe(v.path)
 		if err != nil {
 			return err
@@ -109,6 +157,7 @@ func (a *app) demo(ctx context.Context, dir string) error {
 			reencrypted = -1
 			failed++
 		}
+		res.Volumes[i].NewVersion, res.Volumes[i].DataAreaUnchanged = info.KeyVersion, sum == v.sum
 		status := "data re-encrypted: 0 bytes"
 		if reencrypted != 0 {
 			status = "DATA AREA CHANGED"
@@ -119,9 +168,10 @@ func (a *app) demo(ctx context.Context, dir string) error {
 		}
 		say("4. %s rewrapped: %s -> %s, %s", filepath.Base(v.path), short(v.info.KeyVersion), short(info.KeyVersion), status)
 	}
+	res.Rewrapped, res.HeaderBytesWritten = rep.Rewrapped, rep.BytesWritten
 	say("   %d volumes rewrapped, %d header bytes written in total", rep.Rewrapped, rep.BytesWritten)
 
-	for _, v := range vols {
+	for i, v := range vols {
 		vv, err := a.mgr.Open(ctx, v.path)
 		if err != nil {
 			return fmt.Errorf("reattaching %s: %w", v.path, err)
@@ -137,6 +187,7 @@ func (a *app) demo(ctx context.Context, dir string) error {
 			say("5. %s: data read back DIFFERS", filepath.Base(v.path))
 			continue
 		}
+		res.Volumes[i].Verified = true
 		say("5. %s: reattached with the new key version, %d bytes read back and verified", filepath.Base(v.path), len(got))
 	}
 	vs, err := a.svc.ListVersions(ctx, key.ID)
@@ -147,6 +198,7 @@ func (a *app) demo(ctx context.Context, dir string) error {
 	if vs[0].Registrations != 3 || vs[1].Registrations != 0 {
 		failed++
 	}
+	res.ChecksFailed, res.Passed = failed, failed == 0
 	if failed > 0 {
 		return fmt.Errorf("%d checks failed", failed)
 	}

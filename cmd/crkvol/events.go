@@ -56,10 +56,11 @@ opened: --event-max-age and --event-max-count.`,
 			}
 			evs := page.Events
 			if a.asJSON {
-				if evs == nil {
-					evs = []crk.Event{}
+				out := []eventJSON{}
+				for _, e := range evs {
+					out = append(out, eventJSON{Event: e, Time: jsonTime{e.Time}})
 				}
-				return a.emit(evs)
+				return a.emit(out)
 			}
 			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "TIME\tACTION\tOUTCOME\tKEY\tVERSION\tINITIATOR\tREASON")

@@ -80,7 +80,7 @@ func (a *app) identityCommands() []*cobra.Command {
 				return a.emit(map[string]any{"path": res.Entry.Path, "crn": res.Entry.CRN, "previousPath": res.Previous.Path, "forced": res.Forced, "unchanged": res.Unchanged})
 			}
 			if res.Unchanged {
-				fmt.Fprintf(a.stdout, "%s is the registered image of %s already\n", args[0], res.Entry.CRN)
+				fmt.Fprintf(a.stdout, "%s is the registered image of %s already\n", absPath(args[0]), res.Entry.CRN)
 				return nil
 			}
 			fmt.Fprintf(a.stdout, "registered %s as the image of %s (was %s)\n", res.Entry.Path, res.Entry.CRN, res.Previous.Path)
@@ -101,9 +101,9 @@ func (a *app) identityCommands() []*cobra.Command {
 				return err
 			}
 			if a.asJSON {
-				return a.emit(map[string]any{"path": args[0], "erased": true})
+				return a.emit(map[string]any{"path": absPath(args[0]), "erased": true})
 			}
-			fmt.Fprintf(a.stdout, "crypto-erased %s: no keyslot is left\n", args[0])
+			fmt.Fprintf(a.stdout, "crypto-erased %s: no keyslot is left\n", absPath(args[0]))
 			return nil
 		}}
 	erase.Flags().BoolVar(&yes, "yes", false, "confirm: the image's keyslots are destroyed for good")
@@ -129,7 +129,7 @@ re-encryption of the data (cryptsetup reencrypt), which crkvol does not do.`,
 				return err
 			}
 			if !a.asJSON {
-				fmt.Fprintf(a.stderr, "reidentified %s as volume %s (its volume key is still the original's)\n", args[0], info.CRN)
+				fmt.Fprintf(a.stderr, "reidentified %s as volume %s (its volume key is still the original's)\n", absPath(args[0]), info.CRN)
 			}
 			return a.printStatus(cmd.Context(), args[0])
 		}}

@@ -19,11 +19,10 @@ import (
 // turned into the API's form (kpapi.Key) and printed by the same functions, so that local and
 // remote mode print the same thing.
 
-// keyJSON is a key as Key Protect's API shows it, with lastRotateDate always present (empty
-// before the first rotation).
+// keyJSON is a key as Key Protect's API shows it (lastRotateDate absent before the first
+// rotation, as other absent times are).
 type keyJSON struct {
 	kpapi.Key
-	LastRotateDate string `json:"lastRotateDate"`
 }
 
 // versionJSON is a key version with, where known, its registrations and whether its
@@ -36,7 +35,7 @@ type versionJSON struct {
 }
 
 func toKeyJSON(k kpapi.Key) keyJSON {
-	return keyJSON{Key: k, LastRotateDate: k.LastRotateDate}
+	return keyJSON{Key: k}
 }
 
 // stateWord is a Key Protect state number as a word and the number, as in "active (1)".

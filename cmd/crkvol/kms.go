@@ -87,6 +87,16 @@ func (a *app) kmsCommand() *cobra.Command {
 					return err
 				}
 			}
+			if a.asJSON {
+				// One document once listening; the shutdown is reported on stderr only.
+				j := map[string]any{"url": addr, "defaultInstance": def}
+				if addrFile != "" {
+					j["addrFile"] = absPath(addrFile)
+				}
+				if err := a.emit(j); err != nil {
+					return err
+				}
+			}
 			// Rotation policies: run what is due now and then every 10 seconds, dropping expired
 			// bearer tokens on the way. The loop is joined before the stores close.
 			dueDone := make(chan struct{})
@@ -230,14 +240,14 @@ func (a *app) kmsCommand() *cobra.Command {
 				return err
 			}
 			type row struct {
-				ID       string    `json:"id"`
-				Instance string    `json:"instance"`
-				Created  time.Time `json:"created"`
+				ID       string   `json:"id"`
+				Instance string   `json:"instance"`
+				Created  jsonTime `json:"created,omitzero"`
 			}
 			rows := []row{}
 			for _, k := range all {
 				if listInst == "" || strings.EqualFold(k.Instance, listInst) {
-					rows = append(rows, row{k.ID, k.Instance, k.Created})
+					rows = append(rows, row{k.ID, k.Instance, jsonTime{k.Created}})
 				}
 			}
 			if a.asJSON {
@@ -246,7 +256,7 @@ func (a *app) kmsCommand() *cobra.Command {
 			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "ID\tINSTANCE\tCREATED")
 			for _, r := range rows {
-				fmt.Fprintf(w, "%s\t%s\t%s\n", r.ID, r.Instance, r.Created.UTC().Format(time.RFC3339))
+				fmt.Fprintf(w, "%s\t%s\t%s\n", r.ID, r.Instance, rfc3339(r.Created.Time))
 			}
 			return w.Flush()
 		}}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -59,6 +60,7 @@ func TestScripts(t *testing.T) {
 			"waitattached":       cmdWaitAttached,
 			"randfile":           cmdRandFile,
 			"cmpmasked":          cmdCmpMasked,
+			"isjson":             cmdIsJSON,
 		},
 	})
 }
@@ -283,4 +285,89 @@ func cmdCmpMasked(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Logf("%s (masked):\n%s\n%s (masked):\n%s", args[0], a, args[1], b)
 		ts.Fatalf("%s and %s differ", args[0], args[1])
 	}
+}
+
+// isjson [stderr]: the last command's stdout (or stderr) is exactly one JSON value, with no
+// empty date ("" under a key naming a time), every time in RFC 3339 UTC to the second, and no
+// relative path under a key naming a file or directory.
+func cmdIsJSON(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) > 1 || (len(args) == 1 && args[0] != "stderr") {
+		ts.Fatalf("usage: isjson [stderr]")
+	}
+	name := "stdout"
+	if len(args) == 1 {
+		name = "stderr"
+	}
+	if problems := checkJSONOutput([]byte(ts.ReadFile(name))); len(problems) > 0 {
+		ts.Fatalf("%s: %s", name, strings.Join(problems, "; "))
+	}
+}
+
+// checkJSONOutput lists what makes out other than one JSON document as the CLI promises it.
+func checkJSONOutput(out []byte) []string {
+	dec := json.NewDecoder(bytes.NewReader(out))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return []string{fmt.Sprintf("not JSON: %v", err)}
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return []string{"more than one JSON value"}
+	}
+	var problems []string
+	walkJSON("", v, func(path, key string, s string) {
+		switch {
+		case isTimeKey(key) && s == "":
+			problems = append(problems, fmt.Sprintf("%s: empty date", path))
+		case timeLike.MatchString(s) && !rfc3339Seconds.MatchString(s):
+			problems = append(problems, fmt.Sprintf("%s: time %q is not RFC 3339 UTC to the second", path, s))
+		case isPathKey(key) && s != "" && !filepath.IsAbs(s):
+			problems = append(problems, fmt.Sprintf("%s: relative path %q", path, s))
+		}
+	})
+	return problems
+}
+
+var (
+	timeLike       = regexp.MustCompile(`^\d{4}-\d{2}-\d{2}[T ]\d{2}:`)
+	rfc3339Seconds = regexp.MustCompile(`^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$`)
+)
+
+// isTimeKey reports whether a JSON member name names a time.
+func isTimeKey(k string) bool {
+	switch k {
+	case "time", "since", "until", "created", "updated", "expires", "start", "end":
+		return true
+	}
+	return strings.HasSuffix(k, "Date") || strings.HasSuffix(k, "At") || strings.HasSuffix(k, "Time")
+}
+
+// isPathKey reports whether a JSON member name names a file or directory.
+func isPathKey(k string) bool {
+	switch k {
+	case "path", "output", "input", "dir", "image", "file", "socket":
+		return true
+	}
+	return strings.HasSuffix(k, "Path") || strings.HasSuffix(k, "File") || strings.HasSuffix(k, "Dir")
+}
+
+// walkJSON calls f on every string in v with its dotted path and member name (the member
+// name of the enclosing object for strings in arrays).
+func walkJSON(path string, v any, f func(path, key, s string)) {
+	var walk func(path, key string, v any)
+	walk = func(path, key string, v any) {
+		switch x := v.(type) {
+		case map[string]any:
+			for k, e := range x {
+				walk(path+"."+k, k, e)
+			}
+		case []any:
+			for i, e := range x {
+				walk(fmt.Sprintf("%s.%d", path, i), key, e)
+			}
+		case string:
+			f(path, key, x)
+		}
+	}
+	walk(path, "", v)
 }

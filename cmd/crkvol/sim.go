@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -16,9 +15,10 @@ func (a *app) simCommand() *cobra.Command {
 	cmd := group("sim", "Simulate fleets of real volumes through months of rotations and faults")
 
 	var (
-		scenarioFile, reportFile, chartFile, dir, volumeSize, latency string
-		sc                                                            sim.Scenario
-		keep                                                          bool
+		scenarioFile, reportFile, chartFile, dir, latency string
+		volumeSize                                        = sizeFlag{}
+		sc                                                sim.Scenario
+		keep, force                                       bool
 	)
 	run := &cobra.Command{Use: "run", Short: "Run a scenario over real volume images and audit the result", Args: args(cobra.NoArgs),
 		Long: `run drives the real key service and real LUKS2 volume images (small sparse files) through
@@ -34,7 +34,7 @@ the command line override it.`,
 			// Every flag, with its default, makes the scenario; a scenario file overrides them
 			// with the fields it sets, and flags given on the command line override the file.
 			base := sc
-			base.VolumeSize = volumeSize
+			base.VolumeSize = volumeSize.String()
 			if err := base.Faults.Latency.UnmarshalText([]byte(latency)); err != nil {
 				return usagef("--kms-latency %q: %v", latency, err)
 			}
@@ -56,7 +56,7 @@ the command line override it.`,
 				"creates":          func() { s.CreatesPerMonth = sc.CreatesPerMonth },
 				"deletes":          func() { s.DeletesPerMonth = sc.DeletesPerMonth },
 				"mapping":          func() { s.Mapping = sc.Mapping },
-				"volume-size":      func() { s.VolumeSize = volumeSize },
+				"volume-size":      func() { s.VolumeSize = volumeSize.String() },
 				"kms-fail-rate":    func() { s.Faults.FailRate = sc.Faults.FailRate },
 				"crash-rate":       func() { s.Faults.CrashRate = sc.Faults.CrashRate },
 				"outages":          func() { s.Faults.RandomOutages = sc.Faults.RandomOutages },
@@ -71,6 +71,14 @@ the command line override it.`,
 			}
 			if f.Changed("kms-latency") {
 				s.Faults.Latency = base.Faults.Latency
+			}
+			// The output files are checked before the run, which may take minutes, and
+			// created after it.
+			if err := checkOutputFree("report", reportFile, force); err != nil {
+				return err
+			}
+			if err := checkOutputFree("chart", chartFile, force); err != nil {
+				return err
 			}
 			workDir := dir
 			if workDir == "" {
@@ -92,9 +100,8 @@ the command line override it.`,
 			}
 			rep, err := sim.Run(cmd.Context(), s, opts)
 			bars.finish()
-			if errors.Is(err, sim.ErrScenario) {
-				return usageError{err}
-			}
+			// A scenario out of range (sim.ErrScenario from Run) is an ordinary error: the
+			// values parsed.
 			if err != nil {
 				return err
 			}
@@ -103,12 +110,20 @@ the command line override it.`,
 				if err != nil {
 					return err
 				}
-				if err := os.WriteFile(reportFile, append(b, '\n'), 0o644); err != nil {
+				out, err := createOutput("report", reportFile, force, 0o644)
+				if err != nil {
 					return err
+				}
+				_, err = out.Write(append(b, '\n'))
+				if cerr := out.Close(); err == nil {
+					err = cerr
+				}
+				if err != nil {
+					return fmt.Errorf("--report %s: %w", absPath(reportFile), err)
 				}
 			}
 			if chartFile != "" {
-				out, err := os.Create(chartFile)
+				out, err := createOutput("chart", chartFile, force, 0o644)
 				if err != nil {
 					return err
 				}
@@ -128,7 +143,7 @@ the command line override it.`,
 				return err
 			}
 			if dir != "" || keep {
-				fmt.Fprintf(a.stderr, "images and stores kept in %s\n", workDir)
+				fmt.Fprintf(a.stderr, "images and stores kept in %s\n", absPath(workDir))
 			}
 			return rep.Err()
 		}}
@@ -143,7 +158,7 @@ the command line override it.`,
 	f.IntVar(&sc.CreatesPerMonth, "creates", 0, "volumes created per month during the run")
 	f.IntVar(&sc.DeletesPerMonth, "deletes", 0, "volumes deleted per month during the run")
 	f.StringVar(&sc.Mapping, "mapping", "round-robin", "volumes to keys: round-robin, random or skewed")
-	f.StringVar(&volumeSize, "volume-size", "1MiB", "data size of each (sparse) volume")
+	f.Var(&volumeSize, "volume-size", "data size of each (sparse) volume, such as 64KiB or 1GiB (default 1MiB)")
 	f.Float64Var(&sc.Faults.FailRate, "kms-fail-rate", 0, "probability that a key-service call fails")
 	f.Float64Var(&sc.Faults.CrashRate, "crash-rate", 0, "probability that a volume's rewrap crashes the process")
 	f.IntVar(&sc.Faults.RandomOutages, "outages", 0, "key-service outages (6 h each) at random times")
@@ -155,6 +170,7 @@ the command line override it.`,
 	f.StringVar(&chartFile, "chart", "", "write an SVG chart of volumes per key version over time")
 	f.StringVar(&dir, "dir", "", "work in this (new or empty) directory and keep it (default: a temporary one, removed)")
 	f.BoolVar(&keep, "keep", false, "keep the temporary directory")
+	f.BoolVar(&force, "force", false, "overwrite the --report and --chart files if they exist")
 
 	var crashOpts sim.CrashOptions
 	crash := &cobra.Command{Use: "crash", Short: "Kill `crkvol key rotate` with SIGKILL at random moments, then check key sync repairs every volume", Args: args(cobra.NoArgs),

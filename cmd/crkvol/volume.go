@@ -19,15 +19,25 @@ import (
 
 func (a *app) volumeCommand() *cobra.Command {
 	vol := group("volume", "Create, attach, rotate and delete volume images")
+	vol.Long = `Create, attach, rotate and delete volume images.
 
-	var sizeStr, keyID string
+Sizes (--size), offsets (--offset) and lengths (--length) take ` + volume.SizeForms + `.
+The single letters K, M, G, T and P are powers of 1024, as in qemu-img and cryptsetup; add B
+(KB, MB, GB, TB, PB) for powers of 1000. A fraction must land on a whole byte, and a --size on
+a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
+
+	var size sizeFlag
+	var keyID string
 	var sectorSize, keyBits int
 	var wipe bool
 	create := &cobra.Command{Use: "create IMG", Short: "Create a volume image protected by a root key", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			size, err := volume.ParseSize(sizeStr)
+			if err := checkSectorSize(sectorSize); err != nil {
+				return err
+			}
+			size, err := size.volumeSize("size", sectorSize)
 			if err != nil {
-				return usageError{err}
+				return err
 			}
 			if keyBits != 256 && keyBits != 512 {
 				return fmt.Errorf("--cipher-key-bits %d: want 256 (AES-128-XTS) or 512 (AES-256-XTS)", keyBits)
@@ -55,7 +65,7 @@ func (a *app) volumeCommand() *cobra.Command {
 			}
 			return a.printStatus(cmd.Context(), args[0])
 		}}
-	create.Flags().StringVar(&sizeStr, "size", "", "data size, such as 64MiB or 10GiB (required)")
+	create.Flags().Var(&size, "size", "data size, a whole number of sectors, such as 64MiB, 1.5GiB or 10GB (required)")
 	create.Flags().StringVar(&keyID, "key", "", "root key id or unique name (required)")
 	create.Flags().IntVar(&sectorSize, "sector-size", 4096, "encryption sector size: 512, 1024, 2048 or 4096")
 	create.Flags().IntVar(&keyBits, "cipher-key-bits", 512, "aes-xts-plain64 key size: 512 or 256")
@@ -130,10 +140,15 @@ func (a *app) volumeCommand() *cobra.Command {
 			return w.Flush()
 		}}
 
-	var offset, length int64
+	var offsetFlag, lengthFlag sizeFlag
 	var input, output string
+	var force bool
 	write := &cobra.Command{Use: "write IMG", Short: "Write data (stdin or --input) into a volume", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			offset, err := offsetFlag.offset("offset")
+			if err != nil {
+				return err
+			}
 			in := a.stdin
 			var total int64 = -1
 			if input != "" {
@@ -152,7 +167,7 @@ func (a *app) volumeCommand() *cobra.Command {
 				return err
 			}
 			defer v.Close()
-			if offset < 0 || offset > v.Size() || (total >= 0 && total > v.Size()-offset) {
+			if offset > v.Size() || (total >= 0 && total > v.Size()-offset) {
 				return fmt.Errorf("%d bytes at offset %d do not fit the %d-byte volume", total, offset, v.Size())
 			}
 			n, err := copyWithProgress(a, io.NewOffsetWriter(v, offset), newCtxReader(cmd.Context(), in), total, "writing")
@@ -166,37 +181,46 @@ func (a *app) volumeCommand() *cobra.Command {
 				return err
 			}
 			if a.asJSON {
-				return a.emit(map[string]any{"path": args[0], "offset": offset, "bytes": n})
+				return a.emit(map[string]any{"path": absPath(args[0]), "offset": offset, "bytes": n})
 			}
 			fmt.Fprintf(a.stderr, "wrote %d bytes at offset %d\n", n, offset)
 			return nil
 		}}
-	write.Flags().Int64Var(&offset, "offset", 0, "byte offset in the volume")
+	write.Flags().Var(&offsetFlag, "offset", "byte offset in the volume, such as 4096 or 1MiB (default 0)")
 	write.Flags().StringVar(&input, "input", "", "read the data from this file instead of stdin")
 
 	read := &cobra.Command{Use: "read IMG", Short: "Read data from a volume (to stdout or --output)", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			offset, err := offsetFlag.offset("offset")
+			if err != nil {
+				return err
+			}
+			length, err := lengthFlag.count("length")
+			if err != nil {
+				return err
+			}
+			if a.asJSON && output == "" {
+				return usagef("--json needs --output FILE: the data would go to stdout with the JSON")
+			}
 			v, err := a.attach(cmd.Context(), args[0], volume.OpenOptions{ReadOnly: true})
 			if err != nil {
 				return err
 			}
 			defer v.Close()
 			a.noteCopy(args[0], v)
-			if offset < 0 || offset > v.Size() {
+			if offset > v.Size() {
 				return fmt.Errorf("offset %d is outside the %d-byte volume", offset, v.Size())
 			}
 			n := length
 			if !cmd.Flags().Changed("length") {
 				n = v.Size() - offset
-			} else if n < 0 {
-				return fmt.Errorf("--length %d: want a non-negative byte count", n)
 			}
 			if n > v.Size()-offset {
 				return fmt.Errorf("%d bytes at offset %d run past the end of the %d-byte volume", n, offset, v.Size())
 			}
 			out := a.stdout
 			if output != "" {
-				f, err := os.OpenFile(output, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+				f, err := createOutput("output", output, force, 0o600)
 				if err != nil {
 					return err
 				}
@@ -212,11 +236,18 @@ func (a *app) volumeCommand() *cobra.Command {
 				}
 				return err
 			}
-			return bw.Flush()
+			if err := bw.Flush(); err != nil {
+				return err
+			}
+			if a.asJSON {
+				return a.emit(map[string]any{"path": absPath(args[0]), "output": absPath(output), "offset": offset, "bytes": n})
+			}
+			return nil
 		}}
-	read.Flags().Int64Var(&offset, "offset", 0, "byte offset in the volume")
-	read.Flags().Int64Var(&length, "length", 0, "bytes to read (default: to the end)")
-	read.Flags().StringVar(&output, "output", "", "write the data to this file instead of stdout")
+	read.Flags().Var(&offsetFlag, "offset", "byte offset in the volume, such as 4096 or 1MiB (default 0)")
+	read.Flags().Var(&lengthFlag, "length", "bytes to read, such as 512 or 1.5KiB (default: to the end)")
+	read.Flags().StringVar(&output, "output", "", "write the data to this new file (mode 0600) instead of stdout")
+	read.Flags().BoolVar(&force, "force", false, "overwrite the --output file if it exists")
 
 	passphrase := &cobra.Command{Use: "passphrase IMG", Short: "Write the unwrapped LUKS passphrase to a new 0600 file (for cryptsetup --key-file)", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -231,29 +262,27 @@ func (a *app) volumeCommand() *cobra.Command {
 				return err
 			}
 			defer clear(pass)
-			var w io.Writer
 			if output == "-" {
+				if a.asJSON {
+					return usagef("--json needs --output FILE: the passphrase would go to stdout with the JSON")
+				}
 				if isTerminal(a.stdout) {
-					return errors.New("volume passphrase: refusing to print the passphrase to a terminal; use --output FILE")
+					return errors.New("refusing to print the passphrase to a terminal; use --output FILE")
 				}
-				w = a.stdout
-			} else {
-				f, err := os.OpenFile(output, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				w = f
-			}
-			if _, err := w.Write(pass); err != nil {
+				_, err := a.stdout.Write(pass)
 				return err
 			}
-			if output != "-" {
-				fmt.Fprintf(a.stderr, "wrote the %d-byte passphrase of %s to %s (mode 0600)\n", len(pass), args[0], output)
+			if err := writeSecretFile("output", output, pass, force); err != nil {
+				return err
 			}
+			if a.asJSON {
+				return a.emit(map[string]any{"path": absPath(args[0]), "output": absPath(output), "mode": "0600", "bytes": len(pass)})
+			}
+			fmt.Fprintf(a.stderr, "wrote the %d-byte passphrase of %s to %s (mode 0600)\n", len(pass), absPath(args[0]), absPath(output))
 			return nil
 		}}
-	passphrase.Flags().StringVar(&output, "output", "", "new file to write the passphrase to (mode 0600)")
+	passphrase.Flags().StringVar(&output, "output", "", "new file to write the passphrase to (mode 0600); - for stdout if it is not a terminal")
+	passphrase.Flags().BoolVar(&force, "force", false, "replace the --output file if it exists (with a new 0600 file)")
 
 	rewrap := &cobra.Command{Use: "rewrap IMG", Short: "Rewrap a volume's passphrase to its key's latest version", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -283,7 +312,7 @@ func (a *app) volumeCommand() *cobra.Command {
 				return err
 			}
 			if a.asJSON {
-				return a.emit(map[string]any{"path": args[0], "deleted": true, "erased": erase})
+				return a.emit(map[string]any{"path": absPath(args[0]), "deleted": true, "erased": erase})
 			}
 			fmt.Fprintf(a.stdout, "deleted %s (crypto-erased: %v)\n", args[0], erase)
 			return nil
@@ -332,7 +361,7 @@ type statusJSON struct {
 	KeyID      string        `json:"keyId"`
 	KeyCRN     string        `json:"keyCrn"`
 	KeyVersion string        `json:"keyVersion"`
-	WrappedAt  string        `json:"wrappedAt"`
+	WrappedAt  jsonTime      `json:"wrappedAt,omitzero"`
 	Keyslots   []keyslotJSON `json:"keyslots"`
 	Tokens     []tokenJSON   `json:"tokens"`
 	Health     string        `json:"headerHealth"`
@@ -342,7 +371,7 @@ type statusJSON struct {
 	// Wipe is an incomplete wipe of the data area (volume wipe finishes it), if any.
 	Wipe *volume.WipeProgress `json:"wipe,omitempty"`
 	// Attached is the attachment serving the volume, if any (see volume attach).
-	Attached *attachment `json:"attached,omitempty"`
+	Attached *attachmentJSON `json:"attached,omitempty"`
 	// InUse says another process holds the data area (attached, or writing).
 	InUse bool `json:"inUse"`
 	// Registration is registered, copy (an unregistered copy of the volume at
@@ -380,9 +409,9 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 	}
 	seg := img.Segment()
 	st := statusJSON{
-		Path: path, UUID: info.UUID, CRN: info.CRN, Size: info.Size, DataOffset: info.DataOffset,
+		Path: absPath(path), UUID: info.UUID, CRN: info.CRN, Size: info.Size, DataOffset: info.DataOffset,
 		SectorSize: info.SectorSize, Cipher: seg.Encryption, KeyBits: 8 * img.VolumeKeySize(), KeyID: info.KeyID,
-		KeyCRN: info.KeyCRN, KeyVersion: info.KeyVersion, WrappedAt: rfc3339(info.WrappedAt),
+		KeyCRN: info.KeyCRN, KeyVersion: info.KeyVersion, WrappedAt: jsonTime{info.WrappedAt},
 		Keyslots: []keyslotJSON{}, Tokens: []tokenJSON{}, Health: "ok", Wipe: info.Wipe,
 	}
 	if h := img.Health(); !h.OK() {
@@ -420,7 +449,7 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 	}
 	st.InUse, _ = volume.InUse(path)
 	if st.InUse {
-		st.Attached = a.attachmentOf(path)
+		st.Attached = attachmentView(a.attachmentOf(path))
 	}
 	if a.asJSON {
 		if err := a.emit(st); err != nil {
@@ -435,7 +464,7 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 	fmt.Fprintf(w, "Size\t%s (%d bytes), data at %d\n", volume.FormatSize(st.Size), st.Size, st.DataOffset)
 	fmt.Fprintf(w, "Cipher\t%s, %d-bit key, %d-byte sectors\n", st.Cipher, st.KeyBits, st.SectorSize)
 	fmt.Fprintf(w, "Root key\t%s\n", st.KeyID)
-	fmt.Fprintf(w, "Key version\t%s (wrapped %s)\n", st.KeyVersion, st.WrappedAt)
+	fmt.Fprintf(w, "Key version\t%s (wrapped %s)\n", st.KeyVersion, rfc3339(st.WrappedAt.Time))
 	for _, ks := range st.Keyslots {
 		fmt.Fprintf(w, "Keyslot %d\t%s, %s, priority %s\n", ks.ID, ks.Type, ks.KDF, ks.Priority)
 	}
@@ -456,7 +485,7 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 		if st.Attached.ReadOnly {
 			ro = " read-only"
 		}
-		fmt.Fprintf(w, "Attached\t%s%s by process %d since %s\n", st.Attached.URI, ro, st.Attached.PID, rfc3339(st.Attached.Since))
+		fmt.Fprintf(w, "Attached\t%s%s by process %d since %s\n", st.Attached.URI, ro, st.Attached.PID, rfc3339(st.Attached.Since.Time))
 	case st.InUse:
 		fmt.Fprintf(w, "Attached\tin use by another process (no attachment record in this state directory)\n")
 	default:

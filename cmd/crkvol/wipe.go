@@ -24,9 +24,9 @@ func (a *app) wipeCommand() *cobra.Command {
 				return err
 			}
 			if a.asJSON {
-				return a.emit(map[string]any{"path": args[0], "wiped": true})
+				return a.emit(map[string]any{"path": absPath(args[0]), "wiped": true})
 			}
-			fmt.Fprintf(a.stderr, "wiped %s\n", args[0])
+			fmt.Fprintf(a.stderr, "wiped %s\n", absPath(args[0]))
 			return nil
 		}}
 	cmd.Flags().BoolVar(&all, "all", false, "wipe the whole data area from the start, destroying its data (default: resume the recorded incomplete wipe)")
