@@ -24,10 +24,14 @@ func (a *app) checkVolume(ctx context.Context, path string) []string {
 	return out
 }
 
-// statusErr is the error of `volume status` for an unhealthy volume (exit status 1), or nil.
-func statusErr(path string, problems []string) error {
-	if len(problems) == 0 {
+// statusErr is the error of `volume status` for a crypto-erased or unhealthy volume (exit
+// status 1), or nil.
+func statusErr(path string, erased bool, problems []string) error {
+	switch {
+	case erased:
+		return fmt.Errorf("%s: %w", path, volume.ErrErased)
+	case len(problems) == 0:
 		return nil
 	}
-	return fmt.Errorf("%s: %w (%d problems, listed above)", path, volume.ErrUnhealthy, len(problems))
+	return fmt.Errorf("%s: %w (%d %s, listed above)", path, volume.ErrUnhealthy, len(problems), plural(len(problems), "problem", "problems"))
 }
