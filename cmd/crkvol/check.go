@@ -8,18 +8,19 @@ import (
 )
 
 // checkVolume returns what keeps the volume at path from opening, each as "area: reason"
-// (volume.Manager.Check); a key service that cannot be opened is one such problem.
+// (volume.Manager.Check) without the package names library errors start with (errorText);
+// a key service that cannot be opened is one such problem.
 func (a *app) checkVolume(ctx context.Context, path string) []string {
 	if err := a.open(ctx); err != nil {
-		return []string{"key service: " + err.Error()}
+		return []string{"key service: " + errorText(err)}
 	}
 	problems, err := a.mgr.Check(ctx, path)
 	if err != nil {
-		return []string{err.Error()}
+		return []string{errorText(err)}
 	}
 	out := make([]string, len(problems))
 	for i, p := range problems {
-		out[i] = p.Error()
+		out[i] = errorText(p)
 	}
 	return out
 }
