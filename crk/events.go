@@ -66,6 +66,8 @@ type Event struct {
 
 // EventFilter selects events and pages through them. Zero fields match everything.
 type EventFilter struct {
+	// KeyID selects the events of one key. It must name a key the service knows (deleted
+	// keys included) or one that events name; another id is refused with ErrKeyNotFound.
 	KeyID  string
 	Action string
 	// From and To bound the event time: From <= t < To.
@@ -347,6 +349,9 @@ func (s *Service) ListEvents(_ context.Context, f EventFilter) (EventPage, error
 	}
 	from := eventNanos(f.From)
 	err := s.db.View(func(tx *bolt.Tx) error {
+		if f.KeyID != "" && !knownKey(tx, f.KeyID) {
+			return fmt.Errorf("%w: %s (no key with this id, and no event names it)", ErrKeyNotFound, shorten(f.KeyID))
+		}
 		c := tx.Bucket(bucketEvents).Cursor()
 		var k, v []byte
 		next := c.Next
@@ -402,6 +407,32 @@ func (s *Service) ListEvents(_ context.Context, f EventFilter) (EventPage, error
 		return EventPage{}, err
 	}
 	return page, nil
+}
+
+// knownKey reports whether id names a key of the store (in any state, deleted included) or
+// is named by an event (a key purged since, or an id a refused request named): an event
+// filter on another id is a mistake, not an empty listing. The event scan is only made for
+// an id the store has no key for.
+func knownKey(tx *bolt.Tx, id string) bool {
+	if tx.Bucket(bucketKeys).Get([]byte(id)) != nil {
+		return true
+	}
+	want, err := json.Marshal(id)
+	if err != nil {
+		return false
+	}
+	needle := append([]byte(`"keyId":`), want...)
+	c := tx.Bucket(bucketEvents).Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if !bytes.Contains(v, needle) {
+			continue
+		}
+		var ev Event
+		if json.Unmarshal(v, &ev) == nil && ev.KeyID == id {
+			return true
+		}
+	}
+	return false
 }
 
 // ActionDefault is the event action for requests that were refused before naming an

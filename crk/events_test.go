@@ -144,6 +144,55 @@ func TestEventFilterErrors(t *testing.T) {
 	}
 }
 
+// TestEventFilterKey: a key filter naming a key the service never knew is an error naming
+// it (ErrKeyNotFound), without recording an event; a deleted key is known, and so is an id
+// that events name (a request refused for it).
+func TestEventFilterKey(t *testing.T) {
+	f := newFixture(t)
+	live := f.root(t, "live")
+	deleted := f.root(t, "deleted")
+	_, err := f.svc.DeleteKey(f.ctx, deleted.ID, DeleteOptions{})
+	require.NoError(t, err)
+	const probed = "22222222-2222-4222-8222-222222222222"
+	_, err = f.svc.GetKeyMetadata(f.ctx, probed)
+	require.ErrorIs(t, err, ErrKeyNotFound)
+	const unknown = "11111111-1111-4111-8111-111111111111"
+
+	tests := []struct {
+		name    string
+		id      string
+		wantErr bool
+		action  string // an action among the events listed
+	}{
+		{"live", live.ID, false, ActionCreate},
+		{"deleted", deleted.ID, false, ActionDelete},
+		{"named by a refused request", probed, false, ActionReadMetadata},
+		{"unknown", unknown, true, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before, err := f.svc.Events(f.ctx, EventFilter{})
+			require.NoError(t, err)
+			evs, err := f.svc.Events(f.ctx, EventFilter{KeyID: tc.id})
+			if tc.wantErr {
+				require.ErrorIs(t, err, ErrKeyNotFound)
+				assert.Contains(t, err.Error(), tc.id)
+				after, err := f.svc.Events(f.ctx, EventFilter{})
+				require.NoError(t, err)
+				assert.Equal(t, len(before), len(after), "listing records no event")
+				return
+			}
+			require.NoError(t, err)
+			var actions []string
+			for _, e := range evs {
+				assert.Equal(t, tc.id, e.KeyID)
+				actions = append(actions, e.Action)
+			}
+			assert.Contains(t, actions, tc.action)
+		})
+	}
+}
+
 // TestEventRetention: events beyond the retention's count or age are deleted, oldest first,
 // as events are appended and when a store opens with a tighter retention.
 func TestEventRetention(t *testing.T) {

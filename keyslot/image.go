@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -338,6 +339,9 @@ func load(dev Device) (*state, Health, error) {
 
 	switch {
 	case primary == nil && secondary == nil:
+		if isLUKS1(dev) {
+			return nil, health, fmt.Errorf("%w: %w", ErrNotLUKS2, ErrLUKS1)
+		}
 		return nil, health, fmt.Errorf("%w: primary header: %w; secondary header: %w", ErrNotLUKS2, perr, serr)
 	case secondary == nil:
 		return primary.state(), health, nil
@@ -362,6 +366,16 @@ func load(dev Device) (*state, Health, error) {
 		health.Secondary.Err = fmt.Errorf("%w: secondary header has the same seqid %d but different metadata", ErrHeaderCorrupt, primary.bin.seqID)
 	}
 	return primary.state(), health, nil
+}
+
+// isLUKS1 reports whether dev starts with a LUKS1 header: the LUKS magic and version 1
+// (LUKS1 has no secondary copy, and its binary header has another layout).
+func isLUKS1(dev Device) bool {
+	b := make([]byte, offVersion+2)
+	if _, err := dev.ReadAt(b, 0); err != nil {
+		return false
+	}
+	return bytes.Equal(b[offMagic:offMagic+len(magicPrimary)], magicPrimary) && binary.BigEndian.Uint16(b[offVersion:]) == 1
 }
 
 // copyState is one fully validated header copy.

@@ -50,3 +50,34 @@ func TestSecondaryProbeHealth(t *testing.T) {
 	assert.NoError(t, h.Secondary.Err)
 	assert.Equal(t, uint64(64<<10), h.Secondary.Offset)
 }
+
+// TestOpenLUKS1: a LUKS1 header (the LUKS magic, version 1) is reported as LUKS1, matching
+// ErrLUKS1 and ErrNotLUKS2, not as a corrupt LUKS2 header; other versions stay corrupt.
+func TestOpenLUKS1(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		version byte
+		luks1   bool
+	}{
+		{"version 1", 1, true},
+		{"version 3", 3, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dev := newMemDevice(smallSize)
+			copy(dev.buf, magicPrimary)
+			dev.buf[offVersion+1] = tc.version
+			_, err := Open(dev, nil)
+			require.ErrorIs(t, err, ErrNotLUKS2)
+			if tc.luks1 {
+				assert.ErrorIs(t, err, ErrLUKS1)
+				assert.NotErrorIs(t, err, ErrHeaderCorrupt)
+				assert.Contains(t, err.Error(), "LUKS1")
+			} else {
+				assert.NotErrorIs(t, err, ErrLUKS1)
+				assert.ErrorIs(t, err, ErrHeaderCorrupt)
+			}
+		})
+	}
+}

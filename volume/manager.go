@@ -23,7 +23,7 @@ var (
 	ErrBadToken = errors.New("invalid crkvol-crk token")
 	// ErrNoToken means the image has no crkvol-crk token: it was not made or adopted by
 	// crkvol.
-	ErrNoToken = errors.New("image has no crkvol-crk token")
+	ErrNoToken = errors.New("LUKS2 image not managed by crkvol (no crkvol-crk token)")
 	// ErrAlreadyAdopted means the image already has a crkvol-crk token.
 	ErrAlreadyAdopted = errors.New("image already has a crkvol-crk token")
 	// ErrErased means the volume was crypto-erased: no keyslot is left.

@@ -100,12 +100,34 @@ func listenAddr(spec, defaultSock string) (network, addr string, err error) {
 }
 
 // nbdURI is the NBD URI (https://github.com/NetworkBlockDevice/nbd/blob/master/doc/uri.md) of
-// an export.
+// an export: the export name percent-encoded as a path segment and, for a unix socket, the
+// socket path as the socket query parameter, percent-encoded as RFC 3986 says (a space is
+// %20: NBD clients do not read "+" as a space, as HTML forms do).
 func nbdURI(network, addr, export string) string {
 	if network == "unix" {
-		return "nbd+unix:///" + url.PathEscape(export) + "?socket=" + url.QueryEscape(addr)
+		return "nbd+unix:///" + url.PathEscape(export) + "?socket=" + queryValueEscape(addr)
 	}
 	return "nbd://" + addr + "/" + url.PathEscape(export)
+}
+
+// queryValueEscape percent-encodes s as the value of a URI query parameter: every byte but
+// RFC 3986's unreserved characters and "/" (which a query may hold as it is, and which keeps
+// a socket path readable) is %XX, so that "&", "=", "+", "#" and "%" cannot be misread.
+func queryValueEscape(s string) string {
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9',
+			c == '-', c == '.', c == '_', c == '~', c == '/':
+			b.WriteByte(c)
+		default:
+			b.WriteByte('%')
+			b.WriteByte(hex[c>>4])
+			b.WriteByte(hex[c&15])
+		}
+	}
+	return b.String()
 }
 
 func (a *app) attachDir() (string, error) {

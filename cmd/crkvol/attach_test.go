@@ -183,3 +183,25 @@ func TestAttachMaxConnections(t *testing.T) {
 	assert.Contains(t, attachErr.String(), "too many connections")
 	assert.Contains(t, attachErr.String(), "max=2")
 }
+
+// TestNBDURI: the socket path is percent-encoded as an RFC 3986 query value (a space is
+// %20, never "+", which NBD clients read as a plus sign; "/" stays) and the export name as a
+// path segment.
+func TestNBDURI(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, network, addr, export, want string
+	}{
+		{"unix", "unix", "/tmp/vol.sock", "", "nbd+unix:///?socket=/tmp/vol.sock"},
+		{"unix space", "unix", "/tmp/my dir/vol.sock", "", "nbd+unix:///?socket=/tmp/my%20dir/vol.sock"},
+		{"unix reserved", "unix", "/tmp/a+b&c=d#e?f%g.sock", "", "nbd+unix:///?socket=/tmp/a%2Bb%26c%3Dd%23e%3Ff%25g.sock"},
+		{"unix export", "unix", "/s", "my disk/1", "nbd+unix:///my%20disk%2F1?socket=/s"},
+		{"tcp", "tcp", "127.0.0.1:10809", "", "nbd://127.0.0.1:10809/"},
+		{"tcp export", "tcp", "[::1]:10809", "a b", "nbd://[::1]:10809/a%20b"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			assert.Equal(t, tc.want, nbdURI(tc.network, tc.addr, tc.export))
+		})
+	}
+}

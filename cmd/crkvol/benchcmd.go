@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 
 	"github.com/spf13/cobra"
 
@@ -11,10 +10,19 @@ import (
 )
 
 func (a *app) benchCommand() *cobra.Command {
-	var quick, withNBD bool
-	var jsonFile string
+	var quick, withNBD, force bool
+	var output string
 	cmd := &cobra.Command{Use: "bench", Short: "Measure the sector engine against OpenSSL and x/crypto/xts (and NBD against qemu-nbd)", Args: args(cobra.NoArgs),
+		Long: `bench measures every sector implementation this CPU runs against x/crypto/xts and openssl speed
+(and, with --nbd, NBD throughput against qemu-nbd), and prints a table, or with the global
+--json the report as JSON on stdout. --output FILE also writes the JSON report to FILE, which
+must not exist unless --force.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// The output file is checked first, as a run takes minutes, and created at the end,
+			// so that a failed run leaves none.
+			if err := checkOutputFree("output", output, force); err != nil {
+				return err
+			}
 			fmt.Fprintln(a.stderr, "crkvol: measuring every sector implementation this CPU runs, x/crypto/xts and openssl speed...")
 			r, err := bench.Run(cmd.Context(), bench.Options{Quick: quick})
 			if err != nil {
@@ -30,13 +38,21 @@ func (a *app) benchCommand() *cobra.Command {
 					return err
 				}
 			}
-			if jsonFile != "" {
+			if output != "" {
 				b, err := json.MarshalIndent(r, "", "  ")
 				if err != nil {
 					return err
 				}
-				if err := os.WriteFile(jsonFile, append(b, '\n'), 0o644); err != nil {
+				out, err := createOutput("output", output, force, 0o644)
+				if err != nil {
 					return err
+				}
+				if _, err := out.Write(append(b, '\n')); err != nil {
+					out.Close()
+					return fmt.Errorf("--output %s: %w", output, err)
+				}
+				if err := out.Close(); err != nil {
+					return fmt.Errorf("--output %s: %w", output, err)
 				}
 			}
 			if a.asJSON {
@@ -46,6 +62,7 @@ func (a *app) benchCommand() *cobra.Command {
 		}}
 	cmd.Flags().BoolVar(&quick, "quick", false, "measure each case once, briefly")
 	cmd.Flags().BoolVar(&withNBD, "nbd", false, "also compare NBD throughput with qemu-nbd over TCP loopback (needs nbdcopy and qemu-nbd)")
-	cmd.Flags().StringVar(&jsonFile, "json", "", "also write the report as JSON to this file")
+	cmd.Flags().StringVar(&output, "output", "", "also write the report as JSON to this new file")
+	cmd.Flags().BoolVar(&force, "force", false, "overwrite the --output file if it exists")
 	return cmd
 }

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // runCLI runs one command line with the given environment and returns its exit status, stdout
@@ -185,6 +187,45 @@ func TestMasterKeyEnv(t *testing.T) {
 			}
 			if strings.Contains(stderr, tc.value) && tc.value != "" {
 				t.Errorf("the key's value is echoed: %q", stderr)
+			}
+		})
+	}
+}
+
+// TestEventTime: --since and --until take an RFC 3339 time or a non-negative duration before
+// now (Go's units, d for days); anything else is a usage error naming the flag.
+func TestEventTime(t *testing.T) {
+	now := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		in   string
+		want time.Time
+		bad  bool
+	}{
+		{"", time.Time{}, false},
+		{"2026-05-01T10:00:00Z", time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC), false},
+		{"2026-05-01T12:00:00+02:00", time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC), false},
+		{"90m", now.Add(-90 * time.Minute), false},
+		{"1h30m", now.Add(-90 * time.Minute), false},
+		{"0s", now, false},
+		{"7d", now.Add(-7 * 24 * time.Hour), false},
+		{"-5m", time.Time{}, true},
+		{"-1d", time.Time{}, true},
+		{"1.5d", time.Time{}, true},
+		{"yesterday", time.Time{}, true},
+		{"2026-05-01", time.Time{}, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := eventTime("since", tc.in, now)
+			if tc.bad {
+				var u usageError
+				if !errors.As(err, &u) || !strings.Contains(err.Error(), "--since") {
+					t.Fatalf("eventTime(%q) = %v, %v; want a usage error naming --since", tc.in, got, err)
+				}
+				return
+			}
+			if err != nil || !got.Equal(tc.want) {
+				t.Fatalf("eventTime(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
 			}
 		})
 	}

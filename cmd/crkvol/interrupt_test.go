@@ -71,6 +71,7 @@ func TestInterruptedWipeResumes(t *testing.T) {
 	assert.Less(t, info.Wipe.Next, int64(size), "interrupted before the end")
 	status := cli(t, dir, "volume", "status", img)
 	assert.Regexp(t, `Wipe +incomplete, \d+% \(\d+ of 1073741824 bytes zeroed\); run crkvol volume wipe`, status)
+	assert.NotContains(t, status, "<nil>")
 
 	_, wait = startCLI(t, dir, nil, "volume", "create", img, "--size", "1GiB", "--key", key, "--wipe")
 	code, stderr = wait()

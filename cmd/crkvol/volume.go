@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"text/tabwriter"
 
@@ -88,7 +89,7 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 				return err
 			}
 			if _, err := a.mgr.Adopt(cmd.Context(), args[0], pass, id, volume.AdoptOptions{}); err != nil {
-				return err
+				return passphraseFileErr(err, passFile, pass)
 			}
 			return a.printStatus(cmd.Context(), args[0])
 		}}
@@ -308,22 +309,61 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 			if err := a.open(cmd.Context()); err != nil {
 				return err
 			}
+			abs, err := filepath.Abs(args[0])
+			if err != nil {
+				return err
+			}
+			// What the token says before the delete: a kept image stays wrapped by this key.
+			info, _ := volume.Describe(abs)
 			if err := a.mgr.Delete(cmd.Context(), args[0], volume.DeleteOptions{CryptoErase: erase, RemoveImage: !keepImage}); err != nil {
 				return err
 			}
-			if a.asJSON {
-				return a.emit(map[string]any{"path": absPath(args[0]), "deleted": true, "erased": erase})
-			}
-			fmt.Fprintf(a.stdout, "deleted %s (crypto-erased: %v)\n", args[0], erase)
-			return nil
+			return a.printDeleted(args[0], abs, info, erase, keepImage)
 		}}
 	del.Flags().BoolVar(&erase, "erase", false, "destroy every keyslot first (crypto-erase)")
-	del.Flags().BoolVar(&keepImage, "keep-image", false, "keep the image file")
+	del.Flags().BoolVar(&keepImage, "keep-image", false, "keep the image file (deregistered; its passphrase stays wrapped by the key)")
 
 	attach, detach := a.attachCommands()
 	vol.AddCommand(create, adopt, status, list, write, read, attach, detach, passphrase, rewrap, del, a.wipeCommand(), a.resizeCommand())
 	vol.AddCommand(a.identityCommands()...)
+	withImageHints(vol)
 	return vol
+}
+
+// deletedJSON is `volume delete --json`.
+type deletedJSON struct {
+	Path         string `json:"path"`
+	Deregistered bool   `json:"deregistered"`
+	Erased       bool   `json:"erased"`
+	ImageRemoved bool   `json:"imageRemoved"`
+	// KeyID and KeyVersion wrap the passphrase of a kept image that was not erased.
+	KeyID      string `json:"keyId,omitempty"`
+	KeyVersion string `json:"keyVersion,omitempty"`
+}
+
+// printDeleted says what volume delete did: deregistered the volume, crypto-erased it, and
+// removed the image, or kept it at abs. info is the image's token as read before the
+// delete, or nil when it could not be read (a lost image, deregistered by its path).
+func (a *app) printDeleted(path, abs string, info *volume.Info, erased, kept bool) error {
+	out := deletedJSON{Path: abs, Deregistered: true, Erased: erased, ImageRemoved: !kept}
+	if kept && !erased && info != nil {
+		out.KeyID, out.KeyVersion = info.KeyID, info.KeyVersion
+	}
+	if a.asJSON {
+		return a.emit(out)
+	}
+	switch {
+	case !kept:
+		fmt.Fprintf(a.stdout, "deleted %s (crypto-erased: %v)\n", path, erased)
+	case erased:
+		fmt.Fprintf(a.stdout, "crypto-erased and deregistered %s; the image is kept at %s with no keyslot: its data can no longer be decrypted\n", path, abs)
+	case info == nil:
+		fmt.Fprintf(a.stdout, "deregistered %s; no image could be read at %s\n", path, abs)
+	default:
+		fmt.Fprintf(a.stdout, "deregistered %s from key %s; the image is kept at %s: its passphrase stays wrapped by that key (version %s), so it opens only while the key exists, and key rotations no longer rewrap it\n",
+			path, info.KeyID, abs, info.KeyVersion)
+	}
+	return nil
 }
 
 // attach opens a volume through the key service, then releases the key service and the
@@ -350,17 +390,20 @@ func copyWithProgress(a *app, dst io.Writer, src io.Reader, total int64, what st
 
 // statusJSON is `volume status --json`.
 type statusJSON struct {
-	Path       string        `json:"path"`
-	UUID       string        `json:"uuid"`
-	CRN        string        `json:"crn"`
-	Size       int64         `json:"size"`
-	DataOffset int64         `json:"dataOffset"`
-	SectorSize int           `json:"sectorSize"`
-	Cipher     string        `json:"cipher"`
-	KeyBits    int           `json:"cipherKeyBits"`
-	KeyID      string        `json:"keyId"`
-	KeyCRN     string        `json:"keyCrn"`
-	KeyVersion string        `json:"keyVersion"`
+	Path       string `json:"path"`
+	UUID       string `json:"uuid"`
+	CRN        string `json:"crn"`
+	Size       int64  `json:"size"`
+	DataOffset int64  `json:"dataOffset"`
+	SectorSize int    `json:"sectorSize"`
+	Cipher     string `json:"cipher"`
+	// Erased says the volume was crypto-erased: no keyslot is left, and the key fields
+	// (which no longer open anything) are left out.
+	Erased     bool          `json:"erased,omitempty"`
+	KeyBits    int           `json:"cipherKeyBits,omitempty"`
+	KeyID      string        `json:"keyId,omitempty"`
+	KeyCRN     string        `json:"keyCrn,omitempty"`
+	KeyVersion string        `json:"keyVersion,omitempty"`
 	WrappedAt  jsonTime      `json:"wrappedAt,omitzero"`
 	Keyslots   []keyslotJSON `json:"keyslots"`
 	Tokens     []tokenJSON   `json:"tokens"`
@@ -443,7 +486,13 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 	if ident != nil && ident.Known {
 		st.RegisteredPath = ident.RegisteredPath
 	}
-	st.Problems = a.checkVolume(ctx, path)
+	if len(img.Keyslots()) == 0 {
+		// Crypto-erased: the token still names the key, but nothing it wraps opens the data,
+		// and the only problem is the erasure itself.
+		st.Erased, st.KeyBits, st.KeyID, st.KeyCRN, st.KeyVersion, st.WrappedAt = true, 0, "", "", "", jsonTime{}
+	} else {
+		st.Problems = a.checkVolume(ctx, path)
+	}
 	if len(st.Problems) > 0 && st.Health == "ok" {
 		st.Health = "unhealthy"
 	}
@@ -455,16 +504,21 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 		if err := a.emit(st); err != nil {
 			return err
 		}
-		return statusErr(path, st.Problems)
+		return statusErr(path, st.Erased, st.Problems)
 	}
 	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "Path\t%s\n", st.Path)
 	fmt.Fprintf(w, "UUID\t%s\n", st.UUID)
 	fmt.Fprintf(w, "CRN\t%s\n", st.CRN)
 	fmt.Fprintf(w, "Size\t%s (%d bytes), data at %d\n", volume.FormatSize(st.Size), st.Size, st.DataOffset)
-	fmt.Fprintf(w, "Cipher\t%s, %d-bit key, %d-byte sectors\n", st.Cipher, st.KeyBits, st.SectorSize)
-	fmt.Fprintf(w, "Root key\t%s\n", st.KeyID)
-	fmt.Fprintf(w, "Key version\t%s (wrapped %s)\n", st.KeyVersion, rfc3339(st.WrappedAt.Time))
+	if st.Erased {
+		fmt.Fprintf(w, "State\tcrypto-erased: no keyslot is left, so no key opens the data (the header and the ciphertext remain)\n")
+		fmt.Fprintf(w, "Cipher\t%s, %d-byte sectors\n", st.Cipher, st.SectorSize)
+	} else {
+		fmt.Fprintf(w, "Cipher\t%s, %d-bit key, %d-byte sectors\n", st.Cipher, st.KeyBits, st.SectorSize)
+		fmt.Fprintf(w, "Root key\t%s\n", st.KeyID)
+		fmt.Fprintf(w, "Key version\t%s (wrapped %s)\n", st.KeyVersion, rfc3339(st.WrappedAt.Time))
+	}
 	for _, ks := range st.Keyslots {
 		fmt.Fprintf(w, "Keyslot %d\t%s, %s, priority %s\n", ks.ID, ks.Type, ks.KDF, ks.Priority)
 	}
@@ -494,7 +548,7 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 	if err := w.Flush(); err != nil {
 		return err
 	}
-	return statusErr(path, st.Problems)
+	return statusErr(path, st.Erased, st.Problems)
 }
 
 // copyHealth is the status text of one header copy: "ok", or why it is unusable or stale.

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"crkvol/keyslot"
+	"crkvol/volume"
+)
+
+// Hints for images crkvol does not manage, attached to the errors of every volume command.
+const (
+	hintAdopt = "crkvol volume adopt IMG --key ID --passphrase-file FILE brings it under a root key (FILE holds one of its passphrases)"
+	hintLUKS1 = "cryptsetup convert --type luks2 IMG converts it to LUKS2 in place (back up its header first: cryptsetup luksHeaderBackup IMG --header-backup-file FILE); crkvol volume adopt can then take it"
+)
+
+// withImageHints wraps the RunE of cmd's subcommands so that an error saying the image is
+// not one crkvol manages (a LUKS2 image without a crkvol-crk token, a LUKS1 image) carries
+// the command that makes it one.
+func withImageHints(cmd *cobra.Command) {
+	for _, c := range cmd.Commands() {
+		run := c.RunE
+		if run == nil {
+			continue
+		}
+		c.RunE = func(cmd *cobra.Command, args []string) error {
+			return imageHints(run(cmd, args))
+		}
+	}
+}
+
+// imageHints attaches the hint for an image crkvol does not manage to err; other errors,
+// and nil, are returned as they are.
+func imageHints(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, keyslot.ErrLUKS1):
+		return withHint(err, hintLUKS1)
+	case errors.Is(err, volume.ErrNoToken):
+		return withHint(err, hintAdopt)
+	}
+	return err
+}
+
+// passphraseFileErr explains a passphrase read from file that opened no keyslot when the
+// file ends with a newline: the newline is part of the passphrase, since crkvol uses the
+// file's bytes as they are (as cryptsetup's --key-file does), so a file written by echo or an
+// editor holds another passphrase than the one typed. Other errors are returned as they are.
+func passphraseFileErr(err error, file string, pass []byte) error {
+	if err == nil || !errors.Is(err, keyslot.ErrWrongPassphrase) || !bytes.HasSuffix(pass, []byte("\n")) {
+		return err
+	}
+	what, cut := "a newline", 1
+	if bytes.HasSuffix(pass, []byte("\r\n")) {
+		what, cut = "a newline (CR LF)", 2
+	}
+	return withHint(
+		fmt.Errorf("%w; the passphrase file %s ends with %s, which is part of the passphrase (crkvol, like cryptsetup's --key-file, uses the file's bytes as they are)", err, file, what),
+		fmt.Sprintf("if the newline is not part of the passphrase, remove it: truncate -s -%d %s", cut, file),
+		"or write the file without one: printf %s 'PASSPHRASE' > FILE",
+	)
+}
