@@ -18,9 +18,7 @@ const jsonScript = "testdata/json.txtar"
 
 // pendingJSON are the commands whose own --json flag shadows the global one, so that no
 // script can run them with the global --json; TestJSONCoverage checks the reason still holds.
-var pendingJSON = map[string]string{
-	"crkvol bench": "bench --json FILE writes the report to FILE; issue 18 renames it --output",
-}
+var pendingJSON = map[string]string{}
 
 // TestJSONCoverage walks the whole command tree: every leaf command must be run with the
 // global --json in testdata/json.txtar (as "crkvol --json <command path> ..."), so that a
