@@ -652,9 +652,16 @@ func (m *Manager) Adopt(ctx context.Context, path string, passphrase []byte, key
 	return info, nil
 }
 
-// Describe reads a volume's public facts (no key service needed).
+// Describe reads a volume's public facts (no key service needed). It waits as long as it
+// takes for another process's header commit to end; DescribeContext bounds the wait.
 func Describe(path string) (*Info, error) {
 	return describe(context.Background(), path)
+}
+
+// DescribeContext is Describe with ctx bounding the wait for the header lock (a file whose
+// lock another process holds for good, such as a database, would otherwise block forever).
+func DescribeContext(ctx context.Context, path string) (*Info, error) {
+	return describe(ctx, path)
 }
 
 // describe is Describe with a context bounding the wait for the header lock.

@@ -320,7 +320,12 @@ func (v *Volume) ReadOnly() bool { return v.ro }
 // InUse reports whether an image's data area is locked exclusively by another open: the
 // volume is attached, or open for writing. Shared (read-only) opens do not count.
 func InUse(path string) (bool, error) {
-	f, img, err := openImage(context.Background(), path)
+	return InUseContext(context.Background(), path)
+}
+
+// InUseContext is InUse with ctx bounding the wait for the header lock.
+func InUseContext(ctx context.Context, path string) (bool, error) {
+	f, img, err := openImage(ctx, path)
 	if err != nil {
 		return false, err
 	}

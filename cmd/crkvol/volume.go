@@ -119,7 +119,7 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 			rows := []row{}
 			for _, e := range entries {
 				r := row{Path: e.Path, CRN: e.CRN, KeyID: e.KeyID}
-				if info, err := volume.Describe(e.Path); err != nil {
+				if info, err := volume.DescribeContext(cmd.Context(), e.Path); err != nil {
 					r.Error = err.Error()
 				} else {
 					r.KeyVersion = info.KeyVersion
@@ -314,7 +314,7 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 				return err
 			}
 			// What the token says before the delete: a kept image stays wrapped by this key.
-			info, _ := volume.Describe(abs)
+			info, _ := volume.DescribeContext(cmd.Context(), abs)
 			if err := a.mgr.Delete(cmd.Context(), args[0], volume.DeleteOptions{CryptoErase: erase, RemoveImage: !keepImage}); err != nil {
 				return err
 			}
@@ -437,7 +437,7 @@ type tokenJSON struct {
 }
 
 func (a *app) printStatus(ctx context.Context, path string) error {
-	info, err := volume.Describe(path)
+	info, err := volume.DescribeContext(ctx, path)
 	if err != nil {
 		return err
 	}
@@ -496,7 +496,7 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 	if len(st.Problems) > 0 && st.Health == "ok" {
 		st.Health = "unhealthy"
 	}
-	st.InUse, _ = volume.InUse(path)
+	st.InUse, _ = volume.InUseContext(ctx, path)
 	if st.InUse {
 		st.Attached = attachmentView(a.attachmentOf(path))
 	}
