@@ -85,6 +85,9 @@ func listenAddr(spec, defaultSock string) (network, addr string, err error) {
 	switch {
 	case !ok || addr == "":
 	case network == "unix":
+		if abs, err := filepath.Abs(addr); err == nil {
+			addr = abs // the URI works from any directory
+		}
 		return network, addr, nil
 	case network == "tcp":
 		host, _, err := net.SplitHostPort(addr)
@@ -281,7 +284,7 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 		return err
 	}
 	fmt.Fprintf(a.stderr, "attached %s (%d bytes%s) at %s; stop with SIGINT, SIGTERM or crkvol volume detach\n",
-		path, v.Size(), map[bool]string{true: ", read-only"}[readOnly], rec.URI)
+		absPath(path), v.Size(), map[bool]string{true: ", read-only"}[readOnly], rec.URI)
 
 	var serveErr error
 	select {
@@ -299,7 +302,7 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 	if shErr != nil {
 		fmt.Fprintf(a.stderr, "crkvol: some NBD clients were cut off after 30 s: %v\n", shErr)
 	}
-	fmt.Fprintf(a.stderr, "detached %s: flushed, closed, key cleared\n", path)
+	fmt.Fprintf(a.stderr, "detached %s: flushed, closed, key cleared\n", absPath(path))
 	return nil
 }
 
@@ -395,7 +398,7 @@ func (a *app) runDetach(ctx context.Context, path string, timeout time.Duration)
 	if a.asJSON {
 		return a.emit(map[string]any{"path": absPath(path), "detached": true, "pid": rec.PID})
 	}
-	fmt.Fprintf(a.stderr, "detached %s (process %d)\n", path, rec.PID)
+	fmt.Fprintf(a.stderr, "detached %s (process %d)\n", absPath(path), rec.PID)
 	return nil
 }
 
