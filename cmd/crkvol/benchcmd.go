@@ -43,16 +43,8 @@ must not exist unless --force.`,
 				if err != nil {
 					return err
 				}
-				out, err := createOutput("output", output, force, 0o644)
-				if err != nil {
+				if err := writeOutput("output", output, append(b, '\n'), force, 0o644); err != nil {
 					return err
-				}
-				if _, err := out.Write(append(b, '\n')); err != nil {
-					out.Close()
-					return fmt.Errorf("--output %s: %w", output, err)
-				}
-				if err := out.Close(); err != nil {
-					return fmt.Errorf("--output %s: %w", output, err)
 				}
 			}
 			if a.asJSON {

@@ -110,16 +110,8 @@ the command line override it.`,
 				if err != nil {
 					return err
 				}
-				out, err := createOutput("report", reportFile, force, 0o644)
-				if err != nil {
+				if err := writeOutput("report", reportFile, append(b, '\n'), force, 0o644); err != nil {
 					return err
-				}
-				_, err = out.Write(append(b, '\n'))
-				if cerr := out.Close(); err == nil {
-					err = cerr
-				}
-				if err != nil {
-					return fmt.Errorf("--report %s: %w", absPath(reportFile), err)
 				}
 			}
 			if chartFile != "" {
@@ -127,12 +119,12 @@ the command line override it.`,
 				if err != nil {
 					return err
 				}
-				err = rep.WriteChart(out)
-				if cerr := out.Close(); err == nil {
-					err = cerr
+				if err := rep.WriteChart(out); err != nil {
+					out.Abort()
+					return out.fail(err)
 				}
-				if err != nil {
-					return fmt.Errorf("chart: %w", err)
+				if err := out.Close(); err != nil {
+					return err
 				}
 			}
 			if a.asJSON {

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -220,25 +219,38 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 				return fmt.Errorf("%d bytes at offset %d run past the end of the %d-byte volume", n, offset, v.Size())
 			}
 			out := a.stdout
+			var file *outputFile
 			if output != "" {
-				f, err := createOutput("output", output, force, 0o600)
-				if err != nil {
+				if file, err = createOutput("output", output, force, 0o600); err != nil {
 					return err
 				}
-				defer f.Close()
-				out = f
+				// Abort removes the file after an error; after Close it does nothing.
+				defer file.Abort()
+				out = file
 			}
 			// bw is hidden behind a plain Writer so that its ReadFrom, which keeps a read error
 			// (an interrupt) and fails Flush with it, is not used.
 			bw := bufio.NewWriterSize(out, 1<<20)
 			if got, err := copyWithProgress(a, struct{ io.Writer }{bw}, newCtxReader(cmd.Context(), io.NewSectionReader(v, offset, n)), n, "reading"); err != nil {
 				if cmd.Context().Err() != nil {
-					return readInterrupted(bw, args[0], output, offset, got, n)
+					// The part read stays in the output file, as the message says.
+					ierr := readInterrupted(bw, args[0], output, offset, got, n)
+					if file != nil {
+						if cerr := file.Close(); cerr != nil {
+							return fmt.Errorf("%w; %w", ierr, cerr)
+						}
+					}
+					return ierr
 				}
 				return err
 			}
 			if err := bw.Flush(); err != nil {
 				return err
+			}
+			if file != nil {
+				if err := file.Close(); err != nil {
+					return err
+				}
 			}
 			if a.asJSON {
 				return a.emit(map[string]any{"path": absPath(args[0]), "output": absPath(output), "offset": offset, "bytes": n})
@@ -253,7 +265,7 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 	passphrase := &cobra.Command{Use: "passphrase IMG", Short: "Write the unwrapped LUKS passphrase to a new 0600 file (for cryptsetup --key-file)", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if output == "" {
-				return usagef("--output FILE is required (the passphrase is never printed)")
+				return usagef("--output is required: a new file (mode 0600), or - for stdout when it is not a terminal")
 			}
 			if err := a.open(cmd.Context()); err != nil {
 				return err
@@ -268,12 +280,24 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 					return usagef("--json needs --output FILE: the passphrase would go to stdout with the JSON")
 				}
 				if isTerminal(a.stdout) {
-					return errors.New("refusing to print the passphrase to a terminal; use --output FILE")
+					return withHint(fmt.Errorf("--output -: %w", errTerminal), "give --output FILE, or redirect stdout to a pipe or a file")
 				}
 				_, err := a.stdout.Write(pass)
 				return err
 			}
-			if err := writeSecretFile("output", output, pass, force); err != nil {
+			out, err := createOutput("output", output, force, 0o600)
+			if err != nil {
+				return err
+			}
+			if out.stream && isTerminal(out.File) {
+				out.Abort()
+				return withHint(fmt.Errorf("--output %s: %w", absPath(output), errTerminal), "give --output FILE, or redirect stdout to a pipe or a file")
+			}
+			if _, err := out.Write(pass); err != nil {
+				out.Abort()
+				return out.fail(err)
+			}
+			if err := out.Close(); err != nil {
 				return err
 			}
 			if a.asJSON {
@@ -282,7 +306,7 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 			fmt.Fprintf(a.stderr, "wrote the %d-byte passphrase of %s to %s (mode 0600)\n", len(pass), absPath(args[0]), absPath(output))
 			return nil
 		}}
-	passphrase.Flags().StringVar(&output, "output", "", "new file to write the passphrase to (mode 0600); - for stdout if it is not a terminal")
+	passphrase.Flags().StringVar(&output, "output", "", "new file to write the passphrase to (mode 0600), or a device or pipe that is not a terminal; - for stdout when it is not a terminal (a terminal is refused)")
 	passphrase.Flags().BoolVar(&force, "force", false, "replace the --output file if it exists (with a new 0600 file)")
 
 	rewrap := &cobra.Command{Use: "rewrap IMG", Short: "Rewrap a volume's passphrase to its key's latest version", Args: args(cobra.ExactArgs(1)),

@@ -1,0 +1,169 @@
+package main
+
+import (
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestCreateOutput: the one rule for every file the CLI writes for the user. A new name is
+// created; a device or pipe is written without --force; anything else that exists is
+// refused without --force and, with it, replaced by a new file of the right mode renamed
+// over the name (a link itself, never its target); directories are refused.
+func TestCreateOutput(t *testing.T) {
+	t.Parallel()
+	const old = "old content"
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T, dir string) // plants things at dir/out (victim: dir/victim)
+		force bool
+		perm  os.FileMode
+		abort bool
+		// wantErr is the error; otherwise want is what dir/out holds, with mode wantMode.
+		wantErr  error
+		want     string
+		wantMode os.FileMode
+		// victim is what dir/victim holds afterwards ("" for absent).
+		victim string
+		// link: dir/out is still a symbolic link afterwards.
+		link bool
+	}{
+		{name: "new", perm: 0o600, want: "new", wantMode: 0o600},
+		{name: "new report", perm: 0o644, want: "new", wantMode: 0o644},
+		{name: "new with force", force: true, perm: 0o600, want: "new", wantMode: 0o600},
+		{name: "exists", setup: regular(0o644), perm: 0o644, wantErr: fs.ErrExist, want: old, wantMode: 0o644},
+		{name: "exists with force", setup: regular(0o644), force: true, perm: 0o644, want: "new", wantMode: 0o644},
+		{name: "0666 with force becomes 0600", setup: regular(0o666), force: true, perm: 0o600, want: "new", wantMode: 0o600},
+		{name: "aborted replacement keeps the old file", setup: regular(0o644), force: true, perm: 0o600, abort: true, want: old, wantMode: 0o644},
+		{name: "aborted new file is removed", perm: 0o600, abort: true, wantErr: fs.ErrNotExist},
+		{name: "symlink", setup: link(true), perm: 0o600, wantErr: fs.ErrExist, victim: old, link: true},
+		{name: "symlink with force", setup: link(true), force: true, perm: 0o600, want: "new", wantMode: 0o600, victim: old},
+		{name: "dangling symlink", setup: link(false), perm: 0o600, wantErr: fs.ErrExist, link: true},
+		{name: "dangling symlink with force", setup: link(false), force: true, perm: 0o600, want: "new", wantMode: 0o600},
+		{name: "directory", setup: directory, force: true, perm: 0o600, wantErr: errNotRegular},
+		{name: "link to a directory", setup: func(t *testing.T, dir string) {
+			require.NoError(t, os.Mkdir(filepath.Join(dir, "victim"), 0o755))
+			require.NoError(t, os.Symlink(filepath.Join(dir, "victim"), filepath.Join(dir, "out")))
+		}, force: true, perm: 0o600, wantErr: errNotRegular, link: true},
+		{name: "link to /dev/null", setup: func(t *testing.T, dir string) {
+			require.NoError(t, os.Symlink("/dev/null", filepath.Join(dir, "out")))
+		}, perm: 0o600, link: true},
+		{name: "link to /dev/null with force", setup: func(t *testing.T, dir string) {
+			require.NoError(t, os.Symlink("/dev/null", filepath.Join(dir, "out")))
+		}, force: true, perm: 0o600, link: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			path := filepath.Join(dir, "out")
+			if tc.setup != nil {
+				tc.setup(t, dir)
+			}
+			f, err := createOutput("output", path, tc.force, tc.perm)
+			if err == nil {
+				_, err = f.WriteString("new")
+				require.NoError(t, err)
+				if tc.abort {
+					f.Abort()
+				} else {
+					require.NoError(t, f.Close())
+				}
+			}
+			switch {
+			case tc.abort && tc.wantErr != nil:
+				_, err := os.Lstat(path)
+				require.ErrorIs(t, err, tc.wantErr)
+			case tc.wantErr != nil:
+				require.ErrorIs(t, err, tc.wantErr)
+				assert.Contains(t, err.Error(), "--output "+path)
+			default:
+				require.NoError(t, err)
+			}
+			if tc.want != "" {
+				got, err := os.ReadFile(path)
+				require.NoError(t, err)
+				assert.Equal(t, tc.want, string(got))
+				st, err := os.Lstat(path)
+				require.NoError(t, err)
+				assert.Equal(t, tc.wantMode, st.Mode(), "mode of %s", path)
+			}
+			if st, err := os.Lstat(path); err == nil {
+				assert.Equal(t, tc.link, st.Mode()&fs.ModeSymlink != 0, "is a link")
+			}
+			victim, err := os.ReadFile(filepath.Join(dir, "victim"))
+			if tc.victim == "" {
+				if err == nil || !isDirError(err) {
+					assert.ErrorIs(t, err, fs.ErrNotExist, "victim: %q", victim)
+				}
+			} else {
+				assert.Equal(t, tc.victim, string(victim))
+			}
+			// No temporary file is left behind.
+			entries, err := os.ReadDir(dir)
+			require.NoError(t, err)
+			for _, e := range entries {
+				assert.Contains(t, []string{"out", "victim"}, e.Name())
+			}
+		})
+	}
+}
+
+// isDirError tells the error of reading a directory.
+func isDirError(err error) bool {
+	pe, ok := err.(*fs.PathError)
+	return ok && pe.Err == syscall.EISDIR
+}
+
+func regular(perm os.FileMode) func(t *testing.T, dir string) {
+	return func(t *testing.T, dir string) {
+		path := filepath.Join(dir, "out")
+		require.NoError(t, os.WriteFile(path, []byte("old content"), perm))
+		require.NoError(t, os.Chmod(path, perm))
+	}
+}
+
+func link(victim bool) func(t *testing.T, dir string) {
+	return func(t *testing.T, dir string) {
+		if victim {
+			require.NoError(t, os.WriteFile(filepath.Join(dir, "victim"), []byte("old content"), 0o644))
+		}
+		require.NoError(t, os.Symlink(filepath.Join(dir, "victim"), filepath.Join(dir, "out")))
+	}
+}
+
+func directory(t *testing.T, dir string) {
+	require.NoError(t, os.Mkdir(filepath.Join(dir, "out"), 0o755))
+}
+
+// TestCreateOutputFIFO: a named pipe is written as it is, without --force, and stays a pipe.
+func TestCreateOutputFIFO(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "fifo")
+	require.NoError(t, syscall.Mkfifo(path, 0o600))
+	got := make(chan string, 1)
+	go func() {
+		r, err := os.Open(path)
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		defer r.Close()
+		b, _ := io.ReadAll(r)
+		got <- string(b)
+	}()
+	f, err := createOutput("report", path, false, 0o644)
+	require.NoError(t, err)
+	_, err = f.WriteString("through the pipe")
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+	assert.Equal(t, "through the pipe", <-got)
+	st, err := os.Lstat(path)
+	require.NoError(t, err)
+	assert.True(t, st.Mode()&fs.ModeNamedPipe != 0)
+}
