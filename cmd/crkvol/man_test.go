@@ -105,3 +105,53 @@ func TestManPages(t *testing.T) {
 		})
 	}
 }
+
+// TestManPagesReplaceLinks: crkvol man replaces what sits at a page's name — an old page, a
+// symbolic link planted there — with a new 0644 file, never writing through the link.
+func TestManPagesReplaceLinks(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	victim := filepath.Join(t.TempDir(), "victim")
+	if err := os.WriteFile(victim, []byte("victim"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, target string }{
+		{"crkvol.1", victim},
+		{"crkvol-volume-read.1", filepath.Join(dir, "dangling")},
+	} {
+		if err := os.Symlink(tc.target, filepath.Join(dir, tc.name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "crkvol-version.1"), []byte("old page"), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"man", "--date", "Jan 2026", dir}, strings.NewReader(""), &stdout, &stderr, func(string) string { return "" }); code != 0 {
+		t.Fatalf("exit status %d: %s", code, stderr.String())
+	}
+	if b, err := os.ReadFile(victim); err != nil || string(b) != "victim" {
+		t.Errorf("the link's target holds %q, %v; want it untouched", b, err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "dangling")); err == nil {
+		t.Errorf("the dangling link's target was created")
+	}
+	for _, page := range []string{"crkvol.1", "crkvol-volume-read.1", "crkvol-version.1"} {
+		st, err := os.Lstat(filepath.Join(dir, page))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !st.Mode().IsRegular() || st.Mode().Perm() != 0o644 {
+			t.Errorf("%s has mode %v, want a regular 0644 file", page, st.Mode())
+		}
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), "crkvol") || !strings.HasSuffix(e.Name(), ".1") {
+			t.Errorf("%s left in the directory", e.Name())
+		}
+	}
+}
