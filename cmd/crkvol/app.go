@@ -299,7 +299,8 @@ func (a *app) remoteURL() string {
 	if a.local {
 		return ""
 	}
-	if a.kmsURL != "" {
+	// A flag given wins even when empty: --kms-url '' is the embedded key service.
+	if a.kmsURL != "" || a.flagGiven("kms-url") {
 		return a.kmsURL
 	}
 	return a.getenv("CRKVOL_KMS_URL")
@@ -340,15 +341,20 @@ func (a *app) openRemote(dir, url string, clock crk.Clock) error {
 	return nil
 }
 
-// remoteTLS returns the CA file (--kms-ca, else CRKVOL_KMS_CA) and whether plain http off
-// loopback is allowed (--kms-insecure, else CRKVOL_KMS_INSECURE, a boolean such as 1).
+// remoteTLS returns the CA file (--kms-ca, else CRKVOL_KMS_CA, else the config file) and
+// whether plain http off loopback is allowed (--kms-insecure, else CRKVOL_KMS_INSECURE, a
+// boolean such as 1, else the config file). A flag given wins even when it says false or
+// empty.
 func (a *app) remoteTLS() (caFile string, insecure bool, err error) {
 	caFile = a.kmsCA
-	if caFile == "" {
+	if caFile == "" && !a.flagGiven("kms-ca") {
 		caFile = a.getenv("CRKVOL_KMS_CA")
 	}
+	if a.flagGiven("kms-insecure") {
+		return caFile, a.kmsInsecure, nil
+	}
 	insecure = a.kmsInsecure
-	if v := a.getenv("CRKVOL_KMS_INSECURE"); !insecure && v != "" {
+	if v := a.getenv("CRKVOL_KMS_INSECURE"); v != "" {
 		if insecure, err = strconv.ParseBool(v); err != nil {
 			return "", false, usagef("CRKVOL_KMS_INSECURE=%q: want 1 or 0", v)
 		}

@@ -4,15 +4,20 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 
 	"github.com/pelletier/go-toml/v2"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // The config file gives defaults for a few global flags. It sits below the environment,
@@ -28,7 +33,27 @@ var (
 	errConfigUnknown = errors.New("unknown key")
 	// errConfigSecret is a credential, which belongs in the environment, not in a file.
 	errConfigSecret = errors.New("secrets do not belong in the config file")
+	// errConfigNotRegular is a config file that is a FIFO, a device or a directory.
+	errConfigNotRegular = errors.New("not a regular file")
+	// errConfigTooLarge is a config file of more than maxConfigSize bytes (configSizeError).
+	errConfigTooLarge = errors.New("config file too large")
 )
+
+// maxConfigSize is the largest config file read: a handful of settings take a few hundred
+// bytes.
+const maxConfigSize = 64 << 10
+
+// configSizeError is a config file larger than maxConfigSize; it matches errConfigTooLarge.
+type configSizeError struct {
+	File string
+	Size int64
+}
+
+func (e *configSizeError) Error() string {
+	return fmt.Sprintf("config file %s is %d bytes; the limit is %d KiB", e.File, e.Size, maxConfigSize>>10)
+}
+
+func (e *configSizeError) Is(target error) bool { return target == errConfigTooLarge }
 
 // configError is a problem with the config file, at a line if Line > 0.
 type configError struct {
@@ -167,7 +192,9 @@ func configDecodeError(file string, err error) error {
 
 // configState is what an invocation knows of its config file.
 type configState struct {
-	flag   string // --config
+	flag string // --config
+	// flags are the global flags, to tell a flag given on the command line (flagGiven).
+	flags  *pflag.FlagSet
 	loaded bool
 	file   string            // the file read; "" if there was none
 	looked string            // the default path looked at when there was none
@@ -200,25 +227,25 @@ func (a *app) loadConfig() error {
 	getenv := a.getenv
 	path, explicit := a.configPath(getenv)
 	if path == "" {
-		a.config = configState{flag: a.config.flag, loaded: true, getenv: getenv}
+		a.config = configState{flag: a.config.flag, flags: a.config.flags, loaded: true, getenv: getenv}
 		return nil
 	}
 	if abs, err := filepath.Abs(path); err == nil {
 		path = abs
 	}
-	data, err := os.ReadFile(path)
+	data, err := readConfigFile(path)
 	if errors.Is(err, fs.ErrNotExist) && !explicit {
-		a.config = configState{flag: a.config.flag, loaded: true, looked: path, getenv: getenv}
+		a.config = configState{flag: a.config.flag, flags: a.config.flags, loaded: true, looked: path, getenv: getenv}
 		return nil
 	}
 	if err != nil {
-		return &configError{File: path, Err: err}
+		return err
 	}
 	env, err := parseConfig(path, filepath.Dir(path), data)
 	if err != nil {
 		return err
 	}
-	a.config = configState{flag: a.config.flag, loaded: true, file: path, env: env, getenv: getenv}
+	a.config = configState{flag: a.config.flag, flags: a.config.flags, loaded: true, file: path, env: env, getenv: getenv}
 	a.getenv = func(name string) string {
 		if v := getenv(name); v != "" {
 			return v
@@ -228,9 +255,64 @@ func (a *app) loadConfig() error {
 	return nil
 }
 
+// readConfigFile reads the config file at path: a regular file (a FIFO would block the open,
+// a device never end) of at most maxConfigSize bytes. Errors name the file.
+func readConfigFile(path string) ([]byte, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, &configError{File: path, Err: err}
+	}
+	if !st.Mode().IsRegular() {
+		return nil, &configError{File: path, Err: errConfigNotRegular}
+	}
+	// O_NONBLOCK: a FIFO swapped in after the Stat does not block the open either.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, &configError{File: path, Err: err}
+	}
+	defer f.Close()
+	if st, err = f.Stat(); err != nil {
+		return nil, &configError{File: path, Err: err}
+	}
+	if !st.Mode().IsRegular() {
+		return nil, &configError{File: path, Err: errConfigNotRegular}
+	}
+	if st.Size() > maxConfigSize {
+		return nil, &configSizeError{File: path, Size: st.Size()}
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
+	if err != nil {
+		return nil, &configError{File: path, Err: err}
+	}
+	if len(data) > maxConfigSize { // grew since the Stat
+		return nil, &configSizeError{File: path, Size: int64(len(data))}
+	}
+	return data, nil
+}
+
+// flagGiven reports whether the global flag name was given on the command line (even as
+// false or empty): then it beats its environment variable and the config file.
+func (a *app) flagGiven(name string) bool {
+	return a.config.flags != nil && a.config.flags.Changed(name)
+}
+
+// redactURL masks a password in a URL's userinfo (https://user:xxxxx@host); anything that
+// does not parse as a URL with a password is returned as it is.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.User == nil {
+		return s
+	}
+	if _, ok := u.User.Password(); !ok {
+		return s
+	}
+	return u.Redacted()
+}
+
 // addConfig gives root the --config flag and the config command, and makes every command
 // read the config file before it runs.
 func (a *app) addConfig(root *cobra.Command) {
+	a.config.flags = root.PersistentFlags()
 	root.PersistentFlags().StringVar(&a.config.flag, "config", "", "read settings from this file (env CRKVOL_CONFIG; default $XDG_CONFIG_HOME/crkvol/config.toml or ~/.config/crkvol/config.toml)")
 	root.AddCommand(a.configCommand())
 	// These run without reading the config file, so that a broken file does not keep them
@@ -295,10 +377,7 @@ func (a *app) showConfig(cmd *cobra.Command) error {
 			return fmt.Errorf("kms-ca: %w", err)
 		}
 	}
-	values := map[string]string{"state": state, "kms-url": a.remoteURL(), "kms-instance": inst, "kms-ca": ca}
-	if insecure {
-		values["kms-insecure"] = "true"
-	}
+	values := map[string]string{"state": state, "kms-url": redactURL(a.remoteURL()), "kms-instance": inst, "kms-ca": ca}
 	var entries []configEntry
 	for _, s := range configSettings() {
 		src := "default"
@@ -309,6 +388,9 @@ func (a *app) showConfig(cmd *cobra.Command) error {
 			src = "env " + s.Env
 		case a.config.env[s.Env] != "":
 			src = "config file"
+		}
+		if s.Key == "kms-insecure" && (insecure || src != "default") {
+			values[s.Key] = strconv.FormatBool(insecure)
 		}
 		entries = append(entries, configEntry{Name: s.Key, Value: values[s.Key], Source: src})
 	}

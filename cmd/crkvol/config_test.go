@@ -1,8 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"maps"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -70,4 +73,39 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("error %v is not a *configError for c.toml", err)
 		}
 	})
+}
+
+// TestConfigFileSize: a config file larger than 64 KiB is refused with its size, before it
+// is parsed.
+func TestConfigFileSize(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		size int
+		want string
+	}{
+		{"at the limit", 64 << 10, ""},
+		{"over the limit", 64<<10 + 1, " is 65537 bytes; the limit is 64 KiB"},
+		{"large", 10 << 20, " is 10485760 bytes; the limit is 64 KiB"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			path := filepath.Join(t.TempDir(), "config.toml")
+			if err := os.WriteFile(path, bytes.Repeat([]byte("#"), tc.size), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			a := &app{getenv: func(string) string { return "" }}
+			a.config.flag = path
+			err := a.loadConfig()
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if !errors.Is(err, errConfigTooLarge) || err.Error() != "config file "+path+tc.want {
+				t.Fatalf("error %v, want %q (errConfigTooLarge)", err, "config file "+path+tc.want)
+			}
+		})
+	}
 }
