@@ -1,15 +1,19 @@
 package main
 
 import (
+	"bytes"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // TestCreateOutput: the one rule for every file the CLI writes for the user. A new name is
@@ -166,4 +170,66 @@ func TestCreateOutputFIFO(t *testing.T) {
 	st, err := os.Lstat(path)
 	require.NoError(t, err)
 	assert.True(t, st.Mode()&fs.ModeNamedPipe != 0)
+}
+
+// openPTY opens a pseudo-terminal and returns its terminal side.
+func openPTY(t *testing.T) *os.File {
+	t.Helper()
+	ptm, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminal: %v", err)
+	}
+	t.Cleanup(func() { ptm.Close() })
+	if err := unix.IoctlSetPointerInt(int(ptm.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Skipf("unlockpt: %v", err)
+	}
+	n, err := unix.IoctlGetInt(int(ptm.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Skipf("ptsname: %v", err)
+	}
+	pts, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("opening the terminal side: %v", err)
+	}
+	t.Cleanup(func() { pts.Close() })
+	return pts
+}
+
+// TestPassphraseNotToTerminal: volume passphrase writes to a device or to stdout (--output -)
+// only when it is not a terminal, where the passphrase would be shown.
+func TestPassphraseNotToTerminal(t *testing.T) {
+	t.Parallel()
+	pts := openPTY(t)
+	dir := t.TempDir()
+	env := func(name string) string {
+		if name == "CRKVOL_STATE" {
+			return filepath.Join(dir, "state")
+		}
+		return ""
+	}
+	img := filepath.Join(dir, "vol.img")
+	var out, errs bytes.Buffer
+	if code := run([]string{"key", "create", "kt"}, strings.NewReader(""), &out, &errs, env); code != 0 {
+		t.Fatalf("key create: %d: %s", code, errs.String())
+	}
+	if code := run([]string{"volume", "create", img, "--size", "1MiB", "--key", "kt"}, strings.NewReader(""), &out, &errs, env); code != 0 {
+		t.Fatalf("volume create: %d: %s", code, errs.String())
+	}
+	for _, tc := range []struct {
+		name   string
+		output string
+		stdout io.Writer
+	}{
+		{"stdout", "-", pts},
+		{"device", pts.Name(), &out},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var errs bytes.Buffer
+			code := run([]string{"volume", "passphrase", img, "--output", tc.output}, strings.NewReader(""), tc.stdout, &errs, env)
+			want := "crkvol: volume passphrase: --output " + tc.output + ": refusing to write the passphrase to a terminal\n"
+			if code != 1 || !strings.HasPrefix(errs.String(), want) {
+				t.Errorf("exit status %d, stderr %q; want 1 and %q", code, errs.String(), want)
+			}
+		})
+	}
 }
