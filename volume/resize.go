@@ -60,7 +60,9 @@ type Resized struct {
 // data_size the token may record (after such a crash, or a file grown by hand): a volume
 // writer may have used that area, so opts.Wipe zeroes only what lies beyond it.
 //
-// Refused, with nothing changed: a size that is not a positive multiple of the sector size
+// Refused, with nothing changed: an image that is not the registered image of its volume (a
+// copy, or the registered image moved: ErrNotRegisteredImage, as for a read-write open), a
+// size that is not a positive multiple of the sector size
 // (ErrBadSize), smaller than the data area (ErrShrink), a volume attached or open elsewhere
 // (ErrInUse: the data area's exclusive lock, as a read-write open takes, is held throughout),
 // one with an incomplete wipe (ErrWipeIncomplete) or a data area shorter than the token
@@ -93,6 +95,11 @@ func (m *Manager) resize(ctx context.Context, path string, size int64, opts Resi
 	}
 	defer f.Close()
 	if err := lockImage(f, img, OpenOptions{}); err != nil {
+		return Resized{}, false, err
+	}
+	// Only the registered image grows, as only it opens for writing: a copy or a moved image
+	// is refused with the registry's reason, which names what registers it.
+	if _, err := m.imageRegistration(path, f, img); err != nil {
 		return Resized{}, false, err
 	}
 	seg := img.Segment()

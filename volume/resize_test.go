@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"path/filepath"
 	"testing"
 
 	luks "github.com/anatol/luks.go"
@@ -269,6 +270,54 @@ func TestResizeCrash(t *testing.T) {
 			if tc.wipe {
 				assert.True(t, bytes.Equal(make([]byte, newSize-oldSize), all[oldSize:]), "the new area reads as zeros")
 			}
+		})
+	}
+}
+
+// TestResizeRefusesUnregisteredImage: a byte copy of a registered volume, and the registered
+// image moved away from its registered path, are refused with ErrNotRegisteredImage, as a
+// read-write open is, with the commands that make them registered images in the error;
+// neither the file nor its header changes, with or without --wipe.
+func TestResizeRefusesUnregisteredImage(t *testing.T) {
+	tests := []struct {
+		name string
+		wipe bool
+		// image returns the path to resize, made from the registered image at path.
+		image func(t *testing.T, f *fixture, path string) string
+		want  string
+	}{
+		{name: "copy", image: func(t *testing.T, f *fixture, path string) string {
+			dst := filepath.Join(f.dir, "copy.img")
+			copyFile(t, path, dst)
+			return dst
+		}, want: "volume reidentify"},
+		{name: "copy with wipe", wipe: true, image: func(t *testing.T, f *fixture, path string) string {
+			dst := filepath.Join(f.dir, "copy.img")
+			copyFile(t, path, dst)
+			return dst
+		}, want: "volume reidentify"},
+		{name: "moved", image: func(t *testing.T, f *fixture, path string) string {
+			dst := filepath.Join(f.dir, "moved.img")
+			require.NoError(t, os.Rename(path, dst))
+			return dst
+		}, want: "volume register"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			info := f.create(t, "vol.img", 1<<20)
+			path := tc.image(t, f, info.Path)
+			before, err := os.ReadFile(path)
+			require.NoError(t, err)
+
+			_, err = f.mgr.Resize(f.ctx, path, 2<<20, volume.ResizeOptions{Wipe: tc.wipe})
+			require.ErrorIs(t, err, volume.ErrNotRegisteredImage)
+			assert.Contains(t, err.Error(), tc.want)
+			assert.Contains(t, err.Error(), info.Path, "names the registered image")
+			after, err := os.ReadFile(path)
+			require.NoError(t, err)
+			assert.Equal(t, len(before), len(after), "the file size is unchanged")
+			assert.True(t, bytes.Equal(before, after), "the file, header included, is unchanged")
 		})
 	}
 }
