@@ -24,7 +24,7 @@ type resizeJSON struct {
 
 // resizeCommand is `volume resize IMG --size N [--wipe]`.
 func (a *app) resizeCommand() *cobra.Command {
-	var sizeStr string
+	var size sizeFlag
 	var wipe bool
 	cmd := &cobra.Command{Use: "resize IMG", Short: "Grow a volume (its image file and LUKS2 data area) to a new data size", Args: args(cobra.ExactArgs(1)),
 		Long: `Grow a volume's data area to --size bytes (a multiple of its sector size): the image file
@@ -36,9 +36,9 @@ The new part is not wiped: it reads as whatever decrypting the file's zeros give
 after cryptsetup resize. --wipe writes zeros through the encryption over it; if that is
 interrupted, volume wipe finishes it. The volume must not be attached or open elsewhere.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			size, err := volume.ParseSize(sizeStr)
+			size, err := size.size("size")
 			if err != nil {
-				return usageError{err}
+				return err
 			}
 			if err := a.open(cmd.Context()); err != nil {
 				return err
@@ -75,7 +75,7 @@ interrupted, volume wipe finishes it. The volume must not be attached or open el
 			fmt.Fprintf(a.stdout, "resized %s from %s to %s\n", args[0], volume.FormatSize(res.Old), volume.FormatSize(res.New))
 			return nil
 		}}
-	cmd.Flags().StringVar(&sizeStr, "size", "", "new data size, such as 128MiB or 20GiB, larger than the current one (required)")
+	cmd.Flags().Var(&size, "size", "new data size, such as 128MiB or 20GiB, larger than the current one (required)")
 	cmd.Flags().BoolVar(&wipe, "wipe", false, "write zeros through the encryption over the new part so it reads as zeros")
 	requireFlags(cmd, "size")
 	return cmd
