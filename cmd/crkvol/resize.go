@@ -30,7 +30,9 @@ func (a *app) resizeCommand() *cobra.Command {
 		Long: `Grow a volume's data area to --size bytes (a multiple of its sector size): the image file
 is extended and the new data size recorded in the volume's token. The LUKS2 data segment runs
 to the end of the file ("dynamic"), so cryptsetup sees the new size too. Shrinking is refused.
-Asking for the current size does nothing and succeeds, as cryptsetup resize does.
+Asking for the current size does nothing and succeeds, as cryptsetup resize does. The
+current size is the data area the file holds, as volume status shows it (a file grown by hand
+counts as grown). Only the registered image is resized, not a copy.
 
 The new part is not wiped: it reads as whatever decrypting the file's zeros gives (noise), as
 after cryptsetup resize. --wipe writes zeros through the encryption over it; if that is
