@@ -33,7 +33,7 @@ func (p Problem) Error() string { return p.Area + ": " + p.Err.Error() }
 // be opened then either. The error is for an image whose header cannot be read at all.
 // No secret leaves Check: the passphrase and key are cleared before it returns.
 func (m *Manager) Check(ctx context.Context, path string) ([]Problem, error) {
-	f, img, err := openImage(ctx, path)
+	f, img, err := readImage(ctx, path)
 	if err != nil {
 		return nil, err
 	}

@@ -261,7 +261,7 @@ type Identity struct {
 // Identify reads the image at path (its header only; no key service needed) and says
 // whether it is the registered image of its volume in the registry.
 func (r *Registry) Identify(ctx context.Context, path string) (*Identity, error) {
-	f, img, err := openImage(ctx, path)
+	f, img, err := readImage(ctx, path)
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"crkvol/internal/ident"
@@ -395,9 +396,18 @@ func (m *Manager) Open(ctx context.Context, path string) (*Volume, error) {
 }
 
 // OpenWith is Open with options: read-only, or an exclusive attachment. A conflicting open
-// elsewhere (an attachment, or a writer) fails at once with ErrInUse.
+// elsewhere (an attachment, or a writer) fails at once with ErrInUse. An image file that can
+// only be read (no write permission, a read-only file system) opens read-only, not
+// exclusively, and without a lazy rewrap; other opens of it fail with ErrReadOnlyImage.
 func (m *Manager) OpenWith(ctx context.Context, path string, opts OpenOptions) (*Volume, error) {
 	f, img, err := openImage(ctx, path)
+	if errors.Is(err, ErrReadOnlyImage) && opts.ReadOnly && !opts.Exclusive {
+		// An image the user may only read still opens read-only (no lazy rewrap then: the
+		// token cannot be written). An exclusive open needs the write lock, which a
+		// read-only descriptor cannot take.
+		f, img, err = readImage(ctx, path)
+		opts.fileReadOnly = true
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -442,7 +452,8 @@ func (m *Manager) OpenWith(ctx context.Context, path string, opts OpenOptions) (
 // open unlocks the image and serves its data. Whatever fails, the passphrase is cleared as
 // soon as the keyslot is open, and the volume key unless a Volume took it. An unregistered
 // copy (r, from imageRegistration, names another image) is served read-only and never
-// lazily rewrapped: its registration belongs to the registered image.
+// lazily rewrapped: its registration belongs to the registered image; nor is an image file
+// opened read-only (opts.fileReadOnly), whose token cannot be written.
 func (m *Manager) open(ctx context.Context, f *os.File, img *keyslot.Image, opts OpenOptions, r registration) (_ *Volume, err error) {
 	key, id, tok, u, err := m.unlock(ctx, img)
 	if err != nil {
@@ -455,7 +466,7 @@ func (m *Manager) open(ctx context.Context, f *os.File, img *keyslot.Image, opts
 		}
 	}()
 	copyOf := r.copyOf()
-	if u.Rewrapped != nil && copyOf == "" {
+	if u.Rewrapped != nil && copyOf == "" && !opts.fileReadOnly {
 		if err := m.storeRewrapped(ctx, img, id, tok, u.Rewrapped); err != nil {
 			// The old wrapping still works; a later rotation or sync retries.
 			m.opts.Logger.Warn("lazy rewrap failed", "crn", tok.VolumeCRN, "err", err)
@@ -573,12 +584,26 @@ func OpenWithPassphrase(path string, passphrase []byte) (*Volume, error) {
 	return nil, fmt.Errorf("volume: open %s: %w", path, err)
 }
 
-// openImage opens an image file and reads its header; waiting for the header lock ends when
-// ctx does.
+// openImage opens an image file for reading and writing and reads its header; waiting for
+// the header lock ends when ctx does. A file that can be read but not written is refused
+// with ErrReadOnlyImage.
 func openImage(ctx context.Context, path string) (*os.File, *keyslot.Image, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	return openImageFile(ctx, path, os.O_RDWR)
+}
+
+// readImage is openImage for what only reads the image (describing, checking, probing its
+// locks): the file is opened read-only, so that an image the user may only read, or one on
+// a read-only file system, works. The header lock (flock) and a shared data-area lock work
+// on a read-only descriptor.
+func readImage(ctx context.Context, path string) (*os.File, *keyslot.Image, error) {
+	return openImageFile(ctx, path, os.O_RDONLY)
+}
+
+// openImageFile opens the image with flag, os.O_RDWR or os.O_RDONLY, and reads its header.
+func openImageFile(ctx context.Context, path string, flag int) (*os.File, *keyslot.Image, error) {
+	f, err := os.OpenFile(path, flag, 0)
 	if err != nil {
-		return nil, nil, fmt.Errorf("volume: %w", err)
+		return nil, nil, notWritable(path, flag, err)
 	}
 	img, err := keyslot.OpenContext(ctx, f, nil)
 	if err != nil {
@@ -586,6 +611,22 @@ func openImage(ctx context.Context, path string) (*os.File, *keyslot.Image, erro
 		return nil, nil, fmt.Errorf("volume: %s: %w", path, err)
 	}
 	return f, img, nil
+}
+
+// notWritable returns err, the error of opening path with flag, as ErrReadOnlyImage when the
+// file could not be opened for writing but can be for reading (no write permission, or a
+// read-only file system), else as it is.
+func notWritable(path string, flag int, err error) error {
+	var pe *fs.PathError
+	if flag&(os.O_RDWR|os.O_WRONLY) == 0 || !errors.As(err, &pe) ||
+		!(errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EROFS)) {
+		return fmt.Errorf("volume: %w", err)
+	}
+	if r, rerr := os.Open(path); rerr == nil {
+		r.Close()
+		return fmt.Errorf("volume: %s: %w (%w); it opens read-only", path, ErrReadOnlyImage, pe.Err)
+	}
+	return fmt.Errorf("volume: %w", err)
 }
 
 // AdoptOptions tune Adopt.
@@ -666,7 +707,7 @@ func DescribeContext(ctx context.Context, path string) (*Info, error) {
 
 // describe is Describe with a context bounding the wait for the header lock.
 func describe(ctx context.Context, path string) (*Info, error) {
-	f, img, err := openImage(ctx, path)
+	f, img, err := readImage(ctx, path)
 	if err != nil {
 		return nil, err
 	}
@@ -788,7 +829,7 @@ func (m *Manager) entryByPath(abs string) (Entry, error) {
 // checked against its keyslot — for handing to cryptsetup --key-file. The caller must clear
 // it and must never log or display it.
 func (m *Manager) UnwrapPassphrase(ctx context.Context, path string) ([]byte, error) {
-	f, img, err := openImage(ctx, path)
+	f, img, err := readImage(ctx, path)
 	if err != nil {
 		return nil, err
 	}

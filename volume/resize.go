@@ -54,10 +54,15 @@ type Resized struct {
 // crash then leaves the old token, whose data_size a longer file satisfies: the volume opens,
 // at the new size, and checks healthy), then data_size (with the wipe record) is written in
 // one header commit, both copies with the next sequence number. Running Resize again with the
-// same size after a crash finishes it, from the size the token records; with opts.Wipe, that
-// run wipes from the recorded size, including what was written there since the crash.
+// same size after a crash finishes it: it records the size, and reports Old equal to New,
+// since the volume already opened at that size. The size before a resize is always the data
+// area the file holds, as the volume opens and [Manager.Describe] reports it, never a smaller
+// data_size the token may record (after such a crash, or a file grown by hand): a volume
+// writer may have used that area, so opts.Wipe zeroes only what lies beyond it.
 //
-// Refused, with nothing changed: a size that is not a positive multiple of the sector size
+// Refused, with nothing changed: an image that is not the registered image of its volume (a
+// copy, or the registered image moved: ErrNotRegisteredImage, as for a read-write open), a
+// size that is not a positive multiple of the sector size
 // (ErrBadSize), smaller than the data area (ErrShrink), a volume attached or open elsewhere
 // (ErrInUse: the data area's exclusive lock, as a read-write open takes, is held throughout),
 // one with an incomplete wipe (ErrWipeIncomplete) or a data area shorter than the token
@@ -92,6 +97,11 @@ func (m *Manager) resize(ctx context.Context, path string, size int64, opts Resi
 	if err := lockImage(f, img, OpenOptions{}); err != nil {
 		return Resized{}, false, err
 	}
+	// Only the registered image grows, as only it opens for writing: a copy or a moved image
+	// is refused with the registry's reason, which names what registers it.
+	if _, err := m.imageRegistration(path, f, img); err != nil {
+		return Resized{}, false, err
+	}
 	seg := img.Segment()
 	switch {
 	case !seg.Dynamic:
@@ -122,17 +132,16 @@ func (m *Manager) resize(ctx context.Context, path string, size int64, opts Resi
 	if err := truncatedData(img, tok, st.Size()); err != nil {
 		return Resized{}, false, fmt.Errorf("%w: data area: %w", ErrUnhealthy, err)
 	}
+	// The size the volume has is the file's data area, as it opens (and as status shows it),
+	// even when the token records less (a resize interrupted after extending the file, or a
+	// file grown by hand): data may have been written there since, so none of it counts as
+	// new, and none of it is wiped.
 	cur := st.Size() - off
-	// The size the volume had: the recorded one, when a resize was interrupted after
-	// extending the file.
 	res := Resized{Path: path, Old: cur, New: size}
-	if tok.DataSize > 0 && tok.DataSize < cur {
-		res.Old = tok.DataSize
-	}
 	switch {
 	case size < cur:
 		return Resized{}, false, fmt.Errorf("%w: %d bytes is less than the %d-byte data area", ErrShrink, size, cur)
-	case size == cur && res.Old == cur:
+	case size == cur && (tok.DataSize == 0 || tok.DataSize == cur):
 		return res, false, nil
 	}
 
@@ -151,8 +160,9 @@ func (m *Manager) resize(ctx context.Context, path string, size int64, opts Resi
 
 	// 2. The token: one header commit.
 	var record *WipeProgress
-	if opts.Wipe {
-		record = &WipeProgress{Next: res.Old, Size: size}
+	wipe = opts.Wipe && size > cur
+	if wipe {
+		record = &WipeProgress{Next: cur, Size: size}
 	}
 	uuid := img.UUID() // fn below runs under the image's lock: no Image methods in it
 	err = img.UpdateTokenContext(ctx, id, func(cur json.RawMessage) ([]byte, error) {
@@ -172,8 +182,8 @@ func (m *Manager) resize(ctx context.Context, path string, size int64, opts Resi
 	if err := m.resizeStep("recorded"); err != nil {
 		return Resized{}, false, err
 	}
-	m.opts.Logger.Info("volume resized", "path", path, "from", res.Old, "to", res.New, "wipe", opts.Wipe)
-	return res, opts.Wipe, nil
+	m.opts.Logger.Info("volume resized", "path", path, "from", res.Old, "to", res.New, "wipe", wipe)
+	return res, wipe, nil
 }
 
 // resizeStep calls the test hook after a step of resize, if set.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"path/filepath"
 	"testing"
 
 	luks "github.com/anatol/luks.go"
@@ -51,8 +52,11 @@ func TestResize(t *testing.T) {
 		size    int64
 		wipe    bool
 		wantErr error
-		// wantNew is the data size after a successful resize.
-		wantNew int64
+		// wantNew is the data size after a successful resize; wantOld the one before it, if
+		// not oldSize.
+		wantNew, wantOld int64
+		// check, if set, runs on the open volume after a successful resize.
+		check func(t *testing.T, v *volume.Volume)
 	}{
 		{name: "grow", size: 2 << 20, wantNew: 2 << 20},
 		{name: "grow by one sector", size: oldSize + 4096, wantNew: oldSize + 4096},
@@ -64,6 +68,34 @@ func TestResize(t *testing.T) {
 					return bytes.Replace(cur, []byte(`,"data_size":1048576`), nil, 1), nil
 				}))
 				require.Zero(t, tokenDataSize(t, path), "an older crkvol's token")
+				return nil
+			}},
+		{name: "grow a file longer than data_size, wipe only past it", size: 3 << 20, wipe: true, wantOld: 2 << 20, wantNew: 3 << 20,
+			// The file was grown by hand (or a resize crashed after extending it): the volume
+			// opens at the file's size, and what is written past data_size must survive the wipe.
+			prepare: func(t *testing.T, f *fixture, path string) func() {
+				st, err := os.Stat(path)
+				require.NoError(t, err)
+				require.NoError(t, os.Truncate(path, st.Size()+oldSize))
+				require.Equal(t, int64(2<<20), mustDescribe(t, path).Size, "the volume has the file's size")
+				v, err := f.mgr.Open(f.ctx, path)
+				require.NoError(t, err)
+				_, err = v.WriteAt(pattern(64<<10, 7), oldSize+512<<10)
+				require.NoError(t, err)
+				require.NoError(t, v.Close())
+				return nil
+			},
+			check: func(t *testing.T, v *volume.Volume) {
+				back := make([]byte, 64<<10)
+				_, err := v.ReadAt(back, oldSize+512<<10)
+				require.NoError(t, err)
+				assert.True(t, bytes.Equal(pattern(64<<10, 7), back), "data written past data_size is not wiped")
+			}},
+		{name: "same size as a file longer than data_size records it", size: 2 << 20, wipe: true, wantOld: 2 << 20, wantNew: 2 << 20,
+			prepare: func(t *testing.T, f *fixture, path string) func() {
+				st, err := os.Stat(path)
+				require.NoError(t, err)
+				require.NoError(t, os.Truncate(path, st.Size()+oldSize))
 				return nil
 			}},
 		{name: "shrink refused", size: oldSize - 4096, wantErr: volume.ErrShrink},
@@ -127,7 +159,11 @@ func TestResize(t *testing.T) {
 				return
 			}
 			require.NoError(t, err)
-			assert.Equal(t, volume.Resized{Path: info.Path, Old: oldSize, New: tc.wantNew}, got)
+			wantOld := int64(oldSize)
+			if tc.wantOld != 0 {
+				wantOld = tc.wantOld
+			}
+			assert.Equal(t, volume.Resized{Path: info.Path, Old: wantOld, New: tc.wantNew}, got)
 			if tc.wantNew == oldSize {
 				assert.Equal(t, seq, seqID(t, info.Path), "a no-op writes nothing")
 			}
@@ -145,11 +181,14 @@ func TestResize(t *testing.T) {
 			_, err = v.ReadAt(back, 0)
 			require.NoError(t, err)
 			assert.True(t, bytes.Equal(data, back), "the data is intact")
-			if tc.wipe {
-				tail := make([]byte, tc.wantNew-oldSize)
-				_, err = v.ReadAt(tail, oldSize)
+			if tc.wipe && tc.wantNew > wantOld {
+				tail := make([]byte, tc.wantNew-wantOld)
+				_, err = v.ReadAt(tail, wantOld)
 				require.NoError(t, err)
 				assert.True(t, bytes.Equal(make([]byte, len(tail)), tail), "the new area reads as zeros")
+			}
+			if tc.check != nil {
+				tc.check(t, v)
 			}
 			last := pattern(4096, 9)
 			_, err = v.WriteAt(last, tc.wantNew-4096)
@@ -185,7 +224,9 @@ func TestResizeCrash(t *testing.T) {
 		{"extended", false, oldSize, func(t *testing.T, f *fixture, path string) {
 			got, err := f.mgr.Resize(f.ctx, path, newSize, volume.ResizeOptions{})
 			require.NoError(t, err)
-			assert.Equal(t, volume.Resized{Path: path, Old: oldSize, New: newSize}, got, "the rerun reports the resize it finished")
+			// The volume already had the new size (it opens at the file's size): the rerun
+			// only records it.
+			assert.Equal(t, volume.Resized{Path: path, Old: newSize, New: newSize}, got, "the rerun reports the size the volume had")
 		}},
 		{"recorded", true, newSize, func(t *testing.T, f *fixture, path string) {
 			_, err := f.mgr.Resize(f.ctx, path, newSize, volume.ResizeOptions{Wipe: true})
@@ -229,6 +270,54 @@ func TestResizeCrash(t *testing.T) {
 			if tc.wipe {
 				assert.True(t, bytes.Equal(make([]byte, newSize-oldSize), all[oldSize:]), "the new area reads as zeros")
 			}
+		})
+	}
+}
+
+// TestResizeRefusesUnregisteredImage: a byte copy of a registered volume, and the registered
+// image moved away from its registered path, are refused with ErrNotRegisteredImage, as a
+// read-write open is, with the commands that make them registered images in the error;
+// neither the file nor its header changes, with or without --wipe.
+func TestResizeRefusesUnregisteredImage(t *testing.T) {
+	tests := []struct {
+		name string
+		wipe bool
+		// image returns the path to resize, made from the registered image at path.
+		image func(t *testing.T, f *fixture, path string) string
+		want  string
+	}{
+		{name: "copy", image: func(t *testing.T, f *fixture, path string) string {
+			dst := filepath.Join(f.dir, "copy.img")
+			copyFile(t, path, dst)
+			return dst
+		}, want: "volume reidentify"},
+		{name: "copy with wipe", wipe: true, image: func(t *testing.T, f *fixture, path string) string {
+			dst := filepath.Join(f.dir, "copy.img")
+			copyFile(t, path, dst)
+			return dst
+		}, want: "volume reidentify"},
+		{name: "moved", image: func(t *testing.T, f *fixture, path string) string {
+			dst := filepath.Join(f.dir, "moved.img")
+			require.NoError(t, os.Rename(path, dst))
+			return dst
+		}, want: "volume register"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			info := f.create(t, "vol.img", 1<<20)
+			path := tc.image(t, f, info.Path)
+			before, err := os.ReadFile(path)
+			require.NoError(t, err)
+
+			_, err = f.mgr.Resize(f.ctx, path, 2<<20, volume.ResizeOptions{Wipe: tc.wipe})
+			require.ErrorIs(t, err, volume.ErrNotRegisteredImage)
+			assert.Contains(t, err.Error(), tc.want)
+			assert.Contains(t, err.Error(), info.Path, "names the registered image")
+			after, err := os.ReadFile(path)
+			require.NoError(t, err)
+			assert.Equal(t, len(before), len(after), "the file size is unchanged")
+			assert.True(t, bytes.Equal(before, after), "the file, header included, is unchanged")
 		})
 	}
 }

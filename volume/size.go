@@ -20,10 +20,8 @@ var (
 	// ErrSizeRange means a size parsed but is out of range for its use: not a whole number of
 	// bytes or sectors, not positive where it must be, or beyond 2^62 bytes.
 	ErrSizeRange = errors.New("size out of range")
-	// errTooLarge is the ErrSizeRange of a size beyond maxSize.
-	errTooLarge = fmt.Errorf("%w: more than 4 EiB (2^62 bytes)", ErrSizeRange)
-	// errBeyondInt64 is the ErrSizeRange of a byte count beyond the int64 range.
-	errBeyondInt64 = fmt.Errorf("%w: more than 2^63-1 bytes", ErrSizeRange)
+	// errTooLarge is wrapped, with ErrSizeRange, by the error of a size beyond its limit.
+	errTooLarge = errors.New("too large")
 )
 
 // maxSize is the largest size accepted (4 EiB), far below the int64 limit so that offsets
@@ -143,17 +141,39 @@ func (q Quantity) bytes() (int64, error) {
 		return 0, nil
 	}
 	if !q.v.IsInt() {
-		return 0, fmt.Errorf("%w: %s bytes is not a whole number of bytes", ErrSizeRange, approx(q.v))
+		return 0, q.fractionError()
 	}
 	if !q.v.Num().IsInt64() {
-		return 0, errBeyondInt64
+		return 0, q.tooLargeError("9223372036854775807 bytes, 2^63-1")
 	}
 	return q.v.Num().Int64(), nil
 }
 
+// Size returns the quantity as the size of a volume: a positive whole number of bytes, at
+// most 4 EiB (2^62). Zero, a negative quantity, a fraction of a byte and more than 4 EiB are
+// errors wrapping [ErrSizeRange].
+func (q Quantity) Size() (int64, error) {
+	n, err := q.size()
+	if err != nil {
+		return 0, fmt.Errorf("volume: %w", err)
+	}
+	return n, nil
+}
+
+// size is Size with errors that do not name the package.
+func (q Quantity) size() (int64, error) {
+	if q.Sign() <= 0 {
+		return 0, fmt.Errorf("%w: want a positive size", ErrSizeRange)
+	}
+	if err := q.checkMagnitude(); err != nil {
+		return 0, err
+	}
+	return q.bytes()
+}
+
 // Sectors returns the quantity in bytes if it is a whole number of sectorSize-byte sectors,
-// else an error wrapping [ErrSizeRange] that names the sector size. A magnitude beyond 2^62
-// is also an error. The sign is not checked.
+// else an error wrapping [ErrSizeRange]: one saying so, naming the sector size, or, for a
+// fraction of a byte or a magnitude beyond 2^62, one saying that. The sign is not checked.
 func (q Quantity) Sectors(sectorSize int) (int64, error) {
 	if q.v == nil {
 		return 0, nil
@@ -161,23 +181,58 @@ func (q Quantity) Sectors(sectorSize int) (int64, error) {
 	if sectorSize <= 0 {
 		return 0, fmt.Errorf("volume: %w: sector size %d", ErrSizeRange, sectorSize)
 	}
-	sectors := new(big.Rat).Quo(q.v, new(big.Rat).SetInt64(int64(sectorSize)))
-	if !sectors.IsInt() {
-		return 0, fmt.Errorf("volume: %w: %s bytes is not a whole number of %d-byte sectors", ErrSizeRange, approx(q.v), sectorSize)
+	if !q.v.IsInt() {
+		return 0, fmt.Errorf("volume: %w", q.fractionError())
 	}
-	n, err := checkMagnitude(q.v.Num())
-	if err != nil {
+	if err := q.checkMagnitude(); err != nil {
 		return 0, fmt.Errorf("volume: %w", err)
 	}
-	return n, nil
+	if new(big.Int).Rem(q.v.Num(), big.NewInt(int64(sectorSize))).Sign() != 0 {
+		return 0, fmt.Errorf("volume: %w: %s is not a whole number of %d-byte sectors", ErrSizeRange, q.bytesText(), sectorSize)
+	}
+	return q.v.Num().Int64(), nil
 }
 
-// checkMagnitude returns n as an int64 if |n| <= maxSize.
-func checkMagnitude(n *big.Int) (int64, error) {
-	if new(big.Int).Abs(n).Cmp(big.NewInt(maxSize)) > 0 {
-		return 0, errTooLarge
+// checkMagnitude refuses a quantity whose magnitude is beyond maxSize.
+func (q Quantity) checkMagnitude() error {
+	if q.v == nil {
+		return nil
 	}
-	return n.Int64(), nil
+	if new(big.Rat).Abs(q.v).Cmp(new(big.Rat).SetInt64(maxSize)) > 0 {
+		return q.tooLargeError("4EiB, 2^62 bytes")
+	}
+	return nil
+}
+
+// fractionError is the ErrSizeRange of a quantity that is not a whole number of bytes.
+func (q Quantity) fractionError() error {
+	return fmt.Errorf("%w: %s is not a whole number of bytes", ErrSizeRange, q.bytesText())
+}
+
+// tooLargeError is the ErrSizeRange of a quantity beyond limit, also wrapping errTooLarge.
+func (q Quantity) tooLargeError(limit string) error {
+	return fmt.Errorf("%w: %s is %w (at most %s)", ErrSizeRange, q.bytesText(), errTooLarge, limit)
+}
+
+// bytesText names the quantity in an error: its text as given, followed by "bytes" when it
+// has no unit ("0.5 bytes", "1.5KiB").
+func (q Quantity) bytesText() string {
+	t := strings.TrimSpace(q.text)
+	if t == "" {
+		t = approx(q.rat())
+	}
+	if strings.IndexFunc(t, func(r rune) bool { return r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' }) < 0 {
+		return t + " bytes"
+	}
+	return t
+}
+
+// rat returns the quantity as a big.Rat (zero for the zero Quantity).
+func (q Quantity) rat() *big.Rat {
+	if q.v == nil {
+		return new(big.Rat)
+	}
+	return q.v
 }
 
 // approx renders r in decimal: exact for a whole number, else to three decimals, trailing
@@ -199,13 +254,7 @@ func ParseSize(s string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if q.Sign() <= 0 {
-		return 0, fmt.Errorf("volume: size %q: %w: want a positive size", s, ErrSizeRange)
-	}
-	n, err := q.bytes()
-	if err == nil && n > maxSize {
-		err = errTooLarge
-	}
+	n, err := q.size()
 	if err != nil {
 		return 0, fmt.Errorf("volume: size %q: %w", s, err)
 	}

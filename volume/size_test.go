@@ -97,7 +97,10 @@ func TestQuantity(t *testing.T) {
 			n, err = q.Sectors(4096)
 			if tc.sectorsErr {
 				require.ErrorIs(t, err, ErrSizeRange)
-				if tc.sign > 0 && !errors.Is(err, errTooLarge) {
+				switch {
+				case tc.sign > 0 && tc.bytesErr && !errors.Is(err, errTooLarge):
+					assert.Contains(t, err.Error(), "not a whole number of bytes", "a fraction of a byte is not a sector problem")
+				case tc.sign > 0 && !errors.Is(err, errTooLarge):
 					assert.Contains(t, err.Error(), "4096-byte sector")
 				}
 			} else {
@@ -111,4 +114,47 @@ func TestQuantity(t *testing.T) {
 	n, err := zero.Bytes()
 	require.NoError(t, err)
 	assert.Zero(t, n)
+}
+
+// TestSizeErrorMessages: each range error says what is wrong with the value as given: a
+// fraction of a byte as such (not as a sector problem), a value beyond the limit as too large
+// (not as unaligned), an unaligned whole number of bytes as unaligned.
+func TestSizeErrorMessages(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		in      string
+		use     string // "size", "sectors", "bytes"
+		want    string
+		tooMuch bool
+	}{
+		{in: "1.0000000000000000000001MiB", use: "sectors", want: "1.0000000000000000000001MiB is not a whole number of bytes"},
+		{in: "1.0000000000000000000001MiB", use: "size", want: "1.0000000000000000000001MiB is not a whole number of bytes"},
+		{in: "0.5", use: "bytes", want: "0.5 bytes is not a whole number of bytes"},
+		{in: "1.5", use: "sectors", want: "1.5 bytes is not a whole number of bytes"},
+		{in: "12345678901234567890123", use: "sectors", want: "12345678901234567890123 bytes is too large (at most 4EiB, 2^62 bytes)", tooMuch: true},
+		{in: "9223372036854775807", use: "sectors", want: "9223372036854775807 bytes is too large (at most 4EiB, 2^62 bytes)", tooMuch: true},
+		{in: "9223372036854775807", use: "size", want: "9223372036854775807 bytes is too large (at most 4EiB, 2^62 bytes)", tooMuch: true},
+		{in: "5000PiB", use: "sectors", want: "5000PiB is too large (at most 4EiB, 2^62 bytes)", tooMuch: true},
+		{in: "-5000PiB", use: "sectors", want: "-5000PiB is too large (at most 4EiB, 2^62 bytes)", tooMuch: true},
+		{in: "12345678901234567890123", use: "bytes", want: "12345678901234567890123 bytes is too large (at most 9223372036854775807 bytes, 2^63-1)", tooMuch: true},
+		{in: "4097", use: "sectors", want: "4097 bytes is not a whole number of 4096-byte sectors"},
+		{in: "1.5KiB", use: "sectors", want: "1.5KiB is not a whole number of 4096-byte sectors"},
+		{in: "0", use: "size", want: "want a positive size"},
+	} {
+		t.Run(tc.use+" "+tc.in, func(t *testing.T) {
+			q, err := ParseQuantity(tc.in)
+			require.NoError(t, err)
+			switch tc.use {
+			case "size":
+				_, err = q.Size()
+			case "sectors":
+				_, err = q.Sectors(4096)
+			case "bytes":
+				_, err = q.Bytes()
+			}
+			require.ErrorIs(t, err, ErrSizeRange)
+			assert.Equal(t, "volume: size out of range: "+tc.want, err.Error())
+			assert.Equal(t, tc.tooMuch, errors.Is(err, errTooLarge))
+		})
+	}
 }

@@ -27,6 +27,10 @@ var (
 	ErrInUse = errors.New("volume is in use (attached or open for writing elsewhere)")
 	// ErrReadOnly means a write to a volume opened read-only.
 	ErrReadOnly = errors.New("volume is open read-only")
+	// ErrReadOnlyImage means an image file that can be read but not written (no write
+	// permission, or a read-only file system): what only reads it (describing, checking,
+	// a read-only open) works; what writes it fails with this error.
+	ErrReadOnlyImage = errors.New("the image file cannot be written")
 )
 
 // OpenOptions tune how a volume is opened.
@@ -39,6 +43,9 @@ type OpenOptions struct {
 	Exclusive bool
 	// wiping is set by Manager.Wipe, the one writer allowed while a wipe is incomplete.
 	wiping bool
+	// fileReadOnly is set by OpenWith when the image file could only be opened read-only:
+	// no lazy rewrap is attempted then.
+	fileReadOnly bool
 }
 
 const (
@@ -325,7 +332,7 @@ func InUse(path string) (bool, error) {
 
 // InUseContext is InUse with ctx bounding the wait for the header lock.
 func InUseContext(ctx context.Context, path string) (bool, error) {
-	f, img, err := openImage(ctx, path)
+	f, img, err := readImage(ctx, path)
 	if err != nil {
 		return false, err
 	}

@@ -156,7 +156,12 @@ customer root key (CRK) in an embedded Key Protect-style key service.`,
 	root.PersistentFlags().BoolVar(&a.kmsInsecure, "kms-insecure", false, "allow a plain http --kms-url to a host that is not loopback: the API key and wrapped keys cross the network in clear (env CRKVOL_KMS_INSECURE=1)")
 	root.PersistentFlags().StringVar(&a.eventMaxAge, "event-max-age", "", "embedded key service: delete audit events older than this, such as 2160h or 90d (env CRKVOL_EVENT_MAX_AGE; default: any age)")
 	root.PersistentFlags().StringVar(&a.eventMaxCount, "event-max-count", "", "embedded key service: keep at most this many audit events, -1 for no limit (env CRKVOL_EVENT_MAX_COUNT; default 1048576)")
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+		if fs := (*flagSyntaxError)(nil); errors.As(err, &fs) {
+			err = fs // its own message names the flag and the values wanted
+		}
+		return usageError{err}
+	})
 	root.AddCommand(a.keyCommand(), a.volumeCommand(), a.eventsCommand(), a.demoCommand(), a.kmsCommand(), a.benchCommand(), a.simCommand())
 	root.PersistentPreRun = func(cmd *cobra.Command, _ []string) { a.readOnly = readOnlyCommands[commandName(cmd)] }
 	a.addVersion(root)

@@ -15,7 +15,8 @@ import (
 
 // identify says whether the image at path is the registered image of its volume, using the
 // open registry, or else the state directory's registry if there is one (opened and closed
-// here: status needs no key service). It returns nil when there is no registry.
+// here: status needs no key service; read-only, as app.open does for a command that only
+// reads, when it cannot be written). It returns nil when there is no registry.
 func (a *app) identify(ctx context.Context, path string) (*volume.Identity, error) {
 	reg := a.reg
 	if reg == nil {
@@ -27,7 +28,11 @@ func (a *app) identify(ctx context.Context, path string) (*volume.Identity, erro
 		if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
 			return nil, nil
 		}
-		if reg, err = volume.OpenRegistry(p); err != nil {
+		reg, err = volume.OpenRegistry(p)
+		if err != nil && a.readOnly && unwritable(err) {
+			reg, err = volume.OpenRegistryReadOnly(p)
+		}
+		if err != nil {
 			return nil, err
 		}
 		defer reg.Close()

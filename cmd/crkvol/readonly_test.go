@@ -73,6 +73,10 @@ func TestReadOnlyStateDirectory(t *testing.T) {
 			code, out, stderr := runIn(t, dir, ro, later, args...)
 			require.Equal(t, 0, code, stderr)
 			assert.NotEmpty(t, out)
+			if len(args) > 1 && args[1] == "status" {
+				// The registry is read read-only, as volume list reads it.
+				assert.Regexp(t, `(?m)^Registration +registered$`, out)
+			}
 			assert.Contains(t, stderr, "crkvol: rotation policy: key "+key+" is due for rotation")
 			assert.NotContains(t, stderr, "rotated key")
 		})
@@ -83,4 +87,54 @@ func TestReadOnlyStateDirectory(t *testing.T) {
 	// Nothing ran: the key still has one version.
 	_, out, _ = runIn(t, dir, ro, later, "--json", "key", "versions", key)
 	assert.Equal(t, 1, strings.Count(out, `"creationDate"`), out)
+}
+
+// TestReadOnlyImage: an image file that can be read but not written (on a read-only bind
+// mount of its directory over itself: the tests run as root, whom a 0444 mode does not stop)
+// has its status shown, its data read and its registration listed, with the state directory
+// writable or read-only too; writing it fails, naming the file and the missing write access.
+func TestReadOnlyImage(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	key := jsonField(t, cli(t, dir, "--json", "key", "create", "roimage"), "id")
+	images := filepath.Join(dir, "images")
+	require.NoError(t, os.Mkdir(images, 0o700))
+	img := filepath.Join(images, "v.img")
+	cli(t, dir, "volume", "create", img, "--size", "1MiB", "--key", key)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "data.txt"), []byte("read back from a read-only image\n"), 0o600))
+	cli(t, dir, "volume", "write", img, "--input", "data.txt")
+	require.NoError(t, os.Chmod(img, 0o444))
+	if out, err := exec.Command("mount", "--bind", "-o", "ro", images, images).CombinedOutput(); err != nil || os.Geteuid() != 0 {
+		t.Skipf("cannot make a read-only bind mount here: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", images).Run() })
+	if err := os.WriteFile(filepath.Join(images, "probe"), nil, 0o600); !errors.Is(err, syscall.EROFS) {
+		t.Skipf("the bind mount is not read-only here (%v)", err)
+	}
+	state := filepath.Join(dir, "state")
+	roState := readOnlyState(t, dir)
+	const now = "2026-01-01T00:00:00Z"
+
+	for _, tc := range []struct {
+		state string
+		args  []string
+		want  string
+	}{
+		{state, []string{"volume", "status", img}, "Registration  registered"},
+		{state, []string{"volume", "read", img, "--length", "33"}, "read back from a read-only image"},
+		{state, []string{"volume", "list"}, img},
+		{roState, []string{"volume", "status", img}, "Registration  registered"},
+		{roState, []string{"volume", "list"}, img},
+	} {
+		t.Run(strings.Join(tc.args, " ")+" state "+filepath.Base(tc.state), func(t *testing.T) {
+			code, out, stderr := runIn(t, dir, tc.state, now, tc.args...)
+			require.Equal(t, 0, code, stderr)
+			assert.Contains(t, out, tc.want)
+			assert.NotContains(t, out, "error")
+			assert.NotContains(t, out, "unknown")
+		})
+	}
+	code, _, stderr := runIn(t, dir, state, now, "volume", "write", img, "--input", "data.txt")
+	assert.Equal(t, 1, code, stderr)
+	assert.Contains(t, stderr, img+": the image file cannot be written (read-only file system)")
 }

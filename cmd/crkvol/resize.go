@@ -24,21 +24,23 @@ type resizeJSON struct {
 
 // resizeCommand is `volume resize IMG --size N [--wipe]`.
 func (a *app) resizeCommand() *cobra.Command {
-	var sizeStr string
+	var size sizeFlag
 	var wipe bool
 	cmd := &cobra.Command{Use: "resize IMG", Short: "Grow a volume (its image file and LUKS2 data area) to a new data size", Args: args(cobra.ExactArgs(1)),
 		Long: `Grow a volume's data area to --size bytes (a multiple of its sector size): the image file
 is extended and the new data size recorded in the volume's token. The LUKS2 data segment runs
 to the end of the file ("dynamic"), so cryptsetup sees the new size too. Shrinking is refused.
-Asking for the current size does nothing and succeeds, as cryptsetup resize does.
+Asking for the current size does nothing and succeeds, as cryptsetup resize does. The
+current size is the data area the file holds, as volume status shows it (a file grown by hand
+counts as grown). Only the registered image is resized, not a copy.
 
 The new part is not wiped: it reads as whatever decrypting the file's zeros gives (noise), as
 after cryptsetup resize. --wipe writes zeros through the encryption over it; if that is
 interrupted, volume wipe finishes it. The volume must not be attached or open elsewhere.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			size, err := volume.ParseSize(sizeStr)
+			size, err := size.size("size")
 			if err != nil {
-				return usageError{err}
+				return err
 			}
 			if err := a.open(cmd.Context()); err != nil {
 				return err
@@ -60,7 +62,7 @@ interrupted, volume wipe finishes it. The volume must not be attached or open el
 			if err != nil {
 				if res.New > 0 && cmd.Context().Err() != nil {
 					return interruptedf("grew %s from %s to %s; the wipe of the new part stopped (recorded); run crkvol volume wipe %s to finish it",
-						args[0], sizeText(res.Old), sizeText(res.New), args[0])
+						args[0], volume.FormatSize(res.Old), volume.FormatSize(res.New), args[0])
 				}
 				return err
 			}
@@ -69,28 +71,14 @@ interrupted, volume wipe finishes it. The volume must not be attached or open el
 				return a.emit(resizeJSON{Path: res.Path, Size: res.New, OldSize: res.Old, Resized: changed, Wiped: changed && wipe})
 			}
 			if !changed {
-				fmt.Fprintf(a.stdout, "%s is already %s; nothing to do\n", args[0], sizeText(res.New))
+				fmt.Fprintf(a.stdout, "%s is already %s; nothing to do\n", args[0], volume.FormatSize(res.New))
 				return nil
 			}
-			fmt.Fprintf(a.stdout, "resized %s from %s to %s\n", args[0], sizeText(res.Old), sizeText(res.New))
+			fmt.Fprintf(a.stdout, "resized %s from %s to %s\n", args[0], volume.FormatSize(res.Old), volume.FormatSize(res.New))
 			return nil
 		}}
-	cmd.Flags().StringVar(&sizeStr, "size", "", "new data size, such as 128MiB or 20GiB, larger than the current one (required)")
+	cmd.Flags().Var(&size, "size", "new data size, such as 128MiB or 20GiB, larger than the current one (required)")
 	cmd.Flags().BoolVar(&wipe, "wipe", false, "write zeros through the encryption over the new part so it reads as zeros")
 	requireFlags(cmd, "size")
 	return cmd
-}
-
-// sizeText renders a byte count for people: in the largest binary unit that divides it, with
-// a space ("64 MiB"), or in bytes.
-func sizeText(n int64) string {
-	for _, u := range []struct {
-		name string
-		mult int64
-	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
-		if n >= u.mult && n%u.mult == 0 {
-			return fmt.Sprintf("%d %s", n/u.mult, u.name)
-		}
-	}
-	return fmt.Sprintf("%d bytes", n)
 }

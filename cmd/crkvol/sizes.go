@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"strconv"
+	"strings"
 
 	"crkvol/volume"
 )
@@ -64,11 +66,72 @@ func (f *sizeFlag) volumeSize(name string, sectorSize int) (int64, error) {
 	return n, nil
 }
 
+// size returns the value as a volume's size in bytes, when the sector size is not known yet
+// (volume resize): positive, a whole number of bytes, at most 4 EiB.
+func (f *sizeFlag) size(name string) (int64, error) {
+	n, err := f.q.Size()
+	if err != nil {
+		return 0, fmt.Errorf("--%s %s: %w", name, f.q, err)
+	}
+	return n, nil
+}
+
+// Wanted values of the integer flags, for their errors.
+const (
+	wantSectorSize = "512, 1024, 2048 or 4096"
+	wantKeyBits    = "256 (AES-128-XTS) or 512 (AES-256-XTS)"
+)
+
+// intFlag is an integer flag whose value, if it is not a decimal integer, fails in Set with a
+// flagSyntaxError naming the flag and the values wanted (a usage error, exit status 2),
+// instead of Go's strconv text; the range check is the command's (exit status 1).
+type intFlag struct {
+	n int
+	// name is the flag's name and want the values it takes, for the error.
+	name, want string
+}
+
+// Set parses s as a decimal integer.
+func (f *intFlag) Set(s string) error {
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil {
+		return &flagSyntaxError{flag: f.name, value: s, want: f.want}
+	}
+	f.n = n
+	return nil
+}
+
+// String returns the value in decimal.
+func (f *intFlag) String() string { return strconv.Itoa(f.n) }
+
+// Type names the value in help texts.
+func (f *intFlag) Type() string { return "int" }
+
+// flagSyntaxError is a flag value that does not parse: run prints it as it is, without
+// pflag's `invalid argument "X" for "--flag" flag:` (the app's flag error function unwraps it).
+type flagSyntaxError struct{ flag, value, want string }
+
+func (e *flagSyntaxError) Error() string {
+	v := e.value
+	if strings.TrimSpace(v) == "" {
+		v = strconv.Quote(v)
+	}
+	return fmt.Sprintf("--%s %s: want %s", e.flag, v, e.want)
+}
+
 // checkSectorSize refuses a sector size LUKS2 does not allow.
 func checkSectorSize(n int) error {
 	switch n {
 	case 512, 1024, 2048, 4096:
 		return nil
 	}
-	return fmt.Errorf("--sector-size %d: want 512, 1024, 2048 or 4096", n)
+	return fmt.Errorf("--sector-size %d: want %s", n, wantSectorSize)
+}
+
+// checkKeyBits refuses an aes-xts-plain64 key size crkvol does not make.
+func checkKeyBits(n int) error {
+	if n != 256 && n != 512 {
+		return fmt.Errorf("--cipher-key-bits %d: want %s", n, wantKeyBits)
+	}
+	return nil
 }

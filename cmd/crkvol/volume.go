@@ -28,19 +28,20 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 
 	var size sizeFlag
 	var keyID string
-	var sectorSize, keyBits int
+	sectorSize := intFlag{n: 4096, name: "sector-size", want: wantSectorSize}
+	keyBits := intFlag{n: 512, name: "cipher-key-bits", want: wantKeyBits}
 	var wipe bool
 	create := &cobra.Command{Use: "create IMG", Short: "Create a volume image protected by a root key", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkSectorSize(sectorSize); err != nil {
+			if err := checkSectorSize(sectorSize.n); err != nil {
 				return err
 			}
-			size, err := size.volumeSize("size", sectorSize)
+			size, err := size.volumeSize("size", sectorSize.n)
 			if err != nil {
 				return err
 			}
-			if keyBits != 256 && keyBits != 512 {
-				return fmt.Errorf("--cipher-key-bits %d: want 256 (AES-128-XTS) or 512 (AES-256-XTS)", keyBits)
+			if err := checkKeyBits(keyBits.n); err != nil {
+				return err
 			}
 			if err := a.open(cmd.Context()); err != nil {
 				return err
@@ -50,7 +51,7 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 				return err
 			}
 			info, err := a.mgr.Create(cmd.Context(), args[0], volume.CreateOptions{
-				KeyID: id, Size: size, SectorSize: sectorSize, KeySize: keyBits / 8, Wipe: wipe,
+				KeyID: id, Size: size, SectorSize: sectorSize.n, KeySize: keyBits.n / 8, Wipe: wipe,
 			})
 			if err != nil {
 				if wipe {
@@ -67,8 +68,8 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 		}}
 	create.Flags().Var(&size, "size", "data size, a whole number of sectors, such as 64MiB, 1.5GiB or 10GB (required)")
 	create.Flags().StringVar(&keyID, "key", "", "root key id or unique name (required)")
-	create.Flags().IntVar(&sectorSize, "sector-size", 4096, "encryption sector size: 512, 1024, 2048 or 4096")
-	create.Flags().IntVar(&keyBits, "cipher-key-bits", 512, "aes-xts-plain64 key size: 512 or 256")
+	create.Flags().Var(&sectorSize, "sector-size", "encryption sector size: 512, 1024, 2048 or 4096")
+	create.Flags().Var(&keyBits, "cipher-key-bits", "aes-xts-plain64 key size: 512 or 256")
 	create.Flags().BoolVar(&wipe, "wipe", false, "write zeros through the encryption so the volume reads as zeros")
 	requireFlags(create, "size", "key")
 
