@@ -356,12 +356,17 @@ func (a *app) remoteTLS() (caFile string, insecure bool, err error) {
 	return caFile, insecure, nil
 }
 
-// needLocal refuses commands that need the embedded key service in remote mode.
+// needLocal refuses commands that need the embedded key service in remote mode. what is
+// the part of the command that needs it (a flag such as "--reveal"), or "" for the whole
+// command: the command path is printed before the message already.
 func (a *app) needLocal(what string) error {
-	if a.svc == nil {
-		return fmt.Errorf("%s: not available with --kms-url; use the service's own API or CLI", what)
+	if a.svc != nil {
+		return nil
 	}
-	return nil
+	if what == "" {
+		return errors.New("not available with --kms-url; use the service's own API or CLI")
+	}
+	return fmt.Errorf("%s: not available with --kms-url; use the service's own API or CLI", what)
 }
 
 // close releases the key service, the registry and the manager (and their file locks); a
