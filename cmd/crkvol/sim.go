@@ -175,6 +175,15 @@ the command line override it.`,
 	var crashOpts sim.CrashOptions
 	crash := &cobra.Command{Use: "crash", Short: "Kill `crkvol key rotate` with SIGKILL at random moments, then check key sync repairs every volume", Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// CrashTest takes 0 for its defaults: refuse it here, before any work.
+			for _, f := range []struct {
+				name string
+				n    int
+			}{{"volumes", crashOpts.Volumes}, {"trials", crashOpts.Trials}} {
+				if f.n < 1 {
+					return fmt.Errorf("--%s %d: want at least 1", f.name, f.n)
+				}
+			}
 			bin, err := os.Executable()
 			if err != nil {
 				return err
