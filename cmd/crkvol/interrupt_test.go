@@ -121,7 +121,7 @@ func TestInterruptedWrite(t *testing.T) {
 	assert.Equal(t, 143, code, stderr)
 	lines := strings.Split(strings.TrimSpace(stderr), "\n")
 	require.Len(t, lines, 1, stderr)
-	assert.Regexp(t, `^crkvol: volume write: interrupted: w\.img: wrote 8388608 bytes at offset 0 \(synced\); the rest of the input was not written; to resume, .* --offset 8388608`, lines[0])
+	assert.Regexp(t, `^crkvol: volume write: interrupted: w\.img: wrote the first 8388608 bytes of the input at offset 0 \(synced\); the rest was not written; to resume, skip the first 8388608 bytes of the input and write the rest with: crkvol volume write w\.img --offset 8388608$`, lines[0])
 	out := filepath.Join(dir, "back.bin")
 	cli(t, dir, "volume", "read", "w.img", "--length", "8388608", "--output", out)
 	back, err := os.ReadFile(out)

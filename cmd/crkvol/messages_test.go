@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // TestNoDoubledCommandPath: a failing command's error line names the command path once, in
@@ -60,5 +63,32 @@ func assertPathOnce(t *testing.T, path, stderr string) {
 	for _, line := range strings.Split(stderr, "\n") {
 		rest := strings.TrimPrefix(line, "crkvol: "+path+": ")
 		assert.False(t, strings.Contains(rest, path+":") || strings.Contains(rest, path+" "), "command path repeated: %q", line)
+	}
+}
+
+type syncer struct{}
+
+func (syncer) Sync() error { return nil }
+
+// TestWriteInterruptedHint: the resume hint of an interrupted `volume write` is a command that
+// works: tail -c of a regular --input file (quoted for the shell), and for stdin or a pipe the
+// number of bytes to skip, never `tail -c +N stdin`.
+func TestWriteInterruptedHint(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	file := filepath.Join(dir, "my data.bin")
+	require.NoError(t, os.WriteFile(file, []byte("x"), 0o600))
+	for _, tc := range []struct {
+		name, input, want string
+	}{
+		{"stdin", "", "/v.img: wrote the first 100 bytes of the input at offset 4096 (synced); the rest was not written; to resume, skip the first 100 bytes of the input and write the rest with: crkvol volume write /v.img --offset 4196"},
+		{"pipe", "/dev/stdin", "skip the first 100 bytes of the input"},
+		{"file", file, "/v.img: wrote the first 100 bytes of " + file + " at offset 4096 (synced); the rest was not written; to resume: tail -c +101 '" + file + "' | crkvol volume write /v.img --offset 4196"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := writeInterrupted(syncer{}, "/v.img", tc.input, 4096, 100)
+			assert.Contains(t, err.Error(), tc.want)
+			assert.NotContains(t, err.Error(), "stdin |")
+		})
 	}
 }
