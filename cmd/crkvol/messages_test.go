@@ -6,11 +6,15 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"crkvol/volume"
 )
 
 // TestNoDoubledCommandPath: a failing command's error line names the command path once, in
@@ -91,4 +95,41 @@ func TestWriteInterruptedHint(t *testing.T) {
 			assert.NotContains(t, err.Error(), "stdin |")
 		})
 	}
+}
+
+// TestByteBarBinaryUnits: byte progress is in binary units, like every size crkvol prints.
+func TestByteBarBinaryUnits(t *testing.T) {
+	t.Parallel()
+	var out strings.Builder
+	bar := byteBar(&out, 400<<20, "writing")
+	require.NoError(t, bar.Set64(200<<20))
+	require.NoError(t, bar.Finish())
+	assert.Contains(t, out.String(), "400 MiB")
+	assert.NotContains(t, out.String(), " MB")
+}
+
+// TestRewrapBarFramesConsistent: in every frame a rewrap bar draws, the rewrapped and failed
+// counts of its description add up to the count of volumes done beside them.
+func TestRewrapBarFramesConsistent(t *testing.T) {
+	t.Parallel()
+	var out strings.Builder
+	b := &rewrapBars{w: &gatedWriter{w: &out}, min: 1}
+	const n = 40
+	for done := 0; done <= n; done++ {
+		b.update(volume.RewrapProgress{KeyID: "K", Volumes: n, Done: done, Rewrapped: done - done/10, Failed: done / 10})
+	}
+	frame := regexp.MustCompile(`rewrapped (\d+), failed (\d+).*\((\d+)/(\d+)`)
+	frames := 0
+	for _, f := range strings.FieldsFunc(out.String(), func(r rune) bool { return r == '\r' || r == '\n' }) {
+		m := frame.FindStringSubmatch(f)
+		if m == nil {
+			continue
+		}
+		frames++
+		r, _ := strconv.Atoi(m[1])
+		fl, _ := strconv.Atoi(m[2])
+		d, _ := strconv.Atoi(m[3])
+		assert.Equal(t, d, r+fl, "frame %q", f)
+	}
+	assert.GreaterOrEqual(t, frames, n+1, "a frame per update (every is 0):\n%s", out.String())
 }

@@ -95,7 +95,7 @@ the command line override it.`,
 			opts := sim.Options{Dir: workDir, Logger: slog.New(slog.DiscardHandler)}
 			var bars *simBars
 			if !a.asJSON && isTerminal(a.stderr) {
-				bars = &simBars{w: a.stderr}
+				bars = &simBars{w: &gatedWriter{w: a.stderr}}
 				opts.Progress = bars.update
 			}
 			rep, err := sim.Run(cmd.Context(), s, opts)

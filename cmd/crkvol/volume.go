@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"text/tabwriter"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	"crkvol/keyslot"
@@ -381,7 +380,7 @@ func (a *app) attach(ctx context.Context, path string, opts volume.OpenOptions) 
 // copyWithProgress copies in 1 MiB pieces, with a progress bar when stderr is a terminal.
 func copyWithProgress(a *app, dst io.Writer, src io.Reader, total int64, what string) (int64, error) {
 	if isTerminal(a.stderr) && (total < 0 || total > 4<<20) {
-		bar := progressbar.DefaultBytes(total, what)
+		bar := byteBar(a.stderr, total, what)
 		defer bar.Finish()
 		dst = io.MultiWriter(dst, bar)
 	}
