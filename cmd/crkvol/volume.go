@@ -112,14 +112,14 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 				Path       string `json:"path"`
 				CRN        string `json:"crn"`
 				KeyID      string `json:"keyId"`
-				KeyVersion string `json:"keyVersion"`
+				KeyVersion string `json:"keyVersion,omitempty"`
 				Error      string `json:"error,omitempty"`
 			}
 			rows := []row{}
 			for _, e := range entries {
 				r := row{Path: e.Path, CRN: e.CRN, KeyID: e.KeyID}
 				if info, err := volume.DescribeContext(cmd.Context(), e.Path); err != nil {
-					r.Error = err.Error()
+					r.Error = errorText(err)
 				} else {
 					r.KeyVersion = info.KeyVersion
 				}
