@@ -489,10 +489,14 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 		// Crypto-erased: the token still names the key, but nothing it wraps opens the data,
 		// and the only problem is the erasure itself.
 		st.Erased, st.KeyBits, st.KeyID, st.KeyCRN, st.KeyVersion, st.WrappedAt = true, 0, "", "", "", jsonTime{}
-	} else {
-		st.Problems = a.checkVolume(ctx, path)
 	}
-	if len(st.Problems) > 0 && st.Health == "ok" {
+	keyOnly := false
+	if !st.Erased {
+		st.Problems, keyOnly = a.checkVolume(ctx, path)
+	}
+	// The header's health is the header's: a key service that refuses is a problem of its
+	// own, not an unhealthy header.
+	if len(st.Problems) > 0 && st.Health == "ok" && !keyOnly {
 		st.Health = "unhealthy"
 	}
 	st.InUse, _ = volume.InUseContext(ctx, path)
@@ -503,7 +507,7 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 		if err := a.emit(st); err != nil {
 			return err
 		}
-		return statusErr(path, st.Erased, st.Problems)
+		return statusErr(path, st.Erased, st.Problems, keyOnly)
 	}
 	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "Path\t%s\n", st.Path)
@@ -547,7 +551,7 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 	if err := w.Flush(); err != nil {
 		return err
 	}
-	return statusErr(path, st.Erased, st.Problems)
+	return statusErr(path, st.Erased, st.Problems, keyOnly)
 }
 
 // copyHealth is the status text of one header copy: "ok", or why it is unusable or stale.
