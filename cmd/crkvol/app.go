@@ -251,6 +251,9 @@ func (a *app) open(ctx context.Context) error {
 	// A command that only reads falls back to reading the store and the registry when the
 	// state directory cannot be written (a read-only mount, a directory of another user).
 	readOnly := false
+	if rec, held := serveHolds(filepath.Join(dir, "crk.db"), dir); held {
+		return heldByServe(rec, filepath.Join(dir, "crk.db"), errStoreHeld)
+	}
 	svc, err := crk.Open(filepath.Join(dir, "crk.db"), opts)
 	if err != nil && a.readOnly && unwritable(err) {
 		opts.ReadOnly, readOnly = true, true
