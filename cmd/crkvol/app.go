@@ -158,7 +158,10 @@ customer root key (CRK) in an embedded Key Protect-style key service.`,
 	root.PersistentFlags().StringVar(&a.eventMaxCount, "event-max-count", "", "embedded key service: keep at most this many audit events, -1 for no limit (env CRKVOL_EVENT_MAX_COUNT; default 1048576)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(a.keyCommand(), a.volumeCommand(), a.eventsCommand(), a.demoCommand(), a.kmsCommand(), a.benchCommand(), a.simCommand())
-	root.PersistentPreRun = func(cmd *cobra.Command, _ []string) { a.readOnly = readOnlyCommands[commandName(cmd)] }
+	root.PersistentPreRun = func(cmd *cobra.Command, args []string) {
+		a.readOnly = readOnlyCommands[commandName(cmd)]
+		absImageArg(cmd, args)
+	}
 	a.addVersion(root)
 	root.AddCommand(a.manCommand())
 	a.addConfig(root)     // after every command: it makes each read the config file
@@ -168,6 +171,19 @@ customer root key (CRK) in an embedded Key Protect-style key service.`,
 	root.SetErr(a.stderr)
 	strictHelpAndCompletion(root)
 	return root
+}
+
+// absImageArg makes the IMG argument of cmd (one whose Use names IMG first) absolute, in
+// place: cobra passes the same slice to the command's RunE, so every message and error about
+// the image names it by its absolute path, whatever the working directory.
+func absImageArg(cmd *cobra.Command, args []string) {
+	fields := strings.Fields(cmd.Use)
+	if len(fields) < 2 || fields[1] != "IMG" || len(args) == 0 || args[0] == "" {
+		return
+	}
+	if abs, err := filepath.Abs(args[0]); err == nil {
+		args[0] = abs
+	}
 }
 
 // readOnlyCommands are the commands that only read the state directory: they work on one

@@ -152,7 +152,7 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 			in := a.stdin
 			var total int64 = -1
 			if input != "" {
-				f, err := os.Open(input)
+				f, err := os.Open(absName(input))
 				if err != nil {
 					return err
 				}
