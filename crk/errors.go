@@ -60,7 +60,9 @@ var (
 	ErrRegistrationExists = errors.New("registration already exists")
 	// ErrInvalidArgument: a malformed request (empty name, bad CRN, oversized DEK, ...).
 	ErrInvalidArgument = errors.New("invalid argument")
-	// ErrMasterKey: the service master key does not open the store.
+	// ErrMasterKey: the service master key does not open the store, or there is no usable
+	// one (no key file for an existing store, a key of the wrong size, a key file others can
+	// read); the error's text says which.
 	ErrMasterKey = errors.New("service master key does not match the store")
 	// ErrAudit: an audit event could not be stored. The operation it records did not take
 	// effect: a state change is committed in the same transaction as its event, and a read or

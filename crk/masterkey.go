@@ -15,12 +15,26 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
+// masterKeyError is an [ErrMasterKey] whose text says what is wrong with the master key
+// itself (missing, of the wrong size, readable by others), so that only a key that really
+// does not open the store is reported as not matching it.
+type masterKeyError struct{ msg string }
+
+func (e masterKeyError) Error() string { return "crk: " + e.msg }
+
+// Is makes the error match ErrMasterKey.
+func (e masterKeyError) Is(target error) bool { return target == ErrMasterKey }
+
+func masterKeyErrorf(format string, args ...any) error {
+	return masterKeyError{fmt.Sprintf(format, args...)}
+}
+
 // loadMasterKey returns the master key from the options or the key file (creating the file
 // with a random key on first use), and the key file path if one is used.
 func loadMasterKey(path string, opts Options) ([]byte, string, error) {
 	if opts.MasterKey != nil {
 		if len(opts.MasterKey) != 32 {
-			return nil, "", fmt.Errorf("%w: master key is %d bytes, want 32", ErrMasterKey, len(opts.MasterKey))
+			return nil, "", masterKeyErrorf("the master key is %d bytes, want 32", len(opts.MasterKey))
 		}
 		return opts.MasterKey, "", nil
 	}
@@ -36,7 +50,7 @@ func loadMasterKey(path string, opts Options) ([]byte, string, error) {
 		return nil, "", err
 	}
 	if _, err := os.Stat(path); err == nil {
-		return nil, "", fmt.Errorf("%w: store %s exists but its key file %s does not", ErrMasterKey, path, file)
+		return nil, "", masterKeyErrorf("store %s exists but its master key file %s does not", path, file)
 	}
 	if opts.ReadOnly {
 		return nil, "", fmt.Errorf("crk: opening store %s read-only: %w", path, fs.ErrNotExist)
@@ -62,7 +76,7 @@ func readKeyFile(file string) ([]byte, error) {
 		return nil, err
 	}
 	if st.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("%w: key file %s has mode %v; it must be 0600", ErrMasterKey, file, st.Mode().Perm())
+		return nil, masterKeyErrorf("master key file %s has mode %v; it must be 0600 (readable by its owner only)", file, st.Mode().Perm())
 	}
 	raw, err := os.ReadFile(file)
 	if err != nil {
@@ -70,7 +84,7 @@ func readKeyFile(file string) ([]byte, error) {
 	}
 	k, err := base64.StdEncoding.DecodeString(string(trimNewline(raw)))
 	if err != nil || len(k) != 32 {
-		return nil, fmt.Errorf("%w: key file %s does not hold 32 bytes of base64", ErrMasterKey, file)
+		return nil, masterKeyErrorf("master key file %s does not hold 32 bytes of base64", file)
 	}
 	return k, nil
 }

@@ -209,7 +209,7 @@ type sealer struct {
 
 func newSealer(master []byte) (*sealer, error) {
 	if len(master) != 32 {
-		return nil, fmt.Errorf("%w: master key is %d bytes, want 32", ErrMasterKey, len(master))
+		return nil, masterKeyErrorf("the master key is %d bytes, want 32", len(master))
 	}
 	block, err := aes.NewCipher(master)
 	if err != nil {

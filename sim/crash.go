@@ -78,6 +78,19 @@ func (r *CrashReport) WriteSummary(w io.Writer) {
 	}
 }
 
+// childError describes a child crkvol that failed while doing what: stopped because ctx
+// ended (the error wraps ctx.Err()), or failed with err and its output out (left out when
+// empty).
+func childError(ctx context.Context, what string, err error, out []byte) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%s was stopped: %w", what, ctx.Err())
+	}
+	if msg := strings.TrimSpace(string(out)); msg != "" {
+		return fmt.Errorf("%s: %w: %s", what, err, msg)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
 // crashFixture is the state of a crash test: registered volumes with known data.
 type crashFixture struct {
 	opts  CrashOptions
@@ -122,7 +135,7 @@ func CrashTest(ctx context.Context, opts CrashOptions) (*CrashReport, error) {
 	now := fx.t0.Add(2 * time.Hour)
 	t := time.Now()
 	if out, err := fx.cli(ctx, now, "key", "rotate", fx.keyID).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("sim: calibration rotation: %w: %s", err, out)
+		return nil, fmt.Errorf("sim: %w", childError(ctx, "the calibration rotation (an unkilled `crkvol key rotate` before the trials)", err, out))
 	}
 	full := time.Since(t)
 	rep.FullRotateMs = ms(full)
@@ -211,7 +224,7 @@ func CrashTest(ctx context.Context, opts CrashOptions) (*CrashReport, error) {
 			rep.Failures = append(rep.Failures, fmt.Sprintf("trial %d: a rotation that finished left %d volumes stale", trial, stale))
 		}
 		if out, err := fx.cli(ctx, now.Add(time.Minute), "key", "sync", fx.keyID).CombinedOutput(); err != nil {
-			rep.Failures = append(rep.Failures, fmt.Sprintf("trial %d: key sync: %v: %s", trial, err, out))
+			rep.Failures = append(rep.Failures, fmt.Sprintf("trial %d: %v", trial, childError(ctx, "key sync", err, out)))
 		} else {
 			rep.Repaired += stale
 		}

@@ -86,7 +86,9 @@ func (m *Manager) onRotate(ctx context.Context, n RotationNotice) error {
 }
 
 // Sync rewraps every volume of keyID whose registration is not on the key's latest version:
-// what a crash, a failure or an unreachable volume left behind.
+// what a crash, a failure or an unreachable volume left behind. Its report counts the
+// volumes of the key registered on this machine that were current already among Volumes
+// and AlreadyCurrent.
 func (m *Manager) Sync(ctx context.Context, keyID string) (*Report, error) {
 	regs, latest, err := m.kms.Registrations(ctx, keyID)
 	if err != nil {
@@ -100,17 +102,24 @@ func (m *Manager) Sync(ctx context.Context, keyID string) (*Report, error) {
 	}
 	// Registrations may be current while a token is not (a crash between the two writes
 	// is repaired by rewrapping every volume whose token lags; reading tokens is cheap).
+	current := 0 // volumes of this machine already on latest, registration and token
 	for _, r := range regs {
 		if r.VersionID == latest {
 			if e, err := m.reg.Get(r.CRN); err == nil {
 				if info, err := describe(ctx, e.Path); err != nil || info.UUID != e.UUID || info.KeyVersion != latest {
 					// Lagging, or unreadable: let the rewrap report what is wrong.
 					stale = append(stale, r.CRN)
+				} else {
+					current++
 				}
 			}
 		}
 	}
 	rep := m.Rewrap(ctx, keyID, latest, stale)
+	// The report counts every volume of the key on this machine: the current ones were
+	// looked at too.
+	rep.Volumes += current
+	rep.AlreadyCurrent += current
 	if m.opts.OnReport != nil {
 		m.opts.OnReport(rep)
 	}

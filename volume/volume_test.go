@@ -393,15 +393,18 @@ func TestFailedRewrapKeepsOldWrapping(t *testing.T) {
 	flaky.failures[b.UUID] = 0
 	srep, err := mgr.Sync(f.ctx, f.key.ID)
 	require.NoError(t, err)
-	assert.Equal(t, 1, srep.Volumes)
+	assert.Equal(t, 3, srep.Volumes, "every volume of the key")
 	assert.Equal(t, 1, srep.Rewrapped)
+	assert.Equal(t, 2, srep.AlreadyCurrent, "a and c")
 	assert.Equal(t, k.KeyVersion.ID, mustDescribe(t, b.Path).KeyVersion)
 	v, err := mgr.Open(f.ctx, b.Path)
 	require.NoError(t, err)
 	require.NoError(t, v.Close())
 	srep, err = mgr.Sync(f.ctx, f.key.ID)
 	require.NoError(t, err)
-	assert.Zero(t, srep.Volumes, "nothing stale")
+	assert.Equal(t, 3, srep.Volumes)
+	assert.Equal(t, 3, srep.AlreadyCurrent, "nothing stale")
+	assert.Zero(t, srep.Rewrapped)
 }
 
 // TestBytesPerRewrapIndependentOfSize: rewrapping a 1 MiB and a 1 GiB (sparse) volume writes

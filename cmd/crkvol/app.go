@@ -163,12 +163,32 @@ customer root key (CRK) in an embedded Key Protect-style key service.`,
 		return usageError{err}
 	})
 	root.AddCommand(a.keyCommand(), a.volumeCommand(), a.eventsCommand(), a.demoCommand(), a.kmsCommand(), a.benchCommand(), a.simCommand())
-	root.PersistentPreRun = func(cmd *cobra.Command, _ []string) { a.readOnly = readOnlyCommands[commandName(cmd)] }
+	root.PersistentPreRun = func(cmd *cobra.Command, args []string) {
+		a.readOnly = readOnlyCommands[commandName(cmd)]
+		absImageArg(cmd, args)
+	}
 	a.addVersion(root)
 	root.AddCommand(a.manCommand())
 	a.addConfig(root)     // after every command: it makes each read the config file
 	a.addCompletion(root) // after every command: it completes their keys and images
+	// The completion generators keep the writer set when they are made.
+	root.SetOut(a.stdout)
+	root.SetErr(a.stderr)
+	strictHelpAndCompletion(root)
 	return root
+}
+
+// absImageArg makes the IMG argument of cmd (one whose Use names IMG first) absolute, in
+// place: cobra passes the same slice to the command's RunE, so every message and error about
+// the image names it by its absolute path, whatever the working directory.
+func absImageArg(cmd *cobra.Command, args []string) {
+	fields := strings.Fields(cmd.Use)
+	if len(fields) < 2 || fields[1] != "IMG" || len(args) == 0 || args[0] == "" {
+		return
+	}
+	if abs, err := filepath.Abs(args[0]); err == nil {
+		args[0] = abs
+	}
 }
 
 // readOnlyCommands are the commands that only read the state directory: they work on one
@@ -252,6 +272,9 @@ func (a *app) open(ctx context.Context) error {
 	// A command that only reads falls back to reading the store and the registry when the
 	// state directory cannot be written (a read-only mount, a directory of another user).
 	readOnly := false
+	if rec, held := serveHolds(filepath.Join(dir, "crk.db"), dir); held {
+		return heldByServe(rec, filepath.Join(dir, "crk.db"), errStoreHeld)
+	}
 	svc, err := crk.Open(filepath.Join(dir, "crk.db"), opts)
 	if err != nil && a.readOnly && unwritable(err) {
 		opts.ReadOnly, readOnly = true, true
@@ -367,12 +390,17 @@ func (a *app) remoteTLS() (caFile string, insecure bool, err error) {
 	return caFile, insecure, nil
 }
 
-// needLocal refuses commands that need the embedded key service in remote mode.
+// needLocal refuses commands that need the embedded key service in remote mode. what is
+// the part of the command that needs it (a flag such as "--reveal"), or "" for the whole
+// command: the command path is printed before the message already.
 func (a *app) needLocal(what string) error {
-	if a.svc == nil {
-		return fmt.Errorf("%s: not available with --kms-url; use the service's own API or CLI", what)
+	if a.svc != nil {
+		return nil
 	}
-	return nil
+	if what == "" {
+		return errors.New("not available with --kms-url; use the service's own API or CLI")
+	}
+	return fmt.Errorf("%s: not available with --kms-url; use the service's own API or CLI", what)
 }
 
 // close releases the key service, the registry and the manager (and their file locks); a

@@ -70,6 +70,9 @@ not read from until it does, and is disconnected once a reply has waited %s.`,
 	var timeout time.Duration
 	detach := &cobra.Command{Use: "detach IMG", Short: "Stop the process that serves an attached volume, and wait for it", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if timeout <= 0 {
+				return fmt.Errorf("--timeout %s: want a positive duration", cmd.Flags().Lookup("timeout").Value)
+			}
 			return a.runDetach(cmd.Context(), args[0], timeout)
 		}}
 	detach.Flags().DurationVar(&timeout, "timeout", time.Minute, "how long to wait for the attach process to flush and exit")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"crkvol/volume"
@@ -9,30 +10,46 @@ import (
 
 // checkVolume returns what keeps the volume at path from opening, each as "area: reason"
 // (volume.Manager.Check) without the package names library errors start with (errorText);
-// a key service that cannot be opened is one such problem.
-func (a *app) checkVolume(ctx context.Context, path string) []string {
+// a key service that cannot be opened is one such problem. keyOnly reports that every
+// problem is the key service's: the image itself is sound.
+func (a *app) checkVolume(ctx context.Context, path string) (problems []string, keyOnly bool) {
 	if err := a.open(ctx); err != nil {
-		return []string{"key service: " + errorText(err)}
+		return []string{keyServiceArea + ": " + errorText(err)}, true
 	}
-	problems, err := a.mgr.Check(ctx, path)
+	found, err := a.mgr.Check(ctx, path)
 	if err != nil {
-		return []string{errorText(err)}
+		return []string{errorText(err)}, false
 	}
-	out := make([]string, len(problems))
-	for i, p := range problems {
+	out := make([]string, len(found))
+	keyOnly = len(found) > 0
+	for i, p := range found {
 		out[i] = errorText(p)
+		keyOnly = keyOnly && p.Area == keyServiceArea
 	}
-	return out
+	return out, keyOnly
 }
 
-// statusErr is the error of `volume status` for a crypto-erased or unhealthy volume (exit
-// status 1), or nil.
-func statusErr(path string, erased bool, problems []string) error {
+// keyServiceArea is the area of a problem that is the key service's refusal or failure, not
+// the image's (volume.Problem.Area).
+const keyServiceArea = "key service"
+
+// errCannotOpen means a volume whose image is sound cannot be opened now: the key service
+// refuses or cannot be reached.
+var errCannotOpen = errors.New("the volume cannot be opened now")
+
+// statusErr is the error of `volume status` for a crypto-erased or unhealthy volume, or one
+// the key service does not open now (keyOnly: every problem is the key service's), with exit
+// status 1; or nil.
+func statusErr(path string, erased bool, problems []string, keyOnly bool) error {
 	switch {
 	case erased:
 		return fmt.Errorf("%s: %w", path, volume.ErrErased)
 	case len(problems) == 0:
 		return nil
 	}
-	return fmt.Errorf("%s: %w (%d %s, listed above)", path, volume.ErrUnhealthy, len(problems), plural(len(problems), "problem", "problems"))
+	cause := volume.ErrUnhealthy
+	if keyOnly {
+		cause = errCannotOpen
+	}
+	return fmt.Errorf("%s: %w (%d %s, listed above)", path, cause, len(problems), plural(len(problems), "problem", "problems"))
 }

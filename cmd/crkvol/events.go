@@ -54,7 +54,7 @@ The retention of the log is set where the service is opened: --event-max-age and
 			if err := a.open(cmd.Context()); err != nil {
 				return err
 			}
-			if err := a.needLocal("events"); err != nil {
+			if err := a.needLocal(""); err != nil {
 				return err
 			}
 			if keyID != "" {

@@ -173,10 +173,11 @@ func TestMasterKeyEnv(t *testing.T) {
 		stderr      string
 	}{
 		{"same key", key(1), 0, ""},
-		{"not base64", "not base64!", 1, "CRKVOL_MASTER_KEY must be 32 bytes in standard base64"},
-		{"short", base64.StdEncoding.EncodeToString([]byte("short")), 1, "CRKVOL_MASTER_KEY must be 32 bytes in standard base64"},
+		{"not base64", "not base64!", 1, "crkvol: key list: CRKVOL_MASTER_KEY must be 32 bytes in standard base64\n"},
+		{"short", base64.StdEncoding.EncodeToString([]byte("short")), 1, "crkvol: key list: CRKVOL_MASTER_KEY must be 32 bytes in standard base64\n"},
 		{"another key", key(2), 1, "service master key does not match the store"},
-		{"unset: no key file for this store", "", 1, "service master key does not match the store"},
+		{"unset: no key file for this store", "", 1, "crkvol: key list: store " + filepath.Join(env["CRKVOL_STATE"], "crk.db") + " exists but its master key file " +
+			filepath.Join(env["CRKVOL_STATE"], "crk.db.masterkey") + " does not\n"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -188,7 +189,24 @@ func TestMasterKeyEnv(t *testing.T) {
 			if strings.Contains(stderr, tc.value) && tc.value != "" {
 				t.Errorf("the key's value is echoed: %q", stderr)
 			}
+			if tc.name != "another key" && strings.Contains(stderr, "does not match") {
+				t.Errorf("not a mismatch, but reported as one: %q", stderr)
+			}
 		})
+	}
+	// A key file others can read: its own message, not a mismatch.
+	dir := t.TempDir()
+	e := map[string]string{"CRKVOL_STATE": dir, "CRKVOL_NOW": env["CRKVOL_NOW"]}
+	if code, _, stderr := runCLI(t, e, "key", "list"); code != 0 {
+		t.Fatalf("key list: %s", stderr)
+	}
+	if err := os.Chmod(filepath.Join(dir, "crk.db.masterkey"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := runCLI(t, e, "key", "list")
+	want := "crkvol: key list: master key file " + filepath.Join(dir, "crk.db.masterkey") + " has mode -rw-r--r--; it must be 0600 (readable by its owner only)\n"
+	if code != 1 || stderr != want {
+		t.Fatalf("exit %d, stderr %q; want 1 with %q", code, stderr, want)
 	}
 }
 

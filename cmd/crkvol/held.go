@@ -76,11 +76,54 @@ func storeHeld(err error, path, dir string) error {
 		return err
 	}
 	if rec, ok := runningServe(dir); ok {
-		return withHint(fmt.Errorf("the key store %s is held by another crkvol process (kms serve at %s): %w", path, rec.URL, bolt.ErrTimeout),
-			"use the running server: --kms-url "+rec.URL+" with --kms-instance ID and an API key (crkvol kms apikey create)")
+		return heldByServe(rec, path, err)
 	}
 	return withHint(fmt.Errorf("the key store %s is held by another crkvol process (kms serve?): %w", path, bolt.ErrTimeout),
 		"if kms serve is running on this state directory, use it with --kms-url URL; otherwise try again once the other command has finished")
+}
+
+// errStoreHeld means the key store is locked by the state directory's running kms serve,
+// found without waiting for the lock (serveHolds).
+var errStoreHeld = errors.New("the key store is held by kms serve")
+
+// heldByServe is the error for the key store at path held by the kms serve of rec; cause is
+// the lock timeout, or errStoreHeld when the holder was known at once (its text is then not
+// shown).
+func heldByServe(rec serveRecord, path string, cause error) error {
+	msg := fmt.Sprintf("the key store %s is held by another crkvol process (kms serve at %s)", path, rec.URL)
+	var err error = heldError{msg, cause}
+	if !errors.Is(cause, errStoreHeld) {
+		err = fmt.Errorf("%s: %w", msg, cause)
+	}
+	return withHint(err, "use the running server: --kms-url "+rec.URL+" with --kms-instance ID and an API key (crkvol kms apikey create)")
+}
+
+// heldError is a message that wraps a cause it does not repeat.
+type heldError struct {
+	msg   string
+	cause error
+}
+
+func (e heldError) Error() string { return e.msg }
+func (e heldError) Unwrap() error { return e.cause }
+
+// serveHolds returns the record of the state directory dir's kms serve when that process is
+// alive and the key store at path is locked now, so that a command can say who holds the
+// store at once rather than wait for the lock to time out. A store that is not locked, or a
+// record of a dead process, reports false: the command opens the store as usual.
+func serveHolds(path, dir string) (serveRecord, bool) {
+	rec, ok := runningServe(dir)
+	if !ok {
+		return serveRecord{}, false
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return serveRecord{}, false
+	}
+	defer f.Close() // releases the probe's lock, if it got one
+	// bbolt locks a store it writes with flock(LOCK_EX): a shared lock is refused then.
+	err = syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB)
+	return rec, errors.Is(err, syscall.EWOULDBLOCK)
 }
 
 // registryHeld is storeHeld for the volume registry at path.

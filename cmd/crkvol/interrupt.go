@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -121,17 +122,41 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 }
 
 // writeInterrupted syncs what an interrupted `volume write` wrote (n bytes at offset) and
-// says how to write the rest.
+// says how to write the rest: from a regular --input file with a tail command that works, or
+// (stdin, a pipe) by skipping the bytes written.
 func writeInterrupted(v interface{ Sync() error }, img, input string, offset, n int64) error {
 	if err := v.Sync(); err != nil {
 		return fmt.Errorf("interrupted after %d bytes at offset %d, and syncing them failed: %w", n, offset, err)
 	}
-	from := "stdin"
-	if input != "" {
-		from = input
+	input = absName(input)
+	if st, err := os.Stat(input); input != "" && err == nil && st.Mode().IsRegular() {
+		return interruptedf("%s: wrote the first %d bytes of %s at offset %d (synced); the rest was not written; to resume: tail -c +%d %s | crkvol volume write %s --offset %d",
+			img, n, input, offset, n+1, shellArg(input), shellArg(img), offset+n)
 	}
-	return interruptedf("%s: wrote %d bytes at offset %d (synced); the rest of the input was not written; to resume, write the input from its byte %d with --offset %d (for example: tail -c +%d %s | crkvol volume write %s --offset %d)",
-		img, n, offset, n, offset+n, n+1, from, img, offset+n)
+	return interruptedf("%s: wrote the first %d bytes of the input at offset %d (synced); the rest was not written; to resume, skip the first %d bytes of the input and write the rest with: crkvol volume write %s --offset %d",
+		img, n, offset, n, shellArg(img), offset+n)
+}
+
+// absName is the absolute form of the file name p, or p itself if it is "" or has none.
+func absName(p string) string {
+	if p == "" {
+		return p
+	}
+	if abs, err := filepath.Abs(p); err == nil {
+		return abs
+	}
+	return p
+}
+
+// shellArg quotes s for a POSIX shell when it holds anything but plain path characters.
+func shellArg(s string) string {
+	plain := s != "" && !strings.ContainsFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("/._-+=:,@%", r))
+	})
+	if plain {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // readInterrupted flushes what an interrupted `volume read` read (got of want bytes from
@@ -140,13 +165,13 @@ func readInterrupted(w interface{ Flush() error }, img, output string, offset, g
 	ferr := w.Flush()
 	to := "stdout"
 	if output != "" {
-		to = output
+		to = absName(output)
 	}
 	if ferr != nil {
 		return fmt.Errorf("interrupted after %d bytes, and writing them to %s failed: %w", got, to, ferr)
 	}
 	return interruptedf("%s: read %d of %d bytes from offset %d to %s, which is incomplete; to read the rest: crkvol volume read %s --offset %d --length %d",
-		img, got, want, offset, to, img, offset+got, want-got)
+		img, got, want, offset, to, shellArg(img), offset+got, want-got)
 }
 
 // rewrapInterrupted describes rewrap passes stopped by a signal (key rotate, key sync,

@@ -48,6 +48,9 @@ func TestJSONCoverage(t *testing.T) {
 	var leaves []string
 	var walk func(c *cobra.Command)
 	walk = func(c *cobra.Command) {
+		if c.Parent() == root && (c.Name() == "help" || c.Name() == "completion") {
+			return // text for people and shell scripts, not data
+		}
 		if !c.HasSubCommands() {
 			leaves = append(leaves, c.CommandPath())
 		}

@@ -71,7 +71,7 @@ func (a *app) keyCommand() *cobra.Command {
 					case "sync":
 						return a.keySync(ctx, id)
 					case "prune":
-						return a.needLocal("key " + name)
+						return a.needLocal("")
 					}
 				}
 				return fn(ctx, id)
@@ -140,7 +140,7 @@ func (a *app) keyCommand() *cobra.Command {
 			}
 			return a.showKey(k)
 		}
-		if err := a.needLocal("key show --reveal"); err != nil {
+		if err := a.needLocal("--reveal"); err != nil {
 			return err
 		}
 		k, err := a.svc.GetKey(ctx, id)

@@ -24,7 +24,7 @@ func masterKey(getenv func(string) string) ([]byte, error) {
 	}
 	k, err := base64.StdEncoding.DecodeString(env)
 	if err != nil || len(k) != 32 {
-		return nil, fmt.Errorf("%w: %s must be 32 bytes in standard base64", crk.ErrMasterKey, masterKeyEnv)
+		return nil, fmt.Errorf("%s must be 32 bytes in standard base64", masterKeyEnv)
 	}
 	return k, nil
 }

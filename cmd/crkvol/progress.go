@@ -19,9 +19,45 @@ const minBarVolumes = 32
 // volumes done of the pass, rewrapped and failed so far, and the rate. Its update method is
 // a volume.Options.Progress (the Manager serialises the calls).
 type rewrapBars struct {
-	w   io.Writer
+	w   *gatedWriter
 	min int
-	bar *progressbar.ProgressBar
+	// every is the least time between two frames (0: every update draws one).
+	every time.Duration
+	last  time.Time
+	bar   *progressbar.ProgressBar
+}
+
+// gatedWriter passes writes to w unless muted. A bar's Describe renders a frame at once,
+// with the old count; muting it makes the count's update draw the one frame, so that the
+// description and the count of every frame agree.
+type gatedWriter struct {
+	w     io.Writer
+	muted bool
+}
+
+func (g *gatedWriter) Write(p []byte) (int, error) {
+	if g.muted {
+		return len(p), nil
+	}
+	return g.w.Write(p)
+}
+
+// setBar gives bar (writing to g) its description desc and count n in one frame.
+func setBar(bar *progressbar.ProgressBar, g *gatedWriter, desc string, n int64) {
+	g.muted = true
+	bar.Describe(desc)
+	g.muted = false
+	_ = bar.Set64(n)
+}
+
+// byteBar is a progress bar of bytes on w, in binary units (MiB) like every size crkvol
+// prints.
+func byteBar(w io.Writer, total int64, what string) *progressbar.ProgressBar {
+	return progressbar.NewOptions64(total, progressbar.OptionSetDescription(what), progressbar.OptionSetWriter(w),
+		progressbar.OptionShowBytes(true), progressbar.OptionShowTotalBytes(true), progressbar.OptionUseIECUnits(true),
+		progressbar.OptionSetWidth(10), progressbar.OptionThrottle(65*time.Millisecond), progressbar.OptionShowCount(),
+		progressbar.OptionOnCompletion(func() { fmt.Fprint(w, "\n") }), progressbar.OptionSpinnerType(14),
+		progressbar.OptionFullWidth(), progressbar.OptionSetRenderBlankState(true))
 }
 
 // rewrapProgress returns the Manager's progress callback: bars on stderr if it is a terminal
@@ -30,7 +66,7 @@ func (a *app) rewrapProgress() func(volume.RewrapProgress) {
 	if a.asJSON || !isTerminal(a.stderr) {
 		return nil
 	}
-	b := &rewrapBars{w: a.stderr, min: minBarVolumes}
+	b := &rewrapBars{w: &gatedWriter{w: a.stderr}, min: minBarVolumes, every: 100 * time.Millisecond}
 	return b.update
 }
 
@@ -41,11 +77,17 @@ func (b *rewrapBars) update(p volume.RewrapProgress) {
 	desc := fmt.Sprintf("key %s: rewrapped %d, failed %d", p.KeyID, p.Rewrapped, p.Failed)
 	if b.bar == nil || p.Done == 0 {
 		b.bar = progressbar.NewOptions(p.Volumes, progressbar.OptionSetWriter(b.w), progressbar.OptionSetDescription(desc), progressbar.OptionShowCount(),
-			progressbar.OptionShowIts(), progressbar.OptionSetItsString("volumes"), progressbar.OptionThrottle(100*time.Millisecond),
+			progressbar.OptionShowIts(), progressbar.OptionSetItsString("volumes"),
 			progressbar.OptionSetElapsedTime(true), progressbar.OptionSetRenderBlankState(true))
+		b.last = time.Now()
 	}
-	b.bar.Describe(desc)
-	_ = b.bar.Set(p.Done)
+	// The bar itself does not throttle (a throttled Describe or Set would leave a frame
+	// with a stale half): updates closer than every to the last frame are skipped.
+	if p.Done < p.Volumes && time.Since(b.last) < b.every {
+		return
+	}
+	b.last = time.Now()
+	setBar(b.bar, b.w, desc, int64(p.Done))
 	if p.Done >= p.Volumes {
 		_ = b.bar.Finish()
 		fmt.Fprintln(b.w)
@@ -57,8 +99,9 @@ func (b *rewrapBars) update(p volume.RewrapProgress) {
 // auditing) with the month of virtual time simulated and the fleet's size. Its update
 // method is a sim.Options.Progress.
 type simBars struct {
-	w     io.Writer
+	w     *gatedWriter
 	phase string
+	last  time.Time
 	bar   *progressbar.ProgressBar
 }
 
@@ -71,11 +114,15 @@ func (b *simBars) update(p sim.Progress) {
 		b.finish()
 		b.phase = p.Phase
 		b.bar = progressbar.NewOptions64(max(p.Total, 1), progressbar.OptionSetWriter(b.w), progressbar.OptionSetDescription(desc),
-			progressbar.OptionThrottle(100*time.Millisecond), progressbar.OptionSetElapsedTime(true), progressbar.OptionShowElapsedTimeOnFinish(),
+			progressbar.OptionSetElapsedTime(true), progressbar.OptionShowElapsedTimeOnFinish(),
 			progressbar.OptionSetRenderBlankState(true))
+		b.last = time.Now()
 	}
-	b.bar.Describe(desc)
-	_ = b.bar.Set64(p.Done)
+	if p.Done < p.Total && time.Since(b.last) < 100*time.Millisecond {
+		return // as rewrapBars: one consistent frame at most every 100 ms
+	}
+	b.last = time.Now()
+	setBar(b.bar, b.w, desc, p.Done)
 }
 
 // finish ends the current bar, if any (b may be nil).

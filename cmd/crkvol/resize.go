@@ -50,7 +50,7 @@ interrupted, volume wipe finishes it. The volume must not be attached or open el
 			if wipe && isTerminal(a.stderr) {
 				opts.Progress = func(done, total int64) {
 					if bar == nil {
-						bar = progressbar.DefaultBytes(total, "wiping")
+						bar = byteBar(a.stderr, total, "wiping")
 					}
 					bar.Set64(done)
 				}

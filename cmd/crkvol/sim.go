@@ -95,7 +95,7 @@ the command line override it.`,
 			opts := sim.Options{Dir: workDir, Logger: slog.New(slog.DiscardHandler)}
 			var bars *simBars
 			if !a.asJSON && isTerminal(a.stderr) {
-				bars = &simBars{w: a.stderr}
+				bars = &simBars{w: &gatedWriter{w: a.stderr}}
 				opts.Progress = bars.update
 			}
 			rep, err := sim.Run(cmd.Context(), s, opts)
@@ -167,6 +167,15 @@ the command line override it.`,
 	var crashOpts sim.CrashOptions
 	crash := &cobra.Command{Use: "crash", Short: "Kill `crkvol key rotate` with SIGKILL at random moments, then check key sync repairs every volume", Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// CrashTest takes 0 for its defaults: refuse it here, before any work.
+			for _, f := range []struct {
+				name string
+				n    int
+			}{{"volumes", crashOpts.Volumes}, {"trials", crashOpts.Trials}} {
+				if f.n < 1 {
+					return fmt.Errorf("--%s %d: want at least 1", f.name, f.n)
+				}
+			}
 			bin, err := os.Executable()
 			if err != nil {
 				return err

@@ -54,7 +54,7 @@ func TestRewrapFailedNamesCause(t *testing.T) {
 func TestRewrapBars(t *testing.T) {
 	t.Parallel()
 	var out strings.Builder
-	b := &rewrapBars{w: &out, min: 3}
+	b := &rewrapBars{w: &gatedWriter{w: &out}, min: 3}
 	b.update(volume.RewrapProgress{KeyID: "K", Volumes: 2})
 	b.update(volume.RewrapProgress{KeyID: "K", Volumes: 2, Done: 2, Rewrapped: 2})
 	assert.Empty(t, out.String())

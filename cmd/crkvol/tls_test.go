@@ -59,7 +59,7 @@ func TestRemoteTLSFlags(t *testing.T) {
 		not   []string
 	}{
 		{name: "http off loopback refused", url: "http://kms.example.com", args: []string{"volume", "list"}, code: 2, conns: -1,
-			want: []string{`"kms.example.com"`, "https", "--kms-insecure", "--kms-ca"}, not: []string{warning}},
+			want: []string{`"kms.example.com"`, "https", "--kms-insecure", "--kms-ca"}, not: []string{warning, "RemoteConfig"}},
 		{name: "http off loopback, --kms-insecure", url: "http://kms.example.com", args: []string{"--kms-insecure", "volume", "list"}, code: 0, conns: -1,
 			want: []string{warning}},
 		{name: "http off loopback, CRKVOL_KMS_INSECURE=1", url: "http://kms.example.com", env: map[string]string{"CRKVOL_KMS_INSECURE": "1"}, args: []string{"volume", "list"}, code: 0, conns: -1,

@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"text/tabwriter"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	"crkvol/keyslot"
@@ -113,14 +112,14 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 				Path       string `json:"path"`
 				CRN        string `json:"crn"`
 				KeyID      string `json:"keyId"`
-				KeyVersion string `json:"keyVersion"`
+				KeyVersion string `json:"keyVersion,omitempty"`
 				Error      string `json:"error,omitempty"`
 			}
 			rows := []row{}
 			for _, e := range entries {
 				r := row{Path: e.Path, CRN: e.CRN, KeyID: e.KeyID}
 				if info, err := volume.DescribeContext(cmd.Context(), e.Path); err != nil {
-					r.Error = err.Error()
+					r.Error = errorText(err)
 				} else {
 					r.KeyVersion = info.KeyVersion
 				}
@@ -153,7 +152,7 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 			in := a.stdin
 			var total int64 = -1
 			if input != "" {
-				f, err := os.Open(input)
+				f, err := os.Open(absName(input))
 				if err != nil {
 					return err
 				}
@@ -406,7 +405,7 @@ func (a *app) attach(ctx context.Context, path string, opts volume.OpenOptions) 
 // copyWithProgress copies in 1 MiB pieces, with a progress bar when stderr is a terminal.
 func copyWithProgress(a *app, dst io.Writer, src io.Reader, total int64, what string) (int64, error) {
 	if isTerminal(a.stderr) && (total < 0 || total > 4<<20) {
-		bar := progressbar.DefaultBytes(total, what)
+		bar := byteBar(a.stderr, total, what)
 		defer bar.Finish()
 		dst = io.MultiWriter(dst, bar)
 	}
@@ -515,10 +514,14 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 		// Crypto-erased: the token still names the key, but nothing it wraps opens the data,
 		// and the only problem is the erasure itself.
 		st.Erased, st.KeyBits, st.KeyID, st.KeyCRN, st.KeyVersion, st.WrappedAt = true, 0, "", "", "", jsonTime{}
-	} else {
-		st.Problems = a.checkVolume(ctx, path)
 	}
-	if len(st.Problems) > 0 && st.Health == "ok" {
+	keyOnly := false
+	if !st.Erased {
+		st.Problems, keyOnly = a.checkVolume(ctx, path)
+	}
+	// The header's health is the header's: a key service that refuses is a problem of its
+	// own, not an unhealthy header.
+	if len(st.Problems) > 0 && st.Health == "ok" && !keyOnly {
 		st.Health = "unhealthy"
 	}
 	st.InUse, _ = volume.InUseContext(ctx, path)
@@ -529,7 +532,7 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 		if err := a.emit(st); err != nil {
 			return err
 		}
-		return statusErr(path, st.Erased, st.Problems)
+		return statusErr(path, st.Erased, st.Problems, keyOnly)
 	}
 	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "Path\t%s\n", st.Path)
@@ -573,7 +576,7 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 	if err := w.Flush(); err != nil {
 		return err
 	}
-	return statusErr(path, st.Erased, st.Problems)
+	return statusErr(path, st.Erased, st.Problems, keyOnly)
 }
 
 // copyHealth is the status text of one header copy: "ok", or why it is unusable or stale.

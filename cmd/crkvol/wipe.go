@@ -42,7 +42,7 @@ func (a *app) runWipe(ctx context.Context, path string, all bool) error {
 	if isTerminal(a.stderr) {
 		opts.Progress = func(done, total int64) {
 			if bar == nil {
-				bar = progressbar.DefaultBytes(total, "wiping")
+				bar = byteBar(a.stderr, total, "wiping")
 			}
 			bar.Set64(done)
 		}

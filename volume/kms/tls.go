@@ -46,9 +46,11 @@ func checkURL(what, raw string, insecure bool) error {
 		return fmt.Errorf("kms: the %s (scheme %q, host %q): %w", what, u.Scheme, u.Host, ErrBadURL)
 	}
 	if u.Scheme == "http" && !insecure && !loopback(u.Hostname()) {
+		// The text names no Go field and no flag: the CLI and library callers see it alike
+		// (the CLI adds its flags in a hint).
 		return fmt.Errorf("kms: the %s: %w: %q; the API key, the tokens and the wrapped keys would "+
-			"cross the network in clear: use https (RemoteConfig.CAFile to trust a private CA), "+
-			"or allow plain http explicitly (RemoteConfig.Insecure)", what, ErrInsecureURL, u.Host)
+			"cross the network in clear: use https, or allow plain http explicitly (the insecure "+
+			"setting)", what, ErrInsecureURL, u.Host)
 	}
 	return nil
 }

@@ -72,7 +72,8 @@ func TestRemoteURLPolicy(t *testing.T) {
 				host := strings.Split(strings.TrimPrefix(tc.url+tc.tokenURL, "https://kms.example.com"), "/")[2]
 				assert.Contains(t, err.Error(), host, "the error names the host")
 				assert.Contains(t, err.Error(), "https", "the error names the fix")
-				assert.Contains(t, err.Error(), "Insecure", "the error names the override")
+				assert.Contains(t, err.Error(), "insecure", "the error names the override")
+				assert.NotContains(t, err.Error(), "RemoteConfig", "the error names no Go field: the CLI shows it too")
 			}
 		})
 	}
