@@ -171,6 +171,7 @@ customer root key (CRK) in an embedded Key Protect-style key service.`,
 	root.AddCommand(a.manCommand())
 	a.addConfig(root)     // after every command: it makes each read the config file
 	a.addCompletion(root) // after every command: it completes their keys and images
+	plainFlagErrors(root) // last: every flag of the tree exists
 	// The completion generators keep the writer set when they are made.
 	root.SetOut(a.stdout)
 	root.SetErr(a.stderr)
