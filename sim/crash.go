@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	mrand "math/rand/v2"
 	"os"
 	"os/exec"
@@ -301,14 +302,16 @@ func (fx *crashFixture) setup(ctx context.Context) error {
 		return err
 	}
 	fx.keyID = k.ID
-	r := &runner{sc: Scenario{Seed: fx.opts.Seed}, mgr: mgr, size: 1 << 20, keys: []*simKey{{id: k.ID}}, opts: Options{Dir: fx.opts.Dir}}
+	// Only what newVolume and writeData use is set; the logger too, in case.
+	r := &runner{sc: Scenario{Seed: fx.opts.Seed}, mgr: mgr, size: 1 << 20, keys: []*simKey{{id: k.ID}}, opts: Options{Dir: fx.opts.Dir},
+		log: slog.New(slog.DiscardHandler)}
 	for i := range fx.opts.Volumes {
-		v, err := r.createVolume(ctx, i, 0)
+		v, err := r.newVolume(ctx, i, 0)
 		if err != nil {
 			return fmt.Errorf("sim: crash test: creating volume %d: %w", i, err)
 		}
-		if !v.written {
-			return fmt.Errorf("sim: crash test: writing volume %d failed", i)
+		if err := r.writeData(ctx, v, 0); err != nil {
+			return fmt.Errorf("sim: crash test: writing volume %d: %w", i, err)
 		}
 		fx.vols = append(fx.vols, v)
 	}

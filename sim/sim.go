@@ -352,8 +352,24 @@ func extentData(seed uint64, idx, gen, which int) []byte {
 
 func sumOf(a, b []byte) [32]byte { return sha256.Sum256(append(slices.Clone(a), b...)) }
 
-// createVolume creates volume idx under key k and writes its first data.
+// createVolume creates volume idx under key k and writes its first data; a failed first
+// write is logged, not returned (a later attach writes it).
 func (r *runner) createVolume(ctx context.Context, idx, k int) (*vol, error) {
+	v, err := r.newVolume(ctx, idx, k)
+	if err != nil {
+		return nil, err
+	}
+	// The volume exists from here on. If the key service refuses the attach that writes its
+	// first data, a later attach writes it.
+	if err := r.writeData(ctx, v, 0); err != nil {
+		r.log.Info("first write failed", "volume", v.path, "err", err)
+	}
+	return v, nil
+}
+
+// newVolume creates volume idx under key k, without data. It uses only r's sc, opts, keys,
+// size, mgr and (if set) kms.
+func (r *runner) newVolume(ctx context.Context, idx, k int) (*vol, error) {
 	path := filepath.Join(r.opts.Dir, "volumes", fmt.Sprintf("vol-%06d.img", idx))
 	// The volume's randomness (UUID, passphrase, master key) comes from the seed and its
 	// index, so runs repeat. Simulated volumes are test fixtures, never for real data.
@@ -370,11 +386,6 @@ func (r *runner) createVolume(ctx context.Context, idx, k int) (*vol, error) {
 	}
 	blocks := r.size / extentSize
 	v.extents = [2]int64{0, (1 + int64(idx*7919)%max(blocks-1, 1)) * extentSize}
-	// The volume exists from here on. If the key service refuses the attach that writes its
-	// first data, a later attach writes it.
-	if err := r.writeData(ctx, v, 0); err != nil {
-		r.log.Info("first write failed", "volume", v.path, "err", err)
-	}
 	return v, nil
 }
 
