@@ -291,13 +291,39 @@ func (r *runner) setup(ctx context.Context) error {
 			}
 		}()
 	}
+feed:
 	for i := range r.sc.Volumes {
-		jobs <- i
+		select {
+		case jobs <- i:
+		case <-ctx.Done():
+			break feed
+		}
 	}
 	close(jobs)
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("sim: creating the fleet: %w", err)
+	// One error for the fleet, not one per volume: stopped says how far it got (the volumes
+	// under way when the context ended fail with its error too), otherwise the first failure.
+	made, failed, first := 0, 0, -1
+	for i, v := range vols {
+		switch {
+		case v != nil:
+			made++
+		case errs[i] != nil:
+			failed++
+			if first < 0 {
+				first = i
+			}
+		}
+	}
+	if ctx.Err() != nil && made < r.sc.Volumes {
+		return fmt.Errorf("sim: creating the fleet: stopped after %d of %d volumes: %w", made, r.sc.Volumes, context.Cause(ctx))
+	}
+	if failed > 0 {
+		more := ""
+		if failed > 1 {
+			more = fmt.Sprintf(" (and %d more volumes failed)", failed-1)
+		}
+		return fmt.Errorf("sim: creating the fleet: volume %d of %d%s: %w", first, r.sc.Volumes, more, errs[first])
 	}
 	for _, v := range vols {
 		r.addVol(v)
