@@ -107,8 +107,13 @@ type failureBody struct {
 	Hints    []string `json:"hints,omitempty"`
 }
 
-// report prints a failed command's error to w: `crkvol: <command>: <message>` and its hint
-// lines, or with asJSON one JSON object.
+// maxMessageLines is how many lines of an error message report prints in text mode (a
+// joined error can have one per volume); the rest are counted on one line.
+const maxMessageLines = 10
+
+// report prints a failed command's error to w: `crkvol: <command>: <message>` (at most
+// maxMessageLines lines of it) and its hint lines, or with asJSON one JSON object holding the
+// whole message.
 func report(w io.Writer, asJSON bool, f failureBody) {
 	if asJSON {
 		b, _ := json.MarshalIndent(failure{f}, "", "  ")
@@ -119,7 +124,12 @@ func report(w io.Writer, asJSON bool, f failureBody) {
 	if f.Command != "" {
 		prefix += f.Command + ": "
 	}
-	fmt.Fprintf(w, "%s%s\n", prefix, f.Message)
+	msg := f.Message
+	if lines := strings.Split(msg, "\n"); len(lines) > maxMessageLines {
+		msg = strings.Join(lines[:maxMessageLines], "\n") +
+			fmt.Sprintf("\ncrkvol: … and %d more lines (--json shows them all)", len(lines)-maxMessageLines)
+	}
+	fmt.Fprintf(w, "%s%s\n", prefix, msg)
 	for _, h := range f.Hints {
 		fmt.Fprintf(w, "crkvol: hint: %s\n", h)
 	}
