@@ -754,7 +754,7 @@ func (m *Manager) Delete(ctx context.Context, path string, opts DeleteOptions) e
 		// registry knows of that path.
 		e, rerr := m.entryByPath(resolved)
 		if rerr != nil {
-			return fmt.Errorf("volume: delete %s: %w (and no registry entry has that path)", path, err)
+			return fmt.Errorf("%w (and no registry entry has that path)", err) // err names the path
 		}
 		return m.deregister(ctx, e.KeyID, e.CRN, path)
 	}

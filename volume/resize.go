@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+
+	"crkvol/keyslot"
 )
 
 // ErrShrink means a resize asked for a data size smaller than the volume's: crkvol only grows
@@ -73,7 +76,13 @@ func (m *Manager) Resize(ctx context.Context, path string, size int64, opts Resi
 	if err != nil {
 		return Resized{}, fmt.Errorf("volume: resize: %w", err)
 	}
-	res, wipe, err := m.resize(ctx, abs, size, opts)
+	// The image's own errors (not found, not LUKS2) name its path already.
+	f, img, err := openImage(ctx, abs)
+	if err != nil {
+		return Resized{}, err
+	}
+	res, wipe, err := m.resize(ctx, abs, f, img, size, opts)
+	f.Close() // unlocks the data area before the wipe opens the volume
 	if err != nil {
 		return Resized{}, fmt.Errorf("volume: resize %s: %w", abs, err)
 	}
@@ -86,14 +95,9 @@ func (m *Manager) Resize(ctx context.Context, path string, size int64, opts Resi
 	return res, nil
 }
 
-// resize is Resize up to the wipe, which it reports is due; the image is closed, and its
-// data area unlocked, when it returns.
-func (m *Manager) resize(ctx context.Context, path string, size int64, opts ResizeOptions) (_ Resized, wipe bool, _ error) {
-	f, img, err := openImage(ctx, path)
-	if err != nil {
-		return Resized{}, false, err
-	}
-	defer f.Close()
+// resize is Resize up to the wipe, which it reports is due, on the image img opened from f;
+// the caller closes f, which unlocks the data area.
+func (m *Manager) resize(ctx context.Context, path string, f *os.File, img *keyslot.Image, size int64, opts ResizeOptions) (_ Resized, wipe bool, _ error) {
 	if err := lockImage(f, img, OpenOptions{}); err != nil {
 		return Resized{}, false, err
 	}
