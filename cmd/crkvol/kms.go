@@ -28,6 +28,9 @@ func (a *app) kmsCommand() *cobra.Command {
 			if (cert == "") != (keyFile == "") {
 				return usagef("give both --tls-cert and --tls-key, or neither")
 			}
+			if err := checkListenSyntax(listen); err != nil {
+				return err
+			}
 			loopback := loopbackAddress(listen)
 			if err := checkListen(listen, loopback, cert != "", insecure, static != ""); err != nil {
 				return err
