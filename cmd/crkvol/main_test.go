@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -35,8 +36,16 @@ func TestMain(m *testing.M) {
 func TestScripts(t *testing.T) {
 	t.Parallel()
 	tooltest.Available(t, "cryptsetup", "openssl", "nbdinfo", "nbdcopy", "qemu-img")
+	// testscript removes its own go-test-script* directory only when every script in Dir has
+	// run, so a -run filter left one behind per go test; under t.TempDir the testing package
+	// removes the work directories. With -testwork they are kept where testscript puts them.
+	root := ""
+	if f := flag.Lookup("testwork"); f == nil || f.Value.String() != "true" {
+		root = t.TempDir()
+	}
 	testscript.Run(t, testscript.Params{
-		Dir: "testdata",
+		Dir:         "testdata",
+		WorkdirRoot: root,
 		Setup: func(env *testscript.Env) error {
 			env.Setenv("CRKVOL_STATE", env.WorkDir+"/state")
 			env.Setenv("CRKVOL_NOW", "2026-06-01T12:00:00Z")
