@@ -84,12 +84,18 @@ func (r *runner) progressLocked(p Progress) {
 	if r.opts.Progress == nil {
 		return
 	}
-	p.Months, p.Month = r.sc.Months, 1
-	now := r.clock.Now()
-	for p.Month < r.sc.Months && !now.Before(r.sc.Start.AddDate(0, p.Month, 0)) {
-		p.Month++
-	}
+	p.Months, p.Month = r.sc.Months, r.month()
 	r.opts.Progress(p)
+}
+
+// month is the month of virtual time being simulated, 1 to Months.
+func (r *runner) month() int {
+	m := 1
+	now := r.clock.Now()
+	for m < r.sc.Months && !now.Before(r.sc.Start.AddDate(0, m, 0)) {
+		m++
+	}
+	return m
 }
 
 // extent is data written to a volume, to be read back.
@@ -242,6 +248,11 @@ func Run(ctx context.Context, sc Scenario, opts Options) (*Report, error) {
 		return nil, err
 	}
 	if err := r.loop(ctx); err != nil {
+		if ctx.Err() != nil {
+			// One error saying how far the run got, whatever operation the end of ctx hit.
+			return nil, fmt.Errorf("sim: simulating: stopped in month %d of %d (virtual time %s): %w",
+				r.month(), r.sc.Months, r.clock.Now().UTC().Format(time.RFC3339), context.Cause(ctx))
+		}
 		return nil, err
 	}
 	if err := r.finish(ctx); err != nil {
