@@ -485,3 +485,44 @@ func checkOutputsDiffer(flag1, path1, flag2, path2 string) error {
 	}
 	return nil
 }
+
+// writeAddrFile writes data to a temporary file beside path and moves it to path: linked to
+// the name if it is free (an existing name is refused, matching fs.ErrExist, unless force),
+// or renamed over it with force; never written through a link. The returned function
+// removes path if it is still the file written.
+func writeAddrFile(path string, data []byte, force bool) (func(), error) {
+	path = absPath(path)
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".crkvol-"+rand.Text()[:12])
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("--addr-file %s: %w", path, err)
+	}
+	defer os.Remove(tmp)
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--addr-file %s: %w", path, err)
+	}
+	st, err := os.Stat(tmp)
+	if err != nil {
+		return nil, fmt.Errorf("--addr-file %s: %w", path, err)
+	}
+	if force {
+		if err := replaceable("addr-file", path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		err = os.Rename(tmp, path)
+	} else if err = os.Link(tmp, path); errors.Is(err, fs.ErrExist) {
+		return nil, existsError("addr-file", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--addr-file %s: %w", path, err)
+	}
+	return func() {
+		if cur, err := os.Lstat(path); err == nil && os.SameFile(st, cur) {
+			os.Remove(path)
+		}
+	}, nil
+}

@@ -319,7 +319,7 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 			fmt.Fprintf(a.stderr, "wrote the %d-byte passphrase of %s to %s%s\n", len(pass), absPath(args[0]), absPath(output), out.describe(0o600))
 			return nil
 		}}
-	passphrase.Flags().StringVar(&output, "output", "", "new file to write the passphrase to (mode 0600), or a device or pipe that is not a terminal; - for stdout when it is not a terminal (a terminal is refused)")
+	passphrase.Flags().StringVar(&output, "output", "", "new file to write the passphrase to (mode 0600), or a device or FIFO of your own that no other user may open and that is not a terminal; - for stdout when it is not a terminal (a terminal is refused)")
 	passphrase.Flags().BoolVar(&force, "force", false, "replace the --output file if it exists (with a new 0600 file)")
 
 	rewrap := &cobra.Command{Use: "rewrap IMG", Short: "Rewrap a volume's passphrase to its key's latest version", Args: args(cobra.ExactArgs(1)),
