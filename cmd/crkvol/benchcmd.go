@@ -20,7 +20,7 @@ must not exist unless --force.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			// The output file is checked first, as a run takes minutes, and created at the end,
 			// so that a failed run leaves none.
-			if err := checkOutputFree("output", output, force); err != nil {
+			if err := checkOutputFree("output", output, a.outputOptions(force, 0o644)); err != nil {
 				return err
 			}
 			fmt.Fprintln(a.stderr, "crkvol: measuring every sector implementation this CPU runs, x/crypto/xts and openssl speed...")
@@ -38,19 +38,25 @@ must not exist unless --force.`,
 					return err
 				}
 			}
+			// The results are printed before the file is written, so that a failure to write
+			// it loses nothing.
+			if a.asJSON {
+				if err := a.emit(r); err != nil {
+					return err
+				}
+			} else if err := r.WriteTable(a.stdout); err != nil {
+				return err
+			}
 			if output != "" {
 				b, err := json.MarshalIndent(r, "", "  ")
 				if err != nil {
 					return err
 				}
-				if err := writeOutput("output", output, append(b, '\n'), force, 0o644); err != nil {
+				if err := writeOutput("output", output, append(b, '\n'), a.outputOptions(force, 0o644)); err != nil {
 					return err
 				}
 			}
-			if a.asJSON {
-				return a.emit(r)
-			}
-			return r.WriteTable(a.stdout)
+			return nil
 		}}
 	cmd.Flags().BoolVar(&quick, "quick", false, "measure each case once, briefly")
 	cmd.Flags().BoolVar(&withNBD, "nbd", false, "also compare NBD throughput with qemu-nbd over TCP loopback (needs nbdcopy and qemu-nbd)")

@@ -22,7 +22,7 @@ func (a *app) kmsCommand() *cobra.Command {
 	k := group("kms", "Serve the Key Protect API v2, and manage its instances and API keys")
 
 	var listen, cert, keyFile, static, addrFile string
-	var insecure bool
+	var insecure, force bool
 	serve := &cobra.Command{Use: "serve", Short: "Serve the Key Protect API v2 on HTTP(S)", Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if (cert == "") != (keyFile == "") {
@@ -30,6 +30,11 @@ func (a *app) kmsCommand() *cobra.Command {
 			}
 			if err := checkListenSyntax(listen); err != nil {
 				return err
+			}
+			if addrFile != "" && !force {
+				if _, err := os.Lstat(addrFile); err == nil {
+					return withHint(existsError("addr-file", addrFile), "a server that did not shut down cleanly leaves it; give --force to replace it")
+				}
 			}
 			loopback := loopbackAddress(listen)
 			if err := checkListen(listen, loopback, cert != "", insecure, static != ""); err != nil {
@@ -86,9 +91,12 @@ func (a *app) kmsCommand() *cobra.Command {
 			}
 			defer removeRecord()
 			if addrFile != "" {
-				if err := os.WriteFile(addrFile, []byte(addr+"\n"), 0o600); err != nil {
+				removeAddr, err := writeAddrFile(addrFile, []byte(addr+"\n"), force)
+				if err != nil {
 					return err
 				}
+				// Removed at a clean shutdown, so that the next kms serve can write it.
+				defer removeAddr()
 			}
 			if a.asJSON {
 				// One document once listening; the shutdown is reported on stderr only.
@@ -149,7 +157,8 @@ func (a *app) kmsCommand() *cobra.Command {
 	serve.Flags().StringVar(&keyFile, "tls-key", "", "TLS private key file")
 	serve.Flags().StringVar(&static, "static-token", "", "also accept this bearer token for every instance (tests only; loopback addresses only)")
 	serve.Flags().BoolVar(&insecure, "insecure", false, "allow plain HTTP on a non-loopback address (tokens and key material cross the network unencrypted)")
-	serve.Flags().StringVar(&addrFile, "addr-file", "", "write the serving URL to this file once listening")
+	serve.Flags().StringVar(&addrFile, "addr-file", "", "write the serving URL to this new file once listening (removed at shutdown)")
+	serve.Flags().BoolVar(&force, "force", false, "replace an existing --addr-file (left by a server that did not shut down cleanly)")
 
 	instance := group("instance", "Manage service instances")
 	instance.AddCommand(&cobra.Command{Use: "create NAME", Short: "Create an instance and print its id", Args: args(cobra.ExactArgs(1)),

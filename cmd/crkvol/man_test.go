@@ -3,12 +3,16 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // manDir holds the generated man pages checked into the repository.
@@ -153,5 +157,34 @@ func TestManPagesReplaceLinks(t *testing.T) {
 		if !strings.HasPrefix(e.Name(), "crkvol") || !strings.HasSuffix(e.Name(), ".1") {
 			t.Errorf("%s left in the directory", e.Name())
 		}
+	}
+}
+
+// TestManPagesStale: crkvol man DIR removes the pages it generated for commands that no
+// longer exist, never a user's other crkvol*.1 files.
+func TestManPagesStale(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name, content string
+		kept          bool
+	}{
+		{"crkvol-gone.1", ".nh\n.TH \"CRKVOL-GONE\" \"1\" \"Jan 2025\" \"crkvol\" \"crkvol manual\"\n", false},
+		{"crkvol-notes.1", "my own notes about crkvol\n", true},
+		{"crkvolume.1", ".TH \"CRKVOLUME\" \"1\"\nanother program\n", true},
+	} {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, tc.name), []byte(tc.content), 0o644))
+		defer func() {
+			_, err := os.Stat(filepath.Join(dir, tc.name))
+			if tc.kept {
+				assert.NoError(t, err, tc.name)
+			} else {
+				assert.ErrorIs(t, err, fs.ErrNotExist, tc.name)
+			}
+		}()
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"man", dir}, strings.NewReader(""), &stdout, &stderr, func(string) string { return "" }); code != 0 {
+		t.Fatalf("exit status %d: %s", code, stderr.String())
 	}
 }

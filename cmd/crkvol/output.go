@@ -1,11 +1,16 @@
 package main
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // errNotRegular means an output flag names something that is neither a regular file (or a
@@ -41,6 +46,209 @@ func isStream(m fs.FileMode) bool {
 	return m&(fs.ModeDevice|fs.ModeCharDevice|fs.ModeNamedPipe) != 0
 }
 
+// errNotPrivate refuses to write plaintext or a secret to a device or FIFO that another
+// user owns or may open.
+var errNotPrivate = errors.New("plaintext and secrets go only to a device or FIFO of your own that no other user may open")
+
+// errProtected refuses an output that is the volume image or lies in the state directory.
+var errProtected = errors.New("refusing to write there")
+
+// errNoReader is a FIFO that no process has open for reading.
+var errNoReader = errors.New("no process is reading the FIFO")
+
+// outputOptions says how createOutput may write an output file.
+type outputOptions struct {
+	// force replaces an existing file.
+	force bool
+	// perm is the mode of a new file; without group and other bits (0600) the output is
+	// sensitive (plaintext, a secret).
+	perm os.FileMode
+	// images are volume images and stateDir the state directory: never written, even
+	// with force.
+	images   []string
+	stateDir string
+}
+
+// sensitive tells plaintext and secrets (outputs no other user may read).
+func (o outputOptions) sensitive() bool { return o.perm&0o077 == 0 }
+
+// outputOptions returns the options of an output file of mode perm for a command working on
+// the volume images imgs: the images and the state directory are protected.
+func (a *app) outputOptions(force bool, perm os.FileMode, imgs ...string) outputOptions {
+	o := outputOptions{force: force, perm: perm, images: imgs}
+	if dir, err := a.stateDirectory(); err == nil {
+		o.stateDir = dir
+	}
+	return o
+}
+
+// kindOf names the kind of a device or pipe.
+func kindOf(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&fs.ModeCharDevice != 0:
+		return "a character device"
+	case m&fs.ModeDevice != 0:
+		return "a block device"
+	case m.IsRegular():
+		return "a regular file"
+	}
+	return "a special file"
+}
+
+// streamName tells a name under /dev or /proc, lexically or through symbolic links: such a
+// name is a stream, never created, renamed or replaced.
+func streamName(path string) bool {
+	under := func(p string) bool {
+		p = filepath.Clean(p)
+		for _, d := range []string{"/dev", "/proc"} {
+			if p == d || strings.HasPrefix(p, d+"/") {
+				return true
+			}
+		}
+		return false
+	}
+	p := absPath(path)
+	if under(p) {
+		return true
+	}
+	if r, err := filepath.EvalSymlinks(p); err == nil && under(r) {
+		return true
+	}
+	// Follow the chain of links by hand: a magic link such as /proc/self/fd/1 resolves to
+	// nothing EvalSymlinks can name.
+	for range 40 {
+		dir := p
+		if r, err := filepath.EvalSymlinks(filepath.Dir(p)); err == nil {
+			dir = filepath.Join(r, filepath.Base(p))
+		}
+		if under(dir) {
+			return true
+		}
+		t, err := os.Readlink(dir)
+		if err != nil {
+			return false
+		}
+		if !filepath.IsAbs(t) {
+			t = filepath.Join(filepath.Dir(dir), t)
+		}
+		if p = filepath.Clean(t); under(p) {
+			return true
+		}
+	}
+	return false
+}
+
+// checkPrivate refuses, for a sensitive output, a device or FIFO that is not the caller's
+// own or that its group or others may open.
+func checkPrivate(flag, path string, st fs.FileInfo, o outputOptions) error {
+	if !o.sensitive() {
+		return nil
+	}
+	uid := -1
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		uid = int(sys.Uid)
+	}
+	if uid == os.Getuid() && st.Mode().Perm()&0o077 == 0 {
+		return nil
+	}
+	return withHint(fmt.Errorf("--%s %s: %s of uid %d with mode %04o: %w", flag, path, kindOf(st.Mode()), uid, st.Mode().Perm(), errNotPrivate),
+		"give --"+flag+" a new file, or leave it out (or give -) to write to stdout")
+}
+
+// checkProtected refuses an output that is one of the volume images, or a file of the state
+// directory (by name, through links, or the same file).
+func checkProtected(flag, path string, o outputOptions) error {
+	abs := absPath(path)
+	resolved := abs
+	if r, err := filepath.EvalSymlinks(abs); err == nil {
+		resolved = r
+	} else if r, err := filepath.EvalSymlinks(filepath.Dir(abs)); err == nil {
+		resolved = filepath.Join(r, filepath.Base(abs))
+	}
+	st, statErr := os.Stat(abs)
+	same := func(p string) bool {
+		if statErr != nil {
+			return false
+		}
+		pst, err := os.Stat(p)
+		return err == nil && os.SameFile(st, pst)
+	}
+	for _, img := range o.images {
+		if img == "" {
+			continue
+		}
+		if same(img) || resolved == absPath(img) {
+			return fmt.Errorf("--%s %s: is the volume image %s; %w to overwrite it", flag, abs, absPath(img), errProtectedImage)
+		}
+	}
+	if o.stateDir == "" {
+		return nil
+	}
+	dir := absPath(o.stateDir)
+	inside := func(p, d string) bool { return p == d || strings.HasPrefix(p, d+"/") }
+	rdir := dir
+	if r, err := filepath.EvalSymlinks(dir); err == nil {
+		rdir = r
+	}
+	refuse := inside(abs, dir) || inside(resolved, rdir) || inside(resolved, dir)
+	for _, f := range []string{"crk.db", "volumes.db", "crk.db.masterkey"} {
+		refuse = refuse || same(filepath.Join(dir, f))
+	}
+	if refuse {
+		return fmt.Errorf("--%s %s: lies in the state directory %s; %w", flag, abs, dir, errProtected)
+	}
+	return nil
+}
+
+// errProtectedImage refuses an output that is a volume image; it matches errProtected.
+var errProtectedImage = protectedImage{}
+
+type protectedImage struct{}
+
+func (protectedImage) Error() string        { return "refusing" }
+func (protectedImage) Is(target error) bool { return target == errProtected }
+
+// openStream opens a device or pipe for writing, without creating or truncating anything and
+// without blocking on a FIFO that has no reader; a sensitive output must be private.
+func openStream(flag, path string, o outputOptions) (*os.File, error) {
+	// Checked before opening too: opening a device may act on it, and a FIFO without a
+	// reader is refused as not private first.
+	if st, err := os.Stat(path); err == nil {
+		if err := checkPrivate(flag, path, st, o); err != nil {
+			return nil, err
+		}
+	}
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	switch {
+	case errors.Is(err, unix.ENXIO):
+		if st, serr := os.Stat(path); serr == nil && st.Mode()&fs.ModeNamedPipe != 0 {
+			return nil, fmt.Errorf("--%s %s: %w", flag, path, errNoReader)
+		}
+		return nil, fmt.Errorf("--%s %s: %w", flag, path, &fs.PathError{Op: "open", Path: path, Err: err})
+	case errors.Is(err, unix.ENOENT) && streamName(path):
+		return nil, fmt.Errorf("--%s %s: does not exist (names under /dev and /proc are never created): %w", flag, path, fs.ErrNotExist)
+	case err != nil:
+		return nil, fmt.Errorf("--%s %s: %w", flag, path, &fs.PathError{Op: "open", Path: path, Err: err})
+	}
+	f := os.NewFile(uintptr(fd), path)
+	st, err := f.Stat()
+	if err == nil {
+		err = checkPrivate(flag, path, st, o)
+	}
+	if err == nil {
+		if serr := unix.SetNonblock(fd, false); serr != nil {
+			err = fmt.Errorf("--%s %s: %w", flag, path, serr)
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
 // outputFile is a file that an output flag (--output, --report, --chart) names, open for
 // writing. Close finishes it: it syncs a file and, when --force replaces an existing name,
 // renames the new file over that name. Abort gives it up, removing what it created.
@@ -52,25 +260,48 @@ type outputFile struct {
 	tmp string
 	// created is a new file created at path, removed by Abort.
 	created bool
-	// stream is a device or a pipe.
+	// stream is a device or a pipe; kind names it.
 	stream bool
+	kind   string
 	done   bool
+}
+
+// describe is what the CLI says after the path it wrote: " (mode 0600)" for a file, " (a
+// FIFO)" for a stream.
+func (o *outputFile) describe(perm os.FileMode) string {
+	if o.stream {
+		return " (" + o.kind + ")"
+	}
+	return fmt.Sprintf(" (mode %04o)", perm)
 }
 
 // createOutput opens for writing the file that the output flag flag names, by one rule for
 // every file the CLI writes for the user:
+//   - path is the volume image or lies in the state directory: refused (errProtected),
+//     even with force;
+//   - path is under /dev or /proc (lexically or through links) or is, after following
+//     links, a character or block device or a pipe (/dev/null, /dev/stdout, a FIFO): it
+//     is opened for writing as it is, without force; nothing is created, truncated or
+//     renamed there; a FIFO with no reader fails at once (errNoReader); a sensitive
+//     output (mode 0600) goes only to a device or FIFO of the caller's own that no other
+//     user may open (errNotPrivate);
 //   - path does not exist: a new file is created there (O_EXCL, mode perm);
-//   - path is, after following links, a character or block device or a pipe (/dev/null,
-//     /dev/stdout, a FIFO): it is written as it is, without force; nothing is created,
-//     truncated or renamed there;
 //   - anything else that exists (a regular file, a symbolic link to one, a dangling link)
 //     is refused, naming the flag and the absolute path (matching fs.ErrExist), unless
-//     force: then a new file of mode perm is written beside it and Close renames it over
-//     the name, replacing a link itself, never writing through it, never keeping the old
-//     file's mode. Directories and other things are refused (errNotRegular).
-func createOutput(flag, path string, force bool, perm os.FileMode) (*outputFile, error) {
+//     force: then a new file of mode perm (less the umask) is written beside it and Close
+//     renames it over the name, replacing a link itself, never writing through it, never
+//     keeping the old file's mode. Directories and other things are refused
+//     (errNotRegular).
+func createOutput(flag, path string, opts outputOptions) (*outputFile, error) {
+	path = absPath(path)
 	o := &outputFile{flag: flag, path: path}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	if err := checkProtected(flag, path, opts); err != nil {
+		return nil, err
+	}
+	if streamName(path) {
+		return o.openStream(opts)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, opts.perm)
 	if err == nil {
 		o.File, o.created = f, true
 		return o, nil
@@ -79,35 +310,46 @@ func createOutput(flag, path string, force bool, perm os.FileMode) (*outputFile,
 		return nil, o.fail(err)
 	}
 	if st, err := os.Stat(path); err == nil && isStream(st.Mode()) {
-		// No O_CREATE, no O_TRUNC: whatever path is when it is opened, nothing is created
-		// or cut short, and a regular file swapped in meanwhile is refused below.
-		f, err := os.OpenFile(path, os.O_WRONLY, 0)
-		if err != nil {
-			return nil, o.fail(err)
-		}
-		if st, err := f.Stat(); err != nil || !isStream(st.Mode()) {
-			f.Close()
-			return nil, existsError(flag, path)
-		}
-		o.File, o.stream = f, true
-		return o, nil
+		return o.openStream(opts)
 	}
 	if err := replaceable(flag, path); err != nil {
 		return nil, err
 	}
-	if !force {
+	if !opts.force {
 		return nil, existsError(flag, path)
 	}
-	f, err = os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".crkvol-*")
+	for range 100 {
+		tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".crkvol-"+rand.Text()[:12])
+		f, err = os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, opts.perm)
+		if errors.Is(err, fs.ErrExist) {
+			continue
+		}
+		if err != nil {
+			return nil, o.fail(err)
+		}
+		o.File, o.tmp = f, tmp
+		return o, nil
+	}
+	return nil, o.fail(err)
+}
+
+// openStream opens o's path as a device or pipe.
+func (o *outputFile) openStream(opts outputOptions) (*outputFile, error) {
+	f, err := openStream(o.flag, o.path, opts)
 	if err != nil {
-		return nil, o.fail(err)
+		return nil, err
 	}
-	if err := f.Chmod(perm); err != nil {
+	st, err := f.Stat()
+	if err != nil {
 		f.Close()
-		os.Remove(f.Name())
 		return nil, o.fail(err)
 	}
-	o.File, o.tmp = f, f.Name()
+	if !isStream(st.Mode()) && !streamName(o.path) {
+		// A regular file swapped in since the name was examined.
+		f.Close()
+		return nil, existsError(o.flag, o.path)
+	}
+	o.File, o.stream, o.kind = f, true, kindOf(st.Mode())
 	return o, nil
 }
 
@@ -186,9 +428,9 @@ func (o *outputFile) Abort() {
 }
 
 // writeOutput writes data to the file that the output flag flag names, by createOutput's
-// rule, with mode perm (0600 for secrets).
-func writeOutput(flag, path string, data []byte, force bool, perm os.FileMode) error {
-	o, err := createOutput(flag, path, force, perm)
+// rule.
+func writeOutput(flag, path string, data []byte, opts outputOptions) error {
+	o, err := createOutput(flag, path, opts)
 	if err != nil {
 		return err
 	}
@@ -199,23 +441,88 @@ func writeOutput(flag, path string, data []byte, force bool, perm os.FileMode) e
 	return o.Close()
 }
 
-// checkOutputFree refuses, before a long command starts, an output file that createOutput
-// would refuse at its end.
-func checkOutputFree(flag, path string, force bool) error {
-	if path == "" {
+// checkOutputFree refuses, before a command starts its work (a long run, unwrapping a
+// passphrase), an output file that createOutput would refuse at its end.
+func checkOutputFree(flag, path string, opts outputOptions) error {
+	if path == "" || path == "-" {
 		return nil
+	}
+	if err := checkProtected(flag, path, opts); err != nil {
+		return err
+	}
+	st, statErr := os.Stat(path)
+	if statErr == nil && (isStream(st.Mode()) || streamName(path)) {
+		return checkPrivate(flag, absPath(path), st, opts)
+	}
+	if streamName(path) {
+		return nil // opening it says what is wrong
 	}
 	if _, err := os.Lstat(path); err != nil {
-		return nil
-	}
-	if st, err := os.Stat(path); err == nil && isStream(st.Mode()) {
 		return nil
 	}
 	if err := replaceable(flag, path); err != nil {
 		return err
 	}
-	if !force {
+	if !opts.force {
 		return existsError(flag, path)
 	}
 	return nil
+}
+
+// checkOutputsDiffer refuses two output flags naming the same file.
+func checkOutputsDiffer(flag1, path1, flag2, path2 string) error {
+	if path1 == "" || path2 == "" {
+		return nil
+	}
+	same := absPath(path1) == absPath(path2)
+	if st1, err := os.Stat(path1); err == nil {
+		if st2, err := os.Stat(path2); err == nil && os.SameFile(st1, st2) && !isStream(st1.Mode()) {
+			same = true
+		}
+	}
+	if same {
+		return fmt.Errorf("--%s %s: is also the --%s file", flag2, absPath(path2), flag1)
+	}
+	return nil
+}
+
+// writeAddrFile writes data to a temporary file beside path and moves it to path: linked to
+// the name if it is free (an existing name is refused, matching fs.ErrExist, unless force),
+// or renamed over it with force; never written through a link. The returned function
+// removes path if it is still the file written.
+func writeAddrFile(path string, data []byte, force bool) (func(), error) {
+	path = absPath(path)
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".crkvol-"+rand.Text()[:12])
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("--addr-file %s: %w", path, err)
+	}
+	defer os.Remove(tmp)
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--addr-file %s: %w", path, err)
+	}
+	st, err := os.Stat(tmp)
+	if err != nil {
+		return nil, fmt.Errorf("--addr-file %s: %w", path, err)
+	}
+	if force {
+		if err := replaceable("addr-file", path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		err = os.Rename(tmp, path)
+	} else if err = os.Link(tmp, path); errors.Is(err, fs.ErrExist) {
+		return nil, existsError("addr-file", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--addr-file %s: %w", path, err)
+	}
+	return func() {
+		if cur, err := os.Lstat(path); err == nil && os.SameFile(st, cur) {
+			os.Remove(path)
+		}
+	}, nil
 }

@@ -57,10 +57,10 @@ func TestCreateOutput(t *testing.T) {
 		}, force: true, perm: 0o600, wantErr: errNotRegular, link: true},
 		{name: "link to /dev/null", setup: func(t *testing.T, dir string) {
 			require.NoError(t, os.Symlink("/dev/null", filepath.Join(dir, "out")))
-		}, perm: 0o600, link: true},
+		}, perm: 0o644, link: true},
 		{name: "link to /dev/null with force", setup: func(t *testing.T, dir string) {
 			require.NoError(t, os.Symlink("/dev/null", filepath.Join(dir, "out")))
-		}, force: true, perm: 0o600, link: true},
+		}, force: true, perm: 0o644, link: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -69,7 +69,7 @@ func TestCreateOutput(t *testing.T) {
 			if tc.setup != nil {
 				tc.setup(t, dir)
 			}
-			f, err := createOutput("output", path, tc.force, tc.perm)
+			f, err := createOutput("output", path, outputOptions{force: tc.force, perm: tc.perm, images: []string{filepath.Join(dir, "img")}, stateDir: filepath.Join(dir, "state")})
 			if err == nil {
 				_, err = f.WriteString("new")
 				require.NoError(t, err)
@@ -151,17 +151,15 @@ func TestCreateOutputFIFO(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "fifo")
 	require.NoError(t, syscall.Mkfifo(path, 0o600))
 	got := make(chan string, 1)
+	// The reader is there first: a FIFO without one is refused at once.
+	r, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	require.NoError(t, err)
 	go func() {
-		r, err := os.Open(path)
-		if err != nil {
-			got <- err.Error()
-			return
-		}
 		defer r.Close()
 		b, _ := io.ReadAll(r)
 		got <- string(b)
 	}()
-	f, err := createOutput("report", path, false, 0o644)
+	f, err := createOutput("report", path, outputOptions{perm: 0o644})
 	require.NoError(t, err)
 	_, err = f.WriteString("through the pipe")
 	require.NoError(t, err)
@@ -226,10 +224,118 @@ func TestPassphraseNotToTerminal(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var errs bytes.Buffer
 			code := run([]string{"volume", "passphrase", img, "--output", tc.output}, strings.NewReader(""), tc.stdout, &errs, env)
+			// A terminal that its group may write (0620) is refused as not private first.
 			want := "crkvol: volume passphrase: --output " + tc.output + ": refusing to write the passphrase to a terminal\n"
-			if code != 1 || !strings.HasPrefix(errs.String(), want) {
+			notPrivate := "crkvol: volume passphrase: --output " + tc.output + ": a character device of uid "
+			if code != 1 || !strings.HasPrefix(errs.String(), want) && (tc.name != "device" || !strings.HasPrefix(errs.String(), notPrivate)) {
 				t.Errorf("exit status %d, stderr %q; want 1 and %q", code, errs.String(), want)
 			}
 		})
 	}
+}
+
+// TestCreateOutputRefused: outputs refused even with --force: the volume image and the state
+// directory (by name, through a link, as a hard link), devices and FIFOs for sensitive
+// outputs unless private, a FIFO with no reader (at once), names under /dev never created.
+func TestCreateOutputRefused(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T, dir string) string // returns the output path
+		perm  os.FileMode
+		// wantErr is the error; nil: the output opens.
+		wantErr error
+		// unchanged is a file that must keep its content "old content".
+		unchanged string
+	}{
+		{name: "the image", setup: func(t *testing.T, dir string) string { return filepath.Join(dir, "img") }, perm: 0o600, wantErr: errProtected, unchanged: "img"},
+		{name: "a link to the image", setup: func(t *testing.T, dir string) string {
+			require.NoError(t, os.Symlink(filepath.Join(dir, "img"), filepath.Join(dir, "out")))
+			return filepath.Join(dir, "out")
+		}, perm: 0o600, wantErr: errProtected, unchanged: "img"},
+		{name: "a hard link to crk.db", setup: func(t *testing.T, dir string) string {
+			require.NoError(t, os.Link(filepath.Join(dir, "state", "crk.db"), filepath.Join(dir, "out")))
+			return filepath.Join(dir, "out")
+		}, perm: 0o644, wantErr: errProtected, unchanged: "state/crk.db"},
+		{name: "a new file in the state directory", setup: func(t *testing.T, dir string) string {
+			return filepath.Join(dir, "state", "new")
+		}, perm: 0o644, wantErr: errProtected},
+		{name: "volumes.db through a linked directory", setup: func(t *testing.T, dir string) string {
+			require.NoError(t, os.Symlink(filepath.Join(dir, "state"), filepath.Join(dir, "st")))
+			return filepath.Join(dir, "st", "volumes.db")
+		}, perm: 0o644, wantErr: errProtected, unchanged: "state/volumes.db"},
+		{name: "/dev/null for a secret", setup: func(*testing.T, string) string { return "/dev/null" }, perm: 0o600, wantErr: errNotPrivate},
+		{name: "/dev/null for a report", setup: func(*testing.T, string) string { return "/dev/null" }, perm: 0o644},
+		{name: "a 0644 FIFO for a secret", setup: fifo(0o644), perm: 0o600, wantErr: errNotPrivate},
+		{name: "a FIFO with no reader", setup: fifo(0o600), perm: 0o600, wantErr: errNoReader},
+		{name: "a name under /dev is never created", setup: func(*testing.T, string) string { return "/dev/crkvol-test-no-such" }, perm: 0o644, wantErr: fs.ErrNotExist},
+		{name: "a link to a missing name under /dev", setup: func(t *testing.T, dir string) string {
+			require.NoError(t, os.Symlink("/dev/crkvol-test-no-such", filepath.Join(dir, "out")))
+			return filepath.Join(dir, "out")
+		}, perm: 0o644, wantErr: fs.ErrNotExist},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			require.NoError(t, os.Mkdir(filepath.Join(dir, "state"), 0o700))
+			for _, f := range []string{"img", "state/crk.db", "state/volumes.db"} {
+				require.NoError(t, os.WriteFile(filepath.Join(dir, f), []byte("old content"), 0o600))
+			}
+			path := tc.setup(t, dir)
+			opts := outputOptions{force: true, perm: tc.perm, images: []string{filepath.Join(dir, "img")}, stateDir: filepath.Join(dir, "state")}
+			checkErr := checkOutputFree("output", path, opts)
+			f, err := createOutput("output", path, opts)
+			if tc.wantErr == nil {
+				require.NoError(t, checkErr)
+				require.NoError(t, err)
+				require.NoError(t, f.Close())
+				return
+			}
+			require.ErrorIs(t, err, tc.wantErr)
+			assert.Contains(t, err.Error(), "--output /")
+			if tc.wantErr != errNoReader && tc.wantErr != fs.ErrNotExist {
+				assert.ErrorIs(t, checkErr, tc.wantErr, "checkOutputFree")
+			}
+			if tc.unchanged != "" {
+				got, err := os.ReadFile(filepath.Join(dir, tc.unchanged))
+				require.NoError(t, err)
+				assert.Equal(t, "old content", string(got))
+			}
+			_, err = os.Lstat("/dev/crkvol-test-no-such")
+			assert.ErrorIs(t, err, fs.ErrNotExist)
+		})
+	}
+}
+
+func fifo(perm uint32) func(t *testing.T, dir string) string {
+	return func(t *testing.T, dir string) string {
+		path := filepath.Join(dir, "fifo")
+		require.NoError(t, syscall.Mkfifo(path, perm))
+		require.NoError(t, os.Chmod(path, os.FileMode(perm)))
+		return path
+	}
+}
+
+// TestCreateOutputUmask: a replacement made by --force honours the umask like a new file.
+func TestCreateOutputUmask(t *testing.T) {
+	old := unix.Umask(0o077)
+	defer unix.Umask(old)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "out")
+	require.NoError(t, os.WriteFile(path, []byte("old"), 0o600))
+	f, err := createOutput("report", path, outputOptions{force: true, perm: 0o644})
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+	st, err := os.Stat(path)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm())
+}
+
+// TestCreateOutputAbsoluteErrors: errors name the absolute path, also those of the system.
+func TestCreateOutputAbsoluteErrors(t *testing.T) {
+	t.Chdir(t.TempDir())
+	_, err := createOutput("output", "nodir/x", outputOptions{perm: 0o600})
+	require.ErrorIs(t, err, fs.ErrNotExist)
+	wd, _ := os.Getwd()
+	assert.NotContains(t, strings.ReplaceAll(err.Error(), filepath.Join(wd, "nodir/x"), ""), "nodir/x")
 }

@@ -74,10 +74,13 @@ the command line override it.`,
 			}
 			// The output files are checked before the run, which may take minutes, and
 			// created after it.
-			if err := checkOutputFree("report", reportFile, force); err != nil {
+			if err := checkOutputFree("report", reportFile, a.outputOptions(force, 0o644)); err != nil {
 				return err
 			}
-			if err := checkOutputFree("chart", chartFile, force); err != nil {
+			if err := checkOutputFree("chart", chartFile, a.outputOptions(force, 0o644)); err != nil {
+				return err
+			}
+			if err := checkOutputsDiffer("report", reportFile, "chart", chartFile); err != nil {
 				return err
 			}
 			workDir := dir
@@ -105,17 +108,26 @@ the command line override it.`,
 			if err != nil {
 				return err
 			}
+			// The summary is printed before the files are written, so that a failure to
+			// write them loses nothing.
+			if a.asJSON {
+				if err := a.emit(rep); err != nil {
+					return err
+				}
+			} else if err := rep.WriteSummary(a.stdout); err != nil {
+				return err
+			}
 			if reportFile != "" {
 				b, err := json.MarshalIndent(rep, "", "  ")
 				if err != nil {
 					return err
 				}
-				if err := writeOutput("report", reportFile, append(b, '\n'), force, 0o644); err != nil {
+				if err := writeOutput("report", reportFile, append(b, '\n'), a.outputOptions(force, 0o644)); err != nil {
 					return err
 				}
 			}
 			if chartFile != "" {
-				out, err := createOutput("chart", chartFile, force, 0o644)
+				out, err := createOutput("chart", chartFile, a.outputOptions(force, 0o644))
 				if err != nil {
 					return err
 				}
@@ -126,13 +138,6 @@ the command line override it.`,
 				if err := out.Close(); err != nil {
 					return err
 				}
-			}
-			if a.asJSON {
-				if err := a.emit(rep); err != nil {
-					return err
-				}
-			} else if err := rep.WriteSummary(a.stdout); err != nil {
-				return err
 			}
 			if dir != "" || keep {
 				fmt.Fprintf(a.stderr, "images and stores kept in %s\n", absPath(workDir))

@@ -202,6 +202,10 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 			if a.asJSON && output == "" {
 				return usagef("--json needs --output FILE: the data would go to stdout with the JSON")
 			}
+			// The output is checked before the volume is opened (its passphrase unwrapped).
+			if err := checkOutputFree("output", output, a.outputOptions(force, 0o600, args[0])); err != nil {
+				return err
+			}
 			v, err := a.attach(cmd.Context(), args[0], volume.OpenOptions{ReadOnly: true})
 			if err != nil {
 				return err
@@ -221,7 +225,7 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 			out := a.stdout
 			var file *outputFile
 			if output != "" {
-				if file, err = createOutput("output", output, force, 0o600); err != nil {
+				if file, err = createOutput("output", output, a.outputOptions(force, 0o600, args[0])); err != nil {
 					return err
 				}
 				// Abort removes the file after an error; after Close it does nothing.
@@ -267,6 +271,14 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 			if output == "" {
 				return usagef("--output is required: a new file (mode 0600), or - for stdout when it is not a terminal")
 			}
+			if output == "-" && a.asJSON {
+				return usagef("--json needs --output FILE: the passphrase would go to stdout with the JSON")
+			}
+			// The output is checked before the passphrase is unwrapped.
+			opts := a.outputOptions(force, 0o600, args[0])
+			if err := checkOutputFree("output", output, opts); err != nil {
+				return err
+			}
 			if err := a.open(cmd.Context()); err != nil {
 				return err
 			}
@@ -276,16 +288,13 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 			}
 			defer clear(pass)
 			if output == "-" {
-				if a.asJSON {
-					return usagef("--json needs --output FILE: the passphrase would go to stdout with the JSON")
-				}
 				if isTerminal(a.stdout) {
 					return withHint(fmt.Errorf("--output -: %w", errTerminal), "give --output FILE, or redirect stdout to a pipe or a file")
 				}
 				_, err := a.stdout.Write(pass)
 				return err
 			}
-			out, err := createOutput("output", output, force, 0o600)
+			out, err := createOutput("output", output, opts)
 			if err != nil {
 				return err
 			}
@@ -301,12 +310,16 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 				return err
 			}
 			if a.asJSON {
-				return a.emit(map[string]any{"path": absPath(args[0]), "output": absPath(output), "mode": "0600", "bytes": len(pass)})
+				doc := map[string]any{"path": absPath(args[0]), "output": absPath(output), "bytes": len(pass)}
+				if !out.stream {
+					doc["mode"] = "0600"
+				}
+				return a.emit(doc)
 			}
-			fmt.Fprintf(a.stderr, "wrote the %d-byte passphrase of %s to %s (mode 0600)\n", len(pass), absPath(args[0]), absPath(output))
+			fmt.Fprintf(a.stderr, "wrote the %d-byte passphrase of %s to %s%s\n", len(pass), absPath(args[0]), absPath(output), out.describe(0o600))
 			return nil
 		}}
-	passphrase.Flags().StringVar(&output, "output", "", "new file to write the passphrase to (mode 0600), or a device or pipe that is not a terminal; - for stdout when it is not a terminal (a terminal is refused)")
+	passphrase.Flags().StringVar(&output, "output", "", "new file to write the passphrase to (mode 0600), or a device or FIFO of your own that no other user may open and that is not a terminal; - for stdout when it is not a terminal (a terminal is refused)")
 	passphrase.Flags().BoolVar(&force, "force", false, "replace the --output file if it exists (with a new 0600 file)")
 
 	rewrap := &cobra.Command{Use: "rewrap IMG", Short: "Rewrap a volume's passphrase to its key's latest version", Args: args(cobra.ExactArgs(1)),
