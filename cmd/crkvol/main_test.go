@@ -46,6 +46,14 @@ func TestScripts(t *testing.T) {
 	testscript.Run(t, testscript.Params{
 		Dir:         "testdata",
 		WorkdirRoot: root,
+		// [long] holds with CRKVOL_LONG_TESTS=1 (CI): scripts too heavy for a plain go test
+		// skip themselves without it.
+		Condition: func(cond string) (bool, error) {
+			if cond == "long" {
+				return tooltest.Long(), nil
+			}
+			return false, fmt.Errorf("unknown condition %q", cond)
+		},
 		Setup: func(env *testscript.Env) error {
 			env.Setenv("CRKVOL_STATE", env.WorkDir+"/state")
 			env.Setenv("CRKVOL_NOW", "2026-06-01T12:00:00Z")

@@ -154,13 +154,15 @@ func TestCreateOutputFIFO(t *testing.T) {
 	// The reader is there first: a FIFO without one is refused at once.
 	r, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	require.NoError(t, err)
+	f, err := createOutput("report", path, outputOptions{perm: 0o644})
+	require.NoError(t, err)
+	// Read only once the writer is there: before it, a read would see end of file and close
+	// the only reader.
 	go func() {
 		defer r.Close()
 		b, _ := io.ReadAll(r)
 		got <- string(b)
 	}()
-	f, err := createOutput("report", path, outputOptions{perm: 0o644})
-	require.NoError(t, err)
 	_, err = f.WriteString("through the pipe")
 	require.NoError(t, err)
 	require.NoError(t, f.Close())
