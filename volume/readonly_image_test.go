@@ -1,9 +1,7 @@
 package volume_test
 
 import (
-	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -11,25 +9,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"crkvol/internal/tooltest"
 	"crkvol/volume"
 )
-
-// readOnlyMount makes dir read-only where it is (a read-only bind mount of it over itself:
-// the tests run as root, whom a 0444 mode does not stop). It skips the test where mounting
-// is not allowed.
-func readOnlyMount(t *testing.T, dir string) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("a read-only bind mount needs root")
-	}
-	if out, err := exec.Command("mount", "--bind", "-o", "ro", dir, dir).CombinedOutput(); err != nil {
-		t.Skipf("cannot make a read-only bind mount here: %v: %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", dir).Run() })
-	if err := os.WriteFile(filepath.Join(dir, "probe"), nil, 0o600); !errors.Is(err, syscall.EROFS) {
-		t.Skipf("the bind mount is not read-only here (%v)", err)
-	}
-}
 
 // TestReadOnlyImage: an image file that can be read but not written (0444, on a read-only
 // mount) is described, checked, probed for use, identified and opened read-only, its data
@@ -42,7 +24,7 @@ func TestReadOnlyImage(t *testing.T) {
 	info := f.create(t, "images/vol.img", 1<<20)
 	data := writePattern(t, f, info.Path, 64<<10, 5)
 	require.NoError(t, os.Chmod(info.Path, 0o444))
-	readOnlyMount(t, imgDir)
+	tooltest.ReadOnlyBind(t, imgDir, imgDir)
 
 	d, err := volume.Describe(info.Path)
 	require.NoError(t, err, "describe")

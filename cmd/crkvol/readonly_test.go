@@ -2,35 +2,25 @@ package main
 
 import (
 	"bytes"
+	"crkvol/internal/tooltest"
 	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
-// readOnlyState makes a read-only view of dir's state directory (a read-only bind mount:
-// the tests run as root, whom file modes do not stop) and returns its path. It skips the
-// test where mounting is not allowed.
+// readOnlyState makes a read-only view of dir's state directory (tooltest.ReadOnlyBind) and
+// returns its path.
 func readOnlyState(t *testing.T, dir string) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("a read-only bind mount needs root")
-	}
 	ro := filepath.Join(dir, "ro-state")
 	require.NoError(t, os.Mkdir(ro, 0o700))
-	if out, err := exec.Command("mount", "--bind", "-o", "ro", filepath.Join(dir, "state"), ro).CombinedOutput(); err != nil {
-		t.Skipf("cannot make a read-only bind mount here: %v: %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", ro).Run() })
-	if err := os.WriteFile(filepath.Join(ro, "probe"), nil, 0o600); !errors.Is(err, syscall.EROFS) {
-		t.Skipf("the bind mount is not read-only here (%v)", err)
-	}
+	tooltest.ReadOnlyBind(t, filepath.Join(dir, "state"), ro)
 	return ro
 }
 
@@ -104,13 +94,7 @@ func TestReadOnlyImage(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "data.txt"), []byte("read back from a read-only image\n"), 0o600))
 	cli(t, dir, "volume", "write", img, "--input", "data.txt")
 	require.NoError(t, os.Chmod(img, 0o444))
-	if out, err := exec.Command("mount", "--bind", "-o", "ro", images, images).CombinedOutput(); err != nil || os.Geteuid() != 0 {
-		t.Skipf("cannot make a read-only bind mount here: %v: %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", images).Run() })
-	if err := os.WriteFile(filepath.Join(images, "probe"), nil, 0o600); !errors.Is(err, syscall.EROFS) {
-		t.Skipf("the bind mount is not read-only here (%v)", err)
-	}
+	tooltest.ReadOnlyBind(t, images, images)
 	state := filepath.Join(dir, "state")
 	roState := readOnlyState(t, dir)
 	const now = "2026-01-01T00:00:00Z"

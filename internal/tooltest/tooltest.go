@@ -16,14 +16,22 @@
 // two cores. CI sets CRKVOL_LONG_TESTS=1 and gets the full lengths; [Long] tells a test which
 // to run, and [Scale] picks its sizes.
 //
+// # Read-only mounts
+//
+// [ReadOnlyBind] gives tests of read-only state directories and images a read-only bind
+// mount, with the same rule: skipped where mounting is not allowed, a failure under CI=true.
+//
 // The package is meant for tests only and imports nothing of crkvol's.
 package tooltest
 
 import (
+	"errors"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -116,4 +124,34 @@ func packages(tools []string) string {
 		}
 	}
 	return strings.Join(pkgs, " ")
+}
+
+// ReadOnlyBind mounts src read-only at dst (an existing directory; dst may be src itself)
+// and unmounts it when the test ends: a read-only view that stops even root, whom file modes
+// do not stop. Where mounting is not allowed (not root, no mount permission in a container)
+// the test is skipped, but under CI=true it fails, as a missing tool does: CI runs as root and
+// must run these tests.
+func ReadOnlyBind(t testing.TB, src, dst string) {
+	t.Helper()
+	unavailable := func(format string, args ...any) {
+		t.Helper()
+		if inCI() {
+			t.Fatalf("read-only bind mount required in CI: "+format, args...)
+		}
+		t.Skipf("no read-only bind mount here: "+format, args...)
+	}
+	if os.Geteuid() != 0 {
+		unavailable("it needs root")
+		return
+	}
+	if out, err := exec.Command("mount", "--bind", "-o", "ro", src, dst).CombinedOutput(); err != nil {
+		unavailable("mount --bind -o ro %s %s: %v: %s", src, dst, err, out)
+		return
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", dst).Run() })
+	probe := filepath.Join(dst, ".crkvol-ro-probe")
+	if err := os.WriteFile(probe, nil, 0o600); !errors.Is(err, syscall.EROFS) {
+		_ = os.Remove(probe)
+		unavailable("the bind mount at %s is not read-only (%v)", dst, err)
+	}
 }
