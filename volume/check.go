@@ -13,6 +13,10 @@ import (
 // volume cannot be opened: a rewrap of it is a failure, and nothing is written to it.
 var ErrUnhealthy = errors.New("volume image is unhealthy")
 
+// AreaKeyService is the Area of a Problem that is the key service's refusal or failure, not
+// the image's: the image itself may be sound.
+const AreaKeyService = "key service"
+
 // Problem is one thing wrong with an image, found by [Manager.Check].
 type Problem struct {
 	// Area names the part at fault: "keyslot N", "data area", "token" or "key service".
@@ -119,7 +123,7 @@ func (m *Manager) unlockProblems(ctx context.Context, img *keyslot.Image) []Prob
 		err = fmt.Errorf("%w: the unwrap answer has no plaintext", ErrIncompleteAnswer)
 	}
 	if err != nil {
-		return []Problem{{"key service", fmt.Errorf("unwrapping the passphrase with key %s: %w", tok.KeyID, err)}}
+		return []Problem{{AreaKeyService, fmt.Errorf("unwrapping the passphrase with key %s: %w", tok.KeyID, err)}}
 	}
 	key, _, err := img.UnlockContext(ctx, u.Plaintext, slot)
 	clear(key)
@@ -151,7 +155,7 @@ func (m *Manager) checkForRewrap(ctx context.Context, f *os.File, img *keyslot.I
 	}
 	var damage []Problem
 	for _, p := range problems {
-		if p.Area == "key service" {
+		if p.Area == AreaKeyService {
 			return p.Err
 		}
 		damage = append(damage, p)

@@ -14,7 +14,7 @@ import (
 // problem is the key service's: the image itself is sound.
 func (a *app) checkVolume(ctx context.Context, path string) (problems []string, keyOnly bool) {
 	if err := a.open(ctx); err != nil {
-		return []string{keyServiceArea + ": " + errorText(err)}, true
+		return []string{volume.AreaKeyService + ": " + errorText(err)}, true
 	}
 	found, err := a.mgr.Check(ctx, path)
 	if err != nil {
@@ -24,14 +24,10 @@ func (a *app) checkVolume(ctx context.Context, path string) (problems []string, 
 	keyOnly = len(found) > 0
 	for i, p := range found {
 		out[i] = errorText(p)
-		keyOnly = keyOnly && p.Area == keyServiceArea
+		keyOnly = keyOnly && p.Area == volume.AreaKeyService
 	}
 	return out, keyOnly
 }
-
-// keyServiceArea is the area of a problem that is the key service's refusal or failure, not
-// the image's (volume.Problem.Area).
-const keyServiceArea = "key service"
 
 // errCannotOpen means a volume whose image is sound cannot be opened now: the key service
 // refuses or cannot be reached.
