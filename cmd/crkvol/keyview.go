@@ -56,12 +56,7 @@ func typeWord(k kpapi.Key) string {
 }
 
 // months is "1 month" or "N months".
-func months(n int) string {
-	if n == 1 {
-		return "1 month"
-	}
-	return fmt.Sprintf("%d months", n)
-}
+func months(n int) string { return fmt.Sprintf("%d %s", n, plural(n, "month", "months")) }
 
 // showKey prints a key, of either mode. Text a remote service sent is escaped.
 func (a *app) showKey(k kpapi.Key) error {

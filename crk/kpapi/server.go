@@ -419,6 +419,12 @@ func (s *Server) deleteKey(q *request) error {
 	if err != nil {
 		return err
 	}
+	return keyOrNoContent(q, k)
+}
+
+// keyOrNoContent answers a delete or purge as Key Protect does: 204, or 200 with the key
+// for Prefer: return=representation.
+func keyOrNoContent(q *request, k *crk.Key) error {
 	if strings.Contains(q.r.Header.Get("Prefer"), "return=representation") {
 		return keys(q, http.StatusOK, *k)
 	}
@@ -434,18 +440,13 @@ func (s *Server) restoreKey(q *request) error {
 	return keys(q, http.StatusCreated, *k)
 }
 
-// purgeKey destroys a deleted key's material: 204, or 200 with the key for Prefer:
-// return=representation (as Key Protect answers).
+// purgeKey destroys a deleted key's material (keyOrNoContent).
 func (s *Server) purgeKey(q *request) error {
 	k, err := q.svc.PurgeKey(q.ctx, q.id)
 	if err != nil {
 		return err
 	}
-	if strings.Contains(q.r.Header.Get("Prefer"), "return=representation") {
-		return keys(q, http.StatusOK, *k)
-	}
-	q.w.WriteHeader(http.StatusNoContent)
-	return nil
+	return keyOrNoContent(q, k)
 }
 
 func (s *Server) versions(q *request) error {
