@@ -68,6 +68,12 @@ var (
 	// effect: a state change is committed in the same transaction as its event, and a read or
 	// a wrap returns nothing. It is an internal failure, not a refusal of the request.
 	ErrAudit = errors.New("audit event could not be stored")
+	// ErrResyncNeeded is the answer to a feed cursor the feed cannot continue from: events after
+	// it were deleted by the feed's retention, or the cursor is ahead of the feed's head (it was
+	// made by another store, or the store was restored from an older copy). The follower must
+	// reconcile every resource against the keys' current state, then follow the feed from its
+	// head (an empty cursor).
+	ErrResyncNeeded = errors.New("lifecycle feed cursor is outside the retained events: resync needed")
 )
 
 // Class says what an error means for the caller: a refusal of the request or a failure of the
@@ -152,6 +158,7 @@ func errorTable() []ErrorInfo {
 		{ErrInvalidArgument, "invalid_argument", Refusal, badRequest, "INVALID_FIELD_ERR", ""},
 		{ErrMasterKey, "master_key", Failure, internal, "INTERNAL_SERVER_ERR", ""},
 		{ErrAudit, "audit", Failure, internal, "INTERNAL_SERVER_ERR", ""},
+		{ErrResyncNeeded, "resync_needed", Refusal, gone, "FEED_RESYNC_REQUIRED_ERR", "cursor"},
 	}
 }
 

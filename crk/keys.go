@@ -271,13 +271,19 @@ func (s *Service) mutateBatched(ctx context.Context, action, id string, fn func(
 func (s *Service) mutateWith(run func(func(*bolt.Tx) error) error, ctx context.Context, action, id string, fn func(tx *bolt.Tx, r *keyRecord, now time.Time, ev *Event) error) (*keyRecord, error) {
 	s.mkMu.RLock()
 	var out *keyRecord
+	fed := false
 	err := run(func(tx *bolt.Tx) error {
+		fed = false
 		r, err := getKey(tx, id)
 		if err != nil {
 			return err
 		}
 		now := s.clock.Now()
 		r.State = r.effectiveState(now)
+		old := ""
+		if len(r.Versions) > 0 {
+			old = r.latest().ID
+		}
 		ev := s.newEvent(ctx, action, r, id, nil)
 		if err := fn(tx, r, now, ev); err != nil {
 			return err
@@ -287,11 +293,25 @@ func (s *Service) mutateWith(run func(func(*bolt.Tx) error) error, ctx context.C
 			return err
 		}
 		out = r
-		return s.appendEvent(tx, ev)
+		if err := s.appendEvent(tx, ev); err != nil {
+			return err
+		}
+		fe, err := s.feedEvent(ctx, tx, action, r, old, now)
+		if err != nil || fe == nil {
+			return err
+		}
+		if err := s.putFeedEvent(tx, fe); err != nil {
+			return fmt.Errorf("crk: %w: lifecycle feed: %w", ErrAudit, err)
+		}
+		fed = true
+		return nil
 	})
 	s.mkMu.RUnlock()
 	if err != nil {
 		return nil, s.refuse(ctx, action, id, err)
+	}
+	if fed {
+		s.notifyFeed()
 	}
 	return out, nil
 }

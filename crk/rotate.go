@@ -245,7 +245,7 @@ func (s *Service) RunDue(ctx context.Context) (RunDueResult, error) {
 		}
 		res.Expired = append(res.Expired, id)
 	}
-	policyCtx := WithInitiator(ctx, "crk-rotation-policy")
+	policyCtx := withPolicy(WithInitiator(ctx, "crk-rotation-policy"))
 	for _, id := range due {
 		r, old, err := s.rotate(policyCtx, id, nil, false)
 		if err != nil {

@@ -44,6 +44,9 @@ type Options struct {
 	NoSync bool
 	// EventRetention bounds the audit log; by default it keeps DefaultEventMaxCount events.
 	EventRetention EventRetention
+	// FeedRetention bounds the lifecycle feed; by default it keeps 30 days of events, at
+	// most DefaultFeedMaxCount.
+	FeedRetention FeedRetention
 	// ReadOnly opens an existing store for reading only, as a read-only state directory
 	// allows: bbolt's shared lock (other readers may open the store, a writer holding it
 	// makes Open time out), and nothing is created or written. The store and its key file
@@ -67,6 +70,10 @@ type Service struct {
 	initiator string
 	retention EventRetention
 
+	feedRetention FeedRetention
+	feedMu        sync.Mutex
+	feedChanged   chan struct{} // closed and replaced when feed events commit
+
 	readOnly bool
 
 	// testOnlyAuditFault, set by tests, makes storing an event fail with its error.
@@ -88,19 +95,21 @@ type Service struct {
 // Open opens (creating if needed) the store at path.
 func Open(path string, opts Options) (*Service, error) {
 	s := &Service{
-		instance:   opts.Instance,
-		clock:      opts.Clock,
-		rand:       opts.Rand,
-		log:        opts.Logger,
-		region:     opts.Region,
-		account:    opts.Account,
-		initiator:  opts.Initiator,
-		retention:  opts.EventRetention,
-		readOnly:   opts.ReadOnly,
-		hooks:      make(map[int]RotationHook),
-		events:     make(chan eventReq),
-		closing:    make(chan struct{}),
-		writerDone: make(chan struct{}),
+		instance:      opts.Instance,
+		clock:         opts.Clock,
+		rand:          opts.Rand,
+		log:           opts.Logger,
+		region:        opts.Region,
+		account:       opts.Account,
+		initiator:     opts.Initiator,
+		retention:     opts.EventRetention,
+		feedRetention: opts.FeedRetention,
+		feedChanged:   make(chan struct{}),
+		readOnly:      opts.ReadOnly,
+		hooks:         make(map[int]RotationHook),
+		events:        make(chan eventReq),
+		closing:       make(chan struct{}),
+		writerDone:    make(chan struct{}),
 	}
 	if s.instance != "" {
 		id, err := ident.CanonicalUUID(s.instance)
@@ -210,7 +219,7 @@ func (s *Service) init(master []byte) error {
 		}
 	}
 	return s.db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketMeta, bucketKeys, bucketRegistrations, bucketEvents} {
+		for _, name := range [][]byte{bucketMeta, bucketKeys, bucketRegistrations, bucketEvents, bucketFeed} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -234,6 +243,11 @@ func (s *Service) init(master []byte) error {
 			return fmt.Errorf("crk: store: applying the event retention: %w", err)
 		} else if n > 0 {
 			s.log.Info("crk: events beyond the retention deleted", "events", n)
+		}
+		if n, err := s.pruneFeed(tx, 0); err != nil {
+			return fmt.Errorf("crk: store: applying the lifecycle feed retention: %w", err)
+		} else if n > 0 {
+			s.log.Info("crk: lifecycle events beyond the feed retention deleted", "events", n)
 		}
 		if meta.Get([]byte("instance")) == nil {
 			id := s.instance

@@ -329,6 +329,13 @@ func (f *faultyKMS) Registrations(ctx context.Context, keyID string) ([]volume.R
 	return f.inner.Registrations(ctx, keyID)
 }
 
+func (f *faultyKMS) KeyState(ctx context.Context, keyID string) (volume.KeyStatus, error) {
+	if err := f.call(ctx, "keystate", ""); err != nil {
+		return volume.KeyStatus{}, err
+	}
+	return f.inner.KeyState(ctx, keyID)
+}
+
 // OnRotate runs every rotation hook inside a pass, so a crash can abort it.
 func (f *faultyKMS) OnRotate(hook func(ctx context.Context, n volume.RotationNotice) error) func() {
 	return f.inner.OnRotate(func(ctx context.Context, n volume.RotationNotice) error {

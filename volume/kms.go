@@ -43,6 +43,8 @@ type KeyService interface {
 	DeleteRegistration(ctx context.Context, keyID, crn string) error
 	// Registrations lists the registrations of a key and returns its latest version.
 	Registrations(ctx context.Context, keyID string) (regs []Registration, latest string, err error)
+	// KeyState returns a key's state and latest version.
+	KeyState(ctx context.Context, keyID string) (KeyStatus, error)
 	// OnRotate subscribes to rotations of every key; the returned function unsubscribes.
 	OnRotate(hook func(ctx context.Context, n RotationNotice) error) (unsubscribe func())
 }

@@ -33,6 +33,9 @@ func (e *serviceError) Unwrap() []error {
 	if e.refused {
 		out = append(out, volume.ErrKeyRefused)
 	}
+	if errors.Is(e.err, crk.ErrResyncNeeded) {
+		out = append(out, volume.ErrResyncNeeded)
+	}
 	return out
 }
 

@@ -4,6 +4,11 @@ package kms
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"crkvol/crk"
 	"crkvol/volume"
@@ -106,4 +111,90 @@ func (l *Local) OnRotate(hook func(ctx context.Context, n volume.RotationNotice)
 	})
 }
 
-var _ volume.KeyService = (*Local)(nil)
+// KeyState implements volume.KeyService.
+func (l *Local) KeyState(ctx context.Context, keyID string) (volume.KeyStatus, error) {
+	k, err := l.svc.GetKeyMetadata(ctx, keyID)
+	if err != nil {
+		return volume.KeyStatus{}, localError(err)
+	}
+	return volume.KeyStatus{State: k.State.String(), LatestVersion: k.KeyVersion.ID}, nil
+}
+
+// KeyEvents implements volume.KeyFeed over the service's lifecycle feed: a long poll that
+// wakes when the service commits an event.
+func (l *Local) KeyEvents(ctx context.Context, cursor string, wait time.Duration) (volume.KeyEventPage, error) {
+	p, err := l.svc.WaitLifecycle(ctx, cursor, feedPageLimit, wait)
+	if err != nil {
+		return volume.KeyEventPage{}, localError(err)
+	}
+	return keyEventPage(p), nil
+}
+
+// feedPageLimit bounds the events of one feed answer.
+const feedPageLimit = 1000
+
+// keyEventPage converts a page of the crk lifecycle feed.
+func keyEventPage(p crk.LifecyclePage) volume.KeyEventPage {
+	out := volume.KeyEventPage{Cursor: p.Cursor, Events: make([]volume.KeyEvent, len(p.Events))}
+	for i, e := range p.Events {
+		out.Events[i] = volume.KeyEvent{Cursor: e.Cursor, Time: e.Time, Type: e.Type, KeyID: e.KeyID, State: e.State,
+			OldVersion: e.OldVersion, NewVersion: e.NewVersion, Policy: e.Policy}
+	}
+	return out
+}
+
+// StoreFeed is a volume.KeyFeed over the store file of an embedded key service that other
+// processes open and change (the state directory's crk.db): it polls the store, opening it
+// read-only (without the master key) only while it reads, so that it never holds up the
+// processes that write it.
+type StoreFeed struct {
+	// Path is the store file.
+	Path string
+	// Poll is the time between reads while waiting; default 500 ms.
+	Poll time.Duration
+	// LockTimeout bounds each wait for a writer's lock; default 2 s. A read that times out is
+	// retried at the next poll while the wait lasts.
+	LockTimeout time.Duration
+}
+
+// KeyEvents implements volume.KeyFeed.
+func (f *StoreFeed) KeyEvents(ctx context.Context, cursor string, wait time.Duration) (volume.KeyEventPage, error) {
+	poll, lock := f.Poll, f.LockTimeout
+	if poll <= 0 {
+		poll = 500 * time.Millisecond
+	}
+	if lock <= 0 {
+		lock = 2 * time.Second
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		p, err := crk.ReadLifecycle(f.Path, cursor, feedPageLimit, lock)
+		timedOut := errors.Is(err, bolterrors.ErrTimeout)
+		switch {
+		case err != nil && !timedOut:
+			return volume.KeyEventPage{}, localError(err)
+		case err == nil && (len(p.Events) > 0 || cursor == ""):
+			return keyEventPage(p), nil
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			if timedOut {
+				return volume.KeyEventPage{}, fmt.Errorf("kms: lifecycle feed of %s: %w", f.Path, err)
+			}
+			return keyEventPage(p), nil
+		}
+		t := time.NewTimer(min(poll, left))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return volume.KeyEventPage{}, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+var (
+	_ volume.KeyService = (*Local)(nil)
+	_ volume.KeyFeed    = (*Local)(nil)
+	_ volume.KeyFeed    = (*StoreFeed)(nil)
+)

@@ -19,6 +19,7 @@ import (
 
 	kp "github.com/IBM/keyprotect-go-client"
 
+	"crkvol/crk"
 	"crkvol/crk/kpapi"
 	"crkvol/internal/ident"
 	"crkvol/volume"
@@ -360,6 +361,18 @@ func (r *Remote) KeyMetadata(ctx context.Context, keyID string) (*kp.Key, error)
 		}
 	}
 	return k, nil
+}
+
+// KeyState implements volume.KeyService with the key's metadata.
+func (r *Remote) KeyState(ctx context.Context, keyID string) (volume.KeyStatus, error) {
+	k, err := r.KeyMetadata(ctx, keyID)
+	if err != nil {
+		return volume.KeyStatus{}, err
+	}
+	if k.KeyVersion == nil {
+		return volume.KeyStatus{}, fmt.Errorf("kms: key metadata: %w: the key has no keyVersion", volume.ErrIncompleteAnswer)
+	}
+	return volume.KeyStatus{State: crk.State(k.State).String(), LatestVersion: k.KeyVersion.ID}, nil
 }
 
 // latest returns the id of a key's latest version.

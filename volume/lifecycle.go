@@ -1,0 +1,88 @@
+package volume
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Key lifecycle event types, as a key service's lifecycle feed names them.
+const (
+	KeyRotated  = "rotate"
+	KeyDisabled = "disable"
+	KeyEnabled  = "enable"
+	KeyDeleted  = "delete"
+	KeyRestored = "restore"
+	KeyPurged   = "purge"
+	KeySynced   = "sync"
+)
+
+// Key states, as [KeyStatus] and [KeyEvent] name them.
+const (
+	KeyStateActive      = "active"
+	KeyStateSuspended   = "suspended"
+	KeyStateDeactivated = "deactivated"
+	KeyStateDestroyed   = "destroyed"
+)
+
+// KeyStatus is what a volume's host needs to know of its root key.
+type KeyStatus struct {
+	// State is one of the KeyState* constants (or another state name a service reports).
+	State string
+	// LatestVersion is the version new wraps use and rewraps move to.
+	LatestVersion string
+}
+
+// Usable reports whether the key unwraps: active or deactivated (an expired key still
+// unwraps). A volume whose key is not usable must not be served.
+func (s KeyStatus) Usable() bool {
+	return s.State == KeyStateActive || s.State == KeyStateDeactivated
+}
+
+// KeyEvent is one event of a key service's lifecycle feed.
+type KeyEvent struct {
+	// Cursor is the event's place in the feed (opaque).
+	Cursor string
+	Time   time.Time
+	// Type is one of the Key* event constants (KeyRotated, KeyDisabled, ...).
+	Type  string
+	KeyID string
+	// State is the key's state after the event (a KeyState* constant).
+	State string
+	// OldVersion is the latest version before a rotation.
+	OldVersion string
+	// NewVersion is the key's latest version after the event.
+	NewVersion string
+	// Policy is set on a rotation fired by the key's rotation policy.
+	Policy bool
+}
+
+// Locks reports whether the event takes the key out of use: a disable, delete or purge.
+func (e KeyEvent) Locks() bool {
+	return e.Type == KeyDisabled || e.Type == KeyDeleted || e.Type == KeyPurged
+}
+
+// KeyEventPage is one answer of a [KeyFeed].
+type KeyEventPage struct {
+	// Events are the events after the cursor asked for, oldest first.
+	Events []KeyEvent
+	// Cursor is where to resume: the last event's cursor, or the head when there was none.
+	Cursor string
+}
+
+// ErrResyncNeeded means a lifecycle feed cannot continue from the cursor given (its events
+// were deleted by the feed's retention, or the cursor is not the feed's). The follower
+// reconciles every volume against its key's current state, then follows from the head.
+// Implementations of [KeyFeed] wrap it beside their service's own error.
+var ErrResyncNeeded = errors.New("lifecycle feed resync needed")
+
+// KeyFeed is a key service's ordered, durable stream of lifecycle events of the keys that
+// protect registered resources. Package crkvol/volume/kms implements it over an in-process
+// service, over a store another process writes, and over the HTTP API of a remote service.
+type KeyFeed interface {
+	// KeyEvents returns the events after cursor, oldest first, waiting up to wait for one
+	// when none follows yet (an empty page when the wait passes). An empty cursor returns
+	// no events and the feed's head at once: follow from there after a reconciliation.
+	// A cursor the feed cannot continue from is an error matching ErrResyncNeeded.
+	KeyEvents(ctx context.Context, cursor string, wait time.Duration) (KeyEventPage, error)
+}
