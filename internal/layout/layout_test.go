@@ -20,6 +20,7 @@ var level = map[string]int{
 	"crkvol/sim":          4,
 	"crkvol/bench":        4,
 	"crkvol/volume/kms":   3,
+	"crkvol/agent":        3,
 	"crkvol/volume":       2,
 	"crkvol/crk/kpapi":    2,
 	"crkvol/keyslot":      1,

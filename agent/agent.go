@@ -1,0 +1,435 @@
+// Package agent is the host agent: the long-running process on each storage host that follows
+// a key service's lifecycle feed for the root keys of the host's volumes and responds to each
+// event, as Key Protect's registered services respond to its notifications. A rotation or a
+// sync rewraps the host's volumes of the key; a disable, delete or purge stops every attached
+// volume of the key from serving; an enable or restore lets them attach again. Missed events
+// cannot stay missed for long: at start, after the feed asks for a resync, and on a timer, the
+// agent reconciles every key of the host against its current state and latest version.
+//
+// The agent acts through a [Host], which the CLI implements over a state directory and the
+// simulator over its simulated hosts.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"crkvol/volume"
+)
+
+// Host is what the agent acts on: one storage host's registered volumes and its attach
+// processes. Its methods are called from one goroutine at a time.
+type Host interface {
+	// Keys returns the ids of the root keys that protect the host's registered volumes.
+	Keys(ctx context.Context) ([]string, error)
+	// KeyState returns a key's current state and latest version from the key service.
+	KeyState(ctx context.Context, keyID string) (volume.KeyStatus, error)
+	// Rewrap brings every registered volume of keyID on the host to the key's latest
+	// version, tokens and registrations (as volume.Manager.Sync does). An error means the
+	// host could not act at all (its key service or registry was unreachable) and the event
+	// is retried; volumes that failed are reported in the Report and left to the next
+	// reconciliation.
+	Rewrap(ctx context.Context, keyID string) (*volume.Report, error)
+	// Lockout makes every attached volume of keyID on the host stop serving; state is the
+	// key's state (for messages). It returns the number of attached volumes it stopped or
+	// told to stop.
+	Lockout(ctx context.Context, keyID, state string) (int, error)
+	// Unlock tells the host that keyID is usable again: its volumes may attach.
+	Unlock(ctx context.Context, keyID string) error
+	// LoadCursor returns the feed cursor SaveCursor recorded last, or "" if none.
+	LoadCursor() (string, error)
+	// SaveCursor durably records that every event up to cursor was handled.
+	SaveCursor(cursor string) error
+}
+
+// Options configure an Agent. Feed and Host are required.
+type Options struct {
+	// Feed is the key service's lifecycle feed.
+	Feed volume.KeyFeed
+	// Host is the storage host the agent acts on.
+	Host Host
+	// Wait is how long one poll of the feed waits for an event; default 30 s.
+	Wait time.Duration
+	// ReconcileEvery is the time between reconciliations; default 10 minutes.
+	ReconcileEvery time.Duration
+	// Backoff returns the wait before retry n (1-based) after a failure; default 1 s
+	// doubling, at most 30 s.
+	Backoff func(n int) time.Duration
+	// RunDue, if set, runs the key service's due policy rotations and returns when the next
+	// is due (ok false if none): set for an embedded key service, which has no server of its
+	// own to run them. It is called at start, then when the time it returned comes, and at
+	// least every DueEvery.
+	RunDue func(ctx context.Context) (next time.Time, ok bool, err error)
+	// DueEvery bounds the time between RunDue calls (policies may change meanwhile);
+	// default 1 minute.
+	DueEvery time.Duration
+	// Now is the clock of the status; time.Now if nil.
+	Now func() time.Time
+	// Logger receives what the agent does (never secrets); discarded if nil.
+	Logger *slog.Logger
+}
+
+// Status is what an agent reports about itself.
+type Status struct {
+	// Cursor is the feed cursor up to which every event was handled.
+	Cursor string `json:"cursor"`
+	// Started is when Run started.
+	Started time.Time `json:"started,omitzero"`
+	// Keys is the number of keys of the host's volumes at the last look.
+	Keys int `json:"keys"`
+	// Events counts the events handled (those of other hosts' keys included); Rewraps,
+	// Lockouts and Unlocks count the responses.
+	Events   int `json:"events"`
+	Rewraps  int `json:"rewraps"`
+	Lockouts int `json:"lockouts"`
+	Unlocks  int `json:"unlocks"`
+	// LastEvent is the service time of the last event handled; Lag is how long after it the
+	// agent finished handling it.
+	LastEvent time.Time     `json:"lastEvent,omitzero"`
+	Lag       time.Duration `json:"lagNanos"`
+	// LastPoll is when the feed last answered; FeedError is the last failure to read it,
+	// cleared by the next answer.
+	LastPoll  time.Time `json:"lastPoll,omitzero"`
+	FeedError string    `json:"feedError,omitempty"`
+	// LastReconcile is when the last reconciliation ended; ReconcileError its failure, if
+	// any; NextReconcile when the next is due. Reconciles counts them.
+	LastReconcile  time.Time `json:"lastReconcile,omitzero"`
+	ReconcileError string    `json:"reconcileError,omitempty"`
+	NextReconcile  time.Time `json:"nextReconcile,omitzero"`
+	Reconciles     int       `json:"reconciles"`
+	// FailedVolumes is the number of volumes whose last rewrap failed.
+	FailedVolumes int `json:"failedVolumes"`
+}
+
+// Agent follows the feed for one host. Its Status may be read from any goroutine.
+type Agent struct {
+	opts Options
+	log  *slog.Logger
+
+	mu     sync.Mutex
+	status Status
+	failed map[string]int // key id -> volumes whose last rewrap failed
+}
+
+// New returns an agent.
+func New(opts Options) (*Agent, error) {
+	if opts.Feed == nil || opts.Host == nil {
+		return nil, errors.New("agent: a feed and a host are required")
+	}
+	if opts.Wait <= 0 {
+		opts.Wait = 30 * time.Second
+	}
+	if opts.ReconcileEvery <= 0 {
+		opts.ReconcileEvery = 10 * time.Minute
+	}
+	if opts.Backoff == nil {
+		opts.Backoff = func(n int) time.Duration { return min(time.Second<<min(n-1, 5), 30*time.Second) }
+	}
+	if opts.DueEvery <= 0 {
+		opts.DueEvery = time.Minute
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Agent{opts: opts, log: opts.Logger, failed: map[string]int{}}, nil
+}
+
+// Status returns a copy of the agent's status.
+func (a *Agent) Status() Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.status
+}
+
+func (a *Agent) update(fn func(*Status)) {
+	a.mu.Lock()
+	fn(&a.status)
+	a.mu.Unlock()
+}
+
+// Run follows the feed until ctx ends, then returns nil. It loads the saved cursor (or starts
+// from the feed's head), reconciles, and then handles every event after the cursor in order,
+// saving the cursor after each page: an event is handled at least once, whatever crashes. A
+// failure to read the feed or to act is logged and retried with backoff; a resync answer
+// reconciles and follows on from the head.
+func (a *Agent) Run(ctx context.Context) error {
+	a.update(func(s *Status) { s.Started = a.opts.Now() })
+	cursor, err := a.opts.Host.LoadCursor()
+	if err != nil {
+		return fmt.Errorf("agent: loading the feed cursor: %w", err)
+	}
+	failures := 0
+	retry := func(what string, err error) bool {
+		failures++
+		d := a.opts.Backoff(failures)
+		a.log.Warn("agent: "+what+" failed; retrying", "err", err, "retry_in", d)
+		return sleep(ctx, d) == nil
+	}
+	// Start: a head to follow from, then a reconciliation (events after a saved cursor are
+	// handled after it, in order).
+	for cursor == "" {
+		page, err := a.opts.Feed.KeyEvents(ctx, "", 0)
+		if err == nil {
+			err = a.opts.Host.SaveCursor(page.Cursor)
+		}
+		if err == nil {
+			cursor = page.Cursor
+			break
+		}
+		a.feedFailed(err)
+		if ctx.Err() != nil || !retry("starting from the feed's head", err) {
+			return nil
+		}
+	}
+	a.update(func(s *Status) { s.Cursor = cursor })
+	nextReconcile := a.opts.Now() // at once
+	var nextDue time.Time
+	if a.opts.RunDue != nil {
+		nextDue = a.opts.Now()
+	}
+	for ctx.Err() == nil {
+		now := a.opts.Now()
+		if a.opts.RunDue != nil && !now.Before(nextDue) {
+			next, ok, err := a.opts.RunDue(ctx)
+			nextDue = now.Add(a.opts.DueEvery)
+			if err != nil {
+				a.log.Warn("agent: running due policy rotations failed", "err", err)
+			} else if ok && next.Before(nextDue) {
+				nextDue = next
+			}
+		}
+		if !now.Before(nextReconcile) {
+			if err := a.Reconcile(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				a.log.Warn("agent: reconciliation incomplete; events keep being handled", "err", err)
+			}
+			// Whether it failed or not: failed keys are retried at the next one, and events
+			// keep coming meanwhile.
+			nextReconcile = a.opts.Now().Add(a.opts.ReconcileEvery)
+			a.update(func(s *Status) { s.NextReconcile = nextReconcile })
+		}
+		wait := min(a.opts.Wait, time.Until(nextReconcile))
+		if a.opts.RunDue != nil {
+			wait = min(wait, time.Until(nextDue))
+		}
+		page, err := a.opts.Feed.KeyEvents(ctx, cursor, max(wait, 0))
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, volume.ErrResyncNeeded):
+			a.log.Warn("agent: the feed asks for a resync; reconciling every key", "cursor", cursor, "err", err)
+			head, herr := a.opts.Feed.KeyEvents(ctx, "", 0)
+			if herr != nil {
+				a.feedFailed(herr)
+				retry("reading the feed's head", herr)
+				continue
+			}
+			cursor = head.Cursor
+			if err := a.opts.Host.SaveCursor(cursor); err != nil {
+				retry("saving the feed cursor", err)
+				continue
+			}
+			nextReconcile = a.opts.Now() // with the new cursor saved: events after it follow
+			a.update(func(s *Status) { s.Cursor = cursor })
+			continue
+		case err != nil:
+			a.feedFailed(err)
+			retry("reading the feed", err)
+			continue
+		}
+		a.update(func(s *Status) { s.LastPoll, s.FeedError = a.opts.Now(), "" })
+		if len(page.Events) == 0 {
+			failures = 0
+			continue
+		}
+		if err := a.Apply(ctx, page.Events); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			retry("handling events", err)
+			continue
+		}
+		if err := a.opts.Host.SaveCursor(page.Cursor); err != nil {
+			retry("saving the feed cursor", err)
+			continue
+		}
+		cursor = page.Cursor
+		failures = 0
+		last := page.Events[len(page.Events)-1]
+		a.update(func(s *Status) {
+			s.Cursor, s.LastEvent, s.Lag = cursor, last.Time, a.opts.Now().Sub(last.Time)
+		})
+	}
+	return nil
+}
+
+func (a *Agent) feedFailed(err error) {
+	a.update(func(s *Status) { s.FeedError = err.Error() })
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// keyWork is what a page of events asks of the host for one key.
+type keyWork struct {
+	lock   *volume.KeyEvent // the last event that changed whether the key is usable
+	rewrap bool
+}
+
+// Apply handles a page of events, in order per key: for each key of the host's volumes, a
+// lockout if the last usability change in the page took the key out of use (disable, delete,
+// purge), an unlock if it brought it back (enable, restore), and a rewrap pass if the page
+// rotated or synced the key or brought it back. Lockouts are done first, for every key, so
+// that a rewrap of another key never delays them. Events of keys the host has no volume of are
+// skipped. An error means the host could not act; the caller retries the page.
+func (a *Agent) Apply(ctx context.Context, events []volume.KeyEvent) error {
+	keys, err := a.opts.Host.Keys(ctx)
+	if err != nil {
+		return fmt.Errorf("agent: listing the host's keys: %w", err)
+	}
+	mine := map[string]bool{}
+	for _, k := range keys {
+		mine[k] = true
+	}
+	work := map[string]*keyWork{}
+	var order []string
+	for i := range events {
+		ev := &events[i]
+		if !mine[ev.KeyID] {
+			continue
+		}
+		w := work[ev.KeyID]
+		if w == nil {
+			w = &keyWork{}
+			work[ev.KeyID] = w
+			order = append(order, ev.KeyID)
+		}
+		switch ev.Type {
+		case volume.KeyRotated, volume.KeySynced:
+			w.rewrap = true
+		case volume.KeyDisabled, volume.KeyDeleted, volume.KeyPurged, volume.KeyEnabled, volume.KeyRestored:
+			w.lock = ev
+		}
+	}
+	var errs []error
+	for _, id := range order {
+		if w := work[id]; w.lock != nil && w.lock.Locks() {
+			if err := a.lockout(ctx, id, w.lock.State); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	for _, id := range order {
+		w := work[id]
+		if w.lock != nil && !w.lock.Locks() {
+			if err := a.opts.Host.Unlock(ctx, id); err != nil {
+				errs = append(errs, fmt.Errorf("agent: unlocking key %s: %w", id, err))
+				continue
+			}
+			a.update(func(s *Status) { s.Unlocks++ })
+			a.log.Info("agent: key usable again; its volumes may attach", "key", id, "event", w.lock.Type)
+			w.rewrap = true // anything that lagged while it was out of use
+		}
+		if w.rewrap && (w.lock == nil || !w.lock.Locks()) {
+			if err := a.rewrap(ctx, id); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	a.update(func(s *Status) { s.Events += len(events); s.Keys = len(keys) })
+	return errors.Join(errs...)
+}
+
+func (a *Agent) lockout(ctx context.Context, keyID, state string) error {
+	n, err := a.opts.Host.Lockout(ctx, keyID, state)
+	if err != nil {
+		return fmt.Errorf("agent: locking out the volumes of key %s: %w", keyID, err)
+	}
+	a.update(func(s *Status) { s.Lockouts++ })
+	a.log.Warn("agent: key out of use; its attached volumes stop serving", "key", keyID, "state", state, "attached", n)
+	return nil
+}
+
+func (a *Agent) rewrap(ctx context.Context, keyID string) error {
+	rep, err := a.opts.Host.Rewrap(ctx, keyID)
+	if err != nil {
+		return fmt.Errorf("agent: rewrapping the volumes of key %s: %w", keyID, err)
+	}
+	a.mu.Lock()
+	a.status.Rewraps++
+	a.failed[keyID] = len(rep.Failed)
+	a.status.FailedVolumes = 0
+	for _, n := range a.failed {
+		a.status.FailedVolumes += n
+	}
+	a.mu.Unlock()
+	if len(rep.Failed) > 0 {
+		a.log.Warn("agent: some volumes were not rewrapped; the next reconciliation retries them",
+			"key", keyID, "version", rep.NewVersion, "failed", len(rep.Failed), "err", rep.Err())
+	} else if rep.Rewrapped > 0 {
+		a.log.Info("agent: volumes rewrapped", "key", keyID, "version", rep.NewVersion, "rewrapped", rep.Rewrapped)
+	}
+	return nil
+}
+
+// Reconcile compares every key of the host's volumes with its current state: the volumes of a
+// key out of use are locked out, and those of a usable key are brought to its latest version
+// (tokens and registrations that lag are rewrapped). It goes on past a key that fails and
+// returns the failures joined.
+func (a *Agent) Reconcile(ctx context.Context) error {
+	keys, err := a.opts.Host.Keys(ctx)
+	if err == nil {
+		slices.Sort(keys)
+	}
+	var errs []error
+	if err != nil {
+		errs = append(errs, fmt.Errorf("agent: listing the host's keys: %w", err))
+	}
+	for _, id := range keys {
+		if ctx.Err() != nil {
+			errs = append(errs, ctx.Err())
+			break
+		}
+		st, err := a.opts.Host.KeyState(ctx, id)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("agent: reading the state of key %s: %w", id, err))
+			continue
+		}
+		if !st.Usable() {
+			if err := a.lockout(ctx, id, st.State); err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		if err := a.rewrap(ctx, id); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	err = errors.Join(errs...)
+	a.update(func(s *Status) {
+		s.LastReconcile, s.Reconciles, s.Keys = a.opts.Now(), s.Reconciles+1, len(keys)
+		s.ReconcileError = ""
+		if err != nil {
+			s.ReconcileError = err.Error()
+		}
+	})
+	return err
+}
