@@ -39,9 +39,15 @@ type app struct {
 	kmsInsecure bool
 	local       bool        // force the embedded key service (the demo)
 	config      configState // the config file (config.go)
-	// readOnly marks a command that only reads (readOnlyCommands): on a state directory that
-	// cannot be written it opens the store and the registry read-only.
+	// readOnly marks a command that only reads (readOnlyCommand): it opens the store and the
+	// registry read-only, and rotates, rewraps and writes nothing (see openReadOnly).
 	readOnly bool
+	// auditedRead marks the one read that opens the store read-write to record its audit
+	// event, if it can: key show --reveal, which hands out key material.
+	auditedRead bool
+	// emptyStoreDir is the temporary directory of the empty store a command that only reads
+	// opens when the state directory has none; close removes it.
+	emptyStoreDir string
 	// eventMaxAge and eventMaxCount are the audit log retention flags, parsed by
 	// eventRetention.
 	eventMaxAge, eventMaxCount string
@@ -164,7 +170,7 @@ customer root key (CRK) in an embedded Key Protect-style key service.`,
 	})
 	root.AddCommand(a.keyCommand(), a.volumeCommand(), a.eventsCommand(), a.demoCommand(), a.kmsCommand(), a.benchCommand(), a.simCommand())
 	root.PersistentPreRun = func(cmd *cobra.Command, args []string) {
-		a.readOnly = readOnlyCommands[commandName(cmd)]
+		a.readOnly, a.auditedRead = readOnlyCommand(cmd)
 		absImageArg(cmd, args)
 	}
 	a.addVersion(root)
@@ -192,11 +198,25 @@ func absImageArg(cmd *cobra.Command, args []string) {
 	}
 }
 
-// readOnlyCommands are the commands that only read the state directory: they work on one
-// that cannot be written.
+// readOnlyCommands are the commands that only read the state directory: they open the store
+// and the registry read-only (so they work on one that cannot be written), rotate and rewrap
+// nothing, and leave the store, the registry and every image as they were. Commands that open
+// a volume through the key service (volume read, volume passphrase) are not among them: the
+// unwrap that hands out a passphrase is audited, and a key rotated since the volume was last
+// wrapped has it rewrapped (lazily) as it opens.
 var readOnlyCommands = map[string]bool{
 	"key list": true, "key show": true, "key versions": true, "key registrations": true,
 	"volume list": true, "volume status": true, "events": true,
+}
+
+// readOnlyCommand reports whether cmd only reads (readOnlyCommands), and whether it is the
+// read that is audited when it can be (key show --reveal: it hands out key material).
+func readOnlyCommand(cmd *cobra.Command) (readOnly, audited bool) {
+	if !readOnlyCommands[commandName(cmd)] {
+		return false, false
+	}
+	reveal := cmd.Flags().Lookup("reveal")
+	return true, reveal != nil && reveal.Changed
 }
 
 // unwritable reports whether err is a failure to open a file for writing: a read-only file
@@ -246,8 +266,11 @@ type offsetClock struct {
 
 func (c *offsetClock) Now() time.Time { return c.base.Add(time.Since(c.start)) }
 
-// open opens the key service, the registry and the volume manager, then runs the policy
-// rotations that came due on the service clock (with their rewraps).
+// open opens the key service, the registry and the volume manager. A command that changes the
+// state then runs the policy rotations that came due on the service clock (with their
+// rewraps); a command that only reads (a.readOnly) opens the store and the registry
+// read-only, so that it leaves them, and every image, as they were: it rotates and rewraps
+// nothing and only says which rotations are due (see openReadOnly).
 func (a *app) open(ctx context.Context) error {
 	if a.mgr != nil { // already open, embedded or remote
 		return nil
@@ -256,8 +279,11 @@ func (a *app) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("state directory: %w", err)
+	// A command that only reads creates nothing, not even the state directory.
+	if !a.readOnly {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("state directory: %w", err)
+		}
 	}
 	clock, err := a.clock()
 	if err != nil {
@@ -270,50 +296,22 @@ func (a *app) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// A command that only reads falls back to reading the store and the registry when the
-	// state directory cannot be written (a read-only mount, a directory of another user).
-	readOnly := false
 	if rec, held := serveHolds(filepath.Join(dir, "crk.db"), dir); held {
 		return heldByServe(rec, filepath.Join(dir, "crk.db"), errStoreHeld)
 	}
-	svc, err := crk.Open(filepath.Join(dir, "crk.db"), opts)
-	if err != nil && a.readOnly && unwritable(err) {
-		opts.ReadOnly, readOnly = true, true
-		svc, err = crk.Open(filepath.Join(dir, "crk.db"), opts)
+	if a.readOnly {
+		return a.openReadOnly(ctx, dir, opts, clock)
 	}
+	svc, err := crk.Open(filepath.Join(dir, "crk.db"), opts)
 	if err != nil {
 		return storeHeld(err, filepath.Join(dir, "crk.db"), dir)
 	}
-	openReg := volume.OpenRegistry
-	if readOnly {
-		openReg = volume.OpenRegistryReadOnly
-	}
-	reg, err := openReg(filepath.Join(dir, "volumes.db"))
-	if err != nil && a.readOnly && !readOnly && unwritable(err) {
-		readOnly = true
-		reg, err = volume.OpenRegistryReadOnly(filepath.Join(dir, "volumes.db"))
-	}
+	reg, err := volume.OpenRegistry(filepath.Join(dir, "volumes.db"))
 	if err != nil {
 		svc.Close()
 		return registryHeld(err, filepath.Join(dir, "volumes.db"))
 	}
-	a.svc, a.reg = svc, reg
-	a.mgr = volume.NewManager(kms.NewLocal(svc), reg, volume.Options{
-		Now:      clock.Now,
-		OnReport: func(r *volume.Report) { a.reports = append(a.reports, r) },
-		Progress: a.rewrapProgress(),
-	})
-	if readOnly {
-		// Nothing can be written: report the policy rotations that are due instead.
-		work, err := svc.Due(ctx)
-		if err != nil {
-			return fmt.Errorf("looking for due rotations: %w", err)
-		}
-		for _, id := range work.Rotations {
-			fmt.Fprintf(a.stderr, "crkvol: rotation policy: key %s is due for rotation; the state directory is read-only, so it runs with the next command that can write it\n", id)
-		}
-		return nil
-	}
+	a.useLocal(svc, reg, clock)
 	res, err := svc.RunDue(ctx)
 	if err != nil {
 		return fmt.Errorf("running due rotations: %w", err)
@@ -322,6 +320,63 @@ func (a *app) open(ctx context.Context) error {
 		fmt.Fprintf(a.stderr, "crkvol: rotation policy rotated key %s\n", id)
 	}
 	return nil
+}
+
+// openReadOnly opens the store and the registry of dir read-only for a command that only
+// reads, and reports the policy rotations that are due instead of running them. Its reads are
+// not audited: a store opened read-only cannot record them (kms serve audits the reads of its
+// API). The one exception is key show --reveal (a.auditedRead), which hands out key material:
+// it opens the store read-write to record its event, but it too runs no rotation; on a state
+// directory that cannot be written it reads unaudited, as the other reads do.
+//
+// A store that does not exist (a new state directory) is a new, empty one: the command reads
+// an empty store made in a temporary directory, removed on close, so that it answers as on a
+// new store (no keys, no events, a key not found) and creates nothing in dir.
+func (a *app) openReadOnly(ctx context.Context, dir string, opts crk.Options, clock crk.Clock) error {
+	path := filepath.Join(dir, "crk.db")
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		tmp, err := os.MkdirTemp("", "crkvol-empty-store-")
+		if err != nil {
+			return fmt.Errorf("making an empty key store to read: %w", err)
+		}
+		a.emptyStoreDir = tmp
+		path = filepath.Join(tmp, "crk.db")
+	} else {
+		opts.ReadOnly = !a.auditedRead
+	}
+	svc, err := crk.Open(path, opts)
+	if err != nil && !opts.ReadOnly && unwritable(err) {
+		opts.ReadOnly = true
+		svc, err = crk.Open(path, opts)
+	}
+	if err != nil {
+		return storeHeld(err, path, dir)
+	}
+	reg, err := volume.OpenRegistryReadOnly(filepath.Join(dir, "volumes.db"))
+	if err != nil {
+		svc.Close()
+		return registryHeld(err, filepath.Join(dir, "volumes.db"))
+	}
+	a.useLocal(svc, reg, clock)
+	work, err := svc.Due(ctx)
+	if err != nil {
+		return fmt.Errorf("looking for due rotations: %w", err)
+	}
+	for _, id := range work.Rotations {
+		fmt.Fprintf(a.stderr, "crkvol: rotation policy: key %s is due for rotation; the next command that changes the state, crkvol agent or crkvol kms serve runs it\n", id)
+	}
+	return nil
+}
+
+// useLocal makes the embedded key service svc and the registry reg the command's, with a
+// volume manager over them.
+func (a *app) useLocal(svc *crk.Service, reg *volume.Registry, clock crk.Clock) {
+	a.svc, a.reg = svc, reg
+	a.mgr = volume.NewManager(kms.NewLocal(svc), reg, volume.Options{
+		Now:      clock.Now,
+		OnReport: func(r *volume.Report) { a.reports = append(a.reports, r) },
+		Progress: a.rewrapProgress(),
+	})
 }
 
 func (a *app) remoteURL() string {
@@ -358,10 +413,11 @@ func (a *app) openRemote(dir, url string, clock crk.Clock) error {
 	if insecure {
 		fmt.Fprintln(a.stderr, "crkvol: warning: --kms-insecure: plain http to a remote key service is allowed; the API key, tokens and wrapped keys may cross the network in clear")
 	}
-	reg, err := volume.OpenRegistry(filepath.Join(dir, "volumes.db"))
-	if err != nil && a.readOnly && unwritable(err) {
-		reg, err = volume.OpenRegistryReadOnly(filepath.Join(dir, "volumes.db"))
+	openReg := volume.OpenRegistry
+	if a.readOnly {
+		openReg = volume.OpenRegistryReadOnly
 	}
+	reg, err := openReg(filepath.Join(dir, "volumes.db"))
 	if err != nil {
 		return registryHeld(err, filepath.Join(dir, "volumes.db"))
 	}
@@ -416,7 +472,10 @@ func (a *app) close() {
 	if a.svc != nil {
 		a.svc.Close()
 	}
-	a.mgr, a.reg, a.svc, a.remote = nil, nil, nil, nil
+	if a.emptyStoreDir != "" {
+		os.RemoveAll(a.emptyStoreDir)
+	}
+	a.mgr, a.reg, a.svc, a.remote, a.emptyStoreDir = nil, nil, nil, nil, ""
 }
 
 // emit prints v as indented JSON.

@@ -53,9 +53,11 @@ func TestEventsPaging(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &key); err != nil {
 		t.Fatal(err)
 	}
+	// Five more events: rotation policy writes (reads by key show are not audited: it opens
+	// the store read-only).
 	for range 5 {
-		if code, _, stderr := runCLI(t, env, "key", "show", key.ID); code != 0 {
-			t.Fatalf("key show: %s", stderr)
+		if code, _, stderr := runCLI(t, env, "key", "policy", key.ID, "--rotation-months", "1"); code != 0 {
+			t.Fatalf("key policy: %s", stderr)
 		}
 	}
 	code, out, _ = runCLI(t, env, "--json", "events", "--key", key.ID, "--limit", "0")
@@ -88,7 +90,7 @@ func TestEventsPaging(t *testing.T) {
 		if page > 3 {
 			t.Fatal("paging does not end")
 		}
-		runCLI(t, env, "key", "show", key.ID) // a new event between pages
+		runCLI(t, env, "key", "policy", key.ID, "--rotation-months", "2") // a new event between pages
 		args = []string{"--json", "events", "--key", key.ID, "--limit", "4", "--cursor", m[1]}
 	}
 	if !equalSeqs(got, all) {
@@ -111,7 +113,9 @@ func seqBytes(s []uint64) []byte {
 }
 
 // TestEventRetentionFlags: the retention flags and variables configure the embedded service,
-// which applies them when it opens; bad values are usage errors.
+// which applies them when a command that changes the state opens it (here key create: a
+// command that only reads, such as events, opens the store read-only and deletes nothing);
+// bad values are usage errors.
 func TestEventRetentionFlags(t *testing.T) {
 	env := testEnv(t)
 	for _, name := range []string{"a", "b", "c", "d"} {
@@ -126,10 +130,10 @@ func TestEventRetentionFlags(t *testing.T) {
 		code int
 		n    int // events listed
 	}{
-		{"default keeps all", nil, nil, 0, 4},
+		{"default keeps all", nil, nil, 0, 5},
 		{"count flag", nil, []string{"--event-max-count", "3"}, 0, 3},
 		{"count variable", map[string]string{"CRKVOL_EVENT_MAX_COUNT": "2"}, nil, 0, 2},
-		{"age flag", nil, []string{"--now", "2026-09-01T12:00:00Z", "--event-max-age", "30d"}, 0, 0},
+		{"age flag", nil, []string{"--now", "2026-09-01T12:00:00Z", "--event-max-age", "30d"}, 0, 1}, // the new key's
 		{"bad count", nil, []string{"--event-max-count", "many"}, 2, 0},
 		{"negative age", nil, []string{"--event-max-age", "-1h"}, 2, 0},
 		{"bad limit", nil, []string{"--limit", "-1"}, 1, 0},
@@ -142,6 +146,12 @@ func TestEventRetentionFlags(t *testing.T) {
 			}
 			for k, v := range tc.env {
 				e[k] = v
+			}
+			if tc.code == 0 {
+				create := append([]string{"key", "create", "trimming-" + tc.name}, tc.args...)
+				if code, _, stderr := runCLI(t, e, create...); code != 0 {
+					t.Fatalf("key create: %s", stderr)
+				}
 			}
 			args := append([]string{"--json", "events", "--limit", "0", "--action", "kms.secrets.create"}, tc.args...)
 			code, out, stderr := runCLI(t, e, args...)
@@ -194,11 +204,12 @@ func TestMasterKeyEnv(t *testing.T) {
 			}
 		})
 	}
-	// A key file others can read: its own message, not a mismatch.
+	// A key file others can read: its own message, not a mismatch. (A command that only
+	// reads creates no store: key create makes it.)
 	dir := t.TempDir()
 	e := map[string]string{"CRKVOL_STATE": dir, "CRKVOL_NOW": env["CRKVOL_NOW"]}
-	if code, _, stderr := runCLI(t, e, "key", "list"); code != 0 {
-		t.Fatalf("key list: %s", stderr)
+	if code, _, stderr := runCLI(t, e, "key", "create", "file-key"); code != 0 {
+		t.Fatalf("key create: %s", stderr)
 	}
 	if err := os.Chmod(filepath.Join(dir, "crk.db.masterkey"), 0o644); err != nil {
 		t.Fatal(err)

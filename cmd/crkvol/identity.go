@@ -15,8 +15,8 @@ import (
 
 // identify says whether the image at path is the registered image of its volume, using the
 // open registry, or else the state directory's registry if there is one (opened and closed
-// here: status needs no key service; read-only, as app.open does for a command that only
-// reads, when it cannot be written). It returns nil when there is no registry.
+// here: status needs no key service; read-only for a command that only reads, as app.open
+// opens it). It returns nil when there is no registry.
 func (a *app) identify(ctx context.Context, path string) (*volume.Identity, error) {
 	reg := a.reg
 	if reg == nil {
@@ -28,10 +28,11 @@ func (a *app) identify(ctx context.Context, path string) (*volume.Identity, erro
 		if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
 			return nil, nil
 		}
-		reg, err = volume.OpenRegistry(p)
-		if err != nil && a.readOnly && unwritable(err) {
-			reg, err = volume.OpenRegistryReadOnly(p)
+		openReg := volume.OpenRegistry
+		if a.readOnly {
+			openReg = volume.OpenRegistryReadOnly
 		}
+		reg, err = openReg(p)
 		if err != nil {
 			return nil, err
 		}

@@ -96,10 +96,10 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 	adopt.Flags().StringVar(&passFile, "passphrase-file", "", "file holding one of the image's passphrases (required)")
 	requireFlags(adopt, "key", "passphrase-file")
 
-	status := &cobra.Command{Use: "status IMG", Short: "Show a volume's header, key and wrapping; fails if the volume cannot be opened", Args: args(cobra.ExactArgs(1)),
+	status := &cobra.Command{Use: "status IMG", Short: "Show a volume's header, key (state, whether behind) and wrapping; fails if the volume cannot be opened", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error { return a.printStatus(cmd.Context(), args[0]) }}
 
-	list := &cobra.Command{Use: "list", Short: "List registered volumes", Args: args(cobra.NoArgs),
+	list := &cobra.Command{Use: "list", Short: "List registered volumes: key version, whether behind the key's latest, key state", Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := a.open(cmd.Context()); err != nil {
 				return err
@@ -108,14 +108,18 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 			if err != nil {
 				return err
 			}
+			// Each row says whether the volume is behind its key and whether the key is
+			// usable: the key service is asked once per key.
 			type row struct {
 				Path       string `json:"path"`
 				CRN        string `json:"crn"`
 				KeyID      string `json:"keyId"`
 				KeyVersion string `json:"keyVersion,omitempty"`
-				Error      string `json:"error,omitempty"`
+				keyStatusJSON
+				Error string `json:"error,omitempty"`
 			}
 			rows := []row{}
+			keys := a.keyStatuses()
 			for _, e := range entries {
 				r := row{Path: e.Path, CRN: e.CRN, KeyID: e.KeyID}
 				if info, err := volume.DescribeContext(cmd.Context(), e.Path); err != nil {
@@ -123,19 +127,20 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 				} else {
 					r.KeyVersion = info.KeyVersion
 				}
+				r.keyStatusJSON = keys.of(cmd.Context(), e.KeyID, r.KeyVersion)
 				rows = append(rows, r)
 			}
 			if a.asJSON {
 				return a.emit(rows)
 			}
 			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "PATH\tKEY ID\tKEY VERSION\tCRN")
+			fmt.Fprintln(w, "PATH\tKEY ID\tKEY VERSION\tBEHIND\tKEY STATE\tCRN")
 			for _, r := range rows {
 				v := r.KeyVersion
 				if r.Error != "" {
 					v = "error: " + r.Error
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", r.Path, r.KeyID, v, r.CRN)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Path, r.KeyID, v, r.behindCell(), r.stateCell(), r.CRN)
 			}
 			return w.Flush()
 		}}
@@ -436,15 +441,18 @@ type statusJSON struct {
 	Cipher     string `json:"cipher"`
 	// Erased says the volume was crypto-erased: no keyslot is left, and the key fields
 	// (which no longer open anything) are left out.
-	Erased     bool          `json:"erased,omitempty"`
-	KeyBits    int           `json:"cipherKeyBits,omitempty"`
-	KeyID      string        `json:"keyId,omitempty"`
-	KeyCRN     string        `json:"keyCrn,omitempty"`
-	KeyVersion string        `json:"keyVersion,omitempty"`
-	WrappedAt  jsonTime      `json:"wrappedAt,omitzero"`
-	Keyslots   []keyslotJSON `json:"keyslots"`
-	Tokens     []tokenJSON   `json:"tokens"`
-	Health     string        `json:"headerHealth"`
+	Erased     bool     `json:"erased,omitempty"`
+	KeyBits    int      `json:"cipherKeyBits,omitempty"`
+	KeyID      string   `json:"keyId,omitempty"`
+	KeyCRN     string   `json:"keyCrn,omitempty"`
+	KeyVersion string   `json:"keyVersion,omitempty"`
+	WrappedAt  jsonTime `json:"wrappedAt,omitzero"`
+	// The key's state and latest version, and whether the volume is behind it (left out for
+	// a crypto-erased volume).
+	keyStatusJSON
+	Keyslots []keyslotJSON `json:"keyslots"`
+	Tokens   []tokenJSON   `json:"tokens"`
+	Health   string        `json:"headerHealth"`
 	// Problems lists what keeps the volume from opening (each "area: reason"); the
 	// command then exits 1.
 	Problems []string `json:"problems,omitempty"`
@@ -531,6 +539,7 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 	keyOnly := false
 	if !st.Erased {
 		st.Problems, keyOnly = a.checkVolume(ctx, path)
+		st.keyStatusJSON = a.keyStatuses().of(ctx, st.KeyID, st.KeyVersion)
 	}
 	// The header's health is the header's: a key service that refuses is a problem of its
 	// own, not an unhealthy header.
@@ -559,6 +568,8 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 		fmt.Fprintf(w, "Cipher\t%s, %d-bit key, %d-byte sectors\n", st.Cipher, st.KeyBits, st.SectorSize)
 		fmt.Fprintf(w, "Root key\t%s\n", st.KeyID)
 		fmt.Fprintf(w, "Key version\t%s (wrapped %s)\n", st.KeyVersion, rfc3339(st.WrappedAt.Time))
+		fmt.Fprintf(w, "Key state\t%s\n", st.stateLine())
+		fmt.Fprintf(w, "Behind\t%s\n", st.behindLine(st.KeyID))
 	}
 	for _, ks := range st.Keyslots {
 		fmt.Fprintf(w, "Keyslot %d\t%s, %s, priority %s\n", ks.ID, ks.Type, ks.KDF, ks.Priority)
