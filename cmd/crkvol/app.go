@@ -46,6 +46,10 @@ type app struct {
 	// eventRetention.
 	eventMaxAge, eventMaxCount string
 
+	// background marks the actions of `crkvol agent`: open leaves due policy rotations to
+	// the agent (agent.Options.RunDue) and no progress bars are drawn.
+	background bool
+
 	svc     *crk.Service // the embedded key service, or nil with --kms-url
 	remote  *kms.Remote  // the remote key service with --kms-url
 	reg     *volume.Registry
@@ -162,7 +166,7 @@ customer root key (CRK) in an embedded Key Protect-style key service.`,
 		}
 		return usageError{err}
 	})
-	root.AddCommand(a.keyCommand(), a.volumeCommand(), a.eventsCommand(), a.demoCommand(), a.kmsCommand(), a.benchCommand(), a.simCommand())
+	root.AddCommand(a.keyCommand(), a.volumeCommand(), a.eventsCommand(), a.demoCommand(), a.kmsCommand(), a.benchCommand(), a.simCommand(), a.agentCommand())
 	root.PersistentPreRun = func(cmd *cobra.Command, args []string) {
 		a.readOnly = readOnlyCommands[commandName(cmd)]
 		absImageArg(cmd, args)
@@ -312,6 +316,9 @@ func (a *app) open(ctx context.Context) error {
 		for _, id := range work.Rotations {
 			fmt.Fprintf(a.stderr, "crkvol: rotation policy: key %s is due for rotation; the state directory is read-only, so it runs with the next command that can write it\n", id)
 		}
+		return nil
+	}
+	if a.background {
 		return nil
 	}
 	res, err := svc.RunDue(ctx)
