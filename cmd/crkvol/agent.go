@@ -67,6 +67,9 @@ commands run on the host meanwhile. One agent runs per state directory. It logs 
 			if wait <= 0 {
 				return usagef("--wait %s: want a positive duration", wait)
 			}
+			if a.asJSON && !cmd.Flags().Changed("log-format") {
+				logFormat = "json"
+			}
 			if logFormat != "text" && logFormat != "json" {
 				return usagef("--log-format %q: want text or json", logFormat)
 			}
@@ -74,7 +77,7 @@ commands run on the host meanwhile. One agent runs per state directory. It logs 
 		}}
 	cmd.Flags().DurationVar(&reconcileEvery, "reconcile-every", 10*time.Minute, "time between reconciliations of every key of the host's volumes")
 	cmd.Flags().DurationVar(&wait, "wait", 30*time.Second, "how long one poll of the lifecycle feed waits for an event")
-	cmd.Flags().StringVar(&logFormat, "log-format", "text", "log format on stderr: text or json")
+	cmd.Flags().StringVar(&logFormat, "log-format", "text", "log format on stderr: text or json (json with --json)")
 
 	status := &cobra.Command{Use: "status", Short: "Show the running agent's cursor, lag and last reconciliation", Args: args(cobra.NoArgs),
 		Long: `status asks the agent of the state directory for its status over its socket
@@ -161,7 +164,7 @@ func (a *app) runAgent(ctx context.Context, reconcileEvery, wait time.Duration, 
 	h.instance = instance
 	running.Store(&run{ag: ag, view: RunningAgent{PID: os.Getpid(), Mode: mode, KeyService: service}, instance: instance})
 	log.Info("agent: started", "pid", os.Getpid(), "state", dir, "mode", mode, "key_service", service,
-		"instance", instance, "reconcile_every", reconcileEvery, "wait", wait)
+		"instance", instance, "reconcile_every", reconcileEvery.String(), "wait", wait.String())
 	if err := ag.Run(ctx); err != nil {
 		return err
 	}
@@ -354,7 +357,7 @@ func (h *cliHost) Lockout(ctx context.Context, keyID, state string) (int, error)
 // Unlock implements agent.Host. There is nothing to do on the host: the key service itself
 // lets the key's volumes attach again once the key is usable.
 func (h *cliHost) Unlock(ctx context.Context, keyID string) error {
-	h.log.Info("agent: key usable again; nothing to do on this host (the key service allows its attaches again)", "key", keyID)
+	h.log.Debug("agent: nothing to do on this host to unlock a key: the key service allows its attaches again", "key", keyID)
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -221,6 +222,33 @@ func TestAgentEmbedded(t *testing.T) {
 		})
 	}
 
+	// A disable: the attach process of a volume of the key is told to check its key
+	// (SIGUSR1); an enable is logged.
+	attach := exec.Command("crkvol", "volume", "attach", images[0])
+	attach.Dir = dir
+	attach.Env = append(os.Environ(), "CRKVOL_STATE="+state, "CRKVOL_MASTER_KEY=", "CRKVOL_NOW="+t0)
+	require.NoError(t, attach.Start())
+	attached := make(chan struct{})
+	go func() { attach.Wait(); close(attached) }()
+	t.Cleanup(func() { attach.Process.Kill(); <-attached })
+	waitFor(t, "volume attached", time.Minute, func() bool {
+		recs, _ := filepath.Glob(filepath.Join(state, "attached", "*.json"))
+		return len(recs) == 1
+	})
+	code, _, errOut = runIn(t, dir, state, t0, "key", "disable", key)
+	require.Zero(t, code, errOut)
+	told := fmt.Sprintf("pid=%d", attach.Process.Pid)
+	waitFor(t, "the attach process told to check its key", 20*time.Second, func() bool {
+		return strings.Contains(ag.stderr.String(), "told an attach process to check its key") && strings.Contains(ag.stderr.String(), told)
+	})
+	code, _, errOut = runIn(t, dir, state, "2026-06-01T12:01:00Z", "key", "enable", key) // 30 s after the disable
+	require.Zero(t, code, errOut)
+	waitFor(t, "the enable handled", 20*time.Second, func() bool {
+		code, m, _ := agentStatusOf(t, dir, state, t0)
+		st = m
+		return code == 0 && m["unlocks"].(float64) >= 1 && m["lockouts"].(float64) >= 1
+	})
+
 	require.NoError(t, ag.cmd.Process.Signal(syscall.SIGTERM))
 	assert.Equal(t, 0, ag.wait(t), "SIGTERM stops the agent cleanly")
 	cursor := st["cursor"].(string)
@@ -234,4 +262,141 @@ func TestAgentEmbedded(t *testing.T) {
 	assert.Equal(t, 1, code)
 	assert.Contains(t, out, "saved cursor:    "+cursor)
 	assert.Contains(t, errOut, "crkvol: agent status: no agent runs on state directory "+state)
+}
+
+// runEnv runs the crkvol under test in dir with env added to the environment; it returns
+// the exit status, stdout and stderr.
+func runEnv(t *testing.T, dir string, env []string, args ...string) (int, string, string) {
+	t.Helper()
+	cmd := exec.Command("crkvol", args...)
+	cmd.Dir = dir
+	cmd.Env = append(append(os.Environ(), "CRKVOL_MASTER_KEY="), env...)
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode(), out.String(), errb.String()
+	}
+	require.NoError(t, err)
+	return 0, out.String(), errb.String()
+}
+
+// TestAgentRemote (long): `crkvol agent --kms-url` against kms serve follows a rotation made
+// with plain HTTP (no crkvol involved, so nothing else rewraps): every volume of the host is
+// on the new version within 10 s; its status names the service; SIGTERM stops it with exit 0.
+func TestAgentRemote(t *testing.T) {
+	if !tooltest.Long() {
+		t.Skip("a kms serve and an agent: CRKVOL_LONG_TESTS=1")
+	}
+	t.Parallel()
+	dir := t.TempDir()
+	served := []string{"CRKVOL_STATE=" + filepath.Join(dir, "served")}
+	code, out, errOut := runEnv(t, dir, served, "--json", "kms", "instance", "list")
+	require.Zero(t, code, errOut)
+	var insts []struct {
+		ID string `json:"id"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &insts), out)
+	require.NotEmpty(t, insts)
+	inst := insts[0].ID
+
+	serve := exec.Command("crkvol", "kms", "serve", "--listen", "127.0.0.1:0", "--addr-file", "addr.txt", "--static-token", "agent-token")
+	serve.Dir = dir
+	serve.Env = append(append(os.Environ(), "CRKVOL_MASTER_KEY="), served...)
+	serveLog := &syncBuffer{}
+	serve.Stderr = serveLog
+	require.NoError(t, serve.Start())
+	served2 := make(chan struct{})
+	go func() { serve.Wait(); close(served2) }()
+	t.Cleanup(func() {
+		serve.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-served2:
+		case <-time.After(time.Minute):
+			serve.Process.Kill()
+		}
+		t.Logf("kms serve log:\n%s", serveLog.String())
+	})
+	var url string
+	waitFor(t, "kms serve listening", time.Minute, func() bool {
+		b, err := os.ReadFile(filepath.Join(dir, "addr.txt"))
+		url = strings.TrimSpace(string(b))
+		return err == nil && strings.HasSuffix(string(b), "\n")
+	})
+
+	state := filepath.Join(dir, "host")
+	host := []string{"CRKVOL_STATE=" + state, "CRKVOL_KMS_URL=" + url, "CRKVOL_KMS_INSTANCE=" + inst, "CRKVOL_KMS_TOKEN=agent-token"}
+	code, out, errOut = runEnv(t, dir, host, "--json", "key", "create", "fleet")
+	require.Zero(t, code, errOut)
+	key := jsonField(t, out, "id")
+	var images []string
+	for i := range 3 {
+		img := filepath.Join(dir, fmt.Sprintf("r%d.img", i))
+		code, _, errOut := runEnv(t, dir, host, "volume", "create", img, "--size", "1MiB", "--key", key)
+		require.Zero(t, code, errOut)
+		images = append(images, img)
+	}
+
+	cmd := exec.Command("crkvol", "agent", "--wait", "5s")
+	cmd.Dir = dir
+	cmd.Env = append(append(os.Environ(), "CRKVOL_MASTER_KEY="), host...)
+	ag := &agentProc{cmd: cmd, stderr: &syncBuffer{}, done: make(chan error, 1)}
+	cmd.Stderr = ag.stderr
+	require.NoError(t, cmd.Start())
+	go func() { ag.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-ag.done
+		}
+		t.Logf("agent log:\n%s", ag.stderr.String())
+	})
+	status := func() map[string]any {
+		code, out, _ := runEnv(t, dir, host, "--json", "agent", "status")
+		var m map[string]any
+		if code != 0 || json.Unmarshal([]byte(out), &m) != nil {
+			return nil
+		}
+		return m
+	}
+	waitFor(t, "agent up and reconciled", time.Minute, func() bool {
+		m := status()
+		return m != nil && m["reconciles"] != nil && m["reconciles"].(float64) >= 1
+	})
+
+	// A rotation with plain HTTP.
+	req, err := http.NewRequest(http.MethodPost, url+"/api/v2/keys/"+key+"/actions/rotate", strings.NewReader("{}"))
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer agent-token")
+	req.Header.Set("Bluemix-Instance", inst)
+	req.Header.Set("Content-Type", "application/vnd.ibm.kms.key_action+json")
+	rotated := time.Now()
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Less(t, resp.StatusCode, 300, resp.Status)
+	code, out, errOut = runEnv(t, dir, host, "--json", "key", "show", key)
+	require.Zero(t, code, errOut)
+	var k struct {
+		KeyVersion struct {
+			ID string `json:"id"`
+		} `json:"keyVersion"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &k), out)
+	waitFor(t, "every volume on the version of the HTTP rotation", 10*time.Second, func() bool { return onVersion(images, k.KeyVersion.ID) })
+	took := time.Since(rotated)
+	t.Logf("every volume on the new version %s after the HTTP rotation", took.Round(time.Millisecond))
+	assert.Less(t, took, 10*time.Second)
+
+	m := status()
+	require.NotNil(t, m)
+	assert.Equal(t, "remote", m["mode"])
+	assert.Equal(t, url, m["keyService"])
+	assert.Equal(t, inst, m["instance"])
+	assert.GreaterOrEqual(t, m["events"].(float64), float64(1))
+	assert.Contains(t, ag.stderr.String(), "volumes rewrapped", "the agent, and nothing else, rewrapped them")
+
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	assert.Equal(t, 0, ag.wait(t))
 }

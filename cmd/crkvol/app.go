@@ -49,6 +49,8 @@ type app struct {
 	// background marks the actions of `crkvol agent`: open leaves due policy rotations to
 	// the agent (agent.Options.RunDue) and no progress bars are drawn.
 	background bool
+	// warnedInsecure is set once the --kms-insecure warning was printed.
+	warnedInsecure bool
 
 	svc     *crk.Service // the embedded key service, or nil with --kms-url
 	remote  *kms.Remote  // the remote key service with --kms-url
@@ -362,7 +364,8 @@ func (a *app) openRemote(dir, url string, clock crk.Clock) error {
 	if err != nil {
 		return usageError{err}
 	}
-	if insecure {
+	if insecure && !a.warnedInsecure {
+		a.warnedInsecure = true // the agent opens once per action: once is enough
 		fmt.Fprintln(a.stderr, "crkvol: warning: --kms-insecure: plain http to a remote key service is allowed; the API key, tokens and wrapped keys may cross the network in clear")
 	}
 	reg, err := volume.OpenRegistry(filepath.Join(dir, "volumes.db"))
