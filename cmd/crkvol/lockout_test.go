@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -415,4 +417,98 @@ func TestKeyWatch(t *testing.T) {
 			}
 		})
 	}
+}
+
+// servedKMS is a running "crkvol kms serve" on loopback, with a static token.
+type servedKMS struct {
+	cmd    *exec.Cmd
+	out    *syncBuffer
+	url    string
+	exited chan error
+}
+
+// serveKMS starts kms serve over the state directory of e (at e's service time) on listen
+// (127.0.0.1:0 for any port).
+func serveKMS(t *testing.T, e *lockoutEnv, listen, token string) *servedKMS {
+	t.Helper()
+	addrFile := filepath.Join(e.dir, "addr.txt")
+	os.Remove(addrFile)
+	s := &servedKMS{cmd: e.cmd("kms", "serve", "--listen", listen, "--addr-file", addrFile, "--static-token", token),
+		out: &syncBuffer{}, exited: make(chan error, 1)}
+	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
+	require.NoError(t, s.cmd.Start())
+	go func() { s.exited <- s.cmd.Wait() }()
+	t.Cleanup(func() { s.stop(t) })
+	require.Eventually(t, func() bool {
+		b, err := os.ReadFile(addrFile)
+		if err == nil && len(bytes.TrimSpace(b)) > 0 {
+			s.url = string(bytes.TrimSpace(b))
+			return true
+		}
+		return false
+	}, 20*time.Second, 20*time.Millisecond, "kms serve did not start: %s", s.out.String())
+	return s
+}
+
+// stop ends kms serve with SIGTERM and waits for it.
+func (s *servedKMS) stop(t *testing.T) {
+	if s.cmd.ProcessState != nil {
+		return
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.exited:
+	case <-time.After(30 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-s.exited
+		t.Errorf("kms serve did not stop on SIGTERM: %s", s.out.String())
+	}
+}
+
+// TestAttachStopsWhenKeyDisabledRemote: in remote mode (--kms-url, kms serve), a disable made
+// with plain HTTP through kms serve's API stops the attached volume (its attach process
+// follows the service's lifecycle endpoint) within 5 s; a new attach is refused naming the
+// state; after enable the volume attaches again and reads back what was written.
+func TestAttachStopsWhenKeyDisabledRemote(t *testing.T) {
+	if !tooltest.Long() {
+		t.Skipf("a kms serve restart and a lockout cycle: set %s=1", tooltest.LongEnv)
+	}
+	t.Parallel()
+	t0 := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+	server := &lockoutEnv{t: t, dir: t.TempDir(), now: t0}
+	var insts []map[string]any
+	require.NoError(t, json.Unmarshal([]byte(server.run("--json", "kms", "instance", "list")), &insts))
+	inst, _ := insts[0]["id"].(string)
+	require.NotEmpty(t, inst)
+	const token = "lockout-token"
+	srv := serveKMS(t, server, "127.0.0.1:0", token)
+	listen := strings.TrimPrefix(srv.url, "http://")
+
+	host := &lockoutEnv{t: t, dir: t.TempDir(), now: t0,
+		extra: []string{"CRKVOL_KMS_URL=" + srv.url, "CRKVOL_KMS_INSTANCE=" + inst, "CRKVOL_KMS_TOKEN=" + token}}
+	key := jsonField(t, host.run("--json", "key", "create", "lockout"), "id")
+	host.run("volume", "create", "a.img", "--size", "4MiB", "--key", key)
+
+	failed, exited := lockoutCycle(t, host, key,
+		func() {
+			req, err := http.NewRequest(http.MethodPost, srv.url+"/api/v2/keys/"+key+"/actions/disable", nil)
+			require.NoError(t, err)
+			req.Header.Set("Authorization", "Bearer "+token)
+			req.Header.Set("Bluemix-Instance", inst)
+			resp, err := http.DefaultClient.Do(req)
+			require.NoError(t, err)
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			require.Equal(t, http.StatusNoContent, resp.StatusCode, "%s", body)
+		},
+		func() {
+			// The enable cool-down runs on the server's clock: restart it a minute on, on
+			// the same address.
+			srv.stop(t)
+			server.now = server.now.Add(time.Minute)
+			srv = serveKMS(t, server, listen, token)
+			host.run("key", "enable", key)
+		})
+	assert.Less(t, failed, 5*time.Second, "requests fail within 5 s of the disable")
+	assert.Less(t, exited, 5*time.Second, "the attach process exits within 5 s of the disable")
 }
