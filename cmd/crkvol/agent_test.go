@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -178,6 +179,9 @@ func TestAgentEmbedded(t *testing.T) {
 	assert.Contains(t, out, "cursor:")
 	assert.Contains(t, out, "key service:     embedded")
 	assert.Regexp(t, `lag:\s+\S+`, out)
+	// The README's sample is this output, wording and layout, with other values.
+	assert.Equal(t, maskStatus(readmeAgentStatus(t)), maskStatus(strings.Split(strings.TrimRight(out, "\n"), "\n")),
+		"README's agent status sample differs from the command's output")
 
 	// One agent per state directory.
 	code, _, errOut = runIn(t, dir, state, t0, "agent")
@@ -399,4 +403,50 @@ func TestAgentRemote(t *testing.T) {
 
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
 	assert.Equal(t, 0, ag.wait(t))
+}
+
+// readmeAgentStatus returns the `crkvol agent status` sample of the README (the indented
+// block after the sentence that introduces it).
+func readmeAgentStatus(t *testing.T) []string {
+	t.Helper()
+	b, err := os.ReadFile("../../README.md")
+	require.NoError(t, err)
+	_, after, ok := strings.Cut(string(b), "`crkvol agent status` asks the running agent")
+	require.True(t, ok, "the README introduces the agent status sample")
+	var out []string
+	started := false
+	for _, l := range strings.Split(after, "\n") {
+		if strings.HasPrefix(l, "    ") {
+			started = true
+			out = append(out, strings.TrimPrefix(l, "    "))
+			continue
+		}
+		if started {
+			break
+		}
+	}
+	require.NotEmpty(t, out)
+	return out
+}
+
+// maskStatus replaces what changes from run to run in `agent status` text (times, UUIDs,
+// durations, counts, the state directory) by placeholders, keeping labels and wording.
+func maskStatus(lines []string) []string {
+	repl := []struct{ re, with string }{
+		{`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ`, "TIME"},
+		{`[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}`, "UUID"},
+		{`\b\d+(\.\d+)?(ns|µs|ms|s|m|h)\b`, "DUR"},
+		{`\d+`, "N"},
+	}
+	out := make([]string, len(lines))
+	for i, l := range lines {
+		if label, _, ok := strings.Cut(l, ":"); ok && label == "state directory" {
+			l = "state directory: DIR"
+		}
+		for _, r := range repl {
+			l = regexp.MustCompile(r.re).ReplaceAllString(l, r.with)
+		}
+		out[i] = strings.Join(strings.Fields(l), " ")
+	}
+	return out
 }
