@@ -63,13 +63,17 @@ func (a *app) kmsCommand() *cobra.Command {
 			if static != "" {
 				tenants.SetStaticToken(static)
 			}
+			api := kpapi.NewServer(tenants)
 			srv := &http.Server{
-				Handler:           kpapi.NewServer(tenants),
+				Handler:           api,
 				ReadHeaderTimeout: 10 * time.Second,
 				ReadTimeout:       30 * time.Second,
 				WriteTimeout:      60 * time.Second,
 				IdleTimeout:       120 * time.Second,
 			}
+			// Shutdown waits for the requests in flight: answer the lifecycle feed's long
+			// polls at once rather than at the end of their waits.
+			srv.RegisterOnShutdown(api.StopWaiting)
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
 			def, _ := tenants.Default()

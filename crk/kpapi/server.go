@@ -19,15 +19,20 @@ import (
 // MaxBody caps request bodies; Key Protect's largest (a 7168-byte DEK in base64) fits well.
 const MaxBody = 64 << 10
 
-// Server serves the Key Protect API v2 for the instances of a Tenants.
+// Server serves the Key Protect API v2 for the instances of a Tenants, and each instance's
+// lifecycle feed at [LifecyclePath].
 type Server struct {
 	tenants *Tenants
 	mux     *http.ServeMux
+	// stopCtx is cancelled by StopWaiting (stop): long polls end.
+	stopCtx context.Context
+	stop    context.CancelFunc
 }
 
 // NewServer returns a server for t.
 func NewServer(t *Tenants) *Server {
 	s := &Server{tenants: t, mux: http.NewServeMux()}
+	s.stopCtx, s.stop = context.WithCancel(context.Background())
 	s.routes()
 	return s
 }
@@ -68,6 +73,7 @@ func (s *Server) routes() {
 	api("POST /api/v2/keys/{id}/registrations/{crn...}", s.register)
 	api("PATCH /api/v2/keys/{id}/registrations/{crn...}", s.updateRegistration)
 	api("DELETE /api/v2/keys/{id}/registrations/{crn...}", s.deleteRegistration)
+	api("GET "+LifecyclePath, s.lifecycle)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		// A path routed for another method gets 405; anything else 404.
 		for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {

@@ -334,6 +334,20 @@ func TestErrorTableBothSides(t *testing.T) {
 			k := f.root(t, "bad crn")
 			return func(ks volume.KeyService) error { return ks.Register(f.ctx, k.ID, "not-a-crn", k.KeyVersion.ID, false) }
 		}},
+		crk.ErrResyncNeeded: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+			return func(ks volume.KeyService) error {
+				feed, ok := ks.(volume.KeyFeed)
+				if !ok {
+					return fmt.Errorf("%T is not a volume.KeyFeed", ks)
+				}
+				// A cursor ahead of the feed's head (the feed is empty): another store's.
+				_, err := feed.KeyEvents(f.ctx, "42", 0)
+				if err != nil && !errors.Is(err, volume.ErrResyncNeeded) {
+					return fmt.Errorf("%w (does not match volume.ErrResyncNeeded)", err)
+				}
+				return err
+			}
+		}},
 		crk.ErrMasterKey: {svc: func(t *testing.T, f *errFixture) error {
 			_, err := crk.Open(filepath.Join(f.dir, "other.db"), crk.Options{Clock: f.clock, MasterKey: []byte("short")})
 			return err

@@ -662,13 +662,23 @@ func (r *Remote) call(ctx context.Context, method, path string, body, out any) e
 	return r.authorized(ctx, func(ctx context.Context, auth string) error { return r.send(ctx, auth, method, path, b, out) })
 }
 
-// send makes one API request with the Authorization header value auth.
+// send makes one API request with the Authorization header value auth. path is under
+// /api/v2/, or absolute when it starts with a slash.
 func (r *Remote) send(ctx context.Context, auth, method, path string, body []byte, out any) error {
+	return r.sendWith(ctx, r.http, auth, method, path, body, out)
+}
+
+// sendWith is send with the HTTP client hc.
+func (r *Remote) sendWith(ctx context.Context, hc *http.Client, auth, method, path string, body []byte, out any) error {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, r.cfg.URL+"/api/v2/"+path, rd)
+	u := r.cfg.URL + "/api/v2/" + path
+	if strings.HasPrefix(path, "/") {
+		u = r.cfg.URL + path
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
 	if err != nil {
 		return err
 	}
@@ -678,7 +688,7 @@ func (r *Remote) send(ctx context.Context, auth, method, path string, body []byt
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := r.http.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return err
 	}

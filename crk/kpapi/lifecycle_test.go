@@ -1,0 +1,297 @@
+package kpapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"testing"
+	"time"
+
+	kp "github.com/IBM/keyprotect-go-client"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"crkvol/crk"
+)
+
+const feedCRN = "crn:v1:local:public:is:local:a/crkvol::volume:v1"
+
+// hangGuard bounds the waits of these tests: far beyond any wait they expect to end early.
+const hangGuard = 30 * time.Second
+
+// feedGet asks srvURL for the lifecycle feed with the query q, the token tok and the instance
+// inst; it returns the status and the body.
+func feedGet(t *testing.T, ctx context.Context, srvURL, tok, inst string, q url.Values) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, srvURL+LifecyclePath+"?"+q.Encode(), nil)
+	require.NoError(t, err)
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	req.Header.Set("bluemix-instance", inst)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, body
+}
+
+// page decodes a 200 answer of the feed.
+func page(t *testing.T, status int, body []byte) crk.LifecyclePage {
+	t.Helper()
+	require.Equal(t, http.StatusOK, status, "%s", body)
+	var p crk.LifecyclePage
+	require.NoError(t, json.Unmarshal(body, &p), "%s", body)
+	require.NotNil(t, p.Events, "events is a list, never null: %s", body)
+	return p
+}
+
+// feedPage asks for the feed as feedGet does and decodes its 200 answer.
+func feedPage(t *testing.T, ctx context.Context, srvURL, tok, inst string, q url.Values) crk.LifecyclePage {
+	t.Helper()
+	status, body := feedGet(t, ctx, srvURL, tok, inst, q)
+	return page(t, status, body)
+}
+
+// registeredKey makes a root key with a registration in the default instance (only keys
+// with registrations have feed events), through the official client and the service.
+func (e *env) registeredKey(t *testing.T, name string) *kp.Key {
+	t.Helper()
+	k, err := e.client.CreateRootKey(e.ctx, name, nil)
+	require.NoError(t, err)
+	_, svc := e.tenants.Default()
+	_, err = svc.Register(e.ctx, k.ID, feedCRN, crk.RegisterOptions{})
+	require.NoError(t, err)
+	return k
+}
+
+// TestLifecycleFeedLongPoll: a long poll from the head is woken by a rotation made through
+// the official Key Protect client (a tool that is not crkvol), and its event names the old
+// and new versions; the cursor then resumes after it.
+func TestLifecycleFeedLongPoll(t *testing.T) {
+	e := newEnv(t)
+	k := e.registeredKey(t, "followed")
+	head := feedPage(t, e.ctx, e.srv.URL, staticToken, e.inst, nil)
+	assert.Empty(t, head.Events)
+	require.NotEmpty(t, head.Cursor)
+
+	got := make(chan crk.LifecyclePage, 1)
+	go func() {
+		status, body := feedGet(t, e.ctx, e.srv.URL, staticToken, e.inst, url.Values{"cursor": {head.Cursor}, "wait": {"60s"}})
+		var p crk.LifecyclePage
+		if status == http.StatusOK && json.Unmarshal(body, &p) == nil {
+			got <- p
+		}
+		close(got)
+	}()
+	e.clock.Advance(2 * time.Hour)
+	require.NoError(t, e.client.Rotate(e.ctx, k.ID, ""))
+	var p crk.LifecyclePage
+	select {
+	case p = <-got:
+	case <-time.After(hangGuard):
+		t.Fatal("the long poll was not woken by the rotation")
+	}
+	require.Len(t, p.Events, 1)
+	ev := p.Events[0]
+	assert.Equal(t, crk.LifecycleRotate, ev.Type)
+	assert.Equal(t, k.ID, ev.KeyID)
+	assert.Equal(t, k.KeyVersion.ID, ev.OldVersion)
+	assert.NotEqual(t, ev.OldVersion, ev.NewVersion)
+	assert.Equal(t, "active", ev.State)
+	assert.False(t, ev.Policy)
+	assert.Equal(t, ev.Cursor, p.Cursor)
+
+	// Nothing after it: an answer without waiting is empty, at the same cursor.
+	again := feedPage(t, e.ctx, e.srv.URL, staticToken, e.inst, url.Values{"cursor": {p.Cursor}})
+	assert.Empty(t, again.Events)
+	assert.Equal(t, p.Cursor, again.Cursor)
+	// A short wait that passes is an empty page too.
+	again = feedPage(t, e.ctx, e.srv.URL, staticToken, e.inst, url.Values{"cursor": {p.Cursor}, "wait": {"0.05"}})
+	assert.Empty(t, again.Events)
+}
+
+// TestLifecycleFeedBadRequests: each malformed parameter is a 400 naming it; a cursor the
+// feed cannot continue from is the 410 of the error table.
+func TestLifecycleFeedBadRequests(t *testing.T) {
+	e := newEnv(t)
+	for _, tc := range []struct {
+		name   string
+		q      url.Values
+		target string
+	}{
+		{"cursor not a number", url.Values{"cursor": {"abc"}}, "cursor"},
+		{"cursor negative", url.Values{"cursor": {"-1"}}, "cursor"},
+		{"cursor with zeros", url.Values{"cursor": {"007"}}, "cursor"},
+		{"wait too long", url.Values{"wait": {"61s"}}, "wait"},
+		{"wait negative", url.Values{"wait": {"-1s"}}, "wait"},
+		{"wait seconds too long", url.Values{"wait": {"61"}}, "wait"},
+		{"wait not a duration", url.Values{"wait": {"soon"}}, "wait"},
+		{"limit zero", url.Values{"limit": {"0"}}, "limit"},
+		{"limit too big", url.Values{"limit": {"1001"}}, "limit"},
+		{"limit not a number", url.Values{"limit": {"all"}}, "limit"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := feedGet(t, e.ctx, e.srv.URL, staticToken, e.inst, tc.q)
+			require.Equal(t, http.StatusBadRequest, status, "%s", body)
+			re := ParseError(status, body)
+			assert.Equal(t, "INVALID_QUERY_PARAM_ERR", re.Code)
+			var env ErrorBody
+			require.NoError(t, json.Unmarshal(body, &env))
+			require.NotNil(t, env.Resources[0].Reasons[0].Target)
+			assert.Equal(t, tc.target, env.Resources[0].Reasons[0].Target.Name)
+		})
+	}
+	t.Run("cursor ahead of the feed", func(t *testing.T) {
+		status, body := feedGet(t, e.ctx, e.srv.URL, staticToken, e.inst, url.Values{"cursor": {"42"}})
+		require.Equal(t, http.StatusGone, status, "%s", body)
+		re := ParseError(status, body)
+		assert.Equal(t, "FEED_RESYNC_REQUIRED_ERR", re.Code)
+		assert.ErrorIs(t, re, crk.ErrResyncNeeded)
+	})
+	t.Run("limits and waits accepted", func(t *testing.T) {
+		for _, q := range []url.Values{{"limit": {"1"}}, {"limit": {"1000"}}, {"wait": {"0"}}, {"wait": {"60"}, "cursor": {""}}, {"wait": {"1m"}}} {
+			feedPage(t, e.ctx, e.srv.URL, staticToken, e.inst, q)
+		}
+	})
+}
+
+// TestLifecycleFeedAuthorization: the feed needs a token for its instance, as the rest of
+// the API does, and each instance reads its own feed.
+func TestLifecycleFeedAuthorization(t *testing.T) {
+	e := newEnv(t)
+	k := e.registeredKey(t, "default's")
+	require.NoError(t, e.client.DisableKey(e.ctx, k.ID))
+
+	teamA, err := e.tenants.CreateInstance("team-a")
+	require.NoError(t, err)
+	apiKey, err := e.tenants.CreateAPIKey(teamA)
+	require.NoError(t, err)
+	tok, _, err := e.tenants.Exchange(apiKey)
+	require.NoError(t, err)
+
+	status, body := feedGet(t, e.ctx, e.srv.URL, "", e.inst, url.Values{"cursor": {"0"}})
+	assert.Equal(t, http.StatusUnauthorized, status, "no token: %s", body)
+	status, body = feedGet(t, e.ctx, e.srv.URL, "wrong", e.inst, url.Values{"cursor": {"0"}})
+	assert.Equal(t, http.StatusUnauthorized, status, "wrong token: %s", body)
+	status, body = feedGet(t, e.ctx, e.srv.URL, tok, e.inst, url.Values{"cursor": {"0"}})
+	assert.Equal(t, http.StatusUnauthorized, status, "team-a's token for the default instance: %s", body)
+	status, body = feedGet(t, e.ctx, e.srv.URL, staticToken, "not-a-uuid", url.Values{"cursor": {"0"}})
+	assert.Equal(t, http.StatusBadRequest, status, "malformed instance: %s", body)
+
+	def := feedPage(t, e.ctx, e.srv.URL, staticToken, e.inst, url.Values{"cursor": {"0"}})
+	require.Len(t, def.Events, 1)
+	assert.Equal(t, crk.LifecycleDisable, def.Events[0].Type)
+	assert.Equal(t, "suspended", def.Events[0].State)
+	// team-a's feed is its own: empty.
+	mine := feedPage(t, e.ctx, e.srv.URL, tok, teamA, url.Values{"cursor": {"0"}})
+	assert.Empty(t, mine.Events)
+	assert.Equal(t, "0", mine.Cursor)
+}
+
+// TestLifecycleFeedShutdown: an http.Server shutting down with a client in a long poll
+// returns at once (StopWaiting, registered with RegisterOnShutdown), the client answered
+// with an empty page; a client that goes away ends its handler.
+func TestLifecycleFeedShutdown(t *testing.T) {
+	e := newEnv(t)
+	api := NewServer(e.tenants)
+	handled := make(chan struct{}, 4)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() { handled <- struct{}{} }()
+		api.ServeHTTP(w, r)
+	}))
+	srv.Config.RegisterOnShutdown(api.StopWaiting)
+	srv.Start()
+	t.Cleanup(srv.Close)
+	head := feedPage(t, e.ctx, srv.URL, staticToken, e.inst, nil)
+	<-handled
+
+	// A client that goes away.
+	ctx, cancel := context.WithCancel(e.ctx)
+	gone := make(chan struct{})
+	go func() {
+		defer close(gone)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+LifecyclePath+"?wait=60s&cursor="+head.Cursor, nil)
+		req.Header.Set("Authorization", "Bearer "+staticToken)
+		req.Header.Set("bluemix-instance", e.inst)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	time.Sleep(50 * time.Millisecond) // let the request reach the handler (either way, it ends)
+	cancel()
+	<-gone
+	select {
+	case <-handled:
+	case <-time.After(hangGuard):
+		t.Fatal("the handler of a client that went away still waits")
+	}
+
+	// A client waiting while the server shuts down.
+	answered := make(chan crk.LifecyclePage, 1)
+	go func() {
+		status, body := feedGet(t, e.ctx, srv.URL, staticToken, e.inst, url.Values{"cursor": {head.Cursor}, "wait": {"60s"}})
+		var p crk.LifecyclePage
+		if status == http.StatusOK && json.Unmarshal(body, &p) == nil {
+			answered <- p
+		}
+		close(answered)
+	}()
+	time.Sleep(50 * time.Millisecond)
+	start := time.Now()
+	sctx, scancel := context.WithTimeout(e.ctx, hangGuard)
+	defer scancel()
+	require.NoError(t, srv.Config.Shutdown(sctx), "Shutdown waited for the long poll")
+	t.Logf("shutdown took %s", time.Since(start))
+	p, ok := <-answered
+	require.True(t, ok, "the waiting client got no 200 answer")
+	assert.Empty(t, p.Events)
+	assert.Equal(t, head.Cursor, p.Cursor)
+}
+
+// TestLifecycleFeedSurvivesRestart: events, and the cursors that reach them, outlive the
+// server and its stores; a policy rotation fired by the server's clock has policy set.
+func TestLifecycleFeedSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	clock := crk.NewManualClock(time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC))
+	opts := crk.Options{Clock: clock, MasterKey: bytes.Repeat([]byte{3}, 32)}
+	serve := func() (*Tenants, *httptest.Server, string) {
+		tenants, err := OpenTenants(dir, opts)
+		require.NoError(t, err)
+		tenants.SetStaticToken(staticToken)
+		inst, _ := tenants.Default()
+		return tenants, httptest.NewServer(NewServer(tenants)), inst
+	}
+	tenants, srv, inst := serve()
+	_, svc := tenants.Default()
+	k, err := svc.CreateRootKey(context.Background(), "policy")
+	require.NoError(t, err)
+	_, err = svc.Register(context.Background(), k.ID, feedCRN, crk.RegisterOptions{})
+	require.NoError(t, err)
+	_, err = svc.SetRotationPolicy(context.Background(), k.ID, 1, true)
+	require.NoError(t, err)
+	head := feedPage(t, context.Background(), srv.URL, staticToken, inst, nil)
+	clock.Advance(32 * 24 * time.Hour)
+	res, err := tenants.RunDue(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, []string{k.ID}, res[inst].Rotated)
+	srv.Close()
+	require.NoError(t, tenants.Close())
+
+	tenants, srv, inst2 := serve()
+	t.Cleanup(func() { srv.Close(); tenants.Close() })
+	require.Equal(t, inst, inst2)
+	p := feedPage(t, context.Background(), srv.URL, staticToken, inst, url.Values{"cursor": {head.Cursor}})
+	require.Len(t, p.Events, 1)
+	assert.Equal(t, crk.LifecycleRotate, p.Events[0].Type)
+	assert.True(t, p.Events[0].Policy, "a rotation by the policy")
+	assert.Equal(t, k.KeyVersion.ID, p.Events[0].OldVersion)
+	raw, err := json.Marshal(p.Events[0])
+	require.NoError(t, err)
+	assert.Contains(t, string(raw), `"policy":true`)
+}

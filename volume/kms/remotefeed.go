@@ -1,0 +1,75 @@
+package kms
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+
+	"time"
+
+	"crkvol/crk"
+	"crkvol/crk/kpapi"
+	"crkvol/volume"
+)
+
+// KeyEvents implements volume.KeyFeed over the service's lifecycle feed
+// ([kpapi.LifecyclePath], a crkvol extension of the Key Protect API that `crkvol kms serve`
+// offers): a long poll of at most wait ([kpapi.MaxLifecycleWait] at most; a longer wait is
+// cut to it, and an empty page comes back after it), with Remote's tokens, TLS settings and
+// error mapping. The request's timeout is RemoteConfig.Timeout beyond the wait. It is one
+// attempt (once more with a fresh token after a 401): a follower polls again anyway.
+//
+// A cursor the feed cannot continue from is an error matching both volume.ErrResyncNeeded
+// and crk.ErrResyncNeeded (the service's 410). An answer without a well-formed cursor, or
+// with an event without one or without a well-formed key id, matches
+// volume.ErrIncompleteAnswer.
+func (r *Remote) KeyEvents(ctx context.Context, cursor string, wait time.Duration) (volume.KeyEventPage, error) {
+	wait = min(max(wait, 0), kpapi.MaxLifecycleWait)
+	q := url.Values{}
+	if cursor != "" {
+		q.Set("cursor", cursor)
+	}
+	if wait > 0 {
+		q.Set("wait", wait.String())
+	}
+	path := kpapi.LifecyclePath
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	hc := &http.Client{Transport: r.http.Transport, Timeout: r.cfg.Timeout + wait}
+	var page crk.LifecyclePage
+	err := r.authorized(ctx, func(ctx context.Context, auth string) error {
+		page = crk.LifecyclePage{}
+		return r.sendWith(ctx, hc, auth, http.MethodGet, path, nil, &page)
+	})
+	if err != nil {
+		return volume.KeyEventPage{}, fmt.Errorf("kms: lifecycle feed: %w", err)
+	}
+	if err := checkPage(page); err != nil {
+		return volume.KeyEventPage{}, fmt.Errorf("kms: lifecycle feed: %w", err)
+	}
+	return keyEventPage(page), nil
+}
+
+// checkPage refuses a lifecycle answer that cannot be followed: no cursor, or an event
+// without a cursor or a well-formed key id.
+func checkPage(p crk.LifecyclePage) error {
+	if p.Cursor == "" {
+		return fmt.Errorf("%w: the answer has no cursor", volume.ErrIncompleteAnswer)
+	}
+	if _, err := crk.ParseFeedCursor(p.Cursor); err != nil {
+		return fmt.Errorf("%w: the answer's cursor is malformed", volume.ErrIncompleteAnswer)
+	}
+	for i, e := range p.Events {
+		if _, err := crk.ParseFeedCursor(e.Cursor); err != nil || e.Cursor == "" {
+			return fmt.Errorf("%w: event %d has no well-formed cursor", volume.ErrIncompleteAnswer, i)
+		}
+		if err := checkID("key id of event "+e.Cursor, e.KeyID); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+var _ volume.KeyFeed = (*Remote)(nil)
