@@ -179,6 +179,43 @@ func (k *kmsProc) mustAPI(want int, method, path string, body any) []byte {
 	return out
 }
 
+// feedEvent is one event of the lifecycle feed as the wire carries it.
+type feedEvent struct {
+	Cursor string `json:"cursor"`
+	Type   string `json:"type"`
+	KeyID  string `json:"keyId"`
+	Policy bool   `json:"policy"`
+}
+
+// feed reads the lifecycle feed (GET /api/crkvol/v1/lifecycle) after cursor without waiting,
+// with plain net/http: every event and the cursor to resume from.
+func (k *kmsProc) feed(cursor string) ([]feedEvent, string) {
+	k.t.Helper()
+	var all []feedEvent
+	for {
+		req, err := http.NewRequest("GET", k.url+"/api/crkvol/v1/lifecycle?wait=0&cursor="+cursor, nil)
+		require.NoError(k.t, err)
+		req.Header.Set("authorization", "Bearer "+e2eStaticToken)
+		req.Header.Set("bluemix-instance", k.instance)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(k.t, err)
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(k.t, err)
+		require.Equal(k.t, http.StatusOK, resp.StatusCode, "lifecycle feed: %s", body)
+		var page struct {
+			Events []feedEvent `json:"events"`
+			Cursor string      `json:"cursor"`
+		}
+		require.NoError(k.t, json.Unmarshal(body, &page), "%s", body)
+		all = append(all, page.Events...)
+		if len(page.Events) == 0 || page.Cursor == cursor {
+			return all, page.Cursor
+		}
+		cursor = page.Cursor
+	}
+}
+
 // createRootKey creates a generated root key and returns its id.
 func (k *kmsProc) createRootKey(name string) string {
 	out := k.mustAPI(http.StatusCreated, "POST", "keys", map[string]any{
@@ -639,6 +676,14 @@ func TestLifecycleE2E(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 3*perHost, total)
 	require.Equal(t, total, on)
+	_, head := srv.feed("")
+	// The steps share the fleet and run in order; the helpers fail the whole test.
+	step := func(name string, f func()) {
+		t.Logf("step: %s", name)
+		start := time.Now()
+		f()
+		t.Logf("step done in %v: %s", time.Since(start).Round(time.Millisecond), name)
+	}
 	t.Logf("setup: kms serve and %d volumes on 3 hosts in %v", total, time.Since(testStart).Round(time.Millisecond))
 
 	// One volume attached per host, with a known pattern written through NBD.
@@ -661,7 +706,7 @@ func TestLifecycleE2E(t *testing.T) {
 		h.startAgent()
 	}
 
-	t.Run("rotation over HTTP reaches every volume within 10 s", func(t *testing.T) {
+	step("rotation over HTTP reaches every volume within 10 s", func() {
 		srv.keyAction(key, "rotate")
 		v2, _ := srv.keyMeta(key)
 		require.NotEqual(t, v1, v2)
@@ -669,7 +714,7 @@ func TestLifecycleE2E(t *testing.T) {
 		t.Logf("manual rotation: %d of %d volumes on the new version after %v", total, total, took.Round(time.Millisecond))
 	})
 
-	t.Run("policy rotation fired by the restarted server's clock reaches every volume", func(t *testing.T) {
+	step("policy rotation fired by the restarted server's clock reaches every volume", func() {
 		before, _ := srv.keyMeta(key)
 		srv.setRotationPolicy(key, 1)
 		// The agents keep running while the server is down; it comes back 32 days later on its
@@ -695,7 +740,7 @@ func TestLifecycleE2E(t *testing.T) {
 		}
 	})
 
-	t.Run("disable stops reads within 5 s, refuses attaches, enable lets them back", func(t *testing.T) {
+	step("disable stops reads within 5 s, refuses attaches, enable lets them back", func() {
 		for i, c := range conns {
 			got, err := c.read(0, len(patterns[i]))
 			require.NoError(t, err, "%s: a read before the disable", hosts[i].name)
@@ -764,7 +809,7 @@ func TestLifecycleE2E(t *testing.T) {
 		}
 	})
 
-	t.Run("agent killed mid-rewrap and events while it is down are applied after restart", func(t *testing.T) {
+	step("agent killed mid-rewrap and events while it is down are applied after restart", func() {
 		h0 := hosts[0]
 		before := h0.mtimes()
 		old, _ := srv.keyMeta(key)
@@ -833,6 +878,21 @@ func TestLifecycleE2E(t *testing.T) {
 		require.True(t, bytes.Equal(patterns[0], got), "%s: the data reads back after the missed disable and enable", h0.name)
 		require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
 		require.Equal(t, 0, p.exitCode(t, 30*time.Second))
+	})
+
+	step("the feed kept every event across four server restarts", func() {
+		events, _ := srv.feed(head)
+		var got []string
+		for _, e := range events {
+			if e.KeyID == key {
+				got = append(got, fmt.Sprintf("%s policy=%v", e.Type, e.Policy))
+			}
+		}
+		require.Equal(t, []string{
+			"rotate policy=false", "rotate policy=true", // item 1
+			"disable policy=false", "enable policy=false", // item 2
+			"rotate policy=false", "rotate policy=false", "disable policy=false", "enable policy=false", // item 3
+		}, got)
 	})
 	t.Logf("total %v", time.Since(testStart).Round(time.Millisecond))
 }
