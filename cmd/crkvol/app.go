@@ -337,26 +337,9 @@ func (a *app) remoteURL() string {
 
 // openRemote uses a remote key service; the volume registry stays in the state directory.
 func (a *app) openRemote(dir, url string, clock crk.Clock) error {
-	inst := a.kmsInst
-	if inst == "" {
-		inst = a.getenv("CRKVOL_KMS_INSTANCE")
-	}
-	if inst == "" {
-		return usagef("--kms-url needs --kms-instance (or CRKVOL_KMS_INSTANCE)")
-	}
-	ca, insecure, err := a.remoteTLS()
+	remote, err := a.newRemote(url)
 	if err != nil {
 		return err
-	}
-	remote, err := kms.NewRemote(kms.RemoteConfig{
-		URL: url, Instance: inst, APIKey: a.getenv("CRKVOL_KMS_APIKEY"), Token: a.getenv("CRKVOL_KMS_TOKEN"),
-		TokenURL: a.getenv("CRKVOL_KMS_TOKEN_URL"), CAFile: ca, Insecure: insecure,
-	})
-	if err != nil {
-		return usageError{err}
-	}
-	if insecure {
-		fmt.Fprintln(a.stderr, "crkvol: warning: --kms-insecure: plain http to a remote key service is allowed; the API key, tokens and wrapped keys may cross the network in clear")
 	}
 	reg, err := volume.OpenRegistry(filepath.Join(dir, "volumes.db"))
 	if err != nil && a.readOnly && unwritable(err) {
@@ -368,6 +351,33 @@ func (a *app) openRemote(dir, url string, clock crk.Clock) error {
 	a.remote, a.reg = remote, reg
 	a.mgr = volume.NewManager(remote, reg, volume.Options{Now: clock.Now, Progress: a.rewrapProgress()})
 	return nil
+}
+
+// newRemote returns the client of the remote key service at url, configured by the flags
+// and the environment.
+func (a *app) newRemote(url string) (*kms.Remote, error) {
+	inst := a.kmsInst
+	if inst == "" {
+		inst = a.getenv("CRKVOL_KMS_INSTANCE")
+	}
+	if inst == "" {
+		return nil, usagef("--kms-url needs --kms-instance (or CRKVOL_KMS_INSTANCE)")
+	}
+	ca, insecure, err := a.remoteTLS()
+	if err != nil {
+		return nil, err
+	}
+	remote, err := kms.NewRemote(kms.RemoteConfig{
+		URL: url, Instance: inst, APIKey: a.getenv("CRKVOL_KMS_APIKEY"), Token: a.getenv("CRKVOL_KMS_TOKEN"),
+		TokenURL: a.getenv("CRKVOL_KMS_TOKEN_URL"), CAFile: ca, Insecure: insecure,
+	})
+	if err != nil {
+		return nil, usageError{err}
+	}
+	if insecure {
+		fmt.Fprintln(a.stderr, "crkvol: warning: --kms-insecure: plain http to a remote key service is allowed; the API key, tokens and wrapped keys may cross the network in clear")
+	}
+	return remote, nil
 }
 
 // remoteTLS returns the CA file (--kms-ca, else CRKVOL_KMS_CA, else the config file) and

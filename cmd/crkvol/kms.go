@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -15,6 +18,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"crkvol/crk"
 	"crkvol/crk/kpapi"
 )
 
@@ -24,6 +28,12 @@ func (a *app) kmsCommand() *cobra.Command {
 	var listen, cert, keyFile, static, addrFile string
 	var insecure, force bool
 	serve := &cobra.Command{Use: "serve", Short: "Serve the Key Protect API v2 on HTTP(S)", Args: args(cobra.NoArgs),
+		Long: `Serve the Key Protect API v2 on HTTP(S) for the instances of the state directory, and each
+instance's lifecycle feed at GET /api/crkvol/v1/lifecycle (see crkvol key feed).
+
+Due rotation policies and expiries run on the server clock (--now), at start and then every
+second; each rotation and expiry is logged on stderr. SIGINT or SIGTERM shuts the server down
+after the requests in flight; the feed's long polls are answered at once.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if (cert == "") != (keyFile == "") {
 				return usagef("give both --tls-cert and --tls-key, or neither")
@@ -112,25 +122,15 @@ func (a *app) kmsCommand() *cobra.Command {
 					return err
 				}
 			}
-			// Rotation policies: run what is due now and then every 10 seconds, dropping expired
-			// bearer tokens on the way. The loop is joined before the stores close.
+			// Rotation policies and expiries, on the server clock: run what is due now and
+			// then every second (one read transaction per instance when nothing is due),
+			// dropping expired bearer tokens on the way. The loop is joined before the stores
+			// close.
 			dueDone := make(chan struct{})
 			defer func() { stop(); <-dueDone }()
 			go func() {
 				defer close(dueDone)
-				t := time.NewTicker(10 * time.Second)
-				defer t.Stop()
-				for {
-					tenants.ExpireTokens()
-					if _, err := tenants.RunDue(ctx); err != nil {
-						fmt.Fprintf(a.stderr, "crkvol: kms serve: due rotations: %v\n", err)
-					}
-					select {
-					case <-ctx.Done():
-						return
-					case <-t.C:
-					}
-				}
+				a.runDueLoop(ctx, tenants, slog.New(slog.NewTextHandler(a.stderr, nil)), time.Second)
 			}()
 			errc := make(chan error, 1)
 			go func() {
@@ -330,6 +330,64 @@ func checkListen(addr string, loopback, tls, insecure, static bool) error {
 }
 
 // tenants opens the state directory's instances.
+// runDueLoop runs the due policy rotations and expiries of every instance of tenants at once
+// and then every period until ctx ends, logging them with log (see dueLog).
+func (a *app) runDueLoop(ctx context.Context, tenants *kpapi.Tenants, log *slog.Logger, period time.Duration) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	d := &dueLog{log: log}
+	for {
+		tenants.ExpireTokens()
+		d.record(tenants.RunDue(ctx))
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// dueLog logs the outcome of each run of the due work: every rotation and expiry, and each
+// failure once, until its message changes or it stops failing (the loop runs every second).
+type dueLog struct {
+	log *slog.Logger
+	// failing maps what failed, an instance and key or the zero dueFailure for the run as a
+	// whole, to the message last logged.
+	failing map[dueFailure]string
+}
+
+type dueFailure struct{ instance, key string }
+
+// record logs one run of Tenants.RunDue.
+func (d *dueLog) record(res map[string]crk.RunDueResult, err error) {
+	now := map[dueFailure]string{}
+	if err != nil {
+		now[dueFailure{}] = err.Error()
+	}
+	for _, inst := range slices.Sorted(maps.Keys(res)) {
+		r := res[inst]
+		for _, id := range r.Rotated {
+			d.log.Info("rotation policy rotated a key", "instance", inst, "key", id)
+		}
+		for _, id := range r.Expired {
+			d.log.Info("key expired", "instance", inst, "key", id)
+		}
+		for id, err := range r.Failed {
+			now[dueFailure{inst, id}] = err.Error()
+		}
+	}
+	for f, msg := range now {
+		switch {
+		case d.failing[f] == msg:
+		case f.key == "":
+			d.log.Error("running due rotations failed", "err", msg)
+		default:
+			d.log.Error("due rotation failed", "instance", f.instance, "key", f.key, "err", msg)
+		}
+	}
+	d.failing = now
+}
+
 func (a *app) tenants() (*kpapi.Tenants, error) {
 	dir, err := a.stateDirectory()
 	if err != nil {

@@ -12,6 +12,12 @@
 // table is full), and revoking an API key ([Tenants.RevokeAPIKey]) ends its tokens at
 // once. The crk core never imports net/http; this package is the only HTTP layer.
 //
+// Beside Key Protect's API, each instance's lifecycle feed ([crk.Service.Lifecycle]: the
+// rotations, disables, deletions and other lifecycle events of keys with registrations) is
+// served at GET [LifecyclePath], a crkvol path that Key Protect's API never uses, with the
+// same authorisation; a long poll waits up to a minute for the next event, and
+// [Server.StopWaiting] ends the waits of a server shutting down.
+//
 // Request bodies are decoded strictly: by type, with nothing after the value, no object
 // member given twice (compared without regard to letter case, as encoding/json matches
 // fields), and no null inside aad; each is refused with 400 and a reason naming the member.

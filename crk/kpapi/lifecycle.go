@@ -57,7 +57,7 @@ func feedQuery(v url.Values) (cursor string, wait time.Duration, limit int, err 
 		return "", 0, 0, badRequest("INVALID_QUERY_PARAM_ERR", "cursor must be the cursor of an earlier answer, or empty for the feed's head", "cursor")
 	}
 	if w := v.Get("wait"); w != "" {
-		wait, err = ParseWait(w)
+		wait, err = parseWait(w)
 		if err != nil {
 			return "", 0, 0, badRequest("INVALID_QUERY_PARAM_ERR", err.Error(), "wait")
 		}
@@ -71,9 +71,9 @@ func feedQuery(v url.Values) (cursor string, wait time.Duration, limit int, err 
 	return cursor, wait, limit, nil
 }
 
-// ParseWait reads the wait parameter of the lifecycle feed: a Go duration ("30s") or a
+// parseWait reads the wait parameter of the lifecycle feed: a Go duration ("30s") or a
 // number of seconds ("30", "0.5"), from 0 to [MaxLifecycleWait].
-func ParseWait(s string) (time.Duration, error) {
+func parseWait(s string) (time.Duration, error) {
 	if s != "" && strings.Trim(s, "0123456789.") == "" {
 		s += "s" // a number of seconds, such as 30 or 0.5
 	}

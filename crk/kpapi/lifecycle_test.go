@@ -295,3 +295,17 @@ func TestLifecycleFeedSurvivesRestart(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, string(raw), `"policy":true`)
 }
+
+// TestLifecycleFeedOutlastsServerTimeouts: a long poll is answered even when it outlasts the
+// http.Server's read and write timeouts (kms serve's are 30 s and 60 s; a wait may be 60 s).
+func TestLifecycleFeedOutlastsServerTimeouts(t *testing.T) {
+	e := newEnv(t)
+	srv := httptest.NewUnstartedServer(NewServer(e.tenants))
+	srv.Config.ReadTimeout, srv.Config.WriteTimeout = 100*time.Millisecond, 100*time.Millisecond
+	srv.Start()
+	t.Cleanup(srv.Close)
+	head := feedPage(t, e.ctx, srv.URL, staticToken, e.inst, nil)
+	p := feedPage(t, e.ctx, srv.URL, staticToken, e.inst, url.Values{"cursor": {head.Cursor}, "wait": {"500ms"}})
+	assert.Empty(t, p.Events)
+	assert.Equal(t, head.Cursor, p.Cursor)
+}

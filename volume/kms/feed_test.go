@@ -1,9 +1,12 @@
 package kms_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net/http"
+	"net/http/httptest"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -11,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"crkvol/crk"
+	"crkvol/crk/kpapi"
 	"crkvol/volume"
 	"crkvol/volume/kms"
 )
@@ -129,4 +133,44 @@ func TestRemoteKeyEventsMalformedAnswers(t *testing.T) {
 			assert.NotErrorIs(t, err, volume.ErrKeyRefused)
 		})
 	}
+}
+
+// TestRemoteKeyEventsResyncAfterRetention: events deleted by the feed's retention make the
+// cursor before them a resync answer (410) that crosses HTTP as both sentinels; the head is
+// still followable.
+func TestRemoteKeyEventsResyncAfterRetention(t *testing.T) {
+	clock := crk.NewManualClock(time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC))
+	tenants, err := kpapi.OpenTenants(filepath.Join(t.TempDir(), "state"), crk.Options{Clock: clock,
+		MasterKey: bytes.Repeat([]byte{6}, 32), FeedRetention: crk.FeedRetention{MaxCount: 1}})
+	require.NoError(t, err)
+	t.Cleanup(func() { tenants.Close() })
+	tenants.SetStaticToken("feed-token")
+	inst, svc := tenants.Default()
+	srv := httptest.NewServer(kpapi.NewServer(tenants))
+	t.Cleanup(srv.Close)
+	r, err := kms.NewRemote(kms.RemoteConfig{URL: srv.URL, Instance: inst, Token: "feed-token"})
+	require.NoError(t, err)
+
+	k, err := svc.CreateRootKey(t.Context(), "retained")
+	require.NoError(t, err)
+	_, err = svc.Register(t.Context(), k.ID, crn, crk.RegisterOptions{})
+	require.NoError(t, err)
+	_, err = svc.DisableKey(t.Context(), k.ID)
+	require.NoError(t, err)
+	clock.Advance(time.Hour)
+	_, err = svc.EnableKey(t.Context(), k.ID)
+	require.NoError(t, err)
+
+	_, err = r.KeyEvents(t.Context(), "0", 0)
+	require.Error(t, err, "the disable event was deleted")
+	assert.ErrorIs(t, err, volume.ErrResyncNeeded)
+	assert.ErrorIs(t, err, crk.ErrResyncNeeded)
+	assert.Contains(t, err.Error(), "410")
+	p, err := r.KeyEvents(t.Context(), "1", 0)
+	require.NoError(t, err, "the enable event is kept")
+	require.Len(t, p.Events, 1)
+	assert.Equal(t, volume.KeyEnabled, p.Events[0].Type)
+	head, err := r.KeyEvents(t.Context(), "", 0)
+	require.NoError(t, err)
+	assert.Equal(t, "2", head.Cursor)
 }

@@ -54,7 +54,8 @@ type RemoteConfig struct {
 
 // Remote is a volume.KeyService over the Key Protect API v2, through the official
 // keyprotect-go-client. A remote service cannot call back on rotation, so OnRotate hooks
-// never fire: after rotating a key, run volume.Manager.Sync for it (the CLI does).
+// never fire: after rotating a key, run volume.Manager.Sync for it (the CLI does), or follow
+// the service's lifecycle feed with [Remote.KeyEvents] (`crkvol kms serve` offers it).
 //
 // An error response maps back to the crk sentinel the service had ([kpapi.ParseError]), so
 // errors.Is(err, crk.ErrKeySuspended) holds as it does with [Local]; every refusal

@@ -114,7 +114,7 @@ func (ts *tokenServer) counts() (exchanges, calls int) {
 // TestRemoteRenewsRevokedToken: a client that exchanges an API key drops its cached token
 // when the service answers 401 (the token was revoked, or the service rotated its tokens)
 // and makes the call once more with a fresh token, on the official client's path (wrap, key
-// metadata) and on its own (rewrap, registrations); a second 401 is a refusal; a configured
+// metadata) and on its own (rewrap, registrations, the lifecycle feed); a second 401 is a refusal; a configured
 // token, which cannot be renewed, is sent once. Without the renewal, every call after a
 // revocation is refused until the cached token expires.
 func TestRemoteRenewsRevokedToken(t *testing.T) {
@@ -129,6 +129,13 @@ func TestRemoteRenewsRevokedToken(t *testing.T) {
 		},
 		"rewrap": func(t *testing.T, ts *tokenServer, r *kms.Remote, keyID string, ct []byte) error {
 			_, err := r.Rewrap(t.Context(), keyID, ct, []string{"vol"})
+			return err
+		},
+		"key events": func(t *testing.T, ts *tokenServer, r *kms.Remote, keyID string, ct []byte) error {
+			p, err := r.KeyEvents(t.Context(), "", 0)
+			if err == nil {
+				assert.Equal(t, "0", p.Cursor)
+			}
 			return err
 		},
 		"unwrap": func(t *testing.T, ts *tokenServer, r *kms.Remote, keyID string, ct []byte) error {

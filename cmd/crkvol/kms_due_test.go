@@ -1,0 +1,53 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+
+	"crkvol/crk"
+)
+
+// TestDueLog: every rotation and expiry is logged; a failure once until its message changes
+// or it stops and comes back (the loop runs every second).
+func TestDueLog(t *testing.T) {
+	var buf bytes.Buffer
+	d := &dueLog{log: slog.New(slog.NewTextHandler(&buf, nil))}
+	fail := func(msg string) map[string]crk.RunDueResult {
+		return map[string]crk.RunDueResult{"inst": {Failed: map[string]error{"k1": errors.New(msg)}}}
+	}
+	for _, step := range []struct {
+		name string
+		res  map[string]crk.RunDueResult
+		err  error
+		want []string // substrings of the lines logged, in order; nil: nothing
+	}{
+		{"rotation and expiry", map[string]crk.RunDueResult{"inst": {Rotated: []string{"k1"}, Expired: []string{"k2"}}}, nil,
+			[]string{`msg="rotation policy rotated a key" instance=inst key=k1`, `msg="key expired" instance=inst key=k2`}},
+		{"nothing due", map[string]crk.RunDueResult{"inst": {}}, nil, nil},
+		{"a failure", fail("disk full"), nil, []string{`level=ERROR msg="due rotation failed" instance=inst key=k1 err="disk full"`}},
+		{"the same failure", fail("disk full"), nil, nil},
+		{"another failure", fail("locked"), nil, []string{`err=locked`}},
+		{"the run fails", nil, errors.New("tenants unreadable"), []string{`msg="running due rotations failed" err="tenants unreadable"`}},
+		{"the run fails again", nil, errors.New("tenants unreadable"), nil},
+		{"recovered", map[string]crk.RunDueResult{}, nil, nil},
+		{"the key fails again", fail("locked"), nil, []string{`err=locked`}},
+	} {
+		buf.Reset()
+		d.record(step.res, step.err)
+		lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+		if step.want == nil {
+			assert.Empty(t, strings.TrimSpace(buf.String()), step.name)
+			continue
+		}
+		if assert.Len(t, lines, len(step.want), step.name) {
+			for i, w := range step.want {
+				assert.Contains(t, lines[i], w, step.name)
+			}
+		}
+	}
+}
