@@ -179,8 +179,8 @@ func (k *kmsProc) mustAPI(want int, method, path string, body any) []byte {
 	return out
 }
 
-// feedEvent is one event of the lifecycle feed as the wire carries it.
-type feedEvent struct {
+// e2eFeedEvent is one event of the lifecycle feed as the wire carries it.
+type e2eFeedEvent struct {
 	Cursor string `json:"cursor"`
 	Type   string `json:"type"`
 	KeyID  string `json:"keyId"`
@@ -189,9 +189,9 @@ type feedEvent struct {
 
 // feed reads the lifecycle feed (GET /api/crkvol/v1/lifecycle) after cursor without waiting,
 // with plain net/http: every event and the cursor to resume from.
-func (k *kmsProc) feed(cursor string) ([]feedEvent, string) {
+func (k *kmsProc) feed(cursor string) ([]e2eFeedEvent, string) {
 	k.t.Helper()
-	var all []feedEvent
+	var all []e2eFeedEvent
 	for {
 		req, err := http.NewRequest("GET", k.url+"/api/crkvol/v1/lifecycle?wait=0&cursor="+cursor, nil)
 		require.NoError(k.t, err)
@@ -204,7 +204,7 @@ func (k *kmsProc) feed(cursor string) ([]feedEvent, string) {
 		require.NoError(k.t, err)
 		require.Equal(k.t, http.StatusOK, resp.StatusCode, "lifecycle feed: %s", body)
 		var page struct {
-			Events []feedEvent `json:"events"`
+			Events []e2eFeedEvent `json:"events"`
 			Cursor string      `json:"cursor"`
 		}
 		require.NoError(k.t, json.Unmarshal(body, &page), "%s", body)
