@@ -46,6 +46,12 @@ type app struct {
 	// eventRetention.
 	eventMaxAge, eventMaxCount string
 
+	// background marks the actions of `crkvol agent`: open leaves due policy rotations to
+	// the agent (agent.Options.RunDue) and no progress bars are drawn.
+	background bool
+	// warnedInsecure is set once the --kms-insecure warning was printed.
+	warnedInsecure bool
+
 	svc     *crk.Service // the embedded key service, or nil with --kms-url
 	remote  *kms.Remote  // the remote key service with --kms-url
 	reg     *volume.Registry
@@ -162,7 +168,7 @@ customer root key (CRK) in an embedded Key Protect-style key service.`,
 		}
 		return usageError{err}
 	})
-	root.AddCommand(a.keyCommand(), a.volumeCommand(), a.eventsCommand(), a.demoCommand(), a.kmsCommand(), a.benchCommand(), a.simCommand())
+	root.AddCommand(a.keyCommand(), a.volumeCommand(), a.eventsCommand(), a.demoCommand(), a.kmsCommand(), a.benchCommand(), a.simCommand(), a.agentCommand())
 	root.PersistentPreRun = func(cmd *cobra.Command, args []string) {
 		a.readOnly = readOnlyCommands[commandName(cmd)]
 		absImageArg(cmd, args)
@@ -314,6 +320,9 @@ func (a *app) open(ctx context.Context) error {
 		}
 		return nil
 	}
+	if a.background {
+		return nil
+	}
 	res, err := svc.RunDue(ctx)
 	if err != nil {
 		return fmt.Errorf("running due rotations: %w", err)
@@ -374,7 +383,8 @@ func (a *app) newRemote(url string) (*kms.Remote, error) {
 	if err != nil {
 		return nil, usageError{err}
 	}
-	if insecure {
+	if insecure && !a.warnedInsecure {
+		a.warnedInsecure = true // the agent opens once per action: once is enough
 		fmt.Fprintln(a.stderr, "crkvol: warning: --kms-insecure: plain http to a remote key service is allowed; the API key, tokens and wrapped keys may cross the network in clear")
 	}
 	return remote, nil

@@ -63,7 +63,7 @@ func byteBar(w io.Writer, total int64, what string) *progressbar.ProgressBar {
 // rewrapProgress returns the Manager's progress callback: bars on stderr if it is a terminal
 // and the output is not JSON, else nil.
 func (a *app) rewrapProgress() func(volume.RewrapProgress) {
-	if a.asJSON || !isTerminal(a.stderr) {
+	if a.asJSON || a.background || !isTerminal(a.stderr) {
 		return nil
 	}
 	b := &rewrapBars{w: &gatedWriter{w: a.stderr}, min: minBarVolumes, every: 100 * time.Millisecond}

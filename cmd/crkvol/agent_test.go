@@ -1,0 +1,402 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"crkvol/internal/tooltest"
+	"crkvol/volume"
+)
+
+// agentProc is a `crkvol agent` started by a test.
+type agentProc struct {
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	done   chan error
+}
+
+// startAgent starts `crkvol agent` in dir on the state directory state, the service clock
+// at now.
+func startAgent(t *testing.T, dir, state, now string, extra ...string) *agentProc {
+	t.Helper()
+	cmd := exec.Command("crkvol", append([]string{"agent"}, extra...)...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "CRKVOL_STATE="+state, "CRKVOL_MASTER_KEY=", "CRKVOL_NOW="+now)
+	p := &agentProc{cmd: cmd, stderr: &syncBuffer{}, done: make(chan error, 1)}
+	cmd.Stderr = p.stderr
+	require.NoError(t, cmd.Start())
+	go func() { p.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-p.done
+		}
+		t.Logf("agent %d log:\n%s", cmd.Process.Pid, p.stderr.String())
+	})
+	return p
+}
+
+// wait waits for the agent to exit (hang guard: a minute) and returns its exit status.
+func (p *agentProc) wait(t *testing.T) int {
+	t.Helper()
+	select {
+	case err := <-p.done:
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode()
+		}
+		require.NoError(t, err)
+		return 0
+	case <-time.After(time.Minute):
+		t.Fatalf("agent %d did not exit", p.cmd.Process.Pid)
+		return -1
+	}
+}
+
+// agentStatusOf runs `crkvol --json agent status` and decodes its object.
+func agentStatusOf(t *testing.T, dir, state, now string) (int, map[string]any, string) {
+	t.Helper()
+	code, out, errOut := runIn(t, dir, state, now, "--json", "agent", "status")
+	var m map[string]any
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
+		t.Logf("agent status --json: %v: %q (stderr %q)", err, out, errOut)
+		return -1, nil, errOut
+	}
+	return code, m, errOut
+}
+
+// waitFor polls cond until it holds; deadline bounds the wait (a hang guard, or an
+// acceptance bound in the long tests). It returns the time it took.
+func waitFor(t *testing.T, what string, deadline time.Duration, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > deadline {
+			t.Fatalf("%s: not after %s", what, deadline)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	d := time.Since(start)
+	t.Logf("%s after %s", what, d.Round(time.Millisecond))
+	return d
+}
+
+// onVersion reports whether every image is wrapped by the key's version.
+func onVersion(images []string, version string) bool {
+	for _, img := range images {
+		info, err := volume.Describe(img)
+		if err != nil || info.KeyVersion != version {
+			return false
+		}
+	}
+	return true
+}
+
+// latestVersion returns the key's latest version id.
+func latestVersion(t *testing.T, dir, state, now, key string) string {
+	t.Helper()
+	code, out, errOut := runIn(t, dir, state, now, "--json", "key", "show", key)
+	require.Zero(t, code, errOut)
+	var k struct {
+		KeyVersion struct {
+			ID string `json:"id"`
+		} `json:"keyVersion"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &k), out)
+	require.NotEmpty(t, k.KeyVersion.ID, out)
+	return k.KeyVersion.ID
+}
+
+// TestAgentEmbedded runs `crkvol agent` on an embedded state directory with a few volumes:
+// it follows a rotation made by another process (every volume reaches the new version within
+// 20 s), reports its status, refuses a second agent on the same directory, and stops with
+// exit 0 on SIGTERM; `agent status` then says none runs (exit 1) and shows the saved cursor.
+// The long run also kills the agent with SIGKILL, rotates while it is down, makes a policy
+// rotation due, and checks that the restarted agent handles the missed event and runs the
+// due rotation itself (every volume converges).
+func TestAgentEmbedded(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	t0 := "2026-06-01T12:00:00Z"
+	code, out, errOut := runIn(t, dir, state, t0, "--json", "key", "create", "fleet")
+	require.Zero(t, code, errOut)
+	key := jsonField(t, out, "id")
+	var images []string
+	for i := range 3 {
+		img := filepath.Join(dir, fmt.Sprintf("v%d.img", i))
+		code, _, errOut := runIn(t, dir, state, t0, "volume", "create", img, "--size", "1MiB", "--key", key)
+		require.Zero(t, code, errOut)
+		images = append(images, img)
+	}
+
+	ag := startAgent(t, dir, state, t0, "--reconcile-every", "1h")
+	var st map[string]any
+	waitFor(t, "agent up and reconciled", time.Minute, func() bool {
+		code, m, _ := agentStatusOf(t, dir, state, t0)
+		st = m
+		return code == 0 && m["reconciles"] != nil && m["reconciles"].(float64) >= 1
+	})
+	assert.Equal(t, true, st["running"])
+	assert.Equal(t, float64(ag.cmd.Process.Pid), st["pid"])
+	assert.Equal(t, "embedded", st["mode"])
+	assert.Equal(t, "embedded", st["keyService"])
+	assert.Equal(t, state, st["stateDir"])
+	assert.NotEmpty(t, st["instance"])
+	assert.Equal(t, float64(1), st["keys"])
+	startCursor := st["cursor"].(string)
+
+	// A rotation from another process: the agent handles its event, every volume is on the
+	// new version.
+	code, _, errOut = runIn(t, dir, state, t0, "key", "rotate", key)
+	require.Zero(t, code, errOut)
+	latest := latestVersion(t, dir, state, t0, key)
+	waitFor(t, "every volume on the new version, the rotation handled", 20*time.Second, func() bool {
+		code, m, _ := agentStatusOf(t, dir, state, t0)
+		st = m
+		return code == 0 && onVersion(images, latest) && m["events"].(float64) >= 1
+	})
+	assert.NotEqual(t, startCursor, st["cursor"])
+	assert.Equal(t, float64(0), st["failedVolumes"])
+
+	code, out, errOut = runIn(t, dir, state, t0, "agent", "status")
+	require.Zero(t, code, errOut)
+	assert.Contains(t, out, fmt.Sprintf("running (process %d)", ag.cmd.Process.Pid))
+	assert.Contains(t, out, "cursor:")
+	assert.Contains(t, out, "key service:     embedded")
+	assert.Regexp(t, `lag:\s+\S+`, out)
+
+	// One agent per state directory.
+	code, _, errOut = runIn(t, dir, state, t0, "agent")
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, "another agent (process "+strconv.Itoa(ag.cmd.Process.Pid)+") runs on state directory "+state)
+
+	if tooltest.Long() {
+		// SIGKILL, then a rotation while it is down (past the hourly limit): the restarted
+		// agent handles the missed event from its saved cursor.
+		require.NoError(t, ag.cmd.Process.Signal(syscall.SIGKILL))
+		ag.wait(t)
+		t2h := "2026-06-01T14:00:00Z"
+		code, _, errOut = runIn(t, dir, state, t2h, "key", "rotate", key)
+		require.Zero(t, code, errOut)
+		missed := latestVersion(t, dir, state, t2h, key)
+		ag = startAgent(t, dir, state, t2h, "--reconcile-every", "1h")
+		waitFor(t, "restarted agent: the missed rotation handled", 20*time.Second, func() bool {
+			code, m, _ := agentStatusOf(t, dir, state, t2h)
+			st = m
+			return code == 0 && m["events"] != nil && m["events"].(float64) >= 1 && onVersion(images, missed)
+		})
+		assert.NotContains(t, ag.stderr.String(), "resync")
+
+		// A policy rotation due when the agent starts: the agent runs it, with its rewraps.
+		// A month later the feed's retention (30 days) has dropped the events after the
+		// saved cursor: the agent resyncs and reconciles.
+		code, _, errOut = runIn(t, dir, state, t2h, "key", "policy", key, "--rotation-months", "1")
+		require.Zero(t, code, errOut)
+		require.NoError(t, ag.cmd.Process.Signal(syscall.SIGTERM))
+		require.Equal(t, 0, ag.wait(t))
+		later := "2026-07-02T12:00:00Z"
+		ag = startAgent(t, dir, state, later, "--reconcile-every", "1h")
+		waitFor(t, "the agent ran the due policy rotation", 20*time.Second, func() bool {
+			return strings.Contains(ag.stderr.String(), "rotation policy rotated key")
+		})
+		newest := latestVersion(t, dir, state, later, key)
+		assert.NotEqual(t, missed, newest)
+		waitFor(t, "every volume on the policy rotation's version", 20*time.Second, func() bool {
+			code, m, _ := agentStatusOf(t, dir, state, later)
+			st = m
+			return code == 0 && onVersion(images, newest) && m["reconciles"].(float64) >= 1
+		})
+	}
+
+	// A disable: the attach process of a volume of the key is told to check its key
+	// (SIGUSR1); an enable is logged.
+	attach := exec.Command("crkvol", "volume", "attach", images[0])
+	attach.Dir = dir
+	attach.Env = append(os.Environ(), "CRKVOL_STATE="+state, "CRKVOL_MASTER_KEY=", "CRKVOL_NOW="+t0)
+	require.NoError(t, attach.Start())
+	attached := make(chan struct{})
+	go func() { attach.Wait(); close(attached) }()
+	t.Cleanup(func() { attach.Process.Kill(); <-attached })
+	waitFor(t, "volume attached", time.Minute, func() bool {
+		recs, _ := filepath.Glob(filepath.Join(state, "attached", "*.json"))
+		return len(recs) == 1
+	})
+	code, _, errOut = runIn(t, dir, state, t0, "key", "disable", key)
+	require.Zero(t, code, errOut)
+	told := fmt.Sprintf("pid=%d", attach.Process.Pid)
+	waitFor(t, "the attach process told to check its key", 20*time.Second, func() bool {
+		return strings.Contains(ag.stderr.String(), "told an attach process to check its key") && strings.Contains(ag.stderr.String(), told)
+	})
+	code, _, errOut = runIn(t, dir, state, "2026-06-01T12:01:00Z", "key", "enable", key) // 30 s after the disable
+	require.Zero(t, code, errOut)
+	waitFor(t, "the enable handled", 20*time.Second, func() bool {
+		code, m, _ := agentStatusOf(t, dir, state, t0)
+		st = m
+		return code == 0 && m["unlocks"].(float64) >= 1 && m["lockouts"].(float64) >= 1
+	})
+
+	require.NoError(t, ag.cmd.Process.Signal(syscall.SIGTERM))
+	assert.Equal(t, 0, ag.wait(t), "SIGTERM stops the agent cleanly")
+	cursor := st["cursor"].(string)
+
+	code, m, errOut := agentStatusOf(t, dir, state, t0)
+	assert.Equal(t, 1, code)
+	assert.Equal(t, false, m["running"])
+	assert.Equal(t, cursor, m["cursor"])
+	assert.Contains(t, errOut, "no agent runs on state directory")
+	code, out, errOut = runIn(t, dir, state, t0, "agent", "status")
+	assert.Equal(t, 1, code)
+	assert.Contains(t, out, "saved cursor:    "+cursor)
+	assert.Contains(t, errOut, "crkvol: agent status: no agent runs on state directory "+state)
+}
+
+// runEnv runs the crkvol under test in dir with env added to the environment; it returns
+// the exit status, stdout and stderr.
+func runEnv(t *testing.T, dir string, env []string, args ...string) (int, string, string) {
+	t.Helper()
+	cmd := exec.Command("crkvol", args...)
+	cmd.Dir = dir
+	cmd.Env = append(append(os.Environ(), "CRKVOL_MASTER_KEY="), env...)
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode(), out.String(), errb.String()
+	}
+	require.NoError(t, err)
+	return 0, out.String(), errb.String()
+}
+
+// TestAgentRemote (long): `crkvol agent --kms-url` against kms serve follows a rotation made
+// with plain HTTP (no crkvol involved, so nothing else rewraps): every volume of the host is
+// on the new version within 10 s; its status names the service; SIGTERM stops it with exit 0.
+func TestAgentRemote(t *testing.T) {
+	if !tooltest.Long() {
+		t.Skip("a kms serve and an agent: CRKVOL_LONG_TESTS=1")
+	}
+	t.Parallel()
+	dir := t.TempDir()
+	served := []string{"CRKVOL_STATE=" + filepath.Join(dir, "served")}
+	code, out, errOut := runEnv(t, dir, served, "--json", "kms", "instance", "list")
+	require.Zero(t, code, errOut)
+	var insts []struct {
+		ID string `json:"id"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &insts), out)
+	require.NotEmpty(t, insts)
+	inst := insts[0].ID
+
+	serve := exec.Command("crkvol", "kms", "serve", "--listen", "127.0.0.1:0", "--addr-file", "addr.txt", "--static-token", "agent-token")
+	serve.Dir = dir
+	serve.Env = append(append(os.Environ(), "CRKVOL_MASTER_KEY="), served...)
+	serveLog := &syncBuffer{}
+	serve.Stderr = serveLog
+	require.NoError(t, serve.Start())
+	served2 := make(chan struct{})
+	go func() { serve.Wait(); close(served2) }()
+	t.Cleanup(func() {
+		serve.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-served2:
+		case <-time.After(time.Minute):
+			serve.Process.Kill()
+		}
+		t.Logf("kms serve log:\n%s", serveLog.String())
+	})
+	var url string
+	waitFor(t, "kms serve listening", time.Minute, func() bool {
+		b, err := os.ReadFile(filepath.Join(dir, "addr.txt"))
+		url = strings.TrimSpace(string(b))
+		return err == nil && strings.HasSuffix(string(b), "\n")
+	})
+
+	state := filepath.Join(dir, "host")
+	host := []string{"CRKVOL_STATE=" + state, "CRKVOL_KMS_URL=" + url, "CRKVOL_KMS_INSTANCE=" + inst, "CRKVOL_KMS_TOKEN=agent-token"}
+	code, out, errOut = runEnv(t, dir, host, "--json", "key", "create", "fleet")
+	require.Zero(t, code, errOut)
+	key := jsonField(t, out, "id")
+	var images []string
+	for i := range 3 {
+		img := filepath.Join(dir, fmt.Sprintf("r%d.img", i))
+		code, _, errOut := runEnv(t, dir, host, "volume", "create", img, "--size", "1MiB", "--key", key)
+		require.Zero(t, code, errOut)
+		images = append(images, img)
+	}
+
+	cmd := exec.Command("crkvol", "agent", "--wait", "5s")
+	cmd.Dir = dir
+	cmd.Env = append(append(os.Environ(), "CRKVOL_MASTER_KEY="), host...)
+	ag := &agentProc{cmd: cmd, stderr: &syncBuffer{}, done: make(chan error, 1)}
+	cmd.Stderr = ag.stderr
+	require.NoError(t, cmd.Start())
+	go func() { ag.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-ag.done
+		}
+		t.Logf("agent log:\n%s", ag.stderr.String())
+	})
+	status := func() map[string]any {
+		code, out, _ := runEnv(t, dir, host, "--json", "agent", "status")
+		var m map[string]any
+		if code != 0 || json.Unmarshal([]byte(out), &m) != nil {
+			return nil
+		}
+		return m
+	}
+	waitFor(t, "agent up and reconciled", time.Minute, func() bool {
+		m := status()
+		return m != nil && m["reconciles"] != nil && m["reconciles"].(float64) >= 1
+	})
+
+	// A rotation with plain HTTP.
+	req, err := http.NewRequest(http.MethodPost, url+"/api/v2/keys/"+key+"/actions/rotate", strings.NewReader("{}"))
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer agent-token")
+	req.Header.Set("Bluemix-Instance", inst)
+	req.Header.Set("Content-Type", "application/vnd.ibm.kms.key_action+json")
+	rotated := time.Now()
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Less(t, resp.StatusCode, 300, resp.Status)
+	code, out, errOut = runEnv(t, dir, host, "--json", "key", "show", key)
+	require.Zero(t, code, errOut)
+	var k struct {
+		KeyVersion struct {
+			ID string `json:"id"`
+		} `json:"keyVersion"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &k), out)
+	waitFor(t, "every volume on the version of the HTTP rotation", 10*time.Second, func() bool { return onVersion(images, k.KeyVersion.ID) })
+	took := time.Since(rotated)
+	t.Logf("every volume on the new version %s after the HTTP rotation", took.Round(time.Millisecond))
+	assert.Less(t, took, 10*time.Second)
+
+	m := status()
+	require.NotNil(t, m)
+	assert.Equal(t, "remote", m["mode"])
+	assert.Equal(t, url, m["keyService"])
+	assert.Equal(t, inst, m["instance"])
+	assert.GreaterOrEqual(t, m["events"].(float64), float64(1))
+	assert.Contains(t, ag.stderr.String(), "volumes rewrapped", "the agent, and nothing else, rewrapped them")
+
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	assert.Equal(t, 0, ag.wait(t))
+}
