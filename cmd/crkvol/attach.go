@@ -20,6 +20,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"crkvol/crk"
 	"crkvol/nbd"
 	"crkvol/volume"
 )
@@ -48,6 +49,18 @@ Device protocol, so that qemu-img, nbdcopy, nbd-client or a VM can use it as a d
 It serves until SIGINT or SIGTERM, or until "crkvol volume detach IMG"; then it lets requests in
 flight finish, flushes, closes the image and clears the key. The volume stays attached to one
 process at a time; its key can still be rotated (the header is rewrapped) while it is attached.
+
+attach follows its volume's root key. When the key is disabled, deleted or purged (an event
+of the key service's lifecycle feed: read from the state directory's crk.db without holding
+it, or from the --kms-url service), or when a check of the key's state finds it neither
+active nor deactivated (every 30s, and at once on SIGUSR1), attach stops serving within
+seconds: new requests fail with EIO, requests in flight finish, the NBD connections close,
+the image is flushed and closed, the key is cleared, the attachment record and socket are
+removed, and it exits with status 1 naming the key and its state. Writes acknowledged before
+then are on disk: once the key is enabled or restored, the volume attaches again with its
+data. Failures to read the feed or the key's state (the store locked, the key service out of
+reach) are logged and retried; they never stop serving by themselves. A volume whose key is
+not usable does not attach.
 
 --listen takes unix:PATH (default: a 0600 socket in the state directory) or tcp:HOST:PORT on a
 loopback address: NBD has no authentication, so plaintext is never served to the network. Note
@@ -175,29 +188,33 @@ func processStart(pid int) (uint64, error) {
 }
 
 // attachTarget resolves the image path of attach or detach, checks it is a volume image, and
-// returns its attachment record's path.
-func (a *app) attachTarget(path string) (abs, recPath string, err error) {
+// returns its public facts and its attachment record's path.
+func (a *app) attachTarget(path string) (abs, recPath string, info *volume.Info, err error) {
 	if abs, err = filepath.Abs(path); err != nil {
-		return "", "", err
+		return "", "", nil, err
 	}
-	if _, err := volume.Describe(abs); err != nil {
-		return "", "", err
+	if info, err = volume.Describe(abs); err != nil {
+		return "", "", nil, err
 	}
 	dir, err := a.attachDir()
 	if err != nil {
-		return "", "", err
+		return "", "", nil, err
 	}
-	return abs, recordPath(dir, abs), nil
+	return abs, recordPath(dir, abs), info, nil
 }
 
 func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool, maxConns int) error {
 	if maxConns < 1 {
 		return fmt.Errorf("--max-connections %d: want at least 1", maxConns)
 	}
-	// Signals first: from the moment the record exists, SIGTERM must mean a clean detach.
+	// Signals first: from the moment the record exists, SIGTERM must mean a clean detach, and
+	// SIGUSR1 (whose default is to end the process) a check of the key's state.
 	sigctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	abs, recPath, err := a.attachTarget(path)
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	defer signal.Stop(usr1)
+	abs, recPath, info, err := a.attachTarget(path)
 	if err != nil {
 		return err
 	}
@@ -210,13 +227,40 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 			return fmt.Errorf("--listen %q is the image itself", listen)
 		}
 	}
+	logger := slog.New(slog.NewTextHandler(a.stderr, nil))
+	// The key's lifecycle is followed from the feed's head taken before the unwrap, so that no
+	// disable between the unwrap and the start of following goes unseen. Embedded, the feed
+	// is read from crk.db without holding it, and the state by opening it read-only: the
+	// attach process releases the store once the volume is open.
+	watch := &keyWatch{keyID: info.KeyID, checkNow: usr1Checks(sigctx, usr1), every: lockoutCheckEvery, wait: lockoutFeedWait,
+		retryMin: lockoutRetryMin, retryMax: lockoutRetryMax, log: logger}
+	var head string
+	remote := a.remoteURL() != ""
+	if !remote { // before open, which holds crk.db
+		if watch.feed, err = a.keyFeed(); err != nil {
+			return err
+		}
+		if watch.state, err = a.storeKeyState(); err != nil {
+			return err
+		}
+		if head, err = feedHead(ctx, watch.feed); err != nil {
+			return err
+		}
+	}
 	if err := a.open(ctx); err != nil {
 		return err
+	}
+	if remote {
+		watch.feed, watch.state = a.remote, a.remote.KeyState
+		if head, err = feedHead(ctx, watch.feed); err != nil {
+			a.close()
+			return err
+		}
 	}
 	// An exclusive lock on the data area: a second attach (or a writer) fails here, at once.
 	v, err := a.mgr.OpenWith(ctx, abs, volume.OpenOptions{ReadOnly: readOnly, Exclusive: true})
 	if err != nil {
-		return err
+		return keyRefusalHint(err, info.KeyID)
 	}
 	// The key service and registry are not needed while serving: release their locks so that
 	// other commands (a rotation, say) run meanwhile.
@@ -232,6 +276,14 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 		return errors.Join(serr, cerr)
 	}
 	defer closeVolume()
+	watchCtx, stopWatch := context.WithCancel(sigctx)
+	defer stopWatch()
+	locked := make(chan *keyLock, 1)
+	go func() {
+		if l := watch.run(watchCtx, head); l != nil {
+			locked <- l
+		}
+	}()
 
 	l, err := listenNBD(network, addr)
 	if err != nil {
@@ -240,8 +292,9 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 	if network == "tcp" {
 		addr = l.Addr().String() // the port chosen for :0
 	}
-	srv, err := nbd.NewServer(nbd.Export{Name: filepath.Base(abs), Description: v.CRN(), Device: v, ReadOnly: readOnly,
-		PreferredBlockSize: v.SectorSize()}, nbd.Options{MaxConnections: maxConns, Logger: slog.New(slog.NewTextHandler(a.stderr, nil))})
+	dev := &fencedDevice{v: v}
+	srv, err := nbd.NewServer(nbd.Export{Name: filepath.Base(abs), Description: v.CRN(), Device: dev, ReadOnly: readOnly,
+		PreferredBlockSize: v.SectorSize()}, nbd.Options{MaxConnections: maxConns, Logger: logger})
 	if err != nil {
 		l.Close()
 		return err
@@ -269,8 +322,8 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
-	shutdown := func() error {
-		shctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	shutdown := func(timeout time.Duration) error {
+		shctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
 		err := srv.Shutdown(shctx)
 		cleanup()
@@ -283,19 +336,35 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 		_, err = fmt.Fprintln(a.stdout, rec.URI)
 	}
 	if err != nil {
-		shutdown()
+		shutdown(30 * time.Second)
 		return err
 	}
 	fmt.Fprintf(a.stderr, "attached %s (%d bytes%s) at %s; stop with SIGINT, SIGTERM or crkvol volume detach\n",
 		absPath(path), v.Size(), map[bool]string{true: ", read-only"}[readOnly], rec.URI)
 
 	var serveErr error
+	var lock *keyLock
 	select {
 	case <-sigctx.Done():
 	case serveErr = <-served:
+	case lock = <-locked:
 	}
 	stop() // a second SIGINT or SIGTERM now ends the process at once
-	shErr := shutdown()
+	if lock != nil {
+		// New requests fail with EIO from here; those under way finish, the connections
+		// close, the image is flushed and closed, and the master key cleared.
+		dev.fence()
+		shErr := shutdown(lockoutShutdown)
+		cerr := closeVolume()
+		if shErr != nil {
+			fmt.Fprintf(a.stderr, "crkvol: some NBD clients were cut off after %s: %v\n", lockoutShutdown, shErr)
+		}
+		if cerr != nil {
+			return errors.Join(lock.err(abs), fmt.Errorf("closing %s: %w", path, cerr))
+		}
+		return lock.err(abs)
+	}
+	shErr := shutdown(30 * time.Second)
 	if err := closeVolume(); err != nil {
 		return fmt.Errorf("closing %s: %w", path, err)
 	}
@@ -307,6 +376,49 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 	}
 	fmt.Fprintf(a.stderr, "detached %s: flushed, closed, key cleared\n", absPath(path))
 	return nil
+}
+
+// feedHead returns the head of a key service's lifecycle feed: following from it misses no
+// event that comes after.
+func feedHead(ctx context.Context, feed volume.KeyFeed) (string, error) {
+	page, err := feed.KeyEvents(ctx, "", 0)
+	if err != nil {
+		return "", fmt.Errorf("reading the head of the key's lifecycle feed: %w", err)
+	}
+	return page.Cursor, nil
+}
+
+// usr1Checks turns SIGUSR1s into requests for a state check, until ctx ends.
+func usr1Checks(ctx context.Context, sig <-chan os.Signal) <-chan struct{} {
+	out := make(chan struct{}, 1)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-sig:
+				select {
+				case out <- struct{}{}:
+				default: // a check is pending already
+				}
+			}
+		}
+	}()
+	return out
+}
+
+// keyRefusalHint adds to an open's error how to make the volume's key usable again, when the
+// key service refused the unwrap because of the key's state.
+func keyRefusalHint(err error, keyID string) error {
+	switch {
+	case errors.Is(err, crk.ErrKeyPurged):
+		return withHint(err, keyStateHint(keyID, volume.KeyStateDestroyed, true, ""))
+	case errors.Is(err, crk.ErrKeySuspended):
+		return withHint(err, keyStateHint(keyID, volume.KeyStateSuspended, false, "attach again"))
+	case errors.Is(err, crk.ErrKeyDestroyed):
+		return withHint(err, keyStateHint(keyID, volume.KeyStateDestroyed, false, "attach again"))
+	}
+	return err
 }
 
 // listenNBD listens on a unix socket (mode 0600) or on TCP. An existing socket file nobody
@@ -358,7 +470,7 @@ func writeRecord(path string, rec attachment) error {
 }
 
 func (a *app) runDetach(ctx context.Context, path string, timeout time.Duration) error {
-	abs, recPath, err := a.attachTarget(path)
+	abs, recPath, _, err := a.attachTarget(path)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,260 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"crkvol/crk"
+	"crkvol/volume"
+	"crkvol/volume/kms"
+)
+
+// The attach process follows its volume's root key: a disable, delete or purge of the key
+// (an event of the key service's lifecycle feed, or a state check that finds the key not
+// usable) makes it stop serving. See runAttach for what stopping does.
+const (
+	// lockoutCheckEvery is the backstop: the key's state is checked this often whatever the
+	// feed says (and at once on SIGUSR1).
+	lockoutCheckEvery = 30 * time.Second
+	// lockoutFeedWait is the wait of each long poll of the feed.
+	lockoutFeedWait = 25 * time.Second
+	// lockoutRetryMin and lockoutRetryMax bound the backoff between failed feed reads.
+	lockoutRetryMin = 250 * time.Millisecond
+	lockoutRetryMax = 10 * time.Second
+	// lockoutShutdown bounds how long the NBD clients have to take their last replies once
+	// the key is locked out, keeping the stop within 5 s of the event.
+	lockoutShutdown = 3 * time.Second
+)
+
+// keyLock says why an attached volume's key stopped it: the key's state and, when a feed
+// event said so, the event's type.
+type keyLock struct {
+	keyID, state, event string
+}
+
+// err is the attach command's error for a lockout of the volume at path.
+func (l *keyLock) err(path string) error {
+	how := ""
+	switch l.event {
+	case volume.KeyDisabled:
+		how = " (disabled)"
+	case volume.KeyDeleted:
+		how = " (deleted)"
+	case volume.KeyPurged:
+		how = " (purged)"
+	}
+	err := fmt.Errorf("key %s is %s%s: stopped serving %s", l.keyID, l.state, how, path)
+	return withHint(err, keyStateHint(l.keyID, l.state, l.event == volume.KeyPurged, "attach again"))
+}
+
+// keyStateHint says how to make a key that is not usable usable again, then do what.
+func keyStateHint(keyID, state string, purged bool, then string) string {
+	switch {
+	case purged:
+		return "the key's material is purged for good: no key service can unlock the volume again"
+	case state == volume.KeyStateSuspended:
+		return "enable the key (crkvol key enable " + keyID + ") and " + then
+	case state == volume.KeyStateDestroyed:
+		return "restore the key (crkvol key restore " + keyID + ", within 30 days of its deletion) and " + then
+	}
+	return "see crkvol key show " + keyID + "; once the key is active again, " + then
+}
+
+// keyWatch follows the lifecycle of one root key for an attach process.
+type keyWatch struct {
+	keyID string
+	// feed is the key service's lifecycle feed.
+	feed volume.KeyFeed
+	// state returns the key's current state.
+	state func(ctx context.Context, keyID string) (volume.KeyStatus, error)
+	// checkNow asks for a state check at once (SIGUSR1).
+	checkNow <-chan struct{}
+	// every is the period of the backstop state check; wait the feed's long poll.
+	every, wait time.Duration
+	// retryMin and retryMax bound the backoff after a failed feed read.
+	retryMin, retryMax time.Duration
+	log                *slog.Logger
+}
+
+// run follows the feed from cursor and checks the key's state at once, every w.every and on
+// w.checkNow, until the key is found locked (its reason is returned) or ctx ends (nil).
+// Failures to read the feed or the state are logged and retried: they never lock by
+// themselves.
+func (w *keyWatch) run(ctx context.Context, cursor string) *keyLock {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	found := make(chan *keyLock, 2)
+	report := func(l *keyLock) {
+		select {
+		case found <- l:
+		default: // one reason is enough
+		}
+	}
+	go w.follow(ctx, cursor, report)
+	go w.backstop(ctx, report)
+	select {
+	case l := <-found:
+		return l
+	case <-ctx.Done():
+		return nil
+	}
+}
+
+// follow reads the feed from cursor until ctx ends or an event locks the key. After a
+// "resync needed" it follows from the head and checks the key's state.
+func (w *keyWatch) follow(ctx context.Context, cursor string, report func(*keyLock)) {
+	delay := time.Duration(0)
+	for {
+		page, err := w.feed.KeyEvents(ctx, cursor, w.wait)
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, volume.ErrResyncNeeded) {
+			w.log.Warn("lifecycle feed cannot continue from its cursor; following from the head after a state check", "key", w.keyID, "cursor", cursor, "err", err)
+			cursor, delay = "", 0
+			continue
+		}
+		if err != nil {
+			delay = min(max(2*delay, w.retryMin), w.retryMax)
+			w.log.Warn("lifecycle feed unavailable; still serving, retrying", "key", w.keyID, "err", err, "in", delay)
+			if !sleepCtx(ctx, delay) {
+				return
+			}
+			continue
+		}
+		if delay > 0 {
+			w.log.Info("lifecycle feed available again", "key", w.keyID)
+			delay = 0
+		}
+		for _, ev := range page.Events {
+			if ev.KeyID == w.keyID && ev.Locks() {
+				w.log.Warn("key taken out of use", "key", w.keyID, "event", ev.Type, "state", ev.State, "cursor", ev.Cursor, "at", ev.Time)
+				report(&keyLock{keyID: w.keyID, state: ev.State, event: ev.Type})
+				return
+			}
+		}
+		if cursor == "" {
+			// Following from the head after a resync: what happened before it is known from
+			// the key's state only.
+			w.check(ctx, report)
+		}
+		cursor = page.Cursor
+	}
+}
+
+// backstop checks the key's state at once, then every w.every and on w.checkNow.
+func (w *keyWatch) backstop(ctx context.Context, report func(*keyLock)) {
+	t := time.NewTicker(w.every)
+	defer t.Stop()
+	for {
+		w.check(ctx, report)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-w.checkNow:
+			w.log.Info("checking the key's state now (SIGUSR1)", "key", w.keyID)
+		}
+	}
+}
+
+// check reports a lock if the key's state is not usable, or the key does not exist.
+func (w *keyWatch) check(ctx context.Context, report func(*keyLock)) {
+	st, err := w.state(ctx, w.keyID)
+	switch {
+	case ctx.Err() != nil:
+	case errors.Is(err, crk.ErrKeyNotFound):
+		report(&keyLock{keyID: w.keyID, state: "not found"})
+	case err != nil:
+		w.log.Warn("key state check failed; still serving", "key", w.keyID, "err", err)
+	case !st.Usable():
+		w.log.Warn("key not usable", "key", w.keyID, "state", st.State)
+		report(&keyLock{keyID: w.keyID, state: st.State})
+	}
+}
+
+// sleepCtx waits d; false if ctx ended first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// storeKeyState returns a function that reads a key's state from the embedded key service's
+// store, opening it read-only for the length of one read (an attach process never holds
+// crk.db: other commands change the key meanwhile).
+func (a *app) storeKeyState() (func(ctx context.Context, keyID string) (volume.KeyStatus, error), error) {
+	dir, err := a.stateDirectory()
+	if err != nil {
+		return nil, err
+	}
+	clock, err := a.clock()
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, "crk.db")
+	return func(ctx context.Context, keyID string) (volume.KeyStatus, error) {
+		opts, err := a.crkOptions(clock)
+		if err != nil {
+			return volume.KeyStatus{}, err
+		}
+		opts.ReadOnly = true
+		svc, err := crk.Open(path, opts)
+		clear(opts.MasterKey)
+		if err != nil {
+			return volume.KeyStatus{}, err
+		}
+		defer svc.Close()
+		return kms.NewLocal(svc).KeyState(ctx, keyID)
+	}, nil
+}
+
+// fencedDevice is the device an attach process serves: its volume until fence is called;
+// from then on every read, write and flush fails (EIO for NBD clients), while those under
+// way finish.
+type fencedDevice struct {
+	v      *volume.Volume
+	fenced atomic.Bool
+}
+
+// errFenced is what the requests after a lockout fail with.
+var errFenced = errors.New("the volume's key is no longer usable: not serving")
+
+func (d *fencedDevice) fence() { d.fenced.Store(true) }
+
+// ReadAt implements nbd.Device.
+func (d *fencedDevice) ReadAt(p []byte, off int64) (int, error) {
+	if d.fenced.Load() {
+		return 0, errFenced
+	}
+	return d.v.ReadAt(p, off)
+}
+
+// WriteAt implements nbd.Device.
+func (d *fencedDevice) WriteAt(p []byte, off int64) (int, error) {
+	if d.fenced.Load() {
+		return 0, errFenced
+	}
+	return d.v.WriteAt(p, off)
+}
+
+// Size implements nbd.Device.
+func (d *fencedDevice) Size() int64 { return d.v.Size() }
+
+// Sync implements nbd.Device.
+func (d *fencedDevice) Sync() error {
+	if d.fenced.Load() {
+		return errFenced
+	}
+	return d.v.Sync()
+}
