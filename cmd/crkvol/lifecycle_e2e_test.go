@@ -452,10 +452,10 @@ func (h *e2eHost) attach(img, sock string) *bgProc {
 	return p
 }
 
-// nbdConn is a minimal NBD client (fixed newstyle handshake, NBD_OPT_EXPORT_NAME, simple
+// e2eNBD is a minimal NBD client (fixed newstyle handshake, NBD_OPT_EXPORT_NAME, simple
 // replies) that returns every failure as an error, so a test can tell a failed read or a
 // closed connection from success.
-type nbdConn struct {
+type e2eNBD struct {
 	nc     net.Conn
 	size   uint64
 	cookie uint64
@@ -472,13 +472,13 @@ const (
 	nbdCmdFlush      = 3
 )
 
-// dialNBD connects to a unix socket and enters transmission with the default export.
-func dialNBD(sock string) (*nbdConn, error) {
+// e2eDialNBD connects to a unix socket and enters transmission with the default export.
+func e2eDialNBD(sock string) (*e2eNBD, error) {
 	nc, err := net.DialTimeout("unix", sock, 5*time.Second)
 	if err != nil {
 		return nil, err
 	}
-	c := &nbdConn{nc: nc}
+	c := &e2eNBD{nc: nc}
 	if err := c.handshake(); err != nil {
 		nc.Close()
 		return nil, err
@@ -486,7 +486,7 @@ func dialNBD(sock string) (*nbdConn, error) {
 	return c, nil
 }
 
-func (c *nbdConn) handshake() error {
+func (c *e2eNBD) handshake() error {
 	_ = c.nc.SetDeadline(time.Now().Add(10 * time.Second))
 	defer c.nc.SetDeadline(time.Time{})
 	var hello [18]byte
@@ -512,7 +512,7 @@ func (c *nbdConn) handshake() error {
 }
 
 // do sends one request and reads its simple reply header; a non-zero NBD error is an error.
-func (c *nbdConn) do(typ uint16, off uint64, length uint32, payload []byte) error {
+func (c *e2eNBD) do(typ uint16, off uint64, length uint32, payload []byte) error {
 	c.cookie++
 	b := binary.BigEndian.AppendUint32(nil, nbdMagicRequest)
 	b = binary.BigEndian.AppendUint16(b, 0)
@@ -537,7 +537,7 @@ func (c *nbdConn) do(typ uint16, off uint64, length uint32, payload []byte) erro
 	return nil
 }
 
-func (c *nbdConn) read(off uint64, n int) ([]byte, error) {
+func (c *e2eNBD) read(off uint64, n int) ([]byte, error) {
 	if err := c.do(nbdCmdRead, off, uint32(n), nil); err != nil {
 		return nil, err
 	}
@@ -548,13 +548,13 @@ func (c *nbdConn) read(off uint64, n int) ([]byte, error) {
 	return buf, nil
 }
 
-func (c *nbdConn) write(off uint64, p []byte) error { return c.do(nbdCmdWrite, off, uint32(len(p)), p) }
-func (c *nbdConn) flush() error                     { return c.do(nbdCmdFlush, 0, 0, nil) }
-func (c *nbdConn) Close() error                     { return c.nc.Close() }
+func (c *e2eNBD) write(off uint64, p []byte) error { return c.do(nbdCmdWrite, off, uint32(len(p)), p) }
+func (c *e2eNBD) flush() error                     { return c.do(nbdCmdFlush, 0, 0, nil) }
+func (c *e2eNBD) Close() error                     { return c.nc.Close() }
 
 // readAll reads the whole export through a new connection.
-func readAllNBD(sock string) ([]byte, error) {
-	c, err := dialNBD(sock)
+func e2eReadAllNBD(sock string) ([]byte, error) {
+	c, err := e2eDialNBD(sock)
 	if err != nil {
 		return nil, err
 	}
@@ -691,11 +691,11 @@ func TestLifecycleE2E(t *testing.T) {
 	socks := make([]string, len(hosts))
 	attached := make([]*bgProc, len(hosts))
 	patterns := make([][]byte, len(hosts))
-	conns := make([]*nbdConn, len(hosts))
+	conns := make([]*e2eNBD, len(hosts))
 	for i, h := range hosts {
 		socks[i] = filepath.Join(h.dir, "v00.sock")
 		attached[i] = h.attach(h.vols[0], socks[i])
-		c, err := dialNBD(socks[i])
+		c, err := e2eDialNBD(socks[i])
 		require.NoError(t, err)
 		patterns[i] = randBytes(int(c.size), uint64(100+i))
 		require.NoError(t, c.write(0, patterns[i]))
@@ -778,7 +778,7 @@ func TestLifecycleE2E(t *testing.T) {
 			code := attached[i].exitCode(t, 30*time.Second)
 			require.Equal(t, 1, code, "%s: the locked-out attach process exits 1: %s", h.name, attached[i].stderr)
 			t.Logf("%s: attach exited %d: %s", h.name, code, strings.TrimSpace(attached[i].stderr.String()))
-			_, err := readAllNBD(socks[i])
+			_, err := e2eReadAllNBD(socks[i])
 			require.Error(t, err, "%s: a new NBD connection reads nothing", h.name)
 			conns[i].Close()
 		}
@@ -807,7 +807,7 @@ func TestLifecycleE2E(t *testing.T) {
 				p, err = h.tryAttach(h.vols[0], socks[i])
 			}
 			attached[i] = p
-			got, err := readAllNBD(socks[i])
+			got, err := e2eReadAllNBD(socks[i])
 			require.NoError(t, err, "%s: reading after re-attach", h.name)
 			require.True(t, bytes.Equal(patterns[i], got), "%s: the bytes written before the disable read back exactly", h.name)
 			t.Logf("%s: re-attached %v after the enable; %d bytes read back as written", h.name, time.Since(enabled).Round(time.Millisecond), len(got))
@@ -883,7 +883,7 @@ func TestLifecycleE2E(t *testing.T) {
 		}
 		// The disable and enable it missed leave the host's volume attachable, its data intact.
 		p := h0.attach(h0.vols[0], socks[0])
-		got, err := readAllNBD(socks[0])
+		got, err := e2eReadAllNBD(socks[0])
 		require.NoError(t, err)
 		require.True(t, bytes.Equal(patterns[0], got), "%s: the data reads back after the missed disable and enable", h0.name)
 		require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
