@@ -676,8 +676,15 @@ func TestLifecycleE2E(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 3*perHost, total)
 	require.Equal(t, total, on)
-	_, head := srv.feed("")
 	var want []string // the events the test makes, in order, as the feed should list them
+	// The feed is read as the test goes, before the server clock jumps a month ahead: the
+	// feed's retention (30 days) then deletes the older events, as it should.
+	var fed []e2eFeedEvent
+	_, cursor := srv.feed("")
+	readFeed := func() {
+		ev, next := srv.feed(cursor)
+		fed, cursor = append(fed, ev...), next
+	}
 	// The steps share the fleet and run in order; the helpers fail the whole test.
 	step := func(name string, f func()) {
 		t.Logf("step: %s", name)
@@ -710,6 +717,7 @@ func TestLifecycleE2E(t *testing.T) {
 	step("rotation over HTTP reaches every volume within 10 s", func() {
 		srv.keyAction(key, "rotate")
 		want = append(want, "rotate policy=false")
+		readFeed()
 		v2, _ := srv.keyMeta(key)
 		require.NotEqual(t, v1, v2)
 		took := waitConverged(t, hosts, v2, 10*time.Second)
@@ -838,6 +846,13 @@ func TestLifecycleE2E(t *testing.T) {
 			require.NoError(t, err)
 			t.Logf("attempt %d: %s: agent killed %v after the rotation, %d headers rewritten then; %d of %d volumes on the new version", attempt, h0.name,
 				time.Since(start).Round(time.Millisecond), changed, onMid, total)
+			var which []string
+			for i, m := range h0.mtimes() {
+				if !m.Equal(before[i]) {
+					which = append(which, filepath.Base(h0.vols[i]))
+				}
+			}
+			t.Logf("rewritten when the agent was killed: %v", which)
 			if onMid > 0 && onMid < total {
 				break
 			}
@@ -891,15 +906,18 @@ func TestLifecycleE2E(t *testing.T) {
 	})
 
 	step("the feed kept every event across the server restarts", func() {
-		events, _ := srv.feed(head)
+		readFeed()
 		var got []string
-		for _, e := range events {
+		for _, e := range fed {
 			if e.KeyID == key {
 				got = append(got, fmt.Sprintf("%s policy=%v", e.Type, e.Policy))
 			}
 		}
 		require.Equal(t, want, got, "the key's events in the feed after the setup, in order")
 	})
+	for _, h := range hosts {
+		t.Logf("%s: agent status: %s", h.name, strings.Join(strings.Fields(h.mustRun("--json", "agent", "status")), " "))
+	}
 	t.Logf("total %v", time.Since(testStart).Round(time.Millisecond))
 }
 
