@@ -23,9 +23,10 @@ const (
 	lockoutCheckEvery = 30 * time.Second
 	// lockoutFeedWait is the wait of each long poll of the feed.
 	lockoutFeedWait = 25 * time.Second
-	// lockoutRetryMin and lockoutRetryMax bound the backoff between failed feed reads.
+	// lockoutRetryMin and lockoutRetryMax bound the backoff between failed feed reads: once
+	// the key service is back, an event is seen within lockoutRetryMax.
 	lockoutRetryMin = 250 * time.Millisecond
-	lockoutRetryMax = 10 * time.Second
+	lockoutRetryMax = 4 * time.Second
 	// lockoutShutdown bounds how long the NBD clients have to take their last replies once
 	// the key is locked out, keeping the stop within 5 s of the event.
 	lockoutShutdown = 3 * time.Second

@@ -198,12 +198,13 @@ func (e *lockoutEnv) attach(img, sock string) *attached {
 	return a
 }
 
-// lockoutCycle attaches a volume, writes a pattern, has disable (a function: a CLI command,
-// or the API of kms serve) take the key out of use, and checks that requests on an open
-// connection fail, the attach process exits 1 naming the key's state, a new attach is
-// refused, and after enable the volume reads back the pattern. It returns how long the
-// requests and the process took to stop after the disable returned.
-func lockoutCycle(t *testing.T, e *lockoutEnv, key string, disable, enable func()) (failedAfter, exitedAfter time.Duration) {
+// lockoutCycle attaches a volume, writes a pattern, runs before (if not nil) while the volume
+// is served, has disable (a function: a CLI command, or the API of kms serve) take the key
+// out of use, and checks that requests on an open connection fail, the attach process exits
+// 1 naming the key's state, a new attach is refused, and after enable the volume reads back
+// the pattern. It returns how long the requests and the process took to stop after the
+// disable returned.
+func lockoutCycle(t *testing.T, e *lockoutEnv, key string, before func(*attached, *nbdConn), disable, enable func()) (failedAfter, exitedAfter time.Duration) {
 	img := filepath.Join(e.dir, "a.img")
 	sock := filepath.Join(e.dir, "a.sock")
 	a := e.attach("a.img", sock)
@@ -221,6 +222,9 @@ func lockoutCycle(t *testing.T, e *lockoutEnv, key string, disable, enable func(
 	}, time.Minute, 10*time.Millisecond)
 	_, err = c.read(0, 4096)
 	require.NoError(t, err, "still serving after SIGUSR1 with the key active")
+	if before != nil {
+		before(a, c)
+	}
 
 	disable()
 	disabled := time.Now()
@@ -289,7 +293,7 @@ func TestAttachStopsWhenKeyDisabled(t *testing.T) {
 	e := &lockoutEnv{t: t, dir: t.TempDir(), now: time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)}
 	key := jsonField(t, e.run("--json", "key", "create", "lockout"), "id")
 	e.run("volume", "create", "a.img", "--size", "4MiB", "--key", key)
-	failed, exited := lockoutCycle(t, e, key,
+	failed, exited := lockoutCycle(t, e, key, nil,
 		func() { e.run("key", "disable", key) },
 		func() { e.run("key", "enable", key) })
 	if tooltest.Long() {
@@ -465,10 +469,11 @@ func (s *servedKMS) stop(t *testing.T) {
 	}
 }
 
-// TestAttachStopsWhenKeyDisabledRemote: in remote mode (--kms-url, kms serve), a disable made
-// with plain HTTP through kms serve's API stops the attached volume (its attach process
-// follows the service's lifecycle endpoint) within 5 s; a new attach is refused naming the
-// state; after enable the volume attaches again and reads back what was written.
+// TestAttachStopsWhenKeyDisabledRemote: in remote mode (--kms-url, kms serve), the attach
+// process keeps serving while kms serve is down (and says so in its log); a disable made with
+// plain HTTP through kms serve's API once it is back stops the attached volume (its attach
+// process follows the service's lifecycle endpoint) within 5 s; a new attach is refused
+// naming the state; after enable the volume attaches again and reads back what was written.
 func TestAttachStopsWhenKeyDisabledRemote(t *testing.T) {
 	if !tooltest.Long() {
 		t.Skipf("a kms serve restart and a lockout cycle: set %s=1", tooltest.LongEnv)
@@ -489,7 +494,19 @@ func TestAttachStopsWhenKeyDisabledRemote(t *testing.T) {
 	key := jsonField(t, host.run("--json", "key", "create", "lockout"), "id")
 	host.run("volume", "create", "a.img", "--size", "4MiB", "--key", key)
 
-	failed, exited := lockoutCycle(t, host, key,
+	// While kms serve is down the attach process keeps serving (the feed's failures are
+	// logged and retried); the disable comes once it is back.
+	outage := func(a *attached, c *nbdConn) {
+		srv.stop(t)
+		require.Eventually(t, func() bool {
+			return strings.Contains(a.stderr.String(), "lifecycle feed unavailable; still serving, retrying")
+		}, time.Minute, 20*time.Millisecond, "%s", a.stderr.String())
+		time.Sleep(2 * time.Second) // a few retries
+		_, err := c.read(0, 4096)
+		require.NoError(t, err, "still serving while the key service is out of reach")
+		srv = serveKMS(t, server, listen, token)
+	}
+	failed, exited := lockoutCycle(t, host, key, outage,
 		func() {
 			req, err := http.NewRequest(http.MethodPost, srv.url+"/api/v2/keys/"+key+"/actions/disable", nil)
 			require.NoError(t, err)
