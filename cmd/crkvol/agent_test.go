@@ -247,10 +247,15 @@ func TestAgentEmbedded(t *testing.T) {
 	})
 	code, _, errOut = runIn(t, dir, state, "2026-06-01T12:01:00Z", "key", "enable", key) // 30 s after the disable
 	require.Zero(t, code, errOut)
+	// The feed's head, to wait for the agent's cursor: its counters move before the cursor
+	// of the page they belong to is saved.
+	code, out, errOut = runIn(t, dir, state, t0, "--json", "key", "feed")
+	require.Zero(t, code, errOut)
+	head := jsonField(t, out, "cursor")
 	waitFor(t, "the enable handled", 20*time.Second, func() bool {
 		code, m, _ := agentStatusOf(t, dir, state, t0)
 		st = m
-		return code == 0 && m["unlocks"].(float64) >= 1 && m["lockouts"].(float64) >= 1
+		return code == 0 && m["unlocks"].(float64) >= 1 && m["lockouts"].(float64) >= 1 && m["cursor"] == head
 	})
 
 	require.NoError(t, ag.cmd.Process.Signal(syscall.SIGTERM))
