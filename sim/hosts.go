@@ -526,7 +526,8 @@ func (r *runner) io(e event) {
 		return
 	}
 	r.hs.rep.IOServed++
-	if d := e.dis; d != nil && r.clock.Now().Sub(d.at) > time.Duration(r.sc.LockoutBound) {
+	// Served after the bound while the disable is in force (not after the key's enable).
+	if d := e.dis; d != nil && d == r.hs.openDis[v.key] && r.clock.Now().Sub(d.at) > time.Duration(r.sc.LockoutBound) {
 		r.hs.rep.LateIO++
 		d.lateIO++
 		d.late[v]++

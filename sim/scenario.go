@@ -130,6 +130,7 @@ type Faults struct {
 	//
 	// DeliveryDelay is the mean virtual delay between a lifecycle event's commit and a
 	// follower (an agent, an attach process) receiving it: uniform between 0 and twice it.
+	// Default 100ms.
 	DeliveryDelay Duration `json:"deliveryDelay,omitempty" yaml:"deliveryDelay"`
 	// NotificationLoss is the probability that an answer of the feed is lost on its way to a
 	// follower: the feed is durable, so the follower receives the events again at its next
@@ -328,6 +329,9 @@ func (s *Scenario) normalizeHosts(bad func(string, ...any) error) error {
 	}
 	if s.AttachPoll == 0 {
 		s.AttachPoll = Duration(500 * time.Millisecond)
+	}
+	if f.DeliveryDelay == 0 {
+		f.DeliveryDelay = Duration(100 * time.Millisecond)
 	}
 	if f.AgentDowntimeLength == 0 {
 		f.AgentDowntimeLength = Duration(time.Hour)

@@ -189,7 +189,7 @@ the command line override it.`,
 	f.Uint64Var(&sc.Seed, "seed", 1, "seed: the same seed gives the same events and fault draws")
 	f.IntVar(&sc.Workers, "workers", 16, "concurrent rewraps per pass (1: counts repeat exactly from run to run, even with crashes)")
 	f.IntVar(&sc.Hosts, "hosts", 0, "spread the fleet over this many simulated hosts, each with an agent following the lifecycle feed (0: one process with the rotation hook)")
-	f.StringVar(&deliveryDelay, "delivery-delay", "0s", "with --hosts: mean virtual delay from a lifecycle event to a follower receiving it (uniform, 0 to twice this)")
+	f.StringVar(&deliveryDelay, "delivery-delay", "0s", "with --hosts: mean virtual delay from a lifecycle event to a follower receiving it, uniform from 0 to twice this (0s: 100ms)")
 	f.Float64Var(&sc.Faults.NotificationLoss, "notification-loss", 0, "with --hosts: probability that a feed answer is lost (received again at the next poll)")
 	f.IntVar(&sc.Faults.AgentDowntimes, "agent-downtime", 0, "with --hosts: stop an agent (1 h each) this many times, on random hosts at random times")
 	f.Float64Var(&sc.DisablesPerMonth, "disables", 0, "with --hosts: key disables per month, each enabled again after 1 h (default 1; -1 none)")
