@@ -60,6 +60,7 @@ type rotTrack struct {
 type disableTrack struct {
 	key    int
 	at     time.Time
+	down   int // agents down at the disable
 	vols   []*vol
 	locked map[*vol]time.Time
 	late   map[*vol]int
@@ -279,6 +280,11 @@ func (r *runner) deliver(n int, ev volume.KeyEvent) {
 	switch {
 	case ev.Locks():
 		d := &disableTrack{key: k, at: ev.Time, locked: map[*vol]time.Time{}, late: map[*vol]int{}}
+		for _, h := range hs.hosts {
+			if h.down {
+				d.down++
+			}
+		}
 		hs.openDis[k] = d
 		hs.allDis = append(hs.allDis, d)
 		for _, crn := range r.order {
@@ -709,7 +715,7 @@ func (r *runner) auditHosts() {
 	}
 	hr.Lockouts = []Lockout{}
 	for _, d := range r.hs.allDis {
-		l := Lockout{At: d.at, Key: r.keys[d.key].name, Attached: len(d.vols), LockedOut: len(d.locked), LateIO: d.lateIO}
+		l := Lockout{At: d.at, Key: r.keys[d.key].name, Attached: len(d.vols), LockedOut: len(d.locked), LateIO: d.lateIO, AgentsDown: d.down}
 		var lat []time.Duration
 		for _, v := range d.vols {
 			at, ok := d.locked[v]

@@ -145,3 +145,32 @@ func TestHostsScenarioChecks(t *testing.T) {
 		})
 	}
 }
+
+// TestHostsLockoutWithoutAgent: a disable while the host's agent is down still stops the
+// attached volumes within the bound (their attach processes follow the feed themselves), and
+// the rotations made meanwhile converge after the agent's restart.
+func TestHostsLockoutWithoutAgent(t *testing.T) {
+	t.Parallel()
+	sc := hostsScenario(1, 8, 1)
+	sc.Keys, sc.AttachedPerHost, sc.DisablesPerMonth, sc.PolicyMonths, sc.ManualRotationsPerMonth = 2, 2, 8, 0, 8
+	sc.Faults.AgentDowntimes, sc.Faults.AgentDowntimeLength = 3, Duration(10*24*time.Hour)
+	rep := runHosts(t, sc, Options{})
+	require.NoError(t, rep.Err())
+	whileDown := 0
+	for _, l := range rep.Hosts.Lockouts {
+		if l.AgentsDown > 0 && l.Attached > 0 {
+			whileDown++
+			assert.Equal(t, l.Attached, l.LockedOut)
+			assert.LessOrEqual(t, l.MaxMs, rep.Hosts.LockoutBoundMs)
+		}
+	}
+	assert.Positive(t, whileDown, "a disable came while the agent was down")
+	slow := 0
+	for _, c := range rep.Hosts.Convergence {
+		assert.Equal(t, c.Volumes, c.Converged)
+		if c.MaxMs > float64(time.Hour/time.Millisecond) {
+			slow++ // made while the agent was down: converged at its restart
+		}
+	}
+	assert.Positive(t, slow, "a rotation came while the agent was down")
+}

@@ -116,12 +116,15 @@ type Lockout struct {
 	Key string    `json:"key"`
 	// Attached is the number of volumes of the key attached at the disable; LockedOut those
 	// that stopped serving; LateIO the I/O they served after the lockout bound.
-	Attached  int     `json:"attached"`
-	LockedOut int     `json:"lockedOut"`
-	LateIO    int     `json:"lateIO"`
-	P50Ms     float64 `json:"p50Ms"`
-	P99Ms     float64 `json:"p99Ms"`
-	MaxMs     float64 `json:"maxMs"`
+	Attached  int `json:"attached"`
+	LockedOut int `json:"lockedOut"`
+	LateIO    int `json:"lateIO"`
+	// AgentsDown is the number of hosts whose agent was down at the disable (their attach
+	// processes stop their volumes all the same).
+	AgentsDown int     `json:"agentsDown"`
+	P50Ms      float64 `json:"p50Ms"`
+	P99Ms      float64 `json:"p99Ms"`
+	MaxMs      float64 `json:"maxMs"`
 }
 
 // Attaches are the attaches of a run.
@@ -460,9 +463,9 @@ func (r *Report) writeHosts(p func(string, ...any)) {
 	}
 	if len(h.Lockouts) > 0 {
 		p("")
-		p("%-20s %-8s %8s %7s %7s %10s %10s %10s", "disable", "key", "attached", "stopped", "late IO", "p50", "p99", "max")
+		p("%-20s %-8s %8s %7s %7s %11s %10s %10s %10s", "disable", "key", "attached", "stopped", "late IO", "agents down", "p50", "p99", "max")
 		for _, l := range h.Lockouts {
-			p("%-20s %-8s %8d %7d %7d %10s %10s %10s", l.At.UTC().Format("2006-01-02T15:04:05Z"), l.Key, l.Attached, l.LockedOut, l.LateIO,
+			p("%-20s %-8s %8d %7d %7d %11d %10s %10s %10s", l.At.UTC().Format("2006-01-02T15:04:05Z"), l.Key, l.Attached, l.LockedOut, l.LateIO, l.AgentsDown,
 				msDur(l.P50Ms), msDur(l.P99Ms), msDur(l.MaxMs))
 		}
 	}
