@@ -51,6 +51,80 @@ type Report struct {
 	Passes  []PassReport `json:"passes"`
 	Samples []Sample     `json:"samples"`
 	Audit   Audit        `json:"audit"`
+
+	// Hosts is the run on hosts (Scenario.Hosts): the agents, the feed's deliveries,
+	// convergence and lockout times. Absent without hosts.
+	Hosts *HostsReport `json:"hosts,omitempty"`
+}
+
+// HostsReport describes a run on hosts, where rotations and disables reach the volumes only
+// through the key service's lifecycle feed.
+type HostsReport struct {
+	Hosts int `json:"hosts"`
+	// Notifications counts the feed's answers that reached an agent with new events; Lost
+	// those lost on the way (agents and attach processes), received again at a later poll.
+	Notifications int `json:"notifications"`
+	Lost          int `json:"lost"`
+	// PagesRetried counts pages an agent could not handle (the key service failed) and
+	// handled again at its next poll.
+	PagesRetried int `json:"pagesRetried"`
+	// AgentDowntimes counts agents stopped for a while; each restart reconciled and handled
+	// the events after its saved cursor. Reconciles counts the reconciliations of every
+	// agent (at restarts, daily, and the final one).
+	AgentDowntimes int `json:"agentDowntimes"`
+	Reconciles     int `json:"reconciles"`
+	// Disables and Enables count the key disables and the enables that followed them.
+	Disables int `json:"disables"`
+	Enables  int `json:"enables"`
+	// AttachesRefused counts attaches refused because the volume's key was not usable;
+	// Reattaches the attached volumes attached again after their key's enable.
+	AttachesRefused int `json:"attachesRefused"`
+	Reattaches      int `json:"reattaches"`
+	// IOServed and IORefused count the I/O of attached volumes (after a disable, every
+	// quarter of a second until past the lockout bound); LateIO the I/O served later than a
+	// disable plus the lockout bound (the audit fails if there is any).
+	IOServed       int     `json:"ioServed"`
+	IORefused      int     `json:"ioRefused"`
+	LateIO         int     `json:"lateIO"`
+	LockoutBoundMs float64 `json:"lockoutBoundMs"`
+	// Convergence has one entry per rotation; Lockouts one per disable.
+	Convergence []Convergence `json:"convergence"`
+	Lockouts    []Lockout     `json:"lockouts"`
+}
+
+// Convergence is the time a rotation took to reach the volumes of its key: per volume, the
+// virtual time from the rotation's event to the volume's token on the new version (or a
+// later one).
+type Convergence struct {
+	At         time.Time `json:"at"`
+	Key        string    `json:"key"`
+	Generation int       `json:"generation"`
+	Trigger    string    `json:"trigger"` // "policy" or "manual"
+	// Volumes is the number of volumes of the key at the rotation; Converged those that
+	// reached the version (all of them, or the audit fails).
+	Volumes   int     `json:"volumes"`
+	Converged int     `json:"converged"`
+	P50Ms     float64 `json:"p50Ms"`
+	P99Ms     float64 `json:"p99Ms"`
+	MaxMs     float64 `json:"maxMs"`
+}
+
+// Lockout is the time a disable took to stop the attached volumes of its key: per volume,
+// the virtual time from the disable's event to the volume's master key wiped.
+type Lockout struct {
+	At  time.Time `json:"at"`
+	Key string    `json:"key"`
+	// Attached is the number of volumes of the key attached at the disable; LockedOut those
+	// that stopped serving; LateIO the I/O they served after the lockout bound.
+	Attached  int `json:"attached"`
+	LockedOut int `json:"lockedOut"`
+	LateIO    int `json:"lateIO"`
+	// AgentsDown is the number of hosts whose agent was down at the disable (their attach
+	// processes stop their volumes all the same).
+	AgentsDown int     `json:"agentsDown"`
+	P50Ms      float64 `json:"p50Ms"`
+	P99Ms      float64 `json:"p99Ms"`
+	MaxMs      float64 `json:"maxMs"`
 }
 
 // Attaches are the attaches of a run.
@@ -156,6 +230,10 @@ func (r *Report) addPass(p PassReport) {
 
 // Err returns an error when the audit failed, or when attaches found defects.
 func (r *Report) Err() error {
+	if h := r.Hosts; h != nil && h.LateIO > 0 {
+		return fmt.Errorf("sim: audit failed: attached volumes served %d I/O after the lockout bound (%s after their key's disable); %d of %d volumes failed",
+			h.LateIO, time.Duration(h.LockoutBoundMs*float64(time.Millisecond)), r.Audit.Failed, r.Audit.Volumes)
+	}
 	if !r.Audit.Passed || r.Attaches.OtherFailures > 0 || r.Attaches.DataMismatches > 0 {
 		return fmt.Errorf("sim: audit failed: %d of %d volumes failed, %d attach failures, %d data mismatches",
 			r.Audit.Failed, r.Audit.Volumes, r.Attaches.OtherFailures, r.Attaches.DataMismatches)
@@ -196,6 +274,7 @@ func (r *Report) WriteSummary(w io.Writer) error {
 		r.Attaches.Total, r.Attaches.UnwrapFailures, r.Attaches.OtherFailures, r.Attaches.DataMismatches, r.Attaches.Writes, r.Attaches.Detached, r.Attaches.Dropped, r.Attaches.WhileDown)
 	p("Fleet changes   %d created (%d failed), %d deleted (%d delete retries), %d skipped while down", r.Fleet.Created, r.Fleet.CreateFailures, r.Fleet.Deleted, r.Fleet.DeleteRetries, r.Fleet.SkippedWhileDown)
 	p("Old versions    at most %d volumes on an older key version at a sample (after every rotation, restart and sync, and weekly); %d at the end, before the final reconciliation", r.MaxOnOldVersions, r.StaleAtEnd)
+	r.writeHosts(p)
 	p("")
 	p("%-8s %6s %9s %8s %8s %12s %12s", "key", "policy", "rotations", "versions", "volumes", "max outst.", "final outst.")
 	for _, k := range r.Keys {
@@ -331,3 +410,68 @@ func (r *Report) WriteChart(w io.Writer) error {
 }
 
 var palette = []string{"#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac", "#1f77b4", "#2ca02c", "#d62728"}
+
+// writeHosts prints the lines of a run on hosts.
+func (r *Report) writeHosts(p func(string, ...any)) {
+	h := r.Hosts
+	if h == nil {
+		return
+	}
+	sc := r.Scenario
+	p("Hosts           %d, each with an agent following the lifecycle feed: %d answers with events, %d lost (received again a poll later), %d pages retried, %d agent downtimes (%s each), %d reconciliations",
+		h.Hosts, h.Notifications, h.Lost, h.PagesRetried, h.AgentDowntimes, time.Duration(sc.Faults.AgentDowntimeLength), h.Reconciles)
+	if len(h.Convergence) > 0 {
+		var p50, p99, mx []float64
+		volumes, converged := 0, 0
+		for _, c := range h.Convergence {
+			volumes += c.Volumes
+			converged += c.Converged
+			if c.Converged > 0 {
+				p50, p99, mx = append(p50, c.P50Ms), append(p99, c.P99Ms), append(mx, c.MaxMs)
+			}
+		}
+		line := fmt.Sprintf("Convergence     %d rotations, %d of %d volumes converged", len(h.Convergence), converged, volumes)
+		if len(p50) > 0 {
+			line += fmt.Sprintf("; time to the new version per volume: p50 %s (median over rotations), p99 %s (median), max %s (worst rotation)",
+				msDur(median(p50)), msDur(median(p99)), msDur(slices.Max(mx)))
+		}
+		p("%s", line)
+	}
+	var p50, p99, mx []float64
+	attached, locked := 0, 0
+	for _, l := range h.Lockouts {
+		attached += l.Attached
+		locked += l.LockedOut
+		if l.LockedOut > 0 {
+			p50, p99, mx = append(p50, l.P50Ms), append(p99, l.P99Ms), append(mx, l.MaxMs)
+		}
+	}
+	line := fmt.Sprintf("Lockout         %d disables (%d enables), %d of %d attached volumes stopped", h.Disables, h.Enables, locked, attached)
+	if len(p50) > 0 {
+		line += fmt.Sprintf("; time to stop: p50 %s (median over disables), p99 %s (median), max %s (worst disable)",
+			msDur(median(p50)), msDur(median(p99)), msDur(slices.Max(mx)))
+	}
+	p("%s; bound %s: %d I/O served after it, %d served before, %d refused; %d attaches refused, %d re-attached after an enable",
+		line, msDur(h.LockoutBoundMs), h.LateIO, h.IOServed-h.LateIO, h.IORefused, h.AttachesRefused, h.Reattaches)
+	if len(h.Convergence) > 0 {
+		p("")
+		p("%-20s %-8s %3s %-7s %7s %9s %10s %10s %10s", "rotation", "key", "gen", "trigger", "volumes", "converged", "p50", "p99", "max")
+		for _, c := range h.Convergence {
+			p("%-20s %-8s %3d %-7s %7d %9d %10s %10s %10s", c.At.UTC().Format("2006-01-02T15:04:05Z"), c.Key, c.Generation, c.Trigger,
+				c.Volumes, c.Converged, msDur(c.P50Ms), msDur(c.P99Ms), msDur(c.MaxMs))
+		}
+	}
+	if len(h.Lockouts) > 0 {
+		p("")
+		p("%-20s %-8s %8s %7s %7s %11s %10s %10s %10s", "disable", "key", "attached", "stopped", "late IO", "agents down", "p50", "p99", "max")
+		for _, l := range h.Lockouts {
+			p("%-20s %-8s %8d %7d %7d %11d %10s %10s %10s", l.At.UTC().Format("2006-01-02T15:04:05Z"), l.Key, l.Attached, l.LockedOut, l.LateIO, l.AgentsDown,
+				msDur(l.P50Ms), msDur(l.P99Ms), msDur(l.MaxMs))
+		}
+	}
+}
+
+// msDur prints milliseconds as a duration, rounded to the millisecond.
+func msDur(m float64) string {
+	return time.Duration(m * float64(time.Millisecond)).Round(time.Millisecond).String()
+}

@@ -73,6 +73,32 @@ type Scenario struct {
 	SampleEvery Duration `json:"sampleEvery" yaml:"sampleEvery"`
 	// Workers is the rewrap concurrency of the volume manager; 16 if zero.
 	Workers int `json:"workers" yaml:"workers"`
+
+	// Hosts spreads the fleet over this many simulated storage hosts, each with its own
+	// volume registry and manager over the one key service and its own agent (package
+	// crkvol/agent): rotations and disables then reach volumes only through the key
+	// service's lifecycle feed, never through an in-process rotation hook. 0 (the default)
+	// runs one volume service subscribed to the rotation hook, and none of the fields below
+	// apply.
+	Hosts int `json:"hosts,omitempty" yaml:"hosts"`
+	// AttachedPerHost is the number of volumes each host keeps attached through the run,
+	// doing I/O; their attach processes follow the lifecycle feed themselves (every
+	// AttachPoll) and stop serving when their key is disabled. Default 1.
+	AttachedPerHost int `json:"attachedPerHost,omitempty" yaml:"attachedPerHost"`
+	// DisablesPerMonth is the number of key disables per month across the keys (a key with
+	// attached volumes, at random times), each enabled again after DisableLength (default
+	// 1h, at least 30s). Default 1; -1 for none.
+	DisablesPerMonth float64  `json:"disablesPerMonth,omitempty" yaml:"disablesPerMonth"`
+	DisableLength    Duration `json:"disableLength,omitempty" yaml:"disableLength"`
+	// LockoutBound is the time after a disable by which no attached volume of the key may
+	// serve I/O any more; the audit fails otherwise. Default 5s.
+	LockoutBound Duration `json:"lockoutBound,omitempty" yaml:"lockoutBound"`
+	// AgentPoll is an agent's poll interval: after a lost answer of the feed, the agent
+	// receives the events again at its next poll, this long after. Default 30s.
+	AgentPoll Duration `json:"agentPoll,omitempty" yaml:"agentPoll"`
+	// AttachPoll is the poll interval of an attach process following the feed. Default
+	// 500ms.
+	AttachPoll Duration `json:"attachPoll,omitempty" yaml:"attachPoll"`
 }
 
 // Faults are the injected failures.
@@ -99,6 +125,22 @@ type Faults struct {
 	// times, behind crkvol's back, as failing storage would: a check that the audit finds
 	// lost data (the run must then fail).
 	CorruptData int `json:"corruptData" yaml:"corruptData"`
+
+	// The faults of the lifecycle feed's delivery, with Hosts only.
+	//
+	// DeliveryDelay is the mean virtual delay between a lifecycle event's commit and a
+	// follower (an agent, an attach process) receiving it: uniform between 0 and twice it.
+	// Default 100ms.
+	DeliveryDelay Duration `json:"deliveryDelay,omitempty" yaml:"deliveryDelay"`
+	// NotificationLoss is the probability that an answer of the feed is lost on its way to a
+	// follower: the feed is durable, so the follower receives the events again at its next
+	// poll (the loss delays, it never drops).
+	NotificationLoss float64 `json:"notificationLoss,omitempty" yaml:"notificationLoss"`
+	// AgentDowntimes stops an agent this many times at random times (a random host each),
+	// each for AgentDowntimeLength (default 1h): events pile up in the feed; at its restart
+	// the agent reconciles and handles them from its saved cursor.
+	AgentDowntimes      int      `json:"agentDowntimes,omitempty" yaml:"agentDowntimes"`
+	AgentDowntimeLength Duration `json:"agentDowntimeLength,omitempty" yaml:"agentDowntimeLength"`
 }
 
 // Outage is a window of key-service unavailability.
@@ -183,6 +225,9 @@ func (s *Scenario) normalize() error {
 	case s.Faults.Latency < 0 || s.Faults.RandomOutages < 0 || s.Faults.CorruptData < 0:
 		return bad("negative latency or outage count")
 	}
+	if err := s.normalizeHosts(bad); err != nil {
+		return err
+	}
 	for i, m := range s.KeyPolicyMonths {
 		if m < 0 || m > 12 {
 			return bad("policy months %d of key %d: want 1-12, or 0 for none", m, i)
@@ -238,3 +283,58 @@ func (s *Scenario) policyOf(i int) int {
 
 // end is the virtual end time.
 func (s *Scenario) end() time.Time { return s.Start.AddDate(0, s.Months, 0) }
+
+// normalizeHosts checks and defaults the fields of a run on hosts (bad makes the error).
+func (s *Scenario) normalizeHosts(bad func(string, ...any) error) error {
+	f := &s.Faults
+	switch {
+	case s.Hosts < 0:
+		return bad("hosts %d: want 1 or more, or 0 for one volume service", s.Hosts)
+	case f.NotificationLoss < 0 || f.NotificationLoss >= 1:
+		return bad("notification loss %g: want 0 <= rate < 1", f.NotificationLoss)
+	case f.DeliveryDelay < 0 || f.AgentDowntimes < 0 || f.AgentDowntimeLength < 0 || s.DisableLength < 0 ||
+		s.LockoutBound < 0 || s.AgentPoll < 0 || s.AttachPoll < 0 || s.AttachedPerHost < 0 || s.DisablesPerMonth < -1:
+		return bad("negative delivery delay, downtime, disable, lockout bound, poll interval or attached volumes")
+	}
+	if s.Hosts == 0 {
+		if f.DeliveryDelay != 0 || f.NotificationLoss != 0 || f.AgentDowntimes != 0 || f.AgentDowntimeLength != 0 ||
+			s.DisablesPerMonth != 0 || s.DisableLength != 0 || s.LockoutBound != 0 || s.AgentPoll != 0 ||
+			s.AttachPoll != 0 || s.AttachedPerHost != 0 {
+			return bad("delivery delay, notification loss, agent downtime, disables, lockout bound, poll intervals and attached volumes need hosts")
+		}
+		return nil
+	}
+	switch {
+	case f.CrashRate > 0 || f.CorruptData > 0:
+		return bad("crashes and data corruption are not simulated with hosts (agent downtime is)")
+	case s.CreatesPerMonth > 0 || s.DeletesPerMonth > 0:
+		return bad("creates and deletes are not simulated with hosts")
+	case s.DisableLength != 0 && s.DisableLength < Duration(30*time.Second):
+		return bad("disable length %s: want at least 30s (a key cannot be enabled sooner)", time.Duration(s.DisableLength))
+	}
+	if s.AttachedPerHost == 0 {
+		s.AttachedPerHost = 1
+	}
+	if s.DisablesPerMonth == 0 {
+		s.DisablesPerMonth = 1
+	}
+	if s.DisableLength == 0 {
+		s.DisableLength = Duration(time.Hour)
+	}
+	if s.LockoutBound == 0 {
+		s.LockoutBound = Duration(5 * time.Second)
+	}
+	if s.AgentPoll == 0 {
+		s.AgentPoll = Duration(30 * time.Second)
+	}
+	if s.AttachPoll == 0 {
+		s.AttachPoll = Duration(500 * time.Millisecond)
+	}
+	if f.DeliveryDelay == 0 {
+		f.DeliveryDelay = Duration(100 * time.Millisecond)
+	}
+	if f.AgentDowntimeLength == 0 {
+		f.AgentDowntimeLength = Duration(time.Hour)
+	}
+	return nil
+}

@@ -34,6 +34,10 @@ type Options struct {
 	Progress func(Progress)
 	// Logger receives progress messages (never key material); discarded if nil.
 	Logger *slog.Logger
+
+	// skipLockout, a test hook of a run on hosts, breaks the lockout of the hosts it
+	// accepts: their attach processes and agents leave attached volumes serving.
+	skipLockout func(host int) bool
 }
 
 // The phases of a run, as [Progress] names them.
@@ -113,6 +117,8 @@ type vol struct {
 	deleting  bool           // a delete failed half way; retried
 	corrupted bool           // its stored data was overwritten behind crkvol's back
 	open      *volume.Volume // attached: open until its detach event
+	host      *simHost       // with hosts: the host it lives on
+	pinned    bool           // with hosts: kept attached through the run by an attach process
 }
 
 // simKey is one root key.
@@ -129,6 +135,9 @@ type event struct {
 	kind int
 	key  int
 	crn  string // evDetach: the volume
+	host int    // with hosts: the host of the event
+	n    int    // evDeliver: the index in the feed of the event delivered
+	dis  *disableTrack
 }
 
 const (
@@ -141,6 +150,16 @@ const (
 	evRestart
 	evCorrupt
 	evDetach
+	// With hosts only (hosts.go).
+	evDeliver      // an answer of the feed reaches a host's agent
+	evAgentDown    // a host's agent stops
+	evAgentUp      // and restarts
+	evReconcile    // a host's agent reconciles on its timer
+	evDisable      // a key is disabled
+	evEnable       // and enabled again
+	evAttachLock   // an attach process learns of its key's disable and stops serving
+	evAttachUnlock // an attach process learns of its key's enable and attaches again
+	evIO           // an attached volume serves (or refuses) I/O
 )
 
 type eventQueue []event
@@ -192,6 +211,8 @@ type runner struct {
 	rep            *Report
 	restartPending bool
 	wallStarted    time.Time
+
+	hs *hostsRun // with hosts, else nil
 }
 
 // meanAttach is the mean time a volume stays attached.
@@ -221,12 +242,24 @@ func Run(ctx context.Context, sc Scenario, opts Options) (*Report, error) {
 	binary.LittleEndian.PutUint64(kseed[:], sc.Seed)
 	copy(kseed[8:], "crk")
 	svc, err := crk.Open(filepath.Join(opts.Dir, "crk.db"), crk.Options{Clock: r.clock, MasterKey: mk[:], Initiator: "crkvol-sim", Logger: r.log,
-		Rand: &lockedReader{r: rand.NewChaCha8(kseed)}})
+		Rand: &lockedReader{r: rand.NewChaCha8(kseed)},
+		// With hosts, every agent's reconciliations read the service (each read an audited,
+		// committed event): a simulated machine never crashes, so the store skips fsync.
+		NoSync: sc.Hosts > 0})
 	if err != nil {
 		return nil, err
 	}
 	defer svc.Close()
 	r.svc = svc
+	if sc.Hosts > 0 {
+		// Hosts: each its own registry and manager, none subscribed to rotations.
+		r.kms = newFaultyKMS(kms.NewLocal(svc), r.clock, &r.sc, r.rng)
+		if err := r.openHosts(); err != nil {
+			return nil, err
+		}
+		defer r.closeHosts()
+		return r.runRest(ctx)
+	}
 	if r.reg, err = volume.OpenRegistry(filepath.Join(opts.Dir, "volumes.db")); err != nil {
 		return nil, err
 	}
@@ -243,7 +276,11 @@ func Run(ctx context.Context, sc Scenario, opts Options) (*Report, error) {
 	})
 	defer r.mgr.Close()
 	r.kms.onPassDone = func(p *pass) { r.mu.Lock(); r.passes = append(r.passes, p); r.mu.Unlock() }
+	return r.runRest(ctx)
+}
 
+// runRest sets the fleet up, runs the events and audits.
+func (r *runner) runRest(ctx context.Context) (*Report, error) {
 	if err := r.setup(ctx); err != nil {
 		return nil, err
 	}
@@ -413,11 +450,17 @@ func (r *runner) newVolume(ctx context.Context, idx, k int) (*vol, error) {
 	var seed [32]byte
 	binary.LittleEndian.PutUint64(seed[:], r.sc.Seed)
 	binary.LittleEndian.PutUint64(seed[8:], uint64(idx))
-	info, err := r.mgr.Create(ctx, path, volume.CreateOptions{KeyID: r.keys[k].id, Size: r.size, KeyslotsSize: 512 << 10, Rand: rand.NewChaCha8(seed)})
+	mgr, host := r.mgr, (*simHost)(nil)
+	if r.hs != nil {
+		host = r.hs.hostOf(idx, r.sc.Keys)
+		mgr = host.mgr
+		path = filepath.Join(host.dir, "volumes", fmt.Sprintf("vol-%06d.img", idx))
+	}
+	info, err := mgr.Create(ctx, path, volume.CreateOptions{KeyID: r.keys[k].id, Size: r.size, KeyslotsSize: 512 << 10, Rand: rand.NewChaCha8(seed)})
 	if err != nil {
 		return nil, err
 	}
-	v := &vol{idx: idx, path: info.Path, crn: info.CRN, key: k}
+	v := &vol{idx: idx, path: info.Path, crn: info.CRN, key: k, host: host}
 	if r.kms != nil {
 		r.kms.name(info.CRN, idx)
 	}
@@ -429,7 +472,7 @@ func (r *runner) newVolume(ctx context.Context, idx, k int) (*vol, error) {
 // writeData opens v, writes generation gen of its second extent (and, for gen 0, its
 // first), and closes it.
 func (r *runner) writeData(ctx context.Context, v *vol, gen int) error {
-	h, err := r.mgr.Open(ctx, v.path)
+	h, err := r.mgrOf(v).Open(ctx, v.path)
 	if err != nil {
 		return err
 	}
@@ -500,7 +543,7 @@ func (r *runner) push(at time.Time, kind, key int) {
 }
 
 func (r *runner) pushEvent(e event) {
-	if !e.at.Before(r.sc.end()) {
+	if !e.at.Before(r.sc.end()) && !pastEnd(e.kind) {
 		return
 	}
 	r.seq++
@@ -534,8 +577,12 @@ func (r *runner) plan() {
 	for k := range r.keys {
 		r.poisson(r.sc.ManualRotationsPerMonth, evManualRotate, k)
 	}
-	for t := r.sc.Start.Add(time.Duration(r.sc.SyncEvery)); t.Before(r.sc.end()); t = t.Add(time.Duration(r.sc.SyncEvery)) {
-		r.push(t, evSync, -1)
+	if r.hs != nil {
+		r.planHosts() // the agents reconcile instead of the sync job
+	} else {
+		for t := r.sc.Start.Add(time.Duration(r.sc.SyncEvery)); t.Before(r.sc.end()); t = t.Add(time.Duration(r.sc.SyncEvery)) {
+			r.push(t, evSync, -1)
+		}
 	}
 	for t := r.sc.Start; t.Before(r.sc.end()); t = t.Add(time.Duration(r.sc.SampleEvery)) {
 		r.push(t, evSample, -1)
@@ -601,6 +648,9 @@ func (r *runner) loop(ctx context.Context) error {
 			for _, id := range res.Rotated {
 				r.rotated(r.keyIndex(id), "policy")
 			}
+			if err := r.pullFeed(ctx); err != nil {
+				return err
+			}
 			r.drain("policy")
 			r.afterPasses(ctx)
 			continue
@@ -614,12 +664,14 @@ func (r *runner) loop(ctx context.Context) error {
 			return err
 		}
 		r.scheduleRestart()
-		if e.at.Sub(lastProgress) >= 12*time.Hour {
+		if e.at.Sub(lastProgress) >= 12*time.Hour && e.at.Before(r.sc.end()) {
 			lastProgress = e.at
 			r.progress(Progress{Phase: PhaseSimulate, Done: int64(e.at.Sub(r.sc.Start) / time.Second), Total: int64(total / time.Second), Volumes: len(r.vols)})
 		}
 	}
-	r.clock.Set(r.sc.end())
+	if r.clock.Now().Before(r.sc.end()) { // with hosts, the responses to the last events may run past it
+		r.clock.Set(r.sc.end())
+	}
 	r.progress(Progress{Phase: PhaseSimulate, Done: int64(total / time.Second), Total: int64(total / time.Second), Volumes: len(r.vols)})
 	return nil
 }
@@ -668,6 +720,9 @@ func (r *runner) rotated(k int, trigger string) {
 		for i := len(vs) - 1; i >= 0; i-- { // newest first -> oldest first
 			sk.versions = append(sk.versions, vs[i].ID)
 		}
+	}
+	if r.hs != nil {
+		r.trackRotation(k, trigger)
 	}
 	r.rep.Rotations++
 	r.rep.Keys[k].Rotations++
@@ -780,6 +835,10 @@ func (r *runner) handle(ctx context.Context, e event) error {
 		r.deleteVol(ctx, v)
 	case evManualRotate:
 		sk := r.keys[e.key]
+		if r.hs != nil && r.hs.disabled[e.key] {
+			r.push(r.clock.Now().Add(time.Duration(r.sc.DisableLength)), evManualRotate, e.key) // after its enable
+			return nil
+		}
 		if next := sk.lastRotate.Add(crk.RotationInterval); !sk.lastRotate.IsZero() && r.clock.Now().Before(next) {
 			r.push(next, evManualRotate, e.key) // the hourly limit: come back when allowed
 			return nil
@@ -794,6 +853,7 @@ func (r *runner) handle(ctx context.Context, e event) error {
 		r.rotated(e.key, "manual")
 		r.drain("manual")
 		r.afterPasses(ctx)
+		return r.pullFeed(ctx)
 	case evSync:
 		if r.kms.down.Load() {
 			return nil // the job runs in the volume service, which is down
@@ -813,6 +873,8 @@ func (r *runner) handle(ctx context.Context, e event) error {
 		return r.sample(ctx)
 	case evCorrupt:
 		return r.corrupt()
+	default:
+		return r.handleHosts(ctx, e)
 	}
 	return nil
 }
@@ -830,6 +892,10 @@ func (r *runner) attach(ctx context.Context) {
 		return
 	}
 	r.rep.Attaches.Total++
+	if r.hs != nil && !r.usable(v) {
+		r.hs.rep.AttachesRefused++ // the attach process refuses a volume of a key out of use
+		return
+	}
 	if !v.written { // its first write never got through: this attach writes it
 		err := r.writeData(ctx, v, 0)
 		r.drain("lazy")
@@ -838,11 +904,14 @@ func (r *runner) attach(ctx context.Context) {
 		}
 		return
 	}
-	h, err := r.mgr.Open(ctx, v.path)
+	h, err := r.mgrOf(v).Open(ctx, v.path)
 	r.drain("lazy")
 	if err != nil {
 		r.attachFailed(v, err)
 		return
+	}
+	if r.hs != nil {
+		r.openedAt(v) // a lazy rewrap on open brings it to the latest version
 	}
 	if err := verify(h, v); err != nil {
 		r.rep.Attaches.DataMismatches++
@@ -860,6 +929,16 @@ func (r *runner) attach(ctx context.Context) {
 			r.rep.Attaches.OtherFailures++
 			r.rep.Attaches.Errors = appendCapped(r.rep.Attaches.Errors, fmt.Sprint("write: ", err))
 		}
+	}
+	if r.hs != nil {
+		// With hosts, the volumes kept attached are the pinned ones, which their attach
+		// processes stop at a disable; other attaches are short.
+		if err := h.Close(); err != nil {
+			r.rep.Attaches.OtherFailures++
+			r.rep.Attaches.Errors = appendCapped(r.rep.Attaches.Errors, fmt.Sprint("detach: ", err))
+		}
+		r.rep.Attaches.Detached++
+		return
 	}
 	v.open = h
 	r.pushEvent(event{at: r.clock.Now().Add(time.Duration(r.rng.ExpFloat64() * float64(meanAttach))), kind: evDetach, crn: v.crn})
@@ -998,6 +1077,9 @@ func (r *runner) sample(ctx context.Context) error {
 // finish reconciles without faults (as an operator would after the incident window), then
 // audits every volume.
 func (r *runner) finish(ctx context.Context) error {
+	if r.hs != nil {
+		return r.finishHosts(ctx)
+	}
 	corruptions := r.rep.Faults.Corruptions
 	r.rep.Faults = r.kms.snapshot()
 	r.rep.Faults.Corruptions = corruptions
@@ -1089,7 +1171,7 @@ func (r *runner) audit(ctx context.Context) {
 				return
 			}
 		}
-		h, err := r.mgr.Open(ctx, v.path)
+		h, err := r.mgrOf(v).Open(ctx, v.path)
 		if err != nil {
 			fail(v, fmt.Errorf("does not attach: %w", err))
 			return
@@ -1138,7 +1220,7 @@ func (r *runner) audit(ctx context.Context) {
 	close(jobs)
 	wg.Wait()
 	// The volume registry (CRN -> image) must list exactly the live volumes.
-	if entries, err := r.reg.List(); err != nil {
+	if entries, err := r.registryEntries(); err != nil {
 		a.Failed++
 		a.Failures = appendCapped(a.Failures, fmt.Sprintf("volume registry: %v", err))
 	} else {

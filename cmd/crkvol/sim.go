@@ -16,6 +16,7 @@ func (a *app) simCommand() *cobra.Command {
 
 	var (
 		scenarioFile, reportFile, chartFile, dir, latency string
+		deliveryDelay, lockoutBound                       string
 		volumeSize                                        = sizeFlag{}
 		sc                                                sim.Scenario
 		keep, force                                       bool
@@ -28,6 +29,16 @@ latency) and the process (crashes inside rewraps, recovered by key sync). It the
 opens every volume and checks every byte written. It exits non-zero if any volume does not
 attach or its data differs.
 
+With --hosts N the fleet is spread over N simulated storage hosts, each with its own volume
+registry and an agent (as crkvol agent runs) over the one key service: rotations reach the
+volumes only through the key service's lifecycle feed, with delivery delay, lost notifications
+(received again at the agent's next poll) and agent downtime as faults. Keys are disabled now
+and then (--disables); each host keeps attached volumes doing I/O, whose attach processes follow
+the feed themselves. The report adds the time from each rotation to every volume on the new
+version and from each disable to every attached volume stopped (p50, p99, max), and the audit
+also fails if a volume never converged or served I/O later than --lockout-bound after its key's
+disable.
+
 A scenario file (YAML or JSON, see the sim package's Scenario) sets everything; flags given on
 the command line override it.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -38,6 +49,14 @@ the command line override it.`,
 			if err := base.Faults.Latency.UnmarshalText([]byte(latency)); err != nil {
 				return usagef("--kms-latency %q: %v", latency, err)
 			}
+			if err := base.Faults.DeliveryDelay.UnmarshalText([]byte(deliveryDelay)); err != nil {
+				return usagef("--delivery-delay %q: %v", deliveryDelay, err)
+			}
+			if lockoutBound != "" {
+				if err := base.LockoutBound.UnmarshalText([]byte(lockoutBound)); err != nil {
+					return usagef("--lockout-bound %q: %v", lockoutBound, err)
+				}
+			}
 			s := base
 			if scenarioFile != "" {
 				var err error
@@ -47,22 +66,28 @@ the command line override it.`,
 			}
 			f := cmd.Flags()
 			overrides := map[string]func(){
-				"volumes":          func() { s.Volumes = sc.Volumes },
-				"keys":             func() { s.Keys = sc.Keys },
-				"months":           func() { s.Months = sc.Months },
-				"policy-months":    func() { s.PolicyMonths = sc.PolicyMonths },
-				"manual-rotations": func() { s.ManualRotationsPerMonth = sc.ManualRotationsPerMonth },
-				"attaches":         func() { s.AttachesPerMonth = sc.AttachesPerMonth },
-				"creates":          func() { s.CreatesPerMonth = sc.CreatesPerMonth },
-				"deletes":          func() { s.DeletesPerMonth = sc.DeletesPerMonth },
-				"mapping":          func() { s.Mapping = sc.Mapping },
-				"volume-size":      func() { s.VolumeSize = volumeSize.String() },
-				"kms-fail-rate":    func() { s.Faults.FailRate = sc.Faults.FailRate },
-				"crash-rate":       func() { s.Faults.CrashRate = sc.Faults.CrashRate },
-				"outages":          func() { s.Faults.RandomOutages = sc.Faults.RandomOutages },
-				"corrupt":          func() { s.Faults.CorruptData = sc.Faults.CorruptData },
-				"seed":             func() { s.Seed = sc.Seed },
-				"workers":          func() { s.Workers = sc.Workers },
+				"volumes":           func() { s.Volumes = sc.Volumes },
+				"keys":              func() { s.Keys = sc.Keys },
+				"months":            func() { s.Months = sc.Months },
+				"policy-months":     func() { s.PolicyMonths = sc.PolicyMonths },
+				"manual-rotations":  func() { s.ManualRotationsPerMonth = sc.ManualRotationsPerMonth },
+				"attaches":          func() { s.AttachesPerMonth = sc.AttachesPerMonth },
+				"creates":           func() { s.CreatesPerMonth = sc.CreatesPerMonth },
+				"deletes":           func() { s.DeletesPerMonth = sc.DeletesPerMonth },
+				"mapping":           func() { s.Mapping = sc.Mapping },
+				"volume-size":       func() { s.VolumeSize = volumeSize.String() },
+				"kms-fail-rate":     func() { s.Faults.FailRate = sc.Faults.FailRate },
+				"crash-rate":        func() { s.Faults.CrashRate = sc.Faults.CrashRate },
+				"outages":           func() { s.Faults.RandomOutages = sc.Faults.RandomOutages },
+				"corrupt":           func() { s.Faults.CorruptData = sc.Faults.CorruptData },
+				"seed":              func() { s.Seed = sc.Seed },
+				"workers":           func() { s.Workers = sc.Workers },
+				"hosts":             func() { s.Hosts = sc.Hosts },
+				"notification-loss": func() { s.Faults.NotificationLoss = sc.Faults.NotificationLoss },
+				"agent-downtime":    func() { s.Faults.AgentDowntimes = sc.Faults.AgentDowntimes },
+				"disables":          func() { s.DisablesPerMonth = sc.DisablesPerMonth },
+				"delivery-delay":    func() { s.Faults.DeliveryDelay = base.Faults.DeliveryDelay },
+				"lockout-bound":     func() { s.LockoutBound = base.LockoutBound },
 			}
 			for name, apply := range overrides {
 				if f.Changed(name) {
@@ -163,6 +188,12 @@ the command line override it.`,
 	f.IntVar(&sc.Faults.CorruptData, "corrupt", 0, "overwrite this many volumes' stored data behind crkvol's back (the audit must fail)")
 	f.Uint64Var(&sc.Seed, "seed", 1, "seed: the same seed gives the same events and fault draws")
 	f.IntVar(&sc.Workers, "workers", 16, "concurrent rewraps per pass (1: counts repeat exactly from run to run, even with crashes)")
+	f.IntVar(&sc.Hosts, "hosts", 0, "spread the fleet over this many simulated hosts, each with an agent following the lifecycle feed (0: one process with the rotation hook)")
+	f.StringVar(&deliveryDelay, "delivery-delay", "0s", "with --hosts: mean virtual delay from a lifecycle event to a follower receiving it, uniform from 0 to twice this (0s: 100ms)")
+	f.Float64Var(&sc.Faults.NotificationLoss, "notification-loss", 0, "with --hosts: probability that a feed answer is lost (received again at the next poll)")
+	f.IntVar(&sc.Faults.AgentDowntimes, "agent-downtime", 0, "with --hosts: stop an agent (1 h each) this many times, on random hosts at random times")
+	f.Float64Var(&sc.DisablesPerMonth, "disables", 0, "with --hosts: key disables per month, each enabled again after 1 h (default 1; -1 none)")
+	f.StringVar(&lockoutBound, "lockout-bound", "", "with --hosts: time after a disable by which attached volumes must stop serving (default 5s)")
 	f.StringVar(&reportFile, "report", "", "write the full report as JSON to this file")
 	f.StringVar(&chartFile, "chart", "", "write an SVG chart of volumes per key version over time")
 	f.StringVar(&dir, "dir", "", "work in this (new or empty) directory and keep it (default: a temporary one, removed)")
