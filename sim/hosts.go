@@ -203,9 +203,11 @@ func (r *runner) planHosts() {
 			if pick == nil {
 				break
 			}
+			r.rep.Attaches.Total++
 			vh, err := h.mgr.Open(ctx, pick.path)
 			if err != nil {
 				r.log.Warn("attaching a pinned volume failed", "volume", pick.path, "err", err)
+				r.attachFailed(pick, err)
 				continue
 			}
 			pick.pinned, pick.open = true, vh
@@ -502,9 +504,13 @@ func (r *runner) reattach(ctx context.Context, e event) {
 			e.n++
 			e.at = r.clock.Now().Add(time.Duration(r.sc.AttachPoll))
 			r.pushEvent(e)
+			return
 		}
+		r.rep.Attaches.Total++
+		r.attachFailed(v, err) // given up: counted, so the audit sees it
 		return
 	}
+	r.rep.Attaches.Total++
 	if err := verify(h, v); err != nil {
 		r.rep.Attaches.DataMismatches++
 		r.rep.Attaches.Errors = appendCapped(r.rep.Attaches.Errors, err.Error())
