@@ -205,7 +205,7 @@ func (k *kmsProc) feed(cursor string) ([]e2eFeedEvent, string) {
 		require.Equal(k.t, http.StatusOK, resp.StatusCode, "lifecycle feed: %s", body)
 		var page struct {
 			Events []e2eFeedEvent `json:"events"`
-			Cursor string      `json:"cursor"`
+			Cursor string         `json:"cursor"`
 		}
 		require.NoError(k.t, json.Unmarshal(body, &page), "%s", body)
 		all = append(all, page.Events...)
