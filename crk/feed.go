@@ -68,7 +68,8 @@ type LifecycleEvent struct {
 	Policy bool `json:"policy,omitempty"`
 	// Initiator is who acted.
 	Initiator string `json:"initiator"`
-	// Registrations is how many resources were registered with the key at the event.
+	// Registrations is how many resources were registered with the key at the event (0 for
+	// a key that protects none, or none any more).
 	Registrations int `json:"registrations"`
 }
 
@@ -119,8 +120,10 @@ func byPolicy(ctx context.Context) bool {
 }
 
 // feedEvent builds the lifecycle event of a committed action on r, or returns nil when the
-// action is not a lifecycle event or r protects no registered resource. old is the latest
-// version before the action.
+// action is not a lifecycle event or r is not a root key. old is the latest version before
+// the action. Keys without registrations have events too: a resource whose registration was
+// deleted (so that a key with preventKeyDeletion registrations can be deleted) still follows
+// its key, and must see the delete.
 func (s *Service) feedEvent(ctx context.Context, tx *bolt.Tx, action string, r *keyRecord, old string, now time.Time) (*LifecycleEvent, error) {
 	typ, ok := lifecycleTypes[action]
 	if !ok || r.Type != RootKey {
@@ -129,9 +132,6 @@ func (s *Service) feedEvent(ctx context.Context, tx *bolt.Tx, action string, r *
 	regs, err := keyRegs(tx, r.ID)
 	if err != nil {
 		return nil, err
-	}
-	if len(regs) == 0 {
-		return nil, nil
 	}
 	ev := &LifecycleEvent{Time: now, Type: typ, KeyID: r.ID, KeyCRN: r.CRN, State: r.State.String(),
 		NewVersion: r.latest().ID, Initiator: s.who(ctx), Registrations: len(regs)}
@@ -288,7 +288,7 @@ func readFeed(tx *bolt.Tx, cursor string, limit int) (LifecyclePage, error) {
 // refused with [ErrResyncNeeded].
 //
 // The feed holds an event for every rotation (by hand or by policy), disable, enable,
-// delete, restore, purge and sync of a root key that has registrations, committed in the
+// delete, restore, purge and sync of a root key, committed in the
 // same transaction as the change itself: an event is in the feed if and only if its change
 // took effect, whatever crashes.
 func (s *Service) Lifecycle(_ context.Context, cursor string, limit int) (LifecyclePage, error) {

@@ -33,9 +33,16 @@ func TestLifecycleFeedRecordsEveryLifecycleChangeOfRegisteredKeys(t *testing.T) 
 	require.Equal(t, "0", head.Cursor)
 	require.Empty(t, head.Events)
 
-	// A key without registrations makes no event.
+	// A key without registrations has events too (a resource whose registration was deleted
+	// still follows its key).
 	_, err = f.svc.RotateKey(f.ctx, unreg.ID, nil)
 	require.NoError(t, err)
+	first, err := f.svc.Lifecycle(f.ctx, "0", 0)
+	require.NoError(t, err)
+	require.Len(t, first.Events, 1)
+	require.Equal(t, unreg.ID, first.Events[0].KeyID)
+	require.Equal(t, 0, first.Events[0].Registrations)
+	afterUnreg := first.Cursor
 	_, err = f.svc.Register(f.ctx, k.ID, feedCRN, RegisterOptions{})
 	require.NoError(t, err)
 	v1 := k.KeyVersion.ID
@@ -67,11 +74,11 @@ func TestLifecycleFeedRecordsEveryLifecycleChangeOfRegisteredKeys(t *testing.T) 
 	_, err = f.svc.PurgeKey(f.ctx, k.ID)
 	require.NoError(t, err)
 
-	page, err := f.svc.Lifecycle(f.ctx, "0", 0)
+	page, err := f.svc.Lifecycle(f.ctx, afterUnreg, 0)
 	require.NoError(t, err)
 	require.Equal(t, []string{"rotate", "disable", "enable", "sync", "delete", "restore", "rotate", "delete", "purge"}, feedTypes(page.Events))
 	rot := page.Events[0]
-	require.Equal(t, "1", rot.Cursor)
+	require.Equal(t, "2", rot.Cursor)
 	require.Equal(t, v1, rot.OldVersion)
 	require.NotEqual(t, v1, rot.NewVersion)
 	require.False(t, rot.Policy)
@@ -88,7 +95,7 @@ func TestLifecycleFeedRecordsEveryLifecycleChangeOfRegisteredKeys(t *testing.T) 
 	require.Equal(t, page.Events[len(page.Events)-1].Cursor, page.Cursor)
 
 	// Paging: limit, and resuming from a cursor.
-	p1, err := f.svc.Lifecycle(f.ctx, "0", 4)
+	p1, err := f.svc.Lifecycle(f.ctx, afterUnreg, 4)
 	require.NoError(t, err)
 	require.Len(t, p1.Events, 4)
 	p2, err := f.svc.Lifecycle(f.ctx, p1.Cursor, 0)

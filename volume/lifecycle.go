@@ -76,8 +76,8 @@ type KeyEventPage struct {
 // Implementations of [KeyFeed] wrap it beside their service's own error.
 var ErrResyncNeeded = errors.New("lifecycle feed resync needed")
 
-// KeyFeed is a key service's ordered, durable stream of lifecycle events of the keys that
-// protect registered resources. Package crkvol/volume/kms implements it over an in-process
+// KeyFeed is a key service's ordered, durable stream of the lifecycle events of its root
+// keys. Package crkvol/volume/kms implements it over an in-process
 // service, over a store another process writes, and over the HTTP API of a remote service.
 type KeyFeed interface {
 	// KeyEvents returns the events after cursor, oldest first, waiting up to wait for one
