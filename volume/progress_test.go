@@ -3,6 +3,10 @@ package volume_test
 import (
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -31,8 +35,14 @@ func TestRewrapProgress(t *testing.T) {
 		Progress: func(p volume.RewrapProgress) { mu.Lock(); seen = append(seen, p); mu.Unlock() },
 	})
 	defer mgr.Close()
-	crns = append(crns, "crn:v1:not-a-registered-volume")
-	rep := mgr.Rewrap(f.ctx, f.key.ID, k.KeyVersion.ID, crns)
+	// One volume fails (its image is gone); one CRN is another host's (not in this registry):
+	// not a volume of this pass.
+	gone := f.create(t, "gone.img", 1<<20)
+	require.NoError(t, os.Remove(gone.Path))
+	crns = append(crns, gone.CRN)
+	rep := mgr.Rewrap(f.ctx, f.key.ID, k.KeyVersion.ID, append(slices.Clone(crns), "crn:v1:not-a-registered-volume"))
+	assert.Equal(t, 1, rep.Elsewhere)
+	assert.Equal(t, len(crns), rep.Volumes)
 
 	require.Len(t, seen, len(crns)+1)
 	start := seen[0]
@@ -52,5 +62,32 @@ func TestRewrapProgress(t *testing.T) {
 	assert.Equal(t, len(rep.Failed), last.Failed)
 	assert.Equal(t, 5, last.Rewrapped)
 	assert.Equal(t, 1, last.Failed)
-	assert.True(t, errors.Is(rep.Failed["crn:v1:not-a-registered-volume"], volume.ErrNotRegistered))
+	assert.True(t, errors.Is(rep.Failed[gone.CRN], fs.ErrNotExist), "%v", rep.Failed)
+}
+
+// TestSyncLeavesOtherHostsVolumes: two hosts (registries) share a key; each host's Sync
+// rewraps its own volumes and counts the other's as elsewhere, not as failures.
+func TestSyncLeavesOtherHostsVolumes(t *testing.T) {
+	f := newFixture(t)
+	f.mgr.Close()
+	regB, err := volume.OpenRegistry(filepath.Join(f.dir, "b.db"))
+	require.NoError(t, err)
+	defer regB.Close()
+	hostB := volume.NewManager(f.ks, regB, volume.Options{Now: f.clock.Now})
+	hostB.Close() // no rotation hook: Sync only
+	for i := range 3 {
+		f.create(t, fmt.Sprintf("a%d.img", i), 1<<20)
+		_, err := hostB.Create(f.ctx, filepath.Join(f.dir, fmt.Sprintf("b%d.img", i)), volume.CreateOptions{KeyID: f.key.ID, Size: 1 << 20, KeyslotsSize: 512 << 10})
+		require.NoError(t, err)
+	}
+	f.rotate(t)
+	// Host a first: b's three stale volumes are elsewhere; then b, with a's current.
+	for i, m := range []*volume.Manager{f.mgr, hostB} {
+		rep, err := m.Sync(f.ctx, f.key.ID)
+		require.NoError(t, err, i)
+		assert.Empty(t, rep.Failed, i)
+		assert.Equal(t, 3, rep.Rewrapped, i)
+		assert.Equal(t, 3, rep.Volumes, i)
+		assert.Equal(t, 3-3*i, rep.Elsewhere, i)
+	}
 }

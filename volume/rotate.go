@@ -30,6 +30,10 @@ type Report struct {
 	// Failed maps CRNs to the error of their last attempt. A failed volume keeps its old,
 	// still valid wrapping.
 	Failed map[string]error
+	// Elsewhere counts the volumes asked for that this Manager's registry does not have:
+	// registered with the key from other hosts, whose own Manager (their agent, or a sync
+	// there) rewraps them. They are not among Volumes.
+	Elsewhere int
 	// BytesWritten is the total written to images, all header metadata.
 	BytesWritten int64
 	// Elapsed is the wall time of the pass; Latencies the per-volume times, sorted.
@@ -157,7 +161,19 @@ func (m *Manager) RewrapVolume(ctx context.Context, path string) (*Report, error
 // never touched.
 func (m *Manager) Rewrap(ctx context.Context, keyID, latest string, crns []string) *Report {
 	start := time.Now()
-	rep := &Report{KeyID: keyID, NewVersion: latest, Volumes: len(crns), Failed: map[string]error{}, VolumeLatency: map[string]time.Duration{}}
+	rep := &Report{KeyID: keyID, NewVersion: latest, Failed: map[string]error{}, VolumeLatency: map[string]time.Duration{}}
+	// Volumes of other hosts (registered with the key, not in this registry) are theirs to
+	// rewrap; any other registry error is the volume's failure, reported by its rewrap.
+	local := make([]string, 0, len(crns))
+	for _, crn := range crns {
+		if _, err := m.reg.Get(crn); errors.Is(err, ErrNotRegistered) {
+			rep.Elsewhere++
+			continue
+		}
+		local = append(local, crn)
+	}
+	crns = local
+	rep.Volumes = len(crns)
 	var mu sync.Mutex
 	progress := func() {
 		if m.opts.Progress != nil {
@@ -202,7 +218,8 @@ func (m *Manager) Rewrap(ctx context.Context, keyID, latest string, crns []strin
 	sort.Slice(rep.Latencies, func(i, j int) bool { return rep.Latencies[i] < rep.Latencies[j] })
 	rep.Elapsed = time.Since(start)
 	m.opts.Logger.Info("rewrap pass done", "key", keyID, "version", latest, "volumes", rep.Volumes,
-		"rewrapped", rep.Rewrapped, "current", rep.AlreadyCurrent, "failed", len(rep.Failed), "retries", rep.Retries)
+		"rewrapped", rep.Rewrapped, "current", rep.AlreadyCurrent, "failed", len(rep.Failed), "retries", rep.Retries,
+		"elsewhere", rep.Elsewhere)
 	return rep
 }
 

@@ -43,7 +43,7 @@ func reportsJSON(reps []*volume.Report) []map[string]any {
 		out = append(out, map[string]any{
 			"keyId": r.KeyID, "newVersion": r.NewVersion, "volumes": r.Volumes, "rewrapped": r.Rewrapped,
 			"alreadyCurrent": r.AlreadyCurrent, "retries": r.Retries, "failed": failed,
-			"bytesWritten": r.BytesWritten, "dataBytesReencrypted": 0,
+			"bytesWritten": r.BytesWritten, "dataBytesReencrypted": 0, "elsewhere": r.Elsewhere,
 		})
 	}
 	return out

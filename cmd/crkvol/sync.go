@@ -83,6 +83,9 @@ func (a *app) printReport(r *volume.Report) error {
 	for _, crn := range crns {
 		fmt.Fprintf(a.stdout, "  failed %s: %v\n", crn, r.Failed[crn])
 	}
+	if r.Elsewhere > 0 {
+		fmt.Fprintf(a.stdout, "  %d more volumes of the key on older versions are not in this state directory's registry: their own hosts rewrap them (crkvol agent there, or crkvol key sync %s there)\n", r.Elsewhere, r.KeyID)
+	}
 	return nil
 }
 
