@@ -916,7 +916,15 @@ func TestLifecycleE2E(t *testing.T) {
 		require.Equal(t, want, got, "the key's events in the feed after the setup, in order")
 	})
 	for _, h := range hosts {
-		t.Logf("%s: agent status: %s", h.name, strings.Join(strings.Fields(h.mustRun("--json", "agent", "status")), " "))
+		out := h.mustRun("--json", "agent", "status")
+		t.Logf("%s: agent status: %s", h.name, strings.Join(strings.Fields(out), " "))
+		// Hosts share the key: no agent counts another host's volumes as its failures.
+		var st struct {
+			FailedVolumes *int `json:"failedVolumes"`
+		}
+		require.NoError(t, json.Unmarshal([]byte(out), &st))
+		require.NotNil(t, st.FailedVolumes, "agent status has failedVolumes")
+		require.Zero(t, *st.FailedVolumes, "%s: agent status reports failed volumes", h.name)
 	}
 	t.Logf("total %v", time.Since(testStart).Round(time.Millisecond))
 }
