@@ -335,7 +335,14 @@ func (h *cliHost) Lockout(ctx context.Context, keyID, state string) (int, error)
 		}
 		info, err := volume.Describe(rec.Image)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("attached volume %s: %w", rec.Image, err))
+			// Its key is unknown (the image moved, or cannot be read): not a reason to fail
+			// the lockout of the key's other volumes. It is told to check its own key all
+			// the same, which costs one key check if it serves another key's volume.
+			h.log.Warn("agent: cannot read the image of an attach process; telling it to check its key anyway",
+				"key", keyID, "pid", rec.PID, "image", rec.Image, "err", err)
+			if err := syscall.Kill(rec.PID, syscall.SIGUSR1); err != nil && !errors.Is(err, syscall.ESRCH) {
+				h.log.Warn("agent: signalling an attach process failed", "pid", rec.PID, "image", rec.Image, "err", err)
+			}
 			continue
 		}
 		if info.KeyID != keyID {
@@ -500,28 +507,37 @@ type RunningAgent struct {
 	Started    jsonTime `json:"started,omitzero"`
 	Keys       int      `json:"keys"`
 	Events     int      `json:"events"`
-	Rewraps    int      `json:"rewraps"`
-	Lockouts   int      `json:"lockouts"`
-	Unlocks    int      `json:"unlocks"`
+	// RewrapPasses counts the rewrap passes over a key's volumes, for events and
+	// reconciliations alike.
+	RewrapPasses int `json:"rewrapPasses"`
+	Lockouts     int `json:"lockouts"`
+	Unlocks      int `json:"unlocks"`
 	// LastEvent is the service time of the last event handled; Lag how long after it the
 	// agent finished handling it, in words and in seconds.
-	LastEvent      jsonTime `json:"lastEvent,omitzero"`
-	Lag            string   `json:"lag,omitempty"`
-	LagSeconds     float64  `json:"lagSeconds"`
-	LastPoll       jsonTime `json:"lastPoll,omitzero"`
-	FeedError      string   `json:"feedError,omitempty"`
-	LastReconcile  jsonTime `json:"lastReconcile,omitzero"`
-	NextReconcile  jsonTime `json:"nextReconcile,omitzero"`
-	Reconciles     int      `json:"reconciles"`
-	ReconcileError string   `json:"reconcileError,omitempty"`
-	FailedVolumes  int      `json:"failedVolumes"`
+	LastEvent  jsonTime `json:"lastEvent,omitzero"`
+	Lag        string   `json:"lag,omitempty"`
+	LagSeconds float64  `json:"lagSeconds"`
+	LastPoll   jsonTime `json:"lastPoll,omitzero"`
+	FeedError  string   `json:"feedError,omitempty"`
+	// FeedSilence is, while FeedError is set, how long ago the feed last answered (or the
+	// agent started), in words and in seconds.
+	FeedSilence        string   `json:"feedSilence,omitempty"`
+	FeedSilenceSeconds float64  `json:"feedSilenceSeconds,omitempty"`
+	LastReconcile      jsonTime `json:"lastReconcile,omitzero"`
+	NextReconcile      jsonTime `json:"nextReconcile,omitzero"`
+	Reconciles         int      `json:"reconciles"`
+	ReconcileError     string   `json:"reconcileError,omitempty"`
+	FailedVolumes      int      `json:"failedVolumes"`
 }
 
 // runningView is a running agent's status view.
 func runningView(dir, instance string, base RunningAgent, st agent.Status) agentStatusView {
 	r := base
-	r.Started, r.Keys, r.Events, r.Rewraps, r.Lockouts, r.Unlocks = jsonTime{st.Started}, st.Keys, st.Events, st.Rewraps, st.Lockouts, st.Unlocks
+	r.Started, r.Keys, r.Events, r.RewrapPasses, r.Lockouts, r.Unlocks = jsonTime{st.Started}, st.Keys, st.Events, st.RewrapPasses, st.Lockouts, st.Unlocks
 	r.LastEvent, r.LastPoll, r.FeedError = jsonTime{st.LastEvent}, jsonTime{st.LastPoll}, st.FeedError
+	if st.FeedError != "" && st.FeedSilence > 0 {
+		r.FeedSilence, r.FeedSilenceSeconds = humanLag(st.FeedSilence), st.FeedSilence.Seconds()
+	}
 	r.LastReconcile, r.NextReconcile, r.Reconciles, r.ReconcileError = jsonTime{st.LastReconcile}, jsonTime{st.NextReconcile}, st.Reconciles, st.ReconcileError
 	r.FailedVolumes = st.FailedVolumes
 	if !st.LastEvent.IsZero() {
@@ -680,7 +696,7 @@ func printAgentStatus(w io.Writer, v agentStatusView) {
 	line("cursor", "%s", v.Cursor)
 	line("started", "%s", rfc3339(r.Started.Time))
 	line("keys", "%d", r.Keys)
-	line("events", "%d handled: %d rewraps, %d lockouts, %d unlocks", r.Events, r.Rewraps, r.Lockouts, r.Unlocks)
+	line("events", "%d handled; %d rewrap passes, %d lockouts, %d unlocks", r.Events, r.RewrapPasses, r.Lockouts, r.Unlocks)
 	if r.LastEvent.IsZero() {
 		line("last event", "none yet")
 	} else {
@@ -691,7 +707,11 @@ func printAgentStatus(w io.Writer, v agentStatusView) {
 		line("last poll", "%s", rfc3339(r.LastPoll.Time))
 	}
 	if r.FeedError != "" {
-		line("feed error", "%s", r.FeedError)
+		if r.FeedSilence != "" {
+			line("feed error", "%s (no answer for %s)", r.FeedError, r.FeedSilence)
+		} else {
+			line("feed error", "%s", r.FeedError)
+		}
 	}
 	if r.LastReconcile.IsZero() {
 		line("last reconcile", "none yet")

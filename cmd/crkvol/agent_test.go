@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,6 +19,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"crkvol/agent"
 	"crkvol/internal/tooltest"
 	"crkvol/volume"
 )
@@ -454,4 +456,47 @@ func maskStatus(lines []string) []string {
 		out[i] = strings.Join(strings.Fields(l), " ")
 	}
 	return out
+}
+
+// An attach record whose image cannot be read (moved, deleted) does not fail the lockout of
+// a key: its process is told to check its own key all the same, and the lockout goes on.
+func TestAgentLockoutGoesPastAnUnreadableImage(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "attached"), 0o700))
+	child := exec.Command("sleep", "30")
+	require.NoError(t, child.Start())
+	done := make(chan error, 1)
+	go func() { done <- child.Wait() }()
+	defer child.Process.Kill()
+	start, err := processStart(child.Process.Pid)
+	require.NoError(t, err)
+	rec, err := json.Marshal(attachment{PID: child.Process.Pid, StartTime: start, Image: filepath.Join(dir, "moved.img")})
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "attached", "moved.json"), rec, 0o600))
+
+	var log syncBuffer
+	h := &cliHost{dir: dir, log: slog.New(slog.NewTextHandler(&log, nil))}
+	n, err := h.Lockout(t.Context(), "0b8a8e3e-6c43-4a4c-9d31-6a0b5d0c8f11", "suspended")
+	require.NoError(t, err)
+	assert.Zero(t, n, "not counted: its key is unknown")
+	assert.Contains(t, log.String(), "moved.img")
+	select { // SIGUSR1 ends sleep
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the attach process was not told to check its key")
+	}
+}
+
+// The text status names what its counters count and, while the feed fails, how long it has
+// been silent.
+func TestPrintAgentStatusFeedFailing(t *testing.T) {
+	t0 := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+	v := runningView("/srv/crkvol", "inst", RunningAgent{PID: 7, Mode: "embedded", KeyService: "embedded"}, agent.Status{
+		Started: t0, Events: 2, RewrapPasses: 3, LastPoll: t0, FeedError: "connection refused", FeedSilence: 95 * time.Second})
+	var out strings.Builder
+	printAgentStatus(&out, v)
+	assert.Contains(t, out.String(), "events:          2 handled; 3 rewrap passes, 0 lockouts, 0 unlocks\n")
+	assert.Contains(t, out.String(), "feed error:      connection refused (no answer for 1m35s)\n")
+	assert.Equal(t, 95.0, v.FeedSilenceSeconds)
+	assert.Equal(t, 3, v.RewrapPasses)
 }
