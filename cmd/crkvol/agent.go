@@ -41,11 +41,12 @@ func (a *app) agentCommand() *cobra.Command {
 		Long: `agent is the long-running process of a storage host. It follows the lifecycle feed of the key
 service (the embedded one of the state directory, or the --kms-url service) for the root keys
 of the volumes registered in the state directory, and responds to each event:
-  rotate, sync        rewraps the host's volumes of the key to its latest version;
-  disable, delete     sends SIGUSR1 to every attach process of this state directory serving a
-                      volume of the key, which makes it check its key at once and stop serving;
-  enable, restore     logs it (the key service itself lets the volumes attach again) and
-                      rewraps what lagged meanwhile.
+  rotate, sync             rewraps the host's volumes of the key to its latest version;
+  disable, delete, purge   sends SIGUSR1 to every attach process of this state directory
+                           serving a volume of the key, which makes it check its key at once
+                           and stop serving;
+  enable, restore          logs it (the key service itself lets the volumes attach again) and
+                           rewraps what lagged meanwhile.
 It records the cursor of the last event it handled in <state>/agent/cursor, so that a restarted
 agent handles every event it missed. At start, when the feed asks for a resync, and every
 --reconcile-every, it compares every key of the host's volumes with its state and latest
