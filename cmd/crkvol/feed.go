@@ -20,10 +20,11 @@ import (
 // defaultFollowWait is the wait of each long poll of key feed --follow.
 const defaultFollowWait = 30 * time.Second
 
-// feedEvent is a lifecycle event as key feed --json prints it: exactly as the service's HTTP
-// lifecycle feed answers it (crk.LifecycleEvent's JSON: "policy" only when true).
+// feedEvent is a lifecycle event as key feed --json prints it: as the service's HTTP
+// lifecycle feed answers it (crk.LifecycleEvent's JSON: the same fields, "policy" only when
+// true), with the time to the second, as every time the CLI prints.
 func feedEvent(e volume.KeyEvent) crk.LifecycleEvent {
-	return crk.LifecycleEvent{Cursor: e.Cursor, Time: e.Time.UTC(), Type: e.Type, KeyID: e.KeyID, KeyCRN: e.KeyCRN,
+	return crk.LifecycleEvent{Cursor: e.Cursor, Time: e.Time.UTC().Truncate(time.Second), Type: e.Type, KeyID: e.KeyID, KeyCRN: e.KeyCRN,
 		State: e.State, OldVersion: e.OldVersion, NewVersion: e.NewVersion, Policy: e.Policy,
 		Initiator: e.Initiator, Registrations: e.Registrations}
 }
@@ -72,8 +73,8 @@ at a time.
 
 With --json and without --follow it prints one JSON document, {"events": [...], "cursor":
 "C"}; with --follow it prints one JSON object per line for each event (its "cursor" is where
-to resume). Each event reads exactly as the lifecycle endpoint of kms serve answers it
-(cursor, time, type, keyId, keyCrn, state, oldVersion, newVersion, policy when true,
+to resume). Each event reads as the lifecycle endpoint of kms serve answers it (cursor, time
+to the second, type, keyId, keyCrn, state, oldVersion, newVersion, policy when true,
 initiator, registrations).
 
 Embedded, the feed is read from the state directory's crk.db without holding it (while kms
