@@ -73,7 +73,9 @@ type Options struct {
 	// DueEvery bounds the time between RunDue calls (policies may change meanwhile);
 	// default 1 minute.
 	DueEvery time.Duration
-	// Now is the clock of the status; time.Now if nil.
+	// Now is the service clock: it stamps the status and reads RunDue's answer; time.Now if
+	// nil. Run schedules its polls, reconciliations and due runs on the wall clock whatever
+	// Now says (a service clock set in the past or the future never makes it spin or stall).
 	Now func() time.Time
 	// Logger receives what the agent does (never secrets); discarded if nil.
 	Logger *slog.Logger
@@ -182,7 +184,11 @@ func (a *Agent) update(fn func(*Status)) {
 // from the feed's head), reconciles, and then handles every event after the cursor in order,
 // saving the cursor after each page: an event is handled at least once, whatever crashes. A
 // failure to read the feed or to act is logged and retried with backoff; a resync answer
-// reconciles and follows on from the head.
+// reconciles and follows on from the head. It never polls in a loop: an empty answer that
+// came before the wait asked for is followed by a pause of MinPoll, and a page that does not
+// move the feed on from the cursor (a cursor that went backwards, events out of order) is
+// neither handled nor saved: it is logged once and asked again after MinPoll. An empty
+// answer with another cursor leaves the cursor as it is.
 func (a *Agent) Run(ctx context.Context) error {
 	a.update(func(s *Status) { s.Started = a.opts.Now() })
 	a.mu.Lock()
