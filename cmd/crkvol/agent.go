@@ -83,8 +83,10 @@ commands run on the host meanwhile. One agent runs per state directory. It logs 
 	status := &cobra.Command{Use: "status", Short: "Show the running agent's cursor, lag and last reconciliation", Args: args(cobra.NoArgs),
 		Long: `status asks the agent of the state directory for its status over its socket
 <state>/agent/agent.sock: the feed cursor up to which it handled every event, the events
-handled and the responses, the lag of the last event (from the event to the end of its
-handling), the last poll of the feed and the last reconciliation. When no agent runs it says
+handled and the responses (rewrap passes over a key's volumes, for events and reconciliations
+alike; lockouts that were new; unlocks), the lag of the last event (from the event to the end
+of its handling), the last poll of the feed (while the feed fails: its error and how long it
+has not answered) and the last reconciliation. When no agent runs it says
 so, shows the cursor the last agent saved, and exits 1.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.runAgentStatus(cmd.Context())
