@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -55,6 +56,10 @@ type Options struct {
 	Host Host
 	// Wait is how long one poll of the feed waits for an event; default 30 s.
 	Wait time.Duration
+	// MinPoll is the least time between two polls of the feed when the first answered
+	// without events before the wait it asked for had passed (a feed that does not wait);
+	// default 1 s.
+	MinPoll time.Duration
 	// ReconcileEvery is the time between reconciliations; default 10 minutes.
 	ReconcileEvery time.Duration
 	// Backoff returns the wait before retry n (1-based) after a failure; default 1 s
@@ -68,7 +73,9 @@ type Options struct {
 	// DueEvery bounds the time between RunDue calls (policies may change meanwhile);
 	// default 1 minute.
 	DueEvery time.Duration
-	// Now is the clock of the status; time.Now if nil.
+	// Now is the service clock: it stamps the status and reads RunDue's answer; time.Now if
+	// nil. Run schedules its polls, reconciliations and due runs on the wall clock whatever
+	// Now says (a service clock set in the past or the future never makes it spin or stall).
 	Now func() time.Time
 	// Logger receives what the agent does (never secrets); discarded if nil.
 	Logger *slog.Logger
@@ -82,20 +89,26 @@ type Status struct {
 	Started time.Time `json:"started,omitzero"`
 	// Keys is the number of keys of the host's volumes at the last look.
 	Keys int `json:"keys"`
-	// Events counts the events handled (those of other hosts' keys included); Rewraps,
-	// Lockouts and Unlocks count the responses.
-	Events   int `json:"events"`
-	Rewraps  int `json:"rewraps"`
-	Lockouts int `json:"lockouts"`
-	Unlocks  int `json:"unlocks"`
+	// Events counts the events handled (those of other hosts' keys included), each once
+	// however often its page was retried. RewrapPasses counts the rewrap passes over a key's
+	// volumes (for events and reconciliations); Lockouts the lockouts of a key's volumes that
+	// were new (the key newly out of use, or attach processes told to stop); Unlocks the
+	// keys usable again.
+	Events       int `json:"events"`
+	RewrapPasses int `json:"rewrapPasses"`
+	Lockouts     int `json:"lockouts"`
+	Unlocks      int `json:"unlocks"`
 	// LastEvent is the service time of the last event handled; Lag is how long after it the
 	// agent finished handling it.
 	LastEvent time.Time     `json:"lastEvent,omitzero"`
 	Lag       time.Duration `json:"lagNanos"`
-	// LastPoll is when the feed last answered; FeedError is the last failure to read it,
-	// cleared by the next answer.
-	LastPoll  time.Time `json:"lastPoll,omitzero"`
-	FeedError string    `json:"feedError,omitempty"`
+	// LastPoll is when the feed last answered; FeedError is the last failure to read it
+	// (or the last answer not followed), cleared by the next answer followed. FeedSilence
+	// is, while FeedError is set, how long ago the feed last answered (or the agent started,
+	// if it never did).
+	LastPoll    time.Time     `json:"lastPoll,omitzero"`
+	FeedError   string        `json:"feedError,omitempty"`
+	FeedSilence time.Duration `json:"feedSilenceNanos,omitempty"`
 	// LastReconcile is when the last reconciliation ended; ReconcileError its failure, if
 	// any; NextReconcile when the next is due. Reconciles counts them.
 	LastReconcile  time.Time `json:"lastReconcile,omitzero"`
@@ -114,6 +127,11 @@ type Agent struct {
 	mu     sync.Mutex
 	status Status
 	failed map[string]int // key id -> volumes whose last rewrap failed
+	// lockedOut is the state of each key the agent last locked out the volumes of; a key is
+	// removed when it is seen usable again.
+	lockedOut map[string]string
+	// lastAnswer is the wall-clock time of the feed's last answer followed (or of the start).
+	lastAnswer time.Time
 }
 
 // New returns an agent.
@@ -130,6 +148,9 @@ func New(opts Options) (*Agent, error) {
 	if opts.Backoff == nil {
 		opts.Backoff = func(n int) time.Duration { return min(time.Second<<min(n-1, 5), 30*time.Second) }
 	}
+	if opts.MinPoll <= 0 {
+		opts.MinPoll = time.Second
+	}
 	if opts.DueEvery <= 0 {
 		opts.DueEvery = time.Minute
 	}
@@ -139,14 +160,18 @@ func New(opts Options) (*Agent, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Agent{opts: opts, log: opts.Logger, failed: map[string]int{}}, nil
+	return &Agent{opts: opts, log: opts.Logger, failed: map[string]int{}, lockedOut: map[string]string{}}, nil
 }
 
 // Status returns a copy of the agent's status.
 func (a *Agent) Status() Status {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.status
+	st := a.status
+	if st.FeedError != "" && !a.lastAnswer.IsZero() {
+		st.FeedSilence = time.Since(a.lastAnswer)
+	}
+	return st
 }
 
 func (a *Agent) update(fn func(*Status)) {
@@ -159,9 +184,16 @@ func (a *Agent) update(fn func(*Status)) {
 // from the feed's head), reconciles, and then handles every event after the cursor in order,
 // saving the cursor after each page: an event is handled at least once, whatever crashes. A
 // failure to read the feed or to act is logged and retried with backoff; a resync answer
-// reconciles and follows on from the head.
+// reconciles and follows on from the head. It never polls in a loop: an empty answer that
+// came before the wait asked for is followed by a pause of MinPoll, and a page that does not
+// move the feed on from the cursor (a cursor that went backwards, events out of order) is
+// neither handled nor saved: it is logged once and asked again after MinPoll. An empty
+// answer with another cursor leaves the cursor as it is.
 func (a *Agent) Run(ctx context.Context) error {
 	a.update(func(s *Status) { s.Started = a.opts.Now() })
+	a.mu.Lock()
+	a.lastAnswer = time.Now()
+	a.mu.Unlock()
 	cursor, err := a.opts.Host.LoadCursor()
 	if err != nil {
 		return fmt.Errorf("agent: loading the feed cursor: %w", err)
@@ -190,23 +222,31 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	a.update(func(s *Status) { s.Cursor = cursor })
-	nextReconcile := a.opts.Now() // at once
+	// Every deadline of the loop is on the wall clock (time.Now), the one timers run on; the
+	// service clock (Options.Now) only stamps the status and converts RunDue's answer.
+	nextReconcile := time.Now() // at once
 	var nextDue time.Time
 	if a.opts.RunDue != nil {
-		nextDue = a.opts.Now()
+		nextDue = time.Now()
 	}
+	odd := false // an odd answer of the feed was logged; cleared by a page handled
 	for ctx.Err() == nil {
-		now := a.opts.Now()
-		if a.opts.RunDue != nil && !now.Before(nextDue) {
+		if a.opts.RunDue != nil && !time.Now().Before(nextDue) {
 			next, ok, err := a.opts.RunDue(ctx)
+			now, svcNow := time.Now(), a.opts.Now()
 			nextDue = now.Add(a.opts.DueEvery)
 			if err != nil {
 				a.log.Warn("agent: running due policy rotations failed", "err", err)
-			} else if ok && next.Before(nextDue) {
-				nextDue = next
+			} else if ok {
+				// The next due time is on the service clock: as far ahead on the wall clock,
+				// but not sooner than MinPoll (a rotation due and not done must not spin).
+				at := now.Add(max(next.Sub(svcNow), a.opts.MinPoll))
+				if at.Before(nextDue) {
+					nextDue = at
+				}
 			}
 		}
-		if !now.Before(nextReconcile) {
+		if !time.Now().Before(nextReconcile) {
 			if err := a.Reconcile(ctx); err != nil {
 				if ctx.Err() != nil {
 					return nil
@@ -215,14 +255,16 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			// Whether it failed or not: failed keys are retried at the next one, and events
 			// keep coming meanwhile.
-			nextReconcile = a.opts.Now().Add(a.opts.ReconcileEvery)
-			a.update(func(s *Status) { s.NextReconcile = nextReconcile })
+			nextReconcile = time.Now().Add(a.opts.ReconcileEvery)
+			a.update(func(s *Status) { s.NextReconcile = a.opts.Now().Add(a.opts.ReconcileEvery) })
 		}
 		wait := min(a.opts.Wait, time.Until(nextReconcile))
 		if a.opts.RunDue != nil {
 			wait = min(wait, time.Until(nextDue))
 		}
-		page, err := a.opts.Feed.KeyEvents(ctx, cursor, max(wait, 0))
+		wait = max(wait, 0)
+		asked := time.Now()
+		page, err := a.opts.Feed.KeyEvents(ctx, cursor, wait)
 		switch {
 		case ctx.Err() != nil:
 			return nil
@@ -239,7 +281,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				retry("saving the feed cursor", err)
 				continue
 			}
-			nextReconcile = a.opts.Now() // with the new cursor saved: events after it follow
+			nextReconcile = time.Now() // with the new cursor saved: events after it follow
 			a.update(func(s *Status) { s.Cursor = cursor })
 			continue
 		case err != nil:
@@ -247,9 +289,32 @@ func (a *Agent) Run(ctx context.Context) error {
 			retry("reading the feed", err)
 			continue
 		}
-		a.update(func(s *Status) { s.LastPoll, s.FeedError = a.opts.Now(), "" })
+		if err := pageFollows(cursor, page); err != nil {
+			// Not saved and not handled: the feed is not ours to follow from this answer.
+			// Logged once until a page is handled; asked again after MinPoll.
+			a.feedFailed(err)
+			if !odd {
+				a.log.Warn("agent: ignoring the feed's answer; keeping the cursor", "cursor", cursor, "err", err)
+				odd = true
+			}
+			if sleep(ctx, a.opts.MinPoll) != nil {
+				return nil
+			}
+			continue
+		}
+		a.answered()
 		if len(page.Events) == 0 {
 			failures = 0
+			if page.Cursor != cursor && !odd {
+				a.log.Warn("agent: the feed moved its cursor without events; keeping the cursor",
+					"cursor", cursor, "answered", page.Cursor)
+				odd = true
+			}
+			// A feed that answers at once although a wait was asked for is not polled
+			// again before MinPoll.
+			if d := min(wait, a.opts.MinPoll) - time.Since(asked); d > 0 && sleep(ctx, d) != nil {
+				return nil
+			}
 			continue
 		}
 		if err := a.Apply(ctx, page.Events); err != nil {
@@ -265,6 +330,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		cursor = page.Cursor
 		failures = 0
+		odd = false
 		last := page.Events[len(page.Events)-1]
 		a.update(func(s *Status) {
 			s.Cursor, s.LastEvent, s.Lag = cursor, last.Time, a.opts.Now().Sub(last.Time)
@@ -273,8 +339,53 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
+// errOddPage is the failure of a feed answer the agent does not follow.
+var errOddPage = errors.New("agent: the feed's answer cannot be followed")
+
+// pageFollows checks that a page with events moves the feed on from cursor: its cursor and
+// each event's are after cursor, in order, and the page's cursor is its last event's.
+// Cursors that read as decimal numbers (a crkvol service's) are compared as numbers; others
+// only need to differ from cursor.
+func pageFollows(cursor string, p volume.KeyEventPage) error {
+	if len(p.Events) == 0 {
+		return nil
+	}
+	prev := cursor
+	for _, e := range p.Events {
+		if !cursorAfter(e.Cursor, prev) {
+			return fmt.Errorf("%w: event cursor %q is not after %q", errOddPage, e.Cursor, prev)
+		}
+		prev = e.Cursor
+	}
+	if p.Cursor != prev {
+		return fmt.Errorf("%w: the page's cursor %q is not its last event's %q", errOddPage, p.Cursor, prev)
+	}
+	return nil
+}
+
+// cursorAfter reports whether cursor c comes after prev.
+func cursorAfter(c, prev string) bool {
+	if c == "" || c == prev {
+		return false
+	}
+	n, err1 := strconv.ParseUint(c, 10, 64)
+	m, err2 := strconv.ParseUint(prev, 10, 64)
+	if err1 != nil || err2 != nil {
+		return true
+	}
+	return n > m
+}
+
 func (a *Agent) feedFailed(err error) {
 	a.update(func(s *Status) { s.FeedError = err.Error() })
+}
+
+// answered records an answer of the feed that the agent follows.
+func (a *Agent) answered() {
+	a.mu.Lock()
+	a.status.LastPoll, a.status.FeedError = a.opts.Now(), ""
+	a.lastAnswer = time.Now()
+	a.mu.Unlock()
 }
 
 func sleep(ctx context.Context, d time.Duration) error {
@@ -344,7 +455,10 @@ func (a *Agent) Apply(ctx context.Context, events []volume.KeyEvent) error {
 				errs = append(errs, fmt.Errorf("agent: unlocking key %s: %w", id, err))
 				continue
 			}
-			a.update(func(s *Status) { s.Unlocks++ })
+			a.mu.Lock()
+			a.status.Unlocks++
+			delete(a.lockedOut, id)
+			a.mu.Unlock()
 			a.log.Info("agent: key usable again; its volumes may attach", "key", id, "event", w.lock.Type)
 			w.rewrap = true // anything that lagged while it was out of use
 		}
@@ -354,8 +468,14 @@ func (a *Agent) Apply(ctx context.Context, events []volume.KeyEvent) error {
 			}
 		}
 	}
-	a.update(func(s *Status) { s.Events += len(events); s.Keys = len(keys) })
-	return errors.Join(errs...)
+	err = errors.Join(errs...)
+	a.update(func(s *Status) {
+		s.Keys = len(keys)
+		if err == nil {
+			s.Events += len(events) // a page that failed is retried: counted when handled
+		}
+	})
+	return err
 }
 
 func (a *Agent) lockout(ctx context.Context, keyID, state string) error {
@@ -363,8 +483,21 @@ func (a *Agent) lockout(ctx context.Context, keyID, state string) error {
 	if err != nil {
 		return fmt.Errorf("agent: locking out the volumes of key %s: %w", keyID, err)
 	}
-	a.update(func(s *Status) { s.Lockouts++ })
-	a.log.Warn("agent: key out of use; its attached volumes stop serving", "key", keyID, "state", state, "attached", n)
+	// New: the key newly out of use (or in another state), or attach processes told to
+	// stop. A key that stays out of use is seen again at every reconciliation: not news.
+	a.mu.Lock()
+	prev, known := a.lockedOut[keyID]
+	isNew := !known || prev != state || n > 0
+	a.lockedOut[keyID] = state
+	if isNew {
+		a.status.Lockouts++
+	}
+	a.mu.Unlock()
+	if isNew {
+		a.log.Warn("agent: key out of use; its attached volumes stop serving", "key", keyID, "state", state, "attached", n)
+	} else {
+		a.log.Debug("agent: key still out of use; no attached volume of it serves", "key", keyID, "state", state)
+	}
 	return nil
 }
 
@@ -374,7 +507,7 @@ func (a *Agent) rewrap(ctx context.Context, keyID string) error {
 		return fmt.Errorf("agent: rewrapping the volumes of key %s: %w", keyID, err)
 	}
 	a.mu.Lock()
-	a.status.Rewraps++
+	a.status.RewrapPasses++
 	a.failed[keyID] = len(rep.Failed)
 	a.status.FailedVolumes = 0
 	for _, n := range a.failed {
@@ -419,6 +552,9 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 			}
 			continue
 		}
+		a.mu.Lock()
+		delete(a.lockedOut, id)
+		a.mu.Unlock()
 		if err := a.rewrap(ctx, id); err != nil {
 			errs = append(errs, err)
 		}

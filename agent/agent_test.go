@@ -1,11 +1,14 @@
 package agent_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -31,6 +34,8 @@ type testHost struct {
 	unlocks   []string
 	failNext  int // Rewrap calls that fail before acting, as an unreachable service would
 	rewrapped int
+	attached  int   // what Lockout answers: the attach processes it told
+	lockErr   error // what Lockout fails with
 }
 
 func (h *testHost) Keys(ctx context.Context) ([]string, error) {
@@ -71,8 +76,11 @@ func (h *testHost) Rewrap(ctx context.Context, keyID string) (*volume.Report, er
 func (h *testHost) Lockout(ctx context.Context, keyID, state string) (int, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.lockErr != nil {
+		return 0, h.lockErr
+	}
 	h.lockouts = append(h.lockouts, keyID+"/"+state)
-	return 1, nil
+	return h.attached, nil
 }
 
 func (h *testHost) Unlock(ctx context.Context, keyID string) error {
@@ -339,4 +347,55 @@ func TestAgentRunsDuePolicyRotationsWhenAsked(t *testing.T) {
 func TestNewRequiresFeedAndHost(t *testing.T) {
 	_, err := agent.New(agent.Options{})
 	require.Error(t, err)
+}
+
+// A page that failed is retried: its events count once, when it is handled.
+func TestApplyCountsEventsOnlyWhenHandled(t *testing.T) {
+	f := newFixture(t, 1)
+	a, err := agent.New(agent.Options{Feed: f.host.ks, Host: f.host})
+	require.NoError(t, err)
+	page := []volume.KeyEvent{{Cursor: "1", Type: volume.KeyDisabled, KeyID: f.key, State: volume.KeyStateSuspended},
+		{Cursor: "2", Type: volume.KeyRotated, KeyID: f.other, State: volume.KeyStateActive}}
+	f.host.lockErr = errors.New("attach records unreadable")
+	for range 3 {
+		require.Error(t, a.Apply(f.ctx, page))
+	}
+	require.Zero(t, a.Status().Events)
+	f.host.lockErr = nil
+	require.NoError(t, a.Apply(f.ctx, page))
+	require.Equal(t, 2, a.Status().Events)
+}
+
+// A key that stays out of use is locked out at every reconciliation; only the first lockout
+// (or one that told attach processes to stop) is news: counted and logged as a warning.
+func TestLockoutIsNewsOnlyOnce(t *testing.T) {
+	f := newFixture(t, 1)
+	_, err := f.svc.DisableKey(f.ctx, f.key)
+	require.NoError(t, err)
+	var log bytes.Buffer
+	a, err := agent.New(agent.Options{Feed: f.host.ks, Host: f.host, Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	require.NoError(t, err)
+	for range 3 {
+		require.NoError(t, a.Reconcile(f.ctx))
+	}
+	require.Equal(t, 1, a.Status().Lockouts)
+	require.Equal(t, 1, strings.Count(log.String(), "level=WARN"), log.String())
+
+	// An attach process told to stop is news again.
+	f.host.attached = 1
+	require.NoError(t, a.Reconcile(f.ctx))
+	require.Equal(t, 2, a.Status().Lockouts)
+	f.host.attached = 0
+	// Usable again, then out of use again: news.
+	f.clock.Advance(time.Minute)
+	_, err = f.svc.EnableKey(f.ctx, f.key)
+	require.NoError(t, err)
+	require.NoError(t, a.Reconcile(f.ctx))
+	f.clock.Advance(time.Minute)
+	_, err = f.svc.DisableKey(f.ctx, f.key)
+	require.NoError(t, err)
+	require.NoError(t, a.Reconcile(f.ctx))
+	require.NoError(t, a.Reconcile(f.ctx))
+	require.Equal(t, 3, a.Status().Lockouts)
+	require.Equal(t, 3, strings.Count(log.String(), "level=WARN"), log.String())
 }

@@ -47,6 +47,8 @@ type KeyEvent struct {
 	// Type is one of the Key* event constants (KeyRotated, KeyDisabled, ...).
 	Type  string
 	KeyID string
+	// KeyCRN is the key's CRN, as the service names it.
+	KeyCRN string
 	// State is the key's state after the event (a KeyState* constant).
 	State string
 	// OldVersion is the latest version before a rotation.
@@ -55,6 +57,10 @@ type KeyEvent struct {
 	NewVersion string
 	// Policy is set on a rotation fired by the key's rotation policy.
 	Policy bool
+	// Initiator is who acted, as the service names it.
+	Initiator string
+	// Registrations is how many resources were registered with the key at the event.
+	Registrations int
 }
 
 // Locks reports whether the event takes the key out of use: a disable, delete or purge.

@@ -41,11 +41,12 @@ func (a *app) agentCommand() *cobra.Command {
 		Long: `agent is the long-running process of a storage host. It follows the lifecycle feed of the key
 service (the embedded one of the state directory, or the --kms-url service) for the root keys
 of the volumes registered in the state directory, and responds to each event:
-  rotate, sync        rewraps the host's volumes of the key to its latest version;
-  disable, delete     sends SIGUSR1 to every attach process of this state directory serving a
-                      volume of the key, which makes it check its key at once and stop serving;
-  enable, restore     logs it (the key service itself lets the volumes attach again) and
-                      rewraps what lagged meanwhile.
+  rotate, sync             rewraps the host's volumes of the key to its latest version;
+  disable, delete, purge   sends SIGUSR1 to every attach process of this state directory
+                           serving a volume of the key, which makes it check its key at once
+                           and stop serving;
+  enable, restore          logs it (the key service itself lets the volumes attach again) and
+                           rewraps what lagged meanwhile.
 It records the cursor of the last event it handled in <state>/agent/cursor, so that a restarted
 agent handles every event it missed. At start, when the feed asks for a resync, and every
 --reconcile-every, it compares every key of the host's volumes with its state and latest
@@ -82,8 +83,10 @@ commands run on the host meanwhile. One agent runs per state directory. It logs 
 	status := &cobra.Command{Use: "status", Short: "Show the running agent's cursor, lag and last reconciliation", Args: args(cobra.NoArgs),
 		Long: `status asks the agent of the state directory for its status over its socket
 <state>/agent/agent.sock: the feed cursor up to which it handled every event, the events
-handled and the responses, the lag of the last event (from the event to the end of its
-handling), the last poll of the feed and the last reconciliation. When no agent runs it says
+handled and the responses (rewrap passes over a key's volumes, for events and reconciliations
+alike; lockouts that were new; unlocks), the lag of the last event (from the event to the end
+of its handling), the last poll of the feed (while the feed fails: its error and how long it
+has not answered) and the last reconciliation. When no agent runs it says
 so, shows the cursor the last agent saved, and exits 1.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.runAgentStatus(cmd.Context())
@@ -335,7 +338,14 @@ func (h *cliHost) Lockout(ctx context.Context, keyID, state string) (int, error)
 		}
 		info, err := volume.Describe(rec.Image)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("attached volume %s: %w", rec.Image, err))
+			// Its key is unknown (the image moved, or cannot be read): not a reason to fail
+			// the lockout of the key's other volumes. It is told to check its own key all
+			// the same, which costs one key check if it serves another key's volume.
+			h.log.Warn("agent: cannot read the image of an attach process; telling it to check its key anyway",
+				"key", keyID, "pid", rec.PID, "image", rec.Image, "err", err)
+			if err := syscall.Kill(rec.PID, syscall.SIGUSR1); err != nil && !errors.Is(err, syscall.ESRCH) {
+				h.log.Warn("agent: signalling an attach process failed", "pid", rec.PID, "image", rec.Image, "err", err)
+			}
 			continue
 		}
 		if info.KeyID != keyID {
@@ -500,28 +510,37 @@ type RunningAgent struct {
 	Started    jsonTime `json:"started,omitzero"`
 	Keys       int      `json:"keys"`
 	Events     int      `json:"events"`
-	Rewraps    int      `json:"rewraps"`
-	Lockouts   int      `json:"lockouts"`
-	Unlocks    int      `json:"unlocks"`
+	// RewrapPasses counts the rewrap passes over a key's volumes, for events and
+	// reconciliations alike.
+	RewrapPasses int `json:"rewrapPasses"`
+	Lockouts     int `json:"lockouts"`
+	Unlocks      int `json:"unlocks"`
 	// LastEvent is the service time of the last event handled; Lag how long after it the
 	// agent finished handling it, in words and in seconds.
-	LastEvent      jsonTime `json:"lastEvent,omitzero"`
-	Lag            string   `json:"lag,omitempty"`
-	LagSeconds     float64  `json:"lagSeconds"`
-	LastPoll       jsonTime `json:"lastPoll,omitzero"`
-	FeedError      string   `json:"feedError,omitempty"`
-	LastReconcile  jsonTime `json:"lastReconcile,omitzero"`
-	NextReconcile  jsonTime `json:"nextReconcile,omitzero"`
-	Reconciles     int      `json:"reconciles"`
-	ReconcileError string   `json:"reconcileError,omitempty"`
-	FailedVolumes  int      `json:"failedVolumes"`
+	LastEvent  jsonTime `json:"lastEvent,omitzero"`
+	Lag        string   `json:"lag,omitempty"`
+	LagSeconds float64  `json:"lagSeconds"`
+	LastPoll   jsonTime `json:"lastPoll,omitzero"`
+	FeedError  string   `json:"feedError,omitempty"`
+	// FeedSilence is, while FeedError is set, how long ago the feed last answered (or the
+	// agent started), in words and in seconds.
+	FeedSilence        string   `json:"feedSilence,omitempty"`
+	FeedSilenceSeconds float64  `json:"feedSilenceSeconds,omitempty"`
+	LastReconcile      jsonTime `json:"lastReconcile,omitzero"`
+	NextReconcile      jsonTime `json:"nextReconcile,omitzero"`
+	Reconciles         int      `json:"reconciles"`
+	ReconcileError     string   `json:"reconcileError,omitempty"`
+	FailedVolumes      int      `json:"failedVolumes"`
 }
 
 // runningView is a running agent's status view.
 func runningView(dir, instance string, base RunningAgent, st agent.Status) agentStatusView {
 	r := base
-	r.Started, r.Keys, r.Events, r.Rewraps, r.Lockouts, r.Unlocks = jsonTime{st.Started}, st.Keys, st.Events, st.Rewraps, st.Lockouts, st.Unlocks
+	r.Started, r.Keys, r.Events, r.RewrapPasses, r.Lockouts, r.Unlocks = jsonTime{st.Started}, st.Keys, st.Events, st.RewrapPasses, st.Lockouts, st.Unlocks
 	r.LastEvent, r.LastPoll, r.FeedError = jsonTime{st.LastEvent}, jsonTime{st.LastPoll}, st.FeedError
+	if st.FeedError != "" && st.FeedSilence > 0 {
+		r.FeedSilence, r.FeedSilenceSeconds = humanLag(st.FeedSilence), st.FeedSilence.Seconds()
+	}
 	r.LastReconcile, r.NextReconcile, r.Reconciles, r.ReconcileError = jsonTime{st.LastReconcile}, jsonTime{st.NextReconcile}, st.Reconciles, st.ReconcileError
 	r.FailedVolumes = st.FailedVolumes
 	if !st.LastEvent.IsZero() {
@@ -680,7 +699,7 @@ func printAgentStatus(w io.Writer, v agentStatusView) {
 	line("cursor", "%s", v.Cursor)
 	line("started", "%s", rfc3339(r.Started.Time))
 	line("keys", "%d", r.Keys)
-	line("events", "%d handled: %d rewraps, %d lockouts, %d unlocks", r.Events, r.Rewraps, r.Lockouts, r.Unlocks)
+	line("events", "%d handled; %d rewrap passes, %d lockouts, %d unlocks", r.Events, r.RewrapPasses, r.Lockouts, r.Unlocks)
 	if r.LastEvent.IsZero() {
 		line("last event", "none yet")
 	} else {
@@ -691,7 +710,11 @@ func printAgentStatus(w io.Writer, v agentStatusView) {
 		line("last poll", "%s", rfc3339(r.LastPoll.Time))
 	}
 	if r.FeedError != "" {
-		line("feed error", "%s", r.FeedError)
+		if r.FeedSilence != "" {
+			line("feed error", "%s (no answer for %s)", r.FeedError, r.FeedSilence)
+		} else {
+			line("feed error", "%s", r.FeedError)
+		}
 	}
 	if r.LastReconcile.IsZero() {
 		line("last reconcile", "none yet")

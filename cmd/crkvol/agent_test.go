@@ -1,9 +1,13 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,8 +22,11 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"crkvol/agent"
+	"crkvol/crk"
 	"crkvol/internal/tooltest"
 	"crkvol/volume"
+	"crkvol/volume/kms"
 )
 
 // agentProc is a `crkvol agent` started by a test.
@@ -454,4 +461,126 @@ func maskStatus(lines []string) []string {
 		out[i] = strings.Join(strings.Fields(l), " ")
 	}
 	return out
+}
+
+// An attach record whose image cannot be read (moved, deleted) does not fail the lockout of
+// a key: its process is told to check its own key all the same, and the lockout goes on.
+func TestAgentLockoutGoesPastAnUnreadableImage(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "attached"), 0o700))
+	child := exec.Command("sleep", "30")
+	require.NoError(t, child.Start())
+	done := make(chan error, 1)
+	go func() { done <- child.Wait() }()
+	defer child.Process.Kill()
+	start, err := processStart(child.Process.Pid)
+	require.NoError(t, err)
+	rec, err := json.Marshal(attachment{PID: child.Process.Pid, StartTime: start, Image: filepath.Join(dir, "moved.img")})
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "attached", "moved.json"), rec, 0o600))
+
+	var log syncBuffer
+	h := &cliHost{dir: dir, log: slog.New(slog.NewTextHandler(&log, nil))}
+	n, err := h.Lockout(t.Context(), "0b8a8e3e-6c43-4a4c-9d31-6a0b5d0c8f11", "suspended")
+	require.NoError(t, err)
+	assert.Zero(t, n, "not counted: its key is unknown")
+	assert.Contains(t, log.String(), "moved.img")
+	select { // SIGUSR1 ends sleep
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the attach process was not told to check its key")
+	}
+}
+
+// The text status names what its counters count and, while the feed fails, how long it has
+// been silent.
+func TestPrintAgentStatusFeedFailing(t *testing.T) {
+	t0 := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+	v := runningView("/srv/crkvol", "inst", RunningAgent{PID: 7, Mode: "embedded", KeyService: "embedded"}, agent.Status{
+		Started: t0, Events: 2, RewrapPasses: 3, LastPoll: t0, FeedError: "connection refused", FeedSilence: 95 * time.Second})
+	var out strings.Builder
+	printAgentStatus(&out, v)
+	assert.Contains(t, out.String(), "events:          2 handled; 3 rewrap passes, 0 lockouts, 0 unlocks\n")
+	assert.Contains(t, out.String(), "feed error:      connection refused (no answer for 1m35s)\n")
+	assert.Equal(t, 95.0, v.FeedSilenceSeconds)
+	assert.Equal(t, 3, v.RewrapPasses)
+}
+
+// recordingFeed answers from a real feed and records what it was asked.
+type recordingFeed struct {
+	feed  volume.KeyFeed
+	asked []string
+}
+
+func (f *recordingFeed) KeyEvents(ctx context.Context, cursor string, wait time.Duration) (volume.KeyEventPage, error) {
+	f.asked = append(f.asked, fmt.Sprintf("%q %s", cursor, wait))
+	return f.feed.KeyEvents(ctx, cursor, wait)
+}
+
+// feedStore makes a key store whose feed has a rotation by hand, a policy rotation and a
+// disable of a key with a registration.
+func feedStore(t *testing.T) (path string, svc *crk.Service, key string) {
+	t.Helper()
+	path = filepath.Join(t.TempDir(), "crk.db")
+	clock := crk.NewManualClock(time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC))
+	svc, err := crk.Open(path, crk.Options{Clock: clock, NoSync: true, FeedRetention: crk.FeedRetention{MaxAge: -1}})
+	require.NoError(t, err)
+	t.Cleanup(func() { svc.Close() })
+	ctx := context.Background()
+	k, err := svc.CreateRootKey(ctx, "fed")
+	require.NoError(t, err)
+	_, err = svc.Register(ctx, k.ID, "crn:v1:bluemix:public:is:us-south:a/crkvol::volume:r006-00000000-0000-4000-8000-0000000000bb", crk.RegisterOptions{})
+	require.NoError(t, err)
+	clock.Advance(2 * time.Hour)
+	_, err = svc.RotateKey(crk.WithInitiator(ctx, "alice"), k.ID, nil)
+	require.NoError(t, err)
+	_, err = svc.SetRotationPolicy(ctx, k.ID, 1, true)
+	require.NoError(t, err)
+	clock.Advance(32 * 24 * time.Hour)
+	_, err = svc.RunDue(ctx)
+	require.NoError(t, err)
+	_, err = svc.DisableKey(ctx, k.ID)
+	require.NoError(t, err)
+	return path, svc, k.ID
+}
+
+// key feed --json prints each event as the HTTP lifecycle feed answers it (times to the
+// second, as every time the CLI prints).
+func TestKeyFeedJSONIsTheHTTPForm(t *testing.T) {
+	path, svc, _ := feedStore(t)
+	want, err := svc.Lifecycle(context.Background(), "0", 100)
+	require.NoError(t, err)
+	require.Len(t, want.Events, 3)
+	for i := range want.Events { // the CLI prints times to the second
+		want.Events[i].Time = want.Events[i].Time.Truncate(time.Second)
+	}
+	httpForm, err := json.Marshal(want)
+	require.NoError(t, err)
+	for _, side := range []struct {
+		name string
+		feed volume.KeyFeed
+	}{{"local", kms.NewLocal(svc)}, {"store", &kms.StoreFeed{Path: path}}} {
+		t.Run(side.name, func(t *testing.T) {
+			if side.name == "store" {
+				require.NoError(t, svc.Close()) // the store feed reads what no process holds
+			}
+			var out bytes.Buffer
+			a := &app{stdout: &out, stderr: io.Discard, asJSON: true}
+			require.NoError(t, a.showFeed(context.Background(), side.feed, "0", 0, false))
+			assert.JSONEq(t, string(httpForm), out.String())
+		})
+	}
+}
+
+// key feed --wait without --cursor waits for the next event after the head.
+func TestKeyFeedWaitFromTheHead(t *testing.T) {
+	_, svc, _ := feedStore(t)
+	head, err := svc.Lifecycle(context.Background(), "", 0)
+	require.NoError(t, err)
+	feed := &recordingFeed{feed: kms.NewLocal(svc)}
+	var out, errOut bytes.Buffer
+	a := &app{stdout: &out, stderr: &errOut}
+	require.NoError(t, a.showFeed(context.Background(), feed, "", 50*time.Millisecond, false))
+	assert.Equal(t, []string{`"" 0s`, fmt.Sprintf("%q 50ms", head.Cursor)}, feed.asked)
+	assert.Equal(t, "resume with --cursor "+head.Cursor+"\n", errOut.String())
 }

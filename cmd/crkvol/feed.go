@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"crkvol/crk"
 	"crkvol/volume"
 	"crkvol/volume/kms"
 )
@@ -19,21 +20,13 @@ import (
 // defaultFollowWait is the wait of each long poll of key feed --follow.
 const defaultFollowWait = 30 * time.Second
 
-// feedEventJSON is a lifecycle event as key feed --json prints it.
-type feedEventJSON struct {
-	Cursor     string `json:"cursor"`
-	Time       string `json:"time,omitempty"`
-	Type       string `json:"type"`
-	KeyID      string `json:"keyId"`
-	State      string `json:"state"`
-	OldVersion string `json:"oldVersion,omitempty"`
-	NewVersion string `json:"newVersion"`
-	Policy     bool   `json:"policy"`
-}
-
-func feedEvent(e volume.KeyEvent) feedEventJSON {
-	return feedEventJSON{Cursor: e.Cursor, Time: rfc3339(e.Time), Type: e.Type, KeyID: e.KeyID, State: e.State,
-		OldVersion: e.OldVersion, NewVersion: e.NewVersion, Policy: e.Policy}
+// feedEvent is a lifecycle event as key feed --json prints it: as the service's HTTP
+// lifecycle feed answers it (crk.LifecycleEvent's JSON: the same fields, "policy" only when
+// true), with the time to the second, as every time the CLI prints.
+func feedEvent(e volume.KeyEvent) crk.LifecycleEvent {
+	return crk.LifecycleEvent{Cursor: e.Cursor, Time: e.Time.UTC().Truncate(time.Second), Type: e.Type, KeyID: e.KeyID, KeyCRN: e.KeyCRN,
+		State: e.State, OldVersion: e.OldVersion, NewVersion: e.NewVersion, Policy: e.Policy,
+		Initiator: e.Initiator, Registrations: e.Registrations}
 }
 
 // feedLine is the text line of an event: time, type, key, versions, state, cursor. The
@@ -69,9 +62,9 @@ registered resources (volumes), oldest first: rotate (by hand, or by the rotatio
 
   TIME TYPE key=ID version=[OLD->]NEW state=STATE [policy] cursor=CURSOR
 
-Without --cursor the feed starts at its head (now: no events); --cursor 0 starts at the
-oldest event kept. The cursor to resume from is printed on stderr ("resume with --cursor C").
-A cursor the feed cannot continue from (its events were deleted by the retention, or another
+Without --cursor the feed starts at its head (now: no events, or with --wait the next event
+to come); --cursor 0 starts at the oldest event kept. The cursor to resume from is printed on
+stderr ("resume with --cursor C"). A cursor the feed cannot continue from (its events were deleted by the retention, or another
 store's) fails with "resync needed": start again without --cursor.
 
 --wait waits up to that long (at most 60s with --kms-url) for an event when none follows the
@@ -80,7 +73,9 @@ at a time.
 
 With --json and without --follow it prints one JSON document, {"events": [...], "cursor":
 "C"}; with --follow it prints one JSON object per line for each event (its "cursor" is where
-to resume).
+to resume). Each event reads as the lifecycle endpoint of kms serve answers it (cursor, time
+to the second, type, keyId, keyCrn, state, oldVersion, newVersion, policy when true,
+initiator, registrations).
 
 Embedded, the feed is read from the state directory's crk.db without holding it (while kms
 serve holds it, use --kms-url); with --kms-url, from the service's lifecycle endpoint.`,
@@ -102,7 +97,7 @@ serve holds it, use --kms-url); with --kms-url, from the service's lifecycle end
 		}}
 	cmd.Flags().StringVar(&cursor, "cursor", "", "resume after this cursor (default: the feed's head; 0: the oldest event kept)")
 	cmd.Flags().BoolVar(&follow, "follow", false, "keep following until SIGINT or SIGTERM (with --json: one JSON object per line)")
-	cmd.Flags().DurationVar(&wait, "wait", 0, "wait up to this long for an event when none follows the cursor (default 0, or 30s with --follow)")
+	cmd.Flags().DurationVar(&wait, "wait", 0, "wait up to this long for an event when none follows the cursor (with --follow: 30s unless given)")
 	return cmd
 }
 
@@ -129,6 +124,14 @@ func (a *app) keyFeed() (volume.KeyFeed, error) {
 // showFeed prints the feed after cursor: one page, or with follow every page until ctx ends.
 func (a *app) showFeed(ctx context.Context, feed volume.KeyFeed, cursor string, wait time.Duration, follow bool) error {
 	lines := json.NewEncoder(a.stdout)
+	if cursor == "" && wait > 0 && !follow {
+		// One page waiting for the next event: from the head, which comes at once.
+		head, err := feed.KeyEvents(ctx, "", 0)
+		if err != nil {
+			return fmt.Errorf("reading the head of the lifecycle feed: %w", err)
+		}
+		cursor = head.Cursor
+	}
 	for {
 		page, err := feed.KeyEvents(ctx, cursor, wait)
 		if err != nil {
@@ -146,7 +149,7 @@ func (a *app) showFeed(ctx context.Context, feed volume.KeyFeed, cursor string, 
 		}
 		if !follow {
 			if a.asJSON {
-				evs := make([]feedEventJSON, 0, len(page.Events))
+				evs := make([]crk.LifecycleEvent, 0, len(page.Events))
 				for _, e := range page.Events {
 					evs = append(evs, feedEvent(e))
 				}

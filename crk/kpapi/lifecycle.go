@@ -39,7 +39,8 @@ import (
 // by the retention, or it is ahead of the feed: another store) is answered 410 with the
 // error envelope and reason code FEED_RESYNC_REQUIRED_ERR (crkvolError "resync_needed"): the
 // follower reconciles, then follows from the head (an empty cursor). A malformed parameter
-// is answered 400 INVALID_QUERY_PARAM_ERR with the parameter as the reason's target.
+// (or one given more than once) is answered 400 INVALID_QUERY_PARAM_ERR with the parameter
+// as the reason's target.
 const LifecyclePath = "/api/crkvol/v1/lifecycle"
 
 // Bounds of the lifecycle feed's query parameters.
@@ -52,6 +53,11 @@ const (
 
 // feedQuery reads the lifecycle feed's query parameters.
 func feedQuery(v url.Values) (cursor string, wait time.Duration, limit int, err error) {
+	for _, name := range []string{"cursor", "wait", "limit"} {
+		if len(v[name]) > 1 {
+			return "", 0, 0, badRequest("INVALID_QUERY_PARAM_ERR", name+" must be given at most once", name)
+		}
+	}
 	cursor = v.Get("cursor")
 	if _, perr := crk.ParseFeedCursor(cursor); perr != nil {
 		return "", 0, 0, badRequest("INVALID_QUERY_PARAM_ERR", "cursor must be the cursor of an earlier answer, or empty for the feed's head", "cursor")

@@ -135,6 +135,9 @@ func TestLifecycleFeedBadRequests(t *testing.T) {
 		{"limit zero", url.Values{"limit": {"0"}}, "limit"},
 		{"limit too big", url.Values{"limit": {"1001"}}, "limit"},
 		{"limit not a number", url.Values{"limit": {"all"}}, "limit"},
+		{"cursor twice", url.Values{"cursor": {"1", "2"}}, "cursor"},
+		{"wait twice", url.Values{"wait": {"1s", "1s"}}, "wait"},
+		{"limit twice", url.Values{"limit": {"5", "10"}}, "limit"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			status, body := feedGet(t, e.ctx, e.srv.URL, staticToken, e.inst, tc.q)

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -173,4 +175,27 @@ func TestRemoteKeyEventsResyncAfterRetention(t *testing.T) {
 	head, err := r.KeyEvents(t.Context(), "", 0)
 	require.NoError(t, err)
 	assert.Equal(t, "2", head.Cursor)
+}
+
+// TestRemoteKeyEventsAsksForALimit: the client asks for a page small enough to fit the body
+// it accepts, whatever the server's default.
+func TestRemoteKeyEventsAsksForALimit(t *testing.T) {
+	queries := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case queries <- r.URL.RawQuery:
+		default:
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"events":[],"cursor":"7"}`))
+	}))
+	defer srv.Close()
+	r, err := kms.NewRemote(kms.RemoteConfig{URL: srv.URL, Instance: "00000000-0000-4000-8000-000000000001", Token: "t"})
+	require.NoError(t, err)
+	_, err = r.KeyEvents(context.Background(), "7", 0)
+	require.NoError(t, err)
+	q, err := url.ParseQuery(<-queries)
+	require.NoError(t, err)
+	assert.Equal(t, []string{strconv.Itoa(kms.RemoteFeedLimit)}, q["limit"])
+	assert.LessOrEqual(t, kms.RemoteFeedLimit, kpapi.MaxLifecycleLimit)
 }

@@ -137,8 +137,9 @@ const feedPageLimit = 1000
 func keyEventPage(p crk.LifecyclePage) volume.KeyEventPage {
 	out := volume.KeyEventPage{Cursor: p.Cursor, Events: make([]volume.KeyEvent, len(p.Events))}
 	for i, e := range p.Events {
-		out.Events[i] = volume.KeyEvent{Cursor: e.Cursor, Time: e.Time, Type: e.Type, KeyID: e.KeyID, State: e.State,
-			OldVersion: e.OldVersion, NewVersion: e.NewVersion, Policy: e.Policy}
+		out.Events[i] = volume.KeyEvent{Cursor: e.Cursor, Time: e.Time, Type: e.Type, KeyID: e.KeyID, KeyCRN: e.KeyCRN,
+			State: e.State, OldVersion: e.OldVersion, NewVersion: e.NewVersion, Policy: e.Policy,
+			Initiator: e.Initiator, Registrations: e.Registrations}
 	}
 	return out
 }

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-
+	"strconv"
 	"time"
 
 	"crkvol/crk"
@@ -17,7 +17,7 @@ import (
 // ([kpapi.LifecyclePath], a crkvol extension of the Key Protect API that `crkvol kms serve`
 // offers): a long poll of at most wait ([kpapi.MaxLifecycleWait] at most; a longer wait is
 // cut to it, and an empty page comes back after it), with Remote's tokens, TLS settings and
-// error mapping. The request's timeout is RemoteConfig.Timeout beyond the wait. It is one
+// error mapping, and at most [RemoteFeedLimit] events a page. The request's timeout is RemoteConfig.Timeout beyond the wait. It is one
 // attempt (once more with a fresh token after a 401): a follower polls again anyway.
 //
 // A cursor the feed cannot continue from is an error matching both volume.ErrResyncNeeded
@@ -33,6 +33,7 @@ func (r *Remote) KeyEvents(ctx context.Context, cursor string, wait time.Duratio
 	if wait > 0 {
 		q.Set("wait", wait.String())
 	}
+	q.Set("limit", strconv.Itoa(RemoteFeedLimit))
 	path := kpapi.LifecyclePath
 	if len(q) > 0 {
 		path += "?" + q.Encode()
@@ -51,6 +52,11 @@ func (r *Remote) KeyEvents(ctx context.Context, cursor string, wait time.Duratio
 	}
 	return keyEventPage(page), nil
 }
+
+// RemoteFeedLimit is the most events Remote asks one answer of the lifecycle feed for: a
+// page of that many events fits the answer body Remote accepts (about 1 KiB an event at
+// most, against a 1 MiB cap), whatever the server's default.
+const RemoteFeedLimit = 500
 
 // checkPage refuses a lifecycle answer that cannot be followed: no cursor, or an event
 // without a cursor or a well-formed key id.
