@@ -329,7 +329,6 @@ func checkListen(addr string, loopback, tls, insecure, static bool) error {
 	return nil
 }
 
-// tenants opens the state directory's instances.
 // runDueLoop runs the due policy rotations and expiries of every instance of tenants at once
 // and then every period until ctx ends, logging them with log (see dueLog).
 func (a *app) runDueLoop(ctx context.Context, tenants *kpapi.Tenants, log *slog.Logger, period time.Duration) {
@@ -388,6 +387,7 @@ func (d *dueLog) record(res map[string]crk.RunDueResult, err error) {
 	d.failing = now
 }
 
+// tenants opens the state directory's instances.
 func (a *app) tenants() (*kpapi.Tenants, error) {
 	dir, err := a.stateDirectory()
 	if err != nil {
