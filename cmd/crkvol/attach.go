@@ -42,6 +42,7 @@ func (a *app) attachCommands() (*cobra.Command, *cobra.Command) {
 	var listen string
 	var readOnly bool
 	var maxConns int
+	var grace time.Duration
 	attach := &cobra.Command{Use: "attach IMG", Short: "Serve a volume's plaintext as a block device over NBD until SIGINT/SIGTERM or detach", Args: args(cobra.ExactArgs(1)),
 		Long: fmt.Sprintf(`attach unwraps the volume's passphrase, opens the volume and serves it with the Network Block
 Device protocol, so that qemu-img, nbdcopy, nbd-client or a VM can use it as a disk, for example
@@ -58,9 +59,15 @@ seconds: new requests fail with EIO, requests in flight finish, the NBD connecti
 the image is flushed and closed, the key is cleared, the attachment record and socket are
 removed, and it exits with status 1 naming the key and its state. Writes acknowledged before
 then are on disk: once the key is enabled or restored, the volume attaches again with its
-data. Failures to read the feed or the key's state (the store locked, the key service out of
-reach) are logged and retried; they never stop serving by themselves. A volume whose key is
-not usable does not attach.
+data. A volume whose key is not usable does not attach.
+
+attach also stops serving, the same way, when it can no longer make sure that the key is
+usable: when the key service refuses this host's credentials (the API key revoked, the token
+expired or refused: a 401 or 403 answer, or the token endpoint refusing the API key) at the
+next feed read or state check (within 30s, at once on SIGUSR1), and once --offline-grace (%s by default) has passed without any successful read of
+the feed or check of the key's state (the key service out of reach, the store locked). Until
+then such failures are logged and retried. --offline-grace 0 keeps serving however long the
+key service cannot be reached.
 
 --listen takes unix:PATH (default: a 0600 socket in the state directory) or tcp:HOST:PORT on a
 loopback address: NBD has no authentication, so plaintext is never served to the network. Note
@@ -72,13 +79,17 @@ one to four each); further clients are disconnected at once. A client that has n
 the NBD handshake within %s is disconnected, and the requests of all clients together
 hold at most %d MiB of buffers: a client that sends requests without reading the replies is
 not read from until it does, and is disconnected once a reply has waited %s.`,
-			nbd.DefaultMaxConnections, nbd.DefaultNegotiationTimeout, nbd.DefaultMaxBufferedBytes>>20, nbd.DefaultReplyTimeout),
+			lockoutOfflineGrace, nbd.DefaultMaxConnections, nbd.DefaultNegotiationTimeout, nbd.DefaultMaxBufferedBytes>>20, nbd.DefaultReplyTimeout),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.runAttach(cmd.Context(), args[0], listen, readOnly, maxConns)
+			if grace < 0 {
+				return fmt.Errorf("--offline-grace %s: want 0 or a positive duration", grace)
+			}
+			return a.runAttach(cmd.Context(), args[0], listen, readOnly, maxConns, grace)
 		}}
 	attach.Flags().StringVar(&listen, "listen", "", "unix:PATH or tcp:127.0.0.1:PORT (default: a unix socket in <state>/attached/)")
 	attach.Flags().BoolVar(&readOnly, "read-only", false, "refuse writes (the export is read-only)")
 	attach.Flags().IntVar(&maxConns, "max-connections", nbd.DefaultMaxConnections, "NBD clients served at once; further ones are disconnected")
+	attach.Flags().DurationVar(&grace, "offline-grace", lockoutOfflineGrace, "stop serving after this long without reaching the key service (0: never)")
 
 	var timeout time.Duration
 	detach := &cobra.Command{Use: "detach IMG", Short: "Stop the process that serves an attached volume, and wait for it", Args: args(cobra.ExactArgs(1)),
@@ -203,7 +214,7 @@ func (a *app) attachTarget(path string) (abs, recPath string, info *volume.Info,
 	return abs, recordPath(dir, abs), info, nil
 }
 
-func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool, maxConns int) error {
+func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool, maxConns int, grace time.Duration) error {
 	if maxConns < 1 {
 		return fmt.Errorf("--max-connections %d: want at least 1", maxConns)
 	}
@@ -233,7 +244,11 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 	// is read from crk.db without holding it, and the state by opening it read-only: the
 	// attach process releases the store once the volume is open.
 	watch := &keyWatch{keyID: info.KeyID, checkNow: usr1Checks(sigctx, usr1), every: lockoutCheckEvery, wait: lockoutFeedWait,
-		retryMin: lockoutRetryMin, retryMax: lockoutRetryMax, log: logger}
+		retryMin: lockoutRetryMin, retryMax: lockoutRetryMax, grace: grace, log: logger}
+	if grace > 0 {
+		// A healthy key service answers a feed read or a state check well within the grace.
+		watch.every, watch.wait = min(watch.every, grace/2), min(watch.wait, grace/2)
+	}
 	var head string
 	remote := a.remoteURL() != ""
 	if !remote { // before open, which holds crk.db

@@ -26,6 +26,7 @@ import (
 	"crkvol/crk"
 	"crkvol/internal/tooltest"
 	"crkvol/volume"
+	"crkvol/volume/kms"
 )
 
 // nbdConn is a minimal NBD client (fixed newstyle, NBD_OPT_GO, simple replies) that keeps one
@@ -164,9 +165,9 @@ type attached struct {
 	at     time.Time // when it exited
 }
 
-func (e *lockoutEnv) attach(img, sock string) *attached {
+func (e *lockoutEnv) attach(img, sock string, flags ...string) *attached {
 	e.t.Helper()
-	a := &attached{cmd: e.cmd("volume", "attach", img, "--listen", "unix:"+sock), stderr: &syncBuffer{}, sock: sock, exited: make(chan struct{})}
+	a := &attached{cmd: e.cmd(append([]string{"volume", "attach", img, "--listen", "unix:" + sock}, flags...)...), stderr: &syncBuffer{}, sock: sock, exited: make(chan struct{})}
 	a.cmd.Stderr = a.stderr
 	require.NoError(e.t, a.cmd.Start())
 	go func() {
@@ -308,6 +309,8 @@ type fakeFeed struct {
 	mu      sync.Mutex
 	answers []feedAnswer
 	cursors []string // the cursors asked for
+	// then, when set, answers every call once the answers are spent.
+	then error
 }
 
 type feedAnswer struct {
@@ -325,6 +328,9 @@ func (f *fakeFeed) KeyEvents(ctx context.Context, cursor string, wait time.Durat
 		return a.page, a.err
 	}
 	f.mu.Unlock()
+	if f.then != nil {
+		return volume.KeyEventPage{}, f.then
+	}
 	select {
 	case <-ctx.Done():
 		return volume.KeyEventPage{}, ctx.Err()
@@ -349,49 +355,63 @@ func TestKeyWatch(t *testing.T) {
 		return feedAnswer{page: volume.KeyEventPage{Events: evs, Cursor: cursor}}
 	}
 	unreachable := errors.New("connection refused")
+	refused := fmt.Errorf("kms: token: the token endpoint refused the API key (400 Bad Request): %w", kms.ErrCredentialsRefused)
 	for _, tc := range []struct {
 		name    string
 		answers []feedAnswer
 		// states answers the state checks in turn (the last one repeats).
 		states   []volume.KeyStatus
 		stateErr error
+		// then answers the feed once the answers are spent; grace is the watch's.
+		then     error
+		grace    time.Duration
 		checkNow bool
 		want     *keyLock // nil: no lock within the test's time
 		cursors  []string // the first cursors the feed is asked for
 	}{
 		{name: "disable", answers: []feedAnswer{page("4", ev("4", volume.KeyDisabled, key, volume.KeyStateSuspended))},
-			states: []volume.KeyStatus{active}, want: &keyLock{key, volume.KeyStateSuspended, volume.KeyDisabled}, cursors: []string{"3"}},
+			states: []volume.KeyStatus{active}, want: &keyLock{keyID: key, state: volume.KeyStateSuspended, event: volume.KeyDisabled}, cursors: []string{"3"}},
 		{name: "delete after a rotation", answers: []feedAnswer{page("5", ev("4", volume.KeyRotated, key, volume.KeyStateActive), ev("5", volume.KeyDeleted, key, volume.KeyStateDestroyed))},
-			states: []volume.KeyStatus{active}, want: &keyLock{key, volume.KeyStateDestroyed, volume.KeyDeleted}},
+			states: []volume.KeyStatus{active}, want: &keyLock{keyID: key, state: volume.KeyStateDestroyed, event: volume.KeyDeleted}},
 		{name: "purge", answers: []feedAnswer{page("4", ev("4", volume.KeyPurged, key, volume.KeyStateDestroyed))},
-			states: []volume.KeyStatus{active}, want: &keyLock{key, volume.KeyStateDestroyed, volume.KeyPurged}},
+			states: []volume.KeyStatus{active}, want: &keyLock{keyID: key, state: volume.KeyStateDestroyed, event: volume.KeyPurged}},
 		{name: "other key disabled, own key rotated and enabled",
 			answers: []feedAnswer{page("5", ev("4", volume.KeyDisabled, other, volume.KeyStateSuspended), ev("5", volume.KeyRotated, key, volume.KeyStateActive)),
 				page("6", ev("6", volume.KeyEnabled, key, volume.KeyStateActive))},
 			states: []volume.KeyStatus{active}, cursors: []string{"3", "5", "6"}},
 		{name: "feed errors retried", answers: []feedAnswer{{err: unreachable}, {err: unreachable},
 			page("4", ev("4", volume.KeyDisabled, key, volume.KeyStateSuspended))},
-			states: []volume.KeyStatus{active}, want: &keyLock{key, volume.KeyStateSuspended, volume.KeyDisabled}, cursors: []string{"3", "3", "3"}},
+			states: []volume.KeyStatus{active}, want: &keyLock{keyID: key, state: volume.KeyStateSuspended, event: volume.KeyDisabled}, cursors: []string{"3", "3", "3"}},
 		{name: "feed errors never lock", answers: []feedAnswer{{err: unreachable}, {err: unreachable}, {err: unreachable}},
 			states: []volume.KeyStatus{active}},
 		{name: "state check errors never lock", states: []volume.KeyStatus{active}, stateErr: unreachable},
-		{name: "suspended at start", states: []volume.KeyStatus{suspended}, want: &keyLock{key, volume.KeyStateSuspended, ""}},
-		{name: "key gone", states: []volume.KeyStatus{active}, stateErr: fmt.Errorf("key k1: %w", crk.ErrKeyNotFound), want: &keyLock{key, "not found", ""}},
+		{name: "suspended at start", states: []volume.KeyStatus{suspended}, want: &keyLock{keyID: key, state: volume.KeyStateSuspended, event: ""}},
+		{name: "key gone", states: []volume.KeyStatus{active}, stateErr: fmt.Errorf("key k1: %w", crk.ErrKeyNotFound), want: &keyLock{keyID: key, state: "not found", event: ""}},
 		{name: "resync checks the state", answers: []feedAnswer{{err: fmt.Errorf("kms: %w", volume.ErrResyncNeeded)}, page("9")},
-			states: []volume.KeyStatus{active, suspended}, want: &keyLock{key, volume.KeyStateSuspended, ""}, cursors: []string{"3", ""}},
+			states: []volume.KeyStatus{active, suspended}, want: &keyLock{keyID: key, state: volume.KeyStateSuspended, event: ""}, cursors: []string{"3", ""}},
 		{name: "resync follows from the head", answers: []feedAnswer{{err: fmt.Errorf("kms: %w", volume.ErrResyncNeeded)}, page("9"),
 			page("10", ev("10", volume.KeyDisabled, key, volume.KeyStateSuspended))},
-			states: []volume.KeyStatus{active}, want: &keyLock{key, volume.KeyStateSuspended, volume.KeyDisabled}, cursors: []string{"3", "", "9"}},
-		{name: "SIGUSR1 checks at once", states: []volume.KeyStatus{active, suspended}, checkNow: true, want: &keyLock{key, volume.KeyStateSuspended, ""}},
+			states: []volume.KeyStatus{active}, want: &keyLock{keyID: key, state: volume.KeyStateSuspended, event: volume.KeyDisabled}, cursors: []string{"3", "", "9"}},
+		{name: "credentials refused by the feed", answers: []feedAnswer{{err: unreachable}, {err: refused}},
+			states: []volume.KeyStatus{active}, want: &keyLock{keyID: key, refused: refused}},
+		{name: "credentials refused by the state check", states: []volume.KeyStatus{active}, stateErr: refused,
+			want: &keyLock{keyID: key, refused: refused}},
+		{name: "unreachable past the grace", states: []volume.KeyStatus{active}, stateErr: unreachable, then: unreachable,
+			grace: 50 * time.Millisecond, want: &keyLock{keyID: key, offline: 50 * time.Millisecond, cause: unreachable}},
+		{name: "feed unreachable, state checks answered: within the grace", states: []volume.KeyStatus{active}, then: unreachable,
+			grace: 50 * time.Millisecond},
+		{name: "feed answered, state checks unreachable: within the grace", states: []volume.KeyStatus{active}, stateErr: unreachable,
+			grace: 50 * time.Millisecond},
+		{name: "SIGUSR1 checks at once", states: []volume.KeyStatus{active, suspended}, checkNow: true, want: &keyLock{keyID: key, state: volume.KeyStateSuspended, event: ""}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			feed := &fakeFeed{answers: tc.answers}
+			feed := &fakeFeed{answers: tc.answers, then: tc.then}
 			var mu sync.Mutex
 			checks := 0
 			checkNow := make(chan struct{}, 1)
 			w := &keyWatch{keyID: key, feed: feed, checkNow: checkNow, every: time.Hour, wait: time.Hour,
-				retryMin: time.Millisecond, retryMax: 2 * time.Millisecond, log: slog.New(slog.DiscardHandler),
+				retryMin: time.Millisecond, retryMax: 2 * time.Millisecond, grace: tc.grace, log: slog.New(slog.DiscardHandler),
 				state: func(ctx context.Context, id string) (volume.KeyStatus, error) {
 					require.Equal(t, key, id)
 					mu.Lock()
@@ -403,6 +423,9 @@ func TestKeyWatch(t *testing.T) {
 					}
 					return st, tc.stateErr
 				}}
+			if tc.grace > 0 { // as attach does
+				w.every, w.wait = tc.grace/2, tc.grace/2
+			}
 			// Without a lock the watch runs until the context ends: long enough for every
 			// scripted answer and the retries.
 			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
@@ -528,4 +551,81 @@ func TestAttachStopsWhenKeyDisabledRemote(t *testing.T) {
 		})
 	assert.Less(t, failed, 5*time.Second, "requests fail within 5 s of the disable")
 	assert.Less(t, exited, 5*time.Second, "the attach process exits within 5 s of the disable")
+}
+
+// stopped waits for the attach process to end (a generous hang guard) and checks that it
+// exited 1 with its socket and record removed; it returns its stderr.
+func (a *attached) stopped(t *testing.T, e *lockoutEnv, since time.Time) string {
+	t.Helper()
+	select {
+	case <-a.exited:
+	case <-time.After(time.Minute):
+		t.Fatalf("the attach process still runs a minute on: %s", a.stderr.String())
+	}
+	t.Logf("the attach process exited %s after the trigger", a.at.Sub(since))
+	var ee *exec.ExitError
+	require.ErrorAs(t, a.err, &ee, "%s", a.stderr.String())
+	assert.Equal(t, 1, ee.ExitCode(), "%s", a.stderr.String())
+	assert.NoFileExists(t, a.sock, "the socket is removed")
+	entries, err := os.ReadDir(filepath.Join(e.dir, "state", "attached"))
+	require.NoError(t, err)
+	assert.Empty(t, entries, "the attachment record is removed")
+	return a.stderr.String()
+}
+
+// TestAttachStopsWhenCredentialsRefusedOrOffline: in remote mode, an attach process whose API
+// key is revoked (kms apikey revoke on the server) stops serving at its next call to the key
+// service (SIGUSR1 asks for one now), saying that the service refused this host's
+// credentials; and one attached with --offline-grace 2s stops once kms serve has been down
+// that long, saying so (in the long run only: it takes the grace).
+func TestAttachStopsWhenCredentialsRefusedOrOffline(t *testing.T) {
+	t.Parallel()
+	t0 := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+	server := &lockoutEnv{t: t, dir: t.TempDir(), now: t0}
+	var insts []map[string]any
+	require.NoError(t, json.Unmarshal([]byte(server.run("--json", "kms", "instance", "list")), &insts))
+	inst, _ := insts[0]["id"].(string)
+	require.NotEmpty(t, inst)
+	apikey := func() (key, id string) {
+		out := server.run("--json", "kms", "apikey", "create")
+		return jsonField(t, out, "apikey"), jsonField(t, out, "id")
+	}
+	k1, id1 := apikey()
+	k2, _ := apikey()
+	srv := serveKMS(t, server, "127.0.0.1:0", "unused-static-token")
+	hostEnv := []string{"CRKVOL_KMS_URL=" + srv.url, "CRKVOL_KMS_INSTANCE=" + inst}
+	host := &lockoutEnv{t: t, dir: t.TempDir(), now: t0, extra: append(hostEnv, "CRKVOL_KMS_APIKEY="+k1)}
+	key := jsonField(t, host.run("--json", "key", "create", "creds"), "id")
+	img := filepath.Join(host.dir, "a.img")
+	host.run("volume", "create", "a.img", "--size", "4MiB", "--key", key)
+
+	// The API key revoked while attached: the next call is refused.
+	sock := filepath.Join(host.dir, "a.sock")
+	a := host.attach("a.img", sock)
+	c := dialNBD(t, sock)
+	_, err := c.read(0, 4096)
+	require.NoError(t, err)
+	server.run("kms", "apikey", "revoke", id1)
+	revoked := time.Now()
+	require.NoError(t, a.cmd.Process.Signal(syscall.SIGUSR1))
+	stderr := a.stopped(t, host, revoked)
+	assert.Contains(t, stderr, "crkvol: volume attach: the key service refused this host's credentials, so key "+key+
+		" cannot be checked any more: stopped serving "+img+": ", stderr)
+	assert.Contains(t, stderr, "crkvol: hint: give this host a valid API key", stderr)
+	_, err = c.read(0, 4096)
+	assert.Error(t, err, "no request is served after the lockout")
+
+	if !tooltest.Long() {
+		t.Logf("the --offline-grace half takes the grace: set %s=1", tooltest.LongEnv)
+		return
+	}
+	// Another API key, --offline-grace 2s, and kms serve stopped.
+	host.extra = append(hostEnv, "CRKVOL_KMS_APIKEY="+k2)
+	a = host.attach("a.img", sock, "--offline-grace", "2s")
+	srv.stop(t)
+	down := time.Now()
+	stderr = a.stopped(t, host, down)
+	assert.Contains(t, stderr, "crkvol: volume attach: the key service could not be reached for 2s (--offline-grace), so key "+key+
+		" cannot be checked any more: stopped serving "+img+": ", stderr)
+	assert.Contains(t, stderr, "crkvol: hint: attach again once the key service can be reached; --offline-grace 0 keeps serving while it cannot\n", stderr)
 }
