@@ -244,7 +244,7 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 	// is read from crk.db without holding it, and the state by opening it read-only: the
 	// attach process releases the store once the volume is open.
 	watch := &keyWatch{keyID: info.KeyID, checkNow: usr1Checks(sigctx, usr1), every: lockoutCheckEvery, wait: lockoutFeedWait,
-		retryMin: lockoutRetryMin, retryMax: lockoutRetryMax, grace: grace, log: logger}
+		retryMin: lockoutRetryMin, retryMax: lockoutRetryMax, poll: lockoutPoll, grace: grace, log: logger}
 	if grace > 0 {
 		// A healthy key service answers a feed read or a state check well within the grace.
 		watch.every, watch.wait = min(watch.every, grace/2), min(watch.wait, grace/2)

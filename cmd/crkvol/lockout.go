@@ -28,6 +28,9 @@ const (
 	// the key service is back, an event is seen within lockoutRetryMax.
 	lockoutRetryMin = 250 * time.Millisecond
 	lockoutRetryMax = 4 * time.Second
+	// lockoutPoll is the least time between two feed reads that found nothing new: a feed that
+	// answers at once although asked to wait is not asked again sooner.
+	lockoutPoll = 500 * time.Millisecond
 	// lockoutShutdown bounds how long the NBD clients have to take their last replies once
 	// the key is locked out, keeping the stop within 5 s of the event.
 	lockoutShutdown = 3 * time.Second
@@ -95,6 +98,8 @@ type keyWatch struct {
 	every, wait time.Duration
 	// retryMin and retryMax bound the backoff after a failed feed read.
 	retryMin, retryMax time.Duration
+	// poll is the least time between two feed reads that found nothing new.
+	poll time.Duration
 	// grace is the lease: after this long without a successful feed read or state check the
 	// key is taken as locked. 0: no limit.
 	grace time.Duration
@@ -182,10 +187,15 @@ func (w *keyWatch) run(ctx context.Context, cursor string) *keyLock {
 }
 
 // follow reads the feed from cursor until ctx ends or an event locks the key. After a
-// "resync needed" it follows from the head and checks the key's state.
+// "resync needed" it follows from the head and checks the key's state. A page that does not
+// move the cursor forward (no events, or a cursor that goes backwards or changes without
+// events, which it keeps its own cursor over) is followed by the next read no sooner than
+// w.poll after this one started, so that a feed that answers at once never makes it spin.
 func (w *keyWatch) follow(ctx context.Context, cursor string, report func(*keyLock)) {
 	delay := time.Duration(0)
+	badCursorLogged := false
 	for {
+		start := time.Now()
 		page, err := w.feed.KeyEvents(ctx, cursor, w.wait)
 		if ctx.Err() != nil {
 			return
@@ -193,6 +203,9 @@ func (w *keyWatch) follow(ctx context.Context, cursor string, report func(*keyLo
 		if errors.Is(err, volume.ErrResyncNeeded) {
 			w.log.Warn("lifecycle feed cannot continue from its cursor; following from the head after a state check", "key", w.keyID, "cursor", cursor, "err", err)
 			cursor, delay = "", 0
+			if !sleepCtx(ctx, w.poll-time.Since(start)) {
+				return
+			}
 			continue
 		}
 		if err != nil {
@@ -222,9 +235,33 @@ func (w *keyWatch) follow(ctx context.Context, cursor string, report func(*keyLo
 			// Following from the head after a resync: what happened before it is known from
 			// the key's state only.
 			w.check(ctx, report)
+			cursor = page.Cursor
+			continue
 		}
-		cursor = page.Cursor
+		moved := len(page.Events) > 0 && cursorAfter(page.Cursor, cursor)
+		switch {
+		case moved:
+			cursor = page.Cursor
+		case page.Cursor != cursor && !badCursorLogged:
+			badCursorLogged = true
+			w.log.Warn("the lifecycle feed answered a cursor that does not follow the one asked for; keeping it", "key", w.keyID,
+				"cursor", cursor, "answered", page.Cursor, "events", len(page.Events))
+		}
+		if !moved && !sleepCtx(ctx, w.poll-time.Since(start)) {
+			return
+		}
 	}
+}
+
+// cursorAfter reports whether the feed cursor next comes after cursor. Cursors are decimal
+// sequence numbers; one that is not is taken as after whenever it differs.
+func cursorAfter(next, cursor string) bool {
+	n, err1 := crk.ParseFeedCursor(next)
+	c, err2 := crk.ParseFeedCursor(cursor)
+	if err1 != nil || err2 != nil {
+		return next != cursor
+	}
+	return n > c
 }
 
 // backstop checks the key's state at once, then every w.every and on w.checkNow.
@@ -263,8 +300,11 @@ func (w *keyWatch) check(ctx context.Context, report func(*keyLock)) {
 	}
 }
 
-// sleepCtx waits d; false if ctx ended first.
+// sleepCtx waits d (not at all when d <= 0); false if ctx ended first.
 func sleepCtx(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +25,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"crkvol/crk"
+	"crkvol/crk/kpapi"
 	"crkvol/internal/tooltest"
 	"crkvol/volume"
 	"crkvol/volume/kms"
@@ -628,4 +630,92 @@ func TestAttachStopsWhenCredentialsRefusedOrOffline(t *testing.T) {
 	assert.Contains(t, stderr, "crkvol: volume attach: the key service could not be reached for 2s (--offline-grace), so key "+key+
 		" cannot be checked any more: stopped serving "+img+": ", stderr)
 	assert.Contains(t, stderr, "crkvol: hint: attach again once the key service can be reached; --offline-grace 0 keeps serving while it cannot\n", stderr)
+}
+
+// TestKeyWatchFeedNeverSpins: a lifecycle feed (over HTTP, a fake server) that answers at
+// once although asked to wait, with nothing new, with a cursor that goes backwards or changes
+// without events, with events behind the cursor, or with "resync needed" every time, is asked
+// again no sooner than the watch's poll interval: the requests in a fixed run stay within
+// what the interval allows (thousands without it). A cursor that does not move forward is
+// not taken (the watch keeps asking from its own), and is logged once.
+func TestKeyWatchFeedNeverSpins(t *testing.T) {
+	t.Parallel()
+	const key = "0f9e4a55-1c1e-4f5e-8d1a-6b2f0b9e8a11"
+	const other = "1f9e4a55-1c1e-4f5e-8d1a-6b2f0b9e8a12"
+	event := func(cursor string) string {
+		return `{"cursor":"` + cursor + `","time":"2026-06-01T12:00:00Z","type":"rotate","keyId":"` + other + `","state":"active","newVersion":"v"}`
+	}
+	for _, tc := range []struct {
+		name   string
+		answer func(cursor string) (status int, body string)
+		// wantCursors: every request asks for this cursor ("" for any); logged: the warning
+		// about the cursor is logged once.
+		wantCursor string
+		logged     bool
+	}{
+		{name: "nothing new at once", answer: func(c string) (int, string) { return 200, `{"events":null,"cursor":"` + c + `"}` }, wantCursor: "7"},
+		{name: "cursor backwards", answer: func(string) (int, string) { return 200, `{"events":null,"cursor":"3"}` }, wantCursor: "7", logged: true},
+		{name: "cursor forward without events", answer: func(string) (int, string) { return 200, `{"events":[],"cursor":"9"}` }, wantCursor: "7", logged: true},
+		{name: "events behind the cursor", answer: func(string) (int, string) { return 200, `{"events":[` + event("2") + `],"cursor":"2"}` }, wantCursor: "7", logged: true},
+		{name: "resync needed every time", answer: func(c string) (int, string) {
+			if c == "" {
+				return 200, `{"events":null,"cursor":"7"}`
+			}
+			return 410, `{"metadata":{"collectionType":"application/vnd.ibm.kms.error+json","collectionTotal":1},"resources":[{"errorMsg":"Gone","reasons":[{"code":"FEED_RESYNC_REQUIRED_ERR","message":"resync","status":410,"crkvolError":"resync_needed"}]}]}`
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var mu sync.Mutex
+			requests := 0
+			var cursors []string
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path != kpapi.LifecyclePath {
+					http.NotFound(w, r)
+					return
+				}
+				c := r.URL.Query().Get("cursor")
+				mu.Lock()
+				requests++
+				cursors = append(cursors, c)
+				mu.Unlock()
+				status, body := tc.answer(c)
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(status)
+				_, _ = io.WriteString(w, body)
+			}))
+			t.Cleanup(srv.Close)
+			remote, err := kms.NewRemote(kms.RemoteConfig{URL: srv.URL, Instance: "11111111-1111-4111-8111-111111111111", Token: "tok"})
+			require.NoError(t, err)
+			var logs syncBuffer
+			const poll, run = 50 * time.Millisecond, 500 * time.Millisecond
+			w := &keyWatch{keyID: key, feed: remote, checkNow: make(chan struct{}), every: time.Hour, wait: 25 * time.Second,
+				retryMin: poll, retryMax: poll, poll: poll, log: slog.New(slog.NewTextHandler(&logs, nil)),
+				state: func(context.Context, string) (volume.KeyStatus, error) {
+					return volume.KeyStatus{State: volume.KeyStateActive}, nil
+				}}
+			ctx, cancel := context.WithTimeout(context.Background(), run)
+			defer cancel()
+			assert.Nil(t, w.run(ctx, "7"))
+			if tc.wantCursor == "" {
+				assert.Contains(t, logs.String(), "following from the head", "the feed's 410 is a resync")
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			t.Logf("%d requests in %s", requests, run)
+			assert.LessOrEqual(t, requests, 2*int(run/poll)+2, "requests of a feed that answers at once")
+			assert.GreaterOrEqual(t, requests, 2)
+			if tc.wantCursor != "" {
+				for _, c := range cursors {
+					require.Equal(t, tc.wantCursor, c, "the cursor asked for")
+				}
+			}
+			n := strings.Count(logs.String(), "does not follow the one asked for")
+			if tc.logged {
+				assert.Equal(t, 1, n, "%s", logs.String())
+			} else {
+				assert.Zero(t, n, "%s", logs.String())
+			}
+		})
+	}
 }
