@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -36,6 +37,54 @@ type attachment struct {
 	URI       string    `json:"uri"`
 	ReadOnly  bool      `json:"readOnly"`
 	Since     time.Time `json:"since"`
+	// KMS is the key service the process follows: "embedded" (the state directory's crk.db,
+	// which it reads without holding; a record without it is from before this field, and
+	// embedded too) or the --kms-url.
+	KMS string `json:"kms,omitempty"`
+}
+
+// embeddedKMS is attachment.KMS for the embedded key service.
+const embeddedKMS = "embedded"
+
+// usesStore reports whether the attach process of rec reads the state directory's crk.db.
+func (rec *attachment) usesStore() bool { return rec.KMS == "" || rec.KMS == embeddedKMS }
+
+// storeAttaches returns the live attachment records of the state directory dir whose attach
+// processes use its embedded key service, sorted by image.
+func storeAttaches(dir string) []*attachment {
+	entries, err := os.ReadDir(filepath.Join(dir, "attached"))
+	if err != nil {
+		return nil
+	}
+	var out []*attachment
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		if rec := readRecord(filepath.Join(dir, "attached", e.Name())); rec != nil && rec.usesStore() && alive(rec) {
+			out = append(out, rec)
+		}
+	}
+	slices.SortFunc(out, func(a, b *attachment) int { return strings.Compare(a.Image, b.Image) })
+	return out
+}
+
+// refuseServeWhileAttached is kms serve's check that no attach process follows the embedded
+// key service of the state directory dir: its feed reads and state checks open crk.db, which
+// the server holds while it runs, so it would keep serving after a disable made through the
+// server.
+func refuseServeWhileAttached(dir string) error {
+	recs := storeAttaches(dir)
+	if len(recs) == 0 {
+		return nil
+	}
+	more := ""
+	if len(recs) > 1 {
+		more = fmt.Sprintf(" (and %d more)", len(recs)-1)
+	}
+	err := fmt.Errorf("%s is attached%s by process %d with the embedded key service: its attach process follows the key by reading %s, which kms serve would hold",
+		recs[0].Image, more, recs[0].PID, filepath.Join(dir, "crk.db"))
+	return withHint(err, "detach it (crkvol volume detach "+recs[0].Image+"), start kms serve, then attach it again with --kms-url")
 }
 
 func (a *app) attachCommands() (*cobra.Command, *cobra.Command) {
@@ -320,7 +369,14 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 		return err
 	}
 	rec := attachment{PID: os.Getpid(), StartTime: start, Image: abs, CRN: v.CRN(), Listen: network + ":" + addr,
-		URI: nbdURI(network, addr, ""), ReadOnly: readOnly, Since: time.Now().UTC()}
+		URI: nbdURI(network, addr, ""), ReadOnly: readOnly, Since: time.Now().UTC(), KMS: embeddedKMS}
+	if remote {
+		rec.KMS = a.remoteURL()
+		if u, err := url.Parse(rec.KMS); err == nil && u.User != nil {
+			u.User = nil // never keep credentials a URL may carry
+			rec.KMS = u.String()
+		}
+	}
 	// Cleanup order matters: the record and the socket go before the volume's lock is
 	// released, because detach returns as soon as the lock is free and a new attach may
 	// follow at once.

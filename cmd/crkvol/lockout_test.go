@@ -719,3 +719,47 @@ func TestKeyWatchFeedNeverSpins(t *testing.T) {
 		})
 	}
 }
+
+// TestServeRefusedWhileAttachedEmbedded: kms serve refuses to start on a state directory
+// while an attach process that follows its embedded key service serves a volume of it
+// (naming the image and the process, with a hint); once it is detached, kms serve starts,
+// and the live record of an attach through that server (--kms-url) does not keep a later kms
+// serve from starting.
+func TestServeRefusedWhileAttachedEmbedded(t *testing.T) {
+	t.Parallel()
+	e := &lockoutEnv{t: t, dir: t.TempDir(), now: time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)}
+	key := jsonField(t, e.run("--json", "key", "create", "serve"), "id")
+	e.run("volume", "create", "a.img", "--size", "4MiB", "--key", key)
+	img := filepath.Join(e.dir, "a.img")
+	sock := filepath.Join(e.dir, "a.sock")
+	a := e.attach("a.img", sock)
+	serve := e.cmd("kms", "serve", "--listen", "127.0.0.1:0", "--static-token", "tok")
+	guard := time.AfterFunc(time.Minute, func() { _ = serve.Process.Kill() }) // hang guard: a server that starts
+	outb, err := serve.CombinedOutput()
+	guard.Stop()
+	out := string(outb)
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "kms serve: %s", out)
+	require.Equal(t, 1, ee.ExitCode(), "%s", out)
+	assert.Contains(t, out, fmt.Sprintf("crkvol: kms serve: %s is attached by process %d with the embedded key service: its attach process follows the key by reading %s, which kms serve would hold\n",
+		img, a.cmd.Process.Pid, filepath.Join(e.dir, "state", "crk.db")), out)
+	assert.Contains(t, out, "crkvol: hint: detach it (crkvol volume detach "+img+"), start kms serve, then attach it again with --kms-url\n", out)
+	select {
+	case <-a.exited:
+		t.Fatalf("the attach process ended: %s", a.stderr.String())
+	default:
+	}
+	e.run("volume", "detach", "a.img")
+	<-a.exited
+
+	// Through kms serve, the attach process does not read crk.db: its record does not block.
+	var insts []map[string]any
+	require.NoError(t, json.Unmarshal([]byte(e.run("--json", "kms", "instance", "list")), &insts))
+	inst, _ := insts[0]["id"].(string)
+	srv := serveKMS(t, e, "127.0.0.1:0", "tok")
+	e.extra = []string{"CRKVOL_KMS_URL=" + srv.url, "CRKVOL_KMS_INSTANCE=" + inst, "CRKVOL_KMS_TOKEN=tok"}
+	e.attach("a.img", sock)
+	srv.stop(t)
+	e.extra = nil
+	serveKMS(t, e, "127.0.0.1:0", "tok")
+}
