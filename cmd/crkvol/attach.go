@@ -24,6 +24,7 @@ import (
 	"crkvol/crk"
 	"crkvol/nbd"
 	"crkvol/volume"
+	"crkvol/volume/kms"
 )
 
 // attachment is the record an attach process keeps in <state>/attached/ while it serves, so
@@ -307,7 +308,19 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 		if watch.state, err = a.storeKeyState(); err != nil {
 			return err
 		}
-		if head, err = feedHead(ctx, watch.feed); err != nil {
+		// The first read waits for a command that holds the store as long as opening it would
+		// (5 s), and says so as other commands do.
+		headFeed := watch.feed
+		if sf, ok := headFeed.(*kms.StoreFeed); ok {
+			first := *sf
+			first.LockTimeout = storeLockTimeout
+			headFeed = &first
+		}
+		dir, err := a.stateDirectory()
+		if err != nil {
+			return err
+		}
+		if head, err = feedHead(ctx, headFeed, func(err error) error { return storeHeld(err, filepath.Join(dir, "crk.db"), dir) }); err != nil {
 			return err
 		}
 	}
@@ -316,7 +329,7 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 	}
 	if remote {
 		watch.feed, watch.state = a.remote, a.remote.KeyState
-		if head, err = feedHead(ctx, watch.feed); err != nil {
+		if head, err = feedHead(ctx, watch.feed, nil); err != nil {
 			a.close()
 			return err
 		}
@@ -449,11 +462,19 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 	return nil
 }
 
+// storeLockTimeout is how long a command waits for another one's lock on the key store, as
+// crk.Open does.
+const storeLockTimeout = 5 * time.Second
+
 // feedHead returns the head of a key service's lifecycle feed: following from it misses no
-// event that comes after.
-func feedHead(ctx context.Context, feed volume.KeyFeed) (string, error) {
+// event that comes after. held, if not nil, maps the feed's error (a store held by another
+// process) before it is wrapped.
+func feedHead(ctx context.Context, feed volume.KeyFeed, held func(error) error) (string, error) {
 	page, err := feed.KeyEvents(ctx, "", 0)
 	if err != nil {
+		if held != nil {
+			err = held(err)
+		}
 		return "", fmt.Errorf("reading the head of the key's lifecycle feed: %w", err)
 	}
 	return page.Cursor, nil

@@ -763,3 +763,38 @@ func TestServeRefusedWhileAttachedEmbedded(t *testing.T) {
 	e.extra = nil
 	serveKMS(t, e, "127.0.0.1:0", "tok")
 }
+
+// TestAttachWaitsForHeldStore: with crk.db locked by another command, volume attach's first
+// read of the lifecycle feed waits for it as long as other commands do (5 s): a lock held
+// 2.5 s (longer than the feed's own 2 s) only delays the attach; in the long run, a lock held
+// beyond the 5 s fails it with the hint other commands give.
+func TestAttachWaitsForHeldStore(t *testing.T) {
+	t.Parallel()
+	e := &lockoutEnv{t: t, dir: t.TempDir(), now: time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)}
+	key := jsonField(t, e.run("--json", "key", "create", "held"), "id")
+	e.run("volume", "create", "a.img", "--size", "4MiB", "--key", key)
+	hold := func() (release func()) {
+		f, err := os.OpenFile(filepath.Join(e.dir, "state", "crk.db"), os.O_RDWR, 0)
+		require.NoError(t, err)
+		require.NoError(t, syscall.Flock(int(f.Fd()), syscall.LOCK_EX)) // as a writer's bbolt does
+		return func() { f.Close() }
+	}
+	release := hold()
+	time.AfterFunc(2500*time.Millisecond, release)
+	sock := filepath.Join(e.dir, "a.sock")
+	a := e.attach("a.img", sock)
+	require.NoError(t, a.cmd.Process.Signal(syscall.SIGTERM))
+	<-a.exited
+	require.NoError(t, a.err, a.stderr.String())
+
+	if !tooltest.Long() {
+		t.Logf("the 5 s timeout: set %s=1", tooltest.LongEnv)
+		return
+	}
+	release = hold()
+	defer release()
+	out := e.fail("volume", "attach", "a.img", "--listen", "unix:"+sock)
+	assert.Contains(t, out, "crkvol: volume attach: reading the head of the key's lifecycle feed: the key store "+
+		filepath.Join(e.dir, "state", "crk.db")+" is held by another crkvol process (kms serve?): timeout\n", out)
+	assert.Contains(t, out, "crkvol: hint: if kms serve is running on this state directory, use it with --kms-url URL; otherwise try again once the other command has finished\n", out)
+}
