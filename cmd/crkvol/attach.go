@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -23,6 +24,7 @@ import (
 	"crkvol/crk"
 	"crkvol/nbd"
 	"crkvol/volume"
+	"crkvol/volume/kms"
 )
 
 // attachment is the record an attach process keeps in <state>/attached/ while it serves, so
@@ -36,12 +38,61 @@ type attachment struct {
 	URI       string    `json:"uri"`
 	ReadOnly  bool      `json:"readOnly"`
 	Since     time.Time `json:"since"`
+	// KMS is the key service the process follows: "embedded" (the state directory's crk.db,
+	// which it reads without holding; a record without it is from before this field, and
+	// embedded too) or the --kms-url.
+	KMS string `json:"kms,omitempty"`
+}
+
+// embeddedKMS is attachment.KMS for the embedded key service.
+const embeddedKMS = "embedded"
+
+// usesStore reports whether the attach process of rec reads the state directory's crk.db.
+func (rec *attachment) usesStore() bool { return rec.KMS == "" || rec.KMS == embeddedKMS }
+
+// storeAttaches returns the live attachment records of the state directory dir whose attach
+// processes use its embedded key service, sorted by image.
+func storeAttaches(dir string) []*attachment {
+	entries, err := os.ReadDir(filepath.Join(dir, "attached"))
+	if err != nil {
+		return nil
+	}
+	var out []*attachment
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		if rec := readRecord(filepath.Join(dir, "attached", e.Name())); rec != nil && rec.usesStore() && alive(rec) {
+			out = append(out, rec)
+		}
+	}
+	slices.SortFunc(out, func(a, b *attachment) int { return strings.Compare(a.Image, b.Image) })
+	return out
+}
+
+// refuseServeWhileAttached is kms serve's check that no attach process follows the embedded
+// key service of the state directory dir: its feed reads and state checks open crk.db, which
+// the server holds while it runs, so it would keep serving after a disable made through the
+// server.
+func refuseServeWhileAttached(dir string) error {
+	recs := storeAttaches(dir)
+	if len(recs) == 0 {
+		return nil
+	}
+	more := ""
+	if len(recs) > 1 {
+		more = fmt.Sprintf(" (and %d more)", len(recs)-1)
+	}
+	err := fmt.Errorf("%s is attached%s by process %d with the embedded key service: its attach process follows the key by reading %s, which kms serve would hold",
+		recs[0].Image, more, recs[0].PID, filepath.Join(dir, "crk.db"))
+	return withHint(err, "detach it (crkvol volume detach "+recs[0].Image+"), start kms serve, then attach it again with --kms-url")
 }
 
 func (a *app) attachCommands() (*cobra.Command, *cobra.Command) {
 	var listen string
 	var readOnly bool
 	var maxConns int
+	var grace time.Duration
 	attach := &cobra.Command{Use: "attach IMG", Short: "Serve a volume's plaintext as a block device over NBD until SIGINT/SIGTERM or detach", Args: args(cobra.ExactArgs(1)),
 		Long: fmt.Sprintf(`attach unwraps the volume's passphrase, opens the volume and serves it with the Network Block
 Device protocol, so that qemu-img, nbdcopy, nbd-client or a VM can use it as a disk, for example
@@ -58,9 +109,15 @@ seconds: new requests fail with EIO, requests in flight finish, the NBD connecti
 the image is flushed and closed, the key is cleared, the attachment record and socket are
 removed, and it exits with status 1 naming the key and its state. Writes acknowledged before
 then are on disk: once the key is enabled or restored, the volume attaches again with its
-data. Failures to read the feed or the key's state (the store locked, the key service out of
-reach) are logged and retried; they never stop serving by themselves. A volume whose key is
-not usable does not attach.
+data. A volume whose key is not usable does not attach.
+
+attach also stops serving, the same way, when it can no longer make sure that the key is
+usable: when the key service refuses this host's credentials (the API key revoked, the token
+expired or refused: a 401 or 403 answer, or the token endpoint refusing the API key) at the
+next feed read or state check (within 30s, at once on SIGUSR1), and once --offline-grace (%s by default) has passed without any successful read of
+the feed or check of the key's state (the key service out of reach, the store locked). Until
+then such failures are logged and retried. --offline-grace 0 keeps serving however long the
+key service cannot be reached.
 
 --listen takes unix:PATH (default: a 0600 socket in the state directory) or tcp:HOST:PORT on a
 loopback address: NBD has no authentication, so plaintext is never served to the network. Note
@@ -72,13 +129,17 @@ one to four each); further clients are disconnected at once. A client that has n
 the NBD handshake within %s is disconnected, and the requests of all clients together
 hold at most %d MiB of buffers: a client that sends requests without reading the replies is
 not read from until it does, and is disconnected once a reply has waited %s.`,
-			nbd.DefaultMaxConnections, nbd.DefaultNegotiationTimeout, nbd.DefaultMaxBufferedBytes>>20, nbd.DefaultReplyTimeout),
+			lockoutOfflineGrace, nbd.DefaultMaxConnections, nbd.DefaultNegotiationTimeout, nbd.DefaultMaxBufferedBytes>>20, nbd.DefaultReplyTimeout),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.runAttach(cmd.Context(), args[0], listen, readOnly, maxConns)
+			if grace < 0 {
+				return fmt.Errorf("--offline-grace %s: want 0 or a positive duration", grace)
+			}
+			return a.runAttach(cmd.Context(), args[0], listen, readOnly, maxConns, grace)
 		}}
 	attach.Flags().StringVar(&listen, "listen", "", "unix:PATH or tcp:127.0.0.1:PORT (default: a unix socket in <state>/attached/)")
 	attach.Flags().BoolVar(&readOnly, "read-only", false, "refuse writes (the export is read-only)")
 	attach.Flags().IntVar(&maxConns, "max-connections", nbd.DefaultMaxConnections, "NBD clients served at once; further ones are disconnected")
+	attach.Flags().DurationVar(&grace, "offline-grace", lockoutOfflineGrace, "stop serving after this long without reaching the key service (0: never)")
 
 	var timeout time.Duration
 	detach := &cobra.Command{Use: "detach IMG", Short: "Stop the process that serves an attached volume, and wait for it", Args: args(cobra.ExactArgs(1)),
@@ -203,7 +264,7 @@ func (a *app) attachTarget(path string) (abs, recPath string, info *volume.Info,
 	return abs, recordPath(dir, abs), info, nil
 }
 
-func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool, maxConns int) error {
+func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool, maxConns int, grace time.Duration) error {
 	if maxConns < 1 {
 		return fmt.Errorf("--max-connections %d: want at least 1", maxConns)
 	}
@@ -233,7 +294,11 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 	// is read from crk.db without holding it, and the state by opening it read-only: the
 	// attach process releases the store once the volume is open.
 	watch := &keyWatch{keyID: info.KeyID, checkNow: usr1Checks(sigctx, usr1), every: lockoutCheckEvery, wait: lockoutFeedWait,
-		retryMin: lockoutRetryMin, retryMax: lockoutRetryMax, log: logger}
+		retryMin: lockoutRetryMin, retryMax: lockoutRetryMax, poll: lockoutPoll, grace: grace, log: logger}
+	if grace > 0 {
+		// A healthy key service answers a feed read or a state check well within the grace.
+		watch.every, watch.wait = min(watch.every, grace/2), min(watch.wait, grace/2)
+	}
 	var head string
 	remote := a.remoteURL() != ""
 	if !remote { // before open, which holds crk.db
@@ -243,7 +308,19 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 		if watch.state, err = a.storeKeyState(); err != nil {
 			return err
 		}
-		if head, err = feedHead(ctx, watch.feed); err != nil {
+		// The first read waits for a command that holds the store as long as opening it would
+		// (5 s), and says so as other commands do.
+		headFeed := watch.feed
+		if sf, ok := headFeed.(*kms.StoreFeed); ok {
+			first := *sf
+			first.LockTimeout = storeLockTimeout
+			headFeed = &first
+		}
+		dir, err := a.stateDirectory()
+		if err != nil {
+			return err
+		}
+		if head, err = feedHead(ctx, headFeed, func(err error) error { return storeHeld(err, filepath.Join(dir, "crk.db"), dir) }); err != nil {
 			return err
 		}
 	}
@@ -252,7 +329,7 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 	}
 	if remote {
 		watch.feed, watch.state = a.remote, a.remote.KeyState
-		if head, err = feedHead(ctx, watch.feed); err != nil {
+		if head, err = feedHead(ctx, watch.feed, nil); err != nil {
 			a.close()
 			return err
 		}
@@ -305,7 +382,14 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 		return err
 	}
 	rec := attachment{PID: os.Getpid(), StartTime: start, Image: abs, CRN: v.CRN(), Listen: network + ":" + addr,
-		URI: nbdURI(network, addr, ""), ReadOnly: readOnly, Since: time.Now().UTC()}
+		URI: nbdURI(network, addr, ""), ReadOnly: readOnly, Since: time.Now().UTC(), KMS: embeddedKMS}
+	if remote {
+		rec.KMS = a.remoteURL()
+		if u, err := url.Parse(rec.KMS); err == nil && u.User != nil {
+			u.User = nil // never keep credentials a URL may carry
+			rec.KMS = u.String()
+		}
+	}
 	// Cleanup order matters: the record and the socket go before the volume's lock is
 	// released, because detach returns as soon as the lock is free and a new attach may
 	// follow at once.
@@ -378,11 +462,19 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 	return nil
 }
 
+// storeLockTimeout is how long a command waits for another one's lock on the key store, as
+// crk.Open does.
+const storeLockTimeout = 5 * time.Second
+
 // feedHead returns the head of a key service's lifecycle feed: following from it misses no
-// event that comes after.
-func feedHead(ctx context.Context, feed volume.KeyFeed) (string, error) {
+// event that comes after. held, if not nil, maps the feed's error (a store held by another
+// process) before it is wrapped.
+func feedHead(ctx context.Context, feed volume.KeyFeed, held func(error) error) (string, error) {
 	page, err := feed.KeyEvents(ctx, "", 0)
 	if err != nil {
+		if held != nil {
+			err = held(err)
+		}
 		return "", fmt.Errorf("reading the head of the key's lifecycle feed: %w", err)
 	}
 	return page.Cursor, nil

@@ -33,7 +33,12 @@ instance's lifecycle feed at GET /api/crkvol/v1/lifecycle (see crkvol key feed).
 
 Due rotation policies and expiries run on the server clock (--now), at start and then every
 second; each rotation and expiry is logged on stderr. SIGINT or SIGTERM shuts the server down
-after the requests in flight; the feed's long polls are answered at once.`,
+after the requests in flight; the feed's long polls are answered at once.
+
+kms serve holds the state directory's key store while it runs, so it refuses to start while a
+volume attach process serves a volume with the state directory's embedded key service (attached
+without --kms-url): that process follows its key by reading the store and could no longer see
+a disable. Detach such volumes first and attach them again with --kms-url.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if (cert == "") != (keyFile == "") {
 				return usagef("give both --tls-cert and --tls-key, or neither")
@@ -45,6 +50,13 @@ after the requests in flight; the feed's long polls are answered at once.`,
 				if _, err := os.Lstat(addrFile); err == nil {
 					return withHint(existsError("addr-file", addrFile), "a server that did not shut down cleanly leaves it; give --force to replace it")
 				}
+			}
+			dir, err := a.stateDirectory()
+			if err != nil {
+				return err
+			}
+			if err := refuseServeWhileAttached(dir); err != nil {
+				return err
 			}
 			loopback := loopbackAddress(listen)
 			if err := checkListen(listen, loopback, cert != "", insecure, static != ""); err != nil {
@@ -95,10 +107,6 @@ after the requests in flight; the feed's long polls are answered at once.`,
 			fmt.Fprintf(a.stderr, "crkvol: serving the Key Protect API v2 at %s (default instance %s)\n", addr, def)
 			// While serving, say who holds the stores to the commands that find them locked
 			// (the default store is open already: Default opened it).
-			dir, err := a.stateDirectory()
-			if err != nil {
-				return err
-			}
 			removeRecord, err := writeServeRecord(dir, addr)
 			if err != nil {
 				return err
@@ -329,7 +337,6 @@ func checkListen(addr string, loopback, tls, insecure, static bool) error {
 	return nil
 }
 
-// tenants opens the state directory's instances.
 // runDueLoop runs the due policy rotations and expiries of every instance of tenants at once
 // and then every period until ctx ends, logging them with log (see dueLog).
 func (a *app) runDueLoop(ctx context.Context, tenants *kpapi.Tenants, log *slog.Logger, period time.Duration) {
@@ -388,6 +395,7 @@ func (d *dueLog) record(res map[string]crk.RunDueResult, err error) {
 	d.failing = now
 }
 
+// tenants opens the state directory's instances.
 func (a *app) tenants() (*kpapi.Tenants, error) {
 	dir, err := a.stateDirectory()
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -27,19 +28,37 @@ const (
 	// the key service is back, an event is seen within lockoutRetryMax.
 	lockoutRetryMin = 250 * time.Millisecond
 	lockoutRetryMax = 4 * time.Second
+	// lockoutPoll is the least time between two feed reads that found nothing new: a feed that
+	// answers at once although asked to wait is not asked again sooner.
+	lockoutPoll = 500 * time.Millisecond
 	// lockoutShutdown bounds how long the NBD clients have to take their last replies once
 	// the key is locked out, keeping the stop within 5 s of the event.
 	lockoutShutdown = 3 * time.Second
+	// lockoutOfflineGrace is the default of attach --offline-grace.
+	lockoutOfflineGrace = 15 * time.Minute
 )
 
 // keyLock says why an attached volume's key stopped it: the key's state and, when a feed
-// event said so, the event's type.
+// event said so, the event's type; or that the key service refused this host's credentials
+// (refused); or that it could not be reached for offline, the grace (cause is its last
+// error).
 type keyLock struct {
 	keyID, state, event string
+	refused             error
+	offline             time.Duration
+	cause               error
 }
 
 // err is the attach command's error for a lockout of the volume at path.
 func (l *keyLock) err(path string) error {
+	switch {
+	case l.refused != nil:
+		err := fmt.Errorf("the key service refused this host's credentials, so key %s cannot be checked any more: stopped serving %s: %w", l.keyID, path, l.refused)
+		return withHint(err, "give this host a valid API key (CRKVOL_KMS_APIKEY; crkvol kms apikey create on the server) or token (CRKVOL_KMS_TOKEN), then attach again")
+	case l.offline > 0:
+		err := fmt.Errorf("the key service could not be reached for %s (--offline-grace), so key %s cannot be checked any more: stopped serving %s: %w", l.offline, l.keyID, path, l.cause)
+		return withHint(err, "attach again once the key service can be reached; --offline-grace 0 keeps serving while it cannot")
+	}
 	how := ""
 	switch l.event {
 	case volume.KeyDisabled:
@@ -79,13 +98,70 @@ type keyWatch struct {
 	every, wait time.Duration
 	// retryMin and retryMax bound the backoff after a failed feed read.
 	retryMin, retryMax time.Duration
-	log                *slog.Logger
+	// poll is the least time between two feed reads that found nothing new.
+	poll time.Duration
+	// grace is the lease: after this long without a successful feed read or state check the
+	// key is taken as locked. 0: no limit.
+	grace time.Duration
+	log   *slog.Logger
+
+	mu sync.Mutex
+	// lastOK is the time of the last successful feed read or state check (or of the start);
+	// lastErr the last failure since then.
+	lastOK  time.Time
+	lastErr error
+}
+
+// ok records a successful feed read or state check.
+func (w *keyWatch) ok() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.lastOK, w.lastErr = time.Now(), nil
+}
+
+// failed records a failed feed read or state check, and reports whether it locks: a
+// refusal of this host's credentials locks at once, since the key's state can no longer be
+// known.
+func (w *keyWatch) failed(err error, report func(*keyLock)) bool {
+	w.mu.Lock()
+	w.lastErr = err
+	w.mu.Unlock()
+	if !errors.Is(err, kms.ErrCredentialsRefused) {
+		return false
+	}
+	w.log.Warn("the key service refused this host's credentials; stopping", "key", w.keyID, "err", err)
+	report(&keyLock{keyID: w.keyID, refused: err})
+	return true
+}
+
+// lease reports a lock once w.grace has passed without a successful feed read or state
+// check; it returns when ctx ends. Without a grace it returns at once.
+func (w *keyWatch) lease(ctx context.Context, report func(*keyLock)) {
+	if w.grace <= 0 {
+		return
+	}
+	for {
+		w.mu.Lock()
+		left, cause := w.grace-time.Since(w.lastOK), w.lastErr
+		w.mu.Unlock()
+		if left <= 0 {
+			if cause == nil {
+				cause = errors.New("no answer")
+			}
+			w.log.Warn("the key service could not be reached for the offline grace; stopping", "key", w.keyID, "grace", w.grace, "err", cause)
+			report(&keyLock{keyID: w.keyID, offline: w.grace, cause: cause})
+			return
+		}
+		if !sleepCtx(ctx, left) {
+			return
+		}
+	}
 }
 
 // run follows the feed from cursor and checks the key's state at once, every w.every and on
 // w.checkNow, until the key is found locked (its reason is returned) or ctx ends (nil).
-// Failures to read the feed or the state are logged and retried: they never lock by
-// themselves.
+// Failures to read the feed or the state are logged and retried, for w.grace at most; a
+// refusal of this host's credentials locks at once.
 func (w *keyWatch) run(ctx context.Context, cursor string) *keyLock {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -96,8 +172,12 @@ func (w *keyWatch) run(ctx context.Context, cursor string) *keyLock {
 		default: // one reason is enough
 		}
 	}
+	w.mu.Lock()
+	w.lastOK = time.Now()
+	w.mu.Unlock()
 	go w.follow(ctx, cursor, report)
 	go w.backstop(ctx, report)
+	go w.lease(ctx, report)
 	select {
 	case l := <-found:
 		return l
@@ -107,10 +187,15 @@ func (w *keyWatch) run(ctx context.Context, cursor string) *keyLock {
 }
 
 // follow reads the feed from cursor until ctx ends or an event locks the key. After a
-// "resync needed" it follows from the head and checks the key's state.
+// "resync needed" it follows from the head and checks the key's state. A page that does not
+// move the cursor forward (no events, or a cursor that goes backwards or changes without
+// events, which it keeps its own cursor over) is followed by the next read no sooner than
+// w.poll after this one started, so that a feed that answers at once never makes it spin.
 func (w *keyWatch) follow(ctx context.Context, cursor string, report func(*keyLock)) {
 	delay := time.Duration(0)
+	badCursorLogged := false
 	for {
+		start := time.Now()
 		page, err := w.feed.KeyEvents(ctx, cursor, w.wait)
 		if ctx.Err() != nil {
 			return
@@ -118,9 +203,15 @@ func (w *keyWatch) follow(ctx context.Context, cursor string, report func(*keyLo
 		if errors.Is(err, volume.ErrResyncNeeded) {
 			w.log.Warn("lifecycle feed cannot continue from its cursor; following from the head after a state check", "key", w.keyID, "cursor", cursor, "err", err)
 			cursor, delay = "", 0
+			if !sleepCtx(ctx, w.poll-time.Since(start)) {
+				return
+			}
 			continue
 		}
 		if err != nil {
+			if w.failed(err, report) {
+				return
+			}
 			delay = min(max(2*delay, w.retryMin), w.retryMax)
 			w.log.Warn("lifecycle feed unavailable; still serving, retrying", "key", w.keyID, "err", err, "in", delay)
 			if !sleepCtx(ctx, delay) {
@@ -128,6 +219,7 @@ func (w *keyWatch) follow(ctx context.Context, cursor string, report func(*keyLo
 			}
 			continue
 		}
+		w.ok()
 		if delay > 0 {
 			w.log.Info("lifecycle feed available again", "key", w.keyID)
 			delay = 0
@@ -143,9 +235,33 @@ func (w *keyWatch) follow(ctx context.Context, cursor string, report func(*keyLo
 			// Following from the head after a resync: what happened before it is known from
 			// the key's state only.
 			w.check(ctx, report)
+			cursor = page.Cursor
+			continue
 		}
-		cursor = page.Cursor
+		moved := len(page.Events) > 0 && cursorAfter(page.Cursor, cursor)
+		switch {
+		case moved:
+			cursor = page.Cursor
+		case page.Cursor != cursor && !badCursorLogged:
+			badCursorLogged = true
+			w.log.Warn("the lifecycle feed answered a cursor that does not follow the one asked for; keeping it", "key", w.keyID,
+				"cursor", cursor, "answered", page.Cursor, "events", len(page.Events))
+		}
+		if !moved && !sleepCtx(ctx, w.poll-time.Since(start)) {
+			return
+		}
 	}
+}
+
+// cursorAfter reports whether the feed cursor next comes after cursor. Cursors are decimal
+// sequence numbers; one that is not is taken as after whenever it differs.
+func cursorAfter(next, cursor string) bool {
+	n, err1 := crk.ParseFeedCursor(next)
+	c, err2 := crk.ParseFeedCursor(cursor)
+	if err1 != nil || err2 != nil {
+		return next != cursor
+	}
+	return n > c
 }
 
 // backstop checks the key's state at once, then every w.every and on w.checkNow.
@@ -172,15 +288,23 @@ func (w *keyWatch) check(ctx context.Context, report func(*keyLock)) {
 	case errors.Is(err, crk.ErrKeyNotFound):
 		report(&keyLock{keyID: w.keyID, state: "not found"})
 	case err != nil:
-		w.log.Warn("key state check failed; still serving", "key", w.keyID, "err", err)
+		if !w.failed(err, report) {
+			w.log.Warn("key state check failed; still serving", "key", w.keyID, "err", err)
+		}
 	case !st.Usable():
+		w.ok()
 		w.log.Warn("key not usable", "key", w.keyID, "state", st.State)
 		report(&keyLock{keyID: w.keyID, state: st.State})
+	default:
+		w.ok()
 	}
 }
 
-// sleepCtx waits d; false if ctx ended first.
+// sleepCtx waits d (not at all when d <= 0); false if ctx ended first.
 func sleepCtx(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

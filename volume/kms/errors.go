@@ -14,6 +14,12 @@ import (
 	"crkvol/volume"
 )
 
+// ErrCredentialsRefused marks a key service's refusal of the caller's credentials: a 401 or
+// 403 answer of the service, or the token endpoint refusing the API key. Whatever the
+// service's state, a caller so refused can no longer ask it anything (an attach process can
+// no longer make sure its key is still usable).
+var ErrCredentialsRefused = errors.New("the key service refused the credentials")
+
 // serviceError is an error of a key service, marked with volume.ErrKeyRefused when it refuses
 // the request. Its text is the service's error's; errors.Is and errors.As find the service's
 // error (and so its crk sentinel), the client's own error type when there is one, and the mark.
@@ -21,6 +27,14 @@ type serviceError struct {
 	err     error
 	cause   error // the official client's error, or nil
 	refused bool
+	// credentials marks a refusal of the caller's credentials by the token endpoint.
+	credentials bool
+}
+
+// credentialStatus reports whether err is an API error response of status 401 or 403.
+func credentialStatus(err error) bool {
+	var re *kpapi.ResponseError
+	return errors.As(err, &re) && (re.Status == http.StatusUnauthorized || re.Status == http.StatusForbidden)
 }
 
 func (e *serviceError) Error() string { return e.err.Error() }
@@ -32,6 +46,9 @@ func (e *serviceError) Unwrap() []error {
 	}
 	if e.refused {
 		out = append(out, volume.ErrKeyRefused)
+	}
+	if e.credentials || credentialStatus(e.err) {
+		out = append(out, ErrCredentialsRefused)
 	}
 	if errors.Is(e.err, crk.ErrResyncNeeded) {
 		out = append(out, volume.ErrResyncNeeded)

@@ -802,7 +802,7 @@ func (r *Remote) requestToken(ctx context.Context) (string, time.Time, error) {
 		// The status code and its standard text: the reason phrase is the server's text.
 		err := fmt.Errorf("kms: token: the token endpoint refused the API key (%d %s)", resp.StatusCode, http.StatusText(resp.StatusCode))
 		if kpapi.RefusedStatus(resp.StatusCode) {
-			return "", time.Time{}, &serviceError{err: err, refused: true}
+			return "", time.Time{}, &serviceError{err: err, refused: true, credentials: true}
 		}
 		return "", time.Time{}, err
 	}

@@ -208,6 +208,7 @@ func TestRemoteRenewsRevokedToken(t *testing.T) {
 				if tc.wantErr {
 					require.Error(t, err)
 					assert.ErrorIs(t, err, volume.ErrKeyRefused, "%v", err)
+					assert.ErrorIs(t, err, kms.ErrCredentialsRefused, "%v", err)
 					assert.Contains(t, err.Error(), "401")
 				} else {
 					require.NoError(t, err)
@@ -216,6 +217,50 @@ func TestRemoteRenewsRevokedToken(t *testing.T) {
 				assert.Equal(t, tc.calls, calls, "API requests")
 			})
 		}
+	}
+}
+
+// TestRemoteCredentialsRefused: the token endpoint refusing the API key, and the service
+// answering 401 or 403, match kms.ErrCredentialsRefused whatever the call; other refusals
+// (a key not found) do not.
+func TestRemoteCredentialsRefused(t *testing.T) {
+	ts := newTokenServer(t)
+	k, err := ts.svc.CreateRootKey(t.Context(), "creds")
+	require.NoError(t, err)
+	good, err := kms.NewRemote(kms.RemoteConfig{URL: ts.url, Instance: ts.instance, APIKey: ts.apiKey})
+	require.NoError(t, err)
+	unknownKey, err := kms.NewRemote(kms.RemoteConfig{URL: ts.url, Instance: ts.instance, APIKey: "not-an-api-key"})
+	require.NoError(t, err)
+	badToken, err := kms.NewRemote(kms.RemoteConfig{URL: ts.url, Instance: ts.instance, Token: "not-a-token"})
+	require.NoError(t, err)
+	forbidden := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusForbidden)
+		_, _ = w.Write([]byte(`{"metadata":{"collectionTotal":1},"resources":[{"errorMsg":"Forbidden"}]}`))
+	}))
+	t.Cleanup(forbidden.Close)
+	denied, err := kms.NewRemote(kms.RemoteConfig{URL: forbidden.URL, Instance: ts.instance, Token: "tok"})
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		name string
+		r    *kms.Remote
+		key  string
+		want bool
+	}{
+		{"API key refused by the token endpoint", unknownKey, k.ID, true},
+		{"token refused (401)", badToken, k.ID, true},
+		{"forbidden (403)", denied, k.ID, true},
+		{"key not found", good, "0f9e4a55-1c1e-4f5e-8d1a-6b2f0b9e8a11", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := tc.r.KeyState(t.Context(), tc.key)
+			require.Error(t, err)
+			assert.Equal(t, tc.want, errors.Is(err, kms.ErrCredentialsRefused), "KeyState: %v", err)
+			_, err = tc.r.KeyEvents(t.Context(), "", 0)
+			if tc.want {
+				assert.ErrorIs(t, err, kms.ErrCredentialsRefused, "KeyEvents: %v", err)
+			}
+		})
 	}
 }
 
