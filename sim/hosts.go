@@ -685,16 +685,7 @@ func (r *runner) finishHosts(ctx context.Context) error {
 	}
 	r.audit(ctx)
 	r.auditHosts()
-	for i, sk := range r.keys {
-		r.rep.Keys[i].Versions = len(sk.versions)
-		regs, _ := r.svc.ListRegistrations(ctx, crk.RegistrationFilter{KeyID: sk.id})
-		outstanding := map[string]bool{}
-		for _, reg := range regs {
-			outstanding[reg.KeyVersion.ID] = true
-		}
-		r.rep.Keys[i].FinalVersionsOutstanding = len(outstanding)
-		r.rep.Keys[i].Volumes = len(regs)
-	}
+	r.summarizeKeys(ctx)
 	return nil
 }
 

@@ -1114,6 +1114,13 @@ func (r *runner) finish(ctx context.Context) error {
 		return err
 	}
 	r.audit(ctx)
+	r.summarizeKeys(ctx)
+	return nil
+}
+
+// summarizeKeys fills the report's per-key lines at the end of a run: versions made, and the
+// versions and volumes its registrations still name.
+func (r *runner) summarizeKeys(ctx context.Context) {
 	for i, sk := range r.keys {
 		r.rep.Keys[i].Versions = len(sk.versions)
 		regs, _ := r.svc.ListRegistrations(ctx, crk.RegistrationFilter{KeyID: sk.id})
@@ -1124,7 +1131,6 @@ func (r *runner) finish(ctx context.Context) error {
 		r.rep.Keys[i].FinalVersionsOutstanding = len(outstanding)
 		r.rep.Keys[i].Volumes = len(regs)
 	}
-	return nil
 }
 
 // audit opens every volume through the key service, checks its data, its token's version
