@@ -112,12 +112,16 @@ then are on disk: once the key is enabled or restored, the volume attaches again
 data. A volume whose key is not usable does not attach.
 
 attach also stops serving, the same way, when it can no longer make sure that the key is
-usable: when the key service refuses this host's credentials (the API key revoked, the token
-expired or refused: a 401 or 403 answer, or the token endpoint refusing the API key) at the
-next feed read or state check (within 30s, at once on SIGUSR1), and once --offline-grace (%s by default) has passed without any successful read of
-the feed or check of the key's state (the key service out of reach, the store locked). Until
-then such failures are logged and retried. --offline-grace 0 keeps serving however long the
-key service cannot be reached.
+usable: when the key service has refused this host's credentials (the API key revoked, the
+token expired or refused: a 401 or 403 answer, or the token endpoint refusing the API key) at
+every feed read and state check for a minute (half the --offline-grace if that is shorter: a
+refusal that passes, such as one failed token renewal, never stops a volume), and once
+--offline-grace (%s by default, at least 10s) has passed without any successful read of the
+feed or check of the key's state (the key service out of reach, the store locked). Until then
+such failures are logged and retried. --offline-grace 0 keeps serving however long the key
+service cannot be reached. A fixed token (CRKVOL_KMS_TOKEN) cannot be renewed: once it expires,
+or a kms serve that issued it restarts, the volume stops within a minute; attach with an API
+key (CRKVOL_KMS_APIKEY) to keep serving across both.
 
 --listen takes unix:PATH (default: a 0600 socket in the state directory) or tcp:HOST:PORT on a
 loopback address: NBD has no authentication, so plaintext is never served to the network. Note
@@ -131,8 +135,8 @@ hold at most %d MiB of buffers: a client that sends requests without reading the
 not read from until it does, and is disconnected once a reply has waited %s.`,
 			lockoutOfflineGrace, nbd.DefaultMaxConnections, nbd.DefaultNegotiationTimeout, nbd.DefaultMaxBufferedBytes>>20, nbd.DefaultReplyTimeout),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if grace < 0 {
-				return fmt.Errorf("--offline-grace %s: want 0 or a positive duration", grace)
+			if grace < 0 || grace > 0 && grace < lockoutMinGrace {
+				return fmt.Errorf("--offline-grace %s: want 0 (no limit) or at least %s", grace, lockoutMinGrace)
 			}
 			return a.runAttach(cmd.Context(), args[0], listen, readOnly, maxConns, grace)
 		}}
@@ -294,10 +298,12 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 	// is read from crk.db without holding it, and the state by opening it read-only: the
 	// attach process releases the store once the volume is open.
 	watch := &keyWatch{keyID: info.KeyID, checkNow: usr1Checks(sigctx, usr1), every: lockoutCheckEvery, wait: lockoutFeedWait,
-		retryMin: lockoutRetryMin, retryMax: lockoutRetryMax, poll: lockoutPoll, grace: grace, log: logger}
+		retryMin: lockoutRetryMin, retryMax: lockoutRetryMax, poll: lockoutPoll, grace: grace,
+		refusedFor: lockoutRefusedFor, log: logger}
 	if grace > 0 {
 		// A healthy key service answers a feed read or a state check well within the grace.
 		watch.every, watch.wait = min(watch.every, grace/2), min(watch.wait, grace/2)
+		watch.refusedFor = min(watch.refusedFor, grace/2)
 	}
 	var head string
 	remote := a.remoteURL() != ""

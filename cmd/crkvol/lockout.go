@@ -34,8 +34,14 @@ const (
 	// lockoutShutdown bounds how long the NBD clients have to take their last replies once
 	// the key is locked out, keeping the stop within 5 s of the event.
 	lockoutShutdown = 3 * time.Second
-	// lockoutOfflineGrace is the default of attach --offline-grace.
+	// lockoutOfflineGrace is the default of attach --offline-grace; lockoutMinGrace the
+	// least it may be (the key service is asked twice per grace: no faster than every 5 s).
 	lockoutOfflineGrace = 15 * time.Minute
+	lockoutMinGrace     = 10 * time.Second
+	// lockoutRefusedFor is how long a refusal of the host's credentials must last, through
+	// the retries meanwhile (at least every lockoutRetryMax), before it stops the volume: a
+	// revoked API key stops it within about a minute, a passing failure never does.
+	lockoutRefusedFor = time.Minute
 )
 
 // keyLock says why an attached volume's key stopped it: the key's state and, when a feed
@@ -103,33 +109,55 @@ type keyWatch struct {
 	// grace is the lease: after this long without a successful feed read or state check the
 	// key is taken as locked. 0: no limit.
 	grace time.Duration
-	log   *slog.Logger
+	// refusedFor is how long a refusal of this host's credentials must last (through every
+	// retry meanwhile) before it locks: a renewal that fails once (a server's hiccup, a
+	// proxy's error) must not stop a healthy volume; a revoked API key stays refused.
+	refusedFor time.Duration
+	log        *slog.Logger
 
 	mu sync.Mutex
 	// lastOK is the time of the last successful feed read or state check (or of the start);
 	// lastErr the last failure since then.
 	lastOK  time.Time
 	lastErr error
+	// refusedSince is the first of the refusals of this host's credentials that followed the
+	// last success (zero: none).
+	refusedSince time.Time
 }
 
 // ok records a successful feed read or state check.
 func (w *keyWatch) ok() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.lastOK, w.lastErr = time.Now(), nil
+	w.lastOK, w.lastErr, w.refusedSince = time.Now(), nil, time.Time{}
 }
 
 // failed records a failed feed read or state check, and reports whether it locks: a
-// refusal of this host's credentials locks at once, since the key's state can no longer be
-// known.
+// refusal of this host's credentials that has lasted w.refusedFor with no success between,
+// since the key's state can no longer be known.
 func (w *keyWatch) failed(err error, report func(*keyLock)) bool {
 	w.mu.Lock()
 	w.lastErr = err
+	refused := errors.Is(err, kms.ErrCredentialsRefused)
+	first := refused && w.refusedSince.IsZero()
+	if first {
+		w.refusedSince = time.Now()
+	}
+	lasted := time.Duration(0)
+	if refused {
+		lasted = time.Since(w.refusedSince)
+	}
 	w.mu.Unlock()
-	if !errors.Is(err, kms.ErrCredentialsRefused) {
+	if !refused {
 		return false
 	}
-	w.log.Warn("the key service refused this host's credentials; stopping", "key", w.keyID, "err", err)
+	if lasted < w.refusedFor {
+		if first {
+			w.log.Warn("the key service refused this host's credentials; still serving, retrying; stopping if the refusal lasts", "key", w.keyID, "for", w.refusedFor, "err", err)
+		}
+		return false
+	}
+	w.log.Warn("the key service kept refusing this host's credentials; stopping", "key", w.keyID, "for", lasted.Round(time.Second), "err", err)
 	report(&keyLock{keyID: w.keyID, refused: err})
 	return true
 }

@@ -365,11 +365,13 @@ func TestKeyWatch(t *testing.T) {
 		states   []volume.KeyStatus
 		stateErr error
 		// then answers the feed once the answers are spent; grace is the watch's.
-		then     error
-		grace    time.Duration
-		checkNow bool
-		want     *keyLock // nil: no lock within the test's time
-		cursors  []string // the first cursors the feed is asked for
+		then  error
+		grace time.Duration
+		// refusedFor is how long refusals must last to lock (0: the first locks).
+		refusedFor time.Duration
+		checkNow   bool
+		want       *keyLock // nil: no lock within the test's time
+		cursors    []string // the first cursors the feed is asked for
 	}{
 		{name: "disable", answers: []feedAnswer{page("4", ev("4", volume.KeyDisabled, key, volume.KeyStateSuspended))},
 			states: []volume.KeyStatus{active}, want: &keyLock{keyID: key, state: volume.KeyStateSuspended, event: volume.KeyDisabled}, cursors: []string{"3"}},
@@ -398,6 +400,10 @@ func TestKeyWatch(t *testing.T) {
 			states: []volume.KeyStatus{active}, want: &keyLock{keyID: key, refused: refused}},
 		{name: "credentials refused by the state check", states: []volume.KeyStatus{active}, stateErr: refused,
 			want: &keyLock{keyID: key, refused: refused}},
+		{name: "a refusal that lasts locks", answers: []feedAnswer{{err: refused}}, then: refused, refusedFor: 30 * time.Millisecond,
+			states: []volume.KeyStatus{active}, want: &keyLock{keyID: key, refused: refused}},
+		{name: "a refusal that passes never locks", answers: []feedAnswer{{err: refused}, {err: refused}}, refusedFor: 30 * time.Millisecond,
+			states: []volume.KeyStatus{active}},
 		{name: "unreachable past the grace", states: []volume.KeyStatus{active}, stateErr: unreachable, then: unreachable,
 			grace: 50 * time.Millisecond, want: &keyLock{keyID: key, offline: 50 * time.Millisecond, cause: unreachable}},
 		{name: "feed unreachable, state checks answered: within the grace", states: []volume.KeyStatus{active}, then: unreachable,
@@ -413,7 +419,7 @@ func TestKeyWatch(t *testing.T) {
 			checks := 0
 			checkNow := make(chan struct{}, 1)
 			w := &keyWatch{keyID: key, feed: feed, checkNow: checkNow, every: time.Hour, wait: time.Hour,
-				retryMin: time.Millisecond, retryMax: 2 * time.Millisecond, grace: tc.grace, log: slog.New(slog.DiscardHandler),
+				retryMin: time.Millisecond, retryMax: 2 * time.Millisecond, grace: tc.grace, refusedFor: tc.refusedFor, log: slog.New(slog.DiscardHandler),
 				state: func(ctx context.Context, id string) (volume.KeyStatus, error) {
 					require.Equal(t, key, id)
 					mu.Lock()
@@ -576,10 +582,11 @@ func (a *attached) stopped(t *testing.T, e *lockoutEnv, since time.Time) string 
 }
 
 // TestAttachStopsWhenCredentialsRefusedOrOffline: in remote mode, an attach process whose API
-// key is revoked (kms apikey revoke on the server) stops serving at its next call to the key
-// service (SIGUSR1 asks for one now), saying that the service refused this host's
-// credentials; and one attached with --offline-grace 2s stops once kms serve has been down
-// that long, saying so (in the long run only: it takes the grace).
+// key is revoked (kms apikey revoke on the server) stops serving once the key service has
+// refused it for half the --offline-grace (10s here: 5s of refusals; SIGUSR1 asks for the
+// first check now), saying that the service refused this host's credentials; and one attached
+// with --offline-grace 10s stops once kms serve has been down that long, saying so (in the long
+// run only: it takes the grace).
 func TestAttachStopsWhenCredentialsRefusedOrOffline(t *testing.T) {
 	t.Parallel()
 	t0 := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
@@ -603,7 +610,7 @@ func TestAttachStopsWhenCredentialsRefusedOrOffline(t *testing.T) {
 
 	// The API key revoked while attached: the next call is refused.
 	sock := filepath.Join(host.dir, "a.sock")
-	a := host.attach("a.img", sock)
+	a := host.attach("a.img", sock, "--offline-grace", "10s")
 	c := dialNBD(t, sock)
 	_, err := c.read(0, 4096)
 	require.NoError(t, err)
@@ -621,13 +628,13 @@ func TestAttachStopsWhenCredentialsRefusedOrOffline(t *testing.T) {
 		t.Logf("the --offline-grace half takes the grace: set %s=1", tooltest.LongEnv)
 		return
 	}
-	// Another API key, --offline-grace 2s, and kms serve stopped.
+	// Another API key, --offline-grace 10s, and kms serve stopped.
 	host.extra = append(hostEnv, "CRKVOL_KMS_APIKEY="+k2)
-	a = host.attach("a.img", sock, "--offline-grace", "2s")
+	a = host.attach("a.img", sock, "--offline-grace", "10s")
 	srv.stop(t)
 	down := time.Now()
 	stderr = a.stopped(t, host, down)
-	assert.Contains(t, stderr, "crkvol: volume attach: the key service could not be reached for 2s (--offline-grace), so key "+key+
+	assert.Contains(t, stderr, "crkvol: volume attach: the key service could not be reached for 10s (--offline-grace), so key "+key+
 		" cannot be checked any more: stopped serving "+img+": ", stderr)
 	assert.Contains(t, stderr, "crkvol: hint: attach again once the key service can be reached; --offline-grace 0 keeps serving while it cannot\n", stderr)
 }

@@ -646,8 +646,14 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	tok, life, err := s.tenants.Exchange(r.PostForm.Get("apikey"))
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrUnauthorized):
 		writeJSON(w, http.StatusBadRequest, map[string]any{"errorCode": "BXNIM0415E", "errorMessage": "Provided API key could not be found."})
+		return
+	case err != nil:
+		// The server's own failure (its API key table unreadable, no randomness): not a
+		// refusal of the key, which a client must be free to try again.
+		writeJSON(w, http.StatusInternalServerError, map[string]any{"errorCode": "BXNIM0400E", "errorMessage": "The token could not be issued; try again later."})
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{

@@ -9,6 +9,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -536,4 +539,36 @@ func FuzzCheckMembers(f *testing.F) {
 			walk(v)
 		}
 	})
+}
+
+// TestTokenEndpointTellsRefusalFromFailure: an unknown API key is refused (400 BXNIM0415E);
+// a failure of the server itself (its API key table unreadable) is a 500, which a client
+// tries again, never a refusal of the key.
+func TestTokenEndpointTellsRefusalFromFailure(t *testing.T) {
+	dir := t.TempDir()
+	tenants, err := OpenTenants(dir, crk.Options{MasterKey: bytes.Repeat([]byte{3}, 32)})
+	require.NoError(t, err)
+	defer tenants.Close()
+	inst, _ := tenants.Default()
+	apiKey, err := tenants.CreateAPIKey(inst)
+	require.NoError(t, err)
+	srv := httptest.NewServer(NewServer(tenants))
+	defer srv.Close()
+	exchange := func(key string) (int, string) {
+		resp, err := http.PostForm(srv.URL+"/identity/token", url.Values{"grant_type": {"urn:ibm:params:oauth:grant-type:apikey"}, "apikey": {key}})
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	status, _ := exchange(apiKey)
+	require.Equal(t, http.StatusOK, status)
+	status, body := exchange("nope")
+	assert.Equal(t, http.StatusBadRequest, status)
+	assert.Contains(t, body, "BXNIM0415E")
+
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "tenants.json"), []byte("{"), 0o600))
+	status, body = exchange(apiKey)
+	assert.Equal(t, http.StatusInternalServerError, status, body)
+	assert.NotContains(t, body, "BXNIM0415E")
 }
