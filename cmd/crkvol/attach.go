@@ -560,11 +560,7 @@ func writeRecord(path string, rec attachment) error {
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return writeFileAtomic(path, append(b, '\n'))
 }
 
 func (a *app) runDetach(ctx context.Context, path string, timeout time.Duration) error {

@@ -29,13 +29,8 @@ func writeServeRecord(dir, url string) (remove func(), err error) {
 	if err != nil {
 		return nil, err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
-		return nil, fmt.Errorf("recording the server in %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return nil, fmt.Errorf("recording the server in %s: %w", path, err)
+	if err := writeFileAtomic(path, append(b, '\n')); err != nil {
+		return nil, fmt.Errorf("recording the server: %w", err)
 	}
 	return func() {
 		if rec, ok := readServeRecord(dir); ok && rec.PID == os.Getpid() {
