@@ -588,6 +588,11 @@ func (a *attached) stopped(t *testing.T, e *lockoutEnv, since time.Time) string 
 // with --offline-grace 10s stops once kms serve has been down that long, saying so (in the long
 // run only: it takes the grace).
 func TestAttachStopsWhenCredentialsRefusedOrOffline(t *testing.T) {
+	if !tooltest.Long() {
+		// Both halves wait out a refusal or a grace (10-20 s); TestKeyWatch covers the
+		// logic in the plain run.
+		t.Skip("a kms serve and two attaches waiting out their graces: set " + tooltest.LongEnv + "=1")
+	}
 	t.Parallel()
 	t0 := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
 	server := &lockoutEnv{t: t, dir: t.TempDir(), now: t0}
@@ -624,10 +629,6 @@ func TestAttachStopsWhenCredentialsRefusedOrOffline(t *testing.T) {
 	_, err = c.read(0, 4096)
 	assert.Error(t, err, "no request is served after the lockout")
 
-	if !tooltest.Long() {
-		t.Logf("the --offline-grace half takes the grace: set %s=1", tooltest.LongEnv)
-		return
-	}
 	// Another API key, --offline-grace 10s, and kms serve stopped.
 	host.extra = append(hostEnv, "CRKVOL_KMS_APIKEY="+k2)
 	a = host.attach("a.img", sock, "--offline-grace", "10s")
