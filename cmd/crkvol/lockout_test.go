@@ -402,14 +402,14 @@ func TestKeyWatch(t *testing.T) {
 			want: &keyLock{keyID: key, refused: refused}},
 		{name: "a refusal that lasts locks", answers: []feedAnswer{{err: refused}}, then: refused, refusedFor: 30 * time.Millisecond,
 			states: []volume.KeyStatus{active}, want: &keyLock{keyID: key, refused: refused}},
-		{name: "a refusal that passes never locks", answers: []feedAnswer{{err: refused}, {err: refused}}, refusedFor: 30 * time.Millisecond,
+		{name: "a refusal that passes never locks", answers: []feedAnswer{{err: refused}, {err: refused}}, refusedFor: 10 * time.Second,
 			states: []volume.KeyStatus{active}},
 		{name: "unreachable past the grace", states: []volume.KeyStatus{active}, stateErr: unreachable, then: unreachable,
 			grace: 50 * time.Millisecond, want: &keyLock{keyID: key, offline: 50 * time.Millisecond, cause: unreachable}},
 		{name: "feed unreachable, state checks answered: within the grace", states: []volume.KeyStatus{active}, then: unreachable,
-			grace: 50 * time.Millisecond},
+			grace: 250 * time.Millisecond},
 		{name: "feed answered, state checks unreachable: within the grace", states: []volume.KeyStatus{active}, stateErr: unreachable,
-			grace: 50 * time.Millisecond},
+			grace: 250 * time.Millisecond},
 		{name: "SIGUSR1 checks at once", states: []volume.KeyStatus{active, suspended}, checkNow: true, want: &keyLock{keyID: key, state: volume.KeyStateSuspended, event: ""}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -436,7 +436,7 @@ func TestKeyWatch(t *testing.T) {
 			}
 			// Without a lock the watch runs until the context ends: long enough for every
 			// scripted answer and the retries.
-			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			ctx, cancel := context.WithTimeout(context.Background(), max(300*time.Millisecond, 4*tc.grace))
 			defer cancel()
 			if tc.want != nil {
 				ctx, cancel = context.WithTimeout(context.Background(), time.Minute) // hang guard
