@@ -46,3 +46,37 @@ func ListKeyNames(path string, timeout time.Duration) ([]KeyName, error) {
 	}
 	return out, nil
 }
+
+// KeyState is a key's lifecycle state and latest version as [ReadKeyState] reads them.
+type KeyState struct {
+	State         State
+	LatestVersion string
+}
+
+// ReadKeyState reads one key's effective state (expiry applied at now) and latest version
+// from the store at path, as [ListKeyNames] reads names: read-only, without the master key,
+// waiting at most timeout for another process's lock and holding it only while it reads. An
+// unknown key is ErrKeyNotFound. An attach process checks its key with it.
+func ReadKeyState(path, id string, now time.Time, timeout time.Duration) (KeyState, error) {
+	db, err := bolt.Open(path, 0, &bolt.Options{ReadOnly: true, Timeout: timeout})
+	if err != nil {
+		return KeyState{}, fmt.Errorf("crk: opening store %s read-only: %w", path, err)
+	}
+	defer db.Close()
+	var out KeyState
+	err = db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketKeys) == nil {
+			return fmt.Errorf("%w: %s", ErrKeyNotFound, shorten(id))
+		}
+		r, err := getKey(tx, id)
+		if err != nil {
+			return err
+		}
+		out.State = r.effectiveState(now)
+		if len(r.Versions) > 0 {
+			out.LatestVersion = r.latest().ID
+		}
+		return nil
+	})
+	return out, err
+}

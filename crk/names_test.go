@@ -3,9 +3,13 @@ package crk
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -51,4 +55,25 @@ func TestListKeyNames(t *testing.T) {
 			t.Errorf("got %+v, want %+v", k, want[k.ID])
 		}
 	}
+}
+
+// TestReadKeyState: another process reads a key's state and latest version without the
+// master key (the key file moved away here) and without holding the store.
+func TestReadKeyState(t *testing.T) {
+	f := newFixture(t)
+	k := f.root(t, "state-key")
+	rotated, err := f.svc.RotateKey(f.ctx, k.ID, nil)
+	require.NoError(t, err)
+	_, err = f.svc.DisableKey(f.ctx, k.ID)
+	require.NoError(t, err)
+	require.NoError(t, f.svc.Close())
+	require.NoError(t, os.Rename(f.path+".masterkey", f.path+".moved"))
+
+	st, err := ReadKeyState(f.path, k.ID, f.clock.Now(), time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, KeyState{State: StateSuspended, LatestVersion: rotated.KeyVersion.ID}, st)
+	_, err = ReadKeyState(f.path, "00000000-0000-4000-8000-000000000000", f.clock.Now(), time.Second)
+	assert.ErrorIs(t, err, ErrKeyNotFound)
+	_, err = ReadKeyState(f.path+".missing", k.ID, f.clock.Now(), time.Second)
+	assert.Error(t, err)
 }

@@ -344,8 +344,8 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 }
 
 // storeKeyState returns a function that reads a key's state from the embedded key service's
-// store, opening it read-only for the length of one read (an attach process never holds
-// crk.db: other commands change the key meanwhile).
+// store, opening it read-only for the length of one read and without the service master key
+// (an attach process never holds crk.db: other commands change the key meanwhile).
 func (a *app) storeKeyState() (func(ctx context.Context, keyID string) (volume.KeyStatus, error), error) {
 	dir, err := a.stateDirectory()
 	if err != nil {
@@ -357,18 +357,11 @@ func (a *app) storeKeyState() (func(ctx context.Context, keyID string) (volume.K
 	}
 	path := filepath.Join(dir, "crk.db")
 	return func(ctx context.Context, keyID string) (volume.KeyStatus, error) {
-		opts, err := a.crkOptions(clock)
+		st, err := crk.ReadKeyState(path, keyID, clock.Now(), 5*time.Second)
 		if err != nil {
 			return volume.KeyStatus{}, err
 		}
-		opts.ReadOnly = true
-		svc, err := crk.Open(path, opts)
-		clear(opts.MasterKey)
-		if err != nil {
-			return volume.KeyStatus{}, err
-		}
-		defer svc.Close()
-		return kms.NewLocal(svc).KeyState(ctx, keyID)
+		return volume.KeyStatus{State: st.State.String(), LatestVersion: st.LatestVersion}, nil
 	}, nil
 }
 
