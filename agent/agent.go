@@ -16,7 +16,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
@@ -352,7 +351,7 @@ func pageFollows(cursor string, p volume.KeyEventPage) error {
 	}
 	prev := cursor
 	for _, e := range p.Events {
-		if !cursorAfter(e.Cursor, prev) {
+		if !volume.CursorAfter(e.Cursor, prev) {
 			return fmt.Errorf("%w: event cursor %q is not after %q", errOddPage, e.Cursor, prev)
 		}
 		prev = e.Cursor
@@ -361,19 +360,6 @@ func pageFollows(cursor string, p volume.KeyEventPage) error {
 		return fmt.Errorf("%w: the page's cursor %q is not its last event's %q", errOddPage, p.Cursor, prev)
 	}
 	return nil
-}
-
-// cursorAfter reports whether cursor c comes after prev.
-func cursorAfter(c, prev string) bool {
-	if c == "" || c == prev {
-		return false
-	}
-	n, err1 := strconv.ParseUint(c, 10, 64)
-	m, err2 := strconv.ParseUint(prev, 10, 64)
-	if err1 != nil || err2 != nil {
-		return true
-	}
-	return n > m
 }
 
 func (a *Agent) feedFailed(err error) {

@@ -3,6 +3,7 @@ package volume
 import (
 	"context"
 	"errors"
+	"strconv"
 	"time"
 )
 
@@ -66,6 +67,25 @@ type KeyEvent struct {
 // Locks reports whether the event takes the key out of use: a disable, delete or purge.
 func (e KeyEvent) Locks() bool {
 	return e.Type == KeyDisabled || e.Type == KeyDeleted || e.Type == KeyPurged
+}
+
+// CursorAfter reports whether feed cursor next comes after cursor: a follower takes a page
+// only if it moves on from its own cursor. Cursors of the feeds crkvol serves are decimal
+// sequence numbers ("" is the start); a cursor that is not one is taken as after whenever it
+// differs, since only its service can order it.
+func CursorAfter(next, cursor string) bool {
+	if next == "" || next == cursor {
+		return false
+	}
+	n, err1 := strconv.ParseUint(next, 10, 64)
+	c, err2 := strconv.ParseUint(cursor, 10, 64)
+	if cursor == "" {
+		c, err2 = 0, nil
+	}
+	if err1 != nil || err2 != nil {
+		return true
+	}
+	return n > c
 }
 
 // KeyEventPage is one answer of a [KeyFeed].

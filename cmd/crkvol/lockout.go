@@ -266,7 +266,7 @@ func (w *keyWatch) follow(ctx context.Context, cursor string, report func(*keyLo
 			cursor = page.Cursor
 			continue
 		}
-		moved := len(page.Events) > 0 && cursorAfter(page.Cursor, cursor)
+		moved := len(page.Events) > 0 && volume.CursorAfter(page.Cursor, cursor)
 		switch {
 		case moved:
 			cursor = page.Cursor
@@ -279,17 +279,6 @@ func (w *keyWatch) follow(ctx context.Context, cursor string, report func(*keyLo
 			return
 		}
 	}
-}
-
-// cursorAfter reports whether the feed cursor next comes after cursor. Cursors are decimal
-// sequence numbers; one that is not is taken as after whenever it differs.
-func cursorAfter(next, cursor string) bool {
-	n, err1 := crk.ParseFeedCursor(next)
-	c, err2 := crk.ParseFeedCursor(cursor)
-	if err1 != nil || err2 != nil {
-		return next != cursor
-	}
-	return n > c
 }
 
 // backstop checks the key's state at once, then every w.every and on w.checkNow.
