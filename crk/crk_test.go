@@ -15,7 +15,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	bolt "go.etcd.io/bbolt"
 )
 
 var t0 = time.Date(2026, 1, 31, 10, 0, 0, 0, time.UTC)
@@ -334,8 +333,8 @@ func TestLifecycle(t *testing.T) {
 	_, err = f.svc.PurgeKey(f.ctx, k.ID)
 	assert.ErrorIs(t, err, ErrKeyPurged)
 	// Crypto-shredding: no material is left in the store for this key.
-	require.NoError(t, f.svc.db.View(func(tx *bolt.Tx) error {
-		r, err := getKey(tx, k.ID)
+	require.NoError(t, f.svc.view(func(tx storeTx) error {
+		r, err := tx.key(k.ID)
 		require.NoError(t, err)
 		for _, v := range r.Versions {
 			assert.Nil(t, v.Material)

@@ -5,13 +5,10 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // Activity Tracker actions recorded by the service.
@@ -174,7 +171,7 @@ func eventNanos(t time.Time) uint64 {
 }
 
 // appendEvent stores an event in tx, then applies the retention. Every error wraps ErrAudit.
-func (s *Service) appendEvent(tx *bolt.Tx, ev *Event) error {
+func (s *Service) appendEvent(tx storeTx, ev *Event) error {
 	if err := s.putEvent(tx, ev); err != nil {
 		return fmt.Errorf("crk: %w: %s: %w", ErrAudit, ev.Action, err)
 	}
@@ -184,33 +181,18 @@ func (s *Service) appendEvent(tx *bolt.Tx, ev *Event) error {
 	return nil
 }
 
-func (s *Service) putEvent(tx *bolt.Tx, ev *Event) error {
+func (s *Service) putEvent(tx storeTx, ev *Event) error {
 	if s.testOnlyAuditFault != nil {
 		if err := s.testOnlyAuditFault(ev); err != nil {
 			return err
 		}
 	}
-	b := tx.Bucket(bucketEvents)
-	seq, err := b.NextSequence()
-	if err != nil {
-		return err
-	}
-	ev.Seq = seq
-	nanos := eventNanos(ev.Time)
-	if last, _ := b.Cursor().Last(); len(last) == eventKeyLen {
-		nanos = max(nanos, binary.BigEndian.Uint64(last))
-	}
-	raw, err := json.Marshal(ev)
-	if err != nil {
-		return err
-	}
-	return b.Put(eventKey(nanos, seq), raw)
+	return tx.putEvent(ev)
 }
 
 // pruneEvents deletes the oldest events beyond the retention, at most limit of them (no limit
-// if limit <= 0), and returns how many it deleted. Keys are contiguous in sequence (events
-// are deleted oldest first only), so the count is the span of the first and last sequence.
-func (s *Service) pruneEvents(tx *bolt.Tx, limit int) (int, error) {
+// if limit <= 0), and returns how many it deleted.
+func (s *Service) pruneEvents(tx storeTx, limit int) (int, error) {
 	maxCount := s.retention.MaxCount
 	if maxCount == 0 {
 		maxCount = DefaultEventMaxCount
@@ -219,27 +201,7 @@ func (s *Service) pruneEvents(tx *bolt.Tx, limit int) (int, error) {
 	if s.retention.MaxAge > 0 {
 		cutoff = eventNanos(s.clock.Now().Add(-s.retention.MaxAge))
 	}
-	b := tx.Bucket(bucketEvents)
-	c := b.Cursor()
-	last, _ := c.Last()
-	if last == nil {
-		return 0, nil
-	}
-	lastSeq := binary.BigEndian.Uint64(last[8:])
-	n := 0
-	for k, _ := c.First(); k != nil && (limit <= 0 || n < limit); k, _ = c.First() {
-		count := lastSeq - binary.BigEndian.Uint64(k[8:]) + 1
-		overCount := maxCount > 0 && count > uint64(maxCount)
-		tooOld := binary.BigEndian.Uint64(k) < cutoff
-		if !overCount && !tooOld {
-			break
-		}
-		if err := c.Delete(); err != nil {
-			return n, err
-		}
-		n++
-	}
-	return n, nil
+	return tx.pruneEvents(maxCount, cutoff, limit)
 }
 
 // record stores an event durably before returning, and returns an error wrapping ErrAudit
@@ -291,7 +253,7 @@ func (s *Service) eventWriter() {
 				break drain
 			}
 		}
-		err := s.db.Update(func(tx *bolt.Tx) error {
+		err := s.update(func(tx storeTx) error {
 			for _, r := range batch {
 				if err := s.appendEvent(tx, r.ev); err != nil {
 					return err
@@ -302,7 +264,7 @@ func (s *Service) eventWriter() {
 		if err != nil && len(batch) > 1 {
 			// One bad event must not fail the others: store each alone.
 			for _, r := range batch {
-				r.done <- s.db.Update(func(tx *bolt.Tx) error { return s.appendEvent(tx, r.ev) })
+				r.done <- s.update(func(tx storeTx) error { return s.appendEvent(tx, r.ev) })
 			}
 			continue
 		}
@@ -348,60 +310,33 @@ func (s *Service) ListEvents(_ context.Context, f EventFilter) (EventPage, error
 		after = k
 	}
 	from := eventNanos(f.From)
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx storeTx) error {
 		if f.KeyID != "" && !knownKey(tx, f.KeyID) {
 			return fmt.Errorf("%w: %s (no key with this id, and no event names it)", ErrKeyNotFound, shorten(f.KeyID))
 		}
-		c := tx.Bucket(bucketEvents).Cursor()
-		var k, v []byte
-		next := c.Next
-		switch {
-		case f.OldestFirst && after != nil:
-			if k, v = c.Seek(after); k != nil && bytes.Equal(k, after) {
-				k, v = c.Next()
-			}
-		case f.OldestFirst && !f.From.IsZero():
-			// A key's time is at least its event's time: nothing before From's key matches.
-			k, v = c.Seek(eventKey(from, 0))
-		case f.OldestFirst:
-			k, v = c.First()
-		case after != nil:
-			next = c.Prev
-			if k, v = c.Seek(after); k == nil {
-				k, v = c.Last()
-			}
-			if k != nil && bytes.Compare(k, after) >= 0 {
-				k, v = c.Prev()
-			}
-		default:
-			next = c.Prev
-			k, v = c.Last()
+		scan := eventScan{after: after, desc: !f.OldestFirst, keyID: f.KeyID, action: f.Action}
+		if !f.From.IsZero() {
+			scan.from = from
 		}
-		var full []byte // the key of the page's last event, once the page is full
-		for ; k != nil; k, v = next() {
-			if !f.OldestFirst && !f.From.IsZero() && binary.BigEndian.Uint64(k) < from {
-				break // this key and every earlier one are before From
-			}
-			var ev Event
-			if err := json.Unmarshal(v, &ev); err != nil {
-				return fmt.Errorf("crk: store: event %x: %w", k, err)
-			}
+		page = EventPage{} // the transaction may run again
+		var full []byte    // the position of the page's last event, once the page is full
+		return tx.scanEvents(scan, func(k []byte, ev *Event) (bool, error) {
 			if f.KeyID != "" && ev.KeyID != f.KeyID ||
 				f.Action != "" && ev.Action != f.Action ||
 				!f.From.IsZero() && ev.Time.Before(f.From) ||
 				!f.To.IsZero() && !ev.Time.Before(f.To) {
-				continue
+				return true, nil
 			}
 			if full != nil { // a match beyond a full page: there is a next page
 				page.Next = hex.EncodeToString(full)
-				break
+				return false, nil
 			}
-			page.Events = append(page.Events, ev)
+			page.Events = append(page.Events, *ev)
 			if f.Limit > 0 && len(page.Events) >= f.Limit {
 				full = bytes.Clone(k)
 			}
-		}
-		return nil
+			return true, nil
+		})
 	})
 	if err != nil {
 		return EventPage{}, err
@@ -413,26 +348,12 @@ func (s *Service) ListEvents(_ context.Context, f EventFilter) (EventPage, error
 // is named by an event (a key purged since, or an id a refused request named): an event
 // filter on another id is a mistake, not an empty listing. The event scan is only made for
 // an id the store has no key for.
-func knownKey(tx *bolt.Tx, id string) bool {
-	if tx.Bucket(bucketKeys).Get([]byte(id)) != nil {
+func knownKey(tx storeTx, id string) bool {
+	if _, err := tx.key(id); err == nil {
 		return true
 	}
-	want, err := json.Marshal(id)
-	if err != nil {
-		return false
-	}
-	needle := append([]byte(`"keyId":`), want...)
-	c := tx.Bucket(bucketEvents).Cursor()
-	for k, v := c.First(); k != nil; k, v = c.Next() {
-		if !bytes.Contains(v, needle) {
-			continue
-		}
-		var ev Event
-		if json.Unmarshal(v, &ev) == nil && ev.KeyID == id {
-			return true
-		}
-	}
-	return false
+	named, err := tx.eventNamesKey(id)
+	return err == nil && named
 }
 
 // ActionDefault is the event action for requests that were refused before naming an

@@ -314,10 +314,15 @@ func TestAuditFailureFailsOperation(t *testing.T) {
 			f.clock.Advance(2 * time.Hour)
 			snapshot := func() state {
 				var st state
-				require.NoError(t, f.svc.db.View(func(tx *bolt.Tx) error {
-					st.keys = tx.Bucket(bucketKeys).Stats().KeyN
-					st.regs = tx.Bucket(bucketRegistrations).Stats().KeyN
-					r, err := getKey(tx, k.ID)
+				require.NoError(t, f.svc.view(func(tx storeTx) error {
+					st = state{}
+					if err := tx.keys(false, func(*keyRecord) error { st.keys++; return nil }); err != nil {
+						return err
+					}
+					if err := tx.regs(func(*regRecord) error { st.regs++; return nil }); err != nil {
+						return err
+					}
+					r, err := tx.key(k.ID)
 					if err != nil {
 						return err
 					}
@@ -429,7 +434,7 @@ func TestMigrateSchema1Events(t *testing.T) {
 	p, err = svc.ListEvents(ctx, EventFilter{Limit: 5, Cursor: p.Next})
 	require.NoError(t, err)
 	assert.Equal(t, []uint64{3, 2, 1}, seqs(p.Events))
-	require.NoError(t, svc.db.View(func(tx *bolt.Tx) error {
+	require.NoError(t, svc.store.(*boltBackend).db.View(func(tx *bolt.Tx) error {
 		assert.Equal(t, schemaVersion, string(tx.Bucket(bucketMeta).Get(metaSchema)))
 		return tx.Bucket(bucketEvents).ForEach(func(k, _ []byte) error {
 			assert.Len(t, k, eventKeyLen)

@@ -2,10 +2,9 @@ package crk
 
 import (
 	"context"
-	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 
@@ -99,14 +98,6 @@ const (
 	DefaultFeedMaxCount = 100_000
 )
 
-// The feed bucket is keyed by the 8-byte big-endian sequence number of the event (the
-// bucket's own sequence: never reused, even after deletion). Meta "feedPruned" holds the
-// sequence number of the last event the retention deleted.
-var (
-	bucketFeed     = []byte("feed")
-	metaFeedPruned = []byte("feedPruned")
-)
-
 type policyKey struct{}
 
 // withPolicy marks ctx as the rotation policy's, for the lifecycle event's Policy field.
@@ -124,12 +115,12 @@ func byPolicy(ctx context.Context) bool {
 // the action. Keys without registrations have events too: a resource whose registration was
 // deleted (so that a key with preventKeyDeletion registrations can be deleted) still follows
 // its key, and must see the delete.
-func (s *Service) feedEvent(ctx context.Context, tx *bolt.Tx, action string, r *keyRecord, old string, now time.Time) (*LifecycleEvent, error) {
+func (s *Service) feedEvent(ctx context.Context, tx storeTx, action string, r *keyRecord, old string, now time.Time) (*LifecycleEvent, error) {
 	typ, ok := lifecycleTypes[action]
 	if !ok || r.Type != RootKey {
 		return nil, nil
 	}
-	regs, err := keyRegs(tx, r.ID)
+	regs, err := tx.keyRegs(r.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -143,34 +134,18 @@ func (s *Service) feedEvent(ctx context.Context, tx *bolt.Tx, action string, r *
 
 // putFeedEvent appends ev to the feed in tx, setting its cursor, and applies the retention
 // to at most pruneBatch old events.
-func (s *Service) putFeedEvent(tx *bolt.Tx, ev *LifecycleEvent) error {
-	b := tx.Bucket(bucketFeed)
-	seq, err := b.NextSequence()
-	if err != nil {
+func (s *Service) putFeedEvent(tx storeTx, ev *LifecycleEvent) error {
+	if err := tx.putFeed(ev); err != nil {
 		return err
 	}
-	ev.Cursor = strconv.FormatUint(seq, 10)
-	raw, err := json.Marshal(ev)
-	if err != nil {
-		return err
-	}
-	if err := b.Put(seqKey(seq), raw); err != nil {
-		return err
-	}
-	_, err = s.pruneFeed(tx, pruneBatch)
+	_, err := s.pruneFeed(tx, pruneBatch)
 	return err
-}
-
-func seqKey(seq uint64) []byte {
-	k := make([]byte, 8)
-	binary.BigEndian.PutUint64(k, seq)
-	return k
 }
 
 // pruneFeed deletes the oldest feed events beyond the retention, at most limit of them (no
 // limit if limit <= 0), records the last sequence number deleted, and returns how many it
 // deleted.
-func (s *Service) pruneFeed(tx *bolt.Tx, limit int) (int, error) {
+func (s *Service) pruneFeed(tx storeTx, limit int) (int, error) {
 	maxCount, maxAge := s.feedRetention.MaxCount, s.feedRetention.MaxAge
 	if maxCount == 0 {
 		maxCount = DefaultFeedMaxCount
@@ -178,38 +153,11 @@ func (s *Service) pruneFeed(tx *bolt.Tx, limit int) (int, error) {
 	if maxAge == 0 {
 		maxAge = DefaultFeedMaxAge
 	}
-	b := tx.Bucket(bucketFeed)
-	head := b.Sequence()
-	c := b.Cursor()
-	cutoff := s.clock.Now().Add(-maxAge)
-	var pruned uint64
-	n := 0
-	for k, v := c.First(); k != nil && (limit <= 0 || n < limit); k, v = c.First() {
-		seq := binary.BigEndian.Uint64(k)
-		overCount := maxCount > 0 && head-seq+1 > uint64(maxCount)
-		tooOld := false
-		if maxAge > 0 {
-			var ev LifecycleEvent
-			if err := json.Unmarshal(v, &ev); err != nil {
-				return n, fmt.Errorf("crk: store: feed event %d: %w", seq, err)
-			}
-			tooOld = ev.Time.Before(cutoff)
-		}
-		if !overCount && !tooOld {
-			break
-		}
-		if err := c.Delete(); err != nil {
-			return n, err
-		}
-		pruned = seq
-		n++
+	var cutoff time.Time
+	if maxAge > 0 {
+		cutoff = s.clock.Now().Add(-maxAge)
 	}
-	if n > 0 {
-		if err := tx.Bucket(bucketMeta).Put(metaFeedPruned, seqKey(pruned)); err != nil {
-			return n, err
-		}
-	}
-	return n, nil
+	return tx.pruneFeed(maxCount, cutoff, limit)
 }
 
 // notifyFeed wakes the callers of [Service.WaitLifecycle]: call it after a transaction that
@@ -240,7 +188,7 @@ func ParseFeedCursor(cursor string) (uint64, error) {
 }
 
 // readFeed reads at most limit events (0: no limit) after cursor from tx.
-func readFeed(tx *bolt.Tx, cursor string, limit int) (LifecyclePage, error) {
+func readFeed(tx storeTx, cursor string, limit int) (LifecyclePage, error) {
 	if limit < 0 {
 		return LifecyclePage{}, fmt.Errorf("%w: lifecycle feed limit %d", ErrInvalidArgument, limit)
 	}
@@ -248,13 +196,13 @@ func readFeed(tx *bolt.Tx, cursor string, limit int) (LifecyclePage, error) {
 	if err != nil {
 		return LifecyclePage{}, err
 	}
-	var head, pruned uint64
-	b := tx.Bucket(bucketFeed)
-	if b != nil { // a store from before the feed, opened read-only, has an empty feed
-		head = b.Sequence()
+	scanFrom := after
+	if cursor == "" {
+		scanFrom = math.MaxUint64 // the head only
 	}
-	if v := tx.Bucket(bucketMeta).Get(metaFeedPruned); len(v) == 8 {
-		pruned = binary.BigEndian.Uint64(v)
+	events, head, pruned, err := tx.feed(scanFrom, limit)
+	if err != nil {
+		return LifecyclePage{}, err
 	}
 	page := LifecyclePage{Events: []LifecycleEvent{}, Cursor: strconv.FormatUint(head, 10)}
 	switch {
@@ -264,20 +212,10 @@ func readFeed(tx *bolt.Tx, cursor string, limit int) (LifecyclePage, error) {
 		return LifecyclePage{}, fmt.Errorf("%w: cursor %d is ahead of the feed's last event %d (another store, or one restored from an older copy)", ErrResyncNeeded, after, head)
 	case after < pruned:
 		return LifecyclePage{}, fmt.Errorf("%w: the events after cursor %d up to %d were deleted by the feed's retention", ErrResyncNeeded, after, pruned)
-	case after == head:
-		return page, nil
 	}
-	c := b.Cursor()
-	for k, v := c.Seek(seqKey(after + 1)); k != nil; k, v = c.Next() {
-		var ev LifecycleEvent
-		if err := json.Unmarshal(v, &ev); err != nil {
-			return LifecyclePage{}, fmt.Errorf("crk: store: feed event %d: %w", binary.BigEndian.Uint64(k), err)
-		}
+	for _, ev := range events {
 		page.Events = append(page.Events, ev)
 		page.Cursor = ev.Cursor
-		if limit > 0 && len(page.Events) >= limit {
-			break
-		}
 	}
 	return page, nil
 }
@@ -293,7 +231,7 @@ func readFeed(tx *bolt.Tx, cursor string, limit int) (LifecyclePage, error) {
 // took effect, whatever crashes.
 func (s *Service) Lifecycle(_ context.Context, cursor string, limit int) (LifecyclePage, error) {
 	var page LifecyclePage
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx storeTx) error {
 		var err error
 		page, err = readFeed(tx, cursor, limit)
 		return err
@@ -341,8 +279,9 @@ func ReadLifecycle(path, cursor string, limit int, timeout time.Duration) (Lifec
 	}
 	defer db.Close()
 	var page LifecyclePage
-	err = db.View(func(tx *bolt.Tx) error {
-		if tx.Bucket(bucketMeta) == nil {
+	err = db.View(func(btx *bolt.Tx) error {
+		tx := boltTx{btx}
+		if btx.Bucket(bucketMeta) == nil {
 			return fmt.Errorf("crk: store %s has no meta bucket: not a key service store", path)
 		}
 		var err error

@@ -3,13 +3,12 @@ package crk
 import (
 	"context"
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
 	"strings"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 
 	"crkvol/internal/ident"
 )
@@ -79,8 +78,8 @@ func (s *Service) CreateKey(ctx context.Context, opts CreateOptions) (*Key, erro
 		return nil, err
 	}
 	r.Versions = []versionRecord{*v}
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		if err := putKey(tx, r); err != nil {
+	err = s.update(func(tx storeTx) error {
+		if err := tx.putKey(r); err != nil {
 			return err
 		}
 		ev := s.newEvent(ctx, ActionCreate, r, id, nil)
@@ -145,7 +144,7 @@ func checkRootMaterial(m []byte) error {
 }
 
 // newVersion seals material as a new version of key keyID. The caller holds mkMu (read) from
-// before its transaction begins until it ends: the lock order is mkMu, then bbolt.
+// before its transaction begins until it ends: the lock order is mkMu, then the store.
 func (s *Service) newVersion(keyID string, material []byte, now time.Time) (*versionRecord, error) {
 	vid, err := newUUID(s.rand)
 	if err != nil {
@@ -183,8 +182,8 @@ func (s *Service) getKey(ctx context.Context, id string, payload bool) (*Key, er
 	s.mkMu.RLock()
 	defer s.mkMu.RUnlock()
 	var k *Key
-	err := s.db.View(func(tx *bolt.Tx) error {
-		r, err := getKey(tx, id)
+	err := s.view(func(tx storeTx) error {
+		r, err := tx.key(id)
 		if err != nil {
 			return err
 		}
@@ -223,12 +222,9 @@ func (s *Service) ListKeys(ctx context.Context, opts ListOptions) ([]Key, error)
 	}
 	var out []Key
 	now := s.clock.Now()
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketKeys).ForEach(func(_, v []byte) error {
-			r, err := decodeKey(v)
-			if err != nil {
-				return err
-			}
+	err := s.view(func(tx storeTx) error {
+		out = nil // the transaction may run again
+		return tx.keys(false, func(r *keyRecord) error {
 			if slices.Contains(states, r.effectiveState(now)) {
 				out = append(out, *r.toKey(now, nil))
 			}
@@ -258,27 +254,30 @@ func (s *Service) ListKeys(ctx context.Context, opts ListOptions) ([]Key, error)
 
 // mutate runs fn on key id inside one write transaction, stores the key and a success event
 // (which fn may amend), and records a failure event if anything fails.
-func (s *Service) mutate(ctx context.Context, action, id string, fn func(tx *bolt.Tx, r *keyRecord, now time.Time, ev *Event) error) (*keyRecord, error) {
-	return s.mutateWith(s.db.Update, ctx, action, id, fn)
+func (s *Service) mutate(ctx context.Context, action, id string, fn func(tx storeTx, r *keyRecord, now time.Time, ev *Event) error) (*keyRecord, error) {
+	return s.mutateWith(s.update, ctx, action, id, fn)
 }
 
 // mutateBatched is mutate for high-rate changes (registration updates during a fleet
 // rotation): concurrent calls share one transaction and one fsync. fn may run more than once.
-func (s *Service) mutateBatched(ctx context.Context, action, id string, fn func(tx *bolt.Tx, r *keyRecord, now time.Time, ev *Event) error) (*keyRecord, error) {
-	return s.mutateWith(s.db.Batch, ctx, action, id, fn)
+func (s *Service) mutateBatched(ctx context.Context, action, id string, fn func(tx storeTx, r *keyRecord, now time.Time, ev *Event) error) (*keyRecord, error) {
+	return s.mutateWith(s.batch, ctx, action, id, fn)
 }
 
-func (s *Service) mutateWith(run func(func(*bolt.Tx) error) error, ctx context.Context, action, id string, fn func(tx *bolt.Tx, r *keyRecord, now time.Time, ev *Event) error) (*keyRecord, error) {
+func (s *Service) mutateWith(run func(func(storeTx) error) error, ctx context.Context, action, id string, fn func(tx storeTx, r *keyRecord, now time.Time, ev *Event) error) (*keyRecord, error) {
 	s.mkMu.RLock()
 	var out *keyRecord
 	fed := false
-	err := run(func(tx *bolt.Tx) error {
+	err := run(func(tx storeTx) error {
 		fed = false
-		r, err := getKey(tx, id)
+		r, err := tx.keyForUpdate(id)
 		if err != nil {
 			return err
 		}
 		now := s.clock.Now()
+		if action == ActionExpire && (r.State != StateActive || r.effectiveState(now) != StateDeactivated) {
+			return errNotDue // another process (a replica's scheduler) expired it first
+		}
 		r.State = r.effectiveState(now)
 		old := ""
 		if len(r.Versions) > 0 {
@@ -289,7 +288,7 @@ func (s *Service) mutateWith(run func(func(*bolt.Tx) error) error, ctx context.C
 			return err
 		}
 		r.LastUpdate = now
-		if err := putKey(tx, r); err != nil {
+		if err := tx.putKey(r); err != nil {
 			return err
 		}
 		out = r
@@ -307,6 +306,9 @@ func (s *Service) mutateWith(run func(func(*bolt.Tx) error) error, ctx context.C
 		return nil
 	})
 	s.mkMu.RUnlock()
+	if errors.Is(err, errNotDue) {
+		return nil, err // nothing was asked for: no refusal to record
+	}
 	if err != nil {
 		return nil, s.refuse(ctx, action, id, err)
 	}
@@ -366,7 +368,7 @@ func requireRoot(r *keyRecord) error {
 
 // DisableKey suspends a root key: it can no longer wrap or unwrap until enabled.
 func (s *Service) DisableKey(ctx context.Context, id string) (*Key, error) {
-	r, err := s.mutate(ctx, ActionDisable, id, func(_ *bolt.Tx, r *keyRecord, now time.Time, _ *Event) error {
+	r, err := s.mutate(ctx, ActionDisable, id, func(_ storeTx, r *keyRecord, now time.Time, _ *Event) error {
 		if err := requireRoot(r); err != nil {
 			return err
 		}
@@ -381,7 +383,7 @@ func (s *Service) DisableKey(ctx context.Context, id string) (*Key, error) {
 
 // EnableKey reactivates a suspended root key; refused within 30 s of the last action.
 func (s *Service) EnableKey(ctx context.Context, id string) (*Key, error) {
-	r, err := s.mutate(ctx, ActionEnable, id, func(_ *bolt.Tx, r *keyRecord, now time.Time, _ *Event) error {
+	r, err := s.mutate(ctx, ActionEnable, id, func(_ storeTx, r *keyRecord, now time.Time, _ *Event) error {
 		if err := requireRoot(r); err != nil {
 			return err
 		}
@@ -408,11 +410,11 @@ type DeleteOptions struct {
 // DeleteKey moves a key to Destroyed: every use fails, it can be restored for 30 days, and
 // Purge destroys its material after that.
 func (s *Service) DeleteKey(ctx context.Context, id string, opts DeleteOptions) (*Key, error) {
-	r, err := s.mutate(ctx, ActionDelete, id, func(tx *bolt.Tx, r *keyRecord, now time.Time, _ *Event) error {
+	r, err := s.mutate(ctx, ActionDelete, id, func(tx storeTx, r *keyRecord, now time.Time, _ *Event) error {
 		if err := allowed(r, ActionDelete); err != nil {
 			return err
 		}
-		regs, err := keyRegs(tx, id)
+		regs, err := tx.keyRegs(id)
 		if err != nil {
 			return err
 		}
@@ -433,7 +435,7 @@ func (s *Service) DeleteKey(ctx context.Context, id string, opts DeleteOptions) 
 // RestoreKey brings a deleted key back within 30 days of its deletion, and not within 30 s
 // of the delete.
 func (s *Service) RestoreKey(ctx context.Context, id string) (*Key, error) {
-	r, err := s.mutate(ctx, ActionRestore, id, func(_ *bolt.Tx, r *keyRecord, now time.Time, _ *Event) error {
+	r, err := s.mutate(ctx, ActionRestore, id, func(_ storeTx, r *keyRecord, now time.Time, _ *Event) error {
 		if err := allowed(r, ActionRestore); err != nil {
 			return err
 		}
@@ -453,7 +455,16 @@ func (s *Service) RestoreKey(ctx context.Context, id string) (*Key, error) {
 // PurgeKey destroys the material of every version of a deleted key, for good
 // (crypto-shredding). It is refused until 30 days after the deletion.
 func (s *Service) PurgeKey(ctx context.Context, id string) (*Key, error) {
-	r, err := s.mutate(ctx, ActionPurge, id, func(_ *bolt.Tx, r *keyRecord, now time.Time, _ *Event) error {
+	return s.purge(ctx, id, false)
+}
+
+// purge is PurgeKey; auto purges only a key due for its automatic purge (errNotDue
+// otherwise).
+func (s *Service) purge(ctx context.Context, id string, auto bool) (*Key, error) {
+	r, err := s.mutate(ctx, ActionPurge, id, func(_ storeTx, r *keyRecord, now time.Time, _ *Event) error {
+		if auto && !r.purgeDue(now) {
+			return errNotDue
+		}
 		if r.State != StateDestroyed {
 			return fmt.Errorf("%w: key %s must be deleted before it is purged", ErrInvalidState, id)
 		}
@@ -476,7 +487,7 @@ func (s *Service) PurgeKey(ctx context.Context, id string) (*Key, error) {
 // SetRotationPolicy sets (months 1 to 12) a rotation policy on a generated root key, or
 // disables it (enabled false).
 func (s *Service) SetRotationPolicy(ctx context.Context, id string, months int, enabled bool) (*Key, error) {
-	r, err := s.mutate(ctx, ActionPolicyWrite, id, func(_ *bolt.Tx, r *keyRecord, now time.Time, _ *Event) error {
+	r, err := s.mutate(ctx, ActionPolicyWrite, id, func(_ storeTx, r *keyRecord, now time.Time, _ *Event) error {
 		if err := requireRoot(r); err != nil {
 			return err
 		}

@@ -10,9 +10,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // masterKeyError is an [ErrMasterKey] whose text says what is wrong with the master key
@@ -162,17 +159,19 @@ func (s *Service) RotateMasterKey(ctx context.Context, newKey []byte) error {
 		}
 	}
 	n := 0
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketKeys)
-		var ids [][]byte
-		if err := b.ForEach(func(k, _ []byte) error { ids = append(ids, slices.Clone(k)); return nil }); err != nil {
+	err = s.update(func(tx storeTx) error {
+		n = 0
+		// Every key is read locked (another process may change one meanwhile) before any
+		// is written back: a bbolt bucket cannot change while it is iterated.
+		var all []*keyRecord
+		if err := tx.keys(true, func(r *keyRecord) error { all = append(all, r); return nil }); err != nil {
 			return err
 		}
-		for _, id := range ids {
-			r, err := getKey(tx, string(id))
-			if err != nil {
-				return err
-			}
+		instance, _, err := tx.meta()
+		if err != nil {
+			return err
+		}
+		for _, r := range all {
 			for i := range r.Versions {
 				v := &r.Versions[i]
 				if v.Material == nil {
@@ -190,7 +189,7 @@ func (s *Service) RotateMasterKey(ctx context.Context, newKey []byte) error {
 				}
 				n++
 			}
-			if err := putKey(tx, r); err != nil {
+			if err := tx.putKey(r); err != nil {
 				return err
 			}
 		}
@@ -198,7 +197,7 @@ func (s *Service) RotateMasterKey(ctx context.Context, newKey []byte) error {
 		if err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketMeta).Put(metaCheck, check); err != nil {
+		if err := tx.setMeta(instance, check); err != nil {
 			return err
 		}
 		ev := s.newEvent(ctx, ActionMasterKeyRotate, nil, "", nil)

@@ -27,16 +27,11 @@ func ListKeyNames(path string, timeout time.Duration) ([]KeyName, error) {
 	}
 	defer db.Close()
 	var out []KeyName
-	err = db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketKeys)
-		if b == nil {
+	err = db.View(func(btx *bolt.Tx) error {
+		if btx.Bucket(bucketKeys) == nil {
 			return nil
 		}
-		return b.ForEach(func(_, v []byte) error {
-			r, err := decodeKey(v)
-			if err != nil {
-				return err
-			}
+		return boltTx{btx}.keys(false, func(r *keyRecord) error {
 			out = append(out, KeyName{ID: r.ID, Name: r.Name, Deleted: !r.Deleted.IsZero() || r.Purged})
 			return nil
 		})
@@ -64,11 +59,11 @@ func ReadKeyState(path, id string, now time.Time, timeout time.Duration) (KeySta
 	}
 	defer db.Close()
 	var out KeyState
-	err = db.View(func(tx *bolt.Tx) error {
-		if tx.Bucket(bucketKeys) == nil {
+	err = db.View(func(btx *bolt.Tx) error {
+		if btx.Bucket(bucketKeys) == nil {
 			return fmt.Errorf("%w: %s", ErrKeyNotFound, shorten(id))
 		}
-		r, err := getKey(tx, id)
+		r, err := boltTx{btx}.key(id)
 		if err != nil {
 			return err
 		}

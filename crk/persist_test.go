@@ -16,7 +16,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	bolt "go.etcd.io/bbolt"
 )
 
 const crashHelperEnv = "CRK_CRASH_HELPER_STORE"
@@ -193,10 +192,8 @@ func verifyAfterCrash(t *testing.T, path string, acked []string) {
 			rotatedTo[e.KeyVersion] = true
 		}
 	}
-	require.NoError(t, svc.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketKeys).ForEach(func(k, v []byte) error {
-			r, err := decodeKey(v)
-			require.NoError(t, err)
+	require.NoError(t, svc.view(func(tx storeTx) error {
+		return tx.keys(false, func(r *keyRecord) error {
 			require.NoError(t, r.check())
 			require.Equal(t, 1, created[r.ID], "key %s has no create event", r.ID)
 			for _, ver := range r.Versions[1:] {
@@ -232,8 +229,8 @@ func TestReopenAndMasterKey(t *testing.T) {
 	w, err := svc.Wrap(ctx, k.ID, []byte("dek"), nil)
 	require.NoError(t, err)
 	var rootMaterial []byte
-	require.NoError(t, svc.db.View(func(tx *bolt.Tx) error {
-		r, err := getKey(tx, k.ID)
+	require.NoError(t, svc.view(func(tx storeTx) error {
+		r, err := tx.key(k.ID)
 		if err != nil {
 			return err
 		}

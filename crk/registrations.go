@@ -2,11 +2,8 @@ package crk
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 
 	"crkvol/internal/ident"
 )
@@ -53,14 +50,14 @@ func (s *Service) Register(ctx context.Context, keyID, crn string, opts Register
 		return nil, s.refuse(ctx, ActionRegister, keyID, err)
 	}
 	var out Registration
-	_, err := s.mutate(ctx, ActionRegister, keyID, func(tx *bolt.Tx, r *keyRecord, now time.Time, ev *Event) error {
+	_, err := s.mutate(ctx, ActionRegister, keyID, func(tx storeTx, r *keyRecord, now time.Time, ev *Event) error {
 		if err := requireRoot(r); err != nil {
 			return err
 		}
 		if r.State == StateDestroyed {
 			return allowed(r, ActionWrap)
 		}
-		if _, err := getReg(tx, keyID, crn); err == nil {
+		if _, err := tx.reg(keyID, crn); err == nil {
 			return fmt.Errorf("%w: key %s, resource %s", ErrRegistrationExists, keyID, crn)
 		}
 		vid := opts.VersionID
@@ -77,7 +74,7 @@ func (s *Service) Register(ctx context.Context, keyID, crn string, opts Register
 		}
 		ev.ResourceCRN, ev.KeyVersion = crn, vid
 		out = reg.toRegistration(r)
-		return putReg(tx, reg)
+		return tx.putReg(reg)
 	})
 	if err != nil {
 		return nil, err
@@ -100,11 +97,11 @@ func checkVersion(r *keyRecord, vid string) error {
 // was rewrapped.
 func (s *Service) UpdateRegistration(ctx context.Context, keyID, crn string, u RegistrationUpdate) (*Registration, error) {
 	var out Registration
-	_, err := s.mutateBatched(ctx, ActionRegUpdate, keyID, func(tx *bolt.Tx, r *keyRecord, now time.Time, ev *Event) error {
+	_, err := s.mutateBatched(ctx, ActionRegUpdate, keyID, func(tx storeTx, r *keyRecord, now time.Time, ev *Event) error {
 		if err := allowed(r, ActionRegUpdate); err != nil {
 			return err
 		}
-		reg, err := getReg(tx, keyID, crn)
+		reg, err := tx.reg(keyID, crn)
 		if err != nil {
 			return err
 		}
@@ -125,7 +122,7 @@ func (s *Service) UpdateRegistration(ctx context.Context, keyID, crn string, u R
 		reg.Updated, reg.UpdatedBy = now, s.who(ctx)
 		ev.ResourceCRN, ev.KeyVersion = crn, reg.VersionID
 		out = reg.toRegistration(r)
-		return putReg(tx, reg)
+		return tx.putReg(reg)
 	})
 	if err != nil {
 		return nil, err
@@ -135,12 +132,12 @@ func (s *Service) UpdateRegistration(ctx context.Context, keyID, crn string, u R
 
 // DeleteRegistration removes a registration.
 func (s *Service) DeleteRegistration(ctx context.Context, keyID, crn string) error {
-	_, err := s.mutate(ctx, ActionRegDelete, keyID, func(tx *bolt.Tx, _ *keyRecord, _ time.Time, ev *Event) error {
-		if _, err := getReg(tx, keyID, crn); err != nil {
+	_, err := s.mutate(ctx, ActionRegDelete, keyID, func(tx storeTx, _ *keyRecord, _ time.Time, ev *Event) error {
+		if _, err := tx.reg(keyID, crn); err != nil {
 			return err
 		}
 		ev.ResourceCRN = crn
-		return tx.Bucket(bucketRegistrations).Delete(regKey(keyID, crn))
+		return tx.deleteReg(keyID, crn)
 	})
 	return err
 }
@@ -155,13 +152,14 @@ type RegistrationFilter struct {
 // then CRN.
 func (s *Service) ListRegistrations(ctx context.Context, f RegistrationFilter) ([]Registration, error) {
 	var out []Registration
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx storeTx) error {
+		out = nil // the transaction may run again
 		if f.KeyID != "" {
-			r, err := getKey(tx, f.KeyID)
+			r, err := tx.key(f.KeyID)
 			if err != nil {
 				return err
 			}
-			regs, err := keyRegs(tx, f.KeyID)
+			regs, err := tx.keyRegs(f.KeyID)
 			if err != nil {
 				return err
 			}
@@ -173,18 +171,14 @@ func (s *Service) ListRegistrations(ctx context.Context, f RegistrationFilter) (
 			return nil
 		}
 		keys := map[string]*keyRecord{}
-		return tx.Bucket(bucketRegistrations).ForEach(func(_, v []byte) error {
-			var reg regRecord
-			if err := json.Unmarshal(v, &reg); err != nil {
-				return fmt.Errorf("crk: store: registration: %w", err)
-			}
+		return tx.regs(func(reg *regRecord) error {
 			if f.CRN != "" && reg.ResourceCRN != f.CRN {
 				return nil
 			}
 			r, ok := keys[reg.KeyID]
 			if !ok {
 				var err error
-				if r, err = getKey(tx, reg.KeyID); err != nil {
+				if r, err = tx.key(reg.KeyID); err != nil {
 					return err
 				}
 				keys[reg.KeyID] = r

@@ -9,9 +9,6 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"time"
-
-	bolt "go.etcd.io/bbolt"
 
 	"crkvol/internal/ident"
 )
@@ -59,7 +56,9 @@ type Options struct {
 // Service is a customer-root-key service backed by one bbolt file. It is safe for concurrent
 // use. Every state change is one bbolt transaction, fsynced before the call returns.
 type Service struct {
-	db        *bolt.DB
+	store     backend
+	stopWatch func()
+	closeErr  error
 	clock     Clock
 	rand      io.Reader
 	log       *slog.Logger
@@ -94,6 +93,23 @@ type Service struct {
 
 // Open opens (creating if needed) the store at path.
 func Open(path string, opts Options) (*Service, error) {
+	s, err := newService(opts)
+	if err != nil {
+		return nil, err
+	}
+	master, keyFile, err := loadMasterKey(path, opts)
+	if err != nil {
+		return nil, err
+	}
+	be, err := openBolt(path, opts, s.log.Info)
+	if err != nil {
+		return nil, err
+	}
+	return s.start(be, master, keyFile)
+}
+
+// newService makes a service of opts, with no store yet.
+func newService(opts Options) (*Service, error) {
 	s := &Service{
 		instance:      opts.Instance,
 		clock:         opts.Clock,
@@ -136,40 +152,34 @@ func Open(path string, opts Options) (*Service, error) {
 	if s.initiator == "" {
 		s.initiator = "crkvol"
 	}
+	return s, nil
+}
 
-	master, keyFile, err := loadMasterKey(path, opts)
-	if err != nil {
-		return nil, err
-	}
-	s.keyFile = keyFile
-
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, NoSync: opts.NoSync, ReadOnly: opts.ReadOnly})
-	if err != nil {
-		return nil, fmt.Errorf("crk: opening store %s: %w", path, err)
-	}
-	// Batched transactions (audit events of reads and wraps, registration updates) wait at
-	// most this long for company: concurrent callers share an fsync, a lone caller is not
-	// held up long.
-	db.MaxBatchDelay = 2 * time.Millisecond
-	s.db = db
+// start runs the service on its backend: it checks the master key against the store (making
+// a new store's check value and instance id) and starts the event writer. It closes be if it
+// fails.
+func (s *Service) start(be backend, master []byte, keyFile string) (*Service, error) {
+	s.store, s.keyFile = be, keyFile
 	if s.readOnly {
 		if err := s.initReadOnly(master); err != nil {
-			db.Close()
+			be.close()
 			return nil, err
 		}
 		close(s.writerDone) // no event writer: nothing is recorded
+		s.stopWatch = func() {}
 		return s, nil
 	}
 	if err := s.init(master); err != nil {
-		db.Close()
+		be.close()
 		return nil, err
 	}
+	s.stopWatch = be.watchFeed(s.notifyFeed)
 	go s.eventWriter()
 	return s, nil
 }
 
-// initReadOnly checks a store opened read-only: its schema is current, and the master key
-// (or a pending one of an interrupted RotateMasterKey, left as it is) opens its check value.
+// initReadOnly checks a store opened read-only: the master key (or a pending one of an
+// interrupted RotateMasterKey, left as it is) opens its check value.
 func (s *Service) initReadOnly(master []byte) error {
 	candidates := [][]byte{master}
 	if s.keyFile != "" {
@@ -177,22 +187,15 @@ func (s *Service) initReadOnly(master []byte) error {
 			candidates = append(candidates, b)
 		}
 	}
-	return s.db.View(func(tx *bolt.Tx) error {
-		meta := tx.Bucket(bucketMeta)
-		for _, name := range [][]byte{bucketMeta, bucketKeys, bucketRegistrations, bucketEvents} {
-			if tx.Bucket(name) == nil {
-				return fmt.Errorf("crk: store has no %s bucket: open it once read-write", name)
-			}
+	return s.view(func(tx storeTx) error {
+		stored, check, err := tx.meta()
+		if err != nil {
+			return err
 		}
-		if v := string(meta.Get(metaSchema)); v != schemaVersion {
-			return fmt.Errorf("crk: store schema %q, this build reads %q: open it once read-write to migrate it", v, schemaVersion)
-		}
-		stored := string(meta.Get([]byte("instance")))
 		if stored == "" || (s.instance != "" && !strings.EqualFold(s.instance, stored)) {
 			return fmt.Errorf("%w: store belongs to instance %q, not %s", ErrInvalidArgument, stored, s.instance)
 		}
 		s.instance = stored
-		check := meta.Get(metaCheck)
 		for _, k := range candidates {
 			sl, err := newSealer(k)
 			if err != nil {
@@ -207,8 +210,9 @@ func (s *Service) initReadOnly(master []byte) error {
 	})
 }
 
-// init creates the buckets on first use and checks the master key against the store. A key
-// file left by an interrupted RotateMasterKey is resolved here.
+// init applies the retentions, gives a new store its instance id and master key check value,
+// and checks the master key against the store. A key file left by an interrupted
+// RotateMasterKey is resolved here, once the transaction committed.
 func (s *Service) init(master []byte) error {
 	candidates := [][]byte{master}
 	var pending []byte
@@ -218,27 +222,13 @@ func (s *Service) init(master []byte) error {
 			candidates = append(candidates, b)
 		}
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketMeta, bucketKeys, bucketRegistrations, bucketEvents, bucketFeed} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
-		}
-		meta := tx.Bucket(bucketMeta)
-		switch v := string(meta.Get(metaSchema)); v {
-		case "", schemaVersion:
-		case schemaSeqEvents:
-			n, err := migrateEvents(tx)
-			if err != nil {
-				return err
-			}
-			s.log.Info("crk: store migrated to schema "+schemaVersion, "events", n)
-		default:
-			return fmt.Errorf("crk: store schema %q, this build reads %q", v, schemaVersion)
-		}
-		if err := meta.Put(metaSchema, []byte(schemaVersion)); err != nil {
-			return err
-		}
+	var (
+		instance string
+		sealer   *sealer
+		usedNew  bool
+	)
+	err := s.update(func(tx storeTx) error {
+		instance, sealer, usedNew = "", nil, false
 		if n, err := s.pruneEvents(tx, 0); err != nil {
 			return fmt.Errorf("crk: store: applying the event retention: %w", err)
 		} else if n > 0 {
@@ -249,25 +239,22 @@ func (s *Service) init(master []byte) error {
 		} else if n > 0 {
 			s.log.Info("crk: lifecycle events beyond the feed retention deleted", "events", n)
 		}
-		if meta.Get([]byte("instance")) == nil {
-			id := s.instance
-			if id == "" {
-				var err error
+		stored, check, err := tx.meta()
+		if err != nil {
+			return err
+		}
+		id := stored
+		if id == "" {
+			if id = s.instance; id == "" {
 				if id, err = newUUID(s.rand); err != nil {
 					return err
 				}
 			}
-			if err := meta.Put([]byte("instance"), []byte(id)); err != nil {
-				return err
-			}
 		}
-		stored := string(meta.Get([]byte("instance")))
-		if s.instance != "" && !strings.EqualFold(s.instance, stored) {
-			return fmt.Errorf("%w: store belongs to instance %s, not %s", ErrInvalidArgument, stored, s.instance)
+		if s.instance != "" && !strings.EqualFold(s.instance, id) {
+			return fmt.Errorf("%w: store belongs to instance %s, not %s", ErrInvalidArgument, id, s.instance)
 		}
-		s.instance = stored
-
-		check := meta.Get(metaCheck)
+		instance = id
 		if check == nil {
 			sl, err := newSealer(master)
 			if err != nil {
@@ -277,8 +264,8 @@ func (s *Service) init(master []byte) error {
 			if err != nil {
 				return err
 			}
-			s.sealer = sl
-			return meta.Put(metaCheck, sealed)
+			sealer = sl
+			return tx.setMeta(id, sealed)
 		}
 		for i, k := range candidates {
 			sl, err := newSealer(k)
@@ -286,32 +273,43 @@ func (s *Service) init(master []byte) error {
 				continue
 			}
 			if _, err := sl.open(check, nil); err == nil {
-				s.sealer = sl
-				if i == 1 {
-					// RotateMasterKey committed but did not get to rename the new key
-					// file into place: finish its work.
-					if err := writeKeyFile(s.keyFile, pending); err != nil {
-						return err
-					}
-					_ = os.Remove(s.keyFile + ".new")
-				} else if pending != nil {
-					// It never committed: the pending key is unused.
-					_ = os.Remove(s.keyFile + ".new")
+				sealer, usedNew = sl, i == 1
+				if stored == "" {
+					return tx.setMeta(id, check)
 				}
 				return nil
 			}
 		}
 		return fmt.Errorf("%w (is the master key or key file the one this store was made with?)", ErrMasterKey)
 	})
+	if err != nil {
+		return err
+	}
+	s.instance, s.sealer = instance, sealer
+	switch {
+	case usedNew:
+		// RotateMasterKey committed but did not get to rename the new key file into
+		// place: finish its work.
+		if err := writeKeyFile(s.keyFile, pending); err != nil {
+			return err
+		}
+		_ = os.Remove(s.keyFile + ".new")
+	case pending != nil:
+		// It never committed: the pending key is unused.
+		_ = os.Remove(s.keyFile + ".new")
+	}
+	return nil
 }
 
 // Close closes the store.
 func (s *Service) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closing)
+		s.stopWatch()
 		<-s.writerDone
+		s.closeErr = s.store.close()
 	})
-	return s.db.Close()
+	return s.closeErr
 }
 
 // Instance returns the service instance id (a UUID, part of every key CRN).

@@ -1,47 +1,18 @@
 package crk
 
 import (
-	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
-	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"io"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
-// The store is one bbolt file. Buckets:
-//
-//	meta           "check": the master key check value; "schema": "2"; "instance": the id
-//	keys           key id -> keyRecord (JSON)
-//	registrations  key id + "\x00" + resource CRN -> regRecord (JSON)
-//	events         big-endian Unix nanoseconds + big-endian sequence number -> Event (JSON)
-//
-// Schema 1 keyed events by the sequence number alone; opening such a store rekeys them
-// (migrateEvents) in the transaction that sets schema 2, so an older build refuses the
-// migrated store instead of appending keys of the old kind to it.
-//
-// Root and standard key material is kept only encrypted under the service master key
-// (AES-256-GCM, with the key and version ids as additional data).
-var (
-	bucketMeta          = []byte("meta")
-	bucketKeys          = []byte("keys")
-	bucketRegistrations = []byte("registrations")
-	bucketEvents        = []byte("events")
+// Records as stored, by either backend (as JSON). Root and standard key material is kept only
+// encrypted under the service master key (AES-256-GCM, with the key and version ids as
+// additional data).
 
-	metaCheck  = []byte("check")
-	metaSchema = []byte("schema")
-)
-
-const (
-	schemaVersion = "2"
-	// schemaSeqEvents is the schema whose events are keyed by sequence number only.
-	schemaSeqEvents = "1"
-	checkText       = "crkvol service master key check v1"
-)
+const checkText = "crkvol service master key check v1"
 
 // keyRecord is a key as stored. Times are UTC; zero means unset.
 type keyRecord struct {
@@ -138,70 +109,6 @@ type regRecord struct {
 	Updated            time.Time `json:"lastUpdated"`
 }
 
-func regKey(keyID, crn string) []byte { return []byte(keyID + "\x00" + crn) }
-
-func getKey(tx *bolt.Tx, id string) (*keyRecord, error) {
-	raw := tx.Bucket(bucketKeys).Get([]byte(id))
-	if raw == nil {
-		return nil, fmt.Errorf("%w: %s", ErrKeyNotFound, id)
-	}
-	return decodeKey(raw)
-}
-
-func decodeKey(v []byte) (*keyRecord, error) {
-	var r keyRecord
-	if err := json.Unmarshal(v, &r); err != nil {
-		return nil, fmt.Errorf("crk: store: key: %w", err)
-	}
-	return &r, nil
-}
-
-func putKey(tx *bolt.Tx, r *keyRecord) error {
-	if err := r.check(); err != nil {
-		return err
-	}
-	raw, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	return tx.Bucket(bucketKeys).Put([]byte(r.ID), raw)
-}
-
-func getReg(tx *bolt.Tx, keyID, crn string) (*regRecord, error) {
-	raw := tx.Bucket(bucketRegistrations).Get(regKey(keyID, crn))
-	if raw == nil {
-		return nil, fmt.Errorf("%w: key %s, resource %s", ErrRegistrationNotFound, keyID, crn)
-	}
-	var r regRecord
-	if err := json.Unmarshal(raw, &r); err != nil {
-		return nil, fmt.Errorf("crk: store: registration: %w", err)
-	}
-	return &r, nil
-}
-
-func putReg(tx *bolt.Tx, r *regRecord) error {
-	raw, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	return tx.Bucket(bucketRegistrations).Put(regKey(r.KeyID, r.ResourceCRN), raw)
-}
-
-// keyRegs returns the registrations of one key.
-func keyRegs(tx *bolt.Tx, keyID string) ([]*regRecord, error) {
-	var out []*regRecord
-	prefix := []byte(keyID + "\x00")
-	c := tx.Bucket(bucketRegistrations).Cursor()
-	for k, v := c.Seek(prefix); k != nil && len(k) >= len(prefix) && string(k[:len(prefix)]) == string(prefix); k, v = c.Next() {
-		var r regRecord
-		if err := json.Unmarshal(v, &r); err != nil {
-			return nil, fmt.Errorf("crk: store: registration: %w", err)
-		}
-		out = append(out, &r)
-	}
-	return out, nil
-}
-
 // sealer encrypts key material under the service master key.
 type sealer struct {
 	aead cipher.AEAD
@@ -244,48 +151,4 @@ func (s *sealer) open(sealed, aad []byte) ([]byte, error) {
 		return nil, fmt.Errorf("%w: cannot open stored material", ErrMasterKey)
 	}
 	return out, nil
-}
-
-// migrateEvents rekeys the events of a schema 1 store to time-ordered keys in tx and returns
-// how many it moved. Keys take the event's time, never going backwards in sequence order.
-func migrateEvents(tx *bolt.Tx) (int, error) {
-	old := tx.Bucket(bucketEvents)
-	seq := old.Sequence()
-	type entry struct {
-		seq uint64
-		raw []byte
-	}
-	var evs []entry
-	err := old.ForEach(func(k, v []byte) error {
-		if len(k) != 8 {
-			return fmt.Errorf("crk: store: schema 1 event key %x is not a sequence number", k)
-		}
-		evs = append(evs, entry{seq: binary.BigEndian.Uint64(k), raw: bytes.Clone(v)})
-		return nil
-	})
-	if err != nil {
-		return 0, err
-	}
-	if err := tx.DeleteBucket(bucketEvents); err != nil {
-		return 0, fmt.Errorf("crk: store: migrating events: %w", err)
-	}
-	b, err := tx.CreateBucket(bucketEvents)
-	if err != nil {
-		return 0, fmt.Errorf("crk: store: migrating events: %w", err)
-	}
-	if err := b.SetSequence(seq); err != nil {
-		return 0, fmt.Errorf("crk: store: migrating events: %w", err)
-	}
-	var last uint64
-	for _, e := range evs {
-		var ev Event
-		if err := json.Unmarshal(e.raw, &ev); err != nil {
-			return 0, fmt.Errorf("crk: store: event %d: %w", e.seq, err)
-		}
-		last = max(last, eventNanos(ev.Time))
-		if err := b.Put(eventKey(last, e.seq), e.raw); err != nil {
-			return 0, fmt.Errorf("crk: store: migrating events: %w", err)
-		}
-	}
-	return len(evs), nil
 }

@@ -4,15 +4,14 @@ import (
 	"context"
 	"fmt"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // ListVersions returns a key's versions, newest first, with how many registrations use each.
 func (s *Service) ListVersions(ctx context.Context, keyID string) ([]VersionInfo, error) {
 	var out []VersionInfo
-	err := s.db.View(func(tx *bolt.Tx) error {
-		r, err := getKey(tx, keyID)
+	err := s.view(func(tx storeTx) error {
+		out = nil // the transaction may run again
+		r, err := tx.key(keyID)
 		if err != nil {
 			return err
 		}
@@ -39,8 +38,8 @@ func (s *Service) ListVersions(ctx context.Context, keyID string) ([]VersionInfo
 	return out, nil
 }
 
-func versionRefs(tx *bolt.Tx, keyID string) (map[string]int, error) {
-	regs, err := keyRegs(tx, keyID)
+func versionRefs(tx storeTx, keyID string) (map[string]int, error) {
+	regs, err := tx.keyRegs(keyID)
 	if err != nil {
 		return nil, err
 	}
@@ -64,7 +63,7 @@ type PruneResult struct {
 // version can no longer be unwrapped; the latest version is never pruned.
 func (s *Service) Prune(ctx context.Context, keyID string) (PruneResult, error) {
 	var res PruneResult
-	_, err := s.mutate(ctx, ActionPrune, keyID, func(tx *bolt.Tx, r *keyRecord, _ time.Time, ev *Event) error {
+	_, err := s.mutate(ctx, ActionPrune, keyID, func(tx storeTx, r *keyRecord, _ time.Time, ev *Event) error {
 		if err := requireRoot(r); err != nil {
 			return err
 		}
@@ -93,7 +92,7 @@ func (s *Service) Prune(ctx context.Context, keyID string) (PruneResult, error) 
 // PruneVersion destroys the material of one older version, refusing with ErrVersionInUse
 // while any registration references it.
 func (s *Service) PruneVersion(ctx context.Context, keyID, versionID string) error {
-	_, err := s.mutate(ctx, ActionPrune, keyID, func(tx *bolt.Tx, r *keyRecord, _ time.Time, ev *Event) error {
+	_, err := s.mutate(ctx, ActionPrune, keyID, func(tx storeTx, r *keyRecord, _ time.Time, ev *Event) error {
 		if err := requireRoot(r); err != nil {
 			return err
 		}

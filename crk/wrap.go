@@ -9,8 +9,6 @@ import (
 	"fmt"
 	"io"
 
-	bolt "go.etcd.io/bbolt"
-
 	"crkvol/internal/ident"
 )
 
@@ -87,7 +85,7 @@ func (s *Service) wrap(ctx context.Context, keyID string, plaintext []byte, aad 
 	defer s.mkMu.RUnlock()
 	var res *WrapResult
 	var rec *keyRecord
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx storeTx) error {
 		r, err := s.usableKey(tx, keyID, ActionWrap)
 		if err != nil {
 			return err
@@ -120,7 +118,7 @@ func (s *Service) Unwrap(ctx context.Context, keyID string, ciphertext []byte, a
 	defer s.mkMu.RUnlock()
 	var res *UnwrapResult
 	var rec *keyRecord
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx storeTx) error {
 		r, pt, v, err := s.open(tx, keyID, ActionUnwrap, ciphertext, aad)
 		if err != nil {
 			return err
@@ -158,7 +156,7 @@ func (s *Service) Rewrap(ctx context.Context, keyID string, ciphertext []byte, a
 	defer s.mkMu.RUnlock()
 	var res *RewrapResult
 	var rec *keyRecord
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx storeTx) error {
 		r, pt, v, err := s.open(tx, keyID, ActionRewrap, ciphertext, aad)
 		if err != nil {
 			return err
@@ -197,7 +195,7 @@ func CiphertextVersion(ciphertext []byte) (string, error) {
 }
 
 // open loads root key keyID, checks that its state allows action, and decrypts ciphertext.
-func (s *Service) open(tx *bolt.Tx, keyID, action string, ciphertext []byte, aad []string) (*keyRecord, []byte, *versionRecord, error) {
+func (s *Service) open(tx storeTx, keyID, action string, ciphertext []byte, aad []string) (*keyRecord, []byte, *versionRecord, error) {
 	r, err := s.usableKey(tx, keyID, action)
 	if err != nil {
 		return nil, nil, nil, err
@@ -210,8 +208,8 @@ func (s *Service) open(tx *bolt.Tx, keyID, action string, ciphertext []byte, aad
 }
 
 // usableKey loads a root key and checks that its state allows action.
-func (s *Service) usableKey(tx *bolt.Tx, keyID, action string) (*keyRecord, error) {
-	r, err := getKey(tx, keyID)
+func (s *Service) usableKey(tx storeTx, keyID, action string) (*keyRecord, error) {
+	r, err := tx.key(keyID)
 	if err != nil {
 		return nil, err
 	}
