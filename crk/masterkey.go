@@ -26,9 +26,11 @@ func masterKeyErrorf(format string, args ...any) error {
 	return masterKeyError{fmt.Sprintf(format, args...)}
 }
 
-// loadMasterKey returns the master key from the options or the key file (creating the file
-// with a random key on first use), and the key file path if one is used.
-func loadMasterKey(path string, opts Options) ([]byte, string, error) {
+// loadMasterKey returns the master key from the options or the key file
+// opts.MasterKeyFile, and the key file path if one is used. The key file is made with a
+// random key when it does not exist, unless the store (named store in errors) exists: its
+// data is sealed under a key that is lost, not to be replaced.
+func loadMasterKey(opts Options, storeExists bool, store string) ([]byte, string, error) {
 	if opts.MasterKey != nil {
 		if len(opts.MasterKey) != 32 {
 			return nil, "", masterKeyErrorf("the master key is %d bytes, want 32", len(opts.MasterKey))
@@ -36,9 +38,6 @@ func loadMasterKey(path string, opts Options) ([]byte, string, error) {
 		return opts.MasterKey, "", nil
 	}
 	file := opts.MasterKeyFile
-	if file == "" {
-		file = path + ".masterkey"
-	}
 	k, err := readKeyFile(file)
 	if err == nil {
 		return k, file, nil
@@ -46,11 +45,11 @@ func loadMasterKey(path string, opts Options) ([]byte, string, error) {
 	if !errors.Is(err, fs.ErrNotExist) {
 		return nil, "", err
 	}
-	if _, err := os.Stat(path); err == nil {
-		return nil, "", masterKeyErrorf("store %s exists but its master key file %s does not", path, file)
+	if storeExists {
+		return nil, "", masterKeyErrorf("store %s exists but its master key file %s does not", store, file)
 	}
 	if opts.ReadOnly {
-		return nil, "", fmt.Errorf("crk: opening store %s read-only: %w", path, fs.ErrNotExist)
+		return nil, "", fmt.Errorf("crk: opening store %s read-only: %w", store, fs.ErrNotExist)
 	}
 	rnd := opts.Rand
 	if rnd == nil {

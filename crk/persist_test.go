@@ -3,6 +3,7 @@ package crk
 import (
 	"bufio"
 	"context"
+	"crkvol/internal/pgtest"
 	"encoding/base64"
 	"fmt"
 	"math/rand/v2"
@@ -25,7 +26,7 @@ func TestMain(m *testing.M) {
 		crashHelper(path)
 		return
 	}
-	os.Exit(m.Run())
+	pgtest.Main(m)
 }
 
 // crashHelper runs in a child process: it performs operations on the store forever, printing
@@ -218,129 +219,133 @@ func verifyAfterCrash(t *testing.T, path string, acked []string) {
 }
 
 func TestReopenAndMasterKey(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "crk.db")
-	ctx := context.Background()
-	clock := NewManualClock(t0)
-	svc, err := Open(path, Options{Clock: clock})
-	require.NoError(t, err)
-	k, err := svc.CreateRootKey(ctx, "persist")
-	require.NoError(t, err)
-	w, err := svc.Wrap(ctx, k.ID, []byte("dek"), nil)
-	require.NoError(t, err)
-	var rootMaterial []byte
-	require.NoError(t, svc.view(func(tx storeTx) error {
-		r, err := tx.key(k.ID)
-		if err != nil {
-			return err
-		}
-		rootMaterial, err = svc.openVersion(r, r.latest())
-		return err
-	}))
-	require.Len(t, rootMaterial, 32)
-	require.NoError(t, svc.Close())
-
-	st, err := os.Stat(path + ".masterkey")
-	require.NoError(t, err)
-	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm())
-	st, err = os.Stat(path)
-	require.NoError(t, err)
-	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm())
-	// The store holds root key material only encrypted.
-	raw, err := os.ReadFile(path)
-	require.NoError(t, err)
-	assert.NotContains(t, string(raw), string(rootMaterial))
-	assert.NotContains(t, string(raw), base64.StdEncoding.EncodeToString(rootMaterial))
-
-	unwrap := func(svc *Service) {
-		t.Helper()
-		u, err := svc.Unwrap(ctx, k.ID, w.Ciphertext, nil)
+	forEachStore(t, func(t *testing.T, st *testStore) {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "crk.db")
+		ctx := context.Background()
+		clock := NewManualClock(t0)
+		svc, err := st.open(path, Options{Clock: clock})
 		require.NoError(t, err)
-		assert.Equal(t, "dek", string(u.Plaintext))
-	}
-	svc, err = Open(path, Options{Clock: clock})
-	require.NoError(t, err)
-	unwrap(svc)
-	require.NoError(t, svc.Close())
+		k, err := svc.CreateRootKey(ctx, "persist")
+		require.NoError(t, err)
+		w, err := svc.Wrap(ctx, k.ID, []byte("dek"), nil)
+		require.NoError(t, err)
+		var rootMaterial []byte
+		require.NoError(t, svc.view(func(tx storeTx) error {
+			r, err := tx.key(k.ID)
+			if err != nil {
+				return err
+			}
+			rootMaterial, err = svc.openVersion(r, r.latest())
+			return err
+		}))
+		require.Len(t, rootMaterial, 32)
+		require.NoError(t, svc.Close())
 
-	// A key file readable by others is refused; a wrong key does not open the store.
-	require.NoError(t, os.Chmod(path+".masterkey", 0o644))
-	_, err = Open(path, Options{Clock: clock})
-	assert.ErrorIs(t, err, ErrMasterKey)
-	require.NoError(t, os.Chmod(path+".masterkey", 0o600))
-	_, err = Open(path, Options{Clock: clock, MasterKey: material(32, 1)})
-	assert.ErrorIs(t, err, ErrMasterKey)
-	// (A CRKVOL_MASTER_KEY that is not base64 is the CLI's to refuse: TestMasterKeyEnv.)
-	_, err = Open(path, Options{Clock: clock, MasterKey: []byte("not 32 bytes")})
-	assert.ErrorIs(t, err, ErrMasterKey)
-	other := filepath.Join(dir, "missing.db")
-	require.NoError(t, os.WriteFile(other, nil, 0o600))
-	_, err = Open(other, Options{Clock: clock})
-	assert.ErrorIs(t, err, ErrMasterKey, "an existing store without its key file")
+		st, err := os.Stat(path + ".masterkey")
+		require.NoError(t, err)
+		assert.Equal(t, os.FileMode(0o600), st.Mode().Perm())
+		st, err = os.Stat(path)
+		require.NoError(t, err)
+		assert.Equal(t, os.FileMode(0o600), st.Mode().Perm())
+		// The store holds root key material only encrypted.
+		raw, err := os.ReadFile(path)
+		require.NoError(t, err)
+		assert.NotContains(t, string(raw), string(rootMaterial))
+		assert.NotContains(t, string(raw), base64.StdEncoding.EncodeToString(rootMaterial))
 
-	// Rotate the master key: the file changes, everything still unwraps, the old key no
-	// longer opens the store.
-	oldKey, err := readKeyFile(path + ".masterkey")
-	require.NoError(t, err)
-	svc, err = Open(path, Options{Clock: clock})
-	require.NoError(t, err)
-	require.NoError(t, svc.RotateMasterKey(ctx, nil))
-	unwrap(svc)
-	require.NoError(t, svc.Close())
-	newKey, err := readKeyFile(path + ".masterkey")
-	require.NoError(t, err)
-	assert.NotEqual(t, oldKey, newKey)
-	_, err = Open(path, Options{Clock: clock, MasterKey: oldKey})
-	assert.ErrorIs(t, err, ErrMasterKey)
-	svc, err = Open(path, Options{Clock: clock, MasterKey: newKey})
-	require.NoError(t, err)
-	unwrap(svc)
-	// Given directly, the caller supplies the next key.
-	assert.ErrorIs(t, svc.RotateMasterKey(ctx, nil), ErrInvalidArgument)
-	third := material(32, 77)
-	require.NoError(t, svc.RotateMasterKey(ctx, third))
-	require.NoError(t, svc.Close())
-	svc, err = Open(path, Options{Clock: clock, MasterKey: third})
-	require.NoError(t, err)
-	unwrap(svc)
-	require.NoError(t, svc.Close())
+		unwrap := func(svc *Service) {
+			t.Helper()
+			u, err := svc.Unwrap(ctx, k.ID, w.Ciphertext, nil)
+			require.NoError(t, err)
+			assert.Equal(t, "dek", string(u.Plaintext))
+		}
+		svc, err = st.open(path, Options{Clock: clock})
+		require.NoError(t, err)
+		unwrap(svc)
+		require.NoError(t, svc.Close())
+
+		// A key file readable by others is refused; a wrong key does not open the store.
+		require.NoError(t, os.Chmod(path+".masterkey", 0o644))
+		_, err = st.open(path, Options{Clock: clock})
+		assert.ErrorIs(t, err, ErrMasterKey)
+		require.NoError(t, os.Chmod(path+".masterkey", 0o600))
+		_, err = st.open(path, Options{Clock: clock, MasterKey: material(32, 1)})
+		assert.ErrorIs(t, err, ErrMasterKey)
+		// (A CRKVOL_MASTER_KEY that is not base64 is the CLI's to refuse: TestMasterKeyEnv.)
+		_, err = st.open(path, Options{Clock: clock, MasterKey: []byte("not 32 bytes")})
+		assert.ErrorIs(t, err, ErrMasterKey)
+		other := filepath.Join(dir, "missing.db")
+		require.NoError(t, os.WriteFile(other, nil, 0o600))
+		_, err = st.open(other, Options{Clock: clock})
+		assert.ErrorIs(t, err, ErrMasterKey, "an existing store without its key file")
+
+		// Rotate the master key: the file changes, everything still unwraps, the old key no
+		// longer opens the store.
+		oldKey, err := readKeyFile(path + ".masterkey")
+		require.NoError(t, err)
+		svc, err = st.open(path, Options{Clock: clock})
+		require.NoError(t, err)
+		require.NoError(t, svc.RotateMasterKey(ctx, nil))
+		unwrap(svc)
+		require.NoError(t, svc.Close())
+		newKey, err := readKeyFile(path + ".masterkey")
+		require.NoError(t, err)
+		assert.NotEqual(t, oldKey, newKey)
+		_, err = st.open(path, Options{Clock: clock, MasterKey: oldKey})
+		assert.ErrorIs(t, err, ErrMasterKey)
+		svc, err = st.open(path, Options{Clock: clock, MasterKey: newKey})
+		require.NoError(t, err)
+		unwrap(svc)
+		// Given directly, the caller supplies the next key.
+		assert.ErrorIs(t, svc.RotateMasterKey(ctx, nil), ErrInvalidArgument)
+		third := material(32, 77)
+		require.NoError(t, svc.RotateMasterKey(ctx, third))
+		require.NoError(t, svc.Close())
+		svc, err = st.open(path, Options{Clock: clock, MasterKey: third})
+		require.NoError(t, err)
+		unwrap(svc)
+		require.NoError(t, svc.Close())
+	})
 }
 
 // TestInterruptedMasterKeyRotation: a crash after the new key file is written (before or
 // after the commit) leaves a store that opens.
 func TestInterruptedMasterKeyRotation(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "crk.db")
-	ctx := context.Background()
-	svc, err := Open(path, Options{})
-	require.NoError(t, err)
-	k, err := svc.CreateRootKey(ctx, "mk")
-	require.NoError(t, err)
-	w, err := svc.Wrap(ctx, k.ID, []byte("dek"), nil)
-	require.NoError(t, err)
+	forEachStore(t, func(t *testing.T, st *testStore) {
+		path := filepath.Join(t.TempDir(), "crk.db")
+		ctx := context.Background()
+		svc, err := st.open(path, Options{})
+		require.NoError(t, err)
+		k, err := svc.CreateRootKey(ctx, "mk")
+		require.NoError(t, err)
+		w, err := svc.Wrap(ctx, k.ID, []byte("dek"), nil)
+		require.NoError(t, err)
 
-	// Before the commit: a pending file that was never used.
-	require.NoError(t, writeKeyFile(path+".masterkey.new", material(32, 9)))
-	require.NoError(t, svc.Close())
-	svc, err = Open(path, Options{})
-	require.NoError(t, err)
-	_, err = svc.Unwrap(ctx, k.ID, w.Ciphertext, nil)
-	require.NoError(t, err)
-	_, err = os.Stat(path + ".masterkey.new")
-	assert.True(t, os.IsNotExist(err), "unused pending key removed")
+		// Before the commit: a pending file that was never used.
+		require.NoError(t, writeKeyFile(path+".masterkey.new", material(32, 9)))
+		require.NoError(t, svc.Close())
+		svc, err = st.open(path, Options{})
+		require.NoError(t, err)
+		_, err = svc.Unwrap(ctx, k.ID, w.Ciphertext, nil)
+		require.NoError(t, err)
+		_, err = os.Stat(path + ".masterkey.new")
+		assert.True(t, os.IsNotExist(err), "unused pending key removed")
 
-	// After the commit, before the rename: simulate by committing under a new key while
-	// the file still has the old one.
-	next := material(32, 11)
-	require.NoError(t, writeKeyFile(path+".masterkey.new", next))
-	svc.keyFile = "" // keep RotateMasterKey from touching the files
-	require.NoError(t, svc.RotateMasterKey(ctx, next))
-	require.NoError(t, svc.Close())
-	svc, err = Open(path, Options{})
-	require.NoError(t, err)
-	_, err = svc.Unwrap(ctx, k.ID, w.Ciphertext, nil)
-	require.NoError(t, err)
-	require.NoError(t, svc.Close())
-	got, err := readKeyFile(path + ".masterkey")
-	require.NoError(t, err)
-	assert.Equal(t, next, got, "the pending key was moved into place")
+		// After the commit, before the rename: simulate by committing under a new key while
+		// the file still has the old one.
+		next := material(32, 11)
+		require.NoError(t, writeKeyFile(path+".masterkey.new", next))
+		svc.keyFile = "" // keep RotateMasterKey from touching the files
+		require.NoError(t, svc.RotateMasterKey(ctx, next))
+		require.NoError(t, svc.Close())
+		svc, err = st.open(path, Options{})
+		require.NoError(t, err)
+		_, err = svc.Unwrap(ctx, k.ID, w.Ciphertext, nil)
+		require.NoError(t, err)
+		require.NoError(t, svc.Close())
+		got, err := readKeyFile(path + ".masterkey")
+		require.NoError(t, err)
+		assert.Equal(t, next, got, "the pending key was moved into place")
+	})
 }

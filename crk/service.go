@@ -97,7 +97,11 @@ func Open(path string, opts Options) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	master, keyFile, err := loadMasterKey(path, opts)
+	if opts.MasterKeyFile == "" {
+		opts.MasterKeyFile = path + ".masterkey"
+	}
+	_, statErr := os.Stat(path)
+	master, keyFile, err := loadMasterKey(opts, statErr == nil, path)
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,585 @@
+package crk
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"crkvol/internal/pgdb"
+)
+
+// Database is a PostgreSQL database holding the key services of any number of instances,
+// which any number of processes (kms serve replicas) open at once. Every state change is one
+// database transaction with the same invariants as in a bbolt store: a mutation of a key
+// locks its row, so that two processes rotating one key at the same instant make one
+// rotation and one "too soon" refusal; audit and lifecycle events take their sequence
+// numbers under the instance row's lock, so their order is the commit order; a lifecycle
+// event wakes the long polls of every process (LISTEN/NOTIFY), the events table being the
+// source of truth. Key material is stored encrypted under the service master key, which
+// never goes into the database: every process is given the same key (file).
+//
+// A Database is safe for concurrent use.
+type Database struct {
+	db  *pgdb.DB
+	log *slog.Logger
+
+	mu       sync.Mutex
+	watchers map[string]map[int]func() // instance -> notify functions
+	nextID   int
+	listen   context.CancelFunc // stops the listener, once started
+	listened chan struct{}      // closed when the listener returned
+	closed   bool
+}
+
+// feedChannel is the NOTIFY channel of lifecycle events; the payload is the instance id.
+const feedChannel = "crkvol_feed"
+
+// OpenDatabase connects to the PostgreSQL database at url (postgres://… or postgresql://…),
+// creating crkvol's tables or migrating them to this build's schema; a database whose schema
+// is newer than this build knows is refused. Errors never show a password of the URL.
+func OpenDatabase(ctx context.Context, url string, logger *slog.Logger) (*Database, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	db, err := pgdb.Open(ctx, url, pgdb.Options{Logger: logger, ApplicationName: "crkvol"})
+	if err != nil {
+		return nil, fmt.Errorf("crk: %w", err)
+	}
+	return &Database{db: db, log: logger, watchers: map[string]map[int]func(){}}, nil
+}
+
+// Close stops the database's listener and closes its connections. Close the services
+// opened on it first.
+func (d *Database) Close() error {
+	d.mu.Lock()
+	d.closed = true
+	stop, done := d.listen, d.listened
+	d.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-done
+	}
+	d.db.Close()
+	return nil
+}
+
+// Open opens the service of instance opts.Instance in the database, or of a new instance
+// when opts.Instance is empty. The master key is opts.MasterKey or the key file
+// opts.MasterKeyFile (required: a database has no path to put one beside); a new instance
+// makes the key file when it does not exist, an existing instance needs it. Options.ReadOnly
+// is not supported.
+func (d *Database) Open(opts Options) (*Service, error) {
+	if opts.ReadOnly {
+		return nil, fmt.Errorf("%w: a PostgreSQL store cannot be opened read-only", ErrInvalidArgument)
+	}
+	if opts.MasterKey == nil && opts.MasterKeyFile == "" {
+		return nil, masterKeyErrorf("a PostgreSQL store needs the master key or its key file")
+	}
+	s, err := newService(opts)
+	if err != nil {
+		return nil, err
+	}
+	if s.instance == "" {
+		if s.instance, err = newUUID(s.rand); err != nil {
+			return nil, err
+		}
+	}
+	ctx := context.Background()
+	// The instance's row exists before the service's first transaction, which locks it: two
+	// processes opening a new instance at once make one check value, not two.
+	var exists bool
+	err = d.db.Tx(ctx, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `INSERT INTO crk_instances (id, check_value) VALUES ($1, '') ON CONFLICT (id) DO NOTHING`, s.instance)
+		if err != nil {
+			return err
+		}
+		exists = tag.RowsAffected() == 0
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("crk: instance %s: %w", s.instance, err)
+	}
+	if exists {
+		// A row from an Open that failed before its first commit has no check value: the
+		// instance is new all the same.
+		var check []byte
+		if err := d.db.Pool().QueryRow(ctx, `SELECT check_value FROM crk_instances WHERE id = $1`, s.instance).Scan(&check); err != nil {
+			return nil, fmt.Errorf("crk: instance %s: %w", s.instance, err)
+		}
+		exists = len(check) > 0
+	}
+	master, keyFile, err := loadMasterKey(opts, exists, "instance "+s.instance)
+	if err != nil {
+		return nil, err
+	}
+	return s.start(&pgBackend{d: d, instance: s.instance}, master, keyFile)
+}
+
+// Instances returns the ids of the instances that have a store in the database.
+func (d *Database) Instances(ctx context.Context) ([]string, error) {
+	var out []string
+	err := d.db.ReadTx(ctx, func(tx pgx.Tx) error {
+		out = nil
+		rows, err := tx.Query(ctx, `SELECT id FROM crk_instances WHERE check_value <> '' ORDER BY id COLLATE "C"`)
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("crk: listing instances: %w", err)
+	}
+	return out, nil
+}
+
+// subscribe registers notify for lifecycle events of instance committed by any process,
+// starting the listener on first use.
+func (d *Database) subscribe(instance string, notify func()) func() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return func() {}
+	}
+	if d.listen == nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		d.listen, d.listened = cancel, make(chan struct{})
+		go func() {
+			defer close(d.listened)
+			d.db.Listen(ctx, feedChannel, d.dispatch)
+		}()
+	}
+	id := d.nextID
+	d.nextID++
+	if d.watchers[instance] == nil {
+		d.watchers[instance] = map[int]func(){}
+	}
+	d.watchers[instance][id] = notify
+	return func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		delete(d.watchers[instance], id)
+		if len(d.watchers[instance]) == 0 {
+			delete(d.watchers, instance)
+		}
+	}
+}
+
+// dispatch wakes the watchers of the instance a notification names; an empty payload (the
+// listener reconnected, and may have missed notifications) wakes every watcher.
+func (d *Database) dispatch(instance string) {
+	d.mu.Lock()
+	var fns []func()
+	for in, ws := range d.watchers {
+		if instance == "" || in == instance {
+			for _, fn := range ws {
+				fns = append(fns, fn)
+			}
+		}
+	}
+	d.mu.Unlock()
+	for _, fn := range fns {
+		fn()
+	}
+}
+
+// pgBackend is one instance's state in a Database.
+type pgBackend struct {
+	d        *Database
+	instance string
+}
+
+func (b *pgBackend) update(ctx context.Context, fn func(storeTx) error) error {
+	return b.d.db.Tx(ctx, func(tx pgx.Tx) error {
+		return fn(&pgTx{ctx: ctx, tx: tx, instance: b.instance, write: true})
+	})
+}
+
+// batch is update: PostgreSQL's group commit lets concurrent transactions share a flush.
+func (b *pgBackend) batch(ctx context.Context, fn func(storeTx) error) error {
+	return b.update(ctx, fn)
+}
+
+func (b *pgBackend) view(ctx context.Context, fn func(storeTx) error) error {
+	return b.d.db.ReadTx(ctx, func(tx pgx.Tx) error {
+		return fn(&pgTx{ctx: ctx, tx: tx, instance: b.instance})
+	})
+}
+
+func (b *pgBackend) watchFeed(notify func()) func() { return b.d.subscribe(b.instance, notify) }
+
+// close leaves the Database open: it is shared by the services of its instances.
+func (b *pgBackend) close() error { return nil }
+
+// pgTx is one transaction on an instance's rows.
+type pgTx struct {
+	ctx      context.Context
+	tx       pgx.Tx
+	instance string
+	write    bool
+}
+
+// errNoInstance is a store whose instance row is gone (deleted by hand): nothing can be
+// written to it.
+var errNoInstance = errors.New("crk: store: the instance's row is missing from the database")
+
+func (t *pgTx) meta() (string, []byte, error) {
+	q := `SELECT check_value FROM crk_instances WHERE id = $1`
+	if t.write {
+		q += ` FOR UPDATE`
+	}
+	var check []byte
+	err := t.tx.QueryRow(t.ctx, q, t.instance).Scan(&check)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", nil, nil
+	}
+	if err != nil || len(check) == 0 {
+		return "", nil, err
+	}
+	return t.instance, check, nil
+}
+
+func (t *pgTx) setMeta(instance string, check []byte) error {
+	if instance != t.instance {
+		return fmt.Errorf("crk: internal error: instance %s in the store of %s", instance, t.instance)
+	}
+	_, err := t.tx.Exec(t.ctx, `INSERT INTO crk_instances (id, check_value) VALUES ($1, $2)
+		ON CONFLICT (id) DO UPDATE SET check_value = EXCLUDED.check_value`, instance, check)
+	return err
+}
+
+func (t *pgTx) key(id string) (*keyRecord, error) { return t.getKey(id, false) }
+
+func (t *pgTx) keyForUpdate(id string) (*keyRecord, error) { return t.getKey(id, true) }
+
+func (t *pgTx) getKey(id string, lock bool) (*keyRecord, error) {
+	q := `SELECT record FROM crk_keys WHERE instance = $1 AND id = $2`
+	if lock {
+		q += ` FOR UPDATE`
+	}
+	var raw []byte
+	err := t.tx.QueryRow(t.ctx, q, t.instance, id).Scan(&raw)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("%w: %s", ErrKeyNotFound, id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return decodeKey(raw)
+}
+
+func (t *pgTx) putKey(r *keyRecord) error {
+	if err := r.check(); err != nil {
+		return err
+	}
+	raw, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	_, err = t.tx.Exec(t.ctx, `INSERT INTO crk_keys (instance, id, record) VALUES ($1, $2, $3)
+		ON CONFLICT (instance, id) DO UPDATE SET record = EXCLUDED.record`, t.instance, r.ID, string(raw))
+	return err
+}
+
+func (t *pgTx) keys(forUpdate bool, fn func(*keyRecord) error) error {
+	q := `SELECT record FROM crk_keys WHERE instance = $1 ORDER BY id COLLATE "C"`
+	if forUpdate {
+		q += ` FOR UPDATE`
+	}
+	raws, err := t.records(q, t.instance)
+	if err != nil {
+		return err
+	}
+	for _, raw := range raws {
+		r, err := decodeKey(raw)
+		if err != nil {
+			return err
+		}
+		if err := fn(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// records runs a query of one column of records and returns them all: the connection can
+// run no other statement while a result is open, and fn may.
+func (t *pgTx) records(q string, args ...any) ([][]byte, error) {
+	rows, err := t.tx.Query(t.ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[[]byte])
+}
+
+func (t *pgTx) reg(keyID, crn string) (*regRecord, error) {
+	var raw []byte
+	err := t.tx.QueryRow(t.ctx, `SELECT record FROM crk_registrations WHERE instance = $1 AND key_id = $2 AND crn = $3`,
+		t.instance, keyID, crn).Scan(&raw)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("%w: key %s, resource %s", ErrRegistrationNotFound, keyID, crn)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return decodeReg(raw)
+}
+
+func (t *pgTx) putReg(r *regRecord) error {
+	raw, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	_, err = t.tx.Exec(t.ctx, `INSERT INTO crk_registrations (instance, key_id, crn, record) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (instance, key_id, crn) DO UPDATE SET record = EXCLUDED.record`, t.instance, r.KeyID, r.ResourceCRN, string(raw))
+	return err
+}
+
+func (t *pgTx) deleteReg(keyID, crn string) error {
+	_, err := t.tx.Exec(t.ctx, `DELETE FROM crk_registrations WHERE instance = $1 AND key_id = $2 AND crn = $3`, t.instance, keyID, crn)
+	return err
+}
+
+func (t *pgTx) keyRegs(keyID string) ([]*regRecord, error) {
+	raws, err := t.records(`SELECT record FROM crk_registrations WHERE instance = $1 AND key_id = $2 ORDER BY crn COLLATE "C"`, t.instance, keyID)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*regRecord, 0, len(raws))
+	for _, raw := range raws {
+		r, err := decodeReg(raw)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func (t *pgTx) regs(fn func(*regRecord) error) error {
+	raws, err := t.records(`SELECT record FROM crk_registrations WHERE instance = $1 ORDER BY key_id COLLATE "C", crn COLLATE "C"`, t.instance)
+	if err != nil {
+		return err
+	}
+	for _, raw := range raws {
+		r, err := decodeReg(raw)
+		if err != nil {
+			return err
+		}
+		if err := fn(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// putEvent takes the event's sequence number and filing time from the instance row, whose
+// lock it holds until the transaction ends: sequence numbers are given in commit order,
+// without gaps, and filing times never go backwards, as in a bbolt store.
+func (t *pgTx) putEvent(ev *Event) error {
+	var seq, nanos int64
+	err := t.tx.QueryRow(t.ctx, `UPDATE crk_instances SET events_seq = events_seq + 1, events_nanos = GREATEST(events_nanos, $2)
+		WHERE id = $1 RETURNING events_seq, events_nanos`, t.instance, int64(eventNanos(ev.Time))).Scan(&seq, &nanos)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return errNoInstance
+	}
+	if err != nil {
+		return err
+	}
+	ev.Seq = uint64(seq)
+	raw, err := json.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	_, err = t.tx.Exec(t.ctx, `INSERT INTO crk_events (instance, seq, nanos, key_id, action, record) VALUES ($1, $2, $3, $4, $5, $6)`,
+		t.instance, seq, nanos, ev.KeyID, ev.Action, string(raw))
+	return err
+}
+
+// pruneEvents: sequence numbers and filing times both grow, so the events beyond either bound
+// are the oldest ones.
+func (t *pgTx) pruneEvents(maxCount int, cutoff uint64, limit int) (int, error) {
+	tag, err := t.tx.Exec(t.ctx, `DELETE FROM crk_events WHERE instance = $1 AND seq IN (
+		SELECT seq FROM crk_events WHERE instance = $1 AND (
+			($2 > 0 AND seq <= (SELECT events_seq FROM crk_instances WHERE id = $1) - $2) OR nanos < $3)
+		ORDER BY seq LIMIT $4)`, t.instance, int64(max(maxCount, 0)), clampInt64(cutoff), limitArg(limit))
+	if err != nil {
+		return 0, err
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// limitArg is a LIMIT argument: NULL (no limit) for limit <= 0.
+func limitArg(limit int) *int64 {
+	if limit <= 0 {
+		return nil
+	}
+	l := int64(limit)
+	return &l
+}
+
+func clampInt64(v uint64) int64 {
+	if v > math.MaxInt64 {
+		return math.MaxInt64
+	}
+	return int64(v)
+}
+
+// scanPage is how many events one query of a scan reads.
+const scanPage = 256
+
+func (t *pgTx) scanEvents(s eventScan, fn func([]byte, *Event) (bool, error)) error {
+	// The position of an event is its filing time and sequence number; the sequence
+	// number alone orders events.
+	var bound int64 = 0
+	if s.desc {
+		bound = math.MaxInt64
+	}
+	if len(s.after) == eventKeyLen {
+		bound = clampInt64(binary.BigEndian.Uint64(s.after[8:]))
+	}
+	cmp, order := ">", "ASC"
+	if s.desc {
+		cmp, order = "<", "DESC"
+	}
+	q := `SELECT seq, nanos, record FROM crk_events WHERE instance = $1 AND seq ` + cmp + ` $2 AND nanos >= $3`
+	args := []any{t.instance, bound, clampInt64(s.from)}
+	if s.keyID != "" {
+		args = append(args, s.keyID)
+		q += ` AND key_id = $` + strconv.Itoa(len(args))
+	}
+	if s.action != "" {
+		args = append(args, s.action)
+		q += ` AND action = $` + strconv.Itoa(len(args))
+	}
+	q += ` ORDER BY seq ` + order + ` LIMIT ` + strconv.Itoa(scanPage)
+	type row struct {
+		seq, nanos int64
+		raw        []byte
+	}
+	for {
+		rows, err := t.tx.Query(t.ctx, q, args...)
+		if err != nil {
+			return err
+		}
+		var page []row
+		for rows.Next() {
+			var r row
+			if err := rows.Scan(&r.seq, &r.nanos, &r.raw); err != nil {
+				rows.Close()
+				return err
+			}
+			page = append(page, r)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, r := range page {
+			var ev Event
+			if err := json.Unmarshal(r.raw, &ev); err != nil {
+				return fmt.Errorf("crk: store: event %d: %w", r.seq, err)
+			}
+			more, err := fn(eventKey(uint64(r.nanos), uint64(r.seq)), &ev)
+			if err != nil || !more {
+				return err
+			}
+		}
+		if len(page) < scanPage {
+			return nil
+		}
+		args[1] = page[len(page)-1].seq
+	}
+}
+
+func (t *pgTx) eventNamesKey(id string) (bool, error) {
+	var found bool
+	err := t.tx.QueryRow(t.ctx, `SELECT EXISTS (SELECT 1 FROM crk_events WHERE instance = $1 AND key_id = $2)`, t.instance, id).Scan(&found)
+	return found, err
+}
+
+// putFeed takes the event's sequence number under the instance row's lock (commit order)
+// and notifies the listeners of every process when the transaction commits.
+func (t *pgTx) putFeed(ev *LifecycleEvent) error {
+	var seq int64
+	err := t.tx.QueryRow(t.ctx, `UPDATE crk_instances SET feed_seq = feed_seq + 1 WHERE id = $1 RETURNING feed_seq`, t.instance).Scan(&seq)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return errNoInstance
+	}
+	if err != nil {
+		return err
+	}
+	ev.Cursor = strconv.FormatInt(seq, 10)
+	raw, err := json.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	if _, err := t.tx.Exec(t.ctx, `INSERT INTO crk_feed (instance, seq, time, record) VALUES ($1, $2, $3, $4)`,
+		t.instance, seq, ev.Time, string(raw)); err != nil {
+		return err
+	}
+	_, err = t.tx.Exec(t.ctx, `SELECT pg_notify($1, $2)`, feedChannel, t.instance)
+	return err
+}
+
+// pruneFeed deletes the oldest events up to the first one within both bounds, as the bbolt
+// store does (event times may go back with the clock, so they are not a prefix by
+// themselves).
+func (t *pgTx) pruneFeed(maxCount int, cutoff time.Time, limit int) (int, error) {
+	var cut *time.Time
+	if !cutoff.IsZero() {
+		cut = &cutoff
+	}
+	var n, last int64
+	err := t.tx.QueryRow(t.ctx, `WITH
+		head AS (SELECT feed_seq FROM crk_instances WHERE id = $1),
+		kept AS (SELECT min(seq) AS seq FROM crk_feed WHERE instance = $1 AND NOT (
+			($2 > 0 AND seq <= (SELECT feed_seq FROM head) - $2) OR ($3::timestamptz IS NOT NULL AND time < $3))),
+		doomed AS (SELECT seq FROM crk_feed WHERE instance = $1
+			AND seq < COALESCE((SELECT seq FROM kept), 9223372036854775807) ORDER BY seq LIMIT $4),
+		gone AS (DELETE FROM crk_feed WHERE instance = $1 AND seq IN (SELECT seq FROM doomed) RETURNING seq)
+		SELECT count(*), COALESCE(max(seq), 0) FROM gone`,
+		t.instance, int64(max(maxCount, 0)), cut, limitArg(limit)).Scan(&n, &last)
+	if err != nil || n == 0 {
+		return 0, err
+	}
+	_, err = t.tx.Exec(t.ctx, `UPDATE crk_instances SET feed_pruned = GREATEST(feed_pruned, $2) WHERE id = $1`, t.instance, last)
+	return int(n), err
+}
+
+func (t *pgTx) feed(after uint64, limit int) ([]LifecycleEvent, uint64, uint64, error) {
+	var head, pruned int64
+	err := t.tx.QueryRow(t.ctx, `SELECT feed_seq, feed_pruned FROM crk_instances WHERE id = $1`, t.instance).Scan(&head, &pruned)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, 0, 0, errNoInstance
+	}
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	if after >= uint64(head) {
+		return nil, uint64(head), uint64(pruned), nil
+	}
+	raws, err := t.records(`SELECT record FROM crk_feed WHERE instance = $1 AND seq > $2 ORDER BY seq LIMIT $3`,
+		t.instance, int64(after), limitArg(limit))
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	out := make([]LifecycleEvent, 0, len(raws))
+	for _, raw := range raws {
+		var ev LifecycleEvent
+		if err := json.Unmarshal(raw, &ev); err != nil {
+			return nil, 0, 0, fmt.Errorf("crk: store: feed event: %w", err)
+		}
+		out = append(out, ev)
+	}
+	return out, uint64(head), uint64(pruned), nil
+}
