@@ -15,9 +15,9 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-func openEvents(t *testing.T, path string, clock Clock, ret EventRetention) *Service {
+func openEvents(t *testing.T, st *testStore, path string, clock Clock, ret EventRetention) *Service {
 	t.Helper()
-	svc, err := Open(path, Options{Clock: clock, MasterKey: material(32, 3), EventRetention: ret})
+	svc, err := st.open(path, Options{Clock: clock, MasterKey: material(32, 3), EventRetention: ret})
 	require.NoError(t, err)
 	t.Cleanup(func() { svc.Close() })
 	return svc
@@ -39,7 +39,7 @@ func TestEventPaging(t *testing.T) {
 		for _, oldestFirst := range []bool{false, true} {
 			t.Run(fmt.Sprintf("oldestFirst=%v", oldestFirst), func(t *testing.T) {
 				clock := NewManualClock(t0)
-				svc := openEvents(t, filepath.Join(t.TempDir(), "crk.db"), clock, EventRetention{})
+				svc := openEvents(t, st, filepath.Join(t.TempDir(), "crk.db"), clock, EventRetention{})
 				ctx := t.Context()
 				k, err := svc.CreateRootKey(ctx, "paging")
 				require.NoError(t, err)
@@ -98,7 +98,7 @@ func TestEventPaging(t *testing.T) {
 func TestEventPageExactFit(t *testing.T) {
 	forEachStore(t, func(t *testing.T, st *testStore) {
 		t.Parallel()
-		svc := openEvents(t, filepath.Join(t.TempDir(), "crk.db"), NewManualClock(t0), EventRetention{})
+		svc := openEvents(t, st, filepath.Join(t.TempDir(), "crk.db"), NewManualClock(t0), EventRetention{})
 		ctx := t.Context()
 		a, err := svc.CreateRootKey(ctx, "key-a")
 		require.NoError(t, err)
@@ -221,7 +221,7 @@ func TestEventRetention(t *testing.T) {
 		for _, tc := range tests {
 			t.Run(tc.name, func(t *testing.T) {
 				clock := NewManualClock(t0)
-				svc := openEvents(t, filepath.Join(t.TempDir(), "crk.db"), clock, tc.ret)
+				svc := openEvents(t, st, filepath.Join(t.TempDir(), "crk.db"), clock, tc.ret)
 				ctx := t.Context()
 				k, err := svc.CreateRootKey(ctx, "retention")
 				require.NoError(t, err)
@@ -250,7 +250,7 @@ func TestEventRetention(t *testing.T) {
 				require.NoError(t, err)
 			}
 			require.NoError(t, svc.Close())
-			svc = openEvents(t, path, clock, EventRetention{MaxCount: 10})
+			svc = openEvents(t, st, path, clock, EventRetention{MaxCount: 10})
 			evs, err := svc.Events(t.Context(), EventFilter{})
 			require.NoError(t, err)
 			assert.Len(t, evs, 10, "more than one append's batch deleted at open")
@@ -433,7 +433,7 @@ func TestMigrateSchema1Events(t *testing.T) {
 	require.NoError(t, db.Close())
 	require.Len(t, oldRaw, 7)
 
-	svc = openEvents(t, path, clock, EventRetention{})
+	svc = openEvents(t, &testStore{kind: "bolt"}, path, clock, EventRetention{})
 	evs, err := svc.Events(ctx, EventFilter{OldestFirst: true})
 	require.NoError(t, err)
 	assert.Equal(t, []uint64{1, 2, 3, 4, 5, 6, 7}, seqs(evs))

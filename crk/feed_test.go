@@ -110,9 +110,11 @@ func TestLifecycleFeedRecordsEveryLifecycleChangeOfRegisteredKeys(t *testing.T) 
 		// The feed and its cursors survive a restart; another process reads it without the
 		// master key.
 		require.NoError(t, f.svc.Close())
-		read, err := ReadLifecycle(f.path, p1.Cursor, 0, time.Second)
-		require.NoError(t, err)
-		require.Equal(t, page.Events[4:], read.Events)
+		if st.kind == "bolt" {
+			read, err := ReadLifecycle(f.path, p1.Cursor, 0, time.Second)
+			require.NoError(t, err)
+			require.Equal(t, page.Events[4:], read.Events)
+		}
 		svc, err = st.open(f.path, Options{Clock: f.clock, FeedRetention: FeedRetention{MaxAge: -1}})
 		require.NoError(t, err)
 		defer svc.Close()

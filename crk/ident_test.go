@@ -68,6 +68,9 @@ func TestInstanceID(t *testing.T) {
 		}
 		for _, tc := range tests {
 			t.Run(tc.name, func(t *testing.T) {
+				if tc.name == "another" && st.kind == "postgres" {
+					t.Skip("a PostgreSQL database holds any number of instances: another id opens another one")
+				}
 				svc, err := st.open(path, Options{MasterKey: mk, Instance: tc.instance})
 				if !tc.ok {
 					require.ErrorIs(t, err, ErrInvalidArgument)

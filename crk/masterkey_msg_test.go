@@ -21,7 +21,7 @@ func TestMasterKeyErrorsSayWhat(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, svc.Close())
 		bare := filepath.Join(dir, "bare.db")
-		require.NoError(t, os.WriteFile(bare, nil, 0o600))
+		st.existingWithoutKeyFile(t, bare)
 		loose := filepath.Join(dir, "loose.db")
 		svc, err = st.open(loose, Options{})
 		require.NoError(t, err)
@@ -35,7 +35,7 @@ func TestMasterKeyErrorsSayWhat(t *testing.T) {
 		}{
 			{"mismatch", path, Options{MasterKey: make([]byte, 32)}, "service master key does not match the store (is the master key or key file the one this store was made with?)"},
 			{"size", path, Options{MasterKey: make([]byte, 16)}, "crk: the master key is 16 bytes, want 32"},
-			{"no key file", bare, Options{}, "crk: store " + bare + " exists but its master key file " + bare + ".masterkey does not"},
+			{"no key file", bare, Options{}, "crk: store " + st.name(bare) + " exists but its master key file " + bare + ".masterkey does not"},
 			{"mode", loose, Options{}, "crk: master key file " + loose + ".masterkey has mode -rw-r-----; it must be 0600 (readable by its owner only)"},
 		} {
 			t.Run(tc.name, func(t *testing.T) {

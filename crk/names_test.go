@@ -60,7 +60,7 @@ func TestListKeyNames(t *testing.T) {
 // TestReadKeyState: another process reads a key's state and latest version without the
 // master key (the key file moved away here) and without holding the store.
 func TestReadKeyState(t *testing.T) {
-	f := newFixture(t)
+	f := newFixture(t, &testStore{kind: "bolt"})
 	k := f.root(t, "state-key")
 	rotated, err := f.svc.RotateKey(f.ctx, k.ID, nil)
 	require.NoError(t, err)

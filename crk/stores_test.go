@@ -2,10 +2,12 @@ package crk
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"crkvol/internal/pgtest"
@@ -28,12 +30,38 @@ func forEachStore(t *testing.T, fn func(t *testing.T, st *testStore)) {
 	t.Helper()
 	t.Run("bolt", func(t *testing.T) { fn(t, &testStore{kind: "bolt"}) })
 	t.Run("postgres", func(t *testing.T) {
-		url := pgtest.Start(t).NewDatabase(t)
-		db, err := OpenDatabase(context.Background(), url, nil)
-		require.NoError(t, err)
-		t.Cleanup(func() { db.Close() })
-		fn(t, &testStore{kind: "postgres", db: db, instances: map[string]string{}})
+		fn(t, &testStore{kind: "postgres", db: sharedDatabase(t), instances: map[string]string{}})
 	})
+}
+
+// shared is the test binary's PostgreSQL database: the tests' stores are instances of it,
+// which share nothing (every row belongs to its instance), so a test needs no database of
+// its own (creating one costs a third of a second).
+var shared struct {
+	once sync.Once
+	db   *Database
+	err  error
+}
+
+func sharedDatabase(t *testing.T) *Database {
+	t.Helper()
+	c := pgtest.Start(t)
+	shared.once.Do(func() {
+		ctx := context.Background()
+		conn, err := pgx.Connect(ctx, c.URL("postgres"))
+		if err != nil {
+			shared.err = err
+			return
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "CREATE DATABASE crk_tests TEMPLATE template0"); err != nil {
+			shared.err = err
+			return
+		}
+		shared.db, shared.err = OpenDatabase(ctx, c.URL("crk_tests"), nil)
+	})
+	require.NoError(t, shared.err)
+	return shared.db
 }
 
 // open opens the store that path stands for: the bbolt file itself, or an instance of the
@@ -65,3 +93,57 @@ func (st *testStore) open(path string, opts Options) (*Service, error) {
 
 // tempPath is a fresh store path in t's temporary directory.
 func tempPath(t *testing.T) string { return filepath.Join(t.TempDir(), "crk.db") }
+
+// raw returns every byte the store at path holds: the bbolt file, or the instance's rows.
+func (st *testStore) raw(t *testing.T, path string) []byte {
+	t.Helper()
+	if st.kind == "bolt" {
+		raw, err := os.ReadFile(path)
+		require.NoError(t, err)
+		return raw
+	}
+	st.mu.Lock()
+	inst := st.instances[path]
+	st.mu.Unlock()
+	var out []byte
+	for _, q := range []string{
+		`SELECT check_value FROM crk_instances WHERE id = $1`,
+		`SELECT record::text::bytea FROM crk_keys WHERE instance = $1`,
+		`SELECT record::text::bytea FROM crk_registrations WHERE instance = $1`,
+		`SELECT record::text::bytea FROM crk_events WHERE instance = $1`,
+		`SELECT record::text::bytea FROM crk_feed WHERE instance = $1`,
+	} {
+		rows, err := st.db.db.Pool().Query(context.Background(), q, inst)
+		require.NoError(t, err)
+		vals, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
+		require.NoError(t, err)
+		for _, v := range vals {
+			out = append(out, v...)
+		}
+	}
+	return out
+}
+
+// existingWithoutKeyFile makes the store at path exist without its master key file: an
+// empty bbolt file, or an instance whose key file was removed.
+func (st *testStore) existingWithoutKeyFile(t *testing.T, path string) {
+	t.Helper()
+	if st.kind == "bolt" {
+		require.NoError(t, os.WriteFile(path, nil, 0o600))
+		return
+	}
+	svc, err := st.open(path, Options{})
+	require.NoError(t, err)
+	require.NoError(t, svc.Close())
+	require.NoError(t, os.Remove(path+".masterkey"))
+}
+
+// name is how errors name the store at path: its path, or its instance.
+func (st *testStore) name(path string) string {
+	if st.kind == "bolt" {
+		return path
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return "instance " + st.instances[path]
+}
