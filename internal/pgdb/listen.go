@@ -1,0 +1,67 @@
+package pgdb
+
+import (
+	"context"
+	"math/rand/v2"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Listen follows the notification channel until ctx ends, on a connection of its own
+// (outside the pool), calling fn with each notification's payload in the order sent. After
+// each (re)connection it calls fn("") once, before any payload, so that the caller re-reads
+// whatever it may have missed while it was not listening. A lost connection (the server
+// restarted, say) is reconnected with backoff by itself. fn runs on Listen's goroutine: a
+// slow fn delays the notifications after it, which PostgreSQL queues meanwhile.
+func (db *DB) Listen(ctx context.Context, channel string, fn func(payload string)) {
+	backoff := minBackoff
+	for ctx.Err() == nil {
+		if db.listenOnce(ctx, channel, fn) {
+			backoff = minBackoff // it was connected: start over
+		}
+		wait := backoff/2 + rand.N(backoff/2+1)
+		backoff = min(2*backoff, maxBackoff)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+		case <-t.C:
+		}
+	}
+}
+
+// listenOnce connects, listens and hands notifications to fn until the connection fails or
+// ctx ends. It reports whether it got as far as listening.
+func (db *DB) listenOnce(ctx context.Context, channel string, fn func(string)) (listened bool) {
+	conn, err := pgx.ConnectConfig(ctx, db.pool.Config().ConnConfig.Copy())
+	if err != nil {
+		if ctx.Err() == nil {
+			db.log.Warn("listen: cannot connect", "channel", channel, "err", err)
+		}
+		return false
+	}
+	defer func() {
+		closeCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = conn.Close(closeCtx)
+	}()
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
+		if ctx.Err() == nil {
+			db.log.Warn("listen: LISTEN failed", "channel", channel, "err", err)
+		}
+		return false
+	}
+	db.log.Debug("listening", "channel", channel)
+	fn("")
+	for {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				db.log.Warn("listen: connection lost; reconnecting", "channel", channel, "err", err)
+			}
+			return true
+		}
+		fn(n.Payload)
+	}
+}
