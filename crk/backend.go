@@ -83,6 +83,16 @@ type storeTx interface {
 	// the sequence number of the last event ever appended (the head) and the last one the
 	// retention deleted.
 	feed(after uint64, limit int) (events []LifecycleEvent, head, pruned uint64, err error)
+
+	// heads returns the sequence counters: the last audit event ever appended (deleted or
+	// not), the last feed event and the last feed event the retention deleted.
+	heads() (events, feed, feedPruned uint64, err error)
+	// Copying a store (CopyStore): importEvent stores an event at its position in the
+	// source (eventKey: filing time and sequence number), importFeed a feed event under its
+	// cursor, and setHeads the counters, so that sequence numbers and cursors carry over.
+	importEvent(pos []byte, ev *Event) error
+	importFeed(ev *LifecycleEvent) error
+	setHeads(events, feed, feedPruned uint64) error
 }
 
 // eventScan describes a scan of the audit events (see storeTx.scanEvents).

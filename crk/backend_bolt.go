@@ -403,6 +403,50 @@ func (t boltTx) feed(after uint64, limit int) ([]LifecycleEvent, uint64, uint64,
 	return out, head, pruned, nil
 }
 
+func (t boltTx) heads() (uint64, uint64, uint64, error) {
+	var feed, pruned uint64
+	if b := t.tx.Bucket(bucketFeed); b != nil {
+		feed = b.Sequence()
+	}
+	if v := t.tx.Bucket(bucketMeta).Get(metaFeedPruned); len(v) == 8 {
+		pruned = binary.BigEndian.Uint64(v)
+	}
+	return t.tx.Bucket(bucketEvents).Sequence(), feed, pruned, nil
+}
+
+func (t boltTx) importEvent(pos []byte, ev *Event) error {
+	if len(pos) != eventKeyLen || binary.BigEndian.Uint64(pos[8:]) != ev.Seq {
+		return fmt.Errorf("crk: store: event %d has the position %x", ev.Seq, pos)
+	}
+	raw, err := json.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	return t.tx.Bucket(bucketEvents).Put(pos, raw)
+}
+
+func (t boltTx) importFeed(ev *LifecycleEvent) error {
+	seq, err := ParseFeedCursor(ev.Cursor)
+	if err != nil || seq == 0 {
+		return fmt.Errorf("crk: store: feed event with cursor %q", ev.Cursor)
+	}
+	raw, err := json.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	return t.tx.Bucket(bucketFeed).Put(seqKey(seq), raw)
+}
+
+func (t boltTx) setHeads(events, feed, feedPruned uint64) error {
+	if err := t.tx.Bucket(bucketEvents).SetSequence(events); err != nil {
+		return err
+	}
+	if err := t.tx.Bucket(bucketFeed).SetSequence(feed); err != nil {
+		return err
+	}
+	return t.tx.Bucket(bucketMeta).Put(metaFeedPruned, seqKey(feedPruned))
+}
+
 func decodeKey(v []byte) (*keyRecord, error) {
 	var r keyRecord
 	if err := json.Unmarshal(v, &r); err != nil {

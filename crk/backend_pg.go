@@ -583,3 +583,48 @@ func (t *pgTx) feed(after uint64, limit int) ([]LifecycleEvent, uint64, uint64, 
 	}
 	return out, uint64(head), uint64(pruned), nil
 }
+
+func (t *pgTx) heads() (uint64, uint64, uint64, error) {
+	var events, feed, pruned int64
+	err := t.tx.QueryRow(t.ctx, `SELECT events_seq, feed_seq, feed_pruned FROM crk_instances WHERE id = $1`, t.instance).Scan(&events, &feed, &pruned)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, 0, 0, errNoInstance
+	}
+	return uint64(events), uint64(feed), uint64(pruned), err
+}
+
+func (t *pgTx) importEvent(pos []byte, ev *Event) error {
+	if len(pos) != eventKeyLen || binary.BigEndian.Uint64(pos[8:]) != ev.Seq {
+		return fmt.Errorf("crk: store: event %d has the position %x", ev.Seq, pos)
+	}
+	raw, err := json.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	_, err = t.tx.Exec(t.ctx, `INSERT INTO crk_events (instance, seq, nanos, key_id, action, record) VALUES ($1, $2, $3, $4, $5, $6)`,
+		t.instance, clampInt64(ev.Seq), clampInt64(binary.BigEndian.Uint64(pos)), ev.KeyID, ev.Action, string(raw))
+	return err
+}
+
+func (t *pgTx) importFeed(ev *LifecycleEvent) error {
+	seq, err := ParseFeedCursor(ev.Cursor)
+	if err != nil || seq == 0 {
+		return fmt.Errorf("crk: store: feed event with cursor %q", ev.Cursor)
+	}
+	raw, err := json.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	_, err = t.tx.Exec(t.ctx, `INSERT INTO crk_feed (instance, seq, time, record) VALUES ($1, $2, $3, $4)`,
+		t.instance, clampInt64(seq), ev.Time, string(raw))
+	return err
+}
+
+// setHeads also sets the filing time of the last event, which later events do not go
+// before.
+func (t *pgTx) setHeads(events, feed, feedPruned uint64) error {
+	_, err := t.tx.Exec(t.ctx, `UPDATE crk_instances SET events_seq = $2, feed_seq = $3, feed_pruned = $4,
+		events_nanos = GREATEST(events_nanos, COALESCE((SELECT max(nanos) FROM crk_events WHERE instance = $1), 0)) WHERE id = $1`,
+		t.instance, clampInt64(events), clampInt64(feed), clampInt64(feedPruned))
+	return err
+}

@@ -222,3 +222,111 @@ func TestDatabaseRefusesWhatItCannotDo(t *testing.T) {
 	assert.ErrorIs(t, err, ErrMasterKey)
 	assert.False(t, errors.Is(err, ErrInvalidArgument))
 }
+
+// TestCopyStore: a bbolt store copied into PostgreSQL (and back) lists the same keys,
+// versions, registrations, events and feed, with the same sequence numbers and cursors; the
+// copy goes on working where the original stopped.
+func TestCopyStore(t *testing.T) {
+	clock := NewManualClock(t0)
+	ctx := context.Background()
+	dir := t.TempDir()
+	src, err := Open(filepath.Join(dir, "crk.db"), Options{Clock: clock})
+	require.NoError(t, err)
+	var ids []string
+	for i := range 4 {
+		k, err := src.CreateRootKey(ctx, fmt.Sprintf("k%d", i))
+		require.NoError(t, err)
+		ids = append(ids, k.ID)
+		_, err = src.Register(ctx, k.ID, fmt.Sprintf("crn:v1:local:public:is:local:a/crkvol::volume:v%d", i), RegisterOptions{})
+		require.NoError(t, err)
+		_, err = src.RotateKey(ctx, k.ID, nil)
+		require.NoError(t, err)
+	}
+	_, err = src.CreateKey(ctx, CreateOptions{Name: "payload", Type: StandardKey, Material: []byte("secret")})
+	require.NoError(t, err)
+	_, err = src.DisableKey(ctx, ids[0])
+	require.NoError(t, err)
+	w, err := src.Wrap(ctx, ids[1], []byte("dek"), []string{"aad"})
+	require.NoError(t, err)
+	type listing struct {
+		Keys     []Key
+		Versions [][]VersionInfo
+		Regs     []Registration
+		Events   []Event
+		Feed     LifecyclePage
+	}
+	list := func(s *Service) listing {
+		var l listing
+		var err error
+		l.Keys, err = s.ListKeys(ctx, ListOptions{States: []State{StateActive, StateSuspended, StateDeactivated, StateDestroyed}})
+		require.NoError(t, err)
+		for _, id := range ids {
+			vs, err := s.ListVersions(ctx, id)
+			require.NoError(t, err)
+			l.Versions = append(l.Versions, vs)
+		}
+		l.Regs, err = s.ListRegistrations(ctx, RegistrationFilter{})
+		require.NoError(t, err)
+		l.Feed, err = s.Lifecycle(ctx, "0", 0)
+		require.NoError(t, err)
+		// The listings themselves add read events: compare the events before them.
+		p, err := s.ListEvents(ctx, EventFilter{OldestFirst: true, Limit: 17})
+		require.NoError(t, err)
+		l.Events = p.Events
+		return l
+	}
+	before := list(src)
+	keyFile := filepath.Join(dir, "crk.db.masterkey")
+
+	db := sharedDatabase(t)
+	dst, err := db.Open(Options{Clock: clock, Instance: src.Instance(), MasterKeyFile: keyFile})
+	require.NoError(t, err)
+	res, err := CopyStore(ctx, src, dst)
+	require.NoError(t, err)
+	assert.Equal(t, 5, res.Keys)
+	assert.Equal(t, 4, res.Registrations)
+	assert.Equal(t, 5, res.FeedEvents, "four rotations and a disable")
+	after := list(dst)
+	assert.Equal(t, before, after)
+
+	// The copy carries on: an old ciphertext unwraps, new events follow the old ones.
+	u, err := dst.Unwrap(ctx, ids[1], w.Ciphertext, []string{"aad"})
+	require.NoError(t, err)
+	assert.Equal(t, "dek", string(u.Plaintext))
+	clock.Advance(time.Minute) // past the enable cool-down
+	_, err = dst.EnableKey(ctx, ids[0])
+	require.NoError(t, err)
+	p, err := dst.Lifecycle(ctx, before.Feed.Cursor, 0)
+	require.NoError(t, err)
+	require.Len(t, p.Events, 1)
+	assert.Equal(t, "6", p.Events[0].Cursor)
+	srcEvents, err := src.Events(ctx, EventFilter{Limit: 1})
+	require.NoError(t, err)
+	dstEvents, err := dst.Events(ctx, EventFilter{Limit: 1})
+	require.NoError(t, err)
+	assert.Greater(t, dstEvents[0].Seq, srcEvents[0].Seq, "sequence numbers go on from the source's")
+
+	// A second copy into a store that holds data is refused, as is another master key.
+	_, err = CopyStore(ctx, src, dst)
+	assert.ErrorIs(t, err, ErrInvalidArgument)
+	other, err := db.Open(Options{Clock: clock, Instance: src.Instance(), MasterKey: material(32, 9)})
+	if err == nil { // the instance exists with the right key: the wrong one does not open it
+		other.Close()
+		t.Fatal("a wrong master key opened the copied instance")
+	}
+	assert.ErrorIs(t, err, ErrMasterKey)
+
+	// And back to bbolt.
+	require.NoError(t, src.Close())
+	back, err := Open(filepath.Join(dir, "back.db"), Options{Clock: clock, Instance: dst.Instance(), MasterKeyFile: keyFile})
+	require.NoError(t, err)
+	defer back.Close()
+	_, err = CopyStore(ctx, dst, back)
+	require.NoError(t, err)
+	u, err = back.Unwrap(ctx, ids[1], w.Ciphertext, []string{"aad"})
+	require.NoError(t, err)
+	assert.Equal(t, "dek", string(u.Plaintext))
+	fb, err := back.Lifecycle(ctx, before.Feed.Cursor, 0)
+	require.NoError(t, err)
+	assert.Equal(t, p.Events, fb.Events)
+}

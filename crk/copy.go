@@ -1,0 +1,117 @@
+package crk
+
+import (
+	"context"
+	"fmt"
+	"slices"
+)
+
+// CopyResult counts what CopyStore copied.
+type CopyResult struct {
+	Keys, Registrations, Events, FeedEvents int
+}
+
+// CopyStore copies the whole state of the service from into the service to: keys (their
+// material as stored: both services must have the same master key), registrations, the
+// audit events and the lifecycle feed, keeping event sequence numbers and feed cursors, so
+// that followers of the feed carry on from their cursors. It moves a store from bbolt to
+// PostgreSQL (crkvol kms migrate) or back. to must be the same instance as from, and empty:
+// no key, registration or event of its own (opening a new store writes none). The copy is
+// one transaction of to, read from one transaction of from: it is all there or not at all.
+// It records no event of its own in either store. Stop the processes that change from first;
+// it is read as it was when the copy began.
+func CopyStore(ctx context.Context, from, to *Service) (CopyResult, error) {
+	var res CopyResult
+	if from.instance != to.instance {
+		return res, fmt.Errorf("%w: copying instance %s into instance %s", ErrInvalidArgument, from.instance, to.instance)
+	}
+	to.mkMu.Lock() // no other change of to, in this process, while it is filled
+	defer to.mkMu.Unlock()
+	return res, from.store.view(ctx, func(src storeTx) error {
+		// The material is copied sealed: to's master key must open from's check value.
+		_, check, err := src.meta()
+		if err != nil {
+			return err
+		}
+		if _, err := to.sealer.open(check, nil); err != nil {
+			return fmt.Errorf("%w: the two stores have different master keys", ErrMasterKey)
+		}
+		return to.store.update(ctx, func(dst storeTx) error {
+			res = CopyResult{}
+			if err := requireEmpty(dst, to.instance); err != nil {
+				return err
+			}
+			var keys []*keyRecord
+			if err := src.keys(false, func(r *keyRecord) error { keys = append(keys, r); return nil }); err != nil {
+				return err
+			}
+			for _, r := range keys {
+				if err := dst.putKey(r); err != nil {
+					return fmt.Errorf("crk: copying key %s: %w", r.ID, err)
+				}
+				res.Keys++
+			}
+			var regs []*regRecord
+			if err := src.regs(func(r *regRecord) error { regs = append(regs, r); return nil }); err != nil {
+				return err
+			}
+			for _, r := range regs {
+				if err := dst.putReg(r); err != nil {
+					return fmt.Errorf("crk: copying registration %s of key %s: %w", r.ResourceCRN, r.KeyID, err)
+				}
+				res.Registrations++
+			}
+			type stored struct {
+				pos []byte
+				ev  *Event
+			}
+			var evs []stored
+			if err := src.scanEvents(eventScan{}, func(pos []byte, ev *Event) (bool, error) {
+				evs = append(evs, stored{slices.Clone(pos), ev})
+				return true, nil
+			}); err != nil {
+				return err
+			}
+			for _, e := range evs {
+				if err := dst.importEvent(e.pos, e.ev); err != nil {
+					return fmt.Errorf("crk: copying event %d: %w", e.ev.Seq, err)
+				}
+				res.Events++
+			}
+			feed, _, _, err := src.feed(0, 0)
+			if err != nil {
+				return err
+			}
+			for i := range feed {
+				if err := dst.importFeed(&feed[i]); err != nil {
+					return fmt.Errorf("crk: copying lifecycle event %s: %w", feed[i].Cursor, err)
+				}
+				res.FeedEvents++
+			}
+			events, head, pruned, err := src.heads()
+			if err != nil {
+				return err
+			}
+			return dst.setHeads(events, head, pruned)
+		})
+	})
+}
+
+// requireEmpty refuses a destination that holds anything: a copy never merges two stores.
+func requireEmpty(tx storeTx, instance string) error {
+	n := 0
+	if err := tx.keys(false, func(*keyRecord) error { n++; return nil }); err != nil {
+		return err
+	}
+	if err := tx.regs(func(*regRecord) error { n++; return nil }); err != nil {
+		return err
+	}
+	events, feed, _, err := tx.heads()
+	if err != nil {
+		return err
+	}
+	if n > 0 || events > 0 || feed > 0 {
+		return fmt.Errorf("%w: instance %s already holds keys, registrations or events in the destination store; a copy goes into an empty one", ErrInvalidArgument, instance)
+	}
+	return nil
+}
