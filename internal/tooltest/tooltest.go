@@ -1,6 +1,7 @@
 // Package tooltest holds what crkvol's tests share about their environment: the external
 // programs the interoperability tests drive (cryptsetup, openssl, nbdinfo, nbdcopy, qemu-img,
-// qemu-nbd) and the switch between quick and full-length runs.
+// qemu-nbd, and PostgreSQL's server programs, which Debian keeps off PATH: [PostgresBinDir])
+// and the switch between quick and full-length runs.
 //
 // # Tools
 //
@@ -30,6 +31,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -49,6 +51,8 @@ func Package(tool string) string {
 		return "libnbd-bin"
 	case "qemu-img", "qemu-nbd":
 		return "qemu-utils"
+	case "initdb", "postgres", "pg_ctl":
+		return "postgresql"
 	default:
 		return tool
 	}
@@ -154,4 +158,60 @@ func ReadOnlyBind(t testing.TB, src, dst string) {
 		_ = os.Remove(probe)
 		unavailable("the bind mount at %s is not read-only (%v)", dst, err)
 	}
+}
+
+// PostgresRoot is where Debian installs each PostgreSQL major version's server programs,
+// one directory per version: PostgresRoot/15/bin/initdb.
+const PostgresRoot = "/usr/lib/postgresql"
+
+// PostgresBinDir returns the directory holding PostgreSQL's server programs (initdb,
+// postgres), which Debian installs off PATH: the one `pg_config --bindir` names when it
+// holds them, or else the highest version under [PostgresRoot]. When there is none it skips
+// t, or fails t when CI=true, as [Require] does for a missing tool.
+func PostgresBinDir(t testing.TB) string {
+	t.Helper()
+	if dir, ok := postgresBinDir(PostgresRoot); ok {
+		return dir
+	}
+	missing := []string{"initdb", "postgres"}
+	if inCI() {
+		t.Fatalf("PostgreSQL server (%s) required in CI but not installed (apt-get install %s)", strings.Join(missing, ", "), packages(missing))
+	}
+	t.Skipf("PostgreSQL server (%s) not installed (apt-get install %s); skipping this test", strings.Join(missing, ", "), packages(missing))
+	return "" // not reached: Skipf stops the test
+}
+
+// postgresBinDir finds the server programs: pg_config's bindir first, then the highest
+// numbered version directory under root.
+func postgresBinDir(root string) (string, bool) {
+	hasServer := func(dir string) bool {
+		for _, prog := range []string{"initdb", "postgres"} {
+			if fi, err := os.Stat(filepath.Join(dir, prog)); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+				return false
+			}
+		}
+		return true
+	}
+	if pgConfig, err := exec.LookPath("pg_config"); err == nil {
+		if out, err := exec.Command(pgConfig, "--bindir").Output(); err == nil {
+			if dir := strings.TrimSpace(string(out)); dir != "" && hasServer(dir) {
+				return dir, true
+			}
+		}
+	}
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return "", false
+	}
+	best, bestVersion := "", -1.0
+	for _, e := range entries {
+		v, err := strconv.ParseFloat(e.Name(), 64) // "15", or "9.6" before PostgreSQL 10
+		if err != nil || v <= bestVersion {
+			continue
+		}
+		if dir := filepath.Join(root, e.Name(), "bin"); hasServer(dir) {
+			best, bestVersion = dir, v
+		}
+	}
+	return best, best != ""
 }

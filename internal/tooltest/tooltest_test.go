@@ -102,6 +102,7 @@ func TestPackage(t *testing.T) {
 	for tool, pkg := range map[string]string{
 		"cryptsetup": "cryptsetup-bin", "nbdinfo": "libnbd-bin", "nbdcopy": "libnbd-bin",
 		"qemu-img": "qemu-utils", "qemu-nbd": "qemu-utils", "openssl": "openssl", "other": "other",
+		"initdb": "postgresql", "postgres": "postgresql",
 	} {
 		assert.Equal(t, pkg, Package(tool), tool)
 	}
@@ -122,6 +123,42 @@ func TestLongAndScale(t *testing.T) {
 				want = 50
 			}
 			assert.Equal(t, want, Scale(50, 3))
+		})
+	}
+}
+
+// TestPostgresBinDir: without pg_config on PATH the highest version directory under the root
+// that holds both initdb and postgres wins; a root without one finds nothing.
+func TestPostgresBinDir(t *testing.T) {
+	t.Setenv("PATH", t.TempDir()) // no pg_config
+	mk := func(root, version string, progs ...string) {
+		dir := filepath.Join(root, version, "bin")
+		require.NoError(t, os.MkdirAll(dir, 0o755))
+		for _, p := range progs {
+			require.NoError(t, os.WriteFile(filepath.Join(dir, p), []byte("#!/bin/sh\n"), 0o755))
+		}
+	}
+	full, partial, empty := t.TempDir(), t.TempDir(), t.TempDir()
+	mk(full, "9.6", "initdb", "postgres")
+	mk(full, "13", "initdb", "postgres")
+	mk(full, "15", "initdb", "postgres")
+	mk(full, "16", "initdb") // no server binary: not a candidate
+	mk(full, "notes")
+	mk(partial, "14", "postgres")
+	tests := []struct {
+		name, root, want string
+		ok               bool
+	}{
+		{"highest complete version", full, filepath.Join(full, "15", "bin"), true},
+		{"no complete version", partial, "", false},
+		{"empty root", empty, "", false},
+		{"missing root", filepath.Join(empty, "absent"), "", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, ok := postgresBinDir(tc.root)
+			assert.Equal(t, tc.ok, ok)
+			assert.Equal(t, tc.want, got)
 		})
 	}
 }
