@@ -21,6 +21,7 @@ var tenantStores = []struct {
 	open func(t *testing.T) (tenants *Tenants, clock *crk.ManualClock, another func() *Tenants)
 }{
 	{"file", openFileTenants},
+	{"postgres", openPostgresTenants},
 }
 
 func testMasterKey() []byte { return bytes.Repeat([]byte{3}, 32) }
