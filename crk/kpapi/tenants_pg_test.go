@@ -88,6 +88,7 @@ func TestTenantsInstances(t *testing.T) {
 // own instance only; the token limits hold over the tokens of every replica, also when
 // they issue at the same time.
 func TestTokensAcrossReplicas(t *testing.T) {
+	t.Parallel()
 	a, clock, another := openPostgresTenants(t)
 	b := another()
 	inst, _ := a.Default()
@@ -167,6 +168,7 @@ func TestTokensAcrossReplicas(t *testing.T) {
 // TestDefaultInstanceConcurrent: replicas starting together on an empty database agree on
 // one default instance.
 func TestDefaultInstanceConcurrent(t *testing.T) {
+	t.Parallel()
 	clock := crk.NewManualClock(time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC))
 	url := pgtest.Start(t).NewDatabase(t)
 	const n = 4
@@ -210,6 +212,7 @@ func TestDefaultInstanceConcurrent(t *testing.T) {
 // TestTokensStoredHashed: the tables hold only sha256 hashes of API keys and tokens, never
 // either in clear.
 func TestTokensStoredHashed(t *testing.T) {
+	t.Parallel()
 	tenants, _, _ := openPostgresTenants(t)
 	inst, _ := tenants.Default()
 	key, err := tenants.CreateAPIKey(inst)

@@ -46,6 +46,7 @@ func openFileTenants(t *testing.T) (*Tenants, *crk.ManualClock, func() *Tenants)
 func forEachStore(t *testing.T, test func(t *testing.T, tenants *Tenants, clock *crk.ManualClock, another func() *Tenants)) {
 	for _, st := range tenantStores {
 		t.Run(st.name, func(t *testing.T) {
+			t.Parallel()
 			tenants, clock, another := st.open(t)
 			test(t, tenants, clock, another)
 		})
