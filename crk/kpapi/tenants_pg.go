@@ -254,3 +254,70 @@ func dbError(what string, err error) error {
 	}
 	return fmt.Errorf("kpapi: %s: %w", what, err)
 }
+
+// ErrDefaultInstanceMismatch means a database already has a default instance other than the
+// one [CopyTenants] would copy into it.
+var ErrDefaultInstanceMismatch = errors.New("the database has another default instance")
+
+// ErrNotStateDirectory means [CopyTenants] was given tenants that are not a state
+// directory's.
+var ErrNotStateDirectory = errors.New("not the tenants of a state directory")
+
+// CopyTenants copies the instances and API-key hashes of a state directory's tenants (from,
+// opened by [OpenTenants]) into the database db, in one transaction, for moving a key
+// service to PostgreSQL: afterwards [OpenTenantsPostgres] on db has the same default instance
+// and instances, and the same API keys work. Issued tokens are not copied (clients exchange
+// their API keys again). Rows already in db are left as they are, so a copy interrupted or
+// repeated can be run again; a database whose default instance is another one (a service
+// already started on it) is refused with [ErrDefaultInstanceMismatch], before anything is
+// written. The instances' crk stores are not copied: that is the crk store's migration.
+func CopyTenants(ctx context.Context, from *Tenants, db *pgdb.DB) error {
+	fs, ok := from.store.(*fileStore)
+	if !ok {
+		return fmt.Errorf("kpapi: copying tenants: %w", ErrNotStateDirectory)
+	}
+	tf, err := fs.load()
+	if err != nil {
+		return err
+	}
+	if tf.Default == "" {
+		return fmt.Errorf("kpapi: copying tenants: %s has no default instance: %w", fs.dir, ErrNotStateDirectory)
+	}
+	err = db.Tx(ctx, func(tx pgx.Tx) error {
+		var def string
+		err := tx.QueryRow(ctx, `SELECT id FROM kp_instances WHERE is_default FOR UPDATE`).Scan(&def)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			// The unique index refuses a second default inserted meanwhile; the
+			// transaction then fails and nothing is copied.
+			if _, err := tx.Exec(ctx, `INSERT INTO kp_instances (id, name, created, is_default)
+				VALUES ($1, 'default', $2, true)`, tf.Default, time.Now().UTC()); err != nil {
+				return err
+			}
+		case err != nil:
+			return err
+		case def != tf.Default:
+			return fmt.Errorf("%w: %s, not %s", ErrDefaultInstanceMismatch, def, tf.Default)
+		}
+		for _, in := range tf.Instances {
+			if in.ID == tf.Default {
+				continue
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO kp_instances (id, name, created, is_default)
+				VALUES ($1, $2, $3, false) ON CONFLICT (id) DO NOTHING`, in.ID, in.Name, in.Created); err != nil {
+				return err
+			}
+		}
+		for _, k := range tf.APIKeys {
+			if _, err := tx.Exec(ctx, `INSERT INTO kp_api_keys (hash, instance, created)
+				VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING`, k.Hash, k.Instance, k.Created); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if errors.Is(err, ErrDefaultInstanceMismatch) {
+		return fmt.Errorf("kpapi: copying tenants: %w", err)
+	}
+	return dbError("copying tenants", err)
+}

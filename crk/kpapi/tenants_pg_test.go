@@ -241,3 +241,60 @@ func TestTokensStoredHashed(t *testing.T) {
 	assert.Equal(t, APIKeyID(key), keyID(keyHash), "the key's sha256")
 	assert.Equal(t, keyHash, tokKeyHash)
 }
+
+// TestCopyTenants: a state directory's instances and API keys move to a database, where the
+// same default instance and the same API keys work; copying again changes nothing, and a
+// database with another default instance is refused.
+func TestCopyTenants(t *testing.T) {
+	t.Parallel()
+	from, _, _ := openFileTenants(t)
+	def, _ := from.Default()
+	team, err := from.CreateInstance("team-b")
+	require.NoError(t, err)
+	k1, err := from.CreateAPIKey(def)
+	require.NoError(t, err)
+	k2, err := from.CreateAPIKey(team)
+	require.NoError(t, err)
+	wantInstances, err := from.ListInstances()
+	require.NoError(t, err)
+	wantKeys, err := from.ListAPIKeys()
+	require.NoError(t, err)
+
+	clock := crk.NewManualClock(time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC))
+	url := pgtest.Start(t).NewDatabase(t)
+	db, err := pgdb.Open(testContext(t), url, pgdb.Options{})
+	require.NoError(t, err)
+	t.Cleanup(db.Close)
+	for range 2 {
+		require.NoError(t, CopyTenants(testContext(t), from, db), "copying is idempotent")
+	}
+	to := openReplica(t, url, clock)
+	gotDef, _ := to.Default()
+	assert.Equal(t, def, gotDef)
+	gotInstances, err := to.ListInstances()
+	require.NoError(t, err)
+	require.Len(t, gotInstances, len(wantInstances))
+	for i, want := range wantInstances {
+		got := gotInstances[i]
+		assert.Equal(t, []any{want.ID, want.Name, want.Default}, []any{got.ID, got.Name, got.Default})
+	}
+	gotKeys, err := to.ListAPIKeys()
+	require.NoError(t, err)
+	require.Len(t, gotKeys, len(wantKeys))
+	for i, want := range wantKeys {
+		got := gotKeys[i]
+		assert.Equal(t, []string{want.ID, want.Instance}, []string{got.ID, got.Instance})
+		assert.WithinDuration(t, want.Created, got.Created, time.Microsecond, "PostgreSQL keeps microseconds")
+	}
+	for _, tc := range []struct{ key, instance string }{{k1, def}, {k2, team}} {
+		tok, _, err := to.Exchange(tc.key)
+		require.NoError(t, err)
+		_, err = to.Authorize(tok, tc.instance)
+		require.NoError(t, err)
+	}
+
+	other, _, _ := openPostgresTenants(t)
+	err = CopyTenants(testContext(t), from, other.store.(*pgStore).db)
+	require.ErrorIs(t, err, ErrDefaultInstanceMismatch)
+	assert.ErrorIs(t, CopyTenants(testContext(t), to, db), ErrNotStateDirectory)
+}
