@@ -63,8 +63,8 @@ func (s *pgStore) ensureDefault(ctx context.Context, mk func() (string, error)) 
 	var def string
 	err := s.db.Tx(ctx, func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, `SELECT id FROM kp_instances WHERE is_default`).Scan(&def)
-		if err == nil || !errors.Is(err, pgx.ErrNoRows) {
-			return err
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return err // found, or failed
 		}
 		id, err := mk()
 		if err != nil {
@@ -177,6 +177,8 @@ func (s *pgStore) issueToken(ctx context.Context, keyHash string, tok tokenEntry
 		if _, err := tx.Exec(ctx, lockTokens); err != nil {
 			return err
 		}
+		// Looked up by its hash: the timing of an index lookup tells nothing of the hashes
+		// of keys one does not hold.
 		err := tx.QueryRow(ctx, `SELECT instance FROM kp_api_keys WHERE hash = $1`, keyHash).Scan(&instance)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return errAPIKeyUnknown
