@@ -12,6 +12,11 @@
 // table is full), and revoking an API key ([Tenants.RevokeAPIKey]) ends its tokens at
 // once. The crk core never imports net/http; this package is the only HTTP layer.
 //
+// Tenants — instances, API-key hashes and token hashes — live either in a state directory
+// ([OpenTenants]: tenants.json, tokens in memory, one server process) or in PostgreSQL
+// ([OpenTenantsPostgres]: tables shared by any number of server replicas, each of which
+// accepts the tokens of all; their wall clocks must agree within seconds).
+//
 // Beside Key Protect's API, each instance's lifecycle feed ([crk.Service.Lifecycle]: the
 // rotations, disables, deletions and other lifecycle events of keys with registrations) is
 // served at GET [LifecyclePath], a crkvol path that Key Protect's API never uses, with the

@@ -1,25 +1,18 @@
 package kpapi
 
 import (
-	"container/list"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"crkvol/crk"
 	"crkvol/internal/ident"
@@ -43,60 +36,82 @@ const MaxTokens = 10000
 // other keys (other tenants) out of the table.
 const MaxTokensPerKey = 1000
 
-// Tenants holds the service instances of a state directory — the default one (the CLI's
-// embedded store, dir/crk.db) and those made by CreateInstance (dir/instances/ID/crk.db) —
-// their API keys (only sha256 hashes are stored, in dir/tenants.json, mode 0600) and the
-// bearer tokens issued for them (in memory, at most [MaxTokens], by sha256 hash). A token is
-// valid for [TokenLifetime] and only while its API key exists: revoking the key, from this
-// process or another one sharing the directory, ends its tokens at once. It is safe for
+// storeTimeout bounds one call into a tenant store on a database, whose methods take no
+// context of their own.
+const storeTimeout = 30 * time.Second
+
+// Tenants holds service instances, their API keys (only sha256 hashes are stored) and the
+// bearer tokens issued for them (only sha256 hashes too), in one of two stores:
+//
+//   - a state directory ([OpenTenants]): the default instance is the CLI's embedded store,
+//     dir/crk.db, those made by CreateInstance live in dir/instances/ID/crk.db; instances and
+//     API-key hashes are kept in dir/tenants.json (mode 0600), tokens in memory;
+//   - a PostgreSQL database ([OpenTenantsPostgres]): instances, API-key hashes and token
+//     hashes are rows shared by every process on the database (every `kms serve` replica),
+//     so a token issued by one replica is accepted by all.
+//
+// At most [MaxTokens] tokens are held, [MaxTokensPerKey] per API key. A token is valid for
+// [TokenLifetime] and only while its API key exists: revoking the key, from this process or
+// another one sharing the directory or database, ends its tokens at once. It is safe for
 // concurrent use.
 type Tenants struct {
-	dir  string
-	opts crk.Options
+	store tenantStore
+	// open opens an instance's service; def tells the default instance.
+	open func(id string, def bool) (*crk.Service, error)
 
 	mu         sync.Mutex
 	services   map[string]*crk.Service
 	def        string
-	tokens     map[[sha256.Size]byte]*list.Element // of *tokenEntry
-	order      *list.List                          // tokens, oldest first
-	byKey      map[string]*list.List               // per API key hash: its tokens' elements of order, oldest first
 	maxTokens  int
 	maxPerKey  int
 	tokenClock crk.Clock // the wall clock; tests in this package set a manual one
-	keys       keySet
 	static     string
 	closed     bool
 }
 
+// tenantStore keeps what a Tenants knows of instances, API keys and tokens. Every method is
+// one atomic step of its store (one transaction of the database, one locked rewrite of
+// tenants.json); errors of the credentials' own (unknown, expired, revoked, other instance)
+// wrap [ErrUnauthorized].
+type tenantStore interface {
+	// ensureDefault returns the default instance's id; when there is none yet it records
+	// the one mk returns, unless another process recorded one first, whose id it returns.
+	ensureDefault(ctx context.Context, mk func() (string, error)) (string, error)
+	// createInstance records a new instance.
+	createInstance(ctx context.Context, in instanceEntry) error
+	// known reports whether id is a recorded instance (the default one included).
+	known(ctx context.Context, id string) (bool, error)
+	// instances returns the default instance, then the others, oldest first.
+	instances(ctx context.Context) ([]InstanceInfo, error)
+	// addAPIKey records an API key's hash for a recorded instance.
+	addAPIKey(ctx context.Context, k apiKeyEntry) error
+	// apiKeys returns the API keys, oldest first.
+	apiKeys(ctx context.Context) ([]apiKeyEntry, error)
+	// revokeAPIKeys deletes the API keys whose id (see keyID) is id, and their tokens, and
+	// says how many keys it deleted.
+	revokeAPIKeys(ctx context.Context, id string) (int, error)
+	// issueToken records a token hash for the API key with hash keyHash, after dropping the
+	// tokens expired at now and evicting the oldest ones beyond the limits, and returns the
+	// key's instance.
+	issueToken(ctx context.Context, keyHash string, tok tokenEntry, now time.Time, lim tokenLimits) (string, error)
+	// authorize checks that the token with hash sum is unexpired at now, of instance and of
+	// an API key that still exists.
+	authorize(ctx context.Context, sum [sha256.Size]byte, instance string, now time.Time) error
+	// expireTokens drops the tokens expired at now.
+	expireTokens(ctx context.Context, now time.Time) error
+	// tokenCount returns how many tokens are held.
+	tokenCount(ctx context.Context) (int, error)
+}
+
+// tokenLimits are the most tokens held in all and per API key.
+type tokenLimits struct{ total, perKey int }
+
+// tokenEntry is one issued token, known by its hash.
 type tokenEntry struct {
 	sum      [sha256.Size]byte // of the token
 	instance string
 	keyHash  string // the hex sha256 of the API key it was issued for
 	expires  time.Time
-	keyEl    *list.Element // its element in byKey[keyHash]
-}
-
-// keySet caches the API key hashes of tenants.json, with the identity of the file they were
-// read from, so that a revocation by another process is seen at the next request for the
-// cost of a stat.
-type keySet struct {
-	stamp  fileStamp
-	hashes map[string]bool
-}
-
-// fileStamp identifies one version of tenants.json: every change replaces the file by
-// rename, so a new version always has another inode than the one it replaces.
-type fileStamp struct {
-	dev, ino uint64
-	size     int64
-	mtime    time.Time
-	ok       bool
-}
-
-type tenantsFile struct {
-	Default   string          `json:"default"`
-	Instances []instanceEntry `json:"instances"`
-	APIKeys   []apiKeyEntry   `json:"apiKeys"`
 }
 
 type instanceEntry struct {
@@ -122,35 +137,63 @@ var ErrAPIKeyNotFound = errors.New("api key not found")
 // words differently.
 var errUnknownInstance = errors.New("unknown instance")
 
+// The refusals of a credential, the same from every store.
+var (
+	errTokenUnknown     = fmt.Errorf("%w: unknown or expired token", ErrUnauthorized)
+	errTokenRevoked     = fmt.Errorf("%w: the token's API key was revoked", ErrUnauthorized)
+	errAPIKeyUnknown    = fmt.Errorf("%w: unknown API key", ErrUnauthorized)
+	errTenantsAreClosed = errors.New("kpapi: tenants are closed")
+)
+
+func errOtherInstance(instance string) error {
+	return fmt.Errorf("%w: the token is not for instance %s", ErrUnauthorized, instance)
+}
+
+func errNoInstance(instance string) error {
+	return fmt.Errorf("%w: %w %s", ErrUnauthorized, errUnknownInstance, instance)
+}
+
 // OpenTenants opens the state directory dir; opts configure every instance's crk service.
 // Services are opened when first needed, so managing instances and API keys (which only
 // touches tenants.json) works while a server holds the stores; only the very first call
 // opens the default store to learn its instance id.
 func OpenTenants(dir string, opts crk.Options) (*Tenants, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	store, err := openFileStore(dir)
+	if err != nil {
 		return nil, err
 	}
-	t := &Tenants{dir: dir, opts: opts, services: map[string]*crk.Service{},
-		tokens: map[[sha256.Size]byte]*list.Element{}, order: list.New(), byKey: map[string]*list.List{}, maxTokens: MaxTokens, maxPerKey: MaxTokensPerKey,
-		tokenClock: crk.SystemClock{}}
-	err := t.modify(func(tf *tenantsFile) error {
-		if tf.Default != "" {
-			t.def = tf.Default
-			return nil
+	t := newTenants(store, func(id string, def bool) (*crk.Service, error) {
+		if def {
+			return crk.Open(filepath.Join(dir, "crk.db"), opts)
 		}
+		o := opts
+		o.Instance = id
+		return crk.Open(store.instancePath(id), o)
+	})
+	def, err := store.ensureDefault(context.Background(), func() (string, error) {
 		svc, err := crk.Open(filepath.Join(dir, "crk.db"), opts)
 		if err != nil {
-			return err
+			return "", err
 		}
-		t.def, tf.Default = svc.Instance(), svc.Instance()
-		t.services[t.def] = svc
-		return nil
+		t.services[svc.Instance()] = svc
+		return svc.Instance(), nil
 	})
 	if err != nil {
 		t.Close()
 		return nil, err
 	}
+	t.def = def
 	return t, nil
+}
+
+func newTenants(store tenantStore, open func(id string, def bool) (*crk.Service, error)) *Tenants {
+	return &Tenants{store: store, open: open, services: map[string]*crk.Service{},
+		maxTokens: MaxTokens, maxPerKey: MaxTokensPerKey, tokenClock: crk.SystemClock{}}
+}
+
+// storeContext is the context of one call into the store.
+func storeContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), storeTimeout)
 }
 
 // Default returns the default instance's id and service.
@@ -169,7 +212,8 @@ func (t *Tenants) SetStaticToken(tok string) {
 	t.static = tok
 }
 
-// Close closes every open service; the Tenants cannot be used afterwards.
+// Close closes every open service; the Tenants cannot be used afterwards. The database of
+// [OpenTenantsPostgres] stays open: it belongs to the caller.
 func (t *Tenants) Close() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -182,71 +226,6 @@ func (t *Tenants) Close() error {
 	return errors.Join(errs...)
 }
 
-func (t *Tenants) load() (*tenantsFile, error) {
-	var tf tenantsFile
-	raw, err := os.ReadFile(filepath.Join(t.dir, "tenants.json"))
-	if errors.Is(err, fs.ErrNotExist) {
-		return &tf, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	if err := json.Unmarshal(raw, &tf); err != nil {
-		return nil, fmt.Errorf("kpapi: %s: %w", filepath.Join(t.dir, "tenants.json"), err)
-	}
-	return &tf, nil
-}
-
-// modify applies fn to tenants.json under an exclusive flock on tenants.lock (other
-// processes, such as a running server and the CLI, may change it too) and writes it back
-// atomically and durably.
-func (t *Tenants) modify(fn func(tf *tenantsFile) error) error {
-	lock, err := os.OpenFile(filepath.Join(t.dir, "tenants.lock"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return err
-	}
-	defer lock.Close()
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
-		return fmt.Errorf("kpapi: locking tenants.json: %w", err)
-	}
-	tf, err := t.load()
-	if err != nil {
-		return err
-	}
-	if err := fn(tf); err != nil {
-		return err
-	}
-	raw, err := json.MarshalIndent(tf, "", "  ")
-	if err != nil {
-		return err
-	}
-	path := filepath.Join(t.dir, "tenants.json")
-	f, err := os.CreateTemp(t.dir, "tenants-*.json")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	_, err = f.Write(raw)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("kpapi: writing tenants.json: %w", err)
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(t.dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
 // CreateInstance records a new, empty instance and returns its id; its store is made when
 // first used.
 func (t *Tenants) CreateInstance(name string) (string, error) {
@@ -254,30 +233,12 @@ func (t *Tenants) CreateInstance(name string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("kpapi: %w", err)
 	}
-	err = t.modify(func(tf *tenantsFile) error {
-		tf.Instances = append(tf.Instances, instanceEntry{ID: id, Name: name, Created: time.Now().UTC()})
-		return nil
-	})
-	return id, err
-}
-
-func (t *Tenants) instancePath(id string) string {
-	dir := filepath.Join(t.dir, "instances", id)
-	_ = os.MkdirAll(dir, 0o700)
-	return filepath.Join(dir, "crk.db")
-}
-
-// known reports whether id is the default instance or a recorded one.
-func (t *Tenants) known(tf *tenantsFile, id string) bool {
-	if id == t.def {
-		return true
+	ctx, cancel := storeContext()
+	defer cancel()
+	if err := t.store.createInstance(ctx, instanceEntry{ID: id, Name: name, Created: time.Now().UTC()}); err != nil {
+		return "", err
 	}
-	for _, in := range tf.Instances {
-		if in.ID == id {
-			return true
-		}
-	}
-	return false
+	return id, nil
 }
 
 // Service returns the crk service of an instance, opening it on first use.
@@ -285,25 +246,21 @@ func (t *Tenants) Service(id string) (*crk.Service, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
-		return nil, errors.New("kpapi: tenants are closed")
+		return nil, errTenantsAreClosed
 	}
 	if s, ok := t.services[id]; ok {
 		return s, nil
 	}
-	tf, err := t.load()
+	ctx, cancel := storeContext()
+	defer cancel()
+	known, err := t.store.known(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	if !t.known(tf, id) {
-		return nil, fmt.Errorf("%w: %w %s", ErrUnauthorized, errUnknownInstance, id)
+	if !known {
+		return nil, errNoInstance(id)
 	}
-	path := filepath.Join(t.dir, "crk.db")
-	opts := t.opts
-	if id != t.def {
-		path = t.instancePath(id)
-		opts.Instance = id
-	}
-	s, err := crk.Open(path, opts)
+	s, err := t.open(id, id == t.def)
 	if err != nil {
 		return nil, err
 	}
@@ -319,13 +276,9 @@ func (t *Tenants) CreateAPIKey(instance string) (string, error) {
 	}
 	key := "crkvol-" + base64.RawURLEncoding.EncodeToString(b[:])
 	sum := sha256.Sum256([]byte(key))
-	err := t.modify(func(tf *tenantsFile) error {
-		if !t.known(tf, instance) {
-			return fmt.Errorf("%w: %w %s", ErrUnauthorized, errUnknownInstance, instance)
-		}
-		tf.APIKeys = append(tf.APIKeys, apiKeyEntry{Hash: hex.EncodeToString(sum[:]), Instance: instance, Created: time.Now().UTC()})
-		return nil
-	})
+	ctx, cancel := storeContext()
+	defer cancel()
+	err := t.store.addAPIKey(ctx, apiKeyEntry{Hash: hex.EncodeToString(sum[:]), Instance: instance, Created: time.Now().UTC()})
 	if err != nil {
 		return "", err
 	}
@@ -335,120 +288,44 @@ func (t *Tenants) CreateAPIKey(instance string) (string, error) {
 // now is the wall-clock time by which tokens expire.
 func (t *Tenants) now() time.Time { return t.tokenClock.Now() }
 
-// Exchange trades an API key for a bearer token valid for TokenLifetime.
-func (t *Tenants) Exchange(apiKey string) (string, time.Duration, error) {
+// limits returns the token limits in force.
+func (t *Tenants) limits() tokenLimits {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	tf, err := t.load()
-	if err != nil {
+	return tokenLimits{total: max(t.maxTokens, 1), perKey: max(t.maxPerKey, 1)}
+}
+
+// Exchange trades an API key for a bearer token valid for TokenLifetime.
+func (t *Tenants) Exchange(apiKey string) (string, time.Duration, error) {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
 		return "", 0, err
 	}
+	tok := base64.RawURLEncoding.EncodeToString(b[:])
 	sum := sha256.Sum256([]byte(apiKey))
-	want := hex.EncodeToString(sum[:])
-	for _, k := range tf.APIKeys {
-		if subtle.ConstantTimeCompare([]byte(k.Hash), []byte(want)) == 1 {
-			var b [32]byte
-			if _, err := rand.Read(b[:]); err != nil {
-				return "", 0, err
-			}
-			tok := base64.RawURLEncoding.EncodeToString(b[:])
-			now := t.now()
-			t.expireLocked(now)
-			for own := t.byKey[k.Hash]; own != nil && own.Len() >= max(t.maxPerKey, 1); own = t.byKey[k.Hash] {
-				t.removeLocked(own.Front().Value.(*list.Element))
-			}
-			for t.order.Len() >= max(t.maxTokens, 1) {
-				t.removeLocked(t.order.Front())
-			}
-			own := t.byKey[k.Hash] // after the evictions, which drop an emptied list
-			if own == nil {
-				own = list.New()
-				t.byKey[k.Hash] = own
-			}
-			e := &tokenEntry{sum: sha256.Sum256([]byte(tok)), instance: k.Instance, keyHash: k.Hash, expires: now.Add(TokenLifetime)}
-			el := t.order.PushBack(e)
-			e.keyEl = own.PushBack(el)
-			t.tokens[e.sum] = el
-			return tok, TokenLifetime, nil
-		}
+	now := t.now()
+	ctx, cancel := storeContext()
+	defer cancel()
+	e := tokenEntry{sum: sha256.Sum256([]byte(tok)), expires: now.Add(TokenLifetime)}
+	if _, err := t.store.issueToken(ctx, hex.EncodeToString(sum[:]), e, now, t.limits()); err != nil {
+		return "", 0, err
 	}
-	return "", 0, fmt.Errorf("%w: unknown API key", ErrUnauthorized)
-}
-
-// removeLocked forgets one token; t.mu is held.
-func (t *Tenants) removeLocked(el *list.Element) {
-	e := el.Value.(*tokenEntry)
-	delete(t.tokens, e.sum)
-	t.order.Remove(el)
-	if own := t.byKey[e.keyHash]; own != nil {
-		own.Remove(e.keyEl)
-		if own.Len() == 0 {
-			delete(t.byKey, e.keyHash)
-		}
-	}
-}
-
-// expireLocked drops the tokens expired at now; t.mu is held. Tokens are kept in the order
-// they were issued, all with the same lifetime, so the expired ones are at the front (a clock
-// stepped back may leave some behind the first live one; Authorize still checks each token's
-// expiry, and the table stays bounded).
-func (t *Tenants) expireLocked(now time.Time) {
-	for el := t.order.Front(); el != nil && !now.Before(el.Value.(*tokenEntry).expires); el = t.order.Front() {
-		t.removeLocked(el)
-	}
+	return tok, TokenLifetime, nil
 }
 
 // ExpireTokens drops the tokens whose lifetime has passed. Exchange and Authorize do it too;
 // a server calls it on a timer so that an idle table empties.
-func (t *Tenants) ExpireTokens() {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.expireLocked(t.now())
+func (t *Tenants) ExpireTokens() error {
+	ctx, cancel := storeContext()
+	defer cancel()
+	return t.store.expireTokens(ctx, t.now())
 }
 
 // TokenCount returns how many bearer tokens are held.
-func (t *Tenants) TokenCount() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.order.Len()
-}
-
-// keyExistsLocked reports whether the API key with this hash is still in tenants.json,
-// re-reading the file only when it has changed since last read; t.mu is held.
-func (t *Tenants) keyExistsLocked(hash string) (bool, error) {
-	st, err := stampOf(filepath.Join(t.dir, "tenants.json"))
-	if err != nil {
-		return false, err
-	}
-	if !st.ok || st != t.keys.stamp || t.keys.hashes == nil {
-		tf, err := t.load()
-		if err != nil {
-			return false, err
-		}
-		hashes := make(map[string]bool, len(tf.APIKeys))
-		for _, k := range tf.APIKeys {
-			hashes[k.Hash] = true
-		}
-		t.keys = keySet{stamp: st, hashes: hashes}
-	}
-	return t.keys.hashes[hash], nil
-}
-
-func stampOf(path string) (fileStamp, error) {
-	fi, err := os.Stat(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return fileStamp{}, nil
-	}
-	if err != nil {
-		return fileStamp{}, err
-	}
-	st := fileStamp{size: fi.Size(), mtime: fi.ModTime(), ok: true}
-	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
-		st.dev, st.ino = uint64(sys.Dev), sys.Ino
-	} else {
-		st.ok = false // no inode: re-read every time
-	}
-	return st, nil
+func (t *Tenants) TokenCount() (int, error) {
+	ctx, cancel := storeContext()
+	defer cancel()
+	return t.store.tokenCount(ctx)
 }
 
 // Authorize checks a bearer token for an instance and returns the instance's service.
@@ -458,35 +335,17 @@ func (t *Tenants) Authorize(token, instance string) (*crk.Service, error) {
 	}
 	t.mu.Lock()
 	static := t.static
+	t.mu.Unlock()
 	if static != "" && subtle.ConstantTimeCompare([]byte(token), []byte(static)) == 1 {
-		t.mu.Unlock()
 		return t.Service(instance)
 	}
-	now := t.now()
-	t.expireLocked(now)
-	el, ok := t.tokens[sha256.Sum256([]byte(token))]
-	var e *tokenEntry
-	if ok {
-		e = el.Value.(*tokenEntry)
-	}
-	switch {
-	case !ok || !now.Before(e.expires):
-		t.mu.Unlock()
-		return nil, fmt.Errorf("%w: unknown or expired token", ErrUnauthorized)
-	case e.instance != instance:
-		t.mu.Unlock()
-		return nil, fmt.Errorf("%w: the token is not for instance %s", ErrUnauthorized, instance)
-	}
-	exists, err := t.keyExistsLocked(e.keyHash)
-	if err == nil && !exists {
-		t.removeLocked(el)
-	}
-	t.mu.Unlock()
-	switch {
-	case err != nil:
-		return nil, fmt.Errorf("kpapi: checking the token's API key: %w", err)
-	case !exists:
-		return nil, fmt.Errorf("%w: the token's API key was revoked", ErrUnauthorized)
+	ctx, cancel := storeContext()
+	defer cancel()
+	if err := t.store.authorize(ctx, sha256.Sum256([]byte(token)), instance, t.now()); err != nil {
+		if errors.Is(err, ErrUnauthorized) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("kpapi: checking the token: %w", err)
 	}
 	return t.Service(instance)
 }
@@ -495,8 +354,8 @@ func (t *Tenants) Authorize(token, instance string) (*crk.Service, error) {
 type InstanceInfo struct {
 	ID   string
 	Name string // "default" for the default instance
-	// Created is when the instance was created; zero for the default instance, which is the
-	// state directory's own store.
+	// Created is when the instance was created; zero for the default instance of a state
+	// directory, which is the directory's own store.
 	Created time.Time
 	// Default marks the default instance.
 	Default bool
@@ -504,19 +363,9 @@ type InstanceInfo struct {
 
 // ListInstances returns the default instance, then the others, oldest first.
 func (t *Tenants) ListInstances() ([]InstanceInfo, error) {
-	t.mu.Lock()
-	tf, err := t.load()
-	t.mu.Unlock()
-	if err != nil {
-		return nil, err
-	}
-	out := []InstanceInfo{{ID: t.def, Name: "default", Default: true}}
-	for _, in := range tf.Instances {
-		if in.ID != t.def {
-			out = append(out, InstanceInfo{ID: in.ID, Name: in.Name, Created: in.Created})
-		}
-	}
-	return out, nil
+	ctx, cancel := storeContext()
+	defer cancel()
+	return t.store.instances(ctx)
 }
 
 // APIKeyInfo describes an API key without the key itself.
@@ -540,14 +389,14 @@ func APIKeyID(apiKey string) string {
 
 // ListAPIKeys returns the API keys of every instance, oldest first.
 func (t *Tenants) ListAPIKeys() ([]APIKeyInfo, error) {
-	t.mu.Lock()
-	tf, err := t.load()
-	t.mu.Unlock()
+	ctx, cancel := storeContext()
+	defer cancel()
+	keys, err := t.store.apiKeys(ctx)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]APIKeyInfo, 0, len(tf.APIKeys))
-	for _, k := range tf.APIKeys {
+	out := make([]APIKeyInfo, 0, len(keys))
+	for _, k := range keys {
 		out = append(out, APIKeyInfo{ID: keyID(k.Hash), Instance: k.Instance, Created: k.Created})
 	}
 	return out, nil
@@ -555,43 +404,25 @@ func (t *Tenants) ListAPIKeys() ([]APIKeyInfo, error) {
 
 // RevokeAPIKey deletes the API key with this id (see [APIKeyInfo]); it can no longer be
 // exchanged, and the tokens issued for it stop working at once, in this process and in any
-// other serving the same directory. An id no key has gives [ErrAPIKeyNotFound].
+// other serving the same directory or database. An id no key has gives [ErrAPIKeyNotFound].
 func (t *Tenants) RevokeAPIKey(id string) error {
-	var revoked []string
-	err := t.modify(func(tf *tenantsFile) error {
-		kept := tf.APIKeys[:0]
-		for _, k := range tf.APIKeys {
-			if len(id) == 16 && keyID(k.Hash) == id {
-				revoked = append(revoked, k.Hash)
-				continue
-			}
-			kept = append(kept, k)
+	n := 0
+	if validKeyID(id) {
+		ctx, cancel := storeContext()
+		defer cancel()
+		var err error
+		if n, err = t.store.revokeAPIKeys(ctx, id); err != nil {
+			return err
 		}
-		if len(revoked) == 0 {
-			if validKeyID(id) {
-				return fmt.Errorf("%w: %s", ErrAPIKeyNotFound, id)
-			}
-			return fmt.Errorf("%w: an id is 16 hex digits (see kms apikey list)", ErrAPIKeyNotFound)
-		}
-		tf.APIKeys = kept
+	}
+	switch {
+	case n > 0:
 		return nil
-	})
-	if err != nil {
-		return err
+	case validKeyID(id):
+		return fmt.Errorf("%w: %s", ErrAPIKeyNotFound, id)
+	default:
+		return fmt.Errorf("%w: an id is 16 hex digits (see kms apikey list)", ErrAPIKeyNotFound)
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for el := t.order.Front(); el != nil; {
-		next := el.Next()
-		for _, h := range revoked {
-			if el.Value.(*tokenEntry).keyHash == h {
-				t.removeLocked(el)
-				break
-			}
-		}
-		el = next
-	}
-	return nil
 }
 
 // validKeyID reports whether s has the form of an API key id, so that an error may show it
@@ -606,29 +437,23 @@ func validKeyID(s string) bool {
 
 // RunDue carries out the due policy rotations and expiries of every instance.
 func (t *Tenants) RunDue(ctx context.Context) (map[string]crk.RunDueResult, error) {
-	t.mu.Lock()
-	tf, err := t.load()
-	ids := []string{t.def}
-	t.mu.Unlock()
+	all, err := t.store.instances(ctx)
 	if err != nil {
 		return nil, err
 	}
-	for _, in := range tf.Instances {
-		ids = append(ids, in.ID)
-	}
 	out := map[string]crk.RunDueResult{}
 	var errs []error
-	for _, id := range ids {
-		svc, err := t.Service(id)
+	for _, in := range all {
+		svc, err := t.Service(in.ID)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		res, err := svc.RunDue(ctx)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("instance %s: %w", id, err))
+			errs = append(errs, fmt.Errorf("instance %s: %w", in.ID, err))
 		}
-		out[id] = res
+		out[in.ID] = res
 	}
 	return out, errors.Join(errs...)
 }

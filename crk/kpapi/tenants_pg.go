@@ -1,0 +1,325 @@
+package kpapi
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"crkvol/crk"
+	"crkvol/internal/ident"
+	"crkvol/internal/pgdb"
+)
+
+// OpenTenantsPostgres opens the tenants kept in the PostgreSQL database db (tables
+// kp_instances, kp_api_keys and kp_tokens, made by [pgdb.Open]): every process on the same
+// database — every `kms serve` replica — sees the same instances and API keys and accepts
+// the tokens any of them issued, and a revoked API key's tokens stop working at once on all
+// of them. open opens an instance's crk service, when first needed, by its id; the default
+// instance is the kp_instances row marked default, made with a random id by the first
+// Tenants on an empty database (replicas starting together agree on one).
+//
+// Tokens are kept as sha256 hashes with their expiry, the issuing replica's wall-clock time
+// plus [TokenLifetime], and are checked against the checking replica's wall clock: the
+// replicas' clocks must agree within seconds, as in any system of expiring tokens. The limits
+// [MaxTokens] and [MaxTokensPerKey] hold across the replicas: a token is issued in one
+// transaction that counts, evicts and inserts under a lock of the token table that only
+// issuing and revoking take (checking a token does not wait for it).
+//
+// The Tenants does not own db: [Tenants.Close] closes the services it opened, not the
+// database.
+func OpenTenantsPostgres(ctx context.Context, db *pgdb.DB, open func(instance string) (*crk.Service, error)) (*Tenants, error) {
+	if db == nil || open == nil {
+		return nil, errors.New("kpapi: OpenTenantsPostgres needs a database and a way to open services")
+	}
+	store := &pgStore{db: db}
+	t := newTenants(store, func(id string, _ bool) (*crk.Service, error) { return open(id) })
+	def, err := store.ensureDefault(ctx, func() (string, error) { return ident.NewUUID(rand.Reader) })
+	if err != nil {
+		return nil, err
+	}
+	t.def = def
+	return t, nil
+}
+
+// pgStore is the tenant store of a PostgreSQL database.
+type pgStore struct {
+	db *pgdb.DB
+}
+
+// lockTokens is the lock taken by the transactions that add tokens or delete API keys:
+// SHARE ROW EXCLUSIVE conflicts with itself and with the ROW EXCLUSIVE of other writers, not
+// with the ACCESS SHARE of readers. Issuing under it makes the limits exact across replicas;
+// revoking under it takes the same locks in the same order (the table, then the key's row)
+// as issuing, whose token insert locks the key's row for its foreign key, so the two never
+// deadlock.
+const lockTokens = `LOCK TABLE kp_tokens IN SHARE ROW EXCLUSIVE MODE`
+
+func (s *pgStore) ensureDefault(ctx context.Context, mk func() (string, error)) (string, error) {
+	var def string
+	err := s.db.Tx(ctx, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `SELECT id FROM kp_instances WHERE is_default`).Scan(&def)
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return err // found, or failed
+		}
+		id, err := mk()
+		if err != nil {
+			return err
+		}
+		// Another replica may insert its own default at the same time: the unique index
+		// on is_default lets one win, and the loser reads the winner's row back.
+		_, err = tx.Exec(ctx, `INSERT INTO kp_instances (id, name, created, is_default)
+			VALUES ($1, 'default', $2, true) ON CONFLICT DO NOTHING`, id, time.Now().UTC())
+		if err != nil {
+			return err
+		}
+		return tx.QueryRow(ctx, `SELECT id FROM kp_instances WHERE is_default`).Scan(&def)
+	})
+	return def, dbError("recording the default instance", err)
+}
+
+func (s *pgStore) createInstance(ctx context.Context, in instanceEntry) error {
+	err := s.db.Tx(ctx, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO kp_instances (id, name, created, is_default) VALUES ($1, $2, $3, false)`,
+			in.ID, in.Name, in.Created)
+		return err
+	})
+	return dbError("recording an instance", err)
+}
+
+func (s *pgStore) known(ctx context.Context, id string) (bool, error) {
+	var ok bool
+	err := s.db.ReadTx(ctx, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM kp_instances WHERE id = $1)`, id).Scan(&ok)
+	})
+	return ok, dbError("reading instances", err)
+}
+
+func (s *pgStore) instances(ctx context.Context) ([]InstanceInfo, error) {
+	var out []InstanceInfo
+	err := s.db.ReadTx(ctx, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx,
+			`SELECT id, name, created, is_default FROM kp_instances ORDER BY is_default DESC, created, id`)
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (InstanceInfo, error) {
+			var in InstanceInfo
+			err := r.Scan(&in.ID, &in.Name, &in.Created, &in.Default)
+			in.Created = in.Created.UTC()
+			return in, err
+		})
+		return err
+	})
+	if err != nil {
+		return nil, dbError("reading instances", err)
+	}
+	if len(out) == 0 || !out[0].Default {
+		return nil, errors.New("kpapi: the database has no default instance")
+	}
+	return out, nil
+}
+
+func (s *pgStore) addAPIKey(ctx context.Context, k apiKeyEntry) error {
+	err := s.db.Tx(ctx, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `INSERT INTO kp_api_keys (hash, instance, created)
+			SELECT $1, id, $3 FROM kp_instances WHERE id = $2`, k.Hash, k.Instance, k.Created)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return errNoInstance(k.Instance)
+		}
+		return nil
+	})
+	return dbError("recording an API key", err)
+}
+
+func (s *pgStore) apiKeys(ctx context.Context) ([]apiKeyEntry, error) {
+	var out []apiKeyEntry
+	err := s.db.ReadTx(ctx, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT hash, instance, created FROM kp_api_keys ORDER BY created, hash`)
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (apiKeyEntry, error) {
+			var k apiKeyEntry
+			err := r.Scan(&k.Hash, &k.Instance, &k.Created)
+			k.Created = k.Created.UTC()
+			return k, err
+		})
+		return err
+	})
+	return out, dbError("reading API keys", err)
+}
+
+func (s *pgStore) revokeAPIKeys(ctx context.Context, id string) (int, error) {
+	var n int
+	err := s.db.Tx(ctx, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, lockTokens); err != nil {
+			return err
+		}
+		// The key's tokens go with it (ON DELETE CASCADE).
+		tag, err := tx.Exec(ctx, `DELETE FROM kp_api_keys WHERE left(hash, 16) = $1`, id)
+		n = int(tag.RowsAffected())
+		return err
+	})
+	return n, dbError("revoking API keys", err)
+}
+
+func (s *pgStore) issueToken(ctx context.Context, keyHash string, tok tokenEntry, now time.Time, lim tokenLimits) (string, error) {
+	var instance string
+	err := s.db.Tx(ctx, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, lockTokens); err != nil {
+			return err
+		}
+		// Looked up by its hash: the timing of an index lookup tells nothing of the hashes
+		// of keys one does not hold.
+		err := tx.QueryRow(ctx, `SELECT instance FROM kp_api_keys WHERE hash = $1`, keyHash).Scan(&instance)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return errAPIKeyUnknown
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM kp_tokens WHERE expires <= $1`, now); err != nil {
+			return err
+		}
+		// Keep the key's newest perKey-1 and the table's newest total-1, then add one.
+		if _, err := tx.Exec(ctx, `DELETE FROM kp_tokens WHERE hash IN (
+			SELECT hash FROM kp_tokens WHERE key_hash = $1 ORDER BY expires DESC, hash DESC OFFSET $2)`,
+			keyHash, lim.perKey-1); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM kp_tokens WHERE hash IN (
+			SELECT hash FROM kp_tokens ORDER BY expires DESC, hash DESC OFFSET $1)`, lim.total-1); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO kp_tokens (hash, instance, key_hash, expires) VALUES ($1, $2, $3, $4)`,
+			tok.sum[:], instance, keyHash, tok.expires)
+		return err
+	})
+	return instance, dbError("issuing a token", err)
+}
+
+func (s *pgStore) authorize(ctx context.Context, sum [sha256.Size]byte, instance string, now time.Time) error {
+	// One query: a token whose API key was revoked has no row (the join, and the cascade
+	// that deleted the token with the key), on every replica at once.
+	var (
+		of      string
+		expires time.Time
+	)
+	err := s.db.ReadTx(ctx, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, `SELECT t.instance, t.expires FROM kp_tokens t
+			JOIN kp_api_keys k ON k.hash = t.key_hash WHERE t.hash = $1`, sum[:]).Scan(&of, &expires)
+	})
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return errTokenUnknown
+	case err != nil:
+		return dbError("reading tokens", err)
+	case !now.Before(expires):
+		if err := s.expireTokens(ctx, now); err != nil {
+			return err
+		}
+		return errTokenUnknown
+	case of != instance:
+		return errOtherInstance(instance)
+	}
+	return nil
+}
+
+func (s *pgStore) expireTokens(ctx context.Context, now time.Time) error {
+	err := s.db.Tx(ctx, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `DELETE FROM kp_tokens WHERE expires <= $1`, now)
+		return err
+	})
+	return dbError("expiring tokens", err)
+}
+
+func (s *pgStore) tokenCount(ctx context.Context) (int, error) {
+	var n int
+	err := s.db.ReadTx(ctx, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, `SELECT count(*) FROM kp_tokens`).Scan(&n)
+	})
+	return n, dbError("counting tokens", err)
+}
+
+// dbError names what failed of a database error; refusals of credentials pass unchanged.
+func dbError(what string, err error) error {
+	if err == nil || errors.Is(err, ErrUnauthorized) {
+		return err
+	}
+	return fmt.Errorf("kpapi: %s: %w", what, err)
+}
+
+// ErrDefaultInstanceMismatch means a database already has a default instance other than the
+// one [CopyTenants] would copy into it.
+var ErrDefaultInstanceMismatch = errors.New("the database has another default instance")
+
+// ErrNotStateDirectory means [CopyTenants] was given tenants that are not a state
+// directory's.
+var ErrNotStateDirectory = errors.New("not the tenants of a state directory")
+
+// CopyTenants copies the instances and API-key hashes of a state directory's tenants (from,
+// opened by [OpenTenants]) into the database db, in one transaction, for moving a key
+// service to PostgreSQL: afterwards [OpenTenantsPostgres] on db has the same default instance
+// and instances, and the same API keys work. Issued tokens are not copied (clients exchange
+// their API keys again). Rows already in db are left as they are, so a copy interrupted or
+// repeated can be run again; a database whose default instance is another one (a service
+// already started on it) is refused with [ErrDefaultInstanceMismatch], before anything is
+// written. The instances' crk stores are not copied: that is the crk store's migration.
+func CopyTenants(ctx context.Context, from *Tenants, db *pgdb.DB) error {
+	fs, ok := from.store.(*fileStore)
+	if !ok {
+		return fmt.Errorf("kpapi: copying tenants: %w", ErrNotStateDirectory)
+	}
+	tf, err := fs.load()
+	if err != nil {
+		return err
+	}
+	if tf.Default == "" {
+		return fmt.Errorf("kpapi: copying tenants: %s has no default instance: %w", fs.dir, ErrNotStateDirectory)
+	}
+	err = db.Tx(ctx, func(tx pgx.Tx) error {
+		var def string
+		err := tx.QueryRow(ctx, `SELECT id FROM kp_instances WHERE is_default FOR UPDATE`).Scan(&def)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			// The unique index refuses a second default inserted meanwhile; the
+			// transaction then fails and nothing is copied.
+			if _, err := tx.Exec(ctx, `INSERT INTO kp_instances (id, name, created, is_default)
+				VALUES ($1, 'default', $2, true)`, tf.Default, time.Now().UTC()); err != nil {
+				return err
+			}
+		case err != nil:
+			return err
+		case def != tf.Default:
+			return fmt.Errorf("%w: %s, not %s", ErrDefaultInstanceMismatch, def, tf.Default)
+		}
+		for _, in := range tf.Instances {
+			if in.ID == tf.Default {
+				continue
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO kp_instances (id, name, created, is_default)
+				VALUES ($1, $2, $3, false) ON CONFLICT (id) DO NOTHING`, in.ID, in.Name, in.Created); err != nil {
+				return err
+			}
+		}
+		for _, k := range tf.APIKeys {
+			if _, err := tx.Exec(ctx, `INSERT INTO kp_api_keys (hash, instance, created)
+				VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING`, k.Hash, k.Instance, k.Created); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if errors.Is(err, ErrDefaultInstanceMismatch) {
+		return fmt.Errorf("kpapi: copying tenants: %w", err)
+	}
+	return dbError("copying tenants", err)
+}
