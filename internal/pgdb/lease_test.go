@@ -68,6 +68,7 @@ func started(t *testing.T, w *watch) string {
 // TestLeadOneAtATime: of three replicas competing for a lease, one runs; when it stops, one
 // of the others takes over (logged: within about ttl plus a poll); never do two run at once.
 func TestLeadOneAtATime(t *testing.T) {
+	t.Parallel()
 	db := open(t, pgtest.Start(t).NewDatabase(t))
 	w := &watch{started: make(chan string, 10)}
 	stops := map[string]func(){}
@@ -104,6 +105,7 @@ func TestLeadOneAtATime(t *testing.T) {
 // TestLeadTakesOverExpired: a holder that died without releasing (its row left behind) is
 // replaced once its lease expires, by the database clock.
 func TestLeadTakesOverExpired(t *testing.T) {
+	t.Parallel()
 	db := open(t, pgtest.Start(t).NewDatabase(t))
 	ctx := testCtx(t)
 	_, err := db.Pool().Exec(ctx, "INSERT INTO crkvol_leases VALUES ('scheduler', 'dead', now() + interval '1 second')")
@@ -120,6 +122,7 @@ func TestLeadTakesOverExpired(t *testing.T) {
 // TestLeadLosesLease: when renewals fail (the server is stopped), run's context is
 // cancelled; when the server is back the replica leads again.
 func TestLeadLosesLease(t *testing.T) {
+	t.Parallel()
 	c := pgtest.New(t)
 	db := open(t, c.NewDatabase(t))
 	w := &watch{started: make(chan string, 10)}
@@ -142,6 +145,7 @@ func TestLeadLosesLease(t *testing.T) {
 // TestLeadRunReturns: a run that returns on its own gives the lease up; Lead runs it again
 // later while it is still the only candidate.
 func TestLeadRunReturns(t *testing.T) {
+	t.Parallel()
 	db := open(t, pgtest.Start(t).NewDatabase(t))
 	ctx, cancel := context.WithCancel(testCtx(t))
 	runs := make(chan struct{}, 10)

@@ -45,6 +45,7 @@ func tables(t *testing.T, db *DB) []string {
 // TestMigrations: an empty database gets the whole schema at the newest version; opening it
 // again changes nothing.
 func TestMigrations(t *testing.T) {
+	t.Parallel()
 	url := pgtest.Start(t).NewDatabase(t)
 	want := []string{"crk_events", "crk_feed", "crk_instances", "crk_keys", "crk_registrations",
 		"crkvol_leases", "crkvol_schema", "kp_api_keys", "kp_instances", "kp_tokens"}
@@ -61,6 +62,7 @@ func TestMigrations(t *testing.T) {
 
 // TestMigrationFiles: the embedded migrations are numbered 1, 2, … without gaps.
 func TestMigrationFiles(t *testing.T) {
+	t.Parallel()
 	ms, err := loadMigrations()
 	require.NoError(t, err)
 	require.NotEmpty(t, ms)
@@ -73,6 +75,7 @@ func TestMigrationFiles(t *testing.T) {
 
 // TestSchemaTooNew: a database written by a newer program is refused, naming both versions.
 func TestSchemaTooNew(t *testing.T) {
+	t.Parallel()
 	url := pgtest.Start(t).NewDatabase(t)
 	db := open(t, url)
 	_, err := db.Pool().Exec(testCtx(t), "UPDATE crkvol_schema SET version = 999")
@@ -88,6 +91,7 @@ func TestSchemaTooNew(t *testing.T) {
 // TestConcurrentOpen: replicas opening an empty database at once all succeed (the
 // migrations run under an advisory lock) and the schema is applied once.
 func TestConcurrentOpen(t *testing.T) {
+	t.Parallel()
 	url := pgtest.Start(t).NewDatabase(t)
 	const n = 4
 	errs := make([]error, n)
@@ -112,6 +116,7 @@ func TestConcurrentOpen(t *testing.T) {
 // TestOpenBadURL: a URL that cannot be parsed or reached is an error that does not show
 // its password.
 func TestOpenBadURL(t *testing.T) {
+	t.Parallel()
 	sock := pgtest.Start(t).SocketDir()
 	tests := []struct {
 		name, url string
@@ -134,6 +139,7 @@ func TestOpenBadURL(t *testing.T) {
 
 // TestRedact: passwords in user info and in the query are hidden; the rest is kept.
 func TestRedact(t *testing.T) {
+	t.Parallel()
 	tests := []struct{ in, want string }{
 		{"postgres://alice:pw@db.example:5432/crk?sslmode=verify-full", "postgres://alice:xxxxx@db.example:5432/crk?sslmode=verify-full"},
 		{"postgresql://alice@db/crk", "postgresql://alice@db/crk"},
@@ -150,6 +156,7 @@ func TestRedact(t *testing.T) {
 }
 
 func TestIsURL(t *testing.T) {
+	t.Parallel()
 	for s, want := range map[string]bool{
 		"postgres://db/x": true, "postgresql:///x?host=/tmp": true, "POSTGRES://db/x": true,
 		"bolt:/var/lib/crk.db": false, "/var/lib/crk.db": false, "postgres:/x": false, "": false,
@@ -162,6 +169,7 @@ func TestIsURL(t *testing.T) {
 // transactions that each read what the other writes) makes Tx run fn again, and the
 // second run commits once.
 func TestTxRetriesSerializationFailure(t *testing.T) {
+	t.Parallel()
 	db := open(t, pgtest.Start(t).NewDatabase(t))
 	ctx := testCtx(t)
 	_, err := db.Pool().Exec(ctx, "CREATE TABLE scratch (k int PRIMARY KEY, v int); INSERT INTO scratch VALUES (1, 0), (2, 0)")
@@ -201,6 +209,7 @@ func TestTxRetriesSerializationFailure(t *testing.T) {
 // TestTxRetriesDeadlock: of two transactions that lock two rows in opposite orders,
 // PostgreSQL aborts one with a deadlock; Tx runs it again and both changes land.
 func TestTxRetriesDeadlock(t *testing.T) {
+	t.Parallel()
 	db := open(t, pgtest.Start(t).NewDatabase(t))
 	ctx := testCtx(t)
 	_, err := db.Pool().Exec(ctx, "CREATE TABLE scratch (k int PRIMARY KEY, v int); INSERT INTO scratch VALUES (1, 0), (2, 0)")
@@ -251,6 +260,7 @@ func dbName(t *testing.T, db *DB) string {
 // TestTxErrors: fn's own errors come back as they are and roll back its changes; ReadTx is
 // read-only on one snapshot.
 func TestTxErrors(t *testing.T) {
+	t.Parallel()
 	db := open(t, pgtest.Start(t).NewDatabase(t))
 	ctx := testCtx(t)
 	_, err := db.Pool().Exec(ctx, "CREATE TABLE scratch (k int PRIMARY KEY, v int)")
@@ -303,6 +313,7 @@ func TestTxErrors(t *testing.T) {
 // replaced and Tx works without reopening; while the server is down, Tx gives up with
 // ErrUnavailable when its retry time is over.
 func TestTxSurvivesRestart(t *testing.T) {
+	t.Parallel()
 	c := pgtest.New(t)
 	db, err := Open(testCtx(t), c.NewDatabase(t), Options{MaxConns: 4, RetryFor: 2 * time.Second})
 	require.NoError(t, err)
