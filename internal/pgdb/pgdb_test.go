@@ -56,6 +56,9 @@ func TestMigrations(t *testing.T) {
 		var rows int
 		require.NoError(t, db.Pool().QueryRow(testCtx(t), "SELECT count(*) FROM crkvol_schema").Scan(&rows))
 		assert.Equal(t, 1, rows, "crkvol_schema keeps one row")
+		var app string
+		require.NoError(t, db.Pool().QueryRow(testCtx(t), "SELECT current_setting('application_name')").Scan(&app))
+		assert.Equal(t, t.Name(), app, "Options.ApplicationName")
 		db.Close()
 	}
 }
@@ -337,4 +340,48 @@ func TestTxSurvivesRestart(t *testing.T) {
 	var v int
 	require.NoError(t, db.Pool().QueryRow(ctx, "SELECT v FROM scratch").Scan(&v))
 	assert.Equal(t, 3, v)
+}
+
+// TestTxCommitUnknown: when the connection is cut while COMMIT runs (a deferred trigger
+// keeps the commit busy while another session terminates the backend), the outcome cannot
+// be known: Tx returns ErrCommitUnknown and does not run fn again.
+func TestTxCommitUnknown(t *testing.T) {
+	t.Parallel()
+	db := open(t, pgtest.Start(t).NewDatabase(t))
+	ctx := testCtx(t)
+	_, err := db.Pool().Exec(ctx, `
+		CREATE TABLE scratch (k int PRIMARY KEY);
+		CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS
+			$$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$;
+		CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON scratch
+			DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();`)
+	require.NoError(t, err)
+
+	pids := make(chan int32, 10)
+	go func() { // terminate the backend once it sleeps in the commit's trigger
+		pid := <-pids
+		for ctx.Err() == nil {
+			var terminated bool
+			err := db.Pool().QueryRow(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+				WHERE pid = $1 AND wait_event = 'PgSleep'`, pid).Scan(&terminated)
+			if err == nil && terminated {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	runs := 0
+	err = db.Tx(ctx, func(tx pgx.Tx) error {
+		runs++
+		var pid int32
+		if err := tx.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+			return err
+		}
+		pids <- pid
+		_, err := tx.Exec(ctx, "INSERT INTO scratch VALUES (1)")
+		return err
+	})
+	t.Logf("Tx: %v", err)
+	require.ErrorIs(t, err, ErrCommitUnknown)
+	assert.Equal(t, 1, runs, "a commit of unknown outcome is not retried")
 }
