@@ -52,6 +52,7 @@ func notify(t *testing.T, db *DB, channel, payload string) {
 // the server restarts it gets "" again and the notifications sent since; when ctx ends
 // Listen returns.
 func TestListen(t *testing.T) {
+	t.Parallel()
 	c := pgtest.New(t)
 	db := open(t, c.NewDatabase(t))
 	got, stop := listen(t, db, "crk feed") // a channel name that needs quoting

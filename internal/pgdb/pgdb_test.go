@@ -45,6 +45,7 @@ func tables(t *testing.T, db *DB) []string {
 // TestMigrations: an empty database gets the whole schema at the newest version; opening it
 // again changes nothing.
 func TestMigrations(t *testing.T) {
+	t.Parallel()
 	url := pgtest.Start(t).NewDatabase(t)
 	want := []string{"crk_events", "crk_feed", "crk_instances", "crk_keys", "crk_registrations",
 		"crkvol_leases", "crkvol_schema", "kp_api_keys", "kp_instances", "kp_tokens"}
@@ -55,12 +56,16 @@ func TestMigrations(t *testing.T) {
 		var rows int
 		require.NoError(t, db.Pool().QueryRow(testCtx(t), "SELECT count(*) FROM crkvol_schema").Scan(&rows))
 		assert.Equal(t, 1, rows, "crkvol_schema keeps one row")
+		var app string
+		require.NoError(t, db.Pool().QueryRow(testCtx(t), "SELECT current_setting('application_name')").Scan(&app))
+		assert.Equal(t, t.Name(), app, "Options.ApplicationName")
 		db.Close()
 	}
 }
 
 // TestMigrationFiles: the embedded migrations are numbered 1, 2, … without gaps.
 func TestMigrationFiles(t *testing.T) {
+	t.Parallel()
 	ms, err := loadMigrations()
 	require.NoError(t, err)
 	require.NotEmpty(t, ms)
@@ -73,6 +78,7 @@ func TestMigrationFiles(t *testing.T) {
 
 // TestSchemaTooNew: a database written by a newer program is refused, naming both versions.
 func TestSchemaTooNew(t *testing.T) {
+	t.Parallel()
 	url := pgtest.Start(t).NewDatabase(t)
 	db := open(t, url)
 	_, err := db.Pool().Exec(testCtx(t), "UPDATE crkvol_schema SET version = 999")
@@ -88,6 +94,7 @@ func TestSchemaTooNew(t *testing.T) {
 // TestConcurrentOpen: replicas opening an empty database at once all succeed (the
 // migrations run under an advisory lock) and the schema is applied once.
 func TestConcurrentOpen(t *testing.T) {
+	t.Parallel()
 	url := pgtest.Start(t).NewDatabase(t)
 	const n = 4
 	errs := make([]error, n)
@@ -112,6 +119,7 @@ func TestConcurrentOpen(t *testing.T) {
 // TestOpenBadURL: a URL that cannot be parsed or reached is an error that does not show
 // its password.
 func TestOpenBadURL(t *testing.T) {
+	t.Parallel()
 	sock := pgtest.Start(t).SocketDir()
 	tests := []struct {
 		name, url string
@@ -134,6 +142,7 @@ func TestOpenBadURL(t *testing.T) {
 
 // TestRedact: passwords in user info and in the query are hidden; the rest is kept.
 func TestRedact(t *testing.T) {
+	t.Parallel()
 	tests := []struct{ in, want string }{
 		{"postgres://alice:pw@db.example:5432/crk?sslmode=verify-full", "postgres://alice:xxxxx@db.example:5432/crk?sslmode=verify-full"},
 		{"postgresql://alice@db/crk", "postgresql://alice@db/crk"},
@@ -150,6 +159,7 @@ func TestRedact(t *testing.T) {
 }
 
 func TestIsURL(t *testing.T) {
+	t.Parallel()
 	for s, want := range map[string]bool{
 		"postgres://db/x": true, "postgresql:///x?host=/tmp": true, "POSTGRES://db/x": true,
 		"bolt:/var/lib/crk.db": false, "/var/lib/crk.db": false, "postgres:/x": false, "": false,
@@ -162,6 +172,7 @@ func TestIsURL(t *testing.T) {
 // transactions that each read what the other writes) makes Tx run fn again, and the
 // second run commits once.
 func TestTxRetriesSerializationFailure(t *testing.T) {
+	t.Parallel()
 	db := open(t, pgtest.Start(t).NewDatabase(t))
 	ctx := testCtx(t)
 	_, err := db.Pool().Exec(ctx, "CREATE TABLE scratch (k int PRIMARY KEY, v int); INSERT INTO scratch VALUES (1, 0), (2, 0)")
@@ -201,6 +212,7 @@ func TestTxRetriesSerializationFailure(t *testing.T) {
 // TestTxRetriesDeadlock: of two transactions that lock two rows in opposite orders,
 // PostgreSQL aborts one with a deadlock; Tx runs it again and both changes land.
 func TestTxRetriesDeadlock(t *testing.T) {
+	t.Parallel()
 	db := open(t, pgtest.Start(t).NewDatabase(t))
 	ctx := testCtx(t)
 	_, err := db.Pool().Exec(ctx, "CREATE TABLE scratch (k int PRIMARY KEY, v int); INSERT INTO scratch VALUES (1, 0), (2, 0)")
@@ -251,6 +263,7 @@ func dbName(t *testing.T, db *DB) string {
 // TestTxErrors: fn's own errors come back as they are and roll back its changes; ReadTx is
 // read-only on one snapshot.
 func TestTxErrors(t *testing.T) {
+	t.Parallel()
 	db := open(t, pgtest.Start(t).NewDatabase(t))
 	ctx := testCtx(t)
 	_, err := db.Pool().Exec(ctx, "CREATE TABLE scratch (k int PRIMARY KEY, v int)")
@@ -303,6 +316,7 @@ func TestTxErrors(t *testing.T) {
 // replaced and Tx works without reopening; while the server is down, Tx gives up with
 // ErrUnavailable when its retry time is over.
 func TestTxSurvivesRestart(t *testing.T) {
+	t.Parallel()
 	c := pgtest.New(t)
 	db, err := Open(testCtx(t), c.NewDatabase(t), Options{MaxConns: 4, RetryFor: 2 * time.Second})
 	require.NoError(t, err)
@@ -326,4 +340,48 @@ func TestTxSurvivesRestart(t *testing.T) {
 	var v int
 	require.NoError(t, db.Pool().QueryRow(ctx, "SELECT v FROM scratch").Scan(&v))
 	assert.Equal(t, 3, v)
+}
+
+// TestTxCommitUnknown: when the connection is cut while COMMIT runs (a deferred trigger
+// keeps the commit busy while another session terminates the backend), the outcome cannot
+// be known: Tx returns ErrCommitUnknown and does not run fn again.
+func TestTxCommitUnknown(t *testing.T) {
+	t.Parallel()
+	db := open(t, pgtest.Start(t).NewDatabase(t))
+	ctx := testCtx(t)
+	_, err := db.Pool().Exec(ctx, `
+		CREATE TABLE scratch (k int PRIMARY KEY);
+		CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS
+			$$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$;
+		CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON scratch
+			DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();`)
+	require.NoError(t, err)
+
+	pids := make(chan int32, 10)
+	go func() { // terminate the backend once it sleeps in the commit's trigger
+		pid := <-pids
+		for ctx.Err() == nil {
+			var terminated bool
+			err := db.Pool().QueryRow(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+				WHERE pid = $1 AND wait_event = 'PgSleep'`, pid).Scan(&terminated)
+			if err == nil && terminated {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	runs := 0
+	err = db.Tx(ctx, func(tx pgx.Tx) error {
+		runs++
+		var pid int32
+		if err := tx.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+			return err
+		}
+		pids <- pid
+		_, err := tx.Exec(ctx, "INSERT INTO scratch VALUES (1)")
+		return err
+	})
+	t.Logf("Tx: %v", err)
+	require.ErrorIs(t, err, ErrCommitUnknown)
+	assert.Equal(t, 1, runs, "a commit of unknown outcome is not retried")
 }

@@ -29,6 +29,7 @@ func query(t *testing.T, url, sql string) string {
 // TestSharedCluster: Start returns one cluster for the whole binary; each NewDatabase is a
 // distinct empty database in UTF8 reached over the unix socket only.
 func TestSharedCluster(t *testing.T) {
+	t.Parallel()
 	c := Start(t)
 	assert.Same(t, c, Start(t))
 	a, b := c.NewDatabase(t), c.NewDatabase(t)
@@ -48,6 +49,7 @@ func TestSharedCluster(t *testing.T) {
 // TestRestartAndStop: a cluster of the test's own restarts with its data kept, and after
 // Stop its postmaster is gone and nothing answers.
 func TestRestartAndStop(t *testing.T) {
+	t.Parallel()
 	c := New(t)
 	url := c.NewDatabase(t)
 	ctx := context.Background()
