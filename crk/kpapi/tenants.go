@@ -67,6 +67,9 @@ type Tenants struct {
 	tokenClock crk.Clock // the wall clock; tests in this package set a manual one
 	static     string
 	closed     bool
+	// closers close what the Tenants owns beyond its services (OpenTenantsDatabase's
+	// databases), after them.
+	closers []func()
 }
 
 // tenantStore keeps what a Tenants knows of instances, API keys and tokens. Every method is
@@ -223,6 +226,10 @@ func (t *Tenants) Close() error {
 		errs = append(errs, s.Close())
 	}
 	t.services = map[string]*crk.Service{}
+	for _, c := range t.closers {
+		c()
+	}
+	t.closers = nil
 	return errors.Join(errs...)
 }
 

@@ -46,6 +46,38 @@ func OpenTenantsPostgres(ctx context.Context, db *pgdb.DB, open func(instance st
 	return t, nil
 }
 
+// OpenTenantsDatabase opens the tenants and the key services of the PostgreSQL database at
+// url (postgres://…), creating or migrating its tables: what any number of kms serve
+// replicas share. opts configure every instance's service; opts.MasterKey or
+// opts.MasterKeyFile is required, the same key for every replica. The Tenants owns the
+// database connections and closes them in Close.
+func OpenTenantsDatabase(ctx context.Context, url string, opts crk.Options) (*Tenants, error) {
+	if opts.MasterKey == nil && opts.MasterKeyFile == "" {
+		return nil, fmt.Errorf("kpapi: %w: a PostgreSQL store needs the master key or its key file", crk.ErrMasterKey)
+	}
+	services, err := crk.OpenDatabase(ctx, url, opts.Logger)
+	if err != nil {
+		return nil, err
+	}
+	db, err := pgdb.Open(ctx, url, pgdb.Options{Logger: opts.Logger, ApplicationName: "crkvol tenants"})
+	if err != nil {
+		services.Close()
+		return nil, fmt.Errorf("kpapi: %w", err)
+	}
+	t, err := OpenTenantsPostgres(ctx, db, func(instance string) (*crk.Service, error) {
+		o := opts
+		o.Instance = instance
+		return services.Open(o)
+	})
+	if err != nil {
+		db.Close()
+		services.Close()
+		return nil, err
+	}
+	t.closers = append(t.closers, func() { db.Close() }, func() { services.Close() })
+	return t, nil
+}
+
 // pgStore is the tenant store of a PostgreSQL database.
 type pgStore struct {
 	db *pgdb.DB
