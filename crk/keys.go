@@ -79,6 +79,9 @@ func (s *Service) CreateKey(ctx context.Context, opts CreateOptions) (*Key, erro
 	}
 	r.Versions = []versionRecord{*v}
 	err = s.update(func(tx storeTx) error {
+		if err := s.sameMasterKey(tx); err != nil {
+			return err
+		}
 		if err := tx.putKey(r); err != nil {
 			return err
 		}

@@ -1,6 +1,7 @@
 package crk
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -158,6 +159,7 @@ func (s *Service) RotateMasterKey(ctx context.Context, newKey []byte) error {
 		}
 	}
 	n := 0
+	var check []byte
 	err = s.update(func(tx storeTx) error {
 		n = 0
 		// Every key is read locked (another process may change one meanwhile) before any
@@ -192,7 +194,10 @@ func (s *Service) RotateMasterKey(ctx context.Context, newKey []byte) error {
 				return err
 			}
 		}
-		check, err := next.seal(s.rand, []byte(checkText), nil)
+		if err := s.sameMasterKey(tx); err != nil {
+			return err
+		}
+		check, err = next.seal(s.rand, []byte(checkText), nil)
 		if err != nil {
 			return err
 		}
@@ -209,12 +214,27 @@ func (s *Service) RotateMasterKey(ctx context.Context, newKey []byte) error {
 		}
 		return s.refuse(ctx, ActionMasterKeyRotate, "", err)
 	}
-	s.sealer = next
+	s.sealer, s.check = next, check
 	if s.keyFile != "" {
 		if err := os.Rename(s.keyFile+".new", s.keyFile); err != nil {
 			return fmt.Errorf("crk: the store now uses the new master key in %s.new, but renaming it failed: %w", s.keyFile, err)
 		}
 		return syncDir(filepath.Dir(s.keyFile))
+	}
+	return nil
+}
+
+// sameMasterKey refuses a transaction that seals material when the store's master key is no
+// longer the one this service opened it with: another process sharing a PostgreSQL store
+// rotated it. Material sealed under the old key would be lost to the processes using the new
+// one. The caller holds mkMu (read).
+func (s *Service) sameMasterKey(tx storeTx) error {
+	_, check, err := tx.meta()
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(check, s.check) {
+		return fmt.Errorf("%w: the store's master key was rotated by another process since this one opened it; restart this process with the new master key", ErrMasterKey)
 	}
 	return nil
 }

@@ -330,3 +330,32 @@ func TestCopyStore(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, p.Events, fb.Events)
 }
+
+// TestReplicaRefusesAfterMasterKeyRotatedElsewhere: once one process rotated the master key
+// of a shared store, another still holding the old key seals nothing under it (material it
+// sealed would be lost to the new key) and says to restart with the new key.
+func TestReplicaRefusesAfterMasterKeyRotatedElsewhere(t *testing.T) {
+	clock := NewManualClock(t0)
+	rs := replicas(t, 2, clock)
+	ctx := context.Background()
+	k, err := rs[0].CreateRootKey(ctx, "mk")
+	require.NoError(t, err)
+	newKey := material(32, 42)
+	require.NoError(t, rs[0].RotateMasterKey(ctx, newKey))
+
+	_, err = rs[1].CreateRootKey(ctx, "stale")
+	assert.ErrorIs(t, err, ErrMasterKey)
+	assert.ErrorContains(t, err, "restart this process with the new master key")
+	_, err = rs[1].RotateKey(ctx, k.ID, nil)
+	assert.ErrorIs(t, err, ErrMasterKey)
+	_, err = rs[1].Wrap(ctx, k.ID, []byte("dek"), nil)
+	assert.ErrorIs(t, err, ErrMasterKey)
+	vs, err := rs[0].ListVersions(ctx, k.ID)
+	require.NoError(t, err)
+	assert.Len(t, vs, 1, "the refused rotation stored nothing")
+	keys, err := rs[0].ListKeys(ctx, ListOptions{})
+	require.NoError(t, err)
+	assert.Len(t, keys, 1, "the refused create stored nothing")
+	_, err = rs[0].RotateKey(ctx, k.ID, nil)
+	require.NoError(t, err, "the process with the new key goes on")
+}

@@ -64,7 +64,7 @@ func (s *Service) rotate(ctx context.Context, id string, material []byte, byPoli
 		material = slices.Clone(material)
 		defer clear(material)
 	}
-	r, err := s.mutate(ctx, ActionRotate, id, func(_ storeTx, r *keyRecord, now time.Time, ev *Event) error {
+	r, err := s.mutate(ctx, ActionRotate, id, func(tx storeTx, r *keyRecord, now time.Time, ev *Event) error {
 		if err := requireRoot(r); err != nil {
 			return err
 		}
@@ -94,6 +94,9 @@ func (s *Service) rotate(ctx context.Context, id string, material []byte, byPoli
 			if _, err := io.ReadFull(s.rand, m); err != nil {
 				return fmt.Errorf("crk: reading random key material: %w", err)
 			}
+		}
+		if err := s.sameMasterKey(tx); err != nil {
+			return err
 		}
 		v, err := s.newVersion(id, m, now)
 		if err != nil {

@@ -78,8 +78,9 @@ type Service struct {
 	// testOnlyAuditFault, set by tests, makes storing an event fail with its error.
 	testOnlyAuditFault func(*Event) error
 
-	mkMu   sync.RWMutex // guards sealer (RotateMasterKey takes it exclusively)
+	mkMu   sync.RWMutex // guards sealer and check (RotateMasterKey takes it exclusively)
 	sealer *sealer
+	check  []byte // the store's master key check value, as this service opened it
 
 	hookMu sync.Mutex
 	hooks  map[int]RotationHook
@@ -206,7 +207,7 @@ func (s *Service) initReadOnly(master []byte) error {
 				continue
 			}
 			if _, err := sl.open(check, nil); err == nil {
-				s.sealer = sl
+				s.sealer, s.check = sl, check
 				return nil
 			}
 		}
@@ -229,10 +230,11 @@ func (s *Service) init(master []byte) error {
 	var (
 		instance string
 		sealer   *sealer
+		checked  []byte
 		usedNew  bool
 	)
 	err := s.update(func(tx storeTx) error {
-		instance, sealer, usedNew = "", nil, false
+		instance, sealer, checked, usedNew = "", nil, nil, false
 		if n, err := s.pruneEvents(tx, 0); err != nil {
 			return fmt.Errorf("crk: store: applying the event retention: %w", err)
 		} else if n > 0 {
@@ -268,7 +270,7 @@ func (s *Service) init(master []byte) error {
 			if err != nil {
 				return err
 			}
-			sealer = sl
+			sealer, checked = sl, sealed
 			return tx.setMeta(id, sealed)
 		}
 		for i, k := range candidates {
@@ -277,7 +279,7 @@ func (s *Service) init(master []byte) error {
 				continue
 			}
 			if _, err := sl.open(check, nil); err == nil {
-				sealer, usedNew = sl, i == 1
+				sealer, checked, usedNew = sl, check, i == 1
 				if stored == "" {
 					return tx.setMeta(id, check)
 				}
@@ -289,7 +291,7 @@ func (s *Service) init(master []byte) error {
 	if err != nil {
 		return err
 	}
-	s.instance, s.sealer = instance, sealer
+	s.instance, s.sealer, s.check = instance, sealer, checked
 	switch {
 	case usedNew:
 		// RotateMasterKey committed but did not get to rename the new key file into
