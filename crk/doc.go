@@ -26,7 +26,8 @@
 //
 // States and allowed actions follow Key Protect: Active, Suspended (disable/enable, with a
 // 30-second cool-down), Deactivated (past the expiration date: unwrap and rotate only) and
-// Destroyed (delete; restorable for 30 days, then [Service.PurgeKey] destroys the material).
+// Destroyed (delete; restorable for 30 days, then [Service.PurgeKey] destroys the material,
+// as [Service.RunDue] does [AutoPurgeAfter] the deletion).
 // Registrations record which resources (by CRN) a key protects and with which version; a key
 // with registrations is not deleted unless forced, and never while a registration has
 // preventKeyDeletion. Rotation hooks ([Service.OnRotate]) run after a rotation commits with
@@ -44,13 +45,21 @@
 //
 // # Store, durability and secrets
 //
-// One bbolt file. Every state change — with its audit [Event] — is one transaction, fsynced
-// before the call returns, so a crash loses nothing acknowledged and leaves nothing half done.
-// Key material is stored only encrypted under a 32-byte service master key (the HSM's role),
-// given in [Options] or kept in a 0600 key file made on first use; the library reads no
-// environment variable (the crkvol command takes the key from CRKVOL_MASTER_KEY and passes it
-// in). [Service.RotateMasterKey] re-encrypts all material in one transaction. Events and
-// errors never contain key material, DEKs or ciphertexts.
+// A service keeps its state in one bbolt file ([Open]; the default: nothing to install) or in
+// a PostgreSQL database shared by any number of processes ([OpenDatabase], then
+// [Database.Open] per instance; a database holds any number of instances). Either way, every
+// state change — with its audit [Event] and its lifecycle event — is one transaction, durable
+// before the call returns, so a crash loses nothing acknowledged and leaves nothing half
+// done. On PostgreSQL, a mutation locks its key's row, so checks that span records (one
+// rotation per hour, registrations before a delete, cool-downs) hold across processes, and
+// transactions that conflict are retried inside the service; [CopyStore] moves a store
+// between the two. Key material is stored only encrypted under a 32-byte service master key
+// (the HSM's role), given in [Options] or kept in a 0600 key file made on first use; it never
+// goes into the database, and every process sharing one needs the same key. The library
+// reads no environment variable (the crkvol command takes the key from CRKVOL_MASTER_KEY and
+// passes it in). [Service.RotateMasterKey] re-encrypts all material in one transaction;
+// other processes sharing the store then refuse to seal anything until restarted with the
+// new key. Events and errors never contain key material, DEKs or ciphertexts.
 //
 // # Audit events
 //

@@ -53,8 +53,9 @@ type Options struct {
 	ReadOnly bool
 }
 
-// Service is a customer-root-key service backed by one bbolt file. It is safe for concurrent
-// use. Every state change is one bbolt transaction, fsynced before the call returns.
+// Service is a customer-root-key service backed by one bbolt file or by one instance of a
+// PostgreSQL [Database]. It is safe for concurrent use. Every state change is one
+// transaction, durable before the call returns.
 type Service struct {
 	store     backend
 	stopWatch func()
@@ -92,7 +93,7 @@ type Service struct {
 	closeOnce  sync.Once
 }
 
-// Open opens (creating if needed) the store at path.
+// Open opens (creating if needed) the bbolt store at path.
 func Open(path string, opts Options) (*Service, error) {
 	s, err := newService(opts)
 	if err != nil {
