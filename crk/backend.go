@@ -57,9 +57,10 @@ type storeTx interface {
 	// regs calls fn with every registration, in key id then CRN order.
 	regs(fn func(r *regRecord) error) error
 
-	// putEvent appends an audit event, setting its Seq. It is filed under its time, or the
-	// time of the last event filed when that is later (filing times never go backwards).
-	putEvent(ev *Event) error
+	// putEvents appends audit events in order, setting their Seq. Each is filed under its
+	// time, or the time of the last event filed when that is later (filing times never go
+	// backwards).
+	putEvents(evs []*Event) error
 	// pruneEvents deletes the oldest events while there are more than maxCount (no limit
 	// if maxCount <= 0) or the oldest is filed before cutoff (Unix nanoseconds), at most
 	// limit of them (no limit if limit <= 0), and returns how many it deleted.

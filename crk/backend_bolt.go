@@ -218,6 +218,15 @@ func (t boltTx) regs(fn func(*regRecord) error) error {
 	})
 }
 
+func (t boltTx) putEvents(evs []*Event) error {
+	for _, ev := range evs {
+		if err := t.putEvent(ev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (t boltTx) putEvent(ev *Event) error {
 	b := t.tx.Bucket(bucketEvents)
 	seq, err := b.NextSequence()

@@ -382,26 +382,40 @@ func (t *pgTx) regs(fn func(*regRecord) error) error {
 	return nil
 }
 
-// putEvent takes the event's sequence number and filing time from the instance row, whose
+// putEvents takes the events' sequence numbers and filing times from the instance row, whose
 // lock it holds until the transaction ends: sequence numbers are given in commit order,
-// without gaps, and filing times never go backwards, as in a bbolt store.
-func (t *pgTx) putEvent(ev *Event) error {
+// without gaps, and filing times never go backwards, as in a bbolt store. Three statements
+// store any number of events.
+func (t *pgTx) putEvents(evs []*Event) error {
+	if len(evs) == 0 {
+		return nil
+	}
 	var seq, nanos int64
-	err := t.tx.QueryRow(t.ctx, `UPDATE crk_instances SET events_seq = events_seq + 1, events_nanos = GREATEST(events_nanos, $2)
-		WHERE id = $1 RETURNING events_seq, events_nanos`, t.instance, int64(eventNanos(ev.Time))).Scan(&seq, &nanos)
+	err := t.tx.QueryRow(t.ctx, `SELECT events_seq, events_nanos FROM crk_instances WHERE id = $1 FOR UPDATE`, t.instance).Scan(&seq, &nanos)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return errNoInstance
 	}
 	if err != nil {
 		return err
 	}
-	ev.Seq = uint64(seq)
-	raw, err := json.Marshal(ev)
-	if err != nil {
+	n := len(evs)
+	seqs, times, keyIDs, actions, records := make([]int64, n), make([]int64, n), make([]string, n), make([]string, n), make([]string, n)
+	for i, ev := range evs {
+		seq++
+		nanos = max(nanos, clampInt64(eventNanos(ev.Time)))
+		ev.Seq = uint64(seq)
+		raw, err := json.Marshal(ev)
+		if err != nil {
+			return err
+		}
+		seqs[i], times[i], keyIDs[i], actions[i], records[i] = seq, nanos, ev.KeyID, ev.Action, string(raw)
+	}
+	if _, err := t.tx.Exec(t.ctx, `UPDATE crk_instances SET events_seq = $2, events_nanos = $3 WHERE id = $1`, t.instance, seq, nanos); err != nil {
 		return err
 	}
-	_, err = t.tx.Exec(t.ctx, `INSERT INTO crk_events (instance, seq, nanos, key_id, action, record) VALUES ($1, $2, $3, $4, $5, $6)`,
-		t.instance, seq, nanos, ev.KeyID, ev.Action, string(raw))
+	_, err = t.tx.Exec(t.ctx, `INSERT INTO crk_events (instance, seq, nanos, key_id, action, record)
+		SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::json[])`,
+		t.instance, seqs, times, keyIDs, actions, records)
 	return err
 }
 

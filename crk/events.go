@@ -172,22 +172,29 @@ func eventNanos(t time.Time) uint64 {
 
 // appendEvent stores an event in tx, then applies the retention. Every error wraps ErrAudit.
 func (s *Service) appendEvent(tx storeTx, ev *Event) error {
-	if err := s.putEvent(tx, ev); err != nil {
-		return fmt.Errorf("crk: %w: %s: %w", ErrAudit, ev.Action, err)
+	return s.appendEvents(tx, []*Event{ev})
+}
+
+// appendEvents stores events in tx, in order, then applies the retention to at most
+// pruneBatch old events per event stored. Every error wraps ErrAudit.
+func (s *Service) appendEvents(tx storeTx, evs []*Event) error {
+	if s.testOnlyAuditFault != nil {
+		for _, ev := range evs {
+			if err := s.testOnlyAuditFault(ev); err != nil {
+				return fmt.Errorf("crk: %w: %s: %w", ErrAudit, ev.Action, err)
+			}
+		}
 	}
-	if _, err := s.pruneEvents(tx, pruneBatch); err != nil {
+	if err := tx.putEvents(evs); err != nil {
+		if len(evs) == 1 {
+			return fmt.Errorf("crk: %w: %s: %w", ErrAudit, evs[0].Action, err)
+		}
+		return fmt.Errorf("crk: %w: %d events: %w", ErrAudit, len(evs), err)
+	}
+	if _, err := s.pruneEvents(tx, pruneBatch*len(evs)); err != nil {
 		return fmt.Errorf("crk: %w: pruning: %w", ErrAudit, err)
 	}
 	return nil
-}
-
-func (s *Service) putEvent(tx storeTx, ev *Event) error {
-	if s.testOnlyAuditFault != nil {
-		if err := s.testOnlyAuditFault(ev); err != nil {
-			return err
-		}
-	}
-	return tx.putEvent(ev)
 }
 
 // pruneEvents deletes the oldest events beyond the retention, at most limit of them (no limit
@@ -253,14 +260,11 @@ func (s *Service) eventWriter() {
 				break drain
 			}
 		}
-		err := s.update(func(tx storeTx) error {
-			for _, r := range batch {
-				if err := s.appendEvent(tx, r.ev); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
+		evs := make([]*Event, len(batch))
+		for i, r := range batch {
+			evs[i] = r.ev
+		}
+		err := s.update(func(tx storeTx) error { return s.appendEvents(tx, evs) })
 		if err != nil && len(batch) > 1 {
 			// One bad event must not fail the others: store each alone.
 			for _, r := range batch {
