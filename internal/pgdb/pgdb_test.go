@@ -385,3 +385,21 @@ func TestTxCommitUnknown(t *testing.T) {
 	require.ErrorIs(t, err, ErrCommitUnknown)
 	assert.Equal(t, 1, runs, "a commit of unknown outcome is not retried")
 }
+
+// TestTxContextEnds: a transaction whose context is cancelled while it runs ends with the
+// context's error, not ErrUnavailable (the database was reachable), and is not retried.
+func TestTxContextEnds(t *testing.T) {
+	t.Parallel()
+	db := open(t, pgtest.Start(t).NewDatabase(t))
+	ctx, cancel := context.WithCancel(testCtx(t))
+	runs := 0
+	err := db.Tx(ctx, func(tx pgx.Tx) error {
+		runs++
+		cancel()
+		_, err := tx.Exec(ctx, "SELECT 1")
+		return err
+	})
+	require.ErrorIs(t, err, context.Canceled)
+	assert.NotErrorIs(t, err, ErrUnavailable)
+	assert.Equal(t, 1, runs)
+}
