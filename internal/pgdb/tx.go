@@ -160,9 +160,17 @@ func retryCode(code string) bool {
 	return code == "40001" || code == "40P01" // serialization_failure, deadlock_detected
 }
 
-// connectionCode reports whether a SQLSTATE reports the connection or server going away:
-// class 08 (connection exception), 57P01-57P03 (admin_shutdown, crash_shutdown,
-// cannot_connect_now).
+// connectionCode reports whether a SQLSTATE reports the server going away or unable to
+// serve for now: class 08 (connection exception), class 53 (insufficient resources, such as
+// too_many_connections when many replicas start at once), 57P01-57P03 (admin_shutdown,
+// crash_shutdown, cannot_connect_now).
 func connectionCode(code string) bool {
-	return len(code) == 5 && code[:2] == "08" || code == "57P01" || code == "57P02" || code == "57P03"
+	if len(code) != 5 {
+		return false
+	}
+	switch code[:2] {
+	case "08", "53":
+		return true
+	}
+	return code == "57P01" || code == "57P02" || code == "57P03"
 }
