@@ -54,12 +54,13 @@ func IsURL(s string) bool {
 	return strings.HasPrefix(l, "postgres://") || strings.HasPrefix(l, "postgresql://")
 }
 
+// The user-info password runs to the last @ of the authority, as net/url reads it.
 var (
-	userinfoPassword = regexp.MustCompile(`^([A-Za-z][A-Za-z0-9+.-]*://[^:/@?#]*):[^@/?#]*@`)
+	userinfoPassword = regexp.MustCompile(`^([A-Za-z][A-Za-z0-9+.-]*://[^:/@?#]*):[^/?#]*@`)
 	queryPassword    = regexp.MustCompile(`([?&]password=)[^&#]*`)
 	kvPassword       = regexp.MustCompile(`(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s]*)`)
 
-	userinfoPasswordValue = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]*://[^:/@?#]*:([^@/?#]*)@`)
+	userinfoPasswordValue = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]*://[^:/@?#]*:([^/?#]*)@`)
 	queryPasswordValue    = regexp.MustCompile(`[?&]password=([^&#]*)`)
 )
 
@@ -102,8 +103,14 @@ func passwords(s string) []string {
 	return out
 }
 
-// scrub returns msg with every password of connString in it replaced by xxxxx.
+// pgxQuoted is how pgx quotes the connection string in a parse error, after its own
+// best-effort redaction, which can leave part of a password containing @ behind.
+var pgxQuoted = regexp.MustCompile("(?s)cannot parse `.*`:")
+
+// scrub returns msg with every password of connString in it replaced by xxxxx, and without
+// pgx's quotation of the whole connection string.
 func scrub(msg, connString string) string {
+	msg = pgxQuoted.ReplaceAllLiteralString(msg, "cannot parse:")
 	for _, p := range passwords(connString) {
 		msg = strings.ReplaceAll(msg, p, "xxxxx")
 	}

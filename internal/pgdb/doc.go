@@ -26,7 +26,7 @@
 //
 // [DB.Listen] follows a LISTEN channel on a connection of its own, reconnecting by itself.
 // [DB.Lead] elects one holder of a named lease among replicas, timed by the database's
-// clock only, for work that must run on exactly one replica.
+// clock only, for work that must run on exactly one replica; [DB.Holder] tells who holds it.
 //
 // # Concurrency
 //

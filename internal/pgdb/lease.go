@@ -9,6 +9,10 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
+// MinLeaseTTL is the shortest lease [DB.Lead] takes: a quarter of it is the interval of its
+// polls and renewals.
+const MinLeaseTTL = 100 * time.Millisecond
+
 // acquireLease takes or renews the lease: it succeeds when nobody holds it, when holder
 // already does, or when the current holder's lease has expired by the database's clock.
 const acquireLease = `
@@ -29,8 +33,10 @@ RETURNING expires`
 // cancels run, waits for it and releases the lease. A replica that dies without releasing
 // is replaced once its lease expires: within ttl plus a poll.
 //
-// The database's clock alone decides expiry, so replicas' clocks need not agree.
+// The database's clock alone decides expiry, so replicas' clocks need not agree. A ttl
+// under MinLeaseTTL is taken as MinLeaseTTL.
 func (db *DB) Lead(ctx context.Context, name, holder string, ttl time.Duration, run func(ctx context.Context)) {
+	ttl = max(ttl, MinLeaseTTL)
 	poll := ttl / 4
 	for ctx.Err() == nil {
 		sent := time.Now()

@@ -171,7 +171,7 @@ func TestLeadRunReturns(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		db.Lead(ctx, "job", "me", testTTL, func(context.Context) { runs <- struct{}{} })
+		db.Lead(ctx, "job", "me", 0, func(context.Context) { runs <- struct{}{} }) // 0: MinLeaseTTL, no panic
 	}()
 	for range 2 {
 		select {

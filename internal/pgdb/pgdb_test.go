@@ -126,6 +126,7 @@ func TestOpenBadURL(t *testing.T) {
 		want      error
 	}{
 		{"bad port", "postgres://alice:s3cretpw@localhost:notaport/db", ErrBadURL},
+		{"@ in password", "postgres://alice:s3cret@pw@localhost:notaport/db", ErrBadURL},
 		{"bad query", "postgres://alice:s3cretpw@localhost/db?sslmode=bogus", ErrBadURL},
 		{"password in query", "postgres:///db?host=/nonexistent&password=s3cretpw&connect_timeout=x", ErrBadURL},
 		{"unreachable", "postgres://alice:s3cretpw@/db?host=/nonexistent-crkvol", ErrUnavailable},
@@ -134,8 +135,11 @@ func TestOpenBadURL(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Open(testCtx(t), tc.url, Options{})
+			t.Logf("Open: %v", err)
 			require.ErrorIs(t, err, tc.want)
 			assert.NotContains(t, err.Error(), "s3cretpw")
+			assert.NotContains(t, err.Error(), "s3cret@pw")
+			assert.NotContains(t, err.Error(), "@pw@")
 		})
 	}
 }
@@ -149,6 +153,7 @@ func TestRedact(t *testing.T) {
 		{"postgres:///crk?host=/run/pg&password=pw&user=bob", "postgres:///crk?host=/run/pg&password=xxxxx&user=bob"},
 		{"postgres://alice:p%40ss@db/crk", "postgres://alice:xxxxx@db/crk"},
 		{"postgres://alice:pw@db:bad/crk", "postgres://alice:xxxxx@db:bad/crk"},
+		{"postgres://alice:p@ss@db/crk?x=a@b", "postgres://alice:xxxxx@db/crk?x=a@b"},
 		{"host=db password=pw user=alice", "host=db password=xxxxx user=alice"},
 	}
 	for _, tc := range tests {
@@ -321,6 +326,7 @@ func TestTxSurvivesRestart(t *testing.T) {
 	db, err := Open(testCtx(t), c.NewDatabase(t), Options{MaxConns: 4, RetryFor: 2 * time.Second})
 	require.NoError(t, err)
 	t.Cleanup(db.Close)
+	assert.Equal(t, int32(4), db.Pool().Config().MaxConns, "Options.MaxConns")
 	ctx := testCtx(t)
 	_, err = db.Pool().Exec(ctx, "CREATE TABLE scratch (k int PRIMARY KEY, v int); INSERT INTO scratch VALUES (1, 0)")
 	require.NoError(t, err)
@@ -384,4 +390,22 @@ func TestTxCommitUnknown(t *testing.T) {
 	t.Logf("Tx: %v", err)
 	require.ErrorIs(t, err, ErrCommitUnknown)
 	assert.Equal(t, 1, runs, "a commit of unknown outcome is not retried")
+}
+
+// TestTxContextEnds: a transaction whose context is cancelled while it runs ends with the
+// context's error, not ErrUnavailable (the database was reachable), and is not retried.
+func TestTxContextEnds(t *testing.T) {
+	t.Parallel()
+	db := open(t, pgtest.Start(t).NewDatabase(t))
+	ctx, cancel := context.WithCancel(testCtx(t))
+	runs := 0
+	err := db.Tx(ctx, func(tx pgx.Tx) error {
+		runs++
+		cancel()
+		_, err := tx.Exec(ctx, "SELECT 1")
+		return err
+	})
+	require.ErrorIs(t, err, context.Canceled)
+	assert.NotErrorIs(t, err, ErrUnavailable)
+	assert.Equal(t, 1, runs)
 }

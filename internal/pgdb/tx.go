@@ -25,7 +25,8 @@ const (
 // On a serialization failure or deadlock (SQLSTATE 40001, 40P01), or a connection lost
 // before COMMIT was sent, it rolls back and runs fn again, with jittered backoff, until ctx
 // ends or the retry time (30 s by default) is over; a database it could not reach by then
-// gives an error wrapping [ErrUnavailable]. A broken COMMIT gives [ErrCommitUnknown]. Any
+// gives an error wrapping [ErrUnavailable]. When ctx ends first the error wraps ctx's (and
+// ErrUnavailable too if connections had failed before). A broken COMMIT gives [ErrCommitUnknown]. Any
 // other error of fn rolls back and is returned as it is.
 //
 // fn may run more than once: it must do nothing but work on tx, or work safe to repeat.
@@ -52,19 +53,31 @@ func (e *attemptError) Unwrap() error { return e.err }
 func (db *DB) run(ctx context.Context, opts pgx.TxOptions, fn func(pgx.Tx) error) error {
 	giveUp := time.Now().Add(db.retryFor)
 	backoff := minBackoff
+	connFailures := 0 // attempts that failed on the connection while ctx was live
 	for attempt := 1; ; attempt++ {
 		err := db.attempt(ctx, opts, fn)
 		var retry *attemptError
 		if !errors.As(err, &retry) {
 			return err // nil, fn's own error, ErrCommitUnknown
 		}
+		if ctx.Err() != nil {
+			// The failure may be ctx's doing (pgx closes a connection whose query is
+			// cancelled): the database is unavailable only if earlier attempts said so.
+			if connFailures > 0 {
+				return fmt.Errorf("%w after %d attempts: %w", ErrUnavailable, attempt, errors.Join(ctx.Err(), retry.err))
+			}
+			return fmt.Errorf("transaction abandoned: %w", errors.Join(ctx.Err(), retry.err))
+		}
+		if retry.conn {
+			connFailures++
+		}
 		wait := backoff/2 + rand.N(backoff/2+1)
 		backoff = min(2*backoff, maxBackoff)
-		if ctx.Err() != nil || time.Now().Add(wait).After(giveUp) {
+		if time.Now().Add(wait).After(giveUp) {
 			if retry.conn {
-				return fmt.Errorf("%w after %d attempts: %w", ErrUnavailable, attempt, errors.Join(retry.err, ctx.Err()))
+				return fmt.Errorf("%w after %d attempts: %w", ErrUnavailable, attempt, retry.err)
 			}
-			return fmt.Errorf("transaction failed %d times: %w", attempt, errors.Join(retry.err, ctx.Err()))
+			return fmt.Errorf("transaction failed %d times: %w", attempt, retry.err)
 		}
 		db.log.Debug("retrying transaction", "attempt", attempt, "wait", wait, "err", retry.err)
 		t := time.NewTimer(wait)
@@ -147,9 +160,17 @@ func retryCode(code string) bool {
 	return code == "40001" || code == "40P01" // serialization_failure, deadlock_detected
 }
 
-// connectionCode reports whether a SQLSTATE reports the connection or server going away:
-// class 08 (connection exception), 57P01-57P03 (admin_shutdown, crash_shutdown,
-// cannot_connect_now).
+// connectionCode reports whether a SQLSTATE reports the server going away or unable to
+// serve for now: class 08 (connection exception), class 53 (insufficient resources, such as
+// too_many_connections when many replicas start at once), 57P01-57P03 (admin_shutdown,
+// crash_shutdown, cannot_connect_now).
 func connectionCode(code string) bool {
-	return len(code) == 5 && code[:2] == "08" || code == "57P01" || code == "57P02" || code == "57P03"
+	if len(code) != 5 {
+		return false
+	}
+	switch code[:2] {
+	case "08", "53":
+		return true
+	}
+	return code == "57P01" || code == "57P02" || code == "57P03"
 }

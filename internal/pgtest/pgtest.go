@@ -248,7 +248,9 @@ func traversable(dir string) bool {
 func (c *Cluster) dataDir() string { return filepath.Join(c.dir, "data") }
 
 // command prepares one of PostgreSQL's programs, run as the server's user, killed if the
-// test binary dies first.
+// test binary dies first (a panicking test exits without Main's Stop): Pdeathsig, which Go
+// sets after changing the credentials, so that the change does not clear it. Its own
+// process group lets a hung server be killed with all its children.
 func (c *Cluster) command(name string, args ...string) *exec.Cmd {
 	cmd := exec.Command(name, args...)
 	cmd.Dir = c.dir
