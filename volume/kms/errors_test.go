@@ -358,6 +358,11 @@ func TestErrorTableBothSides(t *testing.T) {
 			crk.ErrAudit: {svc: func(t *testing.T, f *errFixture) error {
 				return fmt.Errorf("crk: %w: wrap: %w", crk.ErrAudit, errors.New("bbolt: disk full"))
 			}},
+			// A real outage is TestRemoteDatabaseOutage's; here the error is built as crk's
+			// PostgreSQL store builds it.
+			crk.ErrUnavailable: {svc: func(t *testing.T, f *errFixture) error {
+				return fmt.Errorf("crk: %w: %w", crk.ErrUnavailable, errors.New("database unavailable after 3 attempts"))
+			}},
 		}
 
 		for _, info := range crk.Errors() {
