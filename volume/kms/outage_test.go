@@ -19,8 +19,9 @@ import (
 )
 
 // TestRemoteDatabaseOutage: while the server's database is down, the remote client's calls
-// fail with an error that is crk.ErrUnavailable and not a refusal (the server answered 503);
-// once the database is back, the same client and server work again, neither restarted.
+// fail with an error that is crk.ErrUnavailable and not a refusal (the server answered 503),
+// with a token checked in the database and with an API key to exchange; once the database
+// is back, the same clients and server work again, none restarted.
 func TestRemoteDatabaseOutage(t *testing.T) {
 	c := pgtest.New(t) // a cluster of the test's own, since it stops it
 	dbURL := c.NewDatabase(t)
@@ -55,15 +56,28 @@ func TestRemoteDatabaseOutage(t *testing.T) {
 	ct, err := r.Wrap(ctx, k.ID, bytes.Repeat([]byte{1}, 32), []string{"vol"})
 	require.NoError(t, err)
 
+	// A client that exchanges the API key meets the outage at the token endpoint. Its
+	// Timeout leaves no room for the retries of the exchange (a quarter of it, and the first
+	// wait is a second), which would meet the same outage.
+	fresh, err := kms.NewRemote(kms.RemoteConfig{URL: srv.URL, Instance: inst, APIKey: apiKey, Timeout: 2 * time.Second})
+	require.NoError(t, err)
+
 	c.Stop()
 	_, err = r.Unwrap(ctx, k.ID, ct.Ciphertext, []string{"vol"})
 	require.Error(t, err)
 	assert.ErrorIs(t, err, crk.ErrUnavailable)
 	assert.NotErrorIs(t, err, volume.ErrKeyRefused, "an outage is no refusal")
 	assert.Contains(t, err.Error(), "503")
+	_, err = fresh.Unwrap(ctx, k.ID, ct.Ciphertext, []string{"vol"})
+	require.Error(t, err)
+	assert.ErrorIs(t, err, crk.ErrUnavailable, "the token endpoint's 503")
+	assert.NotErrorIs(t, err, volume.ErrKeyRefused, "an outage is no refusal of the API key")
+	assert.NotContains(t, err.Error(), "refused", "an outage is no refusal of the API key")
 
 	c.StartAgain(t)
-	got, err := r.Unwrap(ctx, k.ID, ct.Ciphertext, []string{"vol"})
-	require.NoError(t, err)
-	assert.Equal(t, bytes.Repeat([]byte{1}, 32), got.Plaintext)
+	for _, client := range []*kms.Remote{r, fresh} {
+		got, err := client.Unwrap(ctx, k.ID, ct.Ciphertext, []string{"vol"})
+		require.NoError(t, err)
+		assert.Equal(t, bytes.Repeat([]byte{1}, 32), got.Plaintext)
+	}
 }
