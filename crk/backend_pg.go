@@ -106,14 +106,16 @@ func (d *Database) Open(opts Options) (*Service, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("crk: instance %s: %w", s.instance, err)
+		return nil, fmt.Errorf("crk: instance %s: %w", s.instance, unavailable(err))
 	}
 	if exists {
 		// A row from an Open that failed before its first commit has no check value: the
 		// instance is new all the same.
 		var check []byte
-		if err := d.db.Pool().QueryRow(ctx, `SELECT check_value FROM crk_instances WHERE id = $1`, s.instance).Scan(&check); err != nil {
-			return nil, fmt.Errorf("crk: instance %s: %w", s.instance, err)
+		if err := d.db.ReadTx(ctx, func(tx pgx.Tx) error {
+			return tx.QueryRow(ctx, `SELECT check_value FROM crk_instances WHERE id = $1`, s.instance).Scan(&check)
+		}); err != nil {
+			return nil, fmt.Errorf("crk: instance %s: %w", s.instance, unavailable(err))
 		}
 		exists = len(check) > 0
 	}
@@ -137,7 +139,7 @@ func (d *Database) Instances(ctx context.Context) ([]string, error) {
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("crk: listing instances: %w", err)
+		return nil, fmt.Errorf("crk: listing instances: %w", unavailable(err))
 	}
 	return out, nil
 }
@@ -199,9 +201,9 @@ type pgBackend struct {
 }
 
 func (b *pgBackend) update(ctx context.Context, fn func(storeTx) error) error {
-	return b.d.db.Tx(ctx, func(tx pgx.Tx) error {
+	return unavailable(b.d.db.Tx(ctx, func(tx pgx.Tx) error {
 		return fn(&pgTx{ctx: ctx, tx: tx, instance: b.instance, write: true})
-	})
+	}))
 }
 
 // batch is update: PostgreSQL's group commit lets concurrent transactions share a flush.
@@ -210,9 +212,24 @@ func (b *pgBackend) batch(ctx context.Context, fn func(storeTx) error) error {
 }
 
 func (b *pgBackend) view(ctx context.Context, fn func(storeTx) error) error {
-	return b.d.db.ReadTx(ctx, func(tx pgx.Tx) error {
+	return unavailable(b.d.db.ReadTx(ctx, func(tx pgx.Tx) error {
 		return fn(&pgTx{ctx: ctx, tx: tx, instance: b.instance})
-	})
+	}))
+}
+
+// unavailable marks an error of a database that could not be reached (even after pgdb's
+// retries), or of a commit whose outcome is unknown, with [ErrUnavailable]; any other error
+// comes back as it is.
+func unavailable(err error) error {
+	switch {
+	case err == nil || errors.Is(err, ErrUnavailable):
+		return err
+	case errors.Is(err, pgdb.ErrCommitUnknown):
+		return fmt.Errorf("crk: %w: the change may or may not have happened: %w", ErrUnavailable, err)
+	case errors.Is(err, pgdb.ErrUnavailable):
+		return fmt.Errorf("crk: %w: %w", ErrUnavailable, err)
+	}
+	return err
 }
 
 func (b *pgBackend) watchFeed(notify func()) func() { return b.d.subscribe(b.instance, notify) }

@@ -74,6 +74,11 @@ var (
 	// reconcile every resource against the keys' current state, then follow the feed from its
 	// head (an empty cursor).
 	ErrResyncNeeded = errors.New("lifecycle feed cursor is outside the retained events: resync needed")
+	// ErrUnavailable: the store could not be reached (a PostgreSQL database down or cut off,
+	// even after retries), or a commit's outcome is unknown (the connection broke after it
+	// was sent: the change may or may not have happened). It is a failure of the service,
+	// not a refusal; the request may succeed when tried again.
+	ErrUnavailable = errors.New("the key service's store is unavailable")
 )
 
 // Class says what an error means for the caller: a refusal of the request or a failure of the
@@ -130,6 +135,7 @@ func errorTable() []ErrorInfo {
 		gone        = 410
 		unprocessed = 422
 		internal    = 500
+		unavailable = 503
 	)
 	return []ErrorInfo{
 		{ErrKeyNotFound, "key_not_found", Refusal, notFound, "KEY_NOT_FOUND_ERR", ""},
@@ -159,6 +165,7 @@ func errorTable() []ErrorInfo {
 		{ErrMasterKey, "master_key", Failure, internal, "INTERNAL_SERVER_ERR", ""},
 		{ErrAudit, "audit", Failure, internal, "INTERNAL_SERVER_ERR", ""},
 		{ErrResyncNeeded, "resync_needed", Refusal, gone, "FEED_RESYNC_REQUIRED_ERR", "cursor"},
+		{ErrUnavailable, "unavailable", Failure, unavailable, "SERVICE_UNAVAILABLE_ERR", ""},
 	}
 }
 

@@ -48,7 +48,7 @@ func TestErrorTableCoversEverySentinel(t *testing.T) {
 		"ErrVersionDestroyed": ErrVersionDestroyed, "ErrVersionInUse": ErrVersionInUse,
 		"ErrRegistrationNotFound": ErrRegistrationNotFound, "ErrRegistrationExists": ErrRegistrationExists,
 		"ErrInvalidArgument": ErrInvalidArgument, "ErrMasterKey": ErrMasterKey, "ErrAudit": ErrAudit,
-		"ErrResyncNeeded": ErrResyncNeeded,
+		"ErrResyncNeeded": ErrResyncNeeded, "ErrUnavailable": ErrUnavailable,
 	}
 	table := Errors()
 	require.Len(t, table, len(declared), "one row per sentinel declared in errors.go")

@@ -281,8 +281,11 @@ func (s *Service) eventWriter() {
 // refuse records a failure event for a refused or failed request and returns err, joined
 // with the audit error if the event could not be stored.
 func (s *Service) refuse(ctx context.Context, action, keyID string, err error) error {
-	if err == nil || errors.Is(err, ErrAudit) {
-		return err // nothing to record, or the audit log itself failed: do not write to it again
+	if err == nil || errors.Is(err, ErrAudit) || errors.Is(err, ErrUnavailable) {
+		// Nothing to record, or the audit log itself failed, or the store is out of reach:
+		// do not write to it again (an unreachable database would hold the caller for
+		// another round of retries, and fail the same way).
+		return err
 	}
 	if aerr := s.record(s.newEvent(ctx, action, nil, keyID, err)); aerr != nil {
 		return fmt.Errorf("%w; recording the refusal: %w", err, aerr)

@@ -15,7 +15,11 @@
 // Tenants — instances, API-key hashes and token hashes — live either in a state directory
 // ([OpenTenants]: tenants.json, tokens in memory, one server process) or in PostgreSQL
 // ([OpenTenantsPostgres]: tables shared by any number of server replicas, each of which
-// accepts the tokens of all; their wall clocks must agree within seconds).
+// accepts the tokens of all; their wall clocks must agree within seconds). A database out of
+// reach, after the retries of each transaction, is answered 503 with reason code
+// SERVICE_UNAVAILABLE_ERR ([crk.ErrUnavailable]), at the token endpoint too: an outage is
+// never a refusal of the credential (401, 400) nor an internal error (500). The server needs
+// no restart when the database comes back.
 //
 // Beside Key Protect's API, each instance's lifecycle feed ([crk.Service.Lifecycle]: the
 // rotations, disables, deletions and other lifecycle events of keys with registrations) is

@@ -148,65 +148,64 @@ func TestOfficialClientReadsExtendedReason(t *testing.T) {
 // service. An instance whose store does not open is an internal failure (500, the
 // master key's id, no detail), not an authorisation refusal.
 func TestAuthorizationErrors(t *testing.T) {
-	e := newEnv(t)
-	sealed, err := e.tenants.CreateInstance("sealed elsewhere")
-	require.NoError(t, err)
-	other, err := crk.Open(e.tenants.instancePath(sealed), crk.Options{Clock: e.clock, MasterKey: mat(32, 9), Instance: sealed})
-	require.NoError(t, err)
-	require.NoError(t, other.Close())
-	apiKey, err := e.tenants.CreateAPIKey(sealed)
-	require.NoError(t, err)
-	tok, _, err := e.tenants.Exchange(apiKey)
-	require.NoError(t, err)
+	forEachEnv(t, func(t *testing.T, e *env) {
+		sealed, err := e.tenants.CreateInstance("sealed elsewhere")
+		require.NoError(t, err)
+		require.NoError(t, e.store.openInstance(sealed, crk.Options{Clock: e.clock, MasterKey: mat(32, 9)}))
+		apiKey, err := e.tenants.CreateAPIKey(sealed)
+		require.NoError(t, err)
+		tok, _, err := e.tenants.Exchange(apiKey)
+		require.NoError(t, err)
 
-	for _, tc := range []struct {
-		name, token, instance string
-		status                int
-		code, id              string
-		inMsg, notInMsg       string
-		sentinel              error
-		refused               bool
-	}{
-		{"unknown instance", staticToken, "11111111-1111-4111-8111-111111111111", 401, "UNAUTHORIZED_ERR", "",
-			"the resource does not exist", "", nil, true},
-		{"token for another instance", tok, e.inst, 401, "UNAUTHORIZED_ERR", "",
-			"does not have access", "does not exist", nil, true},
-		{"store sealed under another master key", tok, sealed, 500, "INTERNAL_SERVER_ERR", "master_key",
-			"internal error", "master key", crk.ErrMasterKey, false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			req, err := http.NewRequest(http.MethodGet, e.srv.URL+"/api/v2/keys", nil)
-			require.NoError(t, err)
-			req.Header.Set("Authorization", "Bearer "+tc.token)
-			req.Header.Set("bluemix-instance", tc.instance)
-			resp, err := http.DefaultClient.Do(req)
-			require.NoError(t, err)
-			defer resp.Body.Close()
-			body, err := io.ReadAll(resp.Body)
-			require.NoError(t, err)
-			require.Equal(t, tc.status, resp.StatusCode, "%s", body)
-			var env ErrorBody
-			require.NoError(t, json.Unmarshal(body, &env))
-			require.Len(t, env.Resources, 1)
-			require.Len(t, env.Resources[0].Reasons, 1)
-			r := env.Resources[0].Reasons[0]
-			assert.Equal(t, tc.code, r.Code)
-			assert.Equal(t, tc.id, r.CrkvolError)
-			assert.Contains(t, r.Message, tc.inMsg)
-			if tc.notInMsg != "" {
-				assert.NotContains(t, r.Message, tc.notInMsg)
-			}
-			raw, err := json.Marshal(env)
-			require.NoError(t, err)
-			got := ParseError(resp.StatusCode, raw)
-			if tc.sentinel != nil {
-				assert.ErrorIs(t, got, tc.sentinel)
-			} else {
-				assert.Nil(t, got.Sentinel)
-			}
-			assert.Equal(t, tc.refused, got.Refused())
-		})
-	}
+		for _, tc := range []struct {
+			name, token, instance string
+			status                int
+			code, id              string
+			inMsg, notInMsg       string
+			sentinel              error
+			refused               bool
+		}{
+			{"unknown instance", staticToken, "11111111-1111-4111-8111-111111111111", 401, "UNAUTHORIZED_ERR", "",
+				"the resource does not exist", "", nil, true},
+			{"token for another instance", tok, e.inst, 401, "UNAUTHORIZED_ERR", "",
+				"does not have access", "does not exist", nil, true},
+			{"store sealed under another master key", tok, sealed, 500, "INTERNAL_SERVER_ERR", "master_key",
+				"internal error", "master key", crk.ErrMasterKey, false},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				req, err := http.NewRequest(http.MethodGet, e.srv.URL+"/api/v2/keys", nil)
+				require.NoError(t, err)
+				req.Header.Set("Authorization", "Bearer "+tc.token)
+				req.Header.Set("bluemix-instance", tc.instance)
+				resp, err := http.DefaultClient.Do(req)
+				require.NoError(t, err)
+				defer resp.Body.Close()
+				body, err := io.ReadAll(resp.Body)
+				require.NoError(t, err)
+				require.Equal(t, tc.status, resp.StatusCode, "%s", body)
+				var env ErrorBody
+				require.NoError(t, json.Unmarshal(body, &env))
+				require.Len(t, env.Resources, 1)
+				require.Len(t, env.Resources[0].Reasons, 1)
+				r := env.Resources[0].Reasons[0]
+				assert.Equal(t, tc.code, r.Code)
+				assert.Equal(t, tc.id, r.CrkvolError)
+				assert.Contains(t, r.Message, tc.inMsg)
+				if tc.notInMsg != "" {
+					assert.NotContains(t, r.Message, tc.notInMsg)
+				}
+				raw, err := json.Marshal(env)
+				require.NoError(t, err)
+				got := ParseError(resp.StatusCode, raw)
+				if tc.sentinel != nil {
+					assert.ErrorIs(t, got, tc.sentinel)
+				} else {
+					assert.Nil(t, got.Sentinel)
+				}
+				assert.Equal(t, tc.refused, got.Refused())
+			})
+		}
+	})
 }
 
 // TestParseErrorIDMustAgreeWithStatus: a crkvolError id is believed only when its row's

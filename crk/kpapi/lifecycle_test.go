@@ -64,7 +64,7 @@ func (e *env) registeredKey(t *testing.T, name string) *kp.Key {
 	t.Helper()
 	k, err := e.client.CreateRootKey(e.ctx, name, nil)
 	require.NoError(t, err)
-	_, svc := e.tenants.Default()
+	svc := e.svc(t)
 	_, err = svc.Register(e.ctx, k.ID, feedCRN, crk.RegisterOptions{})
 	require.NoError(t, err)
 	return k
@@ -74,197 +74,205 @@ func (e *env) registeredKey(t *testing.T, name string) *kp.Key {
 // the official Key Protect client (a tool that is not crkvol), and its event names the old
 // and new versions; the cursor then resumes after it.
 func TestLifecycleFeedLongPoll(t *testing.T) {
-	e := newEnv(t)
-	k := e.registeredKey(t, "followed")
-	head := feedPage(t, e.ctx, e.srv.URL, staticToken, e.inst, nil)
-	assert.Empty(t, head.Events)
-	require.NotEmpty(t, head.Cursor)
+	forEachEnv(t, func(t *testing.T, e *env) {
+		k := e.registeredKey(t, "followed")
+		head := feedPage(t, e.ctx, e.srv.URL, staticToken, e.inst, nil)
+		assert.Empty(t, head.Events)
+		require.NotEmpty(t, head.Cursor)
 
-	got := make(chan crk.LifecyclePage, 1)
-	go func() {
-		status, body := feedGet(t, e.ctx, e.srv.URL, staticToken, e.inst, url.Values{"cursor": {head.Cursor}, "wait": {"60s"}})
+		got := make(chan crk.LifecyclePage, 1)
+		go func() {
+			status, body := feedGet(t, e.ctx, e.srv.URL, staticToken, e.inst, url.Values{"cursor": {head.Cursor}, "wait": {"60s"}})
+			var p crk.LifecyclePage
+			if status == http.StatusOK && json.Unmarshal(body, &p) == nil {
+				got <- p
+			}
+			close(got)
+		}()
+		e.clock.Advance(2 * time.Hour)
+		require.NoError(t, e.client.Rotate(e.ctx, k.ID, ""))
 		var p crk.LifecyclePage
-		if status == http.StatusOK && json.Unmarshal(body, &p) == nil {
-			got <- p
+		select {
+		case p = <-got:
+		case <-time.After(hangGuard):
+			t.Fatal("the long poll was not woken by the rotation")
 		}
-		close(got)
-	}()
-	e.clock.Advance(2 * time.Hour)
-	require.NoError(t, e.client.Rotate(e.ctx, k.ID, ""))
-	var p crk.LifecyclePage
-	select {
-	case p = <-got:
-	case <-time.After(hangGuard):
-		t.Fatal("the long poll was not woken by the rotation")
-	}
-	require.Len(t, p.Events, 1)
-	ev := p.Events[0]
-	assert.Equal(t, crk.LifecycleRotate, ev.Type)
-	assert.Equal(t, k.ID, ev.KeyID)
-	assert.Equal(t, k.KeyVersion.ID, ev.OldVersion)
-	assert.NotEqual(t, ev.OldVersion, ev.NewVersion)
-	assert.Equal(t, "active", ev.State)
-	assert.False(t, ev.Policy)
-	assert.Equal(t, ev.Cursor, p.Cursor)
+		require.Len(t, p.Events, 1)
+		ev := p.Events[0]
+		assert.Equal(t, crk.LifecycleRotate, ev.Type)
+		assert.Equal(t, k.ID, ev.KeyID)
+		assert.Equal(t, k.KeyVersion.ID, ev.OldVersion)
+		assert.NotEqual(t, ev.OldVersion, ev.NewVersion)
+		assert.Equal(t, "active", ev.State)
+		assert.False(t, ev.Policy)
+		assert.Equal(t, ev.Cursor, p.Cursor)
 
-	// Nothing after it: an answer without waiting is empty, at the same cursor.
-	again := feedPage(t, e.ctx, e.srv.URL, staticToken, e.inst, url.Values{"cursor": {p.Cursor}})
-	assert.Empty(t, again.Events)
-	assert.Equal(t, p.Cursor, again.Cursor)
-	// A short wait that passes is an empty page too.
-	again = feedPage(t, e.ctx, e.srv.URL, staticToken, e.inst, url.Values{"cursor": {p.Cursor}, "wait": {"0.05"}})
-	assert.Empty(t, again.Events)
+		// Nothing after it: an answer without waiting is empty, at the same cursor.
+		again := feedPage(t, e.ctx, e.srv.URL, staticToken, e.inst, url.Values{"cursor": {p.Cursor}})
+		assert.Empty(t, again.Events)
+		assert.Equal(t, p.Cursor, again.Cursor)
+		// A short wait that passes is an empty page too.
+		again = feedPage(t, e.ctx, e.srv.URL, staticToken, e.inst, url.Values{"cursor": {p.Cursor}, "wait": {"0.05"}})
+		assert.Empty(t, again.Events)
+	})
 }
 
 // TestLifecycleFeedBadRequests: each malformed parameter is a 400 naming it; a cursor the
 // feed cannot continue from is the 410 of the error table.
 func TestLifecycleFeedBadRequests(t *testing.T) {
-	e := newEnv(t)
-	for _, tc := range []struct {
-		name   string
-		q      url.Values
-		target string
-	}{
-		{"cursor not a number", url.Values{"cursor": {"abc"}}, "cursor"},
-		{"cursor negative", url.Values{"cursor": {"-1"}}, "cursor"},
-		{"cursor with zeros", url.Values{"cursor": {"007"}}, "cursor"},
-		{"wait too long", url.Values{"wait": {"61s"}}, "wait"},
-		{"wait negative", url.Values{"wait": {"-1s"}}, "wait"},
-		{"wait seconds too long", url.Values{"wait": {"61"}}, "wait"},
-		{"wait not a duration", url.Values{"wait": {"soon"}}, "wait"},
-		{"limit zero", url.Values{"limit": {"0"}}, "limit"},
-		{"limit too big", url.Values{"limit": {"1001"}}, "limit"},
-		{"limit not a number", url.Values{"limit": {"all"}}, "limit"},
-		{"cursor twice", url.Values{"cursor": {"1", "2"}}, "cursor"},
-		{"wait twice", url.Values{"wait": {"1s", "1s"}}, "wait"},
-		{"limit twice", url.Values{"limit": {"5", "10"}}, "limit"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			status, body := feedGet(t, e.ctx, e.srv.URL, staticToken, e.inst, tc.q)
-			require.Equal(t, http.StatusBadRequest, status, "%s", body)
-			re := ParseError(status, body)
-			assert.Equal(t, "INVALID_QUERY_PARAM_ERR", re.Code)
-			var env ErrorBody
-			require.NoError(t, json.Unmarshal(body, &env))
-			require.NotNil(t, env.Resources[0].Reasons[0].Target)
-			assert.Equal(t, tc.target, env.Resources[0].Reasons[0].Target.Name)
-		})
-	}
-	t.Run("cursor ahead of the feed", func(t *testing.T) {
-		status, body := feedGet(t, e.ctx, e.srv.URL, staticToken, e.inst, url.Values{"cursor": {"42"}})
-		require.Equal(t, http.StatusGone, status, "%s", body)
-		re := ParseError(status, body)
-		assert.Equal(t, "FEED_RESYNC_REQUIRED_ERR", re.Code)
-		assert.ErrorIs(t, re, crk.ErrResyncNeeded)
-	})
-	t.Run("limits and waits accepted", func(t *testing.T) {
-		for _, q := range []url.Values{{"limit": {"1"}}, {"limit": {"1000"}}, {"wait": {"0"}}, {"wait": {"60"}, "cursor": {""}}, {"wait": {"1m"}}} {
-			feedPage(t, e.ctx, e.srv.URL, staticToken, e.inst, q)
+	forEachEnv(t, func(t *testing.T, e *env) {
+		for _, tc := range []struct {
+			name   string
+			q      url.Values
+			target string
+		}{
+			{"cursor not a number", url.Values{"cursor": {"abc"}}, "cursor"},
+			{"cursor negative", url.Values{"cursor": {"-1"}}, "cursor"},
+			{"cursor with zeros", url.Values{"cursor": {"007"}}, "cursor"},
+			{"wait too long", url.Values{"wait": {"61s"}}, "wait"},
+			{"wait negative", url.Values{"wait": {"-1s"}}, "wait"},
+			{"wait seconds too long", url.Values{"wait": {"61"}}, "wait"},
+			{"wait not a duration", url.Values{"wait": {"soon"}}, "wait"},
+			{"limit zero", url.Values{"limit": {"0"}}, "limit"},
+			{"limit too big", url.Values{"limit": {"1001"}}, "limit"},
+			{"limit not a number", url.Values{"limit": {"all"}}, "limit"},
+			{"cursor twice", url.Values{"cursor": {"1", "2"}}, "cursor"},
+			{"wait twice", url.Values{"wait": {"1s", "1s"}}, "wait"},
+			{"limit twice", url.Values{"limit": {"5", "10"}}, "limit"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				status, body := feedGet(t, e.ctx, e.srv.URL, staticToken, e.inst, tc.q)
+				require.Equal(t, http.StatusBadRequest, status, "%s", body)
+				re := ParseError(status, body)
+				assert.Equal(t, "INVALID_QUERY_PARAM_ERR", re.Code)
+				var env ErrorBody
+				require.NoError(t, json.Unmarshal(body, &env))
+				require.NotNil(t, env.Resources[0].Reasons[0].Target)
+				assert.Equal(t, tc.target, env.Resources[0].Reasons[0].Target.Name)
+			})
 		}
+		t.Run("cursor ahead of the feed", func(t *testing.T) {
+			status, body := feedGet(t, e.ctx, e.srv.URL, staticToken, e.inst, url.Values{"cursor": {"42"}})
+			require.Equal(t, http.StatusGone, status, "%s", body)
+			re := ParseError(status, body)
+			assert.Equal(t, "FEED_RESYNC_REQUIRED_ERR", re.Code)
+			assert.ErrorIs(t, re, crk.ErrResyncNeeded)
+		})
+		t.Run("limits and waits accepted", func(t *testing.T) {
+			for _, q := range []url.Values{{"limit": {"1"}}, {"limit": {"1000"}}, {"wait": {"0"}}, {"wait": {"60"}, "cursor": {""}}, {"wait": {"1m"}}} {
+				feedPage(t, e.ctx, e.srv.URL, staticToken, e.inst, q)
+			}
+		})
 	})
 }
 
 // TestLifecycleFeedAuthorization: the feed needs a token for its instance, as the rest of
 // the API does, and each instance reads its own feed.
 func TestLifecycleFeedAuthorization(t *testing.T) {
-	e := newEnv(t)
-	k := e.registeredKey(t, "default's")
-	require.NoError(t, e.client.DisableKey(e.ctx, k.ID))
+	forEachEnv(t, func(t *testing.T, e *env) {
+		k := e.registeredKey(t, "default's")
+		require.NoError(t, e.client.DisableKey(e.ctx, k.ID))
 
-	teamA, err := e.tenants.CreateInstance("team-a")
-	require.NoError(t, err)
-	apiKey, err := e.tenants.CreateAPIKey(teamA)
-	require.NoError(t, err)
-	tok, _, err := e.tenants.Exchange(apiKey)
-	require.NoError(t, err)
+		teamA, err := e.tenants.CreateInstance("team-a")
+		require.NoError(t, err)
+		apiKey, err := e.tenants.CreateAPIKey(teamA)
+		require.NoError(t, err)
+		tok, _, err := e.tenants.Exchange(apiKey)
+		require.NoError(t, err)
 
-	status, body := feedGet(t, e.ctx, e.srv.URL, "", e.inst, url.Values{"cursor": {"0"}})
-	assert.Equal(t, http.StatusUnauthorized, status, "no token: %s", body)
-	status, body = feedGet(t, e.ctx, e.srv.URL, "wrong", e.inst, url.Values{"cursor": {"0"}})
-	assert.Equal(t, http.StatusUnauthorized, status, "wrong token: %s", body)
-	status, body = feedGet(t, e.ctx, e.srv.URL, tok, e.inst, url.Values{"cursor": {"0"}})
-	assert.Equal(t, http.StatusUnauthorized, status, "team-a's token for the default instance: %s", body)
-	status, body = feedGet(t, e.ctx, e.srv.URL, staticToken, "not-a-uuid", url.Values{"cursor": {"0"}})
-	assert.Equal(t, http.StatusBadRequest, status, "malformed instance: %s", body)
+		status, body := feedGet(t, e.ctx, e.srv.URL, "", e.inst, url.Values{"cursor": {"0"}})
+		assert.Equal(t, http.StatusUnauthorized, status, "no token: %s", body)
+		status, body = feedGet(t, e.ctx, e.srv.URL, "wrong", e.inst, url.Values{"cursor": {"0"}})
+		assert.Equal(t, http.StatusUnauthorized, status, "wrong token: %s", body)
+		status, body = feedGet(t, e.ctx, e.srv.URL, tok, e.inst, url.Values{"cursor": {"0"}})
+		assert.Equal(t, http.StatusUnauthorized, status, "team-a's token for the default instance: %s", body)
+		status, body = feedGet(t, e.ctx, e.srv.URL, staticToken, "not-a-uuid", url.Values{"cursor": {"0"}})
+		assert.Equal(t, http.StatusBadRequest, status, "malformed instance: %s", body)
 
-	def := feedPage(t, e.ctx, e.srv.URL, staticToken, e.inst, url.Values{"cursor": {"0"}})
-	require.Len(t, def.Events, 1)
-	assert.Equal(t, crk.LifecycleDisable, def.Events[0].Type)
-	assert.Equal(t, "suspended", def.Events[0].State)
-	// team-a's feed is its own: empty.
-	mine := feedPage(t, e.ctx, e.srv.URL, tok, teamA, url.Values{"cursor": {"0"}})
-	assert.Empty(t, mine.Events)
-	assert.Equal(t, "0", mine.Cursor)
+		def := feedPage(t, e.ctx, e.srv.URL, staticToken, e.inst, url.Values{"cursor": {"0"}})
+		require.Len(t, def.Events, 1)
+		assert.Equal(t, crk.LifecycleDisable, def.Events[0].Type)
+		assert.Equal(t, "suspended", def.Events[0].State)
+		// team-a's feed is its own: empty.
+		mine := feedPage(t, e.ctx, e.srv.URL, tok, teamA, url.Values{"cursor": {"0"}})
+		assert.Empty(t, mine.Events)
+		assert.Equal(t, "0", mine.Cursor)
+	})
 }
 
 // TestLifecycleFeedShutdown: an http.Server shutting down with a client in a long poll
 // returns at once (StopWaiting, registered with RegisterOnShutdown), the client answered
 // with an empty page; a client that goes away ends its handler.
 func TestLifecycleFeedShutdown(t *testing.T) {
-	e := newEnv(t)
-	api := NewServer(e.tenants)
-	handled := make(chan struct{}, 4)
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		defer func() { handled <- struct{}{} }()
-		api.ServeHTTP(w, r)
-	}))
-	srv.Config.RegisterOnShutdown(api.StopWaiting)
-	srv.Start()
-	t.Cleanup(srv.Close)
-	head := feedPage(t, e.ctx, srv.URL, staticToken, e.inst, nil)
-	<-handled
+	forEachEnv(t, func(t *testing.T, e *env) {
+		api := NewServer(e.tenants)
+		handled := make(chan struct{}, 4)
+		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			defer func() { handled <- struct{}{} }()
+			api.ServeHTTP(w, r)
+		}))
+		srv.Config.RegisterOnShutdown(api.StopWaiting)
+		srv.Start()
+		t.Cleanup(srv.Close)
+		head := feedPage(t, e.ctx, srv.URL, staticToken, e.inst, nil)
+		<-handled
 
-	// A client that goes away.
-	ctx, cancel := context.WithCancel(e.ctx)
-	gone := make(chan struct{})
-	go func() {
-		defer close(gone)
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+LifecyclePath+"?wait=60s&cursor="+head.Cursor, nil)
-		req.Header.Set("Authorization", "Bearer "+staticToken)
-		req.Header.Set("bluemix-instance", e.inst)
-		if resp, err := http.DefaultClient.Do(req); err == nil {
-			resp.Body.Close()
+		// A client that goes away.
+		ctx, cancel := context.WithCancel(e.ctx)
+		gone := make(chan struct{})
+		go func() {
+			defer close(gone)
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+LifecyclePath+"?wait=60s&cursor="+head.Cursor, nil)
+			req.Header.Set("Authorization", "Bearer "+staticToken)
+			req.Header.Set("bluemix-instance", e.inst)
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}()
+		time.Sleep(50 * time.Millisecond) // let the request reach the handler (either way, it ends)
+		cancel()
+		<-gone
+		select {
+		case <-handled:
+		case <-time.After(hangGuard):
+			t.Fatal("the handler of a client that went away still waits")
 		}
-	}()
-	time.Sleep(50 * time.Millisecond) // let the request reach the handler (either way, it ends)
-	cancel()
-	<-gone
-	select {
-	case <-handled:
-	case <-time.After(hangGuard):
-		t.Fatal("the handler of a client that went away still waits")
-	}
 
-	// A client waiting while the server shuts down.
-	answered := make(chan crk.LifecyclePage, 1)
-	go func() {
-		status, body := feedGet(t, e.ctx, srv.URL, staticToken, e.inst, url.Values{"cursor": {head.Cursor}, "wait": {"60s"}})
-		var p crk.LifecyclePage
-		if status == http.StatusOK && json.Unmarshal(body, &p) == nil {
-			answered <- p
-		}
-		close(answered)
-	}()
-	time.Sleep(50 * time.Millisecond)
-	start := time.Now()
-	sctx, scancel := context.WithTimeout(e.ctx, hangGuard)
-	defer scancel()
-	require.NoError(t, srv.Config.Shutdown(sctx), "Shutdown waited for the long poll")
-	t.Logf("shutdown took %s", time.Since(start))
-	p, ok := <-answered
-	require.True(t, ok, "the waiting client got no 200 answer")
-	assert.Empty(t, p.Events)
-	assert.Equal(t, head.Cursor, p.Cursor)
+		// A client waiting while the server shuts down.
+		answered := make(chan crk.LifecyclePage, 1)
+		go func() {
+			status, body := feedGet(t, e.ctx, srv.URL, staticToken, e.inst, url.Values{"cursor": {head.Cursor}, "wait": {"60s"}})
+			var p crk.LifecyclePage
+			if status == http.StatusOK && json.Unmarshal(body, &p) == nil {
+				answered <- p
+			}
+			close(answered)
+		}()
+		time.Sleep(50 * time.Millisecond)
+		start := time.Now()
+		sctx, scancel := context.WithTimeout(e.ctx, hangGuard)
+		defer scancel()
+		require.NoError(t, srv.Config.Shutdown(sctx), "Shutdown waited for the long poll")
+		t.Logf("shutdown took %s", time.Since(start))
+		p, ok := <-answered
+		require.True(t, ok, "the waiting client got no 200 answer")
+		assert.Empty(t, p.Events)
+		assert.Equal(t, head.Cursor, p.Cursor)
+	})
 }
 
 // TestLifecycleFeedSurvivesRestart: events, and the cursors that reach them, outlive the
 // server and its stores; a policy rotation fired by the server's clock has policy set.
 func TestLifecycleFeedSurvivesRestart(t *testing.T) {
-	dir := t.TempDir()
+	forEachServerStore(t, testLifecycleFeedSurvivesRestart)
+}
+
+func testLifecycleFeedSurvivesRestart(t *testing.T, st serverStore) {
+	open := st.place(t).open
 	clock := crk.NewManualClock(time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC))
 	opts := crk.Options{Clock: clock, MasterKey: bytes.Repeat([]byte{3}, 32)}
 	serve := func() (*Tenants, *httptest.Server, string) {
-		tenants, err := OpenTenants(dir, opts)
+		tenants, err := open(opts)
 		require.NoError(t, err)
 		tenants.SetStaticToken(staticToken)
 		inst, _ := tenants.Default()
@@ -302,13 +310,14 @@ func TestLifecycleFeedSurvivesRestart(t *testing.T) {
 // TestLifecycleFeedOutlastsServerTimeouts: a long poll is answered even when it outlasts the
 // http.Server's read and write timeouts (kms serve's are 30 s and 60 s; a wait may be 60 s).
 func TestLifecycleFeedOutlastsServerTimeouts(t *testing.T) {
-	e := newEnv(t)
-	srv := httptest.NewUnstartedServer(NewServer(e.tenants))
-	srv.Config.ReadTimeout, srv.Config.WriteTimeout = 100*time.Millisecond, 100*time.Millisecond
-	srv.Start()
-	t.Cleanup(srv.Close)
-	head := feedPage(t, e.ctx, srv.URL, staticToken, e.inst, nil)
-	p := feedPage(t, e.ctx, srv.URL, staticToken, e.inst, url.Values{"cursor": {head.Cursor}, "wait": {"500ms"}})
-	assert.Empty(t, p.Events)
-	assert.Equal(t, head.Cursor, p.Cursor)
+	forEachEnv(t, func(t *testing.T, e *env) {
+		srv := httptest.NewUnstartedServer(NewServer(e.tenants))
+		srv.Config.ReadTimeout, srv.Config.WriteTimeout = 100*time.Millisecond, 100*time.Millisecond
+		srv.Start()
+		t.Cleanup(srv.Close)
+		head := feedPage(t, e.ctx, srv.URL, staticToken, e.inst, nil)
+		p := feedPage(t, e.ctx, srv.URL, staticToken, e.inst, url.Values{"cursor": {head.Cursor}, "wait": {"500ms"}})
+		assert.Empty(t, p.Events)
+		assert.Equal(t, head.Cursor, p.Cursor)
+	})
 }

@@ -650,6 +650,10 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, ErrUnauthorized):
 		writeJSON(w, http.StatusBadRequest, map[string]any{"errorCode": "BXNIM0415E", "errorMessage": "Provided API key could not be found."})
 		return
+	case errors.Is(err, crk.ErrUnavailable):
+		// The store out of reach: not a refusal of the key; a client tries again later.
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"errorCode": "BXNIM0400E", "errorMessage": "The token could not be issued: the service is unavailable; try again later."})
+		return
 	case err != nil:
 		// The server's own failure (its API key table unreadable, no randomness): not a
 		// refusal of the key, which a client must be free to try again.

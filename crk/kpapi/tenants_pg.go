@@ -281,10 +281,18 @@ func (s *pgStore) tokenCount(ctx context.Context) (int, error) {
 	return n, dbError("counting tokens", err)
 }
 
-// dbError names what failed of a database error; refusals of credentials pass unchanged.
+// dbError names what failed of a database error; refusals of credentials pass unchanged. A
+// database out of reach (even after retries), or a commit of unknown outcome, is marked
+// [crk.ErrUnavailable]: the server answers 503, not a refusal of the credential.
 func dbError(what string, err error) error {
-	if err == nil || errors.Is(err, ErrUnauthorized) {
+	switch {
+	case err == nil || errors.Is(err, ErrUnauthorized):
 		return err
+	case errors.Is(err, crk.ErrUnavailable):
+	case errors.Is(err, pgdb.ErrCommitUnknown):
+		return fmt.Errorf("kpapi: %s: %w: the change may or may not have happened: %w", what, crk.ErrUnavailable, err)
+	case errors.Is(err, pgdb.ErrUnavailable):
+		return fmt.Errorf("kpapi: %s: %w: %w", what, crk.ErrUnavailable, err)
 	}
 	return fmt.Errorf("kpapi: %s: %w", what, err)
 }

@@ -33,14 +33,11 @@ type crossFixture struct {
 	reg    *volume.Registry
 }
 
-func newCrossFixture(t *testing.T) *crossFixture {
+func newCrossFixture(t *testing.T, st serverStore) *crossFixture {
 	t.Helper()
 	dir := t.TempDir()
 	clock := crk.NewManualClock(time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC))
-	tenants, err := kpapi.OpenTenants(filepath.Join(dir, "state"), crk.Options{Clock: clock, MasterKey: bytes.Repeat([]byte{4}, 32)})
-	require.NoError(t, err)
-	t.Cleanup(func() { tenants.Close() })
-	inst, svc := tenants.Default()
+	tenants, inst, svc := st.open(t, dir, crk.Options{Clock: clock, MasterKey: bytes.Repeat([]byte{4}, 32)})
 	srv := httptest.NewServer(kpapi.NewServer(tenants))
 	t.Cleanup(srv.Close)
 	apiKey, err := tenants.CreateAPIKey(inst)
@@ -164,42 +161,44 @@ func rotateThroughServer(t *testing.T, f *crossFixture, keyID string) string {
 // rewraps it, and it opens again the first way; every token written holds the one encoding,
 // the Key Protect ciphertext string.
 func TestVolumeCrossesModes(t *testing.T) {
-	cases := []struct{ name, create, open, sync string }{
-		{"local create, remote open, remote sync", "local", "remote", "remote"},
-		{"local create, remote open, local sync", "local", "remote", "local"},
-		{"remote create, local open, local sync", "remote", "local", "local"},
-		{"remote create, local open, remote sync", "remote", "local", "remote"},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			f := newCrossFixture(t)
-			ctx := t.Context()
-			key, err := f.svc.CreateRootKey(ctx, "crossing")
-			require.NoError(t, err)
-			path := filepath.Join(f.dir, "vol.img")
+	forEachStore(t, func(t *testing.T, st serverStore) {
+		cases := []struct{ name, create, open, sync string }{
+			{"local create, remote open, remote sync", "local", "remote", "remote"},
+			{"local create, remote open, local sync", "local", "remote", "local"},
+			{"remote create, local open, local sync", "remote", "local", "local"},
+			{"remote create, local open, remote sync", "remote", "local", "remote"},
+		}
+		for _, c := range cases {
+			t.Run(c.name, func(t *testing.T) {
+				f := newCrossFixture(t, st)
+				ctx := t.Context()
+				key, err := f.svc.CreateRootKey(ctx, "crossing")
+				require.NoError(t, err)
+				path := filepath.Join(f.dir, "vol.img")
 
-			data := bytes.Repeat([]byte("crossing "), 1000)
-			createWithData(t, f, c.create, key.ID, path, data, 4096) // the sync below does the rewrap
-			assertKeyProtectForm(t, tokenCiphertext(t, path))
+				data := bytes.Repeat([]byte("crossing "), 1000)
+				createWithData(t, f, c.create, key.ID, path, data, 4096) // the sync below does the rewrap
+				assertKeyProtectForm(t, tokenCiphertext(t, path))
 
-			opener := volume.NewManager(f.ks(c.open), f.reg, volume.Options{})
-			readBack(t, opener, path, data, 4096)
-			opener.Close()
+				opener := volume.NewManager(f.ks(c.open), f.reg, volume.Options{})
+				readBack(t, opener, path, data, 4096)
+				opener.Close()
 
-			latest := rotateThroughServer(t, f, key.ID)
-			rep, err := f.manager(t, c.sync).Sync(ctx, key.ID)
-			require.NoError(t, err)
-			require.NoError(t, rep.Err())
-			assert.Equal(t, 1, rep.Rewrapped)
-			d, err := volume.Describe(path)
-			require.NoError(t, err)
-			assert.Equal(t, latest, d.KeyVersion)
-			assertKeyProtectForm(t, tokenCiphertext(t, path))
+				latest := rotateThroughServer(t, f, key.ID)
+				rep, err := f.manager(t, c.sync).Sync(ctx, key.ID)
+				require.NoError(t, err)
+				require.NoError(t, rep.Err())
+				assert.Equal(t, 1, rep.Rewrapped)
+				d, err := volume.Describe(path)
+				require.NoError(t, err)
+				assert.Equal(t, latest, d.KeyVersion)
+				assertKeyProtectForm(t, tokenCiphertext(t, path))
 
-			readBack(t, f.manager(t, c.create), path, data, 4096)
-			readBack(t, f.manager(t, c.open), path, data, 4096)
-		})
-	}
+				readBack(t, f.manager(t, c.create), path, data, 4096)
+				readBack(t, f.manager(t, c.open), path, data, 4096)
+			})
+		}
+	})
 }
 
 // TestOldTokenFormsOpenBothWays: tokens written by earlier crkvol versions, base64 of the
@@ -207,62 +206,64 @@ func TestVolumeCrossesModes(t *testing.T) {
 // mode), open in both modes, and the next rewrap (by sync, or lazily on open) writes the one
 // encoding.
 func TestOldTokenFormsOpenBothWays(t *testing.T) {
-	oldForms := map[string]func(kp string) string{
-		"old local form":  func(kp string) string { return kp }, // base64 of the binary ciphertext
-		"old remote form": func(kp string) string { return base64.StdEncoding.EncodeToString([]byte(kp)) },
-	}
-	cases := []struct {
-		form, mode string
-		lazy       bool // rewrap on open instead of by sync
-	}{
-		{"old local form", "local", false},
-		{"old local form", "remote", false},
-		{"old local form", "remote", true},
-		{"old remote form", "local", false},
-		{"old remote form", "remote", false},
-		{"old remote form", "local", true},
-		{"old remote form", "remote", true},
-	}
-	for _, c := range cases {
-		name := c.form + " " + c.mode
-		if c.lazy {
-			name += " lazy"
+	forEachStore(t, func(t *testing.T, st serverStore) {
+		oldForms := map[string]func(kp string) string{
+			"old local form":  func(kp string) string { return kp }, // base64 of the binary ciphertext
+			"old remote form": func(kp string) string { return base64.StdEncoding.EncodeToString([]byte(kp)) },
 		}
-		t.Run(name, func(t *testing.T) {
-			f := newCrossFixture(t)
-			ctx := t.Context()
-			key, err := f.svc.CreateRootKey(ctx, "old forms")
-			require.NoError(t, err)
-			path := filepath.Join(f.dir, "vol.img")
-			data := bytes.Repeat([]byte("old form "), 1000)
-			createWithData(t, f, "local", key.ID, path, data, 8192)
-			kp := tokenCiphertext(t, path)
-			old := oldForms[c.form](kp)
-			setTokenCiphertext(t, path, old)
-
-			mgr := volume.NewManager(f.ks(c.mode), f.reg, volume.Options{})
-			readBack(t, mgr, path, data, 8192)
-			mgr.Close()
-			assert.Equal(t, old, tokenCiphertext(t, path), "a read without a rewrap leaves the token as it is")
-
-			latest := rotateThroughServer(t, f, key.ID)
-			mgr = f.manager(t, c.mode)
+		cases := []struct {
+			form, mode string
+			lazy       bool // rewrap on open instead of by sync
+		}{
+			{"old local form", "local", false},
+			{"old local form", "remote", false},
+			{"old local form", "remote", true},
+			{"old remote form", "local", false},
+			{"old remote form", "remote", false},
+			{"old remote form", "local", true},
+			{"old remote form", "remote", true},
+		}
+		for _, c := range cases {
+			name := c.form + " " + c.mode
 			if c.lazy {
-				readBack(t, mgr, path, data, 8192)
-			} else {
-				rep, err := mgr.Sync(ctx, key.ID)
-				require.NoError(t, err)
-				require.NoError(t, rep.Err())
-				assert.Equal(t, 1, rep.Rewrapped)
+				name += " lazy"
 			}
-			d, err := volume.Describe(path)
-			require.NoError(t, err)
-			assert.Equal(t, latest, d.KeyVersion)
-			assertKeyProtectForm(t, tokenCiphertext(t, path))
-			readBack(t, f.manager(t, "local"), path, data, 8192)
-			readBack(t, f.manager(t, "remote"), path, data, 8192)
-		})
-	}
+			t.Run(name, func(t *testing.T) {
+				f := newCrossFixture(t, st)
+				ctx := t.Context()
+				key, err := f.svc.CreateRootKey(ctx, "old forms")
+				require.NoError(t, err)
+				path := filepath.Join(f.dir, "vol.img")
+				data := bytes.Repeat([]byte("old form "), 1000)
+				createWithData(t, f, "local", key.ID, path, data, 8192)
+				kp := tokenCiphertext(t, path)
+				old := oldForms[c.form](kp)
+				setTokenCiphertext(t, path, old)
+
+				mgr := volume.NewManager(f.ks(c.mode), f.reg, volume.Options{})
+				readBack(t, mgr, path, data, 8192)
+				mgr.Close()
+				assert.Equal(t, old, tokenCiphertext(t, path), "a read without a rewrap leaves the token as it is")
+
+				latest := rotateThroughServer(t, f, key.ID)
+				mgr = f.manager(t, c.mode)
+				if c.lazy {
+					readBack(t, mgr, path, data, 8192)
+				} else {
+					rep, err := mgr.Sync(ctx, key.ID)
+					require.NoError(t, err)
+					require.NoError(t, rep.Err())
+					assert.Equal(t, 1, rep.Rewrapped)
+				}
+				d, err := volume.Describe(path)
+				require.NoError(t, err)
+				assert.Equal(t, latest, d.KeyVersion)
+				assertKeyProtectForm(t, tokenCiphertext(t, path))
+				readBack(t, f.manager(t, "local"), path, data, 8192)
+				readBack(t, f.manager(t, "remote"), path, data, 8192)
+			})
+		}
+	})
 }
 
 // TestRemoteCiphertextEncoding: Remote sends a binary ciphertext as its Key Protect string

@@ -46,14 +46,14 @@ type errFixture struct {
 	respond func(w http.ResponseWriter) bool // answers instead of the server when it returns true
 }
 
-func newErrFixture(t *testing.T) *errFixture {
+func newErrFixture(t *testing.T) *errFixture { return newErrFixtureOn(t, serverStores[0]) }
+
+// newErrFixtureOn is newErrFixture with the server on a store of kind st.
+func newErrFixtureOn(t *testing.T, st serverStore) *errFixture {
 	t.Helper()
 	f := &errFixture{ctx: context.Background(), dir: t.TempDir(),
 		clock: crk.NewManualClock(time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC))}
-	tenants, err := kpapi.OpenTenants(filepath.Join(f.dir, "state"), crk.Options{Clock: f.clock, MasterKey: bytes.Repeat([]byte{4}, 32)})
-	require.NoError(t, err)
-	t.Cleanup(func() { tenants.Close() })
-	inst, svc := tenants.Default()
+	tenants, inst, svc := st.open(t, f.dir, crk.Options{Clock: f.clock, MasterKey: bytes.Repeat([]byte{4}, 32)})
 	f.svc, f.local = svc, kms.NewLocal(svc)
 	api := kpapi.NewServer(tenants)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -171,237 +171,244 @@ const crn = "crn:v1:local:public:is:local:a/crkvol::volume:v1"
 // calls a volume never makes (rotate, delete, policies); their trigger runs on the in-process
 // service, and the remote side gets that very error written by kpapi.WriteError.
 func TestErrorTableBothSides(t *testing.T) {
-	pt := bytes.Repeat([]byte{7}, 32)
-	type trigger struct {
-		// ks runs a KeyService call on either side, after setup on f.
-		ks func(t *testing.T, f *errFixture) func(volume.KeyService) error
-		// svc produces the error on the in-process service.
-		svc func(t *testing.T, f *errFixture) error
-	}
-	triggers := map[error]trigger{
-		crk.ErrKeyNotFound: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
-			return func(ks volume.KeyService) error {
-				_, err := ks.Wrap(f.ctx, "00000000-0000-4000-8000-000000000000", pt, nil)
-				return err
-			}
-		}},
-		crk.ErrNotRootKey: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
-			k, err := f.svc.CreateKey(f.ctx, crk.CreateOptions{Name: "standard", Type: crk.StandardKey})
-			require.NoError(t, err)
-			return func(ks volume.KeyService) error { _, err := ks.Wrap(f.ctx, k.ID, pt, nil); return err }
-		}},
-		crk.ErrInvalidMaterial: {svc: func(t *testing.T, f *errFixture) error {
-			_, err := f.svc.ImportRootKey(f.ctx, "short", []byte{1, 2, 3})
-			return err
-		}},
-		crk.ErrMaterialRequired: {svc: func(t *testing.T, f *errFixture) error {
-			_, err := f.svc.RotateKey(f.ctx, f.imported(t).ID, nil)
-			return err
-		}},
-		crk.ErrMaterialNotAllowed: {svc: func(t *testing.T, f *errFixture) error {
-			_, err := f.svc.RotateKey(f.ctx, f.root(t, "gen").ID, material())
-			return err
-		}},
-		crk.ErrRotationTooSoon: {svc: func(t *testing.T, f *errFixture) error {
-			k := f.root(t, "twice")
-			_, err := f.svc.RotateKey(f.ctx, k.ID, nil)
-			require.NoError(t, err)
-			_, err = f.svc.RotateKey(f.ctx, k.ID, nil)
-			return err
-		}},
-		crk.ErrInvalidPolicy: {svc: func(t *testing.T, f *errFixture) error {
-			_, err := f.svc.SetRotationPolicy(f.ctx, f.root(t, "policy").ID, 13, true)
-			return err
-		}},
-		crk.ErrPolicyNotAllowed: {svc: func(t *testing.T, f *errFixture) error {
-			_, err := f.svc.SetRotationPolicy(f.ctx, f.imported(t).ID, 3, true)
-			return err
-		}},
-		crk.ErrKeySuspended: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
-			k := f.root(t, "suspended")
-			_, err := f.svc.DisableKey(f.ctx, k.ID)
-			require.NoError(t, err)
-			return func(ks volume.KeyService) error { _, err := ks.Wrap(f.ctx, k.ID, pt, nil); return err }
-		}},
-		crk.ErrKeyDeactivated: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
-			k, err := f.svc.CreateKey(f.ctx, crk.CreateOptions{Name: "expiring", ExpirationDate: f.clock.Now().Add(time.Hour)})
-			require.NoError(t, err)
-			f.clock.Advance(2 * time.Hour)
-			return func(ks volume.KeyService) error { _, err := ks.Wrap(f.ctx, k.ID, pt, nil); return err }
-		}},
-		crk.ErrKeyDestroyed: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
-			k := f.root(t, "deleted")
-			ct := f.wrap(t, k.ID)
-			_, err := f.svc.DeleteKey(f.ctx, k.ID, crk.DeleteOptions{})
-			require.NoError(t, err)
-			return func(ks volume.KeyService) error {
-				_, err := ks.Unwrap(f.ctx, k.ID, ct[ks], []string{"vol"})
-				return err
-			}
-		}},
-		crk.ErrKeyPurged: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
-			k := f.root(t, "purged")
-			ct := f.wrap(t, k.ID)
-			_, err := f.svc.DeleteKey(f.ctx, k.ID, crk.DeleteOptions{})
-			require.NoError(t, err)
-			f.clock.Advance(crk.RestoreWindow + time.Hour)
-			_, err = f.svc.PurgeKey(f.ctx, k.ID)
-			require.NoError(t, err)
-			return func(ks volume.KeyService) error {
-				_, err := ks.Rewrap(f.ctx, k.ID, ct[ks], []string{"vol"})
-				return err
-			}
-		}},
-		crk.ErrInvalidState: {svc: func(t *testing.T, f *errFixture) error {
-			_, err := f.svc.PurgeKey(f.ctx, f.root(t, "active").ID)
-			return err
-		}},
-		crk.ErrTooEarly: {svc: func(t *testing.T, f *errFixture) error {
-			k := f.root(t, "flapping")
-			_, err := f.svc.DisableKey(f.ctx, k.ID)
-			require.NoError(t, err)
-			_, err = f.svc.EnableKey(f.ctx, k.ID)
-			return err
-		}},
-		crk.ErrRestoreExpired: {svc: func(t *testing.T, f *errFixture) error {
-			k := f.root(t, "late")
-			_, err := f.svc.DeleteKey(f.ctx, k.ID, crk.DeleteOptions{})
-			require.NoError(t, err)
-			f.clock.Advance(crk.RestoreWindow + time.Hour)
-			_, err = f.svc.RestoreKey(f.ctx, k.ID)
-			return err
-		}},
-		crk.ErrProtectedResource: {svc: func(t *testing.T, f *errFixture) error {
-			k := f.root(t, "protected")
-			_, err := f.svc.Register(f.ctx, k.ID, crn, crk.RegisterOptions{})
-			require.NoError(t, err)
-			_, err = f.svc.DeleteKey(f.ctx, k.ID, crk.DeleteOptions{})
-			return err
-		}},
-		crk.ErrPreventKeyDeletion: {svc: func(t *testing.T, f *errFixture) error {
-			k := f.root(t, "retained")
-			_, err := f.svc.Register(f.ctx, k.ID, crn, crk.RegisterOptions{PreventKeyDeletion: true})
-			require.NoError(t, err)
-			_, err = f.svc.DeleteKey(f.ctx, k.ID, crk.DeleteOptions{Force: true})
-			return err
-		}},
-		crk.ErrAuth: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
-			k := f.root(t, "aad")
-			ct := f.wrap(t, k.ID)
-			return func(ks volume.KeyService) error {
-				_, err := ks.Unwrap(f.ctx, k.ID, ct[ks], []string{"other volume"})
-				return err
-			}
-		}},
-		crk.ErrVersionNotFound: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
-			k := f.root(t, "versions")
-			return func(ks volume.KeyService) error {
-				return ks.Register(f.ctx, k.ID, crn, "00000000-0000-4000-8000-00000000000f", false)
-			}
-		}},
-		crk.ErrVersionDestroyed: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
-			k := f.root(t, "pruned")
-			ct := f.wrap(t, k.ID)
-			_, err := f.svc.RotateKey(f.ctx, k.ID, nil)
-			require.NoError(t, err)
-			res, err := f.svc.Prune(f.ctx, k.ID)
-			require.NoError(t, err)
-			require.Len(t, res.Destroyed, 1)
-			return func(ks volume.KeyService) error {
-				_, err := ks.Unwrap(f.ctx, k.ID, ct[ks], []string{"vol"})
-				return err
-			}
-		}},
-		crk.ErrVersionInUse: {svc: func(t *testing.T, f *errFixture) error {
-			k := f.root(t, "in use")
-			_, err := f.svc.Register(f.ctx, k.ID, crn, crk.RegisterOptions{})
-			require.NoError(t, err)
-			_, err = f.svc.RotateKey(f.ctx, k.ID, nil)
-			require.NoError(t, err)
-			return f.svc.PruneVersion(f.ctx, k.ID, k.KeyVersion.ID)
-		}},
-		crk.ErrRegistrationNotFound: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
-			k := f.root(t, "unregistered")
-			return func(ks volume.KeyService) error { return ks.DeleteRegistration(f.ctx, k.ID, crn) }
-		}},
-		crk.ErrRegistrationExists: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
-			k := f.root(t, "registered")
-			_, err := f.svc.Register(f.ctx, k.ID, crn, crk.RegisterOptions{})
-			require.NoError(t, err)
-			return func(ks volume.KeyService) error { return ks.Register(f.ctx, k.ID, crn, k.KeyVersion.ID, false) }
-		}},
-		crk.ErrInvalidArgument: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
-			k := f.root(t, "bad crn")
-			return func(ks volume.KeyService) error { return ks.Register(f.ctx, k.ID, "not-a-crn", k.KeyVersion.ID, false) }
-		}},
-		crk.ErrResyncNeeded: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
-			return func(ks volume.KeyService) error {
-				feed, ok := ks.(volume.KeyFeed)
-				if !ok {
-					return fmt.Errorf("%T is not a volume.KeyFeed", ks)
+	forEachStore(t, func(t *testing.T, st serverStore) {
+		pt := bytes.Repeat([]byte{7}, 32)
+		type trigger struct {
+			// ks runs a KeyService call on either side, after setup on f.
+			ks func(t *testing.T, f *errFixture) func(volume.KeyService) error
+			// svc produces the error on the in-process service.
+			svc func(t *testing.T, f *errFixture) error
+		}
+		triggers := map[error]trigger{
+			crk.ErrKeyNotFound: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+				return func(ks volume.KeyService) error {
+					_, err := ks.Wrap(f.ctx, "00000000-0000-4000-8000-000000000000", pt, nil)
+					return err
 				}
-				// A cursor ahead of the feed's head (the feed is empty): another store's.
-				_, err := feed.KeyEvents(f.ctx, "42", 0)
-				if err != nil && !errors.Is(err, volume.ErrResyncNeeded) {
-					return fmt.Errorf("%w (does not match volume.ErrResyncNeeded)", err)
-				}
+			}},
+			crk.ErrNotRootKey: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+				k, err := f.svc.CreateKey(f.ctx, crk.CreateOptions{Name: "standard", Type: crk.StandardKey})
+				require.NoError(t, err)
+				return func(ks volume.KeyService) error { _, err := ks.Wrap(f.ctx, k.ID, pt, nil); return err }
+			}},
+			crk.ErrInvalidMaterial: {svc: func(t *testing.T, f *errFixture) error {
+				_, err := f.svc.ImportRootKey(f.ctx, "short", []byte{1, 2, 3})
 				return err
-			}
-		}},
-		crk.ErrMasterKey: {svc: func(t *testing.T, f *errFixture) error {
-			_, err := crk.Open(filepath.Join(f.dir, "other.db"), crk.Options{Clock: f.clock, MasterKey: []byte("short")})
-			return err
-		}},
-		// crk's own tests make a real audit write fail (TestAuditFailureFailsOperation);
-		// the fault is not reachable from here, so the error is built as crk builds it.
-		crk.ErrAudit: {svc: func(t *testing.T, f *errFixture) error {
-			return fmt.Errorf("crk: %w: wrap: %w", crk.ErrAudit, errors.New("bbolt: disk full"))
-		}},
-	}
+			}},
+			crk.ErrMaterialRequired: {svc: func(t *testing.T, f *errFixture) error {
+				_, err := f.svc.RotateKey(f.ctx, f.imported(t).ID, nil)
+				return err
+			}},
+			crk.ErrMaterialNotAllowed: {svc: func(t *testing.T, f *errFixture) error {
+				_, err := f.svc.RotateKey(f.ctx, f.root(t, "gen").ID, material())
+				return err
+			}},
+			crk.ErrRotationTooSoon: {svc: func(t *testing.T, f *errFixture) error {
+				k := f.root(t, "twice")
+				_, err := f.svc.RotateKey(f.ctx, k.ID, nil)
+				require.NoError(t, err)
+				_, err = f.svc.RotateKey(f.ctx, k.ID, nil)
+				return err
+			}},
+			crk.ErrInvalidPolicy: {svc: func(t *testing.T, f *errFixture) error {
+				_, err := f.svc.SetRotationPolicy(f.ctx, f.root(t, "policy").ID, 13, true)
+				return err
+			}},
+			crk.ErrPolicyNotAllowed: {svc: func(t *testing.T, f *errFixture) error {
+				_, err := f.svc.SetRotationPolicy(f.ctx, f.imported(t).ID, 3, true)
+				return err
+			}},
+			crk.ErrKeySuspended: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+				k := f.root(t, "suspended")
+				_, err := f.svc.DisableKey(f.ctx, k.ID)
+				require.NoError(t, err)
+				return func(ks volume.KeyService) error { _, err := ks.Wrap(f.ctx, k.ID, pt, nil); return err }
+			}},
+			crk.ErrKeyDeactivated: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+				k, err := f.svc.CreateKey(f.ctx, crk.CreateOptions{Name: "expiring", ExpirationDate: f.clock.Now().Add(time.Hour)})
+				require.NoError(t, err)
+				f.clock.Advance(2 * time.Hour)
+				return func(ks volume.KeyService) error { _, err := ks.Wrap(f.ctx, k.ID, pt, nil); return err }
+			}},
+			crk.ErrKeyDestroyed: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+				k := f.root(t, "deleted")
+				ct := f.wrap(t, k.ID)
+				_, err := f.svc.DeleteKey(f.ctx, k.ID, crk.DeleteOptions{})
+				require.NoError(t, err)
+				return func(ks volume.KeyService) error {
+					_, err := ks.Unwrap(f.ctx, k.ID, ct[ks], []string{"vol"})
+					return err
+				}
+			}},
+			crk.ErrKeyPurged: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+				k := f.root(t, "purged")
+				ct := f.wrap(t, k.ID)
+				_, err := f.svc.DeleteKey(f.ctx, k.ID, crk.DeleteOptions{})
+				require.NoError(t, err)
+				f.clock.Advance(crk.RestoreWindow + time.Hour)
+				_, err = f.svc.PurgeKey(f.ctx, k.ID)
+				require.NoError(t, err)
+				return func(ks volume.KeyService) error {
+					_, err := ks.Rewrap(f.ctx, k.ID, ct[ks], []string{"vol"})
+					return err
+				}
+			}},
+			crk.ErrInvalidState: {svc: func(t *testing.T, f *errFixture) error {
+				_, err := f.svc.PurgeKey(f.ctx, f.root(t, "active").ID)
+				return err
+			}},
+			crk.ErrTooEarly: {svc: func(t *testing.T, f *errFixture) error {
+				k := f.root(t, "flapping")
+				_, err := f.svc.DisableKey(f.ctx, k.ID)
+				require.NoError(t, err)
+				_, err = f.svc.EnableKey(f.ctx, k.ID)
+				return err
+			}},
+			crk.ErrRestoreExpired: {svc: func(t *testing.T, f *errFixture) error {
+				k := f.root(t, "late")
+				_, err := f.svc.DeleteKey(f.ctx, k.ID, crk.DeleteOptions{})
+				require.NoError(t, err)
+				f.clock.Advance(crk.RestoreWindow + time.Hour)
+				_, err = f.svc.RestoreKey(f.ctx, k.ID)
+				return err
+			}},
+			crk.ErrProtectedResource: {svc: func(t *testing.T, f *errFixture) error {
+				k := f.root(t, "protected")
+				_, err := f.svc.Register(f.ctx, k.ID, crn, crk.RegisterOptions{})
+				require.NoError(t, err)
+				_, err = f.svc.DeleteKey(f.ctx, k.ID, crk.DeleteOptions{})
+				return err
+			}},
+			crk.ErrPreventKeyDeletion: {svc: func(t *testing.T, f *errFixture) error {
+				k := f.root(t, "retained")
+				_, err := f.svc.Register(f.ctx, k.ID, crn, crk.RegisterOptions{PreventKeyDeletion: true})
+				require.NoError(t, err)
+				_, err = f.svc.DeleteKey(f.ctx, k.ID, crk.DeleteOptions{Force: true})
+				return err
+			}},
+			crk.ErrAuth: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+				k := f.root(t, "aad")
+				ct := f.wrap(t, k.ID)
+				return func(ks volume.KeyService) error {
+					_, err := ks.Unwrap(f.ctx, k.ID, ct[ks], []string{"other volume"})
+					return err
+				}
+			}},
+			crk.ErrVersionNotFound: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+				k := f.root(t, "versions")
+				return func(ks volume.KeyService) error {
+					return ks.Register(f.ctx, k.ID, crn, "00000000-0000-4000-8000-00000000000f", false)
+				}
+			}},
+			crk.ErrVersionDestroyed: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+				k := f.root(t, "pruned")
+				ct := f.wrap(t, k.ID)
+				_, err := f.svc.RotateKey(f.ctx, k.ID, nil)
+				require.NoError(t, err)
+				res, err := f.svc.Prune(f.ctx, k.ID)
+				require.NoError(t, err)
+				require.Len(t, res.Destroyed, 1)
+				return func(ks volume.KeyService) error {
+					_, err := ks.Unwrap(f.ctx, k.ID, ct[ks], []string{"vol"})
+					return err
+				}
+			}},
+			crk.ErrVersionInUse: {svc: func(t *testing.T, f *errFixture) error {
+				k := f.root(t, "in use")
+				_, err := f.svc.Register(f.ctx, k.ID, crn, crk.RegisterOptions{})
+				require.NoError(t, err)
+				_, err = f.svc.RotateKey(f.ctx, k.ID, nil)
+				require.NoError(t, err)
+				return f.svc.PruneVersion(f.ctx, k.ID, k.KeyVersion.ID)
+			}},
+			crk.ErrRegistrationNotFound: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+				k := f.root(t, "unregistered")
+				return func(ks volume.KeyService) error { return ks.DeleteRegistration(f.ctx, k.ID, crn) }
+			}},
+			crk.ErrRegistrationExists: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+				k := f.root(t, "registered")
+				_, err := f.svc.Register(f.ctx, k.ID, crn, crk.RegisterOptions{})
+				require.NoError(t, err)
+				return func(ks volume.KeyService) error { return ks.Register(f.ctx, k.ID, crn, k.KeyVersion.ID, false) }
+			}},
+			crk.ErrInvalidArgument: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+				k := f.root(t, "bad crn")
+				return func(ks volume.KeyService) error { return ks.Register(f.ctx, k.ID, "not-a-crn", k.KeyVersion.ID, false) }
+			}},
+			crk.ErrResyncNeeded: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+				return func(ks volume.KeyService) error {
+					feed, ok := ks.(volume.KeyFeed)
+					if !ok {
+						return fmt.Errorf("%T is not a volume.KeyFeed", ks)
+					}
+					// A cursor ahead of the feed's head (the feed is empty): another store's.
+					_, err := feed.KeyEvents(f.ctx, "42", 0)
+					if err != nil && !errors.Is(err, volume.ErrResyncNeeded) {
+						return fmt.Errorf("%w (does not match volume.ErrResyncNeeded)", err)
+					}
+					return err
+				}
+			}},
+			crk.ErrMasterKey: {svc: func(t *testing.T, f *errFixture) error {
+				_, err := crk.Open(filepath.Join(f.dir, "other.db"), crk.Options{Clock: f.clock, MasterKey: []byte("short")})
+				return err
+			}},
+			// crk's own tests make a real audit write fail (TestAuditFailureFailsOperation);
+			// the fault is not reachable from here, so the error is built as crk builds it.
+			crk.ErrAudit: {svc: func(t *testing.T, f *errFixture) error {
+				return fmt.Errorf("crk: %w: wrap: %w", crk.ErrAudit, errors.New("bbolt: disk full"))
+			}},
+			// A real outage is TestRemoteDatabaseOutage's; here the error is built as crk's
+			// PostgreSQL store builds it.
+			crk.ErrUnavailable: {svc: func(t *testing.T, f *errFixture) error {
+				return fmt.Errorf("crk: %w: %w", crk.ErrUnavailable, errors.New("database unavailable after 3 attempts"))
+			}},
+		}
 
-	for _, info := range crk.Errors() {
-		t.Run(info.ID, func(t *testing.T) {
-			tr, ok := triggers[info.Err]
-			require.True(t, ok, "no trigger for %v: add one", info.Err)
-			refusal := info.Class == crk.Refusal
-			f := newErrFixture(t)
+		for _, info := range crk.Errors() {
+			t.Run(info.ID, func(t *testing.T) {
+				tr, ok := triggers[info.Err]
+				require.True(t, ok, "no trigger for %v: add one", info.Err)
+				refusal := info.Class == crk.Refusal
+				f := newErrFixtureOn(t, st)
 
-			var localErr, remoteErr error
-			if tr.ks != nil {
-				call := tr.ks(t, f)
-				localErr = call(f.local)
-				f.reset()
-				remoteErr = call(f.remote)
-			} else {
-				svcErr := tr.svc(t, f)
-				require.ErrorIs(t, svcErr, info.Err, "the in-process service")
-				localErr = kms.LocalError(svcErr)
-				f.mu.Lock()
-				f.inject = svcErr
-				f.mu.Unlock()
-				f.reset()
-				_, remoteErr = f.remote.Unwrap(f.ctx, "inject", []byte("ct"), nil)
-			}
+				var localErr, remoteErr error
+				if tr.ks != nil {
+					call := tr.ks(t, f)
+					localErr = call(f.local)
+					f.reset()
+					remoteErr = call(f.remote)
+				} else {
+					svcErr := tr.svc(t, f)
+					require.ErrorIs(t, svcErr, info.Err, "the in-process service")
+					localErr = kms.LocalError(svcErr)
+					f.mu.Lock()
+					f.inject = svcErr
+					f.mu.Unlock()
+					f.reset()
+					_, remoteErr = f.remote.Unwrap(f.ctx, "inject", []byte("ct"), nil)
+				}
 
-			for side, err := range map[string]error{"local": localErr, "remote": remoteErr} {
-				require.Error(t, err, side)
-				assert.ErrorIs(t, err, info.Err, side)
-				assert.Equal(t, refusal, errors.Is(err, volume.ErrKeyRefused), "%s: refused mark on %v", side, err)
-				for _, other := range crk.Errors() {
-					if other.Err != info.Err && !errors.Is(info.Err, other.Err) && !(info.Err == crk.ErrAuth && other.Err == crk.ErrVersionNotFound) {
-						assert.NotErrorIs(t, err, other.Err, "%s: %s", side, other.ID)
+				for side, err := range map[string]error{"local": localErr, "remote": remoteErr} {
+					require.Error(t, err, side)
+					assert.ErrorIs(t, err, info.Err, side)
+					assert.Equal(t, refusal, errors.Is(err, volume.ErrKeyRefused), "%s: refused mark on %v", side, err)
+					for _, other := range crk.Errors() {
+						if other.Err != info.Err && !errors.Is(info.Err, other.Err) && !(info.Err == crk.ErrAuth && other.Err == crk.ErrVersionNotFound) {
+							assert.NotErrorIs(t, err, other.Err, "%s: %s", side, other.ID)
+						}
 					}
 				}
-			}
-			status, reason, calls := f.wire(t)
-			assert.Equal(t, info.Status, status)
-			assert.Equal(t, info.Status, reason.Status)
-			assert.Equal(t, info.Code, reason.Code)
-			assert.Equal(t, info.ID, reason.CrkvolError)
-			assert.Equal(t, 1, calls, "one request: the remote client does not retry")
-		})
-	}
-	assert.Len(t, triggers, len(crk.Errors()), "a trigger for a sentinel the table does not have")
+				status, reason, calls := f.wire(t)
+				assert.Equal(t, info.Status, status)
+				assert.Equal(t, info.Status, reason.Status)
+				assert.Equal(t, info.Code, reason.Code)
+				assert.Equal(t, info.ID, reason.CrkvolError)
+				assert.Equal(t, 1, calls, "one request: the remote client does not retry")
+			})
+		}
+		assert.Len(t, triggers, len(crk.Errors()), "a trigger for a sentinel the table does not have")
+	})
 }
 
 // TestRemoteRetriesOnlyTransient: the remote client's calls through the official client
@@ -484,16 +491,18 @@ func TestRemoteRetriesOnlyTransient(t *testing.T) {
 // TestRemoteBadAPIKeyIsRefused: the token endpoint refusing the API key is a refusal on
 // both of Remote's paths, the official client's (Wrap) and its own (Rewrap).
 func TestRemoteBadAPIKeyIsRefused(t *testing.T) {
-	f := newErrFixture(t)
-	k := f.root(t, "locked out")
-	ct := f.wrap(t, k.ID)
-	bad, err := kms.NewRemote(kms.RemoteConfig{URL: f.remoteURL, Instance: f.instance, APIKey: "crkvol-not-a-key"})
-	require.NoError(t, err)
-	_, err = bad.Wrap(f.ctx, k.ID, []byte("0123456789abcdef"), nil)
-	require.Error(t, err)
-	assert.ErrorIs(t, err, volume.ErrKeyRefused, "wrap: %v", err)
-	_, err = bad.Rewrap(f.ctx, k.ID, ct[f.remote], []string{"vol"})
-	require.Error(t, err)
-	assert.ErrorIs(t, err, volume.ErrKeyRefused, "rewrap: %v", err)
-	assert.NotContains(t, err.Error(), "crkvol-not-a-key", "the API key stays out of errors")
+	forEachStore(t, func(t *testing.T, st serverStore) {
+		f := newErrFixtureOn(t, st)
+		k := f.root(t, "locked out")
+		ct := f.wrap(t, k.ID)
+		bad, err := kms.NewRemote(kms.RemoteConfig{URL: f.remoteURL, Instance: f.instance, APIKey: "crkvol-not-a-key"})
+		require.NoError(t, err)
+		_, err = bad.Wrap(f.ctx, k.ID, []byte("0123456789abcdef"), nil)
+		require.Error(t, err)
+		assert.ErrorIs(t, err, volume.ErrKeyRefused, "wrap: %v", err)
+		_, err = bad.Rewrap(f.ctx, k.ID, ct[f.remote], []string{"vol"})
+		require.Error(t, err)
+		assert.ErrorIs(t, err, volume.ErrKeyRefused, "rewrap: %v", err)
+		assert.NotContains(t, err.Error(), "crkvol-not-a-key", "the API key stays out of errors")
+	})
 }

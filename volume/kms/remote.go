@@ -798,6 +798,11 @@ func (r *Remote) requestToken(ctx context.Context) (string, time.Time, error) {
 		AccessToken string `json:"access_token"`
 		ExpiresIn   int    `json:"expires_in"`
 	}
+	if resp.StatusCode == http.StatusServiceUnavailable {
+		// kms serve's store out of reach (after the retries above): no verdict on the key.
+		return "", time.Time{}, fmt.Errorf("kms: token: the token endpoint is unavailable (%d %s): %w",
+			resp.StatusCode, http.StatusText(resp.StatusCode), crk.ErrUnavailable)
+	}
 	if resp.StatusCode != http.StatusOK || json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&tok) != nil || tok.AccessToken == "" {
 		// The status code and its standard text: the reason phrase is the server's text.
 		err := fmt.Errorf("kms: token: the token endpoint refused the API key (%d %s)", resp.StatusCode, http.StatusText(resp.StatusCode))

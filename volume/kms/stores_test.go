@@ -1,0 +1,94 @@
+package kms_test
+
+import (
+	"context"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"crkvol/crk"
+	"crkvol/crk/kpapi"
+	"crkvol/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// serverStore is a store of the kpapi server the tests of the remote client run against.
+type serverStore struct {
+	name string
+	// open opens a Tenants with opts on a store of t's own (the state directory under dir,
+	// or a fresh instance of the database the binary's tests share) and returns it, closed
+	// when t ends, with the instance the test works on and that instance's key service.
+	open func(t testing.TB, dir string, opts crk.Options) (*kpapi.Tenants, string, *crk.Service)
+}
+
+// serverStores: a state directory, as `kms serve --state`, and PostgreSQL, as `kms serve
+// --store postgres://…`.
+var serverStores = []serverStore{
+	{"dir", func(t testing.TB, dir string, opts crk.Options) (*kpapi.Tenants, string, *crk.Service) {
+		tenants, err := kpapi.OpenTenants(filepath.Join(dir, "state"), opts)
+		require.NoError(t, err)
+		t.Cleanup(func() { tenants.Close() })
+		inst, svc := tenants.Default()
+		require.NotNil(t, svc)
+		return tenants, inst, svc
+	}},
+	{"postgres", func(t testing.TB, _ string, opts crk.Options) (*kpapi.Tenants, string, *crk.Service) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		tenants, err := kpapi.OpenTenantsDatabase(ctx, sharedDatabase(t), opts)
+		require.NoError(t, err)
+		t.Cleanup(func() { tenants.Close() })
+		inst, err := tenants.CreateInstance(t.Name())
+		require.NoError(t, err)
+		svc, err := tenants.Service(inst)
+		require.NoError(t, err)
+		return tenants, inst, svc
+	}},
+}
+
+// forEachStore runs test once per store of [serverStores], as parallel subtests named
+// after them.
+func forEachStore(t *testing.T, test func(t *testing.T, st serverStore)) {
+	for _, st := range serverStores {
+		t.Run(st.name, func(t *testing.T) {
+			t.Parallel()
+			test(t, st)
+		})
+	}
+}
+
+// shared is the database the tests of the binary share, each on instances of its own:
+// creating a database and its tables costs about a second on a busy machine. Test-only
+// state, as pgtest's shared cluster is.
+var shared struct {
+	once sync.Once
+	url  string
+	err  error
+}
+
+// sharedDatabase returns the URL of the shared database, created on first use. It is not
+// made by NewDatabase, which drops its database when the test that made it ends; it goes
+// with the cluster when the binary's tests end.
+func sharedDatabase(t testing.TB) string {
+	c := pgtest.Start(t)
+	shared.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, c.URL("postgres"))
+		if err != nil {
+			shared.err = err
+			return
+		}
+		defer conn.Close(ctx)
+		if _, shared.err = conn.Exec(ctx, "CREATE DATABASE kms_tests TEMPLATE template0"); shared.err == nil {
+			shared.url = c.URL("kms_tests")
+		}
+	})
+	require.NoError(t, shared.err, "create the shared database")
+	return shared.url
+}
