@@ -330,7 +330,7 @@ a disable. Detach such volumes first and attach them again with --kms-url.`,
 	apikey.AddCommand(create, list, revoke)
 	a.addStoreFlag(instance)
 	a.addStoreFlag(apikey)
-	k.AddCommand(serve, instance, apikey)
+	k.AddCommand(serve, instance, apikey, a.kmsMigrateCommand())
 	return k
 }
 

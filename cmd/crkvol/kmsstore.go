@@ -45,6 +45,12 @@ func (s kmsStore) redacted() string {
 	return "bolt:" + s.dir
 }
 
+// redactStore returns a --store, --from or --to value without any password written in it,
+// whatever its scheme.
+func redactStore(s string) string {
+	return pgdb.Redact(redactURL(s))
+}
+
 // errBadStore is a --store value that names no store crkvol knows.
 var errBadStore = errors.New("want postgres://…, postgresql://… or bolt:DIR")
 
@@ -52,7 +58,7 @@ var errBadStore = errors.New("want postgres://…, postgresql://… or bolt:DIR"
 // plain path to either.
 func parseBoltStore(s string) (string, bool) {
 	dir, _ := strings.CutPrefix(s, "bolt:")
-	if dir == "" || pgdb.IsURL(dir) || strings.Contains(strings.SplitN(dir, "/", 2)[0], "://") {
+	if dir == "" || strings.Contains(dir, "://") {
 		return "", false
 	}
 	if filepath.Base(dir) == "crk.db" {
@@ -84,11 +90,11 @@ func (a *app) kmsStore() (kmsStore, error) {
 		return kmsStore{dir: dir, url: s}, nil
 	}
 	if !strings.HasPrefix(s, "bolt:") {
-		return kmsStore{}, usagef("--store %q: %w", pgdb.Redact(s), errBadStore)
+		return kmsStore{}, usagef("--store %q: %w", redactStore(s), errBadStore)
 	}
 	d, ok := parseBoltStore(s)
 	if !ok {
-		return kmsStore{}, usagef("--store %q: %w", pgdb.Redact(s), errBadStore)
+		return kmsStore{}, usagef("--store %q: %w", redactStore(s), errBadStore)
 	}
 	return kmsStore{dir: d}, nil
 }
