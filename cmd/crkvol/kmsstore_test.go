@@ -11,7 +11,7 @@ import (
 // values are usage errors that never show a password.
 func TestKMSStore(t *testing.T) {
 	for _, tc := range []struct {
-		name, flag, env string
+		name, flag, env  string
 		wantDir, wantURL string
 		wantErr          bool
 	}{
