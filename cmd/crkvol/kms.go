@@ -12,6 +12,8 @@ import (
 	"os/signal"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -147,21 +149,22 @@ a disable. Detach such volumes first and attach them again with --kms-url.`,
 			}
 			// Rotation policies and expiries, on the server clock: run what is due now and
 			// then every second (one read transaction per instance when nothing is due),
-			// dropping expired bearer tokens on the way. The loop is joined before the stores
-			// close.
+			// dropping expired bearer tokens on the way. The loop and its token clean-ups are
+			// joined before the stores close.
 			dueDone := make(chan struct{})
-			defer func() { stop(); <-dueDone }()
+			sweeper := &tokenSweeper{tenants: tenants}
+			defer func() { stop(); <-dueDone; sweeper.wg.Wait() }()
 			go func() {
 				defer close(dueDone)
 				if db == nil {
-					a.runDueLoop(ctx, tenants, log, time.Second)
+					a.runDueLoop(ctx, tenants, sweeper, log, time.Second)
 					return
 				}
 				// Replicas on one database: the scheduled work runs on the one holding
 				// the scheduler lease, and stops at once when it is lost.
 				db.Lead(ctx, schedulerLease, schedulerHolder(ln.Addr().String()), schedulerTTL, func(ctx context.Context) {
 					log.Info("scheduler: this replica runs the scheduled work")
-					a.runDueLoop(ctx, tenants, log, time.Second)
+					a.runDueLoop(ctx, tenants, sweeper, log, time.Second)
 					log.Info("scheduler: this replica stopped running the scheduled work")
 				})
 			}()
@@ -383,14 +386,37 @@ func schedulerHolder(listen string) string {
 	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), listen)
 }
 
+// tokenSweeper drops expired bearer tokens for runDueLoop, one clean-up at a time, in the
+// background: Tenants.ExpireTokens takes no context and may wait for an unreachable database
+// for half a minute, and the loop must stop at once when its context ends (a lost scheduler
+// lease). A clean-up still running then is harmless (any replica may drop expired tokens);
+// wg joins it before the stores close.
+type tokenSweeper struct {
+	tenants *kpapi.Tenants
+	wg      sync.WaitGroup
+	busy    atomic.Bool
+}
+
+// sweep starts a clean-up unless one is running, logging its failure with d.
+func (s *tokenSweeper) sweep(d *dueLog) {
+	if !s.busy.CompareAndSwap(false, true) {
+		return
+	}
+	s.wg.Go(func() {
+		defer s.busy.Store(false)
+		d.tokens(s.tenants.ExpireTokens())
+	})
+}
+
 // runDueLoop runs the due policy rotations and expiries of every instance of tenants at once
-// and then every period until ctx ends, logging them with log (see dueLog).
-func (a *app) runDueLoop(ctx context.Context, tenants *kpapi.Tenants, log *slog.Logger, period time.Duration) {
+// and then every period until ctx ends, logging them with log (see dueLog), and has sweeper
+// drop expired tokens.
+func (a *app) runDueLoop(ctx context.Context, tenants *kpapi.Tenants, sweeper *tokenSweeper, log *slog.Logger, period time.Duration) {
 	t := time.NewTicker(period)
 	defer t.Stop()
 	d := &dueLog{log: log}
 	for {
-		d.tokens(tenants.ExpireTokens())
+		sweeper.sweep(d)
 		d.record(tenants.RunDue(ctx))
 		select {
 		case <-ctx.Done():
@@ -404,7 +430,8 @@ func (a *app) runDueLoop(ctx context.Context, tenants *kpapi.Tenants, log *slog.
 // failure once, until its message changes or it stops failing (the loop runs every second).
 type dueLog struct {
 	log *slog.Logger
-	// tokenErr is the message of the token clean-up's failure last logged, "" once it works.
+	// tokenErr is the message of the token clean-up's failure last logged, "" once it works;
+	// one clean-up at a time writes it (tokenSweeper).
 	tokenErr string
 	// failing maps what failed, an instance and key or the zero dueFailure for the run as a
 	// whole, to the message last logged.
