@@ -40,7 +40,17 @@ after the requests in flight; the feed's long polls are answered at once.
 kms serve holds the state directory's key store while it runs, so it refuses to start while a
 volume attach process serves a volume with the state directory's embedded key service (attached
 without --kms-url): that process follows its key by reading the store and could no longer see
-a disable. Detach such volumes first and attach them again with --kms-url.`,
+a disable. Detach such volumes first and attach them again with --kms-url.
+
+With --store postgres://… (env CRKVOL_STORE) the instances, keys, API keys and tokens are kept
+in a PostgreSQL database instead, and any number of kms serve replicas, on any machines, serve
+the same service: put an HTTP load balancer in front of them. Every replica needs the same
+master key: CRKVOL_MASTER_KEY, or the master key file crk.db.masterkey of its state directory
+(--state), which the first replica on an empty database makes; copy it to the others. The
+scheduled work (rotation policies, expiries, purges, token clean-up) runs on one replica at a
+time, the holder of the database's scheduler lease; another takes over within about 10 s of
+its end. The server keeps running while the database is unreachable (its requests fail) and
+serves again once it is back. Move a state directory's store into a database with kms migrate.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if (cert == "") != (keyFile == "") {
 				return usagef("give both --tls-cert and --tls-key, or neither")
