@@ -105,16 +105,17 @@ type eventScan struct {
 	action string
 }
 
-// Transactions of the service, on its backend.
+// Transactions of the service, on its backend. ctx bounds a transaction on PostgreSQL
+// (retries included); a bbolt transaction does not wait for anything it could end.
 
-func (s *Service) update(fn func(tx storeTx) error) error {
-	return s.store.update(context.Background(), fn)
+func (s *Service) update(ctx context.Context, fn func(tx storeTx) error) error {
+	return s.store.update(ctx, fn)
 }
 
-func (s *Service) batch(fn func(tx storeTx) error) error {
-	return s.store.batch(context.Background(), fn)
+func (s *Service) batch(ctx context.Context, fn func(tx storeTx) error) error {
+	return s.store.batch(ctx, fn)
 }
 
-func (s *Service) view(fn func(tx storeTx) error) error {
-	return s.store.view(context.Background(), fn)
+func (s *Service) view(ctx context.Context, fn func(tx storeTx) error) error {
+	return s.store.view(ctx, fn)
 }

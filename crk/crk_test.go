@@ -341,7 +341,7 @@ func TestLifecycle(t *testing.T) {
 		_, err = f.svc.PurgeKey(f.ctx, k.ID)
 		assert.ErrorIs(t, err, ErrKeyPurged)
 		// Crypto-shredding: no material is left in the store for this key.
-		require.NoError(t, f.svc.view(func(tx storeTx) error {
+		require.NoError(t, f.svc.view(t.Context(), func(tx storeTx) error {
 			r, err := tx.key(k.ID)
 			require.NoError(t, err)
 			for _, v := range r.Versions {

@@ -264,11 +264,13 @@ func (s *Service) eventWriter() {
 		for i, r := range batch {
 			evs[i] = r.ev
 		}
-		err := s.update(func(tx storeTx) error { return s.appendEvents(tx, evs) })
+		// The writer's transactions are bounded by the store's own retry time, not by
+		// any caller's context: each stores the events of many callers.
+		err := s.update(context.Background(), func(tx storeTx) error { return s.appendEvents(tx, evs) })
 		if err != nil && len(batch) > 1 {
 			// One bad event must not fail the others: store each alone.
 			for _, r := range batch {
-				r.done <- s.update(func(tx storeTx) error { return s.appendEvent(tx, r.ev) })
+				r.done <- s.update(context.Background(), func(tx storeTx) error { return s.appendEvent(tx, r.ev) })
 			}
 			continue
 		}
@@ -303,7 +305,7 @@ func (s *Service) Events(ctx context.Context, f EventFilter) ([]Event, error) {
 // ListEvents returns a page of the events matching f, newest first unless f.OldestFirst. The
 // listing is stable: events stored after the first page never appear in the later pages of
 // a newest-first listing, and appear at the end of an oldest-first one.
-func (s *Service) ListEvents(_ context.Context, f EventFilter) (EventPage, error) {
+func (s *Service) ListEvents(ctx context.Context, f EventFilter) (EventPage, error) {
 	var page EventPage
 	if f.Limit < 0 {
 		return page, fmt.Errorf("%w: event limit %d", ErrInvalidArgument, f.Limit)
@@ -317,7 +319,7 @@ func (s *Service) ListEvents(_ context.Context, f EventFilter) (EventPage, error
 		after = k
 	}
 	from := eventNanos(f.From)
-	err := s.view(func(tx storeTx) error {
+	err := s.view(ctx, func(tx storeTx) error {
 		if f.KeyID != "" && !knownKey(tx, f.KeyID) {
 			return fmt.Errorf("%w: %s (no key with this id, and no event names it)", ErrKeyNotFound, shorten(f.KeyID))
 		}

@@ -325,7 +325,7 @@ func TestAuditFailureFailsOperation(t *testing.T) {
 				f.clock.Advance(2 * time.Hour)
 				snapshot := func() state {
 					var st state
-					require.NoError(t, f.svc.view(func(tx storeTx) error {
+					require.NoError(t, f.svc.view(t.Context(), func(tx storeTx) error {
 						st = state{}
 						if err := tx.keys(false, func(*keyRecord) error { st.keys++; return nil }); err != nil {
 							return err

@@ -229,9 +229,9 @@ func readFeed(tx storeTx, cursor string, limit int) (LifecyclePage, error) {
 // delete, restore, purge and sync of a root key, committed in the
 // same transaction as the change itself: an event is in the feed if and only if its change
 // took effect, whatever crashes.
-func (s *Service) Lifecycle(_ context.Context, cursor string, limit int) (LifecyclePage, error) {
+func (s *Service) Lifecycle(ctx context.Context, cursor string, limit int) (LifecyclePage, error) {
 	var page LifecyclePage
-	err := s.view(func(tx storeTx) error {
+	err := s.view(ctx, func(tx storeTx) error {
 		var err error
 		page, err = readFeed(tx, cursor, limit)
 		return err

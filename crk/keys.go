@@ -78,7 +78,7 @@ func (s *Service) CreateKey(ctx context.Context, opts CreateOptions) (*Key, erro
 		return nil, err
 	}
 	r.Versions = []versionRecord{*v}
-	err = s.update(func(tx storeTx) error {
+	err = s.update(ctx, func(tx storeTx) error {
 		if err := s.sameMasterKey(tx); err != nil {
 			return err
 		}
@@ -185,7 +185,7 @@ func (s *Service) getKey(ctx context.Context, id string, payload bool) (*Key, er
 	s.mkMu.RLock()
 	defer s.mkMu.RUnlock()
 	var k *Key
-	err := s.view(func(tx storeTx) error {
+	err := s.view(ctx, func(tx storeTx) error {
 		r, err := tx.key(id)
 		if err != nil {
 			return err
@@ -225,7 +225,7 @@ func (s *Service) ListKeys(ctx context.Context, opts ListOptions) ([]Key, error)
 	}
 	var out []Key
 	now := s.clock.Now()
-	err := s.view(func(tx storeTx) error {
+	err := s.view(ctx, func(tx storeTx) error {
 		out = nil // the transaction may run again
 		return tx.keys(false, func(r *keyRecord) error {
 			if slices.Contains(states, r.effectiveState(now)) {
@@ -267,11 +267,11 @@ func (s *Service) mutateBatched(ctx context.Context, action, id string, fn func(
 	return s.mutateWith(s.batch, ctx, action, id, fn)
 }
 
-func (s *Service) mutateWith(run func(func(storeTx) error) error, ctx context.Context, action, id string, fn func(tx storeTx, r *keyRecord, now time.Time, ev *Event) error) (*keyRecord, error) {
+func (s *Service) mutateWith(run func(context.Context, func(storeTx) error) error, ctx context.Context, action, id string, fn func(tx storeTx, r *keyRecord, now time.Time, ev *Event) error) (*keyRecord, error) {
 	s.mkMu.RLock()
 	var out *keyRecord
 	fed := false
-	err := run(func(tx storeTx) error {
+	err := run(ctx, func(tx storeTx) error {
 		fed = false
 		r, err := tx.keyForUpdate(id)
 		if err != nil {

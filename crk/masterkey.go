@@ -160,7 +160,7 @@ func (s *Service) RotateMasterKey(ctx context.Context, newKey []byte) error {
 	}
 	n := 0
 	var check []byte
-	err = s.update(func(tx storeTx) error {
+	err = s.update(ctx, func(tx storeTx) error {
 		n = 0
 		// Every key is read locked (another process may change one meanwhile) before any
 		// is written back: a bbolt bucket cannot change while it is iterated.

@@ -193,7 +193,7 @@ func verifyAfterCrash(t *testing.T, path string, acked []string) {
 			rotatedTo[e.KeyVersion] = true
 		}
 	}
-	require.NoError(t, svc.view(func(tx storeTx) error {
+	require.NoError(t, svc.view(t.Context(), func(tx storeTx) error {
 		return tx.keys(false, func(r *keyRecord) error {
 			require.NoError(t, r.check())
 			require.Equal(t, 1, created[r.ID], "key %s has no create event", r.ID)
@@ -231,7 +231,7 @@ func TestReopenAndMasterKey(t *testing.T) {
 		w, err := svc.Wrap(ctx, k.ID, []byte("dek"), nil)
 		require.NoError(t, err)
 		var rootMaterial []byte
-		require.NoError(t, svc.view(func(tx storeTx) error {
+		require.NoError(t, svc.view(t.Context(), func(tx storeTx) error {
 			r, err := tx.key(k.ID)
 			if err != nil {
 				return err

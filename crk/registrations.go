@@ -152,7 +152,7 @@ type RegistrationFilter struct {
 // then CRN.
 func (s *Service) ListRegistrations(ctx context.Context, f RegistrationFilter) ([]Registration, error) {
 	var out []Registration
-	err := s.view(func(tx storeTx) error {
+	err := s.view(ctx, func(tx storeTx) error {
 		out = nil // the transaction may run again
 		if f.KeyID != "" {
 			r, err := tx.key(f.KeyID)

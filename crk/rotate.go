@@ -132,7 +132,7 @@ func (s *Service) runHooks(ctx context.Context, r *keyRecord, old Version) {
 		return
 	}
 	latest := Version{ID: r.latest().ID, CreationDate: r.latest().Created}
-	stale, err := s.staleRegistrations(r.ID, latest.ID)
+	stale, err := s.staleRegistrations(ctx, r.ID, latest.ID)
 	if err != nil {
 		s.recordHook(s.newEvent(ctx, ActionRotationHook, r, r.ID, err))
 		return
@@ -158,9 +158,9 @@ func (s *Service) recordHook(ev *Event) {
 	}
 }
 
-func (s *Service) staleRegistrations(keyID, latest string) ([]Registration, error) {
+func (s *Service) staleRegistrations(ctx context.Context, keyID, latest string) ([]Registration, error) {
 	var out []Registration
-	err := s.view(func(tx storeTx) error {
+	err := s.view(ctx, func(tx storeTx) error {
 		out = nil
 		regs, err := tx.keyRegs(keyID)
 		if err != nil {
@@ -206,7 +206,7 @@ type DueWork struct {
 func (s *Service) Due(ctx context.Context) (DueWork, error) {
 	now := s.clock.Now()
 	var due, expired, purges []string
-	err := s.view(func(tx storeTx) error {
+	err := s.view(ctx, func(tx storeTx) error {
 		due, expired, purges = nil, nil, nil
 		return tx.keys(false, func(r *keyRecord) error {
 			if r.purgeDue(now) {
@@ -296,7 +296,7 @@ func (s *Service) NextDue(ctx context.Context) (time.Time, bool, error) {
 			next, found = t, true
 		}
 	}
-	err := s.view(func(tx storeTx) error {
+	err := s.view(ctx, func(tx storeTx) error {
 		next, found = time.Time{}, false
 		return tx.keys(false, func(r *keyRecord) error {
 			st := r.effectiveState(now)

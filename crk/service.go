@@ -193,7 +193,7 @@ func (s *Service) initReadOnly(master []byte) error {
 			candidates = append(candidates, b)
 		}
 	}
-	return s.view(func(tx storeTx) error {
+	return s.view(context.Background(), func(tx storeTx) error {
 		stored, check, err := tx.meta()
 		if err != nil {
 			return err
@@ -234,7 +234,7 @@ func (s *Service) init(master []byte) error {
 		checked  []byte
 		usedNew  bool
 	)
-	err := s.update(func(tx storeTx) error {
+	err := s.update(context.Background(), func(tx storeTx) error {
 		instance, sealer, checked, usedNew = "", nil, nil, false
 		if n, err := s.pruneEvents(tx, 0); err != nil {
 			return fmt.Errorf("crk: store: applying the event retention: %w", err)

@@ -9,7 +9,7 @@ import (
 // ListVersions returns a key's versions, newest first, with how many registrations use each.
 func (s *Service) ListVersions(ctx context.Context, keyID string) ([]VersionInfo, error) {
 	var out []VersionInfo
-	err := s.view(func(tx storeTx) error {
+	err := s.view(ctx, func(tx storeTx) error {
 		out = nil // the transaction may run again
 		r, err := tx.key(keyID)
 		if err != nil {

@@ -85,7 +85,7 @@ func (s *Service) wrap(ctx context.Context, keyID string, plaintext []byte, aad 
 	defer s.mkMu.RUnlock()
 	var res *WrapResult
 	var rec *keyRecord
-	err := s.view(func(tx storeTx) error {
+	err := s.view(ctx, func(tx storeTx) error {
 		r, err := s.usableKey(tx, keyID, ActionWrap)
 		if err != nil {
 			return err
@@ -118,7 +118,7 @@ func (s *Service) Unwrap(ctx context.Context, keyID string, ciphertext []byte, a
 	defer s.mkMu.RUnlock()
 	var res *UnwrapResult
 	var rec *keyRecord
-	err := s.view(func(tx storeTx) error {
+	err := s.view(ctx, func(tx storeTx) error {
 		r, pt, v, err := s.open(tx, keyID, ActionUnwrap, ciphertext, aad)
 		if err != nil {
 			return err
@@ -156,7 +156,7 @@ func (s *Service) Rewrap(ctx context.Context, keyID string, ciphertext []byte, a
 	defer s.mkMu.RUnlock()
 	var res *RewrapResult
 	var rec *keyRecord
-	err := s.view(func(tx storeTx) error {
+	err := s.view(ctx, func(tx storeTx) error {
 		r, pt, v, err := s.open(tx, keyID, ActionRewrap, ciphertext, aad)
 		if err != nil {
 			return err

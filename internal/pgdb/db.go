@@ -20,8 +20,11 @@ var ErrBadURL = errors.New("bad database URL")
 // serving requests answer 503.
 var ErrUnavailable = errors.New("database unavailable")
 
-// DefaultRetryFor is how long [DB.Tx] and [DB.ReadTx] keep retrying by default.
-const DefaultRetryFor = 30 * time.Second
+// DefaultRetryFor is how long [DB.Tx] and [DB.ReadTx] keep retrying by default: long enough
+// to ride out a restart or failover of PostgreSQL of a few seconds, short enough that a
+// client waiting for an answer gets its 503 before its own timeout (Key Protect clients
+// wait 30 s), and retries it.
+const DefaultRetryFor = 10 * time.Second
 
 // Options tune [Open]. The zero value is ready to use.
 type Options struct {

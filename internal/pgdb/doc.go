@@ -16,7 +16,7 @@
 // [DB.Tx] runs a function in a READ COMMITTED read-write transaction and [DB.ReadTx] in a
 // REPEATABLE READ read-only one (one consistent snapshot). Both run the whole function
 // again on a serialization failure or deadlock (SQLSTATE 40001, 40P01) and on a lost
-// connection before COMMIT was sent, with jittered backoff, for up to 30 s
+// connection before COMMIT was sent, with jittered backoff, for up to DefaultRetryFor (10 s)
 // ([Options.RetryFor]): the function must therefore do nothing but database work, or work
 // it is safe to repeat. A database that stays unreachable gives [ErrUnavailable]; a COMMIT
 // whose outcome is unknown (the connection broke after it was sent) gives
