@@ -3,6 +3,7 @@ package crk
 import (
 	"context"
 	"fmt"
+	"io"
 	"slices"
 )
 
@@ -12,7 +13,7 @@ type CopyResult struct {
 }
 
 // CopyStore copies the whole state of the service from into the service to: keys (their
-// material as stored: both services must have the same master key), registrations, the
+// material re-encrypted under to's master key when the two differ), registrations, the
 // audit events and the lifecycle feed, keeping event sequence numbers and feed cursors, so
 // that followers of the feed carry on from their cursors. It moves a store from bbolt to
 // PostgreSQL (crkvol kms migrate) or back. to must be the same instance as from, and empty:
@@ -27,15 +28,17 @@ func CopyStore(ctx context.Context, from, to *Service) (CopyResult, error) {
 	}
 	to.mkMu.Lock() // no other change of to, in this process, while it is filled
 	defer to.mkMu.Unlock()
+	from.mkMu.RLock()
+	defer from.mkMu.RUnlock()
 	return res, from.store.view(ctx, func(src storeTx) error {
-		// The material is copied sealed: to's master key must open from's check value.
+		// The material is copied as sealed when to's master key is from's (it opens from's
+		// check value), and re-encrypted under to's otherwise.
 		_, check, err := src.meta()
 		if err != nil {
 			return err
 		}
-		if _, err := to.sealer.open(check, nil); err != nil {
-			return fmt.Errorf("%w: the two stores have different master keys", ErrMasterKey)
-		}
+		_, err = to.sealer.open(check, nil)
+		reseal := err != nil
 		return to.store.update(ctx, func(dst storeTx) error {
 			res = CopyResult{}
 			if err := requireEmpty(dst, to.instance); err != nil {
@@ -46,6 +49,11 @@ func CopyStore(ctx context.Context, from, to *Service) (CopyResult, error) {
 				return err
 			}
 			for _, r := range keys {
+				if reseal {
+					if err := resealKey(r, from.sealer, to.sealer, to.rand); err != nil {
+						return err
+					}
+				}
 				if err := dst.putKey(r); err != nil {
 					return fmt.Errorf("crk: copying key %s: %w", r.ID, err)
 				}
@@ -113,5 +121,30 @@ func requireEmpty(tx storeTx, instance string) error {
 	if n > 0 || events > 0 || feed > 0 {
 		return fmt.Errorf("%w: instance %s already holds keys, registrations or events in the destination store; a copy goes into an empty one", ErrInvalidArgument, instance)
 	}
+	return nil
+}
+
+// resealKey re-encrypts the material of every version of r from one master key to another.
+// A reseal is made on a copy of the versions: r's are replaced only when all succeeded, so
+// that a transaction run again starts from the source's material.
+func resealKey(r *keyRecord, from, to *sealer, rand io.Reader) error {
+	versions := slices.Clone(r.Versions)
+	for i := range versions {
+		v := &versions[i]
+		if v.Material == nil {
+			continue
+		}
+		aad := materialAAD(r.ID, v.ID)
+		m, err := from.open(v.Material, aad)
+		if err != nil {
+			return fmt.Errorf("crk: copying key %s version %s: %w", r.ID, v.ID, err)
+		}
+		v.Material, err = to.seal(rand, m, aad)
+		clear(m)
+		if err != nil {
+			return err
+		}
+	}
+	r.Versions = versions
 	return nil
 }

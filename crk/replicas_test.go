@@ -15,6 +15,15 @@ import (
 	"crkvol/internal/pgtest"
 )
 
+// replicaDatabase opens a new database of t's own.
+func replicaDatabase(t *testing.T) *Database {
+	t.Helper()
+	db, err := OpenDatabase(context.Background(), pgtest.Start(t).NewDatabase(t), nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
 // replicas opens n services of one new instance, each on its own Database (its own pool
 // and listener): n processes sharing the database, as kms serve replicas do.
 func replicas(t *testing.T, n int, clock Clock) []*Service {
@@ -306,9 +315,25 @@ func TestCopyStore(t *testing.T) {
 	require.NoError(t, err)
 	assert.Greater(t, dstEvents[0].Seq, srcEvents[0].Seq, "sequence numbers go on from the source's")
 
-	// A second copy into a store that holds data is refused, as is another master key.
+	// A second copy into a store that holds data is refused.
 	_, err = CopyStore(ctx, src, dst)
 	assert.ErrorIs(t, err, ErrInvalidArgument)
+
+	// Into a store with another master key, the material is re-encrypted under that key:
+	// the copy unwraps what the source wrapped, and opens only with its own key.
+	otherKey := material(32, 11)
+	reDB := replicaDatabase(t)
+	re, err := reDB.Open(Options{Clock: clock, Instance: src.Instance(), MasterKey: otherKey})
+	require.NoError(t, err)
+	_, err = CopyStore(ctx, src, re)
+	require.NoError(t, err)
+	u, err = re.Unwrap(ctx, ids[1], w.Ciphertext, []string{"aad"})
+	require.NoError(t, err)
+	assert.Equal(t, "dek", string(u.Plaintext))
+	assert.Equal(t, before.Keys, list(re).Keys)
+	require.NoError(t, re.Close())
+	_, err = reDB.Open(Options{Clock: clock, Instance: src.Instance(), MasterKeyFile: keyFile})
+	assert.ErrorIs(t, err, ErrMasterKey, "the copy is under the other key, not the source's")
 	other, err := db.Open(Options{Clock: clock, Instance: src.Instance(), MasterKey: material(32, 9)})
 	if err == nil { // the instance exists with the right key: the wrong one does not open it
 		other.Close()

@@ -36,10 +36,10 @@ func (a *app) kmsMigrateCommand() *cobra.Command {
 (--to postgres://…), for kms serve --store: every instance with its keys, versions,
 registrations, audit events and lifecycle feed (event sequence numbers and feed cursors kept,
 so feed followers carry on), and the instances' names and API keys (issued tokens are not
-copied: clients exchange their API keys again). The state directory is left as it was, except
-that an instance whose master key file differs from the state directory's crk.db.masterkey is
-first re-encrypted under that key (one master key serves every instance of a database): copy
-that file to every kms serve replica, or give the key in CRKVOL_MASTER_KEY.
+copied: clients exchange their API keys again). The state directory is left as it was. One
+master key serves every instance of a database, the state directory's crk.db.masterkey (or
+CRKVOL_MASTER_KEY): an instance whose own key file differs is re-encrypted under it in the
+copy. Copy that file to every kms serve replica, or give the key in CRKVOL_MASTER_KEY.
 
 Stop kms serve (and every other crkvol process using the state directory) first: kms migrate
 refuses while one holds the stores. A destination that already holds data of an instance
@@ -239,8 +239,9 @@ func (a *app) migrate(ctx context.Context, from, to string) error {
 		}
 	}
 
-	// One master key serves every instance of a database: re-encrypt an instance whose key
-	// file differs under the state directory's.
+	// One master key serves every instance of a database: an instance whose key file
+	// differs from the state directory's is re-encrypted under it in the copy (CopyStore),
+	// the source left as it is.
 	rekeyed := map[string]bool{}
 	if opts.MasterKey == nil {
 		defKey, err := readMasterKeyFile(dstOpts.MasterKeyFile)
@@ -255,13 +256,7 @@ func (a *app) migrate(ctx context.Context, from, to string) error {
 			if err != nil {
 				return err
 			}
-			if bytes.Equal(k, defKey) {
-				continue
-			}
-			if err := srcSvc[in.ID].RotateMasterKey(ctx, defKey); err != nil {
-				return fmt.Errorf("re-encrypting instance %s under the master key of %s: %w", in.ID, dstOpts.MasterKeyFile, err)
-			}
-			rekeyed[in.ID] = true
+			rekeyed[in.ID] = !bytes.Equal(k, defKey)
 		}
 	}
 
@@ -367,7 +362,7 @@ func (a *app) printMigration(dir string, dest kmsStore, ls []instanceListing, ap
 			notes = append(notes, "default")
 		}
 		if l.Rekeyed {
-			notes = append(notes, "re-encrypted under crk.db.masterkey")
+			notes = append(notes, "re-encrypted under crk.db.masterkey in the copy")
 		}
 		note := strings.Join(notes, ", ")
 		head := l.FeedHead
