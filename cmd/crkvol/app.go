@@ -51,6 +51,8 @@ type app struct {
 	// eventMaxAge and eventMaxCount are the audit log retention flags, parsed by
 	// eventRetention.
 	eventMaxAge, eventMaxCount string
+	// store is --store of kms serve and the instance and API key commands (kmsStore).
+	store string
 
 	// background marks the actions of `crkvol agent`: open leaves due policy rotations to
 	// the agent (agent.Options.RunDue) and no progress bars are drawn.

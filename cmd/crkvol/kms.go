@@ -51,12 +51,15 @@ a disable. Detach such volumes first and attach them again with --kms-url.`,
 					return withHint(existsError("addr-file", addrFile), "a server that did not shut down cleanly leaves it; give --force to replace it")
 				}
 			}
-			dir, err := a.stateDirectory()
+			store, err := a.kmsStore()
 			if err != nil {
 				return err
 			}
-			if err := refuseServeWhileAttached(dir); err != nil {
-				return err
+			dir := store.dir
+			if store.url == "" {
+				if err := refuseServeWhileAttached(dir); err != nil {
+					return err
+				}
 			}
 			loopback := loopbackAddress(listen)
 			if err := checkListen(listen, loopback, cert != "", insecure, static != ""); err != nil {
@@ -77,11 +80,20 @@ a disable. Detach such volumes first and attach them again with --kms-url.`,
 			if !loopback && cert == "" {
 				fmt.Fprintf(a.stderr, "crkvol: kms serve: warning: serving plain HTTP on non-loopback address %s (--insecure): tokens, API keys and key material cross the network unencrypted\n", listen)
 			}
-			tenants, err := a.tenants()
+			log := slog.New(slog.NewTextHandler(a.stderr, nil))
+			tenants, db, closeTenants, err := a.openTenants(cmd.Context(), store, log)
 			if err != nil {
 				return err
 			}
-			defer tenants.Close()
+			defer closeTenants()
+			// Open the default instance now: a replica without the database's master key
+			// fails here, not at its first request.
+			def, svc := tenants.Default()
+			if svc == nil && store.url != "" {
+				if _, err := tenants.Service(def); err != nil {
+					return fmt.Errorf("opening the default instance %s: %w", def, err)
+				}
+			}
 			if static != "" {
 				tenants.SetStaticToken(static)
 			}
@@ -98,20 +110,23 @@ a disable. Detach such volumes first and attach them again with --kms-url.`,
 			srv.RegisterOnShutdown(api.StopWaiting)
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
-			def, _ := tenants.Default()
 			scheme := "http"
 			if cert != "" {
 				scheme = "https"
 			}
 			addr := scheme + "://" + ln.Addr().String()
-			fmt.Fprintf(a.stderr, "crkvol: serving the Key Protect API v2 at %s (default instance %s)\n", addr, def)
-			// While serving, say who holds the stores to the commands that find them locked
-			// (the default store is open already: Default opened it).
-			removeRecord, err := writeServeRecord(dir, addr)
-			if err != nil {
-				return err
+			if store.url != "" {
+				fmt.Fprintf(a.stderr, "crkvol: serving the Key Protect API v2 at %s (default instance %s, store %s)\n", addr, def, store.redacted())
+			} else {
+				fmt.Fprintf(a.stderr, "crkvol: serving the Key Protect API v2 at %s (default instance %s)\n", addr, def)
+				// While serving, say who holds the stores to the commands that find them
+				// locked (the default store is open already: opening the tenants opened it).
+				removeRecord, err := writeServeRecord(dir, addr)
+				if err != nil {
+					return err
+				}
+				defer removeRecord()
 			}
-			defer removeRecord()
 			if addrFile != "" {
 				removeAddr, err := writeAddrFile(addrFile, []byte(addr+"\n"), force)
 				if err != nil {
@@ -122,7 +137,7 @@ a disable. Detach such volumes first and attach them again with --kms-url.`,
 			}
 			if a.asJSON {
 				// One document once listening; the shutdown is reported on stderr only.
-				j := map[string]any{"url": addr, "defaultInstance": def}
+				j := map[string]any{"url": addr, "defaultInstance": def, "store": store.redacted()}
 				if addrFile != "" {
 					j["addrFile"] = absPath(addrFile)
 				}
@@ -138,7 +153,17 @@ a disable. Detach such volumes first and attach them again with --kms-url.`,
 			defer func() { stop(); <-dueDone }()
 			go func() {
 				defer close(dueDone)
-				a.runDueLoop(ctx, tenants, slog.New(slog.NewTextHandler(a.stderr, nil)), time.Second)
+				if db == nil {
+					a.runDueLoop(ctx, tenants, log, time.Second)
+					return
+				}
+				// Replicas on one database: the scheduled work runs on the one holding
+				// the scheduler lease, and stops at once when it is lost.
+				db.Lead(ctx, schedulerLease, schedulerHolder(ln.Addr().String()), schedulerTTL, func(ctx context.Context) {
+					log.Info("scheduler: this replica runs the scheduled work")
+					a.runDueLoop(ctx, tenants, log, time.Second)
+					log.Info("scheduler: this replica stopped running the scheduled work")
+				})
 			}()
 			errc := make(chan error, 1)
 			go func() {
@@ -171,15 +196,16 @@ a disable. Detach such volumes first and attach them again with --kms-url.`,
 	serve.Flags().BoolVar(&insecure, "insecure", false, "allow plain HTTP on a non-loopback address (tokens and key material cross the network unencrypted)")
 	serve.Flags().StringVar(&addrFile, "addr-file", "", "write the serving URL to this new file once listening (removed at shutdown)")
 	serve.Flags().BoolVar(&force, "force", false, "replace an existing --addr-file (left by a server that did not shut down cleanly)")
+	serve.Flags().StringVar(&a.store, "store", "", storeFlagUsage)
 
 	instance := group("instance", "Manage service instances")
 	instance.AddCommand(&cobra.Command{Use: "create NAME", Short: "Create an instance and print its id", Args: args(cobra.ExactArgs(1)),
-		RunE: func(_ *cobra.Command, args []string) error {
-			tenants, err := a.tenants()
+		RunE: func(cmd *cobra.Command, args []string) error {
+			tenants, closeTenants, err := a.tenants(cmd.Context())
 			if err != nil {
 				return err
 			}
-			defer tenants.Close()
+			defer closeTenants()
 			id, err := tenants.CreateInstance(args[0])
 			if err != nil {
 				return err
@@ -191,12 +217,12 @@ a disable. Detach such volumes first and attach them again with --kms-url.`,
 			return nil
 		}})
 	instance.AddCommand(&cobra.Command{Use: "list", Short: "List the instances: ids, names and creation times, the default first", Args: args(cobra.NoArgs),
-		RunE: func(_ *cobra.Command, _ []string) error {
-			tenants, err := a.tenants()
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			tenants, closeTenants, err := a.tenants(cmd.Context())
 			if err != nil {
 				return err
 			}
-			defer tenants.Close()
+			defer closeTenants()
 			all, err := tenants.ListInstances()
 			if err != nil {
 				return err
@@ -231,12 +257,12 @@ a disable. Detach such volumes first and attach them again with --kms-url.`,
 	var inst string
 	apikey := group("apikey", "Manage API keys")
 	create := &cobra.Command{Use: "create", Short: "Create an API key for an instance and print it (once)", Args: args(cobra.NoArgs),
-		RunE: func(_ *cobra.Command, _ []string) error {
-			tenants, err := a.tenants()
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			tenants, closeTenants, err := a.tenants(cmd.Context())
 			if err != nil {
 				return err
 			}
-			defer tenants.Close()
+			defer closeTenants()
 			if inst == "" {
 				inst, _ = tenants.Default()
 			}
@@ -253,12 +279,12 @@ a disable. Detach such volumes first and attach them again with --kms-url.`,
 	create.Flags().StringVar(&inst, "instance", "", "instance id (default: the default instance)")
 	var listInst string
 	list := &cobra.Command{Use: "list", Short: "List API keys by id, instance and creation time (never the keys)", Args: args(cobra.NoArgs),
-		RunE: func(_ *cobra.Command, _ []string) error {
-			tenants, err := a.tenants()
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			tenants, closeTenants, err := a.tenants(cmd.Context())
 			if err != nil {
 				return err
 			}
-			defer tenants.Close()
+			defer closeTenants()
 			all, err := tenants.ListAPIKeys()
 			if err != nil {
 				return err
@@ -286,12 +312,12 @@ a disable. Detach such volumes first and attach them again with --kms-url.`,
 		}}
 	list.Flags().StringVar(&listInst, "instance", "", "list only this instance's keys")
 	revoke := &cobra.Command{Use: "revoke ID", Short: "Revoke an API key by its id (see list); its tokens stop working at once", Args: args(cobra.ExactArgs(1)),
-		RunE: func(_ *cobra.Command, args []string) error {
-			tenants, err := a.tenants()
+		RunE: func(cmd *cobra.Command, args []string) error {
+			tenants, closeTenants, err := a.tenants(cmd.Context())
 			if err != nil {
 				return err
 			}
-			defer tenants.Close()
+			defer closeTenants()
 			if err := tenants.RevokeAPIKey(args[0]); err != nil {
 				return err
 			}
@@ -302,6 +328,8 @@ a disable. Detach such volumes first and attach them again with --kms-url.`,
 			return nil
 		}}
 	apikey.AddCommand(create, list, revoke)
+	a.addStoreFlag(instance)
+	a.addStoreFlag(apikey)
 	k.AddCommand(serve, instance, apikey)
 	return k
 }
@@ -337,6 +365,24 @@ func checkListen(addr string, loopback, tls, insecure, static bool) error {
 	return nil
 }
 
+// The scheduler lease: among kms serve replicas on one database, the holder runs the
+// scheduled work (runDueLoop). A replica that dies is replaced within schedulerTTL plus a
+// poll (a quarter of it).
+const (
+	schedulerLease = "scheduler"
+	schedulerTTL   = 8 * time.Second
+)
+
+// schedulerHolder names this replica in the scheduler lease: host name, process id and
+// listen address.
+func schedulerHolder(listen string) string {
+	host, err := os.Hostname()
+	if err != nil {
+		host = "unknown-host"
+	}
+	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), listen)
+}
+
 // runDueLoop runs the due policy rotations and expiries of every instance of tenants at once
 // and then every period until ctx ends, logging them with log (see dueLog).
 func (a *app) runDueLoop(ctx context.Context, tenants *kpapi.Tenants, log *slog.Logger, period time.Duration) {
@@ -344,7 +390,7 @@ func (a *app) runDueLoop(ctx context.Context, tenants *kpapi.Tenants, log *slog.
 	defer t.Stop()
 	d := &dueLog{log: log}
 	for {
-		tenants.ExpireTokens()
+		d.tokens(tenants.ExpireTokens())
 		d.record(tenants.RunDue(ctx))
 		select {
 		case <-ctx.Done():
@@ -358,12 +404,27 @@ func (a *app) runDueLoop(ctx context.Context, tenants *kpapi.Tenants, log *slog.
 // failure once, until its message changes or it stops failing (the loop runs every second).
 type dueLog struct {
 	log *slog.Logger
+	// tokenErr is the message of the token clean-up's failure last logged, "" once it works.
+	tokenErr string
 	// failing maps what failed, an instance and key or the zero dueFailure for the run as a
 	// whole, to the message last logged.
 	failing map[dueFailure]string
 }
 
 type dueFailure struct{ instance, key string }
+
+// tokens logs a failure of the expired tokens' clean-up once, until its message changes or
+// it stops failing.
+func (d *dueLog) tokens(err error) {
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	if msg != "" && msg != d.tokenErr {
+		d.log.Error("dropping expired tokens failed", "err", msg)
+	}
+	d.tokenErr = msg
+}
 
 // record logs one run of Tenants.RunDue.
 func (d *dueLog) record(res map[string]crk.RunDueResult, err error) {
@@ -378,6 +439,9 @@ func (d *dueLog) record(res map[string]crk.RunDueResult, err error) {
 		}
 		for _, id := range r.Expired {
 			d.log.Info("key expired", "instance", inst, "key", id)
+		}
+		for _, id := range r.Purged {
+			d.log.Info("deleted key purged", "instance", inst, "key", id)
 		}
 		for id, err := range r.Failed {
 			now[dueFailure{inst, id}] = err.Error()
@@ -395,19 +459,13 @@ func (d *dueLog) record(res map[string]crk.RunDueResult, err error) {
 	d.failing = now
 }
 
-// tenants opens the state directory's instances.
-func (a *app) tenants() (*kpapi.Tenants, error) {
-	dir, err := a.stateDirectory()
+// tenants opens the instances of the store of --store (kmsStore): the state directory's,
+// or a PostgreSQL database's. close closes them (and the database's connections).
+func (a *app) tenants(ctx context.Context) (t *kpapi.Tenants, close func() error, err error) {
+	store, err := a.kmsStore()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	clock, err := a.clock()
-	if err != nil {
-		return nil, err
-	}
-	opts, err := a.crkOptions(clock)
-	if err != nil {
-		return nil, err
-	}
-	return kpapi.OpenTenants(dir, opts)
+	t, _, close, err = a.openTenants(ctx, store, nil)
+	return t, close, err
 }

@@ -43,14 +43,18 @@ func TestScripts(t *testing.T) {
 	if f := flag.Lookup("testwork"); f == nil || f.Value.String() != "true" {
 		root = t.TempDir()
 	}
+	pg := scriptPostgres(t)
 	testscript.Run(t, testscript.Params{
 		Dir:         "testdata",
 		WorkdirRoot: root,
 		// [long] holds with CRKVOL_LONG_TESTS=1 (CI): scripts too heavy for a plain go test
 		// skip themselves without it.
 		Condition: func(cond string) (bool, error) {
-			if cond == "long" {
+			switch cond {
+			case "long":
 				return tooltest.Long(), nil
+			case "postgres":
+				return pg != nil, nil
 			}
 			return false, fmt.Errorf("unknown condition %q", cond)
 		},
@@ -65,6 +69,7 @@ func TestScripts(t *testing.T) {
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"setjson":            cmdSetJSON,
+			"pgdatabase":         pg.cmdDatabase,
 			"exitcode":           cmdExitCode,
 			"cmpprefix":          cmdCmpPrefix,
 			"mode":               cmdMode,
