@@ -590,3 +590,143 @@ func haRegistration(ctx context.Context, c *haCluster, l *haLoad, raw *http.Clie
 		r.uncertain = true
 	}
 }
+
+// TestHAPolicyRotationOnce: rotation policies that come due fire exactly once across three
+// replicas, with the replica holding the scheduler lease killed (SIGKILL) 1.5 s before the
+// due time: a surviving replica takes the lease over and rotates each due key once, within
+// 15 s after the due time.
+func TestHAPolicyRotationOnce(t *testing.T) {
+	if !tooltest.Long() {
+		t.Skip("long test: set CRKVOL_LONG_TESTS=1")
+	}
+	t.Parallel()
+	testStart := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c := newHACluster(t, 3, time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC))
+	const keys = 6
+	var ids []string
+	var lastDue, firstDue time.Time
+	client := haClient(t, c, 0)
+	for i := range keys {
+		id := c.reps[i%3].createRootKey(fmt.Sprintf("policy-%d", i))
+		c.reps[(i+1)%3].setRotationPolicy(id, 1)
+		k, err := client.GetKey(ctx, id)
+		require.NoError(t, err)
+		// The API gives creation dates in whole seconds: the key is due within a second
+		// after this.
+		due := k.CreationDate.AddDate(0, 1, 0)
+		if lastDue.IsZero() || due.Add(time.Second).After(lastDue) {
+			lastDue = due.Add(time.Second)
+		}
+		if firstDue.IsZero() || due.Before(firstDue) {
+			firstDue = due
+		}
+		ids = append(ids, id)
+	}
+	// Every replica stopped and started again with the shared clock 12 s before the last
+	// due time (a month later): the policies come due ~12 s into this phase.
+	for _, r := range c.reps {
+		r.stop()
+	}
+	c.base, c.baseWall = lastDue.Add(-12*time.Second), time.Now()
+	for _, r := range c.reps {
+		r.start(c.now())
+	}
+	t.Logf("setup: %d keys with a 1-month policy, due from %s to %s; replicas restarted at %s (%v)",
+		keys, firstDue.Format(time.RFC3339Nano), lastDue.Format(time.RFC3339Nano), c.now().Format(time.RFC3339Nano), time.Since(testStart).Round(time.Millisecond))
+	for _, id := range ids {
+		v, _ := c.reps[0].keyMeta(id)
+		vs, err := client.ListKeyVersions(ctx, id, nil)
+		require.NoError(t, err)
+		require.Len(t, vs.KeyVersion, 1, "key %s (latest %s) not rotated before its due time", id, v)
+	}
+	// The feed's head before the rotations, read through one replica, continued through
+	// another at the end.
+	_, cursor := c.reps[2].feed("")
+	// Kill the scheduler 1.5 s before the first due time.
+	killAt := firstDue.Add(-1500 * time.Millisecond)
+	holder := -1
+	for c.now().Before(killAt) {
+		if h := c.schedulerHolder(ctx); h >= 0 {
+			holder = h
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	require.GreaterOrEqual(t, holder, 0, "a replica holds the scheduler lease")
+	require.Equal(t, holder, c.schedulerHolder(ctx), "the scheduler holder did not change before the kill")
+	c.reps[holder].kill()
+	t.Logf("SIGKILL of replica %d, the scheduler, at service time %s (%s before the first due time)",
+		holder, c.now().Format(time.RFC3339Nano), firstDue.Sub(c.now()).Round(time.Millisecond))
+	survivor := (holder + 1) % 3
+	client = haClient(t, c, survivor)
+	// Wait for every key's policy rotation; the deadline, 15 s after the last due time, is
+	// the acceptance criterion.
+	deadline := lastDue.Add(15 * time.Second)
+	var rotatedAt time.Time
+	for {
+		done := 0
+		for _, id := range ids {
+			vs, err := client.ListKeyVersions(ctx, id, nil)
+			require.NoError(t, err)
+			require.LessOrEqual(t, len(vs.KeyVersion), 2, "key %s rotated more than once", id)
+			if len(vs.KeyVersion) == 2 {
+				done++
+			}
+		}
+		if done == keys {
+			rotatedAt = c.now()
+			break
+		}
+		require.True(t, c.now().Before(deadline), "%d of %d keys rotated by their policy within 15 s after the due time", done, keys)
+		time.Sleep(200 * time.Millisecond)
+	}
+	newHolder := c.schedulerHolder(ctx)
+	t.Logf("every due key rotated %s after the last due time, %s after the kill; scheduler now replica %d",
+		rotatedAt.Sub(lastDue).Round(time.Millisecond), rotatedAt.Sub(killAt).Round(time.Millisecond), newHolder)
+	assert.NotEqual(t, holder, newHolder)
+	// Still exactly once a few seconds later, on every count: versions, the audit events and
+	// the lifecycle feed (one rotation with policy=true per key).
+	time.Sleep(3 * time.Second)
+	conn := c.conn(ctx)
+	for _, id := range ids {
+		vs, err := client.ListKeyVersions(ctx, id, nil)
+		require.NoError(t, err)
+		assert.Len(t, vs.KeyVersion, 2, "key %s", id)
+		var n int
+		require.NoError(t, conn.QueryRow(ctx, `SELECT json_array_length(record->'versions') FROM crk_keys WHERE instance = $1 AND id = $2`, c.instance, id).Scan(&n))
+		assert.Equal(t, 2, n, "versions of %s in crk_keys", id)
+	}
+	events, _ := c.reps[survivor].feed(cursor)
+	policyRotations := map[string]int{}
+	for _, e := range events {
+		if e.Type == "rotate" {
+			assert.True(t, e.Policy, "rotation of %s by the policy", e.KeyID)
+			policyRotations[e.KeyID]++
+		}
+	}
+	for _, id := range ids {
+		assert.Equal(t, 1, policyRotations[id], "policy rotations of %s in the lifecycle feed", id)
+	}
+	// The rotations were logged by the surviving scheduler(s), each key once.
+	logged := map[string]int{}
+	for i, r := range c.reps {
+		if i == holder {
+			continue
+		}
+		r.stop()
+		for _, line := range strings.Split(r.stderr.String(), "\n") {
+			if strings.Contains(line, "rotation policy rotated a key") {
+				for _, id := range ids {
+					if strings.Contains(line, id) {
+						logged[id]++
+					}
+				}
+			}
+		}
+	}
+	for _, id := range ids {
+		assert.Equal(t, 1, logged[id], "log lines of the policy rotation of %s on the survivors", id)
+	}
+	t.Logf("test in %v", time.Since(testStart).Round(time.Millisecond))
+}
