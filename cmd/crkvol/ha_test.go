@@ -730,3 +730,234 @@ func TestHAPolicyRotationOnce(t *testing.T) {
 	}
 	t.Logf("test in %v", time.Since(testStart).Round(time.Millisecond))
 }
+
+// haStatus is the outcome of one request of TestHADatabaseRestart's load.
+type haStatus struct {
+	replica    int
+	start, end time.Time
+	status     int // 0: no response
+	err        error
+	body       string // of a failure, its start
+}
+
+// TestHADatabaseRestart: PostgreSQL restarted under load (a fast restart, then an outage
+// longer than the replicas' retry window): the replicas recover without a restart of their
+// own. Requests during the outage wait or fail with 503 (never 500), and succeed again
+// afterwards on every replica; a lifecycle feed long poll made before the outage is woken by
+// a rotation after it (the replica's LISTEN reconnected); the scheduler resumes (a key
+// expiring after the outage is expired by it).
+func TestHADatabaseRestart(t *testing.T) {
+	if !tooltest.Long() {
+		t.Skip("long test: set CRKVOL_LONG_TESTS=1")
+	}
+	t.Parallel()
+	testStart := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	c := newHACluster(t, 3, time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC))
+	client := haClient(t, c, 1)
+	k, err := client.CreateRootKey(ctx, "restart-load", nil)
+	require.NoError(t, err)
+	key := k.ID
+
+	// The feed's long polls, on replica 0, from its head: every event with the wall time
+	// it arrived.
+	type fedEvent struct {
+		e2eFeedEvent
+		at time.Time
+	}
+	var (
+		feedMu sync.Mutex
+		fed    []fedEvent
+		polls  = map[string]int{} // outcomes of the long polls
+	)
+	_, cursor := c.reps[0].feed("")
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		hc := &http.Client{Timeout: 90 * time.Second}
+		for loadCtx.Err() == nil {
+			req, _ := http.NewRequestWithContext(loadCtx, "GET", c.reps[0].url+"/api/crkvol/v1/lifecycle?wait=60s&cursor="+cursor, nil)
+			req.Header.Set("authorization", "Bearer "+c.token)
+			req.Header.Set("bluemix-instance", c.instance)
+			resp, err := hc.Do(req)
+			if err != nil {
+				feedMu.Lock()
+				polls["transport"]++
+				feedMu.Unlock()
+				time.Sleep(200 * time.Millisecond)
+				continue
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			var page struct {
+				Events []e2eFeedEvent `json:"events"`
+				Cursor string         `json:"cursor"`
+			}
+			feedMu.Lock()
+			polls[fmt.Sprint(resp.StatusCode)]++
+			if resp.StatusCode == http.StatusOK && json.Unmarshal(body, &page) == nil {
+				for _, e := range page.Events {
+					fed = append(fed, fedEvent{e, time.Now()})
+				}
+				cursor = page.Cursor
+			}
+			feedMu.Unlock()
+			if resp.StatusCode != http.StatusOK {
+				time.Sleep(200 * time.Millisecond)
+			}
+		}
+	})
+
+	// The load: 8 workers wrapping with plain HTTP (the official client would retry 5xx by
+	// itself), worker w on replica w mod 3.
+	var (
+		loadMu  sync.Mutex
+		results []haStatus
+	)
+	for w := range 8 {
+		wg.Go(func() {
+			hc := &http.Client{Timeout: 90 * time.Second}
+			r := w % 3
+			body := `{"plaintext":"` + base64.StdEncoding.EncodeToString([]byte(fmt.Sprintf("dek-of-worker-%02d-0123456789abcdef", w))) + `"}`
+			for loadCtx.Err() == nil {
+				req, _ := http.NewRequestWithContext(loadCtx, "POST", c.reps[r].url+"/api/v2/keys/"+key+"/actions/wrap", strings.NewReader(body))
+				req.Header.Set("authorization", "Bearer "+c.token)
+				req.Header.Set("bluemix-instance", c.instance)
+				req.Header.Set("content-type", "application/json")
+				s := haStatus{replica: r, start: time.Now()}
+				resp, err := hc.Do(req)
+				if err == nil {
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					s.status = resp.StatusCode
+					if s.status != http.StatusOK {
+						s.body = string(b[:min(len(b), 300)])
+					}
+				}
+				s.end, s.err = time.Now(), err
+				if loadCtx.Err() != nil {
+					return // cut by the end of the load
+				}
+				loadMu.Lock()
+				results = append(results, s)
+				loadMu.Unlock()
+				if s.status != http.StatusOK {
+					time.Sleep(100 * time.Millisecond)
+				}
+			}
+		})
+	}
+	phase := func(from, to time.Time) map[int]int {
+		loadMu.Lock()
+		defer loadMu.Unlock()
+		n := map[int]int{}
+		for _, s := range results {
+			if !s.start.Before(from) && s.start.Before(to) {
+				n[s.status]++
+			}
+		}
+		return n
+	}
+
+	// A fast restart (open connections cut).
+	time.Sleep(3 * time.Second)
+	restartFrom := time.Now()
+	c.pg.Restart(t)
+	restartTo := time.Now()
+	t.Logf("PostgreSQL restarted in %v", restartTo.Sub(restartFrom).Round(time.Millisecond))
+	time.Sleep(4 * time.Second)
+	t.Logf("requests before the restart: %v; started during it and in the 4 s after: %v",
+		phase(testStart, restartFrom), phase(restartFrom, time.Now()))
+
+	// An outage longer than the replicas' retry window (pgdb.DefaultRetryFor, 30 s).
+	stopFrom := time.Now()
+	c.pg.Stop()
+	const outage = 35 * time.Second
+	time.Sleep(outage)
+	c.pg.StartAgain(t)
+	back := time.Now()
+	t.Logf("PostgreSQL stopped for %v", back.Sub(stopFrom).Round(time.Millisecond))
+
+	// Every replica serves again: the first success of each after the database is back.
+	recovered := map[int]time.Duration{}
+	for len(recovered) < 3 {
+		require.True(t, time.Since(back) < 15*time.Second, "replicas serving again 15 s after the database came back: %v", recovered)
+		loadMu.Lock()
+		for _, s := range results {
+			if s.status == http.StatusOK && s.end.After(back) {
+				if _, ok := recovered[s.replica]; !ok {
+					recovered[s.replica] = s.end.Sub(back)
+				}
+			}
+		}
+		loadMu.Unlock()
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("first success after the database came back, by replica: %v", recovered)
+
+	// The long poll on replica 0, made before the outage or re-made during it, sees a
+	// rotation made through replica 1 after it.
+	rotated := time.Now()
+	require.NoError(t, client.Rotate(ctx, key, ""))
+	var woken time.Duration
+	for woken == 0 {
+		require.True(t, time.Since(rotated) < 15*time.Second, "the long poll saw the rotation within 15 s")
+		feedMu.Lock()
+		for _, e := range fed {
+			if e.KeyID == key && e.Type == "rotate" && e.at.After(rotated) {
+				woken = e.at.Sub(rotated)
+			}
+		}
+		feedMu.Unlock()
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("the feed long poll on replica 0 got the rotation %v after it", woken.Round(time.Millisecond))
+
+	// The scheduler: a key expiring 3 s (service time) from now is expired by it.
+	exp := c.now().Add(3 * time.Second).Truncate(time.Second).Add(time.Second)
+	ek, err := client.CreateRootKey(ctx, "restart-expiring", &exp)
+	require.NoError(t, err)
+	conn := c.conn(ctx)
+	for {
+		var n int
+		require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM crk_events WHERE instance = $1 AND key_id = $2 AND action = 'kms.secrets.expire'`, c.instance, ek.ID).Scan(&n))
+		if n > 0 {
+			require.Equal(t, 1, n, "expiry events")
+			break
+		}
+		require.True(t, c.now().Before(exp.Add(15*time.Second)), "the scheduler expired the key within 15 s of its expiration")
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("the scheduler (replica %d) expired a key %v after its expiration", c.schedulerHolder(ctx), c.now().Sub(exp).Round(time.Millisecond))
+	time.Sleep(2 * time.Second)
+	stopLoad()
+	wg.Wait()
+
+	during, after := phase(stopFrom, back), phase(back.Add(5*time.Second), time.Now())
+	t.Logf("requests started during the outage: %v; started from 5 s after it: %v; long polls: %v", during, after, polls)
+	loadMu.Lock()
+	defer loadMu.Unlock()
+	failed := 0
+	for _, s := range results {
+		switch {
+		case s.status == http.StatusOK:
+		case s.status == http.StatusServiceUnavailable:
+			failed++
+		default:
+			t.Errorf("replica %d: a request started %v after the test began, answered in %v: status %d, %v %s", s.replica, s.start.Sub(testStart).Round(time.Millisecond), s.end.Sub(s.start).Round(time.Millisecond), s.status, s.err, s.body)
+		}
+	}
+	assert.NotZero(t, during[http.StatusServiceUnavailable], "requests failing with 503 during an outage longer than the retry window")
+	assert.Equal(t, map[int]int{http.StatusOK: after[http.StatusOK]}, after, "requests from 5 s after the outage")
+	for _, r := range c.reps {
+		require.NotNil(t, r.cmd, "no replica was restarted")
+		select {
+		case err := <-r.exited:
+			t.Fatalf("a replica exited: %v: %s", err, r.stderr)
+		default:
+		}
+	}
+	t.Logf("%d requests, %d failed with 503; test in %v", len(results), failed, time.Since(testStart).Round(time.Millisecond))
+}
