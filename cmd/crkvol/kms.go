@@ -12,6 +12,8 @@ import (
 	"os/signal"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -38,7 +40,17 @@ after the requests in flight; the feed's long polls are answered at once.
 kms serve holds the state directory's key store while it runs, so it refuses to start while a
 volume attach process serves a volume with the state directory's embedded key service (attached
 without --kms-url): that process follows its key by reading the store and could no longer see
-a disable. Detach such volumes first and attach them again with --kms-url.`,
+a disable. Detach such volumes first and attach them again with --kms-url.
+
+With --store postgres://… (env CRKVOL_STORE) the instances, keys, API keys and tokens are kept
+in a PostgreSQL database instead, and any number of kms serve replicas, on any machines, serve
+the same service: put an HTTP load balancer in front of them. Every replica needs the same
+master key: CRKVOL_MASTER_KEY, or the master key file crk.db.masterkey of its state directory
+(--state), which the first replica on an empty database makes; copy it to the others. The
+scheduled work (rotation policies, expiries, purges, token clean-up) runs on one replica at a
+time, the holder of the database's scheduler lease; another takes over within about 10 s of
+its end. The server keeps running while the database is unreachable (its requests fail) and
+serves again once it is back. Move a state directory's store into a database with kms migrate.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if (cert == "") != (keyFile == "") {
 				return usagef("give both --tls-cert and --tls-key, or neither")
@@ -147,21 +159,22 @@ a disable. Detach such volumes first and attach them again with --kms-url.`,
 			}
 			// Rotation policies and expiries, on the server clock: run what is due now and
 			// then every second (one read transaction per instance when nothing is due),
-			// dropping expired bearer tokens on the way. The loop is joined before the stores
-			// close.
+			// dropping expired bearer tokens on the way. The loop and its token clean-ups are
+			// joined before the stores close.
 			dueDone := make(chan struct{})
-			defer func() { stop(); <-dueDone }()
+			sweeper := &tokenSweeper{tenants: tenants}
+			defer func() { stop(); <-dueDone; sweeper.wg.Wait() }()
 			go func() {
 				defer close(dueDone)
 				if db == nil {
-					a.runDueLoop(ctx, tenants, log, time.Second)
+					a.runDueLoop(ctx, tenants, sweeper, log, time.Second)
 					return
 				}
 				// Replicas on one database: the scheduled work runs on the one holding
 				// the scheduler lease, and stops at once when it is lost.
 				db.Lead(ctx, schedulerLease, schedulerHolder(ln.Addr().String()), schedulerTTL, func(ctx context.Context) {
 					log.Info("scheduler: this replica runs the scheduled work")
-					a.runDueLoop(ctx, tenants, log, time.Second)
+					a.runDueLoop(ctx, tenants, sweeper, log, time.Second)
 					log.Info("scheduler: this replica stopped running the scheduled work")
 				})
 			}()
@@ -330,7 +343,7 @@ a disable. Detach such volumes first and attach them again with --kms-url.`,
 	apikey.AddCommand(create, list, revoke)
 	a.addStoreFlag(instance)
 	a.addStoreFlag(apikey)
-	k.AddCommand(serve, instance, apikey)
+	k.AddCommand(serve, instance, apikey, a.kmsMigrateCommand())
 	return k
 }
 
@@ -383,14 +396,37 @@ func schedulerHolder(listen string) string {
 	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), listen)
 }
 
+// tokenSweeper drops expired bearer tokens for runDueLoop, one clean-up at a time, in the
+// background: Tenants.ExpireTokens takes no context and may wait for an unreachable database
+// for half a minute, and the loop must stop at once when its context ends (a lost scheduler
+// lease). A clean-up still running then is harmless (any replica may drop expired tokens);
+// wg joins it before the stores close.
+type tokenSweeper struct {
+	tenants *kpapi.Tenants
+	wg      sync.WaitGroup
+	busy    atomic.Bool
+}
+
+// sweep starts a clean-up unless one is running, logging its failure with d.
+func (s *tokenSweeper) sweep(d *dueLog) {
+	if !s.busy.CompareAndSwap(false, true) {
+		return
+	}
+	s.wg.Go(func() {
+		defer s.busy.Store(false)
+		d.tokens(s.tenants.ExpireTokens())
+	})
+}
+
 // runDueLoop runs the due policy rotations and expiries of every instance of tenants at once
-// and then every period until ctx ends, logging them with log (see dueLog).
-func (a *app) runDueLoop(ctx context.Context, tenants *kpapi.Tenants, log *slog.Logger, period time.Duration) {
+// and then every period until ctx ends, logging them with log (see dueLog), and has sweeper
+// drop expired tokens.
+func (a *app) runDueLoop(ctx context.Context, tenants *kpapi.Tenants, sweeper *tokenSweeper, log *slog.Logger, period time.Duration) {
 	t := time.NewTicker(period)
 	defer t.Stop()
 	d := &dueLog{log: log}
 	for {
-		d.tokens(tenants.ExpireTokens())
+		sweeper.sweep(d)
 		d.record(tenants.RunDue(ctx))
 		select {
 		case <-ctx.Done():
@@ -404,7 +440,8 @@ func (a *app) runDueLoop(ctx context.Context, tenants *kpapi.Tenants, log *slog.
 // failure once, until its message changes or it stops failing (the loop runs every second).
 type dueLog struct {
 	log *slog.Logger
-	// tokenErr is the message of the token clean-up's failure last logged, "" once it works.
+	// tokenErr is the message of the token clean-up's failure last logged, "" once it works;
+	// one clean-up at a time writes it (tokenSweeper).
 	tokenErr string
 	// failing maps what failed, an instance and key or the zero dueFailure for the run as a
 	// whole, to the message last logged.

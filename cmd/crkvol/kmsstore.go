@@ -45,6 +45,12 @@ func (s kmsStore) redacted() string {
 	return "bolt:" + s.dir
 }
 
+// redactStore returns a --store, --from or --to value without any password written in it,
+// whatever its scheme.
+func redactStore(s string) string {
+	return pgdb.Redact(redactURL(s))
+}
+
 // errBadStore is a --store value that names no store crkvol knows.
 var errBadStore = errors.New("want postgres://…, postgresql://… or bolt:DIR")
 
@@ -52,7 +58,7 @@ var errBadStore = errors.New("want postgres://…, postgresql://… or bolt:DIR"
 // plain path to either.
 func parseBoltStore(s string) (string, bool) {
 	dir, _ := strings.CutPrefix(s, "bolt:")
-	if dir == "" || pgdb.IsURL(dir) || strings.Contains(strings.SplitN(dir, "/", 2)[0], "://") {
+	if dir == "" || strings.Contains(dir, "://") {
 		return "", false
 	}
 	if filepath.Base(dir) == "crk.db" {
@@ -84,11 +90,11 @@ func (a *app) kmsStore() (kmsStore, error) {
 		return kmsStore{dir: dir, url: s}, nil
 	}
 	if !strings.HasPrefix(s, "bolt:") {
-		return kmsStore{}, usagef("--store %q: %w", pgdb.Redact(s), errBadStore)
+		return kmsStore{}, usagef("--store %q: %w", redactStore(s), errBadStore)
 	}
 	d, ok := parseBoltStore(s)
 	if !ok {
-		return kmsStore{}, usagef("--store %q: %w", pgdb.Redact(s), errBadStore)
+		return kmsStore{}, usagef("--store %q: %w", redactStore(s), errBadStore)
 	}
 	return kmsStore{dir: d}, nil
 }
@@ -115,7 +121,9 @@ func (p *pgTenants) Close() error {
 // directory's key file, which is made only while the database holds no instance: a replica
 // joining a database in use needs the key file of the others. With a database, the
 // returned *pgdb.DB is the tenants' connection (for kms serve's scheduler lease); it is nil
-// for a state directory. log receives the database's retries and reconnections.
+// for a state directory. log, given by kms serve only, receives the database's retries and
+// reconnections; without it (the instance and API key commands, which open no key service)
+// the master key file is not checked.
 func (a *app) openTenants(ctx context.Context, store kmsStore, log *slog.Logger) (*kpapi.Tenants, *pgdb.DB, func() error, error) {
 	clock, err := a.clock()
 	if err != nil {
@@ -132,7 +140,8 @@ func (a *app) openTenants(ctx context.Context, store kmsStore, log *slog.Logger)
 		}
 		return t, nil, t.Close, nil
 	}
-	if log == nil {
+	serving := log != nil
+	if !serving {
 		log = slog.New(slog.DiscardHandler)
 	}
 	opts.Logger = log
@@ -142,6 +151,9 @@ func (a *app) openTenants(ctx context.Context, store kmsStore, log *slog.Logger)
 	}
 	if opts.MasterKey == nil {
 		opts.MasterKeyFile = filepath.Join(store.dir, masterKeyFileName)
+	}
+	// Managing instances and API keys opens no key service: only a server needs the key.
+	if opts.MasterKey == nil && serving {
 		if err := a.checkMasterKeyFile(ctx, services, opts.MasterKeyFile); err != nil {
 			services.Close()
 			return nil, nil, nil, err
