@@ -141,6 +141,7 @@ type failover struct {
 	attempts atomic.Int64
 }
 
+// newFailover returns the transport of a client of replica pref.
 func newFailover(c *haCluster, pref int) *failover {
 	f := &failover{pref: pref, base: &http.Transport{MaxIdleConnsPerHost: 8, IdleConnTimeout: 30 * time.Second}}
 	for _, r := range c.reps {
@@ -252,7 +253,9 @@ func TestHAReplicasUnderLoad(t *testing.T) {
 	defer cancel()
 	var wg sync.WaitGroup
 	for w := range workers {
-		wg.Go(func() { haWorker(ctx, t, c, l, w) })
+		f := newFailover(c, w%len(c.reps))
+		client := haClientOn(t, c, f)
+		wg.Go(func() { haWorker(ctx, c, l, w, f, client) })
 	}
 	// The disruptions: replica 0 killed after 10 s (not started again), replica 1 restarted
 	// with SIGTERM after 18 s. Replica 2 survives for the checks.
@@ -264,6 +267,11 @@ func TestHAReplicasUnderLoad(t *testing.T) {
 	c.restart(1)
 	t.Logf("replica 1 restarted (SIGTERM + start) in %v", time.Since(restartAt).Round(time.Millisecond))
 	wg.Wait()
+	// Requests the workers gave up on at the end of the run may still be running in the
+	// servers: a graceful restart of the survivors waits for them, so that what the checks
+	// read through the API and in the database no longer changes.
+	c.restart(1)
+	c.restart(2)
 	t.Logf("load: %d workers for %v: acknowledged %v; refusals and errors %v", workers, run, l.ops, l.outcomes)
 	for kind, err := range l.failures {
 		t.Logf("example of %s: %v", kind, err)
@@ -415,6 +423,7 @@ func haClient(t *testing.T, c *haCluster, pref int) *kp.Client {
 	return haClientOn(t, c, f)
 }
 
+// haClientOn is an official client on the transport f, with the cluster's token.
 func haClientOn(t *testing.T, c *haCluster, f *failover) *kp.Client {
 	t.Helper()
 	cl, err := kp.New(kp.ClientConfig{BaseURL: c.reps[f.pref].url, Authorization: "Bearer " + c.token,
@@ -423,12 +432,11 @@ func haClientOn(t *testing.T, c *haCluster, f *failover) *kp.Client {
 	return cl
 }
 
-// haWorker runs random operations on replica w mod 3 (another when it cannot be reached)
-// until ctx ends. Keys to rotate, wrap under and register are any acknowledged key; each
-// registration CRN belongs to one worker, so its last acknowledged state is well defined.
-func haWorker(ctx context.Context, t *testing.T, c *haCluster, l *haLoad, w int) {
-	f := newFailover(c, w%len(c.reps))
-	client := haClientOn(t, c, f)
+// haWorker runs random operations with client, whose transport is f (replica w mod 3, another
+// when it cannot be reached), until ctx ends. Keys to rotate and wrap under are any
+// acknowledged key; registrations go on the worker's own keys, and each CRN belongs to one
+// worker, so its last acknowledged state is well defined.
+func haWorker(ctx context.Context, c *haCluster, l *haLoad, w int, f *failover, client *kp.Client) {
 	raw := &http.Client{Transport: f, Timeout: 20 * time.Second}
 	rng := rand.New(rand.NewPCG(uint64(w), 20))
 	var mine []string // this worker's acknowledged keys
