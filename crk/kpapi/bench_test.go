@@ -10,8 +10,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	kp "github.com/IBM/keyprotect-go-client"
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"crkvol/crk"
@@ -36,24 +38,40 @@ const benchClients = 32
 func BenchmarkServerWrapUnwrap32(b *testing.B) {
 	for _, setup := range []struct {
 		name    string
-		servers func(b *testing.B) []*Tenants
+		servers func(b *testing.B) ([]*Tenants, string)
 	}{
-		{"bolt", func(b *testing.B) []*Tenants {
+		{"bolt", func(b *testing.B) ([]*Tenants, string) {
 			tenants, err := OpenTenants(b.TempDir(), crk.Options{MasterKey: testMasterKey()})
 			require.NoError(b, err)
 			b.Cleanup(func() { tenants.Close() })
-			return []*Tenants{tenants}
+			return []*Tenants{tenants}, ""
 		}},
-		{"postgres-1", func(b *testing.B) []*Tenants { return benchReplicas(b, 1) }},
-		{"postgres-3", func(b *testing.B) []*Tenants { return benchReplicas(b, 3) }},
+		{"postgres-1", func(b *testing.B) ([]*Tenants, string) { return benchReplicas(b, 1) }},
+		{"postgres-3", func(b *testing.B) ([]*Tenants, string) { return benchReplicas(b, 3) }},
 	} {
-		b.Run(setup.name, func(b *testing.B) { benchWrapUnwrap(b, setup.servers(b)) })
+		b.Run(setup.name, func(b *testing.B) {
+			servers, url := setup.servers(b)
+			benchWrapUnwrap(b, servers, url)
+		})
 	}
 }
 
+// commits returns the transactions committed in the database at url so far, as PostgreSQL's
+// statistics count them.
+func commits(b *testing.B, url string) int64 {
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	require.NoError(b, err)
+	defer conn.Close(ctx)
+	var n int64
+	require.NoError(b, conn.QueryRow(ctx, `SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()`).Scan(&n))
+	return n
+}
+
 // benchReplicas opens n Tenants on one fresh PostgreSQL database, as n kms serve replicas do.
-func benchReplicas(b *testing.B, n int) []*Tenants {
+func benchReplicas(b *testing.B, n int) ([]*Tenants, string) {
 	url := pgtest.Start(b).NewDatabase(b)
+
 	all := make([]*Tenants, n)
 	for i := range all {
 		tenants, err := OpenTenantsDatabase(context.Background(), url, crk.Options{MasterKey: testMasterKey()})
@@ -61,12 +79,14 @@ func benchReplicas(b *testing.B, n int) []*Tenants {
 		b.Cleanup(func() { tenants.Close() })
 		all[i] = tenants
 	}
-	return all
+	return all, url
 }
 
 // benchWrapUnwrap serves each Tenants over loopback HTTP and runs b.N wrap+unwrap pairs
-// shared among benchClients goroutines, client i talking to server i mod len(servers).
-func benchWrapUnwrap(b *testing.B, servers []*Tenants) {
+// shared among benchClients goroutines, client i talking to server i mod len(servers). With
+// the URL of the servers' PostgreSQL database, it also reports the transactions committed
+// per pair ("tx/op", from PostgreSQL's statistics).
+func benchWrapUnwrap(b *testing.B, servers []*Tenants, dbURL string) {
 	ctx := context.Background()
 	urls := make([]string, len(servers))
 	for i, tenants := range servers {
@@ -100,6 +120,10 @@ func benchWrapUnwrap(b *testing.B, servers []*Tenants) {
 		errOnce  sync.Once
 		firstErr error
 	)
+	var before int64
+	if dbURL != "" {
+		before = commits(b, dbURL)
+	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := range clients {
@@ -122,4 +146,9 @@ func benchWrapUnwrap(b *testing.B, servers []*Tenants) {
 		b.Fatal(firstErr)
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "wrap+unwrap/s")
+	if dbURL != "" {
+		// Backends flush their statistics within about a second of going idle.
+		time.Sleep(1500 * time.Millisecond)
+		b.ReportMetric(float64(commits(b, dbURL)-before)/float64(b.N), "tx/op")
+	}
 }
