@@ -436,13 +436,24 @@ func (t *pgTx) putEvents(evs []*Event) error {
 	return err
 }
 
-// pruneEvents: sequence numbers and filing times both grow, so the events beyond either bound
-// are the oldest ones.
+// pruneEventsSQL deletes the oldest events of instance $1 up to the first one within both
+// bounds, as the bbolt store does: within the count $2 (no bound if 0) and filed at or after
+// $3 (Unix nanoseconds); at most $4 of them (all if NULL). The events it deletes are the
+// oldest (a range of the primary key), so it reads them and the first one it keeps, a few
+// times, but none of the others: it runs for every appended event, whatever the number kept.
+// (The doomed sequence numbers go to the DELETE as an array, for which the planner assumes a
+// few elements and takes the primary key; with a range or IN, it expects a third of the
+// instance's events and scans them all.)
+const pruneEventsSQL = `WITH
+		head AS (SELECT CASE WHEN $2 > 0 THEN events_seq - $2 ELSE 0 END AS bound FROM crk_instances WHERE id = $1),
+		kept AS (SELECT min(seq) AS seq FROM crk_events WHERE instance = $1
+			AND seq > (SELECT bound FROM head) AND nanos >= $3),
+		doomed AS (SELECT seq FROM crk_events WHERE instance = $1
+			AND seq < COALESCE((SELECT seq FROM kept), 9223372036854775807) ORDER BY seq LIMIT $4)
+		DELETE FROM crk_events WHERE instance = $1 AND seq = ANY (ARRAY(SELECT seq FROM doomed))`
+
 func (t *pgTx) pruneEvents(maxCount int, cutoff uint64, limit int) (int, error) {
-	tag, err := t.tx.Exec(t.ctx, `DELETE FROM crk_events WHERE instance = $1 AND seq IN (
-		SELECT seq FROM crk_events WHERE instance = $1 AND (
-			($2 > 0 AND seq <= (SELECT events_seq FROM crk_instances WHERE id = $1) - $2) OR nanos < $3)
-		ORDER BY seq LIMIT $4)`, t.instance, int64(max(maxCount, 0)), clampInt64(cutoff), limitArg(limit))
+	tag, err := t.tx.Exec(t.ctx, pruneEventsSQL, t.instance, int64(max(maxCount, 0)), clampInt64(cutoff), limitArg(limit))
 	if err != nil {
 		return 0, err
 	}

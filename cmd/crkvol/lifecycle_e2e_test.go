@@ -51,6 +51,7 @@ type kmsProc struct {
 	t        *testing.T
 	bin      string
 	state    string
+	store    string // --store (CRKVOL_STORE): "" for the state directory's bbolt stores
 	listen   string // 127.0.0.1:0 until the first start, then the address it got
 	url      string
 	instance string
@@ -63,10 +64,21 @@ type kmsProc struct {
 }
 
 // newKMS prepares a server state directory and reads its default instance id.
-func newKMS(t *testing.T, bin, dir string) *kmsProc {
-	k := &kmsProc{t: t, bin: bin, state: filepath.Join(dir, "kms-state"), listen: "127.0.0.1:0"}
+func newKMS(t *testing.T, bin, dir string) *kmsProc { return newKMSOn(t, bin, dir, "", nil) }
+
+// newKMSOn is newKMS for a server on store (--store; "" for the state directory's). A
+// further replica of a PostgreSQL store gets the master key file of keyFrom, another
+// replica, as an operator copies it.
+func newKMSOn(t *testing.T, bin, dir, store string, keyFrom *kmsProc) *kmsProc {
+	k := &kmsProc{t: t, bin: bin, state: filepath.Join(dir, "kms-state"), store: store, listen: "127.0.0.1:0"}
+	if keyFrom != nil {
+		key, err := os.ReadFile(keyFrom.masterKeyFile())
+		require.NoError(t, err)
+		require.NoError(t, os.MkdirAll(k.state, 0o700))
+		require.NoError(t, os.WriteFile(k.masterKeyFile(), key, 0o600))
+	}
 	cmd := exec.Command(bin, "--json", "kms", "instance", "list")
-	cmd.Env = e2eEnv("CRKVOL_STATE="+k.state, "CRKVOL_MASTER_KEY=")
+	cmd.Env = k.env()
 	out, err := cmd.Output()
 	require.NoError(t, err, "kms instance list: %s", out)
 	var list []struct {
@@ -81,6 +93,14 @@ func newKMS(t *testing.T, bin, dir string) *kmsProc {
 	return k
 }
 
+// env is the environment of the server's commands.
+func (k *kmsProc) env() []string {
+	return e2eEnv("CRKVOL_STATE="+k.state, "CRKVOL_MASTER_KEY=", "CRKVOL_STORE="+k.store)
+}
+
+// masterKeyFile is the master key file of the server's state directory.
+func (k *kmsProc) masterKeyFile() string { return filepath.Join(k.state, "crk.db.masterkey") }
+
 // now is the service clock: the --now of the last start advanced by the wall time since.
 func (k *kmsProc) now() time.Time { return k.clockAt.Add(time.Since(k.wallAt)) }
 
@@ -90,8 +110,8 @@ func (k *kmsProc) start(now time.Time) {
 	t.Helper()
 	addrFile := filepath.Join(k.state, "..", "kms-addr.txt")
 	cmd := exec.Command(k.bin, "kms", "serve", "--listen", k.listen, "--addr-file", addrFile, "--force",
-		"--static-token", e2eStaticToken, "--now", now.UTC().Format(time.RFC3339))
-	cmd.Env = e2eEnv("CRKVOL_STATE="+k.state, "CRKVOL_MASTER_KEY=")
+		"--static-token", e2eStaticToken, "--now", now.UTC().Format(time.RFC3339Nano))
+	cmd.Env = k.env()
 	k.stderr = &bytes.Buffer{}
 	cmd.Stderr = &lockedWriter{w: k.stderr}
 	require.NoError(t, cmd.Start())

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"crkvol/crk"
+	"crkvol/internal/pgdb"
 )
 
 // TestErrorEnvelopeEveryRow writes every sentinel of the error table as the server does and
@@ -320,4 +321,34 @@ func TestParseErrorEscapesControls(t *testing.T) {
 		got = ParseError(400, reason(strings.Repeat("C", 4000), "why"))
 		assert.LessOrEqual(t, len(got.Code), maxMessage+3)
 	})
+}
+
+// TestDatabaseUnavailableIs503: a key store database that could not be reached within its
+// retry window, or went away during a COMMIT, is a 503 (a client may send the request
+// again), however the failure is wrapped: in the token check, or in crk's audit error; other
+// failures stay 500.
+func TestDatabaseUnavailableIs503(t *testing.T) {
+	unavailable := fmt.Errorf("%w after 9 attempts: dial: connection refused", pgdb.ErrUnavailable)
+	for _, tc := range []struct {
+		name   string
+		err    error
+		status int
+		code   string
+	}{
+		{"as is", unavailable, http.StatusServiceUnavailable, "SERVICE_UNAVAILABLE_ERR"},
+		{"checking a token", dbError("reading tokens", unavailable), http.StatusServiceUnavailable, "SERVICE_UNAVAILABLE_ERR"},
+		{"recording an audit event", fmt.Errorf("crk: %w: kms.secrets.wrap: %w", crk.ErrAudit, unavailable), http.StatusServiceUnavailable, "SERVICE_UNAVAILABLE_ERR"},
+		{"commit cut", fmt.Errorf("crk: %w: kms.secrets.wrap: %w: connection refused", crk.ErrAudit, pgdb.ErrCommitUnknown), http.StatusServiceUnavailable, "SERVICE_UNAVAILABLE_ERR"},
+		{"another failure", errors.New("disk on fire"), http.StatusInternalServerError, "INTERNAL_SERVER_ERR"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			writeError(rec, tc.err)
+			assert.Equal(t, tc.status, rec.Code)
+			perr := ParseError(rec.Code, rec.Body.Bytes())
+			assert.Equal(t, tc.code, perr.Code)
+			assert.NotContains(t, rec.Body.String(), "connection refused", "the cause stays in the server")
+			assert.True(t, TransientStatus(rec.Code), "a client may send the request again")
+		})
+	}
 }
