@@ -31,25 +31,20 @@ func badRequest(code, msg, target string) *apiError {
 	return &apiError{status: http.StatusBadRequest, code: code, msg: msg, target: target}
 }
 
-// statusOf maps an error to its response: the errors of this package as they are, a
-// PostgreSQL store that stayed unreachable through its retries, or went away during a
-// COMMIT, as 503 (whatever wraps it: the client may send the request again, to this replica
-// or another), crk's sentinels by
-// the error table ([crk.Errors]), anything else as an internal error whose text stays in the
-// server.
+// statusOf maps an error to its response: the errors of this package as they are, crk's
+// sentinels by the error table ([crk.Errors]) — a PostgreSQL store that stayed unreachable
+// through its retries, or went away during a COMMIT, is crk.ErrUnavailable's 503 however it
+// is wrapped (the client may send the request again, to this replica or another) — and
+// anything else as an internal error whose text stays in the server.
 func statusOf(err error) *apiError {
 	var ae *apiError
 	if errors.As(err, &ae) {
 		return ae
 	}
-	switch {
-	case errors.Is(err, pgdb.ErrUnavailable):
-		return &apiError{status: http.StatusServiceUnavailable, code: "SERVICE_UNAVAILABLE_ERR", msg: "the key store's database is unavailable; try again later"}
-	case errors.Is(err, pgdb.ErrCommitUnknown):
-		// The database went away during COMMIT (a restart): the change may have been made.
-		// A client that sends the request again gets its outcome, or the refusal a
-		// change already made gives (a rotation that is too soon).
-		return &apiError{status: http.StatusServiceUnavailable, code: "SERVICE_UNAVAILABLE_ERR", msg: "the key store's database went away while committing, so the request may or may not have taken effect; try again later"}
+	if !errors.Is(err, crk.ErrUnavailable) && (errors.Is(err, pgdb.ErrUnavailable) || errors.Is(err, pgdb.ErrCommitUnknown)) {
+		// A database error that reached the API without crk's or the tenants' wrapping
+		// still answers with crk.ErrUnavailable's row (503, and its id for the client).
+		err = fmt.Errorf("%w: %w", crk.ErrUnavailable, err)
 	}
 	info, ok := crk.LookupError(err)
 	if !ok {
