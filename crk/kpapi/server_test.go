@@ -24,6 +24,7 @@ import (
 
 	"crkvol/crk"
 	"crkvol/internal/pgtest"
+	"crkvol/internal/tooltest"
 )
 
 const staticToken = "test-token"
@@ -150,10 +151,15 @@ func postgresAt(url string, shared bool) placed {
 }
 
 // forEachServerStore runs test once per store of [serverStores], as parallel subtests
-// named after them.
+// named after them. The PostgreSQL subtests run in the long run (CRKVOL_LONG_TESTS=1, as in
+// CI), to keep a plain go test ./... within its time: crk's own suite, the tenants tests and
+// the outage and concurrency tests of this package run on PostgreSQL in every run.
 func forEachServerStore(t *testing.T, test func(t *testing.T, st serverStore)) {
 	for _, st := range serverStores {
 		t.Run(st.name, func(t *testing.T) {
+			if st.name == "postgres" && !tooltest.Long() {
+				t.Skip("the PostgreSQL variant of the API tests runs with CRKVOL_LONG_TESTS=1 (CI)")
+			}
 			t.Parallel()
 			test(t, st)
 		})

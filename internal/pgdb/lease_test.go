@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"crkvol/internal/pgtest"
+	"crkvol/internal/tooltest"
 )
 
 const testTTL = 400 * time.Millisecond
@@ -141,6 +142,9 @@ func TestLeadTakesOverExpired(t *testing.T) {
 // TestLeadLosesLease: when renewals fail (the server is stopped), run's context is
 // cancelled; when the server is back the replica leads again.
 func TestLeadLosesLease(t *testing.T) {
+	if !tooltest.Long() {
+		t.Skip("stops and restarts a cluster of its own: runs with CRKVOL_LONG_TESTS=1 (CI)")
+	}
 	t.Parallel()
 	c := pgtest.New(t)
 	db := open(t, c.NewDatabase(t))

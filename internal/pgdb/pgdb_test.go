@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"crkvol/internal/pgtest"
+	"crkvol/internal/tooltest"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -321,6 +322,9 @@ func TestTxErrors(t *testing.T) {
 // replaced and Tx works without reopening; while the server is down, Tx gives up with
 // ErrUnavailable when its retry time is over.
 func TestTxSurvivesRestart(t *testing.T) {
+	if !tooltest.Long() {
+		t.Skip("restarts a cluster of its own: runs with CRKVOL_LONG_TESTS=1 (CI)")
+	}
 	t.Parallel()
 	c := pgtest.New(t)
 	db, err := Open(testCtx(t), c.NewDatabase(t), Options{MaxConns: 4, RetryFor: 2 * time.Second})

@@ -2,6 +2,7 @@ package pgtest
 
 import (
 	"context"
+	"crkvol/internal/tooltest"
 	"os"
 	"strconv"
 	"testing"
@@ -49,6 +50,9 @@ func TestSharedCluster(t *testing.T) {
 // TestRestartAndStop: a cluster of the test's own restarts with its data kept, and after
 // Stop its postmaster is gone and nothing answers.
 func TestRestartAndStop(t *testing.T) {
+	if !tooltest.Long() {
+		t.Skip("starts, restarts and stops clusters of its own: runs with CRKVOL_LONG_TESTS=1 (CI)")
+	}
 	t.Parallel()
 	c := New(t)
 	url := c.NewDatabase(t)

@@ -13,6 +13,7 @@ import (
 	"crkvol/crk"
 	"crkvol/crk/kpapi"
 	"crkvol/internal/pgtest"
+	"crkvol/internal/tooltest"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -53,9 +54,16 @@ var serverStores = []serverStore{
 
 // forEachStore runs test once per store of [serverStores], as parallel subtests named
 // after them.
+//
+// The PostgreSQL subtests run in the long run (CRKVOL_LONG_TESTS=1, as in CI), to keep a
+// plain go test ./... within its time; TestRemoteDatabaseOutage runs on PostgreSQL in every
+// run.
 func forEachStore(t *testing.T, test func(t *testing.T, st serverStore)) {
 	for _, st := range serverStores {
 		t.Run(st.name, func(t *testing.T) {
+			if st.name == "postgres" && !tooltest.Long() {
+				t.Skip("the PostgreSQL variant of the API tests runs with CRKVOL_LONG_TESTS=1 (CI)")
+			}
 			t.Parallel()
 			test(t, st)
 		})
