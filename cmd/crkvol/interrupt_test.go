@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -18,6 +19,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"crkvol/internal/tooltest"
 	"crkvol/volume"
 )
 
@@ -52,8 +54,10 @@ func TestInterruptedWipeResumes(t *testing.T) {
 	dir := t.TempDir()
 	key := jsonField(t, cli(t, dir, "--json", "key", "create", "wipes"), "id")
 	img := filepath.Join(dir, "big.img")
-	const size = 1 << 30
-	cmd, wait := startCLI(t, dir, nil, "volume", "create", img, "--size", "1GiB", "--key", key, "--wipe")
+	// 1 GiB in the long run, 256 MiB (16 progress records) in a plain one.
+	size := int64(tooltest.Scale(1<<30, 256<<20))
+	sizeArg, sizeBytes := fmt.Sprintf("%dMiB", size>>20), strconv.FormatInt(size, 10)
+	cmd, wait := startCLI(t, dir, nil, "volume", "create", img, "--size", sizeArg, "--key", key, "--wipe")
 	require.Eventually(t, func() bool {
 		info, err := volume.Describe(img)
 		return err == nil && info.Wipe != nil && info.Wipe.Next > 0
@@ -63,17 +67,17 @@ func TestInterruptedWipeResumes(t *testing.T) {
 	assert.Equal(t, 130, code, stderr)
 	lines := strings.Split(strings.TrimSpace(stderr), "\n")
 	require.Len(t, lines, 1, stderr)
-	assert.Regexp(t, `^crkvol: volume create: interrupted: .*big\.img: wiped \d+% \(\d+ of 1073741824 bytes, synced and recorded\); the rest is not wiped yet; run crkvol volume wipe .*big\.img to finish$`, lines[0])
+	assert.Regexp(t, `^crkvol: volume create: interrupted: .*big\.img: wiped \d+% \(\d+ of `+sizeBytes+` bytes, synced and recorded\); the rest is not wiped yet; run crkvol volume wipe .*big\.img to finish$`, lines[0])
 
 	info, err := volume.Describe(img)
 	require.NoError(t, err)
 	require.NotNil(t, info.Wipe)
-	assert.Less(t, info.Wipe.Next, int64(size), "interrupted before the end")
+	assert.Less(t, info.Wipe.Next, size, "interrupted before the end")
 	status := cli(t, dir, "volume", "status", img)
-	assert.Regexp(t, `Wipe +incomplete, \d+% \(\d+ of 1073741824 bytes zeroed\); run crkvol volume wipe`, status)
+	assert.Regexp(t, `Wipe +incomplete, \d+% \(\d+ of `+sizeBytes+` bytes zeroed\); run crkvol volume wipe`, status)
 	assert.NotContains(t, status, "<nil>")
 
-	_, wait = startCLI(t, dir, nil, "volume", "create", img, "--size", "1GiB", "--key", key, "--wipe")
+	_, wait = startCLI(t, dir, nil, "volume", "create", img, "--size", sizeArg, "--key", key, "--wipe")
 	code, stderr = wait()
 	assert.Equal(t, 1, code)
 	assert.Contains(t, stderr, "exists, with an incomplete wipe")
@@ -96,7 +100,7 @@ func TestInterruptedWipeResumes(t *testing.T) {
 			break
 		}
 	}
-	assert.Equal(t, int64(size), total)
+	assert.Equal(t, size, total)
 }
 
 // TestInterruptedWrite: SIGTERM stops `volume write` from a stalled stdin at once: exit
