@@ -249,10 +249,20 @@ type pgTx struct {
 // written to it.
 var errNoInstance = errors.New("crk: store: the instance's row is missing from the database")
 
+// lockRow locks the rows a statement reads until the transaction ends, as a writer that
+// changes none of their key columns: FOR NO KEY UPDATE, not FOR UPDATE. A row inserted into a
+// table with a foreign key takes KEY SHARE on the row it references (every table of an
+// instance references its crk_instances row), which FOR UPDATE conflicts with: two
+// transactions that each inserted a registration and then locked the instance row for their
+// events' sequence numbers would wait for each other (a deadlock, broken by PostgreSQL after
+// a second, retried, and failed after the retries). FOR NO KEY UPDATE still excludes every
+// other writer of the row, and UPDATEs of non-key columns take the same lock.
+const lockRow = ` FOR NO KEY UPDATE`
+
 func (t *pgTx) meta() (string, []byte, error) {
 	q := `SELECT check_value FROM crk_instances WHERE id = $1`
 	if t.write {
-		q += ` FOR UPDATE`
+		q += lockRow
 	}
 	var check []byte
 	err := t.tx.QueryRow(t.ctx, q, t.instance).Scan(&check)
@@ -281,7 +291,7 @@ func (t *pgTx) keyForUpdate(id string) (*keyRecord, error) { return t.getKey(id,
 func (t *pgTx) getKey(id string, lock bool) (*keyRecord, error) {
 	q := `SELECT record FROM crk_keys WHERE instance = $1 AND id = $2`
 	if lock {
-		q += ` FOR UPDATE`
+		q += lockRow
 	}
 	var raw []byte
 	err := t.tx.QueryRow(t.ctx, q, t.instance, id).Scan(&raw)
@@ -310,7 +320,7 @@ func (t *pgTx) putKey(r *keyRecord) error {
 func (t *pgTx) keys(forUpdate bool, fn func(*keyRecord) error) error {
 	q := `SELECT record FROM crk_keys WHERE instance = $1 ORDER BY id COLLATE "C"`
 	if forUpdate {
-		q += ` FOR UPDATE`
+		q += lockRow
 	}
 	raws, err := t.records(q, t.instance)
 	if err != nil {
@@ -408,7 +418,7 @@ func (t *pgTx) putEvents(evs []*Event) error {
 		return nil
 	}
 	var seq, nanos int64
-	err := t.tx.QueryRow(t.ctx, `SELECT events_seq, events_nanos FROM crk_instances WHERE id = $1 FOR UPDATE`, t.instance).Scan(&seq, &nanos)
+	err := t.tx.QueryRow(t.ctx, `SELECT events_seq, events_nanos FROM crk_instances WHERE id = $1`+lockRow, t.instance).Scan(&seq, &nanos)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return errNoInstance
 	}
