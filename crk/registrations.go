@@ -2,6 +2,7 @@ package crk
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -57,8 +58,11 @@ func (s *Service) Register(ctx context.Context, keyID, crn string, opts Register
 		if r.State == StateDestroyed {
 			return allowed(r, ActionWrap)
 		}
-		if _, err := tx.reg(keyID, crn); err == nil {
+		switch _, err := tx.reg(keyID, crn); {
+		case err == nil:
 			return fmt.Errorf("%w: key %s, resource %s", ErrRegistrationExists, keyID, crn)
+		case !errors.Is(err, ErrRegistrationNotFound):
+			return err // the store failed, or holds a registration it cannot read
 		}
 		vid := opts.VersionID
 		if vid == "" {
