@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"unicode/utf8"
 
 	"crkvol/internal/ident"
 )
@@ -29,8 +30,12 @@ type RegistrationUpdate struct {
 	PreventKeyDeletion *bool
 }
 
-// checkCRN checks a resource CRN: "crn:v1:" and ten segments, at most 512 bytes.
+// checkCRN checks a resource CRN: valid UTF-8, "crn:v1:" and ten segments, at most 512 bytes.
 func checkCRN(crn string) error {
+	if !utf8.ValidString(crn) {
+		// A CRN is text: JSON could not give it back as it is, and PostgreSQL cannot store it.
+		return fmt.Errorf("%w: resource CRN %q: not valid UTF-8", ErrInvalidArgument, shorten(crn))
+	}
 	if _, err := ident.ParseCRN(crn); err != nil {
 		return fmt.Errorf("%w: resource CRN %q: %w", ErrInvalidArgument, shorten(crn), err)
 	}
