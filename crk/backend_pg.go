@@ -278,6 +278,29 @@ func (t *pgTx) meta() (string, []byte, error) {
 	return t.instance, check, nil
 }
 
+// instanceCheck is an instance of the database and its master key check value.
+type instanceCheck struct {
+	id    string
+	check []byte
+}
+
+// otherInstances returns the database's instances other than the transaction's, with their
+// check values. Their rows are not locked (that would hold up their writers, and two
+// instances rotating at once would deadlock): an instance changes its check value only by a
+// rotation, which makes the same check of this one.
+func (t *pgTx) otherInstances() ([]instanceCheck, error) {
+	rows, err := t.tx.Query(t.ctx, `SELECT id, check_value FROM crk_instances
+		WHERE id <> $1 AND check_value <> '' ORDER BY id COLLATE "C"`, t.instance)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (instanceCheck, error) {
+		var c instanceCheck
+		err := r.Scan(&c.id, &c.check)
+		return c, err
+	})
+}
+
 func (t *pgTx) setMeta(instance string, check []byte) error {
 	if instance != t.instance {
 		return fmt.Errorf("crk: internal error: instance %s in the store of %s", instance, t.instance)
