@@ -1,6 +1,7 @@
 package crk
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -9,8 +10,10 @@ import (
 	"log/slog"
 	"math"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 
@@ -249,10 +252,20 @@ type pgTx struct {
 // written to it.
 var errNoInstance = errors.New("crk: store: the instance's row is missing from the database")
 
+// lockRow locks the rows a statement reads until the transaction ends, as a writer that
+// changes none of their key columns: FOR NO KEY UPDATE, not FOR UPDATE. A row inserted into a
+// table with a foreign key takes KEY SHARE on the row it references (every table of an
+// instance references its crk_instances row), which FOR UPDATE conflicts with: two
+// transactions that each inserted a registration and then locked the instance row for their
+// events' sequence numbers would wait for each other (a deadlock, broken by PostgreSQL after
+// a second, retried, and failed after the retries). FOR NO KEY UPDATE still excludes every
+// other writer of the row, and UPDATEs of non-key columns take the same lock.
+const lockRow = ` FOR NO KEY UPDATE`
+
 func (t *pgTx) meta() (string, []byte, error) {
 	q := `SELECT check_value FROM crk_instances WHERE id = $1`
 	if t.write {
-		q += ` FOR UPDATE`
+		q += lockRow
 	}
 	var check []byte
 	err := t.tx.QueryRow(t.ctx, q, t.instance).Scan(&check)
@@ -263,6 +276,29 @@ func (t *pgTx) meta() (string, []byte, error) {
 		return "", nil, err
 	}
 	return t.instance, check, nil
+}
+
+// instanceCheck is an instance of the database and its master key check value.
+type instanceCheck struct {
+	id    string
+	check []byte
+}
+
+// otherInstances returns the database's instances other than the transaction's, with their
+// check values. Their rows are not locked (that would hold up their writers, and two
+// instances rotating at once would deadlock): an instance changes its check value only by a
+// rotation, which makes the same check of this one.
+func (t *pgTx) otherInstances() ([]instanceCheck, error) {
+	rows, err := t.tx.Query(t.ctx, `SELECT id, check_value FROM crk_instances
+		WHERE id <> $1 AND check_value <> '' ORDER BY id COLLATE "C"`, t.instance)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (instanceCheck, error) {
+		var c instanceCheck
+		err := r.Scan(&c.id, &c.check)
+		return c, err
+	})
 }
 
 func (t *pgTx) setMeta(instance string, check []byte) error {
@@ -279,9 +315,12 @@ func (t *pgTx) key(id string) (*keyRecord, error) { return t.getKey(id, false) }
 func (t *pgTx) keyForUpdate(id string) (*keyRecord, error) { return t.getKey(id, true) }
 
 func (t *pgTx) getKey(id string, lock bool) (*keyRecord, error) {
+	if !isText(id) {
+		return nil, fmt.Errorf("%w: %s", ErrKeyNotFound, id)
+	}
 	q := `SELECT record FROM crk_keys WHERE instance = $1 AND id = $2`
 	if lock {
-		q += ` FOR UPDATE`
+		q += lockRow
 	}
 	var raw []byte
 	err := t.tx.QueryRow(t.ctx, q, t.instance, id).Scan(&raw)
@@ -310,7 +349,7 @@ func (t *pgTx) putKey(r *keyRecord) error {
 func (t *pgTx) keys(forUpdate bool, fn func(*keyRecord) error) error {
 	q := `SELECT record FROM crk_keys WHERE instance = $1 ORDER BY id COLLATE "C"`
 	if forUpdate {
-		q += ` FOR UPDATE`
+		q += lockRow
 	}
 	raws, err := t.records(q, t.instance)
 	if err != nil {
@@ -340,8 +379,11 @@ func (t *pgTx) records(q string, args ...any) ([][]byte, error) {
 
 func (t *pgTx) reg(keyID, crn string) (*regRecord, error) {
 	var raw []byte
-	err := t.tx.QueryRow(t.ctx, `SELECT record FROM crk_registrations WHERE instance = $1 AND key_id = $2 AND crn = $3`,
-		t.instance, keyID, crn).Scan(&raw)
+	err := pgx.ErrNoRows
+	if isText(keyID) && isText(crn) {
+		err = t.tx.QueryRow(t.ctx, `SELECT record FROM crk_registrations WHERE instance = $1 AND key_id = $2 AND crn = $3`,
+			t.instance, keyID, crn).Scan(&raw)
+	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("%w: key %s, resource %s", ErrRegistrationNotFound, keyID, crn)
 	}
@@ -362,11 +404,17 @@ func (t *pgTx) putReg(r *regRecord) error {
 }
 
 func (t *pgTx) deleteReg(keyID, crn string) error {
+	if !isText(keyID) || !isText(crn) {
+		return nil // no row has it
+	}
 	_, err := t.tx.Exec(t.ctx, `DELETE FROM crk_registrations WHERE instance = $1 AND key_id = $2 AND crn = $3`, t.instance, keyID, crn)
 	return err
 }
 
 func (t *pgTx) keyRegs(keyID string) ([]*regRecord, error) {
+	if !isText(keyID) {
+		return nil, nil
+	}
 	raws, err := t.records(`SELECT record FROM crk_registrations WHERE instance = $1 AND key_id = $2 ORDER BY crn COLLATE "C"`, t.instance, keyID)
 	if err != nil {
 		return nil, err
@@ -408,7 +456,7 @@ func (t *pgTx) putEvents(evs []*Event) error {
 		return nil
 	}
 	var seq, nanos int64
-	err := t.tx.QueryRow(t.ctx, `SELECT events_seq, events_nanos FROM crk_instances WHERE id = $1 FOR UPDATE`, t.instance).Scan(&seq, &nanos)
+	err := t.tx.QueryRow(t.ctx, `SELECT events_seq, events_nanos FROM crk_instances WHERE id = $1`+lockRow, t.instance).Scan(&seq, &nanos)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return errNoInstance
 	}
@@ -425,7 +473,7 @@ func (t *pgTx) putEvents(evs []*Event) error {
 		if err != nil {
 			return err
 		}
-		seqs[i], times[i], keyIDs[i], actions[i], records[i] = seq, nanos, ev.KeyID, ev.Action, string(raw)
+		seqs[i], times[i], keyIDs[i], actions[i], records[i] = seq, nanos, textColumn(ev.KeyID), textColumn(ev.Action), string(raw)
 	}
 	if _, err := t.tx.Exec(t.ctx, `UPDATE crk_instances SET events_seq = $2, events_nanos = $3 WHERE id = $1`, t.instance, seq, nanos); err != nil {
 		return err
@@ -493,14 +541,16 @@ func (t *pgTx) scanEvents(s eventScan, fn func([]byte, *Event) (bool, error)) er
 	if s.desc {
 		cmp, order = "<", "DESC"
 	}
+	// The key id and action columns are text columns (textColumn): a filter on them finds
+	// the events the caller's own comparison of their records keeps, and maybe a few more.
 	q := `SELECT seq, nanos, record FROM crk_events WHERE instance = $1 AND seq ` + cmp + ` $2 AND nanos >= $3`
 	args := []any{t.instance, bound, clampInt64(s.from)}
 	if s.keyID != "" {
-		args = append(args, s.keyID)
+		args = append(args, textColumn(s.keyID))
 		q += ` AND key_id = $` + strconv.Itoa(len(args))
 	}
 	if s.action != "" {
-		args = append(args, s.action)
+		args = append(args, textColumn(s.action))
 		q += ` AND action = $` + strconv.Itoa(len(args))
 	}
 	q += ` ORDER BY seq ` + order + ` LIMIT ` + strconv.Itoa(scanPage)
@@ -544,9 +594,56 @@ func (t *pgTx) scanEvents(s eventScan, fn func([]byte, *Event) (bool, error)) er
 }
 
 func (t *pgTx) eventNamesKey(id string) (bool, error) {
-	var found bool
-	err := t.tx.QueryRow(t.ctx, `SELECT EXISTS (SELECT 1 FROM crk_events WHERE instance = $1 AND key_id = $2)`, t.instance, id).Scan(&found)
-	return found, err
+	if isText(id) && !strings.ContainsRune(id, utf8.RuneError) {
+		// The column holds exactly the ids that are text; U+FFFD also stands for what is not.
+		var found bool
+		err := t.tx.QueryRow(t.ctx, `SELECT EXISTS (SELECT 1 FROM crk_events WHERE instance = $1 AND key_id = $2)`, t.instance, id).Scan(&found)
+		return found, err
+	}
+	// As the bbolt store decides it: an event whose record names the id as JSON encodes it,
+	// and gives it back.
+	want, err := json.Marshal(id)
+	if err != nil {
+		return false, err
+	}
+	needle := append([]byte(`"keyId":`), want...)
+	raws, err := t.records(`SELECT record FROM crk_events WHERE instance = $1 AND key_id = $2 ORDER BY seq`, t.instance, textColumn(id))
+	if err != nil {
+		return false, err
+	}
+	for _, raw := range raws {
+		var ev Event
+		if bytes.Contains(raw, needle) && json.Unmarshal(raw, &ev) == nil && ev.KeyID == id {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// isText reports whether s can be stored in a text column: PostgreSQL's text holds valid
+// UTF-8 without NUL. A key id or CRN that is not text names nothing in the store (a bbolt
+// store has no such key or registration either: every one is made with a text id).
+func isText(s string) bool {
+	return utf8.ValidString(s) && !strings.ContainsRune(s, 0)
+}
+
+// textColumn is the text an event's key id or action is filed under: the string itself, or,
+// for one that is not text (a refused request's id), the string with each NUL and each byte
+// that is not UTF-8 replaced by U+FFFD — as the event's JSON record gives it back, with NUL
+// replaced as well. Strings that JSON gives back alike are filed alike; a few others share
+// their text, which is why the rows found are checked against their records.
+func textColumn(s string) string {
+	if isText(s) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s { // an invalid byte comes as utf8.RuneError, one at a time
+		if r == 0 {
+			r = utf8.RuneError
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // putFeed takes the event's sequence number under the instance row's lock (commit order)
@@ -644,7 +741,7 @@ func (t *pgTx) importEvent(pos []byte, ev *Event) error {
 		return err
 	}
 	_, err = t.tx.Exec(t.ctx, `INSERT INTO crk_events (instance, seq, nanos, key_id, action, record) VALUES ($1, $2, $3, $4, $5, $6)`,
-		t.instance, clampInt64(ev.Seq), clampInt64(binary.BigEndian.Uint64(pos)), ev.KeyID, ev.Action, string(raw))
+		t.instance, clampInt64(ev.Seq), clampInt64(binary.BigEndian.Uint64(pos)), textColumn(ev.KeyID), textColumn(ev.Action), string(raw))
 	return err
 }
 

@@ -59,7 +59,8 @@
 // reads no environment variable (the crkvol command takes the key from CRKVOL_MASTER_KEY and
 // passes it in). [Service.RotateMasterKey] re-encrypts all material in one transaction;
 // other processes sharing the store then refuse to seal anything until restarted with the
-// new key. Events and errors never contain key material, DEKs or ciphertexts.
+// new key. On PostgreSQL it re-encrypts one instance, and is refused while other instances
+// of the database use the same master key. Events and errors never contain key material, DEKs or ciphertexts.
 //
 // # Audit events
 //

@@ -267,8 +267,10 @@ func (s *Service) eventWriter() {
 		// The writer's transactions are bounded by the store's own retry time, not by
 		// any caller's context: each stores the events of many callers.
 		err := s.update(context.Background(), func(tx storeTx) error { return s.appendEvents(tx, evs) })
-		if err != nil && len(batch) > 1 {
-			// One bad event must not fail the others: store each alone.
+		if err != nil && len(batch) > 1 && !errors.Is(err, ErrUnavailable) {
+			// One bad event must not fail the others: store each alone. Not when the store
+			// is out of reach: each would wait out a retry window of its own, and fail the
+			// same way.
 			for _, r := range batch {
 				r.done <- s.update(context.Background(), func(tx storeTx) error { return s.appendEvent(tx, r.ev) })
 			}

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // masterKeyError is an [ErrMasterKey] whose text says what is wrong with the master key
@@ -131,7 +132,9 @@ func trimNewline(b []byte) []byte {
 }
 
 // RotateMasterKey re-encrypts all key material under a new service master key in one
-// transaction. With newKey nil a random key is made; that requires a key file, which is then
+// transaction. On a PostgreSQL store it is refused (ErrInvalidArgument) when another instance
+// of the database uses the same master key: only this instance's material would be
+// re-encrypted, and the other's would be lost with the old key. With newKey nil a random key is made; that requires a key file, which is then
 // replaced (a crash at any point leaves a store that opens with the old or the new file). When
 // the master key came from Options, pass the new key and update its source after this
 // returns.
@@ -170,6 +173,9 @@ func (s *Service) RotateMasterKey(ctx context.Context, newKey []byte) error {
 		}
 		instance, _, err := tx.meta()
 		if err != nil {
+			return err
+		}
+		if err := s.soleUserOfMasterKey(tx); err != nil {
 			return err
 		}
 		for _, r := range all {
@@ -235,6 +241,31 @@ func (s *Service) sameMasterKey(tx storeTx) error {
 	}
 	if !bytes.Equal(check, s.check) {
 		return fmt.Errorf("%w: the store's master key was rotated by another process since this one opened it; restart this process with the new master key", ErrMasterKey)
+	}
+	return nil
+}
+
+// soleUserOfMasterKey refuses a master key rotation on a PostgreSQL store when other
+// instances of the database use the service's master key (their check value opens with it):
+// the rotation re-encrypts this instance's material only, and the new key file would leave
+// theirs unreadable. The caller holds mkMu.
+func (s *Service) soleUserOfMasterKey(tx storeTx) error {
+	pt, ok := tx.(*pgTx)
+	if !ok {
+		return nil // a bbolt store holds one instance
+	}
+	others, err := pt.otherInstances()
+	if err != nil {
+		return err
+	}
+	var sharing []string
+	for _, o := range others {
+		if _, err := s.sealer.open(o.check, nil); err == nil {
+			sharing = append(sharing, o.id)
+		}
+	}
+	if len(sharing) > 0 {
+		return fmt.Errorf("%w: the master key of instance %s cannot be rotated: instance(s) %s of the same PostgreSQL database use it too, and rotating it for one instance would leave the key material of the others unreadable; keep the current master key", ErrInvalidArgument, s.instance, strings.Join(sharing, ", "))
 	}
 	return nil
 }

@@ -2,8 +2,10 @@ package crk
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
+	"unicode/utf8"
 
 	"crkvol/internal/ident"
 )
@@ -28,8 +30,12 @@ type RegistrationUpdate struct {
 	PreventKeyDeletion *bool
 }
 
-// checkCRN checks a resource CRN: "crn:v1:" and ten segments, at most 512 bytes.
+// checkCRN checks a resource CRN: valid UTF-8, "crn:v1:" and ten segments, at most 512 bytes.
 func checkCRN(crn string) error {
+	if !utf8.ValidString(crn) {
+		// A CRN is text: JSON could not give it back as it is, and PostgreSQL cannot store it.
+		return fmt.Errorf("%w: resource CRN %q: not valid UTF-8", ErrInvalidArgument, shorten(crn))
+	}
 	if _, err := ident.ParseCRN(crn); err != nil {
 		return fmt.Errorf("%w: resource CRN %q: %w", ErrInvalidArgument, shorten(crn), err)
 	}
@@ -57,8 +63,11 @@ func (s *Service) Register(ctx context.Context, keyID, crn string, opts Register
 		if r.State == StateDestroyed {
 			return allowed(r, ActionWrap)
 		}
-		if _, err := tx.reg(keyID, crn); err == nil {
+		switch _, err := tx.reg(keyID, crn); {
+		case err == nil:
 			return fmt.Errorf("%w: key %s, resource %s", ErrRegistrationExists, keyID, crn)
+		case !errors.Is(err, ErrRegistrationNotFound):
+			return err // the store failed, or holds a registration it cannot read
 		}
 		vid := opts.VersionID
 		if vid == "" {
