@@ -107,3 +107,29 @@ func CheckCopyTenants(ctx context.Context, from *Tenants, db *pgdb.DB) (copied b
 	}
 	return len(instances) == len(srcNames) && len(keys) == len(srcKeys), nil
 }
+
+// ListInstancesPostgres returns the instances of the tenants kept in db, the default first,
+// as [Tenants.ListInstances] does, reading only: a database that no [OpenTenantsPostgres]
+// opened yet has none, and is left so (opening its Tenants would make the default
+// instance), so that listing it does not stop [CopyTenants] from copying into it.
+func ListInstancesPostgres(ctx context.Context, db *pgdb.DB) ([]InstanceInfo, error) {
+	out := []InstanceInfo{}
+	err := db.ReadTx(ctx, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx,
+			`SELECT id, name, created, is_default FROM kp_instances ORDER BY is_default DESC, created, id`)
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (InstanceInfo, error) {
+			var in InstanceInfo
+			err := r.Scan(&in.ID, &in.Name, &in.Created, &in.Default)
+			in.Created = in.Created.UTC()
+			return in, err
+		})
+		return err
+	})
+	if err != nil {
+		return nil, dbError("reading instances", err)
+	}
+	return out, nil
+}

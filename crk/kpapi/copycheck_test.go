@@ -95,3 +95,31 @@ func TestCheckCopyTenants(t *testing.T) {
 		})
 	}
 }
+
+// TestListInstancesPostgres: an empty database lists no instance and is left without one;
+// a copied one lists the state directory's, the default first.
+func TestListInstancesPostgres(t *testing.T) {
+	t.Parallel()
+	from, _, _ := openFileTenants(t)
+	_, err := from.CreateInstance("team-b")
+	require.NoError(t, err)
+	db, err := pgdb.Open(testContext(t), pgtest.Start(t).NewDatabase(t), pgdb.Options{})
+	require.NoError(t, err)
+	t.Cleanup(db.Close)
+	for range 2 {
+		got, err := ListInstancesPostgres(testContext(t), db)
+		require.NoError(t, err)
+		assert.Empty(t, got)
+	}
+	copied, err := CheckCopyTenants(testContext(t), from, db)
+	require.NoError(t, err)
+	assert.False(t, copied, "listing made no default instance")
+	require.NoError(t, CopyTenants(testContext(t), from, db))
+	want, err := from.ListInstances()
+	require.NoError(t, err)
+	got, err := ListInstancesPostgres(testContext(t), db)
+	require.NoError(t, err)
+	require.Len(t, got, 2)
+	assert.True(t, got[0].Default)
+	assert.Equal(t, []string{want[0].ID, want[1].ID}, []string{got[0].ID, got[1].ID})
+}
