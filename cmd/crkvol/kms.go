@@ -22,6 +22,7 @@ import (
 
 	"crkvol/crk"
 	"crkvol/crk/kpapi"
+	"crkvol/internal/pgdb"
 )
 
 func (a *app) kmsCommand() *cobra.Command {
@@ -231,12 +232,7 @@ serves again once it is back. Move a state directory's store into a database wit
 		}})
 	instance.AddCommand(&cobra.Command{Use: "list", Short: "List the instances: ids, names and creation times, the default first", Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			tenants, closeTenants, err := a.tenants(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer closeTenants()
-			all, err := tenants.ListInstances()
+			all, err := a.listInstances(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -505,4 +501,28 @@ func (a *app) tenants(ctx context.Context) (t *kpapi.Tenants, close func() error
 	}
 	t, _, close, err = a.openTenants(ctx, store, nil)
 	return t, close, err
+}
+
+// listInstances lists the instances of the key store, reading only: a database that nothing
+// opened yet lists none, and stays so (opening its tenants would make a default instance,
+// and kms migrate copies only into a database without one).
+func (a *app) listInstances(ctx context.Context) ([]kpapi.InstanceInfo, error) {
+	store, err := a.kmsStore()
+	if err != nil {
+		return nil, err
+	}
+	if store.url == "" {
+		t, closeTenants, err := a.tenants(ctx)
+		if err != nil {
+			return nil, err
+		}
+		defer closeTenants()
+		return t.ListInstances()
+	}
+	db, err := pgdb.Open(ctx, store.url, pgdb.Options{ApplicationName: "crkvol tenants"})
+	if err != nil {
+		return nil, storeUnreachable(err, store)
+	}
+	defer db.Close()
+	return kpapi.ListInstancesPostgres(ctx, db)
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -21,13 +22,16 @@ import (
 	"crkvol/internal/pgdb"
 )
 
-// errMigrated is a destination that already holds keys, registrations or events of an
-// instance being copied: kms migrate never merges two stores.
+// errMigrated is a destination that already holds data of an instance being copied, other
+// than the source's: kms migrate never merges two stores.
 var errMigrated = errors.New("the destination already holds this instance's data")
 
 // errMigrateMismatch is a destination whose listing after the copy differs from the
 // source's.
 var errMigrateMismatch = errors.New("the copy differs from the source")
+
+// hintUsedDatabase is the advice for a database that holds a service of its own.
+const hintUsedDatabase = "migrate into an empty database (createdb), or drop crkvol's tables from this one (crkvol_*, crk_*, kp_*) if nothing in it is needed"
 
 func (a *app) kmsMigrateCommand() *cobra.Command {
 	var from, to string
@@ -36,17 +40,22 @@ func (a *app) kmsMigrateCommand() *cobra.Command {
 (--to postgres://…), for kms serve --store: every instance with its keys, versions,
 registrations, audit events and lifecycle feed (event sequence numbers and feed cursors kept,
 so feed followers carry on), and the instances' names and API keys (issued tokens are not
-copied: clients exchange their API keys again). The state directory is left as it was. One
-master key serves every instance of a database, the state directory's crk.db.masterkey (or
-CRKVOL_MASTER_KEY): an instance whose own key file differs is re-encrypted under it in the
-copy. Copy that file to every kms serve replica, or give the key in CRKVOL_MASTER_KEY.
+copied: clients exchange their API keys again). The state directory is only read: its files
+keep every byte. One master key serves every instance of a database, the state directory's
+crk.db.masterkey (or CRKVOL_MASTER_KEY): an instance whose own key file differs is
+re-encrypted under it in the copy. Copy that file to every kms serve replica, or give the
+key in CRKVOL_MASTER_KEY.
 
 Stop kms serve (and every other crkvol process using the state directory) first: kms migrate
-refuses while one holds the stores. A destination that already holds data of an instance
-being copied is refused before anything is written, so a second run changes nothing. After
-the copy, every instance is listed in both stores (keys with their states and versions,
-registrations, the feed head, the number of audit events) and any difference is an error; the
-summary printed is that listing.`,
+refuses while one holds the stores. Every instance is listed in both stores (keys with their
+states and versions, registrations, the feed head, the number of audit events; reading
+records no audit event) and any difference is an error; the summary printed is that listing.
+An instance the database holds already, identical, is reported "already copied" and left as
+it is, so an interrupted run is completed by running kms migrate again, and a run with
+everything copied verifies the copy, changes nothing and succeeds. A database holding
+anything else (an instance that differs from the state directory's, an instance, API key or
+default instance of its own) is refused before anything is written: migrate into an empty
+database.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.migrate(cmd.Context(), from, to)
 		}}
@@ -56,90 +65,79 @@ summary printed is that listing.`,
 	return cmd
 }
 
-// instanceListing is what kms migrate compares between the source and the copy.
+// instanceListing is what kms migrate prints of an instance, from its summary.
 type instanceListing struct {
-	ID            string   `json:"id"`
-	Name          string   `json:"name"`
-	Default       bool     `json:"default"`
-	Keys          []string `json:"-"` // id, state, latest version, deleted
-	KeyCount      int      `json:"keys"`
-	Registrations []string `json:"-"` // key id and CRN
-	RegCount      int      `json:"registrations"`
-	Events        int      `json:"events"`
-	FeedHead      string   `json:"feedHead"`
-	Rekeyed       bool     `json:"rekeyed,omitempty"`
+	ID            string           `json:"id"`
+	Name          string           `json:"name"`
+	Default       bool             `json:"default"`
+	Summary       crk.StoreSummary `json:"-"`
+	KeyCount      int              `json:"keys"`
+	RegCount      int              `json:"registrations"`
+	Events        int              `json:"events"`
+	FeedHead      string           `json:"feedHead"`
+	Rekeyed       bool             `json:"rekeyed,omitempty"`
+	AlreadyCopied bool             `json:"alreadyCopied,omitempty"`
 }
 
-// listInstance lists what kms migrate checks of one instance's service. Listing keys and
-// registrations records an audit event each: a source is listed before its events are
-// counted, so that the count includes the listing's (and they are copied), and a copy after
-// (eventsFirst), so that its count is the copy's.
-func listInstance(ctx context.Context, svc *crk.Service, eventsFirst bool) (instanceListing, error) {
-	l := instanceListing{ID: svc.Instance(), Keys: []string{}, Registrations: []string{}}
-	count := func() error {
-		evs, err := svc.Events(ctx, crk.EventFilter{})
-		if err != nil {
-			return fmt.Errorf("listing the audit events of instance %s: %w", l.ID, err)
-		}
-		head, err := svc.Lifecycle(ctx, "", 0)
-		if err != nil {
-			return fmt.Errorf("reading the lifecycle feed of instance %s: %w", l.ID, err)
-		}
-		l.Events, l.FeedHead = len(evs), head.Cursor
-		return nil
-	}
-	if eventsFirst {
-		if err := count(); err != nil {
-			return l, err
-		}
-	}
-	keys, err := svc.ListKeys(ctx, crk.ListOptions{States: []crk.State{crk.StatePreActivation, crk.StateActive, crk.StateSuspended, crk.StateDeactivated, crk.StateDestroyed}})
+// summarize reads the summary of an instance's store (recording nothing in it).
+func summarize(ctx context.Context, svc *crk.Service, where string) (crk.StoreSummary, error) {
+	sum, err := svc.Summary(ctx)
 	if err != nil {
-		return l, fmt.Errorf("listing the keys of instance %s: %w", l.ID, err)
+		return sum, fmt.Errorf("listing instance %s in %s: %w", svc.Instance(), where, err)
 	}
-	for _, k := range keys {
-		l.Keys = append(l.Keys, fmt.Sprintf("%s state=%s version=%s deleted=%t", k.ID, k.State, k.KeyVersion.ID, k.Deleted))
-	}
-	regs, err := svc.ListRegistrations(ctx, crk.RegistrationFilter{})
-	if err != nil {
-		return l, fmt.Errorf("listing the registrations of instance %s: %w", l.ID, err)
-	}
-	for _, r := range regs {
-		l.Registrations = append(l.Registrations, r.KeyID+" "+r.ResourceCRN)
-	}
-	l.KeyCount, l.RegCount = len(l.Keys), len(l.Registrations)
-	if !eventsFirst {
-		if err := count(); err != nil {
-			return l, err
-		}
-	}
-	return l, nil
+	return sum, nil
 }
 
-// copiedBefore reports whether the destination's service of an instance holds audit events
-// already (every key and registration made records one; reading them would record more):
-// such an instance was copied before, or used. crk.CopyStore refuses any other content.
-func copiedBefore(ctx context.Context, svc *crk.Service) (int, error) {
-	evs, err := svc.Events(ctx, crk.EventFilter{})
-	if err != nil {
-		return 0, fmt.Errorf("listing the audit events of instance %s: %w", svc.Instance(), err)
+// diffSummaries names the first difference between the source's summary src and the
+// database's dst, or returns "" when they are the same.
+func diffSummaries(src, dst crk.StoreSummary) string {
+	keys := func(ks []crk.KeySummary) []string {
+		out := make([]string, len(ks))
+		for i, k := range ks {
+			out[i] = fmt.Sprintf("%s (%s) state=%s deleted=%t purged=%t versions=%s", k.ID, k.Name, k.State, k.Deleted, k.Purged, strings.Join(k.Versions, ","))
+		}
+		return out
 	}
-	return len(evs), nil
+	regs := func(rs []crk.RegistrationSummary) []string {
+		out := make([]string, len(rs))
+		for i, r := range rs {
+			out[i] = fmt.Sprintf("%s %s version=%s", r.KeyID, r.CRN, r.VersionID)
+		}
+		return out
+	}
+	if d := diffLists("keys", keys(src.Keys), keys(dst.Keys)); d != "" {
+		return d
+	}
+	if d := diffLists("registrations", regs(src.Registrations), regs(dst.Registrations)); d != "" {
+		return d
+	}
+	for _, c := range []struct {
+		what     string
+		src, dst string
+	}{
+		{"audit events", strconv.Itoa(src.Events), strconv.Itoa(dst.Events)},
+		{"last audit event", strconv.FormatUint(src.LastEvent, 10), strconv.FormatUint(dst.LastEvent, 10)},
+		{"lifecycle feed head", src.FeedHead, dst.FeedHead},
+		{"lifecycle feed pruned up to", strconv.FormatUint(src.FeedPruned, 10), strconv.FormatUint(dst.FeedPruned, 10)},
+	} {
+		if c.src != c.dst {
+			return fmt.Sprintf("%s: %s in the state directory, %s in the database", c.what, c.src, c.dst)
+		}
+	}
+	return ""
 }
 
-// diff names the first difference between the source's listing l and the copy's.
-func (l instanceListing) diff(c instanceListing) error {
-	switch {
-	case !slices.Equal(l.Keys, c.Keys):
-		return fmt.Errorf("%w: instance %s: keys %q, copied %q", errMigrateMismatch, l.ID, l.Keys, c.Keys)
-	case !slices.Equal(l.Registrations, c.Registrations):
-		return fmt.Errorf("%w: instance %s: registrations %q, copied %q", errMigrateMismatch, l.ID, l.Registrations, c.Registrations)
-	case l.Events != c.Events:
-		return fmt.Errorf("%w: instance %s: %d audit events, copied %d", errMigrateMismatch, l.ID, l.Events, c.Events)
-	case l.FeedHead != c.FeedHead:
-		return fmt.Errorf("%w: instance %s: lifecycle feed head %q, copied %q", errMigrateMismatch, l.ID, l.FeedHead, c.FeedHead)
+// diffLists names the first difference between two listings.
+func diffLists(what string, src, dst []string) string {
+	if len(src) != len(dst) {
+		return fmt.Sprintf("%s: %d in the state directory, %d in the database", what, len(src), len(dst))
 	}
-	return nil
+	for i := range src {
+		if src[i] != dst[i] {
+			return fmt.Sprintf("%s: %q in the state directory, %q in the database", what, src[i], dst[i])
+		}
+	}
+	return ""
 }
 
 // migrate copies the state directory of from into the database of to (see kmsMigrateCommand).
@@ -171,7 +169,11 @@ func (a *app) migrate(ctx context.Context, from, to string) error {
 	if err != nil {
 		return err
 	}
-	src, err := kpapi.OpenTenants(dir, opts)
+	// The source is opened read-only: no transaction of its own, no event, not a byte
+	// changed in the state directory.
+	srcOpts := opts
+	srcOpts.ReadOnly = true
+	src, err := kpapi.OpenTenants(dir, srcOpts)
 	if err != nil {
 		return migrateHeld(err, defPath)
 	}
@@ -200,48 +202,13 @@ func (a *app) migrate(ctx context.Context, from, to string) error {
 		srcSvc[in.ID] = svc
 	}
 
+	// One master key serves every instance of a database: an instance whose key file
+	// differs from the state directory's is re-encrypted under it in the copy (CopyStore),
+	// the source left as it is.
 	dstOpts := opts
 	if dstOpts.MasterKey == nil {
 		dstOpts.MasterKeyFile = filepath.Join(dir, masterKeyFileName)
 	}
-	services, err := crk.OpenDatabase(ctx, to, nil)
-	if err != nil {
-		return storeUnreachable(err, dest)
-	}
-	defer services.Close()
-	db, err := pgdb.Open(ctx, to, pgdb.Options{ApplicationName: "crkvol migrate"})
-	if err != nil {
-		return storeUnreachable(err, dest)
-	}
-	defer db.Close()
-	dstSvc := map[string]*crk.Service{}
-	defer func() {
-		for _, s := range dstSvc {
-			s.Close()
-		}
-	}()
-	// Refuse a destination holding data of any instance before writing anything.
-	for _, in := range stored {
-		o := dstOpts
-		o.Instance = in.ID
-		svc, err := services.Open(o)
-		if err != nil {
-			return fmt.Errorf("opening instance %s in %s: %w", in.ID, dest.redacted(), masterKeyHint(err, dstOpts.MasterKeyFile))
-		}
-		dstSvc[in.ID] = svc
-		n, err := copiedBefore(ctx, svc)
-		if err != nil {
-			return err
-		}
-		if n > 0 {
-			return withHint(fmt.Errorf("instance %s in %s: %w (%d audit events); nothing was changed", in.ID, dest.redacted(), errMigrated, n),
-				"was the state directory migrated already? kms serve --store with this database serves it; to copy again, use an empty database")
-		}
-	}
-
-	// One master key serves every instance of a database: an instance whose key file
-	// differs from the state directory's is re-encrypted under it in the copy (CopyStore),
-	// the source left as it is.
 	rekeyed := map[string]bool{}
 	if opts.MasterKey == nil {
 		defKey, err := readMasterKeyFile(dstOpts.MasterKeyFile)
@@ -262,37 +229,104 @@ func (a *app) migrate(ctx context.Context, from, to string) error {
 
 	var before []instanceListing
 	for _, in := range stored {
-		l, err := listInstance(ctx, srcSvc[in.ID], false)
+		sum, err := summarize(ctx, srcSvc[in.ID], "bolt:"+absPath(dir))
 		if err != nil {
 			return err
 		}
-		l.Name, l.Default, l.Rekeyed = in.Name, in.Default, rekeyed[in.ID]
-		before = append(before, l)
+		before = append(before, instanceListing{ID: in.ID, Name: in.Name, Default: in.Default, Summary: sum, Rekeyed: rekeyed[in.ID],
+			KeyCount: len(sum.Keys), RegCount: len(sum.Registrations), Events: sum.Events, FeedHead: sum.FeedHead})
 	}
 	srcKeys, err := src.ListAPIKeys()
 	if err != nil {
 		return err
 	}
 
-	// The tenants first: kpapi.CopyTenants must run before anything opens the database's
-	// tenants (which would make a default instance of its own).
-	if err := kpapi.CopyTenants(ctx, src, db); err != nil {
-		return fmt.Errorf("copying instances and API keys into %s: %w", dest.redacted(), err)
+	services, err := crk.OpenDatabase(ctx, to, nil)
+	if err != nil {
+		return storeUnreachable(err, dest)
 	}
-	for _, in := range stored {
-		if _, err := crk.CopyStore(ctx, srcSvc[in.ID], dstSvc[in.ID]); err != nil {
-			return fmt.Errorf("copying instance %s into %s: %w", in.ID, dest.redacted(), err)
+	defer services.Close()
+	db, err := pgdb.Open(ctx, to, pgdb.Options{ApplicationName: "crkvol migrate"})
+	if err != nil {
+		return storeUnreachable(err, dest)
+	}
+	defer db.Close()
+	dstSvc := map[string]*crk.Service{}
+	defer func() {
+		for _, s := range dstSvc {
+			s.Close()
+		}
+	}()
+
+	// Every check before anything is written: the database's tenants hold nothing but
+	// (part of) the state directory's, and its instances nothing but identical copies.
+	tenantsCopied, err := kpapi.CheckCopyTenants(ctx, src, db)
+	if errors.Is(err, kpapi.ErrDefaultInstanceMismatch) || errors.Is(err, kpapi.ErrTenantsDiffer) {
+		return withHint(fmt.Errorf("copying into %s: %w; nothing was changed", dest.redacted(), err), hintUsedDatabase)
+	}
+	if err != nil {
+		return fmt.Errorf("reading the instances and API keys of %s: %w", dest.redacted(), err)
+	}
+	existing, err := services.Instances(ctx)
+	if err != nil {
+		return fmt.Errorf("reading the instances of %s: %w", dest.redacted(), err)
+	}
+	for _, id := range existing {
+		if _, ok := srcSvc[id]; !ok {
+			return withHint(fmt.Errorf("instance %s in %s: the database holds a key store the state directory does not have; nothing was changed", id, dest.redacted()), hintUsedDatabase)
 		}
 	}
-
-	// Verify: the same listing from the database, and the same instances and API keys.
-	for _, l := range before {
-		c, err := listInstance(ctx, dstSvc[l.ID], true)
+	for i := range before {
+		l := &before[i]
+		if !slices.Contains(existing, l.ID) {
+			continue
+		}
+		svc, err := a.openCopy(services, dstOpts, l.ID, dest)
 		if err != nil {
 			return err
 		}
-		if err := l.diff(c); err != nil {
+		dstSvc[l.ID] = svc
+		sum, err := summarize(ctx, svc, dest.redacted())
+		if err != nil {
 			return err
+		}
+		if d := diffSummaries(l.Summary, sum); d != "" {
+			return withHint(fmt.Errorf("instance %s in %s: %w, and it differs from the state directory's: %s; nothing was changed", l.ID, dest.redacted(), errMigrated, d),
+				"was the state directory changed after it was migrated? kms serve --store with this database serves the copy; to copy again, use an empty database")
+		}
+		l.AlreadyCopied = true
+	}
+
+	// The tenants first: kpapi.CopyTenants must run before anything opens the database's
+	// tenants (which would make a default instance of its own). It adds only what is
+	// missing.
+	if !tenantsCopied {
+		if err := kpapi.CopyTenants(ctx, src, db); err != nil {
+			return fmt.Errorf("copying instances and API keys into %s: %w", dest.redacted(), err)
+		}
+	}
+	for _, l := range before {
+		if l.AlreadyCopied {
+			continue
+		}
+		svc, err := a.openCopy(services, dstOpts, l.ID, dest)
+		if err != nil {
+			return err
+		}
+		dstSvc[l.ID] = svc
+		if _, err := crk.CopyStore(ctx, srcSvc[l.ID], svc); err != nil {
+			return fmt.Errorf("copying instance %s into %s: %w", l.ID, dest.redacted(), err)
+		}
+	}
+
+	// Verify: the same summary from the database, and the same instances and API keys.
+	for _, l := range before {
+		sum, err := summarize(ctx, dstSvc[l.ID], dest.redacted())
+		if err != nil {
+			return err
+		}
+		if d := diffSummaries(l.Summary, sum); d != "" {
+			return fmt.Errorf("%w: instance %s: %s", errMigrateMismatch, l.ID, d)
 		}
 	}
 	copied, err := kpapi.OpenTenantsPostgres(ctx, db, func(string) (*crk.Service, error) {
@@ -305,7 +339,17 @@ func (a *app) migrate(ctx context.Context, from, to string) error {
 	if err := sameTenants(src, copied, srcKeys); err != nil {
 		return err
 	}
-	return a.printMigration(dir, dest, before, len(srcKeys))
+	return a.printMigration(dir, dest, before, len(srcKeys), tenantsCopied)
+}
+
+// openCopy opens the service of instance id in the database.
+func (a *app) openCopy(services *crk.Database, opts crk.Options, id string, dest kmsStore) (*crk.Service, error) {
+	opts.Instance = id
+	svc, err := services.Open(opts)
+	if err != nil {
+		return nil, fmt.Errorf("opening instance %s in %s: %w", id, dest.redacted(), masterKeyHint(err, opts.MasterKeyFile))
+	}
+	return svc, nil
 }
 
 // sameTenants checks that the database's tenants hold the state directory's instances and
@@ -349,9 +393,10 @@ func sameTenants(src, copied *kpapi.Tenants, srcKeys []kpapi.APIKeyInfo) error {
 }
 
 // printMigration prints the verified listing of every instance copied.
-func (a *app) printMigration(dir string, dest kmsStore, ls []instanceListing, apiKeys int) error {
+// apiKeysCopied tells whether the API keys were copied before (by an earlier run).
+func (a *app) printMigration(dir string, dest kmsStore, ls []instanceListing, apiKeys int, apiKeysCopied bool) error {
 	if a.asJSON {
-		return a.emit(map[string]any{"from": "bolt:" + absPath(dir), "to": dest.redacted(), "instances": ls, "apiKeys": apiKeys, "verified": true})
+		return a.emit(map[string]any{"from": "bolt:" + absPath(dir), "to": dest.redacted(), "instances": ls, "apiKeys": apiKeys, "apiKeysAlreadyCopied": apiKeysCopied, "verified": true})
 	}
 	fmt.Fprintf(a.stdout, "copied bolt:%s into %s, verified:\n", absPath(dir), dest.redacted())
 	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
@@ -364,6 +409,9 @@ func (a *app) printMigration(dir string, dest kmsStore, ls []instanceListing, ap
 		if l.Rekeyed {
 			notes = append(notes, "re-encrypted under crk.db.masterkey in the copy")
 		}
+		if l.AlreadyCopied {
+			notes = append(notes, "already copied")
+		}
 		note := strings.Join(notes, ", ")
 		head := l.FeedHead
 		if head == "" {
@@ -374,7 +422,11 @@ func (a *app) printMigration(dir string, dest kmsStore, ls []instanceListing, ap
 	if err := w.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintf(a.stdout, "%d API keys copied; kms serve --store with this database serves them (copy %s to every replica)\n", apiKeys, filepath.Join(absPath(dir), masterKeyFileName))
+	copied := "copied"
+	if apiKeysCopied {
+		copied = "already copied"
+	}
+	fmt.Fprintf(a.stdout, "%d %s %s; kms serve --store with this database serves them (copy %s to every replica)\n", apiKeys, plural(apiKeys, "API key", "API keys"), copied, filepath.Join(absPath(dir), masterKeyFileName))
 	return nil
 }
 

@@ -132,23 +132,9 @@ func (s *pgStore) known(ctx context.Context, id string) (bool, error) {
 }
 
 func (s *pgStore) instances(ctx context.Context) ([]InstanceInfo, error) {
-	var out []InstanceInfo
-	err := s.db.ReadTx(ctx, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx,
-			`SELECT id, name, created, is_default FROM kp_instances ORDER BY is_default DESC, created, id`)
-		if err != nil {
-			return err
-		}
-		out, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (InstanceInfo, error) {
-			var in InstanceInfo
-			err := r.Scan(&in.ID, &in.Name, &in.Created, &in.Default)
-			in.Created = in.Created.UTC()
-			return in, err
-		})
-		return err
-	})
+	out, err := ListInstancesPostgres(ctx, s.db)
 	if err != nil {
-		return nil, dbError("reading instances", err)
+		return nil, err
 	}
 	if len(out) == 0 || !out[0].Default {
 		return nil, errors.New("kpapi: the database has no default instance")
