@@ -109,7 +109,7 @@ serves again once it is back. Move a state directory's store into a database wit
 			if static != "" {
 				tenants.SetStaticToken(static)
 			}
-			api := kpapi.NewServer(tenants)
+			api := kpapi.NewServer(tenants, kpapi.WithLogger(log))
 			srv := &http.Server{
 				Handler:           api,
 				ReadHeaderTimeout: 10 * time.Second,
