@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/rand"
 	"context"
 	"errors"
 	"fmt"
@@ -386,14 +387,18 @@ const (
 	schedulerTTL   = 8 * time.Second
 )
 
-// schedulerHolder names this replica in the scheduler lease: host name, process id and
-// listen address.
+// schedulerHolder names this replica in the scheduler lease: host name, process id, 48
+// random bits and listen address. The random part keeps apart replicas that share the rest
+// (containers: pid 1 and the same port, a host name reused by a replacement), which would
+// otherwise both take themselves for the lease's holder.
 func schedulerHolder(listen string) string {
 	host, err := os.Hostname()
 	if err != nil {
 		host = "unknown-host"
 	}
-	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), listen)
+	var nonce [6]byte
+	_, _ = rand.Read(nonce[:]) // crypto/rand.Read never returns an error (Go 1.24)
+	return fmt.Sprintf("%s/%d/%x/%s", host, os.Getpid(), nonce, listen)
 }
 
 // tokenSweeper drops expired bearer tokens for runDueLoop, one clean-up at a time, in the
