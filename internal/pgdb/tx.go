@@ -24,7 +24,7 @@ const (
 // Tx runs fn in a READ COMMITTED read-write transaction and commits it when fn returns nil.
 // On a serialization failure or deadlock (SQLSTATE 40001, 40P01), or a connection lost
 // before COMMIT was sent, it rolls back and runs fn again, with jittered backoff, until ctx
-// ends or the retry time (30 s by default) is over; a database it could not reach by then
+// ends or the retry time (Options.RetryFor, [DefaultRetryFor] by default) is over; a database it could not reach by then
 // gives an error wrapping [ErrUnavailable]. When ctx ends first the error wraps ctx's (and
 // ErrUnavailable too if connections had failed before). A broken COMMIT gives [ErrCommitUnknown]. Any
 // other error of fn rolls back and is returned as it is.
