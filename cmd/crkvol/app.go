@@ -18,6 +18,7 @@ import (
 	"golang.org/x/term"
 
 	"crkvol/crk"
+	"crkvol/internal/pgdb"
 	"crkvol/volume"
 	"crkvol/volume/kms"
 )
@@ -300,6 +301,7 @@ func (a *app) open(ctx context.Context) error {
 	if url := a.remoteURL(); url != "" {
 		return a.openRemote(dir, url, clock)
 	}
+	a.warnStoreEnv()
 	opts, err := a.crkOptions(clock)
 	if err != nil {
 		return err
@@ -331,6 +333,17 @@ func (a *app) open(ctx context.Context) error {
 		fmt.Fprintf(a.stderr, "crkvol: rotation policy rotated key %s\n", id)
 	}
 	return nil
+}
+
+// warnStoreEnv says on stderr, once per command, that CRKVOL_STORE is not used when it names
+// a PostgreSQL database and the command is about to open the embedded key service on the
+// state directory's store (open is the one place that does): the variable selects the store
+// of kms serve and the kms commands only. The URL, which may hold a password, is not shown.
+func (a *app) warnStoreEnv() {
+	if !pgdb.IsURL(a.getenv(storeEnv)) {
+		return
+	}
+	fmt.Fprintln(a.stderr, "crkvol: warning: "+storeEnv+" applies to kms serve/instance/apikey/migrate; this command uses the state directory's store; use --kms-url to reach the replicas")
 }
 
 // openReadOnly opens the store and the registry of dir read-only for a command that only

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -50,7 +51,7 @@ master key: CRKVOL_MASTER_KEY, or the master key file crk.db.masterkey of its st
 (--state), which the first replica on an empty database makes; copy it to the others. The
 scheduled work (rotation policies, expiries, purges, token clean-up) runs on one replica at a
 time, the holder of the database's scheduler lease; another takes over within about 10 s of
-its end. The server keeps running while the database is unreachable (its requests fail) and
+its end (the lease lasts 8 s from its last renewal; the others try to take it every 2 s). The server keeps running while the database is unreachable (its requests fail) and
 serves again once it is back. Move a state directory's store into a database with kms migrate.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if (cert == "") != (keyFile == "") {
@@ -110,7 +111,7 @@ serves again once it is back. Move a state directory's store into a database wit
 			if static != "" {
 				tenants.SetStaticToken(static)
 			}
-			api := kpapi.NewServer(tenants)
+			api := kpapi.NewServer(tenants, kpapi.WithLogger(log))
 			srv := &http.Server{
 				Handler:           api,
 				ReadHeaderTimeout: 10 * time.Second,
@@ -376,25 +377,29 @@ func checkListen(addr string, loopback, tls, insecure, static bool) error {
 
 // The scheduler lease: among kms serve replicas on one database, the holder runs the
 // scheduled work (runDueLoop). A replica that dies is replaced within schedulerTTL plus a
-// poll (a quarter of it).
+// poll (a quarter of it): about 10 s, as kms serve --help and the README say.
 const (
 	schedulerLease = "scheduler"
 	schedulerTTL   = 8 * time.Second
 )
 
-// schedulerHolder names this replica in the scheduler lease: host name, process id and
-// listen address.
+// schedulerHolder names this replica in the scheduler lease: host name, process id, 48
+// random bits and listen address. The random part keeps apart replicas that share the rest
+// (containers: pid 1 and the same port, a host name reused by a replacement), which would
+// otherwise both take themselves for the lease's holder.
 func schedulerHolder(listen string) string {
 	host, err := os.Hostname()
 	if err != nil {
 		host = "unknown-host"
 	}
-	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), listen)
+	var nonce [6]byte
+	_, _ = rand.Read(nonce[:]) // crypto/rand.Read never returns an error (Go 1.24)
+	return fmt.Sprintf("%s/%d/%x/%s", host, os.Getpid(), nonce, listen)
 }
 
 // tokenSweeper drops expired bearer tokens for runDueLoop, one clean-up at a time, in the
 // background: Tenants.ExpireTokens takes no context and may wait for an unreachable database
-// for half a minute, and the loop must stop at once when its context ends (a lost scheduler
+// for the database's retry time (pgdb.DefaultRetryFor, 10 s), and the loop must stop at once when its context ends (a lost scheduler
 // lease). A clean-up still running then is harmless (any replica may drop expired tokens);
 // wg joins it before the stores close.
 type tokenSweeper struct {

@@ -52,9 +52,19 @@ func statusOf(err error) *apiError {
 	}
 	msg := err.Error()
 	if info.Class != crk.Refusal {
-		msg = "internal error"
+		msg = publicMessage(info.Err)
 	}
 	return &apiError{status: info.Status, code: info.Code, msg: msg, target: info.Target, id: info.ID}
+}
+
+// publicMessage is the message a failure's response carries in place of the error's text,
+// which stays in the server (it may name hosts, users or files): what the failure is, when
+// saying so helps the client, else "internal error".
+func publicMessage(sentinel error) string {
+	if sentinel == crk.ErrUnavailable {
+		return "the key service's store is unavailable; try again later"
+	}
+	return "internal error"
 }
 
 // WriteError writes err as the Key Protect error envelope ([ErrorBody]), as [Server] does for

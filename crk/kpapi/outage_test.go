@@ -32,7 +32,7 @@ func TestDatabaseOutage(t *testing.T) {
 	ctx := testContext(t)
 	// The tenants' transactions give up after a short retry time, and requests end after a
 	// second (as behind a proxy's timeout), so that the outage is answered quickly: by
-	// default a transaction keeps trying to reach the database for 30 s.
+	// default a transaction keeps trying to reach the database for 10 s (pgdb.DefaultRetryFor).
 	db, err := pgdb.Open(ctx, dbURL, pgdb.Options{RetryFor: 300 * time.Millisecond})
 	require.NoError(t, err)
 	t.Cleanup(db.Close)
@@ -94,7 +94,7 @@ func TestDatabaseOutage(t *testing.T) {
 	}
 	if tooltest.Long() {
 		// The key service's transactions keep trying to reach the database for pgdb's
-		// retry time (30 s) whatever the request's deadline: a long test.
+		// retry time (10 s) whatever the request's deadline: a long test.
 		requests = append(requests, struct {
 			name     string
 			do       func() (int, []byte)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -27,11 +28,30 @@ type Server struct {
 	// stopCtx is cancelled by StopWaiting (stop): long polls end.
 	stopCtx context.Context
 	stop    context.CancelFunc
+	// log receives the server's failures (never a token, an API key or a query string).
+	log *slog.Logger
+}
+
+// ServerOption configures a [Server].
+type ServerOption func(*Server)
+
+// WithLogger makes the server log the requests it fails: a 500 at Error and a 503 at Warn,
+// each with the method, the path (no query string, no header) and the error, whose text
+// the client is not sent. Refusals (4xx) are not logged. Without it nothing is logged.
+func WithLogger(l *slog.Logger) ServerOption {
+	return func(s *Server) {
+		if l != nil {
+			s.log = l
+		}
+	}
 }
 
 // NewServer returns a server for t.
-func NewServer(t *Tenants) *Server {
-	s := &Server{tenants: t, mux: http.NewServeMux()}
+func NewServer(t *Tenants, opts ...ServerOption) *Server {
+	s := &Server{tenants: t, mux: http.NewServeMux(), log: slog.New(slog.DiscardHandler)}
+	for _, o := range opts {
+		o(s)
+	}
 	s.stopCtx, s.stop = context.WithCancel(context.Background())
 	s.routes()
 	return s
@@ -111,7 +131,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 	if err != nil {
 		if !errors.Is(err, ErrUnauthorized) {
 			// The instance exists but its store did not open: a failure, not a refusal.
-			writeError(w, err)
+			s.fail(w, r, err)
 			return
 		}
 		msg := "The user does not have access to the specified resource"
@@ -132,7 +152,26 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 				err = aerr // a refusal without its audit record is an internal failure
 			}
 		}
-		writeError(w, err)
+		s.fail(w, r, err)
+	}
+}
+
+// fail writes err as the error envelope and logs it when it is the server's failure.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	ae := statusOf(err)
+	s.logFailure(r, ae.status, err)
+	writeError(w, err)
+}
+
+// logFailure logs a failed request whose status is a failure of the server: 503 at Warn,
+// any other 5xx at Error. Only the method, the path and the error are logged: the query
+// string, headers and body may hold tokens, API keys or key material.
+func (s *Server) logFailure(r *http.Request, status int, err error) {
+	switch {
+	case status == http.StatusServiceUnavailable:
+		s.log.Warn("request failed: key store unavailable", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
+	case status >= 500:
+		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
 	}
 }
 
@@ -652,11 +691,13 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		return
 	case errors.Is(err, crk.ErrUnavailable):
 		// The store out of reach: not a refusal of the key; a client tries again later.
+		s.logFailure(r, http.StatusServiceUnavailable, err)
 		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"errorCode": "BXNIM0400E", "errorMessage": "The token could not be issued: the service is unavailable; try again later."})
 		return
 	case err != nil:
 		// The server's own failure (its API key table unreadable, no randomness): not a
 		// refusal of the key, which a client must be free to try again.
+		s.logFailure(r, http.StatusInternalServerError, err)
 		writeJSON(w, http.StatusInternalServerError, map[string]any{"errorCode": "BXNIM0400E", "errorMessage": "The token could not be issued; try again later."})
 		return
 	}

@@ -23,7 +23,8 @@ var ErrUnavailable = errors.New("database unavailable")
 // DefaultRetryFor is how long [DB.Tx] and [DB.ReadTx] keep retrying by default: long enough
 // to ride out a restart or failover of PostgreSQL of a few seconds, short enough that a
 // client waiting for an answer gets its 503 before its own timeout (Key Protect clients
-// wait 30 s), and retries it.
+// wait 30 s; crkvol's remote client, volume/kms.Remote, starts no retry that would not fit
+// in its timeout, so it reports the 503), and may send the request again.
 const DefaultRetryFor = 10 * time.Second
 
 // Options tune [Open]. The zero value is ready to use.

@@ -33,20 +33,28 @@ RETURNING expires`
 // cancels run, waits for it and releases the lease. A replica that dies without releasing
 // is replaced once its lease expires: within ttl plus a poll.
 //
+// A database out of reach is logged twice per outage: its first failed poll or renewal at
+// Warn and the first success after it at Info with how long it lasted (the failures between
+// them at Debug); losing or giving up the lease is logged each time at Warn.
+//
 // The database's clock alone decides expiry, so replicas' clocks need not agree. A ttl
 // under MinLeaseTTL is taken as MinLeaseTTL.
 func (db *DB) Lead(ctx context.Context, name, holder string, ttl time.Duration, run func(ctx context.Context)) {
 	ttl = max(ttl, MinLeaseTTL)
 	poll := ttl / 4
+	o := &outage{log: db.log, what: "lease"}
 	for ctx.Err() == nil {
 		sent := time.Now()
 		held, err := db.acquire(ctx, name, holder, ttl, sent.Add(poll))
-		if err != nil && ctx.Err() == nil {
-			db.log.Warn("lease: cannot reach the database", "lease", name, "err", err)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			o.failed("cannot reach the database", "lease", name, "err", err)
+		case err == nil:
+			o.recovered("database reachable again", "lease", name)
 		}
 		if held {
 			db.log.Info("lease acquired", "lease", name, "holder", holder)
-			db.hold(ctx, name, holder, ttl, sent, run)
+			db.hold(ctx, name, holder, ttl, sent, run, o)
 		}
 		t := time.NewTimer(poll)
 		select {
@@ -58,7 +66,7 @@ func (db *DB) Lead(ctx context.Context, name, holder string, ttl time.Duration, 
 }
 
 // hold runs run while it renews the lease, acquired by a statement sent at sent.
-func (db *DB) hold(ctx context.Context, name, holder string, ttl time.Duration, sent time.Time, run func(context.Context)) {
+func (db *DB) hold(ctx context.Context, name, holder string, ttl time.Duration, sent time.Time, run func(context.Context), o *outage) {
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan struct{})
@@ -94,7 +102,7 @@ func (db *DB) hold(ctx context.Context, name, holder string, ttl time.Duration, 
 			switch {
 			case err != nil:
 				if ctx.Err() == nil {
-					db.log.Warn("lease: renewal failed", "lease", name, "err", err)
+					o.failed("cannot reach the database", "lease", name, "renewal", true, "err", err)
 				}
 			case !held:
 				db.log.Warn("lease: lost to another holder; stopping", "lease", name, "holder", holder)
@@ -102,6 +110,7 @@ func (db *DB) hold(ctx context.Context, name, holder string, ttl time.Duration, 
 				<-done
 				return
 			default:
+				o.recovered("database reachable again", "lease", name)
 				deadline = sent.Add(ttl - margin)
 				expire.Reset(time.Until(deadline))
 			}

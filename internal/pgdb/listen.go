@@ -14,10 +14,15 @@ import (
 // whatever it may have missed while it was not listening. A lost connection (the server
 // restarted, say) is reconnected with backoff by itself. fn runs on Listen's goroutine: a
 // slow fn delays the notifications after it, which PostgreSQL queues meanwhile.
+//
+// An outage is logged twice: the loss of the connection (or the first failure to connect)
+// at Warn, and the reconnection at Info with how long it took; the failed attempts between
+// them at Debug.
 func (db *DB) Listen(ctx context.Context, channel string, fn func(payload string)) {
 	backoff := minBackoff
+	o := &outage{log: db.log, what: "listen"}
 	for ctx.Err() == nil {
-		if db.listenOnce(ctx, channel, fn) {
+		if db.listenOnce(ctx, channel, fn, o) {
 			backoff = minBackoff // it was connected: start over
 		}
 		wait := backoff/2 + rand.N(backoff/2+1)
@@ -33,11 +38,11 @@ func (db *DB) Listen(ctx context.Context, channel string, fn func(payload string
 
 // listenOnce connects, listens and hands notifications to fn until the connection fails or
 // ctx ends. It reports whether it got as far as listening.
-func (db *DB) listenOnce(ctx context.Context, channel string, fn func(string)) (listened bool) {
+func (db *DB) listenOnce(ctx context.Context, channel string, fn func(string), o *outage) (listened bool) {
 	conn, err := pgx.ConnectConfig(ctx, db.pool.Config().ConnConfig.Copy())
 	if err != nil {
 		if ctx.Err() == nil {
-			db.log.Warn("listen: cannot connect", "channel", channel, "err", err)
+			o.failed("cannot connect", "channel", channel, "err", err)
 		}
 		return false
 	}
@@ -48,17 +53,18 @@ func (db *DB) listenOnce(ctx context.Context, channel string, fn func(string)) (
 	}()
 	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
 		if ctx.Err() == nil {
-			db.log.Warn("listen: LISTEN failed", "channel", channel, "err", err)
+			o.failed("LISTEN failed", "channel", channel, "err", err)
 		}
 		return false
 	}
 	db.log.Debug("listening", "channel", channel)
+	o.recovered("reconnected", "channel", channel)
 	fn("")
 	for {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
-				db.log.Warn("listen: connection lost; reconnecting", "channel", channel, "err", err)
+				o.failed("connection lost; reconnecting", "channel", channel, "err", err)
 			}
 			return true
 		}

@@ -73,6 +73,7 @@ func (db *DB) migrate(ctx context.Context) error {
 	}
 	for {
 		var current int
+		var applied *migration
 		done := false
 		err := db.Tx(ctx, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", migrationLock); err != nil {
@@ -118,11 +119,14 @@ func (db *DB) migrate(ctx context.Context) error {
 			if _, err := tx.Exec(ctx, "INSERT INTO crkvol_schema (version) VALUES ($1)", m.version); err != nil {
 				return fmt.Errorf("record schema version: %w", err)
 			}
-			db.log.Info("database schema migrated", "version", m.version, "migration", m.name)
+			applied = &m
 			return nil
 		})
 		if err != nil {
 			return err
+		}
+		if applied != nil { // logged once committed (Tx may have run fn more than once)
+			db.log.Info("database schema migrated", "version", applied.version, "migration", applied.name)
 		}
 		if done {
 			db.version = current

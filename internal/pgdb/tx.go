@@ -24,7 +24,7 @@ const (
 // Tx runs fn in a READ COMMITTED read-write transaction and commits it when fn returns nil.
 // On a serialization failure or deadlock (SQLSTATE 40001, 40P01), or a connection lost
 // before COMMIT was sent, it rolls back and runs fn again, with jittered backoff, until ctx
-// ends or the retry time (30 s by default) is over; a database it could not reach by then
+// ends or the retry time (Options.RetryFor, [DefaultRetryFor] by default) is over; a database it could not reach by then
 // gives an error wrapping [ErrUnavailable]. When ctx ends first the error wraps ctx's (and
 // ErrUnavailable too if connections had failed before). A broken COMMIT gives [ErrCommitUnknown]. Any
 // other error of fn rolls back and is returned as it is.
@@ -63,10 +63,11 @@ func (db *DB) run(ctx context.Context, opts pgx.TxOptions, fn func(pgx.Tx) error
 		if ctx.Err() != nil {
 			// The failure may be ctx's doing (pgx closes a connection whose query is
 			// cancelled): the database is unavailable only if earlier attempts said so.
+			cause := ctxCause(ctx, retry.err)
 			if connFailures > 0 {
-				return fmt.Errorf("%w after %d attempts: %w", ErrUnavailable, attempt, errors.Join(ctx.Err(), retry.err))
+				return fmt.Errorf("%w after %d attempts: %w", ErrUnavailable, attempt, cause)
 			}
-			return fmt.Errorf("transaction abandoned: %w", errors.Join(ctx.Err(), retry.err))
+			return fmt.Errorf("transaction abandoned: %w", cause)
 		}
 		if retry.conn {
 			connFailures++
@@ -89,13 +90,24 @@ func (db *DB) run(ctx context.Context, opts pgx.TxOptions, fn func(pgx.Tx) error
 	}
 }
 
+// ctxCause is the error of a transaction ended by ctx whose last attempt failed with err:
+// both, so that errors.Is finds ctx's error and the attempt's, on one line, with ctx's error
+// named once when err already wraps it (pgx reports a cancelled query as the context's
+// error).
+func ctxCause(ctx context.Context, err error) error {
+	if errors.Is(err, ctx.Err()) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ctx.Err(), err)
+}
+
 // attempt runs fn once in a transaction. A failure worth retrying comes back as an
 // *attemptError.
 func (db *DB) attempt(ctx context.Context, opts pgx.TxOptions, fn func(pgx.Tx) error) error {
 	tx, err := db.pool.BeginTx(ctx, opts)
 	if err != nil {
 		if ctx.Err() != nil {
-			return fmt.Errorf("begin transaction: %w", errors.Join(err, ctx.Err()))
+			return fmt.Errorf("begin transaction: %w", ctxCause(ctx, err))
 		}
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && !connectionCode(pgErr.Code) {

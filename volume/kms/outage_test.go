@@ -27,7 +27,7 @@ func TestRemoteDatabaseOutage(t *testing.T) {
 	dbURL := c.NewDatabase(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	// The tenants' transactions give up quickly: by default they try for 30 s. Every
+	// The tenants' transactions give up quickly: by default they try for 10 s. Every
 	// request with an issued token is checked in the database (any replica may have issued
 	// it), so the outage shows at once.
 	db, err := pgdb.Open(ctx, dbURL, pgdb.Options{RetryFor: 300 * time.Millisecond})

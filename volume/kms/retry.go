@@ -16,9 +16,13 @@ import (
 // of the official client. A request whose body cannot be replayed is sent once.
 //
 // The waits of one request add up to at most budget: a wait that would go past it is not
-// slept, and the response is handed to the caller as it is. The budget keeps the retries
-// inside the http.Client's Timeout, which covers them: a wait the Timeout cut short would
-// reach the official client as a connection error, which it retries in turn.
+// slept, and the response is handed to the caller as it is. Nor is another attempt started
+// when the request's deadline (the http.Client's Timeout, which covers the retries) leaves
+// less than the wait plus twice the time the last attempt took: a server that answers 503
+// slowly (a replica whose database is down answers after its retry time) then has its 503
+// reach the caller, not the Timeout's "context deadline exceeded". The budget and the
+// deadline keep the retries inside the Timeout: a wait the Timeout cut short would reach the
+// official client as a connection error, which it retries in turn.
 type retrying struct {
 	next   http.RoundTripper
 	retry  func(status int) bool
@@ -40,13 +44,18 @@ func (t *retrying) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	var waited time.Duration
 	for attempt := 0; ; attempt++ {
+		sent := time.Now()
 		resp, err := t.next.RoundTrip(req)
 		if err != nil || !t.retry(resp.StatusCode) || attempt >= kp.RetryMax ||
 			(req.Body != nil && req.Body != http.NoBody && req.GetBody == nil) {
 			return resp, err
 		}
+		took := time.Since(sent)
 		d := retryWait(attempt, resp.Header.Get("Retry-After"))
 		if waited+d > t.budget {
+			return resp, nil
+		}
+		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < d+2*took {
 			return resp, nil
 		}
 		waited += d

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"crkvol/crk"
 	kp "github.com/IBM/keyprotect-go-client"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -163,5 +164,47 @@ func TestRemoteTimeoutBudget(t *testing.T) {
 			assert.LessOrEqual(t, rt.budget, r.cfg.Timeout/4, name)
 			assert.Positive(t, rt.budget, name)
 		}
+	}
+}
+
+// TestRemoteSlowOutageIs503: a token endpoint that answers 503 slowly (a replica whose
+// database is down answers after its transactions' retry time) ends the call with the 503,
+// crk.ErrUnavailable, inside the Timeout: the retries stop while another attempt, as slow as
+// the last, still fits, rather than running into the Timeout's "context deadline exceeded".
+func TestRemoteSlowOutageIs503(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		retryAfter string
+		delay      time.Duration
+		timeout    time.Duration
+	}{
+		{"immediate retries", "0", 300 * time.Millisecond, time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var mu sync.Mutex
+			requests := 0
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				requests++
+				mu.Unlock()
+				time.Sleep(tc.delay)
+				w.Header().Set("Content-Type", "application/json")
+				w.Header().Set("Retry-After", tc.retryAfter)
+				w.WriteHeader(http.StatusServiceUnavailable)
+				io.WriteString(w, `{"errorCode":"BXNIM0400E","errorMessage":"The token could not be issued: the service is unavailable; try again later."}`)
+			}))
+			defer srv.Close()
+			r, err := NewRemote(RemoteConfig{URL: srv.URL, TokenURL: srv.URL + "/identity/token", Instance: "inst", APIKey: "k", Timeout: tc.timeout})
+			require.NoError(t, err)
+			start := time.Now()
+			_, err = r.Wrap(t.Context(), "k1", []byte("0123456789abcdef"), nil)
+			t.Logf("ended after %v: %v", time.Since(start).Round(time.Millisecond), err)
+			require.Error(t, err)
+			assert.ErrorIs(t, err, crk.ErrUnavailable)
+			assert.NotErrorIs(t, err, context.DeadlineExceeded)
+			mu.Lock()
+			defer mu.Unlock()
+			assert.GreaterOrEqual(t, requests, 1)
+		})
 	}
 }
