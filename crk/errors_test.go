@@ -126,3 +126,18 @@ type isErr struct{ target error }
 
 func (e isErr) Error() string        { return "custom" }
 func (e isErr) Is(target error) bool { return target == e.target }
+
+// TestAuditErrorOfAnOutage: an audit event lost because the store is out of reach is first
+// of all the outage (503, try again), still an audit failure for errors.Is; any other audit
+// failure is ErrAudit's.
+func TestAuditErrorOfAnOutage(t *testing.T) {
+	down := auditError(ActionWrap, fmt.Errorf("crk: %w: connection refused", ErrUnavailable))
+	info, ok := LookupError(down)
+	require.True(t, ok)
+	assert.Equal(t, ErrUnavailable, info.Err)
+	assert.ErrorIs(t, down, ErrAudit)
+	other := auditError(ActionWrap, errors.New("disk full"))
+	info, ok = LookupError(other)
+	require.True(t, ok)
+	assert.Equal(t, ErrAudit, info.Err)
+}

@@ -187,12 +187,12 @@ func (s *Service) appendEvents(tx storeTx, evs []*Event) error {
 	}
 	if err := tx.putEvents(evs); err != nil {
 		if len(evs) == 1 {
-			return fmt.Errorf("crk: %w: %s: %w", ErrAudit, evs[0].Action, err)
+			return auditError(evs[0].Action, err)
 		}
-		return fmt.Errorf("crk: %w: %d events: %w", ErrAudit, len(evs), err)
+		return auditError(fmt.Sprintf("%d events", len(evs)), err)
 	}
 	if _, err := s.pruneEvents(tx, pruneBatch*len(evs)); err != nil {
-		return fmt.Errorf("crk: %w: pruning: %w", ErrAudit, err)
+		return auditError("pruning", err)
 	}
 	return nil
 }
@@ -284,8 +284,10 @@ func (s *Service) eventWriter() {
 
 // refuse records a failure event for a refused or failed request and returns err, joined
 // with the audit error if the event could not be stored.
+// An operation its caller abandoned (ctx ended) is not recorded either: it was not refused,
+// and a store that was slow to answer it is likely out of reach.
 func (s *Service) refuse(ctx context.Context, action, keyID string, err error) error {
-	if err == nil || errors.Is(err, ErrAudit) || errors.Is(err, ErrUnavailable) {
+	if err == nil || errors.Is(err, ErrAudit) || errors.Is(err, ErrUnavailable) || ctx.Err() != nil {
 		// Nothing to record, or the audit log itself failed, or the store is out of reach:
 		// do not write to it again (an unreachable database would hold the caller for
 		// another round of retries, and fail the same way).
@@ -376,4 +378,14 @@ const ActionDefault = "kms.secrets.default"
 // wraps ErrAudit if the event could not be stored.
 func (s *Service) RecordFailure(ctx context.Context, action, keyID string, err error) error {
 	return s.record(s.newEvent(ctx, action, nil, keyID, err))
+}
+
+// auditError is the error of an audit event (of what) that could not be stored. It wraps
+// ErrAudit; when the store was out of reach it is first of all ErrUnavailable's, so that the
+// API answers 503 (try again) rather than 500 (see LookupError's order).
+func auditError(what string, err error) error {
+	if errors.Is(err, ErrUnavailable) {
+		return fmt.Errorf("crk: %w (storing the audit event failed: %s: %w)", err, what, ErrAudit)
+	}
+	return fmt.Errorf("crk: %w: %s: %w", ErrAudit, what, err)
 }

@@ -107,7 +107,9 @@ func (db *DB) attempt(ctx context.Context, opts pgx.TxOptions, fn func(pgx.Tx) e
 	tx, err := db.pool.BeginTx(ctx, opts)
 	if err != nil {
 		if ctx.Err() != nil {
-			return fmt.Errorf("begin transaction: %w", ctxCause(ctx, err))
+			// ctx ended: run tells an abandoned transaction from an unreachable database
+			// by the attempts before this one.
+			return &attemptError{err: fmt.Errorf("begin transaction: %w", err)}
 		}
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && !connectionCode(pgErr.Code) {
