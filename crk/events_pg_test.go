@@ -14,6 +14,7 @@ import (
 
 	"crkvol/internal/pgdb"
 	"crkvol/internal/pgtest"
+	"crkvol/internal/tooltest"
 )
 
 // countHandler counts the transactions pgdb retried (their first retry).
@@ -39,6 +40,9 @@ func (h countHandler) WithGroup(string) slog.Handler      { return h }
 // writer does not store a batch's events one by one (each with a retry window of its own)
 // when the batch failed because the store is out of reach.
 func TestEventWriterOutage(t *testing.T) {
+	if !tooltest.Long() {
+		t.Skip("stops a PostgreSQL cluster of its own: runs with CRKVOL_LONG_TESTS=1 (CI); crk/kpapi's TestDatabaseOutage covers an outage in every run")
+	}
 	c := pgtest.New(t)
 	ctx := context.Background()
 	var txs atomic.Int64

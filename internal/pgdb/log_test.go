@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"crkvol/internal/pgtest"
+	"crkvol/internal/tooltest"
 )
 
 // capture is a slog.Handler that keeps every record.
@@ -86,6 +87,9 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // once at WARN and their repeated failures at DEBUG only; once it is back each logs its
 // recovery once at INFO with how long it was down.
 func TestOutageLoggedOnce(t *testing.T) {
+	if !tooltest.Long() {
+		t.Skip("stops a PostgreSQL cluster of its own: runs with CRKVOL_LONG_TESTS=1 (CI); crk/kpapi's TestDatabaseOutage covers an outage in every run")
+	}
 	t.Parallel()
 	c := pgtest.New(t)
 	logs := &capture{}
