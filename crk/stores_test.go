@@ -47,20 +47,10 @@ func sharedDatabase(t *testing.T) *Database {
 	t.Helper()
 	c := pgtest.Start(t)
 	shared.once.Do(func() {
-		ctx := context.Background()
-		conn, err := pgx.Connect(ctx, c.URL("postgres"))
-		if err != nil {
-			shared.err = err
-			return
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "CREATE DATABASE crk_tests TEMPLATE template0"); err != nil {
-			shared.err = err
-			return
-		}
-		shared.db, shared.err = OpenDatabase(ctx, c.URL("crk_tests"), nil)
+		shared.db, shared.err = OpenDatabase(context.Background(), c.SharedDatabase(t, "crk_tests"), nil)
 	})
 	require.NoError(t, shared.err)
+	require.NotNil(t, shared.db, "the shared database could not be made (see the first test that asked for it)")
 	return shared.db
 }
 

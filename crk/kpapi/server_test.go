@@ -13,12 +13,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	kp "github.com/IBM/keyprotect-go-client"
-	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -96,29 +94,7 @@ func placePostgres(t testing.TB) placed { return postgresAt(pgtest.Start(t).NewD
 // sharePostgres places a store on the database the tests of the binary share: creating a
 // database and its tables costs about a second on a busy machine.
 func sharePostgres(t testing.TB) placed {
-	c := pgtest.Start(t)
-	sharedDatabase.once.Do(func() {
-		// Not NewDatabase: that one is dropped at the end of the test that made it. This
-		// one goes with the cluster, when the binary's tests end.
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, c.URL("postgres"))
-		if err != nil {
-			sharedDatabase.err = err
-			return
-		}
-		defer conn.Close(ctx)
-		_, sharedDatabase.err = conn.Exec(ctx, "CREATE DATABASE kpapi_server_tests TEMPLATE template0")
-	})
-	require.NoError(t, sharedDatabase.err, "create the shared database")
-	return postgresAt(c.URL("kpapi_server_tests"), true)
-}
-
-// sharedDatabase is made once per test binary by [sharePostgres]: test-only state, as
-// pgtest's shared cluster is.
-var sharedDatabase struct {
-	once sync.Once
-	err  error
+	return postgresAt(pgtest.Start(t).SharedDatabase(t, "kpapi_server_tests"), true)
 }
 
 func postgresAt(url string, shared bool) placed {

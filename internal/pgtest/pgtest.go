@@ -72,6 +72,9 @@ type Cluster struct {
 	mu   sync.Mutex
 	proc *exec.Cmd     // the running postmaster; nil when stopped
 	done chan struct{} // closed when proc has been waited for
+
+	sharedMu sync.Mutex
+	sharedDB map[string]bool // the databases SharedDatabase made
 }
 
 // shared is the cluster [Main] offers to every [Start] of a test binary. It is the package's
@@ -353,6 +356,27 @@ func (c *Cluster) NewDatabase(t testing.TB) string {
 			_ = c.admin(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
 		}
 	})
+	return c.URL(name)
+}
+
+// SharedDatabase returns the URL of database name, created on the first call for that name
+// and kept as long as the cluster: for the tests of a binary that share one database, each
+// on rows of its own (creating a database costs a third of a second or more).
+func (c *Cluster) SharedDatabase(t testing.TB, name string) string {
+	t.Helper()
+	c.sharedMu.Lock()
+	defer c.sharedMu.Unlock()
+	if !c.sharedDB[name] {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := c.admin(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()+" TEMPLATE template0"); err != nil {
+			t.Fatalf("create the shared database %s: %v", name, err)
+		}
+		if c.sharedDB == nil {
+			c.sharedDB = map[string]bool{}
+		}
+		c.sharedDB[name] = true
+	}
 	return c.URL(name)
 }
 

@@ -3,11 +3,9 @@ package kms_test
 import (
 	"context"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"crkvol/crk"
@@ -70,33 +68,8 @@ func forEachStore(t *testing.T, test func(t *testing.T, st serverStore)) {
 	}
 }
 
-// shared is the database the tests of the binary share, each on instances of its own:
-// creating a database and its tables costs about a second on a busy machine. Test-only
-// state, as pgtest's shared cluster is.
-var shared struct {
-	once sync.Once
-	url  string
-	err  error
-}
-
-// sharedDatabase returns the URL of the shared database, created on first use. It is not
-// made by NewDatabase, which drops its database when the test that made it ends; it goes
-// with the cluster when the binary's tests end.
+// sharedDatabase returns the URL of the database the tests of the binary share, each on
+// instances of its own.
 func sharedDatabase(t testing.TB) string {
-	c := pgtest.Start(t)
-	shared.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, c.URL("postgres"))
-		if err != nil {
-			shared.err = err
-			return
-		}
-		defer conn.Close(ctx)
-		if _, shared.err = conn.Exec(ctx, "CREATE DATABASE kms_tests TEMPLATE template0"); shared.err == nil {
-			shared.url = c.URL("kms_tests")
-		}
-	})
-	require.NoError(t, shared.err, "create the shared database")
-	return shared.url
+	return pgtest.Start(t).SharedDatabase(t, "kms_tests")
 }
