@@ -181,7 +181,7 @@ func (s *Service) appendEvents(tx storeTx, evs []*Event) error {
 	if s.testOnlyAuditFault != nil {
 		for _, ev := range evs {
 			if err := s.testOnlyAuditFault(ev); err != nil {
-				return fmt.Errorf("crk: %w: %s: %w", ErrAudit, ev.Action, err)
+				return auditError(ev.Action, err)
 			}
 		}
 	}
@@ -230,7 +230,7 @@ func (s *Service) record(ev *Event) error {
 		if errors.Is(err, ErrAudit) {
 			return err
 		}
-		return fmt.Errorf("crk: %w: %s: %w", ErrAudit, ev.Action, err)
+		return auditError(ev.Action, err)
 	}
 	return nil
 }

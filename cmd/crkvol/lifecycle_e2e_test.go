@@ -86,10 +86,35 @@ func newKMSOn(t *testing.T, bin, dir, store string, keyFrom *kmsProc) *kmsProc {
 		Default bool   `json:"default"`
 	}
 	require.NoError(t, json.Unmarshal(out, &list), "%s", out)
+	if len(list) == 0 && store != "" {
+		// A new database lists no instance: the first command that writes to it (here an
+		// API key, as an operator makes one) makes the default instance.
+		cmd := exec.Command(bin, "--json", "kms", "apikey", "create")
+		cmd.Env = k.env()
+		out, err := cmd.Output()
+		require.NoError(t, err, "kms apikey create: %s", out)
+		var made struct {
+			Instance string `json:"instance"`
+		}
+		require.NoError(t, json.Unmarshal(out, &made), "%s", out)
+		list = append(list, struct {
+			ID      string `json:"id"`
+			Default bool   `json:"default"`
+		}{made.Instance, true})
+	}
 	require.NotEmpty(t, list)
 	require.True(t, list[0].Default)
 	k.instance = list[0].ID
-	t.Cleanup(func() { k.kill() })
+	t.Cleanup(func() {
+		k.kill()
+		if t.Failed() && k.stderr != nil { // the server's own account of its failures
+			for line := range strings.Lines(k.stderr.String()) {
+				if strings.Contains(line, "level=ERROR") {
+					t.Logf("%s: %s", k.state, strings.TrimSpace(line))
+				}
+			}
+		}
+	})
 	return k
 }
 
