@@ -284,17 +284,20 @@ func (s *Service) eventWriter() {
 
 // refuse records a failure event for a refused or failed request and returns err, joined
 // with the audit error if the event could not be stored.
-// An operation its caller abandoned (ctx ended) is not recorded either: it was not refused,
-// and a store that was slow to answer it is likely out of reach.
+// An operation that failed because its caller abandoned it (the error is ctx's) is not
+// recorded either: it was not refused. A refusal is recorded whatever became of ctx since.
 func (s *Service) refuse(ctx context.Context, action, keyID string, err error) error {
-	if err == nil || errors.Is(err, ErrAudit) || errors.Is(err, ErrUnavailable) || ctx.Err() != nil {
+	abandoned := ctx.Err() != nil && errors.Is(err, ctx.Err())
+	if err == nil || errors.Is(err, ErrAudit) || errors.Is(err, ErrUnavailable) || abandoned {
 		// Nothing to record, or the audit log itself failed, or the store is out of reach:
 		// do not write to it again (an unreachable database would hold the caller for
 		// another round of retries, and fail the same way).
 		return err
 	}
 	if aerr := s.record(s.newEvent(ctx, action, nil, keyID, err)); aerr != nil {
-		return fmt.Errorf("%w; recording the refusal: %w", err, aerr)
+		// A refusal without its audit record is the audit's failure (or the store's outage)
+		// first: the API answers 5xx with its generic message, never the store's details.
+		return fmt.Errorf("%w (refusing: %w)", aerr, err)
 	}
 	return err
 }

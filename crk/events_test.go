@@ -1,6 +1,7 @@
 package crk
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -500,4 +501,38 @@ func TestAuditFailureIsolated(t *testing.T) {
 		require.NoError(t, err)
 		assert.Len(t, evs, 20)
 	})
+}
+
+// TestRefusalAudit: a refusal is recorded even when its caller's context has ended since (a
+// client cannot hide its refused attempts by going away); a refusal whose record cannot be
+// stored is the audit's failure first (a 5xx, without the store's details), still the
+// refusal for errors.Is.
+func TestRefusalAudit(t *testing.T) {
+	f := newFixture(t, &testStore{kind: "bolt"}) // bbolt transactions do not end with ctx
+	k := f.root(t, "refused")
+	_, err := f.svc.DisableKey(f.ctx, k.ID)
+	require.NoError(t, err)
+	failures := func() int {
+		evs, err := f.svc.Events(f.ctx, EventFilter{KeyID: k.ID, Action: ActionWrap})
+		require.NoError(t, err)
+		return len(evs)
+	}
+	ctx, cancel := context.WithCancel(f.ctx)
+	cancel()
+	_, err = f.svc.Wrap(ctx, k.ID, []byte("dek"), nil)
+	require.ErrorIs(t, err, ErrKeySuspended)
+	assert.Equal(t, 1, failures(), "the refusal of a call whose context ended is recorded")
+
+	f.svc.testOnlyAuditFault = func(ev *Event) error {
+		if ev.Outcome == OutcomeFailure {
+			return errInjected
+		}
+		return nil
+	}
+	_, err = f.svc.Wrap(f.ctx, k.ID, []byte("dek"), nil)
+	require.ErrorIs(t, err, ErrKeySuspended)
+	require.ErrorIs(t, err, ErrAudit)
+	info, ok := LookupError(err)
+	require.True(t, ok)
+	assert.Equal(t, ErrAudit, info.Err, "answered as the audit's failure")
 }

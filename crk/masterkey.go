@@ -165,14 +165,17 @@ func (s *Service) RotateMasterKey(ctx context.Context, newKey []byte) error {
 	var check []byte
 	err = s.update(ctx, func(tx storeTx) error {
 		n = 0
+		// The instance row first (as every transaction that writes locks it, after its
+		// key): a key created by another process meanwhile is then either committed and
+		// read below, or waits for this rotation and is refused for its old key.
+		instance, _, err := tx.meta()
+		if err != nil {
+			return err
+		}
 		// Every key is read locked (another process may change one meanwhile) before any
 		// is written back: a bbolt bucket cannot change while it is iterated.
 		var all []*keyRecord
 		if err := tx.keys(true, func(r *keyRecord) error { all = append(all, r); return nil }); err != nil {
-			return err
-		}
-		instance, _, err := tx.meta()
-		if err != nil {
 			return err
 		}
 		if err := s.soleUserOfMasterKey(tx); err != nil {

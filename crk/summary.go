@@ -83,3 +83,10 @@ func (s *Service) Summary(ctx context.Context) (StoreSummary, error) {
 	})
 	return sum, err
 }
+
+// Empty reports whether the store holds nothing: no key, registration, event or lifecycle
+// event, ever.
+func (s StoreSummary) Empty() bool {
+	return len(s.Keys) == 0 && len(s.Registrations) == 0 && s.Events == 0 && s.LastEvent == 0 &&
+		(s.FeedHead == "" || s.FeedHead == "0") && s.FeedPruned == 0
+}

@@ -290,6 +290,11 @@ func (a *app) migrate(ctx context.Context, from, to string) error {
 		if err != nil {
 			return err
 		}
+		if sum.Empty() {
+			// Opened by a run that failed before its copy committed (the copy is one
+			// transaction): nothing of it is there yet.
+			continue
+		}
 		if d := diffSummaries(l.Summary, sum); d != "" {
 			return withHint(fmt.Errorf("instance %s in %s: %w, and it differs from the state directory's: %s; nothing was changed", l.ID, dest.redacted(), errMigrated, d),
 				"was the state directory changed after it was migrated? kms serve --store with this database serves the copy; to copy again, use an empty database")
@@ -309,11 +314,14 @@ func (a *app) migrate(ctx context.Context, from, to string) error {
 		if l.AlreadyCopied {
 			continue
 		}
-		svc, err := a.openCopy(services, dstOpts, l.ID, dest)
-		if err != nil {
-			return err
+		svc, ok := dstSvc[l.ID] // opened above when a failed run left the instance empty
+		if !ok {
+			var err error
+			if svc, err = a.openCopy(services, dstOpts, l.ID, dest); err != nil {
+				return err
+			}
+			dstSvc[l.ID] = svc
 		}
-		dstSvc[l.ID] = svc
 		if _, err := crk.CopyStore(ctx, srcSvc[l.ID], svc); err != nil {
 			return fmt.Errorf("copying instance %s into %s: %w", l.ID, dest.redacted(), err)
 		}
@@ -345,6 +353,10 @@ func (a *app) migrate(ctx context.Context, from, to string) error {
 // openCopy opens the service of instance id in the database.
 func (a *app) openCopy(services *crk.Database, opts crk.Options, id string, dest kmsStore) (*crk.Service, error) {
 	opts.Instance = id
+	// The copy keeps every event the state directory kept: opening it applies no
+	// retention (the replicas apply theirs), so that a verifying run writes nothing.
+	opts.EventRetention = crk.EventRetention{MaxCount: -1}
+	opts.FeedRetention = crk.FeedRetention{MaxAge: -1, MaxCount: -1}
 	svc, err := services.Open(opts)
 	if err != nil {
 		return nil, fmt.Errorf("opening instance %s in %s: %w", id, dest.redacted(), masterKeyHint(err, opts.MasterKeyFile))

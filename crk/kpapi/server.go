@@ -141,8 +141,13 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 		writeError(w, &apiError{status: http.StatusUnauthorized, code: "UNAUTHORIZED_ERR", msg: msg})
 		return
 	}
+	// A store that stops answering (a frozen database, packets dropped) must still end the
+	// request: with 503, before a Key Protect client's own 30 s timeout. The lifecycle
+	// feed's long poll adds its wait.
+	ctx, cancel := context.WithTimeout(r.Context(), RequestTimeout+feedWait(r))
+	defer cancel()
 	q := &request{w: w, r: r, svc: svc, id: r.PathValue("id"),
-		ctx: crk.WithInitiator(r.Context(), "kpapi:"+instance)}
+		ctx: crk.WithInitiator(ctx, "kpapi:"+instance)}
 	if err := h(q); err != nil {
 		// The service audits its own refusals; requests refused here before reaching it
 		// (malformed bodies, unknown actions) are audited as kms.secrets.default.
@@ -156,11 +161,31 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 	}
 }
 
-// fail writes err as the error envelope and logs it when it is the server's failure.
+// fail writes err as the error envelope and logs it when it is the server's failure (not
+// when the client went away first: its request was abandoned, not failed).
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	ae := statusOf(err)
-	s.logFailure(r, ae.status, err)
+	if r.Context().Err() == nil {
+		s.logFailure(r, ae.status, err)
+	}
 	writeError(w, err)
+}
+
+// RequestTimeout bounds the work of one API request (the lifecycle feed's long poll adds its
+// wait): a store that stops answering ends it with 503 rather than holding it.
+const RequestTimeout = 25 * time.Second
+
+// feedWait is the long-poll wait a lifecycle feed request asks for (at most
+// MaxLifecycleWait), zero for other requests and for a value the handler will refuse.
+func feedWait(r *http.Request) time.Duration {
+	if r.URL.Path != LifecyclePath {
+		return 0
+	}
+	d, err := parseWait(r.URL.Query().Get("wait"))
+	if err != nil {
+		return 0
+	}
+	return d
 }
 
 // logFailure logs a failed request whose status is a failure of the server: 503 at Warn,

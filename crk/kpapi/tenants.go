@@ -38,7 +38,7 @@ const MaxTokensPerKey = 1000
 
 // storeTimeout bounds one call into a tenant store on a database, whose methods take no
 // context of their own.
-const storeTimeout = 30 * time.Second
+const storeTimeout = RequestTimeout
 
 // Tenants holds service instances, their API keys (only sha256 hashes are stored) and the
 // bearer tokens issued for them (only sha256 hashes too), in one of two stores:

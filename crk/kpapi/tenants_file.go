@@ -134,6 +134,11 @@ func (s *fileStore) modify(fn func(tf *tenantsFile) error) error {
 }
 
 func (s *fileStore) ensureDefault(_ context.Context, mk func() (string, error)) (string, error) {
+	// tenants.json is replaced by rename, never written in place: read without the lock,
+	// and write nothing when the default is there (a read-only state directory opens).
+	if tf, err := s.load(); err == nil && tf.Default != "" {
+		return tf.Default, nil
+	}
 	var def string
 	err := s.modify(func(tf *tenantsFile) error {
 		if tf.Default == "" {

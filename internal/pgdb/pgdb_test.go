@@ -413,3 +413,30 @@ func TestTxContextEnds(t *testing.T) {
 	assert.NotErrorIs(t, err, ErrUnavailable)
 	assert.Equal(t, 1, runs)
 }
+
+// TestTxDeadlineWithoutAnswer: a database that gives no answer before the caller's deadline
+// (a frozen server sends no error; here a statement held by another's lock) is unavailable
+// to that caller, not a transaction it abandoned.
+func TestTxDeadlineWithoutAnswer(t *testing.T) {
+	t.Parallel()
+	db := open(t, pgtest.Start(t).NewDatabase(t))
+	ctx := testCtx(t)
+	require.NoError(t, db.Tx(ctx, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, "CREATE TABLE held (n int); INSERT INTO held VALUES (1)")
+		return err
+	}))
+	holder, err := db.Pool().Begin(ctx)
+	require.NoError(t, err)
+	defer holder.Rollback(ctx)
+	_, err = holder.Exec(ctx, "LOCK TABLE held IN ACCESS EXCLUSIVE MODE")
+	require.NoError(t, err)
+
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	err = db.Tx(short, func(tx pgx.Tx) error {
+		_, err := tx.Exec(short, "SELECT n FROM held")
+		return err
+	})
+	require.ErrorIs(t, err, ErrUnavailable)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+}

@@ -64,7 +64,9 @@ func (db *DB) run(ctx context.Context, opts pgx.TxOptions, fn func(pgx.Tx) error
 			// The failure may be ctx's doing (pgx closes a connection whose query is
 			// cancelled): the database is unavailable only if earlier attempts said so.
 			cause := ctxCause(ctx, retry.err)
-			if connFailures > 0 {
+			if connFailures > 0 || errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				// Connections failed before, or the database gave no answer before the
+				// caller's deadline (a server that stopped answering: no error comes).
 				return fmt.Errorf("%w after %d attempts: %w", ErrUnavailable, attempt, cause)
 			}
 			return fmt.Errorf("transaction abandoned: %w", cause)
