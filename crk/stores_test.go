@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"crkvol/internal/pgtest"
+	"crkvol/internal/tooltest"
 )
 
 // testStore is the kind of store a test runs on: each test of the service's behaviour runs
@@ -25,11 +26,18 @@ type testStore struct {
 	instances map[string]string
 }
 
-// forEachStore runs fn as a subtest on a bbolt store and on a PostgreSQL one.
+// forEachStore runs fn as a subtest on a bbolt store and on a PostgreSQL one (the latter in
+// the long run).
 func forEachStore(t *testing.T, fn func(t *testing.T, st *testStore)) {
 	t.Helper()
 	t.Run("bolt", func(t *testing.T) { fn(t, &testStore{kind: "bolt"}) })
 	t.Run("postgres", func(t *testing.T) {
+		if !tooltest.Long() {
+			// CI runs the whole suite on both stores; a plain go test ./... keeps within its
+			// time with the PostgreSQL store's own tests (replicas_test.go and the *_pg_test.go
+			// files), which run in every run.
+			t.Skip("the PostgreSQL variant of the crk suite runs with CRKVOL_LONG_TESTS=1 (CI)")
+		}
 		fn(t, &testStore{kind: "postgres", db: sharedDatabase(t), instances: map[string]string{}})
 	})
 }

@@ -27,11 +27,15 @@ type scriptCluster struct {
 	n atomic.Int64
 }
 
-// scriptPostgres starts a PostgreSQL server for the scripts, stopped when t ends, when
-// PostgreSQL is installed; without it the [postgres] scripts skip themselves, except under
-// CI=true, where t fails (tooltest).
+// scriptPostgres starts a PostgreSQL server for the scripts, stopped when t ends, in the long
+// run (CRKVOL_LONG_TESTS=1, as CI) when PostgreSQL is installed; otherwise the [postgres]
+// scripts skip themselves, except under CI=true, where a missing PostgreSQL fails t
+// (tooltest).
 func scriptPostgres(t *testing.T) *scriptCluster {
 	t.Helper()
+	if !tooltest.Long() {
+		return nil // the [postgres] scripts run in the long run (CI), to keep a plain run short
+	}
 	installed, _ := filepath.Glob(filepath.Join(tooltest.PostgresRoot, "*", "bin", "initdb"))
 	if len(installed) == 0 && os.Getenv(tooltest.CIEnv) != "true" {
 		return nil
