@@ -65,14 +65,16 @@ func (l *keyLock) err(path string) error {
 		err := fmt.Errorf("the key service could not be reached for %s (--offline-grace), so key %s cannot be checked any more: stopped serving %s: %w", l.offline, l.keyID, path, l.cause)
 		return withHint(err, "attach again once the key service can be reached; --offline-grace 0 keeps serving while it cannot")
 	}
+	// The same words whichever way the lockout was learnt, an event of the feed or a check of
+	// the key's state (only a disable suspends a key, only a delete destroys one).
 	how := ""
-	switch l.event {
-	case volume.KeyDisabled:
-		how = " (disabled)"
-	case volume.KeyDeleted:
-		how = " (deleted)"
-	case volume.KeyPurged:
+	switch {
+	case l.event == volume.KeyPurged:
 		how = " (purged)"
+	case l.event == volume.KeyDisabled || l.state == volume.KeyStateSuspended:
+		how = " (disabled)"
+	case l.event == volume.KeyDeleted || l.state == volume.KeyStateDestroyed:
+		how = " (deleted)"
 	}
 	err := fmt.Errorf("key %s is %s%s: stopped serving %s", l.keyID, l.state, how, path)
 	return withHint(err, keyStateHint(l.keyID, l.state, l.event == volume.KeyPurged, "attach again"))
