@@ -95,17 +95,18 @@ serves again once it is back. Move a state directory's store into a database wit
 				fmt.Fprintf(a.stderr, "crkvol: kms serve: warning: serving plain HTTP on non-loopback address %s (--insecure): tokens, API keys and key material cross the network unencrypted\n", listen)
 			}
 			log := slog.New(slog.NewTextHandler(a.stderr, nil))
-			tenants, db, closeTenants, err := a.openTenants(cmd.Context(), store, log)
+			tenants, err := a.openTenants(cmd.Context(), store, log)
 			if err != nil {
 				return err
 			}
-			defer closeTenants()
+			defer tenants.Close()
+			db := tenants.Database()
 			// Open the default instance now: a replica without the database's master key
 			// fails here, not at its first request.
 			def, svc := tenants.Default()
 			if svc == nil && store.url != "" {
 				if _, err := tenants.Service(def); err != nil {
-					return fmt.Errorf("opening the default instance %s: %w", def, err)
+					return fmt.Errorf("opening the default instance %s: %w", def, masterKeyHint(err, masterKeyFileOf(store, a)))
 				}
 			}
 			if static != "" {
@@ -504,8 +505,10 @@ func (a *app) tenants(ctx context.Context) (t *kpapi.Tenants, close func() error
 	if err != nil {
 		return nil, nil, err
 	}
-	t, _, close, err = a.openTenants(ctx, store, nil)
-	return t, close, err
+	if t, err = a.openTenants(ctx, store, nil); err != nil {
+		return nil, nil, err
+	}
+	return t, t.Close, nil
 }
 
 // listInstances lists the instances of the key store, reading only: a database that nothing

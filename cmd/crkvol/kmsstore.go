@@ -99,93 +99,58 @@ func (a *app) kmsStore() (kmsStore, error) {
 	return kmsStore{dir: d}, nil
 }
 
-// pgTenants is a PostgreSQL store opened for kms serve and the instance and API key
-// commands: the tenants, and the database connection kms serve also holds its scheduler
-// lease on.
-type pgTenants struct {
-	*kpapi.Tenants
-	db       *pgdb.DB
-	services *crk.Database
-}
-
-// Close closes the tenants' services, then both connections.
-func (p *pgTenants) Close() error {
-	err := p.Tenants.Close()
-	p.db.Close()
-	p.services.Close()
-	return err
-}
-
 // openTenants opens the tenants of store: the state directory's (kpapi.OpenTenants), or the
-// PostgreSQL database's. For a database the master key is CRKVOL_MASTER_KEY, else the state
-// directory's key file, which is made only while the database holds no instance: a replica
-// joining a database in use needs the key file of the others. With a database, the
-// returned *pgdb.DB is the tenants' connection (for kms serve's scheduler lease); it is nil
-// for a state directory. log, given by kms serve only, receives the database's retries and
-// reconnections; without it (the instance and API key commands, which open no key service)
-// the master key file is not checked.
-func (a *app) openTenants(ctx context.Context, store kmsStore, log *slog.Logger) (*kpapi.Tenants, *pgdb.DB, func() error, error) {
+// PostgreSQL database's (kpapi.OpenTenantsDatabase). For a database the master key is
+// CRKVOL_MASTER_KEY, else the state directory's key file, which kms serve makes only while the
+// database holds no instance: a replica joining a database in use needs the key file of the
+// others. log, given by kms serve only, receives the database's retries and reconnections;
+// without it (the instance and API key commands, which open no key service) the master key
+// file is not checked.
+func (a *app) openTenants(ctx context.Context, store kmsStore, log *slog.Logger) (*kpapi.Tenants, error) {
 	clock, err := a.clock()
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
 	opts, err := a.crkOptions(clock)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
 	if store.url == "" {
-		t, err := kpapi.OpenTenants(store.dir, opts)
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		return t, nil, t.Close, nil
+		return kpapi.OpenTenants(store.dir, opts)
 	}
 	serving := log != nil
 	if !serving {
 		log = slog.New(slog.DiscardHandler)
 	}
 	opts.Logger = log
-	services, err := crk.OpenDatabase(ctx, store.url, log)
-	if err != nil {
-		return nil, nil, nil, storeUnreachable(err, store)
-	}
 	if opts.MasterKey == nil {
 		opts.MasterKeyFile = filepath.Join(store.dir, masterKeyFileName)
-	}
-	// Managing instances and API keys opens no key service: only a server needs the key.
-	if opts.MasterKey == nil && serving {
-		if err := a.checkMasterKeyFile(ctx, services, opts.MasterKeyFile); err != nil {
-			services.Close()
-			return nil, nil, nil, err
+		// Managing instances and API keys opens no key service: only a server needs the key.
+		if serving {
+			if err := a.checkMasterKeyFile(ctx, store, opts.MasterKeyFile); err != nil {
+				return nil, err
+			}
 		}
 	}
-	db, err := pgdb.Open(ctx, store.url, pgdb.Options{Logger: log, ApplicationName: "crkvol tenants"})
+	t, err := kpapi.OpenTenantsDatabase(ctx, store.url, opts)
 	if err != nil {
-		services.Close()
-		return nil, nil, nil, storeUnreachable(err, store)
+		return nil, storeUnreachable(err, store)
 	}
-	t, err := kpapi.OpenTenantsPostgres(ctx, db, func(instance string) (*crk.Service, error) {
-		o := opts
-		o.Instance = instance
-		svc, err := services.Open(o)
-		return svc, masterKeyHint(err, opts.MasterKeyFile)
-	})
-	if err != nil {
-		db.Close()
-		services.Close()
-		return nil, nil, nil, err
-	}
-	p := &pgTenants{Tenants: t, db: db, services: services}
-	return t, db, p.Close, nil
+	return t, nil
 }
 
 // checkMasterKeyFile refuses to let a replica make a new master key file while the
 // database already holds instances: their keys are sealed under the key file of the
 // replicas that made them, and a new one would open none of them.
-func (a *app) checkMasterKeyFile(ctx context.Context, services *crk.Database, file string) error {
+func (a *app) checkMasterKeyFile(ctx context.Context, store kmsStore, file string) error {
 	if _, err := os.Stat(file); !errors.Is(err, fs.ErrNotExist) {
 		return nil // there is one (or crk reports what is wrong with it)
 	}
+	services, err := crk.OpenDatabase(ctx, store.url, nil)
+	if err != nil {
+		return storeUnreachable(err, store)
+	}
+	defer services.Close()
 	ids, err := services.Instances(ctx)
 	if err != nil {
 		return err
@@ -208,6 +173,15 @@ func masterKeyHint(err error, file string) error {
 		return withHint(err, "every replica needs the same master key: give the one the database was made with in "+masterKeyEnv)
 	}
 	return withHint(err, "every replica needs the same master key: copy the master key file from another replica to "+file+" (mode 0600)")
+}
+
+// masterKeyFileOf is the master key file a PostgreSQL store's services use: the state
+// directory's, or "" when the key comes from CRKVOL_MASTER_KEY.
+func masterKeyFileOf(store kmsStore, a *app) string {
+	if a.getenv(masterKeyEnv) != "" {
+		return ""
+	}
+	return filepath.Join(store.dir, masterKeyFileName)
 }
 
 // storeUnreachable adds the store to an error opening a database (pgdb keeps passwords

@@ -16,6 +16,7 @@ import (
 
 	"crkvol/crk"
 	"crkvol/internal/ident"
+	"crkvol/internal/pgdb"
 )
 
 // TokenLifetime is how long a bearer token from the token endpoint is valid. It runs on the
@@ -67,6 +68,8 @@ type Tenants struct {
 	tokenClock crk.Clock // the wall clock; tests in this package set a manual one
 	static     string
 	closed     bool
+	// db is the database of tenants on PostgreSQL, nil for a state directory's.
+	db *pgdb.DB
 	// closers close what the Tenants owns beyond its services (OpenTenantsDatabase's
 	// databases), after them.
 	closers []func()

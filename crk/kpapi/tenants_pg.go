@@ -42,9 +42,14 @@ func OpenTenantsPostgres(ctx context.Context, db *pgdb.DB, open func(instance st
 	if err != nil {
 		return nil, err
 	}
-	t.def = def
+	t.def, t.db = def, db
 	return t, nil
 }
+
+// Database returns the PostgreSQL database of tenants opened by [OpenTenantsPostgres] or
+// [OpenTenantsDatabase] (for a lease of its own, as kms serve's scheduler), and nil for a
+// state directory's.
+func (t *Tenants) Database() *pgdb.DB { return t.db }
 
 // OpenTenantsDatabase opens the tenants and the key services of the PostgreSQL database at
 // url (postgres://…), creating or migrating its tables: what any number of kms serve
