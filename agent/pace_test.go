@@ -1,7 +1,6 @@
 package agent_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"crkvol/agent"
+	"crkvol/internal/tooltest"
 	"crkvol/volume"
 )
 
@@ -78,9 +78,8 @@ func (h *emptyHost) SaveCursor(c string) error {
 // runFor runs an agent for d and returns its log.
 func runFor(t *testing.T, opts agent.Options, d time.Duration) string {
 	t.Helper()
-	var log bytes.Buffer
-	var mu sync.Mutex
-	opts.Logger = slog.New(slog.NewTextHandler(&lockedWriter{mu: &mu, w: &log}, nil))
+	var log tooltest.SyncBuffer
+	opts.Logger = slog.New(slog.NewTextHandler(&log, nil))
 	a, err := agent.New(opts)
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), d)
@@ -93,20 +92,7 @@ func runFor(t *testing.T, opts agent.Options, d time.Duration) string {
 	case <-time.After(20 * time.Second):
 		t.Fatal("agent did not stop")
 	}
-	mu.Lock()
-	defer mu.Unlock()
 	return log.String()
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (w *lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.w.Write(p)
 }
 
 // The run lasts 500 ms; an agent that paces its polls makes a handful of them, one that

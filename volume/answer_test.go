@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"crkvol/crk"
+	"crkvol/internal/tooltest"
 	"crkvol/keyslot"
 	"crkvol/volume"
 )
@@ -122,24 +123,6 @@ func TestIncompleteRewrapAnswerKeepsToken(t *testing.T) {
 	}
 }
 
-// logBuffer is a concurrency-safe buffer for a test logger.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestIncompleteLazyRewrapKeepsToken: an unwrap whose rewrapped ciphertext lacks a ciphertext
 // or a key version opens the volume (the old ciphertext worked), leaves the token byte for
 // byte and the registration where it was, and logs the lazy rewrap as failed.
@@ -154,7 +137,7 @@ func TestIncompleteLazyRewrapKeepsToken(t *testing.T) {
 			f.rotate(t)
 			before := readToken(t, info.Path)
 
-			var log logBuffer
+			var log tooltest.SyncBuffer
 			mgr := volume.NewManager(&incompleteKMS{KeyService: f.ks, rewrapped: &c.w}, f.reg,
 				volume.Options{Logger: slog.New(slog.NewTextHandler(&log, nil))})
 			mgr.Close()

@@ -32,7 +32,7 @@ import (
 // agentProc is a `crkvol agent` started by a test.
 type agentProc struct {
 	cmd    *exec.Cmd
-	stderr *syncBuffer
+	stderr *tooltest.SyncBuffer
 	done   chan error
 }
 
@@ -43,7 +43,7 @@ func startAgent(t *testing.T, dir, state, now string, extra ...string) *agentPro
 	cmd := exec.Command("crkvol", append([]string{"agent"}, extra...)...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "CRKVOL_STATE="+state, "CRKVOL_MASTER_KEY=", "CRKVOL_NOW="+now)
-	p := &agentProc{cmd: cmd, stderr: &syncBuffer{}, done: make(chan error, 1)}
+	p := &agentProc{cmd: cmd, stderr: &tooltest.SyncBuffer{}, done: make(chan error, 1)}
 	cmd.Stderr = p.stderr
 	require.NoError(t, cmd.Start())
 	go func() { p.done <- cmd.Wait() }()
@@ -320,7 +320,7 @@ func TestAgentRemote(t *testing.T) {
 	serve := exec.Command("crkvol", "kms", "serve", "--listen", "127.0.0.1:0", "--addr-file", "addr.txt", "--static-token", "agent-token")
 	serve.Dir = dir
 	serve.Env = append(append(os.Environ(), "CRKVOL_MASTER_KEY="), served...)
-	serveLog := &syncBuffer{}
+	serveLog := &tooltest.SyncBuffer{}
 	serve.Stderr = serveLog
 	require.NoError(t, serve.Start())
 	served2 := make(chan struct{})
@@ -357,7 +357,7 @@ func TestAgentRemote(t *testing.T) {
 	cmd := exec.Command("crkvol", "agent", "--wait", "5s")
 	cmd.Dir = dir
 	cmd.Env = append(append(os.Environ(), "CRKVOL_MASTER_KEY="), host...)
-	ag := &agentProc{cmd: cmd, stderr: &syncBuffer{}, done: make(chan error, 1)}
+	ag := &agentProc{cmd: cmd, stderr: &tooltest.SyncBuffer{}, done: make(chan error, 1)}
 	cmd.Stderr = ag.stderr
 	require.NoError(t, cmd.Start())
 	go func() { ag.done <- cmd.Wait() }()
@@ -479,7 +479,7 @@ func TestAgentLockoutGoesPastAnUnreadableImage(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "attached", "moved.json"), rec, 0o600))
 
-	var log syncBuffer
+	var log tooltest.SyncBuffer
 	h := &cliHost{dir: dir, log: slog.New(slog.NewTextHandler(&log, nil))}
 	n, err := h.Lockout(t.Context(), "0b8a8e3e-6c43-4a4c-9d31-6a0b5d0c8f11", "suspended")
 	require.NoError(t, err)

@@ -57,7 +57,7 @@ type kmsProc struct {
 	instance string
 
 	cmd     *exec.Cmd
-	stderr  *bytes.Buffer
+	stderr  *tooltest.SyncBuffer
 	exited  chan error
 	clockAt time.Time // the service time at wallAt
 	wallAt  time.Time
@@ -137,8 +137,8 @@ func (k *kmsProc) start(now time.Time) {
 	cmd := exec.Command(k.bin, "kms", "serve", "--listen", k.listen, "--addr-file", addrFile, "--force",
 		"--static-token", e2eStaticToken, "--now", now.UTC().Format(time.RFC3339Nano))
 	cmd.Env = k.env()
-	k.stderr = &bytes.Buffer{}
-	cmd.Stderr = &lockedWriter{w: k.stderr}
+	k.stderr = &tooltest.SyncBuffer{}
+	cmd.Stderr = k.stderr
 	require.NoError(t, cmd.Start())
 	k.cmd, k.exited = cmd, make(chan error, 1)
 	k.clockAt, k.wallAt = now, time.Now()
@@ -403,14 +403,14 @@ func (h *e2eHost) registryVersions() map[string]string {
 // bgProc is a crkvol process running in the background.
 type bgProc struct {
 	cmd    *exec.Cmd
-	stderr *lockedWriter
+	stderr *tooltest.SyncBuffer
 	exited chan struct{}
 	err    error
 }
 
 func (h *e2eHost) background(args ...string) *bgProc {
 	h.t.Helper()
-	p := &bgProc{cmd: h.command(args...), stderr: &lockedWriter{w: &bytes.Buffer{}}, exited: make(chan struct{})}
+	p := &bgProc{cmd: h.command(args...), stderr: &tooltest.SyncBuffer{}, exited: make(chan struct{})}
 	p.cmd.Stderr = p.stderr
 	require.NoError(h.t, p.cmd.Start())
 	go func() { p.err = p.cmd.Wait(); close(p.exited) }()
@@ -447,24 +447,6 @@ func (p *bgProc) exitCode(t *testing.T, d time.Duration) int {
 	}
 	require.NoError(t, p.err)
 	return 0
-}
-
-// lockedWriter is a bytes.Buffer safe for the process's writes and the test's reads.
-type lockedWriter struct {
-	mu sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
-}
-
-func (l *lockedWriter) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.String()
 }
 
 // tryAttach starts `crkvol volume attach IMG --listen unix:SOCK` in the background and

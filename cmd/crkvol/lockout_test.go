@@ -160,7 +160,7 @@ func (e *lockoutEnv) fail(args ...string) string {
 // attached is a running attach process.
 type attached struct {
 	cmd    *exec.Cmd
-	stderr *syncBuffer
+	stderr *tooltest.SyncBuffer
 	sock   string
 	exited chan struct{}
 	err    error
@@ -169,7 +169,7 @@ type attached struct {
 
 func (e *lockoutEnv) attach(img, sock string, flags ...string) *attached {
 	e.t.Helper()
-	a := &attached{cmd: e.cmd(append([]string{"volume", "attach", img, "--listen", "unix:" + sock}, flags...)...), stderr: &syncBuffer{}, sock: sock, exited: make(chan struct{})}
+	a := &attached{cmd: e.cmd(append([]string{"volume", "attach", img, "--listen", "unix:" + sock}, flags...)...), stderr: &tooltest.SyncBuffer{}, sock: sock, exited: make(chan struct{})}
 	a.cmd.Stderr = a.stderr
 	require.NoError(e.t, a.cmd.Start())
 	go func() {
@@ -459,7 +459,7 @@ func TestKeyWatch(t *testing.T) {
 // servedKMS is a running "crkvol kms serve" on loopback, with a static token.
 type servedKMS struct {
 	cmd    *exec.Cmd
-	out    *syncBuffer
+	out    *tooltest.SyncBuffer
 	url    string
 	exited chan error
 }
@@ -471,7 +471,7 @@ func serveKMS(t *testing.T, e *lockoutEnv, listen, token string) *servedKMS {
 	addrFile := filepath.Join(e.dir, "addr.txt")
 	os.Remove(addrFile)
 	s := &servedKMS{cmd: e.cmd("kms", "serve", "--listen", listen, "--addr-file", addrFile, "--static-token", token),
-		out: &syncBuffer{}, exited: make(chan error, 1)}
+		out: &tooltest.SyncBuffer{}, exited: make(chan error, 1)}
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	require.NoError(t, s.cmd.Start())
 	go func() { s.exited <- s.cmd.Wait() }()
@@ -697,7 +697,7 @@ func TestKeyWatchFeedNeverSpins(t *testing.T) {
 			t.Cleanup(srv.Close)
 			remote, err := kms.NewRemote(kms.RemoteConfig{URL: srv.URL, Instance: "11111111-1111-4111-8111-111111111111", Token: "tok"})
 			require.NoError(t, err)
-			var logs syncBuffer
+			var logs tooltest.SyncBuffer
 			const poll, run = 50 * time.Millisecond, 500 * time.Millisecond
 			w := &keyWatch{keyID: key, feed: remote, checkNow: make(chan struct{}), every: time.Hour, wait: 25 * time.Second,
 				retryMin: poll, retryMax: poll, poll: poll, log: slog.New(slog.NewTextHandler(&logs, nil)),

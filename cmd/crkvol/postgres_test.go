@@ -82,7 +82,7 @@ func TestServeDatabaseOutage(t *testing.T) {
 	dir := t.TempDir()
 	addrFile := filepath.Join(dir, "addr")
 	ctx, cancel := context.WithCancel(context.Background())
-	var stderr syncBuffer
+	var stderr tooltest.SyncBuffer
 	a := &app{stdin: strings.NewReader(""), stdout: io.Discard, stderr: &stderr, getenv: func(k string) string {
 		return map[string]string{"CRKVOL_STATE": filepath.Join(dir, "state"), "CRKVOL_STORE": url}[k]
 	}}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -233,24 +231,6 @@ func cloneMap(m map[string]string) map[string]string {
 	return c
 }
 
-// syncBuffer is a bytes.Buffer safe for a background command writing while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // readmeRunner runs a README's commands with bash in one directory, keeping exported and
 // assigned shell variables from one command to the next.
 type readmeRunner struct {
@@ -276,7 +256,7 @@ func (r *readmeRunner) lines(out string) []string {
 	return ls
 }
 
-func (r *readmeRunner) command(ctx context.Context, line string, out *syncBuffer) *exec.Cmd {
+func (r *readmeRunner) command(ctx context.Context, line string, out *tooltest.SyncBuffer) *exec.Cmd {
 	for k, v := range r.ids { // the README's ids stand for this run's
 		line = strings.ReplaceAll(line, k, v)
 	}
@@ -298,14 +278,14 @@ func (r *readmeRunner) run(b readmeBlock) (content []string, failures []string) 
 	defer cancel()
 	type bg struct {
 		cmd  *exec.Cmd
-		out  *syncBuffer
+		out  *tooltest.SyncBuffer
 		done chan error
 	}
 	var bgs []bg
 	for _, s := range b.steps {
 		content = append(content, "$ "+s.cmd)
 		if m := assignRE.FindStringSubmatch(s.cmd); m != nil && len(s.want) == 0 {
-			var out syncBuffer
+			var out tooltest.SyncBuffer
 			cmd := r.command(ctx, `printf %s `+m[2], &out)
 			if err := cmd.Run(); err != nil {
 				failures = append(failures, fmt.Sprintf("%s: %v: %s", s.cmd, err, out.String()))
@@ -314,7 +294,7 @@ func (r *readmeRunner) run(b readmeBlock) (content []string, failures []string) 
 			continue
 		}
 		if line, ok := strings.CutSuffix(s.cmd, " &"); ok {
-			out := &syncBuffer{}
+			out := &tooltest.SyncBuffer{}
 			cmd := r.command(ctx, line, out)
 			if err := cmd.Start(); err != nil {
 				failures = append(failures, fmt.Sprintf("%s: %v", s.cmd, err))
@@ -338,7 +318,7 @@ func (r *readmeRunner) run(b readmeBlock) (content []string, failures []string) 
 			}
 			continue
 		}
-		var out syncBuffer
+		var out tooltest.SyncBuffer
 		err := r.command(ctx, s.cmd, &out).Run()
 		got := r.lines(out.String())
 		shown, why := readmeMatch(s.want, got, b.nums, r.ids)

@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -19,25 +18,8 @@ import (
 
 	"crkvol/crk"
 	"crkvol/internal/pgdb"
+	"crkvol/internal/tooltest"
 )
-
-// syncBuffer is a bytes.Buffer safe for a server's goroutines and the test's.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestUnavailableMessage: a 503 tells the client what it is (the store out of reach, try
 // again) without the cause's text; other failures stay "internal error".
@@ -76,7 +58,7 @@ func TestServerLogsFailures(t *testing.T) {
 	inst, _ := tenants.Default()
 	apiKey, err := tenants.CreateAPIKey(inst)
 	require.NoError(t, err)
-	var logs syncBuffer
+	var logs tooltest.SyncBuffer
 	s := NewServer(tenants, WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
 
 	for _, tc := range []struct {

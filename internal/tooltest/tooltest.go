@@ -22,10 +22,15 @@
 // [ReadOnlyBind] gives tests of read-only state directories and images a read-only bind
 // mount, with the same rule: skipped where mounting is not allowed, a failure under CI=true.
 //
+// # Output
+//
+// [SyncBuffer] collects what a child process or a logger writes while the test reads it.
+//
 // The package is meant for tests only and imports nothing of crkvol's.
 package tooltest
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"os/exec"
@@ -33,6 +38,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 )
@@ -214,4 +220,25 @@ func postgresBinDir(root string) (string, bool) {
 		}
 	}
 	return best, best != ""
+}
+
+// SyncBuffer is a bytes.Buffer safe for concurrent use: for the output of a child process or
+// a logger written while the test reads it. The zero value is ready to use.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Write appends p to the buffer.
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String returns what was written so far.
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
