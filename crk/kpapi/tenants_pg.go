@@ -176,7 +176,7 @@ func insertAPIKey(ctx context.Context, tx pgx.Tx, k apiKeyEntry, ifMissing bool)
 	}
 	for _, in := range instances {
 		if !slices.Contains(found, in) {
-			return errNoInstance(in)
+			return errKeyInstance(in)
 		}
 	}
 	conflict := ""
@@ -401,12 +401,13 @@ func (s *pgStore) sessionCount(ctx context.Context) (int, error) {
 	return n, dbError("counting sessions", err)
 }
 
-// dbError names what failed of a database error; refusals of credentials pass unchanged. A
-// database out of reach (even after retries), or a commit of unknown outcome, is marked
-// [crk.ErrUnavailable]: the server answers 503, not a refusal of the credential.
+// dbError names what failed of a database error; refusals of credentials, and unknown
+// instances, pass unchanged. A database out of reach (even after retries), or a commit of
+// unknown outcome, is marked [crk.ErrUnavailable]: the server answers 503, not a refusal of
+// the credential.
 func dbError(what string, err error) error {
 	switch {
-	case err == nil || errors.Is(err, ErrUnauthorized):
+	case err == nil || errors.Is(err, ErrUnauthorized) || errors.Is(err, ErrUnknownInstance):
 		return err
 	case errors.Is(err, crk.ErrUnavailable):
 	case errors.Is(err, pgdb.ErrCommitUnknown):
@@ -477,7 +478,7 @@ func CopyTenants(ctx context.Context, from *Tenants, db *pgdb.DB) error {
 		}
 		return nil
 	})
-	if errors.Is(err, ErrDefaultInstanceMismatch) {
+	if errors.Is(err, ErrDefaultInstanceMismatch) || errors.Is(err, ErrUnknownInstance) {
 		return fmt.Errorf("kpapi: copying tenants: %w", err)
 	}
 	return dbError("copying tenants", err)
