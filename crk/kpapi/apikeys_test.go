@@ -19,95 +19,100 @@ import (
 	"crkvol/internal/pgtest"
 )
 
-// TestAPIKeySeveralInstances: a key made for several instances lists them in the order
-// given, its tokens are accepted for each of them and refused for any other, and its
-// sessions offer them with the default instance first.
-func TestAPIKeySeveralInstances(t *testing.T) {
+// TestAPIKeyInstances runs the tests of API keys' instances over each store, one after
+// another on one Tenants.
+func TestAPIKeyInstances(t *testing.T) {
 	forEachStore(t, func(t *testing.T, tenants *Tenants, _ *crk.ManualClock, another func() *Tenants) {
-		def, _ := tenants.Default()
-		a, err := tenants.CreateInstance("team-a")
-		require.NoError(t, err)
-		b, err := tenants.CreateInstance("team-b")
-		require.NoError(t, err)
-		key, err := tenants.CreateAPIKey(a, def)
-		require.NoError(t, err)
-		single, err := tenants.CreateAPIKey(b)
-		require.NoError(t, err)
-
-		for _, tn := range []*Tenants{tenants, another()} {
-			list, err := tn.ListAPIKeys()
-			require.NoError(t, err)
-			require.Len(t, list, 2)
-			assert.Equal(t, APIKeyInfo{ID: APIKeyID(key), Instance: a, Instances: []string{a, def}, Created: list[0].Created}, list[0])
-			assert.Equal(t, APIKeyInfo{ID: APIKeyID(single), Instance: b, Instances: []string{b}, Created: list[1].Created}, list[1])
-		}
-
-		tok, _, err := tenants.Exchange(key)
-		require.NoError(t, err)
-		singleTok, _, err := tenants.Exchange(single)
-		require.NoError(t, err)
-		for _, tc := range []struct {
-			name, tok, instance string
-			ok                  bool
-		}{
-			{"first instance", tok, a, true},
-			{"second instance", tok, def, true},
-			{"not its instance", tok, b, false},
-			{"an instance nobody made", tok, "00000000-0000-4000-8000-000000000000", false},
-			{"single-instance key, its instance", singleTok, b, true},
-			{"single-instance key, another instance", singleTok, a, false},
-		} {
-			t.Run(tc.name, func(t *testing.T) {
-				svc, err := tenants.Authorize(tc.tok, tc.instance)
-				if !tc.ok {
-					require.ErrorIs(t, err, ErrUnauthorized)
-					assert.Contains(t, err.Error(), tc.instance, "the refusal names the instance")
-					return
-				}
-				require.NoError(t, err)
-				assert.Equal(t, tc.instance, svc.Instance())
-			})
-		}
-
-		_, s, err := tenants.StartSession(key)
-		require.NoError(t, err)
-		assert.Equal(t, []string{def, a}, s.Instances, "the default instance first, then the key's order")
-		_, s, err = tenants.StartSession(single)
-		require.NoError(t, err)
-		assert.Equal(t, []string{b}, s.Instances)
+		t.Run("bad instances", func(t *testing.T) { apiKeyBadInstances(t, tenants) })
+		t.Run("several instances", func(t *testing.T) { apiKeySeveralInstances(t, tenants, another) })
 	})
 }
 
-// TestCreateAPIKeyBadInstances: a key needs at least one instance, each one that exists and
-// none twice; a refusal names what is wrong and records nothing.
-func TestCreateAPIKeyBadInstances(t *testing.T) {
-	forEachStore(t, func(t *testing.T, tenants *Tenants, _ *crk.ManualClock, _ func() *Tenants) {
-		def, _ := tenants.Default()
-		team, err := tenants.CreateInstance("team-b")
+// apiKeySeveralInstances: a key made for several instances lists them in the order given,
+// its tokens are accepted for each of them and refused for any other, and its sessions
+// offer them with the default instance first. tenants holds no API key yet.
+func apiKeySeveralInstances(t *testing.T, tenants *Tenants, another func() *Tenants) {
+	def, _ := tenants.Default()
+	a, err := tenants.CreateInstance("team-a")
+	require.NoError(t, err)
+	b, err := tenants.CreateInstance("team-b")
+	require.NoError(t, err)
+	key, err := tenants.CreateAPIKey(a, def)
+	require.NoError(t, err)
+	single, err := tenants.CreateAPIKey(b)
+	require.NoError(t, err)
+
+	for _, tn := range []*Tenants{tenants, another()} {
+		list, err := tn.ListAPIKeys()
 		require.NoError(t, err)
-		const nobody = "00000000-0000-4000-8000-000000000000"
-		for _, tc := range []struct {
-			name      string
-			instances []string
-			want      error
-			names     string
-		}{
-			{"none", nil, ErrBadInstances, "at least one instance"},
-			{"empty", []string{def, ""}, ErrBadInstances, "empty instance"},
-			{"twice", []string{def, team, def}, ErrBadInstances, def},
-			{"unknown first", []string{nobody, def}, ErrUnknownInstance, nobody},
-			{"unknown second", []string{def, nobody}, ErrUnknownInstance, nobody},
-		} {
-			t.Run(tc.name, func(t *testing.T) {
-				_, err := tenants.CreateAPIKey(tc.instances...)
-				require.ErrorIs(t, err, tc.want)
-				assert.Contains(t, err.Error(), tc.names)
-			})
-		}
-		list, err := tenants.ListAPIKeys()
-		require.NoError(t, err)
-		assert.Empty(t, list, "no refused key was recorded")
-	})
+		require.Len(t, list, 2)
+		assert.Equal(t, APIKeyInfo{ID: APIKeyID(key), Instance: a, Instances: []string{a, def}, Created: list[0].Created}, list[0])
+		assert.Equal(t, APIKeyInfo{ID: APIKeyID(single), Instance: b, Instances: []string{b}, Created: list[1].Created}, list[1])
+	}
+
+	tok, _, err := tenants.Exchange(key)
+	require.NoError(t, err)
+	singleTok, _, err := tenants.Exchange(single)
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		name, tok, instance string
+		ok                  bool
+	}{
+		{"first instance", tok, a, true},
+		{"second instance", tok, def, true},
+		{"not its instance", tok, b, false},
+		{"an instance nobody made", tok, "00000000-0000-4000-8000-000000000000", false},
+		{"single-instance key, its instance", singleTok, b, true},
+		{"single-instance key, another instance", singleTok, a, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			svc, err := tenants.Authorize(tc.tok, tc.instance)
+			if !tc.ok {
+				require.ErrorIs(t, err, ErrUnauthorized)
+				assert.Contains(t, err.Error(), tc.instance, "the refusal names the instance")
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.instance, svc.Instance())
+		})
+	}
+
+	_, s, err := tenants.StartSession(key)
+	require.NoError(t, err)
+	assert.Equal(t, []string{def, a}, s.Instances, "the default instance first, then the key's order")
+	_, s, err = tenants.StartSession(single)
+	require.NoError(t, err)
+	assert.Equal(t, []string{b}, s.Instances)
+}
+
+// apiKeyBadInstances: a key needs at least one instance, each one that exists and none
+// twice; a refusal names what is wrong and records nothing.
+func apiKeyBadInstances(t *testing.T, tenants *Tenants) {
+	def, _ := tenants.Default()
+	team, err := tenants.CreateInstance("team-b")
+	require.NoError(t, err)
+	const nobody = "00000000-0000-4000-8000-000000000000"
+	for _, tc := range []struct {
+		name      string
+		instances []string
+		want      error
+		names     string
+	}{
+		{"none", nil, ErrBadInstances, "at least one instance"},
+		{"empty", []string{def, ""}, ErrBadInstances, "empty instance"},
+		{"twice", []string{def, team, def}, ErrBadInstances, def},
+		{"unknown first", []string{nobody, def}, ErrUnknownInstance, nobody},
+		{"unknown second", []string{def, nobody}, ErrUnknownInstance, nobody},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := tenants.CreateAPIKey(tc.instances...)
+			require.ErrorIs(t, err, tc.want)
+			assert.Contains(t, err.Error(), tc.names)
+		})
+	}
+	list, err := tenants.ListAPIKeys()
+	require.NoError(t, err)
+	assert.Empty(t, list, "no refused key was recorded")
 }
 
 // TestOldTenantsFileReadable: a tenants.json written before keys had several instances (an
