@@ -1,9 +1,12 @@
 package kpapi
 
 import (
+	"errors"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -302,4 +305,60 @@ func TestSessionsAcrossReplicas(t *testing.T) {
 	require.NoError(t, b.RevokeAPIKey(APIKeyID(key)))
 	_, err = a.CheckSession(id2)
 	assert.ErrorIs(t, err, ErrUnauthorized, "revoked on B, refused on A")
+
+	t.Run("limits under concurrent sign-ins and a revocation", func(t *testing.T) {
+		for _, tn := range []*Tenants{a, b} {
+			tn.maxSessions, tn.maxSessionsPerKey = 10, 4
+		}
+		keys := make([]string, 4)
+		for i := range keys {
+			keys[i], err = a.CreateAPIKey(def)
+			require.NoError(t, err)
+		}
+		doomed, err := a.CreateAPIKey(def)
+		require.NoError(t, err)
+		var wg sync.WaitGroup
+		errs := make(chan error, 2*len(keys)*10+2*10+1)
+		for _, tn := range []*Tenants{a, b} {
+			for _, k := range append([]string{doomed}, keys...) {
+				wg.Go(func() {
+					for range 10 {
+						_, _, err := tn.StartSession(k)
+						if k == doomed && errors.Is(err, ErrUnauthorized) {
+							err = nil // revoked meanwhile
+						}
+						errs <- err
+					}
+				})
+			}
+		}
+		wg.Go(func() { errs <- b.RevokeAPIKey(APIKeyID(doomed)) })
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			require.NoError(t, err)
+		}
+		// The revocation may have come last, leaving the table short of the doomed key's
+		// sessions: ten more sign-ins, over the four keys, fill it again exactly.
+		assert.LessOrEqual(t, sessionCount(t, a), 10)
+		for i := range 10 {
+			_, _, err := a.StartSession(keys[i%len(keys)])
+			require.NoError(t, err)
+		}
+		assert.Equal(t, 10, sessionCount(t, a), "the table is exactly full")
+		var perKey []int
+		require.NoError(t, a.Database().ReadTx(testContext(t), func(tx pgx.Tx) error {
+			rows, err := tx.Query(testContext(t), `SELECT count(*) FROM kp_sessions GROUP BY key_hash`)
+			if err != nil {
+				return err
+			}
+			perKey, err = pgx.CollectRows(rows, pgx.RowTo[int])
+			return err
+		}))
+		for _, n := range perKey {
+			assert.LessOrEqual(t, n, 4, "no key holds more than its share")
+		}
+		_, _, err = a.StartSession(doomed)
+		assert.ErrorIs(t, err, ErrUnauthorized, "the revoked key signs in no more")
+	})
 }
