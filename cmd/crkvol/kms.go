@@ -409,11 +409,12 @@ func schedulerHolder(listen string) string {
 	return fmt.Sprintf("%s/%d/%x/%s", host, os.Getpid(), nonce, listen)
 }
 
-// tokenSweeper drops expired bearer tokens for runDueLoop, one clean-up at a time, in the
-// background: Tenants.ExpireTokens takes no context and may wait for an unreachable database
-// for the database's retry time (pgdb.DefaultRetryFor, 10 s), and the loop must stop at once when its context ends (a lost scheduler
-// lease). A clean-up still running then is harmless (any replica may drop expired tokens);
-// wg joins it before the stores close.
+// tokenSweeper drops expired bearer tokens and console sessions for runDueLoop, one clean-up
+// at a time, in the background: Tenants.ExpireTokens takes no context and may wait for an
+// unreachable database for the database's retry time (pgdb.DefaultRetryFor, 10 s), and the
+// loop must stop at once when its context ends (a lost scheduler lease). A clean-up still
+// running then is harmless (any replica may drop expired tokens and sessions); wg joins it
+// before the stores close.
 type tokenSweeper struct {
 	tenants *kpapi.Tenants
 	wg      sync.WaitGroup
@@ -471,7 +472,7 @@ func (d *dueLog) tokens(err error) {
 		msg = err.Error()
 	}
 	if msg != "" && msg != d.tokenErr {
-		d.log.Error("dropping expired tokens failed", "err", msg)
+		d.log.Error("dropping expired tokens and sessions failed", "err", msg)
 	}
 	d.tokenErr = msg
 }
