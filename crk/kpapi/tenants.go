@@ -506,7 +506,10 @@ func (t *Tenants) StartSession(apiKey string) (string, Session, error) {
 	t.mu.Lock()
 	life := t.sessionLife
 	t.mu.Unlock()
-	e := credEntry{sum: sha256.Sum256([]byte(id)), expires: now.Add(life), created: now}
+	// In UTC and whole microseconds, as PostgreSQL keeps it: CheckSession then gives back
+	// the Expires StartSession gave, from either store.
+	expires := now.Add(life).UTC().Truncate(time.Microsecond)
+	e := credEntry{sum: sha256.Sum256([]byte(id)), expires: expires, created: now}
 	ctx, cancel := storeContext()
 	defer cancel()
 	instances, err := t.store.startSession(ctx, keyHash, e, now, t.sessionLimits())
