@@ -1,8 +1,12 @@
 package kpapi
 
 import (
+	"context"
 	"errors"
 	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
 	"testing"
 	"unicode"
 	"unicode/utf8"
@@ -44,4 +48,59 @@ func FuzzParseError(f *testing.F) {
 		}
 		t.Fatalf("sentinel %v for status %d matches no row of crk.Errors with that status", e.Sentinel, status)
 	})
+}
+
+// FuzzTenantsFile reads arbitrary tenants.json files, of the format before keys had several
+// instances and after. It must never panic; a file it accepts lists every API key with at
+// least one instance, the first of which is the key's Instance, and the keys the server
+// checks tokens and sessions against have the same instances.
+func FuzzTenantsFile(f *testing.F) {
+	f.Add([]byte(`{"default":"d","instances":[{"id":"a","name":"team-a","created":"2026-01-01T00:00:00Z"}],"apiKeys":[{"hash":"00ff","instance":"a","created":"2026-01-01T00:00:00Z"}]}`))
+	f.Add([]byte(`{"default":"d","apiKeys":[{"hash":"00ff","instance":"a","instances":["a","d"],"created":"2026-01-01T00:00:00Z"}]}`))
+	f.Add([]byte(`{"apiKeys":[{"hash":"","instances":[]},{"instances":null},{"instance":"x","instances":["y"]}]}`))
+	f.Add([]byte(`{"apiKeys":[{"instances":"a"}]}`))
+	f.Add([]byte(`not json`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "tenants.json"), raw, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s, err := openFileStore(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys, err := newTenants(s, nil).ListAPIKeys()
+		if err != nil {
+			return
+		}
+		entries, err := s.apiKeys(context.Background())
+		if err != nil {
+			t.Fatalf("listed, then not read: %v", err)
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for i, k := range keys {
+			if len(k.Instances) == 0 || k.Instance != k.Instances[0] {
+				t.Fatalf("key %d listed with instance %q of %q", i, k.Instance, k.Instances)
+			}
+			checked, ok, err := s.keyInstancesLocked(entries[i].Hash)
+			if err != nil || !ok {
+				t.Fatalf("key %d not found for checks: %v", i, err)
+			}
+			if entries[i].Hash != "" && !slices.Equal(checked, k.Instances) && !duplicateHash(entries, i) {
+				t.Fatalf("key %d checked against %q, listed with %q", i, checked, k.Instances)
+			}
+		}
+	})
+}
+
+// duplicateHash reports whether another entry than i has entry i's hash (a file made by
+// hand; the last one wins for checks).
+func duplicateHash(entries []apiKeyEntry, i int) bool {
+	for j, e := range entries {
+		if j != i && e.Hash == entries[i].Hash {
+			return true
+		}
+	}
+	return false
 }
