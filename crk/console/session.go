@@ -29,47 +29,25 @@ type session struct {
 }
 
 // startSession exchanges an API key for a session.
-//
-// TEMPORARY until kpapi's sessions land (Tenants.StartSession): a bearer token stands in for
-// the session id, and the instances are those the token is accepted for.
 func (h *Handler) startSession(apiKey string) (session, error) {
-	tok, life, err := h.t.Exchange(apiKey)
+	id, ks, err := h.t.StartSession(apiKey)
 	if err != nil {
 		return session{}, err
 	}
-	s := session{id: tok, apiKeyID: kpapi.APIKeyID(apiKey), expires: h.now().Add(life)}
-	ins, err := h.t.ListInstances()
-	if err != nil {
-		return session{}, err
-	}
-	for _, in := range ins {
-		if _, err := h.t.Authorize(tok, in.ID); err == nil {
-			s.instances = append(s.instances, in.ID)
-		}
-	}
-	return s, nil
+	return session{id: id, apiKeyID: ks.APIKeyID, instances: ks.Instances, expires: ks.Expires}, nil
 }
 
-// checkSession returns the live session with this id (TEMPORARY, see startSession).
+// checkSession returns the live session with this id.
 func (h *Handler) checkSession(id string) (session, error) {
-	ins, err := h.t.ListInstances()
+	ks, err := h.t.CheckSession(id)
 	if err != nil {
 		return session{}, err
 	}
-	s := session{id: id}
-	for _, in := range ins {
-		if _, err := h.t.Authorize(id, in.ID); err == nil {
-			s.instances = append(s.instances, in.ID)
-		}
-	}
-	if len(s.instances) == 0 {
-		return session{}, kpapi.ErrUnauthorized
-	}
-	return s, nil
+	return session{id: id, apiKeyID: ks.APIKeyID, instances: ks.Instances, expires: ks.Expires}, nil
 }
 
-// endSession ends a session (TEMPORARY: tokens cannot be ended before kpapi's sessions).
-func (h *Handler) endSession(id string) error { return nil }
+// endSession ends a session in the store, for every replica.
+func (h *Handler) endSession(id string) error { return h.t.EndSession(id) }
 
 // mac is an HMAC keyed by the session id of purpose and msg: the CSRF token of the session's
 // forms and the signature of its flash messages. The session id never leaves the cookie, so
@@ -90,7 +68,7 @@ func validMAC(got, sessionID, purpose, msg string) bool {
 
 // setSessionCookie gives the browser the session's cookie, for as long as the session lives.
 func (h *Handler) setSessionCookie(w http.ResponseWriter, r *http.Request, s session) {
-	maxAge := int(s.expires.Sub(h.now()).Seconds())
+	maxAge := int(time.Until(s.expires).Seconds()) // the tenants expire sessions by the wall clock
 	http.SetCookie(w, &http.Cookie{
 		Name: sessionCookie, Value: s.id, Path: Prefix, MaxAge: max(maxAge, 1),
 		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode,
