@@ -292,6 +292,10 @@ func TestSecurityHeaders(t *testing.T) {
 			}
 		})
 	}
+	resp, _ := f.get(c, "/ui/static/")
+	assert.Equal(t, http.StatusNotFound, resp.StatusCode, "no directory listing")
+	resp, _ = f.get(c, "/ui/signin")
+	assert.Equal(t, "/ui/", resp.Header.Get("Location"), "signed in already")
 	assert.Contains(t, contentSecurityPolicy, "script-src 'self'")
 	assert.NotContains(t, contentSecurityPolicy, "unsafe-inline")
 }
