@@ -125,16 +125,9 @@ accepts it.`,
 			}
 			tenants.SetSessionLifetime(sessionLifetime)
 			api := kpapi.NewServer(tenants, kpapi.WithLogger(log))
-			var handler http.Handler = api
-			if !noUI {
-				ui, err := console.New(tenants, console.Options{Logger: log})
-				if err != nil {
-					return err
-				}
-				mux := http.NewServeMux()
-				mux.Handle(console.Prefix, ui)
-				mux.Handle("/", api)
-				handler = mux
+			handler, err := serveHandler(tenants, api, !noUI, log)
+			if err != nil {
+				return err
 			}
 			srv := &http.Server{
 				Handler:           handler,
@@ -389,6 +382,22 @@ func loopbackAddress(addr string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// serveHandler is what kms serve answers with: the API, and with ui the web console at
+// console.Prefix on the same listener.
+func serveHandler(tenants *kpapi.Tenants, api http.Handler, ui bool, log *slog.Logger) (http.Handler, error) {
+	if !ui {
+		return api, nil
+	}
+	c, err := console.New(tenants, console.Options{Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle(console.Prefix, c)
+	mux.Handle("/", api)
+	return mux, nil
 }
 
 // checkListen refuses what kms serve must not do on a network: plain HTTP on a non-loopback
