@@ -1,0 +1,335 @@
+package console
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"crkvol/crk"
+)
+
+var t0 = time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)
+
+func at(minutes int) time.Time { return t0.Add(time.Duration(minutes) * time.Minute) }
+
+const (
+	v1 = "11111111-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
+	v2 = "22222222-bbbb-4bbb-8bbb-bbbbbbbbbbbb"
+	v3 = "33333333-cccc-4ccc-8ccc-cccccccccccc"
+)
+
+func crn(n int) string { return fmt.Sprintf("crn:v1:bluemix:public:crkvol:local:a/acct:inst:volume:vol-%d", n) }
+
+func regEvent(seq uint64, minute int, action string, n int, version string) crk.Event {
+	return crk.Event{Seq: seq, Time: at(minute), Action: action, Outcome: crk.OutcomeSuccess, KeyID: "k", ResourceCRN: crn(n), KeyVersion: version}
+}
+
+func reg(n int, created int, version string) crk.Registration {
+	return crk.Registration{KeyID: "k", ResourceCRN: crn(n), CreationDate: at(created), KeyVersion: crk.Version{ID: version}}
+}
+
+func versions(ids ...string) []crk.VersionInfo {
+	var out []crk.VersionInfo
+	for i, id := range ids {
+		out = append(out, crk.VersionInfo{Version: crk.Version{ID: id, CreationDate: at(i * 100)}})
+	}
+	slices.Reverse(out) // newest first, as ListVersions gives them
+	return out
+}
+
+// steps renders a history's steps as "minute:count,count" for comparison.
+func steps(h fleetHistory) string {
+	var parts []string
+	for _, s := range h.Steps {
+		var cs []string
+		for _, c := range s.Counts {
+			cs = append(cs, fmt.Sprint(c))
+		}
+		parts = append(parts, fmt.Sprintf("%d:%s", int(s.Time.Sub(t0)/time.Minute), strings.Join(cs, ",")))
+	}
+	return strings.Join(parts, " ")
+}
+
+func ids(h fleetHistory) string {
+	var out []string
+	for _, v := range h.Versions {
+		id := chartVersionLabel(v.ID)
+		if v.Latest {
+			id += "*"
+		}
+		out = append(out, id)
+	}
+	return strings.Join(out, " ")
+}
+
+func TestRegistrationHistory(t *testing.T) {
+	tests := []struct {
+		name      string
+		events    []crk.Event
+		regs      []crk.Registration
+		versions  []crk.VersionInfo
+		now       int
+		wantIDs   string
+		wantSteps string
+	}{
+		{
+			name:      "no registrations",
+			versions:  versions(v1),
+			now:       50,
+			wantIDs:   "11111111*",
+			wantSteps: "0:0",
+		},
+		{
+			name: "two volumes, a rotation, both rewrapped",
+			events: []crk.Event{
+				regEvent(1, 10, crk.ActionRegister, 1, v1),
+				regEvent(2, 20, crk.ActionRegister, 2, v1),
+				regEvent(5, 130, crk.ActionRegUpdate, 1, v2),
+				regEvent(6, 140, crk.ActionRegUpdate, 2, v2),
+			},
+			regs:      []crk.Registration{reg(1, 10, v2), reg(2, 20, v2)},
+			versions:  versions(v1, v2),
+			now:       200,
+			wantIDs:   "11111111 22222222*",
+			wantSteps: "0:0,0 10:1,0 20:2,0 130:1,1 140:0,2",
+		},
+		{
+			name: "events in any order, failures and other actions ignored",
+			events: []crk.Event{
+				regEvent(6, 140, crk.ActionRegUpdate, 2, v2),
+				{Seq: 3, Time: at(30), Action: crk.ActionWrap, Outcome: crk.OutcomeSuccess, KeyID: "k", KeyVersion: v1},
+				regEvent(1, 10, crk.ActionRegister, 1, v1),
+				{Seq: 4, Time: at(40), Action: crk.ActionRegister, Outcome: crk.OutcomeFailure, KeyID: "k", ResourceCRN: crn(3)},
+				regEvent(2, 20, crk.ActionRegister, 2, v1),
+			},
+			regs:      []crk.Registration{reg(1, 10, v1), reg(2, 20, v2)},
+			versions:  versions(v1, v2),
+			now:       200,
+			wantIDs:   "11111111 22222222*",
+			wantSteps: "0:0,0 10:1,0 20:2,0 140:1,1",
+		},
+		{
+			name: "a deletion ends a registration, a re-creation starts it again",
+			events: []crk.Event{
+				regEvent(1, 10, crk.ActionRegister, 1, v1),
+				regEvent(2, 20, crk.ActionRegDelete, 1, ""),
+				regEvent(3, 30, crk.ActionRegister, 1, v1),
+			},
+			regs:      []crk.Registration{reg(1, 30, v1)},
+			versions:  versions(v1),
+			now:       40,
+			wantIDs:   "11111111*",
+			wantSteps: "0:0 10:1 20:0 30:1",
+		},
+		{
+			name: "registrations older than the retained events start on their current version",
+			events: []crk.Event{
+				regEvent(90, 150, crk.ActionRegister, 3, v2),
+			},
+			regs:      []crk.Registration{reg(1, 10, v1), reg(2, 20, v2), reg(3, 150, v2)},
+			versions:  versions(v1, v2),
+			now:       200,
+			wantIDs:   "11111111 22222222*",
+			wantSteps: "0:0,0 10:1,0 20:1,1 150:1,2",
+		},
+		{
+			name: "rewritten or deleted before the retained events end: unknown version until then",
+			events: []crk.Event{
+				regEvent(90, 150, crk.ActionRegUpdate, 1, v2),
+				regEvent(91, 160, crk.ActionRegDelete, 2, ""),
+			},
+			regs:      []crk.Registration{reg(1, 10, v2)},
+			versions:  versions(v1, v2),
+			now:       200,
+			wantIDs:   "unknown 11111111 22222222*",
+			wantSteps: "0:0,0,0 10:1,0,0 150:1,0,1 160:0,0,1",
+		},
+		{
+			name: "the current registrations win at the end",
+			events: []crk.Event{
+				regEvent(1, 10, crk.ActionRegister, 1, v1),
+			},
+			regs:      []crk.Registration{reg(1, 10, v2)},
+			versions:  versions(v1, v2),
+			now:       200,
+			wantIDs:   "11111111 22222222*",
+			wantSteps: "0:0,0 10:1,0 200:0,1",
+		},
+		{
+			name: "a version the key no longer lists is still a series",
+			events: []crk.Event{
+				regEvent(1, 10, crk.ActionRegister, 1, v1),
+				regEvent(2, 150, crk.ActionRegUpdate, 1, v3),
+			},
+			regs:      []crk.Registration{reg(1, 10, v3)},
+			versions:  versions(v3),
+			now:       200,
+			wantIDs:   "33333333* 11111111",
+			wantSteps: "0:0,0 10:0,1 150:1,0",
+		},
+		{
+			name: "changes at the same time make one step",
+			events: []crk.Event{
+				regEvent(1, 10, crk.ActionRegister, 1, v1),
+				regEvent(2, 10, crk.ActionRegister, 2, v1),
+				regEvent(3, 20, crk.ActionRegUpdate, 1, v1), // a description change: no step
+			},
+			regs:      []crk.Registration{reg(1, 10, v1), reg(2, 10, v1)},
+			versions:  versions(v1),
+			now:       30,
+			wantIDs:   "11111111*",
+			wantSteps: "0:0 10:2",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := registrationHistory(tt.events, tt.regs, tt.versions, t0, at(tt.now))
+			if got := ids(h); got != tt.wantIDs {
+				t.Errorf("versions = %q; want %q", got, tt.wantIDs)
+			}
+			if got := steps(h); got != tt.wantSteps {
+				t.Errorf("steps = %q; want %q", got, tt.wantSteps)
+			}
+			if !h.Start.Equal(t0) || !h.End.Equal(at(tt.now)) {
+				t.Errorf("span = %v..%v; want %v..%v", h.Start, h.End, t0, at(tt.now))
+			}
+			// The last step always agrees with the current registrations.
+			last := h.latest()
+			for i, v := range h.Versions {
+				n := 0
+				for _, r := range tt.regs {
+					if r.KeyVersion.ID == v.ID {
+						n++
+					}
+				}
+				if last[i] != n {
+					t.Errorf("now on %s: %d; the registrations say %d", chartVersionLabel(v.ID), last[i], n)
+				}
+			}
+		})
+	}
+}
+
+func TestCountScale(t *testing.T) {
+	tests := []struct{ most, top, step int }{
+		{0, 1, 1}, {1, 1, 1}, {2, 2, 1}, {5, 5, 1}, {6, 6, 2}, {9, 10, 2}, {11, 15, 5},
+		{25, 25, 5}, {26, 30, 10}, {100, 100, 20}, {101, 150, 50}, {999, 1000, 200},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprint(tt.most), func(t *testing.T) {
+			top, step := countScale(tt.most)
+			if top != tt.top || step != tt.step {
+				t.Errorf("countScale(%d) = %d, %d; want %d, %d", tt.most, top, step, tt.top, tt.step)
+			}
+		})
+	}
+}
+
+func TestTimeTicks(t *testing.T) {
+	tests := []struct {
+		name       string
+		start, end time.Time
+		want       string
+	}{
+		{"minutes", at(0), at(4), "Mar 1 09:00|09:01|09:02|09:03|09:04"},
+		{"an hour", at(0), at(60), "Mar 1 09:00|09:15|09:30|09:45|10:00"},
+		{"hours", at(-60), at(14 * 60), "Mar 1 09:00|12:00|15:00|18:00|21:00"},
+		{"across midnight", at(0), at(18 * 60), "Mar 1 12:00|18:00|Mar 2 00:00"},
+		{"days", t0, t0.AddDate(0, 0, 5), "Mar 2|Mar 3|Mar 4|Mar 5|Mar 6"},
+		{"months", t0, t0.AddDate(0, 5, 0), "Apr 2026|May 2026|Jun 2026|Jul 2026|Aug 2026"},
+		{"years", t0, t0.AddDate(3, 0, 0), "Jan 2027|Jan 2028|Jan 2029"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ticks := timeTicks(tt.start, tt.end)
+			var labels []string
+			for _, tk := range ticks {
+				labels = append(labels, tk.label)
+				if tk.at.Before(tt.start) || tk.at.After(tt.end) {
+					t.Errorf("tick %v outside %v..%v", tk.at, tt.start, tt.end)
+				}
+			}
+			if got := strings.Join(labels, "|"); got != tt.want {
+				t.Errorf("ticks = %q; want %q", got, tt.want)
+			}
+			if len(ticks) > maxTimeTicks {
+				t.Errorf("%d ticks; at most %d", len(ticks), maxTimeTicks)
+			}
+		})
+	}
+}
+
+func TestBuildChart(t *testing.T) {
+	h := registrationHistory([]crk.Event{
+		regEvent(1, 10, crk.ActionRegister, 1, v1),
+		regEvent(2, 20, crk.ActionRegister, 2, v1),
+		regEvent(3, 30, crk.ActionRegister, 3, v1),
+		regEvent(5, 130, crk.ActionRegUpdate, 1, v2),
+	}, []crk.Registration{reg(1, 10, v2), reg(2, 20, v1), reg(3, 30, v1)}, versions(v1, v2, v3), t0, at(200))
+	c := buildChart(h, "backup-crk")
+
+	// v3 is the latest but holds nothing: in the legend, without an area.
+	var legend []string
+	for _, e := range c.Legend {
+		legend = append(legend, fmt.Sprintf("%s=%d", e.Label, e.Now))
+	}
+	if got, want := strings.Join(legend, " "), "33333333 (latest)=0 22222222=1 11111111=2"; got != want {
+		t.Errorf("legend = %q; want %q", got, want)
+	}
+	if len(c.Areas) != 2 {
+		t.Fatalf("%d areas; want 2 (v1, v2)", len(c.Areas))
+	}
+	// v1's band: 0..1 from minute 10, 0..2 from 20, 0..3 from 30, then 0..2 from 130 (one
+	// moved to v2, stacked above it); the count axis tops at 3.
+	if got, want := c.Areas[0].Path, "M48.0 244.0H80.8V168.0H113.6V92.0H146.4V16.0H474.4V92.0H704.0V244.0H474.4V244.0H146.4V244.0H113.6V244.0H80.8V244.0H48.0Z"; got != want {
+		t.Errorf("v1 band = %s\nwant %s", got, want)
+	}
+	if c.Areas[1].Fill != versionColours[1] || c.Areas[0].Fill != versionColours[0] {
+		t.Errorf("fills = %s, %s; want the older versions' colours", c.Areas[0].Fill, c.Areas[1].Fill)
+	}
+	if c.Legend[0].Fill != latestColour {
+		t.Errorf("the latest version's colour = %s; want %s", c.Legend[0].Fill, latestColour)
+	}
+	var yl []string
+	for _, tk := range c.YTicks {
+		yl = append(yl, tk.Label)
+	}
+	if got := strings.Join(yl, ","); got != "0,1,2,3" {
+		t.Errorf("count ticks = %s; want 0,1,2,3", got)
+	}
+	if !strings.Contains(c.Title, "backup-crk") {
+		t.Errorf("title %q does not name the key", c.Title)
+	}
+	if want := "Now 3 registered volumes, 0 on the latest version 33333333, 3 behind it."; !strings.Contains(c.Desc, want) {
+		t.Errorf("description %q; want it to contain %q", c.Desc, want)
+	}
+	// The table has the same numbers as the chart, oldest first, one column per legend entry
+	// (oldest version first).
+	var rows []string
+	for _, r := range c.Rows {
+		rows = append(rows, fmt.Sprint(r.Counts, r.Total))
+	}
+	if got, want := strings.Join(rows, " "), "[0 0 0] 0 [1 0 0] 1 [2 0 0] 2 [3 0 0] 3 [2 1 0] 3"; got != want {
+		t.Errorf("table = %s; want %s", got, want)
+	}
+}
+
+func TestBuildChartTableBounded(t *testing.T) {
+	var evs []crk.Event
+	for i := range maxTableRows + 10 {
+		evs = append(evs, regEvent(uint64(i), i, crk.ActionRegister, i, v1))
+	}
+	var regs []crk.Registration
+	for i := range maxTableRows + 10 {
+		regs = append(regs, reg(i, i, v1))
+	}
+	c := buildChart(registrationHistory(evs, regs, versions(v1), t0, at(100)), "k")
+	if len(c.Rows) != maxTableRows || c.Omitted != 10 { // 60 steps: one per creation, the first at the start
+		t.Errorf("%d rows, %d omitted; want %d, 10", len(c.Rows), c.Omitted, maxTableRows)
+	}
+	if last := c.Rows[len(c.Rows)-1]; last.Total != maxTableRows+10 {
+		t.Errorf("the last row totals %d; want %d", last.Total, maxTableRows+10)
+	}
+}
