@@ -85,6 +85,19 @@ type storeTx interface {
 	// retention deleted.
 	feed(after uint64, limit int) (events []LifecycleEvent, head, pruned uint64, err error)
 
+	// putAck stores a host's acknowledgement, replacing the one it had for the key.
+	putAck(a *HostAck) error
+	// hasAck reports whether host has an acknowledgement of key keyID.
+	hasAck(keyID, host string) (bool, error)
+	// countAcks returns how many hosts have an acknowledgement of key keyID.
+	countAcks(keyID string) (int, error)
+	// keyAcks returns the acknowledgements of key keyID, in host order.
+	keyAcks(keyID string) ([]HostAck, error)
+	// deleteAcks deletes every acknowledgement of key keyID.
+	deleteAcks(keyID string) error
+	// acks calls fn with every acknowledgement, in key id then host order.
+	acks(fn func(a *HostAck) error) error
+
 	// heads returns the sequence counters: the last audit event ever appended (deleted or
 	// not), the last feed event and the last feed event the retention deleted.
 	heads() (events, feed, feedPruned uint64, err error)

@@ -18,6 +18,7 @@ import (
 //	keys           key id -> keyRecord (JSON)
 //	registrations  key id + "\x00" + resource CRN -> regRecord (JSON)
 //	events         big-endian Unix nanoseconds + big-endian sequence number -> Event (JSON)
+//	acks           key id + "\x00" + host -> HostAck (JSON)
 //
 // Schema 1 keyed events by the sequence number alone; opening such a store rekeys them
 // (migrateEvents) in the transaction that sets schema 2, so an older build refuses the
@@ -30,6 +31,9 @@ var (
 	bucketKeys          = []byte("keys")
 	bucketRegistrations = []byte("registrations")
 	bucketEvents        = []byte("events")
+	// bucketAcks was added within schema 2: a store opened read-write makes it, and one
+	// opened read-only without it has no acknowledgements.
+	bucketAcks = []byte("acks")
 
 	metaCheck  = []byte("check")
 	metaSchema = []byte("schema")
@@ -80,7 +84,7 @@ func openBolt(path string, opts Options, log func(msg string, args ...any)) (*bo
 		})
 	} else {
 		err = db.Update(func(tx *bolt.Tx) error {
-			for _, name := range [][]byte{bucketMeta, bucketKeys, bucketRegistrations, bucketEvents, bucketFeed} {
+			for _, name := range [][]byte{bucketMeta, bucketKeys, bucketRegistrations, bucketEvents, bucketFeed, bucketAcks} {
 				if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 					return err
 				}
@@ -410,6 +414,76 @@ func (t boltTx) feed(after uint64, limit int) ([]LifecycleEvent, uint64, uint64,
 		}
 	}
 	return out, head, pruned, nil
+}
+
+func ackKey(keyID, host string) []byte { return []byte(keyID + "\x00" + host) }
+
+func (t boltTx) putAck(a *HostAck) error {
+	raw, err := json.Marshal(a)
+	if err != nil {
+		return err
+	}
+	return t.tx.Bucket(bucketAcks).Put(ackKey(a.KeyID, a.Host), raw)
+}
+
+func (t boltTx) hasAck(keyID, host string) (bool, error) {
+	b := t.tx.Bucket(bucketAcks)
+	return b != nil && b.Get(ackKey(keyID, host)) != nil, nil
+}
+
+// scanAcks calls fn with the acknowledgements whose bucket key starts with prefix.
+func (t boltTx) scanAcks(prefix []byte, fn func(k, v []byte) error) error {
+	b := t.tx.Bucket(bucketAcks)
+	if b == nil {
+		return nil // a store opened read-only that predates acknowledgements
+	}
+	c := b.Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		if err := fn(k, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t boltTx) countAcks(keyID string) (int, error) {
+	n := 0
+	err := t.scanAcks([]byte(keyID+"\x00"), func(_, _ []byte) error { n++; return nil })
+	return n, err
+}
+
+func (t boltTx) keyAcks(keyID string) ([]HostAck, error) {
+	var out []HostAck
+	err := t.acksUnder([]byte(keyID+"\x00"), func(a *HostAck) error { out = append(out, *a); return nil })
+	return out, err
+}
+
+func (t boltTx) deleteAcks(keyID string) error {
+	var doomed [][]byte
+	if err := t.scanAcks([]byte(keyID+"\x00"), func(k, _ []byte) error {
+		doomed = append(doomed, bytes.Clone(k))
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, k := range doomed {
+		if err := t.tx.Bucket(bucketAcks).Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t boltTx) acks(fn func(*HostAck) error) error { return t.acksUnder(nil, fn) }
+
+func (t boltTx) acksUnder(prefix []byte, fn func(*HostAck) error) error {
+	return t.scanAcks(prefix, func(k, v []byte) error {
+		var a HostAck
+		if err := json.Unmarshal(v, &a); err != nil {
+			return fmt.Errorf("crk: store: acknowledgement %q: %w", k, err)
+		}
+		return fn(&a)
+	})
 }
 
 func (t boltTx) heads() (uint64, uint64, uint64, error) {

@@ -723,6 +723,79 @@ func (t *pgTx) feed(after uint64, limit int) ([]LifecycleEvent, uint64, uint64, 
 	return out, uint64(head), uint64(pruned), nil
 }
 
+func (t *pgTx) putAck(a *HostAck) error {
+	raw, err := json.Marshal(a)
+	if err != nil {
+		return err
+	}
+	_, err = t.tx.Exec(t.ctx, `INSERT INTO crk_host_acks (instance, key_id, host, record) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (instance, key_id, host) DO UPDATE SET record = EXCLUDED.record`, t.instance, a.KeyID, a.Host, string(raw))
+	return err
+}
+
+func (t *pgTx) hasAck(keyID, host string) (bool, error) {
+	if !isText(keyID) || !isText(host) {
+		return false, nil
+	}
+	var n int
+	err := t.tx.QueryRow(t.ctx, `SELECT count(*) FROM crk_host_acks WHERE instance = $1 AND key_id = $2 AND host = $3`,
+		t.instance, keyID, host).Scan(&n)
+	return n > 0, err
+}
+
+func (t *pgTx) countAcks(keyID string) (int, error) {
+	if !isText(keyID) {
+		return 0, nil
+	}
+	var n int
+	err := t.tx.QueryRow(t.ctx, `SELECT count(*) FROM crk_host_acks WHERE instance = $1 AND key_id = $2`, t.instance, keyID).Scan(&n)
+	return n, err
+}
+
+func (t *pgTx) keyAcks(keyID string) ([]HostAck, error) {
+	if !isText(keyID) {
+		return nil, nil
+	}
+	return t.decodeAcks(`SELECT record FROM crk_host_acks WHERE instance = $1 AND key_id = $2 ORDER BY host COLLATE "C"`, t.instance, keyID)
+}
+
+func (t *pgTx) deleteAcks(keyID string) error {
+	if !isText(keyID) {
+		return nil
+	}
+	_, err := t.tx.Exec(t.ctx, `DELETE FROM crk_host_acks WHERE instance = $1 AND key_id = $2`, t.instance, keyID)
+	return err
+}
+
+func (t *pgTx) acks(fn func(*HostAck) error) error {
+	all, err := t.decodeAcks(`SELECT record FROM crk_host_acks WHERE instance = $1 ORDER BY key_id COLLATE "C", host COLLATE "C"`, t.instance)
+	if err != nil {
+		return err
+	}
+	for i := range all {
+		if err := fn(&all[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *pgTx) decodeAcks(q string, args ...any) ([]HostAck, error) {
+	raws, err := t.records(q, args...)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]HostAck, 0, len(raws))
+	for _, raw := range raws {
+		var a HostAck
+		if err := json.Unmarshal(raw, &a); err != nil {
+			return nil, fmt.Errorf("crk: store: acknowledgement: %w", err)
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
 func (t *pgTx) heads() (uint64, uint64, uint64, error) {
 	var events, feed, pruned int64
 	err := t.tx.QueryRow(t.ctx, `SELECT events_seq, feed_seq, feed_pruned FROM crk_instances WHERE id = $1`, t.instance).Scan(&events, &feed, &pruned)

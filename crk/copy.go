@@ -10,11 +10,13 @@ import (
 // CopyResult counts what CopyStore copied.
 type CopyResult struct {
 	Keys, Registrations, Events, FeedEvents int
+	// HostAcks counts the hosts' acknowledgements copied.
+	HostAcks int
 }
 
 // CopyStore copies the whole state of the service from into the service to: keys (their
 // material re-encrypted under to's master key when the two differ), registrations, the
-// audit events and the lifecycle feed, keeping event sequence numbers and feed cursors, so
+// audit events, the lifecycle feed and the hosts' acknowledgements, keeping event sequence numbers and feed cursors, so
 // that followers of the feed carry on from their cursors. It moves a store from bbolt to
 // PostgreSQL (crkvol kms migrate) or back. to must be the same instance as from, and empty:
 // no key, registration or event of its own (opening a new store writes none). The copy is
@@ -95,6 +97,16 @@ func CopyStore(ctx context.Context, from, to *Service) (CopyResult, error) {
 					return fmt.Errorf("crk: copying lifecycle event %s: %w", feed[i].Cursor, err)
 				}
 				res.FeedEvents++
+			}
+			var acks []*HostAck
+			if err := src.acks(func(a *HostAck) error { acks = append(acks, a); return nil }); err != nil {
+				return err
+			}
+			for _, a := range acks {
+				if err := dst.putAck(a); err != nil {
+					return fmt.Errorf("crk: copying the acknowledgement of host %s for key %s: %w", a.Host, a.KeyID, err)
+				}
+				res.HostAcks++
 			}
 			events, head, pruned, err := src.heads()
 			if err != nil {

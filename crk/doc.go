@@ -34,6 +34,17 @@
 // the registrations still on older versions; [Service.SyncKey] runs them again.
 // [Service.Prune] destroys older versions no registration uses (beyond Key Protect).
 //
+// # Host acknowledgements
+//
+// The hosts that serve a key's resources follow the lifecycle feed ([Service.Lifecycle]) and
+// report what they did with [Service.Acknowledge]: the state they now enforce (a lockout
+// after a disable or delete, an unlock after an enable or restore), the volumes acted on and
+// the version a rewrap brought them to. The service keeps each host's latest
+// acknowledgement per key ([Service.HostAcks], at most [MaxHostAcksPerKey] hosts a key),
+// audits each ([ActionEventAck]), and deletes them when the key is purged. A host has
+// confirmed the lockout of a key when its latest acknowledgement states the key's current
+// out-of-use state and was recorded at or after the key's last state change.
+//
 // # Errors
 //
 // Every refusal wraps one of the sentinels declared in errors.go ([ErrKeySuspended],

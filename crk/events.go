@@ -58,7 +58,9 @@ type Event struct {
 	KeyVersion  string    `json:"keyVersion,omitempty"`
 	ResourceCRN string    `json:"resourceCrn,omitempty"`
 	Initiator   string    `json:"initiator"`
-	Reason      string    `json:"reason,omitempty"`
+	// Reason is the error of a failure; for a success of [ActionEventAck], what the host
+	// acknowledged (host, lifecycle type, state, volumes).
+	Reason string `json:"reason,omitempty"`
 }
 
 // EventFilter selects events and pages through them. Zero fields match everything.

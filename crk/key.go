@@ -76,6 +76,10 @@ type Key struct {
 	LastUpdateDate time.Time
 	// LastRotateDate is zero until the first rotation.
 	LastRotateDate time.Time
+	// LastStateChange is when an action last set the key's state: its creation, or the
+	// last disable, enable, delete or restore (not the passing of the expiration date). A
+	// host's acknowledgement recorded at or after it confirms the current state.
+	LastStateChange time.Time
 	// KeyVersion is the latest version: the one wraps use.
 	KeyVersion Version
 	// ExpirationDate, when set, moves the key to Deactivated once passed.

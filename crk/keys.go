@@ -464,7 +464,7 @@ func (s *Service) PurgeKey(ctx context.Context, id string) (*Key, error) {
 // purge is PurgeKey; auto purges only a key due for its automatic purge (errNotDue
 // otherwise).
 func (s *Service) purge(ctx context.Context, id string, auto bool) (*Key, error) {
-	r, err := s.mutate(ctx, ActionPurge, id, func(_ storeTx, r *keyRecord, now time.Time, _ *Event) error {
+	r, err := s.mutate(ctx, ActionPurge, id, func(tx storeTx, r *keyRecord, now time.Time, _ *Event) error {
 		if auto && !r.purgeDue(now) {
 			return errNotDue
 		}
@@ -482,7 +482,8 @@ func (s *Service) purge(ctx context.Context, id string, auto bool) (*Key, error)
 			r.Versions[i].Material, r.Versions[i].Destroyed = nil, true
 		}
 		r.Purged = true
-		return nil
+		// Hosts' acknowledgements go with the key: there is nothing left to lock out.
+		return tx.deleteAcks(r.ID)
 	})
 	return s.keyOf(r, err)
 }
@@ -526,7 +527,7 @@ func (r *keyRecord) toKey(now time.Time, payload []byte) *Key {
 		ID: r.ID, Name: r.Name, Description: r.Description, CRN: r.CRN, Type: r.Type,
 		Imported: r.Imported, Extractable: r.Type == StandardKey, State: r.effectiveState(now),
 		CreatedBy: r.CreatedBy, CreationDate: r.Created, LastUpdateDate: r.LastUpdate,
-		LastRotateDate: r.LastRotate, ExpirationDate: r.Expiration,
+		LastRotateDate: r.LastRotate, LastStateChange: r.LastAction, ExpirationDate: r.Expiration,
 		KeyVersion: Version{ID: r.latest().ID, CreationDate: r.latest().Created},
 		Deleted:    r.State == StateDestroyed, DeletionDate: r.Deleted, DeletedBy: r.DeletedBy,
 		Payload: payload,

@@ -257,12 +257,17 @@ func TestCopyStore(t *testing.T) {
 	require.NoError(t, err)
 	w, err := src.Wrap(ctx, ids[1], []byte("dek"), []string{"aad"})
 	require.NoError(t, err)
+	for _, h := range []string{"host-b", "host-a"} {
+		require.NoError(t, src.Acknowledge(ctx, HostAck{Host: h, KeyID: ids[0], Type: LifecycleDisable, State: "suspended", Volumes: 1, Cursor: "5"}))
+	}
+	require.NoError(t, src.Acknowledge(ctx, HostAck{Host: "host-a", KeyID: ids[2], Type: LifecycleRotate, State: "active", Version: "v2"}))
 	type listing struct {
 		Keys     []Key
 		Versions [][]VersionInfo
 		Regs     []Registration
 		Events   []Event
 		Feed     LifecyclePage
+		Acks     [][]HostAck
 	}
 	list := func(s *Service) listing {
 		var l listing
@@ -273,13 +278,19 @@ func TestCopyStore(t *testing.T) {
 			vs, err := s.ListVersions(ctx, id)
 			require.NoError(t, err)
 			l.Versions = append(l.Versions, vs)
+			acks, err := s.HostAcks(ctx, id)
+			require.NoError(t, err)
+			for i := range acks { // the stores keep times at different precisions
+				acks[i].Time = acks[i].Time.UTC().Round(time.Microsecond)
+			}
+			l.Acks = append(l.Acks, acks)
 		}
 		l.Regs, err = s.ListRegistrations(ctx, RegistrationFilter{})
 		require.NoError(t, err)
 		l.Feed, err = s.Lifecycle(ctx, "0", 0)
 		require.NoError(t, err)
 		// The listings themselves add read events: compare the events before them.
-		p, err := s.ListEvents(ctx, EventFilter{OldestFirst: true, Limit: 17})
+		p, err := s.ListEvents(ctx, EventFilter{OldestFirst: true, Limit: 20})
 		require.NoError(t, err)
 		l.Events = p.Events
 		return l
@@ -295,7 +306,9 @@ func TestCopyStore(t *testing.T) {
 	assert.Equal(t, 5, res.Keys)
 	assert.Equal(t, 4, res.Registrations)
 	assert.Equal(t, 5, res.FeedEvents, "four rotations and a disable")
+	assert.Equal(t, 3, res.HostAcks)
 	after := list(dst)
+	assert.Len(t, after.Acks[0], 2)
 	assert.Equal(t, before, after)
 
 	// The copy carries on: an old ciphertext unwraps, new events follow the old ones.

@@ -76,6 +76,10 @@ type Service struct {
 
 	readOnly bool
 
+	// maxHostAcks is the most hosts a key keeps acknowledgements of: MaxHostAcksPerKey, lower
+	// in tests.
+	maxHostAcks int
+
 	// testOnlyAuditFault, set by tests, makes storing an event fail with its error.
 	testOnlyAuditFault func(*Event) error
 
@@ -128,6 +132,7 @@ func newService(opts Options) (*Service, error) {
 		feedRetention: opts.FeedRetention,
 		feedChanged:   make(chan struct{}),
 		readOnly:      opts.ReadOnly,
+		maxHostAcks:   MaxHostAcksPerKey,
 		hooks:         make(map[int]RotationHook),
 		events:        make(chan eventReq),
 		closing:       make(chan struct{}),

@@ -24,6 +24,9 @@ type StoreSummary struct {
 	// empty cursor; FeedPruned is the last feed event the feed's retention deleted.
 	FeedHead   string `json:"feedHead"`
 	FeedPruned uint64 `json:"feedPruned"`
+	// HostAcks is the number of hosts' acknowledgements the store holds (one per key and
+	// host).
+	HostAcks int `json:"hostAcks"`
 }
 
 // KeySummary is one key of a [StoreSummary].
@@ -43,7 +46,8 @@ type RegistrationSummary struct {
 	VersionID string `json:"keyVersion"`
 }
 
-// Summary lists the store's keys, registrations and event and feed counters, read in one
+// Summary lists the store's keys, registrations, event and feed counters and the number of
+// hosts' acknowledgements, read in one
 // transaction, for tools that verify a copy of the store (crkvol kms migrate compares the
 // summary of the source with the copy's). It records no audit event, as [CopyStore] does
 // not, so that summarising a store changes nothing in it; it works on a store opened
@@ -74,6 +78,9 @@ func (s *Service) Summary(ctx context.Context) (StoreSummary, error) {
 		}); err != nil {
 			return err
 		}
+		if err := tx.acks(func(*HostAck) error { sum.HostAcks++; return nil }); err != nil {
+			return err
+		}
 		events, head, pruned, err := tx.heads()
 		if err != nil {
 			return err
@@ -88,5 +95,5 @@ func (s *Service) Summary(ctx context.Context) (StoreSummary, error) {
 // event, ever.
 func (s StoreSummary) Empty() bool {
 	return len(s.Keys) == 0 && len(s.Registrations) == 0 && s.Events == 0 && s.LastEvent == 0 &&
-		(s.FeedHead == "" || s.FeedHead == "0") && s.FeedPruned == 0
+		(s.FeedHead == "" || s.FeedHead == "0") && s.FeedPruned == 0 && s.HostAcks == 0
 }

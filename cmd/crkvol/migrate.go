@@ -119,6 +119,7 @@ func diffSummaries(src, dst crk.StoreSummary) string {
 		{"last audit event", strconv.FormatUint(src.LastEvent, 10), strconv.FormatUint(dst.LastEvent, 10)},
 		{"lifecycle feed head", src.FeedHead, dst.FeedHead},
 		{"lifecycle feed pruned up to", strconv.FormatUint(src.FeedPruned, 10), strconv.FormatUint(dst.FeedPruned, 10)},
+		{"host acknowledgements", strconv.Itoa(src.HostAcks), strconv.Itoa(dst.HostAcks)},
 	} {
 		if c.src != c.dst {
 			return fmt.Sprintf("%s: %s in the state directory, %s in the database", c.what, c.src, c.dst)

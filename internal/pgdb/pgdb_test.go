@@ -48,7 +48,7 @@ func tables(t *testing.T, db *DB) []string {
 func TestMigrations(t *testing.T) {
 	t.Parallel()
 	url := pgtest.Start(t).NewDatabase(t)
-	want := []string{"crk_events", "crk_feed", "crk_instances", "crk_keys", "crk_registrations",
+	want := []string{"crk_events", "crk_feed", "crk_host_acks", "crk_instances", "crk_keys", "crk_registrations",
 		"crkvol_leases", "crkvol_schema", "kp_api_keys", "kp_instances", "kp_tokens"}
 	for i := range 2 {
 		db := open(t, url)

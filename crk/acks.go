@@ -1,0 +1,204 @@
+package crk
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// ActionEventAck is the audit action of a host's acknowledgement of a lifecycle event
+// ([Service.Acknowledge]).
+const ActionEventAck = "kms.secrets.eventack"
+
+// MaxHostAcksPerKey is the most hosts whose acknowledgements a key keeps. A host beyond it is
+// refused with [ErrInvalidArgument]; hosts already known keep updating theirs.
+const MaxHostAcksPerKey = 10000
+
+// Bounds of the fields of a [HostAck].
+const (
+	// MaxHostNameLen is the longest host name, as in DNS.
+	MaxHostNameLen = 253
+	// maxAckVersionLen bounds a version id (the service's are 36-byte UUIDs).
+	maxAckVersionLen = 128
+)
+
+// HostAck is a host's acknowledgement of what it did for a key's lifecycle: the state it now
+// enforces for the key's volumes, how many it acted on, and at which key version they are.
+// A service keeps the latest one per key and host. It never holds key material.
+type HostAck struct {
+	// Host is the host's name (crkvol agent --host, by default the machine's host name):
+	// 1 to 253 bytes of ASCII letters, digits and . _ - :.
+	Host string `json:"host"`
+	// KeyID is the root key acted on.
+	KeyID string `json:"keyId"`
+	// Type is the lifecycle type acted on: one of the Lifecycle* constants. A host that
+	// found the key's state by a reconciliation rather than by an event gives the type of
+	// the event that leads to that state (disable for suspended, enable for active, …).
+	Type string `json:"type"`
+	// State is the key state the host now enforces: "active", "suspended", "deactivated",
+	// "destroyed" or "pre-activation" (the names of [State.String]).
+	State string `json:"state"`
+	// Version is the key version the host's volumes are on after a rotate or sync; it may be
+	// empty.
+	Version string `json:"version,omitempty"`
+	// Volumes is how many volumes the host acted on (locked out, unlocked, rewrapped).
+	Volumes int `json:"volumes"`
+	// Cursor is the lifecycle feed cursor of the event acted on, or "" for a
+	// reconciliation.
+	Cursor string `json:"cursor,omitempty"`
+	// Time is the service clock when the acknowledgement was recorded; Acknowledge sets it.
+	Time time.Time `json:"time"`
+}
+
+// ParseState returns the state named name ("active", "suspended", … as [State.String]
+// gives them); any other name is refused with [ErrInvalidArgument].
+func ParseState(name string) (State, error) {
+	for _, s := range []State{StatePreActivation, StateActive, StateSuspended, StateDeactivated, StateDestroyed} {
+		if s.String() == name {
+			return s, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: key state %q: want active, suspended, deactivated, destroyed or pre-activation", ErrInvalidArgument, shorten(name))
+}
+
+// checkHostName checks a host name of an acknowledgement.
+func checkHostName(h string) error {
+	if h == "" || len(h) > MaxHostNameLen {
+		return fmt.Errorf("%w: host name must be 1 to %d bytes, got %d", ErrInvalidArgument, MaxHostNameLen, len(h))
+	}
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("._-:", c) >= 0) {
+			return fmt.Errorf("%w: host name %q: byte %d is not a letter, digit, '.', '_', '-' or ':'", ErrInvalidArgument, shorten(h), i)
+		}
+	}
+	return nil
+}
+
+// check validates the fields of an acknowledgement a caller gives (all but Time).
+func (a *HostAck) check() error {
+	if err := checkHostName(a.Host); err != nil {
+		return err
+	}
+	if a.KeyID == "" {
+		return fmt.Errorf("%w: acknowledgement: key id is empty", ErrInvalidArgument)
+	}
+	known := false
+	for _, t := range lifecycleTypes {
+		known = known || t == a.Type
+	}
+	if !known {
+		return fmt.Errorf("%w: acknowledgement type %q: want one of rotate, disable, enable, delete, restore, purge, sync", ErrInvalidArgument, shorten(a.Type))
+	}
+	if _, err := ParseState(a.State); err != nil {
+		return fmt.Errorf("acknowledgement: %w", err)
+	}
+	if len(a.Version) > maxAckVersionLen || !printableASCII(a.Version) {
+		return fmt.Errorf("%w: acknowledgement version %q: want a key version id", ErrInvalidArgument, shorten(a.Version))
+	}
+	if a.Volumes < 0 {
+		return fmt.Errorf("%w: acknowledgement volumes %d: must not be negative", ErrInvalidArgument, a.Volumes)
+	}
+	if _, err := ParseFeedCursor(a.Cursor); err != nil {
+		return fmt.Errorf("acknowledgement: %w", err)
+	}
+	return nil
+}
+
+// printableASCII reports whether s is printable ASCII (no controls, no spaces).
+func printableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// summary is the acknowledgement in words, for its audit event: what the host did, never
+// anything secret.
+func (a *HostAck) summary() string {
+	s := fmt.Sprintf("host %s acknowledged %s: state %s, %d volume(s)", a.Host, a.Type, a.State, a.Volumes)
+	if a.Cursor != "" {
+		s += ", feed event " + a.Cursor
+	} else {
+		s += ", by reconciliation"
+	}
+	return s
+}
+
+// Acknowledge records a host's acknowledgement of a root key's lifecycle event (or of the
+// key's state, found by a reconciliation), replacing the host's previous one for the key, and
+// an audit event ([ActionEventAck]) saying what the host reported. The service sets a.Time.
+// A malformed acknowledgement is refused with [ErrInvalidArgument] naming the field; an
+// unknown key with [ErrKeyNotFound], a standard key with [ErrNotRootKey], a purged key with
+// [ErrKeyPurged] (its acknowledgements were deleted with it). A key keeps those of at most
+// [MaxHostAcksPerKey] hosts.
+func (s *Service) Acknowledge(ctx context.Context, a HostAck) error {
+	if err := a.check(); err != nil {
+		return s.refuse(ctx, ActionEventAck, a.KeyID, err)
+	}
+	s.mkMu.RLock()
+	err := s.batch(ctx, func(tx storeTx) error {
+		r, err := tx.key(a.KeyID)
+		if err != nil {
+			return err
+		}
+		switch {
+		case r.Type != RootKey:
+			return fmt.Errorf("%w: key %s is a standard key: acknowledgements are of root keys' lifecycle events", ErrNotRootKey, r.ID)
+		case r.Purged:
+			return fmt.Errorf("%w: key %s: its acknowledgements were deleted", ErrKeyPurged, r.ID)
+		}
+		known, err := tx.hasAck(r.ID, a.Host)
+		if err != nil {
+			return err
+		}
+		if !known {
+			n, err := tx.countAcks(r.ID)
+			if err != nil {
+				return err
+			}
+			if n >= s.maxHostAcks {
+				return fmt.Errorf("%w: key %s already has acknowledgements of %d hosts, the most kept per key", ErrInvalidArgument, r.ID, n)
+			}
+		}
+		ack := a
+		ack.Time = s.clock.Now()
+		if err := tx.putAck(&ack); err != nil {
+			return err
+		}
+		ev := s.newEvent(ctx, ActionEventAck, r, r.ID, nil)
+		ev.KeyVersion, ev.Reason = a.Version, a.summary()
+		return s.appendEvent(tx, ev)
+	})
+	s.mkMu.RUnlock()
+	if err != nil {
+		return s.refuse(ctx, ActionEventAck, a.KeyID, err)
+	}
+	return nil
+}
+
+// HostAcks returns the latest acknowledgement of each host that acknowledged an event of
+// root key keyID, sorted by host name (none: an empty slice). An unknown key is
+// [ErrKeyNotFound]. Reading them records no audit event (a fleet view polls them, as
+// followers poll the lifecycle feed).
+func (s *Service) HostAcks(ctx context.Context, keyID string) ([]HostAck, error) {
+	var out []HostAck
+	err := s.view(ctx, func(tx storeTx) error {
+		if _, err := tx.key(keyID); err != nil {
+			return err
+		}
+		var err error
+		out, err = tx.keyAcks(keyID)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if out == nil {
+		out = []HostAck{}
+	}
+	return out, nil
+}

@@ -1,0 +1,210 @@
+package crk
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestAcknowledgeValidation: every malformed field of an acknowledgement is refused with the
+// sentinel that says why, naming the field, and the refusal is audited.
+func TestAcknowledgeValidation(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st *testStore) {
+		f := newFixture(t, st)
+		k := f.root(t, "acked")
+		std, err := f.svc.CreateKey(f.ctx, CreateOptions{Name: "std", Type: StandardKey})
+		require.NoError(t, err)
+		good := HostAck{Host: "web-1.example.com", KeyID: k.ID, Type: LifecycleDisable, State: "suspended", Volumes: 2, Cursor: "1"}
+		with := func(fn func(a *HostAck)) HostAck {
+			a := good
+			fn(&a)
+			return a
+		}
+		cases := []struct {
+			name string
+			ack  HostAck
+			err  error
+			msg  string
+		}{
+			{"empty host", with(func(a *HostAck) { a.Host = "" }), ErrInvalidArgument, "host name"},
+			{"long host", with(func(a *HostAck) { a.Host = strings.Repeat("h", 254) }), ErrInvalidArgument, "host name"},
+			{"host with space", with(func(a *HostAck) { a.Host = "web 1" }), ErrInvalidArgument, "host name"},
+			{"host with slash", with(func(a *HostAck) { a.Host = "web/1" }), ErrInvalidArgument, "host name"},
+			{"host not ASCII", with(func(a *HostAck) { a.Host = "wéb" }), ErrInvalidArgument, "host name"},
+			{"no key", with(func(a *HostAck) { a.KeyID = "" }), ErrInvalidArgument, "key id"},
+			{"unknown key", with(func(a *HostAck) { a.KeyID = "0c9a8d1e-0000-4000-8000-000000000000" }), ErrKeyNotFound, ""},
+			{"standard key", with(func(a *HostAck) { a.KeyID = std.ID }), ErrNotRootKey, "standard key"},
+			{"unknown type", with(func(a *HostAck) { a.Type = "expire" }), ErrInvalidArgument, "type"},
+			{"empty type", with(func(a *HostAck) { a.Type = "" }), ErrInvalidArgument, "type"},
+			{"unknown state", with(func(a *HostAck) { a.State = "locked" }), ErrInvalidArgument, "state"},
+			{"state number", with(func(a *HostAck) { a.State = "2" }), ErrInvalidArgument, "state"},
+			{"negative volumes", with(func(a *HostAck) { a.Volumes = -1 }), ErrInvalidArgument, "volumes"},
+			{"bad cursor", with(func(a *HostAck) { a.Cursor = "01" }), ErrInvalidArgument, "cursor"},
+			{"long cursor", with(func(a *HostAck) { a.Cursor = strings.Repeat("9", 300) }), ErrInvalidArgument, "cursor"},
+			{"version with space", with(func(a *HostAck) { a.Version = "v 1" }), ErrInvalidArgument, "version"},
+			{"long version", with(func(a *HostAck) { a.Version = strings.Repeat("v", 129) }), ErrInvalidArgument, "version"},
+		}
+		for _, c := range cases {
+			t.Run(c.name, func(t *testing.T) {
+				err := f.svc.Acknowledge(f.ctx, c.ack)
+				require.ErrorIs(t, err, c.err)
+				assert.Contains(t, err.Error(), c.msg)
+			})
+		}
+		acks, err := f.svc.HostAcks(f.ctx, k.ID)
+		require.NoError(t, err)
+		assert.Empty(t, acks, "no refused acknowledgement was kept")
+		evs, err := f.svc.Events(f.ctx, EventFilter{Action: ActionEventAck})
+		require.NoError(t, err)
+		require.Len(t, evs, len(cases), "every refusal is audited")
+		for _, ev := range evs {
+			assert.Equal(t, OutcomeFailure, ev.Outcome)
+		}
+
+		// The good one, with a host of the longest size and every allowed byte, and a
+		// reconciliation's empty cursor.
+		require.NoError(t, f.svc.Acknowledge(f.ctx, good))
+		long := with(func(a *HostAck) { a.Host, a.Cursor = strings.Repeat("a", 249)+"_.-:", "" })
+		require.NoError(t, f.svc.Acknowledge(f.ctx, long))
+		_, err = f.svc.HostAcks(f.ctx, "0c9a8d1e-0000-4000-8000-000000000000")
+		assert.ErrorIs(t, err, ErrKeyNotFound)
+	})
+}
+
+// TestHostAcks: a key keeps each host's latest acknowledgement, stamped by the service clock
+// and listed by host name; every acknowledgement is an audit event saying what the host did.
+func TestHostAcks(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st *testStore) {
+		f := newFixture(t, st)
+		k := f.root(t, "fleet")
+		other := f.root(t, "other")
+		acks, err := f.svc.HostAcks(f.ctx, k.ID)
+		require.NoError(t, err)
+		assert.NotNil(t, acks)
+		assert.Empty(t, acks)
+
+		_, err = f.svc.DisableKey(f.ctx, k.ID)
+		require.NoError(t, err)
+		page, err := f.svc.Lifecycle(f.ctx, "0", 0)
+		require.NoError(t, err)
+		require.Len(t, page.Events, 1)
+		cur := page.Events[0].Cursor
+		for _, h := range []string{"web-2", "db-1", "web-1"} {
+			require.NoError(t, f.svc.Acknowledge(f.ctx, HostAck{Host: h, KeyID: k.ID, Type: LifecycleDisable, State: "suspended", Volumes: 3, Cursor: cur,
+				Time: t0.Add(-time.Hour)})) // the caller's time is not taken
+		}
+		require.NoError(t, f.svc.Acknowledge(f.ctx, HostAck{Host: "web-1", KeyID: other.ID, Type: LifecycleRotate, State: "active", Version: other.KeyVersion.ID}))
+		f.clock.Advance(time.Minute)
+		_, err = f.svc.EnableKey(f.ctx, k.ID)
+		require.NoError(t, err)
+		require.NoError(t, f.svc.Acknowledge(f.ctx, HostAck{Host: "web-1", KeyID: k.ID, Type: LifecycleEnable, State: "active", Volumes: 3}))
+		meta, err := f.svc.GetKeyMetadata(f.ctx, k.ID)
+		require.NoError(t, err)
+		assert.True(t, meta.LastStateChange.Equal(t0.Add(time.Minute)), "the enable is the last state change: %s", meta.LastStateChange)
+
+		acks, err = f.svc.HostAcks(f.ctx, k.ID)
+		require.NoError(t, err)
+		want := []HostAck{
+			{Host: "db-1", KeyID: k.ID, Type: LifecycleDisable, State: "suspended", Volumes: 3, Cursor: cur, Time: t0},
+			{Host: "web-1", KeyID: k.ID, Type: LifecycleEnable, State: "active", Volumes: 3, Time: t0.Add(time.Minute)},
+			{Host: "web-2", KeyID: k.ID, Type: LifecycleDisable, State: "suspended", Volumes: 3, Cursor: cur, Time: t0},
+		}
+		require.Len(t, acks, len(want))
+		for i := range want {
+			assert.True(t, want[i].Time.Equal(acks[i].Time), "%s: time %s", want[i].Host, acks[i].Time)
+			acks[i].Time = want[i].Time
+		}
+		assert.Equal(t, want, acks)
+		otherAcks, err := f.svc.HostAcks(f.ctx, other.ID)
+		require.NoError(t, err)
+		require.Len(t, otherAcks, 1)
+		assert.Equal(t, other.KeyVersion.ID, otherAcks[0].Version)
+
+		evs, err := f.svc.Events(f.ctx, EventFilter{KeyID: k.ID, Action: ActionEventAck})
+		require.NoError(t, err)
+		require.Len(t, evs, 4)
+		assert.Equal(t, OutcomeSuccess, evs[0].Outcome)
+		assert.Equal(t, "host web-1 acknowledged enable: state active, 3 volume(s), by reconciliation", evs[0].Reason)
+		assert.Equal(t, "host web-2 acknowledged disable: state suspended, 3 volume(s), feed event "+cur, evs[3].Reason)
+		assert.Equal(t, k.CRN, evs[0].KeyCRN)
+
+		sum, err := f.svc.Summary(f.ctx)
+		require.NoError(t, err)
+		assert.Equal(t, 4, sum.HostAcks)
+	})
+}
+
+// TestHostAcksBounded: a key keeps the acknowledgements of a bounded number of hosts; a host
+// beyond it is refused, and the hosts it has go on updating theirs.
+func TestHostAcksBounded(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st *testStore) {
+		f := newFixture(t, st)
+		f.svc.maxHostAcks = 3
+		k := f.root(t, "crowded")
+		ack := func(host string) error {
+			return f.svc.Acknowledge(f.ctx, HostAck{Host: host, KeyID: k.ID, Type: LifecycleSync, State: "active"})
+		}
+		for _, h := range []string{"a", "b", "c"} {
+			require.NoError(t, ack(h))
+		}
+		err := ack("d")
+		require.ErrorIs(t, err, ErrInvalidArgument)
+		assert.Contains(t, err.Error(), "3 hosts")
+		require.NoError(t, ack("b"), "a known host updates its acknowledgement")
+		other := f.root(t, "roomy")
+		require.NoError(t, f.svc.Acknowledge(f.ctx, HostAck{Host: "d", KeyID: other.ID, Type: LifecycleSync, State: "active"}), "the bound is per key")
+	})
+}
+
+// TestHostAcksPurged: purging a key deletes its acknowledgements (and no more), and a purged
+// key takes no new ones.
+func TestHostAcksPurged(t *testing.T) { forEachStore(t, testHostAcksPurged) }
+
+func testHostAcksPurged(t *testing.T, st *testStore) {
+	{
+		f := newFixture(t, st)
+		k := f.root(t, "doomed")
+		kept := f.root(t, "kept")
+		for _, id := range []string{k.ID, kept.ID} {
+			require.NoError(t, f.svc.Acknowledge(f.ctx, HostAck{Host: "h1", KeyID: id, Type: LifecycleRotate, State: "active"}))
+		}
+		_, err := f.svc.DeleteKey(f.ctx, k.ID, DeleteOptions{})
+		require.NoError(t, err)
+		require.NoError(t, f.svc.Acknowledge(f.ctx, HostAck{Host: "h1", KeyID: k.ID, Type: LifecycleDelete, State: "destroyed", Volumes: 1}))
+		acks, err := f.svc.HostAcks(f.ctx, k.ID)
+		require.NoError(t, err)
+		require.Len(t, acks, 1)
+		assert.Equal(t, "destroyed", acks[0].State)
+
+		f.clock.Advance(RestoreWindow + time.Minute)
+		_, err = f.svc.PurgeKey(f.ctx, k.ID)
+		require.NoError(t, err)
+		acks, err = f.svc.HostAcks(f.ctx, k.ID)
+		require.NoError(t, err)
+		assert.Empty(t, acks)
+		err = f.svc.Acknowledge(f.ctx, HostAck{Host: "h1", KeyID: k.ID, Type: LifecyclePurge, State: "destroyed", Volumes: 1})
+		assert.ErrorIs(t, err, ErrKeyPurged)
+		acks, err = f.svc.HostAcks(f.ctx, kept.ID)
+		require.NoError(t, err)
+		assert.Len(t, acks, 1, "another key's acknowledgements stay")
+	}
+}
+
+// FuzzParseState: ParseState accepts exactly the names State.String gives, and gives back
+// the state of that name.
+func FuzzParseState(f *testing.F) {
+	for _, s := range []string{"active", "suspended", "destroyed", "deactivated", "pre-activation", "state(4)", "", "Active"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		s, err := ParseState(name)
+		if err != nil {
+			require.ErrorIs(t, err, ErrInvalidArgument)
+			return
+		}
+		require.Equal(t, name, s.String())
+	})
+}
