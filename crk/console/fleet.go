@@ -2,7 +2,13 @@ package console
 
 import (
 	"cmp"
+	"context"
+	"fmt"
+	"html/template"
+	"net/http"
+	"net/url"
 	"slices"
+	"strconv"
 	"time"
 
 	"crkvol/crk"
@@ -253,4 +259,272 @@ func (h fleetHistory) maxTotal() int {
 		m = max(m, s.total())
 	}
 	return m
+}
+
+// fleetKeysPerPage is the Fleet page's number of keys per page.
+const fleetKeysPerPage = 25
+
+// fleetMaxEvents caps the registration events of each action the Fleet chart reads for one
+// key, newest first: a key with more is charted from the newest, its older registrations
+// counted as the audit log's pruned ones are.
+const fleetMaxEvents = 20000
+
+// fleetVersionCount is how many registrations are on one version now.
+type fleetVersionCount struct {
+	ID     string
+	Count  int
+	Latest bool
+}
+
+// fleetHost is one host's latest acknowledgement for a key, judged against the key's state.
+type fleetHost struct {
+	crk.HostAck
+	// Confirmed is set when the host enforces the key's current out-of-use state and said so
+	// after the key entered it.
+	Confirmed bool
+	// OnLatest is set when the host reports its volumes on the key's latest version.
+	OnLatest bool
+}
+
+// fleetRow is one root key's line of the Fleet page.
+type fleetRow struct {
+	Key           crk.Key
+	Registrations int
+	// Behind counts the registrations not on the latest version.
+	Behind int
+	// Versions are the versions registrations are on now, newest first.
+	Versions []fleetVersionCount
+	// OutOfUse is set for a suspended, deactivated or destroyed key: its volumes must be
+	// locked out.
+	OutOfUse bool
+	// Confirmed and Waiting split the hosts that reported on the key: for an out-of-use key,
+	// those that confirmed the lockout and those that have not yet; for an active key every
+	// host is in Waiting (nothing to confirm), with its version.
+	Confirmed, Waiting []fleetHost
+	// Selected is set for the key whose chart the page shows; ChartURL selects it.
+	Selected bool
+	ChartURL string
+}
+
+// Reporting is the number of hosts that reported on the key.
+func (r fleetRow) Reporting() int { return len(r.Confirmed) + len(r.Waiting) }
+
+// outOfUse reports whether a key in state st must not be served: its volumes locked out.
+func outOfUse(st crk.State) bool {
+	return st == crk.StateSuspended || st == crk.StateDeactivated || st == crk.StateDestroyed
+}
+
+// fleetRowFor summarises root key k from its current registrations and its hosts' latest
+// acknowledgements.
+func fleetRowFor(k crk.Key, regs []crk.Registration, acks []crk.HostAck) fleetRow {
+	row := fleetRow{Key: k, Registrations: len(regs), OutOfUse: outOfUse(k.State)}
+	latest := k.KeyVersion.ID
+	counts := map[string]int{}
+	for _, r := range regs {
+		counts[r.KeyVersion.ID]++
+		if r.KeyVersion.ID != latest {
+			row.Behind++
+		}
+	}
+	for id, n := range counts {
+		row.Versions = append(row.Versions, fleetVersionCount{ID: id, Count: n, Latest: id == latest})
+	}
+	// Newest first: the latest, then by the registrations' version dates.
+	created := map[string]time.Time{}
+	for _, r := range regs {
+		created[r.KeyVersion.ID] = r.KeyVersion.CreationDate
+	}
+	slices.SortFunc(row.Versions, func(a, b fleetVersionCount) int {
+		switch {
+		case a.Latest:
+			return -1
+		case b.Latest:
+			return 1
+		}
+		if c := created[b.ID].Compare(created[a.ID]); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.ID, b.ID)
+	})
+	for _, a := range acks {
+		h := fleetHost{HostAck: a, OnLatest: a.Version != "" && a.Version == latest}
+		h.Confirmed = row.OutOfUse && a.State == k.State.String() && !a.Time.Before(k.LastStateChange)
+		if h.Confirmed {
+			row.Confirmed = append(row.Confirmed, h)
+		} else {
+			row.Waiting = append(row.Waiting, h)
+		}
+	}
+	return row
+}
+
+// fleetData is the Fleet page's data.
+type fleetData struct {
+	Rows        []fleetRow
+	Total       int
+	First, Last int    // the 1-based positions of the page's first and last key
+	Prev, Next  string // the URLs of the neighbouring pages, "" when none
+	// Chart is the selected key's chart; nil when no key is selected or it failed.
+	Chart    *fleetChart
+	ChartKey *crk.Key
+	// Truncated is set when the chart read only the newest fleetMaxEvents events of an action.
+	Truncated bool
+}
+
+// fleetFuncs are the template functions of the fleet page.
+func fleetFuncs() template.FuncMap {
+	return template.FuncMap{
+		"shortVersion": chartVersionLabel,
+		"fleetAdd":     func(a, b float64) float64 { return a + b },
+		"fleetSub":     func(a, b float64) float64 { return a - b },
+	}
+}
+
+// fleet shows, per root key of the instance, its registrations per version and how many
+// are behind the latest, the hosts' lockout confirmations, and the selected key's chart.
+func (h *Handler) fleet(w http.ResponseWriter, r *http.Request, p *page) {
+	p.Title = "Fleet"
+	svc, ctx := p.Service(), p.Context()
+	q := r.URL.Query()
+	d := fleetData{}
+	pageNo := 0
+	if s := q.Get("page"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 1<<20 {
+			h.renderFleetError(w, p, http.StatusBadRequest, fmt.Sprintf("Page %q is not a page number (1, 2, …).", fleetTruncate(s, 40)))
+			return
+		}
+		pageNo = n - 1
+	}
+	keys, err := svc.ListKeys(ctx, crk.ListOptions{States: []crk.State{
+		crk.StatePreActivation, crk.StateActive, crk.StateSuspended, crk.StateDeactivated, crk.StateDestroyed,
+	}})
+	if err != nil {
+		p.Alert = h.message(err)
+		p.Data = d
+		h.render(w, http.StatusOK, "fleet", p)
+		return
+	}
+	var roots []crk.Key
+	for _, k := range keys {
+		if k.Type == crk.RootKey {
+			roots = append(roots, k)
+		}
+	}
+	d.Total = len(roots)
+	start := min(pageNo*fleetKeysPerPage, len(roots))
+	end := min(start+fleetKeysPerPage, len(roots))
+	if start > 0 {
+		d.Prev = fleetURL(p, pageNo, "")
+	}
+	if end < len(roots) {
+		d.Next = fleetURL(p, pageNo+2, "")
+	}
+	d.First, d.Last = start+1, end
+
+	selected := q.Get("key")
+	// One listing of every registration of the instance (one audit event), grouped by key.
+	regs, err := svc.ListRegistrations(ctx, crk.RegistrationFilter{})
+	if err != nil {
+		p.Alert = h.message(err)
+	}
+	byKey := map[string][]crk.Registration{}
+	for _, reg := range regs {
+		byKey[reg.KeyID] = append(byKey[reg.KeyID], reg)
+	}
+	for _, k := range roots[start:end] {
+		acks, err := svc.HostAcks(ctx, k.ID)
+		if err != nil && p.Alert == "" {
+			p.Alert = h.message(err)
+		}
+		row := fleetRowFor(k, byKey[k.ID], acks)
+		row.Selected = k.ID == selected
+		row.ChartURL = fleetURL(p, pageNo+1, k.ID)
+		d.Rows = append(d.Rows, row)
+	}
+
+	status := http.StatusOK
+	if selected == "" && len(d.Rows) > 0 {
+		selected = d.Rows[0].Key.ID
+		d.Rows[0].Selected = true
+	}
+	if selected != "" {
+		var key *crk.Key
+		for i := range roots {
+			if roots[i].ID == selected {
+				key = &roots[i]
+			}
+		}
+		if key == nil {
+			// Not a root key of this instance: say which, as the API would.
+			k, err := svc.GetKeyMetadata(ctx, selected)
+			switch {
+			case err != nil:
+				p.Alert, status = h.message(err), http.StatusNotFound
+			default:
+				p.Alert, status = fmt.Sprintf("Key %s is a %s key: only root keys protect volumes.", k.ID, k.Type), http.StatusBadRequest
+			}
+		} else {
+			c, truncated, err := h.fleetChartOf(ctx, svc, *key, byKey[key.ID])
+			if err != nil {
+				p.Alert = h.message(err)
+			} else {
+				d.Chart, d.ChartKey, d.Truncated = &c, key, truncated
+			}
+		}
+	}
+	p.Data = d
+	h.render(w, status, "fleet", p)
+}
+
+// renderFleetError answers a bad query with the Fleet page and the message.
+func (h *Handler) renderFleetError(w http.ResponseWriter, p *page, status int, msg string) {
+	p.Alert = msg
+	p.Data = fleetData{}
+	h.render(w, status, "fleet", p)
+}
+
+// fleetChartOf reads key k's registration events and versions and lays out its chart.
+func (h *Handler) fleetChartOf(ctx context.Context, svc *crk.Service, k crk.Key, regs []crk.Registration) (fleetChart, bool, error) {
+	var events []crk.Event
+	truncated := false
+	for _, action := range []string{crk.ActionRegister, crk.ActionRegUpdate, crk.ActionRegDelete} {
+		pg, err := svc.ListEvents(ctx, crk.EventFilter{KeyID: k.ID, Action: action, Limit: fleetMaxEvents})
+		if err != nil {
+			return fleetChart{}, false, err
+		}
+		events = append(events, pg.Events...)
+		truncated = truncated || pg.Next != ""
+	}
+	versions, err := svc.ListVersions(ctx, k.ID)
+	if err != nil {
+		return fleetChart{}, false, err
+	}
+	hist := registrationHistory(events, regs, versions, k.CreationDate, h.now())
+	return buildChart(hist, k.Name), truncated, nil
+}
+
+// fleetURL is the Fleet page's URL for a 1-based page number (0 or 1: the first) and a
+// selected key ("" for none).
+func fleetURL(p *page, pageNo int, key string) string {
+	v := url.Values{}
+	if pageNo > 1 {
+		v.Set("page", strconv.Itoa(pageNo))
+	}
+	if key != "" {
+		v.Set("key", key)
+	}
+	u := p.Base() + "/fleet"
+	if len(v) > 0 {
+		u += "?" + v.Encode()
+	}
+	return u
+}
+
+// fleetTruncate shortens s for a message.
+func fleetTruncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
 }

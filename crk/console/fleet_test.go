@@ -20,7 +20,9 @@ const (
 	v3 = "33333333-cccc-4ccc-8ccc-cccccccccccc"
 )
 
-func crn(n int) string { return fmt.Sprintf("crn:v1:bluemix:public:crkvol:local:a/acct:inst:volume:vol-%d", n) }
+func crn(n int) string {
+	return fmt.Sprintf("crn:v1:bluemix:public:crkvol:local:a/acct:inst:volume:vol-%d", n)
+}
 
 func regEvent(seq uint64, minute int, action string, n int, version string) crk.Event {
 	return crk.Event{Seq: seq, Time: at(minute), Action: action, Outcome: crk.OutcomeSuccess, KeyID: "k", ResourceCRN: crn(n), KeyVersion: version}
