@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"crkvol/crk"
+	"crkvol/crk/console"
 	"crkvol/crk/kpapi"
 	"crkvol/internal/pgdb"
 )
@@ -30,7 +31,8 @@ func (a *app) kmsCommand() *cobra.Command {
 	k := group("kms", "Serve the Key Protect API v2, and manage its instances and API keys")
 
 	var listen, cert, keyFile, static, addrFile string
-	var insecure, force bool
+	var insecure, force, noUI bool
+	var sessionLifetime time.Duration
 	serve := &cobra.Command{Use: "serve", Short: "Serve the Key Protect API v2 on HTTP(S)", Args: args(cobra.NoArgs),
 		Long: `Serve the Key Protect API v2 on HTTP(S) for the instances of the state directory, and each
 instance's lifecycle feed at GET /api/crkvol/v1/lifecycle (see crkvol key feed).
@@ -52,13 +54,22 @@ master key: CRKVOL_MASTER_KEY, or the master key file crk.db.masterkey of its st
 scheduled work (rotation policies, expiries, purges, token clean-up) runs on one replica at a
 time, the holder of the database's scheduler lease; another takes over within about 10 s of
 its end (the lease lasts 8 s from its last renewal; the others try to take it every 2 s). The server keeps running while the database is unreachable (its requests fail) and
-serves again once it is back. Move a state directory's store into a database with kms migrate.`,
+serves again once it is back. Move a state directory's store into a database with kms migrate.
+
+The web console is served at /ui/ on the same listener (--no-ui turns it off): sign in with an
+API key (crkvol kms apikey create) to browse and manage the keys of its instances, their
+versions and associated resources, the audit events and the fleet. A console session lasts
+--session-lifetime from sign-in, or until sign-out; it lives in the store, so every replica
+accepts it.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if (cert == "") != (keyFile == "") {
 				return usagef("give both --tls-cert and --tls-key, or neither")
 			}
 			if err := checkListenSyntax(listen); err != nil {
 				return err
+			}
+			if sessionLifetime <= 0 {
+				return usagef("--session-lifetime must be positive, got %s", sessionLifetime)
 			}
 			if addrFile != "" && !force {
 				if _, err := os.Lstat(addrFile); err == nil {
@@ -112,9 +123,21 @@ serves again once it is back. Move a state directory's store into a database wit
 			if static != "" {
 				tenants.SetStaticToken(static)
 			}
+			tenants.SetSessionLifetime(sessionLifetime)
 			api := kpapi.NewServer(tenants, kpapi.WithLogger(log))
+			var handler http.Handler = api
+			if !noUI {
+				ui, err := console.New(tenants, console.Options{Logger: log})
+				if err != nil {
+					return err
+				}
+				mux := http.NewServeMux()
+				mux.Handle(console.Prefix, ui)
+				mux.Handle("/", api)
+				handler = mux
+			}
 			srv := &http.Server{
-				Handler:           api,
+				Handler:           handler,
 				ReadHeaderTimeout: 10 * time.Second,
 				ReadTimeout:       30 * time.Second,
 				WriteTimeout:      60 * time.Second,
@@ -142,6 +165,9 @@ serves again once it is back. Move a state directory's store into a database wit
 				}
 				defer removeRecord()
 			}
+			if !noUI {
+				fmt.Fprintf(a.stderr, "crkvol: web console at %s%s\n", addr, console.Prefix)
+			}
 			if addrFile != "" {
 				removeAddr, err := writeAddrFile(addrFile, []byte(addr+"\n"), force)
 				if err != nil {
@@ -153,6 +179,9 @@ serves again once it is back. Move a state directory's store into a database wit
 			if a.asJSON {
 				// One document once listening; the shutdown is reported on stderr only.
 				j := map[string]any{"url": addr, "defaultInstance": def, "store": store.redacted()}
+				if !noUI {
+					j["consoleUrl"] = addr + console.Prefix
+				}
 				if addrFile != "" {
 					j["addrFile"] = absPath(addrFile)
 				}
@@ -211,6 +240,8 @@ serves again once it is back. Move a state directory's store into a database wit
 	serve.Flags().StringVar(&static, "static-token", "", "also accept this bearer token for every instance (tests only; loopback addresses only)")
 	serve.Flags().BoolVar(&insecure, "insecure", false, "allow plain HTTP on a non-loopback address (tokens and key material cross the network unencrypted)")
 	serve.Flags().StringVar(&addrFile, "addr-file", "", "write the serving URL to this new file once listening (removed at shutdown)")
+	serve.Flags().BoolVar(&noUI, "no-ui", false, "do not serve the web console at /ui/")
+	serve.Flags().DurationVar(&sessionLifetime, "session-lifetime", kpapi.SessionLifetime, "how long a web console session lasts from sign-in")
 	serve.Flags().BoolVar(&force, "force", false, "replace an existing --addr-file (left by a server that did not shut down cleanly)")
 	serve.Flags().StringVar(&a.store, "store", "", storeFlagUsage)
 

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -37,37 +38,67 @@ const MaxTokens = 10000
 // other keys (other tenants) out of the table.
 const MaxTokensPerKey = 1000
 
+// SessionLifetime is how long a console session lasts from sign-in, however active it is
+// ([Tenants.SetSessionLifetime] changes it). Like [TokenLifetime] it runs on the wall clock.
+const SessionLifetime = 8 * time.Hour
+
+// MaxSessions is the most console sessions a Tenants holds at once; a new session beyond it
+// evicts the oldest one, whose holder signs in again.
+const MaxSessions = 10000
+
+// MaxSessionsPerKey is the most console sessions one API key holds at once: signing in
+// beyond it ends that key's own oldest session, never another key's.
+const MaxSessionsPerKey = 100
+
 // storeTimeout bounds one call into a tenant store on a database, whose methods take no
 // context of their own.
 const storeTimeout = RequestTimeout
 
-// Tenants holds service instances, their API keys (only sha256 hashes are stored) and the
-// bearer tokens issued for them (only sha256 hashes too), in one of two stores:
+// Tenants holds service instances, their API keys (only sha256 hashes are stored), each of
+// one or more instances, and the bearer tokens and console sessions issued for them (only
+// sha256 hashes too), in one of two stores:
 //
 //   - a state directory ([OpenTenants]): the default instance is the CLI's embedded store,
 //     dir/crk.db, those made by CreateInstance live in dir/instances/ID/crk.db; instances and
-//     API-key hashes are kept in dir/tenants.json (mode 0600), tokens in memory;
-//   - a PostgreSQL database ([OpenTenantsPostgres]): instances, API-key hashes and token
-//     hashes are rows shared by every process on the database (every `kms serve` replica),
-//     so a token issued by one replica is accepted by all.
+//     API-key hashes are kept in dir/tenants.json (mode 0600), tokens and sessions in memory;
+//   - a PostgreSQL database ([OpenTenantsPostgres]): instances, API-key hashes, token hashes
+//     and session hashes are rows shared by every process on the database (every `kms
+//     serve` replica), so a token or session issued by one replica is accepted by all.
 //
 // At most [MaxTokens] tokens are held, [MaxTokensPerKey] per API key. A token is valid for
 // [TokenLifetime] and only while its API key exists: revoking the key, from this process or
-// another one sharing the directory or database, ends its tokens at once. It is safe for
-// concurrent use.
+// another one sharing the directory or database, ends its tokens at once. A token of a key
+// is accepted for each of the key's instances, and no other.
+//
+// # Sessions
+//
+// A console session ([Tenants.StartSession]) is a second kind of credential for the same
+// API keys: a random id given to a browser in a cookie, valid until [SessionLifetime] after
+// sign-in (absolute, not renewed by use), until it is ended ([Tenants.EndSession]), or until
+// its API key is revoked, whichever comes first. Sessions and bearer tokens are kept apart:
+// [Tenants.Authorize] never accepts a session id and [Tenants.CheckSession] never accepts a
+// bearer token, nor the static token of [Tenants.SetStaticToken]. At most [MaxSessions]
+// sessions are held, [MaxSessionsPerKey] per API key, the oldest evicted first.
+//
+// It is safe for concurrent use.
 type Tenants struct {
 	store tenantStore
 	// open opens an instance's service; def tells the default instance.
 	open func(id string, def bool) (*crk.Service, error)
 
-	mu         sync.Mutex
-	services   map[string]*crk.Service
-	def        string
-	maxTokens  int
-	maxPerKey  int
-	tokenClock crk.Clock // the wall clock; tests in this package set a manual one
-	static     string
-	closed     bool
+	mu        sync.Mutex
+	services  map[string]*crk.Service
+	def       string
+	maxTokens int
+	maxPerKey int
+	// maxSessions and maxSessionsPerKey bound the sessions as maxTokens and maxPerKey
+	// bound the tokens; sessionLife is the lifetime of a new session.
+	maxSessions       int
+	maxSessionsPerKey int
+	sessionLife       time.Duration
+	tokenClock        crk.Clock // the wall clock of tokens and sessions; tests in this package set a manual one
+	static            string
+	closed            bool
 	// db is the database of tenants on PostgreSQL, nil for a state directory's.
 	db *pgdb.DB
 	// closers close what the Tenants owns beyond its services (OpenTenantsDatabase's
@@ -75,10 +106,10 @@ type Tenants struct {
 	closers []func()
 }
 
-// tenantStore keeps what a Tenants knows of instances, API keys and tokens. Every method is
-// one atomic step of its store (one transaction of the database, one locked rewrite of
-// tenants.json); errors of the credentials' own (unknown, expired, revoked, other instance)
-// wrap [ErrUnauthorized].
+// tenantStore keeps what a Tenants knows of instances, API keys, tokens and sessions. Every
+// method is one atomic step of its store (one transaction of the database, one locked
+// rewrite of tenants.json); errors of the credentials' own (unknown, expired, revoked, other
+// instance) wrap [ErrUnauthorized].
 type tenantStore interface {
 	// ensureDefault returns the default instance's id; when there is none yet it records
 	// the one mk returns, unless another process recorded one first, whose id it returns.
@@ -89,35 +120,46 @@ type tenantStore interface {
 	known(ctx context.Context, id string) (bool, error)
 	// instances returns the default instance, then the others, oldest first.
 	instances(ctx context.Context) ([]InstanceInfo, error)
-	// addAPIKey records an API key's hash for a recorded instance.
+	// addAPIKey records an API key's hash for its recorded instances (k.Instances, at least
+	// one, without duplicates).
 	addAPIKey(ctx context.Context, k apiKeyEntry) error
-	// apiKeys returns the API keys, oldest first.
+	// apiKeys returns the API keys, oldest first, each with its Instances in the order
+	// they were given.
 	apiKeys(ctx context.Context) ([]apiKeyEntry, error)
-	// revokeAPIKeys deletes the API keys whose id (see keyID) is id, and their tokens, and
-	// says how many keys it deleted.
+	// revokeAPIKeys deletes the API keys whose id (see keyID) is id, and their tokens and
+	// sessions, and says how many keys it deleted.
 	revokeAPIKeys(ctx context.Context, id string) (int, error)
 	// issueToken records a token hash for the API key with hash keyHash, after dropping the
-	// tokens expired at now and evicting the oldest ones beyond the limits, and returns the
-	// key's instance.
-	issueToken(ctx context.Context, keyHash string, tok tokenEntry, now time.Time, lim tokenLimits) (string, error)
-	// authorize checks that the token with hash sum is unexpired at now, of instance and of
-	// an API key that still exists.
+	// tokens expired at now and evicting the oldest ones beyond the limits.
+	issueToken(ctx context.Context, keyHash string, tok credEntry, now time.Time, lim tokenLimits) error
+	// authorize checks that the token with hash sum is unexpired at now and of an API key
+	// that still exists and has instance among its instances.
 	authorize(ctx context.Context, sum [sha256.Size]byte, instance string, now time.Time) error
-	// expireTokens drops the tokens expired at now.
-	expireTokens(ctx context.Context, now time.Time) error
+	// startSession records a session hash for the API key with hash keyHash, after
+	// dropping the sessions expired at now and evicting the oldest ones beyond the limits,
+	// and returns the key's instances.
+	startSession(ctx context.Context, keyHash string, s credEntry, now time.Time, lim tokenLimits) ([]string, error)
+	// checkSession returns the session with hash sum, unexpired at now, of an API key that
+	// still exists: its key's hash, the key's instances and the session's expiry.
+	checkSession(ctx context.Context, sum [sha256.Size]byte, now time.Time) (keyHash string, instances []string, expires time.Time, err error)
+	// endSession deletes the session with hash sum, if there is one.
+	endSession(ctx context.Context, sum [sha256.Size]byte) error
+	// expire drops the tokens and sessions expired at now.
+	expire(ctx context.Context, now time.Time) error
 	// tokenCount returns how many tokens are held.
 	tokenCount(ctx context.Context) (int, error)
+	// sessionCount returns how many sessions are held.
+	sessionCount(ctx context.Context) (int, error)
 }
 
-// tokenLimits are the most tokens held in all and per API key.
+// tokenLimits are the most tokens (or sessions) held in all and per API key.
 type tokenLimits struct{ total, perKey int }
 
-// tokenEntry is one issued token, known by its hash.
-type tokenEntry struct {
-	sum      [sha256.Size]byte // of the token
-	instance string
-	keyHash  string // the hex sha256 of the API key it was issued for
-	expires  time.Time
+// credEntry is one issued token or session, known by its hash.
+type credEntry struct {
+	sum     [sha256.Size]byte // of the token or session id
+	expires time.Time
+	created time.Time // when issued, on the same clock as expires
 }
 
 type instanceEntry struct {
@@ -126,10 +168,23 @@ type instanceEntry struct {
 	Created time.Time `json:"created"`
 }
 
+// apiKeyEntry is an API key as tenants.json keeps it. Instance is the first of Instances,
+// the one field of a key that files written before keys had several instances hold:
+// instanceList reads both.
 type apiKeyEntry struct {
-	Hash     string    `json:"hash"`
-	Instance string    `json:"instance"`
-	Created  time.Time `json:"created"`
+	Hash      string    `json:"hash"`
+	Instance  string    `json:"instance"`
+	Instances []string  `json:"instances,omitempty"`
+	Created   time.Time `json:"created"`
+}
+
+// instanceList returns the instances of the key, Instance alone for an entry without
+// Instances.
+func (k apiKeyEntry) instanceList() []string {
+	if len(k.Instances) == 0 {
+		return []string{k.Instance}
+	}
+	return k.Instances
 }
 
 // ErrUnauthorized means a missing, unknown or expired credential, or one for another
@@ -148,6 +203,8 @@ var (
 	errTokenUnknown     = fmt.Errorf("%w: unknown or expired token", ErrUnauthorized)
 	errTokenRevoked     = fmt.Errorf("%w: the token's API key was revoked", ErrUnauthorized)
 	errAPIKeyUnknown    = fmt.Errorf("%w: unknown API key", ErrUnauthorized)
+	errSessionUnknown   = fmt.Errorf("%w: unknown, expired or ended session", ErrUnauthorized)
+	errSessionRevoked   = fmt.Errorf("%w: the session's API key was revoked", ErrUnauthorized)
 	errTenantsAreClosed = errors.New("kpapi: tenants are closed")
 )
 
@@ -194,7 +251,9 @@ func OpenTenants(dir string, opts crk.Options) (*Tenants, error) {
 
 func newTenants(store tenantStore, open func(id string, def bool) (*crk.Service, error)) *Tenants {
 	return &Tenants{store: store, open: open, services: map[string]*crk.Service{},
-		maxTokens: MaxTokens, maxPerKey: MaxTokensPerKey, tokenClock: crk.SystemClock{}}
+		maxTokens: MaxTokens, maxPerKey: MaxTokensPerKey,
+		maxSessions: MaxSessions, maxSessionsPerKey: MaxSessionsPerKey, sessionLife: SessionLifetime,
+		tokenClock: crk.SystemClock{}}
 }
 
 // storeContext is the context of one call into the store.
@@ -278,8 +337,28 @@ func (t *Tenants) Service(id string) (*crk.Service, error) {
 	return s, nil
 }
 
-// CreateAPIKey makes an API key for an instance and returns it; only its hash is kept.
-func (t *Tenants) CreateAPIKey(instance string) (string, error) {
+// ErrBadInstances means [Tenants.CreateAPIKey] was given no instance, an empty one or one
+// twice.
+var ErrBadInstances = errors.New("bad instance list")
+
+// CreateAPIKey makes an API key for one or more instances and returns it; only its hash is
+// kept. A bearer token of the key is accepted for each of these instances, and no other. At
+// least one instance is needed, each an existing one (an unknown one is refused with
+// [ErrUnauthorized], naming it) and none twice ([ErrBadInstances]).
+func (t *Tenants) CreateAPIKey(instances ...string) (string, error) {
+	if len(instances) == 0 {
+		return "", fmt.Errorf("kpapi: creating an API key: %w: at least one instance is needed", ErrBadInstances)
+	}
+	seen := make(map[string]bool, len(instances))
+	for _, in := range instances {
+		if in == "" {
+			return "", fmt.Errorf("kpapi: creating an API key: %w: an empty instance id", ErrBadInstances)
+		}
+		if seen[in] {
+			return "", fmt.Errorf("kpapi: creating an API key: %w: instance %s is given twice", ErrBadInstances, in)
+		}
+		seen[in] = true
+	}
 	var b [32]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", err
@@ -288,7 +367,8 @@ func (t *Tenants) CreateAPIKey(instance string) (string, error) {
 	sum := sha256.Sum256([]byte(key))
 	ctx, cancel := storeContext()
 	defer cancel()
-	err := t.store.addAPIKey(ctx, apiKeyEntry{Hash: hex.EncodeToString(sum[:]), Instance: instance, Created: time.Now().UTC()})
+	err := t.store.addAPIKey(ctx, apiKeyEntry{Hash: hex.EncodeToString(sum[:]), Instance: instances[0],
+		Instances: slices.Clone(instances), Created: time.Now().UTC()})
 	if err != nil {
 		return "", err
 	}
@@ -305,30 +385,46 @@ func (t *Tenants) limits() tokenLimits {
 	return tokenLimits{total: max(t.maxTokens, 1), perKey: max(t.maxPerKey, 1)}
 }
 
-// Exchange trades an API key for a bearer token valid for TokenLifetime.
-func (t *Tenants) Exchange(apiKey string) (string, time.Duration, error) {
+// sessionLimits returns the session limits in force.
+func (t *Tenants) sessionLimits() tokenLimits {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return tokenLimits{total: max(t.maxSessions, 1), perKey: max(t.maxSessionsPerKey, 1)}
+}
+
+// randomCredential returns a new token or session id, 32 random bytes in base64url.
+func randomCredential() (string, error) {
 	var b [32]byte
 	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("kpapi: %w", err)
+	}
+	return base64.RawURLEncoding.EncodeToString(b[:]), nil
+}
+
+// Exchange trades an API key for a bearer token valid for TokenLifetime.
+func (t *Tenants) Exchange(apiKey string) (string, time.Duration, error) {
+	tok, err := randomCredential()
+	if err != nil {
 		return "", 0, err
 	}
-	tok := base64.RawURLEncoding.EncodeToString(b[:])
 	sum := sha256.Sum256([]byte(apiKey))
 	now := t.now()
 	ctx, cancel := storeContext()
 	defer cancel()
-	e := tokenEntry{sum: sha256.Sum256([]byte(tok)), expires: now.Add(TokenLifetime)}
-	if _, err := t.store.issueToken(ctx, hex.EncodeToString(sum[:]), e, now, t.limits()); err != nil {
+	e := credEntry{sum: sha256.Sum256([]byte(tok)), expires: now.Add(TokenLifetime), created: now}
+	if err := t.store.issueToken(ctx, hex.EncodeToString(sum[:]), e, now, t.limits()); err != nil {
 		return "", 0, err
 	}
 	return tok, TokenLifetime, nil
 }
 
-// ExpireTokens drops the tokens whose lifetime has passed. Exchange and Authorize do it too;
-// a server calls it on a timer so that an idle table empties.
+// ExpireTokens drops the tokens and the sessions whose lifetime has passed. Exchange,
+// Authorize, StartSession and CheckSession do it too; a server calls it on a timer so that
+// idle tables empty.
 func (t *Tenants) ExpireTokens() error {
 	ctx, cancel := storeContext()
 	defer cancel()
-	return t.store.expireTokens(ctx, t.now())
+	return t.store.expire(ctx, t.now())
 }
 
 // TokenCount returns how many bearer tokens are held.
@@ -360,6 +456,113 @@ func (t *Tenants) Authorize(token, instance string) (*crk.Service, error) {
 	return t.Service(instance)
 }
 
+// Session is a console session: who signed in and until when.
+type Session struct {
+	// APIKeyID is the id of the API key signed in with (see [APIKeyInfo]).
+	APIKeyID string
+	// Instances are the key's instances, the default instance first when it is one of
+	// them, then in the order the key was created with.
+	Instances []string
+	// Expires is when the session ends (wall clock), unless ended or revoked before.
+	Expires time.Time
+}
+
+// SetSessionLifetime sets the lifetime of the sessions started from now on (kms serve
+// --session-lifetime, tests); sessions already started keep theirs. A d of zero or less
+// restores [SessionLifetime].
+func (t *Tenants) SetSessionLifetime(d time.Duration) {
+	if d <= 0 {
+		d = SessionLifetime
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.sessionLife = d
+}
+
+// StartSession signs in with an API key: it returns a new session id, to be given to the
+// browser (and never logged), and the session. The id is 32 random bytes in base64url; only
+// its sha256 is kept. An unknown API key is refused with [ErrUnauthorized]; a bearer token
+// or the static token is not an API key.
+func (t *Tenants) StartSession(apiKey string) (string, Session, error) {
+	if apiKey == "" {
+		return "", Session{}, fmt.Errorf("%w: no API key", ErrUnauthorized)
+	}
+	id, err := randomCredential()
+	if err != nil {
+		return "", Session{}, err
+	}
+	sum := sha256.Sum256([]byte(apiKey))
+	keyHash := hex.EncodeToString(sum[:])
+	now := t.now()
+	t.mu.Lock()
+	life := t.sessionLife
+	t.mu.Unlock()
+	e := credEntry{sum: sha256.Sum256([]byte(id)), expires: now.Add(life), created: now}
+	ctx, cancel := storeContext()
+	defer cancel()
+	instances, err := t.store.startSession(ctx, keyHash, e, now, t.sessionLimits())
+	if err != nil {
+		return "", Session{}, err
+	}
+	return id, Session{APIKeyID: keyID(keyHash), Instances: t.defaultFirst(instances), Expires: e.expires}, nil
+}
+
+// CheckSession returns the session with this id. An empty, unknown, expired or ended id, or
+// one whose API key was revoked, is refused with [ErrUnauthorized]; so are bearer tokens
+// and the static token, which are not sessions. The session's Instances are its key's
+// instances at the time of the check.
+func (t *Tenants) CheckSession(id string) (Session, error) {
+	if id == "" {
+		return Session{}, fmt.Errorf("%w: no session", ErrUnauthorized)
+	}
+	ctx, cancel := storeContext()
+	defer cancel()
+	keyHash, instances, expires, err := t.store.checkSession(ctx, sha256.Sum256([]byte(id)), t.now())
+	if err != nil {
+		if errors.Is(err, ErrUnauthorized) {
+			return Session{}, err
+		}
+		return Session{}, fmt.Errorf("kpapi: checking the session: %w", err)
+	}
+	return Session{APIKeyID: keyID(keyHash), Instances: t.defaultFirst(instances), Expires: expires}, nil
+}
+
+// EndSession ends the session with this id (sign-out), in every process sharing the store;
+// ending a session that is unknown, expired or already ended does nothing.
+func (t *Tenants) EndSession(id string) error {
+	if id == "" {
+		return nil
+	}
+	ctx, cancel := storeContext()
+	defer cancel()
+	if err := t.store.endSession(ctx, sha256.Sum256([]byte(id))); err != nil {
+		return fmt.Errorf("kpapi: ending the session: %w", err)
+	}
+	return nil
+}
+
+// SessionCount returns how many console sessions are held.
+func (t *Tenants) SessionCount() (int, error) {
+	ctx, cancel := storeContext()
+	defer cancel()
+	return t.store.sessionCount(ctx)
+}
+
+// defaultFirst returns instances with the default instance moved to the front when it is
+// one of them, the others in their order.
+func (t *Tenants) defaultFirst(instances []string) []string {
+	out := make([]string, 0, len(instances))
+	if slices.Contains(instances, t.def) {
+		out = append(out, t.def)
+	}
+	for _, in := range instances {
+		if in != t.def {
+			out = append(out, in)
+		}
+	}
+	return out
+}
+
 // InstanceInfo describes an instance.
 type InstanceInfo struct {
 	ID   string
@@ -382,9 +585,13 @@ func (t *Tenants) ListInstances() ([]InstanceInfo, error) {
 type APIKeyInfo struct {
 	// ID names the key for RevokeAPIKey: the first 16 hex digits of its sha256 hash, which
 	// tells nothing about the key.
-	ID       string
+	ID string
+	// Instance is the first of Instances.
 	Instance string
-	Created  time.Time
+	// Instances are the instances the key's tokens are accepted for, in the order the key
+	// was created with.
+	Instances []string
+	Created   time.Time
 }
 
 // keyID is the id of the API key whose hex sha256 is hash.
@@ -407,14 +614,15 @@ func (t *Tenants) ListAPIKeys() ([]APIKeyInfo, error) {
 	}
 	out := make([]APIKeyInfo, 0, len(keys))
 	for _, k := range keys {
-		out = append(out, APIKeyInfo{ID: keyID(k.Hash), Instance: k.Instance, Created: k.Created})
+		in := k.instanceList()
+		out = append(out, APIKeyInfo{ID: keyID(k.Hash), Instance: in[0], Instances: slices.Clone(in), Created: k.Created})
 	}
 	return out, nil
 }
 
 // RevokeAPIKey deletes the API key with this id (see [APIKeyInfo]); it can no longer be
-// exchanged, and the tokens issued for it stop working at once, in this process and in any
-// other serving the same directory or database. An id no key has gives [ErrAPIKeyNotFound].
+// exchanged, and the tokens and console sessions issued for it stop working at once, in
+// this process and in any other serving the same directory or database. An id no key has gives [ErrAPIKeyNotFound].
 func (t *Tenants) RevokeAPIKey(id string) error {
 	n := 0
 	if validKeyID(id) {

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -20,29 +21,126 @@ import (
 
 // fileStore is the tenant store of a state directory: instances and API-key hashes in
 // dir/tenants.json (changed under a flock on dir/tenants.lock and replaced atomically, so
-// that the CLI and a running server may both change it), tokens in memory.
+// that the CLI and a running server may both change it), tokens and sessions in memory.
 type fileStore struct {
 	dir string
 
-	mu     sync.Mutex                          // guards the fields below
-	tokens map[[sha256.Size]byte]*list.Element // of *memToken
-	order  *list.List                          // tokens, oldest first
-	byKey  map[string]*list.List               // per API key hash: its tokens' elements of order, oldest first
-	keys   keySet
+	mu       sync.Mutex // guards the fields below
+	tokens   *memTable
+	sessions *memTable
+	keys     keySet
 }
 
-// memToken is a token of the table, with its place in its key's list.
-type memToken struct {
-	tokenEntry
-	keyEl *list.Element // its element in byKey[keyHash]
+// memTable is an in-memory table of credentials (tokens or sessions) known by their hash,
+// each of an API key, bounded in all and per key. It is not safe for concurrent use: its
+// fileStore's mu guards it.
+type memTable struct {
+	byHash map[[sha256.Size]byte]*list.Element // of *memCred
+	order  *list.List                          // oldest first
+	byKey  map[string]*list.List               // per API key hash: its elements of order, oldest first
 }
 
-// keySet caches the API key hashes of tenants.json, with the identity of the file they were
-// read from, so that a revocation by another process is seen at the next request for the
-// cost of a stat.
+// memCred is a credential of a memTable, with its place in its key's list.
+type memCred struct {
+	credEntry
+	keyHash string        // the hex sha256 of the API key it was issued for
+	keyEl   *list.Element // its element in byKey[keyHash]
+}
+
+func newMemTable() *memTable {
+	return &memTable{byHash: map[[sha256.Size]byte]*list.Element{}, order: list.New(), byKey: map[string]*list.List{}}
+}
+
+// add records e for the API key with hash keyHash, first evicting the key's oldest
+// credentials beyond lim.perKey-1 and then the table's oldest beyond lim.total-1.
+func (m *memTable) add(keyHash string, e credEntry, lim tokenLimits) {
+	for own := m.byKey[keyHash]; own != nil && own.Len() >= lim.perKey; own = m.byKey[keyHash] {
+		m.remove(own.Front().Value.(*list.Element))
+	}
+	for m.order.Len() >= lim.total {
+		m.remove(m.order.Front())
+	}
+	own := m.byKey[keyHash] // after the evictions, which drop an emptied list
+	if own == nil {
+		own = list.New()
+		m.byKey[keyHash] = own
+	}
+	c := &memCred{credEntry: e, keyHash: keyHash}
+	el := m.order.PushBack(c)
+	c.keyEl = own.PushBack(el)
+	m.byHash[e.sum] = el
+}
+
+// get returns the credential with hash sum, unexpired at now; an expired one is dropped.
+func (m *memTable) get(sum [sha256.Size]byte, now time.Time) (*list.Element, bool) {
+	el, ok := m.byHash[sum]
+	if !ok {
+		return nil, false
+	}
+	if !now.Before(el.Value.(*memCred).expires) {
+		m.remove(el)
+		return nil, false
+	}
+	return el, true
+}
+
+// remove forgets one credential.
+func (m *memTable) remove(el *list.Element) {
+	c := el.Value.(*memCred)
+	delete(m.byHash, c.sum)
+	m.order.Remove(el)
+	if own := m.byKey[c.keyHash]; own != nil {
+		own.Remove(c.keyEl)
+		if own.Len() == 0 {
+			delete(m.byKey, c.keyHash)
+		}
+	}
+}
+
+// removeSum forgets the credential with hash sum, if there is one.
+func (m *memTable) removeSum(sum [sha256.Size]byte) {
+	if el, ok := m.byHash[sum]; ok {
+		m.remove(el)
+	}
+}
+
+// removeKeys forgets every credential of the API keys with these hashes.
+func (m *memTable) removeKeys(hashes []string) {
+	for _, h := range hashes {
+		for own := m.byKey[h]; own != nil; own = m.byKey[h] {
+			m.remove(own.Front().Value.(*list.Element))
+		}
+	}
+}
+
+// expireFront drops the credentials expired at now from the front of the table. They are
+// kept in the order they were issued, mostly with one lifetime, so the expired ones are at
+// the front; a clock stepped back, or a session lifetime shortened, may leave some behind
+// the first live one until sweep (get still checks each one's expiry, and the table stays
+// bounded).
+func (m *memTable) expireFront(now time.Time) {
+	for el := m.order.Front(); el != nil && !now.Before(el.Value.(*memCred).expires); el = m.order.Front() {
+		m.remove(el)
+	}
+}
+
+// sweep drops every credential expired at now, wherever it is.
+func (m *memTable) sweep(now time.Time) {
+	for el := m.order.Front(); el != nil; {
+		next := el.Next()
+		if !now.Before(el.Value.(*memCred).expires) {
+			m.remove(el)
+		}
+		el = next
+	}
+}
+
+// keySet caches the API keys of tenants.json (hash → instances), with the identity of the
+// file they were read from, so that a revocation by another process is seen at the next
+// request for the cost of a stat.
 type keySet struct {
-	stamp  fileStamp
-	hashes map[string]bool
+	stamp     fileStamp
+	instances map[string][]string
 }
 
 // fileStamp identifies one version of tenants.json: every change replaces the file by
@@ -64,8 +162,7 @@ func openFileStore(dir string) (*fileStore, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	return &fileStore{dir: dir, tokens: map[[sha256.Size]byte]*list.Element{}, order: list.New(),
-		byKey: map[string]*list.List{}}, nil
+	return &fileStore{dir: dir, tokens: newMemTable(), sessions: newMemTable()}, nil
 }
 
 func (s *fileStore) load() (*tenantsFile, error) {
@@ -204,8 +301,10 @@ func (s *fileStore) instances(context.Context) ([]InstanceInfo, error) {
 
 func (s *fileStore) addAPIKey(_ context.Context, k apiKeyEntry) error {
 	return s.modify(func(tf *tenantsFile) error {
-		if !knownIn(tf, k.Instance) {
-			return errNoInstance(k.Instance)
+		for _, in := range k.instanceList() {
+			if !knownIn(tf, in) {
+				return errNoInstance(in)
+			}
 		}
 		tf.APIKeys = append(tf.APIKeys, k)
 		return nil
@@ -248,129 +347,139 @@ func (s *fileStore) revokeAPIKeys(_ context.Context, id string) (int, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for el := s.order.Front(); el != nil; {
-		next := el.Next()
-		for _, h := range revoked {
-			if el.Value.(*memToken).keyHash == h {
-				s.removeLocked(el)
-				break
-			}
-		}
-		el = next
-	}
+	s.tokens.removeKeys(revoked)
+	s.sessions.removeKeys(revoked)
 	return len(revoked), nil
 }
 
-func (s *fileStore) issueToken(_ context.Context, keyHash string, tok tokenEntry, now time.Time, lim tokenLimits) (string, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// findKey returns the API key of tenants.json whose hash is keyHash.
+func (s *fileStore) findKey(keyHash string) (apiKeyEntry, error) {
 	tf, err := s.load()
 	if err != nil {
-		return "", err
+		return apiKeyEntry{}, err
 	}
 	for _, k := range tf.APIKeys {
 		if subtle.ConstantTimeCompare([]byte(k.Hash), []byte(keyHash)) == 1 {
-			s.expireLocked(now)
-			for own := s.byKey[k.Hash]; own != nil && own.Len() >= lim.perKey; own = s.byKey[k.Hash] {
-				s.removeLocked(own.Front().Value.(*list.Element))
-			}
-			for s.order.Len() >= lim.total {
-				s.removeLocked(s.order.Front())
-			}
-			own := s.byKey[k.Hash] // after the evictions, which drop an emptied list
-			if own == nil {
-				own = list.New()
-				s.byKey[k.Hash] = own
-			}
-			e := &memToken{tokenEntry: tok}
-			e.instance, e.keyHash = k.Instance, k.Hash
-			el := s.order.PushBack(e)
-			e.keyEl = own.PushBack(el)
-			s.tokens[e.sum] = el
-			return k.Instance, nil
+			return k, nil
 		}
 	}
-	return "", errAPIKeyUnknown
+	return apiKeyEntry{}, errAPIKeyUnknown
 }
 
-// removeLocked forgets one token; s.mu is held.
-func (s *fileStore) removeLocked(el *list.Element) {
-	e := el.Value.(*memToken)
-	delete(s.tokens, e.sum)
-	s.order.Remove(el)
-	if own := s.byKey[e.keyHash]; own != nil {
-		own.Remove(e.keyEl)
-		if own.Len() == 0 {
-			delete(s.byKey, e.keyHash)
-		}
-	}
-}
-
-// expireLocked drops the tokens expired at now; s.mu is held. Tokens are kept in the order
-// they were issued, all with the same lifetime, so the expired ones are at the front (a clock
-// stepped back may leave some behind the first live one; authorize still checks each token's
-// expiry, and the table stays bounded).
-func (s *fileStore) expireLocked(now time.Time) {
-	for el := s.order.Front(); el != nil && !now.Before(el.Value.(*memToken).expires); el = s.order.Front() {
-		s.removeLocked(el)
-	}
-}
-
-func (s *fileStore) expireTokens(_ context.Context, now time.Time) error {
+func (s *fileStore) issueToken(_ context.Context, keyHash string, tok credEntry, now time.Time, lim tokenLimits) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.expireLocked(now)
+	k, err := s.findKey(keyHash)
+	if err != nil {
+		return err
+	}
+	s.tokens.expireFront(now)
+	s.tokens.add(k.Hash, tok, lim)
+	return nil
+}
+
+func (s *fileStore) expire(_ context.Context, now time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.tokens.sweep(now)
+	s.sessions.sweep(now)
 	return nil
 }
 
 func (s *fileStore) tokenCount(context.Context) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.order.Len(), nil
+	return s.tokens.order.Len(), nil
+}
+
+func (s *fileStore) sessionCount(context.Context) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sessions.order.Len(), nil
 }
 
 func (s *fileStore) authorize(_ context.Context, sum [sha256.Size]byte, instance string, now time.Time) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.expireLocked(now)
-	el, ok := s.tokens[sum]
-	if !ok || !now.Before(el.Value.(*memToken).expires) {
+	s.tokens.expireFront(now)
+	el, ok := s.tokens.get(sum, now)
+	if !ok {
 		return errTokenUnknown
 	}
-	e := el.Value.(*memToken)
-	if e.instance != instance {
-		return errOtherInstance(instance)
-	}
-	exists, err := s.keyExistsLocked(e.keyHash)
+	instances, exists, err := s.keyInstancesLocked(el.Value.(*memCred).keyHash)
 	if err != nil {
 		return fmt.Errorf("kpapi: checking the token's API key: %w", err)
 	}
 	if !exists {
-		s.removeLocked(el)
+		s.tokens.remove(el)
 		return errTokenRevoked
+	}
+	if !slices.Contains(instances, instance) {
+		return errOtherInstance(instance)
 	}
 	return nil
 }
 
-// keyExistsLocked reports whether the API key with this hash is still in tenants.json,
-// re-reading the file only when it has changed since last read; s.mu is held.
-func (s *fileStore) keyExistsLocked(hash string) (bool, error) {
+func (s *fileStore) startSession(_ context.Context, keyHash string, e credEntry, now time.Time, lim tokenLimits) ([]string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k, err := s.findKey(keyHash)
+	if err != nil {
+		return nil, err
+	}
+	s.sessions.expireFront(now)
+	s.sessions.add(k.Hash, e, lim)
+	return slices.Clone(k.instanceList()), nil
+}
+
+func (s *fileStore) checkSession(_ context.Context, sum [sha256.Size]byte, now time.Time) (string, []string, time.Time, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sessions.expireFront(now)
+	el, ok := s.sessions.get(sum, now)
+	if !ok {
+		return "", nil, time.Time{}, errSessionUnknown
+	}
+	c := el.Value.(*memCred)
+	instances, exists, err := s.keyInstancesLocked(c.keyHash)
+	if err != nil {
+		return "", nil, time.Time{}, fmt.Errorf("kpapi: checking the session's API key: %w", err)
+	}
+	if !exists {
+		s.sessions.remove(el)
+		return "", nil, time.Time{}, errSessionRevoked
+	}
+	return c.keyHash, slices.Clone(instances), c.expires, nil
+}
+
+func (s *fileStore) endSession(_ context.Context, sum [sha256.Size]byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sessions.removeSum(sum)
+	return nil
+}
+
+// keyInstancesLocked returns the instances of the API key with this hash and whether it is
+// still in tenants.json, re-reading the file only when it has changed since last read; s.mu
+// is held. The slice returned is the cache's: callers copy it before handing it out.
+func (s *fileStore) keyInstancesLocked(hash string) ([]string, bool, error) {
 	st, err := stampOf(filepath.Join(s.dir, "tenants.json"))
 	if err != nil {
-		return false, err
+		return nil, false, err
 	}
-	if !st.ok || st != s.keys.stamp || s.keys.hashes == nil {
+	if !st.ok || st != s.keys.stamp || s.keys.instances == nil {
 		tf, err := s.load()
 		if err != nil {
-			return false, err
+			return nil, false, err
 		}
-		hashes := make(map[string]bool, len(tf.APIKeys))
+		instances := make(map[string][]string, len(tf.APIKeys))
 		for _, k := range tf.APIKeys {
-			hashes[k.Hash] = true
+			instances[k.Hash] = k.instanceList()
 		}
-		s.keys = keySet{stamp: st, hashes: hashes}
+		s.keys = keySet{stamp: st, instances: instances}
 	}
-	return s.keys.hashes[hash], nil
+	in, ok := s.keys.instances[hash]
+	return in, ok, nil
 }
 
 func stampOf(path string) (fileStamp, error) {

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -16,10 +17,10 @@ import (
 )
 
 // OpenTenantsPostgres opens the tenants kept in the PostgreSQL database db (tables
-// kp_instances, kp_api_keys and kp_tokens, made by [pgdb.Open]): every process on the same
-// database — every `kms serve` replica — sees the same instances and API keys and accepts
-// the tokens any of them issued, and a revoked API key's tokens stop working at once on all
-// of them. open opens an instance's crk service, when first needed, by its id; the default
+// kp_instances, kp_api_keys, kp_api_key_instances, kp_tokens and kp_sessions, made by
+// [pgdb.Open]): every process on the same database — every `kms serve` replica — sees the
+// same instances and API keys and accepts the tokens and console sessions any of them
+// issued, and a revoked API key's tokens and sessions stop working at once on all of them. open opens an instance's crk service, when first needed, by its id; the default
 // instance is the kp_instances row marked default, made with a random id by the first
 // Tenants on an empty database (replicas starting together agree on one).
 //
@@ -28,7 +29,8 @@ import (
 // replicas' clocks must agree within seconds, as in any system of expiring tokens. The limits
 // [MaxTokens] and [MaxTokensPerKey] hold across the replicas: a token is issued in one
 // transaction that counts, evicts and inserts under a lock of the token table that only
-// issuing and revoking take (checking a token does not wait for it).
+// issuing and revoking take (checking a token does not wait for it). Sessions are kept and
+// bounded ([MaxSessions], [MaxSessionsPerKey]) the same way, in their own table.
 //
 // The Tenants does not own db: [Tenants.Close] closes the services it opened, not the
 // database.
@@ -96,6 +98,12 @@ type pgStore struct {
 // deadlock.
 const lockTokens = `LOCK TABLE kp_tokens IN SHARE ROW EXCLUSIVE MODE`
 
+// lockSessions is lockTokens for the session table, taken by the transactions that start
+// sessions or delete API keys. Revoking takes lockTokens, then lockSessions, then the key's
+// row; starting a session takes lockSessions, then the key's row; issuing a token takes
+// lockTokens, then the key's row: the same order everywhere, so none deadlock.
+const lockSessions = `LOCK TABLE kp_sessions IN SHARE ROW EXCLUSIVE MODE`
+
 func (s *pgStore) ensureDefault(ctx context.Context, mk func() (string, error)) (string, error) {
 	var def string
 	err := s.db.Tx(ctx, func(tx pgx.Tx) error {
@@ -149,31 +157,62 @@ func (s *pgStore) instances(ctx context.Context) ([]InstanceInfo, error) {
 
 func (s *pgStore) addAPIKey(ctx context.Context, k apiKeyEntry) error {
 	err := s.db.Tx(ctx, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `INSERT INTO kp_api_keys (hash, instance, created)
-			SELECT $1, id, $3 FROM kp_instances WHERE id = $2`, k.Hash, k.Instance, k.Created)
-		if err != nil {
-			return err
-		}
-		if tag.RowsAffected() == 0 {
-			return errNoInstance(k.Instance)
-		}
-		return nil
+		return insertAPIKey(ctx, tx, k, false)
 	})
 	return dbError("recording an API key", err)
+}
+
+// insertAPIKey inserts the API key k, of its instances, which must exist; with
+// ifMissing, a key already there is left as it is (its instances too).
+func insertAPIKey(ctx context.Context, tx pgx.Tx, k apiKeyEntry, ifMissing bool) error {
+	instances := k.instanceList()
+	var found []string
+	rows, err := tx.Query(ctx, `SELECT id FROM kp_instances WHERE id = ANY($1)`, instances)
+	if err == nil {
+		found, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	if err != nil {
+		return err
+	}
+	for _, in := range instances {
+		if !slices.Contains(found, in) {
+			return errNoInstance(in)
+		}
+	}
+	conflict := ""
+	if ifMissing {
+		conflict = " ON CONFLICT (hash) DO NOTHING"
+	}
+	tag, err := tx.Exec(ctx, `INSERT INTO kp_api_keys (hash, instance, created) VALUES ($1, $2, $3)`+conflict,
+		k.Hash, instances[0], k.Created)
+	if err != nil || tag.RowsAffected() == 0 {
+		return err
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO kp_api_key_instances (hash, instance, position)
+		SELECT $1, instance, position - 1 FROM unnest($2::text[]) WITH ORDINALITY AS i (instance, position)`,
+		k.Hash, instances)
+	return err
 }
 
 func (s *pgStore) apiKeys(ctx context.Context) ([]apiKeyEntry, error) {
 	var out []apiKeyEntry
 	err := s.db.ReadTx(ctx, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT hash, instance, created FROM kp_api_keys ORDER BY created, hash`)
+		rows, err := tx.Query(ctx, `SELECT k.hash, k.created, array(SELECT i.instance FROM kp_api_key_instances i
+				WHERE i.hash = k.hash ORDER BY i.position)
+			FROM kp_api_keys k ORDER BY k.created, k.hash`)
 		if err != nil {
 			return err
 		}
 		out, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (apiKeyEntry, error) {
 			var k apiKeyEntry
-			err := r.Scan(&k.Hash, &k.Instance, &k.Created)
-			k.Created = k.Created.UTC()
-			return k, err
+			if err := r.Scan(&k.Hash, &k.Created, &k.Instances); err != nil {
+				return k, err
+			}
+			if len(k.Instances) == 0 {
+				return k, fmt.Errorf("API key %s has no instance in kp_api_key_instances", keyID(k.Hash))
+			}
+			k.Instance, k.Created = k.Instances[0], k.Created.UTC()
+			return k, nil
 		})
 		return err
 	})
@@ -186,7 +225,10 @@ func (s *pgStore) revokeAPIKeys(ctx context.Context, id string) (int, error) {
 		if _, err := tx.Exec(ctx, lockTokens); err != nil {
 			return err
 		}
-		// The key's tokens go with it (ON DELETE CASCADE).
+		if _, err := tx.Exec(ctx, lockSessions); err != nil {
+			return err
+		}
+		// The key's tokens, sessions and instance rows go with it (ON DELETE CASCADE).
 		tag, err := tx.Exec(ctx, `DELETE FROM kp_api_keys WHERE left(hash, 16) = $1`, id)
 		n = int(tag.RowsAffected())
 		return err
@@ -194,14 +236,15 @@ func (s *pgStore) revokeAPIKeys(ctx context.Context, id string) (int, error) {
 	return n, dbError("revoking API keys", err)
 }
 
-func (s *pgStore) issueToken(ctx context.Context, keyHash string, tok tokenEntry, now time.Time, lim tokenLimits) (string, error) {
-	var instance string
+func (s *pgStore) issueToken(ctx context.Context, keyHash string, tok credEntry, now time.Time, lim tokenLimits) error {
 	err := s.db.Tx(ctx, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, lockTokens); err != nil {
 			return err
 		}
 		// Looked up by its hash: the timing of an index lookup tells nothing of the hashes
-		// of keys one does not hold.
+		// of keys one does not hold. kp_tokens.instance keeps the key's first instance;
+		// authorize reads the key's instances.
+		var instance string
 		err := tx.QueryRow(ctx, `SELECT instance FROM kp_api_keys WHERE hash = $1`, keyHash).Scan(&instance)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return errAPIKeyUnknown
@@ -226,19 +269,21 @@ func (s *pgStore) issueToken(ctx context.Context, keyHash string, tok tokenEntry
 			tok.sum[:], instance, keyHash, tok.expires)
 		return err
 	})
-	return instance, dbError("issuing a token", err)
+	return dbError("issuing a token", err)
 }
 
 func (s *pgStore) authorize(ctx context.Context, sum [sha256.Size]byte, instance string, now time.Time) error {
 	// One query: a token whose API key was revoked has no row (the join, and the cascade
 	// that deleted the token with the key), on every replica at once.
 	var (
-		of      string
 		expires time.Time
+		ofKey   bool
 	)
 	err := s.db.ReadTx(ctx, func(tx pgx.Tx) error {
-		return tx.QueryRow(ctx, `SELECT t.instance, t.expires FROM kp_tokens t
-			JOIN kp_api_keys k ON k.hash = t.key_hash WHERE t.hash = $1`, sum[:]).Scan(&of, &expires)
+		return tx.QueryRow(ctx, `SELECT t.expires, EXISTS (SELECT 1 FROM kp_api_key_instances i
+				WHERE i.hash = t.key_hash AND i.instance = $2)
+			FROM kp_tokens t JOIN kp_api_keys k ON k.hash = t.key_hash WHERE t.hash = $1`,
+			sum[:], instance).Scan(&expires, &ofKey)
 	})
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
@@ -246,22 +291,98 @@ func (s *pgStore) authorize(ctx context.Context, sum [sha256.Size]byte, instance
 	case err != nil:
 		return dbError("reading tokens", err)
 	case !now.Before(expires):
-		if err := s.expireTokens(ctx, now); err != nil {
+		if err := s.expire(ctx, now); err != nil {
 			return err
 		}
 		return errTokenUnknown
-	case of != instance:
+	case !ofKey:
 		return errOtherInstance(instance)
 	}
 	return nil
 }
 
-func (s *pgStore) expireTokens(ctx context.Context, now time.Time) error {
+func (s *pgStore) startSession(ctx context.Context, keyHash string, e credEntry, now time.Time, lim tokenLimits) ([]string, error) {
+	var instances []string
 	err := s.db.Tx(ctx, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, `DELETE FROM kp_tokens WHERE expires <= $1`, now)
+		if _, err := tx.Exec(ctx, lockSessions); err != nil {
+			return err
+		}
+		err := tx.QueryRow(ctx, `SELECT array(SELECT i.instance FROM kp_api_key_instances i
+				WHERE i.hash = k.hash ORDER BY i.position)
+			FROM kp_api_keys k WHERE k.hash = $1`, keyHash).Scan(&instances)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return errAPIKeyUnknown
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM kp_sessions WHERE expires <= $1`, now); err != nil {
+			return err
+		}
+		// Keep the key's newest perKey-1 and the table's newest total-1, then add one.
+		if _, err := tx.Exec(ctx, `DELETE FROM kp_sessions WHERE hash IN (
+			SELECT hash FROM kp_sessions WHERE key_hash = $1 ORDER BY created DESC, hash DESC OFFSET $2)`,
+			keyHash, lim.perKey-1); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM kp_sessions WHERE hash IN (
+			SELECT hash FROM kp_sessions ORDER BY created DESC, hash DESC OFFSET $1)`, lim.total-1); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO kp_sessions (hash, key_hash, created, expires) VALUES ($1, $2, $3, $4)`,
+			e.sum[:], keyHash, e.created, e.expires)
 		return err
 	})
-	return dbError("expiring tokens", err)
+	if err != nil {
+		return nil, dbError("starting a session", err)
+	}
+	return instances, nil
+}
+
+func (s *pgStore) checkSession(ctx context.Context, sum [sha256.Size]byte, now time.Time) (string, []string, time.Time, error) {
+	// One query, as authorize: a revoked key's sessions are gone with it.
+	var (
+		keyHash   string
+		instances []string
+		expires   time.Time
+	)
+	err := s.db.ReadTx(ctx, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, `SELECT s.key_hash, s.expires, array(SELECT i.instance FROM kp_api_key_instances i
+				WHERE i.hash = s.key_hash ORDER BY i.position)
+			FROM kp_sessions s JOIN kp_api_keys k ON k.hash = s.key_hash WHERE s.hash = $1`,
+			sum[:]).Scan(&keyHash, &expires, &instances)
+	})
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return "", nil, time.Time{}, errSessionUnknown
+	case err != nil:
+		return "", nil, time.Time{}, dbError("reading sessions", err)
+	case !now.Before(expires):
+		if err := s.expire(ctx, now); err != nil {
+			return "", nil, time.Time{}, err
+		}
+		return "", nil, time.Time{}, errSessionUnknown
+	}
+	return keyHash, instances, expires.UTC(), nil
+}
+
+func (s *pgStore) endSession(ctx context.Context, sum [sha256.Size]byte) error {
+	err := s.db.Tx(ctx, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `DELETE FROM kp_sessions WHERE hash = $1`, sum[:])
+		return err
+	})
+	return dbError("ending a session", err)
+}
+
+func (s *pgStore) expire(ctx context.Context, now time.Time) error {
+	err := s.db.Tx(ctx, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `DELETE FROM kp_tokens WHERE expires <= $1`, now); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `DELETE FROM kp_sessions WHERE expires <= $1`, now)
+		return err
+	})
+	return dbError("expiring tokens and sessions", err)
 }
 
 func (s *pgStore) tokenCount(ctx context.Context) (int, error) {
@@ -270,6 +391,14 @@ func (s *pgStore) tokenCount(ctx context.Context) (int, error) {
 		return tx.QueryRow(ctx, `SELECT count(*) FROM kp_tokens`).Scan(&n)
 	})
 	return n, dbError("counting tokens", err)
+}
+
+func (s *pgStore) sessionCount(ctx context.Context) (int, error) {
+	var n int
+	err := s.db.ReadTx(ctx, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, `SELECT count(*) FROM kp_sessions`).Scan(&n)
+	})
+	return n, dbError("counting sessions", err)
 }
 
 // dbError names what failed of a database error; refusals of credentials pass unchanged. A
@@ -342,8 +471,7 @@ func CopyTenants(ctx context.Context, from *Tenants, db *pgdb.DB) error {
 			}
 		}
 		for _, k := range tf.APIKeys {
-			if _, err := tx.Exec(ctx, `INSERT INTO kp_api_keys (hash, instance, created)
-				VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING`, k.Hash, k.Instance, k.Created); err != nil {
+			if err := insertAPIKey(ctx, tx, k, true); err != nil {
 				return err
 			}
 		}

@@ -270,7 +270,7 @@ func TestTokenTablePerKey(t *testing.T) {
 		assert.Zero(t, tokenCount(t, tenants))
 		if fs, ok := tenants.store.(*fileStore); ok {
 			fs.mu.Lock()
-			assert.Empty(t, fs.byKey)
+			assert.Empty(t, fs.tokens.byKey)
 			fs.mu.Unlock()
 		}
 	})

@@ -7,6 +7,7 @@
 //	4  crkvol/sim, crkvol/bench           the fleet simulator, the benchmark harness
 //	3  crkvol/volume/kms                  key services for volumes: in-process crk, remote Key Protect
 //	   crkvol/agent                       the host agent: follows the lifecycle feed for a host's volumes
+//	   crkvol/crk/console                 the web console over crk/kpapi's tenants
 //	2  crkvol/volume                      encrypted volume images (declares the KeyService it needs)
 //	   crkvol/crk/kpapi                   the Key Protect API v2 server over crk
 //	1  crkvol/keyslot                     LUKS2 metadata and keyslots

@@ -22,6 +22,7 @@ var level = map[string]int{
 	"crkvol/bench":        4,
 	"crkvol/volume/kms":   3,
 	"crkvol/agent":        3,
+	"crkvol/crk/console":  3,
 	"crkvol/volume":       2,
 	"crkvol/crk/kpapi":    2,
 	"crkvol/keyslot":      1,

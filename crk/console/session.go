@@ -1,0 +1,160 @@
+package console
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"time"
+
+	"crkvol/crk"
+	"crkvol/crk/kpapi"
+)
+
+// sessionCookie holds the session id; signinCookie the sign-in form's double-submit token.
+const (
+	sessionCookie = "crkvol_session"
+	signinCookie  = "crkvol_signin"
+)
+
+// session is a signed-in browser's session.
+type session struct {
+	id        string // never shown in a page nor logged
+	apiKeyID  string
+	instances []string
+	expires   time.Time
+}
+
+// startSession exchanges an API key for a session.
+func (h *Handler) startSession(apiKey string) (session, error) {
+	id, ks, err := h.t.StartSession(apiKey)
+	if err != nil {
+		return session{}, err
+	}
+	return session{id: id, apiKeyID: ks.APIKeyID, instances: ks.Instances, expires: ks.Expires}, nil
+}
+
+// checkSession returns the live session with this id.
+func (h *Handler) checkSession(id string) (session, error) {
+	ks, err := h.t.CheckSession(id)
+	if err != nil {
+		return session{}, err
+	}
+	return session{id: id, apiKeyID: ks.APIKeyID, instances: ks.Instances, expires: ks.Expires}, nil
+}
+
+// endSession ends a session in the store, for every replica.
+func (h *Handler) endSession(id string) error { return h.t.EndSession(id) }
+
+// mac is an HMAC keyed by the session id of purpose and msg: the CSRF token of the session's
+// forms and the signature of its flash messages. The session id never leaves the cookie, so
+// nobody else can compute it; and it holds on every replica without shared state.
+func mac(sessionID, purpose, msg string) string {
+	m := hmac.New(sha256.New, []byte(sessionID))
+	m.Write([]byte("crkvol console " + purpose + "\x00" + msg))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// csrfToken is the CSRF token of a session's forms.
+func csrfToken(sessionID string) string { return mac(sessionID, "csrf", "") }
+
+// validMAC reports whether got is mac(sessionID, purpose, msg), in constant time.
+func validMAC(got, sessionID, purpose, msg string) bool {
+	return hmac.Equal([]byte(got), []byte(mac(sessionID, purpose, msg)))
+}
+
+// setSessionCookie gives the browser the session's cookie, for as long as the session lives.
+func (h *Handler) setSessionCookie(w http.ResponseWriter, r *http.Request, s session) {
+	maxAge := int(time.Until(s.expires).Seconds()) // the tenants expire sessions by the wall clock
+	http.SetCookie(w, &http.Cookie{
+		Name: sessionCookie, Value: s.id, Path: Prefix, MaxAge: max(maxAge, 1),
+		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode,
+	})
+}
+
+// clearCookie removes a cookie of the console.
+func clearCookie(w http.ResponseWriter, r *http.Request, name string) {
+	http.SetCookie(w, &http.Cookie{
+		Name: name, Value: "", Path: Prefix, MaxAge: -1,
+		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode,
+	})
+}
+
+// errNoSession means the request carries no session cookie.
+var errNoSession = errors.New("no session")
+
+// current returns the request's live session. It wraps errNoSession without a cookie and
+// kpapi.ErrUnauthorized for an unknown, expired or ended session.
+func (h *Handler) current(r *http.Request) (session, error) {
+	c, err := r.Cookie(sessionCookie)
+	if err != nil || c.Value == "" {
+		return session{}, errNoSession
+	}
+	return h.checkSession(c.Value)
+}
+
+// signedIn returns the request's session, or answers with a redirect to the sign-in page
+// (with a message when the session has expired or ended) and returns false.
+func (h *Handler) signedIn(w http.ResponseWriter, r *http.Request) (session, bool) {
+	s, err := h.current(r)
+	switch {
+	case err == nil:
+		return s, true
+	case errors.Is(err, errNoSession):
+		http.Redirect(w, r, Prefix+"signin", http.StatusSeeOther)
+	case errors.Is(err, kpapi.ErrUnauthorized):
+		clearCookie(w, r, sessionCookie)
+		http.Redirect(w, r, Prefix+"signin?ended=1", http.StatusSeeOther)
+	default:
+		h.log.Error("console: checking a session", "err", err)
+		h.failurePage(w, r, http.StatusServiceUnavailable, "The key service is unavailable; try again later.")
+	}
+	return session{}, false
+}
+
+// instance wraps a page of one instance: it requires a session that sees the instance (else
+// 404, which tells nothing of other instances), a valid CSRF token on a POST (else 403), and
+// gives the page its context.
+func (h *Handler) instance(nav string, fn func(w http.ResponseWriter, r *http.Request, p *page)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s, ok := h.signedIn(w, r)
+		if !ok {
+			return
+		}
+		id := r.PathValue("instance")
+		if !slices.Contains(s.instances, id) {
+			h.errorPage(w, r, &s, http.StatusNotFound, "No such instance", "no such instance")
+			return
+		}
+		if r.Method == http.MethodPost && !validCSRF(r, s) {
+			h.errorPage(w, r, &s, http.StatusForbidden, "Forbidden", "The form was stale or not sent by this console (missing or wrong CSRF token); nothing was changed. Reload the page and try again.")
+			return
+		}
+		svc, err := h.t.Service(id)
+		if err != nil {
+			h.log.Error("console: opening an instance", "instance", id, "err", err)
+			h.errorPage(w, r, &s, http.StatusServiceUnavailable, "Unavailable", "The key service is unavailable; try again later.")
+			return
+		}
+		p := h.newPage(r, &s, nav)
+		p.svc = svc
+		p.ctx = crk.WithInitiator(r.Context(), "console:"+s.apiKeyID)
+		fn(w, r, p)
+	}
+}
+
+// validCSRF checks the csrf field of a POST form against the session's token.
+func validCSRF(r *http.Request, s session) bool {
+	if err := r.ParseForm(); err != nil {
+		return false
+	}
+	return validMAC(r.PostForm.Get("csrf"), s.id, "csrf", "")
+}
+
+// flashURL returns target with a signed flash message for the session.
+func flashURL(target string, s *session, msg string) string {
+	return fmt.Sprintf("%s%sflash=%s&fs=%s", target, querySep(target), queryEscape(msg), mac(s.id, "flash", msg))
+}
