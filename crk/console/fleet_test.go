@@ -1,7 +1,11 @@
 package console
 
 import (
+	"context"
 	"fmt"
+	"net/http"
+	"net/url"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -333,5 +337,168 @@ func TestBuildChartTableBounded(t *testing.T) {
 	}
 	if last := c.Rows[len(c.Rows)-1]; last.Total != maxTableRows+10 {
 		t.Errorf("the last row totals %d; want %d", last.Total, maxTableRows+10)
+	}
+}
+
+// TestFleetPage drives the Fleet page over a real service: two volumes, a rotation, one
+// rewrapped, then a disable that one host confirmed and another has not.
+func TestFleetPage(t *testing.T) {
+	f := newFixture(t)
+	_, svc := f.tenants.Default()
+	ctx := context.Background()
+	k, err := svc.CreateRootKey(ctx, "backup-crk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	std, err := svc.CreateKey(ctx, crk.CreateOptions{Name: "a-standard-key", Type: crk.StandardKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := svc.CreateRootKey(ctx, "idle-crk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 2; i++ {
+		if _, err := svc.Register(ctx, k.ID, crn(i), crk.RegisterOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rotated, err := svc.RotateKey(ctx, k.ID, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	latest := rotated.KeyVersion.ID
+	if _, err := svc.UpdateRegistration(ctx, k.ID, crn(1), crk.RegistrationUpdate{VersionID: &latest}); err != nil {
+		t.Fatal(err)
+	}
+	// h2 reported before the disable, h1 after it.
+	ack := func(host, state string) {
+		t.Helper()
+		if err := svc.Acknowledge(ctx, crk.HostAck{Host: host, KeyID: k.ID, Type: crk.LifecycleDisable, State: state, Volumes: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ack("h2", "active")
+	if _, err := svc.DisableKey(ctx, k.ID); err != nil {
+		t.Fatal(err)
+	}
+	ack("h1", "suspended")
+
+	c := f.client()
+	if resp, _ := f.signIn(c, f.apiKey); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("sign-in: %s", resp.Status)
+	}
+	base := "/ui/i/" + f.inst + "/fleet"
+
+	resp, body := f.get(c, base+"?key="+url.QueryEscape(k.ID))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("fleet page: %s\n%s", resp.Status, body)
+	}
+	for _, want := range []string{
+		`Root keys 1–2 of 2`,
+		`data-key-id="` + k.ID + `"`,
+		`data-key-id="` + other.ID + `"`,
+		`<span class="behind">1 behind</span>`,
+		`Locked out on 1 of 2 reporting hosts`,
+		`<li class="host-confirmed" data-host="h1">`,
+		`<li class="host-waiting" data-host="h2">`,
+		`<svg id="fleet-chart" class="fleet-chart" viewBox="0 0 720 280" role="img" aria-label="Registered volumes per version of key backup-crk"`,
+		`<desc id="fleet-chart-desc">`,
+		`1 on the latest version ` + chartVersionLabel(latest) + `, 1 behind it.`,
+		`<li data-version="` + latest + `">`,
+		`Volumes per version over time: backup-crk`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("the fleet page lacks %q", want)
+		}
+	}
+	if strings.Contains(body, std.ID) {
+		t.Errorf("the fleet page lists standard key %s", std.ID)
+	}
+	if m := regexp.MustCompile(`\sstyle=|<style|<script>|\son[a-z]+=`).FindString(body); m != "" {
+		t.Errorf("the fleet page has %q, which the console's CSP forbids", m)
+	}
+	// The data table's last row: 1 on the old version, 1 on the new, 2 in all.
+	if !regexp.MustCompile(`<td>1</td><td>1</td><td>2</td></tr>\s*</tbody>`).MatchString(body) {
+		t.Errorf("the chart's table does not end with 1, 1, 2:\n%s", body[strings.Index(body, "<table>"):])
+	}
+
+	// Without ?key the first root key's chart is shown.
+	if _, body := f.get(c, base); !strings.Contains(body, `aria-label="Registered volumes per version of key backup-crk"`) {
+		t.Errorf("without ?key, the page does not chart the first root key")
+	}
+
+	for _, tt := range []struct {
+		name, query string
+		status      int
+		want        string
+	}{
+		{"unknown key", "?key=" + url.QueryEscape("6b1a6a0c-0000-4000-8000-000000000000"), http.StatusNotFound, "Key does not exist: 6b1a6a0c"},
+		{"standard key", "?key=" + url.QueryEscape(std.ID), http.StatusBadRequest, "is a standard key: only root keys protect volumes"},
+		{"bad page", "?page=zero", http.StatusBadRequest, "Page &#34;zero&#34; is not a page number"},
+		{"page beyond the end", "?page=9", http.StatusOK, "Root keys"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := f.get(c, base+tt.query)
+			if resp.StatusCode != tt.status || !strings.Contains(body, tt.want) {
+				t.Errorf("%s: %s; want %d and %q in\n%s", tt.query, resp.Status, tt.status, tt.want, body)
+			}
+			if strings.Contains(body, "goroutine") || strings.Contains(body, `{"`) {
+				t.Errorf("the page shows internals:\n%s", body)
+			}
+		})
+	}
+}
+
+func TestFleetRowFor(t *testing.T) {
+	changed := at(100)
+	key := func(st crk.State) crk.Key {
+		return crk.Key{ID: "k", State: st, KeyVersion: crk.Version{ID: v2}, LastStateChange: changed}
+	}
+	regs := []crk.Registration{reg(1, 0, v1), reg(2, 0, v2), reg(3, 0, v2)}
+	acks := []crk.HostAck{
+		{Host: "a", State: "suspended", Time: at(101), Version: v2},
+		{Host: "b", State: "suspended", Time: at(99)}, // before the change: an older disable
+		{Host: "c", State: "active", Time: at(120)},
+		{Host: "d", State: "destroyed", Time: at(130)},
+	}
+	tests := []struct {
+		name               string
+		key                crk.Key
+		confirmed, waiting string
+	}{
+		{"suspended", key(crk.StateSuspended), "a", "b c d"},
+		{"destroyed", key(crk.StateDestroyed), "d", "a b c"},
+		{"active: nothing to confirm", key(crk.StateActive), "", "a b c d"},
+	}
+	hosts := func(hs []fleetHost) string {
+		var out []string
+		for _, h := range hs {
+			out = append(out, h.Host)
+		}
+		return strings.Join(out, " ")
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			row := fleetRowFor(tt.key, regs, acks)
+			if row.Registrations != 3 || row.Behind != 1 {
+				t.Errorf("registrations %d, behind %d; want 3, 1", row.Registrations, row.Behind)
+			}
+			if len(row.Versions) != 2 || row.Versions[0].ID != v2 || !row.Versions[0].Latest || row.Versions[0].Count != 2 || row.Versions[1].Count != 1 {
+				t.Errorf("versions = %+v; want the latest (2) first, then v1 (1)", row.Versions)
+			}
+			if got := hosts(row.Confirmed); got != tt.confirmed {
+				t.Errorf("confirmed = %q; want %q", got, tt.confirmed)
+			}
+			if got := hosts(row.Waiting); got != tt.waiting {
+				t.Errorf("waiting = %q; want %q", got, tt.waiting)
+			}
+			if row.Reporting() != 4 {
+				t.Errorf("reporting = %d; want 4", row.Reporting())
+			}
+		})
+	}
+	if row := fleetRowFor(key(crk.StateActive), regs, acks); !row.Waiting[0].OnLatest || row.Waiting[1].OnLatest {
+		t.Errorf("OnLatest = %v, %v; want true for host a (on %s), false for b (no version)", row.Waiting[0].OnLatest, row.Waiting[1].OnLatest, chartVersionLabel(v2))
 	}
 }
