@@ -112,3 +112,35 @@ type KeyFeed interface {
 	// A cursor the feed cannot continue from is an error matching ErrResyncNeeded.
 	KeyEvents(ctx context.Context, cursor string, wait time.Duration) (KeyEventPage, error)
 }
+
+// KeyAck is a host's acknowledgement of what it did for a root key's lifecycle: the state it
+// now enforces for the key's volumes (a lockout, an unlock), how many volumes it acted on and
+// the version a rewrap brought them to. It holds nothing secret.
+type KeyAck struct {
+	// Host is the host's name: 1 to 253 bytes of ASCII letters, digits and . _ - :.
+	Host  string
+	KeyID string
+	// Type is the lifecycle event type acted on (a Key* event constant); a reconciliation
+	// gives the type that leads to the state it found (KeyDisabled for suspended, ...).
+	Type string
+	// State is the key state the host now enforces (a KeyState* constant).
+	State string
+	// Version is the key version the host's volumes are on, when a rewrap pass brought them
+	// there; it may be empty.
+	Version string
+	// Volumes is how many volumes the host acted on: attached volumes told to stop for a
+	// lockout, volumes looked at by a rewrap pass.
+	Volumes int
+	// Cursor is the feed cursor of the event acted on, "" for a reconciliation.
+	Cursor string
+}
+
+// KeyAcker records hosts' acknowledgements with the key service whose lifecycle feed they
+// follow, so that its operators see which hosts confirmed a lockout. Package
+// crkvol/volume/kms implements it over an in-process service and over the HTTP API of a
+// remote one. A refusal (a malformed acknowledgement, an unknown or purged key) matches
+// ErrKeyRefused beside the service's own sentinel.
+type KeyAcker interface {
+	// AckKeyEvent records a, replacing the host's previous acknowledgement of the key.
+	AckKeyEvent(ctx context.Context, a KeyAck) error
+}

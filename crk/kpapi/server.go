@@ -94,6 +94,8 @@ func (s *Server) routes() {
 	api("PATCH /api/v2/keys/{id}/registrations/{crn...}", s.updateRegistration)
 	api("DELETE /api/v2/keys/{id}/registrations/{crn...}", s.deleteRegistration)
 	api("GET "+LifecyclePath, s.lifecycle)
+	api("POST "+AcksPath, s.acknowledge)
+	api("GET "+AcksPath, s.hostAcks)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		// A path routed for another method gets 405; anything else 404.
 		for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
@@ -215,7 +217,15 @@ func bearerToken(auth string) (tok string, ok bool) {
 
 // decode reads a JSON body into v strictly: by type, with no member given twice in any object
 // (see checkMembers) and nothing after the value; an empty body, {} and null leave v as is.
-func decode(r *http.Request, v any) error {
+// Members v has no field for are ignored, as Key Protect ignores them; decodeKnown refuses
+// them.
+func decode(r *http.Request, v any) error { return decodeBody(r, v, false) }
+
+// decodeKnown is decode for crkvol's own API, which refuses a member v has no field for (a
+// misspelt field would otherwise be read as absent).
+func decodeKnown(r *http.Request, v any) error { return decodeBody(r, v, true) }
+
+func decodeBody(r *http.Request, v any, known bool) error {
 	raw, err := io.ReadAll(r.Body)
 	if err != nil {
 		var mbe *http.MaxBytesError
@@ -232,6 +242,9 @@ func decode(r *http.Request, v any) error {
 		return err
 	}
 	dec := json.NewDecoder(strings.NewReader(t))
+	if known {
+		dec.DisallowUnknownFields()
+	}
 	if err := dec.Decode(v); err != nil {
 		var ae *apiError
 		if errors.As(err, &ae) {

@@ -130,6 +130,16 @@ func (l *Local) KeyEvents(ctx context.Context, cursor string, wait time.Duration
 	return keyEventPage(p), nil
 }
 
+// AckKeyEvent implements volume.KeyAcker with crk.Service.Acknowledge.
+func (l *Local) AckKeyEvent(ctx context.Context, a volume.KeyAck) error {
+	return localError(l.svc.Acknowledge(ctx, hostAck(a)))
+}
+
+// hostAck converts an acknowledgement to crk's.
+func hostAck(a volume.KeyAck) crk.HostAck {
+	return crk.HostAck{Host: a.Host, KeyID: a.KeyID, Type: a.Type, State: a.State, Version: a.Version, Volumes: a.Volumes, Cursor: a.Cursor}
+}
+
 // feedPageLimit bounds the events of one feed answer.
 const feedPageLimit = 1000
 
@@ -198,4 +208,5 @@ var (
 	_ volume.KeyService = (*Local)(nil)
 	_ volume.KeyFeed    = (*Local)(nil)
 	_ volume.KeyFeed    = (*StoreFeed)(nil)
+	_ volume.KeyAcker   = (*Local)(nil)
 )

@@ -2,6 +2,7 @@ package kms
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -78,4 +79,29 @@ func checkPage(p crk.LifecyclePage) error {
 	return nil
 }
 
-var _ volume.KeyFeed = (*Remote)(nil)
+// AckKeyEvent implements volume.KeyAcker over the service's acknowledgements
+// ([kpapi.AcksPath], a crkvol extension of the Key Protect API that `crkvol kms serve`
+// offers), with Remote's tokens, TLS settings and error mapping: a refusal matches
+// volume.ErrKeyRefused and the crk sentinel the service answered with (crk.ErrKeyNotFound,
+// crk.ErrInvalidArgument, crk.ErrKeyPurged, ...). It is one attempt (once more with a fresh
+// token after a 401); the agent acknowledges again at its next reconciliation. Recording an
+// acknowledgement twice does no harm: the service keeps the latest.
+func (r *Remote) AckKeyEvent(ctx context.Context, a volume.KeyAck) error {
+	body, err := json.Marshal(kpapi.AckBody{Host: a.Host, KeyID: a.KeyID, Type: a.Type, State: a.State,
+		Version: a.Version, Volumes: a.Volumes, Cursor: a.Cursor})
+	if err != nil {
+		return err
+	}
+	err = r.authorized(ctx, func(ctx context.Context, auth string) error {
+		return r.send(ctx, auth, http.MethodPost, kpapi.AcksPath, body, nil)
+	})
+	if err != nil {
+		return fmt.Errorf("kms: acknowledging %s of key %s: %w", a.Type, a.KeyID, err)
+	}
+	return nil
+}
+
+var (
+	_ volume.KeyFeed  = (*Remote)(nil)
+	_ volume.KeyAcker = (*Remote)(nil)
+)
