@@ -68,8 +68,9 @@ type storeTx interface {
 	// scanEvents calls fn with events in filing order, or newest first if s.desc, starting
 	// after the event whose position (eventKey) is s.after, if set. An ascending scan may
 	// skip events filed before s.from; a descending one may stop there. It may skip the
-	// events whose KeyID or Action differ from s.keyID or s.action when those are set. fn
-	// returns false to stop the scan.
+	// events whose KeyID, Action or Outcome differ from s.keyID, s.action or s.outcome when
+	// those are set (PostgreSQL's does, in its query; bbolt's reads every event of the
+	// range, and the caller's filter drops them). fn returns false to stop the scan.
 	scanEvents(s eventScan, fn func(pos []byte, ev *Event) (bool, error)) error
 	// eventNamesKey reports whether an event names key id.
 	eventNamesKey(id string) (bool, error)
@@ -111,11 +112,12 @@ type storeTx interface {
 
 // eventScan describes a scan of the audit events (see storeTx.scanEvents).
 type eventScan struct {
-	after  []byte // an event position: eventKeyLen bytes
-	desc   bool
-	from   uint64 // Unix nanoseconds
-	keyID  string
-	action string
+	after   []byte // an event position: eventKeyLen bytes
+	desc    bool
+	from    uint64 // Unix nanoseconds
+	keyID   string
+	action  string
+	outcome string
 }
 
 // Transactions of the service, on its backend. ctx bounds a transaction on PostgreSQL

@@ -553,6 +553,11 @@ func (t *pgTx) scanEvents(s eventScan, fn func([]byte, *Event) (bool, error)) er
 		args = append(args, textColumn(s.action))
 		q += ` AND action = $` + strconv.Itoa(len(args))
 	}
+	if s.outcome != "" {
+		// The outcome is one of two ASCII words: the record's field holds it exactly.
+		args = append(args, s.outcome)
+		q += ` AND record->>'outcome' = $` + strconv.Itoa(len(args))
+	}
 	q += ` ORDER BY seq ` + order + ` LIMIT ` + strconv.Itoa(scanPage)
 	type row struct {
 		seq, nanos int64

@@ -69,6 +69,8 @@ type EventFilter struct {
 	// keys included) or one that events name; another id is refused with ErrKeyNotFound.
 	KeyID  string
 	Action string
+	// Outcome selects the events of one outcome: OutcomeSuccess or OutcomeFailure.
+	Outcome string
 	// From and To bound the event time: From <= t < To.
 	From, To time.Time
 	// Limit caps a page at Limit events; 0 means no limit (one page with every match).
@@ -319,6 +321,9 @@ func (s *Service) ListEvents(ctx context.Context, f EventFilter) (EventPage, err
 	if f.Limit < 0 {
 		return page, fmt.Errorf("%w: event limit %d", ErrInvalidArgument, f.Limit)
 	}
+	if f.Outcome != "" && f.Outcome != OutcomeSuccess && f.Outcome != OutcomeFailure {
+		return page, fmt.Errorf("%w: event outcome %q (success or failure)", ErrInvalidArgument, shorten(f.Outcome))
+	}
 	var after []byte
 	if f.Cursor != "" {
 		k, err := hex.DecodeString(f.Cursor)
@@ -332,7 +337,7 @@ func (s *Service) ListEvents(ctx context.Context, f EventFilter) (EventPage, err
 		if f.KeyID != "" && !knownKey(tx, f.KeyID) {
 			return fmt.Errorf("%w: %s (no key with this id, and no event names it)", ErrKeyNotFound, shorten(f.KeyID))
 		}
-		scan := eventScan{after: after, desc: !f.OldestFirst, keyID: f.KeyID, action: f.Action}
+		scan := eventScan{after: after, desc: !f.OldestFirst, keyID: f.KeyID, action: f.Action, outcome: f.Outcome}
 		if !f.From.IsZero() {
 			scan.from = from
 		}
@@ -341,6 +346,7 @@ func (s *Service) ListEvents(ctx context.Context, f EventFilter) (EventPage, err
 		return tx.scanEvents(scan, func(k []byte, ev *Event) (bool, error) {
 			if f.KeyID != "" && ev.KeyID != f.KeyID ||
 				f.Action != "" && ev.Action != f.Action ||
+				f.Outcome != "" && ev.Outcome != f.Outcome ||
 				!f.From.IsZero() && ev.Time.Before(f.From) ||
 				!f.To.IsZero() && !ev.Time.Before(f.To) {
 				return true, nil

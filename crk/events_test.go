@@ -536,3 +536,57 @@ func TestRefusalAudit(t *testing.T) {
 	require.True(t, ok)
 	assert.Equal(t, ErrAudit, info.Err, "answered as the audit's failure")
 }
+
+// TestEventFilterOutcome: an outcome filter lists only the events of that outcome, newest
+// first, across pages and together with a key filter; an unknown outcome is refused.
+func TestEventFilterOutcome(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st *testStore) {
+		f := newFixture(t, st)
+		k := f.root(t, "outcomes")
+		for range 3 {
+			_, err := f.svc.EnableKey(f.ctx, k.ID) // refused: the key is active
+			require.ErrorIs(t, err, ErrInvalidState)
+		}
+		_, err := f.svc.Wrap(f.ctx, k.ID, []byte("dek"), nil)
+		require.NoError(t, err)
+
+		tests := []struct {
+			name    string
+			f       EventFilter
+			outcome string
+			want    []string // actions, newest first
+		}{
+			{"failures of the key", EventFilter{KeyID: k.ID, Outcome: OutcomeFailure}, OutcomeFailure,
+				[]string{ActionEnable, ActionEnable, ActionEnable}},
+			{"successes of the key", EventFilter{KeyID: k.ID, Outcome: OutcomeSuccess}, OutcomeSuccess,
+				[]string{ActionWrap, ActionCreate}},
+			{"failed enables", EventFilter{Action: ActionEnable, Outcome: OutcomeFailure}, OutcomeFailure,
+				[]string{ActionEnable, ActionEnable, ActionEnable}},
+			{"successful enables", EventFilter{Action: ActionEnable, Outcome: OutcomeSuccess}, OutcomeSuccess, nil},
+		}
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				var got []string
+				flt := tc.f
+				flt.Limit = 2
+				for page := 0; ; page++ {
+					p, err := f.svc.ListEvents(f.ctx, flt)
+					require.NoError(t, err)
+					for _, e := range p.Events {
+						assert.Equal(t, tc.outcome, e.Outcome)
+						got = append(got, e.Action)
+					}
+					if p.Next == "" {
+						break
+					}
+					require.Less(t, page, 5, "paging does not end")
+					flt.Cursor = p.Next
+				}
+				assert.Equal(t, tc.want, got)
+			})
+		}
+		_, err = f.svc.ListEvents(f.ctx, EventFilter{Outcome: "maybe"})
+		assert.ErrorIs(t, err, ErrInvalidArgument)
+		assert.ErrorContains(t, err, "maybe")
+	})
+}

@@ -210,7 +210,7 @@ func parseEventFilter(q url.Values) (eventFilter, error) {
 
 // crk is the filter as crk takes it.
 func (f eventFilter) crk() crk.EventFilter {
-	return crk.EventFilter{KeyID: f.KeyID, Action: f.Action, From: f.from, To: f.to, Cursor: f.Cursor}
+	return crk.EventFilter{KeyID: f.KeyID, Action: f.Action, Outcome: f.Outcome, From: f.from, To: f.to, Cursor: f.Cursor}
 }
 
 // query is the filter's query string with cursor.
