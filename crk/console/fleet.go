@@ -71,8 +71,9 @@ type fleetRegState struct {
 // registrations on each version of the key.
 //
 // events are the key's audit events in any order (only successful registration events
-// count); regs its current registrations; versions its versions (as ListVersions gives
-// them, any order); created the key's creation date and now the end of the history.
+// count); regs its current registrations; versions its versions as ListVersions gives them
+// (newest first; versions made in the same instant keep that order); latest the id of its
+// latest version; created the key's creation date and now the end of the history.
 //
 // The audit log keeps a bounded number of events, so its oldest ones may be gone. A current
 // registration whose creation is not among the events is counted from its creation date on
@@ -81,7 +82,7 @@ type fleetRegState struct {
 // it, and that no longer exists, is counted from the oldest event on. Where the replay and
 // the current registrations disagree at the end (events still being written), the current
 // registrations win from now on.
-func registrationHistory(events []crk.Event, regs []crk.Registration, versions []crk.VersionInfo, created, now time.Time) fleetHistory {
+func registrationHistory(events []crk.Event, regs []crk.Registration, versions []crk.VersionInfo, latest string, created, now time.Time) fleetHistory {
 	evs := make([]crk.Event, 0, len(events))
 	for _, ev := range events {
 		switch ev.Action {
@@ -166,6 +167,7 @@ func registrationHistory(events []crk.Event, regs []crk.Registration, versions [
 	// The series: the key's versions oldest first, then any version events name that the
 	// key no longer lists, and the unknown version first of all when it is needed.
 	vs := slices.Clone(versions)
+	slices.Reverse(vs)
 	slices.SortStableFunc(vs, func(a, b crk.VersionInfo) int { return a.CreationDate.Compare(b.CreationDate) })
 	index := map[string]int{}
 	addVersion := func(v fleetVersion) {
@@ -183,8 +185,8 @@ func registrationHistory(events []crk.Event, regs []crk.Registration, versions [
 	if needUnknown {
 		addVersion(fleetVersion{ID: fleetUnknownVersion})
 	}
-	for i, v := range vs {
-		addVersion(fleetVersion{ID: v.ID, Created: v.CreationDate, Latest: i == len(vs)-1})
+	for _, v := range vs {
+		addVersion(fleetVersion{ID: v.ID, Created: v.CreationDate, Latest: v.ID == latest})
 	}
 	for _, c := range changes {
 		if c.state.registered {
@@ -500,7 +502,7 @@ func (h *Handler) fleetChartOf(ctx context.Context, svc *crk.Service, k crk.Key,
 	if err != nil {
 		return fleetChart{}, false, err
 	}
-	hist := registrationHistory(events, regs, versions, k.CreationDate, h.now())
+	hist := registrationHistory(events, regs, versions, k.KeyVersion.ID, k.CreationDate, h.now())
 	return buildChart(hist, k.Name), truncated, nil
 }
 

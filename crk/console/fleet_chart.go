@@ -233,6 +233,7 @@ var tickSpacings = [...]struct {
 	d      time.Duration
 	months int
 }{
+	{time.Second, 0}, {5 * time.Second, 0}, {15 * time.Second, 0}, {30 * time.Second, 0},
 	{time.Minute, 0}, {5 * time.Minute, 0}, {15 * time.Minute, 0}, {30 * time.Minute, 0},
 	{time.Hour, 0}, {3 * time.Hour, 0}, {6 * time.Hour, 0}, {12 * time.Hour, 0},
 	{24 * time.Hour, 0}, {2 * 24 * time.Hour, 0}, {7 * 24 * time.Hour, 0}, {14 * 24 * time.Hour, 0},
@@ -242,9 +243,13 @@ var tickSpacings = [...]struct {
 // maxTimeTicks is the most labels the time axis holds without overlapping.
 const maxTimeTicks = 6
 
-// timeTicks returns round times between start and end (UTC), at most maxTimeTicks of them.
+// timeTicks returns round times between start and end (UTC), at most maxTimeTicks of them;
+// a span under a second gets its two ends.
 func timeTicks(start, end time.Time) []timeTick {
 	start, end = start.UTC(), end.UTC()
+	if end.Sub(start) < time.Second {
+		return []timeTick{{start, start.Format("Jan 2 15:04:05.000")}, {end, end.Format("15:04:05.000")}}
+	}
 	span := end.Sub(start)
 	for _, sp := range tickSpacings {
 		var ts []time.Time
@@ -286,14 +291,19 @@ func timeTicks(start, end time.Time) []timeTick {
 	return nil
 }
 
-// tickLabel formats a tick for its spacing: the time of day (with the date at the first
-// tick of a day) under a day, the date under a month, the month beyond.
+// tickLabel formats a tick for its spacing: the time of day (with seconds under a minute,
+// and the date at the first tick of a day) under a day, the date under a month, the month
+// beyond.
 func tickLabel(t time.Time, d time.Duration, months int, newDay bool) string {
 	switch {
 	case months > 0:
 		return t.Format("Jan 2006")
 	case d >= 24*time.Hour:
 		return t.Format("Jan 2")
+	case d < time.Minute && newDay:
+		return t.Format("Jan 2 15:04:05")
+	case d < time.Minute:
+		return t.Format("15:04:05")
 	case newDay:
 		return t.Format("Jan 2 15:04")
 	default:

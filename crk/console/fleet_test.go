@@ -14,51 +14,51 @@ import (
 	"crkvol/crk"
 )
 
-var t0 = time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)
+var fleetT0 = time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)
 
-func at(minutes int) time.Time { return t0.Add(time.Duration(minutes) * time.Minute) }
+func fleetAt(minutes int) time.Time { return fleetT0.Add(time.Duration(minutes) * time.Minute) }
 
 const (
-	v1 = "11111111-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
-	v2 = "22222222-bbbb-4bbb-8bbb-bbbbbbbbbbbb"
-	v3 = "33333333-cccc-4ccc-8ccc-cccccccccccc"
+	fv1 = "11111111-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
+	fv2 = "22222222-bbbb-4bbb-8bbb-bbbbbbbbbbbb"
+	fv3 = "33333333-cccc-4ccc-8ccc-cccccccccccc"
 )
 
-func crn(n int) string {
+func fleetCRN(n int) string {
 	return fmt.Sprintf("crn:v1:bluemix:public:crkvol:local:a/acct:inst:volume:vol-%d", n)
 }
 
-func regEvent(seq uint64, minute int, action string, n int, version string) crk.Event {
-	return crk.Event{Seq: seq, Time: at(minute), Action: action, Outcome: crk.OutcomeSuccess, KeyID: "k", ResourceCRN: crn(n), KeyVersion: version}
+func fleetRegEvent(seq uint64, minute int, action string, n int, version string) crk.Event {
+	return crk.Event{Seq: seq, Time: fleetAt(minute), Action: action, Outcome: crk.OutcomeSuccess, KeyID: "k", ResourceCRN: fleetCRN(n), KeyVersion: version}
 }
 
-func reg(n int, created int, version string) crk.Registration {
-	return crk.Registration{KeyID: "k", ResourceCRN: crn(n), CreationDate: at(created), KeyVersion: crk.Version{ID: version}}
+func fleetReg(n int, created int, version string) crk.Registration {
+	return crk.Registration{KeyID: "k", ResourceCRN: fleetCRN(n), CreationDate: fleetAt(created), KeyVersion: crk.Version{ID: version}}
 }
 
-func versions(ids ...string) []crk.VersionInfo {
+func fleetVersions(fleetIDs ...string) []crk.VersionInfo {
 	var out []crk.VersionInfo
-	for i, id := range ids {
-		out = append(out, crk.VersionInfo{Version: crk.Version{ID: id, CreationDate: at(i * 100)}})
+	for i, id := range fleetIDs {
+		out = append(out, crk.VersionInfo{Version: crk.Version{ID: id, CreationDate: fleetAt(i * 100)}})
 	}
 	slices.Reverse(out) // newest first, as ListVersions gives them
 	return out
 }
 
-// steps renders a history's steps as "minute:count,count" for comparison.
-func steps(h fleetHistory) string {
+// fleetSteps renders a history's steps as "minute:count,count" for comparison.
+func fleetSteps(h fleetHistory) string {
 	var parts []string
 	for _, s := range h.Steps {
 		var cs []string
 		for _, c := range s.Counts {
 			cs = append(cs, fmt.Sprint(c))
 		}
-		parts = append(parts, fmt.Sprintf("%d:%s", int(s.Time.Sub(t0)/time.Minute), strings.Join(cs, ",")))
+		parts = append(parts, fmt.Sprintf("%d:%s", int(s.Time.Sub(fleetT0)/time.Minute), strings.Join(cs, ",")))
 	}
 	return strings.Join(parts, " ")
 }
 
-func ids(h fleetHistory) string {
+func fleetIDs(h fleetHistory) string {
 	var out []string
 	for _, v := range h.Versions {
 		id := chartVersionLabel(v.ID)
@@ -82,7 +82,7 @@ func TestRegistrationHistory(t *testing.T) {
 	}{
 		{
 			name:      "no registrations",
-			versions:  versions(v1),
+			versions:  fleetVersions(fv1),
 			now:       50,
 			wantIDs:   "11111111*",
 			wantSteps: "0:0",
@@ -90,13 +90,13 @@ func TestRegistrationHistory(t *testing.T) {
 		{
 			name: "two volumes, a rotation, both rewrapped",
 			events: []crk.Event{
-				regEvent(1, 10, crk.ActionRegister, 1, v1),
-				regEvent(2, 20, crk.ActionRegister, 2, v1),
-				regEvent(5, 130, crk.ActionRegUpdate, 1, v2),
-				regEvent(6, 140, crk.ActionRegUpdate, 2, v2),
+				fleetRegEvent(1, 10, crk.ActionRegister, 1, fv1),
+				fleetRegEvent(2, 20, crk.ActionRegister, 2, fv1),
+				fleetRegEvent(5, 130, crk.ActionRegUpdate, 1, fv2),
+				fleetRegEvent(6, 140, crk.ActionRegUpdate, 2, fv2),
 			},
-			regs:      []crk.Registration{reg(1, 10, v2), reg(2, 20, v2)},
-			versions:  versions(v1, v2),
+			regs:      []crk.Registration{fleetReg(1, 10, fv2), fleetReg(2, 20, fv2)},
+			versions:  fleetVersions(fv1, fv2),
 			now:       200,
 			wantIDs:   "11111111 22222222*",
 			wantSteps: "0:0,0 10:1,0 20:2,0 130:1,1 140:0,2",
@@ -104,14 +104,14 @@ func TestRegistrationHistory(t *testing.T) {
 		{
 			name: "events in any order, failures and other actions ignored",
 			events: []crk.Event{
-				regEvent(6, 140, crk.ActionRegUpdate, 2, v2),
-				{Seq: 3, Time: at(30), Action: crk.ActionWrap, Outcome: crk.OutcomeSuccess, KeyID: "k", KeyVersion: v1},
-				regEvent(1, 10, crk.ActionRegister, 1, v1),
-				{Seq: 4, Time: at(40), Action: crk.ActionRegister, Outcome: crk.OutcomeFailure, KeyID: "k", ResourceCRN: crn(3)},
-				regEvent(2, 20, crk.ActionRegister, 2, v1),
+				fleetRegEvent(6, 140, crk.ActionRegUpdate, 2, fv2),
+				{Seq: 3, Time: fleetAt(30), Action: crk.ActionWrap, Outcome: crk.OutcomeSuccess, KeyID: "k", KeyVersion: fv1},
+				fleetRegEvent(1, 10, crk.ActionRegister, 1, fv1),
+				{Seq: 4, Time: fleetAt(40), Action: crk.ActionRegister, Outcome: crk.OutcomeFailure, KeyID: "k", ResourceCRN: fleetCRN(3)},
+				fleetRegEvent(2, 20, crk.ActionRegister, 2, fv1),
 			},
-			regs:      []crk.Registration{reg(1, 10, v1), reg(2, 20, v2)},
-			versions:  versions(v1, v2),
+			regs:      []crk.Registration{fleetReg(1, 10, fv1), fleetReg(2, 20, fv2)},
+			versions:  fleetVersions(fv1, fv2),
 			now:       200,
 			wantIDs:   "11111111 22222222*",
 			wantSteps: "0:0,0 10:1,0 20:2,0 140:1,1",
@@ -119,12 +119,12 @@ func TestRegistrationHistory(t *testing.T) {
 		{
 			name: "a deletion ends a registration, a re-creation starts it again",
 			events: []crk.Event{
-				regEvent(1, 10, crk.ActionRegister, 1, v1),
-				regEvent(2, 20, crk.ActionRegDelete, 1, ""),
-				regEvent(3, 30, crk.ActionRegister, 1, v1),
+				fleetRegEvent(1, 10, crk.ActionRegister, 1, fv1),
+				fleetRegEvent(2, 20, crk.ActionRegDelete, 1, ""),
+				fleetRegEvent(3, 30, crk.ActionRegister, 1, fv1),
 			},
-			regs:      []crk.Registration{reg(1, 30, v1)},
-			versions:  versions(v1),
+			regs:      []crk.Registration{fleetReg(1, 30, fv1)},
+			versions:  fleetVersions(fv1),
 			now:       40,
 			wantIDs:   "11111111*",
 			wantSteps: "0:0 10:1 20:0 30:1",
@@ -132,10 +132,10 @@ func TestRegistrationHistory(t *testing.T) {
 		{
 			name: "registrations older than the retained events start on their current version",
 			events: []crk.Event{
-				regEvent(90, 150, crk.ActionRegister, 3, v2),
+				fleetRegEvent(90, 150, crk.ActionRegister, 3, fv2),
 			},
-			regs:      []crk.Registration{reg(1, 10, v1), reg(2, 20, v2), reg(3, 150, v2)},
-			versions:  versions(v1, v2),
+			regs:      []crk.Registration{fleetReg(1, 10, fv1), fleetReg(2, 20, fv2), fleetReg(3, 150, fv2)},
+			versions:  fleetVersions(fv1, fv2),
 			now:       200,
 			wantIDs:   "11111111 22222222*",
 			wantSteps: "0:0,0 10:1,0 20:1,1 150:1,2",
@@ -143,11 +143,11 @@ func TestRegistrationHistory(t *testing.T) {
 		{
 			name: "rewritten or deleted before the retained events end: unknown version until then",
 			events: []crk.Event{
-				regEvent(90, 150, crk.ActionRegUpdate, 1, v2),
-				regEvent(91, 160, crk.ActionRegDelete, 2, ""),
+				fleetRegEvent(90, 150, crk.ActionRegUpdate, 1, fv2),
+				fleetRegEvent(91, 160, crk.ActionRegDelete, 2, ""),
 			},
-			regs:      []crk.Registration{reg(1, 10, v2)},
-			versions:  versions(v1, v2),
+			regs:      []crk.Registration{fleetReg(1, 10, fv2)},
+			versions:  fleetVersions(fv1, fv2),
 			now:       200,
 			wantIDs:   "unknown 11111111 22222222*",
 			wantSteps: "0:0,0,0 10:1,0,0 150:1,0,1 160:0,0,1",
@@ -155,10 +155,10 @@ func TestRegistrationHistory(t *testing.T) {
 		{
 			name: "the current registrations win at the end",
 			events: []crk.Event{
-				regEvent(1, 10, crk.ActionRegister, 1, v1),
+				fleetRegEvent(1, 10, crk.ActionRegister, 1, fv1),
 			},
-			regs:      []crk.Registration{reg(1, 10, v2)},
-			versions:  versions(v1, v2),
+			regs:      []crk.Registration{fleetReg(1, 10, fv2)},
+			versions:  fleetVersions(fv1, fv2),
 			now:       200,
 			wantIDs:   "11111111 22222222*",
 			wantSteps: "0:0,0 10:1,0 200:0,1",
@@ -166,11 +166,11 @@ func TestRegistrationHistory(t *testing.T) {
 		{
 			name: "a version the key no longer lists is still a series",
 			events: []crk.Event{
-				regEvent(1, 10, crk.ActionRegister, 1, v1),
-				regEvent(2, 150, crk.ActionRegUpdate, 1, v3),
+				fleetRegEvent(1, 10, crk.ActionRegister, 1, fv1),
+				fleetRegEvent(2, 150, crk.ActionRegUpdate, 1, fv3),
 			},
-			regs:      []crk.Registration{reg(1, 10, v3)},
-			versions:  versions(v3),
+			regs:      []crk.Registration{fleetReg(1, 10, fv3)},
+			versions:  fleetVersions(fv3),
 			now:       200,
 			wantIDs:   "33333333* 11111111",
 			wantSteps: "0:0,0 10:0,1 150:1,0",
@@ -178,12 +178,12 @@ func TestRegistrationHistory(t *testing.T) {
 		{
 			name: "changes at the same time make one step",
 			events: []crk.Event{
-				regEvent(1, 10, crk.ActionRegister, 1, v1),
-				regEvent(2, 10, crk.ActionRegister, 2, v1),
-				regEvent(3, 20, crk.ActionRegUpdate, 1, v1), // a description change: no step
+				fleetRegEvent(1, 10, crk.ActionRegister, 1, fv1),
+				fleetRegEvent(2, 10, crk.ActionRegister, 2, fv1),
+				fleetRegEvent(3, 20, crk.ActionRegUpdate, 1, fv1), // a description change: no step
 			},
-			regs:      []crk.Registration{reg(1, 10, v1), reg(2, 10, v1)},
-			versions:  versions(v1),
+			regs:      []crk.Registration{fleetReg(1, 10, fv1), fleetReg(2, 10, fv1)},
+			versions:  fleetVersions(fv1),
 			now:       30,
 			wantIDs:   "11111111*",
 			wantSteps: "0:0 10:2",
@@ -191,15 +191,15 @@ func TestRegistrationHistory(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := registrationHistory(tt.events, tt.regs, tt.versions, t0, at(tt.now))
-			if got := ids(h); got != tt.wantIDs {
+			h := registrationHistory(tt.events, tt.regs, tt.versions, tt.versions[0].ID, fleetT0, fleetAt(tt.now))
+			if got := fleetIDs(h); got != tt.wantIDs {
 				t.Errorf("versions = %q; want %q", got, tt.wantIDs)
 			}
-			if got := steps(h); got != tt.wantSteps {
+			if got := fleetSteps(h); got != tt.wantSteps {
 				t.Errorf("steps = %q; want %q", got, tt.wantSteps)
 			}
-			if !h.Start.Equal(t0) || !h.End.Equal(at(tt.now)) {
-				t.Errorf("span = %v..%v; want %v..%v", h.Start, h.End, t0, at(tt.now))
+			if !h.Start.Equal(fleetT0) || !h.End.Equal(fleetAt(tt.now)) {
+				t.Errorf("span = %v..%v; want %v..%v", h.Start, h.End, fleetT0, fleetAt(tt.now))
 			}
 			// The last step always agrees with the current registrations.
 			last := h.latest()
@@ -239,13 +239,16 @@ func TestTimeTicks(t *testing.T) {
 		start, end time.Time
 		want       string
 	}{
-		{"minutes", at(0), at(4), "Mar 1 09:00|09:01|09:02|09:03|09:04"},
-		{"an hour", at(0), at(60), "Mar 1 09:00|09:15|09:30|09:45|10:00"},
-		{"hours", at(-60), at(14 * 60), "Mar 1 09:00|12:00|15:00|18:00|21:00"},
-		{"across midnight", at(0), at(18 * 60), "Mar 1 12:00|18:00|Mar 2 00:00"},
-		{"days", t0, t0.AddDate(0, 0, 5), "Mar 2|Mar 3|Mar 4|Mar 5|Mar 6"},
-		{"months", t0, t0.AddDate(0, 5, 0), "Apr 2026|May 2026|Jun 2026|Jul 2026|Aug 2026"},
-		{"years", t0, t0.AddDate(3, 0, 0), "Jan 2027|Jan 2028|Jan 2029"},
+		{"under a second", fleetT0, fleetT0.Add(300 * time.Millisecond), "Mar 1 09:00:00.000|09:00:00.300"},
+		{"seconds", fleetT0.Add(-time.Second / 2), fleetT0.Add(3 * time.Second), "Mar 1 09:00:00|09:00:01|09:00:02|09:00:03"},
+		{"half a minute", fleetT0, fleetT0.Add(29 * time.Second), "Mar 1 09:00:00|09:00:05|09:00:10|09:00:15|09:00:20|09:00:25"},
+		{"minutes", fleetAt(0), fleetAt(4), "Mar 1 09:00|09:01|09:02|09:03|09:04"},
+		{"an hour", fleetAt(0), fleetAt(60), "Mar 1 09:00|09:15|09:30|09:45|10:00"},
+		{"hours", fleetAt(-60), fleetAt(14 * 60), "Mar 1 09:00|12:00|15:00|18:00|21:00"},
+		{"across midnight", fleetAt(0), fleetAt(18 * 60), "Mar 1 12:00|18:00|Mar 2 00:00"},
+		{"days", fleetT0, fleetT0.AddDate(0, 0, 5), "Mar 2|Mar 3|Mar 4|Mar 5|Mar 6"},
+		{"months", fleetT0, fleetT0.AddDate(0, 5, 0), "Apr 2026|May 2026|Jun 2026|Jul 2026|Aug 2026"},
+		{"years", fleetT0, fleetT0.AddDate(3, 0, 0), "Jan 2027|Jan 2028|Jan 2029"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -269,14 +272,14 @@ func TestTimeTicks(t *testing.T) {
 
 func TestBuildChart(t *testing.T) {
 	h := registrationHistory([]crk.Event{
-		regEvent(1, 10, crk.ActionRegister, 1, v1),
-		regEvent(2, 20, crk.ActionRegister, 2, v1),
-		regEvent(3, 30, crk.ActionRegister, 3, v1),
-		regEvent(5, 130, crk.ActionRegUpdate, 1, v2),
-	}, []crk.Registration{reg(1, 10, v2), reg(2, 20, v1), reg(3, 30, v1)}, versions(v1, v2, v3), t0, at(200))
+		fleetRegEvent(1, 10, crk.ActionRegister, 1, fv1),
+		fleetRegEvent(2, 20, crk.ActionRegister, 2, fv1),
+		fleetRegEvent(3, 30, crk.ActionRegister, 3, fv1),
+		fleetRegEvent(5, 130, crk.ActionRegUpdate, 1, fv2),
+	}, []crk.Registration{fleetReg(1, 10, fv2), fleetReg(2, 20, fv1), fleetReg(3, 30, fv1)}, fleetVersions(fv1, fv2, fv3), fv3, fleetT0, fleetAt(200))
 	c := buildChart(h, "backup-crk")
 
-	// v3 is the latest but holds nothing: in the legend, without an area.
+	// fv3 is the latest but holds nothing: in the legend, without an area.
 	var legend []string
 	for _, e := range c.Legend {
 		legend = append(legend, fmt.Sprintf("%s=%d", e.Label, e.Now))
@@ -287,7 +290,7 @@ func TestBuildChart(t *testing.T) {
 	if len(c.Areas) != 2 {
 		t.Fatalf("%d areas; want 2 (v1, v2)", len(c.Areas))
 	}
-	// v1's band: 0..1 from minute 10, 0..2 from 20, 0..3 from 30, then 0..2 from 130 (one
+	// fv1's band: 0..1 from minute 10, 0..2 from 20, 0..3 from 30, then 0..2 from 130 (one
 	// moved to v2, stacked above it); the count axis tops at 3.
 	if got, want := c.Areas[0].Path, "M48.0 244.0H80.8V168.0H113.6V92.0H146.4V16.0H474.4V92.0H704.0V244.0H474.4V244.0H146.4V244.0H113.6V244.0H80.8V244.0H48.0Z"; got != want {
 		t.Errorf("v1 band = %s\nwant %s", got, want)
@@ -325,13 +328,13 @@ func TestBuildChart(t *testing.T) {
 func TestBuildChartTableBounded(t *testing.T) {
 	var evs []crk.Event
 	for i := range maxTableRows + 10 {
-		evs = append(evs, regEvent(uint64(i), i, crk.ActionRegister, i, v1))
+		evs = append(evs, fleetRegEvent(uint64(i), i, crk.ActionRegister, i, fv1))
 	}
 	var regs []crk.Registration
 	for i := range maxTableRows + 10 {
-		regs = append(regs, reg(i, i, v1))
+		regs = append(regs, fleetReg(i, i, fv1))
 	}
-	c := buildChart(registrationHistory(evs, regs, versions(v1), t0, at(100)), "k")
+	c := buildChart(registrationHistory(evs, regs, fleetVersions(fv1), fv1, fleetT0, fleetAt(100)), "k")
 	if len(c.Rows) != maxTableRows || c.Omitted != 10 { // 60 steps: one per creation, the first at the start
 		t.Errorf("%d rows, %d omitted; want %d, 10", len(c.Rows), c.Omitted, maxTableRows)
 	}
@@ -343,32 +346,35 @@ func TestBuildChartTableBounded(t *testing.T) {
 // TestFleetPage drives the Fleet page over a real service: two volumes, a rotation, one
 // rewrapped, then a disable that one host confirmed and another has not.
 func TestFleetPage(t *testing.T) {
-	f := newFixture(t)
+	f := newFixture(t, false)
 	_, svc := f.tenants.Default()
 	ctx := context.Background()
 	k, err := svc.CreateRootKey(ctx, "backup-crk")
 	if err != nil {
 		t.Fatal(err)
 	}
+	f.clock.Advance(time.Minute)
 	std, err := svc.CreateKey(ctx, crk.CreateOptions{Name: "a-standard-key", Type: crk.StandardKey})
 	if err != nil {
 		t.Fatal(err)
 	}
+	f.clock.Advance(time.Minute)
 	other, err := svc.CreateRootKey(ctx, "idle-crk")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i := 1; i <= 2; i++ {
-		if _, err := svc.Register(ctx, k.ID, crn(i), crk.RegisterOptions{}); err != nil {
+		if _, err := svc.Register(ctx, k.ID, fleetCRN(i), crk.RegisterOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
+	f.clock.Advance(time.Minute)
 	rotated, err := svc.RotateKey(ctx, k.ID, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	latest := rotated.KeyVersion.ID
-	if _, err := svc.UpdateRegistration(ctx, k.ID, crn(1), crk.RegistrationUpdate{VersionID: &latest}); err != nil {
+	if _, err := svc.UpdateRegistration(ctx, k.ID, fleetCRN(1), crk.RegistrationUpdate{VersionID: &latest}); err != nil {
 		t.Fatal(err)
 	}
 	// h2 reported before the disable, h1 after it.
@@ -451,16 +457,16 @@ func TestFleetPage(t *testing.T) {
 }
 
 func TestFleetRowFor(t *testing.T) {
-	changed := at(100)
+	changed := fleetAt(100)
 	key := func(st crk.State) crk.Key {
-		return crk.Key{ID: "k", State: st, KeyVersion: crk.Version{ID: v2}, LastStateChange: changed}
+		return crk.Key{ID: "k", State: st, KeyVersion: crk.Version{ID: fv2}, LastStateChange: changed}
 	}
-	regs := []crk.Registration{reg(1, 0, v1), reg(2, 0, v2), reg(3, 0, v2)}
+	regs := []crk.Registration{fleetReg(1, 0, fv1), fleetReg(2, 0, fv2), fleetReg(3, 0, fv2)}
 	acks := []crk.HostAck{
-		{Host: "a", State: "suspended", Time: at(101), Version: v2},
-		{Host: "b", State: "suspended", Time: at(99)}, // before the change: an older disable
-		{Host: "c", State: "active", Time: at(120)},
-		{Host: "d", State: "destroyed", Time: at(130)},
+		{Host: "a", State: "suspended", Time: fleetAt(101), Version: fv2},
+		{Host: "b", State: "suspended", Time: fleetAt(99)}, // before the change: an older disable
+		{Host: "c", State: "active", Time: fleetAt(120)},
+		{Host: "d", State: "destroyed", Time: fleetAt(130)},
 	}
 	tests := []struct {
 		name               string
@@ -484,7 +490,7 @@ func TestFleetRowFor(t *testing.T) {
 			if row.Registrations != 3 || row.Behind != 1 {
 				t.Errorf("registrations %d, behind %d; want 3, 1", row.Registrations, row.Behind)
 			}
-			if len(row.Versions) != 2 || row.Versions[0].ID != v2 || !row.Versions[0].Latest || row.Versions[0].Count != 2 || row.Versions[1].Count != 1 {
+			if len(row.Versions) != 2 || row.Versions[0].ID != fv2 || !row.Versions[0].Latest || row.Versions[0].Count != 2 || row.Versions[1].Count != 1 {
 				t.Errorf("versions = %+v; want the latest (2) first, then v1 (1)", row.Versions)
 			}
 			if got := hosts(row.Confirmed); got != tt.confirmed {
@@ -499,6 +505,6 @@ func TestFleetRowFor(t *testing.T) {
 		})
 	}
 	if row := fleetRowFor(key(crk.StateActive), regs, acks); !row.Waiting[0].OnLatest || row.Waiting[1].OnLatest {
-		t.Errorf("OnLatest = %v, %v; want true for host a (on %s), false for b (no version)", row.Waiting[0].OnLatest, row.Waiting[1].OnLatest, chartVersionLabel(v2))
+		t.Errorf("OnLatest = %v, %v; want true for host a (on %s), false for b (no version)", row.Waiting[0].OnLatest, row.Waiting[1].OnLatest, chartVersionLabel(fv2))
 	}
 }
