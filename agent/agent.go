@@ -5,6 +5,9 @@
 // volume of the key from serving; an enable or restore lets them attach again. Missed events
 // cannot stay missed for long: at start, after the feed asks for a resync, and on a timer, the
 // agent reconciles every key of the host against its current state and latest version.
+// With [Options].Acker, it acknowledges to the key service what it did (the state it now
+// enforces for a key, the volumes acted on), so that the service shows which hosts confirmed
+// a lockout.
 //
 // The agent acts through a [Host], which the CLI implements over a state directory and the
 // simulator over its simulated hosts.
@@ -78,6 +81,19 @@ type Options struct {
 	Now func() time.Time
 	// Logger receives what the agent does (never secrets); discarded if nil.
 	Logger *slog.Logger
+	// Acker, if set, is told what the agent did for each key, under HostName: after it locks
+	// out a key's volumes (for an event or a reconciliation), after an unlock and its rewrap
+	// pass, and after a rewrap pass that brought every volume of a key to its latest
+	// version. A reconciliation acknowledges only what changed since the last
+	// acknowledgement recorded (all of it after a start or a resync). An acknowledgement that
+	// fails is logged and made again, with the key's state then, at the next reconciliation;
+	// one the service refuses (volume.ErrKeyRefused: a purged key...) is logged and not made
+	// again until the key's state changes. Acknowledgements are sent after the lockouts of a
+	// page or a reconciliation, so they never delay one.
+	Acker volume.KeyAcker
+	// HostName is the name the agent acknowledges under (crkvol agent --host); required
+	// with Acker.
+	HostName string
 }
 
 // Status is what an agent reports about itself.
@@ -116,6 +132,12 @@ type Status struct {
 	Reconciles     int       `json:"reconciles"`
 	// FailedVolumes is the number of volumes whose last rewrap failed.
 	FailedVolumes int `json:"failedVolumes"`
+	// Acks counts the acknowledgements the key service recorded (Options.Acker), AckFailures
+	// those that failed or were refused; AckError is the last failure, cleared by the next
+	// acknowledgement recorded.
+	Acks        int    `json:"acks"`
+	AckFailures int    `json:"ackFailures"`
+	AckError    string `json:"ackError,omitempty"`
 }
 
 // Agent follows the feed for one host. Its Status may be read from any goroutine.
@@ -131,12 +153,20 @@ type Agent struct {
 	lockedOut map[string]string
 	// lastAnswer is the wall-clock time of the feed's last answer followed (or of the start).
 	lastAnswer time.Time
+	// acked is, per key, the last acknowledgement the service recorded or refused (Cursor
+	// cleared); a reconciliation acknowledges a key again when what it would say differs, or
+	// when the key is in pending (its last acknowledgement failed).
+	acked   map[string]volume.KeyAck
+	pending map[string]bool
 }
 
 // New returns an agent.
 func New(opts Options) (*Agent, error) {
 	if opts.Feed == nil || opts.Host == nil {
 		return nil, errors.New("agent: a feed and a host are required")
+	}
+	if opts.Acker != nil && opts.HostName == "" {
+		return nil, errors.New("agent: a host name is required to acknowledge events")
 	}
 	if opts.Wait <= 0 {
 		opts.Wait = 30 * time.Second
@@ -159,7 +189,8 @@ func New(opts Options) (*Agent, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Agent{opts: opts, log: opts.Logger, failed: map[string]int{}, lockedOut: map[string]string{}}, nil
+	return &Agent{opts: opts, log: opts.Logger, failed: map[string]int{}, lockedOut: map[string]string{},
+		acked: map[string]volume.KeyAck{}, pending: map[string]bool{}}, nil
 }
 
 // Status returns a copy of the agent's status.
@@ -281,6 +312,9 @@ func (a *Agent) Run(ctx context.Context) error {
 				continue
 			}
 			nextReconcile = time.Now() // with the new cursor saved: events after it follow
+			a.mu.Lock()
+			clear(a.acked) // events were missed: the reconciliation acknowledges every key
+			a.mu.Unlock()
 			a.update(func(s *Status) { s.Cursor = cursor })
 			continue
 		case err != nil:
@@ -388,7 +422,7 @@ func sleep(ctx context.Context, d time.Duration) error {
 // keyWork is what a page of events asks of the host for one key.
 type keyWork struct {
 	lock   *volume.KeyEvent // the last event that changed whether the key is usable
-	rewrap bool
+	rewrap *volume.KeyEvent // the last rotation or sync
 }
 
 // Apply handles a page of events, in order per key: for each key of the host's volumes, a
@@ -396,7 +430,9 @@ type keyWork struct {
 // purge), an unlock if it brought it back (enable, restore), and a rewrap pass if the page
 // rotated or synced the key or brought it back. Lockouts are done first, for every key, so
 // that a rewrap of another key never delays them. Events of keys the host has no volume of are
-// skipped. An error means the host could not act; the caller retries the page.
+// skipped. An error means the host could not act; the caller retries the page. What was done
+// is acknowledged (Options.Acker) after the lockouts, a failed acknowledgement never failing
+// the page.
 func (a *Agent) Apply(ctx context.Context, events []volume.KeyEvent) error {
 	keys, err := a.opts.Host.Keys(ctx)
 	if err != nil {
@@ -421,21 +457,30 @@ func (a *Agent) Apply(ctx context.Context, events []volume.KeyEvent) error {
 		}
 		switch ev.Type {
 		case volume.KeyRotated, volume.KeySynced:
-			w.rewrap = true
+			w.rewrap = ev
 		case volume.KeyDisabled, volume.KeyDeleted, volume.KeyPurged, volume.KeyEnabled, volume.KeyRestored:
 			w.lock = ev
 		}
 	}
 	var errs []error
+	var acks []volume.KeyAck
 	for _, id := range order {
 		if w := work[id]; w.lock != nil && w.lock.Locks() {
-			if err := a.lockout(ctx, id, w.lock.State); err != nil {
+			n, err := a.lockout(ctx, id, w.lock.State)
+			if err != nil {
 				errs = append(errs, err)
+				continue
 			}
+			acks = append(acks, volume.KeyAck{KeyID: id, Type: w.lock.Type, State: w.lock.State, Volumes: n, Cursor: w.lock.Cursor})
 		}
 	}
+	// The lockouts are done: their acknowledgements go first, before any rewrap.
+	a.acknowledge(ctx, acks)
+	acks = acks[:0]
 	for _, id := range order {
 		w := work[id]
+		// ack is the event the key's rewrap pass answers: the unlock, or the last rotation.
+		ack := w.rewrap
 		if w.lock != nil && !w.lock.Locks() {
 			if err := a.opts.Host.Unlock(ctx, id); err != nil {
 				errs = append(errs, fmt.Errorf("agent: unlocking key %s: %w", id, err))
@@ -446,14 +491,21 @@ func (a *Agent) Apply(ctx context.Context, events []volume.KeyEvent) error {
 			delete(a.lockedOut, id)
 			a.mu.Unlock()
 			a.log.Info("agent: key usable again; its volumes may attach", "key", id, "event", w.lock.Type)
-			w.rewrap = true // anything that lagged while it was out of use
+			ack = w.lock // and rewrap anything that lagged while it was out of use
 		}
-		if w.rewrap && (w.lock == nil || !w.lock.Locks()) {
-			if err := a.rewrap(ctx, id); err != nil {
+		if ack != nil && (w.lock == nil || !w.lock.Locks()) {
+			rep, err := a.rewrap(ctx, id)
+			if err != nil {
 				errs = append(errs, err)
+				continue
+			}
+			if ka, ok := rewrapAck(id, ack.Type, ack.State, rep); ok {
+				ka.Cursor = ack.Cursor
+				acks = append(acks, ka)
 			}
 		}
 	}
+	a.acknowledge(ctx, acks)
 	err = errors.Join(errs...)
 	a.update(func(s *Status) {
 		s.Keys = len(keys)
@@ -464,10 +516,22 @@ func (a *Agent) Apply(ctx context.Context, events []volume.KeyEvent) error {
 	return err
 }
 
-func (a *Agent) lockout(ctx context.Context, keyID, state string) error {
+// rewrapAck is the acknowledgement of a rewrap pass over the volumes of keyID for an event of
+// type typ that left the key in state, or ok false when some volumes failed (the next
+// reconciliation rewraps them again, and acknowledges then).
+func rewrapAck(keyID, typ, state string, rep *volume.Report) (volume.KeyAck, bool) {
+	if len(rep.Failed) > 0 {
+		return volume.KeyAck{}, false
+	}
+	return volume.KeyAck{KeyID: keyID, Type: typ, State: state, Version: rep.NewVersion, Volumes: rep.Volumes}, true
+}
+
+// lockout locks out the volumes of keyID and returns the number of attached volumes told to
+// stop.
+func (a *Agent) lockout(ctx context.Context, keyID, state string) (int, error) {
 	n, err := a.opts.Host.Lockout(ctx, keyID, state)
 	if err != nil {
-		return fmt.Errorf("agent: locking out the volumes of key %s: %w", keyID, err)
+		return 0, fmt.Errorf("agent: locking out the volumes of key %s: %w", keyID, err)
 	}
 	// New: the key newly out of use (or in another state), or attach processes told to
 	// stop. A key that stays out of use is seen again at every reconciliation: not news.
@@ -484,13 +548,13 @@ func (a *Agent) lockout(ctx context.Context, keyID, state string) error {
 	} else {
 		a.log.Debug("agent: key still out of use; no attached volume of it serves", "key", keyID, "state", state)
 	}
-	return nil
+	return n, nil
 }
 
-func (a *Agent) rewrap(ctx context.Context, keyID string) error {
+func (a *Agent) rewrap(ctx context.Context, keyID string) (*volume.Report, error) {
 	rep, err := a.opts.Host.Rewrap(ctx, keyID)
 	if err != nil {
-		return fmt.Errorf("agent: rewrapping the volumes of key %s: %w", keyID, err)
+		return nil, fmt.Errorf("agent: rewrapping the volumes of key %s: %w", keyID, err)
 	}
 	a.mu.Lock()
 	a.status.RewrapPasses++
@@ -506,22 +570,92 @@ func (a *Agent) rewrap(ctx context.Context, keyID string) error {
 	} else if rep.Rewrapped > 0 {
 		a.log.Info("agent: volumes rewrapped", "key", keyID, "version", rep.NewVersion, "rewrapped", rep.Rewrapped)
 	}
-	return nil
+	return rep, nil
+}
+
+// acknowledge sends acks (Options.Acker), in order, under the agent's host name. A failure
+// is logged and leaves the key pending, acknowledged again at the next reconciliation; a
+// refusal is logged and settles the key until what the agent would say of it changes.
+func (a *Agent) acknowledge(ctx context.Context, acks []volume.KeyAck) {
+	if a.opts.Acker == nil {
+		return
+	}
+	for _, ka := range acks {
+		if ctx.Err() != nil {
+			return
+		}
+		ka.Host = a.opts.HostName
+		err := a.opts.Acker.AckKeyEvent(ctx, ka)
+		refused := errors.Is(err, volume.ErrKeyRefused)
+		a.mu.Lock()
+		if err == nil || refused {
+			settled := ka
+			settled.Cursor = ""
+			a.acked[ka.KeyID] = settled
+			delete(a.pending, ka.KeyID)
+		} else {
+			a.pending[ka.KeyID] = true
+		}
+		if err == nil {
+			a.status.Acks++
+			a.status.AckError = ""
+		} else {
+			a.status.AckFailures++
+			a.status.AckError = err.Error()
+		}
+		a.mu.Unlock()
+		switch {
+		case err == nil:
+			a.log.Debug("agent: acknowledged", "key", ka.KeyID, "type", ka.Type, "state", ka.State, "volumes", ka.Volumes)
+		case refused:
+			a.log.Warn("agent: the key service refused an acknowledgement; not made again until the key changes",
+				"key", ka.KeyID, "type", ka.Type, "state", ka.State, "err", err)
+		case ctx.Err() == nil:
+			a.log.Warn("agent: acknowledging failed; made again at the next reconciliation",
+				"key", ka.KeyID, "type", ka.Type, "state", ka.State, "err", err)
+		}
+	}
+}
+
+// reconcileAck returns ka and true when a reconciliation should acknowledge it: the key is
+// pending, or ka says something else than the last acknowledgement settled (or force).
+func (a *Agent) reconcileAck(ka volume.KeyAck, force bool) (volume.KeyAck, bool) {
+	if a.opts.Acker == nil {
+		return ka, false
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	last, known := a.acked[ka.KeyID]
+	return ka, force || a.pending[ka.KeyID] || !known || last.State != ka.State || last.Version != ka.Version
+}
+
+// stateType is the lifecycle event type that leads to a key state, for an acknowledgement
+// of what a reconciliation found.
+func stateType(state string) string {
+	switch state {
+	case volume.KeyStateDestroyed:
+		return volume.KeyDeleted
+	case volume.KeyStateActive, volume.KeyStateDeactivated:
+		return volume.KeyEnabled
+	}
+	return volume.KeyDisabled
 }
 
 // Reconcile compares every key of the host's volumes with its current state: the volumes of a
 // key out of use are locked out, and those of a usable key are brought to its latest version
 // (tokens and registrations that lag are rewrapped). It goes on past a key that fails and
-// returns the failures joined.
+// returns the failures joined. What changed since the last acknowledgements (and what
+// failed to be acknowledged) is acknowledged at the end (Options.Acker).
 func (a *Agent) Reconcile(ctx context.Context) error {
-	keys, err := a.opts.Host.Keys(ctx)
-	if err == nil {
+	keys, keysErr := a.opts.Host.Keys(ctx)
+	if keysErr == nil {
 		slices.Sort(keys)
 	}
 	var errs []error
-	if err != nil {
-		errs = append(errs, fmt.Errorf("agent: listing the host's keys: %w", err))
+	if keysErr != nil {
+		errs = append(errs, fmt.Errorf("agent: listing the host's keys: %w", keysErr))
 	}
+	var acks []volume.KeyAck
 	for _, id := range keys {
 		if ctx.Err() != nil {
 			errs = append(errs, ctx.Err())
@@ -533,19 +667,49 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 			continue
 		}
 		if !st.Usable() {
-			if err := a.lockout(ctx, id, st.State); err != nil {
+			n, err := a.lockout(ctx, id, st.State)
+			if err != nil {
 				errs = append(errs, err)
+				continue
+			}
+			if ka, ok := a.reconcileAck(volume.KeyAck{KeyID: id, Type: stateType(st.State), State: st.State, Volumes: n}, n > 0); ok {
+				acks = append(acks, ka)
 			}
 			continue
 		}
 		a.mu.Lock()
 		delete(a.lockedOut, id)
+		last, known := a.acked[id]
 		a.mu.Unlock()
-		if err := a.rewrap(ctx, id); err != nil {
+		rep, err := a.rewrap(ctx, id)
+		if err != nil {
 			errs = append(errs, err)
+			continue
+		}
+		// A key found usable after a lockout was acknowledged: its enable (or restore) was
+		// not seen; otherwise the pass is what a sync asks for.
+		typ := volume.KeySynced
+		if known && !(volume.KeyStatus{State: last.State}).Usable() {
+			typ = stateType(st.State)
+		}
+		if ka, ok := rewrapAck(id, typ, st.State, rep); ok {
+			if ka, ok = a.reconcileAck(ka, rep.Rewrapped > 0); ok {
+				acks = append(acks, ka)
+			}
 		}
 	}
-	err = errors.Join(errs...)
+	// Keys no longer on the host have nothing left to acknowledge.
+	if keysErr == nil {
+		a.mu.Lock()
+		for id := range a.pending {
+			if !slices.Contains(keys, id) {
+				delete(a.pending, id)
+			}
+		}
+		a.mu.Unlock()
+	}
+	a.acknowledge(ctx, acks)
+	err := errors.Join(errs...)
 	a.update(func(s *Status) {
 		s.LastReconcile, s.Reconciles, s.Keys = a.opts.Now(), s.Reconciles+1, len(keys)
 		s.ReconcileError = ""

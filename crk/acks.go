@@ -62,8 +62,10 @@ func ParseState(name string) (State, error) {
 	return 0, fmt.Errorf("%w: key state %q: want active, suspended, deactivated, destroyed or pre-activation", ErrInvalidArgument, shorten(name))
 }
 
-// checkHostName checks a host name of an acknowledgement.
-func checkHostName(h string) error {
+// CheckHostName checks the host name of an acknowledgement: 1 to [MaxHostNameLen] bytes of
+// ASCII letters, digits and . _ - :. Another name is refused with [ErrInvalidArgument],
+// saying what is wrong with it.
+func CheckHostName(h string) error {
 	if h == "" || len(h) > MaxHostNameLen {
 		return fmt.Errorf("%w: host name must be 1 to %d bytes, got %d", ErrInvalidArgument, MaxHostNameLen, len(h))
 	}
@@ -78,7 +80,7 @@ func checkHostName(h string) error {
 
 // check validates the fields of an acknowledgement a caller gives (all but Time).
 func (a *HostAck) check() error {
-	if err := checkHostName(a.Host); err != nil {
+	if err := CheckHostName(a.Host); err != nil {
 		return err
 	}
 	if a.KeyID == "" {

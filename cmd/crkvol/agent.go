@@ -21,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"crkvol/agent"
+	"crkvol/crk"
 	"crkvol/volume"
 	"crkvol/volume/kms"
 )
@@ -36,7 +37,7 @@ const (
 
 func (a *app) agentCommand() *cobra.Command {
 	var reconcileEvery, wait time.Duration
-	var logFormat string
+	var logFormat, host string
 	cmd := &cobra.Command{Use: "agent", Short: "Follow the key service's lifecycle events for this host's volumes, in the foreground",
 		Long: `agent is the long-running process of a storage host. It follows the lifecycle feed of the key
 service (the embedded one of the state directory, or the --kms-url service) for the root keys
@@ -47,6 +48,10 @@ of the volumes registered in the state directory, and responds to each event:
                            and stop serving;
   enable, restore          logs it (the key service itself lets the volumes attach again) and
                            rewraps what lagged meanwhile.
+After each lockout, unlock and rewrap pass it acknowledges to the key service what it did,
+under the host name --host (default the machine's host name), so that the service shows
+which hosts confirmed a lockout; a failed acknowledgement is logged and made again at the next
+reconciliation, and never delays a lockout.
 It records the cursor of the last event it handled in <state>/agent/cursor, so that a restarted
 agent handles every event it missed. At start, when the feed asks for a resync, and every
 --reconcile-every, it compares every key of the host's volumes with its state and latest
@@ -74,11 +79,26 @@ commands run on the host meanwhile. One agent runs per state directory. It logs 
 			if logFormat != "text" && logFormat != "json" {
 				return usagef("--log-format %q: want text or json", logFormat)
 			}
-			return a.runAgent(cmd.Context(), reconcileEvery, wait, logFormat)
+			if !cmd.Flags().Changed("host") {
+				name, err := os.Hostname()
+				if err != nil {
+					return usagef("the machine's host name: %v; give one with --host", err)
+				}
+				host = name
+			}
+			if err := crk.CheckHostName(host); err != nil {
+				why := strings.TrimPrefix(err.Error(), crk.ErrInvalidArgument.Error()+": ")
+				if !cmd.Flags().Changed("host") {
+					return usagef("the machine's host name cannot name this host: %s; give one with --host", why)
+				}
+				return usagef("--host: %s", why)
+			}
+			return a.runAgent(cmd.Context(), agentRun{reconcileEvery: reconcileEvery, wait: wait, logFormat: logFormat, host: host})
 		}}
 	cmd.Flags().DurationVar(&reconcileEvery, "reconcile-every", 10*time.Minute, "time between reconciliations of every key of the host's volumes")
 	cmd.Flags().DurationVar(&wait, "wait", 30*time.Second, "how long one poll of the lifecycle feed waits for an event")
 	cmd.Flags().StringVar(&logFormat, "log-format", "text", "log format on stderr: text or json (json with --json)")
+	cmd.Flags().StringVar(&host, "host", "", "the name the agent acknowledges its lockouts, unlocks and rewraps under (default the machine's host name)")
 
 	status := &cobra.Command{Use: "status", Short: "Show the running agent's cursor, lag and last reconciliation", Args: args(cobra.NoArgs),
 		Long: `status asks the agent of the state directory for its status over its socket
@@ -95,8 +115,15 @@ so, shows the cursor the last agent saved, and exits 1.`,
 	return cmd
 }
 
+// agentRun is what `crkvol agent` was asked for.
+type agentRun struct {
+	reconcileEvery, wait time.Duration
+	logFormat, host      string
+}
+
 // runAgent runs the agent of the state directory until ctx ends.
-func (a *app) runAgent(ctx context.Context, reconcileEvery, wait time.Duration, logFormat string) error {
+func (a *app) runAgent(ctx context.Context, run agentRun) error {
+	reconcileEvery, wait, logFormat := run.reconcileEvery, run.wait, run.logFormat
 	dir, agentDir, err := a.agentDirs(true)
 	if err != nil {
 		return err
@@ -116,21 +143,21 @@ func (a *app) runAgent(ctx context.Context, reconcileEvery, wait time.Duration, 
 		return err
 	}
 	a.background = true
-	h := &cliHost{a: a, dir: dir, agentDir: agentDir, now: clock.Now, log: log}
+	h := &cliHost{a: a, dir: dir, agentDir: agentDir, now: clock.Now, log: log, host: run.host}
 
 	// The status socket first: from the moment the lock is held, agent status gets an answer
 	// (a starting agent's, until the agent runs).
-	type run struct {
+	type runningAgent struct {
 		ag       *agent.Agent
 		view     RunningAgent
 		instance string
 	}
-	var running atomic.Pointer[run]
+	var running atomic.Pointer[runningAgent]
 	stopStatus, err := serveAgentStatus(filepath.Join(agentDir, agentSockName), func() agentStatusView {
 		if r := running.Load(); r != nil {
 			return runningView(dir, r.instance, r.view, r.ag.Status())
 		}
-		return runningView(dir, "", RunningAgent{PID: os.Getpid(), Starting: true}, agent.Status{})
+		return runningView(dir, "", RunningAgent{PID: os.Getpid(), Starting: true, Host: run.host}, agent.Status{})
 	}, log)
 	if err != nil {
 		return err
@@ -156,7 +183,8 @@ func (a *app) runAgent(ctx context.Context, reconcileEvery, wait time.Duration, 
 	}
 	a.close()
 
-	opts := agent.Options{Feed: feed, Host: h, Wait: wait, ReconcileEvery: reconcileEvery, Now: clock.Now, Logger: log}
+	opts := agent.Options{Feed: feed, Host: h, Wait: wait, ReconcileEvery: reconcileEvery, Now: clock.Now, Logger: log,
+		Acker: h, HostName: run.host}
 	if mode == "embedded" {
 		opts.RunDue = h.runDue
 	}
@@ -165,9 +193,9 @@ func (a *app) runAgent(ctx context.Context, reconcileEvery, wait time.Duration, 
 		return err
 	}
 	h.instance = instance
-	running.Store(&run{ag: ag, view: RunningAgent{PID: os.Getpid(), Mode: mode, KeyService: service}, instance: instance})
+	running.Store(&runningAgent{ag: ag, view: RunningAgent{PID: os.Getpid(), Mode: mode, KeyService: service, Host: run.host}, instance: instance})
 	log.Info("agent: started", "pid", os.Getpid(), "state", dir, "mode", mode, "key_service", service,
-		"instance", instance, "reconcile_every", reconcileEvery.String(), "wait", wait.String())
+		"instance", instance, "host", run.host, "reconcile_every", reconcileEvery.String(), "wait", wait.String())
 	if err := ag.Run(ctx); err != nil {
 		return err
 	}
@@ -255,6 +283,7 @@ type cliHost struct {
 	instance string // the key service instance: a cursor of another instance is not used
 	now      func() time.Time
 	log      *slog.Logger
+	host     string // the name it acknowledges under
 }
 
 // with runs fn with the app open (without its due rotations: the agent runs those through
@@ -276,6 +305,18 @@ func (h *cliHost) keyService() volume.KeyService {
 		return kms.NewLocal(h.a.svc)
 	}
 	return h.a.remote
+}
+
+// AckKeyEvent implements volume.KeyAcker for the agent: the acknowledgement goes to the
+// state directory's key service (opened for the call, as for every action) or the
+// --kms-url service.
+func (h *cliHost) AckKeyEvent(ctx context.Context, ka volume.KeyAck) error {
+	return h.with(ctx, func() error {
+		if h.a.svc != nil {
+			return kms.NewLocal(h.a.svc).AckKeyEvent(ctx, ka)
+		}
+		return h.a.remote.AckKeyEvent(ctx, ka)
+	})
 }
 
 // Keys implements agent.Host: the distinct key ids of the registry's volumes.
@@ -505,11 +546,13 @@ type RunningAgent struct {
 	// Starting is true until the agent has opened the key service and follows its feed.
 	Starting bool `json:"starting,omitempty"`
 	// Mode is embedded or remote; KeyService the --kms-url, or "embedded".
-	Mode       string   `json:"mode"`
-	KeyService string   `json:"keyService"`
-	Started    jsonTime `json:"started,omitzero"`
-	Keys       int      `json:"keys"`
-	Events     int      `json:"events"`
+	Mode       string `json:"mode"`
+	KeyService string `json:"keyService"`
+	// Host is the name the agent acknowledges under (--host).
+	Host    string   `json:"host"`
+	Started jsonTime `json:"started,omitzero"`
+	Keys    int      `json:"keys"`
+	Events  int      `json:"events"`
 	// RewrapPasses counts the rewrap passes over a key's volumes, for events and
 	// reconciliations alike.
 	RewrapPasses int `json:"rewrapPasses"`
@@ -531,6 +574,12 @@ type RunningAgent struct {
 	Reconciles         int      `json:"reconciles"`
 	ReconcileError     string   `json:"reconcileError,omitempty"`
 	FailedVolumes      int      `json:"failedVolumes"`
+	// Acks counts the acknowledgements the key service recorded, AckFailures those that
+	// failed or were refused; AckError is the last failure, until an acknowledgement is
+	// recorded.
+	Acks        int    `json:"acks"`
+	AckFailures int    `json:"ackFailures"`
+	AckError    string `json:"ackError,omitempty"`
 }
 
 // runningView is a running agent's status view.
@@ -543,6 +592,7 @@ func runningView(dir, instance string, base RunningAgent, st agent.Status) agent
 	}
 	r.LastReconcile, r.NextReconcile, r.Reconciles, r.ReconcileError = jsonTime{st.LastReconcile}, jsonTime{st.NextReconcile}, st.Reconciles, st.ReconcileError
 	r.FailedVolumes = st.FailedVolumes
+	r.Acks, r.AckFailures, r.AckError = st.Acks, st.AckFailures, st.AckError
 	if !st.LastEvent.IsZero() {
 		r.Lag, r.LagSeconds = humanLag(st.Lag), st.Lag.Seconds()
 	}
@@ -696,6 +746,7 @@ func printAgentStatus(w io.Writer, v agentStatusView) {
 	line("agent", "running (process %d)", r.PID)
 	line("state directory", "%s", v.StateDir)
 	line("key service", "%s (instance %s)", r.KeyService, v.Instance)
+	line("host", "%s", r.Host)
 	line("cursor", "%s", v.Cursor)
 	line("started", "%s", rfc3339(r.Started.Time))
 	line("keys", "%d", r.Keys)
@@ -725,4 +776,8 @@ func printAgentStatus(w io.Writer, v agentStatusView) {
 		line("reconcile error", "%s", r.ReconcileError)
 	}
 	line("failed volumes", "%d", r.FailedVolumes)
+	line("acks", "%d recorded, %d failed", r.Acks, r.AckFailures)
+	if r.AckError != "" {
+		line("ack error", "%s", r.AckError)
+	}
 }

@@ -151,7 +151,7 @@ func TestAgentEmbedded(t *testing.T) {
 		images = append(images, img)
 	}
 
-	ag := startAgent(t, dir, state, t0, "--reconcile-every", "1h")
+	ag := startAgent(t, dir, state, t0, "--reconcile-every", "1h", "--host", "store-1")
 	var st map[string]any
 	waitFor(t, "agent up and reconciled", time.Minute, func() bool {
 		code, m, _ := agentStatusOf(t, dir, state, t0)
@@ -179,6 +179,13 @@ func TestAgentEmbedded(t *testing.T) {
 	})
 	assert.NotEqual(t, startCursor, st["cursor"])
 	assert.Equal(t, float64(0), st["failedVolumes"])
+	waitFor(t, "the rotation's rewrap acknowledged", 20*time.Second, func() bool {
+		code, m, _ := agentStatusOf(t, dir, state, t0)
+		st = m
+		return code == 0 && m["acks"].(float64) >= 2
+	})
+	assert.Equal(t, "store-1", st["host"])
+	assert.Equal(t, float64(0), st["ackFailures"])
 
 	code, out, errOut = runIn(t, dir, state, t0, "agent", "status")
 	require.Zero(t, code, errOut)
@@ -264,6 +271,12 @@ func TestAgentEmbedded(t *testing.T) {
 		st = m
 		return code == 0 && m["unlocks"].(float64) >= 1 && m["lockouts"].(float64) >= 1 && m["cursor"] == head
 	})
+	// The host acknowledged the disable's lockout and the enable, as audit events of the key
+	// (acknowledgements are made before the page's cursor is saved).
+	code, out, errOut = runIn(t, dir, state, t0, "events", "--key", key, "--action", "kms.secrets.eventack")
+	require.Zero(t, code, errOut)
+	assert.Contains(t, out, "acknowledged disable: state suspended")
+	assert.Contains(t, out, "acknowledged enable: state active")
 
 	require.NoError(t, ag.cmd.Process.Signal(syscall.SIGTERM))
 	assert.Equal(t, 0, ag.wait(t), "SIGTERM stops the agent cleanly")
