@@ -196,6 +196,7 @@ func cookieOf(resp *http.Response, name string) *http.Cookie {
 // TestSignIn: a good API key gets a session cookie with the flags; a bad one, the static
 // token, a bearer token, an empty key and a form without its double-submit token do not.
 func TestSignIn(t *testing.T) {
+	t.Parallel()
 	for _, tlsServer := range []bool{false, true} {
 		t.Run(fmt.Sprintf("tls=%v", tlsServer), func(t *testing.T) {
 			f := newFixture(t, tlsServer)
@@ -261,6 +262,7 @@ func TestSignIn(t *testing.T) {
 // TestSecurityHeaders: every response — pages, redirects, static files, errors — carries
 // the CSP and the other headers; pages load no inline script or style.
 func TestSecurityHeaders(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, false)
 	c := f.browser()
 	k, err := f.svc().CreateRootKey(t.Context(), "headers")
@@ -297,6 +299,7 @@ func TestSecurityHeaders(t *testing.T) {
 // TestCSRF: a form post without the CSRF token, or with another session's, is refused with
 // 403 and changes nothing.
 func TestCSRF(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, false)
 	c := f.browser()
 	other := f.browser()
@@ -332,6 +335,7 @@ func TestCSRF(t *testing.T) {
 // TestSignOut: signing out ends the session in the store: the old cookie replayed is sent
 // to the sign-in page; an expired session too, with a message.
 func TestSignOut(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, false)
 	c := f.browser()
 	u, _ := url.Parse(f.srv.URL + "/ui/")
@@ -367,6 +371,7 @@ func TestSignOut(t *testing.T) {
 // TestCrossInstance: a session sees only its API key's instances; another instance's pages
 // answer 404 without a word of their keys, and the switcher offers only its own.
 func TestCrossInstance(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, false)
 	otherSvc, err := f.tenants.Service(f.other)
 	require.NoError(t, err)

@@ -30,6 +30,7 @@ func assertReadable(t *testing.T, msg string) {
 // TestKeyLifecycle walks a root key through the overflow menu's actions as the product's
 // documentation does, checking each flash message, each refusal and the key page after.
 func TestKeyLifecycle(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, false)
 	c := f.browser()
 	ctx := t.Context()
@@ -154,6 +155,7 @@ func TestKeyLifecycle(t *testing.T) {
 // TestImportedKey: rotating an imported key asks for new material; without it, or with
 // material that is not base64 or of a wrong size, the rotation is refused readably.
 func TestImportedKey(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, false)
 	c := f.browser()
 	material := base64.StdEncoding.EncodeToString([]byte("k3Y!m4t3r1al-f0r_imp0rt#t3st&012"))
@@ -203,6 +205,7 @@ func (f *fixture) mustGet(c *http.Client, path string) string {
 // TestCreateKeyRefusals: a refused create keeps what was typed (but never the material),
 // names the problem and creates nothing.
 func TestCreateKeyRefusals(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, false)
 	c := f.browser()
 	tests := []struct {
@@ -235,6 +238,7 @@ func TestCreateKeyRefusals(t *testing.T) {
 // TestKeysTable: filters by name, state and type, paging that keeps the filters, the
 // registrations count and each row's overflow menu.
 func TestKeysTable(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, false)
 	c := f.browser()
 	ctx := t.Context()
@@ -299,6 +303,7 @@ func TestKeysTable(t *testing.T) {
 // TestKeyPageErrors: an unknown key, an unknown action and a dialog the key's state does not
 // allow each get a readable page.
 func TestKeyPageErrors(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, false)
 	c := f.browser()
 	k, err := f.svc().CreateRootKey(t.Context(), "errs")

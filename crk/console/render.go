@@ -31,6 +31,8 @@ type page struct {
 	Flash, Alert string
 	// Data is the page's own data.
 	Data any
+	// Now is when the page was made (Options.Now).
+	Now time.Time
 
 	sess  *session
 	svc   *crk.Service
@@ -57,7 +59,7 @@ type instanceChoice struct {
 // newPage returns the page of a request by session s (nil when signed out), with the flash
 // message of the query when its signature is the session's.
 func (h *Handler) newPage(r *http.Request, s *session, nav string) *page {
-	p := &page{Nav: nav, sess: s, ctx: r.Context()}
+	p := &page{Nav: nav, sess: s, ctx: r.Context(), Now: h.now()}
 	if s == nil {
 		return p
 	}
