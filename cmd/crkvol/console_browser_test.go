@@ -317,6 +317,7 @@ func TestConsoleBrowser(t *testing.T) {
 			}
 		}
 		require.True(t, found, "Tab reaches the key's overflow menu button")
+		require.NotEqual(t, "none", eval[string](u, `getComputedStyle(document.activeElement).outlineStyle`), "the focused menu button shows its focus")
 		u.b.Do("opening the menu with Enter", chromedp.KeyEvent("\r"))
 		require.True(t, eval[bool](u, fmt.Sprintf(`document.querySelector(%q).open`, row+" details.menu")), "Enter opens the overflow menu")
 		u.b.Do("moving to Rotate with Tab", chromedp.KeyEvent("\t"))
