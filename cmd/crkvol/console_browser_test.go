@@ -410,6 +410,11 @@ func TestConsoleBrowser(t *testing.T) {
 		require.Equal(t, "2", u.text(row+" td.registrations"))
 		require.Equal(t, "none", strings.Fields(u.text(row + " td.behind-count"))[0])
 		u.shot("fleet.png")
+		u.b.Phone()
+		u.open(fleet)
+		require.False(t, eval[bool](u, `document.documentElement.scrollWidth > window.innerWidth + 1`), "at 390×844 the Fleet page does not scroll sideways")
+		require.True(t, eval[bool](u, `(() => { const r = document.querySelector("#fleet-chart").getBoundingClientRect(); return r.width > 0 && r.right <= window.innerWidth; })()`), "at 390×844 the chart fits the screen")
+		u.b.Desktop()
 	})
 
 	step("enable (the server restarted 31 s later on its clock: enable waits out the 30 s cooldown)", func() {
