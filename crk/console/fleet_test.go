@@ -346,6 +346,7 @@ func TestBuildChartTableBounded(t *testing.T) {
 // TestFleetPage drives the Fleet page over a real service: two volumes, a rotation, one
 // rewrapped, then a disable that one host confirmed and another has not.
 func TestFleetPage(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, false)
 	_, svc := f.tenants.Default()
 	ctx := context.Background()
@@ -389,6 +390,18 @@ func TestFleetPage(t *testing.T) {
 		t.Fatal(err)
 	}
 	ack("h1", "suspended")
+	// A disabled key no host reported on, and an active one a host reported its version for.
+	f.clock.Advance(time.Minute)
+	quiet, err := svc.CreateRootKey(ctx, "quiet-crk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.DisableKey(ctx, quiet.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Acknowledge(ctx, crk.HostAck{Host: "h3", KeyID: other.ID, Type: crk.LifecycleRotate, State: "active", Version: other.KeyVersion.ID, Volumes: 4}); err != nil {
+		t.Fatal(err)
+	}
 
 	c := f.client()
 	if resp, _ := f.signIn(c, f.apiKey); resp.StatusCode != http.StatusSeeOther {
@@ -401,7 +414,9 @@ func TestFleetPage(t *testing.T) {
 		t.Fatalf("fleet page: %s\n%s", resp.Status, body)
 	}
 	for _, want := range []string{
-		`Root keys 1–2 of 2`,
+		`Root keys 1–3 of 3`,
+		`No host has reported on this key yet.`,
+		`<li class="host-active" data-host="h3"><strong>h3</strong>: active, on <code title="` + other.KeyVersion.ID + `">` + chartVersionLabel(other.KeyVersion.ID) + `</code> (latest)`,
 		`data-key-id="` + k.ID + `"`,
 		`data-key-id="` + other.ID + `"`,
 		`<span class="behind">1 behind</span>`,
@@ -506,5 +521,53 @@ func TestFleetRowFor(t *testing.T) {
 	}
 	if row := fleetRowFor(key(crk.StateActive), regs, acks); !row.Waiting[0].OnLatest || row.Waiting[1].OnLatest {
 		t.Errorf("OnLatest = %v, %v; want true for host a (on %s), false for b (no version)", row.Waiting[0].OnLatest, row.Waiting[1].OnLatest, chartVersionLabel(fv2))
+	}
+}
+
+func TestFleetPaging(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	_, svc := f.tenants.Default()
+	ctx := context.Background()
+	var ids []string
+	for i := range fleetKeysPerPage + 2 {
+		k, err := svc.CreateRootKey(ctx, fmt.Sprintf("crk-%02d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, k.ID)
+		f.clock.Advance(time.Second)
+	}
+	c := f.client()
+	if resp, _ := f.signIn(c, f.apiKey); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("sign-in: %s", resp.Status)
+	}
+	base := "/ui/i/" + f.inst + "/fleet"
+	_, first := f.get(c, base)
+	_, second := f.get(c, base+"?page=2")
+	for _, tt := range []struct {
+		name, body string
+		want       []string
+		notWant    []string
+	}{
+		{"first page", first,
+			[]string{fmt.Sprintf("Root keys 1–%d of %d", fleetKeysPerPage, fleetKeysPerPage+2), `href="` + base + `?page=2" rel="next"`, `data-key-id="` + ids[0] + `"`},
+			[]string{`rel="prev"`, `data-key-id="` + ids[fleetKeysPerPage] + `"`}},
+		{"second page", second,
+			[]string{fmt.Sprintf("Root keys %d–%d of %d", fleetKeysPerPage+1, fleetKeysPerPage+2, fleetKeysPerPage+2), `href="` + base + `" rel="prev"`, `data-key-id="` + ids[fleetKeysPerPage+1] + `"`},
+			[]string{`rel="next"`, `data-key-id="` + ids[0] + `"`}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, w := range tt.want {
+				if !strings.Contains(tt.body, w) {
+					t.Errorf("lacks %q", w)
+				}
+			}
+			for _, w := range tt.notWant {
+				if strings.Contains(tt.body, w) {
+					t.Errorf("has %q", w)
+				}
+			}
+		})
 	}
 }
