@@ -156,9 +156,16 @@ func registrationHistory(events []crk.Event, regs []crk.Registration, versions [
 		return cmp.Compare(a.crn, b.crn)
 	})
 
+	// The history spans the key's life to now, and any change outside it (a registration
+	// dated after now by a replica whose clock runs ahead).
 	h := fleetHistory{Start: created, End: now}
-	if len(changes) > 0 && changes[0].t.Before(h.Start) {
-		h.Start = changes[0].t
+	if len(changes) > 0 {
+		if first := changes[0].t; first.Before(h.Start) {
+			h.Start = first
+		}
+		if last := changes[len(changes)-1].t; last.After(h.End) {
+			h.End = last
+		}
 	}
 	if h.End.Before(h.Start) {
 		h.End = h.Start
@@ -207,17 +214,15 @@ func registrationHistory(events []crk.Event, regs []crk.Registration, versions [
 		}
 		return out
 	}
+	// push records the counts from t on: a step replaces one at the same time, and is
+	// left out when it counts what the step before it does.
 	push := func(t time.Time) {
 		c := counts()
-		if n := len(h.Steps); n > 0 {
-			last := &h.Steps[n-1]
-			if last.Time.Equal(t) {
-				last.Counts = c
-				return
-			}
-			if slices.Equal(last.Counts, c) {
-				return
-			}
+		if n := len(h.Steps); n > 0 && h.Steps[n-1].Time.Equal(t) {
+			h.Steps = h.Steps[:n-1]
+		}
+		if n := len(h.Steps); n > 0 && slices.Equal(h.Steps[n-1].Counts, c) {
+			return
 		}
 		h.Steps = append(h.Steps, fleetStep{Time: t, Counts: c})
 	}

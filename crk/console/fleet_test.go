@@ -571,3 +571,97 @@ func TestFleetPaging(t *testing.T) {
 		})
 	}
 }
+
+// FuzzRegistrationHistory replays arbitrary registration events (and a current registration
+// list that may disagree with them) and checks the history's invariants: steps in time order
+// from Start, no negative count, no two equal neighbours, one latest version at most, the last
+// step equal to the current registrations; and that the chart lays it out.
+func FuzzRegistrationHistory(f *testing.F) {
+	f.Add([]byte{0, 1, 1, 5, 0, 2, 1, 5, 1, 1, 2, 10}, []byte{1, 2, 2, 1})
+	f.Add([]byte{2, 1, 0, 1, 0, 1, 3, 1}, []byte{})
+	f.Add([]byte{1, 3, 2, 0, 1, 3, 1, 0}, []byte{3, 0, 4, 1})
+	f.Fuzz(func(t *testing.T, ops, current []byte) {
+		if len(ops) > 3000 || len(current) > 200 {
+			return
+		}
+		vids := []string{fv1, fv2, fv3, "44444444-dddd-4ddd-8ddd-dddddddddddd"} // the last is not the key's
+		actions := []string{crk.ActionRegister, crk.ActionRegUpdate, crk.ActionRegDelete}
+		var events []crk.Event
+		minute := 0
+		for i := 0; i+3 < len(ops); i += 4 {
+			minute += int(ops[i+3] % 16)
+			action := actions[int(ops[i])%len(actions)]
+			v := vids[int(ops[i+2])%len(vids)]
+			if action == crk.ActionRegDelete {
+				v = ""
+			}
+			events = append(events, fleetRegEvent(uint64(i), minute, action, int(ops[i+1]%8), v))
+		}
+		var regs []crk.Registration
+		seen := map[int]bool{}
+		for i := 0; i+1 < len(current); i += 2 {
+			n := int(current[i] % 8)
+			if seen[n] {
+				continue
+			}
+			seen[n] = true
+			regs = append(regs, fleetReg(n, int(current[i+1]%64), vids[int(current[i+1])%len(vids)]))
+		}
+		now := fleetAt(minute + 1)
+		h := registrationHistory(events, regs, fleetVersions(fv1, fv2, fv3), fv3, fleetT0, now)
+		if len(h.Steps) == 0 || !h.Steps[0].Time.Equal(h.Start) || h.End.Before(h.Start) {
+			t.Fatalf("history %v..%v with %d steps", h.Start, h.End, len(h.Steps))
+		}
+		latest := 0
+		for _, v := range h.Versions {
+			if v.Latest {
+				latest++
+			}
+		}
+		if latest > 1 {
+			t.Errorf("%d latest versions", latest)
+		}
+		for i, s := range h.Steps {
+			if len(s.Counts) != len(h.Versions) {
+				t.Fatalf("step %d: %d counts for %d versions", i, len(s.Counts), len(h.Versions))
+			}
+			if s.Time.After(h.End) {
+				t.Errorf("step %d at %v after the end %v", i, s.Time, h.End)
+			}
+			for _, c := range s.Counts {
+				if c < 0 {
+					t.Errorf("step %d: negative count", i)
+				}
+			}
+			if i > 0 {
+				if !s.Time.After(h.Steps[i-1].Time) {
+					t.Errorf("step %d at %v, not after step %d at %v", i, s.Time, i-1, h.Steps[i-1].Time)
+				}
+				if slices.Equal(s.Counts, h.Steps[i-1].Counts) {
+					t.Errorf("steps %d and %d are equal", i-1, i)
+				}
+			}
+		}
+		last := h.latest()
+		for i, v := range h.Versions {
+			n := 0
+			for _, r := range regs {
+				if r.KeyVersion.ID == v.ID {
+					n++
+				}
+			}
+			if last[i] != n {
+				t.Errorf("now on %s: %d; the registrations say %d", chartVersionLabel(v.ID), last[i], n)
+			}
+		}
+		c := buildChart(h, "k")
+		if len(c.Rows) > maxTableRows || len(c.Rows)+c.Omitted != len(h.Steps) {
+			t.Errorf("%d rows and %d omitted for %d steps", len(c.Rows), c.Omitted, len(h.Steps))
+		}
+		for _, a := range c.Areas {
+			if !strings.HasPrefix(a.Path, "M") || !strings.HasSuffix(a.Path, "Z") {
+				t.Errorf("area path %q", a.Path)
+			}
+		}
+	})
+}
