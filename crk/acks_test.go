@@ -1,12 +1,14 @@
 package crk
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	bolt "go.etcd.io/bbolt"
 )
 
 // TestAcknowledgeValidation: every malformed field of an acknowledgement is refused with the
@@ -207,4 +209,35 @@ func FuzzParseState(f *testing.F) {
 		}
 		require.Equal(t, name, s.String())
 	})
+}
+
+// TestHostAcksStoreBeforeAcks: a store made before acknowledgements (no acks bucket) opened
+// read-only has none, and its summary counts none; opened read-write it gets the bucket.
+func TestHostAcksStoreBeforeAcks(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "crk.db")
+	svc, err := Open(path, Options{Clock: NewManualClock(t0)})
+	require.NoError(t, err)
+	ctx := t.Context()
+	k, err := svc.CreateRootKey(ctx, "old")
+	require.NoError(t, err)
+	require.NoError(t, svc.Close())
+	db, err := bolt.Open(path, 0o600, nil)
+	require.NoError(t, err)
+	require.NoError(t, db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket(bucketAcks) }))
+	require.NoError(t, db.Close())
+
+	ro, err := Open(path, Options{ReadOnly: true})
+	require.NoError(t, err)
+	acks, err := ro.HostAcks(ctx, k.ID)
+	require.NoError(t, err)
+	assert.Empty(t, acks)
+	sum, err := ro.Summary(ctx)
+	require.NoError(t, err)
+	assert.Zero(t, sum.HostAcks)
+	require.NoError(t, ro.Close())
+
+	rw, err := Open(path, Options{})
+	require.NoError(t, err)
+	defer rw.Close()
+	require.NoError(t, rw.Acknowledge(ctx, HostAck{Host: "h", KeyID: k.ID, Type: LifecycleSync, State: "active"}))
 }

@@ -47,6 +47,8 @@ func TestReadOnly(t *testing.T) {
 	assert.Equal(t, []string{k.ID}, work.Rotations)
 	_, err = ro1.RotateKey(ctx, k.ID, nil)
 	assert.ErrorIs(t, err, bolt.ErrDatabaseReadOnly)
+	err = ro1.Acknowledge(ctx, HostAck{Host: "h", KeyID: k.ID, Type: LifecycleSync, State: "active"})
+	assert.ErrorIs(t, err, bolt.ErrDatabaseReadOnly)
 	after, err := ro2.ListEvents(ctx, EventFilter{})
 	require.NoError(t, err)
 	assert.Equal(t, len(before.Events), len(after.Events), "nothing recorded")

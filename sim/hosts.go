@@ -100,7 +100,11 @@ const ioStep = 250 * time.Millisecond
 
 // openHosts opens every host's registry and manager (unsubscribed) and makes its agent.
 func (r *runner) openHosts() error {
-	hs := &hostsRun{feed: kms.NewLocal(r.svc), index: map[string]int{}, disabled: make([]bool, r.sc.Keys),
+	// The feed, and the acknowledgements of the agents, go to the key service without
+	// faults: the faults are drawn for the volumes' calls, in the same order whatever the
+	// agents acknowledge.
+	local := kms.NewLocal(r.svc)
+	hs := &hostsRun{feed: local, index: map[string]int{}, disabled: make([]bool, r.sc.Keys),
 		rots: map[int][]*rotTrack{}, openDis: map[int]*disableTrack{},
 		rep: &HostsReport{Hosts: r.sc.Hosts, LockoutBoundMs: ms(time.Duration(r.sc.LockoutBound))}}
 	r.hs = hs
@@ -125,12 +129,17 @@ func (r *runner) openHosts() error {
 		})
 		// Not subscribed to the in-process rotation hook: the agent is the only path.
 		h.mgr.Close()
-		if h.agent, err = agent.New(agent.Options{Feed: hs.feed, Host: h, Now: r.clock.Now, Logger: r.log}); err != nil {
+		h.agent, err = agent.New(agent.Options{Feed: hs.feed, Host: h, Now: r.clock.Now, Logger: r.log,
+			Acker: local, HostName: hostName(i)})
+		if err != nil {
 			return err
 		}
 	}
 	return nil
 }
+
+// hostName is the name host i acknowledges under, the name of its directory.
+func hostName(i int) string { return fmt.Sprintf("host-%02d", i) }
 
 // closeHosts closes the hosts' registries.
 func (r *runner) closeHosts() {
@@ -685,8 +694,53 @@ func (r *runner) finishHosts(ctx context.Context) error {
 	}
 	r.audit(ctx)
 	r.auditHosts()
+	r.auditAcks(ctx)
 	r.summarizeKeys(ctx)
 	return nil
+}
+
+// auditAcks checks that after the final reconciliation every host has confirmed the state
+// of every key of its volumes to the key service: its latest acknowledgement states the key's
+// state and was recorded at or after the key's last state change. It fails the audit for a
+// host that did not.
+func (r *runner) auditAcks(ctx context.Context) {
+	a := &r.rep.Audit
+	hr := r.hs.rep
+	failed := 0
+	for _, h := range r.hs.hosts {
+		st := h.agent.Status()
+		hr.Acks += st.Acks
+		hr.AckFailures += st.AckFailures
+		hr.HostKeys += len(h.keys)
+		for _, id := range h.keys {
+			k, err := r.svc.GetKeyMetadata(ctx, id)
+			if err != nil {
+				failed++
+				a.Failures = appendCapped(a.Failures, fmt.Sprintf("%s: key %s: %v", hostName(h.idx), id, err))
+				continue
+			}
+			acks, err := r.svc.HostAcks(ctx, id)
+			if err != nil {
+				failed++
+				a.Failures = appendCapped(a.Failures, fmt.Sprintf("%s: acknowledgements of key %s: %v", hostName(h.idx), k.Name, err))
+				continue
+			}
+			i := slices.IndexFunc(acks, func(x crk.HostAck) bool { return x.Host == hostName(h.idx) })
+			switch {
+			case i < 0:
+				failed++
+				a.Failures = appendCapped(a.Failures, fmt.Sprintf("%s never acknowledged key %s", hostName(h.idx), k.Name))
+			case acks[i].State != k.State.String() || acks[i].Time.Before(k.LastStateChange):
+				failed++
+				a.Failures = appendCapped(a.Failures, fmt.Sprintf("%s did not confirm key %s %s since %s: its last acknowledgement says %s at %s",
+					hostName(h.idx), k.Name, k.State, k.LastStateChange.UTC().Format(time.RFC3339), acks[i].State, acks[i].Time.UTC().Format(time.RFC3339)))
+			default:
+				hr.Confirmed++
+			}
+		}
+	}
+	a.Failed += failed
+	a.Passed = a.Passed && failed == 0
 }
 
 // auditHosts reports every rotation's convergence and every disable's lockout, and fails

@@ -68,6 +68,11 @@ func TestHostsAgentsConvergeAndLockOut(t *testing.T) {
 	assert.Positive(t, locked, "attached volumes were locked out")
 	assert.Zero(t, h.LateIO)
 	assert.Positive(t, h.IORefused, "I/O after a lockout was refused")
+	// Every host acknowledged what it did, and at the end its acknowledgements confirm the
+	// state of every key of its volumes.
+	assert.Positive(t, h.Acks)
+	assert.Positive(t, h.HostKeys)
+	assert.Equal(t, h.HostKeys, h.Confirmed)
 	// The hosts' managers are not subscribed to rotations: every rewrap came from an agent.
 	for _, p := range rep.Passes {
 		assert.Contains(t, []string{"agent", "reconcile", "final"}, p.Trigger)
@@ -77,13 +82,14 @@ func TestHostsAgentsConvergeAndLockOut(t *testing.T) {
 	var m map[string]any
 	require.NoError(t, json.Unmarshal(b, &m))
 	hm := m["hosts"].(map[string]any)
-	for _, f := range []string{"convergence", "lockouts", "lateIO", "lost", "notifications"} {
+	for _, f := range []string{"convergence", "lockouts", "lateIO", "lost", "notifications", "acks", "confirmed"} {
 		assert.Contains(t, hm, f)
 	}
 	var sum bytes.Buffer
 	require.NoError(t, rep.WriteSummary(&sum))
 	assert.Contains(t, sum.String(), "Convergence ")
 	assert.Contains(t, sum.String(), "Lockout ")
+	assert.Contains(t, sum.String(), "Acks ")
 }
 
 // TestHostsBrokenLockoutFailsAudit: a host whose attach processes and agent never lock out

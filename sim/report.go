@@ -87,6 +87,14 @@ type HostsReport struct {
 	IORefused      int     `json:"ioRefused"`
 	LateIO         int     `json:"lateIO"`
 	LockoutBoundMs float64 `json:"lockoutBoundMs"`
+	// Acks counts the acknowledgements the agents made to the key service (AckFailures
+	// those that failed); Confirmed the keys of each host whose state the host's latest
+	// acknowledgement confirmed at the end (the audit fails for any other), of HostKeys.
+	Acks        int `json:"acks"`
+	AckFailures int `json:"ackFailures"`
+	Confirmed   int `json:"confirmed"`
+	// HostKeys counts the keys of each host's volumes, summed over the hosts.
+	HostKeys int `json:"hostKeys"`
 	// Convergence has one entry per rotation; Lockouts one per disable.
 	Convergence []Convergence `json:"convergence"`
 	Lockouts    []Lockout     `json:"lockouts"`
@@ -453,6 +461,8 @@ func (r *Report) writeHosts(p func(string, ...any)) {
 	}
 	p("%s; bound %s: %d I/O served after it, %d served before, %d refused; %d attaches refused, %d re-attached after an enable",
 		line, msDur(h.LockoutBoundMs), h.LateIO, h.IOServed-h.LateIO, h.IORefused, h.AttachesRefused, h.Reattaches)
+	p("Acks            %d acknowledgements of the agents to the key service (%d failed); at the end, %d of %d keys of the hosts' volumes confirmed by their host",
+		h.Acks, h.AckFailures, h.Confirmed, h.HostKeys)
 	if len(h.Convergence) > 0 {
 		p("")
 		p("%-20s %-8s %3s %-7s %7s %9s %10s %10s %10s", "rotation", "key", "gen", "trigger", "volumes", "converged", "p50", "p99", "max")

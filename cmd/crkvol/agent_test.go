@@ -313,7 +313,8 @@ func runEnv(t *testing.T, dir string, env []string, args ...string) (int, string
 
 // TestAgentRemote (long): `crkvol agent --kms-url` against kms serve follows a rotation made
 // with plain HTTP (no crkvol involved, so nothing else rewraps): every volume of the host is
-// on the new version within 10 s; its status names the service; SIGTERM stops it with exit 0.
+// on the new version within 10 s, and the service has the host's acknowledgement of it; its
+// status names the service; SIGTERM stops it with exit 0.
 func TestAgentRemote(t *testing.T) {
 	if !tooltest.Long() {
 		t.Skip("a kms serve and an agent: CRKVOL_LONG_TESTS=1")
@@ -367,7 +368,7 @@ func TestAgentRemote(t *testing.T) {
 		images = append(images, img)
 	}
 
-	cmd := exec.Command("crkvol", "agent", "--wait", "5s")
+	cmd := exec.Command("crkvol", "agent", "--wait", "5s", "--host", "remote-1")
 	cmd.Dir = dir
 	cmd.Env = append(append(os.Environ(), "CRKVOL_MASTER_KEY="), host...)
 	ag := &agentProc{cmd: cmd, stderr: &tooltest.SyncBuffer{}, done: make(chan error, 1)}
@@ -425,6 +426,33 @@ func TestAgentRemote(t *testing.T) {
 	assert.Equal(t, inst, m["instance"])
 	assert.GreaterOrEqual(t, m["events"].(float64), float64(1))
 	assert.Contains(t, ag.stderr.String(), "volumes rewrapped", "the agent, and nothing else, rewrapped them")
+
+	// The agent acknowledged the rewrap to the service: its acknowledgement, read with plain
+	// HTTP, names the new version and the host's three volumes.
+	type acks struct {
+		Acks []struct {
+			Host, Type, State, Version, Cursor string
+			Volumes                            int
+		} `json:"acks"`
+	}
+	var got acks
+	waitFor(t, "the rotation's acknowledgement", 10*time.Second, func() bool {
+		req, err := http.NewRequest(http.MethodGet, url+"/api/crkvol/v1/acks?keyId="+key, nil)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer agent-token")
+		req.Header.Set("Bluemix-Instance", inst)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		got = acks{}
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&got))
+		return len(got.Acks) == 1 && got.Acks[0].Version == k.KeyVersion.ID && got.Acks[0].Cursor != ""
+	})
+	assert.Equal(t, "remote-1", got.Acks[0].Host)
+	assert.Equal(t, "rotate", got.Acks[0].Type)
+	assert.Equal(t, "active", got.Acks[0].State)
+	assert.Equal(t, 3, got.Acks[0].Volumes)
 
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
 	assert.Equal(t, 0, ag.wait(t))

@@ -309,6 +309,40 @@ func (k *kmsProc) keyMeta(id string) (string, int) {
 	return r.Resources[0].KeyVersion.ID, r.Resources[0].State
 }
 
+// e2eAck is a host's acknowledgement as GET /api/crkvol/v1/acks gives it.
+type e2eAck struct {
+	Host   string    `json:"host"`
+	Type   string    `json:"type"`
+	State  string    `json:"state"`
+	Cursor string    `json:"cursor"`
+	Time   time.Time `json:"time"`
+}
+
+// acks reads the hosts' acknowledgements of key id (GET /api/crkvol/v1/acks) with plain
+// net/http, by host name.
+func (k *kmsProc) acks(id string) map[string]e2eAck {
+	k.t.Helper()
+	req, err := http.NewRequest("GET", k.url+"/api/crkvol/v1/acks?keyId="+id, nil)
+	require.NoError(k.t, err)
+	req.Header.Set("authorization", "Bearer "+e2eStaticToken)
+	req.Header.Set("bluemix-instance", k.instance)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(k.t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(k.t, err)
+	require.Equal(k.t, http.StatusOK, resp.StatusCode, "acks: %s", body)
+	var r struct {
+		Acks []e2eAck `json:"acks"`
+	}
+	require.NoError(k.t, json.Unmarshal(body, &r), "%s", body)
+	out := map[string]e2eAck{}
+	for _, a := range r.Acks {
+		out[a.Host] = a
+	}
+	return out
+}
+
 // e2eHost is one storage host: a state directory using the server, its volumes, its agent and
 // its attach process.
 type e2eHost struct {
@@ -636,7 +670,7 @@ func waitConverged(t *testing.T, hosts []*e2eHost, v string, deadline time.Durat
 // startAgent starts `crkvol agent --kms-url URL` on the host.
 func (h *e2eHost) startAgent() {
 	h.t.Helper()
-	h.agent = h.background("agent", "--kms-url", h.kms.url)
+	h.agent = h.background("agent", "--kms-url", h.kms.url, "--host", h.name)
 }
 
 // mtimes returns the modification time of every volume image of the host.
@@ -826,6 +860,19 @@ func TestLifecycleE2E(t *testing.T) {
 			require.Error(t, err, "%s: attach while the key is disabled", h.name)
 			require.Regexp(t, `(?i)\b(suspended|disabled)\b`, err.Error(), "%s: the refusal names the key state", h.name)
 			t.Logf("%s: attach refused: %v", h.name, err)
+		}
+		// Every host's agent has confirmed the lockout to the service: its latest
+		// acknowledgement says suspended, for the disable's feed event.
+		deadline := time.Now().Add(20 * time.Second)
+		for _, h := range hosts {
+			for {
+				a := srv.acks(key)[h.name]
+				if a.State == "suspended" && a.Type == "disable" && a.Cursor != "" {
+					break
+				}
+				require.True(t, time.Now().Before(deadline), "%s: no acknowledgement of the lockout (latest %+v)", h.name, a)
+				time.Sleep(50 * time.Millisecond)
+			}
 		}
 		// Enable after the 30 s cool-down: the server comes back two hours later on its clock
 		// (also past the hourly rotation limit for what follows).
