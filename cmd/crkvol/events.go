@@ -16,7 +16,7 @@ import (
 const defaultEventLimit = 100
 
 func (a *app) eventsCommand() *cobra.Command {
-	var keyID, action, since, until, cursor string
+	var keyID, action, outcome, since, until, cursor string
 	var limit int
 	var reverse bool
 	cmd := &cobra.Command{Use: "events", Short: "Show the audit events of the key service, newest first", Args: args(cobra.NoArgs),
@@ -34,7 +34,10 @@ The retention of the log is set where the service is opened: --event-max-age and
 			if limit < 0 {
 				return fmt.Errorf("--limit %d: want 0 (all) or more", limit)
 			}
-			f := crk.EventFilter{KeyID: keyID, Action: action, Limit: limit, OldestFirst: reverse, Cursor: cursor}
+			if outcome != "" && outcome != crk.OutcomeSuccess && outcome != crk.OutcomeFailure {
+				return usagef("--outcome %q: want success or failure", outcome)
+			}
+			f := crk.EventFilter{KeyID: keyID, Action: action, Outcome: outcome, Limit: limit, OldestFirst: reverse, Cursor: cursor}
 			if since != "" || until != "" {
 				clock, err := a.clock()
 				if err != nil {
@@ -88,6 +91,7 @@ The retention of the log is set where the service is opened: --event-max-age and
 		}}
 	cmd.Flags().StringVar(&keyID, "key", "", "only events of this key: its id or unique name (deleted keys included)")
 	cmd.Flags().StringVar(&action, "action", "", "only this action, such as kms.secrets.rotate")
+	cmd.Flags().StringVar(&outcome, "outcome", "", "only events of this outcome: success or failure")
 	cmd.Flags().StringVar(&since, "since", "", "only events at or after this time: RFC 3339, or a duration before now such as 24h or 7d")
 	cmd.Flags().StringVar(&until, "until", "", "only events before this time: RFC 3339, or a duration before now such as 24h or 7d")
 	cmd.Flags().IntVar(&limit, "limit", defaultEventLimit, "at most this many events per page, the newest (with --reverse the oldest); 0 for all")

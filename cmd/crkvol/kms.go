@@ -125,16 +125,9 @@ accepts it.`,
 			}
 			tenants.SetSessionLifetime(sessionLifetime)
 			api := kpapi.NewServer(tenants, kpapi.WithLogger(log))
-			var handler http.Handler = api
-			if !noUI {
-				ui, err := console.New(tenants, console.Options{Logger: log})
-				if err != nil {
-					return err
-				}
-				mux := http.NewServeMux()
-				mux.Handle(console.Prefix, ui)
-				mux.Handle("/", api)
-				handler = mux
+			handler, err := serveHandler(tenants, api, !noUI, log)
+			if err != nil {
+				return err
 			}
 			srv := &http.Server{
 				Handler:           handler,
@@ -296,31 +289,40 @@ accepts it.`,
 			}
 			return w.Flush()
 		}})
-	var inst string
+	var insts []string
 	apikey := group("apikey", "Manage API keys")
-	create := &cobra.Command{Use: "create", Short: "Create an API key for an instance and print it (once)", Args: args(cobra.NoArgs),
+	create := &cobra.Command{Use: "create", Short: "Create an API key for one or more instances and print it (once)", Args: args(cobra.NoArgs),
+		Long: `Create an API key and print it; only its hash is kept, so it cannot be shown again.
+
+The key's bearer tokens, and the console sessions signed in with it, are accepted for
+each instance given with --instance (repeat the flag for a key that sees several
+instances), and for no other; without --instance, for the default instance:
+
+  crkvol kms apikey create --instance ID1 --instance ID2`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			tenants, closeTenants, err := a.tenants(cmd.Context())
 			if err != nil {
 				return err
 			}
 			defer closeTenants()
-			if inst == "" {
-				inst, _ = tenants.Default()
+			instances := slices.Clone(insts)
+			if len(instances) == 0 {
+				def, _ := tenants.Default()
+				instances = []string{def}
 			}
-			key, err := tenants.CreateAPIKey(inst)
+			key, err := tenants.CreateAPIKey(instances...)
 			if err != nil {
 				return err
 			}
 			if a.asJSON {
-				return a.emit(map[string]string{"apikey": key, "id": kpapi.APIKeyID(key), "instance": inst})
+				return a.emit(map[string]any{"apikey": key, "id": kpapi.APIKeyID(key), "instance": instances[0], "instances": instances})
 			}
 			fmt.Fprintln(a.stdout, key)
 			return nil
 		}}
-	create.Flags().StringVar(&inst, "instance", "", "instance id (default: the default instance)")
+	create.Flags().StringArrayVar(&insts, "instance", nil, "instance id the key sees; repeat for several (default: the default instance)")
 	var listInst string
-	list := &cobra.Command{Use: "list", Short: "List API keys by id, instance and creation time (never the keys)", Args: args(cobra.NoArgs),
+	list := &cobra.Command{Use: "list", Short: "List API keys by id, instances and creation time (never the keys)", Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			tenants, closeTenants, err := a.tenants(cmd.Context())
 			if err != nil {
@@ -332,27 +334,29 @@ accepts it.`,
 				return err
 			}
 			type row struct {
-				ID       string   `json:"id"`
-				Instance string   `json:"instance"`
-				Created  jsonTime `json:"created,omitzero"`
+				ID        string   `json:"id"`
+				Instance  string   `json:"instance"` // the first of Instances
+				Instances []string `json:"instances"`
+				Created   jsonTime `json:"created,omitzero"`
 			}
 			rows := []row{}
 			for _, k := range all {
-				if listInst == "" || strings.EqualFold(k.Instance, listInst) {
-					rows = append(rows, row{k.ID, k.Instance, jsonTime{k.Created}})
+				sees := listInst == "" || slices.ContainsFunc(k.Instances, func(in string) bool { return strings.EqualFold(in, listInst) })
+				if sees {
+					rows = append(rows, row{k.ID, k.Instance, k.Instances, jsonTime{k.Created}})
 				}
 			}
 			if a.asJSON {
 				return a.emit(rows)
 			}
 			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "ID\tINSTANCE\tCREATED")
+			fmt.Fprintln(w, "ID\tINSTANCES\tCREATED")
 			for _, r := range rows {
-				fmt.Fprintf(w, "%s\t%s\t%s\n", r.ID, r.Instance, rfc3339(r.Created.Time))
+				fmt.Fprintf(w, "%s\t%s\t%s\n", r.ID, strings.Join(r.Instances, ","), rfc3339(r.Created.Time))
 			}
 			return w.Flush()
 		}}
-	list.Flags().StringVar(&listInst, "instance", "", "list only this instance's keys")
+	list.Flags().StringVar(&listInst, "instance", "", "list only the keys that see this instance")
 	revoke := &cobra.Command{Use: "revoke ID", Short: "Revoke an API key by its id (see list); its tokens stop working at once", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			tenants, closeTenants, err := a.tenants(cmd.Context())
@@ -389,6 +393,22 @@ func loopbackAddress(addr string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// serveHandler is what kms serve answers with: the API, and with ui the web console at
+// console.Prefix on the same listener.
+func serveHandler(tenants *kpapi.Tenants, api http.Handler, ui bool, log *slog.Logger) (http.Handler, error) {
+	if !ui {
+		return api, nil
+	}
+	c, err := console.New(tenants, console.Options{Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle(console.Prefix, c)
+	mux.Handle("/", api)
+	return mux, nil
 }
 
 // checkListen refuses what kms serve must not do on a network: plain HTTP on a non-loopback
@@ -429,11 +449,12 @@ func schedulerHolder(listen string) string {
 	return fmt.Sprintf("%s/%d/%x/%s", host, os.Getpid(), nonce, listen)
 }
 
-// tokenSweeper drops expired bearer tokens for runDueLoop, one clean-up at a time, in the
-// background: Tenants.ExpireTokens takes no context and may wait for an unreachable database
-// for the database's retry time (pgdb.DefaultRetryFor, 10 s), and the loop must stop at once when its context ends (a lost scheduler
-// lease). A clean-up still running then is harmless (any replica may drop expired tokens);
-// wg joins it before the stores close.
+// tokenSweeper drops expired bearer tokens and console sessions for runDueLoop, one clean-up
+// at a time, in the background: Tenants.ExpireTokens takes no context and may wait for an
+// unreachable database for the database's retry time (pgdb.DefaultRetryFor, 10 s), and the
+// loop must stop at once when its context ends (a lost scheduler lease). A clean-up still
+// running then is harmless (any replica may drop expired tokens and sessions); wg joins it
+// before the stores close.
 type tokenSweeper struct {
 	tenants *kpapi.Tenants
 	wg      sync.WaitGroup
@@ -491,7 +512,7 @@ func (d *dueLog) tokens(err error) {
 		msg = err.Error()
 	}
 	if msg != "" && msg != d.tokenErr {
-		d.log.Error("dropping expired tokens failed", "err", msg)
+		d.log.Error("dropping expired tokens and sessions failed", "err", msg)
 	}
 	d.tokenErr = msg
 }

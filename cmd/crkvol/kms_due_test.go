@@ -23,7 +23,7 @@ func TestDueTokensLog(t *testing.T) {
 		want string // a substring of the one line logged; "": nothing
 	}{
 		{"works", nil, ""},
-		{"fails", errors.New("database unavailable"), `level=ERROR msg="dropping expired tokens failed" err="database unavailable"`},
+		{"fails", errors.New("database unavailable"), `level=ERROR msg="dropping expired tokens and sessions failed" err="database unavailable"`},
 		{"fails the same", errors.New("database unavailable"), ""},
 		{"recovers", nil, ""},
 		{"fails again", errors.New("database unavailable"), `err="database unavailable"`},

@@ -394,7 +394,7 @@ func sameTenants(src, copied *kpapi.Tenants, srcKeys []kpapi.APIKeyInfo) error {
 	keyIDs := func(in []kpapi.APIKeyInfo) []string {
 		var out []string
 		for _, k := range in {
-			out = append(out, k.ID+" "+k.Instance)
+			out = append(out, k.ID+" "+strings.Join(k.Instances, ","))
 		}
 		slices.Sort(out)
 		return out

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"crkvol/crk/kpapi"
@@ -79,6 +80,10 @@ func (h *Handler) routes() error {
 	}
 	files := http.StripPrefix(Prefix+"static/", http.FileServerFS(static))
 	h.mux.Handle("GET /ui/static/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/") {
+			h.notFoundPage(w, r) // no directory listings
+			return
+		}
 		w.Header().Set("Cache-Control", "public, max-age=300")
 		files.ServeHTTP(w, r)
 	}))

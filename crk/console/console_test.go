@@ -292,6 +292,10 @@ func TestSecurityHeaders(t *testing.T) {
 			}
 		})
 	}
+	resp, _ := f.get(c, "/ui/static/")
+	assert.Equal(t, http.StatusNotFound, resp.StatusCode, "no directory listing")
+	resp, _ = f.get(c, "/ui/signin")
+	assert.Equal(t, "/ui/", resp.Header.Get("Location"), "signed in already")
 	assert.Contains(t, contentSecurityPolicy, "script-src 'self'")
 	assert.NotContains(t, contentSecurityPolicy, "unsafe-inline")
 }
@@ -324,6 +328,12 @@ func TestCSRF(t *testing.T) {
 			assert.Contains(t, alertOf(body), "CSRF")
 		})
 	}
+	t.Run("oversized form", func(t *testing.T) {
+		form := url.Values{"name": {"big"}, "type": {"root"}, "csrf": {f.csrf(c, f.keysPath())}, "description": {strings.Repeat("x", maxForm)}}
+		resp, body := f.post(c, f.keysPath(), form)
+		assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
+		assert.Contains(t, alertOf(body), "could not be read")
+	})
 	ks, err := f.svc().ListKeys(t.Context(), crk.ListOptions{})
 	require.NoError(t, err)
 	require.Len(t, ks, 1, "no key created")

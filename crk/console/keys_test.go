@@ -106,7 +106,11 @@ func TestKeyLifecycle(t *testing.T) {
 	msg, _ = f.flashOf(c, resp, body)
 	assert.Equal(t, "Key enabled: its state is now active", msg)
 
-	// Delete: the name must be typed; then refused while registrations exist, listing them.
+	// Delete: the dialog warns of the registrations; the name must be typed; then the
+	// delete is refused while registrations exist, listing them.
+	_, page = f.get(c, f.keysPath()+"/"+k.ID+"?dialog=delete")
+	assert.Contains(t, page, "2 resources are registered with this key")
+	assert.Regexp(t, `<input id="dialog-confirm" name="confirm" required autofocus`, page)
 	resp, body = f.action(c, k.ID, "delete", url.Values{"confirm": {"payroll"}})
 	assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
 	assert.Contains(t, alertOf(body), "Type the key's name")
@@ -245,12 +249,14 @@ func TestKeysTable(t *testing.T) {
 	svc := f.svc()
 	var first crk.Key
 	for i := range 60 {
+		f.clock.Advance(time.Second) // newest first is then one order
 		k, err := svc.CreateRootKey(ctx, "db-"+string(rune('a'+i%26))+"-"+strings.Repeat("x", i/26+1))
 		require.NoError(t, err)
 		if i == 0 {
 			first = *k
 		}
 	}
+	f.clock.Advance(time.Second)
 	std, err := svc.CreateKey(ctx, crk.CreateOptions{Name: "std-secret", Type: crk.StandardKey})
 	require.NoError(t, err)
 	_, err = svc.Register(ctx, first.ID, "crn:v1:local:public:is:local:a/crkvol::volume:one", crk.RegisterOptions{})
@@ -262,7 +268,7 @@ func TestKeysTable(t *testing.T) {
 	assert.Equal(t, keysPerPage, len(keyLink.FindAllString(page, -1)))
 	assert.Contains(t, page, "Keys 1–50 of 61")
 	assert.Contains(t, page, `href="/ui/i/`+f.inst+`/keys?page=2" rel="next"`)
-	assert.Contains(t, page, `<summary aria-label="Actions for std-secret"`)
+	assert.True(t, strings.Contains(page, `<summary aria-label="Actions for std-secret"`), "the newest key on the first page")
 	page = f.mustGet(c, f.keysPath()+"?page=2")
 	assert.Equal(t, 11, len(keyLink.FindAllString(page, -1)))
 	assert.Contains(t, page, `rel="prev"`)

@@ -129,6 +129,10 @@ func (h *Handler) instance(nav string, fn func(w http.ResponseWriter, r *http.Re
 			h.errorPage(w, r, &s, http.StatusNotFound, "No such instance", "no such instance")
 			return
 		}
+		if r.Method == http.MethodPost && r.ParseForm() != nil {
+			h.errorPage(w, r, &s, http.StatusBadRequest, "Bad request", fmt.Sprintf("The form could not be read (a form holds at most %d KiB); nothing was changed.", maxForm>>10))
+			return
+		}
 		if r.Method == http.MethodPost && !validCSRF(r, s) {
 			h.errorPage(w, r, &s, http.StatusForbidden, "Forbidden", "The form was stale or not sent by this console (missing or wrong CSRF token); nothing was changed. Reload the page and try again.")
 			return

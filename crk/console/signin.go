@@ -48,6 +48,10 @@ func (h *Handler) root(w http.ResponseWriter, r *http.Request) {
 
 // signinPage shows the sign-in form with a fresh double-submit token.
 func (h *Handler) signinPage(w http.ResponseWriter, r *http.Request) {
+	if _, err := h.current(r); err == nil {
+		http.Redirect(w, r, Prefix, http.StatusSeeOther) // signed in already
+		return
+	}
 	msg := ""
 	if r.URL.Query().Get("ended") != "" {
 		msg = "Your session has expired or was ended. Sign in again."

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 
@@ -20,7 +22,7 @@ var ErrTenantsDiffer = errors.New("the database holds instances or API keys the 
 // left to copy: every instance and API key of from is in db already. A database whose
 // default instance is another one is refused with [ErrDefaultInstanceMismatch]; one holding
 // an instance or API key that from does not, an instance under another name or an API key
-// of another instance, with [ErrTenantsDiffer]. Rows missing from db (an empty database, or
+// of other instances (or of the same ones in another order), with [ErrTenantsDiffer]. Rows missing from db (an empty database, or
 // a copy that was interrupted) are what CopyTenants adds. The check writes nothing: run it
 // before anything is written to db.
 func CheckCopyTenants(ctx context.Context, from *Tenants, db *pgdb.DB) (copied bool, err error) {
@@ -40,7 +42,7 @@ func CheckCopyTenants(ctx context.Context, from *Tenants, db *pgdb.DB) (copied b
 		def  bool
 	}
 	instances := map[string]dbInstance{}
-	keys := map[string]string{} // hash -> instance
+	keys := map[string][]string{} // hash -> instances
 	err = db.ReadTx(ctx, func(tx pgx.Tx) error {
 		clear(instances)
 		clear(keys)
@@ -56,13 +58,15 @@ func CheckCopyTenants(ctx context.Context, from *Tenants, db *pgdb.DB) (copied b
 		}); err != nil {
 			return err
 		}
-		rows, err = tx.Query(ctx, `SELECT hash, instance FROM kp_api_keys`)
+		rows, err = tx.Query(ctx, `SELECT k.hash, array(SELECT i.instance FROM kp_api_key_instances i
+			WHERE i.hash = k.hash ORDER BY i.position) FROM kp_api_keys k`)
 		if err != nil {
 			return err
 		}
-		var hash, instance string
-		_, err = pgx.ForEachRow(rows, []any{&hash, &instance}, func() error {
-			keys[hash] = instance
+		var hash string
+		var in []string
+		_, err = pgx.ForEachRow(rows, []any{&hash, &in}, func() error {
+			keys[hash] = slices.Clone(in)
 			return nil
 		})
 		return err
@@ -76,9 +80,9 @@ func CheckCopyTenants(ctx context.Context, from *Tenants, db *pgdb.DB) (copied b
 		srcNames[in.ID] = in.Name
 	}
 	srcNames[tf.Default] = "default" // CopyTenants names the default so
-	srcKeys := map[string]string{}
+	srcKeys := map[string][]string{}
 	for _, k := range tf.APIKeys {
-		srcKeys[k.Hash] = k.Instance
+		srcKeys[k.Hash] = k.instanceList()
 	}
 	for id, in := range instances {
 		if in.def && id != tf.Default {
@@ -100,12 +104,24 @@ func CheckCopyTenants(ctx context.Context, from *Tenants, db *pgdb.DB) (copied b
 		want, ok := srcKeys[hash]
 		switch {
 		case !ok:
-			return false, fmt.Errorf("kpapi: checking a copy of the tenants: %w: an API key of instance %s", ErrTenantsDiffer, inst)
-		case want != inst:
-			return false, fmt.Errorf("kpapi: checking a copy of the tenants: %w: an API key of instance %s belongs to instance %s in the database", ErrTenantsDiffer, want, inst)
+			return false, fmt.Errorf("kpapi: checking a copy of the tenants: %w: an API key of %s", ErrTenantsDiffer, instanceWords(inst))
+		case !slices.Equal(want, inst):
+			return false, fmt.Errorf("kpapi: checking a copy of the tenants: %w: API key %s of %s belongs to %s in the database",
+				ErrTenantsDiffer, keyID(hash), instanceWords(want), instanceWords(inst))
 		}
 	}
 	return len(instances) == len(srcNames) && len(keys) == len(srcKeys), nil
+}
+
+// instanceWords names instances in a message: "instance A", "instances A, B".
+func instanceWords(in []string) string {
+	switch len(in) {
+	case 0:
+		return "no instance"
+	case 1:
+		return "instance " + in[0]
+	}
+	return "instances " + strings.Join(in, ", ")
 }
 
 // ListInstancesPostgres returns the instances of the tenants kept in db, the default first,

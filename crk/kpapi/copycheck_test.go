@@ -1,6 +1,8 @@
 package kpapi
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"testing"
 	"time"
 
@@ -25,6 +27,9 @@ func TestCheckCopyTenants(t *testing.T) {
 	require.NoError(t, err)
 	_, err = from.CreateAPIKey(team)
 	require.NoError(t, err)
+	both, err := from.CreateAPIKey(def, team)
+	require.NoError(t, err)
+	bothHash := func() string { sum := sha256.Sum256([]byte(both)); return hex.EncodeToString(sum[:]) }()
 	cluster := pgtest.Start(t)
 	clock := crk.NewManualClock(time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC))
 
@@ -56,6 +61,18 @@ func TestCheckCopyTenants(t *testing.T) {
 			_, err := openReplica(t, url, clock).CreateAPIKey(def)
 			require.NoError(t, err)
 		}},
+		{name: "API key of fewer instances", err: ErrTenantsDiffer, prepare: func(t *testing.T, _ string, db *pgdb.DB) {
+			require.NoError(t, CopyTenants(testContext(t), from, db))
+			_, err := db.Pool().Exec(testContext(t), `DELETE FROM kp_api_key_instances WHERE hash = $1 AND instance = $2`, bothHash, team)
+			require.NoError(t, err)
+		}},
+		{name: "API key of its instances in another order", err: ErrTenantsDiffer, prepare: func(t *testing.T, _ string, db *pgdb.DB) {
+			require.NoError(t, CopyTenants(testContext(t), from, db))
+			for _, swap := range []string{"position + 2", "3 - position"} { // 0, 1 → 2, 3 → 1, 0
+				_, err := db.Pool().Exec(testContext(t), `UPDATE kp_api_key_instances SET position = `+swap+` WHERE hash = $1`, bothHash)
+				require.NoError(t, err)
+			}
+		}},
 		{name: "renamed instance", err: ErrTenantsDiffer, prepare: func(t *testing.T, _ string, db *pgdb.DB) {
 			require.NoError(t, CopyTenants(testContext(t), from, db))
 			_, err := db.Pool().Exec(testContext(t), `UPDATE kp_instances SET name = 'team-x' WHERE id = $1`, team)
@@ -72,7 +89,8 @@ func TestCheckCopyTenants(t *testing.T) {
 			var before []string
 			dump := func() []string {
 				rows, err := db.Pool().Query(testContext(t), `SELECT id || ' ' || name || ' ' || is_default FROM kp_instances
-					UNION ALL SELECT hash || ' ' || instance FROM kp_api_keys ORDER BY 1`)
+					UNION ALL SELECT hash || ' ' || instance FROM kp_api_keys
+					UNION ALL SELECT hash || ' ' || instance || ' ' || position FROM kp_api_key_instances ORDER BY 1`)
 				require.NoError(t, err)
 				var out []string
 				for rows.Next() {

@@ -10,12 +10,20 @@
 // the wall clock after [TokenLifetime], at most [MaxTokens] are held, [MaxTokensPerKey] per API
 // key (a key past its share evicts its own oldest; the oldest overall is evicted when the
 // table is full), and revoking an API key ([Tenants.RevokeAPIKey]) ends its tokens at
-// once. The crk core never imports net/http; this package is the only HTTP layer.
+// once. An API key sees one or more instances ([Tenants.CreateAPIKey]); its tokens are
+// accepted for each of them and for no other. The crk core never imports net/http; this
+// package is the only HTTP layer.
 //
-// Tenants — instances, API-key hashes and token hashes — live either in a state directory
-// ([OpenTenants]: tenants.json, tokens in memory, one server process) or in PostgreSQL
-// ([OpenTenantsPostgres]: tables shared by any number of server replicas, each of which
-// accepts the tokens of all; their wall clocks must agree within seconds). A database out of
+// For a web console, an API key also starts console sessions ([Tenants.StartSession],
+// [Tenants.CheckSession], [Tenants.EndSession]): random ids kept as hashes like tokens, with
+// an absolute lifetime ([SessionLifetime]), ended by sign-out or by revoking the key, and
+// never interchangeable with bearer tokens.
+//
+// Tenants — instances, API-key hashes, token and session hashes — live either in a state
+// directory ([OpenTenants]: tenants.json, tokens and sessions in memory, one server process)
+// or in PostgreSQL ([OpenTenantsPostgres]: tables shared by any number of server replicas,
+// each of which accepts the tokens and sessions of all; their wall clocks must agree within
+// seconds). A database out of
 // reach, after the retries of each transaction, is answered 503 with reason code
 // SERVICE_UNAVAILABLE_ERR ([crk.ErrUnavailable]), at the token endpoint too: an outage is
 // never a refusal of the credential (401, 400) nor an internal error (500). The server needs

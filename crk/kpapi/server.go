@@ -137,7 +137,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 			return
 		}
 		msg := "The user does not have access to the specified resource"
-		if errors.Is(err, errUnknownInstance) {
+		if errors.Is(err, ErrUnknownInstance) {
 			msg = "Either the user does not have access to the specified resource, the resource does not exist, or the region is incorrectly set"
 		}
 		writeError(w, &apiError{status: http.StatusUnauthorized, code: "UNAUTHORIZED_ERR", msg: msg})

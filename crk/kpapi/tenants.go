@@ -194,9 +194,10 @@ var ErrUnauthorized = errors.New("unauthorized")
 // ErrAPIKeyNotFound means no API key has the id given.
 var ErrAPIKeyNotFound = errors.New("api key not found")
 
-// errUnknownInstance is the ErrUnauthorized of an instance that does not exist, which the API
-// words differently.
-var errUnknownInstance = errors.New("unknown instance")
+// ErrUnknownInstance means an instance id no instance has: given to [Tenants.CreateAPIKey],
+// or asked for in a request, where it comes wrapped in [ErrUnauthorized] too (the API words
+// it differently).
+var ErrUnknownInstance = errors.New("unknown instance")
 
 // The refusals of a credential, the same from every store.
 var (
@@ -213,7 +214,12 @@ func errOtherInstance(instance string) error {
 }
 
 func errNoInstance(instance string) error {
-	return fmt.Errorf("%w: %w %s", ErrUnauthorized, errUnknownInstance, instance)
+	return fmt.Errorf("%w: %w %s", ErrUnauthorized, ErrUnknownInstance, instance)
+}
+
+// errKeyInstance is the error of an API key to be made for an instance that does not exist.
+func errKeyInstance(instance string) error {
+	return fmt.Errorf("%w %s", ErrUnknownInstance, instance)
 }
 
 // OpenTenants opens the state directory dir; opts configure every instance's crk service.
@@ -344,7 +350,7 @@ var ErrBadInstances = errors.New("bad instance list")
 // CreateAPIKey makes an API key for one or more instances and returns it; only its hash is
 // kept. A bearer token of the key is accepted for each of these instances, and no other. At
 // least one instance is needed, each an existing one (an unknown one is refused with
-// [ErrUnauthorized], naming it) and none twice ([ErrBadInstances]).
+// [ErrUnknownInstance], naming it) and none twice ([ErrBadInstances]).
 func (t *Tenants) CreateAPIKey(instances ...string) (string, error) {
 	if len(instances) == 0 {
 		return "", fmt.Errorf("kpapi: creating an API key: %w: at least one instance is needed", ErrBadInstances)
@@ -369,6 +375,9 @@ func (t *Tenants) CreateAPIKey(instances ...string) (string, error) {
 	defer cancel()
 	err := t.store.addAPIKey(ctx, apiKeyEntry{Hash: hex.EncodeToString(sum[:]), Instance: instances[0],
 		Instances: slices.Clone(instances), Created: time.Now().UTC()})
+	if errors.Is(err, ErrUnknownInstance) {
+		return "", fmt.Errorf("kpapi: creating an API key: %w", err)
+	}
 	if err != nil {
 		return "", err
 	}
@@ -497,7 +506,10 @@ func (t *Tenants) StartSession(apiKey string) (string, Session, error) {
 	t.mu.Lock()
 	life := t.sessionLife
 	t.mu.Unlock()
-	e := credEntry{sum: sha256.Sum256([]byte(id)), expires: now.Add(life), created: now}
+	// In UTC and whole microseconds, as PostgreSQL keeps it: CheckSession then gives back
+	// the Expires StartSession gave, from either store.
+	expires := now.Add(life).UTC().Truncate(time.Microsecond)
+	e := credEntry{sum: sha256.Sum256([]byte(id)), expires: expires, created: now}
 	ctx, cancel := storeContext()
 	defer cancel()
 	instances, err := t.store.startSession(ctx, keyHash, e, now, t.sessionLimits())

@@ -303,7 +303,7 @@ func (s *fileStore) addAPIKey(_ context.Context, k apiKeyEntry) error {
 	return s.modify(func(tf *tenantsFile) error {
 		for _, in := range k.instanceList() {
 			if !knownIn(tf, in) {
-				return errNoInstance(in)
+				return errKeyInstance(in)
 			}
 		}
 		tf.APIKeys = append(tf.APIKeys, k)

@@ -176,7 +176,7 @@ func insertAPIKey(ctx context.Context, tx pgx.Tx, k apiKeyEntry, ifMissing bool)
 	}
 	for _, in := range instances {
 		if !slices.Contains(found, in) {
-			return errNoInstance(in)
+			return errKeyInstance(in)
 		}
 	}
 	conflict := ""
@@ -197,7 +197,7 @@ func insertAPIKey(ctx context.Context, tx pgx.Tx, k apiKeyEntry, ifMissing bool)
 func (s *pgStore) apiKeys(ctx context.Context) ([]apiKeyEntry, error) {
 	var out []apiKeyEntry
 	err := s.db.ReadTx(ctx, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT k.hash, k.created, array(SELECT i.instance FROM kp_api_key_instances i
+		rows, err := tx.Query(ctx, `SELECT k.hash, k.instance, k.created, array(SELECT i.instance FROM kp_api_key_instances i
 				WHERE i.hash = k.hash ORDER BY i.position)
 			FROM kp_api_keys k ORDER BY k.created, k.hash`)
 		if err != nil {
@@ -205,13 +205,17 @@ func (s *pgStore) apiKeys(ctx context.Context) ([]apiKeyEntry, error) {
 		}
 		out, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (apiKeyEntry, error) {
 			var k apiKeyEntry
-			if err := r.Scan(&k.Hash, &k.Created, &k.Instances); err != nil {
+			if err := r.Scan(&k.Hash, &k.Instance, &k.Created, &k.Instances); err != nil {
 				return k, err
 			}
-			if len(k.Instances) == 0 {
-				return k, fmt.Errorf("API key %s has no instance in kp_api_key_instances", keyID(k.Hash))
+			// Every key has instance rows (programs older than migration 2 refuse
+			// the database); a row made by hand without them is listed with
+			// kp_api_keys.instance rather than failing the whole listing, and its
+			// tokens are accepted for no instance.
+			if len(k.Instances) > 0 {
+				k.Instance = k.Instances[0]
 			}
-			k.Instance, k.Created = k.Instances[0], k.Created.UTC()
+			k.Created = k.Created.UTC()
 			return k, nil
 		})
 		return err
@@ -401,12 +405,13 @@ func (s *pgStore) sessionCount(ctx context.Context) (int, error) {
 	return n, dbError("counting sessions", err)
 }
 
-// dbError names what failed of a database error; refusals of credentials pass unchanged. A
-// database out of reach (even after retries), or a commit of unknown outcome, is marked
-// [crk.ErrUnavailable]: the server answers 503, not a refusal of the credential.
+// dbError names what failed of a database error; refusals of credentials, and unknown
+// instances, pass unchanged. A database out of reach (even after retries), or a commit of
+// unknown outcome, is marked [crk.ErrUnavailable]: the server answers 503, not a refusal of
+// the credential.
 func dbError(what string, err error) error {
 	switch {
-	case err == nil || errors.Is(err, ErrUnauthorized):
+	case err == nil || errors.Is(err, ErrUnauthorized) || errors.Is(err, ErrUnknownInstance):
 		return err
 	case errors.Is(err, crk.ErrUnavailable):
 	case errors.Is(err, pgdb.ErrCommitUnknown):
@@ -477,7 +482,7 @@ func CopyTenants(ctx context.Context, from *Tenants, db *pgdb.DB) error {
 		}
 		return nil
 	})
-	if errors.Is(err, ErrDefaultInstanceMismatch) {
+	if errors.Is(err, ErrDefaultInstanceMismatch) || errors.Is(err, ErrUnknownInstance) {
 		return fmt.Errorf("kpapi: copying tenants: %w", err)
 	}
 	return dbError("copying tenants", err)

@@ -78,9 +78,9 @@ func TestTenantsInstances(t *testing.T) {
 		const nobody = "00000000-0000-4000-8000-000000000000"
 		_, err = tenants.Service(nobody)
 		assert.ErrorIs(t, err, ErrUnauthorized)
-		assert.ErrorIs(t, err, errUnknownInstance)
+		assert.ErrorIs(t, err, ErrUnknownInstance)
 		_, err = tenants.CreateAPIKey(nobody)
-		assert.ErrorIs(t, err, errUnknownInstance)
+		assert.ErrorIs(t, err, ErrUnknownInstance)
 	})
 }
 
@@ -242,9 +242,10 @@ func TestTokensStoredHashed(t *testing.T) {
 	assert.Equal(t, keyHash, tokKeyHash)
 }
 
-// TestCopyTenants: a state directory's instances and API keys move to a database, where the
-// same default instance and the same API keys work; copying again changes nothing, and a
-// database with another default instance is refused.
+// TestCopyTenants: a state directory's instances and API keys, keys of several instances
+// included, move to a database, where the same default instance and the same API keys work
+// for the same instances; copying again changes nothing, and a database with another
+// default instance is refused.
 func TestCopyTenants(t *testing.T) {
 	t.Parallel()
 	from, _, _ := openFileTenants(t)
@@ -254,6 +255,8 @@ func TestCopyTenants(t *testing.T) {
 	k1, err := from.CreateAPIKey(def)
 	require.NoError(t, err)
 	k2, err := from.CreateAPIKey(team)
+	require.NoError(t, err)
+	k3, err := from.CreateAPIKey(team, def)
 	require.NoError(t, err)
 	wantInstances, err := from.ListInstances()
 	require.NoError(t, err)
@@ -283,14 +286,21 @@ func TestCopyTenants(t *testing.T) {
 	require.Len(t, gotKeys, len(wantKeys))
 	for i, want := range wantKeys {
 		got := gotKeys[i]
-		assert.Equal(t, []string{want.ID, want.Instance}, []string{got.ID, got.Instance})
+		assert.Equal(t, []any{want.ID, want.Instance, want.Instances}, []any{got.ID, got.Instance, got.Instances})
 		assert.WithinDuration(t, want.Created, got.Created, time.Microsecond, "PostgreSQL keeps microseconds")
 	}
-	for _, tc := range []struct{ key, instance string }{{k1, def}, {k2, team}} {
+	for _, tc := range []struct {
+		key, instance string
+		ok            bool
+	}{{k1, def, true}, {k2, team, true}, {k3, team, true}, {k3, def, true}, {k1, team, false}, {k2, def, false}} {
 		tok, _, err := to.Exchange(tc.key)
 		require.NoError(t, err)
 		_, err = to.Authorize(tok, tc.instance)
-		require.NoError(t, err)
+		if tc.ok {
+			require.NoError(t, err)
+		} else {
+			require.ErrorIs(t, err, ErrUnauthorized)
+		}
 	}
 
 	other, _, _ := openPostgresTenants(t)

@@ -3,6 +3,7 @@ package pgdb
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -88,8 +89,8 @@ func TestSchemaTooNew(t *testing.T) {
 
 	_, err = Open(testCtx(t), url, Options{})
 	require.ErrorIs(t, err, ErrSchemaTooNew)
-	assert.Contains(t, err.Error(), "999")
-	assert.Contains(t, err.Error(), "1")
+	assert.Contains(t, err.Error(), "at version 999")
+	assert.Contains(t, err.Error(), fmt.Sprintf("knows up to version %d", LatestVersion))
 }
 
 // TestConcurrentOpen: replicas opening an empty database at once all succeed (the

@@ -22,6 +22,24 @@
     }
   });
 
+  // A server-rendered dialog becomes a real modal one: focus stays inside it and the page
+  // behind is inert. Escape (the dialog's cancel event) follows its Cancel link.
+  var open = document.querySelector("dialog[open][data-cancel]");
+  if (open && typeof open.showModal === "function") {
+    try {
+      open.close();
+      open.showModal();
+    } catch (err) {
+      open.setAttribute("open", "");
+    }
+    var first = open.querySelector("[autofocus]");
+    if (first) first.focus();
+    open.addEventListener("cancel", function (e) {
+      e.preventDefault();
+      window.location.assign(open.getAttribute("data-cancel"));
+    });
+  }
+
   // A click outside an open overflow menu closes it.
   document.addEventListener("click", function (e) {
     document.querySelectorAll("details[data-menu][open]").forEach(function (m) {
