@@ -163,6 +163,19 @@ func (u *consoleUI) waitFor(url string, d time.Duration, what string, cond func(
 	}
 }
 
+// sessionCookie returns the browser's console session cookie, or nil.
+func (u *consoleUI) sessionCookie() *network.Cookie {
+	u.t.Helper()
+	res, err := chromedp.Call(u.b.Context(), network.GetCookies, network.GetCookiesParams{URLs: []string{u.srv.url + "/ui/"}})
+	require.NoError(u.t, err)
+	for _, c := range res.Cookies {
+		if c.Name == "crkvol_session" {
+			return c
+		}
+	}
+	return nil
+}
+
 // agentReportsHost reports whether this crkvol's agent takes --host, the name it
 // acknowledges lifecycle events under.
 func agentReportsHost(t *testing.T, bin string) bool {
@@ -177,7 +190,8 @@ func agentReportsHost(t *testing.T, bin string) bool {
 // and the Associated resources tab both volumes on the new version once the host's agent
 // rewrapped them; a 3-month policy; a disable shows the key suspended and locks the attached
 // volume out, and the Fleet page lists the host as having confirmed the lockout; enable;
-// delete refused with the registrations listed; the Events page lists every step. Along the
+// delete refused with the registrations listed; the Events page lists every step; signing
+// out ends the session on the server (its cookie put back is refused). Along the
 // way: the Keys page at 390×844 with its menu reachable, the session cookie's flags, the CSP
 // header, and no CSP violation or JavaScript error on any page (chrometest fails the test on
 // either). With -update-screenshots (or CRKVOL_UPDATE_SCREENSHOTS=1) it writes the README's
@@ -220,15 +234,8 @@ func TestConsoleBrowser(t *testing.T) {
 		u.open(srv.url + "/ui/")
 		require.True(t, u.exists("#signin-form"), "/ui/ signed out is the sign-in page: %s", u.bodyText())
 		u.signIn()
-		res, err := chromedp.Call(u.b.Context(), network.GetCookies, network.GetCookiesParams{URLs: []string{srv.url + "/ui/"}})
-		require.NoError(t, err)
-		var session *network.Cookie
-		for _, c := range res.Cookies {
-			if c.Name == "crkvol_session" {
-				session = c
-			}
-		}
-		require.NotNil(t, session, "no crkvol_session cookie among %d", len(res.Cookies))
+		session := u.sessionCookie()
+		require.NotNil(t, session, "no crkvol_session cookie after signing in")
 		require.True(t, session.HTTPOnly, "the session cookie is HttpOnly")
 		require.Equal(t, network.CookieSameSiteStrict, session.SameSite, "the session cookie is SameSite=Strict")
 		require.Equal(t, "/ui/", session.Path)
@@ -453,5 +460,23 @@ func TestConsoleBrowser(t *testing.T) {
 		// Unfiltered but for the key, the newest first: the refused delete is there too.
 		u.open(u.page("/events?key=" + keyID))
 		require.True(t, u.exists(`#events tr[data-action="kms.secrets.delete"][data-outcome="failure"]`), "the key's events list the refused delete: %s", u.bodyText())
+	})
+
+	step("sign out ends the session on the server: its cookie put back is refused", func() {
+		u.openSignedIn(u.page("/keys"))
+		old := u.sessionCookie()
+		require.NotNil(t, old)
+		u.loads("signing out", chromedp.Click(chromedp.CSS(`form.signout button[type="submit"]`)))
+		require.True(t, u.exists("#signin-form"), "signing out shows the sign-in page: %s", u.bodyText())
+		_, err := chromedp.Call(u.b.Context(), network.SetCookie, network.SetCookieParams{
+			Name: old.Name, Value: old.Value, URL: srv.url + "/ui/", Path: "/ui/",
+			HTTPOnly: &old.HTTPOnly, SameSite: network.CookieSameSiteStrict,
+		})
+		require.NoError(t, err)
+		back := u.sessionCookie()
+		require.True(t, back != nil && back.Value == old.Value, "the old session cookie is back in the browser")
+		u.open(u.page("/keys"))
+		require.True(t, u.exists("#signin-form"), "the ended session's cookie still opens the Keys page: %s", u.bodyText())
+		require.False(t, u.exists(fmt.Sprintf(`tr[data-key-id=%q]`, keyID)))
 	})
 }
