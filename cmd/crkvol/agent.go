@@ -106,7 +106,8 @@ commands run on the host meanwhile. One agent runs per state directory. It logs 
 handled and the responses (rewrap passes over a key's volumes, for events and reconciliations
 alike; lockouts that were new; unlocks), the lag of the last event (from the event to the end
 of its handling), the last poll of the feed (while the feed fails: its error and how long it
-has not answered) and the last reconciliation. When no agent runs it says
+has not answered), the last reconciliation, the host name it acknowledges under and the
+acknowledgements it made to the key service (recorded, failed, the last failure). When no agent runs it says
 so, shows the cursor the last agent saved, and exits 1.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.runAgentStatus(cmd.Context())
