@@ -1,38 +1,537 @@
-// This file is owned by the "browser" helper of issue #21, who replaces it (with fleet.html
-// and the chart code). The console's API it builds on:
-//
-//   - the route GET /ui/i/{instance}/fleet calls h.fleet with a *page whose Service() is the
-//     instance's *crk.Service and Context() the request's context (initiator set);
-//   - h.render(w, http.StatusOK, "fleet", p) renders templates/fleet.html in the layout,
-//     with p.Title set and the page's own data in p.Data;
-//   - templates/fleet.html defines "content" (and may define "title"); funcs available are
-//     those of funcs() in render.go plus fleetFuncs() below;
-//   - h.message(err) turns a crk error into the readable text to put in p.Alert.
-
 package console
 
 import (
+	"cmp"
+	"context"
+	"fmt"
 	"html/template"
 	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"time"
 
 	"crkvol/crk"
 )
 
-// fleetFuncs are template functions of the fleet page.
-func fleetFuncs() template.FuncMap { return template.FuncMap{} }
+// The Fleet page answers, per root key, the questions a rotation or a lockout leaves: how
+// many registered volumes are on each key version (now, and over time), how many are still
+// behind the latest version after a rotation, and, once the key is out of use, which hosts
+// have confirmed that they locked its volumes out.
+//
+// Everything here is computed from what crk keeps: the audit events of the key's
+// registrations (kms.registrations.create, .write and .delete, each naming the resource
+// CRN and, for create and write, the key version the resource is on afterwards), the
+// current registrations, the key's versions and the hosts' acknowledgements.
 
-// fleetData is the fleet page's data.
-type fleetData struct {
-	Keys []crk.Key
+// fleetUnknownVersion names, in a history, the version of a registration whose version at some
+// time is not in the retained audit events: one that existed before the oldest retained
+// event and was rewritten or deleted later.
+const fleetUnknownVersion = ""
+
+// fleetVersion is one series of a [fleetHistory]: a key version, oldest first.
+type fleetVersion struct {
+	ID      string // fleetUnknownVersion for the registrations of unknown version
+	Created time.Time
+	Latest  bool
 }
 
-// fleet shows the instance's keys across the fleet.
+// fleetStep is the number of registrations on each version from Time until the next
+// step (or the history's End).
+type fleetStep struct {
+	Time   time.Time
+	Counts []int // one per fleetHistory version, in the fleetHistory's order
+}
+
+// total returns the number of registrations at the step.
+func (s fleetStep) total() int {
+	n := 0
+	for _, c := range s.Counts {
+		n += c
+	}
+	return n
+}
+
+// fleetHistory is how many registrations of a key were on each of its versions over time: a
+// step function per version, from Start to End.
+type fleetHistory struct {
+	Start, End time.Time
+	Versions   []fleetVersion
+	Steps      []fleetStep // sorted by time, the first at Start; never empty
+}
+
+// fleetRegState is what the replay knows of one resource: its version, and whether it is
+// registered.
+type fleetRegState struct {
+	version    string
+	registered bool
+}
+
+// registrationHistory replays a key's registration events to count, over time, the
+// registrations on each version of the key.
+//
+// events are the key's audit events in any order (only successful registration events
+// count); regs its current registrations; versions its versions as ListVersions gives them
+// (newest first; versions made in the same instant keep that order); latest the id of its
+// latest version; created the key's creation date and now the end of the history.
+//
+// The audit log keeps a bounded number of events, so its oldest ones may be gone. A current
+// registration whose creation is not among the events is counted from its creation date on
+// its current version, unless an event rewrote or deleted it later, in which case its
+// version before that event is unknown; a registration the events name without creating
+// it, and that no longer exists, is counted from the oldest event on. Where the replay and
+// the current registrations disagree at the end (events still being written), the current
+// registrations win from now on.
+func registrationHistory(events []crk.Event, regs []crk.Registration, versions []crk.VersionInfo, latest string, created, now time.Time) fleetHistory {
+	evs := make([]crk.Event, 0, len(events))
+	for _, ev := range events {
+		switch ev.Action {
+		case crk.ActionRegister, crk.ActionRegUpdate, crk.ActionRegDelete:
+			if ev.Outcome == crk.OutcomeSuccess && ev.ResourceCRN != "" {
+				evs = append(evs, ev)
+			}
+		}
+	}
+	slices.SortStableFunc(evs, func(a, b crk.Event) int {
+		if c := a.Time.Compare(b.Time); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Seq, b.Seq)
+	})
+
+	current := make(map[string]crk.Registration, len(regs))
+	for _, r := range regs {
+		current[r.ResourceCRN] = r
+	}
+	// The first event of each resource tells what was before it.
+	first := map[string]crk.Event{}
+	for _, ev := range evs {
+		if _, ok := first[ev.ResourceCRN]; !ok {
+			first[ev.ResourceCRN] = ev
+		}
+	}
+	var oldest time.Time
+	if len(evs) > 0 {
+		oldest = evs[0].Time
+	}
+
+	type change struct {
+		t       time.Time
+		crn     string
+		state   fleetRegState
+		initial bool // a starting state, applied before the events of the same time
+	}
+	var changes []change
+	// Registrations that existed before the retained events.
+	for crn, ev := range first {
+		if ev.Action == crk.ActionRegister {
+			continue // the replay sees its creation
+		}
+		start := oldest
+		if r, ok := current[crn]; ok && r.CreationDate.Before(start) {
+			start = r.CreationDate
+		}
+		changes = append(changes, change{t: start, crn: crn, state: fleetRegState{fleetUnknownVersion, true}, initial: true})
+	}
+	for crn, r := range current {
+		if _, ok := first[crn]; ok {
+			continue
+		}
+		changes = append(changes, change{t: r.CreationDate, crn: crn, state: fleetRegState{r.KeyVersion.ID, true}, initial: true})
+	}
+	for _, ev := range evs {
+		st := fleetRegState{ev.KeyVersion, ev.Action != crk.ActionRegDelete}
+		changes = append(changes, change{t: ev.Time, crn: ev.ResourceCRN, state: st})
+	}
+	slices.SortStableFunc(changes, func(a, b change) int {
+		if c := a.t.Compare(b.t); c != 0 {
+			return c
+		}
+		switch {
+		case a.initial && !b.initial:
+			return -1
+		case b.initial && !a.initial:
+			return 1
+		}
+		return cmp.Compare(a.crn, b.crn)
+	})
+
+	// The history spans the key's life to now, and any change outside it (a registration
+	// dated after now by a replica whose clock runs ahead).
+	h := fleetHistory{Start: created, End: now}
+	if len(changes) > 0 {
+		if first := changes[0].t; first.Before(h.Start) {
+			h.Start = first
+		}
+		if last := changes[len(changes)-1].t; last.After(h.End) {
+			h.End = last
+		}
+	}
+	if h.End.Before(h.Start) {
+		h.End = h.Start
+	}
+
+	// The series: the key's versions oldest first, then any version events name that the
+	// key no longer lists, and the unknown version first of all when it is needed.
+	vs := slices.Clone(versions)
+	slices.Reverse(vs)
+	slices.SortStableFunc(vs, func(a, b crk.VersionInfo) int { return a.CreationDate.Compare(b.CreationDate) })
+	index := map[string]int{}
+	addVersion := func(v fleetVersion) {
+		if _, ok := index[v.ID]; !ok {
+			index[v.ID] = len(h.Versions)
+			h.Versions = append(h.Versions, v)
+		}
+	}
+	needUnknown := false
+	for _, c := range changes {
+		if c.state.registered && c.state.version == fleetUnknownVersion {
+			needUnknown = true
+		}
+	}
+	if needUnknown {
+		addVersion(fleetVersion{ID: fleetUnknownVersion})
+	}
+	for _, v := range vs {
+		addVersion(fleetVersion{ID: v.ID, Created: v.CreationDate, Latest: v.ID == latest})
+	}
+	for _, c := range changes {
+		if c.state.registered {
+			addVersion(fleetVersion{ID: c.state.version})
+		}
+	}
+	for _, r := range regs {
+		addVersion(fleetVersion{ID: r.KeyVersion.ID})
+	}
+
+	state := map[string]fleetRegState{}
+	counts := func() []int {
+		out := make([]int, len(h.Versions))
+		for _, st := range state {
+			if st.registered {
+				out[index[st.version]]++
+			}
+		}
+		return out
+	}
+	// push records the counts from t on: a step replaces one at the same time, and is
+	// left out when it counts what the step before it does.
+	push := func(t time.Time) {
+		c := counts()
+		if n := len(h.Steps); n > 0 && h.Steps[n-1].Time.Equal(t) {
+			h.Steps = h.Steps[:n-1]
+		}
+		if n := len(h.Steps); n > 0 && slices.Equal(h.Steps[n-1].Counts, c) {
+			return
+		}
+		h.Steps = append(h.Steps, fleetStep{Time: t, Counts: c})
+	}
+	push(h.Start)
+	for i, c := range changes {
+		state[c.crn] = c.state
+		if i+1 == len(changes) || !changes[i+1].t.Equal(c.t) {
+			push(c.t)
+		}
+	}
+	// The current registrations are the truth at the end.
+	mismatch := false
+	for crn, st := range state {
+		r, ok := current[crn]
+		if st.registered != ok || ok && st.version != r.KeyVersion.ID {
+			mismatch = true
+		}
+	}
+	for crn := range current {
+		if _, ok := state[crn]; !ok {
+			mismatch = true
+		}
+	}
+	if mismatch {
+		state = map[string]fleetRegState{}
+		for crn, r := range current {
+			state[crn] = fleetRegState{r.KeyVersion.ID, true}
+		}
+		push(h.End)
+	}
+	return h
+}
+
+// latest returns the counts of the last step.
+func (h fleetHistory) latest() []int { return h.Steps[len(h.Steps)-1].Counts }
+
+// maxTotal returns the most registrations the key had at any step.
+func (h fleetHistory) maxTotal() int {
+	m := 0
+	for _, s := range h.Steps {
+		m = max(m, s.total())
+	}
+	return m
+}
+
+// fleetKeysPerPage is the Fleet page's number of keys per page.
+const fleetKeysPerPage = 25
+
+// fleetMaxEvents caps the registration events of each action the Fleet chart reads for one
+// key, newest first: a key with more is charted from the newest, its older registrations
+// counted as the audit log's pruned ones are.
+const fleetMaxEvents = 20000
+
+// fleetVersionCount is how many registrations are on one version now.
+type fleetVersionCount struct {
+	ID     string
+	Count  int
+	Latest bool
+}
+
+// fleetHost is one host's latest acknowledgement for a key, judged against the key's state.
+type fleetHost struct {
+	crk.HostAck
+	// Confirmed is set when the host enforces the key's current out-of-use state and said so
+	// after the key entered it.
+	Confirmed bool
+	// OnLatest is set when the host reports its volumes on the key's latest version.
+	OnLatest bool
+}
+
+// fleetRow is one root key's line of the Fleet page.
+type fleetRow struct {
+	Key           crk.Key
+	Registrations int
+	// Behind counts the registrations not on the latest version.
+	Behind int
+	// Versions are the versions registrations are on now, newest first.
+	Versions []fleetVersionCount
+	// OutOfUse is set for a suspended, deactivated or destroyed key: its volumes must be
+	// locked out.
+	OutOfUse bool
+	// Confirmed and Waiting split the hosts that reported on the key: for an out-of-use key,
+	// those that confirmed the lockout and those that have not yet; for an active key every
+	// host is in Waiting (nothing to confirm), with its version.
+	Confirmed, Waiting []fleetHost
+	// Selected is set for the key whose chart the page shows; ChartURL selects it.
+	Selected bool
+	ChartURL string
+}
+
+// Reporting is the number of hosts that reported on the key.
+func (r fleetRow) Reporting() int { return len(r.Confirmed) + len(r.Waiting) }
+
+// outOfUse reports whether a key in state st must not be served: its volumes locked out.
+func outOfUse(st crk.State) bool {
+	return st == crk.StateSuspended || st == crk.StateDeactivated || st == crk.StateDestroyed
+}
+
+// fleetRowFor summarises root key k from its current registrations and its hosts' latest
+// acknowledgements.
+func fleetRowFor(k crk.Key, regs []crk.Registration, acks []crk.HostAck) fleetRow {
+	row := fleetRow{Key: k, Registrations: len(regs), OutOfUse: outOfUse(k.State)}
+	latest := k.KeyVersion.ID
+	counts := map[string]int{}
+	for _, r := range regs {
+		counts[r.KeyVersion.ID]++
+		if r.KeyVersion.ID != latest {
+			row.Behind++
+		}
+	}
+	for id, n := range counts {
+		row.Versions = append(row.Versions, fleetVersionCount{ID: id, Count: n, Latest: id == latest})
+	}
+	// Newest first: the latest, then by the registrations' version dates.
+	created := map[string]time.Time{}
+	for _, r := range regs {
+		created[r.KeyVersion.ID] = r.KeyVersion.CreationDate
+	}
+	slices.SortFunc(row.Versions, func(a, b fleetVersionCount) int {
+		switch {
+		case a.Latest:
+			return -1
+		case b.Latest:
+			return 1
+		}
+		if c := created[b.ID].Compare(created[a.ID]); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.ID, b.ID)
+	})
+	for _, a := range acks {
+		h := fleetHost{HostAck: a, OnLatest: a.Version != "" && a.Version == latest}
+		h.Confirmed = row.OutOfUse && a.State == k.State.String() && !a.Time.Before(k.LastStateChange)
+		if h.Confirmed {
+			row.Confirmed = append(row.Confirmed, h)
+		} else {
+			row.Waiting = append(row.Waiting, h)
+		}
+	}
+	return row
+}
+
+// fleetData is the Fleet page's data.
+type fleetData struct {
+	Rows        []fleetRow
+	Total       int
+	First, Last int    // the 1-based positions of the page's first and last key
+	Prev, Next  string // the URLs of the neighbouring pages, "" when none
+	// Chart is the selected key's chart; nil when no key is selected or it failed.
+	Chart    *fleetChart
+	ChartKey *crk.Key
+	// Truncated is set when the chart read only the newest fleetMaxEvents events of an action.
+	Truncated bool
+}
+
+// fleetFuncs are the template functions of the fleet page.
+func fleetFuncs() template.FuncMap {
+	return template.FuncMap{
+		"shortVersion": chartVersionLabel,
+		"fleetAdd":     func(a, b float64) float64 { return a + b },
+		"fleetSub":     func(a, b float64) float64 { return a - b },
+	}
+}
+
+// fleet shows, per root key of the instance, its registrations per version and how many
+// are behind the latest, the hosts' lockout confirmations, and the selected key's chart.
 func (h *Handler) fleet(w http.ResponseWriter, r *http.Request, p *page) {
 	p.Title = "Fleet"
-	ks, err := p.Service().ListKeys(p.Context(), crk.ListOptions{})
+	svc, ctx := p.Service(), p.Context()
+	q := r.URL.Query()
+	d := fleetData{}
+	pageNo := 0
+	if s := q.Get("page"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 1<<20 {
+			h.renderFleetError(w, p, http.StatusBadRequest, fmt.Sprintf("Page %q is not a page number (1, 2, …).", fleetTruncate(s, 40)))
+			return
+		}
+		pageNo = n - 1
+	}
+	keys, err := svc.ListKeys(ctx, crk.ListOptions{States: []crk.State{
+		crk.StatePreActivation, crk.StateActive, crk.StateSuspended, crk.StateDeactivated, crk.StateDestroyed,
+	}})
+	if err != nil {
+		p.Alert = h.message(err)
+		p.Data = d
+		h.render(w, http.StatusOK, "fleet", p)
+		return
+	}
+	var roots []crk.Key
+	for _, k := range keys {
+		if k.Type == crk.RootKey {
+			roots = append(roots, k)
+		}
+	}
+	d.Total = len(roots)
+	start := min(pageNo*fleetKeysPerPage, len(roots))
+	end := min(start+fleetKeysPerPage, len(roots))
+	if start > 0 {
+		d.Prev = fleetURL(p, pageNo, "")
+	}
+	if end < len(roots) {
+		d.Next = fleetURL(p, pageNo+2, "")
+	}
+	d.First, d.Last = start+1, end
+
+	selected := q.Get("key")
+	// One listing of every registration of the instance (one audit event), grouped by key.
+	regs, err := svc.ListRegistrations(ctx, crk.RegistrationFilter{})
 	if err != nil {
 		p.Alert = h.message(err)
 	}
-	p.Data = fleetData{Keys: ks}
-	h.render(w, http.StatusOK, "fleet", p)
+	byKey := map[string][]crk.Registration{}
+	for _, reg := range regs {
+		byKey[reg.KeyID] = append(byKey[reg.KeyID], reg)
+	}
+	for _, k := range roots[start:end] {
+		acks, err := svc.HostAcks(ctx, k.ID)
+		if err != nil && p.Alert == "" {
+			p.Alert = h.message(err)
+		}
+		row := fleetRowFor(k, byKey[k.ID], acks)
+		row.Selected = k.ID == selected
+		row.ChartURL = fleetURL(p, pageNo+1, k.ID)
+		d.Rows = append(d.Rows, row)
+	}
+
+	status := http.StatusOK
+	if selected == "" && len(d.Rows) > 0 {
+		selected = d.Rows[0].Key.ID
+		d.Rows[0].Selected = true
+	}
+	if selected != "" {
+		var key *crk.Key
+		for i := range roots {
+			if roots[i].ID == selected {
+				key = &roots[i]
+			}
+		}
+		if key == nil {
+			// Not a root key of this instance: say which, as the API would.
+			k, err := svc.GetKeyMetadata(ctx, selected)
+			switch {
+			case err != nil:
+				p.Alert, status = h.message(err), http.StatusNotFound
+			default:
+				p.Alert, status = fmt.Sprintf("Key %s is a %s key: only root keys protect volumes.", k.ID, k.Type), http.StatusBadRequest
+			}
+		} else {
+			c, truncated, err := h.fleetChartOf(ctx, svc, *key, byKey[key.ID])
+			if err != nil {
+				p.Alert = h.message(err)
+			} else {
+				d.Chart, d.ChartKey, d.Truncated = &c, key, truncated
+			}
+		}
+	}
+	p.Data = d
+	h.render(w, status, "fleet", p)
+}
+
+// renderFleetError answers a bad query with the Fleet page and the message.
+func (h *Handler) renderFleetError(w http.ResponseWriter, p *page, status int, msg string) {
+	p.Alert = msg
+	p.Data = fleetData{}
+	h.render(w, status, "fleet", p)
+}
+
+// fleetChartOf reads key k's registration events and versions and lays out its chart.
+func (h *Handler) fleetChartOf(ctx context.Context, svc *crk.Service, k crk.Key, regs []crk.Registration) (fleetChart, bool, error) {
+	var events []crk.Event
+	truncated := false
+	for _, action := range []string{crk.ActionRegister, crk.ActionRegUpdate, crk.ActionRegDelete} {
+		pg, err := svc.ListEvents(ctx, crk.EventFilter{KeyID: k.ID, Action: action, Limit: fleetMaxEvents})
+		if err != nil {
+			return fleetChart{}, false, err
+		}
+		events = append(events, pg.Events...)
+		truncated = truncated || pg.Next != ""
+	}
+	versions, err := svc.ListVersions(ctx, k.ID)
+	if err != nil {
+		return fleetChart{}, false, err
+	}
+	hist := registrationHistory(events, regs, versions, k.KeyVersion.ID, k.CreationDate, h.now())
+	return buildChart(hist, k.Name), truncated, nil
+}
+
+// fleetURL is the Fleet page's URL for a 1-based page number (0 or 1: the first) and a
+// selected key ("" for none).
+func fleetURL(p *page, pageNo int, key string) string {
+	v := url.Values{}
+	if pageNo > 1 {
+		v.Set("page", strconv.Itoa(pageNo))
+	}
+	if key != "" {
+		v.Set("key", key)
+	}
+	u := p.Base() + "/fleet"
+	if len(v) > 0 {
+		u += "?" + v.Encode()
+	}
+	return u
+}
+
+// fleetTruncate shortens s for a message.
+func fleetTruncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
 }

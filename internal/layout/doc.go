@@ -18,7 +18,8 @@
 //
 // Two rules beside the levels: crkvol/volume reaches crk only through its own KeyService
 // interface (crkvol/volume/kms is the adapter), so it imports neither crk nor crk/kpapi; and
-// the packages of level 0 import nothing of crkvol's but other internal helpers. And two
+// the packages of level 0 import nothing of crkvol's but other internal helpers. And three
 // helpers are for tests only, which no non-test file may import: crkvol/internal/tooltest
-// (external tools, long runs) and crkvol/internal/pgtest (a throwaway PostgreSQL server).
+// (external tools, long runs), crkvol/internal/pgtest (a throwaway PostgreSQL server) and
+// crkvol/internal/chrometest (a headless chromium for the console's browser tests).
 package layout

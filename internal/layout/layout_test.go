@@ -38,7 +38,7 @@ var forbidden = map[string][]string{
 }
 
 // testOnly are packages only tests, and each other, may import.
-var testOnly = []string{"crkvol/internal/tooltest", "crkvol/internal/pgtest"}
+var testOnly = []string{"crkvol/internal/tooltest", "crkvol/internal/pgtest", "crkvol/internal/chrometest"}
 
 func levelOf(pkg string) (int, bool) {
 	if l, ok := level[pkg]; ok {
