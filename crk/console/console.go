@@ -28,9 +28,10 @@ const Prefix = "/ui/"
 const maxForm = 64 << 10
 
 // contentSecurityPolicy allows only the console's own script, styles and images, no inline
-// script or style, no framing and no form posts elsewhere.
+// script or style, no framing and no form posts elsewhere; connect-src lets console.js fetch
+// its own pages for live refresh.
 const contentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; " +
-	"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+	"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 
 // Options configure a [Handler].
 type Options struct {

@@ -297,6 +297,7 @@ func TestSecurityHeaders(t *testing.T) {
 	resp, _ = f.get(c, "/ui/signin")
 	assert.Equal(t, "/ui/", resp.Header.Get("Location"), "signed in already")
 	assert.Contains(t, contentSecurityPolicy, "script-src 'self'")
+	assert.Contains(t, contentSecurityPolicy, "connect-src 'self'", "console.js fetches pages for live refresh")
 	assert.NotContains(t, contentSecurityPolicy, "unsafe-inline")
 }
 
