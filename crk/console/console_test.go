@@ -183,6 +183,16 @@ func alertOf(body string) string {
 	return html.UnescapeString(m[1])
 }
 
+// dialogOf returns the open dialog of a page, "" when none.
+func dialogOf(body string) string {
+	i := strings.Index(body, "<dialog ")
+	j := strings.Index(body, "</dialog>")
+	if i < 0 || j < i {
+		return ""
+	}
+	return body[i:j]
+}
+
 // cookieOf returns the Set-Cookie of name in resp.
 func cookieOf(resp *http.Response, name string) *http.Cookie {
 	for _, c := range resp.Cookies() {

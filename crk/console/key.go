@@ -179,6 +179,9 @@ func (h *Handler) renderKey(w http.ResponseWriter, r *http.Request, p *page, tab
 	p.Title = k.Name
 	if d.Dialog.Name != "" {
 		p.Title = d.Dialog.Label + ": " + k.Name
+		p.InDialog = true
+	} else {
+		d.Blocking = nil
 	}
 	p.Data = d
 	h.render(w, status, "key", p)
@@ -257,7 +260,7 @@ func (h *Handler) keyAction(w http.ResponseWriter, r *http.Request, p *page) {
 			msg = "Key deleted: it can be restored for 30 days"
 		} else if errors.Is(err, crk.ErrProtectedResource) || errors.Is(err, crk.ErrPreventKeyDeletion) {
 			regs, _ := p.svc.ListRegistrations(p.ctx, crk.RegistrationFilter{KeyID: id})
-			p.Alert = h.message(err)
+			p.Alert = deleteRefusal(len(regs))
 			h.renderKey(w, r, p, "resources", "delete", http.StatusConflict, regs)
 			return
 		}
@@ -292,4 +295,15 @@ func plural(n int) string {
 		return ""
 	}
 	return "s"
+}
+
+// deleteRefusal is the console's message when registrations refuse a delete. The API's own
+// message suggests a forced delete, which the console does not offer.
+func deleteRefusal(n int) string {
+	regs := "registrations protect it"
+	if n == 1 {
+		regs = "registration protects it"
+	}
+	return fmt.Sprintf("The key was not deleted: %d %s (listed below). Delete the registrations "+
+		"first; one that prevents key deletion blocks even a forced delete through the API.", n, regs)
 }

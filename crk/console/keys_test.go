@@ -76,7 +76,7 @@ func TestKeyLifecycle(t *testing.T) {
 	assert.Equal(t, http.StatusConflict, resp.StatusCode)
 	assertReadable(t, alertOf(body))
 	assert.Contains(t, alertOf(body), "rotated within the last hour")
-	assert.Contains(t, body, `id="dialog-rotate"`)
+	assert.Contains(t, dialogOf(body), `role="alert"`, "the refusal is inside the dialog")
 
 	// Policy: 3 months; a bad interval is refused; then disable the policy.
 	resp, body = f.action(c, k.ID, "policy", url.Values{"months": {"3"}, "enabled": {"true"}})
@@ -117,10 +117,14 @@ func TestKeyLifecycle(t *testing.T) {
 	resp, body = f.action(c, k.ID, "delete", url.Values{"confirm": {"payroll-root"}})
 	assert.Equal(t, http.StatusConflict, resp.StatusCode)
 	assertReadable(t, alertOf(body))
-	assert.Contains(t, alertOf(body), "protecting")
-	assert.Contains(t, body, `id="blocking"`)
-	assert.Contains(t, body, "crn:v1:local:public:is:local:a/crkvol::volume:vol-a")
-	assert.Contains(t, body, "crn:v1:local:public:is:local:a/crkvol::volume:vol-b")
+	assert.Equal(t, "The key was not deleted: 2 registrations protect it (listed below). Delete the registrations "+
+		"first; one that prevents key deletion blocks even a forced delete through the API.", alertOf(body))
+	dlg := dialogOf(body)
+	assert.Contains(t, dlg, `role="alert"`, "the refusal is inside the dialog, not behind it")
+	assert.Equal(t, 1, strings.Count(body, `role="alert"`), "and only there")
+	assert.Contains(t, dlg, `id="blocking"`)
+	assert.Contains(t, dlg, "crn:v1:local:public:is:local:a/crkvol::volume:vol-a")
+	assert.Contains(t, dlg, "crn:v1:local:public:is:local:a/crkvol::volume:vol-b")
 
 	// Without registrations the delete goes through; restore after the cool-down.
 	for _, crn := range []string{"crn:v1:local:public:is:local:a/crkvol::volume:vol-a", "crn:v1:local:public:is:local:a/crkvol::volume:vol-b"} {
@@ -137,6 +141,8 @@ func TestKeyLifecycle(t *testing.T) {
 	_, page = f.get(c, f.keysPath()+"?state=destroyed")
 	assert.Contains(t, page, `<tr data-key-id="`+k.ID+`">`)
 	f.clock.Advance(time.Minute)
+	_, page = f.get(c, f.keysPath()+"/"+k.ID+"?dialog=restore")
+	assert.Contains(t, dialogOf(page), "brings it back active")
 	resp, body = f.action(c, k.ID, "restore", nil)
 	msg, _ = f.flashOf(c, resp, body)
 	assert.Equal(t, "Key restored: its state is now active", msg)

@@ -32,7 +32,10 @@
     } catch (err) {
       open.setAttribute("open", "");
     }
-    var first = open.querySelector("[autofocus]");
+    // A refusal shown inside the dialog takes the focus, so it is read out first.
+    var first = open.querySelector("[role=alert]");
+    if (first) first.setAttribute("tabindex", "-1");
+    else first = open.querySelector("[autofocus]");
     if (first) first.focus();
     open.addEventListener("cancel", function (e) {
       e.preventDefault();
