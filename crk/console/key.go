@@ -136,7 +136,7 @@ func (h *Handler) renderKey(w http.ResponseWriter, r *http.Request, p *page, tab
 	k, err := p.svc.GetKeyMetadata(p.ctx, id)
 	if err != nil {
 		if errors.Is(err, crk.ErrKeyNotFound) {
-			h.errorPage(w, r, p.sess, http.StatusNotFound, "No such key", "This instance has no key with id "+short(id)+".")
+			h.errorPage(w, r, p.sess, http.StatusNotFound, "No such key", fmt.Sprintf("This instance has no key with id %q.", short(id)))
 			return
 		}
 		p.Alert = h.message(err)
@@ -217,12 +217,21 @@ func (h *Handler) keyAction(w http.ResponseWriter, r *http.Request, p *page) {
 	case "policy":
 		enabled := f.Get("enabled") != "false"
 		months, perr := strconv.Atoi(f.Get("months"))
-		if perr != nil || months < 1 || months > 12 {
-			if enabled {
-				refuse(http.StatusBadRequest, "Choose a rotation interval of 1 to 12 months.")
+		if !enabled {
+			// Disabling keeps the policy's interval, whatever the form says.
+			cur, gerr := p.svc.GetKeyMetadata(p.ctx, id)
+			if gerr != nil {
+				err = gerr
+				break
+			}
+			if cur.RotationPolicy == nil {
+				refuse(http.StatusConflict, "This key has no rotation policy to disable.")
 				return
 			}
-			months = 1
+			months = cur.RotationPolicy.IntervalMonths
+		} else if perr != nil || months < 1 || months > 12 {
+			refuse(http.StatusBadRequest, "Choose a rotation interval of 1 to 12 months.")
+			return
 		}
 		if k, err = p.svc.SetRotationPolicy(p.ctx, id, months, enabled); err == nil {
 			msg = "Rotation policy disabled"
@@ -270,7 +279,7 @@ func (h *Handler) keyAction(w http.ResponseWriter, r *http.Request, p *page) {
 	}
 	if err != nil {
 		if errors.Is(err, crk.ErrKeyNotFound) {
-			h.errorPage(w, r, p.sess, http.StatusNotFound, "No such key", "This instance has no key with id "+short(id)+".")
+			h.errorPage(w, r, p.sess, http.StatusNotFound, "No such key", fmt.Sprintf("This instance has no key with id %q.", short(id)))
 			return
 		}
 		refuse(statusOf(err), h.message(err))

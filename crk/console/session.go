@@ -6,9 +6,12 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
+	"net/url"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"crkvol/crk"
 	"crkvol/crk/kpapi"
@@ -133,6 +136,12 @@ func (h *Handler) instance(nav string, fn func(w http.ResponseWriter, r *http.Re
 			h.errorPage(w, r, &s, http.StatusBadRequest, "Bad request", fmt.Sprintf("The form could not be read (a form holds at most %d KiB); nothing was changed.", maxForm>>10))
 			return
 		}
+		if r.Method == http.MethodPost {
+			if name, ok := invalidUTF8(r.PostForm); ok {
+				h.errorPage(w, r, &s, http.StatusBadRequest, "Bad request", fmt.Sprintf("The form field %q is not valid UTF-8 text; nothing was changed.", short(name)))
+				return
+			}
+		}
 		if r.Method == http.MethodPost && !validCSRF(r, s) {
 			h.errorPage(w, r, &s, http.StatusForbidden, "Forbidden", "The form was stale or not sent by this console (missing or wrong CSRF token); nothing was changed. Reload the page and try again.")
 			return
@@ -161,4 +170,20 @@ func validCSRF(r *http.Request, s session) bool {
 // flashURL returns target with a signed flash message for the session.
 func flashURL(target string, s *session, msg string) string {
 	return fmt.Sprintf("%s%sflash=%s&fs=%s", target, querySep(target), queryEscape(msg), mac(s.id, "flash", msg))
+}
+
+// invalidUTF8 returns the name of the first form field (in name order) whose name or value
+// is not valid UTF-8.
+func invalidUTF8(form url.Values) (string, bool) {
+	for _, name := range slices.Sorted(maps.Keys(form)) {
+		if !utf8.ValidString(name) {
+			return name, true
+		}
+		for _, v := range form[name] {
+			if !utf8.ValidString(v) {
+				return name, true
+			}
+		}
+	}
+	return "", false
 }
