@@ -51,10 +51,10 @@ type Options struct {
 type Handler struct {
 	t      *kpapi.Tenants
 	secure bool // Options.SecureCookies
-	log   *slog.Logger
-	now   func() time.Time
-	mux   *http.ServeMux
-	pages map[string]*template.Template
+	log    *slog.Logger
+	now    func() time.Time
+	mux    *http.ServeMux
+	pages  map[string]*template.Template
 }
 
 // New returns the console for the instances of t.
