@@ -35,8 +35,9 @@ const contentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 
 
 // Options configure a [Handler].
 type Options struct {
-	// Logger receives the console's warnings (failed sign-ins, failures behind a generic
-	// message); nil discards them. Nothing secret is logged.
+	// Logger receives sign-ins and sign-outs (Info, with the API key's id and the remote
+	// address) and warnings (refused sign-ins, at most one line a second; failures behind a
+	// generic message); nil discards them. No API key or session id is logged.
 	Logger *slog.Logger
 	// Now is the clock of pages and flash messages; nil means time.Now.
 	Now func() time.Time
@@ -55,6 +56,8 @@ type Handler struct {
 	now    func() time.Time
 	mux    *http.ServeMux
 	pages  map[string]*template.Template
+	// failures rate-limits the log of refused sign-ins.
+	failures failureLog
 }
 
 // New returns the console for the instances of t.

@@ -513,3 +513,35 @@ func TestExpiredSession(t *testing.T) {
 	_, body := f.follow(c, resp)
 	assert.Contains(t, alertOf(body), "Your session has expired or was ended")
 }
+
+// TestSignInLog: sign-in and sign-out are logged at Info with the API key's id and the
+// remote address, never the key or the session id; refused sign-ins are logged at most once a
+// second, the rest counted in one line.
+func TestSignInLog(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	c := f.client()
+	resp, _ := f.signIn(c, f.apiKey)
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	session := cookieOf(resp, sessionCookie).Value
+	resp, _ = f.post(c, "/ui/signout", url.Values{"csrf": {csrfToken(session)}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	logs := f.logs.String()
+	id := kpapi.APIKeyID(f.apiKey)
+	assert.Regexp(t, `level=INFO msg="console: signed in" apikey=`+id+` remote=127\.0\.0\.1:\d+`, logs)
+	assert.Regexp(t, `level=INFO msg="console: signed out" apikey=`+id+` remote=127\.0\.0\.1:\d+`, logs)
+	assert.NotContains(t, logs, f.apiKey)
+	assert.NotContains(t, logs, session)
+
+	for range 5 {
+		resp, _ := f.signIn(f.client(), "crkvol-guess")
+		require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+	}
+	assert.Equal(t, 1, strings.Count(f.logs.String(), "sign-in refused"), "one line within the second")
+	f.clock.Advance(2 * time.Second)
+	f.signIn(f.client(), "crkvol-guess")
+	logs = f.logs.String()
+	assert.Contains(t, logs, `msg="console: 4 more sign-in failures since 2026-12-01T`)
+	assert.Equal(t, 2, strings.Count(logs, "sign-in refused"))
+	assert.NotContains(t, logs, "crkvol-guess")
+}
