@@ -90,8 +90,9 @@ func (h *Handler) routes() error {
 	}
 	files := http.StripPrefix(Prefix+"static/", http.FileServerFS(static))
 	h.mux.Handle("GET /ui/static/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasSuffix(r.URL.Path, "/") {
-			h.notFoundPage(w, r) // no directory listings
+		name := strings.TrimPrefix(r.URL.Path, Prefix+"static/")
+		if st, err := fs.Stat(static, name); err != nil || st.IsDir() || !fs.ValidPath(name) {
+			h.notFoundPage(w, r) // no directory listings, and the console's own 404 page
 			return
 		}
 		w.Header().Set("Cache-Control", "public, max-age=300")
@@ -107,8 +108,36 @@ func (h *Handler) routes() error {
 	h.mux.HandleFunc("POST /ui/i/{instance}/keys/{id}/{action}", h.instance("keys", h.keyAction))
 	h.mux.HandleFunc("GET /ui/i/{instance}/events", h.instance("events", h.events))
 	h.mux.HandleFunc("GET /ui/i/{instance}/fleet", h.instance("fleet", h.fleet))
-	h.mux.HandleFunc("/ui/", h.notFoundPage)
+	h.mux.HandleFunc("/ui/", h.noRoute)
 	return nil
+}
+
+// noRoute answers a request no route takes: 405 with Allow when the path is a console page
+// of other methods, else the not-found page.
+func (h *Handler) noRoute(w http.ResponseWriter, r *http.Request) {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodPost} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := h.mux.Handler(probe); pattern != "" && pattern != "/ui/" {
+			allow = append(allow, m)
+			if m == http.MethodGet {
+				allow = append(allow, http.MethodHead)
+			}
+		}
+	}
+	if len(allow) == 0 {
+		h.notFoundPage(w, r)
+		return
+	}
+	w.Header().Set("Allow", strings.Join(allow, ", "))
+	s, err := h.current(r)
+	var sp *session
+	if err == nil {
+		sp = &s
+	}
+	h.errorPage(w, r, sp, http.StatusMethodNotAllowed, "Method not allowed",
+		fmt.Sprintf("This page does not take %s requests (it takes %s).", r.Method, strings.Join(allow, ", ")))
 }
 
 // ServeHTTP serves a console request; every response carries the security headers.
