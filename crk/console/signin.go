@@ -85,6 +85,10 @@ func (h *Handler) signin(w http.ResponseWriter, r *http.Request) {
 		h.failurePage(w, r, http.StatusForbidden, "The sign-in form was stale or not sent by this console (missing or wrong CSRF token). Open the sign-in page and try again.")
 		return
 	}
+	if name, bad := invalidUTF8(r.PostForm); bad {
+		h.signinForm(w, r, http.StatusBadRequest, fmt.Sprintf("The form field %q is not valid UTF-8 text.", short(name)))
+		return
+	}
 	key := r.PostForm.Get("apikey")
 	if key == "" {
 		h.signinForm(w, r, http.StatusBadRequest, "Enter an API key.")
