@@ -45,9 +45,9 @@
 // with [Service.ForgetHostAck]. An acknowledgement is the word of its reporter (the caller's
 // initiator, [HostAck].Reporter): the service checks that its state is the one its type
 // leads to and that its volumes are at most the key's registrations, not what the host did.
-// A host has
-// confirmed the lockout of a key when its latest acknowledgement states the key's current
-// out-of-use state and was recorded at or after the key's last state change.
+// A host has confirmed the lockout of a key when its latest acknowledgement states the key's
+// current out-of-use state and was recorded at or after the key's last state change (both
+// times from the recording replica's clock: replicas' clocks must agree).
 //
 // # Errors
 //
