@@ -3,6 +3,7 @@ package crk
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -11,8 +12,14 @@ import (
 // ([Service.Acknowledge]).
 const ActionEventAck = "kms.secrets.eventack"
 
+// ActionForgetAck is the audit action of forgetting a host's acknowledgement of a key
+// ([Service.ForgetHostAck]).
+const ActionForgetAck = "kms.secrets.forgeteventack"
+
 // MaxHostAcksPerKey is the most hosts whose acknowledgements a key keeps. A host beyond it is
-// refused with [ErrInvalidArgument]; hosts already known keep updating theirs.
+// refused with [ErrInvalidArgument]; hosts already known keep updating theirs. Any holder of
+// one of the instance's API keys can fill a key's places with made-up hosts:
+// [Service.ForgetHostAck] frees them one by one, and purging the key frees them all.
 const MaxHostAcksPerKey = 10000
 
 // Bounds of the fields of a [HostAck].
@@ -42,11 +49,24 @@ type HostAck struct {
 	// Version is the key version the host's volumes are on after a rotate or sync; it may be
 	// empty.
 	Version string `json:"version,omitempty"`
-	// Volumes is how many volumes the host acted on (locked out, unlocked, rewrapped).
+	// Volumes is the number of the host's registered volumes of the key that State now
+	// applies to: after a lockout, every one of them (attached or not, stopped by the agent or
+	// by itself); after an unlock or a rewrap pass, those the pass looked at. A service bounds
+	// it by the key's current number of registrations.
 	Volumes int `json:"volumes"`
+	// Stopped is how many attach processes of the key's volumes the host's agent itself
+	// told to stop for a lockout (an attach process that saw the event first and stopped by
+	// itself is not counted); 0 for an unlock or a rewrap pass.
+	Stopped int `json:"stopped"`
 	// Cursor is the lifecycle feed cursor of the event acted on, or "" for a
 	// reconciliation.
 	Cursor string `json:"cursor,omitempty"`
+	// Reporter is who posted the acknowledgement: the initiator of the context
+	// [Service.Acknowledge] was called with ("kpapi:<API key id>" for the HTTP API, or the
+	// service's own initiator for an embedded service).
+	// Acknowledge sets it; a caller's value is ignored. A confirmation is the word of its
+	// reporter: any holder of one of the instance's API keys may post one.
+	Reporter string `json:"reporter"`
 	// Time is the service clock when the acknowledgement was recorded; Acknowledge sets it.
 	Time time.Time `json:"time"`
 }
@@ -93,8 +113,12 @@ func (a *HostAck) check() error {
 	if !known {
 		return fmt.Errorf("%w: acknowledgement type %q: want one of rotate, disable, enable, delete, restore, purge, sync", ErrInvalidArgument, shorten(a.Type))
 	}
-	if _, err := ParseState(a.State); err != nil {
+	st, err := ParseState(a.State)
+	if err != nil {
 		return fmt.Errorf("acknowledgement: %w", err)
+	}
+	if st == StatePreActivation {
+		return fmt.Errorf("%w: acknowledgement state pre-activation: a host never enforces it (a key is never in use before it is active)", ErrInvalidArgument)
 	}
 	if len(a.Version) > maxAckVersionLen || !printableASCII(a.Version) {
 		return fmt.Errorf("%w: acknowledgement version %q: want a key version id", ErrInvalidArgument, shorten(a.Version))
@@ -102,8 +126,46 @@ func (a *HostAck) check() error {
 	if a.Volumes < 0 {
 		return fmt.Errorf("%w: acknowledgement volumes %d: must not be negative", ErrInvalidArgument, a.Volumes)
 	}
+	if a.Stopped < 0 || a.Stopped > a.Volumes {
+		return fmt.Errorf("%w: acknowledgement stopped %d: must be 0 to volumes (%d): an attach process serves one volume", ErrInvalidArgument, a.Stopped, a.Volumes)
+	}
 	if _, err := ParseFeedCursor(a.Cursor); err != nil {
 		return fmt.Errorf("acknowledgement: %w", err)
+	}
+	return nil
+}
+
+// checkAgainst checks an acknowledgement against its key r at now: its state must be one its
+// type leads to (disable: suspended; delete, purge: destroyed; enable, restore: active, or
+// deactivated once the key has expired; rotate, sync: a usable state, active or
+// deactivated), and its volumes at most the key's registrations (regs).
+func (a *HostAck) checkAgainst(r *keyRecord, now time.Time, regs int) error {
+	var want []State
+	switch a.Type {
+	case LifecycleDisable:
+		want = []State{StateSuspended}
+	case LifecycleDelete, LifecyclePurge:
+		want = []State{StateDestroyed}
+	case LifecycleEnable, LifecycleRestore:
+		want = []State{StateActive}
+		if !r.Expiration.IsZero() && !now.Before(r.Expiration) {
+			want = append(want, StateDeactivated)
+		}
+	default: // rotate, sync
+		want = []State{StateActive, StateDeactivated}
+	}
+	st, _ := ParseState(a.State) // checked by check
+	if !slices.Contains(want, st) {
+		names := make([]string, len(want))
+		for i, w := range want {
+			names[i] = w.String()
+		}
+		return fmt.Errorf("%w: acknowledgement type %s with state %s: an event of type %s leaves key %s %s", ErrInvalidArgument,
+			a.Type, a.State, a.Type, r.ID, strings.Join(names, " or "))
+	}
+	if a.Volumes > regs {
+		return fmt.Errorf("%w: acknowledgement volumes %d: key %s has %d registration(s), the most volumes a host can act on",
+			ErrInvalidArgument, a.Volumes, r.ID, regs)
 	}
 	return nil
 }
@@ -121,7 +183,7 @@ func printableASCII(s string) bool {
 // summary is the acknowledgement in words, for its audit event: what the host did, never
 // anything secret.
 func (a *HostAck) summary() string {
-	s := fmt.Sprintf("host %s acknowledged %s: state %s, %d volume(s)", a.Host, a.Type, a.State, a.Volumes)
+	s := fmt.Sprintf("host %s acknowledged %s: state %s, %d volume(s), %d attach process(es) stopped", a.Host, a.Type, a.State, a.Volumes, a.Stopped)
 	if a.Cursor != "" {
 		s += ", feed event " + a.Cursor
 	} else {
@@ -153,6 +215,14 @@ func (s *Service) Acknowledge(ctx context.Context, a HostAck) error {
 		case r.Purged:
 			return fmt.Errorf("%w: key %s: its acknowledgements were deleted", ErrKeyPurged, r.ID)
 		}
+		regs, err := tx.countRegs(r.ID)
+		if err != nil {
+			return err
+		}
+		now := s.clock.Now()
+		if err := a.checkAgainst(r, now, regs); err != nil {
+			return err
+		}
 		known, err := tx.hasAck(r.ID, a.Host)
 		if err != nil {
 			return err
@@ -167,7 +237,7 @@ func (s *Service) Acknowledge(ctx context.Context, a HostAck) error {
 			}
 		}
 		ack := a
-		ack.Time = s.clock.Now()
+		ack.Time, ack.Reporter = now, s.who(ctx)
 		if err := tx.putAck(&ack); err != nil {
 			return err
 		}
@@ -203,4 +273,47 @@ func (s *Service) HostAcks(ctx context.Context, keyID string) ([]HostAck, error)
 		out = []HostAck{}
 	}
 	return out, nil
+}
+
+// ForgetHostAck deletes host's acknowledgement of root key keyID, so that the host no longer
+// counts for the key and no longer takes one of its [MaxHostAcksPerKey] places (a host
+// decommissioned, or names a token holder filled the key's places with), and records an
+// audit event ([ActionForgetAck]) naming the host. Forgetting a host that has no
+// acknowledgement of the key is not an error (the event says so). A malformed host name is
+// refused with [ErrInvalidArgument], an unknown key with [ErrKeyNotFound], a standard key with
+// [ErrNotRootKey], a purged key with [ErrKeyPurged] (its acknowledgements were deleted with
+// it).
+func (s *Service) ForgetHostAck(ctx context.Context, keyID, host string) error {
+	if err := CheckHostName(host); err != nil {
+		return s.refuse(ctx, ActionForgetAck, keyID, err)
+	}
+	s.mkMu.RLock() // as every change: no copy of the store runs meanwhile
+	err := s.update(ctx, func(tx storeTx) error {
+		r, err := tx.key(keyID)
+		if err != nil {
+			return err
+		}
+		switch {
+		case r.Type != RootKey:
+			return fmt.Errorf("%w: key %s is a standard key: acknowledgements are of root keys' lifecycle events", ErrNotRootKey, r.ID)
+		case r.Purged:
+			return fmt.Errorf("%w: key %s: its acknowledgements were deleted", ErrKeyPurged, r.ID)
+		}
+		had, err := tx.deleteAck(r.ID, host)
+		if err != nil {
+			return err
+		}
+		ev := s.newEvent(ctx, ActionForgetAck, r, r.ID, nil)
+		if had {
+			ev.Reason = "acknowledgement of host " + host + " forgotten"
+		} else {
+			ev.Reason = "host " + host + " had no acknowledgement to forget"
+		}
+		return s.appendEvent(tx, ev)
+	})
+	s.mkMu.RUnlock()
+	if err != nil {
+		return s.refuse(ctx, ActionForgetAck, keyID, err)
+	}
+	return nil
 }
