@@ -398,26 +398,27 @@ func (s *fileStore) sessionCount(context.Context) (int, error) {
 	return s.sessions.order.Len(), nil
 }
 
-func (s *fileStore) authorize(_ context.Context, sum [sha256.Size]byte, instance string, now time.Time) error {
+func (s *fileStore) authorize(_ context.Context, sum [sha256.Size]byte, instance string, now time.Time) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.tokens.expireFront(now)
 	el, ok := s.tokens.get(sum, now)
 	if !ok {
-		return errTokenUnknown
+		return "", errTokenUnknown
 	}
-	instances, exists, err := s.keyInstancesLocked(el.Value.(*memCred).keyHash)
+	keyHash := el.Value.(*memCred).keyHash
+	instances, exists, err := s.keyInstancesLocked(keyHash)
 	if err != nil {
-		return fmt.Errorf("kpapi: checking the token's API key: %w", err)
+		return "", fmt.Errorf("kpapi: checking the token's API key: %w", err)
 	}
 	if !exists {
 		s.tokens.remove(el)
-		return errTokenRevoked
+		return "", errTokenRevoked
 	}
 	if !slices.Contains(instances, instance) {
-		return errOtherInstance(instance)
+		return "", errOtherInstance(instance)
 	}
-	return nil
+	return keyHash, nil
 }
 
 func (s *fileStore) startSession(_ context.Context, keyHash string, e credEntry, now time.Time, lim tokenLimits) ([]string, error) {

@@ -276,33 +276,34 @@ func (s *pgStore) issueToken(ctx context.Context, keyHash string, tok credEntry,
 	return dbError("issuing a token", err)
 }
 
-func (s *pgStore) authorize(ctx context.Context, sum [sha256.Size]byte, instance string, now time.Time) error {
+func (s *pgStore) authorize(ctx context.Context, sum [sha256.Size]byte, instance string, now time.Time) (string, error) {
 	// One query: a token whose API key was revoked has no row (the join, and the cascade
 	// that deleted the token with the key), on every replica at once.
 	var (
 		expires time.Time
 		ofKey   bool
+		keyHash string
 	)
 	err := s.db.ReadTx(ctx, func(tx pgx.Tx) error {
-		return tx.QueryRow(ctx, `SELECT t.expires, EXISTS (SELECT 1 FROM kp_api_key_instances i
+		return tx.QueryRow(ctx, `SELECT t.key_hash, t.expires, EXISTS (SELECT 1 FROM kp_api_key_instances i
 				WHERE i.hash = t.key_hash AND i.instance = $2)
 			FROM kp_tokens t JOIN kp_api_keys k ON k.hash = t.key_hash WHERE t.hash = $1`,
-			sum[:], instance).Scan(&expires, &ofKey)
+			sum[:], instance).Scan(&keyHash, &expires, &ofKey)
 	})
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
-		return errTokenUnknown
+		return "", errTokenUnknown
 	case err != nil:
-		return dbError("reading tokens", err)
+		return "", dbError("reading tokens", err)
 	case !now.Before(expires):
 		if err := s.expire(ctx, now); err != nil {
-			return err
+			return "", err
 		}
-		return errTokenUnknown
+		return "", errTokenUnknown
 	case !ofKey:
-		return errOtherInstance(instance)
+		return "", errOtherInstance(instance)
 	}
-	return nil
+	return keyHash, nil
 }
 
 func (s *pgStore) startSession(ctx context.Context, keyHash string, e credEntry, now time.Time, lim tokenLimits) ([]string, error) {
