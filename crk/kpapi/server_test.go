@@ -502,6 +502,8 @@ func TestMalformedRequests(t *testing.T) {
 			{"unknown action", http.MethodPost, keys + "/" + k.ID + "/actions/explode", ``, 400, "INVALID_QUERY_PARAM_ERR"},
 			{"wrong method", http.MethodPut, keys + "/" + k.ID, ``, 405, "METHOD_NOT_ALLOWED_ERR"},
 			{"limit", http.MethodGet, keys + "?limit=0", ``, 400, "INVALID_QUERY_PARAM_ERR"},
+			{"bidi override in a name", http.MethodPost, keys, `{"resources":[{"name":"invoice\u202efdp.exe"}]}`, 400, "INVALID_FIELD_ERR"},
+			{"control character in a description", http.MethodPost, keys, `{"resources":[{"name":"ok","description":"a\u001b[2Jb"}]}`, 400, "INVALID_FIELD_ERR"},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				resp := e.do(t, tc.method, tc.url, tc.body, nil)
