@@ -116,6 +116,12 @@ func checkCreate(o CreateOptions) error {
 	if len(o.Description) > 240 {
 		return fmt.Errorf("%w: description longer than 240 characters", ErrInvalidArgument)
 	}
+	if err := checkLabel("key name", o.Name); err != nil {
+		return err
+	}
+	if err := checkLabel("description", o.Description); err != nil {
+		return err
+	}
 	switch o.Type {
 	case RootKey:
 		if o.Material != nil {

@@ -55,6 +55,9 @@ func (s *Service) Register(ctx context.Context, keyID, crn string, opts Register
 	if err := checkCRN(crn); err != nil {
 		return nil, s.refuse(ctx, ActionRegister, keyID, err)
 	}
+	if err := checkLabel("registration description", opts.Description); err != nil {
+		return nil, s.refuse(ctx, ActionRegister, keyID, err)
+	}
 	var out Registration
 	_, err := s.mutate(ctx, ActionRegister, keyID, func(tx storeTx, r *keyRecord, now time.Time, ev *Event) error {
 		if err := requireRoot(r); err != nil {
@@ -105,6 +108,11 @@ func checkVersion(r *keyRecord, vid string) error {
 // UpdateRegistration changes a registration, typically its key version after the resource
 // was rewrapped.
 func (s *Service) UpdateRegistration(ctx context.Context, keyID, crn string, u RegistrationUpdate) (*Registration, error) {
+	if u.Description != nil {
+		if err := checkLabel("registration description", *u.Description); err != nil {
+			return nil, s.refuse(ctx, ActionRegUpdate, keyID, err)
+		}
+	}
 	var out Registration
 	_, err := s.mutateBatched(ctx, ActionRegUpdate, keyID, func(tx storeTx, r *keyRecord, now time.Time, ev *Event) error {
 		if err := allowed(r, ActionRegUpdate); err != nil {

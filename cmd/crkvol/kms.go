@@ -333,6 +333,16 @@ instances), and for no other; without --instance, for the default instance:
 				return err
 			}
 			defer closeTenants()
+			if listInst != "" {
+				// A mistyped id must not look like an instance without keys.
+				insts, err := tenants.ListInstances()
+				if err != nil {
+					return err
+				}
+				if !slices.ContainsFunc(insts, func(in kpapi.InstanceInfo) bool { return strings.EqualFold(in.ID, listInst) }) {
+					return fmt.Errorf("%w %q (see kms instance list)", kpapi.ErrUnknownInstance, listInst)
+				}
+			}
 			all, err := tenants.ListAPIKeys()
 			if err != nil {
 				return err
@@ -360,7 +370,7 @@ instances), and for no other; without --instance, for the default instance:
 			}
 			return w.Flush()
 		}}
-	list.Flags().StringVar(&listInst, "instance", "", "list only the keys that see this instance")
+	list.Flags().StringVar(&listInst, "instance", "", "list only the keys that see this instance (an instance that does not exist is an error)")
 	revoke := &cobra.Command{Use: "revoke ID", Short: "Revoke an API key by its id (see list); its tokens stop working at once", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			tenants, closeTenants, err := a.tenants(cmd.Context())

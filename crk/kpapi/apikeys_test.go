@@ -54,32 +54,38 @@ func apiKeySeveralInstances(t *testing.T, tenants *Tenants, another func() *Tena
 	require.NoError(t, err)
 	singleTok, _, err := tenants.Exchange(single)
 	require.NoError(t, err)
+	tenants.SetStaticToken(staticToken)
+	defer tenants.SetStaticToken("")
 	for _, tc := range []struct {
 		name, tok, instance string
 		ok                  bool
+		key                 string // the caller Authorize gives
 	}{
-		{"first instance", tok, a, true},
-		{"second instance", tok, def, true},
-		{"not its instance", tok, b, false},
-		{"an instance nobody made", tok, "00000000-0000-4000-8000-000000000000", false},
-		{"single-instance key, its instance", singleTok, b, true},
-		{"single-instance key, another instance", singleTok, a, false},
+		{"first instance", tok, a, true, APIKeyID(key)},
+		{"second instance", tok, def, true, APIKeyID(key)},
+		{"not its instance", tok, b, false, ""},
+		{"an instance nobody made", tok, "00000000-0000-4000-8000-000000000000", false, ""},
+		{"single-instance key, its instance", singleTok, b, true, APIKeyID(single)},
+		{"single-instance key, another instance", singleTok, a, false, ""},
+		{"static token", staticToken, b, true, StaticTokenID},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			svc, err := tenants.Authorize(tc.tok, tc.instance)
+			svc, caller, err := tenants.Authorize(tc.tok, tc.instance)
 			if !tc.ok {
 				require.ErrorIs(t, err, ErrUnauthorized)
 				assert.Contains(t, err.Error(), tc.instance, "the refusal names the instance")
+				assert.Empty(t, caller)
 				return
 			}
 			require.NoError(t, err)
 			assert.Equal(t, tc.instance, svc.Instance())
+			assert.Equal(t, tc.key, caller, "the caller is the token's API key")
 		})
 	}
 
 	_, s, err := tenants.StartSession(key)
 	require.NoError(t, err)
-	assert.Equal(t, []string{def, a}, s.Instances, "the default instance first, then the key's order")
+	assert.Equal(t, []string{a, def}, s.Instances, "the key's own order, the default instance not moved first")
 	_, s, err = tenants.StartSession(single)
 	require.NoError(t, err)
 	assert.Equal(t, []string{b}, s.Instances)
@@ -153,9 +159,9 @@ func TestOldTenantsFileReadable(t *testing.T) {
 		}
 		tok, _, err := tn.Exchange(oldKey)
 		require.NoError(t, err)
-		_, err = tn.Authorize(tok, team)
+		_, _, err = tn.Authorize(tok, team)
 		require.NoError(t, err)
-		_, err = tn.Authorize(tok, def)
+		_, _, err = tn.Authorize(tok, def)
 		require.ErrorIs(t, err, ErrUnauthorized)
 		_, s, err := tn.StartSession(oldKey)
 		require.NoError(t, err)
@@ -231,13 +237,13 @@ func TestMigrationFromVersion1(t *testing.T) {
 		{ID: APIKeyID(k1), Instance: def, Instances: []string{def}, Created: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)},
 		{ID: APIKeyID(k2), Instance: team, Instances: []string{team}, Created: time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC)},
 	}, list)
-	_, err = tenants.Authorize(tok, def)
+	_, _, err = tenants.Authorize(tok, def)
 	require.NoError(t, err, "a token issued before the migration still works")
-	_, err = tenants.Authorize(tok, team)
+	_, _, err = tenants.Authorize(tok, team)
 	require.ErrorIs(t, err, ErrUnauthorized, "for its key's instance only")
 	tok2, _, err := tenants.Exchange(k2)
 	require.NoError(t, err)
-	_, err = tenants.Authorize(tok2, team)
+	_, _, err = tenants.Authorize(tok2, team)
 	require.NoError(t, err)
 	sid, s, err := tenants.StartSession(k1)
 	require.NoError(t, err)
@@ -247,11 +253,11 @@ func TestMigrationFromVersion1(t *testing.T) {
 	tok3, _, err := tenants.Exchange(k3)
 	require.NoError(t, err)
 	for _, in := range []string{def, team} {
-		_, err = tenants.Authorize(tok3, in)
+		_, _, err = tenants.Authorize(tok3, in)
 		require.NoError(t, err)
 	}
 	require.NoError(t, tenants.RevokeAPIKey(APIKeyID(k1)))
-	_, err = tenants.Authorize(tok, def)
+	_, _, err = tenants.Authorize(tok, def)
 	assert.ErrorIs(t, err, ErrUnauthorized, "revocation ends the old token")
 	_, err = tenants.CheckSession(sid)
 	assert.ErrorIs(t, err, ErrUnauthorized, "and the session")

@@ -130,7 +130,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 		writeError(w, badRequest("BEARER_SUB_EXTRACTION_ERR", "the Authorization header must be \"Bearer <token>\"", "authorization"))
 		return
 	}
-	svc, err := s.tenants.Authorize(tok, instance)
+	svc, caller, err := s.tenants.Authorize(tok, instance)
 	if err != nil {
 		if !errors.Is(err, ErrUnauthorized) {
 			// The instance exists but its store did not open: a failure, not a refusal.
@@ -150,7 +150,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 	ctx, cancel := context.WithTimeout(r.Context(), RequestTimeout+feedWait(r))
 	defer cancel()
 	q := &request{w: w, r: r, svc: svc, id: r.PathValue("id"),
-		ctx: crk.WithInitiator(ctx, "kpapi:"+instance)}
+		ctx: crk.WithInitiator(ctx, "kpapi:"+caller)}
 	if err := h(q); err != nil {
 		// The service audits its own refusals; requests refused here before reaching it
 		// (malformed bodies, unknown actions) are audited as kms.secrets.default.

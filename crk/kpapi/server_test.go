@@ -369,11 +369,29 @@ func TestAPIKeysAndInstances(t *testing.T) {
 		k, err := c.CreateRootKey(e.ctx, "team-a-key", nil)
 		require.NoError(t, err)
 		assert.Contains(t, k.CRN, ":"+inst+":key:")
+		// The audit log names the API key behind the token, not the instance; the static
+		// token, which has no key, by its own name.
+		instSvc, err := e.tenants.Service(inst)
+		require.NoError(t, err)
+		evs, err := instSvc.Events(e.ctx, crk.EventFilter{KeyID: k.ID})
+		require.NoError(t, err)
+		require.NotEmpty(t, evs)
+		for _, ev := range evs {
+			assert.Equal(t, "kpapi:"+APIKeyID(apiKey), ev.Initiator, "%s", ev.Action)
+		}
+		dk, err := e.client.CreateRootKey(e.ctx, "static-key", nil)
+		require.NoError(t, err)
+		evs, err = e.svc(t).Events(e.ctx, crk.EventFilter{KeyID: dk.ID})
+		require.NoError(t, err)
+		require.NotEmpty(t, evs)
+		for _, ev := range evs {
+			assert.Equal(t, "kpapi:"+StaticTokenID, ev.Initiator, "%s", ev.Action)
+		}
 
 		// The default instance sees none of team-a's keys, and team-a's token is no good there.
 		keys, err := e.client.GetKeys(e.ctx, 0, 0)
 		require.NoError(t, err)
-		assert.Empty(t, keys.Keys)
+		assert.Len(t, keys.Keys, 1, "only its own static-key")
 		_, err = e.client.GetKey(e.ctx, k.ID)
 		_, status := reason(t, err)
 		assert.Equal(t, http.StatusNotFound, status)
@@ -484,6 +502,8 @@ func TestMalformedRequests(t *testing.T) {
 			{"unknown action", http.MethodPost, keys + "/" + k.ID + "/actions/explode", ``, 400, "INVALID_QUERY_PARAM_ERR"},
 			{"wrong method", http.MethodPut, keys + "/" + k.ID, ``, 405, "METHOD_NOT_ALLOWED_ERR"},
 			{"limit", http.MethodGet, keys + "?limit=0", ``, 400, "INVALID_QUERY_PARAM_ERR"},
+			{"bidi override in a name", http.MethodPost, keys, `{"resources":[{"name":"invoice\u202efdp.exe"}]}`, 400, "INVALID_FIELD_ERR"},
+			{"control character in a description", http.MethodPost, keys, `{"resources":[{"name":"ok","description":"a\u001b[2Jb"}]}`, 400, "INVALID_FIELD_ERR"},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				resp := e.do(t, tc.method, tc.url, tc.body, nil)

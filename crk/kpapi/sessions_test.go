@@ -180,16 +180,16 @@ func sessionsAreNotTokens(t *testing.T, tenants *Tenants, _ *crk.ManualClock, _ 
 	require.NoError(t, err)
 	sid, _, err := tenants.StartSession(key)
 	require.NoError(t, err)
-	_, err = tenants.Authorize(static, def)
+	_, _, err = tenants.Authorize(static, def)
 	require.NoError(t, err, "the static token is a bearer token")
-	_, err = tenants.Authorize(tok, def)
+	_, _, err = tenants.Authorize(tok, def)
 	require.NoError(t, err)
 
 	for _, tc := range []struct {
 		name string
 		try  func() error
 	}{
-		{"session id as bearer token", func() error { _, err := tenants.Authorize(sid, def); return err }},
+		{"session id as bearer token", func() error { _, _, err := tenants.Authorize(sid, def); return err }},
 		{"bearer token as session", func() error { _, err := tenants.CheckSession(tok); return err }},
 		{"static token as session", func() error { _, err := tenants.CheckSession(static); return err }},
 		{"API key as session", func() error { _, err := tenants.CheckSession(key); return err }},
@@ -209,7 +209,7 @@ func sessionsAreNotTokens(t *testing.T, tenants *Tenants, _ *crk.ManualClock, _ 
 		})
 	}
 	require.NoError(t, tenants.EndSession(tok), "ending a token as a session does nothing")
-	_, err = tenants.Authorize(tok, def)
+	_, _, err = tenants.Authorize(tok, def)
 	assert.NoError(t, err, "the token still works")
 }
 

@@ -133,8 +133,8 @@ type tenantStore interface {
 	// tokens expired at now and evicting the oldest ones beyond the limits.
 	issueToken(ctx context.Context, keyHash string, tok credEntry, now time.Time, lim tokenLimits) error
 	// authorize checks that the token with hash sum is unexpired at now and of an API key
-	// that still exists and has instance among its instances.
-	authorize(ctx context.Context, sum [sha256.Size]byte, instance string, now time.Time) error
+	// that still exists and has instance among its instances, and returns the key's hash.
+	authorize(ctx context.Context, sum [sha256.Size]byte, instance string, now time.Time) (keyHash string, err error)
 	// startSession records a session hash for the API key with hash keyHash, after
 	// dropping the sessions expired at now and evicting the oldest ones beyond the limits,
 	// and returns the key's instances.
@@ -443,34 +443,51 @@ func (t *Tenants) TokenCount() (int, error) {
 	return t.store.tokenCount(ctx)
 }
 
-// Authorize checks a bearer token for an instance and returns the instance's service.
-func (t *Tenants) Authorize(token, instance string) (*crk.Service, error) {
+// StaticTokenID is the caller id [Tenants.Authorize] gives for the static token of
+// [Tenants.SetStaticToken], which belongs to no API key; API key ids are 16 hex digits, so
+// it names no key.
+const StaticTokenID = "static-token"
+
+// Authorize checks a bearer token for an instance and returns the instance's service and
+// who the token speaks for: the id of its API key (see [APIKeyID]), or [StaticTokenID] for
+// the static token. The server audits the request's operations as done by "kpapi:" and
+// this id.
+func (t *Tenants) Authorize(token, instance string) (*crk.Service, string, error) {
 	if token == "" {
-		return nil, fmt.Errorf("%w: no bearer token", ErrUnauthorized)
+		return nil, "", fmt.Errorf("%w: no bearer token", ErrUnauthorized)
 	}
 	t.mu.Lock()
 	static := t.static
 	t.mu.Unlock()
 	if static != "" && subtle.ConstantTimeCompare([]byte(token), []byte(static)) == 1 {
-		return t.Service(instance)
+		svc, err := t.Service(instance)
+		if err != nil {
+			return nil, "", err
+		}
+		return svc, StaticTokenID, nil
 	}
 	ctx, cancel := storeContext()
 	defer cancel()
-	if err := t.store.authorize(ctx, sha256.Sum256([]byte(token)), instance, t.now()); err != nil {
+	keyHash, err := t.store.authorize(ctx, sha256.Sum256([]byte(token)), instance, t.now())
+	if err != nil {
 		if errors.Is(err, ErrUnauthorized) {
-			return nil, err
+			return nil, "", err
 		}
-		return nil, fmt.Errorf("kpapi: checking the token: %w", err)
+		return nil, "", fmt.Errorf("kpapi: checking the token: %w", err)
 	}
-	return t.Service(instance)
+	svc, err := t.Service(instance)
+	if err != nil {
+		return nil, "", err
+	}
+	return svc, keyID(keyHash), nil
 }
 
 // Session is a console session: who signed in and until when.
 type Session struct {
 	// APIKeyID is the id of the API key signed in with (see [APIKeyInfo]).
 	APIKeyID string
-	// Instances are the key's instances, the default instance first when it is one of
-	// them, then in the order the key was created with.
+	// Instances are the key's instances in the order the key was created with (kms apikey
+	// create --instance, repeated); the console opens on the first.
 	Instances []string
 	// Expires is when the session ends (wall clock), unless ended or revoked before.
 	Expires time.Time
@@ -516,7 +533,7 @@ func (t *Tenants) StartSession(apiKey string) (string, Session, error) {
 	if err != nil {
 		return "", Session{}, err
 	}
-	return id, Session{APIKeyID: keyID(keyHash), Instances: t.defaultFirst(instances), Expires: e.expires}, nil
+	return id, Session{APIKeyID: keyID(keyHash), Instances: instances, Expires: e.expires}, nil
 }
 
 // CheckSession returns the session with this id. An empty, unknown, expired or ended id, or
@@ -536,7 +553,7 @@ func (t *Tenants) CheckSession(id string) (Session, error) {
 		}
 		return Session{}, fmt.Errorf("kpapi: checking the session: %w", err)
 	}
-	return Session{APIKeyID: keyID(keyHash), Instances: t.defaultFirst(instances), Expires: expires}, nil
+	return Session{APIKeyID: keyID(keyHash), Instances: instances, Expires: expires}, nil
 }
 
 // EndSession ends the session with this id (sign-out), in every process sharing the store;
@@ -558,21 +575,6 @@ func (t *Tenants) SessionCount() (int, error) {
 	ctx, cancel := storeContext()
 	defer cancel()
 	return t.store.sessionCount(ctx)
-}
-
-// defaultFirst returns instances with the default instance moved to the front when it is
-// one of them, the others in their order.
-func (t *Tenants) defaultFirst(instances []string) []string {
-	out := make([]string, 0, len(instances))
-	if slices.Contains(instances, t.def) {
-		out = append(out, t.def)
-	}
-	for _, in := range instances {
-		if in != t.def {
-			out = append(out, in)
-		}
-	}
-	return out
 }
 
 // InstanceInfo describes an instance.

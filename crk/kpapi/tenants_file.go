@@ -366,16 +366,24 @@ func (s *fileStore) findKey(keyHash string) (apiKeyEntry, error) {
 	return apiKeyEntry{}, errAPIKeyUnknown
 }
 
+// addCredLocked records e in m (s.tokens or s.sessions) for the API key with hash keyHash,
+// after dropping m's credentials expired at now and evicting beyond lim, and returns the
+// key; s.mu is held.
+func (s *fileStore) addCredLocked(m *memTable, keyHash string, e credEntry, now time.Time, lim tokenLimits) (apiKeyEntry, error) {
+	k, err := s.findKey(keyHash)
+	if err != nil {
+		return apiKeyEntry{}, err
+	}
+	m.expireFront(now)
+	m.add(k.Hash, e, lim)
+	return k, nil
+}
+
 func (s *fileStore) issueToken(_ context.Context, keyHash string, tok credEntry, now time.Time, lim tokenLimits) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	k, err := s.findKey(keyHash)
-	if err != nil {
-		return err
-	}
-	s.tokens.expireFront(now)
-	s.tokens.add(k.Hash, tok, lim)
-	return nil
+	_, err := s.addCredLocked(s.tokens, keyHash, tok, now, lim)
+	return err
 }
 
 func (s *fileStore) expire(_ context.Context, now time.Time) error {
@@ -398,37 +406,36 @@ func (s *fileStore) sessionCount(context.Context) (int, error) {
 	return s.sessions.order.Len(), nil
 }
 
-func (s *fileStore) authorize(_ context.Context, sum [sha256.Size]byte, instance string, now time.Time) error {
+func (s *fileStore) authorize(_ context.Context, sum [sha256.Size]byte, instance string, now time.Time) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.tokens.expireFront(now)
 	el, ok := s.tokens.get(sum, now)
 	if !ok {
-		return errTokenUnknown
+		return "", errTokenUnknown
 	}
-	instances, exists, err := s.keyInstancesLocked(el.Value.(*memCred).keyHash)
+	keyHash := el.Value.(*memCred).keyHash
+	instances, exists, err := s.keyInstancesLocked(keyHash)
 	if err != nil {
-		return fmt.Errorf("kpapi: checking the token's API key: %w", err)
+		return "", fmt.Errorf("kpapi: checking the token's API key: %w", err)
 	}
 	if !exists {
 		s.tokens.remove(el)
-		return errTokenRevoked
+		return "", errTokenRevoked
 	}
 	if !slices.Contains(instances, instance) {
-		return errOtherInstance(instance)
+		return "", errOtherInstance(instance)
 	}
-	return nil
+	return keyHash, nil
 }
 
 func (s *fileStore) startSession(_ context.Context, keyHash string, e credEntry, now time.Time, lim tokenLimits) ([]string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	k, err := s.findKey(keyHash)
+	k, err := s.addCredLocked(s.sessions, keyHash, e, now, lim)
 	if err != nil {
 		return nil, err
 	}
-	s.sessions.expireFront(now)
-	s.sessions.add(k.Hash, e, lim)
 	return slices.Clone(k.instanceList()), nil
 }
 

@@ -240,6 +240,30 @@ func (s *pgStore) revokeAPIKeys(ctx context.Context, id string) (int, error) {
 	return n, dbError("revoking API keys", err)
 }
 
+// credTable is a table of credentials, kp_tokens or kp_sessions, for makeRoom: its name
+// and the column its rows are evicted by, oldest (smallest) first. Tokens all live
+// [TokenLifetime], so their expiry orders them as their issue would; sessions' lifetimes
+// may differ ([Tenants.SetSessionLifetime]), so they go by their start.
+type credTable struct{ name, age string }
+
+// makeRoom prepares tbl for one more credential of the API key with hash keyHash, in tx,
+// which holds the table's lock (lockTokens, lockSessions): it drops the rows expired at
+// now, then keeps the key's newest lim.perKey-1 rows and the table's newest lim.total-1.
+func makeRoom(ctx context.Context, tx pgx.Tx, tbl credTable, keyHash string, now time.Time, lim tokenLimits) error {
+	// tbl's names are literals of this file, never input.
+	if _, err := tx.Exec(ctx, `DELETE FROM `+tbl.name+` WHERE expires <= $1`, now); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM `+tbl.name+` WHERE hash IN (
+		SELECT hash FROM `+tbl.name+` WHERE key_hash = $1 ORDER BY `+tbl.age+` DESC, hash DESC OFFSET $2)`,
+		keyHash, lim.perKey-1); err != nil {
+		return err
+	}
+	_, err := tx.Exec(ctx, `DELETE FROM `+tbl.name+` WHERE hash IN (
+		SELECT hash FROM `+tbl.name+` ORDER BY `+tbl.age+` DESC, hash DESC OFFSET $1)`, lim.total-1)
+	return err
+}
+
 func (s *pgStore) issueToken(ctx context.Context, keyHash string, tok credEntry, now time.Time, lim tokenLimits) error {
 	err := s.db.Tx(ctx, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, lockTokens); err != nil {
@@ -256,17 +280,7 @@ func (s *pgStore) issueToken(ctx context.Context, keyHash string, tok credEntry,
 		if err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM kp_tokens WHERE expires <= $1`, now); err != nil {
-			return err
-		}
-		// Keep the key's newest perKey-1 and the table's newest total-1, then add one.
-		if _, err := tx.Exec(ctx, `DELETE FROM kp_tokens WHERE hash IN (
-			SELECT hash FROM kp_tokens WHERE key_hash = $1 ORDER BY expires DESC, hash DESC OFFSET $2)`,
-			keyHash, lim.perKey-1); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `DELETE FROM kp_tokens WHERE hash IN (
-			SELECT hash FROM kp_tokens ORDER BY expires DESC, hash DESC OFFSET $1)`, lim.total-1); err != nil {
+		if err := makeRoom(ctx, tx, credTable{name: "kp_tokens", age: "expires"}, keyHash, now, lim); err != nil {
 			return err
 		}
 		_, err = tx.Exec(ctx, `INSERT INTO kp_tokens (hash, instance, key_hash, expires) VALUES ($1, $2, $3, $4)`,
@@ -276,33 +290,34 @@ func (s *pgStore) issueToken(ctx context.Context, keyHash string, tok credEntry,
 	return dbError("issuing a token", err)
 }
 
-func (s *pgStore) authorize(ctx context.Context, sum [sha256.Size]byte, instance string, now time.Time) error {
+func (s *pgStore) authorize(ctx context.Context, sum [sha256.Size]byte, instance string, now time.Time) (string, error) {
 	// One query: a token whose API key was revoked has no row (the join, and the cascade
 	// that deleted the token with the key), on every replica at once.
 	var (
 		expires time.Time
 		ofKey   bool
+		keyHash string
 	)
 	err := s.db.ReadTx(ctx, func(tx pgx.Tx) error {
-		return tx.QueryRow(ctx, `SELECT t.expires, EXISTS (SELECT 1 FROM kp_api_key_instances i
+		return tx.QueryRow(ctx, `SELECT t.key_hash, t.expires, EXISTS (SELECT 1 FROM kp_api_key_instances i
 				WHERE i.hash = t.key_hash AND i.instance = $2)
 			FROM kp_tokens t JOIN kp_api_keys k ON k.hash = t.key_hash WHERE t.hash = $1`,
-			sum[:], instance).Scan(&expires, &ofKey)
+			sum[:], instance).Scan(&keyHash, &expires, &ofKey)
 	})
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
-		return errTokenUnknown
+		return "", errTokenUnknown
 	case err != nil:
-		return dbError("reading tokens", err)
+		return "", dbError("reading tokens", err)
 	case !now.Before(expires):
 		if err := s.expire(ctx, now); err != nil {
-			return err
+			return "", err
 		}
-		return errTokenUnknown
+		return "", errTokenUnknown
 	case !ofKey:
-		return errOtherInstance(instance)
+		return "", errOtherInstance(instance)
 	}
-	return nil
+	return keyHash, nil
 }
 
 func (s *pgStore) startSession(ctx context.Context, keyHash string, e credEntry, now time.Time, lim tokenLimits) ([]string, error) {
@@ -320,17 +335,7 @@ func (s *pgStore) startSession(ctx context.Context, keyHash string, e credEntry,
 		if err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM kp_sessions WHERE expires <= $1`, now); err != nil {
-			return err
-		}
-		// Keep the key's newest perKey-1 and the table's newest total-1, then add one.
-		if _, err := tx.Exec(ctx, `DELETE FROM kp_sessions WHERE hash IN (
-			SELECT hash FROM kp_sessions WHERE key_hash = $1 ORDER BY created DESC, hash DESC OFFSET $2)`,
-			keyHash, lim.perKey-1); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `DELETE FROM kp_sessions WHERE hash IN (
-			SELECT hash FROM kp_sessions ORDER BY created DESC, hash DESC OFFSET $1)`, lim.total-1); err != nil {
+		if err := makeRoom(ctx, tx, credTable{name: "kp_sessions", age: "created"}, keyHash, now, lim); err != nil {
 			return err
 		}
 		_, err = tx.Exec(ctx, `INSERT INTO kp_sessions (hash, key_hash, created, expires) VALUES ($1, $2, $3, $4)`,

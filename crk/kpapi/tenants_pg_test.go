@@ -113,7 +113,7 @@ func TestTokensAcrossReplicas(t *testing.T) {
 		{"an unknown token", b, "not-a-token", inst, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := tc.tenants.Authorize(tc.tok, tc.instance)
+			_, _, err := tc.tenants.Authorize(tc.tok, tc.instance)
 			if tc.ok {
 				assert.NoError(t, err)
 			} else {
@@ -295,7 +295,7 @@ func TestCopyTenants(t *testing.T) {
 	}{{k1, def, true}, {k2, team, true}, {k3, team, true}, {k3, def, true}, {k1, team, false}, {k2, def, false}} {
 		tok, _, err := to.Exchange(tc.key)
 		require.NoError(t, err)
-		_, err = to.Authorize(tok, tc.instance)
+		_, _, err = to.Authorize(tok, tc.instance)
 		if tc.ok {
 			require.NoError(t, err)
 		} else {

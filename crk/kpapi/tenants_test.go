@@ -83,7 +83,7 @@ func TestTokenExpiry(t *testing.T) {
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				clock.Advance(tc.advance)
-				_, err := tenants.Authorize(tok, inst)
+				_, _, err := tenants.Authorize(tok, inst)
 				if tc.ok {
 					require.NoError(t, err)
 				} else {
@@ -136,7 +136,7 @@ func TestTokenTableBounded(t *testing.T) {
 		}
 		assert.Equal(t, 8, tokenCount(t, tenants))
 		for i, tok := range toks {
-			_, err := tenants.Authorize(tok, inst)
+			_, _, err := tenants.Authorize(tok, inst)
 			if i < 12 {
 				assert.ErrorIs(t, err, ErrUnauthorized, "token %d was evicted", i)
 			} else {
@@ -188,19 +188,19 @@ func TestAPIKeyListRevoke(t *testing.T) {
 
 		// Revoked in this process.
 		require.NoError(t, tenants.RevokeAPIKey(list[0].ID))
-		_, err = tenants.Authorize(t1, inst)
+		_, _, err = tenants.Authorize(t1, inst)
 		assert.ErrorIs(t, err, ErrUnauthorized, "the revoked key's token stops working")
 		_, _, err = tenants.Exchange(k1)
 		assert.ErrorIs(t, err, ErrUnauthorized, "the revoked key is refused")
-		_, err = tenants.Authorize(t2, inst)
+		_, _, err = tenants.Authorize(t2, inst)
 		assert.NoError(t, err, "other keys' tokens still work")
 
 		// Revoked by another process.
 		cli := another()
 		require.NoError(t, cli.RevokeAPIKey(list[2].ID))
-		_, err = tenants.Authorize(t3, other)
+		_, _, err = tenants.Authorize(t3, other)
 		assert.ErrorIs(t, err, ErrUnauthorized, "a revocation by another process takes effect at once")
-		_, err = tenants.Authorize(t2, inst)
+		_, _, err = tenants.Authorize(t2, inst)
 		assert.NoError(t, err)
 
 		for _, tc := range []struct{ name, id string }{
@@ -252,11 +252,11 @@ func TestTokenTablePerKey(t *testing.T) {
 		}
 		assert.Equal(t, 5, tokenCount(t, tenants), "2 of the victim's and the greedy key's 3 newest")
 		for _, tok := range kept {
-			_, err := tenants.Authorize(tok, inst)
+			_, _, err := tenants.Authorize(tok, inst)
 			assert.NoError(t, err, "another key's token survives a greedy key")
 		}
 		for i, tok := range greedyToks {
-			_, err := tenants.Authorize(tok, inst)
+			_, _, err := tenants.Authorize(tok, inst)
 			if i < len(greedyToks)-3 {
 				assert.ErrorIs(t, err, ErrUnauthorized, "greedy token %d was evicted by its own key", i)
 			} else {
