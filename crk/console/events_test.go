@@ -1,9 +1,14 @@
 package console
 
 import (
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"io/fs"
 	"net/http"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -183,4 +188,39 @@ func TestNoSecrets(t *testing.T) {
 		assert.NotContains(t, logs, secret)
 	}
 	assert.Contains(t, logs, "sign-in refused")
+}
+
+// TestEventActionsComplete: the events page offers every action crk records (its Action*
+// constants, read from crk's source), so a new action cannot be left out of the filter.
+func TestEventActionsComplete(t *testing.T) {
+	t.Parallel()
+	fset := token.NewFileSet()
+	pkgs, err := parser.ParseDir(fset, "..", func(fi fs.FileInfo) bool { return !strings.HasSuffix(fi.Name(), "_test.go") }, 0)
+	require.NoError(t, err)
+	offered := map[string]bool{}
+	for _, a := range eventActions() {
+		offered[a] = true
+	}
+	n := 0
+	ast.Inspect(pkgs["crk"], func(node ast.Node) bool {
+		vs, ok := node.(*ast.ValueSpec)
+		if !ok {
+			return true
+		}
+		for i, name := range vs.Names {
+			if !strings.HasPrefix(name.Name, "Action") || i >= len(vs.Values) {
+				continue
+			}
+			lit, ok := vs.Values[i].(*ast.BasicLit)
+			if !ok || lit.Kind != token.STRING {
+				continue
+			}
+			v, err := strconv.Unquote(lit.Value)
+			require.NoError(t, err)
+			n++
+			assert.True(t, offered[v], "crk.%s (%s) is not offered by the events filter", name.Name, v)
+		}
+		return true
+	})
+	assert.Equal(t, len(offered), n, "the filter offers exactly crk's actions")
 }

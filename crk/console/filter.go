@@ -150,7 +150,7 @@ func eventActions() []string {
 		crk.ActionDisable, crk.ActionEnable, crk.ActionDelete, crk.ActionRestore, crk.ActionPurge,
 		crk.ActionSync, crk.ActionExpire, crk.ActionPolicyWrite, crk.ActionRegister, crk.ActionRegUpdate,
 		crk.ActionRegDelete, crk.ActionPrune, crk.ActionRotationHook, crk.ActionMasterKeyRotate,
-		crk.ActionDefault, crk.ActionEventAck,
+		crk.ActionDefault, crk.ActionEventAck, crk.ActionForgetAck,
 	}
 }
 
