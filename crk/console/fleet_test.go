@@ -252,7 +252,7 @@ func TestTimeTicks(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ticks := timeTicks(tt.start, tt.end)
+			ticks := timeTicks(tt.start, tt.end, wideChart.TimeTicks)
 			var labels []string
 			for _, tk := range ticks {
 				labels = append(labels, tk.label)
@@ -263,10 +263,53 @@ func TestTimeTicks(t *testing.T) {
 			if got := strings.Join(labels, "|"); got != tt.want {
 				t.Errorf("ticks = %q; want %q", got, tt.want)
 			}
-			if len(ticks) > maxTimeTicks {
-				t.Errorf("%d ticks; at most %d", len(ticks), maxTimeTicks)
+			if len(ticks) > wideChart.TimeTicks {
+				t.Errorf("%d ticks; at most %d", len(ticks), wideChart.TimeTicks)
+			}
+			if n := len(timeTicks(tt.start, tt.end, narrowChart.TimeTicks)); n < 1 || n > narrowChart.TimeTicks {
+				t.Errorf("%d ticks for the narrow chart; want 1 to %d", n, narrowChart.TimeTicks)
 			}
 		})
+	}
+}
+
+// TestChartLabelsFit checks both layouts over spans from a second to years: every time
+// label stays inside the chart (a label under a tick at either end is anchored to stay in),
+// no two overlap, and the narrow chart is about a phone's width, so that its 12-unit labels
+// keep about their size there.
+func TestChartLabelsFit(t *testing.T) {
+	if narrowChart.Width > 400 {
+		t.Errorf("the narrow chart is %d units wide: on a 390 px phone its labels would shrink", narrowChart.Width)
+	}
+	spans := []time.Duration{300 * time.Millisecond, 7 * time.Second, 3 * time.Minute, 59 * time.Minute, 5 * time.Hour, 23 * time.Hour, 50 * time.Hour, 20 * 24 * time.Hour, 400 * 24 * time.Hour, 5 * 365 * 24 * time.Hour}
+	for _, l := range []chartLayout{wideChart, narrowChart} {
+		for _, span := range spans {
+			// Starts just after a round time, so that a tick falls near the right edge.
+			for _, start := range []time.Time{fleetT0, fleetT0.Add(-time.Second / 3), fleetAt(-7)} {
+				regs := []crk.Registration{fleetReg(1, 0, fv1)}
+				h := registrationHistory(nil, regs, fleetVersions(fv1), fv1, start, start.Add(span))
+				c := buildChart(h, "k", l)
+				name := fmt.Sprintf("%s/%v/%v", l.ID, span, start.Format("15:04:05.000"))
+				prevRight := -1.0
+				for _, tk := range c.XTicks {
+					w := float64(len(tk.Label)) * chartCharWidth
+					left := tk.Pos - w/2
+					switch tk.Anchor {
+					case "start":
+						left = tk.Pos
+					case "end":
+						left = tk.Pos - w
+					}
+					if left < 0 || left+w > float64(l.Width) {
+						t.Errorf("%s: label %q spans %.0f..%.0f, outside 0..%d", name, tk.Label, left, left+w, l.Width)
+					}
+					if left < prevRight {
+						t.Errorf("%s: label %q overlaps the one before it", name, tk.Label)
+					}
+					prevRight = left + w
+				}
+			}
+		}
 	}
 }
 
@@ -277,7 +320,7 @@ func TestBuildChart(t *testing.T) {
 		fleetRegEvent(3, 30, crk.ActionRegister, 3, fv1),
 		fleetRegEvent(5, 130, crk.ActionRegUpdate, 1, fv2),
 	}, []crk.Registration{fleetReg(1, 10, fv2), fleetReg(2, 20, fv1), fleetReg(3, 30, fv1)}, fleetVersions(fv1, fv2, fv3), fv3, fleetT0, fleetAt(200))
-	c := buildChart(h, "backup-crk")
+	c := buildChart(h, "backup-crk", wideChart)
 
 	// fv3 is the latest but holds nothing: in the legend, without an area.
 	var legend []string
@@ -334,7 +377,7 @@ func TestBuildChartTableBounded(t *testing.T) {
 	for i := range maxTableRows + 10 {
 		regs = append(regs, fleetReg(i, i, fv1))
 	}
-	c := buildChart(registrationHistory(evs, regs, fleetVersions(fv1), fv1, fleetT0, fleetAt(100)), "k")
+	c := buildChart(registrationHistory(evs, regs, fleetVersions(fv1), fv1, fleetT0, fleetAt(100)), "k", wideChart)
 	if len(c.Rows) != maxTableRows || c.Omitted != 10 { // 60 steps: one per creation, the first at the start
 		t.Errorf("%d rows, %d omitted; want %d, 10", len(c.Rows), c.Omitted, maxTableRows)
 	}
@@ -501,7 +544,7 @@ func TestFleetRowFor(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			row := fleetRowFor(tt.key, regs, acks)
+			row := fleetRowFor(tt.key, regs, fleetHosts(tt.key, acks))
 			if row.Registrations != 3 || row.Behind != 1 {
 				t.Errorf("registrations %d, behind %d; want 3, 1", row.Registrations, row.Behind)
 			}
@@ -519,7 +562,7 @@ func TestFleetRowFor(t *testing.T) {
 			}
 		})
 	}
-	if row := fleetRowFor(key(crk.StateActive), regs, acks); !row.Waiting[0].OnLatest || row.Waiting[1].OnLatest {
+	if row := fleetRowFor(key(crk.StateActive), regs, fleetHosts(key(crk.StateActive), acks)); !row.Waiting[0].OnLatest || row.Waiting[1].OnLatest {
 		t.Errorf("OnLatest = %v, %v; want true for host a (on %s), false for b (no version)", row.Waiting[0].OnLatest, row.Waiting[1].OnLatest, chartVersionLabel(fv2))
 	}
 }
@@ -654,7 +697,7 @@ func FuzzRegistrationHistory(f *testing.F) {
 				t.Errorf("now on %s: %d; the registrations say %d", chartVersionLabel(v.ID), last[i], n)
 			}
 		}
-		c := buildChart(h, "k")
+		c := buildChart(h, "k", narrowChart)
 		if len(c.Rows) > maxTableRows || len(c.Rows)+c.Omitted != len(h.Steps) {
 			t.Errorf("%d rows and %d omitted for %d steps", len(c.Rows), c.Omitted, len(h.Steps))
 		}
