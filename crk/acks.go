@@ -42,11 +42,24 @@ type HostAck struct {
 	// Version is the key version the host's volumes are on after a rotate or sync; it may be
 	// empty.
 	Version string `json:"version,omitempty"`
-	// Volumes is how many volumes the host acted on (locked out, unlocked, rewrapped).
+	// Volumes is the number of the host's registered volumes of the key that State now
+	// applies to: after a lockout, every one of them (attached or not, stopped by the agent or
+	// by itself); after an unlock or a rewrap pass, those the pass looked at. A service bounds
+	// it by the key's current number of registrations.
 	Volumes int `json:"volumes"`
+	// Stopped is how many attach processes of the key's volumes the host's agent itself
+	// told to stop for a lockout (an attach process that saw the event first and stopped by
+	// itself is not counted); 0 for an unlock or a rewrap pass.
+	Stopped int `json:"stopped"`
 	// Cursor is the lifecycle feed cursor of the event acted on, or "" for a
 	// reconciliation.
 	Cursor string `json:"cursor,omitempty"`
+	// Reporter is who posted the acknowledgement: the initiator of the context
+	// [Service.Acknowledge] was called with ("kpapi:<API key id>" for the HTTP API,
+	// "console:<API key id>", or the service's own initiator for an embedded service).
+	// Acknowledge sets it; a caller's value is ignored. A confirmation is the word of its
+	// reporter: any holder of one of the instance's API keys may post one.
+	Reporter string `json:"reporter"`
 	// Time is the service clock when the acknowledgement was recorded; Acknowledge sets it.
 	Time time.Time `json:"time"`
 }
@@ -102,6 +115,9 @@ func (a *HostAck) check() error {
 	if a.Volumes < 0 {
 		return fmt.Errorf("%w: acknowledgement volumes %d: must not be negative", ErrInvalidArgument, a.Volumes)
 	}
+	if a.Stopped < 0 || a.Stopped > a.Volumes {
+		return fmt.Errorf("%w: acknowledgement stopped %d: must be 0 to volumes (%d): an attach process serves one volume", ErrInvalidArgument, a.Stopped, a.Volumes)
+	}
 	if _, err := ParseFeedCursor(a.Cursor); err != nil {
 		return fmt.Errorf("acknowledgement: %w", err)
 	}
@@ -121,7 +137,7 @@ func printableASCII(s string) bool {
 // summary is the acknowledgement in words, for its audit event: what the host did, never
 // anything secret.
 func (a *HostAck) summary() string {
-	s := fmt.Sprintf("host %s acknowledged %s: state %s, %d volume(s)", a.Host, a.Type, a.State, a.Volumes)
+	s := fmt.Sprintf("host %s acknowledged %s: state %s, %d volume(s), %d attach process(es) stopped", a.Host, a.Type, a.State, a.Volumes, a.Stopped)
 	if a.Cursor != "" {
 		s += ", feed event " + a.Cursor
 	} else {
@@ -167,7 +183,7 @@ func (s *Service) Acknowledge(ctx context.Context, a HostAck) error {
 			}
 		}
 		ack := a
-		ack.Time = s.clock.Now()
+		ack.Time, ack.Reporter = s.clock.Now(), s.who(ctx)
 		if err := tx.putAck(&ack); err != nil {
 			return err
 		}

@@ -128,9 +128,13 @@ type KeyAck struct {
 	// Version is the key version the host's volumes are on, when a rewrap pass brought them
 	// there; it may be empty.
 	Version string
-	// Volumes is how many volumes the host acted on: attached volumes told to stop for a
-	// lockout, volumes looked at by a rewrap pass.
+	// Volumes is the number of the host's registered volumes of the key that State now
+	// applies to: every one of them for a lockout (attached or not), those a rewrap pass
+	// looked at for an unlock or a rewrap.
 	Volumes int
+	// Stopped is how many attach processes of the key's volumes the agent told to stop for
+	// a lockout (one that stopped by itself first is not counted); 0 otherwise.
+	Stopped int
 	// Cursor is the feed cursor of the event acted on, "" for a reconciliation.
 	Cursor string
 }

@@ -21,20 +21,25 @@ import (
 // value of the wrong type is refused with 400 BAD_BODY_ERR:
 //
 //	{"host":"web-1","keyId":"…","type":"disable","state":"suspended",
-//	 "version":"…","volumes":3,"cursor":"7"}
+//	 "version":"…","volumes":3,"stopped":1,"cursor":"7"}
 //
 // host is 1 to 253 bytes of letters, digits and . _ - :; type is a lifecycle type (rotate,
 // disable, enable, delete, restore, purge, sync); state the key state the host now enforces
-// (active, suspended, deactivated, destroyed); version, optional, the key version the host's
-// volumes are on; volumes, at least 0, how many it acted on; cursor, optional, the feed
-// cursor of the event acted on ("" or absent for a reconciliation). The answer is 204 with
-// no body. A malformed field is 400 (the reason names it), an unknown key 404, a standard key
-// 400 and a purged key 410, in the error envelope of every other request.
+// (active, suspended, deactivated, destroyed), consistent with type ([crk.Service.Acknowledge]);
+// version, optional, the key version the host's volumes are on; volumes, 0 to the key's
+// number of registrations, the host's registered volumes of the key that state now applies
+// to; stopped, 0 to volumes, the attach processes the host's agent told to stop for a
+// lockout; cursor, optional, the feed cursor of the event acted on ("" or absent for a
+// reconciliation). The reporter of the acknowledgement is the request's API key
+// ("kpapi:<API key id>"), never taken from the body. The answer is 204 with no body. A
+// malformed or contradictory field is 400 (the reason names it), an unknown key 404, a
+// standard key 400 and a purged key 410, in the error envelope of every other request.
 //
 // GET answers 200 with the latest acknowledgement of each host, sorted by host name:
 //
 //	{"acks":[{"host":"web-1","keyId":"…","type":"disable","state":"suspended",
-//	  "volumes":3,"cursor":"7","time":"2026-06-01T12:00:05Z"}]}
+//	  "volumes":3,"stopped":1,"cursor":"7","reporter":"kpapi:0123456789abcdef",
+//	  "time":"2026-06-01T12:00:05Z"}]}
 //
 // acks is never null. keyId is required, once; an unknown key is 404.
 const AcksPath = "/api/crkvol/v1/acks"
@@ -47,6 +52,7 @@ type AckBody struct {
 	State   string `json:"state"`
 	Version string `json:"version,omitempty"`
 	Volumes int    `json:"volumes"`
+	Stopped int    `json:"stopped"`
 	Cursor  string `json:"cursor,omitempty"`
 }
 
@@ -62,7 +68,7 @@ func (s *Server) acknowledge(q *request) error {
 		return err
 	}
 	err := q.svc.Acknowledge(q.ctx, crk.HostAck{Host: body.Host, KeyID: body.KeyID, Type: body.Type, State: body.State,
-		Version: body.Version, Volumes: body.Volumes, Cursor: body.Cursor})
+		Version: body.Version, Volumes: body.Volumes, Stopped: body.Stopped, Cursor: body.Cursor})
 	if err != nil {
 		return err
 	}

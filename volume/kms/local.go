@@ -137,7 +137,7 @@ func (l *Local) AckKeyEvent(ctx context.Context, a volume.KeyAck) error {
 
 // hostAck converts an acknowledgement to crk's.
 func hostAck(a volume.KeyAck) crk.HostAck {
-	return crk.HostAck{Host: a.Host, KeyID: a.KeyID, Type: a.Type, State: a.State, Version: a.Version, Volumes: a.Volumes, Cursor: a.Cursor}
+	return crk.HostAck{Host: a.Host, KeyID: a.KeyID, Type: a.Type, State: a.State, Version: a.Version, Volumes: a.Volumes, Stopped: a.Stopped, Cursor: a.Cursor}
 }
 
 // feedPageLimit bounds the events of one feed answer.

@@ -88,7 +88,7 @@ func checkPage(p crk.LifecyclePage) error {
 // acknowledgement twice does no harm: the service keeps the latest.
 func (r *Remote) AckKeyEvent(ctx context.Context, a volume.KeyAck) error {
 	body, err := json.Marshal(kpapi.AckBody{Host: a.Host, KeyID: a.KeyID, Type: a.Type, State: a.State,
-		Version: a.Version, Volumes: a.Volumes, Cursor: a.Cursor})
+		Version: a.Version, Volumes: a.Volumes, Stopped: a.Stopped, Cursor: a.Cursor})
 	if err != nil {
 		return err
 	}
