@@ -435,6 +435,8 @@ type fleetData struct {
 	Truncated bool
 	// Hosts is the selected key's host table; nil when no key is selected.
 	Hosts *fleetHostTable
+	// Refused is set when the query was refused: the page shows only the message.
+	Refused bool
 }
 
 // fleetFuncs are the template functions of the fleet page.
@@ -484,17 +486,20 @@ func (h *Handler) fleet(w http.ResponseWriter, r *http.Request, p *page) {
 		h.renderFleetError(w, p, http.StatusNotFound, fmt.Sprintf("Page %d is past the last page of root keys (%d).", pageNo+1, last))
 		return
 	}
-	selected := q.Get("key")
+	// The pages' links keep the key chosen with ?key=; without one, each page charts its
+	// first key.
+	chosen := q.Get("key")
 	start := min(pageNo*fleetKeysPerPage, len(roots))
 	end := min(start+fleetKeysPerPage, len(roots))
+	selected := chosen
 	if selected == "" && end > start {
 		selected = roots[start].ID
 	}
 	if start > 0 {
-		d.Prev = fleetURL(p, pageNo, selected, 0)
+		d.Prev = fleetURL(p, pageNo, chosen, 0)
 	}
 	if end < len(roots) {
-		d.Next = fleetURL(p, pageNo+2, selected, 0)
+		d.Next = fleetURL(p, pageNo+2, chosen, 0)
 	}
 	d.First, d.Last = start+1, end
 
@@ -608,7 +613,7 @@ func fleetHostPage(p *page, pageNo int, key crk.Key, hosts []fleetHost, hostsPag
 // renderFleetError answers a bad query with the Fleet page and the message.
 func (h *Handler) renderFleetError(w http.ResponseWriter, p *page, status int, msg string) {
 	p.Alert = msg
-	p.Data = fleetData{}
+	p.Data = fleetData{Refused: true}
 	h.render(w, status, "fleet", p)
 }
 

@@ -16,6 +16,7 @@ import (
 // and how many time labels its axis holds.
 type chartLayout struct {
 	ID                                       string // the SVG element's id
+	Class                                    string // its class attribute
 	Width, Height                            int
 	PlotLeft, PlotRight, PlotTop, PlotBottom float64
 	TimeTicks                                int
@@ -26,8 +27,8 @@ type chartLayout struct {
 // units span about the screen's width, so that its 12-unit labels stay about 12 px tall
 // (the wide chart shrunk to a phone's width would make them 6 px).
 var (
-	wideChart   = chartLayout{ID: "fleet-chart", Width: 720, Height: 280, PlotLeft: 48, PlotRight: 704, PlotTop: 16, PlotBottom: 244, TimeTicks: 6}
-	narrowChart = chartLayout{ID: "fleet-chart-narrow", Width: 360, Height: 240, PlotLeft: 44, PlotRight: 348, PlotTop: 16, PlotBottom: 204, TimeTicks: 3}
+	wideChart   = chartLayout{ID: "fleet-chart", Class: "fleet-chart", Width: 720, Height: 280, PlotLeft: 48, PlotRight: 704, PlotTop: 16, PlotBottom: 244, TimeTicks: 6}
+	narrowChart = chartLayout{ID: "fleet-chart-narrow", Class: "fleet-chart fleet-chart-narrow", Width: 360, Height: 240, PlotLeft: 44, PlotRight: 348, PlotTop: 16, PlotBottom: 204, TimeTicks: 3}
 )
 
 // chartCharWidth is a generous estimate, in user units, of the width of one character of

@@ -499,8 +499,10 @@ func TestFleetPage(t *testing.T) {
 	}{
 		{"unknown key", "?key=" + url.QueryEscape("6b1a6a0c-0000-4000-8000-000000000000"), http.StatusNotFound, "Key does not exist: 6b1a6a0c"},
 		{"standard key", "?key=" + url.QueryEscape(std.ID), http.StatusBadRequest, "is a standard key: only root keys protect volumes"},
-		{"bad page", "?page=zero", http.StatusBadRequest, "Page &#34;zero&#34; is not a page number"},
-		{"page beyond the end", "?page=9", http.StatusOK, "Root keys"},
+		{"bad page", "?page=zero", http.StatusBadRequest, "page=&#34;zero&#34; is not a page number"},
+		{"page beyond the end", "?page=9", http.StatusNotFound, "Page 9 is past the last page of root keys (1)."},
+		{"bad hosts page", "?hosts=-1", http.StatusBadRequest, "hosts=&#34;-1&#34; is not a page number"},
+		{"hosts page beyond the end", "?key=" + url.QueryEscape(k.ID) + "&hosts=2", http.StatusNotFound, "Page 2 of backup-crk&#39;s hosts is past the last page (1)."},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			resp, body := f.get(c, base+tt.query)
@@ -511,6 +513,103 @@ func TestFleetPage(t *testing.T) {
 				t.Errorf("the page shows internals:\n%s", body)
 			}
 		})
+	}
+}
+
+// TestFleetHostsBounded checks that a key acknowledged by many hosts keeps a small row (counts,
+// ten names of each kind, "and N more") and that the selected key's host table pages its
+// hosts, those that have not confirmed the lockout first, with each one's volumes, stopped
+// attaches and reporter.
+func TestFleetHostsBounded(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	_, svc := f.tenants.Default()
+	ctx := crk.WithInitiator(context.Background(), "kpapi:0123456789abcdef")
+	k, err := svc.CreateRootKey(ctx, "busy-crk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.Register(ctx, k.ID, fleetCRN(1), crk.RegisterOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	const waiting, confirmed = 55, 12 // two pages of hosts
+	for i := range waiting {
+		if err := svc.Acknowledge(ctx, crk.HostAck{Host: fmt.Sprintf("w%03d", i), KeyID: k.ID, Type: crk.LifecycleRotate, State: "active"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.clock.Advance(time.Minute)
+	if _, err := svc.DisableKey(ctx, k.ID); err != nil {
+		t.Fatal(err)
+	}
+	for i := range confirmed {
+		a := crk.HostAck{Host: fmt.Sprintf("c%03d", i), KeyID: k.ID, Type: crk.LifecycleDisable, State: "suspended", Volumes: 1}
+		if i == 0 {
+			a.Stopped = 1
+		}
+		if err := svc.Acknowledge(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := f.client()
+	if resp, _ := f.signIn(c, f.apiKey); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("sign-in: %s", resp.Status)
+	}
+	base := "/ui/i/" + f.inst + "/fleet"
+	count := strings.Count
+
+	_, body := f.get(c, base)
+	row := body[strings.Index(body, `<table class="fleet" id="fleet-keys">`):]
+	for _, tt := range []struct {
+		what    string
+		n, want int
+	}{
+		{"confirmed hosts named in the row", count(row, `class="host-confirmed"`), fleetHostsShown},
+		{"waiting hosts named in the row", count(row, `class="host-waiting"`), fleetHostsShown},
+		{"host rows in the host table", count(body, `<tr data-host=`), fleetHostsPerPage},
+		{"waiting hosts first in the table", count(body, `data-confirmed="false"`), fleetHostsPerPage},
+	} {
+		if tt.n != tt.want {
+			t.Errorf("%s: %d; want %d", tt.what, tt.n, tt.want)
+		}
+	}
+	for _, want := range []string{
+		fmt.Sprintf("Locked out on %d of %d reporting hosts", confirmed, waiting+confirmed),
+		fmt.Sprintf("and %d more confirmed", confirmed-fleetHostsShown),
+		fmt.Sprintf("and %d more not yet", waiting-fleetHostsShown),
+		fmt.Sprintf("All %d hosts", waiting+confirmed),
+		fmt.Sprintf("Hosts 1–50 of %d; %d confirmed the lockout", waiting+confirmed, confirmed),
+		`href="` + base + `?hosts=2&amp;key=` + url.QueryEscape(k.ID) + `#fleet-hosts" rel="next"`,
+		`<section aria-labelledby="hosts-heading" id="fleet-hosts" data-refresh="30">`,
+		"a confirmation is the word of that key's holder",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("the fleet page lacks %q", want)
+		}
+	}
+
+	// The last page: the last waiting hosts, then the confirmed ones, with their numbers.
+	_, last := f.get(c, base+"?key="+url.QueryEscape(k.ID)+"&hosts=2")
+	if n := count(last, `<tr data-host=`); n != waiting+confirmed-fleetHostsPerPage {
+		t.Errorf("the last page of hosts has %d rows; want %d", n, waiting+confirmed-fleetHostsPerPage)
+	}
+	if n := count(last, `data-confirmed="true"`); n != confirmed {
+		t.Errorf("the last page lists %d confirmed hosts; want %d", n, confirmed)
+	}
+	c0 := regexp.MustCompile(`(?s)<tr data-host="c000" data-confirmed="true">.*?</tr>`).FindString(last)
+	for _, want := range []string{
+		`<td data-label="Lockout"><div>confirmed</div></td>`,
+		`<td data-label="State"><div>suspended</div></td>`,
+		`<td data-label="Volumes" class="volumes"><div>1</div></td>`,
+		`<td data-label="Stopped" class="stopped"><div>1</div></td>`,
+		`<td data-label="Reporter" class="reporter"><div><code>kpapi:0123456789abcdef</code></div></td>`,
+	} {
+		if !strings.Contains(c0, want) {
+			t.Errorf("host c000's row lacks %q:\n%s", want, c0)
+		}
+	}
+	if !strings.Contains(last, `rel="prev"`) || strings.Contains(last, `rel="next">Next hosts`) {
+		t.Errorf("the last page of hosts links back and not on")
 	}
 }
 
