@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"crkvol/crk"
+	"crkvol/crk/console"
 	"crkvol/crk/kpapi"
 )
 
@@ -40,7 +41,7 @@ func TestServeHandler(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			h, err := serveHandler(tenants, api, tc.ui, log)
+			h, err := serveHandler(tenants, api, tc.ui, console.Options{Logger: log})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -31,7 +31,7 @@ func (a *app) kmsCommand() *cobra.Command {
 	k := group("kms", "Serve the Key Protect API v2, and manage its instances and API keys")
 
 	var listen, cert, keyFile, static, addrFile string
-	var insecure, force, noUI bool
+	var insecure, force, noUI, secureCookies bool
 	var sessionLifetime time.Duration
 	serve := &cobra.Command{Use: "serve", Short: "Serve the Key Protect API v2 on HTTP(S)", Args: args(cobra.NoArgs),
 		Long: `Serve the Key Protect API v2 on HTTP(S) for the instances of the state directory, and each
@@ -59,8 +59,11 @@ serves again once it is back. Move a state directory's store into a database wit
 The web console is served at /ui/ on the same listener (--no-ui turns it off): sign in with an
 API key (crkvol kms apikey create) to browse and manage the keys of its instances, their
 versions and associated resources, the audit events and the fleet. A console session lasts
---session-lifetime from sign-in, or until sign-out; it lives in the store, so every replica
-accepts it.`,
+--session-lifetime (1m to 168h) from sign-in, or until sign-out. With --store postgres://… it
+lives in the database, so every replica accepts it; with a state directory sessions are kept in
+memory and end when the server restarts. Behind a proxy that terminates TLS, give
+--secure-cookies so that the console's cookies are Secure (with the __Host- prefix) and pages
+carry Strict-Transport-Security; X-Forwarded-* headers are never trusted.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if (cert == "") != (keyFile == "") {
 				return usagef("give both --tls-cert and --tls-key, or neither")
@@ -68,8 +71,8 @@ accepts it.`,
 			if err := checkListenSyntax(listen); err != nil {
 				return err
 			}
-			if sessionLifetime <= 0 {
-				return usagef("--session-lifetime must be positive, got %s", sessionLifetime)
+			if sessionLifetime < minSessionLifetime || sessionLifetime > maxSessionLifetime {
+				return usagef("--session-lifetime must be from 1m to 168h, got %s", sessionLifetime)
 			}
 			if addrFile != "" && !force {
 				if _, err := os.Lstat(addrFile); err == nil {
@@ -125,7 +128,7 @@ accepts it.`,
 			}
 			tenants.SetSessionLifetime(sessionLifetime)
 			api := kpapi.NewServer(tenants, kpapi.WithLogger(log))
-			handler, err := serveHandler(tenants, api, !noUI, log)
+			handler, err := serveHandler(tenants, api, !noUI, console.Options{Logger: log, SecureCookies: secureCookies})
 			if err != nil {
 				return err
 			}
@@ -234,7 +237,8 @@ accepts it.`,
 	serve.Flags().BoolVar(&insecure, "insecure", false, "allow plain HTTP on a non-loopback address (tokens and key material cross the network unencrypted)")
 	serve.Flags().StringVar(&addrFile, "addr-file", "", "write the serving URL to this new file once listening (removed at shutdown)")
 	serve.Flags().BoolVar(&noUI, "no-ui", false, "do not serve the web console at /ui/")
-	serve.Flags().DurationVar(&sessionLifetime, "session-lifetime", kpapi.SessionLifetime, "how long a web console session lasts from sign-in")
+	serve.Flags().DurationVar(&sessionLifetime, "session-lifetime", kpapi.SessionLifetime, "how long a web console session lasts from sign-in (1m to 168h)")
+	serve.Flags().BoolVar(&secureCookies, "secure-cookies", false, "the console is behind a TLS-terminating proxy: Secure __Host- cookies and HSTS on plain HTTP requests")
 	serve.Flags().BoolVar(&force, "force", false, "replace an existing --addr-file (left by a server that did not shut down cleanly)")
 	serve.Flags().StringVar(&a.store, "store", "", storeFlagUsage)
 
@@ -395,13 +399,19 @@ func loopbackAddress(addr string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
+// The bounds of kms serve --session-lifetime.
+const (
+	minSessionLifetime = time.Minute
+	maxSessionLifetime = 168 * time.Hour
+)
+
 // serveHandler is what kms serve answers with: the API, and with ui the web console at
 // console.Prefix on the same listener.
-func serveHandler(tenants *kpapi.Tenants, api http.Handler, ui bool, log *slog.Logger) (http.Handler, error) {
+func serveHandler(tenants *kpapi.Tenants, api http.Handler, ui bool, opts console.Options) (http.Handler, error) {
 	if !ui {
 		return api, nil
 	}
-	c, err := console.New(tenants, console.Options{Logger: log})
+	c, err := console.New(tenants, opts)
 	if err != nil {
 		return nil, err
 	}

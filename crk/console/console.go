@@ -28,9 +28,10 @@ const Prefix = "/ui/"
 const maxForm = 64 << 10
 
 // contentSecurityPolicy allows only the console's own script, styles and images, no inline
-// script or style, no framing and no form posts elsewhere.
+// script or style, no framing and no form posts elsewhere; connect-src lets console.js fetch
+// its own pages for live refresh.
 const contentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; " +
-	"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+	"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 
 // Options configure a [Handler].
 type Options struct {
@@ -39,15 +40,21 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock of pages and flash messages; nil means time.Now.
 	Now func() time.Time
+	// SecureCookies treats every request as one that came over HTTPS, for a console behind
+	// a TLS-terminating proxy: cookies are Secure and take the __Host- prefix, and responses
+	// carry Strict-Transport-Security. Without it only requests that reached this server
+	// over TLS do. X-Forwarded-* headers are never trusted.
+	SecureCookies bool
 }
 
 // Handler serves the console under [Prefix]. It is safe for concurrent use.
 type Handler struct {
-	t     *kpapi.Tenants
-	log   *slog.Logger
-	now   func() time.Time
-	mux   *http.ServeMux
-	pages map[string]*template.Template
+	t      *kpapi.Tenants
+	secure bool // Options.SecureCookies
+	log    *slog.Logger
+	now    func() time.Time
+	mux    *http.ServeMux
+	pages  map[string]*template.Template
 }
 
 // New returns the console for the instances of t.
@@ -55,7 +62,7 @@ func New(t *kpapi.Tenants, opts Options) (*Handler, error) {
 	if t == nil {
 		return nil, errors.New("console: no tenants")
 	}
-	h := &Handler{t: t, log: opts.Logger, now: opts.Now, mux: http.NewServeMux()}
+	h := &Handler{t: t, log: opts.Logger, now: opts.Now, secure: opts.SecureCookies, mux: http.NewServeMux()}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
@@ -110,7 +117,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hd.Set("X-Frame-Options", "DENY")
 	hd.Set("Cross-Origin-Opener-Policy", "same-origin")
 	hd.Set("Cache-Control", "no-store")
-	if r.TLS != nil {
+	if h.secureRequest(r) {
 		hd.Set("Strict-Transport-Security", "max-age=31536000")
 	}
 	if r.Method == http.MethodPost {

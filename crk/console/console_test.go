@@ -42,7 +42,7 @@ type fixture struct {
 	seen *bytes.Buffer
 }
 
-func newFixture(t *testing.T, tlsServer bool) *fixture {
+func newFixture(t *testing.T, tlsServer bool, opts ...func(*Options)) *fixture {
 	t.Helper()
 	clock := crk.NewManualClock(t0)
 	tenants, err := kpapi.OpenTenants(t.TempDir(), crk.Options{MasterKey: bytes.Repeat([]byte{7}, 32), Clock: clock})
@@ -56,7 +56,11 @@ func newFixture(t *testing.T, tlsServer bool) *fixture {
 	otherKey, err := tenants.CreateAPIKey(other)
 	require.NoError(t, err)
 	logs := &tooltest.SyncBuffer{}
-	h, err := New(tenants, Options{Logger: slog.New(slog.NewTextHandler(logs, nil)), Now: clock.Now})
+	o := Options{Logger: slog.New(slog.NewTextHandler(logs, nil)), Now: clock.Now}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	h, err := New(tenants, o)
 	require.NoError(t, err)
 	var srv *httptest.Server
 	if tlsServer {
@@ -183,6 +187,16 @@ func alertOf(body string) string {
 	return html.UnescapeString(m[1])
 }
 
+// dialogOf returns the open dialog of a page, "" when none.
+func dialogOf(body string) string {
+	i := strings.Index(body, "<dialog ")
+	j := strings.Index(body, "</dialog>")
+	if i < 0 || j < i {
+		return ""
+	}
+	return body[i:j]
+}
+
 // cookieOf returns the Set-Cookie of name in resp.
 func cookieOf(resp *http.Response, name string) *http.Cookie {
 	for _, c := range resp.Cookies() {
@@ -207,15 +221,23 @@ func TestSignIn(t *testing.T) {
 			c := f.client()
 			resp, _ := f.signIn(c, f.apiKey)
 			require.Equal(t, http.StatusSeeOther, resp.StatusCode)
-			ck := cookieOf(resp, sessionCookie)
-			require.NotNil(t, ck, "session cookie")
+			name, path := sessionCookie, "/ui/"
+			if tlsServer {
+				name, path = "__Host-crkvol_session", "/"
+			}
+			ck := cookieOf(resp, name)
+			require.NotNil(t, ck, "session cookie %s", name)
 			assert.True(t, ck.HttpOnly, "HttpOnly")
 			assert.Equal(t, http.SameSiteStrictMode, ck.SameSite)
-			assert.Equal(t, "/ui/", ck.Path)
+			assert.Equal(t, path, ck.Path)
+			assert.Empty(t, ck.Domain)
 			assert.Equal(t, tlsServer, ck.Secure, "Secure exactly under TLS")
-			assert.InDelta(t, kpapi.SessionLifetime.Seconds(), ck.MaxAge, 5)
+			assert.Zero(t, ck.MaxAge, "a browser-session cookie: the server decides when the session ends")
+			assert.True(t, ck.Expires.IsZero())
 			if tlsServer {
 				assert.Contains(t, resp.Header.Get("Strict-Transport-Security"), "max-age=")
+			} else {
+				assert.Empty(t, resp.Header.Get("Strict-Transport-Security"))
 			}
 			resp, body := f.follow(c, resp) // /ui/ → the default instance's keys
 			require.Equal(t, http.StatusSeeOther, resp.StatusCode, body)
@@ -237,6 +259,7 @@ func TestSignIn(t *testing.T) {
 					resp, body := f.signIn(c, tc.key)
 					assert.Equal(t, tc.status, resp.StatusCode)
 					assert.Nil(t, cookieOf(resp, sessionCookie), "no session")
+					assert.Nil(t, cookieOf(resp, "__Host-"+sessionCookie), "no session")
 					assert.Contains(t, alertOf(body), tc.msg)
 					resp, _ = f.get(c, f.keysPath())
 					assert.Equal(t, "/ui/signin", resp.Header.Get("Location"))
@@ -297,6 +320,7 @@ func TestSecurityHeaders(t *testing.T) {
 	resp, _ = f.get(c, "/ui/signin")
 	assert.Equal(t, "/ui/", resp.Header.Get("Location"), "signed in already")
 	assert.Contains(t, contentSecurityPolicy, "script-src 'self'")
+	assert.Contains(t, contentSecurityPolicy, "connect-src 'self'", "console.js fetches pages for live refresh")
 	assert.NotContains(t, contentSecurityPolicy, "unsafe-inline")
 }
 
@@ -418,4 +442,74 @@ func TestCrossInstance(t *testing.T) {
 		_, body = f.get(c, "/ui/i/"+f.other+"/keys")
 		assert.Contains(t, body, "team-b-secret-name")
 	})
+}
+
+// TestSecureCookies: behind a TLS-terminating proxy (Options.SecureCookies, plain HTTP to the
+// server) the cookies are Secure, __Host- prefixed with Path=/, and pages carry HSTS; a
+// planted unprefixed cookie is not read, and X-Forwarded-Proto changes nothing without the
+// option.
+func TestSecureCookies(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false, func(o *Options) { o.SecureCookies = true })
+	c := f.client() // its jar keeps Secure cookies from plain HTTP, so each is sent by hand
+	c.Jar = nil
+	resp, body := f.get(c, "/ui/signin")
+	tok := cookieOf(resp, "__Host-crkvol_signin")
+	require.NotNil(t, tok, "the double-submit cookie is prefixed too")
+	assert.True(t, tok.Secure)
+	assert.Equal(t, "/", tok.Path)
+	assert.Contains(t, resp.Header.Get("Strict-Transport-Security"), "max-age=")
+	m := hiddenCSRF.FindStringSubmatch(body)
+	require.NotNil(t, m)
+	signin := func(cookieName string) *http.Response {
+		req, err := http.NewRequest(http.MethodPost, f.srv.URL+"/ui/signin", strings.NewReader(url.Values{"csrf": {m[1]}, "apikey": {f.apiKey}}.Encode()))
+		require.NoError(t, err)
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.AddCookie(&http.Cookie{Name: cookieName, Value: tok.Value})
+		resp, _ := f.do(c, req)
+		return resp
+	}
+	assert.Equal(t, http.StatusForbidden, signin("crkvol_signin").StatusCode, "an unprefixed cookie is not the console's")
+	resp = signin("__Host-crkvol_signin")
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	ck := cookieOf(resp, "__Host-crkvol_session")
+	require.NotNil(t, ck)
+	assert.True(t, ck.Secure)
+	assert.Equal(t, "/", ck.Path)
+	assert.Zero(t, ck.MaxAge)
+	get := func(cookieName string) *http.Response {
+		req, err := http.NewRequest(http.MethodGet, f.srv.URL+f.keysPath(), nil)
+		require.NoError(t, err)
+		req.AddCookie(&http.Cookie{Name: cookieName, Value: ck.Value})
+		resp, _ := f.do(c, req)
+		return resp
+	}
+	assert.Equal(t, http.StatusOK, get("__Host-crkvol_session").StatusCode)
+	assert.Equal(t, "/ui/signin", get("crkvol_session").Header.Get("Location"), "a planted unprefixed cookie is not read")
+
+	// Without the option a forwarded-proto header is not trusted.
+	plain := newFixture(t, false)
+	req, err := http.NewRequest(http.MethodGet, plain.srv.URL+"/ui/signin", nil)
+	require.NoError(t, err)
+	req.Header.Set("X-Forwarded-Proto", "https")
+	resp, _ = plain.do(plain.client(), req)
+	require.NotNil(t, cookieOf(resp, "crkvol_signin"))
+	assert.False(t, cookieOf(resp, "crkvol_signin").Secure)
+	assert.Empty(t, resp.Header.Get("Strict-Transport-Security"))
+}
+
+// TestExpiredSession: the session cookie outlives the session (it has no Max-Age), so the
+// user who comes back is told the session expired.
+func TestExpiredSession(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	f.tenants.SetSessionLifetime(time.Millisecond) // sessions expire by the wall clock
+	c := f.client()
+	resp, _ := f.signIn(c, f.apiKey)
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	time.Sleep(5 * time.Millisecond)
+	resp, _ = f.get(c, f.keysPath())
+	require.Equal(t, "/ui/signin?ended=1", resp.Header.Get("Location"))
+	_, body := f.follow(c, resp)
+	assert.Contains(t, alertOf(body), "Your session has expired or was ended")
 }

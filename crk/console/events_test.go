@@ -90,22 +90,42 @@ func TestEventsPage(t *testing.T) {
 	assert.NotContains(t, page, `rel="next"`)
 
 	// Bad filters are named; the page still answers.
-	bad := []struct{ query, msg string }{
-		{"?outcome=maybe", `outcome "maybe"`},
-		{"?action=kms.nothing", `Unknown action "kms.nothing"`},
-		{"?from=yesterday", `From: "yesterday" is not a date`},
-		{"?from=2026-12-02T00:00&to=2026-12-01T00:00", "from must be before to"},
-		{"?cursor=zz", `Cursor "zz"`},
-		{"?key=11111111-1111-4111-8111-111111111111", "no key with this id"},
+	bad := []struct {
+		query, msg string
+		status     int
+	}{
+		{"?outcome=maybe", `outcome "maybe"`, 0},
+		{"?action=kms.nothing", `Unknown action "kms.nothing"`, 0},
+		{"?from=yesterday", `From: "yesterday" is not a date`, 0},
+		{"?from=2026-12-02T00:00&to=2026-12-01T00:00", "from must be before to", 0},
+		{"?cursor=zz", `Cursor "zz"`, 0},
+		{"?action=kms.nothing&outcome=success", `Unknown action "kms.nothing"`, 0},
+		{"?key=11111111-1111-4111-8111-111111111111", "no key with this id", http.StatusOK},
 	}
 	for _, tc := range bad {
 		t.Run(tc.query, func(t *testing.T) {
 			resp, body := f.get(c, base+tc.query)
-			assert.Equal(t, http.StatusOK, resp.StatusCode)
+			if tc.status == 0 {
+				tc.status = http.StatusBadRequest
+			}
+			assert.Equal(t, tc.status, resp.StatusCode)
 			assertReadable(t, alertOf(body))
 			assert.Contains(t, alertOf(body), tc.msg)
+			assert.Empty(t, rows(body), "a filter that could not be read lists no events")
+			if tc.status == http.StatusBadRequest {
+				assert.NotContains(t, body, "No event matches", "nor says that none matched")
+			}
 		})
 	}
+	// Host acknowledgements are an action the filter offers.
+	resp, body := f.get(c, base+"?action="+crk.ActionEventAck)
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Contains(t, body, `<option value="`+crk.ActionEventAck+`" selected>`)
+
+	// A junk value next to good ones: still no events (not the list of the good ones).
+	resp, body = f.get(c, base+"?key="+b.ID+"&outcome=maybe")
+	assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	assert.Empty(t, rows(body))
 }
 
 // TestFlash: a flash message shows only with the session's signature; a forged one, or one

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"crkvol/crk"
 )
@@ -64,12 +65,23 @@ func parseKeyFilter(q url.Values) (keyFilter, error) {
 	return f, nil
 }
 
-// short shortens a value quoted in a message.
+// short shortens a value quoted in a message to its first 40 bytes, cut at a rune boundary
+// (an invalid byte counts as one rune). Messages quote it with %q, which escapes what is not
+// printable or not UTF-8.
 func short(s string) string {
-	if len(s) > 40 {
-		return s[:40] + "…"
+	const max = 40
+	if len(s) <= max {
+		return s
 	}
-	return s
+	cut := 0
+	for cut < len(s) {
+		_, n := utf8.DecodeRuneInString(s[cut:])
+		if cut+n > max {
+			break
+		}
+		cut += n
+	}
+	return s[:cut] + "…"
 }
 
 // states are the key states ListKeys must return for the filter.
@@ -138,7 +150,7 @@ func eventActions() []string {
 		crk.ActionDisable, crk.ActionEnable, crk.ActionDelete, crk.ActionRestore, crk.ActionPurge,
 		crk.ActionSync, crk.ActionExpire, crk.ActionPolicyWrite, crk.ActionRegister, crk.ActionRegUpdate,
 		crk.ActionRegDelete, crk.ActionPrune, crk.ActionRotationHook, crk.ActionMasterKeyRotate,
-		crk.ActionDefault,
+		crk.ActionDefault, crk.ActionEventAck,
 	}
 }
 

@@ -136,7 +136,7 @@ func (h *Handler) renderKey(w http.ResponseWriter, r *http.Request, p *page, tab
 	k, err := p.svc.GetKeyMetadata(p.ctx, id)
 	if err != nil {
 		if errors.Is(err, crk.ErrKeyNotFound) {
-			h.errorPage(w, r, p.sess, http.StatusNotFound, "No such key", "This instance has no key with id "+short(id)+".")
+			h.errorPage(w, r, p.sess, http.StatusNotFound, "No such key", fmt.Sprintf("This instance has no key with id %q.", short(id)))
 			return
 		}
 		p.Alert = h.message(err)
@@ -179,6 +179,9 @@ func (h *Handler) renderKey(w http.ResponseWriter, r *http.Request, p *page, tab
 	p.Title = k.Name
 	if d.Dialog.Name != "" {
 		p.Title = d.Dialog.Label + ": " + k.Name
+		p.InDialog = true
+	} else {
+		d.Blocking = nil
 	}
 	p.Data = d
 	h.render(w, status, "key", p)
@@ -214,12 +217,21 @@ func (h *Handler) keyAction(w http.ResponseWriter, r *http.Request, p *page) {
 	case "policy":
 		enabled := f.Get("enabled") != "false"
 		months, perr := strconv.Atoi(f.Get("months"))
-		if perr != nil || months < 1 || months > 12 {
-			if enabled {
-				refuse(http.StatusBadRequest, "Choose a rotation interval of 1 to 12 months.")
+		if !enabled {
+			// Disabling keeps the policy's interval, whatever the form says.
+			cur, gerr := p.svc.GetKeyMetadata(p.ctx, id)
+			if gerr != nil {
+				err = gerr
+				break
+			}
+			if cur.RotationPolicy == nil {
+				refuse(http.StatusConflict, "This key has no rotation policy to disable.")
 				return
 			}
-			months = 1
+			months = cur.RotationPolicy.IntervalMonths
+		} else if perr != nil || months < 1 || months > 12 {
+			refuse(http.StatusBadRequest, "Choose a rotation interval of 1 to 12 months.")
+			return
 		}
 		if k, err = p.svc.SetRotationPolicy(p.ctx, id, months, enabled); err == nil {
 			msg = "Rotation policy disabled"
@@ -257,7 +269,7 @@ func (h *Handler) keyAction(w http.ResponseWriter, r *http.Request, p *page) {
 			msg = "Key deleted: it can be restored for 30 days"
 		} else if errors.Is(err, crk.ErrProtectedResource) || errors.Is(err, crk.ErrPreventKeyDeletion) {
 			regs, _ := p.svc.ListRegistrations(p.ctx, crk.RegistrationFilter{KeyID: id})
-			p.Alert = h.message(err)
+			p.Alert = deleteRefusal(len(regs))
 			h.renderKey(w, r, p, "resources", "delete", http.StatusConflict, regs)
 			return
 		}
@@ -267,7 +279,7 @@ func (h *Handler) keyAction(w http.ResponseWriter, r *http.Request, p *page) {
 	}
 	if err != nil {
 		if errors.Is(err, crk.ErrKeyNotFound) {
-			h.errorPage(w, r, p.sess, http.StatusNotFound, "No such key", "This instance has no key with id "+short(id)+".")
+			h.errorPage(w, r, p.sess, http.StatusNotFound, "No such key", fmt.Sprintf("This instance has no key with id %q.", short(id)))
 			return
 		}
 		refuse(statusOf(err), h.message(err))
@@ -292,4 +304,15 @@ func plural(n int) string {
 		return ""
 	}
 	return "s"
+}
+
+// deleteRefusal is the console's message when registrations refuse a delete. The API's own
+// message suggests a forced delete, which the console does not offer.
+func deleteRefusal(n int) string {
+	regs := "registrations protect it"
+	if n == 1 {
+		regs = "registration protects it"
+	}
+	return fmt.Sprintf("The key was not deleted: %d %s (listed below). Delete the registrations "+
+		"first; one that prevents key deletion blocks even a forced delete through the API.", n, regs)
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -76,7 +77,7 @@ func TestKeyLifecycle(t *testing.T) {
 	assert.Equal(t, http.StatusConflict, resp.StatusCode)
 	assertReadable(t, alertOf(body))
 	assert.Contains(t, alertOf(body), "rotated within the last hour")
-	assert.Contains(t, body, `id="dialog-rotate"`)
+	assert.Contains(t, dialogOf(body), `role="alert"`, "the refusal is inside the dialog")
 
 	// Policy: 3 months; a bad interval is refused; then disable the policy.
 	resp, body = f.action(c, k.ID, "policy", url.Values{"months": {"3"}, "enabled": {"true"}})
@@ -117,10 +118,14 @@ func TestKeyLifecycle(t *testing.T) {
 	resp, body = f.action(c, k.ID, "delete", url.Values{"confirm": {"payroll-root"}})
 	assert.Equal(t, http.StatusConflict, resp.StatusCode)
 	assertReadable(t, alertOf(body))
-	assert.Contains(t, alertOf(body), "protecting")
-	assert.Contains(t, body, `id="blocking"`)
-	assert.Contains(t, body, "crn:v1:local:public:is:local:a/crkvol::volume:vol-a")
-	assert.Contains(t, body, "crn:v1:local:public:is:local:a/crkvol::volume:vol-b")
+	assert.Equal(t, "The key was not deleted: 2 registrations protect it (listed below). Delete the registrations "+
+		"first; one that prevents key deletion blocks even a forced delete through the API.", alertOf(body))
+	dlg := dialogOf(body)
+	assert.Contains(t, dlg, `role="alert"`, "the refusal is inside the dialog, not behind it")
+	assert.Equal(t, 1, strings.Count(body, `role="alert"`), "and only there")
+	assert.Contains(t, dlg, `id="blocking"`)
+	assert.Contains(t, dlg, "crn:v1:local:public:is:local:a/crkvol::volume:vol-a")
+	assert.Contains(t, dlg, "crn:v1:local:public:is:local:a/crkvol::volume:vol-b")
 
 	// Without registrations the delete goes through; restore after the cool-down.
 	for _, crn := range []string{"crn:v1:local:public:is:local:a/crkvol::volume:vol-a", "crn:v1:local:public:is:local:a/crkvol::volume:vol-b"} {
@@ -137,6 +142,8 @@ func TestKeyLifecycle(t *testing.T) {
 	_, page = f.get(c, f.keysPath()+"?state=destroyed")
 	assert.Contains(t, page, `<tr data-key-id="`+k.ID+`">`)
 	f.clock.Advance(time.Minute)
+	_, page = f.get(c, f.keysPath()+"/"+k.ID+"?dialog=restore")
+	assert.Contains(t, dialogOf(page), "brings it back active")
 	resp, body = f.action(c, k.ID, "restore", nil)
 	msg, _ = f.flashOf(c, resp, body)
 	assert.Equal(t, "Key restored: its state is now active", msg)
@@ -325,4 +332,70 @@ func TestKeyPageErrors(t *testing.T) {
 	assert.NotContains(t, body, "<dialog")
 	resp, body = f.action(c, "11111111-1111-4111-8111-111111111111", "disable", nil)
 	assert.Equal(t, http.StatusNotFound, resp.StatusCode)
+}
+
+// TestPolicyDisable: disabling a rotation policy keeps its interval whatever the form's
+// months say (junk or missing), and a key without a policy has none to disable.
+func TestPolicyDisable(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	c := f.browser()
+	k, err := f.svc().CreateRootKey(t.Context(), "policy")
+	require.NoError(t, err)
+	for _, form := range []url.Values{{"enabled": {"false"}}, {"months": {"x"}, "enabled": {"false"}}} {
+		resp, body := f.action(c, k.ID, "policy", form)
+		assert.Equal(t, http.StatusConflict, resp.StatusCode)
+		assert.Equal(t, "This key has no rotation policy to disable.", alertOf(body))
+		got, err := f.svc().GetKeyMetadata(t.Context(), k.ID)
+		require.NoError(t, err)
+		assert.Nil(t, got.RotationPolicy, "nothing was recorded")
+	}
+	resp, body := f.action(c, k.ID, "policy", url.Values{"months": {"4"}, "enabled": {"true"}})
+	_, _ = f.flashOf(c, resp, body)
+	for _, months := range []string{"", "x", "0", "1", "13"} {
+		resp, body = f.action(c, k.ID, "policy", url.Values{"months": {months}, "enabled": {"false"}})
+		msg, page := f.flashOf(c, resp, body)
+		assert.Equal(t, "Rotation policy disabled", msg)
+		assert.Contains(t, page, `<dd id="key-policy">disabled (was every 4 months)</dd>`, "months %q", months)
+	}
+}
+
+// TestShort: a quoted value is cut at a rune boundary, never inside a character.
+func TestShort(t *testing.T) {
+	t.Parallel()
+	tests := []struct{ in, want string }{
+		{"", ""},
+		{strings.Repeat("a", 40), strings.Repeat("a", 40)},
+		{strings.Repeat("a", 41), strings.Repeat("a", 40) + "…"},
+		{strings.Repeat("a", 38) + "é", strings.Repeat("a", 38) + "é"},
+		{strings.Repeat("a", 39) + "é", strings.Repeat("a", 39) + "…"},
+		{strings.Repeat("a", 39) + "éé", strings.Repeat("a", 39) + "…"},
+		{strings.Repeat("a", 38) + "€x", strings.Repeat("a", 38) + "…"},
+		{strings.Repeat("\xff", 1) + strings.Repeat("b", 45), "\xff" + strings.Repeat("b", 39) + "…"},
+	}
+	for _, tc := range tests {
+		got := short(tc.in)
+		assert.Equal(t, tc.want, got)
+		assert.True(t, utf8.ValidString(strings.TrimSuffix(got, "…")) || !utf8.ValidString(tc.in), "%q", got)
+	}
+}
+
+// TestInvalidUTF8: user input with invalid UTF-8 is refused readably (a form) or quoted
+// escaped (a query), never echoed raw.
+func TestInvalidUTF8(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	c := f.browser()
+	resp, body := f.post(c, f.keysPath(), url.Values{"csrf": {f.csrf(c, f.keysPath())}, "name": {"db\xff"}, "type": {"root"}})
+	assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	assert.Equal(t, `The form field "name" is not valid UTF-8 text; nothing was changed.`, alertOf(body))
+	keys, err := f.svc().ListKeys(t.Context(), crk.ListOptions{})
+	require.NoError(t, err)
+	assert.Empty(t, keys)
+	resp, body = f.get(c, f.keysPath()+"?state="+url.QueryEscape(strings.Repeat("x", 39)+"é\xfe"))
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Contains(t, alertOf(body), `Unknown state "`+strings.Repeat("x", 39)+`…"`)
+	assert.True(t, utf8.ValidString(body))
+	_, body = f.get(c, f.keysPath()+"/"+url.PathEscape("k\xfe\x01"))
+	assert.Contains(t, alertOf(body), `no key with id "k\xfe\x01"`)
 }

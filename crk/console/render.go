@@ -29,6 +29,9 @@ type page struct {
 	CSRF string
 	// Flash is a signed message of the action just done; Alert a refusal or error.
 	Flash, Alert string
+	// InDialog is true when a dialog is open: the dialog shows Alert, where the user is, not
+	// the page behind it.
+	InDialog bool
 	// Data is the page's own data.
 	Data any
 	// Now is when the page was made (Options.Now).

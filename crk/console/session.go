@@ -6,19 +6,57 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
+	"net/url"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"crkvol/crk"
 	"crkvol/crk/kpapi"
 )
 
 // sessionCookie holds the session id; signinCookie the sign-in form's double-submit token.
+// Over HTTPS (or with Options.SecureCookies) their names take the __Host- prefix: a browser
+// then accepts them only when Secure, with Path=/ and no Domain, so a sibling origin (another
+// port or subdomain of the host) cannot plant one for the console.
 const (
 	sessionCookie = "crkvol_session"
 	signinCookie  = "crkvol_signin"
+	hostPrefix    = "__Host-"
 )
+
+// secureRequest reports whether r's cookies must be Secure: r came over TLS, or the console
+// is behind a TLS-terminating proxy (Options.SecureCookies).
+func (h *Handler) secureRequest(r *http.Request) bool { return r.TLS != nil || h.secure }
+
+// cookie returns the console's cookie name (sessionCookie or signinCookie) for r with value
+// and maxAge (0: none, a browser-session cookie; negative: delete), with the attributes every
+// console cookie has.
+func (h *Handler) cookie(r *http.Request, name, value string, maxAge int) *http.Cookie {
+	c := &http.Cookie{
+		Name: name, Value: value, Path: Prefix, MaxAge: maxAge,
+		HttpOnly: true, SameSite: http.SameSiteStrictMode,
+	}
+	if h.secureRequest(r) {
+		c.Name, c.Path, c.Secure = hostPrefix+name, "/", true
+	}
+	return c
+}
+
+// readCookie returns the value of the console's cookie name in r ("" when absent): the
+// __Host- one for a secure request, never the unprefixed one then.
+func (h *Handler) readCookie(r *http.Request, name string) string {
+	if h.secureRequest(r) {
+		name = hostPrefix + name
+	}
+	c, err := r.Cookie(name)
+	if err != nil {
+		return ""
+	}
+	return c.Value
+}
 
 // session is a signed-in browser's session.
 type session struct {
@@ -66,21 +104,16 @@ func validMAC(got, sessionID, purpose, msg string) bool {
 	return hmac.Equal([]byte(got), []byte(mac(sessionID, purpose, msg)))
 }
 
-// setSessionCookie gives the browser the session's cookie, for as long as the session lives.
+// setSessionCookie gives the browser the session's cookie. It has no Max-Age: it lasts the
+// browser session, so that a session that expired on the server still reaches it and the
+// user is told so; the server alone decides when a session ends.
 func (h *Handler) setSessionCookie(w http.ResponseWriter, r *http.Request, s session) {
-	maxAge := int(time.Until(s.expires).Seconds()) // the tenants expire sessions by the wall clock
-	http.SetCookie(w, &http.Cookie{
-		Name: sessionCookie, Value: s.id, Path: Prefix, MaxAge: max(maxAge, 1),
-		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode,
-	})
+	http.SetCookie(w, h.cookie(r, sessionCookie, s.id, 0))
 }
 
 // clearCookie removes a cookie of the console.
-func clearCookie(w http.ResponseWriter, r *http.Request, name string) {
-	http.SetCookie(w, &http.Cookie{
-		Name: name, Value: "", Path: Prefix, MaxAge: -1,
-		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode,
-	})
+func (h *Handler) clearCookie(w http.ResponseWriter, r *http.Request, name string) {
+	http.SetCookie(w, h.cookie(r, name, "", -1))
 }
 
 // errNoSession means the request carries no session cookie.
@@ -89,11 +122,11 @@ var errNoSession = errors.New("no session")
 // current returns the request's live session. It wraps errNoSession without a cookie and
 // kpapi.ErrUnauthorized for an unknown, expired or ended session.
 func (h *Handler) current(r *http.Request) (session, error) {
-	c, err := r.Cookie(sessionCookie)
-	if err != nil || c.Value == "" {
+	id := h.readCookie(r, sessionCookie)
+	if id == "" {
 		return session{}, errNoSession
 	}
-	return h.checkSession(c.Value)
+	return h.checkSession(id)
 }
 
 // signedIn returns the request's session, or answers with a redirect to the sign-in page
@@ -106,7 +139,7 @@ func (h *Handler) signedIn(w http.ResponseWriter, r *http.Request) (session, boo
 	case errors.Is(err, errNoSession):
 		http.Redirect(w, r, Prefix+"signin", http.StatusSeeOther)
 	case errors.Is(err, kpapi.ErrUnauthorized):
-		clearCookie(w, r, sessionCookie)
+		h.clearCookie(w, r, sessionCookie)
 		http.Redirect(w, r, Prefix+"signin?ended=1", http.StatusSeeOther)
 	default:
 		h.log.Error("console: checking a session", "err", err)
@@ -132,6 +165,12 @@ func (h *Handler) instance(nav string, fn func(w http.ResponseWriter, r *http.Re
 		if r.Method == http.MethodPost && r.ParseForm() != nil {
 			h.errorPage(w, r, &s, http.StatusBadRequest, "Bad request", fmt.Sprintf("The form could not be read (a form holds at most %d KiB); nothing was changed.", maxForm>>10))
 			return
+		}
+		if r.Method == http.MethodPost {
+			if name, ok := invalidUTF8(r.PostForm); ok {
+				h.errorPage(w, r, &s, http.StatusBadRequest, "Bad request", fmt.Sprintf("The form field %q is not valid UTF-8 text; nothing was changed.", short(name)))
+				return
+			}
 		}
 		if r.Method == http.MethodPost && !validCSRF(r, s) {
 			h.errorPage(w, r, &s, http.StatusForbidden, "Forbidden", "The form was stale or not sent by this console (missing or wrong CSRF token); nothing was changed. Reload the page and try again.")
@@ -161,4 +200,20 @@ func validCSRF(r *http.Request, s session) bool {
 // flashURL returns target with a signed flash message for the session.
 func flashURL(target string, s *session, msg string) string {
 	return fmt.Sprintf("%s%sflash=%s&fs=%s", target, querySep(target), queryEscape(msg), mac(s.id, "flash", msg))
+}
+
+// invalidUTF8 returns the name of the first form field (in name order) whose name or value
+// is not valid UTF-8.
+func invalidUTF8(form url.Values) (string, bool) {
+	for _, name := range slices.Sorted(maps.Keys(form)) {
+		if !utf8.ValidString(name) {
+			return name, true
+		}
+		for _, v := range form[name] {
+			if !utf8.ValidString(v) {
+				return name, true
+			}
+		}
+	}
+	return "", false
 }

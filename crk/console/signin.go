@@ -63,10 +63,7 @@ func (h *Handler) signinForm(w http.ResponseWriter, r *http.Request, status int,
 	var b [24]byte
 	_, _ = rand.Read(b[:])
 	tok := base64.RawURLEncoding.EncodeToString(b[:])
-	http.SetCookie(w, &http.Cookie{
-		Name: signinCookie, Value: tok, Path: Prefix, MaxAge: 3600,
-		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode,
-	})
+	http.SetCookie(w, h.cookie(r, signinCookie, tok, 3600))
 	p := h.newPage(r, nil, "")
 	p.Title = "Sign in"
 	p.Data = signinData{Token: tok, Message: msg}
@@ -75,12 +72,12 @@ func (h *Handler) signinForm(w http.ResponseWriter, r *http.Request, status int,
 
 // signin exchanges the posted API key for a session.
 func (h *Handler) signin(w http.ResponseWriter, r *http.Request) {
-	c, err := r.Cookie(signinCookie)
+	tok := h.readCookie(r, signinCookie)
 	if err := r.ParseForm(); err != nil {
 		h.signinForm(w, r, http.StatusBadRequest, "The form could not be read. Try again.")
 		return
 	}
-	if err != nil || c.Value == "" || subtle.ConstantTimeCompare([]byte(c.Value), []byte(r.PostForm.Get("csrf"))) != 1 {
+	if tok == "" || subtle.ConstantTimeCompare([]byte(tok), []byte(r.PostForm.Get("csrf"))) != 1 {
 		h.failurePage(w, r, http.StatusForbidden, "The sign-in form was stale or not sent by this console (missing or wrong CSRF token). Open the sign-in page and try again.")
 		return
 	}
@@ -101,7 +98,7 @@ func (h *Handler) signin(w http.ResponseWriter, r *http.Request) {
 		h.signinForm(w, r, http.StatusServiceUnavailable, "The key service is unavailable; try again later.")
 		return
 	}
-	clearCookie(w, r, signinCookie)
+	h.clearCookie(w, r, signinCookie)
 	h.setSessionCookie(w, r, s)
 	http.Redirect(w, r, Prefix, http.StatusSeeOther)
 }
@@ -111,7 +108,7 @@ func (h *Handler) signin(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) signout(w http.ResponseWriter, r *http.Request) {
 	s, err := h.current(r)
 	if err != nil {
-		clearCookie(w, r, sessionCookie)
+		h.clearCookie(w, r, sessionCookie)
 		http.Redirect(w, r, Prefix+"signin", http.StatusSeeOther)
 		return
 	}
@@ -124,6 +121,6 @@ func (h *Handler) signout(w http.ResponseWriter, r *http.Request) {
 		h.errorPage(w, r, &s, http.StatusServiceUnavailable, "Unavailable", "The session could not be ended; try again.")
 		return
 	}
-	clearCookie(w, r, sessionCookie)
+	h.clearCookie(w, r, sessionCookie)
 	http.Redirect(w, r, Prefix+"signin", http.StatusSeeOther)
 }

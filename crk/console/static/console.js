@@ -32,7 +32,10 @@
     } catch (err) {
       open.setAttribute("open", "");
     }
-    var first = open.querySelector("[autofocus]");
+    // A refusal shown inside the dialog takes the focus, so it is read out first.
+    var first = open.querySelector("[role=alert]");
+    if (first) first.setAttribute("tabindex", "-1");
+    else first = open.querySelector("[autofocus]");
     if (first) first.focus();
     open.addEventListener("cancel", function (e) {
       e.preventDefault();
@@ -47,25 +50,98 @@
     });
   });
 
-  // Live refresh of the Keys table: every N seconds, fetch the same page and swap the table,
-  // unless a menu or form is in use. Any failure leaves the page as it is.
-  var table = document.getElementById("keys-table");
-  if (table && window.fetch && window.DOMParser) {
-    var secs = parseInt(table.getAttribute("data-refresh"), 10) || 10;
-    setInterval(function () {
-      if (document.hidden) return;
-      var cur = document.getElementById("keys-table");
-      if (!cur || cur.querySelector("details[open]") || cur.contains(document.activeElement)) return;
-      fetch(window.location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
-        .then(function (r) { return r.ok && !r.redirected ? r.text() : null; })
-        .then(function (html) {
-          if (!html) return;
-          var doc = new DOMParser().parseFromString(html, "text/html");
-          var fresh = doc.getElementById("keys-table");
-          var now = document.getElementById("keys-table");
-          if (fresh && now && !now.querySelector("details[open]")) now.replaceWith(fresh);
+  // Live refresh. Every element with an id and data-refresh="N" is replaced by the element
+  // with the same id from a fresh copy of the page, every N seconds (at least 30): only while
+  // the tab is visible, never while a menu or a form field inside it is in use, and not
+  // after 15 minutes without user input (each refresh is a read in the audit log, and an
+  // unattended tab would fill it). window.crkvolRefresh() refreshes once, now; it returns a
+  // promise of whether anything was replaced. Any failure leaves the page as it is.
+  var MIN_SECS = 30;
+  var IDLE_MS = 15 * 60 * 1000;
+  if (document.querySelector("[data-refresh][id]") && window.fetch && window.DOMParser) {
+    var secs = 0;
+    document.querySelectorAll("[data-refresh][id]").forEach(function (el) {
+      var n = parseInt(el.getAttribute("data-refresh"), 10);
+      if (!(n >= MIN_SECS)) n = MIN_SECS;
+      if (secs === 0 || n < secs) secs = n;
+    });
+    var lastInput = Date.now();
+    var lastRefresh = Date.now();
+    var stopped = false; // the session ended or the page moved: refreshing again is pointless
+    var paused = null;   // the "Live refresh paused" notice while shown
+
+    var busy = function (el) {
+      return el.querySelector("details[open]") !== null || el.contains(document.activeElement);
+    };
+
+    var refresh = function () {
+      lastRefresh = Date.now();
+      return fetch(window.location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+        .then(function (r) {
+          if (!r.ok || r.redirected) {
+            stopped = true;
+            return null;
+          }
+          return r.text();
         })
-        .catch(function () {});
-    }, secs * 1000);
+        .then(function (html) {
+          if (!html) return false;
+          var doc = new DOMParser().parseFromString(html, "text/html");
+          var swapped = false;
+          document.querySelectorAll("[data-refresh][id]").forEach(function (now) {
+            var fresh = doc.getElementById(now.id);
+            if (fresh && !busy(now)) {
+              now.replaceWith(document.importNode(fresh, true));
+              swapped = true;
+            }
+          });
+          return swapped;
+        })
+        .catch(function () { return false; });
+    };
+
+    var resume = function () {
+      lastInput = Date.now();
+      if (paused) {
+        paused.remove();
+        paused = null;
+      }
+      if (!document.hidden) refresh();
+    };
+
+    var pause = function () {
+      if (paused) return;
+      paused = document.createElement("p");
+      paused.className = "refresh-paused";
+      paused.setAttribute("role", "status");
+      paused.appendChild(document.createTextNode("Live refresh paused after 15 minutes without activity. "));
+      var b = document.createElement("button");
+      b.type = "button";
+      b.textContent = "Resume";
+      b.addEventListener("click", resume);
+      paused.appendChild(b);
+      var target = document.querySelector("[data-refresh][id]");
+      target.parentNode.insertBefore(paused, target);
+    };
+
+    ["keydown", "pointerdown", "wheel", "touchstart"].forEach(function (t) {
+      document.addEventListener(t, function () {
+        if (!paused) lastInput = Date.now();
+      }, { passive: true, capture: true });
+    });
+
+    var tick = function () {
+      if (stopped || paused || document.hidden) return;
+      if (Date.now() - lastInput >= IDLE_MS) {
+        pause();
+        return;
+      }
+      if (Date.now() - lastRefresh >= secs * 1000) refresh();
+    };
+    setInterval(tick, 5000);
+    // A tab coming back into view catches up at once when a refresh is due.
+    document.addEventListener("visibilitychange", tick);
+
+    window.crkvolRefresh = refresh;
   }
 })();
