@@ -57,11 +57,13 @@ func (f *fixture) hostAck(t *testing.T, key, host string) (crk.HostAck, bool) {
 }
 
 // TestAgentAcknowledges: the agent acknowledges its first reconciliation (the volumes on the
-// key's version), a disable with the suspended state and the attached volumes it stopped, and
-// an enable with the active state, each event's with its feed cursor.
+// key's version), a disable with the suspended state, every volume of the key on the host
+// (locked out whether an attach process was told to stop or had stopped by itself) and the
+// attach processes it told to stop, and an enable with the active state, each event's with
+// its feed cursor.
 func TestAgentAcknowledges(t *testing.T) {
 	f := newFixture(t, 2)
-	f.host.attached = 2
+	f.host.attached = 0 // the attach processes saw the disable first and stopped by themselves
 	a, stop := start(t, f, agent.Options{Acker: f.host.ks, HostName: "host-a.example"})
 	defer stop()
 	v1 := f.latest(t)
@@ -86,8 +88,10 @@ func TestAgentAcknowledges(t *testing.T) {
 		return ack.State == "suspended"
 	})
 	ack, _ = f.hostAck(t, f.key, "host-a.example")
+	require.NotEmpty(t, ack.Reporter)
 	require.Equal(t, crk.HostAck{Host: "host-a.example", KeyID: f.key, Type: crk.LifecycleDisable, State: "suspended",
-		Volumes: 2, Cursor: disable.Cursor, Time: ack.Time}, ack)
+		Volumes: 2, Stopped: 0, Cursor: disable.Cursor, Reporter: ack.Reporter, Time: ack.Time}, ack,
+		"both volumes are locked out though no attach process was told to stop")
 	meta, err := f.svc.GetKeyMetadata(f.ctx, f.key)
 	require.NoError(t, err)
 	require.False(t, ack.Time.Before(meta.LastStateChange), "the acknowledgement confirms the lockout")
@@ -164,4 +168,39 @@ func TestNewRequiresHostNameWithAcker(t *testing.T) {
 	require.Contains(t, err.Error(), "host name")
 	_, err = agent.New(agent.Options{Feed: f.host.ks, Host: f.host})
 	require.NoError(t, err, "no acknowledgements, no host name needed")
+}
+
+// TestAckCountsStopped: a lockout's acknowledgement counts the host's volumes of the key and,
+// apart, the attach processes the agent told to stop; a reconciliation that finds a different
+// number of volumes acknowledges again.
+func TestAckCountsStopped(t *testing.T) {
+	f := newFixture(t, 2)
+	f.host.attached = 1
+	a, err := agent.New(agent.Options{Feed: f.host.ks, Host: f.host, Acker: f.host.ks, HostName: "h1"})
+	require.NoError(t, err)
+	_, err = f.svc.DisableKey(f.ctx, f.key)
+	require.NoError(t, err)
+	page, err := f.svc.Lifecycle(f.ctx, "0", 0)
+	require.NoError(t, err)
+	require.NoError(t, a.Apply(f.ctx, []volume.KeyEvent{{Cursor: page.Events[0].Cursor, Type: volume.KeyDisabled,
+		KeyID: f.key, State: volume.KeyStateSuspended}}))
+	ack, ok := f.hostAck(t, f.key, "h1")
+	require.True(t, ok)
+	require.Equal(t, 2, ack.Volumes)
+	require.Equal(t, 1, ack.Stopped)
+
+	f.host.mu.Lock()
+	f.host.attached = 0
+	f.host.mu.Unlock()
+	require.NoError(t, a.Reconcile(f.ctx))
+	ack, _ = f.hostAck(t, f.key, "h1")
+	require.Equal(t, 1, ack.Stopped, "nothing changed: no new acknowledgement")
+	es, err := f.host.reg.List()
+	require.NoError(t, err)
+	require.NoError(t, f.host.reg.Delete(es[1].CRN)) // the volume left the host
+	require.NoError(t, a.Reconcile(f.ctx))
+	ack, _ = f.hostAck(t, f.key, "h1")
+	require.Equal(t, 1, ack.Volumes, "one volume fewer: acknowledged again")
+	require.Equal(t, 0, ack.Stopped)
+	require.Empty(t, ack.Cursor, "a reconciliation's")
 }

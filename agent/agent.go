@@ -39,15 +39,25 @@ type Host interface {
 	// reconciliation.
 	Rewrap(ctx context.Context, keyID string) (*volume.Report, error)
 	// Lockout makes every attached volume of keyID on the host stop serving; state is the
-	// key's state (for messages). It returns the number of attached volumes it stopped or
-	// told to stop.
-	Lockout(ctx context.Context, keyID, state string) (int, error)
+	// key's state (for messages). It returns how many of the host's registered volumes of
+	// keyID are now locked out and how many attach processes it told to stop.
+	Lockout(ctx context.Context, keyID, state string) (LockoutResult, error)
 	// Unlock tells the host that keyID is usable again: its volumes may attach.
 	Unlock(ctx context.Context, keyID string) error
 	// LoadCursor returns the feed cursor SaveCursor recorded last, or "" if none.
 	LoadCursor() (string, error)
 	// SaveCursor durably records that every event up to cursor was handled.
 	SaveCursor(cursor string) error
+}
+
+// LockoutResult is what a Host's Lockout did.
+type LockoutResult struct {
+	// Volumes is the number of the host's registered volumes of the key: every one of them
+	// is locked out, attached or not, and whether its attach process was told to stop or
+	// stopped by itself (it follows the key's state too).
+	Volumes int
+	// Stopped is the number of attach processes of the key's volumes the host told to stop.
+	Stopped int
 }
 
 // Options configure an Agent. Feed and Host are required.
@@ -466,12 +476,12 @@ func (a *Agent) Apply(ctx context.Context, events []volume.KeyEvent) error {
 	var acks []volume.KeyAck
 	for _, id := range order {
 		if w := work[id]; w.lock != nil && w.lock.Locks() {
-			n, err := a.lockout(ctx, id, w.lock.State)
+			lo, err := a.lockout(ctx, id, w.lock.State)
 			if err != nil {
 				errs = append(errs, err)
 				continue
 			}
-			acks = append(acks, volume.KeyAck{KeyID: id, Type: w.lock.Type, State: w.lock.State, Volumes: n, Cursor: w.lock.Cursor})
+			acks = append(acks, volume.KeyAck{KeyID: id, Type: w.lock.Type, State: w.lock.State, Volumes: lo.Volumes, Stopped: lo.Stopped, Cursor: w.lock.Cursor})
 		}
 	}
 	// The lockouts are done: their acknowledgements go first, before any rewrap.
@@ -526,13 +536,13 @@ func rewrapAck(keyID, typ, state string, rep *volume.Report) (volume.KeyAck, boo
 	return volume.KeyAck{KeyID: keyID, Type: typ, State: state, Version: rep.NewVersion, Volumes: rep.Volumes}, true
 }
 
-// lockout locks out the volumes of keyID and returns the number of attached volumes told to
-// stop.
-func (a *Agent) lockout(ctx context.Context, keyID, state string) (int, error) {
-	n, err := a.opts.Host.Lockout(ctx, keyID, state)
+// lockout locks out the volumes of keyID and returns what the host did.
+func (a *Agent) lockout(ctx context.Context, keyID, state string) (LockoutResult, error) {
+	lo, err := a.opts.Host.Lockout(ctx, keyID, state)
 	if err != nil {
-		return 0, fmt.Errorf("agent: locking out the volumes of key %s: %w", keyID, err)
+		return LockoutResult{}, fmt.Errorf("agent: locking out the volumes of key %s: %w", keyID, err)
 	}
+	n := lo.Stopped
 	// New: the key newly out of use (or in another state), or attach processes told to
 	// stop. A key that stays out of use is seen again at every reconciliation: not news.
 	a.mu.Lock()
@@ -544,11 +554,11 @@ func (a *Agent) lockout(ctx context.Context, keyID, state string) (int, error) {
 	}
 	a.mu.Unlock()
 	if isNew {
-		a.log.Warn("agent: key out of use; its attached volumes stop serving", "key", keyID, "state", state, "attached", n)
+		a.log.Warn("agent: key out of use; its volumes stop serving", "key", keyID, "state", state, "volumes", lo.Volumes, "stopped", n)
 	} else {
 		a.log.Debug("agent: key still out of use; no attached volume of it serves", "key", keyID, "state", state)
 	}
-	return n, nil
+	return lo, nil
 }
 
 func (a *Agent) rewrap(ctx context.Context, keyID string) (*volume.Report, error) {
@@ -618,7 +628,8 @@ func (a *Agent) acknowledge(ctx context.Context, acks []volume.KeyAck) {
 }
 
 // reconcileAck returns ka and true when a reconciliation should acknowledge it: the key is
-// pending, or ka says something else than the last acknowledgement settled (or force).
+// pending, or ka says something else than the last acknowledgement settled (another state,
+// version or number of volumes), or force.
 func (a *Agent) reconcileAck(ka volume.KeyAck, force bool) (volume.KeyAck, bool) {
 	if a.opts.Acker == nil {
 		return ka, false
@@ -626,7 +637,7 @@ func (a *Agent) reconcileAck(ka volume.KeyAck, force bool) (volume.KeyAck, bool)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	last, known := a.acked[ka.KeyID]
-	return ka, force || a.pending[ka.KeyID] || !known || last.State != ka.State || last.Version != ka.Version
+	return ka, force || a.pending[ka.KeyID] || !known || last.State != ka.State || last.Version != ka.Version || last.Volumes != ka.Volumes
 }
 
 // stateType is the lifecycle event type that leads to a key state, for an acknowledgement
@@ -667,12 +678,13 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 			continue
 		}
 		if !st.Usable() {
-			n, err := a.lockout(ctx, id, st.State)
+			lo, err := a.lockout(ctx, id, st.State)
 			if err != nil {
 				errs = append(errs, err)
 				continue
 			}
-			if ka, ok := a.reconcileAck(volume.KeyAck{KeyID: id, Type: stateType(st.State), State: st.State, Volumes: n}, n > 0); ok {
+			ka := volume.KeyAck{KeyID: id, Type: stateType(st.State), State: st.State, Volumes: lo.Volumes, Stopped: lo.Stopped}
+			if ka, ok := a.reconcileAck(ka, lo.Stopped > 0); ok {
 				acks = append(acks, ka)
 			}
 			continue

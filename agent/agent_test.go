@@ -34,7 +34,7 @@ type testHost struct {
 	unlocks   []string
 	failNext  int // Rewrap calls that fail before acting, as an unreachable service would
 	rewrapped int
-	attached  int   // what Lockout answers: the attach processes it told
+	attached  int   // what Lockout answers as Stopped: the attach processes it told
 	lockErr   error // what Lockout fails with
 }
 
@@ -73,14 +73,24 @@ func (h *testHost) Rewrap(ctx context.Context, keyID string) (*volume.Report, er
 	return rep, err
 }
 
-func (h *testHost) Lockout(ctx context.Context, keyID, state string) (int, error) {
+func (h *testHost) Lockout(ctx context.Context, keyID, state string) (agent.LockoutResult, error) {
+	es, err := h.reg.List()
+	if err != nil {
+		return agent.LockoutResult{}, err
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.lockErr != nil {
-		return 0, h.lockErr
+		return agent.LockoutResult{}, h.lockErr
 	}
 	h.lockouts = append(h.lockouts, keyID+"/"+state)
-	return h.attached, nil
+	res := agent.LockoutResult{Stopped: h.attached}
+	for _, e := range es {
+		if e.KeyID == keyID {
+			res.Volumes++
+		}
+	}
+	return res, nil
 }
 
 func (h *testHost) Unlock(ctx context.Context, keyID string) error {

@@ -60,8 +60,10 @@ func (h *emptyHost) KeyState(context.Context, string) (volume.KeyStatus, error) 
 func (h *emptyHost) Rewrap(context.Context, string) (*volume.Report, error) {
 	return &volume.Report{}, nil
 }
-func (h *emptyHost) Lockout(context.Context, string, string) (int, error) { return 0, nil }
-func (h *emptyHost) Unlock(context.Context, string) error                 { return nil }
+func (h *emptyHost) Lockout(context.Context, string, string) (agent.LockoutResult, error) {
+	return agent.LockoutResult{}, nil
+}
+func (h *emptyHost) Unlock(context.Context, string) error { return nil }
 func (h *emptyHost) LoadCursor() (string, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

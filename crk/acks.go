@@ -3,6 +3,7 @@ package crk
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -10,6 +11,10 @@ import (
 // ActionEventAck is the audit action of a host's acknowledgement of a lifecycle event
 // ([Service.Acknowledge]).
 const ActionEventAck = "kms.secrets.eventack"
+
+// ActionForgetAck is the audit action of forgetting a host's acknowledgement of a key
+// ([Service.ForgetHostAck]).
+const ActionForgetAck = "kms.secrets.forgeteventack"
 
 // MaxHostAcksPerKey is the most hosts whose acknowledgements a key keeps. A host beyond it is
 // refused with [ErrInvalidArgument]; hosts already known keep updating theirs.
@@ -106,8 +111,12 @@ func (a *HostAck) check() error {
 	if !known {
 		return fmt.Errorf("%w: acknowledgement type %q: want one of rotate, disable, enable, delete, restore, purge, sync", ErrInvalidArgument, shorten(a.Type))
 	}
-	if _, err := ParseState(a.State); err != nil {
+	st, err := ParseState(a.State)
+	if err != nil {
 		return fmt.Errorf("acknowledgement: %w", err)
+	}
+	if st == StatePreActivation {
+		return fmt.Errorf("%w: acknowledgement state pre-activation: a host never enforces it (a key is never in use before it is active)", ErrInvalidArgument)
 	}
 	if len(a.Version) > maxAckVersionLen || !printableASCII(a.Version) {
 		return fmt.Errorf("%w: acknowledgement version %q: want a key version id", ErrInvalidArgument, shorten(a.Version))
@@ -120,6 +129,41 @@ func (a *HostAck) check() error {
 	}
 	if _, err := ParseFeedCursor(a.Cursor); err != nil {
 		return fmt.Errorf("acknowledgement: %w", err)
+	}
+	return nil
+}
+
+// checkAgainst checks an acknowledgement against its key r at now: its state must be one its
+// type leads to (disable: suspended; delete, purge: destroyed; enable, restore: active, or
+// deactivated once the key has expired; rotate, sync: a usable state, active or
+// deactivated), and its volumes at most the key's registrations (regs).
+func (a *HostAck) checkAgainst(r *keyRecord, now time.Time, regs int) error {
+	var want []State
+	switch a.Type {
+	case LifecycleDisable:
+		want = []State{StateSuspended}
+	case LifecycleDelete, LifecyclePurge:
+		want = []State{StateDestroyed}
+	case LifecycleEnable, LifecycleRestore:
+		want = []State{StateActive}
+		if !r.Expiration.IsZero() && !now.Before(r.Expiration) {
+			want = append(want, StateDeactivated)
+		}
+	default: // rotate, sync
+		want = []State{StateActive, StateDeactivated}
+	}
+	st, _ := ParseState(a.State) // checked by check
+	if !slices.Contains(want, st) {
+		names := make([]string, len(want))
+		for i, w := range want {
+			names[i] = w.String()
+		}
+		return fmt.Errorf("%w: acknowledgement type %s with state %s: an event of type %s leaves key %s %s", ErrInvalidArgument,
+			a.Type, a.State, a.Type, r.ID, strings.Join(names, " or "))
+	}
+	if a.Volumes > regs {
+		return fmt.Errorf("%w: acknowledgement volumes %d: key %s has %d registration(s), the most volumes a host can act on",
+			ErrInvalidArgument, a.Volumes, r.ID, regs)
 	}
 	return nil
 }
@@ -169,6 +213,14 @@ func (s *Service) Acknowledge(ctx context.Context, a HostAck) error {
 		case r.Purged:
 			return fmt.Errorf("%w: key %s: its acknowledgements were deleted", ErrKeyPurged, r.ID)
 		}
+		regs, err := tx.countRegs(r.ID)
+		if err != nil {
+			return err
+		}
+		now := s.clock.Now()
+		if err := a.checkAgainst(r, now, regs); err != nil {
+			return err
+		}
 		known, err := tx.hasAck(r.ID, a.Host)
 		if err != nil {
 			return err
@@ -183,7 +235,7 @@ func (s *Service) Acknowledge(ctx context.Context, a HostAck) error {
 			}
 		}
 		ack := a
-		ack.Time, ack.Reporter = s.clock.Now(), s.who(ctx)
+		ack.Time, ack.Reporter = now, s.who(ctx)
 		if err := tx.putAck(&ack); err != nil {
 			return err
 		}
@@ -219,4 +271,47 @@ func (s *Service) HostAcks(ctx context.Context, keyID string) ([]HostAck, error)
 		out = []HostAck{}
 	}
 	return out, nil
+}
+
+// ForgetHostAck deletes host's acknowledgement of root key keyID, so that the host no longer
+// counts for the key and no longer takes one of its [MaxHostAcksPerKey] places (a host
+// decommissioned, or names a token holder filled the key's places with), and records an
+// audit event ([ActionForgetAck]) naming the host. Forgetting a host that has no
+// acknowledgement of the key is not an error (the event says so). A malformed host name is
+// refused with [ErrInvalidArgument], an unknown key with [ErrKeyNotFound], a standard key with
+// [ErrNotRootKey], a purged key with [ErrKeyPurged] (its acknowledgements were deleted with
+// it).
+func (s *Service) ForgetHostAck(ctx context.Context, keyID, host string) error {
+	if err := CheckHostName(host); err != nil {
+		return s.refuse(ctx, ActionForgetAck, keyID, err)
+	}
+	s.mkMu.RLock() // as every change: no copy of the store runs meanwhile
+	err := s.update(ctx, func(tx storeTx) error {
+		r, err := tx.key(keyID)
+		if err != nil {
+			return err
+		}
+		switch {
+		case r.Type != RootKey:
+			return fmt.Errorf("%w: key %s is a standard key: acknowledgements are of root keys' lifecycle events", ErrNotRootKey, r.ID)
+		case r.Purged:
+			return fmt.Errorf("%w: key %s: its acknowledgements were deleted", ErrKeyPurged, r.ID)
+		}
+		had, err := tx.deleteAck(r.ID, host)
+		if err != nil {
+			return err
+		}
+		ev := s.newEvent(ctx, ActionForgetAck, r, r.ID, nil)
+		if had {
+			ev.Reason = "acknowledgement of host " + host + " forgotten"
+		} else {
+			ev.Reason = "host " + host + " had no acknowledgement to forget"
+		}
+		return s.appendEvent(tx, ev)
+	})
+	s.mkMu.RUnlock()
+	if err != nil {
+		return s.refuse(ctx, ActionForgetAck, keyID, err)
+	}
+	return nil
 }

@@ -1,7 +1,9 @@
 package crk
 
 import (
+	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,9 +19,10 @@ func TestAcknowledgeValidation(t *testing.T) {
 	forEachStore(t, func(t *testing.T, st *testStore) {
 		f := newFixture(t, st)
 		k := f.root(t, "acked")
+		f.register(t, k.ID, 2)
 		std, err := f.svc.CreateKey(f.ctx, CreateOptions{Name: "std", Type: StandardKey})
 		require.NoError(t, err)
-		good := HostAck{Host: "web-1.example.com", KeyID: k.ID, Type: LifecycleDisable, State: "suspended", Volumes: 2, Cursor: "1"}
+		good := HostAck{Host: "web-1.example.com", KeyID: k.ID, Type: LifecycleDisable, State: "suspended", Volumes: 2, Stopped: 1, Cursor: "1"}
 		with := func(fn func(a *HostAck)) HostAck {
 			a := good
 			fn(&a)
@@ -44,6 +47,21 @@ func TestAcknowledgeValidation(t *testing.T) {
 			{"unknown state", with(func(a *HostAck) { a.State = "locked" }), ErrInvalidArgument, "state"},
 			{"state number", with(func(a *HostAck) { a.State = "2" }), ErrInvalidArgument, "state"},
 			{"negative volumes", with(func(a *HostAck) { a.Volumes = -1 }), ErrInvalidArgument, "volumes"},
+			{"more volumes than registrations", with(func(a *HostAck) { a.Volumes = 999999999999 }), ErrInvalidArgument,
+				"acknowledgement volumes 999999999999: key " + k.ID + " has 2 registration(s)"},
+			{"one volume too many", with(func(a *HostAck) { a.Volumes = 3 }), ErrInvalidArgument, "volumes 3: key " + k.ID + " has 2 registration(s)"},
+			{"negative stopped", with(func(a *HostAck) { a.Stopped = -1 }), ErrInvalidArgument, "stopped -1"},
+			{"more stopped than volumes", with(func(a *HostAck) { a.Stopped = 3 }), ErrInvalidArgument, "stopped 3: must be 0 to volumes (2)"},
+			{"pre-activation", with(func(a *HostAck) { a.State = "pre-activation" }), ErrInvalidArgument, "state pre-activation"},
+			{"disable active", with(func(a *HostAck) { a.State = "active" }), ErrInvalidArgument, "type disable with state active: an event of type disable leaves key " + k.ID + " suspended"},
+			{"disable destroyed", with(func(a *HostAck) { a.State = "destroyed" }), ErrInvalidArgument, "type disable with state destroyed"},
+			{"delete suspended", with(func(a *HostAck) { a.Type = LifecycleDelete }), ErrInvalidArgument, "type delete with state suspended: an event of type delete leaves key " + k.ID + " destroyed"},
+			{"purge active", with(func(a *HostAck) { a.Type, a.State = LifecyclePurge, "active" }), ErrInvalidArgument, "type purge with state active"},
+			{"enable suspended", with(func(a *HostAck) { a.Type = LifecycleEnable }), ErrInvalidArgument, "type enable with state suspended: an event of type enable leaves key " + k.ID + " active"},
+			{"enable deactivated unexpired", with(func(a *HostAck) { a.Type, a.State = LifecycleEnable, "deactivated" }), ErrInvalidArgument, "type enable with state deactivated"},
+			{"restore destroyed", with(func(a *HostAck) { a.Type, a.State = LifecycleRestore, "destroyed" }), ErrInvalidArgument, "type restore with state destroyed"},
+			{"rotate suspended", with(func(a *HostAck) { a.Type = LifecycleRotate }), ErrInvalidArgument, "type rotate with state suspended: an event of type rotate leaves key " + k.ID + " active or deactivated"},
+			{"sync destroyed", with(func(a *HostAck) { a.Type, a.State = LifecycleSync, "destroyed" }), ErrInvalidArgument, "type sync with state destroyed"},
 			{"bad cursor", with(func(a *HostAck) { a.Cursor = "01" }), ErrInvalidArgument, "cursor"},
 			{"long cursor", with(func(a *HostAck) { a.Cursor = strings.Repeat("9", 300) }), ErrInvalidArgument, "cursor"},
 			{"version with space", with(func(a *HostAck) { a.Version = "v 1" }), ErrInvalidArgument, "version"},
@@ -82,6 +100,7 @@ func TestHostAcks(t *testing.T) {
 	forEachStore(t, func(t *testing.T, st *testStore) {
 		f := newFixture(t, st)
 		k := f.root(t, "fleet")
+		f.register(t, k.ID, 3)
 		other := f.root(t, "other")
 		acks, err := f.svc.HostAcks(f.ctx, k.ID)
 		require.NoError(t, err)
@@ -94,9 +113,10 @@ func TestHostAcks(t *testing.T) {
 		require.NoError(t, err)
 		require.Len(t, page.Events, 1)
 		cur := page.Events[0].Cursor
+		api := WithInitiator(f.ctx, "kpapi:0123456789abcdef")
 		for _, h := range []string{"web-2", "db-1", "web-1"} {
-			require.NoError(t, f.svc.Acknowledge(f.ctx, HostAck{Host: h, KeyID: k.ID, Type: LifecycleDisable, State: "suspended", Volumes: 3, Cursor: cur,
-				Time: t0.Add(-time.Hour)})) // the caller's time is not taken
+			require.NoError(t, f.svc.Acknowledge(api, HostAck{Host: h, KeyID: k.ID, Type: LifecycleDisable, State: "suspended", Volumes: 3, Stopped: 1, Cursor: cur,
+				Time: t0.Add(-time.Hour), Reporter: "prod-db-1"})) // the caller's time and reporter are not taken
 		}
 		require.NoError(t, f.svc.Acknowledge(f.ctx, HostAck{Host: "web-1", KeyID: other.ID, Type: LifecycleRotate, State: "active", Version: other.KeyVersion.ID}))
 		f.clock.Advance(time.Minute)
@@ -110,9 +130,9 @@ func TestHostAcks(t *testing.T) {
 		acks, err = f.svc.HostAcks(f.ctx, k.ID)
 		require.NoError(t, err)
 		want := []HostAck{
-			{Host: "db-1", KeyID: k.ID, Type: LifecycleDisable, State: "suspended", Volumes: 3, Cursor: cur, Time: t0},
-			{Host: "web-1", KeyID: k.ID, Type: LifecycleEnable, State: "active", Volumes: 3, Time: t0.Add(time.Minute)},
-			{Host: "web-2", KeyID: k.ID, Type: LifecycleDisable, State: "suspended", Volumes: 3, Cursor: cur, Time: t0},
+			{Host: "db-1", KeyID: k.ID, Type: LifecycleDisable, State: "suspended", Volumes: 3, Stopped: 1, Cursor: cur, Reporter: "kpapi:0123456789abcdef", Time: t0},
+			{Host: "web-1", KeyID: k.ID, Type: LifecycleEnable, State: "active", Volumes: 3, Reporter: "crkvol", Time: t0.Add(time.Minute)},
+			{Host: "web-2", KeyID: k.ID, Type: LifecycleDisable, State: "suspended", Volumes: 3, Stopped: 1, Cursor: cur, Reporter: "kpapi:0123456789abcdef", Time: t0},
 		}
 		require.Len(t, acks, len(want))
 		for i := range want {
@@ -129,13 +149,109 @@ func TestHostAcks(t *testing.T) {
 		require.NoError(t, err)
 		require.Len(t, evs, 4)
 		assert.Equal(t, OutcomeSuccess, evs[0].Outcome)
-		assert.Equal(t, "host web-1 acknowledged enable: state active, 3 volume(s), by reconciliation", evs[0].Reason)
-		assert.Equal(t, "host web-2 acknowledged disable: state suspended, 3 volume(s), feed event "+cur, evs[3].Reason)
+		assert.Equal(t, "host web-1 acknowledged enable: state active, 3 volume(s), 0 attach process(es) stopped, by reconciliation", evs[0].Reason)
+		assert.Equal(t, "host web-2 acknowledged disable: state suspended, 3 volume(s), 1 attach process(es) stopped, feed event "+cur, evs[3].Reason)
+		assert.Equal(t, "kpapi:0123456789abcdef", evs[3].Initiator, "the audit event names the reporter too")
 		assert.Equal(t, k.CRN, evs[0].KeyCRN)
 
 		sum, err := f.svc.Summary(f.ctx)
 		require.NoError(t, err)
 		assert.Equal(t, 4, sum.HostAcks)
+	})
+}
+
+// register registers n volumes of key keyID.
+func (f *fixture) register(t *testing.T, keyID string, n int) {
+	t.Helper()
+	for i := range n {
+		_, err := f.svc.Register(f.ctx, keyID, fmt.Sprintf("crn:v1:local:public:is:local:a/crkvol::volume:%s-%d", keyID[:8], i), RegisterOptions{})
+		require.NoError(t, err)
+	}
+}
+
+// TestAcknowledgeStates: the states an acknowledgement may give for each lifecycle type,
+// checked against the key: an enable or restore of an expired key may leave it deactivated,
+// and a rotation or sync leaves it in a usable state.
+func TestAcknowledgeStates(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st *testStore) {
+		f := newFixture(t, st)
+		k := f.root(t, "states")
+		ok := map[string][]string{
+			LifecycleDisable: {"suspended"}, LifecycleDelete: {"destroyed"}, LifecyclePurge: {"destroyed"},
+			LifecycleEnable: {"active"}, LifecycleRestore: {"active"},
+			LifecycleRotate: {"active", "deactivated"}, LifecycleSync: {"active", "deactivated"},
+		}
+		for typ, states := range ok {
+			for _, state := range []string{"active", "suspended", "deactivated", "destroyed", "pre-activation"} {
+				err := f.svc.Acknowledge(f.ctx, HostAck{Host: "h", KeyID: k.ID, Type: typ, State: state})
+				if slices.Contains(states, state) {
+					assert.NoError(t, err, "%s %s", typ, state)
+				} else {
+					assert.ErrorIs(t, err, ErrInvalidArgument, "%s %s", typ, state)
+				}
+			}
+		}
+		expiring, err := f.svc.CreateKey(f.ctx, CreateOptions{Name: "expiring", Type: RootKey, ExpirationDate: t0.Add(time.Hour)})
+		require.NoError(t, err)
+		ack := HostAck{Host: "h", KeyID: expiring.ID, Type: LifecycleEnable, State: "deactivated"}
+		require.ErrorIs(t, f.svc.Acknowledge(f.ctx, ack), ErrInvalidArgument, "not expired yet")
+		f.clock.Advance(2 * time.Hour)
+		require.NoError(t, f.svc.Acknowledge(f.ctx, ack), "an enabled key past its expiration is deactivated")
+	})
+}
+
+// TestForgetHostAck: forgetting a host deletes its acknowledgement of one key (not of
+// another, nor another host's), frees its place under the per-key bound, is audited with the
+// host's name, and is idempotent.
+func TestForgetHostAck(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st *testStore) {
+		f := newFixture(t, st)
+		f.svc.maxHostAcks = 2
+		k := f.root(t, "filled")
+		other := f.root(t, "other")
+		ack := func(key, host string) error {
+			return f.svc.Acknowledge(f.ctx, HostAck{Host: host, KeyID: key, Type: LifecycleSync, State: "active"})
+		}
+		require.NoError(t, ack(k.ID, "forged-1"))
+		require.NoError(t, ack(k.ID, "forged-2"))
+		require.NoError(t, ack(other.ID, "forged-1"))
+		require.ErrorIs(t, ack(k.ID, "real"), ErrInvalidArgument, "the key's places are full")
+
+		ctx := WithInitiator(f.ctx, "kpapi:00000000000000aa")
+		require.NoError(t, f.svc.ForgetHostAck(ctx, k.ID, "forged-1"))
+		require.NoError(t, ack(k.ID, "real"), "a place is free again")
+		acks, err := f.svc.HostAcks(f.ctx, k.ID)
+		require.NoError(t, err)
+		hosts := []string{}
+		for _, a := range acks {
+			hosts = append(hosts, a.Host)
+		}
+		assert.Equal(t, []string{"forged-2", "real"}, hosts)
+		acks, err = f.svc.HostAcks(f.ctx, other.ID)
+		require.NoError(t, err)
+		assert.Len(t, acks, 1, "another key's acknowledgement of the host stays")
+
+		require.NoError(t, f.svc.ForgetHostAck(ctx, k.ID, "forged-1"), "forgetting again is no error")
+		evs, err := f.svc.Events(f.ctx, EventFilter{KeyID: k.ID, Action: ActionForgetAck})
+		require.NoError(t, err)
+		require.Len(t, evs, 2)
+		assert.Equal(t, "host forged-1 had no acknowledgement to forget", evs[0].Reason)
+		assert.Equal(t, "acknowledgement of host forged-1 forgotten", evs[1].Reason)
+		assert.Equal(t, "kpapi:00000000000000aa", evs[1].Initiator)
+		assert.Equal(t, OutcomeSuccess, evs[1].Outcome)
+
+		std, err := f.svc.CreateKey(f.ctx, CreateOptions{Name: "std", Type: StandardKey})
+		require.NoError(t, err)
+		for name, c := range map[string]struct {
+			key, host string
+			err       error
+		}{
+			"bad host":     {k.ID, "a b", ErrInvalidArgument},
+			"unknown key":  {"0c9a8d1e-0000-4000-8000-000000000000", "h", ErrKeyNotFound},
+			"standard key": {std.ID, "h", ErrNotRootKey},
+		} {
+			assert.ErrorIs(t, f.svc.ForgetHostAck(f.ctx, c.key, c.host), c.err, name)
+		}
 	})
 }
 
@@ -175,7 +291,7 @@ func testHostAcksPurged(t *testing.T, st *testStore) {
 		}
 		_, err := f.svc.DeleteKey(f.ctx, k.ID, DeleteOptions{})
 		require.NoError(t, err)
-		require.NoError(t, f.svc.Acknowledge(f.ctx, HostAck{Host: "h1", KeyID: k.ID, Type: LifecycleDelete, State: "destroyed", Volumes: 1}))
+		require.NoError(t, f.svc.Acknowledge(f.ctx, HostAck{Host: "h1", KeyID: k.ID, Type: LifecycleDelete, State: "destroyed"}))
 		acks, err := f.svc.HostAcks(f.ctx, k.ID)
 		require.NoError(t, err)
 		require.Len(t, acks, 1)

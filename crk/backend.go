@@ -54,6 +54,8 @@ type storeTx interface {
 	deleteReg(keyID, crn string) error
 	// keyRegs returns the registrations of one key, in CRN order.
 	keyRegs(keyID string) ([]*regRecord, error)
+	// countRegs returns how many registrations key keyID has.
+	countRegs(keyID string) (int, error)
 	// regs calls fn with every registration, in key id then CRN order.
 	regs(fn func(r *regRecord) error) error
 
@@ -94,6 +96,8 @@ type storeTx interface {
 	countAcks(keyID string) (int, error)
 	// keyAcks returns the acknowledgements of key keyID, in host order.
 	keyAcks(keyID string) ([]HostAck, error)
+	// deleteAck deletes host's acknowledgement of key keyID, reporting whether it had one.
+	deleteAck(keyID, host string) (bool, error)
 	// deleteAcks deletes every acknowledgement of key keyID.
 	deleteAcks(keyID string) error
 	// acks calls fn with every acknowledgement, in key id then host order.

@@ -198,6 +198,16 @@ func (t boltTx) deleteReg(keyID, crn string) error {
 	return t.tx.Bucket(bucketRegistrations).Delete(regKey(keyID, crn))
 }
 
+func (t boltTx) countRegs(keyID string) (int, error) {
+	n := 0
+	prefix := []byte(keyID + "\x00")
+	c := t.tx.Bucket(bucketRegistrations).Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		n++
+	}
+	return n, nil
+}
+
 func (t boltTx) keyRegs(keyID string) ([]*regRecord, error) {
 	var out []*regRecord
 	prefix := []byte(keyID + "\x00")
@@ -456,6 +466,14 @@ func (t boltTx) keyAcks(keyID string) ([]HostAck, error) {
 	var out []HostAck
 	err := t.acksUnder([]byte(keyID+"\x00"), func(a *HostAck) error { out = append(out, *a); return nil })
 	return out, err
+}
+
+func (t boltTx) deleteAck(keyID, host string) (bool, error) {
+	b := t.tx.Bucket(bucketAcks)
+	if b == nil || b.Get(ackKey(keyID, host)) == nil {
+		return false, nil
+	}
+	return true, b.Delete(ackKey(keyID, host))
 }
 
 func (t boltTx) deleteAcks(keyID string) error {

@@ -411,6 +411,15 @@ func (t *pgTx) deleteReg(keyID, crn string) error {
 	return err
 }
 
+func (t *pgTx) countRegs(keyID string) (int, error) {
+	if !isText(keyID) {
+		return 0, nil
+	}
+	var n int
+	err := t.tx.QueryRow(t.ctx, `SELECT count(*) FROM crk_registrations WHERE instance = $1 AND key_id = $2`, t.instance, keyID).Scan(&n)
+	return n, err
+}
+
 func (t *pgTx) keyRegs(keyID string) ([]*regRecord, error) {
 	if !isText(keyID) {
 		return nil, nil
@@ -762,6 +771,17 @@ func (t *pgTx) keyAcks(keyID string) ([]HostAck, error) {
 		return nil, nil
 	}
 	return t.decodeAcks(`SELECT record FROM crk_host_acks WHERE instance = $1 AND key_id = $2 ORDER BY host COLLATE "C"`, t.instance, keyID)
+}
+
+func (t *pgTx) deleteAck(keyID, host string) (bool, error) {
+	if !isText(keyID) || !isText(host) {
+		return false, nil
+	}
+	tag, err := t.tx.Exec(t.ctx, `DELETE FROM crk_host_acks WHERE instance = $1 AND key_id = $2 AND host = $3`, t.instance, keyID, host)
+	if err != nil {
+		return false, err
+	}
+	return tag.RowsAffected() > 0, nil
 }
 
 func (t *pgTx) deleteAcks(keyID string) error {

@@ -632,16 +632,17 @@ func (h *simHost) Rewrap(ctx context.Context, keyID string) (*volume.Report, err
 	return rep, nil
 }
 
-// Lockout implements agent.Host: the host's attached volumes of keyID stop serving.
-func (h *simHost) Lockout(_ context.Context, keyID, _ string) (int, error) {
+// Lockout implements agent.Host: the host's attached volumes of keyID stop serving (Stopped
+// counts them), and every volume of keyID on the host is locked out (Volumes).
+func (h *simHost) Lockout(_ context.Context, keyID, _ string) (agent.LockoutResult, error) {
 	h.locked[keyID] = true
-	n := 0
+	res := agent.LockoutResult{Volumes: len(h.vols[keyID])}
 	for _, crn := range h.vols[keyID] {
 		if v := h.r.vols[crn]; v != nil && v.pinned && v.open != nil && h.r.lockVol(v) {
-			n++
+			res.Stopped++
 		}
 	}
-	return n, nil
+	return res, nil
 }
 
 // Unlock implements agent.Host.
@@ -734,6 +735,11 @@ func (r *runner) auditAcks(ctx context.Context) {
 				failed++
 				a.Failures = appendCapped(a.Failures, fmt.Sprintf("%s did not confirm key %s %s since %s: its last acknowledgement says %s at %s",
 					hostName(h.idx), k.Name, k.State, k.LastStateChange.UTC().Format(time.RFC3339), acks[i].State, acks[i].Time.UTC().Format(time.RFC3339)))
+			case k.State != crk.StateActive && k.State != crk.StateDeactivated && acks[i].Volumes != len(h.vols[id]):
+				// A lockout covers every volume of the key on the host, attached or not.
+				failed++
+				a.Failures = appendCapped(a.Failures, fmt.Sprintf("%s confirmed key %s %s for %d volume(s), but has %d",
+					hostName(h.idx), k.Name, k.State, acks[i].Volumes, len(h.vols[id])))
 			default:
 				hr.Confirmed++
 			}

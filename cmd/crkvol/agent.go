@@ -366,10 +366,29 @@ func (h *cliHost) Rewrap(ctx context.Context, keyID string) (*volume.Report, err
 // Lockout implements agent.Host: every live attach process of this state directory serving a
 // volume of keyID gets SIGUSR1, which tells it to check its key's state at once (and to stop
 // serving when the key is out of use). The volume's key is read from its image's header.
-func (h *cliHost) Lockout(ctx context.Context, keyID, state string) (int, error) {
+// Every registered volume of keyID is locked out: one not attached cannot attach while the
+// key is out of use (the key service refuses its unwrap), and an attach process that saw the
+// key's state first has stopped by itself; Stopped counts the processes signalled.
+func (h *cliHost) Lockout(ctx context.Context, keyID, state string) (agent.LockoutResult, error) {
+	var res agent.LockoutResult
+	err := h.with(ctx, func() error {
+		es, err := h.a.reg.List()
+		if err != nil {
+			return err
+		}
+		for _, e := range es {
+			if e.KeyID == keyID {
+				res.Volumes++
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return res, fmt.Errorf("listing the registered volumes of key %s: %w", keyID, err)
+	}
 	recs, err := filepath.Glob(filepath.Join(h.dir, "attached", "*.json"))
 	if err != nil {
-		return 0, err
+		return res, err
 	}
 	n := 0
 	var errs []error
@@ -403,7 +422,8 @@ func (h *cliHost) Lockout(ctx context.Context, keyID, state string) (int, error)
 		h.log.Info("agent: told an attach process to check its key", "key", keyID, "state", state, "pid", rec.PID, "image", rec.Image)
 		n++
 	}
-	return n, errors.Join(errs...)
+	res.Stopped = n
+	return res, errors.Join(errs...)
 }
 
 // Unlock implements agent.Host. There is nothing to do on the host: the key service itself

@@ -431,8 +431,8 @@ func TestAgentRemote(t *testing.T) {
 	// HTTP, names the new version and the host's three volumes.
 	type acks struct {
 		Acks []struct {
-			Host, Type, State, Version, Cursor string
-			Volumes                            int
+			Host, Type, State, Version, Cursor, Reporter string
+			Volumes, Stopped                             int
 		} `json:"acks"`
 	}
 	var got acks
@@ -453,6 +453,8 @@ func TestAgentRemote(t *testing.T) {
 	assert.Equal(t, "rotate", got.Acks[0].Type)
 	assert.Equal(t, "active", got.Acks[0].State)
 	assert.Equal(t, 3, got.Acks[0].Volumes)
+	assert.Zero(t, got.Acks[0].Stopped, "a rewrap stops nothing")
+	assert.True(t, strings.HasPrefix(got.Acks[0].Reporter, "kpapi:"), "reported with the agent's token: %q", got.Acks[0].Reporter)
 
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
 	assert.Equal(t, 0, ag.wait(t))
@@ -505,9 +507,19 @@ func maskStatus(lines []string) []string {
 }
 
 // An attach record whose image cannot be read (moved, deleted) does not fail the lockout of
-// a key: its process is told to check its own key all the same, and the lockout goes on.
+// a key: its process is told to check its own key all the same, and the lockout goes on. The
+// lockout covers every registered volume of the key, attached or not (Volumes), apart from
+// the attach processes told to stop (Stopped).
 func TestAgentLockoutGoesPastAnUnreadableImage(t *testing.T) {
 	dir := t.TempDir()
+	const key = "0b8a8e3e-6c43-4a4c-9d31-6a0b5d0c8f11"
+	reg, err := volume.OpenRegistry(filepath.Join(dir, "volumes.db"))
+	require.NoError(t, err)
+	for i, k := range []string{key, key, "1c8a8e3e-6c43-4a4c-9d31-6a0b5d0c8f12"} {
+		require.NoError(t, reg.Put(volume.Entry{CRN: fmt.Sprintf("crn:v1:local:public:is:local:a/crkvol::volume:v%d", i), KeyID: k,
+			Path: filepath.Join(dir, fmt.Sprintf("v%d.img", i))}))
+	}
+	require.NoError(t, reg.Close())
 	require.NoError(t, os.MkdirAll(filepath.Join(dir, "attached"), 0o700))
 	child := exec.Command("sleep", "30")
 	require.NoError(t, child.Start())
@@ -521,10 +533,12 @@ func TestAgentLockoutGoesPastAnUnreadableImage(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "attached", "moved.json"), rec, 0o600))
 
 	var log tooltest.SyncBuffer
-	h := &cliHost{dir: dir, log: slog.New(slog.NewTextHandler(&log, nil))}
-	n, err := h.Lockout(t.Context(), "0b8a8e3e-6c43-4a4c-9d31-6a0b5d0c8f11", "suspended")
+	a := &app{stdout: io.Discard, stderr: io.Discard, getenv: func(string) string { return "" }, stateDir: dir}
+	h := &cliHost{a: a, dir: dir, log: slog.New(slog.NewTextHandler(&log, nil))}
+	res, err := h.Lockout(t.Context(), key, "suspended")
 	require.NoError(t, err)
-	assert.Zero(t, n, "not counted: its key is unknown")
+	assert.Zero(t, res.Stopped, "not counted: its key is unknown")
+	assert.Equal(t, 2, res.Volumes, "the key's two registered volumes are locked out, though none is attached")
 	assert.Contains(t, log.String(), "moved.img")
 	select { // SIGUSR1 ends sleep
 	case <-done:

@@ -9,8 +9,9 @@ import (
 // AcksPath is the path of an instance's host acknowledgements ([crk.Service.Acknowledge],
 // [crk.Service.HostAcks]), beside [LifecyclePath] under crkvol's own prefix:
 //
-//	POST /api/crkvol/v1/acks
-//	GET  /api/crkvol/v1/acks?keyId=K
+//	POST   /api/crkvol/v1/acks
+//	GET    /api/crkvol/v1/acks?keyId=K
+//	DELETE /api/crkvol/v1/acks?keyId=K&host=H
 //
 // Requests are authorised as every other API request: a bearer token and a bluemix-instance
 // header naming the instance.
@@ -42,6 +43,12 @@ import (
 //	  "time":"2026-06-01T12:00:05Z"}]}
 //
 // acks is never null. keyId is required, once; an unknown key is 404.
+//
+// DELETE forgets host H's acknowledgement of key K ([crk.Service.ForgetHostAck]), freeing its
+// place among the key's [crk.MaxHostAcksPerKey]: for a decommissioned host, or hosts a holder
+// of one of the instance's API keys made up. It is audited, answers 204 with no body, and 204
+// again for a host with no acknowledgement of the key. keyId and host are required, once
+// each; a malformed host is 400, an unknown key 404, a purged key 410.
 const AcksPath = "/api/crkvol/v1/acks"
 
 // AckBody is the body of a POST to [AcksPath].
@@ -87,5 +94,21 @@ func (s *Server) hostAcks(q *request) error {
 		return err
 	}
 	writeJSON(q.w, http.StatusOK, AcksAnswer{Acks: acks})
+	return nil
+}
+
+// forgetHostAck answers a DELETE of [AcksPath].
+func (s *Server) forgetHostAck(q *request) error {
+	v := q.r.URL.Query()
+	if len(v["keyId"]) != 1 || v.Get("keyId") == "" {
+		return badRequest("INVALID_QUERY_PARAM_ERR", "keyId must be given once: the id of the key whose acknowledgement to forget", "keyId")
+	}
+	if len(v["host"]) != 1 || v.Get("host") == "" {
+		return badRequest("INVALID_QUERY_PARAM_ERR", "host must be given once: the host whose acknowledgement to forget", "host")
+	}
+	if err := q.svc.ForgetHostAck(q.ctx, v.Get("keyId"), v.Get("host")); err != nil {
+		return err
+	}
+	q.w.WriteHeader(http.StatusNoContent)
 	return nil
 }

@@ -34,8 +34,9 @@
 // served at GET [LifecyclePath], a crkvol path that Key Protect's API never uses, with the
 // same authorisation; a long poll waits up to a minute for the next event, and
 // [Server.StopWaiting] ends the waits of a server shutting down. Hosts report what they did
-// for those events at POST [AcksPath] ([crk.Service.Acknowledge]), and GET [AcksPath] lists
-// each host's latest acknowledgement of a key.
+// for those events at POST [AcksPath] ([crk.Service.Acknowledge], recorded with the request's
+// API key as reporter), GET [AcksPath] lists each host's latest acknowledgement of a key, and
+// DELETE [AcksPath] forgets one host's.
 //
 // Request bodies are decoded strictly: by type, with nothing after the value, no object
 // member given twice (compared without regard to letter case, as encoding/json matches

@@ -96,6 +96,7 @@ func (s *Server) routes() {
 	api("GET "+LifecyclePath, s.lifecycle)
 	api("POST "+AcksPath, s.acknowledge)
 	api("GET "+AcksPath, s.hostAcks)
+	api("DELETE "+AcksPath, s.forgetHostAck)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		// A path routed for another method gets 405; anything else 404.
 		for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {

@@ -1,6 +1,7 @@
 package kms_test
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -17,6 +18,10 @@ func TestAckKeyEventBothSides(t *testing.T) {
 	forEachStore(t, func(t *testing.T, st serverStore) {
 		f := newErrFixtureOn(t, st)
 		k := f.root(t, "acked")
+		for _, v := range []string{"v1", "v2"} {
+			_, err := f.svc.Register(f.ctx, k.ID, "crn:v1:local:public:is:local:a/crkvol::volume:"+v, crk.RegisterOptions{})
+			require.NoError(t, err)
+		}
 		_, err := f.svc.DisableKey(f.ctx, k.ID)
 		require.NoError(t, err)
 		std, err := f.svc.CreateKey(f.ctx, crk.CreateOptions{Name: "std", Type: crk.StandardKey})
@@ -28,7 +33,7 @@ func TestAckKeyEventBothSides(t *testing.T) {
 			t.Run(side.name, func(t *testing.T) {
 				host := "host-" + side.name
 				require.NoError(t, side.acker.AckKeyEvent(f.ctx, volume.KeyAck{Host: host, KeyID: k.ID, Type: volume.KeyDisabled,
-					State: volume.KeyStateSuspended, Volumes: 2, Cursor: "1"}))
+					State: volume.KeyStateSuspended, Volumes: 2, Stopped: 1, Cursor: "1"}))
 				acks, err := f.svc.HostAcks(f.ctx, k.ID)
 				require.NoError(t, err)
 				var got *crk.HostAck
@@ -38,7 +43,12 @@ func TestAckKeyEventBothSides(t *testing.T) {
 					}
 				}
 				require.NotNil(t, got, "%+v", acks)
-				assert.Equal(t, crk.HostAck{Host: host, KeyID: k.ID, Type: crk.LifecycleDisable, State: "suspended", Volumes: 2, Cursor: "1", Time: got.Time}, *got)
+				assert.NotEmpty(t, got.Reporter)
+				if side.name == "remote" {
+					assert.True(t, strings.HasPrefix(got.Reporter, "kpapi:"), "across HTTP the reporter is the API credential: %q", got.Reporter)
+				}
+				assert.Equal(t, crk.HostAck{Host: host, KeyID: k.ID, Type: crk.LifecycleDisable, State: "suspended", Volumes: 2, Stopped: 1, Cursor: "1",
+					Reporter: got.Reporter, Time: got.Time}, *got)
 
 				for _, c := range []struct {
 					name string
@@ -47,6 +57,8 @@ func TestAckKeyEventBothSides(t *testing.T) {
 				}{
 					{"bad host", volume.KeyAck{Host: "a b", KeyID: k.ID, Type: volume.KeyDisabled, State: volume.KeyStateSuspended}, crk.ErrInvalidArgument},
 					{"bad state", volume.KeyAck{Host: host, KeyID: k.ID, Type: volume.KeyDisabled, State: "locked"}, crk.ErrInvalidArgument},
+					{"contradictory state", volume.KeyAck{Host: host, KeyID: k.ID, Type: volume.KeyDisabled, State: volume.KeyStateActive}, crk.ErrInvalidArgument},
+					{"more volumes than registrations", volume.KeyAck{Host: host, KeyID: k.ID, Type: volume.KeyDisabled, State: volume.KeyStateSuspended, Volumes: 3}, crk.ErrInvalidArgument},
 					{"unknown key", volume.KeyAck{Host: host, KeyID: "0c9a8d1e-0000-4000-8000-000000000000", Type: volume.KeyDisabled, State: volume.KeyStateSuspended}, crk.ErrKeyNotFound},
 					{"standard key", volume.KeyAck{Host: host, KeyID: std.ID, Type: volume.KeyDisabled, State: volume.KeyStateSuspended}, crk.ErrNotRootKey},
 				} {
