@@ -422,17 +422,17 @@ func TestFleetPage(t *testing.T) {
 		t.Fatal(err)
 	}
 	// h2 reported before the disable, h1 after it.
-	ack := func(host, state string) {
+	ack := func(host, typ, state string) {
 		t.Helper()
-		if err := svc.Acknowledge(ctx, crk.HostAck{Host: host, KeyID: k.ID, Type: crk.LifecycleDisable, State: state, Volumes: 1}); err != nil {
+		if err := svc.Acknowledge(ctx, crk.HostAck{Host: host, KeyID: k.ID, Type: typ, State: state, Volumes: 1}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	ack("h2", "active")
+	ack("h2", crk.LifecycleSync, "active")
 	if _, err := svc.DisableKey(ctx, k.ID); err != nil {
 		t.Fatal(err)
 	}
-	ack("h1", "suspended")
+	ack("h1", crk.LifecycleDisable, "suspended")
 	// A disabled key no host reported on, and an active one a host reported its version for.
 	f.clock.Advance(time.Minute)
 	quiet, err := svc.CreateRootKey(ctx, "quiet-crk")
@@ -442,7 +442,7 @@ func TestFleetPage(t *testing.T) {
 	if _, err := svc.DisableKey(ctx, quiet.ID); err != nil {
 		t.Fatal(err)
 	}
-	if err := svc.Acknowledge(ctx, crk.HostAck{Host: "h3", KeyID: other.ID, Type: crk.LifecycleRotate, State: "active", Version: other.KeyVersion.ID, Volumes: 4}); err != nil {
+	if err := svc.Acknowledge(ctx, crk.HostAck{Host: "h3", KeyID: other.ID, Type: crk.LifecycleRotate, State: "active", Version: other.KeyVersion.ID}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -516,10 +516,10 @@ func TestFleetPage(t *testing.T) {
 	}
 }
 
-// TestFleetHostsBounded checks that a key acknowledged by many hosts keeps a small row (counts,
-// ten names of each kind, "and N more") and that the selected key's host table pages its
-// hosts, those that have not confirmed the lockout first, with each one's volumes, stopped
-// attaches and reporter.
+// TestFleetHostsBounded checks that a key acknowledged by more hosts than a row names keeps
+// a small row (counts, ten names of each kind, "and N more") and that the selected key's
+// host table lists its hosts, those that have not confirmed the lockout first, with each
+// one's volumes, stopped attaches and reporter. TestFleetHostPage checks the table's pages.
 func TestFleetHostsBounded(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, false)
@@ -532,7 +532,7 @@ func TestFleetHostsBounded(t *testing.T) {
 	if _, err := svc.Register(ctx, k.ID, fleetCRN(1), crk.RegisterOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	const waiting, confirmed = 55, 12 // two pages of hosts
+	const waiting, confirmed = fleetHostsShown + 2, fleetHostsShown + 1
 	for i := range waiting {
 		if err := svc.Acknowledge(ctx, crk.HostAck{Host: fmt.Sprintf("w%03d", i), KeyID: k.ID, Type: crk.LifecycleRotate, State: "active"}); err != nil {
 			t.Fatal(err)
@@ -560,26 +560,30 @@ func TestFleetHostsBounded(t *testing.T) {
 
 	_, body := f.get(c, base)
 	row := body[strings.Index(body, `<table class="fleet" id="fleet-keys">`):]
+	table := body[strings.Index(body, `<table class="fleet hosts" id="fleet-host-table">`):]
+	table = table[:strings.Index(table, "</table>")]
 	for _, tt := range []struct {
 		what    string
 		n, want int
 	}{
 		{"confirmed hosts named in the row", count(row, `class="host-confirmed"`), fleetHostsShown},
 		{"waiting hosts named in the row", count(row, `class="host-waiting"`), fleetHostsShown},
-		{"host rows in the host table", count(body, `<tr data-host=`), fleetHostsPerPage},
-		{"waiting hosts first in the table", count(body, `data-confirmed="false"`), fleetHostsPerPage},
+		{"host rows in the host table", count(table, `<tr data-host=`), waiting + confirmed},
+		{"waiting hosts in the table", count(table, `data-confirmed="false"`), waiting},
 	} {
 		if tt.n != tt.want {
 			t.Errorf("%s: %d; want %d", tt.what, tt.n, tt.want)
 		}
+	}
+	if last, first := strings.LastIndex(table, `data-confirmed="false"`), strings.Index(table, `data-confirmed="true"`); last > first {
+		t.Errorf("the host table lists a confirmed host before one that has not confirmed")
 	}
 	for _, want := range []string{
 		fmt.Sprintf("Locked out on %d of %d reporting hosts", confirmed, waiting+confirmed),
 		fmt.Sprintf("and %d more confirmed", confirmed-fleetHostsShown),
 		fmt.Sprintf("and %d more not yet", waiting-fleetHostsShown),
 		fmt.Sprintf("All %d hosts", waiting+confirmed),
-		fmt.Sprintf("Hosts 1–50 of %d; %d confirmed the lockout", waiting+confirmed, confirmed),
-		`href="` + base + `?hosts=2&amp;key=` + url.QueryEscape(k.ID) + `#fleet-hosts" rel="next"`,
+		fmt.Sprintf("Hosts 1–%d of %d; %d confirmed the lockout", waiting+confirmed, waiting+confirmed, confirmed),
 		`<section aria-labelledby="hosts-heading" id="fleet-hosts" data-refresh="30">`,
 		"a confirmation is the word of that key's holder",
 	} {
@@ -587,16 +591,10 @@ func TestFleetHostsBounded(t *testing.T) {
 			t.Errorf("the fleet page lacks %q", want)
 		}
 	}
-
-	// The last page: the last waiting hosts, then the confirmed ones, with their numbers.
-	_, last := f.get(c, base+"?key="+url.QueryEscape(k.ID)+"&hosts=2")
-	if n := count(last, `<tr data-host=`); n != waiting+confirmed-fleetHostsPerPage {
-		t.Errorf("the last page of hosts has %d rows; want %d", n, waiting+confirmed-fleetHostsPerPage)
+	if strings.Contains(body, `rel="next">Next hosts`) || strings.Contains(body, `rel="prev">Previous hosts`) {
+		t.Errorf("one page of hosts has links to others")
 	}
-	if n := count(last, `data-confirmed="true"`); n != confirmed {
-		t.Errorf("the last page lists %d confirmed hosts; want %d", n, confirmed)
-	}
-	c0 := regexp.MustCompile(`(?s)<tr data-host="c000" data-confirmed="true">.*?</tr>`).FindString(last)
+	c0 := regexp.MustCompile(`(?s)<tr data-host="c000" data-confirmed="true">.*?</tr>`).FindString(table)
 	for _, want := range []string{
 		`<td data-label="Lockout"><div>confirmed</div></td>`,
 		`<td data-label="State"><div>suspended</div></td>`,
@@ -608,8 +606,50 @@ func TestFleetHostsBounded(t *testing.T) {
 			t.Errorf("host c000's row lacks %q:\n%s", want, c0)
 		}
 	}
-	if !strings.Contains(last, `rel="prev"`) || strings.Contains(last, `rel="next">Next hosts`) {
-		t.Errorf("the last page of hosts links back and not on")
+}
+
+// TestFleetHostPage pages a key's hosts: fleetHostsPerPage a page, links to the neighbours
+// that keep the key, and a page past the last refused with the number of pages.
+func TestFleetHostPage(t *testing.T) {
+	p := &page{Instance: instanceChoice{ID: "inst"}}
+	k := crk.Key{ID: "k1", Name: "busy-crk", State: crk.StateSuspended}
+	hosts := make([]fleetHost, 2*fleetHostsPerPage+7)
+	for i := range hosts {
+		hosts[i] = fleetHost{HostAck: crk.HostAck{Host: fmt.Sprintf("h%03d", i)}, Confirmed: i%3 == 0}
+	}
+	base := "/ui/i/inst/fleet?"
+	tests := []struct {
+		page                int
+		first, last         int
+		prev, next, message string
+	}{
+		{0, 1, fleetHostsPerPage, "", base + "hosts=2&key=k1#fleet-hosts", ""},
+		{1, fleetHostsPerPage + 1, 2 * fleetHostsPerPage, base + "key=k1#fleet-hosts", base + "hosts=3&key=k1#fleet-hosts", ""},
+		{2, 2*fleetHostsPerPage + 1, len(hosts), base + "hosts=2&key=k1#fleet-hosts", "", ""},
+		{3, 0, 0, "", "", "Page 4 of busy-crk's hosts is past the last page (3)."},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprint("page ", tt.page+1), func(t *testing.T) {
+			got, msg := fleetHostPage(p, 1, k, hosts, tt.page)
+			if msg != tt.message {
+				t.Fatalf("message %q; want %q", msg, tt.message)
+			}
+			if msg != "" {
+				return
+			}
+			if got.First != tt.first || got.Last != tt.last || len(got.Hosts) != tt.last-tt.first+1 || got.Hosts[0].Host != hosts[tt.first-1].Host {
+				t.Errorf("hosts %d–%d (%d, from %s); want %d–%d", got.First, got.Last, len(got.Hosts), got.Hosts[0].Host, tt.first, tt.last)
+			}
+			if got.Prev != tt.prev || got.Next != tt.next {
+				t.Errorf("links %q, %q; want %q, %q", got.Prev, got.Next, tt.prev, tt.next)
+			}
+			if got.Total != len(hosts) || got.Confirmed != (len(hosts)+2)/3 || !got.OutOfUse {
+				t.Errorf("total %d, confirmed %d, out of use %v; want %d, %d, true", got.Total, got.Confirmed, got.OutOfUse, len(hosts), (len(hosts)+2)/3)
+			}
+		})
+	}
+	if _, msg := fleetHostPage(p, 1, k, nil, 0); msg != "" {
+		t.Errorf("no host: %q; want the (empty) first page", msg)
 	}
 }
 
