@@ -60,8 +60,8 @@ type HostAck struct {
 	// reconciliation.
 	Cursor string `json:"cursor,omitempty"`
 	// Reporter is who posted the acknowledgement: the initiator of the context
-	// [Service.Acknowledge] was called with ("kpapi:<API key id>" for the HTTP API,
-	// "console:<API key id>", or the service's own initiator for an embedded service).
+	// [Service.Acknowledge] was called with ("kpapi:<API key id>" for the HTTP API, or the
+	// service's own initiator for an embedded service).
 	// Acknowledge sets it; a caller's value is ignored. A confirmation is the word of its
 	// reporter: any holder of one of the instance's API keys may post one.
 	Reporter string `json:"reporter"`
