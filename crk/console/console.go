@@ -35,8 +35,9 @@ const contentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 
 
 // Options configure a [Handler].
 type Options struct {
-	// Logger receives the console's warnings (failed sign-ins, failures behind a generic
-	// message); nil discards them. Nothing secret is logged.
+	// Logger receives sign-ins and sign-outs (Info, with the API key's id and the remote
+	// address) and warnings (refused sign-ins, at most one line a second; failures behind a
+	// generic message); nil discards them. No API key or session id is logged.
 	Logger *slog.Logger
 	// Now is the clock of pages and flash messages; nil means time.Now.
 	Now func() time.Time
@@ -55,6 +56,8 @@ type Handler struct {
 	now    func() time.Time
 	mux    *http.ServeMux
 	pages  map[string]*template.Template
+	// failures rate-limits the log of refused sign-ins.
+	failures failureLog
 }
 
 // New returns the console for the instances of t.
@@ -87,8 +90,9 @@ func (h *Handler) routes() error {
 	}
 	files := http.StripPrefix(Prefix+"static/", http.FileServerFS(static))
 	h.mux.Handle("GET /ui/static/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasSuffix(r.URL.Path, "/") {
-			h.notFoundPage(w, r) // no directory listings
+		name := strings.TrimPrefix(r.URL.Path, Prefix+"static/")
+		if st, err := fs.Stat(static, name); err != nil || st.IsDir() || !fs.ValidPath(name) {
+			h.notFoundPage(w, r) // no directory listings, and the console's own 404 page
 			return
 		}
 		w.Header().Set("Cache-Control", "public, max-age=300")
@@ -104,8 +108,36 @@ func (h *Handler) routes() error {
 	h.mux.HandleFunc("POST /ui/i/{instance}/keys/{id}/{action}", h.instance("keys", h.keyAction))
 	h.mux.HandleFunc("GET /ui/i/{instance}/events", h.instance("events", h.events))
 	h.mux.HandleFunc("GET /ui/i/{instance}/fleet", h.instance("fleet", h.fleet))
-	h.mux.HandleFunc("/ui/", h.notFoundPage)
+	h.mux.HandleFunc("/ui/", h.noRoute)
 	return nil
+}
+
+// noRoute answers a request no route takes: 405 with Allow when the path is a console page
+// of other methods, else the not-found page.
+func (h *Handler) noRoute(w http.ResponseWriter, r *http.Request) {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodPost} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := h.mux.Handler(probe); pattern != "" && pattern != "/ui/" {
+			allow = append(allow, m)
+			if m == http.MethodGet {
+				allow = append(allow, http.MethodHead)
+			}
+		}
+	}
+	if len(allow) == 0 {
+		h.notFoundPage(w, r)
+		return
+	}
+	w.Header().Set("Allow", strings.Join(allow, ", "))
+	s, err := h.current(r)
+	var sp *session
+	if err == nil {
+		sp = &s
+	}
+	h.errorPage(w, r, sp, http.StatusMethodNotAllowed, "Method not allowed",
+		fmt.Sprintf("This page does not take %s requests (it takes %s).", r.Method, strings.Join(allow, ", ")))
 }
 
 // ServeHTTP serves a console request; every response carries the security headers.

@@ -513,3 +513,109 @@ func TestExpiredSession(t *testing.T) {
 	_, body := f.follow(c, resp)
 	assert.Contains(t, alertOf(body), "Your session has expired or was ended")
 }
+
+// TestSignInLog: sign-in and sign-out are logged at Info with the API key's id and the
+// remote address, never the key or the session id; refused sign-ins are logged at most once a
+// second, the rest counted in one line.
+func TestSignInLog(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	c := f.client()
+	resp, _ := f.signIn(c, f.apiKey)
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	session := cookieOf(resp, sessionCookie).Value
+	resp, _ = f.post(c, "/ui/signout", url.Values{"csrf": {csrfToken(session)}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	logs := f.logs.String()
+	id := kpapi.APIKeyID(f.apiKey)
+	assert.Regexp(t, `level=INFO msg="console: signed in" apikey=`+id+` remote=127\.0\.0\.1:\d+`, logs)
+	assert.Regexp(t, `level=INFO msg="console: signed out" apikey=`+id+` remote=127\.0\.0\.1:\d+`, logs)
+	assert.NotContains(t, logs, f.apiKey)
+	assert.NotContains(t, logs, session)
+
+	for range 5 {
+		resp, _ := f.signIn(f.client(), "crkvol-guess")
+		require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+	}
+	assert.Equal(t, 1, strings.Count(f.logs.String(), "sign-in refused"), "one line within the second")
+	f.clock.Advance(2 * time.Second)
+	f.signIn(f.client(), "crkvol-guess")
+	logs = f.logs.String()
+	assert.Contains(t, logs, `msg="console: 4 more sign-in failures since 2026-12-01T`)
+	assert.Equal(t, 2, strings.Count(logs, "sign-in refused"))
+	assert.NotContains(t, logs, "crkvol-guess")
+}
+
+// TestMethodsAndNotFound: a console path asked with a method it does not take answers 405
+// with Allow (the console's error page), an unknown path or static file the console's 404
+// page.
+func TestMethodsAndNotFound(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	c := f.browser()
+	k, err := f.svc().CreateRootKey(t.Context(), "methods")
+	require.NoError(t, err)
+	tests := []struct {
+		method, path string
+		status       int
+		allow        string
+	}{
+		{http.MethodPost, "/ui/", http.StatusMethodNotAllowed, "GET, HEAD"},
+		{http.MethodGet, "/ui/signout", http.StatusMethodNotAllowed, "POST"},
+		{http.MethodPut, "/ui/signin", http.StatusMethodNotAllowed, "GET, HEAD, POST"},
+		{http.MethodDelete, f.keysPath(), http.StatusMethodNotAllowed, "GET, HEAD, POST"},
+		{http.MethodGet, f.keysPath() + "/" + k.ID + "/rotate", http.StatusMethodNotAllowed, "POST"},
+		{http.MethodPost, "/ui/i/" + f.inst + "/events", http.StatusMethodNotAllowed, "GET, HEAD"},
+		{http.MethodPost, "/ui/static/console.css", http.StatusMethodNotAllowed, "GET, HEAD"},
+		{http.MethodGet, "/ui/nothing", http.StatusNotFound, ""},
+		{http.MethodDelete, "/ui/nothing", http.StatusNotFound, ""},
+		{http.MethodGet, "/ui/static/nothing.css", http.StatusNotFound, ""},
+		{http.MethodGet, "/ui/static/", http.StatusNotFound, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
+			req, err := http.NewRequest(tc.method, f.srv.URL+tc.path, nil)
+			require.NoError(t, err)
+			resp, body := f.do(c, req)
+			assert.Equal(t, tc.status, resp.StatusCode)
+			assert.Equal(t, tc.allow, resp.Header.Get("Allow"))
+			assert.Contains(t, resp.Header.Get("Content-Type"), "text/html")
+			assert.Contains(t, body, `<html lang="en">`, "the console's own page")
+			assertReadable(t, alertOf(body))
+			assert.Equal(t, contentSecurityPolicy, resp.Header.Get("Content-Security-Policy"))
+		})
+	}
+}
+
+// TestPagePastLast: a Keys page number past the last page says so and links to the last.
+func TestPagePastLast(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	c := f.browser()
+	_, err := f.svc().CreateRootKey(t.Context(), "only")
+	require.NoError(t, err)
+	resp, body := f.get(c, f.keysPath()+"?page=99")
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, "Page 99 is past the last page (1).", alertOf(body))
+	assert.Contains(t, body, `1 key matches; none on this page.`)
+	assert.Contains(t, body, `<a href="/ui/i/`+f.inst+`/keys" rel="prev">`)
+}
+
+// TestInstanceSwitcher: an API key of one instance gets the instance's name, not a switcher;
+// an API key of two gets the switcher.
+func TestInstanceSwitcher(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	_, body := f.get(f.browser(), f.keysPath())
+	assert.NotContains(t, body, `id="instance-switch"`)
+	assert.Contains(t, body, `<p class="switcher" id="instance-name">Instance: <strong>default</strong></p>`)
+	both, err := f.tenants.CreateAPIKey(f.inst, f.other)
+	require.NoError(t, err)
+	c := f.client()
+	resp, _ := f.signIn(c, both)
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	_, body = f.get(c, f.keysPath())
+	assert.Contains(t, body, `id="instance-switch"`)
+	assert.Contains(t, body, `>team-b</option>`)
+	assert.NotContains(t, body, `id="instance-name"`)
+}

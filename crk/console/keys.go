@@ -2,6 +2,7 @@ package console
 
 import (
 	"encoding/base64"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -87,6 +88,15 @@ func (h *Handler) renderKeys(w http.ResponseWriter, r *http.Request, p *page, f 
 	base := p.Base() + "/keys"
 	if f.Page > 0 {
 		d.Prev = base + f.query(f.Page-1)
+	}
+	if f.Page > 0 && start >= len(rows) {
+		last := max(1, (len(rows)+keysPerPage-1)/keysPerPage)
+		msg := fmt.Sprintf("Page %d is past the last page (%d).", f.Page+1, last)
+		if p.Alert != "" {
+			msg = p.Alert + " " + msg
+		}
+		p.Alert = msg
+		d.Prev = base + f.query(last-1)
 	}
 	if end < len(rows) {
 		d.Next = base + f.query(f.Page+1)

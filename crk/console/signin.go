@@ -5,8 +5,12 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
+	"sync"
+	"time"
 
 	"crkvol/crk/kpapi"
 )
@@ -81,6 +85,10 @@ func (h *Handler) signin(w http.ResponseWriter, r *http.Request) {
 		h.failurePage(w, r, http.StatusForbidden, "The sign-in form was stale or not sent by this console (missing or wrong CSRF token). Open the sign-in page and try again.")
 		return
 	}
+	if name, bad := invalidUTF8(r.PostForm); bad {
+		h.signinForm(w, r, http.StatusBadRequest, fmt.Sprintf("The form field %q is not valid UTF-8 text.", short(name)))
+		return
+	}
 	key := r.PostForm.Get("apikey")
 	if key == "" {
 		h.signinForm(w, r, http.StatusBadRequest, "Enter an API key.")
@@ -90,7 +98,7 @@ func (h *Handler) signin(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		if errors.Is(err, kpapi.ErrUnauthorized) {
 			// The key itself is never logged.
-			h.log.Warn("console: sign-in refused", "remote", r.RemoteAddr)
+			h.failures.refused(h.log, h.now(), r.RemoteAddr)
 			h.signinForm(w, r, http.StatusUnauthorized, "Sign-in failed: this API key is unknown or revoked.")
 			return
 		}
@@ -98,6 +106,8 @@ func (h *Handler) signin(w http.ResponseWriter, r *http.Request) {
 		h.signinForm(w, r, http.StatusServiceUnavailable, "The key service is unavailable; try again later.")
 		return
 	}
+	h.failures.flush(h.log)
+	h.log.Info("console: signed in", "apikey", s.apiKeyID, "remote", r.RemoteAddr)
 	h.clearCookie(w, r, signinCookie)
 	h.setSessionCookie(w, r, s)
 	http.Redirect(w, r, Prefix, http.StatusSeeOther)
@@ -121,6 +131,47 @@ func (h *Handler) signout(w http.ResponseWriter, r *http.Request) {
 		h.errorPage(w, r, &s, http.StatusServiceUnavailable, "Unavailable", "The session could not be ended; try again.")
 		return
 	}
+	h.log.Info("console: signed out", "apikey", s.apiKeyID, "remote", r.RemoteAddr)
 	h.clearCookie(w, r, sessionCookie)
 	http.Redirect(w, r, Prefix+"signin", http.StatusSeeOther)
+}
+
+// failureLog rate-limits the log lines of refused sign-ins, so that guessing API keys cannot
+// flood the log: at most one line per second, then one line counting those left out.
+type failureLog struct {
+	mu         sync.Mutex
+	last       time.Time // when the last line was written
+	suppressed int       // refusals since then not logged
+	since      time.Time // the first of them
+}
+
+// refused logs a refused sign-in from remote at now, or counts it when a line was written
+// less than a second ago.
+func (f *failureLog) refused(log *slog.Logger, now time.Time, remote string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.last.IsZero() && now.Sub(f.last) < time.Second && now.Sub(f.last) >= 0 {
+		if f.suppressed == 0 {
+			f.since = now
+		}
+		f.suppressed++
+		return
+	}
+	f.flushLocked(log)
+	f.last = now
+	log.Warn("console: sign-in refused", "remote", remote)
+}
+
+// flush logs the count of refusals left out, if any.
+func (f *failureLog) flush(log *slog.Logger) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.flushLocked(log)
+}
+
+func (f *failureLog) flushLocked(log *slog.Logger) {
+	if f.suppressed > 0 {
+		log.Warn(fmt.Sprintf("console: %d more sign-in failures since %s", f.suppressed, f.since.UTC().Format(time.RFC3339)))
+		f.suppressed = 0
+	}
 }
