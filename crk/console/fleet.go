@@ -482,13 +482,17 @@ func (h *Handler) fleet(w http.ResponseWriter, r *http.Request, p *page) {
 		}
 	}
 	d.Total = len(roots)
-	if last := max(1, (len(roots)+fleetKeysPerPage-1)/fleetKeysPerPage); pageNo+1 > last {
-		h.renderFleetError(w, p, http.StatusNotFound, fmt.Sprintf("Page %d is past the last page of root keys (%d).", pageNo+1, last))
-		return
-	}
 	// The pages' links keep the key chosen with ?key=; without one, each page charts its
 	// first key.
 	chosen := q.Get("key")
+	if last := max(1, (len(roots)+fleetKeysPerPage-1)/fleetKeysPerPage); pageNo+1 > last {
+		// As the Keys page does: say so, and link to the last page.
+		p.Alert = fmt.Sprintf("Page %d is past the last page of root keys (%d).", pageNo+1, last)
+		d.Prev = fleetURL(p, last, chosen, 0)
+		p.Data = d
+		h.render(w, http.StatusOK, "fleet", p)
+		return
+	}
 	start := min(pageNo*fleetKeysPerPage, len(roots))
 	end := min(start+fleetKeysPerPage, len(roots))
 	selected := chosen
@@ -554,9 +558,8 @@ func (h *Handler) fleet(w http.ResponseWriter, r *http.Request, p *page) {
 				hosts = fleetHosts(*key, acks)
 			}
 			table, msg := fleetHostPage(p, pageNo+1, *key, hosts, hostsPage)
-			if msg != "" {
-				h.renderFleetError(w, p, http.StatusNotFound, msg)
-				return
+			if msg != "" && p.Alert == "" {
+				p.Alert = msg
 			}
 			d.Hosts = &table
 			wide, narrow, truncated, err := h.fleetChartOf(ctx, svc, *key, byKey[key.ID])
@@ -586,7 +589,8 @@ func fleetPageParam(q url.Values, name string) (int, string) {
 }
 
 // fleetHostPage returns page hostsPage (0-based) of key's hosts, on the Fleet page's page
-// pageNo (1-based), or a message when the page is past the last.
+// pageNo (1-based). Past the last page it returns no host, a link to the last page and a
+// message saying so.
 func fleetHostPage(p *page, pageNo int, key crk.Key, hosts []fleetHost, hostsPage int) (fleetHostTable, string) {
 	t := fleetHostTable{Key: key, OutOfUse: outOfUse(key.State), Total: len(hosts)}
 	for _, h := range hosts {
@@ -595,6 +599,7 @@ func fleetHostPage(p *page, pageNo int, key crk.Key, hosts []fleetHost, hostsPag
 		}
 	}
 	if last := max(1, (len(hosts)+fleetHostsPerPage-1)/fleetHostsPerPage); hostsPage+1 > last {
+		t.Prev = fleetURL(p, pageNo, key.ID, last) + "#fleet-hosts"
 		return t, fmt.Sprintf("Page %d of %s's hosts is past the last page (%d).", hostsPage+1, key.Name, last)
 	}
 	start := hostsPage * fleetHostsPerPage

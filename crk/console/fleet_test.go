@@ -500,9 +500,11 @@ func TestFleetPage(t *testing.T) {
 		{"unknown key", "?key=" + url.QueryEscape("6b1a6a0c-0000-4000-8000-000000000000"), http.StatusNotFound, "Key does not exist: 6b1a6a0c"},
 		{"standard key", "?key=" + url.QueryEscape(std.ID), http.StatusBadRequest, "is a standard key: only root keys protect volumes"},
 		{"bad page", "?page=zero", http.StatusBadRequest, "page=&#34;zero&#34; is not a page number"},
-		{"page beyond the end", "?page=9", http.StatusNotFound, "Page 9 is past the last page of root keys (1)."},
+		{"page beyond the end", "?page=9", http.StatusOK, "Page 9 is past the last page of root keys (1)."},
+		{"page beyond the end links to the last", "?page=9", http.StatusOK, `href="` + base + `" rel="prev"`},
 		{"bad hosts page", "?hosts=-1", http.StatusBadRequest, "hosts=&#34;-1&#34; is not a page number"},
-		{"hosts page beyond the end", "?key=" + url.QueryEscape(k.ID) + "&hosts=2", http.StatusNotFound, "Page 2 of backup-crk&#39;s hosts is past the last page (1)."},
+		{"hosts page beyond the end", "?key=" + url.QueryEscape(k.ID) + "&hosts=2", http.StatusOK, "Page 2 of backup-crk&#39;s hosts is past the last page (1)."},
+		{"hosts page beyond the end links to the last", "?key=" + url.QueryEscape(k.ID) + "&hosts=2", http.StatusOK, `href="` + base + `?key=` + url.QueryEscape(k.ID) + `#fleet-hosts" rel="prev">Previous hosts`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			resp, body := f.get(c, base+tt.query)
@@ -626,7 +628,7 @@ func TestFleetHostPage(t *testing.T) {
 		{0, 1, fleetHostsPerPage, "", base + "hosts=2&key=k1#fleet-hosts", ""},
 		{1, fleetHostsPerPage + 1, 2 * fleetHostsPerPage, base + "key=k1#fleet-hosts", base + "hosts=3&key=k1#fleet-hosts", ""},
 		{2, 2*fleetHostsPerPage + 1, len(hosts), base + "hosts=2&key=k1#fleet-hosts", "", ""},
-		{3, 0, 0, "", "", "Page 4 of busy-crk's hosts is past the last page (3)."},
+		{3, 0, 0, base + "hosts=3&key=k1#fleet-hosts", "", "Page 4 of busy-crk's hosts is past the last page (3)."},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprint("page ", tt.page+1), func(t *testing.T) {
@@ -635,6 +637,9 @@ func TestFleetHostPage(t *testing.T) {
 				t.Fatalf("message %q; want %q", msg, tt.message)
 			}
 			if msg != "" {
+				if len(got.Hosts) != 0 || got.Prev != tt.prev || got.Next != "" {
+					t.Errorf("past the last page: %d hosts, links %q, %q; want none, %q and none", len(got.Hosts), got.Prev, got.Next, tt.prev)
+				}
 				return
 			}
 			if got.First != tt.first || got.Last != tt.last || len(got.Hosts) != tt.last-tt.first+1 || got.Hosts[0].Host != hosts[tt.first-1].Host {
