@@ -502,6 +502,7 @@ func TestFleetPage(t *testing.T) {
 		{"bad page", "?page=zero", http.StatusBadRequest, "page=&#34;zero&#34; is not a page number"},
 		{"page beyond the end", "?page=9", http.StatusOK, "Page 9 is past the last page of root keys (1)."},
 		{"page beyond the end links to the last", "?page=9", http.StatusOK, `href="` + base + `" rel="prev"`},
+		{"junk page", "?page=%FF%E2%82%AC" + strings.Repeat("9", 40), http.StatusBadRequest, `page=&#34;\xff€99`},
 		{"bad hosts page", "?hosts=-1", http.StatusBadRequest, "hosts=&#34;-1&#34; is not a page number"},
 		{"hosts page beyond the end", "?key=" + url.QueryEscape(k.ID) + "&hosts=2", http.StatusOK, "Page 2 of backup-crk&#39;s hosts is past the last page (1)."},
 		{"hosts page beyond the end links to the last", "?key=" + url.QueryEscape(k.ID) + "&hosts=2", http.StatusOK, `href="` + base + `?key=` + url.QueryEscape(k.ID) + `#fleet-hosts" rel="prev">Previous hosts`},
@@ -585,6 +586,7 @@ func TestFleetHostsBounded(t *testing.T) {
 		fmt.Sprintf("and %d more confirmed", confirmed-fleetHostsShown),
 		fmt.Sprintf("and %d more not yet", waiting-fleetHostsShown),
 		fmt.Sprintf("All %d hosts", waiting+confirmed),
+		`<strong>c000</strong>: confirmed suspended, 1 volume locked out, 1 attach stopped (`,
 		fmt.Sprintf("Hosts 1–%d of %d; %d confirmed the lockout", waiting+confirmed, waiting+confirmed, confirmed),
 		`<section aria-labelledby="hosts-heading" id="fleet-hosts" data-refresh="30">`,
 		"a confirmation is the word of that key's holder",
@@ -851,4 +853,22 @@ func FuzzRegistrationHistory(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestFleetTruncate(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"short", 40, "short"},
+		{"abcdef", 3, "abc…"},
+		{"ab€cd", 3, "ab…"}, // not inside the euro sign's three bytes
+		{"ab€cd", 5, "ab€…"},
+		{"€", 1, "…"},
+	} {
+		if got := fleetTruncate(tt.in, tt.n); got != tt.want {
+			t.Errorf("fleetTruncate(%q, %d) = %q; want %q", tt.in, tt.n, got, tt.want)
+		}
+	}
 }
