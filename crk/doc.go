@@ -41,9 +41,13 @@
 // after a disable or delete, an unlock after an enable or restore), the volumes acted on and
 // the version a rewrap brought them to. The service keeps each host's latest
 // acknowledgement per key ([Service.HostAcks], at most [MaxHostAcksPerKey] hosts a key),
-// audits each ([ActionEventAck]), and deletes them when the key is purged. A host has
-// confirmed the lockout of a key when its latest acknowledgement states the key's current
-// out-of-use state and was recorded at or after the key's last state change.
+// audits each ([ActionEventAck]), and deletes them when the key is purged or, one host's,
+// with [Service.ForgetHostAck]. An acknowledgement is the word of its reporter (the caller's
+// initiator, [HostAck].Reporter): the service checks that its state is the one its type
+// leads to and that its volumes are at most the key's registrations, not what the host did.
+// A host has confirmed the lockout of a key when its latest acknowledgement states the key's
+// current out-of-use state and was recorded at or after the key's last state change (both
+// times from the recording replica's clock: replicas' clocks must agree).
 //
 // # Errors
 //

@@ -59,7 +59,8 @@ type Event struct {
 	ResourceCRN string    `json:"resourceCrn,omitempty"`
 	Initiator   string    `json:"initiator"`
 	// Reason is the error of a failure; for a success of [ActionEventAck], what the host
-	// acknowledged (host, lifecycle type, state, volumes).
+	// acknowledged (host, lifecycle type, state, volumes, attach processes stopped); for a
+	// success of [ActionForgetAck], the host forgotten.
 	Reason string `json:"reason,omitempty"`
 }
 
