@@ -17,7 +17,9 @@ const ActionEventAck = "kms.secrets.eventack"
 const ActionForgetAck = "kms.secrets.forgeteventack"
 
 // MaxHostAcksPerKey is the most hosts whose acknowledgements a key keeps. A host beyond it is
-// refused with [ErrInvalidArgument]; hosts already known keep updating theirs.
+// refused with [ErrInvalidArgument]; hosts already known keep updating theirs. Any holder of
+// one of the instance's API keys can fill a key's places with made-up hosts:
+// [Service.ForgetHostAck] frees them one by one, and purging the key frees them all.
 const MaxHostAcksPerKey = 10000
 
 // Bounds of the fields of a [HostAck].
