@@ -107,15 +107,31 @@ func (u *consoleUI) signIn() {
 	require.False(u.t, u.exists("#signin-form"), "still on the sign-in page: %s", u.bodyText())
 }
 
-// openSignedIn opens url, signing in again when the server forgot the session (a restart:
-// sessions of a state-directory server live in memory).
-func (u *consoleUI) openSignedIn(url string) {
+// openPage opens a console page of a signed-in tab: landing on the sign-in page instead
+// fails the test (a session never ends by itself in this test but where it says so).
+func (u *consoleUI) openPage(url string) {
 	u.t.Helper()
 	u.open(url)
-	if u.exists("#signin-form") {
-		u.signIn()
-		u.open(url)
+	require.False(u.t, u.exists("#signin-form"), "opening %s shows the sign-in page: the session ended unexpectedly: %s", url, u.bodyText())
+}
+
+// refreshNow runs one live refresh of the page (console.js's window.crkvolRefresh) and
+// returns whether it replaced anything; the page itself must stay (no navigation).
+func (u *consoleUI) refreshNow() bool {
+	u.t.Helper()
+	require.True(u.t, eval[bool](u, `typeof window.crkvolRefresh === "function"`), "the page has no live refresh (window.crkvolRefresh)")
+	eval[bool](u, `(window.crkvolStay = true, window.crkvolRefreshed = undefined,
+		window.crkvolRefresh().then(function (r) { window.crkvolRefreshed = r; }), true)`)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if done := eval[bool](u, `window.crkvolRefreshed !== undefined`); done {
+			break
+		}
+		require.True(u.t, time.Now().Before(deadline), "the live refresh did not finish within 10 s")
+		time.Sleep(50 * time.Millisecond)
 	}
+	require.True(u.t, eval[bool](u, `window.crkvolStay === true`), "a live refresh loaded a new page")
+	return eval[bool](u, `window.crkvolRefreshed === true`)
 }
 
 func (u *consoleUI) bodyText() string {
@@ -139,7 +155,7 @@ func (u *consoleUI) shot(name string) {
 // submit it with submit (a CSS selector in the dialog).
 func (u *consoleUI) keyAction(keyID, action string, fill func(), submit string) {
 	u.t.Helper()
-	u.openSignedIn(u.page("/keys/" + keyID))
+	u.openPage(u.page("/keys/" + keyID))
 	u.b.Do("opening the overflow menu", chromedp.Click(chromedp.CSS("details.menu > summary")))
 	u.loads("choosing "+action, chromedp.Click(chromedp.CSS(fmt.Sprintf(`details.menu a[data-action=%q]`, action))))
 	require.True(u.t, u.exists("dialog#dialog-"+action), "the %s dialog is not shown: %s", action, u.bodyText())
@@ -154,7 +170,7 @@ func (u *consoleUI) waitFor(url string, d time.Duration, what string, cond func(
 	u.t.Helper()
 	deadline := time.Now().Add(d)
 	for {
-		u.openSignedIn(url)
+		u.openPage(url)
 		if cond() {
 			return
 		}
@@ -176,26 +192,23 @@ func (u *consoleUI) sessionCookie() *network.Cookie {
 	return nil
 }
 
-// agentReportsHost reports whether this crkvol's agent takes --host, the name it
-// acknowledges lifecycle events under.
-func agentReportsHost(t *testing.T, bin string) bool {
-	out, err := exec.Command(bin, "agent", "--help").CombinedOutput()
-	require.NoError(t, err, "crkvol agent --help: %s", out)
-	return strings.Contains(string(out), "--host")
-}
-
 // TestConsoleBrowser is issue 21's acceptance in a real browser: sign in; create a root key;
-// two volumes made by the CLI; on the Keys page the key's overflow menu, Rotate, confirm
-// (keyboard only); the key page shows a new version id and date with the same name and id,
-// and the Associated resources tab both volumes on the new version once the host's agent
-// rewrapped them; a 3-month policy; a disable shows the key suspended and locks the attached
-// volume out, and the Fleet page lists the host as having confirmed the lockout; enable;
-// delete refused with the registrations listed; the Events page lists every step; signing
-// out ends the session on the server (its cookie put back is refused). Along the
-// way: the Keys page at 390×844 with its menu reachable, the session cookie's flags, the CSP
-// header, and no CSP violation or JavaScript error on any page (chrometest fails the test on
-// either). With -update-screenshots (or CRKVOL_UPDATE_SCREENSHOTS=1) it writes the README's
-// screenshots to docs/console/. Long test: CRKVOL_LONG_TESTS=1.
+// one volume on each of two hosts made by the CLI, which the Fleet page's live refresh
+// (window.crkvolRefresh, no reload, no CSP violation) shows; on the Keys page the key's
+// overflow menu, Rotate, confirm (keyboard only); the key page shows a new version id and
+// date with the same name and id, and the Associated resources tab both volumes on the new
+// version once the hosts' agents rewrapped them; the Versions tab fits a 390×844 screen; a
+// 3-month policy; a disable shows the key suspended and locks the attached volume out, and
+// the Fleet page lists both hosts (the one whose volume was attached and the one whose was
+// not) as having confirmed the lockout of their one volume, with the API key that reported
+// it; the server restarts and the console, whose sessions lived in the server's memory, asks
+// to sign in again and says why; enable; delete refused with the registrations listed inside
+// the dialog; the Events page lists every step; signing out ends the session on the server
+// (its cookie put back is refused). Along the way: the Keys and Fleet pages at 390×844 (menu
+// reachable, chart labels readable), the session cookie's flags, the CSP header, and no CSP
+// violation or JavaScript error on any page (chrometest fails the test on either). With
+// -update-screenshots (or CRKVOL_UPDATE_SCREENSHOTS=1) it writes the README's screenshots to
+// docs/console/. Long test: CRKVOL_LONG_TESTS=1.
 func TestConsoleBrowser(t *testing.T) {
 	if !tooltest.Long() {
 		t.Skip("long test: set CRKVOL_LONG_TESTS=1")
@@ -270,15 +283,30 @@ func TestConsoleBrowser(t *testing.T) {
 		require.Contains(t, u.text("#flash"), "Key created")
 	})
 
+	// Two hosts with one volume of the key each: h1's will be attached when the key is
+	// disabled, h2's not; both are locked out, and both hosts' agents say so.
 	h1 := newHost(t, bin, dir, "h1", srv)
-	withAcks := agentReportsHost(t, bin)
-	step("two volumes through the CLI; the host's agent", func() {
-		require.NoError(t, h1.createVolumes(2, keyID))
-		if withAcks {
-			h1.agent = h1.background("agent", "--kms-url", srv.url, "--host", "h1")
-		} else {
-			t.Log("this crkvol's agent has no --host: it reports no acknowledgement, and the Fleet page's lockout confirmation is not checked")
-			h1.startAgent()
+	h2 := newHost(t, bin, dir, "h2", srv)
+	step("a volume on each of two hosts through the CLI, their agents; the Fleet page's live refresh shows them", func() {
+		fleet := u.page("/fleet?key=" + keyID)
+		row := fmt.Sprintf(`#fleet-keys tr[data-key-id=%q]`, keyID)
+		u.openPage(fleet)
+		require.Equal(t, "0", u.text(row+" td.registrations"), "no registration yet")
+		require.NoError(t, h1.createVolumes(1, keyID))
+		require.NoError(t, h2.createVolumes(1, keyID))
+		h1.startAgent()
+		h2.startAgent()
+		// No reload: window.crkvolRefresh() (what console.js runs every 30 s) swaps the
+		// table in place; the step fails on any CSP violation (a blocked fetch is one).
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			replaced := u.refreshNow()
+			if u.text(row+" td.registrations") == "2" {
+				require.True(t, replaced, "the refresh replaced the table")
+				break
+			}
+			require.True(t, time.Now().Before(deadline), "30 s of live refreshes and the Fleet page still shows %s registrations", u.text(row+" td.registrations"))
+			time.Sleep(250 * time.Millisecond)
 		}
 		u.waitFor(u.page("/keys/"+keyID+"?tab=resources"), 30*time.Second, "both volumes registered", func() bool {
 			return eval[int](u, fmt.Sprintf(`document.querySelectorAll('#resources tr[data-version-id=%q]').length`, v1)) == 2
@@ -353,6 +381,21 @@ func TestConsoleBrowser(t *testing.T) {
 		require.NotEqual(t, "—", u.text("#key-rotated"))
 	})
 
+	step("the key page's Versions tab at 390×844: every column within the screen", func() {
+		u.b.Phone()
+		u.openPage(u.page("/keys/" + keyID + "?tab=versions"))
+		require.Equal(t, 2, eval[int](u, `document.querySelectorAll("#versions tbody tr").length`), "two versions")
+		require.False(t, eval[bool](u, `document.documentElement.scrollWidth > window.innerWidth + 1`), "at 390×844 the key page does not scroll sideways")
+		outside := eval[string](u, `Array.from(document.querySelectorAll("#versions td")).filter(function (td) {
+			var r = td.getBoundingClientRect();
+			return !(r.width > 0 && r.left >= 0 && r.right <= window.innerWidth + 1);
+		}).map(function (td) { return td.dataset.label; }).join(", ")`)
+		require.Empty(t, outside, "at 390×844 these cells of the Versions table are cut off or outside the screen")
+		require.True(t, eval[bool](u, `(function () { var w = document.querySelector("#versions").closest(".table-wrap"); return w.scrollWidth <= w.clientWidth + 1; })()`),
+			"at 390×844 the Versions table fits its box without scrolling sideways")
+		u.b.Desktop()
+	})
+
 	step("Associated resources: both volumes on the new version", func() {
 		u.waitFor(u.page("/keys/"+keyID+"?tab=resources"), 30*time.Second, "both volumes rewrapped to "+v2, func() bool {
 			return eval[int](u, fmt.Sprintf(`document.querySelectorAll('#resources tr[data-version-id=%q]').length`, v2)) == 2
@@ -371,7 +414,7 @@ func TestConsoleBrowser(t *testing.T) {
 		require.Equal(t, "every 3 months", u.text("#key-policy"))
 	})
 
-	sock := filepath.Join(h1.dir, "v00.sock")
+	sock := filepath.Join(h1.dir, "v00.sock") // h1's one volume
 	var attached *bgProc
 	var conn *e2eNBD
 	step("attach one volume", func() {
@@ -399,17 +442,25 @@ func TestConsoleBrowser(t *testing.T) {
 		require.Equal(t, 1, attached.exitCode(t, 30*time.Second), "the locked-out attach exits 1: %s", attached.stderr)
 	})
 
-	step("Fleet page: the chart, and h1's confirmed lockout", func() {
+	step("Fleet page: the chart, and both hosts' confirmed lockout (h1's volume was attached, h2's not)", func() {
 		fleet := u.page("/fleet?key=" + keyID)
 		row := fmt.Sprintf(`#fleet-keys tr[data-key-id=%q]`, keyID)
-		if withAcks {
-			u.waitFor(fleet, 30*time.Second, "h1 confirms the lockout", func() bool {
-				return u.exists(row + ` li.host-confirmed[data-host="h1"]`)
-			})
-			require.Contains(t, u.text(row+" .lockout"), "Locked out on 1 of 1 reporting host")
-		} else {
-			u.open(fleet)
+		u.waitFor(fleet, 30*time.Second, "h1 and h2 confirm the lockout", func() bool {
+			return u.exists(row+` li.host-confirmed[data-host="h1"]`) && u.exists(row+` li.host-confirmed[data-host="h2"]`)
+		})
+		require.Contains(t, u.text(row+" .lockout"), "Locked out on 2 of 2 reporting hosts")
+		for _, host := range []string{"h1", "h2"} {
+			hr := fmt.Sprintf(`#fleet-host-table tr[data-host=%q]`, host)
+			require.True(t, u.exists(hr+`[data-confirmed="true"]`), "%s confirmed in the host table: %s", host, u.bodyText())
+			require.Equal(t, "suspended", u.text(hr+` td[data-label="State"]`))
+			// Volumes counts the host's volumes of the key the lockout applies to: attached
+			// or not, each host's one volume.
+			require.Equal(t, "1", u.text(hr+" td.volumes"), "%s's lockout acknowledgement counts its one volume of the key", host)
+			require.True(t, strings.HasPrefix(u.text(hr+" td.reporter"), "kpapi:"), "%s's acknowledgement names who reported it through the API: %q", host, u.text(hr+" td.reporter"))
 		}
+		// h1's attach stopped: by itself on the feed, or told by the agent (then counted).
+		require.Contains(t, []string{"0", "1"}, u.text(`#fleet-host-table tr[data-host="h1"] td.stopped`))
+		require.Equal(t, "0", u.text(`#fleet-host-table tr[data-host="h2"] td.stopped`), "h2 had no attach to stop")
 		require.True(t, u.exists(`svg#fleet-chart[role="img"]`), "the chart")
 		require.Contains(t, eval[string](u, `document.querySelector("#fleet-chart").getAttribute("aria-label")`), "backup-crk")
 		require.Contains(t, eval[string](u, `document.querySelector("#fleet-chart-desc").textContent`), "2 on the latest version "+v2[:8])
@@ -418,14 +469,28 @@ func TestConsoleBrowser(t *testing.T) {
 		require.Equal(t, "none", strings.Fields(u.text(row + " td.behind-count"))[0])
 		u.shot("fleet.png")
 		u.b.Phone()
-		u.open(fleet)
+		u.openPage(fleet)
 		require.False(t, eval[bool](u, `document.documentElement.scrollWidth > window.innerWidth + 1`), "at 390×844 the Fleet page does not scroll sideways")
-		require.True(t, eval[bool](u, `(() => { const r = document.querySelector("#fleet-chart").getBoundingClientRect(); return r.width > 0 && r.right <= window.innerWidth; })()`), "at 390×844 the chart fits the screen")
+		require.Equal(t, "none", eval[string](u, `getComputedStyle(document.querySelector("#fleet-chart")).display`), "at 390×844 the wide chart is hidden")
+		require.True(t, eval[bool](u, `(() => { const r = document.querySelector("#fleet-chart-narrow").getBoundingClientRect(); return r.width > 0 && r.left >= 0 && r.right <= window.innerWidth; })()`), "at 390×844 the narrow chart shows and fits the screen")
+		// The axis labels keep a readable size (the wide chart shrunk to the phone made them
+		// about 6 px tall).
+		smallest := eval[float64](u, `Math.min.apply(null, Array.from(document.querySelectorAll("#fleet-chart-narrow text")).map(function (t) { return t.getBoundingClientRect().height; }))`)
+		require.GreaterOrEqual(t, smallest, 10.0, "at 390×844 the chart's smallest label is %.1f px tall", smallest)
 		u.b.Desktop()
 	})
 
-	step("enable (the server restarted 31 s later on its clock: enable waits out the 30 s cooldown)", func() {
+	step("the server restarts, its clock 31 s on: its sessions lived in memory (a state directory), so the console asks to sign in again; enable (after the 30 s cooldown)", func() {
+		before := u.sessionCookie()
+		require.NotNil(t, before)
 		srv.restart(31 * time.Second)
+		u.open(u.page("/keys/" + keyID))
+		require.True(t, u.exists("#signin-form"), "after the restart the old session is unknown: the sign-in page, not %s", u.bodyText())
+		require.Contains(t, u.text("#signin-message"), "expired or was ended", "the sign-in page says why")
+		require.Nil(t, u.sessionCookie(), "the unknown session's cookie is cleared")
+		u.signIn()
+		after := u.sessionCookie()
+		require.True(t, after != nil && after.Value != before.Value, "a new session")
 		u.keyAction(keyID, "enable", nil, `button[type="submit"]`)
 		require.Equal(t, "active", u.text("#key-state"))
 	})
@@ -434,10 +499,10 @@ func TestConsoleBrowser(t *testing.T) {
 		u.keyAction(keyID, "delete", func() {
 			u.b.Do("typing the key's name", chromedp.SendKeys(chromedp.CSS("#dialog-confirm"), "backup-crk"))
 		}, `button[type="submit"]`)
-		require.True(t, u.exists("#alert"), "a refusal message: %s", u.bodyText())
+		require.True(t, u.exists("dialog#dialog-delete #alert"), "a refusal message inside the reopened dialog: %s", u.bodyText())
 		alert := u.text("#alert")
 		require.NotContains(t, alert, "{", "no raw JSON")
-		require.True(t, u.exists("#blocking"), "the blocking registrations: %s", u.bodyText())
+		require.True(t, u.exists("dialog#dialog-delete #blocking"), "the blocking registrations inside the dialog: %s", u.bodyText())
 		blocking := u.text("#blocking")
 		require.Equal(t, 2, eval[int](u, `document.querySelectorAll("#blocking li").length`), "both registrations listed: %s", blocking)
 		require.Equal(t, "active", u.text("#key-state"))
@@ -452,7 +517,7 @@ func TestConsoleBrowser(t *testing.T) {
 			{"kms.secrets.enable", "success"},
 			{"kms.secrets.delete", "failure"},
 		} {
-			u.openSignedIn(u.page("/events?key=" + keyID + "&action=" + ev.action + "&outcome=" + ev.outcome))
+			u.openPage(u.page("/events?key=" + keyID + "&action=" + ev.action + "&outcome=" + ev.outcome))
 			sel := fmt.Sprintf(`#events tr[data-action=%q][data-outcome=%q]`, ev.action, ev.outcome)
 			require.True(t, u.exists(sel), "the Events page lists %s (%s): %s", ev.action, ev.outcome, u.bodyText())
 			require.Contains(t, u.text(sel+` td[data-label="Initiator"]`), "console:", "%s was made in the console", ev.action)
@@ -463,7 +528,7 @@ func TestConsoleBrowser(t *testing.T) {
 	})
 
 	step("sign out ends the session on the server: its cookie put back is refused", func() {
-		u.openSignedIn(u.page("/keys"))
+		u.openPage(u.page("/keys"))
 		old := u.sessionCookie()
 		require.NotNil(t, old)
 		u.loads("signing out", chromedp.Click(chromedp.CSS(`form.signout button[type="submit"]`)))

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"crkvol/crk"
 )
@@ -283,6 +284,14 @@ type fleetVersionCount struct {
 	Latest bool
 }
 
+// fleetHostsShown is the most hosts a key's row of the Fleet page names of each kind
+// (confirmed, not yet): a key acknowledged by thousands of hosts keeps a small row, and its
+// full list is the paged host table of the selected key.
+const fleetHostsShown = 10
+
+// fleetHostsPerPage is the number of hosts per page of the selected key's host table.
+const fleetHostsPerPage = 50
+
 // fleetHost is one host's latest acknowledgement for a key, judged against the key's state.
 type fleetHost struct {
 	crk.HostAck
@@ -291,6 +300,29 @@ type fleetHost struct {
 	Confirmed bool
 	// OnLatest is set when the host reports its volumes on the key's latest version.
 	OnLatest bool
+}
+
+// fleetHosts judges every host's latest acknowledgement for key k: for an out-of-use key
+// the hosts that have not confirmed the lockout come first, then those that have; each
+// group in the order of acks (by host name, as [crk.Service.HostAcks] gives them).
+func fleetHosts(k crk.Key, acks []crk.HostAck) []fleetHost {
+	out := make([]fleetHost, 0, len(acks))
+	off := outOfUse(k.State)
+	for _, a := range acks {
+		h := fleetHost{HostAck: a, OnLatest: a.Version != "" && a.Version == k.KeyVersion.ID}
+		h.Confirmed = off && a.State == k.State.String() && !a.Time.Before(k.LastStateChange)
+		out = append(out, h)
+	}
+	slices.SortStableFunc(out, func(a, b fleetHost) int {
+		switch {
+		case a.Confirmed == b.Confirmed:
+			return 0
+		case b.Confirmed:
+			return -1
+		}
+		return 1
+	})
+	return out
 }
 
 // fleetRow is one root key's line of the Fleet page.
@@ -304,17 +336,26 @@ type fleetRow struct {
 	// OutOfUse is set for a suspended, deactivated or destroyed key: its volumes must be
 	// locked out.
 	OutOfUse bool
-	// Confirmed and Waiting split the hosts that reported on the key: for an out-of-use key,
-	// those that confirmed the lockout and those that have not yet; for an active key every
-	// host is in Waiting (nothing to confirm), with its version.
-	Confirmed, Waiting []fleetHost
-	// Selected is set for the key whose chart the page shows; ChartURL selects it.
-	Selected bool
-	ChartURL string
+	// ConfirmedCount and WaitingCount split the hosts that reported on the key: for an
+	// out-of-use key, those that confirmed the lockout and those that have not yet; for an
+	// active key every host is waiting (nothing to confirm). Confirmed and Waiting name the
+	// first fleetHostsShown of each.
+	ConfirmedCount, WaitingCount int
+	Confirmed, Waiting           []fleetHost
+	// Selected is set for the key whose chart the page shows; ChartURL selects it, and
+	// HostsURL opens its host table.
+	Selected           bool
+	ChartURL, HostsURL string
 }
 
 // Reporting is the number of hosts that reported on the key.
-func (r fleetRow) Reporting() int { return len(r.Confirmed) + len(r.Waiting) }
+func (r fleetRow) Reporting() int { return r.ConfirmedCount + r.WaitingCount }
+
+// MoreConfirmed is the number of confirmed hosts the row does not name.
+func (r fleetRow) MoreConfirmed() int { return r.ConfirmedCount - len(r.Confirmed) }
+
+// MoreWaiting is the number of waiting hosts the row does not name.
+func (r fleetRow) MoreWaiting() int { return r.WaitingCount - len(r.Waiting) }
 
 // outOfUse reports whether a key in state st must not be served: its volumes locked out.
 func outOfUse(st crk.State) bool {
@@ -322,8 +363,8 @@ func outOfUse(st crk.State) bool {
 }
 
 // fleetRowFor summarises root key k from its current registrations and its hosts' latest
-// acknowledgements.
-func fleetRowFor(k crk.Key, regs []crk.Registration, acks []crk.HostAck) fleetRow {
+// acknowledgements (hosts as [fleetHosts] judges them).
+func fleetRowFor(k crk.Key, regs []crk.Registration, hosts []fleetHost) fleetRow {
 	row := fleetRow{Key: k, Registrations: len(regs), OutOfUse: outOfUse(k.State)}
 	latest := k.KeyVersion.ID
 	counts := map[string]int{}
@@ -353,16 +394,31 @@ func fleetRowFor(k crk.Key, regs []crk.Registration, acks []crk.HostAck) fleetRo
 		}
 		return cmp.Compare(a.ID, b.ID)
 	})
-	for _, a := range acks {
-		h := fleetHost{HostAck: a, OnLatest: a.Version != "" && a.Version == latest}
-		h.Confirmed = row.OutOfUse && a.State == k.State.String() && !a.Time.Before(k.LastStateChange)
+	for _, h := range hosts {
 		if h.Confirmed {
-			row.Confirmed = append(row.Confirmed, h)
+			row.ConfirmedCount++
+			if len(row.Confirmed) < fleetHostsShown {
+				row.Confirmed = append(row.Confirmed, h)
+			}
 		} else {
-			row.Waiting = append(row.Waiting, h)
+			row.WaitingCount++
+			if len(row.Waiting) < fleetHostsShown {
+				row.Waiting = append(row.Waiting, h)
+			}
 		}
 	}
 	return row
+}
+
+// fleetHostTable is one page of the selected key's hosts.
+type fleetHostTable struct {
+	Key      crk.Key
+	OutOfUse bool
+	Hosts    []fleetHost
+	// Total counts the key's reporting hosts and Confirmed those that confirmed its lockout;
+	// First and Last are the 1-based positions of the page's first and last host.
+	Total, Confirmed, First, Last int
+	Prev, Next                    string // the URLs of the neighbouring pages, "" when none
 }
 
 // fleetData is the Fleet page's data.
@@ -371,11 +427,16 @@ type fleetData struct {
 	Total       int
 	First, Last int    // the 1-based positions of the page's first and last key
 	Prev, Next  string // the URLs of the neighbouring pages, "" when none
-	// Chart is the selected key's chart; nil when no key is selected or it failed.
-	Chart    *fleetChart
-	ChartKey *crk.Key
+	// Chart and ChartNarrow are the selected key's chart, drawn for a wide and a narrow
+	// screen (the style sheet shows one); nil when no key is selected or it failed.
+	Chart, ChartNarrow *fleetChart
+	ChartKey           *crk.Key
 	// Truncated is set when the chart read only the newest fleetMaxEvents events of an action.
 	Truncated bool
+	// Hosts is the selected key's host table; nil when no key is selected.
+	Hosts *fleetHostTable
+	// Refused is set when the query was refused: the page shows only the message.
+	Refused bool
 }
 
 // fleetFuncs are the template functions of the fleet page.
@@ -388,20 +449,22 @@ func fleetFuncs() template.FuncMap {
 }
 
 // fleet shows, per root key of the instance, its registrations per version and how many
-// are behind the latest, the hosts' lockout confirmations, and the selected key's chart.
+// are behind the latest, the hosts' lockout confirmations, and the selected key's chart and
+// host table.
 func (h *Handler) fleet(w http.ResponseWriter, r *http.Request, p *page) {
 	p.Title = "Fleet"
 	svc, ctx := p.Service(), p.Context()
 	q := r.URL.Query()
 	d := fleetData{}
-	pageNo := 0
-	if s := q.Get("page"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > 1<<20 {
-			h.renderFleetError(w, p, http.StatusBadRequest, fmt.Sprintf("Page %q is not a page number (1, 2, …).", fleetTruncate(s, 40)))
-			return
-		}
-		pageNo = n - 1
+	pageNo, msg := fleetPageParam(q, "page")
+	if msg != "" {
+		h.renderFleetError(w, p, http.StatusBadRequest, msg)
+		return
+	}
+	hostsPage, msg := fleetPageParam(q, "hosts")
+	if msg != "" {
+		h.renderFleetError(w, p, http.StatusBadRequest, msg)
+		return
 	}
 	keys, err := svc.ListKeys(ctx, crk.ListOptions{States: []crk.State{
 		crk.StatePreActivation, crk.StateActive, crk.StateSuspended, crk.StateDeactivated, crk.StateDestroyed,
@@ -419,17 +482,31 @@ func (h *Handler) fleet(w http.ResponseWriter, r *http.Request, p *page) {
 		}
 	}
 	d.Total = len(roots)
+	// The pages' links keep the key chosen with ?key=; without one, each page charts its
+	// first key.
+	chosen := q.Get("key")
+	if last := max(1, (len(roots)+fleetKeysPerPage-1)/fleetKeysPerPage); pageNo+1 > last {
+		// As the Keys page does: say so, and link to the last page.
+		p.Alert = fmt.Sprintf("Page %d is past the last page of root keys (%d).", pageNo+1, last)
+		d.Prev = fleetURL(p, last, chosen, 0)
+		p.Data = d
+		h.render(w, http.StatusOK, "fleet", p)
+		return
+	}
 	start := min(pageNo*fleetKeysPerPage, len(roots))
 	end := min(start+fleetKeysPerPage, len(roots))
+	selected := chosen
+	if selected == "" && end > start {
+		selected = roots[start].ID
+	}
 	if start > 0 {
-		d.Prev = fleetURL(p, pageNo, "")
+		d.Prev = fleetURL(p, pageNo, chosen, 0)
 	}
 	if end < len(roots) {
-		d.Next = fleetURL(p, pageNo+2, "")
+		d.Next = fleetURL(p, pageNo+2, chosen, 0)
 	}
 	d.First, d.Last = start+1, end
 
-	selected := q.Get("key")
 	// One listing of every registration of the instance (one audit event), grouped by key.
 	regs, err := svc.ListRegistrations(ctx, crk.RegistrationFilter{})
 	if err != nil {
@@ -439,22 +516,22 @@ func (h *Handler) fleet(w http.ResponseWriter, r *http.Request, p *page) {
 	for _, reg := range regs {
 		byKey[reg.KeyID] = append(byKey[reg.KeyID], reg)
 	}
+	hostsOf := map[string][]fleetHost{}
 	for _, k := range roots[start:end] {
 		acks, err := svc.HostAcks(ctx, k.ID)
 		if err != nil && p.Alert == "" {
 			p.Alert = h.message(err)
 		}
-		row := fleetRowFor(k, byKey[k.ID], acks)
+		hosts := fleetHosts(k, acks)
+		hostsOf[k.ID] = hosts
+		row := fleetRowFor(k, byKey[k.ID], hosts)
 		row.Selected = k.ID == selected
-		row.ChartURL = fleetURL(p, pageNo+1, k.ID)
+		row.ChartURL = fleetURL(p, pageNo+1, k.ID, 0) + "#fleet-chart-section"
+		row.HostsURL = fleetURL(p, pageNo+1, k.ID, 0) + "#fleet-hosts"
 		d.Rows = append(d.Rows, row)
 	}
 
 	status := http.StatusOK
-	if selected == "" && len(d.Rows) > 0 {
-		selected = d.Rows[0].Key.ID
-		d.Rows[0].Selected = true
-	}
 	if selected != "" {
 		var key *crk.Key
 		for i := range roots {
@@ -472,11 +549,24 @@ func (h *Handler) fleet(w http.ResponseWriter, r *http.Request, p *page) {
 				p.Alert, status = fmt.Sprintf("Key %s is a %s key: only root keys protect volumes.", k.ID, k.Type), http.StatusBadRequest
 			}
 		} else {
-			c, truncated, err := h.fleetChartOf(ctx, svc, *key, byKey[key.ID])
+			hosts, ok := hostsOf[key.ID]
+			if !ok {
+				acks, err := svc.HostAcks(ctx, key.ID)
+				if err != nil && p.Alert == "" {
+					p.Alert = h.message(err)
+				}
+				hosts = fleetHosts(*key, acks)
+			}
+			table, msg := fleetHostPage(p, pageNo+1, *key, hosts, hostsPage)
+			if msg != "" && p.Alert == "" {
+				p.Alert = msg
+			}
+			d.Hosts = &table
+			wide, narrow, truncated, err := h.fleetChartOf(ctx, svc, *key, byKey[key.ID])
 			if err != nil {
 				p.Alert = h.message(err)
 			} else {
-				d.Chart, d.ChartKey, d.Truncated = &c, key, truncated
+				d.Chart, d.ChartNarrow, d.ChartKey, d.Truncated = &wide, &narrow, key, truncated
 			}
 		}
 	}
@@ -484,42 +574,86 @@ func (h *Handler) fleet(w http.ResponseWriter, r *http.Request, p *page) {
 	h.render(w, status, "fleet", p)
 }
 
+// fleetPageParam reads the 1-based page number q[name] ("" is the first page) as a 0-based
+// index, or returns a message saying why it is not a page number.
+func fleetPageParam(q url.Values, name string) (int, string) {
+	s := q.Get(name)
+	if s == "" {
+		return 0, ""
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > 1<<20 {
+		return 0, fmt.Sprintf("%s=%s is not a page number (1, 2, …).", name, strconv.QuoteToGraphic(fleetTruncate(s, 40)))
+	}
+	return n - 1, ""
+}
+
+// fleetHostPage returns page hostsPage (0-based) of key's hosts, on the Fleet page's page
+// pageNo (1-based). Past the last page it returns no host, a link to the last page and a
+// message saying so.
+func fleetHostPage(p *page, pageNo int, key crk.Key, hosts []fleetHost, hostsPage int) (fleetHostTable, string) {
+	t := fleetHostTable{Key: key, OutOfUse: outOfUse(key.State), Total: len(hosts)}
+	for _, h := range hosts {
+		if h.Confirmed {
+			t.Confirmed++
+		}
+	}
+	if last := max(1, (len(hosts)+fleetHostsPerPage-1)/fleetHostsPerPage); hostsPage+1 > last {
+		t.Prev = fleetURL(p, pageNo, key.ID, last) + "#fleet-hosts"
+		return t, fmt.Sprintf("Page %d of %s's hosts is past the last page (%d).", hostsPage+1, key.Name, last)
+	}
+	start := hostsPage * fleetHostsPerPage
+	end := min(start+fleetHostsPerPage, len(hosts))
+	t.Hosts = hosts[start:end]
+	t.First, t.Last = start+1, end
+	if start > 0 {
+		t.Prev = fleetURL(p, pageNo, key.ID, hostsPage) + "#fleet-hosts"
+	}
+	if end < len(hosts) {
+		t.Next = fleetURL(p, pageNo, key.ID, hostsPage+2) + "#fleet-hosts"
+	}
+	return t, ""
+}
+
 // renderFleetError answers a bad query with the Fleet page and the message.
 func (h *Handler) renderFleetError(w http.ResponseWriter, p *page, status int, msg string) {
 	p.Alert = msg
-	p.Data = fleetData{}
+	p.Data = fleetData{Refused: true}
 	h.render(w, status, "fleet", p)
 }
 
-// fleetChartOf reads key k's registration events and versions and lays out its chart.
-func (h *Handler) fleetChartOf(ctx context.Context, svc *crk.Service, k crk.Key, regs []crk.Registration) (fleetChart, bool, error) {
+// fleetChartOf reads key k's registration events and versions and lays out its chart for a
+// wide and a narrow screen.
+func (h *Handler) fleetChartOf(ctx context.Context, svc *crk.Service, k crk.Key, regs []crk.Registration) (wide, narrow fleetChart, truncated bool, err error) {
 	var events []crk.Event
-	truncated := false
 	for _, action := range []string{crk.ActionRegister, crk.ActionRegUpdate, crk.ActionRegDelete} {
 		pg, err := svc.ListEvents(ctx, crk.EventFilter{KeyID: k.ID, Action: action, Limit: fleetMaxEvents})
 		if err != nil {
-			return fleetChart{}, false, err
+			return fleetChart{}, fleetChart{}, false, err
 		}
 		events = append(events, pg.Events...)
 		truncated = truncated || pg.Next != ""
 	}
 	versions, err := svc.ListVersions(ctx, k.ID)
 	if err != nil {
-		return fleetChart{}, false, err
+		return fleetChart{}, fleetChart{}, false, err
 	}
 	hist := registrationHistory(events, regs, versions, k.KeyVersion.ID, k.CreationDate, h.now())
-	return buildChart(hist, k.Name), truncated, nil
+	return buildChart(hist, k.Name, wideChart), buildChart(hist, k.Name, narrowChart), truncated, nil
 }
 
-// fleetURL is the Fleet page's URL for a 1-based page number (0 or 1: the first) and a
-// selected key ("" for none).
-func fleetURL(p *page, pageNo int, key string) string {
+// fleetURL is the Fleet page's URL for a 1-based page number (0 or 1: the first), a
+// selected key ("" for none) and a 1-based page of its host table (0 or 1: the first).
+func fleetURL(p *page, pageNo int, key string, hostsPage int) string {
 	v := url.Values{}
 	if pageNo > 1 {
 		v.Set("page", strconv.Itoa(pageNo))
 	}
 	if key != "" {
 		v.Set("key", key)
+	}
+	if hostsPage > 1 {
+		v.Set("hosts", strconv.Itoa(hostsPage))
 	}
 	u := p.Base() + "/fleet"
 	if len(v) > 0 {
@@ -528,10 +662,13 @@ func fleetURL(p *page, pageNo int, key string) string {
 	return u
 }
 
-// fleetTruncate shortens s for a message.
+// fleetTruncate shortens s to at most n bytes for a message, at a rune boundary.
 func fleetTruncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "…"
+	if len(s) <= n {
+		return s
 	}
-	return s
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
 }

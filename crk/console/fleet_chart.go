@@ -12,15 +12,28 @@ import (
 // key version, oldest at the bottom, over the key's lifetime; a table below it gives the
 // same numbers to screen readers and to people who prefer numbers.
 
-// Chart geometry, in SVG user units (the SVG scales to its container).
-const (
-	chartWidth  = 720
-	chartHeight = 280
-	plotLeft    = 48
-	plotRight   = chartWidth - 16
-	plotTop     = 16
-	plotBottom  = chartHeight - 36
+// chartLayout is a chart's geometry, in SVG user units (the SVG scales to its container),
+// and how many time labels its axis holds.
+type chartLayout struct {
+	ID                                       string // the SVG element's id
+	Class                                    string // its class attribute
+	Width, Height                            int
+	PlotLeft, PlotRight, PlotTop, PlotBottom float64
+	TimeTicks                                int
+}
+
+// The two layouts of the chart. The page draws both and the style sheet shows one: on a
+// wide screen the wide one at up to its drawn size; on a phone the narrow one, whose 360
+// units span about the screen's width, so that its 12-unit labels stay about 12 px tall
+// (the wide chart shrunk to a phone's width would make them 6 px).
+var (
+	wideChart   = chartLayout{ID: "fleet-chart", Class: "fleet-chart", Width: 720, Height: 280, PlotLeft: 48, PlotRight: 704, PlotTop: 16, PlotBottom: 244, TimeTicks: 6}
+	narrowChart = chartLayout{ID: "fleet-chart-narrow", Class: "fleet-chart fleet-chart-narrow", Width: 360, Height: 240, PlotLeft: 44, PlotRight: 348, PlotTop: 16, PlotBottom: 204, TimeTicks: 3}
 )
+
+// chartCharWidth is a generous estimate, in user units, of the width of one character of
+// the chart's 12-unit labels (digits and capitals of a sans-serif face are about 0.6 em).
+const chartCharWidth = 7.5
 
 // versionColours fill the areas of older versions, in turn; latestColour fills the latest
 // version and unknownColour the registrations of unknown version. Each has a contrast of
@@ -44,6 +57,9 @@ type chartArea struct {
 type chartTick struct {
 	Pos   float64 // x for the time axis, y for the count axis
 	Label string
+	// Anchor is the label's text-anchor: "middle" under its tick, or "start" or "end" for
+	// a label that would otherwise cross the chart's left or right edge.
+	Anchor string
 }
 
 // legendEntry names one version of the chart and its count now.
@@ -64,12 +80,13 @@ type chartRow struct {
 
 // fleetChart is everything the template needs to draw a [fleetHistory].
 type fleetChart struct {
-	Width, Height                            int
-	PlotLeft, PlotRight, PlotTop, PlotBottom float64
-	Areas                                    []chartArea
-	XTicks, YTicks                           []chartTick
-	Legend                                   []legendEntry
-	Title, Desc                              string
+	chartLayout
+	// DescID is the id of the SVG's description.
+	DescID         string
+	Areas          []chartArea
+	XTicks, YTicks []chartTick
+	Legend         []legendEntry
+	Title, Desc    string
 	// Columns and Rows are the data table; Omitted counts the oldest rows left out.
 	Columns []legendEntry
 	Rows    []chartRow
@@ -90,12 +107,10 @@ func chartVersionLabel(id string) string {
 	return id
 }
 
-// buildChart lays out h for a key named keyName.
-func buildChart(h fleetHistory, keyName string) fleetChart {
-	c := fleetChart{
-		Width: chartWidth, Height: chartHeight,
-		PlotLeft: plotLeft, PlotRight: plotRight, PlotTop: plotTop, PlotBottom: plotBottom,
-	}
+// buildChart lays out h for a key named keyName in layout l.
+func buildChart(h fleetHistory, keyName string, l chartLayout) fleetChart {
+	c := fleetChart{chartLayout: l, DescID: l.ID + "-desc"}
+	plotLeft, plotRight, plotTop, plotBottom := l.PlotLeft, l.PlotRight, l.PlotTop, l.PlotBottom
 	start, end := h.Start, h.End
 	if !end.After(start) {
 		end = start.Add(time.Minute)
@@ -164,8 +179,16 @@ func buildChart(h fleetHistory, keyName string) fleetChart {
 	for n := 0; n <= yMax; n += yStep {
 		c.YTicks = append(c.YTicks, chartTick{Pos: y(n), Label: fmt.Sprint(n)})
 	}
-	for _, t := range timeTicks(start, end) {
-		c.XTicks = append(c.XTicks, chartTick{Pos: x(t.at), Label: t.label})
+	for _, t := range timeTicks(start, end, l.TimeTicks) {
+		pos, anchor := x(t.at), "middle"
+		half := float64(len(t.label)) * chartCharWidth / 2
+		switch {
+		case pos-half < 0:
+			anchor = "start"
+		case pos+half > float64(l.Width):
+			anchor = "end"
+		}
+		c.XTicks = append(c.XTicks, chartTick{Pos: pos, Label: t.label, Anchor: anchor})
 	}
 
 	c.Title = "Registered volumes per version of key " + keyName
@@ -240,12 +263,10 @@ var tickSpacings = [...]struct {
 	{0, 1}, {0, 2}, {0, 3}, {0, 6}, {0, 12}, {0, 24}, {0, 60},
 }
 
-// maxTimeTicks is the most labels the time axis holds without overlapping.
-const maxTimeTicks = 6
-
-// timeTicks returns round times between start and end (UTC), at most maxTimeTicks of them;
-// a span under a second gets its two ends.
-func timeTicks(start, end time.Time) []timeTick {
+// timeTicks returns round times between start and end (UTC), at most maxTimeTicks of them
+// (at least 2); a span under a second gets its two ends.
+func timeTicks(start, end time.Time, maxTimeTicks int) []timeTick {
+	maxTimeTicks = max(maxTimeTicks, 2)
 	start, end = start.UTC(), end.UTC()
 	if end.Sub(start) < time.Second {
 		return []timeTick{{start, start.Format("Jan 2 15:04:05.000")}, {end, end.Format("15:04:05.000")}}
@@ -254,7 +275,7 @@ func timeTicks(start, end time.Time) []timeTick {
 	for _, sp := range tickSpacings {
 		var ts []time.Time
 		if sp.months == 0 {
-			if span/sp.d+1 > maxTimeTicks {
+			if int64(span/sp.d)+1 > int64(maxTimeTicks) {
 				continue
 			}
 			for t := start.Truncate(sp.d); !t.After(end); t = t.Add(sp.d) {

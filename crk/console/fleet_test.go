@@ -252,7 +252,7 @@ func TestTimeTicks(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ticks := timeTicks(tt.start, tt.end)
+			ticks := timeTicks(tt.start, tt.end, wideChart.TimeTicks)
 			var labels []string
 			for _, tk := range ticks {
 				labels = append(labels, tk.label)
@@ -263,10 +263,53 @@ func TestTimeTicks(t *testing.T) {
 			if got := strings.Join(labels, "|"); got != tt.want {
 				t.Errorf("ticks = %q; want %q", got, tt.want)
 			}
-			if len(ticks) > maxTimeTicks {
-				t.Errorf("%d ticks; at most %d", len(ticks), maxTimeTicks)
+			if len(ticks) > wideChart.TimeTicks {
+				t.Errorf("%d ticks; at most %d", len(ticks), wideChart.TimeTicks)
+			}
+			if n := len(timeTicks(tt.start, tt.end, narrowChart.TimeTicks)); n < 1 || n > narrowChart.TimeTicks {
+				t.Errorf("%d ticks for the narrow chart; want 1 to %d", n, narrowChart.TimeTicks)
 			}
 		})
+	}
+}
+
+// TestChartLabelsFit checks both layouts over spans from a second to years: every time
+// label stays inside the chart (a label under a tick at either end is anchored to stay in),
+// no two overlap, and the narrow chart is about a phone's width, so that its 12-unit labels
+// keep about their size there.
+func TestChartLabelsFit(t *testing.T) {
+	if narrowChart.Width > 400 {
+		t.Errorf("the narrow chart is %d units wide: on a 390 px phone its labels would shrink", narrowChart.Width)
+	}
+	spans := []time.Duration{300 * time.Millisecond, 7 * time.Second, 3 * time.Minute, 59 * time.Minute, 5 * time.Hour, 23 * time.Hour, 50 * time.Hour, 20 * 24 * time.Hour, 400 * 24 * time.Hour, 5 * 365 * 24 * time.Hour}
+	for _, l := range []chartLayout{wideChart, narrowChart} {
+		for _, span := range spans {
+			// Starts just after a round time, so that a tick falls near the right edge.
+			for _, start := range []time.Time{fleetT0, fleetT0.Add(-time.Second / 3), fleetAt(-7)} {
+				regs := []crk.Registration{fleetReg(1, 0, fv1)}
+				h := registrationHistory(nil, regs, fleetVersions(fv1), fv1, start, start.Add(span))
+				c := buildChart(h, "k", l)
+				name := fmt.Sprintf("%s/%v/%v", l.ID, span, start.Format("15:04:05.000"))
+				prevRight := -1.0
+				for _, tk := range c.XTicks {
+					w := float64(len(tk.Label)) * chartCharWidth
+					left := tk.Pos - w/2
+					switch tk.Anchor {
+					case "start":
+						left = tk.Pos
+					case "end":
+						left = tk.Pos - w
+					}
+					if left < 0 || left+w > float64(l.Width) {
+						t.Errorf("%s: label %q spans %.0f..%.0f, outside 0..%d", name, tk.Label, left, left+w, l.Width)
+					}
+					if left < prevRight {
+						t.Errorf("%s: label %q overlaps the one before it", name, tk.Label)
+					}
+					prevRight = left + w
+				}
+			}
+		}
 	}
 }
 
@@ -277,7 +320,7 @@ func TestBuildChart(t *testing.T) {
 		fleetRegEvent(3, 30, crk.ActionRegister, 3, fv1),
 		fleetRegEvent(5, 130, crk.ActionRegUpdate, 1, fv2),
 	}, []crk.Registration{fleetReg(1, 10, fv2), fleetReg(2, 20, fv1), fleetReg(3, 30, fv1)}, fleetVersions(fv1, fv2, fv3), fv3, fleetT0, fleetAt(200))
-	c := buildChart(h, "backup-crk")
+	c := buildChart(h, "backup-crk", wideChart)
 
 	// fv3 is the latest but holds nothing: in the legend, without an area.
 	var legend []string
@@ -334,7 +377,7 @@ func TestBuildChartTableBounded(t *testing.T) {
 	for i := range maxTableRows + 10 {
 		regs = append(regs, fleetReg(i, i, fv1))
 	}
-	c := buildChart(registrationHistory(evs, regs, fleetVersions(fv1), fv1, fleetT0, fleetAt(100)), "k")
+	c := buildChart(registrationHistory(evs, regs, fleetVersions(fv1), fv1, fleetT0, fleetAt(100)), "k", wideChart)
 	if len(c.Rows) != maxTableRows || c.Omitted != 10 { // 60 steps: one per creation, the first at the start
 		t.Errorf("%d rows, %d omitted; want %d, 10", len(c.Rows), c.Omitted, maxTableRows)
 	}
@@ -379,17 +422,17 @@ func TestFleetPage(t *testing.T) {
 		t.Fatal(err)
 	}
 	// h2 reported before the disable, h1 after it.
-	ack := func(host, state string) {
+	ack := func(host, typ, state string) {
 		t.Helper()
-		if err := svc.Acknowledge(ctx, crk.HostAck{Host: host, KeyID: k.ID, Type: crk.LifecycleDisable, State: state, Volumes: 1}); err != nil {
+		if err := svc.Acknowledge(ctx, crk.HostAck{Host: host, KeyID: k.ID, Type: typ, State: state, Volumes: 1}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	ack("h2", "active")
+	ack("h2", crk.LifecycleSync, "active")
 	if _, err := svc.DisableKey(ctx, k.ID); err != nil {
 		t.Fatal(err)
 	}
-	ack("h1", "suspended")
+	ack("h1", crk.LifecycleDisable, "suspended")
 	// A disabled key no host reported on, and an active one a host reported its version for.
 	f.clock.Advance(time.Minute)
 	quiet, err := svc.CreateRootKey(ctx, "quiet-crk")
@@ -399,7 +442,7 @@ func TestFleetPage(t *testing.T) {
 	if _, err := svc.DisableKey(ctx, quiet.ID); err != nil {
 		t.Fatal(err)
 	}
-	if err := svc.Acknowledge(ctx, crk.HostAck{Host: "h3", KeyID: other.ID, Type: crk.LifecycleRotate, State: "active", Version: other.KeyVersion.ID, Volumes: 4}); err != nil {
+	if err := svc.Acknowledge(ctx, crk.HostAck{Host: "h3", KeyID: other.ID, Type: crk.LifecycleRotate, State: "active", Version: other.KeyVersion.ID}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -456,8 +499,13 @@ func TestFleetPage(t *testing.T) {
 	}{
 		{"unknown key", "?key=" + url.QueryEscape("6b1a6a0c-0000-4000-8000-000000000000"), http.StatusNotFound, "Key does not exist: 6b1a6a0c"},
 		{"standard key", "?key=" + url.QueryEscape(std.ID), http.StatusBadRequest, "is a standard key: only root keys protect volumes"},
-		{"bad page", "?page=zero", http.StatusBadRequest, "Page &#34;zero&#34; is not a page number"},
-		{"page beyond the end", "?page=9", http.StatusOK, "Root keys"},
+		{"bad page", "?page=zero", http.StatusBadRequest, "page=&#34;zero&#34; is not a page number"},
+		{"page beyond the end", "?page=9", http.StatusOK, "Page 9 is past the last page of root keys (1)."},
+		{"page beyond the end links to the last", "?page=9", http.StatusOK, `href="` + base + `" rel="prev"`},
+		{"junk page", "?page=%FF%E2%82%AC" + strings.Repeat("9", 40), http.StatusBadRequest, `page=&#34;\xff€99`},
+		{"bad hosts page", "?hosts=-1", http.StatusBadRequest, "hosts=&#34;-1&#34; is not a page number"},
+		{"hosts page beyond the end", "?key=" + url.QueryEscape(k.ID) + "&hosts=2", http.StatusOK, "Page 2 of backup-crk&#39;s hosts is past the last page (1)."},
+		{"hosts page beyond the end links to the last", "?key=" + url.QueryEscape(k.ID) + "&hosts=2", http.StatusOK, `href="` + base + `?key=` + url.QueryEscape(k.ID) + `#fleet-hosts" rel="prev">Previous hosts`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			resp, body := f.get(c, base+tt.query)
@@ -468,6 +516,147 @@ func TestFleetPage(t *testing.T) {
 				t.Errorf("the page shows internals:\n%s", body)
 			}
 		})
+	}
+}
+
+// TestFleetHostsBounded checks that a key acknowledged by more hosts than a row names keeps
+// a small row (counts, ten names of each kind, "and N more") and that the selected key's
+// host table lists its hosts, those that have not confirmed the lockout first, with each
+// one's volumes, stopped attaches and reporter. TestFleetHostPage checks the table's pages.
+func TestFleetHostsBounded(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	_, svc := f.tenants.Default()
+	ctx := crk.WithInitiator(context.Background(), "kpapi:0123456789abcdef")
+	k, err := svc.CreateRootKey(ctx, "busy-crk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.Register(ctx, k.ID, fleetCRN(1), crk.RegisterOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	const waiting, confirmed = fleetHostsShown + 2, fleetHostsShown + 1
+	for i := range waiting {
+		if err := svc.Acknowledge(ctx, crk.HostAck{Host: fmt.Sprintf("w%03d", i), KeyID: k.ID, Type: crk.LifecycleRotate, State: "active"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.clock.Advance(time.Minute)
+	if _, err := svc.DisableKey(ctx, k.ID); err != nil {
+		t.Fatal(err)
+	}
+	for i := range confirmed {
+		a := crk.HostAck{Host: fmt.Sprintf("c%03d", i), KeyID: k.ID, Type: crk.LifecycleDisable, State: "suspended", Volumes: 1}
+		if i == 0 {
+			a.Stopped = 1
+		}
+		if err := svc.Acknowledge(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := f.client()
+	if resp, _ := f.signIn(c, f.apiKey); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("sign-in: %s", resp.Status)
+	}
+	base := "/ui/i/" + f.inst + "/fleet"
+	count := strings.Count
+
+	_, body := f.get(c, base)
+	row := body[strings.Index(body, `<table class="fleet" id="fleet-keys">`):]
+	table := body[strings.Index(body, `<table class="fleet hosts" id="fleet-host-table">`):]
+	table = table[:strings.Index(table, "</table>")]
+	for _, tt := range []struct {
+		what    string
+		n, want int
+	}{
+		{"confirmed hosts named in the row", count(row, `class="host-confirmed"`), fleetHostsShown},
+		{"waiting hosts named in the row", count(row, `class="host-waiting"`), fleetHostsShown},
+		{"host rows in the host table", count(table, `<tr data-host=`), waiting + confirmed},
+		{"waiting hosts in the table", count(table, `data-confirmed="false"`), waiting},
+	} {
+		if tt.n != tt.want {
+			t.Errorf("%s: %d; want %d", tt.what, tt.n, tt.want)
+		}
+	}
+	if last, first := strings.LastIndex(table, `data-confirmed="false"`), strings.Index(table, `data-confirmed="true"`); last > first {
+		t.Errorf("the host table lists a confirmed host before one that has not confirmed")
+	}
+	for _, want := range []string{
+		fmt.Sprintf("Locked out on %d of %d reporting hosts", confirmed, waiting+confirmed),
+		fmt.Sprintf("and %d more confirmed", confirmed-fleetHostsShown),
+		fmt.Sprintf("and %d more not yet", waiting-fleetHostsShown),
+		fmt.Sprintf("All %d hosts", waiting+confirmed),
+		`<strong>c000</strong>: confirmed suspended, 1 volume locked out, 1 attach stopped (`,
+		fmt.Sprintf("Hosts 1–%d of %d; %d confirmed the lockout", waiting+confirmed, waiting+confirmed, confirmed),
+		`<section aria-labelledby="hosts-heading" id="fleet-hosts" data-refresh="30">`,
+		"a confirmation is the word of that key's holder",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("the fleet page lacks %q", want)
+		}
+	}
+	if strings.Contains(body, `rel="next">Next hosts`) || strings.Contains(body, `rel="prev">Previous hosts`) {
+		t.Errorf("one page of hosts has links to others")
+	}
+	c0 := regexp.MustCompile(`(?s)<tr data-host="c000" data-confirmed="true">.*?</tr>`).FindString(table)
+	for _, want := range []string{
+		`<td data-label="Lockout"><div>confirmed</div></td>`,
+		`<td data-label="State"><div>suspended</div></td>`,
+		`<td data-label="Volumes" class="volumes"><div>1</div></td>`,
+		`<td data-label="Stopped" class="stopped"><div>1</div></td>`,
+		`<td data-label="Reporter" class="reporter"><div><code>kpapi:0123456789abcdef</code></div></td>`,
+	} {
+		if !strings.Contains(c0, want) {
+			t.Errorf("host c000's row lacks %q:\n%s", want, c0)
+		}
+	}
+}
+
+// TestFleetHostPage pages a key's hosts: fleetHostsPerPage a page, links to the neighbours
+// that keep the key, and a page past the last refused with the number of pages.
+func TestFleetHostPage(t *testing.T) {
+	p := &page{Instance: instanceChoice{ID: "inst"}}
+	k := crk.Key{ID: "k1", Name: "busy-crk", State: crk.StateSuspended}
+	hosts := make([]fleetHost, 2*fleetHostsPerPage+7)
+	for i := range hosts {
+		hosts[i] = fleetHost{HostAck: crk.HostAck{Host: fmt.Sprintf("h%03d", i)}, Confirmed: i%3 == 0}
+	}
+	base := "/ui/i/inst/fleet?"
+	tests := []struct {
+		page                int
+		first, last         int
+		prev, next, message string
+	}{
+		{0, 1, fleetHostsPerPage, "", base + "hosts=2&key=k1#fleet-hosts", ""},
+		{1, fleetHostsPerPage + 1, 2 * fleetHostsPerPage, base + "key=k1#fleet-hosts", base + "hosts=3&key=k1#fleet-hosts", ""},
+		{2, 2*fleetHostsPerPage + 1, len(hosts), base + "hosts=2&key=k1#fleet-hosts", "", ""},
+		{3, 0, 0, base + "hosts=3&key=k1#fleet-hosts", "", "Page 4 of busy-crk's hosts is past the last page (3)."},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprint("page ", tt.page+1), func(t *testing.T) {
+			got, msg := fleetHostPage(p, 1, k, hosts, tt.page)
+			if msg != tt.message {
+				t.Fatalf("message %q; want %q", msg, tt.message)
+			}
+			if msg != "" {
+				if len(got.Hosts) != 0 || got.Prev != tt.prev || got.Next != "" {
+					t.Errorf("past the last page: %d hosts, links %q, %q; want none, %q and none", len(got.Hosts), got.Prev, got.Next, tt.prev)
+				}
+				return
+			}
+			if got.First != tt.first || got.Last != tt.last || len(got.Hosts) != tt.last-tt.first+1 || got.Hosts[0].Host != hosts[tt.first-1].Host {
+				t.Errorf("hosts %d–%d (%d, from %s); want %d–%d", got.First, got.Last, len(got.Hosts), got.Hosts[0].Host, tt.first, tt.last)
+			}
+			if got.Prev != tt.prev || got.Next != tt.next {
+				t.Errorf("links %q, %q; want %q, %q", got.Prev, got.Next, tt.prev, tt.next)
+			}
+			if got.Total != len(hosts) || got.Confirmed != (len(hosts)+2)/3 || !got.OutOfUse {
+				t.Errorf("total %d, confirmed %d, out of use %v; want %d, %d, true", got.Total, got.Confirmed, got.OutOfUse, len(hosts), (len(hosts)+2)/3)
+			}
+		})
+	}
+	if _, msg := fleetHostPage(p, 1, k, nil, 0); msg != "" {
+		t.Errorf("no host: %q; want the (empty) first page", msg)
 	}
 }
 
@@ -501,7 +690,7 @@ func TestFleetRowFor(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			row := fleetRowFor(tt.key, regs, acks)
+			row := fleetRowFor(tt.key, regs, fleetHosts(tt.key, acks))
 			if row.Registrations != 3 || row.Behind != 1 {
 				t.Errorf("registrations %d, behind %d; want 3, 1", row.Registrations, row.Behind)
 			}
@@ -519,7 +708,7 @@ func TestFleetRowFor(t *testing.T) {
 			}
 		})
 	}
-	if row := fleetRowFor(key(crk.StateActive), regs, acks); !row.Waiting[0].OnLatest || row.Waiting[1].OnLatest {
+	if row := fleetRowFor(key(crk.StateActive), regs, fleetHosts(key(crk.StateActive), acks)); !row.Waiting[0].OnLatest || row.Waiting[1].OnLatest {
 		t.Errorf("OnLatest = %v, %v; want true for host a (on %s), false for b (no version)", row.Waiting[0].OnLatest, row.Waiting[1].OnLatest, chartVersionLabel(fv2))
 	}
 }
@@ -654,7 +843,7 @@ func FuzzRegistrationHistory(f *testing.F) {
 				t.Errorf("now on %s: %d; the registrations say %d", chartVersionLabel(v.ID), last[i], n)
 			}
 		}
-		c := buildChart(h, "k")
+		c := buildChart(h, "k", narrowChart)
 		if len(c.Rows) > maxTableRows || len(c.Rows)+c.Omitted != len(h.Steps) {
 			t.Errorf("%d rows and %d omitted for %d steps", len(c.Rows), c.Omitted, len(h.Steps))
 		}
@@ -664,4 +853,22 @@ func FuzzRegistrationHistory(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestFleetTruncate(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"short", 40, "short"},
+		{"abcdef", 3, "abc…"},
+		{"ab€cd", 3, "ab…"}, // not inside the euro sign's three bytes
+		{"ab€cd", 5, "ab€…"},
+		{"€", 1, "…"},
+	} {
+		if got := fleetTruncate(tt.in, tt.n); got != tt.want {
+			t.Errorf("fleetTruncate(%q, %d) = %q; want %q", tt.in, tt.n, got, tt.want)
+		}
+	}
 }
