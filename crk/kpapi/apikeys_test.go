@@ -17,12 +17,13 @@ import (
 	"crkvol/crk"
 	"crkvol/internal/pgdb"
 	"crkvol/internal/pgtest"
+	"crkvol/internal/tooltest"
 )
 
 // TestAPIKeyInstances runs the tests of API keys' instances over each store, one after
 // another on one Tenants.
 func TestAPIKeyInstances(t *testing.T) {
-	forEachStore(t, func(t *testing.T, tenants *Tenants, _ *crk.ManualClock, another func() *Tenants) {
+	forEachStoreLong(t, func(t *testing.T, tenants *Tenants, _ *crk.ManualClock, another func() *Tenants) {
 		t.Run("bad instances", func(t *testing.T) { apiKeyBadInstances(t, tenants) })
 		t.Run("several instances", func(t *testing.T) { apiKeySeveralInstances(t, tenants, another) })
 	})
@@ -192,6 +193,9 @@ func TestOldTenantsFileReadable(t *testing.T) {
 // and a token, is migrated when opened: each key sees its one instance, the token issued
 // before still works for that instance only, and sessions, new keys and revocation work.
 func TestMigrationFromVersion1(t *testing.T) {
+	if !tooltest.Long() {
+		t.Skip("migrating a database made by migration 1 runs with CRKVOL_LONG_TESTS=1 (CI)")
+	}
 	t.Parallel()
 	url := pgtest.Start(t).NewDatabase(t)
 	v1, err := os.ReadFile(filepath.Join("..", "..", "internal", "pgdb", "migrations", "0001_init.sql"))

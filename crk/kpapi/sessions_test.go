@@ -25,7 +25,7 @@ func sessionCount(t *testing.T, tenants *Tenants) int {
 // (a database costs a third of a second to make): each starts on an empty session table,
 // the default lifetime and limits, no static token and the clock on a whole second.
 func TestSessions(t *testing.T) {
-	forEachStore(t, func(t *testing.T, tenants *Tenants, clock *crk.ManualClock, another func() *Tenants) {
+	forEachStoreLong(t, func(t *testing.T, tenants *Tenants, clock *crk.ManualClock, another func() *Tenants) {
 		for _, tc := range []struct {
 			name string
 			test func(t *testing.T, tenants *Tenants, clock *crk.ManualClock, another func() *Tenants)

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"crkvol/crk"
+	"crkvol/internal/tooltest"
 )
 
 // tenantStores are the stores every Tenants test runs over. open returns a Tenants whose
@@ -44,8 +45,22 @@ func openFileTenants(t *testing.T) (*Tenants, *crk.ManualClock, func() *Tenants)
 
 // forEachStore runs test once per tenant store, as a subtest named after it.
 func forEachStore(t *testing.T, test func(t *testing.T, tenants *Tenants, clock *crk.ManualClock, another func() *Tenants)) {
+	forEachStoreOf(t, false, test)
+}
+
+// forEachStoreLong is forEachStore with the PostgreSQL subtest in the long run only
+// (CRKVOL_LONG_TESTS=1, as in CI), for the heavier suites, to keep a plain go test ./...
+// within its time; the tenants tests of forEachStore run on PostgreSQL in every run.
+func forEachStoreLong(t *testing.T, test func(t *testing.T, tenants *Tenants, clock *crk.ManualClock, another func() *Tenants)) {
+	forEachStoreOf(t, true, test)
+}
+
+func forEachStoreOf(t *testing.T, pgLong bool, test func(t *testing.T, tenants *Tenants, clock *crk.ManualClock, another func() *Tenants)) {
 	for _, st := range tenantStores {
 		t.Run(st.name, func(t *testing.T) {
+			if pgLong && st.name == "postgres" && !tooltest.Long() {
+				t.Skip("the PostgreSQL variant runs with CRKVOL_LONG_TESTS=1 (CI)")
+			}
 			t.Parallel()
 			tenants, clock, another := st.open(t)
 			test(t, tenants, clock, another)
