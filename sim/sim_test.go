@@ -114,11 +114,11 @@ func TestSameSeedSameRun(t *testing.T) {
 // and the faults are counted.
 func TestKMSFailuresAndCrashesConverge(t *testing.T) {
 	t.Parallel()
-	// A year of 150 volumes rotated quarterly with CRKVOL_LONG_TESTS=1; otherwise half a year
-	// of 60 rotated monthly, which rewraps about as often per volume in a third of the time.
-	volumes := tooltest.Scale(150, 60)
-	sc := Scenario{Seed: 1, Months: tooltest.Scale(12, 6), Keys: 3, Volumes: volumes, PolicyMonths: tooltest.Scale(3, 1), AttachesPerMonth: 40,
-		Faults: Faults{FailRate: 0.05, CrashRate: 0.01}}
+	// A year of 150 volumes rotated quarterly with CRKVOL_LONG_TESTS=1; otherwise four months
+	// of 40 rotated monthly, with four times the crash rate so that crashes still land.
+	volumes := tooltest.Scale(150, 40)
+	sc := Scenario{Seed: 1, Months: tooltest.Scale(12, 4), Keys: 3, Volumes: volumes, PolicyMonths: tooltest.Scale(3, 1), AttachesPerMonth: 40,
+		Faults: Faults{FailRate: 0.05, CrashRate: float64(tooltest.Scale(10, 40)) / 1000}}
 	rep, err := Run(context.Background(), sc, Options{Dir: t.TempDir()})
 	require.NoError(t, err)
 	require.NoError(t, rep.Err())
