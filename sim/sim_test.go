@@ -18,10 +18,10 @@ import (
 )
 
 // smallScenario is a small fleet with every kind of event and fault: six months of 40 volumes
-// with CRKVOL_LONG_TESTS=1, three months of 20 otherwise.
+// with CRKVOL_LONG_TESTS=1, two months of 16 otherwise.
 func smallScenario() Scenario {
 	return Scenario{
-		Seed: 3, Months: tooltest.Scale(6, 3), Keys: 3, Volumes: tooltest.Scale(40, 20), PolicyMonths: 1, ManualRotationsPerMonth: 1,
+		Seed: 3, Months: tooltest.Scale(6, 2), Keys: 3, Volumes: tooltest.Scale(40, 16), PolicyMonths: 1, ManualRotationsPerMonth: 1,
 		AttachesPerMonth: tooltest.Scale(30, 15), CreatesPerMonth: 3, DeletesPerMonth: 3,
 		Faults: Faults{FailRate: 0.05, CrashRate: 0.02, Latency: Duration(5 * time.Millisecond), RandomOutages: 2},
 	}

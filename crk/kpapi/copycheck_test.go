@@ -12,12 +12,16 @@ import (
 	"crkvol/crk"
 	"crkvol/internal/pgdb"
 	"crkvol/internal/pgtest"
+	"crkvol/internal/tooltest"
 )
 
 // TestCheckCopyTenants: before copying, the check tells an empty database, a complete copy
 // and a partial one apart, refuses a database with another default instance or instances
 // and API keys of its own, and writes nothing.
 func TestCheckCopyTenants(t *testing.T) {
+	if !tooltest.Long() {
+		t.Skip("the copy check (kms migrate's) runs with CRKVOL_LONG_TESTS=1 (CI), as kms migrate's tests do")
+	}
 	t.Parallel()
 	from, _, _ := openFileTenants(t)
 	def, _ := from.Default()
