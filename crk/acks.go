@@ -205,15 +205,9 @@ func (s *Service) Acknowledge(ctx context.Context, a HostAck) error {
 	}
 	s.mkMu.RLock()
 	err := s.batch(ctx, func(tx storeTx) error {
-		r, err := tx.key(a.KeyID)
+		r, err := ackedKey(tx, a.KeyID)
 		if err != nil {
 			return err
-		}
-		switch {
-		case r.Type != RootKey:
-			return fmt.Errorf("%w: key %s is a standard key: acknowledgements are of root keys' lifecycle events", ErrNotRootKey, r.ID)
-		case r.Purged:
-			return fmt.Errorf("%w: key %s: its acknowledgements were deleted", ErrKeyPurged, r.ID)
 		}
 		regs, err := tx.countRegs(r.ID)
 		if err != nil {
@@ -289,15 +283,9 @@ func (s *Service) ForgetHostAck(ctx context.Context, keyID, host string) error {
 	}
 	s.mkMu.RLock() // as every change: no copy of the store runs meanwhile
 	err := s.update(ctx, func(tx storeTx) error {
-		r, err := tx.key(keyID)
+		r, err := ackedKey(tx, keyID)
 		if err != nil {
 			return err
-		}
-		switch {
-		case r.Type != RootKey:
-			return fmt.Errorf("%w: key %s is a standard key: acknowledgements are of root keys' lifecycle events", ErrNotRootKey, r.ID)
-		case r.Purged:
-			return fmt.Errorf("%w: key %s: its acknowledgements were deleted", ErrKeyPurged, r.ID)
 		}
 		had, err := tx.deleteAck(r.ID, host)
 		if err != nil {
@@ -316,4 +304,20 @@ func (s *Service) ForgetHostAck(ctx context.Context, keyID, host string) error {
 		return s.refuse(ctx, ActionForgetAck, keyID, err)
 	}
 	return nil
+}
+
+// ackedKey reads the key whose acknowledgements are recorded or forgotten: a root key, not
+// purged (a purged key's acknowledgements were deleted with it).
+func ackedKey(tx storeTx, id string) (*keyRecord, error) {
+	r, err := tx.key(id)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case r.Type != RootKey:
+		return nil, fmt.Errorf("%w: key %s is a standard key: acknowledgements are of root keys' lifecycle events", ErrNotRootKey, r.ID)
+	case r.Purged:
+		return nil, fmt.Errorf("%w: key %s: its acknowledgements were deleted", ErrKeyPurged, r.ID)
+	}
+	return r, nil
 }
