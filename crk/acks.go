@@ -321,3 +321,11 @@ func ackedKey(tx storeTx, id string) (*keyRecord, error) {
 	}
 	return r, nil
 }
+
+// Confirms reports whether the acknowledgement confirms key k's current state: the host
+// enforces that state (a.State), and said so at or after the key entered it (a.Time is not
+// before k.LastStateChange). For a key out of use (see [State.Unwraps]) that is a confirmed
+// lockout.
+func (a HostAck) Confirms(k *Key) bool {
+	return a.State == k.State.String() && !a.Time.Before(k.LastStateChange)
+}

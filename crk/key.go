@@ -17,6 +17,11 @@ const (
 	StateDestroyed     State = 5
 )
 
+// Unwraps reports whether a key in this state still unwraps: active, or deactivated (an
+// expired key unwraps and rewraps but wraps nothing new). The volumes of a key in any other
+// state must not be served: they are locked out.
+func (s State) Unwraps() bool { return s == StateActive || s == StateDeactivated }
+
 // String returns the state's name.
 func (s State) String() string {
 	switch s {

@@ -731,11 +731,11 @@ func (r *runner) auditAcks(ctx context.Context) {
 			case i < 0:
 				failed++
 				a.Failures = appendCapped(a.Failures, fmt.Sprintf("%s never acknowledged key %s", hostName(h.idx), k.Name))
-			case acks[i].State != k.State.String() || acks[i].Time.Before(k.LastStateChange):
+			case !acks[i].Confirms(k):
 				failed++
 				a.Failures = appendCapped(a.Failures, fmt.Sprintf("%s did not confirm key %s %s since %s: its last acknowledgement says %s at %s",
 					hostName(h.idx), k.Name, k.State, k.LastStateChange.UTC().Format(time.RFC3339), acks[i].State, acks[i].Time.UTC().Format(time.RFC3339)))
-			case k.State != crk.StateActive && k.State != crk.StateDeactivated && acks[i].Volumes != len(h.vols[id]):
+			case !k.State.Unwraps() && acks[i].Volumes != len(h.vols[id]):
 				// A lockout covers every volume of the key on the host, attached or not.
 				failed++
 				a.Failures = appendCapped(a.Failures, fmt.Sprintf("%s confirmed key %s %s for %d volume(s), but has %d",

@@ -29,7 +29,7 @@ func (m *Manager) Erase(ctx context.Context, path string, opts EraseOptions) err
 	if err != nil {
 		return err
 	}
-	defer f.Close()
+	defer closeImage(f)
 	if err := lockImage(f, img, OpenOptions{}); err != nil {
 		return fmt.Errorf("volume: erase %s: %w", path, err)
 	}

@@ -412,7 +412,7 @@ func (m *Manager) OpenWith(ctx context.Context, path string, opts OpenOptions) (
 		return nil, err
 	}
 	if err := lockImage(f, img, opts); err != nil {
-		f.Close()
+		closeImage(f)
 		return nil, err
 	}
 	r, err := m.imageRegistration(path, f, img)
@@ -420,7 +420,7 @@ func (m *Manager) OpenWith(ctx context.Context, path string, opts OpenOptions) (
 		err = nil // a copy opens read-only
 	}
 	if err != nil {
-		f.Close()
+		closeImage(f)
 		return nil, fmt.Errorf("volume: open %s: %w", path, err)
 	}
 	if !opts.ReadOnly && !opts.wiping {
@@ -428,7 +428,7 @@ func (m *Manager) OpenWith(ctx context.Context, path string, opts OpenOptions) (
 		// A resumed wipe zeroes everything from where it stopped: data written before then
 		// would be lost, so nothing else writes until the wipe is done.
 		if terr == nil && tok.Wipe != nil {
-			f.Close()
+			closeImage(f)
 			return nil, fmt.Errorf("volume: open %s: %w: %d%% of the data area zeroed; finish it first (volume wipe), "+
 				"since resuming it zeroes everything past that point", path, ErrWipeIncomplete, tok.Wipe.Percent())
 		}
@@ -436,14 +436,14 @@ func (m *Manager) OpenWith(ctx context.Context, path string, opts OpenOptions) (
 		// read-only, to recover what is left, but nothing writes to it.
 		if fi, serr := f.Stat(); terr == nil && serr == nil {
 			if err := truncatedData(img, tok, fi.Size()); err != nil {
-				f.Close()
+				closeImage(f)
 				return nil, fmt.Errorf("volume: open %s: %w: data area: %w; it opens read-only", path, ErrUnhealthy, err)
 			}
 		}
 	}
 	v, err := m.open(ctx, f, img, opts, r)
 	if err != nil {
-		f.Close()
+		closeImage(f)
 		return nil, fmt.Errorf("volume: open %s: %w", path, err)
 	}
 	return v, nil
@@ -569,7 +569,7 @@ func OpenWithPassphrase(path string, passphrase []byte) (*Volume, error) {
 		return nil, err
 	}
 	if err := lockImage(f, img, OpenOptions{}); err != nil {
-		f.Close()
+		closeImage(f)
 		return nil, err
 	}
 	key, _, err := img.Unlock(passphrase, keyslot.AnyKeyslot)
@@ -580,7 +580,7 @@ func OpenWithPassphrase(path string, passphrase []byte) (*Volume, error) {
 		}
 		clear(key)
 	}
-	f.Close()
+	closeImage(f)
 	return nil, fmt.Errorf("volume: open %s: %w", path, err)
 }
 
@@ -758,7 +758,7 @@ func (m *Manager) Delete(ctx context.Context, path string, opts DeleteOptions) e
 		}
 		return m.deregister(ctx, e.KeyID, e.CRN, path)
 	}
-	defer f.Close()
+	defer closeImage(f)
 	if err := lockImage(f, img, OpenOptions{}); err != nil {
 		return fmt.Errorf("volume: delete %s: %w", path, err)
 	}

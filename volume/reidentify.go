@@ -56,7 +56,7 @@ func (m *Manager) Reidentify(ctx context.Context, path string, opts ReidentifyOp
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
+	defer closeImage(f)
 	if err := lockImage(f, img, OpenOptions{}); err != nil {
 		return nil, fmt.Errorf("volume: reidentify %s: %w", path, err)
 	}

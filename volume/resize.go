@@ -82,7 +82,7 @@ func (m *Manager) Resize(ctx context.Context, path string, size int64, opts Resi
 		return Resized{}, err
 	}
 	res, wipe, err := m.resize(ctx, abs, f, img, size, opts)
-	f.Close() // unlocks the data area before the wipe opens the volume
+	closeImage(f) // unlocks the data area before the wipe opens the volume
 	if err != nil {
 		return Resized{}, fmt.Errorf("volume: resize %s: %w", abs, err)
 	}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"sync"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -319,7 +318,7 @@ func (v *Volume) Close() error {
 	v.c.Close()
 	v.c.Cipher().Wipe()
 	v.c = nil // drop the crypto/aes key schedules too (they cannot be wiped)
-	return v.f.Close()
+	return closeImage(v.f)
 }
 
 // ReadOnly reports whether the volume was opened read-only.
@@ -349,29 +348,15 @@ func InUseContext(ctx context.Context, path string) (bool, error) {
 
 // lockImage takes an open-file-description lock on the image's data area, from the data
 // offset to the end of the file: exclusive (a write lock) for a read-write or exclusive open,
-// shared otherwise. It fails with ErrInUse on a conflict that lasts beyond lockRetry. The lock
-// lasts until f is closed, and ends with the process if it dies. The header commits of keyslot
-// lock the whole file with flock, which never conflicts with it: rotation still rewraps an
-// attached volume.
-//
-// Why a conflict is asked again for a moment: a child process forked by any goroutine of this
-// process holds a copy of every open file description until it execs (close-on-exec closes
-// them only then), so an image this process closed an instant ago may still be locked by its
-// own description in that child for the fork-to-exec window. A real holder (an attach, a
-// writer) holds on for far longer than lockRetry.
+// shared otherwise. It fails at once with ErrInUse on a conflict. The lock lasts until
+// closeImage releases it (or the process dies). The header commits of keyslot lock the whole
+// file with flock, which never conflicts with it: rotation still rewraps an attached volume.
 func lockImage(f *os.File, img *keyslot.Image, opts OpenOptions) error {
 	lk := unix.Flock_t{Type: unix.F_RDLCK, Whence: io.SeekStart, Start: int64(img.Segment().Offset), Len: 0}
 	if !opts.ReadOnly || opts.Exclusive {
 		lk.Type = unix.F_WRLCK
 	}
-	var err error
-	for deadline := time.Now().Add(lockRetry); ; time.Sleep(lockRetry / 20) {
-		req := lk // F_OFD_SETLK does not change it, but each try starts from the same request
-		err = unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &req)
-		if !(errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES)) || time.Now().After(deadline) {
-			break
-		}
-	}
+	err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk)
 	if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
 		return fmt.Errorf("volume: %s: %w", f.Name(), ErrInUse)
 	}
@@ -381,8 +366,16 @@ func lockImage(f *os.File, img *keyslot.Image, opts OpenOptions) error {
 	return nil
 }
 
-// lockRetry is how long lockImage asks again for a lock that another open file description
-// holds, before it answers ErrInUse.
-const lockRetry = 100 * time.Millisecond
+// closeImage releases the lockImage lock of f, then closes f. Closing alone is not enough:
+// the lock belongs to the open file description, and a child process that another goroutine
+// of this process forked holds a copy of every description until it execs (close-on-exec
+// closes them only then), so for that moment the image would stay locked after Close and a
+// following open would fail with ErrInUse. Unlocking through f releases the description's
+// lock whoever else holds a copy.
+func closeImage(f *os.File) error {
+	lk := unix.Flock_t{Type: unix.F_UNLCK, Whence: io.SeekStart}
+	_ = unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk) // no lock to release is no error: close anyway
+	return f.Close()
+}
 
 func roundUp(n, m int64) int64 { return (n + m - 1) / m * m }

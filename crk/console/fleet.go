@@ -310,7 +310,7 @@ func fleetHosts(k crk.Key, acks []crk.HostAck) []fleetHost {
 	off := outOfUse(k.State)
 	for _, a := range acks {
 		h := fleetHost{HostAck: a, OnLatest: a.Version != "" && a.Version == k.KeyVersion.ID}
-		h.Confirmed = off && a.State == k.State.String() && !a.Time.Before(k.LastStateChange)
+		h.Confirmed = off && a.Confirms(&k)
 		out = append(out, h)
 	}
 	slices.SortStableFunc(out, func(a, b fleetHost) int {
@@ -333,8 +333,8 @@ type fleetRow struct {
 	Behind int
 	// Versions are the versions registrations are on now, newest first.
 	Versions []fleetVersionCount
-	// OutOfUse is set for a suspended, deactivated or destroyed key: its volumes must be
-	// locked out.
+	// OutOfUse is set for a key that no longer unwraps (suspended or destroyed): its volumes
+	// must be locked out.
 	OutOfUse bool
 	// ConfirmedCount and WaitingCount split the hosts that reported on the key: for an
 	// out-of-use key, those that confirmed the lockout and those that have not yet; for an
@@ -357,10 +357,9 @@ func (r fleetRow) MoreConfirmed() int { return r.ConfirmedCount - len(r.Confirme
 // MoreWaiting is the number of waiting hosts the row does not name.
 func (r fleetRow) MoreWaiting() int { return r.WaitingCount - len(r.Waiting) }
 
-// outOfUse reports whether a key in state st must not be served: its volumes locked out.
-func outOfUse(st crk.State) bool {
-	return st == crk.StateSuspended || st == crk.StateDeactivated || st == crk.StateDestroyed
-}
+// outOfUse reports whether a key in state st must not be served: its volumes locked out
+// (suspended or destroyed; an expired, deactivated key still unwraps).
+func outOfUse(st crk.State) bool { return !st.Unwraps() }
 
 // fleetRowFor summarises root key k from its current registrations and its hosts' latest
 // acknowledgements (hosts as [fleetHosts] judges them).

@@ -671,15 +671,18 @@ func TestFleetRowFor(t *testing.T) {
 		{Host: "b", State: "suspended", Time: fleetAt(99)}, // before the change: an older disable
 		{Host: "c", State: "active", Time: fleetAt(120)},
 		{Host: "d", State: "destroyed", Time: fleetAt(130)},
+		{Host: "e", State: "deactivated", Time: fleetAt(140)},
 	}
 	tests := []struct {
 		name               string
 		key                crk.Key
 		confirmed, waiting string
 	}{
-		{"suspended", key(crk.StateSuspended), "a", "b c d"},
-		{"destroyed", key(crk.StateDestroyed), "d", "a b c"},
-		{"active: nothing to confirm", key(crk.StateActive), "", "a b c d"},
+		{"suspended", key(crk.StateSuspended), "a", "b c d e"},
+		{"destroyed", key(crk.StateDestroyed), "d", "a b c e"},
+		{"active: nothing to confirm", key(crk.StateActive), "", "a b c d e"},
+		// An expired key still unwraps: its volumes are served, no lockout to confirm.
+		{"deactivated: nothing to confirm", key(crk.StateDeactivated), "", "a b c d e"},
 	}
 	hosts := func(hs []fleetHost) string {
 		var out []string
@@ -703,8 +706,8 @@ func TestFleetRowFor(t *testing.T) {
 			if got := hosts(row.Waiting); got != tt.waiting {
 				t.Errorf("waiting = %q; want %q", got, tt.waiting)
 			}
-			if row.Reporting() != 4 {
-				t.Errorf("reporting = %d; want 4", row.Reporting())
+			if row.Reporting() != len(acks) {
+				t.Errorf("reporting = %d; want %d", row.Reporting(), len(acks))
 			}
 		})
 	}
