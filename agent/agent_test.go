@@ -335,18 +335,21 @@ func TestAgentRunsDuePolicyRotationsWhenAsked(t *testing.T) {
 	calls := 0
 	var mu sync.Mutex
 	_, stop := start(t, f, agent.Options{RunDue: func(ctx context.Context) (time.Time, bool, error) {
-		mu.Lock()
-		calls++
-		mu.Unlock()
 		if _, err := f.svc.RunDue(ctx); err != nil {
 			return time.Time{}, false, err
 		}
+		// Counted once the due work is done: the first call rotates (the policy is overdue).
+		mu.Lock()
+		calls++
+		mu.Unlock()
 		return f.svc.NextDue(ctx)
 	}})
 	defer stop()
 	eventually(t, "the policy rotation and its rewraps", func() bool {
-		v := f.latest(t)
-		return f.allOn(t, v) && f.versions(t)[0] != "" && calls > 0
+		mu.Lock()
+		ran := calls > 0
+		mu.Unlock()
+		return ran && f.allOn(t, f.latest(t)) && f.versions(t)[0] != ""
 	})
 	page, err := f.svc.Lifecycle(f.ctx, "0", 0)
 	require.NoError(t, err)
