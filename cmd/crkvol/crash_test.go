@@ -20,10 +20,13 @@ import (
 // trials over 100 volumes, a plain `go test` 4 over 50; CRKVOL_CRASH_TRIALS and
 // CRKVOL_CRASH_VOLUMES set more (the full run is 50 over 500: crkvol sim crash).
 func TestCrashTest(t *testing.T) {
+	if !tooltest.Long() {
+		t.Skip("the crash trials (SIGKILL at random moments) run with CRKVOL_LONG_TESTS=1 (CI); sim's TestCrashPointsLeaveRecoverableState covers every crash point in every run")
+	}
 	t.Parallel()
 	bin, err := exec.LookPath("crkvol")
 	require.NoError(t, err, "testscript puts crkvol in PATH")
-	trials, volumes := tooltest.Scale(12, 4), tooltest.Scale(100, 50)
+	trials, volumes := 12, 100
 	if n, err := strconv.Atoi(os.Getenv("CRKVOL_CRASH_TRIALS")); err == nil {
 		trials = n
 	}
@@ -43,15 +46,14 @@ func TestCrashTest(t *testing.T) {
 // interrupted: ...", and `crkvol key sync` brings every volume to the latest version
 // (sim.CrashTest with Signal).
 func TestInterruptedRotation(t *testing.T) {
+	if !tooltest.Long() {
+		t.Skip("the interrupted-rotation trials run with CRKVOL_LONG_TESTS=1 (CI); TestInterruptedWipeResumes covers the interrupt path in every run")
+	}
 	t.Parallel()
 	bin, err := exec.LookPath("crkvol")
 	require.NoError(t, err, "testscript puts crkvol in PATH")
-	signals := []syscall.Signal{syscall.SIGINT, syscall.SIGTERM}
-	if !tooltest.Long() {
-		signals = signals[:1] // CI (CRKVOL_LONG_TESTS=1) runs both
-	}
-	for _, sig := range signals {
-		trials := tooltest.Scale(6, 3)
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		trials := 6
 		rep, err := sim.CrashTest(context.Background(), sim.CrashOptions{Binary: bin, Dir: t.TempDir(), Volumes: 50, Trials: trials, Seed: 2, Signal: sig, Log: t.Logf})
 		require.NoError(t, err, "signal %v", sig)
 		assert.Empty(t, rep.Failures, "signal %v", sig)
