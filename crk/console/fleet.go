@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"time"
-	"unicode/utf8"
 
 	"crkvol/crk"
 )
@@ -582,7 +581,7 @@ func fleetPageParam(q url.Values, name string) (int, string) {
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n < 1 || n > 1<<20 {
-		return 0, fmt.Sprintf("%s=%s is not a page number (1, 2, …).", name, strconv.QuoteToGraphic(fleetTruncate(s, 40)))
+		return 0, fmt.Sprintf("%s=%s is not a page number (1, 2, …).", name, strconv.QuoteToGraphic(short(s)))
 	}
 	return n - 1, ""
 }
@@ -659,15 +658,4 @@ func fleetURL(p *page, pageNo int, key string, hostsPage int) string {
 		u += "?" + v.Encode()
 	}
 	return u
-}
-
-// fleetTruncate shortens s to at most n bytes for a message, at a rune boundary.
-func fleetTruncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n] + "…"
 }

@@ -857,21 +857,3 @@ func FuzzRegistrationHistory(f *testing.F) {
 		}
 	})
 }
-
-func TestFleetTruncate(t *testing.T) {
-	for _, tt := range []struct {
-		in   string
-		n    int
-		want string
-	}{
-		{"short", 40, "short"},
-		{"abcdef", 3, "abc…"},
-		{"ab€cd", 3, "ab…"}, // not inside the euro sign's three bytes
-		{"ab€cd", 5, "ab€…"},
-		{"€", 1, "…"},
-	} {
-		if got := fleetTruncate(tt.in, tt.n); got != tt.want {
-			t.Errorf("fleetTruncate(%q, %d) = %q; want %q", tt.in, tt.n, got, tt.want)
-		}
-	}
-}
