@@ -607,8 +607,13 @@ func openImageFile(ctx context.Context, path string, flag int) (*os.File, *keysl
 	}
 	img, err := keyslot.OpenContext(ctx, f, nil)
 	if err != nil {
+		if isLUKS1(err) {
+			err = luks1Error(f, path)
+		} else {
+			err = fmt.Errorf("volume: %s: %w", path, err)
+		}
 		f.Close()
-		return nil, nil, fmt.Errorf("volume: %s: %w", path, err)
+		return nil, nil, err
 	}
 	return f, img, nil
 }

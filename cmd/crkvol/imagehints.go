@@ -35,9 +35,12 @@ func withImageHints(cmd *cobra.Command) {
 // imageHints attaches the hint for an image crkvol does not manage to err; other errors,
 // and nil, are returned as they are.
 func imageHints(err error) error {
+	var le *volume.LUKS1Error
 	switch {
 	case err == nil:
 		return nil
+	case errors.As(err, &le) && le.Header != nil:
+		return withHint(err, luks1Hint(le.Path)...)
 	case errors.Is(err, keyslot.ErrLUKS1):
 		return withHint(err, hintLUKS1)
 	case errors.Is(err, volume.ErrNoToken):

@@ -484,7 +484,7 @@ type tokenJSON struct {
 func (a *app) printStatus(ctx context.Context, path string) error {
 	info, err := volume.DescribeContext(ctx, path)
 	if err != nil {
-		return err
+		return a.describeLUKS1(path, err)
 	}
 	f, err := os.Open(path)
 	if err != nil {

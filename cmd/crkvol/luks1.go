@@ -1,0 +1,76 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"text/tabwriter"
+
+	"crkvol/volume"
+)
+
+// luks1StatusJSON is `volume status --json` of a LUKS1 image, which crkvol describes but does
+// not manage.
+type luks1StatusJSON struct {
+	Path          string          `json:"path"`
+	Format        string          `json:"format"`
+	UUID          string          `json:"uuid"`
+	Cipher        string          `json:"cipher"`
+	KeyBits       int             `json:"keyBits"`
+	Hash          string          `json:"hash"`
+	PayloadOffset uint64          `json:"payloadOffset"`
+	Keyslots      []luks1SlotJSON `json:"keyslots"`
+}
+
+type luks1SlotJSON struct {
+	ID  int    `json:"id"`
+	KDF string `json:"kdf"`
+}
+
+// describeLUKS1 prints what `volume status` can tell of a LUKS1 image when err, the error of
+// describing path, says it is one with a valid header; it returns err either way, so that
+// status still fails (the image is not a crkvol volume) and the hint says how to convert it.
+func (a *app) describeLUKS1(path string, err error) error {
+	var le *volume.LUKS1Error
+	if !errors.As(err, &le) || le.Header == nil {
+		return err
+	}
+	h := le.Header
+	st := luks1StatusJSON{
+		Path: absPath(path), Format: "LUKS1", UUID: h.UUID, Cipher: h.CipherSpec(), KeyBits: 8 * h.KeyBytes,
+		Hash: h.HashSpec, PayloadOffset: h.PayloadOffset * 512, Keyslots: []luks1SlotJSON{},
+	}
+	for _, i := range h.ActiveSlots() {
+		st.Keyslots = append(st.Keyslots, luks1SlotJSON{ID: i, KDF: fmt.Sprintf("pbkdf2-%s/%d", h.HashSpec, h.Slots[i].Iterations)})
+	}
+	if a.asJSON {
+		if jerr := a.emit(st); jerr != nil {
+			return jerr
+		}
+		return err
+	}
+	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "Path\t%s\n", st.Path)
+	fmt.Fprintf(w, "Format\tLUKS1 (not a crkvol volume: crkvol volumes are LUKS2)\n")
+	fmt.Fprintf(w, "UUID\t%s\n", st.UUID)
+	fmt.Fprintf(w, "Cipher\t%s, %d-bit key, hash %s\n", st.Cipher, st.KeyBits, st.Hash)
+	fmt.Fprintf(w, "Data\tat %d\n", st.PayloadOffset)
+	for _, ks := range st.Keyslots {
+		fmt.Fprintf(w, "Keyslot %d\tluks1, %s\n", ks.ID, ks.KDF)
+	}
+	if len(st.Keyslots) == 0 {
+		fmt.Fprintf(w, "Keyslots\tnone active\n")
+	}
+	if ferr := w.Flush(); ferr != nil {
+		return ferr
+	}
+	return err
+}
+
+// luks1Hint is the hint for a LUKS1 image at path: convert it, then adopt it.
+func luks1Hint(path string) []string {
+	p := shellArg(path)
+	return []string{
+		"cryptsetup convert --type luks2 " + p + " converts it in place (back up its header first: cryptsetup luksHeaderBackup " + p + " --header-backup-file FILE)",
+		"then crkvol volume adopt " + p + " --key ID --passphrase-file FILE brings it under a root key (FILE holds one of its passphrases)",
+	}
+}
