@@ -7,8 +7,9 @@ import "errors"
 var (
 	// ErrNotLUKS2 means neither header copy is a valid LUKS2 header.
 	ErrNotLUKS2 = errors.New("not a valid LUKS2 device")
-	// ErrLUKS1 means the device holds a LUKS1 header, which this package does not read
-	// (cryptsetup convert --type luks2 converts it). Errors matching it match ErrNotLUKS2 too.
+	// ErrLUKS1 means the device holds a LUKS1 header, which [Open] does not open: [ParseLUKS1]
+	// reads it, and cryptsetup convert --type luks2 converts it to LUKS2. Errors matching it
+	// match ErrNotLUKS2 too.
 	ErrLUKS1 = errors.New("LUKS1 image (only LUKS2 is supported)")
 	// ErrHeaderCorrupt means one header copy fails validation (bad magic, offset, size,
 	// checksum or metadata). Open reports it per copy in [Health] and still opens the image

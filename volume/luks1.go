@@ -24,7 +24,11 @@ type LUKS1Error struct {
 }
 
 func (e *LUKS1Error) Error() string {
-	if e.Header == nil {
+	switch {
+	case e.Header == nil && errors.Is(e.Err, keyslot.ErrUnsupported):
+		// A hash cryptsetup knows but crkvol does not implement, such as ripemd160.
+		return fmt.Sprintf("volume: %s is a LUKS1 image crkvol cannot read: %v", e.Path, e.Err)
+	case e.Header == nil:
 		return fmt.Sprintf("volume: %s is a LUKS1 image with an invalid header: %v", e.Path, e.Err)
 	}
 	return fmt.Sprintf("volume: %s is a LUKS1 image; convert it to LUKS2 first", e.Path)

@@ -92,4 +92,14 @@ func TestLUKS1Image(t *testing.T) {
 		assert.Nil(t, le.Header)
 		assert.Contains(t, err.Error(), bad+" is a LUKS1 image with an invalid header: invalid LUKS1 header: keyslot 3: 3999 stripes, want 4000")
 	})
+	t.Run("unsupported hash", func(t *testing.T) {
+		rmd := writeLUKS1(t, f.dir, "ripemd160.img", pass, func(b []byte) {
+			copy(b[72:104], "ripemd160\x00")
+		})
+		_, err := volume.Describe(rmd)
+		require.Error(t, err)
+		assert.ErrorIs(t, err, keyslot.ErrLUKS1)
+		assert.ErrorIs(t, err, keyslot.ErrUnsupported)
+		assert.Contains(t, err.Error(), rmd+` is a LUKS1 image crkvol cannot read: LUKS1 hash-spec: unsupported: hash "ripemd160"`)
+	})
 }
