@@ -23,9 +23,20 @@ const testPassphrase = "correct horse battery staple"
 // run runs a tool and fails t with its output when it fails.
 func run(t testing.TB, name string, args ...string) string {
 	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
+	return runIn(t, "", name, args...)
+}
+
+// runIn runs a tool in dir and returns its standard output; it fails t with the tool's
+// output when it fails.
+func runIn(t testing.TB, dir, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+		t.Fatalf("%s %s: %v\n%s%s", name, strings.Join(args, " "), err, out, stderr.Bytes())
 	}
 	return string(out)
 }
@@ -85,12 +96,22 @@ func openPath(t testing.TB, path string) *Image {
 }
 
 // unlock unlocks an encrypted image's LUKS1 header with testPassphrase and returns its
-// data cipher.
+// data cipher; nil for a plain image.
 func unlock(t testing.TB, img *Image) SectorCipher {
 	t.Helper()
 	if !img.Encrypted() {
 		return nil
 	}
+	c, err := sector.New(masterKey(t, img), 512)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// masterKey unlocks an encrypted image's LUKS1 header with testPassphrase.
+func masterKey(t testing.TB, img *Image) []byte {
+	t.Helper()
 	eh := img.EncryptionHeader()
 	hdr, err := keyslot.ParseLUKS1(eh, eh.Size())
 	if err != nil {
@@ -100,11 +121,7 @@ func unlock(t testing.TB, img *Image) SectorCipher {
 	if err != nil {
 		t.Fatalf("Unlock: %v", err)
 	}
-	c, err := sector.New(mk, 512)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return mk
 }
 
 // readAll reads the image's whole guest content, checking that the extents of Map that
