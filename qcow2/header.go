@@ -120,6 +120,11 @@ func parseHeader(buf []byte) (*header, error) {
 		nbSnapshots:      be.Uint32(buf[60:]),
 		snapshotsOffset:  be.Uint64(buf[64:]),
 	}
+	if h.version == 2 || h.version == 3 {
+		if h.clusterBits < minClusterBits || h.clusterBits > maxClusterBits {
+			return nil, fmt.Errorf("%w: cluster_bits %d out of range (%d..%d: 512 B to 2 MiB clusters)", ErrFormat, h.clusterBits, minClusterBits, maxClusterBits)
+		}
+	}
 	switch h.version {
 	case 2:
 		h.headerLength = v2HeaderLength
@@ -135,9 +140,6 @@ func parseHeader(buf []byte) (*header, error) {
 		h.headerLength = be.Uint32(buf[100:])
 	default:
 		return nil, fmt.Errorf("%w: version %d (want 2 or 3)", ErrUnsupported, h.version)
-	}
-	if h.clusterBits < minClusterBits || h.clusterBits > maxClusterBits {
-		return nil, fmt.Errorf("%w: cluster_bits %d out of range (%d..%d: 512 B to 2 MiB clusters)", ErrFormat, h.clusterBits, minClusterBits, maxClusterBits)
 	}
 	clusterSize := uint64(1) << h.clusterBits
 	if h.version == 3 {

@@ -58,6 +58,9 @@ func (img *Image) decode(e, gc uint64) (mapping, error) {
 		return mapping{}, fmt.Errorf("%w: L2 entry of guest offset %#x (%#016x): reserved bits set", ErrFormat, gc*cs, e)
 	}
 	host := e & offsetMask
+	if host&(cs-1) != 0 {
+		return mapping{}, fmt.Errorf("%w: L2 entry of guest offset %#x: host offset %#x not aligned to the %d-byte cluster", ErrFormat, gc*cs, host, cs)
+	}
 	if e&flagZero != 0 {
 		if img.h.version < 3 {
 			return mapping{}, fmt.Errorf("%w: L2 entry of guest offset %#x: zero flag in a version 2 image", ErrFormat, gc*cs)
