@@ -37,6 +37,8 @@ var seedSpecs = []seedSpec{
 	{name: "v2-64k", size: 1 << 20, cmds: [][]string{{"qemu-img", "convert", "-O", "qcow2", "-o", "compat=0.10", "SRC", "OUT"}}},
 	{name: "v3-512", size: 256 << 10, cmds: [][]string{{"qemu-img", "convert", "-O", "qcow2", "-o", "cluster_size=512", "SRC", "OUT"}}},
 	{name: "v2-512", size: 256 << 10, cmds: [][]string{{"qemu-img", "convert", "-O", "qcow2", "-o", "compat=0.10,cluster_size=512", "SRC", "OUT"}}},
+	{name: "tiny-v3-512", size: 16 << 10, cmds: [][]string{{"qemu-img", "convert", "-O", "qcow2", "-o", "cluster_size=512", "SRC", "OUT"}}},
+	{name: "tiny-v2-512", size: 16 << 10, cmds: [][]string{{"qemu-img", "convert", "-O", "qcow2", "-o", "compat=0.10,cluster_size=512", "SRC", "OUT"}}},
 	{name: "v3-4k", size: 1 << 20, cmds: [][]string{{"qemu-img", "convert", "-O", "qcow2", "-o", "cluster_size=4096", "SRC", "OUT"}}},
 	{name: "v3-2m", size: 3 << 20, cmds: [][]string{{"qemu-img", "convert", "-O", "qcow2", "-o", "cluster_size=2M", "SRC", "OUT"}}},
 	{name: "compressed-64k", size: 1 << 20, cmds: [][]string{{"qemu-img", "convert", "-c", "-O", "qcow2", "SRC", "OUT"}}},
@@ -60,16 +62,16 @@ var seedSpecs = []seedSpec{
 	}},
 	{name: "backing", refuse: `backing file "base.qcow2"`, cmds: [][]string{
 		{"qemu-img", "create", "-f", "qcow2", "base.qcow2", "1M"},
-		{"qemu-img", "create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "OUT"},
+		{"qemu-img", "create", "-f", "qcow2", "-o", "cluster_size=512", "-b", "base.qcow2", "-F", "qcow2", "OUT"},
 	}},
 	{name: "data-file", refuse: `external data file "data.raw"`, cmds: [][]string{
-		{"qemu-img", "create", "-f", "qcow2", "-o", "data_file=data.raw", "OUT", "1M"},
+		{"qemu-img", "create", "-f", "qcow2", "-o", "cluster_size=512,data_file=data.raw", "OUT", "1M"},
 	}},
 	{name: "extended-l2", refuse: "extended L2 entries", cmds: [][]string{
-		{"qemu-img", "create", "-f", "qcow2", "-o", "extended_l2=on", "OUT", "1M"},
+		{"qemu-img", "create", "-f", "qcow2", "-o", "cluster_size=16k,extended_l2=on", "OUT", "1M"},
 	}},
 	{name: "zstd", refuse: "zstd compression", cmds: [][]string{
-		{"qemu-img", "create", "-f", "qcow2", "-o", "compression_type=zstd", "OUT", "1M"},
+		{"qemu-img", "create", "-f", "qcow2", "-o", "cluster_size=512,compression_type=zstd", "OUT", "1M"},
 	}},
 }
 
