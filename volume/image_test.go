@@ -301,6 +301,22 @@ func TestCreateFromImageRefuses(t *testing.T) {
 	t.Run("unknown key", func(t *testing.T) {
 		check(t, volume.FromImageOptions{Image: "img", KeyID: "0123abcd-89ab-4def-8123-456789abcdef"}, volume.ErrKeyRefused, "")
 	})
+	t.Run("interrupted", func(t *testing.T) {
+		// Cancelled once the copy has begun: the half-made volume is deleted.
+		ctx, cancel := context.WithCancel(f.ctx)
+		defer cancel()
+		_, err := f.mgr.CreateFromImage(ctx, vol, volume.FromImageOptions{Image: "img", KeyID: f.key.ID,
+			Progress: func(done, total int64) {
+				if done > 0 {
+					cancel()
+				}
+			}})
+		assert.ErrorIs(t, err, context.Canceled)
+		assert.NoFileExists(t, vol)
+		regs, _, err := f.ks.Registrations(f.ctx, f.key.ID)
+		require.NoError(t, err)
+		assert.Equal(t, regsBefore, regs)
+	})
 	t.Run("touched", func(t *testing.T) {
 		later := time.Now().Add(time.Hour)
 		require.NoError(t, os.Chtimes(imgPath, later, later))
@@ -438,4 +454,66 @@ func TestExportImage(t *testing.T) {
 	assert.NoFileExists(t, filepath.Join(f.dir, "dup.qcow2"))
 	_, err = f.mgr.ExportImage(f.ctx, info.Path, filepath.Join(f.dir, "x.qcow2"), volume.ExportOptions{Passphrase: pass, Name: "x"})
 	assert.Error(t, err, "a name with a given passphrase")
+}
+
+// TestImageRewrapLosesRaceToLazyRewrap: while a rotation's rewrap of an image's WDEK waits on
+// the key service, a volume made from the image stores the rewrapped WDEK the unwrap handed
+// back (lazy rewrap). The rotation's catalog commit then finds another WDEK than the one it
+// rewrapped and keeps it (compare and swap); the image counts as already current.
+func TestImageRewrapLosesRaceToLazyRewrap(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	content := guestContent(1<<20, 17)
+	pass := randomPass(t)
+	imgPath := filepath.Join(f.dir, "img.qcow2")
+	writeQcow2(t, imgPath, content, pass, 65536)
+	e, err := f.mgr.ImportImage(f.ctx, imgPath, volume.ImportOptions{Name: "img", KeyID: f.key.ID, Passphrase: pass})
+	require.NoError(t, err)
+	f.mgr.Close()
+	k := f.rotate(t)
+
+	slow := newBlockingKMS(f.ks)
+	mgr := volume.NewManager(slow, f.reg, volume.Options{})
+	mgr.Close()
+	done := make(chan *volume.Report, 1)
+	go func() { done <- mgr.Rewrap(f.ctx, f.key.ID, k.KeyVersion.ID, []string{e.CRN}) }()
+	<-slow.entered
+
+	_, err = f.mgr.CreateFromImage(f.ctx, filepath.Join(f.dir, "vol.img"), volume.FromImageOptions{Image: "img", KeyID: f.key.ID})
+	require.NoError(t, err)
+	lazy, err := f.reg.Image("img")
+	require.NoError(t, err)
+	require.Equal(t, k.KeyVersion.ID, lazy.KeyVersion, "the lazy rewrap stored its WDEK")
+
+	close(slow.release)
+	rep := <-done
+	require.NoError(t, rep.Err())
+	assert.Equal(t, 1, rep.Images)
+	assert.Equal(t, 1, rep.ImagesAlreadyCurrent)
+	assert.Zero(t, rep.ImagesRewrapped)
+	got, err := f.reg.Image("img")
+	require.NoError(t, err)
+	assert.Equal(t, lazy.WDEK, got.WDEK, "the lazy rewrap's WDEK is kept")
+	assert.Equal(t, k.KeyVersion.ID, f.registrationVersion(t, e.CRN))
+}
+
+// TestImportStoresRewrappedWDEK: a WDEK made before a rotation imports, and the catalog keeps
+// it rewrapped to the key's latest version (the key service hands it back with the unwrap).
+func TestImportStoresRewrappedWDEK(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	pass := randomPass(t)
+	imgPath := filepath.Join(f.dir, "img.qcow2")
+	writeQcow2(t, imgPath, guestContent(1<<20, 19), pass, 65536)
+	w, err := f.ks.Wrap(f.ctx, f.key.ID, pass, nil)
+	require.NoError(t, err)
+	k := f.rotate(t)
+	e, err := f.mgr.ImportImage(f.ctx, imgPath, volume.ImportOptions{Name: "img", KeyID: f.key.ID, WDEK: w.Ciphertext})
+	require.NoError(t, err)
+	assert.Equal(t, k.KeyVersion.ID, e.KeyVersion)
+	assert.NotEqual(t, w.Ciphertext, e.WDEK)
+	assert.Equal(t, k.KeyVersion.ID, f.registrationVersion(t, e.CRN))
+	u, err := f.ks.Unwrap(f.ctx, f.key.ID, e.WDEK, nil)
+	require.NoError(t, err)
+	assert.Equal(t, pass, u.Plaintext)
 }
