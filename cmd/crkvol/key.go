@@ -310,7 +310,8 @@ func (a *app) keyCommand() *cobra.Command {
 		return a.showRegistrations(rs)
 	})
 	sync := withKey("sync ID", "Rewrap every volume of a key still on an older version", a.keySync)
-	key.AddCommand(create, list, show, versions, rotate, policy, disableCmd, enable, del, restore, purge, prune, regs, sync, a.keyFeedCommand())
+	wrap, unwrap := a.keyWrapCommands()
+	key.AddCommand(create, list, show, versions, rotate, policy, disableCmd, enable, del, restore, purge, prune, regs, sync, wrap, unwrap, a.keyFeedCommand())
 	return key
 }
 
