@@ -106,21 +106,7 @@ never written). volume create IMG --from-image NAME makes a volume of an image's
 			if a.asJSON {
 				return a.emit(imageView(e, true))
 			}
-			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintf(w, "Name\t%s\n", e.Name)
-			fmt.Fprintf(w, "CRN\t%s\n", e.CRN)
-			fmt.Fprintf(w, "Path\t%s\n", e.Path)
-			fmt.Fprintf(w, "Size\t%s (%d bytes), qcow2 v%d, %s clusters\n", volume.FormatSize(e.Size), e.Size, e.QcowVersion, volume.FormatSize(int64(e.ClusterSize)))
-			fmt.Fprintf(w, "Cipher\t%s\n", e.Cipher)
-			fmt.Fprintf(w, "File\t%d bytes, sha256 %s\n", e.FileSize, e.SHA256)
-			fmt.Fprintf(w, "Root key\t%s\n", e.KeyID)
-			wrapped := "imported " + rfc3339(e.Created)
-			if !e.RewrappedAt.IsZero() {
-				wrapped = "rewrapped " + rfc3339(e.RewrappedAt)
-			}
-			fmt.Fprintf(w, "Key version\t%s (%s)\n", e.KeyVersion, wrapped)
-			fmt.Fprintf(w, "Created\t%s\n", rfc3339(e.Created))
-			return w.Flush()
+			return a.printImage(e)
 		}}
 
 	del := &cobra.Command{Use: "delete NAME", Short: "Remove an image from the catalog and deregister it from its key (the file is kept)", Args: args(cobra.ExactArgs(1)),
@@ -145,6 +131,25 @@ never written). volume create IMG --from-image NAME makes a volume of an image's
 
 	img.AddCommand(list, show, del)
 	return img
+}
+
+// printImage prints a catalog image as image show does.
+func (a *app) printImage(e volume.ImageEntry) error {
+	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "Name\t%s\n", e.Name)
+	fmt.Fprintf(w, "CRN\t%s\n", e.CRN)
+	fmt.Fprintf(w, "Path\t%s\n", e.Path)
+	fmt.Fprintf(w, "Size\t%s (%d bytes), qcow2 v%d, %s clusters\n", volume.FormatSize(e.Size), e.Size, e.QcowVersion, volume.FormatSize(int64(e.ClusterSize)))
+	fmt.Fprintf(w, "Cipher\t%s\n", e.Cipher)
+	fmt.Fprintf(w, "File\t%d bytes, sha256 %s\n", e.FileSize, e.SHA256)
+	fmt.Fprintf(w, "Root key\t%s\n", e.KeyID)
+	wrapped := "imported " + rfc3339(e.Created)
+	if !e.RewrappedAt.IsZero() {
+		wrapped = "rewrapped " + rfc3339(e.RewrappedAt)
+	}
+	fmt.Fprintf(w, "Key version\t%s (%s)\n", e.KeyVersion, wrapped)
+	fmt.Fprintf(w, "Created\t%s\n", rfc3339(e.Created))
+	return w.Flush()
 }
 
 // imageNotFound adds to a catalog lookup that found no image the command that lists them.
