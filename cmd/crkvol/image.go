@@ -129,7 +129,7 @@ never written). volume create IMG --from-image NAME makes a volume of an image's
 			return nil
 		}}
 
-	img.AddCommand(list, show, del)
+	img.AddCommand(a.imageImportCommand(), list, show, del, a.imageExportCommand())
 	return img
 }
 

@@ -365,11 +365,12 @@ func (a *app) protectedKey(ctx context.Context, id string, err error) error {
 		}
 		what := "registered volumes"
 		var images []string // the images' CRNs, with their catalog names when known
+		volumes := -1       // the registered volumes, when the registrations could be listed
 		if regs, cerr := a.keyRegistrations(ctx, id); cerr == nil {
-			n := 0
+			volumes = 0
 			for _, r := range regs {
 				if !isImageCRN(r.ResourceCRN) {
-					n++
+					volumes++
 					continue
 				}
 				item := shown(r.ResourceCRN)
@@ -380,10 +381,14 @@ func (a *app) protectedKey(ctx context.Context, id string, err error) error {
 				}
 				images = append(images, item)
 			}
-			what = fmt.Sprintf("%d registered %s", n, plural(n, "volume", "volumes"))
+			what = fmt.Sprintf("%d registered %s", volumes, plural(volumes, "volume", "volumes"))
 			if len(images) > 0 {
-				imgs := fmt.Sprintf("%d %s (%s)", len(images), plural(len(images), "image", "images"), strings.Join(images, ", "))
-				if n == 0 {
+				listed := strings.Join(images[:min(len(images), maxListed)], ", ")
+				if len(images) > maxListed {
+					listed += fmt.Sprintf(" and %d more", len(images)-maxListed)
+				}
+				imgs := fmt.Sprintf("%d %s (%s)", len(images), plural(len(images), "image", "images"), listed)
+				if volumes == 0 {
 					what = imgs
 				} else {
 					what += " and " + imgs
@@ -393,10 +398,12 @@ func (a *app) protectedKey(ctx context.Context, id string, err error) error {
 		hints := []string{
 			"crkvol registers its volumes and images with preventKeyDeletion, so --force cannot delete the key either",
 			"list them with: crkvol key registrations " + id,
-			"delete each volume (crkvol volume delete IMG), or copy its data to a volume of another key and delete it; then delete the key",
+		}
+		if volumes != 0 {
+			hints = append(hints, "delete each volume (crkvol volume delete IMG), or copy its data to a volume of another key and delete it; then delete the key")
 		}
 		if len(images) > 0 {
-			hints = append(hints, "remove each image from the catalog with crkvol image delete NAME (its file is kept), or import it again with another key first")
+			hints = append(hints, "remove each image from the catalog with crkvol image delete NAME (its file is kept); then delete the key")
 		}
 		return withHint(fmt.Errorf("key %s protects %s: %w", id, what, sentinel), hints...)
 	}
