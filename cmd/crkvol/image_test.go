@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -81,4 +83,33 @@ func TestRewrapBarsCountImages(t *testing.T) {
 	assert.Contains(t, out.String(), "key K: rewrapped 2 volumes, 2 images, failed 0")
 	assert.Contains(t, out.String(), "4/4")
 	assert.Nil(t, b.bar, "finished")
+}
+
+// TestImageCommandsOnNewState: on a state directory that does not exist, image list gives
+// the empty answer and image show and delete say the image is not found, with the command
+// that lists the catalog; none of them creates anything.
+func TestImageCommandsOnNewState(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	env := map[string]string{"CRKVOL_STATE": state, "CRKVOL_NOW": "2026-06-01T12:00:00Z"}
+	runCLI := func(args ...string) (int, string, string) {
+		var stdout, stderr bytes.Buffer
+		code := run(args, strings.NewReader(""), &stdout, &stderr, func(k string) string { return env[k] })
+		return code, stdout.String(), stderr.String()
+	}
+	code, out, errOut := runCLI("image", "list")
+	assert.Equal(t, 0, code, errOut)
+	assert.Equal(t, "NAME  KEY ID  KEY VERSION  SIZE  CREATED  PATH\n", out)
+	code, out, _ = runCLI("--json", "image", "list")
+	assert.Equal(t, 0, code)
+	assert.Equal(t, "[]\n", out)
+	code, _, errOut = runCLI("image", "show", "nosuch")
+	assert.Equal(t, 1, code)
+	assert.Equal(t, "crkvol: image show: image not found: nosuch\ncrkvol: hint: crkvol image list shows the catalog's images\n", errOut)
+	_, err := os.Stat(state)
+	assert.True(t, os.IsNotExist(err), "image list or show created the state directory")
+	code, _, errOut = runCLI("image", "delete", "nosuch")
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, "image not found: nosuch\ncrkvol: hint: crkvol image list")
 }
