@@ -67,7 +67,7 @@ func walkErr(err error, f func(error)) {
 // command path they only repeat what the path says, so the CLI leaves them out.
 var packagePrefixes = map[string]bool{
 	"volume": true, "crk": true, "keyslot": true, "kms": true, "kpapi": true, "nbd": true,
-	"sim": true, "bench": true, "sector": true, "ident": true,
+	"sim": true, "bench": true, "sector": true, "ident": true, "qcow2": true,
 }
 
 // errorText is the message the CLI shows for err: its text without the package-name

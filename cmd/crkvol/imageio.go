@@ -174,7 +174,7 @@ image back.`,
 			res, err := a.mgr.ExportImage(ctx, args[0], out, opts)
 			bar.finish()
 			if err != nil {
-				return err
+				return importErr(err, "", nil)
 			}
 			j := exportJSON{Volume: args[0], Output: res.Path, Size: res.Size, FileSize: res.FileSize, DataClusters: res.DataClusters, ClusterSize: opts.ClusterSize}
 			if res.Image != nil {
