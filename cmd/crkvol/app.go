@@ -177,7 +177,7 @@ customer root key (CRK) in an embedded Key Protect-style key service.`,
 		}
 		return usageError{err}
 	})
-	root.AddCommand(a.keyCommand(), a.volumeCommand(), a.eventsCommand(), a.demoCommand(), a.kmsCommand(), a.benchCommand(), a.simCommand(), a.agentCommand())
+	root.AddCommand(a.keyCommand(), a.volumeCommand(), a.imageCommand(), a.eventsCommand(), a.demoCommand(), a.kmsCommand(), a.benchCommand(), a.simCommand(), a.agentCommand())
 	root.PersistentPreRun = func(cmd *cobra.Command, args []string) {
 		a.readOnly, a.auditedRead = readOnlyCommand(cmd)
 		absImageArg(cmd, args)
@@ -216,6 +216,7 @@ func absImageArg(cmd *cobra.Command, args []string) {
 var readOnlyCommands = map[string]bool{
 	"key list": true, "key show": true, "key versions": true, "key registrations": true,
 	"volume list": true, "volume status": true, "events": true,
+	"image list": true, "image show": true,
 }
 
 // readOnlyCommand reports whether cmd only reads (readOnlyCommands), and whether it is the

@@ -43,6 +43,11 @@ func (a *app) addCompletion(root *cobra.Command) {
 				return a.completeKeys(cmd.Context(), toComplete)
 			})
 		}
+		if f := c.Flags().Lookup("from-image"); f != nil {
+			_ = c.RegisterFlagCompletionFunc("from-image", func(_ *cobra.Command, _ []string, toComplete string) ([]string, cobra.ShellCompDirective) {
+				return a.completeImageNames(toComplete)
+			})
+		}
 		if c.ValidArgsFunction == nil && !c.HasSubCommands() && c != root {
 			fields := strings.Fields(c.Use)
 			switch {
@@ -61,6 +66,13 @@ func (a *app) addCompletion(root *cobra.Command) {
 						return nil, cobra.ShellCompDirectiveNoFileComp
 					}
 					return a.completeImages(toComplete)
+				}
+			case fields[1] == "NAME" && c.Parent() != nil && c.Parent().Name() == "image":
+				c.ValidArgsFunction = func(_ *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
+					if len(args) > 0 {
+						return nil, cobra.ShellCompDirectiveNoFileComp
+					}
+					return a.completeImageNames(toComplete)
 				}
 			case fields[1] == "DIR":
 				c.ValidArgsFunction = func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
@@ -214,6 +226,48 @@ func (a *app) completionVolumes() []volume.Entry {
 		return nil
 	}
 	return entries
+}
+
+// completeImageNames returns the catalog images whose name starts with toComplete, each with
+// its key and path as its description.
+func (a *app) completeImageNames(toComplete string) ([]string, cobra.ShellCompDirective) {
+	var out []string
+	for _, e := range a.completionImages() {
+		if strings.HasPrefix(e.Name, toComplete) {
+			out = append(out, e.Name+"\t"+oneLine("key "+e.KeyID+", "+e.Path))
+		}
+	}
+	return out, cobra.ShellCompDirectiveNoFileComp
+}
+
+// completionImages lists the catalog's images, or nothing on any error or when the registry
+// is not free within completionLockWait (the open goes on in the background: the completion
+// process exits as soon as it has answered).
+func (a *app) completionImages() []volume.ImageEntry {
+	if a.loadConfig() != nil {
+		return nil
+	}
+	dir, err := a.stateDirectory()
+	if err != nil {
+		return nil
+	}
+	done := make(chan []volume.ImageEntry, 1)
+	go func() {
+		reg, err := volume.OpenRegistryReadOnly(filepath.Join(dir, "volumes.db"))
+		if err != nil {
+			done <- nil
+			return
+		}
+		defer reg.Close()
+		images, _ := reg.Images()
+		done <- images
+	}()
+	select {
+	case images := <-done:
+		return images
+	case <-time.After(completionLockWait):
+		return nil
+	}
 }
 
 // oneLine replaces the line and tab breaks of a completion's description, which would end it.

@@ -67,7 +67,7 @@ func walkErr(err error, f func(error)) {
 // command path they only repeat what the path says, so the CLI leaves them out.
 var packagePrefixes = map[string]bool{
 	"volume": true, "crk": true, "keyslot": true, "kms": true, "kpapi": true, "nbd": true,
-	"sim": true, "bench": true, "sector": true, "ident": true,
+	"sim": true, "bench": true, "sector": true, "ident": true, "qcow2": true,
 }
 
 // errorText is the message the CLI shows for err: its text without the package-name
@@ -158,10 +158,16 @@ func requireFlags(cmd *cobra.Command, names ...string) {
 			panic("crkvol: requireFlags: no flag " + n) // a programming error in this file, found by every test
 		}
 	}
+	requireFlagsWhen(cmd, func(*cobra.Command) []string { return names })
+}
+
+// requireFlagsWhen is requireFlags for flags whose need depends on the others given: names
+// returns the flags required of the command line being run.
+func requireFlagsWhen(cmd *cobra.Command, names func(*cobra.Command) []string) {
 	prev := cmd.PreRunE
 	cmd.PreRunE = func(c *cobra.Command, args []string) error {
 		var missing []string
-		for _, n := range names {
+		for _, n := range names(c) {
 			if !c.Flags().Changed(n) {
 				missing = append(missing, "--"+n)
 			}

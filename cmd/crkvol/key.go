@@ -42,7 +42,8 @@ func reportsJSON(reps []*volume.Report) []map[string]any {
 		}
 		out = append(out, map[string]any{
 			"keyId": r.KeyID, "newVersion": r.NewVersion, "volumes": r.Volumes, "rewrapped": r.Rewrapped,
-			"alreadyCurrent": r.AlreadyCurrent, "retries": r.Retries, "failed": failed,
+			"alreadyCurrent": r.AlreadyCurrent, "images": r.Images, "imagesRewrapped": r.ImagesRewrapped,
+			"imagesAlreadyCurrent": r.ImagesAlreadyCurrent, "retries": r.Retries, "failed": failed,
 			"bytesWritten": r.BytesWritten, "dataBytesReencrypted": 0, "elsewhere": r.Elsewhere,
 		})
 	}
@@ -310,7 +311,8 @@ func (a *app) keyCommand() *cobra.Command {
 		return a.showRegistrations(rs)
 	})
 	sync := withKey("sync ID", "Rewrap every volume of a key still on an older version", a.keySync)
-	key.AddCommand(create, list, show, versions, rotate, policy, disableCmd, enable, del, restore, purge, prune, regs, sync, a.keyFeedCommand())
+	wrap, unwrap := a.keyWrapCommands()
+	key.AddCommand(create, list, show, versions, rotate, policy, disableCmd, enable, del, restore, purge, prune, regs, sync, wrap, unwrap, a.keyFeedCommand())
 	return key
 }
 
@@ -354,25 +356,56 @@ func (o *optionalInt) Set(s string) error {
 func (o *optionalInt) Type() string { return "int" }
 
 // protectedKey explains a delete refused because the key protects registered resources:
-// crkvol registers its volumes with preventKeyDeletion, so --force cannot help; the volumes
-// must go first. Other errors are returned as they are.
+// crkvol registers its volumes and catalog images with preventKeyDeletion, so --force cannot
+// help; the volumes and images must go first. Other errors are returned as they are.
 func (a *app) protectedKey(ctx context.Context, id string, err error) error {
 	for _, sentinel := range []error{crk.ErrPreventKeyDeletion, crk.ErrProtectedResource} {
 		if !errors.Is(err, sentinel) {
 			continue
 		}
 		what := "registered volumes"
+		var images []string // the images' CRNs, with their catalog names when known
+		volumes := -1       // the registered volumes, when the registrations could be listed
 		if regs, cerr := a.keyRegistrations(ctx, id); cerr == nil {
-			n := len(regs)
-			what = fmt.Sprintf("%d registered volume", n)
-			if n != 1 {
-				what += "s"
+			volumes = 0
+			for _, r := range regs {
+				if !isImageCRN(r.ResourceCRN) {
+					volumes++
+					continue
+				}
+				item := shown(r.ResourceCRN)
+				if a.reg != nil {
+					if e, ierr := a.reg.ImageByCRN(r.ResourceCRN); ierr == nil {
+						item = "image " + e.Name + " (" + item + ")"
+					}
+				}
+				images = append(images, item)
+			}
+			what = fmt.Sprintf("%d registered %s", volumes, plural(volumes, "volume", "volumes"))
+			if len(images) > 0 {
+				listed := strings.Join(images[:min(len(images), maxListed)], ", ")
+				if len(images) > maxListed {
+					listed += fmt.Sprintf(" and %d more", len(images)-maxListed)
+				}
+				imgs := fmt.Sprintf("%d %s (%s)", len(images), plural(len(images), "image", "images"), listed)
+				if volumes == 0 {
+					what = imgs
+				} else {
+					what += " and " + imgs
+				}
 			}
 		}
-		return withHint(fmt.Errorf("key %s protects %s: %w", id, what, sentinel),
-			"crkvol registers its volumes with preventKeyDeletion, so --force cannot delete the key either",
-			"list them with: crkvol key registrations "+id,
-			"delete each volume (crkvol volume delete IMG), or copy its data to a volume of another key and delete it; then delete the key")
+		hints := []string{
+			"crkvol registers its volumes and images with preventKeyDeletion, so --force cannot delete the key either",
+			"list them with: crkvol key registrations " + id,
+		}
+		if volumes != 0 {
+			hints = append(hints, "delete each volume (crkvol volume delete IMG), or copy its data to a volume of another key and delete it; then delete the key")
+		}
+		if len(images) > 0 {
+			hints = append(hints, "remove each image from the catalog with crkvol image delete NAME (its file is kept); then delete the key")
+		}
+		return withHint(fmt.Errorf("key %s protects %s: %w", id, what, sentinel), hints...)
 	}
 	return err
 }

@@ -71,24 +71,32 @@ func (a *app) rewrapProgress() func(volume.RewrapProgress) {
 }
 
 func (b *rewrapBars) update(p volume.RewrapProgress) {
-	if p.Volumes < b.min {
+	// A pass counts its volumes and its catalog images (their WDEKs) apart; the bar counts
+	// both.
+	total := p.Volumes + p.Images
+	if total < b.min {
 		return
 	}
 	desc := fmt.Sprintf("key %s: rewrapped %d, failed %d", p.KeyID, p.Rewrapped, p.Failed)
+	its := "volumes"
+	if p.Images > 0 {
+		desc = fmt.Sprintf("key %s: rewrapped %d volumes, %d images, failed %d", p.KeyID, p.Rewrapped, p.ImagesRewrapped, p.Failed)
+		its = "volumes+images"
+	}
 	if b.bar == nil || p.Done == 0 {
-		b.bar = progressbar.NewOptions(p.Volumes, progressbar.OptionSetWriter(b.w), progressbar.OptionSetDescription(desc), progressbar.OptionShowCount(),
-			progressbar.OptionShowIts(), progressbar.OptionSetItsString("volumes"),
+		b.bar = progressbar.NewOptions(total, progressbar.OptionSetWriter(b.w), progressbar.OptionSetDescription(desc), progressbar.OptionShowCount(),
+			progressbar.OptionShowIts(), progressbar.OptionSetItsString(its),
 			progressbar.OptionSetElapsedTime(true), progressbar.OptionSetRenderBlankState(true))
 		b.last = time.Now()
 	}
 	// The bar itself does not throttle (a throttled Describe or Set would leave a frame
 	// with a stale half): updates closer than every to the last frame are skipped.
-	if p.Done < p.Volumes && time.Since(b.last) < b.every {
+	if p.Done < total && time.Since(b.last) < b.every {
 		return
 	}
 	b.last = time.Now()
 	setBar(b.bar, b.w, desc, int64(p.Done))
-	if p.Done >= p.Volumes {
+	if p.Done >= total {
 		_ = b.bar.Finish()
 		fmt.Fprintln(b.w)
 		b.bar = nil

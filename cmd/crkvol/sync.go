@@ -71,10 +71,29 @@ func tooEarlyDetail(err error) string {
 	return msg
 }
 
-// printReport prints one rewrap pass.
+// failedImages counts the catalog images among a report's failures (Failed holds volumes
+// and images, by CRN).
+func failedImages(r *volume.Report) int {
+	n := 0
+	for crn := range r.Failed {
+		if isImageCRN(crn) {
+			n++
+		}
+	}
+	return n
+}
+
+// printReport prints one rewrap pass: a line for the volumes and, when the pass looked at
+// catalog images, one for the images, whose WDEKs are rewrapped in the catalog (their files
+// are never written).
 func (a *app) printReport(r *volume.Report) error {
+	imagesFailed := failedImages(r)
 	fmt.Fprintf(a.stdout, "rewrapped %d of %d volumes to version %s (already current %d, failed %d, %d bytes of headers written, 0 bytes of data re-encrypted)\n",
-		r.Rewrapped, r.Volumes, shown(r.NewVersion), r.AlreadyCurrent, len(r.Failed), r.BytesWritten)
+		r.Rewrapped, r.Volumes, shown(r.NewVersion), r.AlreadyCurrent, len(r.Failed)-imagesFailed, r.BytesWritten)
+	if r.Images > 0 || imagesFailed > 0 {
+		fmt.Fprintf(a.stdout, "rewrapped %d of %d images to version %s (already current %d, failed %d; their WDEKs, in the catalog: the image files are not written)\n",
+			r.ImagesRewrapped, r.Images, shown(r.NewVersion), r.ImagesAlreadyCurrent, imagesFailed)
+	}
 	crns := make([]string, 0, len(r.Failed))
 	for crn := range r.Failed {
 		crns = append(crns, crn)
@@ -179,7 +198,15 @@ func rewrapFailed(rotated string, reg *volume.Registry, rep *volume.Report) erro
 				continue
 			}
 			item := crn
-			if !c.byCRN && reg != nil {
+			switch {
+			case isImageCRN(crn):
+				item = "image " + crn
+				if reg != nil {
+					if e, gerr := reg.ImageByCRN(crn); gerr == nil {
+						item = "image " + e.Name
+					}
+				}
+			case !c.byCRN && reg != nil:
 				if e, gerr := reg.Get(crn); gerr == nil {
 					item = e.Path
 				}
@@ -199,12 +226,33 @@ func rewrapFailed(rotated string, reg *volume.Registry, rep *volume.Report) erro
 		if n > maxListed {
 			listed += fmt.Sprintf(" and %d more", n-maxListed)
 		}
-		hints = append(hints, fmt.Sprintf("%d %s: %s (%s%s): %s", n, plural(n, "volume", "volumes"), c.what, c.at, listed, c.fix(rep.KeyID, items[i])))
+		noun := plural(n, "volume", "volumes")
+		if images := imageItems(items[i]); images == n {
+			noun = plural(n, "image", "images")
+		} else if images > 0 {
+			noun = "volumes and images"
+		}
+		hints = append(hints, fmt.Sprintf("%d %s: %s (%s%s): %s", n, noun, c.what, c.at, listed, c.fix(rep.KeyID, items[i])))
 	}
 	msg := fmt.Sprintf("%d of %d volumes of key %s were not rewrapped (they keep their old, working wrapping): %s",
 		len(rep.Failed), rep.Volumes, rep.KeyID, strings.Join(causes, ", "))
+	if imagesFailed := failedImages(rep); imagesFailed > 0 {
+		msg = fmt.Sprintf("%d of %d volumes and %d of %d images of key %s were not rewrapped (they keep their old, working wrapping): %s",
+			len(rep.Failed)-imagesFailed, rep.Volumes, imagesFailed, rep.Images, rep.KeyID, strings.Join(causes, ", "))
+	}
 	if rotated != "" {
 		msg = rotated + ", but " + msg
 	}
 	return withHint(&rewrapFailure{msg: msg, err: err}, hints...)
+}
+
+// imageItems counts the catalog images among a failure class's items ("image NAME").
+func imageItems(items []string) int {
+	n := 0
+	for _, it := range items {
+		if strings.HasPrefix(it, "image ") {
+			n++
+		}
+	}
+	return n
 }

@@ -29,9 +29,35 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 	var keyID string
 	sectorSize := intFlag{n: 4096, name: "sector-size", want: wantSectorSize}
 	keyBits := intFlag{n: 512, name: "cipher-key-bits", want: wantKeyBits}
-	var wipe bool
-	create := &cobra.Command{Use: "create IMG", Short: "Create a volume image protected by a root key", Args: args(cobra.ExactArgs(1)),
+	var wipe, sparse bool
+	var fromImage string
+	create := &cobra.Command{Use: "create IMG", Short: "Create a volume image protected by a root key (empty, or holding a catalog image's content)", Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if fromImage != "" {
+				for _, f := range []string{"sector-size", "cipher-key-bits", "wipe"} {
+					if cmd.Flags().Changed(f) {
+						return usagef("--%s does not go with --from-image", f)
+					}
+				}
+				var n int64
+				if cmd.Flags().Changed("size") {
+					var err error
+					if n, err = size.volumeSize("size", 512); err != nil {
+						return err
+					}
+				}
+				if err := a.open(cmd.Context()); err != nil {
+					return err
+				}
+				id, err := a.resolveKey(cmd.Context(), keyID, false)
+				if err != nil {
+					return err
+				}
+				return a.fromImage(cmd.Context(), args[0], fromImage, id, n, sparse)
+			}
+			if sparse {
+				return usagef("--sparse goes with --from-image")
+			}
 			if err := checkSectorSize(sectorSize.n); err != nil {
 				return err
 			}
@@ -70,7 +96,14 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 	create.Flags().Var(&sectorSize, "sector-size", "encryption sector size: 512, 1024, 2048 or 4096")
 	create.Flags().Var(&keyBits, "cipher-key-bits", "aes-xts-plain64 key size: 512 or 256")
 	create.Flags().BoolVar(&wipe, "wipe", false, "write zeros through the encryption so the volume reads as zeros")
-	requireFlags(create, "size", "key")
+	create.Flags().StringVar(&fromImage, "from-image", "", "fill the volume with this catalog image's content (crkvol image list); --size is then optional (default: the image's size)")
+	create.Flags().BoolVar(&sparse, "sparse", false, "with --from-image: skip what reads as zeros in the image, so the volume file stays sparse (those ranges then read as noise, not zeros)")
+	requireFlagsWhen(create, func(c *cobra.Command) []string {
+		if c.Flags().Changed("from-image") {
+			return []string{"key"}
+		}
+		return []string{"size", "key"}
+	})
 
 	var passFile string
 	adopt := &cobra.Command{Use: "adopt IMG", Short: "Bring an existing LUKS2 image under a root key", Args: args(cobra.ExactArgs(1)),

@@ -1,0 +1,161 @@
+package main
+
+import (
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"crkvol/internal/ident"
+	"crkvol/volume"
+)
+
+// The image catalog: encrypted qcow2 images (QEMU's LUKS inside qcow2) whose passphrase is
+// wrapped by a root key, imported from a WDEK (a ciphertext of key wrap) or a passphrase,
+// listed, shown and deleted (deregistered; the file is never touched). Volumes are created
+// from them with volume create --from-image, and rotations rewrap their WDEKs with the
+// volumes' passphrases.
+
+// imageJSON is a catalog image as --json shows it: every field of the entry, the WDEK (the
+// wrapped passphrase, a ciphertext) in base64. The passphrase itself is never stored.
+type imageJSON struct {
+	Name        string   `json:"name"`
+	CRN         string   `json:"crn"`
+	UUID        string   `json:"uuid"`
+	Path        string   `json:"path"`
+	KeyID       string   `json:"keyId"`
+	KeyVersion  string   `json:"keyVersion"`
+	WDEK        string   `json:"wdek,omitempty"`
+	Size        int64    `json:"size"`
+	FileSize    int64    `json:"fileSize"`
+	SHA256      string   `json:"sha256"`
+	ClusterSize int      `json:"clusterSize"`
+	QcowVersion int      `json:"qcowVersion"`
+	Cipher      string   `json:"cipher"`
+	Created     jsonTime `json:"created,omitzero"`
+	ModTime     jsonTime `json:"modTime,omitzero"`
+	RewrappedAt jsonTime `json:"rewrappedAt,omitzero"`
+	Device      uint64   `json:"device,omitempty"`
+	Inode       uint64   `json:"inode,omitempty"`
+}
+
+// imageView returns e as --json shows it; withWDEK includes the WDEK (image show only).
+func imageView(e volume.ImageEntry, withWDEK bool) imageJSON {
+	j := imageJSON{
+		Name: e.Name, CRN: e.CRN, UUID: e.UUID, Path: e.Path, KeyID: e.KeyID, KeyVersion: e.KeyVersion,
+		Size: e.Size, FileSize: e.FileSize, SHA256: e.SHA256, ClusterSize: e.ClusterSize, QcowVersion: e.QcowVersion,
+		Cipher: e.Cipher, Created: jsonTime{e.Created}, ModTime: jsonTime{e.ModTime}, RewrappedAt: jsonTime{e.RewrappedAt},
+		Device: e.Device, Inode: e.Inode,
+	}
+	if withWDEK {
+		j.WDEK = base64.StdEncoding.EncodeToString(e.WDEK)
+	}
+	return j
+}
+
+// isImageCRN reports whether crn names a catalog image (resource type "image").
+func isImageCRN(crn string) bool {
+	c, err := ident.ParseCRN(crn)
+	return err == nil && c.ResourceType == "image"
+}
+
+func (a *app) imageCommand() *cobra.Command {
+	img := group("image", "Import, list, show and delete encrypted qcow2 images; export volumes as images")
+	img.Long = `Import, list, show and delete encrypted custom images: qcow2 files encrypted with QEMU's LUKS
+(qemu-img convert -O qcow2 --object secret,... -o encrypt.format=luks,...) whose passphrase is
+wrapped by a root key. The catalog keeps the wrapped passphrase (the WDEK), never the
+passphrase; each image is registered with its key, so the key cannot be deleted while an image
+uses it, and key rotations rewrap the WDEKs with the volumes' passphrases (the image files are
+never written). volume create IMG --from-image NAME makes a volume of an image's content.`
+
+	list := &cobra.Command{Use: "list", Short: "List the catalog's images: name, key, key version, size, import time, path", Args: args(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := a.open(cmd.Context()); err != nil {
+				return err
+			}
+			images, err := a.reg.Images()
+			if err != nil {
+				return err
+			}
+			if a.asJSON {
+				out := []imageJSON{}
+				for _, e := range images {
+					out = append(out, imageView(e, false))
+				}
+				return a.emit(out)
+			}
+			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "NAME\tKEY ID\tKEY VERSION\tSIZE\tCREATED\tPATH")
+			for _, e := range images {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Name, e.KeyID, e.KeyVersion, volume.FormatSize(e.Size), rfc3339(e.Created), e.Path)
+			}
+			return w.Flush()
+		}}
+
+	show := &cobra.Command{Use: "show NAME", Short: "Show a catalog image (--json includes its WDEK, the wrapped passphrase)", Args: args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.open(cmd.Context()); err != nil {
+				return err
+			}
+			e, err := a.reg.Image(args[0])
+			if err != nil {
+				return imageNotFound(err)
+			}
+			if a.asJSON {
+				return a.emit(imageView(e, true))
+			}
+			return a.printImage(e)
+		}}
+
+	del := &cobra.Command{Use: "delete NAME", Short: "Remove an image from the catalog and deregister it from its key (the file is kept)", Args: args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.open(cmd.Context()); err != nil {
+				return err
+			}
+			e, err := a.reg.Image(args[0])
+			if err != nil {
+				return imageNotFound(err)
+			}
+			if err := a.mgr.DeleteImage(cmd.Context(), args[0]); err != nil {
+				return imageNotFound(err)
+			}
+			if a.asJSON {
+				return a.emit(map[string]any{"name": e.Name, "crn": e.CRN, "keyId": e.KeyID, "path": e.Path, "deregistered": true, "fileRemoved": false})
+			}
+			fmt.Fprintf(a.stdout, "deleted image %s from the catalog and deregistered it from key %s; the file %s is kept (crkvol never removes an image file), but the catalog no longer holds its wrapped passphrase: it opens only with a passphrase or WDEK kept elsewhere\n",
+				e.Name, e.KeyID, e.Path)
+			return nil
+		}}
+
+	img.AddCommand(a.imageImportCommand(), list, show, del, a.imageExportCommand())
+	return img
+}
+
+// printImage prints a catalog image as image show does.
+func (a *app) printImage(e volume.ImageEntry) error {
+	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "Name\t%s\n", e.Name)
+	fmt.Fprintf(w, "CRN\t%s\n", e.CRN)
+	fmt.Fprintf(w, "Path\t%s\n", e.Path)
+	fmt.Fprintf(w, "Size\t%s (%d bytes), qcow2 v%d, %s clusters\n", volume.FormatSize(e.Size), e.Size, e.QcowVersion, volume.FormatSize(int64(e.ClusterSize)))
+	fmt.Fprintf(w, "Cipher\t%s\n", e.Cipher)
+	fmt.Fprintf(w, "File\t%d bytes, sha256 %s\n", e.FileSize, e.SHA256)
+	fmt.Fprintf(w, "Root key\t%s\n", e.KeyID)
+	wrapped := "imported " + rfc3339(e.Created)
+	if !e.RewrappedAt.IsZero() {
+		wrapped = "rewrapped " + rfc3339(e.RewrappedAt)
+	}
+	fmt.Fprintf(w, "Key version\t%s (%s)\n", e.KeyVersion, wrapped)
+	fmt.Fprintf(w, "Created\t%s\n", rfc3339(e.Created))
+	return w.Flush()
+}
+
+// imageNotFound adds to a catalog lookup that found no image the command that lists them.
+func imageNotFound(err error) error {
+	if err != nil && errors.Is(err, volume.ErrImageNotFound) {
+		return withHint(err, "crkvol image list shows the catalog's images")
+	}
+	return err
+}

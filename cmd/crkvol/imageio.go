@@ -1,0 +1,247 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+
+	"crkvol/crk"
+	"crkvol/keyslot"
+	"crkvol/volume"
+)
+
+// Hints for the refusals of image import.
+const (
+	hintWDEK       = "the WDEK must be a ciphertext of the root key given with --key, made with no --aad: crkvol key wrap KEY --plaintext-file PASS, where PASS is the passphrase file given to qemu-img (secret,file=PASS)"
+	hintPassphrase = "the passphrase is the content of the secret file given to qemu-img (--object secret,id=...,file=PASS), every byte of it, a final newline included"
+)
+
+// imageImportCommand is `image import FILE --name N --key K (--wdek B64 | --passphrase-file F)`.
+func (a *app) imageImportCommand() *cobra.Command {
+	var name, keyRef, wdekB64, passFile string
+	cmd := &cobra.Command{Use: "import FILE", Short: "Import an encrypted qcow2 image into the catalog, its passphrase wrapped by a root key", Args: args(cobra.ExactArgs(1)),
+		Long: `Import a qcow2 image encrypted with QEMU's LUKS into the catalog as NAME. Its passphrase is
+given wrapped by the root key --key (--wdek: the ciphertext crkvol key wrap printed, made with
+no --aad) or as the bytes of a file (--passphrase-file: it is wrapped by --key, and only the
+wrapped form is kept). The import checks that the WDEK unwraps with that key and that the
+passphrase opens the image's LUKS header before it accepts the image; the file is read, never
+written, and must stay where it is (volume create --from-image checks it is the imported
+file).`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var opts volume.ImportOptions
+			switch {
+			case wdekB64 != "" && passFile != "":
+				return usagef("give --wdek or --passphrase-file, not both")
+			case cmd.Flags().Changed("wdek"):
+				b, err := base64.StdEncoding.DecodeString(wdekB64)
+				if err != nil || len(b) == 0 {
+					return usagef("--wdek is not standard base64")
+				}
+				opts.WDEK = b
+			case passFile != "":
+				b, err := os.ReadFile(passFile)
+				if err != nil {
+					return fmt.Errorf("passphrase file: %w", err)
+				}
+				opts.Passphrase = b
+				defer clear(b)
+			default:
+				return usagef("give the image's passphrase wrapped (--wdek B64, from crkvol key wrap) or in a file (--passphrase-file F)")
+			}
+			if err := volume.CheckImageName(name); err != nil {
+				return fmt.Errorf("--name: %w", err)
+			}
+			file := absPath(args[0])
+			ctx := cmd.Context()
+			id, err := a.openKey(ctx, keyRef)
+			if err != nil {
+				return err
+			}
+			opts.Name, opts.KeyID = name, id
+			e, err := a.mgr.ImportImage(ctx, file, opts)
+			if err != nil {
+				return importErr(err, passFile, opts.Passphrase)
+			}
+			if a.asJSON {
+				return a.emit(imageView(*e, true))
+			}
+			fmt.Fprintf(a.stdout, "imported %s as image %s, its passphrase wrapped by key %s (version %s)\n", e.Path, e.Name, e.KeyID, e.KeyVersion)
+			return a.printImage(*e)
+		}}
+	cmd.Flags().StringVar(&name, "name", "", "the image's name in the catalog: lowercase letters, digits and hyphens, starting with a letter (required)")
+	cmd.Flags().StringVar(&keyRef, "key", "", "root key id or unique name that wraps the passphrase (required)")
+	cmd.Flags().StringVar(&wdekB64, "wdek", "", "the passphrase wrapped by --key: the base64 ciphertext of crkvol key wrap KEY --plaintext-file PASS")
+	cmd.Flags().StringVar(&passFile, "passphrase-file", "", "file holding the image's passphrase (its bytes as they are); it is wrapped by --key and only the WDEK is kept")
+	requireFlags(cmd, "name", "key")
+	return cmd
+}
+
+// importErr explains the refusals of image import: a WDEK the key service cannot unwrap with
+// that key, a passphrase that opens no keyslot of the image.
+func importErr(err error, passFile string, pass []byte) error {
+	switch {
+	case errors.Is(err, crk.ErrAuth):
+		return withHint(err, hintWDEK)
+	case errors.Is(err, keyslot.ErrLUKS1Passphrase) || errors.Is(err, keyslot.ErrWrongPassphrase):
+		if passFile != "" {
+			if herr := passphraseFileErr(err, passFile, pass); herr != err {
+				return herr
+			}
+		}
+		return withHint(err, hintPassphrase)
+	case errors.Is(err, volume.ErrImageExists):
+		return withHint(err, "crkvol image list shows the catalog's names; crkvol image delete NAME removes an entry (never its file)")
+	}
+	return err
+}
+
+// exportJSON is `image export --json`.
+type exportJSON struct {
+	Volume       string     `json:"volume"`
+	Output       string     `json:"output"`
+	Size         int64      `json:"size"`
+	FileSize     int64      `json:"fileSize"`
+	DataClusters int64      `json:"dataClusters"`
+	ClusterSize  int        `json:"clusterSize"`
+	Image        *imageJSON `json:"image,omitempty"`
+}
+
+// imageExportCommand is `image export IMG OUT.qcow2 [--passphrase-file F | --name N [--key K]] [--cluster-size S]`.
+func (a *app) imageExportCommand() *cobra.Command {
+	var passFile, name, keyRef string
+	var clusterSize sizeFlag
+	cmd := &cobra.Command{Use: "export IMG OUT", Short: "Write a volume's content as a new LUKS-encrypted qcow2 image QEMU opens", Args: args(cobra.ExactArgs(2)),
+		Long: `Write the content of volume IMG to OUT, a new qcow2 v3 file encrypted with QEMU's LUKS
+(aes-xts-plain64), holding only the clusters with data. The passphrase is the bytes of a file
+(--passphrase-file: give the same file to qemu-img as --object secret,id=sec0,file=F), or a new
+random one wrapped by a root key straight into the catalog as image --name (--key, by default
+the volume's key): the passphrase is then never shown, and volume create --from-image reads the
+image back.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts := volume.ExportOptions{}
+			switch {
+			case passFile != "" && name != "":
+				return usagef("give --passphrase-file or --name, not both")
+			case passFile != "" && keyRef != "":
+				return usagef("--key goes with --name: with --passphrase-file the image is not put in the catalog")
+			case passFile == "" && name == "":
+				return usagef("give --passphrase-file F (the image's passphrase) or --name N (a new catalog image, its random passphrase wrapped by --key)")
+			case passFile != "":
+				b, err := os.ReadFile(passFile)
+				if err != nil {
+					return fmt.Errorf("passphrase file: %w", err)
+				}
+				if len(b) == 0 {
+					return fmt.Errorf("passphrase file %s is empty", absPath(passFile))
+				}
+				opts.Passphrase = b
+				defer clear(b)
+			default:
+				if err := volume.CheckImageName(name); err != nil {
+					return fmt.Errorf("--name: %w", err)
+				}
+				opts.Name = name
+			}
+			if cmd.Flags().Changed("cluster-size") {
+				n, err := clusterSize.size("cluster-size")
+				if err != nil {
+					return err
+				}
+				if n < 512 || n > 2<<20 || n&(n-1) != 0 {
+					return fmt.Errorf("--cluster-size %d: want a power of two from 512 bytes to 2MiB", n)
+				}
+				opts.ClusterSize = int(n)
+			}
+			out := absPath(args[1])
+			ctx := cmd.Context()
+			if err := a.open(ctx); err != nil {
+				return err
+			}
+			if keyRef != "" {
+				id, err := a.resolveKey(ctx, keyRef, false)
+				if err != nil {
+					return err
+				}
+				opts.KeyID = id
+			}
+			bar := a.bytesProgress("exporting")
+			opts.Progress = bar.update
+			res, err := a.mgr.ExportImage(ctx, args[0], out, opts)
+			bar.finish()
+			if err != nil {
+				return importErr(err, "", nil)
+			}
+			j := exportJSON{Volume: args[0], Output: res.Path, Size: res.Size, FileSize: res.FileSize, DataClusters: res.DataClusters, ClusterSize: opts.ClusterSize}
+			if res.Image != nil {
+				v := imageView(*res.Image, false)
+				j.Image = &v
+				j.ClusterSize = res.Image.ClusterSize
+			}
+			if a.asJSON {
+				return a.emit(j)
+			}
+			fmt.Fprintf(a.stdout, "exported %s to %s: %s guest size, %d data clusters, a %d-byte file\n", args[0], res.Path, volume.FormatSize(res.Size), res.DataClusters, res.FileSize)
+			if res.Image != nil {
+				fmt.Fprintf(a.stdout, "imported it as image %s, its random passphrase wrapped by key %s (version %s)\n", res.Image.Name, res.Image.KeyID, res.Image.KeyVersion)
+			} else {
+				fmt.Fprintf(a.stdout, "its LUKS passphrase is the content of %s: qemu-img convert --object secret,id=sec0,file=%s --image-opts driver=qcow2,file.filename=%s,encrypt.key-secret=sec0 -O raw OUT.raw\n",
+					absPath(passFile), absPath(passFile), res.Path)
+			}
+			return nil
+		}}
+	cmd.Flags().StringVar(&passFile, "passphrase-file", "", "encrypt with the bytes of this file as the LUKS passphrase (give it to qemu-img as --object secret,file=F)")
+	cmd.Flags().StringVar(&name, "name", "", "put the image in the catalog under this name, with a new random passphrase wrapped by --key")
+	cmd.Flags().StringVar(&keyRef, "key", "", "with --name: root key id or unique name that wraps the passphrase (default: the volume's key)")
+	cmd.Flags().Var(&clusterSize, "cluster-size", "qcow2 cluster size, a power of two from 512 to 2MiB (default 64KiB)")
+	return cmd
+}
+
+// byteProgress draws a bar of bytes on stderr for a long command's Progress callback, when
+// stderr is a terminal and the output is not JSON; otherwise its methods do nothing.
+type byteProgress struct {
+	a    *app
+	what string
+	bar  *progressbar.ProgressBar
+}
+
+// bytesProgress returns the progress of a long command that reports bytes done of a total.
+func (a *app) bytesProgress(what string) *byteProgress {
+	return &byteProgress{a: a, what: what}
+}
+
+// update is a Progress callback: done of total bytes.
+func (p *byteProgress) update(done, total int64) {
+	if p.a.asJSON || p.a.background || !isTerminal(p.a.stderr) || total <= 4<<20 {
+		return
+	}
+	if p.bar == nil {
+		p.bar = byteBar(p.a.stderr, total, p.what)
+	}
+	_ = p.bar.Set64(done)
+}
+
+// finish ends the bar, if one was drawn.
+func (p *byteProgress) finish() {
+	if p.bar != nil {
+		_ = p.bar.Finish()
+		p.bar = nil
+	}
+}
+
+// fromImage is the volume create --from-image path: the volume at path is made of the
+// catalog image name's content, its own passphrase wrapped by keyID; size 0 is the image's;
+// sparse skips what reads as zeros in the image (see volume.FromImageOptions).
+func (a *app) fromImage(ctx context.Context, path, name, keyID string, size int64, sparse bool) error {
+	bar := a.bytesProgress("copying")
+	info, err := a.mgr.CreateFromImage(ctx, path, volume.FromImageOptions{Image: name, KeyID: keyID, Size: size, Sparse: sparse, Progress: bar.update})
+	bar.finish()
+	if err != nil {
+		return imageNotFound(err)
+	}
+	return a.printStatus(ctx, info.Path)
+}
