@@ -58,6 +58,11 @@ type LockoutResult struct {
 	Volumes int
 	// Stopped is the number of attach processes of the key's volumes the host told to stop.
 	Stopped int
+	// Images is the number of the host's catalog images of the key: none can be used (no
+	// volume can be created from one) while the key is out of use. Images are not attached,
+	// so there is nothing of theirs to stop; the count is logged, not acknowledged (an
+	// acknowledgement counts volumes only).
+	Images int
 }
 
 // Options configure an Agent. Feed and Host are required.
@@ -554,7 +559,7 @@ func (a *Agent) lockout(ctx context.Context, keyID, state string) (LockoutResult
 	}
 	a.mu.Unlock()
 	if isNew {
-		a.log.Warn("agent: key out of use; its volumes stop serving", "key", keyID, "state", state, "volumes", lo.Volumes, "stopped", n)
+		a.log.Warn("agent: key out of use; its volumes stop serving", "key", keyID, "state", state, "volumes", lo.Volumes, "stopped", n, "images", lo.Images)
 	} else {
 		a.log.Debug("agent: key still out of use; no attached volume of it serves", "key", keyID, "state", state)
 	}

@@ -62,6 +62,14 @@ type Scenario struct {
 	CreatesPerMonth int `json:"createsPerMonth" yaml:"createsPerMonth"`
 	DeletesPerMonth int `json:"deletesPerMonth" yaml:"deletesPerMonth"`
 
+	// Images is the number of encrypted custom images (LUKS-encrypted qcow2 files in the
+	// image catalog, their passphrases wrapped by a root key as WDEKs) made at the start from
+	// volumes of the fleet, on each host with Hosts: every rotation of an image's key rewraps
+	// its WDEK with the key's volumes (the file is never written), under the same faults and
+	// crashes, and the audit checks each image and creates a volume from it. Default 2; -1
+	// for none.
+	Images int `json:"images,omitempty" yaml:"images"`
+
 	// Faults between the volumes and the key service.
 	Faults Faults `json:"faults" yaml:"faults"`
 
@@ -218,6 +226,8 @@ func (s *Scenario) normalize() error {
 		return bad("manual rotations per month %g: want 0-720 (one an hour at most)", s.ManualRotationsPerMonth)
 	case s.CreatesPerMonth < 0 || s.DeletesPerMonth < 0 || s.AttachesPerMonth < -1:
 		return bad("negative creates, deletes or attaches per month")
+	case s.Images < -1 || s.Images > maxImages:
+		return bad("images %d: want 0-%d, or -1 for none", s.Images, maxImages)
 	case s.Faults.FailRate < 0 || s.Faults.FailRate >= 1:
 		return bad("KMS fail rate %g: want 0 <= rate < 1", s.Faults.FailRate)
 	case s.Faults.CrashRate < 0 || s.Faults.CrashRate >= 1:
@@ -258,6 +268,9 @@ func (s *Scenario) normalize() error {
 	if s.AttachesPerMonth == 0 {
 		s.AttachesPerMonth = min(s.Volumes, 500)
 	}
+	if s.Images == 0 {
+		s.Images = defaultImages
+	}
 	if s.Faults.OutageLength == 0 {
 		s.Faults.OutageLength = Duration(6 * time.Hour)
 	}
@@ -272,6 +285,15 @@ func (s *Scenario) normalize() error {
 	}
 	return nil
 }
+
+// The images of a run by default, and at most (each is a file of up to the volume size).
+const (
+	defaultImages = 2
+	maxImages     = 1000
+)
+
+// images is the number of images made at the start (of each host, with hosts).
+func (s *Scenario) images() int { return max(s.Images, 0) }
 
 // policyOf returns key i's rotation policy in months (0: none).
 func (s *Scenario) policyOf(i int) int {
