@@ -13,7 +13,9 @@ import (
 )
 
 // Registry maps volume CRNs to their image files, so that a rotation can find every volume a
-// key protects. It is one bbolt file kept beside the key service's store; it holds no secrets.
+// key protects, and holds the image catalog (encrypted qcow2 images and their wrapped
+// passphrases, see [ImageEntry]). It is one bbolt file kept beside the key service's store;
+// it holds no secrets (a WDEK opens nothing without its root key).
 type Registry struct {
 	db *bolt.DB
 }
@@ -47,7 +49,10 @@ func OpenRegistry(path string) (*Registry, error) {
 		return nil, fmt.Errorf("volume: opening registry %s: %w", path, err)
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(bucketVolumes)
+		if _, err := tx.CreateBucketIfNotExists(bucketVolumes); err != nil {
+			return err
+		}
+		_, _, err := imageBuckets(tx)
 		return err
 	}); err != nil {
 		db.Close()

@@ -25,31 +25,39 @@ type Report struct {
 	Volumes int
 	// Rewrapped volumes got a new ciphertext; AlreadyCurrent ones had it already.
 	Rewrapped, AlreadyCurrent int
+	// Images is the number of catalog images (see [ImageEntry]) the pass looked at, counted
+	// apart from the volumes: ImagesRewrapped got a new WDEK, ImagesAlreadyCurrent had it
+	// already. Failed images are in Failed with the volumes, by CRN.
+	Images, ImagesRewrapped, ImagesAlreadyCurrent int
 	// Retries counts attempts beyond the first.
 	Retries int
 	// Failed maps CRNs to the error of their last attempt. A failed volume keeps its old,
 	// still valid wrapping.
 	Failed map[string]error
-	// Elsewhere counts the volumes asked for that this Manager's registry does not have:
+	// Elsewhere counts the volumes (and images) asked for that this Manager's registry does
+	// not have:
 	// registered with the key from other hosts, whose own Manager (their agent, or a sync
 	// there) rewraps them. They are not among Volumes.
 	Elsewhere int
 	// BytesWritten is the total written to images, all header metadata.
 	BytesWritten int64
-	// Elapsed is the wall time of the pass; Latencies the per-volume times, sorted.
+	// Elapsed is the wall time of the pass; Latencies the per-volume (and per-image) times,
+	// sorted.
 	Elapsed   time.Duration
 	Latencies []time.Duration
-	// VolumeLatency is each volume's time (with retries), by CRN.
+	// VolumeLatency is each volume's (and image's) time (with retries), by CRN.
 	VolumeLatency map[string]time.Duration
 }
 
 // RewrapProgress is how far a rewrap pass has got (see Options.Progress).
 type RewrapProgress struct {
 	KeyID string
-	// Volumes is the number of volumes the pass looks at; Done of them are finished:
-	// Rewrapped, AlreadyCurrent or Failed.
-	Volumes, Done                     int
-	Rewrapped, AlreadyCurrent, Failed int
+	// Volumes is the number of volumes the pass looks at and Images the number of catalog
+	// images; Done of the Volumes+Images are finished: Rewrapped, AlreadyCurrent (volumes),
+	// ImagesRewrapped, ImagesAlreadyCurrent (images) or Failed (either).
+	Volumes, Images, Done                 int
+	Rewrapped, AlreadyCurrent, Failed     int
+	ImagesRewrapped, ImagesAlreadyCurrent int
 	// Elapsed is the wall time since the pass started.
 	Elapsed time.Duration
 }
@@ -77,7 +85,11 @@ func (r *Report) Err() error {
 	for _, c := range crns {
 		errs = append(errs, fmt.Errorf("%s: %w", c, r.Failed[c]))
 	}
-	return fmt.Errorf("volume: %d of %d volumes of key %s not rewrapped: %w", len(r.Failed), r.Volumes, r.KeyID, errors.Join(errs...))
+	what := "volumes"
+	if r.Images > 0 {
+		what = "volumes and images"
+	}
+	return fmt.Errorf("volume: %d of %d %s of key %s not rewrapped: %w", len(r.Failed), r.Volumes+r.Images, what, r.KeyID, errors.Join(errs...))
 }
 
 // onRotate is the rotation hook: it rewraps the stale volumes of the rotated key.
@@ -89,10 +101,11 @@ func (m *Manager) onRotate(ctx context.Context, n RotationNotice) error {
 	return rep.Err()
 }
 
-// Sync rewraps every volume of keyID whose registration is not on the key's latest version:
-// what a crash, a failure or an unreachable volume left behind. Its report counts the
-// volumes of the key registered on this machine that were current already among Volumes
-// and AlreadyCurrent.
+// Sync rewraps every volume and catalog image of keyID whose registration is not on the
+// key's latest version: what a crash, a failure or an unreachable volume left behind. Its
+// report counts the volumes of the key registered on this machine that were current already
+// among Volumes and AlreadyCurrent, and the current images among Images and
+// ImagesAlreadyCurrent.
 func (m *Manager) Sync(ctx context.Context, keyID string) (*Report, error) {
 	regs, latest, err := m.kms.Registrations(ctx, keyID)
 	if err != nil {
@@ -107,8 +120,19 @@ func (m *Manager) Sync(ctx context.Context, keyID string) (*Report, error) {
 	// Registrations may be current while a token is not (a crash between the two writes
 	// is repaired by rewrapping every volume whose token lags; reading tokens is cheap).
 	current := 0 // volumes of this machine already on latest, registration and token
+	currentImages := 0
 	for _, r := range regs {
 		if r.VersionID == latest {
+			if img, err := m.reg.ImageByCRN(r.CRN); err == nil {
+				// An image is current when its catalog entry is (the catalog is written before
+				// the registration, so this only lags after a hand edit or a restore).
+				if img.KeyVersion != latest || img.KeyID != keyID {
+					stale = append(stale, r.CRN)
+				} else {
+					currentImages++
+				}
+				continue
+			}
 			if e, err := m.reg.Get(r.CRN); err == nil {
 				if info, err := describe(ctx, e.Path); err != nil || info.UUID != e.UUID || info.KeyVersion != latest {
 					// Lagging, or unreadable: let the rewrap report what is wrong.
@@ -124,6 +148,8 @@ func (m *Manager) Sync(ctx context.Context, keyID string) (*Report, error) {
 	// looked at too.
 	rep.Volumes += current
 	rep.AlreadyCurrent += current
+	rep.Images += currentImages
+	rep.ImagesAlreadyCurrent += currentImages
 	if m.opts.OnReport != nil {
 		m.opts.OnReport(rep)
 	}
@@ -155,30 +181,40 @@ func (m *Manager) RewrapVolume(ctx context.Context, path string) (*Report, error
 	return rep, rep.Err()
 }
 
-// Rewrap brings the passphrase ciphertexts of the given volumes (by CRN) of key keyID to
-// version latest, on a pool of Workers goroutines, retrying failures with backoff. Each
-// volume is one atomic LUKS2 token update followed by its registration update; the data is
-// never touched.
+// Rewrap brings the passphrase ciphertexts of the given volumes and catalog images (by CRN)
+// of key keyID to version latest, on a pool of Workers goroutines, retrying failures with
+// backoff. Each volume is one atomic LUKS2 token update followed by its registration update;
+// the data is never touched. Each image is a rewrap of its WDEK (no AAD), one catalog update
+// and its registration update; the image file is never read nor written.
 func (m *Manager) Rewrap(ctx context.Context, keyID, latest string, crns []string) *Report {
 	start := time.Now()
 	rep := &Report{KeyID: keyID, NewVersion: latest, Failed: map[string]error{}, VolumeLatency: map[string]time.Duration{}}
 	// Volumes of other hosts (registered with the key, not in this registry) are theirs to
 	// rewrap; any other registry error is the volume's failure, reported by its rewrap.
 	local := make([]string, 0, len(crns))
+	images := map[string]bool{}
 	for _, crn := range crns {
 		if _, err := m.reg.Get(crn); errors.Is(err, ErrNotRegistered) {
+			if _, ierr := m.reg.ImageByCRN(crn); ierr == nil {
+				images[crn] = true
+				local = append(local, crn)
+				continue
+			}
 			rep.Elsewhere++
 			continue
 		}
 		local = append(local, crn)
 	}
 	crns = local
-	rep.Volumes = len(crns)
+	rep.Images = len(images)
+	rep.Volumes = len(crns) - rep.Images
 	var mu sync.Mutex
 	progress := func() {
 		if m.opts.Progress != nil {
-			m.opts.Progress(RewrapProgress{KeyID: keyID, Volumes: rep.Volumes, Done: rep.Rewrapped + rep.AlreadyCurrent + len(rep.Failed),
-				Rewrapped: rep.Rewrapped, AlreadyCurrent: rep.AlreadyCurrent, Failed: len(rep.Failed), Elapsed: time.Since(start)})
+			m.opts.Progress(RewrapProgress{KeyID: keyID, Volumes: rep.Volumes, Images: rep.Images,
+				Done:      rep.Rewrapped + rep.AlreadyCurrent + rep.ImagesRewrapped + rep.ImagesAlreadyCurrent + len(rep.Failed),
+				Rewrapped: rep.Rewrapped, AlreadyCurrent: rep.AlreadyCurrent, Failed: len(rep.Failed),
+				ImagesRewrapped: rep.ImagesRewrapped, ImagesAlreadyCurrent: rep.ImagesAlreadyCurrent, Elapsed: time.Since(start)})
 		}
 	}
 	progress()
@@ -190,7 +226,7 @@ func (m *Manager) Rewrap(ctx context.Context, keyID, latest string, crns []strin
 			defer wg.Done()
 			for crn := range jobs {
 				t0 := time.Now()
-				res, attempts, err := m.rewrapWithRetry(ctx, keyID, latest, crn)
+				res, attempts, err := m.rewrapWithRetry(ctx, keyID, latest, crn, images[crn])
 				d := time.Since(t0)
 				mu.Lock()
 				rep.Retries += attempts - 1
@@ -200,6 +236,10 @@ func (m *Manager) Rewrap(ctx context.Context, keyID, latest string, crns []strin
 				switch {
 				case err != nil:
 					rep.Failed[crn] = err
+				case images[crn] && res.changed:
+					rep.ImagesRewrapped++
+				case images[crn]:
+					rep.ImagesAlreadyCurrent++
 				case res.changed:
 					rep.Rewrapped++
 				default:
@@ -218,8 +258,8 @@ func (m *Manager) Rewrap(ctx context.Context, keyID, latest string, crns []strin
 	sort.Slice(rep.Latencies, func(i, j int) bool { return rep.Latencies[i] < rep.Latencies[j] })
 	rep.Elapsed = time.Since(start)
 	m.opts.Logger.Info("rewrap pass done", "key", keyID, "version", latest, "volumes", rep.Volumes,
-		"rewrapped", rep.Rewrapped, "current", rep.AlreadyCurrent, "failed", len(rep.Failed), "retries", rep.Retries,
-		"elsewhere", rep.Elsewhere)
+		"rewrapped", rep.Rewrapped, "current", rep.AlreadyCurrent, "images", rep.Images, "images_rewrapped", rep.ImagesRewrapped,
+		"images_current", rep.ImagesAlreadyCurrent, "failed", len(rep.Failed), "retries", rep.Retries, "elsewhere", rep.Elsewhere)
 	return rep
 }
 
@@ -233,10 +273,14 @@ type permanent struct{ error }
 
 func (p permanent) Unwrap() error { return p.error }
 
-func (m *Manager) rewrapWithRetry(ctx context.Context, keyID, latest, crn string) (rewrapResult, int, error) {
+func (m *Manager) rewrapWithRetry(ctx context.Context, keyID, latest, crn string, image bool) (rewrapResult, int, error) {
 	var total rewrapResult
+	one := m.rewrapOne
+	if image {
+		one = m.rewrapImage
+	}
 	for attempt := 1; ; attempt++ {
-		res, err := m.rewrapOne(ctx, keyID, latest, crn)
+		res, err := one(ctx, keyID, latest, crn)
 		total.bytes += res.bytes
 		total.changed = total.changed || res.changed
 		if err == nil {

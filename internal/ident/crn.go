@@ -47,6 +47,13 @@ func VolumeCRN(uuid string) CRN {
 		ResourceType: "volume", Resource: uuid}
 }
 
+// ImageCRN returns the CRN crkvol gives the image catalog entry with id uuid (random, made
+// when the image is imported): the VPC shape of a custom image, resource type "image".
+func ImageCRN(uuid string) CRN {
+	return CRN{CName: CName, CType: "public", Service: "is", Location: DefaultLocation, Scope: "a/" + DefaultAccount,
+		ResourceType: "image", Resource: uuid}
+}
+
 // String returns the CRN as text.
 func (c CRN) String() string {
 	return strings.Join([]string{"crn", "v1", c.CName, c.CType, c.Service, c.Location, c.Scope, c.Instance, c.ResourceType, c.Resource}, ":")

@@ -86,6 +86,8 @@ func TestCRN(t *testing.T) {
 			KeyCRN(DefaultLocation, DefaultAccount, "0123abcd-89ab-4def-8123-456789abcdef", "k1")},
 		{"volume", "crn:v1:local:public:is:local:a/crkvol::volume:0123abcd-89ab-4def-8123-456789abcdef",
 			VolumeCRN("0123abcd-89ab-4def-8123-456789abcdef")},
+		{"image", "crn:v1:local:public:is:local:a/crkvol::image:0123abcd-89ab-4def-8123-456789abcdef",
+			ImageCRN("0123abcd-89ab-4def-8123-456789abcdef")},
 		{"ibm cloud", "crn:v1:bluemix:public:kms:us-south:a/acct:inst:key:0f3c1e7a",
 			CRN{CName: "bluemix", CType: "public", Service: "kms", Location: "us-south", Scope: "a/acct", Instance: "inst", ResourceType: "key", Resource: "0f3c1e7a"}},
 		{"not a crn", "volume-1", CRN{}},

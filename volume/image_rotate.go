@@ -1,0 +1,87 @@
+package volume
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// rewrapImage brings the WDEK of the catalog image with CRN crn to version latest of keyID:
+// the key service rewraps the stored ciphertext (no AAD: a WDEK is a plain Key Protect
+// ciphertext), the catalog entry takes the new one if it still holds the one rewrapped
+// (compare and swap: a lazy rewrap or another pass may have stored a newer one meanwhile),
+// and the registration is updated. The image file is neither read nor written. A failure
+// leaves the old, still valid WDEK in the catalog; a crash between the catalog update and
+// the registration update leaves a lagging registration, which a sync finds and brings up
+// (the entry is then current and only the registration is written).
+func (m *Manager) rewrapImage(ctx context.Context, keyID, latest, crn string) (res rewrapResult, err error) {
+	var version, lost string
+	for round := 1; ; round++ {
+		e, err := m.reg.ImageByCRN(crn)
+		if err != nil {
+			return res, permanent{err}
+		}
+		if e.KeyID != keyID {
+			return res, permanent{fmt.Errorf("image %s (%s) is protected by key %s, not %s", e.Name, crn, e.KeyID, keyID)}
+		}
+		version = e.KeyVersion
+		if (version == latest && latest != "") || (version == lost && lost != "") {
+			break
+		}
+		w, err := m.kms.Rewrap(ctx, keyID, e.WDEK, nil)
+		if err == nil {
+			err = checkWrapped("rewrap", w)
+		}
+		if err != nil {
+			return res, fmt.Errorf("rewrapping the WDEK of image %s with key %s: %w", e.Name, keyID, err)
+		}
+		err = m.storeImageWDEK(e, &w)
+		if err == nil {
+			version, res.changed = w.VersionID, true
+			break
+		}
+		if !errors.Is(err, errImageEntryChanged) {
+			return res, err
+		}
+		if round == maxCASRounds {
+			return res, fmt.Errorf("image %s: %w %d times during a rewrap", e.Name, errImageEntryChanged, round)
+		}
+		lost = w.VersionID
+	}
+	if err := m.kms.UpdateRegistration(ctx, keyID, crn, version); err != nil {
+		return res, fmt.Errorf("updating the registration: %w", err)
+	}
+	return res, nil
+}
+
+// storeImageWDEK replaces the WDEK of catalog image old with w, if the entry still holds
+// old's WDEK; errImageEntryChanged if not (the other writer's WDEK is kept).
+func (m *Manager) storeImageWDEK(old ImageEntry, w *Wrapped) error {
+	if err := checkWrapped("rewrap", *w); err != nil {
+		return err
+	}
+	return m.reg.updateImage(old.Name, old.CRN, func(cur *ImageEntry) error {
+		if !bytes.Equal(cur.WDEK, old.WDEK) || cur.KeyID != old.KeyID {
+			return errImageEntryChanged
+		}
+		cur.WDEK = bytes.Clone(w.Ciphertext)
+		cur.KeyVersion = w.VersionID
+		cur.RewrappedAt = m.opts.Now().UTC().Truncate(time.Second)
+		return nil
+	})
+}
+
+// storeImageRewrapped stores the rewrapped WDEK an unwrap handed back (lazy rewrap) and
+// updates the registration. Losing to another writer is not an error: theirs is as new.
+func (m *Manager) storeImageRewrapped(ctx context.Context, old ImageEntry, w *Wrapped) error {
+	err := m.storeImageWDEK(old, w)
+	if errors.Is(err, errImageEntryChanged) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return m.kms.UpdateRegistration(ctx, old.KeyID, old.CRN, w.VersionID)
+}
