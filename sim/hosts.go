@@ -696,6 +696,9 @@ func (r *runner) finishHosts(ctx context.Context) error {
 	if err := r.sample(ctx); err != nil {
 		return err
 	}
+	if r.opts.beforeAudit != nil {
+		r.opts.beforeAudit(r)
+	}
 	r.audit(ctx)
 	r.auditHosts()
 	r.auditAcks(ctx)

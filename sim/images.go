@@ -99,8 +99,10 @@ func (r *runner) catalogs() []imageCatalog {
 }
 
 // makeImages makes the scenario's images in every catalog, from the catalog's volumes. It
-// runs at setup, without faults, after the fleet is created. Image j of a catalog is made
-// from a volume of key j mod Keys (if the catalog has one); every other image is imported.
+// runs at setup, without faults, after the fleet is created. Image j of a catalog is under
+// key j mod Keys, made from a volume of that key (or, if the catalog has none, of another
+// key: with hosts, a host may so have images of a key none of its volumes uses); every
+// other image is imported.
 func (r *runner) makeImages(ctx context.Context) error {
 	n := r.sc.images()
 	if n == 0 {
@@ -132,7 +134,7 @@ func (r *runner) makeImages(ctx context.Context) error {
 				ofKey = vols
 			}
 			src := ofKey[(j/r.sc.Keys)%len(ofKey)]
-			img, err := r.makeImage(ctx, c, len(r.imgs), src, j%2 == 1)
+			img, err := r.makeImage(ctx, c, len(r.imgs), src, want, j%2 == 1)
 			if err != nil {
 				return fmt.Errorf("sim: making image %d from %s: %w", len(r.imgs), filepath.Base(src.path), err)
 			}
@@ -158,14 +160,14 @@ func (r *runner) imageRand(idx int, what string) *rand.ChaCha8 {
 	return rand.NewChaCha8(seed)
 }
 
-// makeImage exports volume src into an image of catalog c, under src's key: into the catalog
+// makeImage exports volume src into an image of catalog c, under key k: into the catalog
 // with a random passphrase, or (imported) with a passphrase of the sim's, whose WDEK the sim
 // has the key service make and then imports with the file.
-func (r *runner) makeImage(ctx context.Context, c imageCatalog, idx int, src *vol, imported bool) (*simImage, error) {
-	img := &simImage{idx: idx, name: fmt.Sprintf("img-%06d", idx), key: src.key, host: c.host, imported: imported,
+func (r *runner) makeImage(ctx context.Context, c imageCatalog, idx int, src *vol, k int, imported bool) (*simImage, error) {
+	img := &simImage{idx: idx, name: fmt.Sprintf("img-%06d", idx), key: k, host: c.host, imported: imported,
 		extents: src.extents, sum: src.sum}
 	img.path = filepath.Join(c.dir, "images", img.name+".qcow2")
-	keyID := r.keys[src.key].id
+	keyID := r.keys[k].id
 	// A manager of its own, with the image's randomness, unsubscribed from rotations.
 	mgr := volume.NewManager(r.kms, c.reg, volume.Options{Now: r.clock.Now, Logger: r.log, Rand: &lockedReader{r: r.imageRand(idx, "image")}})
 	mgr.Close()

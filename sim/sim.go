@@ -38,6 +38,8 @@ type Options struct {
 	// skipLockout, a test hook of a run on hosts, breaks the lockout of the hosts it
 	// accepts: their attach processes and agents leave attached volumes serving.
 	skipLockout func(host int) bool
+	// beforeAudit, a test hook, runs just before the audit (after the final reconciliation).
+	beforeAudit func(r *runner)
 }
 
 // The phases of a run, as [Progress] names them.
@@ -1147,6 +1149,9 @@ func (r *runner) finish(ctx context.Context) error {
 	}
 	if err := r.sample(ctx); err != nil {
 		return err
+	}
+	if r.opts.beforeAudit != nil {
+		r.opts.beforeAudit(r)
 	}
 	r.audit(ctx)
 	r.summarizeKeys(ctx)
