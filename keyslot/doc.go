@@ -63,8 +63,19 @@
 // keys are the caller's to clear; intermediate key material is cleared after use. Go strings
 // and crypto/aes key schedules cannot be wiped, so secrets are kept in byte slices.
 //
+// # LUKS1
+//
+// [ParseLUKS1] reads and validates a LUKS1 header (the LUKS on-disk format specification
+// 1.2.3: cryptsetup's luksFormat --type luks1, and the header QEMU writes inside encrypted
+// qcow2 images), [LUKS1.Unlock] recovers its master key with a passphrase (aes-xts-plain64
+// only; other ciphers parse and are refused by name), and [FormatLUKS1] makes a header area
+// in QEMU's layout holding a given master key. [Open] does not open LUKS1 images: it returns
+// an error matching [ErrLUKS1], which says so, for the caller to describe the image with
+// ParseLUKS1 or point at cryptsetup convert --type luks2.
+//
 // # Non-goals
 //
-// Online reencryption, integrity (dm-integrity) segments, LUKS1 and detached headers are not
-// implemented: such images are refused or, for reencryption, readable but unchangeable.
+// Online reencryption, integrity (dm-integrity) segments and detached LUKS2 headers are not
+// implemented, nor changes to LUKS1 headers: such images are refused or, for reencryption,
+// readable but unchangeable.
 package keyslot

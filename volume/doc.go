@@ -58,6 +58,23 @@
 // identity of its own (its volume key stays the original's), and [Manager.Erase]
 // crypto-erases a copy or an image whose registration is gone.
 //
+// # Encrypted images
+//
+// The [Registry] also holds a catalog of encrypted custom images ([ImageEntry], bucket
+// "images"): qcow2 files encrypted with QEMU's LUKS (a LUKS1 header inside the qcow2 file,
+// its sectors' XTS tweak the host offset / 512), each with its LUKS passphrase wrapped by a
+// root key with no AAD — a WDEK, as `ibmcloud kp key wrap` makes one. [Manager.ImportImage]
+// accepts an image only when its WDEK unwraps with the key and the passphrase unlocks the
+// image's header (or wraps a passphrase given in clear after checking it), keeps the WDEK and
+// never the passphrase, and registers the image's CRN (ident.ImageCRN) with the key
+// (preventKeyDeletion). [Manager.CreateFromImage] decrypts an image's guest content into a
+// new volume with its own master key and passphrase, under any key; [Manager.ExportImage]
+// writes a volume to a new encrypted qcow2 image QEMU opens, with a given passphrase or a
+// random one wrapped straight into the catalog. A rotation or [Manager.Sync] rewraps the
+// WDEKs of the key's images in the same pass as its volumes (a catalog update, then the
+// registration; the image file is never read nor written), counted apart in the [Report];
+// [Manager.DeleteImage] deregisters an image and removes it from the catalog.
+//
 // # Interrupted and unhealthy states
 //
 // [Manager.Wipe] writes zeros over the data area and records how far it got in the token

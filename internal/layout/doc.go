@@ -14,6 +14,7 @@
 //	   crkvol/crk                         customer root keys, their store, events
 //	0  crkvol/sector                      the aes-xts-plain64 sector engine
 //	   crkvol/nbd                         the NBD server
+//	   crkvol/qcow2                       QEMU's qcow2 images: reader, writer
 //	   crkvol/internal/...                helpers not meant for users
 //
 // Two rules beside the levels: crkvol/volume reaches crk only through its own KeyService

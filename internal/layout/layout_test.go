@@ -29,6 +29,7 @@ var level = map[string]int{
 	"crkvol/crk":          1,
 	"crkvol/sector":       0,
 	"crkvol/nbd":          0,
+	"crkvol/qcow2":        0,
 	"crkvol/internal/...": 0,
 }
 

@@ -1,0 +1,266 @@
+package volume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"crkvol/qcow2"
+	"crkvol/sector"
+)
+
+// FromImageOptions describe a volume made from a catalog image.
+type FromImageOptions struct {
+	// Image is the catalog image's name. Required.
+	Image string
+	// KeyID is the root key of the new volume (it may differ from the image's). Required.
+	KeyID string
+	// Size is the volume's size: 0 for the image's guest size (rounded up to 512 bytes);
+	// larger grows the volume, smaller is refused (ErrBadSize). The part beyond the image
+	// reads as noise until written, as in any new volume.
+	Size int64
+	// Sparse skips what reads as zeros in the image (unallocated and zero clusters, and
+	// all-zero blocks of data): the volume file stays sparse, but those ranges read as noise
+	// (as a new volume's never-written blocks do), not as zeros. Without it those ranges are
+	// written as zeros, so the volume reads back exactly the image's guest content.
+	Sparse bool
+	// Progress, if set, is called after each piece copied with the bytes done and the total
+	// (the guest size, or with Sparse the bytes of the image's data extents).
+	Progress func(done, total int64)
+}
+
+// copyChunk is the size of one read of the image and one write to the volume.
+const copyChunk = 1 << 20
+
+// CreateFromImage makes a new volume at path (which must not exist) holding the guest
+// content of catalog image opts.Image: the image's WDEK is unwrapped (a rewrapped WDEK the
+// key service hands back is stored in the catalog: lazy rewrap), the passphrase unlocks the
+// image's LUKS header, and the decrypted content is written into a new volume made as
+// [Manager.Create] makes one, with its own master key and passphrase wrapped by
+// opts.KeyID. The image file must still be the imported one: the same device and inode,
+// size and modification time (its SHA-256 is not recomputed, which would read the whole
+// file once more); otherwise ErrImageChanged. If anything fails, the half-made volume is
+// deleted and deregistered: a failure leaves nothing.
+func (m *Manager) CreateFromImage(ctx context.Context, path string, opts FromImageOptions) (_ *Info, err error) {
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("volume: create %s from image %s: %w", path, opts.Image, err)
+		}
+	}()
+	if opts.KeyID == "" {
+		return nil, errors.New("a root key id is required")
+	}
+	e, err := m.reg.Image(opts.Image)
+	if err != nil {
+		return nil, err
+	}
+	fh, qi, err := openCatalogImage(e)
+	if err != nil {
+		return nil, err
+	}
+	defer fh.Close()
+	size := opts.Size
+	if size == 0 {
+		size = roundUp(qi.Size(), 512)
+	}
+	if size < qi.Size() {
+		return nil, fmt.Errorf("%w: %d bytes is smaller than the image's %d", ErrBadSize, size, qi.Size())
+	}
+	ss := 4096
+	if size%4096 != 0 {
+		ss = 512
+	}
+	// Check the key before the image is decrypted (a wrong key id costs nothing).
+	if _, err := m.kms.KeyCRN(ctx, opts.KeyID); err != nil {
+		return nil, err
+	}
+
+	u, err := m.kms.Unwrap(ctx, e.KeyID, e.WDEK, nil)
+	if err == nil && len(u.Plaintext) == 0 {
+		err = fmt.Errorf("%w: the unwrap answer has no plaintext", ErrIncompleteAnswer)
+	}
+	if err != nil {
+		clear(u.Plaintext)
+		return nil, fmt.Errorf("unwrapping the image's WDEK with key %s: %w", e.KeyID, err)
+	}
+	_, mk, err := unlockQcow2(ctx, qi, u.Plaintext)
+	clear(u.Plaintext)
+	if err != nil {
+		return nil, fmt.Errorf("the image's WDEK does not unlock its LUKS header: %w", err)
+	}
+	c, err := sector.New(mk, 512)
+	clear(mk)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Wipe()
+	if u.Rewrapped != nil {
+		if err := m.storeImageRewrapped(ctx, e, u.Rewrapped); err != nil {
+			// The old WDEK still works; a later rotation or sync retries.
+			m.opts.Logger.Warn("lazy rewrap of an image failed", "image", e.Name, "crn", e.CRN, "err", err)
+		}
+	}
+	src, err := qi.Reader(c)
+	if err != nil {
+		return nil, err
+	}
+	extents, err := qi.Map(ctx)
+	if err != nil {
+		return nil, err
+	}
+
+	info, err := m.Create(ctx, path, CreateOptions{KeyID: opts.KeyID, Size: size, SectorSize: ss})
+	if err != nil {
+		return nil, err
+	}
+	if err := m.fillFromImage(ctx, info.Path, src, extents, opts); err != nil {
+		if derr := m.Delete(context.WithoutCancel(ctx), info.Path, DeleteOptions{RemoveImage: true}); derr != nil {
+			m.opts.Logger.Warn("undoing a failed create from an image: deleting the volume failed", "path", info.Path, "err", derr)
+		}
+		return nil, err
+	}
+	m.opts.Logger.Info("volume created from image", "path", info.Path, "image", e.Name, "crn", info.CRN, "key", info.KeyID)
+	return info, nil
+}
+
+// openCatalogImage opens the file of catalog image e, checks that it is still the imported
+// file (identity, size, modification time; ErrImageChanged if not) and opens it as an
+// encrypted qcow2 image of e's guest size.
+func openCatalogImage(e ImageEntry) (*os.File, *qcow2.Image, error) {
+	fh, err := os.Open(e.Path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("opening the image file: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			fh.Close()
+		}
+	}()
+	fi, err := fh.Stat()
+	if err != nil {
+		return nil, nil, err
+	}
+	id, hasID := idOf(fi)
+	switch {
+	case e.Inode != 0 && hasID && id != (fileID{dev: e.Device, ino: e.Inode}):
+		return nil, nil, fmt.Errorf("%w: %s is another file than the one imported (its device and inode changed: replaced or restored?); import it again under a new name",
+			ErrImageChanged, e.Path)
+	case fi.Size() != e.FileSize || !fi.ModTime().Equal(e.ModTime):
+		return nil, nil, fmt.Errorf("%w: %s changed since it was imported (size %d, modified %s; at import %d, %s); import it again under a new name",
+			ErrImageChanged, e.Path, fi.Size(), fi.ModTime().UTC().Format("2006-01-02T15:04:05.999999999Z"), e.FileSize, e.ModTime.UTC().Format("2006-01-02T15:04:05.999999999Z"))
+	}
+	qi, err := openEncryptedQcow2(fh, fi.Size())
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", ErrImageChanged, err)
+	}
+	if qi.Size() != e.Size {
+		return nil, nil, fmt.Errorf("%w: its guest size is %d bytes, %d at import", ErrImageChanged, qi.Size(), e.Size)
+	}
+	ok = true
+	return fh, qi, nil
+}
+
+// fillFromImage writes the guest content src (mapped by extents) into the new volume at
+// path: see FromImageOptions.Sparse for what is written.
+func (m *Manager) fillFromImage(ctx context.Context, path string, src io.ReaderAt, extents []qcow2.Extent, opts FromImageOptions) (err error) {
+	v, err := m.OpenWith(ctx, path, OpenOptions{Exclusive: true})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := v.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	var total int64
+	for _, x := range extents {
+		if x.Data || !opts.Sparse {
+			total += x.Length
+		}
+	}
+	var done int64
+	if opts.Progress != nil {
+		opts.Progress(0, total)
+	}
+	buf := make([]byte, copyChunk)
+	defer clear(buf)
+	blk := int(v.SectorSize())
+	for _, x := range extents {
+		if !x.Data && opts.Sparse {
+			continue
+		}
+		for off := x.Offset; off < x.Offset+x.Length; {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			n := int(min(int64(len(buf)), x.Offset+x.Length-off))
+			p := buf[:n]
+			if x.Data {
+				if _, err := src.ReadAt(p, off); err != nil {
+					return fmt.Errorf("reading the image at %d: %w", off, err)
+				}
+			} else {
+				clear(p)
+			}
+			if err := writeBlocks(v, p, off, blk, opts.Sparse); err != nil {
+				return err
+			}
+			off += int64(n)
+			done += int64(n)
+			if opts.Progress != nil {
+				opts.Progress(done, total)
+			}
+		}
+	}
+	return v.Sync()
+}
+
+// writeBlocks writes p at off into v; with skipZeros, only its runs of blocks (aligned to
+// blk in the volume) that are not all zeros.
+func writeBlocks(v *Volume, p []byte, off int64, blk int, skipZeros bool) error {
+	if !skipZeros {
+		_, err := v.WriteAt(p, off)
+		return err
+	}
+	start := -1 // start in p of the pending run of non-zero blocks
+	flush := func(end int) error {
+		if start < 0 {
+			return nil
+		}
+		_, err := v.WriteAt(p[start:end], off+int64(start))
+		start = -1
+		return err
+	}
+	for i := 0; i < len(p); {
+		// The block holding off+i, cut at the block boundary.
+		n := min(len(p)-i, blk-int((off+int64(i))%int64(blk)))
+		if allZero(p[i : i+n]) {
+			if err := flush(i); err != nil {
+				return err
+			}
+		} else if start < 0 {
+			start = i
+		}
+		i += n
+	}
+	return flush(len(p))
+}
+
+// allZero reports whether b holds only zeros.
+func allZero(b []byte) bool {
+	for len(b) >= 8 {
+		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,252 @@
+package volume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"crkvol/keyslot"
+	"crkvol/qcow2"
+	"crkvol/sector"
+)
+
+// ExportOptions describe an export of a volume to an encrypted qcow2 image.
+type ExportOptions struct {
+	// Passphrase is the LUKS passphrase of the exported image. If nil, a random 32-byte
+	// passphrase is made, wrapped by KeyID, and the image is imported into the catalog as
+	// Name (exactly as [Manager.ImportImage] imports one, registration included): the
+	// passphrase is then known only wrapped. The caller keeps and clears its Passphrase.
+	Passphrase []byte
+	// Name is the catalog name of the exported image (required without Passphrase, refused
+	// with it).
+	Name string
+	// KeyID is the root key wrapping a random passphrase; default the volume's key.
+	KeyID string
+	// ClusterSize is the qcow2 cluster size (default 65536).
+	ClusterSize int
+	// KeyBytes, Hash and Iterations are the LUKS1 header's master key size (32 or 64,
+	// default 64: aes-256-xts), PBKDF2 hash (default sha256) and keyslot iterations (0: the
+	// keyslot package's default; give more for a passphrase a person chose).
+	KeyBytes   int
+	Hash       string
+	Iterations int
+	// Progress, if set, is called as the image is written with the bytes done and the total.
+	Progress func(done, total int64)
+}
+
+// ExportResult describes an exported image.
+type ExportResult struct {
+	// Path is the exported image's absolute path.
+	Path string
+	// Size is the guest size (the volume's size); FileSize the image file's size;
+	// DataClusters the clusters written (the rest read as zeros).
+	Size, FileSize, DataClusters int64
+	// Image is the catalog entry of the exported image, or nil when the caller gave the
+	// passphrase.
+	Image *ImageEntry
+}
+
+// ExportImage writes the content of the volume at volumePath to a new qcow2 v3 image at out
+// encrypted with LUKS as QEMU encrypts one (encrypt.format=luks, aes-xts-plain64, a fresh
+// random master key): QEMU and qemu-img open it with the passphrase. Only allocated content
+// is written: what the volume's image file holds no blocks for (never written: it reads as
+// noise through the volume) is exported as unallocated, reading as zeros, as are all-zero
+// clusters. The volume is opened read-only (shared with other readers); out must not exist:
+// the image is written to a temporary file beside it, synced, and linked into place only
+// when complete, so out never holds a partial image (a crash may leave the temporary file,
+// named .OUT.*.tmp). With no opts.Passphrase the image goes into the catalog (see
+// [ExportOptions]); if that fails, out is removed, since its passphrase is lost.
+func (m *Manager) ExportImage(ctx context.Context, volumePath, out string, opts ExportOptions) (_ *ExportResult, err error) {
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("volume: export %s to %s: %w", volumePath, out, err)
+		}
+	}()
+	catalog := opts.Passphrase == nil
+	switch {
+	case catalog:
+		if err := CheckImageName(opts.Name); err != nil {
+			return nil, err
+		}
+		if _, err := m.reg.Image(opts.Name); err == nil {
+			return nil, fmt.Errorf("%w: %s", ErrImageExists, opts.Name)
+		}
+	case len(opts.Passphrase) == 0:
+		return nil, errors.New("an empty passphrase")
+	case opts.Name != "":
+		return nil, errors.New("a catalog name is for an export with a random passphrase, not with a given one")
+	}
+	outAbs, err := filepath.Abs(out)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Lstat(outAbs); err == nil {
+		return nil, fmt.Errorf("%w: %s exists (refusing to overwrite it)", fs.ErrExist, outAbs)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	v, err := m.OpenWith(ctx, volumePath, OpenOptions{ReadOnly: true})
+	if err != nil {
+		return nil, err
+	}
+	defer v.Close()
+	keyID := opts.KeyID
+	if keyID == "" && catalog {
+		info, err := describe(ctx, volumePath)
+		if err != nil {
+			return nil, err
+		}
+		keyID = info.KeyID
+	}
+	if catalog {
+		if _, err := m.kms.KeyCRN(ctx, keyID); err != nil {
+			return nil, err
+		}
+	}
+	extents, err := allocatedExtents(v)
+	if err != nil {
+		return nil, err
+	}
+
+	keyBytes := opts.KeyBytes
+	if keyBytes == 0 {
+		keyBytes = 64
+	}
+	if keyBytes != 32 && keyBytes != 64 {
+		return nil, fmt.Errorf("master key of %d bytes: 32 (aes-128-xts) or 64 (aes-256-xts)", keyBytes)
+	}
+	mk := make([]byte, keyBytes)
+	defer clear(mk)
+	if _, err := io.ReadFull(m.opts.Rand, mk); err != nil {
+		return nil, fmt.Errorf("reading a random master key: %w", err)
+	}
+	pass := opts.Passphrase
+	if catalog {
+		pass = make([]byte, passphraseSize)
+		defer clear(pass)
+		if _, err := io.ReadFull(m.opts.Rand, pass); err != nil {
+			return nil, fmt.Errorf("reading a random passphrase: %w", err)
+		}
+	}
+	area, err := keyslot.FormatLUKS1(ctx, mk, pass, keyslot.LUKS1Options{
+		KeyBytes: keyBytes, Hash: opts.Hash, Iterations: opts.Iterations, Rand: m.opts.Rand,
+	})
+	if err != nil {
+		return nil, err
+	}
+	c, err := sector.New(mk, 512)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Wipe()
+
+	tmp, err := os.CreateTemp(filepath.Dir(outAbs), "."+filepath.Base(outAbs)+".*.tmp")
+	if err != nil {
+		return nil, err
+	}
+	linked := false
+	defer func() {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		if err != nil && linked {
+			os.Remove(outAbs)
+		}
+	}()
+	stats, err := qcow2.Write(ctx, tmp, v, extents, qcow2.WriteOptions{
+		Size: v.Size(), ClusterSize: opts.ClusterSize, EncryptionHeader: area, Cipher: c, Progress: opts.Progress,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := tmp.Sync(); err != nil {
+		return nil, err
+	}
+	// A hard link, not a rename: it fails if out appeared meanwhile, never replacing it.
+	if err := os.Link(tmp.Name(), outAbs); err != nil {
+		return nil, err
+	}
+	linked = true
+	if err := syncDir(filepath.Dir(outAbs)); err != nil {
+		return nil, err
+	}
+	res := &ExportResult{Path: outAbs, Size: v.Size(), FileSize: stats.FileSize, DataClusters: stats.DataClusters}
+	if catalog {
+		// The temporary name goes first, so the catalog records out's only name.
+		tmp.Close()
+		os.Remove(tmp.Name())
+		e, err := m.ImportImage(ctx, outAbs, ImportOptions{Name: opts.Name, KeyID: keyID, Passphrase: pass})
+		if err != nil {
+			return nil, err
+		}
+		res.Image = e
+	}
+	m.opts.Logger.Info("volume exported", "volume", volumePath, "out", outAbs, "clusters", stats.DataClusters, "catalog", opts.Name)
+	return res, nil
+}
+
+// syncDir fsyncs a directory, so that a link made in it survives a crash.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// allocatedExtents maps the volume's data area by what its image file holds blocks for
+// (SEEK_DATA and SEEK_HOLE), in whole volume sectors: Data extents are allocated, the
+// others are holes. A file system without SEEK_DATA gives one Data extent for everything.
+func allocatedExtents(v *Volume) ([]qcow2.Extent, error) {
+	f, err := os.Open(v.f.Name())
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	size, base, ss := v.size, v.dataOff, v.ss
+	var data [][2]int64 // guest [start, end) ranges with blocks, sector-aligned, merged
+	for pos := base; pos < base+size; {
+		d, err := unix.Seek(fd, pos, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break // no data past pos
+		}
+		if err != nil {
+			return []qcow2.Extent{{Offset: 0, Length: size, Data: true}}, nil
+		}
+		if d >= base+size {
+			break
+		}
+		h, err := unix.Seek(fd, d, unix.SEEK_HOLE)
+		if err != nil {
+			h = base + size
+		}
+		h = min(h, base+size)
+		s, e := (d-base)/ss*ss, min(roundUp(h-base, ss), size)
+		if n := len(data); n > 0 && s <= data[n-1][1] {
+			data[n-1][1] = max(data[n-1][1], e)
+		} else {
+			data = append(data, [2]int64{s, e})
+		}
+		pos = h
+	}
+	var out []qcow2.Extent
+	next := int64(0)
+	for _, r := range data {
+		if r[0] > next {
+			out = append(out, qcow2.Extent{Offset: next, Length: r[0] - next})
+		}
+		out = append(out, qcow2.Extent{Offset: r[0], Length: r[1] - r[0], Data: true})
+		next = r[1]
+	}
+	if next < size {
+		out = append(out, qcow2.Extent{Offset: next, Length: size - next})
+	}
+	return out, nil
+}

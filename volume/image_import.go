@@ -1,0 +1,224 @@
+package volume
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"crkvol/internal/ident"
+	"crkvol/keyslot"
+	"crkvol/qcow2"
+)
+
+// ErrImageNotEncrypted means a qcow2 image given to the catalog is not encrypted with LUKS:
+// the catalog holds only encrypted images (an unencrypted one needs no key).
+var ErrImageNotEncrypted = errors.New("qcow2 image is not encrypted")
+
+// ImportOptions describe an image to import into the catalog.
+type ImportOptions struct {
+	// Name is the image's name in the catalog (see [CheckImageName]). Required.
+	Name string
+	// KeyID is the root key the passphrase is wrapped with. Required.
+	KeyID string
+	// WDEK is the image's LUKS passphrase wrapped by KeyID with no AAD (binary, as
+	// `ibmcloud kp key wrap` returns it, base64-decoded). Passphrase is the passphrase
+	// itself, which ImportImage wraps. Exactly one of them is required; the passphrase is
+	// never stored.
+	WDEK       []byte
+	Passphrase []byte
+}
+
+// ImportImage adds the encrypted qcow2 image at path to the catalog as opts.Name. The image
+// must be a qcow2 file encrypted with QEMU's LUKS (encrypt.format=luks), and the passphrase
+// must open its LUKS header: with a WDEK, the key service must unwrap it with opts.KeyID
+// (another key's WDEK, a damaged or made-up one is refused, wrapping the service's error,
+// which matches ErrKeyRefused) and the plaintext must unlock a keyslot; with a passphrase,
+// it must unlock a keyslot and is then wrapped with opts.KeyID. The catalog keeps the WDEK
+// (rewrapped to the key's latest version if the key service hands one back), the file's
+// path, identity, size, modification time and SHA-256, and the image's geometry; the image
+// gets a CRN (ident.ImageCRN of a random UUID) registered with the key with
+// preventKeyDeletion, so the key cannot be deleted while the image is in the catalog. The
+// file is only read.
+//
+// The registration is made before the catalog entry and removed again if storing the entry
+// fails. A crash between the two leaves a registration without an entry: it keeps the key
+// from being deleted (the safe side) and is listed with the key's registrations, from where
+// it can be deleted; the other order could leave an entry whose key is not protected.
+func (m *Manager) ImportImage(ctx context.Context, path string, opts ImportOptions) (_ *ImageEntry, err error) {
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("volume: import %s: %w", path, err)
+		}
+	}()
+	if err := CheckImageName(opts.Name); err != nil {
+		return nil, err
+	}
+	if opts.KeyID == "" {
+		return nil, errors.New("a root key id is required")
+	}
+	if (len(opts.WDEK) == 0) == (len(opts.Passphrase) == 0) {
+		return nil, errors.New("give exactly one of a WDEK and a passphrase")
+	}
+	if _, err := m.reg.Image(opts.Name); err == nil {
+		return nil, fmt.Errorf("%w: %s", ErrImageExists, opts.Name)
+	} else if !errors.Is(err, ErrImageNotFound) {
+		return nil, err
+	}
+	resolved, err := resolvePath(path)
+	if err != nil {
+		return nil, err
+	}
+	fh, err := os.Open(resolved)
+	if err != nil {
+		return nil, err
+	}
+	defer fh.Close()
+	fi, err := fh.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("not a regular file (%s)", fi.Mode().Type())
+	}
+	qi, err := openEncryptedQcow2(fh, fi.Size())
+	if err != nil {
+		return nil, err
+	}
+
+	// The passphrase, and the WDEK to store.
+	var pass []byte
+	var wdek Wrapped
+	if len(opts.WDEK) > 0 {
+		u, err := m.kms.Unwrap(ctx, opts.KeyID, opts.WDEK, nil)
+		if err == nil && len(u.Plaintext) == 0 {
+			err = fmt.Errorf("%w: the unwrap answer has no plaintext", ErrIncompleteAnswer)
+		}
+		if err == nil && u.VersionID == "" {
+			err = fmt.Errorf("%w: the unwrap answer has no key version", ErrIncompleteAnswer)
+		}
+		if err != nil {
+			clear(u.Plaintext)
+			return nil, fmt.Errorf("the WDEK does not unwrap with key %s: %w", opts.KeyID, err)
+		}
+		pass = u.Plaintext
+		wdek = Wrapped{Ciphertext: opts.WDEK, VersionID: u.VersionID}
+		if u.Rewrapped != nil && checkWrapped("unwrap's rewrapped", *u.Rewrapped) == nil {
+			wdek = *u.Rewrapped
+		}
+	} else {
+		pass = append([]byte(nil), opts.Passphrase...)
+	}
+	defer clear(pass)
+
+	hdr, mk, err := unlockQcow2(ctx, qi, pass)
+	clear(mk) // the import only checks that the passphrase opens the header
+	if errors.Is(err, keyslot.ErrLUKS1Passphrase) {
+		if len(opts.WDEK) > 0 {
+			return nil, fmt.Errorf("the WDEK unwraps with key %s but does not unlock %s's LUKS header: %w", opts.KeyID, path, err)
+		}
+		return nil, fmt.Errorf("the passphrase does not unlock %s's LUKS header: %w", path, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(opts.Passphrase) > 0 {
+		w, err := m.kms.Wrap(ctx, opts.KeyID, pass, nil)
+		if err == nil {
+			err = checkWrapped("wrap", w)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("wrapping the passphrase with key %s: %w", opts.KeyID, err)
+		}
+		wdek = w
+	}
+
+	sum, err := hashFile(ctx, fh, fi.Size())
+	if err != nil {
+		return nil, err
+	}
+	// The file must not have changed while it was read.
+	if fi2, err := fh.Stat(); err != nil {
+		return nil, err
+	} else if fi2.Size() != fi.Size() || !fi2.ModTime().Equal(fi.ModTime()) {
+		return nil, fmt.Errorf("%w: it changed while it was imported", ErrImageChanged)
+	}
+	uuid, err := ident.NewUUID(m.opts.Rand)
+	if err != nil {
+		return nil, err
+	}
+	e := ImageEntry{
+		Name: opts.Name, CRN: ident.ImageCRN(uuid).String(), UUID: uuid, Path: resolved,
+		KeyID: opts.KeyID, KeyVersion: wdek.VersionID, WDEK: append([]byte(nil), wdek.Ciphertext...),
+		Size: qi.Size(), FileSize: fi.Size(), SHA256: sum, ModTime: fi.ModTime().UTC(),
+		ClusterSize: qi.ClusterSize(), QcowVersion: qi.Version(),
+		Cipher:  fmt.Sprintf("%s-%s, %d-bit key, %s", hdr.CipherName, hdr.CipherMode, hdr.KeyBytes*8, hdr.HashSpec),
+		Created: m.opts.Now().UTC().Truncate(time.Second),
+	}
+	if id, ok := idOf(fi); ok {
+		e.Device, e.Inode = id.dev, id.ino
+	}
+	if err := m.kms.Register(ctx, opts.KeyID, e.CRN, e.KeyVersion, true); err != nil {
+		return nil, fmt.Errorf("registering %s with key %s: %w", e.CRN, opts.KeyID, err)
+	}
+	if err := m.reg.addImage(e); err != nil {
+		if derr := m.kms.DeleteRegistration(context.WithoutCancel(ctx), opts.KeyID, e.CRN); derr != nil {
+			m.opts.Logger.Warn("undoing a failed import: deregistering failed", "crn", e.CRN, "err", derr)
+		}
+		return nil, err
+	}
+	m.opts.Logger.Info("image imported", "name", e.Name, "crn", e.CRN, "path", e.Path, "key", e.KeyID)
+	return &e, nil
+}
+
+// openEncryptedQcow2 opens the qcow2 image in r (size bytes) and checks that it is
+// encrypted.
+func openEncryptedQcow2(r io.ReaderAt, size int64) (*qcow2.Image, error) {
+	qi, err := qcow2.Open(r, size, qcow2.Options{})
+	if err != nil {
+		return nil, err
+	}
+	if !qi.Encrypted() {
+		return nil, fmt.Errorf("%w: not encrypted (the catalog holds images encrypted with encrypt.format=luks)", ErrImageNotEncrypted)
+	}
+	return qi, nil
+}
+
+// unlockQcow2 parses the LUKS1 header of an encrypted qcow2 image and unlocks it with pass:
+// it returns the header and the master key, which the caller clears. On error no key is
+// returned.
+func unlockQcow2(ctx context.Context, qi *qcow2.Image, pass []byte) (*keyslot.LUKS1, []byte, error) {
+	area := qi.EncryptionHeader()
+	hdr, err := keyslot.ParseLUKS1(area, area.Size())
+	if err != nil {
+		return nil, nil, fmt.Errorf("the image's LUKS header: %w", err)
+	}
+	mk, _, err := hdr.Unlock(ctx, area, pass)
+	if err != nil {
+		clear(mk)
+		return hdr, nil, err
+	}
+	return hdr, mk, nil
+}
+
+// hashFile returns the hex SHA-256 of the first size bytes of r, checking ctx as it goes.
+func hashFile(ctx context.Context, r io.ReaderAt, size int64) (string, error) {
+	h := sha256.New()
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < size; {
+		if err := ctx.Err(); err != nil {
+			return "", err
+		}
+		n := int(min(int64(len(buf)), size-off))
+		if _, err := r.ReadAt(buf[:n], off); err != nil {
+			return "", fmt.Errorf("reading the image: %w", err)
+		}
+		h.Write(buf[:n])
+		off += int64(n)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
