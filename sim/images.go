@@ -366,7 +366,7 @@ func (r *runner) unlockImage(ctx context.Context, e volume.ImageEntry) error {
 func (r *runner) volumeFromImage(ctx context.Context, c imageCatalog, img *simImage) error {
 	path := filepath.Join(c.dir, "volumes", fmt.Sprintf("from-%s.img", img.name))
 	k := (img.key + 1) % len(r.keys)
-	info, err := c.mgr.CreateFromImage(ctx, path, volume.FromImageOptions{Image: img.name, KeyID: r.keys[k].id})
+	info, err := c.mgr.CreateFromImage(ctx, path, volume.FromImageOptions{Image: img.name, KeyID: r.keys[k].id, Sparse: true})
 	if err != nil {
 		os.Remove(path)
 		return fmt.Errorf("creating it: %w", err)

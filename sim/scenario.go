@@ -226,8 +226,8 @@ func (s *Scenario) normalize() error {
 		return bad("manual rotations per month %g: want 0-720 (one an hour at most)", s.ManualRotationsPerMonth)
 	case s.CreatesPerMonth < 0 || s.DeletesPerMonth < 0 || s.AttachesPerMonth < -1:
 		return bad("negative creates, deletes or attaches per month")
-	case s.Images < -1 || s.Images > maxImages:
-		return bad("images %d: want 0-%d, or -1 for none", s.Images, maxImages)
+	case s.Images < 0 || s.Images > maxImages:
+		return bad("images %d: want 0-%d", s.Images, maxImages)
 	case s.Faults.FailRate < 0 || s.Faults.FailRate >= 1:
 		return bad("KMS fail rate %g: want 0 <= rate < 1", s.Faults.FailRate)
 	case s.Faults.CrashRate < 0 || s.Faults.CrashRate >= 1:
