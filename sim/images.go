@@ -314,7 +314,7 @@ func (r *runner) auditImage(ctx context.Context, c imageCatalog, img *simImage, 
 	} else {
 		ir.Unchanged++
 	}
-	if err := r.unlockImage(ctx, e); err != nil {
+	if err := unlockImage(ctx, r.kms, e); err != nil {
 		fail("%v", err)
 		ok = false
 	} else {
@@ -323,10 +323,10 @@ func (r *runner) auditImage(ctx context.Context, c imageCatalog, img *simImage, 
 	return ok
 }
 
-// unlockImage unwraps an image's WDEK with its key and unlocks the LUKS1 header inside the
-// image file with it.
-func (r *runner) unlockImage(ctx context.Context, e volume.ImageEntry) error {
-	u, err := r.kms.Unwrap(ctx, e.KeyID, e.WDEK, nil)
+// unlockImage unwraps an image's WDEK with its key through ks and unlocks the LUKS1 header
+// inside the image file with it.
+func unlockImage(ctx context.Context, ks volume.KeyService, e volume.ImageEntry) error {
+	u, err := ks.Unwrap(ctx, e.KeyID, e.WDEK, nil)
 	if err != nil {
 		return fmt.Errorf("unwrapping its WDEK: %w", err)
 	}

@@ -94,7 +94,7 @@ func TestImagesRotateWithVolumes(t *testing.T) {
 		assert.Equal(t, n, s.Volumes)
 		assert.Equal(t, n, s.Images)
 	}
-	assert.Contains(t, sum.String(), fmt.Sprintf("\nImages          %d encrypted qcow2 images in the catalog (%d exported with a WDEK, %d imported): ", n, n/2, n/2))
+	assert.Contains(t, sum.String(), fmt.Sprintf("\nImages          %d encrypted qcow2 images in the catalog (%d exported into it, %d imported with their WDEK): ", n, n/2, n/2))
 	assert.Contains(t, sum.String(), fmt.Sprintf("\nImage audit PASSED: %d images, %[1]d with their WDEK on their key's latest version, %[1]d unlock their LUKS1 header, %[1]d files unchanged, %d volumes created from them read back, 0 failed",
 		n, min(n, imageVolumesChecked)))
 	js, err := json.Marshal(a)

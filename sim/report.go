@@ -355,7 +355,7 @@ func (r *Report) writeImages(p func(string, ...any)) {
 	if im == nil {
 		return
 	}
-	p("Images          %d encrypted qcow2 images in the catalog (%d exported with a WDEK, %d imported): %d WDEKs rewrapped with their keys' volumes, %d failed after retries and %d cut off by crashes; at most %d on an older key version at a sample, %d at the end; image files never written",
+	p("Images          %d encrypted qcow2 images in the catalog (%d exported into it, %d imported with their WDEK): %d WDEKs rewrapped with their keys' volumes, %d failed after retries and %d cut off by crashes; at most %d on an older key version at a sample, %d at the end; image files never written",
 		im.Images, im.Exported, im.Imported, im.Rewraps, im.RewrapFailures, im.RewrapsAborted, im.MaxOnOldVersions, im.StaleAtEnd)
 }
 

@@ -191,7 +191,7 @@ the command line override it.`,
 	f.StringVar(&latency, "kms-latency", "0s", "virtual latency added to every key-service call")
 	f.IntVar(&sc.Faults.CorruptData, "corrupt", 0, "overwrite this many volumes' stored data behind crkvol's back (the audit must fail)")
 	f.Uint64Var(&sc.Seed, "seed", 1, "seed: the same seed gives the same events and fault draws")
-	f.IntVar(&sc.Images, "images", 0, "encrypted qcow2 images made from volumes into the image catalog at the start, on each host with --hosts; rotations rewrap their WDEKs (default 2; -1 none)")
+	f.IntVar(&sc.Images, "images", 0, "encrypted qcow2 images made from volumes into the image catalog at the start (on each host with --hosts); rotations rewrap their WDEKs with the volumes")
 	f.IntVar(&sc.Workers, "workers", 16, "concurrent rewraps per pass (1: counts repeat exactly from run to run, even with crashes)")
 	f.IntVar(&sc.Hosts, "hosts", 0, "spread the fleet over this many simulated hosts, each with an agent following the lifecycle feed (0: one process with the rotation hook)")
 	f.StringVar(&deliveryDelay, "delivery-delay", "0s", "with --hosts: mean virtual delay from a lifecycle event to a follower receiving it, uniform from 0 to twice this (0s: 100ms)")
@@ -245,6 +245,7 @@ the command line override it.`,
 		}}
 	cf := crash.Flags()
 	cf.IntVar(&crashOpts.Volumes, "volumes", 500, "registered volumes")
+	cf.IntVar(&crashOpts.Images, "images", 0, "encrypted qcow2 images exported from the volumes into the image catalog, under the same key")
 	cf.IntVar(&crashOpts.Trials, "trials", 50, "rotations killed with SIGKILL")
 	cf.Uint64Var(&crashOpts.Seed, "seed", 1, "seed of the kill times")
 	cf.StringVar(&crashOpts.Dir, "dir", "", "work directory (default: a temporary one, removed)")
