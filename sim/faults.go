@@ -71,7 +71,8 @@ type pass struct {
 
 // tornPlan is a crash planned after the key-service rewrap: at the header commit's write
 // number write (cut after n bytes), or, if the commit has fewer writes, at the registration
-// update.
+// update. An image's rewrap writes no header (its WDEK goes into the catalog, one atomic
+// transaction): its torn write crashes at the registration update.
 type tornPlan struct {
 	point  string
 	write  int

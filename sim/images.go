@@ -70,7 +70,8 @@ type ImagesReport struct {
 	// the LUKS1 header inside the image; Unchanged those whose file's SHA-256 is the one it
 	// had when made; VolumesCreated the volumes created from an image (under another key
 	// when there is one) that read back the image's content. Failed counts the images that
-	// failed a check (the audit then fails).
+	// failed a check, and the catalog entries that are no image of the run (the audit then
+	// fails).
 	Current        int `json:"current"`
 	Unlocked       int `json:"unlocked"`
 	Unchanged      int `json:"unchanged"`
@@ -247,6 +248,7 @@ func (r *runner) auditImages(ctx context.Context, latest, regVersion map[string]
 	for _, c := range r.catalogs() {
 		entries, err := c.reg.Images()
 		if err != nil {
+			ir.Failed++
 			a.Failed++
 			a.Failures = appendCapped(a.Failures, fmt.Sprintf("image catalog: %v", err))
 			continue
@@ -255,6 +257,7 @@ func (r *runner) auditImages(ctx context.Context, latest, regVersion map[string]
 		for _, e := range entries {
 			listed[e.CRN] = true
 			if img := r.imgByCRN[e.CRN]; img == nil || img.host != c.host {
+				ir.Failed++
 				a.Failed++
 				a.Failures = appendCapped(a.Failures, fmt.Sprintf("image catalog lists %s (%s), which is not an image of the run", e.Name, e.CRN))
 			}

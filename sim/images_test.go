@@ -171,3 +171,18 @@ func TestManyImages(t *testing.T) {
 	checkImages(t, rep, 30)
 	assert.Positive(t, rep.Images.RewrapsAborted)
 }
+
+// TestImagesScenario: a scenario file sets the images; a negative or huge count is refused.
+func TestImagesScenario(t *testing.T) {
+	t.Parallel()
+	path := t.TempDir() + "/s.yaml"
+	require.NoError(t, os.WriteFile(path, []byte("months: 1\nkeys: 1\nvolumes: 1\nimages: 3\n"), 0o600))
+	s, err := LoadScenario(path)
+	require.NoError(t, err)
+	require.NoError(t, s.normalize())
+	assert.Equal(t, 3, s.Images)
+	for _, n := range []int{-1, maxImages + 1} {
+		sc := Scenario{Months: 1, Keys: 1, Volumes: 1, Images: n}
+		assert.ErrorIs(t, sc.normalize(), ErrScenario, "images %d", n)
+	}
+}

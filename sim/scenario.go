@@ -2,8 +2,11 @@
 // real crk key service and real LUKS2 volume images (small sparse files) under a scenario of
 // rotation policies, manual rotations, attaches, volumes created and deleted, KMS faults and
 // crashes inside rewraps, then audits that every volume still attaches and holds the data
-// written to it. Nothing in it models the code paths it exercises: only time and faults are
-// simulated.
+// written to it. Encrypted custom images (LUKS-encrypted qcow2 files in the image catalog,
+// Scenario.Images) ride along: rotations rewrap their WDEKs with the volumes, under the same
+// faults, and the audit checks that each WDEK is current and unlocks its image, that no image
+// file changed, and that a volume created from each image reads back its content. Nothing in
+// it models the code paths it exercises: only time and faults are simulated.
 package sim
 
 import (
@@ -66,8 +69,8 @@ type Scenario struct {
 	// image catalog, their passphrases wrapped by a root key as WDEKs) made at the start from
 	// volumes of the fleet, on each host with Hosts: every rotation of an image's key rewraps
 	// its WDEK with the key's volumes (the file is never written), under the same faults and
-	// crashes, and the audit checks each image and creates a volume from it. Default 2; -1
-	// for none.
+	// crashes, and the audit checks each image and creates a volume from it (from the first
+	// eight of a catalog). 0 (the default) for none.
 	Images int `json:"images,omitempty" yaml:"images"`
 
 	// Faults between the volumes and the key service.
@@ -268,9 +271,6 @@ func (s *Scenario) normalize() error {
 	if s.AttachesPerMonth == 0 {
 		s.AttachesPerMonth = min(s.Volumes, 500)
 	}
-	if s.Images == 0 {
-		s.Images = defaultImages
-	}
 	if s.Faults.OutageLength == 0 {
 		s.Faults.OutageLength = Duration(6 * time.Hour)
 	}
@@ -286,14 +286,11 @@ func (s *Scenario) normalize() error {
 	return nil
 }
 
-// The images of a run by default, and at most (each is a file of up to the volume size).
-const (
-	defaultImages = 2
-	maxImages     = 1000
-)
+// maxImages bounds Scenario.Images (each image is a file of up to the volume size).
+const maxImages = 1000
 
 // images is the number of images made at the start (of each host, with hosts).
-func (s *Scenario) images() int { return max(s.Images, 0) }
+func (s *Scenario) images() int { return s.Images }
 
 // policyOf returns key i's rotation policy in months (0: none).
 func (s *Scenario) policyOf(i int) int {
