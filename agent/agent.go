@@ -1,7 +1,8 @@
 // Package agent is the host agent: the long-running process on each storage host that follows
 // a key service's lifecycle feed for the root keys of the host's volumes and responds to each
 // event, as Key Protect's registered services respond to its notifications. A rotation or a
-// sync rewraps the host's volumes of the key; a disable, delete or purge stops every attached
+// sync rewraps the host's volumes of the key, and the WDEKs of its encrypted custom images in
+// the host's image catalog; a disable, delete or purge stops every attached
 // volume of the key from serving; an enable or restore lets them attach again. Missed events
 // cannot stay missed for long: at start, after the feed asks for a resync, and on a timer, the
 // agent reconciles every key of the host against its current state and latest version.
@@ -28,12 +29,14 @@ import (
 // Host is what the agent acts on: one storage host's registered volumes and its attach
 // processes. Its methods are called from one goroutine at a time.
 type Host interface {
-	// Keys returns the ids of the root keys that protect the host's registered volumes.
+	// Keys returns the ids of the root keys that protect the host's registered volumes and
+	// its catalog images.
 	Keys(ctx context.Context) ([]string, error)
 	// KeyState returns a key's current state and latest version from the key service.
 	KeyState(ctx context.Context, keyID string) (volume.KeyStatus, error)
 	// Rewrap brings every registered volume of keyID on the host to the key's latest
-	// version, tokens and registrations (as volume.Manager.Sync does). An error means the
+	// version, tokens and registrations, and every catalog image of keyID, WDEKs and
+	// registrations (as volume.Manager.Sync does). An error means the
 	// host could not act at all (its key service or registry was unreachable) and the event
 	// is retried; volumes that failed are reported in the Report and left to the next
 	// reconciliation.
@@ -58,6 +61,11 @@ type LockoutResult struct {
 	Volumes int
 	// Stopped is the number of attach processes of the key's volumes the host told to stop.
 	Stopped int
+	// Images is the number of the host's catalog images of the key: none can be used (no
+	// volume can be created from one) while the key is out of use. Images are not attached,
+	// so there is nothing of theirs to stop; the count is logged, not acknowledged (an
+	// acknowledgement counts volumes only).
+	Images int
 }
 
 // Options configure an Agent. Feed and Host are required.
@@ -140,7 +148,7 @@ type Status struct {
 	ReconcileError string    `json:"reconcileError,omitempty"`
 	NextReconcile  time.Time `json:"nextReconcile,omitzero"`
 	Reconciles     int       `json:"reconciles"`
-	// FailedVolumes is the number of volumes whose last rewrap failed.
+	// FailedVolumes is the number of volumes (and catalog images) whose last rewrap failed.
 	FailedVolumes int `json:"failedVolumes"`
 	// Acks counts the acknowledgements the key service recorded (Options.Acker), AckFailures
 	// those that failed or were refused; AckError is the last failure, cleared by the next
@@ -554,7 +562,7 @@ func (a *Agent) lockout(ctx context.Context, keyID, state string) (LockoutResult
 	}
 	a.mu.Unlock()
 	if isNew {
-		a.log.Warn("agent: key out of use; its volumes stop serving", "key", keyID, "state", state, "volumes", lo.Volumes, "stopped", n)
+		a.log.Warn("agent: key out of use; its volumes stop serving", "key", keyID, "state", state, "volumes", lo.Volumes, "stopped", n, "images", lo.Images)
 	} else {
 		a.log.Debug("agent: key still out of use; no attached volume of it serves", "key", keyID, "state", state)
 	}
@@ -577,8 +585,9 @@ func (a *Agent) rewrap(ctx context.Context, keyID string) (*volume.Report, error
 	if len(rep.Failed) > 0 {
 		a.log.Warn("agent: some volumes were not rewrapped; the next reconciliation retries them",
 			"key", keyID, "version", rep.NewVersion, "failed", len(rep.Failed), "err", rep.Err())
-	} else if rep.Rewrapped > 0 {
-		a.log.Info("agent: volumes rewrapped", "key", keyID, "version", rep.NewVersion, "rewrapped", rep.Rewrapped)
+	} else if rep.Rewrapped > 0 || rep.ImagesRewrapped > 0 {
+		a.log.Info("agent: volumes rewrapped", "key", keyID, "version", rep.NewVersion, "rewrapped", rep.Rewrapped,
+			"images_rewrapped", rep.ImagesRewrapped)
 	}
 	return rep, nil
 }

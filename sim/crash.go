@@ -30,6 +30,11 @@ type CrashOptions struct {
 	Dir string
 	// Volumes is the number of registered volumes; 500 if zero.
 	Volumes int
+	// Images is the number of encrypted qcow2 images in the image catalog, exported from
+	// the volumes under the same key: each rotation rewraps their WDEKs with the volumes,
+	// and after every trial each WDEK must be on the key's latest version, match its
+	// registration and unlock its image, whose file must be unchanged. None if zero.
+	Images int
 	// Trials is the number of rotations killed with SIGKILL; 50 if zero.
 	Trials int
 	// Seed chooses the kill moments.
@@ -46,6 +51,7 @@ type CrashOptions struct {
 // CrashReport is what CrashTest found.
 type CrashReport struct {
 	Volumes int `json:"volumes"`
+	Images  int `json:"images,omitempty"`
 	Trials  int `json:"trials"`
 	// Killed counts trials whose rotation was still running when SIGKILL came; Finished
 	// those that completed first.
@@ -74,6 +80,9 @@ func (r *CrashReport) WriteSummary(w io.Writer) {
 	}
 	fmt.Fprintf(w, "crash test %s: %d volumes, %d trials of `crkvol key rotate` killed with SIGKILL (%d mid-rewrap, %d before or after it, %d finished first); `key sync` repaired %d volumes; every volume attached and read back its data after every trial (%.1f s; one full rotation %.0f ms)\n",
 		status, r.Volumes, r.Trials, r.MidRewrap, r.Killed-r.MidRewrap, r.Finished, r.Repaired, r.WallSeconds, r.FullRotateMs)
+	if r.Images > 0 {
+		fmt.Fprintf(w, "  and %d images: after every trial every WDEK was on the key's latest version and unlocked its image, whose file was unchanged (their rewraps are among the repairs)\n", r.Images)
+	}
 	for _, f := range r.Failures {
 		fmt.Fprintf(w, "  %s\n", f)
 	}
@@ -100,6 +109,12 @@ type crashFixture struct {
 	keyID string
 	t0    time.Time
 	vols  []*vol
+	imgs  []crashImage
+}
+
+// crashImage is an image of the crash test's catalog.
+type crashImage struct {
+	name, crn, path, sha256 string
 }
 
 // CrashTest runs a real crash test: it creates opts.Volumes registered volumes with data,
@@ -129,7 +144,7 @@ func CrashTest(ctx context.Context, opts CrashOptions) (*CrashReport, error) {
 	if err := fx.setup(ctx); err != nil {
 		return nil, err
 	}
-	rep := &CrashReport{Volumes: opts.Volumes, Trials: opts.Trials}
+	rep := &CrashReport{Volumes: opts.Volumes, Images: len(fx.imgs), Trials: opts.Trials}
 	rng := mrand.New(mrand.NewPCG(opts.Seed, 0xc4a54))
 
 	// Calibration: one rotation left to finish tells how long a whole one takes.
@@ -144,6 +159,10 @@ func CrashTest(ctx context.Context, opts CrashOptions) (*CrashReport, error) {
 		return nil, fmt.Errorf("sim: the calibration rotation left %d volumes stale (%v)", stale, err)
 	}
 
+	what := "volumes" // that registrations count
+	if len(fx.imgs) > 0 {
+		what = "volumes and images"
+	}
 	for trial := 1; trial <= opts.Trials; trial++ {
 		if err := ctx.Err(); err != nil {
 			return rep, err
@@ -233,8 +252,8 @@ func CrashTest(ctx context.Context, opts CrashOptions) (*CrashReport, error) {
 		for _, f := range fails {
 			rep.Failures = appendCapped(rep.Failures, fmt.Sprintf("trial %d: %s", trial, f))
 		}
-		opts.Log("trial %d/%d: kill %s (%s), %d of %d volumes left stale, repaired by sync; %d problems", trial, opts.Trials,
-			moment, map[bool]string{true: "killed", false: "had finished"}[killed], stale, total, len(fails))
+		opts.Log("trial %d/%d: kill %s (%s), %d of %d %s left stale, repaired by sync; %d problems", trial, opts.Trials,
+			moment, map[bool]string{true: "killed", false: "had finished"}[killed], stale, total, what, len(fails))
 	}
 	rep.WallSeconds = time.Since(start).Seconds()
 	if len(rep.Failures) > 0 {
@@ -314,6 +333,16 @@ func (fx *crashFixture) setup(ctx context.Context) error {
 			return fmt.Errorf("sim: crash test: writing volume %d: %w", i, err)
 		}
 		fx.vols = append(fx.vols, v)
+	}
+	for i := range fx.opts.Images {
+		src := fx.vols[i%len(fx.vols)]
+		name := fmt.Sprintf("img-%04d", i)
+		out := filepath.Join(fx.opts.Dir, "volumes", name+".qcow2")
+		res, err := mgr.ExportImage(ctx, src.path, out, volume.ExportOptions{Name: name, KeyID: k.ID, ClusterSize: 4096})
+		if err != nil {
+			return fmt.Errorf("sim: crash test: exporting image %d: %w", i, err)
+		}
+		fx.imgs = append(fx.imgs, crashImage{name: name, crn: res.Image.CRN, path: res.Path, sha256: res.Image.SHA256})
 	}
 	return nil
 }
@@ -400,8 +429,26 @@ func (fx *crashFixture) check(ctx context.Context, now time.Time) []string {
 		regVersion[r.ResourceCRN] = r.KeyVersion.ID
 	}
 	var fails []string
-	if len(regs) != len(fx.vols) {
-		fails = append(fails, fmt.Sprintf("%d registrations for %d volumes", len(regs), len(fx.vols)))
+	if len(regs) != len(fx.vols)+len(fx.imgs) {
+		fails = append(fails, fmt.Sprintf("%d registrations for %d volumes and %d images", len(regs), len(fx.vols), len(fx.imgs)))
+	}
+	for _, img := range fx.imgs {
+		e, err := reg.Image(img.name)
+		switch {
+		case err != nil:
+			fails = append(fails, fmt.Sprintf("image %s: %v", img.name, err))
+			continue
+		case e.KeyVersion != k.KeyVersion.ID:
+			fails = append(fails, fmt.Sprintf("image %s: WDEK on %s, latest is %s", img.name, e.KeyVersion, k.KeyVersion.ID))
+		case regVersion[img.crn] != e.KeyVersion:
+			fails = append(fails, fmt.Sprintf("image %s: registration on %q, WDEK on %s", img.name, regVersion[img.crn], e.KeyVersion))
+		}
+		if sum, err := fileSHA256(img.path); err != nil || sum != img.sha256 {
+			fails = append(fails, fmt.Sprintf("image %s: file SHA-256 %s (%v), made with %s", img.name, sum, err, img.sha256))
+		}
+		if err := unlockImage(ctx, kms.NewLocal(svc), e); err != nil {
+			fails = append(fails, fmt.Sprintf("image %s: %v", img.name, err))
+		}
 	}
 	for _, v := range fx.vols {
 		info, err := volume.Describe(v.path)

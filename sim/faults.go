@@ -2,9 +2,11 @@ package sim
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,7 +71,8 @@ type pass struct {
 
 // tornPlan is a crash planned after the key-service rewrap: at the header commit's write
 // number write (cut after n bytes), or, if the commit has fewer writes, at the registration
-// update.
+// update. An image's rewrap writes no header (its WDEK goes into the catalog, one atomic
+// transaction): its torn write crashes at the registration update.
 type tornPlan struct {
 	point  string
 	write  int
@@ -91,8 +94,11 @@ type faultyKMS struct {
 	// set every call fails, as the process making them is dead.
 	down atomic.Bool
 
-	mu      sync.Mutex
-	names   map[string]string // volume CRN -> "vol-<index>", the tag of its fault draws
+	mu    sync.Mutex
+	names map[string]string // volume or image CRN -> "vol-<index>" or "img-<index>", the tag of its fault draws
+	// wdeks maps the SHA-256 of every WDEK an image of the catalog had to the image's CRN: a
+	// WDEK is wrapped without AAD, so its ciphertext is what tells which image a call is for.
+	wdeks   map[[32]byte]string
 	seed    uint64
 	draws   map[string]uint64 // per-tag draw counters: decisions do not depend on goroutine order
 	enabled bool
@@ -101,7 +107,7 @@ type faultyKMS struct {
 
 func newFaultyKMS(inner volume.KeyService, clock *crk.ManualClock, sc *Scenario, rng *rand.Rand) *faultyKMS {
 	// rng only places random outages (at setup, in order); per-call decisions use draw.
-	f := &faultyKMS{inner: inner, clock: clock, sc: sc, seed: sc.Seed, draws: map[string]uint64{}, names: map[string]string{}, enabled: true, counts: FaultCounts{Crashes: map[string]int{}}}
+	f := &faultyKMS{inner: inner, clock: clock, sc: sc, seed: sc.Seed, draws: map[string]uint64{}, names: map[string]string{}, wdeks: map[[32]byte]string{}, enabled: true, counts: FaultCounts{Crashes: map[string]int{}}}
 	f.out = append(f.out, sc.Faults.Outages...)
 	total := sc.end().Sub(sc.Start)
 	for range sc.Faults.RandomOutages {
@@ -135,6 +141,42 @@ func (f *faultyKMS) snapshot() FaultCounts {
 func (f *faultyKMS) name(crn string, idx int) {
 	f.mu.Lock()
 	f.names[crn] = fmt.Sprintf("vol-%d", idx)
+	f.mu.Unlock()
+}
+
+// nameImage records catalog image idx (its CRN and its WDEK), so that the faults drawn for it
+// repeat from run to run and the calls about its WDEK are known to be its own.
+func (f *faultyKMS) nameImage(crn string, wdek []byte, idx int) {
+	f.mu.Lock()
+	f.names[crn] = fmt.Sprintf("img-%d", idx)
+	f.wdeks[sha256.Sum256(wdek)] = crn
+	f.mu.Unlock()
+}
+
+// resource is the CRN a call is about: a volume's, from the AAD of its passphrase's
+// wrapping (its UUID), or an image's, from its WDEK (wrapped without AAD); "" if neither.
+func (f *faultyKMS) resource(aad []string, ct []byte) string {
+	if len(aad) > 0 {
+		return volume.CRN(aad[0])
+	}
+	if ct == nil {
+		return ""
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.wdeks[sha256.Sum256(ct)]
+}
+
+// rewrapped records the WDEK an image's rewrap (or lazy rewrap) made, for the image's later
+// calls.
+func (f *faultyKMS) rewrapped(crn string, w *volume.Wrapped) {
+	if crn == "" || w == nil {
+		return
+	}
+	f.mu.Lock()
+	if _, ok := f.names[crn]; ok && strings.HasPrefix(f.names[crn], "img-") {
+		f.wdeks[sha256.Sum256(w.Ciphertext)] = crn
+	}
 	f.mu.Unlock()
 }
 
@@ -241,21 +283,26 @@ func (f *faultyKMS) crash(ctx context.Context, point string) error {
 }
 
 func (f *faultyKMS) Wrap(ctx context.Context, keyID string, pt []byte, aad []string) (volume.Wrapped, error) {
-	if err := f.call(ctx, "wrap", crnOf(aad)); err != nil {
+	if err := f.call(ctx, "wrap", f.resource(aad, nil)); err != nil {
 		return volume.Wrapped{}, err
 	}
 	return f.inner.Wrap(ctx, keyID, pt, aad)
 }
 
 func (f *faultyKMS) Unwrap(ctx context.Context, keyID string, ct []byte, aad []string) (volume.Unwrapped, error) {
-	if err := f.call(ctx, "unwrap", crnOf(aad)); err != nil {
+	crn := f.resource(aad, ct)
+	if err := f.call(ctx, "unwrap", crn); err != nil {
 		return volume.Unwrapped{}, err
 	}
-	return f.inner.Unwrap(ctx, keyID, ct, aad)
+	u, err := f.inner.Unwrap(ctx, keyID, ct, aad)
+	if err == nil {
+		f.rewrapped(crn, u.Rewrapped)
+	}
+	return u, err
 }
 
 func (f *faultyKMS) Rewrap(ctx context.Context, keyID string, ct []byte, aad []string) (volume.Wrapped, error) {
-	crn := crnOf(aad)
+	crn := f.resource(aad, ct)
 	point := f.crashAt(ctx, crn)
 	if point == CrashBeforeRewrap {
 		return volume.Wrapped{}, f.crash(ctx, point)
@@ -267,6 +314,7 @@ func (f *faultyKMS) Rewrap(ctx context.Context, keyID string, ct []byte, aad []s
 	if err != nil {
 		return w, err
 	}
+	f.rewrapped(crn, &w)
 	switch point {
 	case CrashAfterRewrap:
 		return volume.Wrapped{}, f.crash(ctx, point)
@@ -414,12 +462,4 @@ func (p *pass) peek(crn string) tornPlan {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.pending[crn]
-}
-
-// crnOf maps the AAD of a volume's wrap (its UUID) to its CRN.
-func crnOf(aad []string) string {
-	if len(aad) == 0 {
-		return ""
-	}
-	return volume.CRN(aad[0])
 }

@@ -75,8 +75,9 @@ type simHost struct {
 	reg   *volume.Registry
 	mgr   *volume.Manager
 	agent *agent.Agent
-	keys  []string            // the keys of its volumes
+	keys  []string            // the keys of its volumes and images
 	vols  map[string][]string // key id -> CRNs of its volumes
+	imgs  map[string][]string // key id -> CRNs of its images
 	// cursor is the saved feed cursor; handled the number of feed events handled.
 	cursor  string
 	handled int
@@ -110,7 +111,7 @@ func (r *runner) openHosts() error {
 	r.hs = hs
 	r.rep.Hosts = hs.rep
 	for i := range r.sc.Hosts {
-		h := &simHost{r: r, idx: i, dir: filepath.Join(r.opts.Dir, fmt.Sprintf("host-%02d", i)), vols: map[string][]string{}, locked: map[string]bool{}}
+		h := &simHost{r: r, idx: i, dir: filepath.Join(r.opts.Dir, fmt.Sprintf("host-%02d", i)), vols: map[string][]string{}, imgs: map[string][]string{}, locked: map[string]bool{}}
 		if err := os.MkdirAll(filepath.Join(h.dir, "volumes"), 0o700); err != nil {
 			return fmt.Errorf("sim: %w", err)
 		}
@@ -194,6 +195,11 @@ func (r *runner) planHosts() {
 	for _, h := range hs.hosts {
 		for id := range h.vols {
 			h.keys = append(h.keys, id)
+		}
+		for id := range h.imgs {
+			if _, ok := h.vols[id]; !ok {
+				h.keys = append(h.keys, id)
+			}
 		}
 		slices.Sort(h.keys)
 		// Attached volumes on different keys across the hosts.
@@ -603,8 +609,8 @@ func (h *simHost) KeyState(ctx context.Context, keyID string) (volume.KeyStatus,
 	return h.r.kms.KeyState(ctx, keyID)
 }
 
-// Rewrap implements agent.Host: it rewraps the host's volumes of keyID whose registration
-// lags the key's latest version.
+// Rewrap implements agent.Host: it rewraps the host's volumes and images of keyID whose
+// registration lags the key's latest version.
 func (h *simHost) Rewrap(ctx context.Context, keyID string) (*volume.Report, error) {
 	regs, latest, err := h.r.kms.Registrations(ctx, keyID)
 	if err != nil {
@@ -615,7 +621,7 @@ func (h *simHost) Rewrap(ctx context.Context, keyID string) (*volume.Report, err
 		at[reg.CRN] = reg.VersionID
 	}
 	var stale []string
-	for _, crn := range h.vols[keyID] {
+	for _, crn := range append(slices.Clone(h.vols[keyID]), h.imgs[keyID]...) {
 		if at[crn] != latest {
 			stale = append(stale, crn)
 		}
@@ -626,17 +632,18 @@ func (h *simHost) Rewrap(ctx context.Context, keyID string) (*volume.Report, err
 			h.r.converged(crn, latest)
 		}
 	}
-	if rep.Rewrapped > 0 || len(rep.Failed) > 0 {
+	if rep.Rewrapped > 0 || rep.ImagesRewrapped > 0 || len(rep.Failed) > 0 {
 		h.r.record(rep, nil, h.trigger)
 	}
 	return rep, nil
 }
 
 // Lockout implements agent.Host: the host's attached volumes of keyID stop serving (Stopped
-// counts them), and every volume of keyID on the host is locked out (Volumes).
+// counts them), and every volume and image of keyID on the host is locked out (Volumes,
+// Images).
 func (h *simHost) Lockout(_ context.Context, keyID, _ string) (agent.LockoutResult, error) {
 	h.locked[keyID] = true
-	res := agent.LockoutResult{Volumes: len(h.vols[keyID])}
+	res := agent.LockoutResult{Volumes: len(h.vols[keyID]), Images: len(h.imgs[keyID])}
 	for _, crn := range h.vols[keyID] {
 		if v := h.r.vols[crn]; v != nil && v.pinned && v.open != nil && h.r.lockVol(v) {
 			res.Stopped++
@@ -666,12 +673,8 @@ func (r *runner) finishHosts(ctx context.Context) error {
 	r.rep.Faults = r.kms.snapshot()
 	r.rep.FaultsInjected = r.rep.Faults.Total()
 	r.kms.setEnabled(false)
-	for _, sk := range r.keys {
-		n, err := r.staleCount(ctx, sk.id)
-		if err != nil {
-			return err
-		}
-		r.rep.StaleAtEnd += n
+	if err := r.countStaleAtEnd(ctx); err != nil {
+		return err
 	}
 	for _, h := range r.hs.hosts {
 		if err := h.reconcile(ctx, "final"); err != nil {
@@ -692,6 +695,9 @@ func (r *runner) finishHosts(ctx context.Context) error {
 	}
 	if err := r.sample(ctx); err != nil {
 		return err
+	}
+	if r.opts.beforeAudit != nil {
+		r.opts.beforeAudit(r)
 	}
 	r.audit(ctx)
 	r.auditHosts()

@@ -55,6 +55,9 @@ type Report struct {
 	// Hosts is the run on hosts (Scenario.Hosts): the agents, the feed's deliveries,
 	// convergence and lockout times. Absent without hosts.
 	Hosts *HostsReport `json:"hosts,omitempty"`
+	// Images is the encrypted custom images of the run (Scenario.Images): their WDEKs'
+	// rewraps and their audit. Absent without images.
+	Images *ImagesReport `json:"images,omitempty"`
 }
 
 // HostsReport describes a run on hosts, where rotations and disables reach the volumes only
@@ -165,14 +168,16 @@ type Fleet struct {
 
 // KeyReport describes one root key over the run.
 type KeyReport struct {
-	Name                     string `json:"name"`
-	ID                       string `json:"id"`
-	PolicyMonths             int    `json:"policyMonths"`
-	Rotations                int    `json:"rotations"`
-	Versions                 int    `json:"versions"`
-	Volumes                  int    `json:"volumes"`
-	MaxVersionsOutstanding   int    `json:"maxVersionsOutstanding"`
-	FinalVersionsOutstanding int    `json:"finalVersionsOutstanding"`
+	Name         string `json:"name"`
+	ID           string `json:"id"`
+	PolicyMonths int    `json:"policyMonths"`
+	Rotations    int    `json:"rotations"`
+	Versions     int    `json:"versions"`
+	Volumes      int    `json:"volumes"`
+	// Images is the number of catalog images of the key at the end.
+	Images                   int `json:"images,omitempty"`
+	MaxVersionsOutstanding   int `json:"maxVersionsOutstanding"`
+	FinalVersionsOutstanding int `json:"finalVersionsOutstanding"`
 }
 
 // PassReport is one rewrap pass: the rewrap of a rotation, or a sync.
@@ -180,19 +185,27 @@ type PassReport struct {
 	At time.Time `json:"at"`
 	// Trigger is "policy", "manual" (rotations), "sync" (the reconciliation job), "restart"
 	// (after a crash), "final" (the fault-free reconciliation before the audit) or "lazy".
-	Trigger        string  `json:"trigger"`
-	Key            string  `json:"key"`
-	Generation     int     `json:"generation"` // the key version the pass brought volumes to, 1 = first
-	Volumes        int     `json:"volumes"`
-	Rewrapped      int     `json:"rewrapped"`
-	AlreadyCurrent int     `json:"alreadyCurrent"`
-	Retries        int     `json:"retries"`
-	Failed         int     `json:"failed"`            // failed after their retries (faults)
-	Aborted        int     `json:"aborted"`           // cut off by a crash of the pass
-	Crashed        string  `json:"crashed,omitempty"` // the crash point that aborted the pass
-	FirstFailure   string  `json:"firstFailure,omitempty"`
-	BytesWritten   int64   `json:"bytesWritten"`
-	WallMs         float64 `json:"wallMs"`
+	Trigger        string `json:"trigger"`
+	Key            string `json:"key"`
+	Generation     int    `json:"generation"` // the key version the pass brought volumes to, 1 = first
+	Volumes        int    `json:"volumes"`
+	Rewrapped      int    `json:"rewrapped"`
+	AlreadyCurrent int    `json:"alreadyCurrent"`
+	Retries        int    `json:"retries"`
+	Failed         int    `json:"failed"`  // failed after their retries (faults)
+	Aborted        int    `json:"aborted"` // cut off by a crash of the pass
+	// Images is the number of catalog images the pass looked at (not among Volumes):
+	// ImagesRewrapped got a new WDEK, ImagesAlreadyCurrent had it already, ImagesFailed
+	// failed after their retries and ImagesAborted were cut off by a crash.
+	Images               int     `json:"images,omitempty"`
+	ImagesRewrapped      int     `json:"imagesRewrapped,omitempty"`
+	ImagesAlreadyCurrent int     `json:"imagesAlreadyCurrent,omitempty"`
+	ImagesFailed         int     `json:"imagesFailed,omitempty"`
+	ImagesAborted        int     `json:"imagesAborted,omitempty"`
+	Crashed              string  `json:"crashed,omitempty"` // the crash point that aborted the pass
+	FirstFailure         string  `json:"firstFailure,omitempty"`
+	BytesWritten         int64   `json:"bytesWritten"`
+	WallMs               float64 `json:"wallMs"`
 	// FleetMs is the time to rewrap the pass's volumes: wall time plus the injected
 	// key-service latency, spread over the workers.
 	FleetMs float64 `json:"fleetMs"`
@@ -208,6 +221,9 @@ type Sample struct {
 	Volumes       int         `json:"volumes"`
 	OnOldVersions int         `json:"onOldVersions"`
 	ByGeneration  map[int]int `json:"byGeneration"` // key version generation (1 = first) -> volumes
+	// Images and ImagesOnOldVersions count the catalog images likewise (not in the above).
+	Images              int `json:"images,omitempty"`
+	ImagesOnOldVersions int `json:"imagesOnOldVersions,omitempty"`
 }
 
 // Audit is the final check of every volume.
@@ -229,6 +245,11 @@ func (r *Report) addPass(p PassReport) {
 	r.Rewraps += p.Rewrapped
 	r.RewrapFailures += p.Failed
 	r.RewrapsAborted += p.Aborted
+	if r.Images != nil {
+		r.Images.Rewraps += p.ImagesRewrapped
+		r.Images.RewrapFailures += p.ImagesFailed
+		r.Images.RewrapsAborted += p.ImagesAborted
+	}
 	r.Retries += p.Retries
 	r.BytesWritten += p.BytesWritten
 	if r.Rewraps > 0 {
@@ -243,8 +264,12 @@ func (r *Report) Err() error {
 			h.LateIO, time.Duration(h.LockoutBoundMs*float64(time.Millisecond)), r.Audit.Failed, r.Audit.Volumes)
 	}
 	if !r.Audit.Passed || r.Attaches.OtherFailures > 0 || r.Attaches.DataMismatches > 0 {
-		return fmt.Errorf("sim: audit failed: %d of %d volumes failed, %d attach failures, %d data mismatches",
-			r.Audit.Failed, r.Audit.Volumes, r.Attaches.OtherFailures, r.Attaches.DataMismatches)
+		images := ""
+		if im := r.Images; im != nil && im.Failed > 0 {
+			images = fmt.Sprintf(" (%d of %d images failed)", im.Failed, im.Images)
+		}
+		return fmt.Errorf("sim: audit failed: %d of %d volumes failed%s, %d attach failures, %d data mismatches",
+			r.Audit.Failed-r.imagesFailed(), r.Audit.Volumes, images, r.Attaches.OtherFailures, r.Attaches.DataMismatches)
 	}
 	return nil
 }
@@ -282,6 +307,7 @@ func (r *Report) WriteSummary(w io.Writer) error {
 		r.Attaches.Total, r.Attaches.UnwrapFailures, r.Attaches.OtherFailures, r.Attaches.DataMismatches, r.Attaches.Writes, r.Attaches.Detached, r.Attaches.Dropped, r.Attaches.WhileDown)
 	p("Fleet changes   %d created (%d failed), %d deleted (%d delete retries), %d skipped while down", r.Fleet.Created, r.Fleet.CreateFailures, r.Fleet.Deleted, r.Fleet.DeleteRetries, r.Fleet.SkippedWhileDown)
 	p("Old versions    at most %d volumes on an older key version at a sample (after every rotation, restart and sync, and weekly); %d at the end, before the final reconciliation", r.MaxOnOldVersions, r.StaleAtEnd)
+	r.writeImages(p)
 	r.writeHosts(p)
 	p("")
 	p("%-8s %6s %9s %8s %8s %12s %12s", "key", "policy", "rotations", "versions", "volumes", "max outst.", "final outst.")
@@ -297,7 +323,15 @@ func (r *Report) WriteSummary(w io.Writer) error {
 	if r.Err() != nil {
 		status = "FAILED"
 	}
-	p("Audit %s: %d volumes, %d attach and verify, %d failed, %d stray registrations", status, r.Audit.Volumes, r.Audit.DataVerified, r.Audit.Failed, r.Audit.StrayRegistrations)
+	p("Audit %s: %d volumes, %d attach and verify, %d failed, %d stray registrations", status, r.Audit.Volumes, r.Audit.DataVerified, r.Audit.Failed-r.imagesFailed(), r.Audit.StrayRegistrations)
+	if im := r.Images; im != nil {
+		status := "PASSED"
+		if im.Failed > 0 {
+			status = "FAILED"
+		}
+		p("Image audit %s: %d images, %d with their WDEK on their key's latest version, %d unlock their LUKS1 header, %d files unchanged, %d volumes created from them read back, %d failed",
+			status, im.Images, im.Current, im.Unlocked, im.Unchanged, im.VolumesCreated, im.Failed)
+	}
 	for _, f := range r.Audit.Failures {
 		p("  %s", f)
 	}
@@ -305,6 +339,24 @@ func (r *Report) WriteSummary(w io.Writer) error {
 		p("  attach: %s", e)
 	}
 	return nil
+}
+
+// imagesFailed is the number of images that failed the audit (among Audit.Failed).
+func (r *Report) imagesFailed() int {
+	if r.Images == nil {
+		return 0
+	}
+	return r.Images.Failed
+}
+
+// writeImages prints the line of the images.
+func (r *Report) writeImages(p func(string, ...any)) {
+	im := r.Images
+	if im == nil {
+		return
+	}
+	p("Images          %d encrypted qcow2 images in the catalog (%d exported into it, %d imported with their WDEK): %d WDEKs rewrapped with their keys' volumes, %d failed after retries and %d cut off by crashes; at most %d on an older key version at a sample, %d at the end; image files never written",
+		im.Images, im.Exported, im.Imported, im.Rewraps, im.RewrapFailures, im.RewrapsAborted, im.MaxOnOldVersions, im.StaleAtEnd)
 }
 
 func countTrigger(ps []PassReport, triggers ...string) int {

@@ -2,8 +2,11 @@
 // real crk key service and real LUKS2 volume images (small sparse files) under a scenario of
 // rotation policies, manual rotations, attaches, volumes created and deleted, KMS faults and
 // crashes inside rewraps, then audits that every volume still attaches and holds the data
-// written to it. Nothing in it models the code paths it exercises: only time and faults are
-// simulated.
+// written to it. Encrypted custom images (LUKS-encrypted qcow2 files in the image catalog,
+// Scenario.Images) ride along: rotations rewrap their WDEKs with the volumes, under the same
+// faults, and the audit checks that each WDEK is current and unlocks its image, that no image
+// file changed, and that a volume created from each image reads back its content. Nothing in
+// it models the code paths it exercises: only time and faults are simulated.
 package sim
 
 import (
@@ -61,6 +64,14 @@ type Scenario struct {
 	// removed) per month during the run.
 	CreatesPerMonth int `json:"createsPerMonth" yaml:"createsPerMonth"`
 	DeletesPerMonth int `json:"deletesPerMonth" yaml:"deletesPerMonth"`
+
+	// Images is the number of encrypted custom images (LUKS-encrypted qcow2 files in the
+	// image catalog, their passphrases wrapped by a root key as WDEKs) made at the start from
+	// volumes of the fleet, on each host with Hosts: every rotation of an image's key rewraps
+	// its WDEK with the key's volumes (the file is never written), under the same faults and
+	// crashes, and the audit checks each image and creates a volume from it (from the first
+	// eight of a catalog). 0 (the default) for none.
+	Images int `json:"images,omitempty" yaml:"images"`
 
 	// Faults between the volumes and the key service.
 	Faults Faults `json:"faults" yaml:"faults"`
@@ -218,6 +229,8 @@ func (s *Scenario) normalize() error {
 		return bad("manual rotations per month %g: want 0-720 (one an hour at most)", s.ManualRotationsPerMonth)
 	case s.CreatesPerMonth < 0 || s.DeletesPerMonth < 0 || s.AttachesPerMonth < -1:
 		return bad("negative creates, deletes or attaches per month")
+	case s.Images < 0 || s.Images > maxImages:
+		return bad("images %d: want 0-%d", s.Images, maxImages)
 	case s.Faults.FailRate < 0 || s.Faults.FailRate >= 1:
 		return bad("KMS fail rate %g: want 0 <= rate < 1", s.Faults.FailRate)
 	case s.Faults.CrashRate < 0 || s.Faults.CrashRate >= 1:
@@ -272,6 +285,12 @@ func (s *Scenario) normalize() error {
 	}
 	return nil
 }
+
+// maxImages bounds Scenario.Images (each image is a file of up to the volume size).
+const maxImages = 1000
+
+// images is the number of images made at the start (of each host, with hosts).
+func (s *Scenario) images() int { return s.Images }
 
 // policyOf returns key i's rotation policy in months (0: none).
 func (s *Scenario) policyOf(i int) int {

@@ -38,6 +38,8 @@ type Options struct {
 	// skipLockout, a test hook of a run on hosts, breaks the lockout of the hosts it
 	// accepts: their attach processes and agents leave attached volumes serving.
 	skipLockout func(host int) bool
+	// beforeAudit, a test hook, runs just before the audit (after the final reconciliation).
+	beforeAudit func(r *runner)
 }
 
 // The phases of a run, as [Progress] names them.
@@ -201,6 +203,8 @@ type runner struct {
 	vols       map[string]*vol // by CRN
 	order      []string        // CRNs in creation order (for deterministic picks)
 	next       int             // next volume index
+	imgs       []*simImage     // the catalog images, in the order made
+	imgByCRN   map[string]*simImage
 	q          eventQueue
 	seq        int
 
@@ -232,7 +236,7 @@ func Run(ctx context.Context, sc Scenario, opts Options) (*Report, error) {
 	}
 	size, _ := volume.ParseSize(sc.VolumeSize)
 	r := &runner{sc: sc, opts: opts, log: opts.Logger, rng: rand.New(rand.NewPCG(sc.Seed, sc.Seed^0x5eed)),
-		size: size, clock: crk.NewManualClock(sc.Start), vols: map[string]*vol{}, wallStarted: time.Now()}
+		size: size, clock: crk.NewManualClock(sc.Start), vols: map[string]*vol{}, imgByCRN: map[string]*simImage{}, wallStarted: time.Now()}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
@@ -377,6 +381,9 @@ feed:
 		r.addVol(v)
 	}
 	r.next = r.sc.Volumes
+	if err := r.makeImages(ctx); err != nil {
+		return err
+	}
 	r.drain("setup")
 	r.plan()
 	return nil
@@ -763,17 +770,13 @@ func (r *runner) record(rep *volume.Report, p *pass, trigger string) {
 		pr.Key = r.keys[k].name
 		pr.Generation = slices.Index(r.keys[k].versions, rep.NewVersion) + 1
 	}
-	for _, err := range rep.Failed {
-		if errors.Is(err, ErrCrash) || errors.Is(err, ErrServiceDown) || errors.Is(err, context.Canceled) {
-			pr.Aborted++ // cut off by the crash: the restart picks it up
-		} else {
-			pr.Failed++
-		}
-	}
+	// Those cut off by the crash are aborted: the restart picks them up.
+	pr.Failed, pr.Aborted, pr.ImagesFailed, pr.ImagesAborted = r.splitFailed(rep)
+	pr.Images, pr.ImagesRewrapped, pr.ImagesAlreadyCurrent = rep.Images, rep.ImagesRewrapped, rep.ImagesAlreadyCurrent
 	lat := make([]time.Duration, 0, len(rep.VolumeLatency))
 	var virtual time.Duration
 	for crn, d := range rep.VolumeLatency {
-		if _, failed := rep.Failed[crn]; failed {
+		if _, failed := rep.Failed[crn]; failed || r.isImage(crn) {
 			continue // percentiles describe the volumes rewrapped
 		}
 		if p != nil {
@@ -1028,24 +1031,50 @@ func (r *runner) syncStale(ctx context.Context, trigger string) bool {
 	return ran
 }
 
-// staleCount counts a key's registrations not on its latest version (asking the service
-// directly: this is the reconciliation job's own view, not a faulty client's).
+// staleCount counts a key's registrations (of volumes and images) not on its latest version
+// (asking the service directly: this is the reconciliation job's own view, not a faulty
+// client's).
 func (r *runner) staleCount(ctx context.Context, keyID string) (int, error) {
+	vols, imgs, err := r.staleSplit(ctx, keyID)
+	return vols + imgs, err
+}
+
+// staleSplit counts a key's volumes and images whose registrations are not on its latest
+// version.
+func (r *runner) staleSplit(ctx context.Context, keyID string) (vols, imgs int, err error) {
 	regs, err := r.svc.ListRegistrations(ctx, crk.RegistrationFilter{KeyID: keyID})
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	k, err := r.svc.GetKey(ctx, keyID)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	n := 0
 	for _, reg := range regs {
-		if reg.KeyVersion.ID != k.KeyVersion.ID {
-			n++
+		switch {
+		case reg.KeyVersion.ID == k.KeyVersion.ID:
+		case r.isImage(reg.ResourceCRN):
+			imgs++
+		default:
+			vols++
 		}
 	}
-	return n, nil
+	return vols, imgs, nil
+}
+
+// countStaleAtEnd records the volumes and images left on older versions when the run ended.
+func (r *runner) countStaleAtEnd(ctx context.Context) error {
+	for _, sk := range r.keys {
+		vols, imgs, err := r.staleSplit(ctx, sk.id)
+		if err != nil {
+			return err
+		}
+		r.rep.StaleAtEnd += vols
+		if r.rep.Images != nil {
+			r.rep.Images.StaleAtEnd += imgs
+		}
+	}
+	return nil
 }
 
 // sample records the fleet's registrations by key version generation.
@@ -1059,18 +1088,30 @@ func (r *runner) sample(ctx context.Context) error {
 		latest := sk.versions[len(sk.versions)-1]
 		outstanding := map[string]bool{}
 		for _, reg := range regs {
+			// An image's registration holds its key's version as a volume's does; the
+			// counts of volumes leave it out.
+			outstanding[reg.KeyVersion.ID] = true
+			if r.isImage(reg.ResourceCRN) {
+				s.Images++
+				if reg.KeyVersion.ID != latest {
+					s.ImagesOnOldVersions++
+				}
+				continue
+			}
 			g := slices.Index(sk.versions, reg.KeyVersion.ID) + 1
 			s.ByGeneration[g]++
-			outstanding[reg.KeyVersion.ID] = true
 			if reg.KeyVersion.ID != latest {
 				s.OnOldVersions++
 			}
+			s.Volumes++
 		}
-		s.Volumes += len(regs)
 		r.rep.Keys[i].MaxVersionsOutstanding = max(r.rep.Keys[i].MaxVersionsOutstanding, len(outstanding))
 	}
 	r.rep.Samples = append(r.rep.Samples, s)
 	r.rep.MaxOnOldVersions = max(r.rep.MaxOnOldVersions, s.OnOldVersions)
+	if ir := r.rep.Images; ir != nil {
+		ir.MaxOnOldVersions = max(ir.MaxOnOldVersions, s.ImagesOnOldVersions)
+	}
 	return nil
 }
 
@@ -1089,12 +1130,8 @@ func (r *runner) finish(ctx context.Context) error {
 	for _, crn := range r.order {
 		r.detach(crn)
 	}
-	for _, sk := range r.keys {
-		n, err := r.staleCount(ctx, sk.id)
-		if err != nil {
-			return err
-		}
-		r.rep.StaleAtEnd += n
+	if err := r.countStaleAtEnd(ctx); err != nil {
+		return err
 	}
 	for range 3 {
 		r.syncStale(ctx, "final")
@@ -1113,6 +1150,9 @@ func (r *runner) finish(ctx context.Context) error {
 	if err := r.sample(ctx); err != nil {
 		return err
 	}
+	if r.opts.beforeAudit != nil {
+		r.opts.beforeAudit(r)
+	}
 	r.audit(ctx)
 	r.summarizeKeys(ctx)
 	return nil
@@ -1129,7 +1169,14 @@ func (r *runner) summarizeKeys(ctx context.Context) {
 			outstanding[reg.KeyVersion.ID] = true
 		}
 		r.rep.Keys[i].FinalVersionsOutstanding = len(outstanding)
-		r.rep.Keys[i].Volumes = len(regs)
+		r.rep.Keys[i].Volumes, r.rep.Keys[i].Images = 0, 0
+		for _, reg := range regs {
+			if r.isImage(reg.ResourceCRN) {
+				r.rep.Keys[i].Images++
+			} else {
+				r.rep.Keys[i].Volumes++
+			}
+		}
 	}
 }
 
@@ -1245,15 +1292,17 @@ func (r *runner) audit(ctx context.Context) {
 			}
 		}
 	}
-	// Registrations without a live volume would pin keys forever.
+	// Registrations without a live volume (or image) would pin keys forever.
 	for crn := range regVersion {
-		if _, ok := r.vols[crn]; !ok {
+		if _, ok := r.vols[crn]; !ok && !r.isImage(crn) {
 			a.Failed++
 			a.StrayRegistrations++
 			a.Failures = appendCapped(a.Failures, fmt.Sprintf("registration %s has no volume", crn))
 		}
 	}
 	a.Passed = a.Failed == 0 && a.Volumes == a.DataVerified
+	// Last: the volumes it creates from the images come and go after the checks above.
+	r.auditImages(ctx, latest, regVersion)
 }
 
 // firstFailure is the error of the pass's first failed volume (by CRN), for the report.

@@ -320,7 +320,8 @@ func (h *cliHost) AckKeyEvent(ctx context.Context, ka volume.KeyAck) error {
 	})
 }
 
-// Keys implements agent.Host: the distinct key ids of the registry's volumes.
+// Keys implements agent.Host: the distinct key ids of the registry's volumes and of the
+// image catalog's images (a rotation of a key only images use rewraps their WDEKs).
 func (h *cliHost) Keys(ctx context.Context) ([]string, error) {
 	var keys []string
 	err := h.with(ctx, func() error {
@@ -329,6 +330,15 @@ func (h *cliHost) Keys(ctx context.Context) ([]string, error) {
 			return err
 		}
 		for _, e := range es {
+			if !slices.Contains(keys, e.KeyID) {
+				keys = append(keys, e.KeyID)
+			}
+		}
+		imgs, err := h.a.reg.Images()
+		if err != nil {
+			return err
+		}
+		for _, e := range imgs {
 			if !slices.Contains(keys, e.KeyID) {
 				keys = append(keys, e.KeyID)
 			}
@@ -368,7 +378,8 @@ func (h *cliHost) Rewrap(ctx context.Context, keyID string) (*volume.Report, err
 // serving when the key is out of use). The volume's key is read from its image's header.
 // Every registered volume of keyID is locked out: one not attached cannot attach while the
 // key is out of use (the key service refuses its unwrap), and an attach process that saw the
-// key's state first has stopped by itself; Stopped counts the processes signalled.
+// key's state first has stopped by itself; Stopped counts the processes signalled. Images
+// counts the catalog's images of keyID, which no volume can be created from meanwhile.
 func (h *cliHost) Lockout(ctx context.Context, keyID, state string) (agent.LockoutResult, error) {
 	var res agent.LockoutResult
 	err := h.with(ctx, func() error {
@@ -381,10 +392,19 @@ func (h *cliHost) Lockout(ctx context.Context, keyID, state string) (agent.Locko
 				res.Volumes++
 			}
 		}
+		imgs, err := h.a.reg.Images()
+		if err != nil {
+			return err
+		}
+		for _, e := range imgs {
+			if e.KeyID == keyID {
+				res.Images++
+			}
+		}
 		return nil
 	})
 	if err != nil {
-		return res, fmt.Errorf("listing the registered volumes of key %s: %w", keyID, err)
+		return res, fmt.Errorf("listing the registered volumes and images of key %s: %w", keyID, err)
 	}
 	recs, err := filepath.Glob(filepath.Join(h.dir, "attached", "*.json"))
 	if err != nil {

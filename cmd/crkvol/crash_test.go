@@ -33,9 +33,11 @@ func TestCrashTest(t *testing.T) {
 	if n, err := strconv.Atoi(os.Getenv("CRKVOL_CRASH_VOLUMES")); err == nil {
 		volumes = n
 	}
-	rep, err := sim.CrashTest(context.Background(), sim.CrashOptions{Binary: bin, Dir: t.TempDir(), Volumes: volumes, Trials: trials, Seed: 1, Log: t.Logf})
+	// With 20 images in the catalog, whose WDEKs the rotations rewrap with the volumes.
+	rep, err := sim.CrashTest(context.Background(), sim.CrashOptions{Binary: bin, Dir: t.TempDir(), Volumes: volumes, Images: 20, Trials: trials, Seed: 1, Log: t.Logf})
 	require.NoError(t, err)
 	assert.Empty(t, rep.Failures)
+	assert.Equal(t, 20, rep.Images)
 	assert.Equal(t, trials, rep.Killed+rep.Finished)
 	assert.GreaterOrEqual(t, rep.MidRewrap, trials/4, "kills landed inside the rewrap pass, leaving some volumes rewrapped and some not")
 	assert.Positive(t, rep.Repaired, "key sync had volumes to repair")

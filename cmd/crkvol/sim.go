@@ -25,9 +25,12 @@ func (a *app) simCommand() *cobra.Command {
 		Long: `run drives the real key service and real LUKS2 volume images (small sparse files) through
 months of virtual time: rotation policies and manual rotations rewrap the volumes, attaches open
 them and check their data, volumes come and go, and faults hit the key service (errors, outages,
-latency) and the process (crashes inside rewraps, recovered by key sync). It then reconciles,
-opens every volume and checks every byte written. It exits non-zero if any volume does not
-attach or its data differs.
+latency) and the process (crashes inside rewraps, recovered by key sync). Encrypted qcow2 images
+(--images) made from volumes at the start sit in the image catalog: rotations rewrap their WDEKs
+with the volumes, under the same faults. It then reconciles, opens every volume and checks every
+byte written, and checks every image (WDEK on the latest version, LUKS1 header unlocked, file
+unchanged, a volume created from it reads back its content). It exits non-zero if any volume
+does not attach or its data differs, or an image fails a check.
 
 With --hosts N the fleet is spread over N simulated storage hosts, each with its own volume
 registry and an agent (as crkvol agent runs) over the one key service: rotations reach the
@@ -82,6 +85,7 @@ the command line override it.`,
 				"corrupt":           func() { s.Faults.CorruptData = sc.Faults.CorruptData },
 				"seed":              func() { s.Seed = sc.Seed },
 				"workers":           func() { s.Workers = sc.Workers },
+				"images":            func() { s.Images = sc.Images },
 				"hosts":             func() { s.Hosts = sc.Hosts },
 				"notification-loss": func() { s.Faults.NotificationLoss = sc.Faults.NotificationLoss },
 				"agent-downtime":    func() { s.Faults.AgentDowntimes = sc.Faults.AgentDowntimes },
@@ -187,6 +191,7 @@ the command line override it.`,
 	f.StringVar(&latency, "kms-latency", "0s", "virtual latency added to every key-service call")
 	f.IntVar(&sc.Faults.CorruptData, "corrupt", 0, "overwrite this many volumes' stored data behind crkvol's back (the audit must fail)")
 	f.Uint64Var(&sc.Seed, "seed", 1, "seed: the same seed gives the same events and fault draws")
+	f.IntVar(&sc.Images, "images", 0, "encrypted qcow2 images made from volumes into the image catalog at the start (on each host with --hosts); rotations rewrap their WDEKs with the volumes")
 	f.IntVar(&sc.Workers, "workers", 16, "concurrent rewraps per pass (1: counts repeat exactly from run to run, even with crashes)")
 	f.IntVar(&sc.Hosts, "hosts", 0, "spread the fleet over this many simulated hosts, each with an agent following the lifecycle feed (0: one process with the rotation hook)")
 	f.StringVar(&deliveryDelay, "delivery-delay", "0s", "with --hosts: mean virtual delay from a lifecycle event to a follower receiving it, uniform from 0 to twice this (0s: 100ms)")
@@ -240,6 +245,7 @@ the command line override it.`,
 		}}
 	cf := crash.Flags()
 	cf.IntVar(&crashOpts.Volumes, "volumes", 500, "registered volumes")
+	cf.IntVar(&crashOpts.Images, "images", 0, "encrypted qcow2 images exported from the volumes into the image catalog, under the same key")
 	cf.IntVar(&crashOpts.Trials, "trials", 50, "rotations killed with SIGKILL")
 	cf.Uint64Var(&crashOpts.Seed, "seed", 1, "seed of the kill times")
 	cf.StringVar(&crashOpts.Dir, "dir", "", "work directory (default: a temporary one, removed)")
