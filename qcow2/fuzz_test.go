@@ -24,7 +24,10 @@ const fuzzReadBudget = 256 << 10
 // ErrUnsupported, Map must cover the disk, and ranges Map calls zeros must read as zeros.
 // Allocations are bounded by the input's size (Open and Map read no table larger than the
 // file), which the fuzzer's memory limit checks. Seeded with the small qemu-made images and
-// with images Write makes, plain and encrypted.
+// with images Write makes, plain and encrypted. Run it with a bounded minimization, or the
+// fuzzer spends most of its time minimizing each new input:
+//
+//	go test ./qcow2 -run XXX -fuzz FuzzOpen -fuzztime 5m -fuzzminimizetime 1000x -parallel 1
 func FuzzOpen(f *testing.F) {
 	paths, err := filepath.Glob(filepath.Join("testdata", "*.qcow2.gz"))
 	if err != nil || len(paths) == 0 {

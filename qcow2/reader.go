@@ -70,6 +70,16 @@ func (r *reader) ReadAt(p []byte, off int64) (int, error) {
 		case unallocated, zeroCluster:
 			clear(dst)
 		case dataCluster:
+			// Clusters that follow each other in the file too are read (and decrypted)
+			// in one go; a lookup that fails ends the run and fails on the next turn.
+			for done+chunk < n {
+				next, err := img.lookup((pos + uint64(chunk)) >> img.clusterBits)
+				if err != nil || next.kind != dataCluster || next.host != m.host+in+uint64(chunk) {
+					break
+				}
+				chunk += int(min(cs, uint64(n-done-chunk)))
+			}
+			dst = p[done : done+chunk]
 			if err := r.readData(dst, m.host, in); err != nil {
 				return done, fmt.Errorf("%w: guest offset %#x: reading host cluster %#x: %w", ErrFormat, pos, m.host, err)
 			}

@@ -10,6 +10,8 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+
+	"crkvol/internal/tooltest"
 )
 
 // memFile is an in-memory io.WriterAt and io.ReaderAt.
@@ -132,6 +134,9 @@ func TestWriteRoundTrip(t *testing.T) {
 			encrypted bool
 		}{{"all", nil, false}, {"sparse", sparse, false}, {"encrypted", nil, true}, {"encrypted-sparse", sparse, true}} {
 			t.Run(fmt.Sprintf("%d/%s", cs, tc.name), func(t *testing.T) {
+				if !tooltest.Long() && (cs == 4096 || cs == 2<<20 && tc.name != "encrypted-sparse") {
+					t.Skip("long run only (CRKVOL_LONG_TESTS=1): the plain run keeps this test under 0.3 s")
+				}
 				opts := WriteOptions{Size: int64(len(src)), ClusterSize: cs}
 				var c SectorCipher
 				if tc.encrypted {
