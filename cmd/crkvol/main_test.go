@@ -63,7 +63,7 @@ func TestScripts(t *testing.T) {
 			env.Setenv("CRKVOL_NOW", "2026-06-01T12:00:00Z")
 			env.Setenv("CRKVOL_MASTER_KEY", "")
 			// The fleet sim.txtar simulates: full size in CI (CRKVOL_LONG_TESTS=1).
-			env.Setenv("SIM_VOLUMES", strconv.Itoa(tooltest.Scale(30, 12)))
+			env.Setenv("SIM_VOLUMES", strconv.Itoa(tooltest.Scale(30, 8)))
 			env.Setenv("SIM_MONTHS", strconv.Itoa(tooltest.Scale(4, 2)))
 			return nil
 		},
