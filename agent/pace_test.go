@@ -100,6 +100,7 @@ func runFor(t *testing.T, opts agent.Options, d time.Duration) string {
 // The run lasts 500 ms; an agent that paces its polls makes a handful of them, one that
 // spins makes thousands. The bounds leave room for a slow machine, not for a spin.
 func TestAgentNeverSpins(t *testing.T) {
+	t.Parallel() // each row waits its 500 ms out: side by side
 	past := time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)
 	tests := []struct {
 		name      string
@@ -131,6 +132,7 @@ func TestAgentNeverSpins(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
 			h := &emptyHost{cursor: tt.cursor}
 			tt.opts.Feed, tt.opts.Host = tt.feed, h
 			tt.opts.Backoff = func(int) time.Duration { return 10 * time.Millisecond }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -17,7 +18,7 @@ import (
 // shape: every path, both sizes and directions, the references, and the table.
 func TestRunReportsEveryCase(t *testing.T) {
 	t.Parallel()
-	r, err := Run(context.Background(), Options{Quick: true, OpenSSL: "/nonexistent/openssl"})
+	r, err := Run(context.Background(), Options{Quick: true, OpenSSL: "/nonexistent/openssl", window: 10 * time.Millisecond})
 	require.NoError(t, err)
 	assert.NotEmpty(t, r.CPU)
 	assert.Contains(t, r.OpenSSLError, "openssl speed")

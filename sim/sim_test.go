@@ -114,11 +114,11 @@ func TestSameSeedSameRun(t *testing.T) {
 // and the faults are counted.
 func TestKMSFailuresAndCrashesConverge(t *testing.T) {
 	t.Parallel()
-	// A year of 150 volumes rotated quarterly with CRKVOL_LONG_TESTS=1; otherwise four months
-	// of 40 rotated monthly, with four times the crash rate so that crashes still land.
-	volumes := tooltest.Scale(150, 40)
-	sc := Scenario{Seed: 1, Months: tooltest.Scale(12, 4), Keys: 3, Volumes: volumes, PolicyMonths: tooltest.Scale(3, 1), AttachesPerMonth: 40,
-		Faults: Faults{FailRate: 0.05, CrashRate: float64(tooltest.Scale(10, 40)) / 1000}}
+	// A year of 150 volumes rotated quarterly with CRKVOL_LONG_TESTS=1; otherwise three
+	// months of 24 rotated monthly, with eight times the crash rate so that crashes still land.
+	volumes := tooltest.Scale(150, 24)
+	sc := Scenario{Seed: 1, Months: tooltest.Scale(12, 3), Keys: 3, Volumes: volumes, PolicyMonths: tooltest.Scale(3, 1), AttachesPerMonth: 40,
+		Faults: Faults{FailRate: 0.05, CrashRate: float64(tooltest.Scale(10, 80)) / 1000}}
 	rep, err := Run(context.Background(), sc, Options{Dir: t.TempDir()})
 	require.NoError(t, err)
 	require.NoError(t, rep.Err())
@@ -133,11 +133,12 @@ func TestKMSFailuresAndCrashesConverge(t *testing.T) {
 }
 
 // TestCrashPointsLeaveRecoverableState: with a high crash rate every crash point is hit,
-// including torn header writes, and the fleet still audits clean.
+// including torn header writes, and the fleet still audits clean: a tenth of the rewraps of
+// six months of 40 volumes with CRKVOL_LONG_TESTS=1, a quarter of two months of 12 otherwise.
 func TestCrashPointsLeaveRecoverableState(t *testing.T) {
 	t.Parallel()
-	sc := Scenario{Seed: 21, Months: tooltest.Scale(6, 3), Keys: 2, Volumes: tooltest.Scale(40, 20), PolicyMonths: 1, ManualRotationsPerMonth: 2,
-		AttachesPerMonth: -1, Faults: Faults{CrashRate: 0.1}}
+	sc := Scenario{Seed: 21, Months: tooltest.Scale(6, 2), Keys: 2, Volumes: tooltest.Scale(40, 12), PolicyMonths: 1, ManualRotationsPerMonth: 2,
+		AttachesPerMonth: -1, Faults: Faults{CrashRate: float64(tooltest.Scale(10, 25)) / 100}}
 	rep, err := Run(context.Background(), sc, Options{Dir: t.TempDir()})
 	require.NoError(t, err)
 	require.NoError(t, rep.Err())
@@ -156,7 +157,7 @@ func TestRotationCostIndependentOfSize(t *testing.T) {
 	errs := make([]error, len(sizes))
 	var wg sync.WaitGroup
 	for i, size := range sizes { // independent runs: side by side
-		sc := Scenario{Seed: 5, Months: 3, Keys: 2, Volumes: 12, PolicyMonths: 1, AttachesPerMonth: -1, VolumeSize: size}
+		sc := Scenario{Seed: 5, Months: tooltest.Scale(3, 2), Keys: 2, Volumes: tooltest.Scale(12, 6), PolicyMonths: 1, AttachesPerMonth: -1, VolumeSize: size}
 		dir := t.TempDir()
 		wg.Go(func() { reps[i], errs[i] = Run(context.Background(), sc, Options{Dir: dir}) })
 	}

@@ -54,8 +54,9 @@ func TestInterruptedWipeResumes(t *testing.T) {
 	dir := t.TempDir()
 	key := jsonField(t, cli(t, dir, "--json", "key", "create", "wipes"), "id")
 	img := filepath.Join(dir, "big.img")
-	// 1 GiB in the long run, 256 MiB (16 progress records) in a plain one.
-	size := int64(tooltest.Scale(1<<30, 256<<20))
+	// 1 GiB in the long run, 128 MiB (8 progress records: the interrupt comes after the
+	// first) in a plain one.
+	size := int64(tooltest.Scale(1<<30, 128<<20))
 	sizeArg, sizeBytes := fmt.Sprintf("%dMiB", size>>20), strconv.FormatInt(size, 10)
 	cmd, wait := startCLI(t, dir, nil, "volume", "create", img, "--size", sizeArg, "--key", key, "--wipe")
 	require.Eventually(t, func() bool {

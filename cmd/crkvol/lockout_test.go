@@ -359,6 +359,12 @@ func TestKeyWatch(t *testing.T) {
 	page := func(cursor string, evs ...volume.KeyEvent) feedAnswer {
 		return feedAnswer{page: volume.KeyEventPage{Events: evs, Cursor: cursor}}
 	}
+	// renewGrace is the grace of the "within the grace" rows, which wait graceWait/2
+	// graces with no lock: 2 s and 4 graces in the long run (CI), 1 s and 2.5 graces
+	// otherwise. Either way a check comes every half grace, so only a stall of half a grace
+	// could lock; the run outlasts the grace, so the lease must have been renewed.
+	renewGrace := time.Duration(tooltest.Scale(2000, 1000)) * time.Millisecond
+	graceWait := time.Duration(tooltest.Scale(8, 5))
 	unreachable := errors.New("connection refused")
 	refused := fmt.Errorf("kms: token: the token endpoint refused the API key (400 Bad Request): %w", kms.ErrCredentialsRefused)
 	for _, tc := range []struct {
@@ -409,12 +415,13 @@ func TestKeyWatch(t *testing.T) {
 			states: []volume.KeyStatus{active}},
 		{name: "unreachable past the grace", states: []volume.KeyStatus{active}, stateErr: unreachable, then: unreachable,
 			grace: 50 * time.Millisecond, want: &keyLock{keyID: key, offline: 50 * time.Millisecond, cause: unreachable}},
-		// A grace of seconds, checked every second: a loaded machine (the tests run in
-		// parallel on two cores) must not stall a check past it. The test waits 4 graces.
+		// A grace of a second or two, checked every half grace: a loaded machine (the tests
+		// run in parallel on two cores) must not stall a check past it. The test waits
+		// graceWait graces: past the first, so the lease must have been renewed.
 		{name: "feed unreachable, state checks answered: within the grace", states: []volume.KeyStatus{active}, then: unreachable,
-			grace: 2 * time.Second},
+			grace: renewGrace},
 		{name: "feed answered, state checks unreachable: within the grace", states: []volume.KeyStatus{active}, stateErr: unreachable,
-			grace: 2 * time.Second},
+			grace: renewGrace},
 		{name: "SIGUSR1 checks at once", states: []volume.KeyStatus{active, suspended}, checkNow: true, want: &keyLock{keyID: key, state: volume.KeyStateSuspended, event: ""}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -441,7 +448,7 @@ func TestKeyWatch(t *testing.T) {
 			}
 			// Without a lock the watch runs until the context ends: long enough for every
 			// scripted answer and the retries.
-			ctx, cancel := context.WithTimeout(context.Background(), max(300*time.Millisecond, 4*tc.grace))
+			ctx, cancel := context.WithTimeout(context.Background(), max(300*time.Millisecond, graceWait*tc.grace/2))
 			defer cancel()
 			if tc.want != nil {
 				ctx, cancel = context.WithTimeout(context.Background(), time.Minute) // hang guard
@@ -701,7 +708,7 @@ func TestKeyWatchFeedNeverSpins(t *testing.T) {
 			remote, err := kms.NewRemote(kms.RemoteConfig{URL: srv.URL, Instance: "11111111-1111-4111-8111-111111111111", Token: "tok"})
 			require.NoError(t, err)
 			var logs tooltest.SyncBuffer
-			const poll, run = 50 * time.Millisecond, 500 * time.Millisecond
+			const poll, run = 25 * time.Millisecond, 250 * time.Millisecond
 			w := &keyWatch{keyID: key, feed: remote, checkNow: make(chan struct{}), every: time.Hour, wait: 25 * time.Second,
 				retryMin: poll, retryMax: poll, poll: poll, log: slog.New(slog.NewTextHandler(&logs, nil)),
 				state: func(context.Context, string) (volume.KeyStatus, error) {

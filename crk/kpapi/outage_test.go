@@ -26,6 +26,7 @@ import (
 // endpoint: never a 401 nor a 400, for an outage is no bad credential, and never a 500.
 // Once the database is back the same server answers 200, without a restart of its own.
 func TestDatabaseOutage(t *testing.T) {
+	t.Parallel()       // its own cluster, and mostly waiting: beside the others
 	c := pgtest.New(t) // a cluster of the test's own, since it stops it
 	dbURL := c.NewDatabase(t)
 	ctx := testContext(t)
