@@ -116,12 +116,12 @@ func (s *sparseImage) ReadAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-// TestOpenAllocation opens an image with a 256 KiB refcount table and a 1 MiB L1 table,
-// every entry a distinct cluster: 160 K metadata regions in a sparse file. Open may
+// TestOpenAllocation opens an image with a 128 KiB refcount table and a 512 KiB L1 table,
+// every entry a distinct cluster: 80 K metadata regions in a sparse file. Open may
 // allocate about as much as those tables (it keeps them), not a named region each.
 func TestOpenAllocation(t *testing.T) {
 	const cs = 512
-	const refBytes, l1Bytes = 256 << 10, 1 << 20
+	const refBytes, l1Bytes = 128 << 10, 512 << 10
 	be := binary.BigEndian
 	s := &sparseImage{hdr: make([]byte, cs), ref: make([]byte, refBytes), l1: make([]byte, l1Bytes), refOff: cs, l1Off: cs + refBytes}
 	blocks := uint64(s.l1Off + l1Bytes)
