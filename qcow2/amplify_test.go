@@ -159,3 +159,19 @@ func TestOpenAllocation(t *testing.T) {
 		t.Fatalf("Open allocated %d bytes for %d bytes of tables (limit %d)", alloc, refBytes+l1Bytes, limit)
 	}
 }
+
+// TestMinDeflated checks the bound Map's compressed-sharing rule relies on: deflate at its
+// best never goes below minDeflated, and minDeflated keeps data within 1032 times the file.
+func TestMinDeflated(t *testing.T) {
+	for bits := minClusterBits; bits <= maxClusterBits; bits++ {
+		cs := uint64(1) << bits
+		var z bytes.Buffer
+		w, _ := flate.NewWriter(&z, flate.BestCompression)
+		w.Write(make([]byte, cs))
+		w.Close()
+		m := minDeflated(cs)
+		if m < 1 || uint64(z.Len()) < m || cs > 1032*m {
+			t.Errorf("cluster %d: minDeflated %d, deflate made %d bytes", cs, m, z.Len())
+		}
+	}
+}

@@ -17,8 +17,8 @@
 // and every data cluster is checked against the metadata before it is read.
 // [Image.Reader] returns the guest disk as an io.ReaderAt; [Image.Map] lists which guest
 // ranges hold data, so a copy can skip the rest, and refuses host clusters shared within the
-// active mapping (which QEMU never writes), so the data it reports stays within about 1032
-// times the file's size (deflate's best ratio) however the L2 tables lie.
+// active mapping (which QEMU never writes), so the data it reports stays within 1032
+// times the file's size plus a cluster (deflate's best ratio) however the L2 tables lie.
 //
 // Refused by name, wrapping [ErrUnsupported]: backing files, external data files, extended
 // L2 entries (subclusters), legacy AES encryption (crypt_method 1), zstd compression,

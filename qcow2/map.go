@@ -26,8 +26,9 @@ type Extent struct {
 // guest clusters of the active table. So no two guest clusters may map to one standard host
 // cluster; compressed data may share a host cluster with other compressed data (QEMU packs
 // it) but never with a standard cluster, and no two compressed clusters may start less
-// than cs/1032 bytes apart (deflate's best ratio is 1032:1, and QEMU never lets compressed
-// data overlap). Data extents thus total at most about 1032 times the file's size. This
+// than the fewest bytes a cluster can deflate to (minDeflated; QEMU never lets compressed
+// data overlap). Data extents thus total at most 1032 times the file's size plus a
+// cluster (deflate's best ratio is 1032:1). This
 // costs 8 bytes per standard and 16 per compressed cluster mapped, for the duration of the
 // call. [Image.Reader] resolves clusters one at a time and does not see sharing: copy the
 // Data extents that Map returned.
@@ -106,7 +107,7 @@ func (img *Image) checkSharing(std []uint64, comp []compRange) error {
 		}
 		return 0
 	})
-	gap := max(cs/1032, 1) // the fewest bytes a cluster deflates to
+	gap := minDeflated(cs)
 	for i, c := range comp {
 		if i > 0 && c.host-comp[i-1].host < gap {
 			return fmt.Errorf("%w: compressed data of guest offsets %#x and %#x start %d bytes apart, at %#x and %#x (no %d-byte cluster deflates to fewer than %d bytes)", ErrFormat, comp[i-1].guest, c.guest, c.host-comp[i-1].host, comp[i-1].host, c.host, cs, gap)
@@ -119,4 +120,12 @@ func (img *Image) checkSharing(std []uint64, comp []compRange) error {
 		}
 	}
 	return nil
+}
+
+// minDeflated is the fewest bytes that raw deflate can produce n bytes from: after a first
+// literal, matches of at most 258 bytes, each a length and a distance code of at least a
+// bit each. It is at least n/1032 (deflate's best ratio) and at least 1.
+func minDeflated(n uint64) uint64 {
+	matches := (n - 1 + 257) / 258
+	return (2*matches + 7) / 8
 }
