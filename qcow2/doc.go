@@ -12,9 +12,13 @@
 // before anything is used: every offset aligned and inside the file, every size bounded (by
 // QEMU's own limits and by the file's size, so a hostile file cannot make it allocate
 // more than it holds), and no two metadata structures overlapping each other or the
-// header. L2 tables are checked when first read, and every data cluster is checked against
-// the metadata before it is read. [Image.Reader] returns the guest disk as an io.ReaderAt;
-// [Image.Map] lists which guest ranges hold data, so a copy can skip the rest.
+// header. Open keeps the metadata compactly (8 bytes per refcount block or L2 table, at most
+// about twice the tables QEMU's limits allow, 80 MiB). L2 tables are checked when first read,
+// and every data cluster is checked against the metadata before it is read.
+// [Image.Reader] returns the guest disk as an io.ReaderAt; [Image.Map] lists which guest
+// ranges hold data, so a copy can skip the rest, and refuses host clusters shared within the
+// active mapping (which QEMU never writes), so the data it reports stays within 1032
+// times the file's size plus a cluster (deflate's best ratio) however the L2 tables lie.
 //
 // Refused by name, wrapping [ErrUnsupported]: backing files, external data files, extended
 // L2 entries (subclusters), legacy AES encryption (crypt_method 1), zstd compression,

@@ -15,13 +15,16 @@ import (
 // image finds nothing a small one does not.
 const maxFuzzSeed = 16 << 10
 
-// fuzzReadBudget bounds the bytes one fuzz input reads: an image may map many guest
-// clusters to the same host cluster, so its content can be far larger than the file.
+// fuzzReadBudget bounds the bytes one fuzz input reads: Map refuses host clusters shared
+// within the active mapping, but compressed clusters may still claim about 1032 times the
+// file's size, and zero clusters and holes any virtual size.
 const fuzzReadBudget = 256 << 10
 
 // FuzzOpen opens arbitrary bytes as an image, maps it and reads its extents (data and
 // zeros, within a budget): nothing may panic, every error must wrap ErrFormat or
 // ErrUnsupported, Map must cover the disk, and ranges Map calls zeros must read as zeros.
+// Data extents must total at most 1032 times the input's size plus a cluster (Map's bound
+// on sharing).
 // Allocations are bounded by the input's size (Open and Map read no table larger than the
 // file), which the fuzzer's memory limit checks. Seeded with the small qemu-made images and
 // with images Write makes, plain and encrypted. Run it with a bounded minimization, or the
@@ -72,6 +75,15 @@ func fuzzOpen(t *testing.T, b []byte) {
 			return
 		}
 		checkMap(t, ext, img.Size())
+		var data int64
+		for _, e := range ext {
+			if e.Data {
+				data += e.Length
+			}
+		}
+		if limit := 1032*int64(len(b)) + int64(img.ClusterSize()); data > limit {
+			t.Fatalf("Map reports %d bytes of data in a file of %d bytes", data, len(b))
+		}
 		var c SectorCipher
 		if img.Encrypted() {
 			c = dummyCipher()

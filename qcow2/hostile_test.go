@@ -256,6 +256,30 @@ func TestRefusals(t *testing.T) {
 			}
 			return b
 		}, ErrFormat, "compressed cluster"},
+
+		// Host clusters shared within the active mapping, found by Map.
+		{"data cluster shared", plain, func(b []byte) []byte {
+			put64(b, dataEntry+8, get64(b, dataEntry))
+			return b
+		}, ErrFormat, "mapped by more than one guest cluster"},
+		{"data cluster shared across L2 tables", small, func(b []byte) []byte {
+			put64(b, firstData(t, b, 1), get64(b, firstData(t, b, 0)))
+			return b
+		}, ErrFormat, "mapped by more than one guest cluster"},
+		{"compressed data shared", comp, func(b []byte) []byte {
+			put64(b, compEntry+8, get64(b, compEntry))
+			return b
+		}, ErrFormat, "start 0 bytes apart"},
+		{"compressed data overlapping", comp, func(b []byte) []byte {
+			put64(b, compEntry+8, get64(b, compEntry)+10)
+			return b
+		}, ErrFormat, "start 10 bytes apart"},
+		{"compressed data in a data cluster", comp, func(b []byte) []byte {
+			host := get64(b, compEntry) & (1<<54 - 1)
+			put64(b, compEntry+8, host&^uint64(cs-1)|flagCopied)
+			return append(b, make([]byte, cs-len(b)%cs)...) // the last cluster whole
+
+		}, ErrFormat, "shares host cluster"},
 		{"compressed short", comp, func(b []byte) []byte {
 			e := get64(b, compEntry)
 			put64(b, compEntry, e&(1<<54-1)|flagCompressed) // one sector only

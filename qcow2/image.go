@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
+	"slices"
 )
 
 // ErrFormat is wrapped by every error about a file that is not a well-formed qcow2 image:
@@ -39,14 +39,58 @@ type Image struct {
 	clusterSize uint64
 	l2Entries   uint64   // entries per L2 table: clusterSize / 8
 	l1          []uint64 // the active L1 entries that map the virtual size
-	meta        []region // metadata, sorted by start, none overlapping
-	cache       *l2Cache
+	// The metadata, which no data cluster may claim: the few whole tables, and the
+	// single-cluster tables as bare offsets (named only in errors, from refBlocks and l1):
+	// a hostile image may have millions.
+	tables    []region // header, L1 table, refcount table, encryption header, ...
+	clusters  []uint64 // the refcount blocks and L2 tables, sorted, none twice
+	refBlocks []uint64 // refcount table entries (refcount block offsets, 0 if none)
+	cache     *l2Cache
 }
 
-// region is a byte range [start, end) of the file that holds metadata.
+// regionKind says what a metadata region is.
+type regionKind uint8
+
+const (
+	regHeader regionKind = iota
+	regL1
+	regRefTable
+	regEncryption
+	regSnapshots
+	regBitmapDir
+	regRefBlock // index: the refcount table entry
+	regL2       // index: the L1 entry
+)
+
+// region is a byte range [start, end) of the file that holds metadata. It is named only
+// when an error needs it: images may hold millions of them.
 type region struct {
 	start, end uint64
-	what       string
+	kind       regionKind
+	index      uint64
+}
+
+// String names the region for messages.
+func (r region) String() string {
+	switch r.kind {
+	case regHeader:
+		return "header"
+	case regL1:
+		return "L1 table"
+	case regRefTable:
+		return "refcount table"
+	case regEncryption:
+		return "full disk encryption header"
+	case regSnapshots:
+		return "snapshot table"
+	case regBitmapDir:
+		return "bitmap directory"
+	case regRefBlock:
+		return fmt.Sprintf("refcount block %d", r.index)
+	case regL2:
+		return fmt.Sprintf("L2 table of L1 entry %d", r.index)
+	}
+	return "metadata"
 }
 
 // Open reads and validates the qcow2 image held in the first size bytes of r. Every field
@@ -148,13 +192,16 @@ func (img *Image) validate(first []byte) error {
 		return fmt.Errorf("%w: l1_size %d exceeds QEMU's limit of %d entries", ErrFormat, h.l1Size, maxL1Bytes/8)
 	}
 
-	var meta []region
-	meta = append(meta, region{0, cs, "header"})
+	if err := img.addTable(region{0, cs, regHeader, 0}); err != nil {
+		return err
+	}
 	if h.l1Size > 0 {
 		if err := img.table("L1 table", h.l1Offset, l1Bytes); err != nil {
 			return err
 		}
-		meta = append(meta, region{h.l1Offset, h.l1Offset + l1Bytes, "L1 table"})
+		if err := img.addTable(region{h.l1Offset, h.l1Offset + l1Bytes, regL1, 0}); err != nil {
+			return err
+		}
 	}
 	refBytes := uint64(h.refTableClusters) << img.clusterBits
 	if h.refTableClusters == 0 {
@@ -166,7 +213,9 @@ func (img *Image) validate(first []byte) error {
 	if err := img.table("refcount table", h.refTableOffset, refBytes); err != nil {
 		return err
 	}
-	meta = append(meta, region{h.refTableOffset, h.refTableOffset + refBytes, "refcount table"})
+	if err := img.addTable(region{h.refTableOffset, h.refTableOffset + refBytes, regRefTable, 0}); err != nil {
+		return err
+	}
 	if h.encryption {
 		if h.encLength == 0 {
 			return fmt.Errorf("%w: full disk encryption header of length 0", ErrFormat)
@@ -175,7 +224,9 @@ func (img *Image) validate(first []byte) error {
 			return err
 		}
 		// Its clusters belong to it whole, even where the header does not fill them.
-		meta = append(meta, region{h.encOffset, roundUp(h.encOffset+h.encLength, cs), "full disk encryption header"})
+		if err := img.addTable(region{h.encOffset, roundUp(h.encOffset+h.encLength, cs), regEncryption, 0}); err != nil {
+			return err
+		}
 	}
 	if h.nbSnapshots > 0 {
 		if h.nbSnapshots > maxSnapshots {
@@ -185,23 +236,41 @@ func (img *Image) validate(first []byte) error {
 		if err := img.table("snapshot table", h.snapshotsOffset, least); err != nil {
 			return err
 		}
-		meta = append(meta, region{h.snapshotsOffset, roundUp(h.snapshotsOffset+least, cs), "snapshot table"})
+		if err := img.addTable(region{h.snapshotsOffset, roundUp(h.snapshotsOffset+least, cs), regSnapshots, 0}); err != nil {
+			return err
+		}
 	}
 	if h.bitmaps && h.bitmapDirSize > 0 {
 		if err := img.table("bitmap directory", h.bitmapDirOffset, h.bitmapDirSize); err != nil {
 			return err
 		}
-		meta = append(meta, region{h.bitmapDirOffset, h.bitmapDirOffset + h.bitmapDirSize, "bitmap directory"})
+		if err := img.addTable(region{h.bitmapDirOffset, h.bitmapDirOffset + h.bitmapDirSize, regBitmapDir, 0}); err != nil {
+			return err
+		}
 	}
 
 	// Refcount blocks: this package does not need the refcounts to read, but their clusters
-	// are metadata no L2 table or data cluster may claim.
-	ref := make([]byte, refBytes)
-	if err := readFull(img.r, ref, h.refTableOffset); err != nil {
+	// are metadata no L2 table or data cluster may claim. The single-cluster tables
+	// (refcount blocks, L2 tables) are kept as their offsets only, sorted and checked
+	// below: 8 bytes each, at most one per 8 bytes of the tables the file holds.
+	img.refBlocks = make([]uint64, refBytes/8)
+	if err := readTable(img.r, h.refTableOffset, img.refBlocks); err != nil {
 		return fmt.Errorf("%w: reading the refcount table: %w", ErrFormat, err)
 	}
-	for i := uint64(0); i < refBytes/8; i++ {
-		e := binary.BigEndian.Uint64(ref[i*8:])
+	// The active L1 table: entries past what the virtual size needs are not used.
+	img.l1 = make([]uint64, needed)
+	if err := readTable(img.r, h.l1Offset, img.l1); err != nil {
+		return fmt.Errorf("%w: reading the L1 table: %w", ErrFormat, err)
+	}
+	n := 0
+	for _, e := range img.refBlocks {
+		n += int(min(e, 1))
+	}
+	for _, e := range img.l1 {
+		n += int(min(e&offsetMask, 1))
+	}
+	singles := make([]uint64, 0, n)
+	for i, e := range img.refBlocks {
 		if e == 0 {
 			continue
 		}
@@ -211,41 +280,97 @@ func (img *Image) validate(first []byte) error {
 		if e >= img.fileSize {
 			return fmt.Errorf("%w: refcount table entry %d: refcount block at %#x lies beyond the end of the file (%d bytes)", ErrFormat, i, e, img.fileSize)
 		}
-		meta = append(meta, region{e, e + cs, fmt.Sprintf("refcount block %d", i)})
+		if r, ok := img.overlapsTable(e, cs); ok {
+			return fmt.Errorf("%w: refcount block %d at %#x overlaps the %s at %#x..%#x", ErrFormat, i, e, r, r.start, r.end)
+		}
+		singles = append(singles, e)
 	}
 
-	// The active L1 table: entries past what the virtual size needs are not used.
-	l1 := make([]byte, needed*8)
-	if err := readFull(img.r, l1, h.l1Offset); err != nil {
-		return fmt.Errorf("%w: reading the L1 table: %w", ErrFormat, err)
-	}
-	img.l1 = make([]uint64, needed)
-	for i := range img.l1 {
-		e := binary.BigEndian.Uint64(l1[i*8:])
+	for i, e := range img.l1 {
 		if e&l1Reserved != 0 {
 			return fmt.Errorf("%w: L1 entry %d (%#016x): reserved bits set", ErrFormat, i, e)
 		}
 		off := e & offsetMask
+		img.l1[i] = off
 		if off == 0 {
 			continue
 		}
 		if off&(cs-1) != 0 {
 			return fmt.Errorf("%w: L1 entry %d: L2 table offset %#x not aligned to the %d-byte cluster", ErrFormat, i, off, cs)
 		}
-		if err := img.table(fmt.Sprintf("L2 table of L1 entry %d", i), off, cs); err != nil {
+		if !img.inFile(off, cs) {
+			return fmt.Errorf("%w: L2 table of L1 entry %d at %#x (%d bytes) runs past the end of the file (%d bytes)", ErrFormat, i, off, cs, img.fileSize)
+		}
+		if r, ok := img.overlapsTable(off, cs); ok {
+			return fmt.Errorf("%w: L2 table of L1 entry %d at %#x overlaps the %s at %#x..%#x", ErrFormat, i, off, r, r.start, r.end)
+		}
+		singles = append(singles, off)
+	}
+	slices.Sort(singles)
+	for i := 1; i < len(singles); i++ {
+		if singles[i] == singles[i-1] {
+			a, b := img.clusterOwners(singles[i])
+			return fmt.Errorf("%w: %s at %#x overlaps %s at %#x", ErrFormat, b, singles[i], a, singles[i])
+		}
+	}
+	img.clusters = singles
+	return nil
+}
+
+// addTable records a whole table as metadata, refusing it if it overlaps one already
+// recorded.
+func (img *Image) addTable(r region) error {
+	if o, ok := img.overlapsTable(r.start, r.end-r.start); ok {
+		return fmt.Errorf("%w: %s at %#x overlaps the %s at %#x..%#x", ErrFormat, r, r.start, o, o.start, o.end)
+	}
+	img.tables = append(img.tables, r)
+	return nil
+}
+
+// overlapsTable returns the whole table that [off, off+n) overlaps, if any.
+func (img *Image) overlapsTable(off, n uint64) (region, bool) {
+	for _, r := range img.tables {
+		if off < r.end && r.start < off+n {
+			return r, true
+		}
+	}
+	return region{}, false
+}
+
+// clusterOwners names the first two single-cluster tables found at the cluster off (a
+// refcount block or an L2 table), for the error about their overlap.
+func (img *Image) clusterOwners(off uint64) (region, region) {
+	var found []region
+	for i, e := range img.refBlocks {
+		if e == off {
+			found = append(found, region{off, off + img.clusterSize, regRefBlock, uint64(i)})
+		}
+	}
+	for i, e := range img.l1 {
+		if e == off {
+			found = append(found, region{off, off + img.clusterSize, regL2, uint64(i)})
+		}
+	}
+	for len(found) < 2 {
+		found = append(found, region{off, off + img.clusterSize, regL2, 0})
+	}
+	return found[0], found[1]
+}
+
+// readTable reads the big-endian 64-bit entries of a table at off into t, a chunk at a
+// time, so that no buffer but t itself is as large as the table.
+func readTable(r io.ReaderAt, off uint64, t []uint64) error {
+	buf := make([]byte, min(len(t)*8, 64<<10))
+	for done := 0; done < len(t); {
+		n := min(len(t)-done, len(buf)/8)
+		if err := readFull(r, buf[:n*8], off+uint64(done)*8); err != nil {
 			return err
 		}
-		img.l1[i] = off
-		meta = append(meta, region{off, off + cs, fmt.Sprintf("L2 table of L1 entry %d", i)})
-	}
-
-	sort.Slice(meta, func(a, b int) bool { return meta[a].start < meta[b].start })
-	for i := 1; i < len(meta); i++ {
-		if meta[i].start < meta[i-1].end {
-			return fmt.Errorf("%w: %s at %#x overlaps %s at %#x..%#x", ErrFormat, meta[i].what, meta[i].start, meta[i-1].what, meta[i-1].start, meta[i-1].end)
+		for i := range n {
+			t[done+i] = binary.BigEndian.Uint64(buf[i*8:])
 		}
+		done += n
 	}
-	img.meta = meta
 	return nil
 }
 
@@ -270,12 +395,26 @@ func (img *Image) inFile(off, n uint64) bool {
 
 // overlapsMeta returns the metadata region that [off, off+n) overlaps, if any.
 func (img *Image) overlapsMeta(off, n uint64) (region, bool) {
-	end := off + n
-	// The first region that ends after off is the only candidate: regions are disjoint
-	// and sorted, so their ends are sorted too.
-	i := sort.Search(len(img.meta), func(i int) bool { return img.meta[i].end > off })
-	if i < len(img.meta) && img.meta[i].start < end {
-		return img.meta[i], true
+	if r, ok := img.overlapsTable(off, n); ok {
+		return r, true
+	}
+	// The first single-cluster table that ends after off is the only candidate that
+	// could start before off+n... and any later one that starts before off+n.
+	cs := img.clusterSize
+	i, _ := slices.BinarySearch(img.clusters, off-min(off, cs-1))
+	if i < len(img.clusters) && img.clusters[i] < off+n {
+		c := img.clusters[i]
+		for j, e := range img.refBlocks {
+			if e == c {
+				return region{c, c + cs, regRefBlock, uint64(j)}, true
+			}
+		}
+		for j, e := range img.l1 {
+			if e == c {
+				return region{c, c + cs, regL2, uint64(j)}, true
+			}
+		}
+		return region{c, c + cs, regL2, 0}, true
 	}
 	return region{}, false
 }

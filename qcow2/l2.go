@@ -78,7 +78,7 @@ func (img *Image) decode(e, gc uint64) (mapping, error) {
 		return mapping{}, fmt.Errorf("%w: guest offset %#x maps to host cluster %#x beyond the end of the file (%d bytes)", ErrFormat, gc*cs, host, img.fileSize)
 	}
 	if r, ok := img.overlapsMeta(host, cs); ok {
-		return mapping{}, fmt.Errorf("%w: guest offset %#x maps to host cluster %#x inside the %s (%#x..%#x)", ErrFormat, gc*cs, host, r.what, r.start, r.end)
+		return mapping{}, fmt.Errorf("%w: guest offset %#x maps to host cluster %#x inside the %s (%#x..%#x)", ErrFormat, gc*cs, host, r, r.start, r.end)
 	}
 	return mapping{kind: dataCluster, host: host}, nil
 }
@@ -108,7 +108,7 @@ func (img *Image) decodeCompressed(e, gc uint64) (mapping, error) {
 	// bytes only, and decompression stops once it has a whole cluster.
 	n = min(n, img.fileSize-host)
 	if r, ok := img.overlapsMeta(host, n); ok {
-		return mapping{}, fmt.Errorf("%w: guest offset %#x: compressed data at %#x..%#x inside the %s (%#x..%#x)", ErrFormat, gc*cs, host, host+n, r.what, r.start, r.end)
+		return mapping{}, fmt.Errorf("%w: guest offset %#x: compressed data at %#x..%#x inside the %s (%#x..%#x)", ErrFormat, gc*cs, host, host+n, r, r.start, r.end)
 	}
 	return mapping{kind: compressed, host: host, n: n}, nil
 }

@@ -206,3 +206,74 @@ func imageOpts(path string, encrypted bool) string {
 	}
 	return s
 }
+
+// TestQemuSharing makes images in which QEMU packs many compressed clusters into one host
+// cluster (content that deflates to a few bytes a cluster) and shares clusters between the
+// active table and internal snapshots (snapshot, write, revert, write), and checks that Map
+// accepts them and the content equals what qemu-img converts them to: the sharing Map
+// refuses is not sharing QEMU makes.
+func TestQemuSharing(t *testing.T) {
+	if !tooltest.Long() {
+		t.Skip("long run only (CRKVOL_LONG_TESTS=1): a dozen qemu-img runs per cluster size")
+	}
+	tools := tooltest.Require(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	for _, cs := range []int{512, 4096, 65536, 2 << 20} {
+		t.Run(fmt.Sprint(cs), func(t *testing.T) {
+			size := max(16*cs, 1<<20)
+			src := make([]byte, size)
+			for i := range src[:size/2] {
+				src[i] = byte(i/512%251 + 1) // a byte per sector: deflates to almost nothing
+			}
+			hole := size / 2 // the rest is left unallocated, where qemu-io may write compressed
+			raw := writeFile(t, dir, fmt.Sprintf("%d.raw", cs), src)
+			p := filepath.Join(dir, fmt.Sprintf("%d.qcow2", cs))
+			run(t, tools["qemu-img"], "convert", "-c", "-O", "qcow2", "-o", fmt.Sprintf("cluster_size=%d", cs), raw, p)
+			run(t, tools["qemu-img"], "snapshot", "-c", "s1", p)
+			run(t, tools["qemu-io"], "-c", fmt.Sprintf("write -P 0x77 0 %d", 2*cs), "-c", fmt.Sprintf("write -c -P 0x33 %d %d", hole, cs), p)
+			run(t, tools["qemu-img"], "snapshot", "-c", "s2", p)
+			run(t, tools["qemu-img"], "snapshot", "-a", "s1", p)
+			run(t, tools["qemu-io"], "-c", fmt.Sprintf("write -P 0x55 %d %d", cs, cs), "-c", fmt.Sprintf("write -c -P 0x44 %d %d", hole+2*cs, cs), p)
+			run(t, tools["qemu-img"], "check", p)
+			out := filepath.Join(dir, fmt.Sprintf("%d.out", cs))
+			run(t, tools["qemu-img"], "convert", "-O", "raw", p, out)
+			want, err := os.ReadFile(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			img := openPath(t, p)
+			if _, err := img.Map(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if n := packed(t, img); n == 0 {
+				t.Fatal("no two compressed clusters share a host cluster: the test tests nothing")
+			}
+			if got := readAll(t, img, nil); !bytes.Equal(got, want) {
+				t.Fatal("guest content differs from qemu-img convert's")
+			}
+		})
+	}
+}
+
+// packed counts the compressed clusters of img's active mapping that start in a host
+// cluster where another one starts too.
+func packed(t *testing.T, img *Image) int {
+	t.Helper()
+	seen := map[uint64]int{}
+	for gc := range (uint64(img.Size()) + img.clusterSize - 1) / img.clusterSize {
+		m, err := img.lookup(gc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.kind == compressed {
+			seen[m.host/img.clusterSize]++
+		}
+	}
+	n := 0
+	for _, k := range seen {
+		if k > 1 {
+			n += k
+		}
+	}
+	return n
+}
