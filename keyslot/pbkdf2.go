@@ -62,7 +62,9 @@ func pbkdf2Key(ctx context.Context, password, salt []byte, iter, keyLen int, h f
 // PBKDF2Iterations returns how many PBKDF2 iterations with hash ("sha1", "sha256" or
 // "sha512"), producing keyBytes bytes, take about d on this machine: the iteration time of
 // cryptsetup's --iter-time and QEMU's encrypt.iter-time, which measure the same way (QEMU's
-// default is 2 s, cryptsetup's for LUKS1 2 s too). It measures derivations of growing
+// default is 2 s, cryptsetup's for LUKS1 2 s too). Like theirs, it counts the CPU time of
+// its thread (on Linux), so other work on a busy machine does not shrink the count, and the
+// derivation takes about d when it has a core to itself. It measures derivations of growing
 // iteration counts until one takes at least d/8 (at least 10 ms, at most 250 ms), so it
 // costs up to about half a second itself, and scales. The result is at least
 // MinPBKDF2Iterations and at most MaxPBKDF2Iterations (a LUKS1 header also needs it at most
@@ -84,9 +86,10 @@ func PBKDF2Iterations(ctx context.Context, hash string, keyBytes int, d time.Dur
 	salt := make([]byte, saltSize)
 	n := pbkdf2CheckEvery
 	for {
-		start := time.Now()
+		since, stop := threadCPUTimer()
 		key, err := pbkdf2Key(ctx, pass, salt, n, keyBytes, h.new)
-		elapsed := time.Since(start)
+		elapsed := since()
+		stop()
 		if err != nil {
 			return 0, err
 		}
