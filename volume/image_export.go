@@ -239,8 +239,8 @@ func exportIterations(ctx context.Context, opts ExportOptions, keyBytes int) (in
 		return 0, err
 	}
 	if n+1000 > keyslot.MaxLUKS1Iterations {
-		return 0, fmt.Errorf("%w: an iteration time of %v is %d PBKDF2 iterations (%s, %d-byte key) on this machine, over the %d (keyslot.MaxLUKS1Iterations, with the digest's 1000) crkvol opens an image with",
-			keyslot.ErrKDFLimits, d, n, hash, keyBytes, keyslot.MaxLUKS1Iterations)
+		return 0, fmt.Errorf("%w: an iteration time of %v is %d PBKDF2 iterations (%s, %d-byte key) on this machine, over the %d crkvol opens an image with (keyslot.MaxLUKS1Iterations, less the digest's 1000)",
+			keyslot.ErrKDFLimits, d, n, hash, keyBytes, keyslot.MaxLUKS1Iterations-1000)
 	}
 	return n, nil
 }
