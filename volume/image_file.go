@@ -19,7 +19,7 @@ func openCatalogFile(path string) (*os.File, os.FileInfo, error) {
 		return nil, nil, err
 	}
 	if !pre.Mode().IsRegular() {
-		return nil, nil, fmt.Errorf("%s is not a regular file (%s)", path, pre.Mode().Type())
+		return nil, nil, fmt.Errorf("%s is not a regular file (%s)", path, fileType(pre.Mode()))
 	}
 	fh, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
@@ -27,7 +27,7 @@ func openCatalogFile(path string) (*os.File, os.FileInfo, error) {
 	}
 	fi, err := fh.Stat()
 	if err == nil && !fi.Mode().IsRegular() {
-		err = fmt.Errorf("%s is not a regular file (%s)", path, fi.Mode().Type())
+		err = fmt.Errorf("%s is not a regular file (%s)", path, fileType(fi.Mode()))
 	}
 	if err == nil && !os.SameFile(pre, fi) {
 		err = fmt.Errorf("%w: %s was replaced while it was opened", ErrImageChanged, path)
@@ -42,6 +42,23 @@ func openCatalogFile(path string) (*os.File, os.FileInfo, error) {
 		_ = rc.Control(func(fd uintptr) { _ = syscall.SetNonblock(int(fd), false) })
 	}
 	return fh, fi, nil
+}
+
+// fileType names the type of a file that is not a regular one.
+func fileType(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	case m&os.ModeCharDevice != 0:
+		return "a character device"
+	case m&os.ModeDevice != 0:
+		return "a block device"
+	}
+	return "type " + m.Type().String()
 }
 
 // fileState is what the catalog compares of an image file without reading it.
@@ -64,7 +81,7 @@ func stateOf(fi os.FileInfo) fileState {
 // in state after (another size, modification or change time, or identity); what names the
 // operation that read the file between the two stats.
 func changedSince(path, what string, before, after fileState) error {
-	if before.size != after.size || !before.mod.Equal(after.mod) || before.ctime != after.ctime ||
+	if before.size != after.size || !before.mod.Equal(after.mod) || !before.ctime.Equal(after.ctime) ||
 		before.id != after.id || before.hasID != after.hasID || before.hasCT != after.hasCT {
 		return fmt.Errorf("%w: %s changed while %s (size %d, modified %s, changed %s; before: %d, %s, %s)", ErrImageChanged, path, what,
 			after.size, fmtTime(after.mod), fmtTime(after.ctime), before.size, fmtTime(before.mod), fmtTime(before.ctime))

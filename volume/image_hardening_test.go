@@ -104,7 +104,7 @@ func TestImageFIFO(t *testing.T) {
 	for range 2 {
 		select {
 		case err := <-done:
-			assert.ErrorContains(t, err, "not a regular file")
+			assert.ErrorContains(t, err, "is not a regular file (a FIFO)")
 		case <-time.After(5 * time.Second):
 			// Unblock what hangs, so the test ends.
 			for _, p := range []string{fifo, e.Path} {
