@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"crkvol/crk"
+
 	kp "github.com/IBM/keyprotect-go-client"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
