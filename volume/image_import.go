@@ -85,9 +85,15 @@ func (m *Manager) ImportImage(ctx context.Context, path string, opts ImportOptio
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("not a regular file (%s)", fi.Mode().Type())
 	}
+	if _, err := lockImageForRead(fh); err != nil { // released when fh is closed
+		return nil, err
+	}
 	qi, err := openEncryptedQcow2(fh, fi.Size())
 	if err != nil {
 		return nil, err
+	}
+	if qi.Size() == 0 {
+		return nil, fmt.Errorf("%w: the image's guest size is 0 (no volume can be made of it)", ErrBadSize)
 	}
 
 	// The passphrase, and the WDEK to store.
