@@ -18,6 +18,7 @@ import (
 // Hints for the refusals of image import.
 const (
 	hintWDEK       = "the WDEK must be a ciphertext of the root key given with --key, made with no --aad: crkvol key wrap KEY --plaintext-file PASS, where PASS is the passphrase file given to qemu-img (secret,file=PASS)"
+	hintInUse      = "a QEMU process (qemu, qemu-img, qemu-io) has the file open for writing; run the command again once it has closed it (crkvol does not read an image that may change under it)"
 	hintPassphrase = "the passphrase is the content of the secret file given to qemu-img (--object secret,id=...,file=PASS), every byte of it, a final newline included"
 )
 
@@ -94,6 +95,8 @@ func importErr(err error, passFile string, pass []byte) error {
 			}
 		}
 		return withHint(err, hintPassphrase)
+	case errors.Is(err, volume.ErrImageInUse):
+		return withHint(err, hintInUse)
 	case errors.Is(err, volume.ErrImageExists):
 		return withHint(err, "crkvol image list shows the catalog's names; crkvol image delete NAME removes an entry (never its file)")
 	}
@@ -242,6 +245,9 @@ func (a *app) fromImage(ctx context.Context, path string, opts volume.FromImageO
 	opts.Progress = bar.update
 	info, err := a.mgr.CreateFromImage(ctx, path, opts)
 	bar.finish()
+	if errors.Is(err, volume.ErrImageInUse) {
+		return withHint(err, hintInUse)
+	}
 	if err != nil {
 		return imageNotFound(err)
 	}
