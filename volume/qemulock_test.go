@@ -43,7 +43,7 @@ func ofdLocked(t testing.TB, path string, off int64) bool {
 	return lk.Type != unix.F_UNLCK
 }
 
-// TestImageQemuLocks: import and create-from-image refuse, without waiting, an image file
+// TestImageQemuLocks: import, verify and create-from-image refuse, without waiting, an image file
 // on which another open holds QEMU's write or resize permission byte (101, 103), naming
 // the lock; once it is gone they read it, and while they read it they hold QEMU's reader
 // bytes (100, and 201 and 203: write and resize not shared), which make a QEMU writer
@@ -69,6 +69,12 @@ func TestImageQemuLocks(t *testing.T) {
 	for _, off := range []int64{100, 201, 203} {
 		assert.False(t, ofdLocked(t, img, off), "byte %d is released after the import", off)
 	}
+
+	writer = ofdLock(t, img, 101)
+	err = f.mgr.VerifyImage(f.ctx, "busy")
+	require.ErrorIs(t, err, volume.ErrImageInUse)
+	require.NoError(t, writer.Close())
+	require.NoError(t, f.mgr.VerifyImage(f.ctx, "busy"))
 
 	resizer := ofdLock(t, img, 103)
 	vol := filepath.Join(f.dir, "v.img")
