@@ -186,7 +186,10 @@ func (r *runner) makeImage(ctx context.Context, c imageCatalog, idx int, src *vo
 	} else {
 		pass := make([]byte, 32)
 		r.imageRand(idx, "passphrase").Read(pass)
-		if _, err := mgr.ExportImage(ctx, src.path, img.path, volume.ExportOptions{Passphrase: pass}); err != nil {
+		// A fixed iteration count: the passphrase is 32 random bytes, which stretching cannot
+		// strengthen, and an IterTime (2 s by default with a passphrase) would be measured,
+		// making the run slow and its images differ from run to run.
+		if _, err := mgr.ExportImage(ctx, src.path, img.path, volume.ExportOptions{Passphrase: pass, Iterations: 1000}); err != nil {
 			return nil, err
 		}
 		// The WDEK, as `crkvol key wrap` makes it: the passphrase wrapped without AAD.

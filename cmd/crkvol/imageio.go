@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
+	"time"
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
@@ -114,17 +116,49 @@ type exportJSON struct {
 	Image        *imageJSON `json:"image,omitempty"`
 }
 
-// imageExportCommand is `image export IMG OUT.qcow2 [--passphrase-file F | --name N [--key K]] [--cluster-size S]`.
+// iterTimeFlag is --iter-time: a Go duration (2s, 500ms) or, as QEMU's encrypt.iter-time and
+// cryptsetup's --iter-time, a whole number of milliseconds.
+type iterTimeFlag struct{ d time.Duration }
+
+func (f *iterTimeFlag) String() string {
+	if f.d == 0 {
+		return ""
+	}
+	return f.d.String()
+}
+
+func (f *iterTimeFlag) Set(v string) error {
+	d, err := time.ParseDuration(v)
+	if n, nerr := strconv.ParseUint(v, 10, 31); nerr == nil {
+		d, err = time.Duration(n)*time.Millisecond, nil
+	}
+	if err != nil || d <= 0 {
+		return fmt.Errorf("want a positive duration such as 2s or 500ms, or milliseconds as QEMU's iter-time (2000)")
+	}
+	f.d = d
+	return nil
+}
+
+func (f *iterTimeFlag) Type() string { return "duration" }
+
+// imageExportCommand is `image export IMG OUT.qcow2 [--passphrase-file F | --name N [--key K]]
+// [--cluster-size S] [--iter-time D] [--hash H] [--cipher-key-bits N]`.
 func (a *app) imageExportCommand() *cobra.Command {
-	var passFile, name, keyRef string
+	var passFile, name, keyRef, hash string
 	var clusterSize sizeFlag
+	var iterTime iterTimeFlag
+	var keyBits int
 	cmd := &cobra.Command{Use: "export IMG OUT", Short: "Write a volume's content as a new LUKS-encrypted qcow2 image QEMU opens", Args: args(cobra.ExactArgs(2)),
 		Long: `Write the content of volume IMG to OUT, a new qcow2 v3 file encrypted with QEMU's LUKS
 (aes-xts-plain64), holding only the clusters with data. The passphrase is the bytes of a file
 (--passphrase-file: give the same file to qemu-img as --object secret,id=sec0,file=F), or a new
 random one wrapped by a root key straight into the catalog as image --name (--key, by default
 the volume's key): the passphrase is then never shown, and volume create --from-image reads the
-image back.`,
+image back. The LUKS header is QEMU's: aes-xts-plain64 with a 512-bit key (--cipher-key-bits
+256 for aes-128-xts), PBKDF2 with sha256 (--hash), and as many iterations as this machine
+computes in --iter-time (QEMU's iter-time, 2s by default with --passphrase-file, since a
+passphrase a person chose needs stretching; with --name the random 32-byte passphrase gets
+1000 iterations unless --iter-time is given, since stretching cannot strengthen it).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts := volume.ExportOptions{}
 			switch {
@@ -160,6 +194,19 @@ image back.`,
 				}
 				opts.ClusterSize = int(n)
 			}
+			opts.IterTime = iterTime.d
+			switch hash {
+			case "sha1", "sha256", "sha512":
+				opts.Hash = hash
+			default:
+				return usagef("--hash %q: want sha1, sha256 or sha512", shown(hash))
+			}
+			switch keyBits {
+			case 256, 512:
+				opts.KeyBytes = keyBits / 8
+			default:
+				return usagef("--cipher-key-bits %d: want 256 (aes-128-xts) or 512 (aes-256-xts)", keyBits)
+			}
 			out := absPath(args[1])
 			ctx := cmd.Context()
 			if err := a.open(ctx); err != nil {
@@ -177,6 +224,9 @@ image back.`,
 			res, err := a.mgr.ExportImage(ctx, args[0], out, opts)
 			bar.finish()
 			if err != nil {
+				if errors.Is(err, keyslot.ErrKDFLimits) {
+					return withHint(err, fmt.Sprintf("give a shorter --iter-time: crkvol opens images of at most %d PBKDF2 iterations", keyslot.MaxLUKS1Iterations))
+				}
 				return importErr(err, "", nil)
 			}
 			j := exportJSON{Volume: args[0], Output: res.Path, Size: res.Size, FileSize: res.FileSize, DataClusters: res.DataClusters, ClusterSize: opts.ClusterSize}
@@ -201,6 +251,9 @@ image back.`,
 	cmd.Flags().StringVar(&name, "name", "", "put the image in the catalog under this name, with a new random passphrase wrapped by --key")
 	cmd.Flags().StringVar(&keyRef, "key", "", "with --name: root key id or unique name that wraps the passphrase (default: the volume's key)")
 	cmd.Flags().Var(&clusterSize, "cluster-size", "qcow2 cluster size, a power of two from 512 to 2MiB (default 64KiB)")
+	cmd.Flags().Var(&iterTime, "iter-time", "PBKDF2 time of the LUKS keyslot, measured on this machine: a duration or milliseconds, as QEMU's iter-time (default 2s with --passphrase-file; with --name 1000 iterations)")
+	cmd.Flags().StringVar(&hash, "hash", "sha256", "LUKS PBKDF2 and AF hash: sha1, sha256 or sha512")
+	cmd.Flags().IntVar(&keyBits, "cipher-key-bits", 512, "aes-xts master key size: 512 (aes-256-xts, QEMU's default) or 256 (aes-128-xts)")
 	return cmd
 }
 
