@@ -20,6 +20,7 @@ import (
 // Hints for the refusals of image import.
 const (
 	hintWDEK       = "the WDEK must be a ciphertext of the root key given with --key, made with no --aad: crkvol key wrap KEY --plaintext-file PASS, where PASS is the passphrase file given to qemu-img (secret,file=PASS)"
+	hintInUse      = "a QEMU process (qemu, qemu-img, qemu-io) has the file open for writing; run the command again once it has closed it (crkvol does not read an image that may change under it)"
 	hintPassphrase = "the passphrase is the content of the secret file given to qemu-img (--object secret,id=...,file=PASS), every byte of it, a final newline included"
 )
 
@@ -96,6 +97,8 @@ func importErr(err error, passFile string, pass []byte) error {
 			}
 		}
 		return withHint(err, hintPassphrase)
+	case errors.Is(err, volume.ErrImageInUse):
+		return withHint(err, hintInUse)
 	case errors.Is(err, volume.ErrImageExists):
 		return withHint(err, "crkvol image list shows the catalog's names; crkvol image delete NAME removes an entry (never its file)")
 	}
@@ -287,14 +290,30 @@ func (p *byteProgress) finish() {
 }
 
 // fromImage is the volume create --from-image path: the volume at path is made of the
-// catalog image name's content, its own passphrase wrapped by keyID; size 0 is the image's;
-// sparse skips what reads as zeros in the image (see volume.FromImageOptions).
-func (a *app) fromImage(ctx context.Context, path, name, keyID string, size int64, sparse bool) error {
+// catalog image opts.Image's content, its own passphrase wrapped by opts.KeyID (see
+// volume.FromImageOptions for the size, sector size, key size and Sparse). Before the
+// status, a line says which sector size the volume got and why.
+func (a *app) fromImage(ctx context.Context, path string, opts volume.FromImageOptions) error {
 	bar := a.bytesProgress("copying")
-	info, err := a.mgr.CreateFromImage(ctx, path, volume.FromImageOptions{Image: name, KeyID: keyID, Size: size, Sparse: sparse, Progress: bar.update})
+	opts.Progress = bar.update
+	info, err := a.mgr.CreateFromImage(ctx, path, opts)
 	bar.finish()
+	if errors.Is(err, volume.ErrImageInUse) {
+		return withHint(err, hintInUse)
+	}
 	if err != nil {
 		return imageNotFound(err)
+	}
+	if !a.asJSON {
+		why := "given with --sector-size"
+		switch {
+		case opts.SectorSize != 0:
+		case info.SectorSize == 4096:
+			why = "the default; --sector-size chooses another"
+		default:
+			why = "the size is not a multiple of 4096 bytes; --sector-size chooses another that divides it"
+		}
+		fmt.Fprintf(a.stdout, "created %s from image %s with %d-byte sectors (%s)\n", info.Path, opts.Image, info.SectorSize, why)
 	}
 	return a.printStatus(ctx, info.Path)
 }
