@@ -588,6 +588,15 @@ func TestPrintAgentStatusFeedFailing(t *testing.T) {
 	assert.Equal(t, 3, v.RewrapPasses)
 }
 
+// A starting agent (its status socket answers before it has opened the key service) already
+// names its host.
+func TestPrintAgentStatusStarting(t *testing.T) {
+	v := runningView("/srv/crkvol", "", RunningAgent{PID: 7, Starting: true, Host: "web-1.example"}, agent.Status{})
+	var out strings.Builder
+	printAgentStatus(&out, v)
+	assert.Equal(t, "agent:           running (process 7), starting\nstate directory: /srv/crkvol\nhost:            web-1.example\n", out.String())
+}
+
 // recordingFeed answers from a real feed and records what it was asked.
 type recordingFeed struct {
 	feed  volume.KeyFeed
