@@ -13,6 +13,7 @@ import (
 // other instances under the same key cannot be rotated (their material would be lost), and
 // nothing changes; an instance with a key of its own can be.
 func TestRotateMasterKeySharedDatabase(t *testing.T) {
+	t.Parallel() // a database of its own
 	db := replicaDatabase(t)
 	ctx := context.Background()
 	dir := t.TempDir()

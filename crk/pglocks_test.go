@@ -47,6 +47,7 @@ func deadlocks(t *testing.T, url string) int64 {
 // keys by two replicas at once, while the keys are used and rotated, never deadlock: every
 // request succeeds or is refused for what it asks, none fails after the store's retries.
 func TestReplicasRegistrationsNoDeadlock(t *testing.T) {
+	t.Parallel() // a database of its own
 	url := pgtest.Start(t).NewDatabase(t)
 	ctx := context.Background()
 	keyFile := filepath.Join(t.TempDir(), "master.key")

@@ -48,6 +48,7 @@ func replicas(t *testing.T, n int, clock Clock) []*Service {
 // TestReplicasRotateOnceAnHour: replicas rotating one key at the same instant make exactly
 // one rotation; the others get Key Protect's "too soon" refusal.
 func TestReplicasRotateOnceAnHour(t *testing.T) {
+	t.Parallel() // a database of its own
 	clock := NewManualClock(t0)
 	rs := replicas(t, 4, clock)
 	ctx := context.Background()
@@ -87,6 +88,7 @@ func TestReplicasRotateOnceAnHour(t *testing.T) {
 // TestReplicasRunDueOnce: schedulers of several replicas running the due work at once rotate
 // each due key once, expire each key once and purge each key once.
 func TestReplicasRunDueOnce(t *testing.T) {
+	t.Parallel() // a database of its own
 	clock := NewManualClock(t0)
 	rs := replicas(t, 3, clock)
 	ctx := context.Background()
@@ -140,6 +142,7 @@ func TestReplicasRunDueOnce(t *testing.T) {
 // TestReplicasShareTheFeed: a long poll on one replica wakes when another commits a
 // lifecycle change, and every replica gives the same ordered feed.
 func TestReplicasShareTheFeed(t *testing.T) {
+	t.Parallel() // a database of its own
 	clock := NewManualClock(t0)
 	rs := replicas(t, 3, clock)
 	ctx := context.Background()
@@ -192,6 +195,7 @@ func TestReplicasShareTheFeed(t *testing.T) {
 // TestReplicasConcurrentWrapsKeepEveryEvent: wraps on several replicas at once each store
 // their audit event; sequence numbers have no gap and no duplicate.
 func TestReplicasConcurrentWrapsKeepEveryEvent(t *testing.T) {
+	t.Parallel() // a database of its own
 	clock := NewManualClock(t0)
 	rs := replicas(t, 3, clock)
 	ctx := context.Background()
@@ -373,6 +377,7 @@ func TestCopyStore(t *testing.T) {
 // of a shared store, another still holding the old key seals nothing under it (material it
 // sealed would be lost to the new key) and says to restart with the new key.
 func TestReplicaRefusesAfterMasterKeyRotatedElsewhere(t *testing.T) {
+	t.Parallel() // a database of its own
 	clock := NewManualClock(t0)
 	rs := replicas(t, 2, clock)
 	ctx := context.Background()

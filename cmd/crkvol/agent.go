@@ -782,6 +782,7 @@ func printAgentStatus(w io.Writer, v agentStatusView) {
 	if r.Starting {
 		line("agent", "running (process %d), starting", r.PID)
 		line("state directory", "%s", v.StateDir)
+		line("host", "%s", r.Host) // known from the start: its status socket may answer first
 		return
 	}
 	line("agent", "running (process %d)", r.PID)

@@ -240,14 +240,20 @@ func TestAgentEmbedded(t *testing.T) {
 		})
 	}
 
-	// A disable: the attach process of a volume of the key is told to check its key
-	// (SIGUSR1); an enable is logged.
+	// A disable: the attached volume of the key stops serving, whether the agent told its
+	// attach process to check its key (SIGUSR1) or the process's own watch of the feed saw
+	// the disable first and stopped by itself (then the agent finds no process to tell); the
+	// agent acknowledges the lockout of the key's three volumes either way. An enable is
+	// logged.
 	attach := exec.Command("crkvol", "volume", "attach", images[0])
 	attach.Dir = dir
 	attach.Env = append(os.Environ(), "CRKVOL_STATE="+state, "CRKVOL_MASTER_KEY=", "CRKVOL_NOW="+t0)
+	attachErr := &tooltest.SyncBuffer{}
+	attach.Stderr = attachErr
 	require.NoError(t, attach.Start())
 	attached := make(chan struct{})
-	go func() { attach.Wait(); close(attached) }()
+	var attachWait error
+	go func() { attachWait = attach.Wait(); close(attached) }()
 	t.Cleanup(func() { attach.Process.Kill(); <-attached })
 	waitFor(t, "volume attached", time.Minute, func() bool {
 		recs, _ := filepath.Glob(filepath.Join(state, "attached", "*.json"))
@@ -255,10 +261,31 @@ func TestAgentEmbedded(t *testing.T) {
 	})
 	code, _, errOut = runIn(t, dir, state, t0, "key", "disable", key)
 	require.Zero(t, code, errOut)
-	told := fmt.Sprintf("pid=%d", attach.Process.Pid)
-	waitFor(t, "the attach process told to check its key", 20*time.Second, func() bool {
-		return strings.Contains(ag.stderr.String(), "told an attach process to check its key") && strings.Contains(ag.stderr.String(), told)
+	select {
+	case <-attached:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the attach process still serves 20 s after the disable: %s", attachErr.String())
+	}
+	var ee *exec.ExitError
+	if assert.ErrorAs(t, attachWait, &ee, attachErr.String()) {
+		assert.Equal(t, 1, ee.ExitCode(), attachErr.String())
+	}
+	assert.Contains(t, attachErr.String(), "key "+key+" is suspended (disabled): stopped serving "+images[0])
+	lockedOut := "agent: key out of use; its volumes stop serving"
+	waitFor(t, "the agent's lockout of the key", 20*time.Second, func() bool {
+		return strings.Contains(ag.stderr.String(), lockedOut)
 	})
+	agentLog := ag.stderr.String()
+	lockLine := agentLog[strings.Index(agentLog, lockedOut):]
+	lockLine, _, _ = strings.Cut(lockLine, "\n")
+	assert.Contains(t, lockLine, "key="+key+" state=suspended volumes=3 ")
+	// Who saw the disable first decides only whether the agent had a process to tell.
+	stopped := "0"
+	if strings.Contains(agentLog, "told an attach process to check its key") {
+		assert.Contains(t, agentLog, fmt.Sprintf("pid=%d", attach.Process.Pid))
+		stopped = "1"
+	}
+	assert.Contains(t, lockLine, "stopped="+stopped+" ")
 	code, _, errOut = runIn(t, dir, state, "2026-06-01T12:01:00Z", "key", "enable", key) // 30 s after the disable
 	require.Zero(t, code, errOut)
 	// The feed's head, to wait for the agent's cursor: its counters move before the cursor
@@ -275,7 +302,7 @@ func TestAgentEmbedded(t *testing.T) {
 	// (acknowledgements are made before the page's cursor is saved).
 	code, out, errOut = runIn(t, dir, state, t0, "events", "--key", key, "--action", "kms.secrets.eventack")
 	require.Zero(t, code, errOut)
-	assert.Contains(t, out, "acknowledged disable: state suspended")
+	assert.Contains(t, out, "acknowledged disable: state suspended, 3 volume(s), "+stopped+" attach process(es) stopped")
 	assert.Contains(t, out, "acknowledged enable: state active")
 
 	require.NoError(t, ag.cmd.Process.Signal(syscall.SIGTERM))
@@ -559,6 +586,15 @@ func TestPrintAgentStatusFeedFailing(t *testing.T) {
 	assert.Contains(t, out.String(), "feed error:      connection refused (no answer for 1m35s)\n")
 	assert.Equal(t, 95.0, v.FeedSilenceSeconds)
 	assert.Equal(t, 3, v.RewrapPasses)
+}
+
+// A starting agent (its status socket answers before it has opened the key service) already
+// names its host.
+func TestPrintAgentStatusStarting(t *testing.T) {
+	v := runningView("/srv/crkvol", "", RunningAgent{PID: 7, Starting: true, Host: "web-1.example"}, agent.Status{})
+	var out strings.Builder
+	printAgentStatus(&out, v)
+	assert.Equal(t, "agent:           running (process 7), starting\nstate directory: /srv/crkvol\nhost:            web-1.example\n", out.String())
 }
 
 // recordingFeed answers from a real feed and records what it was asked.

@@ -187,6 +187,12 @@ func (e *lockoutEnv) attach(img, sock string, flags ...string) *attached {
 			return true
 		default:
 		}
+		// Ready once it says so: the socket accepts connections (into its backlog) from
+		// listen on, before the attachment record that detach, status and kms serve's
+		// refusal read is written; the "attached" line comes after the record.
+		if !strings.Contains(a.stderr.String(), "; stop with SIGINT, SIGTERM or crkvol volume detach") {
+			return false
+		}
 		c, err := net.Dial("unix", sock)
 		if err == nil {
 			c.Close()
