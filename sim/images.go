@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -184,8 +185,10 @@ func (r *runner) makeImage(ctx context.Context, c imageCatalog, idx int, src *vo
 		entry = res.Image
 		r.rep.Images.Exported++
 	} else {
-		pass := make([]byte, 32)
-		r.imageRand(idx, "passphrase").Read(pass)
+		raw := make([]byte, 32)
+		r.imageRand(idx, "passphrase").Read(raw)
+		// Printable, as QEMU requires of a LUKS passphrase (a UTF-8 secret).
+		pass := []byte(base64.StdEncoding.EncodeToString(raw))
 		if _, err := mgr.ExportImage(ctx, src.path, img.path, volume.ExportOptions{Passphrase: pass}); err != nil {
 			return nil, err
 		}

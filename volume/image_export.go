@@ -18,10 +18,11 @@ import (
 
 // ExportOptions describe an export of a volume to an encrypted qcow2 image.
 type ExportOptions struct {
-	// Passphrase is the LUKS passphrase of the exported image. If nil, a random 32-byte
-	// passphrase is made, wrapped by KeyID, and the image is imported into the catalog as
-	// Name (exactly as [Manager.ImportImage] imports one, registration included): the
-	// passphrase is then known only wrapped. The caller keeps and clears its Passphrase.
+	// Passphrase is the LUKS passphrase of the exported image; it must be valid UTF-8, as
+	// QEMU requires ([ErrPassphraseNotUTF8]). If nil, a random passphrase is made (32
+	// random bytes in base64, printable as QEMU requires), wrapped by KeyID, and the image
+	// is imported into the catalog as Name (exactly as [Manager.ImportImage] imports one,
+	// registration included): the passphrase is then known only wrapped. The caller keeps and clears its Passphrase.
 	Passphrase []byte
 	// Name is the catalog name of the exported image (required without Passphrase, refused
 	// with it).
@@ -79,6 +80,8 @@ func (m *Manager) ExportImage(ctx context.Context, volumePath, out string, opts 
 		}
 	case len(opts.Passphrase) == 0:
 		return nil, errors.New("an empty passphrase")
+	case checkImagePassphrase(opts.Passphrase) != nil:
+		return nil, checkImagePassphrase(opts.Passphrase)
 	case opts.Name != "":
 		return nil, errors.New("a catalog name is for an export with a random passphrase, not with a given one")
 	}
@@ -128,11 +131,10 @@ func (m *Manager) ExportImage(ctx context.Context, volumePath, out string, opts 
 	}
 	pass := opts.Passphrase
 	if catalog {
-		pass = make([]byte, passphraseSize)
-		defer clear(pass)
-		if _, err := io.ReadFull(m.opts.Rand, pass); err != nil {
-			return nil, fmt.Errorf("reading a random passphrase: %w", err)
+		if pass, err = randomImagePassphrase(m.opts.Rand); err != nil {
+			return nil, err
 		}
+		defer clear(pass)
 	}
 	area, err := keyslot.FormatLUKS1(ctx, mk, pass, keyslot.LUKS1Options{
 		KeyBytes: keyBytes, Hash: opts.Hash, Iterations: opts.Iterations, Rand: m.opts.Rand,

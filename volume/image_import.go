@@ -114,6 +114,9 @@ func (m *Manager) ImportImage(ctx context.Context, path string, opts ImportOptio
 		pass = append([]byte(nil), opts.Passphrase...)
 	}
 	defer clear(pass)
+	if err := checkImagePassphrase(pass); err != nil {
+		return nil, err // QEMU could not have encrypted the image with it
+	}
 
 	hdr, mk, err := unlockQcow2(ctx, qi, pass)
 	clear(mk) // the import only checks that the passphrase opens the header
