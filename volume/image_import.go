@@ -83,7 +83,7 @@ func (m *Manager) ImportImage(ctx context.Context, path string, opts ImportOptio
 		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("not a regular file (%s)", fi.Mode().Type())
+		return nil, fmt.Errorf("it is %s, not a regular file", fileKind(fi.Mode()))
 	}
 	qi, err := openEncryptedQcow2(fh, fi.Size())
 	if err != nil {

@@ -5,7 +5,9 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
@@ -94,6 +96,12 @@ func importErr(err error, passFile string, pass []byte) error {
 			}
 		}
 		return withHint(err, hintPassphrase)
+	case errors.Is(err, volume.ErrPassphraseNotUTF8):
+		what := "the passphrase"
+		if passFile != "" {
+			what = "the passphrase file " + absPath(passFile)
+		}
+		return withHint(err, what+" must hold UTF-8 text, as QEMU requires of a secret; make a printable one, e.g.: head -c 32 /dev/urandom | base64 -w0 > PASS")
 	case errors.Is(err, volume.ErrImageExists):
 		return withHint(err, "crkvol image list shows the catalog's names; crkvol image delete NAME removes an entry (never its file)")
 	}
@@ -114,6 +122,7 @@ type exportJSON struct {
 // imageExportCommand is `image export IMG OUT.qcow2 [--passphrase-file F | --name N [--key K]] [--cluster-size S]`.
 func (a *app) imageExportCommand() *cobra.Command {
 	var passFile, name, keyRef string
+	var force bool
 	var clusterSize sizeFlag
 	cmd := &cobra.Command{Use: "export IMG OUT", Short: "Write a volume's content as a new LUKS-encrypted qcow2 image QEMU opens", Args: args(cobra.ExactArgs(2)),
 		Long: `Write the content of volume IMG to OUT, a new qcow2 v3 file encrypted with QEMU's LUKS
@@ -162,6 +171,10 @@ image back.`,
 			if err := a.open(ctx); err != nil {
 				return err
 			}
+			if err := a.checkExportOutput(out, force, args[0]); err != nil {
+				return err
+			}
+			opts.Replace = force
 			if keyRef != "" {
 				id, err := a.resolveKey(ctx, keyRef, false)
 				if err != nil {
@@ -173,8 +186,11 @@ image back.`,
 			opts.Progress = bar.update
 			res, err := a.mgr.ExportImage(ctx, args[0], out, opts)
 			bar.finish()
+			if err != nil && ctx.Err() != nil {
+				return interruptedf("%s: the export to %s stopped; its temporary file was removed and %s was not written; run the command again to export", args[0], out, out)
+			}
 			if err != nil {
-				return importErr(err, "", nil)
+				return importErr(err, passFile, nil)
 			}
 			j := exportJSON{Volume: args[0], Output: res.Path, Size: res.Size, FileSize: res.FileSize, DataClusters: res.DataClusters, ClusterSize: opts.ClusterSize}
 			if res.Image != nil {
@@ -197,8 +213,44 @@ image back.`,
 	cmd.Flags().StringVar(&passFile, "passphrase-file", "", "encrypt with the bytes of this file as the LUKS passphrase (give it to qemu-img as --object secret,file=F)")
 	cmd.Flags().StringVar(&name, "name", "", "put the image in the catalog under this name, with a new random passphrase wrapped by --key")
 	cmd.Flags().StringVar(&keyRef, "key", "", "with --name: root key id or unique name that wraps the passphrase (default: the volume's key)")
+	cmd.Flags().BoolVar(&force, "force", false, "replace an existing regular file OUT (atomically: the new image is renamed over it when complete)")
 	cmd.Flags().Var(&clusterSize, "cluster-size", "qcow2 cluster size, a power of two from 512 to 2MiB (default 64KiB)")
 	return cmd
+}
+
+// checkExportOutput applies to image export's OUT the rules of the CLI's output files: not
+// a volume image (IMG) nor in the state directory, even with --force; an existing regular
+// file (or a link: the link is replaced, never written through) only with --force; never a
+// device, pipe or directory (a qcow2 image is written at random offsets, as a new file); the
+// directory must exist.
+func (a *app) checkExportOutput(out string, force bool, img string) error {
+	if err := checkProtected("", out, a.outputOptions(force, 0o600, img)); err != nil {
+		return err
+	}
+	if streamName(out) {
+		return fmt.Errorf("%s: %w: image export writes a new regular file (a qcow2 image is written at random offsets), not a device or pipe", out, errNotRegular)
+	}
+	st, err := os.Lstat(out)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		dir := filepath.Dir(out)
+		if dst, err := os.Stat(dir); err != nil {
+			return fmt.Errorf("%s: the directory %s: %w", out, dir, err)
+		} else if !dst.IsDir() {
+			return fmt.Errorf("%s: %s is not a directory", out, dir)
+		}
+		return nil
+	case err != nil:
+		return err
+	case st.Mode()&fs.ModeSymlink == 0 && !st.Mode().IsRegular():
+		if st.IsDir() {
+			return fmt.Errorf("%s: is a directory: %w", out, errNotRegular)
+		}
+		return fmt.Errorf("%s: is %s: %w: image export writes a new regular file (a qcow2 image is written at random offsets)", out, kindOf(st.Mode()), errNotRegular)
+	case !force:
+		return fmt.Errorf("%s: %w; give --force to replace it", out, fileExists{})
+	}
+	return nil
 }
 
 // byteProgress draws a bar of bytes on stderr for a long command's Progress callback, when
@@ -240,6 +292,13 @@ func (a *app) fromImage(ctx context.Context, path, name, keyID string, size int6
 	bar := a.bytesProgress("copying")
 	info, err := a.mgr.CreateFromImage(ctx, path, volume.FromImageOptions{Image: name, KeyID: keyID, Size: size, Sparse: sparse, Progress: bar.update})
 	bar.finish()
+	if err != nil && ctx.Err() != nil {
+		p := absPath(path)
+		if _, serr := os.Lstat(p); errors.Is(serr, fs.ErrNotExist) {
+			return interruptedf("%s: the copy of image %s stopped; the half-made volume was removed (and deregistered); run the command again to create it", p, name)
+		}
+		return interruptedf("%s: the copy of image %s stopped; the half-made volume could not be removed; remove it with crkvol volume delete %s, then run the command again", p, name, shellArg(p))
+	}
 	if err != nil {
 		return imageNotFound(err)
 	}
