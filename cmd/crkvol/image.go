@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io/fs"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -39,6 +40,8 @@ type imageJSON struct {
 	RewrappedAt jsonTime `json:"rewrappedAt,omitzero"`
 	Device      uint64   `json:"device,omitempty"`
 	Inode       uint64   `json:"inode,omitempty"`
+	// FileStatus compares the file with the import by a stat: ok, missing or changed.
+	FileStatus string `json:"fileStatus"`
 }
 
 // imageView returns e as --json shows it; withWDEK includes the WDEK (image show only).
@@ -47,7 +50,7 @@ func imageView(e volume.ImageEntry, withWDEK bool) imageJSON {
 		Name: e.Name, CRN: e.CRN, UUID: e.UUID, Path: e.Path, KeyID: e.KeyID, KeyVersion: e.KeyVersion,
 		Size: e.Size, FileSize: e.FileSize, SHA256: e.SHA256, ClusterSize: e.ClusterSize, QcowVersion: e.QcowVersion,
 		Cipher: e.Cipher, Created: jsonTime{e.Created}, ModTime: jsonTime{e.ModTime}, RewrappedAt: jsonTime{e.RewrappedAt},
-		Device: e.Device, Inode: e.Inode,
+		Device: e.Device, Inode: e.Inode, FileStatus: fileStatus(e),
 	}
 	if withWDEK {
 		j.WDEK = base64.StdEncoding.EncodeToString(e.WDEK)
@@ -87,9 +90,9 @@ never written). volume create IMG --from-image NAME makes a volume of an image's
 				return a.emit(out)
 			}
 			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "NAME\tKEY ID\tKEY VERSION\tSIZE\tCREATED\tPATH")
+			fmt.Fprintln(w, "NAME\tKEY ID\tKEY VERSION\tSIZE\tCREATED\tSTATUS\tPATH")
 			for _, e := range images {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Name, e.KeyID, e.KeyVersion, volume.FormatSize(e.Size), rfc3339(e.Created), e.Path)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Name, e.KeyID, e.KeyVersion, volume.FormatSize(e.Size), rfc3339(e.Created), fileStatus(e), e.Path)
 			}
 			return w.Flush()
 		}}
@@ -139,6 +142,7 @@ func (a *app) printImage(e volume.ImageEntry) error {
 	fmt.Fprintf(w, "Name\t%s\n", e.Name)
 	fmt.Fprintf(w, "CRN\t%s\n", e.CRN)
 	fmt.Fprintf(w, "Path\t%s\n", e.Path)
+	fmt.Fprintf(w, "File status\t%s\n", fileStatusLong(e))
 	fmt.Fprintf(w, "Size\t%s (%d bytes), qcow2 v%d, %s clusters\n", volume.FormatSize(e.Size), e.Size, e.QcowVersion, volume.FormatSize(int64(e.ClusterSize)))
 	fmt.Fprintf(w, "Cipher\t%s\n", e.Cipher)
 	fmt.Fprintf(w, "File\t%d bytes, sha256 %s\n", e.FileSize, e.SHA256)
@@ -150,6 +154,45 @@ func (a *app) printImage(e volume.ImageEntry) error {
 	fmt.Fprintf(w, "Key version\t%s (%s)\n", e.KeyVersion, wrapped)
 	fmt.Fprintf(w, "Created\t%s\n", rfc3339(e.Created))
 	return w.Flush()
+}
+
+// fileStatus is the STATUS of a catalog image's file: ok, missing, changed (see
+// volume.ImageEntry.FileStatus), or "unknown" when the path cannot be examined.
+func fileStatus(e volume.ImageEntry) string {
+	s, err := e.FileStatus()
+	if err != nil {
+		return "unknown"
+	}
+	return s
+}
+
+// fileStatusLong is the file status as image show explains it.
+func fileStatusLong(e volume.ImageEntry) string {
+	s, err := e.FileStatus()
+	switch {
+	case err != nil:
+		return "unknown (" + errorText(err) + ")"
+	case s == volume.ImageFileMissing:
+		return s + " (no file at the recorded path: moved or deleted)"
+	case s == volume.ImageFileChanged:
+		return s + " (not the imported file by its identity, size or modification time)"
+	}
+	return s
+}
+
+// imageFileErr explains a catalog image whose file is no longer usable: missing (moved or
+// deleted) or changed since the import.
+func imageFileErr(err error, name, path string) error {
+	again := fmt.Sprintf("save its WDEK (crkvol image show %s --json), then crkvol image delete %s and crkvol image import FILE --name NEWNAME --key KEY --wdek WDEK", name, name)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, volume.ErrImageChanged):
+		return withHint(err, "the catalog uses only the file it imported: put that file back at "+path+"; or, to use the file now there, "+again)
+	case errors.Is(err, fs.ErrNotExist) && path != "":
+		return withHint(fmt.Errorf("image %s: its file %s is missing (moved or deleted): %w", name, path, err), "if it was moved, import it from its new place: "+again)
+	}
+	return err
 }
 
 // imageNotFound adds to a catalog lookup that found no image the command that lists them.

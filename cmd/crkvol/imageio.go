@@ -39,6 +39,8 @@ file).`,
 			switch {
 			case wdekB64 != "" && passFile != "":
 				return usagef("give --wdek or --passphrase-file, not both")
+			case cmd.Flags().Changed("wdek") && wdekB64 == "":
+				return usagef("--wdek is empty")
 			case cmd.Flags().Changed("wdek"):
 				b, err := base64.StdEncoding.DecodeString(wdekB64)
 				if err != nil || len(b) == 0 {
@@ -300,6 +302,9 @@ func (a *app) fromImage(ctx context.Context, path, name, keyID string, size int6
 		return interruptedf("%s: the copy of image %s stopped; the half-made volume could not be removed; remove it with crkvol volume delete %s, then run the command again", p, name, shellArg(p))
 	}
 	if err != nil {
+		if e, lerr := a.reg.Image(name); lerr == nil {
+			return imageFileErr(err, name, e.Path)
+		}
 		return imageNotFound(err)
 	}
 	return a.printStatus(ctx, info.Path)
