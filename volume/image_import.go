@@ -186,7 +186,7 @@ func openEncryptedQcow2(r io.ReaderAt, size int64) (*qcow2.Image, error) {
 		return nil, err
 	}
 	if !qi.Encrypted() {
-		return nil, fmt.Errorf("%w: not encrypted (the catalog holds images encrypted with encrypt.format=luks)", ErrImageNotEncrypted)
+		return nil, ErrImageNotEncrypted // the catalog holds only images encrypted with encrypt.format=luks
 	}
 	return qi, nil
 }

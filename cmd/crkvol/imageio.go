@@ -69,7 +69,7 @@ file).`,
 			opts.Name, opts.KeyID = name, id
 			e, err := a.mgr.ImportImage(ctx, file, opts)
 			if err != nil {
-				return importErr(err, passFile, opts.Passphrase)
+				return notQcow2(qcow2Hints(importErr(err, passFile, opts.Passphrase)), file)
 			}
 			if a.asJSON {
 				return a.emit(imageView(*e, true))
@@ -303,9 +303,9 @@ func (a *app) fromImage(ctx context.Context, path, name, keyID string, size int6
 	}
 	if err != nil {
 		if e, lerr := a.reg.Image(name); lerr == nil {
-			return imageFileErr(err, name, e.Path)
+			return qcow2Hints(imageFileErr(err, name, e.Path))
 		}
-		return imageNotFound(err)
+		return qcow2Hints(imageNotFound(err))
 	}
 	return a.printStatus(ctx, info.Path)
 }
