@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 
 	"crkvol/internal/ident"
 	"crkvol/sector"
@@ -281,63 +282,149 @@ func (h *LUKS1) unlockable() error {
 		ErrUnsupported, truncate(h.CipherSpec()), h.KeyBytes*8)
 }
 
+// MaxLUKS1Iterations is the most PBKDF2 work [LUKS1.Unlock] and [LUKS1.UnlockSlot] do for
+// one call: the sum, over the keyslots they would try, of the keyslot's iterations plus the
+// master-key digest's iterations (each tried keyslot's candidate key is checked against the
+// digest). A header asking for more is refused before anything is derived, with an error
+// matching ErrKDFLimits, so that a crafted header (eight active keyslots and a digest at
+// MaxPBKDF2Iterations each, allowed one by one, would take hours) cannot make an unlock run
+// for longer than about 20 seconds of sha256 work on crkvol's development machine, where
+// 2^20 iterations for a 64-byte key take 0.34 s; sha1 with a 64-byte key (four PBKDF2
+// blocks) takes about twice as long. Real headers are far below it: measured on that
+// machine, qemu-img with its default iter-time of 2000 ms wrote 8316750 keyslot and 2065015
+// digest iterations (10.4 M in all), and cryptsetup luksFormat --type luks1 with its defaults
+// 4328486 and 282787 (4.6 M). The cap admits such a header made on a machine six times faster,
+// or several keyslots made here; a header over it can still be opened with [LUKS1.UnlockSlot]
+// naming the keyslot, when that keyslot alone is within it.
+const MaxLUKS1Iterations = 1 << 26
+
+// work returns the PBKDF2 iterations an unlock trying the given keyslots derives.
+func (h *LUKS1) work(slots []int) uint64 {
+	var n uint64
+	for _, i := range slots {
+		n += uint64(h.Slots[i].Iterations) + uint64(h.MKDigestIterations)
+	}
+	return n
+}
+
+// checkWork refuses an unlock of the given keyslots whose PBKDF2 work exceeds
+// MaxLUKS1Iterations.
+func (h *LUKS1) checkWork(slots []int) error {
+	if w := h.work(slots); w > MaxLUKS1Iterations {
+		var parts []string
+		for _, i := range slots {
+			parts = append(parts, fmt.Sprintf("keyslot %d: %d", i, h.Slots[i].Iterations))
+		}
+		return fmt.Errorf("%w: LUKS1 unlock would derive %d PBKDF2 iterations (%s, plus %d for the master-key digest per keyslot), over the limit of %d",
+			ErrKDFLimits, w, strings.Join(parts, ", "), h.MKDigestIterations, MaxLUKS1Iterations)
+	}
+	return nil
+}
+
 // Unlock tries passphrase on each active keyslot in order and returns the master key of the
 // first that opens, checked against the master-key digest in constant time, and that
-// keyslot's number. r must be the reader the header was parsed from. Key derivation stops,
-// with an error wrapping ctx.Err(), when ctx ends: a header may ask for up to
-// MaxPBKDF2Iterations, minutes of work, so give a context with a deadline for an image from
-// someone else. A passphrase no keyslot accepts gives an error matching ErrLUKS1Passphrase
-// (and ErrWrongPassphrase); a cipher other than aes-xts-plain64 with a 256- or 512-bit key
-// gives one matching ErrUnsupported that names it. The caller should clear the key when done.
+// keyslot's number. r must be the reader the header was parsed from. Before deriving
+// anything it refuses, with an error matching ErrKDFLimits that names the numbers, a header
+// whose active keyslots together ask for more than MaxLUKS1Iterations (see there). Key
+// derivation stops, with an error wrapping ctx.Err(), when ctx ends. A passphrase no keyslot
+// accepts gives an error matching ErrLUKS1Passphrase (and ErrWrongPassphrase); a cipher other
+// than aes-xts-plain64 with a 256- or 512-bit key gives one matching ErrUnsupported that
+// names it. The caller should clear the key when done.
 func (h *LUKS1) Unlock(ctx context.Context, r io.ReaderAt, passphrase []byte) ([]byte, int, error) {
 	if err := h.unlockable(); err != nil {
-		return nil, -1, err
-	}
-	hi, err := hashByName(h.HashSpec)
-	if err != nil {
 		return nil, -1, err
 	}
 	active := h.ActiveSlots()
 	if len(active) == 0 {
 		return nil, -1, fmt.Errorf("%w: no keyslot is active", ErrLUKS1Passphrase)
 	}
-	material := make([]byte, afSize(h.KeyBytes))
-	defer clear(material)
+	if err := h.checkWork(active); err != nil {
+		return nil, -1, err
+	}
 	for _, i := range active {
-		s := &h.Slots[i]
-		if err := ctx.Err(); err != nil {
-			return nil, -1, fmt.Errorf("keyslot %d: key derivation: %w", i, err)
-		}
-		off := int64(s.KeyMaterialOffset * 512)
-		if n, err := r.ReadAt(material, off); n < len(material) {
-			if err == nil || errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF
-			}
-			return nil, -1, fmt.Errorf("keyslot: reading LUKS1 keyslot %d material at %d: %w", i, off, err)
-		}
-		slotKey, err := pbkdf2Key(ctx, passphrase, s.Salt[:], int(s.Iterations), h.KeyBytes, hi.new)
+		key, ok, err := h.tryslot(ctx, r, passphrase, i)
 		if err != nil {
-			return nil, -1, fmt.Errorf("keyslot %d: %w", i, err)
-		}
-		if err := withAreaCipher(slotKey, func(c *sector.Cipher) { c.DecryptSectors(material, material, 0) }); err != nil {
-			// Only a derived key with equal halves, as likely as guessing the key.
-			continue
-		}
-		key, err := afMerge(material, h.KeyBytes, h.HashSpec)
-		if err != nil {
-			return nil, -1, fmt.Errorf("keyslot %d: %w", i, err)
-		}
-		ok, err := h.checkDigest(ctx, key)
-		if err != nil {
-			clear(key)
-			return nil, -1, fmt.Errorf("keyslot %d: %w", i, err)
+			return nil, -1, err
 		}
 		if ok {
 			return key, i, nil
 		}
-		clear(key)
 	}
 	return nil, -1, fmt.Errorf("%w (tried keyslots %v)", ErrLUKS1Passphrase, active)
+}
+
+// UnlockSlot tries passphrase on keyslot slot only, with the checks of [LUKS1.Unlock] — the
+// work of that keyslot and the digest must be within MaxLUKS1Iterations — and returns the
+// verified master key. A slot number outside 0 to 7 gives an error matching
+// ErrKeyslotNotFound; an inactive keyslot, or one the passphrase does not open, an error
+// matching ErrLUKS1Passphrase. Use it to open with the keyslot known to hold the passphrase
+// (the one Unlock reported) without trying the others. The caller should clear the key.
+func (h *LUKS1) UnlockSlot(ctx context.Context, r io.ReaderAt, passphrase []byte, slot int) ([]byte, error) {
+	if slot < 0 || slot >= LUKS1Slots {
+		return nil, fmt.Errorf("%w: LUKS1 keyslot %d (0 to %d)", ErrKeyslotNotFound, slot, LUKS1Slots-1)
+	}
+	if err := h.unlockable(); err != nil {
+		return nil, err
+	}
+	if !h.Slots[slot].Active {
+		return nil, fmt.Errorf("%w: keyslot %d is not active", ErrLUKS1Passphrase, slot)
+	}
+	if err := h.checkWork([]int{slot}); err != nil {
+		return nil, err
+	}
+	key, ok, err := h.tryslot(ctx, r, passphrase, slot)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("%w (tried keyslot %d)", ErrLUKS1Passphrase, slot)
+	}
+	return key, nil
+}
+
+// tryslot derives keyslot i's key from passphrase, decrypts and merges its material and
+// checks the result against the master-key digest: the master key and true if it matches.
+func (h *LUKS1) tryslot(ctx context.Context, r io.ReaderAt, passphrase []byte, i int) ([]byte, bool, error) {
+	hi, err := hashByName(h.HashSpec)
+	if err != nil {
+		return nil, false, err
+	}
+	s := &h.Slots[i]
+	if err := ctx.Err(); err != nil {
+		return nil, false, fmt.Errorf("keyslot %d: key derivation: %w", i, err)
+	}
+	material := make([]byte, afSize(h.KeyBytes))
+	defer clear(material)
+	off := int64(s.KeyMaterialOffset * 512)
+	if n, err := r.ReadAt(material, off); n < len(material) {
+		if err == nil || errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, false, fmt.Errorf("keyslot: reading LUKS1 keyslot %d material at %d: %w", i, off, err)
+	}
+	slotKey, err := pbkdf2Key(ctx, passphrase, s.Salt[:], int(s.Iterations), h.KeyBytes, hi.new)
+	if err != nil {
+		return nil, false, fmt.Errorf("keyslot %d: %w", i, err)
+	}
+	defer clear(slotKey)
+	if err := withAreaCipher(slotKey, func(c *sector.Cipher) { c.DecryptSectors(material, material, 0) }); err != nil {
+		// Only a derived key with equal halves, as likely as guessing the key.
+		return nil, false, nil
+	}
+	key, err := afMerge(material, h.KeyBytes, h.HashSpec)
+	if err != nil {
+		return nil, false, fmt.Errorf("keyslot %d: %w", i, err)
+	}
+	ok, err := h.checkDigest(ctx, key)
+	if err != nil {
+		clear(key)
+		return nil, false, fmt.Errorf("keyslot %d: %w", i, err)
+	}
+	if !ok {
+		clear(key)
+		return nil, false, nil
+	}
+	return key, true, nil
 }
 
 // checkDigest reports, in constant time, whether key matches the master-key digest.
@@ -362,7 +449,8 @@ type LUKS1Options struct {
 	// Hash is the PBKDF2 and AF hash: "sha1", "sha256" or "sha512"; default sha256.
 	Hash string
 	// Iterations is the keyslot's PBKDF2 iteration count, at least 1000 (cryptsetup's
-	// minimum); 0 means 1000. Stretching protects a passphrase a person chose; crkvol's
+	// minimum) and at most MaxLUKS1Iterations-1000 (so that [LUKS1.Unlock] opens the
+	// header); 0 means 1000. [PBKDF2Iterations] turns an iteration time into a count. Stretching protects a passphrase a person chose; crkvol's
 	// passphrases are 32 random bytes, which no iteration count makes stronger, so the
 	// minimum only keeps every open fast.
 	Iterations int
@@ -408,6 +496,10 @@ func FormatLUKS1(ctx context.Context, masterKey, passphrase []byte, opts LUKS1Op
 	}
 	if iter < MinPBKDF2Iterations || iter > MaxPBKDF2Iterations {
 		return nil, fmt.Errorf("%w: LUKS1 keyslot iterations %d, want %d to %d", ErrKDFLimits, iter, MinPBKDF2Iterations, uint64(MaxPBKDF2Iterations))
+	}
+	if iter+l1DigestIterations > MaxLUKS1Iterations {
+		return nil, fmt.Errorf("%w: LUKS1 keyslot iterations %d: with the %d of the master-key digest, over the unlock limit of %d (MaxLUKS1Iterations)",
+			ErrKDFLimits, iter, l1DigestIterations, MaxLUKS1Iterations)
 	}
 	rnd := opts.Rand
 	if rnd == nil {

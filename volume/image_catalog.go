@@ -22,8 +22,9 @@ var (
 	// ErrImageExists means the catalog already has an image of that name.
 	ErrImageExists = errors.New("image already exists")
 	// ErrImageChanged means the file at an image's path is no longer the file that was
-	// imported: another file (device and inode differ), or the same file changed since (its
-	// size or modification time differ).
+	// imported: another file (device and inode differ), or the same file with other content
+	// (its size differs, or its modification or change time differs and so does its SHA-256),
+	// or a file that changed while it was read.
 	ErrImageChanged = errors.New("image file is no longer the imported one")
 	// ErrImageName means an image name is not a valid name: 1 to 63 characters, lowercase
 	// letters, digits and hyphens, starting with a letter and not ending with a hyphen (the
@@ -54,9 +55,17 @@ type ImageEntry struct {
 	// FileSize and SHA256 (hex) are the image file's size and digest at import.
 	FileSize int64  `json:"file_size"`
 	SHA256   string `json:"sha256"`
-	// ModTime is the image file's modification time at import: with Device, Inode and
-	// FileSize it tells whether the file is still the imported one without reading it all.
+	// ModTime and CTime are the image file's modification and inode change times at import:
+	// with Device, Inode and FileSize they tell that the file is still the imported one
+	// without reading it all. A write moves CTime even when the writer sets the modification
+	// time back; when either differs, the file is hashed and accepted only if its SHA-256 is
+	// still SHA256. CTime is zero in entries made before crkvol recorded it (and where the
+	// platform has none).
 	ModTime time.Time `json:"mod_time"`
+	CTime   time.Time `json:"ctime,omitzero"`
+	// Keyslot is the LUKS keyslot the passphrase unlocked at import (the one tried first
+	// when the image is opened; the others are tried only if it fails).
+	Keyslot int `json:"keyslot"`
 	// ClusterSize and QcowVersion describe the qcow2 file.
 	ClusterSize int `json:"cluster_size"`
 	QcowVersion int `json:"qcow_version"`

@@ -39,10 +39,17 @@ const copyChunk = 1 << 20
 // key service hands back is stored in the catalog: lazy rewrap), the passphrase unlocks the
 // image's LUKS header, and the decrypted content is written into a new volume made as
 // [Manager.Create] makes one, with its own master key and passphrase wrapped by
-// opts.KeyID. The image file must still be the imported one: the same device and inode,
-// size and modification time (its SHA-256 is not recomputed, which would read the whole
-// file once more); otherwise ErrImageChanged. If anything fails, the half-made volume is
-// deleted and deregistered: a failure leaves nothing.
+// opts.KeyID. The image file must still be the imported one, otherwise ErrImageChanged: the
+// same device and inode and size, and the same modification and change times as at import;
+// if only the times differ (a touch, a chmod, a rewrite of the same bytes, or a write whose
+// writer set the modification time back), the whole file is hashed and accepted only if its
+// SHA-256 is still the catalog's. After the content is copied the file is stat'ed again: if
+// it changed meanwhile (its size or change time moved), the new volume is deleted and the
+// error is ErrImageChanged. (A change time only moves at the file system's clock tick: a
+// write within the same tick as the first stat is not seen; [Manager.VerifyImage] hashes the
+// file whatever its times say.) The keyslot that opened at import is tried first. If
+// anything fails, the half-made volume is deleted and deregistered: a failure leaves
+// nothing.
 func (m *Manager) CreateFromImage(ctx context.Context, path string, opts FromImageOptions) (_ *Info, err error) {
 	defer func() {
 		if err != nil {
@@ -56,7 +63,7 @@ func (m *Manager) CreateFromImage(ctx context.Context, path string, opts FromIma
 	if err != nil {
 		return nil, err
 	}
-	fh, qi, err := openCatalogImage(e)
+	fh, qi, opened, err := openCatalogImage(ctx, e)
 	if err != nil {
 		return nil, err
 	}
@@ -85,7 +92,7 @@ func (m *Manager) CreateFromImage(ctx context.Context, path string, opts FromIma
 		clear(u.Plaintext)
 		return nil, fmt.Errorf("unwrapping the image's WDEK with key %s: %w", e.KeyID, err)
 	}
-	_, mk, err := unlockQcow2(ctx, qi, u.Plaintext)
+	_, mk, _, err := unlockQcow2(ctx, qi, u.Plaintext, e.Keyslot)
 	clear(u.Plaintext)
 	if err != nil {
 		return nil, fmt.Errorf("the image's WDEK does not unlock its LUKS header: %w", err)
@@ -115,7 +122,16 @@ func (m *Manager) CreateFromImage(ctx context.Context, path string, opts FromIma
 	if err != nil {
 		return nil, err
 	}
-	if err := m.fillFromImage(ctx, info.Path, src, extents, opts); err != nil {
+	err = m.fillFromImage(ctx, info.Path, src, extents, opts)
+	if err == nil {
+		// The content copied must be the content checked: the file must not have changed
+		// while it was read.
+		var now fileState
+		if now, err = statFile(fh); err == nil {
+			err = changedSince(e.Path, "the volume was made from it", opened, now)
+		}
+	}
+	if err != nil {
 		if derr := m.Delete(context.WithoutCancel(ctx), info.Path, DeleteOptions{RemoveImage: true}); derr != nil {
 			m.opts.Logger.Warn("undoing a failed create from an image: deleting the volume failed", "path", info.Path, "err", derr)
 		}
@@ -126,12 +142,12 @@ func (m *Manager) CreateFromImage(ctx context.Context, path string, opts FromIma
 }
 
 // openCatalogImage opens the file of catalog image e, checks that it is still the imported
-// file (identity, size, modification time; ErrImageChanged if not) and opens it as an
-// encrypted qcow2 image of e's guest size.
-func openCatalogImage(e ImageEntry) (*os.File, *qcow2.Image, error) {
-	fh, err := os.Open(e.Path)
+// file (see CreateFromImage; ErrImageChanged if not) and opens it as an encrypted qcow2
+// image of e's guest size. It returns the file's state when it was opened.
+func openCatalogImage(ctx context.Context, e ImageEntry) (*os.File, *qcow2.Image, fileState, error) {
+	fh, fi, err := openCatalogFile(e.Path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("opening the image file: %w", err)
+		return nil, nil, fileState{}, fmt.Errorf("opening the image file: %w", err)
 	}
 	ok := false
 	defer func() {
@@ -139,28 +155,25 @@ func openCatalogImage(e ImageEntry) (*os.File, *qcow2.Image, error) {
 			fh.Close()
 		}
 	}()
-	fi, err := fh.Stat()
-	if err != nil {
-		return nil, nil, err
+	st := stateOf(fi)
+	if err := checkIdentity(e, st); err != nil {
+		return nil, nil, st, err
 	}
-	id, hasID := idOf(fi)
-	switch {
-	case e.Inode != 0 && hasID && id != (fileID{dev: e.Device, ino: e.Inode}):
-		return nil, nil, fmt.Errorf("%w: %s is another file than the one imported (its device and inode changed: replaced or restored?); import it again under a new name",
-			ErrImageChanged, e.Path)
-	case fi.Size() != e.FileSize || !fi.ModTime().Equal(e.ModTime):
-		return nil, nil, fmt.Errorf("%w: %s changed since it was imported (size %d, modified %s; at import %d, %s); import it again under a new name",
-			ErrImageChanged, e.Path, fi.Size(), fi.ModTime().UTC().Format("2006-01-02T15:04:05.999999999Z"), e.FileSize, e.ModTime.UTC().Format("2006-01-02T15:04:05.999999999Z"))
+	if !st.mod.Equal(e.ModTime) || (st.hasCT && !st.ctime.Equal(e.CTime)) {
+		// Touched since the import: the content decides.
+		if err := verifyDigest(ctx, e, fh, st); err != nil {
+			return nil, nil, st, err
+		}
 	}
 	qi, err := openEncryptedQcow2(fh, fi.Size())
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %w", ErrImageChanged, err)
+		return nil, nil, st, fmt.Errorf("%w: %w", ErrImageChanged, err)
 	}
 	if qi.Size() != e.Size {
-		return nil, nil, fmt.Errorf("%w: its guest size is %d bytes, %d at import", ErrImageChanged, qi.Size(), e.Size)
+		return nil, nil, st, fmt.Errorf("%w: its guest size is %d bytes, %d at import", ErrImageChanged, qi.Size(), e.Size)
 	}
 	ok = true
-	return fh, qi, nil
+	return fh, qi, st, nil
 }
 
 // fillFromImage writes the guest content src (mapped by extents) into the new volume at

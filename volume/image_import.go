@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"time"
 
 	"crkvol/internal/ident"
@@ -73,18 +72,12 @@ func (m *Manager) ImportImage(ctx context.Context, path string, opts ImportOptio
 	if err != nil {
 		return nil, err
 	}
-	fh, err := os.Open(resolved)
+	fh, fi, err := openCatalogFile(resolved)
 	if err != nil {
 		return nil, err
 	}
 	defer fh.Close()
-	fi, err := fh.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("it is %s, not a regular file", fileKind(fi.Mode()))
-	}
+	before := stateOf(fi)
 	qi, err := openEncryptedQcow2(fh, fi.Size())
 	if err != nil {
 		return nil, err
@@ -118,7 +111,7 @@ func (m *Manager) ImportImage(ctx context.Context, path string, opts ImportOptio
 		return nil, err // QEMU could not have encrypted the image with it
 	}
 
-	hdr, mk, err := unlockQcow2(ctx, qi, pass)
+	hdr, mk, slot, err := unlockQcow2(ctx, qi, pass, -1)
 	clear(mk) // the import only checks that the passphrase opens the header
 	if errors.Is(err, keyslot.ErrLUKS1Passphrase) {
 		if len(opts.WDEK) > 0 {
@@ -144,11 +137,15 @@ func (m *Manager) ImportImage(ctx context.Context, path string, opts ImportOptio
 	if err != nil {
 		return nil, err
 	}
-	// The file must not have changed while it was read.
-	if fi2, err := fh.Stat(); err != nil {
+	// The file must not have changed since it was opened: not while its header was checked,
+	// nor while it was hashed (the change time moves with every write, even one whose writer
+	// sets the modification time back).
+	after, err := statFile(fh)
+	if err != nil {
 		return nil, err
-	} else if fi2.Size() != fi.Size() || !fi2.ModTime().Equal(fi.ModTime()) {
-		return nil, fmt.Errorf("%w: it changed while it was imported", ErrImageChanged)
+	}
+	if err := changedSince(resolved, "it was imported", before, after); err != nil {
+		return nil, err
 	}
 	uuid, err := ident.NewUUID(m.opts.Rand)
 	if err != nil {
@@ -157,7 +154,7 @@ func (m *Manager) ImportImage(ctx context.Context, path string, opts ImportOptio
 	e := ImageEntry{
 		Name: opts.Name, CRN: ident.ImageCRN(uuid).String(), UUID: uuid, Path: resolved,
 		KeyID: opts.KeyID, KeyVersion: wdek.VersionID, WDEK: append([]byte(nil), wdek.Ciphertext...),
-		Size: qi.Size(), FileSize: fi.Size(), SHA256: sum, ModTime: fi.ModTime().UTC(),
+		Size: qi.Size(), FileSize: fi.Size(), SHA256: sum, ModTime: fi.ModTime().UTC(), CTime: before.ctime, Keyslot: slot,
 		ClusterSize: qi.ClusterSize(), QcowVersion: qi.Version(),
 		Cipher:  fmt.Sprintf("%s-%s, %d-bit key, %s", hdr.CipherName, hdr.CipherMode, hdr.KeyBytes*8, hdr.HashSpec),
 		Created: m.opts.Now().UTC().Truncate(time.Second),
@@ -175,6 +172,20 @@ func (m *Manager) ImportImage(ctx context.Context, path string, opts ImportOptio
 		return nil, err
 	}
 	m.opts.Logger.Info("image imported", "name", e.Name, "crn", e.CRN, "path", e.Path, "key", e.KeyID)
+	// A rotation between the wrap (or unwrap) and the registration found no registration (or
+	// no catalog entry) of the image and left it out: if the key has a newer version than the
+	// WDEK's now, bring the WDEK to it (a failure leaves the old, still valid WDEK; a sync or
+	// the next rotation retries).
+	if _, latest, err := m.kms.Registrations(ctx, opts.KeyID); err != nil {
+		m.opts.Logger.Warn("import: reading the key's latest version failed", "key", opts.KeyID, "err", err)
+	} else if latest != "" && latest != e.KeyVersion {
+		if _, err := m.rewrapImage(ctx, opts.KeyID, latest, e.CRN); err != nil {
+			m.opts.Logger.Warn("import: rewrapping the WDEK to the key's latest version failed", "image", e.Name, "crn", e.CRN, "err", err)
+		}
+		if cur, err := m.reg.Image(e.Name); err == nil && cur.CRN == e.CRN {
+			e = cur
+		}
+	}
 	return &e, nil
 }
 
@@ -192,20 +203,31 @@ func openEncryptedQcow2(r io.ReaderAt, size int64) (*qcow2.Image, error) {
 }
 
 // unlockQcow2 parses the LUKS1 header of an encrypted qcow2 image and unlocks it with pass:
-// it returns the header and the master key, which the caller clears. On error no key is
-// returned.
-func unlockQcow2(ctx context.Context, qi *qcow2.Image, pass []byte) (*keyslot.LUKS1, []byte, error) {
+// it returns the header, the master key (which the caller clears) and the keyslot that
+// opened. A slot >= 0 is tried first (the one that opened at import); the others only if it
+// does not open. On error no key is returned.
+func unlockQcow2(ctx context.Context, qi *qcow2.Image, pass []byte, slot int) (*keyslot.LUKS1, []byte, int, error) {
 	area := qi.EncryptionHeader()
 	hdr, err := keyslot.ParseLUKS1(area, area.Size())
 	if err != nil {
-		return nil, nil, fmt.Errorf("the image's LUKS header: %w", err)
+		return nil, nil, -1, fmt.Errorf("the image's LUKS header: %w", err)
 	}
-	mk, _, err := hdr.Unlock(ctx, area, pass)
+	if slot >= 0 && slot < len(hdr.Slots) && hdr.Slots[slot].Active {
+		mk, err := hdr.UnlockSlot(ctx, area, pass, slot)
+		if err == nil {
+			return hdr, mk, slot, nil
+		}
+		clear(mk)
+		if !errors.Is(err, keyslot.ErrLUKS1Passphrase) {
+			return hdr, nil, -1, err
+		}
+	}
+	mk, got, err := hdr.Unlock(ctx, area, pass)
 	if err != nil {
 		clear(mk)
-		return hdr, nil, err
+		return hdr, nil, -1, err
 	}
-	return hdr, mk, nil
+	return hdr, mk, got, nil
 }
 
 // hashFile returns the hex SHA-256 of the first size bytes of r, checking ctx as it goes.

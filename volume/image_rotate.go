@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -84,4 +85,56 @@ func (m *Manager) storeImageRewrapped(ctx context.Context, old ImageEntry, w *Wr
 		return err
 	}
 	return m.kms.UpdateRegistration(ctx, old.KeyID, old.CRN, w.VersionID)
+}
+
+// repairImageRegistrations registers again, with keyID, every catalog image of keyID that has
+// no registration among regs (a registration deleted at the key service by hand, or an
+// older crkvol's delete stopped half-way): on the version of its WDEK, with
+// preventKeyDeletion, so the key cannot be deleted under it and rotations find it again.
+// It returns the registrations it made and the images it could not register, by CRN.
+func (m *Manager) repairImageRegistrations(ctx context.Context, keyID string, regs []Registration) (made []Registration, failed map[string]error) {
+	imgs, err := m.reg.Images()
+	if err != nil {
+		m.opts.Logger.Warn("reading the image catalog failed", "key", keyID, "err", err)
+		return nil, nil
+	}
+	have := make(map[string]bool, len(regs))
+	for _, r := range regs {
+		have[r.CRN] = true
+	}
+	for _, e := range imgs {
+		if e.KeyID != keyID || have[e.CRN] {
+			continue
+		}
+		if err := m.kms.Register(ctx, keyID, e.CRN, e.KeyVersion, true); err != nil {
+			// An import registering it right now is not a failure.
+			if now, _, lerr := m.kms.Registrations(ctx, keyID); lerr == nil && slices.ContainsFunc(now, func(r Registration) bool { return r.CRN == e.CRN }) {
+				continue
+			}
+			if failed == nil {
+				failed = map[string]error{}
+			}
+			failed[e.CRN] = fmt.Errorf("image %s has no registration with key %s and registering it again failed: %w", e.Name, keyID, err)
+			continue
+		}
+		m.opts.Logger.Warn("registered again a catalog image whose registration was missing", "image", e.Name, "crn", e.CRN, "key", keyID, "version", e.KeyVersion)
+		made = append(made, Registration{CRN: e.CRN, VersionID: e.KeyVersion})
+	}
+	return made, failed
+}
+
+// unregisteredImages reports whether the catalog has an image of keyID whose CRN is not
+// among crns (the stale registrations a rotation names): only then does a rotation pass
+// list the key's registrations to repair missing ones.
+func (m *Manager) unregisteredImages(keyID string, crns []string) bool {
+	imgs, err := m.reg.Images()
+	if err != nil {
+		return false
+	}
+	for _, e := range imgs {
+		if e.KeyID == keyID && !slices.Contains(crns, e.CRN) {
+			return true
+		}
+	}
+	return false
 }

@@ -29,6 +29,10 @@ type Report struct {
 	// apart from the volumes: ImagesRewrapped got a new WDEK, ImagesAlreadyCurrent had it
 	// already. Failed images are in Failed with the volumes, by CRN.
 	Images, ImagesRewrapped, ImagesAlreadyCurrent int
+	// ImagesReregistered counts the catalog images of the key the pass found with no
+	// registration at the key service and registered again (with preventKeyDeletion, on the
+	// version of their WDEK) before rewrapping them; they are among Images too.
+	ImagesReregistered int
 	// Retries counts attempts beyond the first.
 	Retries int
 	// Failed maps CRNs to the error of their last attempt. A failed volume keeps its old,
@@ -92,9 +96,27 @@ func (r *Report) Err() error {
 	return fmt.Errorf("volume: %d of %d %s of key %s not rewrapped: %w", len(r.Failed), r.Volumes+r.Images, what, r.KeyID, errors.Join(errs...))
 }
 
-// onRotate is the rotation hook: it rewraps the stale volumes of the rotated key.
+// onRotate is the rotation hook: it rewraps the stale volumes of the rotated key. Catalog
+// images of the key that the notice does not name (their registration is missing) are
+// registered again and rewrapped too.
 func (m *Manager) onRotate(ctx context.Context, n RotationNotice) error {
-	rep := m.Rewrap(ctx, n.KeyID, n.NewVersion, n.Stale)
+	stale := n.Stale
+	var made []Registration
+	var failed map[string]error
+	if m.unregisteredImages(n.KeyID, n.Stale) {
+		if regs, _, err := m.kms.Registrations(ctx, n.KeyID); err != nil {
+			m.opts.Logger.Warn("rotation: listing the key's registrations to find unregistered images failed", "key", n.KeyID, "err", err)
+		} else {
+			made, failed = m.repairImageRegistrations(ctx, n.KeyID, regs)
+			for _, r := range made {
+				if !slices.Contains(stale, r.CRN) {
+					stale = append(slices.Clip(stale), r.CRN)
+				}
+			}
+		}
+	}
+	rep := m.Rewrap(ctx, n.KeyID, n.NewVersion, stale)
+	addRepairs(rep, made, failed)
 	if m.opts.OnReport != nil {
 		m.opts.OnReport(rep)
 	}
@@ -111,6 +133,8 @@ func (m *Manager) Sync(ctx context.Context, keyID string) (*Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("volume: sync key %s: %w", keyID, err)
 	}
+	made, failed := m.repairImageRegistrations(ctx, keyID, regs)
+	regs = append(slices.Clip(regs), made...)
 	var stale []string
 	for _, r := range regs {
 		if r.VersionID != latest {
@@ -150,10 +174,21 @@ func (m *Manager) Sync(ctx context.Context, keyID string) (*Report, error) {
 	rep.AlreadyCurrent += current
 	rep.Images += currentImages
 	rep.ImagesAlreadyCurrent += currentImages
+	addRepairs(rep, made, failed)
 	if m.opts.OnReport != nil {
 		m.opts.OnReport(rep)
 	}
 	return rep, nil
+}
+
+// addRepairs adds to rep the images repairImageRegistrations registered again (made; the
+// rewrap counted them already) and those it could not (failed).
+func addRepairs(rep *Report, made []Registration, failed map[string]error) {
+	rep.ImagesReregistered += len(made)
+	for crn, err := range failed {
+		rep.Images++
+		rep.Failed[crn] = err
+	}
 }
 
 // RewrapVolume brings one volume to its key's latest version.

@@ -216,7 +216,7 @@ func absImageArg(cmd *cobra.Command, args []string) {
 var readOnlyCommands = map[string]bool{
 	"key list": true, "key show": true, "key versions": true, "key registrations": true,
 	"volume list": true, "volume status": true, "events": true,
-	"image list": true, "image show": true,
+	"image list": true, "image show": true, "image verify": true,
 }
 
 // readOnlyCommand reports whether cmd only reads (readOnlyCommands), and whether it is the

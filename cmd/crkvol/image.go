@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"crkvol/crk/kpapi"
 	"crkvol/internal/ident"
 	"crkvol/volume"
 )
@@ -37,6 +38,8 @@ type imageJSON struct {
 	Cipher      string   `json:"cipher"`
 	Created     jsonTime `json:"created,omitzero"`
 	ModTime     jsonTime `json:"modTime,omitzero"`
+	ChangeTime  jsonTime `json:"changeTime,omitzero"`
+	Keyslot     int      `json:"keyslot"`
 	RewrappedAt jsonTime `json:"rewrappedAt,omitzero"`
 	Device      uint64   `json:"device,omitempty"`
 	Inode       uint64   `json:"inode,omitempty"`
@@ -49,14 +52,19 @@ func imageView(e volume.ImageEntry, withWDEK bool) imageJSON {
 	j := imageJSON{
 		Name: e.Name, CRN: e.CRN, UUID: e.UUID, Path: e.Path, KeyID: e.KeyID, KeyVersion: e.KeyVersion,
 		Size: e.Size, FileSize: e.FileSize, SHA256: e.SHA256, ClusterSize: e.ClusterSize, QcowVersion: e.QcowVersion,
-		Cipher: e.Cipher, Created: jsonTime{e.Created}, ModTime: jsonTime{e.ModTime}, RewrappedAt: jsonTime{e.RewrappedAt},
-		Device: e.Device, Inode: e.Inode, FileStatus: fileStatus(e),
+		Cipher: e.Cipher, Created: jsonTime{e.Created}, ModTime: jsonTime{e.ModTime}, ChangeTime: jsonTime{e.CTime},
+		RewrappedAt: jsonTime{e.RewrappedAt}, Device: e.Device, Inode: e.Inode, Keyslot: e.Keyslot,
+		FileStatus: fileStatus(e),
 	}
 	if withWDEK {
 		j.WDEK = base64.StdEncoding.EncodeToString(e.WDEK)
 	}
 	return j
 }
+
+// shownPath is a file path as a terminal may show it: control characters escaped (a file
+// name may hold escape sequences that would move the cursor or forge lines).
+func shownPath(p string) string { return kpapi.Printable(p, 8<<10) }
 
 // isImageCRN reports whether crn names a catalog image (resource type "image").
 func isImageCRN(crn string) bool {
@@ -92,7 +100,7 @@ never written). volume create IMG --from-image NAME makes a volume of an image's
 			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "NAME\tKEY ID\tKEY VERSION\tSIZE\tCREATED\tSTATUS\tPATH")
 			for _, e := range images {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Name, e.KeyID, e.KeyVersion, volume.FormatSize(e.Size), rfc3339(e.Created), fileStatus(e), e.Path)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Name, e.KeyID, e.KeyVersion, volume.FormatSize(e.Size), rfc3339(e.Created), fileStatus(e), shownPath(e.Path))
 			}
 			return w.Flush()
 		}}
@@ -128,11 +136,35 @@ never written). volume create IMG --from-image NAME makes a volume of an image's
 				return a.emit(map[string]any{"name": e.Name, "crn": e.CRN, "keyId": e.KeyID, "path": e.Path, "deregistered": true, "fileRemoved": false})
 			}
 			fmt.Fprintf(a.stdout, "deleted image %s from the catalog and deregistered it from key %s; the file %s is kept (crkvol never removes an image file), but the catalog no longer holds its wrapped passphrase: it opens only with a passphrase or WDEK kept elsewhere\n",
-				e.Name, e.KeyID, e.Path)
+				e.Name, e.KeyID, shownPath(e.Path))
 			return nil
 		}}
 
-	img.AddCommand(a.imageImportCommand(), list, show, del, a.imageExportCommand())
+	verify := &cobra.Command{Use: "verify NAME", Short: "Check that an image's file is still the imported one: same file, same SHA-256 (reads it all)", Args: args(cobra.ExactArgs(1)),
+		Long: `Check that the file of catalog image NAME is still the file that was imported: the same file
+(device and inode), the same size, and the same SHA-256 as at import, computed now from the
+whole file whatever its times say. volume create --from-image checks the file's identity, size
+and times (and hashes it when its times changed); verify reads it all. A file that differs is
+refused by name (exit status 1); import it again under a new name.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.open(cmd.Context()); err != nil {
+				return err
+			}
+			e, err := a.reg.Image(args[0])
+			if err != nil {
+				return imageNotFound(err)
+			}
+			if err := a.mgr.VerifyImage(cmd.Context(), args[0]); err != nil {
+				return imageNotFound(err)
+			}
+			if a.asJSON {
+				return a.emit(map[string]any{"name": e.Name, "path": e.Path, "sha256": e.SHA256, "fileSize": e.FileSize, "verified": true})
+			}
+			fmt.Fprintf(a.stdout, "image %s: %s is the imported file (%d bytes, sha256 %s)\n", e.Name, shownPath(e.Path), e.FileSize, e.SHA256)
+			return nil
+		}}
+
+	img.AddCommand(a.imageImportCommand(), list, show, del, verify, a.imageExportCommand())
 	return img
 }
 
@@ -141,7 +173,7 @@ func (a *app) printImage(e volume.ImageEntry) error {
 	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "Name\t%s\n", e.Name)
 	fmt.Fprintf(w, "CRN\t%s\n", e.CRN)
-	fmt.Fprintf(w, "Path\t%s\n", e.Path)
+	fmt.Fprintf(w, "Path\t%s\n", shownPath(e.Path))
 	fmt.Fprintf(w, "File status\t%s\n", fileStatusLong(e))
 	fmt.Fprintf(w, "Size\t%s (%d bytes), qcow2 v%d, %s clusters\n", volume.FormatSize(e.Size), e.Size, e.QcowVersion, volume.FormatSize(int64(e.ClusterSize)))
 	fmt.Fprintf(w, "Cipher\t%s\n", e.Cipher)
@@ -188,9 +220,9 @@ func imageFileErr(err error, name, path string) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, volume.ErrImageChanged):
-		return withHint(err, "the catalog uses only the file it imported: put that file back at "+path+"; or, to use the file now there, "+again)
+		return withHint(err, "the catalog uses only the file it imported: put that file back at "+shownPath(path)+"; or, to use the file now there, "+again)
 	case errors.Is(err, fs.ErrNotExist) && path != "":
-		return withHint(fmt.Errorf("image %s: its file %s is missing (moved or deleted): %w", name, path, err), "if it was moved, import it from its new place: "+again)
+		return withHint(fmt.Errorf("image %s: its file %s is missing (moved or deleted): %w", name, shownPath(path), err), "if it was moved, import it from its new place: "+again)
 	}
 	return err
 }

@@ -35,6 +35,9 @@ func TestReportCountsImagesApart(t *testing.T) {
 		{"volumes and images", volume.Report{KeyID: "K", NewVersion: "V", Volumes: 3, Rewrapped: 3, Images: 2, ImagesRewrapped: 1, ImagesAlreadyCurrent: 1},
 			[]string{"rewrapped 3 of 3 volumes to version V (already current 0, failed 0, 0 bytes of headers written, 0 bytes of data re-encrypted)",
 				"rewrapped 1 of 2 images to version V (already current 1, failed 0; their WDEKs, in the catalog: the image files are not written)"}, "", ""},
+		{"images registered again", volume.Report{KeyID: "K", NewVersion: "V", Images: 1, ImagesRewrapped: 1, ImagesReregistered: 1},
+			[]string{"rewrapped 0 of 0 volumes to version V (already current 0, failed 0, 0 bytes of headers written, 0 bytes of data re-encrypted)",
+				"rewrapped 1 of 1 images to version V (already current 0, failed 0, registered again 1 (their registration was missing); their WDEKs, in the catalog: the image files are not written)"}, "", ""},
 		{"an image failed", volume.Report{KeyID: "K", NewVersion: "V", Volumes: 1, Rewrapped: 1, Images: 2, ImagesRewrapped: 1,
 			Failed: map[string]error{img: errors.Join(crk.ErrKeySuspended, volume.ErrKeyRefused)}},
 			[]string{"rewrapped 1 of 1 volumes to version V (already current 0, failed 0, 0 bytes of headers written, 0 bytes of data re-encrypted)",
@@ -109,4 +112,18 @@ func TestImageCommandsOnNewState(t *testing.T) {
 	assert.Equal(t, "crkvol: image show: image not found: nosuch\ncrkvol: hint: crkvol image list shows the catalog's images\n", errOut)
 	_, err := os.Stat(state)
 	assert.True(t, os.IsNotExist(err), "image list or show created the state directory")
+}
+
+// TestImagePathsPrintable: a path holding terminal control sequences is printed escaped by
+// image show (and list, import, delete, verify, which print it the same way).
+func TestImagePathsPrintable(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	a := &app{stdout: &out}
+	require.NoError(t, a.printImage(volume.ImageEntry{Name: "img", Path: "/tmp/a\x1b[2J\rforged\nline\u202e.qcow2"}))
+	assert.NotContains(t, out.String(), "\x1b")
+	assert.NotContains(t, out.String(), "\r")
+	assert.NotContains(t, out.String(), "\u202e")
+	assert.Contains(t, out.String(), "\nPath         "+`/tmp/a\x1b[2J\rforged\nline\u202e.qcow2`+"\n")
+	assert.Equal(t, `/tmp/a\x1b[2J`, shownPath("/tmp/a\x1b[2J"))
 }

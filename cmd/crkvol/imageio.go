@@ -74,7 +74,7 @@ file).`,
 			if a.asJSON {
 				return a.emit(imageView(*e, true))
 			}
-			fmt.Fprintf(a.stdout, "imported %s as image %s, its passphrase wrapped by key %s (version %s)\n", e.Path, e.Name, e.KeyID, e.KeyVersion)
+			fmt.Fprintf(a.stdout, "imported %s as image %s, its passphrase wrapped by key %s (version %s)\n", shownPath(e.Path), e.Name, e.KeyID, e.KeyVersion)
 			return a.printImage(*e)
 		}}
 	cmd.Flags().StringVar(&name, "name", "", "the image's name in the catalog: lowercase letters, digits and hyphens, starting with a letter (required)")
@@ -203,12 +203,12 @@ image back.`,
 			if a.asJSON {
 				return a.emit(j)
 			}
-			fmt.Fprintf(a.stdout, "exported %s to %s: %s guest size, %d data clusters, a %d-byte file\n", args[0], res.Path, volume.FormatSize(res.Size), res.DataClusters, res.FileSize)
+			fmt.Fprintf(a.stdout, "exported %s to %s: %s guest size, %d data clusters, a %d-byte file\n", shownPath(args[0]), shownPath(res.Path), volume.FormatSize(res.Size), res.DataClusters, res.FileSize)
 			if res.Image != nil {
 				fmt.Fprintf(a.stdout, "imported it as image %s, its random passphrase wrapped by key %s (version %s)\n", res.Image.Name, res.Image.KeyID, res.Image.KeyVersion)
 			} else {
 				fmt.Fprintf(a.stdout, "its LUKS passphrase is the content of %s: qemu-img convert --object secret,id=sec0,file=%s --image-opts driver=qcow2,file.filename=%s,encrypt.key-secret=sec0 -O raw OUT.raw\n",
-					absPath(passFile), absPath(passFile), res.Path)
+					shownPath(absPath(passFile)), shownPath(absPath(passFile)), shownPath(res.Path))
 			}
 			return nil
 		}}

@@ -43,7 +43,7 @@ func reportsJSON(reps []*volume.Report) []map[string]any {
 		out = append(out, map[string]any{
 			"keyId": r.KeyID, "newVersion": r.NewVersion, "volumes": r.Volumes, "rewrapped": r.Rewrapped,
 			"alreadyCurrent": r.AlreadyCurrent, "images": r.Images, "imagesRewrapped": r.ImagesRewrapped,
-			"imagesAlreadyCurrent": r.ImagesAlreadyCurrent, "retries": r.Retries, "failed": failed,
+			"imagesAlreadyCurrent": r.ImagesAlreadyCurrent, "imagesReregistered": r.ImagesReregistered, "retries": r.Retries, "failed": failed,
 			"bytesWritten": r.BytesWritten, "dataBytesReencrypted": 0, "elsewhere": r.Elsewhere,
 		})
 	}

@@ -91,8 +91,12 @@ func (a *app) printReport(r *volume.Report) error {
 	fmt.Fprintf(a.stdout, "rewrapped %d of %d volumes to version %s (already current %d, failed %d, %d bytes of headers written, 0 bytes of data re-encrypted)\n",
 		r.Rewrapped, r.Volumes, shown(r.NewVersion), r.AlreadyCurrent, len(r.Failed)-imagesFailed, r.BytesWritten)
 	if r.Images > 0 || imagesFailed > 0 {
-		fmt.Fprintf(a.stdout, "rewrapped %d of %d images to version %s (already current %d, failed %d; their WDEKs, in the catalog: the image files are not written)\n",
-			r.ImagesRewrapped, r.Images, shown(r.NewVersion), r.ImagesAlreadyCurrent, imagesFailed)
+		rereg := ""
+		if r.ImagesReregistered > 0 {
+			rereg = fmt.Sprintf(", registered again %d (their registration was missing)", r.ImagesReregistered)
+		}
+		fmt.Fprintf(a.stdout, "rewrapped %d of %d images to version %s (already current %d, failed %d%s; their WDEKs, in the catalog: the image files are not written)\n",
+			r.ImagesRewrapped, r.Images, shown(r.NewVersion), r.ImagesAlreadyCurrent, imagesFailed, rereg)
 	}
 	crns := make([]string, 0, len(r.Failed))
 	for crn := range r.Failed {
