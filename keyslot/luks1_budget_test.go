@@ -3,8 +3,12 @@ package keyslot
 import (
 	"bytes"
 	"context"
+	"crkvol/internal/tooltest"
 	"encoding/binary"
+	"io"
 	"math"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -134,4 +138,50 @@ func TestLUKS1UnlockSlot(t *testing.T) {
 	cancel()
 	_, err = h.UnlockSlot(cancelled, bytes.NewReader(area), pass, 0)
 	assert.ErrorIs(t, err, context.Canceled)
+}
+
+// TestLUKS1DefaultCostsWithinBudget: headers qemu-img and cryptsetup make with their default
+// iteration times (2 s each: slow, long runs only) are well within MaxLUKS1Iterations, and
+// open, with Unlock and with UnlockSlot.
+func TestLUKS1DefaultCostsWithinBudget(t *testing.T) {
+	if !tooltest.Long() {
+		t.Skip("qemu-img and cryptsetup spend 2 s each on PBKDF2, and so does each unlock; set " + tooltest.LongEnv + "=1")
+	}
+	t.Parallel()
+	tools := tooltest.Require(t, "qemu-img", "cryptsetup")
+	dir := t.TempDir()
+	pass := []byte("default cost passphrase")
+	passFile := filepath.Join(dir, "pass")
+	require.NoError(t, os.WriteFile(passFile, pass, 0o600))
+	check := func(t *testing.T, area io.ReaderAt, size int64) {
+		h, err := ParseLUKS1(area, size)
+		require.NoError(t, err)
+		w := h.work(h.ActiveSlots())
+		t.Logf("%s, %d-byte key: keyslot iterations %d, digest %d: %d of %d", h.HashSpec, h.KeyBytes,
+			h.Slots[0].Iterations, h.MKDigestIterations, w, MaxLUKS1Iterations)
+		assert.Less(t, w, uint64(MaxLUKS1Iterations/2), "a default header leaves room for a faster machine")
+		_, slot, err := h.Unlock(context.Background(), area, pass)
+		require.NoError(t, err)
+		_, err = h.UnlockSlot(context.Background(), area, pass, slot)
+		require.NoError(t, err)
+	}
+	t.Run("qemu-img", func(t *testing.T) {
+		t.Parallel()
+		out := filepath.Join(dir, "q.qcow2")
+		run(t, tools["qemu-img"], "create", "-f", "qcow2", "--object", "secret,id=sec0,file="+passFile,
+			"-o", "encrypt.format=luks,encrypt.key-secret=sec0", out, "1M")
+		b, err := os.ReadFile(out)
+		require.NoError(t, err)
+		off, length := qcow2LUKSExtension(t, b)
+		check(t, io.NewSectionReader(bytes.NewReader(b), off, length), length)
+	})
+	t.Run("cryptsetup", func(t *testing.T) {
+		t.Parallel()
+		out := filepath.Join(dir, "c.img")
+		require.NoError(t, os.WriteFile(out, make([]byte, 4<<20), 0o600))
+		run(t, tools["cryptsetup"], "luksFormat", "-q", "--type", "luks1", "--key-file", passFile, out)
+		b, err := os.ReadFile(out)
+		require.NoError(t, err)
+		check(t, bytes.NewReader(b), int64(len(b)))
+	})
 }

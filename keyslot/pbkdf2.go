@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash"
+	"time"
 )
 
 // pbkdf2CheckEvery is how many PBKDF2 iterations run between looks at the context: about a
@@ -56,4 +57,53 @@ func pbkdf2Key(ctx context.Context, password, salt []byte, iter, keyLen int, h f
 	out := dk[:keyLen]
 	clear(dk[keyLen:cap(dk)])
 	return out, nil
+}
+
+// PBKDF2Iterations returns how many PBKDF2 iterations with hash ("sha1", "sha256" or
+// "sha512"), producing keyBytes bytes, take about d on this machine: the iteration time of
+// cryptsetup's --iter-time and QEMU's encrypt.iter-time, which measure the same way (QEMU's
+// default is 2 s, cryptsetup's for LUKS1 2 s too). Like theirs, it counts the CPU time of
+// its thread (on Linux), so other work on a busy machine does not shrink the count, and the
+// derivation takes about d when it has a core to itself. It measures derivations of growing
+// iteration counts until one takes at least d/8 (at least 10 ms, at most 250 ms), so it
+// costs up to about half a second itself, and scales. The result is at least
+// MinPBKDF2Iterations and at most MaxPBKDF2Iterations (a LUKS1 header also needs it at most
+// MaxLUKS1Iterations-1000, see [FormatLUKS1]). It stops with an error wrapping ctx.Err() when
+// ctx ends.
+func PBKDF2Iterations(ctx context.Context, hash string, keyBytes int, d time.Duration) (int, error) {
+	h, err := hashByName(hash)
+	if err != nil {
+		return 0, fmt.Errorf("keyslot: PBKDF2 benchmark: %w", err)
+	}
+	if keyBytes < 1 || keyBytes > 1024 {
+		return 0, fmt.Errorf("keyslot: PBKDF2 benchmark: key size %d bytes, want 1 to 1024", keyBytes)
+	}
+	if d <= 0 {
+		return 0, fmt.Errorf("keyslot: PBKDF2 benchmark: iteration time %v, want more than 0", d)
+	}
+	target := min(max(d/8, 10*time.Millisecond), 250*time.Millisecond)
+	pass := []byte("crkvol PBKDF2 benchmark passphrase")
+	salt := make([]byte, saltSize)
+	n := pbkdf2CheckEvery
+	for {
+		since, stop := threadCPUTimer()
+		key, err := pbkdf2Key(ctx, pass, salt, n, keyBytes, h.new)
+		elapsed := since()
+		stop()
+		if err != nil {
+			return 0, err
+		}
+		clear(key)
+		if elapsed >= target || n >= MaxPBKDF2Iterations/16 {
+			iter := float64(n) * float64(d) / float64(max(elapsed, time.Microsecond))
+			return int(min(max(iter, MinPBKDF2Iterations), MaxPBKDF2Iterations)), nil
+		}
+		// Aim past the target in one step when the last run was long enough to go by,
+		// growing at most 16-fold at a time.
+		grow := 16.0
+		if elapsed > time.Millisecond {
+			grow = min(max(1.25*float64(target)/float64(elapsed), 2), 16)
+		}
+		n = int(float64(n) * grow)
+	}
 }

@@ -17,17 +17,25 @@ type FromImageOptions struct {
 	Image string
 	// KeyID is the root key of the new volume (it may differ from the image's). Required.
 	KeyID string
-	// Size is the volume's size: 0 for the image's guest size (rounded up to 512 bytes);
-	// larger grows the volume, smaller is refused (ErrBadSize). The part beyond the image
-	// reads as noise until written, as in any new volume.
+	// Size is the volume's size: 0 for the image's guest size (rounded up to the sector
+	// size); larger grows the volume, smaller is refused (ErrBadSize), as is a size that is
+	// not a whole number of sectors. The part beyond the image is written with zeros (it
+	// reads as zeros), except with Sparse, where it reads as noise until written, as in any
+	// new volume.
 	Size int64
+	// SectorSize is the volume's encryption sector size: 512, 1024, 2048 or 4096; 0 picks
+	// 4096 when the size is a multiple of it, else 512.
+	SectorSize int
+	// KeyBits is the volume's aes-xts-plain64 key size: 512 (AES-256-XTS, the default when
+	// 0) or 256.
+	KeyBits int
 	// Sparse skips what reads as zeros in the image (unallocated and zero clusters, and
 	// all-zero blocks of data): the volume file stays sparse, but those ranges read as noise
 	// (as a new volume's never-written blocks do), not as zeros. Without it those ranges are
 	// written as zeros, so the volume reads back exactly the image's guest content.
 	Sparse bool
 	// Progress, if set, is called after each piece copied with the bytes done and the total
-	// (the guest size, or with Sparse the bytes of the image's data extents).
+	// (the volume's size, or with Sparse the bytes of the image's data extents).
 	Progress func(done, total int64)
 }
 
@@ -68,16 +76,9 @@ func (m *Manager) CreateFromImage(ctx context.Context, path string, opts FromIma
 		return nil, err
 	}
 	defer fh.Close()
-	size := opts.Size
-	if size == 0 {
-		size = roundUp(qi.Size(), 512)
-	}
-	if size < qi.Size() {
-		return nil, fmt.Errorf("%w: %d bytes is smaller than the image's %d", ErrBadSize, size, qi.Size())
-	}
-	ss := 4096
-	if size%4096 != 0 {
-		ss = 512
+	size, ss, keyBytes, err := fromImageGeometry(qi.Size(), opts)
+	if err != nil {
+		return nil, err
 	}
 	// Check the key before the image is decrypted (a wrong key id costs nothing).
 	if _, err := m.kms.KeyCRN(ctx, opts.KeyID); err != nil {
@@ -117,8 +118,9 @@ func (m *Manager) CreateFromImage(ctx context.Context, path string, opts FromIma
 	if err != nil {
 		return nil, err
 	}
+	extents = withTail(extents, qi.Size(), size)
 
-	info, err := m.Create(ctx, path, CreateOptions{KeyID: opts.KeyID, Size: size, SectorSize: ss})
+	info, err := m.Create(ctx, path, CreateOptions{KeyID: opts.KeyID, Size: size, SectorSize: ss, KeySize: keyBytes})
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -31,11 +32,23 @@ type ExportOptions struct {
 	KeyID string
 	// ClusterSize is the qcow2 cluster size (default 65536).
 	ClusterSize int
-	// KeyBytes, Hash and Iterations are the LUKS1 header's master key size (32 or 64,
-	// default 64: aes-256-xts), PBKDF2 hash (default sha256) and keyslot iterations (0: the
-	// keyslot package's default; give more for a passphrase a person chose).
-	KeyBytes   int
-	Hash       string
+	// KeyBytes and Hash are the LUKS1 header's master key size (32 or 64, default 64:
+	// aes-256-xts) and PBKDF2 hash (sha1, sha256 or sha512; default sha256).
+	KeyBytes int
+	Hash     string
+	// IterTime is how long the keyslot's PBKDF2 should take, as QEMU's encrypt.iter-time:
+	// the iteration count is measured on this machine ([keyslot.PBKDF2Iterations], which
+	// takes up to half a second itself). With a Passphrase, 0 means DefaultExportIterTime,
+	// QEMU's default: a passphrase a person chose needs the stretching. With the random
+	// passphrase, 0 means 1000 iterations (the keyslot package's minimum): 32 random bytes
+	// have 256 bits of entropy, which no iteration count makes stronger, while every import
+	// and volume create --from-image would pay for the iterations. The count must stay within
+	// keyslot.MaxLUKS1Iterations (with the digest's 1000), or crkvol could not open the image:
+	// about ten seconds of sha256 here; more is refused with an error matching
+	// keyslot.ErrKDFLimits.
+	IterTime time.Duration
+	// Iterations, if not 0, is the keyslot's PBKDF2 iteration count as given (at least 1000),
+	// instead of one measured from IterTime; giving both is refused.
 	Iterations int
 	// Progress, if set, is called as the image is written with the bytes done and the total.
 	Progress func(done, total int64)
@@ -45,6 +58,10 @@ type ExportOptions struct {
 	// device, a pipe) is always refused: a qcow2 image is written at random offsets.
 	Replace bool
 }
+
+// DefaultExportIterTime is the keyslot iteration time of an export with a given passphrase:
+// QEMU's default encrypt.iter-time (2000 ms), and cryptsetup's for LUKS1.
+const DefaultExportIterTime = 2 * time.Second
 
 // ExportResult describes an exported image.
 type ExportResult struct {
@@ -146,6 +163,10 @@ func (m *Manager) ExportImage(ctx context.Context, volumePath, out string, opts 
 	if _, err := io.ReadFull(m.opts.Rand, mk); err != nil {
 		return nil, fmt.Errorf("reading a random master key: %w", err)
 	}
+	iter, err := exportIterations(ctx, opts, keyBytes)
+	if err != nil {
+		return nil, err
+	}
 	pass := opts.Passphrase
 	if catalog {
 		if pass, err = randomImagePassphrase(m.opts.Rand); err != nil {
@@ -154,7 +175,7 @@ func (m *Manager) ExportImage(ctx context.Context, volumePath, out string, opts 
 		defer clear(pass)
 	}
 	area, err := keyslot.FormatLUKS1(ctx, mk, pass, keyslot.LUKS1Options{
-		KeyBytes: keyBytes, Hash: opts.Hash, Iterations: opts.Iterations, Rand: m.opts.Rand,
+		KeyBytes: keyBytes, Hash: opts.Hash, Iterations: iter, Rand: m.opts.Rand,
 	})
 	if err != nil {
 		return nil, err
@@ -229,6 +250,40 @@ func fileKind(m fs.FileMode) string {
 		return "a socket"
 	}
 	return m.Type().String()
+}
+
+// exportIterations returns the keyslot iteration count of an export (see
+// [ExportOptions.IterTime]): opts.Iterations as given, or measured from opts.IterTime, whose
+// default depends on whether the passphrase is the caller's; 0 leaves keyslot's default.
+func exportIterations(ctx context.Context, opts ExportOptions, keyBytes int) (int, error) {
+	switch {
+	case opts.IterTime < 0:
+		return 0, fmt.Errorf("iteration time %v: want a positive duration", opts.IterTime)
+	case opts.Iterations != 0 && opts.IterTime != 0:
+		return 0, errors.New("give an iteration count or an iteration time, not both")
+	case opts.Iterations != 0:
+		return opts.Iterations, nil
+	}
+	d := opts.IterTime
+	if d == 0 {
+		if opts.Passphrase == nil {
+			return 0, nil
+		}
+		d = DefaultExportIterTime
+	}
+	hash := opts.Hash
+	if hash == "" {
+		hash = "sha256"
+	}
+	n, err := keyslot.PBKDF2Iterations(ctx, hash, keyBytes, d)
+	if err != nil {
+		return 0, err
+	}
+	if n+1000 > keyslot.MaxLUKS1Iterations {
+		return 0, fmt.Errorf("%w: an iteration time of %v is %d PBKDF2 iterations (%s, %d-byte key) on this machine, over the %d crkvol opens an image with (keyslot.MaxLUKS1Iterations, less the digest's 1000)",
+			keyslot.ErrKDFLimits, d, n, hash, keyBytes, keyslot.MaxLUKS1Iterations-1000)
+	}
+	return n, nil
 }
 
 // syncDir fsyncs a directory, so that a link made in it survives a crash.

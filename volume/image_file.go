@@ -12,7 +12,9 @@ import (
 // file before it is opened (a FIFO would block open(2) beyond any context deadline, a
 // device would be read whole): the path is stat'ed first, and opened with O_NONBLOCK, so a
 // file swapped for a FIFO between the stat and the open cannot block either; the opened
-// file must be the regular file that was stat'ed. It returns the open file and its stat.
+// file must be the regular file that was stat'ed. The open holds QEMU's reader locks (see
+// lockImageForRead: ErrImageInUse if QEMU has the file open for writing) until the file is
+// closed. It returns the open file and its stat.
 func openCatalogFile(path string) (*os.File, os.FileInfo, error) {
 	pre, err := os.Stat(path)
 	if err != nil {
@@ -31,6 +33,13 @@ func openCatalogFile(path string) (*os.File, os.FileInfo, error) {
 	}
 	if err == nil && !os.SameFile(pre, fi) {
 		err = fmt.Errorf("%w: %s was replaced while it was opened", ErrImageChanged, path)
+	}
+	if err == nil {
+		// QEMU's reader locks, held until fh is closed; then the stat that counts is the
+		// one taken under them.
+		if _, err = lockImageForRead(fh); err == nil {
+			fi, err = fh.Stat()
+		}
 	}
 	if err != nil {
 		fh.Close()

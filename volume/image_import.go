@@ -82,6 +82,9 @@ func (m *Manager) ImportImage(ctx context.Context, path string, opts ImportOptio
 	if err != nil {
 		return nil, err
 	}
+	if qi.Size() == 0 {
+		return nil, fmt.Errorf("%w: the image's guest size is 0 (no volume can be made of it)", ErrBadSize)
+	}
 
 	// The passphrase, and the WDEK to store.
 	var pass []byte

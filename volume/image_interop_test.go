@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -92,11 +93,11 @@ func TestQemuImagesRoundTrip(t *testing.T) {
 		{"4k-v3-default", "cluster_size=4096,compat=1.1", false, "aes-xts-plain64, 512-bit key, sha256",
 			volume.ExportOptions{ClusterSize: 4096}},
 		{"64k-v2-aes128-sha1", "cluster_size=65536,compat=0.10,encrypt.cipher-alg=aes-128,encrypt.hash-alg=sha1", false, "aes-xts-plain64, 256-bit key, sha1",
-			volume.ExportOptions{KeyBytes: 32, Hash: "sha1"}},
+			volume.ExportOptions{KeyBytes: 32, Hash: "sha1", IterTime: 100 * time.Millisecond}},
 		{"2m-v3-sha512", "cluster_size=2M,compat=1.1,encrypt.hash-alg=sha512", false, "aes-xts-plain64, 512-bit key, sha512",
 			volume.ExportOptions{ClusterSize: 2 << 20, Hash: "sha512", Iterations: 5000}},
 		{"64k-v3-sparse", "cluster_size=65536,compat=1.1", true, "aes-xts-plain64, 512-bit key, sha256",
-			volume.ExportOptions{ClusterSize: 65536}},
+			volume.ExportOptions{ClusterSize: 65536, IterTime: 50 * time.Millisecond}},
 	}
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -409,7 +410,7 @@ func TestExportImage(t *testing.T) {
 	pass := []byte("export passphrase")
 	out := filepath.Join(f.dir, "out.qcow2")
 	var last [2]int64
-	res, err := f.mgr.ExportImage(f.ctx, info.Path, out, volume.ExportOptions{Passphrase: pass, ClusterSize: 4096,
+	res, err := f.mgr.ExportImage(f.ctx, info.Path, out, volume.ExportOptions{Passphrase: pass, ClusterSize: 4096, IterTime: 20 * time.Millisecond,
 		Progress: func(done, total int64) { last = [2]int64{done, total} }})
 	require.NoError(t, err)
 	assert.Equal(t, out, res.Path)

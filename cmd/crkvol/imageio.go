@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
+	"time"
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
@@ -20,6 +22,7 @@ import (
 // Hints for the refusals of image import.
 const (
 	hintWDEK       = "the WDEK must be a ciphertext of the root key given with --key, made with no --aad: crkvol key wrap KEY --plaintext-file PASS, where PASS is the passphrase file given to qemu-img (secret,file=PASS)"
+	hintInUse      = "a QEMU process (qemu, qemu-img, qemu-io) has the file open for writing; run the command again once it has closed it (crkvol does not read an image that may change under it)"
 	hintPassphrase = "the passphrase is the content of the secret file given to qemu-img (--object secret,id=...,file=PASS), every byte of it, a final newline included"
 )
 
@@ -104,6 +107,8 @@ func importErr(err error, passFile string, pass []byte) error {
 			what = "the passphrase file " + absPath(passFile)
 		}
 		return withHint(err, what+" must hold UTF-8 text, as QEMU requires of a secret; make a printable one, e.g.: head -c 32 /dev/urandom | base64 -w0 > PASS")
+	case errors.Is(err, volume.ErrImageInUse):
+		return withHint(err, hintInUse)
 	case errors.Is(err, volume.ErrImageExists):
 		return withHint(err, "crkvol image list shows the catalog's names; crkvol image delete NAME removes an entry (never its file)")
 	}
@@ -121,18 +126,50 @@ type exportJSON struct {
 	Image        *imageJSON `json:"image,omitempty"`
 }
 
-// imageExportCommand is `image export IMG OUT.qcow2 [--passphrase-file F | --name N [--key K]] [--cluster-size S]`.
+// iterTimeFlag is --iter-time: a Go duration (2s, 500ms) or, as QEMU's encrypt.iter-time and
+// cryptsetup's --iter-time, a whole number of milliseconds.
+type iterTimeFlag struct{ d time.Duration }
+
+func (f *iterTimeFlag) String() string {
+	if f.d == 0 {
+		return ""
+	}
+	return f.d.String()
+}
+
+func (f *iterTimeFlag) Set(v string) error {
+	d, err := time.ParseDuration(v)
+	if n, nerr := strconv.ParseUint(v, 10, 31); nerr == nil {
+		d, err = time.Duration(n)*time.Millisecond, nil
+	}
+	if err != nil || d <= 0 {
+		return fmt.Errorf("want a positive duration such as 2s or 500ms, or milliseconds as QEMU's iter-time (2000)")
+	}
+	f.d = d
+	return nil
+}
+
+func (f *iterTimeFlag) Type() string { return "duration" }
+
+// imageExportCommand is `image export IMG OUT.qcow2 [--passphrase-file F | --name N [--key K]]
+// [--cluster-size S] [--iter-time D] [--hash H] [--cipher-key-bits N]`.
 func (a *app) imageExportCommand() *cobra.Command {
-	var passFile, name, keyRef string
+	var passFile, name, keyRef, hash string
 	var force bool
 	var clusterSize sizeFlag
+	var iterTime iterTimeFlag
+	var keyBits int
 	cmd := &cobra.Command{Use: "export IMG OUT", Short: "Write a volume's content as a new LUKS-encrypted qcow2 image QEMU opens", Args: args(cobra.ExactArgs(2)),
 		Long: `Write the content of volume IMG to OUT, a new qcow2 v3 file encrypted with QEMU's LUKS
 (aes-xts-plain64), holding only the clusters with data. The passphrase is the bytes of a file
 (--passphrase-file: give the same file to qemu-img as --object secret,id=sec0,file=F), or a new
 random one wrapped by a root key straight into the catalog as image --name (--key, by default
 the volume's key): the passphrase is then never shown, and volume create --from-image reads the
-image back.`,
+image back. The LUKS header is QEMU's: aes-xts-plain64 with a 512-bit key (--cipher-key-bits
+256 for aes-128-xts), PBKDF2 with sha256 (--hash), and as many iterations as this machine
+computes in --iter-time (QEMU's iter-time, 2s by default with --passphrase-file, since a
+passphrase a person chose needs stretching; with --name the random 32-byte passphrase gets
+1000 iterations unless --iter-time is given, since stretching cannot strengthen it).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts := volume.ExportOptions{}
 			switch {
@@ -168,6 +205,19 @@ image back.`,
 				}
 				opts.ClusterSize = int(n)
 			}
+			opts.IterTime = iterTime.d
+			switch hash {
+			case "sha1", "sha256", "sha512":
+				opts.Hash = hash
+			default:
+				return usagef("--hash %q: want sha1, sha256 or sha512", shown(hash))
+			}
+			switch keyBits {
+			case 256, 512:
+				opts.KeyBytes = keyBits / 8
+			default:
+				return usagef("--cipher-key-bits %d: want 256 (aes-128-xts) or 512 (aes-256-xts)", keyBits)
+			}
 			out := absPath(args[1])
 			ctx := cmd.Context()
 			if err := a.open(ctx); err != nil {
@@ -192,6 +242,9 @@ image back.`,
 				return interruptedf("%s: the export to %s stopped; its temporary file was removed and %s was not written; run the command again to export", args[0], out, out)
 			}
 			if err != nil {
+				if errors.Is(err, keyslot.ErrKDFLimits) {
+					return withHint(err, fmt.Sprintf("give a shorter --iter-time: crkvol opens images of at most %d PBKDF2 iterations", keyslot.MaxLUKS1Iterations))
+				}
 				return importErr(err, passFile, nil)
 			}
 			j := exportJSON{Volume: args[0], Output: res.Path, Size: res.Size, FileSize: res.FileSize, DataClusters: res.DataClusters, ClusterSize: opts.ClusterSize}
@@ -217,6 +270,9 @@ image back.`,
 	cmd.Flags().StringVar(&keyRef, "key", "", "with --name: root key id or unique name that wraps the passphrase (default: the volume's key)")
 	cmd.Flags().BoolVar(&force, "force", false, "replace an existing regular file OUT (atomically: the new image is renamed over it when complete)")
 	cmd.Flags().Var(&clusterSize, "cluster-size", "qcow2 cluster size, a power of two from 512 to 2MiB (default 64KiB)")
+	cmd.Flags().Var(&iterTime, "iter-time", "PBKDF2 time of the LUKS keyslot, measured on this machine: a duration or milliseconds, as QEMU's iter-time (default 2s with --passphrase-file; with --name 1000 iterations)")
+	cmd.Flags().StringVar(&hash, "hash", "sha256", "LUKS PBKDF2 and AF hash: sha1, sha256 or sha512")
+	cmd.Flags().IntVar(&keyBits, "cipher-key-bits", 512, "aes-xts master key size: 512 (aes-256-xts, QEMU's default) or 256 (aes-128-xts)")
 	return cmd
 }
 
@@ -288,12 +344,15 @@ func (p *byteProgress) finish() {
 }
 
 // fromImage is the volume create --from-image path: the volume at path is made of the
-// catalog image name's content, its own passphrase wrapped by keyID; size 0 is the image's;
-// sparse skips what reads as zeros in the image (see volume.FromImageOptions).
-func (a *app) fromImage(ctx context.Context, path, name, keyID string, size int64, sparse bool) error {
+// catalog image opts.Image's content, its own passphrase wrapped by opts.KeyID (see
+// volume.FromImageOptions for the size, sector size, key size and Sparse). Before the
+// status, a line says which sector size the volume got and why.
+func (a *app) fromImage(ctx context.Context, path string, opts volume.FromImageOptions) error {
 	bar := a.bytesProgress("copying")
-	info, err := a.mgr.CreateFromImage(ctx, path, volume.FromImageOptions{Image: name, KeyID: keyID, Size: size, Sparse: sparse, Progress: bar.update})
+	opts.Progress = bar.update
+	info, err := a.mgr.CreateFromImage(ctx, path, opts)
 	bar.finish()
+	name := opts.Image
 	if err != nil && ctx.Err() != nil {
 		p := absPath(path)
 		if _, serr := os.Lstat(p); errors.Is(serr, fs.ErrNotExist) {
@@ -301,11 +360,25 @@ func (a *app) fromImage(ctx context.Context, path, name, keyID string, size int6
 		}
 		return interruptedf("%s: the copy of image %s stopped; the half-made volume could not be removed; remove it with crkvol volume delete %s, then run the command again", p, name, shellArg(p))
 	}
+	if errors.Is(err, volume.ErrImageInUse) {
+		return withHint(err, hintInUse)
+	}
 	if err != nil {
 		if e, lerr := a.reg.Image(name); lerr == nil {
 			return qcow2Hints(imageFileErr(err, name, e.Path))
 		}
 		return qcow2Hints(imageNotFound(err))
+	}
+	if !a.asJSON {
+		why := "given with --sector-size"
+		switch {
+		case opts.SectorSize != 0:
+		case info.SectorSize == 4096:
+			why = "the default; --sector-size chooses another"
+		default:
+			why = "the size is not a multiple of 4096 bytes; --sector-size chooses another that divides it"
+		}
+		fmt.Fprintf(a.stdout, "created %s from image %s with %d-byte sectors (%s)\n", info.Path, opts.Image, info.SectorSize, why)
 	}
 	return a.printStatus(ctx, info.Path)
 }

@@ -32,17 +32,40 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 	var wipe, sparse bool
 	var fromImage string
 	create := &cobra.Command{Use: "create IMG", Short: "Create a volume image protected by a root key (empty, or holding a catalog image's content)", Args: args(cobra.ExactArgs(1)),
+		Long: `Create a volume image protected by a root key: a LUKS2 image whose random passphrase is
+wrapped by --key. It is empty (its blocks read as noise until written; --wipe makes them read
+as zeros), or with --from-image NAME holds the guest content of catalog image NAME (crkvol
+image list), decrypted with the image's own key and encrypted again under the volume's.
+
+With --from-image, --size is optional: by default the image's guest size; a larger size grows
+the volume, and the space beyond the image is written with zeros (with --sparse, whatever
+reads as zeros in the image, and the space beyond it, is skipped and reads as noise).
+--sector-size and --cipher-key-bits choose the volume's encryption as for an empty volume;
+by default the sector size is 4096 bytes if the size is a multiple of it, else 512, and the
+output says which one the volume got. --wipe does not go with --from-image.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if fromImage != "" {
-				for _, f := range []string{"sector-size", "cipher-key-bits", "wipe"} {
-					if cmd.Flags().Changed(f) {
-						return usagef("--%s does not go with --from-image", f)
-					}
+				if cmd.Flags().Changed("wipe") {
+					return usagef("--wipe does not go with --from-image (the image's content is written instead; without --sparse, its holes and the space beyond it as zeros)")
 				}
-				var n int64
+				// 0: volume.FromImageOptions' defaults (4096-byte sectors if the size
+				// allows, else 512; a 512-bit key).
+				var geo volume.FromImageOptions
+				if cmd.Flags().Changed("sector-size") {
+					if err := checkSectorSize(sectorSize.n); err != nil {
+						return err
+					}
+					geo.SectorSize = sectorSize.n
+				}
+				if cmd.Flags().Changed("cipher-key-bits") {
+					if err := checkKeyBits(keyBits.n); err != nil {
+						return err
+					}
+					geo.KeyBits = keyBits.n
+				}
 				if cmd.Flags().Changed("size") {
 					var err error
-					if n, err = size.volumeSize("size", 512); err != nil {
+					if geo.Size, err = size.volumeSize("size", max(geo.SectorSize, 512)); err != nil {
 						return err
 					}
 				}
@@ -53,7 +76,8 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 				if err != nil {
 					return err
 				}
-				return a.fromImage(cmd.Context(), args[0], fromImage, id, n, sparse)
+				geo.Image, geo.KeyID, geo.Sparse = fromImage, id, sparse
+				return a.fromImage(cmd.Context(), args[0], geo)
 			}
 			if sparse {
 				return usagef("--sparse goes with --from-image")
@@ -91,12 +115,12 @@ a whole sector ("1.5GiB" is fine with 4096-byte sectors).`
 			}
 			return a.printStatus(cmd.Context(), args[0])
 		}}
-	create.Flags().Var(&size, "size", "data size, a whole number of sectors, such as 64MiB, 1.5GiB or 10GB (required)")
+	create.Flags().Var(&size, "size", "data size, a whole number of sectors, such as 64MiB, 1.5GiB or 10GB (required, except with --from-image: the image's size by default)")
 	create.Flags().StringVar(&keyID, "key", "", "root key id or unique name (required)")
-	create.Flags().Var(&sectorSize, "sector-size", "encryption sector size: 512, 1024, 2048 or 4096")
+	create.Flags().Var(&sectorSize, "sector-size", "encryption sector size: 512, 1024, 2048 or 4096 (with --from-image, by default 4096 if the size is a multiple of it, else 512)")
 	create.Flags().Var(&keyBits, "cipher-key-bits", "aes-xts-plain64 key size: 512 or 256")
-	create.Flags().BoolVar(&wipe, "wipe", false, "write zeros through the encryption so the volume reads as zeros")
-	create.Flags().StringVar(&fromImage, "from-image", "", "fill the volume with this catalog image's content (crkvol image list); --size is then optional (default: the image's size)")
+	create.Flags().BoolVar(&wipe, "wipe", false, "write zeros through the encryption so the volume reads as zeros (not with --from-image)")
+	create.Flags().StringVar(&fromImage, "from-image", "", "fill the volume with this catalog image's content (crkvol image list); --size is then optional (default: the image's size; a larger one is filled with zeros); not with --wipe")
 	create.Flags().BoolVar(&sparse, "sparse", false, "with --from-image: skip what reads as zeros in the image, so the volume file stays sparse (those ranges then read as noise, not zeros)")
 	requireFlagsWhen(create, func(c *cobra.Command) []string {
 		if c.Flags().Changed("from-image") {
