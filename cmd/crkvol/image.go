@@ -81,7 +81,7 @@ passphrase; each image is registered with its key, so the key cannot be deleted 
 uses it, and key rotations rewrap the WDEKs with the volumes' passphrases (the image files are
 never written). volume create IMG --from-image NAME makes a volume of an image's content.`
 
-	list := &cobra.Command{Use: "list", Short: "List the catalog's images: name, key, key version, size, import time, path", Args: args(cobra.NoArgs),
+	list := &cobra.Command{Use: "list", Short: "List the catalog's images: name, key, key version and state, size, import time, file status, path", Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := a.open(cmd.Context()); err != nil {
 				return err
@@ -98,9 +98,11 @@ never written). volume create IMG --from-image NAME makes a volume of an image's
 				return a.emit(out)
 			}
 			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "NAME\tKEY ID\tKEY VERSION\tSIZE\tCREATED\tSTATUS\tPATH")
+			fmt.Fprintln(w, "NAME\tKEY ID\tKEY VERSION\tKEY STATE\tSIZE\tCREATED\tSTATUS\tPATH")
+			keys := a.keyStatuses()
 			for _, e := range images {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Name, e.KeyID, e.KeyVersion, volume.FormatSize(e.Size), rfc3339(e.Created), fileStatus(e), shownPath(e.Path))
+				state := keys.of(cmd.Context(), e.KeyID, e.KeyVersion).stateCell()
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Name, e.KeyID, e.KeyVersion, state, volume.FormatSize(e.Size), rfc3339(e.Created), fileStatus(e), shownPath(e.Path))
 			}
 			return w.Flush()
 		}}
