@@ -261,19 +261,19 @@ func (h *header) checkFeatures() error {
 		if h.dataFile {
 			name = fmt.Sprintf(" %q", h.dataFileName)
 		}
-		return fmt.Errorf("%w: external data file%s (the guest data is not in this file; convert it: qemu-img convert -O qcow2 IN OUT)", ErrUnsupported, name)
+		return fmt.Errorf("%w: external data file%s: the guest data is not in this file", ErrUnsupported, name)
 	}
 	if h.autoclear&autoclearRawData != 0 {
 		return fmt.Errorf("%w: raw external data file (autoclear bit 1)", ErrUnsupported)
 	}
 	if h.incompat&incompatExtendedL2 != 0 {
-		return fmt.Errorf("%w: extended L2 entries (subclusters; convert with qemu-img convert -O qcow2 -o extended_l2=off)", ErrUnsupported)
+		return fmt.Errorf("%w: extended L2 entries (subclusters)", ErrUnsupported)
 	}
 	if h.incompat&incompatCorrupt != 0 {
 		return fmt.Errorf("%w: QEMU marked the image corrupt (incompatible feature bit 1); repair it with qemu-img check -r all", ErrFormat)
 	}
 	if h.incompat&incompatDirty != 0 {
-		return fmt.Errorf("%w: dirty (needs qemu-img check -r all): refcounts may be stale after an unclean shutdown with lazy refcounts", ErrUnsupported)
+		return fmt.Errorf("%w: dirty: refcounts may be stale after an unclean shutdown with lazy refcounts", ErrUnsupported)
 	}
 	if unknown := h.incompat &^ incompatKnown; unknown != 0 {
 		bit := uint8(bits.TrailingZeros64(unknown))

@@ -152,7 +152,7 @@ func TestRefusals(t *testing.T) {
 			put64(b, 72, 1<<9)
 			return b
 		}, ErrUnsupported, `unknown incompatible feature bit 9 ("compression type")`},
-		{"dirty", plain, func(b []byte) []byte { put64(b, 72, incompatDirty); return b }, ErrUnsupported, "dirty (needs qemu-img check -r all)"},
+		{"dirty", plain, func(b []byte) []byte { put64(b, 72, incompatDirty); return b }, ErrUnsupported, "dirty: refcounts may be stale"},
 		{"corrupt", plain, func(b []byte) []byte { put64(b, 72, incompatCorrupt); return b }, ErrFormat, "corrupt"},
 		{"external data file bit", plain, func(b []byte) []byte { put64(b, 72, incompatDataFile); return b }, ErrUnsupported, "external data file"},
 		{"extended L2 bit", plain, func(b []byte) []byte { put64(b, 72, incompatExtendedL2); return b }, ErrUnsupported, "extended L2 entries"},

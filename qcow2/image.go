@@ -158,7 +158,7 @@ func (img *Image) validate(first []byte) error {
 	h := img.h
 	cs := img.clusterSize
 	if h.backingOffset != 0 {
-		return fmt.Errorf("%w: backing file%s (the image depends on another; flatten it first: qemu-img convert -O qcow2 IN OUT)", ErrUnsupported, backingName(h, first))
+		return fmt.Errorf("%w: backing file%s: the image depends on another", ErrUnsupported, backingName(h, first))
 	}
 	if err := h.checkFeatures(); err != nil {
 		return err
@@ -169,7 +169,7 @@ func (img *Image) validate(first []byte) error {
 			return fmt.Errorf("%w: full disk encryption header extension in an unencrypted image (crypt_method 0)", ErrFormat)
 		}
 	case cryptLegacyAES:
-		return fmt.Errorf("%w: legacy AES encryption (crypt_method 1, insecure; re-encrypt with qemu-img convert -o encrypt.format=luks)", ErrUnsupported)
+		return fmt.Errorf("%w: legacy AES encryption (crypt_method 1), which is insecure", ErrUnsupported)
 	case cryptLUKS:
 		if !h.encryption {
 			return fmt.Errorf("%w: LUKS encryption (crypt_method 2) without the full disk encryption header extension", ErrFormat)

@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -184,11 +185,12 @@ func (r *runner) makeImage(ctx context.Context, c imageCatalog, idx int, src *vo
 		entry = res.Image
 		r.rep.Images.Exported++
 	} else {
-		pass := make([]byte, 32)
-		r.imageRand(idx, "passphrase").Read(pass)
-		// A fixed iteration count: the passphrase is 32 random bytes, which stretching cannot
-		// strengthen, and an IterTime (2 s by default with a passphrase) would be measured,
-		// making the run slow and its images differ from run to run.
+		raw := make([]byte, 32)
+		r.imageRand(idx, "passphrase").Read(raw)
+		// Printable, as QEMU requires of a LUKS passphrase (a UTF-8 secret). A fixed iteration
+		// count: stretching cannot strengthen 32 random bytes, and an IterTime (2 s by default
+		// with a passphrase) would be measured, making the run slow and its images differ.
+		pass := []byte(base64.StdEncoding.EncodeToString(raw))
 		if _, err := mgr.ExportImage(ctx, src.path, img.path, volume.ExportOptions{Passphrase: pass, Iterations: 1000}); err != nil {
 			return nil, err
 		}

@@ -19,10 +19,11 @@ import (
 
 // ExportOptions describe an export of a volume to an encrypted qcow2 image.
 type ExportOptions struct {
-	// Passphrase is the LUKS passphrase of the exported image. If nil, a random 32-byte
-	// passphrase is made, wrapped by KeyID, and the image is imported into the catalog as
-	// Name (exactly as [Manager.ImportImage] imports one, registration included): the
-	// passphrase is then known only wrapped. The caller keeps and clears its Passphrase.
+	// Passphrase is the LUKS passphrase of the exported image; it must be valid UTF-8, as
+	// QEMU requires ([ErrPassphraseNotUTF8]). If nil, a random passphrase is made (32
+	// random bytes in base64, printable as QEMU requires), wrapped by KeyID, and the image
+	// is imported into the catalog as Name (exactly as [Manager.ImportImage] imports one,
+	// registration included): the passphrase is then known only wrapped. The caller keeps and clears its Passphrase.
 	Passphrase []byte
 	// Name is the catalog name of the exported image (required without Passphrase, refused
 	// with it).
@@ -51,6 +52,11 @@ type ExportOptions struct {
 	Iterations int
 	// Progress, if set, is called as the image is written with the bytes done and the total.
 	Progress func(done, total int64)
+	// Replace lets the export replace an existing regular file (or symbolic link: the link
+	// itself, never its target) at out, atomically: the new image is renamed over it once
+	// complete. Without it an existing out is refused. Anything else at out (a directory, a
+	// device, a pipe) is always refused: a qcow2 image is written at random offsets.
+	Replace bool
 }
 
 // DefaultExportIterTime is the keyslot iteration time of an export with a given passphrase:
@@ -96,6 +102,8 @@ func (m *Manager) ExportImage(ctx context.Context, volumePath, out string, opts 
 		}
 	case len(opts.Passphrase) == 0:
 		return nil, errors.New("an empty passphrase")
+	case checkImagePassphrase(opts.Passphrase) != nil:
+		return nil, checkImagePassphrase(opts.Passphrase)
 	case opts.Name != "":
 		return nil, errors.New("a catalog name is for an export with a random passphrase, not with a given one")
 	}
@@ -103,10 +111,22 @@ func (m *Manager) ExportImage(ctx context.Context, volumePath, out string, opts 
 	if err != nil {
 		return nil, err
 	}
-	if _, err := os.Lstat(outAbs); err == nil {
-		return nil, fmt.Errorf("%w: %s exists (refusing to overwrite it)", fs.ErrExist, outAbs)
+	replace := false
+	if st, err := os.Lstat(outAbs); err == nil {
+		if !st.Mode().IsRegular() && st.Mode()&fs.ModeSymlink == 0 {
+			return nil, fmt.Errorf("%s is not a regular file (%s): an image is written as a new regular file", outAbs, fileKind(st.Mode()))
+		}
+		if !opts.Replace {
+			return nil, fmt.Errorf("%w: %s exists (refusing to overwrite it)", fs.ErrExist, outAbs)
+		}
+		replace = true
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
+	}
+	if st, err := os.Stat(filepath.Dir(outAbs)); err != nil {
+		return nil, fmt.Errorf("the directory of the output: %w", err)
+	} else if !st.IsDir() {
+		return nil, fmt.Errorf("the directory of the output, %s, is not a directory", filepath.Dir(outAbs))
 	}
 	v, err := m.OpenWith(ctx, volumePath, OpenOptions{ReadOnly: true})
 	if err != nil {
@@ -149,11 +169,10 @@ func (m *Manager) ExportImage(ctx context.Context, volumePath, out string, opts 
 	}
 	pass := opts.Passphrase
 	if catalog {
-		pass = make([]byte, passphraseSize)
-		defer clear(pass)
-		if _, err := io.ReadFull(m.opts.Rand, pass); err != nil {
-			return nil, fmt.Errorf("reading a random passphrase: %w", err)
+		if pass, err = randomImagePassphrase(m.opts.Rand); err != nil {
+			return nil, err
 		}
+		defer clear(pass)
 	}
 	area, err := keyslot.FormatLUKS1(ctx, mk, pass, keyslot.LUKS1Options{
 		KeyBytes: keyBytes, Hash: opts.Hash, Iterations: iter, Rand: m.opts.Rand,
@@ -188,8 +207,13 @@ func (m *Manager) ExportImage(ctx context.Context, volumePath, out string, opts 
 	if err := tmp.Sync(); err != nil {
 		return nil, err
 	}
-	// A hard link, not a rename: it fails if out appeared meanwhile, never replacing it.
-	if err := os.Link(tmp.Name(), outAbs); err != nil {
+	if replace {
+		// Replace: a rename, atomic; a link at out is replaced, not followed.
+		if err := os.Rename(tmp.Name(), outAbs); err != nil {
+			return nil, err
+		}
+	} else if err := os.Link(tmp.Name(), outAbs); err != nil {
+		// A hard link, not a rename: it fails if out appeared meanwhile, never replacing it.
 		return nil, err
 	}
 	linked = true
@@ -209,6 +233,23 @@ func (m *Manager) ExportImage(ctx context.Context, volumePath, out string, opts 
 	}
 	m.opts.Logger.Info("volume exported", "volume", volumePath, "out", outAbs, "clusters", stats.DataClusters, "catalog", opts.Name)
 	return res, nil
+}
+
+// fileKind names the kind of a file that is not a regular one.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeCharDevice != 0:
+		return "a character device"
+	case m&fs.ModeDevice != 0:
+		return "a block device"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	}
+	return m.Type().String()
 }
 
 // exportIterations returns the keyslot iteration count of an export (see

@@ -110,6 +110,9 @@ func (m *Manager) ImportImage(ctx context.Context, path string, opts ImportOptio
 		pass = append([]byte(nil), opts.Passphrase...)
 	}
 	defer clear(pass)
+	if err := checkImagePassphrase(pass); err != nil {
+		return nil, err // QEMU could not have encrypted the image with it
+	}
 
 	hdr, mk, slot, err := unlockQcow2(ctx, qi, pass, -1)
 	clear(mk) // the import only checks that the passphrase opens the header
@@ -197,7 +200,7 @@ func openEncryptedQcow2(r io.ReaderAt, size int64) (*qcow2.Image, error) {
 		return nil, err
 	}
 	if !qi.Encrypted() {
-		return nil, fmt.Errorf("%w: not encrypted (the catalog holds images encrypted with encrypt.format=luks)", ErrImageNotEncrypted)
+		return nil, ErrImageNotEncrypted // the catalog holds only images encrypted with encrypt.format=luks
 	}
 	return qi, nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"os"
 	"path/filepath"
@@ -97,12 +98,13 @@ func sha256File(t testing.TB, path string) string {
 	return hex.EncodeToString(s[:])
 }
 
+// randomPass returns a random printable passphrase (QEMU takes only UTF-8 ones).
 func randomPass(t testing.TB) []byte {
 	t.Helper()
 	p := make([]byte, 32)
 	_, err := rand.Read(p)
 	require.NoError(t, err)
-	return p
+	return []byte(base64.StdEncoding.EncodeToString(p))
 }
 
 // TestImportImageAndCreateFromIt: an encrypted qcow2 image imports with its WDEK (or its

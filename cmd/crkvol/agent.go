@@ -41,8 +41,10 @@ func (a *app) agentCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "agent", Short: "Follow the key service's lifecycle events for this host's volumes, in the foreground",
 		Long: `agent is the long-running process of a storage host. It follows the lifecycle feed of the key
 service (the embedded one of the state directory, or the --kms-url service) for the root keys
-of the volumes registered in the state directory, and responds to each event:
-  rotate, sync             rewraps the host's volumes of the key to its latest version;
+of the volumes registered in the state directory and of the images in its catalog, and
+responds to each event:
+  rotate, sync             rewraps the host's volumes of the key, and the WDEKs of its
+                           catalog images, to its latest version;
   disable, delete, purge   sends SIGUSR1 to every attach process of this state directory
                            serving a volume of the key, which makes it check its key at once
                            and stop serving;
@@ -54,7 +56,7 @@ which hosts confirmed a lockout; a failed acknowledgement is logged and made aga
 reconciliation, and never delays a lockout.
 It records the cursor of the last event it handled in <state>/agent/cursor, so that a restarted
 agent handles every event it missed. At start, when the feed asks for a resync, and every
---reconcile-every, it compares every key of the host's volumes with its state and latest
+--reconcile-every, it compares every key of the host's volumes and images with its state and latest
 version, and fixes what lags. With the embedded key service it also runs the policy
 rotations that come due on the service clock (--now), with their rewraps.
 

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io/fs"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -42,6 +43,8 @@ type imageJSON struct {
 	RewrappedAt jsonTime `json:"rewrappedAt,omitzero"`
 	Device      uint64   `json:"device,omitempty"`
 	Inode       uint64   `json:"inode,omitempty"`
+	// FileStatus compares the file with the import by a stat: ok, missing or changed.
+	FileStatus string `json:"fileStatus"`
 }
 
 // imageView returns e as --json shows it; withWDEK includes the WDEK (image show only).
@@ -51,6 +54,7 @@ func imageView(e volume.ImageEntry, withWDEK bool) imageJSON {
 		Size: e.Size, FileSize: e.FileSize, SHA256: e.SHA256, ClusterSize: e.ClusterSize, QcowVersion: e.QcowVersion,
 		Cipher: e.Cipher, Created: jsonTime{e.Created}, ModTime: jsonTime{e.ModTime}, ChangeTime: jsonTime{e.CTime},
 		RewrappedAt: jsonTime{e.RewrappedAt}, Device: e.Device, Inode: e.Inode, Keyslot: e.Keyslot,
+		FileStatus: fileStatus(e),
 	}
 	if withWDEK {
 		j.WDEK = base64.StdEncoding.EncodeToString(e.WDEK)
@@ -77,7 +81,7 @@ passphrase; each image is registered with its key, so the key cannot be deleted 
 uses it, and key rotations rewrap the WDEKs with the volumes' passphrases (the image files are
 never written). volume create IMG --from-image NAME makes a volume of an image's content.`
 
-	list := &cobra.Command{Use: "list", Short: "List the catalog's images: name, key, key version, size, import time, path", Args: args(cobra.NoArgs),
+	list := &cobra.Command{Use: "list", Short: "List the catalog's images: name, key, key version and state, size, import time, file status, path", Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := a.open(cmd.Context()); err != nil {
 				return err
@@ -94,9 +98,11 @@ never written). volume create IMG --from-image NAME makes a volume of an image's
 				return a.emit(out)
 			}
 			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "NAME\tKEY ID\tKEY VERSION\tSIZE\tCREATED\tPATH")
+			fmt.Fprintln(w, "NAME\tKEY ID\tKEY VERSION\tKEY STATE\tSIZE\tCREATED\tSTATUS\tPATH")
+			keys := a.keyStatuses()
 			for _, e := range images {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Name, e.KeyID, e.KeyVersion, volume.FormatSize(e.Size), rfc3339(e.Created), shownPath(e.Path))
+				state := keys.of(cmd.Context(), e.KeyID, e.KeyVersion).stateCell()
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Name, e.KeyID, e.KeyVersion, state, volume.FormatSize(e.Size), rfc3339(e.Created), fileStatus(e), shownPath(e.Path))
 			}
 			return w.Flush()
 		}}
@@ -170,6 +176,7 @@ func (a *app) printImage(e volume.ImageEntry) error {
 	fmt.Fprintf(w, "Name\t%s\n", e.Name)
 	fmt.Fprintf(w, "CRN\t%s\n", e.CRN)
 	fmt.Fprintf(w, "Path\t%s\n", shownPath(e.Path))
+	fmt.Fprintf(w, "File status\t%s\n", fileStatusLong(e))
 	fmt.Fprintf(w, "Size\t%s (%d bytes), qcow2 v%d, %s clusters\n", volume.FormatSize(e.Size), e.Size, e.QcowVersion, volume.FormatSize(int64(e.ClusterSize)))
 	fmt.Fprintf(w, "Cipher\t%s\n", e.Cipher)
 	fmt.Fprintf(w, "File\t%d bytes, sha256 %s\n", e.FileSize, e.SHA256)
@@ -181,6 +188,45 @@ func (a *app) printImage(e volume.ImageEntry) error {
 	fmt.Fprintf(w, "Key version\t%s (%s)\n", e.KeyVersion, wrapped)
 	fmt.Fprintf(w, "Created\t%s\n", rfc3339(e.Created))
 	return w.Flush()
+}
+
+// fileStatus is the STATUS of a catalog image's file: ok, missing, changed (see
+// volume.ImageEntry.FileStatus), or "unknown" when the path cannot be examined.
+func fileStatus(e volume.ImageEntry) string {
+	s, err := e.FileStatus()
+	if err != nil {
+		return "unknown"
+	}
+	return s
+}
+
+// fileStatusLong is the file status as image show explains it.
+func fileStatusLong(e volume.ImageEntry) string {
+	s, err := e.FileStatus()
+	switch {
+	case err != nil:
+		return "unknown (" + errorText(err) + ")"
+	case s == volume.ImageFileMissing:
+		return s + " (no file at the recorded path: moved or deleted)"
+	case s == volume.ImageFileChanged:
+		return s + " (not the imported file by its identity, size or modification time)"
+	}
+	return s
+}
+
+// imageFileErr explains a catalog image whose file is no longer usable: missing (moved or
+// deleted) or changed since the import.
+func imageFileErr(err error, name, path string) error {
+	again := fmt.Sprintf("save its WDEK (crkvol image show %s --json), then crkvol image delete %s and crkvol image import FILE --name NEWNAME --key KEY --wdek WDEK", name, name)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, volume.ErrImageChanged):
+		return withHint(err, "the catalog uses only the file it imported: put that file back at "+shownPath(path)+"; or, to use the file now there, "+again)
+	case errors.Is(err, fs.ErrNotExist) && path != "":
+		return withHint(fmt.Errorf("image %s: its file %s is missing (moved or deleted): %w", name, shownPath(path), err), "if it was moved, import it from its new place: "+again)
+	}
+	return err
 }
 
 // imageNotFound adds to a catalog lookup that found no image the command that lists them.

@@ -103,7 +103,7 @@ func TestImageCommandsOnNewState(t *testing.T) {
 	}
 	code, out, errOut := runCLI("image", "list")
 	assert.Equal(t, 0, code, errOut)
-	assert.Equal(t, "NAME  KEY ID  KEY VERSION  SIZE  CREATED  PATH\n", out)
+	assert.Equal(t, "NAME  KEY ID  KEY VERSION  KEY STATE  SIZE  CREATED  STATUS  PATH\n", out)
 	code, out, _ = runCLI("--json", "image", "list")
 	assert.Equal(t, 0, code)
 	assert.Equal(t, "[]\n", out)

@@ -27,7 +27,11 @@ func withImageHints(cmd *cobra.Command) {
 			continue
 		}
 		c.RunE = func(cmd *cobra.Command, args []string) error {
-			return imageHints(run(cmd, args))
+			err := run(cmd, args)
+			if err != nil && cmd.Name() == "erase" && errors.Is(err, keyslot.ErrLUKS1) {
+				return withHint(err, hintLUKS1Erase)
+			}
+			return qcow2Volume(imageHints(err), args)
 		}
 	}
 }
@@ -40,9 +44,11 @@ func imageHints(err error) error {
 	case err == nil:
 		return nil
 	case errors.As(err, &le) && le.Header != nil:
-		return withHint(err, luks1Hint(le.Path)...)
+		return withHint(err, luks1Hint(le.Path, le.Header)...)
 	case errors.Is(err, keyslot.ErrLUKS1):
 		return withHint(err, hintLUKS1)
+	case errors.Is(err, keyslot.ErrNoSpace):
+		return withHint(err, hintKillSlot)
 	case errors.Is(err, volume.ErrNoToken):
 		return withHint(err, hintAdopt)
 	}

@@ -5,7 +5,9 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -40,6 +42,8 @@ file).`,
 			switch {
 			case wdekB64 != "" && passFile != "":
 				return usagef("give --wdek or --passphrase-file, not both")
+			case cmd.Flags().Changed("wdek") && wdekB64 == "":
+				return usagef("--wdek is empty")
 			case cmd.Flags().Changed("wdek"):
 				b, err := base64.StdEncoding.DecodeString(wdekB64)
 				if err != nil || len(b) == 0 {
@@ -68,7 +72,7 @@ file).`,
 			opts.Name, opts.KeyID = name, id
 			e, err := a.mgr.ImportImage(ctx, file, opts)
 			if err != nil {
-				return importErr(err, passFile, opts.Passphrase)
+				return notQcow2(qcow2Hints(importErr(err, passFile, opts.Passphrase)), file)
 			}
 			if a.asJSON {
 				return a.emit(imageView(*e, true))
@@ -97,6 +101,12 @@ func importErr(err error, passFile string, pass []byte) error {
 			}
 		}
 		return withHint(err, hintPassphrase)
+	case errors.Is(err, volume.ErrPassphraseNotUTF8):
+		what := "the passphrase"
+		if passFile != "" {
+			what = "the passphrase file " + absPath(passFile)
+		}
+		return withHint(err, what+" must hold UTF-8 text, as QEMU requires of a secret; make a printable one, e.g.: head -c 32 /dev/urandom | base64 -w0 > PASS")
 	case errors.Is(err, volume.ErrImageInUse):
 		return withHint(err, hintInUse)
 	case errors.Is(err, volume.ErrImageExists):
@@ -145,6 +155,7 @@ func (f *iterTimeFlag) Type() string { return "duration" }
 // [--cluster-size S] [--iter-time D] [--hash H] [--cipher-key-bits N]`.
 func (a *app) imageExportCommand() *cobra.Command {
 	var passFile, name, keyRef, hash string
+	var force bool
 	var clusterSize sizeFlag
 	var iterTime iterTimeFlag
 	var keyBits int
@@ -212,6 +223,10 @@ passphrase a person chose needs stretching; with --name the random 32-byte passp
 			if err := a.open(ctx); err != nil {
 				return err
 			}
+			if err := a.checkExportOutput(out, force, args[0]); err != nil {
+				return err
+			}
+			opts.Replace = force
 			if keyRef != "" {
 				id, err := a.resolveKey(ctx, keyRef, false)
 				if err != nil {
@@ -223,11 +238,14 @@ passphrase a person chose needs stretching; with --name the random 32-byte passp
 			opts.Progress = bar.update
 			res, err := a.mgr.ExportImage(ctx, args[0], out, opts)
 			bar.finish()
+			if err != nil && ctx.Err() != nil {
+				return interruptedf("%s: the export to %s stopped; its temporary file was removed and %s was not written; run the command again to export", args[0], out, out)
+			}
 			if err != nil {
 				if errors.Is(err, keyslot.ErrKDFLimits) {
 					return withHint(err, fmt.Sprintf("give a shorter --iter-time: crkvol opens images of at most %d PBKDF2 iterations", keyslot.MaxLUKS1Iterations))
 				}
-				return importErr(err, "", nil)
+				return importErr(err, passFile, nil)
 			}
 			j := exportJSON{Volume: args[0], Output: res.Path, Size: res.Size, FileSize: res.FileSize, DataClusters: res.DataClusters, ClusterSize: opts.ClusterSize}
 			if res.Image != nil {
@@ -250,11 +268,47 @@ passphrase a person chose needs stretching; with --name the random 32-byte passp
 	cmd.Flags().StringVar(&passFile, "passphrase-file", "", "encrypt with the bytes of this file as the LUKS passphrase (give it to qemu-img as --object secret,file=F)")
 	cmd.Flags().StringVar(&name, "name", "", "put the image in the catalog under this name, with a new random passphrase wrapped by --key")
 	cmd.Flags().StringVar(&keyRef, "key", "", "with --name: root key id or unique name that wraps the passphrase (default: the volume's key)")
+	cmd.Flags().BoolVar(&force, "force", false, "replace an existing regular file OUT (atomically: the new image is renamed over it when complete)")
 	cmd.Flags().Var(&clusterSize, "cluster-size", "qcow2 cluster size, a power of two from 512 to 2MiB (default 64KiB)")
 	cmd.Flags().Var(&iterTime, "iter-time", "PBKDF2 time of the LUKS keyslot, measured on this machine: a duration or milliseconds, as QEMU's iter-time (default 2s with --passphrase-file; with --name 1000 iterations)")
 	cmd.Flags().StringVar(&hash, "hash", "sha256", "LUKS PBKDF2 and AF hash: sha1, sha256 or sha512")
 	cmd.Flags().IntVar(&keyBits, "cipher-key-bits", 512, "aes-xts master key size: 512 (aes-256-xts, QEMU's default) or 256 (aes-128-xts)")
 	return cmd
+}
+
+// checkExportOutput applies to image export's OUT the rules of the CLI's output files: not
+// a volume image (IMG) nor in the state directory, even with --force; an existing regular
+// file (or a link: the link is replaced, never written through) only with --force; never a
+// device, pipe or directory (a qcow2 image is written at random offsets, as a new file); the
+// directory must exist.
+func (a *app) checkExportOutput(out string, force bool, img string) error {
+	if err := checkProtected("", out, a.outputOptions(force, 0o600, img)); err != nil {
+		return err
+	}
+	if streamName(out) {
+		return fmt.Errorf("%s: %w: image export writes a new regular file (a qcow2 image is written at random offsets), not a device or pipe", out, errNotRegular)
+	}
+	st, err := os.Lstat(out)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		dir := filepath.Dir(out)
+		if dst, err := os.Stat(dir); err != nil {
+			return fmt.Errorf("%s: the directory %s: %w", out, dir, err)
+		} else if !dst.IsDir() {
+			return fmt.Errorf("%s: %s is not a directory", out, dir)
+		}
+		return nil
+	case err != nil:
+		return err
+	case st.Mode()&fs.ModeSymlink == 0 && !st.Mode().IsRegular():
+		if st.IsDir() {
+			return fmt.Errorf("%s: is a directory: %w", out, errNotRegular)
+		}
+		return fmt.Errorf("%s: is %s: %w: image export writes a new regular file (a qcow2 image is written at random offsets)", out, kindOf(st.Mode()), errNotRegular)
+	case !force:
+		return fmt.Errorf("%s: %w; give --force to replace it", out, fileExists{})
+	}
+	return nil
 }
 
 // byteProgress draws a bar of bytes on stderr for a long command's Progress callback, when
@@ -298,11 +352,22 @@ func (a *app) fromImage(ctx context.Context, path string, opts volume.FromImageO
 	opts.Progress = bar.update
 	info, err := a.mgr.CreateFromImage(ctx, path, opts)
 	bar.finish()
+	name := opts.Image
+	if err != nil && ctx.Err() != nil {
+		p := absPath(path)
+		if _, serr := os.Lstat(p); errors.Is(serr, fs.ErrNotExist) {
+			return interruptedf("%s: the copy of image %s stopped; the half-made volume was removed (and deregistered); run the command again to create it", p, name)
+		}
+		return interruptedf("%s: the copy of image %s stopped; the half-made volume could not be removed; remove it with crkvol volume delete %s, then run the command again", p, name, shellArg(p))
+	}
 	if errors.Is(err, volume.ErrImageInUse) {
 		return withHint(err, hintInUse)
 	}
 	if err != nil {
-		return imageNotFound(err)
+		if e, lerr := a.reg.Image(name); lerr == nil {
+			return qcow2Hints(imageFileErr(err, name, e.Path))
+		}
+		return qcow2Hints(imageNotFound(err))
 	}
 	if !a.asJSON {
 		why := "given with --sector-size"

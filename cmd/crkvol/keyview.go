@@ -310,9 +310,28 @@ func (a *app) showRegistrations(regs []kpapi.Registration) error {
 		return a.emit(map[string]any{"metadata": map[string]any{"collectionType": kpapi.TypeRegistration, "collectionTotal": len(regs)}, "resources": regs})
 	}
 	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "RESOURCE CRN\tKEY VERSION\tPREVENT DELETION")
+	fmt.Fprintln(w, "RESOURCE CRN\tKEY VERSION\tPREVENT DELETION\tRESOURCE")
 	for _, r := range regs {
-		fmt.Fprintf(w, "%s\t%s\t%v\n", shown(r.ResourceCRN), shown(r.KeyVersion.ID), r.PreventKeyDeletion)
+		fmt.Fprintf(w, "%s\t%s\t%v\t%s\n", shown(r.ResourceCRN), shown(r.KeyVersion.ID), r.PreventKeyDeletion, a.resourceName(r.ResourceCRN))
 	}
 	return w.Flush()
+}
+
+// resourceName names a registered resource from this state directory: "image NAME" for a
+// catalog image, "volume PATH" for a registered volume, "-" for another host's resource (or
+// when the registry is not open).
+func (a *app) resourceName(crn string) string {
+	if a.reg == nil {
+		return "-"
+	}
+	if isImageCRN(crn) {
+		if e, err := a.reg.ImageByCRN(crn); err == nil {
+			return "image " + e.Name
+		}
+		return "-"
+	}
+	if e, err := a.reg.Get(crn); err == nil {
+		return "volume " + e.Path
+	}
+	return "-"
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"text/tabwriter"
 
+	"crkvol/keyslot"
 	"crkvol/volume"
 )
 
@@ -51,6 +52,9 @@ func (a *app) describeLUKS1(path string, err error) error {
 	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "Path\t%s\n", st.Path)
 	fmt.Fprintf(w, "Format\tLUKS1 (not a crkvol volume: crkvol volumes are LUKS2)\n")
+	if ok, why := luks1Adoptable(h); !ok {
+		fmt.Fprintf(w, "Adoptable\tno: %s\n", why)
+	}
 	fmt.Fprintf(w, "UUID\t%s\n", st.UUID)
 	fmt.Fprintf(w, "Cipher\t%s, %d-bit key, hash %s\n", st.Cipher, st.KeyBits, st.Hash)
 	fmt.Fprintf(w, "Data\tat %d\n", st.PayloadOffset)
@@ -66,11 +70,39 @@ func (a *app) describeLUKS1(path string, err error) error {
 	return err
 }
 
-// luks1Hint is the hint for a LUKS1 image at path: convert it, then adopt it.
-func luks1Hint(path string) []string {
+// luks1Adoptable reports whether crkvol can adopt the LUKS1 image of header h once converted
+// to LUKS2: its data must be encrypted as crkvol's volumes are (aes-xts-plain64); if not,
+// why is a sentence saying so.
+func luks1Adoptable(h *keyslot.LUKS1) (ok bool, why string) {
+	if h.CipherName == "aes" && h.CipherMode == "xts-plain64" {
+		return true, ""
+	}
+	return false, fmt.Sprintf("crkvol cannot adopt an image whose data is encrypted with %s (crkvol volumes use aes-xts-plain64), not even after cryptsetup convert", h.CipherSpec())
+}
+
+// luks1Hint is the hint for a LUKS1 image at path with header h: convert it, then adopt it
+// (freeing a keyslot first if all 8 are used); or, for a cipher crkvol cannot adopt, that it
+// cannot, and how to copy the data into a new volume.
+func luks1Hint(path string, h *keyslot.LUKS1) []string {
 	p := shellArg(path)
-	return []string{
+	if ok, why := luks1Adoptable(h); !ok {
+		return []string{
+			why,
+			"to move its data into a crkvol volume, open it with cryptsetup (cryptsetup open " + p + " NAME) and copy it: crkvol volume create VOL --size SIZE --key ID, then crkvol volume write VOL --input /dev/mapper/NAME",
+		}
+	}
+	hints := []string{
 		"cryptsetup convert --type luks2 " + p + " converts it in place (back up its header first: cryptsetup luksHeaderBackup " + p + " --header-backup-file FILE)",
 		"then crkvol volume adopt " + p + " --key ID --passphrase-file FILE brings it under a root key (FILE holds one of its passphrases)",
 	}
+	if len(h.ActiveSlots()) == len(h.Slots) {
+		hints = append(hints, "all 8 keyslots are in use and adopt adds one: first free one with cryptsetup luksKillSlot "+p+" N (keep one whose passphrase you know)")
+	}
+	return hints
 }
+
+// Hints for a LUKS2 image whose keyslots area is full, and for erasing a LUKS1 image.
+const (
+	hintKillSlot   = "the image has no room for another keyslot (a LUKS1 image converted to LUKS2 keeps room for 8): free one with cryptsetup luksKillSlot IMG N, keeping one whose passphrase you know (cryptsetup luksDump IMG lists them)"
+	hintLUKS1Erase = "crkvol erases only its own volumes; cryptsetup luksErase IMG destroys every keyslot of a LUKS1 image (its data then never opens again)"
+)

@@ -157,6 +157,15 @@ func checkPrivate(flag, path string, st fs.FileInfo, o outputOptions) error {
 		"give --"+flag+" a new file, or leave it out (or give -) to write to stdout")
 }
 
+// flagPath names an output in an error: "--flag PATH", or PATH alone for a positional
+// argument (flag "").
+func flagPath(flag, path string) string {
+	if flag == "" {
+		return path
+	}
+	return "--" + flag + " " + path
+}
+
 // checkProtected refuses an output that is one of the volume images, or a file of the state
 // directory (by name, through links, or the same file).
 func checkProtected(flag, path string, o outputOptions) error {
@@ -180,7 +189,7 @@ func checkProtected(flag, path string, o outputOptions) error {
 			continue
 		}
 		if same(img) || resolved == absPath(img) {
-			return fmt.Errorf("--%s %s: is the volume image %s; %w to overwrite it", flag, abs, absPath(img), errProtectedImage)
+			return fmt.Errorf("%s: is the volume image %s; %w to overwrite it", flagPath(flag, abs), absPath(img), errProtectedImage)
 		}
 	}
 	if o.stateDir == "" {
@@ -197,7 +206,7 @@ func checkProtected(flag, path string, o outputOptions) error {
 		refuse = refuse || same(filepath.Join(dir, f))
 	}
 	if refuse {
-		return fmt.Errorf("--%s %s: lies in the state directory %s; %w", flag, abs, dir, errProtected)
+		return fmt.Errorf("%s: lies in the state directory %s; %w", flagPath(flag, abs), dir, errProtected)
 	}
 	return nil
 }

@@ -171,12 +171,16 @@ too, to be stored in place of the old one.`,
 			default:
 				return usagef("give the ciphertext with --ciphertext B64 or --ciphertext-file FILE")
 			}
-			if output == "-" {
-				return usagef("--output -: give a file; without --output the plaintext is printed in base64")
+			toStdout := output == "-"
+			switch {
+			case toStdout && a.asJSON:
+				return usagef("--json needs --output FILE: the plaintext would go to stdout with the JSON")
+			case toStdout && isTerminal(a.stdout):
+				return withHint(fmt.Errorf("--output -: %w", errTerminal), "give --output FILE, or redirect stdout to a pipe or a file; without --output the plaintext is printed in base64")
 			}
 			// The output is checked before the ciphertext is unwrapped.
 			opts := a.outputOptions(force, 0o600)
-			if output != "" {
+			if output != "" && !toStdout {
 				if err := checkOutputFree("output", output, opts); err != nil {
 					return err
 				}
@@ -198,6 +202,18 @@ too, to be stored in place of the old one.`,
 			if u.Rewrapped != nil {
 				out.Ciphertext = base64.StdEncoding.EncodeToString(u.Rewrapped.Ciphertext)
 				out.RewrappedKeyVersion = &keyVersionRef{u.Rewrapped.VersionID}
+			}
+			if toStdout {
+				// The plaintext's bytes alone on stdout (not a terminal), as volume
+				// passphrase --output - writes; what else unwrap tells goes to stderr.
+				if _, err := a.stdout.Write(u.Plaintext); err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stderr, "wrote the %d-byte plaintext to stdout; key version %s\n", len(u.Plaintext), shown(u.VersionID))
+				if u.Rewrapped != nil {
+					fmt.Fprintf(a.stderr, "rewrapped ciphertext (key version %s): %s\n", shown(u.Rewrapped.VersionID), out.Ciphertext)
+				}
+				return nil
 			}
 			var file *outputFile
 			if output != "" {
@@ -241,7 +257,7 @@ too, to be stored in place of the old one.`,
 	unwrap.Flags().StringVar(&ciphertextB64, "ciphertext", "", "the ciphertext, as key wrap printed it (standard base64)")
 	unwrap.Flags().StringVar(&ciphertextFile, "ciphertext-file", "", "read the ciphertext's base64 text from this file (surrounding white space ignored)")
 	unwrap.Flags().StringArrayVar(&aad, "aad", nil, "additional authenticated data the ciphertext was wrapped with; repeat for several strings, in the same order")
-	unwrap.Flags().StringVar(&output, "output", "", "write the plaintext's bytes to this new file (mode 0600) instead of printing them in base64")
+	unwrap.Flags().StringVar(&output, "output", "", "write the plaintext's bytes to this new file (mode 0600), or - for stdout when it is not a terminal, instead of printing them in base64")
 	unwrap.Flags().BoolVar(&force, "force", false, "replace the --output file if it exists (with a new 0600 file)")
 	return wrap, unwrap
 }

@@ -47,7 +47,7 @@ func TestKeyWrapBadInput(t *testing.T) {
 		{"bad ciphertext", []string{"key", "unwrap", "k", "--ciphertext", "%%%"}, 2, `^crkvol: key unwrap: --ciphertext is not standard base64\n`},
 		{"empty ciphertext", []string{"key", "unwrap", "k", "--ciphertext", ""}, 2, `--ciphertext is not standard base64`},
 		{"bad ciphertext file", []string{"key", "unwrap", "k", "--ciphertext-file", secret}, 2, `--ciphertext-file .*secret.bin: not standard base64\n`},
-		{"output stdout", []string{"key", "unwrap", "k", "--ciphertext", "Q1JLMQ==", "--output", "-"}, 2, `--output -: give a file`},
+		{"output stdout with json", []string{"--json", "key", "unwrap", "k", "--ciphertext", "Q1JLMQ==", "--output", "-"}, 2, `--json needs --output FILE`},
 		{"output exists", []string{"key", "unwrap", "k", "--ciphertext", "Q1JLMQ==", "--output", existing}, 1, `existing.out: file exists; give --force to overwrite it`},
 		{"output in state", []string{"key", "unwrap", "k", "--ciphertext", "Q1JLMQ==", "--output", filepath.Join(dir, "state", "x")}, 1, `refusing`},
 	} {
