@@ -82,8 +82,8 @@ func TestScripts(t *testing.T) {
 			// The fleet sim.txtar simulates: full size in CI (CRKVOL_LONG_TESTS=1).
 			env.Setenv("SIM_VOLUMES", strconv.Itoa(tooltest.Scale(30, 8)))
 			env.Setenv("SIM_MONTHS", strconv.Itoa(tooltest.Scale(4, 2)))
-			// The volume attach.txtar serves to nbdcopy and qemu-img: 32 MiB in CI.
-			env.Setenv("ATTACH_SIZE", strconv.Itoa(tooltest.Scale(32<<20, 8<<20)))
+			// The volume attach.txtar serves to nbdcopy and qemu-img: 32 MiB in CI, 2 MiB otherwise.
+			env.Setenv("ATTACH_SIZE", strconv.Itoa(tooltest.Scale(32<<20, 2<<20)))
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
