@@ -3,6 +3,7 @@ package crk
 import (
 	"bytes"
 	"context"
+	"crkvol/internal/fsutil"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
@@ -113,13 +114,8 @@ func writeKeyFile(file string, k []byte) error {
 
 // syncDir makes a rename in dir durable.
 func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("crk: syncing %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("crk: syncing %s: %w", dir, err)
+	if err := fsutil.SyncDir(dir); err != nil {
+		return fmt.Errorf("crk: %w", err)
 	}
 	return nil
 }

@@ -282,6 +282,18 @@ func (h *LUKS1) unlockable() error {
 		ErrUnsupported, truncate(h.CipherSpec()), h.KeyBytes*8)
 }
 
+// Adoptable reports whether crkvol can adopt the image of this header once cryptsetup
+// convert --type luks2 has converted it: its data must be encrypted as crkvol volumes' are,
+// with aes-xts-plain64 ([SegmentEncryption]) and a 256- or 512-bit key. If not, the error
+// matches ErrUnsupported and names the cipher and key size.
+func (h *LUKS1) Adoptable() error {
+	if h.CipherSpec() == SegmentEncryption && (h.KeyBytes == 32 || h.KeyBytes == 64) {
+		return nil
+	}
+	return fmt.Errorf("LUKS1 data cipher %s with a %d-bit key is %w: crkvol volumes use %s with a 256- or 512-bit key",
+		truncate(h.CipherSpec()), h.KeyBytes*8, ErrUnsupported, SegmentEncryption)
+}
+
 // MaxLUKS1Iterations is the most PBKDF2 work [LUKS1.Unlock] and [LUKS1.UnlockSlot] do for
 // one call: the sum, over the keyslots they would try, of the keyslot's iterations plus the
 // master-key digest's iterations (each tried keyslot's candidate key is checked against the

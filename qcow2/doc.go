@@ -20,7 +20,8 @@
 // active mapping (which QEMU never writes), so the data it reports stays within 1032
 // times the file's size plus a cluster (deflate's best ratio) however the L2 tables lie.
 //
-// Refused by name, wrapping [ErrUnsupported]: backing files, external data files, extended
+// Refused by name with an [*UnsupportedError] (its [Feature] says which; it wraps
+// [ErrUnsupported]): backing files, external data files, extended
 // L2 entries (subclusters), legacy AES encryption (crypt_method 1), zstd compression,
 // compressed clusters in an encrypted image, dirty images (run `qemu-img check -r all`),
 // and unknown incompatible feature bits (named from the image's feature name table when it

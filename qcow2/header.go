@@ -139,7 +139,7 @@ func parseHeader(buf []byte) (*header, error) {
 		h.refcountOrder = be.Uint32(buf[96:])
 		h.headerLength = be.Uint32(buf[100:])
 	default:
-		return nil, fmt.Errorf("%w: version %d (want 2 or 3)", ErrUnsupported, h.version)
+		return nil, unsupported(FeatureVersion, "version %d (want 2 or 3)", h.version)
 	}
 	clusterSize := uint64(1) << h.clusterBits
 	if h.version == 3 {
@@ -261,19 +261,19 @@ func (h *header) checkFeatures() error {
 		if h.dataFile {
 			name = fmt.Sprintf(" %q", h.dataFileName)
 		}
-		return fmt.Errorf("%w: external data file%s: the guest data is not in this file", ErrUnsupported, name)
+		return unsupported(FeatureExternalDataFile, "external data file%s: the guest data is not in this file", name)
 	}
 	if h.autoclear&autoclearRawData != 0 {
-		return fmt.Errorf("%w: raw external data file (autoclear bit 1)", ErrUnsupported)
+		return unsupported(FeatureExternalDataFile, "raw external data file (autoclear bit 1)")
 	}
 	if h.incompat&incompatExtendedL2 != 0 {
-		return fmt.Errorf("%w: extended L2 entries (subclusters)", ErrUnsupported)
+		return unsupported(FeatureExtendedL2, "extended L2 entries (subclusters)")
 	}
 	if h.incompat&incompatCorrupt != 0 {
 		return fmt.Errorf("%w: QEMU marked the image corrupt (incompatible feature bit 1); repair it with qemu-img check -r all", ErrFormat)
 	}
 	if h.incompat&incompatDirty != 0 {
-		return fmt.Errorf("%w: dirty: refcounts may be stale after an unclean shutdown with lazy refcounts", ErrUnsupported)
+		return unsupported(FeatureDirty, "dirty: refcounts may be stale after an unclean shutdown with lazy refcounts")
 	}
 	if unknown := h.incompat &^ incompatKnown; unknown != 0 {
 		bit := uint8(bits.TrailingZeros64(unknown))
@@ -281,7 +281,7 @@ func (h *header) checkFeatures() error {
 		if name, ok := h.featureNames[featureBit{0, bit}]; ok && name != "" {
 			what += fmt.Sprintf(" (%q)", name)
 		}
-		return fmt.Errorf("%w: %s", ErrUnsupported, what)
+		return unsupported(FeatureUnknownIncompatible, "%s", what)
 	}
 	switch {
 	case h.incompat&incompatCompression != 0:
@@ -289,9 +289,9 @@ func (h *header) checkFeatures() error {
 			return fmt.Errorf("%w: compression type bit set but compression_type is zlib (0)", ErrFormat)
 		}
 		if h.compressionType == 1 {
-			return fmt.Errorf("%w: zstd compression type (only zlib is supported; convert with qemu-img convert -O qcow2 -o compression_type=zlib)", ErrUnsupported)
+			return unsupported(FeatureCompressionType, "zstd compression type (only zlib is supported; convert with qemu-img convert -O qcow2 -o compression_type=zlib)")
 		}
-		return fmt.Errorf("%w: compression type %d", ErrUnsupported, h.compressionType)
+		return unsupported(FeatureCompressionType, "compression type %d", h.compressionType)
 	case h.compressionType != 0:
 		return fmt.Errorf("%w: compression_type %d without the compression type feature bit", ErrFormat, h.compressionType)
 	}

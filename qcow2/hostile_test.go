@@ -286,12 +286,33 @@ func TestRefusals(t *testing.T) {
 			return b
 		}, ErrFormat, "compressed cluster"},
 	}
+	// The Feature of each refusal wrapping ErrUnsupported.
+	wantFeature := map[string]Feature{
+		"legacy AES":                            FeatureLegacyAES,
+		"unknown crypt method":                  FeatureCryptMethod,
+		"unknown incompatible bit":              FeatureUnknownIncompatible,
+		"unknown incompatible bit named":        FeatureUnknownIncompatible,
+		"dirty":                                 FeatureDirty,
+		"external data file bit":                FeatureExternalDataFile,
+		"extended L2 bit":                       FeatureExtendedL2,
+		"raw external data":                     FeatureExternalDataFile,
+		"unknown compression type":              FeatureCompressionType,
+		"backing file":                          FeatureBackingFile,
+		"version 4":                             FeatureVersion,
+		"compressed cluster in encrypted image": FeatureEncryptedCompressed,
+	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			b := tc.mutate(bytes.Clone(tc.base))
 			_, err := openAll(b, nil)
 			if !errors.Is(err, tc.is) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %v\nwant %v naming %q", err, tc.is, tc.want)
+			}
+			var ue *UnsupportedError
+			if isU := errors.As(err, &ue); isU != (tc.is == ErrUnsupported) {
+				t.Fatalf("errors.As(*UnsupportedError) = %v for %v", isU, err)
+			} else if isU && ue.Feature != wantFeature[tc.name] {
+				t.Fatalf("Feature = %q, want %q", ue.Feature, wantFeature[tc.name])
 			}
 			t.Log(err)
 		})

@@ -16,7 +16,8 @@ var ErrFormat = errors.New("qcow2: malformed image")
 // ErrUnsupported is wrapped by every error about a well-formed image that uses a feature this
 // package does not read: backing files, external data files, extended L2 entries, legacy AES
 // encryption, compressed clusters in an encrypted image, zstd compression, a dirty image,
-// unknown incompatible feature bits. The message names the feature.
+// unknown incompatible feature bits. The message names the feature; the error is an
+// [*UnsupportedError], whose Feature field names it for programs.
 var ErrUnsupported = errors.New("qcow2: unsupported feature")
 
 // Options tune [Open].
@@ -158,7 +159,7 @@ func (img *Image) validate(first []byte) error {
 	h := img.h
 	cs := img.clusterSize
 	if h.backingOffset != 0 {
-		return fmt.Errorf("%w: backing file%s: the image depends on another", ErrUnsupported, backingName(h, first))
+		return unsupported(FeatureBackingFile, "backing file%s: the image depends on another", backingName(h, first))
 	}
 	if err := h.checkFeatures(); err != nil {
 		return err
@@ -169,13 +170,13 @@ func (img *Image) validate(first []byte) error {
 			return fmt.Errorf("%w: full disk encryption header extension in an unencrypted image (crypt_method 0)", ErrFormat)
 		}
 	case cryptLegacyAES:
-		return fmt.Errorf("%w: legacy AES encryption (crypt_method 1), which is insecure", ErrUnsupported)
+		return unsupported(FeatureLegacyAES, "legacy AES encryption (crypt_method 1), which is insecure")
 	case cryptLUKS:
 		if !h.encryption {
 			return fmt.Errorf("%w: LUKS encryption (crypt_method 2) without the full disk encryption header extension", ErrFormat)
 		}
 	default:
-		return fmt.Errorf("%w: crypt_method %d", ErrUnsupported, h.cryptMethod)
+		return unsupported(FeatureCryptMethod, "crypt_method %d", h.cryptMethod)
 	}
 
 	// The virtual size: the L1 table must map all of it, within QEMU's L1 limit.

@@ -89,7 +89,7 @@ func (img *Image) decode(e, gc uint64) (mapping, error) {
 func (img *Image) decodeCompressed(e, gc uint64) (mapping, error) {
 	cs := img.clusterSize
 	if img.Encrypted() {
-		return mapping{}, fmt.Errorf("%w: compressed cluster in an encrypted image (guest offset %#x)", ErrUnsupported, gc*cs)
+		return mapping{}, unsupported(FeatureEncryptedCompressed, "compressed cluster in an encrypted image (guest offset %#x)", gc*cs)
 	}
 	if e&flagCopied != 0 {
 		return mapping{}, fmt.Errorf("%w: L2 entry of guest offset %#x: compressed cluster with the copied flag set", ErrFormat, gc*cs)

@@ -443,10 +443,10 @@ func (fx *crashFixture) check(ctx context.Context, now time.Time) []string {
 		case regVersion[img.crn] != e.KeyVersion:
 			fails = append(fails, fmt.Sprintf("image %s: registration on %q, WDEK on %s", img.name, regVersion[img.crn], e.KeyVersion))
 		}
-		if sum, err := fileSHA256(img.path); err != nil || sum != img.sha256 {
+		if sum, err := volume.HashImageFile(ctx, img.path); err != nil || sum != img.sha256 {
 			fails = append(fails, fmt.Sprintf("image %s: file SHA-256 %s (%v), made with %s", img.name, sum, err, img.sha256))
 		}
-		if err := unlockImage(ctx, kms.NewLocal(svc), e); err != nil {
+		if err := volume.UnlockImage(ctx, kms.NewLocal(svc), e); err != nil {
 			fails = append(fails, fmt.Sprintf("image %s: %v", img.name, err))
 		}
 	}

@@ -2,19 +2,14 @@ package sim
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 
-	"crkvol/keyslot"
-	"crkvol/qcow2"
 	"crkvol/volume"
 )
 
@@ -205,7 +200,7 @@ func (r *runner) makeImage(ctx context.Context, c imageCatalog, idx int, src *vo
 		r.rep.Images.Imported++
 	}
 	img.crn = entry.CRN
-	sum, err := fileSHA256(img.path)
+	sum, err := volume.HashImageFile(ctx, img.path)
 	if err != nil {
 		return nil, err
 	}
@@ -215,20 +210,6 @@ func (r *runner) makeImage(ctx context.Context, c imageCatalog, idx int, src *vo
 	}
 	r.kms.nameImage(entry.CRN, entry.WDEK, idx)
 	return img, nil
-}
-
-// fileSHA256 is the hex SHA-256 of a file.
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // isImage reports whether crn is one of the run's images.
@@ -313,7 +294,7 @@ func (r *runner) auditImage(ctx context.Context, c imageCatalog, img *simImage, 
 	default:
 		ir.Current++
 	}
-	if sum, err := fileSHA256(img.path); err != nil {
+	if sum, err := volume.HashImageFile(ctx, img.path); err != nil {
 		fail("%v", err)
 		ok = false
 	} else if sum != img.sha256 || e.SHA256 != img.sha256 {
@@ -322,50 +303,13 @@ func (r *runner) auditImage(ctx context.Context, c imageCatalog, img *simImage, 
 	} else {
 		ir.Unchanged++
 	}
-	if err := unlockImage(ctx, r.kms, e); err != nil {
+	if err := volume.UnlockImage(ctx, r.kms, e); err != nil {
 		fail("%v", err)
 		ok = false
 	} else {
 		ir.Unlocked++
 	}
 	return ok
-}
-
-// unlockImage unwraps an image's WDEK with its key through ks and unlocks the LUKS1 header
-// inside the image file with it.
-func unlockImage(ctx context.Context, ks volume.KeyService, e volume.ImageEntry) error {
-	u, err := ks.Unwrap(ctx, e.KeyID, e.WDEK, nil)
-	if err != nil {
-		return fmt.Errorf("unwrapping its WDEK: %w", err)
-	}
-	f, err := os.Open(e.Path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	q, err := qcow2.Open(f, fi.Size(), qcow2.Options{})
-	if err != nil {
-		return err
-	}
-	hdr := q.EncryptionHeader()
-	if hdr == nil {
-		return errors.New("the image is not encrypted")
-	}
-	l1, err := keyslot.ParseLUKS1(hdr, hdr.Size())
-	if err != nil {
-		return err
-	}
-	mk, _, err := l1.Unlock(ctx, hdr, u.Plaintext)
-	if err != nil {
-		return fmt.Errorf("its WDEK does not unlock its LUKS1 header: %w", err)
-	}
-	clear(mk)
-	clear(u.Plaintext)
-	return nil
 }
 
 // volumeFromImage creates a volume from img (under the next key, so the image's key and the

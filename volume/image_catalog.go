@@ -114,12 +114,6 @@ func shortName(s string) string {
 	return s
 }
 
-// isImageCRN reports whether crn is the CRN of an image (resource type "image").
-func isImageCRN(crn string) bool {
-	c, err := ident.ParseCRN(crn)
-	return err == nil && c.ResourceType == "image"
-}
-
 // Images returns every image of the catalog, sorted by name.
 func (r *Registry) Images() ([]ImageEntry, error) {
 	if r.db == nil {
@@ -214,7 +208,7 @@ func checkImageEntry(e ImageEntry) error {
 	if err := CheckImageName(e.Name); err != nil {
 		return err
 	}
-	if !isImageCRN(e.CRN) || e.KeyID == "" || e.KeyVersion == "" || len(e.WDEK) == 0 {
+	if !ident.IsImageCRN(e.CRN) || e.KeyID == "" || e.KeyVersion == "" || len(e.WDEK) == 0 {
 		return fmt.Errorf("volume: image catalog: image %s: incomplete entry (CRN, key, key version or WDEK missing)", e.Name)
 	}
 	return nil

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"crkvol/internal/fsutil"
 	"crkvol/keyslot"
 	"crkvol/qcow2"
 	"crkvol/sector"
@@ -114,7 +115,7 @@ func (m *Manager) ExportImage(ctx context.Context, volumePath, out string, opts 
 	replace := false
 	if st, err := os.Lstat(outAbs); err == nil {
 		if !st.Mode().IsRegular() && st.Mode()&fs.ModeSymlink == 0 {
-			return nil, fmt.Errorf("%s is not a regular file (%s): an image is written as a new regular file", outAbs, fileKind(st.Mode()))
+			return nil, fmt.Errorf("%s is not a regular file (%s): an image is written as a new regular file", outAbs, fileType(st.Mode()))
 		}
 		if !opts.Replace {
 			return nil, fmt.Errorf("%w: %s exists (refusing to overwrite it)", fs.ErrExist, outAbs)
@@ -217,7 +218,7 @@ func (m *Manager) ExportImage(ctx context.Context, volumePath, out string, opts 
 		return nil, err
 	}
 	linked = true
-	if err := syncDir(filepath.Dir(outAbs)); err != nil {
+	if err := fsutil.SyncDir(filepath.Dir(outAbs)); err != nil {
 		return nil, err
 	}
 	res := &ExportResult{Path: outAbs, Size: v.Size(), FileSize: stats.FileSize, DataClusters: stats.DataClusters}
@@ -233,23 +234,6 @@ func (m *Manager) ExportImage(ctx context.Context, volumePath, out string, opts 
 	}
 	m.opts.Logger.Info("volume exported", "volume", volumePath, "out", outAbs, "clusters", stats.DataClusters, "catalog", opts.Name)
 	return res, nil
-}
-
-// fileKind names the kind of a file that is not a regular one.
-func fileKind(m fs.FileMode) string {
-	switch {
-	case m.IsDir():
-		return "a directory"
-	case m&fs.ModeCharDevice != 0:
-		return "a character device"
-	case m&fs.ModeDevice != 0:
-		return "a block device"
-	case m&fs.ModeNamedPipe != 0:
-		return "a named pipe"
-	case m&fs.ModeSocket != 0:
-		return "a socket"
-	}
-	return m.Type().String()
 }
 
 // exportIterations returns the keyslot iteration count of an export (see
@@ -284,16 +268,6 @@ func exportIterations(ctx context.Context, opts ExportOptions, keyBytes int) (in
 			keyslot.ErrKDFLimits, d, n, hash, keyBytes, keyslot.MaxLUKS1Iterations-1000)
 	}
 	return n, nil
-}
-
-// syncDir fsyncs a directory, so that a link made in it survives a crash.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // allocatedExtents maps the volume's data area by what its image file holds blocks for

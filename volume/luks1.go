@@ -30,9 +30,10 @@ func (e *LUKS1Error) Error() string {
 		return fmt.Sprintf("volume: %s is a LUKS1 image crkvol cannot read: %v", e.Path, e.Err)
 	case e.Header == nil:
 		return fmt.Sprintf("volume: %s is a LUKS1 image with an invalid header: %v", e.Path, e.Err)
-	case e.Header.CipherSpec() != keyslot.SegmentEncryption:
+	}
+	if err := e.Header.Adoptable(); err != nil {
 		// Converted to LUKS2 its data would still be encrypted another way than crkvol's.
-		return fmt.Sprintf("volume: %s is a LUKS1 image encrypted with %s, which crkvol cannot adopt", e.Path, e.Header.CipherSpec())
+		return fmt.Sprintf("volume: %s is a LUKS1 image crkvol cannot adopt: %v", e.Path, err)
 	}
 	return fmt.Sprintf("volume: %s is a LUKS1 image; convert it to LUKS2 first", e.Path)
 }

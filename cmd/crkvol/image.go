@@ -10,7 +10,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"crkvol/crk/kpapi"
-	"crkvol/internal/ident"
 	"crkvol/volume"
 )
 
@@ -65,12 +64,6 @@ func imageView(e volume.ImageEntry, withWDEK bool) imageJSON {
 // shownPath is a file path as a terminal may show it: control characters escaped (a file
 // name may hold escape sequences that would move the cursor or forge lines).
 func shownPath(p string) string { return kpapi.Printable(p, 8<<10) }
-
-// isImageCRN reports whether crn names a catalog image (resource type "image").
-func isImageCRN(crn string) bool {
-	c, err := ident.ParseCRN(crn)
-	return err == nil && c.ResourceType == "image"
-}
 
 func (a *app) imageCommand() *cobra.Command {
 	img := group("image", "Import, list, show and delete encrypted qcow2 images; export volumes as images")

@@ -13,6 +13,7 @@ import (
 
 	"crkvol/crk"
 	"crkvol/crk/kpapi"
+	"crkvol/internal/ident"
 	"crkvol/volume"
 )
 
@@ -369,7 +370,7 @@ func (a *app) protectedKey(ctx context.Context, id string, err error) error {
 		if regs, cerr := a.keyRegistrations(ctx, id); cerr == nil {
 			volumes = 0
 			for _, r := range regs {
-				if !isImageCRN(r.ResourceCRN) {
+				if !ident.IsImageCRN(r.ResourceCRN) {
 					volumes++
 					continue
 				}

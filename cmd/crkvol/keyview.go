@@ -324,7 +324,7 @@ func (a *app) resourceName(crn string) string {
 	if a.reg == nil {
 		return "-"
 	}
-	if isImageCRN(crn) {
+	if ident.IsImageCRN(crn) {
 		if e, err := a.reg.ImageByCRN(crn); err == nil {
 			return "image " + e.Name
 		}

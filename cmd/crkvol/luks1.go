@@ -71,13 +71,12 @@ func (a *app) describeLUKS1(path string, err error) error {
 }
 
 // luks1Adoptable reports whether crkvol can adopt the LUKS1 image of header h once converted
-// to LUKS2: its data must be encrypted as crkvol's volumes are (aes-xts-plain64); if not,
-// why is a sentence saying so.
+// to LUKS2 (see keyslot.LUKS1.Adoptable); if not, why is a sentence saying so.
 func luks1Adoptable(h *keyslot.LUKS1) (ok bool, why string) {
-	if h.CipherName == "aes" && h.CipherMode == "xts-plain64" {
-		return true, ""
+	if err := h.Adoptable(); err != nil {
+		return false, "crkvol cannot adopt this image, not even after cryptsetup convert: " + err.Error()
 	}
-	return false, fmt.Sprintf("crkvol cannot adopt an image whose data is encrypted with %s (crkvol volumes use aes-xts-plain64), not even after cryptsetup convert", h.CipherSpec())
+	return true, ""
 }
 
 // luks1Hint is the hint for a LUKS1 image at path with header h: convert it, then adopt it

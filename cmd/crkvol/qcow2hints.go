@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 
 	"crkvol/qcow2"
 	"crkvol/volume"
@@ -31,21 +30,22 @@ func qcow2Hints(err error) error {
 	if err == nil {
 		return nil
 	}
-	msg := err.Error()
-	has := func(s string) bool { return strings.Contains(msg, s) }
-	switch {
-	case errors.Is(err, volume.ErrImageNotEncrypted):
+	if errors.Is(err, volume.ErrImageNotEncrypted) {
 		return withHint(err, "the catalog holds only images encrypted with QEMU's LUKS; encrypt it: "+cmdEncrypt)
-	case !errors.Is(err, qcow2.ErrUnsupported):
+	}
+	var ue *qcow2.UnsupportedError
+	if !errors.As(err, &ue) {
 		return err
-	case has("backing file"):
+	}
+	switch ue.Feature {
+	case qcow2.FeatureBackingFile:
 		return withHint(err, "make a self-contained copy, keeping the encryption: "+cmdConvertEncrypted,
 			"if the backing image is encrypted too, add its secret to --image-opts: backing.encrypt.key-secret=sec0 (same passphrase) or another --object secret,id=sec1,... with backing.encrypt.key-secret=sec1")
-	case has("external data file"), has("extended L2"):
+	case qcow2.FeatureExternalDataFile, qcow2.FeatureExtendedL2:
 		return withHint(err, "convert it to a plain qcow2, keeping the encryption: "+cmdConvertEncrypted)
-	case has("dirty"):
+	case qcow2.FeatureDirty:
 		return withHint(err, "repair the refcounts (this writes IN; work on a copy if in doubt): qemu-img check -r all --object secret,id=sec0,file=PASS --image-opts driver=qcow2,file.filename=IN,encrypt.key-secret=sec0")
-	case has("legacy AES"):
+	case qcow2.FeatureLegacyAES:
 		return withHint(err, "re-encrypt it with LUKS: qemu-img convert -O qcow2 --object secret,id=sec0,file=PASS --image-opts driver=qcow2,file.filename=IN,encrypt.format=aes,encrypt.key-secret=sec0 -o encrypt.format=luks,encrypt.key-secret=sec0 OUT.qcow2")
 	}
 	return err

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"crkvol/crk"
+	"crkvol/internal/ident"
 	"crkvol/volume"
 )
 
@@ -76,7 +77,7 @@ func tooEarlyDetail(err error) string {
 func failedImages(r *volume.Report) int {
 	n := 0
 	for crn := range r.Failed {
-		if isImageCRN(crn) {
+		if ident.IsImageCRN(crn) {
 			n++
 		}
 	}
@@ -203,7 +204,7 @@ func rewrapFailed(rotated string, reg *volume.Registry, rep *volume.Report) erro
 			}
 			item := crn
 			switch {
-			case isImageCRN(crn):
+			case ident.IsImageCRN(crn):
 				item = "image " + crn
 				if reg != nil {
 					if e, gerr := reg.ImageByCRN(crn); gerr == nil {

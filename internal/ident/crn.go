@@ -54,6 +54,13 @@ func ImageCRN(uuid string) CRN {
 		ResourceType: "image", Resource: uuid}
 }
 
+// IsImageCRN reports whether crn is the CRN of a catalog image (resource type "image", as
+// [ImageCRN] makes).
+func IsImageCRN(crn string) bool {
+	c, err := ParseCRN(crn)
+	return err == nil && c.ResourceType == "image"
+}
+
 // String returns the CRN as text.
 func (c CRN) String() string {
 	return strings.Join([]string{"crn", "v1", c.CName, c.CType, c.Service, c.Location, c.Scope, c.Instance, c.ResourceType, c.Resource}, ":")

@@ -117,3 +117,22 @@ func TestCRN(t *testing.T) {
 		})
 	}
 }
+
+// TestIsImageCRN: only CRNs of resource type "image" are image CRNs.
+func TestIsImageCRN(t *testing.T) {
+	cases := []struct {
+		crn  string
+		want bool
+	}{
+		{ImageCRN("0f8c3c2e-8e0a-4b1e-9a57-3c1d2e4f5a6b").String(), true},
+		{VolumeCRN("0f8c3c2e-8e0a-4b1e-9a57-3c1d2e4f5a6b").String(), false},
+		{"crn:v1:bluemix:public:is:us-south:a/x::image", false},
+		{"image", false},
+		{"", false},
+	}
+	for _, tc := range cases {
+		if got := IsImageCRN(tc.crn); got != tc.want {
+			t.Errorf("IsImageCRN(%q) = %v, want %v", tc.crn, got, tc.want)
+		}
+	}
+}
