@@ -559,9 +559,9 @@ func FormatLUKS1(ctx context.Context, masterKey, passphrase []byte, opts LUKS1Op
 	if err != nil {
 		return nil, err
 	}
+	defer clear(slotKey)
 	split, err := afSplit(masterKey, hashName, rnd)
 	if err != nil {
-		clear(slotKey)
 		return nil, err
 	}
 	material := area[l1HeaderSectors*512 : l1HeaderSectors*512+afSize(kb)]

@@ -335,6 +335,7 @@ func (r *runner) auditImage(ctx context.Context, c imageCatalog, img *simImage, 
 // inside the image file with it.
 func unlockImage(ctx context.Context, ks volume.KeyService, e volume.ImageEntry) error {
 	u, err := ks.Unwrap(ctx, e.KeyID, e.WDEK, nil)
+	defer clear(u.Plaintext)
 	if err != nil {
 		return fmt.Errorf("unwrapping its WDEK: %w", err)
 	}
@@ -364,7 +365,6 @@ func unlockImage(ctx context.Context, ks volume.KeyService, e volume.ImageEntry)
 		return fmt.Errorf("its WDEK does not unlock its LUKS1 header: %w", err)
 	}
 	clear(mk)
-	clear(u.Plaintext)
 	return nil
 }
 
