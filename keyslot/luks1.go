@@ -453,7 +453,9 @@ func (h *LUKS1) checkDigest(ctx context.Context, key []byte) (bool, error) {
 	return subtle.ConstantTimeCompare(got, h.MKDigest[:]) == 1, nil
 }
 
-// LUKS1Options are the parameters of [FormatLUKS1]; the zero value gives QEMU's defaults.
+// LUKS1Options are the parameters of [FormatLUKS1]; the zero value gives QEMU's cipher and
+// hash (aes-256-xts, sha256) but 1000 keyslot iterations, not QEMU's iteration time (see
+// Iterations).
 type LUKS1Options struct {
 	// KeyBytes is the master key size, 32 or 64 (aes-128-xts or aes-256-xts); 0 means the
 	// length of the master key given. It must equal that length.
@@ -571,9 +573,9 @@ func FormatLUKS1(ctx context.Context, masterKey, passphrase []byte, opts LUKS1Op
 	if err != nil {
 		return nil, err
 	}
+	defer clear(slotKey)
 	split, err := afSplit(masterKey, hashName, rnd)
 	if err != nil {
-		clear(slotKey)
 		return nil, err
 	}
 	material := area[l1HeaderSectors*512 : l1HeaderSectors*512+afSize(kb)]

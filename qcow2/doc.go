@@ -46,8 +46,9 @@
 //
 // # Concurrency
 //
-// An [Image] and its readers are safe for concurrent use: the only mutable state is the
-// bounded LRU cache of L2 tables ([Options].CacheClusters), behind a mutex.
+// An [Image] and its readers are safe for concurrent use: an Image's only mutable state is
+// the bounded LRU cache of L2 tables ([Options].CacheClusters), behind a mutex; the package
+// also keeps a sync.Pool of deflate readers for compressed clusters, safe for concurrent use.
 //
 // The package imports nothing of crkvol's.
 package qcow2

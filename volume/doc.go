@@ -73,7 +73,8 @@
 // random one wrapped straight into the catalog. A rotation or [Manager.Sync] rewraps the
 // WDEKs of the key's images in the same pass as its volumes (a catalog update, then the
 // registration; the image file is never read nor written), counted apart in the [Report];
-// [Manager.DeleteImage] deregisters an image and removes it from the catalog.
+// [Manager.DeleteImage] removes an image from the catalog, then deregisters it from its key
+// ([Manager.DeleteImageRegistration] removes a registration a crash left without an entry).
 //
 // # Interrupted and unhealthy states
 //

@@ -59,8 +59,7 @@ type ImageEntry struct {
 	// with Device, Inode and FileSize they tell that the file is still the imported one
 	// without reading it all. A write moves CTime even when the writer sets the modification
 	// time back; when either differs, the file is hashed and accepted only if its SHA-256 is
-	// still SHA256. CTime is zero in entries made before crkvol recorded it (and where the
-	// platform has none).
+	// still SHA256. CTime is zero where the platform has no change time.
 	ModTime time.Time `json:"mod_time"`
 	CTime   time.Time `json:"ctime,omitzero"`
 	// Keyslot is the LUKS keyslot the passphrase unlocked at import (the one tried first

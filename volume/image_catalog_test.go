@@ -338,3 +338,27 @@ func TestImageRewrapElsewhere(t *testing.T) {
 	assert.Zero(t, rep.Volumes)
 	require.NoError(t, rep.Err())
 }
+
+// TestDeleteStrayImageRegistration: a registration of an image CRN with no catalog entry
+// (what a crash between the two steps of an import or a delete leaves) keeps the key from
+// being deleted until DeleteImageRegistration removes it; DeleteImage takes a CRN too.
+func TestDeleteStrayImageRegistration(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	crn := ident.ImageCRN("0b8e6c4e-5c1a-4f0e-9c77-3b1d2a6f0e11").String()
+	require.NoError(t, f.ks.Register(f.ctx, f.key.ID, crn, "", true))
+
+	err := f.mgr.DeleteImage(f.ctx, crn)
+	assert.ErrorIs(t, err, volume.ErrImageNotFound)
+	assert.ErrorContains(t, err, "crkvol image delete "+crn+" --key KEY")
+	assert.ErrorContains(t, f.mgr.DeleteImageRegistration(f.ctx, f.key.ID, volume.CRN("x")), "not an image CRN")
+
+	require.NoError(t, f.mgr.DeleteImageRegistration(f.ctx, f.key.ID, crn))
+	regs, _, err := f.ks.Registrations(f.ctx, f.key.ID)
+	require.NoError(t, err)
+	for _, r := range regs {
+		assert.NotEqual(t, crn, r.CRN)
+	}
+	// Again: already gone is not an error.
+	require.NoError(t, f.mgr.DeleteImageRegistration(f.ctx, f.key.ID, crn))
+}

@@ -2,10 +2,14 @@ package volume
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 
 	"crkvol/qcow2"
 	"crkvol/sector"
@@ -55,9 +59,15 @@ const copyChunk = 1 << 20
 // it changed meanwhile (its size or change time moved), the new volume is deleted and the
 // error is ErrImageChanged. (A change time only moves at the file system's clock tick: a
 // write within the same tick as the first stat is not seen; [Manager.VerifyImage] hashes the
-// file whatever its times say.) The keyslot that opened at import is tried first. If
-// anything fails, the half-made volume is deleted and deregistered: a failure leaves
-// nothing.
+// file whatever its times say.) The keyslot that opened at import is tried first. The
+// volume is made, filled and synced at a temporary sibling path, ".NAME.partial-XXXXXXXXXXXX"
+// in path's directory, then renamed onto path (never replacing a file that appeared there
+// meanwhile) and its registration pointed at path. If anything fails, the half-made volume
+// is deleted and deregistered: a failure leaves nothing. A crash during the copy leaves only
+// that obviously partial volume, registered at its temporary path, which `crkvol volume
+// delete` (or [Manager.Delete] with RemoveImage) removes with its registration; a crash
+// between the rename and the registry update leaves the complete volume at path registered
+// at the temporary path, which `crkvol volume reregister` ([Manager.Reregister]) repairs.
 func (m *Manager) CreateFromImage(ctx context.Context, path string, opts FromImageOptions) (_ *Info, err error) {
 	defer func() {
 		if err != nil {
@@ -120,7 +130,24 @@ func (m *Manager) CreateFromImage(ctx context.Context, path string, opts FromIma
 	}
 	extents = withTail(extents, qi.Size(), size)
 
-	info, err := m.Create(ctx, path, CreateOptions{KeyID: opts.KeyID, Size: size, SectorSize: ss, KeySize: keyBytes})
+	// The volume is made and filled at a temporary sibling path and renamed onto path only
+	// once complete: a crash leaves an obviously partial volume, never a normal-looking one.
+	final, err := filepath.Abs(path)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Lstat(final); err == nil {
+		return nil, fmt.Errorf("%s: %w", final, fs.ErrExist)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	var rnd [6]byte
+	if _, err := rand.Read(rnd[:]); err != nil { // not m.opts.Rand: a name must not shift a seeded stream
+		return nil, fmt.Errorf("reading random bytes: %w", err)
+	}
+	partial := filepath.Join(filepath.Dir(final), "."+filepath.Base(final)+".partial-"+hex.EncodeToString(rnd[:]))
+
+	info, err := m.Create(ctx, partial, CreateOptions{KeyID: opts.KeyID, Size: size, SectorSize: ss, KeySize: keyBytes})
 	if err != nil {
 		return nil, err
 	}
@@ -133,6 +160,9 @@ func (m *Manager) CreateFromImage(ctx context.Context, path string, opts FromIma
 			err = changedSince(e.Path, "the volume was made from it", opened, now)
 		}
 	}
+	if err == nil {
+		err = m.movePartial(info, final)
+	}
 	if err != nil {
 		if derr := m.Delete(context.WithoutCancel(ctx), info.Path, DeleteOptions{RemoveImage: true}); derr != nil {
 			m.opts.Logger.Warn("undoing a failed create from an image: deleting the volume failed", "path", info.Path, "err", derr)
@@ -141,6 +171,39 @@ func (m *Manager) CreateFromImage(ctx context.Context, path string, opts FromIma
 	}
 	m.opts.Logger.Info("volume created from image", "path", info.Path, "image", e.Name, "crn", info.CRN, "key", info.KeyID)
 	return info, nil
+}
+
+// movePartial renames the complete volume info (registered at its temporary path) onto
+// final, which must not exist, and points its registration there (the file's identity
+// survives the rename). If the registration cannot be updated, the volume is moved back, so
+// that info.Path still names it. On success info.Path is the final path.
+func (m *Manager) movePartial(info *Info, final string) error {
+	if err := renameNoReplace(info.Path, final); err != nil {
+		return fmt.Errorf("moving the complete volume into place: %w", err)
+	}
+	err := func() error {
+		resolved, err := resolvePath(final)
+		if err != nil {
+			return err
+		}
+		e, err := m.reg.Get(info.CRN)
+		if err != nil {
+			return err
+		}
+		e.Path = resolved
+		if err := m.reg.Put(e); err != nil {
+			return err
+		}
+		info.Path = final
+		return nil
+	}()
+	if err != nil {
+		if rerr := renameNoReplace(final, info.Path); rerr != nil {
+			m.opts.Logger.Warn("undoing a failed create from an image: moving the volume back failed", "path", final, "partial", info.Path, "err", rerr)
+		}
+		return fmt.Errorf("registering the volume at %s: %w", final, err)
+	}
+	return nil
 }
 
 // openCatalogImage opens the file of catalog image e, checks that it is still the imported

@@ -56,7 +56,9 @@ type ExportOptions struct {
 	// Replace lets the export replace an existing regular file (or symbolic link: the link
 	// itself, never its target) at out, atomically: the new image is renamed over it once
 	// complete. Without it an existing out is refused. Anything else at out (a directory, a
-	// device, a pipe) is always refused: a qcow2 image is written at random offsets.
+	// device, a pipe) is always refused: a qcow2 image is written at random offsets. It is
+	// refused with a catalog Name (see [Manager.ExportImage]), and it never replaces the
+	// file of a catalog image.
 	Replace bool
 }
 
@@ -81,11 +83,14 @@ type ExportResult struct {
 // random master key): QEMU and qemu-img open it with the passphrase. Only allocated content
 // is written: what the volume's image file holds no blocks for (never written: it reads as
 // noise through the volume) is exported as unallocated, reading as zeros, as are all-zero
-// clusters. The volume is opened read-only (shared with other readers); out must not exist:
-// the image is written to a temporary file beside it, synced, and linked into place only
-// when complete, so out never holds a partial image (a crash may leave the temporary file,
-// named .OUT.*.tmp). With no opts.Passphrase the image goes into the catalog (see
-// [ExportOptions]); if that fails, out is removed, since its passphrase is lost.
+// clusters. The volume is opened read-only (shared with other readers). The image is
+// written to a temporary file beside out, synced, and only when complete hard-linked into
+// place (out must not exist) or, with opts.Replace, renamed over an existing regular file or
+// symbolic link at out; so out never holds a partial image (a crash may leave the temporary
+// file, named .OUT.*.tmp). Replace never replaces the file of a catalog image
+// (ErrCatalogFile). With no opts.Passphrase the image goes into the catalog (see
+// [ExportOptions]); if that fails, out is removed, since its passphrase is lost; Replace is
+// refused then, so that no existing file is lost with it.
 func (m *Manager) ExportImage(ctx context.Context, volumePath, out string, opts ExportOptions) (_ *ExportResult, err error) {
 	defer func() {
 		if err != nil {
@@ -108,6 +113,11 @@ func (m *Manager) ExportImage(ctx context.Context, volumePath, out string, opts 
 	case opts.Name != "":
 		return nil, errors.New("a catalog name is for an export with a random passphrase, not with a given one")
 	}
+	if catalog && opts.Replace {
+		// The file is imported after it is in place: a failed import would remove it, and
+		// the replaced file with it.
+		return nil, errors.New("replacing an existing file is refused with a catalog name (a failed import would lose both files): remove it first, or export to a new path")
+	}
 	outAbs, err := filepath.Abs(out)
 	if err != nil {
 		return nil, err
@@ -119,6 +129,9 @@ func (m *Manager) ExportImage(ctx context.Context, volumePath, out string, opts 
 		}
 		if !opts.Replace {
 			return nil, fmt.Errorf("%w: %s exists (refusing to overwrite it)", fs.ErrExist, outAbs)
+		}
+		if err := m.notCatalogFile(outAbs); err != nil {
+			return nil, err
 		}
 		replace = true
 	} else if !errors.Is(err, fs.ErrNotExist) {
@@ -234,6 +247,32 @@ func (m *Manager) ExportImage(ctx context.Context, volumePath, out string, opts 
 	}
 	m.opts.Logger.Info("volume exported", "volume", volumePath, "out", outAbs, "clusters", stats.DataClusters, "catalog", opts.Name)
 	return res, nil
+}
+
+// ErrCatalogFile refuses to replace the file of a catalog image.
+var ErrCatalogFile = errors.New("is the file of a catalog image")
+
+// notCatalogFile refuses path (which exists) if it names the file of a catalog image: the
+// same path (symbolic links resolved) or the same file.
+func (m *Manager) notCatalogFile(path string) error {
+	images, err := m.reg.Images()
+	if err != nil {
+		return err
+	}
+	resolved, rerr := resolvePath(path)
+	st, serr := os.Stat(path)
+	for _, e := range images {
+		same := rerr == nil && resolved == e.Path
+		if !same && serr == nil {
+			if est, err := os.Stat(e.Path); err == nil && os.SameFile(st, est) {
+				same = true
+			}
+		}
+		if same {
+			return fmt.Errorf("%s %w %s: refusing to replace it (delete the image from the catalog first)", path, ErrCatalogFile, e.Name)
+		}
+	}
+	return nil
 }
 
 // exportIterations returns the keyslot iteration count of an export (see

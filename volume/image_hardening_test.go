@@ -211,3 +211,47 @@ func TestImportRacingRotation(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, pass, u.Plaintext)
 }
+
+// TestExportReplaceRefusals: Replace with a catalog name is refused before anything is
+// written (a failed import would lose the replaced file), and Replace never replaces a
+// catalog image's file, by its path or another name of it.
+func TestExportReplaceRefusals(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	e, _ := f.importTestImage(t, "img")
+	info := f.create(t, "vol.img", 1<<20)
+	pass := []byte("a passphrase of some length")
+
+	spare := filepath.Join(f.dir, "spare.qcow2")
+	require.NoError(t, os.WriteFile(spare, []byte("keep me"), 0o600))
+	_, err := f.mgr.ExportImage(f.ctx, info.Path, spare, volume.ExportOptions{Name: "new", KeyID: f.key.ID, Replace: true})
+	assert.ErrorContains(t, err, "refused with a catalog name")
+	got, rerr := os.ReadFile(spare)
+	require.NoError(t, rerr)
+	assert.Equal(t, "keep me", string(got))
+
+	_, err = f.mgr.ExportImage(f.ctx, info.Path, e.Path, volume.ExportOptions{Passphrase: pass, Iterations: 1000, Replace: true})
+	assert.ErrorIs(t, err, volume.ErrCatalogFile)
+	alias := filepath.Join(f.dir, "alias.qcow2")
+	require.NoError(t, os.Link(e.Path, alias))
+	_, err = f.mgr.ExportImage(f.ctx, info.Path, alias, volume.ExportOptions{Passphrase: pass, Iterations: 1000, Replace: true})
+	assert.ErrorIs(t, err, volume.ErrCatalogFile)
+	require.NoError(t, f.mgr.VerifyImage(f.ctx, "img"))
+}
+
+// TestDeleteImageByCRN: DeleteImage takes a CRN as well as a name; DeleteImageRegistration
+// refuses an image still in the catalog.
+func TestDeleteImageByCRN(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	e, _ := f.importTestImage(t, "img")
+	assert.ErrorIs(t, f.mgr.DeleteImageRegistration(f.ctx, f.key.ID, e.CRN), volume.ErrImageInCatalog)
+	require.NoError(t, f.mgr.DeleteImage(f.ctx, e.CRN))
+	_, err := f.reg.Image("img")
+	assert.ErrorIs(t, err, volume.ErrImageNotFound)
+	regs, _, err := f.ks.Registrations(f.ctx, f.key.ID)
+	require.NoError(t, err)
+	for _, r := range regs {
+		assert.NotEqual(t, e.CRN, r.CRN)
+	}
+}

@@ -46,8 +46,9 @@ type ImportOptions struct {
 //
 // The registration is made before the catalog entry and removed again if storing the entry
 // fails. A crash between the two leaves a registration without an entry: it keeps the key
-// from being deleted (the safe side) and is listed with the key's registrations, from where
-// it can be deleted; the other order could leave an entry whose key is not protected.
+// from being deleted (the safe side) and is listed with the key's registrations;
+// [Manager.DeleteImageRegistration] (crkvol image delete CRN --key KEY) removes it. The other
+// order could leave an entry whose key is not protected.
 func (m *Manager) ImportImage(ctx context.Context, path string, opts ImportOptions) (_ *ImageEntry, err error) {
 	defer func() {
 		if err != nil {

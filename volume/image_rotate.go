@@ -88,8 +88,9 @@ func (m *Manager) storeImageRewrapped(ctx context.Context, old ImageEntry, w *Wr
 }
 
 // repairImageRegistrations registers again, with keyID, every catalog image of keyID that has
-// no registration among regs (a registration deleted at the key service by hand, or an
-// older crkvol's delete stopped half-way): on the version of its WDEK, with
+// no registration among regs (a registration deleted at the key service by hand or by
+// another client, or a key service store restored from a backup older than the import): on
+// the version of its WDEK, with
 // preventKeyDeletion, so the key cannot be deleted under it and rotations find it again.
 // It returns the registrations it made and the images it could not register, by CRN.
 func (m *Manager) repairImageRegistrations(ctx context.Context, keyID string, regs []Registration) (made []Registration, failed map[string]error) {

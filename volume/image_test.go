@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -158,10 +159,36 @@ func TestImportImageAndCreateFromIt(t *testing.T) {
 	require.NoError(t, err)
 	var calls [][2]int64
 	volPath := filepath.Join(f.dir, "from.img")
+	var partials []string
 	info, err := f.mgr.CreateFromImage(f.ctx, volPath, volume.FromImageOptions{
-		Image: "src", KeyID: k2.ID, Progress: func(done, total int64) { calls = append(calls, [2]int64{done, total}) },
+		Image: "src", KeyID: k2.ID, Progress: func(done, total int64) {
+			calls = append(calls, [2]int64{done, total})
+			if done == 0 {
+				// Filled at a partial sibling path; the final path appears only when complete.
+				_, err := os.Lstat(volPath)
+				assert.ErrorIs(t, err, fs.ErrNotExist)
+				partials, _ = filepath.Glob(filepath.Join(f.dir, ".from.img.partial-*"))
+			}
+		},
 	})
 	require.NoError(t, err)
+	assert.Len(t, partials, 1)
+	left, _ := filepath.Glob(filepath.Join(f.dir, ".from.img.partial-*"))
+	assert.Empty(t, left)
+	assert.Equal(t, volPath, info.Path)
+	entries, err := f.reg.List()
+	require.NoError(t, err)
+	found := false
+	for _, en := range entries {
+		if en.CRN == info.CRN {
+			found = true
+			assert.Equal(t, volPath, en.Path, "registered at the final path")
+		}
+	}
+	assert.True(t, found)
+	// An existing path is refused before anything is made.
+	_, err = f.mgr.CreateFromImage(f.ctx, volPath, volume.FromImageOptions{Image: "src", KeyID: k2.ID})
+	assert.ErrorIs(t, err, fs.ErrExist)
 	assert.Equal(t, k2.ID, info.KeyID)
 	assert.Equal(t, int64(size), info.Size)
 	assert.True(t, bytes.Equal(content, f.volumeContent(t, volPath)), "the volume reads back the image's content")

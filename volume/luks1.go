@@ -23,6 +23,7 @@ type LUKS1Error struct {
 	Err error
 }
 
+// Error says the image is LUKS1 and whether crkvol could adopt it after conversion.
 func (e *LUKS1Error) Error() string {
 	switch {
 	case e.Header == nil && errors.Is(e.Err, keyslot.ErrUnsupported):

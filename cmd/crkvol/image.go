@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"crkvol/crk/kpapi"
+	"crkvol/internal/ident"
 	"crkvol/volume"
 )
 
@@ -65,6 +67,29 @@ func imageView(e volume.ImageEntry, withWDEK bool) imageJSON {
 // name may hold escape sequences that would move the cursor or forge lines).
 func shownPath(p string) string { return kpapi.Printable(p, 8<<10) }
 
+// deleteImage deletes catalog image ref (a name or a CRN) and reports it.
+func (a *app) deleteImage(ctx context.Context, ref string) error {
+	var e volume.ImageEntry
+	var err error
+	if ident.IsImageCRN(ref) {
+		e, err = a.reg.ImageByCRN(ref)
+		if err != nil {
+			return withHint(err, "a registration of an image left without a catalog entry is removed with: crkvol image delete "+ref+" --key KEY")
+		}
+	} else if e, err = a.reg.Image(ref); err != nil {
+		return imageNotFound(err)
+	}
+	if err := a.mgr.DeleteImage(ctx, e.Name); err != nil {
+		return imageNotFound(err)
+	}
+	if a.asJSON {
+		return a.emit(map[string]any{"name": e.Name, "crn": e.CRN, "keyId": e.KeyID, "path": e.Path, "deregistered": true, "fileRemoved": false})
+	}
+	fmt.Fprintf(a.stdout, "deleted image %s from the catalog and deregistered it from key %s; the file %s is kept (crkvol never removes an image file), but the catalog no longer holds its wrapped passphrase: it opens only with a passphrase or WDEK kept elsewhere\n",
+		e.Name, e.KeyID, shownPath(e.Path))
+	return nil
+}
+
 func (a *app) imageCommand() *cobra.Command {
 	img := group("image", "Import, list, show and delete encrypted qcow2 images; export volumes as images")
 	img.Long = `Import, list, show and delete encrypted custom images: qcow2 files encrypted with QEMU's LUKS
@@ -115,25 +140,43 @@ never written). volume create IMG --from-image NAME makes a volume of an image's
 			return a.printImage(e)
 		}}
 
-	del := &cobra.Command{Use: "delete NAME", Short: "Remove an image from the catalog and deregister it from its key (the file is kept)", Args: args(cobra.ExactArgs(1)),
+	var delKey string
+	del := &cobra.Command{Use: "delete NAME|CRN", Short: "Remove an image from the catalog and deregister it from its key (the file is kept)", Args: args(cobra.ExactArgs(1)),
+		Long: `Remove catalog image NAME (or the image whose CRN is given) from the catalog and deregister it
+from its key, so that the key may be deleted once nothing else uses it. The image file is
+never touched.
+
+A crash between the two steps (or during an import) can leave a registration of an image
+CRN with no catalog entry, which keeps the key from being deleted: crkvol key registrations
+KEY lists it, and crkvol image delete CRN --key KEY removes it.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := a.open(cmd.Context()); err != nil {
+			ctx := cmd.Context()
+			if err := a.open(ctx); err != nil {
 				return err
 			}
-			e, err := a.reg.Image(args[0])
-			if err != nil {
-				return imageNotFound(err)
+			if delKey != "" {
+				if !ident.IsImageCRN(args[0]) {
+					return usagef("--key is for removing a stray image registration: give the image's CRN, not a name")
+				}
+				id, err := a.resolveKey(ctx, delKey, false)
+				if err != nil {
+					return err
+				}
+				if _, err := a.reg.ImageByCRN(args[0]); err == nil {
+					return a.deleteImage(ctx, args[0])
+				}
+				if err := a.mgr.DeleteImageRegistration(ctx, id, args[0]); err != nil {
+					return err
+				}
+				if a.asJSON {
+					return a.emit(map[string]any{"crn": args[0], "keyId": id, "deregistered": true, "fileRemoved": false})
+				}
+				fmt.Fprintf(a.stdout, "deregistered image %s from key %s (it had no catalog entry)\n", args[0], id)
+				return nil
 			}
-			if err := a.mgr.DeleteImage(cmd.Context(), args[0]); err != nil {
-				return imageNotFound(err)
-			}
-			if a.asJSON {
-				return a.emit(map[string]any{"name": e.Name, "crn": e.CRN, "keyId": e.KeyID, "path": e.Path, "deregistered": true, "fileRemoved": false})
-			}
-			fmt.Fprintf(a.stdout, "deleted image %s from the catalog and deregistered it from key %s; the file %s is kept (crkvol never removes an image file), but the catalog no longer holds its wrapped passphrase: it opens only with a passphrase or WDEK kept elsewhere\n",
-				e.Name, e.KeyID, shownPath(e.Path))
-			return nil
+			return a.deleteImage(ctx, args[0])
 		}}
+	del.Flags().StringVar(&delKey, "key", "", "with an image CRN that has no catalog entry: root key id or unique name to deregister it from")
 
 	verify := &cobra.Command{Use: "verify NAME", Short: "Check that an image's file is still the imported one: same file, same SHA-256 (reads it all)", Args: args(cobra.ExactArgs(1)),
 		Long: `Check that the file of catalog image NAME is still the file that was imported: the same file

@@ -268,12 +268,42 @@ passphrase a person chose needs stretching; with --name the random 32-byte passp
 	cmd.Flags().StringVar(&passFile, "passphrase-file", "", "encrypt with the bytes of this file as the LUKS passphrase (give it to qemu-img as --object secret,file=F)")
 	cmd.Flags().StringVar(&name, "name", "", "put the image in the catalog under this name, with a new random passphrase wrapped by --key")
 	cmd.Flags().StringVar(&keyRef, "key", "", "with --name: root key id or unique name that wraps the passphrase (default: the volume's key)")
-	cmd.Flags().BoolVar(&force, "force", false, "replace an existing regular file OUT (atomically: the new image is renamed over it when complete)")
+	cmd.Flags().BoolVar(&force, "force", false, "replace an existing regular file OUT (atomically: the new image is renamed over it when complete); not with --name, never a catalog image's file")
 	cmd.Flags().Var(&clusterSize, "cluster-size", "qcow2 cluster size, a power of two from 512 to 2MiB (default 64KiB)")
 	cmd.Flags().Var(&iterTime, "iter-time", "PBKDF2 time of the LUKS keyslot, measured on this machine: a duration or milliseconds, as QEMU's iter-time (default 2s with --passphrase-file; with --name 1000 iterations)")
 	cmd.Flags().StringVar(&hash, "hash", "sha256", "LUKS PBKDF2 and AF hash: sha1, sha256 or sha512")
 	cmd.Flags().IntVar(&keyBits, "cipher-key-bits", 512, "aes-xts master key size: 512 (aes-256-xts, QEMU's default) or 256 (aes-128-xts)")
 	return cmd
+}
+
+// notCatalogImageFile refuses an output that is the file of a catalog image (by path,
+// through links, or the same file), even with --force.
+func (a *app) notCatalogImageFile(out string) error {
+	if a.reg == nil {
+		return nil
+	}
+	images, err := a.reg.Images()
+	if err != nil {
+		return err
+	}
+	resolved := out
+	if r, err := filepath.EvalSymlinks(out); err == nil {
+		resolved = r
+	} else if r, err := filepath.EvalSymlinks(filepath.Dir(out)); err == nil {
+		resolved = filepath.Join(r, filepath.Base(out))
+	}
+	st, serr := os.Stat(out)
+	for _, e := range images {
+		same := resolved == e.Path
+		if !same && serr == nil {
+			est, err := os.Stat(e.Path)
+			same = err == nil && os.SameFile(st, est)
+		}
+		if same {
+			return fmt.Errorf("%s: is the file of catalog image %s; %w (delete the image from the catalog first)", out, e.Name, errProtected)
+		}
+	}
+	return nil
 }
 
 // checkExportOutput applies to image export's OUT the rules of the CLI's output files: not
@@ -284,6 +314,11 @@ passphrase a person chose needs stretching; with --name the random 32-byte passp
 func (a *app) checkExportOutput(out string, force bool, img string) error {
 	if err := checkProtected("", out, a.outputOptions(force, 0o600, img)); err != nil {
 		return err
+	}
+	if force {
+		if err := a.notCatalogImageFile(out); err != nil {
+			return err
+		}
 	}
 	if streamName(out) {
 		return fmt.Errorf("%s: %w: image export writes a new regular file (a qcow2 image is written at random offsets), not a device or pipe", out, errNotRegular)

@@ -404,7 +404,7 @@ func (a *app) protectedKey(ctx context.Context, id string, err error) error {
 			hints = append(hints, "delete each volume (crkvol volume delete IMG), or copy its data to a volume of another key and delete it; then delete the key")
 		}
 		if len(images) > 0 {
-			hints = append(hints, "remove each image from the catalog with crkvol image delete NAME (its file is kept); then delete the key")
+			hints = append(hints, "remove each image from the catalog with crkvol image delete NAME (its file is kept); an image CRN with no catalog entry (a crash's leftover) with crkvol image delete CRN --key "+id+"; then delete the key")
 		}
 		return withHint(fmt.Errorf("key %s protects %s: %w", id, what, sentinel), hints...)
 	}

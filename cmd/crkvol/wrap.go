@@ -96,6 +96,7 @@ and its ciphertext are printed. The ciphertext (a WDEK) unwraps with key unwrap 
 					return usagef("--plaintext is not standard base64")
 				}
 				if err := checkPlaintextSize("--plaintext", len(b)); err != nil {
+					clear(b)
 					return err
 				}
 				pt = b
@@ -291,15 +292,21 @@ func readPlaintextFile(path string) ([]byte, error) {
 		return nil, fmt.Errorf("--plaintext-file: %w", err)
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxWrapPlaintext+1))
-	if err != nil {
+	// One buffer sized in advance (never grown, so no copy of the secret is left behind),
+	// one byte over the limit so that a larger file is seen.
+	buf := make([]byte, maxWrapPlaintext+1)
+	n, err := io.ReadFull(f, buf)
+	if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+		clear(buf)
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
+	b := buf[:n]
 	if len(b) > maxWrapPlaintext {
-		clear(b)
+		clear(buf)
 		return nil, fmt.Errorf("%s: more than %d bytes; a key service wraps at most %d bytes (Key Protect's limit)", what, maxWrapPlaintext, maxWrapPlaintext)
 	}
 	if err := checkPlaintextSize(what, len(b)); err != nil {
+		clear(buf)
 		return nil, err
 	}
 	return b, nil
