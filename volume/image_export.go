@@ -125,7 +125,7 @@ func (m *Manager) ExportImage(ctx context.Context, volumePath, out string, opts 
 	replace := false
 	if st, err := os.Lstat(outAbs); err == nil {
 		if !st.Mode().IsRegular() && st.Mode()&fs.ModeSymlink == 0 {
-			return nil, fmt.Errorf("%s is not a regular file (%s): an image is written as a new regular file", outAbs, fileType(st.Mode()))
+			return nil, fmt.Errorf("%s is not a regular file (%s): an image is written as a new regular file", outAbs, fsutil.Kind(st.Mode()))
 		}
 		if !opts.Replace {
 			return nil, fmt.Errorf("%w: %s exists (refusing to overwrite it)", fs.ErrExist, outAbs)

@@ -2,6 +2,7 @@ package volume
 
 import (
 	"context"
+	"crkvol/internal/fsutil"
 	"fmt"
 	"os"
 	"syscall"
@@ -21,7 +22,7 @@ func openCatalogFile(path string) (*os.File, os.FileInfo, error) {
 		return nil, nil, err
 	}
 	if !pre.Mode().IsRegular() {
-		return nil, nil, fmt.Errorf("%s is not a regular file (%s)", path, fileType(pre.Mode()))
+		return nil, nil, fmt.Errorf("%s is not a regular file (%s)", path, fsutil.Kind(pre.Mode()))
 	}
 	fh, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
@@ -29,7 +30,7 @@ func openCatalogFile(path string) (*os.File, os.FileInfo, error) {
 	}
 	fi, err := fh.Stat()
 	if err == nil && !fi.Mode().IsRegular() {
-		err = fmt.Errorf("%s is not a regular file (%s)", path, fileType(fi.Mode()))
+		err = fmt.Errorf("%s is not a regular file (%s)", path, fsutil.Kind(fi.Mode()))
 	}
 	if err == nil && !os.SameFile(pre, fi) {
 		err = fmt.Errorf("%w: %s was replaced while it was opened", ErrImageChanged, path)
@@ -51,23 +52,6 @@ func openCatalogFile(path string) (*os.File, os.FileInfo, error) {
 		_ = rc.Control(func(fd uintptr) { _ = syscall.SetNonblock(int(fd), false) })
 	}
 	return fh, fi, nil
-}
-
-// fileType names the type of a file that is not a regular one.
-func fileType(m os.FileMode) string {
-	switch {
-	case m.IsDir():
-		return "a directory"
-	case m&os.ModeNamedPipe != 0:
-		return "a FIFO"
-	case m&os.ModeSocket != 0:
-		return "a socket"
-	case m&os.ModeCharDevice != 0:
-		return "a character device"
-	case m&os.ModeDevice != 0:
-		return "a block device"
-	}
-	return "type " + m.Type().String()
 }
 
 // fileState is what the catalog compares of an image file without reading it.

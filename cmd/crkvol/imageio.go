@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"crkvol/crk"
+	"crkvol/internal/fsutil"
 	"crkvol/keyslot"
 	"crkvol/volume"
 )
@@ -339,7 +340,7 @@ func (a *app) checkExportOutput(out string, force bool, img string) error {
 		if st.IsDir() {
 			return fmt.Errorf("%s: is a directory: %w", out, errNotRegular)
 		}
-		return fmt.Errorf("%s: is %s: %w: image export writes a new regular file (a qcow2 image is written at random offsets)", out, kindOf(st.Mode()), errNotRegular)
+		return fmt.Errorf("%s: is %s: %w: image export writes a new regular file (a qcow2 image is written at random offsets)", out, fsutil.Kind(st.Mode()), errNotRegular)
 	case !force:
 		return fmt.Errorf("%s: %w; give --force to replace it", out, fileExists{})
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crkvol/internal/fsutil"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -82,21 +83,6 @@ func (a *app) outputOptions(force bool, perm os.FileMode, imgs ...string) output
 	return o
 }
 
-// kindOf names the kind of a device or pipe.
-func kindOf(m fs.FileMode) string {
-	switch {
-	case m&fs.ModeNamedPipe != 0:
-		return "a FIFO"
-	case m&fs.ModeCharDevice != 0:
-		return "a character device"
-	case m&fs.ModeDevice != 0:
-		return "a block device"
-	case m.IsRegular():
-		return "a regular file"
-	}
-	return "a special file"
-}
-
 // streamName tells a name under /dev or /proc, lexically or through symbolic links: such a
 // name is a stream, never created, renamed or replaced.
 func streamName(path string) bool {
@@ -153,7 +139,7 @@ func checkPrivate(flag, path string, st fs.FileInfo, o outputOptions) error {
 	if uid == os.Getuid() && st.Mode().Perm()&0o077 == 0 {
 		return nil
 	}
-	return withHint(fmt.Errorf("--%s %s: %s of uid %d with mode %04o: %w", flag, path, kindOf(st.Mode()), uid, st.Mode().Perm(), errNotPrivate),
+	return withHint(fmt.Errorf("--%s %s: %s of uid %d with mode %04o: %w", flag, path, fsutil.Kind(st.Mode()), uid, st.Mode().Perm(), errNotPrivate),
 		"give --"+flag+" a new file, or leave it out (or give -) to write to stdout")
 }
 
@@ -358,7 +344,7 @@ func (o *outputFile) openStream(opts outputOptions) (*outputFile, error) {
 		f.Close()
 		return nil, existsError(o.flag, o.path)
 	}
-	o.File, o.stream, o.kind = f, true, kindOf(st.Mode())
+	o.File, o.stream, o.kind = f, true, fsutil.Kind(st.Mode())
 	return o, nil
 }
 

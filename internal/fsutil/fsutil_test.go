@@ -34,3 +34,19 @@ func TestSyncDir(t *testing.T) {
 		})
 	}
 }
+
+func TestKind(t *testing.T) {
+	for m, want := range map[fs.FileMode]string{
+		0o644:                             "a regular file",
+		fs.ModeDir | 0o755:                "a directory",
+		fs.ModeNamedPipe:                  "a FIFO",
+		fs.ModeSocket:                     "a socket",
+		fs.ModeDevice | fs.ModeCharDevice: "a character device",
+		fs.ModeDevice:                     "a block device",
+		fs.ModeSymlink:                    "a special file",
+	} {
+		if got := Kind(m); got != want {
+			t.Errorf("Kind(%v) = %q, want %q", m, got, want)
+		}
+	}
+}
