@@ -177,7 +177,7 @@ customer root key (CRK) in an embedded Key Protect-style key service.`,
 		}
 		return usageError{err}
 	})
-	root.AddCommand(a.keyCommand(), a.volumeCommand(), a.imageCommand(), a.eventsCommand(), a.demoCommand(), a.kmsCommand(), a.benchCommand(), a.simCommand(), a.agentCommand())
+	root.AddCommand(a.keyCommand(), a.volumeCommand(), a.imageCommand(), a.eventsCommand(), a.demoCommand(), a.kmsCommand(), a.benchCommand(), a.simCommand(), a.agentCommand(), a.kpCommand())
 	root.PersistentPreRun = func(cmd *cobra.Command, args []string) {
 		a.readOnly, a.auditedRead = readOnlyCommand(cmd)
 		absImageArg(cmd, args)

@@ -102,6 +102,7 @@ func TestScripts(t *testing.T) {
 			"randfile":           cmdRandFile,
 			"cmpmasked":          cmdCmpMasked,
 			"isjson":             cmdIsJSON,
+			"setmatch":           cmdSetMatch,
 		},
 	})
 }

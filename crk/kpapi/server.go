@@ -30,6 +30,9 @@ type Server struct {
 	stop    context.CancelFunc
 	// log receives the server's failures (never a token, an API key or a query string).
 	log *slog.Logger
+	// authorize checks a request's bearer token for an instance and returns the instance's
+	// service and the principal its operations are audited as (see NewLocalServer).
+	authorize func(token, instance string) (*crk.Service, string, error)
 }
 
 // ServerOption configures a [Server].
@@ -48,7 +51,7 @@ func WithLogger(l *slog.Logger) ServerOption {
 
 // NewServer returns a server for t.
 func NewServer(t *Tenants, opts ...ServerOption) *Server {
-	s := &Server{tenants: t, mux: http.NewServeMux(), log: slog.New(slog.DiscardHandler)}
+	s := &Server{tenants: t, mux: http.NewServeMux(), log: slog.New(slog.DiscardHandler), authorize: t.principal}
 	for _, o := range opts {
 		o(s)
 	}
@@ -70,8 +73,10 @@ type request struct {
 }
 
 func (s *Server) routes() {
-	s.mux.HandleFunc("POST /identity/token", s.token)
-	s.mux.HandleFunc("POST /oidc/token", s.token)
+	if s.tenants != nil { // a local server (NewLocalServer) exchanges no API keys
+		s.mux.HandleFunc("POST /identity/token", s.token)
+		s.mux.HandleFunc("POST /oidc/token", s.token)
+	}
 	api := func(pattern string, h func(*request) error) {
 		s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) { s.serveAPI(w, r, h) })
 	}
@@ -130,7 +135,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 		writeError(w, badRequest("BEARER_SUB_EXTRACTION_ERR", "the Authorization header must be \"Bearer <token>\"", "authorization"))
 		return
 	}
-	svc, caller, err := s.tenants.Authorize(tok, instance)
+	svc, who, err := s.authorize(tok, instance)
 	if err != nil {
 		if !errors.Is(err, ErrUnauthorized) {
 			// The instance exists but its store did not open: a failure, not a refusal.
@@ -150,7 +155,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 	ctx, cancel := context.WithTimeout(r.Context(), RequestTimeout+feedWait(r))
 	defer cancel()
 	q := &request{w: w, r: r, svc: svc, id: r.PathValue("id"),
-		ctx: crk.WithInitiator(ctx, "kpapi:"+caller)}
+		ctx: crk.WithInitiator(ctx, who)}
 	if err := h(q); err != nil {
 		// The service audits its own refusals; requests refused here before reaching it
 		// (malformed bodies, unknown actions) are audited as kms.secrets.default.

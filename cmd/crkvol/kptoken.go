@@ -1,0 +1,113 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	kp "github.com/IBM/keyprotect-go-client"
+	"github.com/spf13/cobra"
+)
+
+// kpImportTokenCommands are the subcommands of `kp import-token`: create and show talk to
+// the key service; key-encrypt and nonce-encrypt run here alone, with the client's helpers.
+func (a *app) kpImportTokenCommands(f *kpFlags) []*cobra.Command {
+	var expiration, retrievals int
+	create := &cobra.Command{Use: "create", Short: "Create an import token (a transport key and a nonce) for a secure key import", Args: args(cobra.NoArgs),
+		PreRunE: func(*cobra.Command, []string) error {
+			// The client leaves a zero out of the request, which the service would read as
+			// the default: refuse it here.
+			if expiration <= 0 || retrievals <= 0 {
+				return usagef("--expiration and --max-retrievals must be positive (300-86400 seconds; 1-500 retrievals)")
+			}
+			return nil
+		},
+		RunE: a.kpSessionRun(f, func(ctx context.Context, s *kpSession, _ []string) error {
+			var t *kp.ImportTokenMetadata
+			err := s.call(ctx, func(ctx context.Context, c *kp.Client) (err error) {
+				t, err = c.CreateImportToken(ctx, expiration, retrievals)
+				return err
+			})
+			if err != nil {
+				return a.kpDone(err)
+			}
+			if a.asJSON {
+				return a.emit(t)
+			}
+			return kpTable(a.stdout, []string{"Created", "Expires", "Max Retrievals", "Remaining Retrievals"},
+				[]string{kpTime(t.CreationDate), kpTime(t.ExpirationDate), strconv.Itoa(t.MaxAllowedRetrievals), strconv.Itoa(t.RemainingRetrievals)})
+		})}
+	create.Flags().IntVarP(&expiration, "expiration", "e", 600, "seconds the token stays valid (300 to 86400)")
+	create.Flags().IntVarP(&retrievals, "max-retrievals", "m", 1, "how many times the token may be retrieved (kp import-token show)")
+
+	show := &cobra.Command{Use: "show", Short: "Retrieve the import token: its transport key (base64 PEM) and nonce; each retrieval counts", Args: args(cobra.NoArgs),
+		RunE: a.kpSessionRun(f, func(ctx context.Context, s *kpSession, _ []string) error {
+			var t *kp.ImportTokenKeyResponse
+			err := s.call(ctx, func(ctx context.Context, c *kp.Client) (err error) {
+				t, err = c.GetImportTokenTransportKey(ctx)
+				return err
+			})
+			if err != nil {
+				return a.kpDone(err)
+			}
+			// JSON in either output format, as the plug-in prints it.
+			return a.emit(map[string]string{"nonce": t.Nonce, "payload": t.Payload})
+		})}
+
+	var material, pubkey, hash string
+	keyEncrypt := &cobra.Command{Use: "key-encrypt", Short: "Encrypt key material with the import token's transport key (RSA-OAEP)", Args: args(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkBase64("key", material); err != nil {
+				return err
+			}
+			var enc string
+			var err error
+			switch strings.ToLower(strings.ReplaceAll(hash, "-", "")) {
+			case "", "sha256":
+				enc, err = kp.EncryptKey(material, pubkey)
+			case "sha1":
+				enc, err = kp.EncryptKeyWithSHA1(material, pubkey)
+			default:
+				return usagef("--hash %q: want sha256 (the default) or sha1", hash)
+			}
+			if err != nil {
+				return fmt.Errorf("encrypting the key material: %w", err)
+			}
+			if a.asJSON {
+				return a.emit(map[string]string{"encryptedKey": enc})
+			}
+			return kpTable(a.stdout, []string{"Encrypted Key"}, []string{enc})
+		}}
+	keyEncrypt.Flags().StringVarP(&material, "key", "k", "", "the base64 key material")
+	keyEncrypt.Flags().StringVarP(&pubkey, "pubkey", "p", "", "the transport key: the payload of kp import-token show")
+	keyEncrypt.Flags().StringVarP(&hash, "hash", "a", "sha256", "the OAEP hash: sha256, or sha1 for services that want RSAES_OAEP_SHA_1")
+	requireFlags(keyEncrypt, "key", "pubkey")
+
+	var nonceMaterial, nonce string
+	nonceEncrypt := &cobra.Command{Use: "nonce-encrypt", Short: "Encrypt the import token's nonce with the key material (AES-GCM)", Args: args(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkBase64("key", nonceMaterial); err != nil {
+				return err
+			}
+			if err := checkBase64("nonce", nonce); err != nil {
+				return err
+			}
+			var enc, iv string
+			err := recoverClient(func() (err error) {
+				enc, iv, err = kp.EncryptNonce(nonceMaterial, nonce, "")
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("encrypting the nonce: %w", err)
+			}
+			if a.asJSON {
+				return a.emit(map[string]string{"encryptedNonce": enc, "iv": iv})
+			}
+			return kpTable(a.stdout, []string{"Encrypted Nonce", "IV"}, []string{enc, iv})
+		}}
+	nonceEncrypt.Flags().StringVarP(&nonceMaterial, "key", "k", "", "the base64 key material")
+	nonceEncrypt.Flags().StringVarP(&nonce, "nonce", "n", "", "the import token's nonce (kp import-token show)")
+	requireFlags(nonceEncrypt, "key", "nonce")
+	return []*cobra.Command{create, show, keyEncrypt, nonceEncrypt}
+}
