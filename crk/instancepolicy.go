@@ -403,3 +403,12 @@ func (s *Service) CheckNetwork(ctx context.Context, private bool) error {
 	}
 	return nil
 }
+
+// checkCreateAccess is the package function checkCreateAccess, as a method for the callers
+// that hold the service (the import-token paths).
+func (s *Service) checkCreateAccess(tx storeTx, typ KeyType, imported, viaToken bool) error {
+	return checkCreateAccess(tx, typ, imported, viaToken)
+}
+
+// checkImportTokenAccess is the package function checkImportTokenAccess, as a method.
+func (s *Service) checkImportTokenAccess(tx storeTx) error { return checkImportTokenAccess(tx) }
