@@ -79,6 +79,18 @@ var (
 	// was sent: the change may or may not have happened). It is a failure of the service,
 	// not a refusal; the request may succeed when tried again.
 	ErrUnavailable = errors.New("the key service's store is unavailable")
+	// ErrCreateImportAccess: the keyCreateImportAccess instance policy does not allow the
+	// creation, import or import token asked for.
+	ErrCreateImportAccess = errors.New("keyCreateImportAccess instance policy does not allow this action")
+	// ErrNetworkNotAllowed: the allowedNetwork instance policy (private-only) refuses a
+	// request from a public address.
+	ErrNetworkNotAllowed = errors.New("requested change is not compliant with configuration rules")
+	// ErrDualAuthNotMet: deleting a key with a dual authorization policy needs a prior,
+	// unexpired setKeyForDeletion by another principal.
+	ErrDualAuthNotMet = errors.New("number of authorizations required to delete is not met")
+	// ErrNotDualAuth: setKeyForDeletion or unsetKeyForDeletion on a key without a dual
+	// authorization policy.
+	ErrNotDualAuth = errors.New("the key is not dual auth enabled and cannot be set for deletion")
 )
 
 // Class says what an error means for the caller: a refusal of the request or a failure of the
@@ -130,6 +142,7 @@ type ErrorInfo struct {
 func errorTable() []ErrorInfo {
 	const (
 		badRequest  = 400
+		forbidden   = 403
 		notFound    = 404
 		conflict    = 409
 		gone        = 410
@@ -166,6 +179,10 @@ func errorTable() []ErrorInfo {
 		{ErrAudit, "audit", Failure, internal, "INTERNAL_SERVER_ERR", ""},
 		{ErrResyncNeeded, "resync_needed", Refusal, gone, "FEED_RESYNC_REQUIRED_ERR", "cursor"},
 		{ErrUnavailable, "unavailable", Failure, unavailable, "SERVICE_UNAVAILABLE_ERR", ""},
+		{ErrCreateImportAccess, "create_import_access", Refusal, conflict, "KEY_CREATE_IMPORT_ACCESS_ERR", ""},
+		{ErrNetworkNotAllowed, "network_not_allowed", Refusal, forbidden, "CONFIG_RULE_CONFLICT_ERR", ""},
+		{ErrDualAuthNotMet, "dual_auth_not_met", Refusal, conflict, "AUTHORIZATIONS_NOT_MET", ""},
+		{ErrNotDualAuth, "not_dual_auth", Refusal, conflict, "NOT_DUAL_AUTH_ERR", ""},
 	}
 }
 

@@ -49,6 +49,8 @@ func TestErrorTableCoversEverySentinel(t *testing.T) {
 		"ErrRegistrationNotFound": ErrRegistrationNotFound, "ErrRegistrationExists": ErrRegistrationExists,
 		"ErrInvalidArgument": ErrInvalidArgument, "ErrMasterKey": ErrMasterKey, "ErrAudit": ErrAudit,
 		"ErrResyncNeeded": ErrResyncNeeded, "ErrUnavailable": ErrUnavailable,
+		"ErrCreateImportAccess": ErrCreateImportAccess, "ErrNetworkNotAllowed": ErrNetworkNotAllowed,
+		"ErrDualAuthNotMet": ErrDualAuthNotMet, "ErrNotDualAuth": ErrNotDualAuth,
 	}
 	table := Errors()
 	require.Len(t, table, len(declared), "one row per sentinel declared in errors.go")

@@ -199,6 +199,10 @@ func (s *Service) RotateMasterKey(ctx context.Context, newKey []byte) error {
 				return err
 			}
 		}
+		docs, err := resealDocs(tx, s.sealer, next, s.rand)
+		if err != nil {
+			return err
+		}
 		if err := s.sameMasterKey(tx); err != nil {
 			return err
 		}
@@ -211,6 +215,9 @@ func (s *Service) RotateMasterKey(ctx context.Context, newKey []byte) error {
 		}
 		ev := s.newEvent(ctx, ActionMasterKeyRotate, nil, "", nil)
 		ev.Reason = fmt.Sprintf("re-encrypted %d versions", n)
+		if docs > 0 {
+			ev.Reason += fmt.Sprintf(" and the secrets of %d documents", docs)
+		}
 		return s.appendEvent(tx, ev)
 	})
 	if err != nil {

@@ -237,7 +237,7 @@ func (t handlerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		r.Body = http.NoBody
 	}
 	r.RequestURI = req.URL.RequestURI()
-	r.RemoteAddr = "local"
+	r.RemoteAddr = "127.0.0.1:0" // in process: as local as loopback (allowedNetwork)
 	w := &responseBuffer{header: http.Header{}}
 	t.h.ServeHTTP(w, r)
 	if req.Body != nil {
