@@ -96,12 +96,12 @@ func (a *app) kpKeyCommands(f *kpFlags) []*cobra.Command {
 		return &cobra.Command{Use: use, Short: short, Args: args(cobra.ExactArgs(n)),
 			PreRunE: kpKeyArg, RunE: a.kpSessionRun(f, fn)}
 	}
-	return []*cobra.Command{
+	return append([]*cobra.Command{
 		a.kpCreate(f), a.kpShow(keyCmd), a.kpRotate(keyCmd), a.kpDelete(keyCmd),
 		a.kpWrap(keyCmd), a.kpUnwrap(keyCmd), a.kpState(keyCmd, "disable"), a.kpState(keyCmd, "enable"),
 		a.kpRestore(keyCmd), a.kpVersions(keyCmd), a.kpPolicies(keyCmd), a.kpPolicyUpdate(f),
 		a.kpAlias(keyCmd, true), a.kpAlias(keyCmd, false),
-	}
+	}, a.kpDualAuthCommands(keyCmd)...)
 }
 
 // kpKeyCmd makes a kp key subcommand on one key (see kpKeyCommands).
@@ -539,7 +539,7 @@ func (a *app) kpPolicyUpdate(f *kpFlags) *cobra.Command {
 	rot.Flags().IntVarP(&months, "monthly-interval", "m", 0, "rotate the key every this many months (1-12; default 1 when neither -e nor -d is given)")
 	rot.Flags().BoolVarP(&enable, "enable", "e", false, "enable the rotation policy")
 	rot.Flags().BoolVarP(&disable, "disable", "d", false, "disable the rotation policy (it keeps its interval)")
-	g.AddCommand(rot)
+	g.AddCommand(rot, a.kpDualAuthPolicyUpdate(f))
 	return g
 }
 
