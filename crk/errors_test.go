@@ -49,6 +49,9 @@ func TestErrorTableCoversEverySentinel(t *testing.T) {
 		"ErrRegistrationNotFound": ErrRegistrationNotFound, "ErrRegistrationExists": ErrRegistrationExists,
 		"ErrInvalidArgument": ErrInvalidArgument, "ErrMasterKey": ErrMasterKey, "ErrAudit": ErrAudit,
 		"ErrResyncNeeded": ErrResyncNeeded, "ErrUnavailable": ErrUnavailable,
+		"ErrImportTokenNotFound": ErrImportTokenNotFound, "ErrImportTokenExpired": ErrImportTokenExpired,
+		"ErrImportTokenUsedUp": ErrImportTokenUsedUp, "ErrIncorrectNonce": ErrIncorrectNonce, "ErrNonceIV": ErrNonceIV,
+		"ErrEncryptionAlgorithm": ErrEncryptionAlgorithm,
 	}
 	table := Errors()
 	require.Len(t, table, len(declared), "one row per sentinel declared in errors.go")

@@ -25,6 +25,10 @@ type CreateOptions struct {
 	Material []byte
 	// ExpirationDate, if set, deactivates the key once passed.
 	ExpirationDate time.Time
+	// Encrypted imports a root key from material sent through the instance's import token
+	// (see [EncryptedMaterial]); Material must then be nil. Importing does not consume the
+	// token.
+	Encrypted *EncryptedMaterial
 }
 
 // maxStandardPayload is the largest standard key payload Key Protect accepts.
@@ -37,6 +41,14 @@ func (s *Service) CreateKey(ctx context.Context, opts CreateOptions) (*Key, erro
 	}
 	if err := checkCreate(opts); err != nil {
 		return nil, s.refuse(ctx, ActionCreate, "", err)
+	}
+	if opts.Encrypted != nil {
+		m, err := s.openEncrypted(ctx, opts.Encrypted)
+		if err != nil {
+			return nil, s.refuse(ctx, ActionCreate, "", err)
+		}
+		defer clear(m)
+		opts.Material = m
 	}
 	now := s.clock.Now()
 	id, err := newUUID(s.rand)
@@ -121,6 +133,11 @@ func checkCreate(o CreateOptions) error {
 	}
 	if err := checkLabel("description", o.Description); err != nil {
 		return err
+	}
+	if o.Encrypted != nil {
+		if err := checkEncryptedCreate(o); err != nil {
+			return err
+		}
 	}
 	switch o.Type {
 	case RootKey:

@@ -199,6 +199,9 @@ func (s *Service) RotateMasterKey(ctx context.Context, newKey []byte) error {
 				return err
 			}
 		}
+		if err := s.resealImportTokenIn(tx, next); err != nil {
+			return err
+		}
 		if err := s.sameMasterKey(tx); err != nil {
 			return err
 		}
