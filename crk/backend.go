@@ -103,6 +103,23 @@ type storeTx interface {
 	// acks calls fn with every acknowledgement, in key id then host order.
 	acks(fn func(a *HostAck) error) error
 
+	// Documents (docs.go): small JSON records under a kind and a name.
+	//
+	// doc returns the document stored under kind and name, or errNoDoc.
+	doc(kind, name string) ([]byte, error)
+	// insertDoc stores a new document; errDocExists if one is there (also across processes on
+	// PostgreSQL: a concurrent insert of the same name fails one of them).
+	insertDoc(kind, name string, data []byte) error
+	// putDoc stores a document, replacing any.
+	putDoc(kind, name string, data []byte) error
+	// deleteDoc deletes a document (no error if absent).
+	deleteDoc(kind, name string) error
+	// docs calls fn with every document of kind, in name order.
+	docs(kind string, fn func(name string, data []byte) error) error
+	// allDocs calls fn with every document, in kind then name order (CopyStore,
+	// RotateMasterKey).
+	allDocs(fn func(kind, name string, data []byte) error) error
+
 	// heads returns the sequence counters: the last audit event ever appended (deleted or
 	// not), the last feed event and the last feed event the retention deleted.
 	heads() (events, feed, feedPruned uint64, err error)

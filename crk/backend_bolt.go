@@ -19,6 +19,7 @@ import (
 //	registrations  key id + "\x00" + resource CRN -> regRecord (JSON)
 //	events         big-endian Unix nanoseconds + big-endian sequence number -> Event (JSON)
 //	acks           key id + "\x00" + host -> HostAck (JSON)
+//	docs           kind + "\x00" + name -> document (JSON; docs.go)
 //
 // Schema 1 keyed events by the sequence number alone; opening such a store rekeys them
 // (migrateEvents) in the transaction that sets schema 2, so an older build refuses the
@@ -34,6 +35,8 @@ var (
 	// bucketAcks was added within schema 2: a store opened read-write makes it, and one
 	// opened read-only without it has no acknowledgements.
 	bucketAcks = []byte("acks")
+	// bucketDocs was added within schema 2, as bucketAcks was.
+	bucketDocs = []byte("docs")
 
 	metaCheck  = []byte("check")
 	metaSchema = []byte("schema")
@@ -84,7 +87,7 @@ func openBolt(path string, opts Options, log func(msg string, args ...any)) (*bo
 		})
 	} else {
 		err = db.Update(func(tx *bolt.Tx) error {
-			for _, name := range [][]byte{bucketMeta, bucketKeys, bucketRegistrations, bucketEvents, bucketFeed, bucketAcks} {
+			for _, name := range [][]byte{bucketMeta, bucketKeys, bucketRegistrations, bucketEvents, bucketFeed, bucketAcks, bucketDocs} {
 				if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 					return err
 				}

@@ -12,11 +12,15 @@ type CopyResult struct {
 	Keys, Registrations, Events, FeedEvents int
 	// HostAcks counts the hosts' acknowledgements copied.
 	HostAcks int
+	// Docs counts the documents copied (aliases, key rings, instance policies, import
+	// tokens).
+	Docs int
 }
 
 // CopyStore copies the whole state of the service from into the service to: keys (their
 // material re-encrypted under to's master key when the two differ), registrations, the
-// audit events, the lifecycle feed and the hosts' acknowledgements, keeping event sequence numbers and feed cursors, so
+// audit events, the lifecycle feed, the hosts' acknowledgements and the documents (aliases,
+// key rings, instance policies, import tokens: their secrets re-sealed as material is), keeping event sequence numbers and feed cursors, so
 // that followers of the feed carry on from their cursors. It moves a store from bbolt to
 // PostgreSQL (crkvol kms migrate) or back. to must be the same instance as from, and empty:
 // no key, registration or event of its own (opening a new store writes none). The copy is
@@ -108,6 +112,25 @@ func CopyStore(ctx context.Context, from, to *Service) (CopyResult, error) {
 				}
 				res.HostAcks++
 			}
+			var docs []storedDoc
+			if err := src.allDocs(func(kind, name string, data []byte) error {
+				docs = append(docs, storedDoc{kind, name, data})
+				return nil
+			}); err != nil {
+				return err
+			}
+			for _, d := range docs {
+				data := d.data
+				if reseal {
+					if data, _, err = resealDoc(d.kind, d.name, data, from.sealer, to.sealer, to.rand); err != nil {
+						return err
+					}
+				}
+				if err := dst.insertDoc(d.kind, d.name, data); err != nil {
+					return fmt.Errorf("crk: copying %s document %q: %w", d.kind, d.name, err)
+				}
+				res.Docs++
+			}
 			events, head, pruned, err := src.heads()
 			if err != nil {
 				return err
@@ -126,12 +149,15 @@ func requireEmpty(tx storeTx, instance string) error {
 	if err := tx.regs(func(*regRecord) error { n++; return nil }); err != nil {
 		return err
 	}
+	if err := tx.allDocs(func(string, string, []byte) error { n++; return nil }); err != nil {
+		return err
+	}
 	events, feed, _, err := tx.heads()
 	if err != nil {
 		return err
 	}
 	if n > 0 || events > 0 || feed > 0 {
-		return fmt.Errorf("%w: instance %s already holds keys, registrations or events in the destination store; a copy goes into an empty one", ErrInvalidArgument, instance)
+		return fmt.Errorf("%w: instance %s already holds keys, registrations, documents or events in the destination store; a copy goes into an empty one", ErrInvalidArgument, instance)
 	}
 	return nil
 }

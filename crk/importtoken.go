@@ -119,17 +119,17 @@ type EncryptedMaterial struct {
 }
 
 // importTokenRecord is the import token as stored: the document importTokenKind /
-// importTokenName. Its private key is sealed under the master key, with importTokenAAD.
+// importTokenName. Its private key is a sealedSecret of that document (re-sealed with the key
+// material by RotateMasterKey and CopyStore).
 type importTokenRecord struct {
-	ID            string    `json:"id"`
-	Created       time.Time `json:"creationDate"`
-	Expires       time.Time `json:"expirationDate"`
-	MaxRetrievals int       `json:"maxAllowedRetrievals"`
-	Remaining     int       `json:"remainingRetrievals"`
-	CreatedBy     string    `json:"createdBy"`
-	PublicKey     []byte    `json:"publicKey"`  // PKIX DER
-	Nonce         []byte    `json:"nonce"`      // ImportTokenNonceSize bytes
-	PrivateKey    []byte    `json:"privateKey"` // sealed PKCS #8 DER
+	Created       time.Time    `json:"creationDate"`
+	Expires       time.Time    `json:"expirationDate"`
+	MaxRetrievals int          `json:"maxAllowedRetrievals"`
+	Remaining     int          `json:"remainingRetrievals"`
+	CreatedBy     string       `json:"createdBy"`
+	PublicKey     []byte       `json:"publicKey"`  // PKIX DER
+	Nonce         []byte       `json:"nonce"`      // ImportTokenNonceSize bytes
+	PrivateKey    sealedSecret `json:"privateKey"` // PKCS #8 DER
 }
 
 // The document of the instance's import token.
@@ -137,11 +137,6 @@ const (
 	importTokenKind = "import-token"
 	importTokenName = "current"
 )
-
-// importTokenAAD binds a sealed private key to its document and to its token's id.
-func importTokenAAD(tokenID string) []byte {
-	return []byte("crkvol sealed document v1\x00" + importTokenKind + "\x00" + importTokenName + "\x00" + tokenID)
-}
 
 func (r *importTokenRecord) token() *ImportToken {
 	return &ImportToken{
@@ -189,22 +184,18 @@ func (s *Service) CreateImportToken(ctx context.Context, opts ImportTokenOptions
 	if err != nil {
 		return nil, fmt.Errorf("crk: encoding the import token's public key: %w", err)
 	}
-	id, err := newUUID(s.rand)
-	if err != nil {
-		return nil, err
-	}
 	nonce := make([]byte, ImportTokenNonceSize)
 	if _, err := io.ReadFull(s.rand, nonce); err != nil {
 		return nil, fmt.Errorf("crk: reading the import token's random nonce: %w", err)
 	}
 	now := s.clock.Now()
 	r := &importTokenRecord{
-		ID: id, Created: now, Expires: now.Add(opts.Expiration), MaxRetrievals: opts.MaxRetrievals,
+		Created: now, Expires: now.Add(opts.Expiration), MaxRetrievals: opts.MaxRetrievals,
 		Remaining: opts.MaxRetrievals, CreatedBy: s.who(ctx), PublicKey: pub, Nonce: nonce,
 	}
 	s.mkMu.RLock()
 	defer s.mkMu.RUnlock()
-	if r.PrivateKey, err = s.sealer.seal(s.rand, der, importTokenAAD(id)); err != nil {
+	if r.PrivateKey, err = s.sealDocSecret(importTokenKind, importTokenName, der); err != nil {
 		return nil, err
 	}
 	data, err := json.Marshal(r)
@@ -392,7 +383,7 @@ func (s *Service) openEncrypted(ctx context.Context, em *EncryptedMaterial) ([]b
 	if err := t.usable(s.clock.Now()); err != nil {
 		return nil, err
 	}
-	der, err := s.sealer.open(t.PrivateKey, importTokenAAD(t.ID))
+	der, err := s.openDocSecret(importTokenKind, importTokenName, t.PrivateKey)
 	if err != nil {
 		return nil, fmt.Errorf("crk: opening the import token's private key: %w", err)
 	}
@@ -470,41 +461,4 @@ func (s *Service) RotateKeyEncrypted(ctx context.Context, id string, em *Encrypt
 	}
 	defer clear(material)
 	return s.RotateKey(ctx, id, material)
-}
-
-// resealImportToken re-encrypts the private key in an import token document from one master
-// key to another (RotateMasterKey, CopyStore).
-func resealImportToken(data []byte, from, to *sealer, rand io.Reader) ([]byte, error) {
-	var r importTokenRecord
-	if err := json.Unmarshal(data, &r); err != nil {
-		return nil, fmt.Errorf("crk: store: decoding the import token: %w", err)
-	}
-	aad := importTokenAAD(r.ID)
-	der, err := from.open(r.PrivateKey, aad)
-	if err != nil {
-		return nil, fmt.Errorf("crk: re-encrypting the import token's private key: %w", err)
-	}
-	r.PrivateKey, err = to.seal(rand, der, aad)
-	clear(der)
-	if err != nil {
-		return nil, err
-	}
-	return json.Marshal(&r)
-}
-
-// resealImportTokenIn re-encrypts the instance's import token in tx, if it has one, under
-// the master key of next (RotateMasterKey).
-func (s *Service) resealImportTokenIn(tx storeTx, next *sealer) error {
-	data, err := tx.doc(importTokenKind, importTokenName)
-	if errors.Is(err, errNoDoc) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	data, err = resealImportToken(data, s.sealer, next, s.rand)
-	if err != nil {
-		return err
-	}
-	return tx.putDoc(importTokenKind, importTokenName, data)
 }

@@ -199,7 +199,8 @@ func (s *Service) RotateMasterKey(ctx context.Context, newKey []byte) error {
 				return err
 			}
 		}
-		if err := s.resealImportTokenIn(tx, next); err != nil {
+		docs, err := resealDocs(tx, s.sealer, next, s.rand)
+		if err != nil {
 			return err
 		}
 		if err := s.sameMasterKey(tx); err != nil {
@@ -214,6 +215,9 @@ func (s *Service) RotateMasterKey(ctx context.Context, newKey []byte) error {
 		}
 		ev := s.newEvent(ctx, ActionMasterKeyRotate, nil, "", nil)
 		ev.Reason = fmt.Sprintf("re-encrypted %d versions", n)
+		if docs > 0 {
+			ev.Reason += fmt.Sprintf(" and the secrets of %d documents", docs)
+		}
 		return s.appendEvent(tx, ev)
 	})
 	if err != nil {

@@ -110,6 +110,7 @@ func (st *testStore) raw(t *testing.T, path string) []byte {
 		`SELECT record::text::bytea FROM crk_registrations WHERE instance = $1`,
 		`SELECT record::text::bytea FROM crk_events WHERE instance = $1`,
 		`SELECT record::text::bytea FROM crk_feed WHERE instance = $1`,
+		`SELECT record::text::bytea FROM crk_docs WHERE instance = $1 ORDER BY kind, name`,
 	} {
 		rows, err := st.db.db.Pool().Query(context.Background(), q, inst)
 		require.NoError(t, err)

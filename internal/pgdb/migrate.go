@@ -21,7 +21,7 @@ var ErrSchemaTooNew = errors.New("database schema is newer than this program")
 var migrationFiles embed.FS
 
 // LatestVersion is the schema version this program's migrations bring a database to.
-const LatestVersion = 3
+const LatestVersion = 4
 
 // migrationLock is the key of the transaction-scoped advisory lock that serialises
 // migrations between replicas ("crkvol" in ASCII).

@@ -49,7 +49,7 @@ func tables(t *testing.T, db *DB) []string {
 func TestMigrations(t *testing.T) {
 	t.Parallel()
 	url := pgtest.Start(t).NewDatabase(t)
-	want := []string{"crk_events", "crk_feed", "crk_host_acks", "crk_instances", "crk_keys", "crk_registrations",
+	want := []string{"crk_docs", "crk_events", "crk_feed", "crk_host_acks", "crk_instances", "crk_keys", "crk_registrations",
 		"crkvol_leases", "crkvol_schema", "kp_api_key_instances", "kp_api_keys", "kp_instances", "kp_sessions", "kp_tokens"}
 	for i := range 2 {
 		db := open(t, url)
