@@ -319,6 +319,18 @@ func TestImportToken(t *testing.T) {
 		_, err = f.svc.CreateKey(ctx, CreateOptions{Name: "new-token", Encrypted: encryptFor(t, fresh, m1, fresh.Nonce, sha256.New(), "")})
 		require.NoError(t, err)
 
+		// A copy of the store under another master key imports through the same token.
+		dst, err := Open(tempPath(t), Options{Instance: f.svc.Instance(), MasterKey: material(32, 77), Clock: f.clock})
+		require.NoError(t, err)
+		defer dst.Close()
+		_, err = CopyStore(ctx, f.svc, dst)
+		require.NoError(t, err)
+		copied, err := dst.CreateKey(ctx, CreateOptions{Name: "in-copy", Encrypted: encryptFor(t, fresh, m2, fresh.Nonce, sha256.New(), "")})
+		require.NoError(t, err)
+		wc, err := dst.Wrap(ctx, copied.ID, []byte("dek3"), nil)
+		require.NoError(t, err)
+		assert.Equal(t, []byte("dek3"), openedBy(t, copied.ID, wc.Ciphertext, m2))
+
 		// Events: creations, retrievals and refusals, with no secret in them.
 		evs, err := f.svc.Events(f.ctx, EventFilter{Action: ActionImportTokenRead, OldestFirst: true})
 		require.NoError(t, err)
