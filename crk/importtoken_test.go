@@ -11,6 +11,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"hash"
 	"os"
 	"path/filepath"
@@ -402,4 +403,53 @@ func TestImportTokenGeneratesItsKey(t *testing.T) {
 	w, err := svc.Wrap(ctx, k.ID, []byte("x"), nil)
 	require.NoError(t, err)
 	assert.Equal(t, []byte("x"), openedBy(t, k.ID, w.Ciphertext, m))
+}
+
+// TestImportTokenRetrievalsConcurrently: of concurrent retrievals (on PostgreSQL, of
+// processes sharing the store alike), exactly the token's limit succeed.
+func TestImportTokenRetrievalsConcurrently(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st *testStore) {
+		f, _ := newTokenFixture(t, st)
+		_, err := f.svc.CreateImportToken(f.ctx, ImportTokenOptions{MaxRetrievals: 5})
+		require.NoError(t, err)
+		other := f.svc
+		if st.kind == "postgres" {
+			// A second process on the same instance.
+			other, err = st.open(f.path, Options{Clock: f.clock})
+			require.NoError(t, err)
+			defer other.Close()
+		}
+		var (
+			wg             sync.WaitGroup
+			mu             sync.Mutex
+			ok, usedUp     int
+			unexpected     []error
+			remainingsSeen = map[int]bool{}
+		)
+		for i := range 12 {
+			svc := f.svc
+			if i%2 == 1 {
+				svc = other
+			}
+			wg.Go(func() {
+				tok, err := svc.GetImportToken(f.ctx)
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case err == nil:
+					ok++
+					remainingsSeen[tok.RemainingRetrievals] = true
+				case errors.Is(err, ErrImportTokenUsedUp):
+					usedUp++
+				default:
+					unexpected = append(unexpected, err)
+				}
+			})
+		}
+		wg.Wait()
+		require.Empty(t, unexpected)
+		assert.Equal(t, 5, ok)
+		assert.Equal(t, 7, usedUp)
+		assert.Equal(t, map[int]bool{0: true, 1: true, 2: true, 3: true, 4: true}, remainingsSeen, "each retrieval counted once")
+	})
 }

@@ -380,3 +380,40 @@ func TestImportTokenBodies(t *testing.T) {
 	resp := e.do(t, http.MethodDelete, e.srv.URL+ImportTokenPath, "", nil)
 	assert.Equal(t, http.StatusMethodNotAllowed, resp.StatusCode)
 }
+
+// FuzzImportFields reads arbitrary import members. It must never panic; a request with none
+// of them is a plain one; otherwise the iv is the 12 characters themselves or the base64 of
+// what it carries, and every refusal is a 400 naming the member.
+func FuzzImportFields(f *testing.F) {
+	f.Add("cGF5bG9hZA==", "bm9uY2U=", "AAAAAAAAAAAAAAAA", "RSAES_OAEP_SHA_256")
+	f.Add("", "", "caller-iv-12", "")
+	f.Add("%%", "x", "", "RSAES_OAEP_SHA_1")
+	f.Add("", "", "", "")
+	f.Fuzz(func(t *testing.T, payload, nonce, iv, alg string) {
+		fields := importFields{EncryptedNonce: &nonce, IV: &iv, EncryptionAlgorithm: &alg}
+		em, err := fields.material(&payload)
+		if err != nil {
+			var ae *apiError
+			if !errors.As(err, &ae) || ae.status != http.StatusBadRequest || ae.target == "" {
+				t.Fatalf("refusal %v is not a 400 naming a member", err)
+			}
+			return
+		}
+		if nonce == "" && iv == "" && alg == "" {
+			if em != nil {
+				t.Fatal("a request without import members is a plain one")
+			}
+			return
+		}
+		if em == nil {
+			t.Fatal("a request with import members has no encrypted material")
+		}
+		want := []byte(iv)
+		if len(iv) != 12 {
+			want, _ = base64.StdEncoding.DecodeString(iv)
+		}
+		if !bytes.Equal(em.IV, want) || em.Algorithm != alg {
+			t.Fatalf("iv %q read as %x, algorithm %q as %q", iv, em.IV, alg, em.Algorithm)
+		}
+	})
+}
