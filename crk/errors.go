@@ -93,6 +93,18 @@ var (
 	// ErrEncryptionAlgorithm: an import names an encryption algorithm the service does not
 	// know.
 	ErrEncryptionAlgorithm = errors.New("unsupported encryption algorithm")
+	// ErrCreateImportAccess: the keyCreateImportAccess instance policy does not allow the
+	// creation, import or import token asked for.
+	ErrCreateImportAccess = errors.New("keyCreateImportAccess instance policy does not allow this action")
+	// ErrNetworkNotAllowed: the allowedNetwork instance policy (private-only) refuses a
+	// request from a public address.
+	ErrNetworkNotAllowed = errors.New("requested change is not compliant with configuration rules")
+	// ErrDualAuthNotMet: deleting a key with a dual authorization policy needs a prior,
+	// unexpired setKeyForDeletion by another principal.
+	ErrDualAuthNotMet = errors.New("number of authorizations required to delete is not met")
+	// ErrNotDualAuth: setKeyForDeletion or unsetKeyForDeletion on a key without a dual
+	// authorization policy.
+	ErrNotDualAuth = errors.New("the key is not dual auth enabled and cannot be set for deletion")
 )
 
 // Class says what an error means for the caller: a refusal of the request or a failure of the
@@ -144,6 +156,7 @@ type ErrorInfo struct {
 func errorTable() []ErrorInfo {
 	const (
 		badRequest  = 400
+		forbidden   = 403
 		notFound    = 404
 		conflict    = 409
 		gone        = 410
@@ -186,6 +199,10 @@ func errorTable() []ErrorInfo {
 		{ErrIncorrectNonce, "incorrect_nonce", Refusal, badRequest, "INCORRECT_NONCE_ERR", "encryptedNonce"},
 		{ErrNonceIV, "incorrect_nonce_iv", Refusal, badRequest, "INCORRECT_NONCE_IV_ERR", "iv"},
 		{ErrEncryptionAlgorithm, "encryption_algorithm", Refusal, badRequest, "INVALID_FIELD_ERR", "encryptionAlgorithm"},
+		{ErrCreateImportAccess, "create_import_access", Refusal, conflict, "KEY_CREATE_IMPORT_ACCESS_ERR", ""},
+		{ErrNetworkNotAllowed, "network_not_allowed", Refusal, forbidden, "CONFIG_RULE_CONFLICT_ERR", ""},
+		{ErrDualAuthNotMet, "dual_auth_not_met", Refusal, conflict, "AUTHORIZATIONS_NOT_MET", ""},
+		{ErrNotDualAuth, "not_dual_auth", Refusal, conflict, "NOT_DUAL_AUTH_ERR", ""},
 	}
 }
 

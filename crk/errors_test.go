@@ -52,6 +52,8 @@ func TestErrorTableCoversEverySentinel(t *testing.T) {
 		"ErrImportTokenNotFound": ErrImportTokenNotFound, "ErrImportTokenExpired": ErrImportTokenExpired,
 		"ErrImportTokenUsedUp": ErrImportTokenUsedUp, "ErrIncorrectNonce": ErrIncorrectNonce, "ErrNonceIV": ErrNonceIV,
 		"ErrEncryptionAlgorithm": ErrEncryptionAlgorithm,
+		"ErrCreateImportAccess":  ErrCreateImportAccess, "ErrNetworkNotAllowed": ErrNetworkNotAllowed,
+		"ErrDualAuthNotMet": ErrDualAuthNotMet, "ErrNotDualAuth": ErrNotDualAuth,
 	}
 	table := Errors()
 	require.Len(t, table, len(declared), "one row per sentinel declared in errors.go")

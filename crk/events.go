@@ -120,7 +120,8 @@ func severity(action string) string {
 	switch action {
 	case ActionDelete, ActionPurge, ActionMasterKeyRotate:
 		return "critical"
-	case ActionRotate, ActionRestore, ActionEnable, ActionDisable, ActionPrune:
+	case ActionRotate, ActionRestore, ActionEnable, ActionDisable, ActionPrune,
+		ActionSetKeyForDeletion, ActionUnsetKeyForDeletion, ActionInstancePolicyWrite:
 		return "warning"
 	}
 	return "normal"

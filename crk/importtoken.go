@@ -208,6 +208,9 @@ func (s *Service) CreateImportToken(ctx context.Context, opts ImportTokenOptions
 		if err := s.sameMasterKey(tx); err != nil {
 			return err
 		}
+		if err := s.checkImportTokenAccess(tx); err != nil {
+			return err
+		}
 		if err := tx.putDoc(importTokenKind, importTokenName, data); err != nil {
 			return err
 		}
@@ -278,6 +281,9 @@ func (s *Service) GetImportToken(ctx context.Context) (*ImportTokenKey, error) {
 		// The instance row first, locked: concurrent retrievals (of any process) are
 		// counted one after the other.
 		if _, _, err := tx.meta(); err != nil {
+			return err
+		}
+		if err := s.checkImportTokenAccess(tx); err != nil {
 			return err
 		}
 		t, err := loadImportToken(tx)
@@ -460,5 +466,5 @@ func (s *Service) RotateKeyEncrypted(ctx context.Context, id string, em *Encrypt
 		return nil, s.refuse(ctx, ActionRotate, id, err)
 	}
 	defer clear(material)
-	return s.RotateKey(ctx, id, material)
+	return s.rotateKey(ctx, id, material, true)
 }

@@ -453,3 +453,47 @@ func TestImportTokenRetrievalsConcurrently(t *testing.T) {
 		assert.Equal(t, map[int]bool{0: true, 1: true, 2: true, 3: true, 4: true}, remainingsSeen, "each retrieval counted once")
 	})
 }
+
+// TestImportTokenAndCreateImportAccess: the keyCreateImportAccess instance policy governs the
+// import token paths. enforce_token refuses plain imports (creation and rotation) and allows
+// them through the token; without import_root_key no token is created or retrieved, and
+// nothing imports through one.
+func TestImportTokenAndCreateImportAccess(t *testing.T) {
+	f, _ := newTokenFixture(t, &testStore{kind: "bolt"})
+	ctx := f.ctx
+	_, err := f.svc.CreateImportToken(ctx, ImportTokenOptions{MaxRetrievals: 3})
+	require.NoError(t, err)
+	tok, err := f.svc.GetImportToken(ctx)
+	require.NoError(t, err)
+	m1, m2 := material(32, 41), material(32, 42)
+
+	enforce := DefaultKeyCreateImportAccess()
+	enforce.EnforceToken = true
+	_, err = f.svc.SetInstancePolicies(ctx, InstancePolicyUpdate{KeyCreateImportAccess: &enforce})
+	require.NoError(t, err)
+	_, err = f.svc.ImportRootKey(ctx, "plain", m1)
+	require.ErrorIs(t, err, ErrCreateImportAccess)
+	k, err := f.svc.CreateKey(ctx, CreateOptions{Name: "through-token", Encrypted: encryptFor(t, tok, m1, tok.Nonce, sha256.New(), "")})
+	require.NoError(t, err)
+	_, err = f.svc.RotateKey(ctx, k.ID, m2)
+	require.ErrorIs(t, err, ErrCreateImportAccess)
+	_, err = f.svc.RotateKeyEncrypted(ctx, k.ID, encryptFor(t, tok, m2, tok.Nonce, sha256.New(), ""))
+	require.NoError(t, err)
+
+	noImport := DefaultKeyCreateImportAccess()
+	noImport.ImportRootKey = false
+	_, err = f.svc.SetInstancePolicies(ctx, InstancePolicyUpdate{KeyCreateImportAccess: &noImport})
+	require.NoError(t, err)
+	before := countKeys(t, f)
+	_, err = f.svc.CreateKey(ctx, CreateOptions{Name: "refused", Encrypted: encryptFor(t, tok, m1, tok.Nonce, sha256.New(), "")})
+	require.ErrorIs(t, err, ErrCreateImportAccess)
+	assert.Equal(t, before, countKeys(t, f))
+	_, err = f.svc.GetImportToken(ctx)
+	require.ErrorIs(t, err, ErrCreateImportAccess)
+	_, err = f.svc.CreateImportToken(ctx, ImportTokenOptions{})
+	require.ErrorIs(t, err, ErrCreateImportAccess)
+	status, err := f.svc.ImportTokenStatus(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 2, status.RemainingRetrievals, "the refused retrieval counted nothing")
+	assert.Equal(t, 3, status.MaxRetrievals, "the refused creation replaced nothing")
+}

@@ -91,6 +91,8 @@ type Key struct {
 	ExpirationDate time.Time
 	// RotationPolicy is nil when none is set.
 	RotationPolicy *RotationPolicy
+	// DualAuthDelete is nil when the key has no dual authorization delete policy.
+	DualAuthDelete *DualAuthDelete
 
 	Deleted      bool
 	DeletionDate time.Time

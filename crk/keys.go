@@ -29,6 +29,8 @@ type CreateOptions struct {
 	// (see [EncryptedMaterial]); Material must then be nil. Importing does not consume the
 	// token.
 	Encrypted *EncryptedMaterial
+	// Policies override the instance policies' defaults for the new key (nil: none).
+	Policies *CreatePolicies
 }
 
 // maxStandardPayload is the largest standard key payload Key Protect accepts.
@@ -92,6 +94,10 @@ func (s *Service) CreateKey(ctx context.Context, opts CreateOptions) (*Key, erro
 	r.Versions = []versionRecord{*v}
 	err = s.update(ctx, func(tx storeTx) error {
 		if err := s.sameMasterKey(tx); err != nil {
+			return err
+		}
+		r.Policy, r.DualAuth = nil, nil // the transaction may run again
+		if err := s.applyCreatePolicies(ctx, tx, r, opts.Policies, opts.Encrypted != nil, now); err != nil {
 			return err
 		}
 		if err := tx.putKey(r); err != nil {
@@ -452,6 +458,9 @@ func (s *Service) DeleteKey(ctx context.Context, id string, opts DeleteOptions) 
 				return fmt.Errorf("%w: resource %s", ErrPreventKeyDeletion, reg.ResourceCRN)
 			}
 		}
+		if err := checkDualAuthDelete(r, s.who(ctx), now); err != nil {
+			return err
+		}
 		r.State, r.Deleted, r.DeletedBy, r.LastAction = StateDestroyed, now, s.who(ctx), now
 		return nil
 	})
@@ -512,7 +521,8 @@ func (s *Service) purge(ctx context.Context, id string, auto bool) (*Key, error)
 }
 
 // SetRotationPolicy sets (months 1 to 12) a rotation policy on a generated root key, or
-// disables it (enabled false).
+// disables it (enabled false). Months 0 keeps the interval the policy has, so that a policy
+// can be enabled or disabled alone; a key without a policy must be given one.
 func (s *Service) SetRotationPolicy(ctx context.Context, id string, months int, enabled bool) (*Key, error) {
 	r, err := s.mutate(ctx, ActionPolicyWrite, id, func(_ storeTx, r *keyRecord, now time.Time, _ *Event) error {
 		if err := requireRoot(r); err != nil {
@@ -524,15 +534,7 @@ func (s *Service) SetRotationPolicy(ctx context.Context, id string, months int, 
 		if r.State == StateDestroyed {
 			return allowed(r, ActionPolicyWrite)
 		}
-		if months < 1 || months > 12 {
-			return fmt.Errorf("%w: got %d", ErrInvalidPolicy, months)
-		}
-		p := &RotationPolicy{Enabled: enabled, IntervalMonths: months, CreationDate: now, LastUpdateDate: now}
-		if r.Policy != nil {
-			p.CreationDate = r.Policy.CreationDate
-		}
-		r.Policy = p
-		return nil
+		return setRotation(r, RotationSettings{Enabled: enabled, IntervalMonths: months}, now)
 	})
 	return s.keyOf(r, err)
 }
@@ -559,6 +561,7 @@ func (r *keyRecord) toKey(now time.Time, payload []byte) *Key {
 		p := *r.Policy
 		k.RotationPolicy = &p
 	}
+	k.DualAuthDelete = r.DualAuth.toAPI(now)
 	return k
 }
 

@@ -31,6 +31,7 @@ type keyRecord struct {
 	LastSync    time.Time       `json:"lastSyncDate"`
 	Expiration  time.Time       `json:"expirationDate"`
 	Policy      *RotationPolicy `json:"rotationPolicy,omitempty"`
+	DualAuth    *dualAuthRecord `json:"dualAuthDelete,omitempty"`
 	Deleted     time.Time       `json:"deletionDate"`
 	DeletedBy   string          `json:"deletedBy,omitempty"`
 	Purged      bool            `json:"purged"`

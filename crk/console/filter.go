@@ -151,6 +151,7 @@ func eventActions() []string {
 		crk.ActionSync, crk.ActionExpire, crk.ActionPolicyWrite, crk.ActionRegister, crk.ActionRegUpdate,
 		crk.ActionRegDelete, crk.ActionPrune, crk.ActionRotationHook, crk.ActionMasterKeyRotate,
 		crk.ActionDefault, crk.ActionEventAck, crk.ActionForgetAck,
+		crk.ActionInstancePolicyRead, crk.ActionInstancePolicyWrite, crk.ActionSetKeyForDeletion, crk.ActionUnsetKeyForDeletion,
 	}
 }
 

@@ -76,6 +76,9 @@ func (s *Server) routes() {
 		s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) { s.serveAPI(w, r, h) })
 	}
 	api("POST /api/v2/keys", s.createKey)
+	api("POST "+OverridesPath, s.createKey)
+	api("GET /api/v2/instance/policies", s.getInstancePolicies)
+	api("PUT /api/v2/instance/policies", s.putInstancePolicies)
 	api("GET /api/v2/keys", s.listKeys)
 	api("GET /api/v2/keys/metadata", s.listKeys)
 	api("GET /api/v2/keys/registrations", s.listRegistrations)
@@ -153,7 +156,11 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 	defer cancel()
 	q := &request{w: w, r: r, svc: svc, id: r.PathValue("id"),
 		ctx: crk.WithInitiator(ctx, "kpapi:"+caller)}
-	if err := h(q); err != nil {
+	err = svc.CheckNetwork(q.ctx, privateAddr(r.RemoteAddr)) // allowedNetwork (instancepolicy.go)
+	if err == nil {
+		err = h(q)
+	}
+	if err != nil {
 		// The service audits its own refusals; requests refused here before reaching it
 		// (malformed bodies, unknown actions) are audited as kms.secrets.default.
 		var ae *apiError
@@ -281,11 +288,13 @@ func keys(q *request, status int, ks ...crk.Key) error {
 type createBody struct {
 	Metadata  *Metadata `json:"metadata"`
 	Resources []struct {
-		Name           string  `json:"name"`
-		Description    string  `json:"description"`
-		Extractable    bool    `json:"extractable"`
-		Payload        *string `json:"payload"`
-		ExpirationDate string  `json:"expirationDate"`
+		Name           string        `json:"name"`
+		Description    string        `json:"description"`
+		Extractable    bool          `json:"extractable"`
+		Payload        *string       `json:"payload"`
+		ExpirationDate string        `json:"expirationDate"`
+		Rotation       *rotationBody `json:"rotation"`
+		DualAuthDelete *dualAuthBody `json:"dualAuthDelete"`
 		importFields
 	} `json:"resources"`
 }
@@ -325,6 +334,13 @@ func (s *Server) createKey(q *request) error {
 			return badRequest("INVALID_FIELD_ERR", "expirationDate must be an RFC 3339 time", "expirationDate")
 		}
 		opts.ExpirationDate = t
+	}
+	if q.r.URL.Path == OverridesPath {
+		p, err := createPolicies(res.Rotation, res.DualAuthDelete)
+		if err != nil {
+			return err
+		}
+		opts.Policies = p
 	}
 	k, err := q.svc.CreateKey(q.ctx, opts)
 	if err != nil {
@@ -512,6 +528,8 @@ func (s *Server) action(q *request, action string) error {
 			return err
 		}
 		q.w.WriteHeader(http.StatusNoContent)
+	case "setKeyForDeletion", "unsetKeyForDeletion":
+		return s.dualAuthAction(q, action == "setKeyForDeletion")
 	default:
 		return badRequest("INVALID_QUERY_PARAM_ERR", fmt.Sprintf("unknown key action %q", action), "action")
 	}
@@ -571,76 +589,6 @@ func (s *Server) versions(q *request) error {
 		res = append(res, KeyVersion{ID: v.ID, CreationDate: RFC3339(v.CreationDate), Destroyed: &v.Destroyed})
 	}
 	writeJSON(q.w, http.StatusOK, map[string]any{"metadata": Metadata{CollectionType: TypeKeyVersion, CollectionTotal: len(res), TotalCount: &total}, "resources": res})
-	return nil
-}
-
-func policyOf(k *crk.Key) []any {
-	if k.RotationPolicy == nil {
-		return []any{}
-	}
-	p := k.RotationPolicy
-	return []any{map[string]any{
-		"type": TypePolicy, "crn": k.CRN, "createdBy": k.CreatedBy,
-		"creationDate": RFC3339(p.CreationDate), "updatedBy": k.CreatedBy, "lastUpdateDate": RFC3339(p.LastUpdateDate),
-		"rotation": Rotation{Enabled: p.Enabled, IntervalMonth: p.IntervalMonths},
-	}}
-}
-
-func (s *Server) getPolicies(q *request) error {
-	if p := q.r.URL.Query().Get("policy"); p != "" && p != "rotation" && p != "dualAuthDelete" {
-		return badRequest("INVALID_QUERY_PARAM_ERR", fmt.Sprintf("unknown policy %q", p), "policy")
-	}
-	k, err := q.svc.GetKeyMetadata(q.ctx, q.id)
-	if err != nil {
-		return err
-	}
-	res := policyOf(k)
-	if q.r.URL.Query().Get("policy") == "dualAuthDelete" {
-		res = []any{}
-	}
-	writeJSON(q.w, http.StatusOK, map[string]any{"metadata": Metadata{CollectionType: TypePolicy, CollectionTotal: len(res)}, "resources": res})
-	return nil
-}
-
-type policyBody struct {
-	Resources []struct {
-		Rotation *struct {
-			Enabled       *bool `json:"enabled"`
-			IntervalMonth int   `json:"interval_month"`
-		} `json:"rotation"`
-	} `json:"resources"`
-}
-
-func (s *Server) putPolicy(q *request) error {
-	if p := q.r.URL.Query().Get("policy"); p != "" && p != "rotation" {
-		return badRequest("INVALID_QUERY_PARAM_ERR", fmt.Sprintf("policy %q is not supported", p), "policy")
-	}
-	var body policyBody
-	if err := decode(q.r, &body); err != nil {
-		return err
-	}
-	if len(body.Resources) != 1 || body.Resources[0].Rotation == nil {
-		return badRequest("BAD_BODY_ERR", "the request must set exactly one rotation policy", "resources")
-	}
-	rot := body.Resources[0].Rotation
-	enabled := rot.Enabled == nil || *rot.Enabled
-	months := rot.IntervalMonth
-	if months == -1 || (!enabled && months == 0) { // the client sends -1 for "no interval"
-		k, err := q.svc.GetKeyMetadata(q.ctx, q.id)
-		if err != nil {
-			return err
-		}
-		months, enabled = 1, false
-		if k.RotationPolicy != nil {
-			months = k.RotationPolicy.IntervalMonths
-		}
-	}
-	k, err := q.svc.SetRotationPolicy(q.ctx, q.id, months, enabled)
-	if err != nil {
-		return err
-	}
-	res := policyOf(k)
-	writeJSON(q.w, http.StatusOK, map[string]any{"metadata": Metadata{CollectionType: TypePolicy, CollectionTotal: len(res)}, "resources": res})
 	return nil
 }
 

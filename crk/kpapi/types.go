@@ -56,6 +56,7 @@ type Key struct {
 	LastRotateDate string      `json:"lastRotateDate,omitempty"`
 	KeyVersion     *KeyVersion `json:"keyVersion,omitempty"`
 	Rotation       *Rotation   `json:"rotation,omitempty"`
+	DualAuthDelete *DualAuth   `json:"dualAuthDelete,omitempty"`
 	ExpirationDate string      `json:"expirationDate,omitempty"`
 	Deleted        bool        `json:"deleted"`
 	DeletionDate   string      `json:"deletionDate,omitempty"`
@@ -72,7 +73,7 @@ func FromKey(k *crk.Key) Key {
 		LastUpdateDate: RFC3339(k.LastUpdateDate), LastRotateDate: RFC3339(k.LastRotateDate),
 		KeyVersion:     &KeyVersion{ID: k.KeyVersion.ID, CreationDate: RFC3339(k.KeyVersion.CreationDate)},
 		ExpirationDate: RFC3339(k.ExpirationDate), Deleted: k.Deleted, DeletionDate: RFC3339(k.DeletionDate),
-		DeletedBy: k.DeletedBy,
+		DeletedBy: k.DeletedBy, DualAuthDelete: dualAuthOf(k),
 	}
 	if p := k.RotationPolicy; p != nil {
 		j.Rotation = &Rotation{Enabled: p.Enabled, IntervalMonth: p.IntervalMonths}
