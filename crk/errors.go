@@ -79,6 +79,20 @@ var (
 	// was sent: the change may or may not have happened). It is a failure of the service,
 	// not a refusal; the request may succeed when tried again.
 	ErrUnavailable = errors.New("the key service's store is unavailable")
+	// ErrImportTokenNotFound: the instance has no import token.
+	ErrImportTokenNotFound = errors.New("the instance has no import token")
+	// ErrImportTokenExpired: the import token's expiration date has passed.
+	ErrImportTokenExpired = errors.New("the import token has expired")
+	// ErrImportTokenUsedUp: the import token has no retrieval left.
+	ErrImportTokenUsedUp = errors.New("the import token has reached its maximum number of retrievals")
+	// ErrIncorrectNonce: an import's encrypted nonce is not the import token's nonce.
+	ErrIncorrectNonce = errors.New("the encrypted nonce given does not match the import token's nonce")
+	// ErrNonceIV: an import's encrypted nonce does not open under the imported material and
+	// the given IV.
+	ErrNonceIV = errors.New("the encrypted nonce was not encrypted with the key material given, or the IV does not match it")
+	// ErrEncryptionAlgorithm: an import names an encryption algorithm the service does not
+	// know.
+	ErrEncryptionAlgorithm = errors.New("unsupported encryption algorithm")
 	// ErrCreateImportAccess: the keyCreateImportAccess instance policy does not allow the
 	// creation, import or import token asked for.
 	ErrCreateImportAccess = errors.New("keyCreateImportAccess instance policy does not allow this action")
@@ -179,6 +193,12 @@ func errorTable() []ErrorInfo {
 		{ErrAudit, "audit", Failure, internal, "INTERNAL_SERVER_ERR", ""},
 		{ErrResyncNeeded, "resync_needed", Refusal, gone, "FEED_RESYNC_REQUIRED_ERR", "cursor"},
 		{ErrUnavailable, "unavailable", Failure, unavailable, "SERVICE_UNAVAILABLE_ERR", ""},
+		{ErrImportTokenNotFound, "import_token_not_found", Refusal, notFound, "NOT_FOUND_ERR", ""},
+		{ErrImportTokenExpired, "import_token_expired", Refusal, conflict, "IMPORT_TOKEN_EXPIRED_ERR", ""},
+		{ErrImportTokenUsedUp, "import_token_used_up", Refusal, conflict, "IMPORT_TOKEN_EXPIRED_ERR", ""},
+		{ErrIncorrectNonce, "incorrect_nonce", Refusal, badRequest, "INCORRECT_NONCE_ERR", "encryptedNonce"},
+		{ErrNonceIV, "incorrect_nonce_iv", Refusal, badRequest, "INCORRECT_NONCE_IV_ERR", "iv"},
+		{ErrEncryptionAlgorithm, "encryption_algorithm", Refusal, badRequest, "INVALID_FIELD_ERR", "encryptionAlgorithm"},
 		{ErrCreateImportAccess, "create_import_access", Refusal, conflict, "KEY_CREATE_IMPORT_ACCESS_ERR", ""},
 		{ErrNetworkNotAllowed, "network_not_allowed", Refusal, forbidden, "CONFIG_RULE_CONFLICT_ERR", ""},
 		{ErrDualAuthNotMet, "dual_auth_not_met", Refusal, conflict, "AUTHORIZATIONS_NOT_MET", ""},

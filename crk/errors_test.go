@@ -49,7 +49,10 @@ func TestErrorTableCoversEverySentinel(t *testing.T) {
 		"ErrRegistrationNotFound": ErrRegistrationNotFound, "ErrRegistrationExists": ErrRegistrationExists,
 		"ErrInvalidArgument": ErrInvalidArgument, "ErrMasterKey": ErrMasterKey, "ErrAudit": ErrAudit,
 		"ErrResyncNeeded": ErrResyncNeeded, "ErrUnavailable": ErrUnavailable,
-		"ErrCreateImportAccess": ErrCreateImportAccess, "ErrNetworkNotAllowed": ErrNetworkNotAllowed,
+		"ErrImportTokenNotFound": ErrImportTokenNotFound, "ErrImportTokenExpired": ErrImportTokenExpired,
+		"ErrImportTokenUsedUp": ErrImportTokenUsedUp, "ErrIncorrectNonce": ErrIncorrectNonce, "ErrNonceIV": ErrNonceIV,
+		"ErrEncryptionAlgorithm": ErrEncryptionAlgorithm,
+		"ErrCreateImportAccess":  ErrCreateImportAccess, "ErrNetworkNotAllowed": ErrNetworkNotAllowed,
 		"ErrDualAuthNotMet": ErrDualAuthNotMet, "ErrNotDualAuth": ErrNotDualAuth,
 	}
 	table := Errors()

@@ -25,6 +25,10 @@ type CreateOptions struct {
 	Material []byte
 	// ExpirationDate, if set, deactivates the key once passed.
 	ExpirationDate time.Time
+	// Encrypted imports a root key from material sent through the instance's import token
+	// (see [EncryptedMaterial]); Material must then be nil. Importing does not consume the
+	// token.
+	Encrypted *EncryptedMaterial
 	// Policies override the instance policies' defaults for the new key (nil: none).
 	Policies *CreatePolicies
 }
@@ -39,6 +43,14 @@ func (s *Service) CreateKey(ctx context.Context, opts CreateOptions) (*Key, erro
 	}
 	if err := checkCreate(opts); err != nil {
 		return nil, s.refuse(ctx, ActionCreate, "", err)
+	}
+	if opts.Encrypted != nil {
+		m, err := s.openEncrypted(ctx, opts.Encrypted)
+		if err != nil {
+			return nil, s.refuse(ctx, ActionCreate, "", err)
+		}
+		defer clear(m)
+		opts.Material = m
 	}
 	now := s.clock.Now()
 	id, err := newUUID(s.rand)
@@ -85,7 +97,7 @@ func (s *Service) CreateKey(ctx context.Context, opts CreateOptions) (*Key, erro
 			return err
 		}
 		r.Policy, r.DualAuth = nil, nil // the transaction may run again
-		if err := s.applyCreatePolicies(ctx, tx, r, opts.Policies, false, now); err != nil {
+		if err := s.applyCreatePolicies(ctx, tx, r, opts.Policies, opts.Encrypted != nil, now); err != nil {
 			return err
 		}
 		if err := tx.putKey(r); err != nil {
@@ -127,6 +139,11 @@ func checkCreate(o CreateOptions) error {
 	}
 	if err := checkLabel("description", o.Description); err != nil {
 		return err
+	}
+	if o.Encrypted != nil {
+		if err := checkEncryptedCreate(o); err != nil {
+			return err
+		}
 	}
 	switch o.Type {
 	case RootKey:

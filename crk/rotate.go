@@ -46,7 +46,13 @@ func (s *Service) OnRotate(h RotationHook) (unsubscribe func()) {
 // rotation per key per hour (the first after creation is always allowed). After the commit,
 // rotation hooks run with the registrations still on older versions.
 func (s *Service) RotateKey(ctx context.Context, id string, material []byte) (*Key, error) {
-	r, old, err := s.rotate(ctx, id, material, false)
+	return s.rotateKey(ctx, id, material, false)
+}
+
+// rotateKey is RotateKey; viaToken says that material came through the import token
+// (RotateKeyEncrypted), which the keyCreateImportAccess policy's enforce_token requires.
+func (s *Service) rotateKey(ctx context.Context, id string, material []byte, viaToken bool) (*Key, error) {
+	r, old, err := s.rotate(ctx, id, material, false, viaToken)
 	if err != nil {
 		return nil, err
 	}
@@ -58,7 +64,7 @@ func (s *Service) RotateKey(ctx context.Context, id string, material []byte) (*K
 // A rotation by policy (byPolicy) is made only while the policy is due, checked under the
 // key's lock: of two schedulers (replicas) rotating a due key at once, one rotates and the
 // other gets errNotDue. A rotation by hand is refused within an hour of the last one.
-func (s *Service) rotate(ctx context.Context, id string, material []byte, byPolicy bool) (*keyRecord, Version, error) {
+func (s *Service) rotate(ctx context.Context, id string, material []byte, byPolicy, viaToken bool) (*keyRecord, Version, error) {
 	var old Version
 	if material != nil {
 		material = slices.Clone(material)
@@ -78,7 +84,7 @@ func (s *Service) rotate(ctx context.Context, id string, material []byte, byPoli
 			if err := checkRootMaterial(material); err != nil {
 				return err
 			}
-			if err := checkRotateAccess(tx, r.Imported, false); err != nil {
+			if err := checkRotateAccess(tx, r.Imported, viaToken); err != nil {
 				return err
 			}
 		case material != nil:
@@ -264,7 +270,7 @@ func (s *Service) RunDue(ctx context.Context) (RunDueResult, error) {
 	}
 	policyCtx := withPolicy(WithInitiator(ctx, "crk-rotation-policy"))
 	for _, id := range due {
-		r, old, err := s.rotate(policyCtx, id, nil, true)
+		r, old, err := s.rotate(policyCtx, id, nil, true, false)
 		switch {
 		case errors.Is(err, errNotDue):
 		case err != nil:

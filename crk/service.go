@@ -3,6 +3,7 @@ package crk
 import (
 	"context"
 	"crypto/rand"
+	"crypto/rsa"
 	"fmt"
 	"io"
 	"log/slog"
@@ -51,6 +52,11 @@ type Options struct {
 	// are not audited, since their events cannot be stored; every change fails with
 	// bbolt's ErrDatabaseReadOnly.
 	ReadOnly bool
+	// ImportTokenKey, if set, supplies the RSA key pair of each new import token in place of
+	// a newly generated one (generating an RSA-4096 key costs seconds of CPU): for tests and
+	// simulations that create many tokens. A key of any size but ImportTokenKeyBits is
+	// refused, so it can never put a weaker key behind a token.
+	ImportTokenKey func() (*rsa.PrivateKey, error)
 }
 
 // Service is a customer-root-key service backed by one bbolt file or by one instance of a
@@ -75,6 +81,8 @@ type Service struct {
 	feedChanged   chan struct{} // closed and replaced when feed events commit
 
 	readOnly bool
+
+	importTokenKey func() (*rsa.PrivateKey, error) // Options.ImportTokenKey
 
 	// maxHostAcks is the most hosts a key keeps acknowledgements of: MaxHostAcksPerKey, lower
 	// in tests.
@@ -138,6 +146,7 @@ func newService(opts Options) (*Service, error) {
 		closing:       make(chan struct{}),
 		writerDone:    make(chan struct{}),
 	}
+	s.importTokenKey = opts.ImportTokenKey
 	if s.instance != "" {
 		id, err := ident.CanonicalUUID(s.instance)
 		if err != nil {

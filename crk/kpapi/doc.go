@@ -38,6 +38,25 @@
 // API key as reporter), GET [AcksPath] lists each host's latest acknowledgement of a key, and
 // DELETE [AcksPath] forgets one host's.
 //
+// Import tokens are served at [ImportTokenPath] as Key Protect serves them: POST creates the
+// instance's one token (replacing any: expiration 300 to 86400 s, default 600;
+// maxAllowedRetrievals 1 to 500, default 1) and answers 201 with its metadata; GET retrieves
+// its RSA-4096 public key (payload: base64 of the PEM) and nonce, counting a retrieval, and is
+// refused 409 IMPORT_TOKEN_EXPIRED_ERR once the token has expired or has no retrieval left. A
+// key creation or a rotate action that carries encryptedNonce, iv and encryptionAlgorithm
+// (RSAES_OAEP_SHA_256, the default, or RSAES_OAEP_SHA_1) imports root key material encrypted
+// through the token ([crk.EncryptedMaterial]); importing does not consume the token.
+//
+// Policies: GET and PUT /api/v2/instance/policies[?policy=TYPE] read and set the instance
+// policies (rotation, dualAuthDelete, allowedNetwork, keyCreateImportAccess, metrics; see
+// crk's [crk.Service.SetInstancePolicies] for their effects), PUT answering 204 as Key
+// Protect does; GET and PUT /api/v2/keys/{id}/policies[?policy=rotation|dualAuthDelete] a
+// key's; POST /api/v2/keys/{id}/actions/setKeyForDeletion and unsetKeyForDeletion (204) run
+// dual authorization delete; POST [OverridesPath] creates a key whose rotation and
+// dualAuthDelete members override the instance policies. With allowedNetwork private-only, a
+// request from a public address is refused with 403 CONFIG_RULE_CONFLICT_ERR (see
+// instancepolicy.go for what counts as private).
+//
 // Request bodies are decoded strictly: by type, with nothing after the value, no object
 // member given twice (compared without regard to letter case, as encoding/json matches
 // fields), and no null inside aad; each is refused with 400 and a reason naming the member.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -279,5 +280,155 @@ func TestPolicyEffectsOfficialClient(t *testing.T) {
 		// Keys without the policy: no set-for-deletion.
 		apiErr(t, c.InitiateDualAuthDelete(ctx, plain.ID), http.StatusConflict, "NOT_DUAL_AUTH_ERR")
 		apiErr(t, c.CancelDualAuthDelete(ctx, plain.ID), http.StatusConflict, "NOT_DUAL_AUTH_ERR")
+	})
+}
+
+func TestKeyPoliciesOfficialClient(t *testing.T) {
+	forEachEnv(t, func(t *testing.T, e *env) {
+		c, ctx := e.client, e.ctx
+		k, err := c.CreateRootKey(ctx, "policies", nil)
+		require.NoError(t, err)
+		pols, err := c.GetPolicies(ctx, k.ID)
+		require.NoError(t, err)
+		assert.Empty(t, pols)
+
+		// A rotation policy set disabled keeps its interval; enable and disable (which send
+		// no interval) keep it too.
+		p, err := c.SetRotationPolicy(ctx, k.ID, 3, false)
+		require.NoError(t, err)
+		assert.Equal(t, kp.Rotation{Enabled: ptr(false), Interval: 3}, *p.Rotation)
+		p, err = c.EnableRotationPolicy(ctx, k.ID)
+		require.NoError(t, err)
+		assert.Equal(t, kp.Rotation{Enabled: ptr(true), Interval: 3}, *p.Rotation)
+		p, err = c.DisableRotationPolicy(ctx, k.ID)
+		require.NoError(t, err)
+		assert.Equal(t, kp.Rotation{Enabled: ptr(false), Interval: 3}, *p.Rotation)
+		p, err = c.SetRotationPolicy(ctx, k.ID, 5)
+		require.NoError(t, err)
+		assert.Equal(t, kp.Rotation{Enabled: ptr(true), Interval: 5}, *p.Rotation, "an interval alone enables the policy")
+		// Out of range (the client sends -1 for 0): refused, nothing changed.
+		for _, m := range []int{0, 13} {
+			_, err = c.SetRotationPolicy(ctx, k.ID, m, true)
+			apiErr(t, err, http.StatusBadRequest, "INVALID_FIELD_ERR")
+		}
+		_, err = c.SetPolicies(ctx, k.ID, true, 13, true, true)
+		apiErr(t, err, http.StatusBadRequest, "INVALID_FIELD_ERR")
+		p, err = c.GetRotationPolicy(ctx, k.ID)
+		require.NoError(t, err)
+		assert.Equal(t, kp.Rotation{Enabled: ptr(true), Interval: 5}, *p.Rotation)
+		d, err := c.GetDualAuthDeletePolicy(ctx, k.ID)
+		require.NoError(t, err)
+		assert.Nil(t, d, "the refused SetPolicies set no dual authorization policy either")
+		// Without a policy yet, enabling needs an interval.
+		k2, err := c.CreateRootKey(ctx, "no policy", nil)
+		require.NoError(t, err)
+		_, err = c.EnableRotationPolicy(ctx, k2.ID)
+		apiErr(t, err, http.StatusBadRequest, "INVALID_FIELD_ERR")
+
+		// Both policies in one PUT; GetPolicies lists both in Key Protect's shape.
+		e.clock.Advance(time.Minute)
+		set, err := c.SetPolicies(ctx, k.ID, true, 2, true, true, false)
+		require.NoError(t, err)
+		require.Len(t, set, 2)
+		pols, err = c.GetPolicies(ctx, k.ID)
+		require.NoError(t, err)
+		require.Len(t, pols, 2)
+		assert.Equal(t, kp.Rotation{Enabled: ptr(false), Interval: 2}, *pols[0].Rotation)
+		assert.Nil(t, pols[0].DualAuth)
+		assert.Equal(t, kp.DualAuth{Enabled: ptr(true)}, *pols[1].DualAuth)
+		assert.Nil(t, pols[1].Rotation)
+		for _, p := range pols {
+			assert.Equal(t, TypePolicy, p.Type)
+			assert.Equal(t, k.CRN, p.CRN)
+			assert.Equal(t, "kpapi:"+StaticTokenID, p.CreatedBy)
+			assert.Equal(t, e.clock.Now(), p.UpdatedAt.UTC())
+		}
+		d, err = c.GetDualAuthDeletePolicy(ctx, k.ID)
+		require.NoError(t, err)
+		assert.True(t, *d.DualAuth.Enabled)
+		// The dual authorization policy cannot be reverted.
+		_, err = c.SetDualAuthDeletePolicy(ctx, k.ID, false)
+		apiErr(t, err, http.StatusBadRequest, "INVALID_FIELD_ERR")
+		d, err = c.GetDualAuthDeletePolicy(ctx, k.ID)
+		require.NoError(t, err)
+		assert.True(t, *d.DualAuth.Enabled)
+		// Enabling it alone on another key.
+		d, err = c.SetDualAuthDeletePolicy(ctx, k2.ID, true)
+		require.NoError(t, err)
+		assert.True(t, *d.DualAuth.Enabled)
+		status, code := e.rawStatus(t, http.MethodGet, "/api/v2/keys/"+k.ID+"/policies?policy=allowedNetwork", "")
+		assert.Equal(t, []any{http.StatusBadRequest, "INVALID_QUERY_PARAM_ERR"}, []any{status, code})
+		status, code = e.rawStatus(t, http.MethodPut, "/api/v2/keys/"+k.ID+"/policies?policy=rotation", `{"resources":[{"dualAuthDelete":{"enabled":true}}]}`)
+		assert.Equal(t, []any{http.StatusBadRequest, "BODY_QUERY_PARAM_MISMATCH_ERR"}, []any{status, code})
+
+		// keyCreateImportAccess refuses what it does not allow, with nothing created.
+		require.NoError(t, c.SetKeyCreateImportAccessInstancePolicy(ctx, true, map[string]bool{kp.CreateStandardKey: false, kp.EnforceToken: true}))
+		_, err = c.CreateStandardKey(ctx, "std", nil)
+		apiErr(t, err, http.StatusConflict, "KEY_CREATE_IMPORT_ACCESS_ERR")
+		_, err = c.CreateImportedRootKey(ctx, "plain import", nil, base64.StdEncoding.EncodeToString(mat(32, 9)), "", "")
+		apiErr(t, err, http.StatusConflict, "KEY_CREATE_IMPORT_ACCESS_ERR")
+		_, err = c.CreateRootKey(ctx, "allowed", nil)
+		require.NoError(t, err)
+		keys, err := c.GetKeys(ctx, 0, 0)
+		require.NoError(t, err)
+		assert.Len(t, keys.Keys, 3)
+	})
+}
+
+// FuzzReadInstancePolicy: any resource of a PUT /instance/policies body is read into exactly
+// the policy its policy_type names, or refused with a 400; never a panic.
+func FuzzReadInstancePolicy(f *testing.F) {
+	for _, s := range []string{
+		`{"policy_type":"rotation","policy_data":{"enabled":true,"attributes":{"interval_month":3}}}`,
+		`{"policy_type":"keyCreateImportAccess","policy_data":{"enabled":true,"attributes":{"create_root_key":false,"enforce_token":true}}}`,
+		`{"policy_type":"keyCreateImportAccess","policy_data":{"enabled":false,"attributes":{"create_root_key":true}}}`,
+		`{"policy_type":"allowedNetwork","policy_data":{"enabled":true,"attributes":{"allowed_network":"private-only"}}}`,
+		`{"policy_type":"allowedIP","policy_data":{"enabled":true,"attributes":{"allowed_ip":["10.0.0.0/8"]}}}`,
+		`{"policy_type":"metrics","policy_data":{}}`,
+		`{"policy_type":"dualAuthDelete","policy_data":{"enabled":false,"attributes":{"interval_month":0}}}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var res InstancePolicyJSON
+		if json.Unmarshal(data, &res) != nil {
+			return
+		}
+		var u crk.InstancePolicyUpdate
+		err := readInstancePolicy(res, &u)
+		if err != nil {
+			ae := statusOf(err)
+			if ae.status != http.StatusBadRequest {
+				t.Fatalf("refused with %d, want 400: %v", ae.status, err)
+			}
+			if u != (crk.InstancePolicyUpdate{}) {
+				t.Fatalf("refused but set %+v", u)
+			}
+			return
+		}
+		set := map[string]bool{
+			crk.PolicyRotation: u.Rotation != nil, crk.PolicyDualAuthDelete: u.DualAuthDelete != nil,
+			crk.PolicyAllowedNetwork: u.AllowedNetwork != nil, crk.PolicyKeyCreateImportAccess: u.KeyCreateImportAccess != nil,
+			crk.PolicyMetrics: u.Metrics != nil,
+		}
+		for typ, isSet := range set {
+			if isSet != (typ == res.PolicyType) {
+				t.Fatalf("policy_type %q: %s set %v", res.PolicyType, typ, isSet)
+			}
+		}
+	})
+}
+
+// FuzzPrivateAddr: privateAddr never panics, and an address with a port is judged as the
+// address alone.
+func FuzzPrivateAddr(f *testing.F) {
+	for _, s := range []string{"10.0.0.1:80", "[fd00::1]:1", "8.8.8.8:53", "@", "", "[::ffff:10.0.0.1]:9"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, remote string) {
+		got := privateAddr(remote)
+		if ap, err := netip.ParseAddrPort(remote); err == nil && got != privateAddr(ap.Addr().String()) {
+			t.Fatalf("%q: %v, but %v for its address", remote, got, !got)
+		}
 	})
 }

@@ -102,6 +102,8 @@ func (s *Server) routes() {
 	api("PATCH /api/v2/keys/{id}/registrations/{crn...}", s.updateRegistration)
 	api("DELETE /api/v2/keys/{id}/registrations/{crn...}", s.deleteRegistration)
 	api("GET "+LifecyclePath, s.lifecycle)
+	api("POST "+ImportTokenPath, s.createImportToken)
+	api("GET "+ImportTokenPath, s.getImportToken)
 	api("POST "+AcksPath, s.acknowledge)
 	api("GET "+AcksPath, s.hostAcks)
 	api("DELETE "+AcksPath, s.forgetHostAck)
@@ -298,6 +300,7 @@ type createBody struct {
 		ExpirationDate string        `json:"expirationDate"`
 		Rotation       *rotationBody `json:"rotation"`
 		DualAuthDelete *dualAuthBody `json:"dualAuthDelete"`
+		importFields
 	} `json:"resources"`
 }
 
@@ -317,7 +320,13 @@ func (s *Server) createKey(q *request) error {
 	if res.Extractable {
 		opts.Type = crk.StandardKey
 	}
-	if res.Payload != nil {
+	em, err := res.material(res.Payload)
+	if err != nil {
+		return err
+	}
+	if em != nil {
+		opts.Encrypted = em
+	} else if res.Payload != nil {
 		m, err := b64("payload", *res.Payload)
 		if err != nil {
 			return err
@@ -420,6 +429,7 @@ type actionBody struct {
 	Ciphertext *string `json:"ciphertext"`
 	AAD        aadList `json:"aad"`
 	Payload    *string `json:"payload"`
+	importFields
 }
 
 func version(v crk.Version) *KeyVersion {
@@ -433,6 +443,17 @@ func (s *Server) action(q *request, action string) error {
 	}
 	switch action {
 	case "rotate":
+		em, err := body.material(body.Payload)
+		if err != nil {
+			return err
+		}
+		if em != nil {
+			if _, err := q.svc.RotateKeyEncrypted(q.ctx, q.id, em); err != nil {
+				return err
+			}
+			q.w.WriteHeader(http.StatusNoContent)
+			break
+		}
 		var material []byte
 		if body.Payload != nil {
 			m, err := b64("payload", *body.Payload)
