@@ -70,7 +70,7 @@ then SUCCESS and its result, or FAILED and the error (on stderr).`
 	key.AddCommand(a.kpKeyCommands(f)...)
 	token := group("import-token", "Prepare a root key for secure import")
 	token.AddCommand(a.kpImportTokenCommands(f)...)
-	k.AddCommand(key, token, a.kpInstanceCommand(f), a.kpKeysCommand(f), a.kpRegistrationsCommand(f))
+	k.AddCommand(key, token, a.kpInstanceCommand(f), a.kpKeysCommand(f), a.kpRegistrationsCommand(f), a.kpKeyRingsCommand(f), a.kpKeyRingCommand(f))
 	return k
 }
 

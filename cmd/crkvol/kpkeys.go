@@ -101,6 +101,7 @@ func (a *app) kpKeyCommands(f *kpFlags) []*cobra.Command {
 		a.kpWrap(keyCmd), a.kpUnwrap(keyCmd), a.kpState(keyCmd, "disable"), a.kpState(keyCmd, "enable"),
 		a.kpRestore(keyCmd), a.kpVersions(keyCmd), a.kpPolicies(keyCmd), a.kpPolicyUpdate(f),
 		a.kpAlias(keyCmd, true), a.kpAlias(keyCmd, false),
+		a.kpUpdate(keyCmd), a.kpSync(keyCmd),
 	}, a.kpDualAuthCommands(keyCmd)...)
 }
 
@@ -108,7 +109,7 @@ func (a *app) kpKeyCommands(f *kpFlags) []*cobra.Command {
 type kpKeyCmd func(use, short string, fn func(ctx context.Context, s *kpSession, args []string) error) *cobra.Command
 
 func (a *app) kpCreate(f *kpFlags) *cobra.Command {
-	var material, nonce, iv, description string
+	var material, nonce, iv, description, ring string
 	var standard bool
 	var aliases []string
 	c := &cobra.Command{Use: "create NAME", Short: "Create a root key (or a standard key), or import your own key", Args: args(cobra.ExactArgs(1)),
@@ -121,6 +122,8 @@ func (a *app) kpCreate(f *kpFlags) *cobra.Command {
 			if len(aliases) > 0 {
 				opts = append(opts, kp.WithAliases(aliases))
 			}
+			// The client sends its key ring in the x-kms-key-ring header of every request.
+			s.client.Config.KeyRing = ring
 			a.kpProgress("Creating key: '%s', in instance: '%s'...", kpText(name), s.instance)
 			var k *kp.Key
 			err := s.call(ctx, func(ctx context.Context, c *kp.Client) (err error) {
@@ -142,6 +145,11 @@ func (a *app) kpCreate(f *kpFlags) *cobra.Command {
 		if nonce != "" && material == "" {
 			return usagef("--encrypted-nonce and --iv need --key-material: the key material encrypted by kp import-token key-encrypt")
 		}
+		if ring != "" {
+			if err := checkRingRef("--key-ring", ring); err != nil {
+				return err
+			}
+		}
 		if nonce != "" && standard {
 			return usagef("--encrypted-nonce and --iv import a root key: not with --standard-key")
 		}
@@ -160,6 +168,7 @@ func (a *app) kpCreate(f *kpFlags) *cobra.Command {
 	c.Flags().BoolVarP(&standard, "standard-key", "s", false, "create a standard key (extractable) instead of a root key")
 	c.Flags().StringVarP(&description, "description", "D", "", "the key's description")
 	c.Flags().StringSliceVarP(&aliases, "aliases", "a", nil, "aliases of the key (comma-separated or repeated; at most 5)")
+	c.Flags().StringVar(&ring, "key-ring", "", "create the key in this key ring (default: the default key ring)")
 	return c
 }
 
