@@ -89,7 +89,7 @@ type kpSession struct {
 func (a *app) kpPrincipal() string {
 	for _, v := range []string{"USER", "LOGNAME"} {
 		if u := a.getenv(v); u != "" {
-			return "cli:" + u
+			return "cli:" + kpapi.Printable(u, 64)
 		}
 	}
 	return "cli:uid-" + strconv.Itoa(os.Getuid())
@@ -127,6 +127,9 @@ func (a *app) kpOpen(ctx context.Context, f *kpFlags) (*kpSession, error) {
 			return nil, usagef("--instance-id %s and --kms-instance %s name different instances", inst, kpapi.Printable(other, 64))
 		}
 		a.kmsInst = inst
+	}
+	if remoteURL != "" && inst == "" && a.kmsInst == "" && a.getenv("CRKVOL_KMS_INSTANCE") == "" {
+		return nil, usagef("--kms-url needs the instance: give -i, --instance-id (or %s, --kms-instance, CRKVOL_KMS_INSTANCE)", kpInstanceEnv)
 	}
 	if err := a.open(ctx); err != nil {
 		return nil, err
