@@ -49,6 +49,9 @@ func TestErrorTableCoversEverySentinel(t *testing.T) {
 		"ErrRegistrationNotFound": ErrRegistrationNotFound, "ErrRegistrationExists": ErrRegistrationExists,
 		"ErrInvalidArgument": ErrInvalidArgument, "ErrMasterKey": ErrMasterKey, "ErrAudit": ErrAudit,
 		"ErrResyncNeeded": ErrResyncNeeded, "ErrUnavailable": ErrUnavailable,
+		"ErrInvalidAlias": ErrInvalidAlias, "ErrAliasNotUnique": ErrAliasNotUnique, "ErrAliasQuota": ErrAliasQuota,
+		"ErrAliasNotFound": ErrAliasNotFound, "ErrInvalidKeyRing": ErrInvalidKeyRing, "ErrKeyRingNotFound": ErrKeyRingNotFound,
+		"ErrKeyRingExists": ErrKeyRingExists, "ErrKeyRingNotEmpty": ErrKeyRingNotEmpty, "ErrKeyRingQuota": ErrKeyRingQuota,
 	}
 	table := Errors()
 	require.Len(t, table, len(declared), "one row per sentinel declared in errors.go")

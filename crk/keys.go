@@ -25,6 +25,10 @@ type CreateOptions struct {
 	Material []byte
 	// ExpirationDate, if set, deactivates the key once passed.
 	ExpirationDate time.Time
+	// Aliases are given to the key as it is created (at most 5; see CreateAlias).
+	Aliases []string
+	// KeyRingID is an existing key ring to create the key in; "" is the default ring.
+	KeyRingID string
 }
 
 // maxStandardPayload is the largest standard key payload Key Protect accepts.
@@ -82,6 +86,9 @@ func (s *Service) CreateKey(ctx context.Context, opts CreateOptions) (*Key, erro
 		if err := s.sameMasterKey(tx); err != nil {
 			return err
 		}
+		if err := s.createKeyDocs(ctx, tx, r, opts, now); err != nil {
+			return err
+		}
 		if err := tx.putKey(r); err != nil {
 			return err
 		}
@@ -120,6 +127,12 @@ func checkCreate(o CreateOptions) error {
 		return err
 	}
 	if err := checkLabel("description", o.Description); err != nil {
+		return err
+	}
+	if err := checkNewAliases(o.Aliases); err != nil {
+		return err
+	}
+	if err := checkKeyRingRef(o.KeyRingID); err != nil {
 		return err
 	}
 	switch o.Type {
@@ -488,6 +501,10 @@ func (s *Service) purge(ctx context.Context, id string, auto bool) (*Key, error)
 			r.Versions[i].Material, r.Versions[i].Destroyed = nil, true
 		}
 		r.Purged = true
+		// Its aliases are free for other keys, as Key Protect frees them with the key.
+		if err := releaseAliases(tx, r); err != nil {
+			return err
+		}
 		// Hosts' acknowledgements go with the key: there is nothing left to lock out.
 		return tx.deleteAcks(r.ID)
 	})
@@ -536,7 +553,7 @@ func (r *keyRecord) toKey(now time.Time, payload []byte) *Key {
 		LastRotateDate: r.LastRotate, LastStateChange: r.LastAction, ExpirationDate: r.Expiration,
 		KeyVersion: Version{ID: r.latest().ID, CreationDate: r.latest().Created},
 		Deleted:    r.State == StateDestroyed, DeletionDate: r.Deleted, DeletedBy: r.DeletedBy,
-		Payload: payload,
+		Payload: payload, Aliases: slices.Clone(r.Aliases), KeyRingID: r.ring(),
 	}
 	if r.Policy != nil {
 		p := *r.Policy

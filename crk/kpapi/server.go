@@ -93,6 +93,12 @@ func (s *Server) routes() {
 	api("POST /api/v2/keys/{id}/registrations/{crn...}", s.register)
 	api("PATCH /api/v2/keys/{id}/registrations/{crn...}", s.updateRegistration)
 	api("DELETE /api/v2/keys/{id}/registrations/{crn...}", s.deleteRegistration)
+	api("POST /api/v2/keys/{id}/aliases/{alias}", s.createAlias)
+	api("DELETE /api/v2/keys/{id}/aliases/{alias}", s.deleteAlias)
+	api("PATCH /api/v2/keys/{id}", s.setKeyRing)
+	api("POST /api/v2/key_rings/{ring}", s.createKeyRing)
+	api("GET /api/v2/key_rings", s.listKeyRings)
+	api("DELETE /api/v2/key_rings/{ring}", s.deleteKeyRing)
 	api("GET "+LifecyclePath, s.lifecycle)
 	api("POST "+AcksPath, s.acknowledge)
 	api("GET "+AcksPath, s.hostAcks)
@@ -151,7 +157,11 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 	defer cancel()
 	q := &request{w: w, r: r, svc: svc, id: r.PathValue("id"),
 		ctx: crk.WithInitiator(ctx, "kpapi:"+caller)}
-	if err := h(q); err != nil {
+	err = resolveID(q)
+	if err == nil {
+		err = h(q)
+	}
+	if err != nil {
 		// The service audits its own refusals; requests refused here before reaching it
 		// (malformed bodies, unknown actions) are audited as kms.secrets.default.
 		var ae *apiError
@@ -284,6 +294,8 @@ type createBody struct {
 		Extractable    bool    `json:"extractable"`
 		Payload        *string `json:"payload"`
 		ExpirationDate string  `json:"expirationDate"`
+
+		Aliases []string `json:"aliases"` // aliases.go
 	} `json:"resources"`
 }
 
@@ -299,7 +311,8 @@ func (s *Server) createKey(q *request) error {
 		return badRequest("COLLECTION_TOTAL_MISMATCH_ERR", "collectionTotal does not match the number of resources", "collectionTotal")
 	}
 	res := body.Resources[0]
-	opts := crk.CreateOptions{Name: res.Name, Description: res.Description, Type: crk.RootKey}
+	opts := crk.CreateOptions{Name: res.Name, Description: res.Description, Type: crk.RootKey,
+		Aliases: res.Aliases, KeyRingID: q.r.Header.Get(KeyRingHeader)}
 	if res.Extractable {
 		opts.Type = crk.StandardKey
 	}
