@@ -107,6 +107,11 @@ type storeTx interface {
 	//
 	// doc returns the document stored under kind and name, or errNoDoc.
 	doc(kind, name string) ([]byte, error)
+	// lockDoc is doc, locking the document until the transaction ends against other
+	// processes' writers: shared (exclusive false) against deleteDoc and putDoc, exclusive
+	// against lockDoc's shared locks as well. A key ring's keys lock it shared while they
+	// join it; deleting the ring locks it exclusive first.
+	lockDoc(kind, name string, exclusive bool) ([]byte, error)
 	// insertDoc stores a new document; errDocExists if one is there (also across processes on
 	// PostgreSQL: a concurrent insert of the same name fails one of them).
 	insertDoc(kind, name string, data []byte) error

@@ -83,3 +83,6 @@ func (t boltTx) scanDocs(prefix []byte, fn func(kind, name string, data []byte) 
 	}
 	return nil
 }
+
+// lockDoc is doc: bbolt has one writer at a time.
+func (t boltTx) lockDoc(kind, name string, _ bool) ([]byte, error) { return t.doc(kind, name) }

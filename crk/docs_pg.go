@@ -101,3 +101,22 @@ func (t *pgTx) queryDocs(q string, args ...any) ([]storedDoc, error) {
 		return d, err
 	})
 }
+
+// lockDoc reads the row FOR SHARE or FOR UPDATE. Under READ COMMITTED a row deleted by the
+// transaction it waited for is not returned: errNoDoc.
+func (t *pgTx) lockDoc(kind, name string, exclusive bool) ([]byte, error) {
+	if checkDocName(kind, name) != nil {
+		return nil, fmt.Errorf("%w: %s %q", errNoDoc, kind, name)
+	}
+	lock := " FOR SHARE"
+	if exclusive {
+		lock = " FOR UPDATE"
+	}
+	var raw []byte
+	err := t.tx.QueryRow(t.ctx, `SELECT record FROM crk_docs WHERE instance = $1 AND kind = $2 AND name = $3`+lock,
+		t.instance, kind, name).Scan(&raw)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("%w: %s %q", errNoDoc, kind, name)
+	}
+	return raw, err
+}

@@ -105,6 +105,28 @@ var (
 	// ErrNotDualAuth: setKeyForDeletion or unsetKeyForDeletion on a key without a dual
 	// authorization policy.
 	ErrNotDualAuth = errors.New("the key is not dual auth enabled and cannot be set for deletion")
+
+	// ErrInvalidAlias: an alias that breaks Key Protect's rules (2 to 90 letters, digits,
+	// dashes and underscores; not a version 4 UUID; not a reserved word).
+	ErrInvalidAlias = errors.New("invalid key alias")
+	// ErrAliasNotUnique: the alias names another key of the instance, or this one already.
+	ErrAliasNotUnique = errors.New("the alias is already in use in this instance")
+	// ErrAliasQuota: a key has at most five aliases.
+	ErrAliasQuota = errors.New("a key can have at most 5 aliases")
+	// ErrAliasNotFound: the key has no such alias.
+	ErrAliasNotFound = errors.New("the key has no such alias")
+	// ErrInvalidKeyRing: a key ring id that breaks Key Protect's rules (2 to 100 letters,
+	// digits and dashes), or an action the default key ring does not allow.
+	ErrInvalidKeyRing = errors.New("invalid key ring")
+	// ErrKeyRingNotFound: the instance has no key ring with that id.
+	ErrKeyRingNotFound = errors.New("key ring does not exist")
+	// ErrKeyRingExists: a key ring with that id exists already.
+	ErrKeyRingExists = errors.New("key ring already exists")
+	// ErrKeyRingNotEmpty: deleting a key ring that holds keys (any that is not deleted, or
+	// deleted ones without force).
+	ErrKeyRingNotEmpty = errors.New("key ring is not empty")
+	// ErrKeyRingQuota: an instance has at most 50 key rings besides the default one.
+	ErrKeyRingQuota = errors.New("an instance can have at most 50 key rings")
 )
 
 // Class says what an error means for the caller: a refusal of the request or a failure of the
@@ -203,6 +225,15 @@ func errorTable() []ErrorInfo {
 		{ErrNetworkNotAllowed, "network_not_allowed", Refusal, forbidden, "CONFIG_RULE_CONFLICT_ERR", ""},
 		{ErrDualAuthNotMet, "dual_auth_not_met", Refusal, conflict, "AUTHORIZATIONS_NOT_MET", ""},
 		{ErrNotDualAuth, "not_dual_auth", Refusal, conflict, "NOT_DUAL_AUTH_ERR", ""},
+		{ErrInvalidAlias, "invalid_alias", Refusal, badRequest, "INVALID_FIELD_ERR", "alias"},
+		{ErrAliasNotUnique, "alias_not_unique", Refusal, conflict, "KEY_ALIAS_NOT_UNIQUE_ERR", "alias"},
+		{ErrAliasQuota, "alias_quota", Refusal, badRequest, "KEY_ALIAS_QUOTA_ERR", "alias"},
+		{ErrAliasNotFound, "alias_not_found", Refusal, notFound, "KEY_ALIAS_NOT_FOUND_ERR", "alias"},
+		{ErrInvalidKeyRing, "invalid_key_ring", Refusal, badRequest, "INVALID_FIELD_ERR", "keyRingID"},
+		{ErrKeyRingNotFound, "key_ring_not_found", Refusal, notFound, "KEY_RING_NOT_FOUND_ERR", "keyRingID"},
+		{ErrKeyRingExists, "key_ring_exists", Refusal, conflict, "KEY_RING_ALREADY_EXISTS_ERR", "keyRingID"},
+		{ErrKeyRingNotEmpty, "key_ring_not_empty", Refusal, conflict, "KEY_RING_NOT_EMPTY_ERR", "keyRingID"},
+		{ErrKeyRingQuota, "key_ring_quota", Refusal, badRequest, "KEY_RING_QUOTA_ERR", "keyRingID"},
 	}
 }
 

@@ -54,6 +54,9 @@ func TestErrorTableCoversEverySentinel(t *testing.T) {
 		"ErrEncryptionAlgorithm": ErrEncryptionAlgorithm,
 		"ErrCreateImportAccess":  ErrCreateImportAccess, "ErrNetworkNotAllowed": ErrNetworkNotAllowed,
 		"ErrDualAuthNotMet": ErrDualAuthNotMet, "ErrNotDualAuth": ErrNotDualAuth,
+		"ErrInvalidAlias": ErrInvalidAlias, "ErrAliasNotUnique": ErrAliasNotUnique, "ErrAliasQuota": ErrAliasQuota,
+		"ErrAliasNotFound": ErrAliasNotFound, "ErrInvalidKeyRing": ErrInvalidKeyRing, "ErrKeyRingNotFound": ErrKeyRingNotFound,
+		"ErrKeyRingExists": ErrKeyRingExists, "ErrKeyRingNotEmpty": ErrKeyRingNotEmpty, "ErrKeyRingQuota": ErrKeyRingQuota,
 	}
 	table := Errors()
 	require.Len(t, table, len(declared), "one row per sentinel declared in errors.go")

@@ -37,6 +37,13 @@ const (
 	ActionPrune           = "kms.secrets-key-versions.delete"
 	ActionRotationHook    = "kms.secrets.rotate.hook"
 	ActionMasterKeyRotate = "kms.instance.masterkey.rotate"
+	// Aliases and key rings (aliases.go, keyrings.go), by Activity Tracker's current names.
+	ActionAliasCreate   = "kms.secrets-alias.create"
+	ActionAliasDelete   = "kms.secrets-alias.delete"
+	ActionKeyRingCreate = "kms.key-rings.create"
+	ActionKeyRingList   = "kms.key-rings.list"
+	ActionKeyRingDelete = "kms.key-rings.delete"
+	ActionPatch         = "kms.secrets.patch"
 )
 
 // Event outcomes.

@@ -98,6 +98,13 @@ type Key struct {
 	DeletionDate time.Time
 	DeletedBy    string
 
+	// Aliases are the key's other names (sorted), each unique in the instance: every method
+	// of the API that takes a key accepts one in place of the id.
+	Aliases []string
+	// KeyRingID is the key ring the key belongs to: "default" unless created in or moved to
+	// another.
+	KeyRingID string
+
 	// Payload is the material of a standard key, returned by GetKey only.
 	Payload []byte
 }

@@ -31,6 +31,10 @@ type CreateOptions struct {
 	Encrypted *EncryptedMaterial
 	// Policies override the instance policies' defaults for the new key (nil: none).
 	Policies *CreatePolicies
+	// Aliases are given to the key as it is created (at most 5; see CreateAlias).
+	Aliases []string
+	// KeyRingID is an existing key ring to create the key in; "" is the default ring.
+	KeyRingID string
 }
 
 // maxStandardPayload is the largest standard key payload Key Protect accepts.
@@ -100,6 +104,9 @@ func (s *Service) CreateKey(ctx context.Context, opts CreateOptions) (*Key, erro
 		if err := s.applyCreatePolicies(ctx, tx, r, opts.Policies, opts.Encrypted != nil, now); err != nil {
 			return err
 		}
+		if err := s.createKeyDocs(ctx, tx, r, opts, now); err != nil {
+			return err
+		}
 		if err := tx.putKey(r); err != nil {
 			return err
 		}
@@ -144,6 +151,12 @@ func checkCreate(o CreateOptions) error {
 		if err := checkEncryptedCreate(o); err != nil {
 			return err
 		}
+	}
+	if err := checkNewAliases(o.Aliases); err != nil {
+		return err
+	}
+	if err := checkKeyRingRef(o.KeyRingID); err != nil {
+		return err
 	}
 	switch o.Type {
 	case RootKey:
@@ -514,6 +527,10 @@ func (s *Service) purge(ctx context.Context, id string, auto bool) (*Key, error)
 			r.Versions[i].Material, r.Versions[i].Destroyed = nil, true
 		}
 		r.Purged = true
+		// Its aliases are free for other keys, as Key Protect frees them with the key.
+		if err := releaseAliases(tx, r); err != nil {
+			return err
+		}
 		// Hosts' acknowledgements go with the key: there is nothing left to lock out.
 		return tx.deleteAcks(r.ID)
 	})
@@ -555,7 +572,7 @@ func (r *keyRecord) toKey(now time.Time, payload []byte) *Key {
 		LastRotateDate: r.LastRotate, LastStateChange: r.LastAction, ExpirationDate: r.Expiration,
 		KeyVersion: Version{ID: r.latest().ID, CreationDate: r.latest().Created},
 		Deleted:    r.State == StateDestroyed, DeletionDate: r.Deleted, DeletedBy: r.DeletedBy,
-		Payload: payload,
+		Payload: payload, Aliases: slices.Clone(r.Aliases), KeyRingID: r.ring(),
 	}
 	if r.Policy != nil {
 		p := *r.Policy

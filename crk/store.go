@@ -36,6 +36,10 @@ type keyRecord struct {
 	DeletedBy   string          `json:"deletedBy,omitempty"`
 	Purged      bool            `json:"purged"`
 	Versions    []versionRecord `json:"versions"` // oldest first
+
+	// Aliases (sorted) and KeyRingID ("" is the default ring): aliases.go, keyrings.go.
+	Aliases   []string `json:"aliases,omitempty"`
+	KeyRingID string   `json:"keyRingID,omitempty"`
 }
 
 // versionRecord is one version of a key's material, encrypted under the master key.

@@ -169,13 +169,24 @@ func (e *ambiguousNameError) Error() string {
 func (e *ambiguousNameError) Is(target error) bool { return target == errAmbiguousName }
 
 // resolveKey turns a command's key argument into a key id, in either mode: a key id in any
-// case (an argument shaped like an id is always an id, never a name), or the name of exactly
-// one key of the instance. Names are matched among the keys that are not deleted, then, if
-// none matches, among the deleted ones; with deleted (restore, purge) among the deleted ones
-// only.
+// case (an argument shaped like an id is always an id, never a name), an alias of a key (the
+// service resolves it: aliases are unique in the instance), or the name of exactly one key
+// of the instance. Names are matched among the keys that are not deleted, then, if none
+// matches, among the deleted ones; with deleted (restore, purge) among the deleted ones
+// only. The id, never the alias or name, is what a command goes on with: what it registers
+// or stores names the key by its id.
 func (a *app) resolveKey(ctx context.Context, ref string, deleted bool) (string, error) {
 	if id, err := ident.CanonicalUUID(ref); err == nil {
 		return id, nil
+	}
+	if crk.CheckAlias(ref) == nil {
+		id, err := a.resolveAlias(ctx, ref)
+		if err == nil {
+			return id, nil
+		}
+		if !errors.Is(err, crk.ErrKeyNotFound) {
+			return "", fmt.Errorf("looking up key alias %q: %w", ref, err)
+		}
 	}
 	passes := [][]int{nil, {int(crk.StateDestroyed)}}
 	if deleted {
@@ -204,6 +215,15 @@ func (a *app) resolveKey(ctx context.Context, ref string, deleted bool) (string,
 		return "", withHint(&ambiguousNameError{name: ref, ids: ids}, "name the key by its id")
 	}
 	return "", fmt.Errorf("%w: no key has the id or name %q", crk.ErrKeyNotFound, ref)
+}
+
+// resolveAlias returns the id of the key alias names, in either mode (crk.ErrKeyNotFound
+// when no key has it).
+func (a *app) resolveAlias(ctx context.Context, alias string) (string, error) {
+	if a.remote != nil {
+		return a.remote.ResolveKey(ctx, alias)
+	}
+	return a.svc.ResolveKey(ctx, alias)
 }
 
 // listKeys lists the keys in these states (Key Protect's numbers; none: every state but

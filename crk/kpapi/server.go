@@ -101,6 +101,12 @@ func (s *Server) routes() {
 	api("POST /api/v2/keys/{id}/registrations/{crn...}", s.register)
 	api("PATCH /api/v2/keys/{id}/registrations/{crn...}", s.updateRegistration)
 	api("DELETE /api/v2/keys/{id}/registrations/{crn...}", s.deleteRegistration)
+	api("POST /api/v2/keys/{id}/aliases/{alias}", s.createAlias)
+	api("DELETE /api/v2/keys/{id}/aliases/{alias}", s.deleteAlias)
+	api("PATCH /api/v2/keys/{id}", s.setKeyRing)
+	api("POST /api/v2/key_rings/{ring}", s.createKeyRing)
+	api("GET /api/v2/key_rings", s.listKeyRings)
+	api("DELETE /api/v2/key_rings/{ring}", s.deleteKeyRing)
 	api("GET "+LifecyclePath, s.lifecycle)
 	api("POST "+ImportTokenPath, s.createImportToken)
 	api("GET "+ImportTokenPath, s.getImportToken)
@@ -162,6 +168,9 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 	q := &request{w: w, r: r, svc: svc, id: r.PathValue("id"),
 		ctx: crk.WithInitiator(ctx, who)}
 	err = svc.CheckNetwork(q.ctx, privateAddr(r.RemoteAddr)) // allowedNetwork (instancepolicy.go)
+	if err == nil {
+		err = resolveID(q)
+	}
 	if err == nil {
 		err = h(q)
 	}
@@ -301,6 +310,8 @@ type createBody struct {
 		Rotation       *rotationBody `json:"rotation"`
 		DualAuthDelete *dualAuthBody `json:"dualAuthDelete"`
 		importFields
+
+		Aliases []string `json:"aliases"` // aliases.go
 	} `json:"resources"`
 }
 
@@ -316,7 +327,8 @@ func (s *Server) createKey(q *request) error {
 		return badRequest("COLLECTION_TOTAL_MISMATCH_ERR", "collectionTotal does not match the number of resources", "collectionTotal")
 	}
 	res := body.Resources[0]
-	opts := crk.CreateOptions{Name: res.Name, Description: res.Description, Type: crk.RootKey}
+	opts := crk.CreateOptions{Name: res.Name, Description: res.Description, Type: crk.RootKey,
+		Aliases: res.Aliases, KeyRingID: q.r.Header.Get(KeyRingHeader)}
 	if res.Extractable {
 		opts.Type = crk.StandardKey
 	}

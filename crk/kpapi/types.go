@@ -14,6 +14,8 @@ const (
 	TypeRegistration = "application/vnd.ibm.kms.registration+json"
 	TypeError        = "application/vnd.ibm.kms.error+json"
 	TypeAction       = "application/vnd.ibm.kms.key_action+json"
+	TypeAlias        = "application/vnd.ibm.kms.alias+json"
+	TypeKeyRing      = "application/vnd.ibm.kms.key_ring+json"
 )
 
 // Metadata is a collection's metadata.
@@ -62,6 +64,8 @@ type Key struct {
 	DeletionDate   string      `json:"deletionDate,omitempty"`
 	DeletedBy      string      `json:"deletedBy,omitempty"`
 	Payload        string      `json:"payload,omitempty"`
+	Aliases        []string    `json:"aliases,omitempty"`
+	KeyRingID      string      `json:"keyRingID,omitempty"`
 }
 
 // FromKey converts a crk key to the API form (without payload).
@@ -73,7 +77,7 @@ func FromKey(k *crk.Key) Key {
 		LastUpdateDate: RFC3339(k.LastUpdateDate), LastRotateDate: RFC3339(k.LastRotateDate),
 		KeyVersion:     &KeyVersion{ID: k.KeyVersion.ID, CreationDate: RFC3339(k.KeyVersion.CreationDate)},
 		ExpirationDate: RFC3339(k.ExpirationDate), Deleted: k.Deleted, DeletionDate: RFC3339(k.DeletionDate),
-		DeletedBy: k.DeletedBy, DualAuthDelete: dualAuthOf(k),
+		DeletedBy: k.DeletedBy, DualAuthDelete: dualAuthOf(k), Aliases: k.Aliases, KeyRingID: k.KeyRingID,
 	}
 	if p := k.RotationPolicy; p != nil {
 		j.Rotation = &Rotation{Enabled: p.Enabled, IntervalMonth: p.IntervalMonths}

@@ -10,7 +10,9 @@ import (
 
 	kp "github.com/IBM/keyprotect-go-client"
 
+	"crkvol/crk"
 	"crkvol/crk/kpapi"
+	"crkvol/internal/ident"
 )
 
 // Key lifecycle calls of [Remote] beyond what volumes need, and the conversion of the
@@ -26,7 +28,7 @@ func APIKey(k *kp.Key) kpapi.Key {
 		Extractable: k.Extractable, Imported: k.Imported, CRN: k.CRN, AlgorithmType: k.AlgorithmType,
 		CreatedBy: k.CreatedBy, CreationDate: timeText(k.CreationDate), LastUpdateDate: timeText(k.LastUpdateDate),
 		LastRotateDate: timeText(k.LastRotateDate), ExpirationDate: timeText(k.Expiration),
-		DeletionDate: timeText(k.DeletionDate), Payload: k.Payload,
+		DeletionDate: timeText(k.DeletionDate), Payload: k.Payload, Aliases: k.Aliases, KeyRingID: k.KeyRingID,
 	}
 	if out.Type == "" {
 		out.Type = kpapi.TypeKey
@@ -159,4 +161,22 @@ func (r *Remote) ListRegistrations(ctx context.Context, keyID string) ([]kpapi.R
 		return nil, fmt.Errorf("kms: registrations: %w", err)
 	}
 	return res.Resources, nil
+}
+
+// ResolveKey returns the id of the key idOrAlias names: a key id (a UUID, returned in lower
+// case as it is) or an alias, which the service resolves (GET keys/{alias}/metadata). A
+// string that is neither a UUID nor an alias by Key Protect's rules names no key
+// (crk.ErrKeyNotFound) and is not sent.
+func (r *Remote) ResolveKey(ctx context.Context, idOrAlias string) (string, error) {
+	if id, err := ident.CanonicalUUID(idOrAlias); err == nil {
+		return id, nil
+	}
+	if err := crk.CheckAlias(idOrAlias); err != nil {
+		return "", fmt.Errorf("kms: %w: %q is neither a key id nor an alias: %w", crk.ErrKeyNotFound, idOrAlias, err)
+	}
+	k, err := r.KeyMetadata(ctx, idOrAlias)
+	if err != nil {
+		return "", err
+	}
+	return k.ID, nil
 }

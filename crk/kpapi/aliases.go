@@ -1,0 +1,72 @@
+package kpapi
+
+import (
+	"net/http"
+
+	"crkvol/crk"
+	"crkvol/internal/ident"
+)
+
+// KeyRingHeader is the request header naming a key ring: the ring a new key is created in,
+// or, on a request about a key, the ring the key must be in (a key in another ring is not
+// found, as Key Protect finds no such key in the ring).
+const KeyRingHeader = "x-kms-key-ring"
+
+// resolveID makes q.id the id of the key the request's {id} names: a key id or one of its
+// aliases, in the ring of the x-kms-key-ring header when there is one. It is done once per
+// request, before the handler, so that the service's actions, their audit events and the
+// registrations they make name the key by its id. A path id shaped as a version 4 UUID (an
+// alias never is) with no ring to check is the key id as it is, with no lookup. A request
+// whose key is not found is refused, and audited as kms.secrets.default.
+func resolveID(q *request) error {
+	ring := q.r.Header.Get(KeyRingHeader)
+	if q.id == "" || (ring == "" && isV4UUID(q.id)) {
+		return nil
+	}
+	id, err := q.svc.ResolveKeyInRing(q.ctx, q.id, ring)
+	if err != nil {
+		if info, ok := crk.LookupError(err); ok && info.Class == crk.Refusal {
+			if aerr := q.svc.RecordFailure(q.ctx, crk.ActionDefault, q.id, err); aerr != nil {
+				return aerr
+			}
+		}
+		return err
+	}
+	q.id = id
+	return nil
+}
+
+func isV4UUID(s string) bool {
+	b, err := ident.ParseUUID(s)
+	return err == nil && b[6]>>4 == 4 && b[8]&0xc0 == 0x80
+}
+
+// Alias is a key alias as the API shows it.
+type Alias struct {
+	KeyID        string `json:"keyId"`
+	Alias        string `json:"alias"`
+	CreatedBy    string `json:"createdBy"`
+	CreationDate string `json:"creationDate"`
+}
+
+// createAlias serves POST /api/v2/keys/{id}/aliases/{alias}: 201 with the alias collection.
+func (s *Server) createAlias(q *request) error {
+	a, err := q.svc.CreateAlias(q.ctx, q.id, q.r.PathValue("alias"))
+	if err != nil {
+		return err
+	}
+	writeJSON(q.w, http.StatusCreated, map[string]any{
+		"metadata":  Metadata{CollectionType: TypeAlias, CollectionTotal: 1},
+		"resources": []Alias{{KeyID: a.KeyID, Alias: a.Alias, CreatedBy: a.CreatedBy, CreationDate: RFC3339(a.CreationDate)}},
+	})
+	return nil
+}
+
+// deleteAlias serves DELETE /api/v2/keys/{id}/aliases/{alias}: 204.
+func (s *Server) deleteAlias(q *request) error {
+	if err := q.svc.DeleteAlias(q.ctx, q.id, q.r.PathValue("alias")); err != nil {
+		return err
+	}
+	q.w.WriteHeader(http.StatusNoContent)
+	return nil
+}
