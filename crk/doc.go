@@ -26,8 +26,9 @@
 //
 // States and allowed actions follow Key Protect: Active, Suspended (disable/enable, with a
 // 30-second cool-down), Deactivated (past the expiration date: unwrap and rotate only) and
-// Destroyed (delete; restorable for 30 days, then [Service.PurgeKey] destroys the material,
-// as [Service.RunDue] does [AutoPurgeAfter] the deletion).
+// Destroyed (delete; restorable for 30 days unless purged; [Service.PurgeKey] destroys the
+// material from [PurgeWait] (4 hours) after the deletion, as [Service.RunDue] does
+// [AutoPurgeAfter] the deletion).
 // Registrations record which resources (by CRN) a key protects and with which version; a key
 // with registrations is not deleted unless forced, and never while a registration has
 // preventKeyDeletion. Rotation hooks ([Service.OnRotate]) run after a rotation commits with

@@ -37,7 +37,7 @@ var (
 	// ErrInvalidState: the action is not allowed in the key's current state.
 	ErrInvalidState = errors.New("key is not in a valid state for this action")
 	// ErrTooEarly: the action comes too soon after the previous one (enable or restore
-	// within 30 s, sync within an hour, purge before 30 days).
+	// within 30 s, sync within an hour, purge within 4 hours of the deletion).
 	ErrTooEarly = errors.New("request too early")
 	// ErrRestoreExpired: the 30-day restore window has passed.
 	ErrRestoreExpired = errors.New("the key can no longer be restored")
@@ -60,6 +60,8 @@ var (
 	ErrRegistrationExists = errors.New("registration already exists")
 	// ErrInvalidArgument: a malformed request (empty name, bad CRN, oversized DEK, ...).
 	ErrInvalidArgument = errors.New("invalid argument")
+	// ErrInvalidQuery: a key listing's search, filter or sort query is malformed.
+	ErrInvalidQuery = errors.New("invalid query parameter")
 	// ErrMasterKey: the service master key does not open the store, or there is no usable
 	// one (no key file for an existing store, a key of the wrong size, a key file others can
 	// read); the error's text says which.
@@ -211,6 +213,7 @@ func errorTable() []ErrorInfo {
 		{ErrRegistrationNotFound, "registration_not_found", Refusal, notFound, "NOT_FOUND_ERR", ""},
 		{ErrRegistrationExists, "registration_exists", Refusal, conflict, "CONFLICT_ERR", ""},
 		{ErrInvalidArgument, "invalid_argument", Refusal, badRequest, "INVALID_FIELD_ERR", ""},
+		{ErrInvalidQuery, "invalid_query", Refusal, badRequest, "INVALID_QUERY_PARAM_ERR", ""},
 		{ErrMasterKey, "master_key", Failure, internal, "INTERNAL_SERVER_ERR", ""},
 		{ErrAudit, "audit", Failure, internal, "INTERNAL_SERVER_ERR", ""},
 		{ErrResyncNeeded, "resync_needed", Refusal, gone, "FEED_RESYNC_REQUIRED_ERR", "cursor"},

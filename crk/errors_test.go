@@ -47,7 +47,7 @@ func TestErrorTableCoversEverySentinel(t *testing.T) {
 		"ErrPreventKeyDeletion": ErrPreventKeyDeletion, "ErrAuth": ErrAuth, "ErrVersionNotFound": ErrVersionNotFound,
 		"ErrVersionDestroyed": ErrVersionDestroyed, "ErrVersionInUse": ErrVersionInUse,
 		"ErrRegistrationNotFound": ErrRegistrationNotFound, "ErrRegistrationExists": ErrRegistrationExists,
-		"ErrInvalidArgument": ErrInvalidArgument, "ErrMasterKey": ErrMasterKey, "ErrAudit": ErrAudit,
+		"ErrInvalidArgument": ErrInvalidArgument, "ErrInvalidQuery": ErrInvalidQuery, "ErrMasterKey": ErrMasterKey, "ErrAudit": ErrAudit,
 		"ErrResyncNeeded": ErrResyncNeeded, "ErrUnavailable": ErrUnavailable,
 		"ErrImportTokenNotFound": ErrImportTokenNotFound, "ErrImportTokenExpired": ErrImportTokenExpired,
 		"ErrImportTokenUsedUp": ErrImportTokenUsedUp, "ErrIncorrectNonce": ErrIncorrectNonce, "ErrNonceIV": ErrNonceIV,

@@ -77,7 +77,9 @@ type Key struct {
 	State       State
 	CreatedBy   string
 
-	CreationDate   time.Time
+	CreationDate time.Time
+	// LastUpdateDate is when an action last changed the key (its state, material, policy,
+	// or metadata); zero until the first change, as in Key Protect.
 	LastUpdateDate time.Time
 	// LastRotateDate is zero until the first rotation.
 	LastRotateDate time.Time
@@ -140,6 +142,9 @@ const (
 	ActionCooldown = 30 * time.Second
 	// SyncInterval is the least time between two syncs of a key.
 	SyncInterval = time.Hour
-	// RestoreWindow is how long a deleted key can be restored; Purge is allowed after it.
+	// RestoreWindow is how long a deleted key can be restored (unless purged first).
 	RestoreWindow = 30 * 24 * time.Hour
+	// PurgeWait is the least time between a key's deletion and its purge (Key Protect's
+	// rule: a key can be purged 4 hours after its deletion; a purged key cannot be restored).
+	PurgeWait = 4 * time.Hour
 )

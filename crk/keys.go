@@ -82,9 +82,10 @@ func (s *Service) CreateKey(ctx context.Context, opts CreateOptions) (*Key, erro
 		State:       StateActive,
 		CreatedBy:   s.who(ctx),
 		Created:     now,
-		LastUpdate:  now,
-		LastAction:  now,
-		Expiration:  opts.ExpirationDate.UTC(),
+		// LastUpdate and LastRotate stay zero until the key changes (Key Protect sends
+		// neither date for a key that never changed).
+		LastAction: now,
+		Expiration: opts.ExpirationDate.UTC(),
 	}
 	if opts.ExpirationDate.IsZero() {
 		r.Expiration = time.Time{}
@@ -253,16 +254,24 @@ func (s *Service) getKey(ctx context.Context, id string, payload bool) (*Key, er
 
 // ListOptions select keys for ListKeys.
 type ListOptions struct {
-	// States to include; by default every state but Destroyed.
+	// States to include; by default every state but Destroyed (every state when Filter
+	// selects by state).
 	States []State
-	// Offset and Limit page through the keys in creation order; Limit 0 means all.
+	// Extractable, when set, selects standard keys (true) or root keys (false).
+	Extractable *bool
+	// Search, Filter and Sort are the parsed search, filter and sort queries
+	// (ParseKeySearch, ParseKeyFilter, ParseKeySort); a key must match every filter term.
+	Search *KeySearch
+	Filter []KeyFilter
+	Sort   []KeySort
+	// Offset and Limit page through the selected keys in their order; Limit 0 means all.
 	Offset, Limit int
 }
 
-// ListKeys returns key metadata in creation order.
+// ListKeys returns key metadata in creation order, or in opts.Sort's order.
 func (s *Service) ListKeys(ctx context.Context, opts ListOptions) ([]Key, error) {
 	states := opts.States
-	if len(states) == 0 {
+	if len(states) == 0 && !opts.filtersState() {
 		states = []State{StateActive, StateSuspended, StateDeactivated}
 	}
 	var out []Key
@@ -270,8 +279,12 @@ func (s *Service) ListKeys(ctx context.Context, opts ListOptions) ([]Key, error)
 	err := s.view(ctx, func(tx storeTx) error {
 		out = nil // the transaction may run again
 		return tx.keys(false, func(r *keyRecord) error {
-			if slices.Contains(states, r.effectiveState(now)) {
-				out = append(out, *r.toKey(now, nil))
+			if len(states) > 0 && !slices.Contains(states, r.effectiveState(now)) {
+				return nil
+			}
+			k := r.toKey(now, nil)
+			if opts.selects(k, keyAliases(k)) {
+				out = append(out, *k)
 			}
 			return nil
 		})
@@ -282,12 +295,7 @@ func (s *Service) ListKeys(ctx context.Context, opts ListOptions) ([]Key, error)
 	if err := s.record(s.newEvent(ctx, ActionList, nil, "", nil)); err != nil {
 		return nil, err
 	}
-	slices.SortStableFunc(out, func(a, b Key) int {
-		if c := a.CreationDate.Compare(b.CreationDate); c != 0 {
-			return c
-		}
-		return strings.Compare(a.ID, b.ID)
-	})
+	slices.SortStableFunc(out, func(a, b Key) int { return compareKeys(&a, &b, opts.Sort) })
 	if opts.Offset > 0 {
 		out = out[min(opts.Offset, len(out)):]
 	}
@@ -332,7 +340,9 @@ func (s *Service) mutateWith(run func(context.Context, func(storeTx) error) erro
 		if err := fn(tx, r, now, ev); err != nil {
 			return err
 		}
-		r.LastUpdate = now
+		if updatesKey(action) {
+			r.LastUpdate = now
+		}
 		if err := tx.putKey(r); err != nil {
 			return err
 		}
@@ -361,6 +371,18 @@ func (s *Service) mutateWith(run func(context.Context, func(storeTx) error) erro
 		s.notifyFeed()
 	}
 	return out, nil
+}
+
+// updatesKey reports whether action changes the key itself, and so its lastUpdateDate:
+// every action but the registration changes and the sync, which change resources that refer
+// to the key, not the key (as in Key Protect, where a key's lastUpdateDate moves with its
+// state, material, policies, aliases, key ring and metadata).
+func updatesKey(action string) bool {
+	switch action {
+	case ActionRegister, ActionRegUpdate, ActionRegDelete, ActionSync:
+		return false
+	}
+	return true
 }
 
 // allowed checks the state table of Key Protect for an action.
@@ -452,8 +474,8 @@ type DeleteOptions struct {
 	Force bool
 }
 
-// DeleteKey moves a key to Destroyed: every use fails, it can be restored for 30 days, and
-// Purge destroys its material after that.
+// DeleteKey moves a key to Destroyed: every use fails, it can be restored for 30 days
+// unless purged, and PurgeKey destroys its material from 4 hours after the deletion.
 func (s *Service) DeleteKey(ctx context.Context, id string, opts DeleteOptions) (*Key, error) {
 	r, err := s.mutate(ctx, ActionDelete, id, func(tx storeTx, r *keyRecord, now time.Time, _ *Event) error {
 		if err := allowed(r, ActionDelete); err != nil {
@@ -501,7 +523,8 @@ func (s *Service) RestoreKey(ctx context.Context, id string) (*Key, error) {
 }
 
 // PurgeKey destroys the material of every version of a deleted key, for good
-// (crypto-shredding). It is refused until 30 days after the deletion.
+// (crypto-shredding): the key can no longer be restored. It is refused (ErrTooEarly) until
+// PurgeWait (4 hours) after the deletion; RunDue purges a key AutoPurgeAfter its deletion.
 func (s *Service) PurgeKey(ctx context.Context, id string) (*Key, error) {
 	return s.purge(ctx, id, false)
 }
@@ -519,9 +542,9 @@ func (s *Service) purge(ctx context.Context, id string, auto bool) (*Key, error)
 		if r.Purged {
 			return fmt.Errorf("%w: key %s", ErrKeyPurged, id)
 		}
-		if now.Before(r.Deleted.Add(RestoreWindow)) {
-			return fmt.Errorf("%w: key %s was deleted on %s, less than 30 days ago; it can be purged from %s",
-				ErrTooEarly, id, r.Deleted.UTC().Format(time.RFC3339), r.Deleted.Add(RestoreWindow).UTC().Format(time.RFC3339))
+		if now.Before(r.Deleted.Add(PurgeWait)) {
+			return fmt.Errorf("%w: key %s was deleted on %s, less than 4 hours ago; it can be purged from %s",
+				ErrTooEarly, id, r.Deleted.UTC().Format(time.RFC3339), r.Deleted.Add(PurgeWait).UTC().Format(time.RFC3339))
 		}
 		for i := range r.Versions {
 			r.Versions[i].Material, r.Versions[i].Destroyed = nil, true

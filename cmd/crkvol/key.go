@@ -261,7 +261,7 @@ func (a *app) keyCommand() *cobra.Command {
 		}
 		return a.showKey(k)
 	})
-	purge := withKey("purge ID", "Destroy a deleted key's material for good, once its 30-day restore window is over", func(ctx context.Context, id string) error {
+	purge := withKey("purge ID", "Destroy a deleted key's material for good (from 4 hours after its deletion; it cannot be restored after)", func(ctx context.Context, id string) error {
 		k, err := a.keyOp(func() (*crk.Key, error) { return a.svc.PurgeKey(ctx, id) },
 			func() (kpapi.Key, error) { return a.remote.PurgeKey(ctx, id) })
 		switch {

@@ -49,10 +49,11 @@ func TestMain(m *testing.M) {
 }
 
 // TestScripts runs the CLI scripts in testdata/*.txtar. Scripts that need cryptsetup are
-// skipped without it, except under CI=true, where it is required.
+// skipped without it, except under CI=true, where it is required; so are those that need
+// openssl, the NBD tools, qemu-img, curl or jq.
 func TestScripts(t *testing.T) {
 	t.Parallel()
-	tooltest.Available(t, "cryptsetup", "openssl", "nbdinfo", "nbdcopy", "qemu-img")
+	tooltest.Available(t, "cryptsetup", "openssl", "nbdinfo", "nbdcopy", "qemu-img", "curl", "jq")
 	// testscript removes its own go-test-script* directory only when every script in Dir has
 	// run, so a -run filter left one behind per go test; under t.TempDir the testing package
 	// removes the work directories. With -testwork they are kept where testscript puts them.

@@ -384,22 +384,15 @@ func paging(r *http.Request, defLimit int) (limit, offset int, err error) {
 }
 
 func (s *Server) listKeys(q *request) error {
-	v := q.r.URL.Query()
 	limit, offset, err := paging(q.r, 200)
 	if err != nil {
 		return err
 	}
-	var states []crk.State
-	if st := v.Get("state"); st != "" {
-		for _, p := range strings.Split(st, ",") {
-			n, err := strconv.Atoi(strings.TrimSpace(p))
-			if err != nil || (n != 0 && n != 1 && n != 2 && n != 3 && n != 5) {
-				return badRequest("INVALID_QUERY_PARAM_ERR", "state must list key states (0, 1, 2, 3, 5)", "state")
-			}
-			states = append(states, crk.State(n))
-		}
+	opts, err := listQuery(q.r.URL.Query())
+	if err != nil {
+		return err
 	}
-	all, err := q.svc.ListKeys(q.ctx, crk.ListOptions{States: states})
+	all, err := q.svc.ListKeys(q.ctx, opts)
 	if err != nil {
 		return err
 	}
@@ -589,9 +582,21 @@ func (s *Server) purgeKey(q *request) error {
 	return keyOrNoContent(q, k)
 }
 
+// versions lists a key's versions, newest first, with the query parameters of
+// keyprotect-go-client's ListKeyVersionsOptions: limit, offset, totalCount (true adds the
+// number of versions before paging to the metadata, as Key Protect does only when asked)
+// and allKeyStates (accepted, true or false: crkvol lists the versions of a key in any
+// state either way).
 func (s *Server) versions(q *request) error {
 	limit, offset, err := paging(q.r, 200)
 	if err != nil {
+		return err
+	}
+	withTotal, err := boolParam(q.r.URL.Query(), "totalCount")
+	if err != nil {
+		return err
+	}
+	if _, err := boolParam(q.r.URL.Query(), "allKeyStates"); err != nil {
 		return err
 	}
 	vs, err := q.svc.ListVersions(q.ctx, q.id)
@@ -605,7 +610,11 @@ func (s *Server) versions(q *request) error {
 	for _, v := range vs {
 		res = append(res, KeyVersion{ID: v.ID, CreationDate: RFC3339(v.CreationDate), Destroyed: &v.Destroyed})
 	}
-	writeJSON(q.w, http.StatusOK, map[string]any{"metadata": Metadata{CollectionType: TypeKeyVersion, CollectionTotal: len(res), TotalCount: &total}, "resources": res})
+	md := Metadata{CollectionType: TypeKeyVersion, CollectionTotal: len(res)}
+	if withTotal {
+		md.TotalCount = &total
+	}
+	writeJSON(q.w, http.StatusOK, map[string]any{"metadata": md, "resources": res})
 	return nil
 }
 

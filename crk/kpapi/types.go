@@ -54,7 +54,7 @@ type Key struct {
 	AlgorithmType  string      `json:"algorithmType"`
 	CreatedBy      string      `json:"createdBy"`
 	CreationDate   string      `json:"creationDate"`
-	LastUpdateDate string      `json:"lastUpdateDate"`
+	LastUpdateDate string      `json:"lastUpdateDate,omitempty"`
 	LastRotateDate string      `json:"lastRotateDate,omitempty"`
 	KeyVersion     *KeyVersion `json:"keyVersion,omitempty"`
 	Rotation       *Rotation   `json:"rotation,omitempty"`

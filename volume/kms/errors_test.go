@@ -349,6 +349,10 @@ func TestErrorTableBothSides(t *testing.T) {
 					return err
 				}
 			}},
+			crk.ErrInvalidQuery: {svc: func(t *testing.T, f *errFixture) error {
+				_, err := crk.ParseKeyFilter("name=web")
+				return err
+			}},
 			crk.ErrMasterKey: {svc: func(t *testing.T, f *errFixture) error {
 				_, err := crk.Open(filepath.Join(f.dir, "other.db"), crk.Options{Clock: f.clock, MasterKey: []byte("short")})
 				return err

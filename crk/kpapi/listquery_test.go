@@ -1,0 +1,205 @@
+package kpapi
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"testing"
+	"time"
+
+	kp "github.com/IBM/keyprotect-go-client"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"crkvol/crk"
+)
+
+// TestListKeysQueryOfficialClient: ListKeys of keyprotect-go-client v0.15.1 with each kind of
+// option it sends (extractable, state, search, sort, filter, limit and offset), built with
+// the client's own helpers; bad queries get 400 INVALID_QUERY_PARAM_ERR naming the part that
+// is wrong, are audited, and change nothing.
+func TestListKeysQueryOfficialClient(t *testing.T) {
+	forEachEnv(t, func(t *testing.T, e *env) {
+		c, ctx := e.client, e.ctx
+		web, err := c.CreateRootKey(ctx, "web-root", nil)
+		require.NoError(t, err)
+		e.clock.Advance(time.Minute)
+		db, err := c.CreateRootKey(ctx, "db-root", nil)
+		require.NoError(t, err)
+		e.clock.Advance(time.Minute)
+		std, err := c.CreateStandardKey(ctx, "web-standard", nil)
+		require.NoError(t, err)
+		e.clock.Advance(time.Minute)
+		gone, err := c.CreateRootKey(ctx, "gone", nil)
+		require.NoError(t, err)
+		_, err = c.DeleteKey(ctx, gone.ID, kp.ReturnMinimal)
+		require.NoError(t, err)
+		e.clock.Advance(time.Hour)
+		require.NoError(t, c.Rotate(ctx, db.ID, ""))
+		rotated := e.clock.Now()
+
+		ids := func(opts *kp.ListKeysOptions) []string {
+			t.Helper()
+			keys, err := c.ListKeys(ctx, opts)
+			require.NoError(t, err)
+			assert.Equal(t, len(keys.Keys), keys.Metadata.NumberOfKeys)
+			out := []string{}
+			for _, k := range keys.Keys {
+				out = append(out, k.ID)
+			}
+			return out
+		}
+		search := func(text string, opts ...kp.SearchOpts) *string {
+			s, err := kp.GetKeySearchQuery(&text, opts...)
+			require.NoError(t, err)
+			return s
+		}
+		filter := func(fq *kp.FilterQueryBuilder) *string {
+			s := fq.Build()
+			return &s
+		}
+		yes, no := true, false
+		limit, offset := uint32(1), uint32(1)
+		for _, tc := range []struct {
+			name string
+			opts *kp.ListKeysOptions
+			want []string
+		}{
+			{"none", &kp.ListKeysOptions{}, []string{web.ID, db.ID, std.ID}},
+			{"extractable", &kp.ListKeysOptions{Extractable: &yes}, []string{std.ID}},
+			{"root keys", &kp.ListKeysOptions{Extractable: &no}, []string{web.ID, db.ID}},
+			{"state", &kp.ListKeysOptions{State: []kp.KeyState{kp.Destroyed}}, []string{gone.ID}},
+			{"search", &kp.ListKeysOptions{Search: search("web")}, []string{web.ID, std.ID}},
+			{"search exact name", &kp.ListKeysOptions{Search: search("web-root", kp.WithExactMatch(), kp.AddKeyNameScope())}, []string{web.ID}},
+			{"search not", &kp.ListKeysOptions{Search: search("web", kp.ApplyNot())}, []string{db.ID}},
+			{"search escaped", &kp.ListKeysOptions{Search: search("not:web", kp.AddEscape())}, []string{}},
+			{"search alias scope", &kp.ListKeysOptions{Search: search("web", kp.AddAliasScope())}, []string{}},
+			{"sort", &kp.ListKeysOptions{Sort: kp.GetKeySortStr(kp.WithCreationDateDesc())}, []string{std.ID, db.ID, web.ID}},
+			{"sort two", &kp.ListKeysOptions{Sort: kp.GetKeySortStr(kp.WithExtractableDesc(), kp.WithID())}, []string{std.ID, minID(web.ID, db.ID), maxID(web.ID, db.ID)}},
+			{"sort rotated", &kp.ListKeysOptions{Sort: kp.GetKeySortStr(kp.WithLastRotateDateDesc())}, []string{db.ID, web.ID, std.ID}},
+			{"filter never rotated", &kp.ListKeysOptions{Filter: filter(kp.GetFilterQueryBuilder().LastRotationDate().None())}, []string{web.ID, std.ID}},
+			{"filter rotated since", &kp.ListKeysOptions{Filter: filter(kp.GetFilterQueryBuilder().LastRotationDate().GreaterThanOrEqual(rotated))}, []string{db.ID}},
+			{"filter updated", &kp.ListKeysOptions{Filter: filter(kp.GetFilterQueryBuilder().LastUpdateDate().LessThan(rotated.Add(time.Second)))}, []string{db.ID}},
+			{"filter created", &kp.ListKeysOptions{Filter: filter(kp.GetFilterQueryBuilder().CreationDate().GreaterThan(*web.CreationDate).
+				CreationDate().LessThanOrEqual(*std.CreationDate))}, []string{db.ID, std.ID}},
+			{"filter created at", &kp.ListKeysOptions{Filter: filter(kp.GetFilterQueryBuilder().CreationDate().Equal(*db.CreationDate))}, []string{db.ID}},
+			{"filter state and extractable", &kp.ListKeysOptions{Filter: filter(kp.GetFilterQueryBuilder().State([]kp.KeyState{kp.Active, kp.Destroyed}).Extractable(false))},
+				[]string{web.ID, db.ID, gone.ID}},
+			{"filter deleted", &kp.ListKeysOptions{Filter: filter(kp.GetFilterQueryBuilder().State([]kp.KeyState{kp.Destroyed}).DeletionDate().LessThanOrEqual(rotated))},
+				[]string{gone.ID}},
+			{"filter expiration", &kp.ListKeysOptions{Filter: filter(kp.GetFilterQueryBuilder().ExpirationDate().None())}, []string{web.ID, db.ID, std.ID}},
+			{"everything", &kp.ListKeysOptions{Extractable: &no, State: []kp.KeyState{kp.Active, kp.Destroyed}, Search: search("root", kp.AddKeyNameScope()),
+				Sort: kp.GetKeySortStr(kp.WithCreationDateDesc()), Filter: filter(kp.GetFilterQueryBuilder().DeletionDate().None()), Limit: &limit, Offset: &offset},
+				[]string{web.ID}},
+		} {
+			assert.Equal(t, tc.want, ids(tc.opts), tc.name)
+		}
+
+		// Refusals: 400 INVALID_QUERY_PARAM_ERR naming the parameter and the bad part.
+		svc := e.svc(t)
+		before, err := svc.Events(ctx, crk.EventFilter{Action: crk.ActionDefault})
+		require.NoError(t, err)
+		str := func(s string) *string { return &s }
+		for _, tc := range []struct {
+			opts   *kp.ListKeysOptions
+			target string
+			msg    string
+		}{
+			{&kp.ListKeysOptions{Search: str("not:not:web")}, "search", `search prefix "not:" is given twice`},
+			{&kp.ListKeysOptions{Search: str("")}, "search", "search has no text"},
+			{&kp.ListKeysOptions{Sort: str("name")}, "sort", `sort property "name" is not one of`},
+			{&kp.ListKeysOptions{Filter: str("name=web")}, "filter", `unknown property "name"`},
+			{&kp.ListKeysOptions{Filter: str(`creationDate=after:"2026-01-01T00:00:00Z"`)}, "filter", `unknown operator "after"`},
+			{&kp.ListKeysOptions{Filter: str("state=4")}, "filter", `state "4" is not one of`},
+		} {
+			_, err := c.ListKeys(ctx, tc.opts)
+			code, status := reason(t, err)
+			assert.Equal(t, "INVALID_QUERY_PARAM_ERR", code, tc.msg)
+			assert.Equal(t, http.StatusBadRequest, status, tc.msg)
+			assert.Contains(t, err.Error(), tc.msg)
+		}
+		// The raw envelope: the target and crkvol's id of the sentinel.
+		resp := e.do(t, http.MethodGet, e.srv.URL+"/api/v2/keys?"+url.Values{"extractable": {"maybe"}}.Encode(), "", nil)
+		assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
+		resp = e.do(t, http.MethodGet, e.srv.URL+"/api/v2/keys?sort=-nope", "", nil)
+		require.Equal(t, http.StatusBadRequest, resp.StatusCode)
+		var env ErrorBody
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&env))
+		r := env.Resources[0].Reasons[0]
+		assert.Equal(t, "INVALID_QUERY_PARAM_ERR", r.Code)
+		assert.Equal(t, "invalid_query", r.CrkvolError)
+		require.NotNil(t, r.Target)
+		assert.Equal(t, "sort", r.Target.Name)
+		after, err := svc.Events(ctx, crk.EventFilter{Action: crk.ActionDefault})
+		require.NoError(t, err)
+		assert.Len(t, after, len(before)+8, "every refusal is audited")
+		assert.Equal(t, []string{web.ID, db.ID, std.ID}, ids(nil), "refusals change nothing")
+	})
+}
+
+func minID(a, b string) string { return min(a, b) }
+func maxID(a, b string) string { return max(a, b) }
+
+// TestKeyDatesAndPurgeOfficialClient: a new key has no lastUpdateDate and no lastRotateDate
+// until it changes; a deleted key is purged from 4 hours after its deletion (409
+// REQ_TOO_EARLY_ERR before, nothing changed) and is no longer restorable; ListKeyVersions
+// sends totalCount and allKeyStates.
+func TestKeyDatesAndPurgeOfficialClient(t *testing.T) {
+	forEachEnv(t, func(t *testing.T, e *env) {
+		c, ctx := e.client, e.ctx
+		k, err := c.CreateRootKey(ctx, "fresh", nil)
+		require.NoError(t, err)
+		assert.Nil(t, k.LastUpdateDate)
+		assert.Nil(t, k.LastRotateDate)
+		got, err := c.GetKey(ctx, k.ID)
+		require.NoError(t, err)
+		assert.Nil(t, got.LastUpdateDate, "a new key has no lastUpdateDate")
+		assert.Nil(t, got.LastRotateDate)
+		e.clock.Advance(time.Minute)
+		require.NoError(t, c.Rotate(ctx, k.ID, ""))
+		got, err = c.GetKey(ctx, k.ID)
+		require.NoError(t, err)
+		require.NotNil(t, got.LastUpdateDate)
+		require.NotNil(t, got.LastRotateDate)
+		assert.True(t, got.LastUpdateDate.Equal(e.clock.Now().Truncate(time.Second)))
+
+		// Versions: totalCount only when asked for; allKeyStates accepted.
+		yes, no := true, false
+		one := uint32(1)
+		vs, err := c.ListKeyVersions(ctx, k.ID, &kp.ListKeyVersionsOptions{Limit: &one, TotalCount: &yes, AllKeyStates: &yes})
+		require.NoError(t, err)
+		require.Len(t, vs.KeyVersion, 1)
+		require.NotNil(t, vs.Metadata.TotalCount)
+		assert.Equal(t, uint32(2), *vs.Metadata.TotalCount)
+		assert.Equal(t, uint32(1), *vs.Metadata.CollectionTotal)
+		vs, err = c.ListKeyVersions(ctx, k.ID, &kp.ListKeyVersionsOptions{TotalCount: &no})
+		require.NoError(t, err)
+		assert.Nil(t, vs.Metadata.TotalCount)
+		assert.Len(t, vs.KeyVersion, 2)
+		resp := e.do(t, http.MethodGet, e.srv.URL+"/api/v2/keys/"+k.ID+"/versions?totalCount=yes", "", nil)
+		assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
+		resp = e.do(t, http.MethodGet, e.srv.URL+"/api/v2/keys/"+k.ID+"/versions?allKeyStates=1", "", nil)
+		assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
+
+		// Purge: not within 4 hours of the deletion; then for good.
+		_, err = c.DeleteKey(ctx, k.ID, kp.ReturnMinimal)
+		require.NoError(t, err)
+		e.clock.Advance(crk.PurgeWait - time.Second)
+		_, err = c.PurgeKey(ctx, k.ID, kp.ReturnMinimal)
+		code, status := reason(t, err)
+		assert.Equal(t, "REQ_TOO_EARLY_ERR", code)
+		assert.Equal(t, http.StatusConflict, status)
+		assert.Contains(t, err.Error(), "less than 4 hours ago")
+		e.clock.Advance(time.Second)
+		purged, err := c.PurgeKey(ctx, k.ID, kp.ReturnRepresentation)
+		require.NoError(t, err)
+		assert.Equal(t, k.ID, purged.ID)
+		_, err = c.RestoreKey(ctx, k.ID)
+		code, status = reason(t, err)
+		assert.Equal(t, "KEY_DELETED_ERR", code)
+		assert.Equal(t, http.StatusGone, status)
+		vs, err = c.ListKeyVersions(ctx, k.ID, &kp.ListKeyVersionsOptions{AllKeyStates: &yes})
+		require.NoError(t, err)
+		assert.Len(t, vs.KeyVersion, 2)
+	})
+}
