@@ -3,12 +3,15 @@ package crk
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"crkvol/internal/pgtest"
 )
 
 // aliasState is what an alias or key ring request may change: every key's aliases and ring,
@@ -274,6 +277,84 @@ func TestKeyRings(t *testing.T) {
 			evs, err := svc.Events(ctx, EventFilter{Action: action})
 			require.NoError(t, err)
 			assert.NotEmpty(t, evs, action)
+		}
+	})
+}
+
+// TestAliasesAcrossProcesses: two processes on one PostgreSQL store giving one alias to two
+// keys at once: one has it, the other gets ErrAliasNotUnique. A key created in a ring while
+// another process deletes the ring: the key is created (and the delete refused, the ring not
+// empty) or the ring is deleted (and the key refused, no such ring), never both.
+func TestAliasesAcrossProcesses(t *testing.T) {
+	ctx := context.Background()
+	a := sharedDatabase(t)
+	b, err := OpenDatabase(ctx, pgtest.Start(t).SharedDatabase(t, "crk_tests"), nil)
+	require.NoError(t, err)
+	defer b.Close()
+	keyFile := filepath.Join(t.TempDir(), "master.key")
+	sa, err := a.Open(Options{MasterKeyFile: keyFile})
+	require.NoError(t, err)
+	defer sa.Close()
+	sb, err := b.Open(Options{MasterKeyFile: keyFile, Instance: sa.Instance()})
+	require.NoError(t, err)
+	defer sb.Close()
+	k1, err := sa.CreateRootKey(ctx, "one")
+	require.NoError(t, err)
+	k2, err := sb.CreateRootKey(ctx, "two")
+	require.NoError(t, err)
+
+	for i := range 4 {
+		alias := fmt.Sprintf("contended-%d", i)
+		errs := make(chan error, 2)
+		go func() { _, err := sa.CreateAlias(ctx, k1.ID, alias); errs <- err }()
+		go func() { _, err := sb.CreateAlias(ctx, k2.ID, alias); errs <- err }()
+		e1, e2 := <-errs, <-errs
+		if e1 != nil {
+			e1, e2 = e2, e1
+		}
+		require.NoError(t, e1, alias)
+		assert.ErrorIs(t, e2, ErrAliasNotUnique, alias)
+		id, err := sa.ResolveKey(ctx, alias)
+		require.NoError(t, err)
+		owner, err := sa.GetKeyMetadata(ctx, id)
+		require.NoError(t, err)
+		assert.Contains(t, owner.Aliases, alias)
+	}
+
+	for i := range 4 {
+		ring := fmt.Sprintf("race-%d", i)
+		_, err := sa.CreateKeyRing(ctx, ring)
+		require.NoError(t, err)
+		created, deleted := make(chan error, 1), make(chan error, 1)
+		go func() { _, err := sa.CreateKey(ctx, CreateOptions{Name: "racer", KeyRingID: ring}); created <- err }()
+		go func() { deleted <- sb.DeleteKeyRing(ctx, ring, false) }()
+		ce, de := <-created, <-deleted
+		switch {
+		case ce == nil:
+			assert.ErrorIs(t, de, ErrKeyRingNotEmpty, ring)
+		case de == nil:
+			assert.ErrorIs(t, ce, ErrKeyRingNotFound, ring)
+		default:
+			t.Fatalf("%s: both refused: create %v, delete %v", ring, ce, de)
+		}
+	}
+}
+
+func FuzzCheckKeyRingID(f *testing.F) {
+	for _, s := range []string{"ab", "default", "a_b", strings.Repeat("r", 101)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if CheckKeyRingID(s) != nil {
+			return
+		}
+		if len(s) < 2 || len(s) > 100 {
+			t.Fatalf("accepted %q", s)
+		}
+		for i := 0; i < len(s); i++ {
+			if c := s[i]; !isAlnum(c) && c != '-' {
+				t.Fatalf("accepted %q", s)
+			}
 		}
 	})
 }

@@ -11,16 +11,21 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"crkvol/internal/pgtest"
+	"crkvol/internal/tooltest"
 )
 
-// docStores runs fn on a bbolt store and on a PostgreSQL one, in every run: the document
-// store is what aliases, key rings, policies and import tokens stand on.
+// docStores runs fn on a bbolt store and on a PostgreSQL one (the latter in the long run,
+// as forEachStore does; TestInsertDocAcrossProcesses and TestAliasesAcrossProcesses run on
+// PostgreSQL in every run), each opened on a manual clock.
 func docStores(t *testing.T, fn func(t *testing.T, st *testStore, svc *Service)) {
 	t.Helper()
 	for _, kind := range []string{"bolt", "postgres"} {
 		t.Run(kind, func(t *testing.T) {
 			st := &testStore{kind: kind}
 			if kind == "postgres" {
+				if !tooltest.Long() {
+					t.Skip("the PostgreSQL variant runs with CRKVOL_LONG_TESTS=1 (CI)")
+				}
 				st.db, st.instances = sharedDatabase(t), map[string]string{}
 			}
 			svc, err := st.open(tempPath(t), Options{Clock: NewManualClock(t0)})

@@ -109,6 +109,9 @@ func checkAliasVolume(t *testing.T, dir string, env []string, img, alias, id str
 	require.Zero(t, code, errOut)
 	assert.Equal(t, id, jsonField(t, out, "id"))
 	assert.Contains(t, out, alias, "the key shows its aliases")
+	code, out, errOut = runEnv(t, dir, env, "key", "show", alias)
+	require.Zero(t, code, errOut)
+	assert.Regexp(t, `(?m)^Aliases +`+alias+`$`, out)
 	code, out, errOut = runEnv(t, dir, env, "--json", "key", "registrations", id)
 	require.Zero(t, code, errOut)
 	var regs struct {

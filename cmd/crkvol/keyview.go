@@ -69,6 +69,16 @@ func (a *app) showKey(k kpapi.Key) error {
 	if k.Description != "" {
 		fmt.Fprintf(w, "Description\t%s\n", shown(k.Description))
 	}
+	if len(k.Aliases) > 0 {
+		aliases := make([]string, len(k.Aliases))
+		for i, al := range k.Aliases {
+			aliases[i] = shown(al)
+		}
+		fmt.Fprintf(w, "Aliases\t%s\n", strings.Join(aliases, ", "))
+	}
+	if k.KeyRingID != "" && k.KeyRingID != crk.DefaultKeyRing {
+		fmt.Fprintf(w, "Key ring\t%s\n", shown(k.KeyRingID))
+	}
 	fmt.Fprintf(w, "Type\t%s\n", typeWord(k))
 	fmt.Fprintf(w, "State\t%s\n", stateWord(k.State))
 	fmt.Fprintf(w, "CRN\t%s\n", shown(k.CRN))

@@ -182,6 +182,21 @@ func TestOfficialClientKeyRings(t *testing.T) {
 		assert.Equal(t, []string{"default", "team-a", "team-b"}, ids)
 		assert.Equal(t, "default", rings.KeyRings[0].ID)
 		assert.NotNil(t, rings.KeyRings[1].CreationDate)
+		resp := e.do(t, http.MethodGet, e.srv.URL+"/api/v2/key_rings?limit=1&offset=1&totalCount=true", "", nil)
+		var page struct {
+			Metadata  Metadata  `json:"metadata"`
+			Resources []KeyRing `json:"resources"`
+		}
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&page))
+		resp.Body.Close()
+		require.NotNil(t, page.Metadata.TotalCount)
+		assert.Equal(t, 3, *page.Metadata.TotalCount)
+		assert.Equal(t, 1, page.Metadata.CollectionTotal)
+		require.Len(t, page.Resources, 1)
+		assert.Equal(t, "team-a", page.Resources[0].ID)
+		resp = e.do(t, http.MethodGet, e.srv.URL+"/api/v2/key_rings?limit=0", "", nil)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
 
 		// A client configured with a ring creates its keys there and finds only them.
 		inA := e.newClient(t, kp.ClientConfig{Authorization: "Bearer " + staticToken, InstanceID: e.inst, KeyRing: "team-a"})

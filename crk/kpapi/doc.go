@@ -57,6 +57,14 @@
 // request from a public address is refused with 403 CONFIG_RULE_CONFLICT_ERR (see
 // instancepolicy.go for what counts as private).
 //
+// Every route with a key in its path ({id}) takes a key alias in its place: the server resolves
+// it once, before the handler, so that actions, audit events and registrations name the key by
+// its id; with the x-kms-key-ring header ([KeyRingHeader]) the key must be in that ring (404
+// KEY_NOT_FOUND_ERR otherwise), and a key created with it is created in that ring. Aliases are
+// made and taken at /api/v2/keys/{id}/aliases/{alias}, key rings at /api/v2/key_rings, and a key
+// moves between rings by PATCH /api/v2/keys/{id} (see crk's aliases.go and keyrings.go for the
+// rules).
+//
 // Request bodies are decoded strictly: by type, with nothing after the value, no object
 // member given twice (compared without regard to letter case, as encoding/json matches
 // fields), and no null inside aad; each is refused with 400 and a reason naming the member.

@@ -15,12 +15,13 @@ type KeyRing struct {
 	CreatedBy    string `json:"createdBy,omitempty"`
 }
 
-func keyRings(q *request, status int, rings ...crk.KeyRing) {
+func keyRings(q *request, status int, total *int, rings ...crk.KeyRing) {
 	res := make([]KeyRing, 0, len(rings))
 	for _, r := range rings {
 		res = append(res, KeyRing{ID: r.ID, CreationDate: RFC3339(r.CreationDate), CreatedBy: r.CreatedBy})
 	}
-	writeJSON(q.w, status, map[string]any{"metadata": Metadata{CollectionType: TypeKeyRing, CollectionTotal: len(res)}, "resources": res})
+	md := Metadata{CollectionType: TypeKeyRing, CollectionTotal: len(res), TotalCount: total}
+	writeJSON(q.w, status, map[string]any{"metadata": md, "resources": res})
 }
 
 // createKeyRing serves POST /api/v2/key_rings/{ring}: 201 with no body, as Key Protect
@@ -33,16 +34,38 @@ func (s *Server) createKeyRing(q *request) error {
 	return nil
 }
 
-// listKeyRings serves GET /api/v2/key_rings: the default ring first, then the others in id
-// order.
+// listKeyRings serves GET /api/v2/key_rings[?limit=&offset=&totalCount=true]: the default
+// ring first, then the others in id order; a page holds 51 rings unless limit (1 to 5000)
+// says otherwise, as Key Protect's does, and totalCount=true adds the number of all.
 func (s *Server) listKeyRings(q *request) error {
+	limit, offset, err := paging(q.r, defaultKeyRingPage)
+	if err != nil {
+		return err
+	}
+	var total *int
+	switch v := q.r.URL.Query().Get("totalCount"); v {
+	case "", "false":
+	case "true":
+		total = new(int)
+	default:
+		return badRequest("INVALID_QUERY_PARAM_ERR", "totalCount must be true or false, got "+strconv.Quote(v), "totalCount")
+	}
 	rings, err := q.svc.ListKeyRings(q.ctx)
 	if err != nil {
 		return err
 	}
-	keyRings(q, http.StatusOK, rings...)
+	if total != nil {
+		*total = len(rings)
+	}
+	rings = rings[min(offset, len(rings)):]
+	rings = rings[:min(limit, len(rings))]
+	keyRings(q, http.StatusOK, total, rings...)
 	return nil
 }
+
+// defaultKeyRingPage is how many key rings a listing holds without a limit: the most an
+// instance can have, the default ring included.
+const defaultKeyRingPage = crk.MaxKeyRings + 1
 
 // deleteKeyRing serves DELETE /api/v2/key_rings/{ring}[?force=true]: 204.
 func (s *Server) deleteKeyRing(q *request) error {

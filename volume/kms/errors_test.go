@@ -367,6 +367,50 @@ func TestErrorTableBothSides(t *testing.T) {
 			crk.ErrUnavailable: {svc: func(t *testing.T, f *errFixture) error {
 				return fmt.Errorf("crk: %w: %w", crk.ErrUnavailable, errors.New("database unavailable after 3 attempts"))
 			}},
+			// Aliases and key rings (crk's aliases.go and keyrings.go).
+			crk.ErrInvalidAlias: {svc: func(t *testing.T, f *errFixture) error {
+				_, err := f.svc.CreateAlias(f.ctx, f.root(t, "alias syntax").ID, "no way")
+				return err
+			}},
+			crk.ErrAliasNotUnique: {svc: func(t *testing.T, f *errFixture) error {
+				_, err := f.svc.CreateAlias(f.ctx, f.root(t, "first owner").ID, "taken")
+				require.NoError(t, err)
+				_, err = f.svc.CreateAlias(f.ctx, f.root(t, "second owner").ID, "taken")
+				return err
+			}},
+			crk.ErrAliasQuota: {svc: func(t *testing.T, f *errFixture) error {
+				_, err := f.svc.CreateKey(f.ctx, crk.CreateOptions{Name: "six", Aliases: []string{"a1", "a2", "a3", "a4", "a5", "a6"}})
+				return err
+			}},
+			crk.ErrAliasNotFound: {svc: func(t *testing.T, f *errFixture) error {
+				return f.svc.DeleteAlias(f.ctx, f.root(t, "no alias").ID, "absent")
+			}},
+			crk.ErrInvalidKeyRing: {svc: func(t *testing.T, f *errFixture) error {
+				_, err := f.svc.CreateKeyRing(f.ctx, "bad_ring")
+				return err
+			}},
+			crk.ErrKeyRingNotFound: {svc: func(t *testing.T, f *errFixture) error {
+				return f.svc.DeleteKeyRing(f.ctx, "nowhere", false)
+			}},
+			crk.ErrKeyRingExists: {svc: func(t *testing.T, f *errFixture) error {
+				_, err := f.svc.CreateKeyRing(f.ctx, crk.DefaultKeyRing)
+				return err
+			}},
+			crk.ErrKeyRingNotEmpty: {svc: func(t *testing.T, f *errFixture) error {
+				_, err := f.svc.CreateKeyRing(f.ctx, "full")
+				require.NoError(t, err)
+				_, err = f.svc.CreateKey(f.ctx, crk.CreateOptions{Name: "member", KeyRingID: "full"})
+				require.NoError(t, err)
+				return f.svc.DeleteKeyRing(f.ctx, "full", true)
+			}},
+			crk.ErrKeyRingQuota: {svc: func(t *testing.T, f *errFixture) error {
+				for i := range crk.MaxKeyRings {
+					_, err := f.svc.CreateKeyRing(f.ctx, fmt.Sprintf("ring-%d", i))
+					require.NoError(t, err)
+				}
+				_, err := f.svc.CreateKeyRing(f.ctx, "one-more")
+				return err
+			}},
 		}
 
 		for _, info := range crk.Errors() {
