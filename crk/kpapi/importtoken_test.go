@@ -212,6 +212,14 @@ func TestImportTokensOfficialClient(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, dek, openedWith(t, k2.ID, ct2, m2))
 
+		// The policy overrides route takes the token's members too.
+		s5 := seal(m3, tok.Payload, tok.Nonce, "", false)
+		k5, err := c.CreateImportedRootKeyWithPolicyOverrides(ctx, "secure-import-overrides", nil, s5.payload, s5.nonce, s5.iv, nil, kp.Policy{})
+		require.NoError(t, err)
+		ct5, err := c.Wrap(ctx, k5.ID, []byte(b64(dek)), nil)
+		require.NoError(t, err)
+		assert.Equal(t, dek, openedWith(t, k5.ID, ct5, m3))
+
 		// Refusals of a creation: status, reason code, and no key made.
 		before := keyCount()
 		otherPub, err := x509.MarshalPKIXPublicKey(&fixtureKey(t, "b").PublicKey)
