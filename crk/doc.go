@@ -11,7 +11,11 @@
 // older ones for unwrapping only: generated keys rotate without material, imported keys only
 // with new material, at most once an hour per key (the first rotation after creation is always
 // allowed). Generated root keys can carry a rotation policy of 1 to 12 months, carried out by
-// [Service.RunDue] when the service clock passes the due time.
+// [Service.RunDue] when the service clock passes the due time. Imported material can also
+// travel encrypted end to end through the instance's import token
+// ([Service.CreateImportToken], [Service.GetImportToken], [CreateOptions.Encrypted],
+// [Service.RotateKeyEncrypted]): RSA-OAEP under the token's RSA-4096 key, with the token's
+// nonce under AES-GCM to prove the request fresh.
 //
 // # Envelope encryption
 //

@@ -67,7 +67,9 @@ type Event struct {
 	Initiator   string    `json:"initiator"`
 	// Reason is the error of a failure; for a success of [ActionEventAck], what the host
 	// acknowledged (host, lifecycle type, state, volumes, attach processes stopped); for a
-	// success of [ActionForgetAck], the host forgotten.
+	// success of [ActionForgetAck], the host forgotten; for a success of
+	// [ActionImportTokenCreate] or [ActionImportTokenRead], the token's expiration date and
+	// retrieval counts.
 	Reason string `json:"reason,omitempty"`
 }
 

@@ -171,6 +171,11 @@ func (s *Service) CreateImportToken(ctx context.Context, opts ImportTokenOptions
 	if err != nil {
 		return nil, s.refuse(ctx, ActionImportTokenCreate, "", err)
 	}
+	// The policy is checked before the key pair is made (seconds of CPU), and again in the
+	// transaction that stores the token.
+	if err := s.view(ctx, s.checkImportTokenAccess); err != nil {
+		return nil, s.refuse(ctx, ActionImportTokenCreate, "", err)
+	}
 	priv, err := s.importTokenKeyPair()
 	if err != nil {
 		return nil, err

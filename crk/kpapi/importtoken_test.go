@@ -212,6 +212,14 @@ func TestImportTokensOfficialClient(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, dek, openedWith(t, k2.ID, ct2, m2))
 
+		// The policy overrides route takes the token's members too.
+		s5 := seal(m3, tok.Payload, tok.Nonce, "", false)
+		k5, err := c.CreateImportedRootKeyWithPolicyOverrides(ctx, "secure-import-overrides", nil, s5.payload, s5.nonce, s5.iv, nil, kp.Policy{})
+		require.NoError(t, err)
+		ct5, err := c.Wrap(ctx, k5.ID, []byte(b64(dek)), nil)
+		require.NoError(t, err)
+		assert.Equal(t, dek, openedWith(t, k5.ID, ct5, m3))
+
 		// Refusals of a creation: status, reason code, and no key made.
 		before := keyCount()
 		otherPub, err := x509.MarshalPKIXPublicKey(&fixtureKey(t, "b").PublicKey)
@@ -340,10 +348,25 @@ func TestImportTokensOfficialClient(t *testing.T) {
 		_, err = c.CreateImportedRootKey(ctx, "fresh", nil, ok.payload, ok.nonce, ok.iv)
 		require.NoError(t, err)
 
+		// The keyCreateImportAccess instance policy without import_root_key: no token is
+		// created or retrieved, nothing imports through one.
+		noImport := crk.DefaultKeyCreateImportAccess()
+		noImport.ImportRootKey = false
+		_, err = svc.SetInstancePolicies(ctx, crk.InstancePolicyUpdate{KeyCreateImportAccess: &noImport})
+		require.NoError(t, err)
+		_, err = c.CreateImportToken(ctx, 600, 1)
+		refused(err, http.StatusConflict, "KEY_CREATE_IMPORT_ACCESS_ERR", "create_import_access")
+		_, err = c.GetImportTokenTransportKey(ctx)
+		refused(err, http.StatusConflict, "KEY_CREATE_IMPORT_ACCESS_ERR", "create_import_access")
+		again := seal(m3, fresh.Payload, fresh.Nonce, "", false)
+		_, err = c.CreateImportedRootKey(ctx, "refused", nil, again.payload, again.nonce, again.iv)
+		refused(err, http.StatusConflict, "KEY_CREATE_IMPORT_ACCESS_ERR", "create_import_access")
+		assert.Equal(t, before+1, keyCount())
+
 		// The audit log has the token's actions, and a failure for each refusal.
 		evs, err := svc.Events(ctx, crk.EventFilter{Action: crk.ActionImportTokenRead})
 		require.NoError(t, err)
-		assert.Len(t, evs, 7) // 4 successes, not found, used up, expired
+		assert.Len(t, evs, 8) // 4 successes; not found, used up, expired, policy
 		evs, err = svc.Events(ctx, crk.EventFilter{Action: crk.ActionImportTokenCreate, Outcome: crk.OutcomeSuccess})
 		require.NoError(t, err)
 		assert.Len(t, evs, 2)
