@@ -39,6 +39,17 @@
 // the registrations still on older versions; [Service.SyncKey] runs them again.
 // [Service.Prune] destroys older versions no registration uses (beyond Key Protect).
 //
+// # Policies and dual authorization
+//
+// Instance policies ([Service.SetInstancePolicies], [Service.InstancePolicies]) set defaults
+// and limits for the whole instance, as Key Protect's do: a rotation interval for new
+// generated root keys, dual authorization delete for new keys, the networks requests may come
+// from ([Service.CheckNetwork]), which keys may be created or imported and how
+// (keyCreateImportAccess), and a metrics switch (stored only). A key created with
+// [CreateOptions].Policies overrides the instance defaults. A key with dual authorization
+// ([Service.SetKeyPolicies]) is deleted only by a second principal within [DualAuthWindow]
+// of a first one's [Service.SetKeyForDeletion]; [Service.UnsetKeyForDeletion] cancels it.
+//
 // # Host acknowledgements
 //
 // The hosts that serve a key's resources follow the lifecycle feed ([Service.Lifecycle]) and

@@ -83,11 +83,11 @@ type CreatePolicies struct {
 // generated root key, dual authorization for any key). It runs in the transaction that
 // stores r.
 func (s *Service) applyCreatePolicies(ctx context.Context, tx storeTx, r *keyRecord, p *CreatePolicies, viaToken bool, now time.Time) error {
-	if err := checkCreateAccess(tx, r.Type, r.Imported, viaToken); err != nil {
-		return err
-	}
 	inst, err := loadInstancePolicies(tx)
 	if err != nil {
+		return err
+	}
+	if err := createAccess(inst.KeyCreateImportAccess, r.Type, r.Imported, viaToken); err != nil {
 		return err
 	}
 	if p == nil {

@@ -287,6 +287,10 @@ func getPolicy[T any](tx storeTx, name string) (*InstancePolicy[T], error) {
 	if err != nil {
 		return nil, err
 	}
+	return decodePolicy[T](name, data)
+}
+
+func decodePolicy[T any](name string, data []byte) (*InstancePolicy[T], error) {
 	p := new(InstancePolicy[T])
 	if err := json.Unmarshal(data, p); err != nil {
 		return nil, fmt.Errorf("crk: internal error: instance policy %s: %w", name, err)
@@ -294,22 +298,27 @@ func getPolicy[T any](tx storeTx, name string) (*InstancePolicy[T], error) {
 	return p, nil
 }
 
+// loadInstancePolicies reads every instance policy in one scan of their documents.
 func loadInstancePolicies(tx storeTx) (*InstancePolicies, error) {
 	var p InstancePolicies
-	var err error
-	if p.Rotation, err = getPolicy[RotationSettings](tx, PolicyRotation); err != nil {
-		return nil, err
-	}
-	if p.DualAuthDelete, err = getPolicy[DualAuthSettings](tx, PolicyDualAuthDelete); err != nil {
-		return nil, err
-	}
-	if p.AllowedNetwork, err = getPolicy[AllowedNetworkSettings](tx, PolicyAllowedNetwork); err != nil {
-		return nil, err
-	}
-	if p.KeyCreateImportAccess, err = getPolicy[KeyCreateImportAccessSettings](tx, PolicyKeyCreateImportAccess); err != nil {
-		return nil, err
-	}
-	if p.Metrics, err = getPolicy[MetricsSettings](tx, PolicyMetrics); err != nil {
+	err := tx.docs(instancePolicyKind, func(name string, data []byte) error {
+		var err error
+		switch name {
+		case PolicyRotation:
+			p.Rotation, err = decodePolicy[RotationSettings](name, data)
+		case PolicyDualAuthDelete:
+			p.DualAuthDelete, err = decodePolicy[DualAuthSettings](name, data)
+		case PolicyAllowedNetwork:
+			p.AllowedNetwork, err = decodePolicy[AllowedNetworkSettings](name, data)
+		case PolicyKeyCreateImportAccess:
+			p.KeyCreateImportAccess, err = decodePolicy[KeyCreateImportAccessSettings](name, data)
+		case PolicyMetrics:
+			p.Metrics, err = decodePolicy[MetricsSettings](name, data)
+		}
+		// Another name is a policy a later crkvol stored: this one neither knows nor enforces it.
+		return err
+	})
+	if err != nil {
 		return nil, err
 	}
 	return &p, nil
@@ -324,8 +333,16 @@ func loadInstancePolicies(tx storeTx) (*InstancePolicies, error) {
 // transaction that creates the key, so a policy set concurrently is either seen or set after.
 func checkCreateAccess(tx storeTx, typ KeyType, imported, viaToken bool) error {
 	p, err := getPolicy[KeyCreateImportAccessSettings](tx, PolicyKeyCreateImportAccess)
-	if err != nil || p == nil || !p.Settings.Enabled {
+	if err != nil {
 		return err
+	}
+	return createAccess(p, typ, imported, viaToken)
+}
+
+// createAccess is checkCreateAccess with the policy read (nil: never set).
+func createAccess(p *InstancePolicy[KeyCreateImportAccessSettings], typ KeyType, imported, viaToken bool) error {
+	if p == nil || !p.Settings.Enabled {
+		return nil
 	}
 	a := p.Settings
 	var ok bool

@@ -1,6 +1,7 @@
 package crk
 
 import (
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -258,6 +259,22 @@ func TestDualAuthDelete(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, 4, p.RotationPolicy.IntervalMonths)
 		assert.True(t, p.RotationPolicy.Enabled)
+
+		// CopyStore carries the instance policies and the keys' dual authorization.
+		dst, err := Open(filepath.Join(t.TempDir(), "copy.db"), Options{Instance: f.svc.Instance(), MasterKey: material(32, 5), Clock: f.clock})
+		require.NoError(t, err)
+		defer dst.Close()
+		_, err = CopyStore(f.ctx, f.svc, dst)
+		require.NoError(t, err)
+		for _, s := range []*Service{f.svc, dst} {
+			ip, err := s.InstancePolicies(f.ctx)
+			require.NoError(t, err)
+			assert.True(t, ip.DualAuthDelete.Settings.Enabled)
+			assert.Equal(t, 2, ip.Rotation.Settings.IntervalMonths)
+			km, err := s.GetKeyMetadata(f.ctx, before.ID)
+			require.NoError(t, err)
+			assert.True(t, km.DualAuthDelete.Enabled)
+		}
 
 		evs, err := f.svc.Events(f.ctx, EventFilter{KeyID: k.ID})
 		require.NoError(t, err)

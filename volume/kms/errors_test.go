@@ -353,6 +353,30 @@ func TestErrorTableBothSides(t *testing.T) {
 				_, err := crk.ParseKeyFilter("name=web")
 				return err
 			}},
+			crk.ErrCreateImportAccess: {svc: func(t *testing.T, f *errFixture) error {
+				_, err := f.svc.SetInstancePolicies(f.ctx, crk.InstancePolicyUpdate{KeyCreateImportAccess: &crk.KeyCreateImportAccessSettings{Enabled: true}})
+				require.NoError(t, err)
+				_, err = f.svc.CreateRootKey(f.ctx, "not allowed")
+				return err
+			}},
+			crk.ErrNetworkNotAllowed: {svc: func(t *testing.T, f *errFixture) error {
+				_, err := f.svc.SetInstancePolicies(f.ctx, crk.InstancePolicyUpdate{AllowedNetwork: &crk.AllowedNetworkSettings{Enabled: true, Network: crk.NetworkPrivateOnly}})
+				require.NoError(t, err)
+				err = f.svc.CheckNetwork(f.ctx, false)
+				_, uerr := f.svc.SetInstancePolicies(f.ctx, crk.InstancePolicyUpdate{AllowedNetwork: &crk.AllowedNetworkSettings{}})
+				require.NoError(t, uerr, "the fixture's own remote requests come from loopback, but leave nothing behind")
+				return err
+			}},
+			crk.ErrDualAuthNotMet: {svc: func(t *testing.T, f *errFixture) error {
+				k, err := f.svc.CreateKey(f.ctx, crk.CreateOptions{Name: "two users", Policies: &crk.CreatePolicies{DualAuthDelete: &crk.DualAuthSettings{Enabled: true}}})
+				require.NoError(t, err)
+				_, err = f.svc.DeleteKey(f.ctx, k.ID, crk.DeleteOptions{})
+				return err
+			}},
+			crk.ErrNotDualAuth: {svc: func(t *testing.T, f *errFixture) error {
+				_, err := f.svc.SetKeyForDeletion(f.ctx, f.root(t, "one user").ID)
+				return err
+			}},
 			crk.ErrMasterKey: {svc: func(t *testing.T, f *errFixture) error {
 				_, err := crk.Open(filepath.Join(f.dir, "other.db"), crk.Options{Clock: f.clock, MasterKey: []byte("short")})
 				return err
