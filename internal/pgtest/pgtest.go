@@ -89,7 +89,8 @@ var shared struct {
 	err    error
 
 	templateOnce sync.Once
-	template     *Cluster // its data directory, never started; nil before first use
+	template     string   // the data directory clusters start from as a copy; "" before first use
+	templateTemp *Cluster // the template's own directory when it is not in the cache; else nil
 	templateErr  error
 }
 
@@ -103,8 +104,8 @@ func Main(m *testing.M) {
 		shared.c.Stop()
 		shared.c.removeDir()
 	}
-	if shared.template != nil {
-		shared.template.removeDir()
+	if shared.templateTemp != nil {
+		shared.templateTemp.removeDir()
 	}
 	os.Exit(code)
 }
@@ -142,18 +143,27 @@ func New(t testing.TB) *Cluster {
 	return c
 }
 
-// start makes a data directory and starts postgres on it. Under [Main] the directory is a
-// copy of the binary's template; otherwise initdb makes it.
+// start makes a data directory and starts postgres on it: a copy of the template initdb made
+// once for every test binary ([cachedTemplate]); else, under [Main], a copy of the binary's
+// own template; otherwise initdb makes it.
 func start(bin string) (*Cluster, error) {
-	var template string
+	template := ""
 	if shared.active.Load() {
 		shared.templateOnce.Do(func() {
-			shared.template, shared.templateErr = initCluster(bin, "")
+			if shared.template = cachedTemplate(bin); shared.template != "" {
+				return
+			}
+			shared.templateTemp, shared.templateErr = initCluster(bin, "")
+			if shared.templateErr == nil {
+				shared.template = shared.templateTemp.dataDir()
+			}
 		})
 		if shared.templateErr != nil {
 			return nil, shared.templateErr
 		}
-		template = shared.template.dataDir()
+		template = shared.template
+	} else {
+		template = cachedTemplate(bin)
 	}
 	c, err := initCluster(bin, template)
 	if err != nil {
@@ -165,6 +175,9 @@ func start(bin string) (*Cluster, error) {
 	}
 	return c, nil
 }
+
+// initdbArgs are initdb's arguments after its -D DIR.
+var initdbArgs = []string{"-A", "trust", "-U", Superuser, "-E", "UTF8", "--locale=C", "--no-sync"}
 
 // initCluster makes a cluster's directory and its data directory: a copy of template, or
 // made by initdb when template is "".
@@ -200,8 +213,7 @@ func initCluster(bin, template string) (*Cluster, error) {
 		}
 		return c, nil
 	}
-	initdb := c.command(filepath.Join(bin, "initdb"),
-		"-D", c.dataDir(), "-A", "trust", "-U", Superuser, "-E", "UTF8", "--locale=C", "--no-sync")
+	initdb := c.command(filepath.Join(bin, "initdb"), append([]string{"-D", c.dataDir()}, initdbArgs...)...)
 	if out, err := initdb.CombinedOutput(); err != nil {
 		return fail(fmt.Errorf("initdb: %w: %s", err, strings.TrimSpace(string(out))))
 	}
