@@ -114,3 +114,75 @@ func TestExitCodes(t *testing.T) {
 	_, err := os.Stat(x)
 	assert.True(t, os.IsNotExist(err), "a failed volume create left %s behind", x)
 }
+
+// TestSizeErrors: a size, offset or length that does not parse is a usage error (exit 2)
+// naming the accepted forms; one that parses but is out of range exits 1, naming the sector
+// size where it matters; neither leaves an image behind. The command lines of sizes.txtar's
+// refusals, run in this process (sizes.txtar keeps the accepted forms and one refusal of
+// each kind as processes).
+func TestSizeErrors(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	env := testEnv(t)
+	code, out, stderr := runCLI(t, env, "--json", "key", "create", "sizes")
+	require.Zero(t, code, stderr)
+	key := jsonField(t, out, "id")
+	a, d, data := filepath.Join(dir, "a.img"), filepath.Join(dir, "d.img"), filepath.Join(dir, "data.txt")
+	code, _, stderr = runCLI(t, env, "volume", "create", a, "--size", "1.5MiB", "--key", key)
+	require.Zero(t, code, stderr)
+	require.NoError(t, os.WriteFile(data, []byte("twelve bytes\n"), 0o644))
+
+	// stderr: regexps (multi-line, as in a testscript) the message must match; not: ones it
+	// must not.
+	rows := []struct {
+		code        int
+		args        string
+		stderr, not []string
+	}{
+		{1, `volume create $D --size 1.0000001GiB --key $KEY`, []string{`^crkvol: volume create: --size 1.0000001GiB: .*1.0000001GiB is not a whole number of bytes$`}, nil},
+		{1, `volume create $D --size 10KB --key $KEY --sector-size 512`, []string{`not a whole number of 512-byte sectors`}, nil},
+		{1, `volume create $D --size 0 --key $KEY`, []string{`^crkvol: volume create: --size 0: want a positive size of whole 4096-byte sectors$`}, nil},
+		{1, `volume create $D --size 1 --key $KEY`, []string{`not a whole number of 4096-byte sectors`}, nil},
+		{1, `volume create $D --size -4KiB --key $KEY`, []string{`^crkvol: volume create: --size -4KiB: want a positive size`}, nil},
+		{1, `volume create $D --size 5000PiB --key $KEY`, []string{`^crkvol: volume create: --size 5000PiB: .*5000PiB is too large \(at most 4EiB, 2\^62 bytes\)$`}, nil},
+		{1, `volume create $D --size 12345678901234567890123 --key $KEY`, []string{`12345678901234567890123 bytes is too large \(at most 4EiB, 2\^62 bytes\)$`}, nil},
+		{1, `volume create $D --size 9223372036854775807 --key $KEY`, []string{`9223372036854775807 bytes is too large \(at most 4EiB, 2\^62 bytes\)$`}, nil},
+		{1, `volume create $D --size 1.0000000000000000000001MiB --key $KEY`, []string{`^crkvol: volume create: --size 1.0000000000000000000001MiB: .*1.0000000000000000000001MiB is not a whole number of bytes$`}, nil},
+		{1, `volume read $A --offset 12345678901234567890123`, []string{`12345678901234567890123 bytes is too large \(at most 9223372036854775807 bytes, 2\^63-1\)$`}, nil},
+		{1, `volume create $D --size 1MiB --key $KEY --sector-size 1000`, []string{`^crkvol: volume create: --sector-size 1000: want 512, 1024, 2048 or 4096$`}, nil},
+		{1, `volume create $D --size 1MiB --key $KEY --cipher-key-bits 128`, []string{`^crkvol: volume create: --cipher-key-bits 128: want 256 \(AES-128-XTS\) or 512 \(AES-256-XTS\)$`}, nil},
+		{2, `volume create $D --size 1MiB --key $KEY --sector-size abc`, []string{`^crkvol: volume create: --sector-size abc: want 512, 1024, 2048 or 4096$`}, []string{`strconv|invalid argument`}},
+		{2, `volume create $D --size 1MiB --key $KEY --cipher-key-bits 1.5`, []string{`^crkvol: volume create: --cipher-key-bits 1.5: want 256 \(AES-128-XTS\) or 512 \(AES-256-XTS\)$`}, []string{`strconv`}},
+		{2, `volume create $D --size 12parsecs --key $KEY`, []string{`^crkvol: volume create: invalid argument "12parsecs" for "--size" flag: invalid size "12parsecs": want a number of bytes, optionally with a fraction and a unit: KiB, MiB, GiB, TiB, PiB or K, M, G, T, P \(powers of 1024\), KB, MB, GB, TB, PB \(powers of 1000\), B \(bytes\); units in any case, such as 4096, 64MiB, 1.5GiB or 10GB$`, `^crkvol: hint: see crkvol volume create --help$`}, nil},
+		{2, `volume create $D --size 1EiB --key $KEY`, []string{`invalid size "1EiB"`}, nil},
+		{2, `volume create $D --size 1e9 --key $KEY`, nil, nil},
+		{2, `volume create $D --size .5GiB --key $KEY`, nil, nil},
+		{1, `volume write $A --offset 0.5 --input $DATA`, []string{`^crkvol: volume write: --offset 0.5: .*0.5 bytes is not a whole number of bytes$`}, nil},
+		{1, `volume write $A --offset -1 --input $DATA`, []string{`^crkvol: volume write: --offset -1: want a byte offset of 0 or more$`}, nil},
+		{1, `volume read $A --offset -1KiB`, []string{`^crkvol: volume read: --offset -1KiB: want a byte offset of 0 or more$`}, nil},
+		{1, `volume read $A --length -1`, []string{`^crkvol: volume read: --length -1: want a byte count of 0 or more$`}, nil},
+		{1, `volume read $A --length 1.5`, []string{`not a whole number of bytes`}, nil},
+		{1, `volume read $A --offset 1MiB --length 1MiB`, []string{`^crkvol: volume read: 1048576 bytes at offset 1048576 run past the end of the 1572864-byte volume$`}, nil},
+		{1, `volume write $A --offset 1.5MiB --input $DATA`, []string{`do not fit the 1572864-byte volume`}, nil},
+		{2, `volume read $A --length lots`, []string{`invalid argument "lots" for "--length" flag: invalid size`}, nil},
+		{2, `volume write $A --offset 0x10 --input $DATA`, []string{`invalid argument "0x10" for "--offset" flag: invalid size`}, nil},
+		{1, `volume resize $A --size 0`, []string{`^crkvol: volume resize: --size 0: .*want a positive size$`}, nil},
+		{1, `volume resize $A --size 1.0000000000000000000001MiB`, []string{`1.0000000000000000000001MiB is not a whole number of bytes$`}, nil},
+		{1, `volume resize $A --size 9223372036854775807`, []string{`9223372036854775807 bytes is too large \(at most 4EiB, 2\^62 bytes\)$`}, nil},
+		{2, `volume resize $A --size 2MiBs`, []string{`invalid argument "2MiBs" for "--size" flag: invalid size`}, nil},
+		{2, `sim run --volume-size 1MiBs`, []string{`invalid argument "1MiBs" for "--volume-size" flag: invalid size`}, nil},
+	}
+	expand := strings.NewReplacer("$KEY", key, "$A", a, "$DATA", data, "$D", d)
+	for _, r := range rows {
+		code, _, stderr := runCLI(t, env, strings.Fields(expand.Replace(r.args))...)
+		assert.Equal(t, r.code, code, "crkvol %s: %s", r.args, stderr)
+		assert.NotEmpty(t, stderr, "crkvol %s says nothing", r.args)
+		for _, re := range r.stderr {
+			assert.Regexp(t, regexp.MustCompile("(?m)"+re), stderr, "crkvol %s", r.args)
+		}
+		for _, re := range r.not {
+			assert.NotRegexp(t, regexp.MustCompile("(?m)"+re), stderr, "crkvol %s", r.args)
+		}
+	}
+	assert.NoFileExists(t, d, "a refused volume create left an image behind")
+}
