@@ -9,6 +9,10 @@
 //
 // # One cluster per test binary
 //
+// initdb runs once for every test binary and run: its data directory is kept in a cache
+// (CRKVOL_PGTEST_CACHE, default crkvol-pgtest in the user's cache directory; "off" to run
+// initdb in each binary) and every cluster starts from a copy of it.
+//
 // Starting a cluster takes about a second, so a package's tests share one. The package's
 // TestMain calls [Main]:
 //
@@ -80,8 +84,8 @@ type Cluster struct {
 // shared is the cluster [Main] offers to every [Start] of a test binary. It is the package's
 // one piece of global state, and it has to be: TestMain and the tests share nothing else,
 // and starting a server per test would cost a second each.
-// It also keeps one initdb'd data directory that every cluster of the binary starts from
-// as a copy, which takes a fraction of initdb's time.
+// It also holds the data directory every cluster of the binary starts from as a copy,
+// which takes a fraction of initdb's time: the cached one, else one of the binary's own.
 var shared struct {
 	active atomic.Bool // Main is running the tests
 	once   sync.Once
