@@ -194,7 +194,8 @@ func TestRotateNeverTouchesData(t *testing.T) {
 	assert.True(t, bytes.Equal(want, got), "every byte reads back after three rotations")
 }
 
-// TestRandomIO checks reads and writes at random offsets and lengths against a model.
+// TestRandomIO checks reads and writes at random offsets and lengths against a model: 300 of
+// them per sector size in the long run, 100 otherwise.
 func TestRandomIO(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
@@ -215,7 +216,7 @@ func TestRandomIO(t *testing.T) {
 			_, err = v.ReadAt(model, 0)
 			require.NoError(t, err)
 			rng := rand.New(rand.NewPCG(uint64(ss), 3))
-			for i := range 300 {
+			for i := range tooltest.Scale(300, 100) {
 				off := rng.Int64N(size)
 				n := 1 + rng.IntN(min(int(size-off), 1<<21))
 				if i%3 == 0 {
