@@ -186,3 +186,73 @@ func TestSizeErrors(t *testing.T) {
 	}
 	assert.NoFileExists(t, d, "a refused volume create left an image behind")
 }
+
+// TestErrorMessages: every error reads `crkvol: <command path>: <what failed>: <why>`, the
+// command path once, hints on their own lines, an image's path named once; with --json the
+// error is one JSON object on stderr and nothing is on stdout. The command lines of
+// errors.txtar, run in this process (errors.txtar keeps one of each kind as a process).
+func TestErrorMessages(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	env := testEnv(t)
+	plain := filepath.Join(dir, "plain.img")
+	require.NoError(t, os.WriteFile(plain, []byte("not a LUKS2 image\n"), 0o644))
+	missing := filepath.Join(dir, "missing.img")
+	p := regexp.QuoteMeta(plain)
+	const absent = "00000000-0000-4000-8000-000000000000"
+
+	// stderr: regexps (multi-line, as in a testscript) the message must match; not: ones it
+	// must not; quiet: nothing on stdout.
+	rows := []struct {
+		code        int
+		args        string
+		stderr, not []string
+		quiet       bool
+	}{
+		// Argument count, unknown flag, unknown command: the command path once, no cobra
+		// "crkvol" prefix.
+		{2, "key show", []string{`^crkvol: key show: accepts 1 arg\(s\), received 0$`, `^crkvol: hint: see crkvol key show --help$`}, []string{`crkvol key show:`}, false},
+		{2, "key show --bogus x", []string{`^crkvol: key show: unknown flag: --bogus$`}, nil, false},
+		{2, "volum", []string{`^crkvol: unknown command "volum"$`, `^crkvol: hint: did you mean volume\?$`}, nil, false},
+		{2, "key rotat x", []string{`^crkvol: key: unknown command "rotat"$`, `did you mean rotate\?`}, nil, false},
+		{2, "key", []string{`^crkvol: key: missing subcommand$`}, nil, false},
+		{2, "volume create $DIR/v.img", []string{`^crkvol: volume create: missing required flags --size, --key$`}, nil, false},
+		{2, "volume create $DIR/v.img --size 1MiB", []string{`^crkvol: volume create: missing required flag --key$`}, nil, false},
+
+		// Library errors lose their package prefix behind the command path: reading and
+		// writing say which of the two failed.
+		{1, "volume read $MISSING", []string{`^crkvol: volume read: open .*missing.img: `}, []string{`volume: open`}, false},
+		{1, "volume write $MISSING", []string{`^crkvol: volume write: open .*missing.img: `}, nil, false},
+		{1, "key show " + absent, []string{`^crkvol: key show: key does not exist: ` + absent + `$`}, nil, false},
+
+		// An image that is not LUKS2: every operation names its path once.
+		{1, "volume resize --size 2MiB $PLAIN", []string{`^crkvol: volume resize: ` + p + `: not a valid LUKS2 device`}, []string{`plain.img.*plain.img`}, false},
+		{1, "volume delete $PLAIN", []string{`^crkvol: volume delete: ` + p + `: not a valid LUKS2 device.* \(and no registry entry has that path\)$`}, []string{`plain.img.*plain.img`}, false},
+		{1, "volume wipe $PLAIN", []string{`^crkvol: volume wipe: ` + p + `: not a valid LUKS2 device`}, []string{`plain.img.*plain.img`}, false},
+		{1, "volume erase --yes $PLAIN", []string{`^crkvol: volume erase: ` + p + `: not a valid LUKS2 device`}, []string{`plain.img.*plain.img`}, false},
+		{1, "volume reidentify $PLAIN", []string{`^crkvol: volume reidentify: ` + p + `: not a valid LUKS2 device`}, []string{`plain.img.*plain.img`}, false},
+		{1, "volume register $PLAIN", []string{`^crkvol: volume register: ` + p + `: not a valid LUKS2 device`}, []string{`plain.img.*plain.img`}, false},
+
+		// --json: one JSON object on stderr, nothing on stdout, whatever the failure.
+		{1, "--json key show " + absent, []string{`"command": "key show"`, `"message": "key does not exist: ` + absent + `"`, `"exitCode": 1`}, []string{`^crkvol:`}, true},
+		{2, "key show --bogus --json", []string{`"message": "unknown flag: --bogus"`, `"exitCode": 2`, `"usage": true`, `"hints": \[`}, nil, true},
+		{2, "--json nosuch", []string{`"message": "unknown command \\"nosuch\\""`}, []string{`"command"`}, true},
+	}
+	expand := strings.NewReplacer("$DIR", dir, "$MISSING", missing, "$PLAIN", plain)
+	for _, r := range rows {
+		code, stdout, stderr := runCLI(t, env, strings.Fields(expand.Replace(r.args))...)
+		assert.Equal(t, r.code, code, "crkvol %s: %s", r.args, stderr)
+		for _, re := range r.stderr {
+			assert.Regexp(t, regexp.MustCompile("(?m)"+re), stderr, "crkvol %s", r.args)
+		}
+		for _, re := range r.not {
+			assert.NotRegexp(t, regexp.MustCompile("(?m)"+re), stderr, "crkvol %s", r.args)
+		}
+		if r.quiet {
+			assert.Empty(t, stdout, "crkvol %s", r.args)
+		}
+	}
+	b, err := os.ReadFile(plain)
+	require.NoError(t, err)
+	assert.Equal(t, "not a LUKS2 image\n", string(b), "a refused command changed the file")
+}
