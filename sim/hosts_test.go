@@ -44,8 +44,8 @@ func runHosts(t *testing.T, sc Scenario, opts Options) *Report {
 // within the lockout bound, and the report has the times.
 func TestHostsAgentsConvergeAndLockOut(t *testing.T) {
 	t.Parallel()
-	// 60 volumes over three months with CRKVOL_LONG_TESTS=1, 30 over two otherwise.
-	rep := runHosts(t, hostsScenario(3, tooltest.Scale(60, 30), tooltest.Scale(3, 2)), Options{})
+	// 60 volumes over three months with CRKVOL_LONG_TESTS=1, 15 over two otherwise.
+	rep := runHosts(t, hostsScenario(3, tooltest.Scale(60, 15), tooltest.Scale(3, 2)), Options{})
 	require.NoError(t, rep.Err())
 	require.NotNil(t, rep.Hosts)
 	h := rep.Hosts

@@ -72,6 +72,11 @@ func TestSameSeedSameRun(t *testing.T) {
 	t.Parallel()
 	sc := smallScenario()
 	sc.Workers = 1
+	// Half the fleet of smallScenario in a plain run, with five times the crash rate so that
+	// crashes still land: the same code with half the events to compare (TestRunWithFaults
+	// runs the whole of it).
+	sc.Volumes = tooltest.Scale(sc.Volumes, sc.Volumes/2)
+	sc.Faults.CrashRate *= float64(tooltest.Scale(1, 5))
 	// The two runs share nothing but the scenario: run them side by side.
 	var (
 		a, b       *Report
@@ -115,8 +120,8 @@ func TestSameSeedSameRun(t *testing.T) {
 func TestKMSFailuresAndCrashesConverge(t *testing.T) {
 	t.Parallel()
 	// A year of 150 volumes rotated quarterly with CRKVOL_LONG_TESTS=1; otherwise three
-	// months of 24 rotated monthly, with eight times the crash rate so that crashes still land.
-	volumes := tooltest.Scale(150, 24)
+	// months of 12 rotated monthly, with eight times the crash rate so that crashes still land.
+	volumes := tooltest.Scale(150, 12)
 	sc := Scenario{Seed: 1, Months: tooltest.Scale(12, 3), Keys: 3, Volumes: volumes, PolicyMonths: tooltest.Scale(3, 1), AttachesPerMonth: 40,
 		Faults: Faults{FailRate: 0.05, CrashRate: float64(tooltest.Scale(10, 80)) / 1000}}
 	rep, err := Run(context.Background(), sc, Options{Dir: t.TempDir()})

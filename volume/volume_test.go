@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"crkvol/crk"
+	"crkvol/internal/tooltest"
 	"crkvol/keyslot"
 	"crkvol/volume"
 	"crkvol/volume/kms"
@@ -193,7 +194,8 @@ func TestRotateNeverTouchesData(t *testing.T) {
 	assert.True(t, bytes.Equal(want, got), "every byte reads back after three rotations")
 }
 
-// TestRandomIO checks reads and writes at random offsets and lengths against a model.
+// TestRandomIO checks reads and writes at random offsets and lengths against a model: 300 of
+// them per sector size in the long run, 100 otherwise.
 func TestRandomIO(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
@@ -214,7 +216,7 @@ func TestRandomIO(t *testing.T) {
 			_, err = v.ReadAt(model, 0)
 			require.NoError(t, err)
 			rng := rand.New(rand.NewPCG(uint64(ss), 3))
-			for i := range 300 {
+			for i := range tooltest.Scale(300, 100) {
 				off := rng.Int64N(size)
 				n := 1 + rng.IntN(min(int(size-off), 1<<21))
 				if i%3 == 0 {
@@ -453,7 +455,8 @@ func TestDelete(t *testing.T) {
 }
 
 // TestConcurrentIOWhileRotating: 8 goroutines read and write at random while the key rotates
-// 20 times; no error, no torn sector, no lost write.
+// 20 times (8 outside the long run: the workers spin for as long as the rotations take);
+// no error, no torn sector, no lost write.
 func TestConcurrentIOWhileRotating(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
@@ -526,7 +529,8 @@ func TestConcurrentIOWhileRotating(t *testing.T) {
 			}
 		}()
 	}
-	for range 20 {
+	rotations := tooltest.Scale(20, 8)
+	for range rotations {
 		f.rotate(t)
 		require.NoError(t, f.lastReport().Err())
 	}
@@ -538,7 +542,7 @@ func TestConcurrentIOWhileRotating(t *testing.T) {
 	}
 	vs, err := f.svc.ListVersions(f.ctx, f.key.ID)
 	require.NoError(t, err)
-	assert.Len(t, vs, 21)
+	assert.Len(t, vs, rotations+1)
 	assert.Equal(t, vs[0].ID, mustDescribe(t, info.Path).KeyVersion)
 }
 

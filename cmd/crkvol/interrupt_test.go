@@ -54,9 +54,9 @@ func TestInterruptedWipeResumes(t *testing.T) {
 	dir := t.TempDir()
 	key := jsonField(t, cli(t, dir, "--json", "key", "create", "wipes"), "id")
 	img := filepath.Join(dir, "big.img")
-	// 1 GiB in the long run, 128 MiB (8 progress records: the interrupt comes after the
-	// first) in a plain one.
-	size := int64(tooltest.Scale(1<<30, 128<<20))
+	// 1 GiB in the long run, 64 MiB (4 progress records: the interrupt comes after the
+	// first, with three to go) in a plain one.
+	size := int64(tooltest.Scale(1<<30, 64<<20))
 	sizeArg, sizeBytes := fmt.Sprintf("%dMiB", size>>20), strconv.FormatInt(size, 10)
 	cmd, wait := startCLI(t, dir, nil, "volume", "create", img, "--size", sizeArg, "--key", key, "--wipe")
 	require.Eventually(t, func() bool {

@@ -9,6 +9,10 @@
 //
 // # One cluster per test binary
 //
+// initdb runs once for every test binary and run: its data directory is kept in a cache
+// (CRKVOL_PGTEST_CACHE, default crkvol-pgtest in the user's cache directory; "off" to run
+// initdb in each binary) and every cluster starts from a copy of it.
+//
 // Starting a cluster takes about a second, so a package's tests share one. The package's
 // TestMain calls [Main]:
 //
@@ -80,8 +84,8 @@ type Cluster struct {
 // shared is the cluster [Main] offers to every [Start] of a test binary. It is the package's
 // one piece of global state, and it has to be: TestMain and the tests share nothing else,
 // and starting a server per test would cost a second each.
-// It also keeps one initdb'd data directory that every cluster of the binary starts from
-// as a copy, which takes a fraction of initdb's time.
+// It also holds the data directory every cluster of the binary starts from as a copy,
+// which takes a fraction of initdb's time: the cached one, else one of the binary's own.
 var shared struct {
 	active atomic.Bool // Main is running the tests
 	once   sync.Once
@@ -89,7 +93,8 @@ var shared struct {
 	err    error
 
 	templateOnce sync.Once
-	template     *Cluster // its data directory, never started; nil before first use
+	template     string   // the data directory clusters start from as a copy; "" before first use
+	templateTemp *Cluster // the template's own directory when it is not in the cache; else nil
 	templateErr  error
 }
 
@@ -103,8 +108,8 @@ func Main(m *testing.M) {
 		shared.c.Stop()
 		shared.c.removeDir()
 	}
-	if shared.template != nil {
-		shared.template.removeDir()
+	if shared.templateTemp != nil {
+		shared.templateTemp.removeDir()
 	}
 	os.Exit(code)
 }
@@ -142,18 +147,27 @@ func New(t testing.TB) *Cluster {
 	return c
 }
 
-// start makes a data directory and starts postgres on it. Under [Main] the directory is a
-// copy of the binary's template; otherwise initdb makes it.
+// start makes a data directory and starts postgres on it: a copy of the template initdb made
+// once for every test binary ([cachedTemplate]); else, under [Main], a copy of the binary's
+// own template; otherwise initdb makes it.
 func start(bin string) (*Cluster, error) {
-	var template string
+	template := ""
 	if shared.active.Load() {
 		shared.templateOnce.Do(func() {
-			shared.template, shared.templateErr = initCluster(bin, "")
+			if shared.template = cachedTemplate(bin); shared.template != "" {
+				return
+			}
+			shared.templateTemp, shared.templateErr = initCluster(bin, "")
+			if shared.templateErr == nil {
+				shared.template = shared.templateTemp.dataDir()
+			}
 		})
 		if shared.templateErr != nil {
 			return nil, shared.templateErr
 		}
-		template = shared.template.dataDir()
+		template = shared.template
+	} else {
+		template = cachedTemplate(bin)
 	}
 	c, err := initCluster(bin, template)
 	if err != nil {
@@ -165,6 +179,9 @@ func start(bin string) (*Cluster, error) {
 	}
 	return c, nil
 }
+
+// initdbArgs are initdb's arguments after its -D DIR.
+var initdbArgs = []string{"-A", "trust", "-U", Superuser, "-E", "UTF8", "--locale=C", "--no-sync"}
 
 // initCluster makes a cluster's directory and its data directory: a copy of template, or
 // made by initdb when template is "".
@@ -200,8 +217,7 @@ func initCluster(bin, template string) (*Cluster, error) {
 		}
 		return c, nil
 	}
-	initdb := c.command(filepath.Join(bin, "initdb"),
-		"-D", c.dataDir(), "-A", "trust", "-U", Superuser, "-E", "UTF8", "--locale=C", "--no-sync")
+	initdb := c.command(filepath.Join(bin, "initdb"), append([]string{"-D", c.dataDir()}, initdbArgs...)...)
 	if out, err := initdb.CombinedOutput(); err != nil {
 		return fail(fmt.Errorf("initdb: %w: %s", err, strings.TrimSpace(string(out))))
 	}
