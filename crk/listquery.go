@@ -442,7 +442,5 @@ func (o *ListOptions) filtersState() bool {
 	return slices.ContainsFunc(o.Filter, func(f KeyFilter) bool { return f.Field == FieldState })
 }
 
-// keyAliases returns the aliases a search's alias scope looks at. Keys have none on this
-// branch: aliases (crk.Key.Aliases) are helper ALIAS's, and the merge makes this return
-// k.Aliases; until then an alias-scoped search matches no key, as for keys without aliases.
-func keyAliases(*Key) []string { return nil }
+// keyAliases returns the aliases a search's alias scope looks at.
+func keyAliases(k *Key) []string { return k.Aliases }

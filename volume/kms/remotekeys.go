@@ -39,6 +39,12 @@ func APIKey(k *kp.Key) kpapi.Key {
 	if k.Rotation != nil {
 		out.Rotation = &kpapi.Rotation{Enabled: k.Rotation.Enabled == nil || *k.Rotation.Enabled, IntervalMonth: k.Rotation.Interval}
 	}
+	// The official client reads only the policy's enabled member (not keySetForDeletion or
+	// authExpiration); a key without the policy shows {"enabled":false}, as the service sends.
+	out.DualAuthDelete = &kpapi.DualAuth{}
+	if k.DualAuthDelete != nil && k.DualAuthDelete.Enabled != nil {
+		out.DualAuthDelete.Enabled = *k.DualAuthDelete.Enabled
+	}
 	if k.Deleted != nil {
 		out.Deleted = *k.Deleted
 	}
