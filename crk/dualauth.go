@@ -19,7 +19,10 @@ const DualAuthWindow = 7 * 24 * time.Hour
 
 // Audit actions of dual authorization (Activity Tracker names).
 const (
-	ActionSetKeyForDeletion   = "kms.secrets.setkeyfordeletion"
+	// ActionSetKeyForDeletion: a principal authorized the deletion of a dual
+	// authorization key (the first of the two).
+	ActionSetKeyForDeletion = "kms.secrets.setkeyfordeletion"
+	// ActionUnsetKeyForDeletion: a pending authorization to delete was withdrawn.
 	ActionUnsetKeyForDeletion = "kms.secrets.unsetkeyfordeletion"
 )
 

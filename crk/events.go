@@ -38,12 +38,19 @@ const (
 	ActionRotationHook    = "kms.secrets.rotate.hook"
 	ActionMasterKeyRotate = "kms.instance.masterkey.rotate"
 	// Aliases and key rings (aliases.go, keyrings.go), by Activity Tracker's current names.
-	ActionAliasCreate   = "kms.secrets-alias.create"
-	ActionAliasDelete   = "kms.secrets-alias.delete"
+
+	// ActionAliasCreate: an alias was added to a key.
+	ActionAliasCreate = "kms.secrets-alias.create"
+	// ActionAliasDelete: an alias was removed from a key.
+	ActionAliasDelete = "kms.secrets-alias.delete"
+	// ActionKeyRingCreate: a key ring was created.
 	ActionKeyRingCreate = "kms.key-rings.create"
-	ActionKeyRingList   = "kms.key-rings.list"
+	// ActionKeyRingList: the key rings were listed.
+	ActionKeyRingList = "kms.key-rings.list"
+	// ActionKeyRingDelete: a key ring was deleted.
 	ActionKeyRingDelete = "kms.key-rings.delete"
-	ActionPatch         = "kms.secrets.patch"
+	// ActionPatch: a key's metadata was changed (PATCH: moved to another key ring).
+	ActionPatch = "kms.secrets.patch"
 )
 
 // Event outcomes.

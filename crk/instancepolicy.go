@@ -131,7 +131,9 @@ type InstancePolicyUpdate struct {
 
 // Audit actions of instance policies (Activity Tracker names).
 const (
-	ActionInstancePolicyRead  = "kms.instance-policies.read"
+	// ActionInstancePolicyRead: the instance's policies were read.
+	ActionInstancePolicyRead = "kms.instance-policies.read"
+	// ActionInstancePolicyWrite: instance policies were set.
 	ActionInstancePolicyWrite = "kms.instance-policies.write"
 )
 

@@ -151,6 +151,9 @@ func eventActions() []string {
 		crk.ActionSync, crk.ActionExpire, crk.ActionPolicyWrite, crk.ActionRegister, crk.ActionRegUpdate,
 		crk.ActionRegDelete, crk.ActionPrune, crk.ActionRotationHook, crk.ActionMasterKeyRotate,
 		crk.ActionDefault, crk.ActionEventAck, crk.ActionForgetAck,
+		crk.ActionAliasCreate, crk.ActionAliasDelete, crk.ActionKeyRingCreate, crk.ActionKeyRingList,
+		crk.ActionKeyRingDelete, crk.ActionPatch,
+		crk.ActionImportTokenCreate, crk.ActionImportTokenRead, crk.ActionImportTokenStatus,
 		crk.ActionInstancePolicyRead, crk.ActionInstancePolicyWrite, crk.ActionSetKeyForDeletion, crk.ActionUnsetKeyForDeletion,
 	}
 }

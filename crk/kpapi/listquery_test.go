@@ -137,6 +137,48 @@ func TestListKeysQueryOfficialClient(t *testing.T) {
 	})
 }
 
+// TestListKeysAliasSearchOfficialClient: ListKeys searches of keyprotect-go-client v0.15.1
+// look at a key's aliases (made with the client's CreateKeyAlias): an alias-scoped search and
+// a plain one find the key by its alias, a name-scoped one does not, an exact search matches
+// the whole alias, and not: leaves the key out.
+func TestListKeysAliasSearchOfficialClient(t *testing.T) {
+	forEachEnv(t, func(t *testing.T, e *env) {
+		c, ctx := e.client, e.ctx
+		first, err := c.CreateRootKey(ctx, "first", nil)
+		require.NoError(t, err)
+		e.clock.Advance(time.Minute)
+		second, err := c.CreateRootKey(ctx, "second", nil)
+		require.NoError(t, err)
+		_, err = c.CreateKeyAlias(ctx, "web-alias", first.ID)
+		require.NoError(t, err)
+
+		for _, tc := range []struct {
+			name string
+			opts []kp.SearchOpts
+			text string
+			want []string
+		}{
+			{"alias scope", []kp.SearchOpts{kp.AddAliasScope()}, "web", []string{first.ID}},
+			{"plain", nil, "web", []string{first.ID}},
+			{"name scope", []kp.SearchOpts{kp.AddKeyNameScope()}, "web", []string{}},
+			{"exact alias", []kp.SearchOpts{kp.WithExactMatch()}, "web-alias", []string{first.ID}},
+			{"exact part of the alias", []kp.SearchOpts{kp.WithExactMatch()}, "web", []string{}},
+			{"not", []kp.SearchOpts{kp.ApplyNot()}, "web", []string{second.ID}},
+		} {
+			text := tc.text
+			q, err := kp.GetKeySearchQuery(&text, tc.opts...)
+			require.NoError(t, err)
+			keys, err := c.ListKeys(ctx, &kp.ListKeysOptions{Search: q})
+			require.NoError(t, err, tc.name)
+			got := []string{}
+			for _, k := range keys.Keys {
+				got = append(got, k.ID)
+			}
+			assert.Equal(t, tc.want, got, "%s (search %q)", tc.name, *q)
+		}
+	})
+}
+
 func minID(a, b string) string { return min(a, b) }
 func maxID(a, b string) string { return max(a, b) }
 

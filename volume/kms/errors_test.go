@@ -3,11 +3,19 @@ package kms_test
 import (
 	"bytes"
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -53,7 +61,7 @@ func newErrFixtureOn(t *testing.T, st serverStore) *errFixture {
 	t.Helper()
 	f := &errFixture{ctx: context.Background(), dir: t.TempDir(),
 		clock: crk.NewManualClock(time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC))}
-	tenants, inst, svc := st.open(t, f.dir, crk.Options{Clock: f.clock, MasterKey: bytes.Repeat([]byte{4}, 32)})
+	tenants, inst, svc := st.open(t, f.dir, crk.Options{Clock: f.clock, MasterKey: bytes.Repeat([]byte{4}, 32), ImportTokenKey: fixtureTokenKey})
 	f.svc, f.local = svc, kms.NewLocal(svc)
 	api := kpapi.NewServer(tenants)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -160,6 +168,57 @@ func material() []byte {
 }
 
 const crn = "crn:v1:local:public:is:local:a/crkvol::volume:v1"
+
+// fixtureTokenKey is the fixtures' crk.Options.ImportTokenKey: the RSA-4096 key of crk's test
+// fixture crk/testdata/import-token-a.pem (made once with openssl; it protects nothing), read
+// when a token is created. Generating such a key costs seconds of CPU.
+func fixtureTokenKey() (*rsa.PrivateKey, error) {
+	raw, err := os.ReadFile(filepath.Join("..", "..", "crk", "testdata", "import-token-a.pem"))
+	if err != nil {
+		return nil, err
+	}
+	block, _ := pem.Decode(raw)
+	if block == nil {
+		return nil, errors.New("import-token-a.pem holds no PEM block")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	priv, ok := k.(*rsa.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("import-token-a.pem holds a %T, not an RSA key", k)
+	}
+	return priv, nil
+}
+
+// sealThroughToken creates an import token on f's service, retrieves it and returns root key
+// material sealed through it as a client seals it: the material encrypted with the token's
+// public key (RSA-OAEP, SHA-256) and nonce encrypted with AES-GCM under the material. The
+// caller's alter changes the sealed nonce or IV before it is returned.
+func (f *errFixture) sealThroughToken(t *testing.T, alter func(em *crk.EncryptedMaterial, nonce []byte)) *crk.EncryptedMaterial {
+	t.Helper()
+	_, err := f.svc.CreateImportToken(f.ctx, crk.ImportTokenOptions{})
+	require.NoError(t, err)
+	tok, err := f.svc.GetImportToken(f.ctx)
+	require.NoError(t, err)
+	block, _ := pem.Decode(tok.PublicKey)
+	require.NotNil(t, block)
+	pub, err := x509.ParsePKIXPublicKey(block.Bytes)
+	require.NoError(t, err)
+	m := material()
+	payload, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, pub.(*rsa.PublicKey), m, nil)
+	require.NoError(t, err)
+	em := &crk.EncryptedMaterial{Payload: payload, Algorithm: crk.AlgorithmRSAOAEPSHA256, IV: bytes.Repeat([]byte{9}, crk.ImportTokenNonceSize)}
+	nonce := bytes.Clone(tok.Nonce)
+	alter(em, nonce)
+	block2, err := aes.NewCipher(m)
+	require.NoError(t, err)
+	gcm, err := cipher.NewGCM(block2)
+	require.NoError(t, err)
+	em.EncryptedNonce = gcm.Seal(nil, bytes.Repeat([]byte{9}, crk.ImportTokenNonceSize), nonce, nil)
+	return em
+}
 
 // TestErrorTableBothSides makes every sentinel of crk's error table happen and checks that
 // the in-process key service (Local) and the remote one (Remote over the kpapi server)
@@ -426,6 +485,41 @@ func TestErrorTableBothSides(t *testing.T) {
 				_, err = f.svc.CreateKey(f.ctx, crk.CreateOptions{Name: "member", KeyRingID: "full"})
 				require.NoError(t, err)
 				return f.svc.DeleteKeyRing(f.ctx, "full", true)
+			}},
+			// Import tokens (crk's importtoken.go), with the fixture's RSA key.
+			crk.ErrImportTokenNotFound: {svc: func(t *testing.T, f *errFixture) error {
+				_, err := f.svc.GetImportToken(f.ctx)
+				return err
+			}},
+			crk.ErrImportTokenExpired: {svc: func(t *testing.T, f *errFixture) error {
+				_, err := f.svc.CreateImportToken(f.ctx, crk.ImportTokenOptions{Expiration: crk.MinImportTokenExpiration})
+				require.NoError(t, err)
+				f.clock.Advance(crk.MinImportTokenExpiration)
+				_, err = f.svc.GetImportToken(f.ctx)
+				return err
+			}},
+			crk.ErrImportTokenUsedUp: {svc: func(t *testing.T, f *errFixture) error {
+				_, err := f.svc.CreateImportToken(f.ctx, crk.ImportTokenOptions{MaxRetrievals: 1})
+				require.NoError(t, err)
+				_, err = f.svc.GetImportToken(f.ctx)
+				require.NoError(t, err)
+				_, err = f.svc.GetImportToken(f.ctx)
+				return err
+			}},
+			crk.ErrIncorrectNonce: {svc: func(t *testing.T, f *errFixture) error {
+				em := f.sealThroughToken(t, func(_ *crk.EncryptedMaterial, nonce []byte) { nonce[0] ^= 1 })
+				_, err := f.svc.CreateKey(f.ctx, crk.CreateOptions{Name: "other nonce", Type: crk.RootKey, Encrypted: em})
+				return err
+			}},
+			crk.ErrNonceIV: {svc: func(t *testing.T, f *errFixture) error {
+				em := f.sealThroughToken(t, func(em *crk.EncryptedMaterial, _ []byte) { em.IV = bytes.Repeat([]byte{8}, crk.ImportTokenNonceSize) })
+				_, err := f.svc.CreateKey(f.ctx, crk.CreateOptions{Name: "other iv", Type: crk.RootKey, Encrypted: em})
+				return err
+			}},
+			crk.ErrEncryptionAlgorithm: {svc: func(t *testing.T, f *errFixture) error {
+				em := &crk.EncryptedMaterial{Payload: []byte{1}, Algorithm: "RSAES_PKCS1_V1_5", EncryptedNonce: []byte{1}, IV: make([]byte, crk.ImportTokenNonceSize)}
+				_, err := f.svc.CreateKey(f.ctx, crk.CreateOptions{Name: "pkcs1", Type: crk.RootKey, Encrypted: em})
+				return err
 			}},
 			crk.ErrKeyRingQuota: {svc: func(t *testing.T, f *errFixture) error {
 				for i := range crk.MaxKeyRings {
