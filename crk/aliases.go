@@ -135,7 +135,7 @@ func (s *Service) CreateAlias(ctx context.Context, idOrAlias, alias string) (*Al
 	if err := CheckAlias(alias); err != nil {
 		return nil, s.refuse(ctx, ActionAliasCreate, idOrAlias, err)
 	}
-	id, err := s.resolve(ctx, idOrAlias, "")
+	id, err := s.resolve(ctx, idOrAlias, "", false)
 	if err != nil {
 		return nil, s.refuse(ctx, ActionAliasCreate, idOrAlias, err)
 	}
@@ -160,7 +160,7 @@ func (s *Service) CreateAlias(ctx context.Context, idOrAlias, alias string) (*Al
 // DeleteAlias takes the alias alias from the key idOrAlias (ErrAliasNotFound if the key does
 // not have it), freeing it for any key.
 func (s *Service) DeleteAlias(ctx context.Context, idOrAlias, alias string) error {
-	id, err := s.resolve(ctx, idOrAlias, "")
+	id, err := s.resolve(ctx, idOrAlias, "", false)
 	if err != nil {
 		return s.refuse(ctx, ActionAliasDelete, idOrAlias, err)
 	}
@@ -183,7 +183,7 @@ func (s *Service) DeleteAlias(ctx context.Context, idOrAlias, alias string) erro
 // (deleted keys included). Neither is ErrKeyNotFound. It records no event: the action it
 // resolves for does.
 func (s *Service) ResolveKey(ctx context.Context, idOrAlias string) (string, error) {
-	return s.resolve(ctx, idOrAlias, "")
+	return s.resolve(ctx, idOrAlias, "", false)
 }
 
 // ResolveKeyInRing is ResolveKey for a request that names the key ring the key is in (Key
@@ -191,10 +191,37 @@ func (s *Service) ResolveKey(ctx context.Context, idOrAlias string) (string, err
 // finds no such key in the ring; a ring the instance does not have is ErrKeyRingNotFound.
 // An empty ring is any ring.
 func (s *Service) ResolveKeyInRing(ctx context.Context, idOrAlias, ring string) (string, error) {
-	return s.resolve(ctx, idOrAlias, ring)
+	return s.resolve(ctx, idOrAlias, ring, false)
 }
 
-func (s *Service) resolve(ctx context.Context, ref, ring string) (string, error) {
+// ResolveAPIKey is ResolveKeyInRing for the Key Protect API, where a purged key no longer
+// exists: its id or alias is ErrKeyNotFound, with the message of an id no key ever had, as
+// Key Protect answers 404 for every call on a purged key. crk itself keeps the purged key's
+// record (a tombstone without material) for the audit trail; ResolveKey still finds it.
+func (s *Service) ResolveAPIKey(ctx context.Context, idOrAlias, ring string) (string, error) {
+	return s.resolve(ctx, idOrAlias, ring, true)
+}
+
+// CheckNotPurged returns ErrKeyNotFound when id is the id of a purged key (see
+// ResolveAPIKey), nil otherwise, an unknown id included: the operation on it refuses that.
+func (s *Service) CheckNotPurged(ctx context.Context, id string) error {
+	return s.view(ctx, func(tx storeTx) error {
+		r, err := tx.key(id)
+		if errors.Is(err, ErrKeyNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if r.Purged {
+			return fmt.Errorf("%w: no key has the id or alias %q", ErrKeyNotFound, id)
+		}
+		return nil
+	})
+}
+
+// resolve resolves ref (in ring, if not empty); live hides purged keys.
+func (s *Service) resolve(ctx context.Context, ref, ring string, live bool) (string, error) {
 	if err := checkKeyRingRef(ring); err != nil {
 		return "", err
 	}
@@ -217,6 +244,9 @@ func (s *Service) resolve(ctx context.Context, ref, ring string) (string, error)
 		}
 		if err != nil {
 			return err
+		}
+		if live && r.Purged {
+			return fmt.Errorf("%w: no key has the id or alias %q", ErrKeyNotFound, ref)
 		}
 		if ring != "" && r.ring() != ring {
 			if ring != DefaultKeyRing {

@@ -238,7 +238,7 @@ func (s *Service) SetKeyRing(ctx context.Context, idOrAlias, ring string) (*Key,
 	if err := CheckKeyRingID(ring); err != nil {
 		return nil, s.refuse(ctx, ActionPatch, idOrAlias, err)
 	}
-	id, err := s.resolve(ctx, idOrAlias, "")
+	id, err := s.resolve(ctx, idOrAlias, "", false)
 	if err != nil {
 		return nil, s.refuse(ctx, ActionPatch, idOrAlias, err)
 	}

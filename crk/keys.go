@@ -266,6 +266,9 @@ type ListOptions struct {
 	Sort   []KeySort
 	// Offset and Limit page through the selected keys in their order; Limit 0 means all.
 	Offset, Limit int
+	// Live leaves purged keys out, whatever the states (Key Protect lists no purged key:
+	// it no longer exists there; crk keeps its record for the audit trail).
+	Live bool
 }
 
 // ListKeys returns key metadata in creation order, or in opts.Sort's order.
@@ -279,6 +282,9 @@ func (s *Service) ListKeys(ctx context.Context, opts ListOptions) ([]Key, error)
 	err := s.view(ctx, func(tx storeTx) error {
 		out = nil // the transaction may run again
 		return tx.keys(false, func(r *keyRecord) error {
+			if opts.Live && r.Purged {
+				return nil
+			}
 			if len(states) > 0 && !slices.Contains(states, r.effectiveState(now)) {
 				return nil
 			}
@@ -525,6 +531,10 @@ func (s *Service) RestoreKey(ctx context.Context, id string) (*Key, error) {
 // PurgeKey destroys the material of every version of a deleted key, for good
 // (crypto-shredding): the key can no longer be restored. It is refused (ErrTooEarly) until
 // PurgeWait (4 hours) after the deletion; RunDue purges a key AutoPurgeAfter its deletion.
+// The key's record stays, without material, as a tombstone for the audit trail (its events
+// name it): the Key Protect API (ResolveAPIKey, ListOptions.Live) and the CLI treat a purged
+// key as one that no longer exists, as Key Protect does; crk's own calls refuse it with
+// ErrKeyPurged.
 func (s *Service) PurgeKey(ctx context.Context, id string) (*Key, error) {
 	return s.purge(ctx, id, false)
 }

@@ -16,7 +16,10 @@ import (
 // what it does not understand with ErrInvalidQuery, naming the part that is wrong.
 
 // KeySearch is a parsed search query: keys whose name or alias contains Text (ignoring
-// letter case), or equals it (Exact, letter case included); Not selects the other keys.
+// letter case), or equals it (Exact, letter case included), and the key whose id is Text
+// (a whole id, in either letter case, with or without exact:: Key Protect's search finds a
+// key "by display name, key ID or alias", and by key ID only on an exact match); Not
+// selects the other keys.
 type KeySearch struct {
 	// Text is what is searched for, never empty.
 	Text string
@@ -25,7 +28,7 @@ type KeySearch struct {
 	// Exact matches whole names or aliases only, with their letter case.
 	Exact bool
 	// Name and Alias restrict the search to names or to aliases; with neither (or both)
-	// both are searched.
+	// both are searched, and key ids.
 	Name, Alias bool
 }
 
@@ -107,11 +110,11 @@ func (s *KeySearch) String() string {
 	return b.String()
 }
 
-// Matches reports whether a key with this name and these aliases is selected.
-func (s *KeySearch) Matches(name string, aliases []string) bool {
+// Matches reports whether a key with this id, name and these aliases is selected.
+func (s *KeySearch) Matches(id, name string, aliases []string) bool {
 	both := s.Name == s.Alias
-	found := false
-	if both || s.Name {
+	found := both && strings.EqualFold(id, s.Text)
+	if !found && (both || s.Name) {
 		found = s.match(name)
 	}
 	if !found && (both || s.Alias) {
@@ -425,7 +428,7 @@ func (o *ListOptions) selects(k *Key, aliases []string) bool {
 	if o.Extractable != nil && k.Extractable != *o.Extractable {
 		return false
 	}
-	if o.Search != nil && !o.Search.Matches(k.Name, aliases) {
+	if o.Search != nil && !o.Search.Matches(k.ID, k.Name, aliases) {
 		return false
 	}
 	for _, f := range o.Filter {

@@ -48,27 +48,36 @@ func TestParseKeySearch(t *testing.T) {
 func TestKeySearchMatches(t *testing.T) {
 	for _, c := range []struct {
 		q       string
+		id      string
 		name    string
 		aliases []string
 		want    bool
 	}{
-		{"web", "Web-Root", nil, true},
-		{"web", "db", []string{"my-web"}, true},
-		{"web", "db", []string{"db-alias"}, false},
-		{"exact:web", "web-root", nil, false},
-		{"exact:web", "web", nil, true},
-		{"exact:Web", "web", nil, false},
-		{"name:web", "db", []string{"web"}, false},
-		{"alias:web", "web", []string{"db"}, false},
-		{"alias:web", "db", []string{"web"}, true},
-		{"not:web", "web", nil, false},
-		{"not:web", "db", nil, true},
-		{"not:alias:exact:web", "web", []string{"web"}, false},
-		{"not:alias:exact:web", "web", nil, true},
+		// A key id is found whole (either letter case), not by a part of it, nor with a
+		// name: or alias: scope.
+		{"0f5e6c1a-1b2c-4d3e-8f40-5a6b7c8d9e0f", "0f5e6c1a-1b2c-4d3e-8f40-5a6b7c8d9e0f", "db", nil, true},
+		{"exact:0F5E6C1A-1B2C-4D3E-8F40-5A6B7C8D9E0F", "0f5e6c1a-1b2c-4d3e-8f40-5a6b7c8d9e0f", "db", nil, true},
+		{"0f5e6c1a", "0f5e6c1a-1b2c-4d3e-8f40-5a6b7c8d9e0f", "db", nil, false},
+		{"name:0f5e6c1a-1b2c-4d3e-8f40-5a6b7c8d9e0f", "0f5e6c1a-1b2c-4d3e-8f40-5a6b7c8d9e0f", "db", nil, false},
+		{"alias:0f5e6c1a-1b2c-4d3e-8f40-5a6b7c8d9e0f", "0f5e6c1a-1b2c-4d3e-8f40-5a6b7c8d9e0f", "db", nil, false},
+		{"not:0f5e6c1a-1b2c-4d3e-8f40-5a6b7c8d9e0f", "0f5e6c1a-1b2c-4d3e-8f40-5a6b7c8d9e0f", "db", nil, false},
+		{"web", "k1", "Web-Root", nil, true},
+		{"web", "k1", "db", []string{"my-web"}, true},
+		{"web", "k1", "db", []string{"db-alias"}, false},
+		{"exact:web", "k1", "web-root", nil, false},
+		{"exact:web", "k1", "web", nil, true},
+		{"exact:Web", "k1", "web", nil, false},
+		{"name:web", "k1", "db", []string{"web"}, false},
+		{"alias:web", "k1", "web", []string{"db"}, false},
+		{"alias:web", "k1", "db", []string{"web"}, true},
+		{"not:web", "k1", "web", nil, false},
+		{"not:web", "k1", "db", nil, true},
+		{"not:alias:exact:web", "k1", "web", []string{"web"}, false},
+		{"not:alias:exact:web", "k1", "web", nil, true},
 	} {
 		s, err := ParseKeySearch(c.q)
 		require.NoError(t, err)
-		assert.Equal(t, c.want, s.Matches(c.name, c.aliases), "%s on %s %v", c.q, c.name, c.aliases)
+		assert.Equal(t, c.want, s.Matches(c.id, c.name, c.aliases), "%s on %s %s %v", c.q, c.id, c.name, c.aliases)
 	}
 }
 

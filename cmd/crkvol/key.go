@@ -68,6 +68,13 @@ func (a *app) keyCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
+				if a.remote == nil {
+					// A purged key no longer exists, as on a remote service (Key Protect: 404
+					// on its id); the store keeps its record for the audit trail only.
+					if err := a.svc.CheckNotPurged(ctx, id); err != nil {
+						return withHint(err, "a purged key no longer exists; its audit events remain: crkvol events --key "+id)
+					}
+				}
 				if a.remote != nil {
 					switch name {
 					case "sync":

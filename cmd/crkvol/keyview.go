@@ -242,7 +242,7 @@ func (a *app) listKeys(ctx context.Context, states ...int) ([]kpapi.Key, error) 
 	if a.remote != nil {
 		return a.remote.ListKeysIn(ctx, states...)
 	}
-	var opts crk.ListOptions
+	opts := crk.ListOptions{Live: true} // no purged key, as a remote service lists none
 	for _, s := range states {
 		opts.States = append(opts.States, crk.State(s))
 	}

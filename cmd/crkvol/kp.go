@@ -48,7 +48,9 @@ output: "crkvol kp key create my-key" does what "ibmcloud kp key create my-key" 
 They talk the Key Protect API v2 through IBM's official client: with --kms-url to that service
 (API key in CRKVOL_KMS_APIKEY or token in CRKVOL_KMS_TOKEN), otherwise to the state directory's
 embedded key service, in process, as its default instance; its audit events name the caller
-cli:$USER. -i, --instance-id (env KP_INSTANCE_ID) names the instance: with --kms-url it is the
+cli:$USER. On the embedded service dual authorization delete separates people only by $USER,
+which anyone can set: whoever can open the state directory holds its master key and can do
+anything. Use --kms-url with an API key per person for real separation. -i, --instance-id (env KP_INSTANCE_ID) names the instance: with --kms-url it is the
 remote instance (as --kms-instance); for the embedded service it must be the default
 instance's id. Give -o json (or --json) for JSON output. A command prints its progress line,
 then SUCCESS and its result, or FAILED and the error (on stderr).`
@@ -178,6 +180,9 @@ type kpCall struct {
 	body   []byte // its body
 	err    error  // the transport error that ended the call
 	method string
+	// capture keeps the body of each successful response in ok (see kpSession.callRaw).
+	capture bool
+	ok      []byte
 }
 
 // failure returns the recorded failure, or nil.
@@ -208,6 +213,17 @@ func (t *kpTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return resp, err
 	}
 	if err == nil && resp.StatusCode != http.StatusTooManyRequests && (resp.StatusCode < 500 || resp.StatusCode == http.StatusNotImplemented) {
+		if c.capture && resp.StatusCode < 300 {
+			body, rerr := io.ReadAll(io.LimitReader(resp.Body, maxKPBody))
+			resp.Body.Close()
+			if rerr != nil {
+				return nil, rerr
+			}
+			c.mu.Lock()
+			c.ok = body
+			c.mu.Unlock()
+			resp.Body = io.NopCloser(bytes.NewReader(body))
+		}
 		return resp, nil
 	}
 	c.mu.Lock()
@@ -285,9 +301,21 @@ func (w *responseBuffer) Write(b []byte) (int, error) {
 // escaped); a request that changes the remote service's state and ends without an answer,
 // or with a 5xx, may have acted: its error says so and matches kms.ErrOutcomeUnknown.
 func (s *kpSession) call(ctx context.Context, fn func(ctx context.Context, c *kp.Client) error) error {
+	_, err := s.callCapture(ctx, false, fn)
+	return err
+}
+
+// callRaw is call that also returns the body of the last successful response, as the
+// service sent it: for the members the official client drops (a key's
+// dualAuthDelete.keySetForDeletion and authExpiration).
+func (s *kpSession) callRaw(ctx context.Context, fn func(ctx context.Context, c *kp.Client) error) ([]byte, error) {
+	return s.callCapture(ctx, true, fn)
+}
+
+func (s *kpSession) callCapture(ctx context.Context, capture bool, fn func(ctx context.Context, c *kp.Client) error) ([]byte, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	state := &kpCall{cancel: cancel}
+	state := &kpCall{cancel: cancel, capture: capture}
 	ctx = context.WithValue(ctx, kpCallKey{}, state)
 	run := func(ctx context.Context, auth string) error {
 		return recoverClient(func() error { return fn(kp.NewContextWithAuth(ctx, auth), s.client) })
@@ -299,10 +327,12 @@ func (s *kpSession) call(ctx context.Context, fn func(ctx context.Context, c *kp
 		err = run(ctx, "Bearer local")
 	}
 	if err == nil {
-		return nil
+		state.mu.Lock()
+		defer state.mu.Unlock()
+		return state.ok, nil
 	}
 	if errors.Is(err, kms.ErrCertificate) {
-		return err
+		return nil, err
 	}
 	status, body, method, terr := state.failure()
 	changes := method != "" && method != http.MethodGet
@@ -320,7 +350,7 @@ func (s *kpSession) call(ctx context.Context, fn func(ctx context.Context, c *kp
 	default:
 		err = kms.ClientError(err)
 	}
-	return err
+	return nil, err
 }
 
 // recoverClient runs fn, a call of the official client, turning its panic into an error:

@@ -9,6 +9,7 @@ import (
 	kp "github.com/IBM/keyprotect-go-client"
 	"github.com/spf13/cobra"
 
+	"crkvol/crk/kpapi"
 	"crkvol/volume"
 )
 
@@ -176,7 +177,7 @@ func (a *app) kpShow(keyCmd kpKeyCmd) *cobra.Command {
 	return keyCmd("show ID", "Show a key (with -o json, a standard key's payload too)", func(ctx context.Context, s *kpSession, args []string) error {
 		a.kpProgress("Grabbing info for key id: %s...", args[0])
 		var k *kp.Key
-		err := s.call(ctx, func(ctx context.Context, c *kp.Client) (err error) {
+		raw, err := s.callRaw(ctx, func(ctx context.Context, c *kp.Client) (err error) {
 			if a.asJSON {
 				k, err = c.GetKey(ctx, args[0]) // the payload of a standard key is what -o json is for
 			} else {
@@ -184,13 +185,25 @@ func (a *app) kpShow(keyCmd kpKeyCmd) *cobra.Command {
 			}
 			return err
 		})
+		var v kpKeyView
+		if err == nil {
+			v, err = kpKeyViewOf(k, raw)
+		}
 		if err := a.kpDone(err); err != nil {
 			return err
 		}
 		if a.asJSON {
-			return a.emit(k)
+			return a.emit(v)
 		}
-		return kpTable(a.stdout, []string{"Key ID", "Key Name", "Description", "Creation Date", "Expiration Date"}, kpKeyRow(k))
+		if err := kpTable(a.stdout, []string{"Key ID", "Key Name", "Description", "Creation Date", "Expiration Date"}, kpKeyRow(k)); err != nil {
+			return err
+		}
+		// A key with dual authorization delete: whether the first authorization was given.
+		if rows := kpDualAuthRows(v.DualAuthDelete); rows != nil {
+			fmt.Fprintln(a.stdout)
+			return kpTable(a.stdout, []string{"Dual Authorization Delete", ""}, rows...)
+		}
+		return nil
 	})
 }
 
@@ -281,13 +294,18 @@ func hasVolumeOf(entries []volume.Entry, id string) bool {
 // kpEmitKey prints a key's metadata as JSON.
 func (a *app) kpEmitKey(ctx context.Context, s *kpSession, ref string) error {
 	var k *kp.Key
-	if err := s.call(ctx, func(ctx context.Context, c *kp.Client) (err error) {
+	raw, err := s.callRaw(ctx, func(ctx context.Context, c *kp.Client) (err error) {
 		k, err = c.GetKeyMetadata(ctx, ref)
 		return err
-	}); err != nil {
+	})
+	if err != nil {
 		return err
 	}
-	return a.emit(k)
+	v, err := kpKeyViewOf(k, raw)
+	if err != nil {
+		return err
+	}
+	return a.emit(v)
 }
 
 func (a *app) kpDelete(keyCmd kpKeyCmd) *cobra.Command {
@@ -475,18 +493,40 @@ func (a *app) kpPolicies(keyCmd kpKeyCmd) *cobra.Command {
 		if err := a.kpDone(err); err != nil {
 			return err
 		}
-		var out []kp.Policy
+		var out []kpPolicyView
 		for _, p := range ps {
 			if (rotation || dual) && !(rotation && p.Rotation != nil || dual && p.DualAuth != nil) {
 				continue
 			}
-			out = append(out, p)
+			v := kpPolicyView{Policy: p}
+			if d := p.DualAuth; d != nil && d.Enabled != nil {
+				v.DualAuth = &kpapi.DualAuth{Enabled: *d.Enabled}
+				if *d.Enabled {
+					// Whether the key is set for deletion is in the key, not its policy.
+					var k *kp.Key
+					raw, err := s.callRaw(ctx, func(ctx context.Context, c *kp.Client) (err error) {
+						k, err = c.GetKeyMetadata(ctx, args[0])
+						return err
+					})
+					if err != nil {
+						return err
+					}
+					kv, err := kpKeyViewOf(k, raw)
+					if err != nil {
+						return err
+					}
+					if kv.DualAuthDelete != nil {
+						v.DualAuth = kv.DualAuthDelete
+					}
+				}
+			}
+			out = append(out, v)
 		}
 		if a.asJSON {
 			return a.emit(kpList(out))
 		}
 		for _, p := range out {
-			if err := kpTable(a.stdout, []string{"", ""}, kpPolicyRows(p)...); err != nil {
+			if err := kpTable(a.stdout, []string{"", ""}, append(kpPolicyRows(p.Policy), kpDualAuthRows(p.DualAuth)...)...); err != nil {
 				return err
 			}
 		}

@@ -103,13 +103,23 @@ func (a *app) kpUpdate(keyCmd kpKeyCmd) *cobra.Command {
 	})
 	prev := c.PreRunE
 	c.PreRunE = func(cmd *cobra.Command, args []string) error {
+		if cmd.Flags().Changed("new-key-ring") && cmd.Flags().Changed("key-ring") {
+			return usagef("give --new-key-ring or --key-ring, not both")
+		}
 		if err := checkRingRef("--new-key-ring", ring); err != nil {
 			return err
 		}
 		return prev(cmd, args)
 	}
 	c.Flags().StringVarP(&ring, "new-key-ring", "r", "", "the key ring to move the key to")
-	requireFlags(c, "new-key-ring")
+	// --key-ring: the spelling of kp key create, for the same ring.
+	c.Flags().StringVar(&ring, "key-ring", "", "the same as --new-key-ring (as kp key create spells it)")
+	requireFlagsWhen(c, func(cmd *cobra.Command) []string {
+		if cmd.Flags().Changed("key-ring") {
+			return nil
+		}
+		return []string{"new-key-ring"}
+	})
 	return c
 }
 

@@ -8,6 +8,8 @@ import (
 
 	kp "github.com/IBM/keyprotect-go-client"
 	"github.com/spf13/cobra"
+
+	"crkvol/crk/kpapi"
 )
 
 // kpImportTokenCommands are the subcommands of `kp import-token`: create and show talk to
@@ -24,13 +26,14 @@ func (a *app) kpImportTokenCommands(f *kpFlags) []*cobra.Command {
 			return nil
 		},
 		RunE: a.kpSessionRun(f, func(ctx context.Context, s *kpSession, _ []string) error {
+			a.kpProgress("Creating import token in instance: %s...", s.instance)
 			var t *kp.ImportTokenMetadata
 			err := s.call(ctx, func(ctx context.Context, c *kp.Client) (err error) {
 				t, err = c.CreateImportToken(ctx, expiration, retrievals)
 				return err
 			})
-			if err != nil {
-				return a.kpDone(err)
+			if err := a.kpDone(err); err != nil {
+				return err
 			}
 			if a.asJSON {
 				return a.emit(t)
@@ -43,16 +46,20 @@ func (a *app) kpImportTokenCommands(f *kpFlags) []*cobra.Command {
 
 	show := &cobra.Command{Use: "show", Short: "Retrieve the import token: its transport key (base64 PEM) and nonce; each retrieval counts", Args: args(cobra.NoArgs),
 		RunE: a.kpSessionRun(f, func(ctx context.Context, s *kpSession, _ []string) error {
+			a.kpProgress("Retrieving import token of instance: %s...", s.instance)
 			var t *kp.ImportTokenKeyResponse
 			err := s.call(ctx, func(ctx context.Context, c *kp.Client) (err error) {
 				t, err = c.GetImportTokenTransportKey(ctx)
 				return err
 			})
-			if err != nil {
-				return a.kpDone(err)
+			if err := a.kpDone(err); err != nil {
+				return err
 			}
-			// JSON in either output format, as the plug-in prints it.
-			return a.emit(map[string]string{"nonce": t.Nonce, "payload": t.Payload})
+			if a.asJSON {
+				return a.emit(map[string]string{"nonce": t.Nonce, "payload": t.Payload})
+			}
+			// The payload (a PEM public key in base64) is longer than kpText keeps.
+			return kpTable(a.stdout, []string{"Nonce", "Payload"}, []string{kpText(t.Nonce), kpapi.Printable(t.Payload, 16<<10)})
 		})}
 
 	var material, pubkey, hash string
@@ -71,8 +78,12 @@ func (a *app) kpImportTokenCommands(f *kpFlags) []*cobra.Command {
 			default:
 				return usagef("--hash %q: want sha256 (the default) or sha1", hash)
 			}
+			a.kpProgress("Encrypting key...")
 			if err != nil {
-				return fmt.Errorf("encrypting the key material: %w", err)
+				err = fmt.Errorf("encrypting the key material: %w", err)
+			}
+			if err := a.kpDone(err); err != nil {
+				return err
 			}
 			if a.asJSON {
 				return a.emit(map[string]string{"encryptedKey": enc})
@@ -93,13 +104,17 @@ func (a *app) kpImportTokenCommands(f *kpFlags) []*cobra.Command {
 			if err := checkBase64("nonce", nonce); err != nil {
 				return err
 			}
+			a.kpProgress("Encrypting nonce...")
 			var enc, iv string
 			err := recoverClient(func() (err error) {
 				enc, iv, err = kp.EncryptNonce(nonceMaterial, nonce, "")
 				return err
 			})
 			if err != nil {
-				return fmt.Errorf("encrypting the nonce: %w", err)
+				err = fmt.Errorf("encrypting the nonce: %w", err)
+			}
+			if err := a.kpDone(err); err != nil {
+				return err
 			}
 			if a.asJSON {
 				return a.emit(map[string]string{"encryptedNonce": enc, "iv": iv})

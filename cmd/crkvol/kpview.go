@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"strconv"
@@ -86,6 +87,76 @@ func kpKeyRow(k *kp.Key) []string {
 		exp = kpTime(k.Expiration)
 	}
 	return []string{kpText(k.ID), kpText(k.Name), kpText(k.Description), kpTime(k.CreationDate), exp}
+}
+
+// kpKeyView is a key as kp commands print it with -o json: the official client's key, with
+// the service's whole dualAuthDelete member (the client's DualAuth keeps only enabled, and
+// drops keySetForDeletion and authExpiration, which say that a first authorization to
+// delete the key was given and until when).
+type kpKeyView struct {
+	*kp.Key
+	DualAuthDelete *kpapi.DualAuth `json:"dualAuthDelete,omitempty"`
+}
+
+// kpPolicyView is a key policy as kp key policies prints it with -o json: the official
+// client's policy, its dualAuthDelete with the key's keySetForDeletion and authExpiration
+// (the service sends them in the key, not in the policy).
+type kpPolicyView struct {
+	kp.Policy
+	DualAuth *kpapi.DualAuth `json:"dualAuthDelete,omitempty"`
+}
+
+// kpKeyViewOf is k with the dualAuthDelete member of raw, the service's answer about it (a
+// key collection); a member raw does not have is the client's.
+func kpKeyViewOf(k *kp.Key, raw []byte) (kpKeyView, error) {
+	v := kpKeyView{Key: k}
+	if k.DualAuthDelete != nil && k.DualAuthDelete.Enabled != nil {
+		v.DualAuthDelete = &kpapi.DualAuth{Enabled: *k.DualAuthDelete.Enabled}
+	}
+	d, err := kpDualAuthOf(raw)
+	if err != nil {
+		return v, err
+	}
+	if d != nil {
+		v.DualAuthDelete = d
+	}
+	return v, nil
+}
+
+// kpDualAuthOf reads the dualAuthDelete member of the first key of a service's answer (a
+// key collection), nil if it has none. Its text is escaped for a terminal.
+func kpDualAuthOf(raw []byte) (*kpapi.DualAuth, error) {
+	var res struct {
+		Resources []struct {
+			DualAuthDelete *kpapi.DualAuth `json:"dualAuthDelete"`
+		} `json:"resources"`
+	}
+	if len(raw) == 0 {
+		return nil, nil
+	}
+	if err := json.Unmarshal(raw, &res); err != nil {
+		return nil, fmt.Errorf("reading the key's dualAuthDelete: %w", err)
+	}
+	if len(res.Resources) == 0 || res.Resources[0].DualAuthDelete == nil {
+		return nil, nil
+	}
+	d := res.Resources[0].DualAuthDelete
+	d.AuthExpiration = kpText(d.AuthExpiration)
+	return d, nil
+}
+
+// kpDualAuthRows are the rows that say whether a key with dual authorization delete is set
+// for deletion, and until when that authorization holds; none without the policy.
+func kpDualAuthRows(d *kpapi.DualAuth) [][]string {
+	if d == nil || !d.Enabled {
+		return nil
+	}
+	set := d.KeySetForDeletion != nil && *d.KeySetForDeletion
+	rows := [][]string{{"Set For Deletion", strconv.FormatBool(set)}}
+	if set && d.AuthExpiration != "" {
+		rows = append(rows, []string{"Authorization Expires", d.AuthExpiration})
+	}
+	return rows
 }
 
 // kpPolicyRows are a policy's rows of the key policies table.

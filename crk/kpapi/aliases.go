@@ -16,14 +16,24 @@ const KeyRingHeader = "x-kms-key-ring"
 // aliases, in the ring of the x-kms-key-ring header when there is one. It is done once per
 // request, before the handler, so that the service's actions, their audit events and the
 // registrations they make name the key by its id. A path id shaped as a version 4 UUID (an
-// alias never is) with no ring to check is the key id as it is, with no lookup. A request
-// whose key is not found is refused, and audited as kms.secrets.default.
+// alias never is) with no ring to check is the key id as it is (the operation refuses an
+// unknown one). A purged key's id or alias is not found, as in Key Protect: a purged key no
+// longer exists there (crk keeps its record for the audit trail only). A request whose key
+// is not found here is refused, and audited as kms.secrets.default.
 func resolveID(q *request) error {
 	ring := q.r.Header.Get(KeyRingHeader)
-	if q.id == "" || (ring == "" && isV4UUID(q.id)) {
+	if q.id == "" {
 		return nil
 	}
-	id, err := q.svc.ResolveKeyInRing(q.ctx, q.id, ring)
+	var id string
+	var err error
+	if ring == "" && isV4UUID(q.id) {
+		// A key id: the operation refuses an unknown one itself; a purged one is refused
+		// here, as Key Protect answers 404 for every call on it.
+		id, err = q.id, q.svc.CheckNotPurged(q.ctx, q.id)
+	} else {
+		id, err = q.svc.ResolveAPIKey(q.ctx, q.id, ring)
+	}
 	if err != nil {
 		if info, ok := crk.LookupError(err); ok && info.Class == crk.Refusal {
 			if aerr := q.svc.RecordFailure(q.ctx, crk.ActionDefault, q.id, err); aerr != nil {

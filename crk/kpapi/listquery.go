@@ -15,7 +15,7 @@ import (
 // crk.ParseKeyFilter, crk.ParseKeySort). A bad value is refused with 400
 // INVALID_QUERY_PARAM_ERR naming the parameter and what is wrong with it.
 func listQuery(v url.Values) (crk.ListOptions, error) {
-	var opts crk.ListOptions
+	opts := crk.ListOptions{Live: true} // a purged key is not listed, whatever the states
 	if st := v.Get("state"); st != "" {
 		for p := range strings.SplitSeq(st, ",") {
 			n, err := strconv.Atoi(strings.TrimSpace(p))

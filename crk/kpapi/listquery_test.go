@@ -2,8 +2,10 @@ package kpapi
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -164,6 +166,11 @@ func TestListKeysAliasSearchOfficialClient(t *testing.T) {
 			{"exact alias", []kp.SearchOpts{kp.WithExactMatch()}, "web-alias", []string{first.ID}},
 			{"exact part of the alias", []kp.SearchOpts{kp.WithExactMatch()}, "web", []string{}},
 			{"not", []kp.SearchOpts{kp.ApplyNot()}, "web", []string{second.ID}},
+			// A key id is found whole (Key Protect: by key ID on an exact match only).
+			{"key id", nil, second.ID, []string{second.ID}},
+			{"exact key id", []kp.SearchOpts{kp.WithExactMatch()}, strings.ToUpper(second.ID), []string{second.ID}},
+			{"part of a key id", nil, second.ID[:8], []string{}},
+			{"key id in name scope", []kp.SearchOpts{kp.AddKeyNameScope()}, second.ID, []string{}},
 		} {
 			text := tc.text
 			q, err := kp.GetKeySearchQuery(&text, tc.opts...)
@@ -179,13 +186,39 @@ func TestListKeysAliasSearchOfficialClient(t *testing.T) {
 	})
 }
 
+// TestBodyTypeError: a body member of the wrong JSON type is refused with 400, naming the
+// member's path and the JSON type it must have, without Go's type names; nothing changes.
+func TestBodyTypeError(t *testing.T) {
+	e := newEnv(t)
+	for _, tc := range []struct{ path, body, want string }{
+		{"/api/v2/instance/policies?policy=metrics", `{"metadata":{"collectionType":"application/vnd.ibm.kms.policy+json","collectionTotal":1},"resources":[{"policy_type":"metrics","policy_data":{"enabled":"yes"}}]}`,
+			"member resources.policy_data.enabled must be a boolean, not a string"},
+		{"/api/v2/instance/policies?policy=rotation", `{"metadata":{"collectionType":"application/vnd.ibm.kms.policy+json","collectionTotal":1},"resources":[{"policy_type":"rotation","policy_data":{"enabled":true,"attributes":{"interval_month":"3"}}}]}`,
+			"member resources.policy_data.attributes.interval_month must be an integer, not a string"},
+		{"/api/v2/instance/policies?policy=metrics", `[1]`, "the body must be an object, not an array"},
+	} {
+		resp := e.do(t, http.MethodPut, e.srv.URL+tc.path, tc.body, http.Header{"Content-Type": {"application/json"}})
+		body, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		assert.Equal(t, http.StatusBadRequest, resp.StatusCode, "%s", body)
+		r := reasonOf(t, body)
+		assert.Equal(t, "BAD_BODY_ERR", r.Code)
+		assert.Contains(t, r.Message, tc.want)
+		assert.NotContains(t, r.Message, "Go ")
+	}
+	all, err := e.client.GetInstancePolicies(e.ctx)
+	require.NoError(t, err)
+	assert.Empty(t, all, "nothing changed")
+}
+
 func minID(a, b string) string { return min(a, b) }
 func maxID(a, b string) string { return max(a, b) }
 
 // TestKeyDatesAndPurgeOfficialClient: a new key has no lastUpdateDate and no lastRotateDate
 // until it changes; a deleted key is purged from 4 hours after its deletion (409
-// REQ_TOO_EARLY_ERR before, nothing changed) and is no longer restorable; ListKeyVersions
-// sends totalCount and allKeyStates.
+// REQ_TOO_EARLY_ERR before, nothing changed), after which it no longer exists for the API
+// (404 on its id and alias, in no listing); ListKeyVersions sends totalCount and
+// allKeyStates.
 func TestKeyDatesAndPurgeOfficialClient(t *testing.T) {
 	forEachEnv(t, func(t *testing.T, e *env) {
 		c, ctx := e.client, e.ctx
@@ -224,6 +257,8 @@ func TestKeyDatesAndPurgeOfficialClient(t *testing.T) {
 		assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
 
 		// Purge: not within 4 hours of the deletion; then for good.
+		_, err = c.CreateKeyAlias(ctx, "fresh-alias", k.ID)
+		require.NoError(t, err)
 		_, err = c.DeleteKey(ctx, k.ID, kp.ReturnMinimal)
 		require.NoError(t, err)
 		e.clock.Advance(crk.PurgeWait - time.Second)
@@ -233,15 +268,46 @@ func TestKeyDatesAndPurgeOfficialClient(t *testing.T) {
 		assert.Equal(t, http.StatusConflict, status)
 		assert.Contains(t, err.Error(), "less than 4 hours ago")
 		e.clock.Advance(time.Second)
+		deleted, err := c.GetKey(ctx, "fresh-alias")
+		require.NoError(t, err, "a deleted key is still there by its alias")
+		assert.Equal(t, k.ID, deleted.ID)
 		purged, err := c.PurgeKey(ctx, k.ID, kp.ReturnRepresentation)
 		require.NoError(t, err)
 		assert.Equal(t, k.ID, purged.ID)
+
+		// A purged key no longer exists: every call on its id or alias is 404
+		// KEY_NOT_FOUND_ERR, and no listing has it, whatever the states asked for.
+		notFound := func(what string, err error) {
+			t.Helper()
+			code, status := reason(t, err)
+			assert.Equal(t, "KEY_NOT_FOUND_ERR", code, what)
+			assert.Equal(t, http.StatusNotFound, status, what)
+		}
 		_, err = c.RestoreKey(ctx, k.ID)
-		code, status = reason(t, err)
-		assert.Equal(t, "KEY_DELETED_ERR", code)
-		assert.Equal(t, http.StatusGone, status)
-		vs, err = c.ListKeyVersions(ctx, k.ID, &kp.ListKeyVersionsOptions{AllKeyStates: &yes})
+		notFound("restore", err)
+		_, err = c.PurgeKey(ctx, k.ID, kp.ReturnMinimal)
+		notFound("purge again", err)
+		_, err = c.GetKey(ctx, k.ID)
+		notFound("get", err)
+		_, err = c.GetKey(ctx, "fresh-alias")
+		notFound("get by alias", err)
+		_, err = c.GetKeyMetadata(ctx, k.ID)
+		notFound("metadata", err)
+		_, err = c.ListKeyVersions(ctx, k.ID, &kp.ListKeyVersionsOptions{AllKeyStates: &yes})
+		notFound("versions", err)
+		_, err = c.GetPolicies(ctx, k.ID)
+		notFound("policies", err)
+		for _, path := range []string{"/api/v2/keys/" + k.ID, "/api/v2/keys/fresh-alias/metadata", "/api/v2/keys/" + k.ID + "/registrations"} {
+			status, code := e.rawStatus(t, http.MethodGet, path, "")
+			assert.Equal(t, http.StatusNotFound, status, path)
+			assert.Equal(t, "KEY_NOT_FOUND_ERR", code, path)
+		}
+		all, err := c.ListKeys(ctx, &kp.ListKeysOptions{State: []kp.KeyState{kp.Active, kp.Destroyed}})
 		require.NoError(t, err)
-		assert.Len(t, vs.KeyVersion, 2)
+		assert.Empty(t, all.Keys, "a purged key is not listed")
+		// crk keeps its record for the audit trail.
+		rec, err := e.svc(t).GetKeyMetadata(ctx, k.ID)
+		require.NoError(t, err)
+		assert.Equal(t, crk.StateDestroyed, rec.State)
 	})
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -274,12 +275,75 @@ func decodeBody(r *http.Request, v any, known bool) error {
 		if errors.As(err, &ae) {
 			return ae
 		}
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return typeError(te)
+		}
 		return badRequest("BAD_BODY_ERR", "invalid JSON body: "+err.Error(), "")
 	}
 	if err := dec.Decode(&struct{}{}); err != io.EOF {
 		return badRequest("BAD_BODY_ERR", "invalid JSON body: data after the value", "")
 	}
 	return nil
+}
+
+// typeError is the 400 for a body member of the wrong JSON type: it names the member by its
+// path of JSON names and the JSON type it must have, never Go's type names.
+func typeError(te *json.UnmarshalTypeError) error {
+	want := jsonKind(te.Type)
+	got, _, _ := strings.Cut(te.Value, " ") // "number 3" -> "number"
+	if got == "bool" {
+		got = "boolean"
+	}
+	if te.Field == "" {
+		return badRequest("BAD_BODY_ERR", fmt.Sprintf("invalid JSON body: the body must be %s, not %s", want, article(got)), "")
+	}
+	return badRequest("BAD_BODY_ERR", fmt.Sprintf("invalid JSON body: member %s must be %s, not %s", te.Field, want, article(got)), te.Field)
+}
+
+// jsonKind names the JSON type a value of Go type t is read from, with its article.
+func jsonKind(t reflect.Type) string {
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t == nil {
+		return "a JSON value"
+	}
+	switch t.Kind() {
+	case reflect.Bool:
+		return "a boolean"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
+		return "an integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.String:
+		return "a string"
+	case reflect.Slice:
+		if t.Elem().Kind() == reflect.Uint8 {
+			return "a base64 string"
+		}
+		return "an array"
+	case reflect.Array:
+		return "an array"
+	case reflect.Struct, reflect.Map:
+		if t == reflect.TypeFor[time.Time]() {
+			return "a date string"
+		}
+		return "an object"
+	}
+	return "a JSON value"
+}
+
+// article puts "a" or "an" before a JSON type name.
+func article(kind string) string {
+	if kind == "" {
+		return "that value"
+	}
+	if strings.ContainsRune("aeiou", rune(kind[0])) {
+		return "an " + kind
+	}
+	return "a " + kind
 }
 
 func b64(field, s string) ([]byte, error) {

@@ -299,7 +299,9 @@ func TestErrorTableBothSides(t *testing.T) {
 					return err
 				}
 			}},
-			crk.ErrKeyPurged: {ks: func(t *testing.T, f *errFixture) func(volume.KeyService) error {
+			// Over the Key Protect API a purged key is not found (404, as Key Protect): the
+			// in-process service's refusal, and crkvol's acknowledgement routes, carry it.
+			crk.ErrKeyPurged: {svc: func(t *testing.T, f *errFixture) error {
 				k := f.root(t, "purged")
 				ct := f.wrap(t, k.ID)
 				_, err := f.svc.DeleteKey(f.ctx, k.ID, crk.DeleteOptions{})
@@ -307,10 +309,8 @@ func TestErrorTableBothSides(t *testing.T) {
 				f.clock.Advance(crk.RestoreWindow + time.Hour)
 				_, err = f.svc.PurgeKey(f.ctx, k.ID)
 				require.NoError(t, err)
-				return func(ks volume.KeyService) error {
-					_, err := ks.Rewrap(f.ctx, k.ID, ct[ks], []string{"vol"})
-					return err
-				}
+				_, err = f.svc.Rewrap(f.ctx, k.ID, ct[f.local], []string{"vol"})
+				return err
 			}},
 			crk.ErrInvalidState: {svc: func(t *testing.T, f *errFixture) error {
 				_, err := f.svc.PurgeKey(f.ctx, f.root(t, "active").ID)

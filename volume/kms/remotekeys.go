@@ -134,9 +134,18 @@ func (r *Remote) RestoreKey(ctx context.Context, keyID string) (kpapi.Key, error
 	return r.keyAction(ctx, "restore key", "restored the key", http.MethodPost, keyPath(keyID)+"/restore", nil, keyID)
 }
 
-// PurgeKey destroys a deleted key's material for good and returns the key.
+// PurgeKey destroys a deleted key's material for good and returns the key as it was read
+// just before: a purged key no longer exists for the Key Protect API (every call on it is
+// 404 KEY_NOT_FOUND_ERR, and no listing has it), so it cannot be read back.
 func (r *Remote) PurgeKey(ctx context.Context, keyID string) (kpapi.Key, error) {
-	return r.keyAction(ctx, "purge key", "purged the key", http.MethodDelete, keyPath(keyID)+"/purge", nil, keyID)
+	k, err := r.KeyMetadata(ctx, keyID)
+	if err != nil {
+		return kpapi.Key{}, err
+	}
+	if err := r.callOnce(ctx, "purged the key", http.MethodDelete, keyPath(keyID)+"/purge", nil, nil); err != nil {
+		return kpapi.Key{}, fmt.Errorf("kms: purge key: %w", err)
+	}
+	return APIKey(k), nil
 }
 
 // DisableKey suspends a root key and returns it.
