@@ -184,7 +184,7 @@ func (h *Handler) instance(nav string, fn func(w http.ResponseWriter, r *http.Re
 		}
 		p := h.newPage(r, &s, nav)
 		p.svc = svc
-		p.ctx = crk.WithInitiator(r.Context(), "console:"+s.apiKeyID)
+		p.ctx = crk.WithInitiator(r.Context(), crk.PrincipalConsole+s.apiKeyID)
 		fn(w, r, p)
 	}
 }

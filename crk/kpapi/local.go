@@ -39,5 +39,5 @@ func (t *Tenants) principal(token, instance string) (*crk.Service, string, error
 	if err != nil {
 		return nil, "", err
 	}
-	return svc, "kpapi:" + caller, nil
+	return svc, crk.PrincipalAPIKey + caller, nil
 }
