@@ -40,7 +40,8 @@ type aliasRecord struct {
 }
 
 // CheckAlias reports whether alias follows Key Protect's rules: 2 to 90 characters, each an
-// ASCII letter, digit, dash or underscore; not a version 4 UUID (those are key ids); not one
+// ASCII letter, digit, dash or underscore; not shaped like a UUID of any version, in any case
+// (IsKeyIDShape: those are key ids, so that an argument is never both); not one
 // of the words the API reserves (allowed_ip, key, keys, metadata, policy, policies,
 // registration, registrations, ring, rings, rotate, wrap, unwrap, rewrap, version,
 // versions). Aliases are case sensitive. The error wraps ErrInvalidAlias and says what is
@@ -55,13 +56,21 @@ func CheckAlias(alias string) error {
 				ErrInvalidAlias, alias, c, i)
 		}
 	}
-	if b, err := ident.ParseUUID(alias); err == nil && b[6]>>4 == 4 && b[8]&0xc0 == 0x80 {
-		return fmt.Errorf("%w: alias %q is a version 4 UUID, which is a key id", ErrInvalidAlias, alias)
+	if IsKeyIDShape(alias) {
+		return fmt.Errorf("%w: alias %q is shaped like a UUID, which is how key ids are written", ErrInvalidAlias, alias)
 	}
 	if reservedAlias(alias) {
 		return fmt.Errorf("%w: alias %q is reserved by the API", ErrInvalidAlias, alias)
 	}
 	return nil
+}
+
+// IsKeyIDShape reports whether s is shaped like a key id: a UUID (8-4-4-4-12 hex digits) of
+// any version, in any case. Such a string is always taken as a key id, never as an alias
+// (CheckAlias refuses it): every place that tells an id from an alias decides with this.
+func IsKeyIDShape(s string) bool {
+	_, err := ident.ParseUUID(s)
+	return err == nil
 }
 
 func isAlnum(c byte) bool {
@@ -158,13 +167,17 @@ func (s *Service) CreateAlias(ctx context.Context, idOrAlias, alias string) (*Al
 }
 
 // DeleteAlias takes the alias alias from the key idOrAlias (ErrAliasNotFound if the key does
-// not have it), freeing it for any key.
+// not have it), freeing it for any key. A deleted key's aliases cannot be changed: as
+// CreateAlias, it is refused (ErrKeyDeleted) and changes nothing.
 func (s *Service) DeleteAlias(ctx context.Context, idOrAlias, alias string) error {
 	id, err := s.resolve(ctx, idOrAlias, "")
 	if err != nil {
 		return s.refuse(ctx, ActionAliasDelete, idOrAlias, err)
 	}
 	_, err = s.mutate(ctx, ActionAliasDelete, id, func(tx storeTx, r *keyRecord, _ time.Time, ev *Event) error {
+		if err := allowed(r, ActionAliasDelete); err != nil {
+			return err // as for creating one: a deleted key's aliases do not change
+		}
 		i := slices.Index(r.Aliases, alias)
 		if i < 0 {
 			return fmt.Errorf("%w: key %s has no alias %q", ErrAliasNotFound, r.ID, alias)
