@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"crkvol/internal/ident"
 )
@@ -52,8 +54,8 @@ func CheckAlias(alias string) error {
 	}
 	for i := 0; i < len(alias); i++ {
 		if c := alias[i]; !isAlnum(c) && c != '-' && c != '_' {
-			return fmt.Errorf("%w: alias %q has the character %q at position %d: only letters, digits, dashes (-) and underscores (_) are allowed",
-				ErrInvalidAlias, alias, c, i)
+			return fmt.Errorf("%w: alias %q has the character %s at position %d: only letters, digits, dashes (-) and underscores (_) are allowed",
+				ErrInvalidAlias, alias, quoteCharAt(alias, i), i)
 		}
 	}
 	if IsKeyIDShape(alias) {
@@ -71,6 +73,16 @@ func CheckAlias(alias string) error {
 func IsKeyIDShape(s string) bool {
 	_, err := ident.ParseUUID(s)
 	return err == nil
+}
+
+// quoteCharAt quotes the character that starts at byte i of s, escaped as Go quotes a rune
+// ('\u202e', '\x1b'); a byte that is not valid UTF-8 as '\xff'.
+func quoteCharAt(s string, i int) string {
+	r, n := utf8.DecodeRuneInString(s[i:])
+	if r == utf8.RuneError && n <= 1 {
+		return fmt.Sprintf(`'\x%02x'`, s[i])
+	}
+	return strconv.QuoteRune(r)
 }
 
 func isAlnum(c byte) bool {
