@@ -336,11 +336,11 @@ func (r *Remote) KeyCRN(ctx context.Context, keyID string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if !strings.EqualFold(k.ID, keyID) {
-		return "", fmt.Errorf("kms: key metadata: %w: %q is not a key id but names key %s: give the id", crk.ErrKeyNotFound, keyID, k.ID)
-	}
 	if _, err := ident.ParseCRN(k.CRN); err != nil {
 		return "", fmt.Errorf("kms: key metadata: %w: the key's CRN: %w", volume.ErrIncompleteAnswer, err)
+	}
+	if !strings.EqualFold(k.ID, keyID) {
+		return "", fmt.Errorf("kms: key metadata: %w: %q is not a key id but names key %s: give the id", crk.ErrKeyNotFound, keyID, k.ID)
 	}
 	return k.CRN, nil
 }
