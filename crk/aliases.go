@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -204,8 +205,9 @@ func (s *Service) DeleteAlias(ctx context.Context, idOrAlias, alias string) erro
 	return err
 }
 
-// ResolveKey returns the id of the key idOrAlias names: a key id, or an alias of a key
-// (deleted keys included). Neither is ErrKeyNotFound. It records no event: the action it
+// ResolveKey returns the id of the key idOrAlias names: a key id (any string IsKeyIDShape
+// accepts, in any case; never looked up as an alias), or an alias of a key (deleted keys
+// included). Neither is ErrKeyNotFound. It records no event: the action it
 // resolves for does.
 func (s *Service) ResolveKey(ctx context.Context, idOrAlias string) (string, error) {
 	return s.resolve(ctx, idOrAlias, "")
@@ -223,10 +225,14 @@ func (s *Service) resolve(ctx context.Context, ref, ring string) (string, error)
 	if err := checkKeyRingRef(ring); err != nil {
 		return "", err
 	}
+	shaped := IsKeyIDShape(ref) // a key id, never an alias
+	if shaped {
+		ref = strings.ToLower(ref)
+	}
 	var id string
 	err := s.view(ctx, func(tx storeTx) error {
 		r, err := tx.key(ref)
-		if errors.Is(err, ErrKeyNotFound) {
+		if errors.Is(err, ErrKeyNotFound) && !shaped {
 			raw, derr := tx.doc(docAlias, ref)
 			if errors.Is(derr, errNoDoc) {
 				return fmt.Errorf("%w: no key has the id or alias %q", ErrKeyNotFound, ref)

@@ -12,7 +12,9 @@ import (
 // allowed to use the key may cancel the authorization (unsetKeyForDeletion). Once enabled on a
 // key the policy cannot be disabled. A key gets the policy when it is created while the
 // instance's dualAuthDelete policy is enabled (or with a create-time override), or from a
-// key policy request (PUT /keys/{id}/policies?policy=dualAuthDelete).
+// key policy request (PUT /keys/{id}/policies?policy=dualAuthDelete). Principals are
+// compared with SamePrincipal: an API key is one principal through the API and the web
+// console, and the CLI's unnamed local initiator is never a second one against a local user.
 
 // DualAuthWindow is how long an authorization to delete (setKeyForDeletion) lasts.
 const DualAuthWindow = 7 * 24 * time.Hour

@@ -1,6 +1,8 @@
 package crk
 
 import (
+	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -55,4 +57,24 @@ func TestDualAuthOnePrincipalManyRoutes(t *testing.T) {
 		_, err = f.svc.DeleteKey(WithInitiator(f.ctx, c.other), k.ID, DeleteOptions{})
 		require.NoError(t, err, "set by %s, deleted by %s", c.set, c.other)
 	}
+}
+
+// A UUID-shaped reference is a key id in any case, never an alias: not even an alias document
+// of that name (stored before CheckAlias refused such names) is followed.
+func TestResolveKeyIDShape(t *testing.T) {
+	f := newFixture(t, &testStore{kind: "bolt"})
+	k := f.root(t, "shaped")
+	id, err := f.svc.ResolveKey(f.ctx, strings.ToUpper(k.ID))
+	require.NoError(t, err)
+	assert.Equal(t, k.ID, id)
+	legacy := "6ba7b810-9dad-11d1-80b4-00c04fd430c8"
+	require.NoError(t, f.svc.update(f.ctx, func(tx storeTx) error {
+		raw, err := json.Marshal(aliasRecord{KeyID: k.ID})
+		if err != nil {
+			return err
+		}
+		return tx.insertDoc(docAlias, legacy, raw)
+	}))
+	_, err = f.svc.ResolveKey(f.ctx, legacy)
+	assert.ErrorIs(t, err, ErrKeyNotFound)
 }

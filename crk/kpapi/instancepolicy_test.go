@@ -177,6 +177,17 @@ func TestInstancePoliciesOfficialClient(t *testing.T) {
 				assert.Contains(t, w.Body.String(), "CONFIG_RULE_CONFLICT_ERR")
 			}
 		}
+		// Every instance route, not only the policies: the lifecycle feed, acknowledgements,
+		// import tokens, key rings. The token endpoint is IAM's, not the instance's.
+		for _, path := range []string{LifecyclePath, AcksPath, ImportTokenPath, "/api/v2/key_rings"} {
+			req := httptest.NewRequest(http.MethodGet, path, nil)
+			req.RemoteAddr = "203.0.113.7:40000"
+			req.Header.Set("Authorization", "Bearer "+staticToken)
+			req.Header.Set("bluemix-instance", e.inst)
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, req)
+			assert.Equal(t, http.StatusForbidden, w.Code, "%s: %s", path, w.Body)
+		}
 		require.NoError(t, c.SetAllowedNetworkInstancePolicy(ctx, false, ""))
 		network, err = c.GetAllowedNetworkInstancePolicy(ctx)
 		require.NoError(t, err)
@@ -200,7 +211,7 @@ func TestInstancePoliciesOfficialClient(t *testing.T) {
 				refusedNetwork++
 			}
 		}
-		assert.Equal(t, 6, refusedNetwork, "each public request refused is audited")
+		assert.Equal(t, 10, refusedNetwork, "each public request refused is audited")
 	})
 }
 
