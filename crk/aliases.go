@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"crkvol/internal/ident"
 )
@@ -40,7 +43,8 @@ type aliasRecord struct {
 }
 
 // CheckAlias reports whether alias follows Key Protect's rules: 2 to 90 characters, each an
-// ASCII letter, digit, dash or underscore; not a version 4 UUID (those are key ids); not one
+// ASCII letter, digit, dash or underscore; not shaped like a UUID of any version, in any case
+// (IsKeyIDShape: those are key ids, so that an argument is never both); not one
 // of the words the API reserves (allowed_ip, key, keys, metadata, policy, policies,
 // registration, registrations, ring, rings, rotate, wrap, unwrap, rewrap, version,
 // versions). Aliases are case sensitive. The error wraps ErrInvalidAlias and says what is
@@ -51,17 +55,35 @@ func CheckAlias(alias string) error {
 	}
 	for i := 0; i < len(alias); i++ {
 		if c := alias[i]; !isAlnum(c) && c != '-' && c != '_' {
-			return fmt.Errorf("%w: alias %q has the character %q at position %d: only letters, digits, dashes (-) and underscores (_) are allowed",
-				ErrInvalidAlias, alias, c, i)
+			return fmt.Errorf("%w: alias %q has the character %s at position %d: only letters, digits, dashes (-) and underscores (_) are allowed",
+				ErrInvalidAlias, alias, quoteCharAt(alias, i), i)
 		}
 	}
-	if b, err := ident.ParseUUID(alias); err == nil && b[6]>>4 == 4 && b[8]&0xc0 == 0x80 {
-		return fmt.Errorf("%w: alias %q is a version 4 UUID, which is a key id", ErrInvalidAlias, alias)
+	if IsKeyIDShape(alias) {
+		return fmt.Errorf("%w: alias %q is shaped like a UUID, which is how key ids are written", ErrInvalidAlias, alias)
 	}
 	if reservedAlias(alias) {
 		return fmt.Errorf("%w: alias %q is reserved by the API", ErrInvalidAlias, alias)
 	}
 	return nil
+}
+
+// IsKeyIDShape reports whether s is shaped like a key id: a UUID (8-4-4-4-12 hex digits) of
+// any version, in any case. Such a string is always taken as a key id, never as an alias
+// (CheckAlias refuses it): every place that tells an id from an alias decides with this.
+func IsKeyIDShape(s string) bool {
+	_, err := ident.ParseUUID(s)
+	return err == nil
+}
+
+// quoteCharAt quotes the character that starts at byte i of s, escaped as Go quotes a rune
+// ('\u202e', '\x1b'); a byte that is not valid UTF-8 as '\xff'.
+func quoteCharAt(s string, i int) string {
+	r, n := utf8.DecodeRuneInString(s[i:])
+	if r == utf8.RuneError && n <= 1 {
+		return fmt.Sprintf(`'\x%02x'`, s[i])
+	}
+	return strconv.QuoteRune(r)
 }
 
 func isAlnum(c byte) bool {
@@ -158,13 +180,17 @@ func (s *Service) CreateAlias(ctx context.Context, idOrAlias, alias string) (*Al
 }
 
 // DeleteAlias takes the alias alias from the key idOrAlias (ErrAliasNotFound if the key does
-// not have it), freeing it for any key.
+// not have it), freeing it for any key. A deleted key's aliases cannot be changed: as
+// CreateAlias, it is refused (ErrKeyDeleted) and changes nothing.
 func (s *Service) DeleteAlias(ctx context.Context, idOrAlias, alias string) error {
 	id, err := s.resolve(ctx, idOrAlias, "", false)
 	if err != nil {
 		return s.refuse(ctx, ActionAliasDelete, idOrAlias, err)
 	}
 	_, err = s.mutate(ctx, ActionAliasDelete, id, func(tx storeTx, r *keyRecord, _ time.Time, ev *Event) error {
+		if err := allowed(r, ActionAliasDelete); err != nil {
+			return err // as for creating one: a deleted key's aliases do not change
+		}
 		i := slices.Index(r.Aliases, alias)
 		if i < 0 {
 			return fmt.Errorf("%w: key %s has no alias %q", ErrAliasNotFound, r.ID, alias)
@@ -179,8 +205,9 @@ func (s *Service) DeleteAlias(ctx context.Context, idOrAlias, alias string) erro
 	return err
 }
 
-// ResolveKey returns the id of the key idOrAlias names: a key id, or an alias of a key
-// (deleted keys included). Neither is ErrKeyNotFound. It records no event: the action it
+// ResolveKey returns the id of the key idOrAlias names: a key id (any string IsKeyIDShape
+// accepts, in any case; never looked up as an alias), or an alias of a key (deleted keys
+// included). Neither is ErrKeyNotFound. It records no event: the action it
 // resolves for does.
 func (s *Service) ResolveKey(ctx context.Context, idOrAlias string) (string, error) {
 	return s.resolve(ctx, idOrAlias, "", false)
@@ -225,10 +252,14 @@ func (s *Service) resolve(ctx context.Context, ref, ring string, live bool) (str
 	if err := checkKeyRingRef(ring); err != nil {
 		return "", err
 	}
+	shaped := IsKeyIDShape(ref) // a key id, never an alias
+	if shaped {
+		ref = strings.ToLower(ref)
+	}
 	var id string
 	err := s.view(ctx, func(tx storeTx) error {
 		r, err := tx.key(ref)
-		if errors.Is(err, ErrKeyNotFound) {
+		if errors.Is(err, ErrKeyNotFound) && !shaped {
 			raw, derr := tx.doc(docAlias, ref)
 			if errors.Is(derr, errNoDoc) {
 				return fmt.Errorf("%w: no key has the id or alias %q", ErrKeyNotFound, ref)

@@ -41,15 +41,22 @@ func TestCheckAlias(t *testing.T) {
 		{"US-South-Test-Key", ""},
 		{"under_score-9", ""},
 		{strings.Repeat("a", 90), ""},
-		{"02fd6835-6001-1482-a892-13bd2085f75d", ""}, // a version 1 UUID is not a key id
-		{"Keys", ""},                                 // reserved words are lower case
+		{"02fd6835-6001-1482-a892-13bd2085f75d", "shaped like a UUID"}, // any version
+		{"6ba7b810-9dad-11d1-80b4-00c04fd430c8", "shaped like a UUID"},
+		{"00000000-0000-0000-0000-000000000000", "shaped like a UUID"},
+		{"6BA7B810-9DAD-11D1-80B4-00C04FD430C8", "shaped like a UUID"},
+		{"02fd6835-6001-1482-a892-13bd2085f75", ""}, // one digit short: not a UUID
+		{"Keys", ""}, // reserved words are lower case
 		{"a", "1 characters long"},
 		{strings.Repeat("a", 91), "91 characters long"},
 		{"has space", "character ' '"},
 		{"dot.ted", "character '.'"},
-		{"ünï", "at position 0"},
-		{"02fd6835-6001-4482-a892-13bd2085f75d", "version 4 UUID"},
-		{"02FD6835-6001-4482-A892-13BD2085F75D", "version 4 UUID"},
+		{"ünï", "character 'ü' at position 0"},
+		{"a\xffb", `character '\xff' at position 1`},
+		{"a\x1bb", `character '\x1b' at position 1`},
+		{"a\u202eb", `character '\u202e' at position 1`},
+		{"02fd6835-6001-4482-a892-13bd2085f75d", "shaped like a UUID"},
+		{"02FD6835-6001-4482-A892-13BD2085F75D", "shaped like a UUID"},
 		{"keys", "reserved"},
 		{"allowed_ip", "reserved"},
 		{"versions", "reserved"},
@@ -170,6 +177,10 @@ func TestAliases(t *testing.T) {
 		assert.Equal(t, k.ID, id)
 		_, err = svc.CreateAlias(ctx, k.ID, "late")
 		assert.ErrorIs(t, err, ErrKeyDestroyed)
+		assert.ErrorIs(t, svc.DeleteAlias(ctx, k.ID, "zeta"), ErrKeyDestroyed, "nor loses one")
+		id, err = svc.ResolveKey(ctx, "zeta")
+		require.NoError(t, err)
+		assert.Equal(t, k.ID, id)
 		clock.Advance(time.Minute)
 		restored, err := svc.RestoreKey(ctx, k.ID)
 		require.NoError(t, err)

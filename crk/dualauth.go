@@ -12,7 +12,9 @@ import (
 // allowed to use the key may cancel the authorization (unsetKeyForDeletion). Once enabled on a
 // key the policy cannot be disabled. A key gets the policy when it is created while the
 // instance's dualAuthDelete policy is enabled (or with a create-time override), or from a
-// key policy request (PUT /keys/{id}/policies?policy=dualAuthDelete).
+// key policy request (PUT /keys/{id}/policies?policy=dualAuthDelete). Principals are
+// compared with SamePrincipal: an API key is one principal through the API and the web
+// console, and the CLI's unnamed local initiator is never a second one against a local user.
 
 // DualAuthWindow is how long an authorization to delete (setKeyForDeletion) lasts.
 const DualAuthWindow = 7 * 24 * time.Hour
@@ -234,8 +236,8 @@ func (s *Service) UnsetKeyForDeletion(ctx context.Context, id string) (*Key, err
 }
 
 // checkDualAuthDelete allows the deletion of key r by who at now: a key with a dual
-// authorization policy needs an authorization in force set by another principal. On success
-// the authorization is used up.
+// authorization policy needs an authorization in force set by another principal (compared
+// with SamePrincipal). On success the authorization is used up.
 func checkDualAuthDelete(r *keyRecord, who string, now time.Time) error {
 	d := r.DualAuth
 	if d == nil || !d.Enabled {
@@ -248,6 +250,8 @@ func checkDualAuthDelete(r *keyRecord, who string, now time.Time) error {
 		return fmt.Errorf("%w: key %s has a dual authorization policy: another user must first set it for deletion", ErrDualAuthNotMet, r.ID)
 	case d.SetBy == who:
 		return fmt.Errorf("%w: key %s was set for deletion by %s, who cannot also delete it: a second user must", ErrDualAuthNotMet, r.ID, who)
+	case SamePrincipal(d.SetBy, who):
+		return fmt.Errorf("%w: key %s was set for deletion by %s, and %s may be the same principal, who cannot also delete it: a second user must", ErrDualAuthNotMet, r.ID, d.SetBy, who)
 	}
 	d.SetBy, d.SetUntil = "", time.Time{}
 	return nil

@@ -109,7 +109,7 @@ var (
 	ErrNotDualAuth = errors.New("the key is not dual auth enabled and cannot be set for deletion")
 
 	// ErrInvalidAlias: an alias that breaks Key Protect's rules (2 to 90 letters, digits,
-	// dashes and underscores; not a version 4 UUID; not a reserved word).
+	// dashes and underscores; not shaped like a UUID; not a reserved word).
 	ErrInvalidAlias = errors.New("invalid key alias")
 	// ErrAliasNotUnique: the alias names another key of the instance, or this one already.
 	ErrAliasNotUnique = errors.New("the alias is already in use in this instance")

@@ -255,7 +255,7 @@ func (s *Service) importTokenKeyPair() (*rsa.PrivateKey, error) {
 func loadImportToken(tx storeTx) (*importTokenRecord, error) {
 	data, err := tx.doc(importTokenKind, importTokenName)
 	if errors.Is(err, errNoDoc) {
-		return nil, fmt.Errorf("%w: the instance has no import token; create one first", ErrImportTokenNotFound)
+		return nil, fmt.Errorf("%w: create one first", ErrImportTokenNotFound)
 	}
 	if err != nil {
 		return nil, err

@@ -15,6 +15,7 @@ import (
 	"hash"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -182,6 +183,7 @@ func TestImportToken(t *testing.T) {
 		assert.ErrorIs(t, err, ErrImportTokenNotFound)
 		_, err = f.svc.CreateKey(ctx, CreateOptions{Name: "early", Encrypted: &EncryptedMaterial{Payload: []byte{1}, EncryptedNonce: []byte{1}, IV: make([]byte, 12)}})
 		assert.ErrorIs(t, err, ErrImportTokenNotFound)
+		assert.Equal(t, 1, strings.Count(err.Error(), "no import token"), "said once: %v", err)
 
 		// Options out of range create nothing.
 		_, err = f.svc.CreateImportToken(ctx, ImportTokenOptions{MaxRetrievals: 501})

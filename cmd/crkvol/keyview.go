@@ -186,8 +186,8 @@ func (e *ambiguousNameError) Is(target error) bool { return target == errAmbiguo
 // only. The id, never the alias or name, is what a command goes on with: what it registers
 // or stores names the key by its id.
 func (a *app) resolveKey(ctx context.Context, ref string, deleted bool) (string, error) {
-	if id, err := ident.CanonicalUUID(ref); err == nil {
-		return id, nil
+	if crk.IsKeyIDShape(ref) { // as the service decides: an alias is never shaped so
+		return strings.ToLower(ref), nil
 	}
 	if crk.CheckAlias(ref) == nil {
 		id, err := a.resolveAlias(ctx, ref)

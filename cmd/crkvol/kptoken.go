@@ -2,6 +2,10 @@ package main
 
 import (
 	"context"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
 	"fmt"
 	"strconv"
 	"strings"
@@ -65,7 +69,10 @@ func (a *app) kpImportTokenCommands(f *kpFlags) []*cobra.Command {
 	var material, pubkey, hash string
 	keyEncrypt := &cobra.Command{Use: "key-encrypt", Short: "Encrypt key material with the import token's transport key (RSA-OAEP)", Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkBase64("key", material); err != nil {
+			if err := checkTokenBase64("key", material); err != nil {
+				return err
+			}
+			if err := checkTransportKey(pubkey); err != nil {
 				return err
 			}
 			var enc string
@@ -98,10 +105,10 @@ func (a *app) kpImportTokenCommands(f *kpFlags) []*cobra.Command {
 	var nonceMaterial, nonce string
 	nonceEncrypt := &cobra.Command{Use: "nonce-encrypt", Short: "Encrypt the import token's nonce with the key material (AES-GCM)", Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkBase64("key", nonceMaterial); err != nil {
+			if err := checkTokenBase64("key", nonceMaterial); err != nil {
 				return err
 			}
-			if err := checkBase64("nonce", nonce); err != nil {
+			if err := checkTokenBase64("nonce", nonce); err != nil {
 				return err
 			}
 			a.kpProgress("Encrypting nonce...")
@@ -125,4 +132,39 @@ func (a *app) kpImportTokenCommands(f *kpFlags) []*cobra.Command {
 	nonceEncrypt.Flags().StringVarP(&nonce, "nonce", "n", "", "the import token's nonce (kp import-token show)")
 	requireFlags(nonceEncrypt, "key", "nonce")
 	return []*cobra.Command{create, show, keyEncrypt, nonceEncrypt}
+}
+
+// checkTokenBase64 checks the base64 value of a required flag of the import token helpers:
+// given empty, it is refused as if missing.
+func checkTokenBase64(flag, v string) error {
+	if v == "" {
+		return usagef("--%s is empty: give its base64 value", flag)
+	}
+	return checkBase64(flag, v)
+}
+
+// checkTransportKey checks --pubkey of kp import-token key-encrypt before the client's
+// EncryptKey sees it, so that a wrong value is named plainly: it must be the base64 of the
+// PEM RSA public key that kp import-token show prints as its payload.
+func checkTransportKey(pub string) error {
+	const want = "give the payload of kp import-token show (the base64 of the transport key's PEM)"
+	if pub == "" {
+		return usagef("--pubkey is empty: %s", want)
+	}
+	raw, err := base64.StdEncoding.DecodeString(pub)
+	if err != nil {
+		return usagef("--pubkey: not base64 (standard encoding, with padding): %s", want)
+	}
+	block, _ := pem.Decode(raw)
+	if block == nil {
+		return usagef("--pubkey is not a PEM public key once decoded from base64: %s", want)
+	}
+	key, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		return usagef("--pubkey: the PEM block (%s) does not hold a public key: %s", kpapi.Printable(block.Type, 40), want)
+	}
+	if _, ok := key.(*rsa.PublicKey); !ok {
+		return usagef("--pubkey is not an RSA public key: %s", want)
+	}
+	return nil
 }

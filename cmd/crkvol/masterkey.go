@@ -41,7 +41,7 @@ func (a *app) crkOptions(clock crk.Clock) (crk.Options, error) {
 	if err != nil {
 		return crk.Options{}, err
 	}
-	return crk.Options{Clock: clock, Initiator: "crkvol-cli", MasterKey: mk, EventRetention: ret}, nil
+	return crk.Options{Clock: clock, Initiator: crk.PrincipalLocal, MasterKey: mk, EventRetention: ret}, nil
 }
 
 // eventRetention reads --event-max-age / CRKVOL_EVENT_MAX_AGE (a Go duration, or a number of

@@ -272,6 +272,9 @@ func (h *Handler) keyAction(w http.ResponseWriter, r *http.Request, p *page) {
 			p.Alert = deleteRefusal(len(regs))
 			h.renderKey(w, r, p, "resources", "delete", http.StatusConflict, regs)
 			return
+		} else if errors.Is(err, crk.ErrDualAuthNotMet) {
+			refuse(statusOf(err), h.message(err)+" "+dualAuthHint(id))
+			return
 		}
 	default:
 		h.errorPage(w, r, p.sess, http.StatusNotFound, "Not found", fmt.Sprintf("There is no key action %q.", short(action)))
@@ -304,6 +307,14 @@ func plural(n int) string {
 		return ""
 	}
 	return "s"
+}
+
+// dualAuthHint tells a console user refused by dual authorization what to do: the console
+// has no set-for-deletion action of its own.
+func dualAuthHint(id string) string {
+	return "The console cannot set a key for deletion: another user (another API key) does it through the API " +
+		"(POST /api/v2/keys/" + id + "/actions/setKeyForDeletion) or with crkvol kp key schedule-delete " + id +
+		"; then a user other than that one deletes it here within 7 days."
 }
 
 // deleteRefusal is the console's message when registrations refuse a delete. The API's own

@@ -132,7 +132,7 @@ func (h *Handler) createKey(w http.ResponseWriter, r *http.Request, p *page) {
 	k, err := p.svc.CreateKey(p.ctx, opts)
 	if err != nil {
 		p.Alert = h.message(err)
-		h.renderKeys(w, r, p, keyFilter{}, form, http.StatusBadRequest)
+		h.renderKeys(w, r, p, keyFilter{}, form, statusOf(err)) // the API's status
 		return
 	}
 	clear(k.Payload)

@@ -182,11 +182,53 @@ func (h *Handler) instance(nav string, fn func(w http.ResponseWriter, r *http.Re
 			h.errorPage(w, r, &s, http.StatusServiceUnavailable, "Unavailable", "The key service is unavailable; try again later.")
 			return
 		}
+		ctx := crk.WithInitiator(r.Context(), crk.PrincipalConsole+s.apiKeyID)
+		if err := svc.CheckNetwork(ctx, kpapi.PrivateAddr(r.RemoteAddr)); err != nil {
+			h.networkRefused(w, r, &s, err)
+			return
+		}
 		p := h.newPage(r, &s, nav)
 		p.svc = svc
-		p.ctx = crk.WithInitiator(r.Context(), "console:"+s.apiKeyID)
+		p.ctx = ctx
 		fn(w, r, p)
 	}
+}
+
+// networkRefused answers a request refused by the allowedNetwork policy of its instance
+// (crk.ErrNetworkNotAllowed) with 403, as the API does; any other failure to read the
+// policy with 503.
+func (h *Handler) networkRefused(w http.ResponseWriter, r *http.Request, s *session, err error) {
+	if errors.Is(err, crk.ErrNetworkNotAllowed) {
+		h.errorPage(w, r, s, http.StatusForbidden, "Forbidden", "This instance accepts requests from private networks only (its allowedNetwork policy is private-only), and this request came from a public address. Use the console from a private network.")
+		return
+	}
+	h.log.Error("console: checking the allowedNetwork policy", "err", err)
+	h.errorPage(w, r, s, http.StatusServiceUnavailable, "Unavailable", "The key service is unavailable; try again later.")
+}
+
+// publicRefused reports whether a sign-in from r must be refused by allowedNetwork: it came
+// from a public address and every instance of session s is private-only (each refusal is
+// audited by its instance). A session that sees some instance from here signs in; the
+// pages of its private-only instances refuse it one by one.
+func (h *Handler) publicRefused(r *http.Request, s session) (bool, error) {
+	if kpapi.PrivateAddr(r.RemoteAddr) || len(s.instances) == 0 {
+		return false, nil
+	}
+	ctx := crk.WithInitiator(r.Context(), crk.PrincipalConsole+s.apiKeyID)
+	for _, id := range s.instances {
+		svc, err := h.t.Service(id)
+		if err != nil {
+			return false, err
+		}
+		err = svc.CheckNetwork(ctx, false)
+		if err == nil {
+			return false, nil
+		}
+		if !errors.Is(err, crk.ErrNetworkNotAllowed) {
+			return false, err
+		}
+	}
+	return true, nil
 }
 
 // validCSRF checks the csrf field of a POST form against the session's token.

@@ -106,6 +106,18 @@ func (h *Handler) signin(w http.ResponseWriter, r *http.Request) {
 		h.signinForm(w, r, http.StatusServiceUnavailable, "The key service is unavailable; try again later.")
 		return
 	}
+	if refused, err := h.publicRefused(r, s); refused || err != nil {
+		if eerr := h.endSession(s.id); eerr != nil {
+			h.log.Error("console: ending a refused session", "err", eerr)
+		}
+		if err != nil {
+			h.log.Error("console: checking the allowedNetwork policy", "err", err)
+			h.signinForm(w, r, http.StatusServiceUnavailable, "The key service is unavailable; try again later.")
+			return
+		}
+		h.signinForm(w, r, http.StatusForbidden, "Sign-in refused: the instances of this API key accept requests from private networks only (allowedNetwork private-only), and this request came from a public address.")
+		return
+	}
 	h.failures.flush(h.log)
 	h.log.Info("console: signed in", "apikey", s.apiKeyID, "remote", r.RemoteAddr)
 	h.clearCookie(w, r, signinCookie)

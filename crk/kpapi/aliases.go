@@ -2,9 +2,9 @@ package kpapi
 
 import (
 	"net/http"
+	"strings"
 
 	"crkvol/crk"
-	"crkvol/internal/ident"
 )
 
 // KeyRingHeader is the request header naming a key ring: the ring a new key is created in,
@@ -15,19 +15,22 @@ const KeyRingHeader = "x-kms-key-ring"
 // resolveID makes q.id the id of the key the request's {id} names: a key id or one of its
 // aliases, in the ring of the x-kms-key-ring header when there is one. It is done once per
 // request, before the handler, so that the service's actions, their audit events and the
-// registrations they make name the key by its id. A path id shaped as a version 4 UUID (an
-// alias never is) with no ring to check is the key id as it is (the operation refuses an
-// unknown one). A purged key's id or alias is not found, as in Key Protect: a purged key no
-// longer exists there (crk keeps its record for the audit trail only). A request whose key
-// is not found here is refused, and audited as kms.secrets.default.
+// registrations they make name the key by its id. A path id shaped as a UUID of any version
+// (crk.IsKeyIDShape: an alias never is) is a key id, in lower case as key ids are written,
+// never looked up as an alias. A purged key's id or alias is not found, as in Key Protect: a
+// purged key no longer exists there (crk keeps its record for the audit trail only). A
+// request whose key is not found here is refused, and audited as kms.secrets.default.
 func resolveID(q *request) error {
 	ring := q.r.Header.Get(KeyRingHeader)
+	if crk.IsKeyIDShape(q.id) {
+		q.id = strings.ToLower(q.id) // key ids are lower case; any case names the key
+	}
 	if q.id == "" {
 		return nil
 	}
 	var id string
 	var err error
-	if ring == "" && isV4UUID(q.id) {
+	if ring == "" && crk.IsKeyIDShape(q.id) {
 		// A key id: the operation refuses an unknown one itself; a purged one is refused
 		// here, as Key Protect answers 404 for every call on it.
 		id, err = q.id, q.svc.CheckNotPurged(q.ctx, q.id)
@@ -44,11 +47,6 @@ func resolveID(q *request) error {
 	}
 	q.id = id
 	return nil
-}
-
-func isV4UUID(s string) bool {
-	b, err := ident.ParseUUID(s)
-	return err == nil && b[6]>>4 == 4 && b[8]&0xc0 == 0x80
 }
 
 // Alias is a key alias as the API shows it.

@@ -114,6 +114,10 @@ func TestOfficialClientAliases(t *testing.T) {
 			{"bad syntax", func() error { _, err := c.CreateKeyAlias(ctx, "bad.alias", other.ID); return err }, "INVALID_FIELD_ERR", http.StatusBadRequest},
 			{"reserved", func() error { _, err := c.CreateKeyAlias(ctx, "metadata", other.ID); return err }, "INVALID_FIELD_ERR", http.StatusBadRequest},
 			{"version 4 UUID", func() error { _, err := c.CreateKeyAlias(ctx, other.ID, k.ID); return err }, "INVALID_FIELD_ERR", http.StatusBadRequest},
+			{"version 1 UUID", func() error {
+				_, err := c.CreateKeyAlias(ctx, "6BA7B810-9dad-11d1-80b4-00c04fd430c8", k.ID)
+				return err
+			}, "INVALID_FIELD_ERR", http.StatusBadRequest},
 			{"unknown key or alias", func() error { _, err := c.CreateKeyAlias(ctx, "fine", "nobody"); return err }, "KEY_NOT_FOUND_ERR", http.StatusNotFound},
 			{"get by unknown alias", func() error { _, err := c.GetKey(ctx, "nobody"); return err }, "KEY_NOT_FOUND_ERR", http.StatusNotFound},
 			{"wrap by unknown alias", func() error { _, err := c.Wrap(ctx, "nobody", []byte("c2VjcmV0"), nil); return err }, "KEY_NOT_FOUND_ERR", http.StatusNotFound},

@@ -16,12 +16,16 @@ import (
 // keyCreateImportAccess and metrics policies; allowedIP (and any other name) is refused
 // with 400.
 //
-// allowedNetwork private-only is enforced for every API request by the address the request
-// came from (http.Request.RemoteAddr): loopback, RFC 1918, RFC 4193 and link-local addresses
-// are private, and so is a connection without an IP address (a Unix socket, an in-process
-// transport). Any other address is refused with 403 CONFIG_RULE_CONFLICT_ERR, as Key
-// Protect refuses a public-endpoint request to a private-only instance. Behind a reverse
-// proxy the proxy's address is the one seen: such a deployment must not rely on the policy.
+// allowedNetwork private-only is enforced for every request of an instance (every
+// /api/v2 route: keys, policies, key rings, import tokens, the lifecycle feed and
+// acknowledgements; the web console's pages and actions, and its sign-in, check it too) by
+// the address the request came from (http.Request.RemoteAddr, see PrivateAddr): loopback,
+// RFC 1918, RFC 4193 and link-local addresses are private; an address that does not parse is
+// not. NewLocalServer's in-process requests are private. Any other request is refused with
+// 403 CONFIG_RULE_CONFLICT_ERR, as Key Protect refuses a public-endpoint request to a
+// private-only instance. The token endpoint (/identity/token) is IAM's, not an instance's,
+// and is not affected. Behind a reverse proxy the proxy's address is the one seen: such a
+// deployment must not rely on the policy.
 
 // InstancePolicyJSON is an instance policy as the API shows it.
 type InstancePolicyJSON struct {
@@ -248,16 +252,17 @@ func readInstancePolicy(res InstancePolicyJSON, u *crk.InstancePolicyUpdate) err
 	return nil
 }
 
-// privateAddr reports whether a request's RemoteAddr is a private address: loopback, RFC
-// 1918, RFC 4193 or link-local, or no IP address at all (a Unix socket, an in-process
-// transport).
-func privateAddr(remote string) bool {
+// PrivateAddr reports whether a request's RemoteAddr is a private address: loopback, RFC
+// 1918, RFC 4193 or link-local. An address that does not parse is not private (fail closed):
+// a server whose requests have no IP address must say so itself, as NewLocalServer's
+// in-process server does.
+func PrivateAddr(remote string) bool {
 	ap, err := netip.ParseAddrPort(remote)
 	var a netip.Addr
 	if err == nil {
 		a = ap.Addr()
 	} else if a, err = netip.ParseAddr(remote); err != nil {
-		return true
+		return false
 	}
 	a = a.Unmap()
 	return a.IsLoopback() || a.IsPrivate() || a.IsLinkLocalUnicast()

@@ -162,7 +162,9 @@ func TestInstancePoliciesOfficialClient(t *testing.T) {
 			{"[fe80::1]:40000", http.StatusOK},
 			{"169.254.1.1:1", http.StatusOK},
 			{"127.0.0.1:1", http.StatusOK},
-			{"@", http.StatusOK},
+			{"@", http.StatusForbidden}, // no IP address: not private (fail closed)
+			{"", http.StatusForbidden},
+			{"garbage", http.StatusForbidden},
 		} {
 			req := httptest.NewRequest(http.MethodGet, "/api/v2/instance/policies", nil)
 			req.RemoteAddr = tc.remote
@@ -174,6 +176,17 @@ func TestInstancePoliciesOfficialClient(t *testing.T) {
 			if tc.status == http.StatusForbidden {
 				assert.Contains(t, w.Body.String(), "CONFIG_RULE_CONFLICT_ERR")
 			}
+		}
+		// Every instance route, not only the policies: the lifecycle feed, acknowledgements,
+		// import tokens, key rings. The token endpoint is IAM's, not the instance's.
+		for _, path := range []string{LifecyclePath, AcksPath, ImportTokenPath, "/api/v2/key_rings"} {
+			req := httptest.NewRequest(http.MethodGet, path, nil)
+			req.RemoteAddr = "203.0.113.7:40000"
+			req.Header.Set("Authorization", "Bearer "+staticToken)
+			req.Header.Set("bluemix-instance", e.inst)
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, req)
+			assert.Equal(t, http.StatusForbidden, w.Code, "%s: %s", path, w.Body)
 		}
 		require.NoError(t, c.SetAllowedNetworkInstancePolicy(ctx, false, ""))
 		network, err = c.GetAllowedNetworkInstancePolicy(ctx)
@@ -198,7 +211,7 @@ func TestInstancePoliciesOfficialClient(t *testing.T) {
 				refusedNetwork++
 			}
 		}
-		assert.Equal(t, 3, refusedNetwork, "each public request refused is audited")
+		assert.Equal(t, 10, refusedNetwork, "each public request refused is audited")
 	})
 }
 
@@ -419,15 +432,15 @@ func FuzzReadInstancePolicy(f *testing.F) {
 	})
 }
 
-// FuzzPrivateAddr: privateAddr never panics, and an address with a port is judged as the
+// FuzzPrivateAddr: PrivateAddr never panics, and an address with a port is judged as the
 // address alone.
 func FuzzPrivateAddr(f *testing.F) {
 	for _, s := range []string{"10.0.0.1:80", "[fd00::1]:1", "8.8.8.8:53", "@", "", "[::ffff:10.0.0.1]:9"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, remote string) {
-		got := privateAddr(remote)
-		if ap, err := netip.ParseAddrPort(remote); err == nil && got != privateAddr(ap.Addr().String()) {
+		got := PrivateAddr(remote)
+		if ap, err := netip.ParseAddrPort(remote); err == nil && got != PrivateAddr(ap.Addr().String()) {
 			t.Fatalf("%q: %v, but %v for its address", remote, got, !got)
 		}
 	})

@@ -3,26 +3,36 @@ package kpapi
 import (
 	"fmt"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 
 	"crkvol/crk"
 )
 
+// maxStateParam bounds the state parameter: the five states, each once, with room for
+// spaces.
+const maxStateParam = 64
+
 // listQuery reads the selection and order of GET /api/v2/keys from its query parameters as
 // keyprotect-go-client v0.15.1 sends them (ListKeysOptions): state (states separated by
-// commas), extractable (true or false), search, filter and sort (crk.ParseKeySearch,
+// commas, at most maxStateParam characters; a state given twice counts once), extractable (true or false), search, filter and sort (crk.ParseKeySearch,
 // crk.ParseKeyFilter, crk.ParseKeySort). A bad value is refused with 400
 // INVALID_QUERY_PARAM_ERR naming the parameter and what is wrong with it.
 func listQuery(v url.Values) (crk.ListOptions, error) {
 	opts := crk.ListOptions{Live: true} // a purged key is not listed, whatever the states
 	if st := v.Get("state"); st != "" {
+		if len(st) > maxStateParam {
+			return opts, badRequest("INVALID_QUERY_PARAM_ERR", fmt.Sprintf("state is %d characters long, at most %d: list each key state (0, 1, 2, 3, 5) once", len(st), maxStateParam), "state")
+		}
 		for p := range strings.SplitSeq(st, ",") {
 			n, err := strconv.Atoi(strings.TrimSpace(p))
 			if err != nil || (n != 0 && n != 1 && n != 2 && n != 3 && n != 5) {
 				return opts, badRequest("INVALID_QUERY_PARAM_ERR", "state must list key states (0, 1, 2, 3, 5)", "state")
 			}
-			opts.States = append(opts.States, crk.State(n))
+			if !slices.Contains(opts.States, crk.State(n)) { // at most the five states
+				opts.States = append(opts.States, crk.State(n))
+			}
 		}
 	}
 	if v.Has("extractable") {

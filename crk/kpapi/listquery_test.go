@@ -311,3 +311,31 @@ func TestKeyDatesAndPurgeOfficialClient(t *testing.T) {
 		assert.Equal(t, crk.StateDestroyed, rec.State)
 	})
 }
+
+// TestListQueryState: the state parameter is bounded like search, filter and sort: too
+// long is refused naming the parameter; a state given twice counts once.
+func TestListQueryState(t *testing.T) {
+	for _, c := range []struct {
+		state string
+		want  []crk.State
+		err   string
+	}{
+		{"1,5", []crk.State{1, 5}, ""},
+		{"1, 1,5,1", []crk.State{1, 5}, ""},
+		{"0,1,2,3,5", []crk.State{0, 1, 2, 3, 5}, ""},
+		{strings.Repeat("1,", 40) + "1", nil, "at most 64"},
+		{"4", nil, "must list key states"},
+	} {
+		opts, err := listQuery(url.Values{"state": {c.state}})
+		if c.err != "" {
+			var ae *apiError
+			require.ErrorAs(t, err, &ae, c.state)
+			assert.Equal(t, http.StatusBadRequest, ae.status)
+			assert.Equal(t, "INVALID_QUERY_PARAM_ERR", ae.code)
+			assert.Contains(t, ae.msg, c.err)
+			continue
+		}
+		require.NoError(t, err, c.state)
+		assert.Equal(t, c.want, opts.States, c.state)
+	}
+}

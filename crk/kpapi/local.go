@@ -15,7 +15,8 @@ import (
 // audited as done by principal (such as "cli:alice"), so that dual authorization tells two
 // local users apart. A request for another instance is refused as one for an instance the
 // caller has no access to (401). The server has no token endpoint: a local caller has no API
-// key to exchange.
+// key to exchange. Its requests count as private for the allowedNetwork policy (see
+// PrivateAddr).
 func NewLocalServer(svc *crk.Service, principal string, opts ...ServerOption) *Server {
 	s := &Server{mux: http.NewServeMux(), log: slog.New(slog.DiscardHandler),
 		authorize: func(_, instance string) (*crk.Service, string, error) {
@@ -23,7 +24,7 @@ func NewLocalServer(svc *crk.Service, principal string, opts ...ServerOption) *S
 				return nil, "", errNoInstance(instance)
 			}
 			return svc, principal, nil
-		}}
+		}, local: true}
 	for _, o := range opts {
 		o(s)
 	}
@@ -39,5 +40,5 @@ func (t *Tenants) principal(token, instance string) (*crk.Service, string, error
 	if err != nil {
 		return nil, "", err
 	}
-	return svc, "kpapi:" + caller, nil
+	return svc, crk.PrincipalAPIKey + caller, nil
 }

@@ -54,4 +54,11 @@ func TestLocalServer(t *testing.T) {
 	assert.Contains(t, w.Body.String(), "UNAUTHORIZED_ERR")
 	w = send(http.MethodPost, "/identity/token", svc.Instance(), "grant_type=urn:ibm:params:oauth:grant-type:apikey&apikey=x")
 	assert.Equal(t, http.StatusNotFound, w.Code)
+
+	// The in-process caller is private for allowedNetwork, whatever the request's RemoteAddr
+	// (httptest's is the public 192.0.2.1).
+	_, err = svc.SetInstancePolicies(t.Context(), crk.InstancePolicyUpdate{AllowedNetwork: &crk.AllowedNetworkSettings{Enabled: true, Network: crk.NetworkPrivateOnly}})
+	require.NoError(t, err)
+	w = send(http.MethodGet, "/api/v2/keys", svc.Instance(), "")
+	assert.Equal(t, http.StatusOK, w.Code, w.Body.String())
 }

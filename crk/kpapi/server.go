@@ -34,6 +34,9 @@ type Server struct {
 	// authorize checks a request's bearer token for an instance and returns the instance's
 	// service and the principal its operations are audited as (see NewLocalServer).
 	authorize func(token, instance string) (*crk.Service, string, error)
+	// local marks every request as private for allowedNetwork: NewLocalServer's in-process
+	// caller has no network address.
+	local bool
 }
 
 // ServerOption configures a [Server].
@@ -168,7 +171,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 	defer cancel()
 	q := &request{w: w, r: r, svc: svc, id: r.PathValue("id"),
 		ctx: crk.WithInitiator(ctx, who)}
-	err = svc.CheckNetwork(q.ctx, privateAddr(r.RemoteAddr)) // allowedNetwork (instancepolicy.go)
+	err = svc.CheckNetwork(q.ctx, s.local || PrivateAddr(r.RemoteAddr)) // allowedNetwork (instancepolicy.go)
 	if err == nil {
 		err = resolveID(q)
 	}

@@ -328,7 +328,9 @@ func decodeCiphertext(s string) ([]byte, error) {
 	return ct, nil
 }
 
-// KeyCRN implements volume.KeyService.
+// KeyCRN implements volume.KeyService. keyID must be the key's id: an alias (which the
+// service would resolve) is refused with crk.ErrKeyNotFound, so that what a volume records
+// names its key by id and cannot follow an alias moved to another key.
 func (r *Remote) KeyCRN(ctx context.Context, keyID string) (string, error) {
 	k, err := r.KeyMetadata(ctx, keyID)
 	if err != nil {
@@ -336,6 +338,9 @@ func (r *Remote) KeyCRN(ctx context.Context, keyID string) (string, error) {
 	}
 	if _, err := ident.ParseCRN(k.CRN); err != nil {
 		return "", fmt.Errorf("kms: key metadata: %w: the key's CRN: %w", volume.ErrIncompleteAnswer, err)
+	}
+	if !strings.EqualFold(k.ID, keyID) {
+		return "", fmt.Errorf("kms: key metadata: %w: %q is not a key id but names key %s: give the id", crk.ErrKeyNotFound, keyID, k.ID)
 	}
 	return k.CRN, nil
 }

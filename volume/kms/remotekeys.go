@@ -6,13 +6,13 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	kp "github.com/IBM/keyprotect-go-client"
 
 	"crkvol/crk"
 	"crkvol/crk/kpapi"
-	"crkvol/internal/ident"
 )
 
 // Key lifecycle calls of [Remote] beyond what volumes need, and the conversion of the
@@ -183,8 +183,8 @@ func (r *Remote) ListRegistrations(ctx context.Context, keyID string) ([]kpapi.R
 // string that is neither a UUID nor an alias by Key Protect's rules names no key
 // (crk.ErrKeyNotFound) and is not sent.
 func (r *Remote) ResolveKey(ctx context.Context, idOrAlias string) (string, error) {
-	if id, err := ident.CanonicalUUID(idOrAlias); err == nil {
-		return id, nil
+	if crk.IsKeyIDShape(idOrAlias) { // as the service decides: an alias is never shaped so
+		return strings.ToLower(idOrAlias), nil
 	}
 	if err := crk.CheckAlias(idOrAlias); err != nil {
 		return "", fmt.Errorf("kms: %w: %q is neither a key id nor an alias: %w", crk.ErrKeyNotFound, idOrAlias, err)
