@@ -11,11 +11,11 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestKeyRefusals: the key commands' refusals of keys.txtar (imported keys rotate only with
+// TestKeyRefusals: the key commands' refusals of keys.txtar and keys_lifecycle.txtar (imported keys rotate only with
 // material of the right size, policies only on generated root keys, standard keys never
 // rotate, root keys never reveal, bad material and unknown keys), each with its exit status
 // and message, and none changes a key. The command lines run in this process (a process
-// each cost ~40 ms of CPU); keys.txtar keeps one refusal of each kind as a process.
+// each cost ~40 ms of CPU); the scripts keep one refusal of each kind as a process.
 func TestKeyRefusals(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -53,6 +53,13 @@ func TestKeyRefusals(t *testing.T) {
 		{2, "key show", ``},
 		{2, "key frobnicate x", ``},
 		{1, "key show nope", `key does not exist`},
+		// keys_lifecycle.txtar's usage errors and out-of-range months.
+		{1, "key policy $KEY --rotation-months 0", `^crkvol: key policy: the rotation interval must be an integer between 1 and 12 months: got 0$`},
+		{2, "key policy $KEY", ``},
+		{2, "key policy $KEY --rotation-months x", ``},
+		{2, "key policy $KEY --rotation-months 3 --disable", ``},
+		{2, "key purge", ``},
+		{2, "key restore a b", ``},
 	}
 	expand := strings.NewReplacer("$KEY", key, "$IMP", imp, "$STD", std, "$SHORT", short, "$MATERIAL", material)
 	for _, r := range rows {
