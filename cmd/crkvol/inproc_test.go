@@ -46,7 +46,13 @@ func TestScriptsInProcess(t *testing.T) {
 		after, err := dirNames(pkgDir)
 		ts.Check(err)
 		if !slices.Equal(before, after) {
-			ts.Fatalf("crkvol %s: the package directory changed (a relative path?): %v, was %v", strings.Join(args, " "), after, before)
+			var added []string
+			for _, n := range after {
+				if !slices.Contains(before, n) {
+					added = append(added, n)
+				}
+			}
+			ts.Fatalf("crkvol %s: the package directory changed (a relative path?): new %v", strings.Join(args, " "), added)
 		}
 		return code
 	}
@@ -87,8 +93,17 @@ func TestScriptsInProcess(t *testing.T) {
 					ts.Fatalf("crkvol %s: exit status %d, want %d", strings.Join(args[2:], " "), code, want)
 				}
 			},
-			"setjson": cmdSetJSON,
-			"later":   cmdLater,
+			"setjson":            cmdSetJSON,
+			"later":              cmdLater,
+			"cmpprefix":          cmdCmpPrefix,
+			"mode":               cmdMode,
+			"truncate-to-header": cmdTruncateToHeader,
+			"zerofile":           cmdZeroFile,
+			"setout":             cmdSetOut,
+			"randfile":           cmdRandFile,
+			"cmpmasked":          cmdCmpMasked,
+			"isjson":             cmdIsJSON,
+			"setmatch":           cmdSetMatch,
 		},
 	})
 }
