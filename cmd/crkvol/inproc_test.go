@@ -2,6 +2,7 @@ package main
 
 import (
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -10,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/rogpeppe/go-internal/testscript"
+
+	"crkvol/internal/tooltest"
 )
 
 // TestScriptsInProcess runs the scripts of testdata/inproc/*.txtar, where "inproc crkvol
@@ -63,6 +66,12 @@ func TestScriptsInProcess(t *testing.T) {
 	testscript.Run(t, testscript.Params{
 		Dir:         filepath.Join(pkgDir, "testdata", "inproc"),
 		WorkdirRoot: root,
+		Condition: func(cond string) (bool, error) {
+			if cond == "long" {
+				return tooltest.Long(), nil
+			}
+			return false, fmt.Errorf("unknown condition %q", cond)
+		},
 		Setup: func(env *testscript.Env) error {
 			env.Setenv("CRKVOL_STATE", env.WorkDir+"/state")
 			env.Setenv("CRKVOL_NOW", "2026-06-01T12:00:00Z")
@@ -104,6 +113,9 @@ func TestScriptsInProcess(t *testing.T) {
 			"cmpmasked":          cmdCmpMasked,
 			"isjson":             cmdIsJSON,
 			"setmatch":           cmdSetMatch,
+			"waitfile":           cmdWaitFile,
+			"waitsock":           cmdWaitSock,
+			"waitattached":       cmdWaitAttached,
 		},
 	})
 }
