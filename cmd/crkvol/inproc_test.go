@@ -76,6 +76,9 @@ func TestScriptsInProcess(t *testing.T) {
 			env.Setenv("CRKVOL_STATE", env.WorkDir+"/state")
 			env.Setenv("CRKVOL_NOW", "2026-06-01T12:00:00Z")
 			env.Setenv("CRKVOL_MASTER_KEY", "")
+			// As TestScripts sets them.
+			env.Setenv("SIM_VOLUMES", strconv.Itoa(tooltest.Scale(30, 4)))
+			env.Setenv("SIM_MONTHS", strconv.Itoa(tooltest.Scale(4, 2)))
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
