@@ -14,12 +14,12 @@ import (
 
 // TestConfigFileErrors: a config file that cannot be used is an error naming the file (and
 // the line, when there is one) and what is wrong, never echoing a secret. The files are
-// config.txtar's; the command lines run in this process (a process each cost ~40 ms of
-// CPU), and config.txtar keeps an unknown key and a FIFO as processes.
+// inproc/config.txtar's; the command lines run in this process (a process each cost ~40 ms of
+// CPU), as inproc/config.txtar runs its own; json.txtar runs crkvol config as a process.
 func TestConfigFileErrors(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	ar, err := txtar.ParseFile(filepath.Join("testdata", "config.txtar"))
+	ar, err := txtar.ParseFile(filepath.Join("testdata", "inproc", "config.txtar"))
 	require.NoError(t, err)
 	for _, f := range ar.Files {
 		if !strings.Contains(f.Name, "/") {
