@@ -11,11 +11,11 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestKeyRefusals: the key commands' refusals of keys.txtar and keys_lifecycle.txtar (imported keys rotate only with
-// material of the right size, policies only on generated root keys, standard keys never
-// rotate, root keys never reveal, bad material and unknown keys), each with its exit status
-// and message, and none changes a key. The command lines run in this process (a process
-// each cost ~40 ms of CPU); the scripts keep one refusal of each kind as a process.
+// TestKeyRefusals: the key commands' refusals of inproc/keys.txtar and
+// inproc/keys_lifecycle.txtar (imported keys rotate only with material of the right size,
+// policies only on generated root keys, standard keys never rotate, root keys never reveal,
+// bad material and unknown keys), each with its exit status and message, and none changes a
+// key. The command lines run in this process; the scripts keep one refusal of each kind.
 func TestKeyRefusals(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
