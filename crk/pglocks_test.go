@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"crkvol/internal/pgtest"
+	"crkvol/internal/tooltest"
 )
 
 // deadlocks returns the number of deadlocks PostgreSQL detected in the database at url, once
@@ -69,12 +70,14 @@ func TestReplicasRegistrationsNoDeadlock(t *testing.T) {
 		require.NoError(t, err)
 		keys = append(keys, k.ID)
 	}
+	// 16 goroutines of 12 steps in CI; 8 of 8 (every kind of step twice each) in a plain run.
+	goroutines, steps := tooltest.Scale(16, 8), tooltest.Scale(12, 8)
 	var wg sync.WaitGroup
 	var failures atomic.Int64
-	for g := range 16 {
+	for g := range goroutines {
 		wg.Go(func() {
 			svc := rs[g%2]
-			for i := range 12 {
+			for i := range steps {
 				key := keys[(g+i)%len(keys)]
 				crn := fmt.Sprintf("crn:v1:local:public:is:local:a/crkvol::volume:g%d-%d", g, i)
 				var err error

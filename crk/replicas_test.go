@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"crkvol/internal/pgtest"
+	"crkvol/internal/tooltest"
 )
 
 // replicaDatabase opens a new database of t's own.
@@ -201,7 +202,8 @@ func TestReplicasConcurrentWrapsKeepEveryEvent(t *testing.T) {
 	ctx := context.Background()
 	k, err := rs[0].CreateRootKey(ctx, "wraps")
 	require.NoError(t, err)
-	const workers, each = 12, 25
+	// 12 workers of 25 wraps in CI, 6 of 10 in a plain run.
+	workers, each := tooltest.Scale(12, 6), tooltest.Scale(25, 10)
 	var wg sync.WaitGroup
 	for i := range workers {
 		wg.Go(func() {

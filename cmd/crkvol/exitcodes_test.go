@@ -117,8 +117,8 @@ func TestExitCodes(t *testing.T) {
 
 // TestSizeErrors: a size, offset or length that does not parse is a usage error (exit 2)
 // naming the accepted forms; one that parses but is out of range exits 1, naming the sector
-// size where it matters; neither leaves an image behind. The command lines of sizes.txtar's
-// refusals, run in this process (sizes.txtar keeps the accepted forms and one refusal of
+// size where it matters; neither leaves an image behind. The command lines of inproc/sizes.txtar's
+// refusals, run in this process (inproc/sizes.txtar keeps the accepted forms and one refusal of
 // each kind as processes).
 func TestSizeErrors(t *testing.T) {
 	t.Parallel()

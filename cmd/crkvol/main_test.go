@@ -80,7 +80,8 @@ func TestScripts(t *testing.T) {
 			env.Setenv("CRKVOL_STATE", env.WorkDir+"/state")
 			env.Setenv("CRKVOL_NOW", "2026-06-01T12:00:00Z")
 			env.Setenv("CRKVOL_MASTER_KEY", "")
-			// The fleet sim.txtar simulates: full size in CI (CRKVOL_LONG_TESTS=1).
+			// The fleet a sim script simulates: full size in CI (CRKVOL_LONG_TESTS=1); TestScriptsInProcess
+			// sets the same for inproc/sim.txtar.
 			env.Setenv("SIM_VOLUMES", strconv.Itoa(tooltest.Scale(30, 4)))
 			env.Setenv("SIM_MONTHS", strconv.Itoa(tooltest.Scale(4, 2)))
 			// The volume attach.txtar serves to nbdcopy and qemu-img: 32 MiB in CI, 2 MiB otherwise.
