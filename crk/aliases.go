@@ -126,7 +126,7 @@ func (s *Service) addAlias(ctx context.Context, tx storeTx, r *keyRecord, a stri
 	}
 	raw, err := json.Marshal(aliasRecord{KeyID: r.ID, CreatedBy: s.who(ctx), Created: now})
 	if err != nil {
-		return err
+		return fmt.Errorf("crk: encoding alias %q: %w", a, err)
 	}
 	if err := tx.insertDoc(docAlias, a, raw); err != nil {
 		if errors.Is(err, errDocExists) {

@@ -74,6 +74,7 @@ func TestCheckAlias(t *testing.T) {
 	for _, c := range []struct{ id, why string }{
 		{"ab", ""}, {"Ring-2", ""}, {strings.Repeat("r", 100), ""},
 		{"r", "1 characters"}, {strings.Repeat("r", 101), "101 characters"}, {"my_ring", "character '_'"}, {"a b", "character ' '"},
+		{"ring-é", "character 'é' at position 5"}, {"ring\xff", `character '\xff' at position 4`},
 	} {
 		err := CheckKeyRingID(c.id)
 		if c.why == "" {

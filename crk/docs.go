@@ -15,7 +15,7 @@ import (
 // backends keep them in name order per kind (bytewise, as PostgreSQL's "C" collation). Kinds
 // in use:
 //
-//	docAlias          alias -> the key id it names (JSON string)
+//	docAlias          alias -> aliasRecord (the key id, creator, date)
 //	"keyring"         ring id -> ring record
 //	"instance-policy" policy type -> policy record
 //	"import-token"    "current" -> the import token, its private key sealed
@@ -152,7 +152,7 @@ func resealDoc(kind, name string, data []byte, from, to *sealer, rand io.Reader)
 	}
 	out, err := json.Marshal(v)
 	if err != nil {
-		return nil, false, err
+		return nil, false, fmt.Errorf("crk: encoding %s document %q: %w", kind, name, err)
 	}
 	return out, true, nil
 }

@@ -173,7 +173,7 @@ func (s *Service) CreateImportToken(ctx context.Context, opts ImportTokenOptions
 	}
 	// The policy is checked before the key pair is made (seconds of CPU), and again in the
 	// transaction that stores the token.
-	if err := s.view(ctx, s.checkImportTokenAccess); err != nil {
+	if err := s.view(ctx, checkImportTokenAccess); err != nil {
 		return nil, s.refuse(ctx, ActionImportTokenCreate, "", err)
 	}
 	priv, err := s.importTokenKeyPair()
@@ -213,7 +213,7 @@ func (s *Service) CreateImportToken(ctx context.Context, opts ImportTokenOptions
 		if err := s.sameMasterKey(tx); err != nil {
 			return err
 		}
-		if err := s.checkImportTokenAccess(tx); err != nil {
+		if err := checkImportTokenAccess(tx); err != nil {
 			return err
 		}
 		if err := tx.putDoc(importTokenKind, importTokenName, data); err != nil {
@@ -288,7 +288,7 @@ func (s *Service) GetImportToken(ctx context.Context) (*ImportTokenKey, error) {
 		if _, _, err := tx.meta(); err != nil {
 			return err
 		}
-		if err := s.checkImportTokenAccess(tx); err != nil {
+		if err := checkImportTokenAccess(tx); err != nil {
 			return err
 		}
 		t, err := loadImportToken(tx)

@@ -331,8 +331,8 @@ func loadInstancePolicies(tx storeTx) (*InstancePolicies, error) {
 // given through an import token (viaToken) or in plain. While the policy is enabled, a
 // generated key needs create_root_key or create_standard_key, an imported one
 // import_root_key or import_standard_key, and with enforce_token an imported key must come
-// through an import token. A refusal wraps ErrCreateImportAccess. The caller runs it in the
-// transaction that creates the key, so a policy set concurrently is either seen or set after.
+// through an import token. A refusal wraps ErrCreateImportAccess. The create path reads the
+// policy once and calls createAccess; this form is what the policy table tests call.
 func checkCreateAccess(tx storeTx, typ KeyType, imported, viaToken bool) error {
 	p, err := getPolicy[KeyCreateImportAccessSettings](tx, PolicyKeyCreateImportAccess)
 	if err != nil {
@@ -422,12 +422,3 @@ func (s *Service) CheckNetwork(ctx context.Context, private bool) error {
 	}
 	return nil
 }
-
-// checkCreateAccess is the package function checkCreateAccess, as a method for the callers
-// that hold the service (the import-token paths).
-func (s *Service) checkCreateAccess(tx storeTx, typ KeyType, imported, viaToken bool) error {
-	return checkCreateAccess(tx, typ, imported, viaToken)
-}
-
-// checkImportTokenAccess is the package function checkImportTokenAccess, as a method.
-func (s *Service) checkImportTokenAccess(tx storeTx) error { return checkImportTokenAccess(tx) }

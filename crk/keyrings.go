@@ -58,8 +58,8 @@ func CheckKeyRingID(id string) error {
 	}
 	for i := 0; i < len(id); i++ {
 		if c := id[i]; !isAlnum(c) && c != '-' {
-			return fmt.Errorf("%w: key ring id %q has the character %q at position %d: only letters, digits and dashes (-) are allowed",
-				ErrInvalidKeyRing, id, c, i)
+			return fmt.Errorf("%w: key ring id %q has the character %s at position %d: only letters, digits and dashes (-) are allowed",
+				ErrInvalidKeyRing, id, quoteCharAt(id, i), i)
 		}
 	}
 	return nil
@@ -130,7 +130,7 @@ func (s *Service) CreateKeyRing(ctx context.Context, id string) (*KeyRing, error
 		rec := keyRingRecord{CreatedBy: s.who(ctx), Created: now}
 		raw, err := json.Marshal(rec)
 		if err != nil {
-			return err
+			return fmt.Errorf("crk: encoding key ring %q: %w", id, err)
 		}
 		if err := tx.insertDoc(docKeyRing, id, raw); err != nil {
 			if errors.Is(err, errDocExists) {

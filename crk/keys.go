@@ -26,8 +26,8 @@ type CreateOptions struct {
 	// ExpirationDate, if set, deactivates the key once passed.
 	ExpirationDate time.Time
 	// Encrypted imports a root key from material sent through the instance's import token
-	// (see [EncryptedMaterial]); Material must then be nil. Importing does not consume the
-	// token.
+	// (see [EncryptedMaterial]); Material must then be nil, and Type RootKey or empty (an
+	// empty Type is RootKey). Importing does not consume the token.
 	Encrypted *EncryptedMaterial
 	// Policies override the instance policies' defaults for the new key (nil: none).
 	Policies *CreatePolicies
@@ -289,7 +289,7 @@ func (s *Service) ListKeys(ctx context.Context, opts ListOptions) ([]Key, error)
 				return nil
 			}
 			k := r.toKey(now, nil)
-			if opts.selects(k, keyAliases(k)) {
+			if opts.selects(k) {
 				out = append(out, *k)
 			}
 			return nil

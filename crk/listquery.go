@@ -424,11 +424,11 @@ func compareBool(a, b bool) int {
 }
 
 // selects reports whether a listing with these options includes k (its state aside).
-func (o *ListOptions) selects(k *Key, aliases []string) bool {
+func (o *ListOptions) selects(k *Key) bool {
 	if o.Extractable != nil && k.Extractable != *o.Extractable {
 		return false
 	}
-	if o.Search != nil && !o.Search.Matches(k.ID, k.Name, aliases) {
+	if o.Search != nil && !o.Search.Matches(k.ID, k.Name, k.Aliases) {
 		return false
 	}
 	for _, f := range o.Filter {
@@ -444,6 +444,3 @@ func (o *ListOptions) selects(k *Key, aliases []string) bool {
 func (o *ListOptions) filtersState() bool {
 	return slices.ContainsFunc(o.Filter, func(f KeyFilter) bool { return f.Field == FieldState })
 }
-
-// keyAliases returns the aliases a search's alias scope looks at.
-func keyAliases(k *Key) []string { return k.Aliases }

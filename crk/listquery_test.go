@@ -170,7 +170,7 @@ func TestKeyFilterMatches(t *testing.T) {
 		fs, err := ParseKeyFilter(c.q)
 		require.NoError(t, err, c.q)
 		opts := ListOptions{Filter: fs}
-		assert.Equal(t, c.want, opts.selects(k, nil), c.q)
+		assert.Equal(t, c.want, opts.selects(k), c.q)
 	}
 }
 

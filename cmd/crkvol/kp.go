@@ -19,6 +19,7 @@ import (
 
 	"crkvol/crk/kpapi"
 	"crkvol/internal/ident"
+	"crkvol/volume"
 	"crkvol/volume/kms"
 )
 
@@ -50,10 +51,12 @@ They talk the Key Protect API v2 through IBM's official client: with --kms-url t
 embedded key service, in process, as its default instance; its audit events name the caller
 cli:$USER. On the embedded service dual authorization delete separates people only by $USER,
 which anyone can set: whoever can open the state directory holds its master key and can do
-anything. Use --kms-url with an API key per person for real separation. -i, --instance-id (env KP_INSTANCE_ID) names the instance: with --kms-url it is the
-remote instance (as --kms-instance); for the embedded service it must be the default
-instance's id. Give -o json (or --json) for JSON output. A command prints its progress line,
-then SUCCESS and its result, or FAILED and the error (on stderr).`
+anything. Use --kms-url with an API key per person for real separation.
+
+-i, --instance-id (env KP_INSTANCE_ID) names the instance: with --kms-url it is the remote
+instance (as --kms-instance); for the embedded service it must be the default instance's id.
+Give -o json (or --json) for JSON output. A command prints its progress line, then SUCCESS
+and its result, or FAILED and the error (on stderr).`
 	k.PersistentFlags().StringVarP(&f.instance, "instance-id", "i", "", "the Key Protect instance id (env "+kpInstanceEnv+")")
 	k.PersistentFlags().StringVarP(&f.output, "output", "o", "", "output format: table (the default) or json")
 	k.PersistentPreRunE = func(cmd *cobra.Command, args []string) error {
@@ -359,7 +362,7 @@ func (s *kpSession) callCapture(ctx context.Context, capture bool, fn func(ctx c
 func recoverClient(fn func() error) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			err = fmt.Errorf("the Key Protect client could not read the service's answer (%v)", p)
+			err = fmt.Errorf("%w: the Key Protect client could not read the service's answer (%v)", volume.ErrIncompleteAnswer, p)
 		}
 	}()
 	return fn()

@@ -134,13 +134,11 @@ func TestKPNoRetries(t *testing.T) {
 			&kpTransport{next: next}, kp.NewLogger(func(...any) {}))
 		require.NoError(t, err)
 		s := &kpSession{client: c}
-		start := time.Now()
 		err = s.call(context.Background(), func(ctx context.Context, c *kp.Client) error {
 			_, err := c.GetKeys(ctx, 0, 0)
 			return err
 		})
 		require.Error(t, err)
-		assert.Less(t, time.Since(start), time.Second, "status %d", status)
 		assert.EqualValues(t, 1, next.n.Load(), "status %d: one request", status)
 		var re *kpapi.ResponseError
 		require.True(t, errors.As(err, &re), "status %d: %v", status, err)

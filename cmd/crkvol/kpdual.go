@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -176,7 +177,8 @@ func (a *app) kpInstanceCommand(f *kpFlags) *cobra.Command {
 }
 
 // kpEmitInstancePolicy prints an instance policy as JSON (nothing more in table output:
-// kp instance policies lists them).
+// kp instance policies lists them). In JSON mode it reads the policies back, which the
+// service audits as kms.instance-policies.read.
 func (a *app) kpEmitInstancePolicy(ctx context.Context, s *kpSession, typ string) error {
 	if !a.asJSON {
 		return nil
@@ -193,7 +195,7 @@ func (a *app) kpEmitInstancePolicy(ctx context.Context, s *kpSession, typ string
 			return a.emit(p)
 		}
 	}
-	return a.emit(map[string]string{"policy_type": typ})
+	return fmt.Errorf("the service does not list the %s policy just set", typ)
 }
 
 // kpPolicySettings is the Settings cell of an instance policy in kp instance policies: its

@@ -477,7 +477,7 @@ func (a *app) kpVersions(keyCmd kpKeyCmd) *cobra.Command {
 	c.Flags().Uint32VarP(&limit, "number-of-key-versions", "n", 200, "list at most this many versions")
 	c.Flags().Uint32VarP(&offset, "starting-offset", "s", 0, "skip this many versions first")
 	c.Flags().BoolVarP(&total, "total-count", "t", false, "include the total number of versions (JSON metadata)")
-	c.Flags().BoolVarP(&all, "all-key-states", "a", false, "list the versions of a key in any state, not only an active one")
+	c.Flags().BoolVarP(&all, "all-key-states", "a", false, "accepted for compatibility with ibmcloud kp; crkvol lists the versions of a key in every state")
 	return c
 }
 

@@ -63,7 +63,7 @@ type instancePoliciesBody struct {
 
 func ptr[T any](v T) *T { return &v }
 
-// instancePolicyJSON converts the stored policies to the API form, in the order of
+// instancePoliciesJSON converts the stored policies to the API form, in the order of
 // crk.InstancePolicyTypes, keeping those of the types in want (all when want is empty).
 func instancePoliciesJSON(p *crk.InstancePolicies, want string) []InstancePolicyJSON {
 	out := []InstancePolicyJSON{}

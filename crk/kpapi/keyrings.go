@@ -2,7 +2,6 @@ package kpapi
 
 import (
 	"net/http"
-	"strconv"
 
 	"crkvol/crk"
 )
@@ -42,13 +41,13 @@ func (s *Server) listKeyRings(q *request) error {
 	if err != nil {
 		return err
 	}
+	withTotal, err := boolParam(q.r.URL.Query(), "totalCount")
+	if err != nil {
+		return err
+	}
 	var total *int
-	switch v := q.r.URL.Query().Get("totalCount"); v {
-	case "", "false":
-	case "true":
+	if withTotal {
 		total = new(int)
-	default:
-		return badRequest("INVALID_QUERY_PARAM_ERR", "totalCount must be true or false, got "+strconv.Quote(v), "totalCount")
 	}
 	rings, err := q.svc.ListKeyRings(q.ctx)
 	if err != nil {
@@ -69,13 +68,9 @@ const defaultKeyRingPage = crk.MaxKeyRings + 1
 
 // deleteKeyRing serves DELETE /api/v2/key_rings/{ring}[?force=true]: 204.
 func (s *Server) deleteKeyRing(q *request) error {
-	force := false
-	if v := q.r.URL.Query().Get("force"); v != "" {
-		f, err := strconv.ParseBool(v)
-		if err != nil {
-			return badRequest("INVALID_QUERY_PARAM_ERR", "force must be true or false, got "+strconv.Quote(v), "force")
-		}
-		force = f
+	force, err := boolParam(q.r.URL.Query(), "force")
+	if err != nil {
+		return err
 	}
 	if err := q.svc.DeleteKeyRing(q.ctx, q.r.PathValue("ring"), force); err != nil {
 		return err

@@ -70,13 +70,14 @@ func queryError(param string, err error) error {
 	return ae
 }
 
-// boolParam reads an optional boolean query parameter, true or false in any letter case
-// (false when absent); anything else is refused naming the parameter.
+// boolParam reads an optional boolean query parameter, exactly true or false (false when
+// absent); anything else, an empty value included, is refused naming the parameter. Every
+// route reads its boolean parameters with it.
 func boolParam(v url.Values, name string) (bool, error) {
 	if !v.Has(name) {
 		return false, nil
 	}
-	switch strings.ToLower(v.Get(name)) {
+	switch v.Get(name) {
 	case "true":
 		return true, nil
 	case "false":

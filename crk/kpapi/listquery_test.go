@@ -339,3 +339,39 @@ func TestListQueryState(t *testing.T) {
 		assert.Equal(t, c.want, opts.States, c.state)
 	}
 }
+
+// TestBoolParam: every route's boolean query parameters (totalCount, force, extractable,
+// allKeyStates) accept exactly true or false, and false when absent.
+func TestBoolParam(t *testing.T) {
+	for _, c := range []struct {
+		query string
+		want  bool
+		ok    bool
+	}{
+		{"", false, true},
+		{"force=true", true, true},
+		{"force=false", false, true},
+		{"force=", false, false},
+		{"force", false, false},
+		{"force=TRUE", false, false},
+		{"force=True", false, false},
+		{"force=1", false, false},
+		{"force=t", false, false},
+		{"force=yes", false, false},
+		{"other=true", false, true},
+	} {
+		v, err := url.ParseQuery(c.query)
+		require.NoError(t, err, c.query)
+		got, err := boolParam(v, "force")
+		if !c.ok {
+			var ae *apiError
+			require.ErrorAs(t, err, &ae, c.query)
+			assert.Equal(t, http.StatusBadRequest, ae.status, c.query)
+			assert.Equal(t, "INVALID_QUERY_PARAM_ERR", ae.code, c.query)
+			assert.Contains(t, err.Error(), "force must be true or false", c.query)
+			continue
+		}
+		require.NoError(t, err, c.query)
+		assert.Equal(t, c.want, got, c.query)
+	}
+}

@@ -614,7 +614,10 @@ func (s *Server) action(q *request, action string) error {
 }
 
 func (s *Server) deleteKey(q *request) error {
-	force := q.r.URL.Query().Get("force") == "true"
+	force, err := boolParam(q.r.URL.Query(), "force")
+	if err != nil {
+		return err
+	}
 	k, err := q.svc.DeleteKey(q.ctx, q.id, crk.DeleteOptions{Force: force})
 	if err != nil {
 		return err
