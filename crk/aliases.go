@@ -29,9 +29,13 @@ const MaxAliases = 5
 
 // Alias is an alias of a key.
 type Alias struct {
-	KeyID        string
-	Alias        string
-	CreatedBy    string
+	// KeyID is the id of the key the alias names.
+	KeyID string
+	// Alias is the alias itself.
+	Alias string
+	// CreatedBy is the principal that created the alias.
+	CreatedBy string
+	// CreationDate is when the alias was created.
 	CreationDate time.Time
 }
 

@@ -30,6 +30,7 @@ const (
 
 // DualAuthDelete is a key's dual authorization delete policy as the service reports it.
 type DualAuthDelete struct {
+	// Enabled is true when the key needs two principals to be deleted.
 	Enabled bool
 	// KeySetForDeletion is true while an authorization to delete is in force (set and not
 	// expired).

@@ -86,13 +86,16 @@ type ImportTokenOptions struct {
 
 // ImportToken is an import token's metadata.
 type ImportToken struct {
-	CreationDate   time.Time
+	// CreationDate is when the token was created.
+	CreationDate time.Time
+	// ExpirationDate is when the token stops being usable.
 	ExpirationDate time.Time
 	// MaxRetrievals is the retrieval limit it was created with; RemainingRetrievals how many
 	// retrievals it has left.
 	MaxRetrievals       int
 	RemainingRetrievals int
-	CreatedBy           string
+	// CreatedBy is the principal that created the token.
+	CreatedBy string
 }
 
 // ImportTokenKey is a retrieved import token: its metadata, public key and nonce.

@@ -52,20 +52,25 @@ const instancePolicyKind = "instance-policy"
 // RotationSettings is the instance rotation policy: new generated root keys rotate every
 // IntervalMonths months (1 to 12) while Enabled.
 type RotationSettings struct {
-	Enabled        bool `json:"enabled"`
-	IntervalMonths int  `json:"intervalMonths,omitempty"`
+	// Enabled makes new root keys get the rotation policy.
+	Enabled bool `json:"enabled"`
+	// IntervalMonths is the rotation interval of new root keys, 1 to 12 months.
+	IntervalMonths int `json:"intervalMonths,omitempty"`
 }
 
 // DualAuthSettings is the instance dual authorization delete policy: new keys need two
 // principals to delete while Enabled.
 type DualAuthSettings struct {
+	// Enabled makes new keys need two principals to delete.
 	Enabled bool `json:"enabled"`
 }
 
 // AllowedNetworkSettings is the allowed network policy: with Enabled and Network
 // NetworkPrivateOnly, only requests from private addresses are served.
 type AllowedNetworkSettings struct {
-	Enabled bool   `json:"enabled"`
+	// Enabled turns the policy on.
+	Enabled bool `json:"enabled"`
+	// Network is NetworkPublicAndPrivate or NetworkPrivateOnly.
 	Network string `json:"network"`
 }
 
@@ -74,12 +79,18 @@ type AllowedNetworkSettings struct {
 // import token. The API's defaults for an omitted attribute are true for the four
 // Create/Import flags and false for EnforceToken ([DefaultKeyCreateImportAccess]).
 type KeyCreateImportAccessSettings struct {
-	Enabled           bool `json:"enabled"`
-	CreateRootKey     bool `json:"createRootKey"`
+	// Enabled turns the policy on.
+	Enabled bool `json:"enabled"`
+	// CreateRootKey allows generating root keys.
+	CreateRootKey bool `json:"createRootKey"`
+	// CreateStandardKey allows generating standard keys.
 	CreateStandardKey bool `json:"createStandardKey"`
-	ImportRootKey     bool `json:"importRootKey"`
+	// ImportRootKey allows importing root keys (and using import tokens).
+	ImportRootKey bool `json:"importRootKey"`
+	// ImportStandardKey allows importing standard keys.
 	ImportStandardKey bool `json:"importStandardKey"`
-	EnforceToken      bool `json:"enforceToken"`
+	// EnforceToken requires imported root key material to come through an import token.
+	EnforceToken bool `json:"enforceToken"`
 }
 
 // DefaultKeyCreateImportAccess returns the enabled policy with every attribute at Key
@@ -91,6 +102,7 @@ func DefaultKeyCreateImportAccess() KeyCreateImportAccessSettings {
 // MetricsSettings is the metrics policy. It is stored and reported; crkvol has no metrics
 // system for it to drive.
 type MetricsSettings struct {
+	// Enabled turns the instance's metrics on.
 	Enabled bool `json:"enabled"`
 }
 
@@ -126,7 +138,8 @@ type InstancePolicyUpdate struct {
 	// KeyCreateImportAccess replaces the whole policy (the API fills omitted attributes
 	// with their defaults, as Key Protect does).
 	KeyCreateImportAccess *KeyCreateImportAccessSettings
-	Metrics               *MetricsSettings
+	// Metrics turns the instance's metrics on or off.
+	Metrics *MetricsSettings
 }
 
 // Audit actions of instance policies (Activity Tracker names).

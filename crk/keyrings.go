@@ -31,9 +31,12 @@ const docKeyRing = "keyring"
 
 // KeyRing is a key ring. The default ring has no creation date nor creator.
 type KeyRing struct {
-	ID           string
+	// ID is the ring's id ("default" for the default ring).
+	ID string
+	// CreationDate is when the ring was created (zero for the default ring).
 	CreationDate time.Time
-	CreatedBy    string
+	// CreatedBy is the principal that created the ring ("" for the default ring).
+	CreatedBy string
 }
 
 // keyRingRecord is the document of a key ring.

@@ -51,9 +51,13 @@ func resolveID(q *request) error {
 
 // Alias is a key alias as the API shows it.
 type Alias struct {
-	KeyID        string `json:"keyId"`
-	Alias        string `json:"alias"`
-	CreatedBy    string `json:"createdBy"`
+	// KeyID is the id of the key the alias names.
+	KeyID string `json:"keyId"`
+	// Alias is the alias itself.
+	Alias string `json:"alias"`
+	// CreatedBy is the principal that created the alias.
+	CreatedBy string `json:"createdBy"`
+	// CreationDate is when the alias was created (RFC 3339).
 	CreationDate string `json:"creationDate"`
 }
 

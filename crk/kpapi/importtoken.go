@@ -17,10 +17,14 @@ const ImportTokenPath = "/api/v2/import_token"
 // ImportToken is an import token as the API shows it: its metadata, and when retrieved, its
 // public key and nonce. Times are RFC 3339.
 type ImportToken struct {
-	CreationDate         string `json:"creationDate"`
-	ExpirationDate       string `json:"expirationDate"`
-	MaxAllowedRetrievals int    `json:"maxAllowedRetrievals"`
-	RemainingRetrievals  int    `json:"remainingRetrievals"`
+	// CreationDate is when the token was created.
+	CreationDate string `json:"creationDate"`
+	// ExpirationDate is when the token stops being usable.
+	ExpirationDate string `json:"expirationDate"`
+	// MaxAllowedRetrievals is how many times the token may be retrieved.
+	MaxAllowedRetrievals int `json:"maxAllowedRetrievals"`
+	// RemainingRetrievals is how many retrievals the token has left.
+	RemainingRetrievals int `json:"remainingRetrievals"`
 	// Payload is the base64 encoding of the token's public key in PEM ("PUBLIC KEY", PKIX),
 	// as keyprotect-go-client's EncryptKey decodes it; retrieval only.
 	Payload string `json:"payload,omitempty"`

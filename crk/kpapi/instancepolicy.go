@@ -29,31 +29,47 @@ import (
 
 // InstancePolicyJSON is an instance policy as the API shows it.
 type InstancePolicyJSON struct {
-	CreatedBy    string             `json:"createdBy,omitempty"`
-	CreationDate string             `json:"creationDate,omitempty"`
-	LastUpdated  string             `json:"lastUpdated,omitempty"`
-	UpdatedBy    string             `json:"updatedBy,omitempty"`
-	PolicyType   string             `json:"policy_type"`
-	PolicyData   InstancePolicyData `json:"policy_data"`
+	// CreatedBy is the principal that first set the policy.
+	CreatedBy string `json:"createdBy,omitempty"`
+	// CreationDate is when the policy was first set (RFC 3339).
+	CreationDate string `json:"creationDate,omitempty"`
+	// LastUpdated is when the policy was last set (RFC 3339).
+	LastUpdated string `json:"lastUpdated,omitempty"`
+	// UpdatedBy is the principal that last set the policy.
+	UpdatedBy string `json:"updatedBy,omitempty"`
+	// PolicyType is rotation, dualAuthDelete, allowedNetwork, keyCreateImportAccess or metrics.
+	PolicyType string `json:"policy_type"`
+	// PolicyData is the policy's state and attributes.
+	PolicyData InstancePolicyData `json:"policy_data"`
 }
 
 // InstancePolicyData is the policy_data of an instance policy.
 type InstancePolicyData struct {
-	Enabled    *bool                     `json:"enabled,omitempty"`
+	// Enabled is whether the policy is on.
+	Enabled *bool `json:"enabled,omitempty"`
+	// Attributes are the policy's settings, if its type has any.
 	Attributes *InstancePolicyAttributes `json:"attributes,omitempty"`
 }
 
 // InstancePolicyAttributes are the attributes of an instance policy; each policy type uses
 // some of them.
 type InstancePolicyAttributes struct {
-	AllowedNetwork    *string   `json:"allowed_network,omitempty"`
-	AllowedIP         *[]string `json:"allowed_ip,omitempty"`
-	CreateRootKey     *bool     `json:"create_root_key,omitempty"`
-	CreateStandardKey *bool     `json:"create_standard_key,omitempty"`
-	ImportRootKey     *bool     `json:"import_root_key,omitempty"`
-	ImportStandardKey *bool     `json:"import_standard_key,omitempty"`
-	EnforceToken      *bool     `json:"enforce_token,omitempty"`
-	IntervalMonth     *int      `json:"interval_month,omitempty"`
+	// AllowedNetwork is allowedNetwork's public-and-private or private-only.
+	AllowedNetwork *string `json:"allowed_network,omitempty"`
+	// AllowedIP is the client's allowed_ip attribute; no policy crkvol serves takes it (refused).
+	AllowedIP *[]string `json:"allowed_ip,omitempty"`
+	// CreateRootKey is keyCreateImportAccess's permission to generate root keys.
+	CreateRootKey *bool `json:"create_root_key,omitempty"`
+	// CreateStandardKey is keyCreateImportAccess's permission to generate standard keys.
+	CreateStandardKey *bool `json:"create_standard_key,omitempty"`
+	// ImportRootKey is keyCreateImportAccess's permission to import root keys.
+	ImportRootKey *bool `json:"import_root_key,omitempty"`
+	// ImportStandardKey is keyCreateImportAccess's permission to import standard keys.
+	ImportStandardKey *bool `json:"import_standard_key,omitempty"`
+	// EnforceToken is keyCreateImportAccess's requirement of an import token for imports.
+	EnforceToken *bool `json:"enforce_token,omitempty"`
+	// IntervalMonth is rotation's interval for new root keys, in months.
+	IntervalMonth *int `json:"interval_month,omitempty"`
 }
 
 type instancePoliciesBody struct {

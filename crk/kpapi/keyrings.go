@@ -9,9 +9,12 @@ import (
 // KeyRing is a key ring as the API shows it; the default ring has no creation date nor
 // creator.
 type KeyRing struct {
-	ID           string `json:"id"`
+	// ID is the ring's id.
+	ID string `json:"id"`
+	// CreationDate is when the ring was created (RFC 3339; none for the default ring).
 	CreationDate string `json:"creationDate,omitempty"`
-	CreatedBy    string `json:"createdBy,omitempty"`
+	// CreatedBy is the principal that created the ring (none for the default ring).
+	CreatedBy string `json:"createdBy,omitempty"`
 }
 
 func keyRings(q *request, status int, total *int, rings ...crk.KeyRing) {
