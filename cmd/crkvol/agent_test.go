@@ -348,43 +348,11 @@ func TestAgentRemote(t *testing.T) {
 	}
 	t.Parallel()
 	dir := t.TempDir()
-	served := []string{"CRKVOL_STATE=" + filepath.Join(dir, "served")}
-	code, out, errOut := runEnv(t, dir, served, "--json", "kms", "instance", "list")
-	require.Zero(t, code, errOut)
-	var insts []struct {
-		ID string `json:"id"`
-	}
-	require.NoError(t, json.Unmarshal([]byte(out), &insts), out)
-	require.NotEmpty(t, insts)
-	inst := insts[0].ID
-
-	serve := exec.Command("crkvol", "kms", "serve", "--listen", "127.0.0.1:0", "--addr-file", "addr.txt", "--static-token", "agent-token")
-	serve.Dir = dir
-	serve.Env = append(append(os.Environ(), "CRKVOL_MASTER_KEY="), served...)
-	serveLog := &tooltest.SyncBuffer{}
-	serve.Stderr = serveLog
-	require.NoError(t, serve.Start())
-	served2 := make(chan struct{})
-	go func() { serve.Wait(); close(served2) }()
-	t.Cleanup(func() {
-		serve.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-served2:
-		case <-time.After(time.Minute):
-			serve.Process.Kill()
-		}
-		t.Logf("kms serve log:\n%s", serveLog.String())
-	})
-	var url string
-	waitFor(t, "kms serve listening", time.Minute, func() bool {
-		b, err := os.ReadFile(filepath.Join(dir, "addr.txt"))
-		url = strings.TrimSpace(string(b))
-		return err == nil && strings.HasSuffix(string(b), "\n")
-	})
+	url, inst := startKMSServe(t, dir, nil, "agent-token")
 
 	state := filepath.Join(dir, "host")
 	host := []string{"CRKVOL_STATE=" + state, "CRKVOL_KMS_URL=" + url, "CRKVOL_KMS_INSTANCE=" + inst, "CRKVOL_KMS_TOKEN=agent-token"}
-	code, out, errOut = runEnv(t, dir, host, "--json", "key", "create", "fleet")
+	code, out, errOut := runEnv(t, dir, host, "--json", "key", "create", "fleet")
 	require.Zero(t, code, errOut)
 	key := jsonField(t, out, "id")
 	var images []string

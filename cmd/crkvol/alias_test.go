@@ -5,12 +5,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -49,41 +45,10 @@ func TestVolumeKeyAliasRemote(t *testing.T) {
 	}
 	t.Parallel()
 	dir := t.TempDir()
-	served := []string{"CRKVOL_STATE=" + filepath.Join(dir, "served")}
-	code, out, errOut := runEnv(t, dir, served, "--json", "kms", "instance", "list")
-	require.Zero(t, code, errOut)
-	var insts []struct {
-		ID string `json:"id"`
-	}
-	require.NoError(t, json.Unmarshal([]byte(out), &insts), out)
-	require.NotEmpty(t, insts)
-	inst := insts[0].ID
-	serve := exec.Command("crkvol", "kms", "serve", "--listen", "127.0.0.1:0", "--addr-file", "addr.txt", "--static-token", "alias-token")
-	serve.Dir = dir
-	serve.Env = append(append(os.Environ(), "CRKVOL_MASTER_KEY="), served...)
-	serveLog := &tooltest.SyncBuffer{}
-	serve.Stderr = serveLog
-	require.NoError(t, serve.Start())
-	stopped := make(chan struct{})
-	go func() { serve.Wait(); close(stopped) }()
-	t.Cleanup(func() {
-		serve.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-stopped:
-		case <-time.After(time.Minute):
-			serve.Process.Kill()
-		}
-		t.Logf("kms serve log:\n%s", serveLog.String())
-	})
-	var url string
-	waitFor(t, "kms serve listening", time.Minute, func() bool {
-		b, err := os.ReadFile(filepath.Join(dir, "addr.txt"))
-		url = strings.TrimSpace(string(b))
-		return err == nil && strings.HasSuffix(string(b), "\n")
-	})
+	url, inst := startKMSServe(t, dir, nil, "alias-token")
 	host := []string{"CRKVOL_STATE=" + filepath.Join(dir, "host"), "CRKVOL_KMS_URL=" + url,
 		"CRKVOL_KMS_INSTANCE=" + inst, "CRKVOL_KMS_TOKEN=alias-token"}
-	code, out, errOut = runEnv(t, dir, host, "--json", "key", "create", "remote-key")
+	code, out, errOut := runEnv(t, dir, host, "--json", "key", "create", "remote-key")
 	require.Zero(t, code, errOut)
 	key := jsonField(t, out, "id")
 	req, err := http.NewRequest(http.MethodPost, url+"/api/v2/keys/"+key+"/aliases/remote-alias", nil)

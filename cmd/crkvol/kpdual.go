@@ -85,16 +85,7 @@ func (a *app) kpDualAuthPolicyUpdate(f *kpFlags) *cobra.Command {
 				p, err = c.SetDualAuthDeletePolicy(ctx, args[0], e.enable)
 				return err
 			})
-			if err := a.kpDone(err); err != nil {
-				return err
-			}
-			if p == nil {
-				p = &kp.Policy{}
-			}
-			if a.asJSON {
-				return a.emit(p)
-			}
-			return kpTable(a.stdout, []string{"", ""}, kpPolicyRows(*p)...)
+			return a.kpPrintPolicy(err, p)
 		})}
 	e.add(c, "the policy: deleting the key then needs a second user's prior kp key schedule-delete")
 	return c

@@ -131,13 +131,7 @@ func (a *app) kpCreate(f *kpFlags) *cobra.Command {
 				k, err = c.CreateKeyWithOptions(ctx, name, standard, opts...)
 				return err
 			})
-			if err := a.kpDone(err); err != nil {
-				return err
-			}
-			if a.asJSON {
-				return a.emit(k)
-			}
-			return kpTable(a.stdout, []string{"Key ID", "Key Name"}, []string{kpText(k.ID), kpText(k.Name)})
+			return a.kpPrintKey(err, k)
 		})}
 	c.PreRunE = func(*cobra.Command, []string) error {
 		if (nonce == "") != (iv == "") {
@@ -434,13 +428,7 @@ func (a *app) kpRestore(keyCmd kpKeyCmd) *cobra.Command {
 			k, err = c.RestoreKey(ctx, args[0])
 			return err
 		})
-		if err := a.kpDone(err); err != nil {
-			return err
-		}
-		if a.asJSON {
-			return a.emit(k)
-		}
-		return kpTable(a.stdout, []string{"Key ID", "Key Name"}, []string{kpText(k.ID), kpText(k.Name)})
+		return a.kpPrintKey(err, k)
 	})
 }
 
@@ -574,16 +562,7 @@ func (a *app) kpPolicyUpdate(f *kpFlags) *cobra.Command {
 				}
 				return err
 			})
-			if err := a.kpDone(err); err != nil {
-				return err
-			}
-			if p == nil {
-				p = &kp.Policy{}
-			}
-			if a.asJSON {
-				return a.emit(p)
-			}
-			return kpTable(a.stdout, []string{"", ""}, kpPolicyRows(*p)...)
+			return a.kpPrintPolicy(err, p)
 		})}
 	rot.Flags().IntVarP(&months, "monthly-interval", "m", 0, "rotate the key every this many months (1-12; default 1 when neither -e nor -d is given)")
 	rot.Flags().BoolVarP(&enable, "enable", "e", false, "enable the rotation policy")
@@ -686,4 +665,31 @@ func (a *app) kpRegistrationsCommand(f *kpFlags) *cobra.Command {
 	c.Flags().StringVarP(&keyID, "key-id", "k", "", "list the registrations of this key (id or alias)")
 	c.Flags().StringVarP(&crnQuery, "crn-query", "c", "", "list the registrations whose resource CRN matches this pattern (* matches any text)")
 	return c
+}
+
+// kpPrintPolicy ends a command that sets a key policy: FAILED and the error, or SUCCESS and
+// the policy (an empty one if the service answered none) as JSON or a table.
+func (a *app) kpPrintPolicy(err error, p *kp.Policy) error {
+	if err := a.kpDone(err); err != nil {
+		return err
+	}
+	if p == nil {
+		p = &kp.Policy{}
+	}
+	if a.asJSON {
+		return a.emit(p)
+	}
+	return kpTable(a.stdout, []string{"", ""}, kpPolicyRows(*p)...)
+}
+
+// kpPrintKey ends a command that answers a key: FAILED and the error, or SUCCESS and the key
+// as JSON or its id and name in a table.
+func (a *app) kpPrintKey(err error, k *kp.Key) error {
+	if err := a.kpDone(err); err != nil {
+		return err
+	}
+	if a.asJSON {
+		return a.emit(k)
+	}
+	return kpTable(a.stdout, []string{"Key ID", "Key Name"}, []string{kpText(k.ID), kpText(k.Name)})
 }

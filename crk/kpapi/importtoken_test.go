@@ -2,7 +2,6 @@ package kpapi
 
 import (
 	"bytes"
-	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rsa"
@@ -13,7 +12,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"sync"
@@ -63,22 +61,7 @@ func (s *tokenKeySource) get() (*rsa.PrivateKey, error) {
 // newTokenEnv is newEnvOn with import token keys from keys.
 func newTokenEnv(t testing.TB, st serverStore, keys *tokenKeySource) *env {
 	t.Helper()
-	clock := crk.NewManualClock(time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC))
-	p := st.share(t)
-	tenants, err := p.open(crk.Options{Clock: clock, MasterKey: bytes.Repeat([]byte{3}, 32), ImportTokenKey: keys.get})
-	require.NoError(t, err)
-	t.Cleanup(func() { tenants.Close() })
-	tenants.SetStaticToken(staticToken)
-	srv := httptest.NewServer(NewServer(tenants))
-	t.Cleanup(srv.Close)
-	inst, _ := tenants.Default()
-	if p.shared {
-		inst, err = tenants.CreateInstance(t.Name())
-		require.NoError(t, err)
-	}
-	e := &env{tenants: tenants, srv: srv, clock: clock, inst: inst, ctx: context.Background(), store: p}
-	e.client = e.newClient(t, kp.ClientConfig{Authorization: "Bearer " + staticToken, InstanceID: inst})
-	return e
+	return newEnvWith(t, st, func(o *crk.Options) { o.ImportTokenKey = keys.get })
 }
 
 // crkvolReason returns the crkvolError id of a client error's first reason.

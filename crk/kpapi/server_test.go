@@ -163,9 +163,19 @@ func (e *env) svc(t testing.TB) *crk.Service {
 // accepted, and a client of the official library for the default instance.
 func newEnvOn(t testing.TB, st serverStore) *env {
 	t.Helper()
+	return newEnvWith(t, st, nil)
+}
+
+// newEnvWith is newEnvOn with the service options changed by opt (nil: none).
+func newEnvWith(t testing.TB, st serverStore, opt func(*crk.Options)) *env {
+	t.Helper()
 	clock := crk.NewManualClock(time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC))
 	p := st.share(t)
-	tenants, err := p.open(crk.Options{Clock: clock, MasterKey: bytes.Repeat([]byte{3}, 32)})
+	o := crk.Options{Clock: clock, MasterKey: bytes.Repeat([]byte{3}, 32)}
+	if opt != nil {
+		opt(&o)
+	}
+	tenants, err := p.open(o)
 	require.NoError(t, err)
 	t.Cleanup(func() { tenants.Close() })
 	tenants.SetStaticToken(staticToken)
