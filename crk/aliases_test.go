@@ -3,7 +3,6 @@ package crk
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -299,17 +298,9 @@ func TestKeyRings(t *testing.T) {
 // empty) or the ring is deleted (and the key refused, no such ring), never both.
 func TestAliasesAcrossProcesses(t *testing.T) {
 	ctx := context.Background()
-	a := sharedDatabase(t)
-	b, err := OpenDatabase(ctx, pgtest.Start(t).SharedDatabase(t, "crk_tests"), nil)
-	require.NoError(t, err)
-	defer b.Close()
-	keyFile := filepath.Join(t.TempDir(), "master.key")
-	sa, err := a.Open(Options{MasterKeyFile: keyFile})
-	require.NoError(t, err)
-	defer sa.Close()
-	sb, err := b.Open(Options{MasterKeyFile: keyFile, Instance: sa.Instance()})
-	require.NoError(t, err)
-	defer sb.Close()
+	sharedDatabase(t) // made and migrated once per test binary
+	rs := replicasOn(t, pgtest.Start(t).SharedDatabase(t, "crk_tests"), 2, nil)
+	sa, sb := rs[0], rs[1]
 	k1, err := sa.CreateRootKey(ctx, "one")
 	require.NoError(t, err)
 	k2, err := sb.CreateRootKey(ctx, "two")

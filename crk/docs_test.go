@@ -219,19 +219,9 @@ func TestDocSecretsFollowTheMasterKey(t *testing.T) {
 // one that commits first has it and the other gets errDocExists; when the first rolls back,
 // the other inserts.
 func TestInsertDocAcrossProcesses(t *testing.T) {
-	c := pgtest.Start(t)
-	url := c.SharedDatabase(t, "crk_tests")
 	a := sharedDatabase(t)
-	b, err := OpenDatabase(context.Background(), url, nil)
-	require.NoError(t, err)
-	defer b.Close()
-	keyFile := filepath.Join(t.TempDir(), "master.key")
-	sa, err := a.Open(Options{MasterKeyFile: keyFile})
-	require.NoError(t, err)
-	defer sa.Close()
-	sb, err := b.Open(Options{MasterKeyFile: keyFile, Instance: sa.Instance()})
-	require.NoError(t, err)
-	defer sb.Close()
+	rs := replicasOn(t, pgtest.Start(t).SharedDatabase(t, "crk_tests"), 2, nil)
+	sa, sb := rs[0], rs[1]
 	ctx := context.Background()
 
 	for _, commitFirst := range []bool{true, false} {

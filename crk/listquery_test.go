@@ -2,6 +2,7 @@ package crk
 
 import (
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -132,18 +133,7 @@ func formatFilter(fs []KeyFilter) string {
 	for _, f := range fs {
 		parts = append(parts, f.String())
 	}
-	return " " + joinSpace(parts)
-}
-
-func joinSpace(p []string) string {
-	out := ""
-	for i, s := range p {
-		if i > 0 {
-			out += " "
-		}
-		out += s
-	}
-	return out
+	return " " + strings.Join(parts, " ")
 }
 
 func TestKeyFilterMatches(t *testing.T) {
@@ -308,20 +298,9 @@ func FuzzKeyQuery(f *testing.F) {
 			for _, s := range ss {
 				parts = append(parts, s.String())
 			}
-			again, err := ParseKeySort(joinComma(parts))
+			again, err := ParseKeySort(strings.Join(parts, ","))
 			require.NoError(t, err)
 			require.Equal(t, ss, again)
 		}
 	})
-}
-
-func joinComma(p []string) string {
-	out := ""
-	for i, s := range p {
-		if i > 0 {
-			out += ","
-		}
-		out += s
-	}
-	return out
 }

@@ -29,7 +29,12 @@ func replicaDatabase(t *testing.T) *Database {
 // and listener): n processes sharing the database, as kms serve replicas do.
 func replicas(t *testing.T, n int, clock Clock) []*Service {
 	t.Helper()
-	url := pgtest.Start(t).NewDatabase(t)
+	return replicasOn(t, pgtest.Start(t).NewDatabase(t), n, clock)
+}
+
+// replicasOn is replicas on the database at url (a new instance of it).
+func replicasOn(t *testing.T, url string, n int, clock Clock) []*Service {
+	t.Helper()
 	keyFile := filepath.Join(t.TempDir(), "master.key")
 	var out []*Service
 	instance := ""
