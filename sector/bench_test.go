@@ -105,3 +105,23 @@ func BenchmarkMultiSector(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkCeiling runs each assembly path's ceiling loop (independent AES-256 rounds only,
+// see CeilingLoop): MB/s here is the most the path could reach on this CPU; compare
+// BenchmarkPaths against it.
+func BenchmarkCeiling(b *testing.B) {
+	for _, path := range Paths() {
+		if _, err := CeilingLoop(path, 0); err != nil {
+			continue
+		}
+		b.Run("path="+string(path), func(b *testing.B) {
+			n, _ := CeilingLoop(path, 1)
+			b.SetBytes(n * 64)
+			for b.Loop() {
+				if _, err := CeilingLoop(path, 64); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

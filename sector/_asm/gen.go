@@ -1,6 +1,7 @@
-// Command gen writes ../xts_amd64.s, the AES-NI and VAES implementations of aes-xts-plain64
-// and the AES-NI key schedule for package sector. go generate in package sector runs it
-// (see the //go:generate line in ../xts_amd64.go); by hand, from this directory:
+// Command gen writes ../xts_amd64.s, the AES-NI and VAES implementations of aes-xts-plain64,
+// the AES-NI key schedule and the two paths' ceiling loops (see func ceiling) for package
+// sector. go generate in package sector runs it (see the //go:generate line in
+// ../xts_amd64.go); by hand, from this directory:
 //
 //	go run . -out ../xts_amd64.s
 //
@@ -618,6 +619,49 @@ func expandKey(name string, nk int) {
 	p("\tRET")
 }
 
+// ceiling writes func name(iterations int), the ceiling loop of a path: nothing but AES
+// rounds, on `chains` independent registers (reg "Z" or "X"), each of which runs the 14 rounds
+// of AES-256 (13 AESENC and one AESENCLAST) once per iteration, its only dependency its own
+// previous round. With 16 chains of 512-bit VAESENC (four blocks each) or 14 of 128-bit AESENC
+// in flight, more than a round's latency times the rounds issued a cycle, the latency is
+// hidden and the loop runs as fast as the AES units allow: the upper bound of an XTS path
+// built on these instructions (the real paths also load, XOR and store, and make tweaks).
+// The round key is one register (key), zero like the data: AES takes the same time for every
+// value. The registers hold no secret, so nothing is cleared.
+func ceiling(name, reg string, chains, key int) {
+	p("")
+	p("// func %s(iterations int)", name)
+	p("TEXT ·%s(SB),NOSPLIT,$0-8", name)
+	p("\tMOVQ iterations+0(FP), CX")
+	zero := "VPXOR"
+	if reg == "Z" {
+		zero = "VPXORQ"
+	}
+	for i := 0; i < chains; i++ {
+		p("\t%s %s%d, %s%d, %s%d", zero, reg, i, reg, i, reg, i)
+	}
+	p("\t%s %s%d, %s%d, %s%d", zero, reg, key, reg, key, reg, key)
+	p("\tTESTQ CX, CX")
+	p("\tJEQ %s_done", name)
+	p("%s_loop:", name)
+	for r := 1; r <= 14; r++ {
+		op := "VAESENC"
+		if r == 14 {
+			op = "VAESENCLAST"
+		}
+		for i := 0; i < chains; i++ {
+			p("\t%s %s%d, %s%d, %s%d", op, reg, key, reg, i, reg, i)
+		}
+	}
+	p("\tDECQ CX")
+	p("\tJNE %s_loop", name)
+	p("%s_done:", name)
+	if reg == "Z" {
+		p("\tVZEROUPPER")
+	}
+	p("\tRET")
+}
+
 // requires maps an instruction, and whether it has a 512-bit (Z) operand, to the CPU
 // features it needs, named as avo names them. Base amd64 (general-purpose) instructions
 // need none. A mnemonic missing here stops the generator, so a new instruction cannot
@@ -766,6 +810,8 @@ func main() {
 	vaes("xtsDecVAES", "AESDEC")
 	expandKey("expandKey128", 4)
 	expandKey("expandKey256", 8)
+	ceiling("ceilingVAES", "Z", 16, 16)
+	ceiling("ceilingAESNI", "X", 14, 15)
 	text, err := addRequires(b.String())
 	if err != nil {
 		log.Fatalf("gen: %v", err)
