@@ -1,333 +1,262 @@
-// Package bench is crkvol's benchmark harness for people evaluating it: in one run it measures
-// the sector engine (aes-xts-plain64, AES-256-XTS, 512- and 4096-byte sectors, encrypt and
-// decrypt) on every implementation this CPU runs, golang.org/x/crypto/xts, and
-// `openssl speed -evp aes-256-xts` when openssl is installed, and reports MB/s and the ratios
-// against OpenSSL and x/crypto/xts measured in the same run. Compare ratios, not absolute
-// numbers across runs: shared machines vary by ±15%.
+// Package bench is crkvol's benchmark harness for people evaluating it (`crkvol bench`). A run
+// measures one or more sections on the machine it runs on, each against a reference measured
+// in the same run, and reports the comparisons as ratios ([Ratio]):
+//
+//   - sector ([RunSector]): the sector engine (aes-xts-plain64) on every implementation this
+//     CPU runs against `openssl speed`, golang.org/x/crypto/xts and the ceiling of the AES
+//     instructions themselves (sector.CeilingLoop);
+//   - nbd ([RunNBD]): sequential I/O through NBD against qemu-nbd.
+//
+// [Run] runs the sections asked for, in a fixed order (see [Sections]), and gathers their
+// reports, the machine's description and every ratio into one [Report], which prints as
+// tables (WriteTable), encodes as JSON and draws as a chart ([Report.WriteChart]). Compare
+// ratios, not absolute numbers across runs: shared machines vary by ±15%.
 package bench
 
 import (
-	"bufio"
 	"context"
-	"crypto/aes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
-	"runtime"
-	"strconv"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"golang.org/x/crypto/xts"
-	"golang.org/x/sys/cpu"
-
-	"crkvol/sector"
-	"crkvol/volume"
+	"golang.org/x/sys/unix"
 )
+
+// ErrToolMissing marks a section that could not run because a program it needs (qemu-nbd,
+// nbdcopy) is not installed: [Run] reports it in the section and goes on with the others.
+var ErrToolMissing = errors.New("bench: a program it needs is not installed")
+
+// Sections returns the names of every section, in the order [Run] runs them:
+//
+//   - sector first: it is pure CPU and the most sensitive to other work, and it runs before
+//     the sections that write files leave the kernel writeback work (which takes CPU);
+//   - nbd last: it writes the most data, and no section after it feels the writeback.
+//
+// Between two sections Run flushes the scratch directory's file system (syncfs), so that a
+// section starts with no dirty data left by the one before.
+func Sections() []string { return []string{"sector", "nbd"} }
 
 // Options tune a run.
 type Options struct {
-	// Quick measures each case once for 0.2 s instead of five times for 1 s (openssl speed
-	// runs for at least 1 s a measurement).
+	// Sections names the sections to run (see Sections); none means "sector".
+	Sections []string
+	// Quick runs every section's short variant: about a tenth of the time, one round.
 	Quick bool
-	// OpenSSL is the openssl command; "openssl" if empty. Missing openssl is reported, not
-	// an error.
+	// Dir is the scratch directory of the sections that write files, "" for os.TempDir().
+	// Each section removes what it created, also on failure or cancellation. Sections that
+	// measure the disk measure the file system Dir is on.
+	Dir string
+	// OpenSSL is the openssl command of the sector section; "openssl" if empty.
 	OpenSSL string
+	// Progress, if set, is told what is being measured, each message prefixed with its
+	// section's name.
+	Progress func(string)
 
-	// window, when not zero, replaces the measuring window of each case: for the package's
-	// tests, which check a report's shape and make no timing claims.
-	window time.Duration
+	// sectorWindow, when not zero, replaces the sector section's measuring window: for the
+	// package's tests, which make no timing claims.
+	sectorWindow time.Duration
+	// nbdSize, when not zero, replaces the NBD section's transfer size (tests).
+	nbdSize int64
 }
 
-// Result is one measured case.
-type Result struct {
-	Impl       string  `json:"impl"` // a sector path, "x/crypto/xts" or "openssl"
-	Op         string  `json:"op"`   // "encrypt" or "decrypt"
-	SectorSize int     `json:"sectorSize"`
-	MBps       float64 `json:"mbps"` // 10^6 bytes per second
-}
-
-// Report is a whole run.
+// Report is a whole run. The sector section's members are the report's own (as they were
+// before the harness had sections); every other section has a member of its own.
 type Report struct {
-	CPU       string   `json:"cpu"`
-	Features  []string `json:"features"`
-	GoVersion string   `json:"goVersion"`
-	Cores     int      `json:"cores"`
-	Rounds    int      `json:"rounds"` // each result is the best of this many interleaved rounds
-	Results   []Result `json:"results"`
-	// Parallel compares 1 MiB requests (4096-byte sectors, encrypt, default path) on one
-	// core with the same requests split over every core by volume.Parallel.
-	Parallel *ParallelResult `json:"parallel,omitempty"`
-	// NBD is the NBD comparison (RunNBD), when it was asked for.
+	*SectorReport
+	// Machine is what the run ran on, with the scratch directory's file system.
+	Machine Machine `json:"machine"`
+	// Quick says the run measured every section's short variant.
+	Quick bool `json:"quick"`
+	// Sections lists the sections asked for, in the order they ran, with their wall time
+	// and why one has no results.
+	Sections []SectionRun `json:"sections"`
+	// NBD is the nbd section's report (RunNBD).
 	NBD *NBDReport `json:"nbd,omitempty"`
-	// OpenSSLError says why OpenSSL was not measured, if it was not.
-	OpenSSLError string `json:"opensslError,omitempty"`
+	// Ratios holds every section's comparisons, in run order: what --chart draws.
+	Ratios []Ratio `json:"ratios"`
 }
 
-// ParallelResult is the multi-core measurement of a Report.
-type ParallelResult struct {
-	Path        string  `json:"path"`
-	Workers     int     `json:"workers"`
-	OneCoreMBps float64 `json:"oneCoreMBps"`
-	AllMBps     float64 `json:"allCoresMBps"`
+// SectionRun is one section of a run.
+type SectionRun struct {
+	Name    string  `json:"name"`
+	Seconds float64 `json:"seconds"`
+	// Error says why the section has no results: a program it needs is missing
+	// (ToolMissing), or it failed.
+	Error       string `json:"error,omitempty"`
+	ToolMissing bool   `json:"toolMissing,omitempty"`
 }
 
-// Run measures every case. Each case is measured Rounds times, the rounds interleaved (every
-// case once, then every case again), and its best round is kept: on a shared machine a
-// neighbour's burst then lowers one round of one case instead of skewing a ratio.
+// Run runs the sections opts names, in the order of [Sections]. A section that cannot run for
+// want of a program reports that in its SectionRun and the run goes on; a section that fails
+// otherwise is reported the same way, the others still run, and Run returns the report with
+// an error naming the failed sections. When ctx is cancelled Run stops at once and returns
+// what it measured so far with ctx's error. An unknown section name is refused before
+// anything runs.
 func Run(ctx context.Context, opts Options) (*Report, error) {
-	// Every case, ours and openssl's, is timed over windows of the same length (openssl
-	// speed's shortest), so neither side's best round gains from shorter windows.
-	d, rounds := time.Second, 5
-	if opts.Quick {
-		d, rounds = 200*time.Millisecond, 1
+	want := opts.Sections
+	if len(want) == 0 {
+		want = []string{"sector"}
 	}
-	if opts.window > 0 {
-		d = opts.window
-	}
-	r := &Report{CPU: cpuModel(), Features: features(), GoVersion: runtime.Version(), Cores: runtime.NumCPU(), Rounds: rounds}
-	key := make([]byte, 64)
-	for i := range key {
-		key[i] = byte(i*13 + 7)
-	}
-	type benchCase struct {
-		Result
-		bytes int    // per call of run
-		run   func() // nil for openssl
-	}
-	var cases []*benchCase
-	add := func(impl, op string, size, n int, enc, dec func()) {
-		f := enc
-		if op == "decrypt" {
-			f = dec
+	all := Sections()
+	for _, s := range want {
+		if !slices.Contains(all, s) {
+			return nil, fmt.Errorf("bench: unknown section %q (sections: %s)", s, strings.Join(all, ", "))
 		}
-		cases = append(cases, &benchCase{Result: Result{Impl: impl, Op: op, SectorSize: size}, bytes: n, run: f})
 	}
-	for _, size := range []int{512, 4096} {
-		step := uint64(size / sector.IVUnit)
-		for _, path := range sector.Paths() {
-			c, err := sector.NewPath(key, size, path)
-			if err != nil {
-				return nil, err
-			}
-			defer c.Wipe()
-			buf := make([]byte, size)
-			var s uint64
-			for _, op := range []string{"encrypt", "decrypt"} {
-				add(string(path), op, size, size,
-					func() { c.EncryptSectors(buf, buf, s); s += step },
-					func() { c.DecryptSectors(buf, buf, s); s += step })
+	r := &Report{Machine: thisMachine(opts.Dir), Quick: opts.Quick}
+	var failed []string
+	ran := 0
+	for _, name := range all {
+		if !slices.Contains(want, name) {
+			continue
+		}
+		if ran > 0 {
+			settle(opts.Dir)
+		}
+		ran++
+		progress := func(msg string) {
+			if opts.Progress != nil {
+				opts.Progress(name + ": " + msg)
 			}
 		}
-		// The default path again, with 64 KiB calls: many sectors per call.
-		c, err := sector.New(key, size)
+		start := time.Now()
+		err := r.runSection(ctx, name, opts, progress)
+		run := SectionRun{Name: name, Seconds: time.Since(start).Seconds()}
+		if ctx.Err() != nil {
+			r.Sections = append(r.Sections, run)
+			return r, ctx.Err()
+		}
 		if err != nil {
-			return nil, err
-		}
-		defer c.Wipe()
-		big := make([]byte, 64<<10)
-		for _, op := range []string{"encrypt", "decrypt"} {
-			add(string(c.Path())+" (64 KiB calls)", op, size, len(big),
-				func() { c.EncryptSectors(big, big, 0) },
-				func() { c.DecryptSectors(big, big, 0) })
-		}
-		ref, err := xts.NewCipher(aes.NewCipher, key)
-		if err != nil {
-			return nil, err
-		}
-		buf := make([]byte, size)
-		var s uint64
-		for _, op := range []string{"encrypt", "decrypt"} {
-			add("x/crypto/xts", op, size, size,
-				func() { ref.Encrypt(buf, buf, s); s += step },
-				func() { ref.Decrypt(buf, buf, s); s += step })
-		}
-		for _, op := range []string{"encrypt", "decrypt"} {
-			add("openssl", op, size, 0, nil, nil)
-		}
-	}
-	for range rounds {
-		for _, c := range cases {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			var mbps float64
-			if c.run != nil {
-				mbps = measure(ctx, d, c.bytes, c.run)
-			} else if r.OpenSSLError == "" {
-				var err error
-				if mbps, err = openSSLSpeed(ctx, opts.OpenSSL, c.SectorSize, c.Op == "decrypt", d); err != nil {
-					r.OpenSSLError = err.Error()
-				}
-			}
-			c.MBps = max(c.MBps, mbps)
-		}
-	}
-	for _, c := range cases {
-		if c.MBps > 0 {
-			r.Results = append(r.Results, c.Result)
-		}
-	}
-	p, err := parallel(ctx, key, d, rounds)
-	if err != nil {
-		return nil, err
-	}
-	r.Parallel = p
-	return r, ctx.Err()
-}
-
-// parallel measures 1 MiB requests on one core and on every core.
-func parallel(ctx context.Context, key []byte, d time.Duration, rounds int) (*ParallelResult, error) {
-	c, err := sector.New(key, 4096)
-	if err != nil {
-		return nil, err
-	}
-	defer c.Wipe()
-	buf := make([]byte, 1<<20)
-	res := &ParallelResult{Path: string(c.Path()), Workers: runtime.GOMAXPROCS(0)}
-	one := volume.NewParallel(c, 1, 0)
-	defer one.Close()
-	all := volume.NewParallel(c, res.Workers, 0)
-	defer all.Close()
-	for range rounds {
-		res.OneCoreMBps = max(res.OneCoreMBps, measure(ctx, d, len(buf), func() { one.EncryptSectors(buf, buf, 0) }))
-		res.AllMBps = max(res.AllMBps, measure(ctx, d, len(buf), func() { all.EncryptSectors(buf, buf, 0) }))
-	}
-	return res, nil
-}
-
-// measure runs f (which processes n bytes) repeatedly for about d and returns MB/s. Batches
-// double until one takes a fiftieth of d, then stay that size, so the window ends within
-// about 4% of d.
-func measure(ctx context.Context, d time.Duration, n int, f func()) float64 {
-	for range 100 { // warm up
-		f()
-	}
-	start := time.Now()
-	iters := 0
-	for batch := 16; ; {
-		t0 := time.Now()
-		for range batch {
-			f()
-		}
-		iters += batch
-		if el := time.Since(start); el >= d || ctx.Err() != nil {
-			return float64(iters) * float64(n) / el.Seconds() / 1e6
-		}
-		if time.Since(t0) < d/50 {
-			batch *= 2
-		}
-	}
-}
-
-// openSSLSpeed runs `openssl speed -elapsed -evp aes-256-xts` for one size.
-func openSSLSpeed(ctx context.Context, openssl string, size int, decrypt bool, d time.Duration) (float64, error) {
-	if openssl == "" {
-		openssl = "openssl"
-	}
-	secs := max(1, int(d.Seconds()))
-	args := []string{"speed", "-elapsed", "-evp", "aes-256-xts", "-bytes", strconv.Itoa(size), "-seconds", strconv.Itoa(secs)}
-	if decrypt {
-		args = append(args, "-decrypt")
-	}
-	out, err := exec.CommandContext(ctx, openssl, args...).Output()
-	if err != nil {
-		return 0, fmt.Errorf("openssl speed: %w", err)
-	}
-	// The last line reads "AES-256-XTS  <N>k": thousands of bytes per second.
-	sc := bufio.NewScanner(strings.NewReader(string(out)))
-	var last string
-	for sc.Scan() {
-		if strings.HasPrefix(strings.TrimSpace(sc.Text()), "AES-256-XTS") {
-			last = sc.Text()
-		}
-	}
-	f := strings.Fields(last)
-	if len(f) < 2 || !strings.HasSuffix(f[len(f)-1], "k") {
-		return 0, fmt.Errorf("openssl speed: unexpected output %q", last)
-	}
-	k, err := strconv.ParseFloat(strings.TrimSuffix(f[len(f)-1], "k"), 64)
-	if err != nil {
-		return 0, fmt.Errorf("openssl speed: %w", err)
-	}
-	return k / 1000, nil
-}
-
-func cpuModel() string {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
-				return strings.TrimSpace(v)
+			run.Error, run.ToolMissing = err.Error(), errors.Is(err, ErrToolMissing)
+			if !run.ToolMissing {
+				failed = append(failed, name)
 			}
 		}
+		r.Sections = append(r.Sections, run)
 	}
-	return runtime.GOARCH
+	r.Ratios = r.sectionRatios()
+	if len(failed) > 0 {
+		return r, fmt.Errorf("bench: section %s failed (see its report)", strings.Join(failed, ", "))
+	}
+	return r, nil
 }
 
-func features() []string {
-	var out []string
-	for _, f := range []struct {
-		name string
-		ok   bool
-	}{
-		{"aes", cpu.X86.HasAES}, {"pclmulqdq", cpu.X86.HasPCLMULQDQ}, {"avx", cpu.X86.HasAVX},
-		{"avx2", cpu.X86.HasAVX2}, {"avx512f", cpu.X86.HasAVX512F}, {"avx512vl", cpu.X86.HasAVX512VL},
-		{"avx512bw", cpu.X86.HasAVX512BW},
-		{"avx512vbmi2", cpu.X86.HasAVX512VBMI2}, {"vaes", cpu.X86.HasAVX512VAES},
-		{"vpclmulqdq", cpu.X86.HasAVX512VPCLMULQDQ},
-	} {
-		if f.ok {
-			out = append(out, f.name)
+// runSection runs one section into r.
+func (r *Report) runSection(ctx context.Context, name string, opts Options, progress func(string)) error {
+	var err error
+	switch name {
+	case "sector":
+		r.SectorReport, err = RunSector(ctx, SectorOptions{Quick: opts.Quick, Dir: opts.Dir, OpenSSL: opts.OpenSSL, Progress: progress, window: opts.sectorWindow})
+	case "nbd":
+		r.NBD, err = RunNBD(ctx, NBDOptions{Quick: opts.Quick, Dir: opts.Dir, Progress: progress, Size: opts.nbdSize})
+	default:
+		err = fmt.Errorf("bench: unknown section %q", name)
+	}
+	return err
+}
+
+// section is what every section's report offers the run.
+type section interface {
+	Ratios() []Ratio
+	WriteTable(w io.Writer) error
+}
+
+// sections returns the reports of the sections that have results, in run order.
+func (r *Report) sections() []section {
+	var out []section
+	for _, s := range r.Sections {
+		if sec := r.section(s.Name); sec != nil {
+			out = append(out, sec)
 		}
 	}
 	return out
 }
 
-// find returns a result's MB/s, or 0.
-func (r *Report) find(impl, op string, size int) float64 {
-	for _, x := range r.Results {
-		if x.Impl == impl && x.Op == op && x.SectorSize == size {
-			return x.MBps
+// section returns the report of the named section, or nil if it has none.
+func (r *Report) section(name string) section {
+	switch name {
+	case "sector":
+		if r.SectorReport != nil {
+			return r.SectorReport
 		}
-	}
-	return 0
-}
-
-// WriteTable prints the report as a table of MB/s and ratios.
-func (r *Report) WriteTable(w io.Writer) error {
-	fmt.Fprintf(w, "CPU: %s (%d cores; %s)\n", r.CPU, r.Cores, strings.Join(r.Features, " "))
-	fmt.Fprintf(w, "Go: %s; AES-256-XTS (aes-xts-plain64, 512-bit key), one sector per call, MB/s = 10^6 B/s, best of %d interleaved rounds\n", r.GoVersion, max(r.Rounds, 1))
-	if r.OpenSSLError != "" {
-		fmt.Fprintf(w, "OpenSSL not measured: %s\n", r.OpenSSLError)
-	}
-	fmt.Fprintln(w)
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "implementation\top\tsector\tMB/s\tvs OpenSSL\tvs x/crypto/xts\t")
-	for _, x := range r.Results {
-		vsOSSL, vsX := "-", "-"
-		if o := r.find("openssl", x.Op, x.SectorSize); o > 0 {
-			vsOSSL = fmt.Sprintf("%.2fx", x.MBps/o)
+	case "nbd":
+		if r.NBD != nil {
+			return r.NBD
 		}
-		if o := r.find("x/crypto/xts", x.Op, x.SectorSize); o > 0 {
-			vsX = fmt.Sprintf("%.2fx", x.MBps/o)
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%s\t%s\t\n", x.Impl, x.Op, x.SectorSize, x.MBps, vsOSSL, vsX)
-	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	if p := r.Parallel; p != nil && p.Workers > 1 && p.OneCoreMBps > 0 {
-		if _, err := fmt.Fprintf(w, "\nMulti-core (volume.Parallel, %s, 1 MiB requests of 4096-byte sectors): 1 core %.0f MB/s, %d cores %.0f MB/s, %.2fx\n",
-			p.Path, p.OneCoreMBps, p.Workers, p.AllMBps, p.AllMBps/p.OneCoreMBps); err != nil {
-			return err
-		}
-	}
-	if r.NBD != nil {
-		fmt.Fprintln(w)
-		return r.NBD.WriteTable(w)
 	}
 	return nil
+}
+
+// sectionRatios gathers every section's ratios, in run order.
+func (r *Report) sectionRatios() []Ratio {
+	out := []Ratio{}
+	for _, s := range r.sections() {
+		out = append(out, s.Ratios()...)
+	}
+	return out
+}
+
+// settle flushes the file system of dir (syncfs), so that the next section starts with no
+// dirty data of the last one's to write back. Failing to is not worth failing a run for.
+func settle(dir string) {
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	_ = unix.Syncfs(int(f.Fd()))
+}
+
+// WriteTable prints the run: the machine, then each section's table in run order (or why it
+// has none), then the ratios that have a target, each marked met or missed.
+func (r *Report) WriteTable(w io.Writer) error {
+	mode := "full"
+	if r.Quick {
+		mode = "quick"
+	}
+	fmt.Fprintf(w, "crkvol bench (%s run) on %s\n", mode, r.Machine)
+	for _, s := range r.Sections {
+		fmt.Fprintf(w, "\n== %s (%.0f s) ==\n", s.Name, s.Seconds)
+		if s.Error != "" {
+			what := "failed"
+			if s.ToolMissing {
+				what = "not measured"
+			}
+			fmt.Fprintf(w, "%s: %s\n", what, s.Error)
+			continue
+		}
+		if sec := r.section(s.Name); sec != nil {
+			if err := sec.WriteTable(w); err != nil {
+				return err
+			}
+		}
+	}
+	var targeted []Ratio
+	for _, x := range r.Ratios {
+		if x.Target > 0 {
+			targeted = append(targeted, x)
+		}
+	}
+	if len(targeted) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w, "\n== targets ==")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "section\tratio\tvalue\ttarget\t")
+	for _, x := range targeted {
+		mark := "met"
+		if x.Value < x.Target {
+			mark = "MISSED"
+		}
+		fmt.Fprintf(tw, "%s\t%s vs %s\t%.2fx\t%.2fx\t%s\n", x.Section, x.Name, x.Against, x.Value, x.Target, mark)
+	}
+	return tw.Flush()
 }

@@ -22,14 +22,20 @@ import (
 
 // NBDOptions tune RunNBD.
 type NBDOptions struct {
-	// Size is the bytes copied per measurement; 256 MiB if zero.
+	// Quick copies 64 MiB once per case instead of 256 MiB three times (unless Size and
+	// Rounds say otherwise).
+	Quick bool
+	// Size is the bytes copied per measurement; 256 MiB (Quick: 64 MiB) if zero.
 	Size int64
-	// Rounds is how many times each case is measured (best kept); 3 if zero.
+	// Rounds is how many times each case is measured (best kept); 3 (Quick: 1) if zero.
 	Rounds int
-	// Dir holds the images and sockets; a new temporary directory if empty.
+	// Dir is where the run makes its temporary directory for the images and sockets,
+	// os.TempDir() if empty. The directory is removed at the end.
 	Dir string
 	// Unix serves on unix sockets instead of TCP on 127.0.0.1.
 	Unix bool
+	// Progress, if set, is told what is being measured.
+	Progress func(string)
 }
 
 // NBDResult is one measured case of RunNBD.
@@ -61,25 +67,34 @@ var nbdServers = []struct{ name, what string }{
 func RunNBD(ctx context.Context, opts NBDOptions) (*NBDReport, error) {
 	if opts.Size <= 0 {
 		opts.Size = 256 << 20
+		if opts.Quick {
+			opts.Size = 64 << 20
+		}
 	}
 	if opts.Rounds <= 0 {
 		opts.Rounds = 3
+		if opts.Quick {
+			opts.Rounds = 1
+		}
+	}
+	progress := opts.Progress
+	if progress == nil {
+		progress = func(string) {}
 	}
 	nbdcopy, err := exec.LookPath("nbdcopy")
 	if err != nil {
-		return nil, fmt.Errorf("bench nbd: nbdcopy (libnbd-bin) is needed: %w", err)
+		return nil, fmt.Errorf("bench nbd: %w: nbdcopy (Debian package libnbd-bin): %v", ErrToolMissing, err)
 	}
 	qemuNBD, err := exec.LookPath("qemu-nbd")
 	if err != nil {
-		return nil, fmt.Errorf("bench nbd: qemu-nbd (qemu-utils) is needed: %w", err)
+		return nil, fmt.Errorf("bench nbd: %w: qemu-nbd (Debian package qemu-utils): %v", ErrToolMissing, err)
 	}
-	dir := opts.Dir
-	if dir == "" {
-		if dir, err = os.MkdirTemp("", "crkvol-bench-nbd"); err != nil {
-			return nil, err
-		}
-		defer os.RemoveAll(dir)
+	dir, err := os.MkdirTemp(opts.Dir, "crkvol-bench-nbd")
+	if err != nil {
+		return nil, fmt.Errorf("bench nbd: %w", err)
 	}
+	defer os.RemoveAll(dir)
+	progress(fmt.Sprintf("writing a %d MiB source file and formatting the volume", opts.Size>>20))
 	src := filepath.Join(dir, "src.bin")
 	if err := writeRandom(src, opts.Size); err != nil {
 		return nil, err
@@ -152,7 +167,8 @@ func RunNBD(ctx context.Context, opts NBDOptions) (*NBDReport, error) {
 		r.Transport = "unix socket"
 	}
 	best := map[[2]string]float64{}
-	for range opts.Rounds {
+	for round := range opts.Rounds {
+		progress(fmt.Sprintf("round %d of %d: nbdcopy writes and reads %d MiB through each server", round+1, opts.Rounds, opts.Size>>20))
 		for _, s := range nbdServers {
 			for _, op := range []string{"write", "read"} {
 				args := []string{src, uris[s.name]}
@@ -273,6 +289,22 @@ func (r *NBDReport) find(server, op string) float64 {
 		}
 	}
 	return 0
+}
+
+// Ratios returns crkvol's servers (on the encrypted volume and on the raw file) against
+// qemu-nbd on the raw file, writing and reading.
+func (r *NBDReport) Ratios() []Ratio {
+	var out []Ratio
+	for _, x := range r.Results {
+		if q := r.find("qemu-nbd", x.Op); q > 0 && x.Server != "qemu-nbd" && x.MiBps > 0 {
+			name := "encrypted volume " + x.Op
+			if x.Server == "crkvol-raw" {
+				name = "raw file " + x.Op
+			}
+			out = append(out, Ratio{Section: "nbd", Name: name, Value: x.MiBps / q, Against: "qemu-nbd"})
+		}
+	}
+	return out
 }
 
 // WriteTable prints the NBD report: MiB/s per server and operation, and the ratio to

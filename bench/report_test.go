@@ -1,0 +1,119 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"crkvol/internal/tooltest"
+)
+
+// TestRunSections runs the sector and nbd sections briefly (no timing claims), asked for in
+// the wrong order: they run in Sections' order, the report keeps the sector section's
+// members at its top level (as before sections) beside a member per section, the machine
+// and every ratio, and its scratch directory is left empty.
+func TestRunSections(t *testing.T) {
+	t.Parallel()
+	tooltest.Require(t, "nbdcopy", "qemu-nbd")
+	dir := t.TempDir()
+	var progress []string
+	r, err := Run(context.Background(), Options{Sections: []string{"nbd", "sector"}, Quick: true, Dir: dir,
+		OpenSSL: "/nonexistent/openssl", sectorWindow: 5 * time.Millisecond, nbdSize: 4 << 20,
+		Progress: func(s string) { progress = append(progress, s) }})
+	require.NoError(t, err)
+	require.Len(t, r.Sections, 2)
+	assert.Equal(t, "sector", r.Sections[0].Name)
+	assert.Equal(t, "nbd", r.Sections[1].Name)
+	for _, s := range r.Sections {
+		assert.Empty(t, s.Error)
+		assert.Positive(t, s.Seconds)
+	}
+	assert.Contains(t, progress[0], "sector: ")
+	assert.Contains(t, progress[len(progress)-1], "nbd: ")
+	require.NotNil(t, r.SectorReport)
+	require.NotNil(t, r.NBD)
+	assert.Equal(t, append(r.SectorReport.Ratios(), r.NBD.Ratios()...), r.Ratios)
+	assert.NotEmpty(t, r.NBD.Ratios())
+	assert.NotEmpty(t, r.Machine.CPU)
+	assert.Positive(t, r.Machine.Cores)
+	assert.NotEmpty(t, r.Machine.FileSystem, "the scratch directory's file system")
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	assert.Empty(t, entries, "the sections remove what they create")
+
+	b, err := json.Marshal(r)
+	require.NoError(t, err)
+	var top map[string]json.RawMessage
+	require.NoError(t, json.Unmarshal(b, &top))
+	for _, k := range []string{"cpu", "features", "goVersion", "cores", "rounds", "results", "ceilings", "parallel", "opensslError",
+		"machine", "quick", "sections", "nbd", "ratios"} {
+		assert.Contains(t, top, k)
+	}
+	var back Report
+	require.NoError(t, json.Unmarshal(b, &back))
+	assert.Equal(t, r.Results, back.Results)
+	assert.Equal(t, r.Ratios, back.Ratios)
+
+	var table bytes.Buffer
+	require.NoError(t, r.WriteTable(&table))
+	assert.Contains(t, table.String(), "crkvol bench (quick run) on "+r.Machine.String())
+	assert.Regexp(t, `(?m)^== sector \(\d+ s\) ==$`, table.String())
+	assert.Regexp(t, `(?m)^== nbd \(\d+ s\) ==$`, table.String())
+	assert.Contains(t, table.String(), "vs qemu-nbd")
+	assert.Regexp(t, `(?m)^== targets ==$`, table.String())
+	assert.Regexp(t, `(?m)^sector +generic encrypt 4096 vs x/crypto/xts +\d+\.\d\dx +3\.00x +(met|MISSED)$`, table.String())
+}
+
+// TestRunMissingTool: without qemu-nbd and nbdcopy on PATH the nbd section says so in its
+// place, and the run is no failure.
+func TestRunMissingTool(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	r, err := Run(context.Background(), Options{Sections: []string{"nbd"}, Quick: true, Dir: t.TempDir()})
+	require.NoError(t, err)
+	require.Len(t, r.Sections, 1)
+	assert.True(t, r.Sections[0].ToolMissing)
+	assert.Contains(t, r.Sections[0].Error, "nbdcopy (Debian package libnbd-bin)")
+	assert.Nil(t, r.NBD)
+	assert.Empty(t, r.Ratios)
+	var table bytes.Buffer
+	require.NoError(t, r.WriteTable(&table))
+	assert.Regexp(t, `(?m)^not measured: bench nbd: .*nbdcopy`, table.String())
+}
+
+// TestRunSectionFails: a section that fails (here nbd, on a scratch directory that does not
+// exist) is reported in its place, the others still run, and Run returns the report with an
+// error naming the section. An unknown section is refused before anything runs; a cancelled
+// run stops at once with the context's error.
+func TestRunSectionFails(t *testing.T) {
+	t.Parallel()
+	tooltest.Require(t, "nbdcopy", "qemu-nbd")
+	missing := filepath.Join(t.TempDir(), "missing")
+	r, err := Run(context.Background(), Options{Sections: []string{"sector", "nbd"}, Quick: true, Dir: missing,
+		OpenSSL: "/nonexistent/openssl", sectorWindow: time.Millisecond})
+	require.ErrorContains(t, err, "bench: section nbd failed")
+	require.NotNil(t, r)
+	require.Len(t, r.Sections, 2)
+	assert.Empty(t, r.Sections[0].Error)
+	assert.NotNil(t, r.SectorReport)
+	assert.Contains(t, r.Sections[1].Error, missing)
+	assert.False(t, r.Sections[1].ToolMissing)
+	var table bytes.Buffer
+	require.NoError(t, r.WriteTable(&table))
+	assert.Regexp(t, `(?m)^failed: bench nbd: `, table.String())
+
+	_, err = Run(context.Background(), Options{Sections: []string{"sector", "disk"}})
+	require.ErrorContains(t, err, `bench: unknown section "disk" (sections: sector, nbd)`)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	r, err = Run(ctx, Options{Sections: []string{"sector", "nbd"}, Dir: t.TempDir()})
+	require.ErrorIs(t, err, context.Canceled)
+	require.Len(t, r.Sections, 1, "nothing after the cancelled section runs")
+}
