@@ -109,6 +109,17 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		}
 	}
 	r := &Report{Machine: thisMachine(opts.Dir), Quick: opts.Quick}
+	if opts.Progress != nil && (len(want) > 1 || want[0] != "sector") {
+		dir := opts.Dir
+		if dir == "" {
+			dir = os.TempDir()
+		}
+		note := ""
+		if strings.HasPrefix(r.Machine.FileSystem, "tmpfs") {
+			note = " (memory: flushes cost nothing there, so the disk sections measure no disk)"
+		}
+		opts.Progress(fmt.Sprintf("scratch directory %s: %s%s", dir, r.Machine.FileSystem, note))
+	}
 	var failed []string
 	ran := 0
 	for _, name := range all {
@@ -250,7 +261,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	fmt.Fprintln(w, "\n== targets ==")
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "section\tratio\tvalue\ttarget\t")
+	fmt.Fprintln(tw, "section\tratio\tvalue\ttarget\tresult")
 	for _, x := range targeted {
 		mark := "met"
 		if x.Value < x.Target {
