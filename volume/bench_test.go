@@ -2,95 +2,10 @@ package volume_test
 
 import (
 	"fmt"
-	"io"
-	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"crkvol/volume"
 )
-
-const benchSize = 64 << 20
-
-// ioTarget is what the I/O benchmarks drive: a volume, or the raw-file reference.
-type ioTarget interface {
-	io.ReaderAt
-	io.WriterAt
-}
-
-// benchIO runs the sub-benchmarks seq-1MiB (sequential 1 MiB requests) and rand-4KiB
-// (random 4 KiB-aligned requests) against t.
-func benchIO(b *testing.B, target ioTarget, write bool) {
-	for _, mode := range []struct {
-		name string
-		n    int
-		rand bool
-	}{{"seq-1MiB", 1 << 20, false}, {"rand-4KiB", 4096, true}} {
-		b.Run(mode.name, func(b *testing.B) {
-			buf := pattern(mode.n, 1)
-			rng := rand.New(rand.NewPCG(1, 2))
-			b.SetBytes(int64(mode.n))
-			b.ReportAllocs()
-			var off int64
-			for b.Loop() {
-				if mode.rand {
-					off = rng.Int64N(benchSize/4096) * 4096
-				} else if off += int64(mode.n); off+int64(mode.n) > benchSize {
-					off = 0
-				}
-				var err error
-				if write {
-					_, err = target.WriteAt(buf, off)
-				} else {
-					_, err = target.ReadAt(buf, off)
-				}
-				if err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-	}
-}
-
-func benchVolume(b *testing.B) *volume.Volume {
-	f := newFixture(b)
-	info := f.create(b, "bench.img", benchSize)
-	v, err := f.mgr.Open(f.ctx, info.Path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { v.Close() })
-	if _, err := v.WriteAt(make([]byte, benchSize), 0); err != nil { // allocate the file
-		b.Fatal(err)
-	}
-	return v
-}
-
-func benchRawFile(b *testing.B) *os.File {
-	fh, err := os.OpenFile(filepath.Join(b.TempDir(), "raw.img"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { fh.Close() })
-	if _, err := fh.WriteAt(make([]byte, benchSize), 0); err != nil {
-		b.Fatal(err)
-	}
-	return fh
-}
-
-// BenchmarkVolumeWrite writes through an attached volume (page cache, no fsync).
-func BenchmarkVolumeWrite(b *testing.B) { benchIO(b, benchVolume(b), true) }
-
-// BenchmarkVolumeRead reads through an attached volume.
-func BenchmarkVolumeRead(b *testing.B) { benchIO(b, benchVolume(b), false) }
-
-// BenchmarkRawFileWrite is the in-run reference for BenchmarkVolumeWrite: the same requests
-// on a plain file, unencrypted.
-func BenchmarkRawFileWrite(b *testing.B) { benchIO(b, benchRawFile(b), true) }
-
-// BenchmarkRawFileRead is the in-run reference for BenchmarkVolumeRead.
-func BenchmarkRawFileRead(b *testing.B) { benchIO(b, benchRawFile(b), false) }
 
 // BenchmarkRewrap measures rewrapping one volume: open the image, rewrap the ciphertext in
 // the key service, commit the token to both header copies (fsynced), update the

@@ -1,6 +1,7 @@
 package volume
 
 import (
+	"io"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -47,6 +48,17 @@ type request struct {
 	decrypt  bool
 	chunk    int // bytes per chunk, a multiple of the sector size
 	chunks   int64
+	// For ReadDecrypt, r reads each chunk (at off plus the chunk's offset) before it is
+	// decrypted; for EncryptWrite, w writes each chunk once it is encrypted. Both nil for a
+	// request of the cipher alone.
+	r   io.ReaderAt
+	w   io.WriterAt
+	off int64
+
+	failMu sync.Mutex // guards failAt and err (taken only when a chunk's I/O fails)
+	failAt int        // offset of the first chunk whose I/O failed; len(src) if none
+	err    error      // its error
+	failed atomic.Bool
 
 	next    atomic.Int64 // next chunk to claim
 	pending atomic.Int64 // chunks not yet finished
@@ -113,10 +125,37 @@ func (p *Parallel) work(r *request) {
 		}
 		off := int(i) * r.chunk
 		end := min(off+r.chunk, len(r.src))
-		first := r.first + uint64(off/sector.IVUnit)
-		p.xts(r.dst[off:end], r.src[off:end], first, r.decrypt)
+		if !r.failed.Load() {
+			p.chunk(r, off, end)
+		}
 		r.pending.Add(-1)
 	}
+}
+
+// chunk runs the part of r from off to end: its read, cipher and write.
+func (p *Parallel) chunk(r *request, off, end int) {
+	if r.r != nil {
+		if _, err := r.r.ReadAt(r.dst[off:end], r.off+int64(off)); err != nil {
+			r.fail(off, err)
+			return
+		}
+	}
+	p.xts(r.dst[off:end], r.src[off:end], r.first+uint64(off/sector.IVUnit), r.decrypt)
+	if r.w != nil {
+		if _, err := r.w.WriteAt(r.dst[off:end], r.off+int64(off)); err != nil {
+			r.fail(off, err)
+		}
+	}
+}
+
+// fail records that the I/O of the chunk at off failed with err, keeping the first chunk's.
+func (r *request) fail(off int, err error) {
+	r.failMu.Lock()
+	defer r.failMu.Unlock()
+	if off < r.failAt {
+		r.failAt, r.err = off, err
+	}
+	r.failed.Store(true)
 }
 
 // Cipher returns the cipher p runs.
@@ -134,21 +173,86 @@ func (p *Parallel) DecryptSectors(dst, src []byte, firstSector uint64) {
 	p.run(dst[:len(src)], src, firstSector, true)
 }
 
+// ReadDecrypt reads len(dst) bytes, whole sectors, from ra at off into dst and decrypts them
+// in place, dst's first sector being sector firstSector. A request of at least the threshold
+// is cut into chunks that the caller and the helpers each read and decrypt (at least 128 KiB
+// a chunk, to amortise the extra read calls), so a chunk is decrypted by the core that has
+// just read it, in its cache, and the reads of different chunks overlap. It returns how many
+// bytes at the start of dst were read and decrypted before the first chunk whose read failed,
+// and that read's error.
+func (p *Parallel) ReadDecrypt(ra io.ReaderAt, dst []byte, off int64, firstSector uint64) (int, error) {
+	p.c.Check(dst, dst, firstSector)
+	return p.runIO(dst, dst, firstSector, true, ra, nil, off)
+}
+
+// EncryptWrite encrypts src into dst (the two may be the same; whole sectors, src's first
+// being sector firstSector) and writes dst to wa at off. A request of at least the threshold
+// is cut into chunks (at least 128 KiB) that the caller and the helpers each encrypt and
+// write, so encrypting one chunk overlaps writing another (writes to one file are
+// serialised by the file system, encryption is not). It returns how many bytes at the
+// start of dst were written before the first chunk whose write failed, and that write's
+// error; after an error, chunks of dst past that point may be left unencrypted (a copy of
+// src's plaintext).
+func (p *Parallel) EncryptWrite(wa io.WriterAt, dst, src []byte, off int64, firstSector uint64) (int, error) {
+	p.c.Check(dst, src, firstSector)
+	return p.runIO(dst[:len(src)], src, firstSector, false, nil, wa, off)
+}
+
+// ioChunk is the least a chunk of ReadDecrypt or EncryptWrite holds: each costs a system
+// call more than one call for the whole request would.
+const ioChunk = 128 << 10
+
+func (p *Parallel) runIO(dst, src []byte, first uint64, decrypt bool, ra io.ReaderAt, wa io.WriterAt, off int64) (int, error) {
+	if len(src) < p.threshold || len(src) < 2*ioChunk || p.workers < 2 {
+		if ra != nil {
+			if _, err := ra.ReadAt(dst, off); err != nil {
+				return 0, err
+			}
+		}
+		p.xts(dst, src, first, decrypt)
+		if wa != nil {
+			if _, err := wa.WriteAt(dst, off); err != nil {
+				return 0, err
+			}
+		}
+		return len(src), nil
+	}
+	return p.dispatch(dst, src, first, decrypt, ra, wa, off, ioChunk, 2)
+}
+
 func (p *Parallel) run(dst, src []byte, first uint64, decrypt bool) {
-	n := len(src) / p.size // sectors
-	p.mu.RLock()
-	defer p.mu.RUnlock()
-	if len(src) < p.threshold || p.workers < 2 || n < 2 || p.closed {
+	if len(src) < p.threshold {
 		p.xts(dst, src, first, decrypt)
 		return
 	}
-	// Four chunks a worker balance the load when a helper starts late or is descheduled,
-	// while each chunk stays long enough (at least 16 KiB) to amortise claiming it.
-	per := max(n/(4*p.workers), (16<<10)/p.size, 1)
+	// Each chunk long enough (at least 16 KiB) to amortise claiming it.
+	p.dispatch(dst, src, first, decrypt, nil, nil, 0, 16<<10, 4)
+}
+
+// dispatch runs a request over the caller and the helpers, in chunks of at least minChunk
+// bytes, about perWorker chunks a worker, and returns what runIO returns. Several chunks a
+// worker balance the load when a helper starts late or is descheduled.
+func (p *Parallel) dispatch(dst, src []byte, first uint64, decrypt bool, ra io.ReaderAt, wa io.WriterAt, off int64, minChunk, perWorker int) (int, error) {
+	n := len(src) / p.size // sectors
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	k := perWorker * p.workers
+	per := max((n+k-1)/k, minChunk/p.size, 1)
 	r := p.reqs.Get().(*request)
 	r.dst, r.src, r.first, r.decrypt = dst, src, first, decrypt
+	r.r, r.w, r.off = ra, wa, off
+	r.failAt, r.err = len(src), nil
+	r.failed.Store(false)
 	r.chunk = per * p.size
 	r.chunks = int64((n + per - 1) / per)
+	if p.workers < 2 || r.chunks < 2 || p.closed {
+		for i := 0; i < len(src); i += r.chunk {
+			if p.chunk(r, i, min(i+r.chunk, len(src))); r.failed.Load() {
+				break
+			}
+		}
+		return p.finish(r)
+	}
 	r.next.Store(0)
 	r.pending.Store(r.chunks)
 	r.open.Store(true)
@@ -166,8 +270,18 @@ func (p *Parallel) run(dst, src []byte, first uint64, decrypt bool) {
 	for r.active.Load() > 0 { // helpers that picked r up but have not left it yet
 		runtime.Gosched()
 	}
-	r.dst, r.src = nil, nil
+	return p.finish(r)
+}
+
+// finish returns r to the pool and what its request returns.
+func (p *Parallel) finish(r *request) (int, error) {
+	n, err := len(r.src), r.err
+	if err != nil {
+		n = r.failAt
+	}
+	r.dst, r.src, r.r, r.w, r.err = nil, nil, nil, nil, nil
 	p.reqs.Put(r)
+	return n, err
 }
 
 // Close stops the helper goroutines and waits for them; later requests run in the caller.

@@ -51,6 +51,10 @@ type OpenOptions struct {
 const (
 	lockStripes = 1024    // per-sector locks, striped
 	chunkSize   = 1 << 20 // bytes encrypted per buffer
+	// stagedRead is the longest read (in whole sectors) made in one call through a staging
+	// buffer when its ends are not on sector boundaries; a longer one reads its partial end
+	// sectors apart, to spare copying the rest.
+	stagedRead = 64 << 10
 )
 
 // Volume is an attached (unlocked) volume: its data reads and writes through aes-xts-plain64
@@ -157,32 +161,41 @@ func (v *Volume) ReadAt(p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	unlock := v.lockSectors(off/v.ss, (off+int64(len(p))-1)/v.ss, false)
-	defer unlock()
+	lk := v.lockSectors(off/v.ss, (off+int64(len(p))-1)/v.ss, false)
+	defer lk.unlock()
+	// A short request is read in one call; a long one whose ends are not on sector
+	// boundaries has its partial first and last sectors read apart, so that its whole
+	// sectors go straight to p without passing through a staging buffer.
+	short := roundUp(off+int64(len(p)), v.ss)-(off-off%v.ss) <= stagedRead
 	done := 0
 	for done < len(p) {
 		pos := off + int64(done)
 		start := pos - pos%v.ss
-		n := min(len(p)-done, chunkSize-int(pos-start))
-		if pos == start && int64(n)%v.ss == 0 {
+		rest := int64(len(p) - done)
+		if whole := rest / v.ss * v.ss; pos == start && whole > 0 && (whole == rest || !short) {
 			// Whole sectors: read and decrypt in the caller's buffer.
-			dst := p[done : done+n]
-			if err := v.readSectors(dst, start); err != nil {
-				return done, err
-			}
-		} else {
-			end := roundUp(pos+int64(n), v.ss)
-			bp := v.bufs.Get().(*[]byte)
-			buf := (*bp)[:end-start]
-			err := v.readSectors(buf, start)
-			if err == nil {
-				copy(p[done:done+n], buf[pos-start:])
-			}
-			clear(buf) // decrypted sectors
-			v.bufs.Put(bp)
+			n, err := v.c.ReadDecrypt(v.f, p[done:done+int(whole)], v.dataOff+start, uint64(start)/sector.IVUnit)
+			done += n
 			if err != nil {
-				return done, err
+				return done, fmt.Errorf("volume: reading %d bytes at %d: %w", whole-int64(n), pos+int64(n), err)
 			}
+			continue
+		}
+		n := len(p) - done
+		if !short {
+			n = min(n, int(v.ss-(pos-start))) // the partial sector at either end
+		}
+		end := roundUp(pos+int64(n), v.ss)
+		bp := v.bufs.Get().(*[]byte)
+		buf := (*bp)[:end-start]
+		err := v.readSectors(buf, start)
+		if err == nil {
+			copy(p[done:done+n], buf[pos-start:])
+		}
+		clear(buf) // decrypted sectors
+		v.bufs.Put(bp)
+		if err != nil {
+			return done, err
 		}
 		done += n
 	}
@@ -194,10 +207,9 @@ func (v *Volume) ReadAt(p []byte, off int64) (int, error) {
 
 // readSectors reads and decrypts whole sectors starting at data offset start.
 func (v *Volume) readSectors(buf []byte, start int64) error {
-	if _, err := v.f.ReadAt(buf, v.dataOff+start); err != nil {
+	if _, err := v.c.ReadDecrypt(v.f, buf, v.dataOff+start, uint64(start)/sector.IVUnit); err != nil {
 		return fmt.Errorf("volume: reading %d bytes at %d: %w", len(buf), start, err)
 	}
-	v.c.DecryptSectors(buf, buf, uint64(start)/sector.IVUnit)
 	return nil
 }
 
@@ -218,8 +230,8 @@ func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	unlock := v.lockSectors(off/v.ss, (off+int64(len(p))-1)/v.ss, true)
-	defer unlock()
+	lk := v.lockSectors(off/v.ss, (off+int64(len(p))-1)/v.ss, true)
+	defer lk.unlock()
 
 	bp := v.bufs.Get().(*[]byte)
 	plain := 0 // leading bytes of *bp that may hold plaintext
@@ -234,48 +246,52 @@ func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 		n := min(len(p)-done, chunkSize-int(pos-start))
 		end := roundUp(pos+int64(n), v.ss)
 		buf := (*bp)[:end-start]
-		plain = len(buf)
-		// Partial first or last sector: start from the current contents.
-		if pos != start {
-			if err := v.readSectors(buf[:v.ss], start); err != nil {
-				return done, err
+		src := p[done : done+n]
+		if pos != start || pos+int64(n) != end {
+			// Partial first or last sector: start from the current contents, merge p in
+			// and encrypt in place.
+			plain = len(buf)
+			if pos != start {
+				if err := v.readSectors(buf[:v.ss], start); err != nil {
+					return done, err
+				}
 			}
-		}
-		if last := end - v.ss; pos+int64(n) != end && (last != start || pos == start) {
-			if err := v.readSectors(buf[last-start:], last); err != nil {
-				return done, err
+			if last := end - v.ss; pos+int64(n) != end && (last != start || pos == start) {
+				if err := v.readSectors(buf[last-start:], last); err != nil {
+					return done, err
+				}
 			}
+			copy(buf[pos-start:], src)
+			src = buf
+		} // else whole sectors: encrypted from p straight into buf, which never holds plaintext
+		if m, err := v.c.EncryptWrite(v.f, buf, src, v.dataOff+start, uint64(start)/sector.IVUnit); err != nil {
+			// Bytes of the chunk's first and last sectors may be written in part only.
+			return done + min(n, max(0, m-int(pos-start))), fmt.Errorf("volume: writing %d bytes at %d: %w", len(buf)-m, start+int64(m), err)
 		}
-		copy(buf[pos-start:], p[done:done+n])
-		v.c.EncryptSectors(buf, buf, uint64(start)/sector.IVUnit)
 		plain = 0 // encrypted in place
-		if _, err := v.f.WriteAt(buf, v.dataOff+start); err != nil {
-			return done, fmt.Errorf("volume: writing %d bytes at %d: %w", len(buf), start, err)
-		}
 		done += n
 	}
 	return done, nil
 }
 
 // lockSectors locks the stripes of sectors first..last in ascending stripe order: exclusively
-// for a write, shared for a read (so a read never sees a sector half rewritten).
-func (v *Volume) lockSectors(first, last int64, write bool) func() {
-	n := last - first + 1
-	var lo [2][2]int64 // up to two ascending runs of stripe indices
-	runs := 1
-	if n >= lockStripes {
-		lo[0] = [2]int64{0, lockStripes - 1}
+// for a write, shared for a read (so a read never sees a sector half rewritten). The caller
+// releases them with the result's unlock.
+func (v *Volume) lockSectors(first, last int64, write bool) sectorLocks {
+	l := sectorLocks{v: v, runs: 1, write: write}
+	if last-first+1 >= lockStripes {
+		l.lo[0] = [2]int64{0, lockStripes - 1}
 	} else {
 		a, b := first%lockStripes, last%lockStripes
 		if a <= b {
-			lo[0] = [2]int64{a, b}
+			l.lo[0] = [2]int64{a, b}
 		} else {
-			lo[0], lo[1] = [2]int64{0, b}, [2]int64{a, lockStripes - 1}
-			runs = 2
+			l.lo[0], l.lo[1] = [2]int64{0, b}, [2]int64{a, lockStripes - 1}
+			l.runs = 2
 		}
 	}
-	for r := 0; r < runs; r++ {
-		for i := lo[r][0]; i <= lo[r][1]; i++ {
+	for r := 0; r < l.runs; r++ {
+		for i := l.lo[r][0]; i <= l.lo[r][1]; i++ {
 			if write {
 				v.locks[i].Lock()
 			} else {
@@ -283,14 +299,26 @@ func (v *Volume) lockSectors(first, last int64, write bool) func() {
 			}
 		}
 	}
-	return func() {
-		for r := 0; r < runs; r++ {
-			for i := lo[r][0]; i <= lo[r][1]; i++ {
-				if write {
-					v.locks[i].Unlock()
-				} else {
-					v.locks[i].RUnlock()
-				}
+	return l
+}
+
+// sectorLocks is what lockSectors locked: up to two ascending runs of stripe indices. A value,
+// not a closure, so that locking allocates nothing.
+type sectorLocks struct {
+	v     *Volume
+	lo    [2][2]int64
+	runs  int
+	write bool
+}
+
+// unlock releases the stripes.
+func (l sectorLocks) unlock() {
+	for r := 0; r < l.runs; r++ {
+		for i := l.lo[r][0]; i <= l.lo[r][1]; i++ {
+			if l.write {
+				l.v.locks[i].Unlock()
+			} else {
+				l.v.locks[i].RUnlock()
 			}
 		}
 	}
