@@ -5,6 +5,8 @@
 //   - sector ([RunSector]): the sector engine (aes-xts-plain64) on every implementation this
 //     CPU runs against `openssl speed`, golang.org/x/crypto/xts and the ceiling of the AES
 //     instructions themselves (sector.CeilingLoop);
+//   - io ([RunIO]): reads and writes through a volume against the same requests on a raw
+//     file, both files in the same page-cache state;
 //   - nbd ([RunNBD]): sequential I/O through NBD against qemu-nbd.
 //
 // [Run] runs the sections asked for, in a fixed order (see [Sections]), and gathers their
@@ -35,11 +37,13 @@ var ErrToolMissing = errors.New("bench: a program it needs is not installed")
 //
 //   - sector first: it is pure CPU and the most sensitive to other work, and it runs before
 //     the sections that write files leave the kernel writeback work (which takes CPU);
+//   - io after the sections that flush small files: it writes hundreds of MiB to the page
+//     cache, which the kernel then writes back for seconds;
 //   - nbd last: it writes the most data, and no section after it feels the writeback.
 //
 // Between two sections Run flushes the scratch directory's file system (syncfs), so that a
 // section starts with no dirty data left by the one before.
-func Sections() []string { return []string{"sector", "nbd"} }
+func Sections() []string { return []string{"sector", "io", "nbd"} }
 
 // Options tune a run.
 type Options struct {
@@ -60,8 +64,10 @@ type Options struct {
 	// sectorWindow, when not zero, replaces the sector section's measuring window: for the
 	// package's tests, which make no timing claims.
 	sectorWindow time.Duration
-	// nbdSize, when not zero, replaces the NBD section's transfer size (tests).
-	nbdSize int64
+	// nbdSize, ioSize and ioRandOps, when not zero, replace the NBD section's transfer size
+	// and the io section's file size and random requests (tests).
+	nbdSize, ioSize int64
+	ioRandOps       int
 }
 
 // Report is a whole run. The sector section's members are the report's own (as they were
@@ -75,6 +81,8 @@ type Report struct {
 	// Sections lists the sections asked for, in the order they ran, with their wall time
 	// and why one has no results.
 	Sections []SectionRun `json:"sections"`
+	// IO is the io section's report (RunIO).
+	IO *IOReport `json:"io,omitempty"`
 	// NBD is the nbd section's report (RunNBD).
 	NBD *NBDReport `json:"nbd,omitempty"`
 	// Ratios holds every section's comparisons, in run order: what --chart draws.
@@ -163,6 +171,8 @@ func (r *Report) runSection(ctx context.Context, name string, opts Options, prog
 	switch name {
 	case "sector":
 		r.SectorReport, err = RunSector(ctx, SectorOptions{Quick: opts.Quick, Dir: opts.Dir, OpenSSL: opts.OpenSSL, Progress: progress, window: opts.sectorWindow})
+	case "io":
+		r.IO, err = RunIO(ctx, IOOptions{Quick: opts.Quick, Dir: opts.Dir, Progress: progress, Size: opts.ioSize, randOps: opts.ioRandOps})
 	case "nbd":
 		r.NBD, err = RunNBD(ctx, NBDOptions{Quick: opts.Quick, Dir: opts.Dir, Progress: progress, Size: opts.nbdSize})
 	default:
@@ -194,6 +204,10 @@ func (r *Report) section(name string) section {
 	case "sector":
 		if r.SectorReport != nil {
 			return r.SectorReport
+		}
+	case "io":
+		if r.IO != nil {
+			return r.IO
 		}
 	case "nbd":
 		if r.NBD != nil {

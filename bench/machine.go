@@ -51,13 +51,14 @@ func thisMachine(dir string) Machine {
 	if err := unix.Uname(&u); err == nil {
 		m.Kernel = strings.TrimSpace(unix.ByteSliceToString(u.Sysname[:]) + " " + unix.ByteSliceToString(u.Release[:]))
 	}
-	m.FileSystem = fileSystem(dir)
+	m.FileSystem = mountedFileSystem(dir)
 	return m
 }
 
-// fileSystem names the file system dir is on, from /proc/self/mountinfo (the mount whose
-// mount point is the longest prefix of dir's real path), or from statfs's magic number.
-func fileSystem(dir string) string {
+// mountedFileSystem names the file system dir is on with its device and mount point, from
+// /proc/self/mountinfo (the mount whose mount point is the longest prefix of dir's real
+// path), or else its type alone from statfs (fileSystem).
+func mountedFileSystem(dir string) string {
 	if dir == "" {
 		dir = os.TempDir()
 	}
@@ -75,21 +76,7 @@ func fileSystem(dir string) string {
 			}
 		}
 	}
-	var st unix.Statfs_t
-	if err := unix.Statfs(abs, &st); err == nil {
-		if name, ok := fsMagic[int64(st.Type)]; ok {
-			return name
-		}
-		return fmt.Sprintf("file system type %#x", st.Type)
-	}
-	return ""
-}
-
-// fsMagic names the statfs types a scratch directory is likely to be on.
-var fsMagic = map[int64]string{
-	unix.EXT4_SUPER_MAGIC: "ext4", unix.XFS_SUPER_MAGIC: "xfs", unix.BTRFS_SUPER_MAGIC: "btrfs",
-	unix.TMPFS_MAGIC: "tmpfs", unix.OVERLAYFS_SUPER_MAGIC: "overlay", unix.NFS_SUPER_MAGIC: "nfs",
-	unix.F2FS_SUPER_MAGIC: "f2fs",
+	return fileSystem(abs)
 }
 
 // mount is one line of /proc/self/mountinfo.

@@ -15,7 +15,7 @@ import (
 	"crkvol/internal/tooltest"
 )
 
-// TestRunSections runs the sector and nbd sections briefly (no timing claims), asked for in
+// TestRunSections runs the sector, io and nbd sections briefly (no timing claims), asked for in
 // the wrong order: they run in Sections' order, the report keeps the sector section's
 // members at its top level (as before sections) beside a member per section, the machine
 // and every ratio, and its scratch directory is left empty.
@@ -24,22 +24,25 @@ func TestRunSections(t *testing.T) {
 	tooltest.Require(t, "nbdcopy", "qemu-nbd")
 	dir := t.TempDir()
 	var progress []string
-	r, err := Run(context.Background(), Options{Sections: []string{"nbd", "sector"}, Quick: true, Dir: dir,
-		OpenSSL: "/nonexistent/openssl", sectorWindow: 5 * time.Millisecond, nbdSize: 4 << 20,
+	r, err := Run(context.Background(), Options{Sections: []string{"nbd", "io", "sector"}, Quick: true, Dir: dir,
+		OpenSSL: "/nonexistent/openssl", sectorWindow: 5 * time.Millisecond, nbdSize: 4 << 20, ioSize: 2 << 20, ioRandOps: 64,
 		Progress: func(s string) { progress = append(progress, s) }})
 	require.NoError(t, err)
-	require.Len(t, r.Sections, 2)
-	assert.Equal(t, "sector", r.Sections[0].Name)
-	assert.Equal(t, "nbd", r.Sections[1].Name)
+	var names []string
 	for _, s := range r.Sections {
+		names = append(names, s.Name)
 		assert.Empty(t, s.Error)
 		assert.Positive(t, s.Seconds)
 	}
-	assert.Contains(t, progress[0], "sector: ")
+	assert.Equal(t, []string{"sector", "io", "nbd"}, names)
+	assert.Equal(t, "scratch directory "+dir+": "+r.Machine.FileSystem, progress[0])
+	assert.Contains(t, progress[1], "sector: ")
 	assert.Contains(t, progress[len(progress)-1], "nbd: ")
 	require.NotNil(t, r.SectorReport)
+	require.NotNil(t, r.IO)
 	require.NotNil(t, r.NBD)
-	assert.Equal(t, append(r.SectorReport.Ratios(), r.NBD.Ratios()...), r.Ratios)
+	assert.Equal(t, append(append(r.SectorReport.Ratios(), r.IO.Ratios()...), r.NBD.Ratios()...), r.Ratios)
+	assert.NotEmpty(t, r.IO.Ratios())
 	assert.NotEmpty(t, r.NBD.Ratios())
 	assert.NotEmpty(t, r.Machine.CPU)
 	assert.Positive(t, r.Machine.Cores)
@@ -53,7 +56,7 @@ func TestRunSections(t *testing.T) {
 	var top map[string]json.RawMessage
 	require.NoError(t, json.Unmarshal(b, &top))
 	for _, k := range []string{"cpu", "features", "goVersion", "cores", "rounds", "results", "ceilings", "parallel", "opensslError",
-		"machine", "quick", "sections", "nbd", "ratios"} {
+		"machine", "quick", "sections", "io", "nbd", "ratios"} {
 		assert.Contains(t, top, k)
 	}
 	var back Report
@@ -65,6 +68,7 @@ func TestRunSections(t *testing.T) {
 	require.NoError(t, r.WriteTable(&table))
 	assert.Contains(t, table.String(), "crkvol bench (quick run) on "+r.Machine.String())
 	assert.Regexp(t, `(?m)^== sector \(\d+ s\) ==$`, table.String())
+	assert.Regexp(t, `(?m)^== io \(\d+ s\) ==$`, table.String())
 	assert.Regexp(t, `(?m)^== nbd \(\d+ s\) ==$`, table.String())
 	assert.Contains(t, table.String(), "vs qemu-nbd")
 	assert.Regexp(t, `(?m)^== targets ==$`, table.String())
@@ -109,7 +113,7 @@ func TestRunSectionFails(t *testing.T) {
 	assert.Regexp(t, `(?m)^failed: bench nbd: `, table.String())
 
 	_, err = Run(context.Background(), Options{Sections: []string{"sector", "disk"}})
-	require.ErrorContains(t, err, `bench: unknown section "disk" (sections: sector, nbd)`)
+	require.ErrorContains(t, err, `bench: unknown section "disk" (sections: sector, io, nbd)`)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
