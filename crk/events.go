@@ -78,6 +78,41 @@ type Event struct {
 	// [ActionImportTokenCreate] or [ActionImportTokenRead], the token's expiration date and
 	// retrieval counts.
 	Reason string `json:"reason,omitempty"`
+	// CorrelationID is the id the request was made under (an API request's Correlation-Id
+	// header, which keyprotect-go-client sends with every call, or the one the server gave
+	// it; see WithCorrelationID): a client matches its requests to their events by it.
+	CorrelationID string `json:"correlationId,omitempty"`
+}
+
+// MaxCorrelationIDLen is the longest correlation id WithCorrelationID keeps.
+const MaxCorrelationIDLen = 128
+
+type correlationKey struct{}
+
+// WithCorrelationID returns a context whose operations' events carry id as their
+// CorrelationID. An id that is not 1 to MaxCorrelationIDLen characters of letters, digits,
+// '-', '_', '.' and ':' is refused with ErrInvalidArgument: it goes into the audit log as it
+// is.
+func WithCorrelationID(ctx context.Context, id string) (context.Context, error) {
+	if err := CheckCorrelationID(id); err != nil {
+		return ctx, err
+	}
+	return context.WithValue(ctx, correlationKey{}, id), nil
+}
+
+// CheckCorrelationID checks a correlation id as WithCorrelationID does.
+func CheckCorrelationID(id string) error {
+	if id == "" || len(id) > MaxCorrelationIDLen {
+		return fmt.Errorf("%w: correlation id of %d characters, want 1 to %d", ErrInvalidArgument, len(id), MaxCorrelationIDLen)
+	}
+	for i := 0; i < len(id); i++ {
+		switch c := id[i]; {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_', c == '.', c == ':':
+		default:
+			return fmt.Errorf("%w: correlation id %q: character %d is not a letter, a digit, '-', '_', '.' or ':'", ErrInvalidArgument, shorten(id), i+1)
+		}
+	}
+	return nil
 }
 
 // EventFilter selects events and pages through them. Zero fields match everything.
@@ -152,6 +187,9 @@ func (s *Service) newEvent(ctx context.Context, action string, r *keyRecord, key
 		Severity:  severity(action),
 		KeyID:     keyID,
 		Initiator: s.who(ctx),
+	}
+	if id, ok := ctx.Value(correlationKey{}).(string); ok {
+		ev.CorrelationID = id
 	}
 	if keyID != "" {
 		ev.KeyCRN = s.crn(keyID)
