@@ -55,8 +55,8 @@ func TestRewrapBatch(t *testing.T) {
 		wo, err := f.svc.Wrap(f.ctx, other.ID, material(32, 7), aad(4))
 		require.NoError(t, err)
 		items = append(items,
-			RewrapItem{Ciphertext: wo.Ciphertext, AAD: aad(4)},          // another key's
-			RewrapItem{Ciphertext: items[0].Ciphertext, AAD: aad(1)},     // wrong AAD
+			RewrapItem{Ciphertext: wo.Ciphertext, AAD: aad(4)},            // another key's
+			RewrapItem{Ciphertext: items[0].Ciphertext, AAD: aad(1)},      // wrong AAD
 			RewrapItem{Ciphertext: []byte("not a ciphertext at all, no")}, // garbage
 		)
 		okBefore := countBatchEvents(t, f, ActionRewrap, OutcomeSuccess)
