@@ -64,6 +64,8 @@ type boltBackend struct {
 	// updates, acknowledgements): bbolt has one writer at a time, and each commit flushes
 	// twice, so concurrent callers share a commit.
 	commits *committer
+	// counter counts commits and flushes (stats.go); nil for a read-only store.
+	counter *boltCounter
 }
 
 // openBolt opens (creating, unless read-only) the bbolt store at path and brings its schema
@@ -113,17 +115,27 @@ func openBolt(path string, opts Options, log func(msg string, args ...any)) (*bo
 	}
 	b := &boltBackend{db: db}
 	b.commits = newCommitter(func(fn func(storeTx) error) error { return b.update(context.Background(), fn) })
+	if !opts.ReadOnly {
+		b.counter = newBoltCounter(db, opts.NoSync)
+	}
 	return b, nil
 }
 
 func (b *boltBackend) update(_ context.Context, fn func(storeTx) error) error {
-	return b.db.Update(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+	return b.db.Update(func(tx *bolt.Tx) error { b.counter.begin(tx); return fn(boltTx{tx}) })
 }
 
 // batch shares a commit with the concurrent callers of batch and group, with no wait for a
 // lone caller (bbolt's own db.Batch holds every call for MaxBatchDelay).
 func (b *boltBackend) batch(_ context.Context, fn func(storeTx) error) error {
 	return b.commits.run(fn)
+}
+
+func (b *boltBackend) stats() StoreStats {
+	if b.counter == nil {
+		return StoreStats{}
+	}
+	return b.counter.stats()
 }
 
 func (b *boltBackend) group(fn func(storeTx) error) error { return b.commits.run(fn) }

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -126,7 +127,7 @@ func (d *Database) Open(opts Options) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	be := &pgBackend{d: d, instance: s.instance}
+	be := &pgBackend{d: d, instance: s.instance, flushes: d.flushesOnCommit(ctx)}
 	be.events = newCommitter(func(fn func(storeTx) error) error { return be.update(context.Background(), fn) })
 	return s.start(be, master, keyFile)
 }
@@ -205,12 +206,20 @@ type pgBackend struct {
 	instance string
 	// events groups the audit events of concurrent callers into one transaction (group).
 	events *committer
+	// commits counts the transactions update committed; flushes tells whether each one
+	// flushes the WAL (stats.go).
+	commits atomic.Uint64
+	flushes bool
 }
 
 func (b *pgBackend) update(ctx context.Context, fn func(storeTx) error) error {
-	return unavailable(b.d.db.Tx(ctx, func(tx pgx.Tx) error {
+	err := b.d.db.Tx(ctx, func(tx pgx.Tx) error {
 		return fn(&pgTx{ctx: ctx, tx: tx, instance: b.instance, write: true})
-	}))
+	})
+	if err == nil {
+		b.commits.Add(1)
+	}
+	return unavailable(err)
 }
 
 // batch is update: PostgreSQL's group commit lets concurrent transactions share a flush.
