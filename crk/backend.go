@@ -15,19 +15,28 @@ import (
 //     none. A key read with [storeTx.keyForUpdate] stays locked against other writers (in any
 //     process) until the transaction ends, so a check made on it still holds at commit.
 //     Event and feed sequence numbers are given in commit order.
-//   - fn may run more than once (a conflict with another process, or batch's sharing of one
-//     commit): it must have no effect outside tx, and must reset what it computes on each run.
+//   - fn may run more than once (a conflict with another process, or a group commit that
+//     runs again without a function that failed): it must have no effect outside tx, and must
+//     reset what it computes on each run.
 //   - view runs fn on one consistent snapshot, and must not write.
 type backend interface {
 	update(ctx context.Context, fn func(tx storeTx) error) error
 	// batch is update for small, frequent transactions, which concurrent callers may share.
 	batch(ctx context.Context, fn func(tx storeTx) error) error
+	// group runs fn in a transaction shared with the concurrent callers of group (a group
+	// commit: see committer), for appends that lock nothing: audit events. A lone caller
+	// commits at once. The transaction is bounded by the store's own retry time, not by any
+	// caller's context: it holds the work of many callers. After close begins it fails with
+	// errCommitterClosed.
+	group(fn func(tx storeTx) error) error
 	view(ctx context.Context, fn func(tx storeTx) error) error
 	// watchFeed calls notify whenever another process may have appended lifecycle events to
 	// this instance's feed (its own commits are notified by the service), until the returned
 	// function is called. A backend no other process writes calls nothing.
 	watchFeed(notify func()) (stop func())
 	close() error
+	// stats counts the commits and flushes of the backend's transactions (stats.go).
+	stats() StoreStats
 }
 
 // storeTx is one transaction of a backend. Records returned are the caller's to change; they

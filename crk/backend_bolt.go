@@ -60,6 +60,12 @@ var (
 // boltBackend keeps a service's state in one bbolt file.
 type boltBackend struct {
 	db *bolt.DB
+	// commits groups the transactions of batch and group (audit events, registration
+	// updates, acknowledgements): bbolt has one writer at a time, and each commit flushes
+	// twice, so concurrent callers share a commit.
+	commits *committer
+	// counter counts commits and flushes (stats.go); nil for a read-only store.
+	counter *boltCounter
 }
 
 // openBolt opens (creating, unless read-only) the bbolt store at path and brings its schema
@@ -69,10 +75,6 @@ func openBolt(path string, opts Options, log func(msg string, args ...any)) (*bo
 	if err != nil {
 		return nil, fmt.Errorf("crk: opening store %s: %w", path, err)
 	}
-	// Batched transactions (audit events of reads and wraps, registration updates) wait at
-	// most this long for company: concurrent callers share an fsync, a lone caller is not
-	// held up long.
-	db.MaxBatchDelay = 2 * time.Millisecond
 	if opts.ReadOnly {
 		err = db.View(func(tx *bolt.Tx) error {
 			for _, name := range [][]byte{bucketMeta, bucketKeys, bucketRegistrations, bucketEvents} {
@@ -111,16 +113,32 @@ func openBolt(path string, opts Options, log func(msg string, args ...any)) (*bo
 		db.Close()
 		return nil, err
 	}
-	return &boltBackend{db: db}, nil
+	b := &boltBackend{db: db}
+	b.commits = newCommitter(func(fn func(storeTx) error) error { return b.update(context.Background(), fn) })
+	if !opts.ReadOnly {
+		b.counter = newBoltCounter(db, opts.NoSync)
+	}
+	return b, nil
 }
 
 func (b *boltBackend) update(_ context.Context, fn func(storeTx) error) error {
-	return b.db.Update(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+	return b.db.Update(func(tx *bolt.Tx) error { b.counter.begin(tx); return fn(boltTx{tx}) })
 }
 
+// batch shares a commit with the concurrent callers of batch and group, with no wait for a
+// lone caller (bbolt's own db.Batch holds every call for MaxBatchDelay).
 func (b *boltBackend) batch(_ context.Context, fn func(storeTx) error) error {
-	return b.db.Batch(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+	return b.commits.run(fn)
 }
+
+func (b *boltBackend) stats() StoreStats {
+	if b.counter == nil {
+		return StoreStats{}
+	}
+	return b.counter.stats()
+}
+
+func (b *boltBackend) group(fn func(storeTx) error) error { return b.commits.run(fn) }
 
 func (b *boltBackend) view(_ context.Context, fn func(storeTx) error) error {
 	return b.db.View(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
@@ -130,7 +148,10 @@ func (b *boltBackend) view(_ context.Context, fn func(storeTx) error) error {
 // service notifies itself.
 func (b *boltBackend) watchFeed(func()) func() { return func() {} }
 
-func (b *boltBackend) close() error { return b.db.Close() }
+func (b *boltBackend) close() error {
+	b.commits.close()
+	return b.db.Close()
+}
 
 // boltTx is a bbolt transaction. bbolt serialises writers, so keyForUpdate needs no lock.
 type boltTx struct{ tx *bolt.Tx }

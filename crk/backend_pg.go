@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -126,7 +127,9 @@ func (d *Database) Open(opts Options) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return s.start(&pgBackend{d: d, instance: s.instance}, master, keyFile)
+	be := &pgBackend{d: d, instance: s.instance, flushes: d.flushesOnCommit(ctx)}
+	be.events = newCommitter(func(fn func(storeTx) error) error { return be.update(context.Background(), fn) })
+	return s.start(be, master, keyFile)
 }
 
 // Instances returns the ids of the instances that have a store in the database.
@@ -201,18 +204,33 @@ func (d *Database) dispatch(instance string) {
 type pgBackend struct {
 	d        *Database
 	instance string
+	// events groups the audit events of concurrent callers into one transaction (group).
+	events *committer
+	// commits counts the transactions update committed; flushes tells whether each one
+	// flushes the WAL (stats.go).
+	commits atomic.Uint64
+	flushes bool
 }
 
 func (b *pgBackend) update(ctx context.Context, fn func(storeTx) error) error {
-	return unavailable(b.d.db.Tx(ctx, func(tx pgx.Tx) error {
+	err := b.d.db.Tx(ctx, func(tx pgx.Tx) error {
 		return fn(&pgTx{ctx: ctx, tx: tx, instance: b.instance, write: true})
-	}))
+	})
+	if err == nil {
+		b.commits.Add(1)
+	}
+	return unavailable(err)
 }
 
 // batch is update: PostgreSQL's group commit lets concurrent transactions share a flush.
+// (Its functions lock key rows: grouping them would hold the locks of many keys at once.)
 func (b *pgBackend) batch(ctx context.Context, fn func(storeTx) error) error {
 	return b.update(ctx, fn)
 }
+
+// group runs fn in one transaction with the concurrent callers' events: one transaction,
+// one round of statements, for many events.
+func (b *pgBackend) group(fn func(storeTx) error) error { return b.events.run(fn) }
 
 func (b *pgBackend) view(ctx context.Context, fn func(storeTx) error) error {
 	return unavailable(b.d.db.ReadTx(ctx, func(tx pgx.Tx) error {
@@ -238,7 +256,10 @@ func unavailable(err error) error {
 func (b *pgBackend) watchFeed(notify func()) func() { return b.d.subscribe(b.instance, notify) }
 
 // close leaves the Database open: it is shared by the services of its instances.
-func (b *pgBackend) close() error { return nil }
+func (b *pgBackend) close() error {
+	b.events.close()
+	return nil
+}
 
 // pgTx is one transaction on an instance's rows.
 type pgTx struct {

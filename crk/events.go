@@ -78,6 +78,41 @@ type Event struct {
 	// [ActionImportTokenCreate] or [ActionImportTokenRead], the token's expiration date and
 	// retrieval counts.
 	Reason string `json:"reason,omitempty"`
+	// CorrelationID is the id the request was made under (an API request's Correlation-Id
+	// header, which keyprotect-go-client sends with every call, or the one the server gave
+	// it; see WithCorrelationID): a client matches its requests to their events by it.
+	CorrelationID string `json:"correlationId,omitempty"`
+}
+
+// MaxCorrelationIDLen is the longest correlation id WithCorrelationID keeps.
+const MaxCorrelationIDLen = 128
+
+type correlationKey struct{}
+
+// WithCorrelationID returns a context whose operations' events carry id as their
+// CorrelationID. An id that is not 1 to MaxCorrelationIDLen characters of letters, digits,
+// '-', '_', '.' and ':' is refused with ErrInvalidArgument: it goes into the audit log as it
+// is.
+func WithCorrelationID(ctx context.Context, id string) (context.Context, error) {
+	if err := CheckCorrelationID(id); err != nil {
+		return ctx, err
+	}
+	return context.WithValue(ctx, correlationKey{}, id), nil
+}
+
+// CheckCorrelationID checks a correlation id as WithCorrelationID does.
+func CheckCorrelationID(id string) error {
+	if id == "" || len(id) > MaxCorrelationIDLen {
+		return fmt.Errorf("%w: correlation id of %d characters, want 1 to %d", ErrInvalidArgument, len(id), MaxCorrelationIDLen)
+	}
+	for i := 0; i < len(id); i++ {
+		switch c := id[i]; {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_', c == '.', c == ':':
+		default:
+			return fmt.Errorf("%w: correlation id %q: character %d is not a letter, a digit, '-', '_', '.' or ':'", ErrInvalidArgument, shorten(id), i+1)
+		}
+	}
+	return nil
 }
 
 // EventFilter selects events and pages through them. Zero fields match everything.
@@ -152,6 +187,9 @@ func (s *Service) newEvent(ctx context.Context, action string, r *keyRecord, key
 		Severity:  severity(action),
 		KeyID:     keyID,
 		Initiator: s.who(ctx),
+	}
+	if id, ok := ctx.Value(correlationKey{}).(string); ok {
+		ev.CorrelationID = id
 	}
 	if keyID != "" {
 		ev.KeyCRN = s.crn(keyID)
@@ -235,73 +273,31 @@ func (s *Service) pruneEvents(tx storeTx, limit int) (int, error) {
 
 // record stores an event durably before returning, and returns an error wrapping ErrAudit
 // if it could not. Used for operations that change no state (wraps, reads) and for refusals.
-// Events go through one writer goroutine that commits everything queued in a single
-// transaction (group commit): a lone caller waits for one commit, concurrent callers share
-// one.
 func (s *Service) record(ev *Event) error {
-	if s.readOnly {
+	return s.recordAll([]*Event{ev})
+}
+
+// recordAll stores events durably, together, before returning, and returns an error
+// wrapping ErrAudit if they could not be. The transaction is shared with the concurrent
+// callers of recordAll (and, on bbolt, of the service's batched changes): a group commit
+// (see committer), so that a lone caller waits for one commit of its own and concurrent
+// callers share one.
+func (s *Service) recordAll(evs []*Event) error {
+	if s.readOnly || len(evs) == 0 {
 		return nil // a read-only store cannot record events (see Options.ReadOnly)
 	}
-	done := make(chan error, 1)
-	select {
-	case s.events <- eventReq{ev: ev, done: done}:
-	case <-s.closing:
-		return fmt.Errorf("crk: %w: %s: the service is closing", ErrAudit, ev.Action)
+	err := s.store.group(func(tx storeTx) error { return s.appendEvents(tx, evs) })
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, errCommitterClosed):
+		return fmt.Errorf("crk: %w: %s: the service is closing", ErrAudit, evs[0].Action)
+	case errors.Is(err, ErrAudit):
+		return err
+	case len(evs) == 1:
+		return auditError(evs[0].Action, err)
 	}
-	if err := <-done; err != nil {
-		if errors.Is(err, ErrAudit) {
-			return err
-		}
-		return auditError(ev.Action, err)
-	}
-	return nil
-}
-
-type eventReq struct {
-	ev   *Event
-	done chan error
-}
-
-// eventWriter commits queued events until the service closes.
-func (s *Service) eventWriter() {
-	defer close(s.writerDone)
-	for {
-		var batch []eventReq
-		select {
-		case r := <-s.events:
-			batch = append(batch, r)
-		case <-s.closing:
-			return
-		}
-	drain:
-		for len(batch) < 1000 {
-			select {
-			case r := <-s.events:
-				batch = append(batch, r)
-			default:
-				break drain
-			}
-		}
-		evs := make([]*Event, len(batch))
-		for i, r := range batch {
-			evs[i] = r.ev
-		}
-		// The writer's transactions are bounded by the store's own retry time, not by
-		// any caller's context: each stores the events of many callers.
-		err := s.update(context.Background(), func(tx storeTx) error { return s.appendEvents(tx, evs) })
-		if err != nil && len(batch) > 1 && !errors.Is(err, ErrUnavailable) {
-			// One bad event must not fail the others: store each alone. Not when the store
-			// is out of reach: each would wait out a retry window of its own, and fail the
-			// same way.
-			for _, r := range batch {
-				r.done <- s.update(context.Background(), func(tx storeTx) error { return s.appendEvent(tx, r.ev) })
-			}
-			continue
-		}
-		for _, r := range batch {
-			r.done <- err
-		}
-	}
+	return auditError(fmt.Sprintf("%d events", len(evs)), err)
 }
 
 // refuse records a failure event for a refused or failed request and returns err, joined

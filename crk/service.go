@@ -99,10 +99,8 @@ type Service struct {
 	hooks  map[int]RotationHook
 	nextID int
 
-	events     chan eventReq
-	closing    chan struct{}
-	writerDone chan struct{}
-	closeOnce  sync.Once
+	closing   chan struct{} // closed by Close: long polls of the lifecycle feed end
+	closeOnce sync.Once
 }
 
 // Open opens (creating if needed) the bbolt store at path.
@@ -142,9 +140,7 @@ func newService(opts Options) (*Service, error) {
 		readOnly:      opts.ReadOnly,
 		maxHostAcks:   MaxHostAcksPerKey,
 		hooks:         make(map[int]RotationHook),
-		events:        make(chan eventReq),
 		closing:       make(chan struct{}),
-		writerDone:    make(chan struct{}),
 	}
 	s.importTokenKey = opts.ImportTokenKey
 	if s.instance != "" {
@@ -176,8 +172,7 @@ func newService(opts Options) (*Service, error) {
 }
 
 // start runs the service on its backend: it checks the master key against the store (making
-// a new store's check value and instance id) and starts the event writer. It closes be if it
-// fails.
+// a new store's check value and instance id). It closes be if it fails.
 func (s *Service) start(be backend, master []byte, keyFile string) (*Service, error) {
 	s.store, s.keyFile = be, keyFile
 	if s.readOnly {
@@ -185,7 +180,6 @@ func (s *Service) start(be backend, master []byte, keyFile string) (*Service, er
 			be.close()
 			return nil, err
 		}
-		close(s.writerDone) // no event writer: nothing is recorded
 		s.stopWatch = func() {}
 		return s, nil
 	}
@@ -194,7 +188,6 @@ func (s *Service) start(be backend, master []byte, keyFile string) (*Service, er
 		return nil, err
 	}
 	s.stopWatch = be.watchFeed(s.notifyFeed)
-	go s.eventWriter()
 	return s, nil
 }
 
@@ -327,8 +320,7 @@ func (s *Service) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closing)
 		s.stopWatch()
-		<-s.writerDone
-		s.closeErr = s.store.close()
+		s.closeErr = s.store.close() // after the group commits under way
 	})
 	return s.closeErr
 }

@@ -24,6 +24,9 @@ func (a *app) eventsCommand() *cobra.Command {
 page of --limit events at a time. When more events remain, the cursor of the next page is
 printed on stderr; pass it with --cursor (and the same filters and order) to continue.
 
+Events of API requests (kms serve) carry the request's correlation id: the Correlation-Id
+header keyprotect-go-client sends with every call, or the one the server gave the request.
+
 --since and --until bound the event time (since <= time < until). Each takes an RFC 3339 time
 (2026-01-02T15:04:05Z) or a duration before now on the service clock: Go's units (90m, 24h,
 1h30m) and d for days (7d). --key must name a key the service knows, deleted keys included.
@@ -83,9 +86,9 @@ The retention of the log is set where the service is opened: --event-max-age and
 				return a.emit(out)
 			}
 			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "TIME\tACTION\tOUTCOME\tKEY\tVERSION\tINITIATOR\tREASON")
+			fmt.Fprintln(w, "TIME\tACTION\tOUTCOME\tKEY\tVERSION\tINITIATOR\tCORRELATION ID\tREASON")
 			for _, e := range evs {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", rfc3339(e.Time), e.Action, e.Outcome, e.KeyID, e.KeyVersion, e.Initiator, e.Reason)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", rfc3339(e.Time), e.Action, e.Outcome, e.KeyID, e.KeyVersion, e.Initiator, e.CorrelationID, e.Reason)
 			}
 			return w.Flush()
 		}}

@@ -2,6 +2,7 @@ package kpapi
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -138,6 +139,12 @@ func (s *Server) routes() {
 // audit event.
 func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*request) error) {
 	r.Body = http.MaxBytesReader(w, r.Body, MaxBody)
+	corr, err := correlationID(r)
+	if err != nil {
+		writeError(w, badRequest("BAD_REQUEST_ERR", err.Error(), CorrelationHeader))
+		return
+	}
+	w.Header().Set(CorrelationHeader, corr)
 	// Instance ids are UUIDs: accepted in either case, used in lower case.
 	instance, err := ident.CanonicalUUID(r.Header.Get("bluemix-instance"))
 	if err != nil {
@@ -169,6 +176,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 	// feed's long poll adds its wait.
 	ctx, cancel := context.WithTimeout(r.Context(), RequestTimeout+feedWait(r))
 	defer cancel()
+	ctx, _ = crk.WithCorrelationID(ctx, corr) // checked by correlationID
 	q := &request{w: w, r: r, svc: svc, id: r.PathValue("id"),
 		ctx: crk.WithInitiator(ctx, who)}
 	err = svc.CheckNetwork(q.ctx, s.local || PrivateAddr(r.RemoteAddr)) // allowedNetwork (instancepolicy.go)
@@ -189,6 +197,24 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 		}
 		s.fail(w, r, err)
 	}
+}
+
+// CorrelationHeader carries a request's correlation id: keyprotect-go-client sends a new UUID
+// with every call (or the one its context holds). The server records it in the events of the
+// request (crk.Event.CorrelationID) and answers with it; a request without one is given a new
+// UUID, a malformed one (see crk.CheckCorrelationID) is refused with 400.
+const CorrelationHeader = "Correlation-Id"
+
+// correlationID returns the request's correlation id, or a new one if it has none.
+func correlationID(r *http.Request) (string, error) {
+	id := r.Header.Get(CorrelationHeader)
+	if id == "" {
+		return ident.NewUUID(rand.Reader)
+	}
+	if err := crk.CheckCorrelationID(id); err != nil {
+		return "", fmt.Errorf("the %s header: %w", CorrelationHeader, err)
+	}
+	return id, nil
 }
 
 // fail writes err as the error envelope and logs it when it is the server's failure (not
