@@ -5,6 +5,8 @@
 //   - sector ([RunSector]): the sector engine (aes-xts-plain64) on every implementation this
 //     CPU runs against `openssl speed`, golang.org/x/crypto/xts and the ceiling of the AES
 //     instructions themselves (sector.CeilingLoop);
+//   - kms ([RunKMS]): wrap+unwrap pairs per second of the key service with 1, 8 and 32
+//     concurrent callers, in process and over HTTP, against one caller;
 //   - io ([RunIO]): reads and writes through a volume against the same requests on a raw
 //     file, both files in the same page-cache state;
 //   - nbd ([RunNBD]): sequential I/O through NBD against qemu-nbd.
@@ -37,13 +39,14 @@ var ErrToolMissing = errors.New("bench: a program it needs is not installed")
 //
 //   - sector first: it is pure CPU and the most sensitive to other work, and it runs before
 //     the sections that write files leave the kernel writeback work (which takes CPU);
+//   - kms next: CPU and small flushes, on a store it makes and removes;
 //   - io after the sections that flush small files: it writes hundreds of MiB to the page
 //     cache, which the kernel then writes back for seconds;
 //   - nbd last: it writes the most data, and no section after it feels the writeback.
 //
 // Between two sections Run flushes the scratch directory's file system (syncfs), so that a
 // section starts with no dirty data left by the one before.
-func Sections() []string { return []string{"sector", "io", "nbd"} }
+func Sections() []string { return []string{"sector", "kms", "io", "nbd"} }
 
 // Options tune a run.
 type Options struct {
@@ -81,6 +84,8 @@ type Report struct {
 	// Sections lists the sections asked for, in the order they ran, with their wall time
 	// and why one has no results.
 	Sections []SectionRun `json:"sections"`
+	// KMS is the kms section's report (RunKMS).
+	KMS *KMSReport `json:"kms,omitempty"`
 	// IO is the io section's report (RunIO).
 	IO *IOReport `json:"io,omitempty"`
 	// NBD is the nbd section's report (RunNBD).
@@ -139,8 +144,11 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		}
 		ran++
 		progress := func(msg string) {
+			if opts.Progress != nil && !strings.HasPrefix(msg, name+": ") {
+				msg = name + ": " + msg
+			}
 			if opts.Progress != nil {
-				opts.Progress(name + ": " + msg)
+				opts.Progress(msg)
 			}
 		}
 		start := time.Now()
@@ -171,6 +179,8 @@ func (r *Report) runSection(ctx context.Context, name string, opts Options, prog
 	switch name {
 	case "sector":
 		r.SectorReport, err = RunSector(ctx, SectorOptions{Quick: opts.Quick, Dir: opts.Dir, OpenSSL: opts.OpenSSL, Progress: progress, window: opts.sectorWindow})
+	case "kms":
+		r.KMS, err = RunKMS(ctx, KMSOptions{Quick: opts.Quick, Dir: opts.Dir, Progress: progress})
 	case "io":
 		r.IO, err = RunIO(ctx, IOOptions{Quick: opts.Quick, Dir: opts.Dir, Progress: progress, Size: opts.ioSize, randOps: opts.ioRandOps})
 	case "nbd":
@@ -204,6 +214,10 @@ func (r *Report) section(name string) section {
 	case "sector":
 		if r.SectorReport != nil {
 			return r.SectorReport
+		}
+	case "kms":
+		if r.KMS != nil {
+			return r.KMS
 		}
 	case "io":
 		if r.IO != nil {
