@@ -28,6 +28,8 @@ type backend interface {
 	// function is called. A backend no other process writes calls nothing.
 	watchFeed(notify func()) (stop func())
 	close() error
+	// stats counts the commits and flushes of the backend's transactions (stats.go).
+	stats() StoreStats
 }
 
 // storeTx is one transaction of a backend. Records returned are the caller's to change; they

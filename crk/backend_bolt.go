@@ -60,6 +60,8 @@ var (
 // boltBackend keeps a service's state in one bbolt file.
 type boltBackend struct {
 	db *bolt.DB
+	// counter counts commits and flushes (stats.go); nil for a read-only store.
+	counter *boltCounter
 }
 
 // openBolt opens (creating, unless read-only) the bbolt store at path and brings its schema
@@ -111,15 +113,26 @@ func openBolt(path string, opts Options, log func(msg string, args ...any)) (*bo
 		db.Close()
 		return nil, err
 	}
-	return &boltBackend{db: db}, nil
+	b := &boltBackend{db: db}
+	if !opts.ReadOnly {
+		b.counter = newBoltCounter(db, opts.NoSync)
+	}
+	return b, nil
 }
 
 func (b *boltBackend) update(_ context.Context, fn func(storeTx) error) error {
-	return b.db.Update(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+	return b.db.Update(func(tx *bolt.Tx) error { b.counter.begin(tx); return fn(boltTx{tx}) })
 }
 
 func (b *boltBackend) batch(_ context.Context, fn func(storeTx) error) error {
-	return b.db.Batch(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+	return b.db.Batch(func(tx *bolt.Tx) error { b.counter.begin(tx); return fn(boltTx{tx}) })
+}
+
+func (b *boltBackend) stats() StoreStats {
+	if b.counter == nil {
+		return StoreStats{}
+	}
+	return b.counter.stats()
 }
 
 func (b *boltBackend) view(_ context.Context, fn func(storeTx) error) error {

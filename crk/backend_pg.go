@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -126,7 +127,7 @@ func (d *Database) Open(opts Options) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return s.start(&pgBackend{d: d, instance: s.instance}, master, keyFile)
+	return s.start(&pgBackend{d: d, instance: s.instance, flushes: d.flushesOnCommit(ctx)}, master, keyFile)
 }
 
 // Instances returns the ids of the instances that have a store in the database.
@@ -201,12 +202,20 @@ func (d *Database) dispatch(instance string) {
 type pgBackend struct {
 	d        *Database
 	instance string
+	// commits counts the transactions update committed; flushes tells whether each one
+	// flushes the WAL (stats.go).
+	commits atomic.Uint64
+	flushes bool
 }
 
 func (b *pgBackend) update(ctx context.Context, fn func(storeTx) error) error {
-	return unavailable(b.d.db.Tx(ctx, func(tx pgx.Tx) error {
+	err := b.d.db.Tx(ctx, func(tx pgx.Tx) error {
 		return fn(&pgTx{ctx: ctx, tx: tx, instance: b.instance, write: true})
-	}))
+	})
+	if err == nil {
+		b.commits.Add(1)
+	}
+	return unavailable(err)
 }
 
 // batch is update: PostgreSQL's group commit lets concurrent transactions share a flush.

@@ -258,8 +258,42 @@ func (s *Service) record(ev *Event) error {
 }
 
 type eventReq struct {
-	ev   *Event
+	ev *Event
+	// evs, when set, are the events of one batch call, stored in one transaction with ev
+	// unused (see recordAll).
+	evs  []*Event
 	done chan error
+}
+
+// recordAll is record for the events of one batch call: they are handed to the event writer
+// as one request, so they are committed together, in one transaction (shared with other
+// callers' events), or not at all.
+func (s *Service) recordAll(evs []*Event) error {
+	if s.readOnly || len(evs) == 0 {
+		return nil
+	}
+	what := fmt.Sprintf("%d events (%s)", len(evs), evs[0].Action)
+	done := make(chan error, 1)
+	select {
+	case s.events <- eventReq{evs: evs, done: done}:
+	case <-s.closing:
+		return fmt.Errorf("crk: %w: %s: the service is closing", ErrAudit, what)
+	}
+	if err := <-done; err != nil {
+		if errors.Is(err, ErrAudit) {
+			return err
+		}
+		return auditError(what, err)
+	}
+	return nil
+}
+
+// events returns the events of a request: ev, or a batch call's evs.
+func (r eventReq) events() []*Event {
+	if r.evs != nil {
+		return r.evs
+	}
+	return []*Event{r.ev}
 }
 
 // eventWriter commits queued events until the service closes.
@@ -282,9 +316,13 @@ func (s *Service) eventWriter() {
 				break drain
 			}
 		}
-		evs := make([]*Event, len(batch))
-		for i, r := range batch {
-			evs[i] = r.ev
+		evs := make([]*Event, 0, len(batch))
+		for _, r := range batch {
+			if r.evs != nil {
+				evs = append(evs, r.evs...)
+			} else {
+				evs = append(evs, r.ev)
+			}
 		}
 		// The writer's transactions are bounded by the store's own retry time, not by
 		// any caller's context: each stores the events of many callers.
@@ -294,7 +332,7 @@ func (s *Service) eventWriter() {
 			// is out of reach: each would wait out a retry window of its own, and fail the
 			// same way.
 			for _, r := range batch {
-				r.done <- s.update(context.Background(), func(tx storeTx) error { return s.appendEvent(tx, r.ev) })
+				r.done <- s.update(context.Background(), func(tx storeTx) error { return s.appendEvents(tx, r.events()) })
 			}
 			continue
 		}

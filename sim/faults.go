@@ -315,27 +315,86 @@ func (f *faultyKMS) Rewrap(ctx context.Context, keyID string, ct []byte, aad []s
 		return w, err
 	}
 	f.rewrapped(crn, &w)
-	switch point {
-	case CrashAfterRewrap:
+	if point == CrashAfterRewrap {
 		return volume.Wrapped{}, f.crash(ctx, point)
-	case CrashTornWrite, CrashBeforeRegUpd:
-		plan := tornPlan{point: point}
-		if point == CrashTornWrite {
-			f.mu.Lock()
-			plan.write = int(f.draw("tear "+f.tag(crn)) * headerCommitWrites)
-			plan.cutMax = f.draw("tear " + f.tag(crn))
-			f.mu.Unlock()
+	}
+	f.plan(ctx, crn, point)
+	return w, nil
+}
+
+// plan records a crash planned for a later step of crn's rewrap (a torn header write, or
+// the registration update), once the key service rewrapped it.
+func (f *faultyKMS) plan(ctx context.Context, crn, point string) {
+	if point != CrashTornWrite && point != CrashBeforeRegUpd {
+		return
+	}
+	plan := tornPlan{point: point}
+	if point == CrashTornWrite {
+		f.mu.Lock()
+		plan.write = int(f.draw("tear "+f.tag(crn)) * headerCommitWrites)
+		plan.cutMax = f.draw("tear " + f.tag(crn))
+		f.mu.Unlock()
+	}
+	if p, ok := ctx.Value(passKey{}).(*pass); ok {
+		p.mu.Lock()
+		if p.pending == nil {
+			p.pending = map[string]tornPlan{}
 		}
-		if p, ok := ctx.Value(passKey{}).(*pass); ok {
-			p.mu.Lock()
-			if p.pending == nil {
-				p.pending = map[string]tornPlan{}
-			}
-			p.pending[crn] = plan
-			p.mu.Unlock()
+		p.pending[crn] = plan
+		p.mu.Unlock()
+	}
+}
+
+// RewrapBatch applies Rewrap's faults to each item, in item order, drawn from each volume's
+// own sequence as its single calls draw them: a crash planned before an item's rewrap kills
+// the process before the batch is sent (no item is rewrapped: the whole call fails); an
+// injected failure or an outage fails its item alone; the other items go to the inner
+// service in one call. Then a crash planned after an item's rewrap kills the process with
+// the answers lost (the whole call fails), and the crashes planned for later steps (a torn
+// header write, the registration update) are recorded per item as Rewrap records them.
+func (f *faultyKMS) RewrapBatch(ctx context.Context, keyID string, items []volume.RewrapItem) ([]volume.Wrapped, []error, error) {
+	out, errs := make([]volume.Wrapped, len(items)), make([]error, len(items))
+	crns, points := make([]string, len(items)), make([]string, len(items))
+	var send []int
+	for i, it := range items {
+		crns[i] = f.resource(it.AAD, it.Ciphertext)
+		points[i] = f.crashAt(ctx, crns[i])
+		if points[i] == CrashBeforeRewrap {
+			return nil, nil, f.crash(ctx, points[i])
+		}
+		if err := f.call(ctx, "rewrap", crns[i]); err != nil {
+			errs[i] = err
+			continue
+		}
+		send = append(send, i)
+	}
+	if len(send) == 0 {
+		return out, errs, nil
+	}
+	sub := make([]volume.RewrapItem, len(send))
+	for j, i := range send {
+		sub[j] = items[i]
+	}
+	res, serrs, err := f.inner.RewrapBatch(ctx, keyID, sub)
+	if err != nil {
+		return nil, nil, err
+	}
+	for j, i := range send {
+		if out[i], errs[i] = res[j], serrs[j]; errs[i] == nil {
+			f.rewrapped(crns[i], &out[i])
 		}
 	}
-	return w, nil
+	for _, i := range send {
+		if errs[i] == nil && points[i] == CrashAfterRewrap {
+			return nil, nil, f.crash(ctx, points[i])
+		}
+	}
+	for _, i := range send {
+		if errs[i] == nil {
+			f.plan(ctx, crns[i], points[i])
+		}
+	}
+	return out, errs, nil
 }
 
 func (f *faultyKMS) KeyCRN(ctx context.Context, keyID string) (string, error) {
@@ -361,6 +420,41 @@ func (f *faultyKMS) UpdateRegistration(ctx context.Context, keyID, crn, versionI
 		return err
 	}
 	return f.inner.UpdateRegistration(ctx, keyID, crn, versionID)
+}
+
+// UpdateRegistrations applies UpdateRegistration's faults to each update, in order: a crash
+// planned for a volume's registration update (or one its header commit did not reach) kills
+// the process before the batch is sent (the whole call fails, nothing is stored); an injected
+// failure or an outage fails its update alone; the others go to the inner service in one
+// call.
+func (f *faultyKMS) UpdateRegistrations(ctx context.Context, keyID string, updates []volume.RegistrationUpdate) ([]error, error) {
+	errs := make([]error, len(updates))
+	var send []int
+	for i, u := range updates {
+		if p, ok := ctx.Value(passKey{}).(*pass); ok && p.take(u.CRN).point != "" {
+			return nil, f.crash(ctx, CrashBeforeRegUpd)
+		}
+		if err := f.call(ctx, "update registration", u.CRN); err != nil {
+			errs[i] = err
+			continue
+		}
+		send = append(send, i)
+	}
+	if len(send) == 0 {
+		return errs, nil
+	}
+	sub := make([]volume.RegistrationUpdate, len(send))
+	for j, i := range send {
+		sub[j] = updates[i]
+	}
+	serrs, err := f.inner.UpdateRegistrations(ctx, keyID, sub)
+	if err != nil {
+		return nil, err
+	}
+	for j, i := range send {
+		errs[i] = serrs[j]
+	}
+	return errs, nil
 }
 
 func (f *faultyKMS) DeleteRegistration(ctx context.Context, keyID, crn string) error {

@@ -41,6 +41,12 @@ func (k *incompleteKMS) Rewrap(ctx context.Context, keyID string, ct []byte, aad
 	return k.KeyService.Rewrap(ctx, keyID, ct, aad)
 }
 
+// RewrapBatch rewraps each item through incompleteKMS's own Rewrap, so its behaviour holds for batches.
+func (k *incompleteKMS) RewrapBatch(ctx context.Context, keyID string, items []volume.RewrapItem) ([]volume.Wrapped, []error, error) {
+	out, errs := volume.RewrapEach(ctx, k, keyID, items)
+	return out, errs, nil
+}
+
 func (k *incompleteKMS) Unwrap(ctx context.Context, keyID string, ct []byte, aad []string) (volume.Unwrapped, error) {
 	u, err := k.KeyService.Unwrap(ctx, keyID, ct, aad)
 	if err != nil {
@@ -283,6 +289,12 @@ func (k *heldRegUpdateKMS) UpdateRegistration(ctx context.Context, keyID, crn, v
 		<-k.release
 	}
 	return k.KeyService.UpdateRegistration(ctx, keyID, crn, versionID)
+}
+
+// UpdateRegistrations updates each registration through heldRegUpdateKMS's own UpdateRegistration, so its
+// behaviour holds for batches.
+func (k *heldRegUpdateKMS) UpdateRegistrations(ctx context.Context, keyID string, updates []volume.RegistrationUpdate) ([]error, error) {
+	return volume.UpdateEach(ctx, k, keyID, updates), nil
 }
 
 // TestLateLazyRegistrationUpdateIsIgnored: a lazy rewrap on open commits v2 and its

@@ -3,6 +3,7 @@ package volume
 import (
 	"context"
 	"errors"
+	"sync"
 )
 
 // ErrKeyRefused marks an error of a [KeyService] that is a refusal of the request (the key is
@@ -47,6 +48,84 @@ type KeyService interface {
 	KeyState(ctx context.Context, keyID string) (KeyStatus, error)
 	// OnRotate subscribes to rotations of every key; the returned function unsubscribes.
 	OnRotate(hook func(ctx context.Context, n RotationNotice) error) (unsubscribe func())
+
+	// RewrapBatch is Rewrap for many ciphertexts of root key keyID, with as few commits of
+	// the service as it can (the in-process service and `crkvol kms serve` make one per
+	// MaxBatchItems items, audit events included). out[i] and errs[i] are item i's result
+	// and refusal, the errors Rewrap would give; err is for the call as a whole (the key
+	// unknown or unusable, the service out of reach, ctx): then out and errs are nil, and
+	// no item may be taken as rewrapped. Any number of items may be given; an
+	// implementation splits them into calls of the size its service takes.
+	RewrapBatch(ctx context.Context, keyID string, items []RewrapItem) (out []Wrapped, errs []error, err error)
+	// UpdateRegistrations is UpdateRegistration for many resources of key keyID, with as few
+	// commits as RewrapBatch. It never moves a registration back to an older version than
+	// it names. errs[i] is update i's error; err is for the call as a whole (then errs is
+	// nil, and any of the updates may or may not have been stored: they are safe to send
+	// again).
+	UpdateRegistrations(ctx context.Context, keyID string, updates []RegistrationUpdate) (errs []error, err error)
+}
+
+// RewrapItem is one ciphertext of a [KeyService.RewrapBatch], with the AAD it was wrapped
+// with.
+type RewrapItem struct {
+	// Ciphertext is binary (see [KeyService]).
+	Ciphertext []byte
+	AAD        []string
+}
+
+// RegistrationUpdate moves the registration of resource CRN to key version VersionID (see
+// [KeyService.UpdateRegistrations]).
+type RegistrationUpdate struct {
+	CRN, VersionID string
+}
+
+// EachConcurrency is how many single calls [RewrapEach] and [UpdateEach] make at once.
+const EachConcurrency = 8
+
+// RewrapEach is RewrapBatch made of single ks.Rewrap calls, at most EachConcurrency at
+// once: for a key service without a batch call (a Key Protect that has no crkvol
+// extensions, a test double). out[i] and errs[i] are item i's; once ctx is done, the items
+// not yet sent fail with its error.
+func RewrapEach(ctx context.Context, ks KeyService, keyID string, items []RewrapItem) (out []Wrapped, errs []error) {
+	out, errs = make([]Wrapped, len(items)), make([]error, len(items))
+	each(ctx, len(items), errs, func(i int) {
+		out[i], errs[i] = ks.Rewrap(ctx, keyID, items[i].Ciphertext, items[i].AAD)
+	})
+	return out, errs
+}
+
+// UpdateEach is UpdateRegistrations made of single ks.UpdateRegistration calls, at most
+// EachConcurrency at once (see [RewrapEach]).
+func UpdateEach(ctx context.Context, ks KeyService, keyID string, updates []RegistrationUpdate) (errs []error) {
+	errs = make([]error, len(updates))
+	each(ctx, len(updates), errs, func(i int) {
+		errs[i] = ks.UpdateRegistration(ctx, keyID, updates[i].CRN, updates[i].VersionID)
+	})
+	return errs
+}
+
+// each runs fn(0..n-1), at most EachConcurrency at once; an index not started when ctx is
+// done gets ctx's error in errs.
+func each(ctx context.Context, n int, errs []error, fn func(i int)) {
+	sem := make(chan struct{}, EachConcurrency)
+	var wg sync.WaitGroup
+	for i := range n {
+		if ctx.Err() != nil {
+			errs[i] = context.Cause(ctx)
+			continue
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			errs[i] = context.Cause(ctx)
+			continue
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			fn(i)
+		})
+	}
+	wg.Wait()
 }
 
 // Wrapped is a ciphertext and the key version that made it.

@@ -206,6 +206,12 @@ func (k *countingKMS) Rewrap(ctx context.Context, keyID string, ct []byte, aad [
 	return k.KeyService.Rewrap(ctx, keyID, ct, aad)
 }
 
+// RewrapBatch rewraps each item through countingKMS's own Rewrap, so its behaviour holds for batches.
+func (k *countingKMS) RewrapBatch(ctx context.Context, keyID string, items []volume.RewrapItem) ([]volume.Wrapped, []error, error) {
+	out, errs := volume.RewrapEach(ctx, k, keyID, items)
+	return out, errs, nil
+}
+
 // TestRewrapRetriesOnlyTransientFailures: a refusal of the key service (marked with
 // ErrKeyRefused) is tried once and reported with its own error; a transient failure is tried
 // Attempts times; either way the old wrapping stays.
@@ -266,6 +272,12 @@ func (k *blockingKMS) Rewrap(ctx context.Context, keyID string, ct []byte, aad [
 		}
 	}
 	return w, err
+}
+
+// RewrapBatch rewraps each item through blockingKMS's own Rewrap, so its behaviour holds for batches.
+func (k *blockingKMS) RewrapBatch(ctx context.Context, keyID string, items []volume.RewrapItem) ([]volume.Wrapped, []error, error) {
+	out, errs := volume.RewrapEach(ctx, k, keyID, items)
+	return out, errs, nil
 }
 
 // rewrapInBackground starts a rewrap of info's volume to latest through a Manager on ks (not

@@ -359,6 +359,12 @@ func (k *flakyKMS) Rewrap(ctx context.Context, keyID string, ct []byte, aad []st
 	return k.KeyService.Rewrap(ctx, keyID, ct, aad)
 }
 
+// RewrapBatch rewraps each item through flakyKMS's own Rewrap, so its behaviour holds for batches.
+func (k *flakyKMS) RewrapBatch(ctx context.Context, keyID string, items []volume.RewrapItem) ([]volume.Wrapped, []error, error) {
+	out, errs := volume.RewrapEach(ctx, k, keyID, items)
+	return out, errs, nil
+}
+
 // TestFailedRewrapKeepsOldWrapping: transient failures are retried; a volume that keeps
 // failing keeps its old, working wrapping, and Sync brings it up to date later.
 func TestFailedRewrapKeepsOldWrapping(t *testing.T) {
@@ -599,6 +605,12 @@ type noRegUpdateKMS struct{ volume.KeyService }
 
 func (noRegUpdateKMS) UpdateRegistration(context.Context, string, string, string) error {
 	return errors.New("crashed before the registration update")
+}
+
+// UpdateRegistrations updates each registration through noRegUpdateKMS's own UpdateRegistration, so its
+// behaviour holds for batches.
+func (k noRegUpdateKMS) UpdateRegistrations(ctx context.Context, keyID string, updates []volume.RegistrationUpdate) ([]error, error) {
+	return volume.UpdateEach(ctx, k, keyID, updates), nil
 }
 
 // TestSyncRepairsLaggingRegistration: a token already on the new version with its

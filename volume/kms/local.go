@@ -210,3 +210,49 @@ var (
 	_ volume.KeyFeed    = (*StoreFeed)(nil)
 	_ volume.KeyAcker   = (*Local)(nil)
 )
+
+// RewrapBatch implements volume.KeyService with crk.Service.RewrapBatch: one read of the key
+// and one commit of the items' audit events per crk.MaxBatchItems items.
+func (l *Local) RewrapBatch(ctx context.Context, keyID string, items []volume.RewrapItem) ([]volume.Wrapped, []error, error) {
+	out, errs := make([]volume.Wrapped, len(items)), make([]error, len(items))
+	for lo := 0; lo < len(items); lo += crk.MaxBatchItems {
+		chunk := items[lo:min(lo+crk.MaxBatchItems, len(items))]
+		in := make([]crk.RewrapItem, len(chunk))
+		for i, it := range chunk {
+			in[i] = crk.RewrapItem{Ciphertext: it.Ciphertext, AAD: it.AAD}
+		}
+		res, cerrs, err := l.svc.RewrapBatch(ctx, keyID, in)
+		if err != nil {
+			return nil, nil, localError(err)
+		}
+		for i := range chunk {
+			if cerrs[i] != nil {
+				errs[lo+i] = localError(cerrs[i])
+				continue
+			}
+			out[lo+i] = volume.Wrapped{Ciphertext: res[i].Ciphertext, VersionID: res[i].KeyVersion.ID}
+		}
+	}
+	return out, errs, nil
+}
+
+// UpdateRegistrations implements volume.KeyService with crk.Service.UpdateRegistrationVersions:
+// one transaction per crk.MaxBatchItems updates.
+func (l *Local) UpdateRegistrations(ctx context.Context, keyID string, updates []volume.RegistrationUpdate) ([]error, error) {
+	errs := make([]error, len(updates))
+	for lo := 0; lo < len(updates); lo += crk.MaxBatchItems {
+		chunk := updates[lo:min(lo+crk.MaxBatchItems, len(updates))]
+		in := make([]crk.RegistrationVersion, len(chunk))
+		for i, u := range chunk {
+			in[i] = crk.RegistrationVersion{CRN: u.CRN, VersionID: u.VersionID}
+		}
+		cerrs, err := l.svc.UpdateRegistrationVersions(ctx, keyID, in)
+		if err != nil {
+			return nil, localError(err)
+		}
+		for i, e := range cerrs {
+			errs[lo+i] = localError(e)
+		}
+	}
+	return errs, nil
+}

@@ -1,0 +1,165 @@
+package kms_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"crkvol/crk"
+	"crkvol/volume"
+)
+
+// batchModes are the key services the batch tests run on, and whether each makes one commit
+// per batch call.
+var batchModes = []struct {
+	name      string
+	oneCommit bool
+}{
+	{"embedded", true},
+	{"remote", false},
+}
+
+// countEvents returns how many audit events of action the service holds.
+func countEvents(t *testing.T, svc *crk.Service, action string) int {
+	t.Helper()
+	evs, err := svc.Events(context.Background(), crk.EventFilter{Action: action})
+	require.NoError(t, err)
+	return len(evs)
+}
+
+// refusedAll checks that a batch call was refused as a whole with want, or (a service that
+// answers item by item) that every item was.
+func refusedAll(t *testing.T, err error, errs []error, n int, want error) {
+	t.Helper()
+	if err != nil {
+		assert.ErrorIs(t, err, want)
+		assert.ErrorIs(t, err, volume.ErrKeyRefused)
+		return
+	}
+	require.Len(t, errs, n)
+	for i, e := range errs {
+		assert.ErrorIs(t, e, want, "item %d", i)
+		assert.ErrorIs(t, e, volume.ErrKeyRefused, "item %d", i)
+	}
+}
+
+// TestRewrapBatch: good items are rewrapped to the latest version beside items refused one
+// by one (another key's ciphertext, a wrong AAD), with errors.Is finding crk's sentinel and
+// volume.ErrKeyRefused on every side; each item is one audit event, and the in-process
+// service makes one commit for the call; a disabled key refuses every item.
+func TestRewrapBatch(t *testing.T) {
+	for _, mode := range batchModes {
+		t.Run(mode.name, func(t *testing.T) {
+			ctx := context.Background()
+			_, _, svc, ks := newKeyService(t, mode.name)
+			k, err := svc.CreateRootKey(ctx, "batch")
+			require.NoError(t, err)
+			other, err := svc.CreateRootKey(ctx, "other")
+			require.NoError(t, err)
+			aad := func(i int) []string { return []string{"5b3ae5d6-6a4c-4b8e-9f0e-2f4c1d7a9b1" + string(rune('0'+i))} }
+			var items []volume.RewrapItem
+			for i := range 3 {
+				w, err := ks.Wrap(ctx, k.ID, []byte("passphrase of volume "+string(rune('0'+i))), aad(i))
+				require.NoError(t, err)
+				items = append(items, volume.RewrapItem{Ciphertext: w.Ciphertext, AAD: aad(i)})
+			}
+			wo, err := ks.Wrap(ctx, other.ID, []byte("another key's"), aad(3))
+			require.NoError(t, err)
+			items = append(items,
+				volume.RewrapItem{Ciphertext: wo.Ciphertext, AAD: aad(3)},
+				volume.RewrapItem{Ciphertext: items[0].Ciphertext, AAD: aad(4)})
+			r2, err := svc.RotateKey(ctx, k.ID, nil)
+			require.NoError(t, err)
+
+			events := countEvents(t, svc, crk.ActionRewrap)
+			commits := svc.StoreStats().Commits
+			out, errs, err := ks.RewrapBatch(ctx, k.ID, items)
+			require.NoError(t, err)
+			if mode.oneCommit {
+				assert.Equal(t, uint64(1), svc.StoreStats().Commits-commits, "one commit for the call")
+			}
+			assert.Equal(t, events+len(items), countEvents(t, svc, crk.ActionRewrap), "one event per item")
+			require.Len(t, out, len(items))
+			require.Len(t, errs, len(items))
+			for i := range 3 {
+				require.NoError(t, errs[i], "item %d", i)
+				assert.Equal(t, r2.KeyVersion.ID, out[i].VersionID)
+				u, err := ks.Unwrap(ctx, k.ID, out[i].Ciphertext, aad(i))
+				require.NoError(t, err)
+				assert.Equal(t, "passphrase of volume "+string(rune('0'+i)), string(u.Plaintext))
+			}
+			for i := 3; i < len(items); i++ {
+				assert.ErrorIs(t, errs[i], crk.ErrAuth, "item %d", i)
+				assert.ErrorIs(t, errs[i], volume.ErrKeyRefused, "item %d", i)
+			}
+
+			_, err = svc.DisableKey(ctx, k.ID)
+			require.NoError(t, err)
+			events = countEvents(t, svc, crk.ActionRewrap)
+			_, errs, err = ks.RewrapBatch(ctx, k.ID, items[:3])
+			refusedAll(t, err, errs, 3, crk.ErrKeySuspended)
+			assert.Equal(t, events+3, countEvents(t, svc, crk.ActionRewrap), "each refused item audited")
+
+			out, errs, err = ks.RewrapBatch(ctx, k.ID, nil)
+			assert.NoError(t, err)
+			assert.Empty(t, out)
+			assert.Empty(t, errs)
+		})
+	}
+}
+
+// TestUpdateRegistrations: registrations move forward, never back, beside an update of a
+// registration that does not exist (refused alone); one event per update; the in-process
+// service makes one commit; a destroyed key refuses every update.
+func TestUpdateRegistrations(t *testing.T) {
+	for _, mode := range batchModes {
+		t.Run(mode.name, func(t *testing.T) {
+			ctx := context.Background()
+			_, _, svc, ks := newKeyService(t, mode.name)
+			k, err := svc.CreateRootKey(ctx, "regs")
+			require.NoError(t, err)
+			crn := func(i int) string {
+				return "crn:v1:local:public:is:local:a/crkvol::volume:5b3ae5d6-6a4c-4b8e-9f0e-2f4c1d7a9b1" + string(rune('0'+i))
+			}
+			v1 := k.KeyVersion.ID
+			for i := range 3 {
+				require.NoError(t, ks.Register(ctx, k.ID, crn(i), v1, false))
+			}
+			r2, err := svc.RotateKey(ctx, k.ID, nil)
+			require.NoError(t, err)
+			v2 := r2.KeyVersion.ID
+			require.NoError(t, ks.UpdateRegistration(ctx, k.ID, crn(2), v2))
+			updates := []volume.RegistrationUpdate{
+				{CRN: crn(0), VersionID: v2}, {CRN: crn(1), VersionID: v2},
+				{CRN: crn(2), VersionID: v1}, // on v2 already: not moved back
+				{CRN: crn(7), VersionID: v2}, // no such registration
+			}
+			events := countEvents(t, svc, crk.ActionRegUpdate)
+			commits := svc.StoreStats().Commits
+			errs, err := ks.UpdateRegistrations(ctx, k.ID, updates)
+			require.NoError(t, err)
+			if mode.oneCommit {
+				assert.Equal(t, uint64(1), svc.StoreStats().Commits-commits, "one commit for the call")
+			}
+			assert.Equal(t, events+len(updates), countEvents(t, svc, crk.ActionRegUpdate), "one event per update")
+			require.Len(t, errs, len(updates))
+			for i := range 3 {
+				assert.NoError(t, errs[i], "update %d", i)
+			}
+			assert.ErrorIs(t, errs[3], crk.ErrRegistrationNotFound)
+			assert.ErrorIs(t, errs[3], volume.ErrKeyRefused)
+			regs, _, err := ks.Registrations(ctx, k.ID)
+			require.NoError(t, err)
+			for _, r := range regs {
+				assert.Equal(t, v2, r.VersionID, r.CRN)
+			}
+
+			_, err = svc.DeleteKey(ctx, k.ID, crk.DeleteOptions{Force: true})
+			require.NoError(t, err)
+			errs, err = ks.UpdateRegistrations(ctx, k.ID, updates[:2])
+			refusedAll(t, err, errs, 2, crk.ErrKeyDestroyed)
+		})
+	}
+}
