@@ -48,6 +48,9 @@ func checkWrapped(op string, w Wrapped) error {
 	return nil
 }
 
+// DefaultWorkers is the default of Options.Workers.
+const DefaultWorkers = 16
+
 // maxRewrapBatch is the most volumes a rewrap wave takes (the key service's batch limit).
 const maxRewrapBatch = 1000
 
@@ -65,7 +68,10 @@ func CRN(uuid string) string {
 
 // Options configure a Manager. The zero value is ready to use.
 type Options struct {
-	// Workers bounds the rewraps a rotation runs at once; default 16.
+	// Workers bounds the rewraps a rotation runs at once (the header commits, and the reads
+	// and checks of the next wave meanwhile); default DefaultWorkers. With 1, the volumes of
+	// a pass go through one after the other, each with its retries, so that a pass repeats
+	// exactly (the simulator relies on it).
 	Workers int
 	// Attempts is how many times a volume's rewrap is tried; default 4.
 	Attempts int
@@ -115,7 +121,7 @@ type Manager struct {
 // Close unsubscribes it.
 func NewManager(kms KeyService, reg *Registry, opts Options) *Manager {
 	if opts.Workers <= 0 {
-		opts.Workers = 16
+		opts.Workers = DefaultWorkers
 	}
 	if opts.RewrapBatch <= 0 {
 		opts.RewrapBatch = opts.Workers
