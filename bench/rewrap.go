@@ -113,6 +113,9 @@ type RewrapResult struct {
 	HeaderFlushes    int64   `json:"headerFlushes"`
 	StoreFlushes     int64   `json:"storeFlushes"`
 	RegistryFlushes  int64   `json:"registryFlushes"`
+	// HeaderBytes is what one volume's rewrap wrote to its image (one commit's writes for the
+	// ceiling): the same, or the ceiling would not be the rewrap's.
+	HeaderBytes int64 `json:"headerBytes"`
 	// KMSCalls is the key service calls the pass made (batches count once).
 	KMSCalls int `json:"kmsCalls,omitempty"`
 	// P50Ms and P99Ms are the median and 99th percentile time of one volume (one commit).
@@ -471,7 +474,7 @@ func runCeiling(ctx context.Context, paths []string, p CommitPattern, workers in
 	return RewrapResult{
 		Name:      fmt.Sprintf("ceiling: %d-flush commits", p.Flushes),
 		PerSecond: float64(len(paths)) / elapsed.Seconds(), Rewrapped: len(paths),
-		Flushes: flushes, HeaderFlushes: flushes, FlushesPerVolume: float64(p.Flushes),
+		Flushes: flushes, HeaderFlushes: flushes, FlushesPerVolume: float64(p.Flushes), HeaderBytes: p.Bytes,
 		P50Ms: ms(percentile(lat, 0.5)), P99Ms: ms(percentile(lat, 0.99)),
 	}, nil
 }
@@ -528,6 +531,7 @@ func (f *fleetServices) result(name string, rep *volume.Report, elapsed time.Dur
 		Name: name, PerSecond: float64(rep.Rewrapped) / elapsed.Seconds(), Rewrapped: rep.Rewrapped,
 		HeaderFlushes:   rep.HeaderFlushes,
 		KMSCalls:        rep.KMSCalls,
+		HeaderBytes:     rep.BytesWritten / int64(rep.Rewrapped),
 		StoreFlushes:    int64(after.store - before.store),
 		RegistryFlushes: int64(after.registry - before.registry),
 		P50Ms:           ms(rep.Percentile(0.5)), P99Ms: ms(rep.Percentile(0.99)),

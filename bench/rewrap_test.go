@@ -42,6 +42,7 @@ func TestRunRewrap(t *testing.T) {
 		assert.Equal(t, 12, c.Rewrapped, c.Name)
 		assert.Positive(t, c.PerSecond, c.Name)
 		assert.Equal(t, int64(24), c.HeaderFlushes, "%s: two header flushes a volume", c.Name)
+		assert.Equal(t, r.Commit.Bytes, c.HeaderBytes, "%s: the ceiling's commit writes what a rewrap does", c.Name)
 		assert.Equal(t, c.HeaderFlushes+c.StoreFlushes+c.RegistryFlushes, c.Flushes, c.Name)
 		assert.InDelta(t, float64(c.Flushes)/12, c.FlushesPerVolume, 1e-9, c.Name)
 		assert.LessOrEqual(t, c.P50Ms, c.P99Ms, c.Name)
