@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync/atomic"
 
 	"crkvol/keyslot"
 )
@@ -35,14 +36,23 @@ func (p Problem) Error() string { return p.Area + ": " + p.Err.Error() }
 // the problems found, each with its area and reason, none for a healthy image; a key service
 // that refuses or cannot be reached is a problem ("key service") too, since the volume cannot
 // be opened then either. The error is for an image whose header cannot be read at all.
-// No secret leaves Check: the passphrase and key are cleared before it returns.
+// No secret leaves Check: the passphrase and key are cleared before it returns. A registered
+// volume that passes is recorded as proved in the registry (see [Manager.Rewrap]).
 func (m *Manager) Check(ctx context.Context, path string) ([]Problem, error) {
 	f, img, err := readImage(ctx, path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	return m.check(ctx, f, img)
+	problems, err := m.check(ctx, f, img)
+	if err == nil && len(problems) == 0 {
+		if _, tok, terr := findToken(img); terr == nil {
+			if r, rerr := m.imageRegistration(path, f, img); rerr == nil {
+				m.recordVerified(f, img, tok, r)
+			}
+		}
+	}
+	return problems, err
 }
 
 // check is Check on an open image.
@@ -57,7 +67,7 @@ func (m *Manager) check(ctx context.Context, f *os.File, img *keyslot.Image) ([]
 			problems = append(problems, Problem{"data area", err})
 		}
 	}
-	return append(problems, m.unlockProblems(ctx, img)...), nil
+	return append(problems, m.unlockProblems(ctx, img, nil)...), nil
 }
 
 // truncatedData reports a dynamic data area of which the file of fileSize bytes holds less
@@ -100,8 +110,8 @@ func layoutProblems(img *keyslot.Image, fileSize int64) []Problem {
 }
 
 // unlockProblems unwraps the token's passphrase and opens its keyslot with it, as opening
-// the volume does, and reports what fails.
-func (m *Manager) unlockProblems(ctx context.Context, img *keyslot.Image) []Problem {
+// the volume does, and reports what fails. calls, if set, counts the key service call.
+func (m *Manager) unlockProblems(ctx context.Context, img *keyslot.Image, calls *atomic.Int64) []Problem {
 	id, tok, err := findToken(img)
 	if err != nil {
 		return []Problem{{"token", err}}
@@ -116,6 +126,9 @@ func (m *Manager) unlockProblems(ctx context.Context, img *keyslot.Image) []Prob
 	ct, err := tok.ciphertext()
 	if err != nil {
 		return []Problem{{"token", err}}
+	}
+	if calls != nil {
+		calls.Add(1)
 	}
 	u, err := m.kms.Unwrap(ctx, tok.KeyID, ct, []string{img.UUID()})
 	defer clear(u.Plaintext)
@@ -145,23 +158,69 @@ func unhealthy(problems []Problem) error {
 	return fmt.Errorf("%w: %w", ErrUnhealthy, errors.Join(errs...))
 }
 
-// checkForRewrap checks an image before its rewrap: damage to it is a permanent failure
+// checkForRewrap checks a volume before its rewrap: damage to it is a permanent failure
 // matching ErrUnhealthy; a key service failure during the check is returned as it is (and
-// retried, or not, as the rewrap's own would be).
-func (m *Manager) checkForRewrap(ctx context.Context, f *os.File, img *keyslot.Image) error {
-	problems, err := m.check(ctx, f, img)
+// retried, or not, as the rewrap's own would be). The layout is checked every time (a stat);
+// the unwrap and the keyslot unlock are skipped when the registry entry's fingerprint
+// (Entry.Verified) is the image's: this Manager proved the keyslot opens in this very state.
+// A full check that passes leaves t ready to record the fingerprint it proved.
+func (p *rewrapPass) checkForRewrap(t *volumeTask) error {
+	st, err := t.f.Stat()
 	if err != nil {
-		return err
+		return fmt.Errorf("volume: %s: %w", t.f.Name(), err)
 	}
-	var damage []Problem
-	for _, p := range problems {
-		if p.Area == AreaKeyService {
-			return p.Err
+	problems := layoutProblems(t.img, st.Size())
+	if len(problems) == 0 {
+		if err := truncatedData(t.img, t.tok, st.Size()); err != nil {
+			problems = append(problems, Problem{"data area", err})
 		}
-		damage = append(damage, p)
+	}
+	if slot, ok := t.tok.slot(); ok && len(problems) == 0 {
+		if state, err := p.m.readKeyslotState(t.cf, t.img, slot); err == nil {
+			t.state, t.hasState = state, true
+			if t.e.Verified != "" && t.e.Verified == state.fingerprint(t.uuid, t.tok.KeyID, t.tok.Ciphertext) {
+				return nil
+			}
+		}
+	}
+	problems = append(problems, p.m.unlockProblems(p.ctx, t.img, &p.kmsCalls)...)
+	var damage []Problem
+	for _, pr := range problems {
+		if pr.Area == AreaKeyService {
+			return pr.Err
+		}
+		damage = append(damage, pr)
 	}
 	if err := unhealthy(damage); err != nil {
 		return permanent{err}
 	}
+	t.proved = true
+	if t.hasState {
+		t.verified = t.state.fingerprint(t.uuid, t.tok.KeyID, t.tok.Ciphertext)
+	}
 	return nil
+}
+
+// recordVerified records in the registry the fingerprint of the state in which the volume
+// in file f (at path; its image img, token tok) was just proved to open with its token's
+// passphrase, when the image is the volume's registered image and the fingerprint is new.
+// It is best effort: a registry that cannot be written (read-only, locked) only means the
+// next rewrap checks in full.
+func (m *Manager) recordVerified(f *os.File, img *keyslot.Image, tok *token, r registration) {
+	slot, ok := tok.slot()
+	if !ok || !r.known || r.copy || r.entry.UUID != img.UUID() {
+		return
+	}
+	state, err := m.readKeyslotState(f, img, slot)
+	if err != nil {
+		return
+	}
+	fp := state.fingerprint(img.UUID(), tok.KeyID, tok.Ciphertext)
+	if fp == r.entry.Verified {
+		return
+	}
+	u := verifiedUpdate{entry: r.entry, verified: fp, fill: r.fill, path: r.path, fi: r.fi}
+	if err := m.reg.setVerified([]verifiedUpdate{u}); err != nil {
+		m.opts.Logger.Debug("recording a volume's verification in the registry failed", "crn", r.entry.CRN, "err", err)
+	}
 }

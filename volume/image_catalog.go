@@ -225,7 +225,7 @@ func (r *Registry) addImage(e ImageEntry) error {
 	if r.db == nil {
 		return errImageCatalogRO
 	}
-	return r.db.Update(func(tx *bolt.Tx) error {
+	return r.update(func(tx *bolt.Tx) error {
 		b, idx, err := imageBuckets(tx)
 		if err != nil {
 			return err
@@ -254,7 +254,7 @@ func (r *Registry) updateImage(name, crn string, fn func(e *ImageEntry) error) e
 	if r.db == nil {
 		return errImageCatalogRO
 	}
-	return r.db.Update(func(tx *bolt.Tx) error {
+	return r.update(func(tx *bolt.Tx) error {
 		e, err := getImage(tx, name)
 		if err != nil {
 			return err
@@ -286,7 +286,7 @@ func (r *Registry) deleteImage(name, crn string) error {
 	if r.db == nil {
 		return errImageCatalogRO
 	}
-	return r.db.Update(func(tx *bolt.Tx) error {
+	return r.update(func(tx *bolt.Tx) error {
 		b, idx, err := imageBuckets(tx)
 		if err != nil {
 			return err

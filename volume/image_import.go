@@ -183,7 +183,7 @@ func (m *Manager) ImportImage(ctx context.Context, path string, opts ImportOptio
 	if _, latest, err := m.kms.Registrations(ctx, opts.KeyID); err != nil {
 		m.opts.Logger.Warn("import: reading the key's latest version failed", "key", opts.KeyID, "err", err)
 	} else if latest != "" && latest != e.KeyVersion {
-		if _, err := m.rewrapImage(ctx, opts.KeyID, latest, e.CRN); err != nil {
+		if _, err := m.newPass(ctx, opts.KeyID, latest).rewrapImage(e.CRN); err != nil {
 			m.opts.Logger.Warn("import: rewrapping the WDEK to the key's latest version failed", "image", e.Name, "crn", e.CRN, "err", err)
 		}
 		if cur, err := m.reg.Image(e.Name); err == nil && cur.CRN == e.CRN {

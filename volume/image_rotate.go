@@ -17,7 +17,8 @@ import (
 // leaves the old, still valid WDEK in the catalog; a crash between the catalog update and
 // the registration update leaves a lagging registration, which a sync finds and brings up
 // (the entry is then current and only the registration is written).
-func (m *Manager) rewrapImage(ctx context.Context, keyID, latest, crn string) (res rewrapResult, err error) {
+func (p *rewrapPass) rewrapImage(crn string) (res rewrapResult, err error) {
+	m, ctx, keyID, latest := p.m, p.ctx, p.keyID, p.latest
 	var version, lost string
 	for round := 1; ; round++ {
 		e, err := m.reg.ImageByCRN(crn)
@@ -31,7 +32,7 @@ func (m *Manager) rewrapImage(ctx context.Context, keyID, latest, crn string) (r
 		if (version == latest && latest != "") || (version == lost && lost != "") {
 			break
 		}
-		w, err := m.kms.Rewrap(ctx, keyID, e.WDEK, nil)
+		w, err := p.kms().Rewrap(ctx, keyID, e.WDEK, nil)
 		if err == nil {
 			err = checkWrapped("rewrap", w)
 		}
@@ -51,7 +52,7 @@ func (m *Manager) rewrapImage(ctx context.Context, keyID, latest, crn string) (r
 		}
 		lost = w.VersionID
 	}
-	if err := m.kms.UpdateRegistration(ctx, keyID, crn, version); err != nil {
+	if err := p.kms().UpdateRegistration(ctx, keyID, crn, version); err != nil {
 		return res, fmt.Errorf("updating the registration: %w", err)
 	}
 	return res, nil

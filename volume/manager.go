@@ -48,6 +48,12 @@ func checkWrapped(op string, w Wrapped) error {
 	return nil
 }
 
+// DefaultWorkers is the default of Options.Workers.
+const DefaultWorkers = 16
+
+// maxRewrapBatch is the most volumes a rewrap wave takes (the key service's batch limit).
+const maxRewrapBatch = 1000
+
 // passphraseSize is the size of a volume's random LUKS passphrase.
 const passphraseSize = 32
 
@@ -62,7 +68,10 @@ func CRN(uuid string) string {
 
 // Options configure a Manager. The zero value is ready to use.
 type Options struct {
-	// Workers bounds the rewraps a rotation runs at once; default 16.
+	// Workers bounds the rewraps a rotation runs at once (the header commits, and the reads
+	// and checks of the next wave meanwhile); default DefaultWorkers. With 1, the volumes of
+	// a pass go through one after the other, each with its retries, so that a pass repeats
+	// exactly (the simulator relies on it).
 	Workers int
 	// Attempts is how many times a volume's rewrap is tried; default 4.
 	Attempts int
@@ -82,6 +91,12 @@ type Options struct {
 	// each volume, with counts that only grow. Calls are serialised (never two at once) and
 	// hold up the pass while they run: keep them short.
 	Progress func(RewrapProgress)
+	// RewrapBatch is how many volumes a rewrap pass takes through together (a wave): their
+	// ciphertexts are rewrapped by one batch call to the key service, their registrations
+	// updated by another, and their registry entries in one registry commit, so the key
+	// service's and the registry's flushes are shared by the wave. Default: Workers (at most
+	// 1000, the key service's batch limit).
+	RewrapBatch int
 	// RewrapDevice, if set, wraps the image file a rewrap reads and writes the header
 	// through (the simulator tears writes with it, as a crash would). The device it returns
 	// must pass I/O on to dev; flock and fsync still go to the file.
@@ -95,6 +110,8 @@ type Manager struct {
 	reg   *Registry
 	opts  Options
 	unsub func()
+	// fpBufs are the buffers fingerprints read keyslot areas through.
+	fpBufs fingerprintBufs
 	// testOnlyResizeStep, if set (by tests, before use), is called after each step of a
 	// resize; an error it returns stops the resize there, as a crash would.
 	testOnlyResizeStep func(step string) error
@@ -104,8 +121,12 @@ type Manager struct {
 // Close unsubscribes it.
 func NewManager(kms KeyService, reg *Registry, opts Options) *Manager {
 	if opts.Workers <= 0 {
-		opts.Workers = 16
+		opts.Workers = DefaultWorkers
 	}
+	if opts.RewrapBatch <= 0 {
+		opts.RewrapBatch = opts.Workers
+	}
+	opts.RewrapBatch = min(opts.RewrapBatch, maxRewrapBatch)
 	if opts.Attempts <= 0 {
 		opts.Attempts = 4
 	}
@@ -330,6 +351,11 @@ func (m *Manager) enroll(ctx context.Context, img *keyslot.Image, f *os.File, pa
 		return nil, err
 	}
 	e := Entry{CRN: crn, UUID: uuid, KeyID: keyID, Created: m.opts.Now().UTC()}
+	// The keyslot was just made to open with pass, and the key service wrapped pass: the
+	// volume is proved to open in this state (see [Manager.Rewrap]).
+	if state, err := m.readKeyslotState(f, img, slot); err == nil {
+		e.Verified = state.fingerprint(uuid, keyID, member)
+	}
 	if err := m.reg.Put(e.withIdentity(resolved, st)); err != nil {
 		return nil, err
 	}
@@ -466,6 +492,11 @@ func (m *Manager) open(ctx context.Context, f *os.File, img *keyslot.Image, opts
 		}
 	}()
 	copyOf := r.copyOf()
+	if u.Rewrapped == nil && copyOf == "" && !opts.fileReadOnly {
+		// The keyslot opened with the token's passphrase: a later rewrap need not prove it
+		// again while the image stays as it is.
+		m.recordVerified(f, img, tok, r)
+	}
 	if u.Rewrapped != nil && copyOf == "" && !opts.fileReadOnly {
 		if err := m.storeRewrapped(ctx, img, id, tok, u.Rewrapped); err != nil {
 			// The old wrapping still works; a later rotation or sync retries.

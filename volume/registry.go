@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -18,6 +19,58 @@ import (
 // it holds no secrets (a WDEK opens nothing without its root key).
 type Registry struct {
 	db *bolt.DB
+	// commits and flushes count what the read-write registry has committed since it was
+	// opened (see Stats).
+	commits, flushes atomic.Uint64
+}
+
+// RegistryStats counts what a registry has written since it was opened.
+type RegistryStats struct {
+	// Commits is the number of write transactions committed.
+	Commits uint64
+	// Flushes is the number of fsync and fdatasync calls they made: bbolt flushes the pages
+	// of a commit and then its meta page (2 per commit), and fsyncs the file once more
+	// whenever a commit grows it.
+	Flushes uint64
+}
+
+// Stats returns what the registry has committed since it was opened; a read-only registry
+// commits nothing.
+func (r *Registry) Stats() RegistryStats {
+	return RegistryStats{Commits: r.commits.Load(), Flushes: r.flushes.Load()}
+}
+
+// update runs fn in one write transaction and counts its commit and flushes (see
+// RegistryStats): 2 per commit, and 1 more when the file grew. A transaction that fn aborts
+// commits nothing.
+func (r *Registry) update(fn func(tx *bolt.Tx) error) error {
+	if r.db == nil {
+		return errEmptyReadOnly
+	}
+	before := r.fileSize()
+	err := r.db.Update(fn)
+	if err != nil {
+		return err
+	}
+	n := uint64(2)
+	if r.db.NoSync {
+		n = 0
+	}
+	if after := r.fileSize(); after > before && !r.db.NoGrowSync {
+		n++
+	}
+	r.commits.Add(1)
+	r.flushes.Add(n)
+	return nil
+}
+
+// fileSize returns the size of the registry's file, or -1 if it cannot be read.
+func (r *Registry) fileSize() int64 {
+	fi, err := os.Stat(r.db.Path())
+	if err != nil {
+		return -1
+	}
+	return fi.Size()
 }
 
 // Entry is one registered volume.
@@ -35,6 +88,13 @@ type Entry struct {
 	// which match by path only until the next registration change on that image fills them.
 	Device uint64 `json:"device,omitempty"`
 	Inode  uint64 `json:"inode,omitempty"`
+	// Verified is the fingerprint of the image state in which this Manager last proved that
+	// the token's passphrase opens its keyslot (see [Manager.Rewrap]): a hash of the token's
+	// ciphertext, the keyslot's, its digest's and the data segment's metadata and the
+	// keyslot area's bytes. A rewrap that finds the image still in that state skips the
+	// unwrap and keyslot unlock of its pre-rewrap check. Empty: never proved (entries made
+	// before crkvol recorded it).
+	Verified string `json:"verified,omitempty"`
 }
 
 var bucketVolumes = []byte("volumes")
@@ -93,10 +153,7 @@ func (r *Registry) Put(e Entry) error {
 	if err != nil {
 		return err
 	}
-	if r.db == nil {
-		return errEmptyReadOnly
-	}
-	return r.db.Update(func(tx *bolt.Tx) error {
+	return r.update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketVolumes).Put([]byte(e.CRN), raw)
 	})
 }
@@ -122,10 +179,7 @@ func (r *Registry) Get(crn string) (Entry, error) {
 
 // Delete removes the entry for a CRN; deleting a missing entry is not an error.
 func (r *Registry) Delete(crn string) error {
-	if r.db == nil {
-		return errEmptyReadOnly
-	}
-	return r.db.Update(func(tx *bolt.Tx) error {
+	return r.update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketVolumes).Delete([]byte(crn))
 	})
 }
@@ -160,4 +214,76 @@ func (r *Registry) List() ([]Entry, error) {
 		return 0
 	})
 	return out, err
+}
+
+// verifiedUpdate is one volume's change for [Registry.setVerified]: the fingerprint of a
+// state in which its keyslot was proved to open (see Entry.Verified), and its image's file
+// identity when the entry lacks it.
+type verifiedUpdate struct {
+	// entry is the registry entry as read before the proof: the update applies only while
+	// the registry still holds it for the same image (UUID, path and file identity).
+	entry Entry
+	// verified is the new fingerprint; "" leaves the entry's as it is.
+	verified string
+	// fill records the file identity of fi, the registered image at the resolved path, in an
+	// entry that has none.
+	fill bool
+	path string
+	fi   os.FileInfo
+}
+
+// errNoChange aborts a transaction of setVerified that would write nothing.
+var errNoChange = errors.New("volume: registry: nothing to change")
+
+// setVerified applies ups in one transaction: one commit however many volumes it records.
+// An update whose entry changed since it was read (the volume deleted, registered again at
+// another path or as another file) is skipped: the registry is never made to name an image
+// it no longer names. When nothing changes nothing is committed.
+func (r *Registry) setVerified(ups []verifiedUpdate) error {
+	if len(ups) == 0 {
+		return nil
+	}
+	err := r.update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketVolumes)
+		changed := 0
+		for _, u := range ups {
+			raw := b.Get([]byte(u.entry.CRN))
+			if raw == nil {
+				continue
+			}
+			var cur Entry
+			if err := json.Unmarshal(raw, &cur); err != nil {
+				return fmt.Errorf("volume: registry: entry %s: %w", u.entry.CRN, err)
+			}
+			if cur.UUID != u.entry.UUID || cur.Path != u.entry.Path || cur.Device != u.entry.Device || cur.Inode != u.entry.Inode {
+				continue
+			}
+			next := cur
+			if u.verified != "" {
+				next.Verified = u.verified
+			}
+			if u.fill && !cur.hasIdentity() {
+				next = next.withIdentity(u.path, u.fi)
+			}
+			if next == cur {
+				continue
+			}
+			out, err := json.Marshal(next)
+			if err != nil {
+				return err
+			}
+			if err := b.Put([]byte(cur.CRN), out); err != nil {
+				return err
+			}
+			changed++
+		}
+		if changed == 0 {
+			return errNoChange
+		}
+		return nil
+	})
+	if errors.Is(err, errNoChange) {
+		return nil
+	}
+	return err
 }

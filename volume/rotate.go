@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"crkvol/keyslot"
@@ -35,6 +36,14 @@ type Report struct {
 	ImagesReregistered int
 	// Retries counts attempts beyond the first.
 	Retries int
+	// KMSCalls counts the calls the pass made to the key service: two batch calls per wave
+	// of volumes (rewraps, then registration updates; see Options.RewrapBatch), the single
+	// calls of retries and of images, and the unwraps of the full checks (see
+	// [Manager.Rewrap]).
+	KMSCalls int
+	// HeaderFlushes counts the flushes (fsync) the pass made on volume images: two per header
+	// commit, one after each of the two copies.
+	HeaderFlushes int64
 	// Failed maps CRNs to the error of their last attempt. A failed volume keeps its old,
 	// still valid wrapping.
 	Failed map[string]error
@@ -217,90 +226,168 @@ func (m *Manager) RewrapVolume(ctx context.Context, path string) (*Report, error
 }
 
 // Rewrap brings the passphrase ciphertexts of the given volumes and catalog images (by CRN)
-// of key keyID to version latest, on a pool of Workers goroutines, retrying failures with
-// backoff. Each volume is one atomic LUKS2 token update followed by its registration update;
-// the data is never touched. Each image is a rewrap of its WDEK (no AAD), one catalog update
-// and its registration update; the image file is never read nor written.
+// of key keyID to version latest, retrying failures with backoff. Each volume is one atomic
+// LUKS2 token update (its two header copies, each flushed) followed by its registration
+// update; the data is never touched. Each image is a rewrap of its WDEK (no AAD), one catalog
+// update and its registration update; the image file is never read nor written.
+//
+// Volumes go through in waves of Options.RewrapBatch (see there): the wave's headers are read
+// and checked, its ciphertexts rewrapped by one batch call to the key service, its token
+// commits run at once (Options.Workers at a time), and its registrations are updated by one
+// batch call and its registry entries in one registry commit. The next wave is read and
+// rewrapped while one commits, so the device's flush queue stays full; the key service's and
+// the registry's commits are shared by the volumes of a wave. A volume that fails in a wave
+// (a transient key service error, a header commit that lost a race) is retried on its own,
+// with backoff, as before.
 func (m *Manager) Rewrap(ctx context.Context, keyID, latest string, crns []string) *Report {
-	start := time.Now()
-	rep := &Report{KeyID: keyID, NewVersion: latest, Failed: map[string]error{}, VolumeLatency: map[string]time.Duration{}}
+	p := m.newPass(ctx, keyID, latest)
+	rep := p.rep
 	// Volumes of other hosts (registered with the key, not in this registry) are theirs to
 	// rewrap; any other registry error is the volume's failure, reported by its rewrap.
-	local := make([]string, 0, len(crns))
-	images := map[string]bool{}
+	var volumes, images []string
 	for _, crn := range crns {
 		if _, err := m.reg.Get(crn); errors.Is(err, ErrNotRegistered) {
 			if _, ierr := m.reg.ImageByCRN(crn); ierr == nil {
-				images[crn] = true
-				local = append(local, crn)
+				images = append(images, crn)
 				continue
 			}
 			rep.Elsewhere++
 			continue
 		}
-		local = append(local, crn)
+		volumes = append(volumes, crn)
 	}
-	crns = local
 	rep.Images = len(images)
-	rep.Volumes = len(crns) - rep.Images
-	var mu sync.Mutex
-	progress := func() {
-		if m.opts.Progress != nil {
-			m.opts.Progress(RewrapProgress{KeyID: keyID, Volumes: rep.Volumes, Images: rep.Images,
-				Done:      rep.Rewrapped + rep.AlreadyCurrent + rep.ImagesRewrapped + rep.ImagesAlreadyCurrent + len(rep.Failed),
-				Rewrapped: rep.Rewrapped, AlreadyCurrent: rep.AlreadyCurrent, Failed: len(rep.Failed),
-				ImagesRewrapped: rep.ImagesRewrapped, ImagesAlreadyCurrent: rep.ImagesAlreadyCurrent, Elapsed: time.Since(start)})
-		}
+	rep.Volumes = len(volumes)
+	p.progress()
+	p.rewrapImages(images)
+	p.rewrapVolumes(volumes)
+	p.retries.Wait()
+	sort.Slice(rep.Latencies, func(i, j int) bool { return rep.Latencies[i] < rep.Latencies[j] })
+	rep.KMSCalls = int(p.kmsCalls.Load())
+	rep.Elapsed = time.Since(p.start)
+	m.opts.Logger.Info("rewrap pass done", "key", keyID, "version", latest, "volumes", rep.Volumes,
+		"rewrapped", rep.Rewrapped, "current", rep.AlreadyCurrent, "images", rep.Images, "images_rewrapped", rep.ImagesRewrapped,
+		"images_current", rep.ImagesAlreadyCurrent, "failed", len(rep.Failed), "retries", rep.Retries, "elsewhere", rep.Elsewhere,
+		"kms_calls", rep.KMSCalls, "header_flushes", rep.HeaderFlushes)
+	return rep
+}
+
+// rewrapPass is the state one Rewrap call shares between its stages and retries.
+type rewrapPass struct {
+	m             *Manager
+	ctx           context.Context
+	keyID, latest string
+	start         time.Time
+
+	// kmsCalls counts the calls the pass made to the key service.
+	kmsCalls atomic.Int64
+	// retries runs the volumes that fell out of their wave (see retry); sem bounds the
+	// attempts they make at once to Workers.
+	retries sync.WaitGroup
+	sem     chan struct{}
+
+	mu  sync.Mutex // guards rep, and serialises progress calls
+	rep *Report
+}
+
+// newPass starts a rewrap pass bringing volumes of keyID to version latest.
+func (m *Manager) newPass(ctx context.Context, keyID, latest string) *rewrapPass {
+	return &rewrapPass{m: m, ctx: ctx, keyID: keyID, latest: latest, start: time.Now(), sem: make(chan struct{}, m.opts.Workers),
+		rep: &Report{KeyID: keyID, NewVersion: latest, Failed: map[string]error{}, VolumeLatency: map[string]time.Duration{}}}
+}
+
+// kms returns the key service, counting a call.
+func (p *rewrapPass) kms() KeyService {
+	p.kmsCalls.Add(1)
+	return p.m.kms
+}
+
+// progress reports the counts so far; the caller holds p.mu (or runs alone).
+func (p *rewrapPass) progress() {
+	if p.m.opts.Progress == nil {
+		return
 	}
-	progress()
-	jobs := make(chan string)
+	rep := p.rep
+	p.m.opts.Progress(RewrapProgress{KeyID: p.keyID, Volumes: rep.Volumes, Images: rep.Images,
+		Done:      rep.Rewrapped + rep.AlreadyCurrent + rep.ImagesRewrapped + rep.ImagesAlreadyCurrent + len(rep.Failed),
+		Rewrapped: rep.Rewrapped, AlreadyCurrent: rep.AlreadyCurrent, Failed: len(rep.Failed),
+		ImagesRewrapped: rep.ImagesRewrapped, ImagesAlreadyCurrent: rep.ImagesAlreadyCurrent, Elapsed: time.Since(p.start)})
+}
+
+// done records the outcome of one volume or image: d is its time, attempts how many times it
+// was tried, res what it did.
+func (p *rewrapPass) done(crn string, image bool, d time.Duration, attempts int, res rewrapResult, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	rep := p.rep
+	rep.Retries += max(attempts-1, 0)
+	rep.Latencies = append(rep.Latencies, d)
+	rep.VolumeLatency[crn] = d
+	rep.BytesWritten += res.bytes
+	rep.HeaderFlushes += res.flushes
+	switch {
+	case err != nil:
+		rep.Failed[crn] = err
+	case image && res.changed:
+		rep.ImagesRewrapped++
+	case image:
+		rep.ImagesAlreadyCurrent++
+	case res.changed:
+		rep.Rewrapped++
+	default:
+		rep.AlreadyCurrent++
+	}
+	p.progress()
+}
+
+// rewrapImages rewraps the catalog images of the pass one by one, Workers at a time.
+func (p *rewrapPass) rewrapImages(crns []string) {
+	forEach(len(crns), p.m.opts.Workers, func(i int) {
+		t0 := time.Now()
+		res, attempts, err := p.withRetry(crns[i], true, retryFrom{})
+		p.done(crns[i], true, time.Since(t0), attempts, res, err)
+	})
+}
+
+// forEach runs fn(0..n-1) on at most workers goroutines and waits for them.
+func forEach(n, workers int, fn func(i int)) {
+	workers = min(workers, n)
+	if workers <= 1 {
+		for i := range n {
+			fn(i)
+		}
+		return
+	}
+	var next atomic.Int64
 	var wg sync.WaitGroup
-	for range min(m.opts.Workers, max(len(crns), 1)) {
+	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for crn := range jobs {
-				t0 := time.Now()
-				res, attempts, err := m.rewrapWithRetry(ctx, keyID, latest, crn, images[crn])
-				d := time.Since(t0)
-				mu.Lock()
-				rep.Retries += attempts - 1
-				rep.Latencies = append(rep.Latencies, d)
-				rep.VolumeLatency[crn] = d
-				rep.BytesWritten += res.bytes
-				switch {
-				case err != nil:
-					rep.Failed[crn] = err
-				case images[crn] && res.changed:
-					rep.ImagesRewrapped++
-				case images[crn]:
-					rep.ImagesAlreadyCurrent++
-				case res.changed:
-					rep.Rewrapped++
-				default:
-					rep.AlreadyCurrent++
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
 				}
-				progress()
-				mu.Unlock()
+				fn(i)
 			}
 		}()
 	}
-	for _, crn := range crns {
-		jobs <- crn
-	}
-	close(jobs)
 	wg.Wait()
-	sort.Slice(rep.Latencies, func(i, j int) bool { return rep.Latencies[i] < rep.Latencies[j] })
-	rep.Elapsed = time.Since(start)
-	m.opts.Logger.Info("rewrap pass done", "key", keyID, "version", latest, "volumes", rep.Volumes,
-		"rewrapped", rep.Rewrapped, "current", rep.AlreadyCurrent, "images", rep.Images, "images_rewrapped", rep.ImagesRewrapped,
-		"images_current", rep.ImagesAlreadyCurrent, "failed", len(rep.Failed), "retries", rep.Retries, "elsewhere", rep.Elsewhere)
-	return rep
 }
 
 type rewrapResult struct {
 	changed bool
 	bytes   int64
+	// flushes counts the Sync calls on the image (two per header commit).
+	flushes int64
+}
+
+// add accumulates the work of another attempt.
+func (r *rewrapResult) add(o rewrapResult) {
+	r.changed = r.changed || o.changed
+	r.bytes += o.bytes
+	r.flushes += o.flushes
 }
 
 // permanent marks errors not worth retrying.
@@ -308,23 +395,64 @@ type permanent struct{ error }
 
 func (p permanent) Unwrap() error { return p.error }
 
-func (m *Manager) rewrapWithRetry(ctx context.Context, keyID, latest, crn string, image bool) (rewrapResult, int, error) {
-	var total rewrapResult
-	one := m.rewrapOne
-	if image {
-		one = m.rewrapImage
+// giveUp reports whether a volume whose attempt number attempt failed with err is not tried
+// again: permanent errors and refusals of the key service (suspended, destroyed or unknown
+// key, failed authentication, ...) cannot change by trying again; nor can anything once the
+// attempts are spent or the pass is cancelled.
+func (m *Manager) giveUp(ctx context.Context, err error, attempt int) bool {
+	var p permanent
+	return errors.As(err, &p) || errors.Is(err, ErrKeyRefused) || attempt >= m.opts.Attempts || ctx.Err() != nil
+}
+
+// casState carries a volume's rewrap over a lost compare and swap: the round it is in, and the
+// key version of the rewrap whose commit lost.
+type casState struct {
+	round int
+	lost  string
+}
+
+// retryFrom is where withRetry takes a volume up: after attempts already made (their work in
+// res, the last one's error in err), or within an attempt whose commit lost a race (cas).
+type retryFrom struct {
+	attempts int
+	res      rewrapResult
+	err      error
+	cas      casState
+}
+
+// withRetry rewraps one volume (or image) on its own, retrying with backoff, from where from
+// says. It returns the work done, the attempts made in all and the last error.
+func (p *rewrapPass) withRetry(crn string, image bool, from retryFrom) (rewrapResult, int, error) {
+	m, ctx := p.m, p.ctx
+	total, attempt, cas := from.res, from.attempts, from.cas
+	if err := from.err; err != nil {
+		if m.giveUp(ctx, err, attempt) {
+			m.opts.Logger.Warn("rewrap failed", "crn", crn, "attempts", attempt, "err", err)
+			return total, attempt, err
+		}
+		if err := m.opts.Sleep(ctx, m.opts.Backoff(attempt)); err != nil {
+			return total, attempt, err
+		}
 	}
-	for attempt := 1; ; attempt++ {
-		res, err := one(ctx, keyID, latest, crn)
-		total.bytes += res.bytes
-		total.changed = total.changed || res.changed
+	for {
+		if cas.round == 0 {
+			attempt++ // a lost race goes on within its attempt
+		}
+		var res rewrapResult
+		var err error
+		p.sem <- struct{}{}
+		if image {
+			res, err = p.rewrapImage(crn)
+		} else {
+			res, err = p.rewrapOne(crn, cas)
+		}
+		<-p.sem
+		cas = casState{}
+		total.add(res)
 		if err == nil {
 			return total, attempt, nil
 		}
-		// Permanent errors and refusals of the key service (suspended, destroyed or unknown
-		// key, failed authentication, ...) cannot change by trying again.
-		var p permanent
-		if errors.As(err, &p) || errors.Is(err, ErrKeyRefused) || attempt >= m.opts.Attempts || ctx.Err() != nil {
+		if m.giveUp(ctx, err, attempt) {
 			m.opts.Logger.Warn("rewrap failed", "crn", crn, "attempts", attempt, "err", err)
 			return total, attempt, err
 		}
@@ -334,126 +462,264 @@ func (m *Manager) rewrapWithRetry(ctx context.Context, keyID, latest, crn string
 	}
 }
 
-// maxCASRounds bounds how many times in a row rewrapOne starts over because another writer
-// changed the token between its read and its commit.
+// maxCASRounds bounds how many times in a row a volume's rewrap starts over because another
+// writer changed the token between its read and its commit.
 const maxCASRounds = 3
 
-// rewrapOne rewraps one volume. It reads the token (under the image's shared lock, briefly),
-// has the key service rewrap the ciphertext with no lock held, and commits the new token
-// under the exclusive lock only if the ciphertext is still the one it rewrapped (compare and
-// swap); then it updates the registration. If another writer (a rewrap elsewhere, a lazy
-// rewrap on open) changed the ciphertext meanwhile, theirs is never overwritten with ours:
-// the volume is looked at again from what they wrote, which is normally on latest (or on the
-// version ours had) already, and otherwise rewrapped from theirs. A failure at any point
-// leaves the old, still valid ciphertext in place: an incomplete answer of the key service
-// (ErrIncompleteAnswer) is never committed, nor any token that would not read back.
-func (m *Manager) rewrapOne(ctx context.Context, keyID, latest, crn string) (res rewrapResult, err error) {
-	e, err := m.reg.Get(crn)
-	if err != nil {
-		return res, permanent{err}
+// volumeTask is one volume on its way through a rewrap: what its read found, and what the
+// steps after did.
+type volumeTask struct {
+	crn   string
+	start time.Time
+	// attempts counts the attempts made; res their work. left says the task left its wave
+	// (done, failed, or handed to a retry on its own).
+	attempts int
+	res      rewrapResult
+	left     bool
+
+	e     Entry
+	f     *os.File
+	cf    *countingFile
+	img   *keyslot.Image
+	reg   registration
+	uuid  string
+	tokID int
+	tok   *token
+	ct    []byte
+	// state is the keyslot state the check proved or matched (hasState), the base of the
+	// fingerprint recorded after the rewrap; proved says the check ran in full, so the
+	// fingerprint of the current ciphertext is worth recording even without a rewrap.
+	state    keyslotState
+	hasState bool
+	proved   bool
+
+	// current says the token is on the version wanted (no rewrap); w is the rewrap's answer,
+	// member its ciphertext as the token holds it.
+	current bool
+	w       Wrapped
+	member  string
+	// version is the token's version after the commit (or as found, when current).
+	version string
+	// verified is the fingerprint to record; "" for none.
+	verified string
+}
+
+// close closes the task's image file and adds what was done through it to res.
+func (t *volumeTask) close() {
+	if t.cf != nil {
+		t.res.bytes += t.cf.written
+		t.res.flushes += t.cf.syncs
+		t.cf = nil
 	}
+	if t.f != nil {
+		t.f.Close()
+		t.f = nil
+	}
+}
+
+// prepare opens a volume's image and reads its token (under the image's shared lock,
+// briefly), and checks that the volume opens (checkForRewrap). It sets t.current when the
+// token is on latest (or, after a lost race, on the version the other writer got, cas.lost),
+// else t.ct, the ciphertext to rewrap. Its errors are the attempt's failure; the file stays
+// open for the commit (t.close closes it).
+func (p *rewrapPass) prepare(t *volumeTask, cas casState) error {
+	m, ctx := p.m, p.ctx
+	e, err := m.reg.Get(t.crn)
+	if err != nil {
+		return permanent{err}
+	}
+	t.e = e
 	f, err := os.OpenFile(e.Path, os.O_RDWR, 0)
 	if err != nil {
-		return res, fmt.Errorf("opening %s: %w", e.Path, err)
+		return fmt.Errorf("opening %s: %w", e.Path, err)
 	}
-	defer f.Close()
+	t.f = f
 	// The file at the registered path must be the registered file: one put there since
 	// (a restored backup, another copy) is not rewrapped in its place.
-	reg, err := m.registeredFile(e, f)
-	if err != nil {
-		return res, permanent{err}
+	if t.reg, err = m.registeredFile(e, f); err != nil {
+		return permanent{err}
 	}
-	cf := &countingFile{File: f, dev: f}
+	t.cf = &countingFile{File: f, dev: f}
 	if m.opts.RewrapDevice != nil {
-		cf.dev = m.opts.RewrapDevice(ctx, crn, f)
+		t.cf.dev = m.opts.RewrapDevice(ctx, t.crn, f)
 	}
-	defer func() { res.bytes = cf.written }()
-	img, err := keyslot.OpenContext(ctx, cf, nil)
+	if t.img, err = keyslot.OpenContext(ctx, t.cf, nil); err != nil {
+		return err
+	}
+	t.uuid = t.img.UUID()
+	if t.uuid != e.UUID || CRN(t.uuid) != t.crn {
+		return permanent{fmt.Errorf("%w: %s holds volume %s, not the registered %s (moved or replaced?)", ErrNotRegisteredImage, e.Path, t.uuid, e.UUID)}
+	}
+	if err := p.readToken(t); err != nil {
+		return err
+	}
+	// A volume that cannot be opened is not rewrapped, nor reported current: that would
+	// report a success for a volume that is lost. The check needs the key service (an
+	// unwrap, to open the keyslot) unless the registry's fingerprint shows the keyslot was
+	// proved to open in this very state; its failures are retried as a rewrap's are.
+	if err := p.checkForRewrap(t); err != nil {
+		return err
+	}
+	return p.classify(t, cas)
+}
+
+// readToken finds the volume's token in t.img and checks it is of the pass's key.
+func (p *rewrapPass) readToken(t *volumeTask) error {
+	id, tok, err := findToken(t.img)
 	if err != nil {
-		return res, err
+		return permanent{err}
 	}
-	if img.UUID() != e.UUID || CRN(img.UUID()) != crn {
-		return res, permanent{fmt.Errorf("%w: %s holds volume %s, not the registered %s (moved or replaced?)", ErrNotRegisteredImage, e.Path, img.UUID(), e.UUID)}
+	if tok.KeyID != p.keyID {
+		return permanent{fmt.Errorf("volume %s is protected by key %s, not %s", t.crn, tok.KeyID, p.keyID)}
 	}
-	uuid := img.UUID() // fn below runs under the image's lock: no Image methods in it
-	// version is the token's version; lost the version of a rewrap whose commit lost the
-	// race to another writer.
-	var version, lost string
-	for round := 1; ; round++ {
-		id, tok, err := findToken(img)
+	t.tokID, t.tok = id, tok
+	return nil
+}
+
+// classify sets t.current and t.version, or t.ct (see prepare).
+func (p *rewrapPass) classify(t *volumeTask, cas casState) error {
+	t.version = t.tok.KeyVersion
+	if (t.version == p.latest && p.latest != "") || (t.version == cas.lost && cas.lost != "") {
+		t.current = true // current, or the other writer's ciphertext is as new as ours was
+		return nil
+	}
+	ct, err := t.tok.ciphertext()
+	if err != nil {
+		return permanent{err}
+	}
+	t.ct = ct
+	return nil
+}
+
+// take sets t.w, the key service's rewrap of t.ct, after checking it is complete.
+func (t *volumeTask) take(w Wrapped, keyID string) error {
+	if err := checkWrapped("rewrap", w); err != nil {
+		return fmt.Errorf("rewrapping with key %s: %w", keyID, err)
+	}
+	member, err := ciphertextMember(w.Ciphertext)
+	if err != nil {
+		return fmt.Errorf("rewrapping with key %s: %w", keyID, err)
+	}
+	t.w, t.member = w, member
+	return nil
+}
+
+// commit stores t.w in the token under the image's exclusive lock, if the token still holds
+// the ciphertext that was rewrapped (compare and swap): if another writer (a rewrap
+// elsewhere, a lazy rewrap on open) changed it meanwhile, theirs is never overwritten with
+// ours, and commit returns errTokenChanged. The update is LUKS2's two-copy atomic commit, with
+// a flush after each copy. After it, the fingerprint (t.verified) moves to the new ciphertext
+// when the old one was the one checked.
+func (p *rewrapPass) commit(t *volumeTask) error {
+	uuid, old, member := t.uuid, t.tok.Ciphertext, t.member
+	now := p.m.opts.Now().UTC().Truncate(time.Second)
+	w := t.w
+	err := t.img.UpdateTokenContext(p.ctx, t.tokID, func(cur json.RawMessage) ([]byte, error) {
+		tok, err := parseToken(cur, uuid) // runs under the image's lock: no Image methods here
 		if err != nil {
-			return res, permanent{err}
+			return nil, err
 		}
-		if tok.KeyID != keyID {
-			return res, permanent{fmt.Errorf("volume %s is protected by key %s, not %s", crn, tok.KeyID, keyID)}
+		if tok.Ciphertext != old {
+			return nil, errTokenChanged // someone else rewrapped first: never overwrite theirs
 		}
-		if round == 1 {
-			// A volume that cannot be opened is not rewrapped, nor reported current: that would
-			// report a success for a volume that is lost. The check needs the key service (an
-			// unwrap, to open the keyslot); its failures are retried as a rewrap's are.
-			if err := m.checkForRewrap(ctx, f, img); err != nil {
-				return res, err
-			}
-		}
-		version = tok.KeyVersion
-		if (version == latest && latest != "") || (version == lost && lost != "") {
-			break // current, or the other writer's ciphertext is as new as ours was
-		}
-		ct, err := tok.ciphertext()
-		if err != nil {
-			return res, permanent{err}
-		}
+		tok.Ciphertext = member
+		tok.KeyVersion = w.VersionID
+		tok.WrappedAt = now
+		return tok.marshalChecked(uuid)
+	})
+	if err != nil {
+		return err
+	}
+	t.version, t.res.changed = w.VersionID, true
+	if t.hasState {
+		t.verified = t.state.fingerprint(uuid, p.keyID, member)
+	}
+	return nil
+}
+
+// verifiedUpdate returns the registry update the task's rewrap calls for (a fingerprint to
+// record, the file identity to fill in), and whether there is one.
+func (t *volumeTask) verifiedUpdate() (verifiedUpdate, bool) {
+	u := verifiedUpdate{entry: t.e, fill: t.reg.fill, path: t.reg.path, fi: t.reg.fi}
+	if t.verified != "" && t.verified != t.e.Verified {
+		u.verified = t.verified
+	}
+	return u, u.verified != "" || u.fill
+}
+
+// rewrapOne rewraps one volume on its own (a retry, or a volume that left its wave): it
+// reads and checks the volume (prepare), has the key service rewrap the ciphertext with no
+// lock held, commits the new token (commit, a compare and swap), updates the registration and
+// records the fingerprint. If another writer changed the ciphertext meanwhile, the volume is
+// looked at again from what they wrote, which is normally on latest (or on the version ours
+// had) already, and otherwise rewrapped from theirs. A failure at any point leaves the old,
+// still valid ciphertext in place: an incomplete answer of the key service
+// (ErrIncompleteAnswer) is never committed, nor any token that would not read back.
+func (p *rewrapPass) rewrapOne(crn string, cas casState) (rewrapResult, error) {
+	t := &volumeTask{crn: crn}
+	defer t.close()
+	err := p.rewrapTask(t, cas)
+	t.close()
+	return t.res, err
+}
+
+func (p *rewrapPass) rewrapTask(t *volumeTask, cas casState) error {
+	if cas.round == 0 {
+		cas.round = 1
+	}
+	if err := p.prepare(t, cas); err != nil {
+		return err
+	}
+	for !t.current {
 		// The network round trip, with no lock held.
-		w, err := m.kms.Rewrap(ctx, keyID, ct, []string{uuid})
-		if err == nil {
-			err = checkWrapped("rewrap", w)
-		}
+		w, err := p.kms().Rewrap(p.ctx, p.keyID, t.ct, []string{t.uuid})
 		if err != nil {
-			return res, fmt.Errorf("rewrapping with key %s: %w", keyID, err)
+			return fmt.Errorf("rewrapping with key %s: %w", p.keyID, err)
 		}
-		err = img.UpdateTokenContext(ctx, id, func(cur json.RawMessage) ([]byte, error) {
-			t, err := parseToken(cur, uuid)
-			if err != nil {
-				return nil, err
-			}
-			if t.Ciphertext != tok.Ciphertext {
-				return nil, errTokenChanged // someone else rewrapped first: never overwrite theirs
-			}
-			if t.Ciphertext, err = ciphertextMember(w.Ciphertext); err != nil {
-				return nil, err
-			}
-			t.KeyVersion = w.VersionID
-			t.WrappedAt = m.opts.Now().UTC().Truncate(time.Second)
-			return t.marshalChecked(uuid)
-		})
+		if err := t.take(w, p.keyID); err != nil {
+			return err
+		}
+		err = p.commit(t)
 		if err == nil {
-			version, res.changed = w.VersionID, true
 			break
 		}
 		if !errors.Is(err, errTokenChanged) {
-			return res, err
+			return err
 		}
-		if round == maxCASRounds {
-			return res, fmt.Errorf("volume %s: %w %d times during a rewrap", crn, errTokenChanged, round)
+		if cas.round >= maxCASRounds {
+			return fmt.Errorf("volume %s: %w %d times during a rewrap", t.crn, errTokenChanged, cas.round)
 		}
-		lost = w.VersionID
-		if err := img.ReloadContext(ctx); err != nil {
-			return res, err
+		// What the other writer stored was not checked: no fingerprint moves to it.
+		cas = casState{round: cas.round + 1, lost: w.VersionID}
+		t.hasState = false
+		if err := t.img.ReloadContext(p.ctx); err != nil {
+			return err
+		}
+		if err := p.readToken(t); err != nil {
+			return err
+		}
+		if err := p.classify(t, cas); err != nil {
+			return err
 		}
 	}
-	if err := m.kms.UpdateRegistration(ctx, keyID, crn, version); err != nil {
-		return res, fmt.Errorf("updating the registration: %w", err)
+	if err := p.kms().UpdateRegistration(p.ctx, p.keyID, t.crn, t.version); err != nil {
+		return fmt.Errorf("updating the registration: %w", err)
 	}
-	m.fillIdentity(reg)
-	return res, nil
+	if u, ok := t.verifiedUpdate(); ok {
+		if err := p.m.reg.setVerified([]verifiedUpdate{u}); err != nil {
+			p.m.opts.Logger.Warn("recording a volume's verification in the registry failed", "crn", t.crn, "err", err)
+		}
+	}
+	return nil
 }
 
-// countingFile counts the bytes written through it to dev; it keeps *os.File's Fd and Sync
-// so the keyslot package still locks and syncs.
+// countingFile counts the bytes written through it to dev, and the flushes; it keeps
+// *os.File's Fd so the keyslot package still locks, and syncs the file itself.
 type countingFile struct {
 	*os.File
 	dev     keyslot.Device
 	written int64
+	syncs   int64
 }
 
 func (c *countingFile) ReadAt(p []byte, off int64) (int, error) { return c.dev.ReadAt(p, off) }
@@ -462,4 +728,10 @@ func (c *countingFile) WriteAt(p []byte, off int64) (int, error) {
 	n, err := c.dev.WriteAt(p, off)
 	c.written += int64(n)
 	return n, err
+}
+
+// Sync flushes the file, counted.
+func (c *countingFile) Sync() error {
+	c.syncs++
+	return c.File.Sync()
 }
