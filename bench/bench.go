@@ -7,6 +7,8 @@
 //     instructions themselves (sector.CeilingLoop);
 //   - kms ([RunKMS]): wrap+unwrap pairs per second of the key service with 1, 8 and 32
 //     concurrent callers, in process and over HTTP, against one caller;
+//   - rewrap ([RunRewrap]): a key rotation over a fleet of volumes, through the embedded key
+//     service and over HTTP, against the disk's own rate of two-flush commits;
 //   - io ([RunIO]): reads and writes through a volume against the same requests on a raw
 //     file, both files in the same page-cache state;
 //   - nbd ([RunNBD]): sequential I/O through NBD against qemu-nbd.
@@ -40,13 +42,15 @@ var ErrToolMissing = errors.New("bench: a program it needs is not installed")
 //   - sector first: it is pure CPU and the most sensitive to other work, and it runs before
 //     the sections that write files leave the kernel writeback work (which takes CPU);
 //   - kms next: CPU and small flushes, on a store it makes and removes;
+//   - rewrap next: it is bound by flushes, so it runs before the sections that leave the
+//     device writing back hundreds of MiB;
 //   - io after the sections that flush small files: it writes hundreds of MiB to the page
 //     cache, which the kernel then writes back for seconds;
 //   - nbd last: it writes the most data, and no section after it feels the writeback.
 //
 // Between two sections Run flushes the scratch directory's file system (syncfs), so that a
 // section starts with no dirty data left by the one before.
-func Sections() []string { return []string{"sector", "kms", "io", "nbd"} }
+func Sections() []string { return []string{"sector", "kms", "rewrap", "io", "nbd"} }
 
 // Options tune a run.
 type Options struct {
@@ -86,6 +90,8 @@ type Report struct {
 	Sections []SectionRun `json:"sections"`
 	// KMS is the kms section's report (RunKMS).
 	KMS *KMSReport `json:"kms,omitempty"`
+	// Rewrap is the rewrap section's report (RunRewrap).
+	Rewrap *RewrapReport `json:"rewrap,omitempty"`
 	// IO is the io section's report (RunIO).
 	IO *IOReport `json:"io,omitempty"`
 	// NBD is the nbd section's report (RunNBD).
@@ -181,6 +187,8 @@ func (r *Report) runSection(ctx context.Context, name string, opts Options, prog
 		r.SectorReport, err = RunSector(ctx, SectorOptions{Quick: opts.Quick, Dir: opts.Dir, OpenSSL: opts.OpenSSL, Progress: progress, window: opts.sectorWindow})
 	case "kms":
 		r.KMS, err = RunKMS(ctx, KMSOptions{Quick: opts.Quick, Dir: opts.Dir, Progress: progress})
+	case "rewrap":
+		r.Rewrap, err = RunRewrap(ctx, RewrapOptions{Quick: opts.Quick, Dir: opts.Dir, Progress: progress})
 	case "io":
 		r.IO, err = RunIO(ctx, IOOptions{Quick: opts.Quick, Dir: opts.Dir, Progress: progress, Size: opts.ioSize, randOps: opts.ioRandOps})
 	case "nbd":
@@ -218,6 +226,10 @@ func (r *Report) section(name string) section {
 	case "kms":
 		if r.KMS != nil {
 			return r.KMS
+		}
+	case "rewrap":
+		if r.Rewrap != nil {
+			return r.Rewrap
 		}
 	case "io":
 		if r.IO != nil {

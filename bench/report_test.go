@@ -113,7 +113,7 @@ func TestRunSectionFails(t *testing.T) {
 	assert.Regexp(t, `(?m)^failed: bench nbd: `, table.String())
 
 	_, err = Run(context.Background(), Options{Sections: []string{"sector", "disk"}})
-	require.ErrorContains(t, err, `bench: unknown section "disk" (sections: sector, kms, io, nbd)`)
+	require.ErrorContains(t, err, `bench: unknown section "disk" (sections: sector, kms, rewrap, io, nbd)`)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()

@@ -17,6 +17,7 @@ import (
 var benchSectionHelp = map[string]string{
 	"sector": "sector engine vs openssl speed, x/crypto/xts and the AES ceiling (default)",
 	"kms":    "KMS wrap+unwrap pairs/s with 1, 8, 32 callers, in process and over HTTP",
+	"rewrap": "fleet key rotation volumes/s vs the disk's 2-flush commit ceiling",
 	"io":     "volume reads and writes vs a raw file in the same page-cache state",
 	"nbd":    "NBD throughput vs qemu-nbd over TCP loopback (needs nbdcopy, qemu-nbd)",
 }
