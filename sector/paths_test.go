@@ -80,8 +80,8 @@ func TestBuildConstraints(t *testing.T) {
 
 // TestGeneratedRequires checks that every routine in the generated assembly says which CPU
 // features it needs, and that the features match the paths' dispatch: the AES-NI routines
-// and the key schedule need no AVX-512, the VAES routines nothing beyond what available()
-// checks.
+// (and their ceiling loop) and the key schedule need no AVX-512, the VAES routines (and
+// theirs) nothing beyond what available() checks.
 func TestGeneratedRequires(t *testing.T) {
 	text, err := os.ReadFile("xts_amd64.s")
 	require.NoError(t, err)
@@ -94,6 +94,8 @@ func TestGeneratedRequires(t *testing.T) {
 		"expandKey256": {"AES", "AVX"},
 		"xtsEncVAES":   {"AVX", "AVX512BW", "AVX512F", "AVX512VBMI2", "VAES", "VPCLMULQDQ"},
 		"xtsDecVAES":   {"AVX", "AVX512BW", "AVX512F", "AVX512VBMI2", "VAES", "VPCLMULQDQ"},
+		"ceilingAESNI": {"AES", "AVX"},
+		"ceilingVAES":  {"AVX", "AVX512F", "VAES"},
 	}
 	seen := map[string]bool{}
 	for i, line := range lines {
