@@ -134,17 +134,16 @@ var ioCases = []ioCase{
 
 // ioRun is the state of one RunIO.
 type ioRun struct {
-	ctx      context.Context
-	opts     IOOptions
-	rep      *IOReport
-	sides    [2]*ioSide // volume, raw
-	offs     []int64    // the random requests' offsets
-	randPgs  int64      // distinct pages the random requests touch
-	pages    int64      // pages of a file's data
-	fill     []byte     // what the files are written with before a measurement
-	wbuf     []byte     // what measured writes write
-	rbuf     []byte     // where measured reads read to
-	progress func(string)
+	ctx     context.Context
+	opts    IOOptions
+	rep     *IOReport
+	sides   [2]*ioSide // volume, raw
+	offs    []int64    // the random requests' offsets
+	randPgs int64      // distinct pages the random requests touch
+	pages   int64      // pages of a file's data
+	fill    []byte     // what the files are written with before a measurement
+	wbuf    []byte     // what measured writes write
+	rbuf    []byte     // where measured reads read to
 }
 
 // RunIO compares I/O through an attached volume (Volume.ReadAt and WriteAt: aes-xts-plain64
@@ -186,7 +185,7 @@ func RunIO(ctx context.Context, opts IOOptions) (*IOReport, error) {
 	}
 	defer os.RemoveAll(dir)
 
-	r := &ioRun{ctx: ctx, opts: opts, progress: progress, rep: &IOReport{
+	r := &ioRun{ctx: ctx, opts: opts, rep: &IOReport{
 		Dir: filepath.Dir(dir), FileSystem: fileSystem(dir), Size: opts.Size, Rounds: opts.Rounds, Seed: ioSeed,
 	}}
 	r.rep.DirtyBackgroundBytes, r.rep.DirtyAtStart = dirtyThreshold()

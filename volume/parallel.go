@@ -49,10 +49,8 @@ type request struct {
 	chunk    int // bytes per chunk, a multiple of the sector size
 	chunks   int64
 	// For ReadDecrypt, r reads each chunk (at off plus the chunk's offset) before it is
-	// decrypted; for EncryptWrite, w writes each chunk once it is encrypted. Both nil for a
-	// request of the cipher alone.
+	// decrypted; nil for a request of the cipher alone.
 	r   io.ReaderAt
-	w   io.WriterAt
 	off int64
 
 	failMu sync.Mutex // guards failAt and err (taken only when a chunk's I/O fails)
@@ -123,16 +121,20 @@ func (p *Parallel) work(r *request) {
 		if i >= r.chunks {
 			return
 		}
-		off := int(i) * r.chunk
-		end := min(off+r.chunk, len(r.src))
-		if !r.failed.Load() {
-			p.chunk(r, off, end)
-		}
-		r.pending.Add(-1)
+		p.claimed(r, int(i))
 	}
 }
 
-// chunk runs the part of r from off to end: its read, cipher and write.
+// claimed runs chunk i of r, claimed by the calling goroutine, and counts it finished.
+func (p *Parallel) claimed(r *request, i int) {
+	off := i * r.chunk
+	if !r.failed.Load() {
+		p.chunk(r, off, min(off+r.chunk, len(r.src)))
+	}
+	r.pending.Add(-1)
+}
+
+// chunk runs the part of r from off to end: its read, if any, and its cipher.
 func (p *Parallel) chunk(r *request, off, end int) {
 	if r.r != nil {
 		if _, err := r.r.ReadAt(r.dst[off:end], r.off+int64(off)); err != nil {
@@ -141,11 +143,6 @@ func (p *Parallel) chunk(r *request, off, end int) {
 		}
 	}
 	p.xts(r.dst[off:end], r.src[off:end], r.first+uint64(off/sector.IVUnit), r.decrypt)
-	if r.w != nil {
-		if _, err := r.w.WriteAt(r.dst[off:end], r.off+int64(off)); err != nil {
-			r.fail(off, err)
-		}
-	}
 }
 
 // fail records that the I/O of the chunk at off failed with err, keeping the first chunk's.
@@ -182,43 +179,19 @@ func (p *Parallel) DecryptSectors(dst, src []byte, firstSector uint64) {
 // and that read's error.
 func (p *Parallel) ReadDecrypt(ra io.ReaderAt, dst []byte, off int64, firstSector uint64) (int, error) {
 	p.c.Check(dst, dst, firstSector)
-	return p.runIO(dst, dst, firstSector, true, ra, nil, off)
-}
-
-// EncryptWrite encrypts src into dst (the two may be the same; whole sectors, src's first
-// being sector firstSector) and writes dst to wa at off. A request of at least the threshold
-// is cut into chunks (at least 128 KiB) that the caller and the helpers each encrypt and
-// write, so encrypting one chunk overlaps writing another (writes to one file are
-// serialised by the file system, encryption is not). It returns how many bytes at the
-// start of dst were written before the first chunk whose write failed, and that write's
-// error; after an error, chunks of dst past that point may be left unencrypted (a copy of
-// src's plaintext).
-func (p *Parallel) EncryptWrite(wa io.WriterAt, dst, src []byte, off int64, firstSector uint64) (int, error) {
-	p.c.Check(dst, src, firstSector)
-	return p.runIO(dst[:len(src)], src, firstSector, false, nil, wa, off)
-}
-
-// ioChunk is the least a chunk of ReadDecrypt or EncryptWrite holds: each costs a system
-// call more than one call for the whole request would.
-const ioChunk = 128 << 10
-
-func (p *Parallel) runIO(dst, src []byte, first uint64, decrypt bool, ra io.ReaderAt, wa io.WriterAt, off int64) (int, error) {
-	if len(src) < p.threshold || len(src) < 2*ioChunk || p.workers < 2 {
-		if ra != nil {
-			if _, err := ra.ReadAt(dst, off); err != nil {
-				return 0, err
-			}
+	if len(dst) < p.threshold || len(dst) < 2*ioChunk || p.workers < 2 {
+		if _, err := ra.ReadAt(dst, off); err != nil {
+			return 0, err
 		}
-		p.xts(dst, src, first, decrypt)
-		if wa != nil {
-			if _, err := wa.WriteAt(dst, off); err != nil {
-				return 0, err
-			}
-		}
-		return len(src), nil
+		p.c.DecryptSectors(dst, dst, firstSector)
+		return len(dst), nil
 	}
-	return p.dispatch(dst, src, first, decrypt, ra, wa, off, ioChunk, 2)
+	return p.dispatch(dst, dst, firstSector, true, ra, off, ioChunk, 2)
 }
+
+// ioChunk is the least a chunk of ReadDecrypt holds: each costs a system call more than one
+// call for the whole request would.
+const ioChunk = 128 << 10
 
 func (p *Parallel) run(dst, src []byte, first uint64, decrypt bool) {
 	if len(src) < p.threshold {
@@ -226,13 +199,13 @@ func (p *Parallel) run(dst, src []byte, first uint64, decrypt bool) {
 		return
 	}
 	// Each chunk long enough (at least 16 KiB) to amortise claiming it.
-	p.dispatch(dst, src, first, decrypt, nil, nil, 0, 16<<10, 4)
+	p.dispatch(dst, src, first, decrypt, nil, 0, 16<<10, 4)
 }
 
 // dispatch runs a request over the caller and the helpers, in chunks of at least minChunk
-// bytes, about perWorker chunks a worker, and returns what runIO returns. Several chunks a
+// bytes, about perWorker chunks a worker, and returns what ReadDecrypt returns. Several chunks a
 // worker balance the load when a helper starts late or is descheduled.
-func (p *Parallel) dispatch(dst, src []byte, first uint64, decrypt bool, ra io.ReaderAt, wa io.WriterAt, off int64, minChunk, perWorker int) (int, error) {
+func (p *Parallel) dispatch(dst, src []byte, first uint64, decrypt bool, ra io.ReaderAt, off int64, minChunk, perWorker int) (int, error) {
 	n := len(src) / p.size // sectors
 	p.mu.RLock()
 	defer p.mu.RUnlock()
@@ -240,16 +213,14 @@ func (p *Parallel) dispatch(dst, src []byte, first uint64, decrypt bool, ra io.R
 	per := max((n+k-1)/k, minChunk/p.size, 1)
 	r := p.reqs.Get().(*request)
 	r.dst, r.src, r.first, r.decrypt = dst, src, first, decrypt
-	r.r, r.w, r.off = ra, wa, off
+	r.r, r.off = ra, off
 	r.failAt, r.err = len(src), nil
 	r.failed.Store(false)
 	r.chunk = per * p.size
 	r.chunks = int64((n + per - 1) / per)
 	if p.workers < 2 || r.chunks < 2 || p.closed {
-		for i := 0; i < len(src); i += r.chunk {
-			if p.chunk(r, i, min(i+r.chunk, len(src))); r.failed.Load() {
-				break
-			}
+		for i := 0; i < len(src) && !r.failed.Load(); i += r.chunk {
+			p.chunk(r, i, min(i+r.chunk, len(src)))
 		}
 		return p.finish(r)
 	}
@@ -279,7 +250,7 @@ func (p *Parallel) finish(r *request) (int, error) {
 	if err != nil {
 		n = r.failAt
 	}
-	r.dst, r.src, r.r, r.w, r.err = nil, nil, nil, nil, nil
+	r.dst, r.src, r.r, r.err = nil, nil, nil, nil
 	p.reqs.Put(r)
 	return n, err
 }

@@ -124,8 +124,8 @@ func benchKey() []byte {
 	return key
 }
 
-// memFile is an in-memory file for the I/O requests of Parallel: it counts its calls and
-// fails those that touch byte failAt (when not negative).
+// memFile is an in-memory file for the reads of Parallel: it counts its calls and fails
+// those that touch byte failAt (when not negative).
 type memFile struct {
 	mu     sync.Mutex
 	data   []byte
@@ -135,25 +135,19 @@ type memFile struct {
 
 var errMemFile = errors.New("memFile: injected failure")
 
-func (m *memFile) io(p []byte, off int64, write bool) (int, error) {
+func (m *memFile) ReadAt(p []byte, off int64) (int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.calls++
 	if m.failAt >= off && m.failAt < off+int64(len(p)) {
 		return 0, errMemFile
 	}
-	if write {
-		return copy(m.data[off:], p), nil
-	}
 	return copy(p, m.data[off:]), nil
 }
 
-func (m *memFile) ReadAt(p []byte, off int64) (int, error)  { return m.io(p, off, false) }
-func (m *memFile) WriteAt(p []byte, off int64) (int, error) { return m.io(p, off, true) }
-
-// TestParallelIO checks ReadDecrypt and EncryptWrite against the serial cipher, the number
-// of I/O calls they split a request into, and what they return when one chunk's I/O fails.
-func TestParallelIO(t *testing.T) {
+// TestParallelReadDecrypt checks ReadDecrypt against the serial cipher, the number of reads
+// it splits a request into, and what it returns when one chunk's read fails.
+func TestParallelReadDecrypt(t *testing.T) {
 	t.Parallel()
 	key := make([]byte, 64)
 	fillRand(rand.New(rand.NewPCG(7, 7)), key)
@@ -175,61 +169,36 @@ func TestParallelIO(t *testing.T) {
 	} {
 		name := fmt.Sprintf("%d/%d", tc.size, tc.workers)
 		p := NewParallel(c, tc.workers, 0)
-		src := make([]byte, tc.size)
-		fillRand(rand.New(rand.NewPCG(uint64(tc.size), 8)), src)
+		plain := make([]byte, tc.size)
+		fillRand(rand.New(rand.NewPCG(uint64(tc.size), 8)), plain)
 		first := uint64(base / sector.IVUnit)
-		want := make([]byte, tc.size)
-		c.EncryptSectors(want, src, first)
-
 		f := &memFile{data: make([]byte, base+tc.size), failAt: -1}
-		dst := make([]byte, tc.size)
-		n, err := p.EncryptWrite(f, dst, src, base, first)
-		require.NoError(t, err, name)
-		assert.Equal(t, tc.size, n, name)
-		assert.Equal(t, tc.calls, f.calls, name+": write calls")
-		require.True(t, bytes.Equal(want, f.data[base:]), name+": written")
-		require.True(t, bytes.Equal(want, dst), name+": dst")
+		c.EncryptSectors(f.data[base:], plain, first)
 
-		f.calls = 0
 		got := make([]byte, tc.size)
-		n, err = p.ReadDecrypt(f, got, base, first)
+		n, err := p.ReadDecrypt(f, got, base, first)
 		require.NoError(t, err, name)
 		assert.Equal(t, tc.size, n, name)
 		assert.Equal(t, tc.calls, f.calls, name+": read calls")
-		require.True(t, bytes.Equal(src, got), name+": read")
-
-		// In place, as Volume does for writes that merge partial sectors.
-		inPlace := bytes.Clone(src)
-		_, err = p.EncryptWrite(f, inPlace, inPlace, base, first)
-		require.NoError(t, err, name)
-		require.True(t, bytes.Equal(want, inPlace), name+": in place")
+		require.True(t, bytes.Equal(plain, got), name+": read")
 		p.Close()
 	}
 
 	// A failing chunk: the bytes before it are reported done, with its error.
 	p := NewParallel(c, 2, 0)
 	defer p.Close()
-	for _, op := range []string{"read", "write"} {
-		f := &memFile{data: make([]byte, 1<<20), failAt: 600 << 10} // in the third 256 KiB chunk
-		buf := make([]byte, 1<<20)
-		var n int
-		var err error
-		if op == "read" {
-			n, err = p.ReadDecrypt(f, buf, 0, 0)
-		} else {
-			n, err = p.EncryptWrite(f, buf, make([]byte, 1<<20), 0, 0)
-		}
-		assert.ErrorIs(t, err, errMemFile, op)
-		assert.Equal(t, 512<<10, n, op)
-	}
+	f := &memFile{data: make([]byte, 1<<20), failAt: 600 << 10} // in the third 256 KiB chunk
+	n, err := p.ReadDecrypt(f, make([]byte, 1<<20), 0, 0)
+	assert.ErrorIs(t, err, errMemFile)
+	assert.Equal(t, 512<<10, n)
 	small := &memFile{data: make([]byte, 8192), failAt: 0}
-	n, err := p.ReadDecrypt(small, make([]byte, 8192), 0, 0)
+	n, err = p.ReadDecrypt(small, make([]byte, 8192), 0, 0)
 	assert.ErrorIs(t, err, errMemFile)
 	assert.Zero(t, n)
 }
 
-// TestParallelIONoAllocations: a split I/O request allocates nothing.
-func TestParallelIONoAllocations(t *testing.T) {
+// TestParallelReadDecryptNoAllocations: a split read allocates nothing.
+func TestParallelReadDecryptNoAllocations(t *testing.T) {
 	key := make([]byte, 64)
 	fillRand(rand.New(rand.NewPCG(9, 9)), key)
 	c, err := sector.New(key, 4096)
@@ -240,5 +209,4 @@ func TestParallelIONoAllocations(t *testing.T) {
 	buf := make([]byte, 1<<20)
 	_, _ = p.ReadDecrypt(f, buf, 0, 0) // warm the request pool
 	assert.Zero(t, testing.AllocsPerRun(20, func() { _, _ = p.ReadDecrypt(f, buf, 0, 0) }))
-	assert.Zero(t, testing.AllocsPerRun(20, func() { _, _ = p.EncryptWrite(f, buf, buf, 0, 0) }))
 }

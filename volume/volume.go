@@ -264,11 +264,17 @@ func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 			copy(buf[pos-start:], src)
 			src = buf
 		} // else whole sectors: encrypted from p straight into buf, which never holds plaintext
-		if m, err := v.c.EncryptWrite(v.f, buf, src, v.dataOff+start, uint64(start)/sector.IVUnit); err != nil {
-			// Bytes of the chunk's first and last sectors may be written in part only.
-			return done + min(n, max(0, m-int(pos-start))), fmt.Errorf("volume: writing %d bytes at %d: %w", len(buf)-m, start+int64(m), err)
+		// Encrypted on the calling core, not split over the cores: the chunks encrypted
+		// elsewhere reach the write's copy into the page cache through another core's
+		// cache, and on the 2-core development machine that cost more than the split saved
+		// (best of 100 interleaved rounds of 1 MiB writes, the split 5-10% slower; split
+		// writes of each chunk by its own core no faster, they wait for each other in the
+		// file system). A helper is better left to a concurrent request.
+		v.c.Cipher().EncryptSectors(buf, src, uint64(start)/sector.IVUnit)
+		plain = 0 // encrypted
+		if _, err := v.f.WriteAt(buf, v.dataOff+start); err != nil {
+			return done, fmt.Errorf("volume: writing %d bytes at %d: %w", len(buf), start, err)
 		}
-		plain = 0 // encrypted in place
 		done += n
 	}
 	return done, nil
