@@ -201,13 +201,19 @@ func TestKMSServeSIGKILL(t *testing.T) {
 
 	// Every acknowledged wrap unwraps on the restarted server.
 	_, url, _ = serveProcess(t, dir, env, "addr2.txt", token)
-	c, _ := newClient(url)
-	for _, a := range all {
-		if a.action != crk.ActionWrap {
-			continue
-		}
-		got, err := c.Unwrap(context.Background(), a.keyID, a.ct, nil)
-		require.NoError(t, err, "wrap %s of key %s", a.corrID, a.keyID)
-		require.Equal(t, a.pt, got, "wrap %s of key %s", a.corrID, a.keyID)
+	for i := range callers { // each caller's wraps through a client of its own, concurrently
+		c, _ := newClient(url)
+		wg.Go(func() {
+			for _, a := range acks[i] {
+				if a.action != crk.ActionWrap {
+					continue
+				}
+				got, err := c.Unwrap(context.Background(), a.keyID, a.ct, nil)
+				if !assert.NoError(t, err, "wrap %s of key %s", a.corrID, a.keyID) || !assert.Equal(t, a.pt, got, "wrap %s of key %s", a.corrID, a.keyID) {
+					return
+				}
+			}
+		})
 	}
+	wg.Wait()
 }
