@@ -31,6 +31,7 @@ func TestRunKMS(t *testing.T) {
 	for _, x := range rep.Results {
 		assert.Positive(t, x.PairsPerSec, "%+v", x)
 		assert.Positive(t, x.Pairs, "%+v", x)
+		assert.Positive(t, x.CPUPerPairUS, "%+v", x)
 		// Two audited operations per pair, each durable: never more than two commits a pair.
 		assert.Positive(t, x.CommitsPerPair, "%+v", x)
 		assert.LessOrEqual(t, x.CommitsPerPair, 2.0, "%+v", x)
