@@ -31,10 +31,17 @@ func TestRunKMS(t *testing.T) {
 	for _, x := range rep.Results {
 		assert.Positive(t, x.PairsPerSec, "%+v", x)
 		assert.Positive(t, x.Pairs, "%+v", x)
+		assert.Positive(t, x.CPUPerPairUS, "%+v", x)
 		// Two audited operations per pair, each durable: never more than two commits a pair.
 		assert.Positive(t, x.CommitsPerPair, "%+v", x)
 		assert.LessOrEqual(t, x.CommitsPerPair, 2.0, "%+v", x)
 		assert.GreaterOrEqual(t, x.FlushesPerPair, 2*x.CommitsPerPair, "bbolt flushes twice a commit: %+v", x)
+		switch x.Callers {
+		case 1:
+			assert.InDelta(t, 2, x.CommitsPerPair, 0.01, "a lone caller commits each operation's event: %+v", x)
+		case 32:
+			assert.Less(t, x.CommitsPerPair, 1.0, "32 callers share commits: %+v", x)
+		}
 	}
 	ratios := rep.Ratios()
 	require.Len(t, ratios, 4)

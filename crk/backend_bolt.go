@@ -66,6 +66,8 @@ type boltBackend struct {
 	commits *committer
 	// counter counts commits and flushes (stats.go); nil for a read-only store.
 	counter *boltCounter
+	// keys caches decoded key records (keycache.go).
+	keys *keyCache
 }
 
 // openBolt opens (creating, unless read-only) the bbolt store at path and brings its schema
@@ -113,7 +115,7 @@ func openBolt(path string, opts Options, log func(msg string, args ...any)) (*bo
 		db.Close()
 		return nil, err
 	}
-	b := &boltBackend{db: db}
+	b := &boltBackend{db: db, keys: &keyCache{}}
 	b.commits = newCommitter(func(fn func(storeTx) error) error { return b.update(context.Background(), fn) })
 	if !opts.ReadOnly {
 		b.counter = newBoltCounter(db, opts.NoSync)
@@ -122,7 +124,7 @@ func openBolt(path string, opts Options, log func(msg string, args ...any)) (*bo
 }
 
 func (b *boltBackend) update(_ context.Context, fn func(storeTx) error) error {
-	return b.db.Update(func(tx *bolt.Tx) error { b.counter.begin(tx); return fn(boltTx{tx}) })
+	return b.db.Update(func(tx *bolt.Tx) error { b.counter.begin(tx); return fn(boltTx{tx: tx, cache: b.keys}) })
 }
 
 // batch shares a commit with the concurrent callers of batch and group, with no wait for a
@@ -141,7 +143,7 @@ func (b *boltBackend) stats() StoreStats {
 func (b *boltBackend) group(fn func(storeTx) error) error { return b.commits.run(fn) }
 
 func (b *boltBackend) view(_ context.Context, fn func(storeTx) error) error {
-	return b.db.View(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+	return b.db.View(func(tx *bolt.Tx) error { return fn(boltTx{tx: tx, cache: b.keys}) })
 }
 
 // watchFeed notifies nothing: a bbolt store has one writer, this process, whose commits the
@@ -154,7 +156,10 @@ func (b *boltBackend) close() error {
 }
 
 // boltTx is a bbolt transaction. bbolt serialises writers, so keyForUpdate needs no lock.
-type boltTx struct{ tx *bolt.Tx }
+type boltTx struct {
+	tx    *bolt.Tx
+	cache *keyCache // nil: every key record is decoded
+}
 
 func (t boltTx) meta() (string, []byte, error) {
 	m := t.tx.Bucket(bucketMeta)
@@ -174,7 +179,7 @@ func (t boltTx) key(id string) (*keyRecord, error) {
 	if raw == nil {
 		return nil, fmt.Errorf("%w: %s", ErrKeyNotFound, id)
 	}
-	return decodeKey(raw)
+	return t.cache.decode(id, raw)
 }
 
 func (t boltTx) keyForUpdate(id string) (*keyRecord, error) { return t.key(id) }

@@ -210,11 +210,13 @@ type pgBackend struct {
 	// flushes the WAL (stats.go).
 	commits atomic.Uint64
 	flushes bool
+	// keys caches decoded key records (keycache.go).
+	keys keyCache
 }
 
 func (b *pgBackend) update(ctx context.Context, fn func(storeTx) error) error {
 	err := b.d.db.Tx(ctx, func(tx pgx.Tx) error {
-		return fn(&pgTx{ctx: ctx, tx: tx, instance: b.instance, write: true})
+		return fn(&pgTx{ctx: ctx, tx: tx, instance: b.instance, write: true, cache: &b.keys})
 	})
 	if err == nil {
 		b.commits.Add(1)
@@ -234,7 +236,7 @@ func (b *pgBackend) group(fn func(storeTx) error) error { return b.events.run(fn
 
 func (b *pgBackend) view(ctx context.Context, fn func(storeTx) error) error {
 	return unavailable(b.d.db.ReadTx(ctx, func(tx pgx.Tx) error {
-		return fn(&pgTx{ctx: ctx, tx: tx, instance: b.instance})
+		return fn(&pgTx{ctx: ctx, tx: tx, instance: b.instance, cache: &b.keys})
 	}))
 }
 
@@ -267,6 +269,7 @@ type pgTx struct {
 	tx       pgx.Tx
 	instance string
 	write    bool
+	cache    *keyCache // nil: every key record is decoded
 }
 
 // errNoInstance is a store whose instance row is gone (deleted by hand): nothing can be
@@ -351,7 +354,7 @@ func (t *pgTx) getKey(id string, lock bool) (*keyRecord, error) {
 	if err != nil {
 		return nil, err
 	}
-	return decodeKey(raw)
+	return t.cache.decode(id, raw)
 }
 
 func (t *pgTx) putKey(r *keyRecord) error {

@@ -280,7 +280,7 @@ func ReadLifecycle(path, cursor string, limit int, timeout time.Duration) (Lifec
 	defer db.Close()
 	var page LifecyclePage
 	err = db.View(func(btx *bolt.Tx) error {
-		tx := boltTx{btx}
+		tx := boltTx{tx: btx}
 		if btx.Bucket(bucketMeta) == nil {
 			return fmt.Errorf("crk: store %s has no meta bucket: not a key service store", path)
 		}

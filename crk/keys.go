@@ -373,6 +373,10 @@ func (s *Service) mutateWith(run func(context.Context, func(storeTx) error) erro
 	if err != nil {
 		return nil, s.refuse(ctx, action, id, err)
 	}
+	switch action {
+	case ActionPrune, ActionPurge, ActionDelete:
+		s.aeads.forget(id) // no expanded key outlives its material or its key
+	}
 	if fed {
 		s.notifyFeed()
 	}

@@ -227,6 +227,7 @@ func (s *Service) RotateMasterKey(ctx context.Context, newKey []byte) error {
 		return s.refuse(ctx, ActionMasterKeyRotate, "", err)
 	}
 	s.sealer, s.check = next, check
+	s.aeads.clear() // every version's material is sealed anew
 	if s.keyFile != "" {
 		if err := os.Rename(s.keyFile+".new", s.keyFile); err != nil {
 			return fmt.Errorf("crk: the store now uses the new master key in %s.new, but renaming it failed: %w", s.keyFile, err)

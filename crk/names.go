@@ -31,7 +31,7 @@ func ListKeyNames(path string, timeout time.Duration) ([]KeyName, error) {
 		if btx.Bucket(bucketKeys) == nil {
 			return nil
 		}
-		return boltTx{btx}.keys(false, func(r *keyRecord) error {
+		return boltTx{tx: btx}.keys(false, func(r *keyRecord) error {
 			out = append(out, KeyName{ID: r.ID, Name: r.Name, Deleted: !r.Deleted.IsZero() || r.Purged})
 			return nil
 		})
@@ -63,7 +63,7 @@ func ReadKeyState(path, id string, now time.Time, timeout time.Duration) (KeySta
 		if btx.Bucket(bucketKeys) == nil {
 			return fmt.Errorf("%w: %s", ErrKeyNotFound, shorten(id))
 		}
-		r, err := boltTx{btx}.key(id)
+		r, err := boltTx{tx: btx}.key(id)
 		if err != nil {
 			return err
 		}

@@ -91,6 +91,8 @@ type Service struct {
 	// testOnlyAuditFault, set by tests, makes storing an event fail with its error.
 	testOnlyAuditFault func(*Event) error
 
+	aeads aeadCache // the AES-GCM of key versions used last (wrap.go)
+
 	mkMu   sync.RWMutex // guards sealer and check (RotateMasterKey takes it exclusively)
 	sealer *sealer
 	check  []byte // the store's master key check value, as this service opened it
@@ -321,6 +323,7 @@ func (s *Service) Close() error {
 		close(s.closing)
 		s.stopWatch()
 		s.closeErr = s.store.close() // after the group commits under way
+		s.aeads.clear()
 	})
 	return s.closeErr
 }

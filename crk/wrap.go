@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"sync"
 
 	"crkvol/internal/ident"
 )
@@ -238,7 +239,16 @@ func wrapAAD(keyID, versionID string, aad []string) []byte {
 	return b.Bytes()
 }
 
+// versionAEAD returns the AES-GCM of a key version's material: the cached one (aeadCache)
+// when the version's sealed material is the one it was made from.
 func (s *Service) versionAEAD(r *keyRecord, v *versionRecord) (cipher.AEAD, error) {
+	if v.Destroyed || v.Material == nil {
+		_, err := s.openVersion(r, v) // its refusal
+		return nil, err
+	}
+	if a := s.aeads.get(r.ID, v.ID, v.Material); a != nil {
+		return a, nil
+	}
 	material, err := s.openVersion(r, v)
 	if err != nil {
 		return nil, err
@@ -248,7 +258,75 @@ func (s *Service) versionAEAD(r *keyRecord, v *versionRecord) (cipher.AEAD, erro
 	if err != nil {
 		return nil, fmt.Errorf("crk: key %s version %s: %w", r.ID, v.ID, err)
 	}
-	return cipher.NewGCM(block)
+	a, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, err
+	}
+	s.aeads.put(r.ID, v.ID, v.Material, a)
+	return a, nil
+}
+
+// aeadCacheSize is the most key versions an aeadCache keeps.
+const aeadCacheSize = 1024
+
+// aeadCache keeps the AES-GCM of the key versions used last, so that a wrap or an unwrap
+// does not unseal the material and expand the AES key again on every call. Each is kept
+// with the sealed material it was made from and used only for the same bytes: a version
+// re-sealed (master key rotation) or destroyed is never served from the cache. The expanded
+// keys live in memory only, never on disk, and are dropped when the version's key is
+// pruned, purged or deleted, when the master key rotates, and when the service closes. It is
+// safe for concurrent use (AES-GCM's Seal and Open keep no state between calls).
+type aeadCache struct {
+	mu sync.Mutex
+	m  map[[2]string]cachedAEAD // by key id and version id
+}
+
+type cachedAEAD struct {
+	sealed []byte
+	aead   cipher.AEAD
+}
+
+func (c *aeadCache) get(keyID, versionID string, sealed []byte) cipher.AEAD {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.m[[2]string{keyID, versionID}]; ok && bytes.Equal(e.sealed, sealed) {
+		return e.aead
+	}
+	return nil
+}
+
+func (c *aeadCache) put(keyID, versionID string, sealed []byte, a cipher.AEAD) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	id := [2]string{keyID, versionID}
+	if c.m == nil {
+		c.m = make(map[[2]string]cachedAEAD)
+	}
+	if _, ok := c.m[id]; !ok && len(c.m) >= aeadCacheSize {
+		for k := range c.m { // evict one, any
+			delete(c.m, k)
+			break
+		}
+	}
+	c.m[id] = cachedAEAD{sealed: bytes.Clone(sealed), aead: a}
+}
+
+// forget drops the versions of key keyID.
+func (c *aeadCache) forget(keyID string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id := range c.m {
+		if id[0] == keyID {
+			delete(c.m, id)
+		}
+	}
+}
+
+// clear drops every version.
+func (c *aeadCache) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.m = nil
 }
 
 func (s *Service) seal(r *keyRecord, v *versionRecord, plaintext []byte, aad []string) ([]byte, error) {

@@ -1,6 +1,7 @@
 package kpapi
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -288,14 +289,14 @@ func decodeBody(r *http.Request, v any, known bool) error {
 		}
 		return badRequest("BAD_BODY_ERR", "reading the request body: "+err.Error(), "")
 	}
-	t := strings.TrimSpace(string(raw))
-	if t == "" || t == "null" || t == "{}" {
+	t := bytes.TrimSpace(raw)
+	if len(t) == 0 || string(t) == "null" || string(t) == "{}" {
 		return nil
 	}
-	if err := checkMembers([]byte(t)); err != nil {
+	if err := checkMembers(t); err != nil {
 		return err
 	}
-	dec := json.NewDecoder(strings.NewReader(t))
+	dec := json.NewDecoder(bytes.NewReader(t))
 	if known {
 		dec.DisallowUnknownFields()
 	}
@@ -534,6 +535,15 @@ func version(v crk.Version) *KeyVersion {
 	return &KeyVersion{ID: v.ID, CreationDate: RFC3339(v.CreationDate)}
 }
 
+// actionAnswer is the body of a wrap, unwrap or rewrap answer, its members in the order a
+// map of them is written in.
+type actionAnswer struct {
+	Ciphertext          string      `json:"ciphertext,omitempty"`
+	KeyVersion          *KeyVersion `json:"keyVersion,omitempty"`
+	Plaintext           string      `json:"plaintext,omitempty"`
+	RewrappedKeyVersion *KeyVersion `json:"rewrappedKeyVersion,omitempty"`
+}
+
 func (s *Server) action(q *request, action string) error {
 	var body actionBody
 	if err := decode(q.r, &body); err != nil {
@@ -580,12 +590,12 @@ func (s *Server) action(q *request, action string) error {
 		if err != nil {
 			return err
 		}
-		out := map[string]any{"ciphertext": base64.StdEncoding.EncodeToString(res.Ciphertext), "keyVersion": version(res.KeyVersion)}
+		out := actionAnswer{Ciphertext: base64.StdEncoding.EncodeToString(res.Ciphertext), KeyVersion: version(res.KeyVersion)}
 		if res.Plaintext != nil {
-			out["plaintext"] = base64.StdEncoding.EncodeToString(res.Plaintext)
+			out.Plaintext = base64.StdEncoding.EncodeToString(res.Plaintext)
 			clear(res.Plaintext)
 		}
-		writeJSON(q.w, http.StatusOK, out)
+		writeJSON(q.w, http.StatusOK, &out)
 	case "unwrap", "rewrap":
 		if body.Ciphertext == nil {
 			return badRequest("BAD_BODY_ERR", "ciphertext is required", "ciphertext")
@@ -599,9 +609,9 @@ func (s *Server) action(q *request, action string) error {
 			if err != nil {
 				return err
 			}
-			writeJSON(q.w, http.StatusOK, map[string]any{
-				"ciphertext": base64.StdEncoding.EncodeToString(res.Ciphertext),
-				"keyVersion": version(res.OldVersion), "rewrappedKeyVersion": version(res.KeyVersion),
+			writeJSON(q.w, http.StatusOK, &actionAnswer{
+				Ciphertext: base64.StdEncoding.EncodeToString(res.Ciphertext),
+				KeyVersion: version(res.OldVersion), RewrappedKeyVersion: version(res.KeyVersion),
 			})
 			return nil
 		}
@@ -609,13 +619,13 @@ func (s *Server) action(q *request, action string) error {
 		if err != nil {
 			return err
 		}
-		out := map[string]any{"plaintext": base64.StdEncoding.EncodeToString(res.Plaintext), "keyVersion": version(res.KeyVersion)}
+		out := actionAnswer{Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext), KeyVersion: version(res.KeyVersion)}
 		if res.Rewrapped != nil {
-			out["ciphertext"] = base64.StdEncoding.EncodeToString(res.Rewrapped)
-			out["rewrappedKeyVersion"] = version(res.RewrappedVersion)
+			out.Ciphertext = base64.StdEncoding.EncodeToString(res.Rewrapped)
+			out.RewrappedKeyVersion = version(res.RewrappedVersion)
 		}
 		clear(res.Plaintext)
-		writeJSON(q.w, http.StatusOK, out)
+		writeJSON(q.w, http.StatusOK, &out)
 	case "disable":
 		if _, err := q.svc.DisableKey(q.ctx, q.id); err != nil {
 			return err
