@@ -47,9 +47,13 @@ import (
 // base64, a null inside aad; 413 for a body over [MaxBatchBody]. Every item is audited by
 // its own event, as its single call would be.
 //
-// Against a Key Protect that has no such paths (404 or 405), a client falls back to the
-// single calls (crkvol's does, remembering it).
+// Every answer of these routes, success or error, carries the header [BatchHeader]: a 404 or
+// 405 without it comes from a service that has no such route (a Key Protect), and a client
+// falls back to the single calls (crkvol's does, remembering it); with it, a 404 is the
+// refusal of the key (KEY_NOT_FOUND_ERR).
 const (
+	// BatchHeader is the response header of every answer of the batch routes, "1".
+	BatchHeader = "Crkvol-Batch"
 	// RewrapBatchPattern is the route of the batch rewrap.
 	RewrapBatchPattern = "POST /api/crkvol/v1/keys/{id}/rewrap"
 	// RegistrationsBatchPattern is the route of the batch registration update.
@@ -144,6 +148,14 @@ func itemError(err error) *BatchItemError {
 		ErrorMsg: text + ": " + strings.TrimPrefix(ae.msg, text+": "),
 		Reasons:  []ErrorReason{reason},
 	}}
+}
+
+// batchRoute serves a batch route: serveAPI, with BatchHeader set on every answer.
+func (s *Server) batchRoute(h func(*request) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(BatchHeader, "1")
+		s.serveAPI(w, r, h)
+	}
 }
 
 // bodyLimit is the body cap of a request: MaxBatchBody on the batch routes, MaxBody on the

@@ -30,6 +30,7 @@ func (e *env) batchCall(t *testing.T, method, path string, body any, out any) (i
 	resp := e.do(t, method, e.srv.URL+path, raw, http.Header{"Content-Type": {"application/json"}})
 	data, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
+	assert.Equal(t, "1", resp.Header.Get(BatchHeader), "every answer of a batch route says it is one")
 	if resp.StatusCode != http.StatusOK {
 		var eb ErrorBody
 		require.NoError(t, json.Unmarshal(data, &eb), "%s", data)

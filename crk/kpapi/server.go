@@ -112,8 +112,8 @@ func (s *Server) routes() {
 	api("GET /api/v2/key_rings", s.listKeyRings)
 	api("DELETE /api/v2/key_rings/{ring}", s.deleteKeyRing)
 	api("GET "+LifecyclePath, s.lifecycle)
-	api(RewrapBatchPattern, s.rewrapBatch)               // batch.go
-	api(RegistrationsBatchPattern, s.registrationsBatch) // batch.go
+	s.mux.HandleFunc(RewrapBatchPattern, s.batchRoute(s.rewrapBatch))               // batch.go
+	s.mux.HandleFunc(RegistrationsBatchPattern, s.batchRoute(s.registrationsBatch)) // batch.go
 	api("POST "+ImportTokenPath, s.createImportToken)
 	api("GET "+ImportTokenPath, s.getImportToken)
 	api("POST "+AcksPath, s.acknowledge)
