@@ -235,3 +235,61 @@ func TestUpdateRegistrations(t *testing.T) {
 		}
 	})
 }
+
+// TestBatchChunks: more items than one batch call takes are sent in calls of
+// kpapi.MaxBatchItems, one commit each, in process and over the API; the results keep the
+// items' order.
+func TestBatchChunks(t *testing.T) {
+	forEachBatchEnv(t, func(t *testing.T, oneCommit bool, e batchEnv) {
+		if !oneCommit {
+			t.Skip("single calls: no chunks")
+		}
+		if strings.Contains(t.Name(), "/postgres/") && !tooltest.Long() {
+			t.Skip("the PostgreSQL variant of the chunks runs with CRKVOL_LONG_TESTS=1 (CI)")
+		}
+		ctx := context.Background()
+		k, err := e.svc.CreateRootKey(ctx, "chunks")
+		require.NoError(t, err)
+		const n = kpapi.MaxBatchItems + 1
+		items := make([]volume.RewrapItem, n)
+		updates := make([]volume.RegistrationUpdate, n)
+		crn := "crn:v1:local:public:is:local:a/crkvol::volume:5b3ae5d6-6a4c-4b8e-9f0e-2f4c1d7a9b10"
+		require.NoError(t, e.ks.Register(ctx, k.ID, crn, k.KeyVersion.ID, false))
+		for i := range n {
+			items[i] = volume.RewrapItem{AAD: []string{fmt.Sprint(i % 2)}}
+			updates[i] = volume.RegistrationUpdate{CRN: crn, VersionID: k.KeyVersion.ID}
+		}
+		wraps := map[string][]byte{}
+		for _, a := range []string{"0", "1"} {
+			w, err := e.ks.Wrap(ctx, k.ID, []byte("passphrase "+a), []string{a})
+			require.NoError(t, err)
+			wraps[a] = w.Ciphertext
+		}
+		for i := range items {
+			items[i].Ciphertext = wraps[items[i].AAD[0]]
+		}
+		items[n-1].AAD = []string{"wrong"}
+		tried, commits := e.tried.Load(), e.svc.StoreStats().Commits
+		out, errs, err := e.ks.RewrapBatch(ctx, k.ID, items)
+		require.NoError(t, err)
+		assert.Equal(t, uint64(2), e.svc.StoreStats().Commits-commits)
+		for i := range n - 1 {
+			require.NoError(t, errs[i], "item %d", i)
+			require.NotEmpty(t, out[i].Ciphertext)
+		}
+		assert.ErrorIs(t, errs[n-1], crk.ErrAuth)
+		u, err := e.ks.Unwrap(ctx, k.ID, out[n-2].Ciphertext, items[n-2].AAD)
+		require.NoError(t, err)
+		assert.Equal(t, "passphrase "+items[n-2].AAD[0], string(u.Plaintext))
+		commits = e.svc.StoreStats().Commits
+		errs, err = e.ks.UpdateRegistrations(ctx, k.ID, updates)
+		require.NoError(t, err)
+		assert.Equal(t, uint64(2), e.svc.StoreStats().Commits-commits)
+		for i := range errs {
+			require.NoError(t, errs[i], "update %d", i)
+		}
+		if _, remote := e.ks.(*kms.Remote); remote {
+			assert.Equal(t, int32(4), e.tried.Load()-tried, "two requests per call")
+		}
+	})
+}
