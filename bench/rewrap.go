@@ -118,6 +118,11 @@ type RewrapResult struct {
 	HeaderBytes int64 `json:"headerBytes"`
 	// KMSCalls is the key service calls the pass made (batches count once).
 	KMSCalls int `json:"kmsCalls,omitempty"`
+	// CPUMicrosPerVolume is the CPU time (user and system) the whole process used during the
+	// case, over Rewrapped: with two cores, a rewrap costing more CPU than the ceiling's commit
+	// caps volumes/s below the ceiling whatever the flushes. The HTTP server of the remote
+	// case runs in the same process, so its CPU is counted too.
+	CPUMicrosPerVolume float64 `json:"cpuMicrosPerVolume"`
 	// P50Ms and P99Ms are the median and 99th percentile time of one volume (one commit).
 	P50Ms float64 `json:"p50Ms"`
 	P99Ms float64 `json:"p99Ms"`
@@ -441,7 +446,7 @@ func makeCeilingFiles(ctx context.Context, dir string, n int, size int64, p Comm
 // and syncs, close.
 func runCeiling(ctx context.Context, paths []string, p CommitPattern, workers int) (RewrapResult, error) {
 	lat := make([]time.Duration, len(paths))
-	start := time.Now()
+	cpu0, start := processCPU(), time.Now()
 	err := forEach(ctx, len(paths), workers, func(i int) error {
 		t0 := time.Now()
 		fh, err := os.OpenFile(paths[i], os.O_RDWR, 0)
@@ -465,7 +470,7 @@ func runCeiling(ctx context.Context, paths []string, p CommitPattern, workers in
 		lat[i] = time.Since(t0)
 		return nil
 	})
-	elapsed := time.Since(start)
+	elapsed, cpu := time.Since(start), processCPU()-cpu0
 	if err != nil {
 		return RewrapResult{}, err
 	}
@@ -475,7 +480,8 @@ func runCeiling(ctx context.Context, paths []string, p CommitPattern, workers in
 		Name:      fmt.Sprintf("ceiling: %d-flush commits", p.Flushes),
 		PerSecond: float64(len(paths)) / elapsed.Seconds(), Rewrapped: len(paths),
 		Flushes: flushes, HeaderFlushes: flushes, FlushesPerVolume: float64(p.Flushes), HeaderBytes: p.Bytes,
-		P50Ms: ms(percentile(lat, 0.5)), P99Ms: ms(percentile(lat, 0.99)),
+		CPUMicrosPerVolume: micros(cpu) / float64(len(paths)),
+		P50Ms:              ms(percentile(lat, 0.5)), P99Ms: ms(percentile(lat, 0.99)),
 	}, nil
 }
 
@@ -487,15 +493,15 @@ func (f *fleetServices) rotateLocal(ctx context.Context, workers int) (RewrapRes
 	defer mgr.Close()
 	f.clock.Advance(time.Hour)
 	before := f.counts()
-	start := time.Now()
+	cpu0, start := processCPU(), time.Now()
 	if _, err := f.svc.RotateKey(ctx, f.keyID, nil); err != nil {
 		return RewrapResult{}, err
 	}
-	elapsed := time.Since(start)
+	elapsed, cpu := time.Since(start), processCPU()-cpu0
 	if rep == nil {
 		return RewrapResult{}, errors.New("the rotation ran no rewrap pass")
 	}
-	return f.result("local: embedded key service", rep, elapsed, before)
+	return f.result("local: embedded key service", rep, elapsed, cpu, before)
 }
 
 // rotateRemote rotates the key through the Key Protect API and rewraps the fleet with
@@ -505,7 +511,7 @@ func (f *fleetServices) rotateRemote(ctx context.Context, workers int) (RewrapRe
 	defer mgr.Close()
 	f.clock.Advance(time.Hour)
 	before := f.counts()
-	start := time.Now()
+	cpu0, start := processCPU(), time.Now()
 	if err := f.remote.RotateKey(ctx, f.keyID, nil); err != nil {
 		return RewrapResult{}, err
 	}
@@ -513,13 +519,13 @@ func (f *fleetServices) rotateRemote(ctx context.Context, workers int) (RewrapRe
 	if err != nil {
 		return RewrapResult{}, err
 	}
-	elapsed := time.Since(start)
-	return f.result("remote: Key Protect API over loopback HTTP", rep, elapsed, before)
+	elapsed, cpu := time.Since(start), processCPU()-cpu0
+	return f.result("remote: Key Protect API over loopback HTTP", rep, elapsed, cpu, before)
 }
 
-// result makes the result of a rotation's pass rep, which took elapsed, from the flush
-// counts before it.
-func (f *fleetServices) result(name string, rep *volume.Report, elapsed time.Duration, before flushCounts) (RewrapResult, error) {
+// result makes the result of a rotation's pass rep, which took elapsed and cpu, from the
+// flush counts before it.
+func (f *fleetServices) result(name string, rep *volume.Report, elapsed, cpu time.Duration, before flushCounts) (RewrapResult, error) {
 	if err := rep.Err(); err != nil {
 		return RewrapResult{}, err
 	}
@@ -535,6 +541,7 @@ func (f *fleetServices) result(name string, rep *volume.Report, elapsed time.Dur
 		StoreFlushes:    int64(after.store - before.store),
 		RegistryFlushes: int64(after.registry - before.registry),
 		P50Ms:           ms(rep.Percentile(0.5)), P99Ms: ms(rep.Percentile(0.99)),
+		CPUMicrosPerVolume: micros(cpu) / float64(rep.Rewrapped),
 	}
 	res.Flushes = res.HeaderFlushes + res.StoreFlushes + res.RegistryFlushes
 	res.FlushesPerVolume = float64(res.Flushes) / float64(res.Rewrapped)
@@ -558,6 +565,8 @@ func percentile(d []time.Duration, q float64) time.Duration {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
+func micros(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
 // Ratios returns the rotations' volumes/s over the ceiling's commits/s.
 func (r *RewrapReport) Ratios() []Ratio {
 	if r.Ceiling.PerSecond == 0 {
@@ -578,10 +587,10 @@ func (r *RewrapReport) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "ceiling: each commit writes %d bytes in %d writes with %d flushes, as a LUKS2 token commit does\n",
 		r.Commit.Bytes, r.Commit.Writes, r.Commit.Flushes)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "case\tvolumes/s\tflushes/volume\theader\tkms store\tregistry\tp50 ms\tp99 ms\tvs ceiling\t")
+	fmt.Fprintln(tw, "case\tvolumes/s\tflushes/volume\theader\tkms store\tregistry\tcpu µs/volume\tp50 ms\tp99 ms\tvs ceiling\t")
 	row := func(label string, x RewrapResult, ratio string) {
-		fmt.Fprintf(tw, "%s\t%.0f\t%.2f\t%d\t%d\t%d\t%.2f\t%.2f\t%s\t\n", label, x.PerSecond, x.FlushesPerVolume,
-			x.HeaderFlushes, x.StoreFlushes, x.RegistryFlushes, x.P50Ms, x.P99Ms, ratio)
+		fmt.Fprintf(tw, "%s\t%.0f\t%.2f\t%d\t%d\t%d\t%.0f\t%.2f\t%.2f\t%s\t\n", label, x.PerSecond, x.FlushesPerVolume,
+			x.HeaderFlushes, x.StoreFlushes, x.RegistryFlushes, x.CPUMicrosPerVolume, x.P50Ms, x.P99Ms, ratio)
 	}
 	row("ceiling (commits/s)", r.Ceiling, "1.00x")
 	ratio := func(x RewrapResult) string {

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -30,4 +31,13 @@ func statfsType(dir string) string {
 		return "f2fs"
 	}
 	return fmt.Sprintf("0x%x", st.Type)
+}
+
+// processCPU returns the CPU time (user and system) this process has used so far.
+func processCPU() time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
