@@ -45,6 +45,13 @@ type RewrapOptions struct {
 	Progress func(string)
 }
 
+// rewrapBudget and rewrapQuickBudget bound a RunRewrap's wall time, the fleet's making
+// included: no round starts that would end past them (see RewrapReport.Rounds).
+const (
+	rewrapBudget      = 45 * time.Second
+	rewrapQuickBudget = 15 * time.Second
+)
+
 // FleetVolumeSize is the data size of each volume of RunRewrap's fleet: a rewrap never reads
 // nor writes the data area, so a small one costs nothing in what is measured.
 const FleetVolumeSize = 1 << 20
@@ -60,7 +67,9 @@ type RewrapReport struct {
 	MetadataSize   uint64 `json:"metadataSize"`
 	// Concurrency is the rewraps at once (Manager Workers) and the ceiling's goroutines.
 	Concurrency int `json:"concurrency"`
-	// Rounds is how many interleaved rounds were run; each figure is the best round's.
+	// Rounds is how many interleaved rounds were run; each figure is the best round's. It is
+	// fewer than asked when another round would have ended past the section's time budget
+	// (45 s, 15 s with Quick, the fleet's making included).
 	Rounds int `json:"rounds"`
 	// FileSystem is the file system of the directory the fleet was made in.
 	FileSystem string `json:"fileSystem"`
@@ -118,6 +127,11 @@ type RewrapResult struct {
 	HeaderBytes int64 `json:"headerBytes"`
 	// KMSCalls is the key service calls the pass made (batches count once).
 	KMSCalls int `json:"kmsCalls,omitempty"`
+	// CPUMicrosPerVolume is the CPU time (user and system) the whole process used during the
+	// case, over Rewrapped: with two cores, a rewrap costing more CPU than the ceiling's commit
+	// caps volumes/s below the ceiling whatever the flushes. The HTTP server of the remote
+	// case runs in the same process, so its CPU is counted too.
+	CPUMicrosPerVolume float64 `json:"cpuMicrosPerVolume"`
 	// P50Ms and P99Ms are the median and 99th percentile time of one volume (one commit).
 	P50Ms float64 `json:"p50Ms"`
 	P99Ms float64 `json:"p99Ms"`
@@ -189,6 +203,7 @@ func RunRewrap(ctx context.Context, opts RewrapOptions) (_ *RewrapReport, err er
 		return nil, err
 	}
 
+	var lastRound time.Duration
 	cases := []struct {
 		key string
 		run func() (RewrapResult, error)
@@ -198,7 +213,21 @@ func RunRewrap(ctx context.Context, opts RewrapOptions) (_ *RewrapReport, err er
 		{"local", func() (RewrapResult, error) { return f.rotateLocal(ctx, opts.Concurrency) }, &r.Local},
 		{"remote", func() (RewrapResult, error) { return f.rotateRemote(ctx, opts.Concurrency) }, &r.Remote},
 	}
+	// A round is not started when, taking as long as the last one, it would end past the
+	// section's budget: a slow or busy machine gets fewer rounds (Rounds says how many ran)
+	// rather than a run that does not end.
+	budget := rewrapBudget
+	if opts.Quick {
+		budget = rewrapQuickBudget
+	}
+	r.Rounds = 0
 	for round := range opts.Rounds {
+		roundStart := time.Now()
+		if round > 0 && time.Since(start)+lastRound > budget {
+			progress("round %d/%d not started: it would end past the %s budget", round+1, opts.Rounds, budget)
+			break
+		}
+		r.Rounds++
 		for i := range cases {
 			// Each round starts with the next case, so that no case always follows the same one.
 			c := cases[(round+i)%len(cases)]
@@ -212,6 +241,7 @@ func RunRewrap(ctx context.Context, opts RewrapOptions) (_ *RewrapReport, err er
 				*c.out = res
 			}
 		}
+		lastRound = time.Since(roundStart)
 	}
 	return r, ctx.Err()
 }
@@ -441,7 +471,7 @@ func makeCeilingFiles(ctx context.Context, dir string, n int, size int64, p Comm
 // and syncs, close.
 func runCeiling(ctx context.Context, paths []string, p CommitPattern, workers int) (RewrapResult, error) {
 	lat := make([]time.Duration, len(paths))
-	start := time.Now()
+	cpu0, start := processCPU(), time.Now()
 	err := forEach(ctx, len(paths), workers, func(i int) error {
 		t0 := time.Now()
 		fh, err := os.OpenFile(paths[i], os.O_RDWR, 0)
@@ -465,7 +495,7 @@ func runCeiling(ctx context.Context, paths []string, p CommitPattern, workers in
 		lat[i] = time.Since(t0)
 		return nil
 	})
-	elapsed := time.Since(start)
+	elapsed, cpu := time.Since(start), processCPU()-cpu0
 	if err != nil {
 		return RewrapResult{}, err
 	}
@@ -475,7 +505,8 @@ func runCeiling(ctx context.Context, paths []string, p CommitPattern, workers in
 		Name:      fmt.Sprintf("ceiling: %d-flush commits", p.Flushes),
 		PerSecond: float64(len(paths)) / elapsed.Seconds(), Rewrapped: len(paths),
 		Flushes: flushes, HeaderFlushes: flushes, FlushesPerVolume: float64(p.Flushes), HeaderBytes: p.Bytes,
-		P50Ms: ms(percentile(lat, 0.5)), P99Ms: ms(percentile(lat, 0.99)),
+		CPUMicrosPerVolume: micros(cpu) / float64(len(paths)),
+		P50Ms:              ms(percentile(lat, 0.5)), P99Ms: ms(percentile(lat, 0.99)),
 	}, nil
 }
 
@@ -487,15 +518,15 @@ func (f *fleetServices) rotateLocal(ctx context.Context, workers int) (RewrapRes
 	defer mgr.Close()
 	f.clock.Advance(time.Hour)
 	before := f.counts()
-	start := time.Now()
+	cpu0, start := processCPU(), time.Now()
 	if _, err := f.svc.RotateKey(ctx, f.keyID, nil); err != nil {
 		return RewrapResult{}, err
 	}
-	elapsed := time.Since(start)
+	elapsed, cpu := time.Since(start), processCPU()-cpu0
 	if rep == nil {
 		return RewrapResult{}, errors.New("the rotation ran no rewrap pass")
 	}
-	return f.result("local: embedded key service", rep, elapsed, before)
+	return f.result("local: embedded key service", rep, elapsed, cpu, before)
 }
 
 // rotateRemote rotates the key through the Key Protect API and rewraps the fleet with
@@ -505,7 +536,7 @@ func (f *fleetServices) rotateRemote(ctx context.Context, workers int) (RewrapRe
 	defer mgr.Close()
 	f.clock.Advance(time.Hour)
 	before := f.counts()
-	start := time.Now()
+	cpu0, start := processCPU(), time.Now()
 	if err := f.remote.RotateKey(ctx, f.keyID, nil); err != nil {
 		return RewrapResult{}, err
 	}
@@ -513,13 +544,13 @@ func (f *fleetServices) rotateRemote(ctx context.Context, workers int) (RewrapRe
 	if err != nil {
 		return RewrapResult{}, err
 	}
-	elapsed := time.Since(start)
-	return f.result("remote: Key Protect API over loopback HTTP", rep, elapsed, before)
+	elapsed, cpu := time.Since(start), processCPU()-cpu0
+	return f.result("remote: Key Protect API over loopback HTTP", rep, elapsed, cpu, before)
 }
 
-// result makes the result of a rotation's pass rep, which took elapsed, from the flush
-// counts before it.
-func (f *fleetServices) result(name string, rep *volume.Report, elapsed time.Duration, before flushCounts) (RewrapResult, error) {
+// result makes the result of a rotation's pass rep, which took elapsed and cpu, from the
+// flush counts before it.
+func (f *fleetServices) result(name string, rep *volume.Report, elapsed, cpu time.Duration, before flushCounts) (RewrapResult, error) {
 	if err := rep.Err(); err != nil {
 		return RewrapResult{}, err
 	}
@@ -535,6 +566,7 @@ func (f *fleetServices) result(name string, rep *volume.Report, elapsed time.Dur
 		StoreFlushes:    int64(after.store - before.store),
 		RegistryFlushes: int64(after.registry - before.registry),
 		P50Ms:           ms(rep.Percentile(0.5)), P99Ms: ms(rep.Percentile(0.99)),
+		CPUMicrosPerVolume: micros(cpu) / float64(rep.Rewrapped),
 	}
 	res.Flushes = res.HeaderFlushes + res.StoreFlushes + res.RegistryFlushes
 	res.FlushesPerVolume = float64(res.Flushes) / float64(res.Rewrapped)
@@ -558,6 +590,8 @@ func percentile(d []time.Duration, q float64) time.Duration {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
+func micros(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
 // Ratios returns the rotations' volumes/s over the ceiling's commits/s.
 func (r *RewrapReport) Ratios() []Ratio {
 	if r.Ceiling.PerSecond == 0 {
@@ -578,10 +612,10 @@ func (r *RewrapReport) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "ceiling: each commit writes %d bytes in %d writes with %d flushes, as a LUKS2 token commit does\n",
 		r.Commit.Bytes, r.Commit.Writes, r.Commit.Flushes)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "case\tvolumes/s\tflushes/volume\theader\tkms store\tregistry\tp50 ms\tp99 ms\tvs ceiling\t")
+	fmt.Fprintln(tw, "case\tvolumes/s\tflushes/volume\theader\tkms store\tregistry\tcpu µs/volume\tp50 ms\tp99 ms\tvs ceiling\t")
 	row := func(label string, x RewrapResult, ratio string) {
-		fmt.Fprintf(tw, "%s\t%.0f\t%.2f\t%d\t%d\t%d\t%.2f\t%.2f\t%s\t\n", label, x.PerSecond, x.FlushesPerVolume,
-			x.HeaderFlushes, x.StoreFlushes, x.RegistryFlushes, x.P50Ms, x.P99Ms, ratio)
+		fmt.Fprintf(tw, "%s\t%.0f\t%.2f\t%d\t%d\t%d\t%.0f\t%.2f\t%.2f\t%s\t\n", label, x.PerSecond, x.FlushesPerVolume,
+			x.HeaderFlushes, x.StoreFlushes, x.RegistryFlushes, x.CPUMicrosPerVolume, x.P50Ms, x.P99Ms, ratio)
 	}
 	row("ceiling (commits/s)", r.Ceiling, "1.00x")
 	ratio := func(x RewrapResult) string {

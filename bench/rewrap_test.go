@@ -46,6 +46,7 @@ func TestRunRewrap(t *testing.T) {
 		assert.Equal(t, c.HeaderFlushes+c.StoreFlushes+c.RegistryFlushes, c.Flushes, c.Name)
 		assert.InDelta(t, float64(c.Flushes)/12, c.FlushesPerVolume, 1e-9, c.Name)
 		assert.LessOrEqual(t, c.P50Ms, c.P99Ms, c.Name)
+		assert.Positive(t, c.CPUMicrosPerVolume, c.Name)
 		assert.Equal(t, []float64{c.PerSecond}, r.Each[key], c.Name)
 	}
 	// The rotations go through the key service and the registry; the ceiling does not.
@@ -65,7 +66,7 @@ func TestRunRewrap(t *testing.T) {
 
 	var table bytes.Buffer
 	require.NoError(t, r.WriteTable(&table))
-	for _, want := range []string{"12 volumes", "ceiling", "local", "remote", "flushes/volume", "target 0.60x"} {
+	for _, want := range []string{"12 volumes", "ceiling", "local", "remote", "flushes/volume", "cpu µs/volume", "target 0.60x"} {
 		assert.Contains(t, table.String(), want)
 	}
 	raw, err := json.Marshal(r)
