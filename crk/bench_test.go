@@ -3,6 +3,7 @@ package crk
 import (
 	"context"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -54,6 +55,27 @@ func BenchmarkRotate(b *testing.B) {
 	for b.Loop() {
 		clock.Advance(time.Hour)
 		if _, err := svc.RotateKey(ctx, k.ID, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkUpdateRegistration measures one durable registration update by a lone caller (a
+// batched change: concurrent callers share its commit, a lone one commits at once, with no
+// wait for company).
+func BenchmarkUpdateRegistration(b *testing.B) {
+	svc, k := benchService(b, false)
+	ctx := context.Background()
+	const crn = "crn:v1:local:public:is:local:a/crkvol::volume:bench"
+	if _, err := svc.Register(ctx, k.ID, crn, RegisterOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		i++
+		desc := strconv.Itoa(i)
+		if _, err := svc.UpdateRegistration(ctx, k.ID, crn, RegistrationUpdate{Description: &desc}); err != nil {
 			b.Fatal(err)
 		}
 	}
