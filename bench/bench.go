@@ -56,7 +56,7 @@ func Sections() []string { return []string{"sector", "kms", "rewrap", "io", "nbd
 type Options struct {
 	// Sections names the sections to run (see Sections); none means "sector".
 	Sections []string
-	// Quick runs every section's short variant: about a tenth of the time, one round.
+	// Quick runs every section's short variant: about a tenth of the time.
 	Quick bool
 	// Dir is the scratch directory of the sections that write files, "" for os.TempDir().
 	// Each section removes what it created, also on failure or cancellation. Sections that
