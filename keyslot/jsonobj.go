@@ -55,7 +55,8 @@ func checkDepth(path string, text []byte, limit int) error {
 	return nil
 }
 
-// parseObject decodes raw as one JSON object. Duplicate member names are refused.
+// parseObject decodes raw as one JSON object. Duplicate member names are refused. Member
+// values are slices of raw, without the whitespace around them.
 func parseObject(path string, raw []byte) (*object, error) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || raw[0] != '{' {
@@ -64,36 +65,30 @@ func parseObject(path string, raw []byte) (*object, error) {
 	if !utf8.Valid(raw) {
 		return nil, fmt.Errorf("%w: %s: invalid UTF-8", ErrInvalidMetadata, path)
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	if _, err := dec.Token(); err != nil { // '{'
-		return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
-	}
 	o := &object{path: path}
-	seen := make(map[string]bool)
-	for dec.More() {
-		tok, err := dec.Token()
+	var memberErr error
+	end, err := scanObject(raw, 0, 1, func(rawName []byte, escaped bool, value []byte) error {
+		name, err := unquote(rawName, escaped)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
+			memberErr = fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
+			return memberErr
 		}
-		name, ok := tok.(string)
-		if !ok {
-			return nil, fmt.Errorf("%w: %s: member name is not a string", ErrInvalidMetadata, path)
+		for _, m := range o.members {
+			if m.name == name {
+				memberErr = fmt.Errorf("%w: %s: duplicate member %q", ErrInvalidMetadata, path, name)
+				return memberErr
+			}
 		}
-		if seen[name] {
-			return nil, fmt.Errorf("%w: %s: duplicate member %q", ErrInvalidMetadata, path, name)
-		}
-		seen[name] = true
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return nil, fmt.Errorf("%w: %s.%s: %v", ErrInvalidMetadata, path, name, err)
-		}
-		o.members = append(o.members, member{name, v})
+		o.members = append(o.members, member{name, value})
+		return nil
+	})
+	if memberErr != nil {
+		return nil, memberErr
 	}
-	if _, err := dec.Token(); err != nil { // '}'
+	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
 	}
-	if dec.More() || int(dec.InputOffset()) != len(raw) {
+	if end != len(raw) {
 		return nil, fmt.Errorf("%w: %s: data after the object", ErrInvalidMetadata, path)
 	}
 	return o, nil
@@ -135,8 +130,15 @@ func (o *object) str(name string) (string, error) {
 	if len(v) == 0 || v[0] != '"' {
 		return "", o.errorf(name, "want a string")
 	}
-	var s string
-	if err := json.Unmarshal(v, &s); err != nil {
+	end, escaped, err := scanString(v, 0)
+	if err == nil && end != len(v) {
+		err = scanError(v, end, "after top-level value")
+	}
+	if err != nil {
+		return "", o.errorf(name, "%v", err)
+	}
+	s, err := unquote(v, escaped)
+	if err != nil {
 		return "", o.errorf(name, "%v", err)
 	}
 	return s, nil
@@ -222,9 +224,9 @@ func (o *object) strings(name string, maxLen int) ([]string, error) {
 	if len(v) == 0 || v[0] != '[' {
 		return nil, o.errorf(name, "want an array of strings")
 	}
-	// Elements are checked one by one: json.Unmarshal would turn a null element into "".
-	var elems []json.RawMessage
-	if err := json.Unmarshal(v, &elems); err != nil {
+	// Elements are checked one by one: a null element is not a string.
+	elems, err := arrayElems(v)
+	if err != nil {
 		return nil, o.errorf(name, "want an array of strings")
 	}
 	if len(elems) > maxLen {
@@ -232,8 +234,15 @@ func (o *object) strings(name string, maxLen int) ([]string, error) {
 	}
 	out := make([]string, 0, len(elems))
 	for _, e := range elems {
-		var s string
-		if len(e) == 0 || e[0] != '"' || json.Unmarshal(e, &s) != nil {
+		if len(e) == 0 || e[0] != '"' {
+			return nil, o.errorf(name, "want an array of strings")
+		}
+		end, escaped, err := scanString(e, 0)
+		if err != nil || end != len(e) {
+			return nil, o.errorf(name, "want an array of strings")
+		}
+		s, err := unquote(e, escaped)
+		if err != nil {
 			return nil, o.errorf(name, "want an array of strings")
 		}
 		out = append(out, s)
@@ -372,6 +381,11 @@ func (w *writer) b64(name string, v []byte) { w.str(name, base64.StdEncoding.Enc
 
 func (w *writer) raw(name string, v json.RawMessage) {
 	w.key(name)
+	if !needsCompact(v) {
+		// What json.Compact would give back: the value as it is.
+		w.b = append(w.b, v...)
+		return
+	}
 	var buf bytes.Buffer
 	if err := json.Compact(&buf, v); err != nil {
 		// Values reach the writer only after parsing; keep them as they are.
@@ -441,8 +455,8 @@ func canonical(path string, raw json.RawMessage, depth int) ([]byte, error) {
 		w.close('}')
 		return w.b, nil
 	case c == '[':
-		var elems []json.RawMessage
-		if err := json.Unmarshal(raw, &elems); err != nil {
+		elems, err := arrayElems(raw)
+		if err != nil {
 			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
 		}
 		var w writer
@@ -458,8 +472,15 @@ func canonical(path string, raw json.RawMessage, depth int) ([]byte, error) {
 		w.close(']')
 		return w.b, nil
 	case c == '"':
-		var str string
-		if err := json.Unmarshal(raw, &str); err != nil {
+		end, escaped, err := scanString(raw, 0)
+		if err == nil && end != len(raw) {
+			err = scanError(raw, end, "after top-level value")
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
+		}
+		str, err := unquote(raw, escaped)
+		if err != nil {
 			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
 		}
 		if !utf8.ValidString(str) || strings.ContainsRune(str, utf8.RuneError) {
