@@ -22,6 +22,7 @@ type member struct {
 type object struct {
 	path    string
 	members []member
+	small   [8]member // members' first backing array: most objects have at most 8
 }
 
 // checkDepth refuses JSON text whose objects and arrays nest more than limit levels. It is
@@ -66,33 +67,93 @@ func parseObject(path string, raw []byte) (*object, error) {
 		return nil, fmt.Errorf("%w: %s: invalid UTF-8", ErrInvalidMetadata, path)
 	}
 	o := &object{path: path}
-	var memberErr error
-	end, err := scanObject(raw, 0, 1, func(rawName []byte, escaped bool, value []byte) error {
-		name, err := unquote(rawName, escaped)
-		if err != nil {
-			memberErr = fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
-			return memberErr
-		}
-		for _, m := range o.members {
-			if m.name == name {
-				memberErr = fmt.Errorf("%w: %s: duplicate member %q", ErrInvalidMetadata, path, name)
-				return memberErr
-			}
-		}
-		o.members = append(o.members, member{name, value})
-		return nil
-	})
-	if memberErr != nil {
-		return nil, memberErr
-	}
-	if err != nil {
+	o.members = o.small[:0]
+	bad := func(err error) (*object, error) {
 		return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
 	}
-	if end != len(raw) {
+	i := skipSpace(raw, 1)
+	if i < len(raw) && raw[i] == '}' {
+		i++
+	} else {
+		for {
+			if i >= len(raw) || raw[i] != '"' {
+				return bad(scanError(raw, i, "looking for beginning of object key string"))
+			}
+			nameEnd, escaped, err := scanString(raw, i)
+			if err != nil {
+				return bad(err)
+			}
+			name, err := memberName(raw[i:nameEnd], escaped)
+			if err != nil {
+				return bad(err)
+			}
+			j := skipSpace(raw, nameEnd)
+			if j >= len(raw) || raw[j] != ':' {
+				return bad(scanError(raw, j, "after object key"))
+			}
+			start := skipSpace(raw, j+1)
+			end, err := scanValue(raw, start, 1)
+			if err != nil {
+				return bad(err)
+			}
+			for _, m := range o.members {
+				if m.name == name {
+					return nil, fmt.Errorf("%w: %s: duplicate member %q", ErrInvalidMetadata, path, name)
+				}
+			}
+			o.members = append(o.members, member{name, raw[start:end]})
+			i = skipSpace(raw, end)
+			if i >= len(raw) {
+				return bad(scanError(raw, i, ""))
+			}
+			if raw[i] == '}' {
+				i++
+				break
+			}
+			if raw[i] != ',' {
+				return bad(scanError(raw, i, "after object key:value pair"))
+			}
+			i = skipSpace(raw, i+1)
+		}
+	}
+	if i != len(raw) {
 		return nil, fmt.Errorf("%w: %s: data after the object", ErrInvalidMetadata, path)
 	}
 	return o, nil
 }
+
+// memberName decodes a member name (a scanned JSON string, quotes included). The names
+// LUKS2 defines come from knownNames, without a copy.
+func memberName(raw []byte, escaped bool) (string, error) {
+	if !escaped {
+		if s, ok := knownNames[string(raw[1:len(raw)-1])]; ok {
+			return s, nil
+		}
+	}
+	return unquote(raw, escaped)
+}
+
+// knownNames holds the member names of LUKS2 metadata and crkvol's tokens, and the object
+// ids "0" to "31", so that parsing them allocates nothing.
+var knownNames = func() map[string]string {
+	m := make(map[string]string)
+	for _, s := range []string{
+		"keyslots", "tokens", "segments", "digests", "config", "type", "key_size", "af",
+		"stripes", "hash", "area", "offset", "size", "encryption", "kdf", "salt",
+		"iterations", "time", "memory", "cpus", "priority", "iv_tweak", "sector_size", "flags",
+		"digest", "json_size", "keyslots_size", "requirements", "mandatory",
+		// crkvol-crk tokens (volume/token.go).
+		"key_id", "key_crn", "key_version", "ciphertext", "wrapped_at", "volume_crn", "wipe",
+		"data_size",
+	} {
+		m[s] = s
+	}
+	for i := range 32 {
+		s := strconv.Itoa(i)
+		m[s] = s
+	}
+	return m
+}()
 
 func (o *object) errorf(name, format string, args ...any) error {
 	return fmt.Errorf("%w: %s.%s: %s", ErrInvalidMetadata, o.path, name, fmt.Sprintf(format, args...))
