@@ -370,6 +370,12 @@ func (m *Manager) enroll(ctx context.Context, img *keyslot.Image, f *os.File, pa
 // its volume_crn must be the image's, and the keyslot it names must exist. A token whose
 // volume_crn names another volume is skipped when a token of this volume follows it.
 func findToken(img *keyslot.Image) (int, *token, error) {
+	id, tok, _, err := findTokenRaw(img)
+	return id, tok, err
+}
+
+// findTokenRaw is findToken that also returns the token's JSON as stored.
+func findTokenRaw(img *keyslot.Image) (int, *token, json.RawMessage, error) {
 	uuid := img.UUID()
 	var other error
 	for _, t := range img.Tokens() {
@@ -378,7 +384,7 @@ func findToken(img *keyslot.Image) (int, *token, error) {
 		}
 		raw, err := img.Token(t.ID)
 		if err != nil {
-			return 0, nil, err
+			return 0, nil, nil, err
 		}
 		tok, err := parseToken(raw, uuid)
 		if ov := (*otherVolumeError)(nil); errors.As(err, &ov) {
@@ -390,17 +396,17 @@ func findToken(img *keyslot.Image) (int, *token, error) {
 			continue
 		}
 		if err != nil {
-			return 0, nil, fmt.Errorf("token %d: %w", t.ID, err)
+			return 0, nil, nil, fmt.Errorf("token %d: %w", t.ID, err)
 		}
 		if slot, ok := tok.slot(); ok && !hasKeyslot(img, slot) {
-			return 0, nil, fmt.Errorf("token %d: %w: keyslots: keyslot %d does not exist", t.ID, ErrBadToken, slot)
+			return 0, nil, nil, fmt.Errorf("token %d: %w: keyslots: keyslot %d does not exist", t.ID, ErrBadToken, slot)
 		}
-		return t.ID, tok, nil
+		return t.ID, tok, raw, nil
 	}
 	if other != nil {
-		return 0, nil, other
+		return 0, nil, nil, other
 	}
-	return 0, nil, ErrNoToken
+	return 0, nil, nil, ErrNoToken
 }
 
 // hasKeyslot reports whether img has keyslot id.
