@@ -74,11 +74,10 @@ func (s *Service) RewrapBatch(ctx context.Context, keyID string, items []RewrapI
 	if err != nil {
 		return nil, nil, s.refuseAll(ctx, ActionRewrap, keyID, len(items), err)
 	}
-	evs := make([]*Event, len(items))
-	for i := range items {
-		evs[i] = s.newEvent(ctx, ActionRewrap, rec, keyID, errs[i])
+	evs := itemEvents(s.newEvent(ctx, ActionRewrap, rec, keyID, nil), errs)
+	for i, ev := range evs {
 		if errs[i] == nil {
-			evs[i].KeyVersion = results[i].KeyVersion.ID
+			ev.KeyVersion = results[i].KeyVersion.ID
 		}
 	}
 	if err := s.recordAll(evs); err != nil {
@@ -94,14 +93,26 @@ func (s *Service) refuseAll(ctx context.Context, action, keyID string, n int, er
 	if errors.Is(err, ErrAudit) || errors.Is(err, ErrUnavailable) || abandoned {
 		return err // as refuse: nothing to record, or no store to record it in
 	}
-	evs := make([]*Event, n)
-	for i := range evs {
-		evs[i] = s.newEvent(ctx, action, nil, keyID, err)
-	}
+	evs := itemEvents(s.newEvent(ctx, action, nil, keyID, err), make([]error, n))
 	if aerr := s.recordAll(evs); aerr != nil {
 		return fmt.Errorf("%w (refusing: %w)", aerr, err)
 	}
 	return err
+}
+
+// itemEvents returns one event per item of a batch: copies of base (the batch's action, key,
+// initiator and time), each a failure with its error's text when errs[i] is set.
+func itemEvents(base *Event, errs []error) []*Event {
+	all := make([]Event, len(errs))
+	evs := make([]*Event, len(errs))
+	for i := range all {
+		all[i] = *base
+		if errs[i] != nil {
+			all[i].Outcome, all[i].Reason = OutcomeFailure, errs[i].Error()
+		}
+		evs[i] = &all[i]
+	}
+	return evs
 }
 
 // versionAEADs opens each version of a key once for the items of a batch.
@@ -205,9 +216,9 @@ func (s *Service) UpdateRegistrationVersions(ctx context.Context, keyID string, 
 		if err := allowed(r, ActionRegUpdate); err != nil {
 			return err
 		}
-		evs := make([]*Event, len(updates))
+		evs := itemEvents(s.newEvent(ctx, ActionRegUpdate, r, keyID, nil), errs)
 		for i, u := range updates {
-			ev := s.newEvent(ctx, ActionRegUpdate, r, keyID, nil)
+			ev := evs[i]
 			ev.ResourceCRN = u.CRN
 			errs[i] = s.updateRegVersion(tx, r, u, now, who, ev)
 			if errs[i] != nil {
@@ -216,7 +227,6 @@ func (s *Service) UpdateRegistrationVersions(ctx context.Context, keyID string, 
 				}
 				ev.Outcome, ev.Reason, ev.KeyVersion = OutcomeFailure, errs[i].Error(), ""
 			}
-			evs[i] = ev
 		}
 		return s.appendEvents(tx, evs)
 	})

@@ -39,6 +39,14 @@
 // the registrations still on older versions; [Service.SyncKey] runs them again.
 // [Service.Prune] destroys older versions no registration uses (beyond Key Protect).
 //
+// # Batches and store statistics
+//
+// A fleet rotation rewraps and re-registers many resources of one key: [Service.RewrapBatch]
+// and [Service.UpdateRegistrationVersions] do up to [MaxBatchItems] of them in one call, one
+// commit of the store with one audit event per item, answering per item (a refused item
+// does not fail the others). [Service.StoreStats] counts the store's commits and the
+// flushes they made since Open, for flush accounting in tests and benchmarks.
+//
 // # Policies and dual authorization
 //
 // Instance policies ([Service.SetInstancePolicies], [Service.InstancePolicies]) set defaults

@@ -38,6 +38,16 @@
 // API key as reporter), GET [AcksPath] lists each host's latest acknowledgement of a key, and
 // DELETE [AcksPath] forgets one host's.
 //
+// Batch calls, for clients that rewrap or re-register many resources of one key (a fleet
+// rotation): POST /api/crkvol/v1/keys/{id}/rewrap rewraps up to [MaxBatchItems] ciphertexts
+// and PATCH /api/crkvol/v1/keys/{id}/registrations moves up to as many registrations to
+// newer key versions, each in one call of the service (one commit of its store, with one
+// audit event per item), answering per item in request order: the result, or the error
+// resource and status the item's single call would have been answered. See
+// [RewrapBatchPattern] for the bodies; every answer of these routes carries [BatchHeader],
+// so that a client tells a service without them (Key Protect: 404 or 405 without it) from a
+// refusal, and falls back to the single calls.
+//
 // Import tokens are served at [ImportTokenPath] as Key Protect serves them: POST creates the
 // instance's one token (replacing any: expiration 300 to 86400 s, default 600;
 // maxAllowedRetrievals 1 to 500, default 1) and answers 201 with its metadata; GET retrieves

@@ -112,6 +112,8 @@ func (s *Server) routes() {
 	api("GET /api/v2/key_rings", s.listKeyRings)
 	api("DELETE /api/v2/key_rings/{ring}", s.deleteKeyRing)
 	api("GET "+LifecyclePath, s.lifecycle)
+	s.mux.HandleFunc(RewrapBatchPattern, s.batchRoute(s.rewrapBatch))               // batch.go
+	s.mux.HandleFunc(RegistrationsBatchPattern, s.batchRoute(s.registrationsBatch)) // batch.go
 	api("POST "+ImportTokenPath, s.createImportToken)
 	api("GET "+ImportTokenPath, s.getImportToken)
 	api("POST "+AcksPath, s.acknowledge)
@@ -137,7 +139,7 @@ func (s *Server) routes() {
 // serveAPI authenticates a request and runs h; failures become the error envelope and an
 // audit event.
 func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*request) error) {
-	r.Body = http.MaxBytesReader(w, r.Body, MaxBody)
+	r.Body = http.MaxBytesReader(w, r.Body, bodyLimit(r))
 	// Instance ids are UUIDs: accepted in either case, used in lower case.
 	instance, err := ident.CanonicalUUID(r.Header.Get("bluemix-instance"))
 	if err != nil {

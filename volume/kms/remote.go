@@ -115,6 +115,11 @@ type Remote struct {
 	// tokens talks to the token endpoint.
 	tokens *http.Client
 
+	// noRewrapBatch and noRegBatch remember that the service has no batch call (a Key
+	// Protect without crkvol's extensions): RewrapBatch and UpdateRegistrations then make
+	// single calls without asking again (remotebatch.go).
+	noRewrapBatch, noRegBatch atomic.Bool
+
 	mu      sync.Mutex
 	token   string
 	expires time.Time
@@ -676,6 +681,15 @@ func (r *Remote) send(ctx context.Context, auth, method, path string, body []byt
 
 // sendWith is send with the HTTP client hc.
 func (r *Remote) sendWith(ctx context.Context, hc *http.Client, auth, method, path string, body []byte, out any) error {
+	return r.sendLimit(ctx, hc, auth, method, path, body, out, maxAnswer, nil)
+}
+
+// maxAnswer caps the body of an answer (a batch call's has its own cap).
+const maxAnswer = 1 << 20
+
+// sendLimit is sendWith reading at most limit bytes of the answer; when header is not nil,
+// it receives the answer's header.
+func (r *Remote) sendLimit(ctx context.Context, hc *http.Client, auth, method, path string, body []byte, out any, limit int, header *http.Header) error {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
@@ -699,7 +713,10 @@ func (r *Remote) sendWith(ctx context.Context, hc *http.Client, auth, method, pa
 		return err
 	}
 	defer resp.Body.Close()
-	raw, err := readBody(resp.Body, 1<<20)
+	if header != nil {
+		*header = resp.Header
+	}
+	raw, err := readBody(resp.Body, limit)
 	if err != nil {
 		return err
 	}
