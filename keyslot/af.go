@@ -34,13 +34,22 @@ type diffuser struct {
 	hh     hash.Hash
 	sum    []byte
 	sha256 bool
+	blocks bool // sha256 through sha256Blocks: one compression per hash (see hasSHANI)
 	in     [4 + sha256.Size]byte
+	blk    [64]byte
 }
 
 func newDiffuser(h hashInfo) *diffuser {
+	return newDiffuserWith(h, hasSHANI)
+}
+
+// newDiffuserWith is newDiffuser, hashing sha256 through sha256Blocks when blocks is true
+// (tests compare both ways).
+func newDiffuserWith(h hashInfo, blocks bool) *diffuser {
 	d := &diffuser{h: h, sum: make([]byte, 0, h.size)}
 	if h.size == sha256.Size && h.isSHA256 {
 		d.sha256 = true
+		d.blocks = blocks
 	} else {
 		d.hh = h.new()
 	}
@@ -50,6 +59,7 @@ func newDiffuser(h hashInfo) *diffuser {
 // wipe clears the scratch space, which held key-derived material.
 func (d *diffuser) wipe() {
 	clear(d.in[:])
+	clear(d.blk[:])
 	clear(d.sum[:cap(d.sum)])
 	if d.hh != nil {
 		d.hh.Reset()
@@ -62,6 +72,17 @@ func (d *diffuser) diffuse(buf []byte) {
 	size := d.h.size
 	for i, off := uint32(0), 0; off < len(buf); i, off = i+1, off+size {
 		end := min(off+size, len(buf))
+		if d.blocks {
+			// H(BE32(i) || block) is one 64-byte SHA-256 block (at most 36 bytes of
+			// message): one compression from the initial value.
+			binary.BigEndian.PutUint32(d.blk[:4], i)
+			n := copy(d.blk[4:], buf[off:end])
+			sha256Pad(&d.blk, 4+n, 0)
+			st := sha256IV
+			sha256Blocks(&st, d.blk[:])
+			sha256Put(buf[off:end], &st)
+			continue
+		}
 		if d.sha256 {
 			// The common case, without the hash.Hash interface.
 			binary.BigEndian.PutUint32(d.in[:4], i)

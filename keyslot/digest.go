@@ -39,7 +39,7 @@ func (d *digestMeta) compute(ctx context.Context, volumeKey []byte, n int) ([]by
 	if err != nil {
 		return nil, err
 	}
-	return pbkdf2Key(ctx, volumeKey, d.salt, d.iterations, n, h.new)
+	return pbkdf2Derive(ctx, volumeKey, d.salt, d.iterations, n, h)
 }
 
 // verify reports whether volumeKey matches the digest, in constant time. It stops with an

@@ -139,21 +139,6 @@ func (h *binHeader) marshal(withCsum bool) []byte {
 	return b
 }
 
-// checksum computes the header checksum: the hash of the binary header with a zeroed checksum
-// field followed by the whole JSON area.
-func (h *binHeader) checksum(jsonArea []byte) ([csumLen]byte, error) {
-	var out [csumLen]byte
-	hi, err := hashByName(h.csumAlg)
-	if err != nil {
-		return out, fmt.Errorf("%w: checksum algorithm: %w", ErrHeaderCorrupt, err)
-	}
-	hh := hi.new()
-	hh.Write(h.marshal(false))
-	hh.Write(jsonArea)
-	copy(out[:], hh.Sum(nil))
-	return out, nil
-}
-
 // diskChecksum computes the checksum of a header copy as read: the hash of the 4096 bytes of
 // its binary header exactly as on disk, with the checksum field zeroed, then the whole JSON
 // area (cryptsetup's hdr_checksum_check). Padding and bytes after a text field's NUL are

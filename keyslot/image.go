@@ -41,9 +41,15 @@ type Image struct {
 	dev  Device
 	rand io.Reader
 
-	mu     sync.Mutex // guards st and health, and serialises updates in this process
+	mu     sync.Mutex // guards st, health and verified, and serialises updates in this process
 	st     *state
 	health Health
+
+	// verified holds, by offset, the header copy last read there and found whole and
+	// valid, or last written there: its bytes and what they parse to. A copy read again
+	// byte for byte the same has the same checksum and metadata, so readCopy takes them
+	// from here instead of hashing and parsing again; different bytes are checked in full.
+	verified map[uint64]*copyState
 }
 
 // state is one consistent view of the header: the binary fields and the metadata.
@@ -116,7 +122,10 @@ func (img *Image) locked(ctx context.Context, how int, fn func(st *state, health
 		return err
 	}
 	defer unlock()
-	st, health, err := load(img.dev)
+	if img.verified == nil {
+		img.verified = make(map[uint64]*copyState, 2)
+	}
+	st, health, err := load(img.dev, img.verified)
 	if err != nil {
 		return err
 	}
@@ -164,7 +173,7 @@ func (img *Image) repairLocked(st *state, health Health) error {
 		if bad == nil {
 			continue
 		}
-		if err := img.writeCopyOf(st.bin, secondary, area); err != nil {
+		if err := img.writeCopyOf(st.bin, secondary, area, st.text, st.meta); err != nil {
 			return fmt.Errorf("keyslot: repairing the %s header: %w", copyName(secondary), err)
 		}
 	}
@@ -173,8 +182,9 @@ func (img *Image) repairLocked(st *state, health Health) error {
 }
 
 // writeCopyOf writes the primary or secondary copy of header bin (fresh salt, its own magic
-// and offset) with the given JSON area, and syncs it.
-func (img *Image) writeCopyOf(bin binHeader, secondary bool, area []byte) error {
+// and offset) with the given JSON area, and syncs it. meta is what text, the JSON text in the
+// area, parses to: with the bytes written, it is recorded in img.verified for the next read.
+func (img *Image) writeCopyOf(bin binHeader, secondary bool, area, text []byte, meta *metadata) error {
 	bin.secondary = secondary
 	bin.hdrOffset = 0
 	if secondary {
@@ -183,7 +193,18 @@ func (img *Image) writeCopyOf(bin binHeader, secondary bool, area []byte) error 
 	if _, err := io.ReadFull(img.rand, bin.salt[:]); err != nil {
 		return fmt.Errorf("keyslot: reading random header salt: %w", err)
 	}
-	return writeCopy(img.dev, &bin, area)
+	delete(img.verified, bin.hdrOffset)
+	raw, err := writeCopy(img.dev, &bin, area)
+	if err != nil {
+		return err
+	}
+	// Recorded as a read would find it: the binary header parsed from its bytes, the text
+	// up to the first NUL.
+	h, err := parseBinHeader(raw)
+	if t, terr := jsonText(area); err == nil && terr == nil && bytes.Equal(t, text) && img.verified != nil {
+		img.verified[bin.hdrOffset] = &copyState{bin: h, raw: raw, area: area, text: t, meta: meta}
+	}
+	return nil
 }
 
 // healthy is the Health of an image whose two copies both hold bin's metadata.
@@ -228,11 +249,9 @@ func (img *Image) updateWith(ctx context.Context, allowUnmet bool, fn func(st *s
 		if req := st.meta.config.mandatory; len(req) > 0 && !allowUnmet {
 			return fmt.Errorf("%w: the image requires %q; metadata changes are refused", ErrUnmetRequirement, req)
 		}
-		// A private copy to change: parse the text it came from again.
-		m, err := parseMetadata(st.text, st.bin.hdrSize)
-		if err != nil {
-			return err
-		}
+		// A private copy to change: st.meta is what st.text parses to (see load), and may
+		// be shared with readers and with img.verified.
+		m := st.meta.clone()
 		if err := fn(st, m); err != nil {
 			return err
 		}
@@ -249,7 +268,8 @@ func (img *Image) commitLocked(st *state, m *metadata) error {
 	hdrSize := st.bin.hdrSize
 	text := m.marshal()
 	// Never write what we could not read back.
-	if _, err := parseMetadata(text, hdrSize); err != nil {
+	readBack, err := parseMetadata(text, hdrSize)
+	if err != nil {
 		return fmt.Errorf("keyslot: refusing to write invalid metadata: %w", err)
 	}
 	jsonSize := hdrSize - binHeaderSize
@@ -262,7 +282,7 @@ func (img *Image) commitLocked(st *state, m *metadata) error {
 	next := st.bin
 	next.seqID++
 	for _, secondary := range []bool{false, true} {
-		if err := img.writeCopyOf(next, secondary, area); err != nil {
+		if err := img.writeCopyOf(next, secondary, area, text, readBack); err != nil {
 			return err
 		}
 	}
@@ -271,51 +291,60 @@ func (img *Image) commitLocked(st *state, m *metadata) error {
 	return nil
 }
 
-// writeCopy writes one header copy at h.hdrOffset and syncs it.
-func writeCopy(dev Device, h *binHeader, area []byte) error {
+// writeCopy writes one header copy at h.hdrOffset and syncs it: the binary header without
+// its checksum, the JSON area, then the binary header with the checksum (of the first form
+// and the area). It returns the binary header as finally written.
+func writeCopy(dev Device, h *binHeader, area []byte) ([]byte, error) {
 	which := "primary"
 	if h.secondary {
 		which = "secondary"
 	}
 	off := int64(h.hdrOffset)
-	if _, err := dev.WriteAt(h.marshal(false), off); err != nil {
-		return fmt.Errorf("keyslot: writing %s binary header: %w", which, err)
+	b := h.marshal(false)
+	if _, err := dev.WriteAt(b, off); err != nil {
+		return nil, fmt.Errorf("keyslot: writing %s binary header: %w", which, err)
 	}
 	if _, err := dev.WriteAt(area, off+binHeaderSize); err != nil {
-		return fmt.Errorf("keyslot: writing %s JSON area: %w", which, err)
+		return nil, fmt.Errorf("keyslot: writing %s JSON area: %w", which, err)
 	}
-	csum, err := h.checksum(area)
+	csum, err := diskChecksum(h.csumAlg, b, area)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	h.csum = csum
-	if _, err := dev.WriteAt(h.marshal(true), off); err != nil {
-		return fmt.Errorf("keyslot: writing %s header checksum: %w", which, err)
+	copy(b[offCsum:offCsum+csumLen], csum[:]) // b is now h.marshal(true)
+	if _, err := dev.WriteAt(b, off); err != nil {
+		return nil, fmt.Errorf("keyslot: writing %s header checksum: %w", which, err)
 	}
 	if err := syncDevice(dev); err != nil {
-		return fmt.Errorf("keyslot: syncing %s header: %w", which, err)
+		return nil, fmt.Errorf("keyslot: syncing %s header: %w", which, err)
 	}
-	return nil
+	return b, nil
 }
 
-// load reads both header copies and picks the one to use.
-func load(dev Device) (*state, Health, error) {
+// load reads both header copies and picks the one to use. Copies byte for byte as in
+// verified (see Image.verified) are taken from there; every copy it reads whole and valid is
+// recorded in verified, when that is not nil.
+func load(dev Device, verified map[uint64]*copyState) (*state, Health, error) {
 	var health Health
-	primary, _, perr := readCopy(dev, 0, false, nil)
+	var primary *copyState
+	var candidates [1 + 9]uint64
+	nc := 0
+	h, raw, perr := readBinHeader(dev, 0)
+	if perr == nil {
+		primary, _, perr = checkCopy(dev, 0, false, h, raw, nil, verified)
+		// The secondary sits at the header size: take it from the primary when that much of
+		// the primary is readable, else probe every allowed size, smallest first.
+		candidates[0], nc = h.hdrSize, 1
+	}
 	health.Primary.Err = perr
 	if primary != nil {
 		health.Primary.SeqID = primary.bin.seqID
 	}
-
-	// The secondary sits at the header size: take it from the primary when that much of
-	// the primary is readable, else probe every allowed size, smallest first.
-	var candidates []uint64
-	if h, _, err := readBinHeader(dev, 0); err == nil {
-		candidates = append(candidates, h.hdrSize)
-	}
 	for _, s := range hdrSizes {
-		if len(candidates) == 0 || s != candidates[0] {
-			candidates = append(candidates, s)
+		if nc == 0 || s != candidates[0] {
+			candidates[nc] = s
+			nc++
 		}
 	}
 	// When no candidate holds a good secondary, report the error of the one that got
@@ -324,8 +353,8 @@ func load(dev Device) (*state, Health, error) {
 	var secondary *copyState
 	var serr error
 	best := -1
-	for _, off := range candidates {
-		c, stage, err := readCopy(dev, off, true, primary)
+	for _, off := range candidates[:nc] {
+		c, stage, err := readCopy(dev, off, true, primary, verified)
 		if err == nil {
 			secondary, serr = c, nil
 			health.Secondary = CopyHealth{Offset: off, SeqID: c.bin.seqID}
@@ -378,9 +407,11 @@ func isLUKS1(dev Device) bool {
 	return bytes.Equal(b[offMagic:offMagic+len(magicPrimary)], magicPrimary) && binary.BigEndian.Uint16(b[offVersion:]) == 1
 }
 
-// copyState is one fully validated header copy.
+// copyState is one fully validated header copy. It is never changed once made.
 type copyState struct {
 	bin  *binHeader
+	raw  []byte // the binary header as on disk
+	area []byte // the JSON area as on disk
 	text []byte
 	meta *metadata
 }
@@ -415,7 +446,9 @@ const (
 // readCopy reads and fully validates the header copy at off. When its JSON text is byte for
 // byte that of same (the other copy, already validated), the parsed metadata is shared
 // instead of parsed again. On error it also returns how far it got (a stage… constant).
-func readCopy(dev Device, off uint64, secondary bool, same *copyState) (*copyState, int, error) {
+// A copy byte for byte as verified[off] is that copy, with no checksum computed or metadata
+// parsed again; a copy found whole and valid is recorded in verified (when not nil).
+func readCopy(dev Device, off uint64, secondary bool, same *copyState, verified map[uint64]*copyState) (*copyState, int, error) {
 	h, raw, err := readBinHeader(dev, off)
 	if err != nil {
 		if len(raw) >= len(magicPrimary) && (bytes.HasPrefix(raw, magicPrimary) || bytes.HasPrefix(raw, magicSecondary)) {
@@ -423,6 +456,11 @@ func readCopy(dev Device, off uint64, secondary bool, same *copyState) (*copySta
 		}
 		return nil, stageNoHeader, err
 	}
+	return checkCopy(dev, off, secondary, h, raw, same, verified)
+}
+
+// checkCopy is readCopy once the binary header h (raw as read) is parsed.
+func checkCopy(dev Device, off uint64, secondary bool, h *binHeader, raw []byte, same *copyState, verified map[uint64]*copyState) (*copyState, int, error) {
 	if h.secondary != secondary {
 		return nil, stageWrongCopy, fmt.Errorf("%w: wrong magic for the %s header at %d", ErrHeaderCorrupt, copyName(secondary), off)
 	}
@@ -439,6 +477,10 @@ func readCopy(dev Device, off uint64, secondary bool, same *copyState) (*copySta
 		}
 		return nil, stageWrongCopy, fmt.Errorf("keyslot: reading JSON area at %d: %w", off+binHeaderSize, err)
 	}
+	if v := verified[off]; v != nil && bytes.Equal(v.raw, raw) && bytes.Equal(v.area, area) {
+		// The same bytes as a copy already checked: the same checksum, text and metadata.
+		return v, 0, nil
+	}
 	csum, err := diskChecksum(h.csumAlg, raw, area)
 	if err != nil {
 		return nil, stageChecksum, err
@@ -450,14 +492,16 @@ func readCopy(dev Device, off uint64, secondary bool, same *copyState) (*copySta
 	if err != nil {
 		return nil, stageMetadata, err
 	}
+	c := &copyState{bin: h, raw: raw, area: area, text: text}
 	if same != nil && same.bin.hdrSize == h.hdrSize && bytes.Equal(same.text, text) {
-		return &copyState{bin: h, text: text, meta: same.meta}, 0, nil
-	}
-	meta, err := parseMetadata(text, h.hdrSize)
-	if err != nil {
+		c.meta = same.meta
+	} else if c.meta, err = parseMetadata(text, h.hdrSize); err != nil {
 		return nil, stageMetadata, err // the caller names the copy
 	}
-	return &copyState{bin: h, text: text, meta: meta}, 0, nil
+	if verified != nil {
+		verified[off] = c
+	}
+	return c, 0, nil
 }
 
 func copyName(secondary bool) string {

@@ -22,6 +22,7 @@ type member struct {
 type object struct {
 	path    string
 	members []member
+	small   [8]member // members' first backing array: most objects have at most 8
 }
 
 // checkDepth refuses JSON text whose objects and arrays nest more than limit levels. It is
@@ -55,7 +56,8 @@ func checkDepth(path string, text []byte, limit int) error {
 	return nil
 }
 
-// parseObject decodes raw as one JSON object. Duplicate member names are refused.
+// parseObject decodes raw as one JSON object. Duplicate member names are refused. Member
+// values are slices of raw, without the whitespace around them.
 func parseObject(path string, raw []byte) (*object, error) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || raw[0] != '{' {
@@ -64,40 +66,94 @@ func parseObject(path string, raw []byte) (*object, error) {
 	if !utf8.Valid(raw) {
 		return nil, fmt.Errorf("%w: %s: invalid UTF-8", ErrInvalidMetadata, path)
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	if _, err := dec.Token(); err != nil { // '{'
-		return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
-	}
 	o := &object{path: path}
-	seen := make(map[string]bool)
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
-		}
-		name, ok := tok.(string)
-		if !ok {
-			return nil, fmt.Errorf("%w: %s: member name is not a string", ErrInvalidMetadata, path)
-		}
-		if seen[name] {
-			return nil, fmt.Errorf("%w: %s: duplicate member %q", ErrInvalidMetadata, path, name)
-		}
-		seen[name] = true
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return nil, fmt.Errorf("%w: %s.%s: %v", ErrInvalidMetadata, path, name, err)
-		}
-		o.members = append(o.members, member{name, v})
-	}
-	if _, err := dec.Token(); err != nil { // '}'
+	o.members = o.small[:0]
+	bad := func(err error) (*object, error) {
 		return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
 	}
-	if dec.More() || int(dec.InputOffset()) != len(raw) {
+	i := skipSpace(raw, 1)
+	if i < len(raw) && raw[i] == '}' {
+		i++
+	} else {
+		for {
+			if i >= len(raw) || raw[i] != '"' {
+				return bad(scanError(raw, i, "looking for beginning of object key string"))
+			}
+			nameEnd, escaped, err := scanString(raw, i)
+			if err != nil {
+				return bad(err)
+			}
+			name, err := memberName(raw[i:nameEnd], escaped)
+			if err != nil {
+				return bad(err)
+			}
+			j := skipSpace(raw, nameEnd)
+			if j >= len(raw) || raw[j] != ':' {
+				return bad(scanError(raw, j, "after object key"))
+			}
+			start := skipSpace(raw, j+1)
+			end, err := scanValue(raw, start, 1)
+			if err != nil {
+				return bad(err)
+			}
+			for _, m := range o.members {
+				if m.name == name {
+					return nil, fmt.Errorf("%w: %s: duplicate member %q", ErrInvalidMetadata, path, name)
+				}
+			}
+			o.members = append(o.members, member{name, raw[start:end]})
+			i = skipSpace(raw, end)
+			if i >= len(raw) {
+				return bad(scanError(raw, i, ""))
+			}
+			if raw[i] == '}' {
+				i++
+				break
+			}
+			if raw[i] != ',' {
+				return bad(scanError(raw, i, "after object key:value pair"))
+			}
+			i = skipSpace(raw, i+1)
+		}
+	}
+	if i != len(raw) {
 		return nil, fmt.Errorf("%w: %s: data after the object", ErrInvalidMetadata, path)
 	}
 	return o, nil
 }
+
+// memberName decodes a member name (a scanned JSON string, quotes included). The names
+// LUKS2 defines come from knownNames, without a copy.
+func memberName(raw []byte, escaped bool) (string, error) {
+	if !escaped {
+		if s, ok := knownNames[string(raw[1:len(raw)-1])]; ok {
+			return s, nil
+		}
+	}
+	return unquote(raw, escaped)
+}
+
+// knownNames holds the member names of LUKS2 metadata and crkvol's tokens, and the object
+// ids "0" to "31", so that parsing them allocates nothing.
+var knownNames = func() map[string]string {
+	m := make(map[string]string)
+	for _, s := range []string{
+		"keyslots", "tokens", "segments", "digests", "config", "type", "key_size", "af",
+		"stripes", "hash", "area", "offset", "size", "encryption", "kdf", "salt",
+		"iterations", "time", "memory", "cpus", "priority", "iv_tweak", "sector_size", "flags",
+		"digest", "json_size", "keyslots_size", "requirements", "mandatory",
+		// crkvol-crk tokens (volume/token.go).
+		"key_id", "key_crn", "key_version", "ciphertext", "wrapped_at", "volume_crn", "wipe",
+		"data_size",
+	} {
+		m[s] = s
+	}
+	for i := range 32 {
+		s := strconv.Itoa(i)
+		m[s] = s
+	}
+	return m
+}()
 
 func (o *object) errorf(name, format string, args ...any) error {
 	return fmt.Errorf("%w: %s.%s: %s", ErrInvalidMetadata, o.path, name, fmt.Sprintf(format, args...))
@@ -135,8 +191,15 @@ func (o *object) str(name string) (string, error) {
 	if len(v) == 0 || v[0] != '"' {
 		return "", o.errorf(name, "want a string")
 	}
-	var s string
-	if err := json.Unmarshal(v, &s); err != nil {
+	end, escaped, err := scanString(v, 0)
+	if err == nil && end != len(v) {
+		err = scanError(v, end, "after top-level value")
+	}
+	if err != nil {
+		return "", o.errorf(name, "%v", err)
+	}
+	s, err := unquote(v, escaped)
+	if err != nil {
 		return "", o.errorf(name, "%v", err)
 	}
 	return s, nil
@@ -222,9 +285,9 @@ func (o *object) strings(name string, maxLen int) ([]string, error) {
 	if len(v) == 0 || v[0] != '[' {
 		return nil, o.errorf(name, "want an array of strings")
 	}
-	// Elements are checked one by one: json.Unmarshal would turn a null element into "".
-	var elems []json.RawMessage
-	if err := json.Unmarshal(v, &elems); err != nil {
+	// Elements are checked one by one: a null element is not a string.
+	elems, err := arrayElems(v)
+	if err != nil {
 		return nil, o.errorf(name, "want an array of strings")
 	}
 	if len(elems) > maxLen {
@@ -232,8 +295,15 @@ func (o *object) strings(name string, maxLen int) ([]string, error) {
 	}
 	out := make([]string, 0, len(elems))
 	for _, e := range elems {
-		var s string
-		if len(e) == 0 || e[0] != '"' || json.Unmarshal(e, &s) != nil {
+		if len(e) == 0 || e[0] != '"' {
+			return nil, o.errorf(name, "want an array of strings")
+		}
+		end, escaped, err := scanString(e, 0)
+		if err != nil || end != len(e) {
+			return nil, o.errorf(name, "want an array of strings")
+		}
+		s, err := unquote(e, escaped)
+		if err != nil {
 			return nil, o.errorf(name, "want an array of strings")
 		}
 		out = append(out, s)
@@ -372,6 +442,11 @@ func (w *writer) b64(name string, v []byte) { w.str(name, base64.StdEncoding.Enc
 
 func (w *writer) raw(name string, v json.RawMessage) {
 	w.key(name)
+	if !needsCompact(v) {
+		// What json.Compact would give back: the value as it is.
+		w.b = append(w.b, v...)
+		return
+	}
 	var buf bytes.Buffer
 	if err := json.Compact(&buf, v); err != nil {
 		// Values reach the writer only after parsing; keep them as they are.
@@ -441,8 +516,8 @@ func canonical(path string, raw json.RawMessage, depth int) ([]byte, error) {
 		w.close('}')
 		return w.b, nil
 	case c == '[':
-		var elems []json.RawMessage
-		if err := json.Unmarshal(raw, &elems); err != nil {
+		elems, err := arrayElems(raw)
+		if err != nil {
 			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
 		}
 		var w writer
@@ -458,8 +533,15 @@ func canonical(path string, raw json.RawMessage, depth int) ([]byte, error) {
 		w.close(']')
 		return w.b, nil
 	case c == '"':
-		var str string
-		if err := json.Unmarshal(raw, &str); err != nil {
+		end, escaped, err := scanString(raw, 0)
+		if err == nil && end != len(raw) {
+			err = scanError(raw, end, "after top-level value")
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
+		}
+		str, err := unquote(raw, escaped)
+		if err != nil {
 			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
 		}
 		if !utf8.ValidString(str) || strings.ContainsRune(str, utf8.RuneError) {

@@ -218,7 +218,7 @@ func (k KDF) derive(ctx context.Context, passphrase []byte, keyLen int) ([]byte,
 		if err != nil {
 			return nil, err
 		}
-		return pbkdf2Key(ctx, passphrase, k.Salt, k.Iterations, keyLen, h.new)
+		return pbkdf2Derive(ctx, passphrase, k.Salt, k.Iterations, keyLen, h)
 	case KDFArgon2i:
 		return argon2Key(ctx, argon2.Key, passphrase, k.Salt, uint32(k.Time), uint32(k.Memory), uint8(k.Threads), uint32(keyLen))
 	case KDFArgon2id:

@@ -414,7 +414,7 @@ func (h *LUKS1) tryslot(ctx context.Context, r io.ReaderAt, passphrase []byte, i
 		}
 		return nil, false, fmt.Errorf("keyslot: reading LUKS1 keyslot %d material at %d: %w", i, off, err)
 	}
-	slotKey, err := pbkdf2Key(ctx, passphrase, s.Salt[:], int(s.Iterations), h.KeyBytes, hi.new)
+	slotKey, err := pbkdf2Derive(ctx, passphrase, s.Salt[:], int(s.Iterations), h.KeyBytes, hi)
 	if err != nil {
 		return nil, false, fmt.Errorf("keyslot %d: %w", i, err)
 	}
@@ -445,7 +445,7 @@ func (h *LUKS1) checkDigest(ctx context.Context, key []byte) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	got, err := pbkdf2Key(ctx, key, h.MKDigestSalt[:], int(h.MKDigestIterations), l1DigestLen, hi.new)
+	got, err := pbkdf2Derive(ctx, key, h.MKDigestSalt[:], int(h.MKDigestIterations), l1DigestLen, hi)
 	if err != nil {
 		return false, err
 	}
@@ -547,7 +547,7 @@ func FormatLUKS1(ctx context.Context, masterKey, passphrase []byte, opts LUKS1Op
 		return nil, fmt.Errorf("keyslot: reading random LUKS1 digest salt: %w", err)
 	}
 	binary.BigEndian.PutUint32(b[l1OffMKIter:], l1DigestIterations)
-	digest, err := pbkdf2Key(ctx, masterKey, b[l1OffMKSalt:l1OffMKSalt+saltSize], l1DigestIterations, l1DigestLen, hi.new)
+	digest, err := pbkdf2Derive(ctx, masterKey, b[l1OffMKSalt:l1OffMKSalt+saltSize], l1DigestIterations, l1DigestLen, hi)
 	if err != nil {
 		return nil, err
 	}
@@ -569,7 +569,7 @@ func FormatLUKS1(ctx context.Context, masterKey, passphrase []byte, opts LUKS1Op
 	if _, err := io.ReadFull(rnd, salt); err != nil {
 		return nil, fmt.Errorf("keyslot: reading random LUKS1 keyslot salt: %w", err)
 	}
-	slotKey, err := pbkdf2Key(ctx, passphrase, salt, iter, kb, hi.new)
+	slotKey, err := pbkdf2Derive(ctx, passphrase, salt, iter, kb, hi)
 	if err != nil {
 		return nil, err
 	}

@@ -28,7 +28,8 @@ func writeRawMetadata(t *testing.T, dev *memDevice, text string) {
 		if secondary {
 			c.hdrOffset = st.bin.hdrSize
 		}
-		require.NoError(t, writeCopy(dev, &c, area))
+		_, err := writeCopy(dev, &c, area)
+		require.NoError(t, err)
 	}
 }
 

@@ -3,6 +3,7 @@ package keyslot
 import (
 	"context"
 	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"hash"
@@ -12,6 +13,101 @@ import (
 // pbkdf2CheckEvery is how many PBKDF2 iterations run between looks at the context: about a
 // millisecond of work with sha256, so a cancelled unlock stops at once.
 const pbkdf2CheckEvery = 4096
+
+// pbkdf2Derive is pbkdf2Key with the hash h, through pbkdf2SHA256 for sha256 on CPUs with the
+// SHA extensions.
+func pbkdf2Derive(ctx context.Context, password, salt []byte, iter, keyLen int, h hashInfo) ([]byte, error) {
+	if h.isSHA256 && hasSHANI {
+		return pbkdf2SHA256(ctx, password, salt, iter, keyLen)
+	}
+	return pbkdf2Key(ctx, password, salt, iter, keyLen, h.new)
+}
+
+// pbkdf2SHA256 is pbkdf2Key with sha256, computed on the compression function: the HMAC key's
+// inner and outer padded blocks are hashed once, and every later HMAC of a 32-byte U is two
+// compressions of preformatted blocks from those states (RFC 2104's precomputation), with
+// no allocation per iteration.
+func pbkdf2SHA256(ctx context.Context, password, salt []byte, iter, keyLen int) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("keyslot: key derivation: %w", err)
+	}
+	var key, pad [64]byte
+	if len(password) > len(key) {
+		sum := sha256.Sum256(password)
+		copy(key[:], sum[:])
+		clear(sum[:])
+	} else {
+		copy(key[:], password)
+	}
+	inner, outer := sha256IV, sha256IV
+	for i := range pad {
+		pad[i] = key[i] ^ 0x36
+	}
+	sha256Blocks(&inner, pad[:])
+	for i := range pad {
+		pad[i] = key[i] ^ 0x5c
+	}
+	sha256Blocks(&outer, pad[:])
+	clear(key[:])
+	clear(pad[:])
+
+	// ib is the inner message U (32 bytes) padded, after the 64-byte key block; ob the
+	// outer one, the inner digest padded likewise.
+	var ib, ob [64]byte
+	sha256Pad(&ib, sha256.Size, 64)
+	sha256Pad(&ob, sha256.Size, 64)
+	var st, t [8]uint32
+	defer func() {
+		clear(ib[:])
+		clear(ob[:])
+		clear(st[:])
+		clear(t[:])
+		clear(inner[:])
+		clear(outer[:])
+	}()
+	numBlocks := (keyLen + sha256.Size - 1) / sha256.Size
+	dk := make([]byte, numBlocks*sha256.Size)
+	var msgBuf [64]byte
+	msg := append(msgBuf[:0], salt...)
+	msg = append(msg, 0, 0, 0, 0)
+	defer clear(msg)
+	for block := 1; block <= numBlocks; block++ {
+		// U_1 = HMAC(salt || INT(block)).
+		binary.BigEndian.PutUint32(msg[len(salt):], uint32(block))
+		st = inner
+		sum := sha256Finish(&st, 64, msg)
+		copy(ob[:sha256.Size], sum[:])
+		clear(sum[:])
+		st = outer
+		sha256Blocks(&st, ob[:])
+		t = st
+		for n := 2; n <= iter; n++ {
+			if n%pbkdf2CheckEvery == 0 {
+				if err := ctx.Err(); err != nil {
+					clear(dk)
+					return nil, fmt.Errorf("keyslot: key derivation: %w", err)
+				}
+			}
+			// U_n = HMAC(U_{n-1}); st holds U_{n-1}.
+			for i, v := range st {
+				binary.BigEndian.PutUint32(ib[4*i:], v)
+			}
+			st = inner
+			sha256Blocks(&st, ib[:])
+			for i, v := range st {
+				binary.BigEndian.PutUint32(ob[4*i:], v)
+			}
+			st = outer
+			sha256Blocks(&st, ob[:])
+			for i := range t {
+				t[i] ^= st[i]
+			}
+		}
+		sha256Put(dk[(block-1)*sha256.Size:], &t)
+	}
+	clear(dk[keyLen:])
+	return dk[:keyLen], nil
+}
 
 // pbkdf2Key is PBKDF2 (RFC 8018, section 5.2) with HMAC over h, producing keyLen bytes, as
 // golang.org/x/crypto/pbkdf2.Key does, except that it stops with an error wrapping ctx.Err()
@@ -87,7 +183,7 @@ func PBKDF2Iterations(ctx context.Context, hash string, keyBytes int, d time.Dur
 	n := pbkdf2CheckEvery
 	for {
 		since, stop := threadCPUTimer()
-		key, err := pbkdf2Key(ctx, pass, salt, n, keyBytes, h.new)
+		key, err := pbkdf2Derive(ctx, pass, salt, n, keyBytes, h)
 		elapsed := since()
 		stop()
 		if err != nil {

@@ -60,7 +60,8 @@ func TestHeaderUUIDKeptVerbatim(t *testing.T) {
 		if secondary {
 			c.hdrOffset = st.bin.hdrSize
 		}
-		require.NoError(t, writeCopy(dev, &c, full))
+		_, err := writeCopy(dev, &c, full)
+		require.NoError(t, err)
 	}
 
 	img, err = Open(dev, nil)

@@ -30,10 +30,13 @@
 // adding a keyslot, leaving data and existing keyslots alone. [Manager.Delete] deregisters a
 // volume, optionally crypto-erasing it.
 //
-// When a root key rotates, the Manager's hook rewraps every registered volume of that key on
-// a bounded worker pool: per volume one atomic LUKS2 token commit (a few KiB, whatever the
-// volume's size) and a registration update, with retries and backoff for transient failures;
-// a refusal of the key service ([ErrKeyRefused]) is not retried. The key service is called
+// When a root key rotates, the Manager's hook rewraps every registered volume of that key:
+// per volume one atomic LUKS2 token commit (a few KiB, whatever the volume's size, two
+// flushes) and a registration update, with retries and backoff for transient failures; a
+// refusal of the key service ([ErrKeyRefused]) is not retried. Volumes go through in waves
+// ([Options.RewrapBatch]) that share the key service's and the registry's commits: one batch
+// rewrap and one batch registration update at the key service, one registry commit, per wave;
+// the next wave is read while one commits, so the device's flush queue stays full. The key service is called
 // with no lock held; the token is then committed under the image's header lock only if its
 // ciphertext is still the one rewrapped (compare and swap), so a concurrent rewrap elsewhere
 // is never overwritten with an older answer. A failure at any point leaves the old
@@ -86,6 +89,11 @@
 // the unwrapped passphrase), a data area the file does not hold, a key service that refuses —
 // and reports each [Problem] with its reason. A rewrap runs the same check first: a damaged
 // image is a failure matching [ErrUnhealthy] in the [Report], and its token is left as it is.
+// The check's unwrap and keyslot unlock are skipped while the image is in a state this
+// Manager proved to open (at create, check, open, or a rewrap's full check), which the
+// registry records as a fingerprint ([Entry.Verified]) of the token's ciphertext, the keyslot,
+// digest and segment metadata and the keyslot area's bytes; any change to them runs the full
+// check.
 // [Manager.Resize] grows a volume that is not in use: it extends the file, then records the
 // new data size in the token; a crash in between leaves the longer file with the old record,
 // which opens and checks healthy, and running it again finishes it. The dynamic LUKS2

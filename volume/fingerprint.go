@@ -144,7 +144,14 @@ func (m *Manager) readKeyslotState(dev io.ReaderAt, img *keyslot.Image, slot int
 	if size <= luks2BinHeaderSize || size > 4<<20 {
 		return st, errStateChanged
 	}
-	hdr := make([]byte, size)
+	var hdr []byte
+	if size <= fingerprintBufSize {
+		bp := m.fpBufs.get()
+		defer m.fpBufs.put(bp)
+		hdr = (*bp)[:size]
+	} else {
+		hdr = make([]byte, size)
+	}
 	if _, err := dev.ReadAt(hdr, int64(off)); err != nil {
 		return st, fmt.Errorf("volume: reading the LUKS2 header: %w", err)
 	}

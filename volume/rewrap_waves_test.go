@@ -171,7 +171,7 @@ func (f *fleet) rewrapPass(t testing.TB, opts volume.Options) passCounts {
 		regCommits: reg1.Commits - reg0.Commits, regFlushes: reg1.Flushes - reg0.Flushes,
 		rewrapBatches: counting.rewrapBatches.Load(), updateBatches: counting.updateBatches.Load()}
 	c.flushesPerVolume = float64(uint64(rep.HeaderFlushes)+c.storeFlushes+c.regFlushes) / float64(rep.Rewrapped)
-	t.Logf("%d volumes, batch %d: %d header flushes, key service store %d commits %d flushes, registry %d commits %d flushes: %.3f flushes/volume, %d key service calls",
+	t.Logf("%d volumes, RewrapBatch option %d (0: the default): %d header flushes, key service store %d commits %d flushes, registry %d commits %d flushes: %.3f flushes/volume, %d key service calls",
 		rep.Rewrapped, opts.RewrapBatch, rep.HeaderFlushes, c.storeCommits, c.storeFlushes, c.regCommits, c.regFlushes, c.flushesPerVolume, rep.KMSCalls)
 	return c
 }

@@ -1,6 +1,7 @@
 package volume
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -485,7 +486,9 @@ type volumeTask struct {
 	uuid  string
 	tokID int
 	tok   *token
-	ct    []byte
+	// tokRaw is the token's JSON as read, which tok was parsed from.
+	tokRaw []byte
+	ct     []byte
 	// state is the keyslot state the check proved or matched (hasState), the base of the
 	// fingerprint recorded after the rewrap; proved says the check ran in full, so the
 	// fingerprint of the current ciphertext is worth recording even without a rewrap.
@@ -565,14 +568,14 @@ func (p *rewrapPass) prepare(t *volumeTask, cas casState) error {
 
 // readToken finds the volume's token in t.img and checks it is of the pass's key.
 func (p *rewrapPass) readToken(t *volumeTask) error {
-	id, tok, err := findToken(t.img)
+	id, tok, raw, err := findTokenRaw(t.img)
 	if err != nil {
 		return permanent{err}
 	}
 	if tok.KeyID != p.keyID {
 		return permanent{fmt.Errorf("volume %s is protected by key %s, not %s", t.crn, tok.KeyID, p.keyID)}
 	}
-	t.tokID, t.tok = id, tok
+	t.tokID, t.tok, t.tokRaw = id, tok, raw
 	return nil
 }
 
@@ -613,11 +616,19 @@ func (t *volumeTask) take(w Wrapped, keyID string) error {
 func (p *rewrapPass) commit(t *volumeTask) error {
 	uuid, old, member := t.uuid, t.tok.Ciphertext, t.member
 	now := p.m.opts.Now().UTC().Truncate(time.Second)
-	w := t.w
+	w, read, readRaw := t.w, t.tok, t.tokRaw
 	err := t.img.UpdateTokenContext(p.ctx, t.tokID, func(cur json.RawMessage) ([]byte, error) {
-		tok, err := parseToken(cur, uuid) // runs under the image's lock: no Image methods here
-		if err != nil {
-			return nil, err
+		// Runs under the image's lock: no Image methods here. The token as it was read, when
+		// it has not changed since, needs no parsing again.
+		var tok *token
+		if bytes.Equal(cur, readRaw) {
+			cp := *read
+			tok = &cp
+		} else {
+			var err error
+			if tok, err = parseToken(cur, uuid); err != nil {
+				return nil, err
+			}
 		}
 		if tok.Ciphertext != old {
 			return nil, errTokenChanged // someone else rewrapped first: never overwrite theirs

@@ -64,10 +64,13 @@ type tokenField struct {
 	absent func(t *token) bool
 }
 
-// tokenFields is the one list of the members crkvol owns, in the order a new token has them.
-// Reading (parseToken) and writing (marshal) both go through it, so a member is added in one
-// place.
-func tokenFields() []tokenField {
+// tokenFields returns the one list of the members crkvol owns, in the order a new token has
+// them. Reading (parseToken) and writing (marshal) both go through it, so a member is added in
+// one place. The list is made once (it holds no state) and must not be changed.
+func tokenFields() []tokenField { return ownedTokenFields }
+
+// ownedTokenFields is the list tokenFields returns.
+var ownedTokenFields = func() []tokenField {
 	return []tokenField{
 		{"type", func(t *token) any { return &t.typ }, nil},
 		{"keyslots", func(t *token) any { return &t.Keyslots }, nil},
@@ -80,7 +83,7 @@ func tokenFields() []tokenField {
 		{"wipe", func(t *token) any { return &t.Wipe }, func(t *token) bool { return t.Wipe == nil }},
 		{"data_size", func(t *token) any { return &t.DataSize }, func(t *token) bool { return t.DataSize == 0 }},
 	}
-}
+}()
 
 // tokenFieldNamed returns the owned member called name, or ok false if crkvol does not own it.
 func tokenFieldNamed(name string) (f tokenField, ok bool) {

@@ -205,13 +205,13 @@ func (f *flushFleet) cliRotate(t *testing.T, strace string, env []string, name s
 // over a fleet of 1,000 volumes: at most 2.5 per rewrapped volume (issue #24), two of them
 // the header's, the model the Manager and the stores count equal to what strace sees, and
 // the same bound for `crkvol kms serve` and `crkvol --kms-url … key rotate` summed. Outside
-// the long run it rotates 30 volumes with the embedded key service only, checking the
+// the long run it rotates 50 volumes with the embedded key service only, checking the
 // model and the header flushes (the 2.5 bound is for 1,000: the key service's and the
 // registry's commits are shared by fewer volumes in a small pass).
 func TestRotateFlushes(t *testing.T) {
 	t.Parallel()
 	strace := tooltest.Require(t, "strace")["strace"]
-	f := newFlushFleet(t, tooltest.Scale(1000, 30))
+	f := newFlushFleet(t, tooltest.Scale(1000, 50))
 	bound := func(what string, c flushCount, rewrapped int) {
 		t.Helper()
 		per := float64(c.Total) / float64(rewrapped)

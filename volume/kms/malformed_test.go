@@ -108,7 +108,11 @@ func TestRemoteMalformedVersionNeverStored(t *testing.T) {
 			evil := false
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				mu.Lock()
-				on := evil && strings.HasSuffix(r.URL.Path, "/actions/"+action)
+				// The single call, or (rewrap) crkvol's batch call, whose items are each a
+				// single call's answer.
+				single := strings.HasSuffix(r.URL.Path, "/actions/"+action)
+				batch := action == "rewrap" && strings.HasPrefix(r.URL.Path, "/api/crkvol/") && strings.HasSuffix(r.URL.Path, "/rewrap")
+				on := evil && (single || batch)
 				mu.Unlock()
 				if !on {
 					api.ServeHTTP(w, r)
@@ -118,12 +122,24 @@ func TestRemoteMalformedVersionNeverStored(t *testing.T) {
 				api.ServeHTTP(rec, r)
 				var res map[string]any
 				require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &res))
-				for _, f := range []string{"keyVersion", "rewrappedKeyVersion"} {
-					if res[f] != nil {
-						res[f] = map[string]string{"id": evilVersion}
+				answers := []any{res}
+				if batch {
+					answers, _ = res["items"].([]any)
+				}
+				for _, a := range answers {
+					item, _ := a.(map[string]any)
+					for _, f := range []string{"keyVersion", "rewrappedKeyVersion"} {
+						if item[f] != nil {
+							item[f] = map[string]string{"id": evilVersion}
+						}
 					}
 				}
+				for k, v := range rec.Header() {
+					w.Header()[k] = v
+				}
+				w.Header().Del("Content-Length")
 				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(rec.Code)
 				_ = json.NewEncoder(w).Encode(res)
 			}))
 			defer srv.Close()
