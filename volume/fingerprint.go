@@ -164,39 +164,10 @@ func (m *Manager) readKeyslotState(dev io.ReaderAt, img *keyslot.Image, slot int
 	if i := bytes.IndexByte(text, 0); i >= 0 {
 		text = text[:i]
 	}
-	var meta luks2Metadata
-	if err := json.Unmarshal(text, &meta); err != nil {
-		return st, fmt.Errorf("%w: %w", errStateChanged, err)
-	}
-	id := strconv.Itoa(slot)
-	ksObj, ok1 := meta.Keyslots[id]
-	segObj, ok2 := meta.Segments["0"]
-	if !ok1 || !ok2 {
-		return st, errStateChanged
-	}
 	h := sha256.New()
 	h.Write([]byte(fingerprintVersion))
-	writeLenPrefixed(h, ksObj)
-	writeLenPrefixed(h, segObj)
-	digests := make([]string, 0, len(meta.Digests))
-	for d := range meta.Digests {
-		digests = append(digests, d)
-	}
-	slices.Sort(digests)
-	bound := 0
-	for _, d := range digests {
-		var b luks2Binding
-		if err := json.Unmarshal(meta.Digests[d], &b); err != nil {
-			return st, fmt.Errorf("%w: %w", errStateChanged, err)
-		}
-		if slices.Contains(b.Keyslots, id) {
-			writeLenPrefixed(h, []byte(d))
-			writeLenPrefixed(h, meta.Digests[d])
-			bound++
-		}
-	}
-	if bound == 0 {
-		return st, errStateChanged
+	if err := hashKeyslotMetadata(h, text, slot); err != nil {
+		return st, err
 	}
 	crc, err := m.areaCRC(dev, int64(area.AreaOffset), int64(area.AreaSize))
 	if err != nil {
@@ -209,6 +180,46 @@ func (m *Manager) readKeyslotState(dev io.ReaderAt, img *keyslot.Image, slot int
 	h.Write(tail[:])
 	h.Sum(st[:0])
 	return st, nil
+}
+
+// hashKeyslotMetadata writes to h what keyslot slot's opening depends on in the LUKS2 JSON
+// text: the keyslot's object, the data segment's (segment 0) and every digest bound to the
+// keyslot, each as stored. It fails with errStateChanged when the text is not such a JSON
+// object or lacks one of them.
+func hashKeyslotMetadata(h io.Writer, text []byte, slot int) error {
+	var meta luks2Metadata
+	if err := json.Unmarshal(text, &meta); err != nil {
+		return fmt.Errorf("%w: %w", errStateChanged, err)
+	}
+	id := strconv.Itoa(slot)
+	ksObj, ok1 := meta.Keyslots[id]
+	segObj, ok2 := meta.Segments["0"]
+	if !ok1 || !ok2 {
+		return errStateChanged
+	}
+	writeLenPrefixed(h, ksObj)
+	writeLenPrefixed(h, segObj)
+	digests := make([]string, 0, len(meta.Digests))
+	for d := range meta.Digests {
+		digests = append(digests, d)
+	}
+	slices.Sort(digests)
+	bound := 0
+	for _, d := range digests {
+		var b luks2Binding
+		if err := json.Unmarshal(meta.Digests[d], &b); err != nil {
+			return fmt.Errorf("%w: %w", errStateChanged, err)
+		}
+		if slices.Contains(b.Keyslots, id) {
+			writeLenPrefixed(h, []byte(d))
+			writeLenPrefixed(h, meta.Digests[d])
+			bound++
+		}
+	}
+	if bound == 0 {
+		return errStateChanged
+	}
+	return nil
 }
 
 // areaCRC returns the CRC-32C of the size bytes of dev at off.

@@ -702,7 +702,7 @@ func (p *rewrapPass) rewrapTask(t *volumeTask, cas casState) error {
 		}
 		// What the other writer stored was not checked: no fingerprint moves to it.
 		cas = casState{round: cas.round + 1, lost: w.VersionID}
-		t.hasState = false
+		t.hasState, t.verified = false, ""
 		if err := t.img.ReloadContext(p.ctx); err != nil {
 			return err
 		}
