@@ -117,5 +117,32 @@ func TestDiffuserBlocks(t *testing.T) {
 		require.NotEqual(t, buf, a, "%d bytes", n)
 		fast.wipe()
 		assert.Equal(t, make([]byte, 64), fast.blk[:], "wiped")
+		assert.Equal(t, make([]byte, 64), fast.blk2[:], "wiped")
+	}
+}
+
+// TestSHA256Block2: the two interleaved compressions equal two single ones, for unrelated
+// states and blocks, and for the same state and block given twice.
+func TestSHA256Block2(t *testing.T) {
+	t.Parallel()
+	rng := rand.New(rand.NewPCG(7, 8))
+	for range 200 {
+		var a, b [8]uint32
+		var pa, pb [64]byte
+		for i := range a {
+			a[i], b[i] = rng.Uint32(), rng.Uint32()
+		}
+		for i := range pa {
+			pa[i], pb[i] = byte(rng.Uint32()), byte(rng.Uint32())
+		}
+		wa, wb := a, b
+		sha256BlocksGeneric(&wa, pa[:])
+		sha256BlocksGeneric(&wb, pb[:])
+		sha256Block2(&a, &b, &pa, &pb)
+		require.Equal(t, wa, a)
+		require.Equal(t, wb, b)
+		c := wa
+		sha256Block2(&wa, &c, &pb, &pb)
+		require.Equal(t, wa, c)
 	}
 }
