@@ -79,7 +79,7 @@ func (d *diffuser) diffuse(buf []byte) {
 			// message): one compression from the initial value; two blocks' compressions
 			// at a time, interleaved.
 			binary.BigEndian.PutUint32(d.blk[:4], i)
-			n := copy(d.blk[4:], buf[off:end])
+			n := loadBlock(&d.blk, buf[off:end])
 			sha256Pad(&d.blk, 4+n, 0)
 			st := sha256IV
 			if end == len(buf) {
@@ -89,7 +89,7 @@ func (d *diffuser) diffuse(buf []byte) {
 			}
 			off2, end2 := end, min(end+size, len(buf))
 			binary.BigEndian.PutUint32(d.blk2[:4], i+1)
-			n2 := copy(d.blk2[4:], buf[off2:end2])
+			n2 := loadBlock(&d.blk2, buf[off2:end2])
 			sha256Pad(&d.blk2, 4+n2, 0)
 			st2 := sha256IV
 			sha256Block2(&st, &st2, &d.blk, &d.blk2)
@@ -114,6 +114,16 @@ func (d *diffuser) diffuse(buf []byte) {
 		d.sum = d.hh.Sum(d.sum[:0])
 		copy(buf[off:end], d.sum)
 	}
+}
+
+// loadBlock copies a block of at most 32 bytes after the 4-byte index in blk and returns its
+// length: a whole block as one 32-byte move.
+func loadBlock(blk *[64]byte, b []byte) int {
+	if len(b) == 32 {
+		*(*[32]byte)(blk[4:36]) = [32]byte(b)
+		return 32
+	}
+	return copy(blk[4:], b)
 }
 
 // afMerge recovers a key of keySize bytes from stripes × keySize bytes of split material.
