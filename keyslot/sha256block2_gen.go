@@ -16,6 +16,7 @@ package main
 
 import (
 	"bytes"
+	"flag"
 	"fmt"
 	"log"
 	"os"
@@ -24,6 +25,8 @@ import (
 )
 
 func main() {
+	out := flag.String("out", "sha256block2_amd64.s", "file to write")
+	flag.Parse()
 	src, err := os.ReadFile("sha256block_amd64.s")
 	if err != nil {
 		log.Fatal(err)
@@ -131,7 +134,7 @@ func main() {
 		p("\tVMOVDQU %s, 16(%s)", st.s1, st.dig)
 	}
 	p("\tRET")
-	if err := os.WriteFile("sha256block2_amd64.s", b.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(*out, b.Bytes(), 0o644); err != nil {
 		log.Fatal(err)
 	}
 }

@@ -6,7 +6,12 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
+
+	"crkvol/internal/tooltest"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -145,4 +150,23 @@ func TestSHA256Block2(t *testing.T) {
 		sha256Block2(&wa, &c, &pb, &pb)
 		require.Equal(t, wa, c)
 	}
+}
+
+// TestSHA256Block2Generated: sha256block2_amd64.s is what sha256block2_gen.go writes from
+// sha256block_amd64.s (run go generate ./keyslot after changing either). It runs the go
+// command, so only with the long tests.
+func TestSHA256Block2Generated(t *testing.T) {
+	if !tooltest.Long() {
+		t.Skip("runs go run sha256block2_gen.go; set CRKVOL_LONG_TESTS=1")
+	}
+	t.Parallel()
+	out := filepath.Join(t.TempDir(), "gen.s")
+	cmd := exec.Command("go", "run", "sha256block2_gen.go", "-out", out)
+	msg, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", msg)
+	got, err := os.ReadFile(out)
+	require.NoError(t, err)
+	want, err := os.ReadFile("sha256block2_amd64.s")
+	require.NoError(t, err)
+	require.Equal(t, string(want), string(got), "sha256block2_amd64.s is stale: run go generate ./keyslot")
 }
