@@ -37,6 +37,7 @@ type diffuser struct {
 	blocks bool // sha256 through sha256Blocks: one compression per hash (see hasSHANI)
 	in     [4 + sha256.Size]byte
 	blk    [64]byte
+	blk2   [64]byte
 }
 
 func newDiffuser(h hashInfo) *diffuser {
@@ -60,6 +61,7 @@ func newDiffuserWith(h hashInfo, blocks bool) *diffuser {
 func (d *diffuser) wipe() {
 	clear(d.in[:])
 	clear(d.blk[:])
+	clear(d.blk2[:])
 	clear(d.sum[:cap(d.sum)])
 	if d.hh != nil {
 		d.hh.Reset()
@@ -74,13 +76,26 @@ func (d *diffuser) diffuse(buf []byte) {
 		end := min(off+size, len(buf))
 		if d.blocks {
 			// H(BE32(i) || block) is one 64-byte SHA-256 block (at most 36 bytes of
-			// message): one compression from the initial value.
+			// message): one compression from the initial value; two blocks' compressions
+			// at a time, interleaved.
 			binary.BigEndian.PutUint32(d.blk[:4], i)
-			n := copy(d.blk[4:], buf[off:end])
+			n := loadBlock(&d.blk, buf[off:end])
 			sha256Pad(&d.blk, 4+n, 0)
 			st := sha256IV
-			sha256Blocks(&st, d.blk[:])
+			if end == len(buf) {
+				sha256Blocks(&st, d.blk[:])
+				sha256Put(buf[off:end], &st)
+				continue
+			}
+			off2, end2 := end, min(end+size, len(buf))
+			binary.BigEndian.PutUint32(d.blk2[:4], i+1)
+			n2 := loadBlock(&d.blk2, buf[off2:end2])
+			sha256Pad(&d.blk2, 4+n2, 0)
+			st2 := sha256IV
+			sha256Block2(&st, &st2, &d.blk, &d.blk2)
 			sha256Put(buf[off:end], &st)
+			sha256Put(buf[off2:end2], &st2)
+			i, off = i+1, off+size
 			continue
 		}
 		if d.sha256 {
@@ -99,6 +114,16 @@ func (d *diffuser) diffuse(buf []byte) {
 		d.sum = d.hh.Sum(d.sum[:0])
 		copy(buf[off:end], d.sum)
 	}
+}
+
+// loadBlock copies a block of at most 32 bytes after the 4-byte index in blk and returns its
+// length: a whole block as one 32-byte move.
+func loadBlock(blk *[64]byte, b []byte) int {
+	if len(b) == 32 {
+		*(*[32]byte)(blk[4:36]) = [32]byte(b)
+		return 32
+	}
+	return copy(blk[4:], b)
 }
 
 // afMerge recovers a key of keySize bytes from stripes × keySize bytes of split material.

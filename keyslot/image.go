@@ -326,6 +326,7 @@ func writeCopy(dev Device, h *binHeader, area []byte) ([]byte, error) {
 // verified (see Image.verified) are taken from there; every copy it reads whole and valid is
 // recorded in verified, when that is not nil.
 func load(dev Device, verified map[uint64]*copyState) (*state, Health, error) {
+	dev = prefetch(dev)
 	var health Health
 	var primary *copyState
 	var candidates [1 + 9]uint64
@@ -420,11 +421,53 @@ func (c *copyState) state() *state {
 	return &state{bin: *c.bin, meta: c.meta, text: c.text}
 }
 
+// prefetchSize is how much of the device load reads at once before looking at it: both
+// copies of a header of the default size, which is then read with one system call instead
+// of four.
+const prefetchSize = 2 * DefaultMetadataSize
+
+// prefetched is a device whose first bytes were read ahead: reads within them are served
+// from buf, others from the device. load reads through it; nothing is written through it.
+type prefetched struct {
+	Device
+	buf []byte // bytes [0, len(buf)) of the device, as one read returned them
+}
+
+// prefetch reads the first prefetchSize bytes of dev. When that read fails, or returns less,
+// only what it returned is served from memory: every other read goes to dev as before, and
+// fails there as it would have.
+func prefetch(dev Device) *prefetched {
+	buf := make([]byte, prefetchSize)
+	n, _ := dev.ReadAt(buf, 0)
+	return &prefetched{Device: dev, buf: buf[:max(n, 0)]}
+}
+
+// read returns n bytes at off: a slice of the bytes read ahead when they hold them (the
+// caller must not change it), else a new buffer read from the device.
+func (p *prefetched) read(off uint64, n int) ([]byte, error) {
+	if off <= uint64(len(p.buf)) && uint64(n) <= uint64(len(p.buf))-off {
+		return p.buf[off : off+uint64(n) : off+uint64(n)], nil
+	}
+	buf := make([]byte, n)
+	_, err := p.Device.ReadAt(buf, int64(off))
+	return buf, err
+}
+
+// readAt reads n bytes at off from dev, through its read-ahead when it is prefetched.
+func readAt(dev Device, off uint64, n int) ([]byte, error) {
+	if p, ok := dev.(*prefetched); ok {
+		return p.read(off, n)
+	}
+	buf := make([]byte, n)
+	_, err := dev.ReadAt(buf, int64(off))
+	return buf, err
+}
+
 // readBinHeader reads and parses the binary header at off, and returns it with its bytes as
 // read, over which the checksum is verified.
 func readBinHeader(dev Device, off uint64) (*binHeader, []byte, error) {
-	buf := make([]byte, binHeaderSize)
-	if _, err := dev.ReadAt(buf, int64(off)); err != nil {
+	buf, err := readAt(dev, off, binHeaderSize)
+	if err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil, nil, fmt.Errorf("%w: device too small for a header at %d", ErrHeaderCorrupt, off)
 		}
@@ -470,8 +513,8 @@ func checkCopy(dev Device, off uint64, secondary bool, h *binHeader, raw []byte,
 	if secondary && h.hdrSize != off {
 		return nil, stageWrongCopy, fmt.Errorf("%w: secondary header at %d has header size %d", ErrHeaderCorrupt, off, h.hdrSize)
 	}
-	area := make([]byte, h.hdrSize-binHeaderSize)
-	if _, err := dev.ReadAt(area, int64(off)+binHeaderSize); err != nil {
+	area, err := readAt(dev, off+binHeaderSize, int(h.hdrSize-binHeaderSize))
+	if err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil, stageWrongCopy, fmt.Errorf("%w: device too small for the JSON area at %d", ErrHeaderCorrupt, off+binHeaderSize)
 		}

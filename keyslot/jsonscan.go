@@ -42,7 +42,7 @@ func scanValue(b []byte, i, depth int) (int, error) {
 	}
 	switch c := b[i]; {
 	case c == '{':
-		return scanObject(b, i, depth+1, nil)
+		return scanObject(b, i, depth+1)
 	case c == '[':
 		return scanArray(b, i, depth+1, nil)
 	case c == '"':
@@ -146,9 +146,8 @@ func scanNumber(b []byte, i int) (int, error) {
 }
 
 // scanObject scans the object starting at b[i] == '{' and returns the offset past its '}'.
-// With member non-nil it is called for each member with the raw name (quotes included),
-// whether the name holds an escape, and the raw value; an error from it ends the scan.
-func scanObject(b []byte, i, depth int, member func(name []byte, escaped bool, value []byte) error) (int, error) {
+// (parseObject splits an object into its members with the same steps.)
+func scanObject(b []byte, i, depth int) (int, error) {
 	if depth > maxScanDepth {
 		return i, fmt.Errorf("exceeded max depth")
 	}
@@ -160,7 +159,7 @@ func scanObject(b []byte, i, depth int, member func(name []byte, escaped bool, v
 		if i >= len(b) || b[i] != '"' {
 			return i, scanError(b, i, "looking for beginning of object key string")
 		}
-		nameEnd, escaped, err := scanString(b, i)
+		nameEnd, _, err := scanString(b, i)
 		if err != nil {
 			return nameEnd, err
 		}
@@ -172,11 +171,6 @@ func scanObject(b []byte, i, depth int, member func(name []byte, escaped bool, v
 		end, err := scanValue(b, start, depth)
 		if err != nil {
 			return end, err
-		}
-		if member != nil {
-			if err := member(b[i:nameEnd], escaped, b[start:end]); err != nil {
-				return end, err
-			}
 		}
 		i = skipSpace(b, end)
 		if i >= len(b) {

@@ -26,12 +26,15 @@ func pbkdf2Derive(ctx context.Context, password, salt []byte, iter, keyLen int, 
 // pbkdf2SHA256 is pbkdf2Key with sha256, computed on the compression function: the HMAC key's
 // inner and outer padded blocks are hashed once, and every later HMAC of a 32-byte U is two
 // compressions of preformatted blocks from those states (RFC 2104's precomputation), with
-// no allocation per iteration.
+// no allocation per iteration. Output blocks are derived two at a time, their independent
+// chains of compressions interleaved (sha256Block2).
 func pbkdf2SHA256(ctx context.Context, password, salt []byte, iter, keyLen int) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("keyslot: key derivation: %w", err)
 	}
-	var key, pad [64]byte
+	var p pbkdf2State
+	defer p.wipe()
+	var key [64]byte
 	if len(password) > len(key) {
 		sum := sha256.Sum256(password)
 		copy(key[:], sum[:])
@@ -39,48 +42,42 @@ func pbkdf2SHA256(ctx context.Context, password, salt []byte, iter, keyLen int) 
 	} else {
 		copy(key[:], password)
 	}
-	inner, outer := sha256IV, sha256IV
-	for i := range pad {
-		pad[i] = key[i] ^ 0x36
+	p.inner, p.outer = sha256IV, sha256IV
+	for i := range key {
+		p.ib[0][i] = key[i] ^ 0x36
+		p.ob[0][i] = key[i] ^ 0x5c
 	}
-	sha256Blocks(&inner, pad[:])
-	for i := range pad {
-		pad[i] = key[i] ^ 0x5c
-	}
-	sha256Blocks(&outer, pad[:])
 	clear(key[:])
-	clear(pad[:])
-
-	// ib is the inner message U (32 bytes) padded, after the 64-byte key block; ob the
+	sha256Block2(&p.inner, &p.outer, &p.ib[0], &p.ob[0])
+	// ib[k] is the inner message U (32 bytes) padded, after the 64-byte key block; ob[k] the
 	// outer one, the inner digest padded likewise.
-	var ib, ob [64]byte
-	sha256Pad(&ib, sha256.Size, 64)
-	sha256Pad(&ob, sha256.Size, 64)
-	var st, t [8]uint32
-	defer func() {
-		clear(ib[:])
-		clear(ob[:])
-		clear(st[:])
-		clear(t[:])
-		clear(inner[:])
-		clear(outer[:])
-	}()
+	for k := range 2 {
+		sha256Pad(&p.ib[k], sha256.Size, 64)
+		sha256Pad(&p.ob[k], sha256.Size, 64)
+	}
+
 	numBlocks := (keyLen + sha256.Size - 1) / sha256.Size
 	dk := make([]byte, numBlocks*sha256.Size)
 	var msgBuf [64]byte
 	msg := append(msgBuf[:0], salt...)
 	msg = append(msg, 0, 0, 0, 0)
 	defer clear(msg)
-	for block := 1; block <= numBlocks; block++ {
-		// U_1 = HMAC(salt || INT(block)).
-		binary.BigEndian.PutUint32(msg[len(salt):], uint32(block))
-		st = inner
-		sum := sha256Finish(&st, 64, msg)
-		copy(ob[:sha256.Size], sum[:])
-		clear(sum[:])
-		st = outer
-		sha256Blocks(&st, ob[:])
-		t = st
+	for block := 1; block <= numBlocks; block += 2 {
+		two := block < numBlocks
+		// U_1 = HMAC(salt || INT(block)), for this block and the next.
+		for k := range 2 {
+			if k == 1 && !two {
+				break
+			}
+			binary.BigEndian.PutUint32(msg[len(salt):], uint32(block+k))
+			p.st[k] = p.inner
+			sum := sha256Finish(&p.st[k], 64, msg)
+			copy(p.ob[k][:sha256.Size], sum[:])
+			clear(sum[:])
+			p.st[k] = p.outer
+			sha256Blocks(&p.st[k], p.ob[k][:])
+			p.t[k] = p.st[k]
+		}
 		for n := 2; n <= iter; n++ {
 			if n%pbkdf2CheckEvery == 0 {
 				if err := ctx.Err(); err != nil {
@@ -88,25 +85,67 @@ func pbkdf2SHA256(ctx context.Context, password, salt []byte, iter, keyLen int) 
 					return nil, fmt.Errorf("keyslot: key derivation: %w", err)
 				}
 			}
-			// U_n = HMAC(U_{n-1}); st holds U_{n-1}.
-			for i, v := range st {
-				binary.BigEndian.PutUint32(ib[4*i:], v)
-			}
-			st = inner
-			sha256Blocks(&st, ib[:])
-			for i, v := range st {
-				binary.BigEndian.PutUint32(ob[4*i:], v)
-			}
-			st = outer
-			sha256Blocks(&st, ob[:])
-			for i := range t {
-				t[i] ^= st[i]
+			// U_n = HMAC(U_{n-1}); st[k] holds U_{n-1}.
+			if two {
+				p.round2()
+			} else {
+				p.round1()
 			}
 		}
-		sha256Put(dk[(block-1)*sha256.Size:], &t)
+		for k := range 2 {
+			if k == 1 && !two {
+				break
+			}
+			sha256Put(dk[(block-1+k)*sha256.Size:], &p.t[k])
+		}
 	}
 	clear(dk[keyLen:])
 	return dk[:keyLen], nil
+}
+
+// pbkdf2State is the working state of pbkdf2SHA256 for up to two output blocks.
+type pbkdf2State struct {
+	inner, outer [8]uint32    // the HMAC key's inner and outer states
+	ib, ob       [2][64]byte  // inner and outer message blocks, per output block
+	st, t        [2][8]uint32 // U_n and T, per output block
+}
+
+func (p *pbkdf2State) wipe() { *p = pbkdf2State{} }
+
+// round1 is one iteration for output block 0.
+func (p *pbkdf2State) round1() {
+	putWords(&p.ib[0], &p.st[0])
+	p.st[0] = p.inner
+	sha256Blocks(&p.st[0], p.ib[0][:])
+	putWords(&p.ob[0], &p.st[0])
+	p.st[0] = p.outer
+	sha256Blocks(&p.st[0], p.ob[0][:])
+	for i := range p.t[0] {
+		p.t[0][i] ^= p.st[0][i]
+	}
+}
+
+// round2 is one iteration for both output blocks, their compressions interleaved.
+func (p *pbkdf2State) round2() {
+	putWords(&p.ib[0], &p.st[0])
+	putWords(&p.ib[1], &p.st[1])
+	p.st[0], p.st[1] = p.inner, p.inner
+	sha256Block2(&p.st[0], &p.st[1], &p.ib[0], &p.ib[1])
+	putWords(&p.ob[0], &p.st[0])
+	putWords(&p.ob[1], &p.st[1])
+	p.st[0], p.st[1] = p.outer, p.outer
+	sha256Block2(&p.st[0], &p.st[1], &p.ob[0], &p.ob[1])
+	for i := range p.t[0] {
+		p.t[0][i] ^= p.st[0][i]
+		p.t[1][i] ^= p.st[1][i]
+	}
+}
+
+// putWords writes the eight words of st big-endian into the first 32 bytes of blk.
+func putWords(blk *[64]byte, st *[8]uint32) {
+	for i, v := range st {
+		binary.BigEndian.PutUint32(blk[4*i:], v)
+	}
 }
 
 // pbkdf2Key is PBKDF2 (RFC 8018, section 5.2) with HMAC over h, producing keyLen bytes, as

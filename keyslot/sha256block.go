@@ -74,6 +74,13 @@ func sha256Pad(blk *[64]byte, n int, prefix uint64) {
 // sha256Put writes the digest of state dig (big-endian words) to out, up to len(out) ≤ 32
 // bytes.
 func sha256Put(out []byte, dig *[8]uint32) {
+	if len(out) >= 32 {
+		out = out[:32]
+		for i, v := range dig {
+			binary.BigEndian.PutUint32(out[4*i:], v)
+		}
+		return
+	}
 	var b [32]byte
 	for i, v := range dig {
 		binary.BigEndian.PutUint32(b[4*i:], v)

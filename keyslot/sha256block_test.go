@@ -6,7 +6,12 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
+
+	"crkvol/internal/tooltest"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -117,5 +122,51 @@ func TestDiffuserBlocks(t *testing.T) {
 		require.NotEqual(t, buf, a, "%d bytes", n)
 		fast.wipe()
 		assert.Equal(t, make([]byte, 64), fast.blk[:], "wiped")
+		assert.Equal(t, make([]byte, 64), fast.blk2[:], "wiped")
 	}
+}
+
+// TestSHA256Block2: the two interleaved compressions equal two single ones, for unrelated
+// states and blocks, and for the same state and block given twice.
+func TestSHA256Block2(t *testing.T) {
+	t.Parallel()
+	rng := rand.New(rand.NewPCG(7, 8))
+	for range 200 {
+		var a, b [8]uint32
+		var pa, pb [64]byte
+		for i := range a {
+			a[i], b[i] = rng.Uint32(), rng.Uint32()
+		}
+		for i := range pa {
+			pa[i], pb[i] = byte(rng.Uint32()), byte(rng.Uint32())
+		}
+		wa, wb := a, b
+		sha256BlocksGeneric(&wa, pa[:])
+		sha256BlocksGeneric(&wb, pb[:])
+		sha256Block2(&a, &b, &pa, &pb)
+		require.Equal(t, wa, a)
+		require.Equal(t, wb, b)
+		c := wa
+		sha256Block2(&wa, &c, &pb, &pb)
+		require.Equal(t, wa, c)
+	}
+}
+
+// TestSHA256Block2Generated: sha256block2_amd64.s is what sha256block2_gen.go writes from
+// sha256block_amd64.s (run go generate ./keyslot after changing either). It runs the go
+// command, so only with the long tests.
+func TestSHA256Block2Generated(t *testing.T) {
+	if !tooltest.Long() {
+		t.Skip("runs go run sha256block2_gen.go; set CRKVOL_LONG_TESTS=1")
+	}
+	t.Parallel()
+	out := filepath.Join(t.TempDir(), "gen.s")
+	cmd := exec.Command("go", "run", "sha256block2_gen.go", "-out", out)
+	msg, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", msg)
+	got, err := os.ReadFile(out)
+	require.NoError(t, err)
+	want, err := os.ReadFile("sha256block2_amd64.s")
+	require.NoError(t, err)
+	require.Equal(t, string(want), string(got), "sha256block2_amd64.s is stale: run go generate ./keyslot")
 }

@@ -68,3 +68,39 @@ func TestHeaderAllocations(t *testing.T) {
 	assert.LessOrEqual(t, open, 150.0, "open (821 before the scanner)")
 	assert.LessOrEqual(t, update, 250.0, "token update (2990 before the scanner)")
 }
+
+// readCountingDevice counts ReadAt calls.
+type readCountingDevice struct {
+	*memDevice
+	reads int
+}
+
+func (d *readCountingDevice) ReadAt(p []byte, off int64) (int, error) {
+	d.reads++
+	return d.memDevice.ReadAt(p, off)
+}
+
+// TestOpenReads: opening an image with the default header size reads both copies with one
+// read; with a larger header, the copies beyond the read-ahead are read as before, and the
+// image opens the same.
+func TestOpenReads(t *testing.T) {
+	t.Parallel()
+	dev, img, _ := newMemImage(t, "p")
+	d := &readCountingDevice{memDevice: dev}
+	again, err := Open(d, nil)
+	require.NoError(t, err)
+	assert.Equal(t, 1, d.reads, "reads to open")
+	assert.Equal(t, img.UUID(), again.UUID())
+	assert.True(t, again.Health().OK())
+
+	big := newMemDevice(4 << 20)
+	opts := smallFormat()
+	opts.MetadataSize = 64 << 10
+	_, _, err = Format(big, 4<<20, []byte("p"), opts)
+	require.NoError(t, err)
+	d = &readCountingDevice{memDevice: big}
+	again, err = Open(d, nil)
+	require.NoError(t, err)
+	assert.True(t, again.Health().OK())
+	assert.Equal(t, 4, d.reads, "reads to open a 64 KiB header: the read-ahead, the rest of the primary's area, the secondary's header and area")
+}
