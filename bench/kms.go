@@ -122,7 +122,7 @@ func RunKMS(ctx context.Context, opts KMSOptions) (rep *KMSReport, err error) {
 	}
 	defer env.close()
 
-	rep = &KMSReport{Store: "bbolt, fsync on every commit", FileSystem: kmsFileSystem(dir),
+	rep = &KMSReport{Store: "bbolt, fsync on every commit", FileSystem: fileSystem(dir),
 		Rounds: rounds, WindowMS: float64(window) / float64(time.Millisecond)}
 	type acc struct {
 		best             float64
@@ -365,28 +365,4 @@ func (r *KMSReport) WriteTable(w io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%s\t%.3f\t%.3f\t%.0f\t\n", x.Transport, x.Callers, x.PairsPerSec, ratio, x.CommitsPerPair, x.FlushesPerPair, x.CPUPerPairUS)
 	}
 	return tw.Flush()
-}
-
-// kmsFileSystem names the file system of dir (by statfs's magic number), or gives the
-// number when it is not one of the common ones.
-func kmsFileSystem(dir string) string {
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
-		return "unknown file system"
-	}
-	switch int64(st.Type) {
-	case unix.EXT4_SUPER_MAGIC:
-		return "ext4"
-	case unix.XFS_SUPER_MAGIC:
-		return "xfs"
-	case unix.BTRFS_SUPER_MAGIC:
-		return "btrfs"
-	case unix.TMPFS_MAGIC:
-		return "tmpfs"
-	case unix.OVERLAYFS_SUPER_MAGIC:
-		return "overlayfs"
-	case unix.F2FS_SUPER_MAGIC:
-		return "f2fs"
-	}
-	return fmt.Sprintf("file system 0x%x", st.Type)
 }
