@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -39,6 +40,10 @@ type CrashOptions struct {
 	Trials int
 	// Seed chooses the kill moments.
 	Seed uint64
+	// Workers is the rotations' --workers (the volumes a rewrap pass takes at once, in
+	// waves of as many); the command's default if zero. A signal stops a pass between
+	// waves, so trials of SIGINT or SIGTERM need more volumes than one wave.
+	Workers int
 	// Signal is the signal sent to the rotation; SIGKILL if zero. With SIGINT or SIGTERM a
 	// rotation still running must stop at a clean point: exit 128+signal after one line
 	// "crkvol: key rotate: interrupted: ..." on stderr (anything else is a failure), leaving every volume
@@ -150,7 +155,7 @@ func CrashTest(ctx context.Context, opts CrashOptions) (*CrashReport, error) {
 	// Calibration: one rotation left to finish tells how long a whole one takes.
 	now := fx.t0.Add(2 * time.Hour)
 	t := time.Now()
-	if out, err := fx.cli(ctx, now, "key", "rotate", fx.keyID).CombinedOutput(); err != nil {
+	if out, err := fx.cli(ctx, now, fx.rotateArgs()...).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("sim: %w", childError(ctx, "the calibration rotation (an unkilled `crkvol key rotate` before the trials)", err, out))
 	}
 	full := time.Since(t)
@@ -182,7 +187,7 @@ func CrashTest(ctx context.Context, opts CrashOptions) (*CrashReport, error) {
 			before = fx.mtimes()
 			moment = fmt.Sprintf("once %d of %d headers were rewritten", target, opts.Volumes)
 		}
-		cmd := fx.cli(ctx, now, "key", "rotate", fx.keyID)
+		cmd := fx.cli(ctx, now, fx.rotateArgs()...)
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
 		if err := cmd.Start(); err != nil {
@@ -260,6 +265,15 @@ func CrashTest(ctx context.Context, opts CrashOptions) (*CrashReport, error) {
 		return rep, fmt.Errorf("sim: crash test: %d problems (first: %s)", len(rep.Failures), rep.Failures[0])
 	}
 	return rep, nil
+}
+
+// rotateArgs is the command line of the rotations: calibration and trials alike.
+func (fx *crashFixture) rotateArgs() []string {
+	args := []string{"key", "rotate", fx.keyID}
+	if fx.opts.Workers > 0 {
+		args = append(args, "--workers", strconv.Itoa(fx.opts.Workers))
+	}
+	return args
 }
 
 // cli prepares a crkvol command on the fixture's state, at virtual time now.

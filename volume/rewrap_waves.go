@@ -67,6 +67,15 @@ func (p *rewrapPass) rewrapVolumes(crns []string) {
 	})
 	for start := 0; start < len(crns); start += size {
 		slots <- struct{}{}
+		if err := p.ctx.Err(); err != nil {
+			// Stopped (the CLI's SIGINT or SIGTERM): no new wave. The waves in flight
+			// finish; the rest keep their old, valid wrapping for a later pass.
+			<-slots
+			for _, crn := range crns[start:] {
+				p.done(crn, false, 0, 0, rewrapResult{}, fmt.Errorf("not started, the pass was stopped: %w", err))
+			}
+			break
+		}
 		w := &wave{}
 		for _, crn := range crns[start:min(start+size, len(crns))] {
 			w.tasks = append(w.tasks, &volumeTask{crn: crn})

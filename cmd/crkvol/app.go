@@ -60,6 +60,9 @@ type app struct {
 	background bool
 	// warnedInsecure is set once the --kms-insecure warning was printed.
 	warnedInsecure bool
+	// workers is --workers of key rotate and key sync: the volumes a rewrap pass takes at
+	// once (volume.Options.Workers); 0 for the default.
+	workers int
 
 	svc     *crk.Service // the embedded key service, or nil with --kms-url
 	remote  *kms.Remote  // the remote key service with --kms-url
@@ -401,6 +404,7 @@ func (a *app) useLocal(svc *crk.Service, reg *volume.Registry, clock crk.Clock) 
 		Now:      clock.Now,
 		OnReport: func(r *volume.Report) { a.reports = append(a.reports, r) },
 		Progress: a.rewrapProgress(),
+		Workers:  a.workers,
 	})
 }
 
@@ -430,7 +434,7 @@ func (a *app) openRemote(dir, url string, clock crk.Clock) error {
 		return registryHeld(err, filepath.Join(dir, "volumes.db"))
 	}
 	a.remote, a.reg = remote, reg
-	a.mgr = volume.NewManager(remote, reg, volume.Options{Now: clock.Now, Progress: a.rewrapProgress()})
+	a.mgr = volume.NewManager(remote, reg, volume.Options{Now: clock.Now, Progress: a.rewrapProgress(), Workers: a.workers})
 	return nil
 }
 

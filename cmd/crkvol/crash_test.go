@@ -56,10 +56,14 @@ func TestInterruptedRotation(t *testing.T) {
 	require.NoError(t, err, "testscript puts crkvol in PATH")
 	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
 		trials := 6
-		rep, err := sim.CrashTest(context.Background(), sim.CrashOptions{Binary: bin, Dir: t.TempDir(), Volumes: 50, Trials: trials, Seed: 2, Signal: sig, Log: t.Logf})
+		// Waves of 4 volumes: a signal stops a pass between waves, so the trials need passes of
+		// many waves (one wave of the default 64 would always finish first).
+		rep, err := sim.CrashTest(context.Background(), sim.CrashOptions{Binary: bin, Dir: t.TempDir(), Volumes: 50, Trials: trials, Seed: 2, Signal: sig, Workers: 4, Log: t.Logf})
 		require.NoError(t, err, "signal %v", sig)
 		assert.Empty(t, rep.Failures, "signal %v", sig)
 		assert.Equal(t, trials, rep.Killed+rep.Finished)
-		assert.Positive(t, rep.Interrupted, "signal %v: some rotation stopped at a clean point and said so", sig)
+		// Three trials in four signal once a third to two thirds of the headers are rewritten,
+		// with waves still to start.
+		assert.GreaterOrEqual(t, rep.Interrupted, trials/2, "signal %v: rotations stopped at a clean point and said so", sig)
 	}
 }

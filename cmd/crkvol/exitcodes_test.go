@@ -142,6 +142,8 @@ func TestSizeErrors(t *testing.T) {
 		{1, `volume create $D --size 1.0000001GiB --key $KEY`, []string{`^crkvol: volume create: --size 1.0000001GiB: .*1.0000001GiB is not a whole number of bytes$`}, nil},
 		{1, `volume create $D --size 10KB --key $KEY --sector-size 512`, []string{`not a whole number of 512-byte sectors`}, nil},
 		{1, `volume create $D --size 0 --key $KEY`, []string{`^crkvol: volume create: --size 0: want a positive size of whole 4096-byte sectors$`}, nil},
+		{2, `key rotate $KEY --workers 0`, []string{`^crkvol: key rotate: --workers 0: want 1 to 1024 volumes at once$`}, nil},
+		{2, `key sync $KEY --workers 1025`, []string{`^crkvol: key sync: --workers 1025: want 1 to 1024 volumes at once$`}, nil},
 		{1, `volume create $D --size 1 --key $KEY`, []string{`not a whole number of 4096-byte sectors`}, nil},
 		{1, `volume create $D --size -4KiB --key $KEY`, []string{`^crkvol: volume create: --size -4KiB: want a positive size`}, nil},
 		{1, `volume create $D --size 5000PiB --key $KEY`, []string{`^crkvol: volume create: --size 5000PiB: .*5000PiB is too large \(at most 4EiB, 2\^62 bytes\)$`}, nil},

@@ -194,6 +194,7 @@ func (a *app) keyCommand() *cobra.Command {
 		return a.rewrapErr()
 	})
 	rotate.Flags().StringVar(&material, "material", "", "new base64 key material (imported keys only)")
+	a.workersFlag(rotate)
 
 	var everyMonths optionalInt
 	var disable bool
@@ -319,9 +320,27 @@ func (a *app) keyCommand() *cobra.Command {
 		return a.showRegistrations(rs)
 	})
 	sync := withKey("sync ID", "Rewrap every volume of a key still on an older version", a.keySync)
+	a.workersFlag(sync)
 	wrap, unwrap := a.keyWrapCommands()
 	key.AddCommand(create, list, show, versions, rotate, policy, disableCmd, enable, del, restore, purge, prune, regs, sync, wrap, unwrap, a.keyFeedCommand())
 	return key
+}
+
+// maxWorkers is the most --workers accepted: more open files and goroutines than that buy
+// nothing on any device (see volume.DefaultWorkers).
+const maxWorkers = 1024
+
+// workersFlag gives a command that runs a rewrap pass the flag --workers, checked before the
+// command opens its stores.
+func (a *app) workersFlag(cmd *cobra.Command) {
+	cmd.Flags().IntVar(&a.workers, "workers", 0, fmt.Sprintf("volumes rewrapped at once, 1 to %d (default %d; 1 rewraps them one by one)", maxWorkers, volume.DefaultWorkers))
+	run := cmd.RunE
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if cmd.Flags().Changed("workers") && (a.workers < 1 || a.workers > maxWorkers) {
+			return usagef("--workers %d: want 1 to %d volumes at once", a.workers, maxWorkers)
+		}
+		return run(cmd, args)
+	}
 }
 
 // rewrapErr fails a command whose rotation left volumes on the old version (their old

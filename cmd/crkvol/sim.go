@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"crkvol/sim"
+	"crkvol/volume"
 )
 
 func (a *app) simCommand() *cobra.Command {
@@ -217,6 +218,9 @@ the command line override it.`,
 					return fmt.Errorf("--%s %d: want at least 1", f.name, f.n)
 				}
 			}
+			if cmd.Flags().Changed("workers") && (crashOpts.Workers < 1 || crashOpts.Workers > maxWorkers) {
+				return usagef("--workers %d: want 1 to %d volumes at once", crashOpts.Workers, maxWorkers)
+			}
 			bin, err := os.Executable()
 			if err != nil {
 				return err
@@ -248,6 +252,7 @@ the command line override it.`,
 	cf.IntVar(&crashOpts.Images, "images", 0, "encrypted qcow2 images exported from the volumes into the image catalog, under the same key")
 	cf.IntVar(&crashOpts.Trials, "trials", 50, "rotations killed with SIGKILL")
 	cf.Uint64Var(&crashOpts.Seed, "seed", 1, "seed of the kill times")
+	cf.IntVar(&crashOpts.Workers, "workers", 0, fmt.Sprintf("the rotations' --workers, 1 to %d (default: theirs, %d)", maxWorkers, volume.DefaultWorkers))
 	cf.StringVar(&crashOpts.Dir, "dir", "", "work directory (default: a temporary one, removed)")
 
 	cmd.AddCommand(run, crash)

@@ -1,0 +1,57 @@
+package volume_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"crkvol/volume"
+)
+
+// TestRewrapStopsBetweenWavesWhenCancelled: a rewrap pass whose context ends (the CLI's
+// SIGINT or SIGTERM) starts no new wave: the waves in flight finish (each volume rewrapped
+// and committed, or not touched), the rest are reported failed with the context's error and
+// keep their old, valid wrapping, and a later Sync brings them to the latest version.
+func TestRewrapStopsBetweenWavesWhenCancelled(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	var crns []string
+	for i := range 24 {
+		crns = append(crns, f.create(t, fmt.Sprintf("v%02d.img", i), 1<<20).CRN)
+	}
+	f.mgr.Close() // no rewrap on the rotation's event: the passes below are the test's
+	k := f.rotate(t)
+	ctx, cancel := context.WithCancel(f.ctx)
+	defer cancel()
+	mgr := volume.NewManager(f.ks, f.reg, volume.Options{
+		Now: f.clock.Now, Workers: 2, RewrapBatch: 2,
+		Backoff: func(int) time.Duration { return time.Millisecond },
+		Progress: func(p volume.RewrapProgress) {
+			if p.Done >= 2 {
+				cancel()
+			}
+		},
+	})
+	defer mgr.Close()
+	rep := mgr.Rewrap(ctx, f.key.ID, k.KeyVersion.ID, crns)
+	assert.Equal(t, 24, rep.Volumes)
+	assert.GreaterOrEqual(t, rep.Rewrapped, 2, "the wave in flight when the context ended finished")
+	assert.LessOrEqual(t, rep.Rewrapped, 2*2, "at most the waves in flight (rewrapDepth) finished")
+	assert.Equal(t, 24, rep.Rewrapped+len(rep.Failed))
+	for crn, err := range rep.Failed {
+		assert.ErrorIs(t, err, context.Canceled, crn)
+	}
+	assert.Zero(t, rep.Retries, "no retry after the context ended")
+
+	sync := volume.NewManager(f.ks, f.reg, volume.Options{Now: f.clock.Now})
+	defer sync.Close()
+	rep2, err := sync.Sync(f.ctx, f.key.ID)
+	require.NoError(t, err)
+	assert.Equal(t, len(rep.Failed), rep2.Rewrapped)
+	assert.Equal(t, rep.Rewrapped, rep2.AlreadyCurrent)
+	assert.Empty(t, rep2.Failed)
+}
