@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -167,19 +165,6 @@ func bodyLimit(r *http.Request) int64 {
 	return MaxBody
 }
 
-// readBatchBody reads a batch request's body (capped by serveAPI at MaxBatchBody).
-func readBatchBody(r *http.Request) ([]byte, error) {
-	raw, err := io.ReadAll(r.Body)
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return nil, &apiError{status: http.StatusRequestEntityTooLarge, code: "BAD_BODY_ERR", msg: fmt.Sprintf("request body larger than %d bytes", mbe.Limit)}
-		}
-		return nil, badRequest("BAD_BODY_ERR", "reading the request body: "+err.Error(), "")
-	}
-	return raw, nil
-}
-
 // decodeBatch decodes a batch body strictly into v (decodeKnown's rules: no duplicate
 // member, no unknown member, types checked, nothing after the value) and refuses an empty
 // body.
@@ -188,26 +173,7 @@ func decodeBatch(raw []byte, v any) error {
 	if len(t) == 0 {
 		return badRequest("BAD_BODY_ERR", "the request needs a body with items", "items")
 	}
-	if err := checkMembers(t); err != nil {
-		return err
-	}
-	dec := json.NewDecoder(bytes.NewReader(t))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var ae *apiError
-		if errors.As(err, &ae) {
-			return ae
-		}
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			return typeError(te)
-		}
-		return badRequest("BAD_BODY_ERR", "invalid JSON body: "+err.Error(), "")
-	}
-	if err := dec.Decode(&struct{}{}); err != io.EOF {
-		return badRequest("BAD_BODY_ERR", "invalid JSON body: data after the value", "")
-	}
-	return nil
+	return decodeJSON(t, v, true)
 }
 
 // batchSize refuses a batch of n items outside 1..MaxBatchItems.
@@ -287,7 +253,7 @@ func parseRegistrationsBatch(raw []byte) ([]crk.RegistrationVersion, error) {
 
 // rewrapBatch serves RewrapBatchPattern: one crk.Service.RewrapBatch.
 func (s *Server) rewrapBatch(q *request) error {
-	raw, err := readBatchBody(q.r)
+	raw, err := readBody(q.r)
 	if err != nil {
 		return err
 	}
@@ -317,7 +283,7 @@ func (s *Server) rewrapBatch(q *request) error {
 // registrationsBatch serves RegistrationsBatchPattern: one
 // crk.Service.UpdateRegistrationVersions.
 func (s *Server) registrationsBatch(q *request) error {
-	raw, err := readBatchBody(q.r)
+	raw, err := readBody(q.r)
 	if err != nil {
 		return err
 	}

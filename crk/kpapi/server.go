@@ -283,18 +283,35 @@ func decode(r *http.Request, v any) error { return decodeBody(r, v, false) }
 func decodeKnown(r *http.Request, v any) error { return decodeBody(r, v, true) }
 
 func decodeBody(r *http.Request, v any, known bool) error {
-	raw, err := io.ReadAll(r.Body)
+	raw, err := readBody(r)
 	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return &apiError{status: http.StatusRequestEntityTooLarge, code: "BAD_BODY_ERR", msg: fmt.Sprintf("request body larger than %d bytes", MaxBody)}
-		}
-		return badRequest("BAD_BODY_ERR", "reading the request body: "+err.Error(), "")
+		return err
 	}
 	t := bytes.TrimSpace(raw)
 	if len(t) == 0 || string(t) == "null" || string(t) == "{}" {
 		return nil
 	}
+	return decodeJSON(t, v, known)
+}
+
+// readBody reads a request's body, refusing one over the route's cap (serveAPI's bodyLimit)
+// with 413.
+func readBody(r *http.Request) ([]byte, error) {
+	raw, err := io.ReadAll(r.Body)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, &apiError{status: http.StatusRequestEntityTooLarge, code: "BAD_BODY_ERR", msg: fmt.Sprintf("request body larger than %d bytes", mbe.Limit)}
+		}
+		return nil, badRequest("BAD_BODY_ERR", "reading the request body: "+err.Error(), "")
+	}
+	return raw, nil
+}
+
+// decodeJSON decodes the non-empty JSON text t into v strictly: by type, no member given
+// twice in any object (checkMembers), nothing after the value, and, if known, no member v
+// has no field for.
+func decodeJSON(t []byte, v any, known bool) error {
 	if err := checkMembers(t); err != nil {
 		return err
 	}
