@@ -224,3 +224,28 @@ func TestEventActionsComplete(t *testing.T) {
 	})
 	assert.Equal(t, len(offered), n, "the filter offers exactly crk's actions")
 }
+
+// TestEventsPageCorrelationID: an event made under a correlation id (an API request's
+// Correlation-Id header) shows it in its row, so a user can match a client's request to its
+// audit record; an event made without one shows a dash.
+func TestEventsPageCorrelationID(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	c := f.browser()
+	svc := f.svc()
+	k, err := svc.CreateRootKey(t.Context(), "alpha")
+	require.NoError(t, err)
+	f.clock.Advance(time.Minute)
+	ctx, err := crk.WithCorrelationID(t.Context(), "req-7f3a:batch_2")
+	require.NoError(t, err)
+	_, err = svc.Wrap(ctx, k.ID, []byte("dek"), nil)
+	require.NoError(t, err)
+
+	page := f.mustGet(c, "/ui/i/"+f.inst+"/events?key="+k.ID)
+	require.Len(t, rows(page), 2)
+	cells := regexp.MustCompile(`<td data-label="Correlation id">(.*?)</td>`).FindAllStringSubmatch(page, -1)
+	require.Len(t, cells, 2)
+	assert.Equal(t, "<code>req-7f3a:batch_2</code>", cells[0][1], "the wrap, newest first")
+	assert.Equal(t, "—", cells[1][1], "the create had no correlation id")
+	assert.Contains(t, page, `<th scope="col">Correlation id</th>`)
+}
