@@ -2,21 +2,15 @@ package main
 
 import (
 	"encoding/json"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
-
-	"crkvol/internal/tooltest"
 )
 
 // startKMSServe starts "crkvol kms serve" in dir over the state directory dir/served, on
-// loopback with the static token, stopping it (SIGTERM) and logging its output on cleanup;
+// loopback with the static token (serveProcess: stopped with SIGTERM on cleanup, its output
+// logged if the test failed);
 // env is added to the server's environment. It returns the service's URL and the id of its
 // default instance.
 func startKMSServe(t *testing.T, dir string, env []string, token string) (url, inst string) {
@@ -31,27 +25,6 @@ func startKMSServe(t *testing.T, dir string, env []string, token string) (url, i
 	require.NotEmpty(t, insts)
 	inst = insts[0].ID
 
-	serve := exec.Command("crkvol", "kms", "serve", "--listen", "127.0.0.1:0", "--addr-file", "addr.txt", "--static-token", token)
-	serve.Dir = dir
-	serve.Env = append(append(os.Environ(), "CRKVOL_MASTER_KEY="), served...)
-	serveLog := &tooltest.SyncBuffer{}
-	serve.Stderr = serveLog
-	require.NoError(t, serve.Start())
-	stopped := make(chan struct{})
-	go func() { serve.Wait(); close(stopped) }()
-	t.Cleanup(func() {
-		serve.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-stopped:
-		case <-time.After(time.Minute):
-			serve.Process.Kill()
-		}
-		t.Logf("kms serve log:\n%s", serveLog.String())
-	})
-	waitFor(t, "kms serve listening", time.Minute, func() bool {
-		b, err := os.ReadFile(filepath.Join(dir, "addr.txt"))
-		url = strings.TrimSpace(string(b))
-		return err == nil && strings.HasSuffix(string(b), "\n")
-	})
+	_, url, _ = serveProcess(t, dir, served, "addr.txt", token)
 	return url, inst
 }
