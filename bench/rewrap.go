@@ -629,6 +629,6 @@ func (r *RewrapReport) WriteTable(w io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	_, err := fmt.Fprintf(w, "flushes: fsync/fdatasync calls of the pass (header, key service store, registry) per rewrapped volume; the fleet took %.1f s to make (not measured)\n", r.CreateSeconds)
+	_, err := fmt.Fprintf(w, "flushes/volume: the pass's fsync/fdatasync calls per rewrapped volume; header, kms store, registry: its flushes of each, in all; cpu µs/volume: the whole process's CPU time (user and kernel, the HTTP server's too for remote) per volume; the fleet took %.1f s to make (not measured)\n", r.CreateSeconds)
 	return err
 }

@@ -9,13 +9,14 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"crkvol/crk"
 	"crkvol/volume"
 )
 
 // TestRewrapStopsBetweenWavesWhenCancelled: a rewrap pass whose context ends (the CLI's
-// SIGINT or SIGTERM) starts no new wave: the waves in flight finish (each volume rewrapped
-// and committed, or not touched), the rest are reported failed with the context's error and
-// keep their old, valid wrapping, and a later Sync brings them to the latest version.
+// SIGINT or SIGTERM) starts no new wave: a wave the key service rewrapped is committed and
+// its registrations updated, the rest are not started (not failures) and keep their old,
+// valid wrapping, and a later Sync brings them to the latest version.
 func TestRewrapStopsBetweenWavesWhenCancelled(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
@@ -41,17 +42,27 @@ func TestRewrapStopsBetweenWavesWhenCancelled(t *testing.T) {
 	assert.Equal(t, 24, rep.Volumes)
 	assert.GreaterOrEqual(t, rep.Rewrapped, 2, "the wave in flight when the context ended finished")
 	assert.LessOrEqual(t, rep.Rewrapped, 2*2, "at most the waves in flight (rewrapDepth) finished")
-	assert.Equal(t, 24, rep.Rewrapped+len(rep.Failed))
-	for crn, err := range rep.Failed {
-		assert.ErrorIs(t, err, context.Canceled, crn)
-	}
+	assert.Equal(t, 24, rep.Rewrapped+rep.NotStarted, "each volume rewrapped or not started")
+	assert.Empty(t, rep.Failed, "nothing failed: the volumes not started are not failures")
+	assert.ErrorIs(t, rep.Stopped, context.Canceled)
+	assert.ErrorIs(t, rep.Err(), context.Canceled)
 	assert.Zero(t, rep.Retries, "no retry after the context ended")
+	// Each volume is rewrapped (header, registration, registry) or untouched.
+	regs, err := f.svc.ListRegistrations(f.ctx, crk.RegistrationFilter{KeyID: f.key.ID})
+	require.NoError(t, err)
+	onNew := 0
+	for _, r := range regs {
+		if r.KeyVersion.ID == k.KeyVersion.ID {
+			onNew++
+		}
+	}
+	assert.Equal(t, rep.Rewrapped, onNew, "registrations moved: exactly the rewrapped volumes'")
 
 	sync := volume.NewManager(f.ks, f.reg, volume.Options{Now: f.clock.Now})
 	defer sync.Close()
 	rep2, err := sync.Sync(f.ctx, f.key.ID)
 	require.NoError(t, err)
-	assert.Equal(t, len(rep.Failed), rep2.Rewrapped)
+	assert.Equal(t, rep.NotStarted, rep2.Rewrapped)
 	assert.Equal(t, rep.Rewrapped, rep2.AlreadyCurrent)
 	assert.Empty(t, rep2.Failed)
 }

@@ -1,6 +1,7 @@
 package volume
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -67,13 +68,11 @@ func (p *rewrapPass) rewrapVolumes(crns []string) {
 	})
 	for start := 0; start < len(crns); start += size {
 		slots <- struct{}{}
-		if err := p.ctx.Err(); err != nil {
-			// Stopped (the CLI's SIGINT or SIGTERM): no new wave. The waves in flight
-			// finish; the rest keep their old, valid wrapping for a later pass.
+		if p.stopped() {
+			// Stopped (the CLI's SIGINT or SIGTERM): no new wave. The rest keep their old,
+			// valid wrapping for a later pass.
 			<-slots
-			for _, crn := range crns[start:] {
-				p.done(crn, false, 0, 0, rewrapResult{}, fmt.Errorf("not started, the pass was stopped: %w", err))
-			}
+			p.notStarted(len(crns) - start)
 			break
 		}
 		w := &wave{}
@@ -97,7 +96,15 @@ func (p *rewrapPass) prepareWave(w *wave) {
 		t := w.tasks[i]
 		t.start = time.Now()
 		t.attempts = 1
+		if p.stopped() {
+			p.leave(t)
+			return
+		}
 		if err := p.prepare(t, casState{round: 1}); err != nil {
+			if p.stopped() && errors.Is(err, p.ctx.Err()) {
+				p.leave(t) // only read: not started
+				return
+			}
 			p.fail(w, t, err)
 		}
 	})
@@ -117,9 +124,22 @@ func (p *rewrapPass) rewrapWave(w *wave) {
 	if len(items) == 0 {
 		return
 	}
+	if p.stopped() {
+		for _, t := range tasks {
+			p.leave(t)
+		}
+		return
+	}
 	out, errs, err := p.kms().RewrapBatch(p.ctx, p.keyID, items)
 	if err == nil && (len(out) != len(items) || len(errs) != len(items)) {
 		err = fmt.Errorf("%w: %d results and %d errors for a batch of %d rewraps", ErrIncompleteAnswer, len(out), len(errs), len(items))
+	}
+	if err != nil && p.stopped() && errors.Is(err, p.ctx.Err()) {
+		// Abandoned with the pass: nothing was written to these volumes.
+		for _, t := range tasks {
+			p.leave(t)
+		}
+		return
 	}
 	for i, t := range tasks {
 		switch {
@@ -187,7 +207,11 @@ func (p *rewrapPass) finishWave(w *wave) {
 			p.m.opts.Logger.Warn("recording the verification of rewrapped volumes in the registry failed", "volumes", len(entries), "err", err)
 		}
 	}()
-	errs, err := p.kms().UpdateRegistrations(p.ctx, p.keyID, updates)
+	// The headers are committed: their registrations are brought along even when the pass
+	// was stopped meanwhile, so that a stop leaves each volume rewrapped or untouched.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(p.ctx), finishTimeout)
+	defer cancel()
+	errs, err := p.kms().UpdateRegistrations(ctx, p.keyID, updates)
 	if err == nil && len(errs) != len(updates) {
 		err = fmt.Errorf("%w: %d errors for a batch of %d registration updates", ErrIncompleteAnswer, len(errs), len(updates))
 	}
@@ -203,6 +227,17 @@ func (p *rewrapPass) finishWave(w *wave) {
 			p.done(t.crn, false, time.Since(t.start), 1, t.res, nil)
 		}
 	}
+}
+
+// finishTimeout bounds the registration update of a wave whose headers are committed, which
+// does not end with the pass's context.
+const finishTimeout = time.Minute
+
+// leave takes a task the pass's stop leaves untouched out of its wave: not started.
+func (p *rewrapPass) leave(t *volumeTask) {
+	t.close()
+	t.left = true
+	p.notStarted(1)
 }
 
 // fail ends the task's first attempt with err: a failure when it is not worth another,

@@ -48,6 +48,12 @@ type Report struct {
 	// Failed maps CRNs to the error of their last attempt. A failed volume keeps its old,
 	// still valid wrapping.
 	Failed map[string]error
+	// NotStarted counts the volumes (and images) the pass did not get to because its context
+	// ended first (the CLI's SIGINT or SIGTERM): nothing was written to them or to their
+	// registrations, they keep their old, still valid wrapping, and a later pass (Sync)
+	// takes them. They are not in Failed. Stopped is the context's error then.
+	NotStarted int
+	Stopped    error
 	// Elsewhere counts the volumes (and images) asked for that this Manager's registry does
 	// not have:
 	// registered with the key from other hosts, whose own Manager (their agent, or a sync
@@ -87,7 +93,7 @@ func (r *Report) Percentile(q float64) time.Duration {
 
 // Err summarises the failures, or returns nil.
 func (r *Report) Err() error {
-	if len(r.Failed) == 0 {
+	if len(r.Failed) == 0 && r.NotStarted == 0 {
 		return nil
 	}
 	crns := make([]string, 0, len(r.Failed))
@@ -103,7 +109,10 @@ func (r *Report) Err() error {
 	if r.Images > 0 {
 		what = "volumes and images"
 	}
-	return fmt.Errorf("volume: %d of %d %s of key %s not rewrapped: %w", len(r.Failed), r.Volumes+r.Images, what, r.KeyID, errors.Join(errs...))
+	if r.NotStarted > 0 {
+		errs = append(errs, fmt.Errorf("%d not started: the pass was stopped: %w", r.NotStarted, r.Stopped))
+	}
+	return fmt.Errorf("volume: %d of %d %s of key %s not rewrapped: %w", len(r.Failed)+r.NotStarted, r.Volumes+r.Images, what, r.KeyID, errors.Join(errs...))
 }
 
 // onRotate is the rotation hook: it rewraps the stale volumes of the rotated key. Catalog
@@ -310,10 +319,25 @@ func (p *rewrapPass) progress() {
 	}
 	rep := p.rep
 	p.m.opts.Progress(RewrapProgress{KeyID: p.keyID, Volumes: rep.Volumes, Images: rep.Images,
-		Done:      rep.Rewrapped + rep.AlreadyCurrent + rep.ImagesRewrapped + rep.ImagesAlreadyCurrent + len(rep.Failed),
+		Done:      rep.Rewrapped + rep.AlreadyCurrent + rep.ImagesRewrapped + rep.ImagesAlreadyCurrent + len(rep.Failed) + rep.NotStarted,
 		Rewrapped: rep.Rewrapped, AlreadyCurrent: rep.AlreadyCurrent, Failed: len(rep.Failed),
 		ImagesRewrapped: rep.ImagesRewrapped, ImagesAlreadyCurrent: rep.ImagesAlreadyCurrent, Elapsed: time.Since(p.start)})
 }
+
+// notStarted records n volumes or images the pass did not get to: its context ended first.
+func (p *rewrapPass) notStarted(n int) {
+	if n == 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.rep.NotStarted += n
+	p.rep.Stopped = context.Cause(p.ctx)
+	p.progress()
+}
+
+// stopped reports whether the pass's context ended: a volume not started yet is not.
+func (p *rewrapPass) stopped() bool { return p.ctx.Err() != nil }
 
 // done records the outcome of one volume or image: d is its time, attempts how many times it
 // was tried, res what it did.
@@ -344,6 +368,10 @@ func (p *rewrapPass) done(crn string, image bool, d time.Duration, attempts int,
 // rewrapImages rewraps the catalog images of the pass one by one, Workers at a time.
 func (p *rewrapPass) rewrapImages(crns []string) {
 	forEach(len(crns), p.m.opts.Workers, func(i int) {
+		if p.stopped() {
+			p.notStarted(1)
+			return
+		}
 		t0 := time.Now()
 		res, attempts, err := p.withRetry(crns[i], true, retryFrom{})
 		p.done(crns[i], true, time.Since(t0), attempts, res, err)

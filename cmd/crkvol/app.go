@@ -60,6 +60,9 @@ type app struct {
 	background bool
 	// warnedInsecure is set once the --kms-insecure warning was printed.
 	warnedInsecure bool
+	// registered caches registeredImages' read of the registry file when the command has no
+	// registry open.
+	registered *[]string
 	// workers is --workers of key rotate and key sync: the volumes a rewrap pass takes at
 	// once (volume.Options.Workers); 0 for the default.
 	workers int

@@ -129,7 +129,7 @@ func (a *app) benchDir(flag string) (string, error) {
 			return "", fmt.Errorf("--dir: %w", err)
 		}
 		if !st.IsDir() {
-			return "", usagef("--dir %s: not a directory", flag)
+			return "", fmt.Errorf("--dir %s: not a directory", flag)
 		}
 		return flag, nil
 	}

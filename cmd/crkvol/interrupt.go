@@ -181,7 +181,7 @@ func rewrapInterrupted(reps []*volume.Report) (msg string, ok bool) {
 	var parts []string
 	for _, r := range reps {
 		parts = append(parts, fmt.Sprintf("rewrapped %d of %d volumes of key %s to version %s (already current %d); %d not done keep their old, still valid wrapping; run crkvol key sync %s to rewrap them",
-			r.Rewrapped, r.Volumes, r.KeyID, shown(r.NewVersion), r.AlreadyCurrent, len(r.Failed), r.KeyID))
+			r.Rewrapped, r.Volumes, r.KeyID, shown(r.NewVersion), r.AlreadyCurrent, len(r.Failed)+r.NotStarted, r.KeyID))
 	}
 	return strings.Join(parts, "; "), len(parts) > 0
 }

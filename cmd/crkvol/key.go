@@ -44,7 +44,7 @@ func reportsJSON(reps []*volume.Report) []map[string]any {
 		out = append(out, map[string]any{
 			"keyId": r.KeyID, "newVersion": r.NewVersion, "volumes": r.Volumes, "rewrapped": r.Rewrapped,
 			"alreadyCurrent": r.AlreadyCurrent, "images": r.Images, "imagesRewrapped": r.ImagesRewrapped,
-			"imagesAlreadyCurrent": r.ImagesAlreadyCurrent, "imagesReregistered": r.ImagesReregistered, "retries": r.Retries, "failed": failed,
+			"imagesAlreadyCurrent": r.ImagesAlreadyCurrent, "imagesReregistered": r.ImagesReregistered, "retries": r.Retries, "failed": failed, "notStarted": r.NotStarted,
 			"bytesWritten": r.BytesWritten, "dataBytesReencrypted": 0, "elsewhere": r.Elsewhere,
 		})
 	}
@@ -337,7 +337,7 @@ func (a *app) workersFlag(cmd *cobra.Command) {
 	run := cmd.RunE
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if cmd.Flags().Changed("workers") && (a.workers < 1 || a.workers > maxWorkers) {
-			return usagef("--workers %d: want 1 to %d volumes at once", a.workers, maxWorkers)
+			return fmt.Errorf("--workers %d: want 1 to %d volumes at once", a.workers, maxWorkers)
 		}
 		return run(cmd, args)
 	}

@@ -1,17 +1,20 @@
 package main
 
 import (
-	"crkvol/internal/fsutil"
 	"crypto/rand"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"crkvol/internal/fsutil"
+	"crkvol/volume"
 )
 
 // errNotRegular means an output flag names something that is neither a regular file (or a
@@ -75,12 +78,44 @@ func (o outputOptions) sensitive() bool { return o.perm&0o077 == 0 }
 
 // outputOptions returns the options of an output file of mode perm for a command working on
 // the volume images imgs: the images and the state directory are protected.
+// Every volume image the state directory's registry knows is protected too.
 func (a *app) outputOptions(force bool, perm os.FileMode, imgs ...string) outputOptions {
 	o := outputOptions{force: force, perm: perm, images: imgs}
 	if dir, err := a.stateDirectory(); err == nil {
 		o.stateDir = dir
+		o.images = append(slices.Clip(o.images), a.registeredImages(dir)...)
 	}
 	return o
+}
+
+// registeredImages returns the paths of the volume images in the registry of state directory
+// dir: the command's open registry, else the file read once (nothing if it cannot be read,
+// such as while another command writes it for more than the registry's lock timeout).
+func (a *app) registeredImages(dir string) []string {
+	reg := a.reg
+	if reg == nil {
+		if a.registered != nil {
+			return *a.registered
+		}
+		r, err := volume.OpenRegistryReadOnly(filepath.Join(dir, "volumes.db"))
+		if err != nil {
+			return nil
+		}
+		defer r.Close()
+		reg = r
+	}
+	entries, err := reg.List()
+	if err != nil {
+		return nil
+	}
+	paths := make([]string, 0, len(entries))
+	for _, e := range entries {
+		paths = append(paths, e.Path)
+	}
+	if a.reg == nil {
+		a.registered = &paths
+	}
+	return paths
 }
 
 // streamName tells a name under /dev or /proc, lexically or through symbolic links: such a
@@ -453,6 +488,12 @@ func checkOutputFree(flag, path string, opts outputOptions) error {
 		return nil // opening it says what is wrong
 	}
 	if _, err := os.Lstat(path); err != nil {
+		// A new name: its directory must be there, or the command would fail only when it
+		// writes, after its work.
+		dir := filepath.Dir(absPath(path))
+		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+			return fmt.Errorf("%s: the directory %s does not exist", flagPath(flag, absPath(path)), dir)
+		}
 		return nil
 	}
 	if err := replaceable(flag, path); err != nil {

@@ -219,7 +219,7 @@ the command line override it.`,
 				}
 			}
 			if cmd.Flags().Changed("workers") && (crashOpts.Workers < 1 || crashOpts.Workers > maxWorkers) {
-				return usagef("--workers %d: want 1 to %d volumes at once", crashOpts.Workers, maxWorkers)
+				return fmt.Errorf("--workers %d: want 1 to %d volumes at once", crashOpts.Workers, maxWorkers)
 			}
 			bin, err := os.Executable()
 			if err != nil {

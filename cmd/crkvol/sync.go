@@ -89,8 +89,12 @@ func failedImages(r *volume.Report) int {
 // are never written).
 func (a *app) printReport(r *volume.Report) error {
 	imagesFailed := failedImages(r)
-	fmt.Fprintf(a.stdout, "rewrapped %d of %d volumes to version %s (already current %d, failed %d, %d bytes of headers written, 0 bytes of data re-encrypted)\n",
-		r.Rewrapped, r.Volumes, shown(r.NewVersion), r.AlreadyCurrent, len(r.Failed)-imagesFailed, r.BytesWritten)
+	notStarted := ""
+	if r.NotStarted > 0 {
+		notStarted = fmt.Sprintf(", not started %d (stopped)", r.NotStarted)
+	}
+	fmt.Fprintf(a.stdout, "rewrapped %d of %d volumes to version %s (already current %d, failed %d%s, %d bytes of headers written, 0 bytes of data re-encrypted)\n",
+		r.Rewrapped, r.Volumes, shown(r.NewVersion), r.AlreadyCurrent, len(r.Failed)-imagesFailed, notStarted, r.BytesWritten)
 	if r.Images > 0 || imagesFailed > 0 {
 		rereg := ""
 		if r.ImagesReregistered > 0 {
