@@ -80,6 +80,16 @@ func TestRunSections(t *testing.T) {
 	assert.Regexp(t, `(?m)^== nbd \(\d+ s\) ==$`, table.String())
 	assert.Contains(t, table.String(), "vs qemu-nbd")
 	assert.Regexp(t, `(?m)^== targets ==$`, table.String())
+	// A quick run's ratios are hints: above or below, not met or missed.
+	assert.Contains(t, table.String(), "its ratios are indicative only")
+	assert.Regexp(t, `(?m)^sector +generic encrypt 4096 vs x/crypto/xts +\d+\.\d\dx +3\.00x +(above|below) \(quick\)$`, table.String())
+	assert.NotRegexp(t, `(?m)(met|MISSED)$`, table.String())
+
+	// A full run's are verdicts.
+	r.Quick = false
+	table.Reset()
+	require.NoError(t, r.WriteTable(&table))
+	assert.NotContains(t, table.String(), "indicative")
 	assert.Regexp(t, `(?m)^sector +generic encrypt 4096 vs x/crypto/xts +\d+\.\d\dx +3\.00x +(met|MISSED)$`, table.String())
 }
 
