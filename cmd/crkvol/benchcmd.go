@@ -44,6 +44,9 @@ the end. A section that needs a program that is not installed says so and the ot
 					sections = append(sections, s)
 				}
 			}
+			if len(sections) == 0 {
+				sections = []string{"sector"} // the default section, as bench.Run has it
+			}
 			// The output files are checked first, as a run takes minutes, and written at the
 			// end, so that a cancelled run leaves none.
 			for _, o := range []struct{ flag, path string }{{"output", output}, {"chart", chart}} {
