@@ -315,7 +315,9 @@ func TestLifecycleFeedOutlastsServerTimeouts(t *testing.T) {
 		srv.Config.ReadTimeout, srv.Config.WriteTimeout = 100*time.Millisecond, 100*time.Millisecond
 		srv.Start()
 		t.Cleanup(srv.Close)
-		head := feedPage(t, e.ctx, srv.URL, staticToken, e.inst, nil)
+		// The head from the environment's server, whose timeouts are the defaults: a
+		// request that does not wait may take longer than 100 ms on a loaded machine.
+		head := feedPage(t, e.ctx, e.srv.URL, staticToken, e.inst, nil)
 		p := feedPage(t, e.ctx, srv.URL, staticToken, e.inst, url.Values{"cursor": {head.Cursor}, "wait": {"500ms"}})
 		assert.Empty(t, p.Events)
 		assert.Equal(t, head.Cursor, p.Cursor)
