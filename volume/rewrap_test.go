@@ -422,7 +422,11 @@ func TestGivesUpOnLockHeldByAnotherProcess(t *testing.T) {
 		fn   func(ctx context.Context) error
 	}{
 		{"Rewrap", func(ctx context.Context) error {
-			return mgr.Rewrap(ctx, f.key.ID, k.KeyVersion.ID, []string{info.CRN}).Failed[info.CRN]
+			// Given up while waiting for the lock: not started (nothing was written), not failed.
+			rep := mgr.Rewrap(ctx, f.key.ID, k.KeyVersion.ID, []string{info.CRN})
+			assert.Equal(t, 1, rep.NotStarted)
+			assert.Empty(t, rep.Failed)
+			return rep.Err()
 		}},
 		{"RewrapVolume", func(ctx context.Context) error { _, err := mgr.RewrapVolume(ctx, info.Path); return err }},
 		{"Open", func(ctx context.Context) error { _, err := mgr.Open(ctx, info.Path); return err }},
