@@ -91,7 +91,16 @@ func RunNBD(ctx context.Context, opts NBDOptions) (*NBDReport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bench nbd: %w: qemu-nbd (Debian package qemu-utils): %v", ErrToolMissing, err)
 	}
-	dir, err := os.MkdirTemp(opts.Dir, "crkvol-bench-nbd")
+	base, err := filepath.Abs(opts.Dir)
+	if opts.Dir == "" {
+		base, err = os.TempDir(), nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bench nbd: %w", err)
+	}
+	// Absolute paths: qemu-nbd and nbdcopy would read "-x" as an option and "null:x" as a
+	// protocol.
+	dir, err := os.MkdirTemp(base, "crkvol-bench-nbd")
 	if err != nil {
 		return nil, fmt.Errorf("bench nbd: %w", err)
 	}
@@ -158,8 +167,10 @@ func RunNBD(ctx context.Context, opts NBDOptions) (*NBDReport, error) {
 	if err := qemu.Start(); err != nil {
 		return nil, fmt.Errorf("bench nbd: qemu-nbd: %w", err)
 	}
-	defer func() { _ = qemu.Process.Kill(); _ = qemu.Wait() }()
-	if err := waitListening(ctx, qemuURI, qsock); err != nil {
+	exited := make(chan struct{})
+	go func() { _ = qemu.Wait(); close(exited) }()
+	defer func() { _ = qemu.Process.Kill(); <-exited }()
+	if err := waitListening(ctx, qemuURI, qsock, exited); err != nil {
 		return nil, fmt.Errorf("bench nbd: qemu-nbd did not start: %w: %s", err, qemuErr.String())
 	}
 
@@ -252,8 +263,9 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// waitListening waits for the server at uri (a unix socket at sock, or nbd://host:port/).
-func waitListening(ctx context.Context, uri, sock string) error {
+// waitListening waits for the server at uri (a unix socket at sock, or nbd://host:port/),
+// until it listens, exited closes (the server process ended) or 20 s passed.
+func waitListening(ctx context.Context, uri, sock string, exited <-chan struct{}) error {
 	network, addr := "unix", sock
 	if strings.HasPrefix(uri, "nbd://") {
 		network, addr = "tcp", strings.TrimSuffix(strings.TrimPrefix(uri, "nbd://"), "/")
@@ -267,7 +279,11 @@ func waitListening(ctx context.Context, uri, sock string) error {
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return errors.Join(err, ctx.Err())
 		}
-		time.Sleep(20 * time.Millisecond)
+		select {
+		case <-exited:
+			return errors.New("the server exited")
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
 

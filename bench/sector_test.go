@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -176,4 +177,15 @@ func BenchmarkNBD(b *testing.B) {
 			b.ReportMetric(x.MiBps/q, x.Server+"-"+x.Op+"-vs-qemu-nbd")
 		}
 	}
+}
+
+// TestWaitListeningStopsWhenServerExits: waiting for a server that already exited ends at
+// once with that reason, rather than after the 20 s deadline.
+func TestWaitListeningStopsWhenServerExits(t *testing.T) {
+	port, err := freePort()
+	require.NoError(t, err)
+	exited := make(chan struct{})
+	close(exited)
+	err = waitListening(context.Background(), "nbd://127.0.0.1:"+strconv.Itoa(port)+"/", "", exited)
+	require.ErrorContains(t, err, "the server exited")
 }

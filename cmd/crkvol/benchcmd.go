@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -134,7 +135,9 @@ func (a *app) benchDir(flag string) (string, error) {
 		if !st.IsDir() {
 			return "", fmt.Errorf("--dir %s: not a directory", flag)
 		}
-		return flag, nil
+		// Absolute: the sections hand paths to other programs (qemu-nbd, nbdcopy), which
+		// would read "-x" as an option or "null:x" as a protocol.
+		return filepath.Abs(flag)
 	}
 	if state, err := a.stateDirectory(); err == nil {
 		if st, err := os.Stat(state); err == nil && st.IsDir() {
