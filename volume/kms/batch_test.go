@@ -291,3 +291,50 @@ func TestBatchChunks(t *testing.T) {
 		}
 	})
 }
+
+// TestBatchAbsenceExpires: after a 404 without kpapi.BatchHeader the client makes single
+// calls without asking again, but only for a while (batchRetryAfter): then it asks again, and
+// uses the batch route of a service that has it now (an upgrade, or a proxy's 404 while a
+// replica restarted).
+func TestBatchAbsenceExpires(t *testing.T) {
+	t.Parallel()
+	st := serverStores[0]
+	opts := crk.Options{Clock: crk.NewManualClock(time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)), MasterKey: bytes.Repeat([]byte{4}, 32)}
+	tenants, inst, svc := st.open(t, t.TempDir(), opts)
+	api := kpapi.NewServer(tenants)
+	var tried atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/api/crkvol/v1/keys/") && tried.Add(1) == 1 {
+			http.NotFound(w, r) // the first time only, without kpapi.BatchHeader
+			return
+		}
+		api.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	apiKey, err := tenants.CreateAPIKey(inst)
+	require.NoError(t, err)
+	remote, err := kms.NewRemote(kms.RemoteConfig{URL: srv.URL, Instance: inst, APIKey: apiKey})
+	require.NoError(t, err)
+
+	ctx := context.Background()
+	k, err := svc.CreateRootKey(ctx, "batch")
+	require.NoError(t, err)
+	aad := []string{"5b3ae5d6-6a4c-4b8e-9f0e-2f4c1d7a9b10"}
+	w, err := remote.Wrap(ctx, k.ID, []byte("passphrase"), aad)
+	require.NoError(t, err)
+	items := []volume.RewrapItem{{Ciphertext: w.Ciphertext, AAD: aad}, {Ciphertext: w.Ciphertext, AAD: aad}}
+	for range 2 {
+		_, errs, err := remote.RewrapBatch(ctx, k.ID, items)
+		require.NoError(t, err)
+		assert.Equal(t, []error{nil, nil}, errs, "single calls")
+	}
+	assert.Equal(t, int32(1), tried.Load(), "asked once, then remembered")
+
+	kms.ExpireBatchAbsence(remote)
+	commits := svc.StoreStats().Commits
+	_, errs, err := remote.RewrapBatch(ctx, k.ID, items)
+	require.NoError(t, err)
+	assert.Equal(t, []error{nil, nil}, errs)
+	assert.Equal(t, int32(2), tried.Load(), "asked again")
+	assert.Equal(t, uint64(1), svc.StoreStats().Commits-commits, "and used the batch route: one commit")
+}

@@ -117,8 +117,8 @@ type Remote struct {
 
 	// noRewrapBatch and noRegBatch remember that the service has no batch call (a Key
 	// Protect without crkvol's extensions): RewrapBatch and UpdateRegistrations then make
-	// single calls without asking again (remotebatch.go).
-	noRewrapBatch, noRegBatch atomic.Bool
+	// single calls without asking again for batchRetryAfter (remotebatch.go).
+	noRewrapBatch, noRegBatch batchAbsence
 
 	mu      sync.Mutex
 	token   string

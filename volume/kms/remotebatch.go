@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync/atomic"
+	"time"
 
 	"crkvol/crk/kpapi"
 	"crkvol/volume"
@@ -42,7 +43,7 @@ func (r *Remote) RewrapBatch(ctx context.Context, keyID string, items []volume.R
 	}
 	for lo := 0; lo < len(items); {
 		hi := chunkEnd(sizes, lo)
-		if r.noRewrapBatch.Load() {
+		if r.noRewrapBatch.absent() {
 			o, e := volume.RewrapEach(ctx, r, keyID, items[lo:])
 			copy(out[lo:], o)
 			copy(errs[lo:], e)
@@ -97,7 +98,7 @@ func (r *Remote) UpdateRegistrations(ctx context.Context, keyID string, updates 
 	}
 	for lo := 0; lo < len(updates); {
 		hi := chunkEnd(sizes, lo)
-		if r.noRegBatch.Load() {
+		if r.noRegBatch.absent() {
 			copy(errs[lo:], volume.UpdateEach(ctx, r, keyID, updates[lo:]))
 			break
 		}
@@ -139,10 +140,25 @@ func chunkEnd(sizes []int, lo int) int {
 // errNoBatch means the service has no batch call: use single calls.
 var errNoBatch = errors.New("the key service has no batch call")
 
+// batchRetryAfter is how long a Remote makes single calls after a service answered that it
+// has no batch call, before it asks again: a long-running process (crkvol agent) takes up
+// the batch calls again once the service has them (an upgrade), or when the answer came
+// from something in between (a proxy's 404 while a replica restarted).
+const batchRetryAfter = 10 * time.Minute
+
+// batchAbsence remembers until when a batch call is taken to be absent.
+type batchAbsence struct{ until atomic.Int64 }
+
+// absent reports whether the batch call is taken to be absent now.
+func (b *batchAbsence) absent() bool { return time.Now().UnixNano() < b.until.Load() }
+
+// mark takes the batch call to be absent for batchRetryAfter.
+func (b *batchAbsence) mark() { b.until.Store(time.Now().Add(batchRetryAfter).UnixNano()) }
+
 // batch makes one batch request of n items. A 404 or 405 without kpapi.BatchHeader (from a
-// service without the route, not a refusal of the key by crkvol's) sets *none and returns
-// errNoBatch.
-func (r *Remote) batch(ctx context.Context, method, path string, body, out any, n int, none *atomic.Bool) error {
+// service without the route, not a refusal of the key by crkvol's) marks none absent and
+// returns errNoBatch.
+func (r *Remote) batch(ctx context.Context, method, path string, body, out any, n int, none *batchAbsence) error {
 	b, err := json.Marshal(body)
 	if err != nil {
 		return err
@@ -155,7 +171,7 @@ func (r *Remote) batch(ctx context.Context, method, path string, body, out any, 
 	})
 	var re *kpapi.ResponseError
 	if errors.As(err, &re) && (re.Status == http.StatusNotFound || re.Status == http.StatusMethodNotAllowed) && header.Get(kpapi.BatchHeader) == "" {
-		none.Store(true)
+		none.mark()
 		return errNoBatch
 	}
 	return err
