@@ -614,7 +614,7 @@ func (s *Server) action(q *request, action string) error {
 			out.Plaintext = base64.StdEncoding.EncodeToString(res.Plaintext)
 			clear(res.Plaintext)
 		}
-		writeJSON(q.w, http.StatusOK, &out)
+		writeAnswer(q.w, http.StatusOK, &out)
 	case "unwrap", "rewrap":
 		if body.Ciphertext == nil {
 			return badRequest("BAD_BODY_ERR", "ciphertext is required", "ciphertext")
@@ -628,7 +628,7 @@ func (s *Server) action(q *request, action string) error {
 			if err != nil {
 				return err
 			}
-			writeJSON(q.w, http.StatusOK, &actionAnswer{
+			writeAnswer(q.w, http.StatusOK, &actionAnswer{
 				Ciphertext: base64.StdEncoding.EncodeToString(res.Ciphertext),
 				KeyVersion: version(res.OldVersion), RewrappedKeyVersion: version(res.KeyVersion),
 			})
@@ -644,7 +644,7 @@ func (s *Server) action(q *request, action string) error {
 			out.RewrappedKeyVersion = version(res.RewrappedVersion)
 		}
 		clear(res.Plaintext)
-		writeJSON(q.w, http.StatusOK, &out)
+		writeAnswer(q.w, http.StatusOK, &out)
 	case "disable":
 		if _, err := q.svc.DisableKey(q.ctx, q.id); err != nil {
 			return err

@@ -1,0 +1,196 @@
+package kpapi
+
+import (
+	"encoding/json"
+	"net/http"
+)
+
+// The wrap and unwrap requests are the API's hottest path: their bodies are small objects of
+// a few ASCII members, and their answers a few base64 and UUID strings. The functions here
+// decide those common cases without encoding/json's reflection and token allocations, and
+// hand anything else to the general code, whose results they must equal wherever they decide
+// (FuzzMembersUnique, TestAppendActionAnswer).
+
+// Limits of membersUnique's fast scan: deeper nesting, larger objects or longer texts are
+// left to checkMembers' general path (the fast scan compares each member name with the
+// object's earlier ones, so its work must stay small).
+const (
+	fastMaxDepth   = 8
+	fastMaxMembers = 16
+	fastMaxNames   = 64
+)
+
+// membersUnique decides, when it can cheaply, whether the JSON text raw is one valid JSON
+// value in which no object has two members whose names are the same after case folding, the
+// condition checkMembers enforces: decided is false when raw is not valid JSON, has a member
+// name with an escape or a non-ASCII byte (whose folding needs Unicode's tables: the Kelvin
+// sign K folds with k), nests deeper than fastMaxDepth, or has an object of more than
+// fastMaxMembers members; checkMembers then decides (and words the error). For names of
+// ASCII letters, digits and punctuation without escapes, Unicode simple case folding is
+// ASCII case folding, so two names fold alike exactly when they are equal ignoring ASCII
+// case.
+func membersUnique(raw []byte) (unique, decided bool) {
+	if !json.Valid(raw) {
+		return false, false
+	}
+	var (
+		marks [fastMaxDepth]int    // per open object or array: where its names start in names; -1 for an array
+		names [fastMaxNames][]byte // the member names of the open objects, innermost last
+		depth int
+		n     int // names in use
+	)
+	for i := 0; i < len(raw); i++ {
+		switch c := raw[i]; c {
+		case '{', '[':
+			if depth == fastMaxDepth {
+				return false, false
+			}
+			marks[depth] = n
+			if c == '[' {
+				marks[depth] = -1
+			}
+			depth++
+		case '}', ']':
+			depth--
+			if marks[depth] >= 0 {
+				n = marks[depth]
+			}
+		case '"':
+			// A string: find its end (raw is valid, so it has one), then whether a ':'
+			// follows, which makes it a member name of the innermost (object) frame.
+			start, plain := i+1, true
+			j := start
+			for ; raw[j] != '"'; j++ {
+				if raw[j] == '\\' {
+					plain = false
+					j++ // the escaped byte; a \uXXXX's digits are not quotes either
+				} else if raw[j] >= 0x80 {
+					plain = false
+				}
+			}
+			name := raw[start:j]
+			i = j
+			k := j + 1
+			for k < len(raw) && (raw[k] == ' ' || raw[k] == '\t' || raw[k] == '\n' || raw[k] == '\r') {
+				k++
+			}
+			if k == len(raw) || raw[k] != ':' {
+				continue // a string value
+			}
+			if !plain {
+				return false, false
+			}
+			mark := marks[depth-1]
+			if n-mark == fastMaxMembers || n == fastMaxNames {
+				return false, false
+			}
+			for _, seen := range names[mark:n] {
+				if equalFoldASCII(seen, name) {
+					return false, true
+				}
+			}
+			names[n] = name
+			n++
+		}
+	}
+	return true, true
+}
+
+// equalFoldASCII reports whether a and b, both ASCII, are equal ignoring ASCII letter case.
+func equalFoldASCII(a, b []byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := a[i], b[i]
+		if x == y {
+			continue
+		}
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
+// appendJSON appends the answer as json.NewEncoder(w).Encode(a) writes it (members in field
+// order, empty ones left out, a newline after the object) and reports true, or reports false
+// when a string needs escaping (encoding/json then writes it): base64 texts, key version
+// ids and RFC 3339 dates never do.
+func (a *actionAnswer) appendJSON(b []byte) ([]byte, bool) {
+	ok := true
+	str := func(name, s string, comma bool) {
+		if comma {
+			b = append(b, ',')
+		}
+		b = append(b, '"')
+		b = append(b, name...)
+		b = append(b, `":"`...)
+		for i := 0; i < len(s); i++ {
+			if c := s[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+				ok = false
+				return
+			}
+		}
+		b = append(b, s...)
+		b = append(b, '"')
+	}
+	version := func(name string, v *KeyVersion, comma bool) {
+		if comma {
+			b = append(b, ',')
+		}
+		b = append(b, '"')
+		b = append(b, name...)
+		b = append(b, `":{`...)
+		str("id", v.ID, false)
+		if v.CreationDate != "" {
+			str("creationDate", v.CreationDate, true)
+		}
+		if v.Destroyed != nil {
+			ok = false // not part of an action's answer; left to encoding/json
+		}
+		b = append(b, '}')
+	}
+	b = append(b, '{')
+	comma := false
+	if a.Ciphertext != "" {
+		str("ciphertext", a.Ciphertext, comma)
+		comma = true
+	}
+	if a.KeyVersion != nil {
+		version("keyVersion", a.KeyVersion, comma)
+		comma = true
+	}
+	if a.Plaintext != "" {
+		str("plaintext", a.Plaintext, comma)
+		comma = true
+	}
+	if a.RewrappedKeyVersion != nil {
+		version("rewrappedKeyVersion", a.RewrappedKeyVersion, comma)
+	}
+	b = append(b, '}', '\n')
+	return b, ok
+}
+
+// writeAnswer writes a key action's answer as writeJSON would, without reflection when
+// appendJSON can; the buffer, which holds a plaintext DEK for an unwrap, is cleared after.
+func writeAnswer(w http.ResponseWriter, status int, a *actionAnswer) {
+	var buf [512]byte
+	b, ok := a.appendJSON(buf[:0])
+	defer clear(buf[:])
+	if !ok {
+		clear(b)
+		writeJSON(w, status, a)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(b)
+	clear(b)
+}

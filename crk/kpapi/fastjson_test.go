@@ -1,0 +1,110 @@
+package kpapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestMembersUnique checks the fast scan's decisions against checkMembersTokens, and which
+// texts it leaves undecided.
+func TestMembersUnique(t *testing.T) {
+	for _, tc := range []struct {
+		raw             string
+		unique, decided bool
+	}{
+		{`{"plaintext":"AAAA","aad":["a","b"]}`, true, true},
+		{`{"ciphertext":"AAAA"}`, true, true},
+		{` { "a" : 1 , "b" : {"a":2}, "c":[{"a":1},{"a":2}] } `, true, true},
+		{`{"plaintext":"A","Plaintext":"B"}`, false, true},
+		{`{"a":{"x":1,"X":2}}`, false, true},
+		{`{"a":[{"k":1,"b":{},"K":2}]}`, false, true},
+		{`{"a":"\"a\":1","b":":"}`, true, true}, // quotes and colons inside values
+		{`{"a":1}{"b":2}`, false, false},        // not one value
+		{`{"a":1`, false, false},
+		{`{"\u0061":1,"a":2}`, false, false},     // an escape in a name
+		{"{\"k\":1,\"\u212a\":2}", false, false}, // the Kelvin sign
+		{`[[[[[[[[[1]]]]]]]]]`, false, false},    // deeper than fastMaxDepth
+		{`{"a0":0,"a1":1,"a2":2,"a3":3,"a4":4,"a5":5,"a6":6,"a7":7,"a8":8,"a9":9,"b0":0,"b1":1,"b2":2,"b3":3,"b4":4,"b5":5,"b6":6}`, false, false},
+		{`"just a string"`, true, true},
+		{`null`, true, true},
+	} {
+		unique, decided := membersUnique([]byte(tc.raw))
+		assert.Equal(t, tc.decided, decided, tc.raw)
+		if decided {
+			assert.Equal(t, tc.unique, unique, tc.raw)
+			assert.Equal(t, unique, checkMembersTokens([]byte(tc.raw)) == nil, tc.raw)
+		}
+		// checkMembers answers as the token scan does, decided fast or not.
+		assert.Equal(t, checkMembersTokens([]byte(tc.raw)), checkMembers([]byte(tc.raw)), tc.raw)
+	}
+}
+
+// TestMembersUniqueAllocs: the fast scan of a wrap body allocates nothing.
+func TestMembersUniqueAllocs(t *testing.T) {
+	raw := []byte(`{"plaintext":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","aad":["volume-1"]}`)
+	allocs := testing.AllocsPerRun(100, func() {
+		if err := checkMembers(raw); err != nil {
+			t.Fatal(err)
+		}
+	})
+	assert.Zero(t, allocs)
+}
+
+// FuzzMembersUnique: wherever the fast scan decides, it decides as checkMembersTokens does,
+// and checkMembers always answers as checkMembersTokens.
+func FuzzMembersUnique(f *testing.F) {
+	for _, s := range []string{`{"plaintext":"AAAA","aad":["a"]}`, `{"a":1,"A":2}`, `{"a":{"b":[{"c":1,"C":2}]}}`,
+		`{"a":"x\"y","b":"\\","c":"\u00e9"}`, "{\"k\":1,\"\u212a\":2}", `[{},{"a":1},[]]`, `{"a" :1,"b"	:2}`, `1`, `{`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		slow := checkMembersTokens(raw)
+		if unique, decided := membersUnique(raw); decided && unique != (slow == nil) {
+			t.Fatalf("fast scan: unique %v; token scan: %v", unique, slow)
+		}
+		if fast := checkMembers(raw); (fast == nil) != (slow == nil) || (fast != nil && fast.Error() != slow.Error()) {
+			t.Fatalf("checkMembers %v, token scan %v", fast, slow)
+		}
+	})
+}
+
+// TestAppendActionAnswer: the answer appendJSON writes is byte for byte encoding/json's, and
+// it leaves strings that need escaping to encoding/json.
+func TestAppendActionAnswer(t *testing.T) {
+	destroyed := true
+	for _, tc := range []struct {
+		a  actionAnswer
+		ok bool
+	}{
+		{actionAnswer{Ciphertext: "Q1JLMQ+/ab==", KeyVersion: &KeyVersion{ID: "0e3f2c1a-5b6d-4e7f-8a9b-0c1d2e3f4a5b", CreationDate: "2026-12-04T04:00:00Z"}}, true},
+		{actionAnswer{Plaintext: "AAAA", KeyVersion: &KeyVersion{ID: "v1"}}, true},
+		{actionAnswer{Plaintext: "AAAA", KeyVersion: &KeyVersion{ID: "v1", CreationDate: "d"}, Ciphertext: "CCCC", RewrappedKeyVersion: &KeyVersion{ID: "v2", CreationDate: "e"}}, true},
+		{actionAnswer{Ciphertext: "CCCC", KeyVersion: &KeyVersion{ID: "v2"}, RewrappedKeyVersion: &KeyVersion{ID: "v1"}}, true},
+		{actionAnswer{}, true},
+		{actionAnswer{Ciphertext: strings.Repeat("A", 10000), KeyVersion: &KeyVersion{ID: "v"}}, true},
+		{actionAnswer{Ciphertext: "a<b"}, false},
+		{actionAnswer{Ciphertext: "quote\""}, false},
+		{actionAnswer{Plaintext: "é"}, false},
+		{actionAnswer{KeyVersion: &KeyVersion{ID: "v\n"}}, false},
+		{actionAnswer{KeyVersion: &KeyVersion{ID: "v", Destroyed: &destroyed}}, false},
+	} {
+		var want bytes.Buffer
+		require.NoError(t, json.NewEncoder(&want).Encode(&tc.a))
+		got, ok := tc.a.appendJSON(nil)
+		assert.Equal(t, tc.ok, ok, "%+v", tc.a)
+		if ok {
+			assert.Equal(t, want.String(), string(got))
+		}
+		// writeAnswer writes encoding/json's bytes either way.
+		rec := httptest.NewRecorder()
+		writeAnswer(rec, 200, &tc.a)
+		assert.Equal(t, want.String(), rec.Body.String())
+		assert.Equal(t, "application/json", rec.Header().Get("Content-Type"))
+	}
+}
