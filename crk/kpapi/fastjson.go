@@ -1,6 +1,7 @@
 package kpapi
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
 )
@@ -193,4 +194,168 @@ func writeAnswer(w http.ResponseWriter, status int, a *actionAnswer) {
 	w.WriteHeader(status)
 	_, _ = w.Write(b)
 	clear(b)
+}
+
+// decodeAction reads a key action's body into body as decode does (the same value, the same
+// errors), deciding the common body of a wrap, unwrap or rewrap (decodeActionFast) without
+// the decoder's reflection.
+func decodeAction(r *http.Request, body *actionBody) error {
+	raw, err := readBody(r)
+	if err != nil {
+		return err
+	}
+	t := bytes.TrimSpace(raw)
+	if len(t) == 0 || string(t) == "null" || string(t) == "{}" {
+		return nil
+	}
+	if decodeActionFast(t, body) {
+		return nil
+	}
+	*body = actionBody{} // anything the fast parse set before it gave up
+	return decodeJSON(t, body, false)
+}
+
+// decodeActionFast parses t into body and reports true when t is a JSON object whose members
+// are only plaintext, ciphertext and payload (strings or null) and aad (an array of strings,
+// or null), each at most once and named in lower case, every string of printable ASCII
+// without escapes. It reports false for anything else, with body in an unspecified state:
+// decodeJSON then decides, as for any other body. Where it decides, body is what decodeJSON
+// gives (FuzzDecodeActionFast).
+func decodeActionFast(t []byte, body *actionBody) bool {
+	i := 0
+	ws := func() {
+		for i < len(t) && (t[i] == ' ' || t[i] == '\t' || t[i] == '\n' || t[i] == '\r') {
+			i++
+		}
+	}
+	// str reads a string of printable ASCII without escapes at i.
+	str := func() ([]byte, bool) {
+		if i >= len(t) || t[i] != '"' {
+			return nil, false
+		}
+		start := i + 1
+		for j := start; j < len(t); j++ {
+			switch c := t[j]; {
+			case c == '"':
+				i = j + 1
+				return t[start:j], true
+			case c < 0x20 || c >= 0x7f || c == '\\':
+				return nil, false
+			}
+		}
+		return nil, false
+	}
+	null := func() bool {
+		if len(t)-i >= 4 && string(t[i:i+4]) == "null" {
+			i += 4
+			return true
+		}
+		return false
+	}
+	// optString reads a string or null into *p.
+	optString := func(p **string) bool {
+		if null() {
+			return true
+		}
+		s, ok := str()
+		if !ok {
+			return false
+		}
+		v := string(s)
+		*p = &v
+		return true
+	}
+	aad := func() bool {
+		if null() {
+			return true
+		}
+		if i >= len(t) || t[i] != '[' {
+			return false
+		}
+		i++
+		list := aadList{}
+		ws()
+		if i < len(t) && t[i] == ']' {
+			i++
+			body.AAD = list
+			return true
+		}
+		for {
+			ws()
+			s, ok := str()
+			if !ok {
+				return false
+			}
+			list = append(list, string(s))
+			ws()
+			if i >= len(t) {
+				return false
+			}
+			if t[i] == ']' {
+				i++
+				body.AAD = list
+				return true
+			}
+			if t[i] != ',' {
+				return false
+			}
+			i++
+		}
+	}
+	ws()
+	if i >= len(t) || t[i] != '{' {
+		return false
+	}
+	i++
+	var seen [4]bool
+	ws()
+	if i < len(t) && t[i] == '}' {
+		i++
+		ws()
+		return i == len(t)
+	}
+	for {
+		ws()
+		name, ok := str()
+		if !ok {
+			return false
+		}
+		ws()
+		if i >= len(t) || t[i] != ':' {
+			return false
+		}
+		i++
+		ws()
+		var member int
+		switch string(name) {
+		case "plaintext":
+			member, ok = 0, optString(&body.Plaintext)
+		case "ciphertext":
+			member, ok = 1, optString(&body.Ciphertext)
+		case "payload":
+			member, ok = 2, optString(&body.Payload)
+		case "aad":
+			member, ok = 3, aad()
+		default:
+			return false
+		}
+		if !ok || seen[member] {
+			return false
+		}
+		seen[member] = true
+		ws()
+		if i >= len(t) {
+			return false
+		}
+		switch t[i] {
+		case ',':
+			i++
+		case '}':
+			i++
+			ws()
+			return i == len(t)
+		default:
+			return false
+		}
+	}
 }

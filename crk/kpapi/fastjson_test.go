@@ -3,7 +3,9 @@ package kpapi
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -127,4 +129,92 @@ func TestAuthorizeAllocs(t *testing.T) {
 	})
 	t.Logf("%.1f allocations", allocs)
 	assert.LessOrEqual(t, allocs, 1.0)
+}
+
+// TestDecodeActionFast: the bodies the fast parse decides, and those it leaves to decodeJSON.
+func TestDecodeActionFast(t *testing.T) {
+	for _, tc := range []struct {
+		raw     string
+		decided bool
+	}{
+		{`{"plaintext":"AAAA"}`, true},
+		{`{"ciphertext":"Q1JL+/=","aad":["a","b c"]}`, true},
+		{` {"aad" : [ ] , "payload":null,"plaintext":"x"}`, true},
+		{`{"aad":null,"ciphertext":"x"}`, true},
+		{`{}`, true},
+		{`{"Plaintext":"AAAA"}`, false},              // matched without regard to case: decodeJSON's
+		{`{"plaintext":"A","plaintext":"B"}`, false}, // a duplicate: checkMembers words it
+		{`{"plaintext":"A\u0041"}`, false},           // an escape
+		{`{"plaintext":"é"}`, false},
+		{`{"plaintext":1}`, false},
+		{`{"aad":["a",null]}`, false},
+		{`{"aad":["a",]}`, false},
+		{`{"plaintext":"A",}`, false},
+		{`{"plaintext":"A"} x`, false},
+		{`{"iv":"x"}`, false},
+		{`[1]`, false},
+	} {
+		var fast, general actionBody
+		decided := decodeActionFast([]byte(tc.raw), &fast)
+		assert.Equal(t, tc.decided, decided, tc.raw)
+		if decided {
+			require.NoError(t, decodeJSON([]byte(tc.raw), &general, false), tc.raw)
+			assert.Equal(t, general, fast, tc.raw)
+		}
+	}
+}
+
+// TestDecodeActionAllocs: a wrap body is read and decoded in four allocations: the body
+// read, the plaintext string and its pointer (decode, by encoding/json's decoder, makes 11;
+// with checkMembers by tokens, as before, 34).
+func TestDecodeActionAllocs(t *testing.T) {
+	raw := []byte(`{"plaintext":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}`)
+	rdr := bytes.NewReader(raw)
+	r := httptest.NewRequest("POST", "/", nil)
+	r.Body = io.NopCloser(rdr)
+	allocs := testing.AllocsPerRun(100, func() {
+		rdr.Reset(raw)
+		var body actionBody
+		if err := decodeAction(r, &body); err != nil || body.Plaintext == nil {
+			t.Fatal(err)
+		}
+	})
+	assert.LessOrEqual(t, allocs, 4.0)
+}
+
+// FuzzDecodeActionFast: wherever the fast parse decides, decodeJSON accepts the body and
+// gives the same value; decodeAction always answers as decodeJSON.
+func FuzzDecodeActionFast(f *testing.F) {
+	for _, s := range []string{`{"plaintext":"AAAA"}`, `{"ciphertext":"x","aad":["a","b"]}`, `{"aad":[],"payload":null}`,
+		`{"plaintext":"A","Plaintext":"B"}`, `{"aad":["a",null]}`, `{"plaintext":"\u0041"}`, `{"iv":"x"}`, `{}`, `null`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		var fast, general actionBody
+		t0 := bytes.TrimSpace(raw)
+		if len(t0) == 0 {
+			return
+		}
+		gerr := decodeJSON(t0, &general, false)
+		if decodeActionFast(t0, &fast) {
+			if gerr != nil {
+				t.Fatalf("fast parse decided a body decodeJSON refuses: %v", gerr)
+			}
+			if !reflect.DeepEqual(fast, general) {
+				t.Fatalf("fast %+v, decodeJSON %+v", fast, general)
+			}
+		}
+		var viaRequest actionBody
+		r := httptest.NewRequest("POST", "/", bytes.NewReader(raw))
+		err := decodeAction(r, &viaRequest)
+		if string(t0) == "null" || string(t0) == "{}" {
+			return // decode's shortcut, the same in both
+		}
+		if (err == nil) != (gerr == nil) || (err != nil && err.Error() != gerr.Error()) {
+			t.Fatalf("decodeAction %v, decodeJSON %v", err, gerr)
+		}
+		if err == nil && !reflect.DeepEqual(viaRequest, general) {
+			t.Fatalf("decodeAction %+v, decodeJSON %+v", viaRequest, general)
+		}
+	})
 }

@@ -565,7 +565,7 @@ type actionAnswer struct {
 
 func (s *Server) action(q *request, action string) error {
 	var body actionBody
-	if err := decode(q.r, &body); err != nil {
+	if err := decodeAction(q.r, &body); err != nil {
 		return err
 	}
 	switch action {
