@@ -179,12 +179,23 @@ func (a *actionAnswer) appendJSON(b []byte) ([]byte, bool) {
 	return b, ok
 }
 
+// sizeHint is the length of a's answer as appendJSON writes it, or a little more: the
+// buffer is allocated once, at its size.
+func (a *actionAnswer) sizeHint() int {
+	n := len(`{"ciphertext":"","keyVersion":{},"plaintext":"","rewrappedKeyVersion":{}}`) + 1
+	n += len(a.Ciphertext) + len(a.Plaintext)
+	for _, v := range []*KeyVersion{a.KeyVersion, a.RewrappedKeyVersion} {
+		if v != nil {
+			n += len(`"id":"","creationDate":""`) + len(v.ID) + len(v.CreationDate) + 1
+		}
+	}
+	return n
+}
+
 // writeAnswer writes a key action's answer as writeJSON would, without reflection when
 // appendJSON can; the buffer, which holds a plaintext DEK for an unwrap, is cleared after.
 func writeAnswer(w http.ResponseWriter, status int, a *actionAnswer) {
-	var buf [512]byte
-	b, ok := a.appendJSON(buf[:0])
-	defer clear(buf[:])
+	b, ok := a.appendJSON(make([]byte, 0, a.sizeHint()))
 	if !ok {
 		clear(b)
 		writeJSON(w, status, a)

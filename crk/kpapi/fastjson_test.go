@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -102,6 +103,7 @@ func TestAppendActionAnswer(t *testing.T) {
 		assert.Equal(t, tc.ok, ok, "%+v", tc.a)
 		if ok {
 			assert.Equal(t, want.String(), string(got))
+			assert.GreaterOrEqual(t, tc.a.sizeHint(), len(got), "the buffer is allocated once")
 		}
 		// writeAnswer writes encoding/json's bytes either way.
 		rec := httptest.NewRecorder()
@@ -217,4 +219,35 @@ func FuzzDecodeActionFast(f *testing.F) {
 			t.Fatalf("decodeAction %+v, decodeJSON %+v", viaRequest, general)
 		}
 	})
+}
+
+// TestReadAll: readAll reads what io.ReadAll reads whatever length the request declares, with
+// one allocation when the declared length is right.
+func TestReadAll(t *testing.T) {
+	body := strings.Repeat("x", 100)
+	for _, declared := range []int64{-1, 0, 1, 99, 100, 101, 5000, MaxBody + 1} {
+		got, err := readAll(strings.NewReader(body), declared)
+		require.NoError(t, err, declared)
+		assert.Equal(t, body, string(got), declared)
+	}
+	_, err := readAll(iotest.ErrReader(io.ErrUnexpectedEOF), 10)
+	assert.ErrorIs(t, err, io.ErrUnexpectedEOF)
+	rdr := strings.NewReader(body)
+	allocs := testing.AllocsPerRun(100, func() {
+		rdr.Reset(body)
+		if _, err := readAll(rdr, int64(len(body))); err != nil {
+			t.Fatal(err)
+		}
+	})
+	assert.Equal(t, 1.0, allocs)
+}
+
+// TestWriteAnswerAllocs: an answer is written from one buffer of its size.
+func TestWriteAnswerAllocs(t *testing.T) {
+	a := actionAnswer{Plaintext: strings.Repeat("A", 44), KeyVersion: &KeyVersion{ID: "0e3f2c1a-5b6d-4e7f-8a9b-0c1d2e3f4a5b", CreationDate: "2026-12-04T04:00:00Z"},
+		Ciphertext: strings.Repeat("C", 100), RewrappedKeyVersion: &KeyVersion{ID: "1e3f2c1a-5b6d-4e7f-8a9b-0c1d2e3f4a5b", CreationDate: "2026-12-04T05:00:00Z"}}
+	b, ok := a.appendJSON(nil)
+	require.True(t, ok)
+	assert.GreaterOrEqual(t, a.sizeHint(), len(b))
+	assert.Equal(t, 1.0, testing.AllocsPerRun(100, func() { a.appendJSON(make([]byte, 0, a.sizeHint())) }))
 }

@@ -297,7 +297,7 @@ func decodeBody(r *http.Request, v any, known bool) error {
 // readBody reads a request's body, refusing one over the route's cap (serveAPI's bodyLimit)
 // with 413.
 func readBody(r *http.Request) ([]byte, error) {
-	raw, err := io.ReadAll(r.Body)
+	raw, err := readAll(r.Body, r.ContentLength)
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -306,6 +306,30 @@ func readBody(r *http.Request) ([]byte, error) {
 		return nil, badRequest("BAD_BODY_ERR", "reading the request body: "+err.Error(), "")
 	}
 	return raw, nil
+}
+
+// readAll is io.ReadAll with the buffer allocated at the size the request declares
+// (Content-Length, n; -1 unknown), capped at MaxBody, plus one byte to read the end into:
+// io.ReadAll starts at 512 bytes whatever the body, and a wrap body is 60. It reads until
+// the end or an error, as io.ReadAll does, growing the buffer as it must.
+func readAll(body io.Reader, n int64) ([]byte, error) {
+	if n <= 0 || n > MaxBody {
+		return io.ReadAll(body)
+	}
+	b := make([]byte, 0, n+1)
+	for {
+		m, err := body.Read(b[len(b):cap(b)])
+		b = b[:len(b)+m]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)] // a body longer than declared: grow
+		}
+	}
 }
 
 // decodeJSON decodes the non-empty JSON text t into v strictly: by type, no member given
