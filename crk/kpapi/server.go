@@ -297,7 +297,7 @@ func decodeBody(r *http.Request, v any, known bool) error {
 // readBody reads a request's body, refusing one over the route's cap (serveAPI's bodyLimit)
 // with 413.
 func readBody(r *http.Request) ([]byte, error) {
-	raw, err := io.ReadAll(r.Body)
+	raw, err := readAll(r.Body, r.ContentLength)
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -306,6 +306,30 @@ func readBody(r *http.Request) ([]byte, error) {
 		return nil, badRequest("BAD_BODY_ERR", "reading the request body: "+err.Error(), "")
 	}
 	return raw, nil
+}
+
+// readAll is io.ReadAll with the buffer allocated at the size the request declares
+// (Content-Length, n; -1 unknown), capped at MaxBody, plus one byte to read the end into:
+// io.ReadAll starts at 512 bytes whatever the body, and a wrap body is 60. It reads until
+// the end or an error, as io.ReadAll does, growing the buffer as it must.
+func readAll(body io.Reader, n int64) ([]byte, error) {
+	if n <= 0 || n > MaxBody {
+		return io.ReadAll(body)
+	}
+	b := make([]byte, 0, n+1)
+	for {
+		m, err := body.Read(b[len(b):cap(b)])
+		b = b[:len(b)+m]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)] // a body longer than declared: grow
+		}
+	}
 }
 
 // decodeJSON decodes the non-empty JSON text t into v strictly: by type, no member given
@@ -565,7 +589,7 @@ type actionAnswer struct {
 
 func (s *Server) action(q *request, action string) error {
 	var body actionBody
-	if err := decode(q.r, &body); err != nil {
+	if err := decodeAction(q.r, &body); err != nil {
 		return err
 	}
 	switch action {
@@ -614,7 +638,7 @@ func (s *Server) action(q *request, action string) error {
 			out.Plaintext = base64.StdEncoding.EncodeToString(res.Plaintext)
 			clear(res.Plaintext)
 		}
-		writeJSON(q.w, http.StatusOK, &out)
+		writeAnswer(q.w, http.StatusOK, &out)
 	case "unwrap", "rewrap":
 		if body.Ciphertext == nil {
 			return badRequest("BAD_BODY_ERR", "ciphertext is required", "ciphertext")
@@ -628,7 +652,7 @@ func (s *Server) action(q *request, action string) error {
 			if err != nil {
 				return err
 			}
-			writeJSON(q.w, http.StatusOK, &actionAnswer{
+			writeAnswer(q.w, http.StatusOK, &actionAnswer{
 				Ciphertext: base64.StdEncoding.EncodeToString(res.Ciphertext),
 				KeyVersion: version(res.OldVersion), RewrappedKeyVersion: version(res.KeyVersion),
 			})
@@ -644,7 +668,7 @@ func (s *Server) action(q *request, action string) error {
 			out.RewrappedKeyVersion = version(res.RewrappedVersion)
 		}
 		clear(res.Plaintext)
-		writeJSON(q.w, http.StatusOK, &out)
+		writeAnswer(q.w, http.StatusOK, &out)
 	case "disable":
 		if _, err := q.svc.DisableKey(q.ctx, q.id); err != nil {
 			return err

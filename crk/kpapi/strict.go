@@ -17,6 +17,15 @@ import (
 // compared after Unicode simple case folding, as the decoder compares them. The text must
 // already be known to be one JSON value; a syntax error is reported as such.
 func checkMembers(raw []byte) error {
+	if unique, decided := membersUnique(raw); decided && unique {
+		return nil // the common case, decided without the decoder's tokens (fastjson.go)
+	}
+	return checkMembersTokens(raw)
+}
+
+// checkMembersTokens is checkMembers by the JSON decoder's tokens: it decides every text and
+// words every error.
+func checkMembersTokens(raw []byte) error {
 	type frame struct {
 		object bool
 		seen   map[string]bool // folded member names of an object

@@ -134,6 +134,8 @@ type tenantStore interface {
 	issueToken(ctx context.Context, keyHash string, tok credEntry, now time.Time, lim tokenLimits) error
 	// authorize checks that the token with hash sum is unexpired at now and of an API key
 	// that still exists and has instance among its instances, and returns the key's hash.
+	// Unlike the other methods, it bounds its own I/O (storeTimeout): it runs on every API
+	// request, and a store that answers from memory needs no timer.
 	authorize(ctx context.Context, sum [sha256.Size]byte, instance string, now time.Time) (keyHash string, err error)
 	// startSession records a session hash for the API key with hash keyHash, after
 	// dropping the sessions expired at now and evicting the oldest ones beyond the limits,
@@ -466,9 +468,9 @@ func (t *Tenants) Authorize(token, instance string) (*crk.Service, string, error
 		}
 		return svc, StaticTokenID, nil
 	}
-	ctx, cancel := storeContext()
-	defer cancel()
-	keyHash, err := t.store.authorize(ctx, sha256.Sum256([]byte(token)), instance, t.now())
+	// The store bounds its own I/O (pgStore.authorize): a state directory's store answers
+	// from memory and a stat, and needs no timer on every request.
+	keyHash, err := t.store.authorize(context.Background(), credSum(token), instance, t.now())
 	if err != nil {
 		if errors.Is(err, ErrUnauthorized) {
 			return nil, "", err
@@ -610,6 +612,16 @@ type APIKeyInfo struct {
 
 // keyID is the id of the API key whose hex sha256 is hash.
 func keyID(hash string) string { return hash[:min(16, len(hash))] }
+
+// credSum is sha256.Sum256([]byte(cred)), the hash a token or session is kept by, hashed
+// from a buffer on the stack: the conversion allocates for any credential over 32 bytes, and
+// a token is hashed on every API request.
+func credSum(cred string) [sha256.Size]byte {
+	var buf [128]byte
+	sum := sha256.Sum256(append(buf[:0], cred...))
+	clear(buf[:])
+	return sum
+}
 
 // APIKeyID returns the id by which [Tenants.ListAPIKeys] shows an API key and
 // [Tenants.RevokeAPIKey] takes it.

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -23,7 +22,8 @@ import (
 // dir/tenants.json (changed under a flock on dir/tenants.lock and replaced atomically, so
 // that the CLI and a running server may both change it), tokens and sessions in memory.
 type fileStore struct {
-	dir string
+	dir  string
+	path string // dir/tenants.json
 
 	mu       sync.Mutex // guards the fields below
 	tokens   *memTable
@@ -162,7 +162,7 @@ func openFileStore(dir string) (*fileStore, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	return &fileStore{dir: dir, tokens: newMemTable(), sessions: newMemTable()}, nil
+	return &fileStore{dir: dir, path: filepath.Join(dir, "tenants.json"), tokens: newMemTable(), sessions: newMemTable()}, nil
 }
 
 func (s *fileStore) load() (*tenantsFile, error) {
@@ -407,6 +407,13 @@ func (s *fileStore) sessionCount(context.Context) (int, error) {
 }
 
 func (s *fileStore) authorize(_ context.Context, sum [sha256.Size]byte, instance string, now time.Time) (string, error) {
+	// tenants.json's stamp is read before the lock, which then guards only memory: the
+	// request is checked against the file as it was after the request arrived, as before,
+	// and concurrent requests do not queue behind one another's stat.
+	st, err := stampOf(s.tenantsPath())
+	if err != nil {
+		return "", fmt.Errorf("kpapi: checking the token's API key: %w", err)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.tokens.expireFront(now)
@@ -415,7 +422,7 @@ func (s *fileStore) authorize(_ context.Context, sum [sha256.Size]byte, instance
 		return "", errTokenUnknown
 	}
 	keyHash := el.Value.(*memCred).keyHash
-	instances, exists, err := s.keyInstancesLocked(keyHash)
+	instances, exists, err := s.keyInstancesStamped(keyHash, st)
 	if err != nil {
 		return "", fmt.Errorf("kpapi: checking the token's API key: %w", err)
 	}
@@ -470,11 +477,22 @@ func (s *fileStore) endSession(_ context.Context, sum [sha256.Size]byte) error {
 // still in tenants.json, re-reading the file only when it has changed since last read; s.mu
 // is held. The slice returned is the cache's: callers copy it before handing it out.
 func (s *fileStore) keyInstancesLocked(hash string) ([]string, bool, error) {
-	st, err := stampOf(filepath.Join(s.dir, "tenants.json"))
+	st, err := stampOf(s.tenantsPath())
 	if err != nil {
 		return nil, false, err
 	}
+	return s.keyInstancesStamped(hash, st)
+}
+
+// keyInstancesStamped is keyInstancesLocked with tenants.json's stamp read by the caller
+// (after its request arrived): the cache answers when the file has that stamp still, else
+// the file is read again, its stamp taken anew under the lock as keyInstancesLocked does.
+func (s *fileStore) keyInstancesStamped(hash string, st fileStamp) ([]string, bool, error) {
 	if !st.ok || st != s.keys.stamp || s.keys.instances == nil {
+		var err error
+		if st, err = stampOf(s.tenantsPath()); err != nil {
+			return nil, false, err
+		}
 		tf, err := s.load()
 		if err != nil {
 			return nil, false, err
@@ -489,21 +507,32 @@ func (s *fileStore) keyInstancesLocked(hash string) ([]string, bool, error) {
 	return in, ok, nil
 }
 
+// tenantsPath is the path of dir/tenants.json.
+func (s *fileStore) tenantsPath() string { return s.path }
+
+// stampOf returns the stamp of the file at path, the zero stamp (not ok: read every time) if
+// there is none. It calls stat(2) itself, as os.Stat does, without os.Stat's allocations:
+// every API request of a state directory's server stamps tenants.json.
 func stampOf(path string) (fileStamp, error) {
-	fi, err := os.Stat(path)
+	var sys unix.Stat_t
+	err := ignoringEINTR(func() error { return unix.Stat(path, &sys) })
 	if errors.Is(err, fs.ErrNotExist) {
 		return fileStamp{}, nil
 	}
 	if err != nil {
-		return fileStamp{}, err
+		return fileStamp{}, &fs.PathError{Op: "stat", Path: path, Err: err}
 	}
-	st := fileStamp{size: fi.Size(), mtime: fi.ModTime(), ok: true}
-	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
-		st.dev, st.ino = uint64(sys.Dev), sys.Ino
-	} else {
-		st.ok = false // no inode: re-read every time
+	return fileStamp{dev: uint64(sys.Dev), ino: sys.Ino, size: sys.Size,
+		mtime: time.Unix(sys.Mtim.Unix()), ok: true}, nil
+}
+
+// ignoringEINTR calls fn until it returns another error than EINTR, as package os does.
+func ignoringEINTR(fn func() error) error {
+	for {
+		if err := fn(); err != unix.EINTR {
+			return err
+		}
 	}
-	return st, nil
 }
 
 // instancePath is the store file of a non-default instance of a state directory ("" for a

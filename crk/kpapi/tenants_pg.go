@@ -291,6 +291,8 @@ func (s *pgStore) issueToken(ctx context.Context, keyHash string, tok credEntry,
 }
 
 func (s *pgStore) authorize(ctx context.Context, sum [sha256.Size]byte, instance string, now time.Time) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, storeTimeout) // Tenants.Authorize sets none
+	defer cancel()
 	// One query: a token whose API key was revoked has no row (the join, and the cascade
 	// that deleted the token with the key), on every replica at once.
 	var (
