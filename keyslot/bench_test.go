@@ -67,7 +67,13 @@ func BenchmarkTokenUpdate(b *testing.B) {
 
 // BenchmarkOpen measures opening an image file: reading both header copies, checking their
 // checksums, parsing and validating the JSON metadata.
-func BenchmarkOpen(b *testing.B) {
+func BenchmarkOpen(b *testing.B) { benchmarkOpen(b, nil) }
+
+// BenchmarkOpenBuffers is BenchmarkOpen with one Buffers shared by the Images, as a program
+// opening many images should.
+func BenchmarkOpenBuffers(b *testing.B) { benchmarkOpen(b, &Options{Buffers: &Buffers{}}) }
+
+func benchmarkOpen(b *testing.B, opts *Options) {
 	path, _, _ := newFileImage(b, "p", smallFormat())
 	f, err := os.Open(path)
 	if err != nil {
@@ -77,7 +83,7 @@ func BenchmarkOpen(b *testing.B) {
 	b.ReportAllocs()
 	defer reportCPU(b)()
 	for b.Loop() {
-		if _, err := OpenContext(context.Background(), f, nil); err != nil {
+		if _, err := OpenContext(context.Background(), f, opts); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -87,7 +93,15 @@ func BenchmarkOpen(b *testing.B) {
 // then replace a token (read both copies again under the exclusive lock, validate, write and
 // sync both copies). The two syncs are most of the wall time on a real disk; B/op and
 // allocs/op are the package's own cost.
-func BenchmarkOpenTokenUpdate(b *testing.B) {
+func BenchmarkOpenTokenUpdate(b *testing.B) { benchmarkOpenTokenUpdate(b, nil) }
+
+// BenchmarkOpenTokenUpdateBuffers is BenchmarkOpenTokenUpdate with one Buffers shared by the
+// Images, as a fleet rewrap should.
+func BenchmarkOpenTokenUpdateBuffers(b *testing.B) {
+	benchmarkOpenTokenUpdate(b, &Options{Buffers: &Buffers{}})
+}
+
+func benchmarkOpenTokenUpdate(b *testing.B, opts *Options) {
 	path, img, _ := newFileImage(b, "p", smallFormat())
 	id, err := img.AddToken(AnyToken, []byte(`{"type":"crkvol-crk","keyslots":["0"],"key_id":"0b9e3c7a-52f1-4d0e-9a55-6f1f2f8a1c3e","ciphertext":"AAAA"}`))
 	if err != nil {
@@ -103,7 +117,7 @@ func BenchmarkOpenTokenUpdate(b *testing.B) {
 	b.ReportAllocs()
 	defer reportCPU(b)()
 	for b.Loop() {
-		img, err := OpenContext(ctx, f, nil)
+		img, err := OpenContext(ctx, f, opts)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -26,10 +26,6 @@ func headerSeeds(f *testing.F) [][]byte {
 	return seeds
 }
 
-// binHeaderUsed is the part of a binary header that holds fields (up to and including the
-// checksum); the rest of its 4096 bytes is zero padding, only hashed by the checksum.
-const binHeaderUsed = offCsum + csumLen
-
 // compactCopy encodes one 16 KiB header copy of a seed image for FuzzParseHeader: the used
 // part of its binary header followed by its JSON area without the trailing zero padding.
 func compactCopy(f *testing.F, c []byte) []byte {

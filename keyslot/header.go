@@ -118,7 +118,13 @@ func cString(b []byte, name string) (string, error) {
 // marshal encodes the binary header. With withCsum false the checksum field is zero, which is
 // also the form the checksum is computed over.
 func (h *binHeader) marshal(withCsum bool) []byte {
-	b := make([]byte, binHeaderSize)
+	return h.marshalTo(make([]byte, binHeaderSize), withCsum)
+}
+
+// marshalTo is marshal into b (binHeaderSize bytes, any contents), which it returns.
+func (h *binHeader) marshalTo(b []byte, withCsum bool) []byte {
+	b = b[:binHeaderSize]
+	clear(b)
 	if h.secondary {
 		copy(b[offMagic:], magicSecondary)
 	} else {
@@ -169,10 +175,8 @@ func jsonText(area []byte) ([]byte, error) {
 	if n < 0 {
 		return nil, fmt.Errorf("%w: JSON area has no terminating NUL", ErrHeaderCorrupt)
 	}
-	for _, c := range area[n:] {
-		if c != 0 {
-			return nil, fmt.Errorf("%w: non-NUL bytes after the JSON text", ErrHeaderCorrupt)
-		}
+	if !isZero(area[n:]) {
+		return nil, fmt.Errorf("%w: non-NUL bytes after the JSON text", ErrHeaderCorrupt)
 	}
 	return area[:n], nil
 }

@@ -29,6 +29,10 @@ type Device interface {
 type Options struct {
 	// Rand is the source of salts, keys and random keyslot padding; crypto/rand if nil.
 	Rand io.Reader
+	// Buffers lends the scratch buffers of header reads and writes. Share one among the
+	// Images a program opens one after another (a fleet rewrap, say) so that they reuse the
+	// same few buffers; if nil, each Image has its own.
+	Buffers *Buffers
 }
 
 // Image is an open LUKS2 image. Its methods are safe for concurrent use; metadata updates are
@@ -40,6 +44,7 @@ type Options struct {
 type Image struct {
 	dev  Device
 	rand io.Reader
+	bufs *Buffers
 
 	mu     sync.Mutex // guards st, health and verified, and serialises updates in this process
 	st     *state
@@ -92,6 +97,11 @@ func OpenContext(ctx context.Context, dev Device, opts *Options) (*Image, error)
 	if opts != nil && opts.Rand != nil {
 		img.rand = opts.Rand
 	}
+	if opts != nil && opts.Buffers != nil {
+		img.bufs = opts.Buffers
+	} else {
+		img.bufs = &Buffers{}
+	}
 	if err := img.ReloadContext(ctx); err != nil {
 		return nil, err
 	}
@@ -125,7 +135,7 @@ func (img *Image) locked(ctx context.Context, how int, fn func(st *state, health
 	if img.verified == nil {
 		img.verified = make(map[uint64]*copyState, 2)
 	}
-	st, health, err := load(img.dev, img.verified)
+	st, health, err := load(img.dev, img.verified, img.bufs)
 	if err != nil {
 		return err
 	}
@@ -160,11 +170,11 @@ func (img *Image) repairLocked(st *state, health Health) error {
 		return nil
 	}
 	hdrSize := st.bin.hdrSize
-	area := make([]byte, hdrSize-binHeaderSize)
-	if len(st.text) >= len(area) {
+	if uint64(len(st.text)) >= hdrSize-binHeaderSize {
 		return fmt.Errorf("%w: metadata does not fit its JSON area", ErrHeaderCorrupt)
 	}
-	copy(area, st.text)
+	area, handle := img.jsonArea(hdrSize, st.text)
+	defer img.bufs.put(handle)
 	for _, secondary := range []bool{false, true} {
 		bad := health.Primary.Err
 		if secondary {
@@ -181,9 +191,19 @@ func (img *Image) repairLocked(st *state, health Health) error {
 	return nil
 }
 
+// jsonArea returns the JSON area of a header of size hdrSize holding text (shorter than the
+// area), zero-padded, in a buffer from img.bufs, and the handle to give back to it.
+func (img *Image) jsonArea(hdrSize uint64, text []byte) ([]byte, *[]byte) {
+	area, handle := img.bufs.get(int(hdrSize - binHeaderSize))
+	n := copy(area, text)
+	clear(area[n:])
+	return area, handle
+}
+
 // writeCopyOf writes the primary or secondary copy of header bin (fresh salt, its own magic
 // and offset) with the given JSON area, and syncs it. meta is what text, the JSON text in the
 // area, parses to: with the bytes written, it is recorded in img.verified for the next read.
+// text is kept; area may be reused once it returns.
 func (img *Image) writeCopyOf(bin binHeader, secondary bool, area, text []byte, meta *metadata) error {
 	bin.secondary = secondary
 	bin.hdrOffset = 0
@@ -194,15 +214,17 @@ func (img *Image) writeCopyOf(bin binHeader, secondary bool, area, text []byte, 
 		return fmt.Errorf("keyslot: reading random header salt: %w", err)
 	}
 	delete(img.verified, bin.hdrOffset)
-	raw, err := writeCopy(img.dev, &bin, area)
+	buf, handle := img.bufs.get(binHeaderSize)
+	defer img.bufs.put(handle)
+	raw, err := writeCopyBuf(img.dev, &bin, area, buf)
 	if err != nil {
 		return err
 	}
 	// Recorded as a read would find it: the binary header parsed from its bytes, the text
-	// up to the first NUL.
+	// up to the first NUL (text, when that is what the area holds).
 	h, err := parseBinHeader(raw)
 	if t, terr := jsonText(area); err == nil && terr == nil && bytes.Equal(t, text) && img.verified != nil {
-		img.verified[bin.hdrOffset] = &copyState{bin: h, raw: raw, area: area, text: t, meta: meta}
+		img.verified[bin.hdrOffset] = &copyState{bin: h, raw: keepRaw(raw), text: text, meta: meta}
 	}
 	return nil
 }
@@ -276,8 +298,8 @@ func (img *Image) commitLocked(st *state, m *metadata) error {
 	if uint64(len(text)) >= jsonSize {
 		return fmt.Errorf("%w: metadata is %d bytes, the JSON area holds %d", ErrNoSpace, len(text), jsonSize-1)
 	}
-	area := make([]byte, jsonSize)
-	copy(area, text)
+	area, handle := img.jsonArea(hdrSize, text)
+	defer img.bufs.put(handle)
 
 	next := st.bin
 	next.seqID++
@@ -295,12 +317,18 @@ func (img *Image) commitLocked(st *state, m *metadata) error {
 // its checksum, the JSON area, then the binary header with the checksum (of the first form
 // and the area). It returns the binary header as finally written.
 func writeCopy(dev Device, h *binHeader, area []byte) ([]byte, error) {
+	return writeCopyBuf(dev, h, area, make([]byte, binHeaderSize))
+}
+
+// writeCopyBuf is writeCopy with the binary header built in buf (binHeaderSize bytes, any
+// contents), which it returns.
+func writeCopyBuf(dev Device, h *binHeader, area, buf []byte) ([]byte, error) {
 	which := "primary"
 	if h.secondary {
 		which = "secondary"
 	}
 	off := int64(h.hdrOffset)
-	b := h.marshal(false)
+	b := h.marshalTo(buf, false)
 	if _, err := dev.WriteAt(b, off); err != nil {
 		return nil, fmt.Errorf("keyslot: writing %s binary header: %w", which, err)
 	}
@@ -325,8 +353,11 @@ func writeCopy(dev Device, h *binHeader, area []byte) ([]byte, error) {
 // load reads both header copies and picks the one to use. Copies byte for byte as in
 // verified (see Image.verified) are taken from there; every copy it reads whole and valid is
 // recorded in verified, when that is not nil.
-func load(dev Device, verified map[uint64]*copyState) (*state, Health, error) {
-	dev = prefetch(dev)
+// Its reads go through a buffer from bufs: what it keeps is copied out of it.
+func load(dev Device, verified map[uint64]*copyState, bufs *Buffers) (*state, Health, error) {
+	pf := prefetch(dev, bufs)
+	defer pf.release()
+	dev = pf
 	var health Health
 	var primary *copyState
 	var candidates [1 + 9]uint64
@@ -410,11 +441,39 @@ func isLUKS1(dev Device) bool {
 
 // copyState is one fully validated header copy. It is never changed once made.
 type copyState struct {
-	bin  *binHeader
-	raw  []byte // the binary header as on disk
-	area []byte // the JSON area as on disk
+	bin *binHeader
+	// raw is the binary header as on disk: its first binHeaderUsed bytes when all the rest
+	// is zero (as this package and cryptsetup write it), else all binHeaderSize bytes (see
+	// keepRaw).
+	raw []byte
+	// text is the JSON text. The JSON area is not kept: a valid copy's area is text
+	// followed by zeros to the end (jsonText), so text and the area size, which is the
+	// header size of bin, determine it.
 	text []byte
 	meta *metadata
+}
+
+// binHeaderUsed is the part of a binary header that holds fields, up to and including the
+// checksum; the rest of its binHeaderSize bytes is padding, covered by the checksum.
+const binHeaderUsed = offCsum + csumLen
+
+// keepRaw returns a copy of the binary header raw (binHeaderSize bytes) to keep in a
+// copyState: its fields only when the padding after them is zero.
+func keepRaw(raw []byte) []byte {
+	if isZero(raw[binHeaderUsed:binHeaderSize]) {
+		return bytes.Clone(raw[:binHeaderUsed])
+	}
+	return bytes.Clone(raw[:binHeaderSize])
+}
+
+// sameBytes reports whether raw and area, a binary header and JSON area just read, are byte
+// for byte the copy c was made from. It is bytes.Equal over both, against the bytes c keeps
+// in short form: raw's fields then zero padding (keepRaw), and an area of the size
+// c.bin.hdrSize gives holding c.text then zeros (a copyState's area always has that form).
+func (c *copyState) sameBytes(raw, area []byte) bool {
+	return len(raw) == binHeaderSize && bytes.Equal(c.raw, raw[:len(c.raw)]) && isZero(raw[len(c.raw):]) &&
+		uint64(len(area)) == c.bin.hdrSize-binHeaderSize && len(c.text) < len(area) &&
+		bytes.Equal(c.text, area[:len(c.text)]) && isZero(area[len(c.text):])
 }
 
 func (c *copyState) state() *state {
@@ -430,20 +489,32 @@ const prefetchSize = 2 * DefaultMetadataSize
 // from buf, others from the device. load reads through it; nothing is written through it.
 type prefetched struct {
 	Device
-	buf []byte // bytes [0, len(buf)) of the device, as one read returned them
+	buf    []byte // bytes [0, len(buf)) of the device, as one read returned them
+	bufs   *Buffers
+	handle *[]byte // buf's, to give back to bufs
 }
 
-// prefetch reads the first prefetchSize bytes of dev. When that read fails, or returns less,
-// only what it returned is served from memory: every other read goes to dev as before, and
-// fails there as it would have.
-func prefetch(dev Device) *prefetched {
-	buf := make([]byte, prefetchSize)
+// prefetch reads the first prefetchSize bytes of dev into a buffer from bufs. When that read
+// fails, or returns less, only what it returned is served from memory: every other read goes
+// to dev as before, and fails there as it would have. The caller calls release when done
+// with what it read.
+func prefetch(dev Device, bufs *Buffers) *prefetched {
+	buf, handle := bufs.get(prefetchSize)
 	n, _ := dev.ReadAt(buf, 0)
-	return &prefetched{Device: dev, buf: buf[:max(n, 0)]}
+	return &prefetched{Device: dev, buf: buf[:max(min(n, len(buf)), 0)], bufs: bufs, handle: handle}
+}
+
+// release gives the read-ahead buffer back; reads must not be served from it afterwards.
+func (p *prefetched) release() {
+	p.buf = nil
+	if p.handle != nil {
+		p.bufs.put(p.handle)
+		p.handle = nil
+	}
 }
 
 // read returns n bytes at off: a slice of the bytes read ahead when they hold them (the
-// caller must not change it), else a new buffer read from the device.
+// caller must not change or keep it), else a new buffer read from the device.
 func (p *prefetched) read(off uint64, n int) ([]byte, error) {
 	if off <= uint64(len(p.buf)) && uint64(n) <= uint64(len(p.buf))-off {
 		return p.buf[off : off+uint64(n) : off+uint64(n)], nil
@@ -520,7 +591,7 @@ func checkCopy(dev Device, off uint64, secondary bool, h *binHeader, raw []byte,
 		}
 		return nil, stageWrongCopy, fmt.Errorf("keyslot: reading JSON area at %d: %w", off+binHeaderSize, err)
 	}
-	if v := verified[off]; v != nil && bytes.Equal(v.raw, raw) && bytes.Equal(v.area, area) {
+	if v := verified[off]; v != nil && v.sameBytes(raw, area) {
 		// The same bytes as a copy already checked: the same checksum, text and metadata.
 		return v, 0, nil
 	}
@@ -535,11 +606,15 @@ func checkCopy(dev Device, off uint64, secondary bool, h *binHeader, raw []byte,
 	if err != nil {
 		return nil, stageMetadata, err
 	}
-	c := &copyState{bin: h, raw: raw, area: area, text: text}
+	// raw and area may be slices of load's read-ahead buffer: keep copies.
+	c := &copyState{bin: h, raw: keepRaw(raw)}
 	if same != nil && same.bin.hdrSize == h.hdrSize && bytes.Equal(same.text, text) {
-		c.meta = same.meta
-	} else if c.meta, err = parseMetadata(text, h.hdrSize); err != nil {
-		return nil, stageMetadata, err // the caller names the copy
+		c.text, c.meta = same.text, same.meta
+	} else {
+		c.text = bytes.Clone(text)
+		if c.meta, err = parseMetadata(c.text, h.hdrSize); err != nil {
+			return nil, stageMetadata, err // the caller names the copy
+		}
 	}
 	if verified != nil {
 		verified[off] = c

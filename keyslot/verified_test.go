@@ -1,6 +1,7 @@
 package keyslot
 
 import (
+	"bytes"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -33,6 +34,10 @@ func TestVerifiedCopiesSeeChanges(t *testing.T) {
 		{"primary JSON padding", hdrSize - 1, false},
 		{"primary label", offLabel + 10, false},
 		{"secondary salt", hdrSize + offSalt, true},
+		{"primary binary header padding", binHeaderUsed + 100, false},
+		{"secondary binary header padding end", hdrSize + binHeaderSize - 1, true},
+		{"primary JSON text", binHeaderSize + 20, false},
+		{"primary JSON terminating NUL", binHeaderSize + uint64(len(img.snapshot().text)), false},
 	} {
 		dev.buf[tc.off] ^= 0x40
 		require.NoError(t, img.Reload(), tc.name)
@@ -45,6 +50,47 @@ func TestVerifiedCopiesSeeChanges(t *testing.T) {
 		dev.buf[tc.off] ^= 0x40
 		require.NoError(t, img.Reload(), tc.name)
 		assert.True(t, img.Health().OK(), "%s: restored", tc.name)
+	}
+}
+
+// TestSameBytes: copyState.sameBytes, which compares against the short form a copyState
+// keeps, answers as bytes.Equal over the whole binary header and JSON area did, for changes
+// anywhere in them and for other sizes, with a binary header whose padding is zero (kept
+// short) and one whose padding is not (kept whole).
+func TestSameBytes(t *testing.T) {
+	t.Parallel()
+	dev, img, _ := newMemImage(t, "p")
+	st := img.snapshot()
+	size := int(st.bin.hdrSize)
+	for _, padded := range []bool{false, true} {
+		raw := bytes.Clone(dev.buf[:binHeaderSize])
+		area := bytes.Clone(dev.buf[binHeaderSize:size])
+		if padded {
+			raw[binHeaderUsed+7] = 1
+		}
+		h, err := parseBinHeader(raw)
+		require.NoError(t, err)
+		text, err := jsonText(area)
+		require.NoError(t, err)
+		c := &copyState{bin: h, raw: keepRaw(raw), text: bytes.Clone(text)}
+		require.Equal(t, padded, len(c.raw) == binHeaderSize, "short form only for zero padding")
+		require.True(t, c.sameBytes(raw, area))
+
+		n := len(text)
+		for _, at := range []int{0, 6, offSeqID + 7, offCsum, binHeaderUsed - 1, binHeaderUsed, binHeaderUsed + 7, binHeaderSize - 1} {
+			r := bytes.Clone(raw)
+			r[at] ^= 0x10
+			assert.False(t, c.sameBytes(r, area), "padded %v: binary header byte %d", padded, at)
+		}
+		for _, at := range []int{0, n / 2, n - 1, n, n + 1, len(area) / 2, len(area) - 1} {
+			a := bytes.Clone(area)
+			a[at] ^= 0x10
+			assert.Equal(t, bytes.Equal(a, area), c.sameBytes(raw, a), "padded %v: JSON area byte %d", padded, at)
+		}
+		assert.False(t, c.sameBytes(raw, area[:len(area)-1]), "shorter area")
+		assert.False(t, c.sameBytes(raw, append(bytes.Clone(area), 0)), "longer area")
+		assert.False(t, c.sameBytes(raw[:binHeaderSize-1], area), "shorter binary header")
+		assert.False(t, c.sameBytes(raw, area[:n]), "area without its NUL")
 	}
 }
 
