@@ -67,7 +67,15 @@ type binHeader struct {
 // parseBinHeader decodes and checks the fixed fields of a 4096-byte binary header: magic,
 // version, header size, offset and the text fields. The checksum is checked by the caller,
 // which has the JSON area.
-func parseBinHeader(b []byte) (*binHeader, error) {
+func parseBinHeader(b []byte) (*binHeader, error) { return parseBinHeaderLike(b, nil) }
+
+// parseBinHeaderLike is parseBinHeader taking each text field from like (when not nil) when
+// it is the same, instead of a new copy.
+func parseBinHeaderLike(b []byte, like *binHeader) (*binHeader, error) {
+	var prev binHeader
+	if like != nil {
+		prev = *like
+	}
 	if len(b) < binHeaderSize {
 		return nil, fmt.Errorf("%w: binary header is %d bytes, want %d", ErrHeaderCorrupt, len(b), binHeaderSize)
 	}
@@ -89,16 +97,16 @@ func parseBinHeader(b []byte) (*binHeader, error) {
 	h.seqID = binary.BigEndian.Uint64(b[offSeqID:])
 	h.hdrOffset = binary.BigEndian.Uint64(b[offHdrOffset:])
 	var err error
-	if h.label, err = cString(b[offLabel:offLabel+labelLen], "label"); err != nil {
+	if h.label, err = cString(b[offLabel:offLabel+labelLen], "label", prev.label); err != nil {
 		return nil, err
 	}
-	if h.csumAlg, err = cString(b[offCsumAlg:offCsumAlg+csumAlgLen], "checksum_alg"); err != nil {
+	if h.csumAlg, err = cString(b[offCsumAlg:offCsumAlg+csumAlgLen], "checksum_alg", prev.csumAlg); err != nil {
 		return nil, err
 	}
-	if h.uuid, err = cString(b[offUUID:offUUID+uuidLen], "uuid"); err != nil {
+	if h.uuid, err = cString(b[offUUID:offUUID+uuidLen], "uuid", prev.uuid); err != nil {
 		return nil, err
 	}
-	if h.subsystem, err = cString(b[offSubsystem:offSubsystem+labelLen], "subsystem"); err != nil {
+	if h.subsystem, err = cString(b[offSubsystem:offSubsystem+labelLen], "subsystem", prev.subsystem); err != nil {
 		return nil, err
 	}
 	copy(h.salt[:], b[offSalt:])
@@ -106,11 +114,15 @@ func parseBinHeader(b []byte) (*binHeader, error) {
 	return h, nil
 }
 
-// cString returns a NUL-terminated string field; a field with no NUL is corrupt.
-func cString(b []byte, name string) (string, error) {
+// cString returns a NUL-terminated string field; a field with no NUL is corrupt. When the
+// field is prev, prev is returned instead of a new copy.
+func cString(b []byte, name, prev string) (string, error) {
 	i := bytes.IndexByte(b, 0)
 	if i < 0 {
 		return "", fmt.Errorf("%w: %s field is not NUL-terminated", ErrHeaderCorrupt, name)
+	}
+	if string(b[:i]) == prev {
+		return prev, nil
 	}
 	return string(b[:i]), nil
 }
@@ -161,7 +173,7 @@ func diskChecksum(alg string, raw, jsonArea []byte) ([csumLen]byte, error) {
 	hh.Write(zero[:])
 	hh.Write(raw[offCsum+csumLen : binHeaderSize])
 	hh.Write(jsonArea)
-	copy(out[:], hh.Sum(nil))
+	hh.Sum(out[:0]) // the digest in place (no supported hash is longer); the rest stays zero
 	return out, nil
 }
 

@@ -222,7 +222,7 @@ func (img *Image) writeCopyOf(bin binHeader, secondary bool, area, text []byte, 
 	}
 	// Recorded as a read would find it: the binary header parsed from its bytes, the text
 	// up to the first NUL (text, when that is what the area holds).
-	h, err := parseBinHeader(raw)
+	h, err := parseBinHeaderLike(raw, &bin)
 	if t, terr := jsonText(area); err == nil && terr == nil && bytes.Equal(t, text) && img.verified != nil {
 		img.verified[bin.hdrOffset] = &copyState{bin: h, raw: keepRaw(raw), text: text, meta: meta}
 	}
@@ -288,7 +288,7 @@ func (img *Image) updateWith(ctx context.Context, allowUnmet bool, fn func(st *s
 // after. The caller holds img.mu and the exclusive device lock.
 func (img *Image) commitLocked(st *state, m *metadata) error {
 	hdrSize := st.bin.hdrSize
-	text := m.marshal()
+	text := m.marshalSized(len(st.text) + 512)
 	// Never write what we could not read back.
 	readBack, err := parseMetadata(text, hdrSize)
 	if err != nil {
@@ -362,7 +362,7 @@ func load(dev Device, verified map[uint64]*copyState, bufs *Buffers) (*state, He
 	var primary *copyState
 	var candidates [1 + 9]uint64
 	nc := 0
-	h, raw, perr := readBinHeader(dev, 0)
+	h, raw, perr := readBinHeader(dev, 0, verifiedBin(verified, 0))
 	if perr == nil {
 		primary, _, perr = checkCopy(dev, 0, false, h, raw, nil, verified)
 		// The secondary sits at the header size: take it from the primary when that much of
@@ -536,7 +536,8 @@ func readAt(dev Device, off uint64, n int) ([]byte, error) {
 
 // readBinHeader reads and parses the binary header at off, and returns it with its bytes as
 // read, over which the checksum is verified.
-func readBinHeader(dev Device, off uint64) (*binHeader, []byte, error) {
+// Its text fields are taken from like (when not nil) when they are the same.
+func readBinHeader(dev Device, off uint64, like *binHeader) (*binHeader, []byte, error) {
 	buf, err := readAt(dev, off, binHeaderSize)
 	if err != nil {
 		if errors.Is(err, io.EOF) {
@@ -544,8 +545,16 @@ func readBinHeader(dev Device, off uint64) (*binHeader, []byte, error) {
 		}
 		return nil, nil, fmt.Errorf("keyslot: reading header at %d: %w", off, err)
 	}
-	h, err := parseBinHeader(buf)
+	h, err := parseBinHeaderLike(buf, like)
 	return h, buf, err
+}
+
+// verifiedBin returns the binary header of verified[off], or nil.
+func verifiedBin(verified map[uint64]*copyState, off uint64) *binHeader {
+	if v := verified[off]; v != nil {
+		return v.bin
+	}
+	return nil
 }
 
 // How far readCopy got before it refused a copy; a higher stage is a more specific error.
@@ -563,7 +572,7 @@ const (
 // A copy byte for byte as verified[off] is that copy, with no checksum computed or metadata
 // parsed again; a copy found whole and valid is recorded in verified (when not nil).
 func readCopy(dev Device, off uint64, secondary bool, same *copyState, verified map[uint64]*copyState) (*copyState, int, error) {
-	h, raw, err := readBinHeader(dev, off)
+	h, raw, err := readBinHeader(dev, off, verifiedBin(verified, off))
 	if err != nil {
 		if len(raw) >= len(magicPrimary) && (bytes.HasPrefix(raw, magicPrimary) || bytes.HasPrefix(raw, magicSecondary)) {
 			return nil, stageBadHeader, err

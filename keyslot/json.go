@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 )
 
 // Limits of the LUKS2 format (cryptsetup lib/luks2/luks2.h).
@@ -180,7 +181,7 @@ func eachEntry(top *object, name string, limit int, fn func(id int, o *object) e
 		if err != nil {
 			return fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, name, err)
 		}
-		o, err := parseObject(name+"."+mem.name, mem.value)
+		o, err := parseObjectAt(nil, name, mem.name, mem.value)
 		if err != nil {
 			return err
 		}
@@ -203,12 +204,12 @@ func parseKeyslot(o *object) (*keyslotMeta, error) {
 		// Online reencryption state; never used to unlock. Kept as it is.
 		var buf bytes.Buffer
 		if err := json.Compact(&buf, marshalObject(o)); err != nil {
-			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, o.path, err)
+			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, o.path(), err)
 		}
 		ks.raw = buf.Bytes()
 		return ks, nil
 	default:
-		return nil, fmt.Errorf("%w: %s: keyslot type %q", ErrUnsupported, o.path, truncate(typ))
+		return nil, fmt.Errorf("%w: %s: keyslot type %q", ErrUnsupported, o.path(), truncate(typ))
 	}
 	n, err := o.integer("key_size", 1, maxKeySize)
 	if err != nil {
@@ -223,7 +224,7 @@ func parseKeyslot(o *object) (*keyslotMeta, error) {
 	if t, err := af.str("type"); err != nil {
 		return nil, err
 	} else if t != "luks1" {
-		return nil, fmt.Errorf("%w: %s: AF type %q", ErrUnsupported, af.path, truncate(t))
+		return nil, fmt.Errorf("%w: %s: AF type %q", ErrUnsupported, af.path(), truncate(t))
 	}
 	if _, err := af.integer("stripes", afStripes, afStripes); err != nil {
 		return nil, err
@@ -232,7 +233,7 @@ func parseKeyslot(o *object) (*keyslotMeta, error) {
 		return nil, err
 	}
 	if _, err := hashByName(ks.afHash); err != nil {
-		return nil, fmt.Errorf("%s: %w", af.path, err)
+		return nil, fmt.Errorf("%s: %w", af.path(), err)
 	}
 
 	ar, err := o.obj("area")
@@ -242,7 +243,7 @@ func parseKeyslot(o *object) (*keyslotMeta, error) {
 	if t, err := ar.str("type"); err != nil {
 		return nil, err
 	} else if t != "raw" {
-		return nil, fmt.Errorf("%w: %s: area type %q", ErrUnsupported, ar.path, truncate(t))
+		return nil, fmt.Errorf("%w: %s: area type %q", ErrUnsupported, ar.path(), truncate(t))
 	}
 	if ks.area.offset, err = ar.u64("offset"); err != nil {
 		return nil, err
@@ -294,7 +295,7 @@ func parseSegment(o *object) (*segmentMeta, error) {
 		return nil, err
 	}
 	if typ != "crypt" {
-		return nil, fmt.Errorf("%w: %s: segment type %q", ErrUnsupported, o.path, truncate(typ))
+		return nil, fmt.Errorf("%w: %s: segment type %q", ErrUnsupported, o.path(), truncate(typ))
 	}
 	s := &segmentMeta{typ: typ}
 	if s.offset, err = o.u64("offset"); err != nil {
@@ -346,7 +347,7 @@ func parseDigest(o *object) (*digestMeta, error) {
 		return nil, err
 	}
 	if typ != "pbkdf2" {
-		return nil, fmt.Errorf("%w: %s: digest type %q", ErrUnsupported, o.path, truncate(typ))
+		return nil, fmt.Errorf("%w: %s: digest type %q", ErrUnsupported, o.path(), truncate(typ))
 	}
 	d := &digestMeta{typ: typ}
 	if d.keyslots, err = o.ids("keyslots", MaxKeyslots); err != nil {
@@ -360,7 +361,7 @@ func parseDigest(o *object) (*digestMeta, error) {
 	}
 	h, err := hashByName(d.hash)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", o.path, err)
+		return nil, fmt.Errorf("%s: %w", o.path(), err)
 	}
 	n, err := o.integer("iterations", 1, MaxPBKDF2Iterations)
 	if err != nil {
@@ -398,7 +399,7 @@ func parseConfig(o *object) (configMeta, error) {
 		c.hasFlags = true
 	}
 	if v, ok := o.get("requirements"); ok {
-		req, err := parseObject(o.path+".requirements", v)
+		req, err := parseObjectAt(o, "", "requirements", v)
 		if err != nil {
 			return c, err
 		}
@@ -445,6 +446,7 @@ func (m *metadata) validate(hdrSize uint64) error {
 		return fmt.Errorf("%w: %s", ErrInvalidMetadata, fmt.Sprintf(format, args...))
 	}
 	c := &m.config
+	var idBuf [MaxKeyslots]int
 	if c.jsonSize != hdrSize-binHeaderSize {
 		return bad("config.json_size %d does not match the header size %d (want %d)", c.jsonSize, hdrSize, hdrSize-binHeaderSize)
 	}
@@ -469,7 +471,7 @@ func (m *metadata) validate(hdrSize uint64) error {
 	// area would overwrite the header or keyslots with the first data write. cryptsetup's
 	// validate_keyslots_size refuses keyslots_size running past the first segment; offset
 	// 0 means a detached header to cryptsetup, which such an image cannot have.
-	for _, id := range sortedKeys(m.segments) {
+	for _, id := range sortedKeysInto(idBuf[:0], m.segments) {
 		off := m.segments[id].offset
 		switch {
 		case off >= areaEnd:
@@ -488,7 +490,7 @@ func (m *metadata) validate(hdrSize uint64) error {
 		start, end uint64
 	}
 	var spans []span
-	for _, id := range sortedKeys(m.keyslots) {
+	for _, id := range sortedKeysInto(idBuf[:0], m.keyslots) {
 		ks := m.keyslots[id]
 		if ks.typ != keyslotLUKS2 {
 			continue
@@ -519,7 +521,7 @@ func (m *metadata) validate(hdrSize uint64) error {
 	// covered.
 	inDigest := make(map[int]int)
 	segCovered := make(map[int]bool)
-	for _, did := range sortedKeys(m.digests) {
+	for _, did := range sortedKeysInto(idBuf[:0], m.digests) {
 		d := m.digests[did]
 		for _, k := range d.keyslots {
 			ks, ok := m.keyslots[k]
@@ -541,19 +543,19 @@ func (m *metadata) validate(hdrSize uint64) error {
 			segCovered[s] = true
 		}
 	}
-	for _, id := range sortedKeys(m.keyslots) {
+	for _, id := range sortedKeysInto(idBuf[:0], m.keyslots) {
 		if _, ok := inDigest[id]; !ok && m.keyslots[id].typ == keyslotLUKS2 {
 			return bad("keyslot %d is not in any digest", id)
 		}
 	}
-	for _, id := range sortedKeys(m.segments) {
+	for _, id := range sortedKeysInto(idBuf[:0], m.segments) {
 		if !segCovered[id] {
 			return bad("segment %d is not in any digest", id)
 		}
 	}
 
 	// Tokens name existing keyslots.
-	for _, tid := range sortedKeys(m.tokens) {
+	for _, tid := range sortedKeysInto(idBuf[:0], m.tokens) {
 		for _, k := range tokenKeyslots(m.tokens[tid]) {
 			if _, ok := m.keyslots[k]; !ok {
 				return bad("token %d names keyslot %d, which does not exist", tid, k)
@@ -564,18 +566,22 @@ func (m *metadata) validate(hdrSize uint64) error {
 }
 
 // marshal encodes the metadata as compact JSON in cryptsetup's member order.
-func (m *metadata) marshal() []byte {
-	var w writer
+func (m *metadata) marshal() []byte { return m.marshalSized(0) }
+
+// marshalSized is marshal into a buffer of capacity size, the expected length.
+func (m *metadata) marshalSized(size int) []byte {
+	w := writer{b: make([]byte, 0, size)}
+	var idBuf [MaxKeyslots]int
 	w.open('{')
 
 	w.keyObj("keyslots")
-	for _, id := range sortedKeys(m.keyslots) {
+	for _, id := range sortedKeysInto(idBuf[:0], m.keyslots) {
 		ks := m.keyslots[id]
 		if ks.raw != nil {
-			w.raw(fmt.Sprint(id), ks.raw)
+			w.raw(strconv.Itoa(id), ks.raw)
 			continue
 		}
-		w.keyObj(fmt.Sprint(id))
+		w.keyObj(strconv.Itoa(id))
 		w.str("type", ks.typ)
 		w.int("key_size", int64(ks.keySize))
 		w.keyObj("af")
@@ -603,15 +609,15 @@ func (m *metadata) marshal() []byte {
 	w.close('}')
 
 	w.keyObj("tokens")
-	for _, id := range sortedKeys(m.tokens) {
-		w.raw(fmt.Sprint(id), m.tokens[id])
+	for _, id := range sortedKeysInto(idBuf[:0], m.tokens) {
+		w.raw(strconv.Itoa(id), m.tokens[id])
 	}
 	w.close('}')
 
 	w.keyObj("segments")
-	for _, id := range sortedKeys(m.segments) {
+	for _, id := range sortedKeysInto(idBuf[:0], m.segments) {
 		s := m.segments[id]
-		w.keyObj(fmt.Sprint(id))
+		w.keyObj(strconv.Itoa(id))
 		w.str("type", s.typ)
 		w.u64("offset", s.offset)
 		if s.dynamic {
@@ -628,9 +634,9 @@ func (m *metadata) marshal() []byte {
 	w.close('}')
 
 	w.keyObj("digests")
-	for _, id := range sortedKeys(m.digests) {
+	for _, id := range sortedKeysInto(idBuf[:0], m.digests) {
 		d := m.digests[id]
-		w.keyObj(fmt.Sprint(id))
+		w.keyObj(strconv.Itoa(id))
 		w.str("type", d.typ)
 		w.idArray("keyslots", d.keyslots)
 		w.idArray("segments", d.segments)
@@ -661,7 +667,12 @@ func (m *metadata) marshal() []byte {
 }
 
 func sortedKeys[V any](m map[int]V) []int {
-	keys := make([]int, 0, len(m))
+	return sortedKeysInto(make([]int, 0, len(m)), m)
+}
+
+// sortedKeysInto is sortedKeys appending to keys (the caller's buffer, usually on its
+// stack).
+func sortedKeysInto[V any](keys []int, m map[int]V) []int {
 	for k := range m {
 		keys = append(keys, k)
 	}
