@@ -167,15 +167,18 @@ func diskChecksum(alg string, raw, jsonArea []byte) ([csumLen]byte, error) {
 	if err != nil {
 		return out, fmt.Errorf("%w: checksum algorithm: %w", ErrHeaderCorrupt, err)
 	}
-	var zero [csumLen]byte
 	hh := hi.new()
 	hh.Write(raw[:offCsum])
-	hh.Write(zero[:])
+	hh.Write(zeroCsum[:])
 	hh.Write(raw[offCsum+csumLen : binHeaderSize])
 	hh.Write(jsonArea)
-	hh.Sum(out[:0]) // the digest in place (no supported hash is longer); the rest stays zero
+	copy(out[:], hh.Sum(nil))
 	return out, nil
 }
+
+// zeroCsum is the checksum field as the checksum is computed over it. It is never written
+// (a package-level array, so that hashing it does not allocate one per checksum).
+var zeroCsum [csumLen]byte
 
 // jsonText returns the JSON text of a JSON area: the bytes before the first NUL. The area must
 // start with '{', and every byte after the text must be NUL, with at least one NUL.

@@ -102,7 +102,7 @@ func parseMetadata(text []byte, hdrSize uint64) (*metadata, error) {
 	if err := checkDepth("metadata", text, MaxJSONDepth); err != nil {
 		return nil, err
 	}
-	top, err := parseObject("metadata", text)
+	top, err := parseObjectAt(&parseArena{}, nil, "", "metadata", text)
 	if err != nil {
 		return nil, err
 	}
@@ -181,7 +181,7 @@ func eachEntry(top *object, name string, limit int, fn func(id int, o *object) e
 		if err != nil {
 			return fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, name, err)
 		}
-		o, err := parseObjectAt(nil, name, mem.name, mem.value)
+		o, err := parseObjectAt(top.arena, nil, name, mem.name, mem.value)
 		if err != nil {
 			return err
 		}
@@ -399,7 +399,7 @@ func parseConfig(o *object) (configMeta, error) {
 		c.hasFlags = true
 	}
 	if v, ok := o.get("requirements"); ok {
-		req, err := parseObjectAt(o, "", "requirements", v)
+		req, err := parseObjectAt(nil, o, "", "requirements", v)
 		if err != nil {
 			return c, err
 		}

@@ -25,7 +25,24 @@ type object struct {
 	base    string  // without a parent: the path this one is member name of, if any
 	name    string  // the last part of the path (all of it without parent and base)
 	members []member
-	small   [8]member // members' first backing array: most objects have at most 8
+	arena   *parseArena // where objects parsed from this one's members are made, if any
+}
+
+// objectAlone is an object parsed on its own, with its members' first backing array: most
+// objects have at most 8.
+type objectAlone struct {
+	object
+	small [8]member
+}
+
+// parseArena holds the objects, and their members, of one metadata parse: its dozen or so
+// objects then take one allocation instead of one each. Nothing outside the parse points
+// into it (object.rest copies the members it returns); what does not fit is allocated as
+// before.
+type parseArena struct {
+	objs       [16]object
+	mems       [64]member
+	nobj, nmem int
 }
 
 // path names the object in error messages.
@@ -73,13 +90,27 @@ func checkDepth(path string, text []byte, limit int) error {
 // parseObject decodes raw as one JSON object. Duplicate member names are refused. Member
 // values are slices of raw, without the whitespace around them.
 func parseObject(path string, raw []byte) (*object, error) {
-	return parseObjectAt(nil, "", path, raw)
+	return parseObjectAt(nil, nil, "", path, raw)
 }
 
 // parseObjectAt is parseObject for the object at path parent's path (or base, without a
-// parent) "." name; with neither, name is the path.
-func parseObjectAt(parent *object, base, name string, raw []byte) (*object, error) {
-	o := &object{parent: parent, base: base, name: name}
+// parent) "." name; with neither, name is the path. It and the objects parsed from its
+// members are made in arena, or in parent's arena, when there is one.
+func parseObjectAt(arena *parseArena, parent *object, base, name string, raw []byte) (*object, error) {
+	if arena == nil && parent != nil {
+		arena = parent.arena
+	}
+	var o *object
+	if arena != nil && arena.nobj < len(arena.objs) {
+		o = &arena.objs[arena.nobj]
+		arena.nobj++
+		*o = object{parent: parent, base: base, name: name, arena: arena}
+		o.members = arena.mems[arena.nmem:arena.nmem:len(arena.mems)]
+	} else {
+		a := &objectAlone{object: object{parent: parent, base: base, name: name, arena: arena}}
+		o = &a.object
+		o.members = a.small[:0]
+	}
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || raw[0] != '{' {
 		return nil, fmt.Errorf("%w: %s: not a JSON object", ErrInvalidMetadata, o.path())
@@ -87,7 +118,6 @@ func parseObjectAt(parent *object, base, name string, raw []byte) (*object, erro
 	if !utf8.Valid(raw) {
 		return nil, fmt.Errorf("%w: %s: invalid UTF-8", ErrInvalidMetadata, o.path())
 	}
-	o.members = o.small[:0]
 	bad := func(err error) (*object, error) {
 		return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, o.path(), err)
 	}
@@ -138,6 +168,9 @@ func parseObjectAt(parent *object, base, name string, raw []byte) (*object, erro
 	}
 	if i != len(raw) {
 		return nil, fmt.Errorf("%w: %s: data after the object", ErrInvalidMetadata, o.path())
+	}
+	if a := o.arena; a != nil && len(o.members) > 0 && a.nmem < len(a.mems) && &a.mems[a.nmem] == &o.members[0] {
+		a.nmem += len(o.members) // the members stayed in the arena: keep them
 	}
 	return o, nil
 }
@@ -355,7 +388,7 @@ func (o *object) obj(name string) (*object, error) {
 	if err != nil {
 		return nil, err
 	}
-	return parseObjectAt(o, "", name, v)
+	return parseObjectAt(nil, o, "", name, v)
 }
 
 // strings returns a required member that is an array of strings.
@@ -598,7 +631,13 @@ func (w *writer) u64(name string, v uint64) {
 
 func (w *writer) int(name string, v int64) { w.key(name); w.b = strconv.AppendInt(w.b, v, 10) }
 
-func (w *writer) b64(name string, v []byte) { w.str(name, base64.StdEncoding.EncodeToString(v)) }
+// b64 writes v in standard base64, whose characters need no escape in a JSON string.
+func (w *writer) b64(name string, v []byte) {
+	w.key(name)
+	w.b = append(w.b, '"')
+	w.b = base64.StdEncoding.AppendEncode(w.b, v)
+	w.b = append(w.b, '"')
+}
 
 func (w *writer) raw(name string, v json.RawMessage) {
 	w.key(name)
