@@ -12,7 +12,28 @@ import (
 // no secret and nothing of it outlives the operation that borrowed it. The zero value is
 // ready to use, and one Buffers may be shared by any number of Images and goroutines.
 type Buffers struct {
-	pool sync.Pool // of *[]byte
+	pool   sync.Pool // of *[]byte
+	arenas sync.Pool // of *parseArena, cleared
+}
+
+// arena returns a cleared parseArena: one of b's, or a new one (always when b is nil).
+func (b *Buffers) arena() *parseArena {
+	if b != nil {
+		if a, ok := b.arenas.Get().(*parseArena); ok {
+			return a
+		}
+	}
+	return &parseArena{}
+}
+
+// putArena clears a, from arena, and gives it back to b (when not nil). Nothing may use it,
+// or any object made in it, afterwards.
+func (b *Buffers) putArena(a *parseArena) {
+	if b == nil {
+		return
+	}
+	*a = parseArena{}
+	b.arenas.Put(a)
 }
 
 // get returns a buffer of n bytes with unspecified contents, and the handle to give back to

@@ -247,12 +247,20 @@ func (img *Image) update(fn func(st *state, m *metadata) error) error {
 // updateContext is update with a context: waiting for the lock ends with an error wrapping
 // ctx.Err() when ctx ends.
 func (img *Image) updateContext(ctx context.Context, fn func(st *state, m *metadata) error) error {
-	return img.updateWith(ctx, false, fn)
+	return img.updateWith(ctx, false, false, fn)
+}
+
+// updateTokens is updateContext for an fn that changes m.tokens only (adds, removes or
+// replaces entries, never edits a token's bytes in place) and nothing else of m: m is then
+// a cloneTokens copy, which shares all but the tokens map with the metadata read.
+func (img *Image) updateTokens(ctx context.Context, fn func(st *state, m *metadata) error) error {
+	return img.updateWith(ctx, false, true, fn)
 }
 
 // updateWith is updateContext; with allowUnmet, it runs even when the image has unmet
-// mandatory requirements (for the one change cryptsetup allows then, destroying a keyslot).
-func (img *Image) updateWith(ctx context.Context, allowUnmet bool, fn func(st *state, m *metadata) error) error {
+// mandatory requirements (for the one change cryptsetup allows then, destroying a keyslot);
+// with tokensOnly, fn may change nothing but m.tokens (see updateTokens).
+func (img *Image) updateWith(ctx context.Context, allowUnmet, tokensOnly bool, fn func(st *state, m *metadata) error) error {
 	return img.locked(ctx, unix.LOCK_EX, func(st *state, health Health) error {
 		if !health.OK() {
 			// The repair below would overwrite what is where the bad copy was: refuse when
@@ -273,7 +281,12 @@ func (img *Image) updateWith(ctx context.Context, allowUnmet bool, fn func(st *s
 		}
 		// A private copy to change: st.meta is what st.text parses to (see load), and may
 		// be shared with readers and with img.verified.
-		m := st.meta.clone()
+		var m *metadata
+		if tokensOnly {
+			m = st.meta.cloneTokens()
+		} else {
+			m = st.meta.clone()
+		}
 		if err := fn(st, m); err != nil {
 			return err
 		}
@@ -290,7 +303,7 @@ func (img *Image) commitLocked(st *state, m *metadata) error {
 	hdrSize := st.bin.hdrSize
 	text := m.marshalSized(len(st.text) + 512)
 	// Never write what we could not read back.
-	readBack, err := parseMetadata(text, hdrSize)
+	readBack, err := parseMetadataIn(text, hdrSize, img.bufs)
 	if err != nil {
 		return fmt.Errorf("keyslot: refusing to write invalid metadata: %w", err)
 	}
@@ -364,7 +377,7 @@ func load(dev Device, verified map[uint64]*copyState, bufs *Buffers) (*state, He
 	nc := 0
 	h, raw, perr := readBinHeader(dev, 0, verifiedBin(verified, 0))
 	if perr == nil {
-		primary, _, perr = checkCopy(dev, 0, false, h, raw, nil, verified)
+		primary, _, perr = checkCopy(dev, 0, false, h, raw, nil, verified, bufs)
 		// The secondary sits at the header size: take it from the primary when that much of
 		// the primary is readable, else probe every allowed size, smallest first.
 		candidates[0], nc = h.hdrSize, 1
@@ -386,7 +399,7 @@ func load(dev Device, verified map[uint64]*copyState, bufs *Buffers) (*state, He
 	var serr error
 	best := -1
 	for _, off := range candidates[:nc] {
-		c, stage, err := readCopy(dev, off, true, primary, verified)
+		c, stage, err := readCopy(dev, off, true, primary, verified, bufs)
 		if err == nil {
 			secondary, serr = c, nil
 			health.Secondary = CopyHealth{Offset: off, SeqID: c.bin.seqID}
@@ -571,7 +584,7 @@ const (
 // instead of parsed again. On error it also returns how far it got (a stage… constant).
 // A copy byte for byte as verified[off] is that copy, with no checksum computed or metadata
 // parsed again; a copy found whole and valid is recorded in verified (when not nil).
-func readCopy(dev Device, off uint64, secondary bool, same *copyState, verified map[uint64]*copyState) (*copyState, int, error) {
+func readCopy(dev Device, off uint64, secondary bool, same *copyState, verified map[uint64]*copyState, bufs *Buffers) (*copyState, int, error) {
 	h, raw, err := readBinHeader(dev, off, verifiedBin(verified, off))
 	if err != nil {
 		if len(raw) >= len(magicPrimary) && (bytes.HasPrefix(raw, magicPrimary) || bytes.HasPrefix(raw, magicSecondary)) {
@@ -579,11 +592,12 @@ func readCopy(dev Device, off uint64, secondary bool, same *copyState, verified 
 		}
 		return nil, stageNoHeader, err
 	}
-	return checkCopy(dev, off, secondary, h, raw, same, verified)
+	return checkCopy(dev, off, secondary, h, raw, same, verified, bufs)
 }
 
-// checkCopy is readCopy once the binary header h (raw as read) is parsed.
-func checkCopy(dev Device, off uint64, secondary bool, h *binHeader, raw []byte, same *copyState, verified map[uint64]*copyState) (*copyState, int, error) {
+// checkCopy is readCopy once the binary header h (raw as read) is parsed. Its parse
+// borrows from bufs.
+func checkCopy(dev Device, off uint64, secondary bool, h *binHeader, raw []byte, same *copyState, verified map[uint64]*copyState, bufs *Buffers) (*copyState, int, error) {
 	if h.secondary != secondary {
 		return nil, stageWrongCopy, fmt.Errorf("%w: wrong magic for the %s header at %d", ErrHeaderCorrupt, copyName(secondary), off)
 	}
@@ -621,7 +635,7 @@ func checkCopy(dev Device, off uint64, secondary bool, h *binHeader, raw []byte,
 		c.text, c.meta = same.text, same.meta
 	} else {
 		c.text = bytes.Clone(text)
-		if c.meta, err = parseMetadata(c.text, h.hdrSize); err != nil {
+		if c.meta, err = parseMetadataIn(c.text, h.hdrSize, bufs); err != nil {
 			return nil, stageMetadata, err // the caller names the copy
 		}
 	}

@@ -99,10 +99,18 @@ type metadata struct {
 
 // parseMetadata decodes and validates the JSON text of a header whose hdr_size is hdrSize.
 func parseMetadata(text []byte, hdrSize uint64) (*metadata, error) {
+	return parseMetadataIn(text, hdrSize, nil)
+}
+
+// parseMetadataIn is parseMetadata with its parseArena borrowed from bufs (when not nil)
+// and given back when it returns: nothing it returns points into the arena.
+func parseMetadataIn(text []byte, hdrSize uint64, bufs *Buffers) (*metadata, error) {
 	if err := checkDepth("metadata", text, MaxJSONDepth); err != nil {
 		return nil, err
 	}
-	top, err := parseObjectAt(&parseArena{}, nil, "", "metadata", text)
+	arena := bufs.arena()
+	defer bufs.putArena(arena)
+	top, err := parseObjectAt(arena, nil, "", "metadata", text)
 	if err != nil {
 		return nil, err
 	}
