@@ -32,7 +32,8 @@ func (b *Buffers) putArena(a *parseArena) {
 	if b == nil {
 		return
 	}
-	*a = parseArena{}
+	scratch := a.scratch[:0]
+	*a = parseArena{scratch: scratch}
 	b.arenas.Put(a)
 }
 

@@ -128,9 +128,12 @@ func parseMetadataIn(text []byte, hdrSize uint64, bufs *Buffers) (*metadata, err
 	}); err != nil {
 		return nil, err
 	}
+	// The keyslots each token names, for validate: what tokenKeyslots would read again
+	// from the token's stored form, which has the same members.
+	var tokenSlots [MaxTokens][]int
 	if err := eachEntry(top, "tokens", MaxTokens, func(id int, o *object) error {
-		raw, err := validateToken(o)
-		m.tokens[id] = raw
+		raw, slots, err := validateToken(o)
+		m.tokens[id], tokenSlots[id] = raw, slots
 		return err
 	}); err != nil {
 		return nil, err
@@ -172,7 +175,7 @@ func parseMetadataIn(text []byte, hdrSize uint64, bufs *Buffers) (*metadata, err
 	if m.config, err = parseConfig(cfg); err != nil {
 		return nil, err
 	}
-	if err := m.validate(hdrSize); err != nil {
+	if err := m.validate(hdrSize, &tokenSlots); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -422,19 +425,35 @@ func parseConfig(o *object) (configMeta, error) {
 	return c, nil
 }
 
-// validateToken checks the members LUKS2 requires of a token and returns it compacted.
-func validateToken(o *object) (json.RawMessage, error) {
+// validateToken checks the members LUKS2 requires of a token and returns it compacted, and
+// the keyslots it names. Parsed in a metadata parse (o.arena not nil), a token whose text
+// already is that compact form is returned as that text, a slice of what was parsed,
+// instead of a copy.
+func validateToken(o *object) (json.RawMessage, []int, error) {
 	typ, err := o.str("type")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if typ == "" {
-		return nil, o.errorf("type", "empty token type")
+		return nil, nil, o.errorf("type", "empty token type")
 	}
-	if _, err := o.ids("keyslots", MaxKeyslots); err != nil {
-		return nil, err
+	slots, err := o.ids("keyslots", MaxKeyslots)
+	if err != nil {
+		return nil, nil, err
 	}
-	return marshalObject(o), nil
+	a := o.arena
+	if a == nil {
+		return marshalObject(o), slots, nil
+	}
+	w := writer{b: a.scratch[:0]}
+	w.open('{')
+	w.members(o.members)
+	w.close('}')
+	a.scratch = w.b[:0]
+	if bytes.Equal(w.b, o.raw) {
+		return o.raw[:len(o.raw):len(o.raw)], slots, nil
+	}
+	return bytes.Clone(w.b), slots, nil
 }
 
 // tokenKeyslots returns the keyslots a (validated) token names.
@@ -448,8 +467,9 @@ func tokenKeyslots(raw json.RawMessage) []int {
 }
 
 // validate checks the rules that tie the metadata objects to each other and to the binary
-// header (cryptsetup's hdr_validate_* in lib/luks2/luks2_json_metadata.c).
-func (m *metadata) validate(hdrSize uint64) error {
+// header (cryptsetup's hdr_validate_* in lib/luks2/luks2_json_metadata.c). tokenSlots, when
+// not nil, holds the keyslots each token names (else they are read from the tokens).
+func (m *metadata) validate(hdrSize uint64, tokenSlots *[MaxTokens][]int) error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s", ErrInvalidMetadata, fmt.Sprintf(format, args...))
 	}
@@ -564,7 +584,13 @@ func (m *metadata) validate(hdrSize uint64) error {
 
 	// Tokens name existing keyslots.
 	for _, tid := range sortedKeysInto(idBuf[:0], m.tokens) {
-		for _, k := range tokenKeyslots(m.tokens[tid]) {
+		slots := []int(nil)
+		if tokenSlots != nil && tid >= 0 && tid < MaxTokens {
+			slots = tokenSlots[tid]
+		} else {
+			slots = tokenKeyslots(m.tokens[tid])
+		}
+		for _, k := range slots {
 			if _, ok := m.keyslots[k]; !ok {
 				return bad("token %d names keyslot %d, which does not exist", tid, k)
 			}

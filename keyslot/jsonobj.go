@@ -26,6 +26,7 @@ type object struct {
 	name    string  // the last part of the path (all of it without parent and base)
 	members []member
 	arena   *parseArena // where objects parsed from this one's members are made, if any
+	raw     []byte      // the object's text, without the whitespace around it
 }
 
 // objectAlone is an object parsed on its own, with its members' first backing array: most
@@ -43,6 +44,7 @@ type parseArena struct {
 	objs       [16]object
 	mems       [64]member
 	nobj, nmem int
+	scratch    []byte // validateToken's buffer, kept across parses
 }
 
 // path names the object in error messages.
@@ -112,6 +114,7 @@ func parseObjectAt(arena *parseArena, parent *object, base, name string, raw []b
 		o.members = a.small[:0]
 	}
 	raw = bytes.TrimSpace(raw)
+	o.raw = raw
 	if len(raw) == 0 || raw[0] != '{' {
 		return nil, fmt.Errorf("%w: %s: not a JSON object", ErrInvalidMetadata, o.path())
 	}
@@ -689,84 +692,134 @@ func (w *writer) strArray(name string, ss []string) {
 // Numbers must be integers that json-c keeps exactly (within int64, or up to 2^64-1);
 // fractions and exponents are refused because json-c rewrites them.
 func canonical(path string, raw json.RawMessage, depth int) ([]byte, error) {
+	var w writer
+	if err := canonicalTo(&w, &canonPath{name: path}, raw, depth); err != nil {
+		return nil, err
+	}
+	return w.b, nil
+}
+
+// canonPath names a value in canonical's errors; it is only put together for one.
+type canonPath struct {
+	parent *canonPath // nil at the root, whose path is name
+	name   string     // a member's name (when not elem)
+	index  int        // an array element's index (when elem)
+	elem   bool
+}
+
+func (p *canonPath) String() string {
+	switch {
+	case p.parent == nil:
+		return p.name
+	case p.elem:
+		return fmt.Sprintf("%s[%d]", p.parent.String(), p.index)
+	}
+	return p.parent.String() + "." + p.name
+}
+
+// canonicalTo appends canonical's result for raw, at path p, to w. On error, what it
+// appended is to be dropped.
+func canonicalTo(w *writer, p *canonPath, raw json.RawMessage, depth int) error {
 	if depth > 64 {
-		return nil, fmt.Errorf("%w: %s: nested more than 64 levels", ErrInvalidMetadata, path)
+		return fmt.Errorf("%w: %s: nested more than 64 levels", ErrInvalidMetadata, p)
 	}
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 {
-		return nil, fmt.Errorf("%w: %s: empty value", ErrInvalidMetadata, path)
+		return fmt.Errorf("%w: %s: empty value", ErrInvalidMetadata, p)
 	}
 	switch c := raw[0]; {
 	case c == '{':
-		o, err := parseObject(path, raw)
+		o, err := parseObject("", raw)
 		if err != nil {
-			return nil, err
+			// The same parse again, for the error with the path in it.
+			_, err = parseObject(p.String(), raw)
+			return err
 		}
-		var w writer
 		w.open('{')
 		for _, m := range o.members {
-			v, err := canonical(path+"."+m.name, m.value, depth+1)
-			if err != nil {
-				return nil, err
-			}
 			w.key(m.name)
-			w.b = append(w.b, v...)
+			if err := canonicalTo(w, &canonPath{parent: p, name: m.name}, m.value, depth+1); err != nil {
+				return err
+			}
 		}
 		w.close('}')
-		return w.b, nil
+		return nil
 	case c == '[':
-		elems, err := arrayElems(raw)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
-		}
-		var w writer
-		w.open('[')
-		for i, e := range elems {
-			v, err := canonical(fmt.Sprintf("%s[%d]", path, i), e, depth+1)
-			if err != nil {
-				return nil, err
+		// The whole array is checked before any element (as arrayElems does).
+		end, err := scanArray(raw, 0, 0, nil)
+		if err == nil {
+			if end = skipSpace(raw, end); end != len(raw) {
+				err = scanError(raw, end, "after top-level value")
 			}
+		}
+		if err != nil {
+			return fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, p, err)
+		}
+		w.open('[')
+		i := 0
+		_, err = scanArray(raw, 0, 0, func(e []byte) error {
 			w.sep()
-			w.b = append(w.b, v...)
+			err := canonicalTo(w, &canonPath{parent: p, index: i, elem: true}, e, depth+1)
+			i++
+			return err
+		})
+		if err != nil {
+			return err
 		}
 		w.close(']')
-		return w.b, nil
+		return nil
 	case c == '"':
 		end, escaped, err := scanString(raw, 0)
 		if err == nil && end != len(raw) {
 			err = scanError(raw, end, "after top-level value")
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
+			return fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, p, err)
+		}
+		if !escaped {
+			// As below, without a copy: the string is the bytes between the quotes.
+			s := raw[1 : len(raw)-1]
+			if !utf8.Valid(s) || bytes.ContainsRune(s, utf8.RuneError) {
+				return fmt.Errorf("%w: %s: invalid UTF-8", ErrInvalidMetadata, p)
+			}
+			w.b = appendString(w.b, s)
+			return nil
 		}
 		str, err := unquote(raw, escaped)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
+			return fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, p, err)
 		}
 		if !utf8.ValidString(str) || strings.ContainsRune(str, utf8.RuneError) {
-			return nil, fmt.Errorf("%w: %s: invalid UTF-8", ErrInvalidMetadata, path)
+			return fmt.Errorf("%w: %s: invalid UTF-8", ErrInvalidMetadata, p)
 		}
-		return appendString(nil, str), nil
+		w.b = appendString(w.b, str)
+		return nil
 	case c == '-' || c >= '0' && c <= '9':
-		text := string(raw)
-		if _, err := strconv.ParseInt(text, 10, 64); err != nil {
-			if _, err := strconv.ParseUint(text, 10, 64); err != nil {
-				return nil, fmt.Errorf("%w: %s: number %.30s must be an integer within 64 bits", ErrInvalidMetadata, path, text)
+		if _, ok := smallInt(raw); !ok {
+			// smallInt's numbers (-?[0-9]{1,18}) all pass ParseInt.
+			text := string(raw)
+			if _, err := strconv.ParseInt(text, 10, 64); err != nil {
+				if _, err := strconv.ParseUint(text, 10, 64); err != nil {
+					return fmt.Errorf("%w: %s: number %.30s must be an integer within 64 bits", ErrInvalidMetadata, p, text)
+				}
 			}
 		}
-		if text == "-0" {
-			return []byte("0"), nil
+		if string(raw) == "-0" {
+			w.b = append(w.b, '0')
+			return nil
 		}
-		return []byte(text), nil
+		w.b = append(w.b, raw...)
+		return nil
 	case bytes.Equal(raw, []byte("true")), bytes.Equal(raw, []byte("false")), bytes.Equal(raw, []byte("null")):
-		return raw, nil
+		w.b = append(w.b, raw...)
+		return nil
 	}
-	return nil, fmt.Errorf("%w: %s: invalid JSON value", ErrInvalidMetadata, path)
+	return fmt.Errorf("%w: %s: invalid JSON value", ErrInvalidMetadata, p)
 }
 
 // appendString appends s as a JSON string: quotes, backslashes and control characters are
 // escaped, everything else (including '/' and non-ASCII) is written as is.
-func appendString(b []byte, s string) []byte {
+func appendString[S ~string | ~[]byte](b []byte, s S) []byte {
 	const hex = "0123456789abcdef"
 	b = append(b, '"')
 	for i := 0; i < len(s); i++ {

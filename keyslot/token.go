@@ -143,7 +143,7 @@ func checkNewToken(token []byte) (json.RawMessage, error) {
 	if err != nil {
 		return nil, err
 	}
-	raw, err := validateToken(o)
+	raw, _, err := validateToken(o)
 	if err != nil {
 		return nil, err
 	}
