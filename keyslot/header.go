@@ -176,6 +176,41 @@ func diskChecksum(alg string, raw, jsonArea []byte) ([csumLen]byte, error) {
 	return out, nil
 }
 
+// diskChecksumPair is diskChecksum of (rawA, jsonArea) and of (rawB, jsonArea), two binary
+// headers of binHeaderSize bytes and one JSON area (a multiple of 64 bytes, as every area
+// is). With SHA-256 on a CPU with the SHA extensions the two are computed together, their
+// compressions interleaved (sha256Block2), which takes less time than one after the other.
+func diskChecksumPair(alg string, rawA, rawB, jsonArea []byte) (a, b [csumLen]byte, err error) {
+	if alg != "sha256" || !hasSHANI || len(jsonArea)%64 != 0 || len(rawA) < binHeaderSize || len(rawB) < binHeaderSize {
+		if a, err = diskChecksum(alg, rawA, jsonArea); err != nil {
+			return a, b, err
+		}
+		b, err = diskChecksum(alg, rawB, jsonArea)
+		return a, b, err
+	}
+	da, db := sha256IV, sha256IV
+	for i := 0; i < binHeaderSize; i += 64 {
+		pa, pb := (*[64]byte)(rawA[i:i+64]), (*[64]byte)(rawB[i:i+64])
+		if i == offCsum { // the checksum field is one whole block, hashed as zeros
+			pa, pb = &zeroCsum, &zeroCsum
+		}
+		sha256Block2(&da, &db, pa, pb)
+	}
+	for i := 0; i < len(jsonArea); i += 64 {
+		p := (*[64]byte)(jsonArea[i : i+64])
+		sha256Block2(&da, &db, p, p)
+	}
+	var pad [64]byte
+	sha256Pad(&pad, 0, uint64(binHeaderSize+len(jsonArea)))
+	sha256Block2(&da, &db, &pad, &pad)
+	sha256Put(a[:], &da)
+	sha256Put(b[:], &db)
+	return a, b, nil
+}
+
+// The checksum field must be one whole SHA-256 block for diskChecksumPair.
+var _ = [1]struct{}{}[offCsum%64+csumLen-64]
+
 // zeroCsum is the checksum field as the checksum is computed over it. It is never written
 // (a package-level array, so that hashing it does not allocate one per checksum).
 var zeroCsum [csumLen]byte

@@ -205,18 +205,34 @@ func (img *Image) jsonArea(hdrSize uint64, text []byte) ([]byte, *[]byte) {
 // area, parses to: with the bytes written, it is recorded in img.verified for the next read.
 // text is kept; area may be reused once it returns.
 func (img *Image) writeCopyOf(bin binHeader, secondary bool, area, text []byte, meta *metadata) error {
+	bin, err := img.copyOf(bin, secondary)
+	if err != nil {
+		return err
+	}
+	return img.writePrepared(bin, area, text, meta, nil)
+}
+
+// copyOf returns bin as the header of its primary or secondary copy: that copy's magic and
+// offset, and a fresh salt.
+func (img *Image) copyOf(bin binHeader, secondary bool) (binHeader, error) {
 	bin.secondary = secondary
 	bin.hdrOffset = 0
 	if secondary {
 		bin.hdrOffset = bin.hdrSize
 	}
 	if _, err := io.ReadFull(img.rand, bin.salt[:]); err != nil {
-		return fmt.Errorf("keyslot: reading random header salt: %w", err)
+		return bin, fmt.Errorf("keyslot: reading random header salt: %w", err)
 	}
+	return bin, nil
+}
+
+// writePrepared is writeCopyOf for bin from copyOf; csum, when not nil, is the checksum of
+// the copy (diskChecksum of bin without checksum and area), computed beforehand.
+func (img *Image) writePrepared(bin binHeader, area, text []byte, meta *metadata, csum *[csumLen]byte) error {
 	delete(img.verified, bin.hdrOffset)
 	buf, handle := img.bufs.get(binHeaderSize)
 	defer img.bufs.put(handle)
-	raw, err := writeCopyBuf(img.dev, &bin, area, buf)
+	raw, err := writeCopyBuf(img.dev, &bin, area, buf, csum)
 	if err != nil {
 		return err
 	}
@@ -316,26 +332,55 @@ func (img *Image) commitLocked(st *state, m *metadata) error {
 
 	next := st.bin
 	next.seqID++
-	for _, secondary := range []bool{false, true} {
-		if err := img.writeCopyOf(next, secondary, area, text, readBack); err != nil {
-			return err
-		}
+	// Both copies' headers (salts read in the same order as when each was made just before
+	// its write) and checksums first: the two checksums are computed together.
+	primary, err := img.copyOf(next, false)
+	if err != nil {
+		return err
+	}
+	secondary, err := img.copyOf(next, true)
+	if err != nil {
+		return err
+	}
+	pcs, scs, err := img.copyChecksums(&primary, &secondary, area)
+	if err != nil {
+		return err
+	}
+	if err := img.writePrepared(primary, area, text, readBack, &pcs); err != nil {
+		return err
+	}
+	if err := img.writePrepared(secondary, area, text, readBack, &scs); err != nil {
+		return err
 	}
 	img.st = &state{bin: next, meta: m, text: text}
 	img.health = healthy(next)
 	return nil
 }
 
+// copyChecksums returns the checksums of the header copies a and b (from copyOf) with the
+// JSON area area, as writeCopy computes each: diskChecksumPair over both binary headers
+// without checksum.
+func (img *Image) copyChecksums(a, b *binHeader, area []byte) (ca, cb [csumLen]byte, err error) {
+	bufA, handleA := img.bufs.get(binHeaderSize)
+	defer img.bufs.put(handleA)
+	bufB, handleB := img.bufs.get(binHeaderSize)
+	defer img.bufs.put(handleB)
+	if a.csumAlg != b.csumAlg {
+		return ca, cb, fmt.Errorf("%w: the copies' checksum algorithms differ", ErrHeaderCorrupt)
+	}
+	return diskChecksumPair(a.csumAlg, a.marshalTo(bufA, false), b.marshalTo(bufB, false), area)
+}
+
 // writeCopy writes one header copy at h.hdrOffset and syncs it: the binary header without
 // its checksum, the JSON area, then the binary header with the checksum (of the first form
 // and the area). It returns the binary header as finally written.
 func writeCopy(dev Device, h *binHeader, area []byte) ([]byte, error) {
-	return writeCopyBuf(dev, h, area, make([]byte, binHeaderSize))
+	return writeCopyBuf(dev, h, area, make([]byte, binHeaderSize), nil)
 }
 
 // writeCopyBuf is writeCopy with the binary header built in buf (binHeaderSize bytes, any
-// contents), which it returns.
-func writeCopyBuf(dev Device, h *binHeader, area, buf []byte) ([]byte, error) {
+// contents), which it returns. csum, when not nil, is the checksum, computed beforehand.
+func writeCopyBuf(dev Device, h *binHeader, area, buf []byte, pre *[csumLen]byte) ([]byte, error) {
 	which := "primary"
 	if h.secondary {
 		which = "secondary"
@@ -348,9 +393,14 @@ func writeCopyBuf(dev Device, h *binHeader, area, buf []byte) ([]byte, error) {
 	if _, err := dev.WriteAt(area, off+binHeaderSize); err != nil {
 		return nil, fmt.Errorf("keyslot: writing %s JSON area: %w", which, err)
 	}
-	csum, err := diskChecksum(h.csumAlg, b, area)
-	if err != nil {
-		return nil, err
+	var csum [csumLen]byte
+	if pre != nil {
+		csum = *pre
+	} else {
+		var err error
+		if csum, err = diskChecksum(h.csumAlg, b, area); err != nil {
+			return nil, err
+		}
 	}
 	h.csum = csum
 	copy(b[offCsum:offCsum+csumLen], csum[:]) // b is now h.marshal(true)
