@@ -176,16 +176,17 @@ func diskChecksum(alg string, raw, jsonArea []byte) ([csumLen]byte, error) {
 	return out, nil
 }
 
-// diskChecksumPair is diskChecksum of (rawA, jsonArea) and of (rawB, jsonArea), two binary
-// headers of binHeaderSize bytes and one JSON area (a multiple of 64 bytes, as every area
-// is). With SHA-256 on a CPU with the SHA extensions the two are computed together, their
-// compressions interleaved (sha256Block2), which takes less time than one after the other.
-func diskChecksumPair(alg string, rawA, rawB, jsonArea []byte) (a, b [csumLen]byte, err error) {
-	if alg != "sha256" || !hasSHANI || len(jsonArea)%64 != 0 || len(rawA) < binHeaderSize || len(rawB) < binHeaderSize {
-		if a, err = diskChecksum(alg, rawA, jsonArea); err != nil {
+// diskChecksumPair is diskChecksum of (rawA, areaA) and of (rawB, areaB), binary headers of
+// binHeaderSize bytes and JSON areas (a multiple of 64 bytes, as every area is). With
+// SHA-256 on a CPU with the SHA extensions, and areas of one size, the two are computed
+// together, their compressions interleaved (sha256Block2), which takes less time than one
+// after the other.
+func diskChecksumPair(alg string, rawA, rawB, areaA, areaB []byte) (a, b [csumLen]byte, err error) {
+	if alg != "sha256" || !hasSHANI || len(areaA) != len(areaB) || len(areaA)%64 != 0 || len(rawA) < binHeaderSize || len(rawB) < binHeaderSize {
+		if a, err = diskChecksum(alg, rawA, areaA); err != nil {
 			return a, b, err
 		}
-		b, err = diskChecksum(alg, rawB, jsonArea)
+		b, err = diskChecksum(alg, rawB, areaB)
 		return a, b, err
 	}
 	da, db := sha256IV, sha256IV
@@ -196,12 +197,11 @@ func diskChecksumPair(alg string, rawA, rawB, jsonArea []byte) (a, b [csumLen]by
 		}
 		sha256Block2(&da, &db, pa, pb)
 	}
-	for i := 0; i < len(jsonArea); i += 64 {
-		p := (*[64]byte)(jsonArea[i : i+64])
-		sha256Block2(&da, &db, p, p)
+	for i := 0; i < len(areaA); i += 64 {
+		sha256Block2(&da, &db, (*[64]byte)(areaA[i:i+64]), (*[64]byte)(areaB[i:i+64]))
 	}
 	var pad [64]byte
-	sha256Pad(&pad, 0, uint64(binHeaderSize+len(jsonArea)))
+	sha256Pad(&pad, 0, uint64(binHeaderSize+len(areaA)))
 	sha256Block2(&da, &db, &pad, &pad)
 	sha256Put(a[:], &da)
 	sha256Put(b[:], &db)

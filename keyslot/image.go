@@ -368,7 +368,7 @@ func (img *Image) copyChecksums(a, b *binHeader, area []byte) (ca, cb [csumLen]b
 	if a.csumAlg != b.csumAlg {
 		return ca, cb, fmt.Errorf("%w: the copies' checksum algorithms differ", ErrHeaderCorrupt)
 	}
-	return diskChecksumPair(a.csumAlg, a.marshalTo(bufA, false), b.marshalTo(bufB, false), area)
+	return diskChecksumPair(a.csumAlg, a.marshalTo(bufA, false), b.marshalTo(bufB, false), area, area)
 }
 
 // writeCopy writes one header copy at h.hdrOffset and syncs it: the binary header without
@@ -426,8 +426,10 @@ func load(dev Device, verified map[uint64]*copyState, bufs *Buffers) (*state, He
 	var candidates [1 + 9]uint64
 	nc := 0
 	h, raw, perr := readBinHeader(dev, 0, verifiedBin(verified, 0))
+	var sums pairedSums
 	if perr == nil {
-		primary, _, perr = checkCopy(dev, 0, false, h, raw, nil, verified, bufs)
+		sums = pairChecksums(pf, h, raw, verified)
+		primary, _, perr = checkCopy(dev, 0, false, h, raw, nil, verified, bufs, sums.at(0))
 		// The secondary sits at the header size: take it from the primary when that much of
 		// the primary is readable, else probe every allowed size, smallest first.
 		candidates[0], nc = h.hdrSize, 1
@@ -449,7 +451,7 @@ func load(dev Device, verified map[uint64]*copyState, bufs *Buffers) (*state, He
 	var serr error
 	best := -1
 	for _, off := range candidates[:nc] {
-		c, stage, err := readCopy(dev, off, true, primary, verified, bufs)
+		c, stage, err := readCopy(dev, off, true, primary, verified, bufs, sums.at(off))
 		if err == nil {
 			secondary, serr = c, nil
 			health.Secondary = CopyHealth{Offset: off, SeqID: c.bin.seqID}
@@ -612,6 +614,63 @@ func readBinHeader(dev Device, off uint64, like *binHeader) (*binHeader, []byte,
 	return h, buf, err
 }
 
+// pairedSums holds the checksums of the primary copy and of the secondary at the primary's
+// header size, computed together (diskChecksumPair) before either copy is checked.
+type pairedSums struct {
+	ok                 bool
+	secondaryAt        uint64
+	primary, secondary [csumLen]byte
+}
+
+// at returns the checksum computed for the copy at off, or nil.
+func (s *pairedSums) at(off uint64) *[csumLen]byte {
+	switch {
+	case !s.ok:
+		return nil
+	case off == 0:
+		return &s.primary
+	case off == s.secondaryAt:
+		return &s.secondary
+	}
+	return nil
+}
+
+// pairChecksums computes, in one pass, the SHA-256 checksums of the primary copy (header h,
+// raw as read) and of the secondary copy at h.hdrSize, over the bytes load read ahead, when
+// both copies lie in them, both headers name sha256 and the same size, SHA-NI is there, and
+// neither copy is as verified holds it (then checkCopy computes no checksum for it anyway).
+// Otherwise it computes nothing, and each copy's checksum is computed when it is checked.
+// The checksums are those of the bytes checkCopy then checks, which come from the same
+// read-ahead buffer.
+func pairChecksums(pf *prefetched, h *binHeader, raw []byte, verified map[uint64]*copyState) pairedSums {
+	var s pairedSums
+	size := h.hdrSize
+	if !hasSHANI || h.csumAlg != "sha256" || size > uint64(len(pf.buf))/2 {
+		return s
+	}
+	sraw := pf.buf[size : size+binHeaderSize]
+	if !bytes.HasPrefix(sraw, magicSecondary) || binary.BigEndian.Uint64(sraw[offHdrSize:]) != size {
+		return s
+	}
+	if alg := sraw[offCsumAlg : offCsumAlg+csumAlgLen]; !bytes.HasPrefix(alg, []byte("sha256\x00")) {
+		return s
+	}
+	parea := pf.buf[binHeaderSize:size]
+	sarea := pf.buf[size+binHeaderSize : 2*size]
+	if v := verified[0]; v != nil && v.sameBytes(raw, parea) {
+		return s
+	}
+	if v := verified[size]; v != nil && v.sameBytes(sraw, sarea) {
+		return s
+	}
+	var err error
+	if s.primary, s.secondary, err = diskChecksumPair("sha256", raw, sraw, parea, sarea); err != nil {
+		return pairedSums{}
+	}
+	s.ok, s.secondaryAt = true, size
+	return s
+}
+
 // verifiedBin returns the binary header of verified[off], or nil.
 func verifiedBin(verified map[uint64]*copyState, off uint64) *binHeader {
 	if v := verified[off]; v != nil {
@@ -634,7 +693,7 @@ const (
 // instead of parsed again. On error it also returns how far it got (a stage… constant).
 // A copy byte for byte as verified[off] is that copy, with no checksum computed or metadata
 // parsed again; a copy found whole and valid is recorded in verified (when not nil).
-func readCopy(dev Device, off uint64, secondary bool, same *copyState, verified map[uint64]*copyState, bufs *Buffers) (*copyState, int, error) {
+func readCopy(dev Device, off uint64, secondary bool, same *copyState, verified map[uint64]*copyState, bufs *Buffers, sum *[csumLen]byte) (*copyState, int, error) {
 	h, raw, err := readBinHeader(dev, off, verifiedBin(verified, off))
 	if err != nil {
 		if len(raw) >= len(magicPrimary) && (bytes.HasPrefix(raw, magicPrimary) || bytes.HasPrefix(raw, magicSecondary)) {
@@ -642,12 +701,13 @@ func readCopy(dev Device, off uint64, secondary bool, same *copyState, verified 
 		}
 		return nil, stageNoHeader, err
 	}
-	return checkCopy(dev, off, secondary, h, raw, same, verified, bufs)
+	return checkCopy(dev, off, secondary, h, raw, same, verified, bufs, sum)
 }
 
 // checkCopy is readCopy once the binary header h (raw as read) is parsed. Its parse
-// borrows from bufs.
-func checkCopy(dev Device, off uint64, secondary bool, h *binHeader, raw []byte, same *copyState, verified map[uint64]*copyState, bufs *Buffers) (*copyState, int, error) {
+// borrows from bufs. sum, when not nil, is the copy's checksum computed beforehand by
+// pairChecksums from the same bytes (a SHA-256 one, used only when h names sha256).
+func checkCopy(dev Device, off uint64, secondary bool, h *binHeader, raw []byte, same *copyState, verified map[uint64]*copyState, bufs *Buffers, sum *[csumLen]byte) (*copyState, int, error) {
 	if h.secondary != secondary {
 		return nil, stageWrongCopy, fmt.Errorf("%w: wrong magic for the %s header at %d", ErrHeaderCorrupt, copyName(secondary), off)
 	}
@@ -668,8 +728,10 @@ func checkCopy(dev Device, off uint64, secondary bool, h *binHeader, raw []byte,
 		// The same bytes as a copy already checked: the same checksum, text and metadata.
 		return v, 0, nil
 	}
-	csum, err := diskChecksum(h.csumAlg, raw, area)
-	if err != nil {
+	var csum [csumLen]byte
+	if sum != nil && h.csumAlg == "sha256" {
+		csum = *sum
+	} else if csum, err = diskChecksum(h.csumAlg, raw, area); err != nil {
 		return nil, stageChecksum, err
 	}
 	if csum != h.csum {
