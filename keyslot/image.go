@@ -317,7 +317,7 @@ func (img *Image) updateWith(ctx context.Context, allowUnmet, tokensOnly bool, f
 // after. The caller holds img.mu and the exclusive device lock.
 func (img *Image) commitLocked(st *state, m *metadata) error {
 	hdrSize := st.bin.hdrSize
-	text := m.marshalSized(len(st.text) + 512)
+	text := m.marshalSized(len(st.text) + len(st.text)/8 + 64) // room for a longer token
 	// Never write what we could not read back.
 	readBack, err := parseMetadataIn(text, hdrSize, img.bufs)
 	if err != nil {

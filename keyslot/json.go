@@ -141,9 +141,17 @@ func parseMetadataIn(text []byte, hdrSize uint64, bufs *Buffers) (*metadata, err
 	// Segment ids are checked before any segment's type: a gap (cryptsetup's "gap in
 	// backup segments") makes the header invalid whatever the types, and is reported as
 	// such rather than as an unsupported segment type.
-	var segIDs []int
-	if err := eachEntry(top, "segments", maxSegments, func(id int, _ *object) error {
-		segIDs = append(segIDs, id)
+	// The segments are parsed as objects once; their types and fields are read after the
+	// id check, in document order.
+	type segEntry struct {
+		id int
+		o  *object
+	}
+	var segBuf [maxSegments]segEntry
+	var idBuf [maxSegments]int
+	segs, segIDs := segBuf[:0], idBuf[:0]
+	if err := eachEntry(top, "segments", maxSegments, func(id int, o *object) error {
+		segs, segIDs = append(segs, segEntry{id, o}), append(segIDs, id)
 		return nil
 	}); err != nil {
 		return nil, err
@@ -154,12 +162,12 @@ func parseMetadataIn(text []byte, hdrSize uint64, bufs *Buffers) (*metadata, err
 			return nil, fmt.Errorf("%w: segment ids are not contiguous from 0 (missing %d)", ErrInvalidMetadata, i)
 		}
 	}
-	if err := eachEntry(top, "segments", maxSegments, func(id int, o *object) error {
-		s, err := parseSegment(o)
-		m.segments[id] = s
-		return err
-	}); err != nil {
-		return nil, err
+	for _, e := range segs {
+		s, err := parseSegment(e.o)
+		m.segments[e.id] = s
+		if err != nil {
+			return nil, err
+		}
 	}
 	if err := eachEntry(top, "digests", maxDigests, func(id int, o *object) error {
 		d, err := parseDigest(o)

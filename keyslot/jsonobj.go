@@ -118,7 +118,9 @@ func parseObjectAt(arena *parseArena, parent *object, base, name string, raw []b
 	if len(raw) == 0 || raw[0] != '{' {
 		return nil, fmt.Errorf("%w: %s: not a JSON object", ErrInvalidMetadata, o.path())
 	}
-	if !utf8.Valid(raw) {
+	// A member of an object parsed here (parent, or base for eachEntry's) was checked with
+	// it: its value is a slice of valid UTF-8 between ASCII bytes, so valid UTF-8 too.
+	if parent == nil && base == "" && !utf8.Valid(raw) {
 		return nil, fmt.Errorf("%w: %s: invalid UTF-8", ErrInvalidMetadata, o.path())
 	}
 	bad := func(err error) (*object, error) {
