@@ -49,10 +49,10 @@ func TestOpenTokenUpdateAllocs(t *testing.T) {
 	runtime.ReadMemStats(&after)
 	bytes := float64(after.TotalAlloc-before.TotalAlloc) / runs
 	t.Logf("open + token update: %v allocations, %.0f bytes", allocs, bytes)
-	if allocs > 92 {
-		t.Errorf("open + token update allocates %v times, want at most 92", allocs)
+	if allocs > 88 {
+		t.Errorf("open + token update allocates %v times, want at most 88", allocs)
 	}
-	if bytes > 15<<10 {
-		t.Errorf("open + token update allocates %.0f bytes, want at most 15 KiB", bytes)
+	if bytes > 13<<10 {
+		t.Errorf("open + token update allocates %.0f bytes, want at most 13 KiB", bytes)
 	}
 }

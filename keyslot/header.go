@@ -136,6 +136,15 @@ func (h *binHeader) marshal(withCsum bool) []byte {
 // marshalTo is marshal into b (binHeaderSize bytes, any contents), which it returns.
 func (h *binHeader) marshalTo(b []byte, withCsum bool) []byte {
 	b = b[:binHeaderSize]
+	clear(b[binHeaderUsed:])
+	h.marshalFields((*[binHeaderUsed]byte)(b), withCsum)
+	return b
+}
+
+// marshalFields writes the part of the binary header that holds fields (all of marshal's
+// output but the zero padding after them) into b.
+func (h *binHeader) marshalFields(f *[binHeaderUsed]byte, withCsum bool) {
+	b := f[:]
 	clear(b)
 	if h.secondary {
 		copy(b[offMagic:], magicSecondary)
@@ -154,7 +163,6 @@ func (h *binHeader) marshalTo(b []byte, withCsum bool) []byte {
 	if withCsum {
 		copy(b[offCsum:offCsum+csumLen], h.csum[:])
 	}
-	return b
 }
 
 // diskChecksum computes the checksum of a header copy as read: the hash of the 4096 bytes of

@@ -240,7 +240,7 @@ func (img *Image) writePrepared(bin binHeader, area, text []byte, meta *metadata
 	// up to the first NUL (text, when that is what the area holds).
 	h, err := parseBinHeaderLike(raw, &bin)
 	if t, terr := jsonText(area); err == nil && terr == nil && bytes.Equal(t, text) && img.verified != nil {
-		img.verified[bin.hdrOffset] = &copyState{bin: h, raw: keepRaw(raw), text: text, meta: meta}
+		img.verified[bin.hdrOffset] = &copyState{bin: h, raw: keepRaw(raw, h), text: text, meta: meta}
 	}
 	return nil
 }
@@ -507,9 +507,9 @@ func isLUKS1(dev Device) bool {
 // copyState is one fully validated header copy. It is never changed once made.
 type copyState struct {
 	bin *binHeader
-	// raw is the binary header as on disk: its first binHeaderUsed bytes when all the rest
-	// is zero (as this package and cryptsetup write it), else all binHeaderSize bytes (see
-	// keepRaw).
+	// raw is the binary header as on disk (see keepRaw): nil when it is exactly what
+	// marshalling bin gives (as this package and cryptsetup write it); else its first
+	// binHeaderUsed bytes when all the rest is zero; else all binHeaderSize bytes.
 	raw []byte
 	// text is the JSON text. The JSON area is not kept: a valid copy's area is text
 	// followed by zeros to the end (jsonText), so text and the area size, which is the
@@ -522,21 +522,35 @@ type copyState struct {
 // checksum; the rest of its binHeaderSize bytes is padding, covered by the checksum.
 const binHeaderUsed = offCsum + csumLen
 
-// keepRaw returns a copy of the binary header raw (binHeaderSize bytes) to keep in a
-// copyState: its fields only when the padding after them is zero.
-func keepRaw(raw []byte) []byte {
-	if isZero(raw[binHeaderUsed:binHeaderSize]) {
-		return bytes.Clone(raw[:binHeaderUsed])
+// keepRaw returns what a copyState keeps of the binary header raw (binHeaderSize bytes),
+// which parses as h: nil when raw is h.marshal(true) byte for byte (h then gives the
+// bytes back), else a copy of its fields only when the padding after them is zero, else a
+// copy of it all.
+func keepRaw(raw []byte, h *binHeader) []byte {
+	if !isZero(raw[binHeaderUsed:binHeaderSize]) {
+		return bytes.Clone(raw[:binHeaderSize])
 	}
-	return bytes.Clone(raw[:binHeaderSize])
+	var fields [binHeaderUsed]byte
+	h.marshalFields(&fields, true)
+	if bytes.Equal(fields[:], raw[:binHeaderUsed]) {
+		return nil
+	}
+	return bytes.Clone(raw[:binHeaderUsed])
 }
 
 // sameBytes reports whether raw and area, a binary header and JSON area just read, are byte
 // for byte the copy c was made from. It is bytes.Equal over both, against the bytes c keeps
-// in short form: raw's fields then zero padding (keepRaw), and an area of the size
-// c.bin.hdrSize gives holding c.text then zeros (a copyState's area always has that form).
+// in short form: raw as keepRaw kept it (c.bin's fields when nil) then zero padding, and an
+// area of the size c.bin.hdrSize gives holding c.text then zeros (a copyState's area
+// always has that form).
 func (c *copyState) sameBytes(raw, area []byte) bool {
-	return len(raw) == binHeaderSize && bytes.Equal(c.raw, raw[:len(c.raw)]) && isZero(raw[len(c.raw):]) &&
+	kept := c.raw
+	var fields [binHeaderUsed]byte
+	if kept == nil {
+		c.bin.marshalFields(&fields, true)
+		kept = fields[:]
+	}
+	return len(raw) == binHeaderSize && bytes.Equal(kept, raw[:len(kept)]) && isZero(raw[len(kept):]) &&
 		uint64(len(area)) == c.bin.hdrSize-binHeaderSize && len(c.text) < len(area) &&
 		bytes.Equal(c.text, area[:len(c.text)]) && isZero(area[len(c.text):])
 }
@@ -742,7 +756,7 @@ func checkCopy(dev Device, off uint64, secondary bool, h *binHeader, raw []byte,
 		return nil, stageMetadata, err
 	}
 	// raw and area may be slices of load's read-ahead buffer: keep copies.
-	c := &copyState{bin: h, raw: keepRaw(raw)}
+	c := &copyState{bin: h, raw: keepRaw(raw, h)}
 	if same != nil && same.bin.hdrSize == h.hdrSize && bytes.Equal(same.text, text) {
 		c.text, c.meta = same.text, same.meta
 	} else {
