@@ -102,7 +102,7 @@ func Format(dev Device, size uint64, passphrase []byte, opts FormatOptions) (*Im
 		volumeKey = append([]byte(nil), volumeKey...)
 	}
 
-	img := &Image{dev: dev, rand: opts.Rand}
+	img := &Image{dev: dev, rand: opts.Rand, bufs: &Buffers{}}
 	img.mu.Lock()
 	defer img.mu.Unlock()
 	unlock, err := lockDevice(context.Background(), dev, unix.LOCK_EX)

@@ -26,10 +26,6 @@ func headerSeeds(f *testing.F) [][]byte {
 	return seeds
 }
 
-// binHeaderUsed is the part of a binary header that holds fields (up to and including the
-// checksum); the rest of its 4096 bytes is zero padding, only hashed by the checksum.
-const binHeaderUsed = offCsum + csumLen
-
 // compactCopy encodes one 16 KiB header copy of a seed image for FuzzParseHeader: the used
 // part of its binary header followed by its JSON area without the trailing zero padding.
 func compactCopy(f *testing.F, c []byte) []byte {
@@ -93,7 +89,8 @@ func fixChecksum(data []byte, off uint64) {
 }
 
 // FuzzParseHeader opens a device made of two fuzzed header copies (see fuzzDevice). It must
-// never panic, and metadata that parses must survive a marshal/parse round trip unchanged.
+// never panic, metadata that parses must survive a marshal/parse round trip unchanged, and
+// KeyslotText must find each keyslot's text as encoding/json does.
 //
 // Speed: the fuzzer minimizes every input that finds new coverage, and minimizing a byte
 // slice takes a number of runs quadratic in its length (Go's internal/fuzz minimizeBytes
@@ -128,7 +125,12 @@ func FuzzParseHeader(f *testing.F) {
 		if !bytes.Equal(again.marshal(), text) {
 			t.Fatalf("marshal is not stable:\n%s\n%s", text, again.marshal())
 		}
-		_ = img.Keyslots()
+		checkKeyslotText(t, st.text, st.meta)
+		for _, ks := range img.Keyslots() {
+			if kt, err := img.KeyslotText(ks.ID); err == nil && kt.SeqID != img.SeqID() {
+				t.Fatalf("KeyslotText(%d).SeqID %d, image %d", ks.ID, kt.SeqID, img.SeqID())
+			}
+		}
 		_ = img.Tokens()
 		_ = img.Segment()
 		_ = img.Health()
@@ -152,7 +154,8 @@ func limitMinimization(f *testing.F) {
 	}
 }
 
-// FuzzParseMetadata feeds arbitrary JSON text straight to the metadata parser.
+// FuzzParseMetadata feeds arbitrary JSON text straight to the metadata parser; for text that
+// parses, KeyslotText must find each keyslot's text as encoding/json does.
 func FuzzParseMetadata(f *testing.F) {
 	for _, s := range headerSeeds(f) {
 		text, err := jsonText(s[binHeaderSize:DefaultMetadataSize])
@@ -166,6 +169,7 @@ func FuzzParseMetadata(f *testing.F) {
 		if err != nil {
 			return
 		}
+		checkKeyslotText(t, text, m)
 		out := m.marshal()
 		again, err := parseMetadata(out, DefaultMetadataSize)
 		if err != nil {

@@ -29,6 +29,10 @@ type Device interface {
 type Options struct {
 	// Rand is the source of salts, keys and random keyslot padding; crypto/rand if nil.
 	Rand io.Reader
+	// Buffers lends the scratch buffers of header reads and writes. Share one among the
+	// Images a program opens one after another (a fleet rewrap, say) so that they reuse the
+	// same few buffers; if nil, each Image has its own.
+	Buffers *Buffers
 }
 
 // Image is an open LUKS2 image. Its methods are safe for concurrent use; metadata updates are
@@ -40,6 +44,7 @@ type Options struct {
 type Image struct {
 	dev  Device
 	rand io.Reader
+	bufs *Buffers
 
 	mu     sync.Mutex // guards st, health and verified, and serialises updates in this process
 	st     *state
@@ -92,6 +97,11 @@ func OpenContext(ctx context.Context, dev Device, opts *Options) (*Image, error)
 	if opts != nil && opts.Rand != nil {
 		img.rand = opts.Rand
 	}
+	if opts != nil && opts.Buffers != nil {
+		img.bufs = opts.Buffers
+	} else {
+		img.bufs = &Buffers{}
+	}
 	if err := img.ReloadContext(ctx); err != nil {
 		return nil, err
 	}
@@ -125,7 +135,7 @@ func (img *Image) locked(ctx context.Context, how int, fn func(st *state, health
 	if img.verified == nil {
 		img.verified = make(map[uint64]*copyState, 2)
 	}
-	st, health, err := load(img.dev, img.verified)
+	st, health, err := load(img.dev, img.verified, img.bufs)
 	if err != nil {
 		return err
 	}
@@ -160,11 +170,11 @@ func (img *Image) repairLocked(st *state, health Health) error {
 		return nil
 	}
 	hdrSize := st.bin.hdrSize
-	area := make([]byte, hdrSize-binHeaderSize)
-	if len(st.text) >= len(area) {
+	if uint64(len(st.text)) >= hdrSize-binHeaderSize {
 		return fmt.Errorf("%w: metadata does not fit its JSON area", ErrHeaderCorrupt)
 	}
-	copy(area, st.text)
+	area, handle := img.jsonArea(hdrSize, st.text)
+	defer img.bufs.put(handle)
 	for _, secondary := range []bool{false, true} {
 		bad := health.Primary.Err
 		if secondary {
@@ -181,28 +191,56 @@ func (img *Image) repairLocked(st *state, health Health) error {
 	return nil
 }
 
+// jsonArea returns the JSON area of a header of size hdrSize holding text (shorter than the
+// area), zero-padded, in a buffer from img.bufs, and the handle to give back to it.
+func (img *Image) jsonArea(hdrSize uint64, text []byte) ([]byte, *[]byte) {
+	area, handle := img.bufs.get(int(hdrSize - binHeaderSize))
+	n := copy(area, text)
+	clear(area[n:])
+	return area, handle
+}
+
 // writeCopyOf writes the primary or secondary copy of header bin (fresh salt, its own magic
 // and offset) with the given JSON area, and syncs it. meta is what text, the JSON text in the
 // area, parses to: with the bytes written, it is recorded in img.verified for the next read.
+// text is kept; area may be reused once it returns.
 func (img *Image) writeCopyOf(bin binHeader, secondary bool, area, text []byte, meta *metadata) error {
+	bin, err := img.copyOf(bin, secondary)
+	if err != nil {
+		return err
+	}
+	return img.writePrepared(bin, area, text, meta, nil)
+}
+
+// copyOf returns bin as the header of its primary or secondary copy: that copy's magic and
+// offset, and a fresh salt.
+func (img *Image) copyOf(bin binHeader, secondary bool) (binHeader, error) {
 	bin.secondary = secondary
 	bin.hdrOffset = 0
 	if secondary {
 		bin.hdrOffset = bin.hdrSize
 	}
 	if _, err := io.ReadFull(img.rand, bin.salt[:]); err != nil {
-		return fmt.Errorf("keyslot: reading random header salt: %w", err)
+		return bin, fmt.Errorf("keyslot: reading random header salt: %w", err)
 	}
+	return bin, nil
+}
+
+// writePrepared is writeCopyOf for bin from copyOf; csum, when not nil, is the checksum of
+// the copy (diskChecksum of bin without checksum and area), computed beforehand.
+func (img *Image) writePrepared(bin binHeader, area, text []byte, meta *metadata, csum *[csumLen]byte) error {
 	delete(img.verified, bin.hdrOffset)
-	raw, err := writeCopy(img.dev, &bin, area)
+	buf, handle := img.bufs.get(binHeaderSize)
+	defer img.bufs.put(handle)
+	raw, err := writeCopyBuf(img.dev, &bin, area, buf, csum)
 	if err != nil {
 		return err
 	}
 	// Recorded as a read would find it: the binary header parsed from its bytes, the text
-	// up to the first NUL.
-	h, err := parseBinHeader(raw)
+	// up to the first NUL (text, when that is what the area holds).
+	h, err := parseBinHeaderLike(raw, &bin)
 	if t, terr := jsonText(area); err == nil && terr == nil && bytes.Equal(t, text) && img.verified != nil {
-		img.verified[bin.hdrOffset] = &copyState{bin: h, raw: raw, area: area, text: t, meta: meta}
+		img.verified[bin.hdrOffset] = &copyState{bin: h, raw: keepRaw(raw, h), text: text, meta: meta}
 	}
 	return nil
 }
@@ -225,12 +263,20 @@ func (img *Image) update(fn func(st *state, m *metadata) error) error {
 // updateContext is update with a context: waiting for the lock ends with an error wrapping
 // ctx.Err() when ctx ends.
 func (img *Image) updateContext(ctx context.Context, fn func(st *state, m *metadata) error) error {
-	return img.updateWith(ctx, false, fn)
+	return img.updateWith(ctx, false, false, fn)
+}
+
+// updateTokens is updateContext for an fn that changes m.tokens only (adds, removes or
+// replaces entries, never edits a token's bytes in place) and nothing else of m: m is then
+// a cloneTokens copy, which shares all but the tokens map with the metadata read.
+func (img *Image) updateTokens(ctx context.Context, fn func(st *state, m *metadata) error) error {
+	return img.updateWith(ctx, false, true, fn)
 }
 
 // updateWith is updateContext; with allowUnmet, it runs even when the image has unmet
-// mandatory requirements (for the one change cryptsetup allows then, destroying a keyslot).
-func (img *Image) updateWith(ctx context.Context, allowUnmet bool, fn func(st *state, m *metadata) error) error {
+// mandatory requirements (for the one change cryptsetup allows then, destroying a keyslot);
+// with tokensOnly, fn may change nothing but m.tokens (see updateTokens).
+func (img *Image) updateWith(ctx context.Context, allowUnmet, tokensOnly bool, fn func(st *state, m *metadata) error) error {
 	return img.locked(ctx, unix.LOCK_EX, func(st *state, health Health) error {
 		if !health.OK() {
 			// The repair below would overwrite what is where the bad copy was: refuse when
@@ -251,7 +297,12 @@ func (img *Image) updateWith(ctx context.Context, allowUnmet bool, fn func(st *s
 		}
 		// A private copy to change: st.meta is what st.text parses to (see load), and may
 		// be shared with readers and with img.verified.
-		m := st.meta.clone()
+		var m *metadata
+		if tokensOnly {
+			m = st.meta.cloneTokens()
+		} else {
+			m = st.meta.clone()
+		}
 		if err := fn(st, m); err != nil {
 			return err
 		}
@@ -266,9 +317,9 @@ func (img *Image) updateWith(ctx context.Context, allowUnmet bool, fn func(st *s
 // after. The caller holds img.mu and the exclusive device lock.
 func (img *Image) commitLocked(st *state, m *metadata) error {
 	hdrSize := st.bin.hdrSize
-	text := m.marshal()
+	text := m.marshalSized(len(st.text) + len(st.text)/8 + 64) // room for a longer token
 	// Never write what we could not read back.
-	readBack, err := parseMetadata(text, hdrSize)
+	readBack, err := parseMetadataIn(text, hdrSize, img.bufs)
 	if err != nil {
 		return fmt.Errorf("keyslot: refusing to write invalid metadata: %w", err)
 	}
@@ -276,40 +327,80 @@ func (img *Image) commitLocked(st *state, m *metadata) error {
 	if uint64(len(text)) >= jsonSize {
 		return fmt.Errorf("%w: metadata is %d bytes, the JSON area holds %d", ErrNoSpace, len(text), jsonSize-1)
 	}
-	area := make([]byte, jsonSize)
-	copy(area, text)
+	area, handle := img.jsonArea(hdrSize, text)
+	defer img.bufs.put(handle)
 
 	next := st.bin
 	next.seqID++
-	for _, secondary := range []bool{false, true} {
-		if err := img.writeCopyOf(next, secondary, area, text, readBack); err != nil {
-			return err
-		}
+	// Both copies' headers (salts read in the same order as when each was made just before
+	// its write) and checksums first: the two checksums are computed together.
+	primary, err := img.copyOf(next, false)
+	if err != nil {
+		return err
+	}
+	secondary, err := img.copyOf(next, true)
+	if err != nil {
+		return err
+	}
+	pcs, scs, err := img.copyChecksums(&primary, &secondary, area)
+	if err != nil {
+		return err
+	}
+	if err := img.writePrepared(primary, area, text, readBack, &pcs); err != nil {
+		return err
+	}
+	if err := img.writePrepared(secondary, area, text, readBack, &scs); err != nil {
+		return err
 	}
 	img.st = &state{bin: next, meta: m, text: text}
 	img.health = healthy(next)
 	return nil
 }
 
+// copyChecksums returns the checksums of the header copies a and b (from copyOf) with the
+// JSON area area, as writeCopy computes each: diskChecksumPair over both binary headers
+// without checksum.
+func (img *Image) copyChecksums(a, b *binHeader, area []byte) (ca, cb [csumLen]byte, err error) {
+	bufA, handleA := img.bufs.get(binHeaderSize)
+	defer img.bufs.put(handleA)
+	bufB, handleB := img.bufs.get(binHeaderSize)
+	defer img.bufs.put(handleB)
+	if a.csumAlg != b.csumAlg {
+		return ca, cb, fmt.Errorf("%w: the copies' checksum algorithms differ", ErrHeaderCorrupt)
+	}
+	return diskChecksumPair(a.csumAlg, a.marshalTo(bufA, false), b.marshalTo(bufB, false), area, area)
+}
+
 // writeCopy writes one header copy at h.hdrOffset and syncs it: the binary header without
 // its checksum, the JSON area, then the binary header with the checksum (of the first form
 // and the area). It returns the binary header as finally written.
 func writeCopy(dev Device, h *binHeader, area []byte) ([]byte, error) {
+	return writeCopyBuf(dev, h, area, make([]byte, binHeaderSize), nil)
+}
+
+// writeCopyBuf is writeCopy with the binary header built in buf (binHeaderSize bytes, any
+// contents), which it returns. csum, when not nil, is the checksum, computed beforehand.
+func writeCopyBuf(dev Device, h *binHeader, area, buf []byte, pre *[csumLen]byte) ([]byte, error) {
 	which := "primary"
 	if h.secondary {
 		which = "secondary"
 	}
 	off := int64(h.hdrOffset)
-	b := h.marshal(false)
+	b := h.marshalTo(buf, false)
 	if _, err := dev.WriteAt(b, off); err != nil {
 		return nil, fmt.Errorf("keyslot: writing %s binary header: %w", which, err)
 	}
 	if _, err := dev.WriteAt(area, off+binHeaderSize); err != nil {
 		return nil, fmt.Errorf("keyslot: writing %s JSON area: %w", which, err)
 	}
-	csum, err := diskChecksum(h.csumAlg, b, area)
-	if err != nil {
-		return nil, err
+	var csum [csumLen]byte
+	if pre != nil {
+		csum = *pre
+	} else {
+		var err error
+		if csum, err = diskChecksum(h.csumAlg, b, area); err != nil {
+			return nil, err
+		}
 	}
 	h.csum = csum
 	copy(b[offCsum:offCsum+csumLen], csum[:]) // b is now h.marshal(true)
@@ -325,15 +416,20 @@ func writeCopy(dev Device, h *binHeader, area []byte) ([]byte, error) {
 // load reads both header copies and picks the one to use. Copies byte for byte as in
 // verified (see Image.verified) are taken from there; every copy it reads whole and valid is
 // recorded in verified, when that is not nil.
-func load(dev Device, verified map[uint64]*copyState) (*state, Health, error) {
-	dev = prefetch(dev)
+// Its reads go through a buffer from bufs: what it keeps is copied out of it.
+func load(dev Device, verified map[uint64]*copyState, bufs *Buffers) (*state, Health, error) {
+	pf := prefetch(dev, bufs)
+	defer pf.release()
+	dev = pf
 	var health Health
 	var primary *copyState
 	var candidates [1 + 9]uint64
 	nc := 0
-	h, raw, perr := readBinHeader(dev, 0)
+	h, raw, perr := readBinHeader(dev, 0, verifiedBin(verified, 0))
+	var sums pairedSums
 	if perr == nil {
-		primary, _, perr = checkCopy(dev, 0, false, h, raw, nil, verified)
+		sums = pairChecksums(pf, h, raw, verified)
+		primary, _, perr = checkCopy(dev, 0, false, h, raw, nil, verified, bufs, sums.at(0))
 		// The secondary sits at the header size: take it from the primary when that much of
 		// the primary is readable, else probe every allowed size, smallest first.
 		candidates[0], nc = h.hdrSize, 1
@@ -355,7 +451,7 @@ func load(dev Device, verified map[uint64]*copyState) (*state, Health, error) {
 	var serr error
 	best := -1
 	for _, off := range candidates[:nc] {
-		c, stage, err := readCopy(dev, off, true, primary, verified)
+		c, stage, err := readCopy(dev, off, true, primary, verified, bufs, sums.at(off))
 		if err == nil {
 			secondary, serr = c, nil
 			health.Secondary = CopyHealth{Offset: off, SeqID: c.bin.seqID}
@@ -410,11 +506,53 @@ func isLUKS1(dev Device) bool {
 
 // copyState is one fully validated header copy. It is never changed once made.
 type copyState struct {
-	bin  *binHeader
-	raw  []byte // the binary header as on disk
-	area []byte // the JSON area as on disk
+	bin *binHeader
+	// raw is the binary header as on disk (see keepRaw): nil when it is exactly what
+	// marshalling bin gives (as this package and cryptsetup write it); else its first
+	// binHeaderUsed bytes when all the rest is zero; else all binHeaderSize bytes.
+	raw []byte
+	// text is the JSON text. The JSON area is not kept: a valid copy's area is text
+	// followed by zeros to the end (jsonText), so text and the area size, which is the
+	// header size of bin, determine it.
 	text []byte
 	meta *metadata
+}
+
+// binHeaderUsed is the part of a binary header that holds fields, up to and including the
+// checksum; the rest of its binHeaderSize bytes is padding, covered by the checksum.
+const binHeaderUsed = offCsum + csumLen
+
+// keepRaw returns what a copyState keeps of the binary header raw (binHeaderSize bytes),
+// which parses as h: nil when raw is h.marshal(true) byte for byte (h then gives the
+// bytes back), else a copy of its fields only when the padding after them is zero, else a
+// copy of it all.
+func keepRaw(raw []byte, h *binHeader) []byte {
+	if !isZero(raw[binHeaderUsed:binHeaderSize]) {
+		return bytes.Clone(raw[:binHeaderSize])
+	}
+	var fields [binHeaderUsed]byte
+	h.marshalFields(&fields, true)
+	if bytes.Equal(fields[:], raw[:binHeaderUsed]) {
+		return nil
+	}
+	return bytes.Clone(raw[:binHeaderUsed])
+}
+
+// sameBytes reports whether raw and area, a binary header and JSON area just read, are byte
+// for byte the copy c was made from. It is bytes.Equal over both, against the bytes c keeps
+// in short form: raw as keepRaw kept it (c.bin's fields when nil) then zero padding, and an
+// area of the size c.bin.hdrSize gives holding c.text then zeros (a copyState's area
+// always has that form).
+func (c *copyState) sameBytes(raw, area []byte) bool {
+	kept := c.raw
+	var fields [binHeaderUsed]byte
+	if kept == nil {
+		c.bin.marshalFields(&fields, true)
+		kept = fields[:]
+	}
+	return len(raw) == binHeaderSize && bytes.Equal(kept, raw[:len(kept)]) && isZero(raw[len(kept):]) &&
+		uint64(len(area)) == c.bin.hdrSize-binHeaderSize && len(c.text) < len(area) &&
+		bytes.Equal(c.text, area[:len(c.text)]) && isZero(area[len(c.text):])
 }
 
 func (c *copyState) state() *state {
@@ -430,20 +568,32 @@ const prefetchSize = 2 * DefaultMetadataSize
 // from buf, others from the device. load reads through it; nothing is written through it.
 type prefetched struct {
 	Device
-	buf []byte // bytes [0, len(buf)) of the device, as one read returned them
+	buf    []byte // bytes [0, len(buf)) of the device, as one read returned them
+	bufs   *Buffers
+	handle *[]byte // buf's, to give back to bufs
 }
 
-// prefetch reads the first prefetchSize bytes of dev. When that read fails, or returns less,
-// only what it returned is served from memory: every other read goes to dev as before, and
-// fails there as it would have.
-func prefetch(dev Device) *prefetched {
-	buf := make([]byte, prefetchSize)
+// prefetch reads the first prefetchSize bytes of dev into a buffer from bufs. When that read
+// fails, or returns less, only what it returned is served from memory: every other read goes
+// to dev as before, and fails there as it would have. The caller calls release when done
+// with what it read.
+func prefetch(dev Device, bufs *Buffers) *prefetched {
+	buf, handle := bufs.get(prefetchSize)
 	n, _ := dev.ReadAt(buf, 0)
-	return &prefetched{Device: dev, buf: buf[:max(n, 0)]}
+	return &prefetched{Device: dev, buf: buf[:max(min(n, len(buf)), 0)], bufs: bufs, handle: handle}
+}
+
+// release gives the read-ahead buffer back; reads must not be served from it afterwards.
+func (p *prefetched) release() {
+	p.buf = nil
+	if p.handle != nil {
+		p.bufs.put(p.handle)
+		p.handle = nil
+	}
 }
 
 // read returns n bytes at off: a slice of the bytes read ahead when they hold them (the
-// caller must not change it), else a new buffer read from the device.
+// caller must not change or keep it), else a new buffer read from the device.
 func (p *prefetched) read(off uint64, n int) ([]byte, error) {
 	if off <= uint64(len(p.buf)) && uint64(n) <= uint64(len(p.buf))-off {
 		return p.buf[off : off+uint64(n) : off+uint64(n)], nil
@@ -465,7 +615,8 @@ func readAt(dev Device, off uint64, n int) ([]byte, error) {
 
 // readBinHeader reads and parses the binary header at off, and returns it with its bytes as
 // read, over which the checksum is verified.
-func readBinHeader(dev Device, off uint64) (*binHeader, []byte, error) {
+// Its text fields are taken from like (when not nil) when they are the same.
+func readBinHeader(dev Device, off uint64, like *binHeader) (*binHeader, []byte, error) {
 	buf, err := readAt(dev, off, binHeaderSize)
 	if err != nil {
 		if errors.Is(err, io.EOF) {
@@ -473,8 +624,73 @@ func readBinHeader(dev Device, off uint64) (*binHeader, []byte, error) {
 		}
 		return nil, nil, fmt.Errorf("keyslot: reading header at %d: %w", off, err)
 	}
-	h, err := parseBinHeader(buf)
+	h, err := parseBinHeaderLike(buf, like)
 	return h, buf, err
+}
+
+// pairedSums holds the checksums of the primary copy and of the secondary at the primary's
+// header size, computed together (diskChecksumPair) before either copy is checked.
+type pairedSums struct {
+	ok                 bool
+	secondaryAt        uint64
+	primary, secondary [csumLen]byte
+}
+
+// at returns the checksum computed for the copy at off, or nil.
+func (s *pairedSums) at(off uint64) *[csumLen]byte {
+	switch {
+	case !s.ok:
+		return nil
+	case off == 0:
+		return &s.primary
+	case off == s.secondaryAt:
+		return &s.secondary
+	}
+	return nil
+}
+
+// pairChecksums computes, in one pass, the SHA-256 checksums of the primary copy (header h,
+// raw as read) and of the secondary copy at h.hdrSize, over the bytes load read ahead, when
+// both copies lie in them, both headers name sha256 and the same size, SHA-NI is there, and
+// neither copy is as verified holds it (then checkCopy computes no checksum for it anyway).
+// Otherwise it computes nothing, and each copy's checksum is computed when it is checked.
+// The checksums are those of the bytes checkCopy then checks, which come from the same
+// read-ahead buffer.
+func pairChecksums(pf *prefetched, h *binHeader, raw []byte, verified map[uint64]*copyState) pairedSums {
+	var s pairedSums
+	size := h.hdrSize
+	if !hasSHANI || h.csumAlg != "sha256" || size > uint64(len(pf.buf))/2 {
+		return s
+	}
+	sraw := pf.buf[size : size+binHeaderSize]
+	if !bytes.HasPrefix(sraw, magicSecondary) || binary.BigEndian.Uint64(sraw[offHdrSize:]) != size {
+		return s
+	}
+	if alg := sraw[offCsumAlg : offCsumAlg+csumAlgLen]; !bytes.HasPrefix(alg, []byte("sha256\x00")) {
+		return s
+	}
+	parea := pf.buf[binHeaderSize:size]
+	sarea := pf.buf[size+binHeaderSize : 2*size]
+	if v := verified[0]; v != nil && v.sameBytes(raw, parea) {
+		return s
+	}
+	if v := verified[size]; v != nil && v.sameBytes(sraw, sarea) {
+		return s
+	}
+	var err error
+	if s.primary, s.secondary, err = diskChecksumPair("sha256", raw, sraw, parea, sarea); err != nil {
+		return pairedSums{}
+	}
+	s.ok, s.secondaryAt = true, size
+	return s
+}
+
+// verifiedBin returns the binary header of verified[off], or nil.
+func verifiedBin(verified map[uint64]*copyState, off uint64) *binHeader {
+	if v := verified[off]; v != nil {
+		return v.bin
+	}
+	return nil
 }
 
 // How far readCopy got before it refused a copy; a higher stage is a more specific error.
@@ -491,19 +707,21 @@ const (
 // instead of parsed again. On error it also returns how far it got (a stage… constant).
 // A copy byte for byte as verified[off] is that copy, with no checksum computed or metadata
 // parsed again; a copy found whole and valid is recorded in verified (when not nil).
-func readCopy(dev Device, off uint64, secondary bool, same *copyState, verified map[uint64]*copyState) (*copyState, int, error) {
-	h, raw, err := readBinHeader(dev, off)
+func readCopy(dev Device, off uint64, secondary bool, same *copyState, verified map[uint64]*copyState, bufs *Buffers, sum *[csumLen]byte) (*copyState, int, error) {
+	h, raw, err := readBinHeader(dev, off, verifiedBin(verified, off))
 	if err != nil {
 		if len(raw) >= len(magicPrimary) && (bytes.HasPrefix(raw, magicPrimary) || bytes.HasPrefix(raw, magicSecondary)) {
 			return nil, stageBadHeader, err
 		}
 		return nil, stageNoHeader, err
 	}
-	return checkCopy(dev, off, secondary, h, raw, same, verified)
+	return checkCopy(dev, off, secondary, h, raw, same, verified, bufs, sum)
 }
 
-// checkCopy is readCopy once the binary header h (raw as read) is parsed.
-func checkCopy(dev Device, off uint64, secondary bool, h *binHeader, raw []byte, same *copyState, verified map[uint64]*copyState) (*copyState, int, error) {
+// checkCopy is readCopy once the binary header h (raw as read) is parsed. Its parse
+// borrows from bufs. sum, when not nil, is the copy's checksum computed beforehand by
+// pairChecksums from the same bytes (a SHA-256 one, used only when h names sha256).
+func checkCopy(dev Device, off uint64, secondary bool, h *binHeader, raw []byte, same *copyState, verified map[uint64]*copyState, bufs *Buffers, sum *[csumLen]byte) (*copyState, int, error) {
 	if h.secondary != secondary {
 		return nil, stageWrongCopy, fmt.Errorf("%w: wrong magic for the %s header at %d", ErrHeaderCorrupt, copyName(secondary), off)
 	}
@@ -520,12 +738,14 @@ func checkCopy(dev Device, off uint64, secondary bool, h *binHeader, raw []byte,
 		}
 		return nil, stageWrongCopy, fmt.Errorf("keyslot: reading JSON area at %d: %w", off+binHeaderSize, err)
 	}
-	if v := verified[off]; v != nil && bytes.Equal(v.raw, raw) && bytes.Equal(v.area, area) {
+	if v := verified[off]; v != nil && v.sameBytes(raw, area) {
 		// The same bytes as a copy already checked: the same checksum, text and metadata.
 		return v, 0, nil
 	}
-	csum, err := diskChecksum(h.csumAlg, raw, area)
-	if err != nil {
+	var csum [csumLen]byte
+	if sum != nil && h.csumAlg == "sha256" {
+		csum = *sum
+	} else if csum, err = diskChecksum(h.csumAlg, raw, area); err != nil {
 		return nil, stageChecksum, err
 	}
 	if csum != h.csum {
@@ -535,11 +755,15 @@ func checkCopy(dev Device, off uint64, secondary bool, h *binHeader, raw []byte,
 	if err != nil {
 		return nil, stageMetadata, err
 	}
-	c := &copyState{bin: h, raw: raw, area: area, text: text}
+	// raw and area may be slices of load's read-ahead buffer: keep copies.
+	c := &copyState{bin: h, raw: keepRaw(raw, h)}
 	if same != nil && same.bin.hdrSize == h.hdrSize && bytes.Equal(same.text, text) {
-		c.meta = same.meta
-	} else if c.meta, err = parseMetadata(text, h.hdrSize); err != nil {
-		return nil, stageMetadata, err // the caller names the copy
+		c.text, c.meta = same.text, same.meta
+	} else {
+		c.text = bytes.Clone(text)
+		if c.meta, err = parseMetadataIn(c.text, h.hdrSize, bufs); err != nil {
+			return nil, stageMetadata, err // the caller names the copy
+		}
 	}
 	if verified != nil {
 		verified[off] = c

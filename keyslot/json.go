@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 )
 
 // Limits of the LUKS2 format (cryptsetup lib/luks2/luks2.h).
@@ -98,10 +99,18 @@ type metadata struct {
 
 // parseMetadata decodes and validates the JSON text of a header whose hdr_size is hdrSize.
 func parseMetadata(text []byte, hdrSize uint64) (*metadata, error) {
+	return parseMetadataIn(text, hdrSize, nil)
+}
+
+// parseMetadataIn is parseMetadata with its parseArena borrowed from bufs (when not nil)
+// and given back when it returns: nothing it returns points into the arena.
+func parseMetadataIn(text []byte, hdrSize uint64, bufs *Buffers) (*metadata, error) {
 	if err := checkDepth("metadata", text, MaxJSONDepth); err != nil {
 		return nil, err
 	}
-	top, err := parseObject("metadata", text)
+	arena := bufs.arena()
+	defer bufs.putArena(arena)
+	top, err := parseObjectAt(arena, nil, "", "metadata", text)
 	if err != nil {
 		return nil, err
 	}
@@ -119,9 +128,12 @@ func parseMetadata(text []byte, hdrSize uint64) (*metadata, error) {
 	}); err != nil {
 		return nil, err
 	}
+	// The keyslots each token names, for validate: what tokenKeyslots would read again
+	// from the token's stored form, which has the same members.
+	var tokenSlots [MaxTokens][]int
 	if err := eachEntry(top, "tokens", MaxTokens, func(id int, o *object) error {
-		raw, err := validateToken(o)
-		m.tokens[id] = raw
+		raw, slots, err := validateToken(o)
+		m.tokens[id], tokenSlots[id] = raw, slots
 		return err
 	}); err != nil {
 		return nil, err
@@ -129,9 +141,17 @@ func parseMetadata(text []byte, hdrSize uint64) (*metadata, error) {
 	// Segment ids are checked before any segment's type: a gap (cryptsetup's "gap in
 	// backup segments") makes the header invalid whatever the types, and is reported as
 	// such rather than as an unsupported segment type.
-	var segIDs []int
-	if err := eachEntry(top, "segments", maxSegments, func(id int, _ *object) error {
-		segIDs = append(segIDs, id)
+	// The segments are parsed as objects once; their types and fields are read after the
+	// id check, in document order.
+	type segEntry struct {
+		id int
+		o  *object
+	}
+	var segBuf [maxSegments]segEntry
+	var idBuf [maxSegments]int
+	segs, segIDs := segBuf[:0], idBuf[:0]
+	if err := eachEntry(top, "segments", maxSegments, func(id int, o *object) error {
+		segs, segIDs = append(segs, segEntry{id, o}), append(segIDs, id)
 		return nil
 	}); err != nil {
 		return nil, err
@@ -142,12 +162,12 @@ func parseMetadata(text []byte, hdrSize uint64) (*metadata, error) {
 			return nil, fmt.Errorf("%w: segment ids are not contiguous from 0 (missing %d)", ErrInvalidMetadata, i)
 		}
 	}
-	if err := eachEntry(top, "segments", maxSegments, func(id int, o *object) error {
-		s, err := parseSegment(o)
-		m.segments[id] = s
-		return err
-	}); err != nil {
-		return nil, err
+	for _, e := range segs {
+		s, err := parseSegment(e.o)
+		m.segments[e.id] = s
+		if err != nil {
+			return nil, err
+		}
 	}
 	if err := eachEntry(top, "digests", maxDigests, func(id int, o *object) error {
 		d, err := parseDigest(o)
@@ -163,7 +183,7 @@ func parseMetadata(text []byte, hdrSize uint64) (*metadata, error) {
 	if m.config, err = parseConfig(cfg); err != nil {
 		return nil, err
 	}
-	if err := m.validate(hdrSize); err != nil {
+	if err := m.validate(hdrSize, &tokenSlots); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -180,7 +200,7 @@ func eachEntry(top *object, name string, limit int, fn func(id int, o *object) e
 		if err != nil {
 			return fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, name, err)
 		}
-		o, err := parseObject(name+"."+mem.name, mem.value)
+		o, err := parseObjectAt(top.arena, nil, name, mem.name, mem.value)
 		if err != nil {
 			return err
 		}
@@ -203,12 +223,12 @@ func parseKeyslot(o *object) (*keyslotMeta, error) {
 		// Online reencryption state; never used to unlock. Kept as it is.
 		var buf bytes.Buffer
 		if err := json.Compact(&buf, marshalObject(o)); err != nil {
-			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, o.path, err)
+			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, o.path(), err)
 		}
 		ks.raw = buf.Bytes()
 		return ks, nil
 	default:
-		return nil, fmt.Errorf("%w: %s: keyslot type %q", ErrUnsupported, o.path, truncate(typ))
+		return nil, fmt.Errorf("%w: %s: keyslot type %q", ErrUnsupported, o.path(), truncate(typ))
 	}
 	n, err := o.integer("key_size", 1, maxKeySize)
 	if err != nil {
@@ -223,7 +243,7 @@ func parseKeyslot(o *object) (*keyslotMeta, error) {
 	if t, err := af.str("type"); err != nil {
 		return nil, err
 	} else if t != "luks1" {
-		return nil, fmt.Errorf("%w: %s: AF type %q", ErrUnsupported, af.path, truncate(t))
+		return nil, fmt.Errorf("%w: %s: AF type %q", ErrUnsupported, af.path(), truncate(t))
 	}
 	if _, err := af.integer("stripes", afStripes, afStripes); err != nil {
 		return nil, err
@@ -232,7 +252,7 @@ func parseKeyslot(o *object) (*keyslotMeta, error) {
 		return nil, err
 	}
 	if _, err := hashByName(ks.afHash); err != nil {
-		return nil, fmt.Errorf("%s: %w", af.path, err)
+		return nil, fmt.Errorf("%s: %w", af.path(), err)
 	}
 
 	ar, err := o.obj("area")
@@ -242,7 +262,7 @@ func parseKeyslot(o *object) (*keyslotMeta, error) {
 	if t, err := ar.str("type"); err != nil {
 		return nil, err
 	} else if t != "raw" {
-		return nil, fmt.Errorf("%w: %s: area type %q", ErrUnsupported, ar.path, truncate(t))
+		return nil, fmt.Errorf("%w: %s: area type %q", ErrUnsupported, ar.path(), truncate(t))
 	}
 	if ks.area.offset, err = ar.u64("offset"); err != nil {
 		return nil, err
@@ -294,7 +314,7 @@ func parseSegment(o *object) (*segmentMeta, error) {
 		return nil, err
 	}
 	if typ != "crypt" {
-		return nil, fmt.Errorf("%w: %s: segment type %q", ErrUnsupported, o.path, truncate(typ))
+		return nil, fmt.Errorf("%w: %s: segment type %q", ErrUnsupported, o.path(), truncate(typ))
 	}
 	s := &segmentMeta{typ: typ}
 	if s.offset, err = o.u64("offset"); err != nil {
@@ -346,7 +366,7 @@ func parseDigest(o *object) (*digestMeta, error) {
 		return nil, err
 	}
 	if typ != "pbkdf2" {
-		return nil, fmt.Errorf("%w: %s: digest type %q", ErrUnsupported, o.path, truncate(typ))
+		return nil, fmt.Errorf("%w: %s: digest type %q", ErrUnsupported, o.path(), truncate(typ))
 	}
 	d := &digestMeta{typ: typ}
 	if d.keyslots, err = o.ids("keyslots", MaxKeyslots); err != nil {
@@ -360,7 +380,7 @@ func parseDigest(o *object) (*digestMeta, error) {
 	}
 	h, err := hashByName(d.hash)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", o.path, err)
+		return nil, fmt.Errorf("%s: %w", o.path(), err)
 	}
 	n, err := o.integer("iterations", 1, MaxPBKDF2Iterations)
 	if err != nil {
@@ -398,7 +418,7 @@ func parseConfig(o *object) (configMeta, error) {
 		c.hasFlags = true
 	}
 	if v, ok := o.get("requirements"); ok {
-		req, err := parseObject(o.path+".requirements", v)
+		req, err := parseObjectAt(nil, o, "", "requirements", v)
 		if err != nil {
 			return c, err
 		}
@@ -413,19 +433,35 @@ func parseConfig(o *object) (configMeta, error) {
 	return c, nil
 }
 
-// validateToken checks the members LUKS2 requires of a token and returns it compacted.
-func validateToken(o *object) (json.RawMessage, error) {
+// validateToken checks the members LUKS2 requires of a token and returns it compacted, and
+// the keyslots it names. Parsed in a metadata parse (o.arena not nil), a token whose text
+// already is that compact form is returned as that text, a slice of what was parsed,
+// instead of a copy.
+func validateToken(o *object) (json.RawMessage, []int, error) {
 	typ, err := o.str("type")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if typ == "" {
-		return nil, o.errorf("type", "empty token type")
+		return nil, nil, o.errorf("type", "empty token type")
 	}
-	if _, err := o.ids("keyslots", MaxKeyslots); err != nil {
-		return nil, err
+	slots, err := o.ids("keyslots", MaxKeyslots)
+	if err != nil {
+		return nil, nil, err
 	}
-	return marshalObject(o), nil
+	a := o.arena
+	if a == nil {
+		return marshalObject(o), slots, nil
+	}
+	w := writer{b: a.scratch[:0]}
+	w.open('{')
+	w.members(o.members)
+	w.close('}')
+	a.scratch = w.b[:0]
+	if bytes.Equal(w.b, o.raw) {
+		return o.raw[:len(o.raw):len(o.raw)], slots, nil
+	}
+	return bytes.Clone(w.b), slots, nil
 }
 
 // tokenKeyslots returns the keyslots a (validated) token names.
@@ -439,12 +475,14 @@ func tokenKeyslots(raw json.RawMessage) []int {
 }
 
 // validate checks the rules that tie the metadata objects to each other and to the binary
-// header (cryptsetup's hdr_validate_* in lib/luks2/luks2_json_metadata.c).
-func (m *metadata) validate(hdrSize uint64) error {
+// header (cryptsetup's hdr_validate_* in lib/luks2/luks2_json_metadata.c). tokenSlots, when
+// not nil, holds the keyslots each token names (else they are read from the tokens).
+func (m *metadata) validate(hdrSize uint64, tokenSlots *[MaxTokens][]int) error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s", ErrInvalidMetadata, fmt.Sprintf(format, args...))
 	}
 	c := &m.config
+	var idBuf [MaxKeyslots]int
 	if c.jsonSize != hdrSize-binHeaderSize {
 		return bad("config.json_size %d does not match the header size %d (want %d)", c.jsonSize, hdrSize, hdrSize-binHeaderSize)
 	}
@@ -469,7 +507,7 @@ func (m *metadata) validate(hdrSize uint64) error {
 	// area would overwrite the header or keyslots with the first data write. cryptsetup's
 	// validate_keyslots_size refuses keyslots_size running past the first segment; offset
 	// 0 means a detached header to cryptsetup, which such an image cannot have.
-	for _, id := range sortedKeys(m.segments) {
+	for _, id := range sortedKeysInto(idBuf[:0], m.segments) {
 		off := m.segments[id].offset
 		switch {
 		case off >= areaEnd:
@@ -488,7 +526,7 @@ func (m *metadata) validate(hdrSize uint64) error {
 		start, end uint64
 	}
 	var spans []span
-	for _, id := range sortedKeys(m.keyslots) {
+	for _, id := range sortedKeysInto(idBuf[:0], m.keyslots) {
 		ks := m.keyslots[id]
 		if ks.typ != keyslotLUKS2 {
 			continue
@@ -519,7 +557,7 @@ func (m *metadata) validate(hdrSize uint64) error {
 	// covered.
 	inDigest := make(map[int]int)
 	segCovered := make(map[int]bool)
-	for _, did := range sortedKeys(m.digests) {
+	for _, did := range sortedKeysInto(idBuf[:0], m.digests) {
 		d := m.digests[did]
 		for _, k := range d.keyslots {
 			ks, ok := m.keyslots[k]
@@ -541,20 +579,26 @@ func (m *metadata) validate(hdrSize uint64) error {
 			segCovered[s] = true
 		}
 	}
-	for _, id := range sortedKeys(m.keyslots) {
+	for _, id := range sortedKeysInto(idBuf[:0], m.keyslots) {
 		if _, ok := inDigest[id]; !ok && m.keyslots[id].typ == keyslotLUKS2 {
 			return bad("keyslot %d is not in any digest", id)
 		}
 	}
-	for _, id := range sortedKeys(m.segments) {
+	for _, id := range sortedKeysInto(idBuf[:0], m.segments) {
 		if !segCovered[id] {
 			return bad("segment %d is not in any digest", id)
 		}
 	}
 
 	// Tokens name existing keyslots.
-	for _, tid := range sortedKeys(m.tokens) {
-		for _, k := range tokenKeyslots(m.tokens[tid]) {
+	for _, tid := range sortedKeysInto(idBuf[:0], m.tokens) {
+		slots := []int(nil)
+		if tokenSlots != nil && tid >= 0 && tid < MaxTokens {
+			slots = tokenSlots[tid]
+		} else {
+			slots = tokenKeyslots(m.tokens[tid])
+		}
+		for _, k := range slots {
 			if _, ok := m.keyslots[k]; !ok {
 				return bad("token %d names keyslot %d, which does not exist", tid, k)
 			}
@@ -564,18 +608,22 @@ func (m *metadata) validate(hdrSize uint64) error {
 }
 
 // marshal encodes the metadata as compact JSON in cryptsetup's member order.
-func (m *metadata) marshal() []byte {
-	var w writer
+func (m *metadata) marshal() []byte { return m.marshalSized(0) }
+
+// marshalSized is marshal into a buffer of capacity size, the expected length.
+func (m *metadata) marshalSized(size int) []byte {
+	w := writer{b: make([]byte, 0, size)}
+	var idBuf [MaxKeyslots]int
 	w.open('{')
 
 	w.keyObj("keyslots")
-	for _, id := range sortedKeys(m.keyslots) {
+	for _, id := range sortedKeysInto(idBuf[:0], m.keyslots) {
 		ks := m.keyslots[id]
 		if ks.raw != nil {
-			w.raw(fmt.Sprint(id), ks.raw)
+			w.raw(strconv.Itoa(id), ks.raw)
 			continue
 		}
-		w.keyObj(fmt.Sprint(id))
+		w.keyObj(strconv.Itoa(id))
 		w.str("type", ks.typ)
 		w.int("key_size", int64(ks.keySize))
 		w.keyObj("af")
@@ -603,15 +651,15 @@ func (m *metadata) marshal() []byte {
 	w.close('}')
 
 	w.keyObj("tokens")
-	for _, id := range sortedKeys(m.tokens) {
-		w.raw(fmt.Sprint(id), m.tokens[id])
+	for _, id := range sortedKeysInto(idBuf[:0], m.tokens) {
+		w.raw(strconv.Itoa(id), m.tokens[id])
 	}
 	w.close('}')
 
 	w.keyObj("segments")
-	for _, id := range sortedKeys(m.segments) {
+	for _, id := range sortedKeysInto(idBuf[:0], m.segments) {
 		s := m.segments[id]
-		w.keyObj(fmt.Sprint(id))
+		w.keyObj(strconv.Itoa(id))
 		w.str("type", s.typ)
 		w.u64("offset", s.offset)
 		if s.dynamic {
@@ -628,9 +676,9 @@ func (m *metadata) marshal() []byte {
 	w.close('}')
 
 	w.keyObj("digests")
-	for _, id := range sortedKeys(m.digests) {
+	for _, id := range sortedKeysInto(idBuf[:0], m.digests) {
 		d := m.digests[id]
-		w.keyObj(fmt.Sprint(id))
+		w.keyObj(strconv.Itoa(id))
 		w.str("type", d.typ)
 		w.idArray("keyslots", d.keyslots)
 		w.idArray("segments", d.segments)
@@ -661,7 +709,12 @@ func (m *metadata) marshal() []byte {
 }
 
 func sortedKeys[V any](m map[int]V) []int {
-	keys := make([]int, 0, len(m))
+	return sortedKeysInto(make([]int, 0, len(m)), m)
+}
+
+// sortedKeysInto is sortedKeys appending to keys (the caller's buffer, usually on its
+// stack).
+func sortedKeysInto[V any](keys []int, m map[int]V) []int {
 	for k := range m {
 		keys = append(keys, k)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -17,12 +18,44 @@ type member struct {
 	value json.RawMessage
 }
 
-// object is a decoded JSON object with typed, strict accessors. path names the object in
-// error messages ("keyslots.1.kdf").
+// object is a decoded JSON object with typed, strict accessors. Its path names it in error
+// messages ("keyslots.1.kdf"); it is only put together for one.
 type object struct {
-	path    string
+	parent  *object // the object this one is member name of, if any
+	base    string  // without a parent: the path this one is member name of, if any
+	name    string  // the last part of the path (all of it without parent and base)
 	members []member
-	small   [8]member // members' first backing array: most objects have at most 8
+	arena   *parseArena // where objects parsed from this one's members are made, if any
+	raw     []byte      // the object's text, without the whitespace around it
+}
+
+// objectAlone is an object parsed on its own, with its members' first backing array: most
+// objects have at most 8.
+type objectAlone struct {
+	object
+	small [8]member
+}
+
+// parseArena holds the objects, and their members, of one metadata parse: its dozen or so
+// objects then take one allocation instead of one each. Nothing outside the parse points
+// into it (object.rest copies the members it returns); what does not fit is allocated as
+// before.
+type parseArena struct {
+	objs       [16]object
+	mems       [64]member
+	nobj, nmem int
+	scratch    []byte // validateToken's buffer, kept across parses
+}
+
+// path names the object in error messages.
+func (o *object) path() string {
+	switch {
+	case o.parent != nil:
+		return o.parent.path() + "." + o.name
+	case o.base != "":
+		return o.base + "." + o.name
+	}
+	return o.name
 }
 
 // checkDepth refuses JSON text whose objects and arrays nest more than limit levels. It is
@@ -59,17 +92,39 @@ func checkDepth(path string, text []byte, limit int) error {
 // parseObject decodes raw as one JSON object. Duplicate member names are refused. Member
 // values are slices of raw, without the whitespace around them.
 func parseObject(path string, raw []byte) (*object, error) {
+	return parseObjectAt(nil, nil, "", path, raw)
+}
+
+// parseObjectAt is parseObject for the object at path parent's path (or base, without a
+// parent) "." name; with neither, name is the path. It and the objects parsed from its
+// members are made in arena, or in parent's arena, when there is one.
+func parseObjectAt(arena *parseArena, parent *object, base, name string, raw []byte) (*object, error) {
+	if arena == nil && parent != nil {
+		arena = parent.arena
+	}
+	var o *object
+	if arena != nil && arena.nobj < len(arena.objs) {
+		o = &arena.objs[arena.nobj]
+		arena.nobj++
+		*o = object{parent: parent, base: base, name: name, arena: arena}
+		o.members = arena.mems[arena.nmem:arena.nmem:len(arena.mems)]
+	} else {
+		a := &objectAlone{object: object{parent: parent, base: base, name: name, arena: arena}}
+		o = &a.object
+		o.members = a.small[:0]
+	}
 	raw = bytes.TrimSpace(raw)
+	o.raw = raw
 	if len(raw) == 0 || raw[0] != '{' {
-		return nil, fmt.Errorf("%w: %s: not a JSON object", ErrInvalidMetadata, path)
+		return nil, fmt.Errorf("%w: %s: not a JSON object", ErrInvalidMetadata, o.path())
 	}
-	if !utf8.Valid(raw) {
-		return nil, fmt.Errorf("%w: %s: invalid UTF-8", ErrInvalidMetadata, path)
+	// A member of an object parsed here (parent, or base for eachEntry's) was checked with
+	// it: its value is a slice of valid UTF-8 between ASCII bytes, so valid UTF-8 too.
+	if parent == nil && base == "" && !utf8.Valid(raw) {
+		return nil, fmt.Errorf("%w: %s: invalid UTF-8", ErrInvalidMetadata, o.path())
 	}
-	o := &object{path: path}
-	o.members = o.small[:0]
 	bad := func(err error) (*object, error) {
-		return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
+		return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, o.path(), err)
 	}
 	i := skipSpace(raw, 1)
 	if i < len(raw) && raw[i] == '}' {
@@ -83,7 +138,7 @@ func parseObject(path string, raw []byte) (*object, error) {
 			if err != nil {
 				return bad(err)
 			}
-			name, err := memberName(raw[i:nameEnd], escaped)
+			mname, err := memberName(raw[i:nameEnd], escaped)
 			if err != nil {
 				return bad(err)
 			}
@@ -97,11 +152,11 @@ func parseObject(path string, raw []byte) (*object, error) {
 				return bad(err)
 			}
 			for _, m := range o.members {
-				if m.name == name {
-					return nil, fmt.Errorf("%w: %s: duplicate member %q", ErrInvalidMetadata, path, name)
+				if m.name == mname {
+					return nil, fmt.Errorf("%w: %s: duplicate member %q", ErrInvalidMetadata, o.path(), mname)
 				}
 			}
-			o.members = append(o.members, member{name, raw[start:end]})
+			o.members = append(o.members, member{mname, raw[start:end]})
 			i = skipSpace(raw, end)
 			if i >= len(raw) {
 				return bad(scanError(raw, i, ""))
@@ -117,7 +172,10 @@ func parseObject(path string, raw []byte) (*object, error) {
 		}
 	}
 	if i != len(raw) {
-		return nil, fmt.Errorf("%w: %s: data after the object", ErrInvalidMetadata, path)
+		return nil, fmt.Errorf("%w: %s: data after the object", ErrInvalidMetadata, o.path())
+	}
+	if a := o.arena; a != nil && len(o.members) > 0 && a.nmem < len(a.mems) && &a.mems[a.nmem] == &o.members[0] {
+		a.nmem += len(o.members) // the members stayed in the arena: keep them
 	}
 	return o, nil
 }
@@ -133,8 +191,9 @@ func memberName(raw []byte, escaped bool) (string, error) {
 	return unquote(raw, escaped)
 }
 
-// knownNames holds the member names of LUKS2 metadata and crkvol's tokens, and the object
-// ids "0" to "31", so that parsing them allocates nothing.
+// knownNames holds the member names of LUKS2 metadata and crkvol's tokens, the object ids
+// "0" to "31", and the common string values of LUKS2 metadata (types, hashes, ciphers), so
+// that parsing them allocates nothing. It is never changed after package initialisation.
 var knownNames = func() map[string]string {
 	m := make(map[string]string)
 	for _, s := range []string{
@@ -145,6 +204,9 @@ var knownNames = func() map[string]string {
 		// crkvol-crk tokens (volume/token.go).
 		"key_id", "key_crn", "key_version", "ciphertext", "wrapped_at", "volume_crn", "wipe",
 		"data_size",
+		// Values.
+		"luks2", "luks1", "reencrypt", "raw", "crypt", "dynamic", "pbkdf2", "argon2i",
+		"argon2id", "sha1", "sha256", "sha512", "aes-xts-plain64", "crkvol-crk",
 	} {
 		m[s] = s
 	}
@@ -156,7 +218,7 @@ var knownNames = func() map[string]string {
 }()
 
 func (o *object) errorf(name, format string, args ...any) error {
-	return fmt.Errorf("%w: %s.%s: %s", ErrInvalidMetadata, o.path, name, fmt.Sprintf(format, args...))
+	return fmt.Errorf("%w: %s.%s: %s", ErrInvalidMetadata, o.path(), name, fmt.Sprintf(format, args...))
 }
 
 // get returns the raw value of a member.
@@ -177,7 +239,7 @@ func (o *object) has(name string) bool {
 func (o *object) required(name string) (json.RawMessage, error) {
 	v, ok := o.get(name)
 	if !ok {
-		return nil, fmt.Errorf("%w: %s: missing member %q", ErrInvalidMetadata, o.path, name)
+		return nil, fmt.Errorf("%w: %s: missing member %q", ErrInvalidMetadata, o.path(), name)
 	}
 	return v, nil
 }
@@ -231,9 +293,12 @@ func (o *object) parseInteger(name string, v json.RawMessage, lo, hi int64) (int
 	if len(v) == 0 || !(v[0] == '-' || v[0] >= '0' && v[0] <= '9') {
 		return 0, o.errorf(name, "want a JSON integer")
 	}
-	n, err := strconv.ParseInt(string(v), 10, 64)
-	if err != nil {
-		return 0, o.errorf(name, "want a JSON integer, got %.20s", v)
+	n, ok := smallInt(v)
+	if !ok {
+		var err error
+		if n, err = strconv.ParseInt(string(v), 10, 64); err != nil {
+			return 0, o.errorf(name, "want a JSON integer, got %.20s", v)
+		}
 	}
 	if n < lo || n > hi {
 		return 0, o.errorf(name, "%d out of range [%d, %d]", n, lo, hi)
@@ -241,9 +306,64 @@ func (o *object) parseInteger(name string, v json.RawMessage, lo, hi int64) (int
 	return n, nil
 }
 
+// smallInt parses v when it is -?[0-9]{1,18}, which strconv.ParseInt accepts, giving the same
+// number, and which cannot overflow; ok is false for anything else.
+func smallInt(v []byte) (n int64, ok bool) {
+	d := v
+	if len(d) > 0 && d[0] == '-' {
+		d = d[1:]
+	}
+	if len(d) == 0 || len(d) > 18 {
+		return 0, false
+	}
+	for _, c := range d {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	if len(d) < len(v) {
+		n = -n
+	}
+	return n, true
+}
+
+// plainString returns the contents of v when v is exactly one JSON string with no escape,
+// quote or control character inside: then str gives them back as they are. ok is false for
+// anything else.
+func plainString(v []byte) ([]byte, bool) {
+	if len(v) < 2 || v[0] != '"' || v[len(v)-1] != '"' {
+		return nil, false
+	}
+	d := v[1 : len(v)-1]
+	for _, c := range d {
+		if c < 0x20 || c == '"' || c == '\\' {
+			return nil, false
+		}
+	}
+	return d, true
+}
+
 // u64 returns a required member holding a uint64 as a decimal string, LUKS2's encoding of
 // offsets and sizes.
 func (o *object) u64(name string) (uint64, error) {
+	if v, ok := o.get(name); ok {
+		// Fast path: a plain string of 1 to 19 digits, which parseU64 accepts (it fits in
+		// 64 bits), read without a copy. Anything else takes the full path and its errors.
+		if d, ok := plainString(v); ok && len(d) > 0 && len(d) <= 19 {
+			var n uint64
+			for _, c := range d {
+				if c < '0' || c > '9' {
+					ok = false
+					break
+				}
+				n = n*10 + uint64(c-'0')
+			}
+			if ok {
+				return n, nil
+			}
+		}
+	}
 	s, err := o.str(name)
 	if err != nil {
 		return 0, err
@@ -273,7 +393,7 @@ func (o *object) obj(name string) (*object, error) {
 	if err != nil {
 		return nil, err
 	}
-	return parseObject(o.path+"."+name, v)
+	return parseObjectAt(nil, o, "", name, v)
 }
 
 // strings returns a required member that is an array of strings.
@@ -313,6 +433,11 @@ func (o *object) strings(name string, maxLen int) ([]string, error) {
 
 // ids returns a required array of object id strings, each in [0, max).
 func (o *object) ids(name string, limit int) ([]int, error) {
+	if v, ok := o.get(name); ok {
+		if out, ok := plainIDs(v, limit); ok {
+			return out, nil
+		}
+	}
 	ss, err := o.strings(name, limit)
 	if err != nil {
 		return nil, err
@@ -333,8 +458,62 @@ func (o *object) ids(name string, limit int) ([]int, error) {
 	return out, nil
 }
 
+// plainIDs is ids for an array of at most limit (up to 64) plain strings (plainString), each
+// an id parseID accepts, none listed twice: the same ids, without a copy of each string. ok
+// is false for anything else, which ids then takes through its full path and errors.
+func plainIDs(v []byte, limit int) ([]int, bool) {
+	if len(v) == 0 || v[0] != '[' || limit > 64 {
+		return nil, false
+	}
+	var buf [64]int
+	var seen uint64
+	n := 0
+	end, err := scanArray(v, 0, 0, func(e []byte) error {
+		d, ok := plainString(e)
+		if !ok || len(d) == 0 || len(d) > 3 || len(d) > 1 && d[0] == '0' || n >= limit {
+			return errNotPlain
+		}
+		id := 0
+		for _, c := range d {
+			if c < '0' || c > '9' {
+				return errNotPlain
+			}
+			id = id*10 + int(c-'0')
+		}
+		if id >= limit || seen&(1<<id) != 0 {
+			return errNotPlain
+		}
+		seen |= 1 << id
+		buf[n] = id
+		n++
+		return nil
+	})
+	if err != nil || skipSpace(v, end) != len(v) {
+		return nil, false
+	}
+	out := make([]int, n)
+	copy(out, buf[:n])
+	return out, true
+}
+
+// errNotPlain stops plainIDs' scan; never returned.
+var errNotPlain = errors.New("keyslot: not a plain id array")
+
+// strictBase64 is standard base64 refusing non-zero padding bits; never changed.
+var strictBase64 = base64.StdEncoding.Strict()
+
 // b64 returns a required standard-base64 member decoding to between lo and hi bytes.
 func (o *object) b64(name string, lo, hi int) ([]byte, error) {
+	if v, ok := o.get(name); ok {
+		// Fast path: a plain string decoding without error to lo to hi bytes, decoded
+		// without a copy of the string, as DecodeString would (into a buffer of DecodedLen).
+		if d, ok := plainString(v); ok && base64.StdEncoding.DecodedLen(len(d)) <= hi+3 {
+			b := make([]byte, base64.StdEncoding.DecodedLen(len(d)))
+			if n, err := strictBase64.Decode(b, d); err == nil && n >= lo && n <= hi {
+				return b[:n], nil
+			}
+		}
+	}
 	s, err := o.str(name)
 	if err != nil {
 		return nil, err
@@ -342,7 +521,7 @@ func (o *object) b64(name string, lo, hi int) ([]byte, error) {
 	if base64.StdEncoding.DecodedLen(len(s)) > hi+3 {
 		return nil, o.errorf(name, "base64 value too long (%d characters)", len(s))
 	}
-	b, err := base64.StdEncoding.Strict().DecodeString(s)
+	b, err := strictBase64.DecodeString(s)
 	if err != nil {
 		return nil, o.errorf(name, "invalid base64: %v", err)
 	}
@@ -396,26 +575,45 @@ func truncate(s string) string {
 // escaping of '/', and non-ASCII UTF-8 kept as is.
 type writer struct {
 	b     []byte
-	first []bool // per open object/array: no member written yet
+	depth int    // objects and arrays open
+	first uint64 // bit i: the open level i (from 0, the outermost) has no member written yet
+	deep  []bool // the same for levels from 64 on
 }
 
 func (w *writer) open(c byte) {
 	w.b = append(w.b, c)
-	w.first = append(w.first, true)
+	if w.depth < 64 {
+		w.first |= 1 << w.depth
+	} else {
+		w.deep = append(w.deep, true)
+	}
+	w.depth++
 }
 
 func (w *writer) close(c byte) {
 	w.b = append(w.b, c)
-	w.first = w.first[:len(w.first)-1]
+	w.depth--
+	if w.depth >= 64 {
+		w.deep = w.deep[:len(w.deep)-1]
+	}
 }
 
 func (w *writer) sep() {
-	if n := len(w.first); n > 0 {
-		if !w.first[n-1] {
+	if w.depth == 0 {
+		return
+	}
+	l := w.depth - 1
+	if l >= 64 {
+		if !w.deep[l-64] {
 			w.b = append(w.b, ',')
 		}
-		w.first[n-1] = false
+		w.deep[l-64] = false
+		return
 	}
+	if w.first&(1<<l) == 0 {
+		w.b = append(w.b, ',')
+	}
+	w.first &^= 1 << l
 }
 
 func (w *writer) key(name string) {
@@ -438,7 +636,13 @@ func (w *writer) u64(name string, v uint64) {
 
 func (w *writer) int(name string, v int64) { w.key(name); w.b = strconv.AppendInt(w.b, v, 10) }
 
-func (w *writer) b64(name string, v []byte) { w.str(name, base64.StdEncoding.EncodeToString(v)) }
+// b64 writes v in standard base64, whose characters need no escape in a JSON string.
+func (w *writer) b64(name string, v []byte) {
+	w.key(name)
+	w.b = append(w.b, '"')
+	w.b = base64.StdEncoding.AppendEncode(w.b, v)
+	w.b = append(w.b, '"')
+}
 
 func (w *writer) raw(name string, v json.RawMessage) {
 	w.key(name)
@@ -490,84 +694,134 @@ func (w *writer) strArray(name string, ss []string) {
 // Numbers must be integers that json-c keeps exactly (within int64, or up to 2^64-1);
 // fractions and exponents are refused because json-c rewrites them.
 func canonical(path string, raw json.RawMessage, depth int) ([]byte, error) {
+	var w writer
+	if err := canonicalTo(&w, &canonPath{name: path}, raw, depth); err != nil {
+		return nil, err
+	}
+	return w.b, nil
+}
+
+// canonPath names a value in canonical's errors; it is only put together for one.
+type canonPath struct {
+	parent *canonPath // nil at the root, whose path is name
+	name   string     // a member's name (when not elem)
+	index  int        // an array element's index (when elem)
+	elem   bool
+}
+
+func (p *canonPath) String() string {
+	switch {
+	case p.parent == nil:
+		return p.name
+	case p.elem:
+		return fmt.Sprintf("%s[%d]", p.parent.String(), p.index)
+	}
+	return p.parent.String() + "." + p.name
+}
+
+// canonicalTo appends canonical's result for raw, at path p, to w. On error, what it
+// appended is to be dropped.
+func canonicalTo(w *writer, p *canonPath, raw json.RawMessage, depth int) error {
 	if depth > 64 {
-		return nil, fmt.Errorf("%w: %s: nested more than 64 levels", ErrInvalidMetadata, path)
+		return fmt.Errorf("%w: %s: nested more than 64 levels", ErrInvalidMetadata, p)
 	}
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 {
-		return nil, fmt.Errorf("%w: %s: empty value", ErrInvalidMetadata, path)
+		return fmt.Errorf("%w: %s: empty value", ErrInvalidMetadata, p)
 	}
 	switch c := raw[0]; {
 	case c == '{':
-		o, err := parseObject(path, raw)
+		o, err := parseObject("", raw)
 		if err != nil {
-			return nil, err
+			// The same parse again, for the error with the path in it.
+			_, err = parseObject(p.String(), raw)
+			return err
 		}
-		var w writer
 		w.open('{')
 		for _, m := range o.members {
-			v, err := canonical(path+"."+m.name, m.value, depth+1)
-			if err != nil {
-				return nil, err
-			}
 			w.key(m.name)
-			w.b = append(w.b, v...)
+			if err := canonicalTo(w, &canonPath{parent: p, name: m.name}, m.value, depth+1); err != nil {
+				return err
+			}
 		}
 		w.close('}')
-		return w.b, nil
+		return nil
 	case c == '[':
-		elems, err := arrayElems(raw)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
-		}
-		var w writer
-		w.open('[')
-		for i, e := range elems {
-			v, err := canonical(fmt.Sprintf("%s[%d]", path, i), e, depth+1)
-			if err != nil {
-				return nil, err
+		// The whole array is checked before any element (as arrayElems does).
+		end, err := scanArray(raw, 0, 0, nil)
+		if err == nil {
+			if end = skipSpace(raw, end); end != len(raw) {
+				err = scanError(raw, end, "after top-level value")
 			}
+		}
+		if err != nil {
+			return fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, p, err)
+		}
+		w.open('[')
+		i := 0
+		_, err = scanArray(raw, 0, 0, func(e []byte) error {
 			w.sep()
-			w.b = append(w.b, v...)
+			err := canonicalTo(w, &canonPath{parent: p, index: i, elem: true}, e, depth+1)
+			i++
+			return err
+		})
+		if err != nil {
+			return err
 		}
 		w.close(']')
-		return w.b, nil
+		return nil
 	case c == '"':
 		end, escaped, err := scanString(raw, 0)
 		if err == nil && end != len(raw) {
 			err = scanError(raw, end, "after top-level value")
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
+			return fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, p, err)
+		}
+		if !escaped {
+			// As below, without a copy: the string is the bytes between the quotes.
+			s := raw[1 : len(raw)-1]
+			if !utf8.Valid(s) || bytes.ContainsRune(s, utf8.RuneError) {
+				return fmt.Errorf("%w: %s: invalid UTF-8", ErrInvalidMetadata, p)
+			}
+			w.b = appendString(w.b, s)
+			return nil
 		}
 		str, err := unquote(raw, escaped)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, path, err)
+			return fmt.Errorf("%w: %s: %v", ErrInvalidMetadata, p, err)
 		}
 		if !utf8.ValidString(str) || strings.ContainsRune(str, utf8.RuneError) {
-			return nil, fmt.Errorf("%w: %s: invalid UTF-8", ErrInvalidMetadata, path)
+			return fmt.Errorf("%w: %s: invalid UTF-8", ErrInvalidMetadata, p)
 		}
-		return appendString(nil, str), nil
+		w.b = appendString(w.b, str)
+		return nil
 	case c == '-' || c >= '0' && c <= '9':
-		text := string(raw)
-		if _, err := strconv.ParseInt(text, 10, 64); err != nil {
-			if _, err := strconv.ParseUint(text, 10, 64); err != nil {
-				return nil, fmt.Errorf("%w: %s: number %.30s must be an integer within 64 bits", ErrInvalidMetadata, path, text)
+		if _, ok := smallInt(raw); !ok {
+			// smallInt's numbers (-?[0-9]{1,18}) all pass ParseInt.
+			text := string(raw)
+			if _, err := strconv.ParseInt(text, 10, 64); err != nil {
+				if _, err := strconv.ParseUint(text, 10, 64); err != nil {
+					return fmt.Errorf("%w: %s: number %.30s must be an integer within 64 bits", ErrInvalidMetadata, p, text)
+				}
 			}
 		}
-		if text == "-0" {
-			return []byte("0"), nil
+		if string(raw) == "-0" {
+			w.b = append(w.b, '0')
+			return nil
 		}
-		return []byte(text), nil
+		w.b = append(w.b, raw...)
+		return nil
 	case bytes.Equal(raw, []byte("true")), bytes.Equal(raw, []byte("false")), bytes.Equal(raw, []byte("null")):
-		return raw, nil
+		w.b = append(w.b, raw...)
+		return nil
 	}
-	return nil, fmt.Errorf("%w: %s: invalid JSON value", ErrInvalidMetadata, path)
+	return fmt.Errorf("%w: %s: invalid JSON value", ErrInvalidMetadata, p)
 }
 
 // appendString appends s as a JSON string: quotes, backslashes and control characters are
 // escaped, everything else (including '/' and non-ASCII) is written as is.
-func appendString(b []byte, s string) []byte {
+func appendString[S ~string | ~[]byte](b []byte, s S) []byte {
 	const hex = "0123456789abcdef"
 	b = append(b, '"')
 	for i := 0; i < len(s); i++ {

@@ -244,10 +244,14 @@ func arrayElems(raw []byte) ([]json.RawMessage, error) {
 }
 
 // unquote decodes the JSON string s (quotes included, already scanned): directly when it
-// holds no escape, else through encoding/json, which also decodes \u escapes and surrogate
-// pairs (a lone surrogate becomes U+FFFD). Invalid UTF-8 is not checked here.
+// holds no escape (without a copy when it is one of knownNames), else through encoding/json,
+// which also decodes \u escapes and surrogate pairs (a lone surrogate becomes U+FFFD).
+// Invalid UTF-8 is not checked here.
 func unquote(s []byte, escaped bool) (string, error) {
 	if !escaped {
+		if k, ok := knownNames[string(s[1:len(s)-1])]; ok {
+			return k, nil
+		}
 		return string(s[1 : len(s)-1]), nil
 	}
 	var out string

@@ -146,7 +146,7 @@ func parseKDF(o *object) (KDF, error) {
 			return k, err
 		}
 		if _, err := hashByName(k.Hash); err != nil {
-			return k, fmt.Errorf("%s: %w", o.path, err)
+			return k, fmt.Errorf("%s: %w", o.path(), err)
 		}
 		n, err := o.integer("iterations", 1, MaxPBKDF2Iterations)
 		if err != nil {
@@ -167,11 +167,11 @@ func parseKDF(o *object) (KDF, error) {
 			return k, fmt.Errorf("%w (%w)", err, ErrKDFLimits)
 		}
 		if m < 8*p {
-			return k, fmt.Errorf("%w: %s: argon2 memory %d KiB is below 8 KiB per thread (%d threads)", ErrKDFLimits, o.path, m, p)
+			return k, fmt.Errorf("%w: %s: argon2 memory %d KiB is below 8 KiB per thread (%d threads)", ErrKDFLimits, o.path(), m, p)
 		}
 		k.Time, k.Memory, k.Threads = int(t), int(m), int(p)
 	default:
-		return k, fmt.Errorf("%w: %s: KDF type %q", ErrUnsupported, o.path, truncate(k.Type))
+		return k, fmt.Errorf("%w: %s: KDF type %q", ErrUnsupported, o.path(), truncate(k.Type))
 	}
 	if k.Salt, err = o.b64("salt", saltSize, saltSize); err != nil {
 		return k, err

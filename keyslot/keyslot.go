@@ -406,7 +406,7 @@ func (m *metadata) allocArea(hdrSize uint64, keySize int) (uint64, uint64, error
 // Unlike every other change, removing a luks2 keyslot is allowed on an image with unmet
 // requirements, as cryptsetup's luksKillSlot allows it; the requirements are kept.
 func (img *Image) RemoveKeyslot(slot int) error {
-	return img.updateWith(context.Background(), true, func(st *state, m *metadata) error {
+	return img.updateWith(context.Background(), true, false, func(st *state, m *metadata) error {
 		ks, ok := m.keyslots[slot]
 		if !ok {
 			return fmt.Errorf("%w: keyslot %d", ErrKeyslotNotFound, slot)

@@ -3,6 +3,7 @@ package keyslot
 import (
 	"bytes"
 	"encoding/json"
+	"maps"
 	"slices"
 )
 
@@ -43,6 +44,17 @@ func (m *metadata) clone() *metadata {
 		c.digests[id] = &dc
 	}
 	return c
+}
+
+// cloneTokens returns a copy of m for a change of its tokens only: a new tokens map, whose
+// values it shares with m (a change replaces a token, never edits its bytes), and every
+// other part of m shared. Neither m nor the copy may then be changed but for the copy's
+// tokens map; every other update starts from a clone, which shares nothing.
+func (m *metadata) cloneTokens() *metadata {
+	c := *m
+	c.tokens = make(map[int]json.RawMessage, len(m.tokens))
+	maps.Copy(c.tokens, m.tokens)
+	return &c
 }
 
 func (c configMeta) clone() configMeta {

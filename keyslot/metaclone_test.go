@@ -74,3 +74,36 @@ func b64zeros(n int) string {
 	s := string(w.b)
 	return s[4 : len(s)-1] // drop `"":"` and the closing quote
 }
+
+// TestTokenUpdatesLeaveEarlierMetadata: token updates start from cloneTokens, which shares
+// all but the tokens map with the metadata read; the metadata a reader got before any
+// number of token and other updates still marshals as it did.
+func TestTokenUpdatesLeaveEarlierMetadata(t *testing.T) {
+	t.Parallel()
+	_, img, vk := newMemImage(t, "p")
+	id, err := img.AddToken(AnyToken, []byte(`{"type":"x","keyslots":["0"],"n":1}`))
+	require.NoError(t, err)
+	var metas []*metadata
+	var texts [][]byte
+	keep := func() {
+		m := img.snapshot().meta
+		metas, texts = append(metas, m), append(texts, m.marshal())
+	}
+	keep()
+	require.NoError(t, img.ReplaceToken(id, []byte(`{"type":"x","keyslots":["0"],"n":2}`)))
+	keep()
+	_, err = img.AddKeyslot(vk, []byte("q"), SlotOptions{ID: AnyKeyslot, KDF: testKDF})
+	require.NoError(t, err)
+	keep()
+	require.NoError(t, img.ReplaceToken(id, []byte(`{"type":"x","keyslots":["0","1"],"n":3}`)))
+	keep()
+	require.NoError(t, img.RemoveKeyslot(0))
+	keep()
+	require.NoError(t, img.RemoveToken(id))
+	keep()
+	for i, m := range metas {
+		assert.Equal(t, string(texts[i]), string(m.marshal()), "metadata %d changed by a later update", i)
+	}
+	assert.Len(t, metas[len(metas)-1].tokens, 0)
+	assert.Len(t, metas[0].tokens, 1)
+}

@@ -50,7 +50,7 @@ func (img *Image) AddToken(id int, token []byte) (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	err = img.update(func(_ *state, m *metadata) error {
+	err = img.updateTokens(context.Background(), func(_ *state, m *metadata) error {
 		if id == AnyToken {
 			id = -1
 			for i := range MaxTokens {
@@ -96,7 +96,7 @@ func (img *Image) UpdateToken(id int, fn func(current json.RawMessage) ([]byte, 
 // UpdateTokenContext is [Image.UpdateToken] with a context that bounds the wait for the
 // image's locks: when ctx ends first, nothing is written and the error wraps ctx.Err().
 func (img *Image) UpdateTokenContext(ctx context.Context, id int, fn func(current json.RawMessage) ([]byte, error)) error {
-	return img.updateContext(ctx, func(_ *state, m *metadata) error {
+	return img.updateTokens(ctx, func(_ *state, m *metadata) error {
 		cur, ok := m.tokens[id]
 		if !ok {
 			return fmt.Errorf("%w: token %d", ErrTokenNotFound, id)
@@ -116,7 +116,7 @@ func (img *Image) UpdateTokenContext(ctx context.Context, id int, fn func(curren
 
 // RemoveToken deletes token id.
 func (img *Image) RemoveToken(id int) error {
-	return img.update(func(_ *state, m *metadata) error {
+	return img.updateTokens(context.Background(), func(_ *state, m *metadata) error {
 		if _, ok := m.tokens[id]; !ok {
 			return fmt.Errorf("%w: token %d", ErrTokenNotFound, id)
 		}
@@ -143,7 +143,7 @@ func checkNewToken(token []byte) (json.RawMessage, error) {
 	if err != nil {
 		return nil, err
 	}
-	raw, err := validateToken(o)
+	raw, _, err := validateToken(o)
 	if err != nil {
 		return nil, err
 	}
