@@ -40,22 +40,21 @@ type keyslotState [sha256.Size]byte
 // fingerprint returns the fingerprint of the keyslot state s holding the passphrase wrapped
 // as ciphertext (the token's member) by key keyID for the volume with LUKS2 UUID uuid.
 func (s keyslotState) fingerprint(uuid, keyID, ciphertext string) string {
-	h := sha256.New()
-	h.Write([]byte(fingerprintVersion))
-	h.Write(s[:])
+	// The bytes hashed, in a buffer on the stack for the usual sizes.
+	var buf [512]byte
+	b := append(buf[:0], fingerprintVersion...)
+	b = append(b, s[:]...)
 	for _, p := range [...]string{uuid, keyID, ciphertext} {
-		writeLenPrefixed(h, []byte(p))
+		b = lenPrefixed(b, []byte(p))
 	}
-	var sum [sha256.Size]byte
-	return hex.EncodeToString(h.Sum(sum[:0]))
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }
 
-// writeLenPrefixed writes p to w after its length, so that no two lists of parts hash alike.
-func writeLenPrefixed(w io.Writer, p []byte) {
-	var n [8]byte
-	binary.BigEndian.PutUint64(n[:], uint64(len(p)))
-	w.Write(n[:])
-	w.Write(p)
+// lenPrefixed appends p to b after its length, so that no two lists of parts hash alike.
+func lenPrefixed(b, p []byte) []byte {
+	b = binary.BigEndian.AppendUint64(b, uint64(len(p)))
+	return append(b, p...)
 }
 
 // errStateChanged means the image's metadata lacks what a fingerprint covers (no such luks2
@@ -118,32 +117,33 @@ func (m *Manager) readKeyslotState(dev io.ReaderAt, img *keyslot.Image, slot int
 	if err != nil {
 		return st, fmt.Errorf("%w: %w", errStateChanged, err)
 	}
-	h := sha256.New()
-	h.Write([]byte(fingerprintVersion))
-	hashKeyslotText(h, kt)
 	crc, err := m.areaCRC(dev, int64(area.AreaOffset), int64(area.AreaSize))
 	if err != nil {
 		return st, err
 	}
-	var tail [24]byte
-	binary.BigEndian.PutUint64(tail[0:], area.AreaOffset)
-	binary.BigEndian.PutUint64(tail[8:], area.AreaSize)
-	binary.BigEndian.PutUint32(tail[16:], crc)
-	h.Write(tail[:])
-	h.Sum(st[:0])
-	return st, nil
+	// The bytes hashed, in a buffer on the stack for the usual sizes.
+	var buf [2048]byte
+	b := append(buf[:0], fingerprintVersion...)
+	b = appendKeyslotText(b, kt)
+	b = binary.BigEndian.AppendUint64(b, area.AreaOffset)
+	b = binary.BigEndian.AppendUint64(b, area.AreaSize)
+	b = binary.BigEndian.AppendUint32(b, crc)
+	b = append(b, 0, 0, 0, 0) // the state's hash has always ended with a 24-byte field
+	return sha256.Sum256(b), nil
 }
 
-// hashKeyslotText writes to h what keyslot slot's opening depends on in the LUKS2 JSON text
-// (kt): the keyslot's object, the data segment's (segment 0) and every digest bound to the
-// keyslot (its id, then its object), ascending by id, each as stored.
-func hashKeyslotText(h io.Writer, kt keyslot.KeyslotText) {
-	writeLenPrefixed(h, kt.Keyslot)
-	writeLenPrefixed(h, kt.Segment)
+// appendKeyslotText appends to b what keyslot slot's opening depends on in the LUKS2 JSON
+// text (kt), each part after its length: the keyslot's object, the data segment's (segment
+// 0) and every digest bound to the keyslot (its id, then its object), ascending by id, each
+// as stored.
+func appendKeyslotText(b []byte, kt keyslot.KeyslotText) []byte {
+	b = lenPrefixed(b, kt.Keyslot)
+	b = lenPrefixed(b, kt.Segment)
 	for _, d := range kt.Digests {
-		writeLenPrefixed(h, []byte(d.ID))
-		writeLenPrefixed(h, d.Text)
+		b = lenPrefixed(b, []byte(d.ID))
+		b = lenPrefixed(b, d.Text)
 	}
+	return b
 }
 
 // areaCRC returns the CRC-32C of the size bytes of dev at off: one read for an area of a

@@ -109,6 +109,14 @@ func refKeyslotState(dev io.ReaderAt, img *keyslot.Image, slot int) (keyslotStat
 	return st, nil
 }
 
+// writeLenPrefixed writes p to w after its length, as lenPrefixed appends it.
+func writeLenPrefixed(w io.Writer, p []byte) {
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], uint64(len(p)))
+	w.Write(n[:])
+	w.Write(p)
+}
+
 // hashKeyslotMetadata is the reference of hashKeyslotText, on the whole JSON text.
 func hashKeyslotMetadata(h io.Writer, text []byte, slot int) error {
 	var meta luks2Metadata
@@ -252,4 +260,17 @@ func TestHashKeyslotMetadata(t *testing.T) {
 		_, err := metaHash(bad, 0)
 		assert.True(t, errors.Is(err, errStateChanged), "%q: %v", bad, err)
 	}
+}
+
+// TestFingerprintGolden pins fingerprint's value for one state and token: registries hold
+// fingerprints, so how they are computed must never change without fingerprintVersion.
+func TestFingerprintGolden(t *testing.T) {
+	var st keyslotState
+	for i := range st {
+		st[i] = byte(i * 3)
+	}
+	ct := "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0NTY3ODkrLw=="
+	got := st.fingerprint("8a1f0c2e-3b4d-4e5f-9a6b-7c8d9e0f1a2b", "0b9e3c7a-52f1-4d0e-9a55-6f1f2f8a1c3e", ct)
+	assert.Equal(t, "824b6e1a3974c4d0f577361ab2b16d22e5b7656533f952a7c1bd047a0362eced", got)
+	assert.NotEqual(t, got, st.fingerprint("8a1f0c2e-3b4d-4e5f-9a6b-7c8d9e0f1a2", "b0b9e3c7a-52f1-4d0e-9a55-6f1f2f8a1c3e", ct), "the parts are length-prefixed")
 }
