@@ -45,14 +45,16 @@ func (s keyslotState) fingerprint(uuid, keyID, ciphertext string) string {
 	b := append(buf[:0], fingerprintVersion...)
 	b = append(b, s[:]...)
 	for _, p := range [...]string{uuid, keyID, ciphertext} {
-		b = lenPrefixed(b, []byte(p))
+		b = lenPrefixed(b, p)
 	}
 	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
+	var out [2 * sha256.Size]byte
+	hex.Encode(out[:], sum[:])
+	return string(out[:])
 }
 
 // lenPrefixed appends p to b after its length, so that no two lists of parts hash alike.
-func lenPrefixed(b, p []byte) []byte {
+func lenPrefixed[T string | []byte](b []byte, p T) []byte {
 	b = binary.BigEndian.AppendUint64(b, uint64(len(p)))
 	return append(b, p...)
 }

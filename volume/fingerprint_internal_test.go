@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"crkvol/keyslot"
@@ -273,4 +274,15 @@ func TestFingerprintGolden(t *testing.T) {
 	got := st.fingerprint("8a1f0c2e-3b4d-4e5f-9a6b-7c8d9e0f1a2b", "0b9e3c7a-52f1-4d0e-9a55-6f1f2f8a1c3e", ct)
 	assert.Equal(t, "824b6e1a3974c4d0f577361ab2b16d22e5b7656533f952a7c1bd047a0362eced", got)
 	assert.NotEqual(t, got, st.fingerprint("8a1f0c2e-3b4d-4e5f-9a6b-7c8d9e0f1a2", "b0b9e3c7a-52f1-4d0e-9a55-6f1f2f8a1c3e", ct), "the parts are length-prefixed")
+}
+
+// TestFingerprintAllocs: a fingerprint allocates its hex string only.
+func TestFingerprintAllocs(t *testing.T) {
+	var st keyslotState
+	ct := strings.Repeat("QUJD", 40)
+	if n := testing.AllocsPerRun(20, func() {
+		st.fingerprint("8a1f0c2e-3b4d-4e5f-9a6b-7c8d9e0f1a2b", "0b9e3c7a-52f1-4d0e-9a55-6f1f2f8a1c3e", ct)
+	}); n > 1 {
+		t.Errorf("%v allocations, want 1", n)
+	}
 }

@@ -424,12 +424,19 @@ func base64Text(b []byte) ([]byte, bool) {
 	return out[:n], true
 }
 
+// quotedTokenType is TokenType as a JSON string.
+const quotedTokenType = `"` + TokenType + `"`
+
 // decodeMember decodes value, a valid JSON value, into the field v of an owned member: what
 // json.Unmarshal(value, v) does, done directly for the common cases (a string of plain
 // ASCII, an array of such strings, a wrapped_at) and by json.Unmarshal otherwise.
 func decodeMember(value []byte, v any) error {
 	switch v := v.(type) {
 	case *string:
+		if string(value) == quotedTokenType {
+			*v = TokenType // the type member, without a copy
+			return nil
+		}
 		if s, ok := plainString(value); ok {
 			*v = s
 			return nil
@@ -524,7 +531,7 @@ func splitValidObject(raw []byte) (out []tokenMember, ok bool) {
 		if end < 0 {
 			return nil, false
 		}
-		name, plain := plainString(raw[i:end])
+		name, plain := memberName(raw[i:end])
 		if !plain {
 			return nil, false
 		}
@@ -557,6 +564,19 @@ func splitValidObject(raw []byte) (out []tokenMember, ok bool) {
 		}
 	}
 	return nil, false
+}
+
+// memberName is plainString for a member name: the owned members' names are not allocated
+// again.
+func memberName(b []byte) (string, bool) {
+	if len(b) >= 2 {
+		for _, f := range tokenFields() {
+			if string(b[1:len(b)-1]) == f.name && b[0] == '"' && b[len(b)-1] == '"' {
+				return f.name, true
+			}
+		}
+	}
+	return plainString(b)
 }
 
 // skipSpace returns the index of the first byte of b at or after i that is not JSON white
