@@ -1,18 +1,13 @@
 package volume
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
-	"slices"
-	"strconv"
-	"sync"
 
 	"crkvol/keyslot"
 )
@@ -31,8 +26,8 @@ import (
 // bound to the keyslot, the data segment's JSON object (segment 0, which the volume key is
 // checked for), and the keyslot area's bytes, through their CRC-32C: a checksum detects
 // damage, and whoever can write the image file can destroy the volume anyway. The metadata
-// is read from the header copy the image was opened from, and only when that copy still has
-// the sequence number the image was opened at.
+// is the text of the header copy the image was read (opened, reloaded or updated) from, as
+// the image holds it; the keyslot area is read when the fingerprint is made.
 
 // fingerprintVersion starts every fingerprint hash: a change of what is hashed changes it, so
 // that fingerprints of an older rule never match.
@@ -45,77 +40,68 @@ type keyslotState [sha256.Size]byte
 // fingerprint returns the fingerprint of the keyslot state s holding the passphrase wrapped
 // as ciphertext (the token's member) by key keyID for the volume with LUKS2 UUID uuid.
 func (s keyslotState) fingerprint(uuid, keyID, ciphertext string) string {
-	h := sha256.New()
-	h.Write([]byte(fingerprintVersion))
-	h.Write(s[:])
+	// The bytes hashed, in a buffer on the stack for the usual sizes.
+	var buf [512]byte
+	b := append(buf[:0], fingerprintVersion...)
+	b = append(b, s[:]...)
 	for _, p := range [...]string{uuid, keyID, ciphertext} {
-		writeLenPrefixed(h, []byte(p))
+		b = lenPrefixed(b, p)
 	}
-	var sum [sha256.Size]byte
-	return hex.EncodeToString(h.Sum(sum[:0]))
+	sum := sha256.Sum256(b)
+	var out [2 * sha256.Size]byte
+	hex.Encode(out[:], sum[:])
+	return string(out[:])
 }
 
-// writeLenPrefixed writes p to w after its length, so that no two lists of parts hash alike.
-func writeLenPrefixed(w io.Writer, p []byte) {
-	var n [8]byte
-	binary.BigEndian.PutUint64(n[:], uint64(len(p)))
-	w.Write(n[:])
-	w.Write(p)
+// lenPrefixed appends p to b after its length, so that no two lists of parts hash alike.
+func lenPrefixed[T string | []byte](b []byte, p T) []byte {
+	b = binary.BigEndian.AppendUint64(b, uint64(len(p)))
+	return append(b, p...)
 }
 
-// errStateChanged means the header copy read for a fingerprint is not the one the image was
-// opened from (another process committed since, or the copy is damaged): no fingerprint,
-// so the full check runs.
-var errStateChanged = errors.New("volume: the header changed since the image was read")
+// errStateChanged means the image's metadata lacks what a fingerprint covers (no such luks2
+// keyslot, no segment 0, no digest bound to the keyslot): no fingerprint, so the full check
+// runs, and reports what is wrong.
+var errStateChanged = errors.New("volume: the keyslot state cannot be fingerprinted")
 
-// fingerprintBufSize is the size of the buffers the keyslot area is checksummed through.
-const fingerprintBufSize = 64 << 10
+// fingerprintBufSize is the size of the buffers the keyslot area is checksummed through: a
+// keyslot area of a key of up to 64 bytes (258,048 bytes, cryptsetup's for AES-XTS-512) in
+// one read; larger ones in chunks.
+const fingerprintBufSize = 256 << 10
 
-// fingerprintBufs hands out the buffers of readKeyslotState.
-type fingerprintBufs struct{ pool sync.Pool }
+// fingerprintBufsKept is how many idle buffers a Manager keeps for readKeyslotState.
+const fingerprintBufsKept = 8
+
+// fingerprintBufs hands out the buffers of readKeyslotState: a free list the Manager owns,
+// of at most fingerprintBufsKept idle buffers, so that a pass reuses the same few buffers
+// whatever the garbage collector does (a sync.Pool loses them at every collection).
+type fingerprintBufs struct{ free chan *[]byte }
 
 func (b *fingerprintBufs) get() *[]byte {
-	if p, ok := b.pool.Get().(*[]byte); ok {
+	select {
+	case p := <-b.free:
 		return p
+	default:
+		buf := make([]byte, fingerprintBufSize)
+		return &buf
 	}
-	buf := make([]byte, fingerprintBufSize)
-	return &buf
 }
 
-func (b *fingerprintBufs) put(p *[]byte) { b.pool.Put(p) }
+func (b *fingerprintBufs) put(p *[]byte) {
+	select {
+	case b.free <- p:
+	default: // enough are kept: this one is for the collector
+	}
+}
 
 // castagnoli is the CRC-32C table (crc32 uses the CPU's instruction with it).
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// luks2Metadata is what a fingerprint takes of a LUKS2 header's JSON: the objects as they are
-// stored, undecoded.
-type luks2Metadata struct {
-	Keyslots map[string]json.RawMessage `json:"keyslots"`
-	Digests  map[string]json.RawMessage `json:"digests"`
-	Segments map[string]json.RawMessage `json:"segments"`
-}
-
-// luks2Binding is what a digest object says it covers.
-type luks2Binding struct {
-	Keyslots []string `json:"keyslots"`
-	Segments []string `json:"segments"`
-}
-
-// LUKS2 binary header: the magic of each copy and where the fields read here are.
-var (
-	luks2MagicPrimary   = []byte("LUKS\xba\xbe")
-	luks2MagicSecondary = []byte("SKUL\xba\xbe")
-)
-
-const (
-	luks2BinHeaderSize = 4096
-	luks2OffHdrSize    = 8
-	luks2OffSeqID      = 16
-)
-
-// readKeyslotState reads from dev the state keyslot slot of img opens in (see the top of this
-// file): the metadata from the header copy img was read from, the keyslot area in chunks.
-// It fails with errStateChanged when that copy no longer has img's sequence number.
+// readKeyslotState returns the state keyslot slot of img opens in (see the top of this file):
+// the metadata text of the header copy img was read from (keyslot.Image.KeyslotText, as
+// stored: no second read of the header, no JSON decoding here), and the CRC-32C of the
+// keyslot area as dev holds it now. It fails with errStateChanged when img has no luks2
+// keyslot slot, no segment 0 or no digest bound to the keyslot.
 func (m *Manager) readKeyslotState(dev io.ReaderAt, img *keyslot.Image, slot int) (keyslotState, error) {
 	var st keyslotState
 	var area keyslot.SlotInfo
@@ -129,100 +115,41 @@ func (m *Manager) readKeyslotState(dev io.ReaderAt, img *keyslot.Image, slot int
 	if !found {
 		return st, fmt.Errorf("volume: keyslot %d: %w", slot, ErrBadToken)
 	}
-	health := img.Health()
-	var off uint64
-	var magic []byte
-	switch {
-	case health.Primary.Err == nil:
-		off, magic = health.Primary.Offset, luks2MagicPrimary
-	case health.Secondary.Err == nil:
-		off, magic = health.Secondary.Offset, luks2MagicSecondary
-	default:
-		return st, errStateChanged
-	}
-	size := img.MetadataSize()
-	if size <= luks2BinHeaderSize || size > 4<<20 {
-		return st, errStateChanged
-	}
-	var hdr []byte
-	if size <= fingerprintBufSize {
-		bp := m.fpBufs.get()
-		defer m.fpBufs.put(bp)
-		hdr = (*bp)[:size]
-	} else {
-		hdr = make([]byte, size)
-	}
-	if _, err := dev.ReadAt(hdr, int64(off)); err != nil {
-		return st, fmt.Errorf("volume: reading the LUKS2 header: %w", err)
-	}
-	if !bytes.Equal(hdr[:len(magic)], magic) ||
-		binary.BigEndian.Uint64(hdr[luks2OffHdrSize:]) != size ||
-		binary.BigEndian.Uint64(hdr[luks2OffSeqID:]) != img.SeqID() {
-		return st, errStateChanged
-	}
-	text := hdr[luks2BinHeaderSize:]
-	if i := bytes.IndexByte(text, 0); i >= 0 {
-		text = text[:i]
-	}
-	h := sha256.New()
-	h.Write([]byte(fingerprintVersion))
-	if err := hashKeyslotMetadata(h, text, slot); err != nil {
-		return st, err
+	kt, err := img.KeyslotText(slot)
+	if err != nil {
+		return st, fmt.Errorf("%w: %w", errStateChanged, err)
 	}
 	crc, err := m.areaCRC(dev, int64(area.AreaOffset), int64(area.AreaSize))
 	if err != nil {
 		return st, err
 	}
-	var tail [24]byte
-	binary.BigEndian.PutUint64(tail[0:], area.AreaOffset)
-	binary.BigEndian.PutUint64(tail[8:], area.AreaSize)
-	binary.BigEndian.PutUint32(tail[16:], crc)
-	h.Write(tail[:])
-	h.Sum(st[:0])
-	return st, nil
+	// The bytes hashed, in a buffer on the stack for the usual sizes.
+	var buf [2048]byte
+	b := append(buf[:0], fingerprintVersion...)
+	b = appendKeyslotText(b, kt)
+	b = binary.BigEndian.AppendUint64(b, area.AreaOffset)
+	b = binary.BigEndian.AppendUint64(b, area.AreaSize)
+	b = binary.BigEndian.AppendUint32(b, crc)
+	b = append(b, 0, 0, 0, 0) // the state's hash has always ended with a 24-byte field
+	return sha256.Sum256(b), nil
 }
 
-// hashKeyslotMetadata writes to h what keyslot slot's opening depends on in the LUKS2 JSON
-// text: the keyslot's object, the data segment's (segment 0) and every digest bound to the
-// keyslot, each as stored. It fails with errStateChanged when the text is not such a JSON
-// object or lacks one of them.
-func hashKeyslotMetadata(h io.Writer, text []byte, slot int) error {
-	var meta luks2Metadata
-	if err := json.Unmarshal(text, &meta); err != nil {
-		return fmt.Errorf("%w: %w", errStateChanged, err)
+// appendKeyslotText appends to b what keyslot slot's opening depends on in the LUKS2 JSON
+// text (kt), each part after its length: the keyslot's object, the data segment's (segment
+// 0) and every digest bound to the keyslot (its id, then its object), ascending by id, each
+// as stored.
+func appendKeyslotText(b []byte, kt keyslot.KeyslotText) []byte {
+	b = lenPrefixed(b, kt.Keyslot)
+	b = lenPrefixed(b, kt.Segment)
+	for _, d := range kt.Digests {
+		b = lenPrefixed(b, []byte(d.ID))
+		b = lenPrefixed(b, d.Text)
 	}
-	id := strconv.Itoa(slot)
-	ksObj, ok1 := meta.Keyslots[id]
-	segObj, ok2 := meta.Segments["0"]
-	if !ok1 || !ok2 {
-		return errStateChanged
-	}
-	writeLenPrefixed(h, ksObj)
-	writeLenPrefixed(h, segObj)
-	digests := make([]string, 0, len(meta.Digests))
-	for d := range meta.Digests {
-		digests = append(digests, d)
-	}
-	slices.Sort(digests)
-	bound := 0
-	for _, d := range digests {
-		var b luks2Binding
-		if err := json.Unmarshal(meta.Digests[d], &b); err != nil {
-			return fmt.Errorf("%w: %w", errStateChanged, err)
-		}
-		if slices.Contains(b.Keyslots, id) {
-			writeLenPrefixed(h, []byte(d))
-			writeLenPrefixed(h, meta.Digests[d])
-			bound++
-		}
-	}
-	if bound == 0 {
-		return errStateChanged
-	}
-	return nil
+	return b
 }
 
-// areaCRC returns the CRC-32C of the size bytes of dev at off.
+// areaCRC returns the CRC-32C of the size bytes of dev at off: one read for an area of a
+// key of up to 64 bytes.
 func (m *Manager) areaCRC(dev io.ReaderAt, off, size int64) (uint32, error) {
 	bp := m.fpBufs.get()
 	defer m.fpBufs.put(bp)

@@ -215,23 +215,25 @@ func (m *Manager) checkRegisteredFile(path, crn string) error {
 
 // registeredFile checks that f, opened at the registered path of entry e, is the registered
 // file: a rotation writes only to it. An entry without identity matches by path; the
-// registration it returns then fills the identity in after the rewrap.
+// registration it returns then fills the identity in after the rewrap (only then does it
+// hold the resolved path).
 func (m *Manager) registeredFile(e Entry, f *os.File) (registration, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return registration{}, err
 	}
-	resolved, err := resolvePath(e.Path)
-	if err != nil {
-		return registration{}, err
-	}
-	r := registration{entry: e, known: true, path: resolved, fi: fi}
+	r := registration{entry: e, known: true, fi: fi}
 	id, hasID := idOf(fi)
 	switch {
 	case e.hasIdentity() && hasID && id != e.id():
 		return r, fmt.Errorf("%w: the file at the registered path %s of volume %s is not the registered file (its device and inode changed: replaced, or restored from a copy?); "+
 			"if it is the volume now, register it (volume register)", ErrNotRegisteredImage, e.Path, e.CRN)
 	case !e.hasIdentity() && hasID:
+		// The identity is recorded with the resolved path (only then is it needed: resolving
+		// costs a stat of every component of the path).
+		if r.path, err = resolvePath(e.Path); err != nil {
+			return registration{}, err
+		}
 		r.fill = true
 	}
 	return r, nil

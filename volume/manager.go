@@ -163,7 +163,7 @@ func NewManager(kms KeyService, reg *Registry, opts Options) *Manager {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	m := &Manager{kms: kms, reg: reg, opts: opts}
+	m := &Manager{kms: kms, reg: reg, opts: opts, fpBufs: fingerprintBufs{free: make(chan *[]byte, fingerprintBufsKept)}}
 	m.unsub = kms.OnRotate(m.onRotate)
 	return m
 }

@@ -177,6 +177,59 @@ func (r *Registry) Get(crn string) (Entry, error) {
 	return e, err
 }
 
+// getAll returns the entries of crns as Get does, read in one transaction: entries[i] and
+// errs[i] are Get(crns[i])'s results.
+func (r *Registry) getAll(crns []string) (entries []Entry, errs []error) {
+	entries, errs = make([]Entry, len(crns)), make([]error, len(crns))
+	if r.db == nil {
+		for i, crn := range crns {
+			errs[i] = fmt.Errorf("%w: %s", ErrNotRegistered, crn)
+		}
+		return entries, errs
+	}
+	err := r.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketVolumes)
+		for i, crn := range crns {
+			var raw []byte
+			if b != nil {
+				raw = b.Get([]byte(crn))
+			}
+			if raw == nil {
+				errs[i] = fmt.Errorf("%w: %s", ErrNotRegistered, crn)
+				continue
+			}
+			errs[i] = json.Unmarshal(raw, &entries[i])
+		}
+		return nil
+	})
+	if err != nil { // the transaction could not start: every read fails with it
+		for i := range errs {
+			errs[i] = err
+		}
+	}
+	return entries, errs
+}
+
+// registered reports, in one transaction, which of crns have an entry (whether or not it
+// decodes: a bad entry is the volume's, and its rewrap reports it).
+func (r *Registry) registered(crns []string) ([]bool, error) {
+	out := make([]bool, len(crns))
+	if r.db == nil {
+		return out, nil
+	}
+	err := r.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketVolumes)
+		if b == nil {
+			return nil
+		}
+		for i, crn := range crns {
+			out[i] = b.Get([]byte(crn)) != nil
+		}
+		return nil
+	})
+	return out, err
+}
+
 // Delete removes the entry for a CRN; deleting a missing entry is not an error.
 func (r *Registry) Delete(crn string) error {
 	return r.update(func(tx *bolt.Tx) error {

@@ -90,8 +90,17 @@ func (p *rewrapPass) rewrapVolumes(crns []string) {
 // to a retry, not done).
 func (t *volumeTask) pending() bool { return !t.left }
 
-// prepareWave reads and checks the wave's volumes, Workers at a time.
+// prepareWave reads and checks the wave's volumes, Workers at a time, after reading their
+// registry entries in one transaction.
 func (p *rewrapPass) prepareWave(w *wave) {
+	crns := make([]string, len(w.tasks))
+	for i, t := range w.tasks {
+		crns[i] = t.crn
+	}
+	entries, errs := p.m.reg.getAll(crns)
+	for i, t := range w.tasks {
+		t.e, t.entryErr, t.hasEntry = entries[i], errs[i], true
+	}
 	forEach(len(w.tasks), p.m.opts.Workers, func(i int) {
 		t := w.tasks[i]
 		t.start = time.Now()

@@ -255,8 +255,11 @@ func (m *Manager) Rewrap(ctx context.Context, keyID, latest string, crns []strin
 	// Volumes of other hosts (registered with the key, not in this registry) are theirs to
 	// rewrap; any other registry error is the volume's failure, reported by its rewrap.
 	var volumes, images []string
-	for _, crn := range crns {
-		if _, err := m.reg.Get(crn); errors.Is(err, ErrNotRegistered) {
+	// Which are this registry's volumes, in one read (a registry that cannot be read:
+	// every volume's rewrap reports it).
+	known, err := m.reg.registered(crns)
+	for i, crn := range crns {
+		if err == nil && !known[i] {
 			if _, ierr := m.reg.ImageByCRN(crn); ierr == nil {
 				images = append(images, crn)
 				continue
@@ -506,14 +509,18 @@ type volumeTask struct {
 	res      rewrapResult
 	left     bool
 
-	e     Entry
-	f     *os.File
-	cf    *countingFile
-	img   *keyslot.Image
-	reg   registration
-	uuid  string
-	tokID int
-	tok   *token
+	// e is the volume's registry entry; hasEntry says prepare takes it (and entryErr) as
+	// read for the wave rather than reading it.
+	e        Entry
+	hasEntry bool
+	entryErr error
+	f        *os.File
+	cf       *countingFile
+	img      *keyslot.Image
+	reg      registration
+	uuid     string
+	tokID    int
+	tok      *token
 	// tokRaw is the token's JSON as read, which tok was parsed from.
 	tokRaw []byte
 	ct     []byte
@@ -555,7 +562,11 @@ func (t *volumeTask) close() {
 // open for the commit (t.close closes it).
 func (p *rewrapPass) prepare(t *volumeTask, cas casState) error {
 	m, ctx := p.m, p.ctx
-	e, err := m.reg.Get(t.crn)
+	e, err := t.e, t.entryErr
+	if !t.hasEntry {
+		e, err = m.reg.Get(t.crn)
+	}
+	t.hasEntry, t.entryErr = false, nil // a retry reads the entry again
 	if err != nil {
 		return permanent{err}
 	}

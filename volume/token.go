@@ -85,14 +85,15 @@ var ownedTokenFields = func() []tokenField {
 	}
 }()
 
-// tokenFieldNamed returns the owned member called name, or ok false if crkvol does not own it.
-func tokenFieldNamed(name string) (f tokenField, ok bool) {
-	for _, f := range tokenFields() {
+// tokenFieldIndex returns the index in tokenFields of the owned member called name, or ok
+// false if crkvol does not own it.
+func tokenFieldIndex(name string) (i int, ok bool) {
+	for i, f := range tokenFields() {
 		if f.name == name {
-			return f, true
+			return i, true
 		}
 	}
-	return tokenField{}, false
+	return 0, false
 }
 
 // ownedTokenMembers lists the names of the members crkvol owns that every token has, in the
@@ -123,7 +124,8 @@ func (t *tokenTime) MarshalJSON() ([]byte, error) {
 // WrappedAt zero: it never fails.
 func (t *tokenTime) UnmarshalJSON(b []byte) error {
 	var at time.Time
-	if err := json.Unmarshal(b, &at); err != nil || at.IsZero() {
+	// b is a valid JSON value (the Decoder checked it): json.Unmarshal would only call this.
+	if err := at.UnmarshalJSON(b); err != nil || at.IsZero() {
 		t.WrappedAt, t.wrappedAtRaw = time.Time{}, bytes.Clone(b)
 		return nil
 	}
@@ -131,13 +133,75 @@ func (t *tokenTime) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// encodeMember returns the JSON encoding of owned member f of t.
-func encodeMember(t *token, f tokenField) ([]byte, error) {
+// appendMember appends the JSON encoding of owned member f of t to b: what json.Marshal
+// gives, written directly for the common cases (strings of plain ASCII, a time, a number)
+// and by json.Marshal otherwise.
+func appendMember(b []byte, t *token, f tokenField) ([]byte, error) {
+	switch v := f.field(t).(type) {
+	case *string:
+		if out, ok := appendPlainString(b, *v); ok {
+			return out, nil
+		}
+	case *[]string:
+		if out, ok := appendPlainStrings(b, *v); ok {
+			return out, nil
+		}
+	case *int64:
+		return strconv.AppendInt(b, *v, 10), nil
+	case *tokenTime:
+		if !v.WrappedAt.IsZero() || v.wrappedAtRaw == nil {
+			// json.Marshal of a time.Time is its MarshalJSON: quoted RFC 3339, nothing to
+			// escape.
+			if out, err := v.WrappedAt.AppendText(append(b, '"')); err == nil {
+				return append(out, '"'), nil
+			}
+		}
+	}
 	v, err := json.Marshal(f.field(t))
 	if err != nil {
 		return nil, fmt.Errorf("volume: encoding token member %s: %w", f.name, err)
 	}
-	return v, nil
+	return append(b, v...), nil
+}
+
+// plainJSONByte reports whether c stands for itself inside a JSON string as json.Marshal
+// writes it: printable ASCII but the quote, the backslash and the characters it escapes for
+// HTML (<, >, &).
+func plainJSONByte(c byte) bool {
+	return c >= 0x20 && c < 0x7f && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
+}
+
+// appendPlainString appends s quoted, as json.Marshal writes it, when no byte of s needs an
+// escape; ok is false (and b unchanged) otherwise.
+func appendPlainString(b []byte, s string) ([]byte, bool) {
+	for i := 0; i < len(s); i++ {
+		if !plainJSONByte(s[i]) {
+			return b, false
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"'), true
+}
+
+// appendPlainStrings appends ss as a JSON array, as json.Marshal writes it ("null" for nil),
+// when no string needs an escape; ok is false (and b unchanged) otherwise.
+func appendPlainStrings(b []byte, ss []string) ([]byte, bool) {
+	if ss == nil {
+		return append(b, "null"...), true
+	}
+	n := len(b)
+	b = append(b, '[')
+	for i, s := range ss {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		var ok bool
+		if b, ok = appendPlainString(b, s); !ok {
+			return b[:n], false
+		}
+	}
+	return append(b, ']'), true
 }
 
 // marshal encodes the token: the members of the token as read, in their order, with the owned
@@ -149,44 +213,54 @@ func (t *token) marshal() ([]byte, error) {
 	if out.Keyslots == nil {
 		out.Keyslots = []string{}
 	}
-	var b bytes.Buffer
-	b.WriteByte('{')
-	write := func(name string, v []byte) {
-		if b.Len() > 1 {
-			b.WriteByte(',')
-		}
-		n, _ := json.Marshal(name) // a string always encodes
-		b.Write(n)
-		b.WriteByte(':')
-		b.Write(v)
-	}
-	seen := make(map[string]bool, len(t.members))
+	size := 2
 	for _, m := range t.members {
-		seen[m.name] = true
-		v := []byte(m.value)
-		if f, owned := tokenFieldNamed(m.name); owned {
-			if f.absent != nil && f.absent(&out) {
-				continue
-			}
-			var err error
-			if v, err = encodeMember(&out, f); err != nil {
-				return nil, err
-			}
-		}
-		write(m.name, v)
+		size += len(m.name) + len(m.value) + 4
 	}
-	for _, f := range tokenFields() {
-		if seen[f.name] || (f.absent != nil && f.absent(&out)) {
+	b := make([]byte, 1, size+len(t.Ciphertext)+len(t.KeyVersion)+256)
+	b[0] = '{'
+	name := func(n string) {
+		if len(b) > 1 {
+			b = append(b, ',')
+		}
+		if out, ok := appendPlainString(b, n); ok {
+			b = out
+		} else {
+			q, _ := json.Marshal(n) // a string always encodes
+			b = append(b, q...)
+		}
+		b = append(b, ':')
+	}
+	var seen uint64 // bit i: owned member tokenFields()[i] was in the token as read
+	for _, m := range t.members {
+		i, owned := tokenFieldIndex(m.name)
+		if !owned {
+			name(m.name)
+			b = append(b, m.value...)
 			continue
 		}
-		v, err := encodeMember(&out, f)
-		if err != nil {
+		f := tokenFields()[i]
+		seen |= 1 << i
+		if f.absent != nil && f.absent(&out) {
+			continue
+		}
+		name(m.name)
+		var err error
+		if b, err = appendMember(b, &out, f); err != nil {
 			return nil, err
 		}
-		write(f.name, v)
 	}
-	b.WriteByte('}')
-	return b.Bytes(), nil
+	for i, f := range tokenFields() {
+		if seen&(1<<i) != 0 || (f.absent != nil && f.absent(&out)) {
+			continue
+		}
+		name(f.name)
+		var err error
+		if b, err = appendMember(b, &out, f); err != nil {
+			return nil, err
+		}
+	}
+	return append(b, '}'), nil
 }
 
 // marshalChecked is marshal for a token about to be written to the image of the volume with
@@ -220,16 +294,17 @@ func parseToken(raw []byte, uuid string) (*token, error) {
 		return nil, fmt.Errorf("%w: %w", ErrBadToken, err)
 	}
 	t := &token{members: members}
-	found := map[string]bool{}
+	foundCRN := false
 	for _, m := range members {
-		f, owned := tokenFieldNamed(m.name)
+		i, owned := tokenFieldIndex(m.name)
 		if !owned {
 			continue
 		}
-		if err := json.Unmarshal(m.value, f.field(t)); err != nil {
+		f := tokenFields()[i]
+		if err := decodeMember(m.value, f.field(t)); err != nil {
 			return nil, fmt.Errorf("%w: member %s: %w", ErrBadToken, m.name, err)
 		}
-		found[m.name] = true
+		foundCRN = foundCRN || m.name == "volume_crn"
 	}
 	if t.typ != TokenType {
 		return nil, fmt.Errorf("%w: type %.64q, want %q", ErrBadToken, t.typ, TokenType)
@@ -248,7 +323,7 @@ func parseToken(raw []byte, uuid string) (*token, error) {
 	// Tokens without volume_crn are accepted, as they always were (crkvol has written it from
 	// the start, but another tool may not): the image's UUID says what it is, and the next
 	// rewrap writes it.
-	if want := CRN(uuid); !found["volume_crn"] {
+	if want := CRN(uuid); !foundCRN {
 		t.VolumeCRN = want
 	} else if t.VolumeCRN != want {
 		return nil, &otherVolumeError{got: t.VolumeCRN, want: want}
@@ -349,9 +424,226 @@ func base64Text(b []byte) ([]byte, bool) {
 	return out[:n], true
 }
 
+// quotedTokenType is TokenType as a JSON string.
+const quotedTokenType = `"` + TokenType + `"`
+
+// decodeMember decodes value, a valid JSON value, into the field v of an owned member: what
+// json.Unmarshal(value, v) does, done directly for the common cases (a string of plain
+// ASCII, an array of such strings, a wrapped_at) and by json.Unmarshal otherwise.
+func decodeMember(value []byte, v any) error {
+	switch v := v.(type) {
+	case *string:
+		if string(value) == quotedTokenType {
+			*v = TokenType // the type member, without a copy
+			return nil
+		}
+		if s, ok := plainString(value); ok {
+			*v = s
+			return nil
+		}
+	case *[]string:
+		if ss, ok := plainStrings(value); ok {
+			*v = ss
+			return nil
+		}
+	case *tokenTime:
+		// json.Unmarshal of a valid value into an Unmarshaler is its UnmarshalJSON, which
+		// never fails.
+		return v.UnmarshalJSON(value)
+	}
+	return json.Unmarshal(value, v)
+}
+
+// plainString returns the string the JSON string literal b stands for when it has no escape
+// and only printable ASCII (so that it is exactly its bytes); ok is false otherwise.
+func plainString(b []byte) (string, bool) {
+	if len(b) < 2 || b[0] != '"' || b[len(b)-1] != '"' {
+		return "", false
+	}
+	for _, c := range b[1 : len(b)-1] {
+		if c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
+			return "", false
+		}
+	}
+	return string(b[1 : len(b)-1]), true
+}
+
+// plainStrings returns the strings of b, a JSON array of plain strings (plainString) with no
+// white space, such as a keyslots member; ok is false for anything else.
+func plainStrings(b []byte) ([]string, bool) {
+	if len(b) < 2 || b[0] != '[' || b[len(b)-1] != ']' {
+		return nil, false
+	}
+	inner := b[1 : len(b)-1]
+	out := []string{}
+	for len(inner) > 0 {
+		if inner[0] != '"' {
+			return nil, false
+		}
+		end := bytes.IndexByte(inner[1:], '"')
+		if end < 0 {
+			return nil, false
+		}
+		s, ok := plainString(inner[:end+2])
+		if !ok {
+			return nil, false
+		}
+		out = append(out, s)
+		inner = inner[end+2:]
+		if len(inner) > 0 {
+			if inner[0] != ',' || len(inner) == 1 {
+				return nil, false
+			}
+			inner = inner[1:]
+		}
+	}
+	return out, true
+}
+
 // splitObject decodes raw as one JSON object and returns its members in document order, each
-// value exactly as it appears in raw. Duplicate member names are refused.
+// value exactly as it appears in raw (the values alias raw). Duplicate member names are
+// refused.
 func splitObject(raw []byte) ([]tokenMember, error) {
+	if json.Valid(raw) {
+		if out, ok := splitValidObject(raw); ok {
+			return out, nil
+		}
+	}
+	return splitObjectDecoder(raw)
+}
+
+// splitValidObject is splitObject for raw that json.Valid accepts: the members found by
+// walking the text, which validity makes a matter of finding where strings and nested values
+// end. ok is false when raw is not an object, has a duplicate member, or has a member name
+// with escapes or other than printable ASCII: splitObjectDecoder takes those.
+func splitValidObject(raw []byte) (out []tokenMember, ok bool) {
+	i := skipSpace(raw, 0)
+	if i >= len(raw) || raw[i] != '{' {
+		return nil, false
+	}
+	i = skipSpace(raw, i+1)
+	if i < len(raw) && raw[i] == '}' {
+		return []tokenMember{}, skipSpace(raw, i+1) == len(raw)
+	}
+	out = make([]tokenMember, 0, 12)
+	for i < len(raw) {
+		end := stringEnd(raw, i)
+		if end < 0 {
+			return nil, false
+		}
+		name, plain := memberName(raw[i:end])
+		if !plain {
+			return nil, false
+		}
+		for _, m := range out {
+			if m.name == name {
+				return nil, false
+			}
+		}
+		i = skipSpace(raw, end)
+		if i >= len(raw) || raw[i] != ':' {
+			return nil, false
+		}
+		start := skipSpace(raw, i+1)
+		stop := valueEnd(raw, start)
+		if stop < 0 {
+			return nil, false
+		}
+		out = append(out, tokenMember{name: name, value: raw[start:stop:stop]})
+		i = skipSpace(raw, stop)
+		if i >= len(raw) {
+			return nil, false
+		}
+		switch raw[i] {
+		case ',':
+			i = skipSpace(raw, i+1)
+		case '}':
+			return out, skipSpace(raw, i+1) == len(raw)
+		default:
+			return nil, false
+		}
+	}
+	return nil, false
+}
+
+// memberName is plainString for a member name: the owned members' names are not allocated
+// again.
+func memberName(b []byte) (string, bool) {
+	if len(b) >= 2 {
+		for _, f := range tokenFields() {
+			if string(b[1:len(b)-1]) == f.name && b[0] == '"' && b[len(b)-1] == '"' {
+				return f.name, true
+			}
+		}
+	}
+	return plainString(b)
+}
+
+// skipSpace returns the index of the first byte of b at or after i that is not JSON white
+// space.
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// stringEnd returns the index just after the JSON string starting at b[i], or -1.
+func stringEnd(b []byte, i int) int {
+	if i >= len(b) || b[i] != '"' {
+		return -1
+	}
+	for j := i + 1; j < len(b); j++ {
+		switch b[j] {
+		case '\\':
+			j++
+		case '"':
+			return j + 1
+		}
+	}
+	return -1
+}
+
+// valueEnd returns the index just after the valid JSON value starting at b[i], or -1.
+func valueEnd(b []byte, i int) int {
+	if i >= len(b) {
+		return -1
+	}
+	switch b[i] {
+	case '"':
+		return stringEnd(b, i)
+	case '{', '[':
+		depth := 0
+		for j := i; j < len(b); j++ {
+			switch b[j] {
+			case '"':
+				end := stringEnd(b, j)
+				if end < 0 {
+					return -1
+				}
+				j = end - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return j + 1
+				}
+			}
+		}
+		return -1
+	default: // a number, true, false or null
+		j := i
+		for j < len(b) && b[j] != ',' && b[j] != '}' && b[j] != ']' && b[j] != ' ' && b[j] != '\t' && b[j] != '\n' && b[j] != '\r' {
+			j++
+		}
+		return j
+	}
+}
+
+// splitObjectDecoder is splitObject by encoding/json's Decoder: the reference, and the path
+// of anything splitValidObject does not take (it names what is wrong).
+func splitObjectDecoder(raw []byte) ([]tokenMember, error) {
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
 		return nil, fmt.Errorf("not a JSON object")

@@ -1,6 +1,7 @@
 package volume
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -244,4 +245,30 @@ func TestCiphertextMember(t *testing.T) {
 			assert.Equal(t, c.ct, back, "reads back")
 		})
 	}
+}
+
+// TestTokenCodecAllocs pins the allocations of reading a typical token and writing it back
+// checked (what a rewrap does per volume): the direct paths must stay in use.
+func TestTokenCodecAllocs(t *testing.T) {
+	if raceDetector {
+		t.Skip("allocation counts mean nothing under the race detector")
+	}
+	raw := []byte(`{"type":"crkvol-crk","keyslots":["0"],"key_id":"0b9e3c7a-52f1-4d0e-9a55-6f1f2f8a1c3e","key_crn":"crn:v1:bluemix:public:kms:us-south:a/crkvol:e22d4b40-9568-40d8-bc05-0bd1c11d30cf:key:0b9e3c7a-52f1-4d0e-9a55-6f1f2f8a1c3e",` +
+		`"key_version":"5a6b7c8d-1e2f-4a3b-8c9d-0e1f2a3b4c5d","ciphertext":"` + strings.Repeat("QUJD", 40) + `","wrapped_at":"2026-01-02T03:04:05Z","volume_crn":"` + CRN(testUUID) + `","data_size":1048576}`)
+	var parse, write float64
+	parse = testing.AllocsPerRun(20, func() {
+		if _, err := parseToken(raw, testUUID); err != nil {
+			t.Fatal(err)
+		}
+	})
+	tok, err := parseToken(raw, testUUID)
+	require.NoError(t, err)
+	write = testing.AllocsPerRun(20, func() {
+		if _, err := tok.marshalChecked(testUUID); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Logf("parse %v allocations, checked write %v", parse, write)
+	assert.LessOrEqual(t, parse, 12.0)
+	assert.LessOrEqual(t, write, 14.0)
 }
