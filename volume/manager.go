@@ -119,6 +119,9 @@ type Manager struct {
 	unsub func()
 	// fpBufs are the buffers fingerprints read keyslot areas through.
 	fpBufs fingerprintBufs
+	// hdrBufs lends the images the Manager opens their header read and write buffers, shared
+	// by them all (a rewrap pass opens thousands one after another).
+	hdrBufs keyslot.Buffers
 	// testOnlyResizeStep, if set (by tests, before use), is called after each step of a
 	// resize; an error it returns stops the resize there, as a crash would.
 	testOnlyResizeStep func(step string) error

@@ -3,6 +3,7 @@ package volume_test
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -65,4 +66,33 @@ func TestRewrapStopsBetweenWavesWhenCancelled(t *testing.T) {
 	assert.Equal(t, rep.NotStarted, rep2.Rewrapped)
 	assert.Equal(t, rep.Rewrapped, rep2.AlreadyCurrent)
 	assert.Empty(t, rep2.Failed)
+}
+
+// TestRewrapAllocatedBytes: a rewrap pass allocates little per volume (the header buffers of
+// the images it opens are lent by one keyslot.Buffers of the Manager, not made per image):
+// under 64 KiB per volume, where each image's own buffers made it about 110 KiB. Garbage
+// collection was a fifth of a fleet rotation's CPU.
+func TestRewrapAllocatedBytes(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts mean nothing under the race detector")
+	}
+	f := newFixture(t)
+	const n = 40
+	for i := range n {
+		f.create(t, fmt.Sprintf("v%02d.img", i), 1<<20)
+	}
+	for round := range 2 { // the first pass records the fingerprints, the second is the steady state
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		f.rotate(t)
+		runtime.ReadMemStats(&after)
+		rep := f.lastReport()
+		require.NoError(t, rep.Err())
+		require.Equal(t, n, rep.Rewrapped)
+		perVolume := (after.TotalAlloc - before.TotalAlloc) / n
+		t.Logf("round %d: %d bytes allocated per rewrapped volume", round+1, perVolume)
+		if round == 1 {
+			assert.Less(t, perVolume, uint64(64<<10))
+		}
+	}
 }

@@ -585,7 +585,7 @@ func (p *rewrapPass) prepare(t *volumeTask, cas casState) error {
 	if m.opts.RewrapDevice != nil {
 		t.cf.dev = m.opts.RewrapDevice(ctx, t.crn, f)
 	}
-	if t.img, err = keyslot.OpenContext(ctx, t.cf, nil); err != nil {
+	if t.img, err = keyslot.OpenContext(ctx, t.cf, &keyslot.Options{Buffers: &m.hdrBufs}); err != nil {
 		return err
 	}
 	t.uuid = t.img.UUID()
