@@ -3,6 +3,8 @@ package volume_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -10,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -356,4 +359,61 @@ func tokenCiphertextBytes(t testing.TB, path string) []byte {
 	ct, err := base64.StdEncoding.DecodeString(tok.Ciphertext)
 	require.NoError(t, err)
 	return ct
+}
+
+// rewriteMetadata rewrites the JSON text of both header copies of the image at path with edit
+// and fixes their checksums, as a hostile writer of the image file could.
+func rewriteMetadata(t *testing.T, path string, edit func(text string) string) {
+	t.Helper()
+	img, err := os.ReadFile(path)
+	require.NoError(t, err)
+	hdrSize := binary.BigEndian.Uint64(img[8:16])
+	for _, off := range []uint64{0, hdrSize} {
+		area := img[off+4096 : off+hdrSize]
+		text := edit(string(area[:bytes.IndexByte(area, 0)]))
+		require.Less(t, len(text), len(area))
+		clear(area)
+		copy(area, text)
+		hdr := img[off : off+4096]
+		clear(hdr[448:512])
+		sum := sha256.New()
+		sum.Write(hdr)
+		sum.Write(area)
+		copy(hdr[448:], sum.Sum(nil))
+	}
+	require.NoError(t, os.WriteFile(path, img, 0o600))
+}
+
+// TestRewrapFingerprintIgnoresLookalikeMembers: a hostile image whose keyslot is changed
+// (its salt: it no longer opens) and which carries the original keyslots under a member name
+// that differs only in letter case (or by a Unicode lookalike) does not keep its
+// fingerprint: the fingerprint is of the members the LUKS2 parser uses, named exactly, so the
+// full check runs and finds the volume unhealthy.
+func TestRewrapFingerprintIgnoresLookalikeMembers(t *testing.T) {
+	for _, name := range []string{"KEYSLOTS", "Keyslots", "\u212aeyslots"} {
+		t.Run(name, func(t *testing.T) {
+			f := newFleet(t, "local", 2)
+			f.rewrapPass(t, volume.Options{}) // fingerprints recorded
+			rewriteMetadata(t, f.paths[0], func(text string) string {
+				var top map[string]json.RawMessage
+				require.NoError(t, json.Unmarshal([]byte(text), &top))
+				orig := string(top["keyslots"])
+				i := strings.Index(text, `"salt":"`) + len(`"salt":"`)
+				require.Greater(t, i, len(`"salt":"`))
+				c := byte('A')
+				if text[i] == 'A' {
+					c = 'B'
+				}
+				text = text[:i] + string(c) + text[i+1:]
+				return strings.TrimSuffix(text, "}") + `,"` + name + `":` + orig + `}`
+			})
+			latest := f.rotate(t)
+			mgr := volume.NewManager(f.ks, f.reg, volume.Options{Attempts: 1})
+			mgr.Close()
+			rep := mgr.Rewrap(context.Background(), f.keyID, latest, f.crns)
+			require.Len(t, rep.Failed, 1)
+			assert.ErrorIs(t, rep.Failed[f.crns[0]], volume.ErrUnhealthy)
+			assert.Equal(t, 1, rep.Rewrapped, "the other volume")
+		})
+	}
 }
