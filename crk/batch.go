@@ -43,8 +43,8 @@ func checkBatch(what string, n int) error {
 // the events of concurrent callers) before it returns.
 //
 // err is for the call as a whole: a batch size outside 1..MaxBatchItems, a key unknown or
-// unusable (suspended, destroyed, not a root key: every item is refused, and audited as
-// such), an audit log that could not be written (ErrAudit: no result is returned), or the
+// unusable (suspended, destroyed, not a root key: every item is refused, audited by one
+// event that counts them), an audit log that could not be written (ErrAudit: no result is returned), or the
 // store's failure. When err is set, results and errs are nil.
 func (s *Service) RewrapBatch(ctx context.Context, keyID string, items []RewrapItem) (results []*RewrapResult, errs []error, err error) {
 	if err := checkBatch("ciphertexts", len(items)); err != nil {
@@ -86,15 +86,18 @@ func (s *Service) RewrapBatch(ctx context.Context, keyID string, items []RewrapI
 	return results, errs, nil
 }
 
-// refuseAll is refuse for a batch of n items refused as a whole: one failure event per
-// item, committed together.
+// refuseAll is refuse for a batch of n items refused as a whole (its key unknown or in a state
+// that refuses the action): one failure event, whose reason counts the items. One event per
+// item would let any caller of the instance write a thousand events with one small request
+// of a key that does not exist, and push the audit trail out of its retention.
 func (s *Service) refuseAll(ctx context.Context, action, keyID string, n int, err error) error {
 	abandoned := ctx.Err() != nil && errors.Is(err, ctx.Err())
 	if errors.Is(err, ErrAudit) || errors.Is(err, ErrUnavailable) || abandoned {
 		return err // as refuse: nothing to record, or no store to record it in
 	}
-	evs := itemEvents(s.newEvent(ctx, action, nil, keyID, err), make([]error, n))
-	if aerr := s.recordAll(evs); aerr != nil {
+	ev := s.newEvent(ctx, action, nil, keyID, err)
+	ev.Reason += fmt.Sprintf(" (a batch of %d, refused as a whole)", n)
+	if aerr := s.record(ev); aerr != nil {
 		return fmt.Errorf("%w (refusing: %w)", aerr, err)
 	}
 	return err
@@ -196,9 +199,9 @@ func (c *versionAEADs) seal(v *versionRecord, plaintext []byte, aad []string) ([
 // whatever became of it.
 //
 // err is for the call as a whole: a batch size outside 1..MaxBatchItems, a key unknown or
-// in a state that refuses registration changes (every update refused, and audited as
-// such), or the store's or the audit log's failure (nothing is stored). When err is set,
-// errs is nil.
+// in a state that refuses registration changes (every update refused, audited by one event
+// that counts them), or the store's or the audit log's failure (nothing is stored). When err
+// is set, errs is nil.
 func (s *Service) UpdateRegistrationVersions(ctx context.Context, keyID string, updates []RegistrationVersion) (errs []error, err error) {
 	if err := checkBatch("registration updates", len(updates)); err != nil {
 		return nil, s.refuse(ctx, ActionRegUpdate, keyID, err)

@@ -87,7 +87,8 @@ func TestRewrapBatch(t *testing.T) {
 		assert.Equal(t, okBefore+4, countBatchEvents(t, f, ActionRewrap, OutcomeSuccess))
 		assert.Equal(t, failBefore+3, countBatchEvents(t, f, ActionRewrap, OutcomeFailure))
 
-		// A key that cannot rewrap refuses the whole batch, each item audited.
+		// A key that cannot rewrap refuses the whole batch, audited by one event that counts
+		// the items.
 		_, err = f.svc.DisableKey(f.ctx, k.ID)
 		require.NoError(t, err)
 		failBefore = countBatchEvents(t, f, ActionRewrap, OutcomeFailure)
@@ -96,7 +97,7 @@ func TestRewrapBatch(t *testing.T) {
 		assert.Nil(t, res)
 		assert.Nil(t, errs)
 		assert.Equal(t, uint64(1), commits)
-		assert.Equal(t, failBefore+3, countBatchEvents(t, f, ActionRewrap, OutcomeFailure))
+		assert.Equal(t, failBefore+1, countBatchEvents(t, f, ActionRewrap, OutcomeFailure))
 
 		// Batch sizes.
 		for _, n := range []int{0, MaxBatchItems + 1} {
@@ -153,13 +154,17 @@ func TestUpdateRegistrationVersions(t *testing.T) {
 		assert.Equal(t, okBefore+3, countBatchEvents(t, f, ActionRegUpdate, OutcomeSuccess))
 		assert.Equal(t, failBefore+3, countBatchEvents(t, f, ActionRegUpdate, OutcomeFailure))
 
-		// A destroyed key refuses every update.
+		// A destroyed key refuses every update, audited by one event that counts them.
 		_, err = f.svc.DeleteKey(f.ctx, k.ID, DeleteOptions{Force: true})
 		require.NoError(t, err)
 		failBefore = countBatchEvents(t, f, ActionRegUpdate, OutcomeFailure)
 		_, err = f.svc.UpdateRegistrationVersions(f.ctx, k.ID, updates[:2])
 		assert.ErrorIs(t, err, ErrKeyDestroyed)
-		assert.Equal(t, failBefore+2, countBatchEvents(t, f, ActionRegUpdate, OutcomeFailure))
+		assert.Equal(t, failBefore+1, countBatchEvents(t, f, ActionRegUpdate, OutcomeFailure))
+		page, err := f.svc.ListEvents(f.ctx, EventFilter{KeyID: k.ID, Action: ActionRegUpdate, Outcome: OutcomeFailure, Limit: 1})
+		require.NoError(t, err)
+		require.Len(t, page.Events, 1)
+		assert.Contains(t, page.Events[0].Reason, "(a batch of 2, refused as a whole)")
 		for _, n := range []int{0, MaxBatchItems + 1} {
 			_, err = f.svc.UpdateRegistrationVersions(f.ctx, k.ID, make([]RegistrationVersion, n))
 			assert.ErrorIs(t, err, ErrInvalidArgument, "%d updates", n)

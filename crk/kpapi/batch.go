@@ -39,7 +39,7 @@ import (
 //
 // A request is refused as a whole, with the error envelope as a single call would be
 // answered, when its key is unknown or in a state that refuses the operation (disabled,
-// destroyed: every item is refused, and audited as such), or when the body is malformed:
+// destroyed: every item is refused, audited by one event that counts them), or when the body is malformed:
 // 400 for a body that is not JSON of this shape, no items or more than [MaxBatchItems], an
 // item without its ciphertext (or resourceCrn, or keyVersion id), a ciphertext that is not
 // base64, a null inside aad; 413 for a body over [MaxBatchBody]. Every item is audited by
