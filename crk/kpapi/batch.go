@@ -223,6 +223,9 @@ type registrationsBatchBody struct {
 		ResourceCRN *string `json:"resourceCrn"`
 		KeyVersion  *struct {
 			ID string `json:"id"`
+			// CreationDate is accepted, as the single PATCH accepts the whole KeyVersion
+			// (a client may echo a rewrap answer's keyVersion), and ignored.
+			CreationDate string `json:"creationDate"`
 		} `json:"keyVersion"`
 	} `json:"items"`
 }

@@ -290,3 +290,15 @@ func FuzzParseBatch(f *testing.F) {
 		}
 	})
 }
+
+// TestParseRegistrationsBatchKeyVersion: an item's keyVersion is read as the single PATCH
+// reads it: its id, with the creationDate a client may echo from a rewrap answer accepted
+// and ignored; another member is refused by name.
+func TestParseRegistrationsBatchKeyVersion(t *testing.T) {
+	updates, err := parseRegistrationsBatch([]byte(`{"items":[{"resourceCrn":"crn:v1:x","keyVersion":{"id":"v2","creationDate":"2026-12-01T10:00:00Z"}}]}`))
+	require.NoError(t, err)
+	assert.Equal(t, []crk.RegistrationVersion{{CRN: "crn:v1:x", VersionID: "v2"}}, updates)
+	_, err = parseRegistrationsBatch([]byte(`{"items":[{"resourceCrn":"crn:v1:x","keyVersion":{"id":"v2","state":1}}]}`))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "state")
+}
