@@ -266,7 +266,7 @@ func RunIO(ctx context.Context, opts IOOptions) (*IOReport, error) {
 				}
 			}
 			for ci, c := range ioCases {
-				progress(fmt.Sprintf("io: round %d/%d: %s %s, %s", round+1, opts.Rounds, c.pattern, c.op(), state))
+				progress(fmt.Sprintf("io: round %d of %d: %s %s, %s", round+1, opts.Rounds, c.pattern, c.op(), state))
 				k := key{c, state}
 				res := best[k]
 				if res == nil {

@@ -143,7 +143,7 @@ func RunKMS(ctx context.Context, opts KMSOptions) (rep *KMSReport, err error) {
 	for r := range rounds {
 		for _, n := range callers {
 			for _, tr := range []string{KMSInProcess, KMSHTTP} {
-				progress(fmt.Sprintf("kms: round %d/%d: %s, %d callers", r+1, rounds, tr, n))
+				progress(fmt.Sprintf("kms: round %d of %d: %s, %s", r+1, rounds, tr, callersText(n)))
 				before, cpuBefore := env.svc.StoreStats(), processCPU()
 				pairs, elapsed, err := env.measure(ctx, tr, n, window)
 				if err != nil {
@@ -365,4 +365,12 @@ func (r *KMSReport) WriteTable(w io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%s\t%.3f\t%.3f\t%.0f\t\n", x.Transport, x.Callers, x.PairsPerSec, ratio, x.CommitsPerPair, x.FlushesPerPair, x.CPUPerPairUS)
 	}
 	return tw.Flush()
+}
+
+// callersText is "1 caller" or "n callers".
+func callersText(n int) string {
+	if n == 1 {
+		return "1 caller"
+	}
+	return fmt.Sprintf("%d callers", n)
 }

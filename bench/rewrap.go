@@ -224,14 +224,14 @@ func RunRewrap(ctx context.Context, opts RewrapOptions) (_ *RewrapReport, err er
 	for round := range opts.Rounds {
 		roundStart := time.Now()
 		if round > 0 && time.Since(start)+lastRound > budget {
-			progress("round %d/%d not started: it would end past the %s budget", round+1, opts.Rounds, budget)
+			progress("round %d of %d not started: it would end past the %s budget", round+1, opts.Rounds, budget)
 			break
 		}
 		r.Rounds++
 		for i := range cases {
 			// Each round starts with the next case, so that no case always follows the same one.
 			c := cases[(round+i)%len(cases)]
-			progress("round %d/%d: %s", round+1, opts.Rounds, c.key)
+			progress("round %d of %d: %s", round+1, opts.Rounds, c.key)
 			res, err := c.run()
 			if err != nil {
 				return nil, fmt.Errorf("bench rewrap: %s: %w", c.key, err)
