@@ -1,11 +1,8 @@
 package volume_test
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
-	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,26 +14,12 @@ import (
 // the image at path and fixes their checksums, as a hostile or corrupted header would have it.
 func setDigestIterations(t *testing.T, path string, iterations string) {
 	t.Helper()
-	img, err := os.ReadFile(path)
-	require.NoError(t, err)
-	hdrSize := binary.BigEndian.Uint64(img[8:16])
-	old := []byte(`"segments":["0"],"hash":"sha256","iterations":1000,`)
-	repl := []byte(`"segments":["0"],"hash":"sha256","iterations":` + iterations + `,`)
-	for _, off := range []uint64{0, hdrSize} {
-		area := img[off+4096 : off+hdrSize]
-		text := area[:bytes.IndexByte(area, 0)]
-		require.Contains(t, string(text), string(old))
-		newText := bytes.Replace(text, old, repl, 1)
-		clear(area)
-		copy(area, newText)
-		hdr := img[off : off+4096]
-		clear(hdr[448:512])
-		sum := sha256.New()
-		sum.Write(hdr)
-		sum.Write(area)
-		copy(hdr[448:], sum.Sum(nil))
-	}
-	require.NoError(t, os.WriteFile(path, img, 0o600))
+	old := `"segments":["0"],"hash":"sha256","iterations":1000,`
+	repl := `"segments":["0"],"hash":"sha256","iterations":` + iterations + `,`
+	rewriteMetadata(t, path, func(text string) string {
+		require.Contains(t, text, old)
+		return strings.Replace(text, old, repl, 1)
+	})
 }
 
 // TestOpenStopsWhenContextEnds: a header whose digest asks for the most pbkdf2 iterations

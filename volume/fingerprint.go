@@ -111,16 +111,9 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // keyslot slot, no segment 0 or no digest bound to the keyslot.
 func (m *Manager) readKeyslotState(dev io.ReaderAt, img *keyslot.Image, slot int) (keyslotState, error) {
 	var st keyslotState
-	var area keyslot.SlotInfo
-	found := false
-	for _, ks := range img.Keyslots() {
-		if ks.ID == slot && ks.Type == "luks2" {
-			area, found = ks, true
-			break
-		}
-	}
-	if !found {
-		return st, fmt.Errorf("volume: keyslot %d: %w", slot, ErrBadToken)
+	area, err := luks2Keyslot(img, slot)
+	if err != nil {
+		return st, err
 	}
 	kt, err := img.KeyslotText(slot)
 	if err != nil {
@@ -139,6 +132,17 @@ func (m *Manager) readKeyslotState(dev io.ReaderAt, img *keyslot.Image, slot int
 	b = binary.BigEndian.AppendUint32(b, crc)
 	b = append(b, 0, 0, 0, 0) // the state's hash has always ended with a 24-byte field
 	return sha256.Sum256(b), nil
+}
+
+// luks2Keyslot returns keyslot slot of img, which must be a luks2 keyslot (ErrBadToken
+// otherwise: the token names a keyslot the image does not have).
+func luks2Keyslot(img *keyslot.Image, slot int) (keyslot.SlotInfo, error) {
+	for _, ks := range img.Keyslots() {
+		if ks.ID == slot && ks.Type == "luks2" {
+			return ks, nil
+		}
+	}
+	return keyslot.SlotInfo{}, fmt.Errorf("volume: keyslot %d: %w", slot, ErrBadToken)
 }
 
 // appendKeyslotText appends to b what keyslot slot's opening depends on in the LUKS2 JSON

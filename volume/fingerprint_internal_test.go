@@ -52,16 +52,9 @@ type luks2Binding struct {
 // KiB chunks.
 func refKeyslotState(dev io.ReaderAt, img *keyslot.Image, slot int) (keyslotState, error) {
 	var st keyslotState
-	var area keyslot.SlotInfo
-	found := false
-	for _, ks := range img.Keyslots() {
-		if ks.ID == slot && ks.Type == "luks2" {
-			area, found = ks, true
-			break
-		}
-	}
-	if !found {
-		return st, fmt.Errorf("volume: keyslot %d: %w", slot, ErrBadToken)
+	area, err := luks2Keyslot(img, slot)
+	if err != nil {
+		return st, err
 	}
 	health := img.Health()
 	var off uint64

@@ -1,7 +1,6 @@
 package kpapi
 
 import (
-	"bytes"
 	"encoding/json"
 	"net/http"
 )
@@ -211,13 +210,9 @@ func writeAnswer(w http.ResponseWriter, status int, a *actionAnswer) {
 // errors), deciding the common body of a wrap, unwrap or rewrap (decodeActionFast) without
 // the decoder's reflection.
 func decodeAction(r *http.Request, body *actionBody) error {
-	raw, err := readBody(r)
-	if err != nil {
+	t, err := readBodyText(r)
+	if err != nil || t == nil {
 		return err
-	}
-	t := bytes.TrimSpace(raw)
-	if len(t) == 0 || string(t) == "null" || string(t) == "{}" {
-		return nil
 	}
 	if decodeActionFast(t, body) {
 		return nil

@@ -283,15 +283,25 @@ func decode(r *http.Request, v any) error { return decodeBody(r, v, false) }
 func decodeKnown(r *http.Request, v any) error { return decodeBody(r, v, true) }
 
 func decodeBody(r *http.Request, v any, known bool) error {
+	t, err := readBodyText(r)
+	if err != nil || t == nil {
+		return err
+	}
+	return decodeJSON(t, v, known)
+}
+
+// readBodyText reads the request's body (readBody) without its surrounding white space; nil
+// when there is nothing to decode: an empty body, null or {}.
+func readBodyText(r *http.Request) ([]byte, error) {
 	raw, err := readBody(r)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	t := bytes.TrimSpace(raw)
 	if len(t) == 0 || string(t) == "null" || string(t) == "{}" {
-		return nil
+		return nil, nil
 	}
-	return decodeJSON(t, v, known)
+	return t, nil
 }
 
 // readBody reads a request's body, refusing one over the route's cap (serveAPI's bodyLimit)
