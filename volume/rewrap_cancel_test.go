@@ -96,3 +96,54 @@ func TestRewrapAllocatedBytes(t *testing.T) {
 		}
 	}
 }
+
+// cancelAfterRewrapKMS ends the pass's context as soon as the key service has answered a
+// batch rewrap: the stop lands between the rewrap and the wave's commits.
+type cancelAfterRewrapKMS struct {
+	volume.KeyService
+	cancel context.CancelFunc
+}
+
+func (k *cancelAfterRewrapKMS) RewrapBatch(ctx context.Context, keyID string, items []volume.RewrapItem) ([]volume.Wrapped, []error, error) {
+	out, errs, err := k.KeyService.RewrapBatch(ctx, keyID, items)
+	k.cancel()
+	return out, errs, err
+}
+
+// TestRewrapStopAfterKeyServiceAnswered: a wave the key service has rewrapped is committed,
+// registrations and all, even when the pass is stopped before its commits: nothing of it is
+// a failure, and the waves after it are not started.
+func TestRewrapStopAfterKeyServiceAnswered(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	var crns []string
+	for i := range 8 {
+		crns = append(crns, f.create(t, fmt.Sprintf("v%d.img", i), 1<<20).CRN)
+	}
+	f.mgr.Close()
+	k := f.rotate(t)
+	ctx, cancel := context.WithCancel(f.ctx)
+	defer cancel()
+	mgr := volume.NewManager(&cancelAfterRewrapKMS{KeyService: f.ks, cancel: cancel}, f.reg, volume.Options{
+		Now: f.clock.Now, Workers: 1, RewrapBatch: 4, Backoff: func(int) time.Duration { return time.Millisecond }})
+	defer mgr.Close()
+	rep := mgr.Rewrap(ctx, f.key.ID, k.KeyVersion.ID, crns)
+	assert.Empty(t, rep.Failed)
+	assert.Equal(t, 4, rep.Rewrapped, "the wave the key service answered")
+	assert.Equal(t, 4, rep.NotStarted, "the wave after the stop")
+	assert.ErrorIs(t, rep.Stopped, context.Canceled)
+	for _, crn := range crns[:4] {
+		e, err := f.reg.Get(crn)
+		require.NoError(t, err)
+		assert.Equal(t, k.KeyVersion.ID, mustDescribe(t, e.Path).KeyVersion, crn)
+	}
+	regs, err := f.svc.ListRegistrations(f.ctx, crk.RegistrationFilter{KeyID: f.key.ID})
+	require.NoError(t, err)
+	onNew := 0
+	for _, r := range regs {
+		if r.KeyVersion.ID == k.KeyVersion.ID {
+			onNew++
+		}
+	}
+	assert.Equal(t, 4, onNew, "the committed wave's registrations moved")
+}

@@ -656,7 +656,12 @@ func (p *rewrapPass) commit(t *volumeTask) error {
 	uuid, old, member := t.uuid, t.tok.Ciphertext, t.member
 	now := p.m.opts.Now().UTC().Truncate(time.Second)
 	w, read, readRaw := t.w, t.tok, t.tokRaw
-	err := t.img.UpdateTokenContext(p.ctx, t.tokID, func(cur json.RawMessage) ([]byte, error) {
+	// The key service has rewrapped this volume: its commit goes on when the pass is stopped
+	// meanwhile, so that a stop leaves each volume rewrapped or untouched (the image lock's
+	// wait still ends, after finishTimeout).
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(p.ctx), finishTimeout)
+	defer cancel()
+	err := t.img.UpdateTokenContext(ctx, t.tokID, func(cur json.RawMessage) ([]byte, error) {
 		// Runs under the image's lock: no Image methods here. The token as it was read, when
 		// it has not changed since, needs no parsing again.
 		var tok *token
