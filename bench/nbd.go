@@ -91,12 +91,13 @@ func RunNBD(ctx context.Context, opts NBDOptions) (*NBDReport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bench nbd: %w: qemu-nbd (Debian package qemu-utils): %v", ErrToolMissing, err)
 	}
-	base, err := filepath.Abs(opts.Dir)
-	if opts.Dir == "" {
-		base, err = os.TempDir(), nil
+	base := opts.Dir
+	if base == "" {
+		base = os.TempDir()
 	}
-	if err != nil {
-		return nil, fmt.Errorf("bench nbd: %w", err)
+	base, absErr := filepath.Abs(base)
+	if absErr != nil {
+		return nil, fmt.Errorf("bench nbd: %w", absErr)
 	}
 	// Absolute paths: qemu-nbd and nbdcopy would read "-x" as an option and "null:x" as a
 	// protocol.

@@ -3,6 +3,7 @@ package volume_test
 import (
 	"context"
 	"fmt"
+	"math"
 	"runtime"
 	"testing"
 	"time"
@@ -14,19 +15,40 @@ import (
 	"crkvol/volume"
 )
 
+// stoppedPassFleet makes n volumes and rotates their key with no Manager listening, so that
+// the test's own pass rewraps them; it returns the volumes' CRNs and the rotated key.
+func stoppedPassFleet(t *testing.T, n int) (*fixture, []string, *crk.Key) {
+	t.Helper()
+	f := newFixture(t)
+	var crns []string
+	for i := range n {
+		crns = append(crns, f.create(t, fmt.Sprintf("v%02d.img", i), 1<<20).CRN)
+	}
+	f.mgr.Close() // no rewrap on the rotation's event: the pass is the test's
+	return f, crns, f.rotate(t)
+}
+
+// registrationsOn counts the registrations of the fixture's key on version.
+func registrationsOn(t *testing.T, f *fixture, version string) int {
+	t.Helper()
+	regs, err := f.svc.ListRegistrations(f.ctx, crk.RegistrationFilter{KeyID: f.key.ID})
+	require.NoError(t, err)
+	n := 0
+	for _, r := range regs {
+		if r.KeyVersion.ID == version {
+			n++
+		}
+	}
+	return n
+}
+
 // TestRewrapStopsBetweenWavesWhenCancelled: a rewrap pass whose context ends (the CLI's
 // SIGINT or SIGTERM) starts no new wave: a wave the key service rewrapped is committed and
 // its registrations updated, the rest are not started (not failures) and keep their old,
 // valid wrapping, and a later Sync brings them to the latest version.
 func TestRewrapStopsBetweenWavesWhenCancelled(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
-	var crns []string
-	for i := range 24 {
-		crns = append(crns, f.create(t, fmt.Sprintf("v%02d.img", i), 1<<20).CRN)
-	}
-	f.mgr.Close() // no rewrap on the rotation's event: the passes below are the test's
-	k := f.rotate(t)
+	f, crns, k := stoppedPassFleet(t, 24)
 	ctx, cancel := context.WithCancel(f.ctx)
 	defer cancel()
 	mgr := volume.NewManager(f.ks, f.reg, volume.Options{
@@ -49,15 +71,7 @@ func TestRewrapStopsBetweenWavesWhenCancelled(t *testing.T) {
 	assert.ErrorIs(t, rep.Err(), context.Canceled)
 	assert.Zero(t, rep.Retries, "no retry after the context ended")
 	// Each volume is rewrapped (header, registration, registry) or untouched.
-	regs, err := f.svc.ListRegistrations(f.ctx, crk.RegistrationFilter{KeyID: f.key.ID})
-	require.NoError(t, err)
-	onNew := 0
-	for _, r := range regs {
-		if r.KeyVersion.ID == k.KeyVersion.ID {
-			onNew++
-		}
-	}
-	assert.Equal(t, rep.Rewrapped, onNew, "registrations moved: exactly the rewrapped volumes'")
+	assert.Equal(t, rep.Rewrapped, registrationsOn(t, f, k.KeyVersion.ID), "registrations moved: exactly the rewrapped volumes'")
 
 	sync := volume.NewManager(f.ks, f.reg, volume.Options{Now: f.clock.Now})
 	defer sync.Close()
@@ -81,7 +95,11 @@ func TestRewrapAllocatedBytes(t *testing.T) {
 	for i := range n {
 		f.create(t, fmt.Sprintf("v%02d.img", i), 1<<20)
 	}
-	for round := range 2 { // the first pass records the fingerprints, the second is the steady state
+	// The first pass records the fingerprints; the next three are the steady state, of which
+	// the least is kept: TotalAlloc counts the whole process (background goroutines, other
+	// tests' leftovers), whose noise only adds.
+	least := uint64(math.MaxUint64)
+	for round := range 4 {
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
 		f.rotate(t)
@@ -91,10 +109,11 @@ func TestRewrapAllocatedBytes(t *testing.T) {
 		require.Equal(t, n, rep.Rewrapped)
 		perVolume := (after.TotalAlloc - before.TotalAlloc) / n
 		t.Logf("round %d: %d bytes allocated per rewrapped volume", round+1, perVolume)
-		if round == 1 {
-			assert.Less(t, perVolume, uint64(64<<10))
+		if round > 0 {
+			least = min(least, perVolume)
 		}
 	}
+	assert.Less(t, least, uint64(64<<10))
 }
 
 // cancelAfterRewrapKMS ends the pass's context as soon as the key service has answered a
@@ -115,13 +134,7 @@ func (k *cancelAfterRewrapKMS) RewrapBatch(ctx context.Context, keyID string, it
 // a failure, and the waves after it are not started.
 func TestRewrapStopAfterKeyServiceAnswered(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
-	var crns []string
-	for i := range 8 {
-		crns = append(crns, f.create(t, fmt.Sprintf("v%d.img", i), 1<<20).CRN)
-	}
-	f.mgr.Close()
-	k := f.rotate(t)
+	f, crns, k := stoppedPassFleet(t, 8)
 	ctx, cancel := context.WithCancel(f.ctx)
 	defer cancel()
 	mgr := volume.NewManager(&cancelAfterRewrapKMS{KeyService: f.ks, cancel: cancel}, f.reg, volume.Options{
@@ -137,13 +150,5 @@ func TestRewrapStopAfterKeyServiceAnswered(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, k.KeyVersion.ID, mustDescribe(t, e.Path).KeyVersion, crn)
 	}
-	regs, err := f.svc.ListRegistrations(f.ctx, crk.RegistrationFilter{KeyID: f.key.ID})
-	require.NoError(t, err)
-	onNew := 0
-	for _, r := range regs {
-		if r.KeyVersion.ID == k.KeyVersion.ID {
-			onNew++
-		}
-	}
-	assert.Equal(t, 4, onNew, "the committed wave's registrations moved")
+	assert.Equal(t, 4, registrationsOn(t, f, k.KeyVersion.ID), "the committed wave's registrations moved")
 }

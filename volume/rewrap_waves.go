@@ -133,18 +133,17 @@ func (p *rewrapPass) rewrapWave(w *wave) {
 	if len(items) == 0 {
 		return
 	}
-	if p.stopped() {
-		for _, t := range tasks {
-			p.leave(t)
-		}
-		return
+	var out []Wrapped
+	var errs []error
+	err := p.ctx.Err() // a stopped pass does not ask
+	if err == nil {
+		out, errs, err = p.kms().RewrapBatch(p.ctx, p.keyID, items)
 	}
-	out, errs, err := p.kms().RewrapBatch(p.ctx, p.keyID, items)
 	if err == nil && (len(out) != len(items) || len(errs) != len(items)) {
 		err = fmt.Errorf("%w: %d results and %d errors for a batch of %d rewraps", ErrIncompleteAnswer, len(out), len(errs), len(items))
 	}
 	if err != nil && p.stopped() && errors.Is(err, p.ctx.Err()) {
-		// Abandoned with the pass: nothing was written to these volumes.
+		// Not asked, or abandoned with the pass: nothing was written to these volumes.
 		for _, t := range tasks {
 			p.leave(t)
 		}
@@ -238,8 +237,9 @@ func (p *rewrapPass) finishWave(w *wave) {
 	}
 }
 
-// finishTimeout bounds the registration update of a wave whose headers are committed, which
-// does not end with the pass's context.
+// finishTimeout bounds the work that does not end with the pass's context: the token commit
+// of a volume the key service has rewrapped, and the registration update of a wave whose
+// headers are committed.
 const finishTimeout = time.Minute
 
 // leave takes a task the pass's stop leaves untouched out of its wave: not started.

@@ -77,8 +77,8 @@ type outputOptions struct {
 func (o outputOptions) sensitive() bool { return o.perm&0o077 == 0 }
 
 // outputOptions returns the options of an output file of mode perm for a command working on
-// the volume images imgs: the images and the state directory are protected.
-// Every volume image the state directory's registry knows is protected too.
+// the volume images imgs: those images, every image the state directory's registry knows and
+// the state directory itself are protected.
 func (a *app) outputOptions(force bool, perm os.FileMode, imgs ...string) outputOptions {
 	o := outputOptions{force: force, perm: perm, images: imgs}
 	if dir, err := a.stateDirectory(); err == nil {
