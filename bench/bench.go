@@ -67,6 +67,9 @@ type Options struct {
 	// Progress, if set, is told what is being measured, each message prefixed with its
 	// section's name.
 	Progress func(string)
+	// RewrapProcs, when not zero, is the GOMAXPROCS the rewrap section runs with (see
+	// RewrapOptions.Procs): crkvol bench gives it what crkvol key rotate runs with.
+	RewrapProcs int
 
 	// sectorWindow, when not zero, replaces the sector section's measuring window: for the
 	// package's tests, which make no timing claims.
@@ -188,7 +191,7 @@ func (r *Report) runSection(ctx context.Context, name string, opts Options, prog
 	case "kms":
 		r.KMS, err = RunKMS(ctx, KMSOptions{Quick: opts.Quick, Dir: opts.Dir, Progress: progress})
 	case "rewrap":
-		r.Rewrap, err = RunRewrap(ctx, RewrapOptions{Quick: opts.Quick, Dir: opts.Dir, Progress: progress})
+		r.Rewrap, err = RunRewrap(ctx, RewrapOptions{Quick: opts.Quick, Dir: opts.Dir, Progress: progress, Procs: opts.RewrapProcs})
 	case "io":
 		r.IO, err = RunIO(ctx, IOOptions{Quick: opts.Quick, Dir: opts.Dir, Progress: progress, Size: opts.ioSize, randOps: opts.ioRandOps})
 	case "nbd":

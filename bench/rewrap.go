@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -43,6 +44,12 @@ type RewrapOptions struct {
 	Rounds int
 	// Progress, if set, receives a line as each step starts.
 	Progress func(string)
+	// Procs, when not zero, is the GOMAXPROCS the whole section runs with, the ceiling and
+	// both rotations alike, set at its start and put back at its end (the setting is the
+	// process's: nothing else should run meanwhile). A pass's flushes block processors
+	// (see RewrapReport.Procs), so that too few of them cap the ceiling below the disk's
+	// rate.
+	Procs int
 }
 
 // rewrapBudget and rewrapQuickBudget bound a RunRewrap's wall time, the fleet's making
@@ -67,6 +74,10 @@ type RewrapReport struct {
 	MetadataSize   uint64 `json:"metadataSize"`
 	// Concurrency is the rewraps at once (Manager Workers) and the ceiling's goroutines.
 	Concurrency int `json:"concurrency"`
+	// Procs is the GOMAXPROCS the section ran with: a goroutine blocked in a flush keeps
+	// its processor for a while, so that with one per CPU the commits' flushes leave CPUs
+	// idle and runnable goroutines waiting, the ceiling's as a rotation's.
+	Procs int `json:"procs"`
 	// Rounds is how many interleaved rounds were run; each figure is the best round's. It is
 	// fewer than asked when another round would have ended past the section's time budget
 	// (45 s, 15 s with Quick, the fleet's making included).
@@ -173,7 +184,10 @@ func RunRewrap(ctx context.Context, opts RewrapOptions) (_ *RewrapReport, err er
 		return nil, fmt.Errorf("bench rewrap: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	r := &RewrapReport{Volumes: opts.Volumes, Concurrency: opts.Concurrency, Rounds: opts.Rounds,
+	if opts.Procs > 0 {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(opts.Procs))
+	}
+	r := &RewrapReport{Volumes: opts.Volumes, Concurrency: opts.Concurrency, Procs: runtime.GOMAXPROCS(0), Rounds: opts.Rounds,
 		FileSystem: statfsType(dir), Each: map[string][]float64{}}
 
 	f, err := openFleetServices(dir)
@@ -607,8 +621,8 @@ func (r *RewrapReport) Ratios() []Ratio {
 
 // WriteTable prints the report as a table.
 func (r *RewrapReport) WriteTable(w io.Writer) error {
-	fmt.Fprintf(w, "Fleet rewrap: %d volumes (%d MiB files, %d KiB header copies) on %s, %d at once, best of %d round(s)\n",
-		r.Volumes, r.VolumeFileSize>>20, r.MetadataSize>>10, r.FileSystem, r.Concurrency, r.Rounds)
+	fmt.Fprintf(w, "Fleet rewrap: %d volumes (%d MiB files, %d KiB header copies) on %s, %d at once, GOMAXPROCS %d, best of %d round(s)\n",
+		r.Volumes, r.VolumeFileSize>>20, r.MetadataSize>>10, r.FileSystem, r.Concurrency, r.Procs, r.Rounds)
 	fmt.Fprintf(w, "ceiling: each commit writes %d bytes in %d writes with %d flushes, as a LUKS2 token commit does\n",
 		r.Commit.Bytes, r.Commit.Writes, r.Commit.Flushes)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)

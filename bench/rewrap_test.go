@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -19,8 +20,9 @@ import (
 func TestRunRewrap(t *testing.T) {
 	dir := t.TempDir()
 	var steps []string
+	procs := runtime.GOMAXPROCS(0)
 	r, err := RunRewrap(context.Background(), RewrapOptions{Quick: true, Dir: dir, Volumes: 12, Concurrency: 4,
-		Progress: func(s string) { steps = append(steps, s) }})
+		Procs: procs + 2, Progress: func(s string) { steps = append(steps, s) }})
 	require.NoError(t, err)
 	left, err := os.ReadDir(dir)
 	require.NoError(t, err)
@@ -29,6 +31,8 @@ func TestRunRewrap(t *testing.T) {
 
 	assert.Equal(t, 12, r.Volumes)
 	assert.Equal(t, 4, r.Concurrency)
+	assert.Equal(t, procs+2, r.Procs, "the section ran with Procs processors")
+	assert.Equal(t, procs, runtime.GOMAXPROCS(0), "and put the setting back")
 	assert.Equal(t, 1, r.Rounds)
 	assert.NotEmpty(t, r.FileSystem)
 	assert.Greater(t, r.VolumeFileSize, int64(FleetVolumeSize))

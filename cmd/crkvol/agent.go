@@ -78,6 +78,8 @@ commands run on the host meanwhile. One agent runs per state directory. It logs 
 			if a.asJSON && !cmd.Flags().Changed("log-format") {
 				logFormat = "json"
 			}
+			// Its rewrap passes are flush-bound, as key rotate's (see flushProcsPerCPU).
+			defer raiseProcs(flushProcs(a.getenv))()
 			if logFormat != "text" && logFormat != "json" {
 				return usagef("--log-format %q: want text or json", logFormat)
 			}

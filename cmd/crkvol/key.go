@@ -331,7 +331,7 @@ func (a *app) keyCommand() *cobra.Command {
 const maxWorkers = 1024
 
 // workersFlag gives a command that runs a rewrap pass the flag --workers, checked before the
-// command opens its stores.
+// command opens its stores, and runs it with flushProcs processors.
 func (a *app) workersFlag(cmd *cobra.Command) {
 	cmd.Flags().IntVar(&a.workers, "workers", 0, fmt.Sprintf("volumes rewrapped at once, 1 to %d (default %d; 1 rewraps them one by one)", maxWorkers, volume.DefaultWorkers))
 	run := cmd.RunE
@@ -339,6 +339,8 @@ func (a *app) workersFlag(cmd *cobra.Command) {
 		if cmd.Flags().Changed("workers") && (a.workers < 1 || a.workers > maxWorkers) {
 			return fmt.Errorf("--workers %d: want 1 to %d volumes at once", a.workers, maxWorkers)
 		}
+		// A rewrap pass is flush-bound: see flushProcsPerCPU.
+		defer raiseProcs(flushProcs(a.getenv))()
 		return run(cmd, args)
 	}
 }
