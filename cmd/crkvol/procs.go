@@ -16,13 +16,15 @@ import "runtime"
 // measurable and keeps the default.
 const flushProcsPerCPU = 4
 
-// flushProcs returns the GOMAXPROCS for flush-bound work, flushProcsPerCPU per CPU, or 0
-// when the environment sets GOMAXPROCS: the user's choice stands.
+// flushProcs returns the GOMAXPROCS for flush-bound work, flushProcsPerCPU per CPU the
+// process may use, or 0 when the environment sets GOMAXPROCS: the user's choice stands. The
+// CPUs it may use are the runtime's default GOMAXPROCS, which follows a container's CPU
+// limit, and never more than runtime.NumCPU (so that a raised setting is not raised again).
 func flushProcs(getenv func(string) string) int {
 	if getenv("GOMAXPROCS") != "" {
 		return 0
 	}
-	return flushProcsPerCPU * runtime.NumCPU()
+	return flushProcsPerCPU * min(runtime.GOMAXPROCS(0), runtime.NumCPU())
 }
 
 // raiseProcs raises GOMAXPROCS to n when n is more than it is, and returns the function

@@ -10,7 +10,13 @@ import (
 // TestFlushProcs: rewrap passes run with flushProcsPerCPU processors per CPU unless
 // GOMAXPROCS is set; raiseProcs never lowers the setting and puts back what it found.
 func TestFlushProcs(t *testing.T) {
-	assert.Equal(t, flushProcsPerCPU*runtime.NumCPU(), flushProcs(func(string) string { return "" }))
+	unset := func(string) string { return "" }
+	want := flushProcsPerCPU * min(runtime.GOMAXPROCS(0), runtime.NumCPU())
+	assert.Equal(t, want, flushProcs(unset))
+	// Once raised, the setting does not compound: the base never exceeds the CPUs.
+	restore := raiseProcs(want)
+	assert.LessOrEqual(t, flushProcs(unset), flushProcsPerCPU*runtime.NumCPU())
+	restore()
 	assert.Zero(t, flushProcs(func(k string) string {
 		if k == "GOMAXPROCS" {
 			return "1"
@@ -19,7 +25,7 @@ func TestFlushProcs(t *testing.T) {
 	}), "GOMAXPROCS set: left to the runtime")
 
 	before := runtime.GOMAXPROCS(0)
-	restore := raiseProcs(before + 3)
+	restore = raiseProcs(before + 3)
 	assert.Equal(t, before+3, runtime.GOMAXPROCS(0), "raised")
 	restore()
 	assert.Equal(t, before, runtime.GOMAXPROCS(0), "put back")
