@@ -21,6 +21,7 @@ import (
 
 	"crkvol/crk"
 	"crkvol/crk/kpapi"
+	"crkvol/internal/procs"
 	"crkvol/keyslot"
 	"crkvol/volume"
 	"crkvol/volume/kms"
@@ -184,9 +185,7 @@ func RunRewrap(ctx context.Context, opts RewrapOptions) (_ *RewrapReport, err er
 		return nil, fmt.Errorf("bench rewrap: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	if opts.Procs > 0 {
-		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(opts.Procs))
-	}
+	defer procs.Set(opts.Procs)()
 	r := &RewrapReport{Volumes: opts.Volumes, Concurrency: opts.Concurrency, Procs: runtime.GOMAXPROCS(0), Rounds: opts.Rounds,
 		FileSystem: statfsType(dir), Each: map[string][]float64{}}
 
@@ -621,8 +620,12 @@ func (r *RewrapReport) Ratios() []Ratio {
 
 // WriteTable prints the report as a table.
 func (r *RewrapReport) WriteTable(w io.Writer) error {
-	fmt.Fprintf(w, "Fleet rewrap: %d volumes (%d MiB files, %d KiB header copies) on %s, %d at once, GOMAXPROCS %d, best of %d round(s)\n",
-		r.Volumes, r.VolumeFileSize>>20, r.MetadataSize>>10, r.FileSystem, r.Concurrency, r.Procs, r.Rounds)
+	procs := ""
+	if r.Procs > 0 { // reports before Procs have none
+		procs = fmt.Sprintf(", GOMAXPROCS %d", r.Procs)
+	}
+	fmt.Fprintf(w, "Fleet rewrap: %d volumes (%d MiB files, %d KiB header copies) on %s, %d at once%s, best of %d round(s)\n",
+		r.Volumes, r.VolumeFileSize>>20, r.MetadataSize>>10, r.FileSystem, r.Concurrency, procs, r.Rounds)
 	fmt.Fprintf(w, "ceiling: each commit writes %d bytes in %d writes with %d flushes, as a LUKS2 token commit does\n",
 		r.Commit.Bytes, r.Commit.Writes, r.Commit.Flushes)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)

@@ -78,8 +78,6 @@ commands run on the host meanwhile. One agent runs per state directory. It logs 
 			if a.asJSON && !cmd.Flags().Changed("log-format") {
 				logFormat = "json"
 			}
-			// Its rewrap passes are flush-bound, as key rotate's (see flushProcsPerCPU).
-			defer raiseProcs(flushProcs(a.getenv))()
 			if logFormat != "text" && logFormat != "json" {
 				return usagef("--log-format %q: want text or json", logFormat)
 			}
@@ -97,6 +95,7 @@ commands run on the host meanwhile. One agent runs per state directory. It logs 
 				}
 				return usagef("--host: %s", why)
 			}
+			defer a.passProcs()() // its rewrap passes are flush-bound (see flushProcs)
 			return a.runAgent(cmd.Context(), agentRun{reconcileEvery: reconcileEvery, wait: wait, logFormat: logFormat, host: host})
 		}}
 	cmd.Flags().DurationVar(&reconcileEvery, "reconcile-every", 10*time.Minute, "time between reconciliations of every key of the host's volumes")

@@ -28,6 +28,8 @@ type app struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	getenv         func(string) string
+	// cpus is how many CPUs the process may use, as it started (see passProcs).
+	cpus int
 
 	stateDir string
 	asJSON   bool
@@ -76,7 +78,7 @@ type app struct {
 
 // run executes one command line and returns the exit status.
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
-	a := &app{stdin: stdin, stdout: stdout, stderr: stderr, getenv: getenv}
+	a := &app{stdin: stdin, stdout: stdout, stderr: stderr, getenv: getenv, cpus: usableCPUs()}
 	root := a.rootCommand()
 	root.SetArgs(args)
 	root.SetIn(stdin)
@@ -332,7 +334,9 @@ func (a *app) open(ctx context.Context) error {
 	if a.background {
 		return nil // the agent runs due rotations itself (agent.Options.RunDue)
 	}
+	restore := a.passProcs() // a due rotation rewraps the key's volumes
 	res, err := svc.RunDue(ctx)
+	restore()
 	if err != nil {
 		return fmt.Errorf("running due rotations: %w", err)
 	}

@@ -68,7 +68,7 @@ the end. A section that needs a program that is not installed says so and the ot
 			}
 			defer os.RemoveAll(scratch)
 			fmt.Fprintf(a.stderr, "crkvol: bench: measuring %s...\n", strings.Join(sections, ", "))
-			r, runErr := bench.Run(cmd.Context(), bench.Options{Sections: sections, Quick: quick, Dir: scratch, RewrapProcs: flushProcs(a.getenv),
+			r, runErr := bench.Run(cmd.Context(), bench.Options{Sections: sections, Quick: quick, Dir: scratch, RewrapProcs: flushProcs(a.getenv, a.cpus, 0),
 				Progress: func(s string) { fmt.Fprintf(a.stderr, "crkvol: bench: %s\n", s) }})
 			if r == nil || cmd.Context().Err() != nil {
 				return runErr

@@ -292,7 +292,9 @@ func (a *app) keyCommand() *cobra.Command {
 		// backup carries an older token than its registration: bring every registered image's
 		// token to the latest version first, and refuse if any could not be checked.
 		if !forcePrune {
+			restore := a.passProcs()
 			rep, err := a.mgr.Sync(ctx, id)
+			restore()
 			if err != nil {
 				return fmt.Errorf("checking the volumes' tokens first: %w", err)
 			}
@@ -331,7 +333,7 @@ func (a *app) keyCommand() *cobra.Command {
 const maxWorkers = 1024
 
 // workersFlag gives a command that runs a rewrap pass the flag --workers, checked before the
-// command opens its stores, and runs it with flushProcs processors.
+// command opens its stores, and runs it with a pass's processors (see flushProcs).
 func (a *app) workersFlag(cmd *cobra.Command) {
 	cmd.Flags().IntVar(&a.workers, "workers", 0, fmt.Sprintf("volumes rewrapped at once, 1 to %d (default %d; 1 rewraps them one by one)", maxWorkers, volume.DefaultWorkers))
 	run := cmd.RunE
@@ -339,8 +341,7 @@ func (a *app) workersFlag(cmd *cobra.Command) {
 		if cmd.Flags().Changed("workers") && (a.workers < 1 || a.workers > maxWorkers) {
 			return fmt.Errorf("--workers %d: want 1 to %d volumes at once", a.workers, maxWorkers)
 		}
-		// A rewrap pass is flush-bound: see flushProcsPerCPU.
-		defer raiseProcs(flushProcs(a.getenv))()
+		defer a.passProcs()() // a rewrap pass is flush-bound (see flushProcs)
 		return run(cmd, args)
 	}
 }

@@ -213,6 +213,7 @@ func (a *app) kpRotate(keyCmd kpKeyCmd) *cobra.Command {
 			payload = &p
 		}
 		a.kpProgress("Rotating root key...")
+		defer a.passProcs()() // the rotation's rewrap pass is flush-bound (see flushProcs)
 		err := s.call(ctx, func(ctx context.Context, c *kp.Client) error { return c.RotateV2(ctx, args[0], payload) })
 		if err == nil && s.remote != nil {
 			// A remote service cannot call back: rewrap this machine's volumes of the key
