@@ -67,7 +67,7 @@ type Options struct {
 	// Progress, if set, is told what is being measured, each message prefixed with its
 	// section's name.
 	Progress func(string)
-	// RewrapProcs, when not zero, is the GOMAXPROCS the rewrap section runs with (see
+	// RewrapProcs, when more than GOMAXPROCS, is the GOMAXPROCS the rewrap section runs with (see
 	// RewrapOptions.Procs): crkvol bench gives it what crkvol key rotate runs with.
 	RewrapProcs int
 

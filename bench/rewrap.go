@@ -45,9 +45,9 @@ type RewrapOptions struct {
 	Rounds int
 	// Progress, if set, receives a line as each step starts.
 	Progress func(string)
-	// Procs, when not zero, is the GOMAXPROCS the whole section runs with, the ceiling and
-	// both rotations alike, set at its start and put back at its end (the setting is the
-	// process's: nothing else should run meanwhile). A pass's flushes block processors
+	// Procs, when more than GOMAXPROCS, is the GOMAXPROCS the whole section runs with, the
+	// ceiling and both rotations alike, raised at its start and put back at its end (the
+	// setting is the process's: what else runs meanwhile gets it too). A pass's flushes block processors
 	// (see RewrapReport.Procs), so that too few of them cap the ceiling below the disk's
 	// rate.
 	Procs int
@@ -185,7 +185,7 @@ func RunRewrap(ctx context.Context, opts RewrapOptions) (_ *RewrapReport, err er
 		return nil, fmt.Errorf("bench rewrap: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	defer procs.Set(opts.Procs)()
+	defer procs.Raise(opts.Procs)()
 	r := &RewrapReport{Volumes: opts.Volumes, Concurrency: opts.Concurrency, Procs: runtime.GOMAXPROCS(0), Rounds: opts.Rounds,
 		FileSystem: statfsType(dir), Each: map[string][]float64{}}
 

@@ -95,7 +95,6 @@ commands run on the host meanwhile. One agent runs per state directory. It logs 
 				}
 				return usagef("--host: %s", why)
 			}
-			defer a.passProcs()() // its rewrap passes are flush-bound (see flushProcs)
 			return a.runAgent(cmd.Context(), agentRun{reconcileEvery: reconcileEvery, wait: wait, logFormat: logFormat, host: host})
 		}}
 	cmd.Flags().DurationVar(&reconcileEvery, "reconcile-every", 10*time.Minute, "time between reconciliations of every key of the host's volumes")
@@ -367,6 +366,7 @@ func (h *cliHost) KeyState(ctx context.Context, keyID string) (volume.KeyStatus,
 func (h *cliHost) Rewrap(ctx context.Context, keyID string) (*volume.Report, error) {
 	var rep *volume.Report
 	err := h.with(ctx, func() (err error) {
+		defer h.a.passProcs()() // a pass is flush-bound (see flushProcs)
 		rep, err = h.a.mgr.Sync(ctx, keyID)
 		return err
 	})
@@ -543,7 +543,9 @@ func writeFileAtomic(path string, data []byte) error {
 // clock, their rewraps with them, and returns when the next is due (agent.Options.RunDue).
 func (h *cliHost) runDue(ctx context.Context) (next time.Time, ok bool, err error) {
 	err = h.with(ctx, func() error {
+		restore := h.a.passProcs() // a due rotation rewraps the key's volumes
 		res, err := h.a.svc.RunDue(ctx)
+		restore()
 		if err != nil {
 			return fmt.Errorf("running due rotations: %w", err)
 		}

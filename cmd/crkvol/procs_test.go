@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -46,27 +47,15 @@ func TestFlushProcs(t *testing.T) {
 	assert.Positive(t, usableCPUs())
 }
 
-// TestPassProcs: the rewrap passes of key rotate and of a policy rotation run when a
-// command opens the state run with flushProcs processors, and the command puts the setting
-// back. It is not parallel: it watches the process's setting.
+// TestPassProcs: the rewrap passes of key rotate, key sync, key prune and of a policy
+// rotation run when a command opens the state run with flushProcs processors, and every
+// command puts the setting back. It is not parallel: it watches the process's setting.
 func TestPassProcs(t *testing.T) {
+	before := runtime.GOMAXPROCS(0)
 	var mu sync.Mutex
 	var seen []int
 	testOnlyPassProcs = func(n int) { mu.Lock(); seen = append(seen, n); mu.Unlock() }
 	defer func() { testOnlyPassProcs = nil }()
-
-	dir := t.TempDir()
-	env := map[string]string{"CRKVOL_STATE": filepath.Join(dir, "state"), "HOME": dir, "CRKVOL_NOW": "2027-01-01T00:00:00Z"}
-	getenv := func(k string) string { return env[k] }
-	crkvol := func(args ...string) {
-		t.Helper()
-		var out, errOut bytes.Buffer
-		require.Zero(t, run(args, strings.NewReader(""), &out, &errOut, getenv), "crkvol %s: %s", strings.Join(args, " "), errOut.String())
-	}
-	crkvol("key", "create", "fleet")
-	crkvol("volume", "create", filepath.Join(dir, "v.img"), "--key", "fleet", "--size", "1MiB")
-	before := runtime.GOMAXPROCS(0)
-	want := max(before, flushProcs(getenv, usableCPUs(), 0))
 	take := func() []int {
 		mu.Lock()
 		defer mu.Unlock()
@@ -75,25 +64,56 @@ func TestPassProcs(t *testing.T) {
 		return s
 	}
 
-	crkvol("key", "rotate", "fleet")
-	got := take()
-	require.NotEmpty(t, got, "key rotate: no pass seen")
-	for _, n := range got {
-		assert.Equal(t, want, n, "key rotate: GOMAXPROCS during the pass")
+	dir := t.TempDir()
+	env := map[string]string{"CRKVOL_STATE": filepath.Join(dir, "state"), "HOME": dir, "CRKVOL_NOW": "2027-01-01T00:00:00Z"}
+	getenv := func(k string) string { return env[k] }
+	crkvol := func(args ...string) {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		require.Zero(t, run(args, strings.NewReader(""), &out, &errOut, getenv), "crkvol %s: %s", strings.Join(args, " "), errOut.String())
+		assert.Equal(t, before, runtime.GOMAXPROCS(0), "crkvol %s: GOMAXPROCS put back", strings.Join(args, " "))
 	}
-	assert.Equal(t, before, runtime.GOMAXPROCS(0), "key rotate: put back")
+	img, old := filepath.Join(dir, "v.img"), filepath.Join(dir, "v.old")
+	// stale puts back the image as it was before the rotation: its token lags its
+	// registration, which key sync (and key prune, first) rewrap.
+	stale := func() {
+		t.Helper()
+		b, err := os.ReadFile(old)
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(img, b, 0o600))
+	}
+	crkvol("key", "create", "fleet")
+	crkvol("volume", "create", img, "--key", "fleet", "--size", "1MiB")
+	b, err := os.ReadFile(img)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(old, b, 0o600))
+	assert.Empty(t, take(), "no pass yet")
+	want := max(before, flushProcs(getenv, usableCPUs(), 0))
 
-	// A policy rotation that comes due is run, with its rewrap, by the next command that
-	// changes the state.
-	crkvol("key", "policy", "fleet", "--rotation-months", "1")
-	env["CRKVOL_NOW"] = "2027-03-01T00:00:00Z"
-	crkvol("key", "create", "other")
-	got = take()
-	require.NotEmpty(t, got, "due rotation: no pass seen")
-	for _, n := range got {
-		assert.Equal(t, want, n, "due rotation: GOMAXPROCS during the pass")
+	for _, step := range []struct {
+		name  string
+		setup func()
+		args  []string
+	}{
+		{"key rotate", func() {}, []string{"key", "rotate", "fleet"}},
+		{"key sync", stale, []string{"key", "sync", "fleet"}},
+		{"key prune", stale, []string{"key", "prune", "fleet"}},
+		// A policy rotation that comes due is run, with its rewrap, by the next command
+		// that changes the state.
+		{"due rotation", func() {
+			crkvol("key", "policy", "fleet", "--rotation-months", "1")
+			env["CRKVOL_NOW"] = "2027-03-01T00:00:00Z"
+		}, []string{"key", "create", "other"}},
+	} {
+		step.setup()
+		take()
+		crkvol(step.args...)
+		got := take()
+		require.NotEmpty(t, got, "%s: no pass seen", step.name)
+		for _, n := range got {
+			assert.Equal(t, want, n, "%s: GOMAXPROCS during the pass", step.name)
+		}
 	}
-	assert.Equal(t, before, runtime.GOMAXPROCS(0), "due rotation: put back")
 
 	// A command that rewraps nothing leaves the setting alone.
 	crkvol("key", "list")

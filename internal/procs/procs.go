@@ -1,33 +1,56 @@
-// Package procs changes the Go runtime's processor count (GOMAXPROCS) for a stretch of work
-// and puts it back afterwards, returning to the runtime's default — which follows a
-// container's CPU limit as it changes — when that is what it found.
+// Package procs raises the Go runtime's processor count (GOMAXPROCS) for a stretch of work
+// and puts it back afterwards, to the runtime's default — which follows a container's CPU
+// limit — when that is what it found.
 package procs
 
-import "runtime"
+import (
+	"runtime"
+	"sync"
+)
 
-// Set sets GOMAXPROCS to n (nothing when n < 1) and returns the function that puts back
-// what it was. When that was the runtime's default, the restore goes back to the default
-// (runtime.SetDefaultGOMAXPROCS), so that the runtime keeps following the CPU limit; a
-// value set on purpose (the environment's GOMAXPROCS, another call) is put back as it was.
-// The setting is the process's: Set is for work that nothing else runs beside.
-func Set(n int) (restore func()) {
-	if n < 1 {
+// GOMAXPROCS is the process's, so the stretches of work that raise it are counted here (the
+// one piece of package state: it mirrors the runtime's own): the first raises it, the last to
+// end puts it back, whatever order concurrent ones end in.
+var (
+	mu     sync.Mutex
+	active int // stretches running
+	prev   int // GOMAXPROCS before the first of them
+)
+
+// Raise raises GOMAXPROCS to n when n is more than it is, for as long as the work that
+// called it runs, and returns the function that ends it (a second call does nothing). It
+// never lowers the setting. When the last raise ends, the setting goes back to what the
+// first found: through runtime.SetDefaultGOMAXPROCS when that was the runtime's default, so
+// that the runtime follows the CPU limit again; a value set on purpose (the environment's
+// GOMAXPROCS, a call to runtime.GOMAXPROCS) is put back as it was. (A default that changed
+// while raised is not told apart from a value set on purpose: the value found is put back.)
+func Raise(n int) (restore func()) {
+	mu.Lock()
+	defer mu.Unlock()
+	cur := runtime.GOMAXPROCS(0)
+	if n <= cur && active == 0 {
 		return func() {}
 	}
-	prev := runtime.GOMAXPROCS(n)
-	return func() {
-		runtime.SetDefaultGOMAXPROCS()
-		if runtime.GOMAXPROCS(0) != prev {
-			runtime.GOMAXPROCS(prev)
-		}
+	if active == 0 {
+		prev = cur
 	}
+	active++
+	if n > cur {
+		runtime.GOMAXPROCS(n)
+	}
+	var once sync.Once
+	return func() { once.Do(end) }
 }
 
-// Raise is Set when n is more than GOMAXPROCS is, and does nothing otherwise: it never
-// lowers the setting.
-func Raise(n int) (restore func()) {
-	if n <= runtime.GOMAXPROCS(0) {
-		return func() {}
+// end ends one raise: the last puts the setting back.
+func end() {
+	mu.Lock()
+	defer mu.Unlock()
+	if active--; active > 0 {
+		return
 	}
-	return Set(n)
+	runtime.SetDefaultGOMAXPROCS()
+	if runtime.GOMAXPROCS(0) != prev {
+		runtime.GOMAXPROCS(prev)
+	}
 }
