@@ -67,8 +67,8 @@ type Options struct {
 	// Progress, if set, is told what is being measured, each message prefixed with its
 	// section's name.
 	Progress func(string)
-	// RewrapProcs, when more than GOMAXPROCS, is the GOMAXPROCS the rewrap section runs with (see
-	// RewrapOptions.Procs): crkvol bench gives it what crkvol key rotate runs with.
+	// RewrapProcs, when more than GOMAXPROCS, is the GOMAXPROCS the rewrap section runs
+	// with (see RewrapOptions.Procs): crkvol bench gives it what crkvol key rotate runs with.
 	RewrapProcs int
 
 	// sectorWindow, when not zero, replaces the sector section's measuring window: for the

@@ -47,9 +47,9 @@ type RewrapOptions struct {
 	Progress func(string)
 	// Procs, when more than GOMAXPROCS, is the GOMAXPROCS the whole section runs with, the
 	// ceiling and both rotations alike, raised at its start and put back at its end (the
-	// setting is the process's: what else runs meanwhile gets it too). A pass's flushes block processors
-	// (see RewrapReport.Procs), so that too few of them cap the ceiling below the disk's
-	// rate.
+	// setting is the process's: what else runs meanwhile gets it too). A pass's flushes
+	// block processors (see RewrapReport.Procs), so that too few of them cap the ceiling
+	// below the disk's rate.
 	Procs int
 }
 

@@ -16,7 +16,8 @@ import (
 // runtime's monitor hands it to another, tens of microseconds to milliseconds later, so with
 // one processor per CPU the flushes starve the goroutines that have work: on two cores about
 // 40% of the CPU sat idle, `crkvol bench --rewrap` rotated 2,400-2,800 volumes/s and its
-// ceiling of bare 2-flush commits ran 8,000-8,800 a second (down to 3,300 in some runs).
+// ceiling of bare 2-flush commits ran 8,000-8,800 a second (a bare loop of them outside
+// crkvol: down to 3,300 in some runs).
 // With 8 processors the same machine did 3,400-3,800 volumes/s and 12,000-17,000 commits/s,
 // the disk's rate (32 and 64 processors did not raise it), at about the same CPU per volume.
 // kms serve gained nothing measurable and keeps the default.
