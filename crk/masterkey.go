@@ -18,15 +18,21 @@ import (
 // masterKeyError is an [ErrMasterKey] whose text says what is wrong with the master key
 // itself (missing, of the wrong size, readable by others), so that only a key that really
 // does not open the store is reported as not matching it.
-type masterKeyError struct{ msg string }
+type masterKeyError struct {
+	msg   string
+	cause error // what the text says, when it comes from an error (see Unwrap)
+}
 
 func (e masterKeyError) Error() string { return "crk: " + e.msg }
+
+// Unwrap returns the error the text was made from, if any.
+func (e masterKeyError) Unwrap() error { return e.cause }
 
 // Is makes the error match ErrMasterKey.
 func (e masterKeyError) Is(target error) bool { return target == ErrMasterKey }
 
 func masterKeyErrorf(format string, args ...any) error {
-	return masterKeyError{fmt.Sprintf(format, args...)}
+	return masterKeyError{msg: fmt.Sprintf(format, args...)}
 }
 
 // loadMasterKey returns the master key from the options or the key file
@@ -41,6 +47,11 @@ func loadMasterKey(opts Options, storeExists bool, store string) ([]byte, string
 		return opts.MasterKey, "", nil
 	}
 	file := opts.MasterKeyFile
+	// A key file in a directory others can write could be one they planted, or a link they
+	// placed where the new key is about to be written.
+	if err := fsutil.CheckPrivate(filepath.Dir(file)); err != nil {
+		return nil, "", masterKeyError{msg: fmt.Sprintf("master key file %s: %v", file, err), cause: err}
+	}
 	k, err := readKeyFile(file)
 	if err == nil {
 		return k, file, nil
@@ -88,28 +99,31 @@ func readKeyFile(file string) ([]byte, error) {
 	return k, nil
 }
 
-// writeKeyFile writes a master key file atomically with mode 0600.
+// writeKeyFile writes a master key file atomically with mode 0600: a new temporary file of
+// a random name (created exclusively, so never a file or link someone placed there) beside
+// it, synced, then renamed over file.
 func writeKeyFile(file string, k []byte) error {
-	tmp := file + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	dir := filepath.Dir(file)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(file)+"-*.tmp")
 	if err != nil {
 		return fmt.Errorf("crk: writing key file: %w", err)
 	}
-	if _, err := f.WriteString(base64.StdEncoding.EncodeToString(k) + "\n"); err != nil {
-		f.Close()
+	tmp := f.Name()
+	_, err = f.WriteString(base64.StdEncoding.EncodeToString(k) + "\n")
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, file)
+	}
+	if err != nil {
+		os.Remove(tmp)
 		return fmt.Errorf("crk: writing key file: %w", err)
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("crk: writing key file: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("crk: writing key file: %w", err)
-	}
-	if err := os.Rename(tmp, file); err != nil {
-		return fmt.Errorf("crk: writing key file: %w", err)
-	}
-	return syncDir(filepath.Dir(file))
+	return syncDir(dir)
 }
 
 // syncDir makes a rename in dir durable.

@@ -507,13 +507,14 @@ func (h *cliHost) SaveCursor(cursor string) error {
 }
 
 // writeFileAtomic replaces path with data (mode 0600) so that a crash leaves the old or the
-// new content, durably.
+// new content, durably. The temporary file has a random name and is created exclusively, so
+// it is never a file or link someone placed there.
 func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*.tmp")
 	if err != nil {
 		return err
 	}
+	tmp := f.Name()
 	_, err = f.Write(data)
 	if err == nil {
 		err = f.Sync()

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/term"
 
 	"crkvol/crk"
+	"crkvol/internal/fsutil"
 	"crkvol/internal/pgdb"
 	"crkvol/volume"
 	"crkvol/volume/kms"
@@ -302,6 +303,11 @@ func (a *app) open(ctx context.Context) error {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return fmt.Errorf("state directory: %w", err)
 		}
+	}
+	// The state directory holds the master key, the key store and the registry: one that
+	// others can write is refused before anything is read from it or written to it.
+	if err := fsutil.CheckPrivate(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("state directory: %w", err)
 	}
 	clock, err := a.clock()
 	if err != nil {

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"crkvol/internal/fsutil"
 )
 
 // fileStore is the tenant store of a state directory: instances and API-key hashes in
@@ -161,6 +163,11 @@ type tenantsFile struct {
 func openFileStore(dir string) (*fileStore, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
+	}
+	// tenants.json holds the API keys' hashes: one planted or replaced in a directory others
+	// can write would let them in.
+	if err := fsutil.CheckPrivate(dir); err != nil {
+		return nil, fmt.Errorf("kpapi: the tenants' directory: %w", err)
 	}
 	return &fileStore{dir: dir, path: filepath.Join(dir, "tenants.json"), tokens: newMemTable(), sessions: newMemTable()}, nil
 }

@@ -3,6 +3,8 @@ package kpapi
 import (
 	"bytes"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"crkvol/crk"
+	"crkvol/internal/fsutil"
 	"crkvol/internal/tooltest"
 )
 
@@ -289,4 +292,18 @@ func TestTokenTablePerKey(t *testing.T) {
 			fs.mu.Unlock()
 		}
 	})
+}
+
+// TestTenantsDirectoryMustBePrivate: the tenants' file holds the API keys' hashes, so a
+// directory its group or others can write is refused before anything is read or made in it.
+func TestTenantsDirectoryMustBePrivate(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	require.NoError(t, os.Mkdir(dir, 0o700))
+	require.NoError(t, os.Chmod(dir, 0o777))
+	_, err := OpenTenants(dir, crk.Options{MasterKey: testMasterKey()})
+	require.ErrorIs(t, err, fsutil.ErrNotPrivate)
+	assert.Contains(t, err.Error(), dir+" has mode 0777")
+	ents, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	assert.Empty(t, ents)
 }

@@ -2,6 +2,7 @@
 package fsutil
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -39,4 +40,32 @@ func Kind(m fs.FileMode) string {
 		return "a block device"
 	}
 	return "a special file"
+}
+
+// ErrNotPrivate means a directory that holds secrets (a master key file, API key hashes,
+// the key store) could be written by someone other than its owner, or is owned by another
+// user than the one running crkvol (or root): whoever can write it can plant a file or a link where
+// a secret is about to be written, or replace what is read from it.
+var ErrNotPrivate = errors.New("directory is not private")
+
+// CheckPrivate returns an error matching ErrNotPrivate, naming dir and what is wrong, when
+// dir (followed if a symbolic link) is writable by its group or by others, or is owned by
+// another user than the effective user (on systems with Unix owners and modes; elsewhere it
+// only checks that dir is a directory); an error naming dir
+// when it cannot be looked at or is not a directory; else nil.
+func CheckPrivate(dir string) error {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("checking directory %s: %w", dir, err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("%s is %s, not a directory", dir, Kind(st.Mode()))
+	}
+	if perm := st.Mode().Perm(); hasOwners && perm&0o022 != 0 {
+		return fmt.Errorf("%w: %s has mode %04o, so its group or others can write it (chmod go-w %s)", ErrNotPrivate, dir, perm, dir)
+	}
+	if owner, ok := ownerOf(st); ok && owner != os.Geteuid() && owner != 0 {
+		return fmt.Errorf("%w: %s is owned by user id %d, neither the user running crkvol (%d) nor root", ErrNotPrivate, dir, owner, os.Geteuid())
+	}
+	return nil
 }

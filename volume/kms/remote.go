@@ -618,8 +618,9 @@ func (r *Remote) OnRotate(func(context.Context, volume.RotationNotice) error) fu
 // token), which the official client takes from its context ([kp.NewContextWithAuth]); see
 // [Remote] for what a 401 does.
 //
-// call gets a context derived from ctx to make its requests with: a certificate error ends it
-// (see certGuard), and authorized then returns that error, which matches ErrCertificate.
+// call gets a context derived from ctx to make its requests with: a certificate error or a
+// redirect ends it (see certGuard), and authorized then returns that error, which matches
+// ErrCertificate or ErrRedirect.
 func (r *Remote) authorized(ctx context.Context, call func(ctx context.Context, auth string) error) error {
 	ctx, stop := withStop(ctx)
 	defer stop(nil)
