@@ -24,7 +24,9 @@ type Options struct {
 	// from MasterKeyFile. The caller keeps it and may clear it once Open returns.
 	MasterKey []byte
 	// MasterKeyFile holds the master key, created (mode 0600) on first use; default: the
-	// store path with ".masterkey" appended.
+	// store path with ".masterkey" appended. Its directory must not be writable by its group
+	// or others, nor owned by another user than the caller's or root: Open refuses it
+	// (ErrMasterKey) before reading or writing anything there.
 	MasterKeyFile string
 	// Region and Account go into key CRNs; defaults "local" and "crkvol".
 	Region, Account string
