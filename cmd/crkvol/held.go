@@ -121,6 +121,19 @@ func serveHolds(path, dir string) (serveRecord, bool) {
 	return rec, errors.Is(err, syscall.EWOULDBLOCK)
 }
 
+// refuseServeWhileServed refuses a second kms serve on the state directory dir while the
+// directory's kms serve runs and holds its key store, naming that server's URL, as other
+// commands do (heldByServe). The error matches errStoreHeld.
+func refuseServeWhileServed(dir string) error {
+	path := filepath.Join(dir, "crk.db")
+	rec, held := serveHolds(path, dir)
+	if !held {
+		return nil
+	}
+	return withHint(heldError{fmt.Sprintf("the key store %s is held by another crkvol process (kms serve at %s, process %d)", path, rec.URL, rec.PID), errStoreHeld},
+		"kms serve is already serving this state directory at "+rec.URL+": use it, or stop it first")
+}
+
 // registryHeld is storeHeld for the volume registry at path.
 func registryHeld(err error, path string) error {
 	if !errors.Is(err, bolt.ErrTimeout) {

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -88,6 +89,12 @@ carry Strict-Transport-Security; X-Forwarded-* headers are never trusted.`,
 				if err := refuseServeWhileAttached(dir); err != nil {
 					return err
 				}
+				// Another kms serve on the state directory holds its key store: refuse
+				// before listening, naming it, rather than serve requests the store would
+				// fail.
+				if err := refuseServeWhileServed(dir); err != nil {
+					return err
+				}
 			}
 			loopback := loopbackAddress(listen)
 			if err := checkListen(listen, loopback, cert != "", insecure, static != ""); err != nil {
@@ -115,13 +122,15 @@ carry Strict-Transport-Security; X-Forwarded-* headers are never trusted.`,
 			}
 			defer tenants.Close()
 			db := tenants.Database()
-			// Open the default instance now: a replica without the database's master key
-			// fails here, not at its first request.
-			def, svc := tenants.Default()
-			if svc == nil && store.url != "" {
-				if _, err := tenants.Service(def); err != nil {
-					return fmt.Errorf("opening the default instance %s: %w", def, masterKeyHint(err, masterKeyFileOf(store, a)))
+			// Open the default instance now: a replica without the database's master key, or
+			// a state directory whose key store another process holds (or that cannot be
+			// read), fails here, not at its first request.
+			def, _, err := tenants.DefaultService()
+			if err != nil {
+				if store.url == "" {
+					return storeHeld(err, filepath.Join(dir, "crk.db"), dir)
 				}
+				return masterKeyHint(err, masterKeyFileOf(store, a))
 			}
 			if static != "" {
 				tenants.SetStaticToken(static)

@@ -2,6 +2,7 @@ package kpapi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -41,6 +42,11 @@ import (
 // follower reconciles, then follows from the head (an empty cursor). A malformed parameter
 // (or one given more than once) is answered 400 INVALID_QUERY_PARAM_ERR with the parameter
 // as the reason's target.
+//
+// A long poll checks its bearer token again before it answers, and every
+// [ReauthorizeInterval] while it waits: once the token's API key is revoked (or the token
+// has expired) it is answered 401, as a new request with the token would be, and never with
+// an event.
 const LifecyclePath = "/api/crkvol/v1/lifecycle"
 
 // Bounds of the lifecycle feed's query parameters.
@@ -107,14 +113,21 @@ func (s *Server) lifecycle(q *request) error {
 		// the connection before it does. An error means the writer has no deadline to move.
 		_ = http.NewResponseController(q.w).SetWriteDeadline(time.Now().Add(wait + 30*time.Second))
 	}
-	ctx, cancel := context.WithCancel(q.ctx)
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(q.ctx)
+	defer cancel(nil)
 	// StopWaiting ends the wait (the server is shutting down).
-	defer context.AfterFunc(s.stopCtx, cancel)()
+	defer context.AfterFunc(s.stopCtx, func() { cancel(nil) })()
+	if wait > 0 {
+		// A revocation of the caller's API key ends the wait.
+		defer s.watchAuthorization(ctx, q, cancel)()
+	}
 	page, err := q.svc.WaitLifecycle(ctx, cursor, limit, wait)
 	if err != nil && ctx.Err() != nil {
 		if q.r.Context().Err() != nil {
 			return nil // the client went away: there is nobody to answer
+		}
+		if cause := context.Cause(ctx); errors.Is(cause, ErrUnauthorized) {
+			return cause // revoked while waiting: 401
 		}
 		// Stopped: answer at once with what the feed has.
 		page, err = q.svc.Lifecycle(q.ctx, cursor, limit)
@@ -122,8 +135,46 @@ func (s *Server) lifecycle(q *request) error {
 	if err != nil {
 		return err
 	}
+	if wait > 0 {
+		// The events may have happened after the request was authorized: answer them only
+		// if its token is still valid now, after they were read.
+		if err := q.reauthorize(); err != nil {
+			return err
+		}
+	}
 	writeJSON(q.w, http.StatusOK, page)
 	return nil
+}
+
+// watchAuthorization checks q's authorization again every s.reauthEvery until ctx ends,
+// and cancels ctx with the refusal, wrapping [ErrUnauthorized], as soon as the caller is no
+// longer authorized. A check the store cannot answer is not a refusal: the wait goes on,
+// and the check made before answering decides. stop ends the watch.
+func (s *Server) watchAuthorization(ctx context.Context, q *request, cancel context.CancelCauseFunc) (stop func()) {
+	if s.reauthEvery <= 0 {
+		return func() {}
+	}
+	done := make(chan struct{})
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		t := time.NewTicker(s.reauthEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-done:
+				return
+			case <-t.C:
+				if err := q.reauthorize(); errors.Is(err, ErrUnauthorized) {
+					cancel(err)
+					return
+				}
+			}
+		}
+	}()
+	return func() { close(done); <-ended }
 }
 
 // StopWaiting ends every lifecycle long poll in progress, each answered at once with the

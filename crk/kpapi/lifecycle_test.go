@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"sync"
 	"testing"
 	"time"
 
@@ -322,4 +323,124 @@ func TestLifecycleFeedOutlastsServerTimeouts(t *testing.T) {
 		assert.Empty(t, p.Events)
 		assert.Equal(t, head.Cursor, p.Cursor)
 	})
+}
+
+// TestLifecycleLongPollRevoked: a long poll whose API key is revoked while it waits, by
+// another process on the same store (the CLI's kms apikey revoke, another replica), is
+// answered with the 401 of any request with the revoked token, never with an event made
+// after the revocation: checked before answering (whatever the interval of the checks made
+// while waiting), and by those checks when no event ends the wait. A poll whose key is not
+// revoked gets its event.
+func TestLifecycleLongPollRevoked(t *testing.T) {
+	forEachStore(t, func(t *testing.T, tenants *Tenants, _ *crk.ManualClock, another func() *Tenants) {
+		ctx := context.Background()
+		inst, svc := tenants.Default()
+		require.NotNil(t, svc)
+		other := another()
+		for _, tc := range []struct {
+			name   string
+			every  time.Duration // Server.reauthEvery
+			revoke bool
+			event  bool
+			want   int
+		}{
+			{"revoked, then an event", time.Hour, true, true, http.StatusUnauthorized},
+			{"revoked, no event: the wait ends", time.Millisecond, true, false, http.StatusUnauthorized},
+			{"not revoked: the event", time.Millisecond, false, true, http.StatusOK},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				k, err := svc.CreateRootKey(ctx, "followed")
+				require.NoError(t, err)
+				_, err = svc.Register(ctx, k.ID, feedCRN, crk.RegisterOptions{})
+				require.NoError(t, err)
+				head, err := svc.Lifecycle(ctx, "", 1)
+				require.NoError(t, err)
+				apiKey, err := tenants.CreateAPIKey(inst)
+				require.NoError(t, err)
+				tok, _, err := tenants.Exchange(apiKey)
+				require.NoError(t, err)
+
+				api := NewServer(tenants)
+				api.reauthEvery = tc.every
+				// authorized is closed once the poll has passed its first authorization:
+				// what follows happens while it waits (or about to).
+				authorized := make(chan struct{})
+				var once sync.Once
+				check := api.authorize
+				api.authorize = func(tok, instance string) (*crk.Service, string, error) {
+					s, who, err := check(tok, instance)
+					if err == nil {
+						once.Do(func() { close(authorized) })
+					}
+					return s, who, err
+				}
+				srv := httptest.NewServer(api)
+				t.Cleanup(srv.Close)
+
+				type answer struct {
+					status int
+					body   []byte
+					err    error
+				}
+				got := make(chan answer, 1)
+				go func() {
+					status, body, err := feedFetch(ctx, srv.URL, tok, inst, url.Values{"cursor": {head.Cursor}, "wait": {"60s"}})
+					got <- answer{status, body, err}
+				}()
+				select {
+				case <-authorized:
+				case a := <-got:
+					t.Fatalf("the long poll ended before it waited: %d %s %v", a.status, a.body, a.err)
+				case <-time.After(hangGuard):
+					t.Fatal("the long poll was never authorized")
+				}
+				if tc.revoke {
+					require.NoError(t, other.RevokeAPIKey(APIKeyID(apiKey)))
+				}
+				if tc.event {
+					_, err = svc.DisableKey(ctx, k.ID)
+					require.NoError(t, err)
+				}
+				var a answer
+				select {
+				case a = <-got:
+				case <-time.After(2 * MaxLifecycleWait):
+					t.Fatal("the long poll never ended")
+				}
+				require.NoError(t, a.err)
+				require.Equal(t, tc.want, a.status, "%s", a.body)
+				if tc.want == http.StatusOK {
+					p := page(t, a.status, a.body)
+					require.Len(t, p.Events, 1)
+					assert.Equal(t, k.ID, p.Events[0].KeyID)
+					return
+				}
+				assert.NotContains(t, string(a.body), k.ID, "no event of the key")
+				assert.Equal(t, "UNAUTHORIZED_ERR", ParseError(a.status, a.body).Code)
+				// The same answer as a new request with the revoked token.
+				status, body, err := feedFetch(ctx, srv.URL, tok, inst, url.Values{"cursor": {head.Cursor}})
+				require.NoError(t, err)
+				assert.Equal(t, http.StatusUnauthorized, status)
+				assert.Equal(t, string(body), string(a.body))
+			})
+		}
+	})
+}
+
+// feedFetch asks srvURL for the lifecycle feed as feedGet does, returning its failure
+// rather than failing the test: for another goroutine than the test's.
+func feedFetch(ctx context.Context, srvURL, tok, inst string, q url.Values) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, srvURL+LifecyclePath+"?"+q.Encode(), nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("bluemix-instance", inst)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, body, err
 }

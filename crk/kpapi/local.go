@@ -24,7 +24,7 @@ func NewLocalServer(svc *crk.Service, principal string, opts ...ServerOption) *S
 				return nil, "", errNoInstance(instance)
 			}
 			return svc, principal, nil
-		}, local: true}
+		}, local: true, reauthEvery: ReauthorizeInterval}
 	for _, o := range opts {
 		o(s)
 	}

@@ -39,7 +39,18 @@ type Server struct {
 	// local marks every request as private for allowedNetwork: NewLocalServer's in-process
 	// caller has no network address.
 	local bool
+	// reauthEvery is how often a request that waits (the lifecycle feed's long poll)
+	// checks its caller's authorization again while it waits: [ReauthorizeInterval].
+	reauthEvery time.Duration
 }
+
+// ReauthorizeInterval is how often a request that waits (the lifecycle feed's long poll)
+// checks again, while it waits, that its bearer token is still valid: a token whose API key
+// is revoked (by this process, another one sharing the state directory, or another replica
+// on the database) ends the wait with 401 within about this long. Whatever the interval, a
+// request that waited checks the token again before it answers, so that nothing that
+// happened after a revocation is sent to the revoked key's holder.
+const ReauthorizeInterval = 5 * time.Second
 
 // ServerOption configures a [Server].
 type ServerOption func(*Server)
@@ -57,7 +68,8 @@ func WithLogger(l *slog.Logger) ServerOption {
 
 // NewServer returns a server for t.
 func NewServer(t *Tenants, opts ...ServerOption) *Server {
-	s := &Server{tenants: t, mux: http.NewServeMux(), log: slog.New(slog.DiscardHandler), authorize: t.principal}
+	s := &Server{tenants: t, mux: http.NewServeMux(), log: slog.New(slog.DiscardHandler), authorize: t.principal,
+		reauthEvery: ReauthorizeInterval}
 	for _, o := range opts {
 		o(s)
 	}
@@ -76,6 +88,24 @@ type request struct {
 	ctx context.Context
 	svc *crk.Service
 	id  string // the {id} path value, when the route has one
+	// authorized checks the request's credentials again, as serveAPI did before running
+	// the handler (see [request.reauthorize]).
+	authorized func() error
+}
+
+// reauthorize checks that the request's caller is still authorized for its instance: a
+// handler that waits (the lifecycle feed's long poll) calls it before it answers with what
+// it gathered after the wait. A revoked or expired token gives an error wrapping
+// [ErrUnauthorized], which serveAPI answers with the same 401 as a request that arrives with
+// that token; a store that cannot tell gives its own error (a 503 or 500), never the data.
+func (q *request) reauthorize() error {
+	if err := q.authorized(); err != nil {
+		if errors.Is(err, ErrUnauthorized) {
+			return err
+		}
+		return fmt.Errorf("kpapi: checking the token again: %w", err)
+	}
+	return nil
 }
 
 func (s *Server) routes() {
@@ -167,11 +197,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 			s.fail(w, r, err)
 			return
 		}
-		msg := "The user does not have access to the specified resource"
-		if errors.Is(err, ErrUnknownInstance) {
-			msg = "Either the user does not have access to the specified resource, the resource does not exist, or the region is incorrectly set"
-		}
-		writeError(w, &apiError{status: http.StatusUnauthorized, code: "UNAUTHORIZED_ERR", msg: msg})
+		writeError(w, unauthorized(err))
 		return
 	}
 	// A store that stops answering (a frozen database, packets dropped) must still end the
@@ -181,13 +207,24 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 	defer cancel()
 	ctx, _ = crk.WithCorrelationID(ctx, corr) // checked by correlationID
 	q := &request{w: w, r: r, svc: svc, id: r.PathValue("id"),
-		ctx: crk.WithInitiator(ctx, who)}
+		ctx: crk.WithInitiator(ctx, who),
+		authorized: func() error {
+			_, _, err := s.authorize(tok, instance)
+			return err
+		}}
 	err = svc.CheckNetwork(q.ctx, s.local || PrivateAddr(r.RemoteAddr)) // allowedNetwork (instancepolicy.go)
 	if err == nil {
 		err = resolveID(q)
 	}
 	if err == nil {
 		err = h(q)
+	}
+	if errors.Is(err, ErrUnauthorized) {
+		// The caller's token was revoked (or expired) while the request waited
+		// (request.reauthorize): the 401 of any request with that token, not audited
+		// either.
+		writeError(w, unauthorized(err))
+		return
 	}
 	if err != nil {
 		// The service audits its own refusals; requests refused here before reaching it
@@ -200,6 +237,16 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*reques
 		}
 		s.fail(w, r, err)
 	}
+}
+
+// unauthorized is the answer to a request whose credentials err (wrapping [ErrUnauthorized])
+// refused: 401, worded as Key Protect words it, without saying which check failed.
+func unauthorized(err error) *apiError {
+	msg := "The user does not have access to the specified resource"
+	if errors.Is(err, ErrUnknownInstance) {
+		msg = "Either the user does not have access to the specified resource, the resource does not exist, or the region is incorrectly set"
+	}
+	return &apiError{status: http.StatusUnauthorized, code: "UNAUTHORIZED_ERR", msg: msg}
 }
 
 // CorrelationHeader carries a request's correlation id: keyprotect-go-client sends a new UUID

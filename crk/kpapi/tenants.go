@@ -269,13 +269,26 @@ func storeContext() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), storeTimeout)
 }
 
-// Default returns the default instance's id and service.
+// Default returns the default instance's id and service; the service is nil when it cannot
+// be opened ([Tenants.DefaultService] says why).
 func (t *Tenants) Default() (string, *crk.Service) {
+	id, svc, err := t.DefaultService()
+	if err != nil {
+		return id, nil
+	}
+	return id, svc
+}
+
+// DefaultService returns the default instance's id and service, opening the service on
+// first use, or the id and the error of opening it (such as bbolt's lock timeout when
+// another process holds a state directory's key store): a server calls it at startup, so
+// that a store it cannot open stops it there rather than fail every request.
+func (t *Tenants) DefaultService() (string, *crk.Service, error) {
 	svc, err := t.Service(t.def)
 	if err != nil {
-		return t.def, nil
+		return t.def, nil, fmt.Errorf("kpapi: opening the default instance %s: %w", t.def, err)
 	}
-	return t.def, svc
+	return t.def, svc, nil
 }
 
 // SetStaticToken makes tok valid for every instance (for tests).
