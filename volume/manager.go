@@ -690,7 +690,8 @@ type AdoptOptions struct {
 // Adopt brings an existing LUKS2 image (made by cryptsetup, say) under a root key: with one of
 // its passphrases it adds a keyslot with a random passphrase, wraps that into a crkvol-crk
 // token and registers the volume. The data and the existing keyslots are untouched, so the
-// original passphrase keeps working.
+// original passphrase keeps working. An image crkvol could not serve gives a
+// *NotAdoptableError (see Adoptable).
 func (m *Manager) Adopt(ctx context.Context, path string, passphrase []byte, keyID string, opts AdoptOptions) (*Info, error) {
 	path, err := filepath.Abs(path)
 	if err != nil {
@@ -713,8 +714,9 @@ func (m *Manager) Adopt(ctx context.Context, path string, passphrase []byte, key
 	if _, err := m.imageRegistration(path, f, img); err != nil {
 		return nil, fmt.Errorf("volume: adopt %s: %w", path, err)
 	}
-	if seg := img.Segment(); seg.Encryption != keyslot.SegmentEncryption {
-		return nil, fmt.Errorf("volume: adopt %s: %w: data cipher %q", path, ErrUnsupportedImage, seg.Encryption)
+	// Refuse up front what could not be served once adopted (see Adoptable).
+	if err := adoptable(path, img); err != nil {
+		return nil, err
 	}
 	vk, _, err := img.UnlockContext(ctx, passphrase, keyslot.AnyKeyslot)
 	if err != nil {

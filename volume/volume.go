@@ -22,7 +22,7 @@ var (
 	ErrOutOfRange = errors.New("offset out of range")
 	// ErrUnsupportedImage means the image's data segment is not one this package serves.
 	ErrUnsupportedImage = errors.New("unsupported volume image")
-	// ErrInUse means another open of the image holds a conflicting lock on its data area: it
+	// ErrInUse means another open of the image holds a conflicting lock on it: it
 	// is attached, or open for writing, elsewhere.
 	ErrInUse = errors.New("volume is in use (attached or open for writing elsewhere)")
 	// ErrReadOnly means a write to a volume opened read-only.
@@ -35,11 +35,14 @@ var (
 
 // OpenOptions tune how a volume is opened.
 type OpenOptions struct {
-	// ReadOnly refuses writes (ErrReadOnly) and, unless Exclusive, locks the data area shared,
-	// so that several readers can open the volume at once.
+	// ReadOnly refuses writes (ErrReadOnly) and locks the data area shared, so that several
+	// readers can open the volume at once while no writer can.
 	ReadOnly bool
-	// Exclusive locks the data area exclusively even when ReadOnly, as an attachment does.
-	// A read-write open is always exclusive.
+	// Exclusive makes the open the only exclusive one of the image, as an attachment is: it
+	// also takes the image's attachment lock, which one open at a time holds, so a second
+	// exclusive open fails with ErrInUse. The data area stays locked as ReadOnly says:
+	// shared for a read-only attachment (readers still read, writers are refused), exclusive
+	// for a read-write open. It needs an image file it can write (the lock is a write lock).
 	Exclusive bool
 	// wiping is set by Manager.Wipe, the one writer allowed while a wipe is incomplete.
 	wiping bool
@@ -358,8 +361,9 @@ func (v *Volume) Close() error {
 // ReadOnly reports whether the volume was opened read-only.
 func (v *Volume) ReadOnly() bool { return v.ro }
 
-// InUse reports whether an image's data area is locked exclusively by another open: the
-// volume is attached, or open for writing. Shared (read-only) opens do not count.
+// InUse reports whether an image is held by another open that excludes writers and other
+// attachments: the volume is attached (read-write or read-only), or open for writing.
+// Shared (read-only) opens such as volume read do not count.
 func InUse(path string) (bool, error) {
 	return InUseContext(context.Background(), path)
 }
@@ -372,43 +376,84 @@ func InUseContext(ctx context.Context, path string) (bool, error) {
 	}
 	defer f.Close()
 	// Ask (F_OFD_GETLK) rather than take a lock: a probe must never make a concurrent
-	// attach or writer fail.
-	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart, Start: int64(img.Segment().Offset), Len: 0}
-	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &lk); err != nil {
-		return false, fmt.Errorf("volume: probing the lock of %s: %w", path, err)
+	// attach or writer fail. A writer holds the data area exclusively; an attachment holds
+	// the attachment byte exclusively.
+	for _, r := range []func(*keyslot.Image) (int64, int64){attachLock, dataLock} {
+		start, n := r(img)
+		lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart, Start: start, Len: n}
+		if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &lk); err != nil {
+			return false, fmt.Errorf("volume: probing the lock of %s: %w", path, err)
+		}
+		if lk.Type == unix.F_WRLCK {
+			return true, nil
+		}
 	}
-	return lk.Type == unix.F_WRLCK, nil
+	return false, nil
 }
 
-// lockImage takes an open-file-description lock on the image's data area, from the data
-// offset to the end of the file: exclusive (a write lock) for a read-write or exclusive open,
-// shared otherwise. It fails at once with ErrInUse on a conflict. The lock lasts until
-// closeImage releases it (or the process dies). The header commits of keyslot lock the whole
-// file with flock, which never conflicts with it: rotation still rewraps an attached volume.
+// dataLock is the range lockImage locks for the data area: from the data offset to the end
+// of the file (length 0), whatever the file's size becomes.
+func dataLock(img *keyslot.Image) (start, n int64) { return int64(img.Segment().Offset), 0 }
+
+// attachLock is the byte an exclusive open (an attachment) write-locks besides the data
+// area: the last byte before the data, in the keyslots area's padding, so that it overlaps
+// neither the data-area lock nor QEMU's lock bytes (100-104, 200-204).
+func attachLock(img *keyslot.Image) (start, n int64) { return int64(img.Segment().Offset) - 1, 1 }
+
+// lockImage takes open-file-description locks on the image: on its data area, from the data
+// offset to the end of the file, exclusive (a write lock) for a read-write open and shared
+// for a read-only one; and for an exclusive open (opts.Exclusive, an attachment) a write
+// lock on the attachment byte (attachLock) as well. So a read-only attachment lets volume
+// read read while it refuses writers and other attachments, and a read-write one refuses
+// all. It fails at once with ErrInUse on a conflict, holding nothing. The locks last until
+// closeImage releases them (or the process dies). The header commits of keyslot lock the
+// whole file with flock, which never conflicts with them: rotation still rewraps an
+// attached volume, read-write or read-only.
 func lockImage(f *os.File, img *keyslot.Image, opts OpenOptions) error {
-	lk := unix.Flock_t{Type: unix.F_RDLCK, Whence: io.SeekStart, Start: int64(img.Segment().Offset), Len: 0}
-	if !opts.ReadOnly || opts.Exclusive {
-		lk.Type = unix.F_WRLCK
+	type lock struct {
+		typ      int16
+		start, n int64
 	}
-	err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk)
-	if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
-		return fmt.Errorf("volume: %s: %w", f.Name(), ErrInUse)
+	var locks []lock
+	if opts.Exclusive {
+		start, n := attachLock(img)
+		locks = append(locks, lock{unix.F_WRLCK, start, n})
 	}
-	if err != nil {
+	start, n := dataLock(img)
+	data := lock{unix.F_RDLCK, start, n}
+	if !opts.ReadOnly {
+		data.typ = unix.F_WRLCK
+	}
+	locks = append(locks, data)
+	for _, l := range locks {
+		lk := unix.Flock_t{Type: l.typ, Whence: io.SeekStart, Start: l.start, Len: l.n}
+		err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk)
+		if err == nil {
+			continue
+		}
+		unlockImage(f)
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
+			return fmt.Errorf("volume: %s: %w", f.Name(), ErrInUse)
+		}
 		return fmt.Errorf("volume: locking the data area of %s: %w", f.Name(), err)
 	}
 	return nil
 }
 
-// closeImage releases the lockImage lock of f, then closes f. Closing alone is not enough:
+// unlockImage releases every lockImage lock of f.
+func unlockImage(f *os.File) {
+	lk := unix.Flock_t{Type: unix.F_UNLCK, Whence: io.SeekStart}
+	_ = unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk) // no lock to release is no error
+}
+
+// closeImage releases the lockImage locks of f, then closes f. Closing alone is not enough:
 // the lock belongs to the open file description, and a child process that another goroutine
 // of this process forked holds a copy of every description until it execs (close-on-exec
 // closes them only then), so for that moment the image would stay locked after Close and a
 // following open would fail with ErrInUse. Unlocking through f releases the description's
 // lock whoever else holds a copy.
 func closeImage(f *os.File) error {
-	lk := unix.Flock_t{Type: unix.F_UNLCK, Whence: io.SeekStart}
-	_ = unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk) // no lock to release is no error: close anyway
+	unlockImage(f) // close anyway
 	return f.Close()
 }
 

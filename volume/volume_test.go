@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -639,9 +640,9 @@ func TestSyncRepairsLaggingRegistration(t *testing.T) {
 	assert.Equal(t, k.KeyVersion.ID, regs[0].KeyVersion.ID)
 }
 
-// TestDataAreaLock: an exclusive open (read-write, or an attachment) excludes every other
-// open of the data area; shared read-only opens coexist; rotation rewraps a volume that is
-// open, and delete refuses one.
+// TestDataAreaLock: a read-write open excludes every other open of the data area; shared
+// read-only opens coexist; rotation rewraps a volume that is open, and delete refuses one
+// (TestOpenLockModes has every pair of opens).
 func TestDataAreaLock(t *testing.T) {
 	// Not parallel: a test that starts a process forks this one, and the child holds a copy
 	// of every open descriptor until it execs, so the lock of a volume closed at that moment
@@ -679,8 +680,6 @@ func TestDataAreaLock(t *testing.T) {
 	require.NoError(t, err)
 	r2, err := f.mgr.OpenWith(f.ctx, info.Path, volume.OpenOptions{ReadOnly: true})
 	require.NoError(t, err, "shared readers coexist")
-	_, err = f.mgr.OpenWith(f.ctx, info.Path, volume.OpenOptions{ReadOnly: true, Exclusive: true})
-	require.ErrorIs(t, err, volume.ErrInUse)
 	busy, err = volume.InUse(info.Path)
 	require.NoError(t, err)
 	assert.False(t, busy, "shared readers are not an exclusive use")
@@ -696,4 +695,64 @@ func TestDataAreaLock(t *testing.T) {
 	v, err := f.mgr.OpenWith(f.ctx, info.Path, volume.OpenOptions{ReadOnly: true, Exclusive: true})
 	require.NoError(t, err, "free again once every open is closed")
 	require.NoError(t, v.Close())
+}
+
+// TestOpenLockModes: every pair of opens of one image, the first held while the second is
+// tried. A writer (read-write open, or read-write attachment) excludes every other open; a
+// read-only attachment lets readers (volume read) in but no writer and no other attachment;
+// readers share. InUse counts writers and attachments, not readers. Rotation rewraps the
+// header whatever is open, and the readers of a read-only attachment read the data.
+func TestOpenLockModes(t *testing.T) {
+	// Not parallel: see TestDataAreaLock.
+	f := newFixture(t)
+	info := f.create(t, "modes.img", 1<<20)
+	data := pattern(4096, 9)
+	v, err := f.mgr.Open(f.ctx, info.Path)
+	require.NoError(t, err)
+	_, err = v.WriteAt(data, 0)
+	require.NoError(t, err)
+	require.NoError(t, v.Close())
+
+	modes := map[string]volume.OpenOptions{
+		"write":     {},
+		"read":      {ReadOnly: true},
+		"attach":    {Exclusive: true},
+		"attach-ro": {ReadOnly: true, Exclusive: true},
+	}
+	tests := []struct {
+		first  string
+		inUse  bool
+		admits []string // the second opens that succeed; the others fail with ErrInUse
+	}{
+		{first: "write", inUse: true},
+		{first: "attach", inUse: true},
+		{first: "attach-ro", inUse: true, admits: []string{"read"}},
+		{first: "read", admits: []string{"read", "attach-ro"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.first, func(t *testing.T) {
+			first, err := f.mgr.OpenWith(f.ctx, info.Path, modes[tt.first])
+			require.NoError(t, err)
+			defer func() { require.NoError(t, first.Close()) }()
+			busy, err := volume.InUse(info.Path)
+			require.NoError(t, err)
+			assert.Equal(t, tt.inUse, busy, "InUse")
+			for _, second := range []string{"write", "read", "attach", "attach-ro"} {
+				v, err := f.mgr.OpenWith(f.ctx, info.Path, modes[second])
+				if !slices.Contains(tt.admits, second) {
+					require.ErrorIs(t, err, volume.ErrInUse, "%s while %s", second, tt.first)
+					continue
+				}
+				require.NoError(t, err, "%s while %s", second, tt.first)
+				got := make([]byte, len(data))
+				_, err = v.ReadAt(got, 0)
+				require.NoError(t, err)
+				assert.Equal(t, data, got)
+				require.NoError(t, v.Close())
+			}
+			k := f.rotate(t)
+			require.NoError(t, f.lastReport().Err())
+			assert.Equal(t, k.KeyVersion.ID, mustDescribe(t, info.Path).KeyVersion, "rotation rewraps while %s", tt.first)
+		})
+	}
 }

@@ -340,7 +340,8 @@ func (a *app) runAttach(ctx context.Context, path, listen string, readOnly bool,
 			return err
 		}
 	}
-	// An exclusive lock on the data area: a second attach (or a writer) fails here, at once.
+	// The attachment lock, and the data area locked exclusively (read-write) or shared
+	// (read-only: volume read still reads): a second attach, or a writer, fails here, at once.
 	v, err := a.mgr.OpenWith(ctx, abs, volume.OpenOptions{ReadOnly: readOnly, Exclusive: true})
 	if err != nil {
 		return keyRefusalHint(err, info.KeyID)

@@ -19,7 +19,7 @@ const (
 
 // withImageHints wraps the RunE of cmd's subcommands so that an error saying the image is
 // not one crkvol manages (a LUKS2 image without a crkvol-crk token, a LUKS1 image) carries
-// the command that makes it one.
+// the command that makes it one, or, for an image crkvol cannot adopt, how to copy its data.
 func withImageHints(cmd *cobra.Command) {
 	for _, c := range cmd.Commands() {
 		run := c.RunE
@@ -40,6 +40,7 @@ func withImageHints(cmd *cobra.Command) {
 // and nil, are returned as they are.
 func imageHints(err error) error {
 	var le *volume.LUKS1Error
+	var na *volume.NotAdoptableError
 	switch {
 	case err == nil:
 		return nil
@@ -49,6 +50,12 @@ func imageHints(err error) error {
 		return withHint(err, hintLUKS1)
 	case errors.Is(err, keyslot.ErrNoSpace):
 		return withHint(err, hintKillSlot)
+	case errors.As(err, &na):
+		p := shellArg(na.Path)
+		if na.KeyslotsOnly {
+			return withHint(err, "cryptsetup luksAddKey --keyslot-cipher aes-xts-plain64 --keyslot-key-size 512 "+p+" adds a keyslot crkvol can open; then crkvol volume adopt "+p+" --key ID --passphrase-file FILE, FILE holding its passphrase")
+		}
+		return withHint(err, copyHint(p))
 	case errors.Is(err, volume.ErrNoToken):
 		return withHint(err, hintAdopt)
 	}

@@ -307,6 +307,12 @@ func (a *app) notCatalogImageFile(out string) error {
 	return nil
 }
 
+// errExportTarget refuses an image export OUT that is not a regular file: a device (such as
+// /dev/null), a pipe, a socket, a directory or another name under /dev or /proc. Unlike the
+// output flags of other commands, which also write to a device or pipe, image export writes
+// a qcow2 image at random offsets, through a temporary file renamed over OUT.
+var errExportTarget = errors.New("OUT must be a regular file (a qcow2 image is written at random offsets, then renamed into place)")
+
 // checkExportOutput applies to image export's OUT the rules of the CLI's output files: not
 // a volume image (IMG) nor in the state directory, even with --force; an existing regular
 // file (or a link: the link is replaced, never written through) only with --force; never a
@@ -322,7 +328,11 @@ func (a *app) checkExportOutput(out string, force bool, img string) error {
 		}
 	}
 	if streamName(out) {
-		return fmt.Errorf("%s: %w: image export writes a new regular file (a qcow2 image is written at random offsets), not a device or pipe", out, errNotRegular)
+		what := "a name under /dev or /proc"
+		if st, err := os.Stat(out); err == nil && !st.Mode().IsRegular() {
+			what = fsutil.Kind(st.Mode()) // /dev/null: a character device
+		}
+		return fmt.Errorf("%s: is %s: %w", out, what, errExportTarget)
 	}
 	st, err := os.Lstat(out)
 	switch {
@@ -337,10 +347,7 @@ func (a *app) checkExportOutput(out string, force bool, img string) error {
 	case err != nil:
 		return err
 	case st.Mode()&fs.ModeSymlink == 0 && !st.Mode().IsRegular():
-		if st.IsDir() {
-			return fmt.Errorf("%s: is a directory: %w", out, errNotRegular)
-		}
-		return fmt.Errorf("%s: is %s: %w: image export writes a new regular file (a qcow2 image is written at random offsets)", out, fsutil.Kind(st.Mode()), errNotRegular)
+		return fmt.Errorf("%s: is %s: %w", out, fsutil.Kind(st.Mode()), errExportTarget)
 	case !force:
 		return fmt.Errorf("%s: %w; give --force to replace it", out, fileExists{})
 	}

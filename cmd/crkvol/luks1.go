@@ -85,10 +85,7 @@ func luks1Adoptable(h *keyslot.LUKS1) (ok bool, why string) {
 func luks1Hint(path string, h *keyslot.LUKS1) []string {
 	p := shellArg(path)
 	if ok, why := luks1Adoptable(h); !ok {
-		return []string{
-			why,
-			"to move its data into a crkvol volume, open it with cryptsetup (cryptsetup open " + p + " NAME) and copy it: crkvol volume create VOL --size SIZE --key ID, then crkvol volume write VOL --input /dev/mapper/NAME",
-		}
+		return []string{why, copyHint(p)}
 	}
 	hints := []string{
 		"cryptsetup convert --type luks2 " + p + " converts it in place (back up its header first: cryptsetup luksHeaderBackup " + p + " --header-backup-file FILE)",
@@ -98,6 +95,12 @@ func luks1Hint(path string, h *keyslot.LUKS1) []string {
 		hints = append(hints, "all 8 keyslots are in use and adopt adds one: first free one with cryptsetup luksKillSlot "+p+" N (keep one whose passphrase you know)")
 	}
 	return hints
+}
+
+// copyHint is the hint for an image crkvol cannot adopt, at p (quoted for a shell): how to copy
+// its data into a new crkvol volume through cryptsetup.
+func copyHint(p string) string {
+	return "to move its data into a crkvol volume, open it with cryptsetup (cryptsetup open " + p + " NAME) and copy it: crkvol volume create VOL --size SIZE --key ID, then crkvol volume write VOL --input /dev/mapper/NAME"
 }
 
 // Hints for a LUKS2 image whose keyslots area is full, and for erasing a LUKS1 image.

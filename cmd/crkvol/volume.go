@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -540,6 +541,9 @@ type tokenJSON struct {
 
 func (a *app) printStatus(ctx context.Context, path string) error {
 	info, err := volume.DescribeContext(ctx, path)
+	if errors.Is(err, volume.ErrNoToken) {
+		return a.describeForeign(ctx, path, err)
+	}
 	if err != nil {
 		return a.describeLUKS1(path, err)
 	}
@@ -562,23 +566,7 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 	if h := img.Health(); !h.OK() {
 		st.Health = fmt.Sprintf("primary: %s; secondary: %s (the next change rewrites the bad copy from the good one)", copyHealth(h.Primary), copyHealth(h.Secondary))
 	}
-	for _, ks := range img.Keyslots() {
-		kdf := ks.KDF.Type
-		switch ks.KDF.Type {
-		case keyslot.KDFPBKDF2:
-			kdf += "-" + ks.KDF.Hash + "/" + strconv.Itoa(ks.KDF.Iterations)
-		case keyslot.KDFArgon2i, keyslot.KDFArgon2id:
-			kdf += fmt.Sprintf("/t=%d,m=%dKiB,p=%d", ks.KDF.Time, ks.KDF.Memory, ks.KDF.Threads)
-		}
-		st.Keyslots = append(st.Keyslots, keyslotJSON{ID: ks.ID, Type: ks.Type, KDF: kdf, Priority: string(ks.Priority)})
-	}
-	for _, t := range img.Tokens() {
-		ids := []string{}
-		for _, k := range t.Keyslots {
-			ids = append(ids, strconv.Itoa(k))
-		}
-		st.Tokens = append(st.Tokens, tokenJSON{ID: t.ID, Type: t.Type, Keyslots: ids})
-	}
+	st.Keyslots, st.Tokens = keyslotViews(img), tokenViews(img)
 	ident, err := a.identify(ctx, path)
 	var regLine string
 	st.Registration, regLine = registrationLine(ident)
@@ -658,6 +646,35 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 		return err
 	}
 	return statusErr(path, st.Erased, st.Problems, keyOnly)
+}
+
+// keyslotViews lists img's keyslots as status shows them.
+func keyslotViews(img *keyslot.Image) []keyslotJSON {
+	out := []keyslotJSON{}
+	for _, ks := range img.Keyslots() {
+		kdf := ks.KDF.Type
+		switch ks.KDF.Type {
+		case keyslot.KDFPBKDF2:
+			kdf += "-" + ks.KDF.Hash + "/" + strconv.Itoa(ks.KDF.Iterations)
+		case keyslot.KDFArgon2i, keyslot.KDFArgon2id:
+			kdf += fmt.Sprintf("/t=%d,m=%dKiB,p=%d", ks.KDF.Time, ks.KDF.Memory, ks.KDF.Threads)
+		}
+		out = append(out, keyslotJSON{ID: ks.ID, Type: ks.Type, KDF: kdf, Priority: string(ks.Priority)})
+	}
+	return out
+}
+
+// tokenViews lists img's tokens as status shows them.
+func tokenViews(img *keyslot.Image) []tokenJSON {
+	out := []tokenJSON{}
+	for _, t := range img.Tokens() {
+		ids := []string{}
+		for _, k := range t.Keyslots {
+			ids = append(ids, strconv.Itoa(k))
+		}
+		out = append(out, tokenJSON{ID: t.ID, Type: t.Type, Keyslots: ids})
+	}
+	return out
 }
 
 // copyHealth is the status text of one header copy: "ok", or why it is unusable or stale.
