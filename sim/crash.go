@@ -65,12 +65,17 @@ type CrashReport struct {
 	// Interrupted counts killed trials (with SIGINT or SIGTERM) that stopped at a clean point
 	// and said so.
 	Interrupted int `json:"interrupted,omitempty"`
-	// MidRewrap counts killed trials that left some, but not all, volumes on the old version:
-	// the kill landed inside the rewrap pass.
+	// MidRewrap counts killed trials whose kill landed inside the rewrap pass (see
+	// CrashTrial.MidRewrap).
 	MidRewrap int `json:"midRewrap"`
-	// Repaired is the number of volumes `key sync` brought to the latest version, over all
-	// trials.
+	// Repaired is the number of volumes and images `key sync` rewrapped, over all trials:
+	// those whose header or WDEK still held the old wrapping after the kill.
 	Repaired int `json:"repaired"`
+	// RegistrationsRepaired is the number of registrations `key sync` brought up to a header
+	// or WDEK the killed rotation had already rewrapped, over all trials.
+	RegistrationsRepaired int `json:"registrationsRepaired"`
+	// Results is what each trial's kill left, in trial order.
+	Results []CrashTrial `json:"results"`
 	// FullRotateMs is how long an unkilled `crkvol key rotate` took (the calibration run).
 	FullRotateMs float64  `json:"fullRotateMs"`
 	Failures     []string `json:"failures,omitempty"`
@@ -83,8 +88,8 @@ func (r *CrashReport) WriteSummary(w io.Writer) {
 	if len(r.Failures) > 0 {
 		status = "FAILED"
 	}
-	fmt.Fprintf(w, "crash test %s: %d volumes, %d trials of `crkvol key rotate` killed with SIGKILL (%d mid-rewrap, %d before or after it, %d finished first); `key sync` repaired %d volumes; every volume attached and read back its data after every trial (%.1f s; one full rotation %.0f ms)\n",
-		status, r.Volumes, r.Trials, r.MidRewrap, r.Killed-r.MidRewrap, r.Finished, r.Repaired, r.WallSeconds, r.FullRotateMs)
+	fmt.Fprintf(w, "crash test %s: %d volumes, %d trials of `crkvol key rotate` killed with SIGKILL (%d mid-rewrap, %d before or after it, %d finished first); `key sync` rewrapped %d volumes left on the old version and brought %d registrations up to headers already rewrapped; every volume attached and read back its data after every trial (%.1f s; one full rotation %.0f ms)\n",
+		status, r.Volumes, r.Trials, r.MidRewrap, r.Killed-r.MidRewrap, r.Finished, r.Repaired, r.RegistrationsRepaired, r.WallSeconds, r.FullRotateMs)
 	if r.Images > 0 {
 		fmt.Fprintf(w, "  and %d images: after every trial every WDEK was on the key's latest version and unlocked its image, whose file was unchanged (their rewraps are among the repairs)\n", r.Images)
 	}
@@ -104,6 +109,33 @@ func childError(ctx context.Context, what string, err error, out []byte) error {
 		return fmt.Errorf("%s: %w: %s", what, err, msg)
 	}
 	return fmt.Errorf("%s: %w", what, err)
+}
+
+// CrashTrial is what one trial's kill left behind, as the volumes' headers and the images'
+// catalog entries hold it before `key sync` runs. The new version is the one the trial's
+// rotation made; the old one is the key's latest version before the trial, which every
+// volume and image is on when a trial starts.
+type CrashTrial struct {
+	// Killed says the rotation was still running when the signal came.
+	Killed bool `json:"killed"`
+	// Rotated says the rotation had made the key's new version before it ended. If not,
+	// every header and WDEK holds the old wrapping, which is still the latest.
+	Rotated bool `json:"rotated"`
+	// NewHeaders and OldHeaders count the volumes whose header holds the new wrapping and
+	// the old one; together they are all the volumes.
+	NewHeaders int `json:"newHeaders"`
+	OldHeaders int `json:"oldHeaders"`
+	// NewImages and OldImages count the images whose WDEK holds the new wrapping and the
+	// old one; together they are all the images.
+	NewImages int `json:"newImages,omitempty"`
+	OldImages int `json:"oldImages,omitempty"`
+	// RegistrationsBehind counts the volumes and images whose header or WDEK holds the new
+	// wrapping while their registration still names the old version (a wave's
+	// registrations are updated after its headers are committed).
+	RegistrationsBehind int `json:"registrationsBehind"`
+	// MidRewrap says the kill landed inside the rewrap pass: it left some headers or WDEKs
+	// with the new wrapping and some with the old, or registrations behind their headers.
+	MidRewrap bool `json:"midRewrap"`
 }
 
 // crashFixture is the state of a crash test: registered volumes with known data.
@@ -154,20 +186,25 @@ func CrashTest(ctx context.Context, opts CrashOptions) (*CrashReport, error) {
 
 	// Calibration: one rotation left to finish tells how long a whole one takes.
 	now := fx.t0.Add(2 * time.Hour)
+	old, err := fx.latest(ctx, now)
+	if err != nil {
+		return nil, err
+	}
 	t := time.Now()
 	if out, err := fx.cli(ctx, now, fx.rotateArgs()...).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("sim: %w", childError(ctx, "the calibration rotation (an unkilled `crkvol key rotate` before the trials)", err, out))
 	}
 	full := time.Since(t)
 	rep.FullRotateMs = ms(full)
-	if stale, _, err := fx.staleCount(ctx, now); err != nil || stale != 0 {
-		return nil, fmt.Errorf("sim: the calibration rotation left %d volumes stale (%v)", stale, err)
+	res, problems, err := fx.survey(ctx, now, old, false)
+	if err != nil {
+		return nil, err
 	}
-
-	what := "volumes" // that registrations count
-	if len(fx.imgs) > 0 {
-		what = "volumes and images"
+	if len(problems) > 0 || !res.Rotated || res.OldHeaders+res.OldImages+res.RegistrationsBehind != 0 {
+		return nil, fmt.Errorf("sim: the calibration rotation left %d volumes and %d images on the old version, %d registrations behind (made a new version: %t); %q",
+			res.OldHeaders, res.OldImages, res.RegistrationsBehind, res.Rotated, problems)
 	}
+	old = res.latest
 	for trial := 1; trial <= opts.Trials; trial++ {
 		if err := ctx.Err(); err != nil {
 			return rep, err
@@ -185,7 +222,7 @@ func CrashTest(ctx context.Context, opts CrashOptions) (*CrashReport, error) {
 		var before []time.Time
 		if byProgress {
 			before = fx.mtimes()
-			moment = fmt.Sprintf("once %d of %d headers were rewritten", target, opts.Volumes)
+			moment = fmt.Sprintf("once %d of %d volumes' files were written to", target, opts.Volumes)
 		}
 		cmd := fx.cli(ctx, now, fx.rotateArgs()...)
 		var stderr bytes.Buffer
@@ -238,27 +275,34 @@ func CrashTest(ctx context.Context, opts CrashOptions) (*CrashReport, error) {
 			kill()
 		}
 		close(stop)
-		stale, total, err := fx.staleCount(ctx, now)
+		res, problems, err := fx.survey(ctx, now, old, killed)
 		if err != nil {
 			return rep, err
 		}
-		if killed && stale > 0 && stale < total {
+		old = res.latest
+		rep.Results = append(rep.Results, res.CrashTrial)
+		if res.MidRewrap {
 			rep.MidRewrap++
 		}
-		if !killed && stale != 0 {
-			rep.Failures = append(rep.Failures, fmt.Sprintf("trial %d: a rotation that finished left %d volumes stale", trial, stale))
+		for _, f := range problems {
+			rep.Failures = appendCapped(rep.Failures, fmt.Sprintf("trial %d: after the kill: %s", trial, f))
+		}
+		if !killed && (!res.Rotated || res.OldHeaders+res.OldImages+res.RegistrationsBehind != 0) {
+			rep.Failures = append(rep.Failures, fmt.Sprintf("trial %d: a rotation that finished left %d volumes and %d images on the old version, %d registrations behind (made a new version: %t)",
+				trial, res.OldHeaders, res.OldImages, res.RegistrationsBehind, res.Rotated))
 		}
 		if out, err := fx.cli(ctx, now.Add(time.Minute), "key", "sync", fx.keyID).CombinedOutput(); err != nil {
 			rep.Failures = append(rep.Failures, fmt.Sprintf("trial %d: %v", trial, childError(ctx, "key sync", err, out)))
-		} else {
-			rep.Repaired += stale
+		} else if res.Rotated {
+			rep.Repaired += res.OldHeaders + res.OldImages
+			rep.RegistrationsRepaired += res.RegistrationsBehind
 		}
 		fails := fx.check(ctx, now.Add(2*time.Minute))
 		for _, f := range fails {
 			rep.Failures = appendCapped(rep.Failures, fmt.Sprintf("trial %d: %s", trial, f))
 		}
-		opts.Log("trial %d/%d: kill %s (%s), %d of %d %s left stale, repaired by sync; %d problems", trial, opts.Trials,
-			moment, map[bool]string{true: "killed", false: "had finished"}[killed], stale, total, what, len(fails))
+		opts.Log("trial %d/%d: kill %s (%s): %s; then key sync and the checks: %d problems", trial, opts.Trials,
+			moment, map[bool]string{true: "killed", false: "had finished"}[killed], res.describe(opts.Volumes, len(fx.imgs)), len(problems)+len(fails))
 	}
 	rep.WallSeconds = time.Since(start).Seconds()
 	if len(rep.Failures) > 0 {
@@ -400,27 +444,118 @@ func (fx *crashFixture) watch(stop <-chan struct{}, before []time.Time, target i
 	return reached
 }
 
-// staleCount counts registrations not on the key's latest version.
-func (fx *crashFixture) staleCount(ctx context.Context, now time.Time) (stale, total int, err error) {
+// latest returns the key's latest version.
+func (fx *crashFixture) latest(ctx context.Context, now time.Time) (string, error) {
 	svc, reg, mgr, err := fx.open(now)
 	if err != nil {
-		return 0, 0, err
+		return "", fmt.Errorf("sim: crash test: %w", err)
 	}
 	defer closeAll(svc, reg, mgr)
 	k, err := svc.GetKey(ctx, fx.keyID)
 	if err != nil {
-		return 0, 0, err
+		return "", fmt.Errorf("sim: crash test: %w", err)
+	}
+	return k.KeyVersion.ID, nil
+}
+
+// trialState is what survey found: the trial's result, and the key's latest version.
+type trialState struct {
+	CrashTrial
+	latest string
+}
+
+// survey reads what a rotation, killed or not, left behind: the version each volume's
+// header and each image's WDEK is wrapped with, old (the key's latest version before the
+// rotation) or the rotation's new one, and whether its registration names the same. Anything
+// else (a header on neither version, unreadable, or behind its registration; a registration
+// missing) is a problem. killed says the rotation was still running when the signal came.
+func (fx *crashFixture) survey(ctx context.Context, now time.Time, old string, killed bool) (trialState, []string, error) {
+	svc, reg, mgr, err := fx.open(now)
+	if err != nil {
+		return trialState{}, nil, fmt.Errorf("sim: crash test: %w", err)
+	}
+	defer closeAll(svc, reg, mgr)
+	k, err := svc.GetKey(ctx, fx.keyID)
+	if err != nil {
+		return trialState{}, nil, fmt.Errorf("sim: crash test: %w", err)
 	}
 	regs, err := svc.ListRegistrations(ctx, crk.RegistrationFilter{KeyID: fx.keyID})
 	if err != nil {
-		return 0, 0, err
+		return trialState{}, nil, fmt.Errorf("sim: crash test: %w", err)
 	}
+	regVersion := map[string]string{}
 	for _, r := range regs {
-		if r.KeyVersion.ID != k.KeyVersion.ID {
-			stale++
+		regVersion[r.ResourceCRN] = r.KeyVersion.ID
+	}
+	st := trialState{latest: k.KeyVersion.ID}
+	st.Killed = killed
+	st.Rotated = st.latest != old
+	var problems []string
+	// classify counts one volume or image wrapped with version (its registration naming
+	// registered): whether it is new, and a problem if it is on neither version.
+	classify := func(what, crn, version string) (isNew, ok bool) {
+		registered, found := regVersion[crn]
+		switch {
+		case version != old && version != st.latest:
+			problems = append(problems, fmt.Sprintf("%s: on %s, neither the old version %s nor the new %s", what, version, old, st.latest))
+			return false, false
+		case !found:
+			problems = append(problems, fmt.Sprintf("%s: not registered", what))
+		case registered == version:
+		case registered == old && version == st.latest:
+			st.RegistrationsBehind++
+		default:
+			problems = append(problems, fmt.Sprintf("%s: registration on %s, ahead of its wrapping on %s", what, registered, version))
+		}
+		return st.Rotated && version == st.latest, true
+	}
+	for _, v := range fx.vols {
+		info, err := volume.Describe(v.path)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("%s: %v", filepath.Base(v.path), err))
+			continue
+		}
+		switch isNew, ok := classify(filepath.Base(v.path)+"'s header", v.crn, info.KeyVersion); {
+		case !ok:
+		case isNew:
+			st.NewHeaders++
+		default:
+			st.OldHeaders++
 		}
 	}
-	return stale, len(regs), nil
+	for _, img := range fx.imgs {
+		e, err := reg.Image(img.name)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("image %s: %v", img.name, err))
+			continue
+		}
+		switch isNew, ok := classify("image "+img.name+"'s WDEK", img.crn, e.KeyVersion); {
+		case !ok:
+		case isNew:
+			st.NewImages++
+		default:
+			st.OldImages++
+		}
+	}
+	rewrapped, total := st.NewHeaders+st.NewImages, len(fx.vols)+len(fx.imgs)
+	st.MidRewrap = killed && (rewrapped > 0 && rewrapped < total || st.RegistrationsBehind > 0)
+	return st, problems, nil
+}
+
+// describe says in words what the kill left, for the trial's log line.
+func (c CrashTrial) describe(volumes, images int) string {
+	if !c.Rotated {
+		return fmt.Sprintf("no new version yet, all %d volumes on the old one", volumes)
+	}
+	s := fmt.Sprintf("%d of %d headers rewritten with the new version, %d on the old", c.NewHeaders, volumes, c.OldHeaders)
+	if images > 0 {
+		s += fmt.Sprintf(", %d of %d image WDEKs new, %d old", c.NewImages, images, c.OldImages)
+	}
+	s += fmt.Sprintf(", %d registrations behind", c.RegistrationsBehind)
+	if c.MidRewrap {
+		s += " (mid-rewrap)"
+	}
+	return s
 }
 
 // check verifies every volume: registration = token = latest version, and its data.

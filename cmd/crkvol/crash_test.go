@@ -41,6 +41,12 @@ func TestCrashTest(t *testing.T) {
 	assert.Equal(t, trials, rep.Killed+rep.Finished)
 	assert.GreaterOrEqual(t, rep.MidRewrap, trials/4, "kills landed inside the rewrap pass, leaving some volumes rewrapped and some not")
 	assert.Positive(t, rep.Repaired, "key sync had volumes to repair")
+	require.Len(t, rep.Results, trials)
+	for i, r := range rep.Results {
+		assert.Equal(t, volumes, r.NewHeaders+r.OldHeaders, "trial %d: every header holds the old or the new wrapping", i+1)
+		assert.Equal(t, 20, r.NewImages+r.OldImages, "trial %d: every WDEK holds the old or the new wrapping", i+1)
+		assert.LessOrEqual(t, r.RegistrationsBehind, r.NewHeaders+r.NewImages, "trial %d: only rewrapped ones have their registration behind", i+1)
+	}
 }
 
 // TestInterruptedRotation sends `crkvol key rotate` SIGINT (and, in CI, SIGTERM) at random moments:

@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -25,6 +28,8 @@ func (a *app) demoCommand() *cobra.Command {
 				}
 				defer os.RemoveAll(d)
 				dir = d
+			} else if err := checkDemoDir(dir); err != nil {
+				return err
 			} else if err := os.MkdirAll(dir, 0o700); err != nil {
 				return err
 			} else {
@@ -42,8 +47,40 @@ func (a *app) demoCommand() *cobra.Command {
 			}
 			return err
 		}}
-	cmd.Flags().StringVar(&dir, "dir", "", "directory for the demo's state and images (default: a temporary one, removed after)")
+	cmd.Flags().StringVar(&dir, "dir", "", "directory for the demo's state and images, new or without them (default: a temporary one, removed after)")
 	return cmd
+}
+
+// demoVolumes is the number of volumes the demo creates.
+const demoVolumes = 3
+
+// demoVolumeName is the file name of the demo's volume i (from 0).
+func demoVolumeName(i int) string { return fmt.Sprintf("volume-%d.img", i+1) }
+
+// checkDemoDir refuses a --dir that already holds any of the files a demo creates (its
+// state directory, its volumes): a demo there would create a root key in that state before
+// failing on the first volume. It creates, changes and removes nothing; a directory that
+// does not exist yet, or holds only other files, passes.
+func checkDemoDir(dir string) error {
+	names := []string{"state"}
+	for i := range demoVolumes {
+		names = append(names, demoVolumeName(i))
+	}
+	var found []string
+	for _, name := range names {
+		_, err := os.Lstat(filepath.Join(dir, name))
+		switch {
+		case err == nil:
+			found = append(found, name)
+		case errors.Is(err, fs.ErrNotExist):
+		default:
+			return fmt.Errorf("checking --dir %s: %w", dir, err)
+		}
+	}
+	if len(found) > 0 {
+		return fmt.Errorf("--dir %s already holds a demo's files (%s); nothing was created: pass an empty or new directory", dir, strings.Join(found, ", "))
+	}
+	return nil
 }
 
 // demoJSON is `demo --json`: what the tour did and found.
@@ -102,8 +139,8 @@ func (a *app) demo(ctx context.Context, dir string, res *demoJSON) error {
 		sum  [32]byte
 	}
 	var vols []vol
-	for i := range 3 {
-		path := filepath.Join(dir, fmt.Sprintf("volume-%d.img", i+1))
+	for i := range demoVolumes {
+		path := filepath.Join(dir, demoVolumeName(i))
 		info, err := a.mgr.Create(ctx, path, volume.CreateOptions{KeyID: key.ID, Size: 16 << 20, KeyslotsSize: 1 << 20})
 		if err != nil {
 			return err
