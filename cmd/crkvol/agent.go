@@ -22,6 +22,7 @@ import (
 
 	"crkvol/agent"
 	"crkvol/crk"
+	"crkvol/internal/fsutil"
 	"crkvol/volume"
 	"crkvol/volume/kms"
 )
@@ -217,8 +218,14 @@ func (a *app) agentDirs(create bool) (dir, agentDir string, err error) {
 	}
 	agentDir = filepath.Join(dir, agentDirName)
 	if create {
-		if err := os.MkdirAll(agentDir, 0o700); err != nil {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return "", "", fmt.Errorf("state directory: %w", err)
+		}
+		if err := fsutil.CheckPrivate(dir); err != nil {
+			return "", "", fmt.Errorf("state directory: %w", err)
+		}
+		if err := privateSubdir(agentDir); err != nil {
+			return "", "", err
 		}
 	}
 	return dir, agentDir, nil
@@ -229,7 +236,8 @@ func (a *app) agentDirs(create bool) (dir, agentDir string, err error) {
 // process's id into it. A lock held already is an error naming the agent that holds it.
 func lockAgent(agentDir, dir string) (unlock func(), err error) {
 	path := filepath.Join(agentDir, agentLockName)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	// Never through a link: the file is truncated and written.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("agent lock: %w", err)
 	}

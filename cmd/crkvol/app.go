@@ -245,7 +245,22 @@ func unwritable(err error) bool {
 }
 
 // stateDirectory resolves --state, $CRKVOL_STATE, $XDG_DATA_HOME/crkvol, ~/.local/share/crkvol.
+// A state directory that exists must be private (fsutil.CheckPrivate): it holds the master
+// key, the key store, the registry, the agent's lock and cursor and the attachment records,
+// and one that others can write is refused before any of them is read or written.
 func (a *app) stateDirectory() (string, error) {
+	dir, err := a.stateDirectoryPath()
+	if err != nil {
+		return "", err
+	}
+	if err := fsutil.CheckPrivate(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("state directory: %w", err)
+	}
+	return dir, nil
+}
+
+// stateDirectoryPath is where the state directory is (see stateDirectory), unchecked.
+func (a *app) stateDirectoryPath() (string, error) {
 	switch {
 	case a.stateDir != "":
 		return a.stateDir, nil
@@ -259,6 +274,19 @@ func (a *app) stateDirectory() (string, error) {
 		return "", errors.New("no state directory: set --state, CRKVOL_STATE or HOME")
 	}
 	return filepath.Join(home, ".local", "share", "crkvol"), nil
+}
+
+// privateSubdir makes the directory sub of the state directory (mode 0700) when it is
+// missing and checks it is private, as the state directory must be: the agent's lock and
+// cursor, and the attachment records (whose process ids the CLI signals) live in one.
+func privateSubdir(sub string) error {
+	if err := os.MkdirAll(sub, 0o700); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	if err := fsutil.CheckPrivate(sub); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	return nil
 }
 
 // clock returns the service clock: --now / CRKVOL_NOW advancing in real time, or the wall

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
@@ -22,6 +23,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"crkvol/crk"
+	"crkvol/internal/fsutil"
 	"crkvol/nbd"
 	"crkvol/volume"
 	"crkvol/volume/kms"
@@ -219,9 +221,15 @@ func (a *app) attachDir() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	d := filepath.Join(dir, "attached")
-	if err := os.MkdirAll(d, 0o700); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("state directory: %w", err)
+	}
+	if err := fsutil.CheckPrivate(dir); err != nil {
+		return "", fmt.Errorf("state directory: %w", err)
+	}
+	d := filepath.Join(dir, "attached")
+	if err := privateSubdir(d); err != nil {
+		return "", err
 	}
 	return d, nil
 }
@@ -619,8 +627,23 @@ func alive(rec *attachment) bool {
 	return err == nil && start == rec.StartTime
 }
 
+// readRecord returns the attachment record at path, or nil when there is none or it cannot
+// be trusted: the CLI signals the process a record names, so a record is read only from a
+// private directory, only when it is a regular file (never through a link) of this user's
+// that no one else can write.
 func readRecord(path string) *attachment {
-	b, err := os.ReadFile(path)
+	if fsutil.CheckPrivate(filepath.Dir(path)) != nil {
+		return nil
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err != nil || !fsutil.OwnFile(st) {
+		return nil
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 1<<20))
 	if err != nil {
 		return nil
 	}

@@ -14,6 +14,7 @@ import (
 
 	"crkvol/crk"
 	"crkvol/crk/kpapi"
+	"crkvol/internal/fsutil"
 	"crkvol/internal/pgdb"
 )
 
@@ -164,9 +165,10 @@ func (a *app) checkMasterKeyFile(ctx context.Context, store kmsStore, file strin
 }
 
 // masterKeyHint adds to a master key error of a PostgreSQL store the hint that every
-// replica needs the same key file.
+// replica needs the same key file; not to a key file refused for its directory, whose error
+// says what to change.
 func masterKeyHint(err error, file string) error {
-	if err == nil || !errors.Is(err, crk.ErrMasterKey) {
+	if err == nil || !errors.Is(err, crk.ErrMasterKey) || errors.Is(err, fsutil.ErrNotPrivate) {
 		return err
 	}
 	if file == "" {

@@ -69,3 +69,17 @@ func CheckPrivate(dir string) error {
 	}
 	return nil
 }
+
+// OwnFile reports whether st describes a regular file that only its owner can write, owned by
+// the effective user (where the system has owners): one another user cannot have planted or
+// changed.
+func OwnFile(st fs.FileInfo) bool {
+	if !st.Mode().IsRegular() {
+		return false
+	}
+	if !hasOwners {
+		return true
+	}
+	owner, ok := ownerOf(st)
+	return ok && owner == os.Geteuid() && st.Mode().Perm()&0o022 == 0
+}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	kp "github.com/IBM/keyprotect-go-client"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -66,12 +67,22 @@ func TestVolumeLifecycle(t *testing.T) {
 			require.Len(t, regs, 1, "registered through the %s key service", mode)
 			assert.Equal(t, info.CRN, regs[0].ResourceCRN)
 			if r, ok := ks.(*kms.Remote); ok {
-				// The official client lists the registration too.
-				list, err := r.Client().ListRegistrations(ctx, key.ID, "")
+				// The official client lists the registration too (with Remote's token: it is
+				// not given the API key).
+				var crns []string
+				var prevent []bool
+				err := r.Authorized(ctx, func(ctx context.Context, auth string) error {
+					list, err := r.Client().ListRegistrations(kp.NewContextWithAuth(ctx, auth), key.ID, "")
+					if err == nil {
+						for _, reg := range list.Registrations {
+							crns, prevent = append(crns, reg.ResourceCrn), append(prevent, reg.PreventKeyDeletion)
+						}
+					}
+					return err
+				})
 				require.NoError(t, err)
-				require.Len(t, list.Registrations, 1)
-				assert.Equal(t, info.CRN, list.Registrations[0].ResourceCrn)
-				assert.True(t, list.Registrations[0].PreventKeyDeletion)
+				assert.Equal(t, []string{info.CRN}, crns)
+				assert.Equal(t, []bool{true}, prevent)
 			}
 
 			v, err := mgr.Open(ctx, path)

@@ -1,6 +1,7 @@
 package kms_test
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	kp "github.com/IBM/keyprotect-go-client"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -68,6 +70,20 @@ func TestRemoteNeverFollowsRedirects(t *testing.T) {
 					assert.Contains(t, err.Error(), `to "`+thief.URL+`/steal"`, "%s: the location, without its query", c.name)
 					assert.NotContains(t, err.Error(), "SECRET", c.name)
 					assert.Equal(t, int64(1), asked.Load(), "%s: one request, not retried", c.name)
+				}
+				if cred == "api key" {
+					// The official client is never given the API key: alone it has no
+					// credentials; inside Authorized it has Remote's token exchange, guarded.
+					asked.Store(0)
+					_, err := r.Client().GetKeys(t.Context(), 0, 0)
+					require.Error(t, err)
+					assert.Zero(t, asked.Load(), "no request without credentials")
+					err = r.Authorized(t.Context(), func(ctx context.Context, auth string) error {
+						_, err := r.Client().GetKeys(kp.NewContextWithAuth(ctx, auth), 0, 0)
+						return err
+					})
+					require.ErrorIs(t, err, kms.ErrRedirect)
+					assert.Equal(t, int64(1), asked.Load(), "the token exchange, refused at once")
 				}
 				assert.Zero(t, stolen.Load(), "nothing reached the redirect's target")
 			})

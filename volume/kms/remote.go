@@ -169,9 +169,10 @@ func NewRemote(cfg RemoteConfig) (*Remote, error) {
 	kcfg := kp.ClientConfig{BaseURL: cfg.URL, InstanceID: cfg.Instance, TokenURL: cfg.TokenURL, Timeout: cfg.Timeout.Seconds(), Verbose: kp.VerboseNone}
 	if cfg.Token != "" {
 		kcfg.Authorization = "Bearer " + cfg.Token
-	} else {
-		kcfg.APIKey = cfg.APIKey
 	}
+	// Never the API key: the official client would exchange it through a client of its own,
+	// with none of this one's checks (the CA file, refused redirects, capped answers).
+	// Remote's calls carry a token from its own exchange (authorized); see Client.
 	transport := kp.DefaultTransport()
 	if t, ok := transport.(*http.Transport); ok {
 		// The client's default closes every connection; a volume fleet rewraps over many
@@ -196,10 +197,12 @@ func NewRemote(cfg RemoteConfig) (*Remote, error) {
 	return &Remote{cfg: cfg, client: c, http: &http.Client{Timeout: cfg.Timeout, Transport: certGuard{next: plain}}, tokens: tokens}, nil
 }
 
-// Client returns the underlying Key Protect client, for calls Remote has no method for.
-// Those calls use the client's own token source, not Remote's token cache and its renewal on
-// 401, and its errors carry the server's text as sent (map them with [ClientError] before
-// printing them); the client retries every request on 5xx, which is unsafe for a request
+// Client returns the underlying Key Protect client, for calls Remote has no method for. With
+// an API key (RemoteConfig.APIKey), make them inside [Remote.Authorized], with its token in
+// their context (kp.NewContextWithAuth): the client is not given the API key, so that it
+// never exchanges it through a client of its own, without Remote's checks; with a token
+// (RemoteConfig.Token) it sends that one. Its errors carry the server's text as sent (map
+// them with [ClientError] before printing them); the client retries every request on 5xx, which is unsafe for a request
 // that changes state, and on a certificate error (after waits of seconds), and it panics on a
 // success answer without resources, which Remote's methods never do: prefer Remote's methods.
 func (r *Remote) Client() *kp.Client { return r.client }

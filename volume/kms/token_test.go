@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	kp "github.com/IBM/keyprotect-go-client"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -517,9 +518,10 @@ func TestRemoteTokenWaitHonoursContext(t *testing.T) {
 	assert.Equal(t, 1, exchanges)
 }
 
-// TestClientErrorEscapesTokenEndpoint: the official client's own token source returns the
-// token endpoint's error text raw (iam.Error); kms.ClientError keeps its status, marks a
-// refusal and escapes the text.
+// TestClientErrorEscapesTokenEndpoint: the official client's own token source (of a client
+// given an API key, as a caller may make one; Remote never gives it one) returns the token
+// endpoint's error text raw (iam.Error); kms.ClientError keeps its status, marks a refusal
+// and escapes the text.
 func TestClientErrorEscapesTokenEndpoint(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
@@ -536,9 +538,10 @@ func TestClientErrorEscapesTokenEndpoint(t *testing.T) {
 				_, _ = w.Write([]byte(`{"errorCode":"BXNIM0415E\u001b]0;x\u0007","errorMessage":"bad key\u001b[31m\nforged"}`))
 			}))
 			defer srv.Close()
-			r, err := kms.NewRemote(kms.RemoteConfig{URL: srv.URL, Instance: "inst", APIKey: "k", Timeout: 2 * time.Second})
+			c, err := kp.New(kp.ClientConfig{BaseURL: srv.URL, InstanceID: "inst", APIKey: "k", TokenURL: srv.URL + "/identity/token",
+				Timeout: 2, Verbose: kp.VerboseNone}, kp.DefaultTransport())
 			require.NoError(t, err)
-			_, raw := r.Client().GetKeys(t.Context(), 0, 0)
+			_, raw := c.GetKeys(t.Context(), 0, 0)
 			require.Error(t, raw)
 			require.Contains(t, raw.Error(), "\x1b", "the official client's text is the server's")
 			got := kms.ClientError(raw)
