@@ -262,8 +262,11 @@ output says which one the volume got. --wipe does not go with --from-image.`,
 			if err != nil {
 				return err
 			}
-			if a.asJSON && output == "" {
+			if a.asJSON && (output == "" || output == "-") {
 				return usagef("--json needs --output FILE: the data would go to stdout with the JSON")
+			}
+			if output == "-" {
+				output = "" // stdout, as for the other commands' --output -
 			}
 			// The output is checked before the volume is opened (its passphrase unwrapped).
 			if err := checkOutputFree("output", output, a.outputOptions(force, 0o600, args[0])); err != nil {
@@ -326,7 +329,7 @@ output says which one the volume got. --wipe does not go with --from-image.`,
 		}}
 	read.Flags().Var(&offsetFlag, "offset", "byte offset in the volume, such as 4096 or 1MiB (default 0)")
 	read.Flags().Var(&lengthFlag, "length", "bytes to read, such as 512 or 1.5KiB (default: to the end)")
-	read.Flags().StringVar(&output, "output", "", "write the data to this new file (mode 0600) instead of stdout")
+	read.Flags().StringVar(&output, "output", "", "write the data to this new file (mode 0600) instead of stdout (- for stdout)")
 	read.Flags().BoolVar(&force, "force", false, "overwrite the --output file if it exists")
 
 	passphrase := &cobra.Command{Use: "passphrase IMG", Short: "Write the unwrapped LUKS passphrase to a new 0600 file (for cryptsetup --key-file)", Args: args(cobra.ExactArgs(1)),

@@ -401,11 +401,18 @@ func TestLifecycleLongPollRevoked(t *testing.T) {
 					_, err = svc.DisableKey(ctx, k.ID)
 					require.NoError(t, err)
 				}
+				changed := time.Now()
 				var a answer
 				select {
 				case a = <-got:
 				case <-time.After(2 * MaxLifecycleWait):
 					t.Fatal("the long poll never ended")
+				}
+				if tc.revoke && !tc.event {
+					// Ended by the check made while waiting (every millisecond here), not by
+					// the one before answering once the poll's 60 s had passed: half of
+					// them is a margin of thousands of checks, not a measure of speed.
+					assert.Less(t, time.Since(changed), 30*time.Second, "the revocation ended the wait")
 				}
 				require.NoError(t, a.err)
 				require.Equal(t, tc.want, a.status, "%s", a.body)
