@@ -654,9 +654,12 @@ func openImageFile(ctx context.Context, path string, flag int) (*os.File, *keysl
 	}
 	img, err := keyslot.OpenContext(ctx, f, nil)
 	if err != nil {
-		if isLUKS1(err) {
+		switch {
+		case isLUKS1(err):
 			err = luks1Error(f, path)
-		} else {
+		case errors.Is(err, keyslot.ErrNotLUKS2) && errors.Is(err, keyslot.ErrUnsupported):
+			err = unreadableError(path, err)
+		default:
 			err = fmt.Errorf("volume: %s: %w", path, err)
 		}
 		f.Close()
@@ -714,8 +717,13 @@ func (m *Manager) Adopt(ctx context.Context, path string, passphrase []byte, key
 	if _, err := m.imageRegistration(path, f, img); err != nil {
 		return nil, fmt.Errorf("volume: adopt %s: %w", path, err)
 	}
-	// Refuse up front what could not be served once adopted (see Adoptable).
-	if err := adoptable(path, img); err != nil {
+	// Refuse up front, before anything is written, what could not be served once adopted
+	// (see Adoptable).
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("volume: adopt %s: %w", path, err)
+	}
+	if err := adoptable(path, img, st.Size()); err != nil {
 		return nil, err
 	}
 	vk, _, err := img.UnlockContext(ctx, passphrase, keyslot.AnyKeyslot)

@@ -88,40 +88,21 @@ type Volume struct {
 
 // newVolume serves the data segment of an unlocked image, whose data area the caller has
 // locked (lockImage). It takes ownership of f and key when it succeeds; when it fails, the
-// caller still owns them (and clears key), and the cipher it built is wiped.
+// caller still owns them (and clears key). The checks of the data segment are checkData's.
 func newVolume(f *os.File, img *keyslot.Image, key []byte, opts OpenOptions) (_ *Volume, err error) {
-	seg := img.Segment()
-	if seg.Encryption != keyslot.SegmentEncryption {
-		return nil, fmt.Errorf("%w: data cipher %q, want %s", ErrUnsupportedImage, seg.Encryption, keyslot.SegmentEncryption)
-	}
-	if len(seg.Extra) > 0 {
-		return nil, fmt.Errorf("%w: data segment has %v, which this package does not implement", ErrUnsupportedImage, seg.Extra)
-	}
-	if len(img.Requirements()) > 0 {
-		return nil, fmt.Errorf("%w: image requires %v", ErrUnsupportedImage, img.Requirements())
-	}
-	c, err := sector.New(key, seg.SectorSize)
-	if err != nil {
-		return nil, fmt.Errorf("volume: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			c.Wipe()
-		}
-	}()
 	st, err := f.Stat()
 	if err != nil {
 		return nil, err
 	}
-	size := int64(seg.Size)
-	if seg.Dynamic {
-		size = st.Size() - int64(seg.Offset)
-	} else if st.Size() < int64(seg.Offset)+size {
-		return nil, fmt.Errorf("%w: image is %d bytes, its segment ends at %d", ErrUnsupportedImage, st.Size(), int64(seg.Offset)+size)
+	size, err := checkData(img, st.Size())
+	if err != nil {
+		return nil, err
 	}
+	seg := img.Segment()
 	ss := int64(seg.SectorSize)
-	if size <= 0 || size%ss != 0 {
-		return nil, fmt.Errorf("%w: data area of %d bytes is not a positive multiple of the %d-byte sector size", ErrUnsupportedImage, size, ss)
+	c, err := sector.New(key, seg.SectorSize)
+	if err != nil {
+		return nil, fmt.Errorf("volume: %w", err)
 	}
 	v := &Volume{f: f, img: img, c: NewParallel(c, 0, 0), key: key, uuid: img.UUID(), dataOff: int64(seg.Offset), size: size, ss: ss, ro: opts.ReadOnly}
 	v.bufs.New = func() any { b := make([]byte, chunkSize+2*ss); return &b }

@@ -32,7 +32,8 @@ type foreignStatusJSON struct {
 // does not manage (err, the error of describing it, matches volume.ErrNoToken): its cipher,
 // keyslots and tokens, and whether volume adopt can take it. It returns an error either way,
 // since the image is not a crkvol volume: err when adopt can take it (the hint names adopt),
-// else the *volume.NotAdoptableError saying why not (the hint says how to copy the data).
+// else the *volume.NotAdoptableError saying why not (the hint names the commands that make it
+// adoptable, or says how to copy its data, or there is none).
 func (a *app) describeForeign(ctx context.Context, path string, err error) error {
 	whyNot := volume.Adoptable(ctx, path)
 	var na *volume.NotAdoptableError
@@ -88,4 +89,35 @@ func (a *app) describeForeign(ctx context.Context, path string, err error) error
 		return ferr
 	}
 	return err
+}
+
+// unreadableStatusJSON is `volume status --json` of a LUKS2 image whose header names an
+// algorithm crkvol does not implement (cryptsetup luksFormat --hash sha384, say).
+type unreadableStatusJSON struct {
+	Path         string `json:"path"`
+	Format       string `json:"format"`
+	Adoptable    bool   `json:"adoptable"`
+	NotAdoptable string `json:"notAdoptable"`
+}
+
+// describeUnreadable prints what `volume status` can tell of a LUKS2 image whose header
+// crkvol cannot read, na saying why (see volume.NotAdoptableError.Err): that it is LUKS2,
+// and why crkvol cannot adopt it. It returns na, so that status fails with the hint on
+// copying the data through cryptsetup.
+func (a *app) describeUnreadable(na *volume.NotAdoptableError) error {
+	st := unreadableStatusJSON{Path: absPath(na.Path), Format: "LUKS2", NotAdoptable: na.Reason}
+	if a.asJSON {
+		if jerr := a.emit(st); jerr != nil {
+			return jerr
+		}
+		return na
+	}
+	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "Path\t%s\n", st.Path)
+	fmt.Fprintf(w, "Format\tLUKS2, a header crkvol cannot read\n")
+	fmt.Fprintf(w, "Adoptable\tno: %s\n", na.Reason)
+	if ferr := w.Flush(); ferr != nil {
+		return ferr
+	}
+	return na
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -51,15 +52,46 @@ func imageHints(err error) error {
 	case errors.Is(err, keyslot.ErrNoSpace):
 		return withHint(err, hintKillSlot)
 	case errors.As(err, &na):
-		p := shellArg(na.Path)
-		if na.KeyslotsOnly {
-			return withHint(err, "cryptsetup luksAddKey --keyslot-cipher aes-xts-plain64 --keyslot-key-size 512 "+p+" adds a keyslot crkvol can open; then crkvol volume adopt "+p+" --key ID --passphrase-file FILE, FILE holding its passphrase")
+		if hints := notAdoptableHints(na); len(hints) > 0 {
+			return withHint(err, hints...)
 		}
-		return withHint(err, copyHint(p))
+		return err
 	case errors.Is(err, volume.ErrNoToken):
 		return withHint(err, hintAdopt)
 	}
 	return err
+}
+
+// notAdoptableHints are the hints for an image crkvol cannot adopt: the cryptsetup or
+// truncate commands that make it adoptable, then adopt; or how to copy its data out through
+// cryptsetup; or none, when nothing crkvol knows of helps (a file cut short, no keyslot
+// holding the volume key).
+func notAdoptableHints(na *volume.NotAdoptableError) []string {
+	p := shellArg(na.Path)
+	var steps []string // commands, each with what it does, run in turn
+	switch {
+	case na.CopyOut:
+		return []string{copyHint(p)}
+	case na.TrimTo > 0:
+		steps = append(steps, fmt.Sprintf("truncate -s %d %s removes the bytes past its last whole sector, which hold no data", na.TrimTo, p))
+	case len(na.Unignore) == 1:
+		n := na.Unignore[0]
+		steps = append(steps, fmt.Sprintf("cryptsetup config --priority normal --key-slot %d %s lets cryptsetup and crkvol open keyslot %d (neither opens a keyslot of priority ignore unless told to)", n, p, n))
+	case len(na.Unignore) > 1:
+		ids := make([]string, len(na.Unignore))
+		for i, n := range na.Unignore {
+			ids[i] = fmt.Sprint(n)
+		}
+		steps = append(steps, fmt.Sprintf("cryptsetup config --priority normal --key-slot N %s, N being your passphrase's keyslot (one of %s), lets cryptsetup and crkvol open it (neither opens a keyslot of priority ignore unless told to)", p, strings.Join(ids, ", ")))
+	}
+	if na.AddKeyslot {
+		steps = append(steps, "cryptsetup luksAddKey --keyslot-cipher aes-xts-plain64 --keyslot-key-size 512 "+p+" adds a keyslot crkvol can open")
+	}
+	if len(steps) == 0 {
+		return nil
+	}
+	steps = append(steps, "crkvol volume adopt "+p+" --key ID --passphrase-file FILE, FILE holding its passphrase")
+	return []string{strings.Join(steps, "; then ")}
 }
 
 // passphraseFileErr explains a passphrase read from file that opened no keyslot when the

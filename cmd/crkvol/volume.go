@@ -547,6 +547,9 @@ func (a *app) printStatus(ctx context.Context, path string) error {
 	if errors.Is(err, volume.ErrNoToken) {
 		return a.describeForeign(ctx, path, err)
 	}
+	if na := (*volume.NotAdoptableError)(nil); errors.As(err, &na) {
+		return a.describeUnreadable(na)
+	}
 	if err != nil {
 		return a.describeLUKS1(path, err)
 	}
