@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"crkvol/internal/fsutil"
 	"crkvol/keyslot"
 )
 
@@ -79,6 +80,10 @@ func Adoptable(ctx context.Context, path string) error {
 	st, err := f.Stat()
 	if err != nil {
 		return fmt.Errorf("volume: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		// Its size would read as 0: say what it is instead of calling it truncated.
+		return fmt.Errorf("volume: %s is %s: crkvol's volumes, and the images it adopts, are regular files", path, fsutil.Kind(st.Mode()))
 	}
 	return adoptable(path, img, st.Size())
 }

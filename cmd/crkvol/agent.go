@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -227,6 +228,8 @@ func (a *app) agentDirs(create bool) (dir, agentDir string, err error) {
 		if err := privateSubdir(agentDir); err != nil {
 			return "", "", err
 		}
+	} else if err := fsutil.CheckPrivate(agentDir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "", "", fmt.Errorf("state directory: %w", err)
 	}
 	return dir, agentDir, nil
 }

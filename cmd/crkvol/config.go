@@ -357,7 +357,7 @@ type configEntry struct {
 }
 
 func (a *app) showConfig(cmd *cobra.Command) error {
-	state, err := a.stateDirectory()
+	state, err := a.stateDirectoryPath() // shown even when it is refused: this is the diagnosis
 	if err != nil {
 		return err
 	}

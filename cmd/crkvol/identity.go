@@ -22,7 +22,7 @@ func (a *app) identify(ctx context.Context, path string) (*volume.Identity, erro
 	if reg == nil {
 		dir, err := a.stateDirectory()
 		if err != nil {
-			return nil, nil
+			return nil, err
 		}
 		p := filepath.Join(dir, "volumes.db")
 		if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {

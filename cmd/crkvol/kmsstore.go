@@ -80,14 +80,20 @@ func (a *app) kmsStore() (kmsStore, error) {
 	if s == "" && !a.flagGiven("store") {
 		s = a.getenv(storeEnv)
 	}
-	dir, err := a.stateDirectory()
-	if err != nil {
-		return kmsStore{}, err
-	}
 	switch {
 	case s == "":
+		dir, err := a.stateDirectory() // checked: the store lives there
+		if err != nil {
+			return kmsStore{}, err
+		}
 		return kmsStore{dir: dir}, nil
 	case pgdb.IsURL(s):
+		// The state directory holds only the master key file, unless the key comes from the
+		// environment: crk checks the file's directory when it reads or makes it.
+		dir, err := a.stateDirectoryPath()
+		if err != nil {
+			return kmsStore{}, err
+		}
 		return kmsStore{dir: dir, url: s}, nil
 	}
 	if !strings.HasPrefix(s, "bolt:") {
@@ -96,6 +102,11 @@ func (a *app) kmsStore() (kmsStore, error) {
 	d, ok := parseBoltStore(s)
 	if !ok {
 		return kmsStore{}, usagef("--store %q: %w", redactStore(s), errBadStore)
+	}
+	// Checked before anything in it is read (kms serve's record, its store's lock), as the
+	// state directory is.
+	if err := fsutil.CheckPrivate(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return kmsStore{}, fmt.Errorf("--store %s: %w", redactStore(s), err)
 	}
 	return kmsStore{dir: d}, nil
 }

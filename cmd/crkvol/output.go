@@ -81,9 +81,12 @@ func (o outputOptions) sensitive() bool { return o.perm&0o077 == 0 }
 // the state directory itself are protected.
 func (a *app) outputOptions(force bool, perm os.FileMode, imgs ...string) outputOptions {
 	o := outputOptions{force: force, perm: perm, images: imgs}
-	if dir, err := a.stateDirectory(); err == nil {
+	if dir, err := a.stateDirectoryPath(); err == nil {
+		// Protected whether or not it is private; its registry is read only when it is.
 		o.stateDir = dir
-		o.images = append(slices.Clip(o.images), a.registeredImages(dir)...)
+		if _, err := a.stateDirectory(); err == nil {
+			o.images = append(slices.Clip(o.images), a.registeredImages(dir)...)
+		}
 	}
 	return o
 }
