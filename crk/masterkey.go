@@ -99,31 +99,13 @@ func readKeyFile(file string) ([]byte, error) {
 	return k, nil
 }
 
-// writeKeyFile writes a master key file atomically with mode 0600: a new temporary file of
-// a random name (created exclusively, so never a file or link someone placed there) beside
-// it, synced, then renamed over file.
+// writeKeyFile writes a master key file atomically with mode 0600 (fsutil.WriteFileAtomic:
+// never through a file or link someone placed beside it).
 func writeKeyFile(file string, k []byte) error {
-	dir := filepath.Dir(file)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(file)+"-*.tmp")
-	if err != nil {
-		return fmt.Errorf("crk: writing key file: %w", err)
+	if err := fsutil.WriteFileAtomic(file, []byte(base64.StdEncoding.EncodeToString(k)+"\n")); err != nil {
+		return fmt.Errorf("crk: key file: %w", err)
 	}
-	tmp := f.Name()
-	_, err = f.WriteString(base64.StdEncoding.EncodeToString(k) + "\n")
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, file)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("crk: writing key file: %w", err)
-	}
-	return syncDir(dir)
+	return nil
 }
 
 // syncDir makes a rename in dir durable.

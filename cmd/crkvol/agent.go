@@ -514,41 +514,7 @@ func (h *cliHost) SaveCursor(cursor string) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(h.agentDir, agentCursorName), append(b, '\n'))
-}
-
-// writeFileAtomic replaces path with data (mode 0600) so that a crash leaves the old or the
-// new content, durably. The temporary file has a random name and is created exclusively, so
-// it is never a file or link someone placed there.
-func writeFileAtomic(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*.tmp")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("syncing %s: %w", filepath.Dir(path), err)
-	}
-	return nil
+	return fsutil.WriteFileAtomic(filepath.Join(h.agentDir, agentCursorName), append(b, '\n'))
 }
 
 // runDue runs the embedded key service's due policy rotations (and expiries) on the service

@@ -569,7 +569,7 @@ func writeRecord(path string, rec attachment) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(path, append(b, '\n'))
+	return fsutil.WriteFileAtomic(path, append(b, '\n'))
 }
 
 func (a *app) runDetach(ctx context.Context, path string, timeout time.Duration) error {

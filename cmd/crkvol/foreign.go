@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"text/tabwriter"
 
@@ -61,13 +62,13 @@ func (a *app) describeForeign(ctx context.Context, path string, err error) error
 	if na != nil {
 		st.NotAdoptable = na.Reason
 	}
-	if a.asJSON {
-		if jerr := a.emit(st); jerr != nil {
-			return jerr
-		}
-		return err
-	}
-	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	return a.describeImage(st, err, func(w io.Writer) {
+		describeForeignText(w, st, na)
+	})
+}
+
+// describeForeignText writes the rows of describeForeign's table.
+func describeForeignText(w io.Writer, st foreignStatusJSON, na *volume.NotAdoptableError) {
 	fmt.Fprintf(w, "Path\t%s\n", st.Path)
 	fmt.Fprintf(w, "Format\tLUKS2, not managed by crkvol (no crkvol-crk token)\n")
 	if na != nil {
@@ -85,6 +86,19 @@ func (a *app) describeForeign(ctx context.Context, path string, err error) error
 	for _, t := range st.Tokens {
 		fmt.Fprintf(w, "Token %d\t%s, keyslots %v\n", t.ID, t.Type, t.Keyslots)
 	}
+}
+
+// describeImage prints a `volume status` view of an image crkvol does not manage: st as JSON
+// with --json, else the table rows text writes; then returns err, the status's outcome.
+func (a *app) describeImage(st any, err error, text func(w io.Writer)) error {
+	if a.asJSON {
+		if jerr := a.emit(st); jerr != nil {
+			return jerr
+		}
+		return err
+	}
+	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	text(w)
 	if ferr := w.Flush(); ferr != nil {
 		return ferr
 	}
@@ -106,18 +120,9 @@ type unreadableStatusJSON struct {
 // copying the data through cryptsetup.
 func (a *app) describeUnreadable(na *volume.NotAdoptableError) error {
 	st := unreadableStatusJSON{Path: absPath(na.Path), Format: "LUKS2", NotAdoptable: na.Reason}
-	if a.asJSON {
-		if jerr := a.emit(st); jerr != nil {
-			return jerr
-		}
-		return na
-	}
-	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "Path\t%s\n", st.Path)
-	fmt.Fprintf(w, "Format\tLUKS2, a header crkvol cannot read\n")
-	fmt.Fprintf(w, "Adoptable\tno: %s\n", na.Reason)
-	if ferr := w.Flush(); ferr != nil {
-		return ferr
-	}
-	return na
+	return a.describeImage(st, na, func(w io.Writer) {
+		fmt.Fprintf(w, "Path\t%s\n", st.Path)
+		fmt.Fprintf(w, "Format\tLUKS2, a header crkvol cannot read\n")
+		fmt.Fprintf(w, "Adoptable\tno: %s\n", na.Reason)
+	})
 }

@@ -9,6 +9,8 @@ import (
 	"syscall"
 
 	bolt "go.etcd.io/bbolt"
+
+	"crkvol/internal/fsutil"
 )
 
 // serveFileName is the file `kms serve` keeps in the state directory while it runs: its
@@ -29,7 +31,7 @@ func writeServeRecord(dir, url string) (remove func(), err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writeFileAtomic(path, append(b, '\n')); err != nil {
+	if err := fsutil.WriteFileAtomic(path, append(b, '\n')); err != nil {
 		return nil, fmt.Errorf("recording the server: %w", err)
 	}
 	return func() {

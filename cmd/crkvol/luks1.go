@@ -3,7 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
-	"text/tabwriter"
+	"io"
 
 	"crkvol/keyslot"
 	"crkvol/volume"
@@ -43,13 +43,13 @@ func (a *app) describeLUKS1(path string, err error) error {
 	for _, i := range h.ActiveSlots() {
 		st.Keyslots = append(st.Keyslots, luks1SlotJSON{ID: i, KDF: fmt.Sprintf("pbkdf2-%s/%d", h.HashSpec, h.Slots[i].Iterations)})
 	}
-	if a.asJSON {
-		if jerr := a.emit(st); jerr != nil {
-			return jerr
-		}
-		return err
-	}
-	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	return a.describeImage(st, err, func(w io.Writer) {
+		describeLUKS1Text(w, st, h)
+	})
+}
+
+// describeLUKS1Text writes the rows of describeLUKS1's table.
+func describeLUKS1Text(w io.Writer, st luks1StatusJSON, h *keyslot.LUKS1) {
 	fmt.Fprintf(w, "Path\t%s\n", st.Path)
 	fmt.Fprintf(w, "Format\tLUKS1 (not a crkvol volume: crkvol volumes are LUKS2)\n")
 	if ok, why := luks1Adoptable(h); !ok {
@@ -64,10 +64,6 @@ func (a *app) describeLUKS1(path string, err error) error {
 	if len(st.Keyslots) == 0 {
 		fmt.Fprintf(w, "Keyslots\tnone active\n")
 	}
-	if ferr := w.Flush(); ferr != nil {
-		return ferr
-	}
-	return err
 }
 
 // luks1Adoptable reports whether crkvol can adopt the LUKS1 image of header h once converted

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 )
 
 // SyncDir fsyncs the directory dir, so that a file created, linked or renamed in it survives
@@ -82,4 +83,32 @@ func OwnFile(st fs.FileInfo) bool {
 	}
 	owner, ok := ownerOf(st)
 	return ok && owner == os.Geteuid() && st.Mode().Perm()&0o022 == 0
+}
+
+// WriteFileAtomic replaces path with data, mode 0600, so that a crash leaves the old or the
+// new content, durably: a new temporary file of a random name beside it (created
+// exclusively, so never a file or link someone placed there), synced, renamed over path, and
+// the directory synced. The temporary file is removed on failure. The error names path.
+func WriteFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+"-*.tmp")
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return SyncDir(dir)
 }
