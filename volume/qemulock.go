@@ -38,15 +38,40 @@ var qemuReaderLocks = []int64{
 	qemuLockSharedBase + qemuPermResize,
 }
 
-// qemuConflicts are the bytes that must be unlocked by everyone else for crkvol to read:
-// somebody holding write or resize permission, or not sharing consistent reads.
-var qemuConflicts = []struct {
+// qemuConflict is a QEMU lock byte that must be unlocked by everyone else, and what a
+// process holding it holds or keeps to itself.
+type qemuConflict struct {
 	off  int64
 	what string
-}{
+}
+
+// qemuConflicts are the bytes that must be unlocked by everyone else for crkvol to read:
+// somebody holding write or resize permission, or not sharing consistent reads.
+var qemuConflicts = []qemuConflict{
 	{qemuLockPermBase + qemuPermWrite, "write"},
 	{qemuLockPermBase + qemuPermResize, "resize"},
 	{qemuLockSharedBase + qemuPermConsistentRead, "consistent read, which it does not share"},
+}
+
+// qemuWriterLocks are the bytes crkvol read-locks while it may write a volume's image file
+// (a read-write open or attachment), as QEMU does for a writable disk: it holds consistent
+// read and write, and shares neither write nor resize. A QEMU that then opens the file at
+// all without -U / force-share (qemu-img info, qemu-io, a VM) finds the write byte and
+// refuses, as it does for a disk another QEMU is running.
+var qemuWriterLocks = []int64{
+	qemuLockPermBase + qemuPermConsistentRead,
+	qemuLockPermBase + qemuPermWrite,
+	qemuLockSharedBase + qemuPermWrite,
+	qemuLockSharedBase + qemuPermResize,
+}
+
+// qemuWriterConflicts are the bytes that must be unlocked by everyone else for crkvol to
+// write: somebody holding write or resize, or not sharing consistent reads or writes.
+var qemuWriterConflicts = []qemuConflict{
+	{qemuLockPermBase + qemuPermWrite, "write"},
+	{qemuLockPermBase + qemuPermResize, "resize"},
+	{qemuLockSharedBase + qemuPermConsistentRead, "consistent read, which it does not share"},
+	{qemuLockSharedBase + qemuPermWrite, "write, which it does not share"},
 }
 
 // lockImageForRead takes QEMU's reader locks on f (an image file crkvol is about to read)
@@ -56,7 +81,7 @@ var qemuConflicts = []struct {
 // returned unlock, which the caller may skip when it closes f). On a filesystem without
 // byte-range locks it locks nothing and returns no error, as QEMU's locking=auto does.
 func lockImageForRead(f *os.File) (unlock func(), err error) {
-	return qemuLock(f, f.Name())
+	return qemuLock(f, f.Name(), qemuReaderLocks, qemuConflicts)
 }
 
 // imageInUse is the error for a conflicting QEMU lock on name.

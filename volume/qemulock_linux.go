@@ -11,9 +11,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// qemuLock is lockImageForRead on Linux, with OFD locks (F_OFD_SETLK, F_OFD_GETLK), the
-// kind QEMU uses there.
-func qemuLock(f *os.File, name string) (func(), error) {
+// qemuLock read-locks the QEMU lock bytes locks of f (named name in errors) and checks
+// that nobody else holds the bytes of conflicts, with OFD locks (F_OFD_SETLK, F_OFD_GETLK),
+// the kind QEMU uses on Linux (see lockImageForRead).
+func qemuLock(f *os.File, name string, locks []int64, conflicts []qemuConflict) (func(), error) {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return nil, err
@@ -28,7 +29,7 @@ func qemuLock(f *os.File, name string) (func(), error) {
 		locked = nil
 	}
 	cerr := rc.Control(func(fd uintptr) {
-		for _, off := range qemuReaderLocks {
+		for _, off := range locks {
 			lk := unix.Flock_t{Type: unix.F_RDLCK, Whence: io.SeekStart, Start: off, Len: 1}
 			switch err := unix.FcntlFlock(fd, unix.F_OFD_SETLK, &lk); {
 			case err == nil:
@@ -50,7 +51,7 @@ func qemuLock(f *os.File, name string) (func(), error) {
 				return
 			}
 		}
-		for _, c := range qemuConflicts {
+		for _, c := range conflicts {
 			lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart, Start: c.off, Len: 1}
 			if err := unix.FcntlFlock(fd, unix.F_OFD_GETLK, &lk); err != nil {
 				lerr = fmt.Errorf("testing %s for QEMU's lock byte %d: %w", name, c.off, err)

@@ -386,7 +386,10 @@ func attachLock(img *keyslot.Image) (start, n int64) { return int64(img.Segment(
 // for a read-only one; and for an exclusive open (opts.Exclusive, an attachment) a write
 // lock on the attachment byte (attachLock) as well. So a read-only attachment lets volume
 // read read while it refuses writers and other attachments, and a read-write one refuses
-// all. It fails at once with ErrInUse on a conflict, holding nothing. The locks last until
+// all. It also takes QEMU's lock bytes, a writer's or a reader's (qemuWriterLocks,
+// qemuReaderLocks), so that QEMU and crkvol refuse each other's conflicting opens. It fails
+// at once with ErrInUse on a conflict (also matching ErrImageInUse for QEMU's), holding
+// nothing. The locks last until
 // closeImage releases them (or the process dies). The header commits of keyslot lock the
 // whole file with flock, which never conflicts with them: rotation still rewraps an
 // attached volume, read-write or read-only.
@@ -417,6 +420,20 @@ func lockImage(f *os.File, img *keyslot.Image, opts OpenOptions) error {
 			return fmt.Errorf("volume: %s: %w", f.Name(), ErrInUse)
 		}
 		return fmt.Errorf("volume: locking the data area of %s: %w", f.Name(), err)
+	}
+	// QEMU's own lock bytes too, so that QEMU and crkvol see each other: qemu-img, qemu-io
+	// or a VM opening the image for writing while crkvol reads it, or at all while crkvol may
+	// write it, is refused, and crkvol refuses an image QEMU holds likewise.
+	qlocks, qconflicts := qemuReaderLocks, qemuConflicts
+	if !opts.ReadOnly {
+		qlocks, qconflicts = qemuWriterLocks, qemuWriterConflicts
+	}
+	if _, err := qemuLock(f, f.Name(), qlocks, qconflicts); err != nil {
+		unlockImage(f) // QEMU's bytes as well: one unlock of the whole file
+		if errors.Is(err, ErrImageInUse) {
+			return fmt.Errorf("volume: %w: %w", ErrInUse, err)
+		}
+		return fmt.Errorf("volume: %w", err)
 	}
 	return nil
 }
