@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 )
 
 // ErrImageInUse means another process (QEMU, qemu-img, qemu-io, ...) holds an image file
@@ -55,9 +56,9 @@ var qemuConflicts = []qemuConflict{
 
 // qemuWriterLocks are the bytes crkvol read-locks while it may write a volume's image file
 // (a read-write open or attachment), as QEMU does for a writable disk: it holds consistent
-// read and write, and shares neither write nor resize. A QEMU that then opens the file at
-// all without -U / force-share (qemu-img info, qemu-io, a VM) finds the write byte and
-// refuses, as it does for a disk another QEMU is running.
+// read and write, and shares neither write nor resize. A QEMU that then opens the file for
+// writing or resizing (qemu-io, qemu-nbd, a VM, qemu-img resize) refuses ("Failed to get
+// "write" lock"); its read-only opens, which share write, still read it.
 var qemuWriterLocks = []int64{
 	qemuLockPermBase + qemuPermConsistentRead,
 	qemuLockPermBase + qemuPermWrite,
@@ -73,6 +74,15 @@ var qemuWriterConflicts = []qemuConflict{
 	{qemuLockSharedBase + qemuPermConsistentRead, "consistent read, which it does not share"},
 	{qemuLockSharedBase + qemuPermWrite, "write, which it does not share"},
 }
+
+// qemuResizerLocks are qemuWriterLocks with the resize permission (a volume resize changes
+// the file's size).
+var qemuResizerLocks = append(slices.Clip(qemuWriterLocks), qemuLockPermBase+qemuPermResize)
+
+// qemuResizerConflicts are qemuWriterConflicts and somebody not sharing resize, as a QEMU
+// serving the file does even read-only.
+var qemuResizerConflicts = append(slices.Clip(qemuWriterConflicts),
+	qemuConflict{qemuLockSharedBase + qemuPermResize, "resize, which it does not share"})
 
 // lockImageForRead takes QEMU's reader locks on f (an image file crkvol is about to read)
 // and checks that no other open of the file holds a conflicting one; it never waits. On a

@@ -98,7 +98,7 @@ func (m *Manager) Resize(ctx context.Context, path string, size int64, opts Resi
 // resize is Resize up to the wipe, which it reports is due, on the image img opened from f;
 // the caller closes f, which unlocks the data area.
 func (m *Manager) resize(ctx context.Context, path string, f *os.File, img *keyslot.Image, size int64, opts ResizeOptions) (_ Resized, wipe bool, _ error) {
-	if err := lockImage(f, img, OpenOptions{}); err != nil {
+	if err := lockImage(f, img, OpenOptions{resizing: true}); err != nil {
 		return Resized{}, false, err
 	}
 	// Only the registered image grows, as only it opens for writing: a copy or a moved image

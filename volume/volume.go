@@ -46,6 +46,9 @@ type OpenOptions struct {
 	Exclusive bool
 	// wiping is set by Manager.Wipe, the one writer allowed while a wipe is incomplete.
 	wiping bool
+	// resizing is set by Manager.Resize: the open also takes QEMU's resize permission, which
+	// a QEMU serving the file (even read-only) does not share.
+	resizing bool
 	// fileReadOnly is set by OpenWith when the image file could only be opened read-only:
 	// no lazy rewrap is attempted then.
 	fileReadOnly bool
@@ -386,8 +389,9 @@ func attachLock(img *keyslot.Image) (start, n int64) { return int64(img.Segment(
 // for a read-only one; and for an exclusive open (opts.Exclusive, an attachment) a write
 // lock on the attachment byte (attachLock) as well. So a read-only attachment lets volume
 // read read while it refuses writers and other attachments, and a read-write one refuses
-// all. It also takes QEMU's lock bytes, a writer's or a reader's (qemuWriterLocks,
-// qemuReaderLocks), so that QEMU and crkvol refuse each other's conflicting opens. It fails
+// all. It also takes QEMU's lock bytes, a resizer's, a writer's or a reader's
+// (qemuResizerLocks, qemuWriterLocks, qemuReaderLocks), so that QEMU and crkvol refuse each
+// other's conflicting opens. It fails
 // at once with ErrInUse on a conflict (also matching ErrImageInUse for QEMU's), holding
 // nothing. The locks last until
 // closeImage releases them (or the process dies). The header commits of keyslot lock the
@@ -425,18 +429,36 @@ func lockImage(f *os.File, img *keyslot.Image, opts OpenOptions) error {
 	// or a VM opening the image for writing while crkvol reads it, or at all while crkvol may
 	// write it, is refused, and crkvol refuses an image QEMU holds likewise.
 	qlocks, qconflicts := qemuReaderLocks, qemuConflicts
-	if !opts.ReadOnly {
+	switch {
+	case opts.resizing:
+		qlocks, qconflicts = qemuResizerLocks, qemuResizerConflicts
+	case !opts.ReadOnly:
 		qlocks, qconflicts = qemuWriterLocks, qemuWriterConflicts
 	}
 	if _, err := qemuLock(f, f.Name(), qlocks, qconflicts); err != nil {
 		unlockImage(f) // QEMU's bytes as well: one unlock of the whole file
 		if errors.Is(err, ErrImageInUse) {
-			return fmt.Errorf("volume: %w: %w", ErrInUse, err)
+			return qemuHolds{err}
 		}
 		return fmt.Errorf("volume: %w", err)
 	}
 	return nil
 }
+
+// qemuHolds is lockImage's error when another process holds QEMU's lock bytes in a way that
+// conflicts with the open: it says so (not that the volume is attached), and matches both
+// ErrInUse, as every conflicting open does, and ErrImageInUse.
+type qemuHolds struct{ err error }
+
+func (e qemuHolds) Error() string {
+	return "volume: " + e.err.Error() + ": a QEMU program (qemu-nbd, qemu-io, a VM) has the file open"
+}
+
+// Is makes the error match ErrInUse.
+func (e qemuHolds) Is(target error) bool { return target == ErrInUse }
+
+// Unwrap returns the QEMU lock error, which matches ErrImageInUse.
+func (e qemuHolds) Unwrap() error { return e.err }
 
 // unlockImage releases every lockImage lock of f.
 func unlockImage(f *os.File) {
