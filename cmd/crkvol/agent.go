@@ -217,18 +217,14 @@ func (a *app) agentDirs(create bool) (dir, agentDir string, err error) {
 	if dir, err = filepath.Abs(dir); err != nil {
 		return "", "", err
 	}
-	agentDir = filepath.Join(dir, agentDirName)
 	if create {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return "", "", fmt.Errorf("state directory: %w", err)
-		}
-		if err := fsutil.CheckPrivate(dir); err != nil {
-			return "", "", fmt.Errorf("state directory: %w", err)
-		}
-		if err := privateSubdir(agentDir); err != nil {
+		if agentDir, err = privateSubdir(dir, agentDirName); err != nil {
 			return "", "", err
 		}
-	} else if err := fsutil.CheckPrivate(agentDir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return dir, agentDir, nil
+	}
+	agentDir = filepath.Join(dir, agentDirName)
+	if err := fsutil.CheckPrivate(agentDir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return "", "", fmt.Errorf("state directory: %w", err)
 	}
 	return dir, agentDir, nil

@@ -276,17 +276,20 @@ func (a *app) stateDirectoryPath() (string, error) {
 	return filepath.Join(home, ".local", "share", "crkvol"), nil
 }
 
-// privateSubdir makes the directory sub of the state directory (mode 0700) when it is
-// missing and checks it is private, as the state directory must be: the agent's lock and
-// cursor, and the attachment records (whose process ids the CLI signals) live in one.
-func privateSubdir(sub string) error {
+// privateSubdir returns the directory name of the state directory dir, making both (mode
+// 0700) when they are missing, and checks both are private: the agent's lock and cursor,
+// and the attachment records (whose process ids the CLI signals) live in one.
+func privateSubdir(dir, name string) (string, error) {
+	sub := filepath.Join(dir, name)
 	if err := os.MkdirAll(sub, 0o700); err != nil {
-		return fmt.Errorf("state directory: %w", err)
+		return "", fmt.Errorf("state directory: %w", err)
 	}
-	if err := fsutil.CheckPrivate(sub); err != nil {
-		return fmt.Errorf("state directory: %w", err)
+	for _, d := range []string{dir, sub} {
+		if err := fsutil.CheckPrivate(d); err != nil {
+			return "", fmt.Errorf("state directory: %w", err)
+		}
 	}
-	return nil
+	return sub, nil
 }
 
 // clock returns the service clock: --now / CRKVOL_NOW advancing in real time, or the wall

@@ -221,17 +221,7 @@ func (a *app) attachDir() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", fmt.Errorf("state directory: %w", err)
-	}
-	if err := fsutil.CheckPrivate(dir); err != nil {
-		return "", fmt.Errorf("state directory: %w", err)
-	}
-	d := filepath.Join(dir, "attached")
-	if err := privateSubdir(d); err != nil {
-		return "", err
-	}
-	return d, nil
+	return privateSubdir(dir, "attached")
 }
 
 // recordPath is where the attachment record of the image at abs lives: named by a hash of
